@@ -1,0 +1,48 @@
+# edgestream: every entry point is a target here; CI calls the same ones.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## Make the virtualenv in .venv and install edgestream with its dev tools
+
+.PHONY: jars
+jars: $(STAMP) ## Resolve the Kafka broker's jars with Maven (cached outside git; quiet when cached)
+	@$(BIN)/edgestream broker fetch --quiet
+
+.PHONY: demo
+demo: jars ## Run the demo: local broker, edge workers, simulated fleet, summary
+	@$(BIN)/edgestream demo
+
+.PHONY: test
+test: jars ## Run the whole test suite (unit + real-broker integration)
+	@$(BIN)/python -m pytest
+
+.PHONY: lint
+lint: $(STAMP) ## ruff (lint + format check) and mypy on the whole tree
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+.PHONY: bench
+bench: jars ## Benchmarks: bench/results/*.json and plots
+	@$(BIN)/python -m bench.pipeline
+
+.PHONY: clean
+clean: ## Stop the local broker and remove local state (.edgestream)
+	-@test -x $(BIN)/edgestream && $(BIN)/edgestream broker stop
+	rm -rf .edgestream
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'

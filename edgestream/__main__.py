@@ -1,0 +1,4 @@
+"""Entry point for ``python -m edgestream``."""
+from edgestream.cli import main
+
+main()

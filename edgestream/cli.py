@@ -1,0 +1,40 @@
+"""The one command line, ``edgestream``: a typer app that mounts one group per module.
+
+Heavy imports (onnxruntime, scikit-learn, aiokafka) happen inside the commands, so ``edgestream --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from edgestream.commands import broker, models, run, topics
+
+app = typer.Typer(
+    name="edgestream",
+    help="Event-streaming inference at the edge: devices -> Kafka -> onnxruntime -> results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(broker.app, name="broker")
+app.add_typer(topics.app, name="topics")
+app.add_typer(models.app, name="models")
+run.register(app)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG instead of WARNING."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Command groups of the ``edgestream`` CLI, one module per group."""

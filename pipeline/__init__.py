@@ -1,0 +1,1 @@
+"""The library: message contract, crypto, codec, batching, inference sessions, models, device SDK."""
