@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -44,22 +43,15 @@ TimeoutMs = Annotated[
 
 
 def _default_bootstrap() -> str:
-    """The local broker's bootstrap address from its state file."""
-    from edgestream.pipeline.settings import DEFAULT_HOME
+    """The local broker's bootstrap address (``edgestream broker start``)."""
+    from edgestream.workers.broker import local_bootstrap
 
-    state_file = DEFAULT_HOME / "broker" / "state.json"
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    bootstrap = local_bootstrap()
+    if bootstrap is None:
         _fail(
             f"no broker address: pass --bootstrap, set {BOOTSTRAP_ENV}, or start the local broker "
-            f"(edgestream broker start; {state_file} does not exist)"
+            "(edgestream broker start)"
         )
-    except (OSError, ValueError) as e:
-        _fail(f"cannot read the local broker's state file {state_file}: {e}")
-    bootstrap = state.get("bootstrap") if isinstance(state, dict) else None
-    if not isinstance(bootstrap, str) or not bootstrap:
-        _fail(f'the local broker\'s state file {state_file} has no "bootstrap" address')
     return bootstrap
 
 

@@ -1,0 +1,59 @@
+"""Suite-wide fixtures: one real Kafka broker per test session, started only when a test asks for it.
+
+Set ``EDGESTREAM_TEST_BOOTSTRAP=host:port`` to run the broker tests against a broker that already runs.
+Tests that use the broker (directly or through another fixture) get the ``broker`` marker, so
+``pytest -m "not broker"`` runs the pure-logic tests alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from edgestream.workers.broker import BrokerSettings, BrokerState, running_broker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+TEST_BOOTSTRAP_ENV = "EDGESTREAM_TEST_BOOTSTRAP"
+"""``host:port`` of an already running broker to use instead of starting one."""
+BROKER_FIXTURES = frozenset({"kafka_broker", "bootstrap"})
+"""Fixtures whose use marks a test ``broker``."""
+BROKER_START_TIMEOUT_S = 120.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real broker (the fixture closure includes indirect use)."""
+    del config
+    for item in items:
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerState]:
+    """The session's broker: started in a temporary home on free loopback ports, stopped at the end."""
+    external = os.environ.get(TEST_BOOTSTRAP_ENV)
+    if external:
+        yield BrokerState(
+            bootstrap=external,
+            controller="",
+            pid=-1,
+            log_dir=Path(),
+            data_dir=Path(),
+            started_at=time.time(),
+        )
+        return
+    settings = BrokerSettings(home=tmp_path_factory.mktemp("kafka"), port=0, controller_port=0)
+    with running_broker(settings, timeout_s=BROKER_START_TIMEOUT_S) as state:
+        yield state
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_broker: BrokerState) -> str:
+    """``bootstrap_servers`` of the session's broker."""
+    return kafka_broker.bootstrap
