@@ -118,6 +118,13 @@ class UnknownModel(ContractError):
         self.version = version
 
 
+class UndecodableRecord(ContractError):
+    """A result or audit record is not a msgpack map with the record's fields and types."""
+
+    reason = "undecodable_record"
+    stage = "decode"
+
+
 class InferenceFailed(EdgestreamError):
     """onnxruntime raised while running a batch."""
 
