@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
 
+# Installs print only when they fail; the full log stays in .venv/install.log.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@test -x $(BIN)/python || { echo "making the virtualenv in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing edgestream and its dev tools into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(BIN)/python -m pip install --disable-pip-version-check --upgrade pip \
+	   && $(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'; } \
+	   >$(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
 .PHONY: install

@@ -1,4 +1,5 @@
 """Entry point for ``python -m edgestream``."""
+
 from edgestream.cli import main
 
 main()

@@ -27,12 +27,12 @@ run.register(app)
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG instead of WARNING."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log edgestream at DEBUG (default INFO); libraries stay at WARNING."
+    ),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgestream").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main() -> None:

@@ -1,0 +1,130 @@
+"""Fixtures for worker tests: models built once per session, a region with its own topics per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.admin import ensure_topics
+from edgestream.topics.catalogue import parse_topic, region_topics
+from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose model cache is built once for the whole session."""
+    home = tmp_path_factory.mktemp("edge-home")
+    store = ModelStore(home / "models")
+    for name in ("embedding-scorer", "frame-classifier"):
+        for size in ("tiny", "medium"):
+            store.get(name, size)
+    return home
+
+
+@dataclass
+class EdgeRegion:
+    """A fresh region: its own topics on the real broker and its own key file."""
+
+    name: str
+    bootstrap: str
+    home: Path
+    keyring: KeyRing
+
+    def settings(self, **overrides: Any) -> WorkerSettings:
+        values: dict[str, Any] = {
+            "region": self.name,
+            "home": self.home,
+            "kafka": KafkaSettings(bootstrap_servers=self.bootstrap),
+            "key_file": self.home / f"keys-{self.name}.json",
+            "max_wait_ms": 2.0,
+            "node_id": f"test-{self.name}",
+        }
+        values.update(overrides)
+        return WorkerSettings(**values)
+
+
+@pytest.fixture
+async def edge_region(bootstrap: str, model_home: Path) -> EdgeRegion:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    await ensure_topics(bootstrap, region_topics(name))
+    key_file = model_home / f"keys-{name}.json"
+    keyring = KeyRing.create(key_file, [name])
+    return EdgeRegion(name, bootstrap, model_home, keyring)
+
+
+RunningWorker = Callable[..., Awaitable[EdgeWorker]]
+
+
+@pytest.fixture
+async def running_worker(edge_region: EdgeRegion) -> AsyncIterator[RunningWorker]:
+    """Start workers in this process; each is stopped (SIGTERM path) when the test ends."""
+    started: list[tuple[EdgeWorker, asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> EdgeWorker:
+        settings = edge_region.settings(**overrides)
+        worker = EdgeWorker(settings, keyring=edge_region.keyring, models=load_models(settings))
+        await worker.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        started.append((worker, stop, task))
+        return worker
+
+    yield start
+    for worker, stop, task in started:
+        stop.set()
+        try:
+            await task
+        finally:
+            await worker.stop()
+
+
+@pytest.fixture
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout_s: float = 30.0, settle_s: float = 0.5
+) -> list[Any]:
+    """Read a topic from the beginning (read_committed) until ``expect`` records, then ``settle_s`` more
+    to catch extras (duplicates), or until ``timeout_s``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        settle_until: float | None = None
+        while loop.time() < deadline:
+            if len(out) >= expect:
+                settle_until = settle_until or loop.time() + settle_s
+                if loop.time() >= settle_until:
+                    break
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()

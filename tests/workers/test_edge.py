@@ -1,0 +1,153 @@
+"""The edge worker against the real broker: every request answered once, bad records dead-lettered."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from edgestream.pipeline.codec import encode_tensor
+from edgestream.pipeline.contract import AuditRecord, ResultRecord, new_request_id, seal
+from edgestream.pipeline.inference import InferenceSession
+from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.topics.catalogue import KINDS, Kind, audit_topic, dlq_topic, ingest_topic, results_topic
+
+from .conftest import EdgeRegion, RunningWorker, read_topic
+
+pytestmark = pytest.mark.broker
+
+MODEL: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
+
+
+def _seal(region: EdgeRegion, device_id: str, kind: Kind, x: np.ndarray[Any, Any], **kw: Any) -> bytes:
+    key_id = kw.pop("key_id", region.keyring.current_key_id(region.name))
+    device_key = region.keyring.device_key(region.name, device_id, region.keyring.current_key_id(region.name))
+    body = encode_tensor(x, kw.pop("dtype", spec(MODEL[kind]).input_dtype))
+    return seal(
+        body,
+        device_key=device_key,
+        device_id=device_id,
+        key_id=key_id,
+        kind=kind,
+        model=kw.pop("model", MODEL[kind]),
+        capture_time_ms=int(time.time() * 1000),
+        **kw,
+    )
+
+
+async def test_every_request_is_answered_once_with_the_models_own_output(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    worker = await running_worker(max_batch=16)
+    sent: dict[bytes, tuple[Kind, np.ndarray[Any, Any]]] = {}
+    for kind in KINDS:
+        data = load_dataset(kind)
+        for i in range(60):
+            x = data.X_test[i]
+            rid = new_request_id()
+            device = f"dev-{i % 7}"
+            envelope = _seal(edge_region, device, kind, x, request_id=rid)
+            await producer.send(ingest_topic(edge_region.name, kind), envelope, key=device.encode())
+            sent[rid] = (kind, x)
+    await producer.flush()
+
+    records = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(sent))
+    results = [ResultRecord.from_bytes(r.value) for r in records]
+    counts = Counter(r.request_id for r in results)
+    assert set(counts) == set(sent), "every request answered, nothing foreign"
+    assert max(counts.values()) == 1, "nothing answered twice"
+
+    # Each result equals the model run directly on the same input, one at a time.
+    store = ModelStore(edge_region.home / "models")
+    direct = {kind: InferenceSession(store.get(name, "medium")) for kind, name in MODEL.items()}
+    for r in results:
+        kind, x = sent[r.request_id]
+        labels, probs = direct[kind].run(x[np.newaxis, ...])
+        assert r.label == int(labels[0])
+        np.testing.assert_allclose(r.scores, probs[0], rtol=1e-5, atol=1e-6)
+        assert r.model == MODEL[kind]
+        assert r.model_version == 1
+        assert r.region == edge_region.name
+        assert r.node == worker.node_id
+        assert 1 <= r.batch_size <= 16
+        assert r.total_ms >= r.infer_ms >= 0
+    assert worker.stats.batches < len(sent), "requests were micro-batched, not run one by one"
+
+    audit = [
+        AuditRecord.from_bytes(r.value)
+        for r in await read_topic(edge_region.bootstrap, audit_topic(edge_region.name), expect=len(sent))
+    ]
+    assert Counter(a.request_id for a in audit) == counts
+    assert {a.outcome for a in audit} == {"ok"}
+
+
+async def test_bad_records_are_dead_lettered_with_their_reason_while_good_ones_flow(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    await running_worker(max_envelope_bytes=64 * 1024)
+    region = edge_region.name
+    x = load_dataset("embedding").X_test[0]
+    device = "dev-poison"  # one key -> one partition: bad and good records share it
+    good = _seal(edge_region, device, "embedding", x)
+    ok_map = msgpack.unpackb(good, raw=False)
+    wrong_version = msgpack.packb({**ok_map, "v": 2})
+    tampered = bytearray(good)
+    tampered[-1] ^= 0x80
+    bad: dict[str, bytes] = {
+        "undecodable": b"\x00garbage\xff" * 3,
+        "bad_version": wrong_version,
+        "bad_tag": bytes(tampered),
+        "unknown_key": _seal(edge_region, device, "embedding", x, key_id=999),
+        "unknown_model": _seal(edge_region, device, "embedding", x, model="no-such-model"),
+        "bad_shape": _seal(edge_region, device, "embedding", np.concatenate([x, x])),
+        "oversized": _seal(
+            edge_region, device, "frame", np.zeros((400, 400), dtype=np.uint8), compression="none"
+        ),
+    }
+    good_ids = []
+    topic = ingest_topic(region, "embedding")
+    for reason, value in bad.items():
+        rid = new_request_id()
+        good_ids.append(rid)
+        await producer.send(
+            topic, _seal(edge_region, device, "embedding", x, request_id=rid), key=device.encode()
+        )
+        await producer.send(topic, value, key=device.encode(), headers=[("expect", reason.encode())])
+    await producer.flush()
+
+    dead = await read_topic(edge_region.bootstrap, dlq_topic(region), expect=len(bad))
+    by_reason = {dict(r.headers)["reason"].decode(): r for r in dead}
+    assert set(by_reason) == set(bad)
+    assert len(dead) == len(bad)
+    for reason, record in by_reason.items():
+        headers = {k: v.decode() for k, v in record.headers}
+        assert record.value == bad[reason], "the dead letter keeps the original bytes, still sealed"
+        assert headers["origin.topic"] == topic
+        assert int(headers["origin.offset"]) >= 0
+        assert headers["stage"] in {"decode", "decrypt", "decompress", "validate"}
+        assert headers["error.class"]
+
+    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=len(good_ids))
+    assert sorted(ResultRecord.from_bytes(r.value).request_id for r in results) == sorted(good_ids)
+
+
+async def test_a_full_in_flight_queue_pauses_and_loses_nothing(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    worker = await running_worker(max_in_flight=8, fetch_max_records=8, max_batch=4)
+    data = load_dataset("frame")
+    ids = []
+    for i in range(120):
+        rid = new_request_id()
+        ids.append(rid)
+        envelope = _seal(edge_region, f"dev-{i % 3}", "frame", data.X_test[i], request_id=rid)
+        await producer.send(ingest_topic(edge_region.name, "frame"), envelope, key=f"dev-{i % 3}".encode())
+    await producer.flush()
+    results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(ids))
+    assert Counter(ResultRecord.from_bytes(r.value).request_id for r in results) == Counter(ids)
+    assert worker.stats.pauses >= 1

@@ -1,0 +1,308 @@
+"""``edgestream demo``: the whole loop on one machine, then a summary.
+
+Real parts only: a local Kafka broker (started if none is running), the catalogue's topics, one edge
+worker process per region, and the simulated fleet in this process. At the end every process this run
+started is stopped, and the summary, a JSON copy of it and a latency plot are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.topics.admin import ensure_topics
+from edgestream.topics.catalogue import all_topics
+from edgestream.workers.broker import BrokerSettings, LocalBroker
+from edgestream.workers.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, run_fleet
+
+log = logging.getLogger(__name__)
+
+
+class DemoError(EdgestreamError):
+    """A part of the demo could not be started."""
+
+    reason = "demo"
+
+
+class DemoSettings(BaseSettings):
+    """Settings of ``edgestream demo`` (``EDGESTREAM_DEMO_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_DEMO_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    home: Path = DEFAULT_HOME
+    """Local state: broker, keys, models, and the demo's logs, summary and plot under ``demo/``."""
+    regions: tuple[Region, ...] = DEFAULT_REGIONS
+    """Regions to run, one edge worker each."""
+    duration_s: float = Field(default=40.0, gt=0)
+    """How long the fleet sends."""
+    rate_per_s: float = Field(default=150.0, gt=0)
+    """Requests per second offered by the whole fleet."""
+    devices: int = Field(default=60, ge=1)
+    """Simulated devices."""
+    bad_fraction: float = Field(default=0.02, ge=0, le=1)
+    """Share of deliberately bad records (they must land in the dead-letter topics)."""
+    worker_ready_timeout_s: float = Field(default=90.0, gt=0)
+    """How long to wait for the workers to load models and get their partitions."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPaths:
+    """Where the demo writes."""
+
+    root: Path
+    logs: Path
+    summary: Path
+    plot: Path
+
+    @classmethod
+    def under(cls, home: Path) -> DemoPaths:
+        root = home / "demo"
+        return cls(root, root / "logs", root / "summary.json", root / "latency.png")
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSummary:
+    """One row of the summary table."""
+
+    region: str
+    sent: int
+    bad_sent: int
+    results: int
+    dead_letters: int
+    fallbacks: int
+    late: int
+    duplicates: int
+    throughput_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    accuracy: float | None
+    mean_batch: float | None
+    dead_letter_reasons: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """What the demo measured."""
+
+    rows: list[RegionSummary]
+    total: RegionSummary
+    paths: DemoPaths
+    broker_log: Path
+    model_accuracy: dict[str, float]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def _workers(settings: DemoSettings, bootstrap: str, paths: DemoPaths) -> Iterator[dict[str, Path]]:
+    """Start one worker process per region; always stop them. Yields region -> stats file."""
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    stats: dict[str, Path] = {}
+    run_dir = paths.root / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    try:
+        for region in settings.regions:
+            ready = run_dir / f"worker-{region.name}.ready"
+            ready.unlink(missing_ok=True)
+            stats[region.name] = run_dir / f"worker-{region.name}.stats.json"
+            stats[region.name].unlink(missing_ok=True)
+            log_path = paths.logs / f"worker-{region.name}.log"
+            env = {
+                **os.environ,
+                "EDGESTREAM_WORKER_REGION": region.name,
+                "EDGESTREAM_WORKER_HOME": str(settings.home),
+                "EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "EDGESTREAM_WORKER_READY_FILE": str(ready),
+                "EDGESTREAM_WORKER_STATS_FILE": str(stats[region.name]),
+            }
+            with log_path.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "edgestream", "worker"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            procs[region.name] = (proc, ready)
+        deadline_s = time.monotonic() + settings.worker_ready_timeout_s
+        for name, (proc, ready) in procs.items():
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise DemoError(
+                        f"worker {name} exited with {proc.returncode}:\n"
+                        f"{_tail(paths.logs / f'worker-{name}.log')}"
+                    )
+                if time.monotonic() > deadline_s:
+                    raise DemoError(f"worker {name} not ready after {settings.worker_ready_timeout_s} s")
+                time.sleep(0.1)
+        yield stats
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, (proc, _) in procs.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop in 30 s; killing it", name)
+                proc.kill()
+                proc.wait()
+
+
+def _summarise(region: str, report: FleetReport, worker_stats: dict[str, Any]) -> RegionSummary:
+    r = report.regions[region] if region in report.regions else report.totals()
+    reasons: dict[str, int] = worker_stats.get("dead_letters", {})
+    return RegionSummary(
+        region=region,
+        sent=r.sent,
+        bad_sent=r.bad_sent,
+        results=r.results,
+        dead_letters=sum(reasons.values()),
+        fallbacks=r.fallbacks,
+        late=r.late,
+        duplicates=r.duplicates,
+        throughput_per_s=r.results / report.send_s if report.send_s else 0.0,
+        p50_ms=r.percentile_ms(50),
+        p95_ms=r.percentile_ms(95),
+        p99_ms=r.percentile_ms(99),
+        accuracy=r.accuracy,
+        mean_batch=float(np.mean(r.batch_sizes)) if r.batch_sizes else None,
+        dead_letter_reasons=dict(reasons),
+    )
+
+
+def plot_latency(report: FleetReport, path: Path, sla_ms: float = 50.0) -> Path:
+    """Latency CDF per region and latency over time; writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cdf, timeline) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, r in report.regions.items():
+        if not r.latencies_ms:
+            continue
+        lat = np.sort(np.asarray(r.latencies_ms))
+        cdf.plot(
+            lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{name} (p99 {np.percentile(lat, 99):.1f} ms)"
+        )
+        timeline.scatter(r.result_times_s, r.latencies_ms, s=3, alpha=0.5, label=name)
+    for ax in (cdf, timeline):
+        ax.axvline(sla_ms, color="red", ls="--", lw=1) if ax is cdf else ax.axhline(
+            sla_ms, color="red", ls="--", lw=1
+        )
+    cdf.set_xscale("log")
+    cdf.set_xlabel("end-to-end latency, ms (log)")
+    cdf.set_ylabel("share of requests")
+    cdf.set_title("Latency CDF per region (red: 50 ms SLA)")
+    cdf.legend(loc="lower right")
+    timeline.set_yscale("log")
+    timeline.set_xlabel("seconds since start")
+    timeline.set_ylabel("end-to-end latency, ms (log)")
+    timeline.set_title("Latency over time")
+    timeline.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_demo(
+    settings: DemoSettings,
+    *,
+    on_step: Callable[[str], None] = lambda _msg: None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> DemoResult:
+    """Run the demo end to end; every process it started is stopped when it returns or raises."""
+    paths = DemoPaths.under(settings.home)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    broker = LocalBroker(BrokerSettings(home=settings.home))
+    already_running = broker.status() is not None
+    on_step("starting the Kafka broker" if not already_running else "using the running Kafka broker")
+    state = broker.start()
+    try:
+        key_file = settings.home / "keys.json"
+        if not key_file.exists():
+            KeyRing.create(key_file, [r.name for r in settings.regions])
+        on_step("building reference models (cached after the first run)")
+        store = ModelStore(settings.home / "models")
+        accuracy = {}
+        for name in MODEL_FOR_KIND.values():
+            for size in ("medium", "tiny"):
+                accuracy[f"{name}/{size}"] = store.get(name, size).accuracy
+        on_step("creating topics")
+        asyncio.run(ensure_topics(state.bootstrap, all_topics([r.name for r in settings.regions])))
+        on_step(f"starting {len(settings.regions)} edge workers")
+        with _workers(settings, state.bootstrap, paths) as stats_files:
+            on_step("running the device fleet")
+            fleet_settings = FleetSettings(
+                devices=settings.devices,
+                rate_per_s=settings.rate_per_s,
+                duration_s=settings.duration_s,
+                bad_fraction=settings.bad_fraction,
+                regions=settings.regions,
+                home=settings.home,
+                kafka=KafkaSettings(bootstrap_servers=state.bootstrap),
+            )
+            report = asyncio.run(run_fleet(fleet_settings, on_progress))
+            on_step("stopping workers")
+        worker_stats = {
+            region: json.loads(path.read_text()) if path.exists() else {}
+            for region, path in stats_files.items()
+        }
+    finally:
+        if not already_running:
+            on_step("stopping the Kafka broker")
+            broker.stop()
+    rows = [_summarise(r.name, report, worker_stats.get(r.name, {})) for r in settings.regions]
+    all_reasons: dict[str, int] = {}
+    for ws in worker_stats.values():
+        for reason, count in ws.get("dead_letters", {}).items():
+            all_reasons[reason] = all_reasons.get(reason, 0) + count
+    total = _summarise("all", report, {"dead_letters": all_reasons})
+    plot_latency(report, paths.plot)
+    result = DemoResult(rows, total, paths, state.log_dir / "server.log", accuracy)
+    paths.summary.write_text(
+        json.dumps(
+            {
+                "settings": settings.model_dump(mode="json"),
+                "regions": [asdict(r) for r in rows],
+                "total": asdict(total),
+                "model_accuracy": accuracy,
+                "send_s": report.send_s,
+                "unanswered": report.unanswered,
+                "worker_stats": worker_stats,
+            },
+            indent=2,
+        )
+    )
+    return result

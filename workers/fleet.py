@@ -1,0 +1,431 @@
+"""A simulated device fleet: devices across the regions publish sealed inputs and await their results.
+
+Each device has an id, a location (routing picks its region), and its own key derived from its
+region's master key. Devices draw embeddings and frames from the models' held-out split, seal them,
+publish to their region's ingest topic, and wait for their own result by request id on the region's
+results topic (read_committed). A result that does not arrive within the device's deadline is answered
+by the device's local fallback model (the tiny model of the same family); a result that arrives later
+is counted as late. End-to-end latency is capture -> result received, on one clock.
+
+A configurable fraction of deliberately bad records (tampered ciphertext, unknown model, wrong shape,
+garbage bytes) exercises the dead-letter path; they are counted, not awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.codec import encode_tensor
+from edgestream.pipeline.contract import ResultRecord, new_request_id, seal
+from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.inference import InferenceSession
+from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.topics.catalogue import ingest_topic, parse_topic, results_topic
+from edgestream.topics.routing import Router
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["embedding", "frame"]
+MODEL_FOR_KIND: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
+BAD_KINDS = ("tampered", "unknown_model", "wrong_shape", "garbage")
+
+
+class FleetSettings(BaseSettings):
+    """Settings of the device simulator (``EDGESTREAM_FLEET_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_FLEET_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    devices: int = Field(default=60, ge=1)
+    """Number of simulated devices, spread over the world and routed to the nearest region."""
+    rate_per_s: float = Field(default=150.0, gt=0)
+    """Requests per second offered by the whole fleet (open loop: not slowed by slow answers)."""
+    duration_s: float = Field(default=40.0, gt=0)
+    """How long the fleet sends."""
+    frame_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Share of requests that are frames (the rest are embeddings)."""
+    bad_fraction: float = Field(default=0.02, ge=0, le=1)
+    """Share of deliberately bad records, to exercise the dead-letter path."""
+    deadline_ms: float = Field(default=250.0, gt=0)
+    """How long a device waits for the edge before answering with its local fallback model."""
+    drain_s: float = Field(default=5.0, ge=0)
+    """After sending stops, how long to keep listening for outstanding results."""
+    regions: tuple[Region, ...] = DEFAULT_REGIONS
+    """Regions the fleet is spread over."""
+    kafka: KafkaSettings = KafkaSettings()
+    """How to reach the brokers."""
+    home: Path = DEFAULT_HOME
+    """Local state: key file and model cache."""
+    key_file: Path | None = None
+    """Region master keys; defaults to ``<home>/keys.json``."""
+    seed: int = 7
+    """Seed for device placement and input sampling, so runs are comparable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One simulated device."""
+
+    device_id: str
+    """Its id, the Kafka key of everything it sends."""
+    region: str
+    """Its region, chosen by the router from its location."""
+    location: tuple[float, float]
+    """(lat, lon) in degrees."""
+    key_id: int
+    """The key id it seals with."""
+    key: bytes = field(repr=False)
+    """Its own AES-256 key (derived from the region master key; a real device holds only this)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    region: str
+    kind: Kind
+    truth: int
+    capture_ms: int
+    deadline_s: float
+    inputs: np.ndarray[Any, Any]
+
+
+@dataclass(slots=True)
+class RegionReport:
+    """What one region's devices saw."""
+
+    sent: int = 0
+    bad_sent: int = 0
+    results: int = 0
+    correct: int = 0
+    fallbacks: int = 0
+    fallback_correct: int = 0
+    late: int = 0
+    duplicates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    result_times_s: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """End-to-end latency percentile over answered requests, or None without answers."""
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of edge answers whose class equals the true label."""
+        return self.correct / self.results if self.results else None
+
+
+@dataclass(slots=True)
+class FleetReport:
+    """The whole fleet's run."""
+
+    regions: dict[str, RegionReport]
+    started_at: float
+    send_s: float
+    total_s: float
+    unanswered: int
+
+    def totals(self) -> RegionReport:
+        """All regions added up (latency lists concatenated)."""
+        out = RegionReport()
+        for r in self.regions.values():
+            for name in (
+                "sent",
+                "bad_sent",
+                "results",
+                "correct",
+                "fallbacks",
+                "fallback_correct",
+                "late",
+                "duplicates",
+            ):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+            out.latencies_ms.extend(r.latencies_ms)
+            out.batch_sizes.extend(r.batch_sizes)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for a progress display."""
+
+    elapsed_s: float
+    duration_s: float
+    sent: int
+    answered: int
+    fallbacks: int
+    p99_ms: float | None
+
+
+def make_devices(settings: FleetSettings, keyring: KeyRing) -> list[Device]:
+    """Place devices at random locations and route each to its nearest region."""
+    rng = random.Random(settings.seed)
+    router = Router(settings.regions)
+    devices = []
+    for n in range(settings.devices):
+        # Around the regions' sites so every region gets devices; spread a few thousand km.
+        site = settings.regions[n % len(settings.regions)]
+        lat = max(-89.0, min(89.0, site.lat + rng.uniform(-15, 15)))
+        lon = ((site.lon + rng.uniform(-20, 20) + 180.0) % 360.0) - 180.0
+        region = router.route(f"dev-{n:05d}", (lat, lon)).name
+        device_id = f"dev-{region}-{n:05d}"
+        key_id = keyring.current_key_id(region)
+        key = keyring.device_key(region, device_id, key_id)
+        devices.append(Device(device_id, region, (lat, lon), key_id, key))
+    return devices
+
+
+class Fleet:
+    """Runs the simulated devices against the edge workers."""
+
+    def __init__(self, settings: FleetSettings, keyring: KeyRing) -> None:
+        self.settings = settings
+        self.devices = make_devices(settings, keyring)
+        self._rng = np.random.default_rng(settings.seed)
+        self._pyrng = random.Random(settings.seed + 1)
+        store = ModelStore(settings.home / "models")
+        self._data = {kind: load_dataset(kind) for kind in MODEL_FOR_KIND}
+        self._specs = {kind: spec(name) for kind, name in MODEL_FOR_KIND.items()}
+        self._fallback = {
+            kind: InferenceSession(store.get(name, "tiny")) for kind, name in MODEL_FOR_KIND.items()
+        }
+        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._expired: set[bytes] = set()
+        self._answered: set[bytes] = set()
+        self.report = FleetReport(
+            {r.name: RegionReport() for r in settings.regions}, time.time(), 0.0, 0.0, 0
+        )
+
+    async def run(self, on_progress: Callable[[Progress], None] | None = None) -> FleetReport:
+        """Send for ``duration_s``, wait up to ``drain_s`` for the rest, return the report."""
+        bootstrap = self.settings.kafka.bootstrap_servers
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            client_id="edgestream-fleet",
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            client_id="edgestream-fleet",
+        )
+        await producer.start()
+        try:
+            await consumer.start()
+            try:
+                await self._listen_from_now(consumer)
+                receiver = asyncio.create_task(self._receive(consumer))
+                sweeper = asyncio.create_task(self._sweep())
+                try:
+                    await self._send_all(producer, on_progress)
+                    await self._drain(on_progress)
+                finally:
+                    for task in (receiver, sweeper):
+                        task.cancel()
+                    await asyncio.gather(receiver, sweeper, return_exceptions=True)
+            finally:
+                await consumer.stop()
+        finally:
+            await producer.stop()
+        self.report.total_s = time.time() - self.report.started_at
+        self.report.unanswered = len(self._pending)
+        return self.report
+
+    async def _listen_from_now(self, consumer: AIOKafkaConsumer) -> None:
+        # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (results_topic(region) for region in self.report.regions)
+            for p in range(parse_topic(topic).spec.partitions)
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, before the first request is sent
+            await consumer.position(tp)
+
+    async def _send_all(
+        self, producer: AIOKafkaProducer, on_progress: Callable[[Progress], None] | None
+    ) -> None:
+        interval_s = 1.0 / self.settings.rate_per_s
+        start_s = time.monotonic()
+        end_s = start_s + self.settings.duration_s
+        next_s = start_s
+        next_progress_s = start_s
+        deliveries: list[asyncio.Future[Any]] = []
+        n = 0
+        while next_s < end_s:
+            delay_s = next_s - time.monotonic()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            device = self.devices[n % len(self.devices)]
+            n += 1
+            if self._pyrng.random() < self.settings.bad_fraction:
+                deliveries.append(await self._send_bad(producer, device))
+            else:
+                deliveries.append(await self._send_one(producer, device))
+            next_s += interval_s
+            if len(deliveries) >= 256:
+                await asyncio.gather(*deliveries)
+                deliveries.clear()
+            now_s = time.monotonic()
+            if on_progress is not None and now_s >= next_progress_s:
+                on_progress(self._progress(now_s - start_s))
+                next_progress_s = now_s + 0.25
+        await asyncio.gather(*deliveries)
+        self.report.send_s = time.monotonic() - start_s
+
+    def _pick(self, kind: Kind) -> tuple[np.ndarray[Any, Any], int]:
+        data = self._data[kind]
+        i = int(self._rng.integers(len(data.y_test)))
+        return data.X_test[i], int(data.y_test[i])
+
+    async def _send_one(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
+        kind: Kind = "frame" if self._pyrng.random() < self.settings.frame_fraction else "embedding"
+        x, truth = self._pick(kind)
+        body = encode_tensor(x, self._specs[kind].input_dtype)
+        capture_ms = int(time.time() * 1000)
+        request_id = new_request_id()
+        envelope = seal(
+            body,
+            device_key=device.key,
+            device_id=device.device_id,
+            key_id=device.key_id,
+            kind=kind,
+            model=MODEL_FOR_KIND[kind],
+            capture_time_ms=capture_ms,
+            request_id=request_id,
+        )
+        self._pending[request_id] = _Pending(
+            device.region, kind, truth, capture_ms, time.monotonic() + self.settings.deadline_ms / 1000.0, x
+        )
+        self.report.regions[device.region].sent += 1
+        delivery: asyncio.Future[Any] = await producer.send(
+            ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
+        )
+        return delivery
+
+    async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
+        how = self._pyrng.choice(BAD_KINDS)
+        kind: Kind = "embedding"
+        x, _ = self._pick(kind)
+        body = encode_tensor(x, self._specs[kind].input_dtype)
+        model = MODEL_FOR_KIND[kind]
+        if how == "wrong_shape":
+            body = encode_tensor(np.concatenate([x, x]), self._specs[kind].input_dtype)
+        elif how == "unknown_model":
+            model = "no-such-model"
+        envelope = seal(
+            body,
+            device_key=device.key,
+            device_id=device.device_id,
+            key_id=device.key_id,
+            kind=kind,
+            model=model,
+        )
+        if how == "tampered":
+            buf = bytearray(envelope)
+            buf[-3] ^= 0x01  # inside the GCM tag / ciphertext
+            envelope = bytes(buf)
+        elif how == "garbage":
+            envelope = self._pyrng.randbytes(self._pyrng.randint(1, 200))
+        self.report.regions[device.region].bad_sent += 1
+        delivery: asyncio.Future[Any] = await producer.send(
+            ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
+        )
+        return delivery
+
+    async def _receive(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=100)
+            now_ms = time.time() * 1000.0
+            for records in fetched.values():
+                for record in records:
+                    if record.value is not None:
+                        self._on_result(ResultRecord.from_bytes(record.value), now_ms)
+
+    def _on_result(self, result: ResultRecord, now_ms: float) -> None:
+        rid = result.request_id
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            region = self.report.regions.get(result.region)
+            if region is not None:
+                if rid in self._expired:
+                    self._expired.discard(rid)
+                    region.late += 1
+                elif rid in self._answered:
+                    region.duplicates += 1
+            return
+        self._answered.add(rid)
+        region = self.report.regions[pending.region]
+        region.results += 1
+        region.correct += int(result.label == pending.truth)
+        region.latencies_ms.append(now_ms - pending.capture_ms)
+        region.result_times_s.append(now_ms / 1000.0 - self.report.started_at)
+        region.batch_sizes.append(result.batch_size)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            now_s = time.monotonic()
+            while self._pending:
+                rid, pending = next(iter(self._pending.items()))
+                if pending.deadline_s > now_s:
+                    break
+                del self._pending[rid]
+                self._expired.add(rid)
+                self._fallback_answer(pending)
+
+    def _fallback_answer(self, pending: _Pending) -> None:
+        labels, _ = self._fallback[pending.kind].run(pending.inputs[np.newaxis, ...])
+        region = self.report.regions[pending.region]
+        region.fallbacks += 1
+        region.fallback_correct += int(int(labels[0]) == pending.truth)
+
+    async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:
+        end_s = time.monotonic() + self.settings.drain_s
+        while self._pending and time.monotonic() < end_s:
+            await asyncio.sleep(0.05)
+            if on_progress is not None:
+                on_progress(self._progress(self.settings.duration_s))
+        if on_progress is not None:
+            on_progress(self._progress(self.settings.duration_s))
+
+    def _progress(self, elapsed_s: float) -> Progress:
+        totals = self.report.totals()
+        recent = totals.latencies_ms[-2000:]
+        p99 = float(np.percentile(recent, 99)) if recent else None
+        return Progress(
+            elapsed_s, self.settings.duration_s, totals.sent, totals.results, totals.fallbacks, p99
+        )
+
+
+def fleet_regions(settings: FleetSettings) -> Sequence[str]:
+    """Names of the regions the fleet spans."""
+    return [r.name for r in settings.regions]
+
+
+async def run_fleet(
+    settings: FleetSettings, on_progress: Callable[[Progress], None] | None = None
+) -> FleetReport:
+    """Build the fleet from settings and run it."""
+    keyring = KeyRing.load(settings.key_file or settings.home / "keys.json")
+    return await Fleet(settings, keyring).run(on_progress)
