@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
@@ -361,3 +362,38 @@ async def delete_topics(
     if deleted:
         log.info("deleted %d topic(s): %s", len(deleted), deleted)
     return [t.name for t in topics if t.name in deleted]
+
+
+async def consumer_lag(
+    bootstrap_servers: str,
+    group_id: str,
+    topics: Iterable[Topic],
+    *,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+) -> dict[tuple[str, int], int]:
+    """Records each partition of ``topics`` holds past ``group_id``'s committed offset.
+
+    A partition the group never committed counts from its log start. End offsets are read with
+    read_committed semantics (the last stable offset), so open transactions do not count as lag.
+    """
+    tps = [TopicPartition(t.name, p) for t in _unique(topics) for p in range(t.spec.partitions)]
+    async with _admin_client(bootstrap_servers, timeout_ms) as client:
+        committed = await client.list_consumer_group_offsets(group_id, partitions=tps)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        isolation_level="read_committed",
+        request_timeout_ms=timeout_ms,
+        client_id=_CLIENT_ID,
+    )
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+    finally:
+        await consumer.stop()
+    lag: dict[tuple[str, int], int] = {}
+    for tp in tps:
+        meta = committed.get(tp)
+        position = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+        lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
+    return lag

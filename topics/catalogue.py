@@ -247,6 +247,11 @@ def dlq_topic(region: Region | str) -> str:
     return DLQ.pattern.format(region=validate_region(region))
 
 
+def edge_group(region: Region | str) -> str:
+    """The consumer group of a region's edge workers (one group per region)."""
+    return f"edgestream-edge-{validate_region(region)}"
+
+
 def region_topics(region: Region | str) -> list[Topic]:
     """Every topic of one region: its ingest topics (one per kind), results, audit and dead letters."""
     name = validate_region(region)

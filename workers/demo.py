@@ -29,8 +29,8 @@ from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
-from edgestream.topics.admin import ensure_topics
-from edgestream.topics.catalogue import all_topics
+from edgestream.topics.admin import consumer_lag, ensure_topics
+from edgestream.topics.catalogue import all_topics, edge_group, region_topics
 from edgestream.workers.broker import BrokerSettings, LocalBroker
 from edgestream.workers.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, run_fleet
 
@@ -64,6 +64,10 @@ class DemoSettings(BaseSettings):
     """Share of deliberately bad records (they must land in the dead-letter topics)."""
     worker_ready_timeout_s: float = Field(default=90.0, gt=0)
     """How long to wait for the workers to load models and get their partitions."""
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """After the fleet stops, how long to wait for the workers to consume what is left."""
+    bootstrap: str | None = None
+    """Use this already-running Kafka cluster instead of the local broker (nothing is started or stopped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,8 @@ class DemoResult:
     rows: list[RegionSummary]
     total: RegionSummary
     paths: DemoPaths
-    broker_log: Path
+    broker_log: Path | None
+    """The local broker's log, or None when the demo used another cluster."""
     model_accuracy: dict[str, float]
 
 
@@ -175,6 +180,23 @@ def _workers(settings: DemoSettings, bootstrap: str, paths: DemoPaths) -> Iterat
                 log.warning("worker %s did not stop in 30 s; killing it", name)
                 proc.kill()
                 proc.wait()
+
+
+async def _wait_caught_up(bootstrap: str, settings: DemoSettings) -> None:
+    """Wait until every region's group has committed to the end of its ingest topics (bounded)."""
+    deadline_s = time.monotonic() + settings.drain_timeout_s
+    for region in settings.regions:
+        ingest = [t for t in region_topics(region.name) if t.kind is not None]
+        while True:
+            lag = sum((await consumer_lag(bootstrap, edge_group(region.name), ingest)).values())
+            if lag == 0:
+                break
+            if time.monotonic() > deadline_s:
+                log.warning(
+                    "%s: %d records still unconsumed after %.0f s", region.name, lag, settings.drain_timeout_s
+                )
+                break
+            await asyncio.sleep(0.2)
 
 
 def _summarise(region: str, report: FleetReport, worker_stats: dict[str, Any]) -> RegionSummary:
@@ -246,9 +268,14 @@ def run_demo(
     paths = DemoPaths.under(settings.home)
     paths.root.mkdir(parents=True, exist_ok=True)
     broker = LocalBroker(BrokerSettings(home=settings.home))
-    already_running = broker.status() is not None
-    on_step("starting the Kafka broker" if not already_running else "using the running Kafka broker")
-    state = broker.start()
+    if settings.bootstrap is not None:
+        on_step(f"using the Kafka cluster at {settings.bootstrap}")
+        bootstrap, broker_log, stop_broker = settings.bootstrap, None, False
+    else:
+        stop_broker = broker.status() is None
+        on_step("starting the Kafka broker" if stop_broker else "using the running Kafka broker")
+        state = broker.start()
+        bootstrap, broker_log = state.bootstrap, state.server_log
     try:
         key_file = settings.home / "keys.json"
         if not key_file.exists():
@@ -260,9 +287,9 @@ def run_demo(
             for size in ("medium", "tiny"):
                 accuracy[f"{name}/{size}"] = store.get(name, size).accuracy
         on_step("creating topics")
-        asyncio.run(ensure_topics(state.bootstrap, all_topics([r.name for r in settings.regions])))
+        asyncio.run(ensure_topics(bootstrap, all_topics([r.name for r in settings.regions])))
         on_step(f"starting {len(settings.regions)} edge workers")
-        with _workers(settings, state.bootstrap, paths) as stats_files:
+        with _workers(settings, bootstrap, paths) as stats_files:
             on_step("running the device fleet")
             fleet_settings = FleetSettings(
                 devices=settings.devices,
@@ -271,16 +298,18 @@ def run_demo(
                 bad_fraction=settings.bad_fraction,
                 regions=settings.regions,
                 home=settings.home,
-                kafka=KafkaSettings(bootstrap_servers=state.bootstrap),
+                kafka=KafkaSettings(bootstrap_servers=bootstrap),
             )
             report = asyncio.run(run_fleet(fleet_settings, on_progress))
+            on_step("waiting for the workers to consume everything sent")
+            asyncio.run(_wait_caught_up(bootstrap, settings))
             on_step("stopping workers")
         worker_stats = {
             region: json.loads(path.read_text()) if path.exists() else {}
             for region, path in stats_files.items()
         }
     finally:
-        if not already_running:
+        if stop_broker:
             on_step("stopping the Kafka broker")
             broker.stop()
     rows = [_summarise(r.name, report, worker_stats.get(r.name, {})) for r in settings.regions]
@@ -290,7 +319,7 @@ def run_demo(
             all_reasons[reason] = all_reasons.get(reason, 0) + count
     total = _summarise("all", report, {"dead_letters": all_reasons})
     plot_latency(report, paths.plot)
-    result = DemoResult(rows, total, paths, state.log_dir / "server.log", accuracy)
+    result = DemoResult(rows, total, paths, broker_log, accuracy)
     paths.summary.write_text(
         json.dumps(
             {

@@ -54,7 +54,14 @@ from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelArtifact, ModelStore
 from edgestream.pipeline.offsets import OffsetTracker
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
-from edgestream.topics.catalogue import KINDS, audit_topic, dlq_topic, ingest_topic, results_topic
+from edgestream.topics.catalogue import (
+    KINDS,
+    audit_topic,
+    dlq_topic,
+    edge_group,
+    ingest_topic,
+    results_topic,
+)
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -251,7 +258,7 @@ class EdgeWorker:
         bootstrap = settings.kafka.bootstrap_servers
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=f"edgestream-edge-{self._region}",
+            group_id=edge_group(self._region),
             client_id=self.node_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

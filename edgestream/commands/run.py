@@ -175,7 +175,8 @@ def demo(
     console.print(f"held-out accuracy of the models served / fallback: {accuracy}")
     console.print(f"latency plot: {result.paths.plot}")
     console.print(f"summary JSON: {result.paths.summary}")
-    console.print(f"logs: worker logs in {result.paths.logs}, broker log {result.broker_log}")
+    broker_log = f", broker log {result.broker_log}" if result.broker_log else ""
+    console.print(f"logs: worker logs in {result.paths.logs}{broker_log}")
 
 
 def keys(

@@ -293,3 +293,35 @@ async def test_unreachable_broker_is_a_clear_error(call: str) -> None:
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1") as info:
         await _CALLS[call]()
     assert info.value.retriable
+
+
+async def test_consumer_lag_counts_what_a_group_has_not_committed(bootstrap: str, region: str) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from edgestream.topics.admin import consumer_lag
+    from edgestream.topics.catalogue import edge_group, region_topics
+
+    await ensure_topics(bootstrap, region_topics(region))
+    ingest = [t for t in region_topics(region) if t.kind == "frame"]
+    topic = ingest[0].name
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, b"x", partition=0, key=str(i).encode())
+    finally:
+        await producer.stop()
+    group = edge_group(region)
+    before = await consumer_lag(bootstrap, group, ingest)
+    assert before[(topic, 0)] == 5
+    assert sum(before.values()) == 5
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.commit({TopicPartition(topic, 0): 3})
+    finally:
+        await consumer.stop()
+    after = await consumer_lag(bootstrap, group, ingest)
+    assert after[(topic, 0)] == 2

@@ -1,0 +1,56 @@
+"""The demo, for real but short: worker processes, the fleet, the drain, the summary and the plot."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from edgestream.pipeline.settings import DEFAULT_REGIONS, Region
+from edgestream.workers.demo import DemoSettings, run_demo
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.broker
+
+
+def test_demo_accounts_for_every_request(bootstrap: str, model_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "models").symlink_to(model_home / "models")  # reuse the session's built models
+    tag = uuid.uuid4().hex[:6]
+    regions = tuple(
+        Region(name=f"demo{tag}-{i}", lat=r.lat, lon=r.lon) for i, r in enumerate(DEFAULT_REGIONS)
+    )
+    settings = DemoSettings(
+        home=tmp_path,
+        regions=regions,
+        duration_s=4.0,
+        rate_per_s=60.0,
+        devices=12,
+        bad_fraction=0.1,
+        bootstrap=bootstrap,
+    )
+    steps: list[str] = []
+    result = run_demo(settings, on_step=steps.append)
+
+    total = result.total
+    assert total.sent + total.bad_sent >= 200
+    assert total.bad_sent > 0
+    # Every good request is answered by the edge or, past its deadline, by the device's fallback.
+    assert total.results + total.fallbacks == total.sent
+    assert total.duplicates == 0
+    # Every bad record is in a dead-letter topic: the demo waits until the workers consumed everything.
+    assert total.dead_letters == total.bad_sent
+    assert set(total.dead_letter_reasons) <= {"bad_tag", "undecodable", "unknown_model", "bad_shape"}
+    assert total.accuracy is not None
+    assert total.accuracy > 0.9
+    assert [r.region for r in result.rows] == [r.name for r in regions]
+    assert all(r.results > 0 for r in result.rows), "every region's worker answered"
+
+    summary = json.loads(result.paths.summary.read_text())
+    assert summary["total"]["results"] == total.results
+    assert result.paths.plot.stat().st_size > 10_000
+    assert result.paths.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any("broker" in s for s in steps[1:]), "a given cluster is used, no broker started or stopped"
