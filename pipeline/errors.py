@@ -7,6 +7,7 @@ Messages are built from typed fields and never contain payload bytes.
 
 from __future__ import annotations
 
+import uuid
 from typing import ClassVar, Literal
 
 Stage = Literal["decode", "decrypt", "decompress", "validate", "infer", "produce"]
@@ -136,3 +137,43 @@ class BrokerError(EdgestreamError):
     """The local Kafka broker could not be resolved, started, reached or stopped."""
 
     reason = "broker"
+
+
+class ReplayedRequest(ContractError):
+    """The request id was already seen on this partition within the replay window."""
+
+    reason = "replayed"
+    stage = "validate"
+
+    def __init__(self, request_id: bytes) -> None:
+        shown = str(uuid.UUID(bytes=request_id)) if len(request_id) == 16 else request_id.hex()
+        super().__init__(f"request {shown} was already seen")
+        self.request_id = request_id
+
+
+class StaleCapture(ContractError):
+    """The capture time is further from the worker's clock than the allowed skew (past or future)."""
+
+    reason = "stale"
+    stage = "validate"
+
+    def __init__(self, skew_ms: int, allowed_ms: int) -> None:
+        shown = f"{skew_ms} ms in the past" if skew_ms >= 0 else f"{-skew_ms} ms in the future"
+        super().__init__(f"capture time is {shown}, beyond the allowed {allowed_ms} ms")
+        self.skew_ms = skew_ms
+        """Worker time minus capture time: positive for the past, negative for the future."""
+        self.allowed_ms = allowed_ms
+        """The limit it broke, in the same direction (it may be tighter than the configured one)."""
+
+
+class RateLimited(ContractError):
+    """The device sent more requests than its token bucket allows."""
+
+    reason = "rate_limited"
+    stage = "validate"
+
+    def __init__(self, device_id: str, rate_per_s: float, burst: int) -> None:
+        super().__init__(f"device {device_id!r} exceeds {rate_per_s:g} requests/s (burst {burst})")
+        self.device_id = device_id
+        self.rate_per_s = rate_per_s
+        self.burst = burst
