@@ -10,7 +10,7 @@ import logging
 
 import typer
 
-from edgestream.commands import broker, models, run, topics
+from edgestream.commands import broker, dlq, models, run, topics
 
 app = typer.Typer(
     name="edgestream",
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
 app.add_typer(models.app, name="models")
+app.add_typer(dlq.app, name="dlq")
 run.register(app)
 
 
