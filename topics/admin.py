@@ -377,8 +377,18 @@ async def consumer_lag(
     read_committed semantics (the last stable offset), so open transactions do not count as lag.
     """
     tps = [TopicPartition(t.name, p) for t in _unique(topics) for p in range(t.spec.partitions)]
+    deadline = time.monotonic() + timeout_ms / 1000.0
+    delay_s = _FIRST_BACKOFF_S
     async with _admin_client(bootstrap_servers, timeout_ms) as client:
-        committed = await client.list_consumer_group_offsets(group_id, partitions=tps)
+        while True:
+            try:
+                committed = await client.list_consumer_group_offsets(group_id, partitions=tps)
+                break
+            except KafkaError as e:
+                # A fresh cluster makes __consumer_offsets on first use: "coordinator not available".
+                if not e.retriable or time.monotonic() >= deadline:
+                    raise
+                delay_s = await _backoff(deadline, delay_s)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         isolation_level="read_committed",

@@ -2,13 +2,13 @@
 
 The hot path reads top to bottom:
 
-    fetch a batch (getmany) -> open + validate each envelope -> micro-batch by (model, version)
-    -> onnxruntime in a thread -> produce results + audit records -> commit offsets once acknowledged
+    fetch (getmany) -> open + validate each envelope -> close a unit (size, age or latency budget)
+    -> onnxruntime per (model, version) in a thread -> results, audit records, dead letters
+    -> commit them with the consumed offsets (one Kafka transaction per input partition)
 
 Bad records go to the region's dead-letter topic with a reason code and never stop the partition.
-Delivery is at-least-once: an offset is committed only after every output of every record before it
-is acknowledged by the broker (``OffsetTracker``). Memory is bounded: the worker pauses its partitions
-while ``max_in_flight`` records are held and resumes at half of it.
+Delivery is exactly-once by default (``workers/sinks.py``); at-least-once is a setting. Memory is
+bounded: the worker pauses its partitions while ``max_in_flight`` records are held and resumes at half.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -43,6 +43,7 @@ from edgestream.pipeline.contract import (
     open_envelope,
 )
 from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.deadletter import attempt_of, dead_letter_headers
 from edgestream.pipeline.errors import (
     ContractError,
     EdgestreamError,
@@ -52,7 +53,8 @@ from edgestream.pipeline.errors import (
 )
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelArtifact, ModelStore
-from edgestream.pipeline.offsets import OffsetTracker
+from edgestream.pipeline.ratelimit import DeviceRateLimiter
+from edgestream.pipeline.replay import ReplayGuard
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
     KINDS,
@@ -62,6 +64,7 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     results_topic,
 )
+from edgestream.workers.sinks import AckSink, Output, PartitionWork, Sink, TransactionalSink
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -69,7 +72,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ModelKey = tuple[str, int]
-"""(model name, model version): the micro-batching key."""
+"""(model name, model version): records of one key share an onnxruntime call."""
+UNIT = "unit"
+"""The batcher's one key: a unit holds every record fetched since the previous unit closed."""
 
 
 class WorkerSettings(BaseSettings):
@@ -93,26 +98,45 @@ class WorkerSettings(BaseSettings):
     """Model families this worker serves."""
     model_size: Literal["tiny", "medium", "full"] = "medium"
     """Which size of each family to serve."""
-    max_batch: int = Field(default=32, ge=1)
-    """Largest micro-batch handed to onnxruntime."""
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    """exactly_once: outputs and offsets commit in one Kafka transaction per input partition and unit;
+    a crash or abort repeats nothing a read_committed reader sees. at_least_once: outputs are
+    acknowledged, then offsets committed; cheaper (no transaction round trips), but a crash between the
+    two repeats that unit's outputs."""
+    max_batch: int = Field(default=64, ge=1)
+    """Most records in one unit of work (and so in one onnxruntime call per model)."""
     max_wait_ms: float = Field(default=4.0, ge=0)
-    """Longest a record waits for its batch to fill."""
+    """Longest the first record of a unit waits for the unit to fill."""
     sla_ms: float = Field(default=50.0, gt=0)
     """End-to-end latency budget from capture time; batches close early to meet it."""
     max_in_flight: int = Field(default=2048, ge=1)
-    """Records held (fetched, not yet acknowledged) before the worker pauses its partitions."""
+    """Records held (fetched, not yet committed) before the worker pauses its partitions."""
     fetch_max_records: int = Field(default=500, ge=1)
     """Upper bound on records returned by one ``getmany``."""
     max_envelope_bytes: int = Field(default=1 << 20, ge=256)
     """Records larger than this are dead-lettered before parsing."""
     max_body_bytes: int = Field(default=4 << 20, ge=256)
     """Decompressed bodies larger than this are refused (decompression bombs)."""
+    max_age_ms: int = Field(default=60_000, ge=1)
+    """A capture time older than this is refused as stale (and bounds how long ids are remembered)."""
+    max_future_skew_ms: int = Field(default=5_000, ge=0)
+    """A capture time further than this in the future is refused as stale (device clock ahead)."""
+    max_replay_ids_per_partition: int = Field(default=200_000, ge=1)
+    """Request ids remembered per input partition; past it the oldest go and the age limit tightens."""
+    device_rate_per_s: float = Field(default=50.0, gt=0)
+    """Sustained requests per second one device may send; more are dead-lettered as rate_limited."""
+    device_burst: int = Field(default=100, ge=1)
+    """Requests a device may send at once above its rate."""
+    max_tracked_devices: int = Field(default=100_000, ge=1)
+    """Rate-limit buckets kept; the least recently used go first."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """onnxruntime execution providers, in order of preference."""
     intra_op_threads: int = Field(default=1, ge=1)
     """onnxruntime intra-op threads; 1 leaves the other core to the event loop and the broker."""
-    commit_interval_ms: int = Field(default=100, ge=1)
-    """How often acknowledged positions are committed."""
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    """Broker aborts a transaction left open longer than this (a worker that died mid-commit)."""
+    retry_backoff_max_ms: int = Field(default=5_000, ge=1)
+    """Upper bound of the backoff between retries of a partition whose transaction failed."""
     ready_file: Path | None = None
     """Written (JSON) once models are loaded and partitions assigned; removed at exit."""
     stats_file: Path | None = None
@@ -134,46 +158,73 @@ class ServedModel:
 
     @property
     def key(self) -> ModelKey:
-        """The micro-batching key."""
+        """The grouping key of its inference calls."""
         return (self.artifact.name, self.artifact.version)
+
+
+class Answer(NamedTuple):
+    """What the model said about one item, and how it was computed."""
+
+    label: int
+    """Predicted class."""
+    scores: tuple[float, ...]
+    """Class probabilities."""
+    infer_ms: float
+    """Duration of the onnxruntime call that computed it."""
+    batch_size: int
+    """Size of that call's batch."""
 
 
 @dataclass(slots=True)
 class Item:
-    """One admitted record on its way through the worker."""
+    """One fetched record on its way through the worker: admitted, or already known to be bad."""
 
     tp: TopicPartition
     """Where it came from."""
     offset: int
     """Its offset there."""
+    timestamp_ms: int
+    """The record's Kafka timestamp."""
+    key: bytes | None
+    """The record's key (the device id), kept for its dead letter."""
+    headers: tuple[tuple[str, bytes], ...]
+    """The record's own headers (traceparent, replay marks), carried onto its dead letter."""
     raw: bytes
-    """The record exactly as received (still sealed), kept for a dead letter after inference."""
-    envelope: Envelope
-    """The decoded envelope (fields outside the ciphertext)."""
-    tensor: np.ndarray[Any, Any]
-    """The decrypted input, in memory only."""
+    """The record exactly as received (still sealed): a dead letter's value."""
     arrived_s: float
     """Monotonic time the worker admitted it."""
+    envelope: Envelope | None = None
+    """The decoded envelope (fields outside the ciphertext), when decoding got that far."""
+    tensor: np.ndarray[Any, Any] | None = None
+    """The decrypted input, in memory only; None when the record is bad."""
+    model: ServedModel | None = None
+    """The model that will answer it."""
+    error: EdgestreamError | None = None
+    """Why the record goes to the dead-letter topic, if it does."""
+    answer: Answer | None = None
+    """The model's answer, once inferred."""
 
 
 @dataclass(slots=True)
 class WorkerStats:
-    """Counters a worker reports at exit (and the demo summarises)."""
+    """Counters a worker reports at exit (and the demo summarises). Counted once committed."""
 
     consumed: int = 0
     """Records fetched."""
     results: int = 0
-    """Results published."""
-    batches: int = 0
-    """Micro-batches run."""
+    """Results committed."""
+    units: int = 0
+    """Units of work committed (a unit: the records fetched since the previous one closed)."""
     dead_letters: Counter[str] = field(default_factory=Counter)
-    """Dead letters by reason code."""
+    """Dead letters committed, by reason code."""
     batch_sizes: Counter[int] = field(default_factory=Counter)
-    """How many batches of each size ran."""
+    """How many onnxruntime calls ran at each batch size."""
     close_reasons: Counter[str] = field(default_factory=Counter)
-    """Why batches closed: full, max_wait, deadline, drain."""
+    """Why units closed: full, max_wait, deadline, drain."""
     pauses: int = 0
     """Times the partitions were paused for backpressure."""
+    rewinds: int = 0
+    """Times a partition was re-read from its committed offset after a failed transaction."""
     infer_s: float = 0.0
     """Seconds spent in onnxruntime."""
 
@@ -182,11 +233,12 @@ class WorkerStats:
         return {
             "consumed": self.consumed,
             "results": self.results,
-            "batches": self.batches,
+            "units": self.units,
             "dead_letters": dict(self.dead_letters),
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "close_reasons": dict(self.close_reasons),
             "pauses": self.pauses,
+            "rewinds": self.rewinds,
             "infer_s": round(self.infer_s, 4),
         }
 
@@ -215,50 +267,77 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: EdgeWorker) -> None:
         self._worker = worker
 
+    # aiokafka logs and swallows a listener's exception; here it ends the worker instead, since a
+    # partition without its producer or position cannot be served safely.
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker._on_revoked(revoked)
+        try:
+            await self._worker._on_revoked(revoked)
+        except Exception as err:
+            self._worker._fail(err)
+            raise
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker._on_assigned(assigned)
+        try:
+            await self._worker._on_assigned(assigned)
+        except Exception as err:
+            self._worker._fail(err)
+            raise
 
 
 class EdgeWorker:
-    """Consumes a region's ingest topics, infers in micro-batches, publishes results and audit."""
+    """Consumes a region's ingest topics, infers in micro-batches, publishes results and audit.
+
+    Work moves in *units*: the records fetched since the previous unit closed. A unit closes when it
+    holds ``max_batch`` records, when its first record has waited ``max_wait_ms``, or earlier when the
+    tightest latency budget among its records would otherwise be missed. Units are processed one at a
+    time while the next one fills, so each partition's records in a unit form a contiguous offset
+    range, and the unit's outputs and offsets commit together through the sink.
+    """
 
     def __init__(
-        self,
-        settings: WorkerSettings,
-        *,
-        keyring: KeyRing,
-        models: Mapping[str, ServedModel],
+        self, settings: WorkerSettings, *, keyring: KeyRing, models: Mapping[str, ServedModel]
     ) -> None:
         self.settings = settings
         self.node_id = settings.resolved_node_id()
         self.stats = WorkerStats()
         self._region = settings.region
+        self._group_id = edge_group(settings.region)
         self._keyring = keyring
         self._models = dict(models)
-        self._by_key = {m.key: m for m in self._models.values()}
         self._estimate = ServiceTimeEstimate()
-        self._batcher: MicroBatcher[ModelKey, Item] = MicroBatcher(
+        self._open: MicroBatcher[str, Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
         )
-        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._replays: ReplayGuard[TopicPartition] = ReplayGuard(
+            window_ms=settings.max_age_ms + settings.max_future_skew_ms,
+            max_age_ms=settings.max_age_ms,
+            max_future_skew_ms=settings.max_future_skew_ms,
+            max_entries_per_partition=settings.max_replay_ids_per_partition,
+        )
+        self._rate = DeviceRateLimiter(
+            rate_per_s=settings.device_rate_per_s,
+            burst=settings.device_burst,
+            max_devices=settings.max_tracked_devices,
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._wakeup = asyncio.Event()
-        self._run_lock = asyncio.Lock()
-        self._acks: set[asyncio.Task[None]] = set()
+        self._process_lock = asyncio.Lock()
+        self._processing = 0
+        self._generation: Counter[TopicPartition] = Counter()
+        self._serving: set[TopicPartition] = set()  # assigned, producer started, position set
+        self._to_position: set[TopicPartition] = set()  # assigned and producer started
         self._paused = False
         self._ready = False
         self._stopped = False
         self._fatal: BaseException | None = None
+        self._failures = 0
         self._results_topic = results_topic(self._region)
         self._audit_topic = audit_topic(self._region)
         self._dlq_topic = dlq_topic(self._region)
-        bootstrap = settings.kafka.bootstrap_servers
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=edge_group(self._region),
+        kafka = settings.kafka
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=self._group_id,
             client_id=self.node_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -267,42 +346,51 @@ class EdgeWorker:
             max_poll_records=settings.fetch_max_records,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
-            request_timeout_ms=settings.kafka.request_timeout_ms,
+            request_timeout_ms=kafka.request_timeout_ms,
         )
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=self.node_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            request_timeout_ms=settings.kafka.request_timeout_ms,
-        )
+        self.sink: Sink
+        if settings.delivery == "exactly_once":
+            self.sink = TransactionalSink(
+                bootstrap_servers=kafka.bootstrap_servers,
+                group_id=self._group_id,
+                client_id=self.node_id,
+                request_timeout_ms=kafka.request_timeout_ms,
+                transaction_timeout_ms=settings.transaction_timeout_ms,
+            )
+        else:
+            self.sink = AckSink(
+                bootstrap_servers=kafka.bootstrap_servers,
+                client_id=self.node_id,
+                request_timeout_ms=kafka.request_timeout_ms,
+                commit=self._commit_offsets,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the producer and subscribe the consumer to the region's ingest topics."""
-        await self._producer.start()
+        """Start the sink and subscribe the consumer to the region's ingest topics."""
+        await self.sink.start()
         try:
             topics = [ingest_topic(self._region, kind) for kind in KINDS]
-            self._consumer.subscribe(topics, listener=_Rebalance(self))
-            await self._consumer.start()
+            self.consumer.subscribe(topics, listener=_Rebalance(self))
+            await self.consumer.start()
         except BaseException:
-            await self._producer.stop()
+            await self.sink.stop()
             raise
 
     async def stop(self) -> None:
-        """Finish what is in flight, commit, leave the group. Idempotent."""
+        """Finish and commit the open unit, leave the group. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         try:
             if self._fatal is None:
-                await self._flush()
-                await self._commit()
+                async with self._process_lock:
+                    for unit in self._open.drain():
+                        await self._process(unit)
         finally:
-            await self._consumer.stop()
-            await self._producer.stop()
+            await self.consumer.stop()
+            await self.sink.stop()
             self._executor.shutdown(wait=True)
             self._write_stats()
             if self.settings.ready_file is not None:
@@ -316,22 +404,21 @@ class EdgeWorker:
         await self.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set (SIGTERM), then return after the in-flight work is done.
+        """Run until ``stop`` is set (SIGTERM); ``stop()`` then finishes the open unit.
 
-        A fatal error (a produce that failed after the client's retries, a commit the broker refused
-        for a reason other than a rebalance) ends the run with that error; offsets past unfinished
-        records were never committed, so a restart loses nothing.
+        A fatal error (fenced by a newer owner of a partition; in at-least-once mode, a produce or commit
+        that failed after the client's retries) ends the run with that error. Nothing uncommitted is
+        lost: the next owner re-reads from the committed offsets.
         """
         tasks = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
-            asyncio.create_task(self._batch_loop(), name="batch"),
-            asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self._process_loop(), name="process"),
         ]
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stopper and task.exception() is not None:
+                if task is not stopper and not task.cancelled() and task.exception() is not None:
                     self._fatal = task.exception()
         finally:
             for task in [*tasks, stopper]:
@@ -345,53 +432,74 @@ class EdgeWorker:
     async def _fetch_loop(self) -> None:
         limit = self.settings.max_in_flight
         while True:
+            await self._position_new_partitions()
             self._apply_backpressure(limit)
-            room = max(1, min(self.settings.fetch_max_records, limit - self._tracker.in_flight))
-            fetched = await self._consumer.getmany(timeout_ms=100, max_records=room)
+            room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
+            generation = self._generation.copy()
+            fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
             now_s = time.monotonic()
             now_ms = time.time() * 1000.0
             for tp, records in fetched.items():
+                if self._generation[tp] != generation[tp] or tp not in self._serving:
+                    continue  # repositioned, revoked or not yet set up: re-read from the committed offset
                 for record in records:
                     self._admit(tp, record, now_s, now_ms)
             if fetched:
                 self._wakeup.set()
-            if self._fatal is not None:
-                raise self._fatal
+
+    async def _position_new_partitions(self) -> None:
+        """Seek newly assigned partitions to their committed offsets, then serve them.
+
+        Not done in the rebalance listener: ``committed()`` there waits for the rebalance that is
+        calling the listener.
+        """
+        for tp in list(self._to_position):
+            self._to_position.discard(tp)
+            if tp in self.consumer.assignment():
+                await self._seek_committed(tp)
+                self._serving.add(tp)
+
+    def _fail(self, err: BaseException) -> None:
+        log.error("fatal: %r", err)
+        if self._fatal is None:
+            self._fatal = err
+        self._wakeup.set()
+
+    def _held(self) -> int:
+        return len(self._open) + self._processing
 
     def _apply_backpressure(self, limit: int) -> None:
-        in_flight = self._tracker.in_flight
-        if in_flight >= limit and not self._paused:
-            self._consumer.pause(*self._consumer.assignment())
+        held = self._held()
+        if held >= limit and not self._paused:
             self._paused = True
             self.stats.pauses += 1
-            log.info("paused partitions: %d records in flight (limit %d)", in_flight, limit)
-        elif self._paused and in_flight <= limit // 2:
-            self._consumer.resume(*self._consumer.assignment())
+            log.info("pausing partitions: %d records held (limit %d)", held, limit)
+        elif self._paused and held <= limit // 2:
+            self.consumer.resume(*self.consumer.assignment())
             self._paused = False
-            log.info("resumed partitions: %d records in flight", in_flight)
-        elif self._paused:
-            # Partitions assigned since the pause start unpaused; keep them paused too.
-            self._consumer.pause(*self._consumer.assignment())
+            log.info("resumed partitions: %d records held", held)
+        if self._paused:  # partitions assigned since the pause start unpaused
+            self.consumer.pause(*self.consumer.assignment())
 
     def _admit(
         self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now_s: float, now_ms: float
     ) -> None:
-        self._tracker.track(tp, record.offset)
         self.stats.consumed += 1
         raw = record.value if record.value is not None else b""
+        item = Item(tp, record.offset, record.timestamp, record.key, tuple(record.headers), raw, now_s)
+        deadline_s = now_s
         try:
-            envelope = decode_envelope(raw, max_envelope_bytes=self.settings.max_envelope_bytes)
-            served = self._resolve_model(envelope)
-            device_key = self._keyring.device_key(self._region, envelope.device_id, envelope.key_id)
-            body = open_envelope(envelope, device_key, max_body_bytes=self.settings.max_body_bytes)
-            served.artifact.spec.check_input(body.dtype, tuple(body.shape))
-            tensor = decode_tensor(body)
+            item.envelope = decode_envelope(raw, max_envelope_bytes=self.settings.max_envelope_bytes)
+            item.model = self._resolve_model(item.envelope)
+            device_key = self._keyring.device_key(self._region, item.envelope.device_id, item.envelope.key_id)
+            body = open_envelope(item.envelope, device_key, max_body_bytes=self.settings.max_body_bytes)
+            item.model.artifact.spec.check_input(body.dtype, tuple(body.shape))
+            item.tensor = decode_tensor(body)
+            budget_s = (item.envelope.capture_time_ms + self.settings.sla_ms - now_ms) / 1000.0
+            deadline_s = now_s + budget_s
         except ContractError as err:
-            self._dead_letter(tp, record.offset, record.key, raw, err, envelope=None)
-            return
-        budget_s = (envelope.capture_time_ms + self.settings.sla_ms - now_ms) / 1000.0
-        item = Item(tp, record.offset, raw, envelope, tensor, now_s)
-        self._batcher.add(served.key, item, now_s=now_s, deadline_s=now_s + budget_s)
+            item.error = err
+        self._open.add(UNIT, item, now_s=now_s, deadline_s=deadline_s if item.error is None else now_s + 1.0)
 
     def _resolve_model(self, envelope: Envelope) -> ServedModel:
         served = self._models.get(envelope.model)
@@ -405,194 +513,262 @@ class EdgeWorker:
             )
         return served
 
-    # -- batch, infer, produce ---------------------------------------------------------------------
+    # -- process a unit: infer, build outputs, commit ------------------------------------------------
 
-    async def _batch_loop(self) -> None:
+    async def _process_loop(self) -> None:
         while True:
+            if self._fatal is not None:
+                raise self._fatal
             self._wakeup.clear()
-            async with self._run_lock:
-                for batch in self._batcher.pop_ready(time.monotonic()):
-                    await self._run_batch(batch)
-            due_s = self._batcher.next_due_s()
+            async with self._process_lock:
+                for unit in self._open.pop_ready(time.monotonic()):
+                    await self._process(unit)
+            due_s = self._open.next_due_s()
             timeout_s = None if due_s is None else max(0.0, due_s - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout_s)
 
-    async def _run_batch(self, batch: Batch[ModelKey, Item]) -> None:
-        served = self._by_key[batch.key]
-        items = batch.items
+    async def _process(self, unit: Batch[str, Item]) -> None:
+        items = unit.items
+        self._processing = len(items)
         started_s = time.monotonic()
         try:
-            labels, probs = await self._infer(served, items)
-        except InferenceFailed as err:
-            log.warning("batch of %d for %s failed (%s); retrying one by one", len(items), batch.key, err)
-            await self._run_singly(served, items)
-            return
+            self._check_replays_and_rates(items)
+            await self._infer_all(items)
+            work = self._outputs(items, started_s)
+            failed = await self.sink.publish(work)
+        except BaseException:
+            for tp in {it.tp for it in items}:
+                self._replays.abort(tp)
+            raise
+        finally:
+            self._processing = 0
+        for tp in work:
+            if tp in failed:
+                self._replays.abort(tp)  # its records come again: they are not replays
+            else:
+                self._replays.commit(tp)
+        for tp, err in failed.items():
+            await self._rewind(tp, err)
+        self._count(items, failed, unit.reason)
+        self._estimate.observe(UNIT, time.monotonic() - started_s)
+        if not failed:
+            self._failures = 0
+
+    def _check_replays_and_rates(self, items: Sequence[Item]) -> None:
+        """After authentication, in offset order: replays and stale captures, then per-device rates.
+
+        The replay guard stages this unit's ids per partition; they become permanent only when the
+        partition's transaction commits, so a record redelivered after an abort is not a replay.
+        """
+        now_ms = int(time.time() * 1000)
+        now_s = time.monotonic()
+        for item in items:
+            env = item.envelope
+            if item.error is not None or env is None:
+                continue
+            try:
+                self._replays.check(item.tp, env.request_id, env.capture_time_ms, now_ms)
+                self._rate.check(env.device_id, now_s)
+            except ContractError as err:
+                item.error = err
+                item.tensor = None
+
+    async def _infer_all(self, items: Sequence[Item]) -> None:
+        groups: dict[ModelKey, list[Item]] = {}
+        for item in items:
+            if item.error is None and item.model is not None:
+                groups.setdefault(item.model.key, []).append(item)
+        for group in groups.values():
+            served = group[0].model
+            assert served is not None
+            try:
+                await self._infer(served, group)
+            except InferenceFailed as err:
+                log.warning(
+                    "batch of %d for %s failed (%s); retrying one by one", len(group), served.key, err
+                )
+                for item in group:
+                    try:
+                        await self._infer(served, [item])
+                    except InferenceFailed as single:
+                        item.error = single
+
+    async def _infer(self, served: ServedModel, items: Sequence[Item]) -> None:
+        inputs = np.stack([it.tensor for it in items if it.tensor is not None])
+        loop = asyncio.get_running_loop()
+        started_s = time.monotonic()
+        labels, probs = await loop.run_in_executor(self._executor, served.session.run, inputs)
         infer_s = time.monotonic() - started_s
-        self.stats.batches += 1
         self.stats.infer_s += infer_s
         self.stats.batch_sizes[len(items)] += 1
-        self.stats.close_reasons[batch.reason] += 1
-        await self._publish(served, items, labels, probs, started_s, infer_s)
-        self._estimate.observe(batch.key, time.monotonic() - started_s)
-
-    async def _infer(
-        self, served: ServedModel, items: Sequence[Item]
-    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        inputs = np.stack([it.tensor for it in items])
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, served.session.run, inputs)
-
-    async def _run_singly(self, served: ServedModel, items: Sequence[Item]) -> None:
-        for item in items:
-            started_s = time.monotonic()
-            try:
-                labels, probs = await self._infer(served, [item])
-            except InferenceFailed as err:
-                self._dead_letter(item.tp, item.offset, None, item.raw, err, envelope=item.envelope)
-                continue
-            await self._publish(served, [item], labels, probs, started_s, time.monotonic() - started_s)
-
-    async def _publish(
-        self,
-        served: ServedModel,
-        items: Sequence[Item],
-        labels: np.ndarray[Any, Any],
-        probs: np.ndarray[Any, Any],
-        started_s: float,
-        infer_s: float,
-    ) -> None:
-        name, version = served.key
-        futures: list[asyncio.Future[Any]] = []
-        now_ms = time.time() * 1000.0
         for item, label, scores in zip(items, labels.tolist(), probs.tolist(), strict=True):
-            env = item.envelope
-            total_ms = now_ms - env.capture_time_ms
-            result = ResultRecord(
-                request_id=env.request_id,
-                device_id=env.device_id,
-                model=name,
-                model_version=version,
-                label=int(label),
-                scores=tuple(float(s) for s in scores),
-                queue_ms=(started_s - item.arrived_s) * 1000.0,
-                infer_ms=infer_s * 1000.0,
-                total_ms=total_ms,
-                batch_size=len(items),
-                node=self.node_id,
-                region=self._region,
-                produced_at_ms=int(now_ms),
-            )
+            item.tensor = None  # the decrypted input is not needed past this point
+            item.answer = Answer(int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items))
+
+    def _outputs(self, items: Sequence[Item], started_s: float) -> dict[TopicPartition, PartitionWork]:
+        work: dict[TopicPartition, PartitionWork] = {}
+        now_ms = time.time() * 1000.0
+        for item in items:
+            part = work.setdefault(item.tp, PartitionWork())
+            part.next_offset = max(part.next_offset, item.offset + 1)
+            if item.error is None:
+                part.outputs.extend(self._answer(item, started_s, now_ms))
+            else:
+                part.outputs.extend(self._dead_letter(item, now_ms))
+        return work
+
+    def _answer(self, item: Item, started_s: float, now_ms: float) -> list[Output]:
+        env, served, answer = item.envelope, item.model, item.answer
+        if env is None or served is None or answer is None:
+            raise RuntimeError(f"{item.tp}@{item.offset} reached publishing without an answer")
+        name, version = served.key
+        total_ms = now_ms - env.capture_time_ms
+        result = ResultRecord(
+            request_id=env.request_id,
+            device_id=env.device_id,
+            model=name,
+            model_version=version,
+            label=answer.label,
+            scores=answer.scores,
+            queue_ms=(started_s - item.arrived_s) * 1000.0,
+            infer_ms=answer.infer_ms,
+            total_ms=total_ms,
+            batch_size=answer.batch_size,
+            node=self.node_id,
+            region=self._region,
+            produced_at_ms=int(now_ms),
+        )
+        audit = AuditRecord(
+            timestamp_ms=int(now_ms),
+            request_id=env.request_id,
+            node=self.node_id,
+            region=self._region,
+            device_id=env.device_id,
+            model=name,
+            model_version=version,
+            outcome="ok",
+            reason=None,
+            latency_ms=total_ms,
+        )
+        return [
+            Output(self._results_topic, result.to_bytes(), env.device_id.encode()),
+            Output(self._audit_topic, audit.to_bytes(), env.request_id),
+        ]
+
+    def _dead_letter(self, item: Item, now_ms: float) -> list[Output]:
+        err = item.error
+        assert err is not None
+        env = item.envelope
+        log.debug(
+            "dead-letter %s[%d]@%d: %s (%s)", item.tp.topic, item.tp.partition, item.offset, err.reason, err
+        )
+        headers = dead_letter_headers(
+            error=err,
+            origin_topic=item.tp.topic,
+            origin_partition=item.tp.partition,
+            origin_offset=item.offset,
+            origin_timestamp_ms=item.timestamp_ms,
+            group_id=self._group_id,
+            worker_id=self.node_id,
+            key_id=None if env is None else env.key_id,
+            attempt=attempt_of(item.headers),
+            now_ms=int(now_ms),
+            origin_headers=item.headers,
+        )
+        outputs = [Output(self._dlq_topic, item.raw, item.key, headers)]
+        if env is not None:
             audit = AuditRecord(
                 timestamp_ms=int(now_ms),
                 request_id=env.request_id,
                 node=self.node_id,
                 region=self._region,
                 device_id=env.device_id,
-                model=name,
-                model_version=version,
-                outcome="ok",
-                reason=None,
-                latency_ms=total_ms,
+                model=env.model,
+                model_version=env.model_version,
+                outcome="dead_letter",
+                reason=err.reason,
+                latency_ms=now_ms - env.capture_time_ms,
             )
-            key = env.device_id.encode()
-            futures.append(await self._producer.send(self._results_topic, result.to_bytes(), key=key))
-            futures.append(await self._producer.send(self._audit_topic, audit.to_bytes(), key=env.request_id))
-        self.stats.results += len(items)
-        self._finish_when_acked(futures, [(it.tp, it.offset) for it in items])
+            outputs.append(Output(self._audit_topic, audit.to_bytes(), env.request_id))
+        return outputs
 
-    def _dead_letter(
-        self,
-        tp: TopicPartition,
-        offset: int,
-        key: bytes | None,
-        raw: bytes,
-        err: EdgestreamError,
-        *,
-        envelope: Envelope | None,
-    ) -> None:
-        self.stats.dead_letters[err.reason] += 1
-        log.debug("dead-letter %s[%d]@%d: %s (%s)", tp.topic, tp.partition, offset, err.reason, err)
-        headers = [
-            ("reason", err.reason.encode()),
-            ("stage", err.stage.encode()),
-            ("error.class", type(err).__name__.encode()),
-            ("error.message", str(err)[:500].encode()),
-            ("origin.topic", tp.topic.encode()),
-            ("origin.partition", str(tp.partition).encode()),
-            ("origin.offset", str(offset).encode()),
-            ("worker", self.node_id.encode()),
-        ]
-        if envelope is not None:
-            key = key or envelope.device_id.encode()
-        future = asyncio.ensure_future(self._producer.send(self._dlq_topic, raw, key=key, headers=headers))
-        self._finish_when_acked([future], [(tp, offset)], nested=True)
+    def _count(self, items: Sequence[Item], failed: Mapping[TopicPartition, object], reason: str) -> None:
+        committed = [it for it in items if it.tp not in failed]
+        self.stats.units += 1
+        self.stats.close_reasons[reason] += 1
+        for item in committed:
+            if item.error is None:
+                self.stats.results += 1
+            else:
+                self.stats.dead_letters[item.error.reason] += 1
 
-    def _finish_when_acked(
-        self,
-        futures: Sequence[asyncio.Future[Any]],
-        done: Sequence[tuple[TopicPartition, int]],
-        *,
-        nested: bool = False,
-    ) -> None:
-        async def wait() -> None:
-            try:
-                acked = await asyncio.gather(*futures)
-                if nested:  # send() itself returned the delivery future
-                    await asyncio.gather(*acked)
-            except KafkaError as err:
-                log.error("produce failed after the client's retries: %s", err)
-                self._fatal = err
-                self._wakeup.set()
-                return
-            for tp, offset in done:
-                if tp in self._consumer.assignment():
-                    self._tracker.done(tp, offset)
+    # -- failures, rebalance -----------------------------------------------------------------------
 
-        task = asyncio.create_task(wait())
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+    async def _rewind(self, tp: TopicPartition, err: BaseException) -> None:
+        """Re-read ``tp`` from its committed offset: nothing of the failed unit was committed."""
+        self.stats.rewinds += 1
+        self._failures += 1
+        self._open.remove(lambda it: it.tp == tp)
+        if tp not in self.consumer.assignment():
+            return
+        position = await self._seek_committed(tp)
+        backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
+        log.warning(
+            "re-reading %s[%d] from %s after %r; backing off %.2f s",
+            tp.topic,
+            tp.partition,
+            position,
+            err,
+            backoff_s,
+        )
+        await asyncio.sleep(backoff_s)
 
-    # -- commit, rebalance, shutdown ---------------------------------------------------------------
+    async def _seek_committed(self, tp: TopicPartition) -> int | str:
+        """Position ``tp`` at its committed offset (or its beginning) and drop anything fetched before.
 
-    async def _commit_loop(self) -> None:
-        interval_s = self.settings.commit_interval_ms / 1000.0
-        while True:
-            await asyncio.sleep(interval_s)
-            await self._commit()
+        Every change of a partition's generation comes with this seek, so records that a ``getmany``
+        in flight returns from the old position can be dropped without losing any.
+        """
+        self._generation[tp] += 1
+        committed: int | None = await self.consumer.committed(tp)
+        if committed is None:
+            # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
+            await self.consumer.seek_to_beginning(tp)
+            return "the beginning"
+        self.consumer.seek(tp, committed)
+        return committed
 
-    async def _commit(self) -> None:
-        positions = {
-            tp: pos for tp, pos in self._tracker.committable().items() if tp in self._consumer.assignment()
-        }
-        if not positions:
+    async def _commit_offsets(self, positions: dict[TopicPartition, int]) -> None:
+        owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}
+        if not owned:
             return
         try:
-            await self._consumer.commit(positions)
+            await self.consumer.commit(owned)
         except CommitFailedError as err:
             # The group rebalanced under us; the new owner re-reads from the last commit.
             log.warning("commit refused after a rebalance, records will be redelivered: %s", err)
-            return
-        self._tracker.mark_committed(positions)
-
-    async def _flush(self) -> None:
-        """Run every held batch now and wait until all outputs are acknowledged."""
-        async with self._run_lock:
-            for batch in self._batcher.drain():
-                await self._run_batch(batch)
-        while self._acks:
-            await asyncio.gather(*list(self._acks))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if self._stopped or self._fatal is not None:
             return
-        await self._flush()
-        await self._commit()
-        dropped = self._tracker.forget(revoked)
-        if dropped:
-            log.warning("%d in-flight records of revoked partitions will be redelivered", dropped)
+        async with self._process_lock:  # the unit in flight commits (or fails) first
+            self._serving -= revoked
+            self._to_position -= revoked
+            for tp in revoked:
+                self._replays.forget(tp)
+            for tp in revoked:
+                self._generation[tp] += 1  # revoked: whatever a fetch in flight returns is not ours
+            self._open.remove(lambda it: it.tp in revoked)
+            await self.sink.revoked(revoked)
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Producers first (fencing the partitions' previous owners), then positions: records fetched
+        # before both are in place are dropped and read again from the committed offsets.
+        await self.sink.assigned(assigned)
+        for tp in assigned:
+            self._generation[tp] += 1
+        self._to_position |= assigned
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         if self.settings.ready_file is not None and not self._ready:
             self._ready = True

@@ -13,9 +13,18 @@ from aiokafka import AIOKafkaProducer
 
 from edgestream.pipeline.codec import encode_tensor
 from edgestream.pipeline.contract import AuditRecord, ResultRecord, new_request_id, seal
+from edgestream.pipeline.deadletter import DeadLetter
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
-from edgestream.topics.catalogue import KINDS, Kind, audit_topic, dlq_topic, ingest_topic, results_topic
+from edgestream.topics.catalogue import (
+    KINDS,
+    Kind,
+    audit_topic,
+    dlq_topic,
+    edge_group,
+    ingest_topic,
+    results_topic,
+)
 
 from .conftest import EdgeRegion, RunningWorker, read_topic
 
@@ -35,7 +44,7 @@ def _seal(region: EdgeRegion, device_id: str, kind: Kind, x: np.ndarray[Any, Any
         key_id=key_id,
         kind=kind,
         model=kw.pop("model", MODEL[kind]),
-        capture_time_ms=int(time.time() * 1000),
+        capture_time_ms=kw.pop("capture_time_ms", int(time.time() * 1000)),
         **kw,
     )
 
@@ -59,7 +68,7 @@ async def test_every_request_is_answered_once_with_the_models_own_output(
     records = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(sent))
     results = [ResultRecord.from_bytes(r.value) for r in records]
     counts = Counter(r.request_id for r in results)
-    assert set(counts) == set(sent), "every request answered, nothing foreign"
+    assert set(counts) == set(sent), f"answered {len(counts)} of {len(sent)}; worker {worker.stats.as_dict()}"
     assert max(counts.values()) == 1, "nothing answered twice"
 
     # Each result equals the model run directly on the same input, one at a time.
@@ -76,7 +85,9 @@ async def test_every_request_is_answered_once_with_the_models_own_output(
         assert r.node == worker.node_id
         assert 1 <= r.batch_size <= 16
         assert r.total_ms >= r.infer_ms >= 0
-    assert worker.stats.batches < len(sent), "requests were micro-batched, not run one by one"
+    calls = sum(worker.stats.batch_sizes.values())
+    assert calls < len(sent), "requests were micro-batched, not run one by one"
+    assert worker.stats.results == len(sent)
 
     audit = [
         AuditRecord.from_bytes(r.value)
@@ -105,12 +116,17 @@ async def test_bad_records_are_dead_lettered_with_their_reason_while_good_ones_f
         "unknown_key": _seal(edge_region, device, "embedding", x, key_id=999),
         "unknown_model": _seal(edge_region, device, "embedding", x, model="no-such-model"),
         "bad_shape": _seal(edge_region, device, "embedding", np.concatenate([x, x])),
+        "stale": _seal(
+            edge_region, device, "embedding", x, capture_time_ms=int(time.time() * 1000) - 3_600_000
+        ),
+        "replayed": good,  # the same sealed bytes again, after the original below
         "oversized": _seal(
             edge_region, device, "frame", np.zeros((400, 400), dtype=np.uint8), compression="none"
         ),
     }
-    good_ids = []
     topic = ingest_topic(region, "embedding")
+    await producer.send(topic, good, key=device.encode())  # the original of the replay
+    good_ids = [ok_map["rid"]]
     for reason, value in bad.items():
         rid = new_request_id()
         good_ids.append(rid)
@@ -120,18 +136,21 @@ async def test_bad_records_are_dead_lettered_with_their_reason_while_good_ones_f
         await producer.send(topic, value, key=device.encode(), headers=[("expect", reason.encode())])
     await producer.flush()
 
-    dead = await read_topic(edge_region.bootstrap, dlq_topic(region), expect=len(bad))
-    by_reason = {dict(r.headers)["reason"].decode(): r for r in dead}
+    dead = [
+        DeadLetter.from_record(r)
+        for r in await read_topic(edge_region.bootstrap, dlq_topic(region), expect=len(bad))
+    ]
+    by_reason = {d.reason: d for d in dead}
     assert set(by_reason) == set(bad)
     assert len(dead) == len(bad)
-    for reason, record in by_reason.items():
-        headers = {k: v.decode() for k, v in record.headers}
-        assert record.value == bad[reason], "the dead letter keeps the original bytes, still sealed"
-        assert headers["origin.topic"] == topic
-        assert int(headers["origin.offset"]) >= 0
-        assert headers["stage"] in {"decode", "decrypt", "decompress", "validate"}
-        assert headers["error.class"]
-
+    for reason, letter in by_reason.items():
+        assert letter.value == bad[reason], "the dead letter keeps the original bytes, still sealed"
+        assert letter.origin_topic == topic
+        assert letter.origin_offset >= 0
+        assert letter.stage in {"decode", "decrypt", "decompress", "validate"}
+        assert letter.exception_class
+        assert letter.group_id == edge_group(region)
+        assert letter.attempt == 1
     results = await read_topic(edge_region.bootstrap, results_topic(region), expect=len(good_ids))
     assert sorted(ResultRecord.from_bytes(r.value).request_id for r in results) == sorted(good_ids)
 
@@ -151,3 +170,26 @@ async def test_a_full_in_flight_queue_pauses_and_loses_nothing(
     results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(ids))
     assert Counter(ResultRecord.from_bytes(r.value).request_id for r in results) == Counter(ids)
     assert worker.stats.pauses >= 1
+
+
+async def test_a_device_over_its_rate_is_dead_lettered_and_others_still_flow(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    await running_worker(device_rate_per_s=0.01, device_burst=5)
+    x = load_dataset("embedding").X_test[0]
+    topic = ingest_topic(edge_region.name, "embedding")
+    for _ in range(12):
+        await producer.send(topic, _seal(edge_region, "dev-noisy", "embedding", x), key=b"dev-noisy")
+    for i in range(3):
+        await producer.send(
+            topic, _seal(edge_region, f"dev-calm-{i}", "embedding", x), key=f"dev-calm-{i}".encode()
+        )
+    await producer.flush()
+    dead = [
+        DeadLetter.from_record(r)
+        for r in await read_topic(edge_region.bootstrap, dlq_topic(edge_region.name), expect=7)
+    ]
+    assert [d.reason for d in dead] == ["rate_limited"] * 7
+    results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=8)
+    devices = Counter(ResultRecord.from_bytes(r.value).device_id for r in results)
+    assert devices == {"dev-noisy": 5, "dev-calm-0": 1, "dev-calm-1": 1, "dev-calm-2": 1}

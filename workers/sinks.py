@@ -1,0 +1,242 @@
+"""How a unit of work's outputs and consumed offsets become durable, together.
+
+``TransactionalSink`` (exactly-once): one transactional producer per *input partition*, with a
+transactional id derived from the partition (faust's answer for clients without KIP-447: aiokafka 0.14
+sends TxnOffsetCommit v0, so a per-instance id would not fence a zombie after a rebalance). Whoever owns
+a partition now calls ``init_transactions`` with that partition's id, which bumps the epoch and fences
+the previous owner. A partition's results, audit records, dead letters and its consumed offset commit in
+one transaction or not at all; partitions commit concurrently.
+
+``AckSink`` (at-least-once): one idempotent producer; offsets are committed through the consumer once
+every output of the unit is acknowledged. A crash between the two repeats outputs; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from edgestream.pipeline.errors import EdgestreamError
+
+log = logging.getLogger(__name__)
+
+
+class Fenced(EdgestreamError):
+    """Another worker owns this partition's transactional id now: this process is a zombie."""
+
+    reason = "fenced"
+    stage = "produce"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce."""
+
+    topic: str
+    """Destination topic."""
+    value: bytes
+    """Record value."""
+    key: bytes | None
+    """Record key."""
+    headers: Sequence[tuple[str, bytes]] = ()
+    """Record headers."""
+
+
+@dataclass(slots=True)
+class PartitionWork:
+    """Everything one input partition contributes to a unit."""
+
+    outputs: list[Output] = field(default_factory=list)
+    """Results, audit records and dead letters of the partition's records in this unit."""
+    next_offset: int = 0
+    """Offset to commit: one past the last record of the partition in this unit."""
+
+
+class Sink(Protocol):
+    """Makes a unit's outputs and offsets durable."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    async def publish(self, work: Mapping[TopicPartition, PartitionWork]) -> dict[TopicPartition, KafkaError]:
+        """Publish every partition's work; returns the partitions that failed (nothing of theirs is
+        committed, and they must be re-read from their committed offset). Raises ``Fenced``."""
+        ...
+
+
+def transactional_id(group_id: str, tp: TopicPartition) -> str:
+    """Stable per input partition, so the next owner of the partition fences the previous one."""
+    return f"{group_id}-{tp.topic}-{tp.partition}"
+
+
+class TransactionalSink:
+    """Exactly-once: a transactional producer per assigned input partition."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        client_id: str,
+        request_timeout_ms: int,
+        transaction_timeout_ms: int,
+    ) -> None:
+        self._config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 0,
+            "request_timeout_ms": request_timeout_ms,
+            "transaction_timeout_ms": transaction_timeout_ms,
+        }
+        self._group_id = group_id
+        self._client_id = client_id
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.transactions = 0
+        """Transactions committed."""
+        self.aborts = 0
+        """Transactions aborted (their partitions were rewound)."""
+
+    async def start(self) -> None:
+        """Producers are made per partition on assignment."""
+
+    async def stop(self) -> None:
+        """Stop every producer. Idempotent."""
+        await self.revoked(list(self._producers))
+
+    def make_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        """The (not yet started) transactional producer for input partition ``tp``."""
+        return AIOKafkaProducer(
+            **self._config,
+            transactional_id=transactional_id(self._group_id, tp),
+            client_id=f"{self._client_id}-{tp.topic}-{tp.partition}",
+        )
+
+    async def _new_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        producer = self.make_producer(tp)
+        # init_transactions: fences any earlier producer with this id, and completes (commits or
+        # aborts) its unfinished transaction before returning, so committed offsets are settled.
+        await producer.start()
+        return producer
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Start a producer for each newly assigned partition (fencing its previous owner)."""
+        new = [tp for tp in partitions if tp not in self._producers]
+        producers = await asyncio.gather(*(self._new_producer(tp) for tp in new))
+        self._producers.update(zip(new, producers, strict=True))
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop the producers of partitions this worker no longer owns."""
+        gone = [self._producers.pop(tp) for tp in list(partitions) if tp in self._producers]
+        await asyncio.gather(*(p.stop() for p in gone), return_exceptions=True)
+
+    async def publish(self, work: Mapping[TopicPartition, PartitionWork]) -> dict[TopicPartition, KafkaError]:
+        """One transaction per partition, run concurrently."""
+        tps = list(work)
+        outcomes = await asyncio.gather(*(self._commit(tp, work[tp]) for tp in tps), return_exceptions=True)
+        failed: dict[TopicPartition, KafkaError] = {}
+        fenced: list[TopicPartition] = []
+        for tp, outcome in zip(tps, outcomes, strict=True):
+            if isinstance(outcome, ProducerFenced):
+                fenced.append(tp)
+            elif isinstance(outcome, KafkaError):
+                failed[tp] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if fenced:
+            raise Fenced(f"fenced on {sorted(f'{tp.topic}[{tp.partition}]' for tp in fenced)}")
+        return failed
+
+    async def _commit(self, tp: TopicPartition, work: PartitionWork) -> None:
+        producer = self._producers.get(tp)
+        if producer is None:
+            raise RuntimeError(f"no transactional producer for {tp}; have {sorted(self._producers)}")
+        try:
+            await producer.begin_transaction()
+            deliveries = [
+                await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
+                for o in work.outputs
+            ]
+            await producer.send_offsets_to_transaction({tp: work.next_offset}, self._group_id)
+            await producer.commit_transaction()
+            await asyncio.gather(*deliveries)
+            self.transactions += 1
+        except ProducerFenced:
+            raise
+        except KafkaError as err:
+            self.aborts += 1
+            log.warning(
+                "transaction for %s[%d] failed (%r); recreating its producer", tp.topic, tp.partition, err
+            )
+            # A fresh producer with the same id completes the in-doubt transaction (init_transactions),
+            # so reading the committed offset afterwards is exact.
+            await self._replace(tp)
+            raise
+
+    async def _replace(self, tp: TopicPartition) -> None:
+        old = self._producers.pop(tp)
+        await asyncio.gather(old.stop(), return_exceptions=True)
+        self._producers[tp] = await self._new_producer(tp)
+
+
+class AckSink:
+    """At-least-once: outputs acknowledged first, then offsets committed through the consumer."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        client_id: str,
+        request_timeout_ms: int,
+        commit: Callable[[dict[TopicPartition, int]], Awaitable[None]],
+    ) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            request_timeout_ms=request_timeout_ms,
+        )
+        """The one idempotent producer (exposed so its settings can be checked)."""
+        self._commit = commit
+        self._started = False
+
+    async def start(self) -> None:
+        """Connect the producer."""
+        await self.producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Flush and stop the producer. Idempotent."""
+        self._started = False
+        await self.producer.stop()
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing per partition."""
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing per partition."""
+
+    async def publish(self, work: Mapping[TopicPartition, PartitionWork]) -> dict[TopicPartition, KafkaError]:
+        """Send everything, wait for every acknowledgement, then commit the offsets.
+
+        A produce that fails after the client's retries is raised: offsets past unacknowledged
+        records are never committed, so a restart loses nothing.
+        """
+        deliveries = [
+            await self.producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
+            for w in work.values()
+            for o in w.outputs
+        ]
+        await asyncio.gather(*deliveries)
+        await self._commit({tp: w.next_offset for tp, w in work.items()})
+        return {}
