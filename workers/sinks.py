@@ -96,6 +96,7 @@ class TransactionalSink:
             "linger_ms": 0,
             "request_timeout_ms": request_timeout_ms,
             "transaction_timeout_ms": transaction_timeout_ms,
+            "retry_backoff_ms": 5,
         }
         self._group_id = group_id
         self._client_id = client_id
