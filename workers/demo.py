@@ -62,6 +62,10 @@ class DemoSettings(BaseSettings):
     """Simulated devices."""
     bad_fraction: float = Field(default=0.02, ge=0, le=1)
     """Share of deliberately bad records (they must land in the dead-letter topics)."""
+    deadline_ms: float = Field(default=250.0, gt=0)
+    """How long a device waits for the edge before answering with its local fallback model."""
+    drain_s: float = Field(default=5.0, ge=0)
+    """After sending stops, how long the fleet keeps waiting for outstanding results."""
     worker_ready_timeout_s: float = Field(default=90.0, gt=0)
     """How long to wait for the workers to load models and get their partitions."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
@@ -229,6 +233,17 @@ def plot_latency(report: FleetReport, path: Path, sla_ms: float = 50.0) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (cdf, timeline) = plt.subplots(1, 2, figsize=(12, 4.5))
+    answered = any(r.latencies_ms for r in report.regions.values())
+    if not answered:
+        for ax in (cdf, timeline):
+            ax.text(
+                0.5,
+                0.5,
+                "no request was answered by the edge",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
     for name, r in report.regions.items():
         if not r.latencies_ms:
             continue
@@ -241,16 +256,19 @@ def plot_latency(report: FleetReport, path: Path, sla_ms: float = 50.0) -> Path:
         ax.axvline(sla_ms, color="red", ls="--", lw=1) if ax is cdf else ax.axhline(
             sla_ms, color="red", ls="--", lw=1
         )
-    cdf.set_xscale("log")
-    cdf.set_xlabel("end-to-end latency, ms (log)")
+    if answered:
+        cdf.set_xscale("log")
+        cdf.set_xlabel("end-to-end latency, ms (log)")
     cdf.set_ylabel("share of requests")
     cdf.set_title("Latency CDF per region (red: 50 ms SLA)")
-    cdf.legend(loc="lower right")
+    if answered:
+        cdf.legend(loc="lower right")
     timeline.set_yscale("log")
     timeline.set_xlabel("seconds since start")
     timeline.set_ylabel("end-to-end latency, ms (log)")
     timeline.set_title("Latency over time")
-    timeline.legend(loc="upper right", markerscale=4)
+    if answered:
+        timeline.legend(loc="upper right", markerscale=4)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -296,6 +314,8 @@ def run_demo(
                 rate_per_s=settings.rate_per_s,
                 duration_s=settings.duration_s,
                 bad_fraction=settings.bad_fraction,
+                deadline_ms=settings.deadline_ms,
+                drain_s=settings.drain_s,
                 regions=settings.regions,
                 home=settings.home,
                 kafka=KafkaSettings(bootstrap_servers=bootstrap),
