@@ -51,7 +51,9 @@ from edgestream.pipeline.errors import (
     ShapeMismatch,
     UnknownModel,
 )
+from edgestream.pipeline.health import HealthServer, Readiness
 from edgestream.pipeline.inference import InferenceSession
+from edgestream.pipeline.metrics import WorkerMetrics
 from edgestream.pipeline.models import ModelArtifact, ModelStore
 from edgestream.pipeline.ratelimit import DeviceRateLimiter
 from edgestream.pipeline.replay import ReplayGuard
@@ -137,6 +139,12 @@ class WorkerSettings(BaseSettings):
     """Broker aborts a transaction left open longer than this (a worker that died mid-commit)."""
     retry_backoff_max_ms: int = Field(default=5_000, ge=1)
     """Upper bound of the backoff between retries of a partition whose transaction failed."""
+    health_host: str = "127.0.0.1"
+    """Where /livez, /readyz and /metrics listen (0.0.0.0 in a pod)."""
+    health_port: int | None = None
+    """Port of the health and metrics server: None for no server, 0 for any free port."""
+    stall_after_s: float = Field(default=30.0, gt=0)
+    """Not live when the main loop has made no progress for this long."""
     ready_file: Path | None = None
     """Written (JSON) once models are loaded and partitions assigned; removed at exit."""
     stats_file: Path | None = None
@@ -295,11 +303,23 @@ class EdgeWorker:
     """
 
     def __init__(
-        self, settings: WorkerSettings, *, keyring: KeyRing, models: Mapping[str, ServedModel]
+        self,
+        settings: WorkerSettings,
+        *,
+        keyring: KeyRing,
+        models: Mapping[str, ServedModel],
+        metrics: WorkerMetrics | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = settings.resolved_node_id()
         self.stats = WorkerStats()
+        self.metrics = metrics or WorkerMetrics(region=settings.region, node=self.node_id)
+        self.readiness = readiness or Readiness(stall_after_s=settings.stall_after_s)
+        self.readiness.models_loaded = True
+        for served in models.values():
+            a = served.artifact
+            self.metrics.model_info(a.name, a.version, a.sha256, served.session.providers_in_use[0])
         self._region = settings.region
         self._group_id = edge_group(settings.region)
         self._keyring = keyring
@@ -383,6 +403,8 @@ class EdgeWorker:
         if self._stopped:
             return
         self._stopped = True
+        self.readiness.partitions_assigned = 0  # draining: take no new traffic
+        self.metrics.set_partitions(0)
         try:
             if self._fatal is None:
                 async with self._process_lock:
@@ -420,6 +442,7 @@ class EdgeWorker:
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception() is not None:
                     self._fatal = task.exception()
+                    self.readiness.fail(repr(self._fatal))
         finally:
             for task in [*tasks, stopper]:
                 task.cancel()
@@ -439,13 +462,19 @@ class EdgeWorker:
             fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
             now_s = time.monotonic()
             now_ms = time.time() * 1000.0
+            admitted = 0
             for tp, records in fetched.items():
                 if self._generation[tp] != generation[tp] or tp not in self._serving:
                     continue  # repositioned, revoked or not yet set up: re-read from the committed offset
                 for record in records:
                     self._admit(tp, record, now_s, now_ms)
+                admitted += len(records)
+            self.metrics.consumed(admitted)
+            self.metrics.set_in_flight(self._held())
             if fetched:
                 self._wakeup.set()
+            elif self._held() == 0:
+                self.readiness.progress()  # idle, not stuck
 
     async def _position_new_partitions(self) -> None:
         """Seek newly assigned partitions to their committed offsets, then serve them.
@@ -461,6 +490,7 @@ class EdgeWorker:
 
     def _fail(self, err: BaseException) -> None:
         log.error("fatal: %r", err)
+        self.readiness.fail(repr(err))
         if self._fatal is None:
             self._fatal = err
         self._wakeup.set()
@@ -473,10 +503,12 @@ class EdgeWorker:
         if held >= limit and not self._paused:
             self._paused = True
             self.stats.pauses += 1
+            self.metrics.set_paused(True)
             log.info("pausing partitions: %d records held (limit %d)", held, limit)
         elif self._paused and held <= limit // 2:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
+            self.metrics.set_paused(False)
             log.info("resumed partitions: %d records held", held)
         if self._paused:  # partitions assigned since the pause start unpaused
             self.consumer.pause(*self.consumer.assignment())
@@ -551,7 +583,11 @@ class EdgeWorker:
         for tp, err in failed.items():
             await self._rewind(tp, err)
         self._count(items, failed, unit.reason)
-        self._estimate.observe(UNIT, time.monotonic() - started_s)
+        unit_s = time.monotonic() - started_s
+        self._estimate.observe(UNIT, unit_s)
+        self.metrics.unit(committed=not failed, seconds=unit_s)
+        if len(failed) < len(work):
+            self.readiness.progress()
         if not failed:
             self._failures = 0
 
@@ -602,6 +638,7 @@ class EdgeWorker:
         infer_s = time.monotonic() - started_s
         self.stats.infer_s += infer_s
         self.stats.batch_sizes[len(items)] += 1
+        self.metrics.inference(served.key[0], len(items), infer_s)
         for item, label, scores in zip(items, labels.tolist(), probs.tolist(), strict=True):
             item.tensor = None  # the decrypted input is not needed past this point
             item.answer = Answer(int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items))
@@ -697,17 +734,22 @@ class EdgeWorker:
         committed = [it for it in items if it.tp not in failed]
         self.stats.units += 1
         self.stats.close_reasons[reason] += 1
+        now_ms = time.time() * 1000.0
         for item in committed:
-            if item.error is None:
+            if item.error is None and item.envelope is not None and item.model is not None:
                 self.stats.results += 1
-            else:
+                name, version = item.model.key
+                self.metrics.result(name, version, (now_ms - item.envelope.capture_time_ms) / 1000.0)
+            elif item.error is not None:
                 self.stats.dead_letters[item.error.reason] += 1
+                self.metrics.dead_letter(item.error.reason)
 
     # -- failures, rebalance -----------------------------------------------------------------------
 
     async def _rewind(self, tp: TopicPartition, err: BaseException) -> None:
         """Re-read ``tp`` from its committed offset: nothing of the failed unit was committed."""
         self.stats.rewinds += 1
+        self.metrics.rewind()
         self._failures += 1
         self._open.remove(lambda it: it.tp == tp)
         if tp not in self.consumer.assignment():
@@ -757,6 +799,7 @@ class EdgeWorker:
             self._to_position -= revoked
             for tp in revoked:
                 self._replays.forget(tp)
+            self._set_partitions()
             for tp in revoked:
                 self._generation[tp] += 1  # revoked: whatever a fetch in flight returns is not ours
             self._open.remove(lambda it: it.tp in revoked)
@@ -769,6 +812,7 @@ class EdgeWorker:
         for tp in assigned:
             self._generation[tp] += 1
         self._to_position |= assigned
+        self._set_partitions()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         if self.settings.ready_file is not None and not self._ready:
             self._ready = True
@@ -787,6 +831,11 @@ class EdgeWorker:
             )
             tmp.replace(path)
 
+    def _set_partitions(self) -> None:
+        n = len(self._serving | self._to_position)
+        self.readiness.partitions_assigned = n
+        self.metrics.set_partitions(n)
+
     def _write_stats(self) -> None:
         if self.settings.stats_file is None:
             return
@@ -798,10 +847,27 @@ class EdgeWorker:
 
 
 async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
-    """Load keys and models, run a worker until ``stop`` is set, return its counters."""
-    keyring = KeyRing.load(settings.key_file or settings.home / "keys.json")
-    models = load_models(settings)
-    worker = EdgeWorker(settings, keyring=keyring, models=models)
-    async with worker:
-        await worker.run(stop)
+    """Load keys and models, run a worker until ``stop`` is set, return its counters.
+
+    With ``health_port`` set, /livez, /readyz and /metrics answer from before the models load, so an
+    orchestrator sees "not ready" rather than nothing while they do.
+    """
+    readiness = Readiness(stall_after_s=settings.stall_after_s)
+    metrics = WorkerMetrics(region=settings.region, node=settings.resolved_node_id())
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.health_port is not None:
+            server = HealthServer(
+                live=readiness.live,
+                ready=readiness.ready,
+                registry=metrics.registry,
+                host=settings.health_host,
+                port=settings.health_port,
+            )
+            await stack.enter_async_context(server)
+            log.info("health and metrics on http://%s:%d/", settings.health_host, server.port)
+        keyring = KeyRing.load(settings.key_file or settings.home / "keys.json")
+        models = await asyncio.to_thread(load_models, settings)
+        worker = EdgeWorker(settings, keyring=keyring, models=models, metrics=metrics, readiness=readiness)
+        async with worker:
+            await worker.run(stop)
     return worker.stats

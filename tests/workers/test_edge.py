@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections import Counter
 from typing import Any
@@ -10,6 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgestream.pipeline.codec import encode_tensor
 from edgestream.pipeline.contract import AuditRecord, ResultRecord, new_request_id, seal
@@ -25,6 +28,7 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     results_topic,
 )
+from edgestream.workers.edge import serve
 
 from .conftest import EdgeRegion, RunningWorker, read_topic
 
@@ -193,3 +197,65 @@ async def test_a_device_over_its_rate_is_dead_lettered_and_others_still_flow(
     results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=8)
     devices = Counter(ResultRecord.from_bytes(r.value).device_id for r in results)
     assert devices == {"dev-noisy": 5, "dev-calm-0": 1, "dev-calm-1": 1, "dev-calm-2": 1}
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_health_says_ready_once_serving_and_metrics_count_committed_results(
+    edge_region: EdgeRegion, producer: AIOKafkaProducer
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = edge_region.settings(health_port=port)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    statuses: list[int] = []
+    while True:
+        try:
+            status, _ = await _get(port, "/readyz")
+            statuses.append(status)
+        except ConnectionRefusedError:
+            status = 0
+        if status == 200 or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200, f"never ready: {statuses[-5:]}"
+    assert (await _get(port, "/livez"))[0] == 200
+
+    x = load_dataset("embedding").X_test[0]
+    topic = ingest_topic(edge_region.name, "embedding")
+    for i in range(6):
+        await producer.send(topic, _seal(edge_region, f"dev-{i}", "embedding", x), key=f"dev-{i}".encode())
+    await producer.send(topic, b"garbage", key=b"dev-0")
+    await producer.flush()
+    await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=6)
+    await read_topic(edge_region.bootstrap, dlq_topic(edge_region.name), expect=1)
+
+    _, text = await _get(port, "/metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    results = sum(v for (name, _), v in samples.items() if name == "edgestream_results_total")
+    dead = sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "edgestream_dead_letters_total" and ("reason", "undecodable") in labels
+    )
+    assert results == 6
+    assert dead == 1
+    stop.set()
+    await task
