@@ -128,3 +128,18 @@ async def read_topic(
         return out
     finally:
         await consumer.stop()
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout_s: float, step_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; returns its last value.
+
+    For state another task changes without signalling (a worker's counters); bounded, not a sleep
+    standing in for readiness.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for _ in range(int(timeout_s / step_s) + 1):
+        if predicate() or loop.time() >= deadline:
+            break
+        await asyncio.sleep(step_s)
+    return predicate()

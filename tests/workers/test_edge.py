@@ -19,6 +19,8 @@ from edgestream.pipeline.contract import AuditRecord, ResultRecord, new_request_
 from edgestream.pipeline.deadletter import DeadLetter
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.admin import delete_topics, ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
     Kind,
@@ -26,11 +28,12 @@ from edgestream.topics.catalogue import (
     dlq_topic,
     edge_group,
     ingest_topic,
+    region_topics,
     results_topic,
 )
 from edgestream.workers.edge import serve
 
-from .conftest import EdgeRegion, RunningWorker, read_topic
+from .conftest import EdgeRegion, RunningWorker, eventually, read_topic
 
 pytestmark = pytest.mark.broker
 
@@ -259,3 +262,34 @@ async def test_health_says_ready_once_serving_and_metrics_count_committed_result
     assert dead == 1
     stop.set()
     await task
+
+
+async def test_audit_fails_closed_no_result_without_its_audit_record_and_nothing_lost(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    region = edge_region.name
+    worker = await running_worker(
+        kafka=KafkaSettings(bootstrap_servers=edge_region.bootstrap, request_timeout_ms=3_000),
+        retry_backoff_max_ms=500,
+    )
+    await delete_topics(edge_region.bootstrap, [audit_topic(region)])
+    x = load_dataset("embedding").X_test[0]
+    topic = ingest_topic(region, "embedding")
+    ids = []
+    for i in range(10):
+        rid = new_request_id()
+        ids.append(rid)
+        await producer.send(
+            topic, _seal(edge_region, f"dev-{i}", "embedding", x, request_id=rid), key=f"dev-{i}".encode()
+        )
+    await producer.flush()
+    retried = await eventually(lambda: worker.stats.rewinds > 0, timeout_s=60)
+    assert retried, "the transaction without an audit topic was aborted and retried"
+    early = await read_topic(edge_region.bootstrap, results_topic(region), expect=1, timeout_s=2.0)
+    assert early == [], "no result is visible while its audit record cannot be written"
+
+    await ensure_topics(edge_region.bootstrap, region_topics(region))
+    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=len(ids), timeout_s=60.0)
+    assert Counter(ResultRecord.from_bytes(r.value).request_id for r in results) == Counter(ids)
+    audit = await read_topic(edge_region.bootstrap, audit_topic(region), expect=len(ids), timeout_s=30.0)
+    assert Counter(AuditRecord.from_bytes(r.value).request_id for r in audit) == Counter(ids)
