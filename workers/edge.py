@@ -343,7 +343,6 @@ class EdgeWorker:
         self._wakeup = asyncio.Event()
         self._process_lock = asyncio.Lock()
         self._processing = 0
-        self._generation: Counter[TopicPartition] = Counter()
         self._serving: set[TopicPartition] = set()  # assigned, producer started, position set
         self._to_position: set[TopicPartition] = set()  # assigned and producer started
         self._paused = False
@@ -458,14 +457,13 @@ class EdgeWorker:
             await self._position_new_partitions()
             self._apply_backpressure(limit)
             room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
-            generation = self._generation.copy()
             fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
             now_s = time.monotonic()
             now_ms = time.time() * 1000.0
             admitted = 0
             for tp, records in fetched.items():
-                if self._generation[tp] != generation[tp] or tp not in self._serving:
-                    continue  # repositioned, revoked or not yet set up: re-read from the committed offset
+                if tp not in self._serving:
+                    continue  # revoked, or waiting to be positioned at its committed offset: read again then
                 for record in records:
                     self._admit(tp, record, now_s, now_ms)
                 admitted += len(records)
@@ -477,10 +475,12 @@ class EdgeWorker:
                 self.readiness.progress()  # idle, not stuck
 
     async def _position_new_partitions(self) -> None:
-        """Seek newly assigned partitions to their committed offsets, then serve them.
+        """Seek newly assigned and rewound partitions to their committed offsets, then serve them.
 
-        Not done in the rebalance listener: ``committed()`` there waits for the rebalance that is
-        calling the listener.
+        Only here, between two ``getmany`` calls: a seek made while a fetch is in flight could have
+        that fetch return records of either position (aiokafka drops results buffered before a seek,
+        but not ones already handed out). Not in the rebalance listener either: ``committed()`` there
+        waits for the rebalance that is calling the listener.
         """
         for tp in list(self._to_position):
             self._to_position.discard(tp)
@@ -747,32 +747,30 @@ class EdgeWorker:
     # -- failures, rebalance -----------------------------------------------------------------------
 
     async def _rewind(self, tp: TopicPartition, err: BaseException) -> None:
-        """Re-read ``tp`` from its committed offset: nothing of the failed unit was committed."""
+        """Re-read ``tp`` from its committed offset: nothing of the failed unit was committed.
+
+        The partition leaves service at once (its records still in flight are dropped) and the fetch
+        loop positions it again before its next fetch.
+        """
         self.stats.rewinds += 1
         self.metrics.rewind()
         self._failures += 1
         self._open.remove(lambda it: it.tp == tp)
-        if tp not in self.consumer.assignment():
-            return
-        position = await self._seek_committed(tp)
+        if tp in self._serving:
+            self._serving.discard(tp)
+            self._to_position.add(tp)
         backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
         log.warning(
-            "re-reading %s[%d] from %s after %r; backing off %.2f s",
+            "re-reading %s[%d] from its committed offset after %r; backing off %.2f s",
             tp.topic,
             tp.partition,
-            position,
             err,
             backoff_s,
         )
         await asyncio.sleep(backoff_s)
 
     async def _seek_committed(self, tp: TopicPartition) -> int | str:
-        """Position ``tp`` at its committed offset (or its beginning) and drop anything fetched before.
-
-        Every change of a partition's generation comes with this seek, so records that a ``getmany``
-        in flight returns from the old position can be dropped without losing any.
-        """
-        self._generation[tp] += 1
+        """Position ``tp`` at its committed offset, or its beginning when it has none."""
         committed: int | None = await self.consumer.committed(tp)
         if committed is None:
             # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
@@ -800,8 +798,6 @@ class EdgeWorker:
             for tp in revoked:
                 self._replays.forget(tp)
             self._set_partitions()
-            for tp in revoked:
-                self._generation[tp] += 1  # revoked: whatever a fetch in flight returns is not ours
             self._open.remove(lambda it: it.tp in revoked)
             await self.sink.revoked(revoked)
 
@@ -809,8 +805,6 @@ class EdgeWorker:
         # Producers first (fencing the partitions' previous owners), then positions: records fetched
         # before both are in place are dropped and read again from the committed offsets.
         await self.sink.assigned(assigned)
-        for tp in assigned:
-            self._generation[tp] += 1
         self._to_position |= assigned
         self._set_partitions()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

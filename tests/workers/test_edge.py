@@ -290,6 +290,11 @@ async def test_audit_fails_closed_no_result_without_its_audit_record_and_nothing
 
     await ensure_topics(edge_region.bootstrap, region_topics(region))
     results = await read_topic(edge_region.bootstrap, results_topic(region), expect=len(ids), timeout_s=60.0)
-    assert Counter(ResultRecord.from_bytes(r.value).request_id for r in results) == Counter(ids)
+    dead = await read_topic(edge_region.bootstrap, dlq_topic(region), expect=0, timeout_s=1.0)
+    answered = Counter(ResultRecord.from_bytes(r.value).request_id for r in results)
+    reasons = [DeadLetter.from_record(d).reason for d in dead]
+    assert answered == Counter(ids), (
+        f"missing {len(set(ids) - set(answered))}; dead letters {reasons}; worker {worker.stats.as_dict()}"
+    )
     audit = await read_topic(edge_region.bootstrap, audit_topic(region), expect=len(ids), timeout_s=30.0)
     assert Counter(AuditRecord.from_bytes(r.value).request_id for r in audit) == Counter(ids)
