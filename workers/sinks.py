@@ -27,6 +27,13 @@ from edgestream.pipeline.errors import EdgestreamError
 log = logging.getLogger(__name__)
 
 
+class Resettled(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """A partition's producer was started late; its position was read before an in-doubt
+    transaction settled, so the partition is re-read before anything of it commits."""
+
+    retriable = True
+
+
 class Fenced(EdgestreamError):
     """Another worker owns this partition's transactional id now: this process is a zombie."""
 
@@ -101,6 +108,7 @@ class TransactionalSink:
         self._group_id = group_id
         self._client_id = client_id
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._owned: set[TopicPartition] = set()
         self.transactions = 0
         """Transactions committed."""
         self.aborts = 0
@@ -111,7 +119,7 @@ class TransactionalSink:
 
     async def stop(self) -> None:
         """Stop every producer. Idempotent."""
-        await self.revoked(list(self._producers))
+        await self.revoked(list(self._owned | set(self._producers)))
 
     def make_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         """The (not yet started) transactional producer for input partition ``tp``."""
@@ -125,18 +133,47 @@ class TransactionalSink:
         producer = self.make_producer(tp)
         # init_transactions: fences any earlier producer with this id, and completes (commits or
         # aborts) its unfinished transaction before returning, so committed offsets are settled.
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await asyncio.gather(producer.stop(), return_exceptions=True)
+            raise
+        return producer
+
+    async def _producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        """The partition's producer. If an earlier start failed (broker unreachable), start it now and
+        raise ``Resettled``: starting it may have settled an in-doubt transaction that moved the
+        committed offset, and this unit was read from the position before that."""
+        producer = self._producers.get(tp)
+        if producer is None:
+            if tp not in self._owned:
+                raise RuntimeError(f"{tp} is not assigned to this worker")
+            self._producers[tp] = await self._new_producer(tp)
+            raise Resettled(f"{tp.topic}[{tp.partition}]: producer started late; re-reading")
         return producer
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """Start a producer for each newly assigned partition (fencing its previous owner)."""
+        """Start a producer for each newly assigned partition (fencing its previous owner).
+
+        A start that fails (the broker is restarting) is retried at the partition's first commit;
+        nothing of the partition can commit before its producer has fenced the previous owner.
+        """
         new = [tp for tp in partitions if tp not in self._producers]
-        producers = await asyncio.gather(*(self._new_producer(tp) for tp in new))
-        self._producers.update(zip(new, producers, strict=True))
+        self._owned.update(new)
+        started = await asyncio.gather(*(self._new_producer(tp) for tp in new), return_exceptions=True)
+        for tp, outcome in zip(new, started, strict=True):
+            if isinstance(outcome, AIOKafkaProducer):
+                self._producers[tp] = outcome
+            elif isinstance(outcome, KafkaError):
+                log.warning("producer for %s[%d] not started yet: %r", tp.topic, tp.partition, outcome)
+            else:
+                raise outcome
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop the producers of partitions this worker no longer owns."""
-        gone = [self._producers.pop(tp) for tp in list(partitions) if tp in self._producers]
+        tps = list(partitions)
+        self._owned.difference_update(tps)
+        gone = [self._producers.pop(tp) for tp in tps if tp in self._producers]
         await asyncio.gather(*(p.stop() for p in gone), return_exceptions=True)
 
     async def publish(self, work: Mapping[TopicPartition, PartitionWork]) -> dict[TopicPartition, KafkaError]:
@@ -157,9 +194,11 @@ class TransactionalSink:
         return failed
 
     async def _commit(self, tp: TopicPartition, work: PartitionWork) -> None:
-        producer = self._producers.get(tp)
-        if producer is None:
-            raise RuntimeError(f"no transactional producer for {tp}; have {sorted(self._producers)}")
+        try:
+            producer = await self._producer(tp)
+        except Resettled:
+            self.aborts += 1
+            raise
         try:
             await producer.begin_transaction()
             deliveries = [
@@ -178,14 +217,19 @@ class TransactionalSink:
                 "transaction for %s[%d] failed (%r); recreating its producer", tp.topic, tp.partition, err
             )
             # A fresh producer with the same id completes the in-doubt transaction (init_transactions),
-            # so reading the committed offset afterwards is exact.
+            # so reading the committed offset afterwards is exact. If it cannot start now, the
+            # partition's next commit starts it (and the partition is re-read after that).
             await self._replace(tp)
             raise
 
     async def _replace(self, tp: TopicPartition) -> None:
-        old = self._producers.pop(tp)
-        await asyncio.gather(old.stop(), return_exceptions=True)
-        self._producers[tp] = await self._new_producer(tp)
+        old = self._producers.pop(tp, None)
+        if old is not None:
+            await asyncio.gather(old.stop(), return_exceptions=True)
+        try:
+            self._producers[tp] = await self._new_producer(tp)
+        except KafkaError as err:
+            log.warning("producer for %s[%d] not restarted yet: %r", tp.topic, tp.partition, err)
 
 
 class AckSink:
