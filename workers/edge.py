@@ -345,6 +345,9 @@ class EdgeWorker:
         self._processing = 0
         self._serving: set[TopicPartition] = set()  # assigned, producer started, position set
         self._to_position: set[TopicPartition] = set()  # assigned and producer started
+        # Next offsets this worker's own transactions committed: a lower bound on the truth that a
+        # committed() answer may lag behind (aiokafka's OffsetFetch has no KIP-447 require_stable).
+        self._committed_through: dict[TopicPartition, int] = {}
         self._paused = False
         self._ready = False
         self._stopped = False
@@ -561,7 +564,11 @@ class EdgeWorker:
                 await asyncio.wait_for(self._wakeup.wait(), timeout_s)
 
     async def _process(self, unit: Batch[str, Item]) -> None:
-        items = unit.items
+        # A unit popped together with one whose transaction failed may hold records of the partition
+        # that was just rewound: they come again from its committed offset, so they go now.
+        items = [it for it in unit.items if it.tp in self._serving]
+        if not items:
+            return
         self._processing = len(items)
         started_s = time.monotonic()
         try:
@@ -575,11 +582,12 @@ class EdgeWorker:
             raise
         finally:
             self._processing = 0
-        for tp in work:
+        for tp, part in work.items():
             if tp in failed:
                 self._replays.abort(tp)  # its records come again: they are not replays
             else:
                 self._replays.commit(tp)
+                self._committed_through[tp] = max(self._committed_through.get(tp, 0), part.next_offset)
         for tp, err in failed.items():
             await self._rewind(tp, err)
         self._count(items, failed, unit.reason)
@@ -770,8 +778,24 @@ class EdgeWorker:
         await asyncio.sleep(backoff_s)
 
     async def _seek_committed(self, tp: TopicPartition) -> int | str:
-        """Position ``tp`` at its committed offset, or its beginning when it has none."""
+        """Position ``tp`` at its committed offset, or its beginning when it has none.
+
+        Never below what this worker's own transactions committed: right after a broker restart the
+        coordinator can answer with an offset whose transaction markers are not written yet, and
+        re-reading from there would process committed records a second time.
+        """
         committed: int | None = await self.consumer.committed(tp)
+        ours = self._committed_through.get(tp)
+        if ours is not None and (committed is None or committed < ours):
+            log.warning(
+                "%s[%d]: broker says committed %s, this worker committed %d; using %d",
+                tp.topic,
+                tp.partition,
+                committed,
+                ours,
+                ours,
+            )
+            committed = ours
         if committed is None:
             # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
             await self.consumer.seek_to_beginning(tp)
