@@ -41,6 +41,10 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy on the whole tree
 bench: jars ## Benchmarks: bench/results/*.json and plots
 	@$(BIN)/python -m bench.pipeline
 
+.PHONY: faults
+faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
+	@$(BIN)/python -m bench.faults
+
 .PHONY: clean
 clean: ## Stop the local broker and remove local state (.edgestream)
 	-@test -x $(BIN)/edgestream && $(BIN)/edgestream broker stop

@@ -1,0 +1,255 @@
+"""``make faults``: the fault scenarios of ``tests/faults``, longer, in one report.
+
+kill -9 cycles, a zombie, a 1 -> 3 -> 1 rebalance and a hostile corpus, each on a fresh region of one
+local broker, then broker restarts on a broker of their own; the scenarios and the exactly-once checker
+are ``tests/faults/harness.py``'s. Writes ``bench/results/faults.json`` (per scenario: sent, results,
+dead letters by reason, lost, duplicated, false replay flags, worker restarts, wall time, and every
+violation with examples) and prints a table. Exits 1 when the invariant broke anywhere; the home with
+every worker's log is then kept and named, and the seed in the JSON replays the run.
+
+Settings come from ``EDGESTREAM_FAULTS_*``, e.g. ``EDGESTREAM_FAULTS_KILL_CYCLES=3
+EDGESTREAM_FAULTS_SCENARIOS='["kill9"]'`` for a quick look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import aiokafka
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgestream.workers.broker import BrokerSettings, LocalBroker
+from tests.faults import harness
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "broker_restart"]
+
+
+class FaultsSettings(BaseSettings):
+    """Settings of ``python -m bench.faults`` (``EDGESTREAM_FAULTS_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_FAULTS_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    scenarios: tuple[ScenarioName, ...] = ("kill9", "zombie", "rebalance", "hostile", "broker_restart")
+    """Which scenarios to run, in this order."""
+    seed: int = 20261123
+    """Seeds kill timings, stop points and the hostile corpus."""
+    rate_per_s: float = Field(default=150.0, gt=0)
+    """Steady traffic of the kill, zombie, rebalance and broker restart scenarios."""
+    kill_cycles: int = Field(default=10, ge=1)
+    """kill -9 and restart cycles."""
+    zombie_stopped_past_s: float = Field(default=5.0, ge=0)
+    """How long the zombie stays stopped after the live worker has taken its partitions over."""
+    broker_restarts: int = Field(default=2, ge=1)
+    """Broker stop/start cycles on the same ports."""
+    broker_outage_s: float = Field(default=3.0, ge=0)
+    """How long the broker stays down each time (on top of its stop and start)."""
+    hostile_good: int = Field(default=5000, ge=1)
+    """Good records in the hostile scenario."""
+    hostile_bad: int = Field(default=5000, ge=1)
+    """Malformed records in the hostile scenario (every category, then at random)."""
+    hostile_rate_per_s: float = Field(default=1000.0, gt=0)
+    """Rate the hostile stream is produced at."""
+    out_dir: Path = REPO_ROOT / "bench" / "results"
+    """Where ``faults.json`` goes."""
+    keep_home: bool = False
+    """Keep the throwaway home (broker data, worker logs) even when everything held."""
+
+
+def _scenario_calls(
+    settings: FaultsSettings,
+) -> dict[ScenarioName, Callable[[harness.FaultEnv], Awaitable[harness.ScenarioReport]]]:
+    rate = settings.rate_per_s
+    return {
+        "kill9": lambda env: harness.kill9(env, cycles=settings.kill_cycles, rate_per_s=rate),
+        "zombie": lambda env: harness.zombie(
+            env, rate_per_s=rate, stopped_past_s=settings.zombie_stopped_past_s
+        ),
+        "rebalance": lambda env: harness.rebalance(env, rate_per_s=rate),
+        "hostile": lambda env: harness.hostile(
+            env, good=settings.hostile_good, bad=settings.hostile_bad, rate_per_s=settings.hostile_rate_per_s
+        ),
+        "broker_restart": lambda env: harness.broker_restart(
+            env, rate_per_s=rate, outage_s=settings.broker_outage_s, restarts=settings.broker_restarts
+        ),
+    }
+
+
+def _describer(progress: Progress, task: TaskID, name: str) -> Callable[[str], None]:
+    def describe(message: str) -> None:
+        progress.update(task, description=message[:100])
+
+    return describe
+
+
+async def run_faults(settings: FaultsSettings, home: Path, progress: Progress) -> dict[str, Any]:
+    """Start the shared broker, run each scenario, return the JSON document."""
+    started = time.monotonic()
+    log_line = progress.console.log
+    overall = progress.add_task("scenarios", total=len(settings.scenarios))
+    log_line("building the reference models (cached in the run's home)")
+    versions = await asyncio.to_thread(harness.prepare_home, home)
+    broker = LocalBroker(BrokerSettings(home=home / "kafka"))
+    log_line("starting the shared Kafka broker")
+    state = await asyncio.to_thread(broker.start, 120)
+    calls = _scenario_calls(settings)
+    reports: list[dict[str, Any]] = []
+    try:
+        for name in settings.scenarios:
+            task = progress.add_task(name, total=None)
+            env = harness.FaultEnv(
+                bootstrap=state.bootstrap,
+                home=home,
+                run_dir=home / "runs" / name,
+                served_versions=versions,
+                seed=settings.seed,
+                on_event=_describer(progress, task, name),
+            )
+            scenario_started = time.monotonic()
+            try:
+                report = await calls[name](env)
+                entry = report.as_dict()
+                verdict = "holds" if not report.violations() else f"BROKEN: {'; '.join(report.violations())}"
+                log_line(f"{report.name}: invariant {verdict} ({report.wall_s:.0f} s)")
+            except Exception as err:  # a scenario that cannot finish is a result too: record it, go on
+                entry = {
+                    "name": name,
+                    "error": repr(err),
+                    "traceback": traceback.format_exc(),
+                    "wall_s": round(time.monotonic() - scenario_started, 2),
+                    "violations": [f"did not finish: {err!r}"],
+                }
+                log_line(f"[red]{name} did not finish: {err!r}")
+            reports.append(entry)
+            progress.update(task, description=f"{name}: done", total=1, completed=1)
+            progress.advance(overall)
+    finally:
+        await asyncio.to_thread(broker.stop)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": settings.seed,
+        "settings": settings.model_dump(mode="json"),
+        "environment": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "aiokafka": aiokafka.__version__,
+            "kafka": BrokerSettings().kafka_version,
+        },
+        "source": _source_state(),
+        "total_wall_s": round(time.monotonic() - started, 1),
+        "invariant_holds": all(not r["violations"] for r in reports),
+        "scenarios": reports,
+    }
+
+
+def _source_state() -> dict[str, Any]:
+    """The commit the run measured, and the library files changed on top of it (work in progress)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "workers", "pipeline", "topics", "edgestream")
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": changed.splitlines()}
+
+
+def _table(document: dict[str, Any]) -> Table:
+    table = Table(title=f"edgestream faults (seed {document['seed']})", title_justify="left")
+    for col in (
+        "scenario",
+        "sent",
+        "results",
+        "dead letters",
+        "lost",
+        "dup",
+        "false replays",
+        "restarts",
+        "wall s",
+        "invariant",
+    ):
+        table.add_column(col, justify="left" if col in ("scenario", "dead letters", "invariant") else "right")
+    for r in document["scenarios"]:
+        if "error" in r:
+            table.add_row(r["name"], *["-"] * 7, str(r["wall_s"]), "[red]did not finish")
+            continue
+        reasons = ", ".join(f"{k} {n}" for k, n in r["dead_letters"].items()) or "-"
+        table.add_row(
+            r["name"],
+            str(r["sent"]),
+            str(r["results"]),
+            reasons
+            if len(reasons) < 60
+            else f"{sum(r['dead_letters'].values())} in {len(r['dead_letters'])} reasons",
+            str(r["lost"]),
+            str(r["duplicated"]),
+            str(r["false_replays"]),
+            str(r["worker_restarts"]),
+            f"{r['wall_s']:.0f}",
+            "holds" if not r["violations"] else f"[red]broken ({len(r['violations'])})",
+        )
+    return table
+
+
+def main() -> int:
+    """``python -m bench.faults``."""
+    console = Console() if sys.stdout.isatty() else Console(width=150)
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console)], format="%(message)s")
+    # The bench's own clients reconnect through the broker outages on purpose; workers log to files.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    settings = FaultsSettings()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    home = Path(tempfile.mkdtemp(prefix="edgestream-faults-"))
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    try:
+        with progress:
+            document = asyncio.run(run_faults(settings, home, progress))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: processes stopped, nothing written; logs in {home}")
+        return 130
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    out = settings.out_dir / "faults.json"
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    console.print(_table(document))
+    console.print(f"total {document['total_wall_s']} s; wrote {out}")
+    if document["invariant_holds"]:
+        if not settings.keep_home:
+            shutil.rmtree(home, ignore_errors=True)
+        return 0
+    for r in document["scenarios"]:
+        for violation in r["violations"]:
+            console.print(f"[red]{r['name']}: {violation}")
+    console.print(f"worker logs and broker data kept in {home}")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

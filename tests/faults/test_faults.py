@@ -1,0 +1,388 @@
+"""Exactly-once under the faults a real edge node sees, checked on the read_committed view.
+
+Each scenario runs ``python -m edgestream worker`` processes on a fresh region of the session broker
+(the broker restart starts a broker of its own) and checks, per input: exactly one result or exactly one
+dead letter (with the expected reason and its origin), never both, never neither, and one audit record
+per result. ``EDGESTREAM_FAULTS_SEED`` replays a run (every report names its seed); ``python -m
+bench.faults`` runs the same scenarios longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgpack
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope, open_envelope
+from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.deadletter import dead_letter_headers
+from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMismatch, UnknownModel
+from edgestream.pipeline.models import spec
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.catalogue import edge_group, ingest_topic
+from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
+from edgestream.workers.fleet import MODEL_FOR_KIND
+from edgestream.workers.sinks import PartitionWork, TransactionalSink
+
+from .corpus import CATEGORIES, OK, Corpus, CorpusRecord
+from .harness import (
+    MAX_BODY_BYTES,
+    MAX_ENVELOPE_BYTES,
+    FaultEnv,
+    Observed,
+    Record,
+    ScenarioReport,
+    check,
+    hostile,
+    kill9,
+    make_corpus,
+    make_region,
+    observe,
+    prepare_home,
+    rebalance,
+    wait_drained,
+    zombie,
+)
+
+SEED = int(os.environ.get("EDGESTREAM_FAULTS_SEED", "20261123"))
+"""Seeds kill timings and the hostile corpus; every report names it."""
+VERSIONS = {name: 1 for name in MODEL_FOR_KIND.values()}
+
+
+@pytest.fixture(scope="module")
+def fault_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    home = tmp_path_factory.mktemp("faults-home")
+    return home, prepare_home(home)
+
+
+@pytest.fixture
+def fault_env(bootstrap: str, fault_home: tuple[Path, dict[str, int]], tmp_path: Path) -> FaultEnv:
+    home, versions = fault_home
+    return FaultEnv(bootstrap=bootstrap, home=home, run_dir=tmp_path, served_versions=versions, seed=SEED)
+
+
+def assert_exactly_once(report: ScenarioReport) -> None:
+    print(report.summary())
+    assert report.violations() == [], (
+        f"{report.name}: the invariant is broken: {report.violations()}\n"
+        f"examples: {report.verdict.examples}\n{report.summary()}"
+    )
+
+
+# -- the scenarios ------------------------------------------------------------------------------
+
+
+async def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(fault_env: FaultEnv) -> None:
+    report = await kill9(fault_env, cycles=5, rate_per_s=100)
+    assert_exactly_once(report)
+    assert report.worker_restarts == 5
+    assert report.unexpected_exits == []
+    assert report.verdict.not_written == 0
+    assert len(report.extra["results_by_node"]) == 6, "each incarnation committed work before its kill"
+
+
+async def test_a_zombie_woken_after_its_partitions_moved_is_fenced_and_doubles_nothing(
+    fault_env: FaultEnv,
+) -> None:
+    report = await zombie(fault_env, rate_per_s=100)
+    assert_exactly_once(report)
+    extra = report.extra
+    fenced_exit = extra["zombie_exit_code"] not in (None, 0) and extra["zombie_log_says_fenced"]
+    assert fenced_exit or extra["zombie_results_after_resume"] == 0, extra
+    assert report.unexpected_exits == [], "the live worker rode out the takeover"
+
+
+async def test_scaling_one_to_three_to_one_under_traffic_loses_and_doubles_nothing(
+    fault_env: FaultEnv,
+) -> None:
+    report = await rebalance(fault_env, rate_per_s=100)
+    assert_exactly_once(report)
+    assert report.extra["leave_exit_codes"] == [0, 0], "SIGTERM is the graceful path"
+    assert report.unexpected_exits == []
+    assert report.worker_restarts == 0
+
+
+# The broker-restart scenario is not here: it breaks the invariant today (records answered and then
+# dead-lettered as replays, because after a restart the coordinator reports no committed offset for
+# transactions whose markers are not written yet, and aiokafka's OffsetFetch lacks KIP-447's
+# require_stable). `make faults` runs it and reports the counts in bench/results/faults.json; issue 4
+# stays open until it holds.
+
+
+async def test_a_hostile_corpus_is_dead_lettered_by_reason_and_the_worker_never_restarts(
+    fault_env: FaultEnv,
+) -> None:
+    report = await hostile(fault_env, good=1500, bad=1000)
+    assert_exactly_once(report)
+    v = report.verdict
+    assert set(v.by_category) == {"good", *CATEGORIES}, "every category was sent"
+    assert sum(n for c, counts in v.by_category.items() if c != "good" for n in counts.values()) == 1000
+    assert v.results == v.by_category["good"]["result"] == 1500
+    extra = report.extra
+    assert extra["incarnations"] == 1
+    assert report.unexpected_exits == []
+    assert extra["pid_at_ready"] == extra["pid_at_exit"], "the same process from start to SIGTERM"
+    assert report.exit_codes == {"w.1": 0}
+    assert extra["stats_consumed"] == v.written, "its stats at SIGTERM: consumed everything written"
+
+
+# test_sigterm_while_a_unit_is_in_flight_loses_none_of_its_records is not here yet: SIGTERM cancels
+# the process task mid-unit and stop() then drains later units, committing past the abandoned one
+# (a loss), or crashes in begin_transaction. A first fix (wait for the unit before cancelling) hung
+# the reproduction; issue 4 stays open until both this and the broker-restart scenario hold.
+
+
+async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_first(
+    fault_env: FaultEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog on one partition closes several full units at once; the first one's transaction fails
+    (as when the broker goes away). The partition must be re-read from its committed offset before
+    anything later of it commits: no record skipped, none answered twice."""
+    region = await make_region(fault_env)
+    corpus = make_corpus(fault_env, region)
+    ledger: dict[int, CorpusRecord] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=region.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for _ in range(160):  # a backlog before the worker starts: its first fetch closes 5 full units
+            record = corpus.good(device="dev-backlog", kind="embedding")
+            ledger[record.test_id] = record
+            await producer.send(record.topic(region.name), record.value, key=record.key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    failures: list[TopicPartition] = []
+    real_commit = TransactionalSink._commit
+
+    async def first_transaction_fails(
+        self: TransactionalSink, tp: TopicPartition, work: PartitionWork
+    ) -> None:
+        if not failures:
+            failures.append(tp)
+            raise KafkaConnectionError("injected: the broker went away before this transaction began")
+        await real_commit(self, tp, work)
+
+    monkeypatch.setattr(TransactionalSink, "_commit", first_transaction_fails)
+    worker_settings = WorkerSettings(
+        region=region.name,
+        home=fault_env.home,
+        key_file=region.key_file,
+        kafka=KafkaSettings(bootstrap_servers=region.bootstrap),
+        node_id="backlog",
+        device_rate_per_s=100_000,
+        device_burst=100_000,
+        max_batch=32,
+        max_wait_ms=50.0,
+        retry_backoff_max_ms=100,
+    )
+    worker = EdgeWorker(worker_settings, keyring=region.keyring, models=load_models(worker_settings))
+    await worker.start()
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_drained(region, timeout_s=60)
+    finally:
+        stop.set()
+        await run
+        await worker.stop()
+    assert failures, "the injected failure happened"
+    verdict = check(ledger, await observe(region))
+    assert verdict.violations() == [], (
+        f"{verdict.violations()}; worker {worker.stats.as_dict()}; examples {verdict.examples[:5]}"
+    )
+
+
+# -- the corpus and the checker, without a broker -------------------------------------------------
+
+
+def _fail_reason_by_the_library(record: CorpusRecord, keyring: KeyRing, region: str) -> str:
+    """Where the contract's own functions refuse the record, in the worker's order (decode, model,
+    key, decrypt + decompress + body, input spec); ``ok`` when they accept it."""
+    try:
+        envelope = decode_envelope(record.value, max_envelope_bytes=MAX_ENVELOPE_BYTES)
+        if envelope.model not in VERSIONS or envelope.model_version not in (None, VERSIONS[envelope.model]):
+            raise UnknownModel(envelope.model, envelope.model_version)
+        model = spec(envelope.model)
+        if envelope.kind != model.kind:
+            raise ShapeMismatch(f"{envelope.kind} for {envelope.model}")
+        key = keyring.device_key(region, envelope.device_id, envelope.key_id)
+        body = open_envelope(envelope, key, max_body_bytes=MAX_BODY_BYTES)
+        model.check_input(body.dtype, tuple(body.shape))
+    except ContractError as err:
+        return err.reason
+    return OK
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+def test_every_corpus_record_fails_where_its_label_says(seed: int) -> None:
+    keyring = KeyRing({"r": {1: os.urandom(32), 2: os.urandom(32)}})
+    corpus = Corpus(
+        "r",
+        keyring,
+        served_versions=VERSIONS,
+        seed=seed,
+        devices=40,
+        max_envelope_bytes=MAX_ENVELOPE_BYTES,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_age_ms=60_000,
+    )
+    records = list(corpus.stream(good=30, bad=2 * len(CATEGORIES)))
+    assert {r.category for r in records} == {"good", *CATEGORIES}
+    assert len({r.test_id for r in records}) == len(records)
+    for record in records:
+        # stale and replayed are the worker's own checks, after the contract's functions accept.
+        expected = OK if record.expect in ("stale", "replayed") else record.expect
+        got = _fail_reason_by_the_library(record, keyring, "r")
+        assert got == expected, f"{record.category}: labelled {record.expect}, the library says {got}"
+        if record.expect == OK:
+            assert len(record.value) <= MAX_ENVELOPE_BYTES
+            assert record.request_id is not None
+
+
+def _dead_letter(record: CorpusRecord, offset: int, reason: str, dlq_offset: int) -> Record:
+    error = type("Refused", (ContractError,), {"reason": reason})("refused")
+    headers = dead_letter_headers(
+        error=error,
+        origin_topic=ingest_topic("r", record.kind),
+        origin_partition=0,
+        origin_offset=offset,
+        origin_timestamp_ms=0,
+        group_id=edge_group("r"),
+        worker_id="w",
+        key_id=None,
+        attempt=1,
+        now_ms=0,
+    )
+    return Record("edge.r.dlq", 0, dlq_offset, record.key, record.value, headers)
+
+
+def _result(record: CorpusRecord, offset: int, node: str = "w") -> tuple[Record, Record]:
+    assert record.request_id is not None
+    model = MODEL_FOR_KIND[record.kind]
+    result = ResultRecord(
+        record.request_id, record.key.decode(), model, 1, 0, (1.0,), 0.0, 0.0, 0.0, 1, node, "r", 0
+    )
+    audit = AuditRecord(0, record.request_id, node, "r", record.key.decode(), model, 1, "ok", None, 0.0)
+    return (
+        Record("edge.r.results", 0, offset, record.key, result.to_bytes(), ()),
+        Record("edge.r.audit", 0, offset, record.request_id, audit.to_bytes(), ()),
+    )
+
+
+def _dead_letter_audit(record: CorpusRecord, reason: str) -> Record:
+    audit = AuditRecord(0, record.request_id, "w", "r", None, None, None, "dead_letter", reason, 0.0)
+    return Record("edge.r.audit", 0, 0, record.request_id, audit.to_bytes(), ())
+
+
+def test_the_checker_counts_every_way_the_invariant_breaks() -> None:
+    keyring = KeyRing({"r": {1: b"\x01" * 32, 2: b"\x02" * 32}})
+    corpus = Corpus(
+        "r",
+        keyring,
+        served_versions=VERSIONS,
+        seed=5,
+        devices=3,
+        max_envelope_bytes=MAX_ENVELOPE_BYTES,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_age_ms=60_000,
+    )
+    goods = [corpus.good(kind="embedding") for _ in range(6)]
+    garbage = CorpusRecord(99, "embedding", b"dev", b"\xc1garbage", "undecodable", "random_bytes", None)
+    replay = CorpusRecord(
+        100, "embedding", goods[0].key, goods[0].value, "replayed", "replayed", goods[0].request_id
+    )
+    ledger = {r.test_id: r for r in [*goods, garbage, replay]}
+    sent = [*goods, garbage, replay]
+    ingest = [Record(ingest_topic("r", "embedding"), 0, i, r.key, r.value, ()) for i, r in enumerate(sent)]
+    ok = [_result(goods[0], 0), _result(goods[1], 1), _result(goods[3], 2)]  # goods[2]: lost
+    ok.append(_result(goods[3], 3, node="zombie"))  # goods[3]: a second result
+    ok.append(_result(goods[4], 4))  # goods[4]: a result and a dead letter
+    results = [r for r, _ in ok]
+    audits = [a for _, a in ok][:-1]  # the last result has no audit record
+    dlq = [
+        _dead_letter(goods[4], 4, "stale", 0),
+        _dead_letter(goods[5], 5, "replayed", 1),  # sent once: a false replay
+        _dead_letter(garbage, 6, "bad_tag", 2),  # the wrong reason
+        _dead_letter(replay, 7, "replayed", 3),  # right
+        _dead_letter(replay, 3, "replayed", 4),  # origin offset 3 holds other bytes
+    ]
+    verdict = check(ledger, Observed(ingest, results, audits, dlq, {}, {}))
+    assert verdict.lost == 1
+    assert verdict.both == 1
+    assert verdict.duplicated == 2  # the second result, and the result beside a dead letter
+    assert verdict.false_replays == 1
+    assert verdict.bad_origin == 1
+    assert verdict.wrong_reason == Counter(
+        {
+            "good: expected result, got stale": 1,
+            "good: expected result, got replayed": 1,
+            "random_bytes: expected undecodable, got bad_tag": 1,
+        }
+    )
+    assert verdict.audit_problems["results without their audit record"] == 1
+    assert verdict.audit_problems["dead letters without their audit record"] == 4
+    assert verdict.dead_letters == Counter({"replayed": 3, "stale": 1, "bad_tag": 1})
+    assert len(verdict.violations()) >= 7
+
+    clean = check(
+        ledger,
+        Observed(
+            ingest,
+            [r for r, _ in ok[:3]] + [_result(goods[4], 4)[0], _result(goods[5], 5)[0]],
+            [a for _, a in ok[:3]]
+            + [_result(goods[4], 4)[1], _result(goods[5], 5)[1]]
+            + [_dead_letter_audit(goods[2], "stale"), _dead_letter_audit(replay, "replayed")],
+            [
+                _dead_letter(goods[2], 2, "stale", 0),
+                _dead_letter(garbage, 6, "undecodable", 1),
+                _dead_letter(replay, 7, "replayed", 2),
+            ],
+            {},
+            {},
+        ),
+        tolerate_stale=True,
+    )
+    assert clean.violations() == []
+    assert clean.stale_good == 1
+    assert clean.lost == 0
+
+
+def test_a_tampered_field_never_slips_through_as_a_replay_or_a_result() -> None:
+    """The corpus's tampering keeps the request id where it should: a tampered record that is refused
+    never shares an id with a good one except by replay, so the checker's id matching is sound."""
+    keyring = KeyRing({"r": {1: b"\x03" * 32, 2: b"\x04" * 32}})
+    corpus = Corpus(
+        "r",
+        keyring,
+        served_versions=VERSIONS,
+        seed=11,
+        devices=10,
+        max_envelope_bytes=MAX_ENVELOPE_BYTES,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_age_ms=60_000,
+    )
+    records = list(corpus.stream(good=200, bad=400))
+    good_ids = Counter(r.request_id for r in records if r.expect == OK)
+    assert max(good_ids.values()) == 1
+    for r in records:
+        if r.expect not in (OK, "replayed") and r.request_id is not None:
+            assert r.request_id not in good_ids, r.category
+    replayed = [r for r in records if r.category == "replayed"]
+    assert replayed
+    assert all(r.request_id in good_ids for r in replayed)
+    assert ReplayedRequest.reason == CATEGORIES["replayed"]
+    now_ms = time.time() * 1000
+    for r in records:  # stale ones are older than the age limit, future ones past the allowed skew
+        if r.category in ("stale", "future"):
+            assert abs(msgpack.unpackb(r.value, raw=False)["ts"] - now_ms) > 60_000
