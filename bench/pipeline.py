@@ -179,8 +179,8 @@ class EchoSettings(BaseSettings):
     commit_interval_ms: int = Field(default=100, ge=1)
     """At-least-once: how often acknowledged positions are committed (the worker's default)."""
     transactional: bool = False
-    """Exactly-once, as the worker does it: per fetched batch, one transaction per input partition
-    (a transactional producer each) holding its echoes and its consumed offset, run concurrently."""
+    """Exactly-once, as the worker does it: rounds of transactions, one per input partition (a
+    transactional producer each) holding its echoes and consumed offset; fetching goes on meanwhile."""
     ready_file: Path | None = None
     """Written once partitions are assigned; removed at exit."""
     stats_file: Path | None = None
@@ -229,6 +229,9 @@ class EchoWorker:
         )
         self._producer = None if settings.transactional else AIOKafkaProducer(**self._producer_config())
         self._tx_producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._buffer: dict[TopicPartition, list[Any]] = {}
+        self._has_work = asyncio.Event()
+        self._closing = False
         self._unacked: list[tuple[asyncio.Future[list[Any]], dict[TopicPartition, int]]] = []
         self._acked: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
@@ -270,43 +273,76 @@ class EchoWorker:
                 self.settings.ready_file.unlink(missing_ok=True)
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        committer = None if self._producer is None else asyncio.create_task(self._commit_loop())
+        if self._producer is None:
+            await self._loop_in_transactions(stop)
+        else:
+            await self._loop_acked(stop, self._producer)
+
+    async def _fetch(self) -> dict[TopicPartition, list[Any]]:
+        fetched: dict[TopicPartition, list[Any]] = await self._consumer.getmany(
+            timeout_ms=100, max_records=self.settings.fetch_max_records
+        )
+        now_ms = time.time() * 1000.0
+        count = 0
+        for records in fetched.values():
+            count += len(records)
+            self.one_hop.extend((r.timestamp, now_ms - r.timestamp) for r in records)
+        if count:
+            self.echoed += count
+            self.fetch_sizes[count] += 1
+        return fetched
+
+    async def _loop_acked(self, stop: asyncio.Event, producer: AIOKafkaProducer) -> None:
+        """At-least-once: send each fetched batch at once; commit acknowledged positions every 100 ms."""
+        committer = asyncio.create_task(self._commit_loop())
         try:
             while not stop.is_set():
-                await self._echo_batch()
-                if committer is not None and committer.done():
+                fetched = await self._fetch()
+                futures: list[asyncio.Future[Any]] = []
+                positions: dict[TopicPartition, int] = {}
+                for tp, records in fetched.items():
+                    for record in records:
+                        futures.append(await self._send(producer, record))
+                    positions[tp] = records[-1].offset + 1
+                if futures:
+                    self._unacked.append((asyncio.gather(*futures), positions))
+                if committer.done():
                     committer.result()  # raises what ended it
         finally:
-            if committer is not None:
-                committer.cancel()
-                await asyncio.gather(committer, return_exceptions=True)
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
         for future, positions in self._unacked:
             await future
             self._acked.update(positions)
         self._unacked.clear()
         await self._commit()
 
-    async def _echo_batch(self) -> None:
-        fetched = await self._consumer.getmany(timeout_ms=100, max_records=self.settings.fetch_max_records)
-        now_ms = time.time() * 1000.0
-        count = 0
-        for records in fetched.values():
-            count += len(records)
-            self.one_hop.extend((r.timestamp, now_ms - r.timestamp) for r in records)
-        if not count:
-            return
-        self.echoed += count
-        self.fetch_sizes[count] += 1
-        if self._producer is None:
-            await asyncio.gather(*(self._echo_in_transaction(tp, records) for tp, records in fetched.items()))
-            return
-        futures: list[asyncio.Future[Any]] = []
-        positions: dict[TopicPartition, int] = {}
-        for tp, records in fetched.items():
-            for record in records:
-                futures.append(await self._send(self._producer, record))
-            positions[tp] = records[-1].offset + 1
-        self._unacked.append((asyncio.gather(*futures), positions))
+    async def _loop_in_transactions(self, stop: asyncio.Event) -> None:
+        """Exactly-once, as the worker: fetching goes on while a round of transactions commits, and the
+        next round takes everything fetched meanwhile (one transaction per input partition)."""
+        publisher = asyncio.create_task(self._publish_loop())
+        try:
+            while not stop.is_set():
+                for tp, records in (await self._fetch()).items():
+                    self._buffer.setdefault(tp, []).extend(records)
+                    self._has_work.set()
+                if publisher.done():
+                    publisher.result()  # raises what ended it
+        finally:
+            self._closing = True
+            self._has_work.set()
+            await publisher  # publishes what is still buffered, then returns
+
+    async def _publish_loop(self) -> None:
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                await self._has_work.wait()
+                self._has_work.clear()
+                continue
+            work, self._buffer = self._buffer, {}
+            await asyncio.gather(*(self._echo_in_transaction(tp, records) for tp, records in work.items()))
 
     async def _send(self, producer: AIOKafkaProducer, record: Any) -> asyncio.Future[Any]:
         headers = list(record.headers) or None
