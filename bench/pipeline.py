@@ -1239,41 +1239,64 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def plot(
-    levels: Sequence[Level],
-    floor: Mapping[str, Sequence[FloorPoint]],
-    path: Path,
-    sla_ms: float,
-    caption: str,
-) -> None:
-    """Latency and throughput vs offered load beside the echo floor, and bare onnxruntime per item."""
+def caption(document: Mapping[str, Any]) -> str:
+    """One line of context for the plot: when, what ran, and which loads were disturbed."""
+    worker = document["worker_settings"]
+    disturbed = [
+        f"{lv['offered_per_s']:g}"
+        for lv in document["levels"]
+        if lv["pipeline"]["run"]["disturbed"] or lv["echo"]["run"]["disturbed"]
+    ]
+    return (
+        f"{document['timestamp']} · {document['machine']['cores']} cores · worker "
+        f"{worker.get('delivery', 'at_least_once')}, max batch {worker['max_batch']} · echo "
+        f"{'in transactions' if document['echo_transactional'] else 'acked, then committed'}"
+        + (f" · other processes busy during loads {', '.join(disturbed)}/s" if disturbed else "")
+    )
+
+
+def plot(document: Mapping[str, Any], path: Path) -> None:
+    """From ``pipeline.json``: latency and throughput vs offered load beside the echo floor, and bare
+    onnxruntime per item vs batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
-    offered = [lv.offered_per_s for lv in levels]
+    levels: list[dict[str, Any]] = document["levels"]
+    sla_ms = float(document["settings"]["sla_ms"])
+    offered = [float(lv["offered_per_s"]) for lv in levels]
     fig, (lat, thr, ort) = plt.subplots(1, 3, figsize=(17, 5))
 
-    def series(get: Callable[[Level], float | None]) -> list[float]:
-        return [np.nan if (v := get(lv)) is None else v for lv in levels]
+    def series(*keys: str) -> list[float]:
+        out = []
+        for lv in levels:
+            value: Any = lv
+            for key in keys:
+                value = value[key]
+            out.append(np.nan if value is None else float(value))
+        return out
 
-    lines: list[tuple[str, Callable[[Level], float | None], str, str, str]] = [
-        ("pipeline p50", lambda lv: lv.pipeline.run.latency.p50_ms, "tab:blue", "-", "o"),
-        ("pipeline p99", lambda lv: lv.pipeline.run.latency.p99_ms, "tab:blue", "--", "s"),
-        ("echo floor (2 hops) p50", lambda lv: lv.echo.run.latency.p50_ms, "tab:green", "-", "o"),
-        ("echo floor (2 hops) p99", lambda lv: lv.echo.run.latency.p99_ms, "tab:green", "--", "s"),
-        ("1 Kafka hop p50", lambda lv: lv.echo.one_hop.p50_ms, "tab:gray", ":", "."),
+    lines = [
+        ("pipeline p50", ("pipeline", "run", "latency", "p50_ms"), "tab:blue", "-", "o"),
+        ("pipeline p99", ("pipeline", "run", "latency", "p99_ms"), "tab:blue", "--", "s"),
+        ("echo floor (2 hops) p50", ("echo", "run", "latency", "p50_ms"), "tab:green", "-", "o"),
+        ("echo floor (2 hops) p99", ("echo", "run", "latency", "p99_ms"), "tab:green", "--", "s"),
+        ("1 Kafka hop p50", ("echo", "one_hop", "p50_ms"), "tab:gray", ":", "."),
     ]
-    for label, get, color, style, marker in lines:
-        lat.plot(offered, series(get), marker=marker, color=color, ls=style, label=label)
+    shown: list[float] = [sla_ms]
+    for label, keys, color, style, marker in lines:
+        values = series(*keys)
+        shown += [v for v in values if not np.isnan(v)]
+        lat.plot(offered, values, marker=marker, color=color, ls=style, label=label)
     for lv in levels:
-        for run, color in ((lv.pipeline.run, "tab:blue"), (lv.echo.run, "tab:green")):
-            if run.saturated and run.latency.p99_ms is not None:
+        for target, color in (("pipeline", "tab:blue"), ("echo", "tab:green")):
+            run = lv[target]["run"]
+            if run["saturated"] and run["latency"]["p99_ms"] is not None:
                 lat.annotate(
-                    f"saturated\n{run.answered_share:.0%} answered",
-                    (lv.offered_per_s, run.latency.p99_ms),
+                    f"saturated\n{run['answered_share']:.0%} answered",
+                    (lv["offered_per_s"], run["latency"]["p99_ms"]),
                     textcoords="offset points",
                     xytext=(0, 8),
                     ha="center",
@@ -1281,50 +1304,34 @@ def plot(
                     color=color,
                 )
     lat.axhline(sla_ms, color="red", ls="--", lw=1, label=f"{sla_ms:g} ms SLA")
-    low, high = lat.get_ylim()
-    lat.set_ylim(low, high * 2.5)  # room for the saturation notes
     lat.set_yscale("log")
-    lat.set_xlabel("offered load, requests/s (log)")
-    lat.set_ylabel("end-to-end latency, ms (log)")
-    lat.set_title("Latency: pipeline vs Kafka-only echo")
-    lat.legend(fontsize=8)
-    lat.grid(True, which="both", alpha=0.3)
-
-    thr.plot(offered, offered, color="lightgray", ls="--", label="offered")
-    thr.plot(
-        offered,
-        series(lambda lv: lv.pipeline.run.items_per_s),
-        marker="o",
-        color="tab:blue",
-        label="pipeline",
-    )
-    thr.plot(
-        offered, series(lambda lv: lv.echo.run.items_per_s), marker="o", color="tab:green", label="echo floor"
-    )
-    thr.plot(
-        offered,
-        series(lambda lv: lv.pipeline.run.sent_per_s),
-        color="tab:blue",
-        ls=":",
-        lw=1,
-        label="sent (pipeline run)",
-    )
-    thr.plot(
-        offered,
-        series(lambda lv: lv.echo.run.sent_per_s),
-        color="tab:green",
-        ls=":",
-        lw=1,
-        label="sent (echo run)",
-    )
+    lat.set_ylim(min(shown) / 1.5, max(shown) * 3)  # room above for the saturation notes
     lat.set_xscale("log")
     lat.set_xticks(offered, [f"{x:g}" for x in offered])
     lat.xaxis.set_minor_locator(NullLocator())
+    lat.set_xlabel("offered load, requests/s (log)")
+    lat.set_ylabel("end-to-end latency, ms (log)")
+    lat.set_title("Latency: pipeline vs Kafka-only echo")
+    lat.legend(fontsize=8, loc="upper left")
+    lat.grid(True, which="both", alpha=0.3)
+
+    thr.plot(offered, offered, color="lightgray", ls="--", label="offered")
+    for target, color, label in (("pipeline", "tab:blue", "pipeline"), ("echo", "tab:green", "echo floor")):
+        thr.plot(offered, series(target, "run", "items_per_s"), marker="o", color=color, label=label)
+        thr.plot(
+            offered,
+            series(target, "run", "sent_per_s"),
+            color=color,
+            ls=":",
+            lw=1,
+            label=f"sent ({target} run)",
+        )
     top = levels[-1]
-    for run, color, dy in ((top.pipeline.run, "tab:blue", -16), (top.echo.run, "tab:green", 6)):
+    for target, color, dy in (("pipeline", "tab:blue", -16), ("echo", "tab:green", 6)):
+        items_per_s = float(top[target]["run"]["items_per_s"])
         thr.annotate(
-            f"{run.items_per_s:.0f}/s",
-            (top.offered_per_s, run.items_per_s),
+            f"{items_per_s:.0f}/s",
+            (top["offered_per_s"], items_per_s),
             textcoords="offset points",
             xytext=(4, dy),
             ha="left",
@@ -1338,12 +1345,13 @@ def plot(
     thr.legend(fontsize=8)
     thr.grid(True, alpha=0.3)
 
+    floor: dict[str, list[dict[str, Any]]] = document["onnxruntime_floor"]
     for (model, points), color in zip(floor.items(), ("tab:purple", "tab:orange"), strict=False):
-        sizes = [p.batch for p in points]
+        sizes = [p["batch"] for p in points]
         ort.plot(
-            sizes, [p.per_item_median_us for p in points], marker=".", color=color, label=f"{model} median"
+            sizes, [p["per_item_median_us"] for p in points], marker=".", color=color, label=f"{model} median"
         )
-        ort.plot(sizes, [p.per_item_min_us for p in points], color=color, ls=":", label=f"{model} min")
+        ort.plot(sizes, [p["per_item_min_us"] for p in points], color=color, ls=":", label=f"{model} min")
     ort.set_xscale("log", base=2)
     ort.set_yscale("log")
     ort.set_xlabel("batch size (log2)")
@@ -1352,7 +1360,7 @@ def plot(
     ort.legend(fontsize=8)
     ort.grid(True, which="both", alpha=0.3)
 
-    fig.suptitle(caption, fontsize=9, x=0.01, ha="left")
+    fig.suptitle(caption(document), fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -1508,20 +1516,6 @@ class BenchResult:
     levels: list[Level]
     floor: dict[str, list[FloorPoint]]
 
-    def caption(self) -> str:
-        """One line of context for the plot: when, what ran, and which loads were disturbed."""
-        disturbed = [
-            f"{lv.offered_per_s:g}"
-            for lv in self.levels
-            if lv.pipeline.run.disturbed or lv.echo.run.disturbed
-        ]
-        return (
-            f"{self.timestamp} · {self.machine.get('cores')} cores · worker "
-            f"{self.worker.get('delivery', 'at_least_once')}, max batch {self.worker.get('max_batch')} · "
-            f"echo {'in transactions' if self.echo_transactional else 'acked, then committed'}"
-            + (f" · other processes busy during loads {', '.join(disturbed)}/s" if disturbed else "")
-        )
-
     def to_json(self, settings: BenchSettings) -> dict[str, Any]:
         top = self.levels[-1]
 
@@ -1631,14 +1625,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "mode",
         nargs="?",
-        choices=("bench", "echo"),
+        choices=("bench", "echo", "plot"),
         default="bench",
-        help="bench (default) runs everything; echo is the floor's far-side process, started by the bench",
+        help="bench (default) runs everything; plot redraws pipeline.png from pipeline.json; "
+        "echo is the floor's far-side process, started by the bench",
     )
     args = parser.parse_args(argv)
     if args.mode == "echo":
         logging.basicConfig(level=logging.WARNING)
         run_echo_process(EchoSettings())
+        return 0
+    if args.mode == "plot":
+        out_dir = BenchSettings().out_dir
+        plot(json.loads((out_dir / "pipeline.json").read_text()), out_dir / "pipeline.png")
         return 0
     console = Console() if sys.stdout.isatty() else Console(width=120)
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console)], format="%(message)s")
@@ -1653,8 +1652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = settings.out_dir / "pipeline.json"
     png_path = settings.out_dir / "pipeline.png"
-    json_path.write_text(json.dumps(result.to_json(settings), indent=2) + "\n")
-    plot(result.levels, result.floor, png_path, settings.sla_ms, result.caption())
+    document = result.to_json(settings)
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    plot(document, png_path)
     console.print(summary_table(result.levels))
     console.print(breakdown_table(result.levels))
     console.print(floor_table(result.floor, settings.floor_batch_sizes))
