@@ -85,6 +85,8 @@ class BrokerSettings(BaseSettings):
     """Version of ``org.apache.kafka:kafka_2.13`` to resolve and run (4.x: KRaft only)."""
     cache_dir: Path | None = None
     """Root of the jar cache (jars in ``<cache_dir>/kafka-<version>/libs``); None: ``~/.cache/edgestream``."""
+    extra_config: dict[str, str] = Field(default_factory=dict)
+    """Broker properties that win over the generated ones (e.g. an authorizer for a test)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,7 +637,12 @@ class LocalBroker:
         port, controller_port = pick_ports(self.settings)
         client = Listener("PLAINTEXT", port)
         controller = Listener("CONTROLLER", controller_port)
-        config = broker_config(client_listeners=[client], controller=controller, data_dir=self.data_dir)
+        config = broker_config(
+            client_listeners=[client],
+            controller=controller,
+            data_dir=self.data_dir,
+            extra=self.settings.extra_config,
+        )
         self.config_file.write_text(render_properties(config))
         classpath = str(libs_dir / "*")
         self._format_storage(java, classpath)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     results_topic,
 )
+from edgestream.workers.offsets import UnstableOffsets, stable_committed
 from edgestream.workers.sinks import AckSink, Output, PartitionWork, Sink, TransactionalSink
 
 if TYPE_CHECKING:
@@ -75,6 +77,9 @@ log = logging.getLogger(__name__)
 
 ModelKey = tuple[str, int]
 """(model name, model version): records of one key share an onnxruntime call."""
+POSITION_TIMEOUT_S = 2.0
+"""How long one round of positioning waits for stable committed offsets before fetching for the
+partitions already in service again (the rest are tried next round)."""
 UNIT = "unit"
 """The batcher's one key: a unit holds every record fetched since the previous unit closed."""
 
@@ -145,6 +150,9 @@ class WorkerSettings(BaseSettings):
     """Port of the health and metrics server: None for no server, 0 for any free port."""
     stall_after_s: float = Field(default=30.0, gt=0)
     """Not live when the main loop has made no progress for this long."""
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """At a stop, how long the unit in flight and the units already fetched may take to commit. Past
+    it the worker gives up on them (nothing later commits either) and the next owner re-reads them."""
     ready_file: Path | None = None
     """Written (JSON) once models are loaded and partitions assigned; removed at exit."""
     stats_file: Path | None = None
@@ -189,6 +197,8 @@ class Item:
 
     tp: TopicPartition
     """Where it came from."""
+    epoch: int
+    """The positioning of ``tp`` it was fetched in (see ``EdgeWorker._serving``)."""
     offset: int
     """Its offset there."""
     timestamp_ms: int
@@ -233,6 +243,8 @@ class WorkerStats:
     """Times the partitions were paused for backpressure."""
     rewinds: int = 0
     """Times a partition was re-read from its committed offset after a failed transaction."""
+    refetched: int = 0
+    """Records the client fetched a second time (and the worker admitted once)."""
     infer_s: float = 0.0
     """Seconds spent in onnxruntime."""
 
@@ -247,6 +259,7 @@ class WorkerStats:
             "close_reasons": dict(self.close_reasons),
             "pauses": self.pauses,
             "rewinds": self.rewinds,
+            "refetched": self.refetched,
             "infer_s": round(self.infer_s, 4),
         }
 
@@ -343,14 +356,25 @@ class EdgeWorker:
         self._wakeup = asyncio.Event()
         self._process_lock = asyncio.Lock()
         self._processing = 0
-        self._serving: set[TopicPartition] = set()  # assigned, producer started, position set
+        # Partitions assigned, with their producer started and their position set, each with the
+        # *epoch* of that positioning: a record belongs to the epoch it was fetched in, and only records
+        # of a partition's current epoch are processed. After a rewind, units already closed may still
+        # hold records fetched before it; they must not commit once the partition is positioned again.
+        self._serving: dict[TopicPartition, int] = {}
+        self._epochs = itertools.count(1)
         self._to_position: set[TopicPartition] = set()  # assigned and producer started
         # Next offsets this worker's own transactions committed: a lower bound on the truth that a
         # committed() answer may lag behind (aiokafka's OffsetFetch has no KIP-447 require_stable).
         self._committed_through: dict[TopicPartition, int] = {}
+        # Next offset not yet admitted per partition since it was last positioned: a record fetched
+        # twice (the client re-fetching around a broker restart) is admitted once.
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._generation = 0  # bumped by every assignment change
         self._paused = False
         self._ready = False
         self._stopped = False
+        self._draining = False  # stop requested: commit what is fetched, fetch nothing more
+        self._abandoned = False  # the drain timed out: nothing more may commit in this process
         self._fatal: BaseException | None = None
         self._failures = 0
         self._results_topic = results_topic(self._region)
@@ -408,7 +432,7 @@ class EdgeWorker:
         self.readiness.partitions_assigned = 0  # draining: take no new traffic
         self.metrics.set_partitions(0)
         try:
-            if self._fatal is None:
+            if self._fatal is None and not self._abandoned:
                 async with self._process_lock:
                     for unit in self._open.drain():
                         await self._process(unit)
@@ -428,29 +452,59 @@ class EdgeWorker:
         await self.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set (SIGTERM); ``stop()`` then finishes the open unit.
+        """Run until ``stop`` is set (SIGTERM), then drain: fetch no more, let the unit in flight finish
+        its transaction and commit the units already fetched, in order.
+
+        The unit in flight is never cancelled half-way: its transaction would be left open and, worse,
+        the units behind it could commit offsets past its records. If the drain takes longer than
+        ``drain_timeout_s`` (the broker is gone), it is abandoned and nothing more commits here; the
+        next owner re-reads from the committed offsets.
 
         A fatal error (fenced by a newer owner of a partition; in at-least-once mode, a produce or commit
         that failed after the client's retries) ends the run with that error. Nothing uncommitted is
         lost: the next owner re-reads from the committed offsets.
         """
-        tasks = [
-            asyncio.create_task(self._fetch_loop(), name="fetch"),
-            asyncio.create_task(self._process_loop(), name="process"),
-        ]
+        fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
+        process = asyncio.create_task(self._process_loop(), name="process")
         stopper = asyncio.create_task(stop.wait(), name="stop")
+        tasks = [fetch, process]
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and not task.cancelled() and task.exception() is not None:
-                    self._fatal = task.exception()
-                    self.readiness.fail(repr(self._fatal))
+            self._note_fatal(done - {stopper})
+            if self._fatal is None:
+                await self._drain(fetch, process)
         finally:
             for task in [*tasks, stopper]:
                 task.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
         if self._fatal is not None:
             raise self._fatal
+
+    def _note_fatal(self, tasks: set[asyncio.Task[Any]]) -> None:
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self._fatal = self._fatal or task.exception()
+                self.readiness.fail(repr(self._fatal))
+
+    async def _drain(self, fetch: asyncio.Task[None], process: asyncio.Task[None]) -> None:
+        fetch.cancel()  # a getmany or a seek may stop anywhere: nothing of it is committed state
+        await asyncio.gather(fetch, return_exceptions=True)
+        self._draining = True
+        self.readiness.partitions_assigned = 0  # take no new traffic
+        self._wakeup.set()
+        held = self._held()
+        started_s = time.monotonic()
+        done, _ = await asyncio.wait([process], timeout=self.settings.drain_timeout_s)
+        if not done:
+            self._abandoned = True
+            log.error(
+                "drain abandoned after %.0f s with %d records held; the next owner re-reads them",
+                self.settings.drain_timeout_s,
+                self._held(),
+            )
+            return
+        self._note_fatal({process})
+        log.info("drained %d records in %.2f s", held, time.monotonic() - started_s)
 
     # -- fetch and admit ---------------------------------------------------------------------------
 
@@ -467,6 +521,7 @@ class EdgeWorker:
             for tp, records in fetched.items():
                 if tp not in self._serving:
                     continue  # revoked, or waiting to be positioned at its committed offset: read again then
+                records = self._unseen(tp, records)
                 for record in records:
                     self._admit(tp, record, now_s, now_ms)
                 admitted += len(records)
@@ -485,11 +540,37 @@ class EdgeWorker:
         but not ones already handed out). Not in the rebalance listener either: ``committed()`` there
         waits for the rebalance that is calling the listener.
         """
-        for tp in list(self._to_position):
-            self._to_position.discard(tp)
-            if tp in self.consumer.assignment():
-                await self._seek_committed(tp)
-                self._serving.add(tp)
+        waiting = self._to_position & self.consumer.assignment()
+        self._to_position -= self._to_position - waiting  # revoked while waiting
+        if not waiting:
+            return
+        generation = self._generation
+        positioned = await self._seek_committed(waiting)
+        if generation != self._generation:
+            return  # the assignment changed meanwhile: position again from what is assigned now
+        self._to_position -= positioned
+        for tp in positioned:
+            self._serving[tp] = next(self._epochs)
+
+    def _unseen(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records of ``tp`` not admitted before since it was positioned, in offset order."""
+        expected = self._next_offset.get(tp, 0)
+        fresh = [r for r in records if r.offset >= expected]
+        if len(fresh) < len(records):
+            self.stats.refetched += len(records) - len(fresh)
+            log.warning(
+                "%s[%d]: %d records fetched again (from offset %d; next new one is %d); admitted once",
+                tp.topic,
+                tp.partition,
+                len(records) - len(fresh),
+                records[0].offset,
+                expected,
+            )
+        if fresh:
+            self._next_offset[tp] = fresh[-1].offset + 1
+        return fresh
 
     def _fail(self, err: BaseException) -> None:
         log.error("fatal: %r", err)
@@ -521,7 +602,16 @@ class EdgeWorker:
     ) -> None:
         self.stats.consumed += 1
         raw = record.value if record.value is not None else b""
-        item = Item(tp, record.offset, record.timestamp, record.key, tuple(record.headers), raw, now_s)
+        item = Item(
+            tp,
+            self._serving[tp],
+            record.offset,
+            record.timestamp,
+            record.key,
+            tuple(record.headers),
+            raw,
+            now_s,
+        )
         deadline_s = now_s
         try:
             item.envelope = decode_envelope(raw, max_envelope_bytes=self.settings.max_envelope_bytes)
@@ -556,8 +646,11 @@ class EdgeWorker:
                 raise self._fatal
             self._wakeup.clear()
             async with self._process_lock:
-                for unit in self._open.pop_ready(time.monotonic()):
+                draining = self._draining
+                for unit in self._open.drain() if draining else self._open.pop_ready(time.monotonic()):
                     await self._process(unit)
+            if draining:
+                return
             due_s = self._open.next_due_s()
             timeout_s = None if due_s is None else max(0.0, due_s - time.monotonic())
             with contextlib.suppress(TimeoutError):
@@ -565,8 +658,9 @@ class EdgeWorker:
 
     async def _process(self, unit: Batch[str, Item]) -> None:
         # A unit popped together with one whose transaction failed may hold records of the partition
-        # that was just rewound: they come again from its committed offset, so they go now.
-        items = [it for it in unit.items if it.tp in self._serving]
+        # that was just rewound, even once it is positioned again (the rewind's backoff lets the fetch
+        # loop run): they come again from its committed offset, so only the current epoch's stay.
+        items = [it for it in unit.items if self._serving.get(it.tp) == it.epoch]
         if not items:
             return
         self._processing = len(items)
@@ -764,10 +858,14 @@ class EdgeWorker:
         self.metrics.rewind()
         self._failures += 1
         self._open.remove(lambda it: it.tp == tp)
-        if tp in self._serving:
-            self._serving.discard(tp)
+        if self._serving.pop(tp, None) is not None:
             self._to_position.add(tp)
         backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
+        if self._draining:
+            log.warning(
+                "%s[%d] failed while draining (%r); its next owner re-reads it", tp.topic, tp.partition, err
+            )
+            return
         log.warning(
             "re-reading %s[%d] from its committed offset after %r; backing off %.2f s",
             tp.topic,
@@ -777,31 +875,40 @@ class EdgeWorker:
         )
         await asyncio.sleep(backoff_s)
 
-    async def _seek_committed(self, tp: TopicPartition) -> int | str:
-        """Position ``tp`` at its committed offset, or its beginning when it has none.
+    async def _seek_committed(self, tps: set[TopicPartition]) -> set[TopicPartition]:
+        """Position each of ``tps`` at its stable committed offset (its beginning when it has none);
+        returns the ones positioned. Those whose offsets are not stable yet (a transaction still in
+        doubt, the coordinator still loading after a broker restart) wait for the next round.
 
-        Never below what this worker's own transactions committed: right after a broker restart the
-        coordinator can answer with an offset whose transaction markers are not written yet, and
-        re-reading from there would process committed records a second time.
+        The offsets come from OffsetFetch with ``require_stable`` (``workers/offsets.py``): aiokafka's
+        ``committed()`` may answer "none" or an older offset right after a broker restart, and reading
+        from there would process committed records a second time.
         """
-        committed: int | None = await self.consumer.committed(tp)
-        ours = self._committed_through.get(tp)
-        if ours is not None and (committed is None or committed < ours):
-            log.warning(
-                "%s[%d]: broker says committed %s, this worker committed %d; using %d",
-                tp.topic,
-                tp.partition,
-                committed,
-                ours,
-                ours,
-            )
-            committed = ours
-        if committed is None:
-            # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
-            await self.consumer.seek_to_beginning(tp)
-            return "the beginning"
-        self.consumer.seek(tp, committed)
-        return committed
+        try:
+            committed = await stable_committed(self.consumer, tps, timeout_s=POSITION_TIMEOUT_S)
+        except UnstableOffsets as err:
+            log.warning("not positioning %d partitions yet: %s", len(tps), err)
+            return set()
+        for tp, offset in committed.items():
+            ours = self._committed_through.get(tp)
+            if ours is not None and (offset is None or offset < ours):
+                # Cannot happen with a stable answer; if it does, our own commit is the truth.
+                log.error(
+                    "%s[%d]: stable committed offset %s is below the %d this worker committed",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    ours,
+                )
+                offset = ours
+            if offset is None:
+                # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
+                await self.consumer.seek_to_beginning(tp)
+                self._next_offset[tp] = 0
+            else:
+                self.consumer.seek(tp, offset)
+                self._next_offset[tp] = offset
+        return set(committed)
 
     async def _commit_offsets(self, positions: dict[TopicPartition, int]) -> None:
         owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}
@@ -817,7 +924,9 @@ class EdgeWorker:
         if self._stopped or self._fatal is not None:
             return
         async with self._process_lock:  # the unit in flight commits (or fails) first
-            self._serving -= revoked
+            self._generation += 1
+            for tp in revoked:
+                self._serving.pop(tp, None)
             self._to_position -= revoked
             for tp in revoked:
                 self._replays.forget(tp)
@@ -829,6 +938,7 @@ class EdgeWorker:
         # Producers first (fencing the partitions' previous owners), then positions: records fetched
         # before both are in place are dropped and read again from the committed offsets.
         await self.sink.assigned(assigned)
+        self._generation += 1
         self._to_position |= assigned
         self._set_partitions()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
@@ -850,7 +960,7 @@ class EdgeWorker:
             tmp.replace(path)
 
     def _set_partitions(self) -> None:
-        n = len(self._serving | self._to_position)
+        n = len(self._serving.keys() | self._to_position)
         self.readiness.partitions_assigned = n
         self.metrics.set_partitions(n)
 

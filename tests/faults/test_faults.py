@@ -38,9 +38,11 @@ from .harness import (
     MAX_BODY_BYTES,
     MAX_ENVELOPE_BYTES,
     FaultEnv,
+    FaultRegion,
     Observed,
     Record,
     ScenarioReport,
+    broker_restart,
     check,
     hostile,
     kill9,
@@ -50,6 +52,7 @@ from .harness import (
     prepare_home,
     rebalance,
     wait_drained,
+    wait_for,
     zombie,
 )
 
@@ -111,11 +114,17 @@ async def test_scaling_one_to_three_to_one_under_traffic_loses_and_doubles_nothi
     assert report.worker_restarts == 0
 
 
-# The broker-restart scenario is not here: it breaks the invariant today (records answered and then
-# dead-lettered as replays, because after a restart the coordinator reports no committed offset for
-# transactions whose markers are not written yet, and aiokafka's OffsetFetch lacks KIP-447's
-# require_stable). `make faults` runs it and reports the counts in bench/results/faults.json; issue 4
-# stays open until it holds.
+async def test_a_broker_restart_under_traffic_loses_and_doubles_nothing(fault_env: FaultEnv) -> None:
+    """The broker stops (SIGTERM) mid-stream and comes back on the same ports while two workers run.
+
+    The trap this holds against: right after the restart the group coordinator is still loading and
+    transactions may be in doubt, and aiokafka's committed() answers "none" or an older offset; a worker
+    reading from there answers committed records again (they came back as replays). Inputs held up past
+    the age limit by the outage may be dead-lettered as stale, once; nothing else is tolerated."""
+    report = await broker_restart(fault_env, rate_per_s=100, restarts=1)
+    assert_exactly_once(report)
+    assert report.verdict.results > 0
+    assert report.extra["timings"][0]["first_commit_after_s"] < 60, report.extra["timings"]
 
 
 async def test_a_hostile_corpus_is_dead_lettered_by_reason_and_the_worker_never_restarts(
@@ -135,10 +144,90 @@ async def test_a_hostile_corpus_is_dead_lettered_by_reason_and_the_worker_never_
     assert extra["stats_consumed"] == v.written, "its stats at SIGTERM: consumed everything written"
 
 
-# test_sigterm_while_a_unit_is_in_flight_loses_none_of_its_records is not here yet: SIGTERM cancels
-# the process task mid-unit and stop() then drains later units, committing past the abandoned one
-# (a loss), or crashes in begin_transaction. A first fix (wait for the unit before cancelling) hung
-# the reproduction; issue 4 stays open until both this and the broker-restart scenario hold.
+async def _backlog(fault_env: FaultEnv, region: FaultRegion, count: int) -> dict[int, CorpusRecord]:
+    """``count`` good embeddings of one device (so one partition), written before any worker runs."""
+    corpus = make_corpus(fault_env, region)
+    ledger: dict[int, CorpusRecord] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=region.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for _ in range(count):
+            record = corpus.good(device="dev-backlog", kind="embedding")
+            ledger[record.test_id] = record
+            await producer.send(record.topic(region.name), record.value, key=record.key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return ledger
+
+
+def _backlog_worker(fault_env: FaultEnv, region: FaultRegion, node_id: str) -> EdgeWorker:
+    settings = WorkerSettings(
+        region=region.name,
+        home=fault_env.home,
+        key_file=region.key_file,
+        kafka=KafkaSettings(bootstrap_servers=region.bootstrap),
+        node_id=node_id,
+        device_rate_per_s=100_000,
+        device_burst=100_000,
+        max_batch=32,
+        max_wait_ms=50.0,
+        retry_backoff_max_ms=100,
+    )
+    return EdgeWorker(settings, keyring=region.keyring, models=load_models(settings))
+
+
+async def _run_until_drained(worker: EdgeWorker, region: FaultRegion) -> None:
+    await worker.start()
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_drained(region, timeout_s=60)
+    finally:
+        stop.set()
+        await run
+        await worker.stop()
+
+
+async def test_sigterm_while_a_unit_commits_loses_and_doubles_none_of_its_records(
+    fault_env: FaultEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM lands while a unit's transaction is on the wire, with later units already closed behind
+    it. The worker must finish that transaction (not cancel it half-way), commit or leave the later
+    ones whole, and exit cleanly; a second worker then answers the rest. Every record exactly once."""
+    region = await make_region(fault_env)
+    ledger = await _backlog(fault_env, region, 300)
+    stop = asyncio.Event()
+    stopped_during: list[int] = []
+    real_commit = TransactionalSink._commit
+
+    async def stop_arrives_mid_commit(
+        self: TransactionalSink, tp: TopicPartition, work: PartitionWork
+    ) -> None:
+        if not stopped_during:
+            stopped_during.append(work.next_offset)
+            stop.set()  # the stopper task runs at the commit's first network wait
+        await real_commit(self, tp, work)
+
+    monkeypatch.setattr(TransactionalSink, "_commit", stop_arrives_mid_commit)
+    first = _backlog_worker(fault_env, region, "sigterm-first")
+    await first.start()
+    try:
+        await first.run(stop)  # returns (no exception) once the stop is handled
+    finally:
+        await first.stop()
+    assert stopped_during, "the stop arrived while a transaction was in flight"
+    assert first.stats.units >= 1, f"the unit in flight committed: {first.stats.as_dict()}"
+    answered_by_first = first.stats.results
+    monkeypatch.setattr(TransactionalSink, "_commit", real_commit)
+    second = _backlog_worker(fault_env, region, "sigterm-second")
+    await _run_until_drained(second, region)
+    verdict = check(ledger, await observe(region))
+    assert verdict.violations() == [], (
+        f"{verdict.violations()}; first {first.stats.as_dict()}; second {second.stats.as_dict()}; "
+        f"examples {verdict.examples[:5]}"
+    )
+    assert answered_by_first + second.stats.results == len(ledger)
 
 
 async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_first(
@@ -148,19 +237,7 @@ async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_f
     (as when the broker goes away). The partition must be re-read from its committed offset before
     anything later of it commits: no record skipped, none answered twice."""
     region = await make_region(fault_env)
-    corpus = make_corpus(fault_env, region)
-    ledger: dict[int, CorpusRecord] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=region.bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for _ in range(160):  # a backlog before the worker starts: its first fetch closes 5 full units
-            record = corpus.good(device="dev-backlog", kind="embedding")
-            ledger[record.test_id] = record
-            await producer.send(record.topic(region.name), record.value, key=record.key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
+    ledger = await _backlog(fault_env, region, 160)  # its first fetch closes 5 full units
     failures: list[TopicPartition] = []
     real_commit = TransactionalSink._commit
 
@@ -172,30 +249,22 @@ async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_f
             raise KafkaConnectionError("injected: the broker went away before this transaction began")
         await real_commit(self, tp, work)
 
+    real_rewind = EdgeWorker._rewind
+
+    async def rewind_until_positioned_again(self: EdgeWorker, tp: TopicPartition, err: BaseException) -> None:
+        # The worst case, made certain: the fetch loop positions the partition again before the units
+        # already closed behind the failed one are processed. Those hold records of the old position.
+        await real_rewind(self, tp, err)
+        await wait_for("the partition is positioned again", lambda: tp in self._serving, 10, interval_s=0.01)
+        repositioned.append(tp)
+
+    repositioned: list[TopicPartition] = []
     monkeypatch.setattr(TransactionalSink, "_commit", first_transaction_fails)
-    worker_settings = WorkerSettings(
-        region=region.name,
-        home=fault_env.home,
-        key_file=region.key_file,
-        kafka=KafkaSettings(bootstrap_servers=region.bootstrap),
-        node_id="backlog",
-        device_rate_per_s=100_000,
-        device_burst=100_000,
-        max_batch=32,
-        max_wait_ms=50.0,
-        retry_backoff_max_ms=100,
-    )
-    worker = EdgeWorker(worker_settings, keyring=region.keyring, models=load_models(worker_settings))
-    await worker.start()
-    stop = asyncio.Event()
-    run = asyncio.create_task(worker.run(stop))
-    try:
-        await wait_drained(region, timeout_s=60)
-    finally:
-        stop.set()
-        await run
-        await worker.stop()
+    monkeypatch.setattr(EdgeWorker, "_rewind", rewind_until_positioned_again)
+    worker = _backlog_worker(fault_env, region, "backlog")
+    await _run_until_drained(worker, region)
     assert failures, "the injected failure happened"
+    assert repositioned == failures, "the partition was positioned again before the later units ran"
     verdict = check(ledger, await observe(region))
     assert verdict.violations() == [], (
         f"{verdict.violations()}; worker {worker.stats.as_dict()}; examples {verdict.examples[:5]}"

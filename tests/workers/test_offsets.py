@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from io import BytesIO
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -23,7 +24,7 @@ from edgestream.workers.offsets import (
 from .conftest import EdgeRegion
 
 
-def _response(top: int, partitions: list[tuple[int, int, int]]) -> OffsetFetchResponse_v7:
+def _response(top: int, partitions: list[tuple[int, int, int]]) -> Any:
     """Encode then decode a v7 answer: (partition, offset, error) on topic ``t``."""
     built = OffsetFetchResponse_v7(
         0, [("t", [(p, off, -1, None, err, {}) for p, off, err in partitions], {})], top, {}
