@@ -120,10 +120,11 @@ async def run_faults(settings: FaultsSettings, home: Path, progress: Progress) -
         for name in settings.scenarios:
             task = progress.add_task(name, total=None)
             env = harness.FaultEnv(
-                bootstrap=state.bootstrap,
+                bootstrap=state.kafka(),
                 home=home,
                 run_dir=home / "runs" / name,
                 served_versions=versions,
+                tls_root=state.tls_root,
                 seed=settings.seed,
                 on_event=_describer(progress, task, name),
             )

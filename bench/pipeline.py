@@ -59,7 +59,7 @@ from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset
-from edgestream.pipeline.settings import KafkaSettings, Region
+from edgestream.pipeline.settings import KafkaSettings, Region, kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
@@ -215,7 +215,7 @@ class EchoWorker:
         self.settings = settings
         self._out_topic = results_topic(settings.region)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **kafka_settings(settings.kafka.bootstrap_servers).client_kwargs(),
             group_id=ECHO_GROUP,
             client_id="edgestream-bench-echo",
             enable_auto_commit=False,
@@ -778,7 +778,7 @@ def worker_settings(ctx: BenchContext, name: str) -> WorkerSettings:
         node_id=name,
         home=ctx.home,
         key_file=ctx.home / "keys.json",
-        kafka=KafkaSettings(bootstrap_servers=ctx.bootstrap),
+        kafka=kafka_settings(ctx.bootstrap),
         model_size=s.model_size,
         intra_op_threads=s.intra_op_threads,
         ready_file=ctx.run_dir / f"{name}.ready",
@@ -900,7 +900,7 @@ def fleet_settings(ctx: BenchContext, region: str, rate_per_s: float, duration_s
         deadline_ms=s.deadline_ms,
         drain_s=s.drain_s,
         regions=(Region(name=region, lat=0.0, lon=0.0),),
-        kafka=KafkaSettings(bootstrap_servers=ctx.bootstrap),
+        kafka=kafka_settings(ctx.bootstrap),
         home=ctx.home,
         seed=s.seed,
     )
@@ -918,7 +918,7 @@ async def run_fleet_as(
 async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str]) -> int:
     """Records in ``topics`` past ``group_id``'s committed offsets."""
     tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgestream-bench")
+    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), client_id="edgestream-bench")
     await admin.start()
     try:
         for attempt in range(20):
@@ -931,7 +931,9 @@ async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str]) -> 
                 await asyncio.sleep(0.25)
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id="edgestream-bench")
+    consumer = AIOKafkaConsumer(
+        **kafka_settings(bootstrap).client_kwargs(), group_id=None, client_id="edgestream-bench"
+    )
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)
@@ -967,7 +969,7 @@ async def skip_backlog(ctx: BenchContext, group_id: str, region: str) -> int:
         return 0
     tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=ctx.bootstrap,
+        **kafka_settings(ctx.bootstrap).client_kwargs(),
         group_id=group_id,
         enable_auto_commit=False,
         client_id="edgestream-bench",

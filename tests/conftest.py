@@ -1,6 +1,8 @@
 """Suite-wide fixtures: one real Kafka broker per test session, started only when a test asks for it.
 
-Set ``EDGESTREAM_TEST_BOOTSTRAP=host:port`` to run the broker tests against a broker that already runs.
+The broker speaks TLS 1.3 only, requires client certificates (from a CA made in its temporary home)
+and enforces ACLs, as in production. Set ``EDGESTREAM_TEST_BOOTSTRAP=host:port`` to run the broker
+tests against a PLAINTEXT broker that already runs instead (the TLS and ACL tests then fail).
 Tests that use the broker (directly or through another fixture) get the ``broker`` marker, so
 ``pytest -m "not broker"`` runs the pure-logic tests alone.
 """
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.broker import BrokerSettings, BrokerState, running_broker
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSta
 
 
 @pytest.fixture(scope="session")
-def bootstrap(kafka_broker: BrokerState) -> str:
-    """``bootstrap_servers`` of the session's broker."""
-    return kafka_broker.bootstrap
+def bootstrap(kafka_broker: BrokerState) -> KafkaSettings:
+    """How tests reach the session's broker: over TLS 1.3 as ``admin`` (a super user). Workers under
+    test connect as their region's ``edge-<region>`` principal instead, within its ACLs."""
+    return kafka_broker.kafka()

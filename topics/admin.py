@@ -33,6 +33,7 @@ from aiokafka.errors import (
     for_code,
 )
 
+from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import CLEANUP_POLICY, Topic, is_catalogue_topic, parse_topic
 from edgestream.topics.errors import (
     BrokerUnavailable,
@@ -123,10 +124,12 @@ def _unique(topics: Iterable[Topic]) -> list[Topic]:
 
 
 @asynccontextmanager
-async def _admin_client(bootstrap_servers: str, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
+async def _admin_client(kafka: Kafka, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on the way out; aiokafka errors become edgestream errors."""
+    settings = kafka_settings(kafka)
+    bootstrap_servers = settings.bootstrap_servers
     client = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, client_id=_CLIENT_ID, request_timeout_ms=timeout_ms
+        **settings.client_kwargs(), client_id=_CLIENT_ID, request_timeout_ms=timeout_ms
     )
     try:
         await client.start()
@@ -278,7 +281,7 @@ async def _create(
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topics: Iterable[Topic],
     *,
     replication_factor: int = DEFAULT_REPLICATION_FACTOR,
@@ -296,7 +299,7 @@ async def ensure_topics(
     if not wanted:
         return EnsureReport(created=[], existing=[])
     deadline = time.monotonic() + timeout_ms / 1000
-    async with _admin_client(bootstrap_servers, timeout_ms) as client:
+    async with _admin_client(kafka, timeout_ms) as client:
         metadata = await _metadata(client)
         existing = [t for t in wanted if t.name in metadata]
         await _verify(client, existing, metadata, deadline)
@@ -310,16 +313,16 @@ async def ensure_topics(
 
 
 async def list_topics(
-    bootstrap_servers: str, *, include_foreign: bool = False, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: Kafka, *, include_foreign: bool = False, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[str]:
     """Sorted names of the cluster's catalogue topics; with ``include_foreign``, of all its topics."""
-    async with _admin_client(bootstrap_servers, timeout_ms) as client:
+    async with _admin_client(kafka, timeout_ms) as client:
         names: list[str] = await client.list_topics()
     return sorted(name for name in names if include_foreign or is_catalogue_topic(name))
 
 
 async def describe_topics(
-    bootstrap_servers: str, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: Kafka, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[TopicDescription]:
     """How the broker has each named catalogue topic, in the given order.
 
@@ -330,7 +333,7 @@ async def describe_topics(
     if not topics:
         return []
     deadline = time.monotonic() + timeout_ms / 1000
-    async with _admin_client(bootstrap_servers, timeout_ms) as client:
+    async with _admin_client(kafka, timeout_ms) as client:
         metadata = await _metadata(client)
         missing = [t.name for t in topics if t.name not in metadata]
         if missing:
@@ -339,7 +342,7 @@ async def describe_topics(
 
 
 async def delete_topics(
-    bootstrap_servers: str, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: Kafka, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[str]:
     """Delete catalogue topics (tests and teardown); returns those deleted, skipping absent ones.
 
@@ -348,7 +351,7 @@ async def delete_topics(
     topics = _unique(parse_topic(name) for name in names)
     if not topics:
         return []
-    async with _admin_client(bootstrap_servers, timeout_ms) as client:
+    async with _admin_client(kafka, timeout_ms) as client:
         response = await client.delete_topics([t.name for t in topics], timeout_ms=timeout_ms)
     deleted, failures = [], []
     for entry in response.to_object()["topic_error_codes"]:
@@ -365,7 +368,7 @@ async def delete_topics(
 
 
 async def consumer_lag(
-    bootstrap_servers: str,
+    kafka: Kafka,
     group_id: str,
     topics: Iterable[Topic],
     *,
@@ -379,7 +382,7 @@ async def consumer_lag(
     tps = [TopicPartition(t.name, p) for t in _unique(topics) for p in range(t.spec.partitions)]
     deadline = time.monotonic() + timeout_ms / 1000.0
     delay_s = _FIRST_BACKOFF_S
-    async with _admin_client(bootstrap_servers, timeout_ms) as client:
+    async with _admin_client(kafka, timeout_ms) as client:
         while True:
             try:
                 committed = await client.list_consumer_group_offsets(group_id, partitions=tps)
@@ -390,7 +393,7 @@ async def consumer_lag(
                     raise
                 delay_s = await _backoff(deadline, delay_s)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_settings(kafka).client_kwargs(),
         isolation_level="read_committed",
         request_timeout_ms=timeout_ms,
         client_id=_CLIENT_ID,

@@ -252,6 +252,42 @@ def edge_group(region: Region | str) -> str:
     return f"edgestream-edge-{validate_region(region)}"
 
 
+def ingest_prefix(region: Region | str) -> str:
+    """``edge.<region>.ingest.``: every ingest topic of the region, and no other topic, starts with it.
+
+    Regions hold no '.', so no other region's names share the prefix (what a PREFIXED ACL needs).
+    """
+    return INGEST.pattern.format(region=validate_region(region), kind="")
+
+
+_GROUP_NAME_RE: Final = r"[A-Za-z0-9_-]{1,100}"
+
+AGGREGATOR_GROUP: Final = "edgestream-aggregator"
+"""The aggregator's consumer group, and the start of every aggregator group and transactional id."""
+
+
+def device_group_prefix(region: Region | str) -> str:
+    """``edgestream-device-<region>.``: the start of every device consumer group of the region.
+
+    '.' ends the region (a region name cannot hold one), so ``eu``'s prefix does not match the groups
+    of ``eu-west``, as a '-' would.
+    """
+    return f"edgestream-device-{validate_region(region)}."
+
+
+def device_group(region: Region | str, name: str) -> str:
+    """``edgestream-device-<region>.<name>``: a consumer group of the region's devices (or gateway)."""
+    if re.fullmatch(_GROUP_NAME_RE, name) is None:
+        raise ValueError(f"device group name {name!r}: use 1-100 letters, digits, '_' or '-'")
+    return f"{device_group_prefix(region)}{name}"
+
+
+def dlq_replay_group_prefix(region: Region | str) -> str:
+    """``edgestream-dlq-replay-<region>-``: the start of the region's DLQ replay groups (and their
+    transactional ids), ``edgestream-dlq-replay-<region>-<reason>`` (see ``edgestream dlq replay``)."""
+    return f"edgestream-dlq-replay-{validate_region(region)}-"
+
+
 def region_topics(region: Region | str) -> list[Topic]:
     """Every topic of one region: its ingest topics (one per kind), results, audit and dead letters."""
     name = validate_region(region)

@@ -27,12 +27,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgestream.pipeline.certs import (
+    BROKER_PRINCIPAL,
+    PRINCIPAL_MAPPING_RULES,
+    Identity,
+    Pki,
+)
 from edgestream.pipeline.errors import BrokerError
+from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -85,6 +92,11 @@ class BrokerSettings(BaseSettings):
     """Version of ``org.apache.kafka:kafka_2.13`` to resolve and run (4.x: KRaft only)."""
     cache_dir: Path | None = None
     """Root of the jar cache (jars in ``<cache_dir>/kafka-<version>/libs``); None: ``~/.cache/edgestream``."""
+    security: Literal["tls", "plaintext"] = "tls"
+    """``tls``: the client listener speaks TLS 1.3 only and requires a client certificate from the
+    local CA (``<home>/tls``, made on first start); principals come from certificate subjects and ACLs
+    are enforced (StandardAuthorizer, nothing allowed without an ACL; ``broker`` and ``admin`` are super
+    users). ``plaintext``: no encryption, no authentication, no ACLs; only when asked for explicitly."""
     extra_config: dict[str, str] = Field(default_factory=dict)
     """Broker properties that win over the generated ones (e.g. an authorizer for a test)."""
 
@@ -105,6 +117,21 @@ class BrokerState:
     """Kafka's ``log.dirs``: the KRaft metadata log and the topic partitions."""
     started_at: float
     """Wall-clock start time, seconds since the epoch."""
+    security_protocol: str = "PLAINTEXT"
+    """``SSL`` (mutual TLS, ACLs) or ``PLAINTEXT`` on the client listener."""
+    tls_root: Path | None = None
+    """The PKI directory whose CA the broker trusts (``SSL`` only)."""
+
+    def kafka(self, identity: Identity | None = None, **others: Any) -> KafkaSettings:
+        """Client settings for this broker, as ``identity`` (default ``admin``) when it speaks TLS; the
+        identity's certificate is issued by the local CA if it has none yet."""
+        if self.security_protocol != "SSL":
+            return KafkaSettings(bootstrap_servers=self.bootstrap, **others)
+        if self.tls_root is None:
+            raise BrokerError("the broker speaks TLS but its state names no PKI directory")
+        who = identity or Identity.admin()
+        files = Pki(self.tls_root).ensure([who])[who]  # issued on first use, reused after
+        return KafkaSettings.tls(self.bootstrap, files, **others)
 
     @property
     def server_log(self) -> Path:
@@ -116,6 +143,7 @@ class BrokerState:
         fields = asdict(self)
         fields["log_dir"] = str(self.log_dir)
         fields["data_dir"] = str(self.data_dir)
+        fields["tls_root"] = None if self.tls_root is None else str(self.tls_root)
         return json.dumps(fields, indent=2) + "\n"
 
     @classmethod
@@ -131,6 +159,8 @@ class BrokerState:
             log_dir=Path(raw["log_dir"]),
             data_dir=Path(raw["data_dir"]),
             started_at=float(raw["started_at"]),
+            security_protocol=str(raw.get("security_protocol", "PLAINTEXT")),
+            tls_root=None if raw.get("tls_root") is None else Path(raw["tls_root"]),
         )
 
 
@@ -353,12 +383,13 @@ def _tcp_open(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
-async def _answers_metadata(bootstrap: str, timeout_s: float, cluster_id: str | None) -> bool:
+async def _answers_metadata(kafka: KafkaSettings, timeout_s: float, cluster_id: str | None) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
+    bootstrap = kafka.bootstrap_servers
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         client_id="edgestream-broker-probe",
         request_timeout_ms=max(1, int(timeout_s * 1000)),
     )
@@ -377,16 +408,17 @@ async def _answers_metadata(bootstrap: str, timeout_s: float, cluster_id: str | 
     return bool(cluster.get("brokers"))
 
 
-def ping(bootstrap: str, timeout_s: float = _PROBE_TIMEOUT_S, cluster_id: str | None = None) -> bool:
-    """True when the broker at ``bootstrap`` answers a metadata request (for ``cluster_id``, if given).
+def ping(kafka: Kafka, timeout_s: float = _PROBE_TIMEOUT_S, cluster_id: str | None = None) -> bool:
+    """True when the broker answers a metadata request (for ``cluster_id``, if given).
 
     Safe to call with or without a running event loop: the request runs on a loop of its own, in a thread.
     """
-    host, _, port = bootstrap.rpartition(":")
+    settings = kafka_settings(kafka)
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
     if not _tcp_open(host, int(port), timeout_s):
         return False
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-ping") as pool:
-        probe = pool.submit(lambda: asyncio.run(_answers_metadata(bootstrap, timeout_s, cluster_id)))
+        probe = pool.submit(lambda: asyncio.run(_answers_metadata(settings, timeout_s, cluster_id)))
         return probe.result()
 
 
@@ -395,7 +427,7 @@ class _BrokerExited(Exception):
 
 
 def _wait_ready(
-    bootstrap: str, cluster_id: str | None, deadline: float, is_alive: Callable[[], bool]
+    kafka: KafkaSettings, cluster_id: str | None, deadline: float, is_alive: Callable[[], bool]
 ) -> None:
     """Poll until ``bootstrap`` answers metadata for ``cluster_id`` (not some other broker on that port).
 
@@ -407,7 +439,7 @@ def _wait_ready(
         remaining_s = deadline - time.monotonic()
         if remaining_s <= 0:
             raise TimeoutError
-        if ping(bootstrap, timeout_s=min(remaining_s, _PROBE_TIMEOUT_S), cluster_id=cluster_id):
+        if ping(kafka, timeout_s=min(remaining_s, _PROBE_TIMEOUT_S), cluster_id=cluster_id):
             return
         time.sleep(min(_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
 
@@ -594,6 +626,35 @@ class LocalBroker:
                     log.info("port %d was taken after we chose it; retrying with new ports", err.port)
             raise AssertionError("unreachable")
 
+    def _tls_config(self, pki: Pki) -> dict[str, str]:
+        """The ``ssl.*`` and authorizer settings of a TLS broker; issues its certificates if needed.
+
+        The key store is one PEM file (private key, then certificate) written 0600 next to the config;
+        the trust store is the PKI's bundle, read at start (a CA rotation takes a broker restart).
+        """
+        issued = pki.ensure([Identity.broker(), Identity.admin()])
+        own = issued[Identity.broker()]
+        keystore = self.root / "keystore.pem"
+        fd = os.open(keystore.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(own.key_file.read_bytes())
+            out.write(own.cert_file.read_bytes())
+        keystore.with_suffix(".tmp").replace(keystore)
+        return {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(own.ca_file),
+            "ssl.client.auth": "required",
+            "ssl.protocol": "TLSv1.3",
+            "ssl.enabled.protocols": "TLSv1.3",
+            "ssl.endpoint.identification.algorithm": "https",
+            "ssl.principal.mapping.rules": PRINCIPAL_MAPPING_RULES,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{BROKER_PRINCIPAL};User:{Identity.admin().principal}",
+        }
+
     def _jvm_options(self) -> list[str]:
         return [
             f"-Xmx{self.settings.heap_mb}m",
@@ -635,13 +696,18 @@ class LocalBroker:
 
     def _start_once(self, java: str, libs_dir: Path, deadline: float) -> BrokerState:
         port, controller_port = pick_ports(self.settings)
-        client = Listener("PLAINTEXT", port)
-        controller = Listener("CONTROLLER", controller_port)
+        tls_root: Path | None = None
+        if self.settings.security == "tls":
+            client = Listener("SSL", port, "SSL")
+            controller = Listener("CONTROLLER", controller_port, "SSL")
+            tls_root = self.settings.home.expanduser().resolve() / "tls"
+            extra = {**self._tls_config(Pki(tls_root)), **self.settings.extra_config}
+        else:
+            client = Listener("PLAINTEXT", port)
+            controller = Listener("CONTROLLER", controller_port)
+            extra = dict(self.settings.extra_config)
         config = broker_config(
-            client_listeners=[client],
-            controller=controller,
-            data_dir=self.data_dir,
-            extra=self.settings.extra_config,
+            client_listeners=[client], controller=controller, data_dir=self.data_dir, extra=extra
         )
         self.config_file.write_text(render_properties(config))
         classpath = str(libs_dir / "*")
@@ -667,6 +733,8 @@ class LocalBroker:
             log_dir=self.log_dir,
             data_dir=self.data_dir,
             started_at=time.time(),
+            security_protocol=client.security_protocol,
+            tls_root=tls_root,
         )
         self._write_state(state)
         log.info("spawned Kafka broker pid %d for %s", proc.pid, state.bootstrap)
@@ -689,7 +757,7 @@ class LocalBroker:
             return proc.poll() is None if proc is not None else _pid_alive(state.pid)
 
         try:
-            _wait_ready(state.bootstrap, self.cluster_id(), deadline, is_alive)
+            _wait_ready(state.kafka(), self.cluster_id(), deadline, is_alive)
         except _BrokerExited as err:
             tail = self._failure_tail(log_offset)
             if proc is not None and "Address already in use" in tail:
@@ -804,3 +872,11 @@ def local_bootstrap(settings: BrokerSettings | None = None) -> str | None:
     """The bootstrap address of the local broker started by ``edgestream broker start``, if it runs."""
     state = LocalBroker(settings or BrokerSettings()).status()
     return state.bootstrap if state is not None else None
+
+
+def local_kafka(
+    identity: Identity | None = None, settings: BrokerSettings | None = None
+) -> KafkaSettings | None:
+    """Client settings for the local broker as ``identity`` (default ``admin``), if it runs."""
+    state = LocalBroker(settings or BrokerSettings()).status()
+    return state.kafka(identity) if state is not None else None

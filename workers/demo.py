@@ -25,10 +25,12 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgestream.pipeline.certs import Identity, Pki
 from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, Kafka, KafkaSettings, Region
+from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
 from edgestream.topics.catalogue import all_topics, edge_group, region_topics
 from edgestream.workers.broker import BrokerSettings, LocalBroker
@@ -70,8 +72,12 @@ class DemoSettings(BaseSettings):
     """How long to wait for the workers to load models and get their partitions."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """After the fleet stops, how long to wait for the workers to consume what is left."""
-    bootstrap: str | None = None
-    """Use this already-running Kafka cluster instead of the local broker (nothing is started or stopped)."""
+    kafka: KafkaSettings | None = None
+    """Use this already-running Kafka cluster (as an admin identity) instead of the local broker; nothing
+    is started or stopped."""
+    tls_root: Path | None = None
+    """With ``kafka`` over TLS: the PKI whose CA that cluster trusts; the workers' ``edge-<region>`` and
+    the devices' ``device-<region>`` certificates are issued from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 @contextmanager
-def _workers(settings: DemoSettings, bootstrap: str, paths: DemoPaths) -> Iterator[dict[str, Path]]:
+def _workers(
+    settings: DemoSettings, kafka: Callable[[str], KafkaSettings], paths: DemoPaths
+) -> Iterator[dict[str, Path]]:
     """Start one worker process per region; always stop them. Yields region -> stats file."""
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     stats: dict[str, Path] = {}
@@ -148,7 +156,7 @@ def _workers(settings: DemoSettings, bootstrap: str, paths: DemoPaths) -> Iterat
                 **os.environ,
                 "EDGESTREAM_WORKER_REGION": region.name,
                 "EDGESTREAM_WORKER_HOME": str(settings.home),
-                "EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                **kafka(region.name).to_env("EDGESTREAM_WORKER_KAFKA__"),
                 "EDGESTREAM_WORKER_READY_FILE": str(ready),
                 "EDGESTREAM_WORKER_STATS_FILE": str(stats[region.name]),
             }
@@ -186,7 +194,7 @@ def _workers(settings: DemoSettings, bootstrap: str, paths: DemoPaths) -> Iterat
                 proc.wait()
 
 
-async def _wait_caught_up(bootstrap: str, settings: DemoSettings) -> None:
+async def _wait_caught_up(bootstrap: Kafka, settings: DemoSettings) -> None:
     """Wait until every region's group has committed to the end of its ingest topics (bounded)."""
     deadline_s = time.monotonic() + settings.drain_timeout_s
     for region in settings.regions:
@@ -286,14 +294,28 @@ def run_demo(
     paths = DemoPaths.under(settings.home)
     paths.root.mkdir(parents=True, exist_ok=True)
     broker = LocalBroker(BrokerSettings(home=settings.home))
-    if settings.bootstrap is not None:
-        on_step(f"using the Kafka cluster at {settings.bootstrap}")
-        bootstrap, broker_log, stop_broker = settings.bootstrap, None, False
+    if settings.kafka is not None:
+        on_step(f"using the Kafka cluster at {settings.kafka}")
+        admin, broker_log, stop_broker = settings.kafka, None, False
+        pki = Pki(settings.tls_root or settings.home / "tls")
     else:
         stop_broker = broker.status() is None
         on_step("starting the Kafka broker" if stop_broker else "using the running Kafka broker")
         state = broker.start()
-        bootstrap, broker_log = state.bootstrap, state.server_log
+        admin, broker_log = state.kafka(), state.server_log
+        pki = Pki(state.tls_root or settings.home / "tls")
+    secure = admin.security_protocol == "SSL"
+    if secure:
+        on_step(f"TLS 1.3 with client certificates from {pki.root}; ACLs enforced")
+
+    def worker_kafka(region: str) -> KafkaSettings:
+        """A region's workers connect as ``edge-<region>`` (their ACLs cover that region only)."""
+        if not secure:
+            return admin
+        identity = Identity.edge(region)
+        files = pki.ensure([identity])[identity]
+        return KafkaSettings.tls(admin.bootstrap_servers, files)
+
     try:
         key_file = settings.home / "keys.json"
         if not key_file.exists():
@@ -305,9 +327,12 @@ def run_demo(
             for size in ("medium", "tiny"):
                 accuracy[f"{name}/{size}"] = store.get(name, size).accuracy
         on_step("creating topics")
-        asyncio.run(ensure_topics(bootstrap, all_topics([r.name for r in settings.regions])))
+        asyncio.run(ensure_topics(admin, all_topics([r.name for r in settings.regions])))
+        if secure:
+            on_step("granting each region's workers and devices their ACLs")
+            asyncio.run(apply_policy(admin, [r.name for r in settings.regions]))
         on_step(f"starting {len(settings.regions)} edge workers")
-        with _workers(settings, bootstrap, paths) as stats_files:
+        with _workers(settings, worker_kafka, paths) as stats_files:
             on_step("running the device fleet")
             fleet_settings = FleetSettings(
                 devices=settings.devices,
@@ -318,11 +343,12 @@ def run_demo(
                 drain_s=settings.drain_s,
                 regions=settings.regions,
                 home=settings.home,
-                kafka=KafkaSettings(bootstrap_servers=bootstrap),
+                kafka=admin,  # over TLS the fleet connects as device-<region> instead
+                tls_root=pki.root,
             )
             report = asyncio.run(run_fleet(fleet_settings, on_progress))
             on_step("waiting for the workers to consume everything sent")
-            asyncio.run(_wait_caught_up(bootstrap, settings))
+            asyncio.run(_wait_caught_up(admin, settings))
             on_step("stopping workers")
         worker_stats = {
             region: json.loads(path.read_text()) if path.exists() else {}

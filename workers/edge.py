@@ -382,7 +382,7 @@ class EdgeWorker:
         self._dlq_topic = dlq_topic(self._region)
         kafka = settings.kafka
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
+            **kafka.client_kwargs(),
             group_id=self._group_id,
             client_id=self.node_id,
             enable_auto_commit=False,
@@ -397,17 +397,15 @@ class EdgeWorker:
         self.sink: Sink
         if settings.delivery == "exactly_once":
             self.sink = TransactionalSink(
-                bootstrap_servers=kafka.bootstrap_servers,
+                kafka=kafka,
                 group_id=self._group_id,
                 client_id=self.node_id,
-                request_timeout_ms=kafka.request_timeout_ms,
                 transaction_timeout_ms=settings.transaction_timeout_ms,
             )
         else:
             self.sink = AckSink(
-                bootstrap_servers=kafka.bootstrap_servers,
+                kafka=kafka,
                 client_id=self.node_id,
-                request_timeout_ms=kafka.request_timeout_ms,
                 commit=self._commit_offsets,
             )
 

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgestream.pipeline.certs import Identity, Pki
 from edgestream.pipeline.codec import encode_tensor
 from edgestream.pipeline.contract import ResultRecord, new_request_id, seal
 from edgestream.pipeline.crypto import KeyRing
@@ -68,7 +69,11 @@ class FleetSettings(BaseSettings):
     regions: tuple[Region, ...] = DEFAULT_REGIONS
     """Regions the fleet is spread over."""
     kafka: KafkaSettings = KafkaSettings()
-    """How to reach the brokers."""
+    """How to reach the brokers. Over TLS, each region's devices connect as ``device-<region>`` (the
+    identity the broker's ACLs let write that region's ingest and read its results, nothing else), with
+    certificates from ``tls_root``."""
+    tls_root: Path | None = None
+    """The PKI the device certificates come from (issued when missing); None: ``<home>/tls``."""
     home: Path = DEFAULT_HOME
     """Local state: key file and model cache."""
     key_file: Path | None = None
@@ -212,58 +217,68 @@ class Fleet:
 
     async def run(self, on_progress: Callable[[Progress], None] | None = None) -> FleetReport:
         """Send for ``duration_s``, wait up to ``drain_s`` for the rest, return the report."""
-        bootstrap = self.settings.kafka.bootstrap_servers
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            client_id="edgestream-fleet",
-        )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=20,
-            client_id="edgestream-fleet",
-        )
-        await producer.start()
+        producers: dict[str, AIOKafkaProducer] = {}
+        consumers: dict[str, AIOKafkaConsumer] = {}
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await consumer.start()
-            try:
-                await self._listen_from_now(consumer)
-                receiver = asyncio.create_task(self._receive(consumer))
-                sweeper = asyncio.create_task(self._sweep())
-                try:
-                    await self._send_all(producer, on_progress)
-                    await self._drain(on_progress)
-                finally:
-                    for task in (receiver, sweeper):
-                        task.cancel()
-                    await asyncio.gather(receiver, sweeper, return_exceptions=True)
-            finally:
-                await consumer.stop()
+            for region in self.report.regions:
+                kafka = self._kafka(region)
+                producers[region] = AIOKafkaProducer(
+                    **kafka.client_kwargs(),
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=0,
+                    client_id=f"edgestream-fleet-{region}",
+                )
+                await producers[region].start()
+                consumers[region] = AIOKafkaConsumer(
+                    **kafka.client_kwargs(),
+                    group_id=None,
+                    isolation_level="read_committed",
+                    enable_auto_commit=False,
+                    fetch_max_wait_ms=20,
+                    client_id=f"edgestream-fleet-{region}",
+                )
+                await consumers[region].start()
+                await self._listen_from_now(consumers[region], region)
+            tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
+            tasks.append(asyncio.create_task(self._sweep()))
+            await self._send_all(producers, on_progress)
+            await self._drain(on_progress)
         finally:
-            await producer.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(
+                *(c.stop() for c in consumers.values()),
+                *(p.stop() for p in producers.values()),
+                return_exceptions=True,
+            )
         self.report.total_s = time.time() - self.report.started_at
         self.report.unanswered = len(self._pending)
         return self.report
 
-    async def _listen_from_now(self, consumer: AIOKafkaConsumer) -> None:
+    def _kafka(self, region: str) -> KafkaSettings:
+        """How the devices of ``region`` connect: as ``device-<region>`` over TLS."""
+        kafka = self.settings.kafka
+        if kafka.security_protocol != "SSL":
+            return kafka
+        pki = Pki(self.settings.tls_root or self.settings.home / "tls")
+        identity = Identity.device(region)
+        files = pki.ensure([identity])[identity]
+        return KafkaSettings.tls(kafka.bootstrap_servers, files, request_timeout_ms=kafka.request_timeout_ms)
+
+    async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
         # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (results_topic(region) for region in self.report.regions)
-            for p in range(parse_topic(topic).spec.partitions)
-        ]
+        topic = results_topic(region)
+        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve positions now, before the first request is sent
             await consumer.position(tp)
 
     async def _send_all(
-        self, producer: AIOKafkaProducer, on_progress: Callable[[Progress], None] | None
+        self, producers: Mapping[str, AIOKafkaProducer], on_progress: Callable[[Progress], None] | None
     ) -> None:
         interval_s = 1.0 / self.settings.rate_per_s
         start_s = time.monotonic()
@@ -279,9 +294,9 @@ class Fleet:
             device = self.devices[n % len(self.devices)]
             n += 1
             if self._pyrng.random() < self.settings.bad_fraction:
-                deliveries.append(await self._send_bad(producer, device))
+                deliveries.append(await self._send_bad(producers[device.region], device))
             else:
-                deliveries.append(await self._send_one(producer, device))
+                deliveries.append(await self._send_one(producers[device.region], device))
             next_s += interval_s
             if len(deliveries) >= 256:
                 await asyncio.gather(*deliveries)

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +91,17 @@ class TransactionalSink:
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        kafka: KafkaSettings,
         group_id: str,
         client_id: str,
-        request_timeout_ms: int,
         transaction_timeout_ms: int,
     ) -> None:
+        self._kafka = kafka
         self._config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 0,
-            "request_timeout_ms": request_timeout_ms,
+            "request_timeout_ms": kafka.request_timeout_ms,
             "transaction_timeout_ms": transaction_timeout_ms,
             "retry_backoff_ms": 5,
         }
@@ -124,6 +124,7 @@ class TransactionalSink:
     def make_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         """The (not yet started) transactional producer for input partition ``tp``."""
         return AIOKafkaProducer(
+            **self._kafka.client_kwargs(),
             **self._config,
             transactional_id=transactional_id(self._group_id, tp),
             client_id=f"{self._client_id}-{tp.topic}-{tp.partition}",
@@ -238,18 +239,17 @@ class AckSink:
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        kafka: KafkaSettings,
         client_id: str,
-        request_timeout_ms: int,
         commit: Callable[[dict[TopicPartition, int]], Awaitable[None]],
     ) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka.client_kwargs(),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
-            request_timeout_ms=request_timeout_ms,
+            request_timeout_ms=kafka.request_timeout_ms,
         )
         """The one idempotent producer (exposed so its settings can be checked)."""
         self._commit = commit

@@ -32,9 +32,12 @@ from rich.table import Table
 from edgestream.commands.topics import Bootstrap
 from edgestream.pipeline.deadletter import DeadLetter, MalformedDeadLetter
 from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.settings import kafka_settings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from edgestream.pipeline.settings import Kafka
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,13 +104,13 @@ class DlqBatch:
     """The partition's position after this batch, never past the end offset: what replay commits."""
 
 
-async def _partitions(bootstrap_servers: str, topic: str, timeout_ms: int) -> list[TopicPartition]:
+async def _partitions(kafka: Kafka, topic: str, timeout_ms: int) -> list[TopicPartition]:
     """The topic's partitions as the broker has them; `TopicsNotFound` when it is missing."""
     from aiokafka import TopicPartition
 
     from edgestream.topics.admin import describe_topics
 
-    (description,) = await describe_topics(bootstrap_servers, [topic], timeout_ms=timeout_ms)
+    (description,) = await describe_topics(kafka, [topic], timeout_ms=timeout_ms)
     return [TopicPartition(topic, p) for p in range(description.partitions)]
 
 
@@ -127,7 +130,7 @@ def _parse(record: Any) -> DeadLetter | MalformedDeadLetter:
 
 
 async def read_dlq(
-    bootstrap_servers: str,
+    kafka: Kafka,
     region: str,
     *,
     group_id: str | None = None,
@@ -145,9 +148,9 @@ async def read_dlq(
     from edgestream.topics.catalogue import dlq_topic
 
     topic = dlq_topic(region)
-    tps = await _partitions(bootstrap_servers, topic, timeout_ms)
+    tps = await _partitions(kafka, topic, timeout_ms)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_settings(kafka).client_kwargs(),
         group_id=group_id,
         client_id=_CLIENT_ID,
         enable_auto_commit=False,
@@ -242,7 +245,7 @@ async def _send_in_transaction(
 
 
 async def replay(
-    bootstrap_servers: str,
+    kafka: Kafka,
     region: str,
     reason: str,
     *,
@@ -262,7 +265,7 @@ async def replay(
     producer: AIOKafkaProducer | None = None
     if not dry_run:
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka_settings(kafka).client_kwargs(),
             client_id=_CLIENT_ID,
             transactional_id=group_id,
             enable_idempotence=True,
@@ -276,7 +279,7 @@ async def replay(
             # broker aborts) before the group's committed offsets are read.
             async with producer.transaction():
                 pass
-        async for batch in read_dlq(bootstrap_servers, region, group_id=group_id, timeout_ms=timeout_ms):
+        async for batch in read_dlq(kafka, region, group_id=group_id, timeout_ms=timeout_ms):
             letters = _choose(batch, region, reason, report)
             if producer is not None:
                 await _send_in_transaction(producer, group_id, batch, letters)
@@ -327,7 +330,7 @@ class Inspection:
 
 
 async def inspect_dlq(
-    bootstrap_servers: str,
+    kafka: Kafka,
     region: str,
     *,
     reason: str | None,
@@ -337,7 +340,7 @@ async def inspect_dlq(
 ) -> Inspection:
     """Read the whole DLQ once; keep counts for every match and the newest ``limit`` (0: all) entries."""
     found = Inspection(newest=deque(maxlen=limit or None))
-    async for batch in read_dlq(bootstrap_servers, region, timeout_ms=timeout_ms):
+    async for batch in read_dlq(kafka, region, timeout_ms=timeout_ms):
         for letter in batch.letters:
             found.total += 1
             if isinstance(letter, MalformedDeadLetter):
@@ -360,19 +363,10 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
-def _bootstrap(option: str | None) -> str:
-    if option:
-        return option
-    from edgestream.commands.topics import BOOTSTRAP_ENV
-    from edgestream.workers.broker import local_bootstrap
+def _bootstrap(option: str | None) -> Kafka:
+    from edgestream.commands.topics import resolve_kafka
 
-    found = local_bootstrap()
-    if found is None:
-        _fail(
-            f"no broker address: pass --bootstrap, set {BOOTSTRAP_ENV}, or start the local broker "
-            "(edgestream broker start)"
-        )
-    return found
+    return resolve_kafka(option)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

@@ -12,6 +12,9 @@ from rich.table import Table
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from edgestream.pipeline.certs import Identity
+    from edgestream.pipeline.settings import Kafka
+    from edgestream.topics.acls import AclDiff, AclRule
     from edgestream.topics.admin import TopicDescription
     from edgestream.topics.errors import TopicConfigMismatch
 
@@ -42,21 +45,28 @@ TimeoutMs = Annotated[
 ]
 
 
-def _default_bootstrap() -> str:
-    """The local broker's bootstrap address (``edgestream broker start``)."""
-    from edgestream.workers.broker import local_bootstrap
+def resolve_kafka(option: str | None, identity: Identity | None = None) -> Kafka:
+    """Where an operator command connects: ``--bootstrap`` (that cluster; over TLS when
+    ``EDGESTREAM_KAFKA_SECURITY_PROTOCOL=SSL`` and ``EDGESTREAM_KAFKA_SSL_{CA,CERT,KEY}_FILE`` say so),
+    else the local broker (``edgestream broker start``) as ``identity`` (default ``admin``) over TLS."""
+    from edgestream.workers.broker import local_kafka
 
-    bootstrap = local_bootstrap()
-    if bootstrap is None:
+    if option:
+        # Another cluster: TLS files (and the protocol) come from EDGESTREAM_KAFKA_SSL_* settings.
+        from edgestream.pipeline.settings import KafkaEnv
+
+        return KafkaEnv().settings(option)
+    kafka = local_kafka(identity)
+    if kafka is None:
         _fail(
             f"no broker address: pass --bootstrap, set {BOOTSTRAP_ENV}, or start the local broker "
             "(edgestream broker start)"
         )
-    return bootstrap
+    return kafka
 
 
-def _bootstrap(option: str | None) -> str:
-    return option if option else _default_bootstrap()
+def _bootstrap(option: str | None) -> Kafka:
+    return resolve_kafka(option)
 
 
 def _given(**options: int | None) -> dict[str, int]:
@@ -161,7 +171,7 @@ def create(
     _out.print(f"{len(report.created)} created, {len(report.existing)} already there and matching.")
 
 
-def _describe(bootstrap: str, names: Sequence[str], timeout_ms: int | None) -> list[TopicDescription]:
+def _describe(bootstrap: Kafka, names: Sequence[str], timeout_ms: int | None) -> list[TopicDescription]:
     from edgestream.topics.admin import describe_topics
 
     return asyncio.run(describe_topics(bootstrap, names, **_given(timeout_ms=timeout_ms)))
@@ -244,3 +254,174 @@ def describe(
         _out.print(_description_table(d))
     if any(d.differences() for d in descriptions):
         _err.print("[red]some settings differ from the catalogue (in red)[/red]")
+
+
+# -- ACLs --------------------------------------------------------------------------------------------
+
+EXIT_ACLS_DIFFER = 1
+"""``acl --check``: the broker's bindings differ from the policy."""
+
+
+def _acl_resource(rule: AclRule) -> str:
+    """``topic edge.eu-west.results``; a prefixed pattern ends in ``*``."""
+    from edgestream.topics.acls import PatternType
+
+    star = "*" if rule.pattern_type is PatternType.PREFIXED else ""
+    return f"{rule.resource_type.name.lower().replace('_', '-')} {rule.resource_name}{star}"
+
+
+def _acl_changes_table(title: str, changes: Sequence[tuple[str, AclRule]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("change", "principal", "resource", "operation", "permission"):
+        table.add_column(column)
+    for change, rule in changes:
+        principal = rule.principal if rule.host == "*" else f"{rule.principal} from {rule.host}"
+        table.add_row(change, principal, _acl_resource(rule), rule.operation.name, rule.permission.name)
+    return table
+
+
+def _acl_matrix(title: str, actual: Sequence[AclRule], diff: AclDiff, managed: set[str]) -> Table:
+    """Principal x resource x operation as the broker has it, with the policy's missing cells added."""
+    from edgestream.topics.acls import Permission
+
+    extra, missing = set(diff.extra), set(diff.missing)
+    cells: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for rule in sorted({*actual, *missing}):
+        principal = rule.principal if rule.host == "*" else f"{rule.principal} from {rule.host}"
+        verb = "✓" if rule.permission is Permission.ALLOW else rule.permission.name.lower()
+        if rule in missing:
+            text = "[yellow]missing[/yellow]"
+        elif rule in extra:
+            text = f"[red]{verb} extra[/red]"
+        elif rule.principal in managed:
+            text = f"[green]{verb}[/green]"
+        else:
+            text = f"[dim]{verb}[/dim]"
+        row = cells.setdefault((principal, _acl_resource(rule)), {})
+        row.setdefault(rule.operation.name, []).append(text)
+    operations = sorted({op for row in cells.values() for op in row}, key=_operation_order)
+    table = Table(title=title, title_justify="left")
+    table.add_column("principal")
+    table.add_column("resource")
+    for op in operations:
+        table.add_column(op, justify="center")
+    for (principal, resource), row in cells.items():
+        shown = principal if principal.split(" ")[0] in managed else f"[dim]{principal} (not managed)[/dim]"
+        table.add_row(shown, resource, *(" ".join(row.get(op, [])) for op in operations))
+    return table
+
+
+def _where(kafka: Kafka) -> str:
+    """The bootstrap address, for titles."""
+    from edgestream.pipeline.settings import kafka_settings
+
+    return kafka_settings(kafka).bootstrap_servers
+
+
+def _operation_order(name: str) -> int:
+    from edgestream.topics.acls import Operation
+
+    return int(Operation[name])
+
+
+@app.command()
+def acl(
+    region: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--region",
+            "-r",
+            help="Region whose principals to manage; repeat for several. Default: the default regions.",
+            show_default=False,
+        ),
+    ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Also delete bindings of the managed principals that the policy does not list.",
+        ),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Change nothing: show the broker's bindings as a matrix and exit 1 if they differ "
+            "from the policy.",
+        ),
+    ] = False,
+    bootstrap: Bootstrap = None,
+    timeout_ms: TimeoutMs = None,
+) -> None:
+    """Create the ACLs the catalogue's policy gives edgestream's principals for the regions (idempotent).
+
+    Principals: edge-<region> (workers), device-<region> (devices), aggregator, and admin (a super user,
+    like broker). The broker needs an authorizer (StandardAuthorizer) and a principal allowed to manage
+    ACLs, such as a super user.
+    """
+    from edgestream.pipeline.settings import DEFAULT_REGIONS
+
+    if check and prune:
+        _fail("--check changes nothing; leave out --prune")
+    regions = list(dict.fromkeys(region or [r.name for r in DEFAULT_REGIONS]))
+    if check:
+        _acl_check(_bootstrap(bootstrap), regions, timeout_ms)
+    else:
+        _acl_apply(_bootstrap(bootstrap), regions, prune, timeout_ms)
+
+
+def _acl_check(address: Kafka, regions: list[str], timeout_ms: int | None) -> None:
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.topics.acls import check_policy, principals
+    from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
+
+    try:
+        managed = set(principals(regions))
+        actual, diff = asyncio.run(
+            check_policy(address, regions, timeout_ms=timeout_ms or DEFAULT_TIMEOUT_MS)
+        )
+    except EdgestreamError as e:
+        _fail(str(e))
+    title = f"ACLs on {_where(address)} (policy for {', '.join(regions)})"
+    _out.print(_acl_matrix(title, actual, diff, managed))
+    if diff.matches:
+        _out.print(f"The broker's bindings for {len(managed)} principal(s) match the policy.")
+        return
+    changes = [("missing", rule) for rule in diff.missing] + [("extra", rule) for rule in diff.extra]
+    _err.print(_acl_changes_table("Differences from the policy", changes))
+    fix = "edgestream topics acl" + (" --prune" if diff.extra else "")
+    _err.print(
+        f"[red]{len(diff.missing)} missing, {len(diff.extra)} extra[/red]: `{fix}` fixes them "
+        "(bindings for every principal, User:*, only by hand)",
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_ACLS_DIFFER)
+
+
+def _acl_apply(address: Kafka, regions: list[str], prune: bool, timeout_ms: int | None) -> None:
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.topics.acls import apply_policy
+    from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
+
+    try:
+        report = asyncio.run(
+            apply_policy(address, regions, prune, timeout_ms=timeout_ms or DEFAULT_TIMEOUT_MS)
+        )
+    except EdgestreamError as e:
+        _fail(str(e))
+    changes = [("[green]created[/green]", rule) for rule in report.created]
+    changes += [("[red]deleted[/red]", rule) for rule in report.deleted]
+    if changes:
+        _out.print(_acl_changes_table(f"ACL changes on {_where(address)}", changes))
+    _out.print(
+        f"{len(report.created)} created, {len(report.deleted)} deleted, "
+        f"{len(report.unchanged)} already there, for {', '.join(regions)}.",
+        highlight=False,
+    )
+    if report.left:
+        left = [("left", rule) for rule in report.left]
+        _err.print(_acl_changes_table("Bindings outside the policy, left in place", left))
+        _err.print(
+            "[yellow]--prune deletes those of edgestream's principals; bindings for every principal "
+            "(User:*) are left to you[/yellow]"
+        )

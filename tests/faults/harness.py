@@ -37,11 +37,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from edgestream.pipeline.certs import Identity, Pki
 from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope
 from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.deadletter import DeadLetter, MalformedDeadLetter
 from edgestream.pipeline.errors import ContractError
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
+from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
@@ -120,7 +123,7 @@ async def wait_for(
 class FaultEnv:
     """Where a scenario runs: a broker, a home with the models built, a folder for logs."""
 
-    bootstrap: str
+    bootstrap: Kafka
     """The broker most scenarios share (the broker restart starts its own)."""
     home: Path
     """Models (``<home>/models``) built by ``prepare_home``; key files go here too."""
@@ -128,6 +131,8 @@ class FaultEnv:
     """Worker logs, ready and stats files, the restart scenario's broker."""
     served_versions: Mapping[str, int]
     """Model name -> the version the workers serve."""
+    tls_root: Path | None = None
+    """The PKI the broker trusts (TLS brokers): the workers' ``edge-<region>`` certificates come from it."""
     seed: int = 1
     """Seeds kill timings and the corpus; reported with every scenario."""
     on_event: Callable[[str], None] = field(default=lambda _msg: None)
@@ -145,9 +150,12 @@ class FaultRegion:
     """A fresh region on one broker: its own topics, group and key file (two key ids: rotation)."""
 
     name: str
-    bootstrap: str
+    bootstrap: Kafka
+    """How the scenario's own clients connect (``admin``)."""
     key_file: Path
     keyring: KeyRing
+    worker_kafka: KafkaSettings
+    """How the region's workers connect: as ``edge-<region>``, within its ACLs, on a TLS broker."""
 
     @property
     def group(self) -> str:
@@ -164,11 +172,25 @@ class FaultRegion:
         ]
 
 
-async def make_region(env: FaultEnv, bootstrap: str | None = None, prefix: str = "f") -> FaultRegion:
-    """A region named ``<prefix><random>`` with its topics created on ``bootstrap`` (default: env's)."""
+async def make_region(
+    env: FaultEnv, bootstrap: Kafka | None = None, prefix: str = "f", tls_root: Path | None = None
+) -> FaultRegion:
+    """A region named ``<prefix><random>`` with its topics created on ``bootstrap`` (default: env's);
+    on a TLS broker its ACLs are granted and its workers get ``edge-<region>`` certificates from
+    ``tls_root`` (default: env's)."""
     name = f"{prefix}{uuid.uuid4().hex[:10]}"
     target = bootstrap or env.bootstrap
     await ensure_topics(target, region_topics(name))
+    admin = kafka_settings(target)
+    worker_kafka = admin
+    if admin.security_protocol == "SSL":
+        root = tls_root or env.tls_root
+        if root is None:
+            raise ValueError("a TLS broker needs the PKI its CA lives in (tls_root)")
+        await apply_policy(admin, [name])
+        identity = Identity.edge(name)
+        files = Pki(root).ensure([identity])[identity]
+        worker_kafka = KafkaSettings.tls(admin.bootstrap_servers, files)
     key_file = env.home / f"keys-{name}.json"
     document = {
         "regions": {name: {"1": os.urandom(32).hex(), "2": os.urandom(32).hex()}},
@@ -177,7 +199,7 @@ async def make_region(env: FaultEnv, bootstrap: str | None = None, prefix: str =
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(document, out)
-    return FaultRegion(name, target, key_file, KeyRing.load(key_file))
+    return FaultRegion(name, target, key_file, KeyRing.load(key_file), worker_kafka)
 
 
 def make_corpus(env: FaultEnv, region: FaultRegion, *, devices: int = 400) -> Corpus:
@@ -262,7 +284,7 @@ class WorkerProcess:
             "NODE_ID": self.node_id,
             "HOME": str(self.home),
             "KEY_FILE": str(self.region.key_file),
-            "KAFKA__BOOTSTRAP_SERVERS": self.region.bootstrap,
+            **self.region.worker_kafka.to_env("KAFKA__"),
             "READY_FILE": str(self.ready_path),
             "STATS_FILE": str(self.stats_path),
             **self.settings,
@@ -503,7 +525,7 @@ class Traffic:
 
     async def __aenter__(self) -> Traffic:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.region.bootstrap,
+            **kafka_settings(self.region.bootstrap).client_kwargs(),
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -577,7 +599,9 @@ class GroupProbe:
     def __init__(self, region: FaultRegion) -> None:
         self.region = region
         self._admin = AIOKafkaAdminClient(
-            bootstrap_servers=region.bootstrap, client_id="faults-probe", request_timeout_ms=5_000
+            **kafka_settings(region.bootstrap).client_kwargs(),
+            client_id="faults-probe",
+            request_timeout_ms=5_000,
         )
 
     async def __aenter__(self) -> GroupProbe:
@@ -684,10 +708,10 @@ class Observed:
 
 
 async def _end_offsets(
-    bootstrap: str, tps: list[TopicPartition], isolation: str
+    bootstrap: Kafka, tps: list[TopicPartition], isolation: str
 ) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level=isolation, enable_auto_commit=False
+        **kafka_settings(bootstrap).client_kwargs(), isolation_level=isolation, enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -702,12 +726,12 @@ def _partitions(topic: str) -> list[TopicPartition]:
 
 
 async def read_all(
-    bootstrap: str, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
+    bootstrap: Kafka, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
 ) -> list[Record]:
     """Every record of ``topic`` up to its end (read_committed: its last stable offset)."""
     tps = _partitions(topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka_settings(bootstrap).client_kwargs(),
         group_id=None,
         isolation_level=isolation,
         enable_auto_commit=False,
@@ -1314,7 +1338,7 @@ async def broker_restart(
     client_level = client_log.level
     client_log.setLevel(logging.CRITICAL)
     try:
-        region = await make_region(env, state.bootstrap, prefix="b")
+        region = await make_region(env, state.kafka(), prefix="b", tls_root=state.tls_root)
         corpus = make_corpus(env, region)
         async with _scenario("broker restart", env, region, good_traffic(corpus), rate_per_s) as (
             workers,

@@ -27,8 +27,9 @@ from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.deadletter import dead_letter_headers
 from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import spec
-from edgestream.pipeline.settings import KafkaSettings
+from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import edge_group, ingest_topic
+from edgestream.workers.broker import BrokerState
 from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
 from edgestream.workers.fleet import MODEL_FOR_KIND
 from edgestream.workers.sinks import PartitionWork, TransactionalSink
@@ -68,9 +69,18 @@ def fault_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 
 @pytest.fixture
-def fault_env(bootstrap: str, fault_home: tuple[Path, dict[str, int]], tmp_path: Path) -> FaultEnv:
+def fault_env(
+    bootstrap: Kafka, kafka_broker: BrokerState, fault_home: tuple[Path, dict[str, int]], tmp_path: Path
+) -> FaultEnv:
     home, versions = fault_home
-    return FaultEnv(bootstrap=bootstrap, home=home, run_dir=tmp_path, served_versions=versions, seed=SEED)
+    return FaultEnv(
+        bootstrap=bootstrap,
+        home=home,
+        run_dir=tmp_path,
+        served_versions=versions,
+        tls_root=kafka_broker.tls_root,
+        seed=SEED,
+    )
 
 
 def assert_exactly_once(report: ScenarioReport) -> None:
@@ -148,7 +158,9 @@ async def _backlog(fault_env: FaultEnv, region: FaultRegion, count: int) -> dict
     """``count`` good embeddings of one device (so one partition), written before any worker runs."""
     corpus = make_corpus(fault_env, region)
     ledger: dict[int, CorpusRecord] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=region.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        **kafka_settings(region.bootstrap).client_kwargs(), acks="all", enable_idempotence=True
+    )
     await producer.start()
     try:
         for _ in range(count):
@@ -166,7 +178,7 @@ def _backlog_worker(fault_env: FaultEnv, region: FaultRegion, node_id: str) -> E
         region=region.name,
         home=fault_env.home,
         key_file=region.key_file,
-        kafka=KafkaSettings(bootstrap_servers=region.bootstrap),
+        kafka=region.worker_kafka,
         node_id=node_id,
         device_rate_per_s=100_000,
         device_burst=100_000,

@@ -15,6 +15,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics import admin
 from edgestream.topics.admin import (
     delete_topics,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-async def region(bootstrap: str) -> AsyncIterator[str]:
+async def region(bootstrap: Kafka) -> AsyncIterator[str]:
     """A fresh region name; its topics are deleted after the test."""
     name = f"t{uuid.uuid4().hex[:8]}"
     yield name
@@ -52,9 +53,9 @@ async def region(bootstrap: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def raw_admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+async def raw_admin(bootstrap: Kafka) -> AsyncIterator[AIOKafkaAdminClient]:
     """aiokafka's own admin client, to set up wrong topics and check the broker independently."""
-    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    client = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs())
     await client.start()
     try:
         yield client
@@ -84,7 +85,7 @@ def _names(topics: list[Topic]) -> list[str]:
     return [t.name for t in topics]
 
 
-async def test_create_is_idempotent(bootstrap: str, region: str) -> None:
+async def test_create_is_idempotent(bootstrap: Kafka, region: str) -> None:
     topics = region_topics(region)
     first = await ensure_topics(bootstrap, topics)
     assert first.created == _names(topics)
@@ -95,7 +96,7 @@ async def test_create_is_idempotent(bootstrap: str, region: str) -> None:
 
 
 async def test_broker_configs_equal_the_catalogue(
-    bootstrap: str, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     topics = region_topics(region)
     await ensure_topics(bootstrap, topics)
@@ -116,7 +117,7 @@ async def test_broker_configs_equal_the_catalogue(
             assert configs[key] == value, (topic.name, key)
 
 
-async def test_list_and_describe_return_what_was_created(bootstrap: str, region: str) -> None:
+async def test_list_and_describe_return_what_was_created(bootstrap: Kafka, region: str) -> None:
     topics = region_topics(region)
     await ensure_topics(bootstrap, topics)
     listed = await list_topics(bootstrap)
@@ -146,7 +147,7 @@ async def test_every_catalogue_entry_is_accepted_by_the_broker(
 
 
 async def test_different_partition_count_is_named(
-    bootstrap: str, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     results = next(t for t in region_topics(region) if t.name == results_topic(region))
     await _create_raw(raw_admin, results, partitions=1)
@@ -162,7 +163,7 @@ async def test_different_partition_count_is_named(
 
 
 async def test_different_retention_is_named(
-    bootstrap: str, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     audit = next(t for t in region_topics(region) if t.name == audit_topic(region))
     await _create_raw(raw_admin, audit, partitions=audit.spec.partitions, retention_ms=str(HOUR_MS))
@@ -175,7 +176,7 @@ async def test_different_retention_is_named(
 
 
 async def test_mismatch_names_every_topic_and_every_setting(
-    bootstrap: str, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     by_name = {t.name: t for t in region_topics(region)}
     dlq, audit = by_name[dlq_topic(region)], by_name[audit_topic(region)]
@@ -196,7 +197,7 @@ async def test_mismatch_names_every_topic_and_every_setting(
         assert f"{topic}: {setting} expected" in str(info.value)
 
 
-async def test_concurrent_creates_agree(bootstrap: str, region: str) -> None:
+async def test_concurrent_creates_agree(bootstrap: Kafka, region: str) -> None:
     topics = region_topics(region)
     reports = await asyncio.gather(*(ensure_topics(bootstrap, topics) for _ in range(4)))
     created = [name for report in reports for name in report.created]
@@ -206,7 +207,7 @@ async def test_concurrent_creates_agree(bootstrap: str, region: str) -> None:
 
 
 async def test_topic_created_by_another_process_meanwhile_counts_as_existing(
-    bootstrap: str, region: str, monkeypatch: pytest.MonkeyPatch
+    bootstrap: Kafka, region: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topics = region_topics(region)
     await ensure_topics(bootstrap, topics)
@@ -218,7 +219,7 @@ async def test_topic_created_by_another_process_meanwhile_counts_as_existing(
 
 
 async def test_topic_created_wrongly_meanwhile_is_still_verified(
-    bootstrap: str, region: str, raw_admin: AIOKafkaAdminClient, monkeypatch: pytest.MonkeyPatch
+    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     results = next(t for t in region_topics(region) if t.name == results_topic(region))
     await _create_raw(raw_admin, results, partitions=2)
@@ -246,7 +247,7 @@ def _hide_region_once(monkeypatch: pytest.MonkeyPatch, region: str) -> None:
 
 
 async def test_foreign_topics_are_hidden_unless_asked(
-    bootstrap: str, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     foreign = f"scratch_{region}"
     response = await raw_admin.create_topics([NewTopic(foreign, 1, 1)])
@@ -263,7 +264,7 @@ async def test_foreign_topics_are_hidden_unless_asked(
         await raw_admin.delete_topics([foreign])
 
 
-async def test_describe_refuses_unknown_and_missing_topics(bootstrap: str, region: str) -> None:
+async def test_describe_refuses_unknown_and_missing_topics(bootstrap: Kafka, region: str) -> None:
     with pytest.raises(UnknownTopic):
         await describe_topics(bootstrap, ["not.a.catalogue.topic"])
     with pytest.raises(TopicsNotFound) as info:
@@ -273,7 +274,7 @@ async def test_describe_refuses_unknown_and_missing_topics(bootstrap: str, regio
     assert results_topic(region) not in await list_topics(bootstrap)
 
 
-async def test_delete_is_idempotent(bootstrap: str, region: str) -> None:
+async def test_delete_is_idempotent(bootstrap: Kafka, region: str) -> None:
     names = _names(region_topics(region))
     await ensure_topics(bootstrap, region_topics(region))
     assert sorted(await delete_topics(bootstrap, names)) == sorted(names)
@@ -295,7 +296,7 @@ async def test_unreachable_broker_is_a_clear_error(call: str) -> None:
     assert info.value.retriable
 
 
-async def test_consumer_lag_counts_what_a_group_has_not_committed(bootstrap: str, region: str) -> None:
+async def test_consumer_lag_counts_what_a_group_has_not_committed(bootstrap: Kafka, region: str) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from edgestream.topics.admin import consumer_lag
@@ -304,7 +305,7 @@ async def test_consumer_lag_counts_what_a_group_has_not_committed(bootstrap: str
     await ensure_topics(bootstrap, region_topics(region))
     ingest = [t for t in region_topics(region) if t.kind == "frame"]
     topic = ingest[0].name
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), acks="all")
     await producer.start()
     try:
         for i in range(5):
@@ -316,7 +317,9 @@ async def test_consumer_lag_counts_what_a_group_has_not_committed(bootstrap: str
     assert before[(topic, 0)] == 5
     assert sum(before.values()) == 5
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **kafka_settings(bootstrap).client_kwargs(), group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, 0)])

@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from edgestream.pipeline.certs import Identity
 from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.settings import KafkaSettings
+from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
+from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import parse_topic, region_topics
+from edgestream.workers.broker import BrokerState
 from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
 
 
@@ -36,15 +39,18 @@ class EdgeRegion:
     """A fresh region: its own topics on the real broker and its own key file."""
 
     name: str
-    bootstrap: str
+    bootstrap: Kafka
+    """How the test itself connects (``admin``)."""
     home: Path
     keyring: KeyRing
+    worker_kafka: KafkaSettings
+    """How the region's workers connect: as ``edge-<region>``, within that principal's ACLs."""
 
     def settings(self, **overrides: Any) -> WorkerSettings:
         values: dict[str, Any] = {
             "region": self.name,
             "home": self.home,
-            "kafka": KafkaSettings(bootstrap_servers=self.bootstrap),
+            "kafka": self.worker_kafka,
             "key_file": self.home / f"keys-{self.name}.json",
             "max_wait_ms": 2.0,
             "node_id": f"test-{self.name}",
@@ -54,12 +60,18 @@ class EdgeRegion:
 
 
 @pytest.fixture
-async def edge_region(bootstrap: str, model_home: Path) -> EdgeRegion:
+async def edge_region(bootstrap: Kafka, kafka_broker: BrokerState, model_home: Path) -> EdgeRegion:
+    """A region of its own; on the TLS broker its workers' and devices' ACLs are granted as in
+    production, so every worker test also proves the policy lets a worker do its job."""
     name = f"t{uuid.uuid4().hex[:10]}"
     await ensure_topics(bootstrap, region_topics(name))
     key_file = model_home / f"keys-{name}.json"
     keyring = KeyRing.create(key_file, [name])
-    return EdgeRegion(name, bootstrap, model_home, keyring)
+    worker_kafka = kafka_settings(bootstrap)
+    if kafka_broker.security_protocol == "SSL":
+        await apply_policy(bootstrap, [name])
+        worker_kafka = kafka_broker.kafka(Identity.edge(name))
+    return EdgeRegion(name, bootstrap, model_home, keyring, worker_kafka)
 
 
 RunningWorker = Callable[..., Awaitable[EdgeWorker]]
@@ -89,20 +101,20 @@ async def running_worker(edge_region: EdgeRegion) -> AsyncIterator[RunningWorker
 
 
 @pytest.fixture
-async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def producer(bootstrap: Kafka) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), acks="all", enable_idempotence=True)
     await p.start()
     yield p
     await p.stop()
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, expect: int, timeout_s: float = 30.0, settle_s: float = 0.5
+    bootstrap: Kafka, topic: str, *, expect: int, timeout_s: float = 30.0, settle_s: float = 0.5
 ) -> list[Any]:
     """Read a topic from the beginning (read_committed) until ``expect`` records, then ``settle_s`` more
     to catch extras (duplicates), or until ``timeout_s``."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka_settings(bootstrap).client_kwargs(),
         group_id=None,
         isolation_level="read_committed",
         enable_auto_commit=False,

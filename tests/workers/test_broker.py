@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import ValidationError
 
 from edgestream.pipeline.errors import BrokerError
+from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.workers.broker import (
     INSTALL_HINT,
     NODE_ID,
@@ -326,8 +327,8 @@ def test_status_reports_the_running_broker(kafka_broker: BrokerState) -> None:
     broker = LocalBroker(BrokerSettings(home=_home_of(kafka_broker)))
 
     assert broker.status() == kafka_broker
-    assert ping(kafka_broker.bootstrap, cluster_id=broker.cluster_id())
-    assert not ping(kafka_broker.bootstrap, cluster_id=new_cluster_id())  # not our cluster: not ready
+    assert ping(kafka_broker.kafka(), cluster_id=broker.cluster_id())
+    assert not ping(kafka_broker.kafka(), cluster_id=new_cluster_id())  # not our cluster: not ready
     assert broker.config_file.read_text().count(kafka_broker.bootstrap) == 2  # listeners + advertised
 
 
@@ -339,29 +340,29 @@ def test_start_again_returns_the_running_broker(kafka_broker: BrokerState) -> No
     assert again == kafka_broker
 
 
-async def test_the_broker_answers_a_metadata_request(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def test_the_broker_answers_a_metadata_request(bootstrap: Kafka) -> None:
+    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), request_timeout_ms=10_000)
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
     finally:
         await admin.close()
 
-    host, _, port = bootstrap.rpartition(":")
+    host, _, port = kafka_settings(bootstrap).bootstrap_servers.rpartition(":")
     assert [(b["node_id"], b["host"], b["port"]) for b in cluster["brokers"]] == [(NODE_ID, host, int(port))]
     assert cluster["cluster_id"]
     assert ping(bootstrap)
 
 
-async def test_transactions_and_consumer_groups_work_on_one_node(bootstrap: str) -> None:
+async def test_transactions_and_consumer_groups_work_on_one_node(bootstrap: Kafka) -> None:
     topic = f"test.broker.{uuid.uuid4().hex[:12]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), request_timeout_ms=10_000)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topic}.tx")
+    producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), transactional_id=f"{topic}.tx")
     await producer.start()
     try:
         await producer.begin_transaction()
@@ -373,7 +374,7 @@ async def test_transactions_and_consumer_groups_work_on_one_node(bootstrap: str)
         await producer.stop()
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka_settings(bootstrap).client_kwargs(),
         group_id=f"{topic}.group",
         isolation_level="read_committed",
         auto_offset_reset="earliest",

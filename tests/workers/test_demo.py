@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from edgestream.pipeline.settings import DEFAULT_REGIONS, Region
+from edgestream.pipeline.settings import DEFAULT_REGIONS, Kafka, Region, kafka_settings
+from edgestream.workers.broker import BrokerState
 from edgestream.workers.demo import DemoSettings, plot_latency, run_demo
 from edgestream.workers.fleet import FleetReport, RegionReport
 
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.broker
 
 
-def test_demo_accounts_for_every_request(bootstrap: str, model_home: Path, tmp_path: Path) -> None:
+def test_demo_accounts_for_every_request(
+    bootstrap: Kafka, kafka_broker: BrokerState, model_home: Path, tmp_path: Path
+) -> None:
     (tmp_path / "models").symlink_to(model_home / "models")  # reuse the session's built models
     tag = uuid.uuid4().hex[:6]
     regions = tuple(
@@ -31,7 +34,8 @@ def test_demo_accounts_for_every_request(bootstrap: str, model_home: Path, tmp_p
         rate_per_s=60.0,
         devices=12,
         bad_fraction=0.1,
-        bootstrap=bootstrap,
+        kafka=kafka_settings(bootstrap),
+        tls_root=kafka_broker.tls_root,
         deadline_ms=30_000.0,  # accounting, not latency: load must not turn answers into fallbacks
         drain_s=60.0,
     )

@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 from edgestream.cli import app
 from edgestream.pipeline import deadletter as dl
 from edgestream.pipeline.errors import AuthenticationFailed, EdgestreamError, UndecodableEnvelope
+from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import dlq_topic, edge_group, ingest_topic, region_topics, results_topic
 
@@ -41,17 +42,19 @@ class Sent:
 
 
 @pytest.fixture
-async def region(bootstrap: str) -> str:
+async def region(bootstrap: Kafka) -> str:
     name = f"t{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, region_topics(name))
     return name
 
 
-async def _cli(bootstrap: str, *args: str) -> Result:
+async def _cli(bootstrap: Kafka, *args: str) -> Result:
     """Run ``edgestream <args> --bootstrap <bootstrap>`` in a thread (it runs its own event loop)."""
     runner = CliRunner()
-    argv = [*args, "--bootstrap", bootstrap]
-    return await asyncio.to_thread(runner.invoke, app, argv, env={"COLUMNS": "250"}, catch_exceptions=False)
+    kafka = kafka_settings(bootstrap)
+    argv = [*args, "--bootstrap", kafka.bootstrap_servers]
+    env = {"COLUMNS": "250", **kafka.to_env("EDGESTREAM_KAFKA_")}  # the TLS files of the admin identity
+    return await asyncio.to_thread(runner.invoke, app, argv, env=env, catch_exceptions=False)
 
 
 def _letter(
@@ -108,14 +111,14 @@ async def _put_mix(producer: AIOKafkaProducer, region: str) -> list[Sent]:
     return sent
 
 
-async def _json_lines(bootstrap: str, region: str, *args: str) -> list[dict[str, Any]]:
+async def _json_lines(bootstrap: Kafka, region: str, *args: str) -> list[dict[str, Any]]:
     result = await _cli(bootstrap, "dlq", "inspect", "--region", region, "--json", *args)
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 async def test_inspect_summarises_by_reason_and_filters(
-    bootstrap: str, region: str, producer: AIOKafkaProducer
+    bootstrap: Kafka, region: str, producer: AIOKafkaProducer
 ) -> None:
     sent = await _put_mix(producer, region)
     await producer.send_and_wait(dlq_topic(region), b"not a dead letter", key=b"x")  # no headers
@@ -162,9 +165,11 @@ async def test_inspect_summarises_by_reason_and_filters(
 
 
 async def test_inspect_reads_committed_transactions_only_and_stops_at_the_end(
-    bootstrap: str, region: str
+    bootstrap: Kafka, region: str
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"test-{region}")
+    producer = AIOKafkaProducer(
+        **kafka_settings(bootstrap).client_kwargs(), transactional_id=f"test-{region}"
+    )
     await producer.start()
     try:
         origin = ingest_topic(region, "embedding")
@@ -190,7 +195,7 @@ async def test_inspect_reads_committed_transactions_only_and_stops_at_the_end(
 
 
 async def test_replay_sends_the_matching_dead_letters_back_once(
-    bootstrap: str, region: str, producer: AIOKafkaProducer
+    bootstrap: Kafka, region: str, producer: AIOKafkaProducer
 ) -> None:
     sent = await _put_mix(producer, region)
     # A header pointing anywhere but the region's ingest topics is never followed.
@@ -249,7 +254,7 @@ async def test_replay_sends_the_matching_dead_letters_back_once(
 
 
 async def test_a_dry_run_sends_and_commits_nothing(
-    bootstrap: str, region: str, producer: AIOKafkaProducer
+    bootstrap: Kafka, region: str, producer: AIOKafkaProducer
 ) -> None:
     await _put_mix(producer, region)
     emb = ingest_topic(region, "embedding")
@@ -265,7 +270,7 @@ async def test_a_dry_run_sends_and_commits_nothing(
     assert len(await read_topic(bootstrap, emb, expect=3)) == 3
 
 
-async def test_errors_are_one_line_and_exit_1(bootstrap: str) -> None:
+async def test_errors_are_one_line_and_exit_1(bootstrap: Kafka) -> None:
     missing = await _cli(bootstrap, "dlq", "inspect", "--region", f"t{uuid.uuid4().hex[:8]}")
     assert missing.exit_code == 1
     assert "error:" in missing.stderr

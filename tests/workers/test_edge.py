@@ -19,7 +19,6 @@ from edgestream.pipeline.contract import AuditRecord, ResultRecord, new_request_
 from edgestream.pipeline.deadletter import DeadLetter
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
-from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import delete_topics, ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
@@ -269,7 +268,7 @@ async def test_audit_fails_closed_no_result_without_its_audit_record_and_nothing
 ) -> None:
     region = edge_region.name
     worker = await running_worker(
-        kafka=KafkaSettings(bootstrap_servers=edge_region.bootstrap, request_timeout_ms=3_000),
+        kafka=edge_region.worker_kafka.model_copy(update={"request_timeout_ms": 3_000}),
         retry_backoff_max_ms=500,
     )
     await delete_topics(edge_region.bootstrap, [audit_topic(region)])
