@@ -10,7 +10,7 @@ import logging
 
 import typer
 
-from edgestream.commands import broker, dlq, models, run, topics
+from edgestream.commands import audit, broker, certs, dlq, keys, models, run, topics
 
 app = typer.Typer(
     name="edgestream",
@@ -23,6 +23,9 @@ app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
 app.add_typer(models.app, name="models")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(audit.app, name="audit")
+app.add_typer(certs.app, name="certs")
+app.add_typer(keys.app, name="keys")
 run.register(app)
 
 

@@ -8,6 +8,7 @@ with a test vector; this module is the reference implementation.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import time
@@ -66,11 +67,18 @@ MAX_TIME_MS: Final = 2**63 - 1
 """Times are non-negative signed 64-bit unix milliseconds."""
 AAD_DOMAIN: Final = b"edgestream/envelope-aad"
 """Domain-separation prefix of the associated data (23 ASCII bytes)."""
+DIGEST_BYTES: Final = 32
+"""An audit chain digest (SHA-256) and a record's ``prev``."""
+CHAIN_ORIGIN: Final = bytes(DIGEST_BYTES)
+"""``prev`` of the first record of a chain segment."""
 
 # Envelope map keys, in the order senders emit them (docs/contract.md, "Envelope").
 _ENVELOPE_KEYS: Final = ("v", "rid", "dev", "ts", "kind", "model", "mver", "kid", "comp", "nonce", "ct")
 _ENVELOPE_KEY_SET: Final = frozenset(_ENVELOPE_KEYS)
 _REQUIRED_KEY_SET: Final = _ENVELOPE_KEY_SET - {"mver"}
+_CHAIN_KEYS: Final = ("chain", "seg", "seq", "prev")
+"""Audit record keys of the hash chain, in wire order; present together or not at all."""
+_MAX_INT64: Final = 2**63 - 1
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
@@ -529,9 +537,19 @@ class AuditRecord:
     """The error's ``reason`` code for a dead letter; None when ok."""
     latency_ms: float
     """Capture -> disposal (ok) or arrival -> disposal (dead letter without a capture time)."""
+    chain: str | None = None
+    """Hash chain this record is linked into: ``<input topic>/<input partition>``; None when unlinked
+    (a record written before chains, or not yet passed through ``AuditChain.link``)."""
+    segment: int | None = None
+    """The chain segment: the input offset its owner started it at (docs/contract.md, "Audit chain")."""
+    seq: int | None = None
+    """Position in the segment, 1-based and contiguous."""
+    prev: bytes | None = None
+    """``audit_digest`` of the segment's previous record; ``CHAIN_ORIGIN`` (32 zero bytes) for seq 1."""
 
     def to_bytes(self) -> bytes:
-        """msgpack map with the keys of docs/contract.md, "Audit record"; None fields are omitted."""
+        """msgpack map with the keys of docs/contract.md, "Audit record", in its order; None fields are
+        omitted. Deterministic: equal records give equal bytes (the chain digests depend on it)."""
         fields: dict[str, object] = {"v": CONTRACT_VERSION, "at_ms": self.timestamp_ms}
         if self.request_id is not None:
             fields["rid"] = self.request_id
@@ -547,6 +565,14 @@ class AuditRecord:
         if self.reason is not None:
             fields["reason"] = self.reason
         fields["lat_ms"] = float(self.latency_ms)
+        if self.chain is not None:
+            fields["chain"] = self.chain
+        if self.segment is not None:
+            fields["seg"] = self.segment
+        if self.seq is not None:
+            fields["seq"] = self.seq
+        if self.prev is not None:
+            fields["prev"] = self.prev
         return msgpack.packb(fields, use_bin_type=True)
 
     @classmethod
@@ -558,6 +584,7 @@ class AuditRecord:
             outcome = _str(fields, "outcome")
             if outcome not in ("ok", "dead_letter"):
                 raise TypeError(f"'outcome' must be ok or dead_letter, not {outcome!r}")
+            chain, segment, seq, prev = _chain_fields(fields)
             return cls(
                 timestamp_ms=_int(fields, "at_ms"),
                 request_id=None if fields.get("rid") is None else _request_id(fields),
@@ -569,9 +596,41 @@ class AuditRecord:
                 outcome=cast("Outcome", outcome),
                 reason=_optional_str(fields, "reason"),
                 latency_ms=_float(fields, "lat_ms"),
+                chain=chain,
+                segment=segment,
+                seq=seq,
+                prev=prev,
             )
         except TypeError as e:
             raise UndecodableRecord(f"not an audit record: {e}") from e
+
+
+def audit_digest(raw: bytes) -> bytes:
+    """SHA-256 of an audit record's wire bytes: what the next record's ``prev`` holds."""
+    return hashlib.sha256(raw).digest()
+
+
+def _chain_fields(fields: dict[str, object]) -> tuple[str | None, int | None, int | None, bytes | None]:
+    """(chain, seg, seq, prev) of an audit record: all four or none, each checked (TypeError otherwise)."""
+    present = [key for key in _CHAIN_KEYS if fields.get(key) is not None]
+    if not present:
+        return None, None, None, None
+    if len(present) != len(_CHAIN_KEYS):
+        missing = sorted(set(_CHAIN_KEYS) - set(present))
+        raise TypeError(f"chain keys come together: {missing} missing beside {present}")
+    chain = _str(fields, "chain")
+    segment = _int(fields, "seg")
+    seq = _int(fields, "seq")
+    prev = fields["prev"]
+    if not chain:
+        raise TypeError("'chain' must not be empty")
+    if not 0 <= segment <= _MAX_INT64:
+        raise TypeError("'seg' must be a non-negative int64")
+    if not 1 <= seq <= _MAX_INT64:
+        raise TypeError("'seq' must be a positive int64")
+    if type(prev) is not bytes or len(prev) != DIGEST_BYTES:
+        raise TypeError(f"'prev' must be bin of {DIGEST_BYTES} bytes")
+    return chain, segment, seq, prev
 
 
 def _record_fields(raw: bytes) -> dict[str, object]:

@@ -1,31 +1,39 @@
-"""Device keys: HKDF-SHA256 from a region master key, and the key ring the edge derives them from.
+"""Device keys: HKDF-SHA256 from a region master key, the key ring the edge derives them from, and the
+key file whose key ids rotate.
 
 A device holds only its own 32-byte key; the edge holds each region's master keys (by key id) and
-derives a device's key on demand. Key ids make rotation possible: a new master key gets a new id,
-devices move to it, the old id stays in the ring until no device uses it. The derivation is specified
-byte for byte in ``docs/contract.md`` ("Device keys").
+derives a device's key on demand. ``rotate`` adds a master key with the next id and makes it current;
+the previous id stays accepted for a window, then is refused as ``retired_key``; ``retire`` deletes a
+key's bytes from the file and keeps its id, so the file proves it. The derivation is specified byte for
+byte in ``docs/contract.md`` ("Device keys"), the key file in its "Key file" section.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import stat
 import struct
+import tempfile
 import threading
+import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from edgestream.pipeline.contract import CONTRACT_VERSION, MAX_DEVICE_ID_BYTES, MAX_KEY_ID
-from edgestream.pipeline.errors import ConfigError, UnknownKeyId
+from edgestream.pipeline.errors import ConfigError, RetiredKey, UnknownKeyId
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-    from pathlib import Path
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +47,17 @@ HKDF_INFO_LABEL: Final = b"edgestream/device-key"
 """Fixed first 21 bytes of the HKDF info; the rest binds contract version, key id and device id."""
 DEFAULT_CACHE_ENTRIES: Final = 10_000
 """Derived keys a ``KeyRing`` keeps (about 150 bytes each)."""
+KEY_FILE_VERSION: Final = 2
+"""The key file version this build writes; it reads version 1 (a hex string per key id) unchanged."""
+KEY_FILE_MODE: Final = 0o600
+"""Key files, and the lock file beside them, are private to their owner."""
 
 _INFO_FIXED: Final = struct.Struct(">HIH")
 """contract version (u16), key id (u32), device id length (u16), all big-endian."""
+
+KeyState = Literal["current", "active", "accepted", "expired", "retired"]
+"""current: devices seal with it. active: accepted, no end set. accepted: accepted until its window
+ends. expired: its window ended (refused) but its bytes are still in the file. retired: bytes deleted."""
 
 
 def hkdf_info(device_id: str, key_id: int) -> bytes:
@@ -64,64 +80,115 @@ def derive_device_key(master_key: bytes, device_id: str, key_id: int) -> bytes:
     return hkdf.derive(master_key)
 
 
-class KeyRing:
-    """Region master keys by key id, and a bounded cache of the device keys derived from them.
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
-    Thread-safe. Never logs or shows key bytes: ``repr`` lists regions and key ids only.
+
+@dataclass(frozen=True, slots=True)
+class MasterKey:
+    """One key id of a region, as the key file records it. ``repr`` never shows the key bytes."""
+
+    master: bytes | None = field(repr=False)
+    """The 32-byte master key; None once retired (the file keeps only the id and its state)."""
+    created_at_ms: int | None = None
+    """When it was made (Unix ms); None for keys from a version-1 file."""
+    retire_at_ms: int | None = None
+    """End of its rotation window (Unix ms): accepted before it, refused from it on. None: no end."""
+    retired_at_ms: int | None = None
+    """When it stopped being accepted and its bytes were deleted (Unix ms); only on a retired key."""
+
+    @property
+    def retired(self) -> bool:
+        """True once its bytes are deleted."""
+        return self.master is None
+
+
+class KeyStatus(NamedTuple):
+    """A key id of a region and its state, as ``status`` reports it."""
+
+    region: str
+    """The region."""
+    key_id: int
+    """The key id."""
+    state: KeyState
+    """current, active, accepted (until ``until_ms``), expired (at ``until_ms``) or retired."""
+    created_at_ms: int | None
+    """When it was made (Unix ms); None for keys from a version-1 file."""
+    until_ms: int | None
+    """accepted: end of its window; expired: when the window ended; retired: when; else None."""
+
+
+class KeyRing:
+    """Region master keys by key id with their rotation state, and a bounded cache of the device keys
+    derived from them.
+
+    Immutable apart from the cache, and thread-safe: a changed key file makes a new ring (see
+    ``KeyFileWatcher``). Never logs or shows key bytes: ``repr`` lists regions and key ids only.
     """
 
-    __slots__ = ("_cache", "_cache_entries", "_current", "_lock", "_masters")
+    __slots__ = ("_cache", "_cache_entries", "_current", "_keys", "_lock")
 
     def __init__(
         self,
-        regions: Mapping[str, Mapping[int, bytes]],
+        regions: Mapping[str, Mapping[int, bytes | MasterKey]],
         current: Mapping[str, int] | None = None,
         *,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
-        """``regions``: region -> {key id: 32-byte master key}. ``current``: the key id devices of a
-        region seal with (default: its highest key id). Raises ConfigError on a bad key or id."""
+        """``regions``: region -> {key id: 32-byte master key, or a ``MasterKey`` with its state}.
+        ``current``: the key id devices of a region seal with (default: its highest key id that is
+        neither retired nor in a rotation window). Raises ConfigError on a bad key, id or state."""
         if cache_entries < 0:
             raise ConfigError("cache_entries must be >= 0")
-        masters: dict[str, dict[int, bytes]] = {}
-        for region, keys in regions.items():
+        keys: dict[str, dict[int, MasterKey]] = {}
+        for region, entries in regions.items():
             if not isinstance(region, str) or not region:
                 raise ConfigError("region names must be non-empty strings")
-            if not keys:
+            if not entries:
                 raise ConfigError(f"region {region!r} has no master keys")
-            checked: dict[int, bytes] = {}
-            for key_id, master in keys.items():
-                if type(key_id) is not int or not 0 <= key_id <= MAX_KEY_ID:
-                    raise ConfigError(f"region {region!r}: key id {key_id!r} is not a uint32")
-                if not isinstance(master, bytes) or len(master) != MASTER_KEY_BYTES:
-                    raise ConfigError(
-                        f"region {region!r}: master key {key_id} is not {MASTER_KEY_BYTES} bytes"
-                    )
-                checked[key_id] = master
-            masters[region] = checked
-        chosen = {region: max(keys) for region, keys in masters.items()}
-        for region, key_id in (current or {}).items():
-            if key_id not in masters.get(region, {}):
+            keys[region] = {key_id: _checked_key(region, key_id, entry) for key_id, entry in entries.items()}
+        chosen = dict(current or {})
+        for region, key_id in chosen.items():
+            entry = keys.get(region, {}).get(key_id)
+            if entry is None:
                 raise ConfigError(f"current key {key_id!r} of region {region!r} is not in the key ring")
-            chosen[region] = key_id
-        self._masters = masters
-        self._current = chosen
+            if entry.master is None or entry.retire_at_ms is not None:
+                raise ConfigError(f"current key {key_id} of region {region!r} is retired or being retired")
+        for region, entries in keys.items():
+            if region not in chosen:
+                active = [k for k, e in entries.items() if e.master is not None and e.retire_at_ms is None]
+                if not active:
+                    raise ConfigError(f"region {region!r} has no active master key to seal with")
+                chosen[region] = max(active)
+        self._keys = keys
+        self._current = {region: chosen[region] for region in keys}
         self._cache: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        key_ids = {region: sorted(keys) for region, keys in self._masters.items()}
-        return f"KeyRing(key_ids={key_ids!r}, current={self._current!r})"
+        key_ids = {
+            r: sorted(k for k, e in keys.items() if e.master is not None) for r, keys in self._keys.items()
+        }
+        retired = {
+            r: sorted(k for k, e in keys.items() if e.master is None) for r, keys in self._keys.items()
+        }
+        retired = {r: ids for r, ids in retired.items() if ids}
+        return f"KeyRing(key_ids={key_ids!r}, retired={retired!r}, current={self._current!r})"
 
     @property
     def regions(self) -> tuple[str, ...]:
         """Regions with master keys, in the order given."""
-        return tuple(self._masters)
+        return tuple(self._keys)
 
     def key_ids(self, region: str) -> tuple[int, ...]:
-        """Key ids configured for ``region`` (ascending); empty for an unknown region."""
-        return tuple(sorted(self._masters.get(region, ())))
+        """Key ids of ``region`` whose master key the ring holds (not retired), ascending; empty for an
+        unknown region. A key in a window that has ended is still listed: see ``key_state``."""
+        return tuple(sorted(k for k, e in self._keys.get(region, {}).items() if e.master is not None))
+
+    def keys(self, region: str) -> dict[int, MasterKey]:
+        """Every key id of ``region`` (retired ones too) with its state, ascending; empty if unknown."""
+        return dict(sorted(self._keys.get(region, {}).items()))
 
     def current_key_id(self, region: str) -> int:
         """The key id devices in ``region`` seal with now. Raises ConfigError for an unknown region."""
@@ -130,21 +197,51 @@ class KeyRing:
         except KeyError as e:
             raise ConfigError(f"no master keys for region {region!r}") from e
 
-    def device_key(self, region: str, device_id: str, key_id: int) -> bytes:
+    def key_state(self, region: str, key_id: int, now_ms: float | None = None) -> KeyState:
+        """The state of ``key_id`` at ``now_ms`` (default: now). Raises UnknownKeyId if never seen."""
+        entry = self._keys.get(region, {}).get(key_id)
+        if entry is None:
+            raise UnknownKeyId(region, key_id)
+        if entry.master is None:
+            return "retired"
+        if key_id == self._current[region]:
+            return "current"
+        if entry.retire_at_ms is None:
+            return "active"
+        return "accepted" if (_now_ms() if now_ms is None else now_ms) < entry.retire_at_ms else "expired"
+
+    def status(self, now_ms: float | None = None) -> list[KeyStatus]:
+        """Every key id of every region with its state at ``now_ms`` (default: now)."""
+        now = _now_ms() if now_ms is None else now_ms
+        rows = []
+        for region in self._keys:
+            for key_id, entry in self.keys(region).items():
+                state = self.key_state(region, key_id, now)
+                until = entry.retired_at_ms if state == "retired" else entry.retire_at_ms
+                rows.append(KeyStatus(region, key_id, state, entry.created_at_ms, until))
+        return rows
+
+    def device_key(self, region: str, device_id: str, key_id: int, now_ms: float | None = None) -> bytes:
         """The 32-byte key of ``device_id`` under master key ``key_id`` of ``region``.
 
-        Raises UnknownKeyId when the region has no such key id.
+        Raises UnknownKeyId when the region never had that key id; RetiredKey when it is retired or
+        its rotation window ended at or before ``now_ms`` (Unix ms; default: the wall clock, read only
+        for a key in a window). The state is checked before the cache: a retired key is never served.
         """
+        entry = self._keys.get(region, {}).get(key_id)
+        if entry is None:
+            raise UnknownKeyId(region, key_id)
+        if entry.master is None:
+            raise RetiredKey(region, key_id, entry.retired_at_ms)
+        if entry.retire_at_ms is not None and (_now_ms() if now_ms is None else now_ms) >= entry.retire_at_ms:
+            raise RetiredKey(region, key_id, entry.retire_at_ms)
         cache_key = (region, key_id, device_id)
         with self._lock:
             key = self._cache.get(cache_key)
             if key is not None:
                 self._cache.move_to_end(cache_key)
                 return key
-        master = self._masters.get(region, {}).get(key_id)
-        if master is None:
-            raise UnknownKeyId(region, key_id)
-        key = derive_device_key(master, device_id, key_id)
+        key = derive_device_key(entry.master, device_id, key_id)
         if self._cache_entries:
             with self._lock:
                 self._cache[cache_key] = key
@@ -152,23 +249,113 @@ class KeyRing:
                     self._cache.popitem(last=False)
         return key
 
-    # -- key file -----------------------------------------------------------------------------------
+    # -- rotation: pure, a new ring each ------------------------------------------------------------
+
+    def rotated(self, region: str, window_ms: int, now_ms: int) -> KeyRing:
+        """A new random master key with the next key id becomes current in ``region``; the previous
+        current key is accepted until ``now_ms + window_ms`` (a window of 0 retires it now). Keys whose
+        window has ended are retired. Raises ConfigError."""
+        if window_ms < 0:
+            raise ConfigError(f"the rotation window must be >= 0 ms, got {window_ms}")
+        keys = self._swept(now_ms)
+        entries = self._region_keys(keys, region)
+        new_id = max(entries) + 1
+        if new_id > MAX_KEY_ID:
+            raise ConfigError(f"region {region!r} has used every key id up to {MAX_KEY_ID}")
+        previous_id = self._current[region]
+        previous = entries[previous_id]
+        if window_ms == 0:
+            entries[previous_id] = MasterKey(None, previous.created_at_ms, retired_at_ms=now_ms)
+        else:
+            entries[previous_id] = replace(previous, retire_at_ms=now_ms + window_ms)
+        entries[new_id] = MasterKey(os.urandom(MASTER_KEY_BYTES), created_at_ms=now_ms)
+        return KeyRing(keys, {**self._current, region: new_id}, cache_entries=self._cache_entries)
+
+    def retired(self, region: str, key_id: int, now_ms: int) -> KeyRing:
+        """``key_id`` of ``region`` retired now: its bytes deleted, its id kept. Keys whose window has
+        ended are retired too. Raises ConfigError for the current key or an id the region never had."""
+        keys = self._swept(now_ms)
+        entries = self._region_keys(keys, region)
+        entry = entries.get(key_id)
+        if entry is None:
+            raise ConfigError(f"region {region!r} has no key id {key_id}")
+        if key_id == self._current[region]:
+            raise ConfigError(
+                f"key {key_id} is the current key of region {region!r}: rotate first, then retire it"
+            )
+        if entry.master is not None:
+            entries[key_id] = MasterKey(None, entry.created_at_ms, retired_at_ms=now_ms)
+        return KeyRing(keys, self._current, cache_entries=self._cache_entries)
+
+    def _swept(self, now_ms: int) -> dict[str, dict[int, MasterKey]]:
+        """A copy of the keys in which every key whose window ended by ``now_ms`` is retired."""
+        keys: dict[str, dict[int, MasterKey]] = {}
+        for region, entries in self._keys.items():
+            keys[region] = {}
+            for key_id, entry in entries.items():
+                if (
+                    entry.master is not None
+                    and entry.retire_at_ms is not None
+                    and entry.retire_at_ms <= now_ms
+                ):
+                    entry = MasterKey(None, entry.created_at_ms, retired_at_ms=entry.retire_at_ms)
+                keys[region][key_id] = entry
+        return keys
+
+    @staticmethod
+    def _region_keys(keys: dict[str, dict[int, MasterKey]], region: str) -> dict[int, MasterKey]:
+        try:
+            return keys[region]
+        except KeyError as e:
+            raise ConfigError(f"no region {region!r} in the key ring") from e
+
+    def _adopt_cache(self, old: KeyRing) -> None:
+        """Keep ``old``'s derived keys whose master key this ring holds unchanged (never a retired one)."""
+        if not self._cache_entries:
+            return
+        with old._lock:
+            cached = list(old._cache.items())
+        kept = []
+        for (region, key_id, device_id), key in cached:
+            entry = self._keys.get(region, {}).get(key_id)
+            if (
+                entry is not None
+                and entry.master is not None
+                and entry.master == old._keys[region][key_id].master
+            ):
+                kept.append(((region, key_id, device_id), key))
+        with self._lock:
+            self._cache.update(kept[-self._cache_entries :])
+
+    # -- key file and secret --------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: Path, *, cache_entries: int = DEFAULT_CACHE_ENTRIES) -> KeyRing:
-        """Read a key file (format in ``docs/contract.md``). Raises ConfigError naming the file."""
+        """Read a key file, version 1 or 2 (format in ``docs/contract.md``). Raises ConfigError naming
+        the file."""
+        return cls._of_document(_read_key_file(path), f"key file {path}", cache_entries)
+
+    @classmethod
+    def from_secret(cls, text: SecretStr, *, cache_entries: int = DEFAULT_CACHE_ENTRIES) -> KeyRing:
+        """Read the key file's JSON from a secret (``EDGESTREAM_KEYS``). Raises ConfigError, which never
+        quotes the secret."""
         try:
-            mode = path.stat().st_mode
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read key file {path}: {e}") from e
-        if stat.S_IMODE(mode) & 0o077:
-            log.warning("key file %s is readable by group or others (mode %o)", path, stat.S_IMODE(mode))
+            document = json.loads(text.get_secret_value())
+        except json.JSONDecodeError as e:
+            problem = f"{e.msg} at character {e.pos}"
+        else:
+            return cls._of_document(document, "key secret", cache_entries)
+        # Raised outside the handler on purpose: a JSONDecodeError holds the whole secret in its ``doc``
+        # attribute, and neither ``__cause__`` nor ``__context__`` may keep it alive in a traceback.
+        raise ConfigError(f"key secret: not JSON ({problem})")
+
+    @classmethod
+    def _of_document(cls, document: object, where: str, cache_entries: int) -> KeyRing:
         try:
             regions, current = _parse_key_file(document)
             return cls(regions, current, cache_entries=cache_entries)
         except ConfigError as e:
-            raise ConfigError(f"key file {path}: {e}") from e
+            raise ConfigError(f"{where}: {e}") from e
 
     @classmethod
     def create(
@@ -178,22 +365,22 @@ class KeyRing:
         *,
         key_id: int = 1,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        now_ms: int | None = None,
     ) -> KeyRing:
         """Make a fresh random master key per region and write them to ``path`` (mode 0600).
 
         Refuses to overwrite an existing file (ConfigError): losing a master key orphans every device
         keyed from it.
         """
-        masters = {region: {key_id: os.urandom(MASTER_KEY_BYTES)} for region in regions}
-        ring = cls(masters, cache_entries=cache_entries)
-        document = {
-            "regions": {r: {str(k): m.hex() for k, m in keys.items()} for r, keys in masters.items()},
-            "current": ring._current,
+        created_at_ms = _now_ms() if now_ms is None else now_ms
+        masters = {
+            region: {key_id: MasterKey(os.urandom(MASTER_KEY_BYTES), created_at_ms)} for region in regions
         }
-        data = (json.dumps(document, indent=2) + "\n").encode()
+        ring = cls(masters, cache_entries=cache_entries)
+        data = _key_file_bytes(ring)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
         except OSError as e:
             raise ConfigError(f"cannot create key file {path}: {e}") from e
         try:
@@ -207,22 +394,298 @@ class KeyRing:
         return ring
 
 
-def _parse_key_file(document: object) -> tuple[dict[str, dict[int, bytes]], dict[str, int]]:
+# -- operations on a key file -------------------------------------------------------------------------
+
+
+def rotate(path: Path, region: str, window_ms: int, *, now_ms: int | None = None) -> KeyRing:
+    """``KeyRing.rotated`` on the key file at ``path``: rewritten atomically (mode 0600) under a lock.
+    Returns the new ring. Raises ConfigError."""
+    now = _now_ms() if now_ms is None else now_ms
+    return _edit_key_file(path, lambda ring: ring.rotated(region, window_ms, now))
+
+
+def retire(path: Path, region: str, key_id: int, *, now_ms: int | None = None) -> KeyRing:
+    """``KeyRing.retired`` on the key file at ``path``: rewritten atomically (mode 0600) under a lock.
+    Returns the new ring. Raises ConfigError."""
+    now = _now_ms() if now_ms is None else now_ms
+    return _edit_key_file(path, lambda ring: ring.retired(region, key_id, now))
+
+
+def status(path: Path, *, now_ms: int | None = None) -> list[KeyStatus]:
+    """Every key id in the key file at ``path`` with its state at ``now_ms``. Raises ConfigError."""
+    return KeyRing.load(path, cache_entries=0).status(now_ms)
+
+
+class KeyFileWatcher:
+    """The key ring of a key file, re-read when the file changes: one ``stat`` per ``current()``.
+
+    A changed file that does not parse, or lacks a required region, keeps the previous ring and logs
+    one error per bad version of the file: the worker never stops and never runs on half a file. Call
+    it from one thread (the worker's fetch loop); the rings it returns are thread-safe.
+    """
+
+    __slots__ = ("_cache_entries", "_failed", "_path", "_required", "_ring", "_signature")
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        required_regions: Iterable[str] = (),
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+    ) -> None:
+        """Load ``path`` now; raises ConfigError if it cannot be used (a worker should not start)."""
+        self._path: Path | None = path
+        self._required = tuple(required_regions)
+        self._cache_entries = cache_entries
+        self._failed: tuple[int, ...] | None = None
+        try:
+            self._signature: tuple[int, ...] | None = _signature(path)
+        except OSError as e:
+            raise ConfigError(f"cannot read key file {path}: {e}") from e
+        self._ring = self._read(path)
+
+    @classmethod
+    def fixed(cls, ring: KeyRing) -> KeyFileWatcher:
+        """A watcher of keys that cannot change (a key secret): ``current()`` is always ``ring``."""
+        watcher = cls.__new__(cls)
+        watcher._path = None
+        watcher._required = ()
+        watcher._cache_entries = 0
+        watcher._failed = None
+        watcher._signature = None
+        watcher._ring = ring
+        return watcher
+
+    def __repr__(self) -> str:
+        return f"KeyFileWatcher(path={self._path!r}, ring={self._ring!r})"
+
+    def current(self) -> KeyRing:
+        """The ring of the file as it is now, or the last good one if the file changed for the worse."""
+        if self._path is None:
+            return self._ring
+        try:
+            signature = _signature(self._path)
+        except OSError as e:
+            signature = (-1, e.errno or 0)
+            if signature != self._failed:
+                log.error("key file %s cannot be read, keeping the previous keys: %s", self._path, e)
+                self._failed = signature
+            return self._ring
+        if signature in (self._signature, self._failed):
+            return self._ring
+        try:
+            ring = self._read(self._path)
+        except ConfigError as e:
+            log.error("key file %s changed but cannot be used, keeping the previous keys: %s", self._path, e)
+            self._failed = signature
+            return self._ring
+        ring._adopt_cache(self._ring)
+        self._ring, self._signature, self._failed = ring, signature, None
+        log.info("key file %s reloaded: %r", self._path, ring)
+        return ring
+
+    def _read(self, path: Path) -> KeyRing:
+        ring = KeyRing.load(path, cache_entries=self._cache_entries)
+        missing = [region for region in self._required if region not in ring.regions]
+        if missing:
+            raise ConfigError(f"key file {path} has no keys for region(s) {', '.join(missing)}")
+        return ring
+
+
+class KeySource(BaseModel):
+    """Where the region master keys come from: a key file, or the same JSON in a secret."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    file: Path | None = None
+    """Key file (JSON, mode 0600); a worker re-reads it when it changes."""
+    secret: SecretStr | None = None
+    """The key file's JSON itself, from a secret (``EDGESTREAM_KEYS``); fixed for the process's life."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KeySource:
+        if (self.file is None) == (self.secret is None):
+            raise ValueError("give exactly one of a key file and a key secret")
+        return self
+
+    @classmethod
+    def of(cls, file: Path | None, secret: SecretStr | None, *, default_file: Path) -> KeySource:
+        """The secret if set, else ``file``, else ``default_file``. Raises ConfigError if both are set."""
+        if file is not None and secret is not None:
+            raise ConfigError("both a key file and a key secret (EDGESTREAM_KEYS) are set; set one")
+        if secret is not None:
+            return cls(secret=secret)
+        return cls(file=file if file is not None else default_file)
+
+    def load(self, *, cache_entries: int = DEFAULT_CACHE_ENTRIES) -> KeyRing:
+        """The key ring now. Raises ConfigError."""
+        if self.secret is not None:
+            return KeyRing.from_secret(self.secret, cache_entries=cache_entries)
+        assert self.file is not None
+        return KeyRing.load(self.file, cache_entries=cache_entries)
+
+    def watcher(
+        self, *, required_regions: Iterable[str] = (), cache_entries: int = DEFAULT_CACHE_ENTRIES
+    ) -> KeyFileWatcher:
+        """A watcher of the key file (re-read on change), or of the secret (fixed). Raises ConfigError."""
+        if self.secret is None:
+            assert self.file is not None
+            return KeyFileWatcher(self.file, required_regions=required_regions, cache_entries=cache_entries)
+        ring = KeyRing.from_secret(self.secret, cache_entries=cache_entries)
+        missing = [region for region in required_regions if region not in ring.regions]
+        if missing:
+            raise ConfigError(f"key secret has no keys for region(s) {', '.join(missing)}")
+        return KeyFileWatcher.fixed(ring)
+
+
+# -- key file format ----------------------------------------------------------------------------------
+
+_ENTRY_FIELDS: Final = frozenset({"key", "retired", "created_at_ms", "retire_at_ms", "retired_at_ms"})
+
+
+def _checked_key(region: str, key_id: object, entry: object) -> MasterKey:
+    if type(key_id) is not int or not 0 <= key_id <= MAX_KEY_ID:
+        raise ConfigError(f"region {region!r}: key id {key_id!r} is not a uint32")
+    if isinstance(entry, bytes):
+        entry = MasterKey(entry)
+    if not isinstance(entry, MasterKey) or (
+        entry.master is not None
+        and (not isinstance(entry.master, bytes) or len(entry.master) != MASTER_KEY_BYTES)
+    ):
+        raise ConfigError(f"region {region!r}: master key {key_id} is not {MASTER_KEY_BYTES} bytes")
+    return entry
+
+
+def _read_key_file(path: Path) -> object:
+    try:
+        mode = path.stat().st_mode
+        document: object = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read key file {path}: {e}") from e
+    if stat.S_IMODE(mode) & 0o077:
+        log.warning("key file %s is readable by group or others (mode %o)", path, stat.S_IMODE(mode))
+    return document
+
+
+def _parse_key_file(document: object) -> tuple[dict[str, dict[int, MasterKey]], dict[str, int]]:
     if not isinstance(document, dict) or not isinstance(document.get("regions"), dict):
-        raise ConfigError('expected {"regions": {region: {key id: hex}}, "current": {region: key id}}')
-    regions: dict[str, dict[int, bytes]] = {}
+        raise ConfigError('expected {"regions": {region: {key id: key}}, "current": {region: key id}}')
+    version = document.get("version", 1)
+    if type(version) is not int or not 1 <= version <= KEY_FILE_VERSION:
+        raise ConfigError(f"version {version!r} is not one this build reads (1 to {KEY_FILE_VERSION})")
+    regions: dict[str, dict[int, MasterKey]] = {}
     for region, keys in document["regions"].items():
         if not isinstance(keys, dict):
-            raise ConfigError(f"region {region!r}: expected a map of key id to hex master key")
+            raise ConfigError(f"region {region!r}: expected a map of key id to master key")
         regions[region] = {}
-        for key_id, hex_key in keys.items():
-            if not (isinstance(key_id, str) and key_id.isdecimal() and isinstance(hex_key, str)):
+        for key_id, value in keys.items():
+            if not (isinstance(key_id, str) and key_id.isdecimal()):
                 raise ConfigError(f"region {region!r}: key ids are decimal strings, keys hex strings")
-            try:
-                regions[region][int(key_id)] = bytes.fromhex(hex_key)
-            except ValueError as e:
-                raise ConfigError(f"region {region!r}: master key {key_id} is not hex") from e
+            regions[region][int(key_id)] = _parse_key_entry(f"region {region!r}: master key {key_id}", value)
     current = document.get("current", {})
     if not isinstance(current, dict) or not all(type(v) is int for v in current.values()):
         raise ConfigError("current must map region names to integer key ids")
     return regions, current
+
+
+def _parse_key_entry(where: str, value: object) -> MasterKey:
+    """Version 1: the hex key, active. Version 2: {"key": hex} or {"retired": true}, with times."""
+    if isinstance(value, str):
+        return MasterKey(_hex_key(where, value))
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a hex string or an object")
+    unknown = sorted(set(value) - _ENTRY_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
+    times: dict[str, int | None] = {}
+    for name in ("created_at_ms", "retire_at_ms", "retired_at_ms"):
+        times[name] = value.get(name)
+        if times[name] is not None and type(times[name]) is not int:
+            raise ConfigError(f"{where}: {name} must be an integer (Unix ms)")
+    retired = value.get("retired", False)
+    if type(retired) is not bool or retired == ("key" in value):
+        raise ConfigError(f'{where}: needs exactly one of "key" (hex) and "retired": true')
+    master = None if retired else _hex_key(where, value["key"])
+    return MasterKey(master, times["created_at_ms"], times["retire_at_ms"], times["retired_at_ms"])
+
+
+def _hex_key(where: str, text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ConfigError(f"{where} is not a hex string")
+    try:
+        return bytes.fromhex(text)
+    except ValueError as e:
+        raise ConfigError(f"{where} is not hex") from e
+
+
+def _key_file_bytes(ring: KeyRing) -> bytes:
+    regions: dict[str, dict[str, dict[str, object]]] = {}
+    for region in ring.regions:
+        regions[region] = {}
+        for key_id, entry in ring.keys(region).items():
+            out: dict[str, object] = (
+                {"retired": True} if entry.master is None else {"key": entry.master.hex()}
+            )
+            for name, value in (
+                ("created_at_ms", entry.created_at_ms),
+                ("retire_at_ms", entry.retire_at_ms),
+                ("retired_at_ms", entry.retired_at_ms),
+            ):
+                if value is not None:
+                    out[name] = value
+            regions[region][str(key_id)] = out
+    current = {region: ring.current_key_id(region) for region in ring.regions}
+    document = {"version": KEY_FILE_VERSION, "regions": regions, "current": current}
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    """What changes when the file is replaced or rewritten: device, inode, size, times."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _edit_key_file(path: Path, change: Callable[[KeyRing], KeyRing]) -> KeyRing:
+    """Load ``path``, apply ``change`` and write the result atomically, under an exclusive lock."""
+    with _locked(path):
+        ring = change(KeyRing.load(path, cache_entries=0))
+        _replace_key_file(path, _key_file_bytes(ring))
+    return ring
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``.<name>.lock`` beside the key file (the file itself is replaced)."""
+    lock_path = path.parent / f".{path.name}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, KEY_FILE_MODE)
+    except OSError as e:
+        raise ConfigError(f"cannot lock key file {path}: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _replace_key_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a private temporary file beside ``path`` and rename it over ``path``."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ConfigError(f"cannot write key file {path}: {e}") from e
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), KEY_FILE_MODE)
+            if os.geteuid() == 0:  # root editing a worker's file: keep its owner, or the worker is locked out
+                with contextlib.suppress(FileNotFoundError):
+                    owner = os.stat(path)
+                    os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise ConfigError(f"cannot write key file {path}: {e}") from e

@@ -78,6 +78,21 @@ class UnknownKeyId(ContractError):
         self.key_id = key_id
 
 
+class RetiredKey(ContractError):
+    """The envelope's key id was retired, or its rotation window has ended: known, but refused."""
+
+    reason = "retired_key"
+    stage = "decrypt"
+
+    def __init__(self, region: str, key_id: int, retired_at_ms: int | None = None) -> None:
+        since = "" if retired_at_ms is None else f" since {retired_at_ms} ms after the epoch"
+        super().__init__(f"master key {key_id} of region {region!r} is retired{since}")
+        self.region = region
+        self.key_id = key_id
+        self.retired_at_ms = retired_at_ms
+        """When it stopped being accepted (Unix ms), where the key file says."""
+
+
 class AuthenticationFailed(ContractError):
     """AES-GCM rejected the tag: wrong key, tampered ciphertext or tampered header fields."""
 

@@ -6,8 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -33,18 +32,21 @@ def worker(
     ),
 ) -> None:
     """Run one edge worker until SIGTERM/SIGINT; it finishes its in-flight batch before exiting."""
+    from edgestream.pipeline.certs import Identity
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.broker import local_bootstrap
+    from edgestream.workers.broker import local_kafka
     from edgestream.workers.edge import WorkerSettings, serve
 
     overrides: dict[str, object] = {}
     if region is not None:
         overrides["region"] = region
-    if bootstrap is None and "EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS" not in os.environ:
-        bootstrap = local_bootstrap()
     if bootstrap is not None:
         overrides["kafka"] = KafkaSettings(bootstrap_servers=bootstrap)
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    if bootstrap is None and not any(k.startswith("EDGESTREAM_WORKER_KAFKA__") for k in os.environ):
+        local = local_kafka(Identity.edge(settings.region))  # the local broker, as edge-<region>
+        if local is not None:
+            settings = settings.model_copy(update={"kafka": local})
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -63,7 +65,7 @@ def fleet(
 ) -> None:
     """Run the simulated device fleet against running workers and print what it saw."""
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.broker import local_bootstrap
+    from edgestream.workers.broker import local_kafka
     from edgestream.workers.fleet import FleetSettings, run_fleet
 
     overrides: dict[str, object] = {}
@@ -71,10 +73,9 @@ def fleet(
         overrides["duration_s"] = duration_s
     if rate_per_s is not None:
         overrides["rate_per_s"] = rate_per_s
-    if bootstrap is None:
-        bootstrap = local_bootstrap()
-    if bootstrap is not None:
-        overrides["kafka"] = KafkaSettings(bootstrap_servers=bootstrap)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap is not None else local_kafka()
+    if kafka is not None:
+        overrides["kafka"] = kafka  # over TLS each region's devices connect as device-<region>
     settings = FleetSettings(**overrides)  # type: ignore[arg-type]
     report = asyncio.run(run_fleet(settings))
     for name, r in report.regions.items():
@@ -179,25 +180,8 @@ def demo(
     console.print(f"logs: worker logs in {result.paths.logs}{broker_log}")
 
 
-def keys(
-    path: Annotated[Path, typer.Option(help="Key file to create (mode 0600).")] = Path(
-        ".edgestream/keys.json"
-    ),
-    region: Annotated[list[str] | None, typer.Option(help="Region to make keys for (repeat).")] = None,
-) -> None:
-    """Create the region master key file for local use (refuses to overwrite an existing one)."""
-    from edgestream.pipeline.crypto import KeyRing
-
-    if path.exists():
-        console.print(f"{path} exists; leaving it alone")
-        raise typer.Exit(1)
-    ring = KeyRing.create(path, region or ["eu-west", "us-east", "ap-south"])
-    console.print(f"wrote master keys for {', '.join(ring.regions)} to {path}")
-
-
 def register(app: typer.Typer) -> None:
     """Mount the process commands on the root app."""
-    app.command("keys")(keys)
     app.command("worker")(worker)
     app.command("fleet")(fleet)
     app.command("demo")(demo)

@@ -129,7 +129,10 @@ def test_create_writes_a_private_file_that_load_reads(tmp_path: Path) -> None:
     document = json.loads(path.read_text())
     assert set(document["regions"]) == {"eu-west", "us-east"}
     assert document["current"] == {"eu-west": 1, "us-east": 1}
-    assert len(bytes.fromhex(document["regions"]["eu-west"]["1"])) == 32
+    assert document["version"] == 2
+    entry = document["regions"]["eu-west"]["1"]
+    assert len(bytes.fromhex(entry["key"])) == 32
+    assert isinstance(entry["created_at_ms"], int)
     loaded = KeyRing.load(path)
     assert loaded.device_key("us-east", "dev", 1) == created.device_key("us-east", "dev", 1)
     assert document["regions"]["eu-west"] != document["regions"]["us-east"]
