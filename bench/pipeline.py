@@ -60,6 +60,7 @@ from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.settings import KafkaSettings, Region, kafka_settings
+from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
@@ -215,7 +216,7 @@ class EchoWorker:
         self.settings = settings
         self._out_topic = results_topic(settings.region)
         self._consumer = AIOKafkaConsumer(
-            **kafka_settings(settings.kafka.bootstrap_servers).client_kwargs(),
+            **settings.kafka.client_kwargs(),
             group_id=ECHO_GROUP,
             client_id="edgestream-bench-echo",
             enable_auto_commit=False,
@@ -242,7 +243,7 @@ class EchoWorker:
 
     def _producer_config(self) -> dict[str, Any]:
         return {
-            "bootstrap_servers": self.settings.kafka.bootstrap_servers,
+            **self.settings.kafka.client_kwargs(),
             "client_id": "edgestream-bench-echo",
             "acks": "all",
             "enable_idempotence": True,
@@ -627,7 +628,10 @@ class BenchContext:
 
     settings: BenchSettings
     home: Path
-    bootstrap: str
+    bootstrap: KafkaSettings
+    """The broker, as ``admin`` over TLS (the bench's workers and echo run as super users; the devices
+    as ``device-<region>``, within their ACLs)."""
+    tls_root: Path | None
     keyring: KeyRing
     ui: Ui
     broker_pid: int
@@ -800,7 +804,7 @@ def worker_env(ctx: BenchContext, name: str, settings: WorkerSettings) -> dict[s
         "EDGESTREAM_WORKER_NODE_ID": name,
         "EDGESTREAM_WORKER_HOME": str(ctx.home),
         "EDGESTREAM_WORKER_KEY_FILE": str(ctx.home / "keys.json"),
-        "EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS": ctx.bootstrap,
+        **ctx.bootstrap.to_env("EDGESTREAM_WORKER_KAFKA__"),
         "EDGESTREAM_WORKER_MODEL_SIZE": settings.model_size,
         "EDGESTREAM_WORKER_MAX_BATCH": str(settings.max_batch),
         "EDGESTREAM_WORKER_MAX_WAIT_MS": str(settings.max_wait_ms),
@@ -821,7 +825,7 @@ def echo_env(ctx: BenchContext, name: str) -> dict[str, str]:
     return {
         **os.environ,
         "EDGESTREAM_ECHO_REGION": ECHO_REGION,
-        "EDGESTREAM_ECHO_KAFKA__BOOTSTRAP_SERVERS": ctx.bootstrap,
+        **ctx.bootstrap.to_env("EDGESTREAM_ECHO_KAFKA__"),
         "EDGESTREAM_ECHO_TRANSACTIONAL": "true" if echo_transactional(ctx) else "false",
         "EDGESTREAM_ECHO_READY_FILE": str(ctx.run_dir / f"{name}.ready"),
         "EDGESTREAM_ECHO_STATS_FILE": str(ctx.run_dir / f"{name}.stats.json"),
@@ -900,7 +904,8 @@ def fleet_settings(ctx: BenchContext, region: str, rate_per_s: float, duration_s
         deadline_ms=s.deadline_ms,
         drain_s=s.drain_s,
         regions=(Region(name=region, lat=0.0, lon=0.0),),
-        kafka=kafka_settings(ctx.bootstrap),
+        kafka=ctx.bootstrap,
+        tls_root=ctx.tls_root,
         home=ctx.home,
         seed=s.seed,
     )
@@ -915,7 +920,7 @@ async def run_fleet_as(
     return fleet
 
 
-async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str]) -> int:
+async def consumer_lag(bootstrap: KafkaSettings, group_id: str, topics: Sequence[str]) -> int:
     """Records in ``topics`` past ``group_id``'s committed offsets."""
     tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
     admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), client_id="edgestream-bench")
@@ -1576,10 +1581,13 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             keyring = KeyRing.create(home / "keys.json", [PIPELINE_REGION, ECHO_REGION])
             ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
             with running_broker(broker_settings) as state:
-                ui.step(f"broker at {state.bootstrap}; creating topics")
+                ui.step(f"broker at {state.bootstrap} ({state.security_protocol}); creating topics and ACLs")
                 topics = region_topics(PIPELINE_REGION) + region_topics(ECHO_REGION)
-                asyncio.run(ensure_topics(state.bootstrap, topics))
-                ctx = BenchContext(settings, home, state.bootstrap, keyring, ui, state.pid)
+                admin = state.kafka()
+                asyncio.run(ensure_topics(admin, topics))
+                if state.security_protocol == "SSL":
+                    asyncio.run(apply_policy(admin, [PIPELINE_REGION, ECHO_REGION]))
+                ctx = BenchContext(settings, home, admin, state.tls_root, keyring, ui, state.pid)
                 worker = worker_settings(ctx, "worker")
                 transactional = echo_transactional(ctx)
                 ui.step(

@@ -52,7 +52,7 @@ from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +299,17 @@ class Pki:
         *,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        hosts: Sequence[str] = (),
     ) -> TlsFiles:
         """Issue a new key and certificate for ``identity`` from the current CA, replacing its current
         pair (the previous pair, if any, stays). ``not_before``/``not_after`` (timezone-aware) override
-        the validity, e.g. to make an expired certificate for a test. Raises PkiError without a CA."""
+        the validity, e.g. to make an expired certificate for a test. ``hosts``: more names (DNS names
+        or IP addresses) the broker is reached by, beyond localhost and 127.0.0.1 (e.g. ``kafka-1`` in
+        a compose network). Raises PkiError without a CA, ValueError for hosts on a client identity."""
+        if hosts and identity.principal != BROKER_PRINCIPAL:
+            raise ValueError("only the broker's certificate names hosts")
         with self._locked():
-            return self._issue(identity, days, not_before, not_after, keep_previous=False)
+            return self._issue(identity, days, not_before, not_after, keep_previous=False, hosts=hosts)
 
     def files(self, identity: Identity, *, previous: bool = False) -> TlsFiles:
         """The files of ``identity``'s current (or previous) pair. Raises NotIssued when absent."""
@@ -406,13 +411,14 @@ class Pki:
         not_after: datetime | None,
         *,
         keep_previous: bool,
+        hosts: Sequence[str] = (),
     ) -> TlsFiles:
         ca_dir = self._ca_dir(_CURRENT)
         if not ca_dir.is_dir():
             raise PkiError(f"no CA in {self.root}: run init first")
         ca_cert = _load_cert(ca_dir / _CA_CERT)
         ca_key = _load_key(ca_dir / _CA_KEY)
-        key, cert = _new_leaf(identity, ca_cert, ca_key, days, not_before, not_after)
+        key, cert = _new_leaf(identity, ca_cert, ca_key, days, not_before, not_after, hosts)
         pair = self._pair_dir(identity, _CURRENT)
         self._install(pair, {_CERT: _cert_pem(cert)}, {_KEY: _key_pem(key)}, keep_previous=keep_previous)
         log.info(
@@ -545,6 +551,7 @@ def _new_leaf(
     days: int,
     not_before: datetime | None,
     not_after: datetime | None,
+    hosts: Sequence[str] = (),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     start, end = _validity(days, not_before, not_after)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -568,6 +575,11 @@ def _new_leaf(
     if serves:
         names: list[x509.GeneralName] = [x509.DNSName(dns) for dns in BROKER_DNS_NAMES]
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in BROKER_IP_ADDRESSES]
+        for host in dict.fromkeys(hosts):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
 

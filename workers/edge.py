@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
-from pydantic import Field
+from aiokafka.structs import OffsetAndMetadata
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgestream.pipeline.auditchain import AuditChain, ChainHead, MalformedChainHead, chain_id
 from edgestream.pipeline.batching import Batch, MicroBatcher, ServiceTimeEstimate
 from edgestream.pipeline.codec import decode_tensor
 from edgestream.pipeline.contract import (
@@ -43,7 +45,7 @@ from edgestream.pipeline.contract import (
     decode_envelope,
     open_envelope,
 )
-from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.crypto import KeyFileWatcher, KeyRing, KeySource
 from edgestream.pipeline.deadletter import attempt_of, dead_letter_headers
 from edgestream.pipeline.errors import (
     ContractError,
@@ -67,7 +69,7 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     results_topic,
 )
-from edgestream.workers.offsets import UnstableOffsets, stable_committed
+from edgestream.workers.offsets import Committed, UnstableOffsets, stable_committed
 from edgestream.workers.sinks import AckSink, Output, PartitionWork, Sink, TransactionalSink
 
 if TYPE_CHECKING:
@@ -100,7 +102,10 @@ class WorkerSettings(BaseSettings):
     home: Path = DEFAULT_HOME
     """Local state directory: key file, model cache, run files."""
     key_file: Path | None = None
-    """Region master keys (JSON, mode 0600); defaults to ``<home>/keys.json``."""
+    """Region master keys (JSON, mode 0600); defaults to ``<home>/keys.json``. Re-read when it changes,
+    so a rotation (``edgestream keys rotate``) takes effect without a restart."""
+    keys_secret: SecretStr | None = Field(default=None, validation_alias="EDGESTREAM_KEYS")
+    """The key file's JSON itself, from the ``EDGESTREAM_KEYS`` secret, instead of ``key_file``."""
     models: tuple[str, ...] = ("embedding-scorer", "frame-classifier")
     """Model families this worker serves."""
     model_size: Literal["tiny", "medium", "full"] = "medium"
@@ -319,7 +324,7 @@ class EdgeWorker:
         self,
         settings: WorkerSettings,
         *,
-        keyring: KeyRing,
+        keyring: KeyRing | KeyFileWatcher,
         models: Mapping[str, ServedModel],
         metrics: WorkerMetrics | None = None,
         readiness: Readiness | None = None,
@@ -335,7 +340,9 @@ class EdgeWorker:
             self.metrics.model_info(a.name, a.version, a.sha256, served.session.providers_in_use[0])
         self._region = settings.region
         self._group_id = edge_group(settings.region)
-        self._keyring = keyring
+        self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
+        self._keyring = self._keys.current()
+        self._chains = AuditChain()
         self._models = dict(models)
         self._estimate = ServiceTimeEstimate()
         self._open: MicroBatcher[str, Item] = MicroBatcher(
@@ -509,6 +516,7 @@ class EdgeWorker:
     async def _fetch_loop(self) -> None:
         limit = self.settings.max_in_flight
         while True:
+            self._keyring = self._keys.current()  # one stat: a rotated key file is picked up here
             await self._position_new_partitions()
             self._apply_backpressure(limit)
             room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
@@ -614,7 +622,9 @@ class EdgeWorker:
         try:
             item.envelope = decode_envelope(raw, max_envelope_bytes=self.settings.max_envelope_bytes)
             item.model = self._resolve_model(item.envelope)
-            device_key = self._keyring.device_key(self._region, item.envelope.device_id, item.envelope.key_id)
+            device_key = self._keyring.device_key(
+                self._region, item.envelope.device_id, item.envelope.key_id, now_ms
+            )
             body = open_envelope(item.envelope, device_key, max_body_bytes=self.settings.max_body_bytes)
             item.model.artifact.spec.check_input(body.dtype, tuple(body.shape))
             item.tensor = decode_tensor(body)
@@ -671,14 +681,20 @@ class EdgeWorker:
         except BaseException:
             for tp in {it.tp for it in items}:
                 self._replays.abort(tp)
+                self._chains.forget(chain_id(tp.topic, tp.partition))  # restarted when positioned again
             raise
         finally:
             self._processing = 0
         for tp, part in work.items():
+            chain = chain_id(tp.topic, tp.partition)
             if tp in failed:
                 self._replays.abort(tp)  # its records come again: they are not replays
+                # The transaction's outcome may be unknown: the chain restarts from the head committed
+                # with the offset when the partition is positioned again.
+                self._chains.forget(chain)
             else:
                 self._replays.commit(tp)
+                self._chains.commit(chain)
                 self._committed_through[tp] = max(self._committed_through.get(tp, 0), part.next_offset)
         for tp, err in failed.items():
             await self._rewind(tp, err)
@@ -753,6 +769,8 @@ class EdgeWorker:
                 part.outputs.extend(self._answer(item, started_s, now_ms))
             else:
                 part.outputs.extend(self._dead_letter(item, now_ms))
+        for tp, part in work.items():
+            part.metadata = self._chains.metadata(chain_id(tp.topic, tp.partition))
         return work
 
     def _answer(self, item: Item, started_s: float, now_ms: float) -> list[Output]:
@@ -788,6 +806,7 @@ class EdgeWorker:
             reason=None,
             latency_ms=total_ms,
         )
+        audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
         return [
             Output(self._results_topic, result.to_bytes(), env.device_id.encode()),
             Output(self._audit_topic, audit.to_bytes(), env.request_id),
@@ -827,6 +846,7 @@ class EdgeWorker:
                 reason=err.reason,
                 latency_ms=now_ms - env.capture_time_ms,
             )
+            audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
             outputs.append(Output(self._audit_topic, audit.to_bytes(), env.request_id))
         return outputs
 
@@ -887,7 +907,9 @@ class EdgeWorker:
         except UnstableOffsets as err:
             log.warning("not positioning %d partitions yet: %s", len(tps), err)
             return set()
-        for tp, offset in committed.items():
+        for tp, commit in committed.items():
+            offset = None if commit is None else commit.offset
+            self._start_chain(tp, commit)
             ours = self._committed_through.get(tp)
             if ours is not None and (offset is None or offset < ours):
                 # Cannot happen with a stable answer; if it does, our own commit is the truth.
@@ -908,7 +930,20 @@ class EdgeWorker:
                 self._next_offset[tp] = offset
         return set(committed)
 
-    async def _commit_offsets(self, positions: dict[TopicPartition, int]) -> None:
+    def _start_chain(self, tp: TopicPartition, commit: Committed | None) -> None:
+        """Continue the partition's audit chain from the head committed with its offset."""
+        chain = chain_id(tp.topic, tp.partition)
+        offset = 0 if commit is None else commit.offset
+        try:
+            head = ChainHead.from_metadata(None if commit is None else commit.metadata)
+            self._chains.start(chain, head, offset=offset)
+        except MalformedChainHead as err:
+            # Keep serving; the old segment's end can no longer be checked against a head, and
+            # `audit verify` shows the new segment starting here.
+            log.error("%s: %s; starting a new audit chain segment", chain, err)
+            self._chains.start(chain, None, offset=offset)
+
+    async def _commit_offsets(self, positions: dict[TopicPartition, OffsetAndMetadata]) -> None:
         owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}
         if not owned:
             return
@@ -928,6 +963,7 @@ class EdgeWorker:
             self._to_position -= revoked
             for tp in revoked:
                 self._replays.forget(tp)
+                self._chains.forget(chain_id(tp.topic, tp.partition))
             self._set_partitions()
             self._open.remove(lambda it: it.tp in revoked)
             await self.sink.revoked(revoked)
@@ -991,7 +1027,10 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
             )
             await stack.enter_async_context(server)
             log.info("health and metrics on http://%s:%d/", settings.health_host, server.port)
-        keyring = KeyRing.load(settings.key_file or settings.home / "keys.json")
+        source = KeySource.of(
+            settings.key_file, settings.keys_secret, default_file=settings.home / "keys.json"
+        )
+        keyring = source.watcher(required_regions=[settings.region])
         models = await asyncio.to_thread(load_models, settings)
         worker = EdgeWorker(settings, keyring=keyring, models=models, metrics=metrics, readiness=readiness)
         async with worker:

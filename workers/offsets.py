@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import ConnectionGroup
@@ -120,23 +120,32 @@ class StableOffsetFetchRequest(Request[OffsetFetchRequest_v7]):  # type: ignore[
         return request_struct_class(self._group_id, self._topics, True, {})
 
 
+class Committed(NamedTuple):
+    """A partition's committed position and the metadata committed with it."""
+
+    offset: int
+    """The next offset to read."""
+    metadata: str
+    """The metadata string of the commit (the worker keeps its audit chain head there)."""
+
+
 class UnstableOffsets(KafkaError):  # type: ignore[misc]
     """The committed offsets did not become stable in time (a transaction still in doubt)."""
 
     retriable = True
 
 
-def parse(response: Any) -> tuple[int, dict[TopicPartition, int | None], dict[TopicPartition, int]]:
-    """(top-level error, offsets (None: no commit), per-partition errors) of an OffsetFetch v7 answer."""
-    offsets: dict[TopicPartition, int | None] = {}
+def parse(response: Any) -> tuple[int, dict[TopicPartition, Committed | None], dict[TopicPartition, int]]:
+    """(top-level error, commits (None: none), per-partition errors) of an OffsetFetch v7 answer."""
+    offsets: dict[TopicPartition, Committed | None] = {}
     errors: dict[TopicPartition, int] = {}
     for name, partitions, _tags in response.topics:
-        for index, offset, _epoch, _metadata, error, _ptags in partitions:
+        for index, offset, _epoch, metadata, error, _ptags in partitions:
             tp = TopicPartition(name, index)
             if error != NONE:
                 errors[tp] = error
             else:
-                offsets[tp] = None if offset == NO_OFFSET else offset
+                offsets[tp] = None if offset == NO_OFFSET else Committed(offset, metadata or "")
     return response.error_code, offsets, errors
 
 
@@ -146,8 +155,8 @@ async def stable_committed(
     *,
     timeout_s: float = 30.0,
     backoff_s: float = 0.05,
-) -> dict[TopicPartition, int | None]:
-    """The committed offset of each partition for the consumer's group, once stable (None: no commit).
+) -> dict[TopicPartition, Committed | None]:
+    """The commit of each partition for the consumer's group, once stable (None: no commit).
 
     Retries coordinator moves and loads and in-doubt transactions until ``timeout_s``, then raises
     ``UnstableOffsets``; a non-retriable error is raised as aiokafka's error for its code.
@@ -158,7 +167,7 @@ async def stable_committed(
     coordinator = consumer._coordinator
     group_id: str = coordinator.group_id
     deadline = time.monotonic() + timeout_s
-    found: dict[TopicPartition, int | None] = {}
+    found: dict[TopicPartition, Committed | None] = {}
     attempt = 0
     while True:
         pending = wanted - found.keys()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import KafkaSettings
@@ -64,6 +65,12 @@ class PartitionWork:
     """Results, audit records and dead letters of the partition's records in this unit."""
     next_offset: int = 0
     """Offset to commit: one past the last record of the partition in this unit."""
+    metadata: str = ""
+    """Committed with the offset: the head of the partition's audit chain after this unit."""
+
+    def commit_point(self) -> OffsetAndMetadata:
+        """The offset and metadata to commit for the partition."""
+        return OffsetAndMetadata(self.next_offset, self.metadata)
 
 
 class Sink(Protocol):
@@ -206,7 +213,7 @@ class TransactionalSink:
                 await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
                 for o in work.outputs
             ]
-            await producer.send_offsets_to_transaction({tp: work.next_offset}, self._group_id)
+            await producer.send_offsets_to_transaction({tp: work.commit_point()}, self._group_id)
             await producer.commit_transaction()
             await asyncio.gather(*deliveries)
             self.transactions += 1
@@ -241,7 +248,7 @@ class AckSink:
         *,
         kafka: KafkaSettings,
         client_id: str,
-        commit: Callable[[dict[TopicPartition, int]], Awaitable[None]],
+        commit: Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]],
     ) -> None:
         self.producer = AIOKafkaProducer(
             **kafka.client_kwargs(),
@@ -283,5 +290,5 @@ class AckSink:
             for o in w.outputs
         ]
         await asyncio.gather(*deliveries)
-        await self._commit({tp: w.next_offset for tp, w in work.items()})
+        await self._commit({tp: w.commit_point() for tp, w in work.items()})
         return {}

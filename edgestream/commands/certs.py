@@ -158,14 +158,23 @@ def init(
 
 
 @app.command()
-def issue(principal: Principal, name: Name = None, days: Days = None, home: Home = None) -> None:
+def issue(
+    principal: Principal,
+    name: Name = None,
+    days: Days = None,
+    home: Home = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="Broker only: another DNS name or IP it is reached by (repeat), e.g. kafka-1."),
+    ] = None,
+) -> None:
     """Issue a new key and certificate for an identity from the current CA, replacing its current pair."""
     from edgestream.pipeline.errors import ConfigError
 
     pki = _pki(home)
     identity = _identity(principal, name)
     try:
-        files = pki.issue(identity, _days(days))
+        files = pki.issue(identity, _days(days), hosts=host or ())
     except (ConfigError, ValueError) as e:
         _fail(str(e))
     _out.print(f"issued {identity}")

@@ -565,3 +565,15 @@ def test_cli_list_of_an_empty_home(tmp_path: Path) -> None:
     result = _cli("list", "--home", str(tmp_path))
     assert result.exit_code == 0
     assert "no certificates" in result.output
+
+
+def test_the_broker_certificate_names_the_extra_hosts_it_is_reached_by(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "tls")
+    pki.init()
+    files = pki.issue(Identity.broker(), hosts=["kafka-1", "10.0.0.7", "kafka-1"])
+    cert = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "kafka-1"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.7"]
+    with pytest.raises(ValueError, match="only the broker"):
+        pki.issue(Identity.admin(), hosts=["kafka-1"])

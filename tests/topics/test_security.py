@@ -7,8 +7,10 @@ reason the broker logged (``server.log``), so a test cannot pass because of an u
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,6 +58,15 @@ async def _describe_cluster(admin: AIOKafkaAdminClient) -> None:
 async def _join_and_fetch(consumer: AIOKafkaConsumer) -> None:
     await consumer.start()
     await consumer.getmany(timeout_ms=5_000)
+
+
+async def _eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 def _broker_log_since(state: BrokerState, offset: int) -> str:
@@ -237,6 +248,18 @@ async def test_a_region_worker_cannot_write_another_regions_results(
         await producer.send_and_wait(results_topic(mine), b"its own")  # allowed
     finally:
         await producer.stop()
+    # The broker refuses even to describe the topic to it (so the client never gets to send), and its
+    # authorizer says so, naming the principal, the operation and the resource.
+    denial = re.compile(
+        rf"Principal = User:edge-{mine} is Denied operation = (DESCRIBE|WRITE) .*"
+        rf"resource = Topic:LITERAL:{re.escape(results_topic(theirs))} "
+    )
+
+    def logged() -> bool:
+        log = tls_broker.log_dir / "authorizer.log"
+        return log.exists() and denial.search(log.read_text(errors="replace")) is not None
+
+    assert await _eventually(logged), "the broker's authorizer logged the denial"
 
 
 async def test_another_regions_worker_cannot_join_the_group(

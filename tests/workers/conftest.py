@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from edgestream.pipeline.certs import Identity
-from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.crypto import KeyFileWatcher, KeyRing
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
@@ -82,9 +82,10 @@ async def running_worker(edge_region: EdgeRegion) -> AsyncIterator[RunningWorker
     """Start workers in this process; each is stopped (SIGTERM path) when the test ends."""
     started: list[tuple[EdgeWorker, asyncio.Event, asyncio.Task[None]]] = []
 
-    async def start(**overrides: Any) -> EdgeWorker:
+    async def start(keyring: KeyRing | KeyFileWatcher | None = None, **overrides: Any) -> EdgeWorker:
         settings = edge_region.settings(**overrides)
-        worker = EdgeWorker(settings, keyring=edge_region.keyring, models=load_models(settings))
+        keys = edge_region.keyring if keyring is None else keyring
+        worker = EdgeWorker(settings, keyring=keys, models=load_models(settings))
         await worker.start()
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.catalogue import ingest_topic
 from edgestream.workers.offsets import (
     COORDINATOR_LOAD_IN_PROGRESS,
     UNSTABLE_OFFSET_COMMIT,
+    Committed,
     OffsetFetchRequest_v7,
     OffsetFetchResponse_v7,
     StableOffsetFetchRequest,
@@ -54,7 +56,7 @@ def test_a_broker_without_v7_is_refused_rather_than_asked_an_older_question() ->
 def test_parse_separates_offsets_no_commit_and_partition_errors() -> None:
     top, offsets, errors = parse(_response(0, [(0, 42, 0), (1, -1, 0), (2, -1, UNSTABLE_OFFSET_COMMIT)]))
     assert top == 0
-    assert offsets == {TopicPartition("t", 0): 42, TopicPartition("t", 1): None}
+    assert offsets == {TopicPartition("t", 0): Committed(42, ""), TopicPartition("t", 1): None}
     assert errors == {TopicPartition("t", 2): UNSTABLE_OFFSET_COMMIT}
 
 
@@ -84,21 +86,23 @@ async def test_an_in_doubt_transactional_commit_is_unstable_until_its_transactio
         consumer.assign([tp, other])
         assert await stable_committed(consumer, [tp, other]) == {tp: None, other: None}
         await consumer.commit({tp: 5})
-        assert await stable_committed(consumer, [tp, other]) == {tp: 5, other: None}
+        assert await stable_committed(consumer, [tp, other]) == {tp: Committed(5, ""), other: None}
 
         await producer.begin_transaction()
-        await producer.send_offsets_to_transaction({tp: 9}, group)
+        await producer.send_offsets_to_transaction({tp: OffsetAndMetadata(9, "head-9")}, group)
         assert await consumer.committed(tp) == 5, "aiokafka answers with the stale offset"
         with pytest.raises(UnstableOffsets, match="not stable"):
             await stable_committed(consumer, [tp], timeout_s=1.0)
         assert await stable_committed(consumer, [other]) == {other: None}, "only the in-doubt one waits"
         await producer.commit_transaction()
-        assert await stable_committed(consumer, [tp]) == {tp: 9}
+        assert await stable_committed(consumer, [tp]) == {tp: Committed(9, "head-9")}, "metadata comes along"
 
         await producer.begin_transaction()
         await producer.send_offsets_to_transaction({tp: 12}, group)
         await producer.abort_transaction()
-        assert await stable_committed(consumer, [tp]) == {tp: 9}, "an aborted commit leaves the offset"
+        assert await stable_committed(consumer, [tp]) == {tp: Committed(9, "head-9")}, (
+            "an abort changes nothing"
+        )
     finally:
         await producer.stop()
         await consumer.stop()
