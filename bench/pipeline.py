@@ -153,6 +153,9 @@ class BenchSettings(BaseSettings):
     """How long a worker or echo process may take to load and get its partitions."""
     sla_ms: float = Field(default=50.0, gt=0)
     """The latency budget drawn on the plot."""
+    broker_security: Literal["tls", "plaintext"] = "tls"
+    """The bench broker's listener: TLS 1.3 with client certificates and ACLs (as deployed), or
+    PLAINTEXT to measure what TLS costs (run both, compare each one's pipeline/echo ratios)."""
     seed: int = 7
     """Fleet seed: every load sends the same devices and inputs in the same order."""
     out_dir: Path = REPO_ROOT / "bench" / "results"
@@ -1570,7 +1573,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
         )
     ui = Ui(console, phases=2 * len(settings.loads_per_s) + 1)
     home = Path(tempfile.mkdtemp(prefix="edgestream-bench-"))
-    broker_settings = BrokerSettings(home=home)
+    broker_settings = BrokerSettings(home=home, security=settings.broker_security)
     try:
         with ui.progress:
             ui.step(f"home {home}; building models")
