@@ -909,6 +909,7 @@ def fleet_settings(ctx: BenchContext, region: str, rate_per_s: float, duration_s
         regions=(Region(name=region, lat=0.0, lon=0.0),),
         kafka=ctx.bootstrap,
         tls_root=ctx.tls_root,
+        enrol=False,  # keep the key file (which the workers watch) unchanged between load levels
         home=ctx.home,
         seed=s.seed,
     )

@@ -10,7 +10,7 @@ import logging
 
 import typer
 
-from edgestream.commands import audit, broker, certs, dlq, keys, models, run, topics
+from edgestream.commands import audit, broker, certs, devices, dlq, keys, models, run, topics
 
 app = typer.Typer(
     name="edgestream",
@@ -26,6 +26,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(audit.app, name="audit")
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
+app.add_typer(devices.app, name="devices")
 run.register(app)
 
 

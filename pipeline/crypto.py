@@ -1,11 +1,14 @@
 """Device keys: HKDF-SHA256 from a region master key, the key ring the edge derives them from, and the
-key file whose key ids rotate.
+key file whose key ids rotate and whose enrolled devices can be forgotten.
 
 A device holds only its own 32-byte key; the edge holds each region's master keys (by key id) and
 derives a device's key on demand. ``rotate`` adds a master key with the next id and makes it current;
 the previous id stays accepted for a window, then is refused as ``retired_key``; ``retire`` deletes a
-key's bytes from the file and keeps its id, so the file proves it. The derivation is specified byte for
-byte in ``docs/contract.md`` ("Device keys"), the key file in its "Key file" section.
+key's bytes from the file and keeps its id, so the file proves it. ``enroll`` gives a device a secret
+random HKDF salt of its own; ``forget`` deletes it (crypto-shredding): without the salt no one, master
+key or not, can derive that device's key again, so every envelope of it still retained is unreadable.
+The derivation is specified byte for byte in ``docs/contract.md`` ("Device keys"), the key file in its
+"Key file" section.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from edgestream.pipeline.contract import CONTRACT_VERSION, MAX_DEVICE_ID_BYTES, MAX_KEY_ID
-from edgestream.pipeline.errors import ConfigError, RetiredKey, UnknownKeyId
+from edgestream.pipeline.errors import ConfigError, ForgottenDevice, RetiredKey, UnknownKeyId
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -42,7 +45,9 @@ MASTER_KEY_BYTES: Final = 32
 DEVICE_KEY_BYTES: Final = 32
 """Length of a derived device key (AES-256)."""
 HKDF_SALT: Final = b"edgestream/hkdf-salt/v1"
-"""Fixed, public HKDF salt (23 ASCII bytes)."""
+"""Fixed, public HKDF salt (23 ASCII bytes) of devices that are not enrolled."""
+DEVICE_SALT_BYTES: Final = 32
+"""Length of an enrolled device's secret HKDF salt: the key material ``forget`` deletes."""
 HKDF_INFO_LABEL: Final = b"edgestream/device-key"
 """Fixed first 21 bytes of the HKDF info; the rest binds contract version, key id and device id."""
 DEFAULT_CACHE_ENTRIES: Final = 10_000
@@ -70,12 +75,16 @@ def hkdf_info(device_id: str, key_id: int) -> bytes:
     return HKDF_INFO_LABEL + _INFO_FIXED.pack(CONTRACT_VERSION, key_id, len(device)) + device
 
 
-def derive_device_key(master_key: bytes, device_id: str, key_id: int) -> bytes:
-    """HKDF-SHA256(ikm=master_key, salt=HKDF_SALT, info=hkdf_info(device_id, key_id)), 32 bytes."""
+def derive_device_key(master_key: bytes, device_id: str, key_id: int, *, salt: bytes = HKDF_SALT) -> bytes:
+    """HKDF-SHA256(ikm=master_key, salt=salt, info=hkdf_info(device_id, key_id)), 32 bytes.
+
+    ``salt``: the public ``HKDF_SALT`` for a device that is not enrolled, an enrolled device's own
+    secret 32-byte salt otherwise.
+    """
     if len(master_key) != MASTER_KEY_BYTES:
         raise ValueError(f"master keys are {MASTER_KEY_BYTES} bytes, got {len(master_key)}")
     hkdf = HKDF(
-        algorithm=hashes.SHA256(), length=DEVICE_KEY_BYTES, salt=HKDF_SALT, info=hkdf_info(device_id, key_id)
+        algorithm=hashes.SHA256(), length=DEVICE_KEY_BYTES, salt=salt, info=hkdf_info(device_id, key_id)
     )
     return hkdf.derive(master_key)
 
@@ -103,6 +112,23 @@ class MasterKey:
         return self.master is None
 
 
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A device enrolled in a region, as the key file records it. ``repr`` never shows the salt."""
+
+    salt: bytes | None = field(repr=False)
+    """Its secret 32-byte HKDF salt, the device's own key material; None once forgotten."""
+    enrolled_at_ms: int | None = None
+    """When it was enrolled (Unix ms); not kept once it is forgotten."""
+    forgotten_at_ms: int | None = None
+    """When its salt was deleted (Unix ms); only on a forgotten device."""
+
+    @property
+    def forgotten(self) -> bool:
+        """True once its salt is deleted: its key can never be derived again."""
+        return self.salt is None
+
+
 class KeyStatus(NamedTuple):
     """A key id of a region and its state, as ``status`` reports it."""
 
@@ -119,25 +145,29 @@ class KeyStatus(NamedTuple):
 
 
 class KeyRing:
-    """Region master keys by key id with their rotation state, and a bounded cache of the device keys
-    derived from them.
+    """Region master keys by key id with their rotation state, the devices enrolled in each region,
+    and a bounded cache of the device keys derived from them.
 
     Immutable apart from the cache, and thread-safe: a changed key file makes a new ring (see
-    ``KeyFileWatcher``). Never logs or shows key bytes: ``repr`` lists regions and key ids only.
+    ``KeyFileWatcher``). Never logs or shows key bytes or salts: ``repr`` lists regions and key ids,
+    and counts devices.
     """
 
-    __slots__ = ("_cache", "_cache_entries", "_current", "_keys", "_lock")
+    __slots__ = ("_cache", "_cache_entries", "_current", "_devices", "_keys", "_lock")
 
     def __init__(
         self,
         regions: Mapping[str, Mapping[int, bytes | MasterKey]],
         current: Mapping[str, int] | None = None,
         *,
+        devices: Mapping[str, Mapping[str, Enrolment]] | None = None,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         """``regions``: region -> {key id: 32-byte master key, or a ``MasterKey`` with its state}.
         ``current``: the key id devices of a region seal with (default: its highest key id that is
-        neither retired nor in a rotation window). Raises ConfigError on a bad key, id or state."""
+        neither retired nor in a rotation window). ``devices``: region -> {device id: its enrolment};
+        a device not in it derives its key with the public salt. Raises ConfigError on a bad key, id,
+        state or enrolment."""
         if cache_entries < 0:
             raise ConfigError("cache_entries must be >= 0")
         keys: dict[str, dict[int, MasterKey]] = {}
@@ -162,6 +192,15 @@ class KeyRing:
                 chosen[region] = max(active)
         self._keys = keys
         self._current = {region: chosen[region] for region in keys}
+        self._devices: dict[str, dict[str, Enrolment]] = {}
+        for region, enrolled in (devices or {}).items():
+            if region not in keys:
+                raise ConfigError(f"devices are enrolled in region {region!r}, which has no master keys")
+            if enrolled:
+                self._devices[region] = {
+                    device_id: _checked_enrolment(region, device_id, entry)
+                    for device_id, entry in enrolled.items()
+                }
         self._cache: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
@@ -174,7 +213,12 @@ class KeyRing:
             r: sorted(k for k, e in keys.items() if e.master is None) for r, keys in self._keys.items()
         }
         retired = {r: ids for r, ids in retired.items() if ids}
-        return f"KeyRing(key_ids={key_ids!r}, retired={retired!r}, current={self._current!r})"
+        shown = f"KeyRing(key_ids={key_ids!r}, retired={retired!r}, current={self._current!r}"
+        if self._devices:
+            enrolled = {r: sum(not e.forgotten for e in d.values()) for r, d in self._devices.items()}
+            forgotten = {r: sum(e.forgotten for e in d.values()) for r, d in self._devices.items()}
+            shown += f", enrolled={enrolled!r}, forgotten={forgotten!r}"
+        return shown + ")"
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -210,6 +254,14 @@ class KeyRing:
             return "active"
         return "accepted" if (_now_ms() if now_ms is None else now_ms) < entry.retire_at_ms else "expired"
 
+    def devices(self, region: str) -> dict[str, Enrolment]:
+        """The devices enrolled in ``region`` (forgotten ones too) by id, sorted; empty if none."""
+        return dict(sorted(self._devices.get(region, {}).items()))
+
+    def enrolment(self, region: str, device_id: str) -> Enrolment | None:
+        """``device_id``'s enrolment in ``region``, or None if it was never enrolled there."""
+        return self._devices.get(region, {}).get(device_id)
+
     def status(self, now_ms: float | None = None) -> list[KeyStatus]:
         """Every key id of every region with its state at ``now_ms`` (default: now)."""
         now = _now_ms() if now_ms is None else now_ms
@@ -224,9 +276,11 @@ class KeyRing:
     def device_key(self, region: str, device_id: str, key_id: int, now_ms: float | None = None) -> bytes:
         """The 32-byte key of ``device_id`` under master key ``key_id`` of ``region``.
 
+        An enrolled device's key is derived with its own salt, any other device's with the public one.
         Raises UnknownKeyId when the region never had that key id; RetiredKey when it is retired or
         its rotation window ended at or before ``now_ms`` (Unix ms; default: the wall clock, read only
-        for a key in a window). The state is checked before the cache: a retired key is never served.
+        for a key in a window); ForgottenDevice when the device was forgotten. States are checked
+        before the cache: a retired key or a forgotten device's key is never served.
         """
         entry = self._keys.get(region, {}).get(key_id)
         if entry is None:
@@ -235,13 +289,17 @@ class KeyRing:
             raise RetiredKey(region, key_id, entry.retired_at_ms)
         if entry.retire_at_ms is not None and (_now_ms() if now_ms is None else now_ms) >= entry.retire_at_ms:
             raise RetiredKey(region, key_id, entry.retire_at_ms)
+        enrolment = self._devices.get(region, {}).get(device_id)
+        if enrolment is not None and enrolment.salt is None:
+            raise ForgottenDevice(region, device_id, enrolment.forgotten_at_ms)
         cache_key = (region, key_id, device_id)
         with self._lock:
             key = self._cache.get(cache_key)
             if key is not None:
                 self._cache.move_to_end(cache_key)
                 return key
-        key = derive_device_key(entry.master, device_id, key_id)
+        salt = HKDF_SALT if enrolment is None or enrolment.salt is None else enrolment.salt
+        key = derive_device_key(entry.master, device_id, key_id, salt=salt)
         if self._cache_entries:
             with self._lock:
                 self._cache[cache_key] = key
@@ -269,7 +327,9 @@ class KeyRing:
         else:
             entries[previous_id] = replace(previous, retire_at_ms=now_ms + window_ms)
         entries[new_id] = MasterKey(os.urandom(MASTER_KEY_BYTES), created_at_ms=now_ms)
-        return KeyRing(keys, {**self._current, region: new_id}, cache_entries=self._cache_entries)
+        return KeyRing(
+            keys, {**self._current, region: new_id}, devices=self._devices, cache_entries=self._cache_entries
+        )
 
     def retired(self, region: str, key_id: int, now_ms: int) -> KeyRing:
         """``key_id`` of ``region`` retired now: its bytes deleted, its id kept. Keys whose window has
@@ -285,7 +345,49 @@ class KeyRing:
             )
         if entry.master is not None:
             entries[key_id] = MasterKey(None, entry.created_at_ms, retired_at_ms=now_ms)
-        return KeyRing(keys, self._current, cache_entries=self._cache_entries)
+        return KeyRing(keys, self._current, devices=self._devices, cache_entries=self._cache_entries)
+
+    # -- enrolment: pure, a new ring each (or this one when nothing changes) ----------------------------
+
+    def enrolled(self, region: str, device_ids: Iterable[str], now_ms: int) -> KeyRing:
+        """The devices given get a fresh random salt in ``region``; one already enrolled keeps its own
+        (this ring itself is returned when every one is). Raises ConfigError for an unknown region, a
+        bad device id, or a device that was forgotten: its id stays retired, enrol it under a new one."""
+        self._region_keys(self._keys, region)
+        enrolled = dict(self._devices.get(region, {}))
+        for device_id in device_ids:
+            entry = enrolled.get(device_id)
+            if entry is None:
+                enrolled[device_id] = Enrolment(os.urandom(DEVICE_SALT_BYTES), enrolled_at_ms=now_ms)
+            elif entry.forgotten:
+                raise ConfigError(
+                    f"device {device_id!r} of region {region!r} was forgotten: its id cannot be enrolled "
+                    "again (its retained envelopes must stay unreadable); enrol the device under a new id"
+                )
+        if len(enrolled) == len(self._devices.get(region, {})):
+            return self
+        return self._with_devices(region, enrolled)
+
+    def forgotten(self, region: str, device_id: str, now_ms: int) -> KeyRing:
+        """``device_id`` of ``region`` forgotten now: its salt deleted, a tombstone kept (this ring
+        itself if it already was). Raises ConfigError for an unknown region or a device that was never
+        enrolled: its key derives from the master key alone, and only retiring the key id erases it."""
+        self._region_keys(self._keys, region)
+        entry = self._devices.get(region, {}).get(device_id)
+        if entry is None:
+            raise ConfigError(
+                f"device {device_id!r} was never enrolled in region {region!r}: its key derives from the "
+                "master key alone and cannot be erased on its own (only by retiring the key ids it used)"
+            )
+        if entry.forgotten:
+            return self
+        enrolled = dict(self._devices[region])
+        enrolled[device_id] = Enrolment(None, forgotten_at_ms=now_ms)
+        return self._with_devices(region, enrolled)
+
+    def _with_devices(self, region: str, enrolled: dict[str, Enrolment]) -> KeyRing:
+        devices = {**self._devices, region: enrolled}
+        return KeyRing(self._keys, self._current, devices=devices, cache_entries=self._cache_entries)
 
     def _swept(self, now_ms: int) -> dict[str, dict[int, MasterKey]]:
         """A copy of the keys in which every key whose window ended by ``now_ms`` is retired."""
@@ -310,7 +412,8 @@ class KeyRing:
             raise ConfigError(f"no region {region!r} in the key ring") from e
 
     def _adopt_cache(self, old: KeyRing) -> None:
-        """Keep ``old``'s derived keys whose master key this ring holds unchanged (never a retired one)."""
+        """Keep ``old``'s derived keys whose master key and device enrolment this ring holds unchanged
+        (never a retired key's, never a forgotten device's)."""
         if not self._cache_entries:
             return
         with old._lock:
@@ -318,10 +421,13 @@ class KeyRing:
         kept = []
         for (region, key_id, device_id), key in cached:
             entry = self._keys.get(region, {}).get(key_id)
+            enrolment = self.enrolment(region, device_id)
             if (
                 entry is not None
                 and entry.master is not None
                 and entry.master == old._keys[region][key_id].master
+                and (enrolment is None or not enrolment.forgotten)
+                and enrolment == old.enrolment(region, device_id)
             ):
                 kept.append(((region, key_id, device_id), key))
         with self._lock:
@@ -331,8 +437,8 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: Path, *, cache_entries: int = DEFAULT_CACHE_ENTRIES) -> KeyRing:
-        """Read a key file, version 1 or 2 (format in ``docs/contract.md``). Raises ConfigError naming
-        the file."""
+        """Read a key file, version 1 or 2, with its enrolled devices (format in ``docs/contract.md``).
+        Raises ConfigError naming the file."""
         return cls._of_document(_read_key_file(path), f"key file {path}", cache_entries)
 
     @classmethod
@@ -352,8 +458,8 @@ class KeyRing:
     @classmethod
     def _of_document(cls, document: object, where: str, cache_entries: int) -> KeyRing:
         try:
-            regions, current = _parse_key_file(document)
-            return cls(regions, current, cache_entries=cache_entries)
+            regions, current, devices = _parse_key_file(document)
+            return cls(regions, current, devices=devices, cache_entries=cache_entries)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from e
 
@@ -414,6 +520,54 @@ def retire(path: Path, region: str, key_id: int, *, now_ms: int | None = None) -
 def status(path: Path, *, now_ms: int | None = None) -> list[KeyStatus]:
     """Every key id in the key file at ``path`` with its state at ``now_ms``. Raises ConfigError."""
     return KeyRing.load(path, cache_entries=0).status(now_ms)
+
+
+def enroll(
+    path: Path, region: str, device_id: str, *, key_id: int | None = None, now_ms: int | None = None
+) -> bytes:
+    """Enrol ``device_id`` in ``region`` of the key file at ``path`` and return the key the device is
+    provisioned with: under ``key_id`` (default: the region's current key id), derived with its own
+    secret salt. Idempotent: an enrolled device keeps its salt, so the same key comes back. Raises
+    ConfigError, for a forgotten device too (its id is never enrolled again)."""
+    return enroll_devices(path, region, [device_id], key_id=key_id, now_ms=now_ms)[device_id]
+
+
+def enroll_devices(
+    path: Path,
+    region: str,
+    device_ids: Iterable[str],
+    *,
+    key_id: int | None = None,
+    now_ms: int | None = None,
+) -> dict[str, bytes]:
+    """``enroll`` for many devices of one region, in one write of the file (none when every one is
+    enrolled already): their keys by device id. Raises ConfigError."""
+    ids = list(dict.fromkeys(device_ids))
+    now = _now_ms() if now_ms is None else now_ms
+    keys: dict[str, bytes] = {}
+
+    def change(ring: KeyRing) -> KeyRing:
+        enrolled = ring.enrolled(region, ids, now)
+        chosen = enrolled.current_key_id(region) if key_id is None else key_id
+        try:  # before the file is written: a key id devices cannot seal with enrols no one
+            keys.update((device_id, enrolled.device_key(region, device_id, chosen, now)) for device_id in ids)
+        except (UnknownKeyId, RetiredKey) as e:
+            raise ConfigError(f"cannot provision devices with key {chosen} of region {region!r}: {e}") from e
+        return enrolled
+
+    _edit_key_file(path, change)
+    return keys
+
+
+def forget(path: Path, region: str, device_id: str, *, now_ms: int | None = None) -> Enrolment:
+    """``KeyRing.forgotten`` on the key file at ``path``: the device's salt is deleted and a tombstone
+    kept, rewritten atomically (mode 0600) under a lock. Returns the tombstone (the earlier one if it
+    was forgotten before). Raises ConfigError, for a device never enrolled too."""
+    now = _now_ms() if now_ms is None else now_ms
+    ring = _edit_key_file(path, lambda ring: ring.forgotten(region, device_id, now))
+    tombstone = ring.enrolment(region, device_id)
+    assert tombstone is not None
+    return tombstone
 
 
 class KeyFileWatcher:
@@ -541,6 +695,8 @@ class KeySource(BaseModel):
 # -- key file format ----------------------------------------------------------------------------------
 
 _ENTRY_FIELDS: Final = frozenset({"key", "retired", "created_at_ms", "retire_at_ms", "retired_at_ms"})
+_ENROLMENT_FIELDS: Final = frozenset({"salt", "enrolled_at_ms"})
+_TOMBSTONE_FIELDS: Final = frozenset({"forgotten_at_ms"})
 
 
 def _checked_key(region: str, key_id: object, entry: object) -> MasterKey:
@@ -556,6 +712,22 @@ def _checked_key(region: str, key_id: object, entry: object) -> MasterKey:
     return entry
 
 
+def _checked_enrolment(region: str, device_id: object, entry: object) -> Enrolment:
+    if not isinstance(device_id, str):
+        raise ConfigError(f"region {region!r}: device ids are strings, got {type(device_id).__name__}")
+    size = len(device_id.encode())
+    if not 1 <= size <= MAX_DEVICE_ID_BYTES:
+        raise ConfigError(
+            f"region {region!r}: device {device_id!r}: device id must be 1..{MAX_DEVICE_ID_BYTES} UTF-8 "
+            f"bytes, got {size}"
+        )
+    if not isinstance(entry, Enrolment) or (
+        entry.salt is not None and (not isinstance(entry.salt, bytes) or len(entry.salt) != DEVICE_SALT_BYTES)
+    ):
+        raise ConfigError(f"region {region!r}: device {device_id!r}: salt is not {DEVICE_SALT_BYTES} bytes")
+    return entry
+
+
 def _read_key_file(path: Path) -> object:
     try:
         mode = path.stat().st_mode
@@ -567,7 +739,9 @@ def _read_key_file(path: Path) -> object:
     return document
 
 
-def _parse_key_file(document: object) -> tuple[dict[str, dict[int, MasterKey]], dict[str, int]]:
+def _parse_key_file(
+    document: object,
+) -> tuple[dict[str, dict[int, MasterKey]], dict[str, int], dict[str, dict[str, Enrolment]]]:
     if not isinstance(document, dict) or not isinstance(document.get("regions"), dict):
         raise ConfigError('expected {"regions": {region: {key id: key}}, "current": {region: key id}}')
     version = document.get("version", 1)
@@ -585,7 +759,49 @@ def _parse_key_file(document: object) -> tuple[dict[str, dict[int, MasterKey]], 
     current = document.get("current", {})
     if not isinstance(current, dict) or not all(type(v) is int for v in current.values()):
         raise ConfigError("current must map region names to integer key ids")
-    return regions, current
+    return regions, current, _parse_devices(document.get("devices", {}))
+
+
+def _parse_devices(devices: object) -> dict[str, dict[str, Enrolment]]:
+    """``{region: {device id: {"salt": hex, "enrolled_at_ms": ms} or {"forgotten_at_ms": ms}}}``."""
+    if not isinstance(devices, dict):
+        raise ConfigError("devices must map region names to {device id: enrolment}")
+    parsed: dict[str, dict[str, Enrolment]] = {}
+    for region, enrolled in devices.items():
+        if not isinstance(enrolled, dict):
+            raise ConfigError(f"devices of region {region!r}: expected a map of device id to enrolment")
+        parsed[region] = {
+            device_id: _parse_enrolment(f"region {region!r}: device {device_id!r}", value)
+            for device_id, value in enrolled.items()
+        }
+    return parsed
+
+
+def _parse_enrolment(where: str, value: object) -> Enrolment:
+    """``{"salt": hex, "enrolled_at_ms": ms}`` (enrolled) or ``{"forgotten_at_ms": ms}`` (a tombstone).
+    Errors never quote the salt."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object")
+    fields = set(value)
+    if "salt" in fields:
+        unknown = sorted(fields - _ENROLMENT_FIELDS)
+    elif fields == _TOMBSTONE_FIELDS:
+        unknown = []
+    else:
+        raise ConfigError(f'{where}: needs "salt" (64 hex digits) or, once forgotten, only "forgotten_at_ms"')
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
+    times: dict[str, int | None] = {}
+    for name in ("enrolled_at_ms", "forgotten_at_ms"):
+        times[name] = value.get(name)
+        if times[name] is not None and type(times[name]) is not int:
+            raise ConfigError(f"{where}: {name} must be an integer (Unix ms)")
+    if "salt" not in value:
+        return Enrolment(None, forgotten_at_ms=times["forgotten_at_ms"])
+    salt = _hex_key(f"{where}: salt", value["salt"])
+    if len(salt) != DEVICE_SALT_BYTES:
+        raise ConfigError(f"{where}: salt is not {DEVICE_SALT_BYTES} bytes")
+    return Enrolment(salt, enrolled_at_ms=times["enrolled_at_ms"])
 
 
 def _parse_key_entry(where: str, value: object) -> MasterKey:
@@ -635,8 +851,23 @@ def _key_file_bytes(ring: KeyRing) -> bytes:
                     out[name] = value
             regions[region][str(key_id)] = out
     current = {region: ring.current_key_id(region) for region in ring.regions}
-    document = {"version": KEY_FILE_VERSION, "regions": regions, "current": current}
+    document: dict[str, object] = {"version": KEY_FILE_VERSION, "regions": regions, "current": current}
+    devices = {region: _enrolments_json(ring, region) for region in ring.regions if ring.devices(region)}
+    if devices:  # a file without enrolments stays byte for byte what earlier builds wrote
+        document["devices"] = devices
     return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _enrolments_json(ring: KeyRing, region: str) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for device_id, entry in ring.devices(region).items():
+        if entry.salt is None:
+            out[device_id] = {"forgotten_at_ms": entry.forgotten_at_ms}
+        else:
+            out[device_id] = {"salt": entry.salt.hex()}
+            if entry.enrolled_at_ms is not None:
+                out[device_id]["enrolled_at_ms"] = entry.enrolled_at_ms
+    return out
 
 
 def _signature(path: Path) -> tuple[int, ...]:
@@ -646,10 +877,13 @@ def _signature(path: Path) -> tuple[int, ...]:
 
 
 def _edit_key_file(path: Path, change: Callable[[KeyRing], KeyRing]) -> KeyRing:
-    """Load ``path``, apply ``change`` and write the result atomically, under an exclusive lock."""
+    """Load ``path``, apply ``change`` and write the result atomically, under an exclusive lock. A
+    ``change`` that returns the ring it was given writes nothing (watchers see no change)."""
     with _locked(path):
-        ring = change(KeyRing.load(path, cache_entries=0))
-        _replace_key_file(path, _key_file_bytes(ring))
+        before = KeyRing.load(path, cache_entries=0)
+        ring = change(before)
+        if ring is not before:
+            _replace_key_file(path, _key_file_bytes(ring))
     return ring
 
 

@@ -93,6 +93,21 @@ class RetiredKey(ContractError):
         """When it stopped being accepted (Unix ms), where the key file says."""
 
 
+class ForgottenDevice(ContractError):
+    """The device was forgotten (erased by key): its salt is deleted, so its key can never be derived."""
+
+    reason = "forgotten_device"
+    stage = "decrypt"
+
+    def __init__(self, region: str, device_id: str, forgotten_at_ms: int | None = None) -> None:
+        since = "" if forgotten_at_ms is None else f" at {forgotten_at_ms} ms after the epoch"
+        super().__init__(f"device {device_id!r} of region {region!r} was forgotten{since}")
+        self.region = region
+        self.device_id = device_id
+        self.forgotten_at_ms = forgotten_at_ms
+        """When its salt was deleted (Unix ms), where the key file says."""
+
+
 class AuthenticationFailed(ContractError):
     """AES-GCM rejected the tag: wrong key, tampered ciphertext or tampered header fields."""
 

@@ -516,11 +516,14 @@ class EdgeWorker:
     async def _fetch_loop(self) -> None:
         limit = self.settings.max_in_flight
         while True:
-            self._keyring = self._keys.current()  # one stat: a rotated key file is picked up here
             await self._position_new_partitions()
             self._apply_backpressure(limit)
             room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
             fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            # One stat: a rotated key, an enrolment or a forgotten device in the key file applies from
+            # here. After the fetch, so a record written after a key file change is never opened with
+            # the ring from before it.
+            self._keyring = self._keys.current()
             now_s = time.monotonic()
             now_ms = time.time() * 1000.0
             admitted = 0

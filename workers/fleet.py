@@ -1,11 +1,13 @@
 """A simulated device fleet: devices across the regions publish sealed inputs and await their results.
 
 Each device has an id, a location (routing picks its region), and its own key derived from its
-region's master key. Devices draw embeddings and frames from the models' held-out split, seal them,
-publish to their region's ingest topic, and wait for their own result by request id on the region's
-results topic (read_committed). A result that does not arrive within the device's deadline is answered
-by the device's local fallback model (the tiny model of the same family); a result that arrives later
-is counted as late. End-to-end latency is capture -> result received, on one clock.
+region's master key; when the key file is writable the devices are enrolled in it first (their own
+secret salts, so ``edgestream devices forget`` can erase one), before any of them sends. Devices draw
+embeddings and frames from the models' held-out split, seal them, publish to their region's ingest
+topic, and wait for their own result by request id on the region's results topic (read_committed). A
+result that does not arrive within the device's deadline is answered by the device's local fallback
+model (the tiny model of the same family); a result that arrives later is counted as late. End-to-end
+latency is capture -> result received, on one clock.
 
 A configurable fraction of deliberately bad records (tampered ciphertext, unknown model, wrong shape,
 garbage bytes) exercises the dead-letter path; they are counted, not awaited.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import OrderedDict
@@ -31,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from edgestream.pipeline.certs import Identity, Pki
 from edgestream.pipeline.codec import encode_tensor
 from edgestream.pipeline.contract import ResultRecord, new_request_id, seal
-from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.crypto import KeyRing, enroll_devices
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
@@ -78,6 +81,10 @@ class FleetSettings(BaseSettings):
     """Local state: key file and model cache."""
     key_file: Path | None = None
     """Region master keys; defaults to ``<home>/keys.json``."""
+    enrol: bool = True
+    """Enrol the devices in the key file when it (and its folder) is writable: each gets a secret salt
+    of its own, as real devices are provisioned, and the workers read the enrolments from the file.
+    Idempotent across runs. False, or a read-only file: keys derive as the key ring says."""
     seed: int = 7
     """Seed for device placement and input sampling, so runs are comparable."""
 
@@ -96,6 +103,10 @@ class Device:
     """The key id it seals with."""
     key: bytes = field(repr=False)
     """Its own AES-256 key (derived from the region master key; a real device holds only this)."""
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 @dataclass(slots=True)
@@ -177,20 +188,33 @@ class Progress:
 
 
 def make_devices(settings: FleetSettings, keyring: KeyRing) -> list[Device]:
-    """Place devices at random locations and route each to its nearest region."""
+    """Place devices at random locations and route each to its nearest region; enrol them in the key
+    file first when ``settings.enrol`` and the file is writable (one write per region)."""
     rng = random.Random(settings.seed)
     router = Router(settings.regions)
-    devices = []
+    placed: list[tuple[str, str, tuple[float, float]]] = []
     for n in range(settings.devices):
         # Around the regions' sites so every region gets devices; spread a few thousand km.
         site = settings.regions[n % len(settings.regions)]
         lat = max(-89.0, min(89.0, site.lat + rng.uniform(-15, 15)))
         lon = ((site.lon + rng.uniform(-20, 20) + 180.0) % 360.0) - 180.0
         region = router.route(f"dev-{n:05d}", (lat, lon)).name
-        device_id = f"dev-{region}-{n:05d}"
+        placed.append((f"dev-{region}-{n:05d}", region, (lat, lon)))
+    enrolled: dict[str, bytes] = {}
+    key_file = settings.key_file or settings.home / "keys.json"
+    if settings.enrol and _writable(key_file):
+        for region in dict.fromkeys(region for _, region, _ in placed):
+            ids = [device_id for device_id, r, _ in placed if r == region]
+            key_id = keyring.current_key_id(region)
+            enrolled.update(enroll_devices(key_file, region, ids, key_id=key_id))
+        log.info("enrolled %d devices in %s", len(enrolled), key_file)
+    elif settings.enrol:
+        log.info("key file %s is not writable: devices are not enrolled", key_file)
+    devices = []
+    for device_id, region, location in placed:
         key_id = keyring.current_key_id(region)
-        key = keyring.device_key(region, device_id, key_id)
-        devices.append(Device(device_id, region, (lat, lon), key_id, key))
+        key = enrolled.get(device_id) or keyring.device_key(region, device_id, key_id)
+        devices.append(Device(device_id, region, location, key_id, key))
     return devices
 
 
