@@ -37,6 +37,7 @@ from edgestream.pipeline.certs import (
     PRINCIPAL_MAPPING_RULES,
     Identity,
     Pki,
+    TlsFiles,
 )
 from edgestream.pipeline.errors import BrokerError
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
@@ -422,6 +423,25 @@ def ping(kafka: Kafka, timeout_s: float = _PROBE_TIMEOUT_S, cluster_id: str | No
         return probe.result()
 
 
+async def _alter_broker_configs(kafka: KafkaSettings, configs: Mapping[str, str]) -> None:
+    """Set dynamic configs of broker ``NODE_ID`` (AlterConfigs replaces the broker's dynamic set)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="edgestream-broker-reload")
+    await admin.start()
+    try:
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(NODE_ID), configs=dict(configs))]
+        )
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, message, _type, name in response.resources:
+            if error_code:
+                raise BrokerError(f"broker {name} refused the new TLS stores: error {error_code}: {message}")
+
+
 class _BrokerExited(Exception):
     pass
 
@@ -630,16 +650,11 @@ class LocalBroker:
         """The ``ssl.*`` and authorizer settings of a TLS broker; issues its certificates if needed.
 
         The key store is one PEM file (private key, then certificate) written 0600 next to the config;
-        the trust store is the PKI's bundle, read at start (a CA rotation takes a broker restart).
+        the trust store is the PKI's bundle. Both are re-read without a restart by ``reload_tls``.
         """
         issued = pki.ensure([Identity.broker(), Identity.admin()])
         own = issued[Identity.broker()]
-        keystore = self.root / "keystore.pem"
-        fd = os.open(keystore.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(own.key_file.read_bytes())
-            out.write(own.cert_file.read_bytes())
-        keystore.with_suffix(".tmp").replace(keystore)
+        keystore = self._write_keystore(own)
         return {
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(keystore),
@@ -654,6 +669,38 @@ class LocalBroker:
             "allow.everyone.if.no.acl.found": "false",
             "super.users": f"User:{BROKER_PRINCIPAL};User:{Identity.admin().principal}",
         }
+
+    def _write_keystore(self, own: TlsFiles) -> Path:
+        keystore = self.root / "keystore.pem"
+        fd = os.open(keystore.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(own.key_file.read_bytes())
+            out.write(own.cert_file.read_bytes())
+        keystore.with_suffix(".tmp").replace(keystore)
+        return keystore
+
+    def reload_tls(self, timeout_s: float = 30) -> BrokerState:
+        """Make the running broker re-read its trust bundle and its own key and certificate, with no
+        restart: after ``certs rotate-ca`` (trust the new CA beside the old), after re-issuing the
+        broker's certificate from it, and after ``certs retire-ca`` (stop trusting the old one).
+
+        Both listeners' ``ssl.*.location`` are set again as dynamic broker configs (AlterConfigs);
+        Kafka reloads a store whose file changed even when its path did not. Connections already open
+        keep their session; new handshakes use the new stores. Raises BrokerError when no TLS broker runs.
+        """
+        state = self.status()
+        if state is None or state.security_protocol != "SSL" or state.tls_root is None:
+            raise BrokerError(f"no TLS broker runs in {self.root}")
+        pki = Pki(state.tls_root)
+        keystore = self._write_keystore(pki.files(Identity.broker()))
+        configs = {
+            f"listener.name.{listener}.ssl.{store}.location": str(path)
+            for listener in ("ssl", "controller")
+            for store, path in (("truststore", pki.ca_file), ("keystore", keystore))
+        }
+        asyncio.run(asyncio.wait_for(_alter_broker_configs(state.kafka(), configs), timeout_s))
+        log.info("broker %s re-read its trust bundle and key store", state.bootstrap)
+        return state
 
     def _jvm_options(self) -> list[str]:
         return [

@@ -143,3 +143,23 @@ def status(home: Home = None) -> None:
     _out.print(f"controller: {state.controller}")
     _out.print(f"logs:       {state.server_log}")
     _out.print(f"data:       {state.data_dir}")
+
+
+@app.command("reload-tls")
+def reload_tls(home: Home = None) -> None:
+    """Have the running broker re-read its trust bundle and its own certificate, without a restart.
+
+    Run it after `certs rotate-ca` (trust the new CA beside the old one), after re-issuing the broker's
+    certificate from the new CA (`certs issue broker`), and after `certs retire-ca`.
+    """
+    from edgestream.pipeline.errors import EdgestreamError
+
+    broker = _broker(home)
+    try:
+        state = broker.reload_tls()
+    except EdgestreamError as e:
+        _fail(str(e))
+    _out.print(
+        f"broker at {state.bootstrap} re-read its trust bundle ({state.tls_root}/ca-bundle.pem) "
+        "and its current certificate"
+    )

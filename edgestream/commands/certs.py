@@ -221,8 +221,9 @@ def rotate_ca(home: Home = None) -> None:
     except ConfigError as e:
         _fail(str(e))
     _out.print(
-        f"new CA; {pki.ca_file} now trusts both CAs. Reload it everywhere, rotate and retire each "
-        "identity, then run `certs retire-ca`."
+        f"new CA; {pki.ca_file} now trusts both CAs. Next: `edgestream broker reload-tls` (the broker "
+        "trusts both), `certs issue broker` + `broker reload-tls`, rotate and retire each identity "
+        "(clients pick up new files when they reconnect), then `certs retire-ca` + `broker reload-tls`."
     )
 
 
@@ -236,7 +237,10 @@ def retire_ca(home: Home = None) -> None:
         orphans = pki.retire_ca()
     except ConfigError as e:
         _fail(str(e))
-    _out.print(f"retired the previous CA; {pki.ca_file} trusts the current CA only")
+    _out.print(
+        f"retired the previous CA; {pki.ca_file} trusts the current CA only. "
+        "Run `edgestream broker reload-tls` so the broker stops trusting it too."
+    )
     for info in orphans:
         _err.print(
             f"[yellow]warning:[/yellow] the {info.slot} pair of {info.identity} was signed by the "
