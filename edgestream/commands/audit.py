@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgestream.commands.common import fail, run
 from edgestream.commands.topics import Bootstrap
 from edgestream.pipeline.auditchain import (
     ChainHead,
@@ -222,8 +223,7 @@ async def verify_audit_log(
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_PROBLEMS)
+    fail(message, EXIT_PROBLEMS)
 
 
 def _bootstrap(option: str | None) -> Kafka:
@@ -233,14 +233,7 @@ def _bootstrap(option: str | None) -> Kafka:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; edgestream and Kafka errors become a one-line error and exit 1."""
-    from aiokafka.errors import KafkaError
-
-    try:
-        result: T = asyncio.run(coro)
-    except (EdgestreamError, KafkaError) as err:
-        _fail(f"{err}" if isinstance(err, EdgestreamError) else f"{type(err).__name__}: {err}")
-    return result
+    return run(coro, EXIT_PROBLEMS)
 
 
 def _position_json(position: Position) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, Literal, NoReturn
 
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgestream.commands.common import utc
 from edgestream.commands.keys import DEFAULT_KEY_FILE, KeyFile
 from edgestream.commands.topics import Bootstrap
 from edgestream.pipeline.errors import ContractError, EdgestreamError
@@ -230,9 +230,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _time(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return utc(ms)
 
 
 def _duration(ms: int | None) -> str:

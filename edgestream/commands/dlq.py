@@ -12,7 +12,6 @@ the same reason fences the older one.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgestream.commands.common import fail, run
 from edgestream.commands.topics import Bootstrap
 from edgestream.pipeline.deadletter import DeadLetter, MalformedDeadLetter
 from edgestream.pipeline.errors import EdgestreamError
@@ -359,8 +359,7 @@ async def inspect_dlq(
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
+    fail(message, EXIT_ERROR)
 
 
 def _bootstrap(option: str | None) -> Kafka:
@@ -370,14 +369,7 @@ def _bootstrap(option: str | None) -> Kafka:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; edgestream and Kafka errors become a one-line error and exit 1."""
-    from aiokafka.errors import KafkaError
-
-    try:
-        result: T = asyncio.run(coro)
-    except (EdgestreamError, KafkaError) as err:
-        _fail(f"{err}" if isinstance(err, EdgestreamError) else f"{type(err).__name__}: {err}")
-    return result
+    return run(coro, EXIT_ERROR)
 
 
 def _when(ms: int | None, *, with_ms: bool = True) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgestream.commands.common import utc
 from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
@@ -56,9 +56,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _time(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return utc(ms)
 
 
 def _state(row: KeyStatus) -> str:
