@@ -64,10 +64,10 @@ from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
+    all_topics,
     edge_group,
     ingest_topic,
     parse_topic,
-    region_topics,
     results_topic,
 )
 from edgestream.workers.broker import BrokerSettings, running_broker
@@ -1586,7 +1586,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
             with running_broker(broker_settings) as state:
                 ui.step(f"broker at {state.bootstrap} ({state.security_protocol}); creating topics and ACLs")
-                topics = region_topics(PIPELINE_REGION) + region_topics(ECHO_REGION)
+                topics = all_topics([PIPELINE_REGION, ECHO_REGION])  # cloud topics too: workers send there
                 admin = state.kafka()
                 asyncio.run(ensure_topics(admin, topics))
                 if state.security_protocol == "SSL":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -32,11 +33,14 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.auditchain import AuditChain, ChainHead, MalformedChainHead, chain_id
 from edgestream.pipeline.batching import Batch, MicroBatcher, ServiceTimeEstimate
+from edgestream.pipeline.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.codec import decode_tensor
 from edgestream.pipeline.contract import (
     AuditRecord,
@@ -63,6 +67,8 @@ from edgestream.pipeline.replay import ReplayGuard
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
     KINDS,
+    SAMPLES_TOPIC,
+    SUMMARIES_TOPIC,
     audit_topic,
     dlq_topic,
     edge_group,
@@ -82,6 +88,8 @@ ModelKey = tuple[str, int]
 POSITION_TIMEOUT_S = 2.0
 """How long one round of positioning waits for stable committed offsets before fetching for the
 partitions already in service again (the rest are tried next round)."""
+PSEUDONYM_INFO = b"edgestream/device-pseudonym/v1"
+"""HKDF info of the key device pseudonyms in cloud samples are made under."""
 UNIT = "unit"
 """The batcher's one key: a unit holds every record fetched since the previous unit closed."""
 
@@ -155,6 +163,12 @@ class WorkerSettings(BaseSettings):
     """Port of the health and metrics server: None for no server, 0 for any free port."""
     stall_after_s: float = Field(default=30.0, gt=0)
     """Not live when the main loop has made no progress for this long."""
+    cloud: bool = True
+    """Send the cloud partial window summaries (every transaction) and anonymised samples, in the same
+    transactions as the results they describe (``pipeline/cloud.py``)."""
+    sample_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Share of answered embedding requests sent to ``cloud.samples`` (chosen by request id, so a
+    retried transaction samples the same ones). Frames are never sampled."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """At a stop, how long the unit in flight and the units already fetched may take to commit. Past
     it the worker gives up on them (nothing later commits either) and the next owner re-reads them."""
@@ -226,6 +240,8 @@ class Item:
     """Why the record goes to the dead-letter topic, if it does."""
     answer: Answer | None = None
     """The model's answer, once inferred."""
+    features: tuple[float, ...] | None = None
+    """The input vector kept for a cloud sample (sampled embeddings only), until outputs are built."""
 
 
 @dataclass(slots=True)
@@ -759,6 +775,8 @@ class EdgeWorker:
         self.stats.batch_sizes[len(items)] += 1
         self.metrics.inference(served.key[0], len(items), infer_s)
         for item, label, scores in zip(items, labels.tolist(), probs.tolist(), strict=True):
+            if item.tensor is not None and self._sampled(item):
+                item.features = tuple(float(x) for x in item.tensor.ravel())
             item.tensor = None  # the decrypted input is not needed past this point
             item.answer = Answer(int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items))
 
@@ -774,7 +792,66 @@ class EdgeWorker:
                 part.outputs.extend(self._dead_letter(item, now_ms))
         for tp, part in work.items():
             part.metadata = self._chains.metadata(chain_id(tp.topic, tp.partition))
+        if self.settings.cloud:
+            self._cloud_outputs(items, work, now_ms)
         return work
+
+    def _sampled(self, item: Item) -> bool:
+        """Whether an answered embedding goes to ``cloud.samples``: by its request id, so the choice is
+        the same when a failed transaction's records are processed again."""
+        env = item.envelope
+        if env is None or env.kind != "embedding" or not self.settings.sample_fraction:
+            return False
+        return (
+            int.from_bytes(hashlib.sha256(env.request_id).digest()[:4], "big")
+            < self.settings.sample_fraction * 2**32
+        )
+
+    def _cloud_outputs(
+        self, items: Sequence[Item], work: Mapping[TopicPartition, PartitionWork], now_ms: float
+    ) -> None:
+        """Per input partition, a partial summary per (model, version) of its records in this unit and
+        the samples of its sampled answers: they commit with exactly the records they describe."""
+        summaries: dict[tuple[TopicPartition, ModelKey], PartialSummary] = {}
+        pseudonym_key: bytes | None = None
+        for item in items:
+            if item.model is None or item.envelope is None:
+                continue  # undecodable or unknown model: no (model, version) to count it under
+            name, version = item.model.key
+            summary = summaries.get((item.tp, item.model.key))
+            if summary is None:
+                summary = PartialSummary(self._region, self.node_id, name, version, int(now_ms))
+                summaries[(item.tp, item.model.key)] = summary
+            if item.error is not None:
+                summary.add_dead_letter(item.error.reason)
+                continue
+            answer = item.answer
+            assert answer is not None
+            summary.add_result(answer.label, max(answer.scores), now_ms - item.envelope.capture_time_ms)
+            if item.features is not None:
+                pseudonym_key = pseudonym_key or self._pseudonym_key()
+                sample = Sample(
+                    request_id=item.envelope.request_id,
+                    region=self._region,
+                    model=name,
+                    model_version=version,
+                    at_ms=int(now_ms),
+                    device=pseudonym(pseudonym_key, item.envelope.device_id),
+                    features=item.features,
+                    label=answer.label,
+                    scores=answer.scores,
+                )
+                item.features = None
+                work[item.tp].outputs.append(Output(SAMPLES_TOPIC, sample.to_bytes(), sample.device))
+        for (tp, _key), summary in summaries.items():
+            work[tp].outputs.append(Output(SUMMARIES_TOPIC, summary.to_bytes(), summary.key))
+
+    def _pseudonym_key(self) -> bytes:
+        """The key device pseudonyms are made under: derived from the region's current master key (a
+        rotation starts new pseudonyms), never the master key itself."""
+        master = self._keyring.keys(self._region)[self._keyring.current_key_id(self._region)].master
+        assert master is not None, "the current key is never retired"
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PSEUDONYM_INFO).derive(master)
 
     def _answer(self, item: Item, started_s: float, now_ms: float) -> list[Output]:
         env, served, answer = item.envelope, item.model, item.answer

@@ -38,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from edgestream.pipeline.certs import Identity, Pki
+from edgestream.pipeline.cloud import PartialSummary
 from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope
 from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.deadletter import DeadLetter, MalformedDeadLetter
@@ -48,6 +49,8 @@ from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
+    SUMMARIES_TOPIC,
+    all_topics,
     audit_topic,
     dlq_topic,
     edge_group,
@@ -180,7 +183,7 @@ async def make_region(
     ``tls_root`` (default: env's)."""
     name = f"{prefix}{uuid.uuid4().hex[:10]}"
     target = bootstrap or env.bootstrap
-    await ensure_topics(target, region_topics(name))
+    await ensure_topics(target, all_topics([name]))  # the shared cloud topics too: workers send there
     admin = kafka_settings(target)
     worker_kafka = admin
     if admin.security_protocol == "SSL":
@@ -705,6 +708,8 @@ class Observed:
     aborted: dict[str, int]
     """Records per output topic that only a read_uncommitted reader sees: written by transactions
     that aborted (a kill or a fence landed mid-transaction)."""
+    summaries: list[PartialSummary] = field(default_factory=list)
+    """The region's partial window summaries on ``cloud.summaries`` (shared by every region)."""
 
 
 async def _end_offsets(
@@ -783,6 +788,11 @@ async def observe(region: FaultRegion, settle_timeout_s: float = SETTLE_TIMEOUT_
         - len(committed[topic])
         for topic in outputs
     }
+    summaries = [
+        summary
+        for r in await read_all(region.bootstrap, SUMMARIES_TOPIC)
+        if (summary := PartialSummary.from_bytes(r.value or b"")).region == region.name
+    ]
     return Observed(
         ingest=ingest_records,
         results=committed[outputs[0]],
@@ -790,6 +800,7 @@ async def observe(region: FaultRegion, settle_timeout_s: float = SETTLE_TIMEOUT_
         dlq=committed[outputs[2]],
         unsettled=gaps,
         aborted=aborted,
+        summaries=summaries,
     )
 
 
@@ -803,6 +814,8 @@ class Verdict:
     sent: int = 0
     """Records the scenario drew and sent."""
     written: int = 0
+    summarised: int = 0
+    """Results the cloud summaries count: must equal ``results`` (they commit in the same transactions)."""
     """Of them, found on the ingest topics (the inputs the invariant is about)."""
     not_written: int = 0
     """Sent, delivery failed, not on the ingest topics: never an input (reported, not a violation)."""
@@ -868,6 +881,10 @@ class Verdict:
             out += [f"{name}: {key}: {n}" for key, n in sorted(counts.items())]
         if self.unsettled:
             out.append(f"open transactions left: {self.unsettled}")
+        if self.summarised != self.results:
+            out.append(
+                f"cloud summaries count {self.summarised} results, the results topic has {self.results}"
+            )
         if self.written == 0:
             out.append("nothing was written to the ingest topics")
         return out
@@ -881,6 +898,7 @@ class Verdict:
         return {
             "sent": self.sent,
             "written": self.written,
+            "summarised": self.summarised,
             "not_written": self.not_written,
             "results": self.results,
             "dead_letters": dict(sorted(self.dead_letters.items())),
@@ -914,6 +932,7 @@ def check(
     """Judge every input by the read_committed view (pure: no Kafka here). ``tolerate_stale``: a good
     input's one dead letter may be ``stale`` (the scenario held it up past the age limit)."""
     v = Verdict(sent=len(ledger), unsettled=dict(observed.unsettled))
+    v.summarised = sum(summary.results for summary in observed.summaries)
 
     # Which input is each ingest record? Identical (key, value) pairs (replays) share a partition, so
     # their offsets follow their send order, which is test id order.

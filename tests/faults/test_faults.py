@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgestream.pipeline.cloud import PartialSummary
 from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope, open_envelope
 from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.deadletter import dead_letter_headers
@@ -415,6 +416,7 @@ def test_the_checker_counts_every_way_the_invariant_breaks() -> None:
     assert verdict.audit_problems["dead letters without their audit record"] == 4
     assert verdict.dead_letters == Counter({"replayed": 3, "stale": 1, "bad_tag": 1})
     assert len(verdict.violations()) >= 7
+    assert "cloud summaries count 0 results, the results topic has 5" in verdict.violations()
 
     clean = check(
         ledger,
@@ -431,12 +433,20 @@ def test_the_checker_counts_every_way_the_invariant_breaks() -> None:
             ],
             {},
             {},
+            [_summary(5)],
         ),
         tolerate_stale=True,
     )
     assert clean.violations() == []
     assert clean.stale_good == 1
     assert clean.lost == 0
+
+
+def _summary(results: int) -> PartialSummary:
+    summary = PartialSummary("r", "node", "embedding-scorer", 1, 0)
+    for _ in range(results):
+        summary.add_result(1, 0.9, 12.0)
+    return summary
 
 
 def test_a_tampered_field_never_slips_through_as_a_replay_or_a_result() -> None:

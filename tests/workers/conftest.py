@@ -18,7 +18,7 @@ from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
-from edgestream.topics.catalogue import parse_topic, region_topics
+from edgestream.topics.catalogue import all_topics, parse_topic
 from edgestream.workers.broker import BrokerState
 from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
 
@@ -64,7 +64,7 @@ async def edge_region(bootstrap: Kafka, kafka_broker: BrokerState, model_home: P
     """A region of its own; on the TLS broker its workers' and devices' ACLs are granted as in
     production, so every worker test also proves the policy lets a worker do its job."""
     name = f"t{uuid.uuid4().hex[:10]}"
-    await ensure_topics(bootstrap, region_topics(name))
+    await ensure_topics(bootstrap, all_topics([name]))  # the shared cloud topics too: workers send there
     key_file = model_home / f"keys-{name}.json"
     keyring = KeyRing.create(key_file, [name])
     worker_kafka = kafka_settings(bootstrap)

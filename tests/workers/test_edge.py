@@ -6,29 +6,35 @@ import asyncio
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgestream.commands.audit import verify_audit_log
+from edgestream.pipeline.cloud import PartialSummary, Sample, merge
 from edgestream.pipeline.codec import encode_tensor
 from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope, new_request_id, seal
 from edgestream.pipeline.crypto import KeyFileWatcher, KeyRing, retire, rotate
 from edgestream.pipeline.deadletter import DeadLetter
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import delete_topics, ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
+    SAMPLES_TOPIC,
+    SUMMARIES_TOPIC,
     Kind,
     audit_topic,
     dlq_topic,
     edge_group,
     ingest_topic,
+    parse_topic,
     region_topics,
     results_topic,
 )
@@ -407,3 +413,90 @@ async def test_audit_records_form_one_verified_chain_per_partition_across_owners
     assert all(s.head is not None and s.head.seq == s.last_seq for s in report.segments)
     nodes = {AuditRecord.from_bytes(raw).node for _pos, raw in found.entries}
     assert nodes == {"chain-1", "chain-2"}
+
+
+async def _cloud_records(
+    region: EdgeRegion, topic: str, done: Callable[[list[bytes]], bool], timeout_s: float = 30.0
+) -> list[bytes]:
+    """Values of ``topic`` (shared by every region) whose region field is ``region``, read_committed,
+    until ``done`` holds for them or ``timeout_s`` passes."""
+    consumer = AIOKafkaConsumer(
+        **kafka_settings(region.bootstrap).client_kwargs(),
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    mine: list[bytes] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        settle_until: float | None = None  # once done, read 1 s more: extras (doubles) would show
+        while loop.time() < deadline and (settle_until is None or loop.time() < settle_until):
+            if settle_until is None and done(mine):
+                settle_until = loop.time() + 1.0
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    if msgpack.unpackb(r.value, strict_map_key=False).get("region") == region.name:
+                        mine.append(r.value)
+    finally:
+        await consumer.stop()
+    return mine
+
+
+async def test_the_cloud_gets_exact_partial_summaries_and_anonymised_samples(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    """Summaries, committed with the records they count, add up to exactly what the worker did; every
+    answered embedding is sampled at fraction 1 with its input and a pseudonym, never a frame or an id."""
+    worker = await running_worker(sample_fraction=1.0)
+    embeddings = await _send_embeddings(edge_region, producer, edge_region.keyring, 1, 30, "cloud")
+    data = load_dataset("frame")
+    for i in range(10):
+        envelope = _seal(edge_region, f"cam-{i % 3}", "frame", data.X_test[i])
+        await producer.send(ingest_topic(edge_region.name, "frame"), envelope, key=f"cam-{i % 3}".encode())
+    tampered = bytearray(_seal(edge_region, "dev-bad", "embedding", load_dataset("embedding").X_test[0]))
+    tampered[-1] ^= 1
+    for _ in range(4):
+        await producer.send(ingest_topic(edge_region.name, "embedding"), bytes(tampered), key=b"dev-bad")
+    await producer.flush()
+
+    def counted(values: list[bytes]) -> bool:
+        summaries = [PartialSummary.from_bytes(v) for v in values]
+        return (
+            sum(s.results for s in summaries) >= 40
+            and sum(n for s in summaries for n in s.dead_letters.values()) >= 4
+        )
+
+    summaries = [
+        PartialSummary.from_bytes(v) for v in await _cloud_records(edge_region, SUMMARIES_TOPIC, counted)
+    ]
+    by_model: dict[str, list[PartialSummary]] = {}
+    for s in summaries:
+        by_model.setdefault(s.model, []).append(s)
+    embedding_totals = merge(by_model["embedding-scorer"])
+    frame_totals = merge(by_model["frame-classifier"])
+    assert embedding_totals["results"] == 30, "exact: not more, not less"
+    assert frame_totals["results"] == 10
+    assert embedding_totals["dead_letters"] == {"bad_tag": 4}
+    assert sum(embedding_totals["latency"]) == 30
+    assert sum(frame_totals["scores"]) == 10
+    assert sum(embedding_totals["labels"].values()) == 30
+    assert worker.stats.results == 40
+
+    samples = [
+        Sample.from_bytes(v)
+        for v in await _cloud_records(edge_region, SAMPLES_TOPIC, lambda values: len(values) >= 30)
+    ]
+    assert sorted(s.request_id for s in samples) == sorted(embeddings), "every embedding, no frame"
+    assert {s.model for s in samples} == {"embedding-scorer"}
+    inputs = load_dataset("embedding").X_test.astype(spec(MODEL["embedding"]).input_dtype)
+    rows = {tuple(float(x) for x in row) for row in inputs[:30]}
+    assert all(s.features in rows for s in samples), "each sample carries the input the device sent"
+    devices = {s.device for s in samples}
+    assert len(devices) == 5, "one pseudonym per device (5 devices sent)"
+    assert all(len(d) == 16 and b"dev-" not in d for d in devices), "pseudonyms, not ids"
+    assert all(s.region == edge_region.name for s in samples)
