@@ -1,0 +1,353 @@
+"""`edgestream registry ...`: sign and publish models, roll them out (canary stages, rollback, pins).
+
+Local files live under ``--home`` (default ``.edgestream/registry/``): ``artifacts/`` (the content-
+addressed store), ``signing-key.pem`` (0600) and ``trusted-keys.json`` (what workers trust). The state
+lives on ``control.models``: each mutating command reads the model's state, applies one transition and
+publishes the new state.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgestream.commands.common import fail, run, utc
+from edgestream.commands.topics import Bootstrap
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edgestream.pipeline.registry.state import ModelState
+    from edgestream.pipeline.settings import Kafka
+
+    Step = Callable[[ModelState, int], ModelState]
+
+app = typer.Typer(
+    help="Model registry: keygen, publish signed models, list/show, promote, rollback, pin.",
+    no_args_is_help=True,
+)
+
+SIGNING_KEY_FILE: Final = "signing-key.pem"
+TRUSTED_KEYS_FILE: Final = "trusted-keys.json"
+ARTIFACTS_DIR: Final = "artifacts"
+
+_out = Console()
+
+Home = Annotated[
+    Path | None,
+    typer.Option(
+        "--home", help="Registry directory: artifact store and keys (default: .edgestream/registry)."
+    ),
+]
+ModelName = Annotated[str, typer.Argument(help="Model name, e.g. frame-classifier.")]
+
+
+def _home(home: Path | None) -> Path:
+    from edgestream.pipeline.settings import DEFAULT_HOME
+
+    return home if home is not None else DEFAULT_HOME / "registry"
+
+
+def _kafka(bootstrap: str | None) -> Kafka:
+    from edgestream.commands.topics import resolve_kafka
+
+    return resolve_kafka(bootstrap)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _state(kafka: Kafka, model: str) -> ModelState:
+    from edgestream.pipeline.registry.client import RegistryClient
+    from edgestream.pipeline.registry.state import ModelState
+
+    states = await RegistryClient(kafka).read_states()
+    return states.get(model, ModelState(model))
+
+
+async def _apply(kafka: Kafka, model: str, step: Step) -> ModelState:
+    """Read ``model``'s state, apply one transition (given the time), publish the result."""
+    from edgestream.pipeline.registry.client import RegistryClient
+
+    current = await _state(kafka, model)
+    if not current.versions:
+        fail(f"model {model!r} has no published version (edgestream registry publish {model})")
+    new = step(current, _now_ms())
+    await RegistryClient(kafka).publish_state(new)
+    return new
+
+
+@app.command()
+def keygen(
+    home: Home = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing signing key.")] = False,
+) -> None:
+    """Make a signing key (0600) and add its public key to the trusted keys file."""
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
+
+    root = _home(home)
+    trusted_path = root / TRUSTED_KEYS_FILE
+    try:
+        key = SigningKey.generate()
+        key.save(root / SIGNING_KEY_FILE, overwrite=force)
+        trusted = TrustedKeys.load(trusted_path) if trusted_path.exists() else TrustedKeys()
+        trusted.with_key(key.public_raw).save(trusted_path)
+    except EdgestreamError as e:
+        fail(str(e))
+    _out.print(f"signing key {key.key_id} in {root / SIGNING_KEY_FILE}; trusted in {trusted_path}")
+
+
+@app.command()
+def publish(
+    model: ModelName,
+    size: Annotated[
+        str, typer.Option("--size", help="Zoo size to build and publish: tiny, medium, full.")
+    ] = "medium",
+    home: Home = None,
+    models_root: Annotated[
+        Path | None, typer.Option("--models-root", help="Model cache (default: .edgestream/models).")
+    ] = None,
+    lineage: Annotated[
+        list[str] | None, typer.Option("--lineage", help="KEY=VALUE provenance to sign with it; repeatable.")
+    ] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Build (or reuse) MODEL/SIZE, store its ONNX bytes, sign a manifest and publish the next version."""
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.models import ModelStore
+    from edgestream.pipeline.registry.signing import Manifest, SigningKey
+    from edgestream.pipeline.registry.state import publish as publish_step
+    from edgestream.pipeline.registry.store import LocalArtifactStore
+    from edgestream.pipeline.settings import DEFAULT_HOME
+
+    extra: dict[str, str] = {}
+    for item in lineage or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--lineage {item!r}: use KEY=VALUE")
+        extra[name] = value
+    root = _home(home)
+    kafka = _kafka(bootstrap)
+    try:
+        key = SigningKey.load(root / SIGNING_KEY_FILE)
+        artifact = ModelStore(models_root or DEFAULT_HOME / "models").get(model, size)
+        sha256 = LocalArtifactStore(root / ARTIFACTS_DIR).put(artifact.path.read_bytes())
+    except EdgestreamError as e:
+        fail(str(e))
+    if sha256 != artifact.sha256:
+        fail(f"{artifact.path} changed while it was being published")
+
+    async def go() -> ModelState:
+        from edgestream.pipeline.registry.client import RegistryClient
+
+        current = await _state(kafka, model)
+        manifest = Manifest(
+            model=model,
+            version=current.latest + 1,
+            variant=artifact.size,
+            sha256=sha256,
+            size_bytes=artifact.path.stat().st_size,
+            input_dtype=artifact.spec.input_dtype,
+            input_shape=artifact.spec.input_shape,
+            metrics={"accuracy": artifact.accuracy, "sklearn_accuracy": artifact.sklearn_accuracy},
+            lineage={"parent_version": current.stable, "zoo_version": artifact.version, **extra},
+            created_at_ms=_now_ms(),
+        )
+        new = publish_step(current, key.sign(manifest), now_ms=manifest.created_at_ms)
+        await RegistryClient(kafka).publish_state(new)
+        return new
+
+    state = run(go())
+    status = "stable" if state.stable == state.latest else "candidate"
+    _out.print(
+        f"published {model} v{state.latest} ({status}): sha256 {sha256[:12]}, "
+        f"accuracy {artifact.accuracy:.4f}, signed by {key.key_id}"
+    )
+
+
+@app.command("list")
+def list_models(bootstrap: Bootstrap = None) -> None:
+    """Every model in the registry: stable, canary, pinnable versions."""
+    from edgestream.pipeline.registry.client import RegistryClient
+
+    states = run(RegistryClient(_kafka(bootstrap)).read_states())
+    table = Table(title="control.models", title_justify="left")
+    for column in ("model", "stable", "canary", "pinnable", "versions", "revision", "updated"):
+        table.add_column(column)
+    for name in sorted(states):
+        s = states[name]
+        canary = "-" if s.canary is None else _canary(s)
+        pins = ", ".join(f"v{v}" for v in sorted(s.pinnable)) or "-"
+        stable = "-" if s.stable is None else f"v{s.stable}"
+        table.add_row(name, stable, canary, pins, str(len(s.versions)), str(s.revision), utc(s.updated_at_ms))
+    _out.print(table)
+
+
+def _canary(state: ModelState) -> str:
+    c = state.canary
+    assert c is not None
+    return f"v{c.version} at {c.fraction:.0%} (stage {c.stage}/{len(c.stages)})"
+
+
+@app.command()
+def show(model: ModelName, home: Home = None, bootstrap: Bootstrap = None) -> None:
+    """MODEL's versions (signature checked against the trusted keys) and its rollout history."""
+    from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.registry.errors import RegistryError
+    from edgestream.pipeline.registry.signing import TrustedKeys, verify
+
+    state = run(_state(_kafka(bootstrap), model))
+    if not state.versions:
+        fail(f"model {model!r} is not in the registry")
+    try:
+        trusted: TrustedKeys | None = TrustedKeys.load(_home(home) / TRUSTED_KEYS_FILE)
+    except ConfigError:
+        trusted = None
+    versions = Table(title=f"{model} (revision {state.revision})", title_justify="left")
+    for column in (
+        "version",
+        "status",
+        "variant",
+        "sha256",
+        "bytes",
+        "accuracy",
+        "signer",
+        "signature",
+        "created",
+    ):
+        versions.add_column(column)
+    for signed in state.versions:
+        m = signed.manifest
+        status = []
+        if m.version == state.stable:
+            status.append("stable")
+        if state.canary is not None and m.version == state.canary.version:
+            status.append(f"canary {state.canary.fraction:.0%}")
+        if m.version in state.pinnable:
+            status.append("pinnable")
+        if trusted is None:
+            check = "no trusted keys"
+        else:
+            try:
+                verify(signed, trusted)
+                check = "[green]ok[/green]"
+            except RegistryError as e:
+                check = f"[red]{e.reason}[/red]"
+        accuracy = m.metrics.get("accuracy")
+        versions.add_row(
+            f"v{m.version}",
+            ", ".join(status) or "-",
+            m.variant,
+            m.sha256[:12],
+            str(m.size_bytes),
+            "-" if accuracy is None else f"{accuracy:.4f}",
+            signed.key_id,
+            check,
+            utc(m.created_at_ms),
+        )
+    _out.print(versions)
+    history = Table(title="history", title_justify="left")
+    for column in ("at", "action", "version", "from", "fraction", "reason"):
+        history.add_column(column)
+    for entry in state.history:
+        history.add_row(
+            utc(entry.at_ms),
+            entry.action,
+            f"v{entry.version}",
+            "-" if entry.from_version is None else f"v{entry.from_version}",
+            "-" if entry.fraction is None else f"{entry.fraction:.0%}",
+            entry.reason or "-",
+        )
+    _out.print(history)
+
+
+@app.command()
+def promote(
+    model: ModelName,
+    version: Annotated[int, typer.Option("--version", min=1, help="The version to start or advance.")],
+    fraction: Annotated[
+        float | None,
+        typer.Option("--fraction", help="Start the canary at this share instead of the first stage."),
+    ] = None,
+    stages: Annotated[
+        str | None, typer.Option("--stages", help="Canary stages, e.g. 0.05,0.25,1.0 (the default).")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded in the history.")] = "",
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Start a canary of VERSION, or move its canary to the next stage (the last makes it stable)."""
+    from edgestream.pipeline.registry import state as st
+
+    try:
+        chosen = st.DEFAULT_STAGES if stages is None else tuple(float(s) for s in stages.split(","))
+    except ValueError:
+        fail(f"--stages {stages!r}: use comma-separated fractions, e.g. 0.05,0.25,1.0")
+    kafka = _kafka(bootstrap)
+
+    async def go() -> ModelState:
+        current = await _state(kafka, model)
+        if current.canary is not None and current.canary.version == version:
+            if fraction is not None or stages is not None:
+                fail("--fraction and --stages apply when a canary starts")
+            return await _apply(kafka, model, lambda s, now: st.advance(s, now_ms=now, reason=reason))
+        return await _apply(
+            kafka,
+            model,
+            lambda s, now: st.start_canary(
+                s, version, now_ms=now, fraction=fraction, stages=chosen, reason=reason
+            ),
+        )
+
+    state = run(go())
+    if state.canary is None:
+        _out.print(f"{model} v{state.stable} is stable")
+    else:
+        _out.print(f"{model}: canary {_canary(state)}, stable v{state.stable}")
+
+
+@app.command()
+def rollback(
+    model: ModelName,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded in the history.")] = "manual rollback",
+    bootstrap: Bootstrap = None,
+) -> None:
+    """End MODEL's canary; with none, return stable to the version its promotion replaced."""
+    from edgestream.pipeline.registry import state as st
+
+    state = run(_apply(_kafka(bootstrap), model, lambda s, now: st.rollback(s, now_ms=now, reason=reason)))
+    _out.print(f"{model}: stable v{state.stable}, no canary ({reason})")
+
+
+@app.command()
+def pin(
+    model: ModelName,
+    allow: Annotated[
+        int | None, typer.Option("--allow", min=1, help="Let requests pin this version.")
+    ] = None,
+    disallow: Annotated[
+        int | None, typer.Option("--disallow", min=1, help="Stop letting requests pin this version.")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded in the history.")] = "",
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Allow (or disallow) requests to pin a version of MODEL."""
+    from edgestream.pipeline.registry import state as st
+
+    kafka = _kafka(bootstrap)
+    if allow is not None and disallow is None:
+        state = run(_apply(kafka, model, lambda s, now: st.allow_pin(s, allow, now_ms=now, reason=reason)))
+    elif disallow is not None and allow is None:
+        state = run(
+            _apply(kafka, model, lambda s, now: st.disallow_pin(s, disallow, now_ms=now, reason=reason))
+        )
+    else:
+        fail("give exactly one of --allow V or --disallow V")
+    pins = ", ".join(f"v{v}" for v in sorted(state.allowed_pins()))
+    _out.print(f"{model}: pinnable {pins}")

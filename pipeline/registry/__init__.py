@@ -1,0 +1,77 @@
+"""The model registry: content-addressed artifacts, Ed25519-signed manifests, rollout state on the
+compacted ``control.models`` topic, and the keyed-hash routing of devices to stable or canary.
+
+Modules: ``store`` (artifact stores), ``signing`` (manifests, keys, verification), ``state`` (a model's
+state and its pure transitions), ``routing`` (which version answers a device), ``loader`` (what a worker
+calls to load a verified artifact), ``client`` (Kafka). ``client`` imports aiokafka and ``loader`` the
+model zoo; import them from their modules.
+"""
+
+from edgestream.pipeline.registry.errors import (
+    ArtifactMismatch,
+    ArtifactNotFound,
+    BadSignature,
+    InvalidTransition,
+    MalformedRegistryRecord,
+    PinNotAllowed,
+    RegistryError,
+    RegistryTimeout,
+    UntrustedSigner,
+)
+from edgestream.pipeline.registry.routing import choose_version, device_bucket
+from edgestream.pipeline.registry.signing import (
+    Manifest,
+    SignedManifest,
+    SigningKey,
+    TrustedKeys,
+    key_id_of,
+    load_verified,
+    verify,
+)
+from edgestream.pipeline.registry.state import (
+    DEFAULT_STAGES,
+    Canary,
+    HistoryEntry,
+    ModelState,
+    advance,
+    allow_pin,
+    disallow_pin,
+    publish,
+    rollback,
+    start_canary,
+)
+from edgestream.pipeline.registry.store import ArtifactStore, LocalArtifactStore, sha256_hex
+
+__all__ = [
+    "DEFAULT_STAGES",
+    "ArtifactMismatch",
+    "ArtifactNotFound",
+    "ArtifactStore",
+    "BadSignature",
+    "Canary",
+    "HistoryEntry",
+    "InvalidTransition",
+    "LocalArtifactStore",
+    "MalformedRegistryRecord",
+    "Manifest",
+    "ModelState",
+    "PinNotAllowed",
+    "RegistryError",
+    "RegistryTimeout",
+    "SignedManifest",
+    "SigningKey",
+    "TrustedKeys",
+    "UntrustedSigner",
+    "advance",
+    "allow_pin",
+    "choose_version",
+    "device_bucket",
+    "disallow_pin",
+    "key_id_of",
+    "load_verified",
+    "publish",
+    "rollback",
+    "sha256_hex",
+    "start_canary",
+    "verify",
+]

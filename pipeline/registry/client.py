@@ -1,0 +1,136 @@
+"""The registry on Kafka: one compacted ``control.models`` record per model (key = model name).
+
+``publish_state`` writes a state with an idempotent producer (acks=all), so a retried send never
+leaves a duplicate. ``read_states`` reads the topic read_committed from the beginning to the end
+offsets it finds when it starts, keeping the last value per key (a tombstone removes the model): what
+compaction would leave. ``follow`` does the same, then keeps yielding every newer state, for workers.
+
+Read-modify-write by two operators at once can lose one update (Kafka has no compare-and-set); each
+state carries a ``revision`` so that a reader can see it, and the CLI is meant to run from one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from edgestream.pipeline.registry.errors import MalformedRegistryRecord, RegistryTimeout
+from edgestream.pipeline.registry.state import ModelState
+from edgestream.pipeline.settings import kafka_settings
+from edgestream.topics.catalogue import CONTROL_MODELS, MODELS_TOPIC
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from edgestream.pipeline.settings import Kafka
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_MS: Final = 30_000
+"""Bound on reading ``control.models`` to its end offsets."""
+_FETCH_TIMEOUT_MS: Final = 200
+_CLIENT_ID: Final = "edgestream-registry"
+
+
+class RegistryClient:
+    """Reads and writes registry states on ``control.models``."""
+
+    def __init__(self, kafka: Kafka, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        self._kafka = kafka_settings(kafka)
+        self._topic = MODELS_TOPIC
+        self._timeout_ms = timeout_ms
+
+    async def publish_state(self, state: ModelState) -> None:
+        """Write ``state`` as its model's record and wait until the broker has it (acks=all)."""
+        producer = AIOKafkaProducer(
+            **self._kafka.client_kwargs(), client_id=_CLIENT_ID, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(self._topic, state.to_bytes(), key=state.model.encode())
+        finally:
+            await producer.stop()
+        log.info("published %s revision %d (stable v%s)", state.model, state.revision, state.stable)
+
+    async def read_states(self, *, strict: bool = True) -> dict[str, ModelState]:
+        """Every model's latest state. A latest value that does not parse raises
+        :class:`MalformedRegistryRecord` (``strict``) or is logged and left out."""
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            latest = await self._read_to_end(consumer)
+        finally:
+            await consumer.stop()
+        return _decode(latest, strict=strict)
+
+    async def follow(self, *, strict: bool = False) -> AsyncIterator[ModelState]:
+        """Every model's latest state, then each newer state as it is published (forever).
+
+        Malformed records are logged and skipped unless ``strict``: one bad record must not stop a
+        worker from following the others."""
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            latest = await self._read_to_end(consumer)
+            for state in _decode(latest, strict=strict).values():
+                yield state
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    fresh = {r.key.decode(): r.value for r in records if r.key is not None}
+                    for state in _decode(fresh, strict=strict).values():
+                        yield state
+        finally:
+            await consumer.stop()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            **self._kafka.client_kwargs(),
+            client_id=_CLIENT_ID,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            request_timeout_ms=self._kafka.request_timeout_ms,
+        )
+
+    async def _read_to_end(self, consumer: AIOKafkaConsumer) -> dict[str, bytes | None]:
+        tps = [TopicPartition(self._topic, p) for p in range(CONTROL_MODELS.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        latest: dict[str, bytes | None] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_ms / 1000
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            if loop.time() >= deadline:
+                raise RegistryTimeout(self._topic, self._timeout_ms)
+            batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
+            for records in batch.values():
+                for record in records:
+                    if record.key is None:
+                        log.warning("%s offset %d has no key; ignored", self._topic, record.offset)
+                        continue
+                    latest[record.key.decode()] = record.value
+        return latest
+
+
+def _decode(latest: dict[str, bytes | None], *, strict: bool) -> dict[str, ModelState]:
+    states: dict[str, ModelState] = {}
+    for model, value in latest.items():
+        if value is None:  # tombstone: the model was removed
+            continue
+        try:
+            state = ModelState.from_bytes(value)
+            if state.model != model:
+                raise MalformedRegistryRecord(f"record keyed {model!r} holds the state of {state.model!r}")
+        except MalformedRegistryRecord as e:
+            if strict:
+                raise
+            log.error("skipping the registry state of %r: %s", model, e)
+            continue
+        states[model] = state
+    return states

@@ -1,0 +1,102 @@
+"""The registry's errors: each an :class:`EdgestreamError` with a stable ``reason`` code.
+
+A worker that refuses an artifact logs and counts it by ``reason`` (``artifact_mismatch``,
+``untrusted_signer``, ``bad_signature``) and keeps serving what it had.
+"""
+
+from __future__ import annotations
+
+from edgestream.pipeline.errors import EdgestreamError, UnknownModel
+
+
+class RegistryError(EdgestreamError):
+    """Root of the registry's errors."""
+
+    reason = "registry"
+
+
+class ArtifactMismatch(RegistryError):
+    """A stored blob does not hash to the sha256 that names it (or that its manifest signs)."""
+
+    reason = "artifact_mismatch"
+
+    def __init__(self, expected_sha256: str, actual_sha256: str, where: str = "artifact") -> None:
+        super().__init__(
+            f"{where}: content hashes to sha256 {actual_sha256[:16]}…, expected {expected_sha256[:16]}…; "
+            "refusing it"
+        )
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
+
+
+class ArtifactNotFound(RegistryError):
+    """The artifact store has no blob with this sha256."""
+
+    reason = "artifact_missing"
+
+    def __init__(self, sha256: str, where: str) -> None:
+        super().__init__(f"no artifact sha256 {sha256[:16]}… in {where}")
+        self.sha256 = sha256
+
+
+class UntrustedSigner(RegistryError):
+    """The manifest is signed by a key id that is not in the trusted set."""
+
+    reason = "untrusted_signer"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"manifest signed by key {key_id!r}, which is not trusted")
+        self.key_id = key_id
+
+
+class BadSignature(RegistryError):
+    """The Ed25519 signature does not verify over the manifest's canonical bytes."""
+
+    reason = "bad_signature"
+
+    def __init__(
+        self, model: str, version: int, key_id: str, detail: str = "signature does not verify"
+    ) -> None:
+        super().__init__(f"manifest of {model} v{version} (key {key_id!r}): {detail}")
+        self.model = model
+        self.version = version
+        self.key_id = key_id
+
+
+class MalformedRegistryRecord(RegistryError):
+    """A manifest, registry state or key file that does not parse into its fields and types."""
+
+    reason = "bad_registry_record"
+
+
+class InvalidTransition(RegistryError):
+    """A rollout step that the model's current state does not allow."""
+
+    reason = "invalid_transition"
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model = model
+
+
+class RegistryTimeout(RegistryError):
+    """``control.models`` was not read to its end offsets within the time allowed."""
+
+    reason = "registry_timeout"
+    retriable = True
+
+    def __init__(self, topic: str, timeout_ms: int) -> None:
+        super().__init__(f"{topic} was not read to its end within {timeout_ms} ms")
+        self.topic = topic
+        self.timeout_ms = timeout_ms
+
+
+class PinNotAllowed(UnknownModel):
+    """A request pins a version the registry does not allow pinning (dead-lettered, like an unknown
+    model)."""
+
+    reason = "pin_not_allowed"
+
+    def __init__(self, model: str, version: int) -> None:
+        super().__init__(model, version)
+        self.args = (f"model {model!r} v{version} may not be pinned",)

@@ -1,0 +1,121 @@
+"""Content-addressed artifact storage: a blob's name is the sha256 of its bytes.
+
+:class:`ArtifactStore` is what the registry needs from any store (a local directory today, an object
+store behind the same three calls tomorrow); ``get`` re-hashes what it reads, so a store never hands
+out bytes that differ from their name. :class:`LocalArtifactStore` keeps ``root/sha256/ab/abcdef…``
+(the first two hex digits fan the files out), written atomically (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+
+from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound, MalformedRegistryRecord
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_FILE_MODE: Final = 0o644
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_sha256(sha256: str) -> str:
+    """``sha256`` if it is 64 lowercase hex digits, else :class:`MalformedRegistryRecord`."""
+    if _SHA256_RE.fullmatch(sha256) is None:
+        raise MalformedRegistryRecord(f"not a sha256 (64 lowercase hex digits): {sha256!r}")
+    return sha256
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Where artifact bytes live, named by their sha256."""
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (idempotent); its hex sha256."""
+        ...
+
+    def get(self, sha256: str) -> bytes:
+        """The bytes named ``sha256``, re-hashed: :class:`ArtifactMismatch` when they differ,
+        :class:`ArtifactNotFound` when there are none."""
+        ...
+
+    def has(self, sha256: str) -> bool:
+        """Whether a blob named ``sha256`` is stored (not whether it verifies)."""
+        ...
+
+
+class LocalArtifactStore:
+    """An :class:`ArtifactStore` in a local directory: ``root/sha256/ab/abcdef…``."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    @property
+    def root(self) -> Path:
+        """The store's directory."""
+        return self._root
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob named ``sha256`` lives (whether or not it exists)."""
+        check_sha256(sha256)
+        return self._root / "sha256" / sha256[:2] / sha256
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` atomically; its hex sha256. A stored blob that no longer matches its name
+        is replaced (and the repair logged)."""
+        sha256 = sha256_hex(data)
+        path = self.path(sha256)
+        if path.exists():
+            try:
+                self.get(sha256)
+                return sha256
+            except ArtifactMismatch as e:
+                log.warning("replacing corrupt blob %s: %s", path, e)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data)
+        return sha256
+
+    def get(self, sha256: str) -> bytes:
+        """The verified bytes named ``sha256``."""
+        path = self.path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise ArtifactNotFound(sha256, str(self._root)) from e
+        actual = sha256_hex(data)
+        if actual != sha256:
+            raise ArtifactMismatch(sha256, actual, str(path))
+        return data
+
+    def has(self, sha256: str) -> bool:
+        """Whether ``root/sha256/ab/<sha256>`` exists."""
+        return self.path(sha256).is_file()
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = _FILE_MODE) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:16]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
