@@ -10,7 +10,19 @@ import logging
 
 import typer
 
-from edgestream.commands import audit, broker, certs, devices, dlq, keys, models, run, topics
+from edgestream.commands import (
+    aggregate,
+    audit,
+    broker,
+    certs,
+    devices,
+    dlq,
+    keys,
+    models,
+    registry,
+    run,
+    topics,
+)
 
 app = typer.Typer(
     name="edgestream",
@@ -27,6 +39,8 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(devices.app, name="devices")
+app.add_typer(registry.app, name="registry")
+app.add_typer(aggregate.app, name="aggregate")
 run.register(app)
 
 

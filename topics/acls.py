@@ -246,6 +246,8 @@ def _aggregator_rules() -> set[AclRule]:
         | _grant(AGGREGATOR, GROUP, PREFIXED, AGGREGATOR_GROUP, READ)
         | _grant(AGGREGATOR, TOPIC, LITERAL, MODELS_TOPIC, WRITE, DESCRIBE)
         | _grant(AGGREGATOR, TRANSACTIONAL_ID, PREFIXED, AGGREGATOR_GROUP, WRITE, DESCRIBE)
+        # faust's own topics (table changelogs, re-keyed streams, its assignor), named <app id>-...
+        | _grant(AGGREGATOR, TOPIC, PREFIXED, AGGREGATOR_GROUP, Operation.CREATE, READ, WRITE, DESCRIBE)
     )
 
 

@@ -187,6 +187,11 @@ EU_WEST_POLICY = {
     ("User:aggregator", "TOPIC", "LITERAL", "control.models", "DESCRIBE"),
     ("User:aggregator", "TRANSACTIONAL_ID", "PREFIXED", "edgestream-aggregator", "WRITE"),
     ("User:aggregator", "TRANSACTIONAL_ID", "PREFIXED", "edgestream-aggregator", "DESCRIBE"),
+    # faust's own topics: table changelogs, re-keyed streams, its assignor (<app id>-...)
+    ("User:aggregator", "TOPIC", "PREFIXED", "edgestream-aggregator", "CREATE"),
+    ("User:aggregator", "TOPIC", "PREFIXED", "edgestream-aggregator", "READ"),
+    ("User:aggregator", "TOPIC", "PREFIXED", "edgestream-aggregator", "WRITE"),
+    ("User:aggregator", "TOPIC", "PREFIXED", "edgestream-aggregator", "DESCRIBE"),
 }
 
 
@@ -205,7 +210,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 22 + 11  # per region: edge 15, device 5, admin 2; aggregator 11
+    assert len(rules) == 3 * 22 + 15  # per region: edge 15, device 5, admin 2; aggregator 15
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -291,6 +296,8 @@ def test_aggregator() -> None:
             assert ops == set(), topic.name
     assert allowed(rules, AGGREGATOR, GROUP, AGGREGATOR_GROUP) == {READ, DESCRIBE}
     assert allowed(rules, AGGREGATOR, TRANSACTIONAL_ID, f"{AGGREGATOR_GROUP}-0") == {WRITE, DESCRIBE}
+    changelog = f"{AGGREGATOR_GROUP}-windows-changelog"
+    assert allowed(rules, AGGREGATOR, TOPIC, changelog) == {Operation.CREATE, READ, WRITE, DESCRIBE}
 
 
 @pytest.mark.parametrize("region", REGIONS)

@@ -1,0 +1,317 @@
+"""The aggregator process: a faust-streaming app over TLS that adds the edge's partial summaries up into
+tumbling windows per (region, model, version), joins labels to samples by request id, computes drift
+against the training reference, and serves the result over HTTP (faust web, ``GET /windows``).
+
+State lives in faust tables (in memory, each backed by a changelog topic, replayed on start), so a
+restart resumes where the last committed changelog left off. Processing is at-least-once and every
+table value carries the offsets it applied (``windows.seen``): what a restart redelivers is skipped, so
+counts are exact. Windows are by the records' ``at_ms`` (event time), not arrival time.
+
+Topics faust makes itself (``<app id>-...``): the tables' changelogs, ``<app id>-samples-by-rid`` (the
+samples re-keyed by request id, co-partitioned with ``cloud.labels``) and faust's assignor topic; the
+aggregator principal may create, read and write topics prefixed with the app id (``topics.acls``).
+
+One aggregator instance serves the whole view: tables are partitioned, so with several instances each
+serves the windows of its own partitions (the view would need a fan-out; not done).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import faust
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.cloud import Label, PartialSummary, Sample
+from edgestream.pipeline.drift import PSI_THRESHOLD, FeatureReference, drift_report, training_reference
+from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
+from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
+from edgestream.topics.catalogue import (
+    AGGREGATOR_GROUP,
+    CLOUD_LABELS,
+    LABELS_TOPIC,
+    SAMPLES_TOPIC,
+    SUMMARIES_TOPIC,
+)
+from edgestream.workers.aggregator import windows as w
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+VIEW_PATH: Final = "/windows"
+"""Where the web view answers."""
+PARTITIONS: Final = CLOUD_LABELS.partitions
+"""Partitions of every table and of the re-keyed samples: those of the cloud topics (co-partitioning)."""
+
+
+class AggregatorSettings(BaseSettings):
+    """The aggregator's settings: ``EDGESTREAM_AGGREGATOR_*`` (``__`` nests, e.g. ``KAFKA__...``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_AGGREGATOR_", env_nested_delimiter="__", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    """How the aggregator reaches the brokers (as ``User:aggregator`` in production)."""
+    app_id: str = AGGREGATOR_GROUP
+    """faust app id: the consumer group and the prefix of its own topics and transactional ids; must
+    start with ``edgestream-aggregator`` for the aggregator's ACLs."""
+    window_s: float = Field(default=60.0, gt=0)
+    """Tumbling window length."""
+    retain_s: float = Field(default=3600.0, gt=0)
+    """How long a window is kept (and served) after it ends."""
+    max_pending: int = Field(default=100_000, gt=0)
+    """Most request ids a join partition keeps waiting for their sample or label."""
+    psi_threshold: float = Field(default=PSI_THRESHOLD, gt=0)
+    """PSI past which a window is flagged (``pipeline.drift``)."""
+    web_host: str = "127.0.0.1"
+    """Address the HTTP view binds."""
+    web_port: int = Field(default=6066, gt=0, lt=65536)
+    """Port of the HTTP view."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """faust's guarantee; counts are exact with either (offsets are deduplicated in the tables)."""
+    home: Path = DEFAULT_HOME
+    """Local state; faust's data directory is ``<home>/aggregator``."""
+
+    @property
+    def window_ms(self) -> int:
+        """The window in ms."""
+        return int(self.window_s * 1000)
+
+
+def _reference(model: str) -> FeatureReference | None:
+    """The training reference of a model's inputs; None for models whose samples carry no features."""
+    from edgestream.pipeline.models import spec
+
+    try:
+        kind = spec(model, "tiny").kind
+    except EdgestreamError:
+        return None
+    return training_reference(kind) if kind == "embedding" else None
+
+
+def _read_committed_only() -> None:
+    """faust's worker consumer reads read_uncommitted unless the app runs exactly_once; the edge's
+    summaries and samples are written in transactions, and an aborted one must count for nothing. So
+    its consumers are made read_committed (set on the consumer before it starts, where aiokafka reads
+    it). Idempotent."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    if getattr(thread, "_edgestream_read_committed", False):
+        return
+    create = thread._create_worker_consumer
+
+    def read_committed(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+    thread._create_worker_consumer = read_committed  # type: ignore[method-assign]
+    thread._edgestream_read_committed = True  # type: ignore[attr-defined]
+
+
+def build_app(settings: AggregatorSettings) -> faust.App:
+    """The faust app: agents, tables and the web view, not started."""
+    _read_committed_only()
+    kafka = settings.kafka
+    credentials: Any = None
+    if kafka.security_protocol == "SSL":
+        credentials = faust.SSLCredentials(kafka.client_kwargs()["ssl_context"])
+    datadir = settings.home / "aggregator"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+        broker_credentials=credentials,
+        store="memory://",
+        topic_replication_factor=1,
+        topic_partitions=PARTITIONS,
+        processing_guarantee=settings.processing_guarantee,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+        datadir=str(datadir),
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="json",  # the tables' keys and values; the topics below are raw bytes
+        value_serializer="json",
+    )
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    summaries_topic = app.topic(SUMMARIES_TOPIC, **raw)
+    samples_topic = app.topic(SAMPLES_TOPIC, **raw)
+    labels_topic = app.topic(LABELS_TOPIC, **raw)
+    by_rid = app.topic(
+        f"{settings.app_id}-samples-by-rid",
+        partitions=PARTITIONS,
+        **raw,
+        internal=True,
+    )
+    window_table = app.Table("windows", partitions=PARTITIONS, key_type=str)
+    join_table = app.Table("joins", partitions=PARTITIONS, key_type=str)
+    window_ms = settings.window_ms
+    retain_ms = int(settings.retain_s * 1000)
+
+    @app.agent(summaries_topic)
+    async def count_summaries(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                summary = PartialSummary.from_bytes(event.value)
+            except UndecodableRecord as e:
+                log.warning("skipping %s:%d@%d: %s", message.topic, message.partition, message.offset, e)
+                continue
+            start = w.window_start(summary.at_ms, window_ms)
+            key = w.window_key(summary.region, summary.model, summary.model_version, start)
+            state = window_table.get(key) or w.new_window(
+                summary.region, summary.model, summary.model_version, start, window_ms
+            )
+            if w.seen(state, message.topic, message.partition, message.offset):
+                continue
+            w.add_summary(state, summary)
+            window_table[key] = state
+            # Expire from the stream, so each tombstone goes to the partition the window lives in.
+            series = key.rpartition("@")[0] + "@"
+            before = time.time() * 1000 - retain_ms
+            for old in [k for k in window_table if k.startswith(series) and k != key]:
+                if w.parse_window_key(old)[3] + window_ms < before:
+                    del window_table[old]
+
+    @app.agent(samples_topic)
+    async def rekey_samples(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                sample = Sample.from_bytes(event.value)
+            except UndecodableRecord as e:
+                log.warning("skipping a sample: %s", e)
+                continue
+            await by_rid.send(key=sample.request_id, value=event.value)
+
+    def _join(event: Any, apply: Any) -> None:
+        message = event.message
+        key = str(message.partition)
+        state = join_table.get(key) or w.new_join()
+        if w.seen(state, message.topic, message.partition, message.offset):
+            return
+        apply(state)
+        w.expire_join(state, int(time.time() * 1000) - retain_ms, window_ms)
+        w.bound_pending(state, settings.max_pending)
+        join_table[key] = state
+
+    @app.agent(by_rid)
+    async def join_samples(stream: Any) -> None:
+        async for event in stream.events():
+            sample = Sample.from_bytes(event.value)
+            reference = _reference(sample.model)
+            bins = None
+            n_bins: list[int] = []
+            if reference is not None and len(sample.features) == reference.n_features:
+                bins = reference.bins_of(sample.features)
+                n_bins = [len(c) for c in reference.counts]
+            _join(event, lambda state, s=sample, b=bins, n=n_bins: w.add_sample(state, s, window_ms, b, n))
+
+    @app.agent(labels_topic)
+    async def join_labels(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                label = Label.from_bytes(event.value)
+            except UndecodableRecord as e:
+                log.warning("skipping a label: %s", e)
+                continue
+            _join(event, lambda state, lb=label: w.add_label(state, lb))
+
+    @app.page(VIEW_PATH)
+    async def view(web: Any, request: Any) -> Any:
+        del request
+        return web.json(
+            {
+                "window_s": settings.window_s,
+                "threshold": settings.psi_threshold,
+                "windows": window_rows(
+                    dict(window_table.items()), list(join_table.values()), settings.psi_threshold
+                ),
+            }
+        )
+
+    del count_summaries, join_samples, join_labels, view
+    return app
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def window_rows(
+    summary_windows: dict[str, w.State], joins: list[w.State], threshold: float = PSI_THRESHOLD
+) -> list[dict[str, Any]]:
+    """The view: one row per window (summary or join counters), oldest first, JSON-ready.
+
+    The score distribution's drift is against the first window still held for the same (region, model,
+    version): the edge sends no reference scores, and the training scores need the model (not done).
+    """
+    joined = w.sum_join_windows(joins)
+    keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
+    first_scores: dict[str, list[int]] = {}
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        region, model, version, start = w.parse_window_key(key)
+        summary = summary_windows.get(key)
+        quality = joined.get(key, {"samples": 0, "joined": 0, "correct": 0, "features": None})
+        results = summary["results"] if summary else 0
+        dead = sum(summary["dead_letters"].values()) if summary else 0
+        latency = summary["latency"] if summary else []
+        scores = summary["scores"] if summary else None
+        series = key.rpartition("@")[0]
+        baseline = first_scores.get(series)
+        if baseline is None and scores is not None and sum(scores) > 0:
+            first_scores[series] = scores
+        reference = _reference(model)
+        report = drift_report(
+            reference,
+            quality["features"] if reference is not None else None,
+            score_reference=baseline,
+            score_counts=scores,
+            threshold=threshold,
+        )
+        rows.append(
+            {
+                "key": key,
+                "region": region,
+                "model": model,
+                "version": version,
+                "start_ms": start,
+                "summaries": summary["summaries"] if summary else 0,
+                "results": results,
+                "dead_letters": dict(summary["dead_letters"]) if summary else {},
+                "dead_letter_rate": dead / (results + dead) if results + dead else None,
+                "latency_ms": {f"p{p}": _finite(w.percentile_ms(latency, p)) for p in w.PERCENTILES},
+                "latency_buckets": latency,
+                "labels": dict(summary["labels"]) if summary else {},
+                "scores": scores,
+                "samples": quality["samples"],
+                "joined": quality["joined"],
+                "accuracy": quality["correct"] / quality["joined"] if quality["joined"] else None,
+                "drift": report.to_dict(),
+            }
+        )
+    return rows
+
+
+def run(settings: AggregatorSettings) -> None:
+    """Run the aggregator until SIGTERM/SIGINT (faust's worker installs the handlers)."""
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker.execute_from_commandline()
