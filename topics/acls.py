@@ -215,6 +215,7 @@ def _edge_rules(region: str) -> set[AclRule]:
         | _grant(edge, TOPIC, LITERAL, dlq_topic(region), WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, SUMMARIES_TOPIC, WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, SAMPLES_TOPIC, WRITE, DESCRIBE)
+        | _grant(edge, TOPIC, LITERAL, MODELS_TOPIC, READ, DESCRIBE)  # follows the registry
         | _grant(edge, GROUP, LITERAL, edge_group(region), READ)
         | _grant(edge, TRANSACTIONAL_ID, PREFIXED, edge_transactional_id_prefix(region), WRITE, DESCRIBE)
         # No IDEMPOTENT_WRITE on the cluster: WRITE on any topic lets the at-least-once (idempotent,

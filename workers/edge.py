@@ -55,14 +55,13 @@ from edgestream.pipeline.errors import (
     ContractError,
     EdgestreamError,
     InferenceFailed,
-    ShapeMismatch,
-    UnknownModel,
 )
 from edgestream.pipeline.health import HealthServer, Readiness
-from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.metrics import WorkerMetrics
-from edgestream.pipeline.models import ModelArtifact, ModelStore
 from edgestream.pipeline.ratelimit import DeviceRateLimiter
+from edgestream.pipeline.registry import LocalArtifactStore, SignedManifest, TrustedKeys
+from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.replay import ReplayGuard
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
@@ -75,6 +74,15 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     results_topic,
 )
+from edgestream.workers.catalog import (
+    Loader,
+    ModelCatalog,
+    ModelKey,
+    ServedModel,
+    load_models,
+    open_model,
+    routing_key_from,
+)
 from edgestream.workers.offsets import Committed, UnstableOffsets, stable_committed
 from edgestream.workers.sinks import AckSink, Output, PartitionWork, Sink, TransactionalSink
 
@@ -83,8 +91,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ModelKey = tuple[str, int]
-"""(model name, model version): records of one key share an onnxruntime call."""
 POSITION_TIMEOUT_S = 2.0
 """How long one round of positioning waits for stable committed offsets before fetching for the
 partitions already in service again (the rest are tried next round)."""
@@ -169,6 +175,15 @@ class WorkerSettings(BaseSettings):
     sample_fraction: float = Field(default=0.1, ge=0, le=1)
     """Share of answered embedding requests sent to ``cloud.samples`` (chosen by request id, so a
     retried transaction samples the same ones). Frames are never sampled."""
+    registry: bool = False
+    """Follow the model registry (``control.models``): serve the versions each model's state names,
+    each verified (sha256 and Ed25519 signature) before it loads, and route each device to stable or
+    canary. Without it, the worker serves ``model_size`` of each family, built locally."""
+    registry_home: Path | None = None
+    """Artifact store and trusted keys of the registry; defaults to ``<home>/registry``."""
+    routing_key: SecretStr | None = None
+    """Key of the device hash that picks stable or canary; defaults to one derived from the region's
+    current master key (so every worker of a region routes a device the same way)."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """At a stop, how long the unit in flight and the units already fetched may take to commit. Past
     it the worker gives up on them (nothing later commits either) and the next owner re-reads them."""
@@ -180,21 +195,6 @@ class WorkerSettings(BaseSettings):
     def resolved_node_id(self) -> str:
         """``node_id`` or ``<region>-<host>-<pid>``."""
         return self.node_id or f"{self.region}-{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class ServedModel:
-    """A model loaded for serving."""
-
-    artifact: ModelArtifact
-    """What was loaded (name, version, hash, input spec)."""
-    session: InferenceSession
-    """The onnxruntime session; called from the inference thread only."""
-
-    @property
-    def key(self) -> ModelKey:
-        """The grouping key of its inference calls."""
-        return (self.artifact.name, self.artifact.version)
 
 
 class Answer(NamedTuple):
@@ -285,26 +285,6 @@ class WorkerStats:
         }
 
 
-def load_models(settings: WorkerSettings) -> dict[str, ServedModel]:
-    """Build (or reuse from cache) and load every model the worker serves."""
-    store = ModelStore(settings.home / "models")
-    served: dict[str, ServedModel] = {}
-    for name in settings.models:
-        artifact = store.get(name, settings.model_size)
-        session = InferenceSession(
-            artifact, providers=settings.providers, intra_op_num_threads=settings.intra_op_threads
-        )
-        served[name] = ServedModel(artifact, session)
-        log.info(
-            "serving %s v%d (%s) on %s",
-            name,
-            artifact.version,
-            artifact.sha256[:12],
-            session.providers_in_use,
-        )
-    return served
-
-
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: EdgeWorker) -> None:
         self._worker = worker
@@ -359,7 +339,7 @@ class EdgeWorker:
         self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
         self._keyring = self._keys.current()
         self._chains = AuditChain()
-        self._models = dict(models)
+        self._catalog = ModelCatalog(models, routing_key=self._routing_key(), loader=self._registry_loader())
         self._estimate = ServiceTimeEstimate()
         self._open: MicroBatcher[str, Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
@@ -489,6 +469,8 @@ class EdgeWorker:
         process = asyncio.create_task(self._process_loop(), name="process")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         tasks = [fetch, process]
+        if self.settings.registry:
+            tasks.append(asyncio.create_task(self._follow_registry(), name="registry"))
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             self._note_fatal(done - {stopper})
@@ -640,7 +622,7 @@ class EdgeWorker:
         deadline_s = now_s
         try:
             item.envelope = decode_envelope(raw, max_envelope_bytes=self.settings.max_envelope_bytes)
-            item.model = self._resolve_model(item.envelope)
+            item.model = self._catalog.resolve(item.envelope)
             device_key = self._keyring.device_key(
                 self._region, item.envelope.device_id, item.envelope.key_id, now_ms
             )
@@ -653,17 +635,41 @@ class EdgeWorker:
             item.error = err
         self._open.add(UNIT, item, now_s=now_s, deadline_s=deadline_s if item.error is None else now_s + 1.0)
 
-    def _resolve_model(self, envelope: Envelope) -> ServedModel:
-        served = self._models.get(envelope.model)
-        if served is None:
-            raise UnknownModel(envelope.model, envelope.model_version)
-        if envelope.model_version is not None and envelope.model_version != served.artifact.version:
-            raise UnknownModel(envelope.model, envelope.model_version)
-        if envelope.kind != served.artifact.spec.kind:
-            raise ShapeMismatch(
-                f"a {envelope.kind} envelope for {envelope.model}, which takes {served.artifact.spec.kind}"
-            )
-        return served
+    def _routing_key(self) -> bytes:
+        if self.settings.routing_key is not None:
+            return self.settings.routing_key.get_secret_value().encode()
+        master = self._keyring.keys(self._region)[self._keyring.current_key_id(self._region)].master
+        assert master is not None, "the current key is never retired"
+        return routing_key_from(master)
+
+    def _registry_loader(self) -> Loader | None:
+        """How a registry version is verified and loaded, when the worker follows the registry."""
+        if not self.settings.registry:
+            return None
+        root = self.settings.registry_home or self.settings.home / "registry"
+        store = LocalArtifactStore(root / "artifacts")
+        trusted = TrustedKeys.load(root / "trusted-keys.json")
+        cache = root / "cache"
+
+        def load(signed: SignedManifest) -> ServedModel:
+            return open_model(verified_artifact(store, signed, trusted, cache), self.settings)
+
+        return load
+
+    async def _follow_registry(self) -> None:
+        """Apply each model's newest registry state as it arrives (forever)."""
+        async for state in RegistryClient(self.settings.kafka).follow():
+            if state.model in self.settings.models and await self._catalog.apply(state):
+                for name, version in self._catalog.models:
+                    served = self._catalog.models[(name, version)]
+                    self.metrics.model_info(
+                        name, version, served.artifact.sha256, served.session.providers_in_use[0]
+                    )
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The models served now, and registry states refused."""
+        return self._catalog
 
     # -- process a unit: infer, build outputs, commit ------------------------------------------------
 
@@ -1084,7 +1090,16 @@ class EdgeWorker:
         path = self.settings.stats_file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            json.dumps({"node": self.node_id, "region": self._region, **self.stats.as_dict()}, indent=2)
+            json.dumps(
+                {
+                    "node": self.node_id,
+                    "region": self._region,
+                    "served_versions": self._catalog.served_versions(),
+                    "registry_refused": self._catalog.refused,
+                    **self.stats.as_dict(),
+                },
+                indent=2,
+            )
         )
 
 

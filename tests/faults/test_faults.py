@@ -31,7 +31,8 @@ from edgestream.pipeline.models import spec
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import edge_group, ingest_topic
 from edgestream.workers.broker import BrokerState
-from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
+from edgestream.workers.catalog import load_models
+from edgestream.workers.edge import EdgeWorker, WorkerSettings
 from edgestream.workers.fleet import MODEL_FOR_KIND
 from edgestream.workers.sinks import PartitionWork, TransactionalSink
 

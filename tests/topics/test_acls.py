@@ -151,6 +151,8 @@ EU_WEST_POLICY = {
     ("User:edge-eu-west", "TOPIC", "LITERAL", "cloud.summaries", "DESCRIBE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "cloud.samples", "WRITE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "cloud.samples", "DESCRIBE"),
+    ("User:edge-eu-west", "TOPIC", "LITERAL", "control.models", "READ"),
+    ("User:edge-eu-west", "TOPIC", "LITERAL", "control.models", "DESCRIBE"),
     ("User:edge-eu-west", "GROUP", "LITERAL", "edgestream-edge-eu-west", "READ"),
     (
         "User:edge-eu-west",
@@ -210,7 +212,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 22 + 15  # per region: edge 15, device 5, admin 2; aggregator 15
+    assert len(rules) == 3 * 24 + 15  # per region: edge 17, device 5, admin 2; aggregator 15
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -239,7 +241,9 @@ def test_edge_topics(region: str) -> None:
             assert ops == {WRITE, DESCRIBE}, topic.name  # no READ on its own DLQ
         elif topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC}:
             assert ops == {WRITE, DESCRIBE}, topic.name
-        else:  # other regions' topics, labels, the registry
+        elif topic.name == MODELS_TOPIC:  # it follows the registry, never writes it
+            assert ops == {READ, DESCRIBE}, topic.name
+        else:  # other regions' topics, labels
             assert ops == set(), topic.name
 
 
@@ -684,8 +688,9 @@ async def test_policy_is_enforced(acl_broker: AclBroker) -> None:
     assert await _read(acl_broker, device, results_topic(ENFORCED)) == 1  # committed, visible
     with pytest.raises(TopicAuthorizationFailedError):
         await _read(acl_broker, edge, dlq_topic(ENFORCED))
-    for hidden in (ingest_topic(NEIGHBOUR, "frame"), results_topic(NEIGHBOUR), LABELS_TOPIC, MODELS_TOPIC):
+    for hidden in (ingest_topic(NEIGHBOUR, "frame"), results_topic(NEIGHBOUR), LABELS_TOPIC):
         assert not await _visible(acl_broker, edge, hidden), hidden
+    assert await _visible(acl_broker, edge, MODELS_TOPIC), "a worker follows the registry"
     (neighbour_txn_id, *_) = _txn_ids(NEIGHBOUR)  # starts with "edgestream-edge-<ENFORCED>-"
     assert neighbour_txn_id.startswith(f"{edge_group(ENFORCED)}-")
     with pytest.raises(TransactionalIdAuthorizationFailed):

@@ -20,7 +20,8 @@ from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
 from edgestream.workers.broker import BrokerState
-from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
+from edgestream.workers.catalog import load_models
+from edgestream.workers.edge import EdgeWorker, WorkerSettings
 
 
 @pytest.fixture(scope="session")

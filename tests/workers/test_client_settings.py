@@ -10,7 +10,8 @@ from aiokafka import TopicPartition
 
 from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.edge import EdgeWorker, WorkerSettings, load_models
+from edgestream.workers.catalog import load_models
+from edgestream.workers.edge import EdgeWorker, WorkerSettings
 from edgestream.workers.sinks import AckSink, TransactionalSink, transactional_id
 
 if TYPE_CHECKING:

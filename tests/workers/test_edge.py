@@ -38,7 +38,8 @@ from edgestream.topics.catalogue import (
     region_topics,
     results_topic,
 )
-from edgestream.workers.edge import EdgeWorker, load_models, serve
+from edgestream.workers.catalog import load_models
+from edgestream.workers.edge import EdgeWorker, serve
 
 from .conftest import EdgeRegion, RunningWorker, eventually, read_topic
 
