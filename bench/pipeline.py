@@ -910,6 +910,7 @@ def fleet_settings(ctx: BenchContext, region: str, rate_per_s: float, duration_s
         kafka=ctx.bootstrap,
         tls_root=ctx.tls_root,
         enrol=False,  # keep the key file (which the workers watch) unchanged between load levels
+        label_fraction=0.0,  # the bench measures the edge; no backend labels
         home=ctx.home,
         seed=s.seed,
     )

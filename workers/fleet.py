@@ -32,13 +32,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.certs import Identity, Pki
+from edgestream.pipeline.cloud import Label
 from edgestream.pipeline.codec import encode_tensor
 from edgestream.pipeline.contract import ResultRecord, new_request_id, seal
 from edgestream.pipeline.crypto import KeyRing, enroll_devices
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
-from edgestream.topics.catalogue import ingest_topic, parse_topic, results_topic
+from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
 from edgestream.topics.routing import Router
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class FleetSettings(BaseSettings):
     """Local state: key file and model cache."""
     key_file: Path | None = None
     """Region master keys; defaults to ``<home>/keys.json``."""
+    label_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Share of requests whose ground truth a backend reports on ``cloud.labels`` (by request id), for
+    the aggregator's accuracy and for retraining. Sent over ``kafka`` (the backend's identity), not the
+    devices' connections."""
     enrol: bool = True
     """Enrol the devices in the key file when it (and its folder) is writable: each gets a secret salt
     of its own, as real devices are provisioned, and the workers read the enrolments from the file.
@@ -233,6 +238,7 @@ class Fleet:
             kind: InferenceSession(store.get(name, "tiny")) for kind, name in MODEL_FOR_KIND.items()
         }
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._labels: AIOKafkaProducer | None = None
         self._expired: set[bytes] = set()
         self._answered: set[bytes] = set()
         self.report = FleetReport(
@@ -245,6 +251,15 @@ class Fleet:
         consumers: dict[str, AIOKafkaConsumer] = {}
         tasks: list[asyncio.Task[None]] = []
         try:
+            if self.settings.label_fraction > 0:
+                self._labels = AIOKafkaProducer(
+                    **self.settings.kafka.client_kwargs(),
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=20,
+                    client_id="edgestream-fleet-labels",
+                )
+                await self._labels.start()
             for region in self.report.regions:
                 kafka = self._kafka(region)
                 producers[region] = AIOKafkaProducer(
@@ -276,6 +291,7 @@ class Fleet:
             await asyncio.gather(
                 *(c.stop() for c in consumers.values()),
                 *(p.stop() for p in producers.values()),
+                *([self._labels.stop()] if self._labels is not None else []),
                 return_exceptions=True,
             )
         self.report.total_s = time.time() - self.report.started_at
@@ -360,6 +376,9 @@ class Fleet:
         delivery: asyncio.Future[Any] = await producer.send(
             ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
         )
+        if self._labels is not None and self._pyrng.random() < self.settings.label_fraction:
+            label = Label(request_id, MODEL_FOR_KIND[kind], truth, capture_ms)
+            await self._labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
         return delivery
 
     async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
