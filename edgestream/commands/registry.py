@@ -122,9 +122,9 @@ def publish(
     """Build (or reuse) MODEL/SIZE, store its ONNX bytes, sign a manifest and publish the next version."""
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.models import ModelStore
-    from edgestream.pipeline.registry.signing import Manifest, SigningKey
-    from edgestream.pipeline.registry.state import publish as publish_step
-    from edgestream.pipeline.registry.store import LocalArtifactStore
+    from edgestream.pipeline.registry.publishing import publish_artifact
+    from edgestream.pipeline.registry.signing import SigningKey
+    from edgestream.pipeline.registry.store import LocalArtifactStore, sha256_hex
     from edgestream.pipeline.settings import DEFAULT_HOME
 
     extra: dict[str, str] = {}
@@ -138,36 +138,26 @@ def publish(
     try:
         key = SigningKey.load(root / SIGNING_KEY_FILE)
         artifact = ModelStore(models_root or DEFAULT_HOME / "models").get(model, size)
-        sha256 = LocalArtifactStore(root / ARTIFACTS_DIR).put(artifact.path.read_bytes())
+        data = artifact.path.read_bytes()
     except EdgestreamError as e:
         fail(str(e))
-    if sha256 != artifact.sha256:
+    if sha256_hex(data) != artifact.sha256:
         fail(f"{artifact.path} changed while it was being published")
 
-    async def go() -> ModelState:
-        from edgestream.pipeline.registry.client import RegistryClient
-
-        current = await _state(kafka, model)
-        manifest = Manifest(
-            model=model,
-            version=current.latest + 1,
-            variant=artifact.size,
-            sha256=sha256,
-            size_bytes=artifact.path.stat().st_size,
-            input_dtype=artifact.spec.input_dtype,
-            input_shape=artifact.spec.input_shape,
+    state = run(
+        publish_artifact(
+            kafka,
+            LocalArtifactStore(root / ARTIFACTS_DIR),
+            key,
+            artifact.spec,
+            data,
             metrics={"accuracy": artifact.accuracy, "sklearn_accuracy": artifact.sklearn_accuracy},
-            lineage={"parent_version": current.stable, "zoo_version": artifact.version, **extra},
-            created_at_ms=_now_ms(),
+            lineage={"zoo_version": artifact.version, **extra},
         )
-        new = publish_step(current, key.sign(manifest), now_ms=manifest.created_at_ms)
-        await RegistryClient(kafka).publish_state(new)
-        return new
-
-    state = run(go())
+    )
     status = "stable" if state.stable == state.latest else "candidate"
     _out.print(
-        f"published {model} v{state.latest} ({status}): sha256 {sha256[:12]}, "
+        f"published {model} v{state.latest} ({status}): sha256 {artifact.sha256[:12]}, "
         f"accuracy {artifact.accuracy:.4f}, signed by {key.key_id}"
     )
 

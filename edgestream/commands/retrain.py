@@ -1,0 +1,159 @@
+"""`edgestream retrain MODEL`: train a candidate from the labelled samples of a window, compare it with
+the stable version on a held-out split, and publish it (signed, with metrics and lineage) as the next
+version, NOT promoted: ``edgestream registry promote`` runs its canary."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgestream.commands.common import fail, run, utc
+from edgestream.commands.keys import parse_duration_ms
+from edgestream.commands.registry import ARTIFACTS_DIR, SIGNING_KEY_FILE, TRUSTED_KEYS_FILE, Home, ModelName
+from edgestream.commands.topics import Bootstrap
+
+if TYPE_CHECKING:
+    from edgestream.pipeline.registry.state import ModelState
+    from edgestream.pipeline.retrain import RetrainReport
+
+app = typer.Typer(
+    help="Retrain a model from labelled samples and publish it as a candidate.",
+    context_settings={"allow_interspersed_args": True},  # MODEL then options: one command, not a group
+)
+
+_out = Console()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_when_ms(text: str, now_ms: int) -> int:
+    """``now``, a duration ago (``10m``, ``2h``, ``1d``) or an ISO 8601 time (UTC when it names no zone),
+    as unix ms. Raises BadParameter."""
+    text = text.strip()
+    if text == "now":
+        return now_ms
+    if text and text[-1].isalpha() and not text.endswith(("Z", "z")):
+        return now_ms - parse_duration_ms(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise typer.BadParameter(f"{text!r} is not now, a duration like 10m or an ISO time") from e
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // timedelta(milliseconds=1)
+
+
+@app.callback(invoke_without_command=True)
+def retrain(
+    model: ModelName,
+    since: Annotated[
+        str, typer.Option("--since", help="Window start: a duration ago (10m, 2h, 1d) or an ISO time.")
+    ] = "1d",
+    until: Annotated[
+        str, typer.Option("--until", help="Window end (excluded): now, a duration ago or ISO.")
+    ] = "now",
+    holdout: Annotated[
+        float, typer.Option("--holdout", min=0.05, max=0.95, help="Share of the samples held out.")
+    ] = 0.3,
+    min_samples: Annotated[
+        int, typer.Option("--min-samples", min=1, help="Refuse with fewer labelled samples than this.")
+    ] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out split.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Train and compare, publish nothing.")] = False,
+    home: Home = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Train MODEL on the labelled samples of [--since, --until), compare it with the stable version on a
+    held-out split and publish it as the next version, a candidate (not promoted)."""
+    from edgestream.commands.registry import _home, _kafka
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.models.zoo import spec
+    from edgestream.pipeline.registry.client import RegistryClient
+    from edgestream.pipeline.registry.publishing import publish_artifact
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys, load_verified
+    from edgestream.pipeline.registry.store import LocalArtifactStore
+    from edgestream.pipeline.retrain import read_labelled
+    from edgestream.pipeline.retrain import retrain as retrain_model
+
+    now_ms = time.time_ns() // 1_000_000
+    since_ms, until_ms = parse_when_ms(since, now_ms), parse_when_ms(until, now_ms)
+    if until_ms <= since_ms:
+        fail(f"empty window: --until {until!r} is not after --since {since!r}")
+    root = _home(home)
+    kafka = _kafka(bootstrap)
+    store = LocalArtifactStore(root / ARTIFACTS_DIR)
+    try:
+        trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
+        key = None if dry_run else SigningKey.load(root / SIGNING_KEY_FILE)
+    except EdgestreamError as e:
+        fail(str(e))
+
+    states = run(RegistryClient(kafka).read_states())
+    state = states.get(model)
+    if state is None or state.stable is None:
+        fail(f"model {model!r} has no stable version to compare with (edgestream registry publish {model})")
+    stable = state.manifest(state.stable)
+    try:
+        stable_onnx = load_verified(store, stable, trusted)
+        model_spec = spec(model, stable.manifest.variant)
+    except EdgestreamError as e:
+        fail(f"stable v{state.stable}: {e}")
+
+    data = run(read_labelled(kafka, model, since_ms, until_ms))
+    if data.joined < min_samples:
+        fail(
+            f"{model}: {data.joined} labelled samples in [{utc(since_ms)}, {utc(until_ms)}) "
+            f"({data.samples} samples, {data.labels} labels), fewer than --min-samples {min_samples}"
+        )
+    try:
+        report, candidate = retrain_model(
+            data, model_spec.size, state.stable, stable_onnx, holdout_fraction=holdout, seed=seed
+        )
+    except EdgestreamError as e:
+        fail(str(e))
+    _out.print(_table(report))
+    if key is None:
+        _out.print("dry run: nothing published")
+        return
+    published: ModelState = run(
+        publish_artifact(
+            kafka,
+            store,
+            key,
+            model_spec,
+            candidate.onnx_bytes,
+            metrics=report.metrics(),
+            lineage=report.lineage(),
+        )
+    )
+    _out.print(
+        f"published {model} v{published.latest} (candidate, parent v{report.stable_version}): "
+        f"holdout accuracy {report.candidate_accuracy:.4f} vs {report.stable_accuracy:.4f}, "
+        f"signed by {key.key_id}; to roll it out: "
+        f"edgestream registry promote {model} --version {published.latest}"
+    )
+
+
+def _table(report: RetrainReport) -> Table:
+    table = Table(title=f"retrain {report.model} ({report.variant})", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("window", f"{utc(report.window.since_ms)} .. {utc(report.window.until_ms)}"),
+        ("samples", str(report.samples)),
+        ("labels", str(report.labels)),
+        ("joined", str(report.joined)),
+        ("train / holdout", f"{report.train_size} / {report.holdout_size}"),
+        ("candidate accuracy", f"{report.candidate_accuracy:.4f}"),
+        ("candidate sklearn accuracy", f"{report.candidate_sklearn_accuracy:.4f}"),
+        (f"stable v{report.stable_version} accuracy", f"{report.stable_accuracy:.4f}"),
+        ("margin", f"{report.margin:+.4f}"),
+        ("converged", "yes" if report.converged else "no"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
