@@ -40,6 +40,21 @@ def latency_bucket(latency_ms: float) -> int:
     return len(LATENCY_BOUNDS_MS)
 
 
+def percentile_ms(buckets: Sequence[int], percentile: float) -> float | None:
+    """The upper bound of the bucket holding the ``percentile``-th answer; ``inf`` past the last bound,
+    None for an empty histogram."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = percentile / 100 * total
+    running = 0
+    for index, n in enumerate(buckets):
+        running += n
+        if running >= rank and n:
+            return LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else float("inf")
+    return float("inf")
+
+
 def score_bin(score: float) -> int:
     """Index of the score bin of a top-class probability."""
     return min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS)))

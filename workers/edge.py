@@ -1095,6 +1095,9 @@ class EdgeWorker:
                     "node": self.node_id,
                     "region": self._region,
                     "served_versions": self._catalog.served_versions(),
+                    "registry_revisions": {
+                        name: self._catalog.revision(name) for name in self._catalog.served_versions()
+                    },
                     "registry_refused": self._catalog.refused,
                     **self.stats.as_dict(),
                 },

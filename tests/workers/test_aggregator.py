@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from edgestream.pipeline.certs import Identity
-from edgestream.pipeline.cloud import LATENCY_BOUNDS_MS, Label, PartialSummary, Sample, merge
+from edgestream.pipeline.cloud import LATENCY_BOUNDS_MS, Label, PartialSummary, Sample, merge, percentile_ms
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
@@ -62,10 +62,10 @@ def test_windows_add_up_and_skip_redelivered_offsets() -> None:
 def test_percentiles_are_upper_bucket_bounds() -> None:
     buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
     buckets[0], buckets[4], buckets[-1] = 90, 9, 1
-    assert w.percentile_ms(buckets, 50) == LATENCY_BOUNDS_MS[0]
-    assert w.percentile_ms(buckets, 95) == LATENCY_BOUNDS_MS[4]
-    assert w.percentile_ms(buckets, 99.5) == float("inf")
-    assert w.percentile_ms([0] * len(buckets), 50) is None
+    assert percentile_ms(buckets, 50) == LATENCY_BOUNDS_MS[0]
+    assert percentile_ms(buckets, 95) == LATENCY_BOUNDS_MS[4]
+    assert percentile_ms(buckets, 99.5) == float("inf")
+    assert percentile_ms([0] * len(buckets), 50) is None
 
 
 def test_join_counts_each_request_once_in_either_order() -> None:

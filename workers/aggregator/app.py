@@ -27,7 +27,7 @@ import faust
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgestream.pipeline.cloud import Label, PartialSummary, Sample
+from edgestream.pipeline.cloud import Label, PartialSummary, Sample, percentile_ms
 from edgestream.pipeline.drift import PSI_THRESHOLD, FeatureReference, drift_report, training_reference
 from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
@@ -297,7 +297,7 @@ def window_rows(
                 "results": results,
                 "dead_letters": dict(summary["dead_letters"]) if summary else {},
                 "dead_letter_rate": dead / (results + dead) if results + dead else None,
-                "latency_ms": {f"p{p}": _finite(w.percentile_ms(latency, p)) for p in w.PERCENTILES},
+                "latency_ms": {f"p{p}": _finite(percentile_ms(latency, p)) for p in w.PERCENTILES},
                 "latency_buckets": latency,
                 "labels": dict(summary["labels"]) if summary else {},
                 "scores": scores,

@@ -19,7 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from edgestream.pipeline.cloud import LATENCY_BOUNDS_MS, SCORE_BINS, Label, PartialSummary, Sample
+from edgestream.pipeline.cloud import (
+    LATENCY_BOUNDS_MS,
+    SCORE_BINS,
+    Label,
+    PartialSummary,
+    Sample,
+)
 
 State = dict[str, Any]
 """A table value: JSON-ready (string keys, lists, numbers)."""
@@ -83,21 +89,6 @@ def add_summary(state: State, summary: PartialSummary) -> None:
         state["labels"][str(label)] = state["labels"].get(str(label), 0) + n
     state["latency"] = [a + b for a, b in zip(state["latency"], summary.latency_buckets, strict=True)]
     state["scores"] = [a + b for a, b in zip(state["scores"], summary.score_bins, strict=True)]
-
-
-def percentile_ms(buckets: Sequence[int], percentile: float) -> float | None:
-    """The upper bound of the bucket holding the ``percentile``-th answer; ``inf`` past the last bound,
-    None for an empty histogram."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    rank = percentile / 100 * total
-    running = 0
-    for index, n in enumerate(buckets):
-        running += n
-        if running >= rank and n:
-            return LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else float("inf")
-    return float("inf")
 
 
 # -- the join of samples and labels --------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""`edgestream rollout ...`: the automatic rollout controller (judge a canary, advance or roll it back)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from edgestream.commands.common import fail, run
+from edgestream.commands.keys import parse_duration_ms
+from edgestream.commands.topics import Bootstrap
+
+if TYPE_CHECKING:
+    from edgestream.pipeline.rollout import Bounds, Verdict
+
+app = typer.Typer(help="Automatic rollout: advance a canary's stages or roll it back.", no_args_is_help=True)
+
+_out = Console()
+_STYLE = {"advance": "green", "hold": "yellow", "rollback": "red"}
+
+
+def parse_bounds(text: str | None) -> Bounds:
+    """``key=value,key=value`` over the defaults of :class:`Bounds` (durations like ``10m`` for
+    ``stage_dwell_ms``); a bad key or value exits naming it."""
+    from pydantic import ValidationError
+
+    from edgestream.pipeline.rollout import Bounds
+
+    values: dict[str, object] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            fail(f"--bounds {item!r}: use KEY=VALUE, e.g. max_error_rate_increase=0.02")
+        values[name] = (
+            parse_duration_ms(value) if name == "stage_dwell_ms" and value[-1:].isalpha() else value
+        )
+    try:
+        return Bounds.model_validate(values)
+    except ValidationError as e:
+        fail(f"--bounds: {e}")
+
+
+def _print(model: str, verdict: Verdict) -> None:
+    style = _STYLE[verdict.action]
+    published = "" if verdict.revision is None else f" -> revision {verdict.revision}"
+    _out.print(f"{model}: [{style}]{verdict.action}[/{style}]{published}", highlight=False)
+    for reason in verdict.reasons:
+        _out.print(f"  {reason}", highlight=False, markup=False)
+    if verdict.canary is not None and verdict.stable is not None:
+        _out.print(f"  canary {verdict.canary.describe()}", highlight=False, markup=False)
+        _out.print(f"  stable {verdict.stable.describe()}", highlight=False, markup=False)
+
+
+@app.command()
+def watch(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. frame-classifier.")],
+    interval: Annotated[str, typer.Option("--interval", help="Time between steps, e.g. 5s, 1m.")] = "5s",
+    once: Annotated[bool, typer.Option("--once", help="Judge once, apply the verdict and exit.")] = False,
+    bounds: Annotated[
+        str | None,
+        typer.Option(
+            "--bounds",
+            help="KEY=VALUE,... over the defaults: max_error_rate_increase (0.02), max_p99_ratio (1.5), "
+            "max_accuracy_drop (0.03), min_requests (100), min_labelled (100), stage_dwell_ms (10m).",
+        ),
+    ] = None,
+    stats_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats-dir",
+            help="Directory of the workers' stats files: a stage advances only when every worker there "
+            "reports the current revision (without it, worker lag is not checked).",
+        ),
+    ] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Judge MODEL's canary against stable from cloud.summaries; advance its stage or roll it back."""
+    from edgestream.commands.topics import resolve_kafka
+    from edgestream.pipeline.rollout import Controller, FileWorkerView
+
+    interval_s = parse_duration_ms(interval) / 1000
+    controller = Controller(
+        resolve_kafka(bootstrap),
+        parse_bounds(bounds),
+        workers=None if stats_dir is None else FileWorkerView(stats_dir),
+    )
+    if stats_dir is None:
+        _out.print("[yellow]no --stats-dir: worker lag is not checked[/yellow]")
+
+    async def go() -> None:
+        if once:
+            _print(model, await controller.step(model))
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await controller.run(model, interval_s=interval_s, stop=stop, on_verdict=lambda v: _print(model, v))
+
+    run(go())

@@ -1,0 +1,188 @@
+"""The rollout controller on the real broker: a canary whose model errors regress is rolled back within
+one step and no device is routed to it afterwards; a healthy one goes 5% -> 25% -> 100%, waiting for
+a lagging worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from edgestream.pipeline.cloud import PartialSummary
+from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.registry import (
+    LocalArtifactStore,
+    Manifest,
+    ModelState,
+    SignedManifest,
+    SigningKey,
+    choose_version,
+    publish,
+    start_canary,
+)
+from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.rollout import STATS_REVISIONS_KEY, Bounds, Controller, FileWorkerView
+from edgestream.pipeline.settings import kafka_settings
+from edgestream.topics.catalogue import SUMMARIES_TOPIC
+
+from .conftest import EdgeRegion
+
+pytestmark = pytest.mark.broker
+
+ARTIFACT = "embedding-scorer"
+BOUNDS = Bounds(min_requests=50, min_labelled=50, stage_dwell_ms=0)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _signed(region: EdgeRegion, root: Path, key: SigningKey, model: str, version: int) -> SignedManifest:
+    """The tiny embedding scorer published under ``model`` (a name of this test's own, so no other test's
+    registry state or summaries mix in)."""
+    artifact = ModelStore(region.home / "models").get(ARTIFACT, "tiny")
+    sha256 = LocalArtifactStore(root / "artifacts").put(artifact.path.read_bytes())
+    manifest = Manifest(
+        model=model,
+        version=version,
+        variant="tiny",
+        sha256=sha256,
+        size_bytes=artifact.path.stat().st_size,
+        input_dtype=artifact.spec.input_dtype,
+        input_shape=artifact.spec.input_shape,
+        metrics={"accuracy": artifact.accuracy},
+        lineage={"test": "rollout"},
+        created_at_ms=_now_ms(),
+    )
+    return key.sign(manifest)
+
+
+async def _canary(region: EdgeRegion, root: Path, model: str) -> ModelState:
+    """Stable v1 and a canary of v2 at 5% (stages 5%, 25%, 100%), published."""
+    key = SigningKey.generate()
+    state = publish(ModelState(model), _signed(region, root, key, model, 1), now_ms=_now_ms())
+    state = publish(state, _signed(region, root, key, model, 2), now_ms=_now_ms())
+    state = start_canary(state, 2, now_ms=_now_ms())
+    await RegistryClient(region.bootstrap).publish_state(state)
+    return state
+
+
+def _summary(region: str, model: str, version: int, *, results: int, infer_failed: int = 0) -> PartialSummary:
+    summary = PartialSummary(region, "node-a", model, version, _now_ms())
+    for i in range(results):
+        summary.add_result(i % 3, 0.9, 12.0 + i % 10)
+    for _ in range(infer_failed):
+        summary.add_dead_letter("infer_failed")
+    summary.add_dead_letter("replayed")  # an input error: not the version's fault
+    return summary
+
+
+async def _commit(region: EdgeRegion, summaries: list[PartialSummary]) -> None:
+    """Send the summaries in one transaction, as the edge does, and return once it is committed."""
+    producer = AIOKafkaProducer(
+        **kafka_settings(region.bootstrap).client_kwargs(),
+        transactional_id=f"rollout-test-{uuid.uuid4().hex}",
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for s in summaries:
+                await producer.send(SUMMARIES_TOPIC, s.to_bytes(), key=s.key)
+    finally:
+        await producer.stop()
+
+
+async def test_a_bad_canary_is_rolled_back_in_one_step_and_no_device_keeps_it(
+    edge_region: EdgeRegion, tmp_path: Path
+) -> None:
+    model = f"rollout-bad-{uuid.uuid4().hex[:8]}"
+    canary = await _canary(edge_region, tmp_path, model)
+    controller = Controller(edge_region.bootstrap, BOUNDS, labels=False)
+    # Healthy stable traffic; the canary fails 30% of its requests.
+    await _commit(
+        edge_region,
+        [
+            _summary(edge_region.name, model, 1, results=400, infer_failed=2),
+            _summary(edge_region.name, model, 2, results=35),
+            _summary(edge_region.name, model, 2, results=35, infer_failed=30),
+        ],
+    )
+    committed = time.monotonic()
+    verdict = await controller.step(model)
+    rolled_back_s = time.monotonic() - committed
+    print(f"\nrollback published {rolled_back_s:.3f} s after the bad summaries were committed")
+
+    assert verdict.action == "rollback", verdict.reasons
+    assert verdict.revision == canary.revision + 1
+    assert "error rate 30.00%" in verdict.reason
+    assert rolled_back_s < 10.0, "one step, within the configured bound"
+    state = (await RegistryClient(edge_region.bootstrap).read_states())[model]
+    assert state.canary is None
+    assert state.stable == 1
+    assert state.revision == verdict.revision
+    last = state.history[-1]
+    assert (last.action, last.version) == ("rollback", 2)
+    assert last.reason.startswith("automatic: error rate 30.00%")
+    # No device keeps the bad version: every device id routes to stable under any routing key.
+    for routing_key in (os.urandom(32), os.urandom(32)):
+        routed = {choose_version(state, f"device-{i}", routing_key) for i in range(1000)}
+        assert routed == {1}
+    # Before the rollback, the 5% canary did take some of those devices.
+    key = os.urandom(32)
+    assert 2 in {choose_version(canary, f"device-{i}", key) for i in range(1000)}
+    # Nothing more to judge.
+    assert (await controller.step(model)).action == "hold"
+
+
+async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_workers(
+    edge_region: EdgeRegion, tmp_path: Path
+) -> None:
+    model = f"rollout-good-{uuid.uuid4().hex[:8]}"
+    canary = await _canary(edge_region, tmp_path, model)
+    stats_dir = tmp_path / "stats"
+    stats_dir.mkdir()
+
+    def worker_at(node: str, revision: int) -> None:
+        (stats_dir / f"{node}.json").write_text(
+            json.dumps(
+                {"node": node, "served_versions": {model: [1, 2]}, STATS_REVISIONS_KEY: {model: revision}}
+            )
+        )
+
+    controller = Controller(edge_region.bootstrap, BOUNDS, workers=FileWorkerView(stats_dir), labels=False)
+    assert (await controller.step(model)).action == "hold", "no summaries yet"
+    await _commit(
+        edge_region,
+        [
+            _summary(edge_region.name, model, 1, results=300, infer_failed=1),
+            _summary(edge_region.name, model, 2, results=100),
+        ],
+    )
+    worker_at("a", canary.revision)
+    worker_at("b", canary.revision - 1)
+    held = await controller.step(model)
+    assert held.action == "hold"
+    assert held.reasons == (f"1 of 2 workers not at revision {canary.revision} (at [{canary.revision - 1}])",)
+
+    worker_at("b", canary.revision)
+    first = await controller.step(model)
+    assert first.action == "advance", first.reasons
+    state = (await RegistryClient(edge_region.bootstrap).read_states())[model]
+    assert state.canary is not None
+    assert state.canary.fraction == 0.25
+    assert (await controller.step(model)).action == "hold", "the workers have not applied the 25% stage"
+
+    worker_at("a", state.revision)
+    worker_at("b", state.revision)
+    second = await controller.step(model)
+    assert second.action == "advance", second.reasons
+    state = (await RegistryClient(edge_region.bootstrap).read_states())[model]
+    assert state.canary is None
+    assert state.stable == 2
+    assert [e.action for e in state.history[-3:]] == ["canary", "advance", "promote"]
+    assert all(e.reason.startswith("automatic: healthy") for e in state.history[-2:])
