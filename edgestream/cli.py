@@ -20,6 +20,8 @@ from edgestream.commands import (
     keys,
     models,
     registry,
+    retrain,
+    rollout,
     run,
     topics,
 )
@@ -40,6 +42,8 @@ app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(registry.app, name="registry")
+app.add_typer(rollout.app, name="rollout")
+app.add_typer(retrain.app, name="retrain")
 app.add_typer(aggregate.app, name="aggregate")
 run.register(app)
 

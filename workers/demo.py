@@ -15,9 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, Kafka, K
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
 from edgestream.topics.catalogue import all_topics, edge_group, region_topics
-from edgestream.workers.broker import BrokerSettings, LocalBroker
+from edgestream.workers.broker import BrokerSettings, LocalBroker, free_port
 from edgestream.workers.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, run_fleet
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class DemoSettings(BaseSettings):
     """How long to wait for the workers to load models and get their partitions."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """After the fleet stops, how long to wait for the workers to consume what is left."""
+    aggregator_window_s: float = Field(default=10.0, gt=0)
+    """Tumbling window of the cloud aggregator the demo runs."""
     kafka: KafkaSettings | None = None
     """Use this already-running Kafka cluster (as an admin identity) instead of the local broker; nothing
     is started or stopped."""
@@ -126,6 +129,96 @@ class DemoResult:
     broker_log: Path | None
     """The local broker's log, or None when the demo used another cluster."""
     model_accuracy: dict[str, float]
+    cloud: list[dict[str, Any]] = field(default_factory=list)
+    """The aggregator's view per (region, model, version), all windows added up: results, dead-letter
+    rate, accuracy against the backends' labels, the largest drift seen."""
+
+
+@contextmanager
+def _aggregator(settings: DemoSettings, kafka: KafkaSettings, paths: DemoPaths) -> Iterator[str]:
+    """Run ``edgestream aggregate run`` (as ``aggregator``); yields its view's URL; always stops it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **kafka.to_env("EDGESTREAM_AGGREGATOR_KAFKA__"),
+        "EDGESTREAM_AGGREGATOR_HOME": str(settings.home),
+        "EDGESTREAM_AGGREGATOR_WEB_PORT": str(port),
+        "EDGESTREAM_AGGREGATOR_WINDOW_S": str(settings.aggregator_window_s),
+    }
+    log_path = paths.logs / "aggregator.log"
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgestream", "aggregate", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cloud_view(url: str, settings: DemoSettings, answered: int) -> list[dict[str, Any]]:
+    """The aggregator's windows for the demo's regions, once they count every answer the workers
+    committed (bounded by ``drain_timeout_s``), added up per (region, model, version)."""
+    regions = {r.name for r in settings.regions}
+    deadline = time.monotonic() + settings.drain_timeout_s + settings.worker_ready_timeout_s
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/windows", timeout=5) as response:
+                view = json.load(response)
+        except (OSError, ValueError):
+            time.sleep(0.5)
+            continue
+        rows = [row for row in view.get("windows", []) if row["region"] in regions]
+        if sum(int(row["results"]) for row in rows) >= answered:
+            break
+        time.sleep(0.5)
+    else:
+        log.warning("the aggregator's view did not reach the %d answers the workers committed", answered)
+    totals: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for row in rows:
+        entry = totals.setdefault(
+            (row["region"], row["model"], row["version"]),
+            {
+                "region": row["region"],
+                "model": row["model"],
+                "version": row["version"],
+                "results": 0,
+                "dead_letters": 0,
+                "joined": 0,
+                "correct": 0.0,
+                "max_psi": None,
+                "drift_flagged": False,
+            },
+        )
+        entry["results"] += int(row["results"])
+        entry["dead_letters"] += sum(row["dead_letters"].values())
+        if row["accuracy"] is not None:
+            entry["joined"] += int(row["joined"])
+            entry["correct"] += row["accuracy"] * int(row["joined"])
+        psi = row["drift"].get("max_psi")
+        if psi is not None:
+            entry["max_psi"] = psi if entry["max_psi"] is None else max(entry["max_psi"], psi)
+        entry["drift_flagged"] = entry["drift_flagged"] or bool(row["drift"].get("flagged"))
+    out = []
+    for entry in totals.values():
+        joined = entry.pop("joined")
+        correct = entry.pop("correct")
+        entry["labelled"] = joined
+        entry["accuracy"] = correct / joined if joined else None
+        out.append(entry)
+    return sorted(out, key=lambda e: (e["region"], e["model"], e["version"]))
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -331,29 +424,37 @@ def run_demo(
         if secure:
             on_step("granting each region's workers and devices their ACLs")
             asyncio.run(apply_policy(admin, [r.name for r in settings.regions]))
-        on_step(f"starting {len(settings.regions)} edge workers")
-        with _workers(settings, worker_kafka, paths) as stats_files:
-            on_step("running the device fleet")
-            fleet_settings = FleetSettings(
-                devices=settings.devices,
-                rate_per_s=settings.rate_per_s,
-                duration_s=settings.duration_s,
-                bad_fraction=settings.bad_fraction,
-                deadline_ms=settings.deadline_ms,
-                drain_s=settings.drain_s,
-                regions=settings.regions,
-                home=settings.home,
-                kafka=admin,  # over TLS the fleet connects as device-<region> instead
-                tls_root=pki.root,
-            )
-            report = asyncio.run(run_fleet(fleet_settings, on_progress))
-            on_step("waiting for the workers to consume everything sent")
-            asyncio.run(_wait_caught_up(admin, settings))
-            on_step("stopping workers")
-        worker_stats = {
-            region: json.loads(path.read_text()) if path.exists() else {}
-            for region, path in stats_files.items()
-        }
+        on_step(f"starting {len(settings.regions)} edge workers and the cloud aggregator")
+        aggregator_kafka = admin
+        if secure:
+            files = pki.ensure([Identity.aggregator()])[Identity.aggregator()]
+            aggregator_kafka = KafkaSettings.tls(admin.bootstrap_servers, files)
+        with _aggregator(settings, aggregator_kafka, paths) as aggregator_url:
+            with _workers(settings, worker_kafka, paths) as stats_files:
+                on_step("running the device fleet")
+                fleet_settings = FleetSettings(
+                    devices=settings.devices,
+                    rate_per_s=settings.rate_per_s,
+                    duration_s=settings.duration_s,
+                    bad_fraction=settings.bad_fraction,
+                    deadline_ms=settings.deadline_ms,
+                    drain_s=settings.drain_s,
+                    regions=settings.regions,
+                    home=settings.home,
+                    kafka=admin,  # over TLS the fleet connects as device-<region> instead
+                    tls_root=pki.root,
+                )
+                report = asyncio.run(run_fleet(fleet_settings, on_progress))
+                on_step("waiting for the workers to consume everything sent")
+                asyncio.run(_wait_caught_up(admin, settings))
+                on_step("stopping workers")
+            worker_stats = {
+                region: json.loads(path.read_text()) if path.exists() else {}
+                for region, path in stats_files.items()
+            }
+            on_step("reading the aggregator's view")
+            answered = sum(int(ws.get("results", 0)) for ws in worker_stats.values())
+            cloud = _cloud_view(aggregator_url, settings, answered)
     finally:
         if stop_broker:
             on_step("stopping the Kafka broker")
@@ -365,7 +466,7 @@ def run_demo(
             all_reasons[reason] = all_reasons.get(reason, 0) + count
     total = _summarise("all", report, {"dead_letters": all_reasons})
     plot_latency(report, paths.plot)
-    result = DemoResult(rows, total, paths, broker_log, accuracy)
+    result = DemoResult(rows, total, paths, broker_log, accuracy, cloud)
     paths.summary.write_text(
         json.dumps(
             {
@@ -376,6 +477,7 @@ def run_demo(
                 "send_s": report.send_s,
                 "unanswered": report.unanswered,
                 "worker_stats": worker_stats,
+                "cloud": cloud,
             },
             indent=2,
         )

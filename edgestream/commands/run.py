@@ -124,6 +124,24 @@ def _summary_table(result: DemoResult) -> Table:
     return table
 
 
+def _cloud_table(result: DemoResult) -> Table:
+    table = Table(title="the cloud aggregator's view (every window added up)", title_justify="left")
+    for col in ("region", "model", "version", "results", "dead letters", "labelled", "accuracy", "max PSI"):
+        table.add_column(col, justify="left" if col in ("region", "model") else "right")
+    for row in result.cloud:
+        table.add_row(
+            row["region"],
+            row["model"],
+            str(row["version"]),
+            str(row["results"]),
+            str(row["dead_letters"]),
+            str(row["labelled"]),
+            _fmt(row["accuracy"], ".3f"),
+            _fmt(row["max_psi"], ".3f") + (" drift" if row["drift_flagged"] else ""),
+        )
+    return table
+
+
 def demo(
     duration_s: float | None = typer.Option(None, help="Seconds the fleet sends (default 40)."),
     rate_per_s: float | None = typer.Option(None, help="Requests per second, whole fleet (default 150)."),
@@ -172,6 +190,8 @@ def demo(
         f"late results (after the device fell back): {result.total.late}; "
         f"duplicate results: {result.total.duplicates}"
     )
+    if result.cloud:
+        console.print(_cloud_table(result))
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.model_accuracy.items()))
     console.print(f"held-out accuracy of the models served / fallback: {accuracy}")
     console.print(f"latency plot: {result.paths.plot}")

@@ -61,6 +61,14 @@ def test_demo_accounts_for_every_request(
     assert [r.region for r in result.rows] == [r.name for r in regions]
     assert all(r.results > 0 for r in result.rows), "every region's worker answered"
 
+    # The cloud aggregator (faust, as `aggregator` over TLS) counted exactly what the workers committed,
+    # and its accuracy against the backends' labels is the models' own.
+    assert sum(row["results"] for row in result.cloud) == total.results
+    labelled = sum(row["labelled"] for row in result.cloud)
+    assert labelled > 0
+    correct = sum(row["accuracy"] * row["labelled"] for row in result.cloud if row["accuracy"] is not None)
+    assert correct / labelled > 0.9
+
     summary = json.loads(result.paths.summary.read_text())
     assert summary["total"]["results"] == total.results
     assert result.paths.plot.stat().st_size > 10_000
