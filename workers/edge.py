@@ -190,7 +190,11 @@ class WorkerSettings(BaseSettings):
     ready_file: Path | None = None
     """Written (JSON) once models are loaded and partitions assigned; removed at exit."""
     stats_file: Path | None = None
-    """Written (JSON) at exit with this worker's counters."""
+    """Written (JSON, atomically) with this worker's counters, the versions it serves and the registry
+    revisions it applied: every ``stats_interval_s``, after each registry state applied, and at exit.
+    The rollout controller reads the revisions there (``pipeline/rollout.py``)."""
+    stats_interval_s: float = Field(default=5.0, gt=0)
+    """How often the stats file is rewritten while the worker runs."""
 
     def resolved_node_id(self) -> str:
         """``node_id`` or ``<region>-<host>-<pid>``."""
@@ -373,6 +377,7 @@ class EdgeWorker:
         # twice (the client re-fetching around a broker restart) is admitted once.
         self._next_offset: dict[TopicPartition, int] = {}
         self._generation = 0  # bumped by every assignment change
+        self._stats_written_s = time.monotonic()
         self._paused = False
         self._ready = False
         self._stopped = False
@@ -518,6 +523,8 @@ class EdgeWorker:
             self._apply_backpressure(limit)
             room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
             fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            if time.monotonic() - self._stats_written_s >= self.settings.stats_interval_s:
+                self._write_stats()
             # One stat: a rotated key, an enrolment or a forgotten device in the key file applies from
             # here. After the fetch, so a record written after a key file change is never opened with
             # the ring from before it.
@@ -660,6 +667,7 @@ class EdgeWorker:
         """Apply each model's newest registry state as it arrives (forever)."""
         async for state in RegistryClient(self.settings.kafka).follow():
             if state.model in self.settings.models and await self._catalog.apply(state):
+                self._write_stats()  # the rollout controller sees the new revision now
                 for name, version in self._catalog.models:
                     served = self._catalog.models[(name, version)]
                     self.metrics.model_info(
@@ -1087,9 +1095,11 @@ class EdgeWorker:
     def _write_stats(self) -> None:
         if self.settings.stats_file is None:
             return
+        self._stats_written_s = time.monotonic()
         path = self.settings.stats_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
             json.dumps(
                 {
                     "node": self.node_id,
@@ -1104,6 +1114,7 @@ class EdgeWorker:
                 indent=2,
             )
         )
+        tmp.replace(path)  # readers (the rollout controller) never see half a file
 
 
 async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:

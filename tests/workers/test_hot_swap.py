@@ -29,6 +29,7 @@ from edgestream.pipeline.registry import (
     start_canary,
 )
 from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.rollout import FileWorkerView
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from edgestream.workers.catalog import routing_key_from
 from edgestream.workers.edge import EdgeWorker
@@ -119,8 +120,14 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     if current.canary is not None:  # the registry is shared by the session: start from no canary
         current = await registry.put(rollback(current, now_ms=_now_ms(), reason="test setup"))
     first = await registry.put(publish(current, registry.signed("tiny"), now_ms=_now_ms()))
-    worker = await running_worker(registry=True, registry_home=registry.root)
+    stats_dir = tmp_path / "stats"
+    worker = await running_worker(
+        registry=True, registry_home=registry.root, stats_file=stats_dir / "w.json", stats_interval_s=0.5
+    )
     assert await _applied(worker, first), worker.catalog.refused
+    # The rollout controller's view of the workers: the running worker reports the revision it applied.
+    view = FileWorkerView(stats_dir)
+    assert await eventually(lambda: view.revisions(MODEL) == [first.revision], timeout_s=10)
     master = edge_region.keyring.keys(edge_region.name)[edge_region.keyring.current_key_id(edge_region.name)]
     assert master.master is not None
     routing_key = routing_key_from(master.master)
@@ -144,6 +151,7 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     await registry.put(canary)
     during = await sending
     assert await _applied(worker, canary), worker.catalog.refused
+    assert await eventually(lambda: view.revisions(MODEL) == [canary.revision], timeout_s=10)
     for rid, device in during.items():
         expected[rid] = {
             choose_version(first, device, routing_key),
