@@ -423,6 +423,22 @@ def ping(kafka: Kafka, timeout_s: float = _PROBE_TIMEOUT_S, cluster_id: str | No
         return probe.result()
 
 
+async def _alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], attempts: int = 6) -> None:
+    """``_alter_broker_configs``, tried again when the connection fails: right after an earlier reload
+    the broker may refuse a handshake or two while it swaps its SSL engine."""
+    from aiokafka.errors import KafkaConnectionError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            await _alter_broker_configs(kafka, configs)
+            return
+        except KafkaConnectionError as err:
+            if attempt == attempts:
+                raise BrokerError(f"could not reach the broker to reload its TLS stores: {err}") from err
+            log.info("reload-tls: %s; trying again", err)
+            await asyncio.sleep(0.5 * attempt)
+
+
 async def _alter_broker_configs(kafka: KafkaSettings, configs: Mapping[str, str]) -> None:
     """Set dynamic configs of broker ``NODE_ID`` (AlterConfigs replaces the broker's dynamic set)."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -698,7 +714,7 @@ class LocalBroker:
             for listener in ("ssl", "controller")
             for store, path in (("truststore", pki.ca_file), ("keystore", keystore))
         }
-        asyncio.run(asyncio.wait_for(_alter_broker_configs(state.kafka(), configs), timeout_s))
+        asyncio.run(asyncio.wait_for(_alter_with_retries(state.kafka(), configs), timeout_s))
         log.info("broker %s re-read its trust bundle and key store", state.bootstrap)
         return state
 

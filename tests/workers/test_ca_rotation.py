@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from cryptography import x509
 
 from edgestream.pipeline.certs import Identity, Pki, TlsFiles
@@ -36,7 +37,7 @@ async def _connects(state: BrokerState, files: TlsFiles) -> bool:
     try:
         await asyncio.wait_for(admin.start(), 15)
         await admin.describe_cluster()
-    except Exception:  # any refusal: handshake closed, bootstrap failed, timeout
+    except (KafkaError, OSError, TimeoutError):  # a refusal: handshake closed, bootstrap failed, timeout
         return False
     finally:
         await admin.close()
