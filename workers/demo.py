@@ -75,6 +75,8 @@ class DemoSettings(BaseSettings):
     """After the fleet stops, how long to wait for the workers to consume what is left."""
     aggregator_window_s: float = Field(default=10.0, gt=0)
     """Tumbling window of the cloud aggregator the demo runs."""
+    sample_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Share of answered embeddings the workers sample for the cloud (joined there with labels)."""
     kafka: KafkaSettings | None = None
     """Use this already-running Kafka cluster (as an admin identity) instead of the local broker; nothing
     is started or stopped."""
@@ -173,6 +175,8 @@ def _cloud_view(url: str, settings: DemoSettings, answered: int) -> list[dict[st
     regions = {r.name for r in settings.regions}
     deadline = time.monotonic() + settings.drain_timeout_s + settings.worker_ready_timeout_s
     rows: list[dict[str, Any]] = []
+    counted_at: float | None = None
+    joined_before, steady = -1, 0
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/windows", timeout=5) as response:
@@ -181,11 +185,19 @@ def _cloud_view(url: str, settings: DemoSettings, answered: int) -> list[dict[st
             time.sleep(0.5)
             continue
         rows = [row for row in view.get("windows", []) if row["region"] in regions]
-        if sum(int(row["results"]) for row in rows) >= answered:
+        if counted_at is None and sum(int(row["results"]) for row in rows) >= answered:
+            counted_at = time.monotonic()
+        # Summaries arrive with the results; the label join goes through a re-keyed topic and trails
+        # them: once every answer is counted, wait until the joined count is above 0 and stops moving
+        # (1.5 s), or 15 s more at most.
+        joined = sum(int(row["joined"]) for row in rows)
+        steady = steady + 1 if joined == joined_before else 0
+        joined_before = joined
+        if counted_at is not None and steady >= 3 and (joined > 0 or time.monotonic() - counted_at > 15):
             break
         time.sleep(0.5)
     else:
-        log.warning("the aggregator's view did not reach the %d answers the workers committed", answered)
+        log.warning("the aggregator's view did not settle at the %d answers the workers committed", answered)
     totals: dict[tuple[str, str, int], dict[str, Any]] = {}
     for row in rows:
         entry = totals.setdefault(
@@ -250,6 +262,7 @@ def _workers(
                 "EDGESTREAM_WORKER_REGION": region.name,
                 "EDGESTREAM_WORKER_HOME": str(settings.home),
                 **kafka(region.name).to_env("EDGESTREAM_WORKER_KAFKA__"),
+                "EDGESTREAM_WORKER_SAMPLE_FRACTION": str(settings.sample_fraction),
                 "EDGESTREAM_WORKER_READY_FILE": str(ready),
                 "EDGESTREAM_WORKER_STATS_FILE": str(stats[region.name]),
             }
