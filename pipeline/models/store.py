@@ -18,12 +18,11 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.files import atomic_write
 from edgestream.pipeline.models.zoo import FAMILIES, SIZES, ModelSpec, spec
 
 if TYPE_CHECKING:
@@ -39,8 +38,7 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 """File name of the manifest inside an artifact directory."""
 _LOCK_FILE = ".lock"
-_FILE_MODE = 0o644
-"""Mode of written files (mkstemp creates 0600; artifacts are meant to be read by workers)."""
+"""Held (flock) while an artifact is built, so concurrent builders make it once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +84,8 @@ def write_artifact(out_dir: Path, onnx_bytes: bytes, manifest: dict[str, Any]) -
         raise ValueError("manifest sha256 does not match the ONNX bytes")
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
-    _atomic_write(model_path, onnx_bytes)
-    _atomic_write(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write(model_path, onnx_bytes)
+    atomic_write(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     return model_path
 
 
@@ -182,21 +180,6 @@ class ModelStore:
     def entries(self) -> list[tuple[ModelSpec, ModelArtifact | None]]:
         """Every model of the zoo with its verified cached artifact, or ``None`` where there is none."""
         return [(spec(name, size), self.cached(name, size)) for name in FAMILIES for size in SIZES]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), _FILE_MODE)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 @contextlib.contextmanager

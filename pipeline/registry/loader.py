@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from edgestream.pipeline.files import atomic_write
 from edgestream.pipeline.models.store import ModelArtifact
 from edgestream.pipeline.models.zoo import spec
 from edgestream.pipeline.registry.errors import MalformedRegistryRecord
 from edgestream.pipeline.registry.signing import load_verified
-from edgestream.pipeline.registry.store import _atomic_write, sha256_hex
+from edgestream.pipeline.registry.store import sha256_hex
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,7 +45,7 @@ def verified_artifact(
     path = cache_dir / f"{manifest.sha256}.onnx"
     if not (path.is_file() and sha256_hex(path.read_bytes()) == manifest.sha256):
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
+        atomic_write(path, data)
     log.info(
         "verified %s v%d (%s) signed by %s",
         manifest.model,

@@ -30,13 +30,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.files import atomic_write
 from edgestream.pipeline.registry.errors import (
     ArtifactMismatch,
     BadSignature,
     MalformedRegistryRecord,
     UntrustedSigner,
 )
-from edgestream.pipeline.registry.store import ArtifactStore, _atomic_write, check_sha256, sha256_hex
+from edgestream.pipeline.registry.store import ArtifactStore, check_sha256, sha256_hex
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -232,7 +233,7 @@ class SigningKey:
         pem = self._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _atomic_write(path, pem, mode=_PRIVATE_MODE)
+        atomic_write(path, pem, mode=_PRIVATE_MODE)
 
     @property
     def key_id(self) -> str:
@@ -303,7 +304,7 @@ class TrustedKeys:
             "format": TRUSTED_FORMAT,
             "keys": {k: base64.b64encode(v).decode() for k, v in sorted(self.keys.items())},
         }
-        _atomic_write(path, (json.dumps(body, indent=2) + "\n").encode())
+        atomic_write(path, (json.dumps(body, indent=2) + "\n").encode())
 
 
 def verify(signed: SignedManifest, trusted: TrustedKeys) -> Manifest:

@@ -8,14 +8,12 @@ out bytes that differ from their name. :class:`LocalArtifactStore` keeps ``root/
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
+from edgestream.pipeline.files import atomic_write
 from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound, MalformedRegistryRecord
 
 if TYPE_CHECKING:
@@ -24,7 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
-_FILE_MODE: Final = 0o644
 
 
 def sha256_hex(data: bytes) -> str:
@@ -85,7 +82,7 @@ class LocalArtifactStore:
             except ArtifactMismatch as e:
                 log.warning("replacing corrupt blob %s: %s", path, e)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
+        atomic_write(path, data)
         return sha256
 
     def get(self, sha256: str) -> bytes:
@@ -103,19 +100,3 @@ class LocalArtifactStore:
     def has(self, sha256: str) -> bool:
         """Whether ``root/sha256/ab/<sha256>`` exists."""
         return self.path(sha256).is_file()
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = _FILE_MODE) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:16]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
