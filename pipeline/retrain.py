@@ -2,11 +2,12 @@
 
 Read ``cloud.samples`` and ``cloud.labels`` to their end offsets (read_committed), join them by request
 id and keep the model's samples whose ``at_ms`` is in ``[since_ms, until_ms)`` (:func:`read_labelled`).
-Split the joined set into a training part and a held-out part (stratified, seeded:
-:func:`holdout_split`), train with the zoo's own training and ONNX export (:func:`train`), and measure
-the candidate and the current stable version on the SAME held-out part by running both ONNX graphs
-with onnxruntime (:func:`evaluate`). :func:`retrain` does all of it on data already read and returns a
-:class:`RetrainReport`, whose ``metrics()`` and ``lineage()`` are what the candidate's manifest signs.
+Split the joined set into a training part and a held-out part (stratified, seeded, copies of one
+input on one side: :func:`holdout_split`), train with the zoo's own training and ONNX export
+(:func:`train`), and measure the candidate and the current stable version on the SAME held-out part
+by running both ONNX graphs with onnxruntime (:func:`evaluate`). :func:`retrain` does all of it on
+data already read and returns a :class:`RetrainReport`, whose ``metrics()`` and ``lineage()`` are
+what the candidate's manifest signs.
 Publishing (as a candidate, never promoted) is ``edgestream.pipeline.registry.publishing``.
 
 Only ``embedding`` models can be retrained: frames are never sampled, so samples carry no frame.
@@ -134,6 +135,8 @@ class RetrainReport:
     samples: int
     labels: int
     joined: int
+    distinct: int
+    """Distinct inputs among the joined samples (copies of one input are kept on one side of the split)."""
     train_size: int
     holdout_size: int
     holdout_fraction: float
@@ -170,6 +173,7 @@ class RetrainReport:
             "samples": self.samples,
             "labels": self.labels,
             "joined": self.joined,
+            "distinct": self.distinct,
             "train_size": self.train_size,
             "holdout_size": self.holdout_size,
             "holdout_fraction": self.holdout_fraction,
@@ -304,20 +308,44 @@ def _sampled_spec(model: str, size: str = "medium") -> ModelSpec:
 
 
 def holdout_split(
-    y: Labels, fraction: float = DEFAULT_HOLDOUT, *, seed: int = DEFAULT_SEED
+    y: Labels,
+    fraction: float = DEFAULT_HOLDOUT,
+    *,
+    seed: int = DEFAULT_SEED,
+    groups: npt.NDArray[np.intp] | None = None,
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Row indices ``(train, holdout)``: disjoint, together every row, the holdout ``fraction`` of each
-    class (stratified), the same for the same labels and seed."""
+    class (stratified), the same for the same labels and seed.
+
+    ``groups`` (one id per row, e.g. from :func:`input_groups`): rows of one group land on the same side,
+    so a held-out row never has a copy in the training part; the split is then made over the groups
+    (stratified by each group's first label)."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"holdout fraction must be in (0, 1), got {fraction}")
-    _, counts = np.unique(y, return_counts=True)
+    if groups is None:
+        groups = np.arange(len(y))
+    if len(groups) != len(y):
+        raise ConfigError(f"{len(groups)} group ids for {len(y)} rows")
+    ids, first = np.unique(groups, return_index=True)
+    group_y = y[first]
+    _, counts = np.unique(group_y, return_counts=True)
     if len(counts) < 2 or counts.min() < 2:
-        raise RetrainError(f"need at least two samples of each of two classes, got {counts.tolist()}")
+        raise RetrainError(f"need at least two distinct inputs of each of two classes, got {counts.tolist()}")
+    train_ids, holdout_ids = train_test_split(ids, test_size=fraction, stratify=group_y, random_state=seed)
     rows = np.arange(len(y))
-    train_rows, holdout_rows = train_test_split(rows, test_size=fraction, stratify=y, random_state=seed)
-    return np.sort(train_rows), np.sort(holdout_rows)
+    return rows[np.isin(groups, train_ids)], rows[np.isin(groups, holdout_ids)]
+
+
+def input_groups(X: Items) -> npt.NDArray[np.intp]:
+    """One id per row of ``X``, equal for identical inputs, numbered by first occurrence."""
+    flat = np.ascontiguousarray(X).reshape(len(X), -1)
+    if len(flat) == 0:
+        return np.zeros(0, dtype=np.intp)
+    _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # unique's (sorted) group -> rank of its first occurrence
+    return order[inverse.ravel()].astype(np.intp)
 
 
 def train(model_spec: ModelSpec, X: Items, y: Labels) -> TrainedModel:
@@ -354,7 +382,8 @@ def retrain(
     """Train a candidate of ``variant`` on the training part of ``data`` and compare it with the stable
     version's graph on the held-out part."""
     model_spec = _sampled_spec(data.model, variant)
-    train_rows, holdout_rows = holdout_split(data.y, holdout_fraction, seed=seed)
+    groups = input_groups(data.X)
+    train_rows, holdout_rows = holdout_split(data.y, holdout_fraction, seed=seed, groups=groups)
     candidate = train(model_spec, data.X[train_rows], data.y[train_rows])
     X_holdout, y_holdout = data.X[holdout_rows], data.y[holdout_rows]
     report = RetrainReport(
@@ -364,6 +393,7 @@ def retrain(
         samples=data.samples,
         labels=data.labels,
         joined=data.joined,
+        distinct=int(groups.max()) + 1 if len(groups) else 0,
         train_size=len(train_rows),
         holdout_size=len(holdout_rows),
         holdout_fraction=holdout_fraction,

@@ -62,7 +62,10 @@ def retrain(
     min_samples: Annotated[
         int, typer.Option("--min-samples", min=1, help="Refuse with fewer labelled samples than this.")
     ] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out split.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the held-out split (training is seeded by the zoo's seed)."),
+    ] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Train and compare, publish nothing.")] = False,
     home: Home = None,
     bootstrap: Bootstrap = None,
@@ -147,6 +150,7 @@ def _table(report: RetrainReport) -> Table:
         ("samples", str(report.samples)),
         ("labels", str(report.labels)),
         ("joined", str(report.joined)),
+        ("distinct inputs", str(report.distinct)),
         ("train / holdout", f"{report.train_size} / {report.holdout_size}"),
         ("candidate accuracy", f"{report.candidate_accuracy:.4f}"),
         ("candidate sklearn accuracy", f"{report.candidate_sklearn_accuracy:.4f}"),

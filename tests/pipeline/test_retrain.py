@@ -17,34 +17,27 @@ import pytest
 from edgestream.pipeline.cloud import Label, Sample
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.models.build import _layers, _standardiser, _train, export_onnx, features
+from edgestream.pipeline.models.shift import PITCH, scanner_shift, shifted_pools
 from edgestream.pipeline.retrain import (
     LabelledSet,
     RetrainError,
     Window,
     evaluate,
     holdout_split,
+    input_groups,
     join,
     retrain,
     train,
 )
 
 MODEL = "embedding-scorer"
-PITCH = 1.3
-"""The new scanner's pixel pitch relative to the old one."""
-LENGTHS = (0, 2, 10, 12, 20, 22)
-"""radius, perimeter (mean, error, worst)."""
-AREAS = (3, 13, 23)
-"""area (mean, error, worst)."""
 MIN_MARGIN = 0.07
 """Measured 0.12-0.14 over split seeds 0-2."""
 
 
 def shifted(X: npt.NDArray[np.generic]) -> npt.NDArray[np.float16]:
     """``X`` as the new scanner measures it (float16, as devices send it)."""
-    out = np.asarray(X, dtype=np.float32).copy()
-    out[:, LENGTHS] *= PITCH
-    out[:, AREAS] *= PITCH * PITCH
-    return out.astype(np.float16)
+    return scanner_shift(X, PITCH)
 
 
 def reference_onnx(size: str = "medium") -> bytes:
@@ -142,6 +135,45 @@ def test_holdout_split_is_disjoint_stratified_and_seeded() -> None:
     again = holdout_split(y, 0.3, seed=7)
     assert np.array_equal(again[1], holdout_rows)
     assert not np.array_equal(holdout_split(y, 0.3, seed=8)[1], holdout_rows)
+
+
+def test_copies_of_one_input_stay_on_one_side_of_the_split() -> None:
+    """Samples drawn with replacement repeat inputs: a held-out copy of a training row would score the
+    candidate on what it learnt."""
+    rng = np.random.default_rng(3)
+    distinct = rng.normal(size=(80, 30)).astype(np.float16)
+    labels = (np.arange(80) % 3 == 0).astype(np.int64)
+    rows = rng.integers(0, 80, size=300)
+    X, y = distinct[rows], labels[rows]
+    groups = input_groups(X)
+    assert groups.max() + 1 == len(np.unique(rows))
+    firsts = [int(np.flatnonzero(groups == g)[0]) for g in range(int(groups.max()) + 1)]
+    assert firsts == sorted(firsts), "numbered by first occurrence"
+    assert all(
+        np.array_equal(X[i], X[j]) == (groups[i] == groups[j]) for i, j in rng.integers(0, 300, (200, 2))
+    )
+    train_rows, holdout_rows = holdout_split(y, 0.3, seed=1, groups=groups)
+    assert sorted([*train_rows.tolist(), *holdout_rows.tolist()]) == list(range(300))
+    assert not {tuple(r) for r in X[train_rows].tolist()} & {tuple(r) for r in X[holdout_rows].tolist()}
+    held_groups = len(np.unique(groups[holdout_rows]))
+    assert held_groups == round(0.3 * (groups.max() + 1))
+    # Without groups the same draws leak: most held-out rows have a copy in the training part.
+    plain_train, plain_holdout = holdout_split(y, 0.3, seed=1)
+    train_inputs = {tuple(r) for r in X[plain_train].tolist()}
+    assert sum(tuple(r) in train_inputs for r in X[plain_holdout].tolist()) > len(plain_holdout) / 2
+
+
+def test_shifted_pools_are_disjoint_halves_of_the_shifted_data() -> None:
+    first, second = shifted_pools()
+    data = load_dataset("embedding")
+    everything = shifted(np.concatenate([data.X_train, data.X_test]))
+    assert len(first.y) + len(second.y) == len(everything) == 569
+    assert abs(len(first.y) - len(second.y)) <= 2
+    assert not {r.tobytes() for r in first.X} & {r.tobytes() for r in second.X}
+    assert abs(first.y.mean() - second.y.mean()) < 0.01
+    assert {r.tobytes() for r in first.X} | {r.tobytes() for r in second.X} == {
+        r.tobytes() for r in everything
+    }
 
 
 def test_holdout_split_refuses_a_single_class() -> None:

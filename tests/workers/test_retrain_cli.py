@@ -2,7 +2,7 @@
 registry with a stable reference version, and a retrained candidate published (not promoted) that
 beats it on the held-out split.
 
-The shift is the one of ``tests/pipeline/test_retrain.py`` (a scanner with a 1.3x pixel pitch). The
+The shift is ``pipeline.models.shift`` (a scanner with a 1.3x pixel pitch). The
 test's records are told apart from other tests' by their window: ``at_ms`` stamps inside a window
 opened and closed around this test's own produce.
 """
@@ -23,6 +23,7 @@ from typer.testing import CliRunner, Result
 from edgestream.cli import app
 from edgestream.pipeline.cloud import Label, Sample
 from edgestream.pipeline.models import ModelStore, load_dataset
+from edgestream.pipeline.models.shift import scanner_shift
 from edgestream.pipeline.registry import (
     LocalArtifactStore,
     ModelState,
@@ -38,7 +39,6 @@ from edgestream.pipeline.registry.publishing import publish_artifact
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, shared_topics
-from tests.pipeline.test_retrain import shifted
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -100,7 +100,7 @@ async def _produce_shifted(producer: AIOKafkaProducer, start_ms: int) -> None:
     """LABELLED shifted samples with their true labels, UNLABELLED without, and labelled samples just
     before the window (which must be left out)."""
     data = load_dataset("embedding")
-    X = shifted(np.concatenate([data.X_train, data.X_test]))
+    X = scanner_shift(np.concatenate([data.X_train, data.X_test]))
     y = np.concatenate([data.y_train, data.y_test])
     rows = np.random.default_rng(11).permutation(len(y))
     run = uuid.uuid4().bytes[:8]
