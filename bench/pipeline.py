@@ -475,7 +475,7 @@ class _EchoFleet(Fleet):
         pending = self._pending.pop(request_id, None)
         if pending is None:
             if request_id in self._expired:
-                self._expired.discard(request_id)
+                del self._expired[request_id]
                 self.report.regions[ECHO_REGION].late += 1
             return
         region = self.report.regions[pending.region]

@@ -376,7 +376,13 @@ class Controller:
         accuracy: dict[int, tuple[int, int]] = {}
         if self._labels:
             samples = await self._read(
-                SAMPLES_TOPIC, Sample.from_bytes, lambda s: s.model == model and s.at_ms >= since
+                SAMPLES_TOPIC,
+                Sample.from_bytes,
+                lambda s: (
+                    s.model == model
+                    and s.at_ms >= since
+                    and (self._regions is None or s.region in self._regions)
+                ),
             )
             if samples:
                 labels = await self._read(LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -28,14 +29,33 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.certs import Identity, Pki
 from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.drift import MIN_SAMPLES
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, Kafka, KafkaSettings, Region
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
-from edgestream.topics.catalogue import all_topics, edge_group, region_topics
+from edgestream.topics.catalogue import (
+    AGGREGATOR_GROUP,
+    LABELS_TOPIC,
+    SAMPLES_TOPIC,
+    SUMMARIES_TOPIC,
+    all_topics,
+    edge_group,
+    region_topics,
+)
 from edgestream.workers.broker import BrokerSettings, LocalBroker, free_port
-from edgestream.workers.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, run_fleet
+from edgestream.workers.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, make_fleet
+from edgestream.workers.story import (
+    STORY_MODEL,
+    Story,
+    StoryEvent,
+    StoryReport,
+    StorySettings,
+    count_drift,
+    prepare_registry,
+)
+from edgestream.workers.story_plot import plot_story
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +78,7 @@ class DemoSettings(BaseSettings):
     regions: tuple[Region, ...] = DEFAULT_REGIONS
     """Regions to run, one edge worker each."""
     duration_s: float = Field(default=40.0, gt=0)
-    """How long the fleet sends."""
+    """How long the fleet sends when no story is told (``story.enabled`` false)."""
     rate_per_s: float = Field(default=150.0, gt=0)
     """Requests per second offered by the whole fleet."""
     devices: int = Field(default=60, ge=1)
@@ -73,10 +93,16 @@ class DemoSettings(BaseSettings):
     """How long to wait for the workers to load models and get their partitions."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """After the fleet stops, how long to wait for the workers to consume what is left."""
-    aggregator_window_s: float = Field(default=10.0, gt=0)
-    """Tumbling window of the cloud aggregator the demo runs."""
-    sample_fraction: float = Field(default=0.5, ge=0, le=1)
-    """Share of answered embeddings the workers sample for the cloud (joined there with labels)."""
+    aggregator_window_s: float = Field(default=15.0, gt=0)
+    """Tumbling window of the cloud aggregator the demo runs. Drift is judged on a window of one
+    region's samples from 200 on: at the default rate a region samples about 24 embeddings a second."""
+    sample_fraction: float = Field(default=1.0, ge=0, le=1)
+    """Share of answered embeddings the workers sample for the cloud (joined there with labels). All of
+    them by default: the demo's fleet is small, and drift and retraining need a few hundred."""
+    story: StorySettings = StorySettings()
+    """The learning loop the demo tells (``workers/story.py``): shift, drift, retrain, canary, rollback."""
+    story_max_s: float = Field(default=420.0, gt=0)
+    """The most the fleet sends while the story is told; a story not over by then is reported stalled."""
     kafka: KafkaSettings | None = None
     """Use this already-running Kafka cluster (as an admin identity) instead of the local broker; nothing
     is started or stopped."""
@@ -94,10 +120,12 @@ class DemoPaths:
     summary: Path
     plot: Path
 
+    story_plot: Path
+
     @classmethod
     def under(cls, home: Path) -> DemoPaths:
         root = home / "demo"
-        return cls(root, root / "logs", root / "summary.json", root / "latency.png")
+        return cls(root, root / "logs", root / "summary.json", root / "latency.png", root / "story.png")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +150,19 @@ class RegionSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionRow:
+    """One version of the story's model on one kind of input, from the devices' own answers."""
+
+    version: int
+    role: str
+    """``reference``, ``retrained``, ``bad`` (or ``other``)."""
+    inputs: str
+    """``original``, ``shifted-a`` (before retraining) or ``shifted-b`` (inputs it never trained on)."""
+    answers: int
+    accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
 class DemoResult:
     """What the demo measured."""
 
@@ -133,12 +174,43 @@ class DemoResult:
     model_accuracy: dict[str, float]
     cloud: list[dict[str, Any]] = field(default_factory=list)
     """The aggregator's view per (region, model, version), all windows added up: results, dead-letter
-    rate, accuracy against the backends' labels, the largest drift seen."""
+    rate, accuracy against the backends' labels, the largest drift judged (windows of enough samples)."""
+    story: StoryReport | None = None
+    """The learning loop's events and measurements, when told."""
+    versions: list[VersionRow] = field(default_factory=list)
+    """Accuracy of each version of the story's model on each kind of input, as the devices saw it."""
+    bad_after_rollback: int | None = None
+    """Answers by the bad candidate to requests captured after every worker applied its rollback."""
+
+
+async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
+    """Commit the end offsets of ``topics`` for ``group`` (a new group), so that it starts there."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from edgestream.topics.catalogue import parse_topic
+
+    consumer = AIOKafkaConsumer(**admin.client_kwargs(), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.commit({tp: offset for tp, offset in ends.items()})
+    finally:
+        await consumer.stop()
 
 
 @contextmanager
-def _aggregator(settings: DemoSettings, kafka: KafkaSettings, paths: DemoPaths) -> Iterator[str]:
-    """Run ``edgestream aggregate run`` (as ``aggregator``); yields its view's URL; always stops it."""
+def _aggregator(
+    settings: DemoSettings, kafka: KafkaSettings, admin: KafkaSettings, paths: DemoPaths
+) -> Iterator[str]:
+    """Run ``edgestream aggregate run`` (as ``aggregator``); yields its view's URL; always stops it.
+
+    It gets a group and tables of this run's own, starting at the current end of the cloud topics
+    (committed for it before it starts): older runs' records, or a backlog an older aggregator left,
+    are not this run's story."""
+    app_id = f"{AGGREGATOR_GROUP}-demo-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_group_at_end(admin, app_id, [SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC]))
     port = free_port()
     env = {
         **os.environ,
@@ -146,6 +218,7 @@ def _aggregator(settings: DemoSettings, kafka: KafkaSettings, paths: DemoPaths) 
         "EDGESTREAM_AGGREGATOR_HOME": str(settings.home),
         "EDGESTREAM_AGGREGATOR_WEB_PORT": str(port),
         "EDGESTREAM_AGGREGATOR_WINDOW_S": str(settings.aggregator_window_s),
+        "EDGESTREAM_AGGREGATOR_APP_ID": app_id,
     }
     log_path = paths.logs / "aggregator.log"
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -169,9 +242,11 @@ def _aggregator(settings: DemoSettings, kafka: KafkaSettings, paths: DemoPaths) 
             proc.wait()
 
 
-def _cloud_view(url: str, settings: DemoSettings, answered: int) -> list[dict[str, Any]]:
+def _cloud_view(
+    url: str, settings: DemoSettings, answered: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The aggregator's windows for the demo's regions, once they count every answer the workers
-    committed (bounded by ``drain_timeout_s``), added up per (region, model, version)."""
+    committed (bounded by ``drain_timeout_s``): added up per (region, model, version), and as served."""
     regions = {r.name for r in settings.regions}
     deadline = time.monotonic() + settings.drain_timeout_s + settings.worker_ready_timeout_s
     rows: list[dict[str, Any]] = []
@@ -220,7 +295,7 @@ def _cloud_view(url: str, settings: DemoSettings, answered: int) -> list[dict[st
             entry["joined"] += int(row["joined"])
             entry["correct"] += row["accuracy"] * int(row["joined"])
         psi = row["drift"].get("max_psi")
-        if psi is not None:
+        if psi is not None and row["drift"].get("samples", 0) >= MIN_SAMPLES:  # judged windows only
             entry["max_psi"] = psi if entry["max_psi"] is None else max(entry["max_psi"], psi)
         entry["drift_flagged"] = entry["drift_flagged"] or bool(row["drift"].get("flagged"))
     out = []
@@ -230,7 +305,7 @@ def _cloud_view(url: str, settings: DemoSettings, answered: int) -> list[dict[st
         entry["labelled"] = joined
         entry["accuracy"] = correct / joined if joined else None
         out.append(entry)
-    return sorted(out, key=lambda e: (e["region"], e["model"], e["version"]))
+    return sorted(out, key=lambda e: (e["region"], e["model"], e["version"])), rows
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -266,6 +341,9 @@ def _workers(
                 "EDGESTREAM_WORKER_READY_FILE": str(ready),
                 "EDGESTREAM_WORKER_STATS_FILE": str(stats[region.name]),
             }
+            if settings.story.enabled:  # follow the registry; report applied revisions every second
+                env["EDGESTREAM_WORKER_REGISTRY"] = "true"
+                env["EDGESTREAM_WORKER_STATS_INTERVAL_S"] = "1"
             with log_path.open("wb") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "edgestream", "worker"],
@@ -395,6 +473,7 @@ def run_demo(
     *,
     on_step: Callable[[str], None] = lambda _msg: None,
     on_progress: Callable[[Progress], None] | None = None,
+    on_event: Callable[[StoryEvent], None] = lambda _event: None,
 ) -> DemoResult:
     """Run the demo end to end; every process it started is stopped when it returns or raises."""
     paths = DemoPaths.under(settings.home)
@@ -422,6 +501,7 @@ def run_demo(
         files = pki.ensure([identity])[identity]
         return KafkaSettings.tls(admin.bootstrap_servers, files)
 
+    story: StoryReport | None = None
     try:
         key_file = settings.home / "keys.json"
         if not key_file.exists():
@@ -437,18 +517,29 @@ def run_demo(
         if secure:
             on_step("granting each region's workers and devices their ACLs")
             asyncio.run(apply_policy(admin, [r.name for r in settings.regions]))
+        revision = None
+        if settings.story.enabled:
+            registry = asyncio.run(prepare_registry(admin, settings.home))
+            assert registry.stable is not None
+            revision = registry.revision
+            on_step(
+                f"model registry: {STORY_MODEL} v{registry.stable} (the zoo's reference) is stable, "
+                f"signed by the demo's key in {settings.home / 'registry'}"
+            )
         on_step(f"starting {len(settings.regions)} edge workers and the cloud aggregator")
         aggregator_kafka = admin
         if secure:
             files = pki.ensure([Identity.aggregator()])[Identity.aggregator()]
             aggregator_kafka = KafkaSettings.tls(admin.bootstrap_servers, files)
-        with _aggregator(settings, aggregator_kafka, paths) as aggregator_url:
+        with _aggregator(settings, aggregator_kafka, admin, paths) as aggregator_url:
             with _workers(settings, worker_kafka, paths) as stats_files:
-                on_step("running the device fleet")
+                if revision is not None:
+                    _wait_for_revision(stats_files, revision, settings.worker_ready_timeout_s)
+                on_step("running the device fleet" + (" and telling the story" if revision else ""))
                 fleet_settings = FleetSettings(
                     devices=settings.devices,
                     rate_per_s=settings.rate_per_s,
-                    duration_s=settings.duration_s,
+                    duration_s=settings.story_max_s if settings.story.enabled else settings.duration_s,
                     bad_fraction=settings.bad_fraction,
                     deadline_ms=settings.deadline_ms,
                     drain_s=settings.drain_s,
@@ -457,7 +548,18 @@ def run_demo(
                     kafka=admin,  # over TLS the fleet connects as device-<region> instead
                     tls_root=pki.root,
                 )
-                report = asyncio.run(run_fleet(fleet_settings, on_progress))
+                report, story = asyncio.run(
+                    _fleet_and_story(
+                        settings,
+                        fleet_settings,
+                        admin,
+                        aggregator_url,
+                        stats_files,
+                        revision,
+                        on_progress,
+                        on_event,
+                    )
+                )
                 on_step("waiting for the workers to consume everything sent")
                 asyncio.run(_wait_caught_up(admin, settings))
                 on_step("stopping workers")
@@ -467,7 +569,7 @@ def run_demo(
             }
             on_step("reading the aggregator's view")
             answered = sum(int(ws.get("results", 0)) for ws in worker_stats.values())
-            cloud = _cloud_view(aggregator_url, settings, answered)
+            cloud, windows = _cloud_view(aggregator_url, settings, answered)
     finally:
         if stop_broker:
             on_step("stopping the Kafka broker")
@@ -479,7 +581,14 @@ def run_demo(
             all_reasons[reason] = all_reasons.get(reason, 0) + count
     total = _summarise("all", report, {"dead_letters": all_reasons})
     plot_latency(report, paths.plot)
-    result = DemoResult(rows, total, paths, broker_log, accuracy, cloud)
+    versions: list[VersionRow] = []
+    bad_after: int | None = None
+    if story is not None:
+        versions = version_rows(report, story)
+        bad_after = bad_answers_after_rollback(report, story)
+        story.drift_windows = count_drift(story, windows, report.started_at, settings.aggregator_window_s)
+        plot_story(report, story, windows, settings.aggregator_window_s, paths.story_plot)
+    result = DemoResult(rows, total, paths, broker_log, accuracy, cloud, story, versions, bad_after)
     paths.summary.write_text(
         json.dumps(
             {
@@ -491,8 +600,105 @@ def run_demo(
                 "unanswered": report.unanswered,
                 "worker_stats": worker_stats,
                 "cloud": cloud,
+                "story": None if story is None else story.to_dict(),
+                "versions": [asdict(v) for v in versions],
+                "bad_after_rollback": bad_after,
             },
             indent=2,
         )
     )
     return result
+
+
+def _wait_for_revision(stats_files: dict[str, Path], revision: int, timeout_s: float) -> None:
+    """Wait until every worker reports the registry revision the story starts from."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        behind = []
+        for region, path in stats_files.items():
+            try:
+                applied = json.loads(path.read_text()).get("registry_revisions", {}).get(STORY_MODEL)
+            except (OSError, ValueError):
+                applied = None
+            if not isinstance(applied, int) or applied < revision:
+                behind.append(region)
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"workers {behind} did not apply registry revision {revision} in {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+async def _fleet_and_story(
+    settings: DemoSettings,
+    fleet_settings: FleetSettings,
+    admin: KafkaSettings,
+    aggregator_url: str,
+    stats_files: dict[str, Path],
+    revision: int | None,
+    on_progress: Callable[[Progress], None] | None,
+    on_event: Callable[[StoryEvent], None],
+) -> tuple[FleetReport, StoryReport | None]:
+    """Run the fleet, and the story beside it when there is one (it says when the fleet stops)."""
+    fleet = make_fleet(fleet_settings)
+    if revision is None:
+        return await fleet.run(on_progress), None
+    from edgestream.pipeline.registry.client import RegistryClient
+
+    reference = (await RegistryClient(admin).read_states())[STORY_MODEL].stable
+    assert reference is not None
+    story = Story(
+        settings.story,
+        kafka=admin,
+        home=settings.home,
+        fleet=fleet,
+        view_url=aggregator_url,
+        stats_dir=next(iter(stats_files.values())).parent,
+        regions=frozenset(r.name for r in settings.regions),
+        reference=reference,
+        on_event=on_event,
+    )
+    stop = asyncio.Event()
+    told = asyncio.create_task(story.run(stop))
+    report = await fleet.run(on_progress, until=stop)
+    told.cancel()
+    return report, await told
+
+
+def _role(story: StoryReport, version: int) -> str:
+    roles = {story.reference: "reference", story.retrained: "retrained", story.bad: "bad"}
+    return roles.get(version, "other")
+
+
+def version_rows(report: FleetReport, story: StoryReport) -> list[VersionRow]:
+    """Accuracy of each version of the story's model per kind of input, from the devices' answers."""
+    counts: dict[tuple[int, str], list[int]] = {}
+    for answer in report.totals().answers:
+        if answer.model != story.model:
+            continue
+        entry = counts.setdefault((answer.version, answer.inputs), [0, 0])
+        entry[0] += 1
+        entry[1] += int(answer.correct)
+    order = {"original": 0, "shifted-a": 1, "shifted-b": 2}
+    keys = sorted(counts, key=lambda k: (k[0], order[k[1]]))
+    return [
+        VersionRow(
+            version,
+            _role(story, version),
+            inputs,
+            counts[version, inputs][0],
+            counts[version, inputs][1] / counts[version, inputs][0],
+        )
+        for version, inputs in keys
+    ]
+
+
+def bad_answers_after_rollback(report: FleetReport, story: StoryReport) -> int | None:
+    """Answers by the bad version to requests captured once every worker applied the rollback."""
+    if story.bad is None or story.rollback_applied_at_s is None:
+        return None
+    return sum(
+        1
+        for a in report.totals().answers
+        if a.model == story.model and a.version == story.bad and a.capture_s > story.rollback_applied_at_s
+    )

@@ -38,6 +38,7 @@ from edgestream.pipeline.contract import ResultRecord, new_request_id, seal
 from edgestream.pipeline.crypto import KeyRing, enroll_devices
 from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
 from edgestream.topics.routing import Router
@@ -45,6 +46,9 @@ from edgestream.topics.routing import Router
 log = logging.getLogger(__name__)
 
 Kind = Literal["embedding", "frame"]
+Inputs = Literal["original", "shifted-a", "shifted-b"]
+"""Where devices draw embeddings from: the original held-out split, or one of the two disjoint halves
+of the scanner-shifted data (``pipeline.models.shift``). Frames always come from the held-out split."""
 MODEL_FOR_KIND: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
 BAD_KINDS = ("tampered", "unknown_model", "wrong_shape", "garbage")
 
@@ -114,6 +118,9 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
+_NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
+
+
 @dataclass(slots=True)
 class _Pending:
     region: str
@@ -122,6 +129,24 @@ class _Pending:
     capture_ms: int
     deadline_s: float
     inputs: np.ndarray[Any, Any]
+    source: Inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request the edge answered (in time or late), as the device saw it."""
+
+    capture_s: float
+    """When the device captured it, seconds since the fleet started."""
+    model: str
+    version: int
+    """The model version that answered (from the result)."""
+    correct: bool
+    """Whether the answer equals the true label."""
+    inputs: Inputs
+    """Where the input was drawn from."""
+    late: bool = False
+    """Whether it came after the device's deadline (the device had answered with its fallback)."""
 
 
 @dataclass(slots=True)
@@ -139,6 +164,7 @@ class RegionReport:
     latencies_ms: list[float] = field(default_factory=list)
     result_times_s: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
 
     def percentile_ms(self, q: float) -> float | None:
         """End-to-end latency percentile over answered requests, or None without answers."""
@@ -177,6 +203,7 @@ class FleetReport:
                 setattr(out, name, getattr(out, name) + getattr(r, name))
             out.latencies_ms.extend(r.latencies_ms)
             out.batch_sizes.extend(r.batch_sizes)
+            out.answers.extend(r.answers)
         return out
 
 
@@ -233,20 +260,27 @@ class Fleet:
         self._pyrng = random.Random(settings.seed + 1)
         store = ModelStore(settings.home / "models")
         self._data = {kind: load_dataset(kind) for kind in MODEL_FOR_KIND}
+        first, second = shifted_pools()
+        self._shifted: dict[Inputs, Pool] = {"shifted-a": first, "shifted-b": second}
+        self.inputs: Inputs = "original"
+        """Where embeddings are drawn from now; a scenario may change it while the fleet runs."""
         self._specs = {kind: spec(name) for kind, name in MODEL_FOR_KIND.items()}
         self._fallback = {
             kind: InferenceSession(store.get(name, "tiny")) for kind, name in MODEL_FOR_KIND.items()
         }
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
         self._labels: AIOKafkaProducer | None = None
-        self._expired: set[bytes] = set()
+        self._expired: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()
         self.report = FleetReport(
             {r.name: RegionReport() for r in settings.regions}, time.time(), 0.0, 0.0, 0
         )
 
-    async def run(self, on_progress: Callable[[Progress], None] | None = None) -> FleetReport:
-        """Send for ``duration_s``, wait up to ``drain_s`` for the rest, return the report."""
+    async def run(
+        self, on_progress: Callable[[Progress], None] | None = None, *, until: asyncio.Event | None = None
+    ) -> FleetReport:
+        """Send for ``duration_s`` (or until ``until`` is set, if sooner), wait up to ``drain_s`` for the
+        rest, return the report."""
         producers: dict[str, AIOKafkaProducer] = {}
         consumers: dict[str, AIOKafkaConsumer] = {}
         tasks: list[asyncio.Task[None]] = []
@@ -282,7 +316,7 @@ class Fleet:
                 await self._listen_from_now(consumers[region], region)
             tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
             tasks.append(asyncio.create_task(self._sweep()))
-            await self._send_all(producers, on_progress)
+            await self._send_all(producers, on_progress, until)
             await self._drain(on_progress)
         finally:
             for task in tasks:
@@ -318,7 +352,10 @@ class Fleet:
             await consumer.position(tp)
 
     async def _send_all(
-        self, producers: Mapping[str, AIOKafkaProducer], on_progress: Callable[[Progress], None] | None
+        self,
+        producers: Mapping[str, AIOKafkaProducer],
+        on_progress: Callable[[Progress], None] | None,
+        until: asyncio.Event | None,
     ) -> None:
         interval_s = 1.0 / self.settings.rate_per_s
         start_s = time.monotonic()
@@ -327,7 +364,7 @@ class Fleet:
         next_progress_s = start_s
         deliveries: list[asyncio.Future[Any]] = []
         n = 0
-        while next_s < end_s:
+        while next_s < end_s and (until is None or not until.is_set()):
             delay_s = next_s - time.monotonic()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
@@ -348,14 +385,18 @@ class Fleet:
         await asyncio.gather(*deliveries)
         self.report.send_s = time.monotonic() - start_s
 
-    def _pick(self, kind: Kind) -> tuple[np.ndarray[Any, Any], int]:
+    def _pick(self, kind: Kind) -> tuple[np.ndarray[Any, Any], int, Inputs]:
+        if kind == "embedding" and self.inputs != "original":
+            pool = self._shifted[self.inputs]
+            i = int(self._rng.integers(len(pool.y)))
+            return pool.X[i], int(pool.y[i]), self.inputs
         data = self._data[kind]
         i = int(self._rng.integers(len(data.y_test)))
-        return data.X_test[i], int(data.y_test[i])
+        return data.X_test[i], int(data.y_test[i]), "original"
 
     async def _send_one(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
         kind: Kind = "frame" if self._pyrng.random() < self.settings.frame_fraction else "embedding"
-        x, truth = self._pick(kind)
+        x, truth, source = self._pick(kind)
         body = encode_tensor(x, self._specs[kind].input_dtype)
         capture_ms = int(time.time() * 1000)
         request_id = new_request_id()
@@ -370,7 +411,13 @@ class Fleet:
             request_id=request_id,
         )
         self._pending[request_id] = _Pending(
-            device.region, kind, truth, capture_ms, time.monotonic() + self.settings.deadline_ms / 1000.0, x
+            device.region,
+            kind,
+            truth,
+            capture_ms,
+            time.monotonic() + self.settings.deadline_ms / 1000.0,
+            x,
+            source,
         )
         self.report.regions[device.region].sent += 1
         delivery: asyncio.Future[Any] = await producer.send(
@@ -384,7 +431,7 @@ class Fleet:
     async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
         how = self._pyrng.choice(BAD_KINDS)
         kind: Kind = "embedding"
-        x, _ = self._pick(kind)
+        x, _, _ = self._pick(kind)
         body = encode_tensor(x, self._specs[kind].input_dtype)
         model = MODEL_FOR_KIND[kind]
         if how == "wrong_shape":
@@ -426,9 +473,10 @@ class Fleet:
         if pending is None:
             region = self.report.regions.get(result.region)
             if region is not None:
-                if rid in self._expired:
-                    self._expired.discard(rid)
+                expired = self._expired.pop(rid, None)
+                if expired is not None:
                     region.late += 1
+                    region.answers.append(self._answer(expired, result, late=True))
                 elif rid in self._answered:
                     region.duplicates += 1
             return
@@ -439,6 +487,17 @@ class Fleet:
         region.latencies_ms.append(now_ms - pending.capture_ms)
         region.result_times_s.append(now_ms / 1000.0 - self.report.started_at)
         region.batch_sizes.append(result.batch_size)
+        region.answers.append(self._answer(pending, result, late=False))
+
+    def _answer(self, pending: _Pending, result: ResultRecord, *, late: bool) -> Answer:
+        return Answer(
+            pending.capture_ms / 1000.0 - self.report.started_at,
+            result.model,
+            result.model_version,
+            result.label == pending.truth,
+            pending.source,
+            late,
+        )
 
     async def _sweep(self) -> None:
         while True:
@@ -449,8 +508,9 @@ class Fleet:
                 if pending.deadline_s > now_s:
                     break
                 del self._pending[rid]
-                self._expired.add(rid)
                 self._fallback_answer(pending)
+                pending.inputs = _NO_INPUTS  # kept for a late answer's accounting, not its input
+                self._expired[rid] = pending
 
     def _fallback_answer(self, pending: _Pending) -> None:
         labels, _ = self._fallback[pending.kind].run(pending.inputs[np.newaxis, ...])
@@ -481,9 +541,13 @@ def fleet_regions(settings: FleetSettings) -> Sequence[str]:
     return [r.name for r in settings.regions]
 
 
+def make_fleet(settings: FleetSettings) -> Fleet:
+    """The fleet of ``settings``, its devices placed (and enrolled), not running."""
+    return Fleet(settings, KeyRing.load(settings.key_file or settings.home / "keys.json"))
+
+
 async def run_fleet(
     settings: FleetSettings, on_progress: Callable[[Progress], None] | None = None
 ) -> FleetReport:
     """Build the fleet from settings and run it."""
-    keyring = KeyRing.load(settings.key_file or settings.home / "keys.json")
-    return await Fleet(settings, keyring).run(on_progress)
+    return await make_fleet(settings).run(on_progress)

@@ -16,6 +16,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from edgestream.workers.demo import DemoResult, RegionSummary
     from edgestream.workers.fleet import Progress as FleetProgress
+    from edgestream.workers.story import StoryEvent
 
 console = Console()
 
@@ -142,12 +143,88 @@ def _cloud_table(result: DemoResult) -> Table:
     return table
 
 
+def _story_table(result: DemoResult) -> Table:
+    story = result.story
+    assert story is not None
+    table = Table(
+        title=f"{story.model}: accuracy per version and input, as the devices saw it", title_justify="left"
+    )
+    for col in ("version", "role", "inputs", "answers", "accuracy"):
+        table.add_column(col, justify="right" if col in ("answers", "accuracy") else "left")
+    described = {
+        "original": "original (held-out split)",
+        "shifted-a": "shifted, before retraining",
+        "shifted-b": "shifted, never trained on",
+    }
+    for row in result.versions:
+        table.add_row(
+            f"v{row.version}",
+            row.role,
+            described.get(row.inputs, row.inputs),
+            str(row.answers),
+            f"{row.accuracy:.3f}",
+            style="red" if row.role == "bad" else None,
+        )
+    return table
+
+
+def _print_story(result: DemoResult) -> None:
+    story = result.story
+    assert story is not None
+    console.print(_story_table(result))
+    if story.drift is not None:
+        d = story.drift
+        console.print(
+            f"drift: first flagged window {d['region']} v{d['version']}, {d['samples']} samples, "
+            f"max PSI {d['max_psi']:.2f} (feature {d['worst_feature']}; threshold {d['threshold']:g})"
+        )
+    for side, what in (("before", "before the shift"), ("after", "after it")):
+        counts = story.drift_windows.get(side)
+        if counts:
+            console.print(
+                f"region windows {what}: {counts['flagged']} of {counts['judged']} judged flagged "
+                f"(largest PSI {_fmt(counts['max_psi'], '.2f')})"
+            )
+    if story.retrain is not None:
+        r = story.retrain
+        console.print(
+            f"retrained v{story.retrained}: {r['joined']} labelled samples ({r['distinct']} distinct "
+            f"inputs), holdout {r['holdout_size']}: {r['candidate_accuracy']:.3f} vs "
+            f"v{r['stable_version']} {r['stable_accuracy']:.3f} (margin {r['margin']:+.3f})"
+        )
+    if story.bad_retrain is not None:
+        r = story.bad_retrain
+        console.print(
+            f"bad candidate v{story.bad}: trained on inverted labels; offline holdout "
+            f"{r['candidate_accuracy']:.3f} against them, {r['true_accuracy']:.3f} against the true labels"
+        )
+    if story.rollback_s is not None:
+        console.print(
+            f"rollback of v{story.bad}: {story.rollback_s:.1f} s after its canary started; every worker "
+            f"applied it {story.rollback_applied_s:.1f} s later; answers by v{story.bad} to requests "
+            f"captured after that: {result.bad_after_rollback}"
+        )
+    if story.stalled is not None:
+        console.print(f"[bold red]the story stalled: {story.stalled}[/]")
+    console.print(f"story plot: {result.paths.story_plot}")
+
+
 def demo(
-    duration_s: float | None = typer.Option(None, help="Seconds the fleet sends (default 40)."),
+    duration_s: float | None = typer.Option(
+        None, help="Seconds the fleet sends without the story (default 40)."
+    ),
     rate_per_s: float | None = typer.Option(None, help="Requests per second, whole fleet (default 150)."),
+    story: bool = typer.Option(
+        True,
+        "--story/--no-story",
+        help="Tell the learning loop: data shift, drift, retrain, canary to stable, bad candidate rolled "
+        "back (the fleet runs until it is told).",
+    ),
 ) -> None:
-    """Broker, topics, one edge worker per region, a simulated fleet; then a summary and a plot."""
+    """Broker, topics, one edge worker per region, the cloud aggregator, a simulated fleet and the
+    learning loop; then a summary and plots."""
     from edgestream.workers.demo import DemoSettings, run_demo
+    from edgestream.workers.story import StorySettings
 
     quiet = logging.getLogger("edgestream")
     if not quiet.isEnabledFor(logging.DEBUG):  # workers log to files; keep this terminal for the display
@@ -157,7 +234,10 @@ def demo(
         overrides["duration_s"] = duration_s
     if rate_per_s is not None:
         overrides["rate_per_s"] = rate_per_s
+    if not story:
+        overrides["story"] = StorySettings(enabled=False)
     settings = DemoSettings(**overrides)  # type: ignore[arg-type]
+    told = settings.story.enabled
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -167,21 +247,24 @@ def demo(
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("fleet", total=settings.duration_s, info="", visible=False)
+        task = progress.add_task("fleet", total=None if told else settings.duration_s, info="", visible=False)
 
         def on_step(msg: str) -> None:
             progress.console.print(f"[cyan]>[/] {msg}")
+
+        def on_event(event: StoryEvent) -> None:
+            progress.console.print(f"[magenta]  {event.t_s:6.1f} s[/] {event.text}", highlight=False)
 
         def on_progress(p: FleetProgress) -> None:
             progress.update(
                 task,
                 visible=True,
-                completed=min(p.elapsed_s, p.duration_s),
+                completed=p.elapsed_s if told else min(p.elapsed_s, p.duration_s),
                 info=f"sent {p.sent}  answered {p.answered}  fallbacks {p.fallbacks}  "
                 f"p99 {_fmt(p.p99_ms)} ms",
             )
 
-        result = run_demo(settings, on_step=on_step, on_progress=on_progress)
+        result = run_demo(settings, on_step=on_step, on_progress=on_progress, on_event=on_event)
 
     console.print(_summary_table(result))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.total.dead_letter_reasons.items())) or "none"
@@ -194,6 +277,8 @@ def demo(
         console.print(_cloud_table(result))
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.model_accuracy.items()))
     console.print(f"held-out accuracy of the models served / fallback: {accuracy}")
+    if result.story is not None:
+        _print_story(result)
     console.print(f"latency plot: {result.paths.plot}")
     console.print(f"summary JSON: {result.paths.summary}")
     broker_log = f", broker log {result.broker_log}" if result.broker_log else ""

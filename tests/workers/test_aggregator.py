@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,25 +69,109 @@ def test_percentiles_are_upper_bucket_bounds() -> None:
     assert percentile_ms([0] * len(buckets), 50) is None
 
 
+class _Join:
+    """The aggregator's join steps over one partition, as ``app._join`` runs them, with a way to lose
+    the quality write of an event (a crash between the two changelog records)."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, w.State] = {}
+        self.quality: dict[str, w.State] = {}
+
+    def event(self, topic: str, offset: int, rid: bytes, apply: Any, *, crash: bool = False) -> None:
+        key = w.join_key(0, rid)
+        state = self.buckets.setdefault(key, w.new_join())
+        fresh = not w.seen(state, topic, 0, offset)
+        update = apply(state, offset, fresh)
+        if update is None or crash:
+            return
+        quality = self.quality.setdefault(w.quality_key(0, update.window), w.new_quality())
+        if not w.seen(quality, topic, 0, offset):
+            w.add_quality(quality, update, [])
+
+    def sample(self, offset: int, sample: Sample, *, crash: bool = False) -> None:
+        self.event(
+            "by-rid",
+            offset,
+            sample.request_id,
+            lambda state, o, fresh: w.add_sample(state, sample, o, 60_000, fresh=fresh),
+            crash=crash,
+        )
+
+    def label(self, offset: int, label: Label, *, crash: bool = False) -> None:
+        self.event(
+            "labels",
+            offset,
+            label.request_id,
+            lambda state, o, fresh: w.add_label(state, label, o, fresh=fresh),
+            crash=crash,
+        )
+
+    def counts(self) -> tuple[int, int, int]:
+        window = w.sum_quality(self.quality.items())[w.window_key("eu", "m", 1, 0)]
+        return window["samples"], window["joined"], window["correct"]
+
+
+def _samples(n: int) -> list[Sample]:
+    rids = [bytes([i]) * 16 for i in range(n)]
+    return [Sample(r, "eu", "m", 1, 1_000, b"d" * 16, (), 1, (0.2, 0.8)) for r in rids]
+
+
 def test_join_counts_each_request_once_in_either_order() -> None:
-    state = w.new_join()
-    rids = [bytes([i]) * 16 for i in range(4)]
-    samples = [Sample(r, "eu", "m", 1, 1_000, b"d" * 16, (), 1, (0.2, 0.8)) for r in rids]
-    assert w.add_label(state, Label(rids[0], "m", 1, 5))  # label before its sample
-    assert w.add_sample(state, samples[0], 60_000, None, [])
-    assert w.add_sample(state, samples[1], 60_000, None, [])
-    assert w.add_label(state, Label(rids[1], "m", 0, 5))  # a wrong answer
-    assert not w.add_sample(state, samples[1], 60_000, None, [])  # duplicate
-    assert not w.add_label(state, Label(rids[1], "m", 0, 5))
-    assert w.add_sample(state, samples[2], 60_000, None, [])  # never labelled
-    window = state["windows"][w.window_key("eu", "m", 1, 0)]
-    assert (window["samples"], window["joined"], window["correct"]) == (3, 2, 1)
-    rows = window_rows({}, [state])
+    join = _Join()
+    samples = _samples(4)
+    join.label(0, Label(samples[0].request_id, "m", 1, 5))  # label before its sample
+    join.sample(0, samples[0])
+    join.sample(1, samples[1])
+    join.label(1, Label(samples[1].request_id, "m", 0, 5))  # a wrong answer
+    join.sample(2, samples[1])  # the same request again (the re-keying hop forwarded it twice)
+    join.label(2, Label(samples[1].request_id, "m", 0, 5))
+    join.sample(3, samples[2])  # never labelled
+    join.sample(1, samples[1])  # redelivered offsets
+    join.label(1, Label(samples[1].request_id, "m", 0, 5))
+    assert join.counts() == (3, 2, 1)
+    rows = window_rows({}, list(join.quality.items()))
     assert rows[0]["accuracy"] == 0.5
     assert rows[0]["joined"] == 2
-    assert w.expire_join(state, 60_001, 60_000) == 1
-    assert state["windows"] == {}
-    assert state["pending"] == {}
+    for state in join.buckets.values():
+        assert w.expire_join(state, 90_000, 30_000) == 0  # the window ended at 60 s: still joinable
+    assert sum(len(s["pending"]) for s in join.buckets.values()) == 3
+    for state in join.buckets.values():
+        w.expire_join(state, 90_001, 30_000)  # too soon after the last expiry: nothing is scanned
+    assert sum(len(s["pending"]) for s in join.buckets.values()) == 3
+    for state in join.buckets.values():
+        w.expire_join(state, 90_001 + w.EXPIRE_EVERY_MS, 30_000)
+    assert sum(len(s["pending"]) for s in join.buckets.values()) == 0
+
+
+@pytest.mark.parametrize("lost", ["sample", "label"])
+def test_a_crash_between_the_bucket_and_quality_writes_is_repaired_on_redelivery(lost: str) -> None:
+    """The bucket's changelog record landed, the quality window's did not: the redelivered event
+    (same offset) must still count, once."""
+    join = _Join()
+    sample = _samples(1)[0]
+    label = Label(sample.request_id, "m", 1, 5)
+    if lost == "sample":
+        join.label(0, label)
+        join.sample(0, sample, crash=True)
+        assert sum(q["joined"] for q in join.quality.values()) == 0
+        join.sample(0, sample)  # redelivered after the restart
+        join.sample(0, sample)  # and once more: nothing more
+    else:
+        join.sample(0, sample)
+        join.label(0, label, crash=True)
+        assert join.counts() == (1, 0, 0)
+        join.label(0, label)
+        join.label(0, label)
+    assert join.counts() == (1, 1, 1)
+
+
+def test_join_buckets_spread_a_partitions_request_ids_evenly() -> None:
+    keys = [w.join_key(3, i.to_bytes(16, "big")) for i in range(256 * w.JOIN_BUCKETS)]
+    per_bucket = Counter(keys)
+    assert len(per_bucket) == w.JOIN_BUCKETS
+    assert all(k.startswith("3/") for k in per_bucket)
+    expected = len(keys) / w.JOIN_BUCKETS
+    assert all(0.6 * expected < n < 1.4 * expected for n in per_bucket.values()), per_bucket
 
 
 # -- on the broker ------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from edgestream.pipeline.models import load_dataset, spec
+from edgestream.pipeline.models.shift import shifted_pools
 from edgestream.pipeline.settings import DEFAULT_REGIONS, Kafka, Region, kafka_settings
 from edgestream.workers.broker import BrokerState
-from edgestream.workers.demo import DemoSettings, plot_latency, run_demo
+from edgestream.workers.demo import DemoResult, DemoSettings, plot_latency, run_demo
 from edgestream.workers.fleet import MODEL_FOR_KIND, FleetReport, RegionReport
+from edgestream.workers.story import StoryEvent, StorySettings
 
 from ..plaintext import files_under, find_plaintexts
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.broker
 
 
-def test_demo_accounts_for_every_request(
+def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     bootstrap: Kafka, kafka_broker: BrokerState, model_home: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "models").symlink_to(model_home / "models")  # reuse the session's built models
@@ -34,17 +36,22 @@ def test_demo_accounts_for_every_request(
     settings = DemoSettings(
         home=tmp_path,
         regions=regions,
-        duration_s=4.0,
-        rate_per_s=60.0,
-        devices=12,
-        bad_fraction=0.1,
+        rate_per_s=100.0,
+        devices=30,
+        bad_fraction=0.05,
         kafka=kafka_settings(bootstrap),
         tls_root=kafka_broker.tls_root,
         deadline_ms=30_000.0,  # accounting, not latency: load must not turn answers into fallbacks
         drain_s=60.0,
+        # About 15 sampled embeddings a second per region: a 30 s window reaches the 200 samples
+        # drift is judged on.
+        aggregator_window_s=30.0,
+        story=StorySettings(baseline_s=8.0, tail_s=3.0, step_timeout_s=120.0),
+        story_max_s=300.0,
     )
     steps: list[str] = []
-    result = run_demo(settings, on_step=steps.append)
+    events: list[StoryEvent] = []
+    result = run_demo(settings, on_step=steps.append, on_event=events.append)
 
     total = result.total
     assert total.sent + total.bad_sent >= 200
@@ -62,15 +69,26 @@ def test_demo_accounts_for_every_request(
     assert all(r.results > 0 for r in result.rows), "every region's worker answered"
 
     # The cloud aggregator (faust, as `aggregator` over TLS) counted exactly what the workers committed,
-    # and its accuracy against the backends' labels is the models' own.
+    # and its accuracy per version against the backends' labels (half the requests) is what the devices
+    # saw of that version.
     assert sum(row["results"] for row in result.cloud) == total.results
-    labelled = sum(row["labelled"] for row in result.cloud)
-    assert labelled > 0
-    correct = sum(row["accuracy"] * row["labelled"] for row in result.cloud if row["accuracy"] is not None)
-    assert correct / labelled > 0.9
+    assert sum(row["labelled"] for row in result.cloud) > 0
+    for version in {row["version"] for row in result.cloud if row["model"] == "embedding-scorer"}:
+        rows = [r for r in result.cloud if r["model"] == "embedding-scorer" and r["version"] == version]
+        labelled = sum(r["labelled"] for r in rows)
+        if labelled < 100:
+            continue
+        cloud = sum(r["accuracy"] * r["labelled"] for r in rows if r["accuracy"] is not None) / labelled
+        seen = [v for v in result.versions if v.version == version]
+        devices = sum(v.accuracy * v.answers for v in seen) / sum(v.answers for v in seen)
+        assert abs(cloud - devices) < 0.05, (version, cloud, devices)
+
+    _assert_the_story(result, events)
 
     summary = json.loads(result.paths.summary.read_text())
     assert summary["total"]["results"] == total.results
+    assert summary["story"]["completed"] is True
+    assert result.paths.story_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.paths.plot.stat().st_size > 10_000
     assert result.paths.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any("broker" in s for s in steps[1:]), "a given cluster is used, no broker started or stopped"
@@ -94,12 +112,58 @@ def test_demo_accounts_for_every_request(
     assert [(leak.path, leak.offset) for leak in find_plaintexts([planted], candidates)] == [(planted, 13)]
 
 
+def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
+    """Shift, drift, retrain, canary to stable, a bad candidate rolled back: each step happened, in
+    order, and the numbers say what the story claims."""
+    story = result.story
+    assert story is not None
+    assert story.completed, story.stalled
+    kinds = [e.kind for e in story.events]
+    assert kinds == [e.kind for e in events], "every event was reported as it happened"
+    order = ["shift", "drift", "retrained", "canary", "promote", "bad-candidate", "canary", "rollback"]
+    positions = [kinds.index(k, kinds.index(order[i - 1]) + 1 if i else 0) for i, k in enumerate(order)]
+    assert positions == sorted(positions), kinds
+    assert kinds.count("advance") >= 1, "the good canary went through its stages"
+
+    # Drift: flagged on a window after the shift, on enough samples.
+    assert story.drift is not None
+    assert story.drift["max_psi"] > story.drift["threshold"]
+    assert story.drift["samples"] >= 200
+    assert story.drift_windows["after"]["flagged"] >= 1
+
+    # Accuracy per version, as the devices saw it (their truth, not the pipeline's).
+    acc = {(row.version, row.inputs): row for row in result.versions}
+    reference, good, bad = story.reference, story.retrained, story.bad
+    assert good is not None
+    assert bad is not None
+    assert acc[reference, "original"].accuracy >= 0.9
+    assert acc[reference, "shifted-a"].accuracy <= 0.9, "the shift hurts the reference model"
+    # On inputs it never trained on, the retrained version beats the reference on the same inputs.
+    assert acc[good, "shifted-b"].answers >= 50
+    shifted = acc.get((reference, "shifted-b")) or acc[reference, "shifted-a"]
+    assert acc[good, "shifted-b"].accuracy >= shifted.accuracy + 0.05
+    assert story.retrain is not None
+    assert story.retrain["margin"] > 0
+
+    # The bad candidate: rolled back automatically, on accuracy, and no device kept it.
+    assert acc[bad, "shifted-b"].accuracy <= 0.5
+    verdict = story.verdicts[-1][1]
+    assert verdict.action == "rollback"
+    assert any(reason.startswith("accuracy") for reason in verdict.reasons), verdict.reasons
+    assert story.rollback_s is not None
+    assert result.bad_after_rollback == 0
+
+
 def _device_inputs() -> list[bytes]:
-    """Every input the simulated devices draw from, as the bytes they seal."""
+    """Every input the simulated devices draw from, as the bytes they seal (the scanner-shifted
+    embeddings included)."""
     out: list[bytes] = []
     for kind, name in MODEL_FOR_KIND.items():
         dtype = spec(name).input_dtype
         out.extend(row.astype(dtype).tobytes() for row in load_dataset(kind).X_test)
+    dtype = spec(MODEL_FOR_KIND["embedding"]).input_dtype
+    for pool in shifted_pools():
+        out.extend(row.astype(dtype).tobytes() for row in pool.X)
     return out
 
 

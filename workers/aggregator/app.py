@@ -68,7 +68,11 @@ class AggregatorSettings(BaseSettings):
     retain_s: float = Field(default=3600.0, gt=0)
     """How long a window is kept (and served) after it ends."""
     max_pending: int = Field(default=100_000, gt=0)
-    """Most request ids a join partition keeps waiting for their sample or label."""
+    """Most request ids a partition keeps waiting for their sample or label (split over its join
+    buckets; the oldest go first)."""
+    join_wait_s: float = Field(default=300.0, gt=0)
+    """How long after a sample's window ends its label may still join it (and a duplicate of it is
+    still recognised): the join keeps each request id that long, so this bounds its state."""
     psi_threshold: float = Field(default=PSI_THRESHOLD, gt=0)
     """PSI past which a window is flagged (``pipeline.drift``)."""
     web_host: str = "127.0.0.1"
@@ -161,7 +165,8 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         internal=True,
     )
     window_table = app.Table("windows", partitions=PARTITIONS, key_type=str)
-    join_table = app.Table("joins", partitions=PARTITIONS, key_type=str)
+    join_table = app.Table("join-buckets", partitions=PARTITIONS, key_type=str)
+    quality_table = app.Table("quality", partitions=PARTITIONS, key_type=str)
     window_ms = settings.window_ms
     retain_ms = int(settings.retain_s * 1000)
 
@@ -200,16 +205,38 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 continue
             await by_rid.send(key=sample.request_id, value=event.value)
 
-    def _join(event: Any, apply: Any) -> None:
+    max_bucket = max(1, settings.max_pending // w.JOIN_BUCKETS)
+    join_wait_ms = int(settings.join_wait_s * 1000)
+    expired_at: dict[int, float] = {}
+
+    def _join(event: Any, request_id: bytes, apply: Any, n_bins: list[int]) -> None:
+        """Apply one sample or label event to its join bucket (unless seen), then the quality update it
+        implies to its window (unless that has seen the event): see ``windows``."""
         message = event.message
-        key = str(message.partition)
+        partition, offset = message.partition, message.offset
+        key = w.join_key(partition, request_id)
         state = join_table.get(key) or w.new_join()
-        if w.seen(state, message.topic, message.partition, message.offset):
-            return
-        apply(state)
-        w.expire_join(state, int(time.time() * 1000) - retain_ms, window_ms)
-        w.bound_pending(state, settings.max_pending)
-        join_table[key] = state
+        fresh = not w.seen(state, message.topic, partition, offset)
+        update = apply(state, offset, fresh)
+        now_ms = time.time() * 1000
+        if fresh:
+            w.expire_join(state, int(now_ms), join_wait_ms)
+            w.bound_pending(state, max_bucket)
+            join_table[key] = state
+        if update is not None:
+            qkey = w.quality_key(partition, update.window)
+            quality = quality_table.get(qkey) or w.new_quality()
+            if not w.seen(quality, message.topic, partition, offset):
+                w.add_quality(quality, update, n_bins)
+                quality_table[qkey] = quality
+        # Expire old quality windows of this partition, from its own stream (tombstones land where the
+        # keys live), at most every 10 s.
+        if now_ms / 1000 - expired_at.get(partition, 0.0) > 10.0:
+            expired_at[partition] = now_ms / 1000
+            prefix = f"{partition}|"
+            for old in [k for k in quality_table if k.startswith(prefix)]:
+                if w.parse_window_key(w.parse_quality_key(old)[1])[3] + window_ms < now_ms - retain_ms:
+                    del quality_table[old]
 
     @app.agent(by_rid)
     async def join_samples(stream: Any) -> None:
@@ -221,7 +248,14 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             if reference is not None and len(sample.features) == reference.n_features:
                 bins = reference.bins_of(sample.features)
                 n_bins = [len(c) for c in reference.counts]
-            _join(event, lambda state, s=sample, b=bins, n=n_bins: w.add_sample(state, s, window_ms, b, n))
+            _join(
+                event,
+                sample.request_id,
+                lambda state, offset, fresh, s=sample, b=bins: w.add_sample(
+                    state, s, offset, window_ms, fresh=fresh, bins=b
+                ),
+                n_bins,
+            )
 
     @app.agent(labels_topic)
     async def join_labels(stream: Any) -> None:
@@ -231,7 +265,12 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             except UndecodableRecord as e:
                 log.warning("skipping a label: %s", e)
                 continue
-            _join(event, lambda state, lb=label: w.add_label(state, lb))
+            _join(
+                event,
+                label.request_id,
+                lambda state, offset, fresh, lb=label: w.add_label(state, lb, offset, fresh=fresh),
+                [],
+            )
 
     @app.page(VIEW_PATH)
     async def view(web: Any, request: Any) -> Any:
@@ -241,7 +280,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 "window_s": settings.window_s,
                 "threshold": settings.psi_threshold,
                 "windows": window_rows(
-                    dict(window_table.items()), list(join_table.values()), settings.psi_threshold
+                    dict(window_table.items()), list(quality_table.items()), settings.psi_threshold
                 ),
             }
         )
@@ -255,14 +294,16 @@ def _finite(value: float | None) -> float | None:
 
 
 def window_rows(
-    summary_windows: dict[str, w.State], joins: list[w.State], threshold: float = PSI_THRESHOLD
+    summary_windows: dict[str, w.State],
+    quality_windows: list[tuple[str, w.State]],
+    threshold: float = PSI_THRESHOLD,
 ) -> list[dict[str, Any]]:
     """The view: one row per window (summary or join counters), oldest first, JSON-ready.
 
     The score distribution's drift is against the first window still held for the same (region, model,
     version): the edge sends no reference scores, and the training scores need the model (not done).
     """
-    joined = w.sum_join_windows(joins)
+    joined = w.sum_quality(quality_windows)
     keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
     first_scores: dict[str, list[int]] = {}
     rows: list[dict[str, Any]] = []
