@@ -271,9 +271,11 @@ def stage_started_ms(state: ModelState) -> int:
 
 
 class WorkerView(Protocol):
-    """Which registry revision each worker serving a model has applied."""
+    """Which registry revision each worker serving a model has applied: the workers' reports on
+    ``control.workers`` (``pipeline.registry.workers.TopicWorkerView``, any number of hosts), or their
+    stats files on one host (:class:`FileWorkerView`)."""
 
-    def revisions(self, model: str) -> list[int | None]:
+    async def revisions(self, model: str) -> list[int | None]:
         """One entry per live worker serving ``model``: its applied revision, None if it has none."""
         ...
 
@@ -283,9 +285,9 @@ STATS_REVISIONS_KEY: Final = "registry_revisions"
 
 
 class FileWorkerView:
-    """Workers' stats files (``WorkerSettings.stats_file``, JSON) in one directory: a first step for one
-    host or a shared volume. In production the workers would publish the revision they applied on a
-    compacted control topic (key = node id) and the controller would read that instead.
+    """Workers' stats files (``WorkerSettings.stats_file``, JSON) in one directory: one host or a shared
+    volume. Across hosts, the workers' reports on ``control.workers`` say the same
+    (``pipeline.registry.workers.TopicWorkerView``).
 
     A file names a worker of ``model`` when its ``served_versions`` or ``registry_revisions`` has the
     model; its revision is ``registry_revisions[model]`` (None when absent: an old worker counts as
@@ -298,7 +300,7 @@ class FileWorkerView:
         self._pattern = pattern
         self._max_age_s = max_age_s
 
-    def revisions(self, model: str) -> list[int | None]:
+    async def revisions(self, model: str) -> list[int | None]:
         """See :class:`WorkerView`."""
         now = time.time()
         out: list[int | None] = []
@@ -393,7 +395,7 @@ class Controller:
             version_stats(summaries, model, canary.version, since_ms=since, accuracy=accuracy),
             self.bounds,
             stage_age_ms=now_ms - stage_started_ms(state),
-            worker_revisions=None if self._workers is None else self._workers.revisions(model),
+            worker_revisions=None if self._workers is None else await self._workers.revisions(model),
             revision=state.revision,
         )
         if verdict.action == "hold":

@@ -49,6 +49,7 @@ from edgestream.topics.catalogue import (
     MODELS_TOPIC,
     SAMPLES_TOPIC,
     SUMMARIES_TOPIC,
+    WORKERS_TOPIC,
     audit_topic,
     device_group_prefix,
     dlq_replay_group_prefix,
@@ -216,6 +217,7 @@ def _edge_rules(region: str) -> set[AclRule]:
         | _grant(edge, TOPIC, LITERAL, SUMMARIES_TOPIC, WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, SAMPLES_TOPIC, WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, MODELS_TOPIC, READ, DESCRIBE)  # follows the registry
+        | _grant(edge, TOPIC, LITERAL, WORKERS_TOPIC, WRITE, DESCRIBE)  # reports what it applied
         | _grant(edge, GROUP, LITERAL, edge_group(region), READ)
         | _grant(edge, TRANSACTIONAL_ID, PREFIXED, edge_transactional_id_prefix(region), WRITE, DESCRIBE)
         # No IDEMPOTENT_WRITE on the cluster: WRITE on any topic lets the at-least-once (idempotent,

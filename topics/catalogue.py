@@ -187,6 +187,18 @@ CONTROL_MODELS: Final = TopicSpec(
     notes="compacted, kept forever; one partition gives every worker one total order to follow",
     extra_configs={SEGMENT_MS: str(HOUR_MS)},
 )
+CONTROL_WORKERS: Final = TopicSpec(
+    pattern="control.workers",
+    scope="control",
+    partitions=1,
+    retention_ms=None,
+    cleanup_policy="compact",
+    key="worker node id",
+    value="registry revisions the worker applied, versions it serves, when",
+    notes="compacted; each worker re-reports every few seconds and leaves a tombstone when it stops: "
+    "the rollout controller's lag guard across hosts",
+    extra_configs={SEGMENT_MS: str(HOUR_MS)},
+)
 
 CATALOGUE: Final[tuple[TopicSpec, ...]] = (
     INGEST,
@@ -197,6 +209,7 @@ CATALOGUE: Final[tuple[TopicSpec, ...]] = (
     CLOUD_SAMPLES,
     CLOUD_LABELS,
     CONTROL_MODELS,
+    CONTROL_WORKERS,
 )
 """Every catalogue entry, in DESIGN.md's order."""
 
@@ -204,6 +217,7 @@ SUMMARIES_TOPIC: Final = CLOUD_SUMMARIES.pattern
 SAMPLES_TOPIC: Final = CLOUD_SAMPLES.pattern
 LABELS_TOPIC: Final = CLOUD_LABELS.pattern
 MODELS_TOPIC: Final = CONTROL_MODELS.pattern
+WORKERS_TOPIC: Final = CONTROL_WORKERS.pattern
 
 
 def validate_region(region: Region | str) -> str:

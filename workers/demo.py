@@ -653,7 +653,6 @@ async def _fleet_and_story(
         home=settings.home,
         fleet=fleet,
         view_url=aggregator_url,
-        stats_dir=next(iter(stats_files.values())).parent,
         regions=frozenset(r.name for r in settings.regions),
         reference=reference,
         on_event=on_event,

@@ -62,6 +62,7 @@ from edgestream.pipeline.ratelimit import DeviceRateLimiter
 from edgestream.pipeline.registry import LocalArtifactStore, SignedManifest, TrustedKeys
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
+from edgestream.pipeline.registry.workers import WorkerReport, WorkerReporter, report_of
 from edgestream.pipeline.replay import ReplayGuard
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
@@ -331,6 +332,12 @@ class EdgeWorker:
     ) -> None:
         self.settings = settings
         self.node_id = settings.resolved_node_id()
+        self._report_now = asyncio.Event()
+        self._reporter = (
+            WorkerReporter(settings.kafka, self.node_id, settings.region, self._report)
+            if settings.registry
+            else None
+        )
         self.stats = WorkerStats()
         self.metrics = metrics or WorkerMetrics(region=settings.region, node=self.node_id)
         self.readiness = readiness or Readiness(stall_after_s=settings.stall_after_s)
@@ -420,15 +427,23 @@ class EdgeWorker:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the sink and subscribe the consumer to the region's ingest topics."""
+        """Start the sink and subscribe the consumer to the region's ingest topics; with the registry,
+        start reporting on ``control.workers`` what this worker applied."""
         await self.sink.start()
         try:
             topics = [ingest_topic(self._region, kind) for kind in KINDS]
             self.consumer.subscribe(topics, listener=_Rebalance(self))
             await self.consumer.start()
+            if self._reporter is not None:
+                await self._reporter.start()
         except BaseException:
             await self.sink.stop()
             raise
+
+    def _report(self) -> WorkerReport:
+        served = self._catalog.served_versions()
+        revisions = {name: self._catalog.revision(name) for name in served}
+        return report_of(self.node_id, self._region, revisions, served)
 
     async def stop(self) -> None:
         """Finish and commit the open unit, leave the group. Idempotent."""
@@ -445,6 +460,8 @@ class EdgeWorker:
         finally:
             await self.consumer.stop()
             await self.sink.stop()
+            if self._reporter is not None:
+                await self._reporter.stop()
             self._executor.shutdown(wait=True)
             self._write_stats()
             if self.settings.ready_file is not None:
@@ -476,6 +493,9 @@ class EdgeWorker:
         tasks = [fetch, process]
         if self.settings.registry:
             tasks.append(asyncio.create_task(self._follow_registry(), name="registry"))
+        if self._reporter is not None:
+            reporting = self._reporter.run(self.settings.stats_interval_s, self._report_now)
+            tasks.append(asyncio.create_task(reporting, name="report"))
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             self._note_fatal(done - {stopper})
@@ -668,6 +688,7 @@ class EdgeWorker:
         async for state in RegistryClient(self.settings.kafka).follow():
             if state.model in self.settings.models and await self._catalog.apply(state):
                 self._write_stats()  # the rollout controller sees the new revision now
+                self._report_now.set()
                 for name, version in self._catalog.models:
                     served = self._catalog.models[(name, version)]
                     self.metrics.model_info(

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgestream.pipeline.errors import EdgestreamError
-from edgestream.pipeline.rollout import Bounds, Controller, FileWorkerView, Verdict
+from edgestream.pipeline.registry.workers import TopicWorkerView
+from edgestream.pipeline.rollout import Bounds, Controller, Verdict
 
 if TYPE_CHECKING:
     from edgestream.pipeline.registry.state import ModelState
@@ -246,7 +247,6 @@ class Story:
         home: Path,
         fleet: Fleet,
         view_url: str,
-        stats_dir: Path,
         regions: frozenset[str],
         reference: int,
         model: str = STORY_MODEL,
@@ -257,7 +257,7 @@ class Story:
         self._home = home
         self._fleet = fleet
         self._view_url = view_url
-        self._workers = FileWorkerView(stats_dir, pattern="worker-*.stats.json", max_age_s=30.0)
+        self._workers = TopicWorkerView(kafka, regions=regions, max_age_s=30.0)
         self._regions = regions
         self._model = model
         self._on_event = on_event
@@ -443,10 +443,10 @@ class Story:
 
     async def _workers_at(self, revision: int) -> None:
         while True:
-            revisions = self._workers.revisions(self._model)
+            revisions = await self._workers.revisions(self._model)
             if revisions and all(r is not None and r >= revision for r in revisions):
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
 
     # -- helpers ------------------------------------------------------------------------------------
 

@@ -75,24 +75,35 @@ def watch(
         Path | None,
         typer.Option(
             "--stats-dir",
-            help="Directory of the workers' stats files: a stage advances only when every worker there "
-            "reports the current revision (without it, worker lag is not checked).",
+            help="Read the workers' revisions from their stats files in this directory (one host) "
+            "instead of control.workers.",
         ),
     ] = None,
+    lag_check: Annotated[
+        bool,
+        typer.Option(
+            "--lag-check/--no-lag-check",
+            help="Advance a stage only when every live worker serving the model reports the current "
+            "revision (on control.workers, or --stats-dir).",
+        ),
+    ] = True,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Judge MODEL's canary against stable from cloud.summaries; advance its stage or roll it back."""
     from edgestream.commands.topics import resolve_kafka
-    from edgestream.pipeline.rollout import Controller, FileWorkerView
+    from edgestream.pipeline.registry.workers import TopicWorkerView
+    from edgestream.pipeline.rollout import Controller, FileWorkerView, WorkerView
 
     interval_s = parse_duration_ms(interval) / 1000
-    controller = Controller(
-        resolve_kafka(bootstrap),
-        parse_bounds(bounds),
-        workers=None if stats_dir is None else FileWorkerView(stats_dir),
-    )
-    if stats_dir is None:
-        _out.print("[yellow]no --stats-dir: worker lag is not checked[/yellow]")
+    kafka = resolve_kafka(bootstrap)
+    workers: WorkerView | None = None
+    if not lag_check:
+        _out.print("[yellow]--no-lag-check: a stage may advance while a worker lags[/yellow]")
+    elif stats_dir is not None:
+        workers = FileWorkerView(stats_dir)
+    else:
+        workers = TopicWorkerView(kafka)
+    controller = Controller(kafka, parse_bounds(bounds), workers=workers)
 
     async def go() -> None:
         if once:

@@ -449,3 +449,24 @@ def test_advancing_keeps_canary_devices(key: SigningKey) -> None:
     after = {d for d in devices if choose_version(advance(state, now_ms=T0_MS), d, ROUTING_KEY) == 2}
     assert before
     assert before < after
+
+
+def test_worker_reports_round_trip_and_refuse_anything_else() -> None:
+    from edgestream.pipeline.errors import UndecodableRecord
+    from edgestream.pipeline.registry.workers import WorkerReport, report_of
+
+    report = report_of("eu-west/n1", "eu-west", {"m": 7, "local": None}, {"m": (2, 3), "local": (1,)})
+    again = WorkerReport.from_bytes(report.to_bytes())
+    assert again == report
+    assert again.revisions == {"m": 7, "local": None}
+    assert again.served == {"m": (2, 3), "local": (1,)}
+    for bad in (
+        b"",
+        b"[]",
+        b'{"v": 2}',
+        b'{"v": 1, "node": "n"}',
+        b"\xff",
+        b'{"v":1,"node":"n","region":"r","at_ms":"soon","revisions":{},"served":{}}',
+    ):
+        with pytest.raises(UndecodableRecord):
+            WorkerReport.from_bytes(bad)

@@ -3,6 +3,7 @@ canary advances once its stage has dwelt and every worker reports the current re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -167,7 +168,7 @@ def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) 
     write("c", {"served_versions": {"other": [1]}, "registry_revisions": {"other": 3}})
     write("d", {"served_versions": {"m": [1]}, "registry_revisions": {"m": 2}}, age_s=600)
     (tmp_path / "e.json").write_text("{not json")
-    assert FileWorkerView(tmp_path, max_age_s=60).revisions("m") == [5, None]
+    assert asyncio.run(FileWorkerView(tmp_path, max_age_s=60).revisions("m")) == [5, None]
 
 
 def test_cli_bounds_parse_over_the_defaults() -> None:

@@ -69,6 +69,7 @@ from edgestream.topics.catalogue import (
     MODELS_TOPIC,
     SAMPLES_TOPIC,
     SUMMARIES_TOPIC,
+    WORKERS_TOPIC,
     all_topics,
     audit_topic,
     device_group,
@@ -153,6 +154,8 @@ EU_WEST_POLICY = {
     ("User:edge-eu-west", "TOPIC", "LITERAL", "cloud.samples", "DESCRIBE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "control.models", "READ"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "control.models", "DESCRIBE"),
+    ("User:edge-eu-west", "TOPIC", "LITERAL", "control.workers", "WRITE"),
+    ("User:edge-eu-west", "TOPIC", "LITERAL", "control.workers", "DESCRIBE"),
     ("User:edge-eu-west", "GROUP", "LITERAL", "edgestream-edge-eu-west", "READ"),
     (
         "User:edge-eu-west",
@@ -212,7 +215,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 24 + 15  # per region: edge 17, device 5, admin 2; aggregator 15
+    assert len(rules) == 3 * 26 + 15  # per region: edge 19, device 5, admin 2; aggregator 15
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -243,6 +246,8 @@ def test_edge_topics(region: str) -> None:
             assert ops == {WRITE, DESCRIBE}, topic.name
         elif topic.name == MODELS_TOPIC:  # it follows the registry, never writes it
             assert ops == {READ, DESCRIBE}, topic.name
+        elif topic.name == WORKERS_TOPIC:  # it reports what it applied, reads nobody's reports
+            assert ops == {WRITE, DESCRIBE}, topic.name
         else:  # other regions' topics, labels
             assert ops == set(), topic.name
 

@@ -17,6 +17,7 @@ from edgestream.topics.catalogue import (
     MODELS_TOPIC,
     SAMPLES_TOPIC,
     SUMMARIES_TOPIC,
+    WORKERS_TOPIC,
     Kind,
     Topic,
     TopicSpec,
@@ -44,12 +45,13 @@ DESIGN_TOPICS = {
     "cloud.samples",
     "cloud.labels",
     "control.models",
+    "control.workers",  # added with the rollout's lag guard across hosts (issue 6)
 }
 
 
 def test_every_design_topic_is_in_the_catalogue() -> None:
     assert {t.name for t in all_topics(["eu-west"])} == DESIGN_TOPICS
-    assert len(CATALOGUE) == 8
+    assert len(CATALOGUE) == 9
 
 
 def test_names_come_from_the_name_functions() -> None:
@@ -62,7 +64,13 @@ def test_names_come_from_the_name_functions() -> None:
         audit_topic(region),
         dlq_topic(region),
     }
-    assert {t.name for t in shared_topics()} == {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC, MODELS_TOPIC}
+    assert {t.name for t in shared_topics()} == {
+        SUMMARIES_TOPIC,
+        SAMPLES_TOPIC,
+        LABELS_TOPIC,
+        WORKERS_TOPIC,
+        MODELS_TOPIC,
+    }
 
 
 def test_kinds_are_the_kind_literal() -> None:
@@ -74,7 +82,7 @@ def test_kinds_are_the_kind_literal() -> None:
 def test_all_topics_covers_every_region_once_and_shared_topics_once() -> None:
     topics = all_topics([*DEFAULT_REGIONS, "eu-west"])
     names = [t.name for t in topics]
-    assert len(names) == len(set(names)) == 3 * 5 + 4
+    assert len(names) == len(set(names)) == 3 * 5 + 5
     assert {t.region for t in topics} == {r.name for r in DEFAULT_REGIONS} | {None}
     for topic in topics:
         assert (topic.region is None) == (topic.spec.scope != "region")
@@ -170,7 +178,7 @@ def test_specs_are_immutable_and_hashable() -> None:
         spec.partitions = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
         spec.extra_configs["segment.ms"] = "1"  # type: ignore[index]
-    assert len({t for t in all_topics(["eu-west"])}) == 9
+    assert len({t for t in all_topics(["eu-west"])}) == 10
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from edgestream.pipeline.registry import (
     start_canary,
 )
 from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.registry.workers import TopicWorkerView
 from edgestream.pipeline.rollout import FileWorkerView
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from edgestream.workers.catalog import routing_key_from
@@ -108,6 +109,23 @@ async def _send(region: EdgeRegion, producer: AIOKafkaProducer, rounds: int) -> 
     return sent
 
 
+async def _reported(
+    files: FileWorkerView, topic: TopicWorkerView, worker: EdgeWorker, revision: int, timeout_s: float = 15
+) -> bool:
+    """Both views say the worker applied ``revision`` (bounded poll)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reports = await topic.reports()
+        mine = reports.get(worker.node_id)
+        on_topic = mine is not None and mine.revisions.get(MODEL) == revision
+        if on_topic and await files.revisions(MODEL) == [revision]:
+            assert await topic.revisions(MODEL) == [revision], "this region has one live worker"
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
 async def _applied(worker: EdgeWorker, state: ModelState) -> bool:
     return await eventually(lambda: worker.catalog.revision(MODEL) == state.revision, timeout_s=30)
 
@@ -130,9 +148,11 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
         registry=True, registry_home=registry.root, stats_file=stats_dir / "w.json", stats_interval_s=0.5
     )
     assert await _applied(worker, first), worker.catalog.refused
-    # The rollout controller's view of the workers: the running worker reports the revision it applied.
+    # The rollout controller's view of the workers: the running worker reports the revision it applied,
+    # in its stats file (one host) and on control.workers (any host).
     view = FileWorkerView(stats_dir)
-    assert await eventually(lambda: view.revisions(MODEL) == [first.revision], timeout_s=10)
+    topic_view = TopicWorkerView(edge_region.bootstrap, regions=frozenset({edge_region.name}))
+    assert await _reported(view, topic_view, worker, first.revision)
     master = edge_region.keyring.keys(edge_region.name)[edge_region.keyring.current_key_id(edge_region.name)]
     assert master.master is not None
     routing_key = routing_key_from(master.master)
@@ -156,7 +176,7 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     await registry.put(canary)
     during = await sending
     assert await _applied(worker, canary), worker.catalog.refused
-    assert await eventually(lambda: view.revisions(MODEL) == [canary.revision], timeout_s=10)
+    assert await _reported(view, topic_view, worker, canary.revision)
     for rid, device in during.items():
         expected[rid] = {
             choose_version(first, device, routing_key),

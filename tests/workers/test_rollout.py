@@ -26,9 +26,11 @@ from edgestream.pipeline.registry import (
     start_canary,
 )
 from edgestream.pipeline.registry.client import RegistryClient
-from edgestream.pipeline.rollout import STATS_REVISIONS_KEY, Bounds, Controller, FileWorkerView
+from edgestream.pipeline.registry.workers import TopicWorkerView, WorkerReport, report_of
+from edgestream.pipeline.rollout import STATS_REVISIONS_KEY, Bounds, Controller, FileWorkerView, WorkerView
 from edgestream.pipeline.settings import kafka_settings
-from edgestream.topics.catalogue import SUMMARIES_TOPIC
+from edgestream.topics.admin import ensure_topics
+from edgestream.topics.catalogue import SUMMARIES_TOPIC, WORKERS_TOPIC, shared_topics
 
 from .conftest import EdgeRegion
 
@@ -139,22 +141,36 @@ async def test_a_bad_canary_is_rolled_back_in_one_step_and_no_device_keeps_it(
     assert (await controller.step(model)).action == "hold"
 
 
+@pytest.mark.parametrize("reports", ["files", "topic"])
 async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_workers(
-    edge_region: EdgeRegion, tmp_path: Path
+    edge_region: EdgeRegion, producer: AIOKafkaProducer, tmp_path: Path, reports: str
 ) -> None:
+    """The lag guard reads the workers' stats files (one host) or their reports on control.workers
+    (any host); a report older than the view's max age does not count."""
     model = f"rollout-good-{uuid.uuid4().hex[:8]}"
     canary = await _canary(edge_region, tmp_path, model)
     stats_dir = tmp_path / "stats"
     stats_dir.mkdir()
+    view: WorkerView = FileWorkerView(stats_dir)
+    if reports == "topic":
+        await ensure_topics(edge_region.bootstrap, shared_topics())
+        view = TopicWorkerView(edge_region.bootstrap, regions=frozenset({edge_region.name}), max_age_s=60)
+        # A worker that died an hour ago without its tombstone, at the current revision: ignored.
+        stale = WorkerReport(f"{model}-z", edge_region.name, int(time.time() * 1000) - 3_600_000, {model: 99})
+        await producer.send_and_wait(WORKERS_TOPIC, stale.to_bytes(), key=stale.node.encode())
 
-    def worker_at(node: str, revision: int) -> None:
-        (stats_dir / f"{node}.json").write_text(
-            json.dumps(
-                {"node": node, "served_versions": {model: [1, 2]}, STATS_REVISIONS_KEY: {model: revision}}
+    async def worker_at(node: str, revision: int) -> None:
+        if reports == "files":
+            (stats_dir / f"{node}.json").write_text(
+                json.dumps(
+                    {"node": node, "served_versions": {model: [1, 2]}, STATS_REVISIONS_KEY: {model: revision}}
+                )
             )
-        )
+        else:
+            report = report_of(f"{model}-{node}", edge_region.name, {model: revision}, {model: (1, 2)})
+            await producer.send_and_wait(WORKERS_TOPIC, report.to_bytes(), key=report.node.encode())
 
-    controller = Controller(edge_region.bootstrap, BOUNDS, workers=FileWorkerView(stats_dir), labels=False)
+    controller = Controller(edge_region.bootstrap, BOUNDS, workers=view, labels=False)
     assert (await controller.step(model)).action == "hold", "no summaries yet"
     await _commit(
         edge_region,
@@ -163,13 +179,13 @@ async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_
             _summary(edge_region.name, model, 2, results=100),
         ],
     )
-    worker_at("a", canary.revision)
-    worker_at("b", canary.revision - 1)
+    await worker_at("a", canary.revision)
+    await worker_at("b", canary.revision - 1)
     held = await controller.step(model)
     assert held.action == "hold"
     assert held.reasons == (f"1 of 2 workers not at revision {canary.revision} (at [{canary.revision - 1}])",)
 
-    worker_at("b", canary.revision)
+    await worker_at("b", canary.revision)
     first = await controller.step(model)
     assert first.action == "advance", first.reasons
     state = (await RegistryClient(edge_region.bootstrap).read_states())[model]
@@ -177,8 +193,8 @@ async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_
     assert state.canary.fraction == 0.25
     assert (await controller.step(model)).action == "hold", "the workers have not applied the 25% stage"
 
-    worker_at("a", state.revision)
-    worker_at("b", state.revision)
+    await worker_at("a", state.revision)
+    await worker_at("b", state.revision)
     second = await controller.step(model)
     assert second.action == "advance", second.reasons
     state = (await RegistryClient(edge_region.bootstrap).read_states())[model]
