@@ -9,6 +9,10 @@ result that does not arrive within the device's deadline is answered by the devi
 model (the tiny model of the same family); a result that arrives later is counted as late. End-to-end
 latency is capture -> result received, on one clock.
 
+Embeddings come from the held-out split until a scenario sets ``Fleet.inputs`` to one of the two
+disjoint halves of the scanner-shifted data (``pipeline.models.shift``); every answer is kept with the
+version that gave it and the kind of input (``Answer``), in time or late, for accuracy per version.
+
 A configurable fraction of deliberately bad records (tampered ciphertext, unknown model, wrong shape,
 garbage bytes) exercises the dead-letter path; they are counted, not awaited.
 """
