@@ -179,7 +179,8 @@ class WorkerSettings(BaseSettings):
     registry: bool = False
     """Follow the model registry (``control.models``): serve the versions each model's state names,
     each verified (sha256 and Ed25519 signature) before it loads, and route each device to stable or
-    canary. Without it, the worker serves ``model_size`` of each family, built locally."""
+    canary; report the revisions applied on ``control.workers`` (the rollout's lag guard). Without it,
+    the worker serves ``model_size`` of each family, built locally."""
     registry_home: Path | None = None
     """Artifact store and trusted keys of the registry; defaults to ``<home>/registry``."""
     routing_key: SecretStr | None = None

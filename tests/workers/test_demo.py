@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.broker
 
 
+@pytest.mark.timeout(900)  # the story takes ~3 min on the 2-core box; the suite's default is 300 s
 def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     bootstrap: Kafka, kafka_broker: BrokerState, model_home: Path, tmp_path: Path
 ) -> None:
