@@ -149,6 +149,9 @@ class RetrainReport:
     stable_accuracy: float
     """Held-out accuracy of the stable version's ONNX graph on the same rows."""
     converged: bool
+    reference: tuple[tuple[int, ...], ...] = ()
+    """The training part's counts in the bins of the model kind's drift reference
+    (``drift.training_reference``): what the aggregator judges this version's inputs against."""
 
     @property
     def margin(self) -> float:
@@ -179,6 +182,7 @@ class RetrainReport:
             "holdout_fraction": self.holdout_fraction,
             "split_seed": self.seed,
             "converged": self.converged,
+            "drift_reference": [list(c) for c in self.reference],
         }
 
 
@@ -370,6 +374,13 @@ def evaluate(onnx_bytes: bytes, X: Items, y: Labels) -> float:
     return float(np.mean(predicted == y))
 
 
+def _reference_counts(model_spec: ModelSpec, X: Items) -> tuple[tuple[int, ...], ...]:
+    from edgestream.pipeline.drift import training_reference
+
+    counts = training_reference(model_spec.kind).window_counts(np.asarray(X, dtype=np.float64))
+    return tuple(tuple(int(n) for n in c) for c in counts)
+
+
 def retrain(
     data: LabelledSet,
     variant: str,
@@ -403,6 +414,7 @@ def retrain(
         stable_version=stable_version,
         stable_accuracy=evaluate(stable_onnx, X_holdout, y_holdout),
         converged=candidate.converged,
+        reference=_reference_counts(model_spec, data.X[train_rows]),
     )
     log.info(
         "%s: candidate %.4f vs stable v%d %.4f on %d held-out samples (margin %+.4f)",

@@ -247,7 +247,7 @@ def _aggregator_rules() -> set[AclRule]:
         | _grant(AGGREGATOR, TOPIC, LITERAL, SAMPLES_TOPIC, READ, DESCRIBE)
         | _grant(AGGREGATOR, TOPIC, LITERAL, LABELS_TOPIC, READ, DESCRIBE)
         | _grant(AGGREGATOR, GROUP, PREFIXED, AGGREGATOR_GROUP, READ)
-        | _grant(AGGREGATOR, TOPIC, LITERAL, MODELS_TOPIC, WRITE, DESCRIBE)
+        | _grant(AGGREGATOR, TOPIC, LITERAL, MODELS_TOPIC, READ, WRITE, DESCRIBE)  # drift references
         | _grant(AGGREGATOR, TRANSACTIONAL_ID, PREFIXED, AGGREGATOR_GROUP, WRITE, DESCRIBE)
         # faust's own topics (table changelogs, re-keyed streams, its assignor), named <app id>-...
         | _grant(AGGREGATOR, TOPIC, PREFIXED, AGGREGATOR_GROUP, Operation.CREATE, READ, WRITE, DESCRIBE)

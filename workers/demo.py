@@ -181,6 +181,10 @@ class DemoResult:
     """Accuracy of each version of the story's model on each kind of input, as the devices saw it."""
     bad_after_rollback: int | None = None
     """Answers by the bad candidate to requests captured after every worker applied its rollback."""
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    """The aggregator's windows of the demo's regions, as its view served them."""
+    fleet_started_at: float = 0.0
+    """When the fleet started (unix seconds): the story's and the plots' time zero."""
 
 
 async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
@@ -588,7 +592,19 @@ def run_demo(
         bad_after = bad_answers_after_rollback(report, story)
         story.drift_windows = count_drift(story, windows, report.started_at, settings.aggregator_window_s)
         plot_story(report, story, windows, settings.aggregator_window_s, paths.story_plot)
-    result = DemoResult(rows, total, paths, broker_log, accuracy, cloud, story, versions, bad_after)
+    result = DemoResult(
+        rows,
+        total,
+        paths,
+        broker_log,
+        accuracy,
+        cloud,
+        story=story,
+        versions=versions,
+        bad_after_rollback=bad_after,
+        windows=windows,
+        fleet_started_at=report.started_at,
+    )
     paths.summary.write_text(
         json.dumps(
             {

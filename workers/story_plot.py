@@ -96,37 +96,37 @@ def plot_story(
     if versions:
         accuracy.legend(loc="lower left", fontsize=8)
 
-    # 3. drift, as the aggregator judged it
+    # 3. drift, as the aggregator judged it: each version against its own reference
     started = report.started_at
-    regions = sorted({str(w["region"]) for w in windows if w["model"] == story.model})
     threshold = None
-    for i, region in enumerate(regions):
+    drifted = sorted({int(w["version"]) for w in windows if w["model"] == story.model})
+    for v in drifted:
         xs, ys, judged = [], [], []
         for w in windows:
             d = w.get("drift") or {}
-            if w["model"] != story.model or w["region"] != region or d.get("max_psi") is None:
+            if w["model"] != story.model or int(w["version"]) != v or d.get("max_psi") is None:
                 continue
             threshold = d.get("threshold", threshold)
             xs.append(w["start_ms"] / 1000 - started + window_s / 2)
             ys.append(max(float(d["max_psi"]), 1e-3))
             judged.append(int(d.get("samples", 0)) >= MIN_SAMPLES)
-        colour = f"C{i + 3}"
+        role = _role(story, v)
+        colour = _COLOURS[role]
+        against = "the zoo's training data" if role == "reference" else "its own training samples"
         x, y, j = np.asarray(xs), np.asarray(ys), np.asarray(judged, dtype=bool)
         if len(x):
-            drift.scatter(x[j], y[j], color=colour, label=f"{region} (judged)")
-            drift.scatter(
-                x[~j], y[~j], facecolors="none", edgecolors=colour, label=f"{region} (< {MIN_SAMPLES})"
-            )
+            drift.scatter(x[j], y[j], color=colour, label=f"v{v} ({role}) vs {against}")
+            drift.scatter(x[~j], y[~j], facecolors="none", edgecolors=colour, alpha=0.6)
     if threshold is not None:
         drift.axhline(float(threshold), color="red", ls="--", lw=1, label=f"threshold {threshold:g}")
     drift.set_yscale("log")
     drift.set_ylabel("max feature PSI of a window")
     drift.set_xlabel("seconds since the fleet started")
     drift.set_title(
-        f"drift against the training data per region window ({window_s:g} s), as the aggregator saw it"
+        f"drift per region window ({window_s:g} s; filled: judged, {MIN_SAMPLES}+ samples; hollow: fewer)"
     )
-    if regions:
-        drift.legend(loc="upper left", fontsize=7, ncol=2)
+    if drifted:
+        drift.legend(loc="upper left", fontsize=7)
 
     for ax in (share, accuracy, drift):
         for event in story.events:

@@ -188,6 +188,7 @@ EU_WEST_POLICY = {
     ("User:aggregator", "TOPIC", "LITERAL", "cloud.labels", "READ"),
     ("User:aggregator", "TOPIC", "LITERAL", "cloud.labels", "DESCRIBE"),
     ("User:aggregator", "GROUP", "PREFIXED", "edgestream-aggregator", "READ"),
+    ("User:aggregator", "TOPIC", "LITERAL", "control.models", "READ"),
     ("User:aggregator", "TOPIC", "LITERAL", "control.models", "WRITE"),
     ("User:aggregator", "TOPIC", "LITERAL", "control.models", "DESCRIBE"),
     ("User:aggregator", "TRANSACTIONAL_ID", "PREFIXED", "edgestream-aggregator", "WRITE"),
@@ -215,7 +216,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 26 + 15  # per region: edge 19, device 5, admin 2; aggregator 15
+    assert len(rules) == 3 * 26 + 16  # per region: edge 19, device 5, admin 2; aggregator 16
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -299,8 +300,8 @@ def test_aggregator() -> None:
         ops = allowed(rules, AGGREGATOR, TOPIC, topic.name)
         if topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC}:
             assert ops == {READ, DESCRIBE}
-        elif topic.name == MODELS_TOPIC:
-            assert ops == {WRITE, DESCRIBE}
+        elif topic.name == MODELS_TOPIC:  # reads versions' drift references; the controller may write
+            assert ops == {READ, WRITE, DESCRIBE}
         else:
             assert ops == set(), topic.name
     assert allowed(rules, AGGREGATOR, GROUP, AGGREGATOR_GROUP) == {READ, DESCRIBE}

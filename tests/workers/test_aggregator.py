@@ -366,3 +366,36 @@ async def test_restart_mid_window_loses_and_doubles_nothing(
         print(f"killed after {before_kill['summaries']} of {sent} summaries; after restart {expected}")
     finally:
         await producer.stop()
+
+
+def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None:
+    """The reference (v1, the zoo's training data) sees shifted inputs drift; a version retrained on
+    shifted inputs carries their counts in its lineage and its windows are judged against them."""
+    from edgestream.pipeline.drift import training_reference
+    from edgestream.pipeline.models import load_dataset
+    from edgestream.pipeline.models.shift import shifted_pools
+    from edgestream.workers.aggregator.app import version_reference
+
+    base = training_reference("embedding")
+    first, second = shifted_pools()
+    lineage = {"drift_reference": base.window_counts(first.X)}
+    own = version_reference("embedding-scorer", lineage)
+    assert own is not None
+    assert own.edges == base.edges
+    assert version_reference("embedding-scorer", {}) is None
+    assert version_reference("embedding-scorer", {"drift_reference": [[1, 2]]}) is None  # wrong shape
+    assert version_reference("frame-classifier", lineage) is None  # frames carry no features
+
+    def quality(version: int, X: Any) -> tuple[str, w.State]:
+        state = w.new_quality()
+        state["samples"] = len(X)
+        state["features"] = base.window_counts(X)
+        return w.quality_key(0, w.window_key("eu", "embedding-scorer", version, 0)), state
+
+    windows = [quality(1, second.X), quality(2, second.X), quality(3, load_dataset("embedding").X_train)]
+    rows = {r["version"]: r["drift"] for r in window_rows({}, windows, 0.2, {("embedding-scorer", 2): own})}
+    assert rows[1]["reference"] == rows[3]["reference"] == "training"
+    assert rows[2]["reference"] == "version"
+    assert rows[1]["flagged"], rows[1]["max_psi"]  # shifted inputs against the zoo's training data
+    assert not rows[2]["flagged"], rows[2]["max_psi"]  # the same inputs against v2's own
+    assert not rows[3]["flagged"], rows[3]["max_psi"]

@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 
 from edgestream.pipeline.models import load_dataset, spec
@@ -54,7 +55,7 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
         # About 15 sampled embeddings a second per region: a 30 s window reaches the 200 samples
         # drift is judged on.
         aggregator_window_s=30.0,
-        story=StorySettings(baseline_s=8.0, tail_s=3.0, step_timeout_s=120.0),
+        story=StorySettings(baseline_s=8.0, tail_s=10.0, step_timeout_s=120.0),
         story_max_s=300.0,
     )
     steps: list[str] = []
@@ -138,6 +139,28 @@ def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
     assert story.drift["max_psi"] > story.drift["threshold"]
     assert story.drift["samples"] >= 200
     assert story.drift_windows["after"]["flagged"] >= 1
+
+    # Each version is judged against its own reference: the retrained one against the inputs it was
+    # trained on (signed into its lineage), so its windows stop drifting while the reference's drift.
+    def psi(version: int) -> list[float]:
+        return [
+            w["drift"]["max_psi"]
+            for w in result.windows
+            if w["model"] == story.model
+            and w["version"] == version
+            and w["drift"]["samples"] >= 100
+            and w["drift"]["max_psi"] is not None
+            and w["start_ms"] / 1000 >= result.fleet_started_at + (story.shift_at_s or 0)
+        ]
+
+    assert {w["drift"]["reference"] for w in result.windows if w["version"] == story.retrained} == {"version"}
+    retrained_psi, reference_psi = psi(story.retrained or 0), psi(story.reference)
+    assert retrained_psi, "the retrained version's windows were judged"
+    assert reference_psi
+    assert float(np.median(retrained_psi)) < float(np.median(reference_psi)) / 2, (
+        retrained_psi,
+        reference_psi,
+    )
 
     # Accuracy per version, as the devices saw it (their truth, not the pipeline's).
     acc = {(row.version, row.inputs): row for row in result.versions}

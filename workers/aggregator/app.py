@@ -1,6 +1,8 @@
 """The aggregator process: a faust-streaming app over TLS that adds the edge's partial summaries up into
 tumbling windows per (region, model, version), joins labels to samples by request id, computes drift
-against the training reference, and serves the result over HTTP (faust web, ``GET /windows``).
+against a reference (a retrained version's own training inputs, signed into its lineage and read from
+the registry; else the model kind's training data), and serves the result over HTTP (faust web,
+``GET /windows``).
 
 State lives in faust tables (in memory, each backed by a changelog topic, replayed on start), so a
 restart resumes where the last committed changelog left off. Processing is at-least-once and every
@@ -20,10 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import faust
+import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -73,6 +77,9 @@ class AggregatorSettings(BaseSettings):
     join_wait_s: float = Field(default=300.0, gt=0)
     """How long after a sample's window ends its label may still join it (and a duplicate of it is
     still recognised): the join keeps each request id that long, so this bounds its state."""
+    registry_refresh_s: float = Field(default=10.0, gt=0)
+    """How often the registry is read for the versions' own drift references (retrained versions sign
+    the counts of their training inputs into their lineage)."""
     psi_threshold: float = Field(default=PSI_THRESHOLD, gt=0)
     """PSI past which a window is flagged (``pipeline.drift``)."""
     web_host: str = "127.0.0.1"
@@ -99,6 +106,44 @@ def _reference(model: str) -> FeatureReference | None:
     except EdgestreamError:
         return None
     return training_reference(kind) if kind == "embedding" else None
+
+
+def version_reference(model: str, lineage: Any) -> FeatureReference | None:
+    """A version's own drift reference: the counts of its training inputs in the bins of the model
+    kind's reference, as ``retrain`` signs them into its lineage (``drift_reference``); None when the
+    lineage has none or they do not fit the bins."""
+    base = _reference(model)
+    counts = lineage.get("drift_reference") if isinstance(lineage, Mapping) else None
+    if base is None or not counts:
+        return None
+    try:
+        arrays = tuple(np.asarray(c, dtype=np.int64) for c in counts)
+    except (TypeError, ValueError):
+        return None
+    if len(arrays) != base.n_features or any(
+        a.shape != b.shape or a.sum() <= 0 for a, b in zip(arrays, base.counts, strict=True)
+    ):
+        log.warning("%s: a drift reference that does not fit the model's bins is ignored", model)
+        return None
+    return FeatureReference(base.edges, arrays)
+
+
+class References:
+    """Per (model, version), the version's own drift reference, refreshed from ``control.models``;
+    versions without one are judged against the model kind's training data."""
+
+    def __init__(self) -> None:
+        self.by_version: dict[tuple[str, int], FeatureReference] = {}
+
+    def update(self, states: Mapping[str, Any]) -> None:
+        """Take the references of every version of ``states`` (model -> ModelState)."""
+        found: dict[tuple[str, int], FeatureReference] = {}
+        for model, state in states.items():
+            for signed in state.versions:
+                reference = version_reference(model, signed.manifest.lineage)
+                if reference is not None:
+                    found[(model, signed.version)] = reference
+        self.by_version = found
 
 
 def _read_committed_only() -> None:
@@ -272,6 +317,18 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 [],
             )
 
+    references = References()
+
+    @app.timer(interval=settings.registry_refresh_s)  # type: ignore[untyped-decorator]
+    async def refresh_references() -> None:
+        """Each version's own drift reference, from the registry (read-only, best effort)."""
+        from edgestream.pipeline.registry.client import RegistryClient
+
+        try:
+            references.update(await RegistryClient(kafka).read_states())
+        except Exception as e:  # a view refinement: the training reference stays in use meanwhile
+            log.warning("could not read the registry for drift references: %s", e)
+
     @app.page(VIEW_PATH)
     async def view(web: Any, request: Any) -> Any:
         del request
@@ -280,12 +337,15 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 "window_s": settings.window_s,
                 "threshold": settings.psi_threshold,
                 "windows": window_rows(
-                    dict(window_table.items()), list(quality_table.items()), settings.psi_threshold
+                    dict(window_table.items()),
+                    list(quality_table.items()),
+                    settings.psi_threshold,
+                    references.by_version,
                 ),
             }
         )
 
-    del count_summaries, join_samples, join_labels, view
+    del count_summaries, join_samples, join_labels, view, refresh_references
     return app
 
 
@@ -297,6 +357,7 @@ def window_rows(
     summary_windows: dict[str, w.State],
     quality_windows: list[tuple[str, w.State]],
     threshold: float = PSI_THRESHOLD,
+    references: Mapping[tuple[str, int], FeatureReference] | None = None,
 ) -> list[dict[str, Any]]:
     """The view: one row per window (summary or join counters), oldest first, JSON-ready.
 
@@ -319,7 +380,8 @@ def window_rows(
         baseline = first_scores.get(series)
         if baseline is None and scores is not None and sum(scores) > 0:
             first_scores[series] = scores
-        reference = _reference(model)
+        own = (references or {}).get((model, version))
+        reference = own or _reference(model)
         report = drift_report(
             reference,
             quality["features"] if reference is not None else None,
@@ -345,7 +407,10 @@ def window_rows(
                 "samples": quality["samples"],
                 "joined": quality["joined"],
                 "accuracy": quality["correct"] / quality["joined"] if quality["joined"] else None,
-                "drift": report.to_dict(),
+                "drift": {
+                    **report.to_dict(),
+                    "reference": "version" if own is not None else "training" if reference else None,
+                },
             }
         )
     return rows
