@@ -9,6 +9,7 @@ thread-safe too. Threads default to one: the edge box has two cores shared with 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,6 +83,14 @@ class InferenceSession:
             ", ".join(self._providers_in_use),
             intra_op_num_threads,
         )
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> float:
+        """Run batches of zeros of each size once, so the first real requests do not pay for the
+        session's first runs (allocations, kernel selection; on a GPU, engine builds); seconds taken."""
+        started = time.perf_counter()
+        for n in batch_sizes:
+            self.run(np.zeros((n, *self._artifact.spec.input_shape), dtype=self._input_dtype))
+        return time.perf_counter() - started
 
     @property
     def artifact(self) -> ModelArtifact:

@@ -64,6 +64,9 @@ class Bounds(BaseModel):
     """Stable accuracy minus canary's (absolute) above which it rolls back, when labels exist."""
     min_requests: int = Field(default=100, ge=1)
     """Requests each version must have (since the canary started) before either is judged."""
+    min_latency_requests: int = Field(default=300, ge=1)
+    """Requests each version must have before their p99 latencies are compared: the p99 of fewer is
+    close to their slowest request, which one slow batch decides."""
     min_labelled: int = Field(default=100, ge=1)
     """Labelled answers each version must have before accuracy is judged."""
     stage_dwell_ms: int = Field(default=600_000, ge=0)
@@ -191,7 +194,12 @@ def _regressions(stable: VersionStats, canary: VersionStats, bounds: Bounds) -> 
             f"{canary.model_errors} of {canary.requests}: {_model_errors(canary)})"
         )
     stable_p99, canary_p99 = stable.p99_ms, canary.p99_ms
-    if stable_p99 is not None and canary_p99 is not None and canary_p99 > stable_p99 * bounds.max_p99_ratio:
+    if (
+        stable_p99 is not None
+        and canary_p99 is not None
+        and min(stable.requests, canary.requests) >= bounds.min_latency_requests
+        and canary_p99 > stable_p99 * bounds.max_p99_ratio
+    ):
         broken.append(
             f"p99 latency {canary_p99:g}ms vs stable {stable_p99:g}ms (> {bounds.max_p99_ratio:g}x)"
         )

@@ -65,12 +65,14 @@ def open_model(artifact: ModelArtifact, settings: WorkerSettings) -> ServedModel
     session = InferenceSession(
         artifact, providers=settings.providers, intra_op_num_threads=settings.intra_op_threads
     )
+    warm_s = session.warm_up()  # before it serves: a new canary's first requests would pay for it
     log.info(
-        "serving %s v%d (%s) on %s",
+        "serving %s v%d (%s) on %s, warmed up in %.0f ms",
         artifact.name,
         artifact.version,
         artifact.sha256[:12],
         session.providers_in_use,
+        warm_s * 1000,
     )
     return ServedModel(artifact, session)
 

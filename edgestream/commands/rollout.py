@@ -68,7 +68,8 @@ def watch(
         typer.Option(
             "--bounds",
             help="KEY=VALUE,... over the defaults: max_error_rate_increase (0.02), max_p99_ratio (1.5), "
-            "max_accuracy_drop (0.03), min_requests (100), min_labelled (100), stage_dwell_ms (10m).",
+            "max_accuracy_drop (0.03), min_requests (100), min_latency_requests (300), min_labelled (100), "
+            "stage_dwell_ms (10m).",
         ),
     ] = None,
     stats_dir: Annotated[

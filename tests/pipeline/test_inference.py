@@ -62,6 +62,20 @@ def test_dynamic_batch_sizes_on_one_session(store: ModelStore) -> None:
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["frame-classifier", "embedding-scorer"])
+def test_warm_up_runs_the_model_and_leaves_answers_unchanged(store: ModelStore, name: str) -> None:
+    artifact = store.get(name, "tiny")
+    items = _test_items(artifact, 20)
+    cold = InferenceSession(artifact).run(items)
+    session = InferenceSession(artifact)
+    assert session.warm_up((1, 4)) > 0
+    warm = session.run(items)
+    np.testing.assert_array_equal(cold[0], warm[0])
+    np.testing.assert_allclose(cold[1], warm[1])
+    with pytest.raises(ValueError, match="negative dimensions"):
+        session.warm_up((-1,))
+
+
 def test_empty_batch(store: ModelStore) -> None:
     session = InferenceSession(store.get("embedding-scorer", "tiny"))
     labels, probs = session.run(np.empty((0, 30), dtype=np.float16))

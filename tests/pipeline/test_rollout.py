@@ -72,6 +72,15 @@ def test_input_errors_say_nothing_about_the_version() -> None:
     assert judge(stats(1), noisy, BOUNDS, stage_age_ms=DWELT).action == "advance"
 
 
+def test_p99_latency_is_compared_only_on_enough_requests() -> None:
+    """A p99 of 100 requests is their slowest one or two: one cold batch must not roll a version back."""
+    few = Bounds(min_requests=100, min_labelled=50, stage_dwell_ms=0, min_latency_requests=300)
+    slow = stats(2, 299, latency_ms=250.0)
+    assert judge(stats(1, latency_ms=20.0), slow, few, stage_age_ms=0).action == "advance"
+    enough = stats(2, 300, latency_ms=250.0)
+    assert judge(stats(1, latency_ms=20.0), enough, few, stage_age_ms=0).action == "rollback"
+
+
 def test_p99_latency_past_the_ratio_rolls_back() -> None:
     verdict = judge(stats(1, latency_ms=20.0), stats(2, latency_ms=50.0), BOUNDS, stage_age_ms=0)
     assert verdict.action == "rollback"
