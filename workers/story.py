@@ -7,7 +7,8 @@ same event loop, and moves on only when the system itself says so:
 
 1. the devices send the original inputs for ``baseline_s``;
 2. their scanners change (``pipeline.models.shift``): embeddings come from the first half of the
-   shifted data, until the aggregator flags a window of the model for drift (PSI past its threshold);
+   shifted data, until the aggregator flags a window of the model that began after the change for
+   drift (PSI past its threshold);
 3. once ``min_samples`` labelled samples answered since the shift are on the cloud topics, devices move
    to the second half of the shifted data (inputs the retrained model never sees in training) and the
    model is retrained on those samples; the candidate is published (signed) and put in canary;
@@ -342,13 +343,12 @@ class Story:
     async def _drift_flagged(self, shift_ms: int) -> dict[str, Any]:
         while True:
             view = await asyncio.to_thread(_get_json, self._view_url + "/windows")
-            window_ms = int(float(view.get("window_s", 0)) * 1000) if view else 0
             for row in (view or {}).get("windows", []):
                 drift = row.get("drift") or {}
                 if (
                     row.get("model") == self._model
                     and row.get("region") in self._regions
-                    and int(row["start_ms"]) + window_ms > shift_ms
+                    and int(row["start_ms"]) >= shift_ms  # wholly after: not a straddling one
                     and drift.get("flagged")
                 ):
                     return {
