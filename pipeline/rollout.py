@@ -9,7 +9,9 @@ model has applied, so that a stage never advances while a worker lags (at most o
 
 Which dead letters are the version's fault (``MODEL_ERROR_REASONS``): only those that depend on the
 version that answered, ``infer_failed`` (onnxruntime failed on the input) and ``bad_shape`` (the input
-does not fit the version's spec: a candidate whose input spec changed fails here). Every other reason is
+does not fit the version's spec: a candidate whose input spec changed fails here). ``bad_shape`` counts
+only when the two versions' input specs differ (:func:`error_reasons`): with the same spec, a malformed
+input fails on either version and says nothing about the one it was routed to. Every other reason is
 decided before or regardless of the version (``replayed``, ``stale``, ``rate_limited``, ``bad_tag``,
 ``unknown_key``, ``retired_key``, ``forgotten_device``, ``bad_compression``, ``bad_body``,
 ``undecodable``, ``oversized``, ``unknown_model``, ``broker``...): those say something about the
@@ -35,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgestream.pipeline.cloud import LATENCY_BOUNDS_MS, Label, PartialSummary, Sample, merge, percentile_ms
 from edgestream.pipeline.errors import UndecodableRecord
+from edgestream.pipeline.registry.signing import SignedManifest
 from edgestream.pipeline.registry.state import ModelState, advance, rollback
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
 
@@ -46,7 +49,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MODEL_ERROR_REASONS: Final = frozenset({"infer_failed", "bad_shape"})
-"""Dead-letter reasons that are the answering version's fault (see the module docstring)."""
+"""Dead-letter reasons that can be the answering version's fault (see the module docstring)."""
+SAME_SPEC_ERROR_REASONS: Final = frozenset({"infer_failed"})
+"""The version's fault when stable and canary take the same input spec."""
+
+
+def error_reasons(stable: SignedManifest, canary: SignedManifest) -> frozenset[str]:
+    """Which dead-letter reasons count against the versions: ``bad_shape`` only when their input specs
+    (dtype and shape) differ."""
+    a, b = stable.manifest, canary.manifest
+    same = (a.input_dtype, tuple(a.input_shape)) == (b.input_dtype, tuple(b.input_shape))
+    return SAME_SPEC_ERROR_REASONS if same else MODEL_ERROR_REASONS
+
 
 Action = Literal["advance", "hold", "rollback"]
 
@@ -89,11 +103,13 @@ class VersionStats:
     """Answers joined with a label."""
     correct: int = 0
     """Of those, how many matched the label."""
+    error_reasons: frozenset[str] = MODEL_ERROR_REASONS
+    """The dead-letter reasons counted as the version's errors (:func:`error_reasons`)."""
 
     @property
     def model_errors(self) -> int:
-        """Dead letters that are the version's fault (``MODEL_ERROR_REASONS``)."""
-        return sum(n for reason, n in self.dead_letters.items() if reason in MODEL_ERROR_REASONS)
+        """Dead letters that are the version's fault (``error_reasons``)."""
+        return sum(n for reason, n in self.dead_letters.items() if reason in self.error_reasons)
 
     @property
     def requests(self) -> int:
@@ -219,7 +235,7 @@ def _regressions(stable: VersionStats, canary: VersionStats, bounds: Bounds) -> 
 
 
 def _model_errors(stats: VersionStats) -> str:
-    return ", ".join(f"{r} {n}" for r, n in sorted(stats.dead_letters.items()) if r in MODEL_ERROR_REASONS)
+    return ", ".join(f"{r} {n}" for r, n in sorted(stats.dead_letters.items()) if r in stats.error_reasons)
 
 
 def version_stats(
@@ -229,9 +245,11 @@ def version_stats(
     *,
     since_ms: int,
     accuracy: Mapping[int, tuple[int, int]] | None = None,
+    reasons: frozenset[str] = MODEL_ERROR_REASONS,
 ) -> VersionStats:
     """``version``'s summaries of ``model`` whose ``at_ms`` is at or after ``since_ms``, merged
-    (``accuracy``: version -> (labelled, correct), from :func:`accuracy_by_version`)."""
+    (``accuracy``: version -> (labelled, correct), from :func:`accuracy_by_version`; ``reasons``: the
+    dead letters counted as its errors)."""
     picked = [s for s in summaries if s.model == model and s.model_version == version and s.at_ms >= since_ms]
     merged = merge(picked)
     labelled, correct = (accuracy or {}).get(version, (0, 0))
@@ -242,6 +260,7 @@ def version_stats(
         latency_buckets=list(merged["latency"]),
         labelled=labelled,
         correct=correct,
+        error_reasons=reasons,
     )
 
 
@@ -398,9 +417,14 @@ class Controller:
                 labels = await self._read(LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model)
                 accuracy = accuracy_by_version(samples, labels, model, since_ms=since)
         now_ms = self._clock_ms()
+        counted = error_reasons(state.manifest(state.stable), state.manifest(canary.version))
+        stats = {
+            v: version_stats(summaries, model, v, since_ms=since, accuracy=accuracy, reasons=counted)
+            for v in (state.stable, canary.version)
+        }
         verdict = judge(
-            version_stats(summaries, model, state.stable, since_ms=since, accuracy=accuracy),
-            version_stats(summaries, model, canary.version, since_ms=since, accuracy=accuracy),
+            stats[state.stable],
+            stats[canary.version],
             self.bounds,
             stage_age_ms=now_ms - stage_started_ms(state),
             worker_revisions=None if self._workers is None else await self._workers.revisions(model),

@@ -470,3 +470,20 @@ def test_worker_reports_round_trip_and_refuse_anything_else() -> None:
     ):
         with pytest.raises(UndecodableRecord):
             WorkerReport.from_bytes(bad)
+
+
+def test_bad_shape_counts_against_a_version_only_when_the_input_specs_differ(key: SigningKey) -> None:
+    """A malformed input fails on either version when both take the same spec: it says nothing about
+    the one it was routed to. A candidate whose spec changed is to blame for what no longer fits."""
+    from dataclasses import replace
+
+    from edgestream.pipeline.rollout import VersionStats, error_reasons
+
+    stable = key.sign(_manifest(1))
+    same = key.sign(_manifest(2))
+    wider = key.sign(replace(_manifest(2), input_shape=(31,)))
+    assert error_reasons(stable, same) == frozenset({"infer_failed"})
+    assert error_reasons(stable, wider) == frozenset({"infer_failed", "bad_shape"})
+    dead = {"bad_shape": 3, "infer_failed": 1, "bad_tag": 9}
+    assert VersionStats(2, 96, dead, error_reasons=error_reasons(stable, same)).model_errors == 1
+    assert VersionStats(2, 96, dead, error_reasons=error_reasons(stable, wider)).model_errors == 4
