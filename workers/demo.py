@@ -627,22 +627,19 @@ def run_demo(
 
 
 def _wait_for_revision(stats_files: dict[str, Path], revision: int, timeout_s: float) -> None:
-    """Wait until every worker reports the registry revision the story starts from."""
+    """Wait until every worker reports (in its stats file) the registry revision the story starts
+    from; the files are rewritten as soon as a worker applies a state."""
+    from edgestream.pipeline.rollout import FileWorkerView
+
+    view = FileWorkerView(next(iter(stats_files.values())).parent, pattern="worker-*.stats.json")
     deadline = time.monotonic() + timeout_s
     while True:
-        behind = []
-        for region, path in stats_files.items():
-            try:
-                applied = json.loads(path.read_text()).get("registry_revisions", {}).get(STORY_MODEL)
-            except (OSError, ValueError):
-                applied = None
-            if not isinstance(applied, int) or applied < revision:
-                behind.append(region)
-        if not behind:
+        applied = asyncio.run(view.revisions(STORY_MODEL))
+        if len(applied) == len(stats_files) and all(r is not None and r >= revision for r in applied):
             return
         if time.monotonic() > deadline:
-            raise DemoError(f"workers {behind} did not apply registry revision {revision} in {timeout_s:g} s")
-        time.sleep(0.2)
+            raise DemoError(f"workers did not all apply registry revision {revision} in {timeout_s:g} s")
+        time.sleep(0.2)  # poll interval of a bounded wait on the files' contents
 
 
 async def _fleet_and_story(

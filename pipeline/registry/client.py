@@ -98,24 +98,33 @@ class RegistryClient:
         )
 
     async def _read_to_end(self, consumer: AIOKafkaConsumer) -> dict[str, bytes | None]:
-        tps = [TopicPartition(self._topic, p) for p in range(CONTROL_MODELS.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        latest: dict[str, bytes | None] = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_ms / 1000
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            if loop.time() >= deadline:
-                raise RegistryTimeout(self._topic, self._timeout_ms)
-            batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
-            for records in batch.values():
-                for record in records:
-                    if record.key is None:
-                        log.warning("%s offset %d has no key; ignored", self._topic, record.offset)
-                        continue
-                    latest[record.key.decode()] = record.value
-        return latest
+        return await latest_by_key(consumer, self._topic, CONTROL_MODELS.partitions, self._timeout_ms)
+
+
+async def latest_by_key(
+    consumer: AIOKafkaConsumer, topic: str, partitions: int, timeout_ms: int
+) -> dict[str, bytes | None]:
+    """The latest value (None: a tombstone) of every key of a compacted ``topic``, read from the
+    beginning to the end offsets found at the start with a started ``consumer``; records without a key
+    are logged and ignored. :class:`RegistryTimeout` when the end is not reached within ``timeout_ms``."""
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    end = await consumer.end_offsets(tps)
+    latest: dict[str, bytes | None] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000
+    while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+        if loop.time() >= deadline:
+            raise RegistryTimeout(topic, timeout_ms)
+        batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
+        for records in batch.values():
+            for record in records:
+                if record.key is None:
+                    log.warning("%s offset %d has no key; ignored", topic, record.offset)
+                    continue
+                latest[record.key.decode(errors="replace")] = record.value
+    return latest
 
 
 def _decode(latest: dict[str, bytes | None], *, strict: bool) -> dict[str, ModelState]:

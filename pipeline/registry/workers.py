@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 REPORT_VERSION: Final = 1
 _CLIENT_ID: Final = "edgestream-workers-view"
-_FETCH_TIMEOUT_MS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +190,9 @@ class TopicWorkerView:
         ]
 
     async def _read(self) -> dict[str, bytes | None]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
-        from edgestream.pipeline.registry.errors import RegistryTimeout
+        from edgestream.pipeline.registry.client import latest_by_key
         from edgestream.pipeline.settings import kafka_settings
 
         consumer = AIOKafkaConsumer(
@@ -205,21 +204,7 @@ class TopicWorkerView:
         )
         await consumer.start()
         try:
-            tps = [TopicPartition(WORKERS_TOPIC, p) for p in range(CONTROL_WORKERS.partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            latest: dict[str, bytes | None] = {}
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._timeout_ms / 1000
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                if loop.time() >= deadline:
-                    raise RegistryTimeout(WORKERS_TOPIC, self._timeout_ms)
-                for records in (await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)).values():
-                    for record in records:
-                        if record.key is not None:
-                            latest[record.key.decode(errors="replace")] = record.value
-            return latest
+            return await latest_by_key(consumer, WORKERS_TOPIC, CONTROL_WORKERS.partitions, self._timeout_ms)
         finally:
             await consumer.stop()
 

@@ -203,11 +203,15 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     assert worker.catalog.revision(MODEL) == stable.revision, "the refused state is not applied"
     rolled = await registry.put(rollback(registry.state, now_ms=_now_ms(), reason="tampered artifact"))
     assert await _applied(worker, rolled)
+    # Other tests' states of other models may have been refused as untrusted at start: count from here.
+    untrusted_before = worker.catalog.refused.get("untrusted_signer", 0)
     stranger = SigningKey.generate()
     foreign_version = rolled.latest + 1
     foreign = publish(rolled, registry.signed("tiny", key=stranger), now_ms=_now_ms())
     await registry.put(start_canary(foreign, foreign_version, now_ms=_now_ms(), fraction=0.5))
-    assert await eventually(lambda: worker.catalog.refused.get("untrusted_signer") == 1, timeout_s=30)
+    assert await eventually(
+        lambda: worker.catalog.refused.get("untrusted_signer", 0) == untrusted_before + 1, timeout_s=30
+    )
     assert worker.catalog.revision(MODEL) == rolled.revision
     last = await _send(edge_region, producer, 1)
     for rid in last:
