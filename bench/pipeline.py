@@ -54,11 +54,11 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgestream.pipeline.contract import ResultRecord, decode_envelope
-from edgestream.pipeline.crypto import KeyRing
+from edgestream.pipeline.contract.envelope import ResultRecord, decode_envelope
 from edgestream.pipeline.errors import EdgestreamError
-from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import ModelStore, load_dataset
+from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import KafkaSettings, Region, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
@@ -70,10 +70,10 @@ from edgestream.topics.catalogue import (
     parse_topic,
     results_topic,
 )
-from edgestream.workers.broker import BrokerSettings, running_broker
-from edgestream.workers.edge import WorkerSettings
-from edgestream.workers.fleet import MODEL_FOR_KIND, Fleet, FleetReport, FleetSettings
-from edgestream.workers.fleet import Progress as FleetProgress
+from edgestream.workers.edge.worker import WorkerSettings
+from edgestream.workers.local.broker import BrokerSettings, running_broker
+from edgestream.workers.local.fleet import MODEL_FOR_KIND, Fleet, FleetReport, FleetSettings
+from edgestream.workers.local.fleet import Progress as FleetProgress
 
 log = logging.getLogger(__name__)
 

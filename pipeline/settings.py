@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.certs import TlsFiles
+    from edgestream.pipeline.security.pki import TlsFiles
 
 DEFAULT_HOME = Path(".edgestream")
 """Where local state lives (broker data and logs, keys, model cache, demo output): git-ignored."""
@@ -86,7 +86,7 @@ class KafkaSettings(BaseModel):
     @property
     def files(self) -> TlsFiles | None:
         """The TLS files, when the connection uses TLS."""
-        from edgestream.pipeline.certs import TlsFiles  # certs imports this module
+        from edgestream.pipeline.security.pki import TlsFiles  # certs imports this module
 
         if self.ssl_ca_file is None or self.ssl_cert_file is None or self.ssl_key_file is None:
             return None
@@ -114,7 +114,7 @@ class KafkaSettings(BaseModel):
         }
         files = self.files
         if self.security_protocol == "SSL" and files is not None:
-            from edgestream.pipeline.tls import client_context
+            from edgestream.pipeline.security.tls import client_context
 
             kwargs["ssl_context"] = client_context(files)
         return kwargs

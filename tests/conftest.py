@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.broker import BrokerSettings, BrokerState, running_broker
+from edgestream.workers.local.broker import BrokerSettings, BrokerState, running_broker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -25,7 +25,8 @@ from rich.table import Table
 
 from edgestream.commands.common import fail, run
 from edgestream.commands.topics import Bootstrap
-from edgestream.pipeline.auditchain import (
+from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.serving.auditchain import (
     ChainHead,
     ChainReport,
     MalformedChainHead,
@@ -35,7 +36,6 @@ from edgestream.pipeline.auditchain import (
     chain_id,
     verify,
 )
-from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import kafka_settings
 
 if TYPE_CHECKING:

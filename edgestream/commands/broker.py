@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from edgestream.workers.broker import LocalBroker
+    from edgestream.workers.local.broker import LocalBroker
 
 app = typer.Typer(
     help="The local Apache Kafka broker (one KRaft node on 127.0.0.1) for development and tests.",
@@ -44,7 +44,7 @@ def _broker(home: Path | None = None) -> LocalBroker:
     """The broker for the settings from the environment, with ``--home`` on top."""
     from pydantic import ValidationError
 
-    from edgestream.workers.broker import BrokerSettings, LocalBroker
+    from edgestream.workers.local.broker import BrokerSettings, LocalBroker
 
     try:
         settings = BrokerSettings() if home is None else BrokerSettings(home=home)
@@ -129,7 +129,7 @@ def stop(
 @app.command()
 def status(home: Home = None) -> None:
     """Say whether the broker runs, with its pid, address and logs; exit code 1 when it does not."""
-    from edgestream.workers.broker import ping
+    from edgestream.workers.local.broker import ping
 
     broker = _broker(home)
     state = broker.status()

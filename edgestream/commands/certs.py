@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.certs import CertInfo, Identity, Pki, TlsFiles
+    from edgestream.pipeline.security.pki import CertInfo, Identity, Pki, TlsFiles
 
 app = typer.Typer(
     help="Development PKI for mutual TLS with Kafka: a CA, a certificate per identity, rotation.",
@@ -59,14 +59,14 @@ def _fail(message: str) -> NoReturn:
 
 
 def _pki(home: Path | None) -> Pki:
-    from edgestream.pipeline.certs import Pki
+    from edgestream.pipeline.security.pki import Pki
     from edgestream.pipeline.settings import DEFAULT_HOME
 
     return Pki.in_home(home if home is not None else DEFAULT_HOME)
 
 
 def _identity(principal: str, name: str | None) -> Identity:
-    from edgestream.pipeline.certs import Identity
+    from edgestream.pipeline.security.pki import Identity
 
     try:
         return Identity.of(principal, name)
@@ -75,14 +75,14 @@ def _identity(principal: str, name: str | None) -> Identity:
 
 
 def _days(days: int | None) -> int:
-    from edgestream.pipeline.certs import DEFAULT_LEAF_DAYS
+    from edgestream.pipeline.security.pki import DEFAULT_LEAF_DAYS
 
     return days if days is not None else DEFAULT_LEAF_DAYS
 
 
 def _status_table(pki: Pki, infos: list[CertInfo], fresh: frozenset[int] = frozenset()) -> Table:
     """One row per certificate; serials in ``fresh`` are marked as just issued."""
-    from edgestream.pipeline.certs import RENEW_WITHIN
+    from edgestream.pipeline.security.pki import RENEW_WITHIN
 
     table = Table(
         title=f"Certificates in {pki.root}",
@@ -137,8 +137,8 @@ def init(
 
     Existing certificates are kept unless they expire within 7 days or no trusted CA signed them.
     """
-    from edgestream.pipeline.certs import Identity
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security.pki import Identity
     from edgestream.pipeline.settings import DEFAULT_REGIONS
 
     pki = _pki(home)

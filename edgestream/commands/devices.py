@@ -206,7 +206,7 @@ def _order(tp: TopicPartition) -> tuple[str, int]:
 
 
 def _tally(topic: TopicRetained, key: bytes, value: bytes | None, timestamp_ms: int) -> None:
-    from edgestream.pipeline.contract import decode_envelope
+    from edgestream.pipeline.contract.envelope import decode_envelope
 
     try:
         envelope = decode_envelope(value or b"", max_envelope_bytes=MAX_SCANNED_ENVELOPE_BYTES)
@@ -268,8 +268,8 @@ def enroll(
     ] = None,
 ) -> None:
     """Enrol DEVICE_ID in REGION: a secret salt of its own, so it can be forgotten later. Idempotent."""
-    from edgestream.pipeline import crypto
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security import keyfile as crypto
 
     try:
         ring = crypto.KeyRing.load(path, cache_entries=0)
@@ -295,8 +295,8 @@ def enroll(
 @app.command("list")
 def list_devices(region: Region, path: KeyFile = DEFAULT_KEY_FILE) -> None:
     """The devices enrolled in REGION, forgotten ones too (never their salts)."""
-    from edgestream.pipeline.crypto import KeyRing
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security.keyfile import KeyRing
 
     try:
         ring = KeyRing.load(path, cache_entries=0)
@@ -341,8 +341,8 @@ def forget(
     from aiokafka.errors import KafkaError
 
     from edgestream.commands.topics import resolve_kafka
-    from edgestream.pipeline import crypto
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security import keyfile as crypto
 
     try:
         before = crypto.KeyRing.load(path, cache_entries=0).enrolment(region, device_id)

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from edgestream.commands.common import fail, run
 from edgestream.commands.topics import Bootstrap
-from edgestream.pipeline.deadletter import DeadLetter, MalformedDeadLetter
+from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLetter
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import kafka_settings
 

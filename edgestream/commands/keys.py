@@ -14,7 +14,7 @@ from edgestream.commands.common import utc
 from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.crypto import KeyRing, KeyStatus
+    from edgestream.pipeline.security.keyfile import KeyRing, KeyStatus
 
 app = typer.Typer(
     help="Region master keys: create the key file, rotate with an acceptance window, retire, status.",
@@ -78,8 +78,8 @@ def init(
     ] = None,
 ) -> None:
     """Create the key file with one master key per region (refuses to overwrite an existing one)."""
-    from edgestream.pipeline.crypto import KeyRing
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security.keyfile import KeyRing
 
     if path.exists():
         _err.print(f"{path} exists; leaving it alone")
@@ -105,8 +105,8 @@ def rotate(
     path: KeyFile = DEFAULT_KEY_FILE,
 ) -> None:
     """Make a new master key current in REGION; the previous key id is accepted for the window."""
-    from edgestream.pipeline import crypto
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security import keyfile as crypto
 
     window_ms = parse_duration_ms(window)
     try:
@@ -125,8 +125,8 @@ def retire(
     path: KeyFile = DEFAULT_KEY_FILE,
 ) -> None:
     """Retire KEY_ID of REGION now: its bytes leave the file, envelopes under it fail as retired_key."""
-    from edgestream.pipeline import crypto
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security import keyfile as crypto
 
     try:
         ring = crypto.retire(path, region, key_id)
@@ -145,8 +145,8 @@ def _print_others(ring: KeyRing, region: str, shown: int) -> None:
 @app.command()
 def status(path: KeyFile = DEFAULT_KEY_FILE) -> None:
     """Every key id of every region: current, accepted until when, retired; and when it was made."""
-    from edgestream.pipeline import crypto
     from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.security import keyfile as crypto
 
     try:
         rows = crypto.status(path)

@@ -18,8 +18,8 @@ from edgestream.commands.registry import ARTIFACTS_DIR, SIGNING_KEY_FILE, TRUSTE
 from edgestream.commands.topics import Bootstrap
 
 if TYPE_CHECKING:
+    from edgestream.pipeline.learning.retrain import RetrainReport
     from edgestream.pipeline.registry.state import ModelState
-    from edgestream.pipeline.retrain import RetrainReport
 
 app = typer.Typer(
     help="Retrain a model from labelled samples and publish it as a candidate.",
@@ -74,13 +74,13 @@ def retrain(
     held-out split and publish it as the next version, a candidate (not promoted)."""
     from edgestream.commands.registry import _home, _kafka
     from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.learning.retrain import read_labelled
+    from edgestream.pipeline.learning.retrain import retrain as retrain_model
     from edgestream.pipeline.models.zoo import spec
+    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
     from edgestream.pipeline.registry.client import RegistryClient
     from edgestream.pipeline.registry.publishing import publish_artifact
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys, load_verified
-    from edgestream.pipeline.registry.store import LocalArtifactStore
-    from edgestream.pipeline.retrain import read_labelled
-    from edgestream.pipeline.retrain import retrain as retrain_model
 
     now_ms = time.time_ns() // 1_000_000
     since_ms, until_ms = parse_when_ms(since, now_ms), parse_when_ms(until, now_ms)

@@ -15,7 +15,7 @@ from edgestream.commands.keys import parse_duration_ms
 from edgestream.commands.topics import Bootstrap
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.rollout import Bounds, Verdict
+    from edgestream.pipeline.learning.rollout import Bounds, Verdict
 
 app = typer.Typer(help="Automatic rollout: advance a canary's stages or roll it back.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def parse_bounds(text: str | None) -> Bounds:
     ``stage_dwell_ms``); a bad key or value exits naming it."""
     from pydantic import ValidationError
 
-    from edgestream.pipeline.rollout import Bounds
+    from edgestream.pipeline.learning.rollout import Bounds
 
     values: dict[str, object] = {}
     for item in (text or "").split(","):
@@ -92,8 +92,8 @@ def watch(
 ) -> None:
     """Judge MODEL's canary against stable from cloud.summaries; advance its stage or roll it back."""
     from edgestream.commands.topics import resolve_kafka
-    from edgestream.pipeline.registry.workers import TopicWorkerView
-    from edgestream.pipeline.rollout import Controller, FileWorkerView, WorkerView
+    from edgestream.pipeline.learning.rollout import Controller, FileWorkerView, WorkerView
+    from edgestream.pipeline.registry.reports import TopicWorkerView
 
     interval_s = parse_duration_ms(interval) / 1000
     kafka = resolve_kafka(bootstrap)

@@ -14,9 +14,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from edgestream.workers.demo import DemoResult, RegionSummary
-    from edgestream.workers.fleet import Progress as FleetProgress
-    from edgestream.workers.story import StoryEvent
+    from edgestream.workers.local.demo import DemoResult, RegionSummary
+    from edgestream.workers.local.fleet import Progress as FleetProgress
+    from edgestream.workers.local.story import StoryEvent
 
 console = Console()
 
@@ -33,10 +33,10 @@ def worker(
     ),
 ) -> None:
     """Run one edge worker until SIGTERM/SIGINT; it finishes its in-flight batch before exiting."""
-    from edgestream.pipeline.certs import Identity
+    from edgestream.pipeline.security.pki import Identity
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.broker import local_kafka
-    from edgestream.workers.edge import WorkerSettings, serve
+    from edgestream.workers.edge.worker import WorkerSettings, serve
+    from edgestream.workers.local.broker import local_kafka
 
     overrides: dict[str, object] = {}
     if region is not None:
@@ -66,8 +66,8 @@ def fleet(
 ) -> None:
     """Run the simulated device fleet against running workers and print what it saw."""
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.broker import local_kafka
-    from edgestream.workers.fleet import FleetSettings, run_fleet
+    from edgestream.workers.local.broker import local_kafka
+    from edgestream.workers.local.fleet import FleetSettings, run_fleet
 
     overrides: dict[str, object] = {}
     if duration_s is not None:
@@ -223,8 +223,8 @@ def demo(
 ) -> None:
     """Broker, topics, one edge worker per region, the cloud aggregator, a simulated fleet and the
     learning loop; then a summary and plots."""
-    from edgestream.workers.demo import DemoSettings, run_demo
-    from edgestream.workers.story import StorySettings
+    from edgestream.workers.local.demo import DemoSettings, run_demo
+    from edgestream.workers.local.story import StorySettings
 
     quiet = logging.getLogger("edgestream")
     if not quiet.isEnabledFor(logging.DEBUG):  # workers log to files; keep this terminal for the display

@@ -12,7 +12,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from edgestream.pipeline.certs import Identity
+    from edgestream.pipeline.security.pki import Identity
     from edgestream.pipeline.settings import Kafka
     from edgestream.topics.acls import AclDiff, AclRule
     from edgestream.topics.admin import TopicDescription
@@ -49,7 +49,7 @@ def resolve_kafka(option: str | None, identity: Identity | None = None) -> Kafka
     """Where an operator command connects: ``--bootstrap`` (that cluster; over TLS when
     ``EDGESTREAM_KAFKA_SECURITY_PROTOCOL=SSL`` and ``EDGESTREAM_KAFKA_SSL_{CA,CERT,KEY}_FILE`` say so),
     else the local broker (``edgestream broker start``) as ``identity`` (default ``admin``) over TLS."""
-    from edgestream.workers.broker import local_kafka
+    from edgestream.workers.local.broker import local_kafka
 
     if option:
         # Another cluster: TLS files (and the protocol) come from EDGESTREAM_KAFKA_SSL_* settings.

@@ -4,8 +4,8 @@ Importing this package stays light: scikit-learn is imported only when a dataset
 model is built (``ModelStore.get`` on a cache miss imports ``build`` then).
 """
 
+from edgestream.pipeline.models.cache import ModelArtifact, ModelStore
 from edgestream.pipeline.models.data import Dataset, load_dataset
-from edgestream.pipeline.models.store import ModelArtifact, ModelStore
 from edgestream.pipeline.models.zoo import FAMILIES, SIZES, SPECS, ModelSpec, spec
 
 __all__ = [

@@ -32,8 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
-from edgestream.pipeline.models.data import FRAME_UPSCALE, load_dataset
-from edgestream.pipeline.models.store import (
+from edgestream.pipeline.models.cache import (
     MODEL_VERSION,
     ModelArtifact,
     input_manifest,
@@ -41,6 +40,7 @@ from edgestream.pipeline.models.store import (
     sha256_hex,
     write_artifact,
 )
+from edgestream.pipeline.models.data import FRAME_UPSCALE, load_dataset
 from edgestream.pipeline.models.zoo import ModelSpec, spec
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ scanner calls benign cells malignant.
 
 Measured with the zoo's medium reference model and pitch 1.3: 0.93+ on the unshifted held-out split,
 0.82-0.87 on the shifted one; a model retrained on shifted samples gets 0.95-0.99
-(``tests/pipeline/test_retrain.py``).
+(``tests/pipeline/learning/test_retrain.py``).
 
 :func:`shifted_pools` splits the whole shifted dataset (training and held-out rows, 569) into two
 disjoint halves, so that a model retrained on samples drawn from the first is judged on inputs it has

@@ -7,6 +7,8 @@ calls to load a verified artifact), ``client`` (Kafka). ``client`` imports aioka
 model zoo; import them from their modules.
 """
 
+from edgestream.pipeline.registry.artifacts import ArtifactStore, LocalArtifactStore, sha256_hex
+from edgestream.pipeline.registry.canary import choose_version, device_bucket
 from edgestream.pipeline.registry.errors import (
     ArtifactMismatch,
     ArtifactNotFound,
@@ -18,7 +20,6 @@ from edgestream.pipeline.registry.errors import (
     RegistryTimeout,
     UntrustedSigner,
 )
-from edgestream.pipeline.registry.routing import choose_version, device_bucket
 from edgestream.pipeline.registry.signing import (
     Manifest,
     SignedManifest,
@@ -40,7 +41,6 @@ from edgestream.pipeline.registry.state import (
     rollback,
     start_canary,
 )
-from edgestream.pipeline.registry.store import ArtifactStore, LocalArtifactStore, sha256_hex
 
 __all__ = [
     "DEFAULT_STAGES",

@@ -14,17 +14,17 @@ import logging
 from typing import TYPE_CHECKING
 
 from edgestream.pipeline.files import atomic_write
-from edgestream.pipeline.models.store import ModelArtifact
+from edgestream.pipeline.models.cache import ModelArtifact
 from edgestream.pipeline.models.zoo import spec
+from edgestream.pipeline.registry.artifacts import sha256_hex
 from edgestream.pipeline.registry.errors import MalformedRegistryRecord
 from edgestream.pipeline.registry.signing import load_verified
-from edgestream.pipeline.registry.store import sha256_hex
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from edgestream.pipeline.registry.artifacts import ArtifactStore
     from edgestream.pipeline.registry.signing import SignedManifest, TrustedKeys
-    from edgestream.pipeline.registry.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from edgestream.pipeline.registry.state import ModelState, publish
 
 if TYPE_CHECKING:
     from edgestream.pipeline.models.zoo import ModelSpec
+    from edgestream.pipeline.registry.artifacts import ArtifactStore
     from edgestream.pipeline.registry.signing import SigningKey
-    from edgestream.pipeline.registry.store import ArtifactStore
     from edgestream.pipeline.settings import Kafka
 
 

@@ -31,13 +31,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.files import atomic_write
+from edgestream.pipeline.registry.artifacts import ArtifactStore, check_sha256, sha256_hex
 from edgestream.pipeline.registry.errors import (
     ArtifactMismatch,
     BadSignature,
     MalformedRegistryRecord,
     UntrustedSigner,
 )
-from edgestream.pipeline.registry.store import ArtifactStore, check_sha256, sha256_hex
 
 if TYPE_CHECKING:
     from pathlib import Path

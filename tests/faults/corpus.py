@@ -33,8 +33,8 @@ import numpy as np
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edgestream.pipeline.codec import Compression, TensorDtype, encode_tensor, pack_body
-from edgestream.pipeline.contract import (
+from edgestream.pipeline.contract.codec import Compression, TensorDtype, encode_tensor, pack_body
+from edgestream.pipeline.contract.envelope import (
     CONTRACT_VERSION,
     NONCE_BYTES,
     Envelope,
@@ -44,10 +44,10 @@ from edgestream.pipeline.contract import (
     new_request_id,
     seal,
 )
-from edgestream.pipeline.crypto import KeyRing
 from edgestream.pipeline.models import load_dataset, spec
+from edgestream.pipeline.security.keyfile import KeyRing
 from edgestream.topics.catalogue import KINDS, ingest_topic
-from edgestream.workers.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 OK: Final = "ok"
 """Expected outcome of a good record: one result."""

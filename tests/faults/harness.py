@@ -37,13 +37,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from edgestream.pipeline.certs import Identity, Pki
-from edgestream.pipeline.cloud import PartialSummary
-from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope
-from edgestream.pipeline.crypto import KeyRing
-from edgestream.pipeline.deadletter import DeadLetter, MalformedDeadLetter
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLetter
+from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope
 from edgestream.pipeline.errors import ContractError
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.pki import Identity, Pki
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
@@ -59,8 +59,8 @@ from edgestream.topics.catalogue import (
     region_topics,
     results_topic,
 )
-from edgestream.workers.broker import BrokerSettings, LocalBroker, free_port
-from edgestream.workers.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
+from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 from .corpus import OK, Corpus, CorpusRecord
 

@@ -22,19 +22,19 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgestream.pipeline.cloud import PartialSummary
-from edgestream.pipeline.contract import AuditRecord, ResultRecord, decode_envelope, open_envelope
-from edgestream.pipeline.crypto import KeyRing
-from edgestream.pipeline.deadletter import dead_letter_headers
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.contract.deadletter import dead_letter_headers
+from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope, open_envelope
 from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import spec
+from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import edge_group, ingest_topic
-from edgestream.workers.broker import BrokerState
-from edgestream.workers.catalog import load_models
-from edgestream.workers.edge import EdgeWorker, WorkerSettings
-from edgestream.workers.fleet import MODEL_FOR_KIND
-from edgestream.workers.sinks import PartitionWork, TransactionalSink
+from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
+from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
+from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 from .corpus import CATEGORIES, OK, Corpus, CorpusRecord
 from .harness import (

@@ -12,10 +12,10 @@ import onnx
 import pytest
 
 from edgestream.pipeline.errors import ShapeMismatch, UnknownModel
-from edgestream.pipeline.inference import InferenceSession
 from edgestream.pipeline.models import FAMILIES, SIZES, SPECS, ModelArtifact, ModelStore, load_dataset, spec
 from edgestream.pipeline.models import build as build_module
 from edgestream.pipeline.models.data import TEST_FRACTION
+from edgestream.pipeline.serving.inference import InferenceSession
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -209,7 +209,7 @@ def test_corrupted_model_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFix
     original.path.write_bytes(original.path.read_bytes()[:-7] + b"garbage")
     assert store.cached("embedding-scorer", "tiny") is None
 
-    with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.models.store"):
+    with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.models.cache"):
         rebuilt = store.get("embedding-scorer", "tiny")
     assert "does not match manifest" in caplog.text
     assert rebuilt.sha256 == original.sha256, "training and export are deterministic"
@@ -220,7 +220,7 @@ def test_unreadable_manifest_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptur
     store = ModelStore(tmp_path)
     original = store.get("frame-classifier", "tiny")
     original.manifest_path.write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.models.store"):
+    with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.models.cache"):
         rebuilt = store.get("frame-classifier", "tiny")
     assert "rebuilding frame-classifier/tiny" in caplog.text
     assert rebuilt.sha256 == original.sha256

@@ -453,7 +453,7 @@ def test_advancing_keeps_canary_devices(key: SigningKey) -> None:
 
 def test_worker_reports_round_trip_and_refuse_anything_else() -> None:
     from edgestream.pipeline.errors import UndecodableRecord
-    from edgestream.pipeline.registry.workers import WorkerReport, report_of
+    from edgestream.pipeline.registry.reports import WorkerReport, report_of
 
     report = report_of("eu-west/n1", "eu-west", {"m": 7, "local": None}, {"m": (2, 3), "local": (1,)})
     again = WorkerReport.from_bytes(report.to_bytes())
@@ -477,7 +477,7 @@ def test_bad_shape_counts_against_a_version_only_when_the_input_specs_differ(key
     the one it was routed to. A candidate whose spec changed is to blame for what no longer fits."""
     from dataclasses import replace
 
-    from edgestream.pipeline.rollout import VersionStats, error_reasons
+    from edgestream.pipeline.learning.rollout import VersionStats, error_reasons
 
     stable = key.sign(_manifest(1))
     same = key.sign(_manifest(2))

@@ -81,8 +81,8 @@ from edgestream.topics.catalogue import (
     results_topic,
 )
 from edgestream.topics.errors import InvalidRegionName
-from edgestream.workers.broker import BrokerSettings, LocalBroker, free_port
-from edgestream.workers.sinks import transactional_id
+from edgestream.workers.edge.sinks import transactional_id
+from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from edgestream.pipeline.certs import Identity
-from edgestream.pipeline.crypto import KeyFileWatcher, KeyRing
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing
+from edgestream.pipeline.security.pki import Identity
+from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
-from edgestream.workers.broker import BrokerState
-from edgestream.workers.catalog import load_models
-from edgestream.workers.edge import EdgeWorker, WorkerSettings
+from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
+from edgestream.workers.local.broker import BrokerState
 
 
 @pytest.fixture(scope="session")

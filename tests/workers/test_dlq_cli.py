@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
-from edgestream.pipeline import deadletter as dl
+from edgestream.pipeline.contract import deadletter as dl
 from edgestream.pipeline.errors import AuthenticationFailed, EdgestreamError, UndecodableEnvelope
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.admin import ensure_topics

@@ -14,12 +14,18 @@ from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
 from edgestream.commands.devices import retained_envelopes
-from edgestream.pipeline.codec import encode_tensor
-from edgestream.pipeline.contract import ResultRecord, decode_envelope, new_request_id, open_envelope, seal
-from edgestream.pipeline.crypto import KeyFileWatcher, KeyRing, derive_device_key, enroll, forget
-from edgestream.pipeline.deadletter import DeadLetter
+from edgestream.pipeline.contract.codec import encode_tensor
+from edgestream.pipeline.contract.deadletter import DeadLetter
+from edgestream.pipeline.contract.envelope import (
+    ResultRecord,
+    decode_envelope,
+    new_request_id,
+    open_envelope,
+    seal,
+)
 from edgestream.pipeline.errors import AuthenticationFailed, ForgottenDevice
 from edgestream.pipeline.models import load_dataset, spec
+from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, derive_device_key, enroll, forget
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import KINDS, Kind, dlq_topic, ingest_topic, results_topic
 

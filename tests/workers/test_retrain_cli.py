@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
-from edgestream.pipeline.cloud import Label, Sample
+from edgestream.pipeline.contract.cloud import Label, Sample
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.models.shift import scanner_shift
 from edgestream.pipeline.registry import (

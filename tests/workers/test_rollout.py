@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from edgestream.pipeline.cloud import PartialSummary
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.learning.rollout import (
+    STATS_REVISIONS_KEY,
+    Bounds,
+    Controller,
+    FileWorkerView,
+    WorkerView,
+)
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.registry import (
     LocalArtifactStore,
@@ -26,8 +33,7 @@ from edgestream.pipeline.registry import (
     start_canary,
 )
 from edgestream.pipeline.registry.client import RegistryClient
-from edgestream.pipeline.registry.workers import TopicWorkerView, WorkerReport, report_of
-from edgestream.pipeline.rollout import STATS_REVISIONS_KEY, Bounds, Controller, FileWorkerView, WorkerView
+from edgestream.pipeline.registry.reports import TopicWorkerView, WorkerReport, report_of
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import SUMMARIES_TOPIC, WORKERS_TOPIC, shared_topics

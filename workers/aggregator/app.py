@@ -31,9 +31,14 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgestream.pipeline.cloud import Label, PartialSummary, Sample, percentile_ms
-from edgestream.pipeline.drift import PSI_THRESHOLD, FeatureReference, drift_report, training_reference
+from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample, percentile_ms
 from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
+from edgestream.pipeline.learning.drift import (
+    PSI_THRESHOLD,
+    FeatureReference,
+    drift_report,
+    training_reference,
+)
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
     AGGREGATOR_GROUP,

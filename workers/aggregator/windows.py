@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from edgestream.pipeline.cloud import (
+from edgestream.pipeline.contract.cloud import (
     LATENCY_BOUNDS_MS,
     SCORE_BINS,
     Label,

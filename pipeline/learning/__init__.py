@@ -1,0 +1,1 @@
+"""The learning loop's pure decisions: drift, retraining, rollout judgements."""

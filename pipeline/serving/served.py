@@ -1,0 +1,169 @@
+"""The models an edge worker serves, and which one answers a request.
+
+Without the registry a worker serves one version per model family, built locally (``load_models``).
+With it (``WorkerSettings.registry``), the worker follows the compacted ``control.models`` topic and
+serves every version a model's state names (stable, canary, allowed pins). A new state takes effect
+only once every version it needs is loaded, and each is loaded only after its artifact's sha256 and
+its manifest's Ed25519 signature are verified; a state that fails is reported and the previous one
+stays. A request is answered by the version its device is routed to (a keyed hash of its id: one
+device, one version) or the pinned one where the state allows the pin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edgestream.pipeline.contract.envelope import Envelope
+from edgestream.pipeline.errors import ShapeMismatch, UnknownModel
+from edgestream.pipeline.models import ModelArtifact, ModelStore
+from edgestream.pipeline.registry import ModelState, RegistryError, SignedManifest, choose_version
+from edgestream.pipeline.serving.inference import InferenceSession
+
+if TYPE_CHECKING:
+    from edgestream.workers.edge.worker import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+ModelKey = tuple[str, int]
+"""(model name, model version): records of one key share an onnxruntime call."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model loaded for serving."""
+
+    artifact: ModelArtifact
+    """What was loaded (name, version, hash, input spec)."""
+    session: InferenceSession
+    """The onnxruntime session; called from the inference thread only."""
+
+    @property
+    def key(self) -> ModelKey:
+        """The grouping key of its inference calls."""
+        return (self.artifact.name, self.artifact.version)
+
+
+def load_models(settings: WorkerSettings) -> dict[str, ServedModel]:
+    """Build (or reuse from cache) and load every model the worker serves."""
+    store = ModelStore(settings.home / "models")
+    served: dict[str, ServedModel] = {}
+    for name in settings.models:
+        artifact = store.get(name, settings.model_size)
+        served[name] = open_model(artifact, settings)
+    return served
+
+
+def open_model(artifact: ModelArtifact, settings: WorkerSettings) -> ServedModel:
+    """An onnxruntime session for ``artifact`` with the worker's providers and threads."""
+    session = InferenceSession(
+        artifact, providers=settings.providers, intra_op_num_threads=settings.intra_op_threads
+    )
+    warm_s = session.warm_up()  # before it serves: a new canary's first requests would pay for it
+    log.info(
+        "serving %s v%d (%s) on %s, warmed up in %.0f ms",
+        artifact.name,
+        artifact.version,
+        artifact.sha256[:12],
+        session.providers_in_use,
+        warm_s * 1000,
+    )
+    return ServedModel(artifact, session)
+
+
+ROUTING_INFO = b"edgestream/rollout-routing/v1"
+"""HKDF info of the routing key derived from a region master key."""
+
+
+def routing_key_from(master: bytes) -> bytes:
+    """The key of the device hash that picks stable or canary, derived from a region master key (never
+    the master key itself): every worker of a region routes a device the same way."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ROUTING_INFO).derive(master)
+
+
+Loader = Callable[[SignedManifest], ServedModel]
+"""Verify and load one registry version (blocking: called in a thread)."""
+
+
+class ModelCatalog:
+    """Which served model answers an envelope; with the registry, the versions its states name."""
+
+    def __init__(
+        self, base: Mapping[str, ServedModel], *, routing_key: bytes = b"", loader: Loader | None = None
+    ):
+        """``base``: one model per family, used while the registry has no state for it (or always,
+        without a ``loader``). ``routing_key``: the key of the device hash that picks stable or canary."""
+        self._base = dict(base)
+        self._routing_key = routing_key
+        self._loader = loader
+        self._states: dict[str, ModelState] = {}
+        self._loaded: dict[ModelKey, ServedModel] = {}
+        self.refused: dict[str, int] = {}
+        """Registry states not applied, by the error's reason (artifact_mismatch, untrusted_signer...)."""
+
+    @property
+    def models(self) -> dict[ModelKey, ServedModel]:
+        """Every model loaded now, by (name, version)."""
+        return {**{m.key: m for m in self._base.values()}, **self._loaded}
+
+    def revision(self, name: str) -> int | None:
+        """The registry revision applied for ``name``, or None while it serves its base model."""
+        state = self._states.get(name)
+        return None if state is None else state.revision
+
+    def served_versions(self) -> dict[str, tuple[int, ...]]:
+        """Per model, the versions a request can be answered by now."""
+        out: dict[str, tuple[int, ...]] = {
+            name: (served.key[1],) for name, served in self._base.items() if name not in self._states
+        }
+        for name, state in self._states.items():
+            out[name] = tuple(sorted(set(state.served()) | set(state.pinnable)))
+        return out
+
+    def resolve(self, envelope: Envelope) -> ServedModel:
+        """The model that answers ``envelope``. Raises UnknownModel (no such model, or a pin the state
+        does not allow: ``pin_not_allowed``) or ShapeMismatch (the envelope's kind is not the model's)."""
+        state = self._states.get(envelope.model)
+        if state is None:
+            served = self._base.get(envelope.model)
+            if served is None:
+                raise UnknownModel(envelope.model, envelope.model_version)
+            if envelope.model_version is not None and envelope.model_version != served.artifact.version:
+                raise UnknownModel(envelope.model, envelope.model_version)
+        else:
+            version = choose_version(state, envelope.device_id, self._routing_key, envelope.model_version)
+            served = self._loaded[(envelope.model, version)]
+        if envelope.kind != served.artifact.spec.kind:
+            raise ShapeMismatch(
+                f"a {envelope.kind} envelope for {envelope.model}, which takes {served.artifact.spec.kind}"
+            )
+        return served
+
+    async def apply(self, state: ModelState) -> bool:
+        """Load what ``state`` needs (verified), then switch to it; False when it was refused."""
+        if self._loader is None or state.stable is None:
+            return False
+        current = self._states.get(state.model)
+        if current is not None and state.revision <= current.revision:
+            return False  # an older or repeated record
+        needed = sorted(set(state.served()) | set(state.pinnable))
+        try:
+            for version in needed:
+                if (state.model, version) not in self._loaded:
+                    loaded = await asyncio.to_thread(self._loader, state.manifest(version))
+                    self._loaded[(state.model, version)] = loaded
+        except RegistryError as err:
+            self.refused[err.reason] = self.refused.get(err.reason, 0) + 1
+            log.error("refused %s revision %d: %s (%s)", state.model, state.revision, err.reason, err)
+            return False
+        self._states[state.model] = state
+        for key in [k for k in self._loaded if k[0] == state.model and k[1] not in needed]:
+            del self._loaded[key]  # no longer served: its session goes with it
+        log.info("%s revision %d: serving %s", state.model, state.revision, needed)
+        return True

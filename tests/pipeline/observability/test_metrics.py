@@ -1,0 +1,173 @@
+"""WorkerMetrics: names, constant labels, values, buckets, model info, registries that do not collide."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgestream.pipeline.observability.metrics import (
+    BATCH_SIZE_BUCKETS,
+    END_TO_END_BUCKETS_S,
+    WorkerMetrics,
+)
+
+NODE = {"region": "eu-west", "node": "n1"}
+
+
+def sample(metrics: WorkerMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {**NODE, **labels})
+
+
+def fresh() -> WorkerMetrics:
+    return WorkerMetrics(region="eu-west", node="n1")
+
+
+def test_every_metric_is_exposed_with_its_type_and_constant_labels() -> None:
+    metrics = fresh()
+    metrics.result("m", 1, 0.01)
+    metrics.dead_letter("stale")
+    metrics.inference("m", 4, 0.002)
+    metrics.model_info("m", 1, "00" * 32, "CPUExecutionProvider")
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    expected = {
+        "edgestream_records_consumed": "counter",
+        "edgestream_results": "counter",
+        "edgestream_dead_letters": "counter",
+        "edgestream_transactions": "counter",
+        "edgestream_rewinds": "counter",
+        "edgestream_end_to_end_seconds": "histogram",
+        "edgestream_inference_seconds": "histogram",
+        "edgestream_batch_size": "histogram",
+        "edgestream_unit_seconds": "histogram",
+        "edgestream_in_flight_records": "gauge",
+        "edgestream_partitions_assigned": "gauge",
+        "edgestream_paused": "gauge",
+        "edgestream_model_info": "gauge",
+    }
+    for name, kind in expected.items():
+        assert families[name].type == kind, name
+        assert families[name].samples, name
+        for s in families[name].samples:
+            assert s.labels["region"] == "eu-west"
+            assert s.labels["node"] == "n1"
+
+
+def test_counters_and_gauges_start_at_zero() -> None:
+    metrics = fresh()
+    assert sample(metrics, "edgestream_records_consumed_total") == 0
+    assert sample(metrics, "edgestream_transactions_total", outcome="committed") == 0
+    assert sample(metrics, "edgestream_transactions_total", outcome="aborted") == 0
+    assert sample(metrics, "edgestream_rewinds_total") == 0
+    assert sample(metrics, "edgestream_paused") == 0
+    assert sample(metrics, "edgestream_partitions_assigned") == 0
+    assert sample(metrics, "edgestream_in_flight_records") == 0
+
+
+def test_updates() -> None:
+    metrics = fresh()
+    metrics.consumed(10)
+    metrics.consumed()
+    for _ in range(3):
+        metrics.result("frame-classifier", 2, 0.02)
+    metrics.result("embedding-scorer", 1, 0.02)
+    metrics.dead_letter("bad_tag")
+    metrics.dead_letter("bad_tag")
+    metrics.dead_letter("replayed")
+    metrics.unit(committed=True, seconds=0.01)
+    metrics.unit(committed=True, seconds=0.01)
+    metrics.unit(committed=False, seconds=0.3)
+    metrics.rewind()
+    metrics.set_in_flight(700)
+    metrics.set_partitions(6)
+    metrics.set_paused(True)
+    assert sample(metrics, "edgestream_records_consumed_total") == 11
+    assert sample(metrics, "edgestream_results_total", model="frame-classifier", version="2") == 3
+    assert sample(metrics, "edgestream_results_total", model="embedding-scorer", version="1") == 1
+    assert sample(metrics, "edgestream_end_to_end_seconds_count") == 4
+    assert sample(metrics, "edgestream_dead_letters_total", reason="bad_tag") == 2
+    assert sample(metrics, "edgestream_dead_letters_total", reason="replayed") == 1
+    assert sample(metrics, "edgestream_transactions_total", outcome="committed") == 2
+    assert sample(metrics, "edgestream_transactions_total", outcome="aborted") == 1
+    assert sample(metrics, "edgestream_unit_seconds_sum") == pytest.approx(0.32)
+    assert sample(metrics, "edgestream_rewinds_total") == 1
+    assert sample(metrics, "edgestream_in_flight_records") == 700
+    assert sample(metrics, "edgestream_partitions_assigned") == 6
+    assert sample(metrics, "edgestream_paused") == 1
+    metrics.set_paused(False)
+    assert sample(metrics, "edgestream_paused") == 0
+
+
+def test_end_to_end_buckets_sit_around_the_sla() -> None:
+    metrics = fresh()
+    bounds = [float(b) for b in END_TO_END_BUCKETS_S]
+    assert bounds == [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5]
+    metrics.result("m", 1, 0.05)  # on the SLA: counted as within it (le is inclusive)
+    metrics.result("m", 1, 0.0501)
+    metrics.result("m", 1, -0.2)  # device clock ahead: observed as 0
+    assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.001") == 1
+    assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.04") == 1
+    assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.05") == 2
+    assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.075") == 3
+    assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="+Inf") == 3
+    assert sample(metrics, "edgestream_end_to_end_seconds_sum") == pytest.approx(0.1001)
+
+
+def test_inference_and_batch_size_by_model() -> None:
+    metrics = fresh()
+    assert list(BATCH_SIZE_BUCKETS) == [1, 2, 4, 8, 16, 32, 64, 128]
+    metrics.inference("a", 1, 0.001)
+    metrics.inference("a", 64, 0.004)
+    metrics.inference("b", 3, 0.002)
+    assert sample(metrics, "edgestream_inference_seconds_count", model="a") == 2
+    assert sample(metrics, "edgestream_inference_seconds_sum", model="a") == pytest.approx(0.005)
+    assert sample(metrics, "edgestream_batch_size_bucket", model="a", le="1.0") == 1
+    assert sample(metrics, "edgestream_batch_size_bucket", model="a", le="32.0") == 1
+    assert sample(metrics, "edgestream_batch_size_bucket", model="a", le="64.0") == 2
+    assert sample(metrics, "edgestream_batch_size_bucket", model="b", le="2.0") == 0
+    assert sample(metrics, "edgestream_batch_size_bucket", model="b", le="4.0") == 1
+    assert sample(metrics, "edgestream_batch_size_sum", model="b") == 3
+
+
+def test_model_info_keeps_one_series_per_model_and_creates_its_series_at_zero() -> None:
+    metrics = fresh()
+    metrics.model_info("m", 1, "aa" * 32, "CPUExecutionProvider")
+    metrics.model_info("m", 1, "aa" * 32, "CPUExecutionProvider")  # again: no change
+    metrics.model_info("other", 4, "cc" * 32, "CUDAExecutionProvider")
+    assert sample(metrics, "edgestream_results_total", model="m", version="1") == 0
+    assert sample(metrics, "edgestream_inference_seconds_count", model="m") == 0
+    metrics.model_info("m", 2, "bb" * 32, "CPUExecutionProvider")
+    text = generate_latest(metrics.registry).decode()
+    info = [
+        s.labels
+        for f in text_string_to_metric_families(text)
+        if f.name == "edgestream_model_info"
+        for s in f.samples
+    ]
+    assert sorted((i["model"], i["version"], i["sha256"][:2], i["provider"]) for i in info) == [
+        ("m", "2", "bb", "CPUExecutionProvider"),
+        ("other", "4", "cc", "CUDAExecutionProvider"),
+    ]
+
+
+def test_known_dead_letter_reasons_start_at_zero() -> None:
+    metrics = WorkerMetrics(region="eu-west", node="n1", dead_letter_reasons=("stale", "bad_tag"))
+    assert sample(metrics, "edgestream_dead_letters_total", reason="stale") == 0
+    assert sample(metrics, "edgestream_dead_letters_total", reason="bad_tag") == 0
+    assert sample(metrics, "edgestream_dead_letters_total", reason="replayed") is None
+
+
+def test_workers_in_one_process_do_not_collide_nor_touch_the_global_registry() -> None:
+    one = WorkerMetrics(region="eu-west", node="n1")
+    two = WorkerMetrics(region="eu-west", node="n2")
+    one.consumed(3)
+    two.consumed(5)
+    assert one.registry is not two.registry
+    assert sample(one, "edgestream_records_consumed_total") == 3
+    assert (
+        two.registry.get_sample_value(
+            "edgestream_records_consumed_total", {"region": "eu-west", "node": "n2"}
+        )
+        == 5
+    )
+    assert REGISTRY.get_sample_value("edgestream_records_consumed_total", NODE) is None

@@ -1,0 +1,232 @@
+"""A worker following the registry: model versions swapped under traffic, devices routed by their
+keyed hash, and versions whose artifact or signature is wrong refused while the old ones keep serving."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from edgestream.pipeline.contract.codec import encode_tensor
+from edgestream.pipeline.contract.envelope import ResultRecord, new_request_id, seal
+from edgestream.pipeline.learning.rollout import FileWorkerView
+from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.pipeline.registry import (
+    LocalArtifactStore,
+    Manifest,
+    ModelState,
+    SignedManifest,
+    SigningKey,
+    TrustedKeys,
+    advance,
+    choose_version,
+    publish,
+    rollback,
+    start_canary,
+)
+from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.registry.reports import TopicWorkerView
+from edgestream.pipeline.serving.served import routing_key_from
+from edgestream.topics.catalogue import ingest_topic, results_topic
+from edgestream.workers.edge.worker import EdgeWorker
+
+from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
+
+pytestmark = pytest.mark.broker
+
+MODEL = "embedding-scorer"
+DEVICES = [f"swap-{i}" for i in range(30)]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Registry:
+    """A registry home (artifact store, signing key, trusted keys) and the model's state on Kafka."""
+
+    def __init__(self, root: Path, region: EdgeRegion, state: ModelState) -> None:
+        self.root = root
+        self.store = LocalArtifactStore(root / "artifacts")
+        self.key = SigningKey.generate()
+        TrustedKeys({}).with_key(self.key.public_raw).save(root / "trusted-keys.json")
+        self.client = RegistryClient(region.bootstrap)
+        self.models = ModelStore(region.home / "models")
+        self.state = state
+
+    def signed(self, size: str, *, key: SigningKey | None = None) -> SignedManifest:
+        artifact = self.models.get(MODEL, size)
+        sha256 = self.store.put(artifact.path.read_bytes())
+        manifest = Manifest(
+            model=MODEL,
+            version=self.state.latest + 1,
+            variant=size,
+            sha256=sha256,
+            size_bytes=artifact.path.stat().st_size,
+            input_dtype=artifact.spec.input_dtype,
+            input_shape=artifact.spec.input_shape,
+            metrics={"accuracy": artifact.accuracy},
+            lineage={"test": "hot swap"},
+            created_at_ms=_now_ms(),
+        )
+        return (key or self.key).sign(manifest)
+
+    async def put(self, state: ModelState) -> ModelState:
+        await self.client.publish_state(state)
+        self.state = state
+        return state
+
+
+async def _send(region: EdgeRegion, producer: AIOKafkaProducer, rounds: int) -> dict[bytes, str]:
+    """One embedding per device per round; request id -> device."""
+    data = load_dataset("embedding")
+    sent: dict[bytes, str] = {}
+    for r in range(rounds):
+        for i, device in enumerate(DEVICES):
+            rid = new_request_id()
+            body = encode_tensor(
+                data.X_test[(r * len(DEVICES) + i) % len(data.X_test)], spec(MODEL).input_dtype
+            )
+            kid = region.keyring.current_key_id(region.name)
+            envelope = seal(
+                body,
+                device_key=region.keyring.device_key(region.name, device, kid),
+                device_id=device,
+                key_id=kid,
+                kind="embedding",
+                model=MODEL,
+                capture_time_ms=_now_ms(),
+                request_id=rid,
+            )
+            await producer.send(ingest_topic(region.name, "embedding"), envelope, key=device.encode())
+            sent[rid] = device
+    await producer.flush()
+    return sent
+
+
+async def _reported(
+    files: FileWorkerView, topic: TopicWorkerView, worker: EdgeWorker, revision: int, timeout_s: float = 15
+) -> bool:
+    """Both views say the worker applied ``revision`` (bounded poll)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reports = await topic.reports()
+        mine = reports.get(worker.node_id)
+        on_topic = mine is not None and mine.revisions.get(MODEL) == revision
+        if on_topic and await files.revisions(MODEL) == [revision]:
+            assert await topic.revisions(MODEL) == [revision], "this region has one live worker"
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
+async def _applied(worker: EdgeWorker, state: ModelState) -> bool:
+    return await eventually(lambda: worker.catalog.revision(MODEL) == state.revision, timeout_s=30)
+
+
+async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    current = (await RegistryClient(edge_region.bootstrap).read_states()).get(MODEL, ModelState(MODEL))
+    registry = Registry(tmp_path / "registry", edge_region, current)
+    if current.canary is not None:  # the registry is shared by the session: start from no canary
+        current = await registry.put(rollback(current, now_ms=_now_ms(), reason="test setup"))
+    first = await registry.put(publish(current, registry.signed("tiny"), now_ms=_now_ms()))
+    if first.stable != first.latest:  # another test's version is stable (signed by a key not trusted here)
+        first = start_canary(first, first.latest, now_ms=_now_ms(), stages=(0.5, 1.0), reason="test setup")
+        while first.canary is not None:
+            first = advance(first, now_ms=_now_ms())
+        first = await registry.put(first)
+    stats_dir = tmp_path / "stats"
+    worker = await running_worker(
+        registry=True, registry_home=registry.root, stats_file=stats_dir / "w.json", stats_interval_s=0.5
+    )
+    assert await _applied(worker, first), worker.catalog.refused
+    # The rollout controller's view of the workers: the running worker reports the revision it applied,
+    # in its stats file (one host) and on control.workers (any host).
+    view = FileWorkerView(stats_dir)
+    topic_view = TopicWorkerView(edge_region.bootstrap, regions=frozenset({edge_region.name}))
+    assert await _reported(view, topic_view, worker, first.revision)
+    master = edge_region.keyring.keys(edge_region.name)[edge_region.keyring.current_key_id(edge_region.name)]
+    assert master.master is not None
+    routing_key = routing_key_from(master.master)
+    v1 = first.stable
+    assert v1 is not None
+
+    sent = await _send(edge_region, producer, 2)
+    expected: dict[bytes, set[int]] = {
+        rid: {choose_version(first, d, routing_key)} for rid, d in sent.items()
+    }
+    assert {v for vs in expected.values() for v in vs} == {v1}
+
+    # A canary at 50%, published while traffic flows: during the swap a device is answered by the version
+    # of the old state or the new one, never another, and every request exactly once.
+    published = registry.state.latest + 1
+    candidate = publish(registry.state, registry.signed("medium"), now_ms=_now_ms())
+    canary = start_canary(candidate, published, now_ms=_now_ms(), stages=(0.5, 1.0))
+    sending = asyncio.create_task(_send(edge_region, producer, 4))
+    await asyncio.sleep(0.2)  # let the stream start before the swap (pacing, not readiness)
+    await registry.put(candidate)
+    await registry.put(canary)
+    during = await sending
+    assert await _applied(worker, canary), worker.catalog.refused
+    assert await _reported(view, topic_view, worker, canary.revision)
+    for rid, device in during.items():
+        expected[rid] = {
+            choose_version(first, device, routing_key),
+            choose_version(canary, device, routing_key),
+        }
+    after = await _send(edge_region, producer, 2)
+    for rid, device in after.items():
+        expected[rid] = {choose_version(canary, device, routing_key)}
+    routed = Counter(choose_version(canary, d, routing_key) for d in DEVICES)
+    assert set(routed) == {v1, published}, f"a 50% canary splits 30 devices: {routed}"
+
+    # A tampered artifact (one byte changed in the store) and a manifest signed by an unknown key are
+    # refused; the worker keeps serving what it served.
+    stable = await registry.put(advance(registry.state, now_ms=_now_ms()))
+    assert await _applied(worker, stable)
+    tampered_version = stable.latest + 1
+    tampered = publish(stable, registry.signed("full"), now_ms=_now_ms())
+    blob = registry.store.path(tampered.manifest(tampered_version).manifest.sha256)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    await registry.put(start_canary(tampered, tampered_version, now_ms=_now_ms(), fraction=0.5))
+    assert await eventually(lambda: worker.catalog.refused.get("artifact_mismatch") == 1, timeout_s=30)
+    assert worker.catalog.revision(MODEL) == stable.revision, "the refused state is not applied"
+    rolled = await registry.put(rollback(registry.state, now_ms=_now_ms(), reason="tampered artifact"))
+    assert await _applied(worker, rolled)
+    # Other tests' states of other models may have been refused as untrusted at start: count from here.
+    untrusted_before = worker.catalog.refused.get("untrusted_signer", 0)
+    stranger = SigningKey.generate()
+    foreign_version = rolled.latest + 1
+    foreign = publish(rolled, registry.signed("tiny", key=stranger), now_ms=_now_ms())
+    await registry.put(start_canary(foreign, foreign_version, now_ms=_now_ms(), fraction=0.5))
+    assert await eventually(
+        lambda: worker.catalog.refused.get("untrusted_signer", 0) == untrusted_before + 1, timeout_s=30
+    )
+    assert worker.catalog.revision(MODEL) == rolled.revision
+    last = await _send(edge_region, producer, 1)
+    for rid in last:
+        expected[rid] = {published}  # the stable version; the refused ones never answer
+
+    results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(expected))
+    answers: dict[bytes, list[int]] = {}
+    for record in results:
+        result = ResultRecord.from_bytes(record.value)
+        answers.setdefault(result.request_id, []).append(result.model_version)
+    assert set(answers) == set(expected), f"answered {len(answers)} of {len(expected)}"
+    assert all(len(v) == 1 for v in answers.values()), "nothing answered twice"
+    wrong: dict[Any, Any] = {
+        rid: (v, expected[rid]) for rid, (v,) in answers.items() if v not in expected[rid]
+    }
+    assert wrong == {}, f"answered by a version its device was not routed to: {list(wrong.items())[:5]}"
+    assert worker.catalog.served_versions()[MODEL] == (published,)
+    await registry.put(rollback(registry.state, now_ms=_now_ms(), reason="test done"))  # leave no canary

@@ -1,0 +1,557 @@
+"""A simulated device fleet: devices across the regions publish sealed inputs and await their results.
+
+Each device has an id, a location (routing picks its region), and its own key derived from its
+region's master key; when the key file is writable the devices are enrolled in it first (their own
+secret salts, so ``edgestream devices forget`` can erase one), before any of them sends. Devices draw
+embeddings and frames from the models' held-out split, seal them, publish to their region's ingest
+topic, and wait for their own result by request id on the region's results topic (read_committed). A
+result that does not arrive within the device's deadline is answered by the device's local fallback
+model (the tiny model of the same family); a result that arrives later is counted as late. End-to-end
+latency is capture -> result received, on one clock.
+
+Embeddings come from the held-out split until a scenario sets ``Fleet.inputs`` to one of the two
+disjoint halves of the scanner-shifted data (``pipeline.models.shift``); every answer is kept with the
+version that gave it and the kind of input (``Answer``), in time or late, for accuracy per version.
+
+A configurable fraction of deliberately bad records (tampered ciphertext, unknown model, wrong shape,
+garbage bytes) exercises the dead-letter path; they are counted, not awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.contract.cloud import Label
+from edgestream.pipeline.contract.codec import encode_tensor
+from edgestream.pipeline.contract.envelope import ResultRecord, new_request_id, seal
+from edgestream.pipeline.models import ModelStore, load_dataset, spec
+from edgestream.pipeline.models.shift import Pool, shifted_pools
+from edgestream.pipeline.security.keyfile import KeyRing, enroll_devices
+from edgestream.pipeline.security.pki import Identity, Pki
+from edgestream.pipeline.serving.inference import InferenceSession
+from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
+from edgestream.topics.regions import Router
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["embedding", "frame"]
+Inputs = Literal["original", "shifted-a", "shifted-b"]
+"""Where devices draw embeddings from: the original held-out split, or one of the two disjoint halves
+of the scanner-shifted data (``pipeline.models.shift``). Frames always come from the held-out split."""
+MODEL_FOR_KIND: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
+BAD_KINDS = ("tampered", "unknown_model", "wrong_shape", "garbage")
+
+
+class FleetSettings(BaseSettings):
+    """Settings of the device simulator (``EDGESTREAM_FLEET_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_FLEET_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    devices: int = Field(default=60, ge=1)
+    """Number of simulated devices, spread over the world and routed to the nearest region."""
+    rate_per_s: float = Field(default=150.0, gt=0)
+    """Requests per second offered by the whole fleet (open loop: not slowed by slow answers)."""
+    duration_s: float = Field(default=40.0, gt=0)
+    """How long the fleet sends."""
+    frame_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Share of requests that are frames (the rest are embeddings)."""
+    bad_fraction: float = Field(default=0.02, ge=0, le=1)
+    """Share of deliberately bad records, to exercise the dead-letter path."""
+    deadline_ms: float = Field(default=250.0, gt=0)
+    """How long a device waits for the edge before answering with its local fallback model."""
+    drain_s: float = Field(default=5.0, ge=0)
+    """After sending stops, how long to keep listening for outstanding results."""
+    regions: tuple[Region, ...] = DEFAULT_REGIONS
+    """Regions the fleet is spread over."""
+    kafka: KafkaSettings = KafkaSettings()
+    """How to reach the brokers. Over TLS, each region's devices connect as ``device-<region>`` (the
+    identity the broker's ACLs let write that region's ingest and read its results, nothing else), with
+    certificates from ``tls_root``."""
+    tls_root: Path | None = None
+    """The PKI the device certificates come from (issued when missing); None: ``<home>/tls``."""
+    home: Path = DEFAULT_HOME
+    """Local state: key file and model cache."""
+    key_file: Path | None = None
+    """Region master keys; defaults to ``<home>/keys.json``."""
+    label_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Share of requests whose ground truth a backend reports on ``cloud.labels`` (by request id), for
+    the aggregator's accuracy and for retraining. Sent over ``kafka`` (the backend's identity), not the
+    devices' connections."""
+    enrol: bool = True
+    """Enrol the devices in the key file when it (and its folder) is writable: each gets a secret salt
+    of its own, as real devices are provisioned, and the workers read the enrolments from the file.
+    Idempotent across runs. False, or a read-only file: keys derive as the key ring says."""
+    seed: int = 7
+    """Seed for device placement and input sampling, so runs are comparable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One simulated device."""
+
+    device_id: str
+    """Its id, the Kafka key of everything it sends."""
+    region: str
+    """Its region, chosen by the router from its location."""
+    location: tuple[float, float]
+    """(lat, lon) in degrees."""
+    key_id: int
+    """The key id it seals with."""
+    key: bytes = field(repr=False)
+    """Its own AES-256 key (derived from the region master key; a real device holds only this)."""
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+_NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
+
+
+@dataclass(slots=True)
+class _Pending:
+    region: str
+    kind: Kind
+    truth: int
+    capture_ms: int
+    deadline_s: float
+    inputs: np.ndarray[Any, Any]
+    source: Inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request the edge answered (in time or late), as the device saw it."""
+
+    capture_s: float
+    """When the device captured it, seconds since the fleet started."""
+    model: str
+    version: int
+    """The model version that answered (from the result)."""
+    correct: bool
+    """Whether the answer equals the true label."""
+    inputs: Inputs
+    """Where the input was drawn from."""
+    late: bool = False
+    """Whether it came after the device's deadline (the device had answered with its fallback)."""
+
+
+@dataclass(slots=True)
+class RegionReport:
+    """What one region's devices saw."""
+
+    sent: int = 0
+    bad_sent: int = 0
+    results: int = 0
+    correct: int = 0
+    fallbacks: int = 0
+    fallback_correct: int = 0
+    late: int = 0
+    duplicates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    result_times_s: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """End-to-end latency percentile over answered requests, or None without answers."""
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of edge answers whose class equals the true label."""
+        return self.correct / self.results if self.results else None
+
+
+@dataclass(slots=True)
+class FleetReport:
+    """The whole fleet's run."""
+
+    regions: dict[str, RegionReport]
+    started_at: float
+    send_s: float
+    total_s: float
+    unanswered: int
+
+    def totals(self) -> RegionReport:
+        """All regions added up (latency lists concatenated)."""
+        out = RegionReport()
+        for r in self.regions.values():
+            for name in (
+                "sent",
+                "bad_sent",
+                "results",
+                "correct",
+                "fallbacks",
+                "fallback_correct",
+                "late",
+                "duplicates",
+            ):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+            out.latencies_ms.extend(r.latencies_ms)
+            out.batch_sizes.extend(r.batch_sizes)
+            out.answers.extend(r.answers)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for a progress display."""
+
+    elapsed_s: float
+    duration_s: float
+    sent: int
+    answered: int
+    fallbacks: int
+    p99_ms: float | None
+
+
+def make_devices(settings: FleetSettings, keyring: KeyRing) -> list[Device]:
+    """Place devices at random locations and route each to its nearest region; enrol them in the key
+    file first when ``settings.enrol`` and the file is writable (one write per region)."""
+    rng = random.Random(settings.seed)
+    router = Router(settings.regions)
+    placed: list[tuple[str, str, tuple[float, float]]] = []
+    for n in range(settings.devices):
+        # Around the regions' sites so every region gets devices; spread a few thousand km.
+        site = settings.regions[n % len(settings.regions)]
+        lat = max(-89.0, min(89.0, site.lat + rng.uniform(-15, 15)))
+        lon = ((site.lon + rng.uniform(-20, 20) + 180.0) % 360.0) - 180.0
+        region = router.route(f"dev-{n:05d}", (lat, lon)).name
+        placed.append((f"dev-{region}-{n:05d}", region, (lat, lon)))
+    enrolled: dict[str, bytes] = {}
+    key_file = settings.key_file or settings.home / "keys.json"
+    if settings.enrol and _writable(key_file):
+        for region in dict.fromkeys(region for _, region, _ in placed):
+            ids = [device_id for device_id, r, _ in placed if r == region]
+            key_id = keyring.current_key_id(region)
+            enrolled.update(enroll_devices(key_file, region, ids, key_id=key_id))
+        log.info("enrolled %d devices in %s", len(enrolled), key_file)
+    elif settings.enrol:
+        log.info("key file %s is not writable: devices are not enrolled", key_file)
+    devices = []
+    for device_id, region, location in placed:
+        key_id = keyring.current_key_id(region)
+        key = enrolled.get(device_id) or keyring.device_key(region, device_id, key_id)
+        devices.append(Device(device_id, region, location, key_id, key))
+    return devices
+
+
+class Fleet:
+    """Runs the simulated devices against the edge workers."""
+
+    def __init__(self, settings: FleetSettings, keyring: KeyRing) -> None:
+        self.settings = settings
+        self.devices = make_devices(settings, keyring)
+        self._rng = np.random.default_rng(settings.seed)
+        self._pyrng = random.Random(settings.seed + 1)
+        store = ModelStore(settings.home / "models")
+        self._data = {kind: load_dataset(kind) for kind in MODEL_FOR_KIND}
+        first, second = shifted_pools()
+        self._shifted: dict[Inputs, Pool] = {"shifted-a": first, "shifted-b": second}
+        self.inputs: Inputs = "original"
+        """Where embeddings are drawn from now; a scenario may change it while the fleet runs."""
+        self._specs = {kind: spec(name) for kind, name in MODEL_FOR_KIND.items()}
+        self._fallback = {
+            kind: InferenceSession(store.get(name, "tiny")) for kind, name in MODEL_FOR_KIND.items()
+        }
+        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._labels: AIOKafkaProducer | None = None
+        self._expired: dict[bytes, _Pending] = {}
+        self._answered: set[bytes] = set()
+        self.report = FleetReport(
+            {r.name: RegionReport() for r in settings.regions}, time.time(), 0.0, 0.0, 0
+        )
+
+    async def run(
+        self, on_progress: Callable[[Progress], None] | None = None, *, until: asyncio.Event | None = None
+    ) -> FleetReport:
+        """Send for ``duration_s`` (or until ``until`` is set, if sooner), wait up to ``drain_s`` for the
+        rest, return the report."""
+        producers: dict[str, AIOKafkaProducer] = {}
+        consumers: dict[str, AIOKafkaConsumer] = {}
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if self.settings.label_fraction > 0:
+                self._labels = AIOKafkaProducer(
+                    **self.settings.kafka.client_kwargs(),
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=20,
+                    client_id="edgestream-fleet-labels",
+                )
+                await self._labels.start()
+            for region in self.report.regions:
+                kafka = self._kafka(region)
+                producers[region] = AIOKafkaProducer(
+                    **kafka.client_kwargs(),
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=0,
+                    client_id=f"edgestream-fleet-{region}",
+                )
+                await producers[region].start()
+                consumers[region] = AIOKafkaConsumer(
+                    **kafka.client_kwargs(),
+                    group_id=None,
+                    isolation_level="read_committed",
+                    enable_auto_commit=False,
+                    fetch_max_wait_ms=20,
+                    client_id=f"edgestream-fleet-{region}",
+                )
+                await consumers[region].start()
+                await self._listen_from_now(consumers[region], region)
+            tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
+            tasks.append(asyncio.create_task(self._sweep()))
+            await self._send_all(producers, on_progress, until)
+            await self._drain(on_progress)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(
+                *(c.stop() for c in consumers.values()),
+                *(p.stop() for p in producers.values()),
+                *([self._labels.stop()] if self._labels is not None else []),
+                return_exceptions=True,
+            )
+        self.report.total_s = time.time() - self.report.started_at
+        self.report.unanswered = len(self._pending)
+        return self.report
+
+    def _kafka(self, region: str) -> KafkaSettings:
+        """How the devices of ``region`` connect: as ``device-<region>`` over TLS."""
+        kafka = self.settings.kafka
+        if kafka.security_protocol != "SSL":
+            return kafka
+        pki = Pki(self.settings.tls_root or self.settings.home / "tls")
+        identity = Identity.device(region)
+        files = pki.ensure([identity])[identity]
+        return KafkaSettings.tls(kafka.bootstrap_servers, files, request_timeout_ms=kafka.request_timeout_ms)
+
+    async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
+        # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
+        topic = results_topic(region)
+        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, before the first request is sent
+            await consumer.position(tp)
+
+    async def _send_all(
+        self,
+        producers: Mapping[str, AIOKafkaProducer],
+        on_progress: Callable[[Progress], None] | None,
+        until: asyncio.Event | None,
+    ) -> None:
+        interval_s = 1.0 / self.settings.rate_per_s
+        start_s = time.monotonic()
+        end_s = start_s + self.settings.duration_s
+        next_s = start_s
+        next_progress_s = start_s
+        deliveries: list[asyncio.Future[Any]] = []
+        n = 0
+        while next_s < end_s and (until is None or not until.is_set()):
+            delay_s = next_s - time.monotonic()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            device = self.devices[n % len(self.devices)]
+            n += 1
+            if self._pyrng.random() < self.settings.bad_fraction:
+                deliveries.append(await self._send_bad(producers[device.region], device))
+            else:
+                deliveries.append(await self._send_one(producers[device.region], device))
+            next_s += interval_s
+            if len(deliveries) >= 256:
+                await asyncio.gather(*deliveries)
+                deliveries.clear()
+            now_s = time.monotonic()
+            if on_progress is not None and now_s >= next_progress_s:
+                on_progress(self._progress(now_s - start_s))
+                next_progress_s = now_s + 0.25
+        await asyncio.gather(*deliveries)
+        self.report.send_s = time.monotonic() - start_s
+
+    def _pick(self, kind: Kind) -> tuple[np.ndarray[Any, Any], int, Inputs]:
+        if kind == "embedding" and self.inputs != "original":
+            pool = self._shifted[self.inputs]
+            i = int(self._rng.integers(len(pool.y)))
+            return pool.X[i], int(pool.y[i]), self.inputs
+        data = self._data[kind]
+        i = int(self._rng.integers(len(data.y_test)))
+        return data.X_test[i], int(data.y_test[i]), "original"
+
+    async def _send_one(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
+        kind: Kind = "frame" if self._pyrng.random() < self.settings.frame_fraction else "embedding"
+        x, truth, source = self._pick(kind)
+        body = encode_tensor(x, self._specs[kind].input_dtype)
+        capture_ms = int(time.time() * 1000)
+        request_id = new_request_id()
+        envelope = seal(
+            body,
+            device_key=device.key,
+            device_id=device.device_id,
+            key_id=device.key_id,
+            kind=kind,
+            model=MODEL_FOR_KIND[kind],
+            capture_time_ms=capture_ms,
+            request_id=request_id,
+        )
+        self._pending[request_id] = _Pending(
+            device.region,
+            kind,
+            truth,
+            capture_ms,
+            time.monotonic() + self.settings.deadline_ms / 1000.0,
+            x,
+            source,
+        )
+        self.report.regions[device.region].sent += 1
+        delivery: asyncio.Future[Any] = await producer.send(
+            ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
+        )
+        if self._labels is not None and self._pyrng.random() < self.settings.label_fraction:
+            label = Label(request_id, MODEL_FOR_KIND[kind], truth, capture_ms)
+            await self._labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
+        return delivery
+
+    async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
+        how = self._pyrng.choice(BAD_KINDS)
+        kind: Kind = "embedding"
+        x, _, _ = self._pick(kind)
+        body = encode_tensor(x, self._specs[kind].input_dtype)
+        model = MODEL_FOR_KIND[kind]
+        if how == "wrong_shape":
+            body = encode_tensor(np.concatenate([x, x]), self._specs[kind].input_dtype)
+        elif how == "unknown_model":
+            model = "no-such-model"
+        envelope = seal(
+            body,
+            device_key=device.key,
+            device_id=device.device_id,
+            key_id=device.key_id,
+            kind=kind,
+            model=model,
+        )
+        if how == "tampered":
+            buf = bytearray(envelope)
+            buf[-3] ^= 0x01  # inside the GCM tag / ciphertext
+            envelope = bytes(buf)
+        elif how == "garbage":
+            envelope = self._pyrng.randbytes(self._pyrng.randint(1, 200))
+        self.report.regions[device.region].bad_sent += 1
+        delivery: asyncio.Future[Any] = await producer.send(
+            ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
+        )
+        return delivery
+
+    async def _receive(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=100)
+            now_ms = time.time() * 1000.0
+            for records in fetched.values():
+                for record in records:
+                    if record.value is not None:
+                        self._on_result(ResultRecord.from_bytes(record.value), now_ms)
+
+    def _on_result(self, result: ResultRecord, now_ms: float) -> None:
+        rid = result.request_id
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            region = self.report.regions.get(result.region)
+            if region is not None:
+                expired = self._expired.pop(rid, None)
+                if expired is not None:
+                    region.late += 1
+                    region.answers.append(self._answer(expired, result, late=True))
+                elif rid in self._answered:
+                    region.duplicates += 1
+            return
+        self._answered.add(rid)
+        region = self.report.regions[pending.region]
+        region.results += 1
+        region.correct += int(result.label == pending.truth)
+        region.latencies_ms.append(now_ms - pending.capture_ms)
+        region.result_times_s.append(now_ms / 1000.0 - self.report.started_at)
+        region.batch_sizes.append(result.batch_size)
+        region.answers.append(self._answer(pending, result, late=False))
+
+    def _answer(self, pending: _Pending, result: ResultRecord, *, late: bool) -> Answer:
+        return Answer(
+            pending.capture_ms / 1000.0 - self.report.started_at,
+            result.model,
+            result.model_version,
+            result.label == pending.truth,
+            pending.source,
+            late,
+        )
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            now_s = time.monotonic()
+            while self._pending:
+                rid, pending = next(iter(self._pending.items()))
+                if pending.deadline_s > now_s:
+                    break
+                del self._pending[rid]
+                self._fallback_answer(pending)
+                pending.inputs = _NO_INPUTS  # kept for a late answer's accounting, not its input
+                self._expired[rid] = pending
+
+    def _fallback_answer(self, pending: _Pending) -> None:
+        labels, _ = self._fallback[pending.kind].run(pending.inputs[np.newaxis, ...])
+        region = self.report.regions[pending.region]
+        region.fallbacks += 1
+        region.fallback_correct += int(int(labels[0]) == pending.truth)
+
+    async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:
+        end_s = time.monotonic() + self.settings.drain_s
+        while self._pending and time.monotonic() < end_s:
+            await asyncio.sleep(0.05)
+            if on_progress is not None:
+                on_progress(self._progress(self.settings.duration_s))
+        if on_progress is not None:
+            on_progress(self._progress(self.settings.duration_s))
+
+    def _progress(self, elapsed_s: float) -> Progress:
+        totals = self.report.totals()
+        recent = totals.latencies_ms[-2000:]
+        p99 = float(np.percentile(recent, 99)) if recent else None
+        return Progress(
+            elapsed_s, self.settings.duration_s, totals.sent, totals.results, totals.fallbacks, p99
+        )
+
+
+def fleet_regions(settings: FleetSettings) -> Sequence[str]:
+    """Names of the regions the fleet spans."""
+    return [r.name for r in settings.regions]
+
+
+def make_fleet(settings: FleetSettings) -> Fleet:
+    """The fleet of ``settings``, its devices placed (and enrolled), not running."""
+    return Fleet(settings, KeyRing.load(settings.key_file or settings.home / "keys.json"))
+
+
+async def run_fleet(
+    settings: FleetSettings, on_progress: Callable[[Progress], None] | None = None
+) -> FleetReport:
+    """Build the fleet from settings and run it."""
+    return await make_fleet(settings).run(on_progress)
