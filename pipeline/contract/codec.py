@@ -161,7 +161,9 @@ def _quantise_int8(array: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int8], float
         raise ValueError("tensor has values that are not finite as float32")
     max_abs = float(np.max(np.abs(x))) if x.size else 0.0
     scale = max_abs / INT8_LEVELS if max_abs > 0.0 else 1.0
-    q = np.clip(np.rint(x / np.float32(scale)), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    # In float64: for subnormal float32 inputs (|x| < 1.2e-38) the scale is below float32's range
+    # and would round to 0 there; float64 holds it (its own subnormals reach 4.9e-324).
+    q = np.clip(np.rint(x.astype(np.float64) / scale), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
     return q, scale
 
 
@@ -194,7 +196,9 @@ def decode_tensor(body: TensorBody, *, dequantise: bool = False) -> npt.NDArray[
     if dequantise and body.dtype == "int8":
         if body.scale is None:
             raise MalformedBody("int8 tensor without a scale")
-        return array.astype(np.float32) * np.float32(body.scale)
+        # The product in float64, then float32: a scale below float32's range (subnormal inputs) would
+        # otherwise round to 0 before the multiplication and erase the tensor.
+        return (array.astype(np.float64) * body.scale).astype(np.float32)
     return array
 
 

@@ -275,3 +275,18 @@ def test_streamed_zstd_frames_needing_a_large_window_are_refused() -> None:
     data = stream.compress(raw) + stream.flush()
     with pytest.raises(DecompressionFailed, match="too much memory"):
         decompress(data, "zstd", max_bytes=len(raw))
+
+
+@pytest.mark.parametrize("value", [1e-45, -1e-45, 1.17e-38, 3e-39])
+def test_int8_quantises_subnormal_values_without_dividing_by_zero(value: float) -> None:
+    # Subnormal float32 inputs: the scale (max|x| / 127) is below float32's range. Quantising and
+    # dequantising in float64 keeps the value instead of dividing by zero or erasing it.
+    array = np.array([value, 0.0], dtype=np.float32)
+    body = encode_tensor(array, "int8")
+    assert body.scale is not None
+    assert body.scale > 0.0
+    q = decode_tensor(body)
+    assert q.tolist() == [127 if value > 0 else -127, 0]
+    restored = decode_tensor(body, dequantise=True)
+    assert restored.dtype == np.float32
+    np.testing.assert_allclose(restored, array, rtol=1e-6, atol=0)
