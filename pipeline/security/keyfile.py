@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import stat
-import struct
 import tempfile
 import threading
 import time
@@ -28,28 +27,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
-from edgestream.pipeline.contract.envelope import CONTRACT_VERSION, MAX_DEVICE_ID_BYTES, MAX_KEY_ID
+from edgestream.pipeline.contract.envelope import MAX_DEVICE_ID_BYTES, MAX_KEY_ID
 from edgestream.pipeline.errors import ConfigError, ForgottenDevice, RetiredKey, UnknownKeyId
+from edgestream.pipeline.security.derive import (
+    HKDF_SALT,
+    MASTER_KEY_BYTES,
+    derive_device_key,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
-MASTER_KEY_BYTES: Final = 32
-"""Length of a region master key."""
-DEVICE_KEY_BYTES: Final = 32
-"""Length of a derived device key (AES-256)."""
-HKDF_SALT: Final = b"edgestream/hkdf-salt/v1"
-"""Fixed, public HKDF salt (23 ASCII bytes) of devices that are not enrolled."""
 DEVICE_SALT_BYTES: Final = 32
 """Length of an enrolled device's secret HKDF salt: the key material ``forget`` deletes."""
-HKDF_INFO_LABEL: Final = b"edgestream/device-key"
-"""Fixed first 21 bytes of the HKDF info; the rest binds contract version, key id and device id."""
 DEFAULT_CACHE_ENTRIES: Final = 10_000
 """Derived keys a ``KeyRing`` keeps (about 150 bytes each)."""
 KEY_FILE_VERSION: Final = 2
@@ -57,36 +51,10 @@ KEY_FILE_VERSION: Final = 2
 KEY_FILE_MODE: Final = 0o600
 """Key files, and the lock file beside them, are private to their owner."""
 
-_INFO_FIXED: Final = struct.Struct(">HIH")
-"""contract version (u16), key id (u32), device id length (u16), all big-endian."""
 
 KeyState = Literal["current", "active", "accepted", "expired", "retired"]
 """current: devices seal with it. active: accepted, no end set. accepted: accepted until its window
 ends. expired: its window ended (refused) but its bytes are still in the file. retired: bytes deleted."""
-
-
-def hkdf_info(device_id: str, key_id: int) -> bytes:
-    """The HKDF ``info`` bytes: label, contract version, key id, length-prefixed UTF-8 device id."""
-    device = device_id.encode()
-    if not 1 <= len(device) <= MAX_DEVICE_ID_BYTES:
-        raise ValueError(f"device id must be 1..{MAX_DEVICE_ID_BYTES} UTF-8 bytes, got {len(device)}")
-    if not 0 <= key_id <= MAX_KEY_ID:
-        raise ValueError(f"key id {key_id} is not a uint32")
-    return HKDF_INFO_LABEL + _INFO_FIXED.pack(CONTRACT_VERSION, key_id, len(device)) + device
-
-
-def derive_device_key(master_key: bytes, device_id: str, key_id: int, *, salt: bytes = HKDF_SALT) -> bytes:
-    """HKDF-SHA256(ikm=master_key, salt=salt, info=hkdf_info(device_id, key_id)), 32 bytes.
-
-    ``salt``: the public ``HKDF_SALT`` for a device that is not enrolled, an enrolled device's own
-    secret 32-byte salt otherwise.
-    """
-    if len(master_key) != MASTER_KEY_BYTES:
-        raise ValueError(f"master keys are {MASTER_KEY_BYTES} bytes, got {len(master_key)}")
-    hkdf = HKDF(
-        algorithm=hashes.SHA256(), length=DEVICE_KEY_BYTES, salt=salt, info=hkdf_info(device_id, key_id)
-    )
-    return hkdf.derive(master_key)
 
 
 def _now_ms() -> int:

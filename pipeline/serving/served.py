@@ -17,9 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from edgestream.pipeline.contract.envelope import Envelope
 from edgestream.pipeline.errors import ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import ModelArtifact, ModelStore
@@ -75,16 +72,6 @@ def open_model(artifact: ModelArtifact, settings: WorkerSettings) -> ServedModel
         warm_s * 1000,
     )
     return ServedModel(artifact, session)
-
-
-ROUTING_INFO = b"edgestream/rollout-routing/v1"
-"""HKDF info of the routing key derived from a region master key."""
-
-
-def routing_key_from(master: bytes) -> bytes:
-    """The key of the device hash that picks stable or canary, derived from a region master key (never
-    the master key itself): every worker of a region routes a device the same way."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ROUTING_INFO).derive(master)
 
 
 Loader = Callable[[SignedManifest], ServedModel]

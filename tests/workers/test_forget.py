@@ -25,7 +25,8 @@ from edgestream.pipeline.contract.envelope import (
 )
 from edgestream.pipeline.errors import AuthenticationFailed, ForgottenDevice
 from edgestream.pipeline.models import load_dataset, spec
-from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, derive_device_key, enroll, forget
+from edgestream.pipeline.security.derive import derive_device_key
+from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, enroll, forget
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import KINDS, Kind, dlq_topic, ingest_topic, results_topic
 

@@ -33,8 +33,6 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -59,6 +57,7 @@ from edgestream.pipeline.registry import LocalArtifactStore, SignedManifest, Tru
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.registry.reports import WorkerReport, WorkerReporter, report_of
+from edgestream.pipeline.security.derive import pseudonym_key, routing_key
 from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, KeySource
 from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, MalformedChainHead, chain_id
 from edgestream.pipeline.serving.batching import Batch, MicroBatcher, ServiceTimeEstimate
@@ -71,7 +70,6 @@ from edgestream.pipeline.serving.served import (
     ServedModel,
     load_models,
     open_model,
-    routing_key_from,
 )
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
@@ -95,8 +93,6 @@ log = logging.getLogger(__name__)
 POSITION_TIMEOUT_S = 2.0
 """How long one round of positioning waits for stable committed offsets before fetching for the
 partitions already in service again (the rest are tried next round)."""
-PSEUDONYM_INFO = b"edgestream/device-pseudonym/v1"
-"""HKDF info of the key device pseudonyms in cloud samples are made under."""
 UNIT = "unit"
 """The batcher's one key: a unit holds every record fetched since the previous unit closed."""
 
@@ -668,7 +664,7 @@ class EdgeWorker:
             return self.settings.routing_key.get_secret_value().encode()
         master = self._keyring.keys(self._region)[self._keyring.current_key_id(self._region)].master
         assert master is not None, "the current key is never retired"
-        return routing_key_from(master)
+        return routing_key(master)
 
     def _registry_loader(self) -> Loader | None:
         """How a registry version is verified and loaded, when the worker follows the registry."""
@@ -887,7 +883,7 @@ class EdgeWorker:
         rotation starts new pseudonyms), never the master key itself."""
         master = self._keyring.keys(self._region)[self._keyring.current_key_id(self._region)].master
         assert master is not None, "the current key is never retired"
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PSEUDONYM_INFO).derive(master)
+        return pseudonym_key(master)
 
     def _answer(self, item: Item, started_s: float, now_ms: float) -> list[Output]:
         env, served, answer = item.envelope, item.model, item.answer

@@ -60,7 +60,7 @@ from edgestream.pipeline.errors import (
     UndecodableRecord,
     UnsupportedVersion,
 )
-from edgestream.pipeline.security.keyfile import HKDF_SALT, derive_device_key, hkdf_info
+from edgestream.pipeline.security.derive import HKDF_SALT, derive_device_key, hkdf_info
 
 ROOT = Path(__file__).resolve().parents[3]
 VECTOR_FILE = Path(__file__).resolve().parent / "vectors" / "contract_v1.json"

@@ -21,12 +21,12 @@ from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope, seal
 from edgestream.pipeline.errors import AuthenticationFailed, ConfigError, ContractError, ForgottenDevice
 from edgestream.pipeline.security import keyfile as crypto
+from edgestream.pipeline.security.derive import derive_device_key
 from edgestream.pipeline.security.keyfile import (
     DEVICE_SALT_BYTES,
     Enrolment,
     KeyFileWatcher,
     KeyRing,
-    derive_device_key,
     enroll,
     enroll_devices,
     forget,

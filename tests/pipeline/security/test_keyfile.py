@@ -12,13 +12,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from edgestream.pipeline.errors import ConfigError, UnknownKeyId
-from edgestream.pipeline.security.keyfile import (
-    HKDF_INFO_LABEL,
-    HKDF_SALT,
-    KeyRing,
-    derive_device_key,
-    hkdf_info,
-)
+from edgestream.pipeline.security.derive import HKDF_INFO_LABEL, HKDF_SALT, derive_device_key, hkdf_info
+from edgestream.pipeline.security.keyfile import KeyRing
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -21,12 +21,12 @@ from edgestream.cli import app
 from edgestream.commands.keys import parse_duration_ms
 from edgestream.pipeline.errors import ConfigError, ContractError, RetiredKey, UnknownKeyId
 from edgestream.pipeline.security import keyfile as crypto
+from edgestream.pipeline.security.derive import derive_device_key
 from edgestream.pipeline.security.keyfile import (
     KeyFileWatcher,
     KeyRing,
     KeySource,
     MasterKey,
-    derive_device_key,
 )
 
 if TYPE_CHECKING:

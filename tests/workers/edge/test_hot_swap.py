@@ -31,7 +31,7 @@ from edgestream.pipeline.registry import (
 )
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.reports import TopicWorkerView
-from edgestream.pipeline.serving.served import routing_key_from
+from edgestream.pipeline.security.derive import routing_key
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from edgestream.workers.edge.worker import EdgeWorker
 
@@ -155,13 +155,13 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     assert await _reported(view, topic_view, worker, first.revision)
     master = edge_region.keyring.keys(edge_region.name)[edge_region.keyring.current_key_id(edge_region.name)]
     assert master.master is not None
-    routing_key = routing_key_from(master.master)
+    device_routing_key = routing_key(master.master)
     v1 = first.stable
     assert v1 is not None
 
     sent = await _send(edge_region, producer, 2)
     expected: dict[bytes, set[int]] = {
-        rid: {choose_version(first, d, routing_key)} for rid, d in sent.items()
+        rid: {choose_version(first, d, device_routing_key)} for rid, d in sent.items()
     }
     assert {v for vs in expected.values() for v in vs} == {v1}
 
@@ -179,13 +179,13 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     assert await _reported(view, topic_view, worker, canary.revision)
     for rid, device in during.items():
         expected[rid] = {
-            choose_version(first, device, routing_key),
-            choose_version(canary, device, routing_key),
+            choose_version(first, device, device_routing_key),
+            choose_version(canary, device, device_routing_key),
         }
     after = await _send(edge_region, producer, 2)
     for rid, device in after.items():
-        expected[rid] = {choose_version(canary, device, routing_key)}
-    routed = Counter(choose_version(canary, d, routing_key) for d in DEVICES)
+        expected[rid] = {choose_version(canary, device, device_routing_key)}
+    routed = Counter(choose_version(canary, d, device_routing_key) for d in DEVICES)
     assert set(routed) == {v1, published}, f"a 50% canary splits 30 devices: {routed}"
 
     # A tampered artifact (one byte changed in the store) and a manifest signed by an unknown key are
