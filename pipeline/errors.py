@@ -207,3 +207,16 @@ class RateLimited(ContractError):
         self.device_id = device_id
         self.rate_per_s = rate_per_s
         self.burst = burst
+
+
+class KafkaTimeout(EdgestreamError):
+    """A topic was not read to the end offsets seen at the start within the time allowed (the one
+    timeout of :func:`edgestream.pipeline.kafka.read_to_end`)."""
+
+    reason = "kafka_timeout"
+    retriable = True
+
+    def __init__(self, what: str, timeout_ms: int) -> None:
+        super().__init__(f"{what} was not read to its end within {timeout_ms} ms")
+        self.what = what
+        self.timeout_ms = timeout_ms

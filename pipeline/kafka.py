@@ -1,0 +1,165 @@
+"""The only place Kafka clients are built, and the one way to read partitions to their end.
+
+Every client gets its connection (``bootstrap_servers``, TLS 1.3 with the process's certificate) from
+:class:`~edgestream.pipeline.settings.KafkaSettings` and the project's safe defaults here, which differ
+from aiokafka's own where those are unsafe for this job: consumers commit by hand and read only
+committed records (``read_committed``), producers wait for every in-sync replica and are idempotent.
+A caller passes only what is particular to it (a group, a transactional id, fetch sizes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from edgestream.pipeline.errors import KafkaTimeout
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Sequence
+
+    from aiokafka.structs import ConsumerRecord
+
+    from edgestream.pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+FETCH_WAIT_MS: Final = 200
+"""How long one fetch of :func:`read_to_end` waits for data before the deadline is checked again."""
+LAG_RETRIES: Final = 20
+"""Attempts to read a group's committed offsets while a fresh cluster creates ``__consumer_offsets``."""
+LAG_BACKOFF_S: Final = 0.25
+"""Pause between those attempts."""
+
+
+C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer, AIOKafkaAdminClient)
+"""A client :func:`started` starts and stops."""
+
+
+def consumer(
+    kafka: KafkaSettings, client_id: str, *, group_id: str | None = None, **options: Any
+) -> AIOKafkaConsumer:
+    """A (not yet started) consumer: manual commits, ``read_committed``, from the earliest offset when
+    the group has none; ``options`` add to or override those (aiokafka's keyword arguments)."""
+    config: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "isolation_level": "read_committed",
+        "auto_offset_reset": "earliest",
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    config.update(options)
+    return AIOKafkaConsumer(**kafka.client_kwargs(), client_id=client_id, group_id=group_id, **config)
+
+
+def producer(
+    kafka: KafkaSettings, client_id: str, *, transactional_id: str | None = None, **options: Any
+) -> AIOKafkaProducer:
+    """A (not yet started) producer: ``acks=all``, idempotent, no linger; transactional when
+    ``transactional_id`` is given; ``options`` add to or override those."""
+    config: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 0,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    config.update(options)
+    if transactional_id is not None:
+        config["transactional_id"] = transactional_id
+    return AIOKafkaProducer(**kafka.client_kwargs(), client_id=client_id, **config)
+
+
+def admin(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaAdminClient:
+    """A (not yet started) admin client."""
+    options.setdefault("request_timeout_ms", kafka.request_timeout_ms)
+    return AIOKafkaAdminClient(**kafka.client_kwargs(), client_id=client_id, **options)
+
+
+@contextlib.asynccontextmanager
+async def started(client: C) -> AsyncIterator[C]:
+    """``client`` started for the block and stopped after it, also when starting fails half-way."""
+    try:
+        await client.start()
+        yield client
+    finally:
+        if isinstance(client, AIOKafkaAdminClient):
+            await client.close()
+        else:
+            await client.stop()
+
+
+async def read_to_end(
+    client: AIOKafkaConsumer, tps: Sequence[TopicPartition], *, timeout_ms: int, what: str = ""
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``tps`` from the beginning up to the end offsets found at the start (the last
+    stable offsets, for a ``read_committed`` consumer), read with the started ``client`` (assigned to
+    ``tps`` here). Raises :class:`KafkaTimeout` naming ``what`` (default: the topics) when the end is
+    not reached within ``timeout_ms``."""
+    client.assign(list(tps))
+    if not tps:
+        return
+    await client.seek_to_beginning(*tps)
+    end = await client.end_offsets(list(tps))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000
+    while [tp for tp in tps if await client.position(tp) < end[tp]]:
+        if loop.time() >= deadline:
+            raise KafkaTimeout(what or ", ".join(sorted({tp.topic for tp in tps})), timeout_ms)
+        batch = await client.getmany(*tps, timeout_ms=FETCH_WAIT_MS)
+        for tp, records in batch.items():
+            for record in records:
+                if record.offset < end[tp]:
+                    yield record
+
+
+async def read_all(
+    kafka: KafkaSettings, tps: Sequence[TopicPartition], *, client_id: str, timeout_ms: int, what: str = ""
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """:func:`read_to_end` with a consumer of its own (no group), as a list."""
+    async with started(consumer(kafka, client_id)) as client:
+        return [record async for record in read_to_end(client, tps, timeout_ms=timeout_ms, what=what)]
+
+
+def partitions(topics: Iterable[tuple[str, int]]) -> list[TopicPartition]:
+    """Every partition of ``(topic, partition count)`` pairs, in order."""
+    return [TopicPartition(topic, p) for topic, count in topics for p in range(count)]
+
+
+async def consumer_lag(
+    kafka: KafkaSettings, group_id: str, tps: Sequence[TopicPartition], *, client_id: str
+) -> dict[TopicPartition, int]:
+    """Records each partition holds past ``group_id``'s committed offset (read_committed: open
+    transactions do not count). A partition the group never committed counts from its log start."""
+    async with started(admin(kafka, client_id)) as client:
+        committed = await _committed(client, group_id, tps)
+    async with started(consumer(kafka, client_id)) as reader:
+        ends = await reader.end_offsets(list(tps))
+        starts = await reader.beginning_offsets(list(tps))
+    lag: dict[TopicPartition, int] = {}
+    for tp in tps:
+        meta = committed.get(tp)
+        position = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+        lag[tp] = max(0, ends[tp] - position)
+    return lag
+
+
+async def _committed(
+    client: AIOKafkaAdminClient, group_id: str, tps: Sequence[TopicPartition]
+) -> dict[TopicPartition, Any]:
+    attempt = 1
+    while True:
+        try:
+            result: dict[TopicPartition, Any] = await client.list_consumer_group_offsets(
+                group_id, partitions=list(tps)
+            )
+            return result
+        except KafkaError as err:  # a fresh cluster makes __consumer_offsets on first use
+            if not err.retriable or attempt >= LAG_RETRIES:
+                raise
+            log.debug("committed offsets of %s not readable yet: %s", group_id, err)
+            attempt += 1
+            await asyncio.sleep(LAG_BACKOFF_S)

@@ -1,0 +1,105 @@
+"""The one client factory: safe defaults on every client, read-to-end and consumer lag on the real
+broker."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
+
+from edgestream.pipeline import kafka
+from edgestream.pipeline.errors import KafkaTimeout
+from edgestream.pipeline.settings import KafkaSettings
+
+LOCAL = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1234)
+
+
+async def test_consumers_commit_by_hand_and_read_only_committed() -> None:
+    client = kafka.consumer(LOCAL, "c-1", group_id="g")
+    await client.stop()
+    assert client._enable_auto_commit is False
+    assert client._isolation_level == "read_committed"
+    assert client._group_id == "g"
+    assert client._client._request_timeout_ms == 1234
+
+
+async def test_a_consumer_option_overrides_a_default() -> None:
+    client = kafka.consumer(LOCAL, "c-1", isolation_level="read_uncommitted", fetch_max_wait_ms=7)
+    await client.stop()
+    assert client._isolation_level == "read_uncommitted"
+    assert client._fetch_max_wait_ms == 7
+
+
+async def test_producers_wait_for_all_replicas_and_are_idempotent() -> None:
+    plain = kafka.producer(LOCAL, "p-1")
+    transactional = kafka.producer(LOCAL, "p-2", transactional_id="t-1")
+    for client in (plain, transactional):
+        await client.stop()
+        assert client._sender._acks == -1
+        assert client._txn_manager is not None, "idempotence enabled"
+    assert plain._txn_manager.transactional_id is None
+    assert transactional._txn_manager.transactional_id == "t-1"
+
+
+def test_partitions_lists_every_partition_in_order() -> None:
+    assert kafka.partitions([("a", 2), ("b", 1)]) == [
+        TopicPartition("a", 0),
+        TopicPartition("a", 1),
+        TopicPartition("b", 0),
+    ]
+
+
+async def _topic(bootstrap: KafkaSettings, partitions: int) -> str:
+    name = f"test-kafka-{uuid.uuid4().hex[:8]}"
+    async with kafka.started(kafka.admin(bootstrap, "test-kafka")) as admin:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    return name
+
+
+async def _produce(bootstrap: KafkaSettings, topic: str, values: list[bytes], partition: int = 0) -> None:
+    async with kafka.started(kafka.producer(bootstrap, "test-kafka")) as producer:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=partition)
+
+
+async def test_read_to_end_reads_up_to_the_end_seen_at_the_start(bootstrap: KafkaSettings) -> None:
+    topic = await _topic(bootstrap, 2)
+    await _produce(bootstrap, topic, [b"a0", b"a1"], partition=0)
+    await _produce(bootstrap, topic, [b"b0"], partition=1)
+    tps = kafka.partitions([(topic, 2)])
+    async with kafka.started(kafka.consumer(bootstrap, "test-kafka")) as client:
+        seen: list[bytes] = []
+        async for record in kafka.read_to_end(client, tps, timeout_ms=20_000):
+            if not seen:  # produced after the end offsets were taken: not part of this read
+                await _produce(bootstrap, topic, [b"late"], partition=0)
+            seen.append(record.value)
+    assert sorted(seen) == [b"a0", b"a1", b"b0"]
+    records = await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000)
+    assert sorted(r.value for r in records) == [b"a0", b"a1", b"b0", b"late"]
+
+
+async def test_read_to_end_raises_the_one_timeout_when_the_end_is_not_reached(
+    bootstrap: KafkaSettings,
+) -> None:
+    topic = await _topic(bootstrap, 1)
+    await _produce(bootstrap, topic, [b"x"])
+    tps = kafka.partitions([(topic, 1)])
+    with pytest.raises(KafkaTimeout, match=topic) as caught:
+        await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=0)
+    assert caught.value.reason == "kafka_timeout"
+    assert caught.value.retriable
+
+
+async def test_consumer_lag_counts_records_past_the_committed_offset(bootstrap: KafkaSettings) -> None:
+    topic = await _topic(bootstrap, 2)
+    await _produce(bootstrap, topic, [b"1", b"2", b"3"], partition=0)
+    await _produce(bootstrap, topic, [b"4"], partition=1)
+    tps = kafka.partitions([(topic, 2)])
+    group = f"test-kafka-{uuid.uuid4().hex[:8]}"
+    assert await kafka.consumer_lag(bootstrap, group, tps, client_id="test-kafka") == {tps[0]: 3, tps[1]: 1}
+    async with kafka.started(kafka.consumer(bootstrap, "test-kafka", group_id=group)) as client:
+        client.assign(tps)
+        await client.commit({tps[0]: 2})
+    assert await kafka.consumer_lag(bootstrap, group, tps, client_id="test-kafka") == {tps[0]: 1, tps[1]: 1}
