@@ -211,7 +211,7 @@ CATALOGUE: Final[tuple[TopicSpec, ...]] = (
     CONTROL_MODELS,
     CONTROL_WORKERS,
 )
-"""Every catalogue entry, in DESIGN.md's order."""
+"""Every catalogue entry, in the order of the topic table in ``docs/design.md``."""
 
 SUMMARIES_TOPIC: Final = CLOUD_SUMMARIES.pattern
 SAMPLES_TOPIC: Final = CLOUD_SAMPLES.pattern

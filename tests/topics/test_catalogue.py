@@ -1,7 +1,9 @@
-"""The topic catalogue: DESIGN.md's table as data, names only from the catalogue, parse round trips."""
+"""The topic catalogue: docs/design.md's table as data, names only from the catalogue, parse round trips."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -34,24 +36,30 @@ from edgestream.topics.catalogue import (
 )
 from edgestream.topics.errors import InvalidKind, InvalidRegionName, UnknownTopic
 
-# DESIGN.md's "Topics" table, spelled out once here to check the catalogue against the design.
-DESIGN_TOPICS = {
-    "edge.eu-west.ingest.embedding",
-    "edge.eu-west.ingest.frame",
-    "edge.eu-west.results",
-    "edge.eu-west.audit",
-    "edge.eu-west.dlq",
-    "cloud.summaries",
-    "cloud.samples",
-    "cloud.labels",
-    "control.models",
-    "control.workers",  # added with the rollout's lag guard across hosts (issue 6)
-}
+DESIGN_DOC = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+TABLE = re.compile(r"<!-- topics:begin -->\n(.*?)<!-- topics:end -->", re.DOTALL)
 
 
-def test_every_design_topic_is_in_the_catalogue() -> None:
-    assert {t.name for t in all_topics(["eu-west"])} == DESIGN_TOPICS
-    assert len(CATALOGUE) == 9
+def _design_rows() -> list[list[str]]:
+    """The rows of docs/design.md's topic table: [pattern, key, value, cleanup]."""
+    match = TABLE.search(DESIGN_DOC.read_text())
+    assert match is not None, "docs/design.md has no topic table"
+    lines = match.group(1).strip().splitlines()[2:]  # past the header and its rule
+    return [[cell.strip().strip("`") for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def test_the_design_documents_every_catalogue_topic_as_it_is() -> None:
+    rows = _design_rows()
+    assert [row[0] for row in rows] == [spec.pattern for spec in CATALOGUE]
+    for row, spec in zip(rows, CATALOGUE, strict=True):
+        assert row[1:] == [spec.key, spec.value, spec.cleanup_policy], spec.pattern
+
+
+def test_every_catalogue_topic_is_named_for_a_region() -> None:
+    names = {t.name for t in all_topics(["eu-west"])}
+    assert "edge.eu-west.ingest.embedding" in names
+    assert "control.workers" in names
+    assert len(names) == len(CATALOGUE) + len(KINDS) - 1  # one ingest topic per kind
 
 
 def test_names_come_from_the_name_functions() -> None:
