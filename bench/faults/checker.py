@@ -30,9 +30,9 @@ class Verdict:
     sent: int = 0
     """Records the scenario drew and sent."""
     written: int = 0
+    """Of them, found on the ingest topics (the inputs the invariant is about)."""
     summarised: int = 0
     """Results the cloud summaries count: must equal ``results`` (they commit in the same transactions)."""
-    """Of them, found on the ingest topics (the inputs the invariant is about)."""
     not_written: int = 0
     """Sent, delivery failed, not on the ingest topics: never an input (reported, not a violation)."""
     results: int = 0
@@ -138,6 +138,10 @@ class Verdict:
         }
 
 
+Position = tuple[str, int, int]
+"""(topic, partition, offset) of an ingest record."""
+
+
 def check(
     ledger: Mapping[int, CorpusRecord],
     observed: Observed,
@@ -149,14 +153,27 @@ def check(
     input's one dead letter may be ``stale`` (the scenario held it up past the age limit)."""
     v = Verdict(sent=len(ledger), unsettled=dict(observed.unsettled))
     v.summarised = sum(summary.results for summary in observed.summaries)
+    input_at, ingest_at = _match_ingest(ledger, observed, v)
+    written = set(input_at.values())
+    v.written = len(written)
+    v.not_written = len(ledger) - len(written)
+    letters, expected_dl_audits = _match_dead_letters(observed, input_at, ingest_at, v, max_envelope_bytes)
+    results, answered = _match_results(ledger, observed, written, letters, v)
+    _judge_inputs(ledger, written, letters, answered, v, tolerate_stale)
+    _check_audits(observed, results, expected_dl_audits, v)
+    return v
 
-    # Which input is each ingest record? Identical (key, value) pairs (replays) share a partition, so
-    # their offsets follow their send order, which is test id order.
+
+def _match_ingest(
+    ledger: Mapping[int, CorpusRecord], observed: Observed, v: Verdict
+) -> tuple[dict[Position, int], dict[Position, Record]]:
+    """Which input is each ingest record? Identical (key, value) pairs (replays) share a partition, so
+    their offsets follow their send order, which is test id order."""
     queue: dict[tuple[bytes, bytes], deque[int]] = defaultdict(deque)
     for test_id in sorted(ledger):
         queue[(ledger[test_id].key, ledger[test_id].value)].append(test_id)
-    input_at: dict[tuple[str, int, int], int] = {}
-    ingest_at: dict[tuple[str, int, int], Record] = {}
+    input_at: dict[Position, int] = {}
+    ingest_at: dict[Position, Record] = {}
     for r in sorted(observed.ingest, key=lambda r: (r.topic, r.partition, r.offset)):
         pending = queue.get((r.key or b"", r.value or b""))
         if not pending:
@@ -165,11 +182,18 @@ def check(
             continue
         input_at[(r.topic, r.partition, r.offset)] = pending.popleft()
         ingest_at[(r.topic, r.partition, r.offset)] = r
-    written = set(input_at.values())
-    v.written = len(written)
-    v.not_written = len(ledger) - len(written)
+    return input_at, ingest_at
 
-    # Dead letters, matched to their input by their origin headers.
+
+def _match_dead_letters(
+    observed: Observed,
+    input_at: Mapping[Position, int],
+    ingest_at: Mapping[Position, Record],
+    v: Verdict,
+    max_envelope_bytes: int,
+) -> tuple[dict[int, list[DeadLetter]], Counter[tuple[bytes, str]]]:
+    """Dead letters, matched to their input by their origin headers; with the dead_letter audit records
+    they are owed (by request id and reason, for those whose envelope decodes)."""
     letters: dict[int, list[DeadLetter]] = defaultdict(list)
     expected_dl_audits: Counter[tuple[bytes, str]] = Counter()
     for r in observed.dlq:
@@ -191,9 +215,19 @@ def check(
             v.example(f"dead letter {letter.dlq_position()} ({letter.reason}) names origin {origin}")
             continue
         letters[owner].append(letter)
+    return letters, expected_dl_audits
 
-    # Results, matched by request id: the inputs of a request id that were not dead-lettered are owed
-    # one result each (a replay shares its original's id and is owed a dead letter instead).
+
+def _match_results(
+    ledger: Mapping[int, CorpusRecord],
+    observed: Observed,
+    written: set[int],
+    letters: Mapping[int, list[DeadLetter]],
+    v: Verdict,
+) -> tuple[dict[bytes, list[ResultRecord]], dict[int, int]]:
+    """Results, matched by request id: the inputs of a request id that were not dead-lettered are owed
+    one result each (a replay shares its original's id and is owed a dead letter instead). Returns the
+    results by request id and the inputs answered."""
     results: dict[bytes, list[ResultRecord]] = defaultdict(list)
     for r in observed.results:
         result = ResultRecord.from_bytes(r.value or b"")
@@ -225,8 +259,18 @@ def check(
             if result.device_id.encode() != record.key or result.model != MODEL_FOR_KIND[record.kind]:
                 v.wrong_answers += 1
                 v.example(f"request {rid.hex()}: result for {result.device_id}/{result.model}")
+    return results, answered
 
-    # Each input: exactly one outcome, the expected one.
+
+def _judge_inputs(
+    ledger: Mapping[int, CorpusRecord],
+    written: set[int],
+    letters: Mapping[int, list[DeadLetter]],
+    answered: Mapping[int, int],
+    v: Verdict,
+    tolerate_stale: bool,
+) -> None:
+    """Each input: exactly one outcome, the expected one."""
     for test_id in sorted(written):
         record = ledger[test_id]
         got_letters = letters.get(test_id, [])
@@ -258,8 +302,15 @@ def check(
                 if letter.reason == "replayed":
                     v.false_replays += 1
 
-    # Audit: one ok record per result (same request id and version), one dead_letter record per
-    # dead letter whose envelope decodes (same request id and reason).
+
+def _check_audits(
+    observed: Observed,
+    results: Mapping[bytes, list[ResultRecord]],
+    expected_dl_audits: Counter[tuple[bytes, str]],
+    v: Verdict,
+) -> None:
+    """Audit: one ok record per result (same request id and version), one dead_letter record per
+    dead letter whose envelope decodes (same request id and reason)."""
     ok_audits: Counter[tuple[bytes | None, int | None]] = Counter()
     dl_audits: Counter[tuple[bytes, str]] = Counter()
     for r in observed.audit:
@@ -290,4 +341,3 @@ def check(
                 else "dead_letter audits without a dead letter"
             )
             v.audit_problems[what] += abs(n_letters - n_audits)
-    return v
