@@ -22,6 +22,22 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.faults.checker import check
+from bench.faults.corpus import Corpus
+from bench.faults.env import (
+    MAX_BODY_BYTES,
+    MAX_ENVELOPE_BYTES,
+    FaultEnv,
+    FaultRegion,
+    make_corpus,
+    make_region,
+    prepare_home,
+    wait_for,
+)
+from bench.faults.observe import Observed, Record, observe
+from bench.faults.records import CATEGORIES, OK, CorpusRecord
+from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, rebalance, zombie
+from bench.faults.traffic import wait_drained
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.contract.deadletter import dead_letter_headers
 from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope, open_envelope
@@ -35,29 +51,6 @@ from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
 from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
 from edgestream.workers.local.broker import BrokerState
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
-
-from .corpus import CATEGORIES, OK, Corpus, CorpusRecord
-from .harness import (
-    MAX_BODY_BYTES,
-    MAX_ENVELOPE_BYTES,
-    FaultEnv,
-    FaultRegion,
-    Observed,
-    Record,
-    ScenarioReport,
-    broker_restart,
-    check,
-    hostile,
-    kill9,
-    make_corpus,
-    make_region,
-    observe,
-    prepare_home,
-    rebalance,
-    wait_drained,
-    wait_for,
-    zombie,
-)
 
 SEED = int(os.environ.get("EDGESTREAM_FAULTS_SEED", "20261123"))
 """Seeds kill timings and the hostile corpus; every report names it."""

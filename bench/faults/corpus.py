@@ -18,14 +18,12 @@ Records are sealed when drawn, so capture times are "now" for a stream sent as i
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import os
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgpack
@@ -33,6 +31,8 @@ import numpy as np
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.faults.records import CATEGORIES, OK, CorpusRecord
+from bench.faults.wire import envelope_fields, flip_bit, pack_fields, pack_with_duplicate, zstd_bombs
 from edgestream.pipeline.contract.codec import Compression, TensorDtype, encode_tensor, pack_body
 from edgestream.pipeline.contract.envelope import (
     CONTRACT_VERSION,
@@ -46,11 +46,9 @@ from edgestream.pipeline.contract.envelope import (
 )
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.security.keyfile import KeyRing
-from edgestream.topics.catalogue import KINDS, ingest_topic
+from edgestream.topics.catalogue import KINDS
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
-OK: Final = "ok"
-"""Expected outcome of a good record: one result."""
 UNKNOWN_KEY_ID: Final = 999
 """A key id no region's ring holds."""
 _OTHER_KIND: Final[Mapping[Kind, Kind]] = {"embedding": "frame", "frame": "embedding"}
@@ -73,65 +71,6 @@ _BAD_FIELD_TYPES: Final[tuple[tuple[str, object], ...]] = (
     ("nonce", b"\x00" * (NONCE_BYTES - 1)),
     ("ct", b"\x00" * 15),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class CorpusRecord:
-    """One record to produce, and what must become of it."""
-
-    test_id: int
-    """Unique per record drawn (a replay gets its own id, with its original's bytes)."""
-    kind: Kind
-    """Which ingest topic it goes to."""
-    key: bytes
-    """Kafka key: the device id it claims (a tampered device id keeps the original key)."""
-    value: bytes
-    """The record value exactly as produced."""
-    expect: str
-    """``ok`` or the reason code of its dead letter."""
-    category: str
-    """How it was made (``good`` or a ``CATEGORIES`` name)."""
-    request_id: bytes | None
-    """The request id a result or audit record would carry; None when the envelope has none."""
-
-    def topic(self, region: str) -> str:
-        """The ingest topic it is produced to."""
-        return ingest_topic(region, self.kind)
-
-
-def _flip_bit(data: bytes, rng: random.Random) -> bytes:
-    out = bytearray(data)
-    i = rng.randrange(len(out))
-    out[i] ^= 1 << rng.randrange(8)
-    return bytes(out)
-
-
-def _fields(value: bytes) -> dict[str, Any]:
-    fields: dict[str, Any] = msgpack.unpackb(value, raw=False)
-    return fields
-
-
-def _pack(fields: Mapping[str, object]) -> bytes:
-    return msgpack.packb(dict(fields), use_bin_type=True)
-
-
-def _pack_with_duplicate(fields: Mapping[str, object], duplicate: str) -> bytes:
-    """A msgpack map whose header counts ``duplicate`` twice (Python's msgpack keeps the last one)."""
-    entries = [*fields.items(), (duplicate, fields[duplicate])]
-    n = len(entries)
-    header = bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
-    return header + b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in entries)
-
-
-@functools.cache
-def zstd_bombs(size_bytes: int) -> tuple[bytes, bytes]:
-    """Two zstd frames of ``size_bytes`` zeros (a few hundred bytes each): one declares its content
-    size, the other does not (the edge must stop decompressing it as it passes the cap)."""
-    zeros = b"\x00" * size_bytes
-    declared: bytes = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(zeros)
-    stream = zstandard.ZstdCompressor(level=3, write_content_size=False).compressobj()
-    streamed: bytes = stream.compress(zeros) + stream.flush()
-    return declared, streamed
 
 
 class Corpus:
@@ -291,11 +230,11 @@ class Corpus:
     ) -> CorpusRecord:
         """A good record with its envelope map edited in place; the request id is the edited one's."""
         kind, device, value, _ = self._base(test_id, **kw)
-        fields = _fields(value)
+        fields = envelope_fields(value)
         edit(fields)
         rid = fields.get("rid")
         return self._make(
-            test_id, category, kind, device, _pack(fields), rid if isinstance(rid, bytes) else None
+            test_id, category, kind, device, pack_fields(fields), rid if isinstance(rid, bytes) else None
         )
 
     # -- decode stage -------------------------------------------------------------------------------
@@ -335,8 +274,8 @@ class Corpus:
 
     def _bad_duplicate_key(self, test_id: int) -> CorpusRecord:
         kind, device, value, rid = self._base(test_id)
-        fields = _fields(value)
-        doubled = _pack_with_duplicate(fields, self._rng.choice(list(fields)))
+        fields = envelope_fields(value)
+        doubled = pack_with_duplicate(fields, self._rng.choice(list(fields)))
         return self._make(test_id, "duplicate_key", kind, device, doubled, rid)
 
     def _bad_bad_field_type(self, test_id: int) -> CorpusRecord:
@@ -372,7 +311,7 @@ class Corpus:
 
     def _bad_tampered_rid(self, test_id: int) -> CorpusRecord:
         return self._tampered(
-            test_id, "tampered_rid", lambda f: f.__setitem__("rid", _flip_bit(f["rid"], self._rng))
+            test_id, "tampered_rid", lambda f: f.__setitem__("rid", flip_bit(f["rid"], self._rng))
         )
 
     def _bad_tampered_dev(self, test_id: int) -> CorpusRecord:
@@ -421,12 +360,12 @@ class Corpus:
 
     def _bad_tampered_nonce(self, test_id: int) -> CorpusRecord:
         return self._tampered(
-            test_id, "tampered_nonce", lambda f: f.__setitem__("nonce", _flip_bit(f["nonce"], self._rng))
+            test_id, "tampered_nonce", lambda f: f.__setitem__("nonce", flip_bit(f["nonce"], self._rng))
         )
 
     def _bad_tampered_ciphertext(self, test_id: int) -> CorpusRecord:
         return self._tampered(
-            test_id, "tampered_ciphertext", lambda f: f.__setitem__("ct", _flip_bit(f["ct"], self._rng))
+            test_id, "tampered_ciphertext", lambda f: f.__setitem__("ct", flip_bit(f["ct"], self._rng))
         )
 
     def _bad_truncated_ciphertext(self, test_id: int) -> CorpusRecord:
@@ -530,47 +469,3 @@ class Corpus:
         version = self._versions[MODEL_FOR_KIND[kind]] + self._rng.randint(1, 99)
         kind, device, value, rid = self._base(test_id, kind=kind, model_version=version)
         return self._make(test_id, "unknown_version", kind, device, value, rid)
-
-
-CATEGORIES: Final[Mapping[str, str]] = {
-    # decode: before any key is touched
-    "random_bytes": "undecodable",
-    "empty": "undecodable",
-    "not_a_map": "undecodable",
-    "missing_field": "undecodable",
-    "unknown_field": "undecodable",
-    "duplicate_key": "undecodable",
-    "bad_field_type": "undecodable",
-    "truncated": "undecodable",
-    "bad_version": "bad_version",
-    "oversized_bytes": "oversized",
-    "oversized_envelope": "oversized",
-    # decrypt: every authenticated field, the nonce and the ciphertext
-    "tampered_rid": "bad_tag",
-    "tampered_dev": "bad_tag",
-    "tampered_ts": "bad_tag",
-    "tampered_kind_model": "bad_tag",
-    "tampered_mver": "bad_tag",
-    "tampered_kid": "bad_tag",
-    "tampered_comp": "bad_tag",
-    "tampered_nonce": "bad_tag",
-    "tampered_ciphertext": "bad_tag",
-    "truncated_ciphertext": "bad_tag",
-    "tampered_kind": "bad_shape",
-    "unknown_key_id": "unknown_key",
-    # decompress and body
-    "zstd_bomb": "oversized",
-    "zstd_bomb_streamed": "oversized",
-    "not_zstd": "bad_compression",
-    "corrupt_zstd": "bad_compression",
-    "bad_body": "bad_body",
-    # validate: after authentication
-    "replayed": "replayed",
-    "stale": "stale",
-    "future": "stale",
-    "wrong_shape": "bad_shape",
-    "wrong_dtype": "bad_shape",
-    "unknown_model": "unknown_model",
-    "unknown_version": "unknown_model",
-}
-"""Every bad category and the reason code its dead letter must carry."""

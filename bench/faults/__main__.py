@@ -1,8 +1,9 @@
-"""``make faults``: the fault scenarios of ``tests/faults``, longer, in one report.
+"""``make faults``: the fault scenarios of ``scenarios.py`` (``tests/faults`` runs them shorter), longer,
+in one report.
 
 kill -9 cycles, a zombie, a 1 -> 3 -> 1 rebalance and a hostile corpus, each on a fresh region of one
-local broker, then broker restarts on a broker of their own; the scenarios and the exactly-once checker
-are ``tests/faults/harness.py``'s. Writes ``bench/results/faults.json`` (per scenario: sent, results,
+local broker, then broker restarts on a broker of their own; the exactly-once checker is
+``checker.py``'s. Writes ``bench/results/faults.json`` (per scenario: sent, results,
 dead letters by reason, lost, duplicated, false replay flags, worker restarts, wall time, and every
 violation with examples) and prints a table. Exits 1 when the invariant broke anywhere; the home with
 every worker's log is then kept and named, and the seed in the JSON replays the run.
@@ -38,10 +39,11 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench import REPO_ROOT, RESULTS_DIR
+from bench.faults.env import FaultEnv, prepare_home
+from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, rebalance, zombie
 from edgestream.workers.local.broker import BrokerSettings, LocalBroker
-from tests.faults import harness
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "broker_restart"]
 
 
@@ -72,7 +74,7 @@ class FaultsSettings(BaseSettings):
     """Malformed records in the hostile scenario (every category, then at random)."""
     hostile_rate_per_s: float = Field(default=1000.0, gt=0)
     """Rate the hostile stream is produced at."""
-    out_dir: Path = REPO_ROOT / "bench" / "results"
+    out_dir: Path = RESULTS_DIR
     """Where ``faults.json`` goes."""
     keep_home: bool = False
     """Keep the throwaway home (broker data, worker logs) even when everything held."""
@@ -80,18 +82,16 @@ class FaultsSettings(BaseSettings):
 
 def _scenario_calls(
     settings: FaultsSettings,
-) -> dict[ScenarioName, Callable[[harness.FaultEnv], Awaitable[harness.ScenarioReport]]]:
+) -> dict[ScenarioName, Callable[[FaultEnv], Awaitable[ScenarioReport]]]:
     rate = settings.rate_per_s
     return {
-        "kill9": lambda env: harness.kill9(env, cycles=settings.kill_cycles, rate_per_s=rate),
-        "zombie": lambda env: harness.zombie(
-            env, rate_per_s=rate, stopped_past_s=settings.zombie_stopped_past_s
-        ),
-        "rebalance": lambda env: harness.rebalance(env, rate_per_s=rate),
-        "hostile": lambda env: harness.hostile(
+        "kill9": lambda env: kill9(env, cycles=settings.kill_cycles, rate_per_s=rate),
+        "zombie": lambda env: zombie(env, rate_per_s=rate, stopped_past_s=settings.zombie_stopped_past_s),
+        "rebalance": lambda env: rebalance(env, rate_per_s=rate),
+        "hostile": lambda env: hostile(
             env, good=settings.hostile_good, bad=settings.hostile_bad, rate_per_s=settings.hostile_rate_per_s
         ),
-        "broker_restart": lambda env: harness.broker_restart(
+        "broker_restart": lambda env: broker_restart(
             env, rate_per_s=rate, outage_s=settings.broker_outage_s, restarts=settings.broker_restarts
         ),
     }
@@ -110,7 +110,7 @@ async def run_faults(settings: FaultsSettings, home: Path, progress: Progress) -
     log_line = progress.console.log
     overall = progress.add_task("scenarios", total=len(settings.scenarios))
     log_line("building the reference models (cached in the run's home)")
-    versions = await asyncio.to_thread(harness.prepare_home, home)
+    versions = await asyncio.to_thread(prepare_home, home)
     broker = LocalBroker(BrokerSettings(home=home / "kafka"))
     log_line("starting the shared Kafka broker")
     state = await asyncio.to_thread(broker.start, 120)
@@ -119,7 +119,7 @@ async def run_faults(settings: FaultsSettings, home: Path, progress: Progress) -
     try:
         for name in settings.scenarios:
             task = progress.add_task(name, total=None)
-            env = harness.FaultEnv(
+            env = FaultEnv(
                 bootstrap=state.kafka(),
                 home=home,
                 run_dir=home / "runs" / name,

@@ -1,0 +1,148 @@
+"""The region's topics as a read_committed consumer sees them once the scenario is over."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.faults.env import FaultRegion, FaultTimeout, wait_for
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.topics.catalogue import (
+    KINDS,
+    SUMMARIES_TOPIC,
+    audit_topic,
+    dlq_topic,
+    ingest_topic,
+    parse_topic,
+    results_topic,
+)
+
+SETTLE_TIMEOUT_S = 90.0
+"""How long open transactions may keep output partitions unsettled (transaction timeout: 60 s)."""
+
+
+class Record(NamedTuple):
+    """A record as read back (the fields ``DeadLetter.from_record`` reads)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]]
+
+
+@dataclass
+class Observed:
+    """The region's topics as a read_committed consumer sees them at the end."""
+
+    ingest: list[Record]
+    results: list[Record]
+    audit: list[Record]
+    dlq: list[Record]
+    unsettled: dict[str, int]
+    """Output partitions whose last stable offset stayed behind the high watermark (an open
+    transaction), with the gap."""
+    aborted: dict[str, int]
+    """Records per output topic that only a read_uncommitted reader sees: written by transactions
+    that aborted (a kill or a fence landed mid-transaction)."""
+    summaries: list[PartialSummary] = field(default_factory=list)
+    """The region's partial window summaries on ``cloud.summaries`` (shared by every region)."""
+
+
+async def _end_offsets(
+    bootstrap: Kafka, tps: list[TopicPartition], isolation: str
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(
+        **kafka_settings(bootstrap).client_kwargs(), isolation_level=isolation, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+def _partitions(topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+
+
+async def read_all(
+    bootstrap: Kafka, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
+) -> list[Record]:
+    """Every record of ``topic`` up to its end (read_committed: its last stable offset)."""
+    tps = _partitions(topic)
+    consumer = AIOKafkaConsumer(
+        **kafka_settings(bootstrap).client_kwargs(),
+        group_id=None,
+        isolation_level=isolation,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20,
+    )
+    await consumer.start()
+    out: list[Record] = []
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= ends[tp] for tp in tps):
+                return out
+            if time.monotonic() > deadline:
+                raise FaultTimeout(f"reading {topic}: at {positions}, end {ends} after {timeout_s:.0f} s")
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(
+                    Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records
+                )
+    finally:
+        await consumer.stop()
+
+
+async def observe(region: FaultRegion, settle_timeout_s: float = SETTLE_TIMEOUT_S) -> Observed:
+    """Wait for open transactions on the outputs to finish (bounded), then read every topic."""
+    outputs = [results_topic(region.name), audit_topic(region.name), dlq_topic(region.name)]
+    tps = [tp for topic in outputs for tp in _partitions(topic)]
+    gaps: dict[str, int] = {}
+
+    async def settled() -> bool:
+        nonlocal gaps
+        stable = await _end_offsets(region.bootstrap, tps, "read_committed")
+        high = await _end_offsets(region.bootstrap, tps, "read_uncommitted")
+        gaps = {f"{tp.topic}[{tp.partition}]": high[tp] - stable[tp] for tp in tps if high[tp] != stable[tp]}
+        return not gaps
+
+    with contextlib.suppress(FaultTimeout):
+        await wait_for("output partitions settle (no open transaction)", settled, settle_timeout_s, 0.5)
+    ingest = [ingest_topic(region.name, kind) for kind in KINDS]
+    ingest_records = [r for topic in ingest for r in await read_all(region.bootstrap, topic)]
+    committed = {topic: await read_all(region.bootstrap, topic) for topic in outputs}
+    aborted = {
+        topic.rsplit(".", 1)[-1]: len(await read_all(region.bootstrap, topic, isolation="read_uncommitted"))
+        - len(committed[topic])
+        for topic in outputs
+    }
+    summaries = [
+        summary
+        for r in await read_all(region.bootstrap, SUMMARIES_TOPIC)
+        if (summary := PartialSummary.from_bytes(r.value or b"")).region == region.name
+    ]
+    return Observed(
+        ingest=ingest_records,
+        results=committed[outputs[0]],
+        audit=committed[outputs[1]],
+        dlq=committed[outputs[2]],
+        unsettled=gaps,
+        aborted=aborted,
+        summaries=summaries,
+    )

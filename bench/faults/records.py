@@ -1,0 +1,81 @@
+"""What a corpus record is and what must become of it: ``ok`` or the reason of its one dead letter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from edgestream.pipeline.contract.envelope import Kind
+from edgestream.topics.catalogue import ingest_topic
+
+OK: Final = "ok"
+"""Expected outcome of a good record: one result."""
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusRecord:
+    """One record to produce, and what must become of it."""
+
+    test_id: int
+    """Unique per record drawn (a replay gets its own id, with its original's bytes)."""
+    kind: Kind
+    """Which ingest topic it goes to."""
+    key: bytes
+    """Kafka key: the device id it claims (a tampered device id keeps the original key)."""
+    value: bytes
+    """The record value exactly as produced."""
+    expect: str
+    """``ok`` or the reason code of its dead letter."""
+    category: str
+    """How it was made (``good`` or a ``CATEGORIES`` name)."""
+    request_id: bytes | None
+    """The request id a result or audit record would carry; None when the envelope has none."""
+
+    def topic(self, region: str) -> str:
+        """The ingest topic it is produced to."""
+        return ingest_topic(region, self.kind)
+
+
+CATEGORIES: Final[Mapping[str, str]] = {
+    # decode: before any key is touched
+    "random_bytes": "undecodable",
+    "empty": "undecodable",
+    "not_a_map": "undecodable",
+    "missing_field": "undecodable",
+    "unknown_field": "undecodable",
+    "duplicate_key": "undecodable",
+    "bad_field_type": "undecodable",
+    "truncated": "undecodable",
+    "bad_version": "bad_version",
+    "oversized_bytes": "oversized",
+    "oversized_envelope": "oversized",
+    # decrypt: every authenticated field, the nonce and the ciphertext
+    "tampered_rid": "bad_tag",
+    "tampered_dev": "bad_tag",
+    "tampered_ts": "bad_tag",
+    "tampered_kind_model": "bad_tag",
+    "tampered_mver": "bad_tag",
+    "tampered_kid": "bad_tag",
+    "tampered_comp": "bad_tag",
+    "tampered_nonce": "bad_tag",
+    "tampered_ciphertext": "bad_tag",
+    "truncated_ciphertext": "bad_tag",
+    "tampered_kind": "bad_shape",
+    "unknown_key_id": "unknown_key",
+    # decompress and body
+    "zstd_bomb": "oversized",
+    "zstd_bomb_streamed": "oversized",
+    "not_zstd": "bad_compression",
+    "corrupt_zstd": "bad_compression",
+    "bad_body": "bad_body",
+    # validate: after authentication
+    "replayed": "replayed",
+    "stale": "stale",
+    "future": "stale",
+    "wrong_shape": "bad_shape",
+    "wrong_dtype": "bad_shape",
+    "unknown_model": "unknown_model",
+    "unknown_version": "unknown_model",
+}
+"""Every bad category and the reason code its dead letter must carry."""

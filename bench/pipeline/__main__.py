@@ -1,0 +1,75 @@
+"""``python -m bench.pipeline [bench|echo|plot]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from bench.pipeline.echo import EchoSettings, run_echo_process
+from bench.pipeline.plot import plot
+from bench.pipeline.report import breakdown_table, floor_table, fmt, summary_table
+from bench.pipeline.run import run_bench
+from bench.pipeline.settings import BenchSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.pipeline [bench|echo]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline",
+        description="The pipeline's latency and throughput beside a Kafka-only echo and bare onnxruntime.",
+        epilog="Settings come from EDGESTREAM_BENCH_* (e.g. EDGESTREAM_BENCH_LOADS_PER_S='[100,300]').",
+    )
+    parser.add_argument(
+        "mode",
+        nargs="?",
+        choices=("bench", "echo", "plot"),
+        default="bench",
+        help="bench (default) runs everything; plot redraws pipeline.png from pipeline.json; "
+        "echo is the floor's far-side process, started by the bench",
+    )
+    args = parser.parse_args(argv)
+    if args.mode == "echo":
+        logging.basicConfig(level=logging.WARNING)
+        run_echo_process(EchoSettings())
+        return 0
+    if args.mode == "plot":
+        out_dir = BenchSettings().out_dir
+        plot(json.loads((out_dir / "pipeline.json").read_text()), out_dir / "pipeline.png")
+        return 0
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console)], format="%(message)s")
+    settings = BenchSettings()
+    # SIGTERM unwinds like Ctrl-C, so the workers, the echo and the broker are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = run_bench(settings, console)
+    except KeyboardInterrupt:
+        console.print("interrupted: the processes this run started are stopped, nothing was written")
+        return 130
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = settings.out_dir / "pipeline.json"
+    png_path = settings.out_dir / "pipeline.png"
+    document = result.to_json(settings)
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    plot(document, png_path)
+    console.print(summary_table(result.levels))
+    console.print(breakdown_table(result.levels))
+    console.print(floor_table(result.floor, settings.floor_batch_sizes))
+    top = result.levels[-1]
+    items_x = top.ratios.items_per_s_vs_echo if top.ratios else None
+    console.print(
+        f"at {top.offered_per_s:g}/s offered the pipeline answers {fmt(items_x, '.2f')}x the echo floor's "
+        f"items/s; wall time {result.wall_s:.0f} s; wrote {json_path} and {png_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

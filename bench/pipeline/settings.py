@@ -1,0 +1,94 @@
+"""Settings of ``python -m bench.pipeline`` and the names of what it creates on the broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bench import RESULTS_DIR
+from edgestream.pipeline.errors import EdgestreamError
+
+PIPELINE_REGION = "bench"
+"""Region the edge worker serves."""
+ECHO_REGION = "bench-echo"
+"""Region the echo floor uses: its own ingest and results topics."""
+ECHO_GROUP = "edgestream-bench-echo"
+"""Consumer group of the echo process."""
+FLOOR_BLOCK = 10
+"""Runs timed back to back per point and round in the bare onnxruntime floor."""
+MAX_ENVELOPE_BYTES = 1 << 20
+"""Envelope size limit when the fleet reads its echoed envelopes back (the worker's default)."""
+
+
+class BenchError(EdgestreamError):
+    """A part of the bench could not be started."""
+
+    reason = "bench"
+
+
+class BenchSettings(BaseSettings):
+    """Settings of ``python -m bench.pipeline`` (``EDGESTREAM_BENCH_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_BENCH_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    loads_per_s: tuple[float, ...] = (100.0, 300.0, 1000.0, 2000.0, 4000.0)
+    """Offered loads (requests per second, open loop), each measured for the pipeline and the echo."""
+    duration_s: float = Field(default=10.0, gt=0)
+    """How long the fleet sends at each measured load."""
+    warmup_s: float = Field(default=1.5, ge=0)
+    """Discarded warm-up before each measured load, against the same fresh process."""
+    warmup_rate_per_s: float = Field(default=200.0, gt=0)
+    """Offered load of the warm-up."""
+    broker_warmup_s: float = Field(default=5.0, ge=0)
+    """Discarded echo traffic right after the broker starts, so its JIT is warm before the first load."""
+    broker_warmup_rate_per_s: float = Field(default=500.0, gt=0)
+    """Offered load of the broker warm-up."""
+    drain_s: float = Field(default=3.0, ge=0)
+    """After sending stops, how long the fleet keeps listening for outstanding answers."""
+    deadline_ms: float = Field(default=2000.0, gt=0)
+    """Device deadline; generous, so fallbacks do not hide the pipeline's latency."""
+    frame_fraction: float = Field(default=0.5, ge=0, le=1)
+    """Share of frames (the rest are embeddings)."""
+    devices: int = Field(default=60, ge=1)
+    """Simulated devices (Kafka keys) at least; more at high loads (``max_device_rate_per_s``)."""
+    max_device_rate_per_s: float = Field(default=20.0, gt=0)
+    """Most requests per second one device sends: a load needs ``rate / this`` devices, which keeps
+    every device well under the worker's per-device rate limit."""
+    model_size: Literal["tiny", "medium", "full"] = "medium"
+    """Model size the worker serves and bare onnxruntime runs."""
+    max_batch: int | None = Field(default=None, ge=1)
+    """Worker's largest batch; None keeps the worker's own default."""
+    max_wait_ms: float | None = Field(default=None, ge=0)
+    """Worker's longest wait for a batch to fill; None keeps the worker's own default."""
+    echo_delivery: Literal["match_worker", "at_least_once", "exactly_once"] = "match_worker"
+    """How the echo makes its output durable: like the worker (its ``delivery`` setting where it has
+    one, else at-least-once), acknowledged then committed, or in a transaction per input partition."""
+    intra_op_threads: int = Field(default=1, ge=1)
+    """onnxruntime intra-op threads, in the worker and in the bare floor."""
+    floor_batch_sizes: tuple[int, ...] = (1, 4, 16, 32)
+    """Batch sizes always timed for bare onnxruntime, beside every size the workers ran."""
+    floor_min_repeats: int = Field(default=50, ge=1)
+    """Fewest timed runs per (model, batch size)."""
+    floor_budget_s: float = Field(default=0.08, gt=0)
+    """Timing budget per (model, batch size); the runs go on until it and the fewest runs are done."""
+    catch_up_timeout_s: float = Field(default=10.0, gt=0)
+    """After a load, how long to wait for the far side to consume its backlog before stopping it (what
+    is left is skipped, so the next load starts clean)."""
+    ready_timeout_s: float = Field(default=90.0, gt=0)
+    """How long a worker or echo process may take to load and get its partitions."""
+    sla_ms: float = Field(default=50.0, gt=0)
+    """The latency budget drawn on the plot."""
+    broker_security: Literal["tls", "plaintext"] = "tls"
+    """The bench broker's listener: TLS 1.3 with client certificates and ACLs (as deployed), or
+    PLAINTEXT to measure what TLS costs (run both, compare each one's pipeline/echo ratios)."""
+    seed: int = 7
+    """Fleet seed: every load sends the same devices and inputs in the same order."""
+    out_dir: Path = RESULTS_DIR
+    """Where ``pipeline.json`` and ``pipeline.png`` go."""
+    keep_home: bool = False
+    """Keep the temporary home (broker and process logs) instead of deleting it."""
