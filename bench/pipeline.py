@@ -54,7 +54,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgestream.pipeline.contract.envelope import ResultRecord, decode_envelope
+from edgestream.pipeline.contract.envelope import decode_envelope
+from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.security.keyfile import KeyRing

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, TypeAlias
 
-from edgestream.pipeline.contract.envelope import CHAIN_ORIGIN, DIGEST_BYTES, AuditRecord, audit_digest
+from edgestream.pipeline.contract.records import CHAIN_ORIGIN, DIGEST_BYTES, AuditRecord, audit_digest
 from edgestream.pipeline.errors import ContractError, EdgestreamError
 
 HEAD_VERSION: Final = 1

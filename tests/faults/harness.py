@@ -39,7 +39,8 @@ from aiokafka.errors import KafkaError
 
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLetter
-from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope
+from edgestream.pipeline.contract.envelope import decode_envelope
+from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import ContractError
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security.keyfile import KeyRing

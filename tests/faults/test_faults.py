@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.contract.deadletter import dead_letter_headers
-from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope, open_envelope
+from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
+from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import spec
 from edgestream.pipeline.security.keyfile import KeyRing

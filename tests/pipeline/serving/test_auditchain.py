@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgestream.pipeline.contract.envelope import CHAIN_ORIGIN, AuditRecord, audit_digest
+from edgestream.pipeline.contract.records import CHAIN_ORIGIN, AuditRecord, audit_digest
 from edgestream.pipeline.serving.auditchain import (
     AuditChain,
     ChainHead,
