@@ -13,7 +13,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias, cast
+from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -151,12 +151,22 @@ class Envelope:
     """AES-256-GCM ciphertext of the compressed body, 16-byte tag appended."""
 
 
-def aad(envelope: Envelope) -> bytes:
-    """The associated data: ``AAD_DOMAIN`` then every header field in a fixed binary layout.
+class _Header(NamedTuple):
+    """The authenticated fields of an envelope (all but nonce and ciphertext), as in ``Envelope``."""
 
-    See docs/contract.md, "Associated data", for the table.
-    """
-    return _aad(
+    version: int
+    request_id: bytes
+    device_id: str
+    capture_time_ms: int
+    kind: str
+    model: str
+    model_version: int | None
+    key_id: int
+    compression: str
+
+
+def _header(envelope: Envelope) -> _Header:
+    return _Header(
         envelope.version,
         envelope.request_id,
         envelope.device_id,
@@ -169,36 +179,35 @@ def aad(envelope: Envelope) -> bytes:
     )
 
 
-def _aad(
-    version: int,
-    request_id: bytes,
-    device_id: str,
-    capture_time_ms: int,
-    kind: str,
-    model: str,
-    model_version: int | None,
-    key_id: int,
-    compression: str,
-) -> bytes:
-    device = device_id.encode()
-    model_name = model.encode()
-    kind_name = kind.encode()
-    codec = compression.encode()
-    pinned = _NO_VERSION if model_version is None else _HAS_VERSION + _U32.pack(model_version)
+def aad(envelope: Envelope) -> bytes:
+    """The associated data: ``AAD_DOMAIN`` then every header field in a fixed binary layout.
+
+    See docs/contract.md, "Associated data", for the table.
+    """
+    return _aad(_header(envelope))
+
+
+def _aad(header: _Header) -> bytes:
+    device = header.device_id.encode()
+    model_name = header.model.encode()
+    kind_name = header.kind.encode()
+    codec = header.compression.encode()
+    mver = header.model_version
+    pinned = _NO_VERSION if mver is None else _HAS_VERSION + _U32.pack(mver)
     return b"".join(
         (
             AAD_DOMAIN,
-            _U16.pack(version),
-            request_id,
+            _U16.pack(header.version),
+            header.request_id,
             _U16.pack(len(device)),
             device,
-            _U64.pack(capture_time_ms),
+            _U64.pack(header.capture_time_ms),
             _U16.pack(len(kind_name)),
             kind_name,
             _U16.pack(len(model_name)),
             model_name,
             pinned,
-            _U32.pack(key_id),
+            _U32.pack(header.key_id),
             _U16.pack(len(codec)),
             codec,
         )
@@ -208,46 +217,22 @@ def _aad(
 def encode_envelope(envelope: Envelope) -> bytes:
     """The envelope's wire bytes: a msgpack map, keys in the documented order, ``mver`` omitted
     when unpinned."""
-    return _pack_envelope(
-        envelope.version,
-        envelope.request_id,
-        envelope.device_id,
-        envelope.capture_time_ms,
-        envelope.kind,
-        envelope.model,
-        envelope.model_version,
-        envelope.key_id,
-        envelope.compression,
-        envelope.nonce,
-        envelope.ciphertext,
-    )
+    return _pack_envelope(_header(envelope), envelope.nonce, envelope.ciphertext)
 
 
-def _pack_envelope(
-    version: int,
-    request_id: bytes,
-    device_id: str,
-    capture_time_ms: int,
-    kind: str,
-    model: str,
-    model_version: int | None,
-    key_id: int,
-    compression: str,
-    nonce: bytes,
-    ciphertext: bytes,
-) -> bytes:
+def _pack_envelope(header: _Header, nonce: bytes, ciphertext: bytes) -> bytes:
     fields: dict[str, object] = {
-        "v": version,
-        "rid": request_id,
-        "dev": device_id,
-        "ts": capture_time_ms,
-        "kind": kind,
-        "model": model,
+        "v": header.version,
+        "rid": header.request_id,
+        "dev": header.device_id,
+        "ts": header.capture_time_ms,
+        "kind": header.kind,
+        "model": header.model,
     }
-    if model_version is not None:
-        fields["mver"] = model_version
-    fields["kid"] = key_id
-    fields["comp"] = compression
+    if header.model_version is not None:
+        fields["mver"] = header.model_version
+    fields["kid"] = header.key_id
+    fields["comp"] = header.compression
     fields["nonce"] = nonce
     fields["ct"] = ciphertext
     return msgpack.packb(fields, use_bin_type=True)
@@ -281,26 +266,22 @@ def seal(
         codec, payload = compression, compress(raw, compression)
     else:
         raise ValueError(f"unknown compression {compression!r}")
-    if request_id is None:
-        request_id = new_request_id()
-    if capture_time_ms is None:
-        capture_time_ms = time.time_ns() // 1_000_000
-    if nonce is None:
-        nonce = os.urandom(NONCE_BYTES)
-    _check_header(request_id, device_id, capture_time_ms, kind, model, model_version, key_id, nonce)
-    header = (
+    header = _Header(
         CONTRACT_VERSION,
-        request_id,
+        new_request_id() if request_id is None else request_id,
         device_id,
-        capture_time_ms,
+        time.time_ns() // 1_000_000 if capture_time_ms is None else capture_time_ms,
         kind,
         model,
         model_version,
         key_id,
         codec,
     )
-    ciphertext = _aead(device_key).encrypt(nonce, payload, _aad(*header))
-    return _pack_envelope(*header, nonce, ciphertext)
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    _check_header(header, nonce)
+    ciphertext = _aead(device_key).encrypt(nonce, payload, _aad(header))
+    return _pack_envelope(header, nonce, ciphertext)
 
 
 def _aead(device_key: bytes | AESGCM) -> AESGCM:
@@ -311,30 +292,21 @@ def _aead(device_key: bytes | AESGCM) -> AESGCM:
     return AESGCM(device_key)
 
 
-def _check_header(
-    request_id: bytes,
-    device_id: str,
-    capture_time_ms: int,
-    kind: str,
-    model: str,
-    model_version: int | None,
-    key_id: int,
-    nonce: bytes,
-) -> None:
+def _check_header(header: _Header, nonce: bytes) -> None:
     """Sender-side validation of the header fields (ValueError names the field)."""
-    if len(request_id) != REQUEST_ID_BYTES:
+    if len(header.request_id) != REQUEST_ID_BYTES:
         raise ValueError(f"request_id must be {REQUEST_ID_BYTES} bytes")
-    if not _utf8_len_ok(device_id, MAX_DEVICE_ID_BYTES):
+    if not _utf8_len_ok(header.device_id, MAX_DEVICE_ID_BYTES):
         raise ValueError(f"device_id must be 1..{MAX_DEVICE_ID_BYTES} UTF-8 bytes")
-    if not 0 <= capture_time_ms <= MAX_TIME_MS:
+    if not 0 <= header.capture_time_ms <= MAX_TIME_MS:
         raise ValueError("capture_time_ms must be a non-negative int64")
-    if kind not in KINDS:
+    if header.kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}")
-    if not _utf8_len_ok(model, MAX_MODEL_BYTES):
+    if not _utf8_len_ok(header.model, MAX_MODEL_BYTES):
         raise ValueError(f"model must be 1..{MAX_MODEL_BYTES} UTF-8 bytes")
-    if model_version is not None and not 0 <= model_version <= MAX_KEY_ID:
+    if header.model_version is not None and not 0 <= header.model_version <= MAX_KEY_ID:
         raise ValueError("model_version must be a uint32")
-    if not 0 <= key_id <= MAX_KEY_ID:
+    if not 0 <= header.key_id <= MAX_KEY_ID:
         raise ValueError("key_id must be a uint32")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
