@@ -112,7 +112,7 @@ class ChainHead:
             raise MalformedChainHead(text, str(e)) from e
 
 
-# --- the worker side -----------------------------------------------------------------------------
+# --- the worker's state, staged like its transactions --------------------------------------------
 
 
 @dataclass(slots=True)
