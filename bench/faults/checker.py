@@ -18,7 +18,8 @@ from bench.faults.env import MAX_ENVELOPE_BYTES
 from bench.faults.observe import Observed, Record
 from bench.faults.records import OK, CorpusRecord
 from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLetter
-from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope
+from edgestream.pipeline.contract.envelope import decode_envelope
+from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import ContractError
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 

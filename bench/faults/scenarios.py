@@ -28,7 +28,7 @@ from bench.faults.observe import Observed, observe
 from bench.faults.records import CorpusRecord
 from bench.faults.traffic import GroupProbe, Traffic, good_traffic, region_lag, wait_drained
 from bench.faults.workers import Workers, partition_names
-from edgestream.pipeline.contract.envelope import ResultRecord
+from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
 
 log = logging.getLogger(__name__)

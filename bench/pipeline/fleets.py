@@ -11,7 +11,8 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.pipeline.context import BenchContext
 from bench.pipeline.settings import ECHO_REGION, MAX_ENVELOPE_BYTES
-from edgestream.pipeline.contract.envelope import ResultRecord, decode_envelope
+from edgestream.pipeline.contract.envelope import decode_envelope
+from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.security.keyfile import KeyRing
 from edgestream.pipeline.settings import Region
 from edgestream.workers.local.fleet import Fleet, FleetSettings

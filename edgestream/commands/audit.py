@@ -2,7 +2,7 @@
 
 It reads the committed chain heads first (the offset commit metadata of the region's edge group), then
 the audit topic read_committed from its beginning to the end offsets it has then, and runs
-``pipeline.auditchain.verify`` (docs/contract.md, "Audit chain"). Heads first: a head commits in the
+``pipeline.serving.auditverify.verify`` (docs/contract.md, "Audit chain"). Heads first: a head commits in the
 same transaction as the records it names, so those records lie below end offsets read afterwards.
 Nothing is committed and no consumer group is joined. Exits 1 when a chain has a problem or a head is
 garbled.
@@ -26,16 +26,8 @@ from rich.table import Table
 from edgestream.commands.common import fail, run
 from edgestream.commands.topics import Bootstrap
 from edgestream.pipeline.errors import EdgestreamError
-from edgestream.pipeline.serving.auditchain import (
-    ChainHead,
-    ChainReport,
-    MalformedChainHead,
-    Position,
-    Problem,
-    SegmentSummary,
-    chain_id,
-    verify,
-)
+from edgestream.pipeline.serving.auditchain import ChainHead, MalformedChainHead, chain_id
+from edgestream.pipeline.serving.auditverify import ChainReport, Position, Problem, SegmentSummary, verify
 from edgestream.pipeline.settings import kafka_settings
 
 if TYPE_CHECKING:

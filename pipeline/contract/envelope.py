@@ -1,20 +1,19 @@
-"""The message contract: sealed envelopes from devices, result and audit records back to backends.
+"""Sealed envelopes: what a device produces to its ingest topic, and how the edge decodes and opens it.
 
 An envelope is a msgpack map of header fields plus an AES-256-GCM ciphertext of the compressed body;
-every header field is authenticated as associated data in a fixed binary layout (``aad``). Result and
-audit records are plain msgpack maps. ``docs/contract.md`` specifies all of it for other languages,
-with a test vector; this module is the reference implementation.
+every header field is authenticated as associated data in a fixed binary layout (``aad``). The result
+and audit records sent back are in ``records``. ``docs/contract.md`` specifies all of it for other
+languages, with a test vector; this module is the reference implementation.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias, cast
+from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -32,16 +31,14 @@ from edgestream.pipeline.contract.codec import (
 )
 from edgestream.pipeline.errors import (
     AuthenticationFailed,
+    ContractError,
     OversizedEnvelope,
     UndecodableEnvelope,
-    UndecodableRecord,
     UnsupportedVersion,
 )
 
 Kind: TypeAlias = Literal["embedding", "frame"]
 """What an envelope carries; it selects the ingest topic and the model family."""
-Outcome: TypeAlias = Literal["ok", "dead_letter"]
-"""How the edge disposed of a request."""
 
 CONTRACT_VERSION: Final = 1
 """The one contract version this build speaks (envelope ``v``, records ``v``, HKDF info, AAD)."""
@@ -67,24 +64,35 @@ MAX_TIME_MS: Final = 2**63 - 1
 """Times are non-negative signed 64-bit unix milliseconds."""
 AAD_DOMAIN: Final = b"edgestream/envelope-aad"
 """Domain-separation prefix of the associated data (23 ASCII bytes)."""
-DIGEST_BYTES: Final = 32
-"""An audit chain digest (SHA-256) and a record's ``prev``."""
-CHAIN_ORIGIN: Final = bytes(DIGEST_BYTES)
-"""``prev`` of the first record of a chain segment."""
 
 # Envelope map keys, in the order senders emit them (docs/contract.md, "Envelope").
 _ENVELOPE_KEYS: Final = ("v", "rid", "dev", "ts", "kind", "model", "mver", "kid", "comp", "nonce", "ct")
 _ENVELOPE_KEY_SET: Final = frozenset(_ENVELOPE_KEYS)
 _REQUIRED_KEY_SET: Final = _ENVELOPE_KEY_SET - {"mver"}
-_CHAIN_KEYS: Final = ("chain", "seg", "seq", "prev")
-"""Audit record keys of the hash chain, in wire order; present together or not at all."""
-_MAX_INT64: Final = 2**63 - 1
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
 _NO_VERSION: Final = b"\x00"
 _HAS_VERSION: Final = b"\x01"
 _UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
+
+
+def unpack_contract_map(raw: bytes, error: type[ContractError]) -> dict[str, Any]:
+    """The msgpack map in ``raw``, once its ``v`` is ``CONTRACT_VERSION``: the first checks of every
+    contract message. Raises ``error`` (a message-specific ContractError taking a message) for
+    anything but a map with an integer ``v``, and UnsupportedVersion for another version."""
+    try:
+        fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except _UNPACK_ERRORS as e:
+        raise error(f"not a msgpack value: {type(e).__name__}") from e
+    if type(fields) is not dict:
+        raise error(f"a msgpack {type(fields).__name__}, not a map")
+    version = fields.get("v")
+    if type(version) is not int:
+        raise error("no integer version field 'v'")
+    if version != CONTRACT_VERSION:
+        raise UnsupportedVersion(version)
+    return fields
 
 
 # --- request ids ---------------------------------------------------------------------------------
@@ -143,12 +151,22 @@ class Envelope:
     """AES-256-GCM ciphertext of the compressed body, 16-byte tag appended."""
 
 
-def aad(envelope: Envelope) -> bytes:
-    """The associated data: ``AAD_DOMAIN`` then every header field in a fixed binary layout.
+class _Header(NamedTuple):
+    """The authenticated fields of an envelope (all but nonce and ciphertext), as in ``Envelope``."""
 
-    See docs/contract.md, "Associated data", for the table.
-    """
-    return _aad(
+    version: int
+    request_id: bytes
+    device_id: str
+    capture_time_ms: int
+    kind: str
+    model: str
+    model_version: int | None
+    key_id: int
+    compression: str
+
+
+def _header(envelope: Envelope) -> _Header:
+    return _Header(
         envelope.version,
         envelope.request_id,
         envelope.device_id,
@@ -161,36 +179,35 @@ def aad(envelope: Envelope) -> bytes:
     )
 
 
-def _aad(
-    version: int,
-    request_id: bytes,
-    device_id: str,
-    capture_time_ms: int,
-    kind: str,
-    model: str,
-    model_version: int | None,
-    key_id: int,
-    compression: str,
-) -> bytes:
-    device = device_id.encode()
-    model_name = model.encode()
-    kind_name = kind.encode()
-    codec = compression.encode()
-    pinned = _NO_VERSION if model_version is None else _HAS_VERSION + _U32.pack(model_version)
+def aad(envelope: Envelope) -> bytes:
+    """The associated data: ``AAD_DOMAIN`` then every header field in a fixed binary layout.
+
+    See docs/contract.md, "Associated data", for the table.
+    """
+    return _aad(_header(envelope))
+
+
+def _aad(header: _Header) -> bytes:
+    device = header.device_id.encode()
+    model_name = header.model.encode()
+    kind_name = header.kind.encode()
+    codec = header.compression.encode()
+    mver = header.model_version
+    pinned = _NO_VERSION if mver is None else _HAS_VERSION + _U32.pack(mver)
     return b"".join(
         (
             AAD_DOMAIN,
-            _U16.pack(version),
-            request_id,
+            _U16.pack(header.version),
+            header.request_id,
             _U16.pack(len(device)),
             device,
-            _U64.pack(capture_time_ms),
+            _U64.pack(header.capture_time_ms),
             _U16.pack(len(kind_name)),
             kind_name,
             _U16.pack(len(model_name)),
             model_name,
             pinned,
-            _U32.pack(key_id),
+            _U32.pack(header.key_id),
             _U16.pack(len(codec)),
             codec,
         )
@@ -200,46 +217,22 @@ def _aad(
 def encode_envelope(envelope: Envelope) -> bytes:
     """The envelope's wire bytes: a msgpack map, keys in the documented order, ``mver`` omitted
     when unpinned."""
-    return _pack_envelope(
-        envelope.version,
-        envelope.request_id,
-        envelope.device_id,
-        envelope.capture_time_ms,
-        envelope.kind,
-        envelope.model,
-        envelope.model_version,
-        envelope.key_id,
-        envelope.compression,
-        envelope.nonce,
-        envelope.ciphertext,
-    )
+    return _pack_envelope(_header(envelope), envelope.nonce, envelope.ciphertext)
 
 
-def _pack_envelope(
-    version: int,
-    request_id: bytes,
-    device_id: str,
-    capture_time_ms: int,
-    kind: str,
-    model: str,
-    model_version: int | None,
-    key_id: int,
-    compression: str,
-    nonce: bytes,
-    ciphertext: bytes,
-) -> bytes:
+def _pack_envelope(header: _Header, nonce: bytes, ciphertext: bytes) -> bytes:
     fields: dict[str, object] = {
-        "v": version,
-        "rid": request_id,
-        "dev": device_id,
-        "ts": capture_time_ms,
-        "kind": kind,
-        "model": model,
+        "v": header.version,
+        "rid": header.request_id,
+        "dev": header.device_id,
+        "ts": header.capture_time_ms,
+        "kind": header.kind,
+        "model": header.model,
     }
-    if model_version is not None:
-        fields["mver"] = model_version
-    fields["kid"] = key_id
-    fields["comp"] = compression
+    if header.model_version is not None:
+        fields["mver"] = header.model_version
+    fields["kid"] = header.key_id
+    fields["comp"] = header.compression
     fields["nonce"] = nonce
     fields["ct"] = ciphertext
     return msgpack.packb(fields, use_bin_type=True)
@@ -273,26 +266,22 @@ def seal(
         codec, payload = compression, compress(raw, compression)
     else:
         raise ValueError(f"unknown compression {compression!r}")
-    if request_id is None:
-        request_id = new_request_id()
-    if capture_time_ms is None:
-        capture_time_ms = time.time_ns() // 1_000_000
-    if nonce is None:
-        nonce = os.urandom(NONCE_BYTES)
-    _check_header(request_id, device_id, capture_time_ms, kind, model, model_version, key_id, nonce)
-    header = (
+    header = _Header(
         CONTRACT_VERSION,
-        request_id,
+        new_request_id() if request_id is None else request_id,
         device_id,
-        capture_time_ms,
+        time.time_ns() // 1_000_000 if capture_time_ms is None else capture_time_ms,
         kind,
         model,
         model_version,
         key_id,
         codec,
     )
-    ciphertext = _aead(device_key).encrypt(nonce, payload, _aad(*header))
-    return _pack_envelope(*header, nonce, ciphertext)
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    _check_header(header, nonce)
+    ciphertext = _aead(device_key).encrypt(nonce, payload, _aad(header))
+    return _pack_envelope(header, nonce, ciphertext)
 
 
 def _aead(device_key: bytes | AESGCM) -> AESGCM:
@@ -303,30 +292,21 @@ def _aead(device_key: bytes | AESGCM) -> AESGCM:
     return AESGCM(device_key)
 
 
-def _check_header(
-    request_id: bytes,
-    device_id: str,
-    capture_time_ms: int,
-    kind: str,
-    model: str,
-    model_version: int | None,
-    key_id: int,
-    nonce: bytes,
-) -> None:
+def _check_header(header: _Header, nonce: bytes) -> None:
     """Sender-side validation of the header fields (ValueError names the field)."""
-    if len(request_id) != REQUEST_ID_BYTES:
+    if len(header.request_id) != REQUEST_ID_BYTES:
         raise ValueError(f"request_id must be {REQUEST_ID_BYTES} bytes")
-    if not _utf8_len_ok(device_id, MAX_DEVICE_ID_BYTES):
+    if not _utf8_len_ok(header.device_id, MAX_DEVICE_ID_BYTES):
         raise ValueError(f"device_id must be 1..{MAX_DEVICE_ID_BYTES} UTF-8 bytes")
-    if not 0 <= capture_time_ms <= MAX_TIME_MS:
+    if not 0 <= header.capture_time_ms <= MAX_TIME_MS:
         raise ValueError("capture_time_ms must be a non-negative int64")
-    if kind not in KINDS:
+    if header.kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}")
-    if not _utf8_len_ok(model, MAX_MODEL_BYTES):
+    if not _utf8_len_ok(header.model, MAX_MODEL_BYTES):
         raise ValueError(f"model must be 1..{MAX_MODEL_BYTES} UTF-8 bytes")
-    if model_version is not None and not 0 <= model_version <= MAX_KEY_ID:
+    if header.model_version is not None and not 0 <= header.model_version <= MAX_KEY_ID:
         raise ValueError("model_version must be a uint32")
-    if not 0 <= key_id <= MAX_KEY_ID:
+    if not 0 <= header.key_id <= MAX_KEY_ID:
         raise ValueError("key_id must be a uint32")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
@@ -350,17 +330,7 @@ def decode_envelope(raw: bytes, *, max_envelope_bytes: int) -> Envelope:
     """
     if len(raw) > max_envelope_bytes:
         raise OversizedEnvelope(len(raw), max_envelope_bytes)
-    try:
-        fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except _UNPACK_ERRORS as e:
-        raise UndecodableEnvelope(f"not a msgpack value: {type(e).__name__}") from e
-    if type(fields) is not dict:
-        raise UndecodableEnvelope(f"a msgpack {type(fields).__name__}, not a map")
-    version = fields.get("v")
-    if type(version) is not int:
-        raise UndecodableEnvelope("no integer version field 'v'")
-    if version != CONTRACT_VERSION:
-        raise UnsupportedVersion(version)
+    fields = unpack_contract_map(raw, UndecodableEnvelope)
     keys = fields.keys()
     if not (keys <= _ENVELOPE_KEY_SET and keys >= _REQUIRED_KEY_SET):
         unknown = sorted(map(str, keys - _ENVELOPE_KEY_SET))
@@ -399,7 +369,7 @@ def decode_envelope(raw: bytes, *, max_envelope_bytes: int) -> Envelope:
     if type(ciphertext) is not bytes or len(ciphertext) < TAG_BYTES:
         raise UndecodableEnvelope(f"'ct' must be bin of at least {TAG_BYTES} bytes")
     return Envelope(
-        version,
+        CONTRACT_VERSION,
         request_id,
         device_id,
         capture_time_ms,
@@ -427,261 +397,3 @@ def open_envelope(envelope: Envelope, device_key: bytes | AESGCM, *, max_body_by
             f"does not authenticate under key id {envelope.key_id}"
         ) from e
     return unpack_body(decompress(plaintext, envelope.compression, max_body_bytes))
-
-
-# --- result and audit records --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    """What the edge answers on ``edge.<region>.results`` (Kafka key: device id)."""
-
-    request_id: bytes
-    """The envelope's request id (16 bytes)."""
-    device_id: str
-    """The envelope's device id."""
-    model: str
-    """Model that answered."""
-    model_version: int
-    """Version that answered (the pinned one when the envelope pinned one)."""
-    label: int
-    """Predicted class index."""
-    scores: tuple[float, ...]
-    """Per-class scores (probabilities), indexed by label."""
-    queue_ms: float
-    """Arrival at the worker -> batch start."""
-    infer_ms: float
-    """Model run time of the batch this request was in."""
-    total_ms: float
-    """Capture on the device -> result produced (spans two clocks)."""
-    batch_size: int
-    """Requests in that batch."""
-    node: str
-    """Edge worker that answered."""
-    region: str
-    """Region of that worker."""
-    produced_at_ms: int
-    """When the record was produced, unix ms."""
-
-    def to_bytes(self) -> bytes:
-        """msgpack map with the keys of docs/contract.md, "Result record"."""
-        return msgpack.packb(
-            {
-                "v": CONTRACT_VERSION,
-                "rid": self.request_id,
-                "dev": self.device_id,
-                "model": self.model,
-                "mver": self.model_version,
-                "label": self.label,
-                "scores": list(self.scores),
-                "q_ms": float(self.queue_ms),
-                "i_ms": float(self.infer_ms),
-                "t_ms": float(self.total_ms),
-                "bs": self.batch_size,
-                "node": self.node,
-                "region": self.region,
-                "at_ms": self.produced_at_ms,
-            },
-            use_bin_type=True,
-        )
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> ResultRecord:
-        """Parse a result record; unknown keys are ignored. Raises UndecodableRecord or
-        UnsupportedVersion."""
-        fields = _record_fields(raw)
-        try:
-            scores = fields.get("scores")
-            if type(scores) is not list:
-                raise TypeError("'scores' must be an array")
-            return cls(
-                request_id=_request_id(fields),
-                device_id=_str(fields, "dev"),
-                model=_str(fields, "model"),
-                model_version=_int(fields, "mver"),
-                label=_int(fields, "label"),
-                scores=tuple(_number(s, "scores") for s in scores),
-                queue_ms=_float(fields, "q_ms"),
-                infer_ms=_float(fields, "i_ms"),
-                total_ms=_float(fields, "t_ms"),
-                batch_size=_int(fields, "bs"),
-                node=_str(fields, "node"),
-                region=_str(fields, "region"),
-                produced_at_ms=_int(fields, "at_ms"),
-            )
-        except TypeError as e:
-            raise UndecodableRecord(f"not a result record: {e}") from e
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One per request the edge disposed of, on ``edge.<region>.audit``. Carries no payload or scores."""
-
-    timestamp_ms: int
-    """When the edge disposed of the request, unix ms."""
-    request_id: bytes | None
-    """The envelope's request id; None when the record was too broken to have one."""
-    node: str
-    """Edge worker."""
-    region: str
-    """Region of that worker."""
-    device_id: str | None
-    """The envelope's device id; None when unknown."""
-    model: str | None
-    """Model that answered or was asked for; None when unknown."""
-    model_version: int | None
-    """Version that answered (or was pinned); None when none applies."""
-    outcome: Outcome
-    """``ok``: a result was produced; ``dead_letter``: the record went to the DLQ."""
-    reason: str | None
-    """The error's ``reason`` code for a dead letter; None when ok."""
-    latency_ms: float
-    """Capture -> disposal (ok) or arrival -> disposal (dead letter without a capture time)."""
-    chain: str | None = None
-    """Hash chain this record is linked into: ``<input topic>/<input partition>``; None when unlinked
-    (a record written before chains, or not yet passed through ``AuditChain.link``)."""
-    segment: int | None = None
-    """The chain segment: the input offset its owner started it at (docs/contract.md, "Audit chain")."""
-    seq: int | None = None
-    """Position in the segment, 1-based and contiguous."""
-    prev: bytes | None = None
-    """``audit_digest`` of the segment's previous record; ``CHAIN_ORIGIN`` (32 zero bytes) for seq 1."""
-
-    def to_bytes(self) -> bytes:
-        """msgpack map with the keys of docs/contract.md, "Audit record", in its order; None fields are
-        omitted. Deterministic: equal records give equal bytes (the chain digests depend on it)."""
-        fields: dict[str, object] = {"v": CONTRACT_VERSION, "at_ms": self.timestamp_ms}
-        if self.request_id is not None:
-            fields["rid"] = self.request_id
-        fields["node"] = self.node
-        fields["region"] = self.region
-        if self.device_id is not None:
-            fields["dev"] = self.device_id
-        if self.model is not None:
-            fields["model"] = self.model
-        if self.model_version is not None:
-            fields["mver"] = self.model_version
-        fields["outcome"] = self.outcome
-        if self.reason is not None:
-            fields["reason"] = self.reason
-        fields["lat_ms"] = float(self.latency_ms)
-        if self.chain is not None:
-            fields["chain"] = self.chain
-        if self.segment is not None:
-            fields["seg"] = self.segment
-        if self.seq is not None:
-            fields["seq"] = self.seq
-        if self.prev is not None:
-            fields["prev"] = self.prev
-        return msgpack.packb(fields, use_bin_type=True)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> AuditRecord:
-        """Parse an audit record; unknown keys are ignored. Raises UndecodableRecord or
-        UnsupportedVersion."""
-        fields = _record_fields(raw)
-        try:
-            outcome = _str(fields, "outcome")
-            if outcome not in ("ok", "dead_letter"):
-                raise TypeError(f"'outcome' must be ok or dead_letter, not {outcome!r}")
-            chain, segment, seq, prev = _chain_fields(fields)
-            return cls(
-                timestamp_ms=_int(fields, "at_ms"),
-                request_id=None if fields.get("rid") is None else _request_id(fields),
-                node=_str(fields, "node"),
-                region=_str(fields, "region"),
-                device_id=_optional_str(fields, "dev"),
-                model=_optional_str(fields, "model"),
-                model_version=_optional_int(fields, "mver"),
-                outcome=cast("Outcome", outcome),
-                reason=_optional_str(fields, "reason"),
-                latency_ms=_float(fields, "lat_ms"),
-                chain=chain,
-                segment=segment,
-                seq=seq,
-                prev=prev,
-            )
-        except TypeError as e:
-            raise UndecodableRecord(f"not an audit record: {e}") from e
-
-
-def audit_digest(raw: bytes) -> bytes:
-    """SHA-256 of an audit record's wire bytes: what the next record's ``prev`` holds."""
-    return hashlib.sha256(raw).digest()
-
-
-def _chain_fields(fields: dict[str, object]) -> tuple[str | None, int | None, int | None, bytes | None]:
-    """(chain, seg, seq, prev) of an audit record: all four or none, each checked (TypeError otherwise)."""
-    present = [key for key in _CHAIN_KEYS if fields.get(key) is not None]
-    if not present:
-        return None, None, None, None
-    if len(present) != len(_CHAIN_KEYS):
-        missing = sorted(set(_CHAIN_KEYS) - set(present))
-        raise TypeError(f"chain keys come together: {missing} missing beside {present}")
-    chain = _str(fields, "chain")
-    segment = _int(fields, "seg")
-    seq = _int(fields, "seq")
-    prev = fields["prev"]
-    if not chain:
-        raise TypeError("'chain' must not be empty")
-    if not 0 <= segment <= _MAX_INT64:
-        raise TypeError("'seg' must be a non-negative int64")
-    if not 1 <= seq <= _MAX_INT64:
-        raise TypeError("'seq' must be a positive int64")
-    if type(prev) is not bytes or len(prev) != DIGEST_BYTES:
-        raise TypeError(f"'prev' must be bin of {DIGEST_BYTES} bytes")
-    return chain, segment, seq, prev
-
-
-def _record_fields(raw: bytes) -> dict[str, object]:
-    try:
-        fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except _UNPACK_ERRORS as e:
-        raise UndecodableRecord(f"not a msgpack value: {type(e).__name__}") from e
-    if type(fields) is not dict:
-        raise UndecodableRecord(f"a msgpack {type(fields).__name__}, not a map")
-    version = fields.get("v")
-    if type(version) is not int:
-        raise UndecodableRecord("no integer version field 'v'")
-    if version != CONTRACT_VERSION:
-        raise UnsupportedVersion(version)
-    return fields
-
-
-def _str(fields: dict[str, object], key: str) -> str:
-    value = fields.get(key)
-    if type(value) is not str:
-        raise TypeError(f"{key!r} must be a str")
-    return value
-
-
-def _int(fields: dict[str, object], key: str) -> int:
-    value = fields.get(key)
-    if type(value) is not int:
-        raise TypeError(f"{key!r} must be an integer")
-    return value
-
-
-def _float(fields: dict[str, object], key: str) -> float:
-    return _number(fields.get(key), key)
-
-
-def _number(value: object, key: str) -> float:
-    if type(value) is not float and type(value) is not int:
-        raise TypeError(f"{key!r} must be a number")
-    return float(value)
-
-
-def _request_id(fields: dict[str, object]) -> bytes:
-    value = fields.get("rid")
-    if type(value) is not bytes or len(value) != REQUEST_ID_BYTES:
-        raise TypeError(f"'rid' must be bin of {REQUEST_ID_BYTES} bytes")
-    return value
-
-
-def _optional_str(fields: dict[str, object], key: str) -> str | None:
-    return None if fields.get(key) is None else _str(fields, key)
-
-
-def _optional_int(fields: dict[str, object], key: str) -> int | None:
-    return None if fields.get(key) is None else _int(fields, key)

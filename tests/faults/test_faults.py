@@ -40,7 +40,8 @@ from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill
 from bench.faults.traffic import wait_drained
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.contract.deadletter import dead_letter_headers
-from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope, open_envelope
+from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
+from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import spec
 from edgestream.pipeline.security.keyfile import KeyRing

@@ -15,8 +15,9 @@ from aiokafka.structs import OffsetAndMetadata
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
-from edgestream.pipeline.contract.envelope import AuditRecord
-from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, Position, chain_id
+from edgestream.pipeline.contract.records import AuditRecord
+from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, chain_id
+from edgestream.pipeline.serving.auditverify import Position
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import audit_topic, edge_group, ingest_topic, parse_topic

@@ -16,13 +16,8 @@ from edgestream.cli import app
 from edgestream.commands.devices import retained_envelopes
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
-from edgestream.pipeline.contract.envelope import (
-    ResultRecord,
-    decode_envelope,
-    new_request_id,
-    open_envelope,
-    seal,
-)
+from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, open_envelope, seal
+from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.errors import AuthenticationFailed, ForgottenDevice
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.security.derive import derive_device_key

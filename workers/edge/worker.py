@@ -39,13 +39,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.codec import decode_tensor
 from edgestream.pipeline.contract.deadletter import attempt_of, dead_letter_headers
-from edgestream.pipeline.contract.envelope import (
-    AuditRecord,
-    Envelope,
-    ResultRecord,
-    decode_envelope,
-    open_envelope,
-)
+from edgestream.pipeline.contract.envelope import Envelope, decode_envelope, open_envelope
+from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import (
     ContractError,
     EdgestreamError,

@@ -37,7 +37,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
-from edgestream.pipeline.contract.envelope import ResultRecord, new_request_id, seal
+from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.security.keyfile import KeyRing, enroll_devices

@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from edgestream.pipeline.contract.codec import encode_tensor
-from edgestream.pipeline.contract.envelope import ResultRecord, new_request_id, seal
+from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.learning.rollout import FileWorkerView
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.registry import (

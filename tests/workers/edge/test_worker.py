@@ -19,13 +19,8 @@ from edgestream.commands.audit import verify_audit_log
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, merge
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
-from edgestream.pipeline.contract.envelope import (
-    AuditRecord,
-    ResultRecord,
-    decode_envelope,
-    new_request_id,
-    seal,
-)
+from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, seal
+from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, retire, rotate
 from edgestream.pipeline.serving.inference import InferenceSession
