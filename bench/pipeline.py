@@ -70,7 +70,7 @@ from edgestream.topics.catalogue import (
     parse_topic,
     results_topic,
 )
-from edgestream.workers.edge.worker import WorkerSettings
+from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.local.broker import BrokerSettings, running_broker
 from edgestream.workers.local.fleet import MODEL_FOR_KIND, Fleet, FleetReport, FleetSettings
 from edgestream.workers.local.fleet import Progress as FleetProgress
