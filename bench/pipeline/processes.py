@@ -19,7 +19,7 @@ from bench import REPO_ROOT
 from bench.pipeline.context import BenchContext
 from bench.pipeline.settings import ECHO_REGION, PIPELINE_REGION, BenchError
 from edgestream.pipeline.settings import kafka_settings
-from edgestream.workers.edge.worker import WorkerSettings
+from edgestream.workers.edge.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ def worker(
     """Run one edge worker until SIGTERM/SIGINT; it finishes its in-flight batch before exiting."""
     from edgestream.pipeline.security.pki import Identity
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.edge.worker import WorkerSettings, serve
+    from edgestream.workers.edge.settings import WorkerSettings
+    from edgestream.workers.edge.worker import serve
     from edgestream.workers.local.broker import local_kafka
 
     overrides: dict[str, object] = {}

@@ -24,7 +24,7 @@ from edgestream.pipeline.registry import ModelState, RegistryError, SignedManife
 from edgestream.pipeline.serving.inference import InferenceSession
 
 if TYPE_CHECKING:
-    from edgestream.workers.edge.worker import WorkerSettings
+    from edgestream.workers.edge.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

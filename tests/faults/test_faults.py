@@ -48,8 +48,9 @@ from edgestream.pipeline.security.keyfile import KeyRing
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import edge_group, ingest_topic
+from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
-from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
+from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.local.broker import BrokerState
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
@@ -263,7 +264,9 @@ async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_f
         # The worst case, made certain: the fetch loop positions the partition again before the units
         # already closed behind the failed one are processed. Those hold records of the old position.
         await real_rewind(self, tp, err)
-        await wait_for("the partition is positioned again", lambda: tp in self._serving, 10, interval_s=0.01)
+        await wait_for(
+            "the partition is positioned again", lambda: tp in self._partitions.serving, 10, interval_s=0.01
+        )
         repositioned.append(tp)
 
     repositioned: list[TopicPartition] = []

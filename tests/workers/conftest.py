@@ -20,7 +20,8 @@ from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
-from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
+from edgestream.workers.edge.settings import WorkerSettings
+from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.local.broker import BrokerState
 
 

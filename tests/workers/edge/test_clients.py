@@ -11,8 +11,9 @@ from aiokafka import TopicPartition
 from edgestream.pipeline.security.keyfile import KeyRing
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import AckSink, TransactionalSink, transactional_id
-from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
+from edgestream.workers.edge.worker import EdgeWorker
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -1,0 +1,163 @@
+"""Admission: each fetched record becomes an ``Item``, opened and validated, or known to be bad.
+
+Two stages, both before any model runs. ``Admission.admit``, as each record is fetched: decode the
+envelope, resolve the model that answers it, find the device's key, decrypt and decompress the body,
+check it against the model's input spec and decode the tensor. ``Admission.check``, when the item's
+unit is processed, in offset order: replays and stale captures, then per-device rates. The first
+refusal (a ``ContractError``) becomes the item's dead-letter reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from aiokafka import TopicPartition
+
+from edgestream.pipeline.contract.codec import decode_tensor
+from edgestream.pipeline.contract.envelope import Envelope, decode_envelope, open_envelope
+from edgestream.pipeline.errors import ContractError, EdgestreamError
+from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.serving.ratelimit import DeviceRateLimiter
+from edgestream.pipeline.serving.replay import ReplayGuard
+from edgestream.pipeline.serving.served import ModelCatalog, ServedModel
+from edgestream.workers.edge.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+
+class Answer(NamedTuple):
+    """What the model said about one item, and how it was computed."""
+
+    label: int
+    """Predicted class."""
+    scores: tuple[float, ...]
+    """Class probabilities."""
+    infer_ms: float
+    """Duration of the onnxruntime call that computed it."""
+    batch_size: int
+    """Size of that call's batch."""
+
+
+@dataclass(slots=True)
+class Item:
+    """One fetched record on its way through the worker: admitted, or already known to be bad."""
+
+    tp: TopicPartition
+    """Where it came from."""
+    epoch: int
+    """The positioning of ``tp`` it was fetched in (see ``workers/edge/positioning.py``)."""
+    offset: int
+    """Its offset there."""
+    timestamp_ms: int
+    """The record's Kafka timestamp."""
+    key: bytes | None
+    """The record's key (the device id), kept for its dead letter."""
+    headers: tuple[tuple[str, bytes], ...]
+    """The record's own headers (traceparent, replay marks), carried onto its dead letter."""
+    raw: bytes
+    """The record exactly as received (still sealed): a dead letter's value."""
+    arrived_s: float
+    """Monotonic time the worker admitted it."""
+    envelope: Envelope | None = None
+    """The decoded envelope (fields outside the ciphertext), when decoding got that far."""
+    tensor: np.ndarray[Any, Any] | None = None
+    """The decrypted input, in memory only; None when the record is bad."""
+    model: ServedModel | None = None
+    """The model that will answer it."""
+    error: EdgestreamError | None = None
+    """Why the record goes to the dead-letter topic, if it does."""
+    answer: Answer | None = None
+    """The model's answer, once inferred."""
+    features: tuple[float, ...] | None = None
+    """The input vector kept for a cloud sample (sampled embeddings only), until outputs are built."""
+
+
+def current_master(keyring: KeyRing, region: str) -> bytes:
+    """The master key of ``region``'s current key id (the one new keys derive from)."""
+    master = keyring.keys(region)[keyring.current_key_id(region)].master
+    assert master is not None, "the current key is never retired"
+    return master
+
+
+class Admission:
+    """Opens and validates a region's records; remembers request ids and device rates."""
+
+    def __init__(self, settings: WorkerSettings, catalog: ModelCatalog) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self.replays: ReplayGuard[TopicPartition] = ReplayGuard(
+            window_ms=settings.max_age_ms + settings.max_future_skew_ms,
+            max_age_ms=settings.max_age_ms,
+            max_future_skew_ms=settings.max_future_skew_ms,
+            max_entries_per_partition=settings.max_replay_ids_per_partition,
+        )
+        """Request ids seen per input partition: staged by ``check``, then committed or aborted with
+        the partition's transaction (a record redelivered after an abort is not a replay)."""
+        self._rate = DeviceRateLimiter(
+            rate_per_s=settings.device_rate_per_s,
+            burst=settings.device_burst,
+            max_devices=settings.max_tracked_devices,
+        )
+
+    def admit(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        record: ConsumerRecord[bytes, bytes],
+        keyring: KeyRing,
+        now_s: float,
+        now_ms: float,
+    ) -> tuple[Item, float]:
+        """The record as an item of ``tp``'s positioning ``epoch``, and the monotonic time it must be
+        answered by (its capture time plus ``sla_ms``; a bad record's dead letter may wait a second)."""
+        raw = record.value if record.value is not None else b""
+        item = Item(
+            tp,
+            epoch,
+            record.offset,
+            record.timestamp,
+            record.key,
+            tuple(record.headers),
+            raw,
+            now_s,
+        )
+        settings = self._settings
+        deadline_s = now_s
+        try:
+            item.envelope = decode_envelope(raw, max_envelope_bytes=settings.max_envelope_bytes)
+            item.model = self._catalog.resolve(item.envelope)
+            device_key = keyring.device_key(
+                settings.region, item.envelope.device_id, item.envelope.key_id, now_ms
+            )
+            body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
+            item.model.artifact.spec.check_input(body.dtype, tuple(body.shape))
+            item.tensor = decode_tensor(body)
+            budget_s = (item.envelope.capture_time_ms + settings.sla_ms - now_ms) / 1000.0
+            deadline_s = now_s + budget_s
+        except ContractError as err:
+            item.error = err
+        return item, deadline_s if item.error is None else now_s + 1.0
+
+    def check(self, items: Sequence[Item]) -> None:
+        """After authentication, in offset order: replays and stale captures, then per-device rates.
+
+        The replay guard stages this unit's ids per partition; they become permanent only when the
+        partition's transaction commits, so a record redelivered after an abort is not a replay.
+        """
+        now_ms = int(time.time() * 1000)
+        now_s = time.monotonic()
+        for item in items:
+            env = item.envelope
+            if item.error is not None or env is None:
+                continue
+            try:
+                self.replays.check(item.tp, env.request_id, env.capture_time_ms, now_ms)
+                self._rate.check(env.device_id, now_s)
+            except ContractError as err:
+                item.error = err
+                item.tensor = None

@@ -1,0 +1,116 @@
+"""The edge worker's settings: region, brokers, keys, models, delivery, batching and admission limits,
+health, registry and run files (``EDGESTREAM_WORKER_*``, nested with ``__``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of one edge worker process (``EDGESTREAM_WORKER_*``, nested with ``__``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_WORKER_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    region: str = "eu-west"
+    """The region this worker serves; it consumes ``edge.<region>.ingest.*``."""
+    node_id: str | None = None
+    """Name of this node in results and audit records; defaults to ``<region>-<host>-<pid>``."""
+    kafka: KafkaSettings = KafkaSettings()
+    """How to reach the brokers."""
+    home: Path = DEFAULT_HOME
+    """Local state directory: key file, model cache, run files."""
+    key_file: Path | None = None
+    """Region master keys (JSON, mode 0600); defaults to ``<home>/keys.json``. Re-read when it changes,
+    so a rotation (``edgestream keys rotate``) takes effect without a restart."""
+    keys_secret: SecretStr | None = Field(default=None, validation_alias="EDGESTREAM_KEYS")
+    """The key file's JSON itself, from the ``EDGESTREAM_KEYS`` secret, instead of ``key_file``."""
+    models: tuple[str, ...] = ("embedding-scorer", "frame-classifier")
+    """Model families this worker serves."""
+    model_size: Literal["tiny", "medium", "full"] = "medium"
+    """Which size of each family to serve."""
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    """exactly_once: outputs and offsets commit in one Kafka transaction per input partition and unit;
+    a crash or abort repeats nothing a read_committed reader sees. at_least_once: outputs are
+    acknowledged, then offsets committed; cheaper (no transaction round trips), but a crash between the
+    two repeats that unit's outputs."""
+    max_batch: int = Field(default=64, ge=1)
+    """Most records in one unit of work (and so in one onnxruntime call per model)."""
+    max_wait_ms: float = Field(default=4.0, ge=0)
+    """Longest the first record of a unit waits for the unit to fill."""
+    sla_ms: float = Field(default=50.0, gt=0)
+    """End-to-end latency budget from capture time; batches close early to meet it."""
+    max_in_flight: int = Field(default=2048, ge=1)
+    """Records held (fetched, not yet committed) before the worker pauses its partitions."""
+    fetch_max_records: int = Field(default=500, ge=1)
+    """Upper bound on records returned by one ``getmany``."""
+    max_envelope_bytes: int = Field(default=1 << 20, ge=256)
+    """Records larger than this are dead-lettered before parsing."""
+    max_body_bytes: int = Field(default=4 << 20, ge=256)
+    """Decompressed bodies larger than this are refused (decompression bombs)."""
+    max_age_ms: int = Field(default=60_000, ge=1)
+    """A capture time older than this is refused as stale (and bounds how long ids are remembered)."""
+    max_future_skew_ms: int = Field(default=5_000, ge=0)
+    """A capture time further than this in the future is refused as stale (device clock ahead)."""
+    max_replay_ids_per_partition: int = Field(default=200_000, ge=1)
+    """Request ids remembered per input partition; past it the oldest go and the age limit tightens."""
+    device_rate_per_s: float = Field(default=50.0, gt=0)
+    """Sustained requests per second one device may send; more are dead-lettered as rate_limited."""
+    device_burst: int = Field(default=100, ge=1)
+    """Requests a device may send at once above its rate."""
+    max_tracked_devices: int = Field(default=100_000, ge=1)
+    """Rate-limit buckets kept; the least recently used go first."""
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """onnxruntime execution providers, in order of preference."""
+    intra_op_threads: int = Field(default=1, ge=1)
+    """onnxruntime intra-op threads; 1 leaves the other core to the event loop and the broker."""
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    """Broker aborts a transaction left open longer than this (a worker that died mid-commit)."""
+    retry_backoff_max_ms: int = Field(default=5_000, ge=1)
+    """Upper bound of the backoff between retries of a partition whose transaction failed."""
+    health_host: str = "127.0.0.1"
+    """Where /livez, /readyz and /metrics listen (0.0.0.0 in a pod)."""
+    health_port: int | None = None
+    """Port of the health and metrics server: None for no server, 0 for any free port."""
+    stall_after_s: float = Field(default=30.0, gt=0)
+    """Not live when the main loop has made no progress for this long."""
+    cloud: bool = True
+    """Send the cloud partial window summaries (every transaction) and anonymised samples, in the same
+    transactions as the results they describe (``pipeline/contract/cloud.py``)."""
+    sample_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Share of answered embedding requests sent to ``cloud.samples`` (chosen by request id, so a
+    retried transaction samples the same ones). Frames are never sampled."""
+    registry: bool = False
+    """Follow the model registry (``control.models``): serve the versions each model's state names,
+    each verified (sha256 and Ed25519 signature) before it loads, and route each device to stable or
+    canary; report the revisions applied on ``control.workers`` (the rollout's lag guard). Without it,
+    the worker serves ``model_size`` of each family, built locally."""
+    registry_home: Path | None = None
+    """Artifact store and trusted keys of the registry; defaults to ``<home>/registry``."""
+    routing_key: SecretStr | None = None
+    """Key of the device hash that picks stable or canary; defaults to one derived from the region's
+    current master key (so every worker of a region routes a device the same way)."""
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """At a stop, how long the unit in flight and the units already fetched may take to commit. Past
+    it the worker gives up on them (nothing later commits either) and the next owner re-reads them."""
+    ready_file: Path | None = None
+    """Written (JSON) once models are loaded and partitions assigned; removed at exit."""
+    stats_file: Path | None = None
+    """Written (JSON, atomically) with this worker's counters, the versions it serves and the registry
+    revisions it applied: every ``stats_interval_s``, after each registry state applied, and at exit.
+    The rollout controller reads the revisions there (``pipeline/learning/rollout.py``)."""
+    stats_interval_s: float = Field(default=5.0, gt=0)
+    """How often the stats file is rewritten while the worker runs."""
+
+    def resolved_node_id(self) -> str:
+        """``node_id`` or ``<region>-<host>-<pid>``."""
+        return self.node_id or f"{self.region}-{socket.gethostname()}-{os.getpid()}"
