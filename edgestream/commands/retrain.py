@@ -75,7 +75,8 @@ def retrain(
 ) -> None:
     """Train MODEL on the labelled samples of [--since, --until), compare it with the stable version on a
     held-out split and publish it as the next version, a candidate (not promoted)."""
-    from edgestream.commands.registry import _home, _kafka
+    from edgestream.commands.registry import registry_home
+    from edgestream.commands.topics import resolve_kafka
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.learning.retrain import retrain as retrain_model
     from edgestream.pipeline.registry.artifacts import LocalArtifactStore
@@ -86,8 +87,8 @@ def retrain(
     since_ms, until_ms = parse_when_ms(since, now_ms), parse_when_ms(until, now_ms)
     if until_ms <= since_ms:
         fail(f"empty window: --until {until!r} is not after --since {since!r}")
-    root = _home(home)
-    kafka = _kafka(bootstrap)
+    root = registry_home(home)
+    kafka = resolve_kafka(bootstrap)
     store = LocalArtifactStore(root / ARTIFACTS_DIR)
     try:
         trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
