@@ -298,7 +298,7 @@ def device_group(region: Region | str, name: str) -> str:
 
 def dlq_replay_group_prefix(region: Region | str) -> str:
     """``edgestream-dlq-replay-<region>-``: the start of the region's DLQ replay groups (and their
-    transactional ids), ``edgestream-dlq-replay-<region>-<reason>`` (see ``edgestream dlq replay``)."""
+    transactional ids), ``edgestream-dlq-replay-<region>-<reason>`` (``workers.ops.dlq.replay_group``)."""
     return f"edgestream-dlq-replay-{validate_region(region)}-"
 
 

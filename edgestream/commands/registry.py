@@ -47,7 +47,8 @@ Home = Annotated[
 ModelName = Annotated[str, typer.Argument(help="Model name, e.g. frame-classifier.")]
 
 
-def _home(home: Path | None) -> Path:
+def registry_home(home: Path | None) -> Path:
+    """The ``--home`` option, or the default registry directory."""
     from edgestream.pipeline.settings import DEFAULT_HOME
 
     return home if home is not None else DEFAULT_HOME / "registry"
@@ -92,7 +93,7 @@ def keygen(
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
 
-    root = _home(home)
+    root = registry_home(home)
     trusted_path = root / TRUSTED_KEYS_FILE
     try:
         key = SigningKey.generate()
@@ -133,7 +134,7 @@ def publish(
         if not sep or not name:
             fail(f"--lineage {item!r}: use KEY=VALUE")
         extra[name] = value
-    root = _home(home)
+    root = registry_home(home)
     kafka = _kafka(bootstrap)
     try:
         key = SigningKey.load(root / SIGNING_KEY_FILE)
@@ -197,7 +198,7 @@ def show(model: ModelName, home: Home = None, bootstrap: Bootstrap = None) -> No
     if not state.versions:
         fail(f"model {model!r} is not in the registry")
     try:
-        trusted: TrustedKeys | None = TrustedKeys.load(_home(home) / TRUSTED_KEYS_FILE)
+        trusted: TrustedKeys | None = TrustedKeys.load(registry_home(home) / TRUSTED_KEYS_FILE)
     except ConfigError:
         trusted = None
     versions = Table(title=f"{model} (revision {state.revision})", title_justify="left")

@@ -1,6 +1,9 @@
 """`edgestream retrain MODEL`: train a candidate from the labelled samples of a window, compare it with
 the stable version on a held-out split, and publish it (signed, with metrics and lineage) as the next
-version, NOT promoted: ``edgestream registry promote`` runs its canary."""
+version, NOT promoted: ``edgestream registry promote`` runs its canary.
+
+Reading and publishing are ``workers.retrainer``, training and the comparison
+``pipeline.learning.retrain``; the command parses the window and prints the report."""
 
 from __future__ import annotations
 
@@ -72,40 +75,27 @@ def retrain(
 ) -> None:
     """Train MODEL on the labelled samples of [--since, --until), compare it with the stable version on a
     held-out split and publish it as the next version, a candidate (not promoted)."""
-    from edgestream.commands.registry import _home, _kafka
+    from edgestream.commands.registry import registry_home
+    from edgestream.commands.topics import resolve_kafka
     from edgestream.pipeline.errors import EdgestreamError
-    from edgestream.pipeline.learning.retrain import read_labelled
     from edgestream.pipeline.learning.retrain import retrain as retrain_model
-    from edgestream.pipeline.models.zoo import spec
     from edgestream.pipeline.registry.artifacts import LocalArtifactStore
-    from edgestream.pipeline.registry.client import RegistryClient
-    from edgestream.pipeline.registry.publishing import publish_artifact
-    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys, load_verified
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
+    from edgestream.workers.retrainer import Stable, publish_candidate, read_labelled, read_stable
 
     now_ms = time.time_ns() // 1_000_000
     since_ms, until_ms = parse_when_ms(since, now_ms), parse_when_ms(until, now_ms)
     if until_ms <= since_ms:
         fail(f"empty window: --until {until!r} is not after --since {since!r}")
-    root = _home(home)
-    kafka = _kafka(bootstrap)
+    root = registry_home(home)
+    kafka = resolve_kafka(bootstrap)
     store = LocalArtifactStore(root / ARTIFACTS_DIR)
     try:
         trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
         key = None if dry_run else SigningKey.load(root / SIGNING_KEY_FILE)
     except EdgestreamError as e:
         fail(str(e))
-
-    states = run(RegistryClient(kafka).read_states())
-    state = states.get(model)
-    if state is None or state.stable is None:
-        fail(f"model {model!r} has no stable version to compare with (edgestream registry publish {model})")
-    stable = state.manifest(state.stable)
-    try:
-        stable_onnx = load_verified(store, stable, trusted)
-        model_spec = spec(model, stable.manifest.variant)
-    except EdgestreamError as e:
-        fail(f"stable v{state.stable}: {e}")
-
+    stable: Stable = run(read_stable(kafka, store, trusted, model))
     data = run(read_labelled(kafka, model, since_ms, until_ms))
     if data.joined < min_samples:
         fail(
@@ -114,7 +104,7 @@ def retrain(
         )
     try:
         report, candidate = retrain_model(
-            data, model_spec.size, state.stable, stable_onnx, holdout_fraction=holdout, seed=seed
+            data, stable.spec.size, stable.version, stable.onnx_bytes, holdout_fraction=holdout, seed=seed
         )
     except EdgestreamError as e:
         fail(str(e))
@@ -122,17 +112,7 @@ def retrain(
     if key is None:
         _out.print("dry run: nothing published")
         return
-    published: ModelState = run(
-        publish_artifact(
-            kafka,
-            store,
-            key,
-            model_spec,
-            candidate.onnx_bytes,
-            metrics=report.metrics(),
-            lineage=report.lineage(),
-        )
-    )
+    published: ModelState = run(publish_candidate(kafka, store, key, stable.spec, report, candidate))
     _out.print(
         f"published {model} v{published.latest} (candidate, parent v{report.stable_version}): "
         f"holdout accuracy {report.candidate_accuracy:.4f} vs {report.stable_accuracy:.4f}, "

@@ -1,9 +1,9 @@
-"""`edgestream rollout ...`: the automatic rollout controller (judge a canary, advance or roll it back)."""
+"""`edgestream rollout ...`: the automatic rollout controller (judge a canary, advance or roll it back).
+
+The controller is ``workers.rollout_controller``; the command parses the bounds and prints each verdict."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -92,8 +92,13 @@ def watch(
 ) -> None:
     """Judge MODEL's canary against stable from cloud.summaries; advance its stage or roll it back."""
     from edgestream.commands.topics import resolve_kafka
-    from edgestream.pipeline.learning.rollout import Controller, FileWorkerView, WorkerView
     from edgestream.pipeline.registry.reports import TopicWorkerView
+    from edgestream.workers.rollout_controller import (
+        Controller,
+        FileWorkerView,
+        WorkerView,
+        watch_until_signalled,
+    )
 
     interval_s = parse_duration_ms(interval) / 1000
     kafka = resolve_kafka(bootstrap)
@@ -109,11 +114,9 @@ def watch(
     async def go() -> None:
         if once:
             _print(model, await controller.step(model))
-            return
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await controller.run(model, interval_s=interval_s, stop=stop, on_verdict=lambda v: _print(model, v))
+        else:
+            await watch_until_signalled(
+                controller, model, interval_s=interval_s, on_verdict=lambda v: _print(model, v)
+            )
 
     run(go())

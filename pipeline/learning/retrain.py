@@ -1,13 +1,13 @@
 """Retraining: a new version of a model from the labelled samples of chosen windows.
 
-Read ``cloud.samples`` and ``cloud.labels`` to their end offsets (read_committed), join them by request
-id and keep the model's samples whose ``at_ms`` is in ``[since_ms, until_ms)`` (:func:`read_labelled`).
-Split the joined set into a training part and a held-out part (stratified, seeded, copies of one
-input on one side: :func:`holdout_split`), train with the zoo's own training and ONNX export
-(:func:`train`), and measure the candidate and the current stable version on the SAME held-out part
-by running both ONNX graphs with onnxruntime (:func:`evaluate`). :func:`retrain` does all of it on
-data already read and returns a :class:`RetrainReport`, whose ``metrics()`` and ``lineage()`` are
-what the candidate's manifest signs.
+Join the samples and labels read from the cloud topics by request id, keeping the model's samples
+whose ``at_ms`` is in ``[since_ms, until_ms)`` (:func:`join`; the reading is
+``edgestream.workers.retrainer``). Split the joined set into a training part and a held-out part
+(stratified, seeded, copies of one input on one side: :func:`holdout_split`), train with the zoo's own
+training and ONNX export (:func:`train`), and measure the candidate and the current stable version on
+the SAME held-out part by running both ONNX graphs with onnxruntime (:func:`evaluate`).
+:func:`retrain` does all of it on data already read and returns a :class:`RetrainReport`, whose
+``metrics()`` and ``lineage()`` are what the candidate's manifest signs.
 Publishing (as a candidate, never promoted) is ``edgestream.pipeline.registry.publishing``.
 
 Only ``embedding`` models can be retrained: frames are never sampled, so samples carry no frame.
@@ -17,18 +17,15 @@ held-out split.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from edgestream.pipeline.contract.cloud import Label, Sample
-from edgestream.pipeline.errors import ConfigError, EdgestreamError, UndecodableRecord
-from edgestream.pipeline.settings import kafka_settings
-from edgestream.topics.catalogue import CLOUD_LABELS, CLOUD_SAMPLES, LABELS_TOPIC, SAMPLES_TOPIC
+from edgestream.pipeline.errors import ConfigError, EdgestreamError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -37,7 +34,6 @@ if TYPE_CHECKING:
     from sklearn.neural_network import MLPClassifier
 
     from edgestream.pipeline.models.zoo import ModelSpec
-    from edgestream.pipeline.settings import Kafka
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +41,6 @@ DEFAULT_HOLDOUT: Final = 0.3
 """Share of the joined samples held out to compare the candidate with the stable version."""
 DEFAULT_SEED: Final = 0
 """Seed of the held-out split."""
-DEFAULT_READ_TIMEOUT_MS: Final = 60_000
-"""Bound on reading the sample and label topics to their end offsets."""
-_FETCH_TIMEOUT_MS: Final = 200
-_CLIENT_ID: Final = "edgestream-retrain"
 
 Features = npt.NDArray[np.float16]
 Labels = npt.NDArray[np.int64]
@@ -218,91 +210,9 @@ def join(
     )
 
 
-async def read_labelled(
-    kafka: Kafka,
-    model: str,
-    since_ms: int,
-    until_ms: int,
-    *,
-    timeout_ms: int = DEFAULT_READ_TIMEOUT_MS,
-) -> LabelledSet:
-    """Read ``cloud.samples`` and ``cloud.labels`` from the beginning to their end offsets
-    (read_committed) and :func:`join` them for ``model`` over ``[since_ms, until_ms)``.
-
-    Undecodable records are logged and counted in ``skipped``. Raises :class:`RetrainError` for a model
-    that is not sampled or a read that does not reach the end offsets within ``timeout_ms``.
-    """
-    model_spec = _sampled_spec(model)
-    window = Window(since_ms, until_ms)
-    raw = await _read_to_end(
-        kafka,
-        {SAMPLES_TOPIC: CLOUD_SAMPLES.partitions, LABELS_TOPIC: CLOUD_LABELS.partitions},
-        timeout_ms,
-    )
-    samples: list[Sample] = []
-    labels: list[Label] = []
-    undecodable = 0
-    for topic, values in raw.items():
-        for value in values:
-            try:
-                if topic == SAMPLES_TOPIC:
-                    samples.append(Sample.from_bytes(value))
-                else:
-                    labels.append(Label.from_bytes(value))
-            except UndecodableRecord as e:
-                undecodable += 1
-                log.warning("%s: skipping a record: %s", topic, e)
-    data = join(samples, labels, model, window, int(np.prod(model_spec.input_shape)))
-    log.info(
-        "%s in [%d, %d): %d samples, %d labels, %d joined (%d skipped, %d undecodable)",
-        model,
-        since_ms,
-        until_ms,
-        data.samples,
-        data.labels,
-        data.joined,
-        data.skipped,
-        undecodable,
-    )
-    return replace(data, skipped=data.skipped + undecodable)
-
-
-async def _read_to_end(kafka: Kafka, partitions: dict[str, int], timeout_ms: int) -> dict[str, list[bytes]]:
-    """Every committed record value of ``partitions`` (topic -> partition count), up to the end offsets
-    found at the start."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    settings = kafka_settings(kafka)
-    consumer = AIOKafkaConsumer(
-        **settings.client_kwargs(),
-        client_id=_CLIENT_ID,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        request_timeout_ms=settings.request_timeout_ms,
-    )
-    tps = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
-    out: dict[str, list[bytes]] = {topic: [] for topic in partitions}
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            if loop.time() >= deadline:
-                raise RetrainError(f"{', '.join(partitions)} not read to their end within {timeout_ms} ms")
-            batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
-            for tp, records in batch.items():
-                out[tp.topic].extend(r.value for r in records if r.value is not None and r.offset < end[tp])
-    finally:
-        await consumer.stop()
-    return out
-
-
-def _sampled_spec(model: str, size: str = "medium") -> ModelSpec:
+def sampled_spec(model: str, size: str = "medium") -> ModelSpec:
+    """The zoo spec of ``model`` in ``size``; :class:`RetrainError` unless it is sampled (an embedding
+    model)."""
     from edgestream.pipeline.models.zoo import spec
 
     model_spec = spec(model, size)
@@ -392,7 +302,7 @@ def retrain(
 ) -> tuple[RetrainReport, TrainedModel]:
     """Train a candidate of ``variant`` on the training part of ``data`` and compare it with the stable
     version's graph on the held-out part."""
-    model_spec = _sampled_spec(data.model, variant)
+    model_spec = sampled_spec(data.model, variant)
     groups = input_groups(data.X)
     train_rows, holdout_rows = holdout_split(data.y, holdout_fraction, seed=seed, groups=groups)
     candidate = train(model_spec, data.X[train_rows], data.y[train_rows])

@@ -146,7 +146,7 @@ class WorkerReporter:
 
 class TopicWorkerView:
     """The workers' reports on ``control.workers``, as a
-    :class:`~edgestream.pipeline.learning.rollout.WorkerView`."""
+    :class:`~edgestream.workers.rollout_controller.WorkerView`."""
 
     def __init__(
         self,

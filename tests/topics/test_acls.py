@@ -24,7 +24,6 @@ from aiokafka.errors import TopicAuthorizationFailedError, TransactionalIdAuthor
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
-from edgestream.commands.dlq import replay_group
 from edgestream.pipeline.errors import BrokerError
 from edgestream.pipeline.settings import DEFAULT_REGIONS
 from edgestream.topics.acls import (
@@ -83,6 +82,7 @@ from edgestream.topics.catalogue import (
 from edgestream.topics.errors import InvalidRegionName
 from edgestream.workers.edge.sinks import transactional_id
 from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
+from edgestream.workers.ops.dlq import replay_group
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

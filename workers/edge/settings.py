@@ -107,7 +107,7 @@ class WorkerSettings(BaseSettings):
     stats_file: Path | None = None
     """Written (JSON, atomically) with this worker's counters, the versions it serves and the registry
     revisions it applied: every ``stats_interval_s``, after each registry state applied, and at exit.
-    The rollout controller reads the revisions there (``pipeline/learning/rollout.py``)."""
+    The rollout controller reads the revisions there (``workers/rollout_controller.py``)."""
     stats_interval_s: float = Field(default=5.0, gt=0)
     """How often the stats file is rewritten while the worker runs."""
 

@@ -630,7 +630,7 @@ def run_demo(
 def _wait_for_revision(stats_files: dict[str, Path], revision: int, timeout_s: float) -> None:
     """Wait until every worker reports (in its stats file) the registry revision the story starts
     from; the files are rewritten as soon as a worker applies a state."""
-    from edgestream.pipeline.learning.rollout import FileWorkerView
+    from edgestream.workers.rollout_controller import FileWorkerView
 
     view = FileWorkerView(next(iter(stats_files.values())).parent, pattern="worker-*.stats.json")
     deadline = time.monotonic() + timeout_s

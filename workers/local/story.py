@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgestream.pipeline.errors import EdgestreamError
-from edgestream.pipeline.learning.rollout import Bounds, Controller, Verdict
+from edgestream.pipeline.learning.rollout import Bounds, Verdict
 from edgestream.pipeline.registry.reports import TopicWorkerView
+from edgestream.workers.rollout_controller import Controller
 
 if TYPE_CHECKING:
     from edgestream.pipeline.learning.retrain import LabelledSet, RetrainReport
@@ -363,7 +364,7 @@ class Story:
             await asyncio.sleep(1.0)
 
     async def _labelled(self, shift_ms: int) -> LabelledSet:
-        from edgestream.pipeline.learning.retrain import read_labelled
+        from edgestream.workers.retrainer import read_labelled
 
         while True:
             data = await read_labelled(self._kafka, self._model, shift_ms, _now_ms())

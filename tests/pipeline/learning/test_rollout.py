@@ -3,12 +3,6 @@ canary advances once its stage has dwelt and every worker reports the current re
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import time
-from pathlib import Path
-
 import pytest
 import typer
 
@@ -16,7 +10,6 @@ from edgestream.commands.rollout import parse_bounds
 from edgestream.pipeline.contract.cloud import LATENCY_BOUNDS_MS, Label, PartialSummary, Sample
 from edgestream.pipeline.learning.rollout import (
     Bounds,
-    FileWorkerView,
     VersionStats,
     accuracy_by_version,
     judge,
@@ -163,21 +156,6 @@ def test_accuracy_joins_samples_with_labels_by_request_id() -> None:
     ]
     labels = [Label(b"a", "m", 0, 1), Label(b"b", "m", 0, 1), Label(b"c", "m", 1, 1), Label(b"d", "m", 0, 1)]
     assert accuracy_by_version(samples, labels, "m", since_ms=1000) == {1: (2, 1), 2: (1, 0)}
-
-
-def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) -> None:
-    def write(name: str, stats: dict[str, object], age_s: float = 0.0) -> None:
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(stats))
-        then = time.time() - age_s
-        os.utime(path, (then, then))
-
-    write("a", {"served_versions": {"m": [1, 2]}, "registry_revisions": {"m": 5}})
-    write("b", {"served_versions": {"m": [1]}})  # an older worker: serves m, reports no revision
-    write("c", {"served_versions": {"other": [1]}, "registry_revisions": {"other": 3}})
-    write("d", {"served_versions": {"m": [1]}, "registry_revisions": {"m": 2}}, age_s=600)
-    (tmp_path / "e.json").write_text("{not json")
-    assert asyncio.run(FileWorkerView(tmp_path, max_age_s=60).revisions("m")) == [5, None]
 
 
 def test_cli_bounds_parse_over_the_defaults() -> None:

@@ -15,7 +15,6 @@ from aiokafka import AIOKafkaProducer
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.pipeline.learning.rollout import FileWorkerView
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.registry import (
     LocalArtifactStore,
@@ -35,6 +34,7 @@ from edgestream.pipeline.registry.reports import TopicWorkerView
 from edgestream.pipeline.security.derive import routing_key
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from edgestream.workers.edge.worker import EdgeWorker
+from edgestream.workers.rollout_controller import FileWorkerView
 
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
 

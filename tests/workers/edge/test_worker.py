@@ -15,7 +15,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgestream.commands.audit import verify_audit_log
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, merge
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
@@ -41,6 +40,7 @@ from edgestream.topics.catalogue import (
     results_topic,
 )
 from edgestream.workers.edge.worker import EdgeWorker, serve
+from edgestream.workers.ops.audit import verify_audit_log
 
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
 

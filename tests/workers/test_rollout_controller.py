@@ -1,9 +1,10 @@
 """The rollout controller on the real broker: a canary whose model errors regress is rolled back within
 one step and no device is routed to it afterwards; a healthy one goes 5% -> 25% -> 100%, waiting for
-a lagging worker."""
+a lagging worker. And, without a broker, the workers' revisions read from their stats files."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -14,13 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from edgestream.pipeline.contract.cloud import PartialSummary
-from edgestream.pipeline.learning.rollout import (
-    STATS_REVISIONS_KEY,
-    Bounds,
-    Controller,
-    FileWorkerView,
-    WorkerView,
-)
+from edgestream.pipeline.learning.rollout import Bounds
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.registry import (
     LocalArtifactStore,
@@ -37,10 +32,9 @@ from edgestream.pipeline.registry.reports import TopicWorkerView, WorkerReport, 
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import SUMMARIES_TOPIC, WORKERS_TOPIC, shared_topics
+from edgestream.workers.rollout_controller import STATS_REVISIONS_KEY, Controller, FileWorkerView, WorkerView
 
 from .conftest import EdgeRegion
-
-pytestmark = pytest.mark.broker
 
 ARTIFACT = "embedding-scorer"
 BOUNDS = Bounds(min_requests=50, min_labelled=50, stage_dwell_ms=0)
@@ -208,3 +202,18 @@ async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_
     assert state.stable == 2
     assert [e.action for e in state.history[-3:]] == ["canary", "advance", "promote"]
     assert all(e.reason.startswith("automatic: healthy") for e in state.history[-2:])
+
+
+def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) -> None:
+    def write(name: str, stats: dict[str, object], age_s: float = 0.0) -> None:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(stats))
+        then = time.time() - age_s
+        os.utime(path, (then, then))
+
+    write("a", {"served_versions": {"m": [1, 2]}, "registry_revisions": {"m": 5}})
+    write("b", {"served_versions": {"m": [1]}})  # an older worker: serves m, reports no revision
+    write("c", {"served_versions": {"other": [1]}, "registry_revisions": {"other": 3}})
+    write("d", {"served_versions": {"m": [1]}, "registry_revisions": {"m": 2}}, age_s=600)
+    (tmp_path / "e.json").write_text("{not json")
+    assert asyncio.run(FileWorkerView(tmp_path, max_age_s=60).revisions("m")) == [5, None]

@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
-from edgestream.commands.devices import retained_envelopes
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, open_envelope, seal
@@ -24,8 +23,9 @@ from edgestream.pipeline.security.derive import derive_device_key
 from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, enroll, forget
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import KINDS, Kind, dlq_topic, ingest_topic, results_topic
+from edgestream.workers.ops.erasure import retained_envelopes
 
-from .conftest import EdgeRegion, RunningWorker, eventually, read_topic
+from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
 
 pytestmark = pytest.mark.broker
 

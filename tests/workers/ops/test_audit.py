@@ -22,7 +22,7 @@ from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import audit_topic, edge_group, ingest_topic, parse_topic
 
-from .conftest import EdgeRegion, read_topic
+from ..conftest import EdgeRegion, read_topic
 
 pytestmark = pytest.mark.broker
 

@@ -1,0 +1,275 @@
+"""The rollout controller: judge a model's canary from the edge's partial summaries (and the labels),
+and publish its next stage or its rollback on ``control.models``.
+
+:class:`Controller` reads the registry state, ``cloud.summaries`` and (for accuracy) ``cloud.samples``
+joined with ``cloud.labels``, asks ``pipeline.learning.rollout.judge`` and publishes the transition.
+:class:`WorkerView` says which registry revision each worker serving a model has applied, so that a
+stage never advances while a worker lags (at most one revision of drift): the workers' reports on
+``control.workers`` (``pipeline.registry.reports.TopicWorkerView``) or their stats files
+(:class:`FileWorkerView`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+
+from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample
+from edgestream.pipeline.errors import UndecodableRecord
+from edgestream.pipeline.learning.rollout import (
+    Bounds,
+    Verdict,
+    accuracy_by_version,
+    error_reasons,
+    judge,
+    stage_started_ms,
+    version_stats,
+)
+from edgestream.pipeline.registry.state import ModelState, advance, rollback
+from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
+
+if TYPE_CHECKING:
+    from edgestream.pipeline.settings import Kafka
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+# -- which revision each worker serves -------------------------------------------------------------
+
+
+class WorkerView(Protocol):
+    """Which registry revision each worker serving a model has applied: the workers' reports on
+    ``control.workers`` (``pipeline.registry.workers.TopicWorkerView``, any number of hosts), or their
+    stats files on one host (:class:`FileWorkerView`)."""
+
+    async def revisions(self, model: str) -> list[int | None]:
+        """One entry per live worker serving ``model``: its applied revision, None if it has none."""
+        ...
+
+
+STATS_REVISIONS_KEY: Final = "registry_revisions"
+"""Key of a worker stats file holding ``{model: applied revision or null}``."""
+
+
+class FileWorkerView:
+    """Workers' stats files (``WorkerSettings.stats_file``, JSON) in one directory: one host or a shared
+    volume. Across hosts, the workers' reports on ``control.workers`` say the same
+    (``pipeline.registry.workers.TopicWorkerView``).
+
+    A file names a worker of ``model`` when its ``served_versions`` or ``registry_revisions`` has the
+    model; its revision is ``registry_revisions[model]`` (None when absent: an old worker counts as
+    lagging). Files not modified within ``max_age_s`` are ignored (a worker that stopped serves
+    nothing); unreadable files are logged and ignored.
+    """
+
+    def __init__(self, directory: Path, *, pattern: str = "*.json", max_age_s: float = 60.0) -> None:
+        self._directory = directory
+        self._pattern = pattern
+        self._max_age_s = max_age_s
+
+    async def revisions(self, model: str) -> list[int | None]:
+        """See :class:`WorkerView`."""
+        now = time.time()
+        out: list[int | None] = []
+        for path in sorted(self._directory.glob(self._pattern)):
+            try:
+                if now - path.stat().st_mtime > self._max_age_s:
+                    continue
+                stats = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                log.warning("ignoring worker stats %s: %s", path, e)
+                continue
+            if not isinstance(stats, dict):
+                continue
+            revisions = stats.get(STATS_REVISIONS_KEY) or {}
+            if model not in revisions and model not in (stats.get("served_versions") or {}):
+                continue
+            revision = revisions.get(model)
+            out.append(revision if isinstance(revision, int) else None)
+        return out
+
+
+# -- the controller --------------------------------------------------------------------------------
+
+_FETCH_TIMEOUT_MS: Final = 200
+_CLIENT_ID: Final = "edgestream-rollout"
+
+
+class Controller:
+    """Judges a model's canary from ``cloud.summaries`` (and, for accuracy, ``cloud.samples`` joined
+    with ``cloud.labels``) and publishes ``advance`` or ``rollback`` on ``control.models``.
+
+    Run it from one place (the registry has no compare-and-set): it re-reads the state before each step
+    and publishes only a transition of the revision it judged.
+    """
+
+    def __init__(
+        self,
+        kafka: Kafka,
+        bounds: Bounds,
+        *,
+        workers: WorkerView | None = None,
+        regions: frozenset[str] | None = None,
+        labels: bool = True,
+        timeout_ms: int = 30_000,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        """``workers``: None disables the lag guard (tests, a single worker). ``regions``: judge only
+        these regions' summaries (default all). ``labels``: read samples and labels for accuracy."""
+        from edgestream.pipeline.registry.client import RegistryClient
+        from edgestream.pipeline.settings import kafka_settings
+
+        self._kafka = kafka_settings(kafka)
+        self._registry = RegistryClient(kafka, timeout_ms=timeout_ms)
+        self.bounds = bounds
+        self._workers = workers
+        self._regions = regions
+        self._labels = labels
+        self._timeout_ms = timeout_ms
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    async def step(self, model: str) -> Verdict:
+        """Judge ``model``'s canary once and apply the verdict (``hold``: nothing published)."""
+        state = (await self._registry.read_states()).get(model)
+        if state is None or state.canary is None or state.stable is None:
+            return Verdict("hold", (f"{model} has no canary in progress",))
+        canary = state.canary
+        since = canary.started_at_ms
+        summaries = [
+            s
+            for s in await self._read(
+                SUMMARIES_TOPIC, PartialSummary.from_bytes, lambda s: s.model == model and s.at_ms >= since
+            )
+            if self._regions is None or s.region in self._regions
+        ]
+        accuracy: dict[int, tuple[int, int]] = {}
+        if self._labels:
+            samples = await self._read(
+                SAMPLES_TOPIC,
+                Sample.from_bytes,
+                lambda s: (
+                    s.model == model
+                    and s.at_ms >= since
+                    and (self._regions is None or s.region in self._regions)
+                ),
+            )
+            if samples:
+                labels = await self._read(LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model)
+                accuracy = accuracy_by_version(samples, labels, model, since_ms=since)
+        now_ms = self._clock_ms()
+        counted = error_reasons(state.manifest(state.stable), state.manifest(canary.version))
+        stats = {
+            v: version_stats(summaries, model, v, since_ms=since, accuracy=accuracy, reasons=counted)
+            for v in (state.stable, canary.version)
+        }
+        verdict = judge(
+            stats[state.stable],
+            stats[canary.version],
+            self.bounds,
+            stage_age_ms=now_ms - stage_started_ms(state),
+            worker_revisions=None if self._workers is None else await self._workers.revisions(model),
+            revision=state.revision,
+        )
+        if verdict.action == "hold":
+            return verdict
+        return await self._apply(state, verdict)
+
+    async def _apply(self, judged: ModelState, verdict: Verdict) -> Verdict:
+        current = (await self._registry.read_states()).get(judged.model)
+        if current is None or current.revision != judged.revision:
+            return Verdict(
+                "hold",
+                (f"state moved from revision {judged.revision} while judging; judging again next step",),
+                verdict.stable,
+                verdict.canary,
+            )
+        now_ms = self._clock_ms()
+        reason = f"automatic: {verdict.reason}"
+        if verdict.action == "rollback":
+            new = rollback(current, now_ms=now_ms, reason=reason)
+        else:
+            new = advance(current, now_ms=now_ms, reason=reason)
+        await self._registry.publish_state(new)
+        log.info("%s: %s to revision %d: %s", new.model, verdict.action, new.revision, verdict.reason)
+        return Verdict(verdict.action, verdict.reasons, verdict.stable, verdict.canary, new.revision)
+
+    async def run(
+        self,
+        model: str,
+        *,
+        interval_s: float,
+        stop: asyncio.Event,
+        on_verdict: Callable[[Verdict], None] | None = None,
+    ) -> None:
+        """Step every ``interval_s`` until ``stop`` is set."""
+        while not stop.is_set():
+            verdict = await self.step(model)
+            if on_verdict is not None:
+                on_verdict(verdict)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            except TimeoutError:
+                continue
+
+    async def _read(self, topic: str, parse: Callable[[bytes], T], keep: Callable[[T], bool]) -> list[T]:
+        """``topic`` read_committed from the beginning to the end offsets found at the start, the records
+        ``keep`` accepts; records that do not parse are logged and skipped."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from edgestream.pipeline.registry.errors import RegistryTimeout
+        from edgestream.topics.catalogue import parse_topic
+
+        consumer = AIOKafkaConsumer(
+            **self._kafka.client_kwargs(),
+            client_id=_CLIENT_ID,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            out: list[T] = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout_ms / 1000
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+                if loop.time() >= deadline:
+                    raise RegistryTimeout(topic, self._timeout_ms)
+                batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
+                for records in batch.values():
+                    for record in records:
+                        if record.value is None:
+                            continue
+                        try:
+                            item = parse(record.value)
+                        except UndecodableRecord as e:
+                            log.warning("%s offset %d: %s", topic, record.offset, e)
+                            continue
+                        if keep(item):
+                            out.append(item)
+            return out
+        finally:
+            await consumer.stop()
+
+
+async def watch_until_signalled(
+    controller: Controller, model: str, *, interval_s: float, on_verdict: Callable[[Verdict], None]
+) -> None:
+    """Step ``controller`` on ``model`` every ``interval_s`` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await controller.run(model, interval_s=interval_s, stop=stop, on_verdict=on_verdict)
