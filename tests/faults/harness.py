@@ -42,8 +42,9 @@ from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLet
 from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope
 from edgestream.pipeline.errors import ContractError
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyfile import KeyRing
-from edgestream.pipeline.security.pki import Identity, Pki
+from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing
-from edgestream.pipeline.security.pki import Identity
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy

@@ -40,8 +40,9 @@ from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import ResultRecord, new_request_id, seal
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
+from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyfile import KeyRing, enroll_devices
-from edgestream.pipeline.security.pki import Identity, Pki
+from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
