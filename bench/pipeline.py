@@ -57,7 +57,8 @@ from rich.table import Table
 from edgestream.pipeline.contract.envelope import ResultRecord, decode_envelope
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore, load_dataset
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import KafkaSettings, Region, kafka_settings
 from edgestream.topics.acls import apply_policy
@@ -1583,7 +1584,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             for name in MODEL_FOR_KIND.values():
                 for size in dict.fromkeys((settings.model_size, "tiny")):
                     store.get(name, size)
-            keyring = KeyRing.create(home / "keys.json", [PIPELINE_REGION, ECHO_REGION])
+            keyring = keyfile.create(home / "keys.json", [PIPELINE_REGION, ECHO_REGION])
             ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
             with running_broker(broker_settings) as state:
                 ui.step(f"broker at {state.bootstrap} ({state.security_protocol}); creating topics and ACLs")

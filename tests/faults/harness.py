@@ -42,8 +42,9 @@ from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLet
 from edgestream.pipeline.contract.envelope import AuditRecord, ResultRecord, decode_envelope
 from edgestream.pipeline.errors import ContractError
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
@@ -203,7 +204,7 @@ async def make_region(
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(document, out)
-    return FaultRegion(name, target, key_file, KeyRing.load(key_file), worker_kafka)
+    return FaultRegion(name, target, key_file, keyfile.load(key_file), worker_kafka)
 
 
 def make_corpus(env: FaultEnv, region: FaultRegion, *, devices: int = 400) -> Corpus:

@@ -58,7 +58,8 @@ from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.registry.reports import WorkerReport, WorkerReporter, report_of
 from edgestream.pipeline.security.derive import pseudonym_key, routing_key
-from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, KeySource
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.keysource import KeyFileWatcher, KeySource
 from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, MalformedChainHead, chain_id
 from edgestream.pipeline.serving.batching import Batch, MicroBatcher, ServiceTimeEstimate
 from edgestream.pipeline.serving.ratelimit import DeviceRateLimiter

@@ -40,8 +40,10 @@ from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import ResultRecord, new_request_id, seal
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
+from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
-from edgestream.pipeline.security.keyfile import KeyRing, enroll_devices
+from edgestream.pipeline.security.keyfile import enroll_devices
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
@@ -548,7 +550,7 @@ def fleet_regions(settings: FleetSettings) -> Sequence[str]:
 
 def make_fleet(settings: FleetSettings) -> Fleet:
     """The fleet of ``settings``, its devices placed (and enrolled), not running."""
-    return Fleet(settings, KeyRing.load(settings.key_file or settings.home / "keys.json"))
+    return Fleet(settings, keyfile.load(settings.key_file or settings.home / "keys.json"))
 
 
 async def run_fleet(
