@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgestream.pipeline.security.pki import PRINCIPAL_MAPPING_RULES
+from edgestream.pipeline.security.certificates import PRINCIPAL_MAPPING_RULES
 from edgestream.pipeline.settings import DEFAULT_REGIONS
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"

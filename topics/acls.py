@@ -41,6 +41,13 @@ from aiokafka.protocol.admin import (
 )
 from aiokafka.protocol.api import Request
 
+from edgestream.pipeline.security import identities
+from edgestream.pipeline.security.identities import (
+    ADMIN_PRINCIPAL,
+    AGGREGATOR_PRINCIPAL,
+    SUPER_USERS,
+    kafka_principal,
+)
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
 from edgestream.topics.catalogue import (
@@ -140,7 +147,7 @@ DESCRIBE: Final = Operation.DESCRIBE
 ALLOW: Final = Permission.ALLOW
 
 ANY_HOST: Final = "*"
-WILDCARD_PRINCIPAL: Final = "User:*"
+WILDCARD_PRINCIPAL: Final = kafka_principal("*")
 """A binding for every principal: on the broker it grants (or denies) our principals too."""
 
 
@@ -173,22 +180,20 @@ class AclRule:
 
 # -- the policy --------------------------------------------------------------------------------------
 
-AGGREGATOR: Final = "User:aggregator"
+AGGREGATOR: Final = kafka_principal(AGGREGATOR_PRINCIPAL)
 """The cloud aggregator."""
-ADMIN: Final = "User:admin"
+ADMIN: Final = kafka_principal(ADMIN_PRINCIPAL)
 """Operators and their tools (``edgestream dlq replay``); a super user."""
-SUPER_USERS: Final = ("User:broker", ADMIN)
-"""Principals the broker's ``super.users`` must list; they need no bindings."""
 
 
 def edge_principal(region: Region | str) -> str:
     """``User:edge-<region>``: the region's edge workers."""
-    return f"User:edge-{validate_region(region)}"
+    return kafka_principal(identities.edge_principal(validate_region(region)))
 
 
 def device_principal(region: Region | str) -> str:
     """``User:device-<region>``: the region's devices and device gateway."""
-    return f"User:device-{validate_region(region)}"
+    return kafka_principal(identities.device_principal(validate_region(region)))
 
 
 def edge_transactional_id_prefix(region: Region | str) -> str:

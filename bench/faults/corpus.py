@@ -45,7 +45,7 @@ from edgestream.pipeline.contract.envelope import (
     seal,
 )
 from edgestream.pipeline.models import load_dataset, spec
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.topics.catalogue import KINDS
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 

@@ -16,8 +16,10 @@ from aiokafka import TopicPartition
 
 from bench.faults.corpus import Corpus
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.security.keyfile import KeyRing
-from edgestream.pipeline.security.pki import Identity, Pki
+from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
@@ -136,7 +138,7 @@ async def make_region(
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(document, out)
-    return FaultRegion(name, target, key_file, KeyRing.load(key_file), worker_kafka)
+    return FaultRegion(name, target, key_file, keyfile.load(key_file), worker_kafka)
 
 
 def make_corpus(env: FaultEnv, region: FaultRegion, *, devices: int = 400) -> Corpus:

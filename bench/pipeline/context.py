@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from bench.pipeline.settings import BenchSettings
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.fleet import Progress as FleetProgress
 

@@ -13,7 +13,7 @@ from bench.pipeline.context import BenchContext
 from bench.pipeline.settings import ECHO_REGION, MAX_ENVELOPE_BYTES
 from edgestream.pipeline.contract.envelope import decode_envelope
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.settings import Region
 from edgestream.workers.local.fleet import Fleet, FleetSettings
 

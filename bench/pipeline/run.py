@@ -33,7 +33,7 @@ from bench.pipeline.report import fmt
 from bench.pipeline.results import FloorPoint, Level, LevelRatios
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION, PIPELINE_REGION, BenchSettings
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security import keyfile
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics
@@ -187,7 +187,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             for name in MODEL_FOR_KIND.values():
                 for size in dict.fromkeys((settings.model_size, "tiny")):
                     store.get(name, size)
-            keyring = KeyRing.create(home / "keys.json", [PIPELINE_REGION, ECHO_REGION])
+            keyring = keyfile.create(home / "keys.json", [PIPELINE_REGION, ECHO_REGION])
             ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
             with running_broker(broker_settings) as state:
                 ui.step(f"broker at {state.bootstrap} ({state.security_protocol}); creating topics and ACLs")

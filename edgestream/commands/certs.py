@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.security.pki import CertInfo, Identity, Pki, TlsFiles
+    from edgestream.pipeline.security.identities import Identity
+    from edgestream.pipeline.security.pki import CertInfo, Pki, TlsFiles
 
 app = typer.Typer(
     help="Development PKI for mutual TLS with Kafka: a CA, a certificate per identity, rotation.",
@@ -66,7 +67,7 @@ def _pki(home: Path | None) -> Pki:
 
 
 def _identity(principal: str, name: str | None) -> Identity:
-    from edgestream.pipeline.security.pki import Identity
+    from edgestream.pipeline.security.identities import Identity
 
     try:
         return Identity.of(principal, name)
@@ -138,7 +139,7 @@ def init(
     Existing certificates are kept unless they expire within 7 days or no trusted CA signed them.
     """
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security.pki import Identity
+    from edgestream.pipeline.security.identities import Identity
     from edgestream.pipeline.settings import DEFAULT_REGIONS
 
     pki = _pki(home)

@@ -86,13 +86,13 @@ def enroll(
 ) -> None:
     """Enrol DEVICE_ID in REGION: a secret salt of its own, so it can be forgotten later. Idempotent."""
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security import keyfile as crypto
+    from edgestream.pipeline.security import keyfile
 
     try:
-        ring = crypto.KeyRing.load(path, cache_entries=0)
+        ring = keyfile.load(path, cache_entries=0)
         key_id = ring.current_key_id(region)
         before = ring.enrolment(region, device_id)
-        key = crypto.enroll(path, region, device_id, key_id=key_id)
+        key = keyfile.enroll(path, region, device_id, key_id=key_id)
     except ConfigError as e:
         _fail(str(e))
     shown = escape(device_id)
@@ -113,10 +113,10 @@ def enroll(
 def list_devices(region: Region, path: KeyFile = DEFAULT_KEY_FILE) -> None:
     """The devices enrolled in REGION, forgotten ones too (never their salts)."""
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security.keyfile import KeyRing
+    from edgestream.pipeline.security import keyfile
 
     try:
-        ring = KeyRing.load(path, cache_entries=0)
+        ring = keyfile.load(path, cache_entries=0)
         ring.current_key_id(region)  # an unknown region fails here, not as an empty list
     except ConfigError as e:
         _fail(str(e))

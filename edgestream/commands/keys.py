@@ -14,7 +14,7 @@ from edgestream.commands.common import utc
 from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.security.keyfile import KeyRing, KeyStatus
+    from edgestream.pipeline.security.keyring import KeyRing, KeyStatus
 
 app = typer.Typer(
     help="Region master keys: create the key file, rotate with an acceptance window, retire, status.",
@@ -79,13 +79,13 @@ def init(
 ) -> None:
     """Create the key file with one master key per region (refuses to overwrite an existing one)."""
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security.keyfile import KeyRing
+    from edgestream.pipeline.security import keyfile
 
     if path.exists():
         _err.print(f"{path} exists; leaving it alone")
         raise typer.Exit(EXIT_ERROR)
     try:
-        ring = KeyRing.create(path, region or list(DEFAULT_REGIONS))
+        ring = keyfile.create(path, region or list(DEFAULT_REGIONS))
     except ConfigError as e:
         _fail(str(e))
     _out.print(f"wrote master keys for {', '.join(ring.regions)} to {path}")
@@ -106,11 +106,11 @@ def rotate(
 ) -> None:
     """Make a new master key current in REGION; the previous key id is accepted for the window."""
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security import keyfile as crypto
+    from edgestream.pipeline.security import keyfile
 
     window_ms = parse_duration_ms(window)
     try:
-        ring = crypto.rotate(path, region, window_ms)
+        ring = keyfile.rotate(path, region, window_ms)
     except ConfigError as e:
         _fail(str(e))
     new_id = ring.current_key_id(region)
@@ -126,10 +126,10 @@ def retire(
 ) -> None:
     """Retire KEY_ID of REGION now: its bytes leave the file, envelopes under it fail as retired_key."""
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security import keyfile as crypto
+    from edgestream.pipeline.security import keyfile
 
     try:
-        ring = crypto.retire(path, region, key_id)
+        ring = keyfile.retire(path, region, key_id)
     except ConfigError as e:
         _fail(str(e))
     _out.print(f"{region}: key {key_id} is retired")
@@ -146,10 +146,10 @@ def _print_others(ring: KeyRing, region: str, shown: int) -> None:
 def status(path: KeyFile = DEFAULT_KEY_FILE) -> None:
     """Every key id of every region: current, accepted until when, retired; and when it was made."""
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security import keyfile as crypto
+    from edgestream.pipeline.security import keyfile
 
     try:
-        rows = crypto.status(path)
+        rows = keyfile.status(path)
     except ConfigError as e:
         _fail(str(e))
     table = Table(title=f"master keys in {path}", title_justify="left")

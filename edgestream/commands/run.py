@@ -33,7 +33,7 @@ def worker(
     ),
 ) -> None:
     """Run one edge worker until SIGTERM/SIGINT; it finishes its in-flight batch before exiting."""
-    from edgestream.pipeline.security.pki import Identity
+    from edgestream.pipeline.security.identities import Identity
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.edge.settings import WorkerSettings
     from edgestream.workers.edge.worker import serve

@@ -12,7 +12,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from edgestream.pipeline.security.pki import Identity
+    from edgestream.pipeline.security.identities import Identity
     from edgestream.pipeline.settings import Kafka
     from edgestream.topics.acls import AclDiff, AclRule
     from edgestream.topics.admin import TopicDescription

@@ -1,8 +1,7 @@
 """A development PKI for mutual TLS with Kafka: one CA, a certificate per identity, rotation in place.
 
-Each identity's subject is ``CN=<name>,OU=<principal>,O=edgestream`` and the broker maps it to the Kafka
-principal ``User:<principal>`` with ``PRINCIPAL_MAPPING_RULES``: every edge node of a region shares the
-ACLs of ``edge-<region>`` while keeping its own certificate. Keys are EC P-256, certificates ECDSA-SHA256.
+Who the identities are is in ``pipeline/security/identities.py``, what their certificates hold in
+``pipeline/security/certificates.py``; this module keeps them in a directory.
 
 Layout of the directory (``<home>/tls`` by default); directories are 0700, private keys 0600 from the
 moment they are created, certificates and the bundle 0644::
@@ -29,26 +28,32 @@ the old pair or the new one, never a certificate with the wrong key. Rotation wi
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import logging
 import os
-import re
 import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.security.certificates import (
+    cert_pem,
+    common_name,
+    key_pem,
+    new_ca,
+    new_leaf,
+    utc_now,
+)
+from edgestream.pipeline.security.identities import BROKER_PRINCIPAL, Identity
 from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
@@ -56,16 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRINCIPAL_MAPPING_RULES: Final = "RULE:^CN=[^,]+,OU=([a-z0-9-]+),O=edgestream$/$1/,DEFAULT"
-"""The broker's ``ssl.principal.mapping.rules``: the principal of a certificate is its OU."""
-ORGANIZATION: Final = "edgestream"
-"""The O of every subject this PKI issues."""
-BROKER_PRINCIPAL: Final = "broker"
-"""Principal of the broker; its certificate also serves (serverAuth, SANs below)."""
-BROKER_DNS_NAMES: Final = ("localhost",)
-"""DNS names in the broker certificate's subjectAltName."""
-BROKER_IP_ADDRESSES: Final = ("127.0.0.1",)
-"""IP addresses in the broker certificate's subjectAltName."""
 DEFAULT_ROOT: Final = DEFAULT_HOME / "tls"
 """Where the PKI lives unless told otherwise."""
 DEFAULT_CA_DAYS: Final = 3650
@@ -74,15 +69,10 @@ DEFAULT_LEAF_DAYS: Final = 30
 """Validity of a new leaf certificate."""
 RENEW_WITHIN: Final = timedelta(days=7)
 """``ensure`` re-issues a leaf that expires sooner than this."""
-CLOCK_SKEW: Final = timedelta(minutes=5)
-"""New certificates are valid from this long before now, for peers whose clocks lag."""
-MAX_NAME_CHARS: Final = 64
-"""Upper bound of a principal or name (the X.520 bound of CN and OU)."""
 
 Slot = Literal["current", "previous"]
 """Which of the two pairs of an identity (or which of the two CAs)."""
 
-_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
 _CURRENT: Final[Slot] = "current"
 _PREVIOUS: Final[Slot] = "previous"
 _CA_CERT: Final = "ca.pem"
@@ -107,79 +97,6 @@ class NotIssued(PkiError):
         super().__init__(f"no {slot} certificate for {identity} in {root}: {hint}")
         self.identity = identity
         self.slot = slot
-
-
-def _check_name(what: str, value: str) -> None:
-    if not (isinstance(value, str) and _NAME_RE.fullmatch(value) and len(value) <= MAX_NAME_CHARS):
-        raise ValueError(
-            f"{what} {value!r} must be 1..{MAX_NAME_CHARS} characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a certificate speaks for: the Kafka principal (OU) and the node or device name (CN)."""
-
-    principal: str
-    """Kafka principal the broker maps the certificate to, e.g. ``edge-eu-west``."""
-    name: str
-    """The holder's own name (CN), e.g. the edge node or device gateway."""
-
-    def __post_init__(self) -> None:
-        _check_name("principal", self.principal)
-        _check_name("name", self.name)
-
-    def __str__(self) -> str:
-        return f"{self.principal}/{self.name}"
-
-    @classmethod
-    def broker(cls) -> Identity:
-        """The broker (serves TLS on localhost and 127.0.0.1, and is its own inter-broker client)."""
-        return cls(BROKER_PRINCIPAL, BROKER_PRINCIPAL)
-
-    @classmethod
-    def admin(cls) -> Identity:
-        """Operators and tools that create topics and ACLs."""
-        return cls("admin", "admin")
-
-    @classmethod
-    def edge(cls, region: str, node: str = "worker") -> Identity:
-        """Edge worker ``node`` of ``region``; every node of a region shares one principal."""
-        return cls(f"edge-{region}", node)
-
-    @classmethod
-    def aggregator(cls) -> Identity:
-        """The cloud aggregator."""
-        return cls("aggregator", "aggregator")
-
-    @classmethod
-    def device(cls, region: str, name: str = "gateway") -> Identity:
-        """A device, or the device gateway, of ``region``."""
-        return cls(f"device-{region}", name)
-
-    @classmethod
-    def of(cls, principal: str, name: str | None = None) -> Identity:
-        """The identity for a principal as typed on the command line; ``name`` defaults as in the
-        constructors above (``worker`` for ``edge-*``, ``gateway`` for ``device-*``, else the principal).
-        """
-        if name is not None:
-            return cls(principal, name)
-        if principal.startswith("edge-"):
-            return cls(principal, "worker")
-        if principal.startswith("device-"):
-            return cls(principal, "gateway")
-        return cls(principal, principal)
-
-    def subject(self) -> x509.Name:
-        """The certificate subject; its RFC 4514 string is ``CN=<name>,OU=<principal>,O=edgestream``."""
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, self.principal),
-                x509.NameAttribute(NameOID.COMMON_NAME, self.name),
-            ]
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,15 +179,15 @@ class Pki:
                 raise PkiError(f"no CA in {self.root}: run init first")
             if self._ca_dir(_PREVIOUS).is_dir():
                 raise PkiError(f"{self.root} still trusts a previous CA: retire_ca first")
-            key, cert = _new_ca(ca_days)
+            key, cert = new_ca(ca_days)
             self._install(
                 self._ca_dir(_CURRENT),
-                {_CA_CERT: _cert_pem(cert)},
-                {_CA_KEY: _key_pem(key)},
+                {_CA_CERT: cert_pem(cert)},
+                {_CA_KEY: key_pem(key)},
                 keep_previous=True,
             )
             self._write_bundle()
-            log.info("new CA %s; the previous CA stays trusted until retire_ca", _common_name(cert.subject))
+            log.info("new CA %s; the previous CA stays trusted until retire_ca", common_name(cert.subject))
 
     def retire_ca(self) -> list[CertInfo]:
         """Stop trusting the previous CA and delete its key. Returns the leaves it had signed, which no
@@ -285,7 +202,7 @@ class Pki:
             ]
             self._remove(previous)
             self._write_bundle()
-            log.info("retired CA %s", _common_name(retired.subject))
+            log.info("retired CA %s", common_name(retired.subject))
             for info in orphans:
                 log.warning("%s (%s pair) was signed by the retired CA", info.identity, info.slot)
             return orphans
@@ -328,7 +245,7 @@ class Pki:
         with self._locked():
             self._init(DEFAULT_CA_DAYS)
             trusted = self._trusted_cas()
-            renew_by = _now() + RENEW_WITHIN
+            renew_by = utc_now() + RENEW_WITHIN
             result: dict[Identity, TlsFiles] = {}
             for identity in dict.fromkeys(identities):
                 try:
@@ -387,12 +304,12 @@ class Pki:
             if not self.ca_file.is_file():
                 self._write_bundle()
             return False
-        key, cert = _new_ca(ca_days)
+        key, cert = new_ca(ca_days)
         self._install(
-            self._ca_dir(_CURRENT), {_CA_CERT: _cert_pem(cert)}, {_CA_KEY: _key_pem(key)}, keep_previous=False
+            self._ca_dir(_CURRENT), {_CA_CERT: cert_pem(cert)}, {_CA_KEY: key_pem(key)}, keep_previous=False
         )
         self._write_bundle()
-        log.info("created CA %s in %s", _common_name(cert.subject), self.root)
+        log.info("created CA %s in %s", common_name(cert.subject), self.root)
         return True
 
     def _trusted_cas(self) -> dict[Slot, x509.Certificate]:
@@ -418,9 +335,9 @@ class Pki:
             raise PkiError(f"no CA in {self.root}: run init first")
         ca_cert = _load_cert(ca_dir / _CA_CERT)
         ca_key = _load_key(ca_dir / _CA_KEY)
-        key, cert = _new_leaf(identity, ca_cert, ca_key, days, not_before, not_after, hosts)
+        key, cert = new_leaf(identity, ca_cert, ca_key, days, not_before, not_after, hosts)
         pair = self._pair_dir(identity, _CURRENT)
-        self._install(pair, {_CERT: _cert_pem(cert)}, {_KEY: _key_pem(key)}, keep_previous=keep_previous)
+        self._install(pair, {_CERT: cert_pem(cert)}, {_KEY: key_pem(key)}, keep_previous=keep_previous)
         log.info(
             "issued %s (serial %x, valid until %s)", identity, cert.serial_number, cert.not_valid_after_utc
         )
@@ -460,7 +377,7 @@ class Pki:
         shutil.rmtree(doomed)
 
     def _write_bundle(self) -> None:
-        data = b"".join(_cert_pem(cert) for cert in self._trusted_cas().values())
+        data = b"".join(cert_pem(cert) for cert in self._trusted_cas().values())
         staging = self.root / f".{_BUNDLE}.{secrets.token_hex(4)}"
         try:
             _write_new(staging, data, _PUBLIC_MODE)
@@ -469,7 +386,7 @@ class Pki:
             staging.unlink(missing_ok=True)
 
     def _status(self) -> list[CertInfo]:
-        now = _now()
+        now = utc_now()
         trusted = self._trusted_cas()
         infos = [
             _info(None, slot, cert, self._ca_dir(slot) / _CA_CERT, slot, now)
@@ -492,110 +409,7 @@ class Pki:
         return infos
 
 
-# -- building certificates --------------------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _validity(
-    days: int, not_before: datetime | None, not_after: datetime | None
-) -> tuple[datetime, datetime]:
-    if days < 1:
-        raise ValueError(f"days must be >= 1, got {days}")
-    now = _now()
-    start = not_before if not_before is not None else now - CLOCK_SKEW
-    end = not_after if not_after is not None else now + timedelta(days=days)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise ValueError("not_before and not_after must be timezone-aware")
-    if end <= start:
-        raise ValueError(f"not_after ({end}) must be later than not_before ({start})")
-    return start, end
-
-
-def _new_ca(days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    start, end = _validity(days, None, None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    # The key id in the name keeps two CAs made the same day apart (chain building matches names).
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, f"edgestream dev CA {start:%Y-%m-%d} {ski.digest[:4].hex()}"
-            ),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True), critical=True)
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _new_leaf(
-    identity: Identity,
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    days: int,
-    not_before: datetime | None,
-    not_after: datetime | None,
-    hosts: Sequence[str] = (),
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    start, end = _validity(days, not_before, not_after)
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    serves = identity.principal == BROKER_PRINCIPAL
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH, *([ExtendedKeyUsageOID.SERVER_AUTH] if serves else [])]
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(identity.subject())
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-    )
-    if serves:
-        names: list[x509.GeneralName] = [x509.DNSName(dns) for dns in BROKER_DNS_NAMES]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in BROKER_IP_ADDRESSES]
-        for host in dict.fromkeys(hosts):
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=key_cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+# -- status -----------------------------------------------------------------------------------------
 
 
 def _signed_by(cert: x509.Certificate, trusted: dict[Slot, x509.Certificate]) -> Slot | Literal["untrusted"]:
@@ -624,15 +438,10 @@ def _info(
         serial=cert.serial_number,
         not_after=not_after,
         days_left=(not_after - now) // timedelta(days=1),
-        issuer=_common_name(cert.issuer),
+        issuer=common_name(cert.issuer),
         signed_by=signed_by,
         cert_file=cert_file,
     )
-
-
-def _common_name(name: x509.Name) -> str:
-    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else name.rfc4514_string()
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -654,16 +463,6 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _load_cert(path: Path) -> x509.Certificate:

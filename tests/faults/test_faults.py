@@ -44,7 +44,7 @@ from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import spec
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import edge_group, ingest_topic

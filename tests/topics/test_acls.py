@@ -25,6 +25,7 @@ from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
 from edgestream.pipeline.errors import BrokerError
+from edgestream.pipeline.security.identities import SUPER_USERS
 from edgestream.pipeline.settings import DEFAULT_REGIONS
 from edgestream.topics.acls import (
     ADMIN,
@@ -34,7 +35,6 @@ from edgestream.topics.acls import (
     LITERAL,
     PREFIXED,
     READ,
-    SUPER_USERS,
     TOPIC,
     TRANSACTIONAL_ID,
     WILDCARD_PRINCIPAL,

@@ -23,7 +23,8 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from edgestream.pipeline.security.pki import Identity, Pki, TlsFiles
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import Pki, TlsFiles
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics

@@ -13,8 +13,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing
-from edgestream.pipeline.security.pki import Identity
+from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acls import apply_policy
@@ -68,7 +70,7 @@ async def edge_region(bootstrap: Kafka, kafka_broker: BrokerState, model_home: P
     name = f"t{uuid.uuid4().hex[:10]}"
     await ensure_topics(bootstrap, all_topics([name]))  # the shared cloud topics too: workers send there
     key_file = model_home / f"keys-{name}.json"
-    keyring = KeyRing.create(key_file, [name])
+    keyring = keyfile.create(key_file, [name])
     worker_kafka = kafka_settings(bootstrap)
     if kafka_broker.security_protocol == "SSL":
         await apply_policy(bootstrap, [name])

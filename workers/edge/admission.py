@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from edgestream.pipeline.contract.codec import decode_tensor
 from edgestream.pipeline.contract.envelope import Envelope, decode_envelope, open_envelope
 from edgestream.pipeline.errors import ContractError, EdgestreamError
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.ratelimit import DeviceRateLimiter
 from edgestream.pipeline.serving.replay import ReplayGuard
 from edgestream.pipeline.serving.served import ModelCatalog, ServedModel

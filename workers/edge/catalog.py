@@ -10,7 +10,7 @@ from edgestream.pipeline.registry import LocalArtifactStore, SignedManifest, Tru
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.security.derive import routing_key
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import Loader, ModelCatalog, ServedModel, open_model
 from edgestream.workers.edge.admission import current_master
 from edgestream.workers.edge.settings import WorkerSettings

@@ -20,7 +20,7 @@ from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.deadletter import attempt_of, dead_letter_headers
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.security.derive import pseudonym_key
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
 from edgestream.pipeline.serving.served import ModelKey
 from edgestream.topics.catalogue import (

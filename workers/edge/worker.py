@@ -33,7 +33,8 @@ from aiokafka.structs import OffsetAndMetadata
 from edgestream.pipeline.observability.health import HealthServer, Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.registry.reports import WorkerReport, WorkerReporter, report_of
-from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, KeySource
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.keysource import KeyFileWatcher, KeySource
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
 from edgestream.pipeline.serving.batching import Batch, MicroBatcher, ServiceTimeEstimate
 from edgestream.pipeline.serving.served import ModelCatalog, ServedModel, load_models

@@ -33,13 +33,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.errors import BrokerError
-from edgestream.pipeline.security.pki import (
-    BROKER_PRINCIPAL,
-    PRINCIPAL_MAPPING_RULES,
-    Identity,
-    Pki,
-    TlsFiles,
-)
+from edgestream.pipeline.security.certificates import PRINCIPAL_MAPPING_RULES
+from edgestream.pipeline.security.identities import SUPER_USERS, Identity
+from edgestream.pipeline.security.pki import Pki, TlsFiles
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 
 if TYPE_CHECKING:
@@ -683,7 +679,7 @@ class LocalBroker:
             "ssl.principal.mapping.rules": PRINCIPAL_MAPPING_RULES,
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found": "false",
-            "super.users": f"User:{BROKER_PRINCIPAL};User:{Identity.admin().principal}",
+            "super.users": ";".join(SUPER_USERS),
         }
 
     def _write_keystore(self, own: TlsFiles) -> Path:

@@ -30,8 +30,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.learning.drift import MIN_SAMPLES
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.security.keyfile import KeyRing
-from edgestream.pipeline.security.pki import Identity, Pki
+from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, Kafka, KafkaSettings, Region
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
@@ -510,7 +511,7 @@ def run_demo(
     try:
         key_file = settings.home / "keys.json"
         if not key_file.exists():
-            KeyRing.create(key_file, [r.name for r in settings.regions])
+            keyfile.create(key_file, [r.name for r in settings.regions])
         on_step("building reference models (cached after the first run)")
         store = ModelStore(settings.home / "models")
         accuracy = {}

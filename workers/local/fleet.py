@@ -41,8 +41,11 @@ from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
-from edgestream.pipeline.security.keyfile import KeyRing, enroll_devices
-from edgestream.pipeline.security.pki import Identity, Pki
+from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.keyfile import enroll_devices
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
@@ -548,7 +551,7 @@ def fleet_regions(settings: FleetSettings) -> Sequence[str]:
 
 def make_fleet(settings: FleetSettings) -> Fleet:
     """The fleet of ``settings``, its devices placed (and enrolled), not running."""
-    return Fleet(settings, KeyRing.load(settings.key_file or settings.home / "keys.json"))
+    return Fleet(settings, keyfile.load(settings.key_file or settings.home / "keys.json"))
 
 
 async def run_fleet(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from aiokafka import TopicPartition
 
-    from edgestream.pipeline.security.keyfile import Enrolment
+    from edgestream.pipeline.security.keyring import Enrolment
     from edgestream.pipeline.settings import Kafka
 
 DEFAULT_TIMEOUT_MS: Final = 30_000
@@ -68,7 +68,7 @@ def forget_device(path: Path, region: str, device_id: str) -> Forgotten:
     Raises ConfigError for a bad key file, an unknown region, or a device never enrolled."""
     from edgestream.pipeline.security import keyfile
 
-    before = keyfile.KeyRing.load(path, cache_entries=0).enrolment(region, device_id)
+    before = keyfile.load(path, cache_entries=0).enrolment(region, device_id)
     tombstone = keyfile.forget(path, region, device_id)
     return Forgotten(tombstone, before is not None and before.forgotten)
 

@@ -20,17 +20,10 @@ from edgestream.cli import app
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope, seal
 from edgestream.pipeline.errors import AuthenticationFailed, ConfigError, ContractError, ForgottenDevice
-from edgestream.pipeline.security import keyfile as crypto
+from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.derive import derive_device_key
-from edgestream.pipeline.security.keyfile import (
-    DEVICE_SALT_BYTES,
-    Enrolment,
-    KeyFileWatcher,
-    KeyRing,
-    enroll,
-    enroll_devices,
-    forget,
-)
+from edgestream.pipeline.security.keyring import DEVICE_SALT_BYTES, Enrolment, KeyRing
+from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.settings import DEFAULT_REGIONS
 
 if TYPE_CHECKING:
@@ -82,7 +75,7 @@ def _signature(path: Path) -> tuple[int, int, int]:
 @pytest.fixture
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "keys.json"
-    KeyRing.create(path, [REGION, "us-east"], now_ms=T0_MS)
+    keyfile.create(path, [REGION, "us-east"], now_ms=T0_MS)
     return path
 
 
@@ -90,7 +83,7 @@ def key_file(tmp_path: Path) -> Path:
 
 
 def test_an_enrolled_device_has_its_own_salt_and_a_key_that_round_trips(key_file: Path) -> None:
-    key = enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
+    key = keyfile.enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
     master = _master(key_file)
     entry = _document(key_file)["devices"][REGION]["dev-1"]
     assert set(entry) == {"salt", "enrolled_at_ms"}
@@ -101,7 +94,7 @@ def test_an_enrolled_device_has_its_own_salt_and_a_key_that_round_trips(key_file
 
     assert key != derive_device_key(master, "dev-1", 1), "the public-salt derivation is not its key"
     assert key == derive_device_key(master, "dev-1", 1, salt=salt), "only the salt changes"
-    ring = KeyRing.load(key_file)
+    ring = keyfile.load(key_file)
     assert ring.device_key(REGION, "dev-1", 1) == key
     assert ring.enrolment(REGION, "dev-1") == Enrolment(salt, enrolled_at_ms=T0_MS)
     assert _opens(_seal(key, "dev-1"), ring.device_key(REGION, "dev-1", 1))
@@ -114,25 +107,25 @@ def test_an_enrolled_device_has_its_own_salt_and_a_key_that_round_trips(key_file
     )
 
     # Across a rotation the device keeps its salt; its key under the new id is derived with it.
-    crypto.rotate(key_file, REGION, 600_000, now_ms=T0_MS)
-    rotated = KeyRing.load(key_file)
+    keyfile.rotate(key_file, REGION, 600_000, now_ms=T0_MS)
+    rotated = keyfile.load(key_file)
     assert rotated.enrolment(REGION, "dev-1") == ring.enrolment(REGION, "dev-1")
     assert rotated.device_key(REGION, "dev-1", 1, T0_MS) == key
     assert rotated.device_key(REGION, "dev-1", 2, T0_MS) == derive_device_key(
         _master(key_file, 2), "dev-1", 2, salt=salt
     )
-    crypto.retire(key_file, REGION, 1, now_ms=T0_MS)
-    assert KeyRing.load(key_file).enrolment(REGION, "dev-1") == ring.enrolment(REGION, "dev-1")
+    keyfile.retire(key_file, REGION, 1, now_ms=T0_MS)
+    assert keyfile.load(key_file).enrolment(REGION, "dev-1") == ring.enrolment(REGION, "dev-1")
 
 
 def test_enrol_is_idempotent_and_writes_nothing_when_nothing_changes(key_file: Path) -> None:
-    first = enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
+    first = keyfile.enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
     written = _signature(key_file)
-    assert enroll(key_file, REGION, "dev-1", now_ms=T1_MS) == first
+    assert keyfile.enroll(key_file, REGION, "dev-1", now_ms=T1_MS) == first
     assert _signature(key_file) == written, "watchers see no change"
     assert _document(key_file)["devices"][REGION]["dev-1"]["enrolled_at_ms"] == T0_MS
 
-    keys = enroll_devices(key_file, REGION, ["dev-1", "dev-2", "dev-3", "dev-2"], now_ms=T1_MS)
+    keys = keyfile.enroll_devices(key_file, REGION, ["dev-1", "dev-2", "dev-3", "dev-2"], now_ms=T1_MS)
     assert list(keys) == ["dev-1", "dev-2", "dev-3"]
     assert keys["dev-1"] == first
     assert len(set(keys.values())) == 3
@@ -140,27 +133,26 @@ def test_enrol_is_idempotent_and_writes_nothing_when_nothing_changes(key_file: P
 
 
 def test_enrol_provisions_under_the_key_id_asked_for(key_file: Path) -> None:
-    crypto.rotate(key_file, REGION, 600_000, now_ms=T0_MS)
-    ring = KeyRing.load(key_file)
-    assert enroll(key_file, REGION, "dev-1", now_ms=T0_MS) == KeyRing.load(key_file).device_key(
+    keyfile.rotate(key_file, REGION, 600_000, now_ms=T0_MS)
+    ring = keyfile.load(key_file)
+    assert keyfile.enroll(key_file, REGION, "dev-1", now_ms=T0_MS) == keyfile.load(key_file).device_key(
         REGION, "dev-1", 2
     )
-    assert enroll(key_file, REGION, "dev-1", key_id=1, now_ms=T0_MS) == KeyRing.load(key_file).device_key(
-        REGION, "dev-1", 1, T0_MS
-    )
+    under_1 = keyfile.enroll(key_file, REGION, "dev-1", key_id=1, now_ms=T0_MS)
+    assert under_1 == keyfile.load(key_file).device_key(REGION, "dev-1", 1, T0_MS)
     assert ring.current_key_id(REGION) == 2
     with pytest.raises(ConfigError, match="cannot provision devices with key 9"):
-        enroll(key_file, REGION, "dev-new", key_id=9, now_ms=T0_MS)
+        keyfile.enroll(key_file, REGION, "dev-new", key_id=9, now_ms=T0_MS)
     assert "dev-new" not in _document(key_file)["devices"][REGION], "nothing is written for a bad key id"
 
 
 def test_enrol_refuses_unknown_regions_and_bad_ids(key_file: Path) -> None:
     with pytest.raises(ConfigError, match="no region 'mars'"):
-        enroll(key_file, "mars", "dev-1")
+        keyfile.enroll(key_file, "mars", "dev-1")
     with pytest.raises(ConfigError, match=r"device id must be 1..128"):
-        enroll(key_file, REGION, "x" * 129)
+        keyfile.enroll(key_file, REGION, "x" * 129)
     with pytest.raises(ConfigError, match=r"device id must be 1..128"):
-        enroll(key_file, REGION, "")
+        keyfile.enroll(key_file, REGION, "")
     assert "devices" not in _document(key_file)
 
 
@@ -168,19 +160,19 @@ def test_enrol_refuses_unknown_regions_and_bad_ids(key_file: Path) -> None:
 
 
 def test_forget_deletes_the_salt_and_the_device_is_refused_as_forgotten(key_file: Path) -> None:
-    key = enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
+    key = keyfile.enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
     salt = _salt(key_file, "dev-1")
-    ring = KeyRing.load(key_file)
+    ring = keyfile.load(key_file)
     assert ring.device_key(REGION, "dev-1", 1) == key  # now cached in this ring
 
-    tombstone = forget(key_file, REGION, "dev-1", now_ms=T1_MS)
+    tombstone = keyfile.forget(key_file, REGION, "dev-1", now_ms=T1_MS)
     assert tombstone == Enrolment(None, forgotten_at_ms=T1_MS)
     assert tombstone.forgotten
     assert _document(key_file)["devices"][REGION]["dev-1"] == {"forgotten_at_ms": T1_MS}
     assert salt.hex() not in key_file.read_text()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
-    after = KeyRing.load(key_file)
+    after = keyfile.load(key_file)
     for key_id in (1,):
         with pytest.raises(ForgottenDevice) as info:
             after.device_key(REGION, "dev-1", key_id)
@@ -192,33 +184,34 @@ def test_forget_deletes_the_salt_and_the_device_is_refused_as_forgotten(key_file
     assert after.device_key(REGION, "dev-2", 1) == derive_device_key(_master(key_file), "dev-2", 1)
 
     # A later rotation keeps the tombstone: the new key id cannot reach the device either.
-    crypto.rotate(key_file, REGION, 600_000, now_ms=T1_MS)
+    keyfile.rotate(key_file, REGION, 600_000, now_ms=T1_MS)
     with pytest.raises(ForgottenDevice):
-        KeyRing.load(key_file).device_key(REGION, "dev-1", 2)
+        keyfile.load(key_file).device_key(REGION, "dev-1", 2)
 
     written = _signature(key_file)
-    assert forget(key_file, REGION, "dev-1", now_ms=T1_MS + 5) == tombstone, "the first tombstone stays"
+    again = keyfile.forget(key_file, REGION, "dev-1", now_ms=T1_MS + 5)
+    assert again == tombstone, "the first tombstone stays"
     assert _signature(key_file) == written
 
 
 def test_forget_refuses_a_device_that_was_never_enrolled(key_file: Path) -> None:
     with pytest.raises(ConfigError, match=r"never enrolled.*only by retiring the key ids"):
-        forget(key_file, REGION, "dev-1")
+        keyfile.forget(key_file, REGION, "dev-1")
     with pytest.raises(ConfigError, match="no region 'mars'"):
-        forget(key_file, "mars", "dev-1")
+        keyfile.forget(key_file, "mars", "dev-1")
     assert "devices" not in _document(key_file)
 
 
 def test_the_old_key_cannot_be_derived_once_the_salt_is_gone(key_file: Path) -> None:
     """What retention keeps is unreadable: the master key with the public salt (the derivation of a
     device never enrolled) or with any other salt gives another key, and AES-GCM refuses it."""
-    key = enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
+    key = keyfile.enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
     retained = [_seal(key, "dev-1") for _ in range(5)]
     assert all(_opens(raw, key) for raw in retained)
 
-    forget(key_file, REGION, "dev-1", now_ms=T1_MS)
+    keyfile.forget(key_file, REGION, "dev-1", now_ms=T1_MS)
     master = _master(key_file)  # the master key is still there: only the salt went
-    ring = KeyRing.load(key_file)
+    ring = keyfile.load(key_file)
     candidates = [
         derive_device_key(master, "dev-1", 1),  # the public salt
         derive_device_key(master, "dev-1", 1, salt=os.urandom(DEVICE_SALT_BYTES)),
@@ -231,17 +224,17 @@ def test_the_old_key_cannot_be_derived_once_the_salt_is_gone(key_file: Path) -> 
 
 
 def test_a_forgotten_id_cannot_be_enrolled_again(key_file: Path) -> None:
-    enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
-    forget(key_file, REGION, "dev-1", now_ms=T1_MS)
+    keyfile.enroll(key_file, REGION, "dev-1", now_ms=T0_MS)
+    keyfile.forget(key_file, REGION, "dev-1", now_ms=T1_MS)
     written = _signature(key_file)
     with pytest.raises(ConfigError, match=r"'dev-1' of region 'eu-west' was forgotten.*under a new id"):
-        enroll(key_file, REGION, "dev-1")
+        keyfile.enroll(key_file, REGION, "dev-1")
     with pytest.raises(ConfigError, match="was forgotten"):
-        enroll_devices(key_file, REGION, ["dev-2", "dev-1"])
+        keyfile.enroll_devices(key_file, REGION, ["dev-2", "dev-1"])
     assert _signature(key_file) == written, "a refused batch enrols no one"
     with pytest.raises(ForgottenDevice):
-        KeyRing.load(key_file).device_key(REGION, "dev-1", 1)
-    assert enroll(key_file, REGION, "dev-1b")  # the same hardware, a new id
+        keyfile.load(key_file).device_key(REGION, "dev-1", 1)
+    assert keyfile.enroll(key_file, REGION, "dev-1b")  # the same hardware, a new id
 
 
 # -- the key file -------------------------------------------------------------------------------------
@@ -263,12 +256,12 @@ def test_old_key_files_still_load_and_a_file_without_devices_keeps_its_shape(tmp
     )
     for path in (v1, v2):
         path.chmod(0o600)
-        ring = KeyRing.load(path)
+        ring = keyfile.load(path)
         assert ring.devices(REGION) == {}
         assert ring.device_key(REGION, "dev-1", 1) == derive_device_key(master, "dev-1", 1)
-        crypto.rotate(path, REGION, 600_000, now_ms=T0_MS)
+        keyfile.rotate(path, REGION, 600_000, now_ms=T0_MS)
         assert set(_document(path)) == {"version", "regions", "current"}, "no devices: no new field"
-        enroll(path, REGION, "dev-1", now_ms=T0_MS)
+        keyfile.enroll(path, REGION, "dev-1", now_ms=T0_MS)
         assert _document(path)["version"] == 2
         assert set(_document(path)["devices"]) == {REGION}
 
@@ -306,7 +299,7 @@ def test_load_refuses_bad_enrolments_without_quoting_salts(key_file: Path, entry
     document["devices"] = {REGION: {"dev-1": entry}}
     key_file.write_text(json.dumps(document))
     with pytest.raises(ConfigError, match=match) as info:
-        KeyRing.load(key_file)
+        keyfile.load(key_file)
     assert "region 'eu-west': device 'dev-1'" in str(info.value)
     assert "ab" * 16 not in str(info.value)
 
@@ -325,16 +318,15 @@ def test_load_refuses_bad_device_maps(key_file: Path, devices: object, match: st
     document["devices"] = devices
     key_file.write_text(json.dumps(document))
     with pytest.raises(ConfigError, match=match):
-        KeyRing.load(key_file)
+        keyfile.load(key_file)
 
 
 # -- reloading ----------------------------------------------------------------------------------------
 
 
 def _in_another_process(code: str) -> None:
-    script = (
-        "from pathlib import Path\nfrom edgestream.pipeline.security import keyfile as crypto\n"
-        + textwrap.dedent(code)
+    script = "from pathlib import Path\nfrom edgestream.pipeline.security import keyfile\n" + textwrap.dedent(
+        code
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
@@ -345,7 +337,7 @@ def test_the_watcher_picks_up_an_enrolment_and_a_forget_written_by_another_proce
     public = first.device_key(REGION, "dev-1", 1)  # cached under the public salt
     first.device_key(REGION, "dev-2", 1)
 
-    _in_another_process(f"crypto.enroll(Path({str(key_file)!r}), {REGION!r}, 'dev-1', now_ms={T0_MS})")
+    _in_another_process(f"keyfile.enroll(Path({str(key_file)!r}), {REGION!r}, 'dev-1', now_ms={T0_MS})")
     second = watcher.current()
     assert second is not first
     enrolled = second.device_key(REGION, "dev-1", 1)
@@ -353,7 +345,7 @@ def test_the_watcher_picks_up_an_enrolment_and_a_forget_written_by_another_proce
     assert enrolled == derive_device_key(_master(key_file), "dev-1", 1, salt=_salt(key_file, "dev-1"))
     assert (REGION, 1, "dev-2") in second._cache, "unchanged devices keep their cached keys"
 
-    _in_another_process(f"crypto.forget(Path({str(key_file)!r}), {REGION!r}, 'dev-1', now_ms={T1_MS})")
+    _in_another_process(f"keyfile.forget(Path({str(key_file)!r}), {REGION!r}, 'dev-1', now_ms={T1_MS})")
     third = watcher.current()
     assert third is not second
     assert (REGION, 1, "dev-1") not in third._cache, "a forgotten device's key is not carried over"
@@ -380,10 +372,10 @@ def test_repr_str_and_logs_never_show_salts_or_device_keys(
     key_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     watcher = KeyFileWatcher(key_file)
-    with caplog.at_level(logging.DEBUG, logger="edgestream.pipeline.security.keyfile"):
-        keys = enroll_devices(key_file, REGION, ["dev-1", "dev-2"], now_ms=T0_MS)
+    with caplog.at_level(logging.DEBUG, logger="edgestream.pipeline.security"):
+        keys = keyfile.enroll_devices(key_file, REGION, ["dev-1", "dev-2"], now_ms=T0_MS)
         ring = watcher.current()  # logs the reload
-        tombstone = forget(key_file, REGION, "dev-2", now_ms=T1_MS)
+        tombstone = keyfile.forget(key_file, REGION, "dev-2", now_ms=T1_MS)
         watcher.current()
     assert "reloaded" in caplog.text
     salt = _salt(key_file, "dev-1")
@@ -397,7 +389,7 @@ def test_repr_str_and_logs_never_show_salts_or_device_keys(
             repr(ring.enrolment(REGION, "dev-1")),
             repr(tombstone),
             repr(watcher),
-            repr(KeyRing.load(key_file)),
+            repr(keyfile.load(key_file)),
             caplog.text,
         ]
     )
@@ -427,7 +419,7 @@ def test_cli_enroll_list_and_forget_refusals(key_file: Path, tmp_path: Path) -> 
         "region": REGION,
         "device_id": "dev-1",
         "key_id": 1,
-        "key": KeyRing.load(key_file).device_key(REGION, "dev-1", 1).hex(),
+        "key": keyfile.load(key_file).device_key(REGION, "dev-1", 1).hex(),
     }
 
     result = _cli("devices", "enroll", "dev-1", "--region", REGION, *where)
@@ -436,7 +428,7 @@ def test_cli_enroll_list_and_forget_refusals(key_file: Path, tmp_path: Path) -> 
     assert "run again with --key-out" in result.output
     assert _cli("devices", "enroll", "dev-1", "-r", REGION, *where, "--key-out", str(out)).exit_code == 1
     assert _cli("devices", "enroll", "dev-2", "-r", REGION, *where).exit_code == 0
-    forget(key_file, REGION, "dev-2", now_ms=T1_MS)
+    keyfile.forget(key_file, REGION, "dev-2", now_ms=T1_MS)
 
     result = _cli("devices", "list", "--region", REGION, *where)
     assert result.exit_code == 0, result.output
@@ -466,12 +458,12 @@ def test_the_fleet_enrols_its_devices_once_and_seals_with_their_keys(tmp_path: P
 
     regions = [REGION, "us-east"]
     key_file = tmp_path / "keys.json"
-    ring = KeyRing.create(key_file, regions)
+    ring = keyfile.create(key_file, regions)
     settings = FleetSettings(
         devices=12, home=tmp_path, regions=tuple(r for r in DEFAULT_REGIONS if r.name in regions)
     )
     devices = make_devices(settings, ring)
-    enrolled = KeyRing.load(key_file)
+    enrolled = keyfile.load(key_file)
     assert {d.region for d in devices} == set(regions)
     for device in devices:
         assert enrolled.enrolment(device.region, device.device_id) is not None
@@ -484,7 +476,7 @@ def test_the_fleet_enrols_its_devices_once_and_seals_with_their_keys(tmp_path: P
 
     other = tmp_path / "other"
     other.mkdir()
-    plain_ring = KeyRing.create(other / "keys.json", regions)
+    plain_ring = keyfile.create(other / "keys.json", regions)
     plain = make_devices(settings.model_copy(update={"home": other, "enrol": False}), plain_ring)
     assert "devices" not in _document(other / "keys.json")
     assert all(d.key == plain_ring.device_key(d.region, d.device_id, d.key_id) for d in plain)
@@ -496,7 +488,7 @@ def test_the_fleet_does_not_enrol_into_a_key_file_it_cannot_write(
     from edgestream.workers.local.fleet import FleetSettings, make_devices
 
     key_file = tmp_path / "keys.json"
-    ring = KeyRing.create(key_file, [REGION])
+    ring = keyfile.create(key_file, [REGION])
     key_file.chmod(0o400)
     if os.geteuid() == 0:  # root may write it anyway: what a non-root fleet sees
         monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK)

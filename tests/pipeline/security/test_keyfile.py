@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from edgestream.pipeline.errors import ConfigError, UnknownKeyId
+from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.derive import HKDF_INFO_LABEL, HKDF_SALT, derive_device_key, hkdf_info
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -119,7 +120,7 @@ def test_repr_never_shows_key_bytes() -> None:
 
 def test_create_writes_a_private_file_that_load_reads(tmp_path: Path) -> None:
     path = tmp_path / "state" / "keys.json"
-    created = KeyRing.create(path, ["eu-west", "us-east"])
+    created = keyfile.create(path, ["eu-west", "us-east"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     document = json.loads(path.read_text())
     assert set(document["regions"]) == {"eu-west", "us-east"}
@@ -128,26 +129,26 @@ def test_create_writes_a_private_file_that_load_reads(tmp_path: Path) -> None:
     entry = document["regions"]["eu-west"]["1"]
     assert len(bytes.fromhex(entry["key"])) == 32
     assert isinstance(entry["created_at_ms"], int)
-    loaded = KeyRing.load(path)
+    loaded = keyfile.load(path)
     assert loaded.device_key("us-east", "dev", 1) == created.device_key("us-east", "dev", 1)
     assert document["regions"]["eu-west"] != document["regions"]["us-east"]
 
 
 def test_create_never_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
-    KeyRing.create(path, ["eu-west"])
+    keyfile.create(path, ["eu-west"])
     before = path.read_bytes()
     with pytest.raises(ConfigError, match="cannot create key file"):
-        KeyRing.create(path, ["eu-west"])
+        keyfile.create(path, ["eu-west"])
     assert path.read_bytes() == before
 
 
 def test_load_warns_about_a_readable_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "keys.json"
-    KeyRing.create(path, ["eu-west"])
+    keyfile.create(path, ["eu-west"])
     path.chmod(0o644)
     with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.security.keyfile"):
-        KeyRing.load(path)
+        keyfile.load(path)
     assert "readable by group or others" in caplog.text
     assert path.read_text() not in caplog.text
 
@@ -169,10 +170,10 @@ def test_load_refuses_bad_files_naming_them(tmp_path: Path, content: str, match:
     path.write_text(content)
     path.chmod(0o600)
     with pytest.raises(ConfigError, match=match) as info:
-        KeyRing.load(path)
+        keyfile.load(path)
     assert str(path) in str(info.value)
 
 
 def test_load_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read key file"):
-        KeyRing.load(tmp_path / "absent.json")
+        keyfile.load(tmp_path / "absent.json")

@@ -1,33 +1,22 @@
-"""Key rotation: key file v2 states, the acceptance window, retirement, reloads, secrets, the CLI."""
+"""Key rotation: key file v2 states, the acceptance window, retirement, the CLI."""
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
 import os
 import stat
-import subprocess
-import sys
-import textwrap
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import typer
-from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from edgestream.cli import app
 from edgestream.commands.keys import parse_duration_ms
 from edgestream.pipeline.errors import ConfigError, ContractError, RetiredKey, UnknownKeyId
-from edgestream.pipeline.security import keyfile as crypto
+from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.derive import derive_device_key
-from edgestream.pipeline.security.keyfile import (
-    KeyFileWatcher,
-    KeyRing,
-    KeySource,
-    MasterKey,
-)
+from edgestream.pipeline.security.keyring import KeyRing, MasterKey
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,18 +36,10 @@ def _master(path: Path, region: str, key_id: int) -> bytes:
     return bytes.fromhex(_document(path)["regions"][region][str(key_id)]["key"])
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """What another process does: a new file renamed over the old one."""
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
-
-
 @pytest.fixture
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "keys.json"
-    KeyRing.create(path, ["eu-west", "us-east"], now_ms=T0_MS)
+    keyfile.create(path, ["eu-west", "us-east"], now_ms=T0_MS)
     return path
 
 
@@ -71,7 +52,7 @@ def test_a_version_1_file_loads_unchanged_with_every_key_active(tmp_path: Path) 
         json.dumps({"regions": {"eu-west": {"1": OLD.hex(), "2": NEW.hex()}}, "current": {"eu-west": 1}})
     )
     path.chmod(0o600)
-    ring = KeyRing.load(path)
+    ring = keyfile.load(path)
     assert ring.current_key_id("eu-west") == 1
     assert ring.key_ids("eu-west") == (1, 2)
     assert ring.key_state("eu-west", 1) == "current"
@@ -86,7 +67,7 @@ def test_a_version_1_file_loads_unchanged_with_every_key_active(tmp_path: Path) 
     without_current = tmp_path / "v1.json"
     without_current.write_text(json.dumps({"regions": {"eu-west": {"1": OLD.hex(), "2": NEW.hex()}}}))
     without_current.chmod(0o600)
-    assert KeyRing.load(without_current).current_key_id("eu-west") == 2
+    assert keyfile.load(without_current).current_key_id("eu-west") == 2
 
 
 def test_create_writes_version_2_with_creation_times(key_file: Path) -> None:
@@ -120,7 +101,7 @@ def test_load_refuses_bad_version_2_entries(
     path.write_text(json.dumps(document))
     path.chmod(0o600)
     with pytest.raises(ConfigError, match=match):
-        KeyRing.load(path)
+        keyfile.load(path)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +141,7 @@ def test_rotate_makes_a_new_current_key_and_accepts_the_previous_one_for_the_win
     old_master = _master(key_file, "eu-west", 1)
     us_east = _document(key_file)["regions"]["us-east"]
     rotated_at = T0_MS + 1_000
-    ring = crypto.rotate(key_file, "eu-west", WINDOW_MS, now_ms=rotated_at)
+    ring = keyfile.rotate(key_file, "eu-west", WINDOW_MS, now_ms=rotated_at)
 
     assert ring.current_key_id("eu-west") == 2
     document = _document(key_file)
@@ -174,7 +155,7 @@ def test_rotate_makes_a_new_current_key_and_accepts_the_previous_one_for_the_win
     assert _master(key_file, "eu-west", 2) != old_master
     assert document["regions"]["us-east"] == us_east  # other regions untouched
 
-    loaded = KeyRing.load(key_file)
+    loaded = keyfile.load(key_file)
     end = rotated_at + WINDOW_MS
     assert loaded.device_key("eu-west", "dev", 1, now_ms=rotated_at) == derive_device_key(
         old_master, "dev", 1
@@ -192,8 +173,8 @@ def test_rotate_makes_a_new_current_key_and_accepts_the_previous_one_for_the_win
 
 
 def test_a_later_rotation_retires_keys_whose_window_ended(key_file: Path) -> None:
-    crypto.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
-    ring = crypto.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS + WINDOW_MS)
+    keyfile.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
+    ring = keyfile.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS + WINDOW_MS)
     assert ring.current_key_id("eu-west") == 3
     entries = _document(key_file)["regions"]["eu-west"]
     assert entries["1"] == {"retired": True, "created_at_ms": T0_MS, "retired_at_ms": T0_MS + WINDOW_MS}
@@ -206,7 +187,7 @@ def test_a_later_rotation_retires_keys_whose_window_ended(key_file: Path) -> Non
 
 
 def test_a_zero_window_retires_the_previous_key_at_once(key_file: Path) -> None:
-    ring = crypto.rotate(key_file, "eu-west", 0, now_ms=T0_MS)
+    ring = keyfile.rotate(key_file, "eu-west", 0, now_ms=T0_MS)
     assert _document(key_file)["regions"]["eu-west"]["1"] == {
         "retired": True,
         "created_at_ms": T0_MS,
@@ -215,13 +196,13 @@ def test_a_zero_window_retires_the_previous_key_at_once(key_file: Path) -> None:
     with pytest.raises(RetiredKey):
         ring.device_key("eu-west", "dev", 1, now_ms=T0_MS - 1)
     with pytest.raises(ConfigError, match=">= 0"):
-        crypto.rotate(key_file, "eu-west", -1, now_ms=T0_MS)
+        keyfile.rotate(key_file, "eu-west", -1, now_ms=T0_MS)
 
 
 def test_retire_deletes_the_key_bytes_and_the_id_is_refused_as_retired_not_unknown(key_file: Path) -> None:
     old_master = _master(key_file, "eu-west", 1)
-    crypto.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
-    ring = crypto.retire(key_file, "eu-west", 1, now_ms=T0_MS + 5)
+    keyfile.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
+    ring = keyfile.retire(key_file, "eu-west", 1, now_ms=T0_MS + 5)
 
     text = key_file.read_text()
     assert old_master.hex() not in text
@@ -230,7 +211,7 @@ def test_retire_deletes_the_key_bytes_and_the_id_is_refused_as_retired_not_unkno
         "created_at_ms": T0_MS,
         "retired_at_ms": T0_MS + 5,
     }
-    for refusing in (ring, KeyRing.load(key_file)):
+    for refusing in (ring, keyfile.load(key_file)):
         assert refusing.key_ids("eu-west") == (2,)
         with pytest.raises(RetiredKey) as info:
             refusing.device_key("eu-west", "dev", 1, now_ms=T0_MS + 6)  # inside the old window
@@ -240,7 +221,7 @@ def test_retire_deletes_the_key_bytes_and_the_id_is_refused_as_retired_not_unkno
             refusing.device_key("eu-west", "dev", 99)
 
     before = key_file.read_bytes()
-    crypto.retire(key_file, "eu-west", 1, now_ms=T0_MS + 10)  # again: nothing changes
+    keyfile.retire(key_file, "eu-west", 1, now_ms=T0_MS + 10)  # again: nothing changes
     assert key_file.read_bytes() == before
 
 
@@ -253,10 +234,10 @@ def test_retire_refuses_the_current_key_and_unknown_ids(
 ) -> None:
     before = key_file.read_bytes()
     with pytest.raises(ConfigError, match=match):
-        crypto.retire(key_file, region, key_id, now_ms=T0_MS)
+        keyfile.retire(key_file, region, key_id, now_ms=T0_MS)
     assert key_file.read_bytes() == before
     with pytest.raises(ConfigError, match="no region 'mars'"):
-        crypto.rotate(key_file, "mars", WINDOW_MS, now_ms=T0_MS)
+        keyfile.rotate(key_file, "mars", WINDOW_MS, now_ms=T0_MS)
 
 
 def test_the_cache_never_serves_a_retired_key() -> None:
@@ -268,14 +249,14 @@ def test_the_cache_never_serves_a_retired_key() -> None:
 
     ring.device_key("eu-west", "dev", 2)
     retired = ring.retired("eu-west", 1, now_ms=T0_MS + 50)
-    retired._adopt_cache(ring)  # what a reload does
+    retired.adopt_cache(ring)  # what a reload does
     assert ("eu-west", 1, "dev") not in retired._cache
     assert ("eu-west", 2, "dev") in retired._cache  # unchanged keys keep their derived keys
     with pytest.raises(RetiredKey):
         retired.device_key("eu-west", "dev", 1, now_ms=T0_MS)
 
     replaced = KeyRing({"eu-west": {1: NEW, 2: NEW}})  # same id, different master: not adopted
-    replaced._adopt_cache(ring)
+    replaced.adopt_cache(ring)
     assert ("eu-west", 1, "dev") not in replaced._cache
     assert replaced.device_key("eu-west", "dev", 1) == derive_device_key(NEW, "dev", 1)
 
@@ -284,11 +265,11 @@ def test_key_files_stay_private_through_every_operation(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     umask = os.umask(0)
     try:
-        KeyRing.create(path, ["eu-west"], now_ms=T0_MS)
+        keyfile.create(path, ["eu-west"], now_ms=T0_MS)
         modes = [stat.S_IMODE(path.stat().st_mode)]
-        crypto.rotate(path, "eu-west", WINDOW_MS, now_ms=T0_MS)
+        keyfile.rotate(path, "eu-west", WINDOW_MS, now_ms=T0_MS)
         modes.append(stat.S_IMODE(path.stat().st_mode))
-        crypto.retire(path, "eu-west", 1, now_ms=T0_MS)
+        keyfile.retire(path, "eu-west", 1, now_ms=T0_MS)
         modes.append(stat.S_IMODE(path.stat().st_mode))
     finally:
         os.umask(umask)
@@ -300,161 +281,10 @@ def test_key_files_stay_private_through_every_operation(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another owner")
 def test_root_rotating_a_workers_key_file_keeps_its_owner(key_file: Path) -> None:
     os.chown(key_file, 1000, 1000)
-    crypto.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
+    keyfile.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
     owner = key_file.stat()
     assert (owner.st_uid, owner.st_gid) == (1000, 1000)
     assert stat.S_IMODE(owner.st_mode) == 0o600
-
-
-# -- reloading ----------------------------------------------------------------------------------------
-
-
-def test_the_watcher_picks_up_a_rotation_written_by_another_process(key_file: Path) -> None:
-    watcher = KeyFileWatcher(key_file)
-    first = watcher.current()
-    assert watcher.current() is first  # unchanged file: same ring
-    first.device_key("eu-west", "dev", 1)
-    script = textwrap.dedent(
-        f"""
-        from pathlib import Path
-        from edgestream.pipeline.security.keyfile import rotate
-        rotate(Path({str(key_file)!r}), "eu-west", {WINDOW_MS}, now_ms={T0_MS})
-        """
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
-    second = watcher.current()
-    assert second is not first
-    assert second.current_key_id("eu-west") == 2
-    assert second.key_state("eu-west", 1, now_ms=T0_MS) == "accepted"
-    assert ("eu-west", 1, "dev") in second._cache  # key 1 is unchanged: its derived keys carry over
-    assert watcher.current() is second
-
-
-def test_the_watcher_keeps_the_old_ring_on_a_garbled_write_and_logs_once(
-    key_file: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    watcher = KeyFileWatcher(key_file, required_regions=["eu-west"])
-    good = watcher.current()
-    good_text = key_file.read_text()
-    master = _master(key_file, "eu-west", 1)
-    key_file.write_text(good_text[: len(good_text) // 2])  # a half-written file
-    with caplog.at_level(logging.ERROR, logger="edgestream.pipeline.security.keyfile"):
-        assert [watcher.current() for _ in range(3)] == [good, good, good]
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert "keeping the previous keys" in errors[0].getMessage()
-    assert master.hex() not in caplog.text
-
-    caplog.clear()
-    without_region = json.loads(good_text)
-    del without_region["regions"]["eu-west"], without_region["current"]["eu-west"]
-    _write_atomically(key_file, json.dumps(without_region))
-    with caplog.at_level(logging.ERROR, logger="edgestream.pipeline.security.keyfile"):
-        assert watcher.current() is good  # a valid file that lost our region is not applied either
-    assert "no keys for region(s) eu-west" in caplog.text
-
-    caplog.clear()
-    key_file.unlink()
-    with caplog.at_level(logging.ERROR, logger="edgestream.pipeline.security.keyfile"):
-        assert watcher.current() is good
-        assert watcher.current() is good
-    assert len(caplog.records) == 1
-
-    _write_atomically(key_file, good_text)
-    crypto.rotate(key_file, "eu-west", WINDOW_MS, now_ms=T0_MS)
-    assert watcher.current().current_key_id("eu-west") == 2  # a good file is picked up again
-
-
-def test_the_watcher_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
-    path = tmp_path / "keys.json"
-    path.write_text("{")
-    with pytest.raises(ConfigError, match="cannot read key file"):
-        KeyFileWatcher(path)
-    with pytest.raises(ConfigError, match="cannot read key file"):
-        KeyFileWatcher(tmp_path / "absent.json")
-
-
-# -- secrets ------------------------------------------------------------------------------------------
-
-
-def _leaks(shown: str, masters: list[bytes]) -> list[str]:
-    """Every rendering of a master key (or of a device key derived from it) found in ``shown``."""
-    found = []
-    for master in masters:
-        for secret in (master, derive_device_key(master, "dev", 1)):
-            for form in (
-                secret.hex(),
-                secret.hex().upper(),
-                base64.b64encode(secret).decode(),
-                base64.urlsafe_b64encode(secret).decode(),
-                repr(secret),
-            ):
-                if form in shown:
-                    found.append(form)
-    return found
-
-
-def test_key_source_from_a_secret_loads_and_never_shows_key_bytes(key_file: Path) -> None:
-    masters = [_master(key_file, "eu-west", 1), _master(key_file, "us-east", 1)]
-    text = key_file.read_text()
-    source = KeySource.of(None, SecretStr(text), default_file=key_file)
-    assert source.file is None
-    ring = source.load()
-    assert ring.device_key("eu-west", "dev", 1) == derive_device_key(masters[0], "dev", 1)
-    watcher = source.watcher(required_regions=["eu-west"])
-    assert watcher.current() is watcher.current()
-
-    shown = " ".join(
-        [
-            repr(source),
-            str(source),
-            source.model_dump_json(),
-            repr(ring),
-            str(ring),
-            repr(ring.keys("eu-west")),
-            repr(ring.status()),
-            repr(watcher),
-            repr(KeyFileWatcher(key_file)),
-            repr(KeyRing.from_secret(SecretStr(text))),
-        ]
-    )
-    assert "eu-west" in shown
-    assert _leaks(shown, masters) == []
-    assert _leaks(text, masters)  # the check can fail: the raw JSON does show them
-
-
-def test_bad_secrets_fail_without_quoting_them(key_file: Path) -> None:
-    text = key_file.read_text()
-    masters = [_master(key_file, "eu-west", 1)]
-    with pytest.raises(ConfigError, match="key secret: not JSON") as info:
-        KeyRing.from_secret(SecretStr(text[:-20]))
-    assert info.value.__cause__ is None
-    assert info.value.__context__ is None  # the JSONDecodeError holding the text is gone
-    assert _leaks(str(info.value), masters) == []
-
-    short = text.replace(masters[0].hex(), masters[0].hex()[:-2])
-    with pytest.raises(
-        ConfigError, match="key secret: region 'eu-west': master key 1 is not 32 bytes"
-    ) as info:
-        KeyRing.from_secret(SecretStr(short))
-    assert _leaks(str(info.value), masters) == []
-
-    with pytest.raises(ValidationError) as invalid:
-        KeySource(file=key_file, secret=text)  # type: ignore[arg-type]
-    assert _leaks(str(invalid.value), masters) == []
-    with pytest.raises(ValidationError, match="exactly one"):
-        KeySource()
-    with pytest.raises(ConfigError, match="both a key file and a key secret"):
-        KeySource.of(key_file, SecretStr(text), default_file=key_file)
-
-
-def test_key_source_picks_the_file_or_the_default(key_file: Path, tmp_path: Path) -> None:
-    assert KeySource.of(None, None, default_file=key_file).file == key_file
-    other = tmp_path / "other.json"
-    assert KeySource.of(other, None, default_file=key_file).file == other
-    watcher = KeySource(file=key_file).watcher()
-    crypto.rotate(key_file, "us-east", WINDOW_MS, now_ms=T0_MS)
-    assert watcher.current().current_key_id("us-east") == 2
 
 
 # -- the CLI ------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The development PKI: subjects and principals, file modes, idempotent ensure, rotation, CA rotation, CLI.
+"""The development PKI: subjects and the principals they map to, file modes, idempotent ensure, rotation,
+CA rotation, CLI.
 
 Chains are checked with ``cryptography``'s verifier (RFC 5280 path building against the trust bundle);
 ``test_tls.py`` checks the same files in real TLS handshakes.
@@ -28,16 +29,9 @@ from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
 from edgestream.pipeline.errors import ConfigError
-from edgestream.pipeline.security import pki as certs
-from edgestream.pipeline.security.pki import (
-    PRINCIPAL_MAPPING_RULES,
-    RENEW_WITHIN,
-    Identity,
-    NotIssued,
-    Pki,
-    PkiError,
-    TlsFiles,
-)
+from edgestream.pipeline.security.certificates import CLOCK_SKEW, PRINCIPAL_MAPPING_RULES
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import RENEW_WITHIN, NotIssued, Pki, PkiError, TlsFiles
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -105,53 +99,6 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
         st = path.stat()
         entries[str(path.relative_to(root))] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return entries
-
-
-# -- identities -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("identity", "principal", "name"),
-    [
-        (Identity.broker(), "broker", "broker"),
-        (Identity.admin(), "admin", "admin"),
-        (Identity.edge("eu-west"), "edge-eu-west", "worker"),
-        (Identity.edge("ap-south", "node-7"), "edge-ap-south", "node-7"),
-        (Identity.aggregator(), "aggregator", "aggregator"),
-        (Identity.device("us-east"), "device-us-east", "gateway"),
-        (Identity.device("us-east", "sensor-0042"), "device-us-east", "sensor-0042"),
-        (Identity.of("edge-eu-west"), "edge-eu-west", "worker"),
-        (Identity.of("device-eu-west"), "device-eu-west", "gateway"),
-        (Identity.of("admin"), "admin", "admin"),
-        (Identity.of("edge-eu-west", "n1"), "edge-eu-west", "n1"),
-    ],
-)
-def test_identity_constructors(identity: Identity, principal: str, name: str) -> None:
-    assert (identity.principal, identity.name) == (principal, name)
-
-
-@pytest.mark.parametrize(
-    ("principal", "name"),
-    [
-        ("Edge-eu-west", "worker"),
-        ("edge-eu-west", "a,b"),
-        ("edge-eu-west", "a+b"),
-        ("edge-eu-west", ""),
-        ("", "worker"),
-        ("-edge", "worker"),
-        ("edge eu", "worker"),
-        ("edge-eu-west", "x" * 65),
-        ("edge-eu-west", "wörker"),
-    ],
-)
-def test_identity_rejects_names_the_mapping_rule_cannot_carry(principal: str, name: str) -> None:
-    with pytest.raises(ValueError, match=r"must be 1\.\.64 characters"):
-        Identity(principal, name)
-
-
-def test_region_is_validated_through_the_principal() -> None:
-    with pytest.raises(ValueError, match="principal 'edge-EU'"):
-        Identity.edge("EU")
 
 
 def test_subject_is_rfc4514_and_the_broker_rule_maps_it_to_the_principal(pki: Pki) -> None:
@@ -321,7 +268,7 @@ def test_client_certificates_are_client_only_leaves(pki: Pki) -> None:
     assert not usage.key_cert_sign
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(days=30) + certs.CLOCK_SKEW
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(days=30) + CLOCK_SKEW
 
 
 def test_ca_certificate(pki: Pki) -> None:
@@ -334,7 +281,7 @@ def test_ca_certificate(pki: Pki) -> None:
     assert usage.key_cert_sign
     assert usage.crl_sign
     assert not usage.digital_signature
-    assert ca.not_valid_after_utc - ca.not_valid_before_utc == timedelta(days=3650) + certs.CLOCK_SKEW
+    assert ca.not_valid_after_utc - ca.not_valid_before_utc == timedelta(days=3650) + CLOCK_SKEW
 
 
 def test_expired_certificate_from_the_override_does_not_verify(pki: Pki) -> None:

@@ -20,7 +20,9 @@ import pytest
 from cryptography import x509
 
 from edgestream.pipeline.errors import ConfigError
-from edgestream.pipeline.security.pki import PRINCIPAL_MAPPING_RULES, Identity, Pki
+from edgestream.pipeline.security.certificates import PRINCIPAL_MAPPING_RULES
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.security.tls import client_context, server_context
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from edgestream.pipeline.contract.cloud import (
     merge,
     percentile_ms,
 )
-from edgestream.pipeline.security.pki import Identity
+from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics

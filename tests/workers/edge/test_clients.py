@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import TopicPartition
 
-from edgestream.pipeline.security.keyfile import KeyRing
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.edge.settings import WorkerSettings

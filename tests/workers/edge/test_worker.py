@@ -21,7 +21,10 @@ from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, seal
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
-from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, retire, rotate
+from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.keyfile import retire, rotate
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import kafka_settings
@@ -342,7 +345,7 @@ async def test_a_key_rotation_mid_traffic_answers_the_old_id_in_its_window_and_r
     dead-lettered as retired_key once it is retired; key 2 is answered throughout. The worker reads the
     rotation from its key file, without a restart."""
     key_file = edge_region.home / f"keys-{edge_region.name}.json"
-    old_ring = KeyRing.load(key_file)  # devices on key 1 keep their key after the file forgets it
+    old_ring = keyfile.load(key_file)  # devices on key 1 keep their key after the file forgets it
     worker = await running_worker(keyring=KeyFileWatcher(key_file, required_regions=[edge_region.name]))
 
     def worker_sees(key_id: int, state: str) -> bool:
@@ -351,7 +354,7 @@ async def test_a_key_rotation_mid_traffic_answers_the_old_id_in_its_window_and_r
 
     before = await _send_embeddings(edge_region, producer, old_ring, 1, 20, "before")
     rotate(key_file, edge_region.name, window_ms=10 * 60_000)
-    new_ring = KeyRing.load(key_file)
+    new_ring = keyfile.load(key_file)
     assert await eventually(lambda: worker_sees(2, "current"), timeout_s=10)
     assert worker_sees(1, "accepted")
     in_window = await _send_embeddings(edge_region, producer, old_ring, 1, 20, "window")

@@ -13,7 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography import x509
 
-from edgestream.pipeline.security.pki import Identity, Pki, TlsFiles
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import Pki, TlsFiles
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.broker import BrokerSettings, BrokerState, LocalBroker
 

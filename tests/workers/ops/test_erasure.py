@@ -19,8 +19,10 @@ from edgestream.pipeline.contract.envelope import decode_envelope, new_request_i
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.errors import AuthenticationFailed, ForgottenDevice
 from edgestream.pipeline.models import load_dataset, spec
+from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.derive import derive_device_key
-from edgestream.pipeline.security.keyfile import KeyFileWatcher, KeyRing, enroll, forget
+from edgestream.pipeline.security.keyfile import enroll, forget
+from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import KINDS, Kind, dlq_topic, ingest_topic, results_topic
 from edgestream.workers.ops.erasure import retained_envelopes
@@ -77,7 +79,7 @@ async def test_a_forgotten_device_is_refused_and_its_retained_envelopes_cannot_b
     key_file = edge_region.home / f"keys-{region}.json"
     gone, kept = "dev-gone", "dev-kept"
     gone_key = enroll(key_file, region, gone)
-    kept_key = KeyRing.load(key_file).device_key(region, kept, 1)  # never enrolled: the public salt
+    kept_key = keyfile.load(key_file).device_key(region, kept, 1)  # never enrolled: the public salt
     worker = await running_worker(keyring=KeyFileWatcher(key_file, required_regions=[region]))
 
     before = await _send(edge_region, producer, gone, gone_key, 20)
@@ -126,7 +128,7 @@ async def test_a_forgotten_device_is_refused_and_its_retained_envelopes_cannot_b
     assert (await retained_envelopes(edge_region.bootstrap, region, kept)).envelopes == 30
 
     # Every envelope of the forgotten device the broker still holds, read back: none opens.
-    ring = KeyRing.load(key_file)
+    ring = keyfile.load(key_file)
     master = bytes.fromhex(
         json.loads(key_file.read_text())["regions"][region]["1"]["key"]
     )  # only the salt went
@@ -186,8 +188,8 @@ async def test_devices_forget_says_what_it_covered(
     assert rows[ingest_topic(region, "frame")][3:] == ["6 h", "1", "0"], "retention, not envelopes, other"
     assert "1 further record(s) keyed by it are not its envelopes" in result.output
     with pytest.raises(ForgottenDevice):
-        KeyRing.load(key_file).device_key(region, "dev-cli", 1)
-    assert KeyRing.load(key_file).device_key(region, "dev-other", 1) == other_key
+        keyfile.load(key_file).device_key(region, "dev-cli", 1)
+    assert keyfile.load(key_file).device_key(region, "dev-other", 1) == other_key
 
     again = await _cli(
         edge_region.bootstrap, "devices", "forget", "dev-cli", "--region", region, "--path", str(key_file)
