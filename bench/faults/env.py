@@ -21,7 +21,7 @@ from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
-from edgestream.topics.acls import apply_policy
+from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, edge_group, region_topics
 from edgestream.workers.local.fleet import MODEL_FOR_KIND

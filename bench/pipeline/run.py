@@ -34,7 +34,7 @@ from bench.pipeline.results import FloorPoint, Level, LevelRatios
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION, PIPELINE_REGION, BenchSettings
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security import keyfile
-from edgestream.topics.acls import apply_policy
+from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics
 from edgestream.workers.local.broker import BrokerSettings, running_broker

@@ -372,7 +372,8 @@ def acl(
 
 def _acl_check(address: Kafka, regions: list[str], timeout_ms: int | None) -> None:
     from edgestream.pipeline.errors import EdgestreamError
-    from edgestream.topics.acls import check_policy, principals
+    from edgestream.topics.acl_admin import check_policy
+    from edgestream.topics.acls import principals
     from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
 
     try:
@@ -400,7 +401,7 @@ def _acl_check(address: Kafka, regions: list[str], timeout_ms: int | None) -> No
 
 def _acl_apply(address: Kafka, regions: list[str], prune: bool, timeout_ms: int | None) -> None:
     from edgestream.pipeline.errors import EdgestreamError
-    from edgestream.topics.acls import apply_policy
+    from edgestream.topics.acl_admin import apply_policy
     from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
 
     try:

@@ -27,6 +27,17 @@ from edgestream.cli import app
 from edgestream.pipeline.errors import BrokerError
 from edgestream.pipeline.security.identities import SUPER_USERS
 from edgestream.pipeline.settings import DEFAULT_REGIONS
+from edgestream.topics.acl_admin import (
+    AclAdminError,
+    AclPermissionDenied,
+    AuthorizerDisabled,
+    apply_policy,
+    check_policy,
+    create_acls,
+    delete_acls,
+    describe_acls,
+)
+from edgestream.topics.acl_admin import _raise_for as _raise_for  # the error mapping, without a broker
 from edgestream.topics.acls import (
     ADMIN,
     AGGREGATOR,
@@ -39,26 +50,17 @@ from edgestream.topics.acls import (
     TRANSACTIONAL_ID,
     WILDCARD_PRINCIPAL,
     WRITE,
-    AclAdminError,
-    AclPermissionDenied,
     AclRule,
-    AuthorizerDisabled,
     Operation,
     PatternType,
     Permission,
     ResourceType,
-    apply_policy,
-    check_policy,
     compare,
-    create_acls,
-    delete_acls,
-    describe_acls,
     device_principal,
     edge_principal,
     policy,
     principals,
 )
-from edgestream.topics.acls import _raise_for as _raise_for  # the error mapping, without a broker
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
     AGGREGATOR_GROUP,

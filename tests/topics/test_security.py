@@ -26,7 +26,7 @@ from aiokafka.errors import (
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki, TlsFiles
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
-from edgestream.topics.acls import apply_policy
+from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import audit_topic, edge_group, ingest_topic, region_topics, results_topic
 from edgestream.workers.local.broker import BrokerState

@@ -19,7 +19,7 @@ from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
-from edgestream.topics.acls import apply_policy
+from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
 from edgestream.workers.edge.settings import WorkerSettings

@@ -34,7 +34,7 @@ from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, Kafka, KafkaSettings, Region
-from edgestream.topics.acls import apply_policy
+from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import consumer_lag, ensure_topics
 from edgestream.topics.catalogue import (
     AGGREGATOR_GROUP,

@@ -32,7 +32,7 @@ from edgestream.pipeline.contract.cloud import (
 )
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.topics.acls import apply_policy
+from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import AGGREGATOR_GROUP, CLOUD_SUMMARIES, SUMMARIES_TOPIC, shared_topics
 from edgestream.workers.aggregator import windows as w
