@@ -38,7 +38,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgestream.workers.local.broker import BrokerSettings, LocalBroker
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
 from tests.faults import harness
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

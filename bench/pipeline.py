@@ -71,7 +71,8 @@ from edgestream.topics.catalogue import (
     results_topic,
 )
 from edgestream.workers.edge.worker import WorkerSettings
-from edgestream.workers.local.broker import BrokerSettings, running_broker
+from edgestream.workers.local.broker.process import running_broker
+from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.fleet import MODEL_FOR_KIND, Fleet, FleetReport, FleetSettings
 from edgestream.workers.local.fleet import Progress as FleetProgress
 

@@ -36,7 +36,7 @@ def worker(
     from edgestream.pipeline.security.pki import Identity
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.edge.worker import WorkerSettings, serve
-    from edgestream.workers.local.broker import local_kafka
+    from edgestream.workers.local.broker.process import local_kafka
 
     overrides: dict[str, object] = {}
     if region is not None:
@@ -66,7 +66,7 @@ def fleet(
 ) -> None:
     """Run the simulated device fleet against running workers and print what it saw."""
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.local.broker import local_kafka
+    from edgestream.workers.local.broker.process import local_kafka
     from edgestream.workers.local.fleet import FleetSettings, run_fleet
 
     overrides: dict[str, object] = {}

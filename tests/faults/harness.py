@@ -59,7 +59,9 @@ from edgestream.topics.catalogue import (
     region_topics,
     results_topic,
 )
-from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
+from edgestream.workers.local.broker.config import free_port
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 from .corpus import OK, Corpus, CorpusRecord

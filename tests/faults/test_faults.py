@@ -33,7 +33,7 @@ from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import edge_group, ingest_topic
 from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
 from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
-from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 from .corpus import CATEGORIES, OK, Corpus, CorpusRecord

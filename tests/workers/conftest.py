@@ -21,7 +21,7 @@ from edgestream.topics.acls import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
 from edgestream.workers.edge.worker import EdgeWorker, WorkerSettings
-from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.broker.state import BrokerState
 
 
 @pytest.fixture(scope="session")
