@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.local.broker import BrokerSettings, BrokerState, running_broker
+from edgestream.workers.local.broker.process import running_broker
+from edgestream.workers.local.broker.settings import BrokerSettings
+from edgestream.workers.local.broker.state import BrokerState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -42,7 +42,8 @@ from rich.table import Table
 from bench import REPO_ROOT, RESULTS_DIR
 from bench.faults.env import FaultEnv, prepare_home
 from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, rebalance, zombie
-from edgestream.workers.local.broker import BrokerSettings, LocalBroker
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
 
 ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "broker_restart"]
 

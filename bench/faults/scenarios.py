@@ -29,7 +29,9 @@ from bench.faults.records import CorpusRecord
 from bench.faults.traffic import GroupProbe, Traffic, good_traffic, region_lag, wait_drained
 from bench.faults.workers import Workers, partition_names
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
+from edgestream.workers.local.broker.config import free_port
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from edgestream.pipeline.security import keyfile
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics
-from edgestream.workers.local.broker import BrokerSettings, running_broker
+from edgestream.workers.local.broker.process import running_broker
+from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 log = logging.getLogger(__name__)

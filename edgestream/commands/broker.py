@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from edgestream.workers.local.broker import LocalBroker
+    from edgestream.workers.local.broker.process import LocalBroker
 
 app = typer.Typer(
     help="The local Apache Kafka broker (one KRaft node on 127.0.0.1) for development and tests.",
@@ -44,7 +44,8 @@ def _broker(home: Path | None = None) -> LocalBroker:
     """The broker for the settings from the environment, with ``--home`` on top."""
     from pydantic import ValidationError
 
-    from edgestream.workers.local.broker import BrokerSettings, LocalBroker
+    from edgestream.workers.local.broker.process import LocalBroker
+    from edgestream.workers.local.broker.settings import BrokerSettings
 
     try:
         settings = BrokerSettings() if home is None else BrokerSettings(home=home)
@@ -62,22 +63,22 @@ def fetch(
     """Resolve the broker's jars with Maven into the cache (once; instant when cached)."""
     from edgestream.pipeline.errors import BrokerError
 
-    broker = _broker()
-    version = broker.settings.kafka_version
-    if broker.jars_ready():
+    jars = _broker().jars
+    version = jars.kafka_version
+    if jars.ready():
         if not quiet:
-            _out.print(f"Kafka {version} jars already cached in {broker.libs_dir}")
+            _out.print(f"Kafka {version} jars already cached in {jars.libs_dir}")
         return
     if not quiet:
-        _out.print(f"Resolving Kafka {version} jars with Maven into {broker.libs_dir} ...")
+        _out.print(f"Resolving Kafka {version} jars with Maven into {jars.libs_dir} ...")
     started_s = time.monotonic()
     try:
-        libs_dir = broker.fetch_jars(quiet=quiet)
+        libs_dir = jars.fetch(quiet=quiet)
     except BrokerError as e:
         _fail(str(e))
     if not quiet:
-        jars = len(list(libs_dir.glob("*.jar")))
-        _out.print(f"Kafka {version}: {jars} jars in {libs_dir} ({time.monotonic() - started_s:.1f} s)")
+        jar_count = len(list(libs_dir.glob("*.jar")))
+        _out.print(f"Kafka {version}: {jar_count} jars in {libs_dir} ({time.monotonic() - started_s:.1f} s)")
 
 
 @app.command()
@@ -93,9 +94,9 @@ def start(
     broker = _broker(home)
     running = broker.status()
     try:
-        if running is None and not broker.jars_ready():
-            _out.print(f"Resolving Kafka {broker.settings.kafka_version} jars with Maven (first run) ...")
-            broker.fetch_jars(quiet=True)
+        if running is None and not broker.jars.ready():
+            _out.print(f"Resolving Kafka {broker.jars.kafka_version} jars with Maven (first run) ...")
+            broker.jars.fetch(quiet=True)
         started_s = time.monotonic()
         state = broker.start(timeout_s=timeout_s)
     except BrokerError as e:
@@ -129,7 +130,7 @@ def stop(
 @app.command()
 def status(home: Home = None) -> None:
     """Say whether the broker runs, with its pid, address and logs; exit code 1 when it does not."""
-    from edgestream.workers.local.broker import ping
+    from edgestream.workers.local.broker.probe import ping
 
     broker = _broker(home)
     state = broker.status()

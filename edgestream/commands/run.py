@@ -37,7 +37,7 @@ def worker(
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.edge.settings import WorkerSettings
     from edgestream.workers.edge.worker import serve
-    from edgestream.workers.local.broker import local_kafka
+    from edgestream.workers.local.broker.process import local_kafka
 
     overrides: dict[str, object] = {}
     if region is not None:
@@ -67,7 +67,7 @@ def fleet(
 ) -> None:
     """Run the simulated device fleet against running workers and print what it saw."""
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.local.broker import local_kafka
+    from edgestream.workers.local.broker.process import local_kafka
     from edgestream.workers.local.fleet import FleetSettings, run_fleet
 
     overrides: dict[str, object] = {}

@@ -49,7 +49,7 @@ def resolve_kafka(option: str | None, identity: Identity | None = None) -> Kafka
     """Where an operator command connects: ``--bootstrap`` (that cluster; over TLS when
     ``EDGESTREAM_KAFKA_SECURITY_PROTOCOL=SSL`` and ``EDGESTREAM_KAFKA_SSL_{CA,CERT,KEY}_FILE`` say so),
     else the local broker (``edgestream broker start``) as ``identity`` (default ``admin``) over TLS."""
-    from edgestream.workers.local.broker import local_kafka
+    from edgestream.workers.local.broker.process import local_kafka
 
     if option:
         # Another cluster: TLS files (and the protocol) come from EDGESTREAM_KAFKA_SSL_* settings.

@@ -51,7 +51,7 @@ from edgestream.topics.catalogue import edge_group, ingest_topic
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
 from edgestream.workers.edge.worker import EdgeWorker
-from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.fleet import MODEL_FOR_KIND
 
 SEED = int(os.environ.get("EDGESTREAM_FAULTS_SEED", "20261123"))

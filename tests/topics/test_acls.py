@@ -83,7 +83,9 @@ from edgestream.topics.catalogue import (
 )
 from edgestream.topics.errors import InvalidRegionName
 from edgestream.workers.edge.sinks import transactional_id
-from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
+from edgestream.workers.local.broker.config import free_port
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.ops.dlq import replay_group
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import audit_topic, edge_group, ingest_topic, region_topics, results_topic
-from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.broker.state import BrokerState
 
 pytestmark = pytest.mark.broker
 

@@ -24,7 +24,7 @@ from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.worker import EdgeWorker
-from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.broker.state import BrokerState
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,9 @@ from edgestream.topics.catalogue import (
     edge_group,
     region_topics,
 )
-from edgestream.workers.local.broker import BrokerSettings, LocalBroker, free_port
+from edgestream.workers.local.broker.config import free_port
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, make_fleet
 from edgestream.workers.local.story import (
     STORY_MODEL,

@@ -37,7 +37,8 @@ from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import AGGREGATOR_GROUP, CLOUD_SUMMARIES, SUMMARIES_TOPIC, shared_topics
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.app import VIEW_PATH, window_rows
-from edgestream.workers.local.broker import BrokerState, free_port
+from edgestream.workers.local.broker.config import free_port
+from edgestream.workers.local.broker.state import BrokerState
 
 # -- pure ---------------------------------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ from cryptography import x509
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki, TlsFiles
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.local.broker import BrokerSettings, BrokerState, LocalBroker
+from edgestream.workers.local.broker.process import LocalBroker
+from edgestream.workers.local.broker.settings import BrokerSettings
+from edgestream.workers.local.broker.state import BrokerState
 
 pytestmark = pytest.mark.broker
 

@@ -12,7 +12,7 @@ import pytest
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.models.shift import shifted_pools
 from edgestream.pipeline.settings import DEFAULT_REGIONS, Kafka, Region, kafka_settings
-from edgestream.workers.local.broker import BrokerState
+from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.demo import (
     DemoResult,
     DemoSettings,

@@ -1,0 +1,110 @@
+"""The broker's ``server.properties``: single-node config, rendering, ports and cluster ids."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+
+from edgestream.workers.local.broker.config import (
+    NODE_ID,
+    Listener,
+    broker_config,
+    free_port,
+    new_cluster_id,
+    pick_ports,
+    render_properties,
+)
+from tests.workers.local.broker.helpers import settings_in
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_config_is_a_single_node_that_supports_groups_and_transactions(tmp_path: Path) -> None:
+    config = broker_config(
+        client_listeners=[Listener("PLAINTEXT", 29092)],
+        controller=Listener("CONTROLLER", 29093),
+        data_dir=tmp_path / "data",
+    )
+
+    assert config["process.roles"] == "broker,controller"
+    assert config["node.id"] == str(NODE_ID)
+    assert config["controller.quorum.voters"] == f"{NODE_ID}@127.0.0.1:29093"
+    assert config["controller.listener.names"] == "CONTROLLER"
+    assert config["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert config["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092"
+    assert config["listener.security.protocol.map"] == "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    assert config["inter.broker.listener.name"] == "PLAINTEXT"
+    assert config["log.dirs"] == str(tmp_path / "data")
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "min.insync.replicas",
+    ):
+        assert config[key] == "1", key
+    assert config["group.initial.rebalance.delay.ms"] == "0"
+    assert config["auto.create.topics.enable"] == "false"
+    assert config["num.partitions"] == "3"
+
+
+def test_config_takes_another_listener_and_extras(tmp_path: Path) -> None:
+    config = broker_config(
+        client_listeners=[Listener("PLAINTEXT", 1), Listener("SSL", 2, security_protocol="SSL")],
+        controller=Listener("CONTROLLER", 3),
+        data_dir=tmp_path,
+        extra={"ssl.protocol": "TLSv1.3", "num.partitions": "6"},
+    )
+
+    assert config["listeners"] == "PLAINTEXT://127.0.0.1:1,SSL://127.0.0.1:2,CONTROLLER://127.0.0.1:3"
+    assert config["advertised.listeners"] == "PLAINTEXT://127.0.0.1:1,SSL://127.0.0.1:2"
+    assert "SSL:SSL" in config["listener.security.protocol.map"].split(",")
+    assert config["ssl.protocol"] == "TLSv1.3"
+    assert config["num.partitions"] == "6"
+
+
+def test_config_needs_a_client_listener(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="client listener"):
+        broker_config(client_listeners=[], controller=Listener("CONTROLLER", 3), data_dir=tmp_path)
+
+
+def test_properties_are_sorted_and_escaped() -> None:
+    text = render_properties({"z.key": "last", "log.dirs": "C:\\data dir", "a key": " x=y:z", "#k": "v"})
+
+    lines = text.splitlines()
+    assert lines[0].startswith("#")
+    assert lines[1:] == ["\\#k=v", "a\\ key=\\ x=y:z", "log.dirs=C:\\\\data dir", "z.key=last"]
+    assert text.endswith("\n")
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+
+    assert 0 < port < 65536
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_pick_ports_are_distinct_or_as_configured(tmp_path: Path) -> None:
+    port, controller_port = pick_ports(settings_in(tmp_path))
+    assert port != controller_port
+    assert port > 0
+    assert controller_port > 0
+
+    assert pick_ports(settings_in(tmp_path, port=29092, controller_port=29093)) == (29092, 29093)
+    fixed_port, other = pick_ports(settings_in(tmp_path, port=29092))
+    assert fixed_port == 29092
+    assert other not in (0, 29092)
+
+
+def test_cluster_id_is_22_chars_of_base64url_for_16_bytes() -> None:
+    ids = {new_cluster_id() for _ in range(200)}
+
+    assert len(ids) == 200
+    for cluster_id in ids:
+        assert len(cluster_id) == 22
+        assert not cluster_id.startswith("-")
+        assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16

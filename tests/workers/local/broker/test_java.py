@@ -1,0 +1,46 @@
+"""Java checks: the version is parsed, a missing or old ``java`` says what to install."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from edgestream.pipeline.errors import BrokerError
+from edgestream.workers.local.broker.jars import JarCache
+from edgestream.workers.local.broker.java import INSTALL_HINT, parse_java_major
+from edgestream.workers.local.broker.process import LocalBroker
+from tests.workers.local.broker.helpers import fake_java, fake_tool, only_on_path, settings_in
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.parametrize(
+    ("output", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('java version "1.8.0_392"', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+        ('openjdk version "11.0.22" 2024-01-16 LTS', 11),
+    ],
+)
+def test_java_major_version_is_parsed(output: str, major: int) -> None:
+    assert parse_java_major(output) == major
+
+
+def test_missing_java_names_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    only_on_path(monkeypatch, tmp_path / "bin")
+
+    with pytest.raises(BrokerError, match="`java` is not on PATH") as raised:
+        LocalBroker(settings_in(tmp_path)).start(timeout_s=5)
+    assert INSTALL_HINT in str(raised.value)
+
+
+def test_old_java_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_java(tmp_path / "bin", version="11.0.22")
+    fake_tool(tmp_path / "bin", "mvn", "exit 0\n")
+    only_on_path(monkeypatch, tmp_path / "bin")
+
+    with pytest.raises(BrokerError, match=r"Java 17 or newer.*Java 11"):
+        JarCache(settings_in(tmp_path)).fetch(quiet=True)

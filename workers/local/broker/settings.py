@@ -1,0 +1,37 @@
+"""Settings of the local broker (``EDGESTREAM_BROKER_*``): where it lives, its ports, heap and version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BrokerSettings(BaseSettings):
+    """Settings of the local broker (``EDGESTREAM_BROKER_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_BROKER_", frozen=True, extra="forbid", use_attribute_docstrings=True
+    )
+
+    home: Path = Path(".edgestream")
+    """Local state directory; the broker's data, logs and state file go in ``<home>/broker/``."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """PLAINTEXT client port on 127.0.0.1; 0 picks a free port at each start."""
+    controller_port: int = Field(default=0, ge=0, le=65535)
+    """KRaft controller port on 127.0.0.1; 0 picks a free port at each start."""
+    heap_mb: int = Field(default=512, ge=128)
+    """Maximum JVM heap (``-Xmx``) of the broker, MiB."""
+    kafka_version: str = Field(default="4.1.1", pattern=r"^\d+\.\d+\.\d+$")
+    """Version of ``org.apache.kafka:kafka_2.13`` to resolve and run (4.x: KRaft only)."""
+    cache_dir: Path | None = None
+    """Root of the jar cache (jars in ``<cache_dir>/kafka-<version>/libs``); None: ``~/.cache/edgestream``."""
+    security: Literal["tls", "plaintext"] = "tls"
+    """``tls``: the client listener speaks TLS 1.3 only and requires a client certificate from the
+    local CA (``<home>/tls``, made on first start); principals come from certificate subjects and ACLs
+    are enforced (StandardAuthorizer, nothing allowed without an ACL; ``broker`` and ``admin`` are super
+    users). ``plaintext``: no encryption, no authentication, no ACLs; only when asked for explicitly."""
+    extra_config: dict[str, str] = Field(default_factory=dict)
+    """Broker properties that win over the generated ones (e.g. an authorizer for a test)."""

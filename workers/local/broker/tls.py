@@ -1,0 +1,88 @@
+"""The broker's TLS: its ``ssl.*`` and authorizer settings, its PEM key store, and the dynamic configs
+that make a running broker re-read its stores without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from edgestream.pipeline.errors import BrokerError
+from edgestream.pipeline.security.certificates import PRINCIPAL_MAPPING_RULES
+from edgestream.pipeline.security.identities import SUPER_USERS
+from edgestream.workers.local.broker.config import NODE_ID
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from edgestream.pipeline.security.pki import TlsFiles
+    from edgestream.pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def tls_config(keystore: Path, truststore: Path) -> dict[str, str]:
+    """The ``ssl.*`` and authorizer settings of a TLS broker: mutual TLS 1.3 with PEM stores, principals
+    from certificate subjects, nothing allowed without an ACL, ``broker`` and ``admin`` super users."""
+    return {
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(truststore),
+        "ssl.client.auth": "required",
+        "ssl.protocol": "TLSv1.3",
+        "ssl.enabled.protocols": "TLSv1.3",
+        "ssl.endpoint.identification.algorithm": "https",
+        "ssl.principal.mapping.rules": PRINCIPAL_MAPPING_RULES,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(SUPER_USERS),
+    }
+
+
+def write_keystore(root: Path, own: TlsFiles) -> Path:
+    """The broker's key store ``<root>/keystore.pem`` (private key, then certificate), written 0600."""
+    keystore = root / "keystore.pem"
+    fd = os.open(keystore.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(own.key_file.read_bytes())
+        out.write(own.cert_file.read_bytes())
+    keystore.with_suffix(".tmp").replace(keystore)
+    return keystore
+
+
+async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], attempts: int = 6) -> None:
+    """``_alter_broker_configs``, tried again when the connection fails: right after an earlier reload
+    the broker may refuse a handshake or two while it swaps its SSL engine."""
+    from aiokafka.errors import KafkaConnectionError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            await _alter_broker_configs(kafka, configs)
+            return
+        except KafkaConnectionError as err:
+            if attempt == attempts:
+                raise BrokerError(f"could not reach the broker to reload its TLS stores: {err}") from err
+            log.info("reload-tls: %s; trying again", err)
+            await asyncio.sleep(0.5 * attempt)
+
+
+async def _alter_broker_configs(kafka: KafkaSettings, configs: Mapping[str, str]) -> None:
+    """Set dynamic configs of broker ``NODE_ID`` (AlterConfigs replaces the broker's dynamic set)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="edgestream-broker-reload")
+    await admin.start()
+    try:
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(NODE_ID), configs=dict(configs))]
+        )
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, message, _type, name in response.resources:
+            if error_code:
+                raise BrokerError(f"broker {name} refused the new TLS stores: error {error_code}: {message}")
