@@ -122,7 +122,7 @@ def _run_worker_until_ready(edgestream: str, work: Path) -> None:
         "EDGESTREAM_WORKER_MODEL_SIZE": "tiny",
     }
     worker = subprocess.Popen(
-        [edgestream, "worker", "--region", REGION],
+        [edgestream, "worker", "--local", "--region", REGION],
         cwd=work,
         env=worker_env,
         stdout=subprocess.PIPE,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from edgestream.workers.edge.settings import WorkerSettings
     from edgestream.workers.local.demo import DemoResult, RegionSummary
     from edgestream.workers.local.fleet import Progress as FleetProgress
     from edgestream.workers.local.story import StoryEvent
@@ -29,26 +30,20 @@ def worker(
     region: str | None = typer.Option(None, help="Region to serve (else EDGESTREAM_WORKER_REGION)."),
     bootstrap: str | None = typer.Option(
         None,
-        help="Kafka bootstrap (else EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS, else the local broker).",
+        help="Kafka bootstrap servers, over TLS when EDGESTREAM_KAFKA_SECURITY_PROTOCOL=SSL and "
+        "EDGESTREAM_KAFKA_SSL_{CA,CERT,KEY}_FILE say so (else EDGESTREAM_WORKER_KAFKA__*).",
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Use the local development broker (edgestream broker start) as edge-<region>."
     ),
 ) -> None:
-    """Run one edge worker until SIGTERM/SIGINT; it finishes its in-flight batch before exiting."""
-    from edgestream.pipeline.security.identities import Identity
-    from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.edge.settings import WorkerSettings
-    from edgestream.workers.edge.worker import serve
-    from edgestream.workers.local.broker.process import local_kafka
+    """Run one edge worker until SIGTERM/SIGINT; it finishes its in-flight batch before exiting.
 
-    overrides: dict[str, object] = {}
-    if region is not None:
-        overrides["region"] = region
-    if bootstrap is not None:
-        overrides["kafka"] = KafkaSettings(bootstrap_servers=bootstrap)
-    settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
-    if bootstrap is None and not any(k.startswith("EDGESTREAM_WORKER_KAFKA__") for k in os.environ):
-        local = local_kafka(Identity.edge(settings.region))  # the local broker, as edge-<region>
-        if local is not None:
-            settings = settings.model_copy(update={"kafka": local})
+    The worker needs to be told where its brokers are (``--bootstrap``, ``EDGESTREAM_WORKER_KAFKA__*``
+    or ``--local``); without that it says so and exits 2."""
+    from edgestream.workers.edge.worker import serve
+
+    settings = _worker_settings(region, bootstrap, local)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -58,6 +53,43 @@ def worker(
         await serve(settings, stop)
 
     asyncio.run(main())
+
+
+def _worker_settings(region: str | None, bootstrap: str | None, local: bool) -> WorkerSettings:
+    from pydantic import ValidationError
+
+    from edgestream.commands.common import fail
+    from edgestream.pipeline.security.identities import Identity
+    from edgestream.pipeline.settings import KafkaEnv
+    from edgestream.workers.edge.settings import WorkerSettings
+    from edgestream.workers.local.broker.process import local_kafka
+
+    if bootstrap is not None and local:
+        fail("--bootstrap and --local name two different brokers: pass one", code=2)
+    overrides: dict[str, object] = {} if region is None else {"region": region}
+    if bootstrap is not None:
+        overrides["kafka"] = KafkaEnv().settings(bootstrap)
+    if local:
+        name = (
+            region
+            or os.environ.get("EDGESTREAM_WORKER_REGION")
+            or WorkerSettings.model_fields["region"].default
+        )
+        kafka = local_kafka(Identity.edge(name))  # the local broker, as edge-<region>
+        if kafka is None:
+            fail("--local: the local broker is not running (edgestream broker start)", code=2)
+        overrides["kafka"] = kafka
+    try:
+        return WorkerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        if any(e["loc"] == ("kafka",) and e["type"] == "missing" for e in err.errors()):
+            fail(
+                "no Kafka brokers configured for this worker: pass --bootstrap HOST:PORT, set "
+                "EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS (and its TLS files), or --local for the local "
+                "development broker",
+                code=2,
+            )
+        fail(f"invalid worker settings: {err}", code=2)
 
 
 def fleet(

@@ -25,8 +25,9 @@ class WorkerSettings(BaseSettings):
     """The region this worker serves; it consumes ``edge.<region>.ingest.*``."""
     node_id: str | None = None
     """Name of this node in results and audit records; defaults to ``<region>-<host>-<pid>``."""
-    kafka: KafkaSettings = KafkaSettings()
-    """How to reach the brokers."""
+    kafka: KafkaSettings
+    """How to reach the brokers; required (``EDGESTREAM_WORKER_KAFKA__BOOTSTRAP_SERVERS`` and the TLS
+    files): a worker never guesses where its cluster is."""
     home: Path = DEFAULT_HOME
     """Local state directory: key file, model cache, run files."""
     key_file: Path | None = None
