@@ -23,12 +23,6 @@ _MARKED = ("shift", "drift", "canary", "promote", "rollback", "applied")
 _COLOURS = {"reference": "tab:blue", "retrained": "tab:green", "bad": "tab:red", "other": "tab:gray"}
 
 
-def _role(story: StoryReport, version: int) -> str:
-    return {story.reference: "reference", story.retrained: "retrained", story.bad: "bad"}.get(
-        version, "other"
-    )
-
-
 def _binned(width_s: float, end_s: float) -> tuple[np.ndarray[Any, Any], int]:
     edges = np.arange(0.0, end_s + width_s, width_s)
     return edges, len(edges) - 1
@@ -63,7 +57,7 @@ def plot_story(
     bottom = np.zeros(n_bins)
     for v in versions:
         part = counts[v] / totals
-        role = _role(story, v)
+        role = story.role(v)
         share.bar(
             centres, part, width=SHARE_BIN_S, bottom=bottom, color=_COLOURS[role], label=f"v{v} ({role})"
         )
@@ -86,7 +80,7 @@ def plot_story(
                 n[b] += 1
                 right[b] += a.correct
         ok = n >= MIN_BIN_ANSWERS
-        role = _role(story, v)
+        role = story.role(v)
         accuracy.plot(centres[ok], right[ok] / n[ok], "o-", color=_COLOURS[role], label=f"v{v} ({role})")
     accuracy.set_ylabel("accuracy (device's truth)")
     accuracy.set_ylim(-0.02, 1.02)
@@ -110,7 +104,7 @@ def plot_story(
             xs.append(w["start_ms"] / 1000 - started + window_s / 2)
             ys.append(max(float(d["max_psi"]), 1e-3))
             judged.append(int(d.get("samples", 0)) >= MIN_SAMPLES)
-        role = _role(story, v)
+        role = story.role(v)
         colour = _COLOURS[role]
         against = "the zoo's training data" if role == "reference" else "its own training samples"
         x, y, j = np.asarray(xs), np.asarray(ys), np.asarray(judged, dtype=bool)
