@@ -15,9 +15,10 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
-    from edgestream.workers.local.demo import DemoResult, RegionSummary
+    from edgestream.workers.local.demo import DemoResult
     from edgestream.workers.local.fleet import Progress as FleetProgress
     from edgestream.workers.local.story import StoryEvent
+    from edgestream.workers.local.summary import RegionSummary
 
 console = Console()
 
@@ -256,7 +257,8 @@ def demo(
 ) -> None:
     """Broker, topics, one edge worker per region, the cloud aggregator, a simulated fleet and the
     learning loop; then a summary and plots."""
-    from edgestream.workers.local.demo import DemoSettings, run_demo
+    from edgestream.workers.local.demo import run_demo
+    from edgestream.workers.local.demo_settings import DemoSettings
     from edgestream.workers.local.story import StorySettings
 
     quiet = logging.getLogger("edgestream")

@@ -86,9 +86,15 @@ class WorkerMetrics:
         """Value of the ``node`` label on every series."""
         self.registry = registry if registry is not None else CollectorRegistry()
         """Where the metrics live; what ``/metrics`` exposes."""
-        reg = self.registry
-        const = CONSTANT_LABELS
+        self._values = (region, node)
+        self._create_counters(self.registry)
+        self._create_histograms(self.registry)
+        self._create_gauges(self.registry)
+        self._create_children(dead_letter_reasons)
 
+    def _create_counters(self, reg: CollectorRegistry) -> None:
+        """The counter families: what was fetched, committed, aborted and re-read."""
+        const = CONSTANT_LABELS
         self._consumed_total = Counter(
             "edgestream_records_consumed_total",
             "Records fetched from the ingest topics (before any validation).",
@@ -119,6 +125,10 @@ class WorkerMetrics:
             const,
             registry=reg,
         )
+
+    def _create_histograms(self, reg: CollectorRegistry) -> None:
+        """The histogram families: latencies, inference durations and batch sizes."""
+        const = CONSTANT_LABELS
         self._end_to_end_seconds = Histogram(
             "edgestream_end_to_end_seconds",
             "Capture time on the device to result produced at the worker, of committed results.",
@@ -147,6 +157,10 @@ class WorkerMetrics:
             registry=reg,
             buckets=UNIT_BUCKETS_S,
         )
+
+    def _create_gauges(self, reg: CollectorRegistry) -> None:
+        """The gauge families: records held, partitions, backpressure and the models served."""
+        const = CONSTANT_LABELS
         self._in_flight_records = Gauge(
             "edgestream_in_flight_records",
             "Records held: fetched and not yet committed.",
@@ -172,8 +186,10 @@ class WorkerMetrics:
             registry=reg,
         )
 
-        values = (region, node)
-        self._values = values
+    def _create_children(self, dead_letter_reasons: Iterable[str]) -> None:
+        """The cached children of the series labelled by the constant labels only; the dead-letter
+        reasons' series, at 0."""
+        values = self._values
         self._consumed = self._consumed_total.labels(*values)
         self._committed = self._transactions_total.labels(*values, "committed")
         self._aborted = self._transactions_total.labels(*values, "aborted")

@@ -23,8 +23,9 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import faust
 import numpy as np
@@ -48,9 +49,6 @@ from edgestream.topics.catalogue import (
     SUMMARIES_TOPIC,
 )
 from edgestream.workers.aggregator import windows as w
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +170,15 @@ def _read_committed_only() -> None:
     thread._edgestream_read_committed = True  # type: ignore[attr-defined]
 
 
-def build_app(settings: AggregatorSettings) -> faust.App:
-    """The faust app: agents, tables and the web view, not started."""
-    _read_committed_only()
+def _faust_app(settings: AggregatorSettings) -> faust.App:
+    """The bare faust app: brokers, credentials, in-memory tables, the web view's address."""
     kafka = settings.kafka
     credentials: Any = None
     if kafka.security_protocol == "SSL":
         credentials = faust.SSLCredentials(kafka.client_kwargs()["ssl_context"])
     datadir = settings.home / "aggregator"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=credentials,
@@ -196,31 +193,46 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         datadir=str(datadir),
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
-        key_serializer="json",  # the tables' keys and values; the topics below are raw bytes
+        key_serializer="json",  # the tables' keys and values; the topics are raw bytes
         value_serializer="json",
     )
-    raw: dict[str, Any] = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    summaries_topic = app.topic(SUMMARIES_TOPIC, **raw)
-    samples_topic = app.topic(SAMPLES_TOPIC, **raw)
-    labels_topic = app.topic(LABELS_TOPIC, **raw)
-    by_rid = app.topic(
-        f"{settings.app_id}-samples-by-rid",
-        partitions=PARTITIONS,
-        **raw,
-        internal=True,
+
+
+def _raw_topic(app: faust.App, name: str, **options: Any) -> Any:
+    """A topic of raw bytes keys and values (the records decode themselves)."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **options
     )
-    window_table = app.Table("windows", partitions=PARTITIONS, key_type=str)
-    join_table = app.Table("join-buckets", partitions=PARTITIONS, key_type=str)
-    quality_table = app.Table("quality", partitions=PARTITIONS, key_type=str)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """The app's faust tables (in memory, each backed by its changelog topic)."""
+
+    windows: Any
+    """Window key -> the window's summed partial summaries (``windows.new_window``)."""
+    join: Any
+    """Join key -> one join bucket of a partition (``windows.new_join``)."""
+    quality: Any
+    """Quality key -> one window's join counters of a partition (``windows.new_quality``)."""
+
+    @classmethod
+    def of(cls, app: faust.App) -> _Tables:
+        """Declare the tables on ``app``."""
+        return cls(
+            app.Table("windows", partitions=PARTITIONS, key_type=str),
+            app.Table("join-buckets", partitions=PARTITIONS, key_type=str),
+            app.Table("quality", partitions=PARTITIONS, key_type=str),
+        )
+
+
+def _add_summary_agent(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> None:
+    """The agent that adds the edge's partial summaries up into their windows and expires old ones."""
+    window_table = tables.windows
     window_ms = settings.window_ms
     retain_ms = int(settings.retain_s * 1000)
 
-    @app.agent(summaries_topic)
+    @app.agent(_raw_topic(app, SUMMARIES_TOPIC))
     async def count_summaries(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
@@ -245,7 +257,65 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 if w.parse_window_key(old)[3] + window_ms < before:
                     del window_table[old]
 
-    @app.agent(samples_topic)
+    del count_summaries
+
+
+class _Join:
+    """Samples and labels joined by request id, in the join-bucket and quality tables."""
+
+    def __init__(self, settings: AggregatorSettings, tables: _Tables) -> None:
+        self._tables = tables
+        self._window_ms = settings.window_ms
+        self._retain_ms = int(settings.retain_s * 1000)
+        self._max_bucket = max(1, settings.max_pending // w.JOIN_BUCKETS)
+        self._join_wait_ms = int(settings.join_wait_s * 1000)
+        self._expired_at: dict[int, float] = {}
+        """Partition -> when its old quality windows were last expired (unix seconds)."""
+
+    def apply(self, event: Any, request_id: bytes, apply: Any, n_bins: list[int]) -> None:
+        """Apply one sample or label event to its join bucket (unless seen), then the quality update it
+        implies to its window (unless that has seen the event): see ``windows``."""
+        message = event.message
+        partition, offset = message.partition, message.offset
+        key = w.join_key(partition, request_id)
+        state = self._tables.join.get(key) or w.new_join()
+        fresh = not w.seen(state, message.topic, partition, offset)
+        update = apply(state, offset, fresh)
+        now_ms = time.time() * 1000
+        if fresh:
+            w.expire_join(state, int(now_ms), self._join_wait_ms)
+            w.bound_pending(state, self._max_bucket)
+            self._tables.join[key] = state
+        if update is not None:
+            qkey = w.quality_key(partition, update.window)
+            quality = self._tables.quality.get(qkey) or w.new_quality()
+            if not w.seen(quality, message.topic, partition, offset):
+                w.add_quality(quality, update, n_bins)
+                self._tables.quality[qkey] = quality
+        self._expire_quality(partition, now_ms)
+
+    def _expire_quality(self, partition: int, now_ms: float) -> None:
+        """Expire old quality windows of ``partition``, from its own stream (tombstones land where the
+        keys live), at most every 10 s."""
+        if now_ms / 1000 - self._expired_at.get(partition, 0.0) <= 10.0:
+            return
+        self._expired_at[partition] = now_ms / 1000
+        prefix = f"{partition}|"
+        table = self._tables.quality
+        for old in [k for k in table if k.startswith(prefix)]:
+            if (
+                w.parse_window_key(w.parse_quality_key(old)[1])[3] + self._window_ms
+                < now_ms - self._retain_ms
+            ):
+                del table[old]
+
+
+def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) -> None:
+    """The agents that re-key the samples by request id and join them and the labels."""
+    window_ms = settings.window_ms
+    by_rid = _raw_topic(app, f"{settings.app_id}-samples-by-rid", partitions=PARTITIONS, internal=True)
+
+    @app.agent(_raw_topic(app, SAMPLES_TOPIC))
     async def rekey_samples(stream: Any) -> None:
         async for event in stream.events():
             try:
@@ -254,39 +324,6 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 log.warning("skipping a sample: %s", e)
                 continue
             await by_rid.send(key=sample.request_id, value=event.value)
-
-    max_bucket = max(1, settings.max_pending // w.JOIN_BUCKETS)
-    join_wait_ms = int(settings.join_wait_s * 1000)
-    expired_at: dict[int, float] = {}
-
-    def _join(event: Any, request_id: bytes, apply: Any, n_bins: list[int]) -> None:
-        """Apply one sample or label event to its join bucket (unless seen), then the quality update it
-        implies to its window (unless that has seen the event): see ``windows``."""
-        message = event.message
-        partition, offset = message.partition, message.offset
-        key = w.join_key(partition, request_id)
-        state = join_table.get(key) or w.new_join()
-        fresh = not w.seen(state, message.topic, partition, offset)
-        update = apply(state, offset, fresh)
-        now_ms = time.time() * 1000
-        if fresh:
-            w.expire_join(state, int(now_ms), join_wait_ms)
-            w.bound_pending(state, max_bucket)
-            join_table[key] = state
-        if update is not None:
-            qkey = w.quality_key(partition, update.window)
-            quality = quality_table.get(qkey) or w.new_quality()
-            if not w.seen(quality, message.topic, partition, offset):
-                w.add_quality(quality, update, n_bins)
-                quality_table[qkey] = quality
-        # Expire old quality windows of this partition, from its own stream (tombstones land where the
-        # keys live), at most every 10 s.
-        if now_ms / 1000 - expired_at.get(partition, 0.0) > 10.0:
-            expired_at[partition] = now_ms / 1000
-            prefix = f"{partition}|"
-            for old in [k for k in quality_table if k.startswith(prefix)]:
-                if w.parse_window_key(w.parse_quality_key(old)[1])[3] + window_ms < now_ms - retain_ms:
-                    del quality_table[old]
 
     @app.agent(by_rid)
     async def join_samples(stream: Any) -> None:
@@ -298,7 +335,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             if reference is not None and len(sample.features) == reference.n_features:
                 bins = reference.bins_of(sample.features)
                 n_bins = [len(c) for c in reference.counts]
-            _join(
+            join.apply(
                 event,
                 sample.request_id,
                 lambda state, offset, fresh, s=sample, b=bins: w.add_sample(
@@ -307,7 +344,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 n_bins,
             )
 
-    @app.agent(labels_topic)
+    @app.agent(_raw_topic(app, LABELS_TOPIC))
     async def join_labels(stream: Any) -> None:
         async for event in stream.events():
             try:
@@ -315,13 +352,18 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             except UndecodableRecord as e:
                 log.warning("skipping a label: %s", e)
                 continue
-            _join(
+            join.apply(
                 event,
                 label.request_id,
                 lambda state, offset, fresh, lb=label: w.add_label(state, lb, offset, fresh=fresh),
                 [],
             )
 
+    del rekey_samples, join_samples, join_labels
+
+
+def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> None:
+    """The web view, and the timer that keeps the versions' own drift references fresh for it."""
     references = References()
 
     @app.timer(interval=settings.registry_refresh_s)  # type: ignore[untyped-decorator]
@@ -330,7 +372,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         from edgestream.pipeline.registry.client import RegistryClient
 
         try:
-            references.update(await RegistryClient(kafka).read_states())
+            references.update(await RegistryClient(settings.kafka).read_states())
         except Exception as e:  # a view refinement: the training reference stays in use meanwhile
             log.warning("could not read the registry for drift references: %s", e)
 
@@ -342,15 +384,25 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 "window_s": settings.window_s,
                 "threshold": settings.psi_threshold,
                 "windows": window_rows(
-                    dict(window_table.items()),
-                    list(quality_table.items()),
+                    dict(tables.windows.items()),
+                    list(tables.quality.items()),
                     settings.psi_threshold,
                     references.by_version,
                 ),
             }
         )
 
-    del count_summaries, join_samples, join_labels, view, refresh_references
+    del refresh_references, view
+
+
+def build_app(settings: AggregatorSettings) -> faust.App:
+    """The faust app: agents, tables and the web view, not started."""
+    _read_committed_only()
+    app = _faust_app(settings)
+    tables = _Tables.of(app)
+    _add_summary_agent(app, settings, tables)
+    _add_join_agents(app, settings, _Join(settings, tables))
+    _add_view(app, settings, tables)
     return app
 
 

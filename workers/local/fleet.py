@@ -1,8 +1,6 @@
 """A simulated device fleet: devices across the regions publish sealed inputs and await their results.
 
-Each device has an id, a location (routing picks its region), and its own key derived from its
-region's master key; when the key file is writable the devices are enrolled in it first (their own
-secret salts, so ``edgestream devices forget`` can erase one), before any of them sends. Devices draw
+The devices (``devices``) are placed, routed and keyed before any of them sends. Devices draw
 embeddings and frames from the models' held-out split, seal them, publish to their region's ingest
 topic, and wait for their own result by request id on the region's results topic (read_committed). A
 result that does not arrive within the device's deadline is answered by the device's local fallback
@@ -21,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,13 +40,12 @@ from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
-from edgestream.pipeline.security.keyfile import enroll_devices
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
-from edgestream.topics.regions import Router
+from edgestream.workers.local.devices import Device, make_devices
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +100,6 @@ class FleetSettings(BaseSettings):
     Idempotent across runs. False, or a read-only file: keys derive as the key ring says."""
     seed: int = 7
     """Seed for device placement and input sampling, so runs are comparable."""
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    """One simulated device."""
-
-    device_id: str
-    """Its id, the Kafka key of everything it sends."""
-    region: str
-    """Its region, chosen by the router from its location."""
-    location: tuple[float, float]
-    """(lat, lon) in degrees."""
-    key_id: int
-    """The key id it seals with."""
-    key: bytes = field(repr=False)
-    """Its own AES-256 key (derived from the region master key; a real device holds only this)."""
-
-
-def _writable(path: Path) -> bool:
-    return os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 _NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
@@ -225,37 +201,6 @@ class Progress:
     answered: int
     fallbacks: int
     p99_ms: float | None
-
-
-def make_devices(settings: FleetSettings, keyring: KeyRing) -> list[Device]:
-    """Place devices at random locations and route each to its nearest region; enrol them in the key
-    file first when ``settings.enrol`` and the file is writable (one write per region)."""
-    rng = random.Random(settings.seed)
-    router = Router(settings.regions)
-    placed: list[tuple[str, str, tuple[float, float]]] = []
-    for n in range(settings.devices):
-        # Around the regions' sites so every region gets devices; spread a few thousand km.
-        site = settings.regions[n % len(settings.regions)]
-        lat = max(-89.0, min(89.0, site.lat + rng.uniform(-15, 15)))
-        lon = ((site.lon + rng.uniform(-20, 20) + 180.0) % 360.0) - 180.0
-        region = router.route(f"dev-{n:05d}", (lat, lon)).name
-        placed.append((f"dev-{region}-{n:05d}", region, (lat, lon)))
-    enrolled: dict[str, bytes] = {}
-    key_file = settings.key_file or settings.home / "keys.json"
-    if settings.enrol and _writable(key_file):
-        for region in dict.fromkeys(region for _, region, _ in placed):
-            ids = [device_id for device_id, r, _ in placed if r == region]
-            key_id = keyring.current_key_id(region)
-            enrolled.update(enroll_devices(key_file, region, ids, key_id=key_id))
-        log.info("enrolled %d devices in %s", len(enrolled), key_file)
-    elif settings.enrol:
-        log.info("key file %s is not writable: devices are not enrolled", key_file)
-    devices = []
-    for device_id, region, location in placed:
-        key_id = keyring.current_key_id(region)
-        key = enrolled.get(device_id) or keyring.device_key(region, device_id, key_id)
-        devices.append(Device(device_id, region, location, key_id, key))
-    return devices
 
 
 class Fleet:
@@ -542,11 +487,6 @@ class Fleet:
         return Progress(
             elapsed_s, self.settings.duration_s, totals.sent, totals.results, totals.fallbacks, p99
         )
-
-
-def fleet_regions(settings: FleetSettings) -> Sequence[str]:
-    """Names of the regions the fleet spans."""
-    return [r.name for r in settings.regions]
 
 
 def make_fleet(settings: FleetSettings) -> Fleet:

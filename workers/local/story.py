@@ -1,9 +1,9 @@
 """The learning loop, told by the demo while its fleet runs: shift, drift, retrain, canary, rollback.
 
-:func:`prepare_registry` makes the zoo's reference model the stable version of the story's model,
-signed by the demo's own registry key (made once, under ``<home>/registry``), before any worker starts;
-the workers follow ``control.models`` from then on. :class:`Story` then runs beside the fleet, in the
-same event loop, and moves on only when the system itself says so:
+Before any worker starts, ``story_registry.prepare_registry`` makes the zoo's reference model the
+stable version of the story's model; the workers follow ``control.models`` from then on.
+:class:`Story` then runs beside the fleet, in the same event loop, and moves on only when the system
+itself says so:
 
 1. the devices send the original inputs for ``baseline_s``;
 2. their scanners change (``pipeline.models.shift``): embeddings come from the first half of the
@@ -43,7 +43,6 @@ from edgestream.workers.rollout_controller import Controller
 
 if TYPE_CHECKING:
     from edgestream.pipeline.learning.retrain import LabelledSet, RetrainReport
-    from edgestream.pipeline.registry.state import ModelState
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.local.fleet import Fleet
 
@@ -53,8 +52,6 @@ T = TypeVar("T")
 
 STORY_MODEL: Final = "embedding-scorer"
 """The model the story retrains: the one whose samples carry features."""
-REFERENCE_SIZE: Final = "medium"
-"""Zoo size of the reference (stable) version, and so of every retrained one."""
 
 
 class StorySettings(BaseModel):
@@ -129,6 +126,11 @@ class StoryReport:
     """Region windows of the model wholly ``before`` and wholly ``after`` the shift: how many were
     judged (enough samples), how many of those flagged, the largest PSI judged (`count_drift`)."""
 
+    def role(self, version: int) -> str:
+        """``reference``, ``retrained`` or ``bad``: what ``version`` is in the story (else ``other``)."""
+        roles = {self.reference: "reference", self.retrained: "retrained", self.bad: "bad"}
+        return roles.get(version, "other")
+
     @property
     def completed(self) -> bool:
         """The whole story happened."""
@@ -168,71 +170,6 @@ class StoryStalled(EdgestreamError):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# -- the registry before the story ------------------------------------------------------------------
-
-
-async def prepare_registry(kafka: KafkaSettings, home: Path, model: str = STORY_MODEL) -> ModelState:
-    """Make the zoo's reference model ``model``'s stable version, signed by a key the workers trust,
-    with no canary in progress; reuse a version already published for it. Returns the state."""
-    from edgestream.pipeline.models import ModelStore
-    from edgestream.pipeline.registry import LocalArtifactStore, SigningKey, TrustedKeys
-    from edgestream.pipeline.registry.client import RegistryClient
-    from edgestream.pipeline.registry.publishing import publish_artifact
-    from edgestream.pipeline.registry.state import ModelState, advance, rollback, start_canary
-
-    root = home / "registry"
-    key_path, trusted_path = root / "signing-key.pem", root / "trusted-keys.json"
-    if key_path.exists():
-        key = SigningKey.load(key_path)
-    else:
-        key = SigningKey.generate()
-        key.save(key_path)
-    trusted = TrustedKeys.load(trusted_path) if trusted_path.exists() else TrustedKeys()
-    if key.key_id not in trusted:
-        trusted = trusted.with_key(key.public_raw)
-        trusted.save(trusted_path)
-    store = LocalArtifactStore(root / "artifacts")
-    artifact = await asyncio.to_thread(ModelStore(home / "models").get, model, REFERENCE_SIZE)
-    client = RegistryClient(kafka)
-    state = (await client.read_states()).get(model, ModelState(model))
-    now_ms = _now_ms()
-    if state.canary is not None:
-        state = rollback(state, now_ms=now_ms, reason="demo: a new story starts from the reference")
-        await client.publish_state(state)
-
-    def usable(version: int) -> bool:
-        signed = state.manifest(version)
-        return (
-            signed.manifest.sha256 == artifact.sha256
-            and signed.key_id in trusted
-            and store.has(artifact.sha256)
-        )
-
-    if state.stable is not None and usable(state.stable):
-        return state
-    reuse = [s.version for s in state.versions if usable(s.version)]
-    if reuse:
-        version = reuse[-1]
-    else:
-        state = await publish_artifact(
-            kafka,
-            store,
-            key,
-            artifact.spec,
-            artifact.path.read_bytes(),
-            metrics={"accuracy": artifact.accuracy},
-            lineage={"source": "zoo", "size": REFERENCE_SIZE},
-        )
-        version = state.latest
-        if state.stable == version:
-            return state
-    state = start_canary(state, version, now_ms=now_ms, stages=(0.5, 1.0), reason="demo: reference")
-    while state.canary is not None:
-        state = advance(state, now_ms=now_ms, reason="demo: reference")
-    await client.publish_state(state)
-    return state
 
 
 # -- the story --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,16 +13,10 @@ from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.models.shift import shifted_pools
 from edgestream.pipeline.settings import DEFAULT_REGIONS, Kafka, Region, kafka_settings
 from edgestream.workers.local.broker.state import BrokerState
-from edgestream.workers.local.demo import (
-    DemoResult,
-    DemoSettings,
-    bad_answers_after_rollback,
-    plot_latency,
-    run_demo,
-    version_rows,
-)
-from edgestream.workers.local.fleet import MODEL_FOR_KIND, Answer, FleetReport, RegionReport
-from edgestream.workers.local.story import StoryEvent, StoryReport, StorySettings, count_drift
+from edgestream.workers.local.demo import DemoResult, run_demo
+from edgestream.workers.local.demo_settings import DemoSettings
+from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.story import StoryEvent, StorySettings
 
 from ...plaintext import files_under, find_plaintexts
 
@@ -196,66 +190,3 @@ def _device_inputs() -> list[bytes]:
     for pool in shifted_pools():
         out.extend(row.astype(dtype).tobytes() for row in pool.X)
     return out
-
-
-def test_the_plot_says_so_when_nothing_was_answered(tmp_path: Path) -> None:
-    report = FleetReport(
-        {r.name: RegionReport(sent=3, fallbacks=3) for r in DEFAULT_REGIONS}, 0.0, 1.0, 1.0, 0
-    )
-    path = plot_latency(report, tmp_path / "latency.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _story_report(shift_at_s: float = 10.0) -> StoryReport:
-    report = StoryReport("embedding-scorer", reference=4, retrained=5, bad=6)
-    report.shift_at_s = shift_at_s
-    report.rollback_applied_at_s = 50.0
-    return report
-
-
-def test_version_rows_and_answers_after_the_rollback_come_from_the_devices_answers() -> None:
-    story = _story_report()
-    answers = [
-        Answer(1.0, "embedding-scorer", 4, True, "original"),
-        Answer(2.0, "embedding-scorer", 4, False, "original"),
-        Answer(12.0, "embedding-scorer", 4, False, "shifted-a"),
-        Answer(30.0, "embedding-scorer", 5, True, "shifted-b", late=True),
-        Answer(45.0, "embedding-scorer", 6, False, "shifted-b"),
-        Answer(55.0, "embedding-scorer", 6, False, "shifted-b"),  # after the rollback was applied
-        Answer(56.0, "frame-classifier", 6, True, "original"),  # another model's version 6
-    ]
-    report = FleetReport({"eu": RegionReport(answers=answers)}, 0.0, 60.0, 60.0, 0)
-    rows = [(r.version, r.role, r.inputs, r.answers, r.accuracy) for r in version_rows(report, story)]
-    assert rows == [
-        (4, "reference", "original", 2, 0.5),
-        (4, "reference", "shifted-a", 1, 0.0),
-        (5, "retrained", "shifted-b", 1, 1.0),
-        (6, "bad", "shifted-b", 2, 0.0),
-    ]
-    assert bad_answers_after_rollback(report, story) == 1
-    story.rollback_applied_at_s = None
-    assert bad_answers_after_rollback(report, story) is None
-
-
-def test_drift_is_counted_on_judged_windows_wholly_before_or_after_the_shift() -> None:
-    story = _story_report(shift_at_s=30.0)
-
-    def window(start_s: float, samples: int, psi: float, model: str = "embedding-scorer") -> dict[str, Any]:
-        flagged = samples >= 200 and psi > 0.2
-        drift = {"samples": samples, "max_psi": psi, "flagged": flagged, "threshold": 0.2}
-        return {"model": model, "region": "eu", "start_ms": int(start_s * 1000), "drift": drift}
-
-    started_at = 1_000.0
-    windows = [
-        window(started_at + 0, 250, 0.1),  # before
-        window(started_at + 15, 300, 0.25),  # before, a false alarm
-        window(started_at + 20, 400, 3.0),  # straddles the shift: neither side
-        window(started_at + 30, 150, 2.0),  # after, too few samples to judge
-        window(started_at + 45, 260, 2.5),  # after
-        window(started_at + 45, 900, 9.0, model="frame-classifier"),
-    ]
-    counts = count_drift(story, windows, started_at, 15.0)
-    assert counts == {
-        "before": {"judged": 2, "flagged": 1, "max_psi": 0.25},
-        "after": {"judged": 1, "flagged": 1, "max_psi": 2.5},
-    }

@@ -1,0 +1,80 @@
+"""Child processes: readiness by file, failures with the log's tail, SIGTERM then SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from edgestream.workers.local.processes import Child, ChildFailed, stop_all, stopped_at_exit
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _python(tmp_path: Path, name: str, code: str) -> Child:
+    return Child.start(
+        name, [sys.executable, "-c", code], env=dict(os.environ), log_file=tmp_path / f"{name}.log"
+    )
+
+
+def _ready_then_sleep(ready: Path, *, ignore_sigterm: bool = False) -> str:
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if ignore_sigterm else ""
+    return f"import pathlib, signal, time; {ignore}pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+
+
+def test_a_ready_child_is_stopped_with_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "a.ready"
+    child = _python(tmp_path, "a", _ready_then_sleep(ready))
+    child.wait_ready(ready, timeout_s=30)
+    assert child.running()
+    assert child.stop() == -signal.SIGTERM
+    assert child.returncode == -signal.SIGTERM
+
+
+def test_a_child_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    ready = tmp_path / "b.ready"
+    child = _python(tmp_path, "b", _ready_then_sleep(ready, ignore_sigterm=True))
+    child.wait_ready(ready, timeout_s=30)
+    assert child.stop(timeout_s=0.5) == -signal.SIGKILL
+
+
+def test_a_child_that_exits_before_it_is_ready_fails_with_its_log(tmp_path: Path) -> None:
+    child = _python(tmp_path, "c", "import sys; print('boom', flush=True); sys.exit(3)")
+    with pytest.raises(ChildFailed, match=r"c exited with 3:\nboom"):
+        child.wait_ready(tmp_path / "c.ready", timeout_s=30)
+
+
+def test_a_child_not_ready_in_time_fails(tmp_path: Path) -> None:
+    child = _python(tmp_path, "d", "import time; time.sleep(60)")
+    with stopped_at_exit([child]), pytest.raises(ChildFailed, match=r"d not ready after 0\.2 s"):
+        child.wait_ready(tmp_path / "d.ready", timeout_s=0.2)
+    assert not child.running()
+
+
+async def test_the_async_waits(tmp_path: Path) -> None:
+    ready = tmp_path / "e.ready"
+    child = _python(tmp_path, "e", _ready_then_sleep(ready))
+    await child.wait_ready_async(ready, timeout_s=30)
+    assert await child.stop_async() == -signal.SIGTERM
+
+
+def test_stop_all_stops_every_child_and_output_is_appended(tmp_path: Path) -> None:
+    log_file = tmp_path / "f.log"
+    log_file.write_text("before\n")
+    children = [
+        Child.start(
+            name,
+            [sys.executable, "-c", f"print({name!r}, flush=True); import time; time.sleep(60)"],
+            env=dict(os.environ),
+            log_file=log_file,
+            append=True,
+        )
+        for name in ("f", "g")
+    ]
+    stop_all(children)
+    assert not any(child.running() for child in children)
+    assert log_file.read_text().splitlines()[0] == "before"

@@ -1,0 +1,33 @@
+"""The story's drift counts on the aggregator's windows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgestream.workers.local.story import StoryReport, count_drift
+
+
+def test_drift_is_counted_on_judged_windows_wholly_before_or_after_the_shift() -> None:
+    story = StoryReport("embedding-scorer", reference=4, retrained=5, bad=6)
+    story.shift_at_s = 30.0
+    story.rollback_applied_at_s = 50.0
+
+    def window(start_s: float, samples: int, psi: float, model: str = "embedding-scorer") -> dict[str, Any]:
+        flagged = samples >= 200 and psi > 0.2
+        drift = {"samples": samples, "max_psi": psi, "flagged": flagged, "threshold": 0.2}
+        return {"model": model, "region": "eu", "start_ms": int(start_s * 1000), "drift": drift}
+
+    started_at = 1_000.0
+    windows = [
+        window(started_at + 0, 250, 0.1),  # before
+        window(started_at + 15, 300, 0.25),  # before, a false alarm
+        window(started_at + 20, 400, 3.0),  # straddles the shift: neither side
+        window(started_at + 30, 150, 2.0),  # after, too few samples to judge
+        window(started_at + 45, 260, 2.5),  # after
+        window(started_at + 45, 900, 9.0, model="frame-classifier"),
+    ]
+    counts = count_drift(story, windows, started_at, 15.0)
+    assert counts == {
+        "before": {"judged": 2, "flagged": 1, "max_psi": 0.25},
+        "after": {"judged": 1, "flagged": 1, "max_psi": 2.5},
+    }

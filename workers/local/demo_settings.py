@@ -1,0 +1,75 @@
+"""Settings of ``edgestream demo`` (``EDGESTREAM_DEMO_*``), and where the demo writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.workers.local.story import StorySettings
+
+
+class DemoSettings(BaseSettings):
+    """Settings of ``edgestream demo`` (``EDGESTREAM_DEMO_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_DEMO_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    home: Path = DEFAULT_HOME
+    """Local state: broker, keys, models, and the demo's logs, summary and plot under ``demo/``."""
+    regions: tuple[Region, ...] = DEFAULT_REGIONS
+    """Regions to run, one edge worker each."""
+    duration_s: float = Field(default=40.0, gt=0)
+    """How long the fleet sends when no story is told (``story.enabled`` false)."""
+    rate_per_s: float = Field(default=150.0, gt=0)
+    """Requests per second offered by the whole fleet."""
+    devices: int = Field(default=60, ge=1)
+    """Simulated devices."""
+    bad_fraction: float = Field(default=0.02, ge=0, le=1)
+    """Share of deliberately bad records (they must land in the dead-letter topics)."""
+    deadline_ms: float = Field(default=250.0, gt=0)
+    """How long a device waits for the edge before answering with its local fallback model."""
+    drain_s: float = Field(default=5.0, ge=0)
+    """After sending stops, how long the fleet keeps waiting for outstanding results."""
+    worker_ready_timeout_s: float = Field(default=90.0, gt=0)
+    """How long to wait for the workers to load models and get their partitions."""
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """After the fleet stops, how long to wait for the workers to consume what is left."""
+    aggregator_window_s: float = Field(default=15.0, gt=0)
+    """Tumbling window of the cloud aggregator the demo runs. Drift is judged on a window of one
+    region's samples from 200 on: at the default rate a region samples about 24 embeddings a second."""
+    sample_fraction: float = Field(default=1.0, ge=0, le=1)
+    """Share of answered embeddings the workers sample for the cloud (joined there with labels). All of
+    them by default: the demo's fleet is small, and drift and retraining need a few hundred."""
+    story: StorySettings = StorySettings()
+    """The learning loop the demo tells (``workers/local/story.py``): shift, drift, retrain, canary and
+    rollback."""
+    story_max_s: float = Field(default=420.0, gt=0)
+    """The most the fleet sends while the story is told; a story not over by then is reported stalled."""
+    kafka: KafkaSettings | None = None
+    """Use this already-running Kafka cluster (as an admin identity) instead of the local broker; nothing
+    is started or stopped."""
+    tls_root: Path | None = None
+    """With ``kafka`` over TLS: the PKI whose CA that cluster trusts; the workers' ``edge-<region>`` and
+    the devices' ``device-<region>`` certificates are issued from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPaths:
+    """Where the demo writes."""
+
+    root: Path
+    logs: Path
+    summary: Path
+    plot: Path
+    story_plot: Path
+
+    @classmethod
+    def under(cls, home: Path) -> DemoPaths:
+        """The paths under ``<home>/demo``."""
+        root = home / "demo"
+        return cls(root, root / "logs", root / "summary.json", root / "latency.png", root / "story.png")
