@@ -21,7 +21,7 @@ from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLet
 from edgestream.pipeline.contract.envelope import decode_envelope
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import ContractError
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 
 @dataclass

@@ -47,7 +47,7 @@ from edgestream.pipeline.contract.envelope import (
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.topics.catalogue import KINDS
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 UNKNOWN_KEY_ID: Final = 999
 """A key id no region's ring holds."""

@@ -24,7 +24,7 @@ from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, edge_group, region_topics
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 MAX_ENVELOPE_BYTES = 64 * 1024
 """Every worker here refuses records above this (so oversized records stay small)."""

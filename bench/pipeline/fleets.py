@@ -15,7 +15,8 @@ from edgestream.pipeline.contract.envelope import decode_envelope
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.settings import Region
-from edgestream.workers.local.fleet import Fleet, FleetSettings
+from edgestream.workers.local.fleet import Fleet
+from edgestream.workers.local.fleet_settings import FleetSettings
 
 F = TypeVar("F", bound=Fleet)
 

@@ -14,7 +14,7 @@ from bench.pipeline.results import FloorPoint
 from bench.pipeline.settings import FLOOR_BLOCK, BenchSettings
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.serving.inference import InferenceSession
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 
 def onnx_floor(settings: BenchSettings, home: Path, sizes: Sequence[int]) -> dict[str, list[FloorPoint]]:

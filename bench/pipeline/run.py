@@ -39,7 +39,7 @@ from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics
 from edgestream.workers.local.broker.process import running_broker
 from edgestream.workers.local.broker.settings import BrokerSettings
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 log = logging.getLogger(__name__)
 

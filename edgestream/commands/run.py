@@ -101,7 +101,8 @@ def fleet(
     """Run the simulated device fleet against running workers and print what it saw."""
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.local.broker.process import local_kafka
-    from edgestream.workers.local.fleet import FleetSettings, run_fleet
+    from edgestream.workers.local.fleet import run_fleet
+    from edgestream.workers.local.fleet_settings import FleetSettings
 
     overrides: dict[str, object] = {}
     if duration_s is not None:

@@ -52,7 +52,7 @@ from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.local.broker.state import BrokerState
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 SEED = int(os.environ.get("EDGESTREAM_FAULTS_SEED", "20261123"))
 """Seeds kill timings and the hostile corpus; every report names it."""

@@ -40,7 +40,8 @@ from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
-from edgestream.workers.local.fleet import MODEL_FOR_KIND, FleetReport, FleetSettings, Progress, make_fleet
+from edgestream.workers.local.fleet import FleetReport, Progress, make_fleet
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings
 from edgestream.workers.local.latency_plot import plot_latency
 from edgestream.workers.local.processes import Child, edgestream_command, stopped_at_exit
 from edgestream.workers.local.story import (

@@ -20,7 +20,7 @@ from edgestream.topics.regions import Router
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from edgestream.workers.local.fleet import FleetSettings
+    from edgestream.workers.local.fleet_settings import FleetSettings
 
 log = logging.getLogger(__name__)
 

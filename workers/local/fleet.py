@@ -24,13 +24,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
@@ -43,64 +40,12 @@ from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
-from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
 from edgestream.workers.local.devices import Device, make_devices
+from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["embedding", "frame"]
-Inputs = Literal["original", "shifted-a", "shifted-b"]
-"""Where devices draw embeddings from: the original held-out split, or one of the two disjoint halves
-of the scanner-shifted data (``pipeline.models.shift``). Frames always come from the held-out split."""
-MODEL_FOR_KIND: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
-BAD_KINDS = ("tampered", "unknown_model", "wrong_shape", "garbage")
-
-
-class FleetSettings(BaseSettings):
-    """Settings of the device simulator (``EDGESTREAM_FLEET_*``)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="EDGESTREAM_FLEET_", env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
-
-    devices: int = Field(default=60, ge=1)
-    """Number of simulated devices, spread over the world and routed to the nearest region."""
-    rate_per_s: float = Field(default=150.0, gt=0)
-    """Requests per second offered by the whole fleet (open loop: not slowed by slow answers)."""
-    duration_s: float = Field(default=40.0, gt=0)
-    """How long the fleet sends."""
-    frame_fraction: float = Field(default=0.5, ge=0, le=1)
-    """Share of requests that are frames (the rest are embeddings)."""
-    bad_fraction: float = Field(default=0.02, ge=0, le=1)
-    """Share of deliberately bad records, to exercise the dead-letter path."""
-    deadline_ms: float = Field(default=250.0, gt=0)
-    """How long a device waits for the edge before answering with its local fallback model."""
-    drain_s: float = Field(default=5.0, ge=0)
-    """After sending stops, how long to keep listening for outstanding results."""
-    regions: tuple[Region, ...] = DEFAULT_REGIONS
-    """Regions the fleet is spread over."""
-    kafka: KafkaSettings = KafkaSettings()
-    """How to reach the brokers. Over TLS, each region's devices connect as ``device-<region>`` (the
-    identity the broker's ACLs let write that region's ingest and read its results, nothing else), with
-    certificates from ``tls_root``."""
-    tls_root: Path | None = None
-    """The PKI the device certificates come from (issued when missing); None: ``<home>/tls``."""
-    home: Path = DEFAULT_HOME
-    """Local state: key file and model cache."""
-    key_file: Path | None = None
-    """Region master keys; defaults to ``<home>/keys.json``."""
-    label_fraction: float = Field(default=0.5, ge=0, le=1)
-    """Share of requests whose ground truth a backend reports on ``cloud.labels`` (by request id), for
-    the aggregator's accuracy and for retraining. Sent over ``kafka`` (the backend's identity), not the
-    devices' connections."""
-    enrol: bool = True
-    """Enrol the devices in the key file when it (and its folder) is writable: each gets a secret salt
-    of its own, as real devices are provisioned, and the workers read the enrolments from the file.
-    Idempotent across runs. False, or a read-only file: keys derive as the key ring says."""
-    seed: int = 7
-    """Seed for device placement and input sampling, so runs are comparable."""
-
 
 _NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
 

@@ -455,7 +455,7 @@ def test_cli_enroll_list_and_forget_refusals(key_file: Path, tmp_path: Path) -> 
 
 def test_the_fleet_enrols_its_devices_once_and_seals_with_their_keys(tmp_path: Path) -> None:
     from edgestream.workers.local.devices import make_devices
-    from edgestream.workers.local.fleet import FleetSettings
+    from edgestream.workers.local.fleet_settings import FleetSettings
 
     regions = [REGION, "us-east"]
     key_file = tmp_path / "keys.json"
@@ -487,7 +487,7 @@ def test_the_fleet_does_not_enrol_into_a_key_file_it_cannot_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from edgestream.workers.local.devices import make_devices
-    from edgestream.workers.local.fleet import FleetSettings
+    from edgestream.workers.local.fleet_settings import FleetSettings
 
     key_file = tmp_path / "keys.json"
     ring = keyfile.create(key_file, [REGION])

@@ -15,7 +15,7 @@ from edgestream.pipeline.settings import DEFAULT_REGIONS, Kafka, Region, kafka_s
 from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.demo import DemoResult, run_demo
 from edgestream.workers.local.demo_settings import DemoSettings
-from edgestream.workers.local.fleet import MODEL_FOR_KIND
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 from edgestream.workers.local.story import StoryEvent, StorySettings
 
 from ...plaintext import files_under, find_plaintexts
