@@ -93,12 +93,18 @@ async def started(client: C) -> AsyncIterator[C]:
 
 
 async def read_to_end(
-    client: AIOKafkaConsumer, tps: Sequence[TopicPartition], *, timeout_ms: int, what: str = ""
+    client: AIOKafkaConsumer,
+    tps: Sequence[TopicPartition],
+    *,
+    timeout_ms: int,
+    what: str = "",
+    idle: bool = False,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``tps`` from the beginning up to the end offsets found at the start (the last
     stable offsets, for a ``read_committed`` consumer), read with the started ``client`` (assigned to
     ``tps`` here). Raises :class:`KafkaTimeout` naming ``what`` (default: the topics) when the end is
-    not reached within ``timeout_ms``."""
+    not reached within ``timeout_ms``; with ``idle``, ``timeout_ms`` bounds each stretch without
+    progress instead of the whole read, so a long topic takes as long as it takes."""
     client.assign(list(tps))
     if not tps:
         return
@@ -106,7 +112,8 @@ async def read_to_end(
     end = await client.end_offsets(list(tps))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
-    while [tp for tp in tps if await client.position(tp) < end[tp]]:
+    at = {tp: await client.position(tp) for tp in tps}
+    while [tp for tp in tps if at[tp] < end[tp]]:
         if loop.time() >= deadline:
             raise KafkaTimeout(what or ", ".join(sorted({tp.topic for tp in tps})), timeout_ms)
         batch = await client.getmany(*tps, timeout_ms=FETCH_WAIT_MS)
@@ -114,13 +121,24 @@ async def read_to_end(
             for record in records:
                 if record.offset < end[tp]:
                     yield record
+        moved = {tp: await client.position(tp) for tp in tps}
+        if idle and moved != at:
+            deadline = loop.time() + timeout_ms / 1000
+        at = moved
 
 
 async def read_all(
-    kafka: KafkaSettings, tps: Sequence[TopicPartition], *, client_id: str, timeout_ms: int, what: str = ""
+    kafka: KafkaSettings,
+    tps: Sequence[TopicPartition],
+    *,
+    client_id: str,
+    timeout_ms: int,
+    what: str = "",
+    **options: Any,
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """:func:`read_to_end` with a consumer of its own (no group), as a list."""
-    async with started(consumer(kafka, client_id)) as client:
+    """:func:`read_to_end` with a consumer of its own (no group; ``options`` as for :func:`consumer`),
+    as a list."""
+    async with started(consumer(kafka, client_id, **options)) as client:
         return [record async for record in read_to_end(client, tps, timeout_ms=timeout_ms, what=what)]
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
@@ -33,6 +32,7 @@ from aiokafka.errors import (
     for_code,
 )
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import CLEANUP_POLICY, Topic, is_catalogue_topic, parse_topic
 from edgestream.topics.errors import (
@@ -124,24 +124,19 @@ def _unique(topics: Iterable[Topic]) -> list[Topic]:
 
 
 @asynccontextmanager
-async def _admin_client(kafka: Kafka, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
+async def _admin_client(connection: Kafka, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on the way out; aiokafka errors become edgestream errors."""
-    settings = kafka_settings(kafka)
+    settings = kafka_settings(connection)
     bootstrap_servers = settings.bootstrap_servers
-    client = AIOKafkaAdminClient(
-        **settings.client_kwargs(), client_id=_CLIENT_ID, request_timeout_ms=timeout_ms
-    )
     try:
-        await client.start()
-        yield client
+        async with kafka.started(kafka.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms)) as client:
+            yield client
     except KafkaConnectionError as e:
         raise BrokerUnavailable(bootstrap_servers, str(e)) from e
     except TimeoutError as e:
         raise BrokerUnavailable(bootstrap_servers, f"no answer within {timeout_ms} ms") from e
     except KafkaError as e:
         raise TopicAdminError("admin request", str(e)) from e
-    finally:
-        await client.close()
 
 
 async def _backoff(deadline: float, delay_s: float) -> float:
@@ -365,48 +360,3 @@ async def delete_topics(
     if deleted:
         log.info("deleted %d topic(s): %s", len(deleted), deleted)
     return [t.name for t in topics if t.name in deleted]
-
-
-async def consumer_lag(
-    kafka: Kafka,
-    group_id: str,
-    topics: Iterable[Topic],
-    *,
-    timeout_ms: int = DEFAULT_TIMEOUT_MS,
-) -> dict[tuple[str, int], int]:
-    """Records each partition of ``topics`` holds past ``group_id``'s committed offset.
-
-    A partition the group never committed counts from its log start. End offsets are read with
-    read_committed semantics (the last stable offset), so open transactions do not count as lag.
-    """
-    tps = [TopicPartition(t.name, p) for t in _unique(topics) for p in range(t.spec.partitions)]
-    deadline = time.monotonic() + timeout_ms / 1000.0
-    delay_s = _FIRST_BACKOFF_S
-    async with _admin_client(kafka, timeout_ms) as client:
-        while True:
-            try:
-                committed = await client.list_consumer_group_offsets(group_id, partitions=tps)
-                break
-            except KafkaError as e:
-                # A fresh cluster makes __consumer_offsets on first use: "coordinator not available".
-                if not e.retriable or time.monotonic() >= deadline:
-                    raise
-                delay_s = await _backoff(deadline, delay_s)
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(kafka).client_kwargs(),
-        isolation_level="read_committed",
-        request_timeout_ms=timeout_ms,
-        client_id=_CLIENT_ID,
-    )
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-    finally:
-        await consumer.stop()
-    lag: dict[tuple[str, int], int] = {}
-    for tp in tps:
-        meta = committed.get(tp)
-        position = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
-        lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
-    return lag

@@ -10,7 +10,6 @@ candidate as the model's next version, never promoted. Training and the comparis
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_READ_TIMEOUT_MS: Final = 60_000
 """Bound on reading the sample and label topics to their end offsets."""
-_FETCH_TIMEOUT_MS: Final = 200
 _CLIENT_ID: Final = "edgestream-retrain"
 
 
@@ -84,11 +82,12 @@ async def read_labelled(
     (read_committed) and :func:`join` them for ``model`` over ``[since_ms, until_ms)``.
 
     Undecodable records are logged and counted in ``skipped``. Raises :class:`RetrainError` for a model
-    that is not sampled or a read that does not reach the end offsets within ``timeout_ms``.
+    that is not sampled, :class:`~edgestream.pipeline.errors.KafkaTimeout` for a read that does not
+    reach the end offsets within ``timeout_ms``.
     """
     model_spec = sampled_spec(model)
     window = Window(since_ms, until_ms)
-    raw = await _read_to_end(
+    raw = await _read_values(
         kafka,
         {SAMPLES_TOPIC: CLOUD_SAMPLES.partitions, LABELS_TOPIC: CLOUD_LABELS.partitions},
         timeout_ms,
@@ -121,38 +120,21 @@ async def read_labelled(
     return replace(data, skipped=data.skipped + undecodable)
 
 
-async def _read_to_end(kafka: Kafka, partitions: dict[str, int], timeout_ms: int) -> dict[str, list[bytes]]:
+async def _read_values(
+    connection: Kafka, partitions: dict[str, int], timeout_ms: int
+) -> dict[str, list[bytes]]:
     """Every committed record value of ``partitions`` (topic -> partition count), up to the end offsets
     found at the start."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from edgestream.pipeline import kafka
 
-    settings = kafka_settings(kafka)
-    consumer = AIOKafkaConsumer(
-        **settings.client_kwargs(),
-        client_id=_CLIENT_ID,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        request_timeout_ms=settings.request_timeout_ms,
+    settings = kafka_settings(connection)
+    records = await kafka.read_all(
+        settings, kafka.partitions(partitions.items()), client_id=_CLIENT_ID, timeout_ms=timeout_ms
     )
-    tps = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
     out: dict[str, list[bytes]] = {topic: [] for topic in partitions}
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            if loop.time() >= deadline:
-                raise RetrainError(f"{', '.join(partitions)} not read to their end within {timeout_ms} ms")
-            batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
-            for tp, records in batch.items():
-                out[tp.topic].extend(r.value for r in records if r.value is not None and r.offset < end[tp])
-    finally:
-        await consumer.stop()
+    for record in records:
+        if record.value is not None:
+            out[record.topic].append(record.value)
     return out
 
 

@@ -99,7 +99,6 @@ class FileWorkerView:
 
 # -- the controller --------------------------------------------------------------------------------
 
-_FETCH_TIMEOUT_MS: Final = 200
 _CLIENT_ID: Final = "edgestream-rollout"
 
 
@@ -222,46 +221,23 @@ class Controller:
     async def _read(self, topic: str, parse: Callable[[bytes], T], keep: Callable[[T], bool]) -> list[T]:
         """``topic`` read_committed from the beginning to the end offsets found at the start, the records
         ``keep`` accepts; records that do not parse are logged and skipped."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from edgestream.pipeline.registry.errors import RegistryTimeout
+        from edgestream.pipeline import kafka
         from edgestream.topics.catalogue import parse_topic
 
-        consumer = AIOKafkaConsumer(
-            **self._kafka.client_kwargs(),
-            client_id=_CLIENT_ID,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            out: list[T] = []
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._timeout_ms / 1000
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                if loop.time() >= deadline:
-                    raise RegistryTimeout(topic, self._timeout_ms)
-                batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
-                for records in batch.values():
-                    for record in records:
-                        if record.value is None:
-                            continue
-                        try:
-                            item = parse(record.value)
-                        except UndecodableRecord as e:
-                            log.warning("%s offset %d: %s", topic, record.offset, e)
-                            continue
-                        if keep(item):
-                            out.append(item)
-            return out
-        finally:
-            await consumer.stop()
+        tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
+        records = await kafka.read_all(self._kafka, tps, client_id=_CLIENT_ID, timeout_ms=self._timeout_ms)
+        out: list[T] = []
+        for record in records:
+            if record.value is None:
+                continue
+            try:
+                item = parse(record.value)
+            except UndecodableRecord as e:
+                log.warning("%s offset %d: %s", topic, record.offset, e)
+                continue
+            if keep(item):
+                out.append(item)
+        return out
 
 
 async def watch_until_signalled(

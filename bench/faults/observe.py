@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.faults.env import FaultRegion, FaultTimeout, wait_for
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics.catalogue import (
@@ -59,54 +59,29 @@ class Observed:
 async def _end_offsets(
     bootstrap: Kafka, tps: list[TopicPartition], isolation: str
 ) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(bootstrap).client_kwargs(), isolation_level=isolation, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
+    client = kafka.consumer(kafka_settings(bootstrap), "faults-observe", isolation_level=isolation)
+    async with kafka.started(client) as consumer:
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         return ends
-    finally:
-        await consumer.stop()
 
 
 def _partitions(topic: str) -> list[TopicPartition]:
-    return [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+    return kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
 
 
 async def read_all(
     bootstrap: Kafka, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
 ) -> list[Record]:
     """Every record of ``topic`` up to its end (read_committed: its last stable offset)."""
-    tps = _partitions(topic)
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(bootstrap).client_kwargs(),
-        group_id=None,
+    records = await kafka.read_all(
+        kafka_settings(bootstrap),
+        _partitions(topic),
+        client_id="faults-observe",
+        timeout_ms=int(timeout_s * 1000),
         isolation_level=isolation,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 << 20,
     )
-    await consumer.start()
-    out: list[Record] = []
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            positions = {tp: await consumer.position(tp) for tp in tps}
-            if all(positions[tp] >= ends[tp] for tp in tps):
-                return out
-            if time.monotonic() > deadline:
-                raise FaultTimeout(f"reading {topic}: at {positions}, end {ends} after {timeout_s:.0f} s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend(
-                    Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records
-                )
-    finally:
-        await consumer.stop()
+    return [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records]
 
 
 async def observe(region: FaultRegion, settle_timeout_s: float = SETTLE_TIMEOUT_S) -> Observed:

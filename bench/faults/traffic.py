@@ -9,15 +9,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bench.faults.corpus import Corpus
 from bench.faults.env import FaultRegion, FaultTimeout, wait_for
 from bench.faults.records import CorpusRecord
+from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import kafka_settings
-from edgestream.topics.admin import consumer_lag
-from edgestream.topics.catalogue import region_topics
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +54,8 @@ class Traffic:
         return len(self.ledger)
 
     async def __aenter__(self) -> Traffic:
-        self._producer = AIOKafkaProducer(
-            **kafka_settings(self.region.bootstrap).client_kwargs(),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=4 << 20,
+        self._producer = kafka.producer(
+            kafka_settings(self.region.bootstrap), "faults-traffic", linger_ms=5, max_request_size=4 << 20
         )
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="traffic")
@@ -130,11 +124,7 @@ class GroupProbe:
 
     def __init__(self, region: FaultRegion) -> None:
         self.region = region
-        self._admin = AIOKafkaAdminClient(
-            **kafka_settings(region.bootstrap).client_kwargs(),
-            client_id="faults-probe",
-            request_timeout_ms=5_000,
-        )
+        self._admin = kafka.admin(kafka_settings(region.bootstrap), "faults-probe", request_timeout_ms=5_000)
 
     async def __aenter__(self) -> GroupProbe:
         await self._admin.start()
@@ -185,9 +175,9 @@ class GroupProbe:
 
 async def region_lag(region: FaultRegion) -> int | None:
     """Records on the ingest topics past the group's committed offsets (None while unreadable)."""
-    ingest = [t for t in region_topics(region.name) if t.kind is not None]
+    settings = kafka_settings(region.bootstrap).model_copy(update={"request_timeout_ms": 10_000})
     try:
-        lag = await consumer_lag(region.bootstrap, region.group, ingest, timeout_ms=10_000)
+        lag = await kafka.consumer_lag(settings, region.group, region.ingest, client_id="faults-probe")
     except (KafkaError, OSError, TimeoutError) as err:
         log.debug("lag unavailable: %r", err)
         return None

@@ -12,13 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION
+from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import KINDS, ingest_topic, results_topic
+
+_CLIENT_ID = "edgestream-bench-echo"
 
 
 class EchoSettings(BaseSettings):
@@ -72,20 +75,16 @@ class EchoWorker:
     def __init__(self, settings: EchoSettings) -> None:
         self.settings = settings
         self._out_topic = results_topic(settings.region)
-        self._consumer = AIOKafkaConsumer(
-            **settings.kafka.client_kwargs(),
+        self._consumer = kafka.consumer(
+            settings.kafka,
+            _CLIENT_ID,
             group_id=ECHO_GROUP,
-            client_id="edgestream-bench-echo",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
             fetch_max_wait_ms=20,
             max_poll_records=settings.fetch_max_records,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
-            request_timeout_ms=settings.kafka.request_timeout_ms,
         )
-        self._producer = None if settings.transactional else AIOKafkaProducer(**self._producer_config())
+        self._producer = None if settings.transactional else kafka.producer(settings.kafka, _CLIENT_ID)
         self._tx_producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._buffer: dict[TopicPartition, list[Any]] = {}
         self._has_work = asyncio.Event()
@@ -97,16 +96,6 @@ class EchoWorker:
         self.fetch_sizes: Counter[int] = Counter()
         self.one_hop: list[tuple[int, float]] = []
         """(producer timestamp ms, ms from that timestamp to consumed) per record."""
-
-    def _producer_config(self) -> dict[str, Any]:
-        return {
-            **self.settings.kafka.client_kwargs(),
-            "client_id": "edgestream-bench-echo",
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 0,
-            "request_timeout_ms": self.settings.kafka.request_timeout_ms,
-        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Echo until ``stop`` is set, then make every echo durable and return."""
@@ -212,8 +201,9 @@ class EchoWorker:
     async def _echo_in_transaction(self, tp: TopicPartition, records: Sequence[Any]) -> None:
         producer = self._tx_producers.get(tp)
         if producer is None:
-            producer = AIOKafkaProducer(
-                **self._producer_config(),
+            producer = kafka.producer(
+                self.settings.kafka,
+                _CLIENT_ID,
                 transactional_id=f"{ECHO_GROUP}-{tp.topic}-{tp.partition}",
                 retry_backoff_ms=5,  # as the worker: the next transaction's first request often retries
             )

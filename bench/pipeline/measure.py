@@ -10,9 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
 from bench.pipeline.context import BenchContext
 from bench.pipeline.fleets import EchoFleet, PipelineFleet, run_fleet_as
@@ -20,48 +18,30 @@ from bench.pipeline.machine import CpuUse, CpuWatch
 from bench.pipeline.processes import child_process, echo_env, worker_env, worker_settings
 from bench.pipeline.results import Breakdown, EchoRun, Latency, PipelineRun, RunStats
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION, PIPELINE_REGION, BenchSettings
-from edgestream.pipeline.settings import KafkaSettings, kafka_settings
+from edgestream.pipeline import kafka
 from edgestream.topics.catalogue import KINDS, edge_group, ingest_topic, parse_topic
 from edgestream.workers.local.fleet import FleetReport
 
+_CLIENT_ID = "edgestream-bench"
 
-async def consumer_lag(bootstrap: KafkaSettings, group_id: str, topics: Sequence[str]) -> int:
-    """Records in ``topics`` past ``group_id``'s committed offsets."""
-    tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
-    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), client_id="edgestream-bench")
-    await admin.start()
-    try:
-        for attempt in range(20):
-            try:
-                committed = await admin.list_consumer_group_offsets(group_id)
-                break
-            except KafkaError as err:  # e.g. the offsets topic still being created
-                if not err.retriable or attempt == 19:
-                    raise
-                await asyncio.sleep(0.25)
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(bootstrap).client_kwargs(), group_id=None, client_id="edgestream-bench"
-    )
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    lag = 0
-    for tp in tps:
-        meta = committed.get(tp)
-        lag += max(0, ends[tp] - (meta.offset if meta is not None and meta.offset >= 0 else 0))
-    return int(lag)
+
+def _ingest(region: str) -> list[TopicPartition]:
+    """Every partition of the region's ingest topics."""
+    topics = [ingest_topic(region, kind) for kind in KINDS]
+    return kafka.partitions((topic, parse_topic(topic).spec.partitions) for topic in topics)
+
+
+async def _lag(ctx: BenchContext, group_id: str, tps: Sequence[TopicPartition]) -> int:
+    """Records in ``tps`` past ``group_id``'s committed offsets, in all."""
+    return sum((await kafka.consumer_lag(ctx.bootstrap, group_id, tps, client_id=_CLIENT_ID)).values())
 
 
 async def wait_caught_up(ctx: BenchContext, group_id: str, region: str) -> tuple[int, float]:
     """Wait until the far side has consumed and committed everything sent; (backlog left, seconds)."""
-    topics = [ingest_topic(region, kind) for kind in KINDS]
+    tps = _ingest(region)
     started_s = time.monotonic()
     while True:
-        lag = await consumer_lag(ctx.bootstrap, group_id, topics)
+        lag = await _lag(ctx, group_id, tps)
         waited_s = time.monotonic() - started_s
         if lag == 0 or waited_s > ctx.settings.catch_up_timeout_s:
             return lag, waited_s
@@ -73,23 +53,13 @@ async def skip_backlog(ctx: BenchContext, group_id: str, region: str) -> int:
 
     Returns how many records were skipped. Run only after the group's process has stopped.
     """
-    topics = [ingest_topic(region, kind) for kind in KINDS]
-    lag = await consumer_lag(ctx.bootstrap, group_id, topics)
+    tps = _ingest(region)
+    lag = await _lag(ctx, group_id, tps)
     if lag == 0:
         return 0
-    tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(ctx.bootstrap).client_kwargs(),
-        group_id=group_id,
-        enable_auto_commit=False,
-        client_id="edgestream-bench",
-    )
-    await consumer.start()
-    try:
+    async with kafka.started(kafka.consumer(ctx.bootstrap, _CLIENT_ID, group_id=group_id)) as consumer:
         consumer.assign(tps)
         await consumer.commit(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
     return lag
 
 

@@ -17,7 +17,6 @@ from edgestream.pipeline.registry.errors import (
     MalformedRegistryRecord,
     PinNotAllowed,
     RegistryError,
-    RegistryTimeout,
     UntrustedSigner,
 )
 from edgestream.pipeline.registry.signing import (
@@ -57,7 +56,6 @@ __all__ = [
     "ModelState",
     "PinNotAllowed",
     "RegistryError",
-    "RegistryTimeout",
     "SignedManifest",
     "SigningKey",
     "TrustedKeys",

@@ -11,13 +11,11 @@ state carries a ``revision`` so that a reader can see it, and the CLI is meant t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-from edgestream.pipeline.registry.errors import MalformedRegistryRecord, RegistryTimeout
+from edgestream.pipeline import kafka
+from edgestream.pipeline.registry.errors import MalformedRegistryRecord
 from edgestream.pipeline.registry.state import ModelState
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.catalogue import CONTROL_MODELS, MODELS_TOPIC
@@ -25,13 +23,14 @@ from edgestream.topics.catalogue import CONTROL_MODELS, MODELS_TOPIC
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from aiokafka import AIOKafkaConsumer
+
     from edgestream.pipeline.settings import Kafka
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS: Final = 30_000
 """Bound on reading ``control.models`` to its end offsets."""
-_FETCH_TIMEOUT_MS: Final = 200
 _CLIENT_ID: Final = "edgestream-registry"
 
 
@@ -45,25 +44,15 @@ class RegistryClient:
 
     async def publish_state(self, state: ModelState) -> None:
         """Write ``state`` as its model's record and wait until the broker has it (acks=all)."""
-        producer = AIOKafkaProducer(
-            **self._kafka.client_kwargs(), client_id=_CLIENT_ID, acks="all", enable_idempotence=True
-        )
-        await producer.start()
-        try:
+        async with kafka.started(kafka.producer(self._kafka, _CLIENT_ID)) as producer:
             await producer.send_and_wait(self._topic, state.to_bytes(), key=state.model.encode())
-        finally:
-            await producer.stop()
         log.info("published %s revision %d (stable v%s)", state.model, state.revision, state.stable)
 
     async def read_states(self, *, strict: bool = True) -> dict[str, ModelState]:
         """Every model's latest state. A latest value that does not parse raises
         :class:`MalformedRegistryRecord` (``strict``) or is logged and left out."""
-        consumer = self._consumer()
-        await consumer.start()
-        try:
+        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
             latest = await self._read_to_end(consumer)
-        finally:
-            await consumer.stop()
         return _decode(latest, strict=strict)
 
     async def follow(self, *, strict: bool = False) -> AsyncIterator[ModelState]:
@@ -71,9 +60,7 @@ class RegistryClient:
 
         Malformed records are logged and skipped unless ``strict``: one bad record must not stop a
         worker from following the others."""
-        consumer = self._consumer()
-        await consumer.start()
-        try:
+        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
             latest = await self._read_to_end(consumer)
             for state in _decode(latest, strict=strict).values():
                 yield state
@@ -83,19 +70,6 @@ class RegistryClient:
                     fresh = {r.key.decode(): r.value for r in records if r.key is not None}
                     for state in _decode(fresh, strict=strict).values():
                         yield state
-        finally:
-            await consumer.stop()
-
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            **self._kafka.client_kwargs(),
-            client_id=_CLIENT_ID,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            request_timeout_ms=self._kafka.request_timeout_ms,
-        )
 
     async def _read_to_end(self, consumer: AIOKafkaConsumer) -> dict[str, bytes | None]:
         return await latest_by_key(consumer, self._topic, CONTROL_MODELS.partitions, self._timeout_ms)
@@ -106,24 +80,15 @@ async def latest_by_key(
 ) -> dict[str, bytes | None]:
     """The latest value (None: a tombstone) of every key of a compacted ``topic``, read from the
     beginning to the end offsets found at the start with a started ``consumer``; records without a key
-    are logged and ignored. :class:`RegistryTimeout` when the end is not reached within ``timeout_ms``."""
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    end = await consumer.end_offsets(tps)
+    are logged and ignored. :class:`~edgestream.pipeline.errors.KafkaTimeout` when the end is not
+    reached within ``timeout_ms``."""
     latest: dict[str, bytes | None] = {}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_ms / 1000
-    while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-        if loop.time() >= deadline:
-            raise RegistryTimeout(topic, timeout_ms)
-        batch = await consumer.getmany(*tps, timeout_ms=_FETCH_TIMEOUT_MS)
-        for records in batch.values():
-            for record in records:
-                if record.key is None:
-                    log.warning("%s offset %d has no key; ignored", topic, record.offset)
-                    continue
-                latest[record.key.decode(errors="replace")] = record.value
+    tps = kafka.partitions([(topic, partitions)])
+    async for record in kafka.read_to_end(consumer, tps, timeout_ms=timeout_ms):
+        if record.key is None:
+            log.warning("%s offset %d has no key; ignored", topic, record.offset)
+            continue
+        latest[record.key.decode(errors="replace")] = record.value
     return latest
 
 

@@ -79,18 +79,6 @@ class InvalidTransition(RegistryError):
         self.model = model
 
 
-class RegistryTimeout(RegistryError):
-    """``control.models`` was not read to its end offsets within the time allowed."""
-
-    reason = "registry_timeout"
-    retriable = True
-
-    def __init__(self, topic: str, timeout_ms: int) -> None:
-        super().__init__(f"{topic} was not read to its end within {timeout_ms} ms")
-        self.topic = topic
-        self.timeout_ms = timeout_ms
-
-
 class PinNotAllowed(UnknownModel):
     """A request pins a version the registry does not allow pinning (dead-lettered, like an unknown
     model)."""

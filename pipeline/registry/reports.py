@@ -94,16 +94,10 @@ class WorkerReporter:
 
     async def start(self) -> None:
         """Connect."""
-        from aiokafka import AIOKafkaProducer
-
+        from edgestream.pipeline import kafka
         from edgestream.pipeline.settings import kafka_settings
 
-        self._producer = AIOKafkaProducer(
-            **kafka_settings(self._kafka).client_kwargs(),
-            acks="all",
-            enable_idempotence=True,
-            client_id=f"edgestream-worker-report-{self._node}",
-        )
+        self._producer = kafka.producer(kafka_settings(self._kafka), f"edgestream-worker-report-{self._node}")
         await self._producer.start()
 
     async def report(self) -> bool:
@@ -191,23 +185,12 @@ class TopicWorkerView:
         ]
 
     async def _read(self) -> dict[str, bytes | None]:
-        from aiokafka import AIOKafkaConsumer
-
+        from edgestream.pipeline import kafka
         from edgestream.pipeline.registry.client import latest_by_key
         from edgestream.pipeline.settings import kafka_settings
 
-        consumer = AIOKafkaConsumer(
-            **kafka_settings(self._kafka).client_kwargs(),
-            client_id=_CLIENT_ID,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
+        async with kafka.started(kafka.consumer(kafka_settings(self._kafka), _CLIENT_ID)) as consumer:
             return await latest_by_key(consumer, WORKERS_TOPIC, CONTROL_WORKERS.partitions, self._timeout_ms)
-        finally:
-            await consumer.stop()
 
 
 def report_of(

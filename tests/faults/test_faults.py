@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,6 +38,7 @@ from bench.faults.observe import Observed, Record, observe
 from bench.faults.records import CATEGORIES, OK, CorpusRecord
 from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, rebalance, zombie
 from bench.faults.traffic import wait_drained
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.contract.deadletter import dead_letter_headers
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
@@ -155,18 +156,12 @@ async def _backlog(fault_env: FaultEnv, region: FaultRegion, count: int) -> dict
     """``count`` good embeddings of one device (so one partition), written before any worker runs."""
     corpus = make_corpus(fault_env, region)
     ledger: dict[int, CorpusRecord] = {}
-    producer = AIOKafkaProducer(
-        **kafka_settings(region.bootstrap).client_kwargs(), acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    try:
+    async with kafka.started(kafka.producer(kafka_settings(region.bootstrap), "test-faults")) as producer:
         for _ in range(count):
             record = corpus.good(device="dev-backlog", kind="embedding")
             ledger[record.test_id] = record
             await producer.send(record.topic(region.name), record.value, key=record.key)
         await producer.flush()
-    finally:
-        await producer.stop()
     return ledger
 
 

@@ -3,7 +3,9 @@ broker."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -49,6 +51,41 @@ def test_partitions_lists_every_partition_in_order() -> None:
         TopicPartition("a", 1),
         TopicPartition("b", 0),
     ]
+
+
+class _Trickle:
+    """A stand-in consumer whose one partition yields one record per fetch, 10 ms apart."""
+
+    def __init__(self, records: int) -> None:
+        self.tp = TopicPartition("slow", 0)
+        self.at = 0
+        self.end = records
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        assert tps == [self.tp]
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.at = 0
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {self.tp: self.end}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0.01)
+        self.at += 1
+        return {self.tp: [type("Record", (), {"offset": self.at - 1})()]}
+
+
+async def test_an_idle_bound_lets_a_long_read_finish_while_records_keep_coming() -> None:
+    slow = _Trickle(40)
+    read = [r async for r in kafka.read_to_end(slow, [slow.tp], timeout_ms=200, idle=True)]
+    assert len(read) == 40
+    with pytest.raises(KafkaTimeout, match="slow"):
+        async for _ in kafka.read_to_end(slow, [slow.tp], timeout_ms=200):
+            pass
 
 
 async def _topic(bootstrap: KafkaSettings, partitions: int) -> str:

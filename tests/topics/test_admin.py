@@ -15,6 +15,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import Kafka, kafka_settings
 from edgestream.topics import admin
 from edgestream.topics.admin import (
@@ -55,13 +56,9 @@ async def region(bootstrap: Kafka) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def raw_admin(bootstrap: Kafka) -> AsyncIterator[AIOKafkaAdminClient]:
-    """aiokafka's own admin client, to set up wrong topics and check the broker independently."""
-    client = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs())
-    await client.start()
-    try:
+    """A plain admin client, to set up wrong topics and check the broker independently."""
+    async with kafka.started(kafka.admin(kafka_settings(bootstrap), "test-topics")) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def _create_raw(client: AIOKafkaAdminClient, topic: Topic, partitions: int, **configs: str) -> None:
@@ -305,37 +302,3 @@ async def test_unreachable_broker_is_a_clear_error(call: str) -> None:
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1") as info:
         await _CALLS[call]()
     assert info.value.retriable
-
-
-async def test_consumer_lag_counts_what_a_group_has_not_committed(bootstrap: Kafka, region: str) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    from edgestream.topics.admin import consumer_lag
-    from edgestream.topics.catalogue import edge_group, region_topics
-
-    await ensure_topics(bootstrap, region_topics(region))
-    ingest = [t for t in region_topics(region) if t.kind == "frame"]
-    topic = ingest[0].name
-    producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), acks="all")
-    await producer.start()
-    try:
-        for i in range(5):
-            await producer.send_and_wait(topic, b"x", partition=0, key=str(i).encode())
-    finally:
-        await producer.stop()
-    group = edge_group(region)
-    before = await consumer_lag(bootstrap, group, ingest)
-    assert before[(topic, 0)] == 5
-    assert sum(before.values()) == 5
-
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(bootstrap).client_kwargs(), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
-        await consumer.commit({TopicPartition(topic, 0): 3})
-    finally:
-        await consumer.stop()
-    after = await consumer_lag(bootstrap, group, ingest)
-    assert after[(topic, 0)] == 2

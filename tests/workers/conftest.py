@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
@@ -107,10 +108,8 @@ async def running_worker(edge_region: EdgeRegion) -> AsyncIterator[RunningWorker
 
 @pytest.fixture
 async def producer(bootstrap: Kafka) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), acks="all", enable_idempotence=True)
-    await p.start()
-    yield p
-    await p.stop()
+    async with kafka.started(kafka.producer(kafka_settings(bootstrap), "test-devices")) as p:
+        yield p
 
 
 async def read_topic(
@@ -118,16 +117,8 @@ async def read_topic(
 ) -> list[Any]:
     """Read a topic from the beginning (read_committed) until ``expect`` records, then ``settle_s`` more
     to catch extras (duplicates), or until ``timeout_s``."""
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(bootstrap).client_kwargs(),
-        group_id=None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+    async with kafka.started(kafka.consumer(kafka_settings(bootstrap), "test-reader")) as consumer:
+        tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Any] = []
@@ -143,8 +134,6 @@ async def read_topic(
             for records in batch.values():
                 out.extend(records)
         return out
-    finally:
-        await consumer.stop()
 
 
 async def eventually(predicate: Callable[[], bool], *, timeout_s: float, step_s: float = 0.05) -> bool:

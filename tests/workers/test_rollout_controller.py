@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.learning.rollout import Bounds
 from edgestream.pipeline.models import ModelStore
@@ -86,17 +87,12 @@ def _summary(region: str, model: str, version: int, *, results: int, infer_faile
 
 async def _commit(region: EdgeRegion, summaries: list[PartialSummary]) -> None:
     """Send the summaries in one transaction, as the edge does, and return once it is committed."""
-    producer = AIOKafkaProducer(
-        **kafka_settings(region.bootstrap).client_kwargs(),
-        transactional_id=f"rollout-test-{uuid.uuid4().hex}",
+    client = kafka.producer(
+        kafka_settings(region.bootstrap), "test-rollout", transactional_id=f"rollout-test-{uuid.uuid4().hex}"
     )
-    await producer.start()
-    try:
-        async with producer.transaction():
-            for s in summaries:
-                await producer.send(SUMMARIES_TOPIC, s.to_bytes(), key=s.key)
-    finally:
-        await producer.stop()
+    async with kafka.started(client) as producer, producer.transaction():
+        for s in summaries:
+            await producer.send(SUMMARIES_TOPIC, s.to_bytes(), key=s.key)
 
 
 async def test_a_bad_canary_is_rolled_back_in_one_step_and_no_device_keeps_it(

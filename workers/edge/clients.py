@@ -7,26 +7,23 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from edgestream.pipeline import kafka
 from edgestream.topics.catalogue import edge_group
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import AckSink, Sink, TransactionalSink
 
 
 def consumer_of(settings: WorkerSettings, node_id: str) -> AIOKafkaConsumer:
-    """The region group's consumer: manual commits, read_committed, fetches bounded for backpressure."""
-    kafka = settings.kafka
-    return AIOKafkaConsumer(
-        **kafka.client_kwargs(),
+    """The region group's consumer: the factory's manual commits and read_committed, fetches bounded
+    for backpressure, a short session so that a dead worker's partitions move on quickly."""
+    return kafka.consumer(
+        settings.kafka,
+        node_id,
         group_id=edge_group(settings.region),
-        client_id=node_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
         fetch_max_wait_ms=20,
         max_poll_records=settings.fetch_max_records,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
-        request_timeout_ms=kafka.request_timeout_ms,
     )
 
 
@@ -39,9 +36,9 @@ def sink_of(
     """The sink of ``settings.delivery``; ``commit`` commits consumed offsets (at-least-once only)."""
     if settings.delivery == "exactly_once":
         return TransactionalSink(
-            kafka=settings.kafka,
+            connection=settings.kafka,
             group_id=edge_group(settings.region),
             client_id=node_id,
             transaction_timeout_ms=settings.transaction_timeout_ms,
         )
-    return AckSink(kafka=settings.kafka, client_id=node_id, commit=commit)
+    return AckSink(connection=settings.kafka, client_id=node_id, commit=commit)

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import KafkaSettings
 
@@ -98,17 +99,13 @@ class TransactionalSink:
     def __init__(
         self,
         *,
-        kafka: KafkaSettings,
+        connection: KafkaSettings,
         group_id: str,
         client_id: str,
         transaction_timeout_ms: int,
     ) -> None:
-        self._kafka = kafka
+        self._kafka = connection
         self._config: dict[str, Any] = {
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 0,
-            "request_timeout_ms": kafka.request_timeout_ms,
             "transaction_timeout_ms": transaction_timeout_ms,
             "retry_backoff_ms": 5,
         }
@@ -130,11 +127,11 @@ class TransactionalSink:
 
     def make_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         """The (not yet started) transactional producer for input partition ``tp``."""
-        return AIOKafkaProducer(
-            **self._kafka.client_kwargs(),
-            **self._config,
+        return kafka.producer(
+            self._kafka,
+            f"{self._client_id}-{tp.topic}-{tp.partition}",
             transactional_id=transactional_id(self._group_id, tp),
-            client_id=f"{self._client_id}-{tp.topic}-{tp.partition}",
+            **self._config,
         )
 
     async def _new_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
@@ -246,18 +243,11 @@ class AckSink:
     def __init__(
         self,
         *,
-        kafka: KafkaSettings,
+        connection: KafkaSettings,
         client_id: str,
         commit: Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]],
     ) -> None:
-        self.producer = AIOKafkaProducer(
-            **kafka.client_kwargs(),
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            request_timeout_ms=kafka.request_timeout_ms,
-        )
+        self.producer = kafka.producer(connection, client_id)
         """The one idempotent producer (exposed so its settings can be checked)."""
         self._commit = commit
         self._started = False

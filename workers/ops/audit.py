@@ -14,9 +14,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline import kafka
 from edgestream.pipeline.serving.auditchain import ChainHead, MalformedChainHead, chain_id
 from edgestream.pipeline.serving.auditverify import ChainReport, Position, verify
 from edgestream.pipeline.settings import kafka_settings
@@ -33,21 +33,8 @@ DEFAULT_TIMEOUT_MS: Final = 30_000
 """Bound on reading the audit topic to its end offsets, and on each broker request."""
 
 _CLIENT_ID: Final = "edgestream-audit"
-_FETCH_TIMEOUT_MS: Final = 200
 _FIRST_BACKOFF_S: Final = 0.05
 _MAX_BACKOFF_S: Final = 1.0
-
-
-class AuditReadTimeout(EdgestreamError):
-    """The audit topic was not read up to the end offsets seen at start within the time allowed."""
-
-    reason = "audit_timeout"
-    retriable = True
-
-    def __init__(self, topic: str, timeout_ms: int) -> None:
-        super().__init__(f"{topic} was not read to its end within {timeout_ms} ms")
-        self.topic = topic
-        self.timeout_ms = timeout_ms
 
 
 @dataclass(slots=True)
@@ -66,16 +53,6 @@ class AuditLog:
     """Chains whose committed metadata is ours but unreadable."""
     expired: bool = False
     """An audit partition starts past offset 0: retention (or a DeleteRecords) removed records."""
-
-
-def client_config(kafka: Kafka, timeout_ms: int) -> dict[str, Any]:
-    """Keyword arguments of every Kafka client this command makes: the connection's (TLS included),
-    this command's client id, the request bound."""
-    return {
-        **kafka_settings(kafka).client_kwargs(),
-        "client_id": _CLIENT_ID,
-        "request_timeout_ms": timeout_ms,
-    }
 
 
 async def _committed_heads(
@@ -124,7 +101,7 @@ async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicParti
 
 
 async def read_audit_log(
-    kafka: Kafka,
+    connection: Kafka,
     region: str,
     *,
     topic: str | None = None,
@@ -132,54 +109,22 @@ async def read_audit_log(
 ) -> AuditLog:
     """The committed heads of the region's edge group, then ``topic`` (default: the region's audit
     topic) read_committed from its beginning up to the end offsets it has after the heads were read.
-    `AuditReadTimeout` if that end is not reached within ``timeout_ms``."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
-
+    `KafkaTimeout` if that end is not reached within ``timeout_ms`` (of the whole call)."""
     from edgestream.topics.catalogue import audit_topic, edge_group
 
-    config = client_config(kafka, timeout_ms)
+    settings = kafka_settings(connection)
     found = AuditLog(topic or audit_topic(region), edge_group(region))
     deadline_s = time.monotonic() + timeout_ms / 1000.0
-    admin = AIOKafkaAdminClient(**config)
-    await admin.start()
-    try:
+    async with kafka.started(kafka.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms)) as admin:
         found.heads, found.bad_heads = await _committed_heads(admin, found.group_id, deadline_s)
         tps = await _partitions(admin, found.topic)
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(
-        **config,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    client = kafka.consumer(settings, _CLIENT_ID, request_timeout_ms=timeout_ms)
+    async with kafka.started(client) as consumer:
         starts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
         found.expired = any(starts[tp] > 0 for tp in tps)
-        await consumer.seek_to_beginning(*tps)
-        pending = {tp for tp in tps if starts[tp] < ends[tp]}
-        consumer.pause(*(set(tps) - pending))
-        while pending:
-            if time.monotonic() >= deadline_s:
-                raise AuditReadTimeout(found.topic, timeout_ms)
-            fetched = await consumer.getmany(*pending, timeout_ms=_FETCH_TIMEOUT_MS)
-            for tp, records in fetched.items():
-                found.entries.extend(
-                    (Position(tp.topic, tp.partition, r.offset), r.value or b"")
-                    for r in records
-                    if r.offset < ends[tp]
-                )
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-    finally:
-        await consumer.stop()
+        left_ms = max(0, int((deadline_s - time.monotonic()) * 1000))
+        async for r in kafka.read_to_end(consumer, tps, timeout_ms=left_ms, what=found.topic):
+            found.entries.append((Position(r.topic, r.partition, r.offset), r.value or b""))
     log.debug("read %d audit records and %d heads", len(found.entries), len(found.heads))
     return found
 

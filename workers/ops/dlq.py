@@ -3,12 +3,12 @@ origin topics.
 
 Both read the DLQ read_committed up to the end offsets it has when they start, then stop, so they
 terminate while workers keep dead-lettering. :func:`inspect_dlq` reads from the beginning with no
-consumer group and commits nothing. :func:`replay` keeps its position in one consumer group per
-(region, reason), :func:`replay_group`: a replay of reason A passes over B's dead letters, and a group
-shared by every reason would then hide them from a later replay of B. The re-sent records and the
-group's new offsets commit in one Kafka transaction (transactional id = the group's name), so a dead
-letter goes back once per reason across repeated runs and crashes, and a concurrent replay of the same
-reason fences the older one.
+consumer group and commits nothing (``pipeline.kafka.read_all``). :func:`replay` keeps its position
+in one consumer group per (region, reason), :func:`replay_group`: a replay of reason A passes over B's
+dead letters, and a group shared by every reason would then hide them from a later replay of B. The
+re-sent records and the group's new offsets commit in one Kafka transaction (transactional id = the
+group's name), so a dead letter goes back once per reason across repeated runs and crashes, and a
+concurrent replay of the same reason fences the older one.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLetter
-from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.errors import EdgestreamError, KafkaTimeout
 from edgestream.pipeline.settings import kafka_settings
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ DEFAULT_TIMEOUT_MS: Final = 30_000
 """Bound on reading the DLQ to the end offsets seen at start, and on each broker request."""
 
 _REASON_RE: Final = re.compile(r"[a-z0-9_]{1,64}")
-_FETCH_TIMEOUT_MS: Final = 200
 _CLIENT_ID: Final = "edgestream-dlq"
 
 
@@ -48,18 +48,6 @@ class InvalidReason(EdgestreamError):
     def __init__(self, reason_code: str) -> None:
         super().__init__(f"invalid reason code {reason_code!r}: use lowercase letters, digits and '_'")
         self.reason_code = reason_code
-
-
-class DlqReadTimeout(EdgestreamError):
-    """The DLQ was not read up to the end offsets seen at start within the time allowed."""
-
-    reason = "dlq_timeout"
-    retriable = True
-
-    def __init__(self, topic: str, timeout_ms: int) -> None:
-        super().__init__(f"{topic} was not read to its end within {timeout_ms} ms")
-        self.topic = topic
-        self.timeout_ms = timeout_ms
 
 
 # -- reading the DLQ -------------------------------------------------------------------------------
@@ -87,18 +75,16 @@ class DlqBatch:
     """The partition's position after this batch, never past the end offset: what replay commits."""
 
 
-async def _partitions(kafka: Kafka, topic: str, timeout_ms: int) -> list[TopicPartition]:
+async def _partitions(connection: Kafka, topic: str, timeout_ms: int) -> list[TopicPartition]:
     """The topic's partitions as the broker has them; `TopicsNotFound` when it is missing."""
-    from aiokafka import TopicPartition
-
     from edgestream.topics.admin import describe_topics
 
-    (description,) = await describe_topics(kafka, [topic], timeout_ms=timeout_ms)
-    return [TopicPartition(topic, p) for p in range(description.partitions)]
+    (description,) = await describe_topics(connection, [topic], timeout_ms=timeout_ms)
+    return kafka.partitions([(topic, description.partitions)])
 
 
-async def _seek_start(consumer: AIOKafkaConsumer, tp: TopicPartition, group_id: str | None) -> None:
-    committed = await consumer.committed(tp) if group_id is not None else None
+async def _seek_start(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    committed = await consumer.committed(tp)
     if committed is None:
         await consumer.seek_to_beginning(tp)
     else:
@@ -113,47 +99,38 @@ def _parse(record: Any) -> DeadLetter | MalformedDeadLetter:
 
 
 async def read_dlq(
-    kafka: Kafka,
+    connection: Kafka,
     region: str,
     *,
-    group_id: str | None = None,
+    group_id: str,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
 ) -> AsyncIterator[DlqBatch]:
-    """Read a region's DLQ up to the end offsets it has when the call starts, then stop.
+    """Read a region's DLQ from ``group_id``'s committed offsets (the beginning where it has none) up to
+    the end offsets it has when the call starts, then stop; the caller commits `DlqBatch.next_offset`.
 
     read_committed: aborted worker transactions are never seen, and the end offsets are the last stable
-    ones. Without ``group_id`` it reads from the beginning and commits nothing; with one it starts at the
-    group's committed offsets (the caller commits `DlqBatch.next_offset`). Records that arrive meanwhile
-    are left for the next call. `DlqReadTimeout` if the end is not reached within ``timeout_ms``.
+    ones. Records that arrive meanwhile are left for the next call. `KafkaTimeout` if the end is not
+    reached within ``timeout_ms``.
     """
-    from aiokafka import AIOKafkaConsumer
-
     from edgestream.topics.catalogue import dlq_topic
 
     topic = dlq_topic(region)
-    tps = await _partitions(kafka, topic, timeout_ms)
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(kafka).client_kwargs(),
-        group_id=group_id,
-        client_id=_CLIENT_ID,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        request_timeout_ms=timeout_ms,
+    tps = await _partitions(connection, topic, timeout_ms)
+    client = kafka.consumer(
+        kafka_settings(connection), _CLIENT_ID, group_id=group_id, request_timeout_ms=timeout_ms
     )
-    await consumer.start()
-    try:
+    async with kafka.started(client) as consumer:
         consumer.assign(tps)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         for tp in tps:
-            await _seek_start(consumer, tp, group_id)
+            await _seek_start(consumer, tp)
         pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
         consumer.pause(*(set(tps) - pending))
         deadline_s = time.monotonic() + timeout_ms / 1000.0
         while pending:
             if time.monotonic() >= deadline_s:
-                raise DlqReadTimeout(topic, timeout_ms)
-            fetched = await consumer.getmany(*pending, timeout_ms=_FETCH_TIMEOUT_MS)
+                raise KafkaTimeout(topic, timeout_ms)
+            fetched = await consumer.getmany(*pending, timeout_ms=kafka.FETCH_WAIT_MS)
             for tp in sorted(pending, key=lambda t: t.partition):
                 end = ends[tp]
                 next_offset = min(await consumer.position(tp), end)
@@ -163,8 +140,6 @@ async def read_dlq(
                 if tp in fetched:
                     records = [r for r in fetched[tp] if r.offset < end]
                     yield DlqBatch(tp, [_parse(r) for r in records], next_offset)
-    finally:
-        await consumer.stop()
 
 
 # -- replay ----------------------------------------------------------------------------------------
@@ -228,7 +203,7 @@ async def _send_in_transaction(
 
 
 async def replay(
-    kafka: Kafka,
+    connection: Kafka,
     region: str,
     reason: str,
     *,
@@ -241,19 +216,12 @@ async def replay(
     `REPLAYED_FROM` and the next `DELIVERY_ATTEMPT`) and the `replay_group`'s offset past the batch. A
     dry run reads from the group's position and sends and commits nothing.
     """
-    from aiokafka import AIOKafkaProducer
-
     group_id = replay_group(region, reason)
     report = ReplayReport(group_id)
     producer: AIOKafkaProducer | None = None
     if not dry_run:
-        producer = AIOKafkaProducer(
-            **kafka_settings(kafka).client_kwargs(),
-            client_id=_CLIENT_ID,
-            transactional_id=group_id,
-            enable_idempotence=True,
-            acks="all",
-            request_timeout_ms=timeout_ms,
+        producer = kafka.producer(
+            kafka_settings(connection), _CLIENT_ID, transactional_id=group_id, request_timeout_ms=timeout_ms
         )
         await producer.start()
     try:
@@ -262,7 +230,7 @@ async def replay(
             # broker aborts) before the group's committed offsets are read.
             async with producer.transaction():
                 pass
-        async for batch in read_dlq(kafka, region, group_id=group_id, timeout_ms=timeout_ms):
+        async for batch in read_dlq(connection, region, group_id=group_id, timeout_ms=timeout_ms):
             letters = _choose(batch, region, reason, report)
             if producer is not None:
                 await _send_in_transaction(producer, group_id, batch, letters)
@@ -313,7 +281,7 @@ class Inspection:
 
 
 async def inspect_dlq(
-    kafka: Kafka,
+    connection: Kafka,
     region: str,
     *,
     reason: str | None,
@@ -322,17 +290,26 @@ async def inspect_dlq(
     timeout_ms: int,
 ) -> Inspection:
     """Read the whole DLQ once; keep counts for every match and the newest ``limit`` (0: all) entries."""
+    from edgestream.topics.catalogue import dlq_topic
+
+    tps = await _partitions(connection, dlq_topic(region), timeout_ms)
+    records = await kafka.read_all(
+        kafka_settings(connection),
+        tps,
+        client_id=_CLIENT_ID,
+        timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
     found = Inspection(newest=deque(maxlen=limit or None))
-    async for batch in read_dlq(kafka, region, timeout_ms=timeout_ms):
-        for letter in batch.letters:
-            found.total += 1
-            if isinstance(letter, MalformedDeadLetter):
-                found.malformed.append(letter)
-                continue
-            if reason is not None and letter.reason != reason:
-                continue
-            if since_ms is not None and letter.dead_lettered_at_ms < since_ms:
-                continue
-            found.by_reason.setdefault(letter.reason, ReasonSummary()).add(letter)
-            found.newest.append(letter)
+    for letter in map(_parse, records):
+        found.total += 1
+        if isinstance(letter, MalformedDeadLetter):
+            found.malformed.append(letter)
+            continue
+        if reason is not None and letter.reason != reason:
+            continue
+        if since_ms is not None and letter.dead_lettered_at_ms < since_ms:
+            continue
+        found.by_reason.setdefault(letter.reason, ReasonSummary()).add(letter)
+        found.newest.append(letter)
     return found

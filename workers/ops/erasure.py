@@ -13,17 +13,15 @@ master key alone: only retiring the key ids they used erases them.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-from edgestream.pipeline.errors import ContractError, EdgestreamError
+from edgestream.pipeline import kafka
+from edgestream.pipeline.errors import ContractError
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from aiokafka import TopicPartition
 
     from edgestream.pipeline.security.keyring import Enrolment
     from edgestream.pipeline.settings import Kafka
@@ -33,20 +31,7 @@ DEFAULT_TIMEOUT_MS: Final = 30_000
 MAX_SCANNED_ENVELOPE_BYTES: Final = 64 << 20
 """Records larger than this are counted as undecodable, not parsed (the broker's limit is far lower)."""
 
-_FETCH_TIMEOUT_MS: Final = 200
 _CLIENT_ID: Final = "edgestream-devices"
-
-
-class RetainedScanTimeout(EdgestreamError):
-    """Reading a topic up to the end offsets seen at start got no record for the time allowed."""
-
-    reason = "scan_timeout"
-    retriable = True
-
-    def __init__(self, topic: str, timeout_ms: int) -> None:
-        super().__init__(f"{topic} gave no record for {timeout_ms} ms before its end was read")
-        self.topic = topic
-        self.timeout_ms = timeout_ms
 
 
 # -- forgetting ------------------------------------------------------------------------------------
@@ -126,7 +111,7 @@ async def retained_envelopes(
 
     Each topic is read from its log start to the end offsets it has when the call starts (ingest
     read_uncommitted, the DLQ read_committed), with no consumer group; nothing is committed. Raises
-    `TopicsNotFound` for a missing topic and `RetainedScanTimeout` when a read makes no progress for
+    `TopicsNotFound` for a missing topic and `KafkaTimeout` when a read makes no progress for
     ``timeout_ms`` (a long topic takes as long as it takes: about 25,000 records/s on one broker).
     """
     from edgestream.topics.admin import describe_topics
@@ -154,7 +139,7 @@ def _retention_ms(value: str | None) -> int | None:
 
 
 async def _scan(
-    kafka: Kafka,
+    connection: Kafka,
     partitions: dict[str, int],
     isolation_level: Literal["read_committed", "read_uncommitted"],
     key: bytes,
@@ -162,51 +147,16 @@ async def _scan(
     timeout_ms: int,
 ) -> None:
     """Read ``partitions`` (topic -> count) from the beginning to their end offsets now; tally ``key``'s."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     from edgestream.pipeline.settings import kafka_settings
 
-    tps = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(kafka).client_kwargs(),
-        group_id=None,
-        client_id=_CLIENT_ID,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level=isolation_level,
-        request_timeout_ms=timeout_ms,
+    tps = kafka.partitions(partitions.items())
+    client = kafka.consumer(
+        kafka_settings(connection), _CLIENT_ID, isolation_level=isolation_level, request_timeout_ms=timeout_ms
     )
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        positions = {tp: await consumer.position(tp) for tp in tps}
-        pending = {tp for tp in tps if positions[tp] < ends[tp]}
-        consumer.pause(*(set(tps) - pending))
-        deadline_s = time.monotonic() + timeout_ms / 1000.0
-        while pending:
-            if time.monotonic() >= deadline_s:
-                raise RetainedScanTimeout(min(pending, key=_order).topic, timeout_ms)
-            fetched = await consumer.getmany(*pending, timeout_ms=_FETCH_TIMEOUT_MS)
-            for tp, records in fetched.items():
-                for record in records:
-                    if record.offset < ends[tp] and record.key == key:
-                        _tally(found[tp.topic], key, record.value, record.timestamp)
-            for tp in sorted(pending, key=_order):
-                position = await consumer.position(tp)
-                if position != positions[tp]:  # progress (aborted records too): the bound starts again
-                    positions[tp] = position
-                    deadline_s = time.monotonic() + timeout_ms / 1000.0
-                if position >= ends[tp]:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-    finally:
-        await consumer.stop()
-
-
-def _order(tp: TopicPartition) -> tuple[str, int]:
-    return tp.topic, tp.partition
+    async with kafka.started(client) as consumer:
+        async for record in kafka.read_to_end(consumer, tps, timeout_ms=timeout_ms, idle=True):
+            if record.key == key:
+                _tally(found[record.topic], key, record.value, record.timestamp)
 
 
 def _tally(topic: TopicRetained, key: bytes, value: bytes | None, timestamp_ms: int) -> None:

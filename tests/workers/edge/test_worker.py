@@ -12,9 +12,10 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, merge
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
@@ -425,16 +426,9 @@ async def _cloud_records(
 ) -> list[bytes]:
     """Values of ``topic`` (shared by every region) whose region field is ``region``, read_committed,
     until ``done`` holds for them or ``timeout_s`` passes."""
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(region.bootstrap).client_kwargs(),
-        group_id=None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
     mine: list[bytes] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
+    async with kafka.started(kafka.consumer(kafka_settings(region.bootstrap), "test-cloud")) as consumer:
+        tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         loop = asyncio.get_running_loop()
@@ -447,8 +441,6 @@ async def _cloud_records(
                 for r in records:
                     if msgpack.unpackb(r.value, strict_map_key=False).get("region") == region.name:
                         mine.append(r.value)
-    finally:
-        await consumer.stop()
     return mine
 
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.records import AuditRecord
 from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, chain_id
 from edgestream.pipeline.serving.auditverify import Position
@@ -69,11 +69,8 @@ async def _write_chain(bootstrap: Kafka, region: str) -> Written:
     chains = AuditChain()
     chains.start(chain, None, offset=0)
     records: list[AuditRecord] = []
-    producer = AIOKafkaProducer(
-        **kafka_settings(bootstrap).client_kwargs(), transactional_id=f"test-audit-{region}", acks="all"
-    )
-    await producer.start()
-    try:
+    client = kafka.producer(kafka_settings(bootstrap), "test-audit", transactional_id=f"test-audit-{region}")
+    async with kafka.started(client) as producer:
         async with producer.transaction():
             for i in range(LEGACY):
                 legacy = _audit(1000 + i, region)
@@ -95,8 +92,6 @@ async def _write_chain(bootstrap: Kafka, region: str) -> Written:
                 offset = OffsetAndMetadata(batch[-1] + 1, chains.metadata(chain))
                 await producer.send_offsets_to_transaction({source: offset}, group)
             chains.commit(chain)
-    finally:
-        await producer.stop()
     head = chains.head(chain)
     assert head is not None
     return Written(region, chain, records, head)
@@ -119,11 +114,7 @@ async def _copy(
     values = await read_topic(bootstrap, source, expect=CHAIN_LENGTH + LEGACY, settle_s=0.2)
     assert len(values) == CHAIN_LENGTH + LEGACY
     where: dict[int, Position] = {}
-    producer = AIOKafkaProducer(
-        **kafka_settings(bootstrap).client_kwargs(), acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    try:
+    async with kafka.started(kafka.producer(kafka_settings(bootstrap), "test-audit")) as producer:
         for r in sorted(values, key=lambda r: (r.partition, r.offset)):
             record = AuditRecord.from_bytes(r.value)
             value = r.value
@@ -134,28 +125,22 @@ async def _copy(
             meta = await producer.send_and_wait(copy, value, key=r.key, partition=r.partition)
             if record.seq is not None:
                 where[record.seq] = Position(copy, meta.partition, meta.offset)
-    finally:
-        await producer.stop()
     return copy, where
 
 
 async def _verify(bootstrap: Kafka, region: str, *args: str) -> Result:
     """``edgestream audit verify`` in a thread (it runs its own event loop), connecting as the test
     does (the TLS files go in the environment, as an operator's would)."""
-    kafka = kafka_settings(bootstrap)
-    argv = ["audit", "verify", "--region", region, "--bootstrap", kafka.bootstrap_servers, *args]
-    env = {"COLUMNS": "250", **kafka.to_env("EDGESTREAM_KAFKA_")}
+    settings = kafka_settings(bootstrap)
+    argv = ["audit", "verify", "--region", region, "--bootstrap", settings.bootstrap_servers, *args]
+    env = {"COLUMNS": "250", **settings.to_env("EDGESTREAM_KAFKA_")}
     return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env, catch_exceptions=False)
 
 
 async def test_offset_metadata_carries_the_head(bootstrap: Kafka, written: Written) -> None:
     """aiokafka 0.14 sends OffsetAndMetadata in send_offsets_to_transaction, metadata included."""
-    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs())
-    await admin.start()
-    try:
+    async with kafka.started(kafka.admin(kafka_settings(bootstrap), "test-audit")) as admin:
         committed = await admin.list_consumer_group_offsets(edge_group(written.region))
-    finally:
-        await admin.close()
     source = TopicPartition(ingest_topic(written.region, "frame"), 1)
     assert committed[source].offset == CHAIN_LENGTH
     assert ChainHead.from_metadata(committed[source].metadata) == written.head

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from edgestream.cli import app
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract import deadletter as dl
 from edgestream.pipeline.errors import AuthenticationFailed, EdgestreamError, UndecodableEnvelope
 from edgestream.pipeline.settings import Kafka, kafka_settings
@@ -51,9 +52,9 @@ async def region(bootstrap: Kafka) -> str:
 async def _cli(bootstrap: Kafka, *args: str) -> Result:
     """Run ``edgestream <args> --bootstrap <bootstrap>`` in a thread (it runs its own event loop)."""
     runner = CliRunner()
-    kafka = kafka_settings(bootstrap)
-    argv = [*args, "--bootstrap", kafka.bootstrap_servers]
-    env = {"COLUMNS": "250", **kafka.to_env("EDGESTREAM_KAFKA_")}  # the TLS files of the admin identity
+    settings = kafka_settings(bootstrap)
+    argv = [*args, "--bootstrap", settings.bootstrap_servers]
+    env = {"COLUMNS": "250", **settings.to_env("EDGESTREAM_KAFKA_")}  # the TLS files of the admin identity
     return await asyncio.to_thread(runner.invoke, app, argv, env=env, catch_exceptions=False)
 
 
@@ -167,11 +168,8 @@ async def test_inspect_summarises_by_reason_and_filters(
 async def test_inspect_reads_committed_transactions_only_and_stops_at_the_end(
     bootstrap: Kafka, region: str
 ) -> None:
-    producer = AIOKafkaProducer(
-        **kafka_settings(bootstrap).client_kwargs(), transactional_id=f"test-{region}"
-    )
-    await producer.start()
-    try:
+    client = kafka.producer(kafka_settings(bootstrap), "test-dlq", transactional_id=f"test-{region}")
+    async with kafka.started(client) as producer:
         origin = ingest_topic(region, "embedding")
         error = AuthenticationFailed("tag mismatch")
         async with producer.transaction():
@@ -185,8 +183,6 @@ async def test_inspect_reads_committed_transactions_only_and_stops_at_the_end(
         async with producer.transaction():  # the log now ends with a commit marker
             headers = _letter(region, error, origin, at_ms=T0_MS + 3)
             await producer.send(dlq_topic(region), b"committed", key=b"k", headers=headers)
-    finally:
-        await producer.stop()
 
     started_s = time.monotonic()
     entries = await _json_lines(bootstrap, region, "--timeout-ms", "20000")
