@@ -45,15 +45,19 @@ def consumer(
     kafka: KafkaSettings, client_id: str, *, group_id: str | None = None, **options: Any
 ) -> AIOKafkaConsumer:
     """A (not yet started) consumer: manual commits, ``read_committed``, from the earliest offset when
-    the group has none; ``options`` add to or override those (aiokafka's keyword arguments)."""
+    the group has none; ``options`` add to or override those and the connection's settings (aiokafka's
+    keyword arguments: e.g. SASL settings, which ``KafkaSettings`` does not model)."""
     config: dict[str, Any] = {
+        **kafka.client_kwargs(),
+        "client_id": client_id,
+        "group_id": group_id,
         "enable_auto_commit": False,
         "isolation_level": "read_committed",
         "auto_offset_reset": "earliest",
         "request_timeout_ms": kafka.request_timeout_ms,
     }
     config.update(options)
-    return AIOKafkaConsumer(**kafka.client_kwargs(), client_id=client_id, group_id=group_id, **config)
+    return AIOKafkaConsumer(**config)
 
 
 def producer(
@@ -62,6 +66,8 @@ def producer(
     """A (not yet started) producer: ``acks=all``, idempotent, no linger; transactional when
     ``transactional_id`` is given; ``options`` add to or override those."""
     config: dict[str, Any] = {
+        **kafka.client_kwargs(),
+        "client_id": client_id,
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 0,
@@ -70,13 +76,18 @@ def producer(
     config.update(options)
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
-    return AIOKafkaProducer(**kafka.client_kwargs(), client_id=client_id, **config)
+    return AIOKafkaProducer(**config)
 
 
 def admin(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaAdminClient:
-    """A (not yet started) admin client."""
-    options.setdefault("request_timeout_ms", kafka.request_timeout_ms)
-    return AIOKafkaAdminClient(**kafka.client_kwargs(), client_id=client_id, **options)
+    """A (not yet started) admin client; ``options`` add to or override the connection's settings."""
+    config: dict[str, Any] = {
+        **kafka.client_kwargs(),
+        "client_id": client_id,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    config.update(options)
+    return AIOKafkaAdminClient(**config)
 
 
 @contextlib.asynccontextmanager

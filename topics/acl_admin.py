@@ -33,6 +33,7 @@ from aiokafka.protocol.admin import (
 )
 from aiokafka.protocol.api import Request
 
+from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.acls import (
     WILDCARD_PRINCIPAL,
@@ -206,13 +207,7 @@ async def _acl_client(
     """
     settings = kafka_settings(kafka)
     bootstrap_servers = settings.bootstrap_servers
-    kwargs: dict[str, Any] = {
-        **settings.client_kwargs(),
-        "client_id": _CLIENT_ID,
-        "request_timeout_ms": timeout_ms,
-        **(client_kwargs or {}),
-    }
-    admin = AIOKafkaAdminClient(**kwargs)
+    admin = kafka_clients.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms, **(client_kwargs or {}))
     try:
         await admin.start()
         yield _Client(admin, bootstrap_servers)

@@ -137,19 +137,16 @@ class _Measured:
 
 async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
     """Commit the end offsets of ``topics`` for ``group`` (a new group), so that it starts there."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
+    from edgestream.pipeline import kafka as kafka_clients
     from edgestream.topics.catalogue import parse_topic
 
-    consumer = AIOKafkaConsumer(**admin.client_kwargs(), group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(parse_topic(t).spec.partitions)]
+    tps = kafka_clients.partitions((t, parse_topic(t).spec.partitions) for t in topics)
+    async with kafka_clients.started(
+        kafka_clients.consumer(admin, "edgestream-demo", group_id=group)
+    ) as consumer:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.commit({tp: offset for tp, offset in ends.items()})
-    finally:
-        await consumer.stop()
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
@@ -184,31 +185,16 @@ class Fleet:
         tasks: list[asyncio.Task[None]] = []
         try:
             if self.settings.label_fraction > 0:
-                self._labels = AIOKafkaProducer(
-                    **self.settings.kafka.client_kwargs(),
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=20,
-                    client_id="edgestream-fleet-labels",
+                self._labels = kafka_clients.producer(
+                    self.settings.kafka, "edgestream-fleet-labels", linger_ms=20
                 )
                 await self._labels.start()
             for region in self.report.regions:
                 kafka = self._kafka(region)
-                producers[region] = AIOKafkaProducer(
-                    **kafka.client_kwargs(),
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=0,
-                    client_id=f"edgestream-fleet-{region}",
-                )
+                producers[region] = kafka_clients.producer(kafka, f"edgestream-fleet-{region}")
                 await producers[region].start()
-                consumers[region] = AIOKafkaConsumer(
-                    **kafka.client_kwargs(),
-                    group_id=None,
-                    isolation_level="read_committed",
-                    enable_auto_commit=False,
-                    fetch_max_wait_ms=20,
-                    client_id=f"edgestream-fleet-{region}",
+                consumers[region] = kafka_clients.consumer(
+                    kafka, f"edgestream-fleet-{region}", fetch_max_wait_ms=20, auto_offset_reset="latest"
                 )
                 await consumers[region].start()
                 await self._listen_from_now(consumers[region], region)

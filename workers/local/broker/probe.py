@@ -36,14 +36,13 @@ def _tcp_open(host: str, port: int, timeout_s: float) -> bool:
 
 
 async def _answers_metadata(kafka: KafkaSettings, timeout_s: float, cluster_id: str | None) -> bool:
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
+    from edgestream.pipeline import kafka as kafka_clients
+
     bootstrap = kafka.bootstrap_servers
-    admin = AIOKafkaAdminClient(
-        **kafka.client_kwargs(),
-        client_id="edgestream-broker-probe",
-        request_timeout_ms=max(1, int(timeout_s * 1000)),
+    admin = kafka_clients.admin(
+        kafka, "edgestream-broker-probe", request_timeout_ms=max(1, int(timeout_s * 1000))
     )
     try:
         async with asyncio.timeout(timeout_s + 1.0):

@@ -71,10 +71,11 @@ async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], a
 
 async def _alter_broker_configs(kafka: KafkaSettings, configs: Mapping[str, str]) -> None:
     """Set dynamic configs of broker ``NODE_ID`` (AlterConfigs replaces the broker's dynamic set)."""
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="edgestream-broker-reload")
+    from edgestream.pipeline import kafka as kafka_clients
+
+    admin = kafka_clients.admin(kafka, "edgestream-broker-reload")
     await admin.start()
     try:
         responses = await admin.alter_configs(
