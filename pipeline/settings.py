@@ -120,15 +120,6 @@ class KafkaSettings(BaseModel):
         return kwargs
 
 
-Kafka = KafkaSettings | str
-"""Where functions accept a connection: full settings, or a bare ``host:port`` for a PLAINTEXT broker."""
-
-
-def kafka_settings(kafka: Kafka) -> KafkaSettings:
-    """``kafka`` as settings (a bare string means PLAINTEXT)."""
-    return kafka if isinstance(kafka, KafkaSettings) else KafkaSettings(bootstrap_servers=kafka)
-
-
 class KafkaEnv(BaseSettings):
     """How operator commands reach a cluster named by ``--bootstrap``: ``EDGESTREAM_KAFKA_*``."""
 

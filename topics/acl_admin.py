@@ -34,7 +34,6 @@ from aiokafka.protocol.admin import (
 from aiokafka.protocol.api import Request
 
 from edgestream.pipeline import kafka as kafka_clients
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.acls import (
     WILDCARD_PRINCIPAL,
     AclDiff,
@@ -52,7 +51,7 @@ from edgestream.topics.errors import BrokerUnavailable, TopicAdminError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
-    from edgestream.pipeline.settings import Kafka, Region
+    from edgestream.pipeline.settings import KafkaSettings, Region
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +197,14 @@ class _Client:
 
 @asynccontextmanager
 async def _acl_client(
-    kafka: Kafka, timeout_ms: int, client_kwargs: Mapping[str, Any] | None
+    kafka: KafkaSettings, timeout_ms: int, client_kwargs: Mapping[str, Any] | None
 ) -> AsyncIterator[_Client]:
     """A started admin client, closed on the way out; aiokafka errors become edgestream errors.
 
     ``client_kwargs`` go to `AIOKafkaAdminClient` as they are and win over those ``kafka`` gives
     (e.g. SASL settings, which `KafkaSettings` does not model).
     """
-    settings = kafka_settings(kafka)
+    settings = kafka
     bootstrap_servers = settings.bootstrap_servers
     admin = kafka_clients.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms, **(client_kwargs or {}))
     try:
@@ -334,7 +333,7 @@ class AclReport:
 
 
 async def describe_acls(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     *,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     client_kwargs: Mapping[str, Any] | None = None,
@@ -345,7 +344,7 @@ async def describe_acls(
 
 
 async def create_acls(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     rules: Iterable[AclRule],
     *,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
@@ -362,7 +361,7 @@ async def create_acls(
 
 
 async def delete_acls(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     rules: Iterable[AclRule],
     *,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
@@ -378,7 +377,7 @@ async def delete_acls(
 
 
 async def check_policy(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     regions: Sequence[Region | str],
     *,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
@@ -391,7 +390,7 @@ async def check_policy(
 
 
 async def apply_policy(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     regions: Sequence[Region | str],
     prune: bool = False,
     *,

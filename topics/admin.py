@@ -33,7 +33,7 @@ from aiokafka.errors import (
 )
 
 from edgestream.pipeline import kafka
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import CLEANUP_POLICY, Topic, is_catalogue_topic, parse_topic
 from edgestream.topics.errors import (
     BrokerUnavailable,
@@ -124,9 +124,9 @@ def _unique(topics: Iterable[Topic]) -> list[Topic]:
 
 
 @asynccontextmanager
-async def _admin_client(connection: Kafka, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
+async def _admin_client(connection: KafkaSettings, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on the way out; aiokafka errors become edgestream errors."""
-    settings = kafka_settings(connection)
+    settings = connection
     bootstrap_servers = settings.bootstrap_servers
     try:
         async with kafka.started(kafka.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms)) as client:
@@ -276,7 +276,7 @@ async def _create(
 
 
 async def ensure_topics(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     topics: Iterable[Topic],
     *,
     replication_factor: int = DEFAULT_REPLICATION_FACTOR,
@@ -308,7 +308,7 @@ async def ensure_topics(
 
 
 async def list_topics(
-    kafka: Kafka, *, include_foreign: bool = False, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: KafkaSettings, *, include_foreign: bool = False, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[str]:
     """Sorted names of the cluster's catalogue topics; with ``include_foreign``, of all its topics."""
     async with _admin_client(kafka, timeout_ms) as client:
@@ -317,7 +317,7 @@ async def list_topics(
 
 
 async def describe_topics(
-    kafka: Kafka, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: KafkaSettings, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[TopicDescription]:
     """How the broker has each named catalogue topic, in the given order.
 
@@ -337,7 +337,7 @@ async def describe_topics(
 
 
 async def delete_topics(
-    kafka: Kafka, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: KafkaSettings, names: Sequence[str], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[str]:
     """Delete catalogue topics (tests and teardown); returns those deleted, skipping absent ones.
 

@@ -19,7 +19,6 @@ import numpy as np
 from edgestream.pipeline.contract.cloud import Label, Sample
 from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
 from edgestream.pipeline.learning.retrain import LabelledSet, RetrainError, Window, join, sampled_spec
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.catalogue import CLOUD_LABELS, CLOUD_SAMPLES, LABELS_TOPIC, SAMPLES_TOPIC
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from edgestream.pipeline.registry.artifacts import ArtifactStore
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.pipeline.registry.state import ModelState
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class Stable:
     """Its zoo spec (the candidate keeps its architecture)."""
 
 
-async def read_stable(kafka: Kafka, store: ArtifactStore, trusted: TrustedKeys, model: str) -> Stable:
+async def read_stable(kafka: KafkaSettings, store: ArtifactStore, trusted: TrustedKeys, model: str) -> Stable:
     """``model``'s stable version from ``control.models``, its bytes from ``store`` verified with
     ``trusted``. Raises :class:`RetrainError` when the model has none or it does not verify."""
     from edgestream.pipeline.models.zoo import spec
@@ -71,7 +70,7 @@ async def read_stable(kafka: Kafka, store: ArtifactStore, trusted: TrustedKeys, 
 
 
 async def read_labelled(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     model: str,
     since_ms: int,
     until_ms: int,
@@ -121,13 +120,13 @@ async def read_labelled(
 
 
 async def _read_values(
-    connection: Kafka, partitions: dict[str, int], timeout_ms: int
+    connection: KafkaSettings, partitions: dict[str, int], timeout_ms: int
 ) -> dict[str, list[bytes]]:
     """Every committed record value of ``partitions`` (topic -> partition count), up to the end offsets
     found at the start."""
     from edgestream.pipeline import kafka
 
-    settings = kafka_settings(connection)
+    settings = connection
     records = await kafka.read_all(
         settings, kafka.partitions(partitions.items()), client_id=_CLIENT_ID, timeout_ms=timeout_ms
     )
@@ -139,7 +138,7 @@ async def _read_values(
 
 
 async def publish_candidate(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     store: ArtifactStore,
     key: SigningKey,
     model_spec: ModelSpec,

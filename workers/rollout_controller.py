@@ -35,7 +35,7 @@ from edgestream.pipeline.registry.state import ModelState, advance, rollback
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
 
 if TYPE_CHECKING:
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Controller:
 
     def __init__(
         self,
-        kafka: Kafka,
+        kafka: KafkaSettings,
         bounds: Bounds,
         *,
         workers: WorkerView | None = None,
@@ -124,9 +124,8 @@ class Controller:
         """``workers``: None disables the lag guard (tests, a single worker). ``regions``: judge only
         these regions' summaries (default all). ``labels``: read samples and labels for accuracy."""
         from edgestream.pipeline.registry.client import RegistryClient
-        from edgestream.pipeline.settings import kafka_settings
 
-        self._kafka = kafka_settings(kafka)
+        self._kafka = kafka
         self._registry = RegistryClient(kafka, timeout_ms=timeout_ms)
         self.bounds = bounds
         self._workers = workers

@@ -20,7 +20,7 @@ from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
-from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, edge_group, region_topics
@@ -62,7 +62,7 @@ async def wait_for(
 class FaultEnv:
     """Where a scenario runs: a broker, a home with the models built, a folder for logs."""
 
-    bootstrap: Kafka
+    bootstrap: KafkaSettings
     """The broker most scenarios share (the broker restart starts its own)."""
     home: Path
     """Models (``<home>/models``) built by ``prepare_home``; key files go here too."""
@@ -89,7 +89,7 @@ class FaultRegion:
     """A fresh region on one broker: its own topics, group and key file (two key ids: rotation)."""
 
     name: str
-    bootstrap: Kafka
+    bootstrap: KafkaSettings
     """How the scenario's own clients connect (``admin``)."""
     key_file: Path
     keyring: KeyRing
@@ -112,7 +112,7 @@ class FaultRegion:
 
 
 async def make_region(
-    env: FaultEnv, bootstrap: Kafka | None = None, prefix: str = "f", tls_root: Path | None = None
+    env: FaultEnv, bootstrap: KafkaSettings | None = None, prefix: str = "f", tls_root: Path | None = None
 ) -> FaultRegion:
     """A region named ``<prefix><random>`` with its topics created on ``bootstrap`` (default: env's);
     on a TLS broker its ACLs are granted and its workers get ``edge-<region>`` certificates from
@@ -120,7 +120,7 @@ async def make_region(
     name = f"{prefix}{uuid.uuid4().hex[:10]}"
     target = bootstrap or env.bootstrap
     await ensure_topics(target, all_topics([name]))  # the shared cloud topics too: workers send there
-    admin = kafka_settings(target)
+    admin = target
     worker_kafka = admin
     if admin.security_protocol == "SSL":
         root = tls_root or env.tls_root

@@ -12,7 +12,7 @@ from aiokafka import TopicPartition
 from bench.faults.env import FaultRegion, FaultTimeout, wait_for
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import (
     KINDS,
     SUMMARIES_TOPIC,
@@ -57,9 +57,9 @@ class Observed:
 
 
 async def _end_offsets(
-    bootstrap: Kafka, tps: list[TopicPartition], isolation: str
+    bootstrap: KafkaSettings, tps: list[TopicPartition], isolation: str
 ) -> dict[TopicPartition, int]:
-    client = kafka.consumer(kafka_settings(bootstrap), "faults-observe", isolation_level=isolation)
+    client = kafka.consumer(bootstrap, "faults-observe", isolation_level=isolation)
     async with kafka.started(client) as consumer:
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         return ends
@@ -70,11 +70,11 @@ def _partitions(topic: str) -> list[TopicPartition]:
 
 
 async def read_all(
-    bootstrap: Kafka, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
+    bootstrap: KafkaSettings, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
 ) -> list[Record]:
     """Every record of ``topic`` up to its end (read_committed: its last stable offset)."""
     records = await kafka.read_all(
-        kafka_settings(bootstrap),
+        bootstrap,
         _partitions(topic),
         client_id="faults-observe",
         timeout_ms=int(timeout_s * 1000),

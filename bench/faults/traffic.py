@@ -15,7 +15,6 @@ from bench.faults.corpus import Corpus
 from bench.faults.env import FaultRegion, FaultTimeout, wait_for
 from bench.faults.records import CorpusRecord
 from edgestream.pipeline import kafka
-from edgestream.pipeline.settings import kafka_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class Traffic:
 
     async def __aenter__(self) -> Traffic:
         self._producer = kafka.producer(
-            kafka_settings(self.region.bootstrap), "faults-traffic", linger_ms=5, max_request_size=4 << 20
+            self.region.bootstrap, "faults-traffic", linger_ms=5, max_request_size=4 << 20
         )
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="traffic")
@@ -124,7 +123,7 @@ class GroupProbe:
 
     def __init__(self, region: FaultRegion) -> None:
         self.region = region
-        self._admin = kafka.admin(kafka_settings(region.bootstrap), "faults-probe", request_timeout_ms=5_000)
+        self._admin = kafka.admin(region.bootstrap, "faults-probe", request_timeout_ms=5_000)
 
     async def __aenter__(self) -> GroupProbe:
         await self._admin.start()
@@ -175,7 +174,7 @@ class GroupProbe:
 
 async def region_lag(region: FaultRegion) -> int | None:
     """Records on the ingest topics past the group's committed offsets (None while unreadable)."""
-    settings = kafka_settings(region.bootstrap).model_copy(update={"request_timeout_ms": 10_000})
+    settings = region.bootstrap.model_copy(update={"request_timeout_ms": 10_000})
     try:
         lag = await kafka.consumer_lag(settings, region.group, region.ingest, client_id="faults-probe")
     except (KafkaError, OSError, TimeoutError) as err:

@@ -18,7 +18,6 @@ from typing import Any
 from bench import REPO_ROOT
 from bench.pipeline.context import BenchContext
 from bench.pipeline.settings import ECHO_REGION, PIPELINE_REGION, BenchError
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.workers.edge.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def worker_settings(ctx: BenchContext, name: str) -> WorkerSettings:
         node_id=name,
         home=ctx.home,
         key_file=ctx.home / "keys.json",
-        kafka=kafka_settings(ctx.bootstrap),
+        kafka=ctx.bootstrap,
         model_size=s.model_size,
         intra_op_threads=s.intra_op_threads,
         ready_file=ctx.run_dir / f"{name}.ready",

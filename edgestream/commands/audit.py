@@ -22,7 +22,7 @@ from edgestream.workers.ops.audit import DEFAULT_TIMEOUT_MS, AuditLog, verify_au
 if TYPE_CHECKING:
     from edgestream.pipeline.serving.auditchain import ChainHead
     from edgestream.pipeline.serving.auditverify import ChainReport, Position, Problem, SegmentSummary
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ EXIT_PROBLEMS: Final = 1
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _bootstrap(option: str | None) -> Kafka:
+def _bootstrap(option: str | None) -> KafkaSettings:
     from edgestream.commands.topics import resolve_kafka
 
     return resolve_kafka(option)

@@ -137,7 +137,7 @@ def status(home: Home = None) -> None:
     if state is None:
         _out.print(f"Kafka broker not running (home {broker.root})")
         raise typer.Exit(EXIT_NOT_RUNNING)
-    answering = ping(state.bootstrap, cluster_id=broker.cluster_id())
+    answering = ping(state.kafka(), cluster_id=broker.cluster_id())
     answers = "answering" if answering else "NOT answering metadata requests"
     _out.print(f"Kafka broker running (pid {state.pid}, {answers})")
     _out.print(f"bootstrap:  {state.bootstrap}")

@@ -23,7 +23,7 @@ from edgestream.workers.ops.dlq import DEFAULT_TIMEOUT_MS, Inspection, ReplayRep
 
 if TYPE_CHECKING:
     from edgestream.pipeline.contract.deadletter import DeadLetter
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 app = typer.Typer(help="Inspect a region's dead letters and replay them.", no_args_is_help=True)
 
@@ -36,7 +36,7 @@ _TABLE_MESSAGE_CHARS: Final = 120
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _bootstrap(option: str | None) -> Kafka:
+def _bootstrap(option: str | None) -> KafkaSettings:
     from edgestream.commands.topics import resolve_kafka
 
     return resolve_kafka(option)

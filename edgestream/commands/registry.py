@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from edgestream.pipeline.registry.state import ModelState
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
     Step = Callable[[ModelState, int], ModelState]
 
@@ -54,7 +54,7 @@ def registry_home(home: Path | None) -> Path:
     return home if home is not None else DEFAULT_HOME / "registry"
 
 
-def _kafka(bootstrap: str | None) -> Kafka:
+def _kafka(bootstrap: str | None) -> KafkaSettings:
     from edgestream.commands.topics import resolve_kafka
 
     return resolve_kafka(bootstrap)
@@ -64,7 +64,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def _state(kafka: Kafka, model: str) -> ModelState:
+async def _state(kafka: KafkaSettings, model: str) -> ModelState:
     from edgestream.pipeline.registry.client import RegistryClient
     from edgestream.pipeline.registry.state import ModelState
 
@@ -72,7 +72,7 @@ async def _state(kafka: Kafka, model: str) -> ModelState:
     return states.get(model, ModelState(model))
 
 
-async def _apply(kafka: Kafka, model: str, step: Step) -> ModelState:
+async def _apply(kafka: KafkaSettings, model: str, step: Step) -> ModelState:
     """Read ``model``'s state, apply one transition (given the time), publish the result."""
     from edgestream.pipeline.registry.client import RegistryClient
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from edgestream.pipeline.security.identities import Identity
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
     from edgestream.topics.acls import AclDiff, AclRule
     from edgestream.topics.admin import TopicDescription
     from edgestream.topics.errors import TopicConfigMismatch
@@ -45,7 +45,7 @@ TimeoutMs = Annotated[
 ]
 
 
-def resolve_kafka(option: str | None, identity: Identity | None = None) -> Kafka:
+def resolve_kafka(option: str | None, identity: Identity | None = None) -> KafkaSettings:
     """Where an operator command connects: ``--bootstrap`` (that cluster; over TLS when
     ``EDGESTREAM_KAFKA_SECURITY_PROTOCOL=SSL`` and ``EDGESTREAM_KAFKA_SSL_{CA,CERT,KEY}_FILE`` say so),
     else the local broker (``edgestream broker start``) as ``identity`` (default ``admin``) over TLS."""
@@ -65,7 +65,7 @@ def resolve_kafka(option: str | None, identity: Identity | None = None) -> Kafka
     return kafka
 
 
-def _bootstrap(option: str | None) -> Kafka:
+def _bootstrap(option: str | None) -> KafkaSettings:
     return resolve_kafka(option)
 
 
@@ -171,7 +171,9 @@ def create(
     _out.print(f"{len(report.created)} created, {len(report.existing)} already there and matching.")
 
 
-def _describe(bootstrap: Kafka, names: Sequence[str], timeout_ms: int | None) -> list[TopicDescription]:
+def _describe(
+    bootstrap: KafkaSettings, names: Sequence[str], timeout_ms: int | None
+) -> list[TopicDescription]:
     from edgestream.topics.admin import describe_topics
 
     return asyncio.run(describe_topics(bootstrap, names, **_given(timeout_ms=timeout_ms)))
@@ -311,11 +313,10 @@ def _acl_matrix(title: str, actual: Sequence[AclRule], diff: AclDiff, managed: s
     return table
 
 
-def _where(kafka: Kafka) -> str:
+def _where(kafka: KafkaSettings) -> str:
     """The bootstrap address, for titles."""
-    from edgestream.pipeline.settings import kafka_settings
 
-    return kafka_settings(kafka).bootstrap_servers
+    return kafka.bootstrap_servers
 
 
 def _operation_order(name: str) -> int:
@@ -370,7 +371,7 @@ def acl(
         _acl_apply(_bootstrap(bootstrap), regions, prune, timeout_ms)
 
 
-def _acl_check(address: Kafka, regions: list[str], timeout_ms: int | None) -> None:
+def _acl_check(address: KafkaSettings, regions: list[str], timeout_ms: int | None) -> None:
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.topics.acl_admin import check_policy
     from edgestream.topics.acls import principals
@@ -399,7 +400,7 @@ def _acl_check(address: Kafka, regions: list[str], timeout_ms: int | None) -> No
     raise typer.Exit(EXIT_ACLS_DIFFER)
 
 
-def _acl_apply(address: Kafka, regions: list[str], prune: bool, timeout_ms: int | None) -> None:
+def _acl_apply(address: KafkaSettings, regions: list[str], prune: bool, timeout_ms: int | None) -> None:
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.topics.acl_admin import apply_policy
     from edgestream.topics.admin import DEFAULT_TIMEOUT_MS

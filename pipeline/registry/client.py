@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Final
 from edgestream.pipeline import kafka
 from edgestream.pipeline.registry.errors import MalformedRegistryRecord
 from edgestream.pipeline.registry.state import ModelState
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.catalogue import CONTROL_MODELS, MODELS_TOPIC
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,8 @@ _CLIENT_ID: Final = "edgestream-registry"
 class RegistryClient:
     """Reads and writes registry states on ``control.models``."""
 
-    def __init__(self, kafka: Kafka, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
-        self._kafka = kafka_settings(kafka)
+    def __init__(self, kafka: KafkaSettings, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        self._kafka = kafka
         self._topic = MODELS_TOPIC
         self._timeout_ms = timeout_ms
 

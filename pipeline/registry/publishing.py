@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from edgestream.pipeline.models.zoo import ModelSpec
     from edgestream.pipeline.registry.artifacts import ArtifactStore
     from edgestream.pipeline.registry.signing import SigningKey
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 
 async def publish_artifact(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     store: ArtifactStore,
     key: SigningKey,
     model_spec: ModelSpec,

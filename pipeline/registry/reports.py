@@ -28,7 +28,7 @@ from edgestream.topics.catalogue import CONTROL_WORKERS, WORKERS_TOPIC
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ class WorkerReporter:
     """Sends a worker's reports to ``control.workers`` on its own small producer. Best effort: a report
     that fails is logged and the next one (a few seconds later) says the same."""
 
-    def __init__(self, kafka: Kafka, node: str, region: str, snapshot: Callable[[], WorkerReport]) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, node: str, region: str, snapshot: Callable[[], WorkerReport]
+    ) -> None:
         self._kafka = kafka
         self._node = node
         self._region = region
@@ -95,9 +97,8 @@ class WorkerReporter:
     async def start(self) -> None:
         """Connect."""
         from edgestream.pipeline import kafka
-        from edgestream.pipeline.settings import kafka_settings
 
-        self._producer = kafka.producer(kafka_settings(self._kafka), f"edgestream-worker-report-{self._node}")
+        self._producer = kafka.producer(self._kafka, f"edgestream-worker-report-{self._node}")
         await self._producer.start()
 
     async def report(self) -> bool:
@@ -144,7 +145,7 @@ class TopicWorkerView:
 
     def __init__(
         self,
-        kafka: Kafka,
+        kafka: KafkaSettings,
         *,
         max_age_s: float = 30.0,
         regions: frozenset[str] | None = None,
@@ -187,9 +188,8 @@ class TopicWorkerView:
     async def _read(self) -> dict[str, bytes | None]:
         from edgestream.pipeline import kafka
         from edgestream.pipeline.registry.client import latest_by_key
-        from edgestream.pipeline.settings import kafka_settings
 
-        async with kafka.started(kafka.consumer(kafka_settings(self._kafka), _CLIENT_ID)) as consumer:
+        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
             return await latest_by_key(consumer, WORKERS_TOPIC, CONTROL_WORKERS.partitions, self._timeout_ms)
 
 

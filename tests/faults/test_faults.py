@@ -47,7 +47,7 @@ from edgestream.pipeline.errors import ContractError, ReplayedRequest, ShapeMism
 from edgestream.pipeline.models import spec
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import load_models
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import edge_group, ingest_topic
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork, TransactionalSink
@@ -68,7 +68,10 @@ def fault_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 @pytest.fixture
 def fault_env(
-    bootstrap: Kafka, kafka_broker: BrokerState, fault_home: tuple[Path, dict[str, int]], tmp_path: Path
+    bootstrap: KafkaSettings,
+    kafka_broker: BrokerState,
+    fault_home: tuple[Path, dict[str, int]],
+    tmp_path: Path,
 ) -> FaultEnv:
     home, versions = fault_home
     return FaultEnv(
@@ -156,7 +159,7 @@ async def _backlog(fault_env: FaultEnv, region: FaultRegion, count: int) -> dict
     """``count`` good embeddings of one device (so one partition), written before any worker runs."""
     corpus = make_corpus(fault_env, region)
     ledger: dict[int, CorpusRecord] = {}
-    async with kafka.started(kafka.producer(kafka_settings(region.bootstrap), "test-faults")) as producer:
+    async with kafka.started(kafka.producer(region.bootstrap, "test-faults")) as producer:
         for _ in range(count):
             record = corpus.good(device="dev-backlog", kind="embedding")
             ledger[record.test_id] = record

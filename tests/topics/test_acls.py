@@ -26,7 +26,7 @@ from typer.testing import CliRunner, Result
 from edgestream.cli import app
 from edgestream.pipeline.errors import BrokerError
 from edgestream.pipeline.security.identities import SUPER_USERS
-from edgestream.pipeline.settings import DEFAULT_REGIONS
+from edgestream.pipeline.settings import DEFAULT_REGIONS, KafkaSettings
 from edgestream.topics.acl_admin import (
     AclAdminError,
     AclPermissionDenied,
@@ -381,7 +381,7 @@ async def _cli(*args: str) -> Result:
 
 
 @pytest.fixture
-def plain_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def plain_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
     """A broker without an authorizer, for one test (the session broker has one): its bootstrap.
 
     Its test comes before those on `acl_broker`, so the two never run at the same time.
@@ -389,13 +389,13 @@ def plain_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = BrokerSettings(home=tmp_path_factory.mktemp("kafka-plain"), **_PLAINTEXT)
     local = LocalBroker(settings)
     try:
-        yield local.start(timeout_s=120).bootstrap
+        yield KafkaSettings(bootstrap_servers=local.start(timeout_s=120).bootstrap)
     finally:
         local.stop()
 
 
 @broker
-async def test_a_broker_without_authorizer_says_so(plain_broker: str) -> None:
+async def test_a_broker_without_authorizer_says_so(plain_broker: KafkaSettings) -> None:
     with pytest.raises(AuthorizerDisabled, match="no authorizer") as caught:
         await describe_acls(plain_broker)
     assert "SECURITY_DISABLED" in str(caught.value)
@@ -404,7 +404,7 @@ async def test_a_broker_without_authorizer_says_so(plain_broker: str) -> None:
         await create_acls(plain_broker, policy(["t0"]))
     with pytest.raises(AuthorizerDisabled):
         await apply_policy(plain_broker, ["t0"])
-    result = await _cli("--check", "--region", "t0", "--bootstrap", plain_broker)
+    result = await _cli("--check", "--region", "t0", "--bootstrap", plain_broker.bootstrap_servers)
     assert result.exit_code == 1
     assert "no authorizer" in result.output
 
@@ -413,7 +413,7 @@ async def test_a_broker_without_authorizer_says_so(plain_broker: str) -> None:
 class AclBroker:
     """The module's broker with the StandardAuthorizer."""
 
-    bootstrap: str
+    bootstrap: KafkaSettings
     """PLAINTEXT listener: ``User:ANONYMOUS``, a super user."""
     sasl_bootstrap: str
     """SASL_PLAINTEXT listener: PLAIN users named like edgestream's principals."""
@@ -465,7 +465,7 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
                 raise
             continue
         try:
-            yield AclBroker(state.bootstrap, f"127.0.0.1:{sasl_port}")
+            yield AclBroker(KafkaSettings(bootstrap_servers=state.bootstrap), f"127.0.0.1:{sasl_port}")
         finally:
             local.stop()
         return
@@ -540,8 +540,7 @@ async def test_prune_restores_a_deleted_binding(acl_broker: AclBroker, region: s
 
 @broker
 async def test_cli_apply_and_check(acl_broker: AclBroker, region: str) -> None:
-    address = acl_broker.bootstrap
-    base = ["--region", region, "--bootstrap", address]
+    base = ["--region", region, "--bootstrap", acl_broker.bootstrap.bootstrap_servers]
 
     result = await _cli("--check", *base)
     assert result.exit_code == 1, result.output
@@ -559,7 +558,7 @@ async def test_cli_apply_and_check(acl_broker: AclBroker, region: str) -> None:
     assert "match the policy" in result.output
 
     stray = AclRule(device_principal(region), TOPIC, LITERAL, audit_topic(region), READ)
-    await create_acls(address, [stray])
+    await create_acls(acl_broker.bootstrap, [stray])
     result = await _cli("--check", *base)
     assert result.exit_code == 1, result.output
     assert "extra" in result.output
@@ -579,7 +578,7 @@ async def test_cli_apply_and_check(acl_broker: AclBroker, region: str) -> None:
 async def test_a_principal_without_rights_is_told_so(acl_broker: AclBroker) -> None:
     edge = _sasl(edge_principal(ENFORCED))
     with pytest.raises(AclPermissionDenied, match="CLUSTER_AUTHORIZATION_FAILED"):
-        await describe_acls(acl_broker.sasl_bootstrap, client_kwargs=edge)
+        await describe_acls(KafkaSettings(bootstrap_servers=acl_broker.sasl_bootstrap), client_kwargs=edge)
 
 
 # -- the policy enforced ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from edgestream.pipeline import kafka
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics import admin
 from edgestream.topics.admin import (
     delete_topics,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-async def region(bootstrap: Kafka) -> AsyncIterator[str]:
+async def region(bootstrap: KafkaSettings) -> AsyncIterator[str]:
     """A fresh region name; its topics are deleted after the test."""
     name = f"t{uuid.uuid4().hex[:8]}"
     yield name
@@ -55,9 +55,9 @@ async def region(bootstrap: Kafka) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def raw_admin(bootstrap: Kafka) -> AsyncIterator[AIOKafkaAdminClient]:
+async def raw_admin(bootstrap: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A plain admin client, to set up wrong topics and check the broker independently."""
-    async with kafka.started(kafka.admin(kafka_settings(bootstrap), "test-topics")) as client:
+    async with kafka.started(kafka.admin(bootstrap, "test-topics")) as client:
         yield client
 
 
@@ -83,7 +83,7 @@ def _names(topics: list[Topic]) -> list[str]:
     return [t.name for t in topics]
 
 
-async def test_create_is_idempotent(bootstrap: Kafka, region: str) -> None:
+async def test_create_is_idempotent(bootstrap: KafkaSettings, region: str) -> None:
     topics = region_topics(region)
     first = await ensure_topics(bootstrap, topics)
     assert first.created == _names(topics)
@@ -94,7 +94,7 @@ async def test_create_is_idempotent(bootstrap: Kafka, region: str) -> None:
 
 
 async def test_broker_configs_equal_the_catalogue(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     topics = region_topics(region)
     await ensure_topics(bootstrap, topics)
@@ -115,7 +115,7 @@ async def test_broker_configs_equal_the_catalogue(
             assert configs[key] == value, (topic.name, key)
 
 
-async def test_list_and_describe_return_what_was_created(bootstrap: Kafka, region: str) -> None:
+async def test_list_and_describe_return_what_was_created(bootstrap: KafkaSettings, region: str) -> None:
     topics = region_topics(region)
     await ensure_topics(bootstrap, topics)
     listed = await list_topics(bootstrap)
@@ -136,7 +136,7 @@ TOPIC_ALREADY_EXISTS = 36
 
 
 async def test_every_catalogue_entry_is_accepted_by_the_broker(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     topics = all_topics([region])
     new_topics = [
@@ -155,7 +155,7 @@ async def test_every_catalogue_entry_is_accepted_by_the_broker(
 
 
 async def test_different_partition_count_is_named(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     results = next(t for t in region_topics(region) if t.name == results_topic(region))
     await _create_raw(raw_admin, results, partitions=1)
@@ -171,7 +171,7 @@ async def test_different_partition_count_is_named(
 
 
 async def test_different_retention_is_named(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     audit = next(t for t in region_topics(region) if t.name == audit_topic(region))
     await _create_raw(raw_admin, audit, partitions=audit.spec.partitions, retention_ms=str(HOUR_MS))
@@ -184,7 +184,7 @@ async def test_different_retention_is_named(
 
 
 async def test_mismatch_names_every_topic_and_every_setting(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     by_name = {t.name: t for t in region_topics(region)}
     dlq, audit = by_name[dlq_topic(region)], by_name[audit_topic(region)]
@@ -205,7 +205,7 @@ async def test_mismatch_names_every_topic_and_every_setting(
         assert f"{topic}: {setting} expected" in str(info.value)
 
 
-async def test_concurrent_creates_agree(bootstrap: Kafka, region: str) -> None:
+async def test_concurrent_creates_agree(bootstrap: KafkaSettings, region: str) -> None:
     topics = region_topics(region)
     reports = await asyncio.gather(*(ensure_topics(bootstrap, topics) for _ in range(4)))
     created = [name for report in reports for name in report.created]
@@ -215,7 +215,7 @@ async def test_concurrent_creates_agree(bootstrap: Kafka, region: str) -> None:
 
 
 async def test_topic_created_by_another_process_meanwhile_counts_as_existing(
-    bootstrap: Kafka, region: str, monkeypatch: pytest.MonkeyPatch
+    bootstrap: KafkaSettings, region: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topics = region_topics(region)
     await ensure_topics(bootstrap, topics)
@@ -227,7 +227,7 @@ async def test_topic_created_by_another_process_meanwhile_counts_as_existing(
 
 
 async def test_topic_created_wrongly_meanwhile_is_still_verified(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient, monkeypatch: pytest.MonkeyPatch
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     results = next(t for t in region_topics(region) if t.name == results_topic(region))
     await _create_raw(raw_admin, results, partitions=2)
@@ -255,7 +255,7 @@ def _hide_region_once(monkeypatch: pytest.MonkeyPatch, region: str) -> None:
 
 
 async def test_foreign_topics_are_hidden_unless_asked(
-    bootstrap: Kafka, region: str, raw_admin: AIOKafkaAdminClient
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:
     foreign = f"scratch_{region}"
     response = await raw_admin.create_topics([NewTopic(foreign, 1, 1)])
@@ -272,7 +272,7 @@ async def test_foreign_topics_are_hidden_unless_asked(
         await raw_admin.delete_topics([foreign])
 
 
-async def test_describe_refuses_unknown_and_missing_topics(bootstrap: Kafka, region: str) -> None:
+async def test_describe_refuses_unknown_and_missing_topics(bootstrap: KafkaSettings, region: str) -> None:
     with pytest.raises(UnknownTopic):
         await describe_topics(bootstrap, ["not.a.catalogue.topic"])
     with pytest.raises(TopicsNotFound) as info:
@@ -282,14 +282,14 @@ async def test_describe_refuses_unknown_and_missing_topics(bootstrap: Kafka, reg
     assert results_topic(region) not in await list_topics(bootstrap)
 
 
-async def test_delete_is_idempotent(bootstrap: Kafka, region: str) -> None:
+async def test_delete_is_idempotent(bootstrap: KafkaSettings, region: str) -> None:
     names = _names(region_topics(region))
     await ensure_topics(bootstrap, region_topics(region))
     assert sorted(await delete_topics(bootstrap, names)) == sorted(names)
     assert await delete_topics(bootstrap, names) == []
 
 
-_NO_BROKER = "127.0.0.1:1"
+_NO_BROKER = KafkaSettings(bootstrap_servers="127.0.0.1:1")
 _CALLS: dict[str, Callable[[], Awaitable[object]]] = {
     "ensure": lambda: ensure_topics(_NO_BROKER, region_topics("eu-west"), timeout_ms=2000),
     "list": lambda: list_topics(_NO_BROKER, timeout_ms=2000),

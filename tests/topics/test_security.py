@@ -25,7 +25,7 @@ from aiokafka.errors import (
 
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki, TlsFiles
-from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import audit_topic, edge_group, ingest_topic, region_topics, results_topic
@@ -42,7 +42,7 @@ def tls_broker(kafka_broker: BrokerState) -> BrokerState:
 
 
 @pytest.fixture
-async def two_regions(bootstrap: Kafka, tls_broker: BrokerState) -> tuple[str, str]:
+async def two_regions(bootstrap: KafkaSettings, tls_broker: BrokerState) -> tuple[str, str]:
     """Two fresh regions with their topics and the policy's ACLs."""
     names = (f"sa{uuid.uuid4().hex[:8]}", f"sb{uuid.uuid4().hex[:8]}")
     for name in names:
@@ -212,9 +212,9 @@ async def _records_seen(kafka: KafkaSettings, topic: str, timeout_ms: int = 3_00
         await consumer.stop()
 
 
-async def _plant(bootstrap: Kafka, topic: str) -> None:
+async def _plant(bootstrap: KafkaSettings, topic: str) -> None:
     """One record on partition 0 of ``topic``, written as admin: something a refused reader could leak."""
-    producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), acks="all")
+    producer = AIOKafkaProducer(**bootstrap.client_kwargs(), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, b"secret", partition=0)
@@ -223,7 +223,7 @@ async def _plant(bootstrap: Kafka, topic: str) -> None:
 
 
 async def test_a_region_worker_cannot_read_another_regions_ingest(
-    bootstrap: Kafka, tls_broker: BrokerState, two_regions: tuple[str, str]
+    bootstrap: KafkaSettings, tls_broker: BrokerState, two_regions: tuple[str, str]
 ) -> None:
     mine, theirs = two_regions
     worker = _as(tls_broker, Identity.edge(mine))
@@ -280,7 +280,7 @@ async def test_another_regions_worker_cannot_join_the_group(
 
 @pytest.mark.parametrize("kind", ["ingest", "audit"])
 async def test_a_device_cannot_read_ingest_or_audit(
-    bootstrap: Kafka, tls_broker: BrokerState, two_regions: tuple[str, str], kind: str
+    bootstrap: KafkaSettings, tls_broker: BrokerState, two_regions: tuple[str, str], kind: str
 ) -> None:
     region = two_regions[0]
     topic = ingest_topic(region, "embedding") if kind == "ingest" else audit_topic(region)
@@ -295,7 +295,7 @@ async def test_a_device_cannot_read_ingest_or_audit(
 
 
 async def test_a_device_writes_ingest_and_reads_results_of_its_region(
-    bootstrap: Kafka, tls_broker: BrokerState, two_regions: tuple[str, str]
+    bootstrap: KafkaSettings, tls_broker: BrokerState, two_regions: tuple[str, str]
 ) -> None:
     region = two_regions[0]
     device = _as(tls_broker, Identity.device(region))
@@ -308,7 +308,7 @@ async def test_a_device_writes_ingest_and_reads_results_of_its_region(
                 await producer.send_and_wait(ingest_topic(two_regions[1], "frame"), b"sealed")
     finally:
         await producer.stop()
-    admin_producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs())
+    admin_producer = AIOKafkaProducer(**bootstrap.client_kwargs())
     await admin_producer.start()
     try:
         await admin_producer.send_and_wait(results_topic(region), b"answer", partition=0)

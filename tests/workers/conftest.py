@@ -19,7 +19,7 @@ from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.served import load_models
-from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
@@ -44,7 +44,7 @@ class EdgeRegion:
     """A fresh region: its own topics on the real broker and its own key file."""
 
     name: str
-    bootstrap: Kafka
+    bootstrap: KafkaSettings
     """How the test itself connects (``admin``)."""
     home: Path
     keyring: KeyRing
@@ -65,14 +65,14 @@ class EdgeRegion:
 
 
 @pytest.fixture
-async def edge_region(bootstrap: Kafka, kafka_broker: BrokerState, model_home: Path) -> EdgeRegion:
+async def edge_region(bootstrap: KafkaSettings, kafka_broker: BrokerState, model_home: Path) -> EdgeRegion:
     """A region of its own; on the TLS broker its workers' and devices' ACLs are granted as in
     production, so every worker test also proves the policy lets a worker do its job."""
     name = f"t{uuid.uuid4().hex[:10]}"
     await ensure_topics(bootstrap, all_topics([name]))  # the shared cloud topics too: workers send there
     key_file = model_home / f"keys-{name}.json"
     keyring = keyfile.create(key_file, [name])
-    worker_kafka = kafka_settings(bootstrap)
+    worker_kafka = bootstrap
     if kafka_broker.security_protocol == "SSL":
         await apply_policy(bootstrap, [name])
         worker_kafka = kafka_broker.kafka(Identity.edge(name))
@@ -107,17 +107,17 @@ async def running_worker(edge_region: EdgeRegion) -> AsyncIterator[RunningWorker
 
 
 @pytest.fixture
-async def producer(bootstrap: Kafka) -> AsyncIterator[AIOKafkaProducer]:
-    async with kafka.started(kafka.producer(kafka_settings(bootstrap), "test-devices")) as p:
+async def producer(bootstrap: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    async with kafka.started(kafka.producer(bootstrap, "test-devices")) as p:
         yield p
 
 
 async def read_topic(
-    bootstrap: Kafka, topic: str, *, expect: int, timeout_s: float = 30.0, settle_s: float = 0.5
+    bootstrap: KafkaSettings, topic: str, *, expect: int, timeout_s: float = 30.0, settle_s: float = 0.5
 ) -> list[Any]:
     """Read a topic from the beginning (read_committed) until ``expect`` records, then ``settle_s`` more
     to catch extras (duplicates), or until ``timeout_s``."""
-    async with kafka.started(kafka.consumer(kafka_settings(bootstrap), "test-reader")) as consumer:
+    async with kafka.started(kafka.consumer(bootstrap, "test-reader")) as consumer:
         tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -21,7 +21,7 @@ from edgestream.pipeline.registry import (
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.registry.signing import Manifest
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import MODELS_TOPIC, shared_topics
 
@@ -34,14 +34,14 @@ T0_MS = 1_750_000_000_000
 
 
 @pytest.fixture
-async def models_topic(bootstrap: Kafka) -> str:
+async def models_topic(bootstrap: KafkaSettings) -> str:
     await ensure_topics(bootstrap, [t for t in shared_topics() if t.name == MODELS_TOPIC])
     return MODELS_TOPIC
 
 
-async def _cli(bootstrap: Kafka, *args: str) -> Result:
+async def _cli(bootstrap: KafkaSettings, *args: str) -> Result:
     """Run ``edgestream <args> --bootstrap <bootstrap>`` in a thread (it runs its own event loop)."""
-    kafka = kafka_settings(bootstrap)
+    kafka = bootstrap
     argv = [*args, "--bootstrap", kafka.bootstrap_servers]
     env = {"COLUMNS": "250", **kafka.to_env("EDGESTREAM_KAFKA_")}
     return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env, catch_exceptions=False)
@@ -66,7 +66,7 @@ def _signed(key: SigningKey, model: str, versions: int) -> ModelState:
     return state
 
 
-async def test_states_last_value_wins(bootstrap: Kafka, models_topic: str) -> None:
+async def test_states_last_value_wins(bootstrap: KafkaSettings, models_topic: str) -> None:
     key = SigningKey.generate()
     a, b = f"model-{uuid.uuid4().hex[:8]}", f"model-{uuid.uuid4().hex[:8]}"
     client = RegistryClient(bootstrap)
@@ -81,7 +81,7 @@ async def test_states_last_value_wins(bootstrap: Kafka, models_topic: str) -> No
 
 
 async def test_cli_publish_promote_list_and_a_worker_load(
-    bootstrap: Kafka, models_topic: str, model_home: Path, tmp_path: Path
+    bootstrap: KafkaSettings, models_topic: str, model_home: Path, tmp_path: Path
 ) -> None:
     home = tmp_path / "registry"
     models = ["--models-root", str(model_home / "models")]

@@ -36,7 +36,7 @@ from edgestream.pipeline.registry import (
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.registry.publishing import publish_artifact
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, shared_topics
 
@@ -60,14 +60,14 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
-async def _cli(bootstrap: Kafka, *args: str) -> Result:
-    kafka = kafka_settings(bootstrap)
+async def _cli(bootstrap: KafkaSettings, *args: str) -> Result:
+    kafka = bootstrap
     argv = [*args, "--bootstrap", kafka.bootstrap_servers]
     env = {"COLUMNS": "250", **kafka.to_env("EDGESTREAM_KAFKA_")}
     return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env, catch_exceptions=False)
 
 
-async def _stable_reference(bootstrap: Kafka, home: Path, model_home: Path) -> ModelState:
+async def _stable_reference(bootstrap: KafkaSettings, home: Path, model_home: Path) -> ModelState:
     """Publish the zoo's medium reference model with this test's key and make it stable."""
     key = SigningKey.generate()
     key.save(home / "signing-key.pem")
@@ -118,7 +118,7 @@ async def _produce_shifted(producer: AIOKafkaProducer, start_ms: int) -> None:
 
 
 async def test_retrain_publishes_a_candidate_that_beats_stable(
-    bootstrap: Kafka, producer: AIOKafkaProducer, model_home: Path, tmp_path: Path
+    bootstrap: KafkaSettings, producer: AIOKafkaProducer, model_home: Path, tmp_path: Path
 ) -> None:
     await ensure_topics(bootstrap, shared_topics())
     home = tmp_path / "registry"

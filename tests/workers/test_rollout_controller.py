@@ -30,7 +30,6 @@ from edgestream.pipeline.registry import (
 )
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.reports import TopicWorkerView, WorkerReport, report_of
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import SUMMARIES_TOPIC, WORKERS_TOPIC, shared_topics
 from edgestream.workers.rollout_controller import STATS_REVISIONS_KEY, Controller, FileWorkerView, WorkerView
@@ -88,7 +87,7 @@ def _summary(region: str, model: str, version: int, *, results: int, infer_faile
 async def _commit(region: EdgeRegion, summaries: list[PartialSummary]) -> None:
     """Send the summaries in one transaction, as the edge does, and return once it is committed."""
     client = kafka.producer(
-        kafka_settings(region.bootstrap), "test-rollout", transactional_id=f"rollout-test-{uuid.uuid4().hex}"
+        region.bootstrap, "test-rollout", transactional_id=f"rollout-test-{uuid.uuid4().hex}"
     )
     async with kafka.started(client) as producer, producer.transaction():
         for s in summaries:

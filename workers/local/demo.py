@@ -24,7 +24,7 @@ from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki
-from edgestream.pipeline.settings import Kafka, KafkaSettings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
@@ -219,10 +219,9 @@ def _workers(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> Ite
         yield stats
 
 
-async def _wait_caught_up(bootstrap: Kafka, settings: DemoSettings) -> None:
+async def _wait_caught_up(bootstrap: KafkaSettings, settings: DemoSettings) -> None:
     """Wait until every region's group has committed to the end of its ingest topics (bounded)."""
     from edgestream.pipeline.kafka import consumer_lag, partitions
-    from edgestream.pipeline.settings import kafka_settings
 
     deadline_s = time.monotonic() + settings.drain_timeout_s
     for region in settings.regions:
@@ -230,9 +229,7 @@ async def _wait_caught_up(bootstrap: Kafka, settings: DemoSettings) -> None:
             (t.name, t.spec.partitions) for t in region_topics(region.name) if t.kind is not None
         )
         while True:
-            by_tp = await consumer_lag(
-                kafka_settings(bootstrap), edge_group(region.name), ingest, client_id="demo"
-            )
+            by_tp = await consumer_lag(bootstrap, edge_group(region.name), ingest, client_id="demo")
             lag = sum(by_tp.values())
             if lag == 0:
                 break

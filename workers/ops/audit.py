@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Final
 from edgestream.pipeline import kafka
 from edgestream.pipeline.serving.auditchain import ChainHead, MalformedChainHead, chain_id
 from edgestream.pipeline.serving.auditverify import ChainReport, Position, verify
-from edgestream.pipeline.settings import kafka_settings
 
 if TYPE_CHECKING:
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicParti
 
 
 async def read_audit_log(
-    connection: Kafka,
+    connection: KafkaSettings,
     region: str,
     *,
     topic: str | None = None,
@@ -112,7 +111,7 @@ async def read_audit_log(
     `KafkaTimeout` if that end is not reached within ``timeout_ms`` (of the whole call)."""
     from edgestream.topics.catalogue import audit_topic, edge_group
 
-    settings = kafka_settings(connection)
+    settings = connection
     found = AuditLog(topic or audit_topic(region), edge_group(region))
     deadline_s = time.monotonic() + timeout_ms / 1000.0
     async with kafka.started(kafka.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms)) as admin:
@@ -130,7 +129,7 @@ async def read_audit_log(
 
 
 async def verify_audit_log(
-    kafka: Kafka,
+    kafka: KafkaSettings,
     region: str,
     *,
     topic: str | None = None,

@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any, Final
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.deadletter import DeadLetter, MalformedDeadLetter
 from edgestream.pipeline.errors import EdgestreamError, KafkaTimeout
-from edgestream.pipeline.settings import kafka_settings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class DlqBatch:
     """The partition's position after this batch, never past the end offset: what replay commits."""
 
 
-async def _partitions(connection: Kafka, topic: str, timeout_ms: int) -> list[TopicPartition]:
+async def _partitions(connection: KafkaSettings, topic: str, timeout_ms: int) -> list[TopicPartition]:
     """The topic's partitions as the broker has them; `TopicsNotFound` when it is missing."""
     from edgestream.topics.admin import describe_topics
 
@@ -99,7 +98,7 @@ def _parse(record: Any) -> DeadLetter | MalformedDeadLetter:
 
 
 async def read_dlq(
-    connection: Kafka,
+    connection: KafkaSettings,
     region: str,
     *,
     group_id: str,
@@ -116,9 +115,7 @@ async def read_dlq(
 
     topic = dlq_topic(region)
     tps = await _partitions(connection, topic, timeout_ms)
-    client = kafka.consumer(
-        kafka_settings(connection), _CLIENT_ID, group_id=group_id, request_timeout_ms=timeout_ms
-    )
+    client = kafka.consumer(connection, _CLIENT_ID, group_id=group_id, request_timeout_ms=timeout_ms)
     async with kafka.started(client) as consumer:
         consumer.assign(tps)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
@@ -203,7 +200,7 @@ async def _send_in_transaction(
 
 
 async def replay(
-    connection: Kafka,
+    connection: KafkaSettings,
     region: str,
     reason: str,
     *,
@@ -221,7 +218,7 @@ async def replay(
     producer: AIOKafkaProducer | None = None
     if not dry_run:
         producer = kafka.producer(
-            kafka_settings(connection), _CLIENT_ID, transactional_id=group_id, request_timeout_ms=timeout_ms
+            connection, _CLIENT_ID, transactional_id=group_id, request_timeout_ms=timeout_ms
         )
         await producer.start()
     try:
@@ -281,7 +278,7 @@ class Inspection:
 
 
 async def inspect_dlq(
-    connection: Kafka,
+    connection: KafkaSettings,
     region: str,
     *,
     reason: str | None,
@@ -294,7 +291,7 @@ async def inspect_dlq(
 
     tps = await _partitions(connection, dlq_topic(region), timeout_ms)
     records = await kafka.read_all(
-        kafka_settings(connection),
+        connection,
         tps,
         client_id=_CLIENT_ID,
         timeout_ms=timeout_ms,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from edgestream.pipeline.security.keyring import Enrolment
-    from edgestream.pipeline.settings import Kafka
+    from edgestream.pipeline.settings import KafkaSettings
 
 DEFAULT_TIMEOUT_MS: Final = 30_000
 """Bound on each broker request, and on reading a topic for that long without getting a record."""
@@ -104,7 +104,7 @@ class Retained:
 
 
 async def retained_envelopes(
-    kafka: Kafka, region: str, device_id: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    kafka: KafkaSettings, region: str, device_id: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> Retained:
     """Count the records keyed by ``device_id`` in ``region``'s ingest topics and DLQ, by topic and by
     the key id their envelopes name.
@@ -139,7 +139,7 @@ def _retention_ms(value: str | None) -> int | None:
 
 
 async def _scan(
-    connection: Kafka,
+    connection: KafkaSettings,
     partitions: dict[str, int],
     isolation_level: Literal["read_committed", "read_uncommitted"],
     key: bytes,
@@ -147,11 +147,10 @@ async def _scan(
     timeout_ms: int,
 ) -> None:
     """Read ``partitions`` (topic -> count) from the beginning to their end offsets now; tally ``key``'s."""
-    from edgestream.pipeline.settings import kafka_settings
 
     tps = kafka.partitions(partitions.items())
     client = kafka.consumer(
-        kafka_settings(connection), _CLIENT_ID, isolation_level=isolation_level, request_timeout_ms=timeout_ms
+        connection, _CLIENT_ID, isolation_level=isolation_level, request_timeout_ms=timeout_ms
     )
     async with kafka.started(client) as consumer:
         async for record in kafka.read_to_end(consumer, tps, timeout_ms=timeout_ms, idle=True):

@@ -10,7 +10,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.catalogue import ingest_topic
 from edgestream.workers.edge.offsets import (
     COORDINATOR_LOAD_IN_PROGRESS,
@@ -76,10 +75,8 @@ async def test_an_in_doubt_transactional_commit_is_unstable_until_its_transactio
     topic = ingest_topic(edge_region.name, "embedding")
     tp, other = TopicPartition(topic, 0), TopicPartition(topic, 1)
     bootstrap = edge_region.bootstrap
-    consumer = AIOKafkaConsumer(
-        **kafka_settings(bootstrap).client_kwargs(), group_id=group, enable_auto_commit=False
-    )
-    producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), transactional_id=f"{group}-txn")
+    consumer = AIOKafkaConsumer(**bootstrap.client_kwargs(), group_id=group, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**bootstrap.client_kwargs(), transactional_id=f"{group}-txn")
     await consumer.start()
     await producer.start()
     try:

@@ -28,7 +28,6 @@ from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.serving.served import load_models
-from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import delete_topics, ensure_topics
 from edgestream.topics.catalogue import (
     KINDS,
@@ -427,7 +426,7 @@ async def _cloud_records(
     """Values of ``topic`` (shared by every region) whose region field is ``region``, read_committed,
     until ``done`` holds for them or ``timeout_s`` passes."""
     mine: list[bytes] = []
-    async with kafka.started(kafka.consumer(kafka_settings(region.bootstrap), "test-cloud")) as consumer:
+    async with kafka.started(kafka.consumer(region.bootstrap, "test-cloud")) as consumer:
         tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -11,7 +11,7 @@ import pytest
 
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.models.shift import shifted_pools
-from edgestream.pipeline.settings import DEFAULT_REGIONS, Kafka, Region, kafka_settings
+from edgestream.pipeline.settings import DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.demo import DemoResult, run_demo
 from edgestream.workers.local.demo_settings import DemoSettings
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.broker
 
 @pytest.mark.timeout(900)  # the story takes ~3 min on the 2-core box; the suite's default is 300 s
 def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
-    bootstrap: Kafka, kafka_broker: BrokerState, model_home: Path, tmp_path: Path
+    bootstrap: KafkaSettings, kafka_broker: BrokerState, model_home: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "models").symlink_to(model_home / "models")  # reuse the session's built models
     tag = uuid.uuid4().hex[:6]
@@ -42,7 +42,7 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
         rate_per_s=100.0,
         devices=30,
         bad_fraction=0.05,
-        kafka=kafka_settings(bootstrap),
+        kafka=bootstrap,
         tls_root=kafka_broker.tls_root,
         deadline_ms=30_000.0,  # accounting, not latency: load must not turn answers into fallbacks
         drain_s=60.0,

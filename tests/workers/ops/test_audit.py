@@ -18,7 +18,7 @@ from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.records import AuditRecord
 from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, chain_id
 from edgestream.pipeline.serving.auditverify import Position
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import audit_topic, edge_group, ingest_topic, parse_topic
 
@@ -59,7 +59,7 @@ def _audit(i: int, region: str) -> AuditRecord:
     )
 
 
-async def _write_chain(bootstrap: Kafka, region: str) -> Written:
+async def _write_chain(bootstrap: KafkaSettings, region: str) -> Written:
     """Link ``CHAIN_LENGTH`` records of a dummy input partition, as an edge worker does: each
     transaction sends its records and commits the input offset with the head as metadata. One
     transaction aborts and its records are linked again. Two legacy records (no chain) go first."""
@@ -69,7 +69,7 @@ async def _write_chain(bootstrap: Kafka, region: str) -> Written:
     chains = AuditChain()
     chains.start(chain, None, offset=0)
     records: list[AuditRecord] = []
-    client = kafka.producer(kafka_settings(bootstrap), "test-audit", transactional_id=f"test-audit-{region}")
+    client = kafka.producer(bootstrap, "test-audit", transactional_id=f"test-audit-{region}")
     async with kafka.started(client) as producer:
         async with producer.transaction():
             for i in range(LEGACY):
@@ -103,7 +103,12 @@ async def written(edge_region: EdgeRegion) -> Written:
 
 
 async def _copy(
-    bootstrap: Kafka, written: Written, name: str, *, skip: int | None = None, alter: int | None = None
+    bootstrap: KafkaSettings,
+    written: Written,
+    name: str,
+    *,
+    skip: int | None = None,
+    alter: int | None = None,
 ) -> tuple[str, dict[int, Position]]:
     """Copy the region's audit topic, partition by partition, to the audit topic of region
     ``<region>-<name>``, leaving out record ``skip`` or changing record ``alter``; returns the copy's
@@ -114,7 +119,7 @@ async def _copy(
     values = await read_topic(bootstrap, source, expect=CHAIN_LENGTH + LEGACY, settle_s=0.2)
     assert len(values) == CHAIN_LENGTH + LEGACY
     where: dict[int, Position] = {}
-    async with kafka.started(kafka.producer(kafka_settings(bootstrap), "test-audit")) as producer:
+    async with kafka.started(kafka.producer(bootstrap, "test-audit")) as producer:
         for r in sorted(values, key=lambda r: (r.partition, r.offset)):
             record = AuditRecord.from_bytes(r.value)
             value = r.value
@@ -128,18 +133,18 @@ async def _copy(
     return copy, where
 
 
-async def _verify(bootstrap: Kafka, region: str, *args: str) -> Result:
+async def _verify(bootstrap: KafkaSettings, region: str, *args: str) -> Result:
     """``edgestream audit verify`` in a thread (it runs its own event loop), connecting as the test
     does (the TLS files go in the environment, as an operator's would)."""
-    settings = kafka_settings(bootstrap)
+    settings = bootstrap
     argv = ["audit", "verify", "--region", region, "--bootstrap", settings.bootstrap_servers, *args]
     env = {"COLUMNS": "250", **settings.to_env("EDGESTREAM_KAFKA_")}
     return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env, catch_exceptions=False)
 
 
-async def test_offset_metadata_carries_the_head(bootstrap: Kafka, written: Written) -> None:
+async def test_offset_metadata_carries_the_head(bootstrap: KafkaSettings, written: Written) -> None:
     """aiokafka 0.14 sends OffsetAndMetadata in send_offsets_to_transaction, metadata included."""
-    async with kafka.started(kafka.admin(kafka_settings(bootstrap), "test-audit")) as admin:
+    async with kafka.started(kafka.admin(bootstrap, "test-audit")) as admin:
         committed = await admin.list_consumer_group_offsets(edge_group(written.region))
     source = TopicPartition(ingest_topic(written.region, "frame"), 1)
     assert committed[source].offset == CHAIN_LENGTH
@@ -147,7 +152,7 @@ async def test_offset_metadata_carries_the_head(bootstrap: Kafka, written: Writt
     assert written.head.seq == CHAIN_LENGTH
 
 
-async def test_an_intact_chain_verifies(bootstrap: Kafka, written: Written) -> None:
+async def test_an_intact_chain_verifies(bootstrap: KafkaSettings, written: Written) -> None:
     result = await _verify(bootstrap, written.region)
     assert result.exit_code == 0, result.output
     assert f"{CHAIN_LENGTH + LEGACY} record(s), {CHAIN_LENGTH} chained in 1 segment(s)" in result.stdout
@@ -171,7 +176,7 @@ async def test_an_intact_chain_verifies(bootstrap: Kafka, written: Written) -> N
     ]
 
 
-async def test_a_copy_missing_a_record_fails_naming_it(bootstrap: Kafka, written: Written) -> None:
+async def test_a_copy_missing_a_record_fails_naming_it(bootstrap: KafkaSettings, written: Written) -> None:
     copy, where = await _copy(bootstrap, written, "cut", skip=20)
     result = await _verify(bootstrap, written.region, "--topic", copy)
     assert result.exit_code == 1, result.output
@@ -182,7 +187,9 @@ async def test_a_copy_missing_a_record_fails_naming_it(bootstrap: Kafka, written
     assert "1 problem(s)" in result.stdout
 
 
-async def test_a_copy_with_an_altered_record_fails_naming_it(bootstrap: Kafka, written: Written) -> None:
+async def test_a_copy_with_an_altered_record_fails_naming_it(
+    bootstrap: KafkaSettings, written: Written
+) -> None:
     copy, where = await _copy(bootstrap, written, "edit", alter=33)
     result = await _verify(bootstrap, written.region, "--topic", copy, "--json")
     assert result.exit_code == 1, result.output
@@ -196,7 +203,9 @@ async def test_a_copy_with_an_altered_record_fails_naming_it(bootstrap: Kafka, w
     )
 
 
-async def test_a_copy_cut_short_fails_against_the_committed_head(bootstrap: Kafka, written: Written) -> None:
+async def test_a_copy_cut_short_fails_against_the_committed_head(
+    bootstrap: KafkaSettings, written: Written
+) -> None:
     copy, where = await _copy(bootstrap, written, "tail", skip=CHAIN_LENGTH)
     result = await _verify(bootstrap, written.region, "--topic", copy)
     assert result.exit_code == 1, result.output

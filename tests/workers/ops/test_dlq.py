@@ -19,7 +19,7 @@ from edgestream.cli import app
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract import deadletter as dl
 from edgestream.pipeline.errors import AuthenticationFailed, EdgestreamError, UndecodableEnvelope
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import dlq_topic, edge_group, ingest_topic, region_topics, results_topic
 
@@ -43,16 +43,16 @@ class Sent:
 
 
 @pytest.fixture
-async def region(bootstrap: Kafka) -> str:
+async def region(bootstrap: KafkaSettings) -> str:
     name = f"t{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, region_topics(name))
     return name
 
 
-async def _cli(bootstrap: Kafka, *args: str) -> Result:
+async def _cli(bootstrap: KafkaSettings, *args: str) -> Result:
     """Run ``edgestream <args> --bootstrap <bootstrap>`` in a thread (it runs its own event loop)."""
     runner = CliRunner()
-    settings = kafka_settings(bootstrap)
+    settings = bootstrap
     argv = [*args, "--bootstrap", settings.bootstrap_servers]
     env = {"COLUMNS": "250", **settings.to_env("EDGESTREAM_KAFKA_")}  # the TLS files of the admin identity
     return await asyncio.to_thread(runner.invoke, app, argv, env=env, catch_exceptions=False)
@@ -112,14 +112,14 @@ async def _put_mix(producer: AIOKafkaProducer, region: str) -> list[Sent]:
     return sent
 
 
-async def _json_lines(bootstrap: Kafka, region: str, *args: str) -> list[dict[str, Any]]:
+async def _json_lines(bootstrap: KafkaSettings, region: str, *args: str) -> list[dict[str, Any]]:
     result = await _cli(bootstrap, "dlq", "inspect", "--region", region, "--json", *args)
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 async def test_inspect_summarises_by_reason_and_filters(
-    bootstrap: Kafka, region: str, producer: AIOKafkaProducer
+    bootstrap: KafkaSettings, region: str, producer: AIOKafkaProducer
 ) -> None:
     sent = await _put_mix(producer, region)
     await producer.send_and_wait(dlq_topic(region), b"not a dead letter", key=b"x")  # no headers
@@ -166,9 +166,9 @@ async def test_inspect_summarises_by_reason_and_filters(
 
 
 async def test_inspect_reads_committed_transactions_only_and_stops_at_the_end(
-    bootstrap: Kafka, region: str
+    bootstrap: KafkaSettings, region: str
 ) -> None:
-    client = kafka.producer(kafka_settings(bootstrap), "test-dlq", transactional_id=f"test-{region}")
+    client = kafka.producer(bootstrap, "test-dlq", transactional_id=f"test-{region}")
     async with kafka.started(client) as producer:
         origin = ingest_topic(region, "embedding")
         error = AuthenticationFailed("tag mismatch")
@@ -191,7 +191,7 @@ async def test_inspect_reads_committed_transactions_only_and_stops_at_the_end(
 
 
 async def test_replay_sends_the_matching_dead_letters_back_once(
-    bootstrap: Kafka, region: str, producer: AIOKafkaProducer
+    bootstrap: KafkaSettings, region: str, producer: AIOKafkaProducer
 ) -> None:
     sent = await _put_mix(producer, region)
     # A header pointing anywhere but the region's ingest topics is never followed.
@@ -250,7 +250,7 @@ async def test_replay_sends_the_matching_dead_letters_back_once(
 
 
 async def test_a_dry_run_sends_and_commits_nothing(
-    bootstrap: Kafka, region: str, producer: AIOKafkaProducer
+    bootstrap: KafkaSettings, region: str, producer: AIOKafkaProducer
 ) -> None:
     await _put_mix(producer, region)
     emb = ingest_topic(region, "embedding")
@@ -266,7 +266,7 @@ async def test_a_dry_run_sends_and_commits_nothing(
     assert len(await read_topic(bootstrap, emb, expect=3)) == 3
 
 
-async def test_errors_are_one_line_and_exit_1(bootstrap: Kafka) -> None:
+async def test_errors_are_one_line_and_exit_1(bootstrap: KafkaSettings) -> None:
     missing = await _cli(bootstrap, "dlq", "inspect", "--region", f"t{uuid.uuid4().hex[:8]}")
     assert missing.exit_code == 1
     assert "error:" in missing.stderr

@@ -23,7 +23,7 @@ from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.derive import derive_device_key
 from edgestream.pipeline.security.keyfile import enroll, forget
 from edgestream.pipeline.security.keysource import KeyFileWatcher
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import KINDS, Kind, dlq_topic, ingest_topic, results_topic
 from edgestream.workers.ops.erasure import retained_envelopes
 
@@ -148,9 +148,9 @@ async def test_a_forgotten_device_is_refused_and_its_retained_envelopes_cannot_b
     assert open_envelope(mine[0], gone_key, max_body_bytes=MAX_BYTES), "the device's own copy still opens"
 
 
-async def _cli(bootstrap: Kafka, *args: str) -> Result:
+async def _cli(bootstrap: KafkaSettings, *args: str) -> Result:
     """Run ``edgestream <args> --bootstrap <bootstrap>`` in a thread (it runs its own event loop)."""
-    kafka = kafka_settings(bootstrap)
+    kafka = bootstrap
     argv = [*args, "--bootstrap", kafka.bootstrap_servers]
     env = {"COLUMNS": "250", **kafka.to_env("EDGESTREAM_KAFKA_")}  # the TLS files of the admin identity
     return await asyncio.to_thread(CliRunner().invoke, app, argv, env=env, catch_exceptions=False)

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from edgestream.pipeline.settings import Kafka, KafkaSettings, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,12 +59,12 @@ async def _answers_metadata(kafka: KafkaSettings, timeout_s: float, cluster_id: 
     return bool(cluster.get("brokers"))
 
 
-def ping(kafka: Kafka, timeout_s: float = PROBE_TIMEOUT_S, cluster_id: str | None = None) -> bool:
+def ping(kafka: KafkaSettings, timeout_s: float = PROBE_TIMEOUT_S, cluster_id: str | None = None) -> bool:
     """True when the broker answers a metadata request (for ``cluster_id``, if given).
 
     Safe to call with or without a running event loop: the request runs on a loop of its own, in a thread.
     """
-    settings = kafka_settings(kafka)
+    settings = kafka
     host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
     if not _tcp_open(host, int(port), timeout_s):
         return False

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from edgestream.pipeline.errors import BrokerError
-from edgestream.pipeline.settings import Kafka, kafka_settings
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.broker.config import NODE_ID, new_cluster_id
 from edgestream.workers.local.broker.probe import ping
 from edgestream.workers.local.broker.process import LocalBroker
@@ -78,29 +78,29 @@ def test_start_again_returns_the_running_broker(kafka_broker: BrokerState) -> No
     assert again == kafka_broker
 
 
-async def test_the_broker_answers_a_metadata_request(bootstrap: Kafka) -> None:
-    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), request_timeout_ms=10_000)
+async def test_the_broker_answers_a_metadata_request(bootstrap: KafkaSettings) -> None:
+    admin = AIOKafkaAdminClient(**bootstrap.client_kwargs(), request_timeout_ms=10_000)
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
     finally:
         await admin.close()
 
-    host, _, port = kafka_settings(bootstrap).bootstrap_servers.rpartition(":")
+    host, _, port = bootstrap.bootstrap_servers.rpartition(":")
     assert [(b["node_id"], b["host"], b["port"]) for b in cluster["brokers"]] == [(NODE_ID, host, int(port))]
     assert cluster["cluster_id"]
     assert ping(bootstrap)
 
 
-async def test_transactions_and_consumer_groups_work_on_one_node(bootstrap: Kafka) -> None:
+async def test_transactions_and_consumer_groups_work_on_one_node(bootstrap: KafkaSettings) -> None:
     topic = f"test.broker.{uuid.uuid4().hex[:12]}"
-    admin = AIOKafkaAdminClient(**kafka_settings(bootstrap).client_kwargs(), request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**bootstrap.client_kwargs(), request_timeout_ms=10_000)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(**kafka_settings(bootstrap).client_kwargs(), transactional_id=f"{topic}.tx")
+    producer = AIOKafkaProducer(**bootstrap.client_kwargs(), transactional_id=f"{topic}.tx")
     await producer.start()
     try:
         await producer.begin_transaction()
@@ -112,7 +112,7 @@ async def test_transactions_and_consumer_groups_work_on_one_node(bootstrap: Kafk
         await producer.stop()
     consumer = AIOKafkaConsumer(
         topic,
-        **kafka_settings(bootstrap).client_kwargs(),
+        **bootstrap.client_kwargs(),
         group_id=f"{topic}.group",
         isolation_level="read_committed",
         auto_offset_reset="earliest",
