@@ -55,15 +55,16 @@ def write_keystore(root: Path, own: TlsFiles) -> Path:
 
 async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], attempts: int = 6) -> None:
     """``_alter_broker_configs``, tried again when the connection fails: right after an earlier reload
-    the broker may refuse a handshake or two while it swaps its SSL engine."""
-    from aiokafka.errors import KafkaConnectionError
+    the broker may refuse a handshake or two while it swaps its SSL engine, which the client reports
+    as a failed connection or as a node that is not ready (both retriable)."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     for attempt in range(1, attempts + 1):
         try:
             await _alter_broker_configs(kafka, configs)
             return
-        except KafkaConnectionError as err:
-            if attempt == attempts:
+        except KafkaError as err:
+            if not (isinstance(err, KafkaConnectionError) or err.retriable) or attempt == attempts:
                 raise BrokerError(f"could not reach the broker to reload its TLS stores: {err}") from err
             log.info("reload-tls: %s; trying again", err)
             await asyncio.sleep(0.5 * attempt)
