@@ -190,7 +190,7 @@ class Fleet:
                 )
                 await self._labels.start()
             for region in self.report.regions:
-                kafka = self._kafka(region)
+                kafka = device_kafka(self.settings, region)
                 producers[region] = kafka_clients.producer(kafka, f"edgestream-fleet-{region}")
                 await producers[region].start()
                 consumers[region] = kafka_clients.consumer(
@@ -215,16 +215,6 @@ class Fleet:
         self.report.total_s = time.time() - self.report.started_at
         self.report.unanswered = len(self._pending)
         return self.report
-
-    def _kafka(self, region: str) -> KafkaSettings:
-        """How the devices of ``region`` connect: as ``device-<region>`` over TLS."""
-        kafka = self.settings.kafka
-        if kafka.security_protocol != "SSL":
-            return kafka
-        pki = Pki(self.settings.tls_root or self.settings.home / "tls")
-        identity = Identity.device(region)
-        files = pki.ensure([identity])[identity]
-        return KafkaSettings.tls(kafka.bootstrap_servers, files, request_timeout_ms=kafka.request_timeout_ms)
 
     async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
         # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
@@ -418,6 +408,24 @@ class Fleet:
         return Progress(
             elapsed_s, self.settings.duration_s, totals.sent, totals.results, totals.fallbacks, p99
         )
+
+
+def device_kafka(settings: FleetSettings, region: str) -> KafkaSettings:
+    """How the devices of ``region`` connect: as ``device-<region>`` over TLS, with the certificate
+    ``tls_root`` holds, issued (or renewed) first where the PKI can be written. A PKI that cannot be
+    written (docker-compose.yml mounts only the bundle and the devices' own identity, read-only) is
+    used as issued. Raises ConfigError when the identity has no certificate there."""
+    kafka = settings.kafka
+    if kafka.security_protocol != "SSL":
+        return kafka
+    pki = Pki(settings.tls_root or settings.home / "tls")
+    identity = Identity.device(region)
+    try:
+        files = pki.ensure([identity])[identity]
+    except OSError as e:
+        log.info("PKI %s cannot be written (%s): %s connects as issued", pki.root, e.strerror, identity)
+        files = pki.files(identity)
+    return KafkaSettings.tls(kafka.bootstrap_servers, files, request_timeout_ms=kafka.request_timeout_ms)
 
 
 def make_fleet(settings: FleetSettings) -> Fleet:
