@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
+from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import KafkaSettings
 
@@ -108,6 +109,7 @@ class TransactionalSink:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 0,
+            "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
             "request_timeout_ms": kafka.request_timeout_ms,
             "transaction_timeout_ms": transaction_timeout_ms,
             "retry_backoff_ms": 5,
@@ -256,6 +258,7 @@ class AckSink:
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
+            max_request_size=PRODUCER_MAX_REQUEST_BYTES,
             request_timeout_ms=kafka.request_timeout_ms,
         )
         """The one idempotent producer (exposed so its settings can be checked)."""
