@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from edgestream.pipeline.contract import deadletter as dl
 from edgestream.pipeline.contract.cloud import PartialSummary
-from edgestream.pipeline.contract.codec import TensorBody, encode_tensor
+from edgestream.pipeline.contract.codec import TensorBody, decode_tensor, encode_tensor
 from edgestream.pipeline.contract.envelope import seal
 from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES, record_size
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
@@ -130,12 +130,10 @@ async def test_a_non_finite_embedding_is_refused_at_admission(worker: EdgeWorker
 async def test_an_unexpected_error_at_admission_is_that_records_internal_dead_letter(
     worker: EdgeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = __import__("edgestream.workers.edge.admission", fromlist=["decode_tensor"]).decode_tensor
-
     def decode(body: TensorBody, **kw: Any) -> npt.NDArray[Any]:
         if body.data == _embedding(MARK).data:
             raise KeyError("a bug")
-        return real(body, **kw)
+        return decode_tensor(body, **kw)
 
     monkeypatch.setattr("edgestream.workers.edge.admission.decode_tensor", decode)
     good, bad = _admit(worker, [_sealed(worker, _embedding()), _sealed(worker, _embedding(MARK))])
