@@ -149,6 +149,13 @@ class UnknownModel(ContractError):
         self.version = version
 
 
+class NonFiniteTensor(ContractError):
+    """A float tensor holds NaN or an infinity (as sent, or once an int8 tensor is dequantised)."""
+
+    reason = "non_finite"
+    stage = "validate"
+
+
 class UndecodableRecord(ContractError):
     """A result or audit record is not a msgpack map with the record's fields and types."""
 
@@ -161,6 +168,42 @@ class InferenceFailed(EdgestreamError):
 
     reason = "infer_failed"
     stage = "infer"
+
+
+class NonFiniteOutput(EdgestreamError):
+    """The model's scores for one record are NaN or infinite: nothing meaningful can be answered."""
+
+    reason = "non_finite"
+    stage = "infer"
+
+
+class RecordFailed(EdgestreamError):
+    """An unexpected exception while handling one record: confined to that record, which is
+    dead-lettered with reason ``internal`` and the exception's class name; the worker keeps serving.
+
+    The message names only the exception's class and the step, never its text (which may quote
+    decrypted input)."""
+
+    reason = "internal"
+    stage: ClassVar[Stage] = "validate"
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        cls = type(cause)
+        self.cause_class = f"{cls.__module__}.{cls.__qualname__}"
+        """Qualified class name of the unexpected exception (the dead letter's class header)."""
+        super().__init__(f"unexpected {self.cause_class} while {step}")
+
+
+class InferenceCrashed(RecordFailed):
+    """`RecordFailed` while inferring or reading the model's answer."""
+
+    stage = "infer"
+
+
+class OutputFailed(RecordFailed):
+    """`RecordFailed` while building a record's result, audit, sample or summary."""
+
+    stage = "produce"
 
 
 class BrokerError(EdgestreamError):

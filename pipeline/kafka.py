@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.errors import KafkaTimeout
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def consumer(
 def producer(
     kafka: KafkaSettings, client_id: str, *, transactional_id: str | None = None, **options: Any
 ) -> AIOKafkaProducer:
-    """A (not yet started) producer: ``acks=all``, idempotent, no linger; transactional when
+    """A (not yet started) producer: ``acks=all``, idempotent, no linger, requests up to the limit the
+    broker is configured for (``pipeline/contract/limits.py``); transactional when
     ``transactional_id`` is given; ``options`` add to or override those."""
     config: dict[str, Any] = {
         **kafka.client_kwargs(),
@@ -71,6 +73,7 @@ def producer(
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 0,
+        "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
         "request_timeout_ms": kafka.request_timeout_ms,
     }
     config.update(options)

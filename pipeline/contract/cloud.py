@@ -33,7 +33,7 @@ PSEUDONYM_BYTES: Final = 16
 
 
 def latency_bucket(latency_ms: float) -> int:
-    """Index of the histogram bucket ``latency_ms`` falls in."""
+    """Index of the histogram bucket ``latency_ms`` falls in (NaN and +inf: the last one)."""
     for index, bound in enumerate(LATENCY_BOUNDS_MS):
         if latency_ms <= bound:
             return index
@@ -56,8 +56,12 @@ def percentile_ms(buckets: Sequence[int], percentile: float) -> float | None:
 
 
 def score_bin(score: float) -> int:
-    """Index of the score bin of a top-class probability."""
-    return min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS)))
+    """Index of the score bin of a top-class probability; total for any float: below 0 and NaN go to
+    the first bin, 1 and above (and +inf) to the last."""
+    scaled = score * SCORE_BINS
+    if not scaled >= 1.0:  # NaN compares false
+        return 0
+    return SCORE_BINS - 1 if scaled >= SCORE_BINS - 1 else int(scaled)
 
 
 def pseudonym(key: bytes, device_id: str) -> bytes:
@@ -107,7 +111,7 @@ class PartialSummary:
         return f"{self.region}/{self.model}/{self.model_version}".encode()
 
     def add_result(self, label: int, top_score: float, latency_ms: float) -> None:
-        """Count one answer."""
+        """Count one answer; total for any float (`score_bin`, `latency_bucket`)."""
         self.results += 1
         self.latency_buckets[latency_bucket(latency_ms)] += 1
         self.labels[label] = self.labels.get(label, 0) + 1

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from edgestream.pipeline.errors import DecompressionFailed, MalformedBody, OversizedEnvelope
+from edgestream.pipeline.errors import DecompressionFailed, MalformedBody, NonFiniteTensor, OversizedEnvelope
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -53,6 +53,8 @@ MAX_ATTR_STR_BYTES: Final = 256
 """Longest string attribute value, UTF-8 bytes."""
 INT8_LEVELS: Final = 127
 """int8 quantisation is symmetric: q in [-127, 127], x ~= q * scale."""
+INT8_MIN_REFUSED: Final = b"\x80"
+"""The byte of q = -128, outside the symmetric range: a body holding it is refused (``bad_body``)."""
 
 ZSTD_LEVEL: Final = 3
 """zstd compression level used by ``compress``."""
@@ -182,7 +184,9 @@ def decode_tensor(body: TensorBody, *, dequantise: bool = False) -> npt.NDArray[
     """View ``body`` as an array without copying (read-only, backed by ``body.data``).
 
     With ``dequantise=True`` an int8 body is returned as float32 ``q * scale`` (a new array); other
-    dtypes ignore the flag. Raises MalformedBody when dtype, shape and byte length disagree.
+    dtypes ignore the flag. Raises MalformedBody when dtype, shape and byte length disagree, and
+    NonFiniteTensor when a float element is NaN or infinite (a float16 bit pattern of Inf or NaN, or a
+    dequantised value past float32's range).
     """
     np_dtype = NUMPY_DTYPES.get(body.dtype)
     if np_dtype is None:
@@ -197,8 +201,12 @@ def decode_tensor(body: TensorBody, *, dequantise: bool = False) -> npt.NDArray[
         if body.scale is None:
             raise MalformedBody("int8 tensor without a scale")
         # The product in float64, then float32: a scale below float32's range (subnormal inputs) would
-        # otherwise round to 0 before the multiplication and erase the tensor.
-        return (array.astype(np.float64) * body.scale).astype(np.float32)
+        # otherwise round to 0 before the multiplication and erase the tensor. A scale near float32's
+        # largest value times 127 overflows it: refused below, like any infinity.
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = (array.astype(np.float64) * body.scale).astype(np.float32)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise NonFiniteTensor(f"{body.dtype} tensor of shape {body.shape} has NaN or infinite values")
     return array
 
 
@@ -288,6 +296,10 @@ def _check_body(body: TensorBody, error: type[Exception]) -> None:
     if body.dtype == "int8":
         if body.scale is None or not (math.isfinite(body.scale) and body.scale > 0.0):
             raise error("int8 tensor needs a finite scale > 0")
+        if INT8_MIN_REFUSED in body.data:
+            raise error(
+                f"int8 tensor holds {-INT8_LEVELS - 1}: quantised values are {-INT8_LEVELS}..{INT8_LEVELS}"
+            )
     elif body.scale is not None:
         raise error(f"{body.dtype} tensor must not carry a scale")
 

@@ -19,12 +19,21 @@ Pure logic: no Kafka client here (``edgestream dlq`` reads and replays).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, get_args
 
-from edgestream.pipeline.errors import EdgestreamError, Stage
+from edgestream.pipeline.contract.limits import (
+    DEAD_LETTER_PREFIX_BYTES,
+    MAX_KEPT_KEY_BYTES,
+    MAX_KEPT_ORIGIN_HEADERS_BYTES,
+    PRODUCER_MAX_REQUEST_BYTES,
+    headers_size,
+    record_size,
+)
+from edgestream.pipeline.errors import EdgestreamError, RecordFailed, Stage
 
 ERRORS_PREFIX: Final = "edgestream.errors."
 """Namespace of the error headers; a failed record's own headers in it are dropped, never trusted."""
@@ -54,6 +63,16 @@ ATTEMPT: Final = ERRORS_PREFIX + "attempt"
 """Which delivery of the record failed: 1 for the device's own, n + 1 after n replays."""
 DEAD_LETTERED_AT_MS: Final = ERRORS_PREFIX + "dead.lettered.at.ms"
 """When the worker dead-lettered it, unix ms."""
+TRUNCATED: Final = ERRORS_PREFIX + "truncated"
+"""Only on a dead letter too large to produce whole: what was cut, a comma list of `TRUNCATED_PARTS`.
+Such a dead letter is evidence, never replayed."""
+ORIGINAL_SIZE: Final = ERRORS_PREFIX + "original.size.bytes"
+"""With `TRUNCATED`: the length of the record's value as received."""
+ORIGINAL_SHA256: Final = ERRORS_PREFIX + "original.sha256"
+"""With `TRUNCATED`: the SHA-256 of the record's value as received, lowercase hex."""
+TRUNCATED_PARTS: Final = ("value", "key", "headers")
+"""What a truncated dead letter may have cut: its value (to `DEAD_LETTER_PREFIX_BYTES`), its key (to
+`MAX_KEPT_KEY_BYTES`) or the record's own headers (dropped past `MAX_KEPT_ORIGIN_HEADERS_BYTES`)."""
 
 REQUIRED_HEADERS: Final = (
     REASON,
@@ -79,6 +98,7 @@ DELIVERY_ATTEMPT: Final = "edgestream.attempt"
 MAX_MESSAGE_CHARS: Final = 500
 """Longest error message kept in a header; longer ones end with an ellipsis."""
 
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _STAGES: Final[dict[str, Stage]] = {stage: stage for stage in get_args(Stage)}
 _INT_RE: Final = re.compile(r"-?[0-9]{1,19}")
 
@@ -130,6 +150,8 @@ def _message(error: BaseException) -> str:
 
 
 def _class_name(error: BaseException) -> str:
+    if isinstance(error, RecordFailed):
+        return error.cause_class  # what went wrong, not the wrapper saying it was unexpected
     cls = type(error)
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -174,6 +196,43 @@ def dead_letter_headers(
     if key_id is not None:
         headers.append((KEY_ID, str(key_id)))
     return kept + [(name, text.encode()) for name, text in headers]
+
+
+def bounded_dead_letter(
+    key: bytes | None,
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]],
+    *,
+    limit_bytes: int = PRODUCER_MAX_REQUEST_BYTES,
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """The key, value and headers to produce for a dead letter (``headers`` from `dead_letter_headers`).
+
+    The record whole when `record_size` says it fits ``limit_bytes``. Otherwise a truncated copy that
+    always fits: the value's first `DEAD_LETTER_PREFIX_BYTES`, the key's first `MAX_KEPT_KEY_BYTES`, the
+    record's own headers only if they take at most `MAX_KEPT_ORIGIN_HEADERS_BYTES`, and `TRUNCATED`,
+    `ORIGINAL_SIZE` and `ORIGINAL_SHA256` (of the whole value) among the error headers.
+    """
+    if record_size(key, value, headers) <= limit_bytes:
+        return key, value, list(headers)
+    own = [(k, v) for k, v in headers if not k.startswith(ERRORS_PREFIX)]
+    errors = [(k, v) for k, v in headers if k.startswith(ERRORS_PREFIX)]
+    cut: list[str] = []
+    if key is not None and len(key) > MAX_KEPT_KEY_BYTES:
+        cut.append("key")
+        key = key[:MAX_KEPT_KEY_BYTES]
+    if headers_size(own) > MAX_KEPT_ORIGIN_HEADERS_BYTES:
+        cut.append("headers")
+        own = []
+    errors += [
+        (ORIGINAL_SIZE, str(len(value)).encode()),
+        (ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
+    ]
+    marks = (TRUNCATED, ",".join(TRUNCATED_PARTS).encode())  # the longest the mark can be
+    room = max(0, limit_bytes - record_size(key, b"", [*own, *errors, marks]))
+    prefix = value[: min(DEAD_LETTER_PREFIX_BYTES, room)]
+    if len(prefix) < len(value):
+        cut.insert(0, "value")
+    return key, prefix, [*own, *errors, (TRUNCATED, ",".join(cut).encode())]
 
 
 def attempt_of(headers: Iterable[tuple[str, bytes | None]]) -> int:
@@ -230,6 +289,17 @@ class DeadLetter:
     """The failed record's value exactly as received, still sealed."""
     origin_headers: tuple[tuple[str, bytes], ...] = field(default=())
     """The failed record's own headers (every header outside ``edgestream.errors.``)."""
+    truncated: tuple[str, ...] = ()
+    """What the worker cut to make it fit (`TRUNCATED`); empty for a whole copy."""
+    original_size: int | None = None
+    """Length of the record's value as received, when truncated."""
+    original_sha256: str | None = None
+    """SHA-256 (hex) of the record's value as received, when truncated."""
+
+    @property
+    def replayable(self) -> bool:
+        """Whether it holds the record as received: a truncated copy can never be replayed."""
+        return not self.truncated
 
     @classmethod
     def from_record(cls, record: KafkaRecord) -> DeadLetter:
@@ -261,6 +331,7 @@ class DeadLetter:
             "key_id": parser.integer(KEY_ID, minimum=0, optional=True),
             "attempt": parser.integer(ATTEMPT, minimum=1),
             "dead_lettered_at_ms": parser.integer(DEAD_LETTERED_AT_MS, minimum=0),
+            **parser.truncation(),
         }
         if record.value is None:
             parser.problems.append("the record has no value")
@@ -329,6 +400,23 @@ class _HeaderParser:
         if stage is None:
             self.problems.append(f"header {name} is {value[:40]!r}, not one of {', '.join(_STAGES)}")
         return stage
+
+    def truncation(self) -> dict[str, Any]:
+        """`TRUNCATED` and, when it is present, `ORIGINAL_SIZE` and `ORIGINAL_SHA256`."""
+        marks = self._raw_text(TRUNCATED, optional=True)
+        if marks is None:
+            return {}
+        parts = tuple(marks.split(","))
+        if not set(parts) <= set(TRUNCATED_PARTS):
+            self.problems.append(f"header {TRUNCATED} is {marks[:40]!r}, not parts of {TRUNCATED_PARTS}")
+        digest = self._raw_text(ORIGINAL_SHA256)
+        if digest is not None and _SHA256_RE.fullmatch(digest) is None:
+            self.problems.append(f"header {ORIGINAL_SHA256} is not a lowercase hex SHA-256")
+        return {
+            "truncated": parts,
+            "original_size": self.integer(ORIGINAL_SIZE, minimum=0),
+            "original_sha256": digest,
+        }
 
     def integer(self, name: str, *, minimum: int, optional: bool = False) -> int | None:
         value = self._raw_text(name, optional=optional)

@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.codec import decode_tensor
 from edgestream.pipeline.contract.envelope import Envelope, decode_envelope, open_envelope
-from edgestream.pipeline.errors import ContractError, EdgestreamError
+from edgestream.pipeline.errors import ContractError, EdgestreamError, RecordFailed
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.ratelimit import DeviceRateLimiter
 from edgestream.pipeline.serving.replay import ReplayGuard
@@ -141,6 +141,9 @@ class Admission:
             deadline_s = now_s + budget_s
         except ContractError as err:
             item.error = err
+        except Exception as err:  # one record's failure, whatever it is, stays that record's
+            item.error = RecordFailed("admitting it", err)
+            item.tensor = None
         return item, deadline_s if item.error is None else now_s + 1.0
 
     def check(self, items: Sequence[Item]) -> None:

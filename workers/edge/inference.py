@@ -1,6 +1,7 @@
 """Inference of a unit: its answerable items grouped by (model, version), one onnxruntime call per group
 in a worker thread (the event loop keeps fetching meanwhile); a batch that fails is retried one item at
-a time, so one bad input costs only its own dead letter."""
+a time, so one bad input costs only its own dead letter. An answer whose scores are NaN or infinite is
+no answer: its item is dead-lettered ``non_finite``; an unexpected error for one item, ``internal``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from edgestream.pipeline.errors import InferenceFailed
+from edgestream.pipeline.errors import InferenceCrashed, InferenceFailed, NonFiniteOutput
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.serving.served import ModelKey, ServedModel
 from edgestream.workers.edge.admission import Answer, Item
@@ -47,15 +48,25 @@ class UnitInference:
             assert served is not None
             try:
                 await self._infer(served, group)
-            except InferenceFailed as err:
+            except Exception as err:
                 log.warning(
-                    "batch of %d for %s failed (%s); retrying one by one", len(group), served.key, err
+                    "batch of %d for %s failed (%r); retrying one by one", len(group), served.key, err
                 )
                 for item in group:
-                    try:
-                        await self._infer(served, [item])
-                    except InferenceFailed as single:
-                        item.error = single
+                    if item.answer is None and item.error is None:  # not settled before it failed
+                        await self._infer_alone(served, item)
+
+    async def _infer_alone(self, served: ServedModel, item: Item) -> None:
+        """Infer one item; whatever fails becomes its own error (and drops its input)."""
+        try:
+            await self._infer(served, [item])
+        except InferenceFailed as err:
+            item.error = err
+        except Exception as err:
+            log.warning("inferring %s[%d]@%d", item.tp.topic, item.tp.partition, item.offset, exc_info=True)
+            item.error = InferenceCrashed("inferring", err)
+        if item.error is not None:
+            item.tensor = item.features = item.answer = None
 
     async def _infer(self, served: ServedModel, items: Sequence[Item]) -> None:
         """One onnxruntime call of ``served`` for ``items``; keeps the inputs of sampled answers."""
@@ -67,8 +78,14 @@ class UnitInference:
         self._stats.infer_s += infer_s
         self._stats.batch_sizes[len(items)] += 1
         self._metrics.inference(served.key[0], len(items), infer_s)
-        for item, label, scores in zip(items, labels.tolist(), probs.tolist(), strict=True):
-            if item.tensor is not None and sampled(item, self._sample_fraction):
+        finite: list[bool] = np.all(np.isfinite(probs).reshape(len(items), -1), axis=1).tolist()
+        for item, label, scores, ok in zip(items, labels.tolist(), probs.tolist(), finite, strict=True):
+            if not ok:
+                item.error = NonFiniteOutput(f"{served.key[0]} v{served.key[1]} scored NaN or infinity")
+            elif item.tensor is not None and sampled(item, self._sample_fraction):
                 item.features = tuple(float(x) for x in item.tensor.ravel())
             item.tensor = None  # the decrypted input is not needed past this point
-            item.answer = Answer(int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items))
+            if ok:
+                item.answer = Answer(
+                    int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items)
+                )

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
-from edgestream.pipeline.contract.deadletter import attempt_of, dead_letter_headers
+from edgestream.pipeline.contract.deadletter import attempt_of, bounded_dead_letter, dead_letter_headers
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
+from edgestream.pipeline.errors import OutputFailed
 from edgestream.pipeline.security.derive import pseudonym_key
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
@@ -64,68 +65,106 @@ class UnitOutputs:
     ) -> dict[TopicPartition, PartitionWork]:
         """Each input partition's outputs, the offset after its last record and its chain's head.
         ``started_s``: when the unit's processing began; ``keyring``: the one device pseudonyms of
-        cloud samples are derived from."""
+        cloud samples are derived from.
+
+        A failure boundary per record: whatever building one record's outputs raises dead-letters that
+        record (``internal``, `OutputFailed`) and nothing of its answer is published or counted."""
         work: dict[TopicPartition, PartitionWork] = {}
+        summaries: dict[tuple[TopicPartition, ModelKey], PartialSummary] = {}
         now_ms = time.time() * 1000.0
+        # Derived from the region's current master key (a rotation starts new pseudonyms), never the
+        # master key itself; outside the records' boundary: a key problem is not a record's.
+        sample_key = (
+            pseudonym_key(current_master(keyring, self._region))
+            if self._cloud and any(it.features is not None for it in items)
+            else None
+        )
         for item in items:
             part = work.setdefault(item.tp, PartitionWork())
             part.next_offset = max(part.next_offset, item.offset + 1)
             if item.error is None:
-                part.outputs.extend(self._answer(item, started_s, now_ms))
-            else:
-                part.outputs.extend(self._dead_letter(item, now_ms))
+                part.outputs.extend(self._answered(item, started_s, now_ms, sample_key))
+            if item.error is not None:
+                part.outputs.extend(self._refused(item, now_ms))
+            self._count(item, summaries, now_ms)
         for tp, part in work.items():
             part.metadata = self._chains.metadata(chain_id(tp.topic, tp.partition))
-        if self._cloud:
-            self._cloud_outputs(items, work, now_ms, keyring)
-        return work
-
-    def _cloud_outputs(
-        self,
-        items: Sequence[Item],
-        work: Mapping[TopicPartition, PartitionWork],
-        now_ms: float,
-        keyring: KeyRing,
-    ) -> None:
-        """Per input partition, a partial summary per (model, version) of its records in this unit and
-        the samples of its sampled answers: they commit with exactly the records they describe."""
-        summaries: dict[tuple[TopicPartition, ModelKey], PartialSummary] = {}
-        sample_key: bytes | None = None
-        for item in items:
-            if item.model is None or item.envelope is None:
-                continue  # undecodable or unknown model: no (model, version) to count it under
-            name, version = item.model.key
-            summary = summaries.get((item.tp, item.model.key))
-            if summary is None:
-                summary = PartialSummary(self._region, self._node, name, version, int(now_ms))
-                summaries[(item.tp, item.model.key)] = summary
-            if item.error is not None:
-                summary.add_dead_letter(item.error.reason)
-                continue
-            answer = item.answer
-            assert answer is not None
-            summary.add_result(answer.label, max(answer.scores), now_ms - item.envelope.capture_time_ms)
-            if item.features is not None:
-                # Derived from the region's current master key (a rotation starts new pseudonyms),
-                # never the master key itself.
-                sample_key = sample_key or pseudonym_key(current_master(keyring, self._region))
-                sample = Sample(
-                    request_id=item.envelope.request_id,
-                    region=self._region,
-                    model=name,
-                    model_version=version,
-                    at_ms=int(now_ms),
-                    device=pseudonym(sample_key, item.envelope.device_id),
-                    features=item.features,
-                    label=answer.label,
-                    scores=answer.scores,
-                )
-                item.features = None
-                work[item.tp].outputs.append(Output(SAMPLES_TOPIC, sample.to_bytes(), sample.device))
         for (tp, _key), summary in summaries.items():
             work[tp].outputs.append(Output(SUMMARIES_TOPIC, summary.to_bytes(), summary.key))
+        return work
 
-    def _answer(self, item: Item, started_s: float, now_ms: float) -> list[Output]:
+    def _answered(
+        self, item: Item, started_s: float, now_ms: float, sample_key: bytes | None
+    ) -> list[Output]:
+        """Result, audit record and sample of an answered item; if building them fails, none of them,
+        and the item gets the error instead. The audit record is linked into its chain last."""
+        try:
+            outputs, audit = self._answer(item, started_s, now_ms)
+            if sample_key is not None and item.features is not None:
+                outputs.append(self._sample(item, now_ms, sample_key))
+            audit.to_bytes()  # it encodes before it changes the chain
+        except Exception as err:
+            log.warning(
+                "building outputs of %s[%d]@%d", item.tp.topic, item.tp.partition, item.offset, exc_info=True
+            )
+            item.error = OutputFailed("building its outputs", err)
+            return []
+        finally:
+            item.features = None
+        audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
+        return [*outputs, Output(self._audit_topic, audit.to_bytes(), audit.request_id)]
+
+    def _refused(self, item: Item, now_ms: float) -> list[Output]:
+        """Dead letter (and audit record) of a refused item; if building them fails, the dead letter
+        alone, ``internal``."""
+        try:
+            return self._dead_letter(item, now_ms, audited=True)
+        except Exception as err:
+            log.warning(
+                "dead-lettering %s[%d]@%d", item.tp.topic, item.tp.partition, item.offset, exc_info=True
+            )
+            item.error = OutputFailed("building its dead letter", err)
+            return self._dead_letter(item, now_ms, audited=False)
+
+    def _count(
+        self, item: Item, summaries: dict[tuple[TopicPartition, ModelKey], PartialSummary], now_ms: float
+    ) -> None:
+        """Count the item in its partition's partial summary of its (model, version), if it has one: the
+        summary commits with exactly the records it counts. Total: `PartialSummary.add_result`."""
+        if not self._cloud or item.model is None or item.envelope is None:
+            return  # undecodable or unknown model: no (model, version) to count it under
+        name, version = item.model.key
+        summary = summaries.get((item.tp, item.model.key))
+        if summary is None:
+            summary = PartialSummary(self._region, self._node, name, version, int(now_ms))
+            summaries[(item.tp, item.model.key)] = summary
+        if item.error is not None or item.answer is None:
+            summary.add_dead_letter(item.error.reason if item.error is not None else "internal")
+            return
+        top = max(item.answer.scores, default=float("nan"))
+        summary.add_result(item.answer.label, top, now_ms - item.envelope.capture_time_ms)
+
+    def _sample(self, item: Item, now_ms: float, sample_key: bytes) -> Output:
+        """The cloud sample of a sampled answer: its features, its answer and the device's pseudonym."""
+        env, served, answer, features = item.envelope, item.model, item.answer, item.features
+        if env is None or served is None or answer is None or features is None:
+            raise RuntimeError(f"{item.tp}@{item.offset} sampled without an answer")
+        name, version = served.key
+        sample = Sample(
+            request_id=env.request_id,
+            region=self._region,
+            model=name,
+            model_version=version,
+            at_ms=int(now_ms),
+            device=pseudonym(sample_key, env.device_id),
+            features=features,
+            label=answer.label,
+            scores=answer.scores,
+        )
+        return Output(SAMPLES_TOPIC, sample.to_bytes(), sample.device)
+
+    def _answer(self, item: Item, started_s: float, now_ms: float) -> tuple[list[Output], AuditRecord]:
+        """The result and the (unlinked) audit record of an answered item."""
         env, served, answer = item.envelope, item.model, item.answer
         if env is None or served is None or answer is None:
             raise RuntimeError(f"{item.tp}@{item.offset} reached publishing without an answer")
@@ -158,13 +197,11 @@ class UnitOutputs:
             reason=None,
             latency_ms=total_ms,
         )
-        audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
-        return [
-            Output(self._results_topic, result.to_bytes(), env.device_id.encode()),
-            Output(self._audit_topic, audit.to_bytes(), env.request_id),
-        ]
+        return [Output(self._results_topic, result.to_bytes(), env.device_id.encode())], audit
 
-    def _dead_letter(self, item: Item, now_ms: float) -> list[Output]:
+    def _dead_letter(self, item: Item, now_ms: float, *, audited: bool) -> list[Output]:
+        """The item's dead letter (bounded to what the producer accepts: `bounded_dead_letter`) and,
+        when ``audited`` and its envelope decoded, its audit record."""
         err = item.error
         assert err is not None
         env = item.envelope
@@ -184,8 +221,9 @@ class UnitOutputs:
             now_ms=int(now_ms),
             origin_headers=item.headers,
         )
-        outputs = [Output(self._dlq_topic, item.raw, item.key, headers)]
-        if env is not None:
+        key, value, headers = bounded_dead_letter(item.key, item.raw, headers)
+        outputs = [Output(self._dlq_topic, value, key, headers)]
+        if audited and env is not None:
             audit = AuditRecord(
                 timestamp_ms=int(now_ms),
                 request_id=env.request_id,

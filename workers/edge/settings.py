@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 
 
@@ -54,8 +55,11 @@ class WorkerSettings(BaseSettings):
     """Records held (fetched, not yet committed) before the worker pauses its partitions."""
     fetch_max_records: int = Field(default=500, ge=1)
     """Upper bound on records returned by one ``getmany``."""
-    max_envelope_bytes: int = Field(default=1 << 20, ge=256)
-    """Records larger than this are dead-lettered before parsing."""
+    max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, ge=256)
+    """Records larger than this are dead-lettered before parsing. The default (1,032,192 bytes) leaves
+    a dead letter room for its headers within the producer's request limit, so an admitted record's
+    dead letter is always its whole copy (``pipeline/contract/limits.py``); a larger record's is
+    truncated."""
     max_body_bytes: int = Field(default=4 << 20, ge=256)
     """Decompressed bodies larger than this are refused (decompression bombs)."""
     max_age_ms: int = Field(default=60_000, ge=1)

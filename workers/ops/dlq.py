@@ -151,7 +151,8 @@ class ReplayReport:
     sent: list[DeadLetter] = field(default_factory=list)
     """Dead letters sent back to their origin topic (in a dry run: that would have been)."""
     skipped: Counter[str] = field(default_factory=Counter)
-    """Records passed over, by why: ``reason <code>``, ``malformed``, ``origin not an ingest topic``."""
+    """Records passed over, by why: ``reason <code>``, ``malformed``, ``origin not an ingest topic``,
+    ``truncated: not the record as received`` (a dead letter cut to fit the producer's limit)."""
 
 
 def _is_region_ingest(topic_name: str, region: str) -> bool:
@@ -172,6 +173,15 @@ def _choose(batch: DlqBatch, region: str, reason: str, report: ReplayReport) -> 
             report.skipped["malformed"] += 1
         elif letter.reason != reason:
             report.skipped[f"reason {letter.reason}"] += 1
+        elif not letter.replayable:
+            log.warning(
+                "not replayed %s: truncated (%s cut; the original was %s bytes, sha256 %s)",
+                letter.dlq_position(),
+                ",".join(letter.truncated),
+                letter.original_size,
+                letter.original_sha256,
+            )
+            report.skipped["truncated: not the record as received"] += 1
         elif not _is_region_ingest(letter.origin_topic, region):
             log.warning(
                 "skipped %s: origin %s is not an ingest topic of %s",

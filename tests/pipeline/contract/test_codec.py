@@ -21,7 +21,7 @@ from edgestream.pipeline.contract.codec import (
     pack_body,
     unpack_body,
 )
-from edgestream.pipeline.errors import DecompressionFailed, MalformedBody, OversizedEnvelope
+from edgestream.pipeline.errors import DecompressionFailed, MalformedBody, NonFiniteTensor, OversizedEnvelope
 
 RNG_SEED = 20240601
 
@@ -290,3 +290,69 @@ def test_int8_quantises_subnormal_values_without_dividing_by_zero(value: float) 
     restored = decode_tensor(body, dequantise=True)
     assert restored.dtype == np.float32
     np.testing.assert_allclose(restored, array, rtol=1e-6, atol=0)
+
+
+# --- non-finite values and the edges of each dtype -----------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [0x7E00, 0x7C00, 0xFC00, 0x7C01])  # NaN, +Inf, -Inf, a signalling NaN
+def test_a_float16_body_with_nan_or_inf_is_refused_non_finite(bits: int) -> None:
+    data = np.array([0.5, 0.0, 1.0], dtype="<f2")
+    data[1] = np.frombuffer(bits.to_bytes(2, "little"), dtype="<f2")[0]
+    body = unpack_body(pack_body(TensorBody(data=data.tobytes(), dtype="float16", shape=(3,))))
+    with pytest.raises(NonFiniteTensor) as info:
+        decode_tensor(body)
+    assert info.value.reason == "non_finite"
+
+
+def test_a_float32_body_with_nan_is_refused_non_finite() -> None:
+    body = TensorBody(data=np.array([np.nan], dtype="<f4").tobytes(), dtype="float32", shape=(1,))
+    with pytest.raises(NonFiniteTensor):
+        decode_tensor(body)
+
+
+@pytest.mark.parametrize("value", [65504.0, 65519.0, -65519.0])
+def test_float16_encode_keeps_values_that_round_to_its_largest(value: float) -> None:
+    body = encode_tensor(np.array([value], dtype=np.float32), "float16")
+    assert abs(float(decode_tensor(body)[0])) == 65504.0
+
+
+@pytest.mark.parametrize("value", [65520.0, -65520.0, 1e6, 3.4e38])
+def test_float16_encode_refuses_values_past_its_range(value: float) -> None:
+    with pytest.raises(ValueError, match="not finite as float16"):
+        encode_tensor(np.array([1.0, value], dtype=np.float32), "float16")
+
+
+@pytest.mark.parametrize("scale", [3.4e38, 1.7976931348623157e308, 2.7e36])
+def test_an_int8_scale_whose_product_overflows_float32_is_refused_non_finite(scale: float) -> None:
+    """127 * scale past float32's largest value (3.4e38) would dequantise to an infinity."""
+    body = TensorBody(data=np.array([127, 1], dtype=np.int8).tobytes(), dtype="int8", shape=(2,), scale=scale)
+    assert unpack_body(pack_body(body)) == body  # a valid body: finite scale > 0
+    with pytest.raises(NonFiniteTensor):
+        decode_tensor(body, dequantise=True)
+
+
+def test_the_largest_int8_scale_that_fits_float32_dequantises_finite() -> None:
+    scale = float(np.finfo(np.float32).max) / 128
+    body = TensorBody(
+        data=np.array([127, -127], dtype=np.int8).tobytes(), dtype="int8", shape=(2,), scale=scale
+    )
+    assert np.isfinite(decode_tensor(body, dequantise=True)).all()
+
+
+def test_int8_minus_128_is_refused_by_the_edge_and_never_sent() -> None:
+    """q is symmetric in -127..127 (docs/contract.md, section 4): -128 is a broken encoder's output."""
+    body = TensorBody(data=np.array([5, -128], dtype=np.int8).tobytes(), dtype="int8", shape=(2,), scale=0.1)
+    with pytest.raises(ValueError, match="-128"):
+        pack_body(body)
+    raw = msgpack.packb({"dt": "int8", "sh": [2], "b": body.data, "sc": 0.1}, use_bin_type=True)
+    with pytest.raises(MalformedBody, match="-128") as info:
+        unpack_body(raw)
+    assert info.value.reason == "bad_body"
+
+
+def test_int8_encode_never_produces_minus_128() -> None:
+    x = np.array([-1.0, 1.0, -0.99999994, np.float32(-1.0) - np.float32(6e-8)], dtype=np.float32)
+    body = encode_tensor(x, "int8")
+    assert min(decode_tensor(body).tolist()) == -127
+    unpack_body(pack_body(body))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import time
 from collections import Counter
@@ -17,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, merge
-from edgestream.pipeline.contract.codec import encode_tensor
+from edgestream.pipeline.contract.codec import TensorBody, encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, seal
+from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.security import keyfile
@@ -496,3 +498,85 @@ async def test_the_cloud_gets_exact_partial_summaries_and_anonymised_samples(
     assert len(devices) == 5, "one pseudonym per device (5 devices sent)"
     assert all(len(d) == 16 and b"dev-" not in d for d in devices), "pseudonyms, not ids"
     assert all(s.region == edge_region.name for s in samples)
+
+
+def _sized_envelope(region: EdgeRegion, device: str, size: int) -> bytes:
+    """A sealed embedding envelope of exactly ``size`` bytes (its tensor has the wrong shape)."""
+    n = size - 300
+    for _ in range(3):
+        body = encode_tensor(np.zeros(n, dtype=np.uint8), "uint8")
+        key = region.keyring.device_key(region.name, device, region.keyring.current_key_id(region.name))
+        value = seal(
+            body,
+            device_key=key,
+            device_id=device,
+            key_id=region.keyring.current_key_id(region.name),
+            kind="embedding",
+            model=MODEL["embedding"],
+            compression="none",
+        )
+        n += size - len(value)
+    assert len(value) == size
+    return value
+
+
+async def test_poison_records_are_dead_lettered_with_default_settings_and_the_partition_flows(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    """Issue 12, items 1 and 2, with the default worker settings: a NaN or +Inf float16 embedding (it
+    crashed every worker in turn) and envelopes near the size limits (their dead letters were over the
+    producer's limit: the partition rewound forever) are each dead-lettered with their reason, and the
+    good envelope after them on the same partition is answered; no rewind, no exit."""
+    worker = await running_worker()
+    limit = worker.settings.max_envelope_bytes
+    assert limit == DEFAULT_MAX_ENVELOPE_BYTES
+    region, device = edge_region.name, "dev-poison"
+    topic = ingest_topic(region, "embedding")
+    nan, inf = (np.full(30, 0.5, dtype="<f2") for _ in range(2))
+    nan[0], inf[7] = np.nan, np.inf
+    just_admitted = _sized_envelope(edge_region, device, limit - 10)
+    over = _sized_envelope(edge_region, device, PRODUCER_MAX_REQUEST_BYTES - 200)  # all a producer sends
+    bad = {
+        "nan": _seal_raw(edge_region, device, nan),
+        "inf": _seal_raw(edge_region, device, inf),
+        "bad_shape": just_admitted,
+        "oversized": over,
+    }
+    for value in bad.values():
+        await producer.send(topic, value, key=device.encode())
+    rid = new_request_id()
+    x = load_dataset("embedding").X_test[0]
+    await producer.send(
+        topic, _seal(edge_region, device, "embedding", x, request_id=rid), key=device.encode()
+    )
+    await producer.flush()
+
+    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=1)
+    assert [ResultRecord.from_bytes(r.value).request_id for r in results] == [rid]
+    dead = [
+        DeadLetter.from_record(r)
+        for r in await read_topic(edge_region.bootstrap, dlq_topic(region), expect=4)
+    ]
+    assert [d.reason for d in dead] == ["non_finite", "non_finite", "bad_shape", "oversized"]
+    assert [d.value for d in dead[:3]] == [bad["nan"], bad["inf"], bad["bad_shape"]], "whole copies"
+    assert all(d.replayable for d in dead[:3])
+    cut = dead[3]
+    assert cut.truncated == ("value",)
+    assert (cut.original_size, cut.original_sha256) == (len(over), hashlib.sha256(over).hexdigest())
+    assert over.startswith(cut.value)
+    assert worker.stats.rewinds == 0
+    assert worker.sink.aborts == 0  # type: ignore[attr-defined]
+    assert worker.stats.dead_letters == {"non_finite": 2, "bad_shape": 1, "oversized": 1}
+
+
+def _seal_raw(region: EdgeRegion, device: str, data: np.ndarray[Any, Any]) -> bytes:
+    """A float16 embedding sealed as is: ``encode_tensor`` would refuse its NaN or infinity."""
+    key_id = region.keyring.current_key_id(region.name)
+    return seal(
+        TensorBody(data=data.tobytes(), dtype="float16", shape=data.shape),
+        device_key=region.keyring.device_key(region.name, device, key_id),
+        device_id=device,
+        key_id=key_id,
+        kind="embedding",
+        model=MODEL["embedding"],
+    )

@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgestream.pipeline.contract.limits import BROKER_MESSAGE_MAX_BYTES
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
@@ -82,6 +84,7 @@ def broker_config(
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
+        "message.max.bytes": str(BROKER_MESSAGE_MAX_BYTES),  # what the worker's record limits assume
         "log.segment.bytes": str(64 * 1024 * 1024),
         "log.retention.hours": "24",
         "log.retention.check.interval.ms": str(60_000),
