@@ -12,7 +12,7 @@ itself says so:
 3. once ``min_samples`` labelled samples answered since the shift are on the cloud topics, devices move
    to the second half of the shifted data (inputs the retrained model never sees in training) and the
    model is retrained on those samples; the candidate is published (signed) and put in canary;
-4. the rollout controller (``pipeline.rollout``) judges the canary from the edge's summaries and the
+4. the rollout controller (``workers.rollout_controller``) judges the canary from the edge's summaries and the
    labels, and advances it stage by stage (waiting for every worker to apply each stage) to stable;
 5. a deliberately bad candidate (trained on inverted labels) is published and put in canary; the
    controller rolls it back on accuracy; the story waits until every worker has applied the rollback,
