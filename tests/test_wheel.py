@@ -9,18 +9,19 @@ setuptools meets ``build-system.requires``; otherwise pip fetches setuptools fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from edgestream.workers.local.processes import Child, ChildFailed
 
 pytestmark = pytest.mark.broker
 
@@ -121,27 +122,22 @@ def _run_worker_until_ready(edgestream: str, work: Path) -> None:
         "EDGESTREAM_WORKER_READY_FILE": str(ready_file),
         "EDGESTREAM_WORKER_MODEL_SIZE": "tiny",
     }
-    worker = subprocess.Popen(
+    worker = Child.start(
+        "the installed worker",
         [edgestream, "worker", "--local", "--region", REGION],
-        cwd=work,
         env=worker_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        log_file=work / "worker.log",
+        cwd=work,
     )
     try:
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while not ready_file.exists() and worker.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(ChildFailed):
+            worker.wait_ready(ready_file, WORKER_READY_TIMEOUT_S, poll_s=0.2)
         ready = ready_file.exists()
-        worker.send_signal(signal.SIGTERM)
-        output, _ = worker.communicate(timeout=60)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert ready, f"the installed worker was not ready (exit {worker.returncode}):\n{output}"
-    assert worker.returncode == 0, output
+        code = worker.stop(timeout_s=60)
+    output = worker.log_file.read_text(errors="replace")
+    assert ready, f"the installed worker was not ready (exit {code}):\n{output}"
+    assert code == 0, output
 
 
 def test_the_installed_wheel_runs_the_broker_and_a_worker_outside_the_checkout(tmp_path: Path) -> None:

@@ -7,11 +7,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from bench.faults.env import (
     FaultTimeout,
     wait_for,
 )
+from edgestream.workers.local.processes import Child, ChildFailed, edgestream_command
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,13 @@ class WorkerProcess:
         self.run_dir = env.run_dir / region.name
         self.home = env.home
         self.incarnation = 0
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
+        """The latest incarnation's process."""
         self.exits: list[int] = []
         """Exit codes of earlier incarnations, in order."""
         self.supervised = True
         """Restart it if it exits on its own (``Workers.supervise``)."""
         self.stopping = False
-        self.started_s = 0.0
-        """Monotonic time of the latest start."""
         self.quick_exits = 0
         """Consecutive exits within ``READY_TIMEOUT_S`` of a start (the restart backoff grows with it)."""
 
@@ -99,15 +98,19 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
+        return None if self.child is None else self.child.proc.pid
+
+    @property
+    def started_s(self) -> float:
+        """Monotonic time of the latest start."""
+        return 0.0 if self.child is None else self.child.started_s
 
     def start(self) -> None:
         """Start the next incarnation (the previous one must have exited)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.alive():
             raise RuntimeError(f"worker {self.node_id} is still running")
         self.incarnation += 1
         self.stopping = False
-        self.started_s = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.ready_path, self.stats_path):
             path.unlink(missing_ok=True)
@@ -123,23 +126,21 @@ class WorkerProcess:
             **self.settings,
         }
         env.update({f"EDGESTREAM_WORKER_{k}": str(v) for k, v in own.items()})
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgestream", "worker"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        log.info("started worker %s (pid %d)", self.node_id, self.proc.pid)
+        self.child = Child.start(
+            f"worker {self.node_id}",
+            edgestream_command("worker"),
+            env=env,
+            log_file=self.log_path,
+            cwd=REPO_ROOT,
+            new_session=True,
+        )
+        log.info("started worker %s (pid %d)", self.node_id, self.child.proc.pid)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.running()
 
     def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        return None if self.child is None else self.child.returncode
 
     def log_text(self, incarnation: int | None = None) -> str:
         try:
@@ -148,28 +149,31 @@ class WorkerProcess:
             return ""
 
     def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return "" if self.child is None else self.child.tail(lines)
+
+    def _started(self) -> Child:
+        if self.child is None:
+            raise RuntimeError(f"worker {self.name} was never started")
+        return self.child
 
     async def ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
         """Wait for the ready file (models loaded, first assignment made); returns its content."""
+        child = self._started()
 
         def check() -> bool:
-            if self.ready_path.exists():
-                return True
-            if not self.alive():
-                raise WorkerDied(f"worker {self.node_id} exited with {self.returncode()}:\n{self.tail()}")
-            return False
+            try:
+                return child.is_ready(self.ready_path, timeout_s=math.inf)
+            except ChildFailed as err:
+                raise WorkerDied(str(err)) from None
 
         await wait_for(f"worker {self.node_id} ready", check, timeout_s)
         ready: dict[str, Any] = json.loads(self.ready_path.read_text())
         return ready
 
     def signal(self, sig: signal.Signals) -> None:
-        if self.proc is None:
-            raise RuntimeError(f"worker {self.name} was never started")
-        log.info("sending %s to worker %s (pid %d)", sig.name, self.node_id, self.proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
+        child = self._started()
+        log.info("sending %s to worker %s (pid %d)", sig.name, self.node_id, child.proc.pid)
+        child.send_signal(sig)
 
     async def wait_exit(self, timeout_s: float) -> int | None:
         """The exit code, or None if it still runs after ``timeout_s``."""
@@ -201,12 +205,11 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGCONT then SIGKILL, and reap: cleanup, whatever state it is in."""
         self.stopping = True
-        if self.proc is None or self.proc.poll() is not None:
+        if self.child is None or not self.child.running():
             return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-        code = self.proc.wait(timeout=30)
+        self.child.send_signal(signal.SIGCONT)
+        self.child.send_signal(signal.SIGKILL)
+        code = self.child.proc.wait(timeout=30)
         if len(self.exits) < self.incarnation:
             self.exits.append(code)
 
@@ -287,7 +290,7 @@ class Workers:
         while True:
             now = time.monotonic()
             for worker in self.all.values():
-                if worker.proc is None or worker.stopping or worker.alive():
+                if worker.child is None or worker.stopping or worker.alive():
                     continue
                 if worker.name not in restart_at:
                     code = await worker.wait_exit(0)

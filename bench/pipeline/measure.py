@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 from bench.pipeline.context import BenchContext
 from bench.pipeline.fleets import EchoFleet, PipelineFleet, run_fleet_as
 from bench.pipeline.machine import CpuUse, CpuWatch
-from bench.pipeline.processes import child_process, echo_env, worker_env, worker_settings
+from bench.pipeline.processes import child_process, child_stats, echo_env, worker_env, worker_settings
 from bench.pipeline.results import Breakdown, EchoRun, Latency, PipelineRun, RunStats
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION, PIPELINE_REGION, BenchSettings
 from edgestream.pipeline import kafka
@@ -122,7 +122,7 @@ async def measure_pipeline(ctx: BenchContext, rate: float) -> PipelineRun:
         cpu = watch.stop()
         backlog, waited_s = await wait_caught_up(ctx, edge_group(PIPELINE_REGION), PIPELINE_REGION)
     skipped = await skip_backlog(ctx, edge_group(PIPELINE_REGION), PIPELINE_REGION)
-    worker = child.stats()
+    worker = child_stats(ctx, child)
     warm_totals = warm.report.totals()
     warm_batches, warm_exact = batches_from_results(warm_totals.batch_sizes)
     warm_exact = warm_exact and warm_totals.results == warm_totals.sent
@@ -163,7 +163,7 @@ async def measure_echo(ctx: BenchContext, rate: float) -> EchoRun:
         cpu = watch.stop()
         backlog, waited_s = await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
     skipped = await skip_backlog(ctx, ECHO_GROUP, ECHO_REGION)
-    stats = child.stats()
+    stats = child_stats(ctx, child)
     since_ms = fleet.report.started_at * 1000.0
     one_hop = [float(ms) for ts, ms in stats.get("one_hop", []) if ts >= since_ms]
     return EchoRun(

@@ -2,52 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import REPO_ROOT
 from bench.pipeline.context import BenchContext
-from bench.pipeline.settings import ECHO_REGION, PIPELINE_REGION, BenchError
+from bench.pipeline.settings import ECHO_REGION, PIPELINE_REGION
 from edgestream.workers.edge.settings import WorkerSettings
+from edgestream.workers.local.processes import Child
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Child:
-    """A worker or echo process this bench started."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    ready_file: Path
-    stats_file: Path
-    log_file: Path
-
-    def stats(self) -> dict[str, Any]:
-        """Its stats file (written at exit), or {} when it wrote none."""
-        try:
-            data: dict[str, Any] = json.loads(self.stats_file.read_text())
-        except (OSError, ValueError) as err:
-            log.warning("%s left no readable stats (%s); see %s", self.name, err, self.log_file)
-            return {}
-        return data
+def ready_file(ctx: BenchContext, name: str) -> Path:
+    """Where the process ``name`` writes that it can serve."""
+    return ctx.run_dir / f"{name}.ready"
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def stats_file(ctx: BenchContext, name: str) -> Path:
+    """Where the process ``name`` writes its stats at exit."""
+    return ctx.run_dir / f"{name}.stats.json"
+
+
+def child_stats(ctx: BenchContext, child: Child) -> dict[str, Any]:
+    """The child's stats file (written at exit), or {} when it wrote none."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        data: dict[str, Any] = json.loads(stats_file(ctx, child.name).read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s left no readable stats (%s); see %s", child.name, err, child.log_file)
+        return {}
+    return data
 
 
 @contextlib.asynccontextmanager
@@ -55,51 +44,14 @@ async def child_process(
     ctx: BenchContext, name: str, command: Sequence[str], env: Mapping[str, str]
 ) -> AsyncIterator[Child]:
     """Start a process that writes a ready file; yield once it exists; always stop it (SIGTERM)."""
-    child = Child(
-        name,
-        proc=_spawn(command, env, ctx.run_dir / f"{name}.log"),
-        ready_file=ctx.run_dir / f"{name}.ready",
-        stats_file=ctx.run_dir / f"{name}.stats.json",
-        log_file=ctx.run_dir / f"{name}.log",
-    )
+    child = Child.start(name, command, env=env, log_file=ctx.run_dir / f"{name}.log", cwd=REPO_ROOT)
     try:
-        deadline_s = time.monotonic() + ctx.settings.ready_timeout_s
-        while not child.ready_file.exists():
-            if child.proc.poll() is not None:
-                raise BenchError(f"{name} exited with {child.proc.returncode}:\n{_tail(child.log_file)}")
-            if time.monotonic() > deadline_s:
-                raise BenchError(f"{name} not ready after {ctx.settings.ready_timeout_s:.0f} s")
-            await asyncio.sleep(0.05)
+        await child.wait_ready_async(ready_file(ctx, name), ctx.settings.ready_timeout_s)
         yield child
     finally:
-        await _stop(child)
-
-
-def _spawn(command: Sequence[str], env: Mapping[str, str], log_file: Path) -> subprocess.Popen[bytes]:
-    with log_file.open("wb") as out:
-        return subprocess.Popen(
-            list(command),
-            cwd=REPO_ROOT,
-            env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-
-async def _stop(child: Child, timeout_s: float = 30.0) -> None:
-    if child.proc.poll() is None:
-        child.proc.send_signal(signal.SIGTERM)
-    deadline_s = time.monotonic() + timeout_s
-    while child.proc.poll() is None:
-        if time.monotonic() > deadline_s:
-            log.warning("%s did not stop in %.0f s; killing it", child.name, timeout_s)
-            child.proc.kill()
-            child.proc.wait()
-            return
-        await asyncio.sleep(0.05)
-    if child.proc.returncode != 0:
-        log.warning("%s exited with %d:\n%s", child.name, child.proc.returncode, _tail(child.log_file))
+        code = await child.stop_async()
+        if code != 0:
+            log.warning("%s exited with %d:\n%s", name, code, child.tail())
 
 
 def worker_settings(ctx: BenchContext, name: str) -> WorkerSettings:
@@ -118,8 +70,8 @@ def worker_settings(ctx: BenchContext, name: str) -> WorkerSettings:
         kafka=ctx.bootstrap,
         model_size=s.model_size,
         intra_op_threads=s.intra_op_threads,
-        ready_file=ctx.run_dir / f"{name}.ready",
-        stats_file=ctx.run_dir / f"{name}.stats.json",
+        ready_file=ready_file(ctx, name),
+        stats_file=stats_file(ctx, name),
         **tuned,
     )
 
@@ -142,8 +94,8 @@ def worker_env(ctx: BenchContext, name: str, settings: WorkerSettings) -> dict[s
         "EDGESTREAM_WORKER_MAX_BATCH": str(settings.max_batch),
         "EDGESTREAM_WORKER_MAX_WAIT_MS": str(settings.max_wait_ms),
         "EDGESTREAM_WORKER_INTRA_OP_THREADS": str(settings.intra_op_threads),
-        "EDGESTREAM_WORKER_READY_FILE": str(ctx.run_dir / f"{name}.ready"),
-        "EDGESTREAM_WORKER_STATS_FILE": str(ctx.run_dir / f"{name}.stats.json"),
+        "EDGESTREAM_WORKER_READY_FILE": str(ready_file(ctx, name)),
+        "EDGESTREAM_WORKER_STATS_FILE": str(stats_file(ctx, name)),
     }
 
 
@@ -160,6 +112,6 @@ def echo_env(ctx: BenchContext, name: str) -> dict[str, str]:
         "EDGESTREAM_ECHO_REGION": ECHO_REGION,
         **ctx.bootstrap.to_env("EDGESTREAM_ECHO_KAFKA__"),
         "EDGESTREAM_ECHO_TRANSACTIONAL": "true" if echo_transactional(ctx) else "false",
-        "EDGESTREAM_ECHO_READY_FILE": str(ctx.run_dir / f"{name}.ready"),
-        "EDGESTREAM_ECHO_STATS_FILE": str(ctx.run_dir / f"{name}.stats.json"),
+        "EDGESTREAM_ECHO_READY_FILE": str(ready_file(ctx, name)),
+        "EDGESTREAM_ECHO_STATS_FILE": str(stats_file(ctx, name)),
     }

@@ -9,7 +9,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench import RESULTS_DIR
-from edgestream.pipeline.errors import EdgestreamError
 
 PIPELINE_REGION = "bench"
 """Region the edge worker serves."""
@@ -21,12 +20,6 @@ FLOOR_BLOCK = 10
 """Runs timed back to back per point and round in the bare onnxruntime floor."""
 MAX_ENVELOPE_BYTES = 1 << 20
 """Envelope size limit when the fleet reads its echoed envelopes back (the worker's default)."""
-
-
-class BenchError(EdgestreamError):
-    """A part of the bench could not be started."""
-
-    reason = "bench"
 
 
 class BenchSettings(BaseSettings):

@@ -122,10 +122,15 @@ class Child:
                 return
             await asyncio.sleep(poll_s)
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (e.g. SIGSTOP, SIGCONT, SIGKILL), unless it has exited."""
+        if self.running():
+            log.debug("sending %s to %s (pid %d)", sig.name, self.name, self.proc.pid)
+            self.proc.send_signal(sig)
+
     def terminate(self) -> None:
         """Send SIGTERM, unless it has exited."""
-        if self.running():
-            self.proc.send_signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; its exit status."""

@@ -8,8 +8,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +37,7 @@ from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.app import VIEW_PATH, window_rows
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.state import BrokerState
+from edgestream.workers.local.processes import Child, edgestream_command
 
 # -- pure ---------------------------------------------------------------------------------------------
 
@@ -257,22 +256,24 @@ class Aggregator:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgestream", "aggregate", "run"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        command = edgestream_command("aggregate", "run")
+        self.child = Child.start("aggregator", command, env=self.env, log_file=self.log, append=True)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-        self.proc = None
+    def kill(self) -> None:
+        """kill -9."""
+        if self.child is not None:
+            self.child.send_signal(signal.SIGKILL)
+            self.child.proc.wait(timeout=30)
+        self.child = None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL past the bound."""
+        if self.child is not None:
+            self.child.stop()
+        self.child = None
 
 
 @pytest.fixture
@@ -300,7 +301,7 @@ def aggregator_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for aggregator in started:
-        aggregator.kill(signal.SIGTERM)
+        aggregator.stop()
 
 
 async def test_restart_mid_window_loses_and_doubles_nothing(

@@ -55,6 +55,19 @@ def test_a_child_not_ready_in_time_fails(tmp_path: Path) -> None:
     assert not child.running()
 
 
+def test_signals_reach_a_running_child_and_not_an_exited_one(tmp_path: Path) -> None:
+    ready = tmp_path / "s.ready"
+    child = _python(tmp_path, "s", _ready_then_sleep(ready))
+    child.wait_ready(ready, timeout_s=30)
+    child.send_signal(signal.SIGSTOP)
+    child.send_signal(signal.SIGCONT)
+    assert child.running()
+    child.send_signal(signal.SIGKILL)
+    assert child.proc.wait(timeout=30) == -signal.SIGKILL
+    child.send_signal(signal.SIGKILL)
+    assert child.returncode == -signal.SIGKILL
+
+
 async def test_the_async_waits(tmp_path: Path) -> None:
     ready = tmp_path / "e.ready"
     child = _python(tmp_path, "e", _ready_then_sleep(ready))
