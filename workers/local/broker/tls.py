@@ -64,7 +64,9 @@ async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], a
             await _alter_broker_configs(kafka, configs)
             return
         except KafkaError as err:
-            if not (isinstance(err, KafkaConnectionError) or err.retriable) or attempt == attempts:
+            if not (isinstance(err, KafkaConnectionError) or err.retriable):
+                raise
+            if attempt == attempts:
                 raise BrokerError(f"could not reach the broker to reload its TLS stores: {err}") from err
             log.info("reload-tls: %s; trying again", err)
             await asyncio.sleep(0.5 * attempt)
