@@ -23,6 +23,7 @@ from edgestream.pipeline.registry import (
     ModelState,
     SignedManifest,
     SigningKey,
+    TrustedKeys,
     choose_version,
     publish,
     start_canary,
@@ -38,6 +39,9 @@ from .conftest import EdgeRegion
 
 ARTIFACT = "embedding-scorer"
 BOUNDS = Bounds(min_requests=50, min_labelled=50, stage_dwell_ms=0)
+KEY = SigningKey.generate()
+"""The registry key of these tests: it signs the manifests and the states, and the controller pins it."""
+TRUSTED = TrustedKeys().with_key(KEY.public_raw)
 
 
 def _now_ms() -> int:
@@ -66,11 +70,10 @@ def _signed(region: EdgeRegion, root: Path, key: SigningKey, model: str, version
 
 async def _canary(region: EdgeRegion, root: Path, model: str) -> ModelState:
     """Stable v1 and a canary of v2 at 5% (stages 5%, 25%, 100%), published."""
-    key = SigningKey.generate()
-    state = publish(ModelState(model), _signed(region, root, key, model, 1), now_ms=_now_ms())
-    state = publish(state, _signed(region, root, key, model, 2), now_ms=_now_ms())
+    state = publish(ModelState(model), _signed(region, root, KEY, model, 1), now_ms=_now_ms())
+    state = publish(state, _signed(region, root, KEY, model, 2), now_ms=_now_ms())
     state = start_canary(state, 2, now_ms=_now_ms())
-    await RegistryClient(region.bootstrap).publish_state(state)
+    await RegistryClient(region.bootstrap, signer=KEY).publish_state(state)
     return state
 
 
@@ -104,7 +107,7 @@ async def test_a_bad_canary_is_rolled_back_in_one_step_and_no_device_keeps_it(
 ) -> None:
     model = f"rollout-bad-{uuid.uuid4().hex[:8]}"
     canary = await _canary(edge_region, tmp_path, model)
-    controller = Controller(edge_region.bootstrap, BOUNDS, labels=False)
+    controller = Controller(edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, labels=False)
     # Healthy stable traffic; the canary fails 30% of its requests.
     await _commit(
         edge_region,
@@ -170,7 +173,9 @@ async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_
             report = report_of(f"{model}-{node}", edge_region.name, {model: revision}, {model: (1, 2)})
             await producer.send_and_wait(WORKERS_TOPIC, report.to_bytes(), key=report.node.encode())
 
-    controller = Controller(edge_region.bootstrap, BOUNDS, workers=view, labels=False)
+    controller = Controller(
+        edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, workers=view, labels=False
+    )
     assert (await controller.step(model)).action == "hold", "no summaries yet"
     await _commit(
         edge_region,

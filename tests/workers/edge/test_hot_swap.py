@@ -56,7 +56,7 @@ class Registry:
         self.store = LocalArtifactStore(root / "artifacts")
         self.key = SigningKey.generate()
         TrustedKeys({}).with_key(self.key.public_raw).save(root / "trusted-keys.json")
-        self.client = RegistryClient(region.bootstrap)
+        self.client = RegistryClient(region.bootstrap, signer=self.key)
         self.models = ModelStore(region.home / "models")
         self.state = state
 
