@@ -301,9 +301,8 @@ def test_aggregator() -> None:
     rules = policy(REGIONS)
     for topic in all_topics(REGIONS):
         ops = allowed(rules, AGGREGATOR, TOPIC, topic.name)
-        if topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC}:
-            assert ops == {READ, DESCRIBE}
-        elif topic.name == MODELS_TOPIC:  # reads versions' drift references, never writes them
+        # The cloud topics, and control.models for versions' drift references: never written.
+        if topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC, MODELS_TOPIC}:
             assert ops == {READ, DESCRIBE}
         else:
             assert ops == set(), topic.name
