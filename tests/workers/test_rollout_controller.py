@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 import uuid
 from pathlib import Path
 
+import msgpack
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.learning.rollout import Bounds
@@ -33,7 +36,13 @@ from edgestream.pipeline.registry.reports import TopicWorkerView, WorkerReport, 
 from edgestream.pipeline.settings import kafka_settings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import SUMMARIES_TOPIC, WORKERS_TOPIC, shared_topics
-from edgestream.workers.rollout_controller import STATS_REVISIONS_KEY, Controller, FileWorkerView, WorkerView
+from edgestream.workers.rollout_controller import (
+    STATS_REVISIONS_KEY,
+    Controller,
+    FileWorkerView,
+    WorkerView,
+    parsed,
+)
 
 from .conftest import EdgeRegion
 
@@ -222,3 +231,56 @@ def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) 
     write("d", {"served_versions": {"m": [1]}, "registry_revisions": {"m": 2}}, age_s=600)
     (tmp_path / "e.json").write_text("{not json")
     assert asyncio.run(FileWorkerView(tmp_path, max_age_s=60).revisions("m")) == [5, None]
+
+
+def _poisoned(model: str, version: int) -> list[bytes]:
+    """Summaries of ``model`` v``version`` that no honest edge writes: each crashed ``rollout watch``
+    (``int(inf)``) or would have skewed its verdict (negative or huge counts) before they were skipped."""
+    fields = msgpack.unpackb(_summary("r", model, version, results=1).to_bytes(), strict_map_key=False)
+    out = []
+    for name, value in [
+        ("results", math.inf),
+        ("results", math.nan),
+        ("results", -1_000),
+        ("results", 2**64 - 1),
+        ("lat", [0] * 12 + [-5]),
+        ("dlq", {"infer_failed": math.inf}),
+    ]:
+        out.append(msgpack.packb({**fields, name: value}, use_bin_type=True))
+    return [*out, b"\xc1 not msgpack"]
+
+
+def test_records_that_do_not_parse_are_skipped_and_counted() -> None:
+    good = _summary("r", "m", 1, results=3)
+    records = [
+        ConsumerRecord(SUMMARIES_TOPIC, 0, i, 0, 0, None, value, None, 0, 0, [])
+        for i, value in enumerate([good.to_bytes(), *_poisoned("m", 1), None])
+    ]
+    skipped: dict[str, int] = {}
+    kept = parsed(records, PartialSummary.from_bytes, lambda s: s.model == "m", skipped)
+    assert [s.results for s in kept] == [3]
+    assert skipped == {SUMMARIES_TOPIC: 7}
+
+
+async def test_poisoned_summaries_do_not_stop_the_controller(edge_region: EdgeRegion, tmp_path: Path) -> None:
+    model = f"rollout-poison-{uuid.uuid4().hex[:8]}"
+    await _canary(edge_region, tmp_path, model)
+    controller = Controller(edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, labels=False)
+    producer = AIOKafkaProducer(**kafka_settings(edge_region.bootstrap).client_kwargs())
+    await producer.start()
+    try:
+        for version in (1, 2):
+            for value in _poisoned(model, version):
+                await producer.send_and_wait(SUMMARIES_TOPIC, value, key=model.encode())
+    finally:
+        await producer.stop()
+    await _commit(
+        edge_region,
+        [
+            _summary(edge_region.name, model, 1, results=400),
+            _summary(edge_region.name, model, 2, results=35, infer_failed=30),
+        ],
+    )
+    verdict = await controller.step(model)
+    assert verdict.action == "rollback", verdict.reasons  # judged on the honest summaries alone
+    assert controller.skipped[SUMMARIES_TOPIC] >= 2 * len(_poisoned(model, 1))
