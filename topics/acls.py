@@ -222,7 +222,9 @@ def _aggregator_rules() -> set[AclRule]:
         | _grant(AGGREGATOR, TOPIC, LITERAL, SAMPLES_TOPIC, READ, DESCRIBE)
         | _grant(AGGREGATOR, TOPIC, LITERAL, LABELS_TOPIC, READ, DESCRIBE)
         | _grant(AGGREGATOR, GROUP, PREFIXED, AGGREGATOR_GROUP, READ)
-        | _grant(AGGREGATOR, TOPIC, LITERAL, MODELS_TOPIC, READ, WRITE, DESCRIBE)  # drift references
+        # Drift references. Read only: the registry's publisher (admin, a super user) is the one
+        # principal that writes control.models, and every state it writes is signed.
+        | _grant(AGGREGATOR, TOPIC, LITERAL, MODELS_TOPIC, READ, DESCRIBE)
         | _grant(AGGREGATOR, TRANSACTIONAL_ID, PREFIXED, AGGREGATOR_GROUP, WRITE, DESCRIBE)
         # faust's own topics (table changelogs, re-keyed streams, its assignor), named <app id>-...
         | _grant(AGGREGATOR, TOPIC, PREFIXED, AGGREGATOR_GROUP, Operation.CREATE, READ, WRITE, DESCRIBE)

@@ -144,9 +144,10 @@ async def publish_candidate(
     model_spec: ModelSpec,
     report: RetrainReport,
     candidate: TrainedModel,
+    trusted: TrustedKeys | None = None,
 ) -> ModelState:
     """Store and sign ``candidate`` as ``model_spec``'s next version, with the report's metrics and
-    lineage, and publish it (a candidate: not promoted)."""
+    lineage, and publish it (a candidate: not promoted) on a state verified under ``trusted``."""
     from edgestream.pipeline.registry.publishing import publish_artifact
 
     return await publish_artifact(
@@ -157,4 +158,5 @@ async def publish_candidate(
         candidate.onnx_bytes,
         metrics=report.metrics(),
         lineage=report.lineage(),
+        trusted=trusted,
     )

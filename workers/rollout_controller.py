@@ -7,6 +7,11 @@ joined with ``cloud.labels``, asks ``pipeline.learning.rollout.judge`` and publi
 stage never advances while a worker lags (at most one revision of drift): the workers' reports on
 ``control.workers`` (``pipeline.registry.reports.TopicWorkerView``) or their stats files
 (:class:`FileWorkerView`).
+
+The controller signs every state it publishes with the registry key (``signer``) and, given the trusted
+keys, judges only a state it can verify. It reads records other principals write: a summary, sample or
+label that does not parse (a non-finite or negative count, a wrong type, any bytes) is skipped, logged
+and counted in :attr:`Controller.skipped`; it never stops the controller.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -31,10 +36,14 @@ from edgestream.pipeline.learning.rollout import (
     stage_started_ms,
     version_stats,
 )
+from edgestream.pipeline.registry.errors import RegistryError
 from edgestream.pipeline.registry.state import ModelState, advance, rollback
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
 
 if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -115,28 +124,44 @@ class Controller:
         kafka: KafkaSettings,
         bounds: Bounds,
         *,
+        signer: SigningKey,
+        trusted: TrustedKeys | None = None,
         workers: WorkerView | None = None,
         regions: frozenset[str] | None = None,
         labels: bool = True,
         timeout_ms: int = 30_000,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
-        """``workers``: None disables the lag guard (tests, a single worker). ``regions``: judge only
-        these regions' summaries (default all). ``labels``: read samples and labels for accuracy."""
+        """``signer``: the registry key that signs what it publishes; ``trusted``: judge only states
+        signed by these keys (None: not checked). ``workers``: None disables the lag guard (tests, a
+        single worker). ``regions``: judge only these regions' summaries (default all). ``labels``: read
+        samples and labels for accuracy."""
         from edgestream.pipeline.registry.client import RegistryClient
 
         self._kafka = kafka
-        self._registry = RegistryClient(kafka, timeout_ms=timeout_ms)
+        self._registry = RegistryClient(kafka, timeout_ms=timeout_ms, signer=signer, trusted=trusted)
         self.bounds = bounds
         self._workers = workers
         self._regions = regions
         self._labels = labels
         self._timeout_ms = timeout_ms
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.skipped: dict[str, int] = {}
+        """Records skipped because they do not parse, by topic (summaries, samples, labels)."""
+
+    async def _state(self, model: str) -> ModelState | RegistryError | None:
+        """``model``'s state; the error that refuses it (unverifiable, malformed, not read in time)."""
+        try:
+            return await self._registry.read_state(model)
+        except RegistryError as e:
+            log.error("%s: registry state refused: %s (%s)", model, e.reason, e)
+            return e
 
     async def step(self, model: str) -> Verdict:
         """Judge ``model``'s canary once and apply the verdict (``hold``: nothing published)."""
-        state = (await self._registry.read_states()).get(model)
+        state = await self._state(model)
+        if isinstance(state, RegistryError):
+            return Verdict("hold", (f"{model}'s registry state is refused: {state.reason}",))
         if state is None or state.canary is None or state.stable is None:
             return Verdict("hold", (f"{model} has no canary in progress",))
         canary = state.canary
@@ -181,8 +206,8 @@ class Controller:
         return await self._apply(state, verdict)
 
     async def _apply(self, judged: ModelState, verdict: Verdict) -> Verdict:
-        current = (await self._registry.read_states()).get(judged.model)
-        if current is None or current.revision != judged.revision:
+        current = await self._state(judged.model)
+        if not isinstance(current, ModelState) or current.revision != judged.revision:
             return Verdict(
                 "hold",
                 (f"state moved from revision {judged.revision} while judging; judging again next step",),
@@ -225,18 +250,30 @@ class Controller:
 
         tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
         records = await kafka.read_all(self._kafka, tps, client_id=_CLIENT_ID, timeout_ms=self._timeout_ms)
-        out: list[T] = []
-        for record in records:
-            if record.value is None:
-                continue
-            try:
-                item = parse(record.value)
-            except UndecodableRecord as e:
-                log.warning("%s offset %d: %s", topic, record.offset, e)
-                continue
-            if keep(item):
-                out.append(item)
-        return out
+        return parsed(records, parse, keep, self.skipped)
+
+
+def parsed(
+    records: Iterable[ConsumerRecord[bytes, bytes]],
+    parse: Callable[[bytes], T],
+    keep: Callable[[T], bool],
+    skipped: dict[str, int],
+) -> list[T]:
+    """The records' values that ``parse`` reads and ``keep`` accepts; one that does not parse is
+    logged and counted in ``skipped`` by topic (tombstones are left out)."""
+    out: list[T] = []
+    for record in records:
+        if record.value is None:
+            continue
+        try:
+            item = parse(record.value)
+        except UndecodableRecord as e:
+            skipped[record.topic] = skipped.get(record.topic, 0) + 1
+            log.warning("skipping %s offset %d: %s", record.topic, record.offset, e)
+            continue
+        if keep(item):
+            out.append(item)
+    return out
 
 
 async def watch_until_signalled(

@@ -2,8 +2,8 @@
 
 Local files live under ``--home`` (default ``.edgestream/registry/``): ``artifacts/`` (the content-
 addressed store), ``signing-key.pem`` (0600) and ``trusted-keys.json`` (what workers trust). The state
-lives on ``control.models``: each mutating command reads the model's state, applies one transition and
-publishes the new state.
+lives on ``control.models``: each mutating command reads the model's state (refusing one not signed by a
+trusted key), applies one transition and publishes the new state signed with the home's key.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rich.table import Table
 
 from edgestream.commands.common import fail, run, utc
 from edgestream.commands.topics import Bootstrap
+from edgestream.pipeline.registry.signing import SIGNING_KEY_FILE, TRUSTED_KEYS_FILE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,8 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-SIGNING_KEY_FILE: Final = "signing-key.pem"
-TRUSTED_KEYS_FILE: Final = "trusted-keys.json"
+__all__ = ["ARTIFACTS_DIR", "SIGNING_KEY_FILE", "TRUSTED_KEYS_FILE", "Home", "ModelName", "app"]
+
 ARTIFACTS_DIR: Final = "artifacts"
 
 _out = Console()
@@ -72,15 +73,21 @@ async def _state(kafka: KafkaSettings, model: str) -> ModelState:
     return states.get(model, ModelState(model))
 
 
-async def _apply(kafka: KafkaSettings, model: str, step: Step) -> ModelState:
-    """Read ``model``'s state, apply one transition (given the time), publish the result."""
-    from edgestream.pipeline.registry.client import RegistryClient
+async def _apply(kafka: KafkaSettings, home: Path | None, model: str, step: Step) -> ModelState:
+    """Read ``model``'s state (verified under the home's trusted keys), apply one transition (given the
+    time), publish the result signed with the home's key."""
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.registry.publishing import publisher
 
-    current = await _state(kafka, model)
-    if not current.versions:
+    try:
+        client = publisher(kafka, registry_home(home))
+        current = await client.read_state(model)
+    except EdgestreamError as e:
+        fail(f"{model}: {e}")
+    if current is None or not current.versions:
         fail(f"model {model!r} has no published version (edgestream registry publish {model})")
     new = step(current, _now_ms())
-    await RegistryClient(kafka).publish_state(new)
+    await client.publish_state(new)
     return new
 
 
@@ -125,7 +132,7 @@ def publish(
     from edgestream.pipeline.models import ModelStore
     from edgestream.pipeline.registry.artifacts import LocalArtifactStore, sha256_hex
     from edgestream.pipeline.registry.publishing import publish_artifact
-    from edgestream.pipeline.registry.signing import SigningKey
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.pipeline.settings import DEFAULT_HOME
 
     extra: dict[str, str] = {}
@@ -138,6 +145,7 @@ def publish(
     kafka = _kafka(bootstrap)
     try:
         key = SigningKey.load(root / SIGNING_KEY_FILE)
+        trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
         artifact = ModelStore(models_root or DEFAULT_HOME / "models").get(model, size)
         data = artifact.path.read_bytes()
     except EdgestreamError as e:
@@ -154,6 +162,7 @@ def publish(
             data,
             metrics={"accuracy": artifact.accuracy, "sklearn_accuracy": artifact.sklearn_accuracy},
             lineage={"zoo_version": artifact.version, **extra},
+            trusted=trusted,
         )
     )
     status = "stable" if state.stable == state.latest else "candidate"
@@ -271,6 +280,7 @@ def promote(
         str | None, typer.Option("--stages", help="Canary stages, e.g. 0.05,0.25,1.0 (the default).")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="Recorded in the history.")] = "",
+    home: Home = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Start a canary of VERSION, or move its canary to the next stage (the last makes it stable)."""
@@ -287,9 +297,10 @@ def promote(
         if current.canary is not None and current.canary.version == version:
             if fraction is not None or stages is not None:
                 fail("--fraction and --stages apply when a canary starts")
-            return await _apply(kafka, model, lambda s, now: st.advance(s, now_ms=now, reason=reason))
+            return await _apply(kafka, home, model, lambda s, now: st.advance(s, now_ms=now, reason=reason))
         return await _apply(
             kafka,
+            home,
             model,
             lambda s, now: st.start_canary(
                 s, version, now_ms=now, fraction=fraction, stages=chosen, reason=reason
@@ -307,12 +318,15 @@ def promote(
 def rollback(
     model: ModelName,
     reason: Annotated[str, typer.Option("--reason", help="Recorded in the history.")] = "manual rollback",
+    home: Home = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """End MODEL's canary; with none, return stable to the version its promotion replaced."""
     from edgestream.pipeline.registry import state as st
 
-    state = run(_apply(_kafka(bootstrap), model, lambda s, now: st.rollback(s, now_ms=now, reason=reason)))
+    state = run(
+        _apply(_kafka(bootstrap), home, model, lambda s, now: st.rollback(s, now_ms=now, reason=reason))
+    )
     _out.print(f"{model}: stable v{state.stable}, no canary ({reason})")
 
 
@@ -326,6 +340,7 @@ def pin(
         int | None, typer.Option("--disallow", min=1, help="Stop letting requests pin this version.")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="Recorded in the history.")] = "",
+    home: Home = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Allow (or disallow) requests to pin a version of MODEL."""
@@ -333,10 +348,12 @@ def pin(
 
     kafka = _kafka(bootstrap)
     if allow is not None and disallow is None:
-        state = run(_apply(kafka, model, lambda s, now: st.allow_pin(s, allow, now_ms=now, reason=reason)))
+        state = run(
+            _apply(kafka, home, model, lambda s, now: st.allow_pin(s, allow, now_ms=now, reason=reason))
+        )
     elif disallow is not None and allow is None:
         state = run(
-            _apply(kafka, model, lambda s, now: st.disallow_pin(s, disallow, now_ms=now, reason=reason))
+            _apply(kafka, home, model, lambda s, now: st.disallow_pin(s, disallow, now_ms=now, reason=reason))
         )
     else:
         fail("give exactly one of --allow V or --disallow V")

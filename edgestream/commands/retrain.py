@@ -112,7 +112,7 @@ def retrain(
     if key is None:
         _out.print("dry run: nothing published")
         return
-    published: ModelState = run(publish_candidate(kafka, store, key, stable.spec, report, candidate))
+    published: ModelState = run(publish_candidate(kafka, store, key, stable.spec, report, candidate, trusted))
     _out.print(
         f"published {model} v{published.latest} (candidate, parent v{report.stable_version}): "
         f"holdout accuracy {report.candidate_accuracy:.4f} vs {report.stable_accuracy:.4f}, "

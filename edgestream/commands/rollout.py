@@ -12,6 +12,7 @@ from rich.console import Console
 
 from edgestream.commands.common import fail, run
 from edgestream.commands.keys import parse_duration_ms
+from edgestream.commands.registry import SIGNING_KEY_FILE, TRUSTED_KEYS_FILE, Home, registry_home
 from edgestream.commands.topics import Bootstrap
 
 if TYPE_CHECKING:
@@ -88,11 +89,15 @@ def watch(
             "revision (on control.workers, or --stats-dir).",
         ),
     ] = True,
+    home: Home = None,
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Judge MODEL's canary against stable from cloud.summaries; advance its stage or roll it back."""
+    """Judge MODEL's canary against stable from cloud.summaries; advance its stage or roll it back
+    (the state is verified under, and published signed by, the registry keys in --home)."""
     from edgestream.commands.topics import resolve_kafka
+    from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.registry.reports import TopicWorkerView
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.workers.rollout_controller import (
         Controller,
         FileWorkerView,
@@ -109,7 +114,13 @@ def watch(
         workers = FileWorkerView(stats_dir)
     else:
         workers = TopicWorkerView(kafka)
-    controller = Controller(kafka, parse_bounds(bounds), workers=workers)
+    root = registry_home(home)
+    try:
+        signer = SigningKey.load(root / SIGNING_KEY_FILE)
+        trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
+    except EdgestreamError as e:
+        fail(str(e))
+    controller = Controller(kafka, parse_bounds(bounds), signer=signer, trusted=trusted, workers=workers)
 
     async def go() -> None:
         if once:

@@ -6,6 +6,10 @@ of that transaction's input partition, so a summary commits with exactly the res
 state is carried across transactions, nothing is lost or counted twice on a crash or rebalance). The
 aggregator adds partial summaries up into its windows by ``at_ms``.
 
+Every parser here is total: any bytes give a record or :class:`UndecodableRecord`, which the reader
+skips, logs and counts; each field is exactly one type, counts are integers in [0, 2**53), floats are
+finite (``pipeline/contract/fields.py``).
+
 Samples carry features only: an embedding's input vector (never a frame), the model's answer, and a
 *pseudonym* of the device, HMAC-SHA256 under a key derived from the region master key, instead of its id.
 """
@@ -20,6 +24,7 @@ from typing import Any, Final
 
 import msgpack
 
+from edgestream.pipeline.contract import fields as f
 from edgestream.pipeline.errors import UndecodableRecord
 
 CLOUD_VERSION: Final = 1
@@ -69,16 +74,36 @@ def pseudonym(key: bytes, device_id: str) -> bytes:
     return hmac.new(key, device_id.encode(), hashlib.sha256).digest()[:PSEUDONYM_BYTES]
 
 
-def _unpack(raw: bytes, what: str) -> dict[str, Any]:
+MAX_CLOUD_RECORD_BYTES: Final = 4 << 20
+"""Largest cloud record parsed at all (a sample of a 4,096-float embedding is about 40 KiB)."""
+
+
+def _unpack(raw: bytes, what: str) -> dict[Any, Any]:
+    """The record's map. Total, like every parser here: any bytes give the map or
+    :class:`UndecodableRecord` (these topics are written by every region's workers and by backends)."""
+    if type(raw) is not bytes or len(raw) > MAX_CLOUD_RECORD_BYTES:
+        raise UndecodableRecord(f"{what}: not bytes, or larger than {MAX_CLOUD_RECORD_BYTES} bytes")
     try:
         fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)  # class labels are int keys
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise UndecodableRecord(f"{what}: not msgpack: {e}") from e
-    if not isinstance(fields, dict):
-        raise UndecodableRecord(f"{what}: not a map")
-    if fields.get("v") != CLOUD_VERSION:
-        raise UndecodableRecord(f"{what}: version {fields.get('v')!r}, expected {CLOUD_VERSION}")
-    return fields
+        fields_map = f.mapping(fields, what)
+        f.check_depth(fields_map)
+    except (ValueError, TypeError, RecursionError) as e:  # msgpack FormatError, ExtraData, StackError
+        raise UndecodableRecord(f"{what}: not a msgpack map: {str(e)[:200]}") from e
+    if fields_map.get("v") != CLOUD_VERSION:
+        raise UndecodableRecord(f"{what}: not version {CLOUD_VERSION}")
+    return fields_map
+
+
+def _counts(value: Any, what: str, length: int) -> list[int]:
+    """A histogram: ``length`` counts."""
+    counts = [f.count(x, what) for x in f.array(value, what)]
+    if len(counts) != length:
+        raise f.FieldError(f"{what}: {len(counts)} buckets, expected {length}")
+    return counts
+
+
+def _floats(value: Any, what: str) -> tuple[float, ...]:
+    return tuple(f.number(x, what) for x in f.array(value, what))
 
 
 @dataclass(slots=True)
@@ -143,28 +168,24 @@ class PartialSummary:
     @classmethod
     def from_bytes(cls, raw: bytes) -> PartialSummary:
         """Parse one; raises UndecodableRecord."""
-        f = _unpack(raw, "summary")
+        m = _unpack(raw, "summary")
         try:
-            summary = cls(
-                region=str(f["region"]),
-                node=str(f["node"]),
-                model=str(f["model"]),
-                model_version=int(f["mver"]),
-                at_ms=int(f["at_ms"]),
-                results=int(f["results"]),
-                dead_letters={str(k): int(v) for k, v in dict(f["dlq"]).items()},
-                latency_buckets=[int(x) for x in f["lat"]],
-                labels={int(k): int(v) for k, v in dict(f["labels"]).items()},
-                score_bins=[int(x) for x in f["scores"]],
+            dead = f.mapping(f.field(m, "dlq"), "dlq")
+            labels = f.mapping(f.field(m, "labels"), "labels")
+            return cls(
+                region=f.text(f.field(m, "region"), "region"),
+                node=f.text(f.field(m, "node"), "node"),
+                model=f.text(f.field(m, "model"), "model"),
+                model_version=f.integer(f.field(m, "mver"), "mver", minimum=0),
+                at_ms=f.integer(f.field(m, "at_ms"), "at_ms"),
+                results=f.count(f.field(m, "results"), "results"),
+                dead_letters={f.text(k, "dlq reason"): f.count(v, "dlq count") for k, v in dead.items()},
+                latency_buckets=_counts(f.field(m, "lat"), "lat", len(LATENCY_BOUNDS_MS) + 1),
+                labels={f.integer(k, "label"): f.count(v, "label count") for k, v in labels.items()},
+                score_bins=_counts(f.field(m, "scores"), "scores", SCORE_BINS),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise UndecodableRecord(f"summary: {e!r}") from e
-        if (
-            len(summary.latency_buckets) != len(LATENCY_BOUNDS_MS) + 1
-            or len(summary.score_bins) != SCORE_BINS
-        ):
-            raise UndecodableRecord("summary: histogram of the wrong size")
-        return summary
+        except ValueError as e:  # FieldError
+            raise UndecodableRecord(f"summary: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,21 +229,21 @@ class Sample:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Sample:
         """Parse one; raises UndecodableRecord."""
-        f = _unpack(raw, "sample")
+        m = _unpack(raw, "sample")
         try:
             return cls(
-                request_id=bytes(f["rid"]),
-                region=str(f["region"]),
-                model=str(f["model"]),
-                model_version=int(f["mver"]),
-                at_ms=int(f["at_ms"]),
-                device=bytes(f["dev"]),
-                features=tuple(float(x) for x in f["x"]),
-                label=int(f["label"]),
-                scores=tuple(float(x) for x in f["scores"]),
+                request_id=f.binary(f.field(m, "rid"), "rid"),
+                region=f.text(f.field(m, "region"), "region"),
+                model=f.text(f.field(m, "model"), "model"),
+                model_version=f.integer(f.field(m, "mver"), "mver", minimum=0),
+                at_ms=f.integer(f.field(m, "at_ms"), "at_ms"),
+                device=f.binary(f.field(m, "dev"), "dev"),
+                features=_floats(f.field(m, "x"), "x"),
+                label=f.integer(f.field(m, "label"), "label"),
+                scores=_floats(f.field(m, "scores"), "scores"),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise UndecodableRecord(f"sample: {e!r}") from e
+        except ValueError as e:  # FieldError
+            raise UndecodableRecord(f"sample: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,11 +271,16 @@ class Label:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Label:
         """Parse one; raises UndecodableRecord."""
-        f = _unpack(raw, "label")
+        m = _unpack(raw, "label")
         try:
-            return cls(bytes(f["rid"]), str(f["model"]), int(f["label"]), int(f["at_ms"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UndecodableRecord(f"label: {e!r}") from e
+            return cls(
+                f.binary(f.field(m, "rid"), "rid"),
+                f.text(f.field(m, "model"), "model"),
+                f.integer(f.field(m, "label"), "label"),
+                f.integer(f.field(m, "at_ms"), "at_ms"),
+            )
+        except ValueError as e:  # FieldError
+            raise UndecodableRecord(f"label: {e}") from e
 
 
 def merge(summaries: Sequence[PartialSummary]) -> Mapping[str, Any]:

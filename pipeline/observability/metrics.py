@@ -125,6 +125,13 @@ class WorkerMetrics:
             const,
             registry=reg,
         )
+        self._registry_refused_total = Counter(
+            "edgestream_registry_refused_total",
+            "Registry states (control.models) not applied, by reason: unsigned_state, untrusted_signer, "
+            "bad_signature, stale_revision, bad_registry_record, artifact_mismatch...",
+            (*const, "reason"),
+            registry=reg,
+        )
 
     def _create_histograms(self, reg: CollectorRegistry) -> None:
         """The histogram families: latencies, inference durations and batch sizes."""
@@ -262,6 +269,10 @@ class WorkerMetrics:
         self._paused_child.set(1 if paused else 0)
 
     # -- models ------------------------------------------------------------------------------------
+
+    def registry_refused(self, reason: str) -> None:
+        """A registry state was refused with reason code ``reason`` (the worker kept what it served)."""
+        self._registry_refused_total.labels(*self._values, reason).inc()
 
     def model_info(self, model: str, version: int, sha256: str, provider: str) -> None:
         """``model`` is served as ``version`` (ONNX ``sha256``) on ``provider``.

@@ -7,6 +7,11 @@ compaction would leave. ``follow`` does the same, then keeps yielding every newe
 
 Read-modify-write by two operators at once can lose one update (Kafka has no compare-and-set); each
 state carries a ``revision`` so that a reader can see it, and the CLI is meant to run from one place.
+
+Every state is written signed (``signed_state.py``) with the client's ``signer``; a client given
+``trusted`` keys reads only states signed by one of them (a publisher must not sign a transition of a
+state it cannot verify), one without reads them unverified (display, drift references). Workers follow
+the raw records (:meth:`RegistryClient.follow_records`) and verify each with ``accept_state``.
 """
 
 from __future__ import annotations
@@ -15,15 +20,19 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from edgestream.pipeline import kafka
-from edgestream.pipeline.registry.errors import MalformedRegistryRecord
-from edgestream.pipeline.registry.state import ModelState
+from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.registry.errors import RegistryError
+from edgestream.pipeline.registry.signed_state import decode_state, sign_state
 from edgestream.topics.catalogue import CONTROL_MODELS, MODELS_TOPIC
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable, Iterator
 
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import ConsumerRecord
 
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
+    from edgestream.pipeline.registry.state import ModelState
     from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -36,39 +45,64 @@ _CLIENT_ID: Final = "edgestream-registry"
 class RegistryClient:
     """Reads and writes registry states on ``control.models``."""
 
-    def __init__(self, kafka: KafkaSettings, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        signer: SigningKey | None = None,
+        trusted: TrustedKeys | None = None,
+    ) -> None:
+        """``signer``: the registry key that signs what :meth:`publish_state` writes (required to write).
+        ``trusted``: read only states signed by these keys (None: read them unverified)."""
         self._kafka = kafka
         self._topic = MODELS_TOPIC
         self._timeout_ms = timeout_ms
+        self._signer = signer
+        self._trusted = trusted
 
     async def publish_state(self, state: ModelState) -> None:
-        """Write ``state`` as its model's record and wait until the broker has it (acks=all)."""
+        """Write ``state``, signed, as its model's record and wait until the broker has it (acks=all)."""
+        value = self._signed(state)
         async with kafka.started(kafka.producer(self._kafka, _CLIENT_ID)) as producer:
-            await producer.send_and_wait(self._topic, state.to_bytes(), key=state.model.encode())
+            await producer.send_and_wait(self._topic, value, key=state.model.encode())
         log.info("published %s revision %d (stable v%s)", state.model, state.revision, state.stable)
+
+    def _signed(self, state: ModelState) -> bytes:
+        if self._signer is None:
+            raise ConfigError("the registry client has no signing key: rollout states are written signed")
+        return sign_state(self._signer, state).to_bytes()
 
     async def read_states(self, *, strict: bool = True) -> dict[str, ModelState]:
         """Every model's latest state. A latest value that does not parse raises
         :class:`MalformedRegistryRecord` (``strict``) or is logged and left out."""
         async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
             latest = await self._read_to_end(consumer)
-        return _decode(latest, strict=strict)
+        return _decode(latest, strict=strict, trusted=self._trusted)
 
-    async def follow(self, *, strict: bool = False) -> AsyncIterator[ModelState]:
-        """Every model's latest state, then each newer state as it is published (forever).
-
-        Malformed records are logged and skipped unless ``strict``: one bad record must not stop a
-        worker from following the others."""
+    async def read_state(self, model: str) -> ModelState | None:
+        """``model``'s latest state (None: none, or a tombstone); the :class:`RegistryError` that
+        refuses it when it does not parse (or verify, with ``trusted``). Other models' records are not
+        looked at, so one bad record of another model does not stop a publisher."""
         async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
             latest = await self._read_to_end(consumer)
-            for state in _decode(latest, strict=strict).values():
-                yield state
+        value = latest.get(model)
+        return None if value is None else decode_state(model, value, self._trusted)
+
+    async def follow_records(self) -> AsyncIterator[tuple[str, bytes]]:
+        """Every model's latest record value, then each newer one as it is published (forever), as
+        ``(model, value)``: unparsed and unverified (tombstones and keyless records left out). The
+        follower decides what to apply (``signed_state.accept_state``)."""
+        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
+            latest = await self._read_to_end(consumer)
+            for model, value in latest.items():
+                if value is not None:
+                    yield model, value
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 for records in batch.values():
-                    fresh = {r.key.decode(): r.value for r in records if r.key is not None}
-                    for state in _decode(fresh, strict=strict).values():
-                        yield state
+                    for model, value in keyed_values(records):
+                        yield model, value
 
     async def _read_to_end(self, consumer: AIOKafkaConsumer) -> dict[str, bytes | None]:
         return await latest_by_key(consumer, self._topic, CONTROL_MODELS.partitions, self._timeout_ms)
@@ -91,19 +125,25 @@ async def latest_by_key(
     return latest
 
 
-def _decode(latest: dict[str, bytes | None], *, strict: bool) -> dict[str, ModelState]:
+def keyed_values(records: Iterable[ConsumerRecord[bytes, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """``(key as text, value)`` of each record that has both (a key that is not UTF-8 is read with
+    replacement characters: it names no model a worker serves)."""
+    for record in records:
+        if record.key is not None and record.value is not None:
+            yield record.key.decode(errors="replace"), record.value
+
+
+def _decode(
+    latest: dict[str, bytes | None], *, strict: bool, trusted: TrustedKeys | None
+) -> dict[str, ModelState]:
     states: dict[str, ModelState] = {}
     for model, value in latest.items():
         if value is None:  # tombstone: the model was removed
             continue
         try:
-            state = ModelState.from_bytes(value)
-            if state.model != model:
-                raise MalformedRegistryRecord(f"record keyed {model!r} holds the state of {state.model!r}")
-        except MalformedRegistryRecord as e:
+            states[model] = decode_state(model, value, trusted)
+        except RegistryError as e:
             if strict:
                 raise
-            log.error("skipping the registry state of %r: %s", model, e)
-            continue
-        states[model] = state
+            log.error("skipping the registry state of %r: %s (%s)", model[:64], e.reason, e)
     return states

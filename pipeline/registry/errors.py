@@ -1,7 +1,8 @@
 """The registry's errors: each an :class:`EdgestreamError` with a stable ``reason`` code.
 
-A worker that refuses an artifact logs and counts it by ``reason`` (``artifact_mismatch``,
-``untrusted_signer``, ``bad_signature``) and keeps serving what it had.
+A worker that refuses an artifact or a rollout state logs and counts it by ``reason``
+(``artifact_mismatch``, ``untrusted_signer``, ``bad_signature``, ``unsigned_state``, ``stale_revision``,
+``bad_registry_record``) and keeps serving what it had.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ class ArtifactNotFound(RegistryError):
 
 
 class UntrustedSigner(RegistryError):
-    """The manifest is signed by a key id that is not in the trusted set."""
+    """The manifest (or rollout state) is signed by a key id that is not in the trusted set."""
 
     reason = "untrusted_signer"
 
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"manifest signed by key {key_id!r}, which is not trusted")
+    def __init__(self, key_id: str, what: str = "manifest") -> None:
+        super().__init__(f"{what} signed by key {key_id[:40]!r}, which is not trusted")
         self.key_id = key_id
 
 
@@ -67,6 +68,38 @@ class MalformedRegistryRecord(RegistryError):
     """A manifest, registry state or key file that does not parse into its fields and types."""
 
     reason = "bad_registry_record"
+
+
+class UnsignedState(MalformedRegistryRecord):
+    """A ``control.models`` record that carries no registry signature (the unsigned format 1)."""
+
+    reason = "unsigned_state"
+
+
+class BadStateSignature(BadSignature):
+    """A rollout state's Ed25519 signature does not verify under the key it names."""
+
+    def __init__(self, model: str, key_id: str) -> None:
+        RegistryError.__init__(
+            self, f"rollout state of {model[:64]!r} (key {key_id[:40]!r}): signature does not verify"
+        )
+        self.model = model
+        self.version = 0
+        self.key_id = key_id
+
+
+class StaleRevision(RegistryError):
+    """A rollout state whose revision is not above the one the worker applied: a replay or a repeat."""
+
+    reason = "stale_revision"
+
+    def __init__(self, model: str, revision: int, applied: int) -> None:
+        super().__init__(
+            f"rollout state of {model[:64]!r} at revision {revision}, not above the applied {applied}"
+        )
+        self.model = model
+        self.revision = revision
+        self.applied = applied
 
 
 class InvalidTransition(RegistryError):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from edgestream.pipeline.contract import fields as f
 from edgestream.pipeline.errors import UndecodableRecord
 from edgestream.topics.catalogue import CONTROL_WORKERS, WORKERS_TOPIC
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORT_VERSION: Final = 1
+MAX_REPORT_BYTES: Final = 1 << 20
+"""Largest report parsed at all (a worker serving a few models sends a few hundred bytes)."""
 _CLIENT_ID: Final = "edgestream-workers-view"
 
 
@@ -65,16 +68,36 @@ class WorkerReport:
 
     @classmethod
     def from_bytes(cls, value: bytes) -> WorkerReport:
-        """Parse; UndecodableRecord for anything else."""
+        """Parse; :class:`UndecodableRecord` for anything else, whatever the bytes (every edge principal
+        may write this topic)."""
         try:
-            data = json.loads(value)
-            if not isinstance(data, dict) or data.get("v") != REPORT_VERSION:
-                raise ValueError(f"not a version-{REPORT_VERSION} worker report")
-            revisions = {str(m): None if r is None else int(r) for m, r in dict(data["revisions"]).items()}
-            served = {str(m): tuple(int(v) for v in vs) for m, vs in dict(data["served"]).items()}
-            return cls(str(data["node"]), str(data["region"]), int(data["at_ms"]), revisions, served)
-        except (ValueError, KeyError, TypeError) as e:
-            raise UndecodableRecord(f"worker report: {e}") from e
+            return _report_of(value)
+        except ValueError as e:  # FieldError
+            raise UndecodableRecord(f"worker report: {str(e)[:300]}") from e
+
+
+def _report_of(value: bytes) -> WorkerReport:
+    """The report's fields, each of its one type (``fields`` raises ``FieldError``)."""
+    if len(value) > MAX_REPORT_BYTES:
+        raise f.FieldError(f"larger than {MAX_REPORT_BYTES} bytes")
+    data = f.mapping(f.load_json(value), "report")
+    if data.get("v") != REPORT_VERSION:
+        raise f.FieldError(f"not a version-{REPORT_VERSION} worker report")
+    revisions = {
+        f.text(m, "model"): f.optional_integer(r, "revision", minimum=0)
+        for m, r in f.mapping(f.field(data, "revisions"), "revisions").items()
+    }
+    served = {
+        f.text(m, "model"): tuple(f.integer(v, "version", minimum=0) for v in f.array(vs, "versions"))
+        for m, vs in f.mapping(f.field(data, "served"), "served").items()
+    }
+    return WorkerReport(
+        f.text(f.field(data, "node"), "node"),
+        f.text(f.field(data, "region"), "region"),
+        f.integer(f.field(data, "at_ms"), "at_ms"),
+        revisions,
+        served,
+    )
 
 
 def _now_ms() -> int:

@@ -46,6 +46,10 @@ SIGNATURE_CONTEXT: Final = b"edgestream.manifest.v1\0"
 """Prefix of every signed message (domain separation)."""
 KEY_ID_PREFIX: Final = "ed25519:"
 TRUSTED_FORMAT: Final = 1
+SIGNING_KEY_FILE: Final = "signing-key.pem"
+"""The registry's private key, in a registry home (``edgestream registry keygen``)."""
+TRUSTED_KEYS_FILE: Final = "trusted-keys.json"
+"""The registry keys workers pin, in a registry home: they sign manifests and rollout states."""
 _PRIVATE_MODE: Final = 0o600
 
 
@@ -133,8 +137,8 @@ class Manifest:
                 created_at_ms=_typed(data["created_at_ms"], int),
                 signer_key_id=_typed(data["signer_key_id"], str),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise MalformedRegistryRecord(f"malformed manifest: {e!r}") from e
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise MalformedRegistryRecord(f"malformed manifest: {str(e)[:300]}") from e
 
     def canonical_bytes(self) -> bytes:
         """Deterministic bytes of every field: what the signature covers."""
@@ -179,8 +183,8 @@ class SignedManifest:
         try:
             signature = base64.b64decode(_typed(data["signature"], str), validate=True)
             return cls(Manifest.from_dict(data["manifest"]), signature, _typed(data["key_id"], str))
-        except (KeyError, TypeError, ValueError, binascii.Error) as e:
-            raise MalformedRegistryRecord(f"malformed signed manifest: {e!r}") from e
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as e:
+            raise MalformedRegistryRecord(f"malformed signed manifest: {str(e)[:300]}") from e
 
 
 def key_id_of(public_raw: bytes) -> str:
@@ -245,6 +249,11 @@ class SigningKey:
         """The raw 32-byte public key (what :class:`TrustedKeys` holds)."""
         return self._public_raw
 
+    def sign_message(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``; callers prefix their own context (domain
+        separation), as :meth:`sign` does with ``SIGNATURE_CONTEXT``."""
+        return self._private.sign(message)
+
     def sign(self, manifest: Manifest) -> SignedManifest:
         """Sign ``manifest`` (its ``signer_key_id`` set to this key's id)."""
         signed = replace(manifest, signer_key_id=self._key_id)
@@ -274,6 +283,16 @@ class TrustedKeys:
         if raw is None:
             raise UntrustedSigner(key_id)
         return Ed25519PublicKey.from_public_bytes(raw)
+
+    def verifies(self, key_id: str, signature: bytes, message: bytes) -> bool:
+        """Whether ``signature`` is ``key_id``'s over ``message``; :class:`UntrustedSigner` when the key
+        is not trusted."""
+        public = self.public_key(key_id)
+        try:
+            public.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
 
     def with_key(self, public_raw: bytes) -> TrustedKeys:
         """These keys and ``public_raw``."""

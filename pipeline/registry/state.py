@@ -30,6 +30,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, get_args
 
+from edgestream.pipeline.contract import fields as f
 from edgestream.pipeline.registry.errors import InvalidTransition, MalformedRegistryRecord
 from edgestream.pipeline.registry.signing import SignedManifest
 
@@ -38,6 +39,8 @@ DEFAULT_STAGES: Final[tuple[float, ...]] = (0.05, 0.25, 1.0)
 """Canary fractions, in order; the last is always 1.0 (promotion)."""
 MAX_HISTORY: Final = 200
 """History entries kept in the record (oldest dropped first), so the record stays small."""
+MAX_NAME_CHARS: Final = 200
+"""Longest model name a state may carry."""
 
 Action = Literal["publish", "canary", "advance", "promote", "rollback", "pin", "unpin"]
 
@@ -177,62 +180,79 @@ class ModelState:
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelState:
-        """The state ``to_dict`` made; :class:`MalformedRegistryRecord` says what is wrong."""
+        """The state ``to_dict`` made; :class:`MalformedRegistryRecord` says what is wrong, whatever
+        ``data`` is (this parser is total: it reads what another principal wrote)."""
         try:
-            if data["format"] != STATE_FORMAT:
-                raise ValueError(f"unsupported state format {data['format']!r}")
-            raw_canary = data["canary"]
-            canary = (
-                None
-                if raw_canary is None
-                else Canary(
-                    version=int(raw_canary["version"]),
-                    fraction=float(raw_canary["fraction"]),
-                    stages=tuple(float(s) for s in raw_canary["stages"]),
-                    started_at_ms=int(raw_canary["started_at_ms"]),
-                )
-            )
-            history = tuple(
-                HistoryEntry(
-                    at_ms=int(e["at_ms"]),
-                    action=_action(e["action"]),
-                    version=int(e["version"]),
-                    from_version=None if e["from_version"] is None else int(e["from_version"]),
-                    fraction=None if e["fraction"] is None else float(e["fraction"]),
-                    reason=str(e["reason"]),
-                )
-                for e in data["history"]
-            )
-            state = cls(
-                model=str(data["model"]),
-                versions=tuple(SignedManifest.from_dict(v) for v in data["versions"]),
-                stable=None if data["stable"] is None else int(data["stable"]),
-                canary=canary,
-                pinnable=frozenset(int(v) for v in data["pinnable"]),
-                history=history,
-                revision=int(data["revision"]),
-                updated_at_ms=int(data["updated_at_ms"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise MalformedRegistryRecord(f"malformed registry state: {e!r}") from e
+            f.check_depth(data)
+            state = _state_of(f.mapping(data, "state"))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
+            raise MalformedRegistryRecord(f"malformed registry state: {str(e)[:300]}") from e
         _check_consistent(state)
         return state
 
     @classmethod
     def from_bytes(cls, value: bytes) -> ModelState:
-        """The state in a ``control.models`` record value."""
+        """The state in ``value`` (the JSON of :meth:`to_bytes`); only :class:`MalformedRegistryRecord`."""
         try:
-            data = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise MalformedRegistryRecord(f"registry state is not JSON: {e}") from e
+            data = f.load_json(value)
+        except f.FieldError as e:
+            raise MalformedRegistryRecord(f"registry state is not JSON: {str(e)[:300]}") from e
         return cls.from_dict(data)
+
+
+def _state_of(data: dict[Any, Any]) -> ModelState:
+    """The fields of a state, each of its one type (``fields`` raises ``FieldError``)."""
+    if f.field(data, "format") != STATE_FORMAT:
+        raise f.FieldError(f"unsupported state format (this build reads {STATE_FORMAT})")
+    raw_canary = f.field(data, "canary")
+    canary = None if raw_canary is None else _canary_of(f.mapping(raw_canary, "canary"))
+    stable = f.field(data, "stable")
+    versions = f.array(f.field(data, "versions"), "versions")
+    pinnable = f.array(f.field(data, "pinnable"), "pinnable")
+    history = f.array(f.field(data, "history"), "history")
+    return ModelState(
+        model=f.text(f.field(data, "model"), "model", max_chars=MAX_NAME_CHARS),
+        versions=tuple(SignedManifest.from_dict(v) for v in versions),
+        stable=None if stable is None else f.integer(stable, "stable", minimum=1),
+        canary=canary,
+        pinnable=frozenset(f.integer(v, "pinnable", minimum=1) for v in pinnable),
+        history=tuple(_entry_of(f.mapping(e, "history")) for e in history),
+        revision=f.integer(f.field(data, "revision"), "revision", minimum=0),
+        updated_at_ms=f.integer(f.field(data, "updated_at_ms"), "updated_at_ms"),
+    )
+
+
+def _canary_of(data: dict[Any, Any]) -> Canary:
+    stages = tuple(f.number(s, "canary stage") for s in f.array(f.field(data, "stages"), "stages"))
+    check_stages(stages)
+    canary = Canary(
+        version=f.integer(f.field(data, "version"), "canary version", minimum=1),
+        fraction=f.number(f.field(data, "fraction"), "canary fraction"),
+        stages=stages,
+        started_at_ms=f.integer(f.field(data, "started_at_ms"), "started_at_ms"),
+    )
+    if canary.fraction not in canary.stages[:-1]:
+        raise f.FieldError("canary fraction is not one of its stages below 1.0")
+    return canary
+
+
+def _entry_of(e: dict[Any, Any]) -> HistoryEntry:
+    from_version, fraction = f.field(e, "from_version"), f.field(e, "fraction")
+    return HistoryEntry(
+        at_ms=f.integer(f.field(e, "at_ms"), "at_ms"),
+        action=_action(f.field(e, "action")),
+        version=f.integer(f.field(e, "version"), "history version"),
+        from_version=f.optional_integer(from_version, "from_version"),
+        fraction=None if fraction is None else f.number(fraction, "history fraction"),
+        reason=f.text(f.field(e, "reason"), "reason"),
+    )
 
 
 def _action(value: Any) -> Action:
     for known in get_args(Action):
         if value == known:
             return known  # type: ignore[no-any-return]
-    raise ValueError(f"unknown history action {value!r}")
+    raise ValueError(f"unknown history action {str(value)[:40]!r}")
 
 
 def _check_consistent(state: ModelState) -> None:

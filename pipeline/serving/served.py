@@ -82,17 +82,34 @@ class ModelCatalog:
     """Which served model answers an envelope; with the registry, the versions its states name."""
 
     def __init__(
-        self, base: Mapping[str, ServedModel], *, routing_key: bytes = b"", loader: Loader | None = None
+        self,
+        base: Mapping[str, ServedModel],
+        *,
+        routing_key: bytes = b"",
+        loader: Loader | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ):
         """``base``: one model per family, used while the registry has no state for it (or always,
-        without a ``loader``). ``routing_key``: the key of the device hash that picks stable or canary."""
+        without a ``loader``). ``routing_key``: the key of the device hash that picks stable or canary.
+        ``on_refused``: called with the reason of each registry state refused (a metric)."""
         self._base = dict(base)
         self._routing_key = routing_key
         self._loader = loader
+        self._on_refused = on_refused
         self._states: dict[str, ModelState] = {}
         self._loaded: dict[ModelKey, ServedModel] = {}
         self.refused: dict[str, int] = {}
-        """Registry states not applied, by the error's reason (artifact_mismatch, untrusted_signer...)."""
+        """Registry states not applied, by the error's reason (artifact_mismatch, untrusted_signer,
+        unsigned_state, bad_signature, stale_revision, bad_registry_record...)."""
+
+    def refuse(self, model: str, err: RegistryError) -> None:
+        """Count and log a registry state of ``model`` that is not applied; what is served stays."""
+        self.refused[err.reason] = self.refused.get(err.reason, 0) + 1
+        if self._on_refused is not None:
+            self._on_refused(err.reason)
+        log.error(
+            "refused a registry state of %r: %s (%s); serving what it served", model[:64], err.reason, err
+        )
 
     @property
     def models(self) -> dict[ModelKey, ServedModel]:
@@ -146,8 +163,7 @@ class ModelCatalog:
                     loaded = await asyncio.to_thread(self._loader, state.manifest(version))
                     self._loaded[(state.model, version)] = loaded
         except RegistryError as err:
-            self.refused[err.reason] = self.refused.get(err.reason, 0) + 1
-            log.error("refused %s revision %d: %s (%s)", state.model, state.revision, err.reason, err)
+            self.refuse(state.model, err)
             return False
         self._states[state.model] = state
         for key in [k for k in self._loaded if k[0] == state.model and k[1] not in needed]:

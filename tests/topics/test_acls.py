@@ -193,7 +193,6 @@ EU_WEST_POLICY = {
     ("User:aggregator", "TOPIC", "LITERAL", "cloud.labels", "DESCRIBE"),
     ("User:aggregator", "GROUP", "PREFIXED", "edgestream-aggregator", "READ"),
     ("User:aggregator", "TOPIC", "LITERAL", "control.models", "READ"),
-    ("User:aggregator", "TOPIC", "LITERAL", "control.models", "WRITE"),
     ("User:aggregator", "TOPIC", "LITERAL", "control.models", "DESCRIBE"),
     ("User:aggregator", "TRANSACTIONAL_ID", "PREFIXED", "edgestream-aggregator", "WRITE"),
     ("User:aggregator", "TRANSACTIONAL_ID", "PREFIXED", "edgestream-aggregator", "DESCRIBE"),
@@ -220,7 +219,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 26 + 16  # per region: edge 19, device 5, admin 2; aggregator 16
+    assert len(rules) == 3 * 26 + 15  # per region: edge 19, device 5, admin 2; aggregator 15
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -302,16 +301,23 @@ def test_aggregator() -> None:
     rules = policy(REGIONS)
     for topic in all_topics(REGIONS):
         ops = allowed(rules, AGGREGATOR, TOPIC, topic.name)
-        if topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC}:
+        # The cloud topics, and control.models for versions' drift references: never written.
+        if topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC, MODELS_TOPIC}:
             assert ops == {READ, DESCRIBE}
-        elif topic.name == MODELS_TOPIC:  # reads versions' drift references; the controller may write
-            assert ops == {READ, WRITE, DESCRIBE}
         else:
             assert ops == set(), topic.name
     assert allowed(rules, AGGREGATOR, GROUP, AGGREGATOR_GROUP) == {READ, DESCRIBE}
     assert allowed(rules, AGGREGATOR, TRANSACTIONAL_ID, f"{AGGREGATOR_GROUP}-0") == {WRITE, DESCRIBE}
     changelog = f"{AGGREGATOR_GROUP}-windows-changelog"
     assert allowed(rules, AGGREGATOR, TOPIC, changelog) == {Operation.CREATE, READ, WRITE, DESCRIBE}
+
+
+def test_only_the_registry_publisher_writes_control_models() -> None:
+    """No binding lets anyone write the registry: its publisher is admin, a super user (see
+    docs/design.md, Security), and a state it did not sign is refused by the workers anyway."""
+    writers = [r for r in policy(REGIONS) if r.resource_name == MODELS_TOPIC and r.operation is WRITE]
+    assert writers == []
+    assert allowed(policy(REGIONS), AGGREGATOR, TOPIC, MODELS_TOPIC) == {READ, DESCRIBE}
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -421,6 +427,7 @@ class AclBroker:
 
 def _authorizer_config(port: int, controller_port: int, sasl_port: int) -> dict[str, str]:
     users = [f"{kind}-{region}" for kind in ("edge", "device") for region in (ENFORCED, NEIGHBOUR)]
+    users.append(AGGREGATOR.removeprefix("User:"))
     jaas = " ".join(f'user_{user}="{PASSWORD}"' for user in users)
     return {
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
@@ -700,6 +707,11 @@ async def test_policy_is_enforced(acl_broker: AclBroker) -> None:
     for hidden in (ingest_topic(NEIGHBOUR, "frame"), results_topic(NEIGHBOUR), LABELS_TOPIC):
         assert not await _visible(acl_broker, edge, hidden), hidden
     assert await _visible(acl_broker, edge, MODELS_TOPIC), "a worker follows the registry"
+    # Only the registry's publisher (admin) writes control.models: not a worker, not the aggregator.
+    for writer in (edge, AGGREGATOR):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _produce(acl_broker, writer, MODELS_TOPIC, enable_idempotence=True)
+    assert await _visible(acl_broker, AGGREGATOR, MODELS_TOPIC), "it reads drift references"
     (neighbour_txn_id, *_) = _txn_ids(NEIGHBOUR)  # starts with "edgestream-edge-<ENFORCED>-"
     assert neighbour_txn_id.startswith(f"{edge_group(ENFORCED)}-")
     with pytest.raises(TransactionalIdAuthorizationFailed):

@@ -69,7 +69,7 @@ def _signed(key: SigningKey, model: str, versions: int) -> ModelState:
 async def test_states_last_value_wins(bootstrap: KafkaSettings, models_topic: str) -> None:
     key = SigningKey.generate()
     a, b = f"model-{uuid.uuid4().hex[:8]}", f"model-{uuid.uuid4().hex[:8]}"
-    client = RegistryClient(bootstrap)
+    client = RegistryClient(bootstrap, signer=key)
     await client.publish_state(_signed(key, a, 1))
     await client.publish_state(_signed(key, b, 1))
     newer = _signed(key, a, 2)
@@ -98,10 +98,14 @@ async def test_cli_publish_promote_list_and_a_worker_load(
         assert result.exit_code == 0, result.output
         assert "published frame-classifier v" in result.output
     v2 = base + 2
-    result = await _cli(bootstrap, "registry", "promote", "frame-classifier", "--version", str(v2))
+    result = await _cli(
+        bootstrap, "registry", "promote", "frame-classifier", "--version", str(v2), "--home", str(home)
+    )
     assert result.exit_code == 0, result.output
     assert f"canary v{v2} at 5%" in result.output
-    result = await _cli(bootstrap, "registry", "pin", "frame-classifier", "--allow", str(v2))
+    result = await _cli(
+        bootstrap, "registry", "pin", "frame-classifier", "--allow", str(v2), "--home", str(home)
+    )
     assert result.exit_code == 0, result.output
     result = await _cli(bootstrap, "registry", "list")
     assert result.exit_code == 0, result.output
@@ -122,7 +126,9 @@ async def test_cli_publish_promote_list_and_a_worker_load(
     assert (artifact.name, artifact.size, artifact.version) == ("frame-classifier", "medium", v2)
     assert artifact.accuracy > 0.5
 
-    result = await _cli(bootstrap, "registry", "rollback", "frame-classifier", "--reason", "test")
+    result = await _cli(
+        bootstrap, "registry", "rollback", "frame-classifier", "--reason", "test", "--home", str(home)
+    )
     assert result.exit_code == 0, result.output
     state = (await RegistryClient(bootstrap).read_states())["frame-classifier"]
     assert state.canary is None

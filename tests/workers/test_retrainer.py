@@ -72,7 +72,7 @@ async def _stable_reference(bootstrap: KafkaSettings, home: Path, model_home: Pa
     key = SigningKey.generate()
     key.save(home / "signing-key.pem")
     TrustedKeys({}).with_key(key.public_raw).save(home / "trusted-keys.json")
-    client = RegistryClient(bootstrap)
+    client = RegistryClient(bootstrap, signer=key)
     state = (await client.read_states()).get(MODEL, ModelState(MODEL))
     if state.canary is not None:
         state = rollback(state, now_ms=_now_ms(), reason="retrain test")

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 import uuid
 from pathlib import Path
 
+import msgpack
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
@@ -24,6 +27,7 @@ from edgestream.pipeline.registry import (
     ModelState,
     SignedManifest,
     SigningKey,
+    TrustedKeys,
     choose_version,
     publish,
     start_canary,
@@ -32,12 +36,21 @@ from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.reports import TopicWorkerView, WorkerReport, report_of
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import SUMMARIES_TOPIC, WORKERS_TOPIC, shared_topics
-from edgestream.workers.rollout_controller import STATS_REVISIONS_KEY, Controller, FileWorkerView, WorkerView
+from edgestream.workers.rollout_controller import (
+    STATS_REVISIONS_KEY,
+    Controller,
+    FileWorkerView,
+    WorkerView,
+    parsed,
+)
 
 from .conftest import EdgeRegion
 
 ARTIFACT = "embedding-scorer"
 BOUNDS = Bounds(min_requests=50, min_labelled=50, stage_dwell_ms=0)
+KEY = SigningKey.generate()
+"""The registry key of these tests: it signs the manifests and the states, and the controller pins it."""
+TRUSTED = TrustedKeys().with_key(KEY.public_raw)
 
 
 def _now_ms() -> int:
@@ -66,11 +79,10 @@ def _signed(region: EdgeRegion, root: Path, key: SigningKey, model: str, version
 
 async def _canary(region: EdgeRegion, root: Path, model: str) -> ModelState:
     """Stable v1 and a canary of v2 at 5% (stages 5%, 25%, 100%), published."""
-    key = SigningKey.generate()
-    state = publish(ModelState(model), _signed(region, root, key, model, 1), now_ms=_now_ms())
-    state = publish(state, _signed(region, root, key, model, 2), now_ms=_now_ms())
+    state = publish(ModelState(model), _signed(region, root, KEY, model, 1), now_ms=_now_ms())
+    state = publish(state, _signed(region, root, KEY, model, 2), now_ms=_now_ms())
     state = start_canary(state, 2, now_ms=_now_ms())
-    await RegistryClient(region.bootstrap).publish_state(state)
+    await RegistryClient(region.bootstrap, signer=KEY).publish_state(state)
     return state
 
 
@@ -99,7 +111,7 @@ async def test_a_bad_canary_is_rolled_back_in_one_step_and_no_device_keeps_it(
 ) -> None:
     model = f"rollout-bad-{uuid.uuid4().hex[:8]}"
     canary = await _canary(edge_region, tmp_path, model)
-    controller = Controller(edge_region.bootstrap, BOUNDS, labels=False)
+    controller = Controller(edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, labels=False)
     # Healthy stable traffic; the canary fails 30% of its requests.
     await _commit(
         edge_region,
@@ -165,7 +177,9 @@ async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_
             report = report_of(f"{model}-{node}", edge_region.name, {model: revision}, {model: (1, 2)})
             await producer.send_and_wait(WORKERS_TOPIC, report.to_bytes(), key=report.node.encode())
 
-    controller = Controller(edge_region.bootstrap, BOUNDS, workers=view, labels=False)
+    controller = Controller(
+        edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, workers=view, labels=False
+    )
     assert (await controller.step(model)).action == "hold", "no summaries yet"
     await _commit(
         edge_region,
@@ -212,3 +226,56 @@ def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) 
     write("d", {"served_versions": {"m": [1]}, "registry_revisions": {"m": 2}}, age_s=600)
     (tmp_path / "e.json").write_text("{not json")
     assert asyncio.run(FileWorkerView(tmp_path, max_age_s=60).revisions("m")) == [5, None]
+
+
+def _poisoned(model: str, version: int) -> list[bytes]:
+    """Summaries of ``model`` v``version`` that no honest edge writes: each crashed ``rollout watch``
+    (``int(inf)``) or would have skewed its verdict (negative or huge counts) before they were skipped."""
+    fields = msgpack.unpackb(_summary("r", model, version, results=1).to_bytes(), strict_map_key=False)
+    out = []
+    for name, value in [
+        ("results", math.inf),
+        ("results", math.nan),
+        ("results", -1_000),
+        ("results", 2**64 - 1),
+        ("lat", [0] * 12 + [-5]),
+        ("dlq", {"infer_failed": math.inf}),
+    ]:
+        out.append(msgpack.packb({**fields, name: value}, use_bin_type=True))
+    return [*out, b"\xc1 not msgpack"]
+
+
+def test_records_that_do_not_parse_are_skipped_and_counted() -> None:
+    good = _summary("r", "m", 1, results=3)
+    records = [
+        ConsumerRecord(SUMMARIES_TOPIC, 0, i, 0, 0, None, value, None, 0, 0, [])
+        for i, value in enumerate([good.to_bytes(), *_poisoned("m", 1), None])
+    ]
+    skipped: dict[str, int] = {}
+    kept = parsed(records, PartialSummary.from_bytes, lambda s: s.model == "m", skipped)
+    assert [s.results for s in kept] == [3]
+    assert skipped == {SUMMARIES_TOPIC: 7}
+
+
+async def test_poisoned_summaries_do_not_stop_the_controller(edge_region: EdgeRegion, tmp_path: Path) -> None:
+    model = f"rollout-poison-{uuid.uuid4().hex[:8]}"
+    await _canary(edge_region, tmp_path, model)
+    controller = Controller(edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, labels=False)
+    producer = AIOKafkaProducer(**edge_region.bootstrap.client_kwargs())
+    await producer.start()
+    try:
+        for version in (1, 2):
+            for value in _poisoned(model, version):
+                await producer.send_and_wait(SUMMARIES_TOPIC, value, key=model.encode())
+    finally:
+        await producer.stop()
+    await _commit(
+        edge_region,
+        [
+            _summary(edge_region.name, model, 1, results=400),
+            _summary(edge_region.name, model, 2, results=35, infer_failed=30),
+        ],
+    )
+    verdict = await controller.step(model)
+    assert verdict.action == "rollback", verdict.reasons  # judged on the honest summaries alone
+    assert controller.skipped[SUMMARIES_TOPIC] >= 2 * len(_poisoned(model, 1))

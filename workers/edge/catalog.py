@@ -5,10 +5,13 @@ loaded and how the registry's states are followed (``pipeline/serving/served.py`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from edgestream.pipeline.registry import LocalArtifactStore, SignedManifest, TrustedKeys
+from edgestream.pipeline.registry import LocalArtifactStore, RegistryError, SignedManifest, TrustedKeys
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
+from edgestream.pipeline.registry.signed_state import accept_state
+from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE
 from edgestream.pipeline.security.derive import routing_key
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import Loader, ModelCatalog, ServedModel, open_model
@@ -17,12 +20,19 @@ from edgestream.workers.edge.settings import WorkerSettings
 
 
 def worker_catalog(
-    settings: WorkerSettings, models: Mapping[str, ServedModel], keyring: KeyRing
+    settings: WorkerSettings,
+    models: Mapping[str, ServedModel],
+    keyring: KeyRing,
+    on_refused: Callable[[str], None] | None = None,
 ) -> ModelCatalog:
     """The catalog of ``models`` (by family), routing devices under ``settings.routing_key`` or, by
-    default, a key derived from the region's current master key in ``keyring``."""
+    default, a key derived from the region's current master key in ``keyring``; ``on_refused`` hears
+    the reason of every registry state refused."""
     return ModelCatalog(
-        models, routing_key=_routing_key(settings, keyring), loader=_registry_loader(settings)
+        models,
+        routing_key=_routing_key(settings, keyring),
+        loader=_registry_loader(settings),
+        on_refused=on_refused,
     )
 
 
@@ -32,13 +42,22 @@ def _routing_key(settings: WorkerSettings, keyring: KeyRing) -> bytes:
     return routing_key(current_master(keyring, settings.region))
 
 
+def _registry_root(settings: WorkerSettings) -> Path:
+    return settings.registry_home or settings.home / "registry"
+
+
+def _trusted(settings: WorkerSettings) -> TrustedKeys:
+    """The registry keys the worker pins: they sign manifests and rollout states."""
+    return TrustedKeys.load(_registry_root(settings) / TRUSTED_KEYS_FILE)
+
+
 def _registry_loader(settings: WorkerSettings) -> Loader | None:
     """How a registry version is verified and loaded, when the worker follows the registry."""
     if not settings.registry:
         return None
-    root = settings.registry_home or settings.home / "registry"
+    root = _registry_root(settings)
     store = LocalArtifactStore(root / "artifacts")
-    trusted = TrustedKeys.load(root / "trusted-keys.json")
+    trusted = _trusted(settings)
     cache = root / "cache"
 
     def load(signed: SignedManifest) -> ServedModel:
@@ -51,7 +70,17 @@ async def follow_registry(
     settings: WorkerSettings, catalog: ModelCatalog, applied: Callable[[], None]
 ) -> None:
     """Apply each served model's newest registry state to ``catalog`` as it arrives (forever); call
-    ``applied`` after each state that took effect."""
-    async for state in RegistryClient(settings.kafka).follow():
-        if state.model in settings.models and await catalog.apply(state):
+    ``applied`` after each state that took effect. A state that is unsigned, signed by a key the worker
+    does not pin, badly signed, malformed, or not newer than the one applied is refused
+    (``catalog.refuse``: logged and counted) and the worker keeps serving what it served."""
+    trusted = _trusted(settings)
+    async for model, value in RegistryClient(settings.kafka).follow_records():
+        if model not in settings.models:
+            continue  # another worker's model: none of this worker's business
+        try:
+            state = accept_state(model, value, trusted, catalog.revision(model))
+        except RegistryError as err:
+            catalog.refuse(model, err)
+            continue
+        if await catalog.apply(state):
             applied()

@@ -106,7 +106,9 @@ class EdgeWorker:
         self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
         self._keyring = self._keys.current()
         self._chains = AuditChain()
-        self._catalog = worker_catalog(settings, models, self._keyring)
+        self._catalog = worker_catalog(
+            settings, models, self._keyring, on_refused=self.metrics.registry_refused
+        )
         self._admission = Admission(settings, self._catalog)
         self._estimate = ServiceTimeEstimate()
         self._open: MicroBatcher[Item] = MicroBatcher(

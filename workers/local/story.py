@@ -43,6 +43,7 @@ from edgestream.workers.rollout_controller import Controller
 
 if TYPE_CHECKING:
     from edgestream.pipeline.learning.retrain import LabelledSet, RetrainReport
+    from edgestream.pipeline.registry.signing import SigningKey
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.local.fleet import Fleet
 
@@ -200,8 +201,17 @@ class Story:
         self._regions = regions
         self._model = model
         self._on_event = on_event
-        self._controller = Controller(kafka, settings.rollout, workers=self._workers, regions=regions)
+        self._controller = Controller(
+            kafka, settings.rollout, signer=self._signer(), workers=self._workers, regions=regions
+        )
         self.report = StoryReport(model, reference)
+
+    def _signer(self) -> SigningKey:
+        """The demo's registry key (``story_registry.prepare_registry`` made it): it signs every state
+        the story publishes."""
+        from edgestream.pipeline.registry.signing import SIGNING_KEY_FILE, SigningKey
+
+        return SigningKey.load(self._home / "registry" / SIGNING_KEY_FILE)
 
     async def run(self, stop: asyncio.Event) -> StoryReport:
         """The whole story; ``stop`` is set when it ends, stalled or not (a cancel, e.g. because the
@@ -349,7 +359,7 @@ class Story:
         from edgestream.pipeline.registry.client import RegistryClient
         from edgestream.pipeline.registry.state import start_canary
 
-        client = RegistryClient(self._kafka)
+        client = RegistryClient(self._kafka, signer=self._signer())
         state = (await client.read_states())[self._model]
         state = start_canary(state, version, now_ms=_now_ms(), stages=self.settings.stages, reason="demo")
         await client.publish_state(state)

@@ -41,7 +41,7 @@ async def prepare_registry(kafka: KafkaSettings, home: Path, model: str = STORY_
         trusted.save(trusted_path)
     store = LocalArtifactStore(root / "artifacts")
     artifact = await asyncio.to_thread(ModelStore(home / "models").get, model, REFERENCE_SIZE)
-    client = RegistryClient(kafka)
+    client = RegistryClient(kafka, signer=key)  # every state it writes is signed by the demo's key
     state = (await client.read_states()).get(model, ModelState(model))
     now_ms = time.time_ns() // 1_000_000
     if state.canary is not None:

@@ -1,9 +1,11 @@
 """A worker following the registry: model versions swapped under traffic, devices routed by their
-keyed hash, and versions whose artifact or signature is wrong refused while the old ones keep serving."""
+keyed hash, and versions whose artifact or signature is wrong refused while the old ones keep serving;
+rollout states replayed, unsigned or signed by a key it does not pin refused the same way."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,15 +26,18 @@ from edgestream.pipeline.registry import (
     SigningKey,
     TrustedKeys,
     advance,
+    allow_pin,
     choose_version,
+    disallow_pin,
     publish,
     rollback,
     start_canary,
 )
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.reports import TopicWorkerView
+from edgestream.pipeline.registry.signed_state import sign_state
 from edgestream.pipeline.security.derive import routing_key
-from edgestream.topics.catalogue import ingest_topic, results_topic
+from edgestream.topics.catalogue import MODELS_TOPIC, ingest_topic, results_topic
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.rollout_controller import FileWorkerView
 
@@ -56,7 +61,7 @@ class Registry:
         self.store = LocalArtifactStore(root / "artifacts")
         self.key = SigningKey.generate()
         TrustedKeys({}).with_key(self.key.public_raw).save(root / "trusted-keys.json")
-        self.client = RegistryClient(region.bootstrap)
+        self.client = RegistryClient(region.bootstrap, signer=self.key)
         self.models = ModelStore(region.home / "models")
         self.state = state
 
@@ -231,3 +236,60 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     assert wrong == {}, f"answered by a version its device was not routed to: {list(wrong.items())[:5]}"
     assert worker.catalog.served_versions()[MODEL] == (published,)
     await registry.put(rollback(registry.state, now_ms=_now_ms(), reason="test done"))  # leave no canary
+
+
+def _refused_once_more(worker: EdgeWorker, reason: str, before: int) -> bool:
+    return worker.catalog.refused.get(reason, 0) == before + 1
+
+
+async def _stable_state(registry: Registry) -> ModelState:
+    """The registry's state of MODEL with a version of this test's key stable and no canary."""
+    current = registry.state
+    if current.canary is not None:
+        current = await registry.put(rollback(current, now_ms=_now_ms(), reason="test setup"))
+    state = await registry.put(publish(current, registry.signed("tiny"), now_ms=_now_ms()))
+    if state.stable != state.latest:
+        state = start_canary(state, state.latest, now_ms=_now_ms(), stages=(0.5, 1.0), reason="test setup")
+        while state.canary is not None:
+            state = advance(state, now_ms=_now_ms())
+        state = await registry.put(state)
+    return state
+
+
+async def test_replayed_unsigned_and_unpinned_states_are_refused_and_the_worker_keeps_serving(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    current = (await RegistryClient(edge_region.bootstrap).read_states()).get(MODEL, ModelState(MODEL))
+    registry = Registry(tmp_path / "registry", edge_region, current)
+    first = await _stable_state(registry)
+    worker = await running_worker(registry=True, registry_home=registry.root)
+    assert await _applied(worker, first), worker.catalog.refused
+    assert first.stable is not None
+    second = await registry.put(allow_pin(first, first.stable, now_ms=_now_ms(), reason="test"))
+    assert await _applied(worker, second), worker.catalog.refused
+    served = worker.catalog.served_versions()
+    newer = disallow_pin(second, first.stable, now_ms=_now_ms(), reason="forged")
+
+    def refused(reason: str) -> float:
+        labels = {"region": edge_region.name, "node": worker.node_id, "reason": reason}
+        return worker.metrics.registry.get_sample_value("edgestream_registry_refused_total", labels) or 0.0
+
+    attempts = [
+        ("stale_revision", sign_state(registry.key, first).to_bytes()),  # an older signed state, replayed
+        ("unsigned_state", newer.to_bytes()),  # the unsigned format: anyone with WRITE could forge it
+        ("untrusted_signer", sign_state(SigningKey.generate(), newer).to_bytes()),  # a key not pinned
+    ]
+    for reason, value in attempts:
+        before = worker.catalog.refused.get(reason, 0)
+        await producer.send_and_wait(MODELS_TOPIC, value, key=MODEL.encode())
+        counted = functools.partial(_refused_once_more, worker, reason, before)
+        assert await eventually(counted, timeout_s=30), (reason, worker.catalog.refused)
+        assert refused(reason) >= 1, f"{reason} is counted in the metric"
+        assert worker.catalog.revision(MODEL) == second.revision, (
+            f"{reason}: the refused state is not applied"
+        )
+        assert worker.catalog.served_versions() == served
+
+    # The worker still follows the registry: the publisher's next signed state is applied.
+    third = await registry.put(disallow_pin(second, first.stable, now_ms=_now_ms(), reason="test done"))
+    assert await _applied(worker, third), worker.catalog.refused
