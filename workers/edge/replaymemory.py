@@ -1,0 +1,150 @@
+"""A newly assigned partition's replay memory, read back from the partition before it is served.
+
+The replay guard (``pipeline/serving/replay.py``) lives in memory, so a partition that moves to this
+worker (a restart, a rebalance, a crash of its previous owner) would start with an empty window, and
+an envelope its previous owner answered could be answered again if re-sent within ``max_age_ms``.
+So before a newly assigned partition is served, ``ReplayMemory.rebuild`` reads it back, from the first
+offset whose record timestamp is within ``max_age_ms + max_future_skew_ms`` of now (``offsets_for_times``)
+up to its committed offset, and remembers the request id of every record there that is an authentic
+envelope in its place (the same decode, placement and AES-GCM checks admission makes). Records past the
+committed offset are read by the worker itself, through the guard.
+
+**What it covers.** A replay passes the age check only if its capture time is within ``max_age_ms``;
+its original was produced after it was captured, so the original's record timestamp (the producer's
+clock at sending, Kafka's default ``CreateTime``) is within the window read back, for any device whose
+clock is within ``max_future_skew_ms`` of the worker's. A producer that sets its own record timestamps
+far in the past can keep its own originals out of the window; only the device itself holds an
+original before it is produced, so that harms no one else.
+
+**Conservative.** It cannot tell which of those records its previous owner answered: it remembers every
+authentic one, so an envelope that was refused then (rate limited, say) and re-sent after the
+reassignment is refused as ``replayed``. Rate limits are not rebuilt.
+
+**Bounded in time.** The whole rebuild of one round of assignments takes at most
+``replay_rebuild_timeout_s`` (the fetch loop waits for it, as it waits for positioning). A partition not
+read to its committed offset by then, or whose reading failed (broker errors, an unexpected error on a
+record), is served anyway, with a *held floor*: every capture at or before the rebuild's start plus
+``max_future_skew_ms`` is refused as ``stale`` on it. No id its previous owner accepted can pass that
+(it was accepted before the rebuild started, so captured no later than that), so no replay is answered;
+the price is that its backlog, and envelopes captured within ``max_future_skew_ms`` of the rebuild,
+are dead-lettered as ``stale``. ``unfinished`` counts these, and each is logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.workers.edge.admission import Admission
+from edgestream.workers.edge.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 200
+"""How long one fetch of the read-back waits for records."""
+
+
+class ReplayMemory:
+    """Rebuilds the replay memory of newly assigned partitions (see the module docstring)."""
+
+    def __init__(
+        self, settings: WorkerSettings, admission: Admission, keyring: Callable[[], KeyRing], node_id: str
+    ) -> None:
+        self._settings = settings
+        self._admission = admission
+        self._keyring = keyring
+        """The worker's current key ring (a rotation applies to the read-back too)."""
+        self._client_id = f"{node_id}-replay-memory"
+        self.unfinished = 0
+        """Partitions served with a held floor because their rebuild did not finish (a metric)."""
+        self.remembered = 0
+        """Request ids remembered by rebuilds."""
+
+    async def rebuild(self, committed: Mapping[TopicPartition, int]) -> None:
+        """Forget what the guard had for ``committed``'s partitions, then remember the request ids they
+        committed in the window before their committed offset (the offsets given). Never raises for a
+        partition it could not read: that partition gets a held floor instead."""
+        replays = self._admission.replays
+        now_ms = int(time.time() * 1000)
+        for tp in committed:
+            replays.forget(tp)
+        todo = {tp: end for tp, end in committed.items() if end > 0}
+        if not todo:
+            return
+        started_s = time.monotonic()
+        remembered = self.remembered
+        try:
+            async with asyncio.timeout(self._settings.replay_rebuild_timeout_s):
+                await self._read_back(todo, now_ms)
+        except Exception as err:  # a timeout, the broker, anything: the partitions left get a floor
+            log.error("replay memory of %d partitions not rebuilt: %r", len(todo), err)
+        floor_ms = now_ms + self._settings.max_future_skew_ms
+        for tp in todo:
+            replays.hold(tp, floor_ms)
+            self.unfinished += 1
+            log.error(
+                "%s[%d]: replay memory not rebuilt within %.1f s; refusing captures up to %d as stale",
+                tp.topic,
+                tp.partition,
+                self._settings.replay_rebuild_timeout_s,
+                floor_ms,
+            )
+        log.info(
+            "replay memory of %d partitions rebuilt in %.2f s: %d request ids",
+            len(committed) - len(todo),
+            time.monotonic() - started_s,
+            self.remembered - remembered,
+        )
+
+    async def _read_back(self, todo: dict[TopicPartition, int], now_ms: int) -> None:
+        """Read each of ``todo`` from the window's first offset to its end offset, removing each
+        partition once read."""
+        settings = self._settings
+        consumer = AIOKafkaConsumer(
+            **settings.kafka.client_kwargs(),
+            group_id=None,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            request_timeout_ms=settings.kafka.request_timeout_ms,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(list(todo))
+            since_ms = now_ms - settings.max_age_ms - settings.max_future_skew_ms
+            found = await consumer.offsets_for_times(dict.fromkeys(todo, since_ms))
+            for tp, end in list(todo.items()):
+                first = found.get(tp)
+                if first is None or first.offset >= end:  # nothing in the window before the end
+                    del todo[tp]
+                    consumer.pause(tp)
+                else:
+                    consumer.seek(tp, first.offset)
+            while todo:
+                fetched = await consumer.getmany(*todo, timeout_ms=FETCH_TIMEOUT_MS)
+                for tp, records in fetched.items():
+                    self._remember(tp, records, todo.get(tp, 0), now_ms)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= todo[tp]:
+                        del todo[tp]
+                        consumer.pause(tp)
+        finally:
+            await consumer.stop()
+
+    def _remember(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]], end: int, now_ms: int
+    ) -> None:
+        keyring = self._keyring()
+        for record in records:
+            if record.offset >= end:
+                return
+            self.remembered += self._admission.remember(tp, record, keyring, now_ms)
