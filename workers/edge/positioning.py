@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Rebuild = Callable[[Mapping[TopicPartition, int]], Awaitable[None]]
-"""Rebuilds the replay memory of newly assigned partitions up to the committed offsets given."""
+Rebuild = Callable[[Mapping[TopicPartition, int]], Awaitable[set[TopicPartition]]]
+"""Rebuilds the replay memory of newly assigned partitions up to the committed offsets given; returns
+the partitions that may be served (the others are tried again next round)."""
 
 POSITION_TIMEOUT_S = 2.0
 """How long one round of positioning waits for stable committed offsets before fetching for the
@@ -102,10 +103,12 @@ class Partitions:
             return  # the assignment changed meanwhile: position again from what is assigned now
         fresh = positioned & self._to_rebuild
         if fresh and self._rebuild is not None:
-            # Bounded in time by the rebuild itself; a partition it could not finish is held at a floor.
-            await self._rebuild({tp: self._next_offset[tp] for tp in fresh})
+            # Bounded in time by the rebuild itself; one it could not finish yet waits for the next round.
+            rebuilt = await self._rebuild({tp: self._next_offset[tp] for tp in fresh})
             if generation != self._generation:
                 return
+            positioned -= fresh - rebuilt
+            fresh = rebuilt
         self._to_rebuild -= fresh
         self._to_position -= positioned
         for tp in positioned:

@@ -20,14 +20,15 @@ original before it is produced, so that harms no one else.
 authentic one, so an envelope that was refused then (rate limited, say) and re-sent after the
 reassignment is refused as ``replayed``. Rate limits are not rebuilt.
 
-**Bounded in time.** The whole rebuild of one round of assignments takes at most
-``replay_rebuild_timeout_s`` (the fetch loop waits for it, as it waits for positioning). A partition not
-read to its committed offset by then, or whose reading failed (broker errors, an unexpected error on a
-record), is served anyway, with a *held floor*: every capture at or before the rebuild's start plus
-``max_future_skew_ms`` is refused as ``stale`` on it. No id its previous owner accepted can pass that
-(it was accepted before the rebuild started, so captured no later than that), so no replay is answered;
-the price is that its backlog, and envelopes captured within ``max_future_skew_ms`` of the rebuild,
-are dead-lettered as ``stale``. ``unfinished`` counts these, and each is logged as an error.
+**Bounded in time.** A partition's rebuild takes at most ``replay_rebuild_timeout_s`` from its first
+try (the fetch loop waits for it, as it waits for positioning). A round that fails (the broker away, an
+unexpected error) leaves the partition unserved and is tried again at the next positioning round, from
+scratch. A partition not read to its committed offset when its time is spent is served anyway, with a
+*held floor*: every capture at or before that moment plus ``max_future_skew_ms`` is refused as
+``stale`` on it. No id its previous owner accepted can pass that (it was accepted before, so captured
+no later than that), so no replay is answered; the price is that its backlog, and envelopes captured
+within ``max_future_skew_ms`` after, are dead-lettered as ``stale``. ``unfinished`` counts these, and
+each is logged as an error.
 """
 
 from __future__ import annotations
@@ -68,28 +69,47 @@ class ReplayMemory:
         """Partitions served with a held floor because their rebuild did not finish (a metric)."""
         self.remembered = 0
         """Request ids remembered by rebuilds."""
+        self._deadlines: dict[TopicPartition, float] = {}
+        """Monotonic time by which each partition being rebuilt must be served."""
 
-    async def rebuild(self, committed: Mapping[TopicPartition, int]) -> None:
+    async def rebuild(self, committed: Mapping[TopicPartition, int]) -> set[TopicPartition]:
         """Forget what the guard had for ``committed``'s partitions, then remember the request ids they
-        committed in the window before their committed offset (the offsets given). Never raises for a
-        partition it could not read: that partition gets a held floor instead."""
+        committed in the window before their committed offset (the offsets given). Returns the
+        partitions that may be served: rebuilt, or out of time and held at a floor. Never raises."""
         replays = self._admission.replays
         now_ms = int(time.time() * 1000)
+        started_s = time.monotonic()
+        for tp in self._deadlines.keys() - committed.keys():  # revoked meanwhile: a new first try
+            del self._deadlines[tp]
         for tp in committed:
             replays.forget(tp)
+            self._deadlines.setdefault(tp, started_s + self._settings.replay_rebuild_timeout_s)
         todo = {tp: end for tp, end in committed.items() if end > 0}
-        if not todo:
-            return
-        started_s = time.monotonic()
         remembered = self.remembered
         try:
-            async with asyncio.timeout(self._settings.replay_rebuild_timeout_s):
-                await self._read_back(todo, now_ms)
-        except Exception as err:  # a timeout, the broker, anything: the partitions left get a floor
-            log.error("replay memory of %d partitions not rebuilt: %r", len(todo), err)
-        floor_ms = now_ms + self._settings.max_future_skew_ms
-        for tp in todo:
-            replays.hold(tp, floor_ms)
+            if todo:
+                async with asyncio.timeout(max(0.0, min(self._deadlines[tp] for tp in todo) - started_s)):
+                    await self._read_back(todo, now_ms)
+        except Exception as err:  # a timeout, the broker, anything: try again, or hold at a floor
+            log.warning("replay memory of %d partitions not rebuilt yet: %r", len(todo), err)
+            for tp in todo:
+                replays.forget(tp)
+        late = {tp for tp in todo if time.monotonic() >= self._deadlines[tp]}
+        self._hold(late, int(time.time() * 1000) + self._settings.max_future_skew_ms)
+        ready = (set(committed) - set(todo)) | late
+        for tp in ready:
+            del self._deadlines[tp]
+        log.info(
+            "replay memory of %d partitions rebuilt in %.2f s: %d request ids",
+            len(committed) - len(todo),
+            time.monotonic() - started_s,
+            self.remembered - remembered,
+        )
+        return ready
+
+    def _hold(self, tps: set[TopicPartition], floor_ms: int) -> None:
+        for tp in tps:
+            self._admission.replays.hold(tp, floor_ms)
             self.unfinished += 1
             log.error(
                 "%s[%d]: replay memory not rebuilt within %.1f s; refusing captures up to %d as stale",
@@ -98,12 +118,6 @@ class ReplayMemory:
                 self._settings.replay_rebuild_timeout_s,
                 floor_ms,
             )
-        log.info(
-            "replay memory of %d partitions rebuilt in %.2f s: %d request ids",
-            len(committed) - len(todo),
-            time.monotonic() - started_s,
-            self.remembered - remembered,
-        )
 
     async def _read_back(self, todo: dict[TopicPartition, int], now_ms: int) -> None:
         """Read each of ``todo`` from the window's first offset to its end offset, removing each
