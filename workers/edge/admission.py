@@ -2,8 +2,8 @@
 
 Two stages, both before any model runs. ``Admission.admit``, as each record is fetched: decode the
 envelope, resolve the model that answers it, find the device's key, decrypt and decompress the body,
-check that the record is where its authenticated fields put it (key, partition, topic), check the body
-against the model's input spec and decode the tensor. ``Admission.check``, when the item's unit is
+check it against the model's input spec, check that the record is where its authenticated fields put
+it (key, partition, topic) and decode the tensor. ``Admission.check``, when the item's unit is
 processed, in offset order: stale captures and replays, then per-device rates, and only then is the
 request id remembered. The first refusal (a ``ContractError``) becomes the item's dead-letter reason.
 """
@@ -155,8 +155,8 @@ class Admission:
                 settings.region, item.envelope.device_id, item.envelope.key_id, now_ms
             )
             body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
-            self._check_placement(tp, record.key, item.envelope)
             item.model.artifact.spec.check_input(body.dtype, tuple(body.shape))
+            self._check_placement(tp, record.key, item.envelope)
             item.tensor = decode_tensor(body)
             budget_s = (item.envelope.capture_time_ms + settings.sla_ms - now_ms) / 1000.0
             deadline_s = now_s + budget_s

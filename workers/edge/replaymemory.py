@@ -39,8 +39,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.workers.edge.admission import Admission
 from edgestream.workers.edge.settings import WorkerSettings
@@ -123,18 +124,9 @@ class ReplayMemory:
         """Read each of ``todo`` from the window's first offset to its end offset, removing each
         partition once read."""
         settings = self._settings
-        consumer = AIOKafkaConsumer(
-            **settings.kafka.client_kwargs(),
-            group_id=None,
-            client_id=self._client_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            request_timeout_ms=settings.kafka.request_timeout_ms,
-        )
-        await consumer.start()
-        try:
+        since_ms = now_ms - settings.max_age_ms - settings.max_future_skew_ms
+        async with kafka.started(kafka.consumer(settings.kafka, self._client_id)) as consumer:
             consumer.assign(list(todo))
-            since_ms = now_ms - settings.max_age_ms - settings.max_future_skew_ms
             found = await consumer.offsets_for_times(dict.fromkeys(todo, since_ms))
             for tp, end in list(todo.items()):
                 first = found.get(tp)
@@ -151,8 +143,6 @@ class ReplayMemory:
                     if await consumer.position(tp) >= todo[tp]:
                         del todo[tp]
                         consumer.pause(tp)
-        finally:
-            await consumer.stop()
 
     def _remember(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]], end: int, now_ms: int

@@ -3,6 +3,7 @@ device's flood against everyone else's records."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, cast
 
@@ -10,11 +11,13 @@ import pytest
 from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.envelope import Envelope, new_request_id
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import ModelCatalog
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import ingest_topic
 from edgestream.workers.edge import admission as admission_module
 from edgestream.workers.edge.admission import Admission, Item
+from edgestream.workers.edge.replaymemory import ReplayMemory
 from edgestream.workers.edge.settings import WorkerSettings
 
 REGION = "eu-west"
@@ -113,3 +116,18 @@ def test_replays_of_a_devices_envelope_do_not_spend_its_rate(clock: _Clock) -> N
     fresh = _item("dev-victim", now_ms)
     admission.check([fresh])
     assert _reasons([fresh]) == ["ok"]  # its second token is still there
+
+
+async def test_a_rebuild_that_cannot_finish_in_time_holds_the_partition_at_a_floor() -> None:
+    admission = _admission(replay_rebuild_timeout_s=0.3)  # nothing listens on localhost:9
+    memory = ReplayMemory(admission._settings, admission, lambda: cast(KeyRing, None), "node")
+    nothing_committed = TopicPartition(ingest_topic(REGION, "frame"), 1)
+    assert await memory.rebuild({TP: 10, nothing_committed: 0}) == {nothing_committed}
+    assert admission.replays.floor_ms(TP, "dev-a") is None  # not served yet: tried again next round
+    await asyncio.sleep(0.3)
+    before_ms = int(time.time() * 1000)
+    assert await memory.rebuild({TP: 10}) == {TP}  # out of time: served, at a floor
+    floor_ms = admission.replays.floor_ms(TP, "dev-a")
+    assert floor_ms is not None
+    assert floor_ms >= before_ms + admission._settings.max_future_skew_ms
+    assert memory.unfinished == 1
