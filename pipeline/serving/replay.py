@@ -199,8 +199,12 @@ class ReplayGuard(Generic[P]):
         dev.ids.add(request_id)
         dev.pending.append((now_ms, capture_time_ms, request_id))
         self._ids += 1
-        self._open.setdefault(partition, set()).add(device)
-        self._bound(now_ms)
+        in_transaction = self._open.get(partition)
+        if in_transaction is None:
+            in_transaction = self._open[partition] = set()
+        in_transaction.add(device)
+        if self._ids > self.max_ids or len(self._devices) > self.max_devices:
+            self._bound(now_ms)
 
     def remember(
         self, partition: P, device: str, request_id: bytes, capture_time_ms: int, now_ms: int
