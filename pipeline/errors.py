@@ -252,6 +252,42 @@ class RateLimited(ContractError):
         self.burst = burst
 
 
+class KeyMismatch(ContractError):
+    """The record's Kafka key is not the envelope's (authenticated) device id."""
+
+    reason = "key_mismatch"
+    stage = "validate"
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(f"the record key is not the envelope's device id {device_id!r}")
+        self.device_id = device_id
+
+
+class WrongPartition(ContractError):
+    """The record is on another partition than the one its key maps to (murmur2, contract section 9)."""
+
+    reason = "wrong_partition"
+    stage = "validate"
+
+    def __init__(self, partition: int, expected: int) -> None:
+        super().__init__(f"the record is on partition {partition}; its key maps to partition {expected}")
+        self.partition = partition
+        self.expected = expected
+        """The partition its key maps to."""
+
+
+class WrongTopic(ContractError):
+    """The record is on the ingest topic of another kind than the envelope's (authenticated) kind."""
+
+    reason = "wrong_topic"
+    stage = "validate"
+
+    def __init__(self, topic: str, kind: str) -> None:
+        super().__init__(f"a {kind!r} envelope on topic {topic!r}")
+        self.topic = topic
+        self.kind = kind
+
+
 class KafkaTimeout(EdgestreamError):
     """A topic was not read to the end offsets seen at the start within the time allowed (the one
     timeout of :func:`edgestream.pipeline.kafka.read_to_end`)."""

@@ -389,11 +389,17 @@ def open_envelope(envelope: Envelope, device_key: bytes | AESGCM, *, max_body_by
     Raises AuthenticationFailed (wrong key or anything tampered), OversizedEnvelope,
     DecompressionFailed or MalformedBody. Shape and dtype against the model are the caller's check.
     """
+    plaintext = authenticate(envelope, device_key)
+    return unpack_body(decompress(plaintext, envelope.compression, max_body_bytes))
+
+
+def authenticate(envelope: Envelope, device_key: bytes | AESGCM) -> bytes:
+    """Authenticate and decrypt: the plaintext (still compressed), or AuthenticationFailed."""
     try:
-        plaintext = _aead(device_key).decrypt(envelope.nonce, envelope.ciphertext, aad(envelope))
+        plaintext: bytes = _aead(device_key).decrypt(envelope.nonce, envelope.ciphertext, aad(envelope))
     except InvalidTag as e:
         raise AuthenticationFailed(
             f"envelope {format_request_id(envelope.request_id)} from {envelope.device_id!r} "
             f"does not authenticate under key id {envelope.key_id}"
         ) from e
-    return unpack_body(decompress(plaintext, envelope.compression, max_body_bytes))
+    return plaintext

@@ -2,15 +2,16 @@
 
 Two stages, both before any model runs. ``Admission.admit``, as each record is fetched: decode the
 envelope, resolve the model that answers it, find the device's key, decrypt and decompress the body,
-check it against the model's input spec and decode the tensor. ``Admission.check``, when the item's
-unit is processed, in offset order: replays and stale captures, then per-device rates. The first
-refusal (a ``ContractError``) becomes the item's dead-letter reason.
+check it against the model's input spec, check that the record is where its authenticated fields put
+it (key, partition, topic) and decode the tensor. ``Admission.check``, when the item's unit is
+processed, in offset order: stale captures and replays, then per-device rates, and only then is the
+request id remembered. The first refusal (a ``ContractError``) becomes the item's dead-letter reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -18,12 +19,21 @@ import numpy as np
 from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.codec import decode_tensor
-from edgestream.pipeline.contract.envelope import Envelope, decode_envelope, open_envelope
-from edgestream.pipeline.errors import ContractError, EdgestreamError, RecordFailed
+from edgestream.pipeline.contract.envelope import Envelope, authenticate, decode_envelope, open_envelope
+from edgestream.pipeline.contract.partitioner import partition_for
+from edgestream.pipeline.errors import (
+    ContractError,
+    EdgestreamError,
+    KeyMismatch,
+    RecordFailed,
+    WrongPartition,
+    WrongTopic,
+)
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.ratelimit import DeviceRateLimiter
 from edgestream.pipeline.serving.replay import ReplayGuard
 from edgestream.pipeline.serving.served import ModelCatalog, ServedModel
+from edgestream.topics.catalogue import KINDS, ingest_topic, parse_topic
 from edgestream.workers.edge.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -84,20 +94,31 @@ def current_master(keyring: KeyRing, region: str) -> bytes:
     return master
 
 
+PartitionsOf = Callable[[str], "set[int] | None"]
+"""The partitions of a topic in the cluster metadata (``AIOKafkaConsumer.partitions_for_topic``)."""
+
+
 class Admission:
     """Opens and validates a region's records; remembers request ids and device rates."""
 
-    def __init__(self, settings: WorkerSettings, catalog: ModelCatalog) -> None:
+    def __init__(
+        self, settings: WorkerSettings, catalog: ModelCatalog, partitions_of: PartitionsOf | None = None
+    ) -> None:
         self._settings = settings
         self._catalog = catalog
+        self._partitions_of = partitions_of
+        self._topics = {kind: ingest_topic(settings.region, kind) for kind in KINDS}
         self.replays: ReplayGuard[TopicPartition] = ReplayGuard(
             window_ms=settings.max_age_ms + settings.max_future_skew_ms,
             max_age_ms=settings.max_age_ms,
             max_future_skew_ms=settings.max_future_skew_ms,
-            max_entries_per_partition=settings.max_replay_ids_per_partition,
+            max_ids_per_device=settings.max_replay_ids_per_device,
+            max_devices=settings.max_replay_devices,
+            max_ids=settings.max_replay_ids,
         )
-        """Request ids seen per input partition: staged by ``check``, then committed or aborted with
-        the partition's transaction (a record redelivered after an abort is not a replay)."""
+        """Request ids seen per device and input partition: remembered by ``check`` once every check
+        passed, then committed or aborted with the partition's transaction (a record redelivered after
+        an abort is not a replay)."""
         self._rate = DeviceRateLimiter(
             rate_per_s=settings.device_rate_per_s,
             burst=settings.device_burst,
@@ -136,6 +157,7 @@ class Admission:
             )
             body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
             item.model.artifact.spec.check_input(body.dtype, tuple(body.shape))
+            self._check_placement(tp, record.key, item.envelope)
             item.tensor = decode_tensor(body)
             budget_s = (item.envelope.capture_time_ms + settings.sla_ms - now_ms) / 1000.0
             deadline_s = now_s + budget_s
@@ -147,20 +169,60 @@ class Admission:
         return item, deadline_s if item.error is None else now_s + 1.0
 
     def check(self, items: Sequence[Item]) -> None:
-        """After authentication, in offset order: replays and stale captures, then per-device rates.
+        """After authentication, in offset order: stale captures and replays, then per-device rates;
+        then the request id is remembered. A record refused by any of them leaves no trace in the replay
+        guard, and only a record the rate limit lets through is remembered (so no flood, within or over
+        a device's rate, can change how another device's records are decided).
 
         The replay guard stages this unit's ids per partition; they become permanent only when the
         partition's transaction commits, so a record redelivered after an abort is not a replay.
         """
         now_ms = int(time.time() * 1000)
         now_s = time.monotonic()
+        replays = self.replays
         for item in items:
             env = item.envelope
             if item.error is not None or env is None:
                 continue
             try:
-                self.replays.check(item.tp, env.request_id, env.capture_time_ms, now_ms)
+                replays.check(item.tp, env.device_id, env.request_id, env.capture_time_ms, now_ms)
                 self._rate.check(env.device_id, now_s)
+                replays.accept(item.tp, env.device_id, env.request_id, env.capture_time_ms, now_ms)
             except ContractError as err:
                 item.error = err
                 item.tensor = None
+            except Exception as err:  # one record's failure, whatever it is, stays that record's
+                item.error = RecordFailed("checking its freshness, replay and rate", err)
+                item.tensor = None
+
+    def remember(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], keyring: KeyRing, now_ms: int
+    ) -> bool:
+        """Remember the request id of a record ``tp`` committed before this worker owned it, if it is an
+        authentic envelope in its place (``workers/edge/replaymemory.py``); True when it was new."""
+        try:
+            env = decode_envelope(record.value or b"", max_envelope_bytes=self._settings.max_envelope_bytes)
+            self._check_placement(tp, record.key, env)
+            device_key = keyring.device_key(self._settings.region, env.device_id, env.key_id, now_ms)
+            authenticate(env, device_key)
+        except ContractError:
+            return False  # never accepted, and refused again if it comes back
+        return self.replays.remember(tp, env.device_id, env.request_id, env.capture_time_ms, now_ms)
+
+    def _check_placement(self, tp: TopicPartition, key: bytes | None, env: Envelope) -> None:
+        """The record is where its authenticated fields put it: keyed by its device id, on the partition
+        that key maps to (contract section 9), on its kind's topic. So each request has one partition
+        whose replay memory sees every copy of it."""
+        device_key = env.device_id.encode()
+        if key != device_key:
+            raise KeyMismatch(env.device_id)
+        expected = partition_for(device_key, self._partition_count(tp.topic))
+        if tp.partition != expected:
+            raise WrongPartition(tp.partition, expected)
+        if tp.topic != self._topics[env.kind]:
+            raise WrongTopic(tp.topic, env.kind)
+
+    def _partition_count(self, topic: str) -> int:
+        """The topic's partitions in the cluster metadata, else in the catalogue."""
+        partitions = None if self._partitions_of is None else self._partitions_of(topic)
+        return len(partitions) if partitions else parse_topic(topic).spec.partitions

@@ -1,7 +1,9 @@
 """The worker's partitions: which are assigned, which are in service, and where each is read from.
 
 An assigned partition (its producer started) waits to be *positioned*: sought to its stable committed
-offset, its audit chain continued from the head committed with that offset. Then it is in service, with
+offset, its audit chain continued from the head committed with that offset, and, when it is newly
+assigned, its replay memory rebuilt up to that offset (``workers/edge/replaymemory.py``): a restart
+or a move to another worker does not reopen the replay window. Then it is in service, with
 the *epoch* of that positioning: a record belongs to the epoch it was fetched in, and only records of a
 partition's current epoch are processed. After a rewind, units already closed may still hold records
 fetched before it; they must not commit once the partition is positioned again.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Rebuild = Callable[[Mapping[TopicPartition, int]], Awaitable[set[TopicPartition]]]
+"""Rebuilds the replay memory of newly assigned partitions up to the committed offsets given; returns
+the partitions that may be served (the others are tried again next round)."""
+
 POSITION_TIMEOUT_S = 2.0
 """How long one round of positioning waits for stable committed offsets before fetching for the
 partitions already in service again (the rest are tried next round)."""
@@ -31,9 +38,13 @@ partitions already in service again (the rest are tried next round)."""
 class Partitions:
     """Assignment, positioning and service of the partitions of one consumer."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, chains: AuditChain) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, chains: AuditChain, rebuild: Rebuild | None = None
+    ) -> None:
         self._consumer = consumer
         self._chains = chains
+        self._rebuild = rebuild
+        self._to_rebuild: set[TopicPartition] = set()  # newly assigned: replay memory not rebuilt yet
         self.serving: dict[TopicPartition, int] = {}
         """Partitions assigned, with their producer started and their position set: each with the
         epoch of that positioning."""
@@ -55,6 +66,7 @@ class Partitions:
         """``tps`` were assigned and their producers started: position them before their next fetch."""
         self._generation += 1
         self._to_position |= tps
+        self._to_rebuild |= tps
 
     def revoked(self, tps: set[TopicPartition]) -> None:
         """``tps`` are no longer ours: out of service, and not to be positioned."""
@@ -62,6 +74,7 @@ class Partitions:
         for tp in tps:
             self.serving.pop(tp, None)
         self._to_position -= tps
+        self._to_rebuild -= tps
 
     def rewound(self, tp: TopicPartition) -> None:
         """Nothing of ``tp``'s last unit committed: out of service until positioned again."""
@@ -88,6 +101,15 @@ class Partitions:
         positioned = await self._seek_committed(waiting)
         if generation != self._generation:
             return  # the assignment changed meanwhile: position again from what is assigned now
+        fresh = positioned & self._to_rebuild
+        if fresh and self._rebuild is not None:
+            # Bounded in time by the rebuild itself; one it could not finish yet waits for the next round.
+            rebuilt = await self._rebuild({tp: self._next_offset[tp] for tp in fresh})
+            if generation != self._generation:
+                return
+            positioned -= fresh - rebuilt
+            fresh = rebuilt
+        self._to_rebuild -= fresh
         self._to_position -= positioned
         for tp in positioned:
             self.serving[tp] = next(self._epochs)

@@ -66,8 +66,19 @@ class WorkerSettings(BaseSettings):
     """A capture time older than this is refused as stale (and bounds how long ids are remembered)."""
     max_future_skew_ms: int = Field(default=5_000, ge=0)
     """A capture time further than this in the future is refused as stale (device clock ahead)."""
-    max_replay_ids_per_partition: int = Field(default=200_000, ge=1)
-    """Request ids remembered per input partition; past it the oldest go and the age limit tightens."""
+    max_replay_ids_per_device: int = Field(default=4096, ge=1)
+    """Request ids remembered per device (and input partition); past it the device's oldest go and its
+    own age limit tightens. Above ``device_burst + device_rate_per_s * (max_age_ms +
+    max_future_skew_ms) / 1000`` (3,350 by default), a device within its rate never reaches it."""
+    max_replay_devices: int = Field(default=100_000, ge=1)
+    """Devices whose request ids are remembered; past it the least recently accepted device's ids go
+    (see ``pipeline/serving/replay.py`` for why that reopens no replay window)."""
+    max_replay_ids: int = Field(default=1_000_000, ge=1)
+    """Request ids remembered over every device; past it, as past ``max_replay_devices``."""
+    replay_rebuild_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a newly assigned partition may take to read back its last ``max_age_ms +
+    max_future_skew_ms`` of records and remember their request ids before it is served. Past it the
+    partition is served with a floor instead (``workers/edge/replaymemory.py``)."""
     device_rate_per_s: float = Field(default=50.0, gt=0)
     """Sustained requests per second one device may send; more are dead-lettered as rate_limited."""
     device_burst: int = Field(default=100, ge=1)

@@ -45,6 +45,7 @@ from edgestream.workers.edge.clients import consumer_of, sink_of
 from edgestream.workers.edge.inference import UnitInference
 from edgestream.workers.edge.outputs import UnitOutputs
 from edgestream.workers.edge.positioning import Partitions
+from edgestream.workers.edge.replaymemory import ReplayMemory
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork
 from edgestream.workers.edge.status import WorkerStats, count_unit, write_ready_file, write_stats_file
@@ -109,7 +110,6 @@ class EdgeWorker:
         self._catalog = worker_catalog(
             settings, models, self._keyring, on_refused=self.metrics.registry_refused
         )
-        self._admission = Admission(settings, self._catalog)
         self._estimate = ServiceTimeEstimate()
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
@@ -118,7 +118,9 @@ class EdgeWorker:
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
         self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets)
-        self._partitions = Partitions(self.consumer, self._chains)
+        self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
+        memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
+        self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
         self._report_now = asyncio.Event()
         self._reporter = (
             WorkerReporter(settings.kafka, self.node_id, settings.region, self._report)

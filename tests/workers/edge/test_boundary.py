@@ -219,3 +219,25 @@ async def test_an_oversized_records_dead_letter_fits_the_producer_limit(worker: 
     value, headers = letter
     assert record_size(b"dev-1", value, headers) <= PRODUCER_MAX_REQUEST_BYTES
     assert dict(headers)[dl.ORIGINAL_SIZE] == str(len(huge)).encode()
+
+
+async def test_an_unexpected_error_in_the_replay_and_rate_checks_stays_that_records(
+    worker: EdgeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _admit(worker, [_sealed(worker, _embedding()), _sealed(worker, _embedding())])
+    assert [item.error for item in items] == [None, None]
+    real_check = worker._admission._rate.check
+    calls: list[str] = []
+
+    def check(device_id: str, now_s: float) -> None:
+        calls.append(device_id)
+        if len(calls) == 2:
+            raise KeyError("a bug")
+        real_check(device_id, now_s)
+
+    monkeypatch.setattr(worker._admission._rate, "check", check)
+    worker._admission.check(items)
+    assert items[0].error is None
+    assert items[1].error is not None
+    assert items[1].error.reason == "internal"
+    assert items[1].tensor is None

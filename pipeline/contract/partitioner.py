@@ -1,0 +1,53 @@
+"""Which ingest partition a device's records belong on: Kafka's murmur2 partitioner (contract section 9).
+
+A device's record key is its device id (UTF-8), and its partition is ``(murmur2(key) & 0x7fffffff) %
+partitions``: what the Java client's default partitioner and aiokafka's ``DefaultPartitioner`` compute
+for a keyed record, and what librdkafka-based clients compute with ``partitioner=murmur2_random``. The
+edge refuses a record found anywhere else (``wrong_partition``), so a device's records, and so every
+replay of them, meet one partition's replay memory.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_SEED: Final = 0x9747B28C
+"""The seed Kafka's murmur2 starts from."""
+_M: Final = 0x5BD1E995
+"""Murmur2's multiplier."""
+_R: Final = 24
+"""Murmur2's shift within a 4-byte block."""
+_U32: Final = 0xFFFFFFFF
+"""Arithmetic is on unsigned 32-bit words."""
+POSITIVE: Final = 0x7FFFFFFF
+"""Kafka's ``Utils.toPositive``: the hash with its sign bit cleared, before the modulo."""
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's 32-bit murmur2 of ``data`` (``org.apache.kafka.common.utils.Utils.murmur2``), as an
+    unsigned int (Java's ``int`` of the same bits)."""
+    length = len(data)
+    h = (_SEED ^ length) & _U32
+    blocks = length - length % 4
+    for i in range(0, blocks, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * _M) & _U32
+        k ^= k >> _R
+        k = (k * _M) & _U32
+        h = ((h * _M) & _U32) ^ k
+    tail = data[blocks:]
+    if tail:
+        # Java XORs the tail bytes in from the third down to the first, then multiplies once.
+        h ^= int.from_bytes(tail, "little")
+        h = (h * _M) & _U32
+    h ^= h >> 13
+    h = (h * _M) & _U32
+    h ^= h >> 15
+    return h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of a record keyed ``key`` on a topic of ``partitions`` partitions."""
+    if partitions < 1:
+        raise ValueError(f"a topic has at least one partition, got {partitions}")
+    return (murmur2(key) & POSITIVE) % partitions

@@ -1,0 +1,133 @@
+"""Admission's stateful checks, without a broker: the order of rate limit and replay memory, and one
+device's flood against everyone else's records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import pytest
+from aiokafka import TopicPartition
+
+from edgestream.pipeline.contract.envelope import Envelope, new_request_id
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.serving.served import ModelCatalog
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.catalogue import ingest_topic
+from edgestream.workers.edge import admission as admission_module
+from edgestream.workers.edge.admission import Admission, Item
+from edgestream.workers.edge.replaymemory import ReplayMemory
+from edgestream.workers.edge.settings import WorkerSettings
+
+REGION = "eu-west"
+TP = TopicPartition(ingest_topic(REGION, "embedding"), 0)
+
+
+def _admission(**overrides: Any) -> Admission:
+    settings = WorkerSettings(
+        region=REGION, kafka=KafkaSettings(bootstrap_servers="localhost:9"), **overrides
+    )
+    return Admission(settings, cast(ModelCatalog, None))  # check() never resolves a model
+
+
+def _item(device: str, capture_ms: int, request_id: bytes | None = None) -> Item:
+    envelope = Envelope(
+        1,
+        request_id or new_request_id(),
+        device,
+        capture_ms,
+        "embedding",
+        "embedding-scorer",
+        None,
+        1,
+        "none",
+        bytes(12),
+        bytes(16),
+    )
+    return Item(TP, 1, 0, capture_ms, device.encode(), (), b"", time.monotonic(), envelope)
+
+
+def _reasons(items: list[Item]) -> list[str]:
+    return [it.error.reason if it.error is not None else "ok" for it in items]
+
+
+class _Clock:
+    """Admission's clocks (wall and monotonic), standing still unless moved."""
+
+    def __init__(self) -> None:
+        self.now_s = time.time()
+
+    def time(self) -> float:
+        return self.now_s
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(admission_module, "time", fake)
+    return fake
+
+
+def test_a_flood_from_one_device_never_makes_another_devices_envelope_stale(clock: _Clock) -> None:
+    # Issue 12: request ids were remembered before the rate check, per partition, and evicting them
+    # raised a partition-wide floor. With the defaults (200,000 ids), one device's 200,100 envelopes
+    # captured 4.9 s ahead made every honest envelope on the partition `stale`.
+    admission = _admission()
+    ahead_ms = int(clock.now_s * 1000) + 4_900
+    flood = [_item("dev-flood", ahead_ms) for _ in range(200_100)]
+    for start in range(0, len(flood), 10_000):
+        admission.check(flood[start : start + 10_000])
+        admission.replays.commit(TP)
+    now_ms = int(clock.now_s * 1000)
+    honest = [_item(f"dev-honest-{n}", now_ms) for n in range(50)]
+    admission.check(honest)
+    assert _reasons(honest) == ["ok"] * 50
+    reasons = _reasons(flood)  # its burst; the rest were refused by its rate, and left no trace
+    assert (reasons.count("ok"), reasons.count("rate_limited")) == (100, len(flood) - 100)
+
+
+def test_a_rate_limited_record_leaves_no_replay_trace(clock: _Clock) -> None:
+    admission = _admission(device_burst=1)  # 50/s: a token every 20 ms
+    now_ms = int(clock.now_s * 1000)
+    first, second = _item("dev-a", now_ms), _item("dev-a", now_ms)
+    admission.check([first, second])
+    assert _reasons([first, second]) == ["ok", "rate_limited"]
+    admission.replays.commit(TP)
+    clock.now_s += 0.05  # a token again
+    retried = _item("dev-a", now_ms, second.envelope.request_id if second.envelope else None)
+    admission.check([retried])
+    assert _reasons([retried]) == ["ok"]  # not `replayed`: the refused copy was never remembered
+
+
+def test_replays_of_a_devices_envelope_do_not_spend_its_rate(clock: _Clock) -> None:
+    admission = _admission(device_burst=2, device_rate_per_s=0.001)
+    now_ms = int(clock.now_s * 1000)
+    original = _item("dev-victim", now_ms)
+    admission.check([original])
+    admission.replays.commit(TP)
+    rid = original.envelope.request_id if original.envelope else b""
+    replays = [_item("dev-victim", now_ms, rid) for _ in range(100)]
+    admission.check(replays)
+    assert set(_reasons(replays)) == {"replayed"}
+    fresh = _item("dev-victim", now_ms)
+    admission.check([fresh])
+    assert _reasons([fresh]) == ["ok"]  # its second token is still there
+
+
+async def test_a_rebuild_that_cannot_finish_in_time_holds_the_partition_at_a_floor() -> None:
+    admission = _admission(replay_rebuild_timeout_s=0.3)  # nothing listens on localhost:9
+    memory = ReplayMemory(admission._settings, admission, lambda: cast(KeyRing, None), "node")
+    nothing_committed = TopicPartition(ingest_topic(REGION, "frame"), 1)
+    assert await memory.rebuild({TP: 10, nothing_committed: 0}) == {nothing_committed}
+    assert admission.replays.floor_ms(TP, "dev-a") is None  # not served yet: tried again next round
+    await asyncio.sleep(0.3)
+    before_ms = int(time.time() * 1000)
+    assert await memory.rebuild({TP: 10}) == {TP}  # out of time: served, at a floor
+    floor_ms = admission.replays.floor_ms(TP, "dev-a")
+    assert floor_ms is not None
+    assert floor_ms >= before_ms + admission._settings.max_future_skew_ms
+    assert memory.unfinished == 1
