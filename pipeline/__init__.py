@@ -1,4 +1,5 @@
-"""The library: message contract, crypto, codec, batching, inference sessions, models, device SDK."""
+"""The library, one package per stage of the data flow: contract (the wire), serving, security,
+learning, registry, models and observability, and the one Kafka client factory (``kafka``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Topic catalogue, region routing and admin: the only place that spells a topic name."""
+"""Topic catalogue (the only place that spells a topic name), region routing, topic admin and ACLs."""
 
 from __future__ import annotations
 

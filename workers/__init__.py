@@ -1,4 +1,5 @@
-"""Runnable processes: the local broker, the edge worker, the device fleet, the demo."""
+"""The processes: the edge worker, the cloud aggregator, the retrainer, the rollout controller, operator
+tasks (``ops``) and the local development tools (``local``: broker, simulated fleet, demo)."""
 
 from __future__ import annotations
 
