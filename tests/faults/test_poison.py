@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench.faults.__main__ import merge_into
 from bench.faults.checker import Verdict, check
 from bench.faults.observe import Observed, Record
 from bench.faults.poison import ALL_CATEGORIES, PoisonCorpus, poison_counts, poison_requirements
@@ -269,3 +270,30 @@ def test_the_poison_requirements_name_each_exit_rewind_and_abort(
     assert poison_requirements(verdict, fine, [], {"w.1": 0}) == []
     broken = poison_requirements(verdict, {**fine, **extra}, exits, codes)
     assert any(needle in line for line in broken), broken
+
+
+def test_a_merged_faults_document_keeps_the_reports_not_rerun_and_names_their_run() -> None:
+    earlier = {
+        "generated_at": "2026-11-23T19:11:40+00:00",
+        "source": {"commit": "abc"},
+        "settings": {"scenarios": ["kill9", "hostile"]},
+        "scenarios": [{"name": "kill -9", "violations": []}, {"name": "hostile input", "violations": []}],
+    }
+    rerun = {"generated_at": "now", "scenarios": [{"name": "hostile input", "violations": ["lost: 1"]}]}
+    merged = merge_into(
+        earlier, {**rerun, "scenarios": [*rerun["scenarios"], {"name": "poison", "violations": []}]}
+    )
+    assert [r["name"] for r in merged["scenarios"]] == ["kill -9", "hostile input", "poison"]
+    assert merged["scenarios"][1]["violations"] == ["lost: 1"], "the rerun replaces the earlier report"
+    assert merged["merged"] == [
+        {
+            "scenario": "kill -9",
+            "generated_at": "2026-11-23T19:11:40+00:00",
+            "commit": "abc",
+            "settings": earlier["settings"],
+        }
+    ]
+    assert merged["invariant_holds"] is False
+    again = merge_into(merged, {"generated_at": "later", "scenarios": [{"name": "poison", "violations": []}]})
+    assert again["merged"][0] == merged["merged"][0], "a report kept twice still names its own run"
+    assert [m["scenario"] for m in again["merged"]] == ["kill -9", "hostile input"]
