@@ -89,7 +89,7 @@ class FaultsSettings(BaseSettings):
     """Good records in the poison scenario."""
     poison_bad: int = Field(default=2500, ge=1)
     """Hostile records in the poison scenario (every category, then at random), the flood not counted."""
-    poison_flood: int = Field(default=600, ge=0)
+    poison_flood: int = Field(default=800, ge=0)
     """Records of the one flooding device in the poison scenario."""
     poison_flood_bursts: int = Field(default=4, ge=1)
     """Bursts the flood comes in."""

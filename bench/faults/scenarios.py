@@ -1,5 +1,5 @@
-"""The fault scenarios (``kill9``, ``zombie``, ``rebalance``, ``broker_restart``, ``hostile``): each
-returns a ``ScenarioReport``.
+"""The fault scenarios (``kill9``, ``zombie``, ``rebalance``, ``broker_restart``, ``hostile``,
+``poison``): each returns a ``ScenarioReport``.
 
 A scenario makes a fresh region (its own topics and key file) on a broker, starts ``python -m edgestream
 worker`` processes for it, produces traffic while it injects one kind of fault, waits until the region's
