@@ -175,7 +175,7 @@ async def test_poison_with_default_settings_every_hostile_kind_dead_lettered_and
     assert v.by_category["near_limit"] == Counter({"bad_shape": v.by_category["near_limit"].total()})
     flood = extra["flood_outcomes"]
     assert sum(flood.values()) == 400
-    assert flood.get("result", 0) >= 200, "each burst's first 100 are within the device's burst"
+    assert flood.get("result", 0) >= 100, "the first 100 of the flood are within the device's burst"
     assert flood.get("rate_limited", 0) > 0, "a burst of 200 is over a device's rate"
     assert extra["worker_settings"] == {}, "the worker's own defaults"
     assert extra["max_envelope_bytes"] == WorkerSettings.model_fields["max_envelope_bytes"].default
