@@ -1,15 +1,18 @@
 """``make faults``: the fault scenarios of ``scenarios.py`` (``tests/faults`` runs them shorter), longer,
 in one report.
 
-kill -9 cycles, a zombie, a 1 -> 3 -> 1 rebalance and a hostile corpus, each on a fresh region of one
-local broker, then broker restarts on a broker of their own; the exactly-once checker is
+kill -9 cycles, a zombie, a 1 -> 3 -> 1 rebalance, a hostile corpus and the poison corpus (issue 12:
+every hostile kind with the worker's default settings), each on a fresh region of one local broker,
+then broker restarts on a broker of their own; the exactly-once checker is
 ``checker.py``'s. Writes ``bench/results/faults.json`` (per scenario: sent, results,
 dead letters by reason, lost, duplicated, false replay flags, worker restarts, wall time, and every
 violation with examples) and prints a table. Exits 1 when the invariant broke anywhere; the home with
 every worker's log is then kept and named, and the seed in the JSON replays the run.
 
 Settings come from ``EDGESTREAM_FAULTS_*``, e.g. ``EDGESTREAM_FAULTS_KILL_CYCLES=3
-EDGESTREAM_FAULTS_SCENARIOS='["kill9"]'`` for a quick look.
+EDGESTREAM_FAULTS_SCENARIOS='["kill9"]'`` for a quick look. With ``EDGESTREAM_FAULTS_MERGE=true`` the
+scenarios run replace their earlier reports in an existing ``faults.json`` and the rest are kept (the
+document's ``merged`` names what was kept from which run).
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from rich.table import Table
 
 from bench import REPO_ROOT, RESULTS_DIR
 from bench.faults.env import FaultEnv, prepare_home
-from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, rebalance, zombie
+from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, poison, rebalance, zombie
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 
-ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "broker_restart"]
+ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "poison", "broker_restart"]
 
 
 class FaultsSettings(BaseSettings):
@@ -55,7 +58,14 @@ class FaultsSettings(BaseSettings):
         env_prefix="EDGESTREAM_FAULTS_", env_nested_delimiter="__", frozen=True, extra="forbid"
     )
 
-    scenarios: tuple[ScenarioName, ...] = ("kill9", "zombie", "rebalance", "hostile", "broker_restart")
+    scenarios: tuple[ScenarioName, ...] = (
+        "kill9",
+        "zombie",
+        "rebalance",
+        "hostile",
+        "poison",
+        "broker_restart",
+    )
     """Which scenarios to run, in this order."""
     seed: int = 20261123
     """Seeds kill timings, stop points and the hostile corpus."""
@@ -75,6 +85,20 @@ class FaultsSettings(BaseSettings):
     """Malformed records in the hostile scenario (every category, then at random)."""
     hostile_rate_per_s: float = Field(default=1000.0, gt=0)
     """Rate the hostile stream is produced at."""
+    poison_good: int = Field(default=6000, ge=1)
+    """Good records in the poison scenario."""
+    poison_bad: int = Field(default=2500, ge=1)
+    """Hostile records in the poison scenario (every category, then at random), the flood not counted."""
+    poison_flood: int = Field(default=800, ge=0)
+    """Records of the one flooding device in the poison scenario."""
+    poison_flood_bursts: int = Field(default=4, ge=1)
+    """Bursts the flood comes in."""
+    poison_large: int = Field(default=20, ge=5)
+    """Hostile records about a MiB large (near and over the default envelope limit)."""
+    poison_rate_per_s: float = Field(default=800.0, gt=0)
+    """Rate the poison stream is produced at."""
+    merge: bool = False
+    """Replace only this run's scenarios in an existing ``faults.json``, keeping the others' reports."""
     out_dir: Path = RESULTS_DIR
     """Where ``faults.json`` goes."""
     keep_home: bool = False
@@ -91,6 +115,15 @@ def _scenario_calls(
         "rebalance": lambda env: rebalance(env, rate_per_s=rate),
         "hostile": lambda env: hostile(
             env, good=settings.hostile_good, bad=settings.hostile_bad, rate_per_s=settings.hostile_rate_per_s
+        ),
+        "poison": lambda env: poison(
+            env,
+            good=settings.poison_good,
+            bad=settings.poison_bad,
+            flood=settings.poison_flood,
+            flood_bursts=settings.poison_flood_bursts,
+            large=settings.poison_large,
+            rate_per_s=settings.poison_rate_per_s,
         ),
         "broker_restart": lambda env: broker_restart(
             env, rate_per_s=rate, outage_s=settings.broker_outage_s, restarts=settings.broker_restarts
@@ -215,6 +248,32 @@ def _table(document: dict[str, Any]) -> Table:
     return table
 
 
+def merge_into(earlier: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` plus the scenario reports of ``earlier`` it did not rerun, in the earlier order
+    (rerun ones in their place, new ones at the end); ``merged`` names the run each kept report is from
+    (its time, commit and settings)."""
+    fresh = {r["name"]: r for r in document["scenarios"]}
+    earlier_reports = earlier.get("scenarios", [])
+    order = [r["name"] for r in earlier_reports] + [
+        n for n in fresh if n not in {r["name"] for r in earlier_reports}
+    ]
+    by_name = {**{r["name"]: r for r in earlier_reports}, **fresh}
+    scenarios = [by_name[name] for name in order]
+    run = {
+        "generated_at": earlier.get("generated_at"),
+        "commit": (earlier.get("source") or {}).get("commit"),
+        "settings": earlier.get("settings"),
+    }
+    kept_from = {m["scenario"]: m for m in earlier.get("merged", [])}  # kept by an earlier merge already
+    merged = [kept_from.get(name, {"scenario": name, **run}) for name in order if name not in fresh]
+    return {
+        **document,
+        "scenarios": scenarios,
+        "merged": merged,
+        "invariant_holds": all(not r["violations"] for r in scenarios),
+    }
+
+
 def main() -> int:
     """``python -m bench.faults``."""
     console = Console() if sys.stdout.isatty() else Console(width=150)
@@ -239,6 +298,8 @@ def main() -> int:
         return 130
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     out = settings.out_dir / "faults.json"
+    if settings.merge and out.exists():
+        document = merge_into(json.loads(out.read_text()), document)
     out.write_text(json.dumps(document, indent=2) + "\n")
     console.print(_table(document))
     console.print(f"total {document['total_wall_s']} s; wrote {out}")

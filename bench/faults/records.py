@@ -11,6 +11,13 @@ from edgestream.topics.catalogue import ingest_topic
 
 OK: Final = "ok"
 """Expected outcome of a good record: one result."""
+FLOOD: Final = "flood"
+"""Expected outcome of a record of one device's flood: one result or one dead letter ``rate_limited`` or
+``stale``; which, depends on when the worker's rate limiter sees it, which the checker cannot know."""
+ALLOWED_OUTCOMES: Final[Mapping[str, frozenset[str]]] = {
+    FLOOD: frozenset({"result", "rate_limited", "stale"}),
+}
+"""Expectations that allow one of several outcomes (``result`` or a reason), each input still exactly one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,8 @@ class CorpusRecord:
     """How it was made (``good`` or a ``CATEGORIES`` name)."""
     request_id: bytes | None
     """The request id a result or audit record would carry; None when the envelope has none."""
+    partition: int | None = None
+    """The partition it is produced to; None: the one its key maps to (the producer's murmur2)."""
 
     def topic(self, region: str) -> str:
         """The ingest topic it is produced to."""
@@ -79,3 +88,26 @@ CATEGORIES: Final[Mapping[str, str]] = {
     "unknown_version": "unknown_model",
 }
 """Every bad category and the reason code its dead letter must carry."""
+
+POISON_CATEGORIES: Final[Mapping[str, str]] = {
+    # non-finite tensors: float16 is the embedding model's dtype; float32 is refused for its dtype first
+    "nan_float16": "non_finite",
+    "inf_float16": "non_finite",
+    "nan_float32": "bad_shape",
+    "inf_float32": "bad_shape",
+    # sizes at the default limit: admitted (a wrong shape), refused, refused with a truncated dead letter
+    "near_limit": "bad_shape",
+    "over_limit": "oversized",
+    "over_limit_truncated": "oversized",
+    # records bound to their place
+    "key_mismatch": "key_mismatch",
+    "wrong_partition": "wrong_partition",
+    "wrong_topic": "wrong_topic",
+    "replay_other_partition": "wrong_partition",
+    "replay_other_topic": "wrong_topic",
+}
+"""The kinds of issue 12 the ``poison`` scenario adds to ``CATEGORIES``, and the reason each must get."""
+LARGE_CATEGORIES: Final = frozenset(
+    {"oversized_bytes", "oversized_envelope", "near_limit", "over_limit", "over_limit_truncated"}
+)
+"""Categories whose records are about a MiB at the default limit: the poison corpus draws a budget of them."""

@@ -1,5 +1,5 @@
-"""The fault scenarios (``kill9``, ``zombie``, ``rebalance``, ``broker_restart``, ``hostile``): each
-returns a ``ScenarioReport``.
+"""The fault scenarios (``kill9``, ``zombie``, ``rebalance``, ``broker_restart``, ``hostile``,
+``poison``): each returns a ``ScenarioReport``.
 
 A scenario makes a fresh region (its own topics and key file) on a broker, starts ``python -m edgestream
 worker`` processes for it, produces traffic while it injects one kind of fault, waits until the region's
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.faults.checker import Verdict, check
-from bench.faults.env import FaultEnv, FaultRegion, make_corpus, make_region, wait_for
+from bench.faults.env import MAX_ENVELOPE_BYTES, FaultEnv, FaultRegion, make_corpus, make_region, wait_for
 from bench.faults.observe import Observed, observe
+from bench.faults.poison import PoisonCorpus, poison_counts, poison_requirements
 from bench.faults.records import CorpusRecord
 from bench.faults.traffic import GroupProbe, Traffic, good_traffic, region_lag, wait_drained
 from bench.faults.workers import Workers, partition_names
@@ -53,9 +54,11 @@ class ScenarioReport:
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
     """Scenario-specific observations."""
+    broken: list[str] = field(default_factory=list)
+    """The scenario's own requirements beyond the checker's invariant that did not hold, in words."""
 
     def violations(self) -> list[str]:
-        return self.verdict.violations()
+        return self.verdict.violations() + self.broken
 
     def summary(self) -> str:
         v = self.verdict
@@ -104,6 +107,7 @@ async def _finish(
     started: float,
     inspect: Callable[[Observed], Mapping[str, Any]] | None = None,
     tolerate_stale: bool = False,
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     **extra: Any,
 ) -> ScenarioReport:
     """Stop traffic, wait for the group to drain, stop the workers, read and judge."""
@@ -113,7 +117,9 @@ async def _finish(
     await workers.stop_all()
     env.on_event(f"{name}: checking")
     observed = await observe(region)
-    verdict = check(traffic.ledger, observed, tolerate_stale=tolerate_stale)
+    verdict = check(
+        traffic.ledger, observed, tolerate_stale=tolerate_stale, max_envelope_bytes=max_envelope_bytes
+    )
     extra["aborted_outputs"] = observed.aborted
     extra["rewinds"] = workers.count_log_lines("re-reading")
     extra["results_by_node"] = dict(
@@ -393,11 +399,59 @@ async def hostile(env: FaultEnv, *, good: int, bad: int, rate_per_s: float = 800
     return report
 
 
+async def poison(
+    env: FaultEnv,
+    *,
+    good: int,
+    bad: int,
+    flood: int,
+    flood_bursts: int = 2,
+    large: int = 12,
+    rate_per_s: float = 800.0,
+) -> ScenarioReport:
+    """Issue 12's proof, one worker with the DEFAULT settings: ``bad`` hostile records of every kind
+    (``ALL_CATEGORIES``; ``large`` of them about a MiB), one device's ``flood`` in ``flood_bursts``
+    bursts, and ``good`` good records of 500 other devices on the same partitions. Every good one
+    answered once, every hostile one dead-lettered with its reason, every flood record one outcome (a
+    result, ``rate_limited`` or ``stale``); the worker never exits, never rewinds, aborts nothing."""
+    started = time.monotonic()
+    region = await make_region(env)
+    corpus = PoisonCorpus(region.name, region.keyring, served_versions=env.served_versions, seed=env.seed)
+    stream = corpus.stream(good, bad, flood=flood, flood_bursts=flood_bursts, large=large)
+    async with _scenario("poison", env, region, stream, rate_per_s) as (workers, traffic, _probe):
+        worker = workers.start_with_defaults("w")
+        ready = await worker.ready()
+        async with traffic:
+            sending_s = 60 + (good + bad + flood) / rate_per_s
+            await wait_for("the corpus is sent", traffic.exhausted.is_set, sending_s)
+            await traffic.stop()
+            report = await _finish(
+                "poison", env, region, workers, traffic, started, max_envelope_bytes=corpus.max_envelope_bytes
+            )
+    stats = worker.stats() or {}
+    report.extra.update(
+        poison_counts(report.verdict),
+        max_envelope_bytes=corpus.max_envelope_bytes,
+        worker_settings=dict(worker.settings),
+        incarnations=worker.incarnation,
+        pid_at_ready=ready.get("pid"),
+        pid_at_exit=worker.pid,
+        stats_consumed=stats.get("consumed"),
+        stats_rewinds=stats.get("rewinds"),
+        stats_dead_letters=stats.get("dead_letters"),
+    )
+    report.broken += poison_requirements(
+        report.verdict, report.extra, report.unexpected_exits, report.exit_codes
+    )
+    return report
+
+
 SCENARIOS: Mapping[str, Callable[..., Awaitable[ScenarioReport]]] = {
     "kill9": kill9,
     "zombie": zombie,
     "rebalance": rebalance,
     "broker_restart": broker_restart,
     "hostile": hostile,
+    "poison": poison,
 }
 """Every scenario by name."""

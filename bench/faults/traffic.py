@@ -84,7 +84,9 @@ class Traffic:
                 return
             self.ledger[record.test_id] = record
             try:
-                delivery = await producer.send(record.topic(self.region.name), record.value, key=record.key)
+                delivery = await producer.send(
+                    record.topic(self.region.name), record.value, key=record.key, partition=record.partition
+                )
             except KafkaError as err:
                 log.warning("send of test id %d failed: %r", record.test_id, err)
                 self.failed.add(record.test_id)

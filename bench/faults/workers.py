@@ -60,10 +60,17 @@ class WorkerProcess:
     """``python -m edgestream worker`` for a region, restartable; each start is a new incarnation with
     its own node id (``<name>.<n>``), log, ready and stats files."""
 
-    def __init__(self, name: str, region: FaultRegion, env: FaultEnv, settings: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        name: str,
+        region: FaultRegion,
+        env: FaultEnv,
+        settings: Mapping[str, object],
+        base: Mapping[str, object] = BASE_WORKER_SETTINGS,
+    ) -> None:
         self.name = name
         self.region = region
-        self.settings = {**BASE_WORKER_SETTINGS, **settings}
+        self.settings = {**base, **settings}
         self.run_dir = env.run_dir / region.name
         self.home = env.home
         self.incarnation = 0
@@ -262,8 +269,16 @@ class Workers:
         self._supervisor: asyncio.Task[None] | None = None
 
     def start(self, name: str, **settings: object) -> WorkerProcess:
-        worker = WorkerProcess(name, self.region, self.env, settings)
-        self.all[name] = worker
+        """Start worker ``name`` with ``BASE_WORKER_SETTINGS`` and ``settings`` on top."""
+        return self._start(WorkerProcess(name, self.region, self.env, settings))
+
+    def start_with_defaults(self, name: str) -> WorkerProcess:
+        """Start worker ``name`` with the worker's own defaults for every limit (only where it runs and
+        what it connects to are set)."""
+        return self._start(WorkerProcess(name, self.region, self.env, {}, base={}))
+
+    def _start(self, worker: WorkerProcess) -> WorkerProcess:
+        self.all[worker.name] = worker
         worker.start()
         return worker
 

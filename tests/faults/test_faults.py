@@ -35,8 +35,9 @@ from bench.faults.env import (
     wait_for,
 )
 from bench.faults.observe import Observed, Record, observe
-from bench.faults.records import CATEGORIES, OK, CorpusRecord
-from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, rebalance, zombie
+from bench.faults.poison import ALL_CATEGORIES
+from bench.faults.records import CATEGORIES, FLOOD, LARGE_CATEGORIES, OK, CorpusRecord
+from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, poison, rebalance, zombie
 from bench.faults.traffic import wait_drained
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
@@ -153,6 +154,35 @@ async def test_a_hostile_corpus_is_dead_lettered_by_reason_and_the_worker_never_
     assert extra["pid_at_ready"] == extra["pid_at_exit"], "the same process from start to SIGTERM"
     assert report.exit_codes == {"w.1": 0}
     assert extra["stats_consumed"] == v.written, "its stats at SIGTERM: consumed everything written"
+
+
+async def test_poison_with_default_settings_every_hostile_kind_dead_lettered_and_no_worker_exit_or_rewind(
+    fault_env: FaultEnv,
+) -> None:
+    """Issue 12's poison scenario, CI-sized: one worker with the worker's DEFAULT settings (1 MiB
+    envelope limit, 50/s per device, burst 100); every hostile kind (NaN and +Inf embeddings, envelopes
+    at and over the default limit, misplaced records and copies, the 35 hostile categories) and one
+    device's future-skewed flood, among good records of 500 other devices on the same partitions."""
+    report = await poison(fault_env, good=1200, bad=600, flood=400, flood_bursts=2, large=7, rate_per_s=600)
+    assert_exactly_once(report)  # every good one answered once, every hostile one with its reason
+    v, extra = report.verdict, report.extra
+    assert set(v.by_category) == {"good", FLOOD, *ALL_CATEGORIES}
+    assert v.by_category["good"] == Counter({"result": 1200})
+    assert extra["hostile_written"] == 600
+    assert extra["large_written"] == 7
+    assert sum(v.by_category[c]["non_finite"] for c in ("nan_float16", "inf_float16")) >= 2
+    assert v.truncated_dead_letters >= 1, "the envelopes near the producer's limit got a truncated copy"
+    assert v.by_category["near_limit"] == Counter({"bad_shape": v.by_category["near_limit"].total()})
+    flood = extra["flood_outcomes"]
+    assert sum(flood.values()) == 400
+    assert flood.get("result", 0) >= 100, "the first 100 of the flood are within the device's burst"
+    assert flood.get("rate_limited", 0) > 0, "a burst of 200 is over a device's rate"
+    assert extra["worker_settings"] == {}, "the worker's own defaults"
+    assert extra["max_envelope_bytes"] == WorkerSettings.model_fields["max_envelope_bytes"].default
+    assert extra["rewinds"] == extra["stats_rewinds"] == 0
+    assert report.unexpected_exits == []
+    assert report.exit_codes == {"w.1": 0}
+    assert set(LARGE_CATEGORIES) <= set(v.by_category)
 
 
 async def _backlog(fault_env: FaultEnv, region: FaultRegion, count: int) -> dict[int, CorpusRecord]:
