@@ -1,8 +1,9 @@
-"""Writing files so a reader never sees half of one."""
+"""Writing files so a reader never sees half of one, and naming bytes by their sha256."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from typing import TYPE_CHECKING, Final
@@ -29,3 +30,8 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex sha256 of ``data``: how artifacts and cached models are named and checked."""
+    return hashlib.sha256(data).hexdigest()

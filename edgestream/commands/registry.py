@@ -129,8 +129,9 @@ def publish(
 ) -> None:
     """Build (or reuse) MODEL/SIZE, store its ONNX bytes, sign a manifest and publish the next version."""
     from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.files import sha256_hex
     from edgestream.pipeline.models import ModelStore
-    from edgestream.pipeline.registry.artifacts import LocalArtifactStore, sha256_hex
+    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
     from edgestream.pipeline.registry.publishing import publish_artifact
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.pipeline.settings import DEFAULT_HOME

@@ -32,12 +32,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
+from edgestream.pipeline.files import sha256_hex
 from edgestream.pipeline.models.cache import (
     MODEL_VERSION,
     ModelArtifact,
     input_manifest,
     read_artifact,
-    sha256_hex,
     write_artifact,
 )
 from edgestream.pipeline.models.data import FRAME_UPSCALE, load_dataset

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgestream.pipeline.errors import ConfigError
-from edgestream.pipeline.files import atomic_write
+from edgestream.pipeline.files import atomic_write, sha256_hex
 from edgestream.pipeline.models.zoo import FAMILIES, SIZES, ModelSpec, spec
 
 if TYPE_CHECKING:
@@ -66,11 +65,6 @@ class ModelArtifact:
     def manifest_path(self) -> Path:
         """The ``manifest.json`` beside the ONNX file."""
         return self.path.with_name(MANIFEST_FILE)
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def artifact_dir(root: Path, name: str, size: str, version: int = MODEL_VERSION) -> Path:

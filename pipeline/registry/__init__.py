@@ -7,7 +7,8 @@ calls to load a verified artifact), ``client`` (Kafka). ``client`` imports aioka
 model zoo; import them from their modules.
 """
 
-from edgestream.pipeline.registry.artifacts import ArtifactStore, LocalArtifactStore, sha256_hex
+from edgestream.pipeline.files import sha256_hex
+from edgestream.pipeline.registry.artifacts import ArtifactStore, LocalArtifactStore
 from edgestream.pipeline.registry.canary import choose_version, device_bucket
 from edgestream.pipeline.registry.errors import (
     ArtifactMismatch,

@@ -8,12 +8,11 @@ out bytes that differ from their name. :class:`LocalArtifactStore` keeps ``root/
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
-from edgestream.pipeline.files import atomic_write
+from edgestream.pipeline.files import atomic_write, sha256_hex
 from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound, MalformedRegistryRecord
 
 if TYPE_CHECKING:
@@ -22,11 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_hex(data: bytes) -> str:
-    """Lowercase hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_sha256(sha256: str) -> str:

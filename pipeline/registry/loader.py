@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from edgestream.pipeline.files import atomic_write
+from edgestream.pipeline.files import atomic_write, sha256_hex
 from edgestream.pipeline.models.cache import ModelArtifact
 from edgestream.pipeline.models.zoo import spec
-from edgestream.pipeline.registry.artifacts import sha256_hex
 from edgestream.pipeline.registry.errors import MalformedRegistryRecord
 from edgestream.pipeline.registry.signing import load_verified
 

@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgestream.pipeline.errors import ConfigError
-from edgestream.pipeline.files import atomic_write
-from edgestream.pipeline.registry.artifacts import ArtifactStore, check_sha256, sha256_hex
+from edgestream.pipeline.files import atomic_write, sha256_hex
+from edgestream.pipeline.registry.artifacts import ArtifactStore, check_sha256
 from edgestream.pipeline.registry.errors import (
     ArtifactMismatch,
     BadSignature,

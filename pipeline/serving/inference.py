@@ -17,7 +17,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edgestream.pipeline.errors import ConfigError, InferenceFailed, ShapeMismatch
-from edgestream.pipeline.models.cache import sha256_hex
+from edgestream.pipeline.files import sha256_hex
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
