@@ -37,6 +37,7 @@ from edgestream.topics.catalogue import (
     dlq_topic,
     edge_group,
     ingest_prefix,
+    replies_topic,
     results_topic,
     validate_region,
 )
@@ -187,6 +188,7 @@ def _edge_rules(region: str) -> set[AclRule]:
     return (
         _grant(edge, TOPIC, PREFIXED, ingest_prefix(region), READ, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, results_topic(region), WRITE, DESCRIBE)
+        | _grant(edge, TOPIC, LITERAL, replies_topic(region), WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, audit_topic(region), WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, dlq_topic(region), WRITE, DESCRIBE)
         | _grant(edge, TOPIC, LITERAL, SUMMARIES_TOPIC, WRITE, DESCRIBE)
@@ -205,6 +207,7 @@ def _device_rules(region: str) -> set[AclRule]:
     return (
         _grant(device, TOPIC, PREFIXED, ingest_prefix(region), WRITE, DESCRIBE)
         | _grant(device, TOPIC, LITERAL, results_topic(region), READ, DESCRIBE)
+        | _grant(device, TOPIC, LITERAL, replies_topic(region), READ, DESCRIBE)
         | _grant(device, GROUP, PREFIXED, device_group_prefix(region), READ)
     )
 

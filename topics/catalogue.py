@@ -121,6 +121,18 @@ RESULTS: Final = TopicSpec(
     notes="written in transactions; read_committed consumers",
     extra_configs={SEGMENT_MS: str(6 * HOUR_MS)},
 )
+REPLIES: Final = TopicSpec(
+    pattern="edge.{region}.replies",
+    scope="region",
+    partitions=3,
+    retention_ms=HOUR_MS,
+    cleanup_policy="delete",
+    key="device id",
+    value="result record (fast reply)",
+    notes="written at once, outside transactions (at least once); devices read it, backends read "
+    "results; a reply is useless after its deadline",
+    extra_configs={SEGMENT_MS: str(HOUR_MS // 4)},
+)
 AUDIT: Final = TopicSpec(
     pattern="edge.{region}.audit",
     scope="region",
@@ -203,6 +215,7 @@ CONTROL_WORKERS: Final = TopicSpec(
 CATALOGUE: Final[tuple[TopicSpec, ...]] = (
     INGEST,
     RESULTS,
+    REPLIES,
     AUDIT,
     DLQ,
     CLOUD_SUMMARIES,
@@ -247,8 +260,13 @@ def ingest_topic(region: Region | str, kind: str) -> str:
 
 
 def results_topic(region: Region | str) -> str:
-    """``edge.<region>.results``: where a region's devices await their results."""
+    """``edge.<region>.results``: a region's committed results (what backends read)."""
     return RESULTS.pattern.format(region=validate_region(region))
+
+
+def replies_topic(region: Region | str) -> str:
+    """``edge.<region>.replies``: where a region's devices await their answers (fast replies)."""
+    return REPLIES.pattern.format(region=validate_region(region))
 
 
 def audit_topic(region: Region | str) -> str:
@@ -303,11 +321,13 @@ def dlq_replay_group_prefix(region: Region | str) -> str:
 
 
 def region_topics(region: Region | str) -> list[Topic]:
-    """Every topic of one region: its ingest topics (one per kind), results, audit and dead letters."""
+    """Every topic of one region: its ingest topics (one per kind), results, replies, audit and dead
+    letters."""
     name = validate_region(region)
     topics = [Topic(ingest_topic(name, kind), INGEST, name, kind) for kind in KINDS]
     topics += [
         Topic(results_topic(name), RESULTS, name, None),
+        Topic(replies_topic(name), REPLIES, name, None),
         Topic(audit_topic(name), AUDIT, name, None),
         Topic(dlq_topic(name), DLQ, name, None),
     ]

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION
 from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.topics.catalogue import KINDS, ingest_topic, results_topic
+from edgestream.topics.catalogue import KINDS, ingest_topic, replies_topic
 
 _CLIENT_ID = "edgestream-bench-echo"
 
@@ -74,7 +74,7 @@ class EchoWorker:
 
     def __init__(self, settings: EchoSettings) -> None:
         self.settings = settings
-        self._out_topic = results_topic(settings.region)
+        self._out_topic = replies_topic(settings.region)
         self._consumer = kafka.consumer(
             settings.kafka,
             _CLIENT_ID,

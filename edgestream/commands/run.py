@@ -42,7 +42,7 @@ def worker(
 
     The worker needs to be told where its brokers are (``--bootstrap``, ``EDGESTREAM_WORKER_KAFKA__*``
     or ``--local``); without that it says so and exits 2."""
-    from edgestream.workers.edge.worker import serve
+    from edgestream.workers.edge.service import serve
 
     settings = _worker_settings(region, bootstrap, local)
 

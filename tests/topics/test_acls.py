@@ -79,6 +79,7 @@ from edgestream.topics.catalogue import (
     edge_group,
     ingest_topic,
     parse_topic,
+    replies_topic,
     results_topic,
 )
 from edgestream.topics.errors import InvalidRegionName
@@ -148,6 +149,8 @@ EU_WEST_POLICY = {
     ("User:edge-eu-west", "TOPIC", "PREFIXED", "edge.eu-west.ingest.", "DESCRIBE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.results", "WRITE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.results", "DESCRIBE"),
+    ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "WRITE"),
+    ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "DESCRIBE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.audit", "WRITE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.audit", "DESCRIBE"),
     ("User:edge-eu-west", "TOPIC", "LITERAL", "edge.eu-west.dlq", "WRITE"),
@@ -175,11 +178,13 @@ EU_WEST_POLICY = {
         "edgestream-edge-eu-west-edge.eu-west.ingest.",
         "DESCRIBE",
     ),
-    # device-eu-west: ingest out, results in, its groups
+    # device-eu-west: ingest out, results and replies in, its groups
     ("User:device-eu-west", "TOPIC", "PREFIXED", "edge.eu-west.ingest.", "WRITE"),
     ("User:device-eu-west", "TOPIC", "PREFIXED", "edge.eu-west.ingest.", "DESCRIBE"),
     ("User:device-eu-west", "TOPIC", "LITERAL", "edge.eu-west.results", "READ"),
     ("User:device-eu-west", "TOPIC", "LITERAL", "edge.eu-west.results", "DESCRIBE"),
+    ("User:device-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "READ"),
+    ("User:device-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "DESCRIBE"),
     ("User:device-eu-west", "GROUP", "PREFIXED", "edgestream-device-eu-west.", "READ"),
     # admin (a super user): the DLQ replay tool's groups and the DLQ
     ("User:admin", "GROUP", "PREFIXED", "edgestream-dlq-replay-eu-west-", "READ"),
@@ -219,7 +224,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 26 + 15  # per region: edge 19, device 5, admin 2; aggregator 15
+    assert len(rules) == 3 * 30 + 15  # per region: edge 21, device 7, admin 2; aggregator 15
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -244,7 +249,12 @@ def test_edge_topics(region: str) -> None:
         ops = allowed(rules, edge, TOPIC, topic.name)
         if topic.region == region and topic.kind is not None:  # its ingest topics: in
             assert ops == {READ, DESCRIBE}, topic.name
-        elif topic.name in {results_topic(region), audit_topic(region), dlq_topic(region)}:
+        elif topic.name in {
+            results_topic(region),
+            replies_topic(region),
+            audit_topic(region),
+            dlq_topic(region),
+        }:
             assert ops == {WRITE, DESCRIBE}, topic.name  # no READ on its own DLQ
         elif topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC}:
             assert ops == {WRITE, DESCRIBE}, topic.name
@@ -286,7 +296,7 @@ def test_device_topics_and_groups(region: str) -> None:
         ops = allowed(rules, device, TOPIC, topic.name)
         if topic.region == region and topic.kind is not None:
             assert ops == {WRITE, DESCRIBE}, topic.name  # no READ on ingest
-        elif topic.name == results_topic(region):
+        elif topic.name in {results_topic(region), replies_topic(region)}:
             assert ops == {READ, DESCRIBE}
         else:  # audit, dlq, other regions, cloud, control
             assert ops == set(), topic.name

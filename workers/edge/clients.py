@@ -1,10 +1,11 @@
-"""The edge worker's Kafka clients: the region group's consumer and the sink of its delivery mode."""
+"""The edge worker's Kafka clients: the region group's consumer, its rebalance listener and the sink of
+its delivery mode."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
@@ -42,3 +43,34 @@ def sink_of(
             transaction_timeout_ms=settings.transaction_timeout_ms,
         )
     return AckSink(connection=settings.kafka, client_id=node_id, commit=commit)
+
+
+Partitions = Callable[[set[TopicPartition]], Awaitable[None]]
+"""A rebalance callback: the partitions revoked or assigned."""
+
+
+class FailingListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Calls the worker on a rebalance. aiokafka logs and swallows a listener's exception; this one
+    hands it to ``fail`` first, which ends the worker: a partition without its producer or position
+    cannot be served safely."""
+
+    def __init__(
+        self, on_revoked: Partitions, on_assigned: Partitions, fail: Callable[[BaseException], None]
+    ) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+        self._fail = fail
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            await self._on_revoked(revoked)
+        except Exception as err:
+            self._fail(err)
+            raise
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        try:
+            await self._on_assigned(assigned)
+        except Exception as err:
+            self._fail(err)
+            raise

@@ -30,6 +30,7 @@ from edgestream.topics.catalogue import (
     audit_topic,
     dlq_topic,
     edge_group,
+    replies_topic,
     results_topic,
 )
 from edgestream.workers.edge.admission import Item, current_master
@@ -57,6 +58,7 @@ class UnitOutputs:
         self._cloud = cloud
         self._group_id = edge_group(region)
         self._results_topic = results_topic(region)
+        self._replies_topic = replies_topic(region)
         self._audit_topic = audit_topic(region)
         self._dlq_topic = dlq_topic(region)
 
@@ -82,8 +84,11 @@ class UnitOutputs:
         for item in items:
             part = work.setdefault(item.tp, PartitionWork())
             part.next_offset = max(part.next_offset, item.offset + 1)
+            part.epoch = item.epoch
             if item.error is None:
                 part.outputs.extend(self._answered(item, started_s, now_ms, sample_key))
+                if item.error is None:
+                    part.replies.append(self._reply(part.outputs))
             if item.error is not None:
                 part.outputs.extend(self._refused(item, now_ms))
             self._count(item, summaries, now_ms)
@@ -113,6 +118,11 @@ class UnitOutputs:
             item.features = None
         audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
         return [*outputs, Output(self._audit_topic, audit.to_bytes(), audit.request_id)]
+
+    def _reply(self, outputs: Sequence[Output]) -> Output:
+        """The fast reply of the answer just built: its result record's bytes, on the replies topic."""
+        result = next(o for o in reversed(outputs) if o.topic == self._results_topic)
+        return Output(self._replies_topic, result.value, result.key)
 
     def _refused(self, item: Item, now_ms: float) -> list[Output]:
         """Dead letter (and audit record) of a refused item; if building them fails, the dead letter

@@ -68,6 +68,11 @@ class PartitionWork:
     """Offset to commit: one past the last record of the partition in this unit."""
     metadata: str = ""
     """Committed with the offset: the head of the partition's audit chain after this unit."""
+    epoch: int = 0
+    """The partition's service epoch its records were read in (`Partitions.serving`): work of an
+    earlier epoch is dropped, since the partition was rewound and its records come again."""
+    replies: list[Output] = field(default_factory=list)
+    """Fast replies to the devices, sent at once and outside the transaction (never committed)."""
 
     def commit_point(self) -> OffsetAndMetadata:
         """The offset and metadata to commit for the partition."""

@@ -4,13 +4,16 @@ The hot path reads top to bottom:
 
     fetch (getmany) -> open + validate each envelope -> close a unit (size, age or latency budget)
     -> onnxruntime per (model, version) in a thread -> results, audit records, dead letters
-    -> commit them with the consumed offsets (one Kafka transaction per input partition)
+    -> each answer's fast reply to its device, at once (``replies.py``)
+    -> stage the unit; the commit stage (``commits.py``) commits staged units with the consumed
+       offsets (one Kafka transaction per input partition per commit), while the next unit is built
 
 This module is the process: its two loops (fetch and admit, process units) and what ties them
 together. The rest of it lies beside it: ``settings.py``, ``clients.py`` (its consumer and sink),
 ``catalog.py`` (the models served), ``positioning.py`` (which partitions are served, from where),
 ``admission.py`` (a record becomes an item), ``inference.py``, ``outputs.py`` (what a unit publishes),
-``sinks.py`` (how it commits) and ``status.py`` (counters and run files).
+``replies.py`` (fast replies), ``commits.py`` (the commit stage), ``sinks.py`` (how it commits),
+``status.py`` (counters and run files) and ``service.py`` (the process around a worker).
 
 Bad records go to the region's dead-letter topic with a reason code and never stop the partition.
 Delivery is exactly-once by default (``workers/edge/sinks.py``); at-least-once is a setting. Memory is
@@ -23,29 +26,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
-from edgestream.pipeline.observability.health import HealthServer, Readiness
+from edgestream.pipeline.observability.health import Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.registry.reports import WorkerReport, WorkerReporter, report_of
 from edgestream.pipeline.security.keyring import KeyRing
-from edgestream.pipeline.security.keysource import KeyFileWatcher, KeySource
+from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
 from edgestream.pipeline.serving.batching import Batch, MicroBatcher, ServiceTimeEstimate
-from edgestream.pipeline.serving.served import ModelCatalog, ServedModel, load_models
+from edgestream.pipeline.serving.served import ModelCatalog, ServedModel
 from edgestream.topics.catalogue import KINDS, ingest_topic
 from edgestream.workers.edge.admission import Admission, Item
 from edgestream.workers.edge.catalog import follow_registry, worker_catalog
-from edgestream.workers.edge.clients import consumer_of, sink_of
+from edgestream.workers.edge.clients import FailingListener, consumer_of, sink_of
+from edgestream.workers.edge.commits import CommitStage, StagedUnit
 from edgestream.workers.edge.inference import UnitInference
 from edgestream.workers.edge.outputs import UnitOutputs
 from edgestream.workers.edge.positioning import Partitions
 from edgestream.workers.edge.replaymemory import ReplayMemory
+from edgestream.workers.edge.replies import ReplySender
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork
 from edgestream.workers.edge.status import WorkerStats, count_unit, write_ready_file, write_stats_file
@@ -54,27 +59,6 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
 log = logging.getLogger(__name__)
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: EdgeWorker) -> None:
-        self._worker = worker
-
-    # aiokafka logs and swallows a listener's exception; here it ends the worker instead, since a
-    # partition without its producer or position cannot be served safely.
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        try:
-            await self._worker._on_revoked(revoked)
-        except Exception as err:
-            self._worker._fail(err)
-            raise
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        try:
-            await self._worker._on_assigned(assigned)
-        except Exception as err:
-            self._worker._fail(err)
-            raise
 
 
 class EdgeWorker:
@@ -118,9 +102,11 @@ class EdgeWorker:
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
         self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets)
+        self.replies = ReplySender(settings.kafka, self.node_id)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
         self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
+        self.commits = CommitStage(self._partitions.serving, self._commit)
         self._report_now = asyncio.Event()
         self._reporter = (
             WorkerReporter(settings.kafka, self.node_id, settings.region, self._report)
@@ -129,7 +115,7 @@ class EdgeWorker:
         )
         self._wakeup = asyncio.Event()
         self._process_lock = asyncio.Lock()
-        self._processing = 0
+        self._processing = 0  # records of the unit being built
         self._stats_written_s = time.monotonic()
         self._paused = False
         self._ready = False
@@ -146,12 +132,16 @@ class EdgeWorker:
         start reporting on ``control.workers`` what this worker applied."""
         await self.sink.start()
         try:
+            await self.replies.start()
             topics = [ingest_topic(self._region, kind) for kind in KINDS]
-            self.consumer.subscribe(topics, listener=_Rebalance(self))
+            self.consumer.subscribe(
+                topics, listener=FailingListener(self._on_revoked, self._on_assigned, self._fail)
+            )
             await self.consumer.start()
             if self._reporter is not None:
                 await self._reporter.start()
         except BaseException:
+            await self.replies.stop()
             await self.sink.stop()
             raise
 
@@ -172,8 +162,10 @@ class EdgeWorker:
                 async with self._process_lock:
                     for unit in self._open.drain():
                         await self._process(unit)
+                    await self.commits.flush()
         finally:
             await self.consumer.stop()
+            await self.replies.stop()
             await self.sink.stop()
             if self._reporter is not None:
                 await self._reporter.stop()
@@ -204,8 +196,9 @@ class EdgeWorker:
         """
         fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
         process = asyncio.create_task(self._process_loop(), name="process")
+        commit = asyncio.create_task(self.commits.run(), name="commit")
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        tasks = [fetch, process]
+        tasks = [fetch, process, commit]
         if self.settings.registry:
             following = follow_registry(self.settings, self._catalog, self._registry_applied)
             tasks.append(asyncio.create_task(following, name="registry"))
@@ -298,7 +291,7 @@ class EdgeWorker:
         self._wakeup.set()
 
     def _held(self) -> int:
-        return len(self._open) + self._processing
+        return len(self._open) + self._processing + self.commits.held()
 
     def _apply_backpressure(self, limit: int) -> None:
         held = self._held()
@@ -341,6 +334,8 @@ class EdgeWorker:
                 draining = self._draining
                 for unit in self._open.drain() if draining else self._open.pop_ready(time.monotonic()):
                     await self._process(unit)
+                if draining:
+                    await self.commits.flush()
             if draining:
                 return
             due_s = self._open.next_due_s()
@@ -349,10 +344,11 @@ class EdgeWorker:
                 await asyncio.wait_for(self._wakeup.wait(), timeout_s)
 
     async def _process(self, unit: Batch[Item]) -> None:
+        """Admit, infer and build the unit's outputs, send its fast replies, stage it for its commit."""
         # A unit popped together with one whose transaction failed may hold records of the partition
         # that was just rewound, even once it is positioned again (the rewind's backoff lets the fetch
         # loop run): they come again from its committed offset, so only the current epoch's stay.
-        items = [it for it in unit.items if self._partitions.serving.get(it.tp) == it.epoch]
+        items = self._current(unit.items)
         if not items:
             return
         self._processing = len(items)
@@ -360,20 +356,43 @@ class EdgeWorker:
         try:
             self._admission.check(items)
             await self._inference.infer(items)
+            # A commit failing meanwhile may have rewound a partition (and forgotten its chain): its
+            # items are dropped here, before anything links into that chain (no await from here on).
+            items = self._current(items)
             work = self._outputs.build(items, started_s, self._keyring)
-            failed = await self.sink.publish(work)
+            await self.replies.send(work.values())
         except BaseException:
-            for tp in {it.tp for it in items}:
-                self._admission.replays.abort(tp)
-                self._chains.forget(chain_id(tp.topic, tp.partition))  # restarted when positioned again
+            self._abort_partitions({it.tp for it in items})
             raise
         finally:
             self._processing = 0
+        self.commits.stage(StagedUnit(items, work, unit.reason))
+        self._estimate.observe(time.monotonic() - started_s)
+
+    def _current(self, items: Iterable[Item]) -> list[Item]:
+        serving = self._partitions.serving
+        return [it for it in items if serving.get(it.tp) == it.epoch]
+
+    def _abort_partitions(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self._admission.replays.abort(tp)
+            self._chains.forget(chain_id(tp.topic, tp.partition))  # restarted when positioned again
+
+    async def _commit(self, units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
+        """The commit stage's commit: the merged work of ``units`` through the sink, then settled."""
+        if not work:
+            return
+        started_s = time.monotonic()
+        try:
+            failed = await self.sink.publish(work)
+        except BaseException:
+            self._abort_partitions(work)
+            raise
         await self._settle(work, failed)
-        count_unit(self.stats, self.metrics, items, failed, unit.reason)
-        unit_s = time.monotonic() - started_s
-        self._estimate.observe(unit_s)
-        self.metrics.unit(committed=not failed, seconds=unit_s)
+        for unit in units:
+            items = [it for it in unit.items if it.tp in work]
+            count_unit(self.stats, self.metrics, items, failed, unit.reason)
+        self.metrics.unit(committed=not failed, seconds=time.monotonic() - started_s)
         if len(failed) < len(work):
             self.readiness.progress()
         if not failed:
@@ -438,7 +457,8 @@ class EdgeWorker:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if self._stopped or self._fatal is not None:
             return
-        async with self._process_lock:  # the unit in flight commits (or fails) first
+        async with self._process_lock:  # the unit in flight and the staged ones commit (or fail) first
+            await self.commits.flush()
             self._partitions.revoked(revoked)
             for tp in revoked:
                 self._admission.replays.forget(tp)
@@ -468,33 +488,3 @@ class EdgeWorker:
             return
         self._stats_written_s = time.monotonic()
         write_stats_file(self.settings.stats_file, self.node_id, self._region, self._catalog, self.stats)
-
-
-async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
-    """Load keys and models, run a worker until ``stop`` is set, return its counters.
-
-    With ``health_port`` set, /livez, /readyz and /metrics answer from before the models load, so an
-    orchestrator sees "not ready" rather than nothing while they do.
-    """
-    readiness = Readiness(stall_after_s=settings.stall_after_s)
-    metrics = WorkerMetrics(region=settings.region, node=settings.resolved_node_id())
-    async with contextlib.AsyncExitStack() as stack:
-        if settings.health_port is not None:
-            server = HealthServer(
-                live=readiness.live,
-                ready=readiness.ready,
-                registry=metrics.registry,
-                host=settings.health_host,
-                port=settings.health_port,
-            )
-            await stack.enter_async_context(server)
-            log.info("health and metrics on http://%s:%d/", settings.health_host, server.port)
-        source = KeySource.of(
-            settings.key_file, settings.keys_secret, default_file=settings.home / "keys.json"
-        )
-        keyring = source.watcher(required_regions=[settings.region])
-        models = await asyncio.to_thread(load_models, settings)
-        worker = EdgeWorker(settings, keyring=keyring, models=models, metrics=metrics, readiness=readiness)
-        async with worker:
-            await worker.run(stop)
-    return worker.stats

@@ -2,7 +2,8 @@
 
 The devices (``devices``) are placed, routed and keyed before any of them sends. Devices draw
 embeddings and frames from the models' held-out split, seal them, publish to their region's ingest
-topic, and wait for their own result by request id on the region's results topic (read_committed). A
+topic, and wait for their own result by request id on the region's replies topic (the fast replies,
+sent before the unit commits; a second copy of an answer is counted as a duplicate and ignored). A
 result that does not arrive within the device's deadline is answered by the device's local fallback
 model (the tiny model of the same family); a result that arrives later is counted as late. End-to-end
 latency is capture -> result received, on one clock.
@@ -42,7 +43,7 @@ from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, results_topic
+from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, replies_topic
 from edgestream.workers.local.devices import Device, make_devices
 from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
 
@@ -218,7 +219,7 @@ class Fleet:
 
     async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
         # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
-        topic = results_topic(region)
+        topic = replies_topic(region)
         tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)

@@ -42,9 +42,11 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     parse_topic,
     region_topics,
+    replies_topic,
     results_topic,
 )
-from edgestream.workers.edge.worker import EdgeWorker, serve
+from edgestream.workers.edge.service import serve
+from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.ops.audit import verify_audit_log
 
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
@@ -109,6 +111,11 @@ async def test_every_request_is_answered_once_with_the_models_own_output(
     calls = sum(worker.stats.batch_sizes.values())
     assert calls < len(sent), "requests were micro-batched, not run one by one"
     assert worker.stats.results == len(sent)
+
+    # The devices' fast replies carry the same records, each sent once when nothing failed.
+    replies = await read_topic(edge_region.bootstrap, replies_topic(edge_region.name), expect=len(sent))
+    assert sorted(r.value for r in replies) == sorted(r.value for r in records)
+    assert {(r.key, r.partition) for r in replies} == {(r.key, r.partition) for r in records}
 
     audit = [
         AuditRecord.from_bytes(r.value)
@@ -301,6 +308,10 @@ async def test_audit_fails_closed_no_result_without_its_audit_record_and_nothing
     assert retried, "the transaction without an audit topic was aborted and retried"
     early = await read_topic(edge_region.bootstrap, results_topic(region), expect=1, timeout_s=2.0)
     assert early == [], "no result is visible while its audit record cannot be written"
+    # The devices were answered all the same: a fast reply does not wait for the transaction, and
+    # each retry of the aborted unit answers again (the same request ids: a device keeps the first).
+    replied = await read_topic(edge_region.bootstrap, replies_topic(region), expect=len(ids), timeout_s=30)
+    assert {ResultRecord.from_bytes(r.value).request_id for r in replied} == set(ids)
 
     await ensure_topics(edge_region.bootstrap, region_topics(region))
     results = await read_topic(edge_region.bootstrap, results_topic(region), expect=len(ids), timeout_s=60.0)

@@ -1,0 +1,93 @@
+"""The commit stage: staged units commit in order, the ones staged during a commit together, and a
+rewound partition's staged work is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from edgestream.workers.edge.commits import CommitStage, StagedUnit, merge
+from edgestream.workers.edge.sinks import Output, PartitionWork
+
+A = TopicPartition("edge.r.ingest.frame", 0)
+B = TopicPartition("edge.r.ingest.frame", 1)
+
+
+def _out(name: str) -> Output:
+    return Output("edge.r.results", name.encode(), None)
+
+
+def _unit(**parts: tuple[int, int, list[str]]) -> StagedUnit:
+    """Parts by name ``a``/``b``: (epoch, next offset, output names); metadata names the offset."""
+    tps = {"a": A, "b": B}
+    work = {
+        tps[name]: PartitionWork([_out(o) for o in outs], offset, f"head@{offset}", epoch)
+        for name, (epoch, offset, outs) in parts.items()
+    }
+    items: list[Any] = [object()] * sum(len(outs) for _, _, outs in parts.values())
+    return StagedUnit(items, work, "size")
+
+
+def test_merge_keeps_output_order_and_takes_the_last_units_offset_and_head() -> None:
+    units = [_unit(a=(1, 5, ["a1", "a2"]), b=(1, 3, ["b1"])), _unit(a=(1, 9, ["a3"]))]
+    merged = merge(units, {A: 1, B: 1})
+    assert [o.value for o in merged[A].outputs] == [b"a1", b"a2", b"a3"]
+    assert (merged[A].next_offset, merged[A].metadata) == (9, "head@9")
+    assert (merged[B].next_offset, merged[B].metadata, len(merged[B].outputs)) == (3, "head@3", 1)
+    assert [o.value for o in units[0].work[A].outputs] == [b"a1", b"a2"], "the staged work is not changed"
+
+
+def test_merge_drops_the_work_of_a_partition_rewound_since_it_was_built() -> None:
+    units = [_unit(a=(1, 5, ["old"]), b=(1, 3, ["b1"])), _unit(a=(2, 7, ["new"]))]
+    merged = merge(units, {A: 2, B: 1})
+    assert [o.value for o in merged[A].outputs] == [b"new"]
+    assert merged[A].next_offset == 7
+    assert B in merged
+    assert merge(units, {B: 1}).keys() == {B}, "a partition out of service commits nothing"
+
+
+async def test_units_staged_during_a_commit_commit_together_in_order() -> None:
+    gate = asyncio.Event()
+    commits: list[list[bytes]] = []
+
+    async def commit(units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
+        commits.append([o.value for o in work[A].outputs])
+        if len(commits) == 1:
+            await gate.wait()
+
+    stage = CommitStage({A: 1}, commit)
+    runner = asyncio.create_task(stage.run())
+    stage.stage(_unit(a=(1, 1, ["u1"])))
+    await asyncio.sleep(0.01)  # the first commit is in flight, held at the gate
+    stage.stage(_unit(a=(1, 2, ["u2"])))
+    stage.stage(_unit(a=(1, 3, ["u3"])))
+    assert stage.held() == 3, "the unit in flight and the two staged ones hold their records"
+    gate.set()
+    await stage.flush()
+    assert commits == [[b"u1"], [b"u2", b"u3"]]
+    assert (stage.commits, stage.units, stage.held()) == (2, 3, 0)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_failed_commit_leaves_nothing_held_and_the_next_units_still_commit() -> None:
+    calls = 0
+
+    async def commit(units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("broker gone")
+
+    stage = CommitStage({A: 1}, commit)
+    stage.stage(_unit(a=(1, 1, ["u1"])))
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await stage.flush()
+    assert stage.held() == 0
+    stage.stage(_unit(a=(1, 2, ["u2"])))
+    await stage.flush()
+    assert (calls, stage.commits) == (2, 1)

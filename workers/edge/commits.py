@@ -1,0 +1,109 @@
+"""The worker's second stage: commit what the first stage built, in order, while it builds the next.
+
+The first stage (the process loop) takes a closed unit through admission, inference and output
+building, sends each answer's fast reply at once (``workers/edge/replies.py``) and *stages* the unit
+here. This stage commits staged units through the sink, oldest first. While one commit is in flight,
+the units staged meanwhile wait, and the next commit takes all of them in one go: a partition's outputs
+of several units are one `PartitionWork` (its offset and chain head are the last unit's), so the number
+of transactions follows the broker's commit latency, not the arrival rate, and inference never waits
+for a commit.
+
+A partition rewound after a failed commit (its epoch changed) drops its staged work: its records come
+again from the committed offset. Everything here runs on the worker's event loop; ``flush`` is the one
+way to wait until everything staged so far is committed (a rebalance, a drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from edgestream.workers.edge.admission import Item
+from edgestream.workers.edge.sinks import PartitionWork
+
+
+@dataclass(frozen=True, slots=True)
+class StagedUnit:
+    """A unit whose answers are built (and replied to), waiting for its commit."""
+
+    items: Sequence[Item]
+    """Its items in offset order per partition, answered or refused."""
+    work: Mapping[TopicPartition, PartitionWork]
+    """Each input partition's outputs, offset and chain head."""
+    reason: str
+    """Why the unit closed (size, age, deadline, drain)."""
+
+
+Commit = Callable[[Sequence[StagedUnit], dict[TopicPartition, PartitionWork]], Awaitable[None]]
+"""Commits the merged work of some staged units (the units are passed on for counting)."""
+
+
+def merge(
+    units: Sequence[StagedUnit], serving: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, PartitionWork]:
+    """One `PartitionWork` per partition over ``units`` (oldest first): outputs in order, the last
+    unit's offset and chain head. A partition whose work was built under an epoch it is no longer served
+    in is left out: it was rewound, and its records come again."""
+    merged: dict[TopicPartition, PartitionWork] = {}
+    for unit in units:
+        for tp, part in unit.work.items():
+            if serving.get(tp) != part.epoch:
+                continue
+            into = merged.get(tp)
+            if into is None:
+                merged[tp] = PartitionWork(list(part.outputs), part.next_offset, part.metadata, part.epoch)
+            else:
+                into.outputs.extend(part.outputs)
+                into.next_offset = max(into.next_offset, part.next_offset)
+                into.metadata = part.metadata
+    return merged
+
+
+class CommitStage:
+    """Staged units, committed oldest first, as many at once as waited for the previous commit."""
+
+    def __init__(self, serving: Mapping[TopicPartition, int], commit: Commit) -> None:
+        self._serving = serving
+        self._commit = commit
+        self._staged: list[StagedUnit] = []
+        self._committing = 0
+        self._lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self.commits = 0
+        """Commits made (each may hold several units)."""
+        self.units = 0
+        """Units committed (or dropped as rewound)."""
+
+    def stage(self, unit: StagedUnit) -> None:
+        """Queue ``unit`` for the next commit."""
+        self._staged.append(unit)
+        self._ready.set()
+
+    def held(self) -> int:
+        """Records staged or in the commit in flight (for backpressure)."""
+        return self._committing + sum(len(unit.items) for unit in self._staged)
+
+    async def flush(self) -> None:
+        """Return once everything staged before the call is committed (or failed and rewound)."""
+        async with self._lock:
+            while self._staged:
+                units, self._staged = self._staged, []
+                self._committing = sum(len(unit.items) for unit in units)
+                try:
+                    merged = merge(units, self._serving)
+                    await self._commit(units, merged)
+                finally:
+                    self._committing = 0
+                self.commits += 1
+                self.units += len(units)
+
+    async def run(self) -> None:
+        """Commit whatever is staged, as it is staged, until cancelled (between commits: a cancel that
+        lands while a commit is in flight is the caller's to avoid, by flushing first)."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            await self.flush()

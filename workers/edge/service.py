@@ -1,0 +1,48 @@
+"""The edge worker as a process: health and metrics endpoints, keys and models loaded, then the worker
+run until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from edgestream.pipeline.observability.health import HealthServer, Readiness
+from edgestream.pipeline.observability.metrics import WorkerMetrics
+from edgestream.pipeline.security.keysource import KeySource
+from edgestream.pipeline.serving.served import load_models
+from edgestream.workers.edge.settings import WorkerSettings
+from edgestream.workers.edge.status import WorkerStats
+from edgestream.workers.edge.worker import EdgeWorker
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
+    """Load keys and models, run a worker until ``stop`` is set, return its counters.
+
+    With ``health_port`` set, /livez, /readyz and /metrics answer from before the models load, so an
+    orchestrator sees "not ready" rather than nothing while they do.
+    """
+    readiness = Readiness(stall_after_s=settings.stall_after_s)
+    metrics = WorkerMetrics(region=settings.region, node=settings.resolved_node_id())
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.health_port is not None:
+            server = HealthServer(
+                live=readiness.live,
+                ready=readiness.ready,
+                registry=metrics.registry,
+                host=settings.health_host,
+                port=settings.health_port,
+            )
+            await stack.enter_async_context(server)
+            log.info("health and metrics on http://%s:%d/", settings.health_host, server.port)
+        source = KeySource.of(
+            settings.key_file, settings.keys_secret, default_file=settings.home / "keys.json"
+        )
+        keyring = source.watcher(required_regions=[settings.region])
+        models = await asyncio.to_thread(load_models, settings)
+        worker = EdgeWorker(settings, keyring=keyring, models=models, metrics=metrics, readiness=readiness)
+        async with worker:
+            await worker.run(stop)
+    return worker.stats
