@@ -21,7 +21,7 @@ def consumer_of(settings: WorkerSettings, node_id: str) -> AIOKafkaConsumer:
         settings.kafka,
         node_id,
         group_id=edge_group(settings.region),
-        fetch_max_wait_ms=20,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         max_poll_records=settings.fetch_max_records,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,

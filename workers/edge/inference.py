@@ -1,7 +1,9 @@
 """Inference of a unit: its answerable items grouped by (model, version), one onnxruntime call per group
-in a worker thread (the event loop keeps fetching meanwhile); a batch that fails is retried one item at
-a time, so one bad input costs only its own dead letter. An answer whose scores are NaN or infinite is
-no answer: its item is dead-lettered ``non_finite``; an unexpected error for one item, ``internal``."""
+in a worker thread (the event loop keeps fetching meanwhile), or on the event loop itself when the
+model's calls take less than a thread hop would cost (``inline_max_ms``); a batch that fails is
+retried one item at a time, so one bad input costs only its own dead letter. An answer whose scores are
+NaN or infinite is no answer: its item is dead-lettered ``non_finite``; an unexpected error for one
+item, ``internal``."""
 
 from __future__ import annotations
 
@@ -26,11 +28,17 @@ log = logging.getLogger(__name__)
 class UnitInference:
     """Answers the items of a unit, counting onnxruntime calls in the worker's stats and metrics."""
 
-    def __init__(self, stats: WorkerStats, metrics: WorkerMetrics, *, sample_fraction: float) -> None:
+    def __init__(
+        self, stats: WorkerStats, metrics: WorkerMetrics, *, sample_fraction: float, inline_max_ms: float
+    ) -> None:
         self._stats = stats
         self._metrics = metrics
         self._sample_fraction = sample_fraction
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._inline_max_s = inline_max_ms / 1000.0
+        self._call_s: dict[ModelKey, float] = {}  # moving average of each model's call time
+        self.inline_calls = 0
+        """Calls run on the event loop (the rest ran in the inference thread)."""
 
     def shutdown(self) -> None:
         """Wait for the call in flight, if any, and stop the inference thread."""
@@ -71,10 +79,16 @@ class UnitInference:
     async def _infer(self, served: ServedModel, items: Sequence[Item]) -> None:
         """One onnxruntime call of ``served`` for ``items``; keeps the inputs of sampled answers."""
         inputs = np.stack([it.tensor for it in items if it.tensor is not None])
-        loop = asyncio.get_running_loop()
+        expected_s = self._call_s.get(served.key)
         started_s = time.monotonic()
-        labels, probs = await loop.run_in_executor(self._executor, served.session.run, inputs)
+        if expected_s is not None and expected_s <= self._inline_max_s:
+            labels, probs = served.session.run(inputs)
+            self.inline_calls += 1
+        else:
+            loop = asyncio.get_running_loop()
+            labels, probs = await loop.run_in_executor(self._executor, served.session.run, inputs)
         infer_s = time.monotonic() - started_s
+        self._call_s[served.key] = infer_s if expected_s is None else 0.8 * expected_s + 0.2 * infer_s
         self._stats.infer_s += infer_s
         self._stats.batch_sizes[len(items)] += 1
         self._metrics.inference(served.key[0], len(items), infer_s)

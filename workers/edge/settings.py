@@ -55,6 +55,10 @@ class WorkerSettings(BaseSettings):
     """Records held (fetched, not yet committed) before the worker pauses its partitions."""
     fetch_max_records: int = Field(default=500, ge=1)
     """Upper bound on records returned by one ``getmany``."""
+    fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
+    """Longest the broker holds a fetch that finds no records. A fetch returns as soon as one record
+    is there (``fetch_min_bytes`` 1), so this costs no latency; a short wait only makes an idle worker
+    and its broker answer empty fetches many times a second."""
     max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, ge=256)
     """Records larger than this are dead-lettered before parsing. The default (1,032,192 bytes) leaves
     a dead letter room for its headers within the producer's request limit, so an admitted record's
@@ -87,6 +91,10 @@ class WorkerSettings(BaseSettings):
     """Rate-limit buckets kept; the least recently used go first."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """onnxruntime execution providers, in order of preference."""
+    inline_inference_ms: float = Field(default=1.0, ge=0)
+    """A model whose calls take less than this on average runs on the event loop itself: handing a
+    call to the inference thread and back costs more CPU than such a call. Slower models run in the
+    thread, so the loop keeps fetching and committing meanwhile. 0: always in the thread."""
     intra_op_threads: int = Field(default=1, ge=1)
     """onnxruntime intra-op threads; 1 leaves the other core to the event loop and the broker."""
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)

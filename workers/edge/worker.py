@@ -98,7 +98,12 @@ class EdgeWorker:
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
         )
-        self._inference = UnitInference(self.stats, self.metrics, sample_fraction=settings.sample_fraction)
+        self._inference = UnitInference(
+            self.stats,
+            self.metrics,
+            sample_fraction=settings.sample_fraction,
+            inline_max_ms=settings.inline_inference_ms,
+        )
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
         self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets)

@@ -1,0 +1,78 @@
+"""A model whose calls are cheaper than a thread hop runs on the event loop; a slow one, or every one
+with ``inline_max_ms`` 0, in the inference thread, and both give the same answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import TopicPartition
+
+from edgestream.pipeline.observability.metrics import WorkerMetrics
+from edgestream.workers.edge.admission import Item
+from edgestream.workers.edge.inference import UnitInference
+from edgestream.workers.edge.status import WorkerStats
+
+TP = TopicPartition("edge.r.ingest.embedding", 0)
+
+
+class _Session:
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.threads: list[str] = []
+
+    def run(self, x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        scores = np.stack([x.sum(axis=1), -x.sum(axis=1)], axis=1)
+        return scores.argmax(axis=1), scores
+
+
+class _Served:
+    def __init__(self, delay_s: float) -> None:
+        self.key = ("m", 1)
+        self.session = _Session(delay_s)
+
+
+def _items(served: _Served, n: int) -> list[Item]:
+    items = []
+    for i in range(n):
+        item = Item(TP, 1, i, 0, b"d", (), b"", time.monotonic())
+        item.tensor = np.full(4, float(i % 3 - 1), dtype=np.float32)
+        item.model = served  # type: ignore[assignment]
+        items.append(item)
+    return items
+
+
+async def _run(inline_max_ms: float, delay_s: float, calls: int) -> tuple[UnitInference, _Served, list[Item]]:
+    inference = UnitInference(
+        WorkerStats(), WorkerMetrics(region="r", node="n"), sample_fraction=0.0, inline_max_ms=inline_max_ms
+    )
+    served = _Served(delay_s)
+    answered: list[Item] = []
+    for _ in range(calls):
+        items = _items(served, 3)
+        await inference.infer(items)
+        answered += items
+    inference.shutdown()
+    return inference, served, answered
+
+
+@pytest.mark.parametrize(
+    ("inline_max_ms", "delay_s", "inline"),
+    [(5.0, 0.0, True), (0.0, 0.0, False), (1.0, 0.02, False)],
+    ids=["fast-model-inline", "never-inline", "slow-model-in-thread"],
+)
+async def test_where_a_model_call_runs(inline_max_ms: float, delay_s: float, inline: bool) -> None:
+    inference, served, answered = await _run(inline_max_ms, delay_s, calls=4)
+    main = threading.current_thread().name
+    assert served.session.threads[0] != main, "the first call, of unknown cost, goes to the thread"
+    later = served.session.threads[1:]
+    assert all((t == main) == inline for t in later), later
+    assert inference.inline_calls == (3 if inline else 0)
+    assert [it.answer.label for it in answered if it.answer] == [
+        0 if i % 3 - 1 >= 0 else 1 for i in range(3)
+    ] * 4
