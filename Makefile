@@ -44,6 +44,10 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy on the whole tree
 bench: jars ## Benchmarks: bench/results/*.json and plots
 	@$(BIN)/python -m bench.pipeline
 
+.PHONY: bench-gpu
+bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/results/gpu.json; says so without a GPU)
+	@$(BIN)/python -m bench.gpu
+
 .PHONY: faults
 faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
 	@$(BIN)/python -m bench.faults
