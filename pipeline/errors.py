@@ -314,9 +314,11 @@ class ProviderUnavailable(ConfigError):
 
     reason = "provider_unavailable"
 
-    def __init__(self, what: str, provider: str, available: tuple[str, ...]) -> None:
+    def __init__(
+        self, what: str, provider: str, available: tuple[str, ...], seen_by: str = "this onnxruntime offers"
+    ) -> None:
         super().__init__(
-            f"{what}: execution provider {provider} is not available (this onnxruntime offers "
+            f"{what}: execution provider {provider} is not available ({seen_by} "
             f"{', '.join(available) or 'none'}); install the GPU runtime (pip install 'edgestream[gpu]', "
             "without the CPU onnxruntime wheel), or set allow_cpu_fallback to run on the CPU"
         )

@@ -124,11 +124,24 @@ def check_in_use(
     ``allow_cpu_fallback``: then warn."""
     for provider in chosen:
         if provider not in in_use:
-            _missing(what, provider, tuple(in_use), allow_cpu_fallback=allow_cpu_fallback)
+            _missing(
+                what,
+                provider,
+                tuple(in_use),
+                allow_cpu_fallback=allow_cpu_fallback,
+                seen_by="the session registered only",
+            )
 
 
-def _missing(what: str, provider: str, available: tuple[str, ...], *, allow_cpu_fallback: bool) -> None:
-    error = ProviderUnavailable(what, provider, available)
+def _missing(
+    what: str,
+    provider: str,
+    available: tuple[str, ...],
+    *,
+    allow_cpu_fallback: bool,
+    seen_by: str = "this onnxruntime offers",
+) -> None:
+    error = ProviderUnavailable(what, provider, available, seen_by)
     if not allow_cpu_fallback:
         raise error
     log.warning("%s; allow_cpu_fallback is set, so running without it", error)

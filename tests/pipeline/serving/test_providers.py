@@ -65,7 +65,9 @@ def test_a_provider_the_session_did_not_register_is_refused_unless_allowed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     check_in_use((CUDA, CPU), (CUDA, CPU), allow_cpu_fallback=False, what="m")
-    with pytest.raises(ProviderUnavailable, match=CUDA):
+    with pytest.raises(
+        ProviderUnavailable, match=f"{CUDA} is not available .the session registered only {CPU}"
+    ):
         check_in_use((CUDA, CPU), (CPU,), allow_cpu_fallback=False, what="m")
     with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.serving.providers"):
         check_in_use((TENSORRT, CUDA, CPU), (CUDA, CPU), allow_cpu_fallback=True, what="m")
