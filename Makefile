@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The onnxruntime wheel (the `cpu` or `gpu` extra, never both: the CPU one shadows CUDA): the one the
+# virtualenv already has, else cpu. `make install RUNTIME=gpu` in a fresh .venv for an NVIDIA GPU.
+RUNTIME ?= $(if $(wildcard $(VENV)/lib/python*/site-packages/onnxruntime_gpu-*.dist-info),gpu,cpu)
 
 .DEFAULT_GOAL := help
 
@@ -12,7 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || { echo "making the virtualenv in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing edgestream and its dev tools into $(VENV) (log: $(VENV)/install.log)"
 	@{ $(BIN)/python -m pip install --disable-pip-version-check --upgrade pip \
-	   && $(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'; } \
+	   && $(BIN)/python -m pip install --disable-pip-version-check -e '.[$(RUNTIME),tools]'; } \
 	   >$(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
@@ -40,6 +43,10 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy on the whole tree
 .PHONY: bench
 bench: jars ## Benchmarks: bench/results/*.json and plots
 	@$(BIN)/python -m bench.pipeline
+
+.PHONY: bench-gpu
+bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/results/gpu.json; says so without a GPU)
+	@$(BIN)/python -m bench.gpu
 
 .PHONY: faults
 faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)

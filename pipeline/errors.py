@@ -299,3 +299,28 @@ class KafkaTimeout(EdgestreamError):
         super().__init__(f"{what} was not read to its end within {timeout_ms} ms")
         self.what = what
         self.timeout_ms = timeout_ms
+
+
+class OnnxRuntimeInstall(ConfigError):
+    """onnxruntime is missing, or both its CPU and its GPU wheel are installed (the CPU wheel then
+    shadows the CUDA provider): the message says which package to install or uninstall."""
+
+    reason = "onnxruntime_install"
+
+
+class ProviderUnavailable(ConfigError):
+    """An execution provider the settings ask for is not in this onnxruntime build, or a session did
+    not register it (missing CUDA/cuDNN/TensorRT libraries), and CPU fallback is not allowed."""
+
+    reason = "provider_unavailable"
+
+    def __init__(
+        self, what: str, provider: str, available: tuple[str, ...], seen_by: str = "this onnxruntime offers"
+    ) -> None:
+        super().__init__(
+            f"{what}: execution provider {provider} is not available ({seen_by} "
+            f"{', '.join(available) or 'none'}); install the GPU runtime (pip install 'edgestream[gpu]', "
+            "without the CPU onnxruntime wheel), or set allow_cpu_fallback to run on the CPU"
+        )
+        self.provider = provider
+        self.available = available

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 import sklearn
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.exceptions import ConvergenceWarning
@@ -42,6 +41,8 @@ from edgestream.pipeline.models.cache import (
 )
 from edgestream.pipeline.models.data import FRAME_UPSCALE, load_dataset
 from edgestream.pipeline.models.zoo import ModelSpec, spec
+from edgestream.pipeline.serving.providers import CPU
+from edgestream.pipeline.serving.runtime import ort
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -287,7 +288,7 @@ def _run_onnx(
     """Run the serialised graph on ``items`` with onnxruntime on the CPU: ``(labels, probs)``."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=[CPU])
     labels, probs = session.run(["label", "probs"], {"input": np.ascontiguousarray(items)})
     return np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float32)
 

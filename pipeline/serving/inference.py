@@ -2,22 +2,37 @@
 
 The worker calls :meth:`InferenceSession.run` from an executor thread (onnxruntime releases the GIL,
 so the event loop keeps fetching meanwhile). onnxruntime documents ``InferenceSession.run`` as safe to
-call from several threads at once, and this wrapper keeps no mutable state of its own, so it is
-thread-safe too. Threads default to one: the edge box has two cores shared with a broker.
+call from several threads at once, and this wrapper keeps no mutable state of its own (an IO binding
+is made per batch), so it is thread-safe too. Threads default to one: the edge box has two cores
+shared with a broker.
+
+Where the session runs is an :class:`Execution` (``pipeline/serving/providers.py``): a GPU provider
+that is asked for and not there stops the load unless CPU fallback is allowed. On a GPU, batches run
+through IO binding: the input is bound from numpy, the outputs are allocated on the device and copied
+back once, after the run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from edgestream.pipeline.errors import ConfigError, InferenceFailed, ShapeMismatch
 from edgestream.pipeline.files import sha256_hex
+from edgestream.pipeline.serving.providers import (
+    TENSORRT,
+    Execution,
+    binds_io,
+    check_in_use,
+    choose_providers,
+    output_device,
+    provider_options,
+)
+from edgestream.pipeline.serving.runtime import ort
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,11 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-"""onnxruntime's CPU execution provider: always available, and the fallback for every other one."""
-CUDA = "CUDAExecutionProvider"
-"""onnxruntime's NVIDIA GPU execution provider (``onnxruntime-gpu``)."""
-_OUTPUTS = ("label", "probs")
+INPUT = "input"
+"""The graph input every model of the project takes (batch first)."""
+OUTPUTS = ("label", "probs")
+"""The graph outputs every model of the project gives, in the order :meth:`InferenceSession.run` returns."""
+CPU_ONLY = Execution()
+"""The CPU provider alone, plain ``run``: the default of a session."""
 
 
 def available_providers() -> tuple[str, ...]:
@@ -39,24 +55,65 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
-class InferenceSession:
-    """Runs batches of one :class:`ModelArtifact` on the requested execution providers.
+def open_session(
+    model_bytes: bytes,
+    execution: Execution,
+    *,
+    what: str,
+    item_shape: tuple[int, ...],
+    intra_op_num_threads: int = 1,
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``model_bytes`` on ``execution``'s providers, each with its
+    options; raises :class:`ProviderUnavailable` when one is missing (before or after the session is
+    made) unless CPU fallback is allowed, and :class:`ConfigError` when onnxruntime cannot load it."""
+    if intra_op_num_threads < 1:
+        raise ConfigError(f"intra_op_num_threads must be >= 1, got {intra_op_num_threads}")
+    allow = execution.allow_cpu_fallback
+    chosen = choose_providers(execution.providers, available_providers(), allow_cpu_fallback=allow, what=what)
+    if TENSORRT in chosen and execution.tensorrt.engine_cache:
+        execution.engine_cache_dir().mkdir(parents=True, exist_ok=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_num_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = provider_options(execution, chosen, input_name=INPUT, item_shape=item_shape)
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime's pybind errors derive from Exception only
+        raise ConfigError(f"{what}: onnxruntime cannot load the model: {e}") from e
+    check_in_use(chosen, session.get_providers(), allow_cpu_fallback=allow, what=what)
+    return session
 
-    ``providers`` is an ordered preference; ones this onnxruntime build lacks are dropped with a
-    warning, and the CPU provider is always last, so requesting ``("CUDAExecutionProvider",)`` on a
-    machine without CUDA runs on the CPU. The artifact's bytes are checked against its sha256 before
-    they are loaded.
+
+def run_bound(
+    session: Any, batch: npt.NDArray[np.generic], *, device: str, device_id: int = 0
+) -> list[npt.NDArray[Any]]:
+    """One run of ``session`` through an IO binding: ``batch`` bound as the input (onnxruntime copies it
+    to the device), the outputs allocated on ``device`` and copied to numpy once, after the run."""
+    binding = session.io_binding()
+    binding.bind_cpu_input(INPUT, batch)
+    for name in OUTPUTS:
+        binding.bind_output(name, device, device_id)
+    session.run_with_iobinding(binding)
+    outputs: list[npt.NDArray[Any]] = binding.copy_outputs_to_cpu()
+    return outputs
+
+
+class InferenceSession:
+    """Runs batches of one :class:`ModelArtifact` where ``execution`` says (the CPU by default).
+
+    The artifact's bytes are checked against its sha256 before they are loaded; a requested provider
+    that is not available raises :class:`ProviderUnavailable` unless ``execution.allow_cpu_fallback``.
     """
 
     def __init__(
         self,
         artifact: ModelArtifact,
-        providers: Sequence[str] = (CPU,),
+        execution: Execution = CPU_ONLY,
         *,
         intra_op_num_threads: int = 1,
     ) -> None:
-        if intra_op_num_threads < 1:
-            raise ConfigError(f"intra_op_num_threads must be >= 1, got {intra_op_num_threads}")
         self._artifact = artifact
         self._label = f"{artifact.name}/{artifact.size} v{artifact.version}"
         self._input_dtype = np.dtype(artifact.spec.input_dtype)
@@ -66,22 +123,23 @@ class InferenceSession:
             raise ConfigError(f"{self._label}: cannot read {artifact.path}: {e}") from e
         if sha256_hex(model_bytes) != artifact.sha256:
             raise ConfigError(f"{self._label}: {artifact.path} does not hash to {artifact.sha256[:12]}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_num_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chosen = _choose_providers(providers)
-        try:
-            self._session = ort.InferenceSession(model_bytes, sess_options=options, providers=list(chosen))
-        except Exception as e:  # onnxruntime's pybind errors derive from Exception only
-            raise ConfigError(f"{self._label}: onnxruntime cannot load {artifact.path}: {e}") from e
+        self._session = open_session(
+            model_bytes,
+            execution,
+            what=self._label,
+            item_shape=artifact.spec.input_shape,
+            intra_op_num_threads=intra_op_num_threads,
+        )
         self._providers_in_use = tuple(self._session.get_providers())
+        self._bound = binds_io(execution.io_binding, self._providers_in_use)
+        self._device = output_device(self._providers_in_use)
+        self._device_id = execution.cuda.device_id if self._device == "cuda" else 0
         log.info(
-            "loaded %s on %s with %d intra-op thread(s)",
+            "loaded %s on %s with %d intra-op thread(s)%s",
             self._label,
             ", ".join(self._providers_in_use),
             intra_op_num_threads,
+            f", IO binding to {self._device}" if self._bound else "",
         )
 
     def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> float:
@@ -107,6 +165,11 @@ class InferenceSession:
         """Execution providers onnxruntime actually registered, in priority order."""
         return self._providers_in_use
 
+    @property
+    def io_bound(self) -> bool:
+        """True when batches run through IO binding."""
+        return self._bound
+
     def run(self, batch: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """Infer ``batch`` (``[N, *input_shape]`` in the input dtype): ``(labels [N], probs [N, C])``.
 
@@ -119,25 +182,14 @@ class InferenceSession:
             raise ShapeMismatch(f"{self._label}: unexpected batch {batch.dtype} {batch.shape}")
         if batch.shape[0] == 0:
             return np.empty((0,), dtype=np.int64), np.empty((0, model_spec.n_classes), dtype=np.float32)
+        contiguous = np.ascontiguousarray(batch)
         try:
-            labels, probs = self._session.run(_OUTPUTS, {"input": np.ascontiguousarray(batch)})
+            if self._bound:
+                labels, probs = run_bound(
+                    self._session, contiguous, device=self._device, device_id=self._device_id
+                )
+            else:
+                labels, probs = self._session.run(OUTPUTS, {INPUT: contiguous})
         except Exception as e:  # onnxruntime's pybind errors derive from Exception only
             raise InferenceFailed(f"{self._label}: onnxruntime failed on a batch of {len(batch)}: {e}") from e
         return labels, probs
-
-
-def _choose_providers(requested: Sequence[str]) -> tuple[str, ...]:
-    """``requested`` filtered to what this build offers, CPU appended as the last resort."""
-    available = available_providers()
-    chosen = [provider for provider in dict.fromkeys(requested) if provider in available]
-    missing = [provider for provider in requested if provider not in available]
-    if missing:
-        log.warning(
-            "execution provider(s) %s not available in this onnxruntime build (has %s); using %s",
-            ", ".join(missing),
-            ", ".join(available),
-            ", ".join([*chosen, CPU] if CPU not in chosen else chosen),
-        )
-    if CPU not in chosen:
-        chosen.append(CPU)
-    return tuple(chosen)

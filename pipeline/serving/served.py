@@ -22,6 +22,7 @@ from edgestream.pipeline.errors import ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import ModelArtifact, ModelStore
 from edgestream.pipeline.registry import ModelState, RegistryError, SignedManifest, choose_version
 from edgestream.pipeline.serving.inference import InferenceSession
+from edgestream.pipeline.serving.providers import Execution
 
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
@@ -57,10 +58,24 @@ def load_models(settings: WorkerSettings) -> dict[str, ServedModel]:
     return served
 
 
+def execution_of(settings: WorkerSettings) -> Execution:
+    """Where the worker's sessions run: its providers, their options, fallback and IO binding."""
+    return Execution(
+        providers=settings.providers,
+        cuda=settings.cuda,
+        tensorrt=settings.tensorrt,
+        home=settings.home,
+        allow_cpu_fallback=settings.allow_cpu_fallback,
+        io_binding=settings.io_binding,
+        max_batch=settings.max_batch,
+    )
+
+
 def open_model(artifact: ModelArtifact, settings: WorkerSettings) -> ServedModel:
-    """An onnxruntime session for ``artifact`` with the worker's providers and threads."""
+    """An onnxruntime session for ``artifact`` where the worker's settings say, warmed up; raises
+    ProviderUnavailable when a GPU provider it asks for is not there (and fallback is not allowed)."""
     session = InferenceSession(
-        artifact, providers=settings.providers, intra_op_num_threads=settings.intra_op_threads
+        artifact, execution_of(settings), intra_op_num_threads=settings.intra_op_threads
     )
     warm_s = session.warm_up()  # before it serves: a new canary's first requests would pay for it
     log.info(

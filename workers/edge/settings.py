@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
+from edgestream.pipeline.serving.providers import CudaOptions, IoBinding, TensorRtOptions
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 
 
@@ -90,7 +91,19 @@ class WorkerSettings(BaseSettings):
     max_tracked_devices: int = Field(default=100_000, ge=1)
     """Rate-limit buckets kept; the least recently used go first."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    """onnxruntime execution providers, in order of preference."""
+    """onnxruntime execution providers, in order of preference, e.g.
+    ``["TensorrtExecutionProvider","CUDAExecutionProvider"]`` on an NVIDIA GPU (needs
+    ``edgestream[gpu]``). One that is not available stops the worker before it is ready, unless
+    ``allow_cpu_fallback``."""
+    allow_cpu_fallback: bool = False
+    """Serve without a requested provider that is not available (a warning, and the metrics' provider
+    label says what runs) instead of refusing to load the models."""
+    cuda: CudaOptions = CudaOptions()
+    """CUDA provider options (``EDGESTREAM_WORKER_CUDA__DEVICE_ID``...); TensorRT uses its device too."""
+    tensorrt: TensorRtOptions = TensorRtOptions()
+    """TensorRT provider options: FP16, the on-disk engine cache (``<home>/tensorrt`` by default)."""
+    io_binding: IoBinding = "auto"
+    """Run batches through onnxruntime's IO binding: ``auto`` on a GPU provider, ``always``, ``never``."""
     inline_inference_ms: float = Field(default=1.0, ge=0)
     """A model whose calls take less than this on average runs on the event loop itself: handing a
     call to the inference thread and back costs more CPU than such a call. Slower models run in the

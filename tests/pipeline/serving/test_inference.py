@@ -1,4 +1,4 @@
-"""The onnxruntime session wrapper: batching, validation, providers, errors, threads, GPU."""
+"""The onnxruntime session wrapper: batching, validation, providers, IO binding, errors, threads, GPU."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from edgestream.pipeline.errors import ConfigError, InferenceFailed, ShapeMismatch
+from edgestream.pipeline.errors import ConfigError, InferenceFailed, ProviderUnavailable, ShapeMismatch
 from edgestream.pipeline.models import ModelArtifact, ModelStore, load_dataset
-from edgestream.pipeline.serving.inference import CPU, CUDA, InferenceSession, available_providers
+from edgestream.pipeline.serving import inference
+from edgestream.pipeline.serving.inference import InferenceSession, available_providers
+from edgestream.pipeline.serving.providers import CPU, CUDA, TENSORRT, Execution
+from edgestream.pipeline.serving.served import load_models
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.edge.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy.typing as npt
 
 MODELS = [(name, size) for name in ("embedding-scorer", "frame-classifier") for size in ("tiny", "medium")]
@@ -138,15 +145,93 @@ def test_cpu_is_available_and_default(store: ModelStore) -> None:
     assert session.spec.name == "embedding-scorer"
 
 
-def test_unavailable_provider_is_dropped_with_a_warning(
+@pytest.mark.parametrize("provider", ["NoSuchExecutionProvider", CUDA, TENSORRT])
+def test_unavailable_provider_is_refused(store: ModelStore, provider: str) -> None:
+    if provider in available_providers():
+        pytest.skip(f"{provider} is available here")
+    with pytest.raises(ProviderUnavailable, match=provider) as caught:
+        InferenceSession(store.get("embedding-scorer", "tiny"), Execution(providers=(provider, CPU)))
+    assert caught.value.reason == "provider_unavailable"
+    assert CPU in str(caught.value)  # names what is available
+    assert caught.value.provider == provider
+
+
+def test_unavailable_provider_runs_on_the_cpu_when_fallback_is_allowed(
     store: ModelStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.serving.inference"):
-        session = InferenceSession(
-            store.get("embedding-scorer", "tiny"), providers=("NoSuchExecutionProvider",)
-        )
+    artifact = store.get("embedding-scorer", "tiny")
+    execution = Execution(providers=("NoSuchExecutionProvider",), allow_cpu_fallback=True)
+    with caplog.at_level(logging.WARNING, logger="edgestream.pipeline.serving.providers"):
+        session = InferenceSession(artifact, execution)
     assert session.providers_in_use == (CPU,)
     assert "NoSuchExecutionProvider" in caplog.text
+    assert "allow_cpu_fallback" in caplog.text
+    items = _test_items(artifact, 8)
+    np.testing.assert_array_equal(session.run(items)[1], InferenceSession(artifact).run(items)[1])
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
+def test_provider_the_session_did_not_register_is_refused(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime lists CUDA yet opens the session on the CPU (e.g. cuDNN failed to load): refused."""
+    if CUDA in available_providers():
+        pytest.skip("CUDA really is available here")
+    monkeypatch.setattr(inference, "available_providers", lambda: (CUDA, CPU))
+    artifact = store.get("embedding-scorer", "tiny")
+    with pytest.raises(ProviderUnavailable, match=CUDA):
+        InferenceSession(artifact, Execution(providers=(CUDA,)))
+    allowed = InferenceSession(artifact, Execution(providers=(CUDA,), allow_cpu_fallback=True))
+    assert allowed.providers_in_use == (CPU,)
+
+
+def test_a_worker_asked_for_cuda_without_it_does_not_load(tmp_path: Path) -> None:
+    if CUDA in available_providers():
+        pytest.skip("CUDA really is available here")
+
+    def settings(allow_cpu_fallback: bool) -> WorkerSettings:
+        return WorkerSettings(
+            home=tmp_path,
+            kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+            models=("embedding-scorer",),
+            model_size="tiny",
+            providers=(CUDA,),
+            allow_cpu_fallback=allow_cpu_fallback,
+        )
+
+    with pytest.raises(ProviderUnavailable, match="embedding-scorer"):
+        load_models(settings(allow_cpu_fallback=False))
+    assert load_models(settings(allow_cpu_fallback=True))["embedding-scorer"].session.providers_in_use == (
+        CPU,
+    )
+
+
+@pytest.mark.parametrize(("name", "size"), MODELS)
+def test_io_binding_gives_exactly_the_plain_answers(store: ModelStore, name: str, size: str) -> None:
+    artifact = store.get(name, size)
+    plain = InferenceSession(artifact)
+    bound = InferenceSession(artifact, Execution(io_binding="always"))
+    assert not plain.io_bound
+    assert bound.io_bound
+    items = _test_items(artifact, 64)
+    for batch in (items[:1], items[:7], items, items[::2]):
+        plain_labels, plain_probs = plain.run(batch)
+        bound_labels, bound_probs = bound.run(batch)
+        assert bound_labels.dtype == np.int64
+        assert bound_probs.dtype == np.float32
+        np.testing.assert_array_equal(bound_labels, plain_labels)
+        np.testing.assert_array_equal(bound_probs, plain_probs)
+
+
+def test_io_binding_is_off_on_the_cpu_by_default_and_errors_stay_inference_failed(
+    store: ModelStore,
+) -> None:
+    embedding = store.get("embedding-scorer", "tiny")
+    assert not InferenceSession(embedding, Execution(io_binding="auto")).io_bound
+    mislabelled = dataclasses.replace(embedding, spec=store.get("frame-classifier", "tiny").spec)
+    bound = InferenceSession(mislabelled, Execution(io_binding="always"))
+    with pytest.raises(InferenceFailed):
+        bound.run(np.zeros((2, 32, 32), dtype=np.uint8))
 
 
 def test_concurrent_runs_from_threads_match_sequential(store: ModelStore) -> None:
@@ -168,8 +253,9 @@ def test_cuda_matches_cpu(store: ModelStore, name: str, size: str) -> None:
     if CUDA not in available_providers():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here")
     artifact = store.get(name, size)
-    gpu = InferenceSession(artifact, providers=(CUDA, CPU))
+    gpu = InferenceSession(artifact, Execution(providers=(CUDA,)))
     assert gpu.providers_in_use[0] == CUDA
+    assert gpu.io_bound
     items = _test_items(artifact, 64)
     gpu_labels, gpu_probs = gpu.run(items)
     cpu_labels, cpu_probs = InferenceSession(artifact).run(items)

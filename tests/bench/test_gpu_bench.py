@@ -1,0 +1,59 @@
+"""The GPU bench: without CUDA it says so and writes nothing; its measurement, run on the CPU (IO
+binding included), gives every model, target and batch size a point; on a GPU it writes gpu.json."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bench.gpu.__main__ import main, plot
+from bench.gpu.measure import BATCH_SIZES, has_cuda, measure, resnet_case, zoo_cases
+from edgestream.pipeline.serving.providers import CPU, Execution
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_without_cuda_it_says_so_exits_0_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if has_cuda():
+        pytest.skip("CUDA is available here")
+    assert main(["--out-dir", str(tmp_path / "results"), "--home", str(tmp_path / "home")]) == 0
+    assert "no CUDAExecutionProvider" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_measurement_on_the_cpu_with_io_binding(tmp_path: Path) -> None:
+    cases = [resnet_case((1, 1, 1, 1), base_width=8), *zoo_cases(tmp_path, "tiny")]
+    targets = {"cpu_bound": Execution(io_binding="always")}
+    models = measure(cases, targets, (1, 4), budget_s=0.0)
+    assert set(models) == {"resnet-1-1-1-1-w8", "embedding-scorer/tiny", "frame-classifier/tiny"}
+    assert models["resnet-1-1-1-1-w8"]["input"] == ["uint8", [224, 224, 3]]
+    for model in models.values():
+        result = model["targets"]["cpu_bound"]
+        assert result["providers"] == [CPU]
+        assert [p["batch"] for p in result["points"]] == [1, 4]
+        for point in result["points"]:
+            assert point["runs"] >= 20
+            assert point["items_per_s"] > 0
+            assert 0 < point["p50_ms"] <= point["p99_ms"]
+    document = {"onnxruntime": "x", "device": "CPU", "models": models}
+    plot(document, tmp_path / "gpu.png")
+    assert (tmp_path / "gpu.png").stat().st_size > 0
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_it_writes_every_model_at_every_batch_size(tmp_path: Path) -> None:
+    if not has_cuda():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here")
+    out = tmp_path / "results"
+    assert main(["--out-dir", str(out), "--home", str(tmp_path / "home"), "--budget-s", "0.05"]) == 0
+    document = json.loads((out / "gpu.json").read_text())
+    assert document["wheel"] == "onnxruntime-gpu"
+    for model in document["models"].values():
+        assert model["targets"]["cuda"]["providers"][0] == "CUDAExecutionProvider"
+        for result in model["targets"].values():
+            assert [p["batch"] for p in result["points"]] == list(BATCH_SIZES)
