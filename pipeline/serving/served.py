@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgestream.pipeline.contract.envelope import Envelope
-from edgestream.pipeline.errors import ShapeMismatch, UnknownModel
+from edgestream.pipeline.errors import ProviderUnavailable, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import ModelArtifact, ModelStore
 from edgestream.pipeline.registry import ModelState, RegistryError, SignedManifest, choose_version
 from edgestream.pipeline.serving.inference import InferenceSession
@@ -117,7 +117,7 @@ class ModelCatalog:
         """Registry states not applied, by the error's reason (artifact_mismatch, untrusted_signer,
         unsigned_state, bad_signature, stale_revision, bad_registry_record...)."""
 
-    def refuse(self, model: str, err: RegistryError) -> None:
+    def refuse(self, model: str, err: RegistryError | ProviderUnavailable) -> None:
         """Count and log a registry state of ``model`` that is not applied; what is served stays."""
         self.refused[err.reason] = self.refused.get(err.reason, 0) + 1
         if self._on_refused is not None:
@@ -177,7 +177,7 @@ class ModelCatalog:
                 if (state.model, version) not in self._loaded:
                     loaded = await asyncio.to_thread(self._loader, state.manifest(version))
                     self._loaded[(state.model, version)] = loaded
-        except RegistryError as err:
+        except (RegistryError, ProviderUnavailable) as err:  # a version this host cannot run: refused
             self.refuse(state.model, err)
             return False
         self._states[state.model] = state
