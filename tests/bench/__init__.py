@@ -1,0 +1,1 @@
+"""Tests of the benchmarks in ``bench/`` (``tests/faults`` holds the fault harness's)."""
