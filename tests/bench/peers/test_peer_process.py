@@ -29,12 +29,21 @@ READY_TIMEOUT_S = 90.0
 
 
 @pytest.fixture(scope="module")
-def peer_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home with the tiny models built once for the module."""
-    home = tmp_path_factory.mktemp("peer-home")
-    store = ModelStore(home / "models")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny models, built once for the module."""
+    root = tmp_path_factory.mktemp("peer-models")
+    store = ModelStore(root)
     for name in MODEL_FOR_KIND.values():
         store.get(name, "tiny")
+    return root
+
+
+@pytest.fixture
+def peer_home(tiny_models: Path, tmp_path: Path) -> Path:
+    """A home of the test's own (its key file) with the module's models."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(tiny_models, target_is_directory=True)
     return home
 
 
