@@ -131,9 +131,13 @@ class FarSide:
     name: str
     """The process's name (log, ready and stats files)."""
     command: list[str]
+    """How to start it."""
     env: Mapping[str, str]
+    """Its whole environment."""
     fleet_type: type[Fleet]
+    """The fleet that talks to it (what it counts as an answer)."""
     region: str
+    """The region whose ingest topics it reads and whose devices it answers."""
     group: str
     """Its consumer group: how far it got, and whose backlog is skipped after the load."""
 
@@ -143,8 +147,11 @@ class Measured:
     """What one load against one far side gave."""
 
     warm: Fleet
+    """The warm-up's fleet (discarded, but the pipeline takes its batches out of the histogram)."""
     fleet: Fleet
+    """The measured fleet."""
     run: RunStats
+    """What the measured fleet saw, with the CPU counted meanwhile."""
     stats: dict[str, Any]
     """The far side's stats file, written at its exit."""
     idle_cpu_share: dict[str, float] | None

@@ -12,6 +12,7 @@ from bench.pipeline.floor import batch_us_at
 from bench.pipeline.results import FloorPoint, Level, LevelRatios, RunStats
 
 T = TypeVar("T")
+"""What a per-load table holds."""
 
 PEER_SYSTEMS: dict[Guarantee, str] = {"at_least_once": "peer_alo", "exactly_once": "peer_eos"}
 """The peer's system name under each guarantee."""

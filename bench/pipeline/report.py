@@ -21,6 +21,7 @@ _MARKS_NOTE = (
     "* saturated (answered < 99% or backlog), ! the fleet could not send the offered load, "
     "? other processes used > 10% of a core meanwhile"
 )
+"""What the marks after a number mean."""
 
 
 def _system_columns(table: Table, systems: Sequence[str]) -> None:

@@ -26,6 +26,7 @@ from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSetting
 from edgestream.workers.local.processes import Child
 
 READY_TIMEOUT_S = 90.0
+"""How long the peer may take to load its models and get its partitions."""
 
 
 @pytest.fixture(scope="module")
