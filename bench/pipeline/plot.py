@@ -48,12 +48,12 @@ def caption(document: Mapping[str, Any]) -> str:
 
 
 def series(levels: list[dict[str, Any]], *keys: str) -> list[float]:
-    """The value under ``keys`` in each level, NaN where it (or a level on the way) is None."""
+    """The value under ``keys`` in each level, NaN where it (or a level on the way) is None or absent."""
     out = []
     for lv in levels:
         value: Any = lv
         for key in keys:
-            value = None if value is None else value[key]
+            value = None if value is None else value.get(key)
         out.append(np.nan if value is None else float(value))
     return out
 
