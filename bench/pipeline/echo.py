@@ -19,7 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION
 from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.topics.catalogue import KINDS, ingest_topic, replies_topic
+from edgestream.topics.catalogue import KINDS, ingest_topic
+from edgestream.workers.local.fleet import answers_topic
 
 _CLIENT_ID = "edgestream-bench-echo"
 
@@ -32,7 +33,7 @@ class EchoSettings(BaseSettings):
     )
 
     region: str = ECHO_REGION
-    """Consumes ``edge.<region>.ingest.*`` and republishes to ``edge.<region>.results``."""
+    """Consumes ``edge.<region>.ingest.*`` and republishes to where the region's devices read answers."""
     kafka: KafkaSettings = KafkaSettings()
     """How to reach the brokers."""
     fetch_max_records: int = Field(default=500, ge=1)
@@ -74,7 +75,7 @@ class EchoWorker:
 
     def __init__(self, settings: EchoSettings) -> None:
         self.settings = settings
-        self._out_topic = replies_topic(settings.region)
+        self._out_topic = answers_topic(settings.region)
         self._consumer = kafka.consumer(
             settings.kafka,
             _CLIENT_ID,

@@ -1,4 +1,5 @@
-"""The machine and code a run measured: CPU use during a load, versions, other processes, the commit."""
+"""The machine and code a run measured: CPU use per process during a load (from ``/proc``, outside the
+processes), versions, other processes, the commit."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import contextlib
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,56 +22,89 @@ from bench import REPO_ROOT
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_ticks() -> tuple[int, int]:
-    """(busy CPU ticks of the whole machine, ticks stolen by the hypervisor), from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+def busy_ticks(stat: str) -> tuple[int, int]:
+    """(busy CPU ticks of the whole machine, ticks stolen by the hypervisor) from ``/proc/stat``'s text."""
+    fields = [int(v) for v in stat.split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return user + nice + system + irq + softirq, steal
 
 
-def _process_ticks(pid: int) -> int:
-    """utime + stime of a process (all its threads), 0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
+def process_ticks(stat: str) -> int:
+    """utime + stime (all threads, children not included) from ``/proc/<pid>/stat``'s text; the command
+    name in parentheses may hold spaces and parentheses, so fields are counted after the last ``)``."""
     fields = stat.rpartition(")")[2].split()
     return int(fields[11]) + int(fields[12])
 
 
+def _process_ticks(pid: int) -> int:
+    """utime + stime of a process, 0 once it is gone."""
+    try:
+        return process_ticks(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 @dataclass(frozen=True, slots=True)
 class CpuUse:
-    """CPU seconds over one measured load: ours (this process, the far side, the broker) and the rest."""
+    """CPU seconds over one measured span: each watched process, ours in all, and the rest."""
 
     ours_s: float
-    """This process, the worker or echo, and the broker."""
+    """The watched processes together."""
     others_s: float
     """Everything else on the machine (other people's runs make the numbers noisy)."""
     steal_s: float
     """Time the hypervisor gave our virtual CPUs to someone else."""
+    processes_s: dict[str, float]
+    """Per watched process, by role: ``worker`` (the far side: the worker, the echo or the peer),
+    ``broker`` (the Kafka JVM), ``fleet`` (this process: the devices)."""
+    wall_s: float
+    """Seconds the span lasted."""
+
+    def ms_per_request(self, requests: int) -> dict[str, float] | None:
+        """Each process's CPU milliseconds per request; None without requests."""
+        if requests <= 0:
+            return None
+        return {role: 1000.0 * s / requests for role, s in self.processes_s.items()}
+
+    def core_share(self) -> dict[str, float]:
+        """Each process's share of one core over the span (0.05: 5% of a core)."""
+        return {role: s / self.wall_s if self.wall_s > 0 else 0.0 for role, s in self.processes_s.items()}
 
 
 class CpuWatch:
-    """Counts CPU time from ``start`` to ``stop`` (Linux /proc; zeros where there is none)."""
+    """Counts CPU time from ``start`` to ``stop`` per process (Linux /proc; zeros where there is none)."""
 
-    def __init__(self, pids: Sequence[int]) -> None:
-        self._pids = list(pids)
-        self._start: tuple[int, int, int] = (0, 0, 0)
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self._start: tuple[int, int, dict[str, int]] = (0, 0, {})
+        self._start_s = 0.0
 
-    def _sample(self) -> tuple[int, int, int]:
+    def _sample(self) -> tuple[int, int, dict[str, int]]:
+        per_process = {role: _process_ticks(pid) for role, pid in self._pids.items()}
         try:
-            busy, steal = _busy_ticks()
+            busy, steal = busy_ticks(Path("/proc/stat").read_text())
         except (OSError, ValueError):
-            return (0, 0, 0)
-        return busy, steal, sum(_process_ticks(pid) for pid in self._pids)
+            return (0, 0, per_process)
+        return busy, steal, per_process
 
     def start(self) -> None:
+        self._start_s = time.monotonic()
         self._start = self._sample()
 
     def stop(self) -> CpuUse:
-        busy, steal, ours = (b - a for a, b in zip(self._start, self._sample(), strict=True))
+        busy0, steal0, procs0 = self._start
+        busy1, steal1, procs1 = self._sample()
         tick_s = 1.0 / _CLOCK_TICKS_PER_S
-        return CpuUse(ours_s=ours * tick_s, others_s=max(0, busy - ours) * tick_s, steal_s=steal * tick_s)
+        # A process that exited meanwhile reads 0: never count less than nothing.
+        processes = {role: max(0, procs1[role] - procs0.get(role, 0)) * tick_s for role in procs1}
+        ours_s = sum(processes.values())
+        return CpuUse(
+            ours_s=ours_s,
+            others_s=max(0.0, (busy1 - busy0) * tick_s - ours_s),
+            steal_s=(steal1 - steal0) * tick_s,
+            processes_s=processes,
+            wall_s=time.monotonic() - self._start_s,
+        )
 
 
 def code_facts() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""One offered load against one target: the fleet, the far side catching up, the backlog skipped."""
+"""One offered load against one system: a fresh far-side process, a discarded warm-up, the fleet with
+each process's CPU counted, the far side catching up, the backlog skipped."""
 
 from __future__ import annotations
 
@@ -7,20 +8,37 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from aiokafka import TopicPartition
 
+from bench.peers.settings import Guarantee
 from bench.pipeline.context import BenchContext
 from bench.pipeline.fleets import EchoFleet, PipelineFleet, run_fleet_as
 from bench.pipeline.machine import CpuUse, CpuWatch
-from bench.pipeline.processes import child_process, child_stats, echo_env, worker_env, worker_settings
-from bench.pipeline.results import Breakdown, EchoRun, Latency, PipelineRun, RunStats
-from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION, PIPELINE_REGION, BenchSettings
+from bench.pipeline.processes import (
+    child_process,
+    child_stats,
+    echo_env,
+    peer_env,
+    worker_env,
+    worker_settings,
+)
+from bench.pipeline.results import Breakdown, EchoRun, Latency, PeerRun, PipelineRun, RunStats
+from bench.pipeline.settings import (
+    ECHO_GROUP,
+    ECHO_REGION,
+    PEER_GROUP,
+    PEER_REGION,
+    PIPELINE_REGION,
+    BenchSettings,
+)
 from edgestream.pipeline import kafka
 from edgestream.topics.catalogue import KINDS, edge_group, ingest_topic, parse_topic
-from edgestream.workers.local.fleet import FleetReport
+from edgestream.workers.local.fleet import Fleet, FleetReport
 
 _CLIENT_ID = "edgestream-bench"
 
@@ -94,6 +112,7 @@ def run_stats(
         p99_over_sla=latency.p99_ms is None or latency.p99_ms > sla_ms,
         fleet_behind=t.sent < 0.98 * rate * report.send_s or report.send_s > 1.02 * duration_s,
         cpu=cpu,
+        cpu_ms_per_request=cpu.ms_per_request(t.sent),
         disturbed=cpu.others_s > 0.1 * report.total_s,
     )
 
@@ -105,38 +124,105 @@ def batches_from_results(batch_sizes: Iterable[int]) -> tuple[Counter[int], bool
     return Counter({size: count // size for size, count in per_result.items()}), exact
 
 
-async def measure_pipeline(ctx: BenchContext, rate: float) -> PipelineRun:
+@dataclass(frozen=True, slots=True)
+class FarSide:
+    """A system's far side of Kafka: the process to start, and where the fleet talks to it."""
+
+    name: str
+    """The process's name (log, ready and stats files)."""
+    command: list[str]
+    """How to start it."""
+    env: Mapping[str, str]
+    """Its whole environment."""
+    fleet_type: type[Fleet]
+    """The fleet that talks to it (what it counts as an answer)."""
+    region: str
+    """The region whose ingest topics it reads and whose devices it answers."""
+    group: str
+    """Its consumer group: how far it got, and whose backlog is skipped after the load."""
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What one load against one far side gave."""
+
+    warm: Fleet
+    """The warm-up's fleet (discarded, but the pipeline takes its batches out of the histogram)."""
+    fleet: Fleet
+    """The measured fleet."""
+    run: RunStats
+    """What the measured fleet saw, with the CPU counted meanwhile."""
+    stats: dict[str, Any]
+    """The far side's stats file, written at its exit."""
+    idle_cpu_share: dict[str, float] | None
+    """Worker and broker shares of a core with no traffic, when asked for."""
+
+
+async def idle_cpu_share(ctx: BenchContext, far_side_pid: int) -> dict[str, float]:
+    """Shares of one core the far side and the broker use over ``idle_s`` with no traffic (after a
+    second for what the last load left to settle)."""
+    await asyncio.sleep(1.0)
+    watch = CpuWatch({"worker": far_side_pid, "broker": ctx.broker_pid})
+    watch.start()
+    await asyncio.sleep(ctx.settings.idle_s)
+    return watch.stop().core_share()
+
+
+async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idle: bool = False) -> Measured:
+    """Start ``side``, warm it up (discarded), offer ``rate`` for ``duration_s`` counting each process's
+    CPU, wait for it to catch up unless every request was answered (then, when ``idle``, count its idle
+    CPU), stop it, skip what is left."""
     s = ctx.settings
-    name = f"worker-{rate:g}"
-    command = [sys.executable, "-m", "edgestream", "worker"]
-    env = worker_env(ctx, name, worker_settings(ctx, name))
-    async with child_process(ctx, name, command, env) as child:
+    label = side.name.rpartition("-")[0] or side.name
+    async with child_process(ctx, side.name, side.command, side.env) as child:
         warm = await run_fleet_as(
-            ctx, PipelineFleet, PIPELINE_REGION, s.warmup_rate_per_s, s.warmup_s, "pipeline warm-up"
+            ctx, side.fleet_type, side.region, s.warmup_rate_per_s, s.warmup_s, f"{label} warm-up"
         )
-        watch = CpuWatch([os.getpid(), child.proc.pid, ctx.broker_pid])
+        watch = CpuWatch({"worker": child.proc.pid, "broker": ctx.broker_pid, "fleet": os.getpid()})
         watch.start()
         fleet = await run_fleet_as(
-            ctx, PipelineFleet, PIPELINE_REGION, rate, s.duration_s, f"pipeline @ {rate:g}/s"
+            ctx, side.fleet_type, side.region, rate, s.duration_s, f"{label} @ {rate:g}/s"
         )
         cpu = watch.stop()
-        backlog, waited_s = await wait_caught_up(ctx, edge_group(PIPELINE_REGION), PIPELINE_REGION)
-    skipped = await skip_backlog(ctx, edge_group(PIPELINE_REGION), PIPELINE_REGION)
-    worker = child_stats(ctx, child)
-    warm_totals = warm.report.totals()
+        totals = fleet.report.totals()
+        if totals.results + totals.late >= totals.sent:
+            backlog, waited_s = 0, 0.0  # every request answered: nothing was left unconsumed
+        else:
+            backlog, waited_s = await wait_caught_up(ctx, side.group, side.region)
+        idle_share = await idle_cpu_share(ctx, child.proc.pid) if idle and s.idle_s > 0 else None
+    skipped = await skip_backlog(ctx, side.group, side.region)
+    run = run_stats(rate, fleet.report, backlog, waited_s, skipped, cpu, s)
+    return Measured(warm, fleet, run, child_stats(ctx, child), idle_share)
+
+
+async def measure_pipeline(ctx: BenchContext, rate: float, *, idle: bool = False) -> PipelineRun:
+    """The pipeline at ``rate``: a fresh worker; with ``idle``, its idle CPU after the load too."""
+    name = f"worker-{rate:g}"
+    side = FarSide(
+        name,
+        [sys.executable, "-m", "edgestream", "worker"],
+        worker_env(ctx, name, worker_settings(ctx, name)),
+        PipelineFleet,
+        PIPELINE_REGION,
+        edge_group(PIPELINE_REGION),
+    )
+    m = await measure_far_side(ctx, side, rate, idle=idle)
+    assert isinstance(m.fleet, PipelineFleet)
+    worker = m.stats
+    warm_totals = m.warm.report.totals()
     warm_batches, warm_exact = batches_from_results(warm_totals.batch_sizes)
     warm_exact = warm_exact and warm_totals.results == warm_totals.sent
     histogram = Counter({int(k): int(v) for k, v in worker.get("batch_sizes", {}).items()})
     histogram.subtract(warm_batches)
     exact = warm_exact and all(v >= 0 for v in histogram.values())
-    totals = fleet.report.totals()
+    totals = m.fleet.report.totals()
+    timings = m.fleet.timings
     by_model: dict[str, dict[str, float]] = {}
-    for model in sorted({t.model for t in fleet.timings}):
-        sizes = [t.batch_size for t in fleet.timings if t.model == model]
-        by_model[model] = {"share": len(sizes) / len(fleet.timings), "mean_batch": float(np.mean(sizes))}
-    timings = fleet.timings
+    for model in sorted({t.model for t in timings}):
+        sizes = [t.batch_size for t in timings if t.model == model]
+        by_model[model] = {"share": len(sizes) / len(timings), "mean_batch": float(np.mean(sizes))}
     return PipelineRun(
-        run=run_stats(rate, fleet.report, backlog, waited_s, skipped, cpu, s),
+        run=m.run,
         mean_batch=float(np.mean(totals.batch_sizes)) if totals.batch_sizes else None,
         batch_histogram={str(k): v for k, v in sorted(histogram.items()) if v > 0},
         histogram_exact=exact,
@@ -148,26 +234,43 @@ async def measure_pipeline(ctx: BenchContext, rate: float) -> PipelineRun:
             to_device=Latency.of([t.to_device_ms for t in timings]),
         ),
         worker={k: v for k, v in worker.items() if k not in ("node", "region")},
+        idle_cpu_share=m.idle_cpu_share,
     )
 
 
-async def measure_echo(ctx: BenchContext, rate: float) -> EchoRun:
-    s = ctx.settings
-    name = f"echo-{rate:g}"
-    command = [sys.executable, "-m", "bench.pipeline", "echo"]
-    async with child_process(ctx, name, command, echo_env(ctx, name)) as child:
-        await run_fleet_as(ctx, EchoFleet, ECHO_REGION, s.warmup_rate_per_s, s.warmup_s, "echo warm-up")
-        watch = CpuWatch([os.getpid(), child.proc.pid, ctx.broker_pid])
-        watch.start()
-        fleet = await run_fleet_as(ctx, EchoFleet, ECHO_REGION, rate, s.duration_s, f"echo @ {rate:g}/s")
-        cpu = watch.stop()
-        backlog, waited_s = await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
-    skipped = await skip_backlog(ctx, ECHO_GROUP, ECHO_REGION)
-    stats = child_stats(ctx, child)
-    since_ms = fleet.report.started_at * 1000.0
-    one_hop = [float(ms) for ts, ms in stats.get("one_hop", []) if ts >= since_ms]
-    return EchoRun(
-        run=run_stats(rate, fleet.report, backlog, waited_s, skipped, cpu, s),
-        one_hop=Latency.of(one_hop),
-        echoed=int(stats.get("echoed", 0)),
+async def measure_echo(ctx: BenchContext, rate: float, *, transactional: bool) -> EchoRun:
+    """The echo at ``rate``, in transactions or acknowledged then committed."""
+    name = f"echo-{'eos' if transactional else 'alo'}-{rate:g}"
+    side = FarSide(
+        name,
+        [sys.executable, "-m", "bench.pipeline", "echo"],
+        echo_env(ctx, name, transactional=transactional),
+        EchoFleet,
+        ECHO_REGION,
+        ECHO_GROUP,
+    )
+    m = await measure_far_side(ctx, side, rate)
+    since_ms = m.fleet.report.started_at * 1000.0
+    one_hop = [float(ms) for ts, ms in m.stats.get("one_hop", []) if ts >= since_ms]
+    return EchoRun(run=m.run, one_hop=Latency.of(one_hop), echoed=int(m.stats.get("echoed", 0)))
+
+
+async def measure_peer(ctx: BenchContext, rate: float, guarantee: Guarantee) -> PeerRun:
+    """The Quix Streams peer at ``rate`` under ``guarantee``."""
+    name = f"peer-{'eos' if guarantee == 'exactly_once' else 'alo'}-{rate:g}"
+    side = FarSide(
+        name,
+        [sys.executable, "-m", "bench.pipeline", "peer"],
+        peer_env(ctx, name, guarantee),
+        Fleet,
+        PEER_REGION,
+        PEER_GROUP,
+    )
+    m = await measure_far_side(ctx, side, rate)
+    refused = {str(k): int(v) for k, v in m.stats.get("refused", {}).items()}
+    return PeerRun(
+        run=m.run,
+        answered=int(m.stats.get("answered", 0)),
+        refused=refused,
+        infer_s=float(m.stats.get("infer_s", 0.0)),
     )

@@ -1,5 +1,5 @@
-"""``pipeline.png`` from ``pipeline.json``: latency and throughput vs offered load beside the echo floor,
-and bare onnxruntime per item vs batch size."""
+"""``pipeline.png`` from ``pipeline.json``: p99 and items/s vs offered load for the pipeline, both echoes
+and both peer modes on the same axes (with the SLA line), and bare onnxruntime per item vs batch size."""
 
 from __future__ import annotations
 
@@ -12,110 +12,116 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-LATENCY_LINES: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
-    ("pipeline p50", ("pipeline", "run", "latency", "p50_ms"), "tab:blue", "-", "o"),
-    ("pipeline p99", ("pipeline", "run", "latency", "p99_ms"), "tab:blue", "--", "s"),
-    ("echo floor (2 hops) p50", ("echo", "run", "latency", "p50_ms"), "tab:green", "-", "o"),
-    ("echo floor (2 hops) p99", ("echo", "run", "latency", "p99_ms"), "tab:green", "--", "s"),
-    ("1 Kafka hop p50", ("echo", "one_hop", "p50_ms"), "tab:gray", ":", "."),
-)
-"""The latency panel's lines: label, keys into a level, colour, line style, marker."""
+SYSTEM_STYLES: dict[str, tuple[str, str]] = {
+    "pipeline": ("pipeline", "tab:blue"),
+    "echo_alo": ("echo, at-least-once (2 hops)", "tab:green"),
+    "echo_eos": ("echo, exactly-once (2 hops)", "tab:olive"),
+    "peer_alo": ("Quix peer, at-least-once", "tab:orange"),
+    "peer_eos": ("Quix peer, exactly-once", "tab:red"),
+}
+"""Each system's label and colour, in the order drawn."""
+
+
+def systems_in(levels: list[dict[str, Any]]) -> list[str]:
+    """The systems that ran (a level holds null for one that did not)."""
+    return [system for system in SYSTEM_STYLES if any(lv.get(system) for lv in levels)]
 
 
 def caption(document: Mapping[str, Any]) -> str:
     """One line of context for the plot: when, what ran, and which loads were disturbed."""
     worker = document["worker_settings"]
+    levels = document["levels"]
     disturbed = [
         f"{lv['offered_per_s']:g}"
-        for lv in document["levels"]
-        if lv["pipeline"]["run"]["disturbed"] or lv["echo"]["run"]["disturbed"]
+        for lv in levels
+        if any(lv[system]["run"]["disturbed"] for system in systems_in(levels) if lv.get(system))
     ]
+    peer = document.get("peer") or {}
+    eos = peer.get("exactly_once") or {}
     return (
         f"{document['timestamp']} · {document['machine']['cores']} cores · worker "
-        f"{worker.get('delivery', 'at_least_once')}, max batch {worker['max_batch']} · echo "
-        f"{'in transactions' if document['echo_transactional'] else 'acked, then committed'}"
+        f"{worker.get('delivery', 'at_least_once')}, max batch {worker['max_batch']} · peer "
+        f"{peer.get('name', '-')}"
+        + (f", exactly-once commit interval {eos['commit_interval_s']:g} s" if eos else "")
         + (f" · other processes busy during loads {', '.join(disturbed)}/s" if disturbed else "")
     )
 
 
 def series(levels: list[dict[str, Any]], *keys: str) -> list[float]:
-    """The value under ``keys`` in each level, NaN where it is None."""
+    """The value under ``keys`` in each level, NaN where it (or a level on the way) is None or absent."""
     out = []
     for lv in levels:
         value: Any = lv
         for key in keys:
-            value = value[key]
+            value = None if value is None else value.get(key)
         out.append(np.nan if value is None else float(value))
     return out
 
 
 def latency_panel(lat: Axes, levels: list[dict[str, Any]], sla_ms: float) -> None:
-    """End-to-end latency vs offered load (log-log), saturated loads marked, the SLA as a red line."""
+    """p99 vs offered load (log-log) for every system, the pipeline's p50 and one Kafka hop beside them,
+    saturated loads crossed out, the SLA as a red line."""
     from matplotlib.ticker import NullLocator
 
     offered = [float(lv["offered_per_s"]) for lv in levels]
     shown: list[float] = [sla_ms]
-    for label, keys, color, style, marker in LATENCY_LINES:
+    lines: list[tuple[str, tuple[str, ...], str, str, str]] = [
+        (f"{label} p99", (system, "run", "latency", "p99_ms"), color, "-", "s")
+        for system, (label, color) in SYSTEM_STYLES.items()
+        if system in systems_in(levels)
+    ]
+    lines += [
+        ("pipeline p50", ("pipeline", "run", "latency", "p50_ms"), "tab:blue", ":", "o"),
+        ("1 Kafka hop p50", ("echo_alo", "one_hop", "p50_ms"), "tab:gray", ":", "."),
+    ]
+    for label, keys, color, style, marker in lines:
         values = series(levels, *keys)
+        if all(np.isnan(v) for v in values):
+            continue
         shown += [v for v in values if not np.isnan(v)]
         lat.plot(offered, values, marker=marker, color=color, ls=style, label=label)
-    for lv in levels:
-        for target, color in (("pipeline", "tab:blue"), ("echo", "tab:green")):
-            run = lv[target]["run"]
-            if run["saturated"] and run["latency"]["p99_ms"] is not None:
-                lat.annotate(
-                    f"saturated\n{run['answered_share']:.0%} answered",
-                    (lv["offered_per_s"], run["latency"]["p99_ms"]),
-                    textcoords="offset points",
-                    xytext=(0, 8),
-                    ha="center",
-                    fontsize=7,
-                    color=color,
-                )
+    for system in systems_in(levels):
+        for lv in levels:
+            run = (lv.get(system) or {}).get("run")
+            if run and run["saturated"] and run["latency"]["p99_ms"] is not None:
+                lat.plot(lv["offered_per_s"], run["latency"]["p99_ms"], "kx", ms=9)
+    lat.plot([], [], "kx", label="saturated (< 99% answered or backlog)")
     lat.axhline(sla_ms, color="red", ls="--", lw=1, label=f"{sla_ms:g} ms SLA")
     lat.set_yscale("log")
-    lat.set_ylim(min(shown) / 1.5, max(shown) * 3)  # room above for the saturation notes
+    lat.set_ylim(min(shown) / 1.5, max(shown) * 2)
     lat.set_xscale("log")
     lat.set_xticks(offered, [f"{x:g}" for x in offered])
     lat.xaxis.set_minor_locator(NullLocator())
     lat.set_xlabel("offered load, requests/s (log)")
     lat.set_ylabel("end-to-end latency, ms (log)")
-    lat.set_title("Latency: pipeline vs Kafka-only echo")
-    lat.legend(fontsize=8, loc="upper left")
+    lat.set_title("Device round trip: pipeline vs echoes and the peer")
+    lat.legend(fontsize=7, loc="best")
     lat.grid(True, which="both", alpha=0.3)
 
 
 def throughput_panel(thr: Axes, levels: list[dict[str, Any]]) -> None:
-    """Answered and sent items/s vs offered load, the highest load's throughput written beside it."""
+    """Answered items/s vs offered load for every system, the pipeline's at the highest load written."""
     offered = [float(lv["offered_per_s"]) for lv in levels]
     thr.plot(offered, offered, color="lightgray", ls="--", label="offered")
-    for target, color, label in (("pipeline", "tab:blue", "pipeline"), ("echo", "tab:green", "echo floor")):
-        thr.plot(offered, series(levels, target, "run", "items_per_s"), marker="o", color=color, label=label)
-        thr.plot(
-            offered,
-            series(levels, target, "run", "sent_per_s"),
-            color=color,
-            ls=":",
-            lw=1,
-            label=f"sent ({target} run)",
-        )
+    for system in systems_in(levels):
+        label, color = SYSTEM_STYLES[system]
+        thr.plot(offered, series(levels, system, "run", "items_per_s"), marker="o", color=color, label=label)
     top = levels[-1]
-    for target, color, dy in (("pipeline", "tab:blue", -16), ("echo", "tab:green", 6)):
-        items_per_s = float(top[target]["run"]["items_per_s"])
-        thr.annotate(
-            f"{items_per_s:.0f}/s",
-            (top["offered_per_s"], items_per_s),
-            textcoords="offset points",
-            xytext=(4, dy),
-            ha="left",
-            fontsize=8,
-            color=color,
-        )
+    items_per_s = float(top["pipeline"]["run"]["items_per_s"])
+    thr.annotate(
+        f"{items_per_s:.0f}/s",
+        (top["offered_per_s"], items_per_s),
+        textcoords="offset points",
+        xytext=(4, -12),
+        ha="left",
+        fontsize=8,
+        color="tab:blue",
+    )
     thr.margins(x=0.12)
     thr.set_xlabel("offered load, requests/s")
     thr.set_ylabel("achieved, answered items/s")
     thr.set_title("Throughput")
-    thr.legend(fontsize=8)
+    thr.legend(fontsize=7)
     thr.grid(True, alpha=0.3)
 
 

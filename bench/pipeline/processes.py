@@ -1,4 +1,5 @@
-"""The worker and echo processes a run starts: spawn, wait for ready, stop; their settings and environment."""
+"""The processes a run starts (worker, echo, peer): spawn, wait for ready, stop; their settings and
+environment."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO_ROOT
+from bench.peers.settings import Guarantee
 from bench.pipeline.context import BenchContext
-from bench.pipeline.settings import ECHO_REGION, PIPELINE_REGION
+from bench.pipeline.settings import ECHO_REGION, PEER_GROUP, PEER_REGION, PIPELINE_REGION, BenchSettings
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.local.processes import Child
 
@@ -99,19 +101,41 @@ def worker_env(ctx: BenchContext, name: str, settings: WorkerSettings) -> dict[s
     }
 
 
-def echo_transactional(ctx: BenchContext) -> bool:
-    """Whether the echo runs in transactions (``echo_delivery``, or like the worker)."""
-    if ctx.settings.echo_delivery == "match_worker":
-        return worker_delivery(worker_settings(ctx, "worker")) == "exactly_once"
-    return ctx.settings.echo_delivery == "exactly_once"
-
-
-def echo_env(ctx: BenchContext, name: str) -> dict[str, str]:
+def echo_env(ctx: BenchContext, name: str, *, transactional: bool) -> dict[str, str]:
+    """The echo's environment: in transactions (exactly-once) or acknowledged then committed."""
     return {
         **os.environ,
         "EDGESTREAM_ECHO_REGION": ECHO_REGION,
         **ctx.bootstrap.to_env("EDGESTREAM_ECHO_KAFKA__"),
-        "EDGESTREAM_ECHO_TRANSACTIONAL": "true" if echo_transactional(ctx) else "false",
+        "EDGESTREAM_ECHO_TRANSACTIONAL": "true" if transactional else "false",
         "EDGESTREAM_ECHO_READY_FILE": str(ready_file(ctx, name)),
         "EDGESTREAM_ECHO_STATS_FILE": str(stats_file(ctx, name)),
     }
+
+
+def peer_commit_interval_s(settings: BenchSettings, guarantee: Guarantee) -> float | None:
+    """The peer's Quix ``commit_interval`` under ``guarantee`` (None: Quix's default)."""
+    if guarantee == "exactly_once":
+        return settings.peer_eos_commit_interval_s
+    return settings.peer_alo_commit_interval_s
+
+
+def peer_env(ctx: BenchContext, name: str, guarantee: Guarantee) -> dict[str, str]:
+    """The peer's environment: the worker's identity, home (models, keys), model size and threads."""
+    s = ctx.settings
+    env = {
+        **os.environ,
+        "EDGESTREAM_PEER_REGION": PEER_REGION,
+        "EDGESTREAM_PEER_GROUP": PEER_GROUP,
+        **ctx.bootstrap.to_env("EDGESTREAM_PEER_KAFKA__"),
+        "EDGESTREAM_PEER_HOME": str(ctx.home),
+        "EDGESTREAM_PEER_MODEL_SIZE": s.model_size,
+        "EDGESTREAM_PEER_INTRA_OP_THREADS": str(s.intra_op_threads),
+        "EDGESTREAM_PEER_GUARANTEE": guarantee,
+        "EDGESTREAM_PEER_READY_FILE": str(ready_file(ctx, name)),
+        "EDGESTREAM_PEER_STATS_FILE": str(stats_file(ctx, name)),
+    }
+    interval_s = peer_commit_interval_s(s, guarantee)
+    if interval_s is not None:
+        env["EDGESTREAM_PEER_COMMIT_INTERVAL_S"] = str(interval_s)
+    return env

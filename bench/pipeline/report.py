@@ -17,46 +17,81 @@ def _marks(run: RunStats) -> str:
     return ("*" if run.saturated else "") + ("!" if run.fleet_behind else "") + ("?" if run.disturbed else "")
 
 
-def summary_table(levels: Sequence[Level]) -> Table:
-    table = Table(
-        title="pipeline vs echo floor (two Kafka hops), latency ms; "
-        "* saturated (answered < 99% or backlog), ! the fleet could not send the offered load, "
-        "? other processes used > 10% of a core meanwhile",
-        title_justify="left",
-    )
-    columns = (
-        "offered\n/s",
-        "pipe\nitems/s",
-        "pipe\np50",
-        "pipe\np99",
-        "mean\nbatch",
-        "echo\nitems/s",
-        "echo\np50",
-        "echo\np99",
-        "1-hop\np50",
-        "p50\nx echo",
-        "p99\nx echo",
-        "infer\n% p50",
-    )
-    for col in columns:
+_MARKS_NOTE = (
+    "* saturated (answered < 99% or backlog), ! the fleet could not send the offered load, "
+    "? other processes used > 10% of a core meanwhile"
+)
+"""What the marks after a number mean."""
+
+
+def _system_columns(table: Table, systems: Sequence[str]) -> None:
+    table.add_column("offered\n/s", justify="right")
+    for system in systems:
+        table.add_column(system.replace("_", "\n"), justify="right")
+
+
+def summary_table(levels: Sequence[Level], systems: Sequence[str]) -> Table:
+    """Per load: each system's end-to-end p99, the pipeline's p50 and its p99 over the
+    non-transactional echo's."""
+    table = Table(title=f"device round trip p99, ms; {_MARKS_NOTE}", title_justify="left")
+    _system_columns(table, systems)
+    for col in ("pipe\np50", "pipe p99\nx echo_alo"):
         table.add_column(col, justify="right")
     for lv in levels:
-        p, e, r = lv.pipeline.run, lv.echo.run, lv.ratios
-        share = None if r is None or r.infer_share_per_item is None else 100 * r.infer_share_per_item
+        cells = []
+        for system in systems:
+            run = lv.run_of(system)
+            cells.append("-" if run is None else fmt(run.latency.p99_ms) + _marks(run))
+        r = lv.ratios
         table.add_row(
             f"{lv.offered_per_s:g}",
-            fmt(p.items_per_s, ".0f") + _marks(p),
-            fmt(p.latency.p50_ms),
-            fmt(p.latency.p99_ms),
-            fmt(lv.pipeline.mean_batch),
-            fmt(e.items_per_s, ".0f") + _marks(e),
-            fmt(e.latency.p50_ms),
-            fmt(e.latency.p99_ms),
-            fmt(lv.echo.one_hop.p50_ms),
-            fmt(r.p50_vs_echo if r else None, ".2f"),
-            fmt(r.p99_vs_echo if r else None, ".2f"),
-            fmt(share, ".2f"),
+            *cells,
+            fmt(lv.pipeline.run.latency.p50_ms),
+            fmt(r.p99_vs_echo_alo if r else None, ".2f"),
         )
+    return table
+
+
+def throughput_table(levels: Sequence[Level], systems: Sequence[str]) -> Table:
+    """Per load: each system's answered items/s, the pipeline's mean batch and inference share."""
+    table = Table(title=f"answered items/s; {_MARKS_NOTE}", title_justify="left")
+    _system_columns(table, systems)
+    for col in ("mean\nbatch", "infer\n% p50"):
+        table.add_column(col, justify="right")
+    for lv in levels:
+        cells = []
+        for system in systems:
+            run = lv.run_of(system)
+            cells.append("-" if run is None else fmt(run.items_per_s, ".0f") + _marks(run))
+        r = lv.ratios
+        share = None if r is None or r.infer_share_per_item is None else 100 * r.infer_share_per_item
+        table.add_row(f"{lv.offered_per_s:g}", *cells, fmt(lv.pipeline.mean_batch), fmt(share, ".2f"))
+    return table
+
+
+def cpu_table(levels: Sequence[Level], systems: Sequence[str], idle: Mapping[str, float] | None) -> Table:
+    """CPU ms per request of the far side, the broker and the fleet, per load and system (from /proc)."""
+    idle_text = (
+        "-" if idle is None else ", ".join(f"{role} {100 * share:.1f}%" for role, share in idle.items())
+    )
+    table = Table(
+        title=f"CPU ms per request sent: far side / broker / fleet; idle, share of a core: {idle_text}",
+        title_justify="left",
+    )
+    table.add_column("offered/s", justify="right")
+    for system in systems:
+        table.add_column(system, justify="right")
+    for lv in levels:
+        cells = []
+        for system in systems:
+            run = lv.run_of(system)
+            cpu = None if run is None else run.cpu_ms_per_request
+            cells.append(
+                "-"
+                if cpu is None
+                else " / ".join(fmt(cpu.get(r), ".2f") for r in ("worker", "broker", "fleet"))
+            )
+        table.add_row(f"{lv.offered_per_s:g}", *cells)
     return table
 
 

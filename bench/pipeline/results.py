@@ -64,7 +64,9 @@ class RunStats:
     fleet_behind: bool
     """The fleet sent under 98% of the offered load: the box, not only the target, ran out of CPU."""
     cpu: CpuUse
-    """CPU seconds while the fleet ran: ours, other processes', stolen."""
+    """CPU seconds while the fleet ran: per process (far side, broker, fleet), other processes', stolen."""
+    cpu_ms_per_request: dict[str, float] | None
+    """CPU ms per request sent, by process (``worker``: the far side), counted from outside (/proc)."""
     disturbed: bool
     """Other processes used more than 10% of one core meanwhile: read this load's numbers with care."""
 
@@ -100,6 +102,9 @@ class PipelineRun:
     """Where a request's time goes."""
     worker: dict[str, Any]
     """The worker's own counters at exit (warm-up included)."""
+    idle_cpu_share: dict[str, float] | None = None
+    """Share of one core the worker and the broker used with the worker running and no traffic (after
+    this load caught up); measured at the first load only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,19 @@ class EchoRun:
     """Producer record timestamp (ms resolution) -> consumed by the echo process."""
     echoed: int
     """Records the echo process republished (warm-up included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRun:
+    """The Quix Streams peer at one offered load, under one guarantee."""
+
+    run: RunStats
+    answered: int
+    """Result records the peer built (warm-up included)."""
+    refused: dict[str, int]
+    """Records it could not answer, by reason."""
+    infer_s: float
+    """Seconds it spent in onnxruntime (warm-up included)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +145,11 @@ class FloorPoint:
 
 @dataclass(frozen=True, slots=True)
 class LevelRatios:
-    """The pipeline beside its floors at one offered load."""
+    """The pipeline beside its floors at one offered load (the echo: the non-transactional one)."""
 
-    p50_vs_echo: float | None
-    p99_vs_echo: float | None
-    items_per_s_vs_echo: float | None
+    p50_vs_echo_alo: float | None
+    p99_vs_echo_alo: float | None
+    items_per_s_vs_echo_alo: float | None
     p50_vs_one_hop: float | None
     infer_share_per_item: float | None
     """Bare onnxruntime per item at the observed mean batch (model mix) / pipeline p50."""
@@ -141,9 +159,21 @@ class LevelRatios:
 
 @dataclass(slots=True)
 class Level:
-    """One offered load, both targets."""
+    """One offered load, every system (None: the system did not run)."""
 
     offered_per_s: float
     pipeline: PipelineRun
-    echo: EchoRun
+    echo_alo: EchoRun | None = None
+    """The echo, acknowledged then committed every 100 ms (at-least-once)."""
+    echo_eos: EchoRun | None = None
+    """The echo in transactions, one per input partition (exactly-once, as the worker)."""
+    peer_alo: PeerRun | None = None
+    """The Quix Streams peer at its default at-least-once."""
+    peer_eos: PeerRun | None = None
+    """The Quix Streams peer at exactly-once."""
     ratios: LevelRatios | None = None
+
+    def run_of(self, system: str) -> RunStats | None:
+        """The fleet's view of ``system`` at this load (a `System` name), None when it did not run."""
+        measured: PipelineRun | EchoRun | PeerRun | None = getattr(self, system)
+        return None if measured is None else measured.run

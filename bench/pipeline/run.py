@@ -1,4 +1,4 @@
-"""The whole run: a home, a broker, every load for both targets, bare onnxruntime, the ratios."""
+"""The whole run: a home, a broker, every load for every system, bare onnxruntime, the ratios."""
 
 from __future__ import annotations
 
@@ -9,63 +9,51 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from bench.peers.settings import PEER_PACKAGE, Guarantee
 from bench.pipeline.context import BenchContext, Ui
 from bench.pipeline.fleets import EchoFleet, run_fleet_as
-from bench.pipeline.floor import batch_us_at, onnx_floor
+from bench.pipeline.floor import onnx_floor
 from bench.pipeline.machine import code_facts, foreign_processes, machine_facts
-from bench.pipeline.measure import measure_echo, measure_pipeline, wait_caught_up
+from bench.pipeline.measure import measure_echo, measure_peer, measure_pipeline, wait_caught_up
 from bench.pipeline.processes import (
     child_process,
     echo_env,
-    echo_transactional,
+    peer_commit_interval_s,
     worker_delivery,
     worker_settings,
 )
+from bench.pipeline.ratios import level_ratios, peer_summary, per_load, summary
 from bench.pipeline.report import fmt
-from bench.pipeline.results import FloorPoint, Level, LevelRatios
-from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION, PIPELINE_REGION, BenchSettings
+from bench.pipeline.results import EchoRun, FloorPoint, Level, PeerRun, PipelineRun, RunStats
+from bench.pipeline.settings import (
+    ECHO_GROUP,
+    ECHO_REGION,
+    PEER_REGION,
+    PIPELINE_REGION,
+    BenchSettings,
+    System,
+)
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics
+from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.local.broker.process import running_broker
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 log = logging.getLogger(__name__)
-
-
-def ratios(level: Level, floor: Mapping[str, Sequence[FloorPoint]]) -> LevelRatios:
-    pipe, echo = level.pipeline.run, level.echo.run
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
-    per_item_us = batch_run_us = None
-    if level.pipeline.by_model:
-        per_item_us = batch_run_us = 0.0
-        for model, info in level.pipeline.by_model.items():
-            at = batch_us_at(floor[model], info["mean_batch"])
-            per_item_us += info["share"] * at / info["mean_batch"]
-            batch_run_us += info["share"] * at
-    p50_us = None if pipe.latency.p50_ms is None else pipe.latency.p50_ms * 1000.0
-    return LevelRatios(
-        p50_vs_echo=ratio(pipe.latency.p50_ms, echo.latency.p50_ms),
-        p99_vs_echo=ratio(pipe.latency.p99_ms, echo.latency.p99_ms),
-        items_per_s_vs_echo=ratio(pipe.items_per_s, echo.items_per_s),
-        p50_vs_one_hop=ratio(pipe.latency.p50_ms, level.echo.one_hop.p50_ms),
-        infer_share_per_item=ratio(per_item_us, p50_us),
-        infer_share_batch_run=ratio(batch_run_us, p50_us),
-    )
 
 
 def _rounded(value: Any) -> Any:
@@ -87,33 +75,55 @@ async def warm_broker(ctx: BenchContext) -> None:
         f"warming the broker up: {s.broker_warmup_rate_per_s:g}/s for {s.broker_warmup_s:g} s (discarded)"
     )
     command = [sys.executable, "-m", "bench.pipeline", "echo"]
-    async with child_process(ctx, "echo-warmup", command, echo_env(ctx, "echo-warmup")):
+    async with child_process(ctx, "echo-warmup", command, echo_env(ctx, "echo-warmup", transactional=False)):
         await run_fleet_as(
             ctx, EchoFleet, ECHO_REGION, s.broker_warmup_rate_per_s, s.broker_warmup_s, "broker warm-up"
         )
         await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
 
 
+def _measure(
+    ctx: BenchContext, system: System, rate: float, first: bool
+) -> Awaitable[PipelineRun | EchoRun | PeerRun]:
+    """The measurement of ``system`` at ``rate`` (the pipeline's idle CPU after the first load)."""
+    if system == "pipeline":
+        return measure_pipeline(ctx, rate, idle=first)
+    if system in ("echo_alo", "echo_eos"):
+        return measure_echo(ctx, rate, transactional=system == "echo_eos")
+    return measure_peer(ctx, rate, "exactly_once" if system == "peer_eos" else "at_least_once")
+
+
+def _line(system: System, run: RunStats) -> str:
+    return (
+        f"  {system}: {run.items_per_s:.0f} items/s, p50 {fmt(run.latency.p50_ms)} ms, "
+        f"p99 {fmt(run.latency.p99_ms)} ms, answered {run.answered_share:.1%}"
+    )
+
+
 async def measure_levels(ctx: BenchContext) -> list[Level]:
+    """Every load, every chosen system in turn at each."""
+    systems = ctx.settings.systems
     await warm_broker(ctx)
     levels = []
-    for rate in ctx.settings.loads_per_s:
-        ctx.ui.step(f"offered load {rate:g}/s: pipeline")
-        pipeline = await measure_pipeline(ctx, rate)
-        ctx.ui.done_phase()
-        ctx.ui.step(
-            f"  pipeline: {pipeline.run.items_per_s:.0f} items/s, p50 {fmt(pipeline.run.latency.p50_ms)} ms, "
-            f"p99 {fmt(pipeline.run.latency.p99_ms)} ms, answered {pipeline.run.answered_share:.1%}"
-        )
-        ctx.ui.step(f"offered load {rate:g}/s: echo floor")
-        echo = await measure_echo(ctx, rate)
-        ctx.ui.done_phase()
-        ctx.ui.step(
-            f"  echo: {echo.run.items_per_s:.0f} items/s, p50 {fmt(echo.run.latency.p50_ms)} ms, "
-            f"p99 {fmt(echo.run.latency.p99_ms)} ms, answered {echo.run.answered_share:.1%}"
-        )
-        levels.append(Level(rate, pipeline, echo))
+    for index, rate in enumerate(ctx.settings.loads_per_s):
+        measured: dict[str, PipelineRun | EchoRun | PeerRun] = {}
+        for system in systems:
+            ctx.ui.step(f"offered load {rate:g}/s: {system}")
+            measured[system] = result = await _measure(ctx, system, rate, index == 0)
+            ctx.ui.done_phase()
+            ctx.ui.step(_line(system, result.run))
+        pipeline = measured.pop("pipeline")
+        assert isinstance(pipeline, PipelineRun)
+        levels.append(Level(rate, pipeline, **measured))  # type: ignore[arg-type]
     return levels
+
+
+def peer_name() -> str:
+    """The peer's package and version, as the results name it."""
+    try:
+        return f"{PEER_PACKAGE} {metadata.version(PEER_PACKAGE)}"
+    except metadata.PackageNotFoundError:
+        return f"{PEER_PACKAGE} (not installed)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +138,22 @@ class BenchResult:
     """The commit measured, and files of the pipeline that differed from it."""
     worker: dict[str, Any]
     """The worker's effective settings (delivery among them, where it has the setting)."""
-    echo_transactional: bool
-    """Whether the echo floor ran in transactions (exactly-once) or acknowledged then committed."""
     levels: list[Level]
     floor: dict[str, list[FloorPoint]]
+    peer_name: str
+    """The peer's package and version."""
+    gpu: dict[str, Any] | None = None
+    """The GPU bench's numbers (device, providers, bare and pipeline items/s per batch size), where one
+    ran; None on a machine without one."""
+
+    def idle_cpu_share(self) -> dict[str, float] | None:
+        """Worker and broker shares of a core with no traffic (measured after the first load)."""
+        return next((lv.pipeline.idle_cpu_share for lv in self.levels if lv.pipeline.idle_cpu_share), None)
 
     def to_json(self, settings: BenchSettings) -> dict[str, Any]:
-        top = self.levels[-1]
-
-        def per_load(get: Callable[[LevelRatios], float | None]) -> dict[str, float | None]:
-            return {f"{lv.offered_per_s:g}": get(lv.ratios) for lv in self.levels if lv.ratios}
-
+        """``pipeline.json``: settings, machine, the ratios, per-load CPU, the peer, every level."""
+        guarantees: tuple[Guarantee, ...] = ("at_least_once", "exactly_once")
+        intervals = {g: peer_commit_interval_s(settings, g) for g in guarantees}
         document: dict[str, Any] = _rounded(
             {
                 "bench": "pipeline",
@@ -148,20 +163,45 @@ class BenchResult:
                 "code": self.code,
                 "settings": settings.model_dump(mode="json", exclude={"out_dir", "keep_home"}),
                 "worker_settings": self.worker,
-                "echo_transactional": self.echo_transactional,
-                "ratios": {
-                    "highest_offered_per_s": top.offered_per_s,
-                    "items_per_s_vs_echo_at_highest": top.ratios.items_per_s_vs_echo if top.ratios else None,
-                    "p50_vs_echo": per_load(lambda r: r.p50_vs_echo),
-                    "p99_vs_echo": per_load(lambda r: r.p99_vs_echo),
-                    "infer_share_per_item": per_load(lambda r: r.infer_share_per_item),
-                    "infer_share_batch_run": per_load(lambda r: r.infer_share_batch_run),
-                },
+                "ratios": summary(self.levels, settings.systems),
+                "cpu_ms_per_request": per_load(self.levels, lambda lv: lv.pipeline.run.cpu_ms_per_request),
+                "idle_cpu_share": self.idle_cpu_share(),
+                "peer": peer_summary(
+                    self.levels, self.peer_name, str(self.worker.get("delivery", "at_least_once")), intervals
+                ),
+                "gpu": self.gpu,
                 "levels": [asdict(lv) for lv in self.levels],
                 "onnxruntime_floor": {m: [asdict(p) for p in pts] for m, pts in self.floor.items()},
             }
         )
         return document
+
+
+REGIONS = (PIPELINE_REGION, ECHO_REGION, PEER_REGION)
+"""The bench's regions: each system's own topics (the echoes share one, the peers another)."""
+
+
+def _on_broker(
+    settings: BenchSettings, broker_settings: BrokerSettings, ui: Ui, keyring: KeyRing
+) -> tuple[WorkerSettings, list[Level]]:
+    """Start the broker, make the topics and ACLs, run every load; the broker is stopped on return."""
+    home = broker_settings.home
+    ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
+    with running_broker(broker_settings) as state:
+        ui.step(f"broker at {state.bootstrap} ({state.security_protocol}); creating topics and ACLs")
+        admin = state.kafka()
+        asyncio.run(ensure_topics(admin, all_topics(REGIONS)))  # cloud topics too: workers send there
+        if state.security_protocol == "SSL":
+            asyncio.run(apply_policy(admin, REGIONS))
+        ctx = BenchContext(settings, home, admin, state.tls_root, keyring, ui, state.pid)
+        worker = worker_settings(ctx, "worker")
+        ui.step(
+            f"worker delivery {worker_delivery(worker)}, max batch {worker.max_batch}; "
+            f"systems {', '.join(settings.systems)}"
+        )
+        levels = asyncio.run(measure_levels(ctx))
+        ui.step("stopping the Kafka broker")
+    return worker, levels
 
 
 def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
@@ -178,7 +218,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             load_at_start,
             others,
         )
-    ui = Ui(console, phases=2 * len(settings.loads_per_s) + 1)
+    ui = Ui(console, phases=len(settings.systems) * len(settings.loads_per_s) + 1)
     home = Path(tempfile.mkdtemp(prefix="edgestream-bench-"))
     broker_settings = BrokerSettings(home=home, security=settings.broker_security)
     try:
@@ -188,24 +228,8 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             for name in MODEL_FOR_KIND.values():
                 for size in dict.fromkeys((settings.model_size, "tiny")):
                     store.get(name, size)
-            keyring = keyfile.create(home / "keys.json", [PIPELINE_REGION, ECHO_REGION])
-            ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
-            with running_broker(broker_settings) as state:
-                ui.step(f"broker at {state.bootstrap} ({state.security_protocol}); creating topics and ACLs")
-                topics = all_topics([PIPELINE_REGION, ECHO_REGION])  # cloud topics too: workers send there
-                admin = state.kafka()
-                asyncio.run(ensure_topics(admin, topics))
-                if state.security_protocol == "SSL":
-                    asyncio.run(apply_policy(admin, [PIPELINE_REGION, ECHO_REGION]))
-                ctx = BenchContext(settings, home, admin, state.tls_root, keyring, ui, state.pid)
-                worker = worker_settings(ctx, "worker")
-                transactional = echo_transactional(ctx)
-                ui.step(
-                    f"worker delivery {worker_delivery(worker)}, max batch {worker.max_batch}; "
-                    f"echo {'in transactions' if transactional else 'acknowledged, then committed'}"
-                )
-                levels = asyncio.run(measure_levels(ctx))
-                ui.step("stopping the Kafka broker")
+            keyring = keyfile.create(home / "keys.json", REGIONS)
+            worker, levels = _on_broker(settings, broker_settings, ui, keyring)
             sizes = sorted(
                 {b for b in settings.floor_batch_sizes if b <= worker.max_batch}
                 | {int(k) for lv in levels for k in lv.pipeline.batch_histogram}
@@ -219,7 +243,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
         else:
             shutil.rmtree(home, ignore_errors=True)
     for lv in levels:
-        lv.ratios = ratios(lv, floor)
+        lv.ratios = level_ratios(lv, floor)
     return BenchResult(
         timestamp=timestamp,
         wall_s=time.monotonic() - started_s,
@@ -229,7 +253,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             mode="json",
             exclude={"region", "node_id", "home", "key_file", "kafka", "ready_file", "stats_file"},
         ),
-        echo_transactional=transactional,
         levels=levels,
         floor=floor,
+        peer_name=peer_name(),
     )

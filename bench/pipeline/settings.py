@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench import RESULTS_DIR
@@ -15,7 +15,16 @@ PIPELINE_REGION = "bench"
 ECHO_REGION = "bench-echo"
 """Region the echo floor uses: its own ingest and results topics."""
 ECHO_GROUP = "edgestream-bench-echo"
-"""Consumer group of the echo process."""
+"""Consumer group of the echo process (both of its deliveries)."""
+PEER_REGION = "bench-peer"
+"""Region the peer uses: its own ingest topics and answers topic, keys in the same key file."""
+PEER_GROUP = "edgestream-bench-peer"
+"""Consumer group of the peer (both of its guarantees)."""
+System = Literal["pipeline", "echo_alo", "echo_eos", "peer_alo", "peer_eos"]
+"""What runs at each load: the pipeline; the echo acknowledged then committed (at-least-once) or in
+transactions (exactly-once); the Quix Streams peer at its default at-least-once or at exactly-once."""
+SYSTEMS: tuple[System, ...] = ("pipeline", "echo_alo", "echo_eos", "peer_alo", "peer_eos")
+"""Every system, in the order each load runs them."""
 FLOOR_BLOCK = 10
 """Runs timed back to back per point and round in the bare onnxruntime floor."""
 MAX_ENVELOPE_BYTES = 1 << 20
@@ -58,9 +67,15 @@ class BenchSettings(BaseSettings):
     """Worker's largest batch; None keeps the worker's own default."""
     max_wait_ms: float | None = Field(default=None, ge=0)
     """Worker's longest wait for a batch to fill; None keeps the worker's own default."""
-    echo_delivery: Literal["match_worker", "at_least_once", "exactly_once"] = "match_worker"
-    """How the echo makes its output durable: like the worker (its ``delivery`` setting where it has
-    one, else at-least-once), acknowledged then committed, or in a transaction per input partition."""
+    systems: tuple[System, ...] = SYSTEMS
+    """Which systems run at each load (the pipeline always does); e.g. ``["pipeline","echo_alo"]`` for a
+    quick look at the pipeline beside its non-transactional floor."""
+    peer_alo_commit_interval_s: float | None = Field(default=None, gt=0)
+    """The at-least-once peer's Quix ``commit_interval``; None keeps Quix's default (5 s)."""
+    peer_eos_commit_interval_s: float = Field(default=0.1, gt=0)
+    """The exactly-once peer's Quix ``commit_interval``: its answers are seen only once committed."""
+    idle_s: float = Field(default=5.0, ge=0)
+    """After the first load, how long CPU is counted with the worker running and no traffic (0: not)."""
     intra_op_threads: int = Field(default=1, ge=1)
     """onnxruntime intra-op threads, in the worker and in the bare floor."""
     floor_batch_sizes: tuple[int, ...] = (1, 4, 16, 32)
@@ -85,3 +100,11 @@ class BenchSettings(BaseSettings):
     """Where ``pipeline.json`` and ``pipeline.png`` go."""
     keep_home: bool = False
     """Keep the temporary home (broker and process logs) instead of deleting it."""
+
+    @field_validator("systems")
+    @classmethod
+    def _pipeline_and_order(cls, systems: tuple[System, ...]) -> tuple[System, ...]:
+        """Each system once, in `SYSTEMS` order, the pipeline always among them."""
+        if "pipeline" not in systems:
+            raise ValueError("systems must include 'pipeline' (every ratio is the pipeline's)")
+        return tuple(s for s in SYSTEMS if s in systems)

@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 _NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
 
 
+def answers_topic(region: str) -> str:
+    """The topic a device of ``region`` reads its answers from (the edge's fast replies): the one place
+    that says which, so whatever answers devices (the worker, and the bench's echo and peer) writes
+    where they listen."""
+    return replies_topic(region)
+
+
 @dataclass(slots=True)
 class _Pending:
     region: str
@@ -219,7 +226,7 @@ class Fleet:
 
     async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
         # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
-        topic = replies_topic(region)
+        topic = answers_topic(region)
         tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)

@@ -1,0 +1,1 @@
+"""Tests of ``bench/peers``: the Quix Streams peer."""

@@ -1,0 +1,1 @@
+"""Tests of ``bench/pipeline``: its pure parts (no broker)."""
