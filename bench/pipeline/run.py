@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bench.gpu.measure import gpu_block
 from bench.peers.settings import PEER_PACKAGE, Guarantee
 from bench.pipeline.context import BenchContext, Ui
 from bench.pipeline.fleets import EchoFleet, run_fleet_as
@@ -236,6 +237,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             )
             ui.step(f"bare onnxruntime at batch sizes {sizes}")
             floor = onnx_floor(settings, home, sizes)
+            gpu = gpu_block(home, model_size=settings.model_size)  # None without CUDA
             ui.done_phase()
     finally:
         if settings.keep_home:
@@ -256,4 +258,5 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
         levels=levels,
         floor=floor,
         peer_name=peer_name(),
+        gpu=gpu,
     )
