@@ -4,9 +4,10 @@ The first stage (the process loop) takes a closed unit through admission, infere
 building, sends each answer's fast reply at once (``workers/edge/replies.py``) and *stages* the unit
 here. This stage commits staged units through the sink, oldest first. While one commit is in flight,
 the units staged meanwhile wait, and the next commit takes all of them in one go: a partition's outputs
-of several units are one `PartitionWork` (its offset and chain head are the last unit's), so the number
-of transactions follows the broker's commit latency, not the arrival rate, and inference never waits
-for a commit.
+of several units are one `PartitionWork` (its offset and chain head are the last unit's). Commits start
+at most once per ``interval_ms`` (as Kafka Streams' ``commit.interval.ms``): devices do not wait for
+commits, so fewer, larger transactions cost them nothing and save the worker and the broker a fixed
+cost per transaction; inference never waits for a commit.
 
 A partition rewound after a failed commit (its epoch changed) drops its staged work: its records come
 again from the committed offset. Everything here runs on the worker's event loop; ``flush`` is the one
@@ -16,6 +17,7 @@ way to wait until everything staged so far is committed (a rebalance, a drain).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,9 +67,13 @@ def merge(
 class CommitStage:
     """Staged units, committed oldest first, as many at once as waited for the previous commit."""
 
-    def __init__(self, serving: Mapping[TopicPartition, int], commit: Commit) -> None:
+    def __init__(
+        self, serving: Mapping[TopicPartition, int], commit: Commit, *, interval_ms: float = 0.0
+    ) -> None:
         self._serving = serving
         self._commit = commit
+        self._interval_s = interval_ms / 1000.0
+        self._started_s = -float("inf")  # when the last commit started
         self._staged: list[StagedUnit] = []
         self._committing = 0
         self._lock = asyncio.Lock()
@@ -91,6 +97,7 @@ class CommitStage:
         async with self._lock:
             while self._staged:
                 units, self._staged = self._staged, []
+                self._started_s = time.monotonic()
                 self._committing = sum(len(unit.items) for unit in units)
                 try:
                     merged = merge(units, self._serving)
@@ -101,9 +108,13 @@ class CommitStage:
                 self.units += len(units)
 
     async def run(self) -> None:
-        """Commit whatever is staged, as it is staged, until cancelled (between commits: a cancel that
-        lands while a commit is in flight is the caller's to avoid, by flushing first)."""
+        """Commit whatever is staged, at most one commit start per ``interval_ms``, until cancelled
+        (between commits: a cancel that lands while a commit is in flight is the caller's to avoid, by
+        flushing first). ``flush`` itself never waits for the interval."""
         while True:
             await self._ready.wait()
             self._ready.clear()
+            wait_s = self._started_s + self._interval_s - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
             await self.flush()

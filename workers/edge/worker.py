@@ -111,7 +111,9 @@ class EdgeWorker:
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
         self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
-        self.commits = CommitStage(self._partitions.serving, self._commit)
+        self.commits = CommitStage(
+            self._partitions.serving, self._commit, interval_ms=settings.commit_interval_ms
+        )
         self._report_now = asyncio.Event()
         self._reporter = (
             WorkerReporter(settings.kafka, self.node_id, settings.region, self._report)

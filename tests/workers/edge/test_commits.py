@@ -91,3 +91,25 @@ async def test_a_failed_commit_leaves_nothing_held_and_the_next_units_still_comm
     stage.stage(_unit(a=(1, 2, ["u2"])))
     await stage.flush()
     assert (calls, stage.commits) == (2, 1)
+
+
+async def test_commits_start_at_most_once_per_interval_but_a_flush_does_not_wait() -> None:
+    commits: list[list[bytes]] = []
+
+    async def commit(units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
+        commits.append([o.value for o in work[A].outputs])
+
+    stage = CommitStage({A: 1}, commit, interval_ms=60_000)
+    runner = asyncio.create_task(stage.run())
+    stage.stage(_unit(a=(1, 1, ["u1"])))
+    await asyncio.sleep(0.05)
+    assert commits == [[b"u1"]], "the first commit starts at once"
+    stage.stage(_unit(a=(1, 2, ["u2"])))
+    stage.stage(_unit(a=(1, 3, ["u3"])))
+    await asyncio.sleep(0.05)
+    assert commits == [[b"u1"]], "the next waits for the interval"
+    assert stage.held() == 2
+    await stage.flush()  # a rebalance or a drain
+    assert commits == [[b"u1"], [b"u2", b"u3"]]
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
