@@ -202,7 +202,7 @@ class Fleet:
                 producers[region] = kafka_clients.producer(kafka, f"edgestream-fleet-{region}")
                 await producers[region].start()
                 consumers[region] = kafka_clients.consumer(
-                    kafka, f"edgestream-fleet-{region}", fetch_max_wait_ms=20, auto_offset_reset="latest"
+                    kafka, f"edgestream-fleet-{region}", fetch_max_wait_ms=500, auto_offset_reset="latest"
                 )
                 await consumers[region].start()
                 await self._listen_from_now(consumers[region], region)
