@@ -53,7 +53,13 @@ def worker(
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(main())
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
 
 
 def _worker_settings(region: str | None, bootstrap: str | None, local: bool) -> WorkerSettings:
