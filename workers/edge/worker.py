@@ -117,7 +117,7 @@ class EdgeWorker:
         self._inference = UnitInference(self.stats, self.metrics, sample_fraction=settings.sample_fraction)
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
-        self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets)
+        self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets, consumer=self.consumer)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
         self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
@@ -396,6 +396,12 @@ class EdgeWorker:
                 self._partitions.committed(tp, part.next_offset)
         for tp, err in failed.items():
             await self._rewind(tp, err)
+        if failed and not self._draining:
+            # Once per failed unit, not per partition: a per_worker unit fails as a whole.
+            self._failures += 1
+            backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
+            log.warning("backing off %.2f s after a failed unit", backoff_s)
+            await asyncio.sleep(backoff_s)
 
     # -- failures, rebalance -----------------------------------------------------------------------
 
@@ -407,23 +413,14 @@ class EdgeWorker:
         """
         self.stats.rewinds += 1
         self.metrics.rewind()
-        self._failures += 1
         self._open.remove(lambda it: it.tp == tp)
         self._partitions.rewound(tp)
-        backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
         if self._draining:
             log.warning(
                 "%s[%d] failed while draining (%r); its next owner re-reads it", tp.topic, tp.partition, err
             )
             return
-        log.warning(
-            "re-reading %s[%d] from its committed offset after %r; backing off %.2f s",
-            tp.topic,
-            tp.partition,
-            err,
-            backoff_s,
-        )
-        await asyncio.sleep(backoff_s)
+        log.warning("re-reading %s[%d] from its committed offset after %r", tp.topic, tp.partition, err)
 
     async def _commit_offsets(self, positions: dict[TopicPartition, OffsetAndMetadata]) -> None:
         owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}
