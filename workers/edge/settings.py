@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 
+Transactions = Literal["per_partition", "per_worker"]
+"""How exactly_once commits (``WorkerSettings.transactions``)."""
+
 
 class WorkerSettings(BaseSettings):
     """Settings of one edge worker process (``EDGESTREAM_WORKER_*``, nested with ``__``)."""
@@ -89,7 +92,7 @@ class WorkerSettings(BaseSettings):
     """onnxruntime execution providers, in order of preference."""
     intra_op_threads: int = Field(default=1, ge=1)
     """onnxruntime intra-op threads; 1 leaves the other core to the event loop and the broker."""
-    transactions: Literal["per_partition", "per_worker"] = "per_partition"
+    transactions: Transactions = "per_partition"
     """How exactly_once commits. per_partition: a transactional producer per input partition and a
     transaction per partition and unit (``sinks.py``); the partition's next owner fences the previous
     one by its transactional id. per_worker: one producer per worker and one transaction per unit
