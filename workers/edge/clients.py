@@ -11,7 +11,7 @@ from edgestream.pipeline import kafka
 from edgestream.topics.catalogue import edge_group
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import AckSink, Sink, TransactionalSink
-from edgestream.workers.edge.txnsink import WorkerTransactionalSink, membership_of
+from edgestream.workers.edge.txnsink import WorkerTransactionalSink, membership_of, worker_transactional_id
 
 
 def consumer_of(settings: WorkerSettings, node_id: str) -> AIOKafkaConsumer:
@@ -44,7 +44,8 @@ def sink_of(
         return WorkerTransactionalSink(
             connection=settings.kafka,
             group_id=edge_group(settings.region),
-            node_id=node_id,
+            transactional_id=worker_transactional_id(settings.region, node_id),
+            client_id=node_id,
             transaction_timeout_ms=settings.resolved_transaction_timeout_ms(),
             membership=lambda: membership_of(consumer),
         )

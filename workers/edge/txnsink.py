@@ -46,6 +46,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.acls import edge_transactional_id_prefix
 from edgestream.workers.edge.sinks import Fenced, PartitionWork
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,13 @@ def fence_with_group(producer: AIOKafkaProducer, membership: Callable[[], Member
 # -- the sink ------------------------------------------------------------------------------------
 
 
-def worker_transactional_id(group_id: str, node_id: str) -> str:
-    """Stable per node: a restart with the same node id fences (and aborts) its predecessor's open
-    transaction at once; a new node id leaves it to the transaction timeout."""
-    return f"{group_id}-{node_id}"
+def worker_transactional_id(region: str, node_id: str) -> str:
+    """``<group>-edge.<region>.ingest.worker-<node_id>``: stable per node, so a restart with the same
+    node id fences (and aborts) its predecessor's open transaction at once (a new node id leaves that to
+    the transaction timeout). It starts with the prefix the region's principal may use
+    (``topics.acls.edge_transactional_id_prefix``), and no ingest kind is called ``worker-...``, so it
+    never meets a per-partition id."""
+    return f"{edge_transactional_id_prefix(region)}worker-{node_id}"
 
 
 class WorkerTransactionalSink:
@@ -263,15 +267,16 @@ class WorkerTransactionalSink:
         *,
         connection: KafkaSettings,
         group_id: str,
-        node_id: str,
+        transactional_id: str,
+        client_id: str,
         transaction_timeout_ms: int,
         membership: Callable[[], Membership],
     ) -> None:
         self._kafka = connection
         self._group_id = group_id
-        self._client_id = node_id
-        self.transactional_id = worker_transactional_id(group_id, node_id)
-        """This worker's transactional id."""
+        self._client_id = client_id
+        self.transactional_id = transactional_id
+        """This worker's transactional id (``worker_transactional_id``)."""
         self._timeout_ms = transaction_timeout_ms
         self._membership = membership
         self._producer: AIOKafkaProducer | None = None
@@ -326,6 +331,8 @@ class WorkerTransactionalSink:
                 await producer.start()
             except KafkaError as err:
                 await asyncio.gather(producer.stop(), return_exceptions=True)
+                if not err.retriable:  # e.g. not authorised for the transactional id: a setup error
+                    raise
                 log.warning("transactional producer %s not started yet: %r", self.transactional_id, err)
                 return None
             except BaseException:

@@ -19,6 +19,7 @@ from edgestream.pipeline import kafka
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.acls import edge_transactional_id_prefix
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from edgestream.workers.edge.offsets import Committed, stable_committed
 from edgestream.workers.edge.settings import WorkerSettings
@@ -136,7 +137,8 @@ async def test_the_setting_picks_the_sink_and_its_transaction_timeout(model_home
     await worker.stop()
     sink = worker.sink
     assert isinstance(sink, WorkerTransactionalSink)
-    assert sink.transactional_id == "edgestream-edge-eu-west-n-1"
+    assert sink.transactional_id == "edgestream-edge-eu-west-edge.eu-west.ingest.worker-n-1"
+    assert sink.transactional_id.startswith(edge_transactional_id_prefix("eu-west")), "within the ACLs"
     assert worker.settings.resolved_transaction_timeout_ms() == 10_000
     producer = sink.make_producer()
     other = kafka.producer(worker.settings.kafka, "other", transactional_id="x")
@@ -153,7 +155,8 @@ async def test_a_unit_read_under_another_membership_fails_whole_without_a_reques
     sink = WorkerTransactionalSink(
         connection=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
         group_id="g",
-        node_id="n",
+        transactional_id="g-n",
+        client_id="n",
         transaction_timeout_ms=10_000,
         membership=lambda: now[0],
     )
@@ -196,7 +199,8 @@ def _sink(region: EdgeRegion, group: str, node: str, membership: Any) -> WorkerT
     return WorkerTransactionalSink(
         connection=region.bootstrap,
         group_id=group,
-        node_id=node,
+        transactional_id=f"{group}-{node}",
+        client_id=node,
         transaction_timeout_ms=10_000,
         membership=membership,
     )
