@@ -4,13 +4,13 @@ The hot path reads top to bottom:
 
     fetch (getmany) -> open + validate each envelope -> close a unit (size, age or latency budget)
     -> onnxruntime per (model, version) in a thread -> results, audit records, dead letters
-    -> commit them with the consumed offsets (one Kafka transaction per input partition)
+    -> commit them with the consumed offsets (a Kafka transaction per input partition, or per unit)
 
 This module is the process: its two loops (fetch and admit, process units) and what ties them
 together. The rest of it lies beside it: ``settings.py``, ``clients.py`` (its consumer and sink),
 ``catalog.py`` (the models served), ``positioning.py`` (which partitions are served, from where),
 ``admission.py`` (a record becomes an item), ``inference.py``, ``outputs.py`` (what a unit publishes),
-``sinks.py`` (how it commits) and ``status.py`` (counters and run files).
+``sinks.py`` and ``txnsink.py`` (how it commits) and ``status.py`` (counters and run files).
 
 Bad records go to the region's dead-letter topic with a reason code and never stop the partition.
 Delivery is exactly-once by default (``workers/edge/sinks.py``); at-least-once is a setting. Memory is
