@@ -169,7 +169,8 @@ def device_principal(region: Region | str) -> str:
 def edge_transactional_id_prefix(region: Region | str) -> str:
     """``edgestream-edge-<region>-edge.<region>.ingest.``: the start of every transactional id of the
     region's workers, ``<group>-<ingest topic>-<partition>``
-    (`edgestream.workers.edge.sinks.transactional_id`).
+    (`edgestream.workers.edge.sinks.transactional_id`) or, with ``transactions=per_worker``,
+    ``<group>-edge.<region>.ingest.worker-<node id>`` (`edgestream.workers.edge.txnsink`).
 
     ``edgestream-edge-<region>-`` alone would also match the ids of region ``<region>-x``, and a
     principal that may use another region's transactional ids can fence its workers.

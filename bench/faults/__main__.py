@@ -97,6 +97,10 @@ class FaultsSettings(BaseSettings):
     """Hostile records about a MiB large (near and over the default envelope limit)."""
     poison_rate_per_s: float = Field(default=800.0, gt=0)
     """Rate the poison stream is produced at."""
+    worker_transactions: Literal["per_partition", "per_worker"] | None = None
+    """Every worker's exactly-once sink (``EDGESTREAM_WORKER_TRANSACTIONS``); None: the worker's default.
+    The harness reads it from the environment itself (``workers.WORKER_TRANSACTIONS_ENV``), so the CI
+    tests (``tests/faults``) honour it too."""
     merge: bool = False
     """Replace only this run's scenarios in an existing ``faults.json``, keeping the others' reports."""
     out_dir: Path = RESULTS_DIR

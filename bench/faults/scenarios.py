@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.faults.checker import Verdict, check
-from bench.faults.env import MAX_ENVELOPE_BYTES, FaultEnv, FaultRegion, make_corpus, make_region, wait_for
+from bench.faults.env import (
+    MAX_ENVELOPE_BYTES,
+    FaultEnv,
+    FaultRegion,
+    FaultTimeout,
+    make_corpus,
+    make_region,
+    wait_for,
+)
 from bench.faults.observe import Observed, observe
 from bench.faults.poison import PoisonCorpus, poison_counts, poison_requirements
 from bench.faults.records import CorpusRecord
@@ -35,6 +43,9 @@ from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
+
+_REFUSED = "GenerationRefused"
+"""What a per_worker zombie's log says when the group coordinator refused its unit's offsets."""
 
 
 @dataclass
@@ -188,7 +199,8 @@ async def kill9(env: FaultEnv, *, cycles: int, rate_per_s: float = 100.0) -> Sce
 
 async def zombie(env: FaultEnv, *, rate_per_s: float = 100.0, stopped_past_s: float = 3.0) -> ScenarioReport:
     """Two workers; SIGSTOP one until the other owns all partitions (its session timed out) and has
-    committed on them, keep traffic flowing, then SIGCONT it: it must be fenced, nothing doubled."""
+    committed on them, keep traffic flowing, then SIGCONT it: it must be fenced (per_partition) or have
+    its unit's offsets refused for its stale generation (per_worker), nothing doubled."""
     started = time.monotonic()
     rng = random.Random(env.seed)
     region = await make_region(env)
@@ -226,7 +238,17 @@ async def zombie(env: FaultEnv, *, rate_per_s: float = 100.0, stopped_past_s: fl
             stopped_s = time.monotonic() - stopped_at
             resumed_ms = time.time() * 1000.0
             victim.signal(signal.SIGCONT)
-            code = await victim.wait_exit(45)
+            # per_partition: a newer producer with its partitions' transactional ids fences it (it
+            # exits). per_worker: the group coordinator refuses its stale generation; its unit aborts and
+            # it rejoins the group as a new member (it does not exit).
+            with contextlib.suppress(FaultTimeout):
+                await wait_for(
+                    "the zombie is fenced or refused",
+                    lambda: not victim.alive() or _REFUSED in victim.log_text(),
+                    45,
+                    0.1,
+                )
+            code = await victim.wait_exit(0)
             zombie_log = victim.log_text()
             await probe.progress("the live worker commits after the zombie woke")
 
@@ -248,6 +270,7 @@ async def zombie(env: FaultEnv, *, rate_per_s: float = 100.0, stopped_past_s: fl
                 takeover_s=round(takeover_s, 2),
                 zombie_exit_code=code,
                 zombie_log_says_fenced=bool(re.search(r"fenced", zombie_log, re.IGNORECASE)),
+                zombie_log_says_refused=_REFUSED in zombie_log,
                 zombie_errors=victim.errors(),
             )
 

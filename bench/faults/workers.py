@@ -42,6 +42,10 @@ BASE_WORKER_SETTINGS: Mapping[str, object] = {
     "DEVICE_BURST": 100_000,
 }
 """``EDGESTREAM_WORKER_*`` settings every worker in these scenarios gets (a scenario may add more)."""
+WORKER_TRANSACTIONS_ENV = "EDGESTREAM_FAULTS_WORKER_TRANSACTIONS"
+"""When set (``per_partition`` or ``per_worker``), every worker of every scenario gets it as
+``EDGESTREAM_WORKER_TRANSACTIONS``: the scenarios run against either exactly-once sink (the workers'
+environment is otherwise cleared of ``EDGESTREAM_WORKER_*``)."""
 READY_TIMEOUT_S = 90.0
 """A worker loads models and joins its group within this; after a kill -9 the join waits for the dead
 member's session (10 s) to expire."""
@@ -130,6 +134,7 @@ class WorkerProcess:
             **self.region.worker_kafka.to_env("KAFKA__"),
             "READY_FILE": str(self.ready_path),
             "STATS_FILE": str(self.stats_path),
+            **worker_transactions(),
             **self.settings,
         }
         env.update({f"EDGESTREAM_WORKER_{k}": str(v) for k, v in own.items()})
@@ -248,6 +253,12 @@ class WorkerProcess:
         except FileNotFoundError:
             return None
         return stats
+
+
+def worker_transactions() -> dict[str, str]:
+    """``{"TRANSACTIONS": ...}`` when ``WORKER_TRANSACTIONS_ENV`` is set, else nothing (the default)."""
+    value = os.environ.get(WORKER_TRANSACTIONS_ENV)
+    return {"TRANSACTIONS": value} if value else {}
 
 
 def partition_names(region: FaultRegion) -> set[str]:

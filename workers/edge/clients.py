@@ -12,6 +12,7 @@ from edgestream.pipeline import kafka
 from edgestream.topics.catalogue import edge_group
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import AckSink, Sink, TransactionalSink
+from edgestream.workers.edge.txnsink import WorkerTransactionalSink, membership_of, worker_transactional_id
 
 
 def consumer_of(settings: WorkerSettings, node_id: str) -> AIOKafkaConsumer:
@@ -33,16 +34,28 @@ def sink_of(
     node_id: str,
     *,
     commit: Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]],
+    consumer: AIOKafkaConsumer,
 ) -> Sink:
-    """The sink of ``settings.delivery``; ``commit`` commits consumed offsets (at-least-once only)."""
-    if settings.delivery == "exactly_once":
-        return TransactionalSink(
+    """The sink of ``settings.delivery`` (and ``settings.transactions``); ``commit`` commits consumed
+    offsets (at-least-once only); ``consumer`` is the group member whose generation fences per_worker
+    transactions."""
+    if settings.delivery == "at_least_once":
+        return AckSink(connection=settings.kafka, client_id=node_id, commit=commit)
+    if settings.transactions == "per_worker":
+        return WorkerTransactionalSink(
             connection=settings.kafka,
             group_id=edge_group(settings.region),
+            transactional_id=worker_transactional_id(settings.region, node_id),
             client_id=node_id,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
+            transaction_timeout_ms=settings.resolved_transaction_timeout_ms(),
+            membership=lambda: membership_of(consumer),
         )
-    return AckSink(connection=settings.kafka, client_id=node_id, commit=commit)
+    return TransactionalSink(
+        connection=settings.kafka,
+        group_id=edge_group(settings.region),
+        client_id=node_id,
+        transaction_timeout_ms=settings.resolved_transaction_timeout_ms(),
+    )
 
 
 Partitions = Callable[[set[TopicPartition]], Awaitable[None]]

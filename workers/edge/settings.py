@@ -15,6 +15,9 @@ from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
 from edgestream.pipeline.serving.providers import CudaOptions, IoBinding, TensorRtOptions
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 
+Transactions = Literal["per_partition", "per_worker"]
+"""How exactly_once commits (``WorkerSettings.transactions``)."""
+
 
 class WorkerSettings(BaseSettings):
     """Settings of one edge worker process (``EDGESTREAM_WORKER_*``, nested with ``__``)."""
@@ -42,8 +45,8 @@ class WorkerSettings(BaseSettings):
     model_size: Literal["tiny", "medium", "full"] = "medium"
     """Which size of each family to serve."""
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    """exactly_once: outputs and offsets commit in one Kafka transaction per input partition and unit;
-    a crash or abort repeats nothing a read_committed reader sees. at_least_once: outputs are
+    """exactly_once: outputs and offsets commit together in Kafka transactions (``transactions``); a
+    crash or abort repeats nothing a read_committed reader sees. at_least_once: outputs are
     acknowledged, then offsets committed; cheaper (no transaction round trips), but a crash between the
     two repeats that unit's outputs."""
     max_batch: int = Field(default=64, ge=1)
@@ -120,8 +123,17 @@ class WorkerSettings(BaseSettings):
     thread, so the loop keeps fetching and committing meanwhile. 0: always in the thread."""
     intra_op_threads: int = Field(default=1, ge=1)
     """onnxruntime intra-op threads; 1 leaves the other core to the event loop and the broker."""
-    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
-    """Broker aborts a transaction left open longer than this (a worker that died mid-commit)."""
+    transactions: Transactions = "per_partition"
+    """How exactly_once commits. per_partition: a transactional producer per input partition and a
+    transaction per partition and unit (``sinks.py``); the partition's next owner fences the previous
+    one by its transactional id. per_worker: one producer per worker and one transaction per unit
+    (``txnsink.py``), its offsets committed with the group generation so that the group coordinator
+    refuses a previous owner's commit after a rebalance (KIP-447); fewer broker requests per unit."""
+    transaction_timeout_ms: int | None = Field(default=None, ge=1000)
+    """Broker aborts a transaction left open longer than this (a worker that died mid-commit). Default:
+    60 s per_partition (the next owner of a partition aborts a dead owner's transaction at once), 10 s
+    per_worker (a dead worker's open transaction holds back read_committed readers of its outputs and
+    the positions of its inputs until this timeout, unless a worker with the same node id starts)."""
     retry_backoff_max_ms: int = Field(default=5_000, ge=1)
     """Upper bound of the backoff between retries of a partition whose transaction failed."""
     health_host: str = "127.0.0.1"
@@ -157,6 +169,12 @@ class WorkerSettings(BaseSettings):
     The rollout controller reads the revisions there (``workers/rollout_controller.py``)."""
     stats_interval_s: float = Field(default=5.0, gt=0)
     """How often the stats file is rewritten while the worker runs."""
+
+    def resolved_transaction_timeout_ms(self) -> int:
+        """``transaction_timeout_ms`` or the default of ``transactions``."""
+        if self.transaction_timeout_ms is not None:
+            return self.transaction_timeout_ms
+        return 10_000 if self.transactions == "per_worker" else 60_000
 
     def resolved_node_id(self) -> str:
         """``node_id`` or ``<region>-<host>-<pid>``."""

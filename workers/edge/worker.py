@@ -6,14 +6,16 @@ The hot path reads top to bottom:
     -> onnxruntime per (model, version) in a thread -> results, audit records, dead letters
     -> each answer's fast reply to its device, at once (``replies.py``)
     -> stage the unit; the commit stage (``commits.py``) commits staged units with the consumed
-       offsets (one Kafka transaction per input partition per commit), while the next unit is built
+       offsets (a Kafka transaction per input partition, or one per worker, per commit) while the
+       next unit is built
 
 This module is the process: its two loops (fetch and admit, process units) and what ties them
 together. The rest of it lies beside it: ``settings.py``, ``clients.py`` (its consumer and sink),
 ``catalog.py`` (the models served), ``positioning.py`` (which partitions are served, from where),
 ``admission.py`` (a record becomes an item), ``inference.py``, ``outputs.py`` (what a unit publishes),
-``replies.py`` (fast replies), ``commits.py`` (the commit stage), ``sinks.py`` (how it commits),
-``status.py`` (counters and run files) and ``service.py`` (the process around a worker).
+``replies.py`` (fast replies), ``commits.py`` (the commit stage), ``sinks.py`` and ``txnsink.py``
+(how it commits), ``status.py`` (counters and run files) and ``service.py`` (the process around a
+worker).
 
 Bad records go to the region's dead-letter topic with a reason code and never stop the partition.
 Delivery is exactly-once by default (``workers/edge/sinks.py``); at-least-once is a setting. Memory is
@@ -106,7 +108,7 @@ class EdgeWorker:
         )
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
-        self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets)
+        self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets, consumer=self.consumer)
         self.replies = ReplySender(settings.kafka, self.node_id)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
@@ -422,6 +424,12 @@ class EdgeWorker:
                 self._partitions.committed(tp, part.next_offset)
         for tp, err in failed.items():
             await self._rewind(tp, err)
+        if failed and not self._draining:
+            # Once per failed unit, not per partition: a per_worker unit fails as a whole.
+            self._failures += 1
+            backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
+            log.warning("backing off %.2f s after a failed unit", backoff_s)
+            await asyncio.sleep(backoff_s)
 
     # -- failures, rebalance -----------------------------------------------------------------------
 
@@ -433,23 +441,14 @@ class EdgeWorker:
         """
         self.stats.rewinds += 1
         self.metrics.rewind()
-        self._failures += 1
         self._open.remove(lambda it: it.tp == tp)
         self._partitions.rewound(tp)
-        backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
         if self._draining:
             log.warning(
                 "%s[%d] failed while draining (%r); its next owner re-reads it", tp.topic, tp.partition, err
             )
             return
-        log.warning(
-            "re-reading %s[%d] from its committed offset after %r; backing off %.2f s",
-            tp.topic,
-            tp.partition,
-            err,
-            backoff_s,
-        )
-        await asyncio.sleep(backoff_s)
+        log.warning("re-reading %s[%d] from its committed offset after %r", tp.topic, tp.partition, err)
 
     async def _commit_offsets(self, positions: dict[TopicPartition, OffsetAndMetadata]) -> None:
         owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}

@@ -1,0 +1,290 @@
+"""The per-worker transactional sink (KIP-447): TxnOffsetCommit v3 on the wire, its answers, the
+membership it sends, and against the real broker that a zombie's transaction is refused and invisible."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
+from aiokafka.structs import OffsetAndMetadata
+
+from edgestream.pipeline import kafka
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.serving.served import load_models
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.acls import edge_transactional_id_prefix
+from edgestream.topics.catalogue import ingest_topic, results_topic
+from edgestream.workers.edge.offsets import Committed, stable_committed
+from edgestream.workers.edge.settings import WorkerSettings
+from edgestream.workers.edge.sinks import Output, PartitionWork, TransactionalSink
+from edgestream.workers.edge.txnsink import (
+    ILLEGAL_GENERATION,
+    UNKNOWN_MEMBER_ID,
+    GenerationRefused,
+    GroupFencedTxnOffsetCommitHandler,
+    GroupTxnOffsetCommitRequest,
+    Membership,
+    TxnOffsetCommitRequest_v3,
+    TxnOffsetCommitResponse_v3,
+    WorkerTransactionalSink,
+    membership_of,
+)
+from edgestream.workers.edge.worker import EdgeWorker
+
+from ..conftest import EdgeRegion
+
+MEMBER = Membership(7, "worker-1-abc", None)
+TP_A, TP_B = TopicPartition("a", 0), TopicPartition("b", 1)
+
+
+def _request(membership: Membership = MEMBER) -> GroupTxnOffsetCommitRequest:
+    return GroupTxnOffsetCommitRequest(
+        transactional_id="g-node",
+        group_id="g",
+        producer_id=42,
+        producer_epoch=3,
+        membership=membership,
+        offsets={TP_B: OffsetAndMetadata(9, "head-9"), TP_A: OffsetAndMetadata(5, "")},
+    )
+
+
+def test_the_offset_commit_is_v3_flexible_and_carries_the_group_membership() -> None:
+    struct = _request().prepare({28: (0, 5)})
+    assert isinstance(struct, TxnOffsetCommitRequest_v3)
+    assert struct.FLEXIBLE_VERSION
+    decoded = TxnOffsetCommitRequest_v3.decode(BytesIO(struct.encode()))
+    assert (decoded.transactional_id, decoded.group_id) == ("g-node", "g")
+    assert (decoded.producer_id, decoded.producer_epoch) == (42, 3)
+    assert (decoded.generation_id, decoded.member_id, decoded.group_instance_id) == (7, "worker-1-abc", None)
+    assert [(name, [p[:4] for p in parts]) for name, parts, _ in decoded.topics] == [
+        ("a", [(0, 5, -1, "")]),
+        ("b", [(1, 9, -1, "head-9")]),
+    ]
+    static = _request(Membership(7, "m", "pod-3")).prepare({28: (0, 5)})
+    assert TxnOffsetCommitRequest_v3.decode(BytesIO(static.encode())).group_instance_id == "pod-3"
+
+
+def test_a_broker_without_v3_is_refused_rather_than_sent_an_unfenced_v0() -> None:
+    with pytest.raises(NotImplementedError):
+        _request().prepare({28: (0, 2)})
+
+
+def test_only_a_real_membership_counts_as_known() -> None:
+    assert MEMBER.known
+    assert not Membership(-1, "").known, "v3 with -1 and no member is accepted from anyone, like v0"
+    assert not Membership(3, "").known
+
+
+def _answer(codes: dict[TopicPartition, int]) -> Any:
+    by_topic: dict[str, list[tuple[int, int, dict[int, bytes]]]] = {}
+    for tp, code in codes.items():
+        by_topic.setdefault(tp.topic, []).append((tp.partition, code, {}))
+    built = TxnOffsetCommitResponse_v3(0, [(t, parts, {}) for t, parts in by_topic.items()], {})
+    return TxnOffsetCommitResponse_v3.decode(BytesIO(built.encode()))
+
+
+async def _handler_in_transaction() -> tuple[GroupFencedTxnOffsetCommitHandler, TransactionManager, Any]:
+    """aiokafka's own transaction manager, in a transaction whose offsets are being committed."""
+    manager = TransactionManager("g-node", 60_000)
+    manager.set_pid_and_epoch(42, 3)
+    manager.begin_transaction()
+    offsets = {TP_A: OffsetAndMetadata(5, ""), TP_B: OffsetAndMetadata(9, "")}
+    pending = manager.add_offsets_to_txn(dict(offsets), "g")
+    manager.consumer_group_added("g")
+    sender = SimpleNamespace(_txn_manager=manager, _retry_backoff=0.01, _coordinator_dead=lambda _t: None)
+    handler = GroupFencedTxnOffsetCommitHandler(sender, offsets, "g", lambda: MEMBER)
+    return handler, manager, pending
+
+
+@pytest.mark.parametrize("code", [ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID])
+async def test_a_refused_generation_makes_the_transaction_abortable_not_the_producer_dead(code: int) -> None:
+    handler, manager, pending = await _handler_in_transaction()
+    assert handler.handle_response(_answer({TP_A: code, TP_B: code})) is None, "no retry"
+    assert manager.state is TransactionState.ABORTABLE_ERROR
+    with pytest.raises(GenerationRefused, match="generation 7"):
+        await pending
+    with pytest.raises(GenerationRefused):
+        await manager.wait_for_transaction_end()  # what commit_transaction would raise
+
+
+async def test_accepted_offsets_are_handed_to_aiokafka_as_committed() -> None:
+    handler, manager, pending = await _handler_in_transaction()
+    assert handler.handle_response(_answer({TP_A: 0, TP_B: 0})) is None
+    await pending
+    assert manager.state is TransactionState.IN_TRANSACTION
+
+
+def _worker(home: Path, **overrides: Any) -> EdgeWorker:
+    settings = WorkerSettings(
+        region="eu-west", home=home, kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"), **overrides
+    )
+    return EdgeWorker(settings, keyring=KeyRing({"eu-west": {1: bytes(32)}}), models=load_models(settings))
+
+
+async def test_the_setting_picks_the_sink_and_its_transaction_timeout(model_home: Path) -> None:
+    default = _worker(model_home)
+    await default.stop()
+    assert isinstance(default.sink, TransactionalSink)
+    assert default.settings.resolved_transaction_timeout_ms() == 60_000
+    worker = _worker(model_home, transactions="per_worker", node_id="n-1")
+    await worker.stop()
+    sink = worker.sink
+    assert isinstance(sink, WorkerTransactionalSink)
+    assert sink.transactional_id == "edgestream-edge-eu-west-edge.eu-west.ingest.worker-n-1"
+    assert sink.transactional_id.startswith(edge_transactional_id_prefix("eu-west")), "within the ACLs"
+    assert worker.settings.resolved_transaction_timeout_ms() == 10_000
+    producer = sink.make_producer()
+    other = kafka.producer(worker.settings.kafka, "other", transactional_id="x")
+    await asyncio.gather(producer.stop(), other.stop())
+    assert producer._txn_manager.transaction_timeout_ms == 10_000
+    assert "_do_txn_offset_commit" in vars(producer._sender), "the override is on this producer's sender"
+    assert "_do_txn_offset_commit" not in vars(other._sender), "and on no other"
+
+
+async def test_a_unit_read_under_another_membership_fails_whole_without_a_request(model_home: Path) -> None:
+    """Once the consumer has left its generation (a zombie's heartbeat was refused, generation -1),
+    nothing of a unit read before may commit; every partition of it is re-read."""
+    now = [MEMBER]
+    sink = WorkerTransactionalSink(
+        connection=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        group_id="g",
+        transactional_id="g-n",
+        client_id="n",
+        transaction_timeout_ms=10_000,
+        membership=lambda: now[0],
+    )
+    sink._owned = {TP_A, TP_B}
+    sink._assigned_as = MEMBER  # as assigned() records it (without starting a producer here)
+    work = {TP_A: PartitionWork(next_offset=5), TP_B: PartitionWork(next_offset=9)}
+    for later in (Membership(-1, ""), Membership(8, "worker-1-abc")):
+        now[0] = later
+        failed = await sink.publish(work)
+        assert set(failed) == {TP_A, TP_B}
+        assert all(isinstance(err, GenerationRefused) for err in failed.values())
+    assert (sink.refused, sink.aborts, sink.transactions) == (2, 2, 0)
+    with pytest.raises(RuntimeError, match="not assigned"):
+        await sink.publish({TopicPartition("c", 0): PartitionWork()})
+
+
+# -- against the broker ---------------------------------------------------------------------------
+
+
+async def _member(region: EdgeRegion, group: str, name: str) -> AIOKafkaConsumer:
+    consumer = kafka.consumer(
+        region.bootstrap, name, group_id=group, heartbeat_interval_ms=100, session_timeout_ms=10_000
+    )
+    consumer.subscribe([ingest_topic(region.name, "embedding")])
+    await consumer.start()
+    return consumer
+
+
+async def _until_assigned(*consumers: AIOKafkaConsumer, generation_above: int = 0) -> None:
+    async def settled() -> None:
+        while not all(
+            c.assignment() and membership_of(c).generation_id > generation_above for c in consumers
+        ):
+            await asyncio.gather(*(c.getmany(timeout_ms=50) for c in consumers))
+
+    await asyncio.wait_for(settled(), 60)
+
+
+def _sink(region: EdgeRegion, group: str, node: str, membership: Any) -> WorkerTransactionalSink:
+    return WorkerTransactionalSink(
+        connection=region.bootstrap,
+        group_id=group,
+        transactional_id=f"{group}-{node}",
+        client_id=node,
+        transaction_timeout_ms=10_000,
+        membership=membership,
+    )
+
+
+def _unit(region: EdgeRegion, tag: str) -> dict[TopicPartition, PartitionWork]:
+    topic = ingest_topic(region.name, "embedding")
+    results = results_topic(region.name)
+    return {
+        TopicPartition(topic, p): PartitionWork(
+            outputs=[Output(results, f"{tag}-{p}-{i}".encode(), key=b"k") for i in range(3)],
+            next_offset=10 + p,
+            metadata=f"head-{p}",
+        )
+        for p in range(3)
+    }
+
+
+async def _committed_values(region: EdgeRegion) -> list[bytes]:
+    topic = results_topic(region.name)
+    tps = kafka.partitions([(topic, 3)])
+    records = await kafka.read_all(region.bootstrap, tps, client_id="txnsink-check", timeout_ms=20_000)
+    return sorted(r.value or b"" for r in records)
+
+
+async def test_one_transaction_commits_every_partition_of_a_unit(edge_region: EdgeRegion) -> None:
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = await _member(edge_region, group, "solo")
+    sink = _sink(edge_region, group, "solo", lambda: membership_of(consumer))
+    try:
+        await _until_assigned(consumer)
+        await sink.assigned(consumer.assignment())
+        work = _unit(edge_region, "solo")
+        assert await sink.publish(work) == {}
+        assert (sink.transactions, sink.aborts) == (1, 0), "nine outputs and three offsets, one transaction"
+        assert await _committed_values(edge_region) == sorted(
+            o.value for w in work.values() for o in w.outputs
+        )
+        committed = await stable_committed(consumer, work)
+        assert committed == {tp: Committed(w.next_offset, w.metadata) for tp, w in work.items()}
+    finally:
+        await sink.stop()
+        await consumer.stop()
+
+
+async def test_a_zombie_with_a_stale_generation_is_refused_and_nothing_of_it_is_visible(
+    edge_region: EdgeRegion,
+) -> None:
+    """The zombie read its unit in generation G; a second worker joined and the group moved to G+1 (the
+    zombie's consumer rejoined too, as a woken process does) while the zombie still believes in G. Its
+    transaction (outputs and offsets of all three partitions) must be refused by the group coordinator,
+    aborted, and invisible read_committed; the current owner then commits the same unit once."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    zombie_consumer = await _member(edge_region, group, "zombie")
+    live_consumer: AIOKafkaConsumer | None = None
+    await _until_assigned(zombie_consumer)
+    frozen = membership_of(zombie_consumer)  # what the zombie believes when it wakes
+    zombie = _sink(edge_region, group, "zombie", lambda: frozen)
+    live = _sink(
+        edge_region, group, "live", lambda: membership_of(live_consumer) if live_consumer else frozen
+    )
+    try:
+        await zombie.assigned(zombie_consumer.assignment())
+        live_consumer = await _member(edge_region, group, "live")
+        await _until_assigned(zombie_consumer, live_consumer, generation_above=frozen.generation_id)
+        assert membership_of(zombie_consumer).member_id == frozen.member_id, "the same member, rejoined"
+
+        work = _unit(edge_region, "zombie")
+        failed = await zombie.publish(work)
+        assert set(failed) == set(work), "the whole unit failed"
+        assert all(isinstance(err, GenerationRefused) for err in failed.values()), failed
+        assert (zombie.refused, zombie.transactions) == (1, 0)
+        assert await _committed_values(edge_region) == [], "nothing of the zombie's transaction is visible"
+        assert await stable_committed(zombie_consumer, work) == dict.fromkeys(work), "no offset moved"
+
+        # The same partitions' unit, committed by a member of the current generation (the coordinator
+        # checks the membership, not which member owns which partition): exactly one copy is visible.
+        await live.assigned(work)
+        assert await live.publish(_unit(edge_region, "live")) == {}
+        values = await _committed_values(edge_region)
+        assert len(values) == 9
+        assert all(v.startswith(b"live-") for v in values)
+    finally:
+        await asyncio.gather(zombie.stop(), live.stop())
+        await zombie_consumer.stop()
+        if live_consumer is not None:
+            await live_consumer.stop()
