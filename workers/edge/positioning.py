@@ -2,8 +2,9 @@
 
 An assigned partition (its producer started) waits to be *positioned*: sought to its stable committed
 offset, its audit chain continued from the head committed with that offset, and, when it is newly
-assigned, its replay memory rebuilt up to that offset (``workers/edge/replaymemory.py``): a restart
-or a move to another worker does not reopen the replay window. Then it is in service, with
+assigned or was rewound, its replay memory rebuilt up to that offset (``workers/edge/replaymemory.py``):
+a restart, a failed commit or a move to another worker does not reopen the replay window nor close it
+on a request that never committed. Then it is in service, with
 the *epoch* of that positioning: a record belongs to the epoch it was fetched in, and only records of a
 partition's current epoch are processed. After a rewind, units already closed may still hold records
 fetched before it; they must not commit once the partition is positioned again.
@@ -44,7 +45,7 @@ class Partitions:
         self._consumer = consumer
         self._chains = chains
         self._rebuild = rebuild
-        self._to_rebuild: set[TopicPartition] = set()  # newly assigned: replay memory not rebuilt yet
+        self._to_rebuild: set[TopicPartition] = set()  # assigned or rewound: replay memory not rebuilt yet
         self.serving: dict[TopicPartition, int] = {}
         """Partitions assigned, with their producer started and their position set: each with the
         epoch of that positioning."""
@@ -77,9 +78,13 @@ class Partitions:
         self._to_rebuild -= tps
 
     def rewound(self, tp: TopicPartition) -> None:
-        """Nothing of ``tp``'s last unit committed: out of service until positioned again."""
+        """Nothing of ``tp``'s last commit committed: out of service until positioned again, and its
+        replay memory rebuilt then. Units built while that commit was in flight had their request ids
+        accepted, and an earlier commit may have made them permanent in the guard: only the log up to
+        the committed offset says which ids really committed."""
         if self.serving.pop(tp, None) is not None:
             self._to_position.add(tp)
+            self._to_rebuild.add(tp)
 
     def committed(self, tp: TopicPartition, next_offset: int) -> None:
         """This worker's own transaction committed ``tp`` up to ``next_offset``."""
