@@ -41,7 +41,7 @@ async def test_consumer_commits_by_hand_and_reads_only_committed(model_home: Pat
 
 
 async def test_exactly_once_producers_are_transactional_per_input_partition(model_home: Path) -> None:
-    worker = _worker(model_home)
+    worker = _worker(model_home, transactions="per_partition")
     await worker.stop()
     sink = worker.sink
     assert isinstance(sink, TransactionalSink)

@@ -129,11 +129,11 @@ def _worker(home: Path, **overrides: Any) -> EdgeWorker:
 
 
 async def test_the_setting_picks_the_sink_and_its_transaction_timeout(model_home: Path) -> None:
-    default = _worker(model_home)
-    await default.stop()
-    assert isinstance(default.sink, TransactionalSink)
-    assert default.settings.resolved_transaction_timeout_ms() == 60_000
-    worker = _worker(model_home, transactions="per_worker", node_id="n-1")
+    per_partition = _worker(model_home, transactions="per_partition")
+    await per_partition.stop()
+    assert isinstance(per_partition.sink, TransactionalSink)
+    assert per_partition.settings.resolved_transaction_timeout_ms() == 60_000
+    worker = _worker(model_home, node_id="n-1")  # the default
     await worker.stop()
     sink = worker.sink
     assert isinstance(sink, WorkerTransactionalSink)
