@@ -78,13 +78,16 @@ class CommitStage:
         self._committing = 0
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
+        self._failed: BaseException | None = None
         self.commits = 0
         """Commits made (each may hold several units)."""
         self.units = 0
         """Units committed (or dropped as rewound)."""
 
     def stage(self, unit: StagedUnit) -> None:
-        """Queue ``unit`` for the next commit."""
+        """Queue ``unit`` for the next commit. Raises the error a commit raised, if one did."""
+        if self._failed is not None:
+            raise self._failed
         self._staged.append(unit)
         self._ready.set()
 
@@ -93,8 +96,15 @@ class CommitStage:
         return self._committing + sum(len(unit.items) for unit in self._staged)
 
     async def flush(self) -> None:
-        """Return once everything staged before the call is committed (or failed and rewound)."""
+        """Return once everything staged before the call is committed (or failed and rewound).
+
+        A commit that *raises* (rather than reporting failed partitions, which are rewound) leaves its
+        records' fate to the next owner: nothing staged after it may commit, since its offsets would
+        pass records whose outputs never committed. The stage keeps that error and raises it from every
+        later ``flush`` and ``stage``; the units staged behind it are dropped."""
         async with self._lock:
+            if self._failed is not None:
+                raise self._failed
             while self._staged:
                 units, self._staged = self._staged, []
                 self._started_s = time.monotonic()
@@ -102,6 +112,10 @@ class CommitStage:
                 try:
                     merged = merge(units, self._serving)
                     await self._commit(units, merged)
+                except BaseException as err:
+                    self._failed = err
+                    self._staged.clear()
+                    raise
                 finally:
                     self._committing = 0
                 self.commits += 1

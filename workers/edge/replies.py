@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
@@ -47,13 +48,20 @@ class ReplySender:
         """Queue every reply of ``work``; acknowledgements are counted as they come."""
         for part in work:
             for reply in part.replies:
-                delivery = await self.producer.send(reply.topic, reply.value, key=reply.key)
+                try:
+                    delivery = await self.producer.send(reply.topic, reply.value, key=reply.key)
+                except KafkaError as err:  # no metadata or no buffer room (a broker restart): dropped
+                    self._count_failed(err)
+                    continue
                 delivery.add_done_callback(self._acknowledged)
                 self.sent += 1
 
     def _acknowledged(self, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or delivery.exception() is None:
             return
+        self._count_failed(delivery.exception())
+
+    def _count_failed(self, err: BaseException | None) -> None:
         self.failed += 1
         if self.failed == 1 or self.failed % 1000 == 0:
-            log.warning("%d fast replies not sent (latest: %r)", self.failed, delivery.exception())
+            log.warning("%d fast replies not sent (latest: %r)", self.failed, err)

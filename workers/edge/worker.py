@@ -218,7 +218,7 @@ class EdgeWorker:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             self._note_fatal(done - {stopper})
             if self._fatal is None:
-                await self._drain(fetch, process)
+                await self._drain(fetch, process, commit)
         finally:
             for task in [*tasks, stopper]:
                 task.cancel()
@@ -232,7 +232,9 @@ class EdgeWorker:
                 self._fatal = self._fatal or task.exception()
                 self.readiness.fail(repr(self._fatal))
 
-    async def _drain(self, fetch: asyncio.Task[None], process: asyncio.Task[None]) -> None:
+    async def _drain(
+        self, fetch: asyncio.Task[None], process: asyncio.Task[None], commit: asyncio.Task[None]
+    ) -> None:
         fetch.cancel()  # a getmany or a seek may stop anywhere: nothing of it is committed state
         await asyncio.gather(fetch, return_exceptions=True)
         self._draining = True
@@ -249,7 +251,7 @@ class EdgeWorker:
                 self._held(),
             )
             return
-        self._note_fatal({process})
+        self._note_fatal({process, commit})
         log.info("drained %d records in %.2f s", held, time.monotonic() - started_s)
 
     # -- fetch and admit ---------------------------------------------------------------------------
@@ -399,7 +401,7 @@ class EdgeWorker:
             raise
         await self._settle(work, failed)
         for unit in units:
-            items = [it for it in unit.items if it.tp in work]
+            items = [it for it in unit.items if it.tp in work and work[it.tp].epoch == it.epoch]
             count_unit(self.stats, self.metrics, items, failed, unit.reason)
         self.metrics.unit(committed=not failed, seconds=time.monotonic() - started_s)
         if len(failed) < len(work):

@@ -74,23 +74,34 @@ async def test_units_staged_during_a_commit_commit_together_in_order() -> None:
     await asyncio.gather(runner, return_exceptions=True)
 
 
-async def test_a_failed_commit_leaves_nothing_held_and_the_next_units_still_commit() -> None:
-    calls = 0
+async def test_after_a_commit_raises_nothing_staged_behind_it_ever_commits() -> None:
+    """A commit that raises leaves its records to the next owner: a later commit of the same
+    partitions would move their offsets past records whose outputs never committed."""
+    calls: list[list[bytes]] = []
+    gate = asyncio.Event()
 
     async def commit(units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("broker gone")
+        calls.append([o.value for o in work[A].outputs])
+        await gate.wait()
+        raise RuntimeError("broker gone")
 
     stage = CommitStage({A: 1}, commit)
+    runner = asyncio.create_task(stage.run())
     stage.stage(_unit(a=(1, 1, ["u1"])))
-    with pytest.raises(RuntimeError, match="broker gone"):
-        await stage.flush()
-    assert stage.held() == 0
+    await asyncio.sleep(0.01)  # u1's commit in flight
     stage.stage(_unit(a=(1, 2, ["u2"])))
-    await stage.flush()
-    assert (calls, stage.commits) == (2, 1)
+    waiting = asyncio.create_task(stage.flush())  # a rebalance or a drain, queued behind it
+    await asyncio.sleep(0.01)
+    gate.set()
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await waiting
+    assert calls == [[b"u1"]], "u2 was never committed"
+    assert stage.held() == 0
+    with pytest.raises(RuntimeError, match="broker gone"):
+        stage.stage(_unit(a=(1, 3, ["u3"])))
+    assert runner.done()
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await runner
 
 
 async def test_commits_start_at_most_once_per_interval_but_a_flush_does_not_wait() -> None:
