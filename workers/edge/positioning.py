@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, MalformedChainHead, chain_id
 from edgestream.workers.edge.offsets import Committed, UnstableOffsets, stable_committed
@@ -133,7 +134,10 @@ class Partitions:
         except UnstableOffsets as err:
             log.warning("not positioning %d partitions yet: %s", len(tps), err)
             return set()
+        positioned: set[TopicPartition] = set()
         for tp, commit in committed.items():
+            if tp not in self._consumer.assignment():
+                continue  # revoked during an await here (a rebalance): the next round positions it
             offset = None if commit is None else commit.offset
             self._start_chain(tp, commit)
             ours = self._committed_through.get(tp)
@@ -147,14 +151,18 @@ class Partitions:
                     ours,
                 )
                 offset = ours
-            if offset is None:
-                # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
-                await self._consumer.seek_to_beginning(tp)
-                self._next_offset[tp] = 0
-            else:
-                self._consumer.seek(tp, offset)
-                self._next_offset[tp] = offset
-        return set(committed)
+            try:
+                if offset is None:
+                    # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
+                    await self._consumer.seek_to_beginning(tp)
+                    self._next_offset[tp] = 0
+                else:
+                    self._consumer.seek(tp, offset)
+                    self._next_offset[tp] = offset
+            except IllegalStateError:  # revoked between the check and the seek
+                continue
+            positioned.add(tp)
+        return positioned
 
     def _start_chain(self, tp: TopicPartition, commit: Committed | None) -> None:
         """Continue the partition's audit chain from the head committed with its offset."""
