@@ -89,6 +89,10 @@ class AggregatorSettings(BaseSettings):
     """Address the HTTP view binds."""
     web_port: int = Field(default=6066, gt=0, lt=65536)
     """Port of the HTTP view."""
+    producer_linger_s: float = Field(default=0.05, ge=0)
+    """How long faust's producer waits to fill a batch. The aggregator is not on the device's path, and
+    at faust's default (0) every table update was a produce request of its own: at the demo's 150
+    req/s the aggregator alone sent the broker 175 produce requests a second."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """faust's guarantee; counts are exact with either (offsets are deduplicated in the tables)."""
     home: Path = DEFAULT_HOME
@@ -186,6 +190,7 @@ def _faust_app(settings: AggregatorSettings) -> faust.App:
         topic_replication_factor=1,
         topic_partitions=PARTITIONS,
         processing_guarantee=settings.processing_guarantee,
+        producer_linger=settings.producer_linger_s,
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -106,20 +106,26 @@ class CommitStage:
             if self._failed is not None:
                 raise self._failed
             while self._staged:
-                units, self._staged = self._staged, []
-                self._started_s = time.monotonic()
-                self._committing = sum(len(unit.items) for unit in units)
-                try:
-                    merged = merge(units, self._serving)
-                    await self._commit(units, merged)
-                except BaseException as err:
-                    self._failed = err
-                    self._staged.clear()
-                    raise
-                finally:
-                    self._committing = 0
-                self.commits += 1
-                self.units += len(units)
+                await self._commit_staged()
+
+    async def _commit_staged(self) -> None:
+        """Commit what is staged now, in one commit (the caller holds the lock)."""
+        if self._failed is not None:
+            raise self._failed
+        units, self._staged = self._staged, []
+        self._started_s = time.monotonic()
+        self._committing = sum(len(unit.items) for unit in units)
+        try:
+            merged = merge(units, self._serving)
+            await self._commit(units, merged)
+        except BaseException as err:
+            self._failed = err
+            self._staged.clear()
+            raise
+        finally:
+            self._committing = 0
+        self.commits += 1
+        self.units += len(units)
 
     async def run(self) -> None:
         """Commit whatever is staged, at most one commit start per ``interval_ms``, until cancelled
@@ -131,4 +137,6 @@ class CommitStage:
             wait_s = self._started_s + self._interval_s - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-            await self.flush()
+            async with self._lock:  # one commit; what is staged meanwhile waits for the interval
+                if self._staged:
+                    await self._commit_staged()
