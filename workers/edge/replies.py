@@ -49,7 +49,10 @@ class ReplySender:
         for part in work:
             for reply in part.replies:
                 try:
-                    delivery = await self.producer.send(reply.topic, reply.value, key=reply.key)
+                    headers = list(reply.headers) if reply.headers else None  # traceparent, traced
+                    delivery = await self.producer.send(
+                        reply.topic, reply.value, key=reply.key, headers=headers
+                    )
                 except KafkaError as err:  # no metadata or no buffer room (a broker restart): dropped
                     self._count_failed(err)
                     continue
