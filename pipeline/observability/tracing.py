@@ -110,8 +110,9 @@ class LinkedParentBased(ParentBased):
         """The decision for one new span (the SDK's sampler interface)."""
         parent = get_current_span(parent_context).get_span_context()
         if links and not (parent is not None and parent.is_valid):
-            sampled = any(link.context.trace_flags.sampled for link in links)
-            return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP)
+            if any(link.context.trace_flags.sampled for link in links):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+            return SamplingResult(Decision.DROP)
         return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:

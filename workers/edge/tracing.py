@@ -146,7 +146,7 @@ class UnitTracer:
         span = self._tracer.start_span(
             self._name,
             kind=SpanKind.CONSUMER,
-            attributes={**self._attributes, **_unit_attributes(items, reason)},
+            attributes={**self._attributes, **unit_attributes(items, reason)},
             links=links,
             start_time=started_ns,
         )
@@ -159,7 +159,7 @@ def _repeated(headers: Sequence[tuple[str, bytes]]) -> bool:
     return sum(1 for name, _ in headers if name == TRACEPARENT) > 1
 
 
-def _unit_attributes(items: Sequence[Item], reason: str) -> dict[str, str | int | list[str] | list[int]]:
+def unit_attributes(items: Sequence[Item], reason: str) -> dict[str, str | int | list[str] | list[int]]:
     """Batch size, close reason, and the (model, version) serving the unit: single values when one does,
     else aligned lists (``edgestream.model[i]`` at ``edgestream.model.version[i]``)."""
     keys = sorted({it.model.key for it in items if it.model is not None})
