@@ -98,7 +98,7 @@ def _admit(worker: EdgeWorker, headers: Sequence[Headers], *, bad: int | None = 
 async def _process(worker: EdgeWorker, items: list[Item]) -> dict[str, list[Headers]]:
     """The unit's stages as the worker runs them (replies and the commit stage left out), its trace
     ended as a commit would; by topic, each output's headers."""
-    trace = worker.traces.unit(items, "size")
+    trace = worker.traces.unit(items, "full")
     worker._admission.check(items)
     trace.mark("admission")
     await worker._inference.infer(items)
@@ -138,7 +138,7 @@ async def test_a_unit_span_links_every_record_and_its_children_follow_the_stages
         "messaging.consumer.group.name": edge_group(REGION),
         "edgestream.region": REGION,
         "messaging.batch.message_count": 3,
-        "edgestream.unit.close_reason": "size",
+        "edgestream.unit.close_reason": "full",
         "edgestream.model": "embedding-scorer",
         "edgestream.model.version": 1,
     }
@@ -200,7 +200,7 @@ async def test_a_unit_of_unsampled_records_makes_no_span_but_passes_their_contex
     traced: EdgeWorker, memory: tuple[Tracing, InMemorySpanExporter]
 ) -> None:
     items = _admit(traced, [(("traceparent", UNSAMPLED),)])
-    assert traced.traces.unit(items, "age") is NO_TRACE
+    assert traced.traces.unit(items, "max_wait") is NO_TRACE
     outputs = await _process(traced, items)
     assert memory[1].get_finished_spans() == ()
     assert outputs[results_topic(REGION)] == [(("traceparent", UNSAMPLED),)]
@@ -210,7 +210,7 @@ async def test_with_tracing_off_no_header_is_read_and_no_output_carries_one(mode
     worker = _worker(model_home, None)
     try:
         items = _admit(worker, [(("traceparent", SAMPLED),), (("traceparent", b"junk"),)])
-        assert worker.traces.unit(items, "size") is NO_TRACE
+        assert worker.traces.unit(items, "full") is NO_TRACE
         outputs = await _process(worker, items)
         assert [it.traceparent for it in items] == [None, None]
         assert outputs[results_topic(REGION)] == [(), ()]
