@@ -85,6 +85,9 @@ class Item:
     """The model's answer, once inferred."""
     features: tuple[float, ...] | None = None
     """The input vector kept for a cloud sample (sampled embeddings only), until outputs are built."""
+    traceparent: bytes | None = None
+    """The record's valid ``traceparent``, carried onto its outputs; set only with tracing on
+    (``workers/edge/tracing.py``)."""
 
 
 def current_master(keyring: KeyRing, region: str) -> bytes:

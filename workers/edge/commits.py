@@ -25,6 +25,7 @@ from aiokafka import TopicPartition
 
 from edgestream.workers.edge.admission import Item
 from edgestream.workers.edge.sinks import PartitionWork
+from edgestream.workers.edge.tracing import NO_TRACE, NoTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class StagedUnit:
     """Each input partition's outputs, offset and chain head."""
     reason: str
     """Why the unit closed (size, age, deadline, drain)."""
+    trace: NoTrace = NO_TRACE
+    """Its spans (``workers/edge/tracing.py``), ended by its commit; `NO_TRACE` when untraced."""
 
 
 Commit = Callable[[Sequence[StagedUnit], dict[TopicPartition, PartitionWork]], Awaitable[None]]
@@ -114,6 +117,7 @@ class CommitStage:
             raise self._failed
         units, self._staged = self._staged, []
         self._started_s = time.monotonic()
+        started_ns = time.time_ns()
         self._committing = sum(len(unit.items) for unit in units)
         try:
             merged = merge(units, self._serving)
@@ -121,9 +125,13 @@ class CommitStage:
         except BaseException as err:
             self._failed = err
             self._staged.clear()
+            for unit in units:
+                unit.trace.committed(started_ns, err)
             raise
         finally:
             self._committing = 0
+        for unit in units:
+            unit.trace.committed(started_ns)
         self.commits += 1
         self.units += len(units)
 

@@ -9,6 +9,7 @@ import logging
 
 from edgestream.pipeline.observability.health import HealthServer, Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
+from edgestream.pipeline.observability.tracing import tracing_from_env
 from edgestream.pipeline.security.keysource import KeySource
 from edgestream.pipeline.serving.served import load_models
 from edgestream.workers.edge.settings import WorkerSettings
@@ -22,11 +23,19 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
     """Load keys and models, run a worker until ``stop`` is set, return its counters.
 
     With ``health_port`` set, /livez, /readyz and /metrics answer from before the models load, so an
-    orchestrator sees "not ready" rather than nothing while they do.
+    orchestrator sees "not ready" rather than nothing while they do. Tracing is on when the ``OTEL_*``
+    variables say so (``pipeline/observability/tracing.py``); a tracing setting it cannot honour
+    stops it here, before anything is consumed.
     """
     readiness = Readiness(stall_after_s=settings.stall_after_s)
     metrics = WorkerMetrics(region=settings.region, node=settings.resolved_node_id())
+    node = settings.resolved_node_id()
+    tracing = tracing_from_env(
+        "edgestream-worker", {"edgestream.region": settings.region, "service.instance.id": node}
+    )
     async with contextlib.AsyncExitStack() as stack:
+        if tracing is not None:
+            stack.callback(tracing.shutdown)  # exports what is buffered
         if settings.health_port is not None:
             server = HealthServer(
                 live=readiness.live,
@@ -42,7 +51,14 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
         )
         keyring = source.watcher(required_regions=[settings.region])
         models = await asyncio.to_thread(load_models, settings)
-        worker = EdgeWorker(settings, keyring=keyring, models=models, metrics=metrics, readiness=readiness)
+        worker = EdgeWorker(
+            settings,
+            keyring=keyring,
+            models=models,
+            metrics=metrics,
+            readiness=readiness,
+            tracer=None if tracing is None else tracing.tracer,
+        )
         async with worker:
             await worker.run(stop)
     return worker.stats

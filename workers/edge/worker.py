@@ -32,8 +32,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
-from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline.observability.health import Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
@@ -46,7 +44,7 @@ from edgestream.pipeline.serving.served import ModelCatalog, ServedModel
 from edgestream.topics.catalogue import KINDS, ingest_topic
 from edgestream.workers.edge.admission import Admission, Item
 from edgestream.workers.edge.catalog import follow_registry, worker_catalog
-from edgestream.workers.edge.clients import FailingListener, consumer_of, sink_of
+from edgestream.workers.edge.clients import FailingListener, consumer_of, owned_commit, sink_of
 from edgestream.workers.edge.commits import CommitStage, StagedUnit
 from edgestream.workers.edge.inference import UnitInference
 from edgestream.workers.edge.outputs import UnitOutputs
@@ -56,9 +54,11 @@ from edgestream.workers.edge.replies import ReplySender
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork
 from edgestream.workers.edge.status import WorkerStats, count_unit, write_ready_file, write_stats_file
+from edgestream.workers.edge.tracing import unit_tracer
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class EdgeWorker:
         models: Mapping[str, ServedModel],
         metrics: WorkerMetrics | None = None,
         readiness: Readiness | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = settings.resolved_node_id()
@@ -106,9 +107,12 @@ class EdgeWorker:
             sample_fraction=settings.sample_fraction,
             inline_max_ms=settings.inline_inference_ms,
         )
+        self.traces = unit_tracer(tracer, settings.region)  # tracing off (None): nothing per unit
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
-        self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets, consumer=self.consumer)
+        self.sink = sink_of(
+            settings, self.node_id, commit=owned_commit(self.consumer), consumer=self.consumer
+        )
         self.replies = ReplySender(settings.kafka, self.node_id)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
@@ -364,20 +368,25 @@ class EdgeWorker:
             return
         self._processing = len(items)
         started_s = time.monotonic()
+        trace = self.traces.unit(items, unit.reason)
         try:
             self._admission.check(items)
+            trace.mark("admission")
             await self._inference.infer(items)
+            trace.mark("inference")
             # A commit failing meanwhile may have rewound a partition (and forgotten its chain): its
             # items are dropped here, before anything links into that chain (no await from here on).
             items = self._current(items)
             work = self._outputs.build(items, started_s, self._keyring)
+            trace.mark("output")
             await self.replies.send(work.values())
+            trace.mark("reply")
         except BaseException:
             self._abort_partitions({it.tp for it in items})
             raise
         finally:
             self._processing = 0
-        self.commits.stage(StagedUnit(items, work, unit.reason))
+        self.commits.stage(StagedUnit(items, work, unit.reason, trace))
         self._estimate.observe(time.monotonic() - started_s)
 
     def _current(self, items: Iterable[Item]) -> list[Item]:
@@ -451,16 +460,6 @@ class EdgeWorker:
             )
             return
         log.warning("re-reading %s[%d] from its committed offset after %r", tp.topic, tp.partition, err)
-
-    async def _commit_offsets(self, positions: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}
-        if not owned:
-            return
-        try:
-            await self.consumer.commit(owned)
-        except CommitFailedError as err:
-            # The group rebalanced under us; the new owner re-reads from the last commit.
-            log.warning("commit refused after a rebalance, records will be redelivered: %s", err)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if self._stopped or self._fatal is not None:
