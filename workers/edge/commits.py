@@ -37,6 +37,10 @@ class StagedUnit:
     """Each input partition's outputs, offset and chain head."""
     reason: str
     """Why the unit closed (size, age, deadline, drain)."""
+    started_s: float | None = None
+    """Monotonic time its processing started (None: not known)."""
+    replied_ms: float | None = None
+    """Wall-clock time its fast replies were sent (None: none sent)."""
 
 
 Commit = Callable[[Sequence[StagedUnit], dict[TopicPartition, PartitionWork]], Awaitable[None]]
