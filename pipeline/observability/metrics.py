@@ -282,7 +282,7 @@ class WorkerMetrics(ProcessMetrics):
             return
         child = self._fallbacks.get(model)
         if child is None:
-            child = self._fallbacks[model] = self._fallbacks_total.labels(*self._values, model)
+            child = self._fallback_child(model)
         child.inc(min(n, MAX_FALLBACKS_PER_RECORD))
 
     def commit(self, committed: bool, seconds: float) -> None:
@@ -333,7 +333,7 @@ class WorkerMetrics(ProcessMetrics):
         """``model`` is served as ``version`` (ONNX ``sha256``) on ``provider``.
 
         Replaces the model's previous info series, if any, so a model has one ``model_info`` series.
-        Also creates the version's result, latency and inference series at 0.
+        Also creates the version's result, latency and inference series and the model's fallbacks at 0.
         """
         labels = (str(version), sha256, provider)
         previous = self._info_labels.get(model)
@@ -342,6 +342,7 @@ class WorkerMetrics(ProcessMetrics):
         self._info_labels[model] = labels
         self._model_info.labels(*self._values, model, *labels).set(1)
         self._model_series(model, version)
+        self._fallback_child(model)
         log.debug("model_info %s v%d %s on %s", model, version, sha256[:12], provider)
 
     # -- children ----------------------------------------------------------------------------------
@@ -352,6 +353,12 @@ class WorkerMetrics(ProcessMetrics):
             series = _ModelSeries(self, (*self._values, model, str(version)))
             self._models[(model, version)] = series
         return series
+
+    def _fallback_child(self, model: str) -> Counter:
+        child = self._fallbacks.get(model)
+        if child is None:
+            child = self._fallbacks[model] = self._fallbacks_total.labels(*self._values, model)
+        return child
 
     def _dead_letter_child(self, reason: str) -> Counter:
         child = self._dead_letters.get(reason)
