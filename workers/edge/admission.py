@@ -51,6 +51,8 @@ class Answer(NamedTuple):
     """Duration of the onnxruntime call that computed it."""
     batch_size: int
     """Size of that call's batch."""
+    started_s: float = 0.0
+    """Monotonic time that call started (0.0: not known)."""
 
 
 @dataclass(slots=True)

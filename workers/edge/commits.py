@@ -40,6 +40,10 @@ class StagedUnit:
     """Why the unit closed (size, age, deadline, drain)."""
     trace: NoTrace = NO_TRACE
     """Its spans (``workers/edge/tracing.py``), ended by its commit; `NO_TRACE` when untraced."""
+    started_s: float | None = None
+    """Monotonic time its processing started (None: not known)."""
+    replied_ms: float | None = None
+    """Wall-clock time its fast replies were sent (None: none sent)."""
 
 
 Commit = Callable[[Sequence[StagedUnit], dict[TopicPartition, PartitionWork]], Awaitable[None]]

@@ -47,6 +47,7 @@ from edgestream.workers.edge.catalog import follow_registry, worker_catalog
 from edgestream.workers.edge.clients import FailingListener, consumer_of, owned_commit, sink_of
 from edgestream.workers.edge.commits import CommitStage, StagedUnit
 from edgestream.workers.edge.inference import UnitInference
+from edgestream.workers.edge.observe import note_models
 from edgestream.workers.edge.outputs import UnitOutputs
 from edgestream.workers.edge.positioning import Partitions
 from edgestream.workers.edge.replaymemory import ReplayMemory
@@ -89,7 +90,7 @@ class EdgeWorker:
         self.metrics = metrics or WorkerMetrics(region=settings.region, node=self.node_id)
         self.readiness = readiness or Readiness(stall_after_s=settings.stall_after_s)
         self.readiness.models_loaded = True
-        self._note_models(models.values())
+        self.metrics.watch_ready(self.readiness.ready)
         self._region = settings.region
         self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
         self._keyring = self._keys.current()
@@ -97,6 +98,7 @@ class EdgeWorker:
         self._catalog = worker_catalog(
             settings, models, self._keyring, on_refused=self.metrics.registry_refused
         )
+        note_models(self.metrics, self._catalog)
         self._estimate = ServiceTimeEstimate()
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
@@ -286,6 +288,7 @@ class EdgeWorker:
         now_ms = time.time() * 1000.0
         admitted = 0
         for tp, records in fetched.items():
+            self.metrics.lag.fetched(tp, records[-1].timestamp)
             epoch = self._partitions.serving.get(tp)
             if epoch is None:
                 continue  # revoked, or waiting to be positioned at its committed offset: read again then
@@ -326,12 +329,7 @@ class EdgeWorker:
     def _registry_applied(self) -> None:
         self._write_stats()  # the rollout controller sees the new revision now
         self._report_now.set()
-        self._note_models(self._catalog.models.values())
-
-    def _note_models(self, models: Iterable[ServedModel]) -> None:
-        for served in models:
-            a = served.artifact
-            self.metrics.model_info(a.name, a.version, a.sha256, served.session.providers_in_use[0])
+        note_models(self.metrics, self._catalog)
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -386,7 +384,9 @@ class EdgeWorker:
             raise
         finally:
             self._processing = 0
-        self.commits.stage(StagedUnit(items, work, unit.reason, trace))
+        self.commits.stage(
+            StagedUnit(items, work, unit.reason, trace, started_s=started_s, replied_ms=time.time() * 1000.0)
+        )
         self._estimate.observe(time.monotonic() - started_s)
 
     def _current(self, items: Iterable[Item]) -> list[Item]:
@@ -408,11 +408,11 @@ class EdgeWorker:
         except BaseException:
             self._abort_partitions(work)
             raise
+        self.metrics.commit(committed=not failed, seconds=time.monotonic() - started_s)
         await self._settle(work, failed)
         for unit in units:
             items = [it for it in unit.items if it.tp in work and work[it.tp].epoch == it.epoch]
-            count_unit(self.stats, self.metrics, items, failed, unit.reason)
-        self.metrics.unit(committed=not failed, seconds=time.monotonic() - started_s)
+            count_unit(self.stats, self.metrics, items, failed, unit)
         if len(failed) < len(work):
             self.readiness.progress()
         if not failed:
