@@ -41,3 +41,29 @@ def reported_fallbacks(headers: Iterable[tuple[str, bytes]]) -> int:
                 return int(value)
             return 0
     return 0
+
+
+class FallbackReports:
+    """A device's side of the reports: fallbacks counted per model until its next request of that
+    model carries them (:func:`fallbacks_header`); a count past what the header holds is sent in
+    parts, one per request."""
+
+    def __init__(self) -> None:
+        self._unsent: dict[tuple[str, str], int] = {}
+
+    def fell_back(self, device_id: str, model: str) -> None:
+        """``device_id`` answered a request of ``model`` with its fallback."""
+        key = (device_id, model)
+        self._unsent[key] = self._unsent.get(key, 0) + 1
+
+    def header(self, device_id: str, model: str) -> tuple[str, bytes] | None:
+        """The header for ``device_id``'s next request of ``model`` (None: nothing to report); what
+        it reports is no longer pending."""
+        count = self._unsent.pop((device_id, model), 0)
+        if count <= 0:
+            return None
+        most = 10**MAX_DIGITS - 1
+        if count > most:
+            self._unsent[(device_id, model)] = count - most
+            count = most
+        return fallbacks_header(count)

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from edgestream.pipeline.observability.health import HealthServer, Readiness
 from edgestream.pipeline.observability.lag import consumer_offsets
 from edgestream.pipeline.observability.metrics import WorkerMetrics
-from edgestream.pipeline.observability.tracing import tracing_from_env
 from edgestream.pipeline.observability.refusals import RefusalLog, refusal_kind
+from edgestream.pipeline.observability.tracing import tracing_from_env
 from edgestream.pipeline.security.keysource import KeySource
 from edgestream.pipeline.serving.served import load_models
 from edgestream.workers.edge.settings import WorkerSettings

@@ -35,6 +35,7 @@ from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.fallbacks import FallbackReports
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
@@ -72,6 +73,7 @@ class _Pending:
     inputs: np.ndarray[Any, Any]
     source: Inputs
     span: Span | None = None  # its trace, when the fleet traces
+    device_id: str = ""  # who sent it: its fallback is reported on that device's next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class Fleet:
         self._labels: AIOKafkaProducer | None = None
         self._expired: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()
+        self._fallbacks = FallbackReports()
         self.report = FleetReport(
             {r.name: RegionReport() for r in settings.regions}, time.time(), 0.0, 0.0, 0
         )
@@ -316,7 +319,11 @@ class Fleet:
             x,
             source,
             span,
+            device.device_id,
         )
+        report = self._fallbacks.header(device.device_id, MODEL_FOR_KIND[kind])
+        if report is not None:
+            headers = [*(headers or []), report]
         self.report.regions[device.region].sent += 1
         delivery: asyncio.Future[Any] = await producer.send(
             topic, envelope, key=device.device_id.encode(), headers=headers
@@ -418,6 +425,7 @@ class Fleet:
         labels, _ = self._fallback[pending.kind].run(pending.inputs[np.newaxis, ...])
         region = self.report.regions[pending.region]
         region.fallbacks += 1
+        self._fallbacks.fell_back(pending.device_id, MODEL_FOR_KIND[pending.kind])
         region.fallback_correct += int(int(labels[0]) == pending.truth)
 
     async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edgestream.pipeline.contract.fallbacks import FALLBACKS_HEADER, fallbacks_header, reported_fallbacks
+from edgestream.pipeline.contract.fallbacks import (
+    FALLBACKS_HEADER,
+    MAX_DIGITS,
+    FallbackReports,
+    fallbacks_header,
+    reported_fallbacks,
+)
 
 
 def test_a_report_reads_back() -> None:
@@ -26,3 +32,34 @@ def test_only_the_first_report_counts() -> None:
 def test_a_device_cannot_write_a_report_the_edge_would_not_read(count: int) -> None:
     with pytest.raises(ValueError, match="fallback report"):
         fallbacks_header(count)
+
+
+def test_a_device_reports_its_fallbacks_once_on_its_next_request_of_that_model() -> None:
+    reports = FallbackReports()
+    assert reports.header("d1", "m") is None
+    reports.fell_back("d1", "m")
+    reports.fell_back("d1", "m")
+    reports.fell_back("d1", "other")
+    reports.fell_back("d2", "m")
+    header = reports.header("d1", "m")
+    assert header is not None
+    assert reported_fallbacks([header]) == 2
+    assert reports.header("d1", "m") is None, "reported once"
+    other = reports.header("d1", "other")
+    assert other is not None
+    assert reported_fallbacks([other]) == 1
+    d2 = reports.header("d2", "m")
+    assert d2 is not None
+    assert reported_fallbacks([d2]) == 1
+
+
+def test_a_count_past_what_the_header_holds_is_reported_in_parts() -> None:
+    reports = FallbackReports()
+    most = 10**MAX_DIGITS - 1
+    for _ in range(most + 5):
+        reports.fell_back("d", "m")
+    first, second = reports.header("d", "m"), reports.header("d", "m")
+    assert first is not None
+    assert second is not None
+    assert (reported_fallbacks([first]), reported_fallbacks([second])) == (most, 5)
+    assert reports.header("d", "m") is None
