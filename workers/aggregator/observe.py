@@ -95,7 +95,7 @@ def add_metrics(app: faust.App, metrics: AggregatorMetrics, rows: Rows) -> None:
     @app.page(METRICS_PATH)
     async def serve_metrics(web: Any, request: Any) -> Any:
         del request
-        return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
+        return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     @app.timer(interval=INTERVAL_S)  # type: ignore[untyped-decorator]
     async def update_lag() -> None:

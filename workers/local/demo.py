@@ -40,6 +40,7 @@ from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
+from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_revision
 from edgestream.workers.local.fleet import FleetReport, Progress, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings
 from edgestream.workers.local.latency_plot import plot_latency
@@ -174,7 +175,9 @@ def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> 
         log_file=paths.logs / "aggregator.log",
     )
     with stopped_at_exit([aggregator]):
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        wait_aggregator_ready(aggregator, url, settings.worker_ready_timeout_s)
+        yield url
 
 
 def _worker_env(settings: DemoSettings, cluster: _Cluster, region: str, run_dir: Path) -> dict[str, str]:
@@ -321,7 +324,7 @@ def _run_parts(
     with _aggregator(settings, cluster, paths) as aggregator_url:
         with _workers(settings, cluster, paths) as stats_files:
             if revision is not None:
-                _wait_for_revision(stats_files, revision, settings.worker_ready_timeout_s)
+                wait_for_revision(stats_files, revision, settings.worker_ready_timeout_s)
             on_step("running the device fleet" + (" and telling the story" if revision else ""))
             report, story = asyncio.run(
                 _fleet_and_story(
@@ -431,22 +434,6 @@ def run_demo(
     result = _result(settings, paths, cluster, accuracy, measured)
     _write_summary(settings, result, measured)
     return result
-
-
-def _wait_for_revision(stats_files: dict[str, Path], revision: int, timeout_s: float) -> None:
-    """Wait until every worker reports (in its stats file) the registry revision the story starts
-    from; the files are rewritten as soon as a worker applies a state."""
-    from edgestream.workers.rollout_controller import FileWorkerView
-
-    view = FileWorkerView(next(iter(stats_files.values())).parent, pattern="worker-*.stats.json")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        applied = asyncio.run(view.revisions(STORY_MODEL))
-        if len(applied) == len(stats_files) and all(r is not None and r >= revision for r in applied):
-            return
-        if time.monotonic() > deadline:
-            raise DemoError(f"workers did not all apply registry revision {revision} in {timeout_s:g} s")
-        time.sleep(0.2)  # poll interval of a bounded wait on the files' contents
 
 
 async def _fleet_and_story(

@@ -372,6 +372,7 @@ async def test_restart_mid_window_loses_and_doubles_nothing(
             assert _region_totals(await asyncio.to_thread(_view, url), region) == expected
             await asyncio.sleep(0.2)
         assert before_kill["summaries"] < expected["summaries"]
+        _check_metrics(url, at_least=200)  # the restarted process read at least what came after the kill
         print(f"killed after {before_kill['summaries']} of {sent} summaries; after restart {expected}")
     finally:
         await producer.stop()
@@ -408,3 +409,23 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
     assert rows[1]["flagged"], rows[1]["max_psi"]  # shifted inputs against the zoo's training data
     assert not rows[2]["flagged"], rows[2]["max_psi"]  # the same inputs against v2's own
     assert not rows[3]["flagged"], rows[3]["max_psi"]
+
+
+def _check_metrics(url: str, *, at_least: int) -> None:
+    """The aggregator's live ``/metrics``: every name it declares, ready, and the summaries it read."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgestream.pipeline.observability.catalogue import AGGREGATOR_RECORDS, METRICS_AGGREGATOR, READY
+
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert set(METRICS_AGGREGATOR) <= {n.removesuffix("_total") for n in families} | declared
+    assert [s.value for s in families[READY].samples] == [1.0]
+    records = families[AGGREGATOR_RECORDS.removesuffix("_total")].samples
+    read = sum(
+        s.value for s in records if s.labels.get("topic") == SUMMARIES_TOPIC and s.name.endswith("_total")
+    )
+    assert read >= at_least
