@@ -18,6 +18,8 @@ from rich.table import Table
 
 from edgestream.commands.common import fail
 from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.observability.sla import REQUEST_LOG
+from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
     from edgestream.pipeline.observability.sla import SlaReport
@@ -26,7 +28,9 @@ app = typer.Typer(
     help="SLO rules and dashboard for Prometheus and Grafana; the SLA report.", no_args_is_help=True
 )
 
-DEMO_REQUESTS: Final = Path(".edgestream/demo/requests.jsonl")
+DEMO_DIR: Final = DEFAULT_HOME / "demo"
+"""Where the demo writes its request log, and ``report`` its copies by default."""
+DEMO_REQUESTS: Final = DEMO_DIR / REQUEST_LOG
 """The demo's request log: what ``report`` reads when given no input."""
 
 
@@ -34,23 +38,24 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _share(value: float | None, budget: float | None, spec: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) + ("" if budget is None else f" ({budget:.0%})")
+
+
 def report_table(report: SlaReport) -> Table:
     """The report as a table: an ``all`` row per region and model, then its versions."""
+    threshold = f"{report.latency_threshold_ms:g} ms"
     table = Table(
-        title=f"SLA: round trips within {report.latency_threshold_ms:g} ms for {report.latency_target:.0%}, "
-        f"{report.availability_target:.1%} answered",
+        title=f"SLA: {report.latency_target:.0%} of round trips within {threshold}, "
+        f"{report.availability_target:.1%} answered in the deadline; (left): error budget left",
         title_justify="left",
     )
-    for col in ("region", "model", "version", "sent", "answered", "p50 ms", "p95 ms", "p99 ms"):
-        table.add_column(col, justify="left" if col in ("region", "model", "version") else "right")
-    for col in (
-        "availability",
-        "avail. budget left",
-        f"<= {report.latency_threshold_ms:g} ms",
-        "lat. budget left",
-    ):
+    for col in ("region", "model", "ver", "sent", "ok", "p50/p95/p99 ms"):
+        table.add_column(col, justify="left" if col in ("region", "model", "ver") else "right")
+    for col in ("answered (left)", f"<= {threshold} (left)", "at once"):
         table.add_column(col, justify="right")
-    table.add_column("versions at once", justify="right")
     for r in report.rows:
         table.add_row(
             r.region,
@@ -58,13 +63,9 @@ def report_table(report: SlaReport) -> Table:
             r.version,
             str(r.sent),
             str(r.answered),
-            _fmt(r.p50_ms, ".1f"),
-            _fmt(r.p95_ms, ".1f"),
-            _fmt(r.p99_ms, ".1f"),
-            _fmt(r.availability, ".3%"),
-            _fmt(r.availability_budget_left, ".0%"),
-            _fmt(r.latency_sli, ".2%"),
-            _fmt(r.latency_budget_left, ".0%"),
+            "/".join(_fmt(v, ".1f") for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
+            _share(r.availability, r.availability_budget_left, ".2%"),
+            _share(r.latency_sli, r.latency_budget_left, ".2%"),
             f"{r.max_concurrent_versions}" + (" drift" if r.drift else ""),
             style="bold" if r.version == "all" else None,
         )
@@ -91,6 +92,11 @@ def print_report(console: Console, inputs: list[Path], json_path: Path, png_path
     if report.skipped_lines:
         console.print(f"skipped {report.skipped_lines} malformed input lines")
     console.print(f"SLA report: {json_path}, {png_path}")
+
+
+def print_demo_report(console: Console, demo_dir: Path) -> None:
+    """The demo's SLA report, from its request log in ``demo_dir``, with its copies beside it."""
+    print_report(console, [demo_dir / REQUEST_LOG], demo_dir / "sla.json", demo_dir / "sla.png")
 
 
 @app.command("report")

@@ -30,6 +30,8 @@ from edgestream.pipeline.observability import slo
 
 Outcome = Literal["answered", "fallback"]
 """How a request ended on the device: the edge's answer in time, or the device's own fallback."""
+REQUEST_LOG: Final = "requests.jsonl"
+"""The request log's file name in the demo's directory (``<home>/demo``)."""
 ALL_VERSIONS: Final = "all"
 """The ``version`` of a row that covers every request of a region and model, fallbacks included."""
 CONCURRENCY_WINDOW_MS: Final = 10_000

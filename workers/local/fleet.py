@@ -37,6 +37,7 @@ from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
+from edgestream.pipeline.observability.sla import RoundTrip
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
@@ -123,6 +124,8 @@ class FleetReport:
     send_s: float
     total_s: float
     unanswered: int
+    round_trips: list[RoundTrip] = field(default_factory=list)
+    """Every good request that ended (answered in time, or fallen back), for the SLA report."""
 
     def totals(self) -> RegionReport:
         """All regions added up (latency lists concatenated)."""
@@ -370,6 +373,17 @@ class Fleet:
         region.result_times_s.append(now_ms / 1000.0 - self.report.started_at)
         region.batch_sizes.append(result.batch_size)
         region.answers.append(self._answer(pending, result, late=False))
+        self.report.round_trips.append(
+            RoundTrip(
+                pending.capture_ms,
+                pending.region,
+                result.model,
+                result.model_version,
+                now_ms - pending.capture_ms,
+                "answered",
+                self.settings.deadline_ms,
+            )
+        )
 
     def _answer(self, pending: _Pending, result: ResultRecord, *, late: bool) -> Answer:
         return Answer(
@@ -399,6 +413,17 @@ class Fleet:
         region = self.report.regions[pending.region]
         region.fallbacks += 1
         region.fallback_correct += int(int(labels[0]) == pending.truth)
+        self.report.round_trips.append(
+            RoundTrip(
+                pending.capture_ms,
+                pending.region,
+                MODEL_FOR_KIND[pending.kind],
+                None,
+                time.time() * 1000.0 - pending.capture_ms,
+                "fallback",
+                self.settings.deadline_ms,
+            )
+        )
 
     async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:
         end_s = time.monotonic() + self.settings.drain_s
