@@ -40,7 +40,10 @@ def plot_sla(report: SlaReport, trips: list[RoundTrip], path: Path) -> Path:
         (0.2, "latency", [r.latency_budget_left for r in rows]),
     ]
     for offset, name, shares in series:
-        budget.bar(x + offset, [np.nan if v is None else v * 100 for v in shares], width=0.4, label=name)
+        percent = [np.nan if v is None else v * 100 for v in shares]
+        bars = budget.bar(x + offset, np.clip(percent, -100, 100), width=0.4, label=name)
+        budget.bar_label(bars, [f"{p:.0f}%" for p in percent], fontsize=7)  # the true value, if clipped
+    budget.set_ylim(-115, 115)  # an overspent budget shows at -100% (clipped), labelled with its value
     budget.axhline(0, color="black", lw=0.8)
     budget.set_xticks(x, [f"{r.region}\n{r.model}" for r in rows], fontsize=7)
     budget.set(ylabel="error budget left (%)", title="error budget left (below 0: overspent)")
