@@ -23,7 +23,9 @@ SELECT_REGION: Final = 'region=~"$region"'
 RATE: Final = "$__rate_interval"
 """The range of every ``rate()``: Grafana's, at least four scrape intervals."""
 _WIDTH: Final = 12
+"""A panel's width in Grafana's 24-column grid: two panels a row."""
 _HEIGHT: Final = 8
+"""A panel's height in grid rows."""
 
 Panel = dict[str, Any]
 """One Grafana panel."""

@@ -65,12 +65,15 @@ class RoundTrip:
     capture_ms: float
     """When the device captured it (Unix milliseconds)."""
     region: str
+    """The region the device sent to."""
     model: str
+    """The model the device asked for."""
     version: int | None
     """The version that answered; None when the device fell back."""
     latency_ms: float
     """Capture to the reply (answered) or to the fallback."""
     outcome: Outcome
+    """Answered by the edge in time, or fallen back."""
     deadline_ms: float | None = None
     """The device's deadline, when known."""
 
@@ -196,8 +199,11 @@ class SlaRow:
     """One region and model (``version="all"``, fallbacks included) or one version that answered."""
 
     region: str
+    """The region."""
     model: str
+    """The model."""
     version: str
+    """The version that answered, or :data:`ALL_VERSIONS`."""
     sent: int
     """Requests sent (a version's row: the requests it answered in time)."""
     answered: int
@@ -205,8 +211,11 @@ class SlaRow:
     within_threshold: int
     """Of those, answered within the latency SLO's threshold."""
     p50_ms: float | None
+    """Median round trip of the requests answered (None without any)."""
     p95_ms: float | None
+    """95th percentile round trip of the requests answered (linear interpolation, as numpy's)."""
     p99_ms: float | None
+    """99th percentile round trip of the requests answered."""
     availability: float | None
     """answered / sent (only on ``all`` rows: a fallback has no version)."""
     availability_budget_left: float | None
@@ -228,10 +237,15 @@ class SlaReport:
     """The rows, the objectives they are judged against, and what was skipped."""
 
     rows: list[SlaRow]
+    """Per region and model, an ``all`` row, then its versions'."""
     latency_threshold_ms: float
+    """The latency SLO's threshold."""
     latency_target: float
+    """The share of round trips the latency SLO wants within the threshold."""
     availability_target: float
+    """The share of requests the availability SLO wants answered."""
     skipped_lines: int
+    """Input lines that were not JSON or not a well-formed round trip."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report as the JSON output holds it."""

@@ -17,8 +17,10 @@ YamlValue = str | int | float | bool | None | Mapping[str, "YamlValue"] | Sequen
 
 INDENT: Final = "  "
 """One level of indentation."""
-_PLAIN: Final = re.compile(r"[A-Za-z_/][A-Za-z0-9_./:-]*")
+_PLAIN: Final = re.compile(r"[A-Za-z_/][A-Za-z0-9_./:-]*(?<!:)")
+"""A string written without quotes: a name, a path, a recording rule (not ending in ``:``)."""
 _RESERVED: Final = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "none"})
+"""Plain words YAML would read as a boolean or null: quoted."""
 
 
 def _scalar(value: str | int | float | bool | None) -> str:

@@ -48,7 +48,7 @@ def test_generate_check_fails_on_a_changed_file_and_generate_repairs_it(tmp_path
     [
         {"a": "plain", "b": "needs: quoting", "c": "yes", "d": "", "e": "multi\nline\n  indented"},
         {"list": [{"x": 1, "y": [1.5, True, None]}, "s", [], {}], "empty": {}, "n": -3},
-        {"deep": [{"k": [{"j": "x\ny"}]}], "quote": 'say "hi" {{ $labels.a }}'},
+        {"deep": [{"k": [{"j": "x\ny"}]}], "quote": 'say "hi" {{ $labels.a }}', "colon": "a:b:", "n": "15s"},
     ],
 )
 def test_the_yaml_writer_round_trips(value: dict[str, Any]) -> None:
