@@ -61,5 +61,11 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A process started by another edgestream process (a demo's or a
+    bench's worker) exits with it."""
+    import os
+
+    from edgestream.workers.local.processes import exit_with_parent
+
+    exit_with_parent(os.environ)
     app()

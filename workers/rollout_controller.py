@@ -17,6 +17,7 @@ and counted in :attr:`Controller.skipped`; it never stops the controller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -36,6 +37,7 @@ from edgestream.pipeline.learning.rollout import (
     stage_started_ms,
     version_stats,
 )
+from edgestream.pipeline.observability.cloud import RolloutMetrics
 from edgestream.pipeline.registry.errors import RegistryError
 from edgestream.pipeline.registry.state import ModelState, advance, rollback
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
@@ -131,11 +133,12 @@ class Controller:
         labels: bool = True,
         timeout_ms: int = 30_000,
         clock_ms: Callable[[], int] | None = None,
+        metrics: RolloutMetrics | None = None,
     ) -> None:
         """``signer``: the registry key that signs what it publishes; ``trusted``: judge only states
         signed by these keys (None: not checked). ``workers``: None disables the lag guard (tests, a
         single worker). ``regions``: judge only these regions' summaries (default all). ``labels``: read
-        samples and labels for accuracy."""
+        samples and labels for accuracy. ``metrics``: where it counts (a fresh registry by default)."""
         from edgestream.pipeline.registry.client import RegistryClient
 
         self._kafka = kafka
@@ -148,6 +151,24 @@ class Controller:
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.skipped: dict[str, int] = {}
         """Records skipped because they do not parse, by topic (summaries, samples, labels)."""
+        self.metrics = metrics or RolloutMetrics()
+        """Stages, advances, rollbacks and the revision read (served on ``/metrics``)."""
+        self._ready: tuple[bool, str] = (False, "no step yet")
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready while its last step read a registry state it can judge: (ready, reason)."""
+        return self._ready
+
+    def _observe(self, model: str, state: ModelState | RegistryError | None) -> None:
+        """Readiness and the stage metrics after reading ``model``'s state."""
+        self.metrics.watch(model)
+        if isinstance(state, RegistryError):
+            self._ready = (False, f"{model}'s registry state is refused: {state.reason}")
+        else:
+            self._ready = (True, "ok")
+        self.metrics.set_ready(self._ready[0])
+        if isinstance(state, ModelState):
+            self.metrics.state(model, state.revision, stage_shares(state))
 
     async def _state(self, model: str) -> ModelState | RegistryError | None:
         """``model``'s state; the error that refuses it (unverifiable, malformed, not read in time)."""
@@ -160,6 +181,7 @@ class Controller:
     async def step(self, model: str) -> Verdict:
         """Judge ``model``'s canary once and apply the verdict (``hold``: nothing published)."""
         state = await self._state(model)
+        self._observe(model, state)
         if isinstance(state, RegistryError):
             return Verdict("hold", (f"{model}'s registry state is refused: {state.reason}",))
         if state is None or state.canary is None or state.stable is None:
@@ -221,6 +243,8 @@ class Controller:
         else:
             new = advance(current, now_ms=now_ms, reason=reason)
         await self._registry.publish_state(new)
+        (self.metrics.rolled_back if verdict.action == "rollback" else self.metrics.advanced)(new.model)
+        self._observe(new.model, new)
         log.info("%s: %s to revision %d: %s", new.model, verdict.action, new.revision, verdict.reason)
         return Verdict(verdict.action, verdict.reasons, verdict.stable, verdict.canary, new.revision)
 
@@ -253,6 +277,16 @@ class Controller:
         return parsed(records, parse, keep, self.skipped)
 
 
+def stage_shares(state: ModelState) -> dict[int, float]:
+    """Share of devices each version of ``state`` is routed to (pins aside): the canary its fraction,
+    stable the rest."""
+    if state.stable is None:
+        return {}
+    if state.canary is None:
+        return {state.stable: 1.0}
+    return {state.stable: 1.0 - state.canary.fraction, state.canary.version: state.canary.fraction}
+
+
 def parsed(
     records: Iterable[ConsumerRecord[bytes, bytes]],
     parse: Callable[[bytes], T],
@@ -277,11 +311,33 @@ def parsed(
 
 
 async def watch_until_signalled(
-    controller: Controller, model: str, *, interval_s: float, on_verdict: Callable[[Verdict], None]
+    controller: Controller,
+    model: str,
+    *,
+    interval_s: float,
+    on_verdict: Callable[[Verdict], None],
+    health_host: str = "127.0.0.1",
+    health_port: int | None = None,
 ) -> None:
-    """Step ``controller`` on ``model`` every ``interval_s`` until SIGINT or SIGTERM."""
+    """Step ``controller`` on ``model`` every ``interval_s`` until SIGINT or SIGTERM; with
+    ``health_port`` (0: any free port), serve /livez, /readyz and /metrics meanwhile
+    (``pipeline/observability/health.py``): live while the loop runs, ready while its last step could
+    judge."""
+    from edgestream.pipeline.observability.health import HealthServer
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await controller.run(model, interval_s=interval_s, stop=stop, on_verdict=on_verdict)
+    async with contextlib.AsyncExitStack() as stack:
+        if health_port is not None:
+            server = HealthServer(
+                live=lambda: (True, "ok"),
+                ready=controller.ready,
+                registry=controller.metrics.registry,
+                host=health_host,
+                port=health_port,
+            )
+            await stack.enter_async_context(server)
+            log.info("health and metrics on http://%s:%d/", health_host, server.port)
+        await controller.run(model, interval_s=interval_s, stop=stop, on_verdict=on_verdict)

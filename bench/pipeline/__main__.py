@@ -77,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(cpu_table(result.levels, settings.systems, result.idle_cpu_share()))
     console.print(breakdown_table(result.levels))
     console.print(floor_table(result.floor, settings.floor_batch_sizes))
+    tracing = document["tracing"]
+    if tracing is not None:
+        cpu = tracing["worker_cpu_ms_per_request"]
+        console.print(
+            f"tracing on ({tracing['sample_ratio']:g} sampled, file exporter): sustained items/s x"
+            f"{fmt(tracing['items_per_s_ratio'], '.3f')} of tracing off; worker CPU per request x "
+            + ", ".join(f"{fmt(v['ratio'], '.2f')} at {load}/s" for load, v in cpu.items())
+        )
     sustained = document["ratios"]["sustained_vs_echo_alo"]
     console.print(
         f"the pipeline sustains {fmt(sustained, '.2f')}x the non-transactional echo's items/s; "

@@ -5,14 +5,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from bench.pipeline.context import BenchContext
 from bench.pipeline.settings import ECHO_REGION, MAX_ENVELOPE_BYTES
 from edgestream.pipeline.contract.envelope import decode_envelope
 from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.observability.otlpjson import OtlpJsonFileExporter
+from edgestream.pipeline.observability.tracing import LinkedParentBased, Tracing
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.settings import Region
 from edgestream.workers.local.fleet import Fleet
@@ -42,8 +47,8 @@ class ResultTiming:
 class PipelineFleet(Fleet):
     """The fleet, also keeping the worker's per-result timings."""
 
-    def __init__(self, settings: FleetSettings, keyring: KeyRing) -> None:
-        super().__init__(settings, keyring)
+    def __init__(self, settings: FleetSettings, keyring: KeyRing, tracing: Tracing | None = None) -> None:
+        super().__init__(settings, keyring, tracing)
         self.timings: list[ResultTiming] = []
 
     def _on_result(self, result: ResultRecord, now_ms: float) -> None:
@@ -108,10 +113,25 @@ def fleet_settings(ctx: BenchContext, region: str, rate_per_s: float, duration_s
     )
 
 
+def fleet_tracing(path: Path, sample_ratio: float) -> Tracing:
+    """The traced pipeline's devices: ``sample_ratio`` of requests sampled, spans appended to ``path``."""
+    return Tracing.of(
+        [OtlpJsonFileExporter(path)],
+        sampler=LinkedParentBased(TraceIdRatioBased(sample_ratio)),
+        resource=Resource.create({"service.name": "edgestream-bench-fleet"}),
+    )
+
+
 async def run_fleet_as(
-    ctx: BenchContext, fleet_type: type[F], region: str, rate_per_s: float, duration_s: float, label: str
+    ctx: BenchContext,
+    fleet_type: type[F],
+    region: str,
+    rate_per_s: float,
+    duration_s: float,
+    label: str,
+    tracing: Tracing | None = None,
 ) -> F:
-    fleet = fleet_type(fleet_settings(ctx, region, rate_per_s, duration_s), ctx.keyring)
+    fleet = fleet_type(fleet_settings(ctx, region, rate_per_s, duration_s), ctx.keyring, tracing)
     await fleet.run(ctx.ui.fleet(label, duration_s))
     ctx.ui.end_fleet()
     return fleet

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,13 +18,14 @@ from aiokafka import TopicPartition
 
 from bench.peers.settings import Guarantee
 from bench.pipeline.context import BenchContext
-from bench.pipeline.fleets import EchoFleet, PipelineFleet, run_fleet_as
+from bench.pipeline.fleets import EchoFleet, PipelineFleet, fleet_tracing, run_fleet_as
 from bench.pipeline.machine import CpuUse, CpuWatch
 from bench.pipeline.processes import (
     child_process,
     child_stats,
     echo_env,
     peer_env,
+    traces_file,
     worker_env,
     worker_settings,
 )
@@ -37,6 +39,8 @@ from bench.pipeline.settings import (
     BenchSettings,
 )
 from edgestream.pipeline import kafka
+from edgestream.pipeline.observability.otlpjson import read_spans
+from edgestream.pipeline.observability.tracing import Tracing
 from edgestream.topics.catalogue import KINDS, edge_group, ingest_topic, parse_topic
 from edgestream.workers.local.fleet import Fleet, FleetReport
 
@@ -117,6 +121,11 @@ def run_stats(
     )
 
 
+def span_count(path: Path) -> int:
+    """Spans in an OTLP JSON lines file (0 when it was never written)."""
+    return len(read_spans(path)) if path.exists() else 0
+
+
 def batches_from_results(batch_sizes: Iterable[int]) -> tuple[Counter[int], bool]:
     """Batches by size as the results tell them (a batch of k gives k results); exact when all came."""
     per_result = Counter(batch_sizes)
@@ -140,6 +149,8 @@ class FarSide:
     """The region whose ingest topics it reads and whose devices it answers."""
     group: str
     """Its consumer group: how far it got, and whose backlog is skipped after the load."""
+    tracing: Tracing | None = None
+    """The devices' tracing (the traced pipeline); None: untraced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +187,18 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
     label = side.name.rpartition("-")[0] or side.name
     async with child_process(ctx, side.name, side.command, side.env) as child:
         warm = await run_fleet_as(
-            ctx, side.fleet_type, side.region, s.warmup_rate_per_s, s.warmup_s, f"{label} warm-up"
+            ctx,
+            side.fleet_type,
+            side.region,
+            s.warmup_rate_per_s,
+            s.warmup_s,
+            f"{label} warm-up",
+            side.tracing,
         )
         watch = CpuWatch({"worker": child.proc.pid, "broker": ctx.broker_pid, "fleet": os.getpid()})
         watch.start()
         fleet = await run_fleet_as(
-            ctx, side.fleet_type, side.region, rate, s.duration_s, f"{label} @ {rate:g}/s"
+            ctx, side.fleet_type, side.region, rate, s.duration_s, f"{label} @ {rate:g}/s", side.tracing
         )
         cpu = watch.stop()
         totals = fleet.report.totals()
@@ -195,18 +212,30 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
     return Measured(warm, fleet, run, child_stats(ctx, child), idle_share)
 
 
-async def measure_pipeline(ctx: BenchContext, rate: float, *, idle: bool = False) -> PipelineRun:
-    """The pipeline at ``rate``: a fresh worker; with ``idle``, its idle CPU after the load too."""
-    name = f"worker-{rate:g}"
+async def measure_pipeline(
+    ctx: BenchContext, rate: float, *, idle: bool = False, traced: bool = False
+) -> PipelineRun:
+    """The pipeline at ``rate``: a fresh worker; with ``idle``, its idle CPU after the load too; with
+    ``traced``, devices and worker exporting spans to files (``trace_sample_ratio`` sampled)."""
+    name = f"worker-{'traced-' if traced else ''}{rate:g}"
+    fleet_traces = ctx.run_dir / f"fleet-{name}.traces.jsonl"
     side = FarSide(
         name,
         [sys.executable, "-m", "edgestream", "worker"],
-        worker_env(ctx, name, worker_settings(ctx, name)),
+        worker_env(ctx, name, worker_settings(ctx, name), traced=traced),
         PipelineFleet,
         PIPELINE_REGION,
         edge_group(PIPELINE_REGION),
+        fleet_tracing(fleet_traces, ctx.settings.trace_sample_ratio) if traced else None,
     )
-    m = await measure_far_side(ctx, side, rate, idle=idle)
+    try:
+        m = await measure_far_side(ctx, side, rate, idle=idle)
+    finally:
+        if side.tracing is not None:
+            side.tracing.shutdown()
+    spans = (
+        {"worker": span_count(traces_file(ctx, name)), "fleet": span_count(fleet_traces)} if traced else None
+    )
     assert isinstance(m.fleet, PipelineFleet)
     worker = m.stats
     warm_totals = m.warm.report.totals()
@@ -235,6 +264,7 @@ async def measure_pipeline(ctx: BenchContext, rate: float, *, idle: bool = False
         ),
         worker={k: v for k, v in worker.items() if k not in ("node", "region")},
         idle_cpu_share=m.idle_cpu_share,
+        spans=spans,
     )
 
 

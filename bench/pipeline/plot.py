@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 SYSTEM_STYLES: dict[str, tuple[str, str]] = {
     "pipeline": ("pipeline", "tab:blue"),
+    "pipeline_traced": ("pipeline, traced", "tab:purple"),
     "echo_alo": ("echo, at-least-once (2 hops)", "tab:green"),
     "echo_eos": ("echo, exactly-once (2 hops)", "tab:olive"),
     "peer_alo": ("Quix peer, at-least-once", "tab:orange"),

@@ -83,10 +83,30 @@ def worker_delivery(settings: WorkerSettings) -> str:
     return str(getattr(settings, "delivery", "at_least_once"))
 
 
-def worker_env(ctx: BenchContext, name: str, settings: WorkerSettings) -> dict[str, str]:
+def traces_file(ctx: BenchContext, name: str) -> Path:
+    """Where the traced process ``name`` appends its spans (OTLP JSON lines)."""
+    return ctx.run_dir / f"{name}.traces.jsonl"
+
+
+def tracing_env(ctx: BenchContext, name: str, *, traced: bool) -> dict[str, str]:
+    """The worker's ``OTEL_*`` variables: spans to its traces file, following the devices' sampling
+    (parent-based); untraced, tracing off whatever the bench's own environment says."""
+    if not traced:
+        return {"OTEL_TRACES_EXPORTER": "none"}
+    return {
+        "OTEL_TRACES_EXPORTER": "file",
+        "EDGESTREAM_TRACES_FILE": str(traces_file(ctx, name)),
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    }
+
+
+def worker_env(
+    ctx: BenchContext, name: str, settings: WorkerSettings, *, traced: bool = False
+) -> dict[str, str]:
     """The child's environment: ours, plus the settings the bench chose, spelled as the worker reads them."""
     return {
         **os.environ,
+        **tracing_env(ctx, name, traced=traced),
         "EDGESTREAM_WORKER_REGION": settings.region,
         "EDGESTREAM_WORKER_NODE_ID": name,
         "EDGESTREAM_WORKER_HOME": str(ctx.home),

@@ -124,6 +124,43 @@ def summary(levels: Sequence[Level], systems: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _worker_cpu_ms(level: Level, system: str) -> float | None:
+    run = level.run_of(system)
+    cpu = None if run is None else run.cpu_ms_per_request
+    return None if cpu is None else cpu.get("worker")
+
+
+def tracing_summary(levels: Sequence[Level], sample_ratio: float) -> dict[str, Any] | None:
+    """``pipeline.json``'s ``tracing``: the pipeline traced (``on``: devices and worker exporting to
+    files) beside it untraced (``off``). ``items_per_s_ratio``: sustained items/s, on / off; per load,
+    items/s, p99 and the worker's CPU ms per request, on and off, and their ratios. None when the
+    traced pipeline did not run."""
+    if not any(lv.pipeline_traced is not None for lv in levels):
+        return None
+    on, off = sustained_of(levels, "pipeline_traced"), sustained_of(levels, "pipeline")
+
+    def both(get: Callable[[Level, str], float | None]) -> dict[str, dict[str, float | None]]:
+        return per_load(
+            levels,
+            lambda lv: {
+                "on": get(lv, "pipeline_traced"),
+                "off": get(lv, "pipeline"),
+                "ratio": ratio(get(lv, "pipeline_traced"), get(lv, "pipeline")),
+            },
+        )
+
+    return {
+        "exporter": "file",
+        "sample_ratio": sample_ratio,
+        "items_per_s_ratio": ratio(on.items_per_s if on else None, off.items_per_s if off else None),
+        "sustained": {"on": _sustained_json(on), "off": _sustained_json(off)},
+        "items_per_s": both(items_of),
+        "p99_ms": both(p99_of),
+        "worker_cpu_ms_per_request": both(_worker_cpu_ms),
+        "spans": per_load(levels, lambda lv: lv.pipeline_traced.spans if lv.pipeline_traced else None),
+    }
+
+
 def _peer_entry(
     levels: Sequence[Level], system: str, pipeline: Sustained | None, interval_s: float | None
 ) -> dict[str, Any]:

@@ -105,6 +105,8 @@ class PipelineRun:
     idle_cpu_share: dict[str, float] | None = None
     """Share of one core the worker and the broker used with the worker running and no traffic (after
     this load caught up); measured at the first load only."""
+    spans: dict[str, int] | None = None
+    """With tracing on: spans the worker and the fleet exported (warm-up included); None: untraced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,8 @@ class Level:
 
     offered_per_s: float
     pipeline: PipelineRun
+    pipeline_traced: PipelineRun | None = None
+    """The pipeline with tracing on (``pipeline_traced``): devices and worker export spans to files."""
     echo_alo: EchoRun | None = None
     """The echo, acknowledged then committed every 100 ms (at-least-once)."""
     echo_eos: EchoRun | None = None

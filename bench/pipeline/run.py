@@ -32,7 +32,7 @@ from bench.pipeline.processes import (
     worker_delivery,
     worker_settings,
 )
-from bench.pipeline.ratios import level_ratios, peer_summary, per_load, summary
+from bench.pipeline.ratios import level_ratios, peer_summary, per_load, summary, tracing_summary
 from bench.pipeline.report import fmt
 from bench.pipeline.results import EchoRun, FloorPoint, Level, PeerRun, PipelineRun, RunStats
 from bench.pipeline.settings import (
@@ -87,8 +87,9 @@ def _measure(
     ctx: BenchContext, system: System, rate: float, first: bool
 ) -> Awaitable[PipelineRun | EchoRun | PeerRun]:
     """The measurement of ``system`` at ``rate`` (the pipeline's idle CPU after the first load)."""
-    if system == "pipeline":
-        return measure_pipeline(ctx, rate, idle=first)
+    if system in ("pipeline", "pipeline_traced"):
+        traced = system == "pipeline_traced"
+        return measure_pipeline(ctx, rate, idle=first and not traced, traced=traced)
     if system in ("echo_alo", "echo_eos"):
         return measure_echo(ctx, rate, transactional=system == "echo_eos")
     return measure_peer(ctx, rate, "exactly_once" if system == "peer_eos" else "at_least_once")
@@ -170,6 +171,7 @@ class BenchResult:
                 "peer": peer_summary(
                     self.levels, self.peer_name, str(self.worker.get("delivery", "at_least_once")), intervals
                 ),
+                "tracing": tracing_summary(self.levels, settings.trace_sample_ratio),
                 "gpu": self.gpu,
                 "levels": [asdict(lv) for lv in self.levels],
                 "onnxruntime_floor": {m: [asdict(p) for p in pts] for m, pts in self.floor.items()},

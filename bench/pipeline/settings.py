@@ -20,10 +20,12 @@ PEER_REGION = "bench-peer"
 """Region the peer uses: its own ingest topics and answers topic, keys in the same key file."""
 PEER_GROUP = "edgestream-bench-peer"
 """Consumer group of the peer (both of its guarantees)."""
-System = Literal["pipeline", "echo_alo", "echo_eos", "peer_alo", "peer_eos"]
-"""What runs at each load: the pipeline; the echo acknowledged then committed (at-least-once) or in
-transactions (exactly-once); the Quix Streams peer at its default at-least-once or at exactly-once."""
-SYSTEMS: tuple[System, ...] = ("pipeline", "echo_alo", "echo_eos", "peer_alo", "peer_eos")
+System = Literal["pipeline", "pipeline_traced", "echo_alo", "echo_eos", "peer_alo", "peer_eos"]
+"""What runs at each load: the pipeline, untraced and traced (devices and worker exporting spans to
+files, ``trace_sample_ratio`` of requests sampled); the echo acknowledged then committed
+(at-least-once) or in transactions (exactly-once); the Quix Streams peer at its default at-least-once
+or at exactly-once."""
+SYSTEMS: tuple[System, ...] = ("pipeline", "pipeline_traced", "echo_alo", "echo_eos", "peer_alo", "peer_eos")
 """Every system, in the order each load runs them."""
 FLOOR_BLOCK = 10
 """Runs timed back to back per point and round in the bare onnxruntime floor."""
@@ -94,6 +96,9 @@ class BenchSettings(BaseSettings):
     broker_security: Literal["tls", "plaintext"] = "tls"
     """The bench broker's listener: TLS 1.3 with client certificates and ACLs (as deployed), or
     PLAINTEXT to measure what TLS costs (run both, compare each one's pipeline/echo ratios)."""
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of requests the devices sample in the ``pipeline_traced`` runs (the worker follows them,
+    parent-based); 1.0, every request traced, is the most tracing can cost."""
     seed: int = 7
     """Fleet seed: every load sends the same devices and inputs in the same order."""
     out_dir: Path = RESULTS_DIR

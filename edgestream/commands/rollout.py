@@ -89,6 +89,16 @@ def watch(
             "revision (on control.workers, or --stats-dir).",
         ),
     ] = True,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            "--health-port",
+            help="Serve /livez, /readyz and /metrics on this port while watching (0: any free port).",
+        ),
+    ] = None,
+    health_host: Annotated[
+        str, typer.Option("--health-host", help="Address of the health and metrics server.")
+    ] = "127.0.0.1",
     home: Home = None,
     bootstrap: Bootstrap = None,
 ) -> None:
@@ -127,7 +137,12 @@ def watch(
             _print(model, await controller.step(model))
         else:
             await watch_until_signalled(
-                controller, model, interval_s=interval_s, on_verdict=lambda v: _print(model, v)
+                controller,
+                model,
+                interval_s=interval_s,
+                on_verdict=lambda v: _print(model, v),
+                health_host=health_host,
+                health_port=health_port,
             )
 
     run(go())

@@ -53,13 +53,19 @@ def worker(
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    if settings.event_loop == "uvloop":
-        import uvloop
+    from edgestream.commands.common import fail
+    from edgestream.pipeline.observability.tracing import TracingSetupError
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-    else:
-        asyncio.run(main())
+    try:
+        if settings.event_loop == "uvloop":
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+        else:
+            asyncio.run(main())
+    except TracingSetupError as err:  # OTEL_* names an exporter or sampler that cannot be used
+        fail(f"tracing: {err}", code=2)
 
 
 def _worker_settings(region: str | None, bootstrap: str | None, local: bool) -> WorkerSettings:
@@ -105,6 +111,8 @@ def fleet(
     bootstrap: str | None = typer.Option(None, help="Kafka bootstrap servers (else the local broker)."),
 ) -> None:
     """Run the simulated device fleet against running workers and print what it saw."""
+    from edgestream.commands.common import fail
+    from edgestream.pipeline.observability.tracing import TracingSetupError
     from edgestream.pipeline.settings import KafkaSettings
     from edgestream.workers.local.broker.process import local_kafka
     from edgestream.workers.local.fleet import run_fleet
@@ -119,7 +127,10 @@ def fleet(
     if kafka is not None:
         overrides["kafka"] = kafka  # over TLS each region's devices connect as device-<region>
     settings = FleetSettings(**overrides)  # type: ignore[arg-type]
-    report = asyncio.run(run_fleet(settings))
+    try:
+        report = asyncio.run(run_fleet(settings))
+    except TracingSetupError as err:  # OTEL_* names an exporter or sampler that cannot be used
+        fail(f"tracing: {err}", code=2)
     for name, r in report.regions.items():
         console.print(
             f"{name}: sent {r.sent}, results {r.results}, fallbacks {r.fallbacks}, "

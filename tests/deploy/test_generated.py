@@ -3,18 +3,17 @@ makes from the declared SLO, valid YAML/JSON, and using only metrics the process
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
 from edgestream.cli import app
-from edgestream.pipeline import errors
-from edgestream.pipeline.observability import alerting, dashboard, slo
+from edgestream.pipeline.observability import alerting, catalogue, dashboard, slo
 from edgestream.pipeline.observability.generated import GRAFANA_DIR, PROMETHEUS_DIR, generated_files, stale
 from edgestream.pipeline.observability.yamltext import dump
 
@@ -69,8 +68,6 @@ def _rule_exprs() -> list[str]:
 
 
 def test_every_metric_a_rule_or_panel_uses_is_exposed_by_a_process() -> None:
-    # exposed() reads pipeline/observability/catalogue.py when it is importable, else the names
-    # fixed for issue 14.
     worker, aggregator, rollout = exposed()
     every = worker | aggregator | rollout
     board = json.loads((REPO_ROOT / GRAFANA_DIR / "edgestream.json").read_text())
@@ -117,20 +114,30 @@ def test_every_burn_rate_alert_compares_both_windows_with_its_factor() -> None:
     assert (slo.LATENCY.target, slo.AVAILABILITY.target, slo.LATENCY_THRESHOLD_S) == (0.99, 0.999, 0.05)
 
 
-def test_device_fault_reasons_are_the_contract_errors_no_server_error_shares() -> None:
-    classes = [
-        c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.EdgestreamError)
-    ]
-    contract = {
-        c.reason for c in classes if issubclass(c, errors.ContractError) and c is not errors.ContractError
-    }
-    server = {c.reason for c in classes if not issubclass(c, errors.ContractError)}
-    assert set(slo.DEVICE_FAULT_REASONS) == contract - server
-    assert "non_finite" not in slo.DEVICE_FAULT_REASONS  # a bad model output shares it
+def test_availability_counts_the_outcomes_the_worker_calls_its_own() -> None:
+    assert {slo.ANSWERED, slo.FAILED} <= set(catalogue.OUTCOMES)
+    assert slo.AVAILABILITY.total.format(window="5m") == (
+        'sum by (region) (rate(edgestream_records_total{outcome=~"result|dead_letter"}[5m]))'
+    )
+    assert slo.AVAILABILITY.good.format(window="5m") == (
+        'sum by (region) (rate(edgestream_records_total{outcome="result"}[5m]))'
+    )
 
 
 def test_the_latency_bucket_is_a_bucket_bound_of_the_histograms() -> None:
-    from edgestream.pipeline.observability.metrics import END_TO_END_BUCKETS_S
+    from prometheus_client.parser import text_string_to_metric_families
 
-    assert slo.LATENCY_THRESHOLD_S in END_TO_END_BUCKETS_S
+    from edgestream.pipeline.observability.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(region="r", node="n")
+    metrics.model_info("m", 1, "00" * 32, "CPUExecutionProvider")
+    text = generate_latest(metrics.registry).decode()
+    bounds = {
+        s.labels["le"]
+        for family in text_string_to_metric_families(text)
+        if family.name == catalogue.ROUND_TRIP
+        for s in family.samples
+        if s.name.endswith("_bucket")
+    }
+    assert slo.LATENCY_BUCKET in bounds
     assert float(slo.LATENCY_BUCKET) == slo.LATENCY_THRESHOLD_S

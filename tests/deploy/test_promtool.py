@@ -55,13 +55,13 @@ def _latency(slow_share: float, steps: int, per: int = 1000) -> dict[str, str]:
 
 
 def _availability(
-    failed_share: float, steps: int, reason: str = "infer_failed", per: int = 10000
+    failed_share: float, steps: int, outcome: str = "dead_letter", per: int = 10000
 ) -> dict[str, str]:
+    """Records answered and, ``failed_share`` of them, counted under ``outcome``."""
     failed = round(per * failed_share)
     return {
         f'edgestream_records_total{{{WORKER}, outcome="result"}}': f"0+{per - failed}x{steps}",
-        f'edgestream_records_total{{{WORKER}, outcome="dead_letter"}}': f"0+{failed}x{steps}",
-        f'edgestream_dead_letters_total{{{WORKER}, reason="{reason}"}}': f"0+{failed}x{steps}",
+        f'edgestream_records_total{{{WORKER}, outcome="{outcome}"}}': f"0+{failed}x{steps}",
     }
 
 
@@ -133,7 +133,7 @@ CASES: dict[str, list[Case]] = {
     ],
     "EdgestreamAvailabilityBudgetFastBurn": [
         Case("3% failed inference", _availability(0.03, 90), "70m", [_burn("availability", "page")]),
-        Case("3% dead letters of bad input (the device's fault)", _availability(0.03, 90, "bad_tag"), "70m"),
+        Case("3% dead letters of bad input (the device's fault)", _availability(0.03, 90, "refused"), "70m"),
         Case("1% failed: under 14.4x", _availability(0.01, 90), "70m"),
     ],
     "EdgestreamAvailabilityBudgetMediumBurn": [

@@ -51,6 +51,8 @@ class Answer(NamedTuple):
     """Duration of the onnxruntime call that computed it."""
     batch_size: int
     """Size of that call's batch."""
+    started_s: float = 0.0
+    """Monotonic time that call started (0.0: not known)."""
 
 
 @dataclass(slots=True)
@@ -85,6 +87,9 @@ class Item:
     """The model's answer, once inferred."""
     features: tuple[float, ...] | None = None
     """The input vector kept for a cloud sample (sampled embeddings only), until outputs are built."""
+    traceparent: bytes | None = None
+    """The record's valid ``traceparent``, carried onto its outputs; set only with tracing on
+    (``workers/edge/tracing.py``)."""
 
 
 def current_master(keyring: KeyRing, region: str) -> bytes:

@@ -3,9 +3,11 @@ its delivery mode."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
@@ -13,6 +15,11 @@ from edgestream.topics.catalogue import edge_group
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import AckSink, Sink, TransactionalSink
 from edgestream.workers.edge.txnsink import WorkerTransactionalSink, membership_of, worker_transactional_id
+
+log = logging.getLogger(__name__)
+
+CommitOffsets = Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]]
+"""Commits consumed offsets through the group's consumer (the at-least-once sink's last step)."""
 
 
 def consumer_of(settings: WorkerSettings, node_id: str) -> AIOKafkaConsumer:
@@ -33,7 +40,7 @@ def sink_of(
     settings: WorkerSettings,
     node_id: str,
     *,
-    commit: Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]],
+    commit: CommitOffsets,
     consumer: AIOKafkaConsumer,
 ) -> Sink:
     """The sink of ``settings.delivery`` (and ``settings.transactions``); ``commit`` commits consumed
@@ -56,6 +63,22 @@ def sink_of(
         client_id=node_id,
         transaction_timeout_ms=settings.resolved_transaction_timeout_ms(),
     )
+
+
+def owned_commit(consumer: AIOKafkaConsumer) -> CommitOffsets:
+    """Commits, through ``consumer``, the offsets of the partitions it still owns; a commit refused
+    after a rebalance is logged, not raised (the new owner re-reads from the last commit)."""
+
+    async def commit(positions: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        owned = {tp: pos for tp, pos in positions.items() if tp in consumer.assignment()}
+        if not owned:
+            return
+        try:
+            await consumer.commit(owned)
+        except CommitFailedError as err:
+            log.warning("commit refused after a rebalance, records will be redelivered: %s", err)
+
+    return commit
 
 
 Partitions = Callable[[set[TopicPartition]], Awaitable[None]]

@@ -25,6 +25,7 @@ from aiokafka import TopicPartition
 
 from edgestream.workers.edge.admission import Item
 from edgestream.workers.edge.sinks import PartitionWork
+from edgestream.workers.edge.tracing import NO_TRACE, NoTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,12 @@ class StagedUnit:
     """Each input partition's outputs, offset and chain head."""
     reason: str
     """Why the unit closed (size, age, deadline, drain)."""
+    trace: NoTrace = NO_TRACE
+    """Its spans (``workers/edge/tracing.py``), ended by its commit; `NO_TRACE` when untraced."""
+    started_s: float | None = None
+    """Monotonic time its processing started (None: not known)."""
+    replied_ms: float | None = None
+    """Wall-clock time its fast replies were sent (None: none sent)."""
 
 
 Commit = Callable[[Sequence[StagedUnit], dict[TopicPartition, PartitionWork]], Awaitable[None]]
@@ -106,20 +113,31 @@ class CommitStage:
             if self._failed is not None:
                 raise self._failed
             while self._staged:
-                units, self._staged = self._staged, []
-                self._started_s = time.monotonic()
-                self._committing = sum(len(unit.items) for unit in units)
-                try:
-                    merged = merge(units, self._serving)
-                    await self._commit(units, merged)
-                except BaseException as err:
-                    self._failed = err
-                    self._staged.clear()
-                    raise
-                finally:
-                    self._committing = 0
-                self.commits += 1
-                self.units += len(units)
+                await self._commit_staged()
+
+    async def _commit_staged(self) -> None:
+        """Commit what is staged now, in one commit (the caller holds the lock)."""
+        if self._failed is not None:
+            raise self._failed
+        units, self._staged = self._staged, []
+        self._started_s = time.monotonic()
+        started_ns = time.time_ns()
+        self._committing = sum(len(unit.items) for unit in units)
+        try:
+            merged = merge(units, self._serving)
+            await self._commit(units, merged)
+        except BaseException as err:
+            self._failed = err
+            self._staged.clear()
+            for unit in units:
+                unit.trace.committed(started_ns, err)
+            raise
+        finally:
+            self._committing = 0
+        for unit in units:
+            unit.trace.committed(started_ns)
+        self.commits += 1
+        self.units += len(units)
 
     async def run(self) -> None:
         """Commit whatever is staged, at most one commit start per ``interval_ms``, until cancelled
@@ -131,4 +149,6 @@ class CommitStage:
             wait_s = self._started_s + self._interval_s - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-            await self.flush()
+            async with self._lock:  # one commit; what is staged meanwhile waits for the interval
+                if self._staged:
+                    await self._commit_staged()

@@ -91,7 +91,7 @@ class UnitInference:
         self._call_s[served.key] = infer_s if expected_s is None else 0.8 * expected_s + 0.2 * infer_s
         self._stats.infer_s += infer_s
         self._stats.batch_sizes[len(items)] += 1
-        self._metrics.inference(served.key[0], len(items), infer_s)
+        self._metrics.inference(*served.key, len(items), infer_s)
         finite: list[bool] = np.all(np.isfinite(probs).reshape(len(items), -1), axis=1).tolist()
         for item, label, scores, ok in zip(items, labels.tolist(), probs.tolist(), finite, strict=True):
             if not ok:
@@ -101,5 +101,5 @@ class UnitInference:
             item.tensor = None  # the decrypted input is not needed past this point
             if ok:
                 item.answer = Answer(
-                    int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items)
+                    int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items), started_s
                 )

@@ -20,6 +20,7 @@ from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.deadletter import attempt_of, bounded_dead_letter, dead_letter_headers
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.errors import OutputFailed
+from edgestream.pipeline.observability.traceparent import TRACEPARENT
 from edgestream.pipeline.security.derive import pseudonym_key
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
@@ -46,6 +47,13 @@ def sampled(item: Item, fraction: float) -> bool:
     if env is None or env.kind != "embedding" or not fraction:
         return False
     return int.from_bytes(hashlib.sha256(env.request_id).digest()[:4], "big") < fraction * 2**32
+
+
+def trace_headers(item: Item) -> tuple[tuple[str, bytes], ...]:
+    """The headers of an item's result, reply and audit record: its record's ``traceparent`` when
+    tracing read one (``workers/edge/tracing.py``), else none. Its dead letter carries the record's
+    own headers (`dead_letter_headers`)."""
+    return () if item.traceparent is None else ((TRACEPARENT, item.traceparent),)
 
 
 class UnitOutputs:
@@ -117,12 +125,12 @@ class UnitOutputs:
         finally:
             item.features = None
         audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
-        return [*outputs, Output(self._audit_topic, audit.to_bytes(), audit.request_id)]
+        return [*outputs, Output(self._audit_topic, audit.to_bytes(), audit.request_id, trace_headers(item))]
 
     def _reply(self, outputs: Sequence[Output]) -> Output:
         """The fast reply of the answer just built: its result record's bytes, on the replies topic."""
         result = next(o for o in reversed(outputs) if o.topic == self._results_topic)
-        return Output(self._replies_topic, result.value, result.key)
+        return Output(self._replies_topic, result.value, result.key, result.headers)
 
     def _refused(self, item: Item, now_ms: float) -> list[Output]:
         """Dead letter (and audit record) of a refused item; if building them fails, the dead letter
@@ -207,7 +215,8 @@ class UnitOutputs:
             reason=None,
             latency_ms=total_ms,
         )
-        return [Output(self._results_topic, result.to_bytes(), env.device_id.encode())], audit
+        key = env.device_id.encode()
+        return [Output(self._results_topic, result.to_bytes(), key, trace_headers(item))], audit
 
     def _dead_letter(self, item: Item, now_ms: float, *, audited: bool) -> list[Output]:
         """The item's dead letter (bounded to what the producer accepts: `bounded_dead_letter`) and,
@@ -247,5 +256,5 @@ class UnitOutputs:
                 latency_ms=now_ms - env.capture_time_ms,
             )
             audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
-            outputs.append(Output(self._audit_topic, audit.to_bytes(), env.request_id))
+            outputs.append(Output(self._audit_topic, audit.to_bytes(), env.request_id, trace_headers(item)))
         return outputs

@@ -49,7 +49,13 @@ class ReplySender:
         for part in work:
             for reply in part.replies:
                 try:
-                    delivery = await self.producer.send(reply.topic, reply.value, key=reply.key)
+                    if reply.headers:  # its request's traceparent (tracing on)
+                        send = self.producer.send(
+                            reply.topic, reply.value, key=reply.key, headers=list(reply.headers)
+                        )
+                    else:
+                        send = self.producer.send(reply.topic, reply.value, key=reply.key)
+                    delivery = await send
                 except KafkaError as err:  # no metadata or no buffer room (a broker restart): dropped
                     self._count_failed(err)
                     continue

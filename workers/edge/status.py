@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from aiokafka import TopicPartition
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.serving.served import ModelCatalog
 from edgestream.workers.edge.admission import Item
+from edgestream.workers.edge.commits import StagedUnit
+from edgestream.workers.edge.observe import observe_committed
 
 
 @dataclass(slots=True)
@@ -66,22 +67,19 @@ def count_unit(
     metrics: WorkerMetrics,
     items: Sequence[Item],
     failed: Mapping[TopicPartition, object],
-    reason: str,
+    unit: StagedUnit,
 ) -> None:
-    """Count a processed unit closed for ``reason``, and the results and dead letters of its partitions
-    that committed (those in ``failed`` did not)."""
+    """Count a processed unit, and the results and dead letters of its partitions that committed
+    (those in ``failed`` did not), in the stats and the metrics (``observe.py``)."""
     committed = [it for it in items if it.tp not in failed]
     stats.units += 1
-    stats.close_reasons[reason] += 1
-    now_ms = time.time() * 1000.0
+    stats.close_reasons[unit.reason] += 1
     for item in committed:
         if item.error is None and item.envelope is not None and item.model is not None:
             stats.results += 1
-            name, version = item.model.key
-            metrics.result(name, version, (now_ms - item.envelope.capture_time_ms) / 1000.0)
         elif item.error is not None:
             stats.dead_letters[item.error.reason] += 1
-            metrics.dead_letter(item.error.reason)
+    observe_committed(metrics, committed, unit.started_s, unit.replied_ms)
 
 
 def write_ready_file(path: Path, node: str, region: str, partitions: int) -> None:

@@ -32,8 +32,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
-from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline.observability.health import Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
@@ -46,9 +44,10 @@ from edgestream.pipeline.serving.served import ModelCatalog, ServedModel
 from edgestream.topics.catalogue import KINDS, ingest_topic
 from edgestream.workers.edge.admission import Admission, Item
 from edgestream.workers.edge.catalog import follow_registry, worker_catalog
-from edgestream.workers.edge.clients import FailingListener, consumer_of, sink_of
+from edgestream.workers.edge.clients import FailingListener, consumer_of, owned_commit, sink_of
 from edgestream.workers.edge.commits import CommitStage, StagedUnit
 from edgestream.workers.edge.inference import UnitInference
+from edgestream.workers.edge.observe import note_models
 from edgestream.workers.edge.outputs import UnitOutputs
 from edgestream.workers.edge.positioning import Partitions
 from edgestream.workers.edge.replaymemory import ReplayMemory
@@ -56,9 +55,11 @@ from edgestream.workers.edge.replies import ReplySender
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import PartitionWork
 from edgestream.workers.edge.status import WorkerStats, count_unit, write_ready_file, write_stats_file
+from edgestream.workers.edge.tracing import unit_tracer
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class EdgeWorker:
         models: Mapping[str, ServedModel],
         metrics: WorkerMetrics | None = None,
         readiness: Readiness | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = settings.resolved_node_id()
@@ -88,7 +90,7 @@ class EdgeWorker:
         self.metrics = metrics or WorkerMetrics(region=settings.region, node=self.node_id)
         self.readiness = readiness or Readiness(stall_after_s=settings.stall_after_s)
         self.readiness.models_loaded = True
-        self._note_models(models.values())
+        self.metrics.watch_ready(self.readiness.ready)
         self._region = settings.region
         self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
         self._keyring = self._keys.current()
@@ -96,6 +98,7 @@ class EdgeWorker:
         self._catalog = worker_catalog(
             settings, models, self._keyring, on_refused=self.metrics.registry_refused
         )
+        note_models(self.metrics, self._catalog)
         self._estimate = ServiceTimeEstimate()
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
@@ -106,9 +109,12 @@ class EdgeWorker:
             sample_fraction=settings.sample_fraction,
             inline_max_ms=settings.inline_inference_ms,
         )
+        self.traces = unit_tracer(tracer, settings.region)  # tracing off (None): nothing per unit
         self._outputs = UnitOutputs(self._region, self.node_id, self._chains, cloud=settings.cloud)
         self.consumer = consumer_of(settings, self.node_id)
-        self.sink = sink_of(settings, self.node_id, commit=self._commit_offsets, consumer=self.consumer)
+        self.sink = sink_of(
+            settings, self.node_id, commit=owned_commit(self.consumer), consumer=self.consumer
+        )
         self.replies = ReplySender(settings.kafka, self.node_id)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
@@ -282,6 +288,7 @@ class EdgeWorker:
         now_ms = time.time() * 1000.0
         admitted = 0
         for tp, records in fetched.items():
+            self.metrics.lag.fetched(tp, records[-1].timestamp)
             epoch = self._partitions.serving.get(tp)
             if epoch is None:
                 continue  # revoked, or waiting to be positioned at its committed offset: read again then
@@ -322,12 +329,7 @@ class EdgeWorker:
     def _registry_applied(self) -> None:
         self._write_stats()  # the rollout controller sees the new revision now
         self._report_now.set()
-        self._note_models(self._catalog.models.values())
-
-    def _note_models(self, models: Iterable[ServedModel]) -> None:
-        for served in models:
-            a = served.artifact
-            self.metrics.model_info(a.name, a.version, a.sha256, served.session.providers_in_use[0])
+        note_models(self.metrics, self._catalog)
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -364,20 +366,27 @@ class EdgeWorker:
             return
         self._processing = len(items)
         started_s = time.monotonic()
+        trace = self.traces.unit(items, unit.reason)
         try:
             self._admission.check(items)
+            trace.mark("admission")
             await self._inference.infer(items)
+            trace.mark("inference")
             # A commit failing meanwhile may have rewound a partition (and forgotten its chain): its
             # items are dropped here, before anything links into that chain (no await from here on).
             items = self._current(items)
             work = self._outputs.build(items, started_s, self._keyring)
+            trace.mark("output")
             await self.replies.send(work.values())
+            trace.mark("reply")
         except BaseException:
             self._abort_partitions({it.tp for it in items})
             raise
         finally:
             self._processing = 0
-        self.commits.stage(StagedUnit(items, work, unit.reason))
+        self.commits.stage(
+            StagedUnit(items, work, unit.reason, trace, started_s=started_s, replied_ms=time.time() * 1000.0)
+        )
         self._estimate.observe(time.monotonic() - started_s)
 
     def _current(self, items: Iterable[Item]) -> list[Item]:
@@ -399,11 +408,11 @@ class EdgeWorker:
         except BaseException:
             self._abort_partitions(work)
             raise
+        self.metrics.commit(committed=not failed, seconds=time.monotonic() - started_s)
         await self._settle(work, failed)
         for unit in units:
             items = [it for it in unit.items if it.tp in work and work[it.tp].epoch == it.epoch]
-            count_unit(self.stats, self.metrics, items, failed, unit.reason)
-        self.metrics.unit(committed=not failed, seconds=time.monotonic() - started_s)
+            count_unit(self.stats, self.metrics, items, failed, unit)
         if len(failed) < len(work):
             self.readiness.progress()
         if not failed:
@@ -451,16 +460,6 @@ class EdgeWorker:
             )
             return
         log.warning("re-reading %s[%d] from its committed offset after %r", tp.topic, tp.partition, err)
-
-    async def _commit_offsets(self, positions: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        owned = {tp: pos for tp, pos in positions.items() if tp in self.consumer.assignment()}
-        if not owned:
-            return
-        try:
-            await self.consumer.commit(owned)
-        except CommitFailedError as err:
-            # The group rebalanced under us; the new owner re-reads from the last commit.
-            log.warning("commit refused after a rebalance, records will be redelivered: %s", err)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if self._stopped or self._fatal is not None:

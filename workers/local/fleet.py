@@ -29,15 +29,18 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from opentelemetry.trace import Span
 
 from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.fallbacks import FallbackReports
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.observability.sla import RoundTrip
+from edgestream.pipeline.observability.tracing import Tracing, tracing_from_env
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
@@ -45,6 +48,7 @@ from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, replies_topic
+from edgestream.workers.local.device_tracing import DeviceTracing, answered, fell_back
 from edgestream.workers.local.devices import Device, make_devices
 from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
 
@@ -69,6 +73,8 @@ class _Pending:
     deadline_s: float
     inputs: np.ndarray[Any, Any]
     source: Inputs
+    span: Span | None = None  # its trace, when the fleet traces
+    device_id: str = ""  # who sent it: its fallback is reported on that device's next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +169,11 @@ class Progress:
 class Fleet:
     """Runs the simulated devices against the edge workers."""
 
-    def __init__(self, settings: FleetSettings, keyring: KeyRing) -> None:
+    def __init__(self, settings: FleetSettings, keyring: KeyRing, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
+        """Where the devices' request spans go (``device_tracing.py``); None: untraced."""
+        self._traces = None if tracing is None else DeviceTracing(tracing.tracer, settings.deadline_ms)
         self.devices = make_devices(settings, keyring)
         self._rng = np.random.default_rng(settings.seed)
         self._pyrng = random.Random(settings.seed + 1)
@@ -182,6 +191,7 @@ class Fleet:
         self._labels: AIOKafkaProducer | None = None
         self._expired: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()
+        self._fallbacks = FallbackReports()
         self.report = FleetReport(
             {r.name: RegionReport() for r in settings.regions}, time.time(), 0.0, 0.0, 0
         )
@@ -223,6 +233,8 @@ class Fleet:
                 *([self._labels.stop()] if self._labels is not None else []),
                 return_exceptions=True,
             )
+            if self.tracing is not None:  # every span ended so far is exported when run returns
+                await asyncio.to_thread(self.tracing.provider.force_flush)
         self.report.total_s = time.time() - self.report.started_at
         self.report.unanswered = len(self._pending)
         return self.report
@@ -285,6 +297,12 @@ class Fleet:
         body = encode_tensor(x, self._specs[kind].input_dtype)
         capture_ms = int(time.time() * 1000)
         request_id = new_request_id()
+        topic = ingest_topic(device.region, kind)
+        span, headers = (
+            (None, None)
+            if self._traces is None
+            else self._traces.request(device.region, MODEL_FOR_KIND[kind], topic, capture_ms)
+        )
         envelope = seal(
             body,
             device_key=device.key,
@@ -303,10 +321,15 @@ class Fleet:
             time.monotonic() + self.settings.deadline_ms / 1000.0,
             x,
             source,
+            span,
+            device.device_id,
         )
+        report = self._fallbacks.header(device.device_id, MODEL_FOR_KIND[kind])
+        if report is not None:
+            headers = [*(headers or []), report]
         self.report.regions[device.region].sent += 1
         delivery: asyncio.Future[Any] = await producer.send(
-            ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
+            topic, envelope, key=device.device_id.encode(), headers=headers
         )
         if self._labels is not None and self._pyrng.random() < self.settings.label_fraction:
             label = Label(request_id, MODEL_FOR_KIND[kind], truth, capture_ms)
@@ -366,6 +389,8 @@ class Fleet:
                     region.duplicates += 1
             return
         self._answered.add(rid)
+        if pending.span is not None:
+            answered(pending.span, result, now_ms)
         region = self.report.regions[pending.region]
         region.results += 1
         region.correct += int(result.label == pending.truth)
@@ -373,17 +398,9 @@ class Fleet:
         region.result_times_s.append(now_ms / 1000.0 - self.report.started_at)
         region.batch_sizes.append(result.batch_size)
         region.answers.append(self._answer(pending, result, late=False))
-        self.report.round_trips.append(
-            RoundTrip(
-                pending.capture_ms,
-                pending.region,
-                result.model,
-                result.model_version,
-                now_ms - pending.capture_ms,
-                "answered",
-                self.settings.deadline_ms,
-            )
-        )
+        request = (pending.capture_ms, pending.region, result.model, result.model_version)
+        latency_ms = now_ms - pending.capture_ms
+        self.report.round_trips.append(RoundTrip(*request, latency_ms, "answered", self.settings.deadline_ms))
 
     def _answer(self, pending: _Pending, result: ResultRecord, *, late: bool) -> Answer:
         return Answer(
@@ -409,21 +426,16 @@ class Fleet:
                 self._expired[rid] = pending
 
     def _fallback_answer(self, pending: _Pending) -> None:
+        if pending.span is not None:
+            fell_back(pending.span, time.time() * 1000.0)
         labels, _ = self._fallback[pending.kind].run(pending.inputs[np.newaxis, ...])
         region = self.report.regions[pending.region]
         region.fallbacks += 1
+        self._fallbacks.fell_back(pending.device_id, MODEL_FOR_KIND[pending.kind])
         region.fallback_correct += int(int(labels[0]) == pending.truth)
-        self.report.round_trips.append(
-            RoundTrip(
-                pending.capture_ms,
-                pending.region,
-                MODEL_FOR_KIND[pending.kind],
-                None,
-                time.time() * 1000.0 - pending.capture_ms,
-                "fallback",
-                self.settings.deadline_ms,
-            )
-        )
+        request = (pending.capture_ms, pending.region, MODEL_FOR_KIND[pending.kind], None)
+        latency_ms = time.time() * 1000.0 - pending.capture_ms
+        self.report.round_trips.append(RoundTrip(*request, latency_ms, "fallback", self.settings.deadline_ms))
 
     async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:
         end_s = time.monotonic() + self.settings.drain_s
@@ -463,7 +475,8 @@ def device_kafka(settings: FleetSettings, region: str) -> KafkaSettings:
 
 def make_fleet(settings: FleetSettings) -> Fleet:
     """The fleet of ``settings``, its devices placed (and enrolled), not running."""
-    return Fleet(settings, keyfile.load(settings.key_file or settings.home / "keys.json"))
+    keyring = keyfile.load(settings.key_file or settings.home / "keys.json")
+    return Fleet(settings, keyring, tracing_from_env("edgestream-fleet"))
 
 
 async def run_fleet(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,28 @@ STOP_TIMEOUT_S: Final = 30.0
 """How long a child gets to exit after SIGTERM before it is killed."""
 TAIL_LINES: Final = 20
 """Lines of a child's log quoted when it fails."""
+PARENT_ENV: Final = "EDGESTREAM_EXIT_WITH_PARENT"
+"""Set by :meth:`Child.start` to the starting process's pid: a child that runs ``edgestream`` asks the
+kernel for SIGTERM when that process dies (:func:`exit_with_parent`), so a killed demo or bench
+leaves no worker running on (one orphan spinning on a dead broker skewed a whole bench)."""
+_PR_SET_PDEATHSIG: Final = 1
+"""``prctl`` option: the signal the kernel sends this process when its parent dies (Linux)."""
+
+
+def exit_with_parent(env: Mapping[str, str]) -> bool:
+    """When ``env`` names a parent (:data:`PARENT_ENV`), have the kernel send this process SIGTERM when
+    that parent dies; SIGTERM at once when it is already gone. True when armed (Linux only)."""
+    import ctypes
+
+    want = env.get(PARENT_ENV, "")
+    if not want.isdigit() or not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != int(want):  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def edgestream_command(*args: str) -> list[str]:
@@ -74,7 +97,7 @@ class Child:
             proc = subprocess.Popen(
                 list(command),
                 cwd=cwd,
-                env=dict(env),
+                env={**env, PARENT_ENV: str(os.getpid())},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

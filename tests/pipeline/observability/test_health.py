@@ -191,11 +191,14 @@ async def test_metrics_endpoint_serves_the_registry() -> None:
     metrics = WorkerMetrics(region="eu-west", node="n1")
     metrics.consumed(5)
     metrics.consumed(2)
-    metrics.result("frame-classifier", 3, 0.012)
+    metrics.answered(
+        "frame-classifier", 3, end_to_end_s=0.012, round_trip_s=0.011, queue_wait_s=0.001, batch_wait_s=0.002
+    )
     metrics.dead_letter("bad_tag")
-    metrics.unit(committed=True, seconds=0.02)
-    metrics.unit(committed=False, seconds=0.5)
-    metrics.inference("frame-classifier", 8, 0.003)
+    metrics.commit(committed=True, seconds=0.02)
+    metrics.commit(committed=False, seconds=0.5)
+    metrics.unit(0.03)
+    metrics.inference("frame-classifier", 3, 8, 0.003)
     metrics.rewind()
     metrics.set_partitions(4)
     metrics.set_paused(True)
@@ -222,10 +225,12 @@ async def test_metrics_endpoint_serves_the_registry() -> None:
     assert value("edgestream_rewinds_total") == 1
     assert value("edgestream_end_to_end_seconds_bucket", le="0.02") == 1
     assert value("edgestream_end_to_end_seconds_bucket", le="0.01") == 0
-    assert value("edgestream_unit_seconds_count") == 2
-    assert value("edgestream_inference_seconds_sum", model=fc) == pytest.approx(0.003)
-    assert value("edgestream_batch_size_bucket", model=fc, le="8.0") == 1
-    assert value("edgestream_batch_size_bucket", model=fc, le="4.0") == 0
+    assert value("edgestream_commit_seconds_count") == 2
+    assert value("edgestream_unit_seconds_count") == 1
+    assert value("edgestream_round_trip_seconds_bucket", model=fc, version="3", le="0.02") == 1
+    assert value("edgestream_inference_seconds_sum", model=fc, version="3") == pytest.approx(0.003)
+    assert value("edgestream_batch_size_bucket", model=fc, version="3", le="8.0") == 1
+    assert value("edgestream_batch_size_bucket", model=fc, version="3", le="4.0") == 0
     assert value("edgestream_partitions_assigned") == 4
     assert value("edgestream_paused") == 1
     assert value("edgestream_in_flight_records") == 0

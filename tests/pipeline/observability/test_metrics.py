@@ -23,11 +23,17 @@ def fresh() -> WorkerMetrics:
     return WorkerMetrics(region="eu-west", node="n1")
 
 
+def result(metrics: WorkerMetrics, model: str, version: int, e2e_s: float) -> None:
+    metrics.answered(
+        model, version, end_to_end_s=e2e_s, round_trip_s=e2e_s, queue_wait_s=0.001, batch_wait_s=0.002
+    )
+
+
 def test_every_metric_is_exposed_with_its_type_and_constant_labels() -> None:
     metrics = fresh()
-    metrics.result("m", 1, 0.01)
+    result(metrics, "m", 1, 0.01)
     metrics.dead_letter("stale")
-    metrics.inference("m", 4, 0.002)
+    metrics.inference("m", 1, 4, 0.002)
     metrics.model_info("m", 1, "00" * 32, "CPUExecutionProvider")
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
     expected = {
@@ -69,14 +75,15 @@ def test_updates() -> None:
     metrics.consumed(10)
     metrics.consumed()
     for _ in range(3):
-        metrics.result("frame-classifier", 2, 0.02)
-    metrics.result("embedding-scorer", 1, 0.02)
+        result(metrics, "frame-classifier", 2, 0.02)
+    result(metrics, "embedding-scorer", 1, 0.02)
     metrics.dead_letter("bad_tag")
     metrics.dead_letter("bad_tag")
     metrics.dead_letter("replayed")
-    metrics.unit(committed=True, seconds=0.01)
-    metrics.unit(committed=True, seconds=0.01)
-    metrics.unit(committed=False, seconds=0.3)
+    metrics.commit(committed=True, seconds=0.01)
+    metrics.commit(committed=True, seconds=0.01)
+    metrics.commit(committed=False, seconds=0.3)
+    metrics.unit(0.05)
     metrics.rewind()
     metrics.set_in_flight(700)
     metrics.set_partitions(6)
@@ -89,7 +96,8 @@ def test_updates() -> None:
     assert sample(metrics, "edgestream_dead_letters_total", reason="replayed") == 1
     assert sample(metrics, "edgestream_transactions_total", outcome="committed") == 2
     assert sample(metrics, "edgestream_transactions_total", outcome="aborted") == 1
-    assert sample(metrics, "edgestream_unit_seconds_sum") == pytest.approx(0.32)
+    assert sample(metrics, "edgestream_commit_seconds_sum") == pytest.approx(0.32)
+    assert sample(metrics, "edgestream_unit_seconds_sum") == pytest.approx(0.05)
     assert sample(metrics, "edgestream_rewinds_total") == 1
     assert sample(metrics, "edgestream_in_flight_records") == 700
     assert sample(metrics, "edgestream_partitions_assigned") == 6
@@ -102,9 +110,9 @@ def test_end_to_end_buckets_sit_around_the_sla() -> None:
     metrics = fresh()
     bounds = [float(b) for b in END_TO_END_BUCKETS_S]
     assert bounds == [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5]
-    metrics.result("m", 1, 0.05)  # on the SLA: counted as within it (le is inclusive)
-    metrics.result("m", 1, 0.0501)
-    metrics.result("m", 1, -0.2)  # device clock ahead: observed as 0
+    result(metrics, "m", 1, 0.05)  # on the SLA: counted as within it (le is inclusive)
+    result(metrics, "m", 1, 0.0501)
+    result(metrics, "m", 1, -0.2)  # device clock ahead: observed as 0
     assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.001") == 1
     assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.04") == 1
     assert sample(metrics, "edgestream_end_to_end_seconds_bucket", le="0.05") == 2
@@ -116,17 +124,20 @@ def test_end_to_end_buckets_sit_around_the_sla() -> None:
 def test_inference_and_batch_size_by_model() -> None:
     metrics = fresh()
     assert list(BATCH_SIZE_BUCKETS) == [1, 2, 4, 8, 16, 32, 64, 128]
-    metrics.inference("a", 1, 0.001)
-    metrics.inference("a", 64, 0.004)
-    metrics.inference("b", 3, 0.002)
-    assert sample(metrics, "edgestream_inference_seconds_count", model="a") == 2
-    assert sample(metrics, "edgestream_inference_seconds_sum", model="a") == pytest.approx(0.005)
-    assert sample(metrics, "edgestream_batch_size_bucket", model="a", le="1.0") == 1
-    assert sample(metrics, "edgestream_batch_size_bucket", model="a", le="32.0") == 1
-    assert sample(metrics, "edgestream_batch_size_bucket", model="a", le="64.0") == 2
-    assert sample(metrics, "edgestream_batch_size_bucket", model="b", le="2.0") == 0
-    assert sample(metrics, "edgestream_batch_size_bucket", model="b", le="4.0") == 1
-    assert sample(metrics, "edgestream_batch_size_sum", model="b") == 3
+    metrics.inference("a", 1, 1, 0.001)
+    metrics.inference("a", 1, 64, 0.004)
+    metrics.inference("a", 2, 2, 0.003)
+    metrics.inference("b", 1, 3, 0.002)
+    a1 = {"model": "a", "version": "1"}
+    assert sample(metrics, "edgestream_inference_seconds_count", **a1) == 2
+    assert sample(metrics, "edgestream_inference_seconds_sum", **a1) == pytest.approx(0.005)
+    assert sample(metrics, "edgestream_inference_seconds_count", model="a", version="2") == 1
+    assert sample(metrics, "edgestream_batch_size_bucket", **a1, le="1.0") == 1
+    assert sample(metrics, "edgestream_batch_size_bucket", **a1, le="32.0") == 1
+    assert sample(metrics, "edgestream_batch_size_bucket", **a1, le="64.0") == 2
+    assert sample(metrics, "edgestream_batch_size_bucket", model="b", version="1", le="2.0") == 0
+    assert sample(metrics, "edgestream_batch_size_bucket", model="b", version="1", le="4.0") == 1
+    assert sample(metrics, "edgestream_batch_size_sum", model="b", version="1") == 3
 
 
 def test_model_info_keeps_one_series_per_model_and_creates_its_series_at_zero() -> None:
@@ -135,7 +146,8 @@ def test_model_info_keeps_one_series_per_model_and_creates_its_series_at_zero() 
     metrics.model_info("m", 1, "aa" * 32, "CPUExecutionProvider")  # again: no change
     metrics.model_info("other", 4, "cc" * 32, "CUDAExecutionProvider")
     assert sample(metrics, "edgestream_results_total", model="m", version="1") == 0
-    assert sample(metrics, "edgestream_inference_seconds_count", model="m") == 0
+    assert sample(metrics, "edgestream_inference_seconds_count", model="m", version="1") == 0
+    assert sample(metrics, "edgestream_round_trip_seconds_count", model="m", version="1") == 0
     metrics.model_info("m", 2, "bb" * 32, "CPUExecutionProvider")
     text = generate_latest(metrics.registry).decode()
     info = [

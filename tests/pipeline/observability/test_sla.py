@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from google.protobuf.json_format import MessageToJson  # type: ignore[import-untyped]
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from typer.testing import CliRunner
 
 from edgestream.cli import app
+from edgestream.pipeline.observability.otlpjson import OtlpJsonFileExporter
 from edgestream.pipeline.observability.sla import (
     Outcome,
     RoundTrip,
@@ -114,11 +112,11 @@ def test_the_request_log_round_trips_and_bad_lines_are_skipped_not_fatal(tmp_pat
 
 
 def _otlp_lines(tmp_path: Path) -> Path:
-    """Device spans as the OTLP JSON file exporter writes them (one request per line), and a worker
+    """Device spans as the ``file`` trace exporter writes them (one request per line), and a worker
     span the report must ignore."""
-    exporter = InMemorySpanExporter()
+    path = tmp_path / "traces.jsonl"
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileExporter(path)))
     tracer = provider.get_tracer("test")
     start_ns = int(T0_MS * 1e6)
     device = {"messaging.system": "kafka", "edgestream.region": "eu-west", "edgestream.model": "m"}
@@ -138,9 +136,7 @@ def _otlp_lines(tmp_path: Path) -> Path:
     worker = tracer.start_span("process edge.eu-west.ingest", kind=SpanKind.CONSUMER, start_time=start_ns)
     worker.set_attributes({"edgestream.model": "m", "edgestream.model.version": 7})
     worker.end(end_time=start_ns + 1_000_000)
-    path = tmp_path / "traces.jsonl"
-    lines = [MessageToJson(encode_spans([span]), indent=None) for span in exporter.get_finished_spans()]
-    path.write_text("\n".join(lines) + "\n")
+    provider.shutdown()
     return path
 
 

@@ -33,7 +33,7 @@ from edgestream.topics.catalogue import dlq_topic, ingest_topic, results_topic
 from edgestream.workers.edge.service import serve
 from edgestream.workers.edge.settings import WorkerSettings
 
-from ...deploy.metric_names import HISTOGRAM_SUFFIXES, SPEC_WORKER, exposed, used
+from ...deploy.metric_names import HISTOGRAM_SUFFIXES, exposed, used
 from ..conftest import EdgeRegion, read_topic
 
 PROMETHEUS = shutil.which("prometheus")
@@ -43,16 +43,6 @@ pytestmark = pytest.mark.skipif(
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCRAPE_S = 1
 """Scrape and rule-evaluation interval of the test's Prometheus."""
-METRICS_BEFORE_ISSUE_14 = frozenset(
-    {
-        "edgestream_results_total",
-        "edgestream_dead_letters_total",
-        "edgestream_batch_size",
-        "edgestream_model_info",
-        "edgestream_records_consumed_total",
-    }
-)
-"""Worker metrics the rules or the dashboard use that the worker had before issue 14's metrics."""
 
 
 def _free_port() -> int:
@@ -229,17 +219,12 @@ def _family(name: str) -> str:
 
 
 async def _every_worker_metric_used_is_live(prom: str) -> None:
-    """The worker metrics the rules and the dashboard use are on the worker's live /metrics, as scraped.
-
-    Before issue 14's metrics are merged (no catalogue module) only those the worker already had are
-    required; with the catalogue, every one it lists for the worker."""
+    """The worker metrics the rules and the dashboard use are on the worker's live /metrics, as scraped."""
     worker_names, _, _ = exposed()
     docs = (alerting.recording_rules(), alerting.alert_rules())
     rule_exprs = [r["expr"] for doc in docs for g in doc["groups"] for r in g["rules"]]
     board = dashboard.dashboard()
     wanted = {n for n in used(rule_exprs) | used(dashboard.expressions(board)) if _family(n) in worker_names}
-    if worker_names == SPEC_WORKER:  # the catalogue is not merged yet
-        wanted = {n for n in wanted if _family(n) in METRICS_BEFORE_ISSUE_14}
     live = await _query(prom, f'count by (__name__) ({{job="{alerting.JOB_WORKERS}"}})')
     names = {dict(k)["__name__"] for k in live}
     assert wanted

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -91,3 +93,53 @@ def test_stop_all_stops_every_child_and_output_is_appended(tmp_path: Path) -> No
     stop_all(children)
     assert not any(child.running() for child in children)
     assert log_file.read_text().splitlines()[0] == "before"
+
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from edgestream.workers.local.processes import Child
+command = [sys.executable, "-c", sys.argv[1]]
+child = Child.start("child", command, env={"PATH": ""}, log_file=Path(sys.argv[2]))
+print(child.proc.pid, flush=True)
+time.sleep(600)
+"""
+_CHILD = """
+import os, time
+from edgestream.workers.local.processes import exit_with_parent
+assert exit_with_parent(os.environ)
+print("armed", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_child_exits_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    """A demo or bench killed with SIGKILL leaves no child running (they used to spin on, orphaned)."""
+    log = tmp_path / "child.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, _CHILD, str(log)], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 30
+    while "armed" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the child never armed its parent-death signal"
+        time.sleep(0.05)
+    assert _alive(child_pid)
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    while _alive(child_pid):
+        assert time.monotonic() < deadline + 30, "the child outlived the process that started it"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -54,9 +54,11 @@ def check_java() -> str:
     return java
 
 
-def jvm_options(heap_mb: int, log_dir: Path) -> list[str]:
-    """Options of every JVM the broker starts: heap, G1 with short pauses, log4j2 writing into ``log_dir``."""
+def jvm_options(heap_mb: int, log_dir: Path, jit: str = "tiered") -> list[str]:
+    """Options of every JVM the broker starts: heap, G1 with short pauses, log4j2 writing into
+    ``log_dir``; with ``jit`` ``c1`` the quick JIT compiler only."""
     return [
+        *(["-XX:TieredStopAtLevel=1"] if jit == "c1" else []),
         f"-Xmx{heap_mb}m",
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",

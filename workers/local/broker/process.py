@@ -167,7 +167,7 @@ class LocalBroker:
         return state
 
     def _jvm_options(self) -> list[str]:
-        return jvm_options(self.settings.heap_mb, self.log_dir)
+        return jvm_options(self.settings.heap_mb, self.log_dir, self.settings.jit)
 
     def _format_storage(self, java: str, classpath: str) -> None:
         if (self.data_dir / "meta.properties").exists():

@@ -24,6 +24,12 @@ class BrokerSettings(BaseSettings):
     """KRaft controller port on 127.0.0.1; 0 picks a free port at each start."""
     heap_mb: int = Field(default=512, ge=128)
     """Maximum JVM heap (``-Xmx``) of the broker, MiB."""
+    jit: Literal["tiered", "c1"] = "c1"
+    """The JVM's JIT compilers. ``c1``: the quick compiler only (``-XX:TieredStopAtLevel=1``). With
+    both (``tiered``, the JVM's default) the optimising C2 compiler used about 65% of a core for the
+    broker's first minute and a half on the 2-core box, and the demo's devices fell back on 13% of
+    their requests meanwhile; C1's code is somewhat slower at loads far above the demo's: ``tiered``
+    for a broker that runs for long at high load (``bench/README.md`` has both measured)."""
     kafka_version: str = Field(default="4.1.1", pattern=r"^\d+\.\d+\.\d+$")
     """Version of ``org.apache.kafka:kafka_2.13`` to resolve and run (4.x: KRaft only)."""
     cache_dir: Path | None = None

@@ -8,7 +8,7 @@ import pytest
 
 from edgestream.pipeline.errors import BrokerError
 from edgestream.workers.local.broker.jars import JarCache
-from edgestream.workers.local.broker.java import INSTALL_HINT, parse_java_major
+from edgestream.workers.local.broker.java import INSTALL_HINT, jvm_options, parse_java_major
 from edgestream.workers.local.broker.process import LocalBroker
 from tests.workers.local.broker.helpers import fake_java, fake_tool, only_on_path, settings_in
 
@@ -44,3 +44,11 @@ def test_old_java_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     with pytest.raises(BrokerError, match=r"Java 17 or newer.*Java 11"):
         JarCache(settings_in(tmp_path)).fetch(quiet=True)
+
+
+def test_the_jit_setting_chooses_the_compilers(tmp_path: Path) -> None:
+    c1 = jvm_options(512, tmp_path, "c1")
+    tiered = jvm_options(512, tmp_path, "tiered")
+    assert "-XX:TieredStopAtLevel=1" in c1
+    assert not any("TieredStopAtLevel" in option for option in tiered)
+    assert [o for o in c1 if "Tiered" not in o] == tiered
