@@ -23,7 +23,7 @@ JOB_WORKERS: Final = "edgestream-workers"
 JOB_AGGREGATOR: Final = "edgestream-aggregator"
 """Scrape job of the cloud aggregator (``edgestream aggregate run``)."""
 JOB_ROLLOUT: Final = "edgestream-rollout"
-"""Scrape job of the rollout controller (``edgestream rollout run``)."""
+"""Scrape job of the rollout controller (``edgestream rollout watch --health-port``)."""
 JOBS: Final[tuple[tuple[str, str], ...]] = (
     (JOB_WORKERS, "workers"),
     (JOB_AGGREGATOR, "aggregator"),

@@ -33,8 +33,8 @@ SCRAPE_NOTE: Final[tuple[str, ...]] = (
     "Targets come from targets/<job>.json (Prometheus file discovery: edit or regenerate those files",
     "and Prometheus rereads them within a minute, no restart). Each worker serves /metrics on its",
     "health port (EDGESTREAM_WORKER_HEALTH_PORT); the aggregator on its web port",
-    "(EDGESTREAM_AGGREGATOR_WEB_PORT); the rollout controller on its metrics port. The series carry",
-    "their own region and node labels, so no relabelling is needed.",
+    "(EDGESTREAM_AGGREGATOR_WEB_PORT); the rollout controller on `edgestream rollout watch --health-port`.",
+    "The series carry their own region and node labels, so no relabelling is needed.",
 )
 """What the scrape config says about its targets."""
 
