@@ -30,8 +30,24 @@ jars: $(STAMP) ## Resolve the Kafka broker's jars with Maven (cached outside git
 demo: jars ## Run the demo: local broker, edge workers, simulated fleet, summary
 	@$(BIN)/edgestream demo
 
+# promtool and prometheus (Debian's `prometheus` package) for the rule tests and the real-Prometheus test;
+# quiet when present. Where it cannot be installed (no apt-get, no root) those tests skip and say why.
+# On a machine run by systemd the package also starts a prometheus service: `systemctl disable --now
+# prometheus` if it is not wanted.
+PROMETHEUS_LOG := $${TMPDIR:-/tmp}/edgestream-prometheus-install.log
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: promtool
+promtool: ## Install promtool and prometheus (Debian's package) for the alert-rule tests; quiet when present
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "promtool: no apt-get here; the Prometheus tests skip"; exit 0; }; \
+	  echo "installing Debian's prometheus package (log: $(PROMETHEUS_LOG))"; \
+	  { $(SUDO) apt-get install -y -q --no-install-recommends prometheus \
+	    || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }; \
+	  } >$(PROMETHEUS_LOG) 2>&1 \
+	  || echo "promtool: could not install prometheus (see the log); the Prometheus tests skip"; }
+
 .PHONY: test
-test: jars ## Run the whole test suite (unit + real-broker integration)
+test: jars promtool ## Run the whole test suite (unit + real-broker integration)
 	@$(BIN)/python -m pytest
 
 .PHONY: lint

@@ -23,6 +23,7 @@ from edgestream.commands import (
     retrain,
     rollout,
     run,
+    sla,
     topics,
 )
 
@@ -45,6 +46,7 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(retrain.app, name="retrain")
 app.add_typer(aggregate.app, name="aggregate")
+app.add_typer(sla.app, name="sla")
 run.register(app)
 
 

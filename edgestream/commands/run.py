@@ -332,6 +332,9 @@ def demo(
     console.print(f"held-out accuracy of the models served / fallback: {accuracy}")
     if result.story is not None:
         _print_story(result)
+    from edgestream.commands.sla import print_demo_report
+
+    print_demo_report(console, result.paths.root)
     console.print(f"latency plot: {result.paths.plot}")
     console.print(f"summary JSON: {result.paths.summary}")
     broker_log = f", broker log {result.broker_log}" if result.broker_log else ""

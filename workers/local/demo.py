@@ -21,6 +21,7 @@ from typing import Any
 
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.observability.sla import REQUEST_LOG, write_round_trips
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki
@@ -433,6 +434,7 @@ def run_demo(
             broker.stop()
     result = _result(settings, paths, cluster, accuracy, measured)
     _write_summary(settings, result, measured)
+    write_round_trips(measured.report.round_trips, paths.root / REQUEST_LOG)  # `edgestream sla report`
     return result
 
 

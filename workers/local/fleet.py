@@ -39,6 +39,7 @@ from edgestream.pipeline.contract.fallbacks import FallbackReports
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
+from edgestream.pipeline.observability.sla import RoundTrip
 from edgestream.pipeline.observability.tracing import Tracing, tracing_from_env
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
@@ -129,6 +130,8 @@ class FleetReport:
     send_s: float
     total_s: float
     unanswered: int
+    round_trips: list[RoundTrip] = field(default_factory=list)
+    """Every good request that ended (answered in time, or fallen back), for the SLA report."""
 
     def totals(self) -> RegionReport:
         """All regions added up (latency lists concatenated)."""
@@ -395,6 +398,9 @@ class Fleet:
         region.result_times_s.append(now_ms / 1000.0 - self.report.started_at)
         region.batch_sizes.append(result.batch_size)
         region.answers.append(self._answer(pending, result, late=False))
+        request = (pending.capture_ms, pending.region, result.model, result.model_version)
+        latency_ms = now_ms - pending.capture_ms
+        self.report.round_trips.append(RoundTrip(*request, latency_ms, "answered", self.settings.deadline_ms))
 
     def _answer(self, pending: _Pending, result: ResultRecord, *, late: bool) -> Answer:
         return Answer(
@@ -427,6 +433,9 @@ class Fleet:
         region.fallbacks += 1
         self._fallbacks.fell_back(pending.device_id, MODEL_FOR_KIND[pending.kind])
         region.fallback_correct += int(int(labels[0]) == pending.truth)
+        request = (pending.capture_ms, pending.region, MODEL_FOR_KIND[pending.kind], None)
+        latency_ms = time.time() * 1000.0 - pending.capture_ms
+        self.report.round_trips.append(RoundTrip(*request, latency_ms, "fallback", self.settings.deadline_ms))
 
     async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:
         end_s = time.monotonic() + self.settings.drain_s

@@ -11,6 +11,7 @@ import pytest
 
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.models.shift import shifted_pools
+from edgestream.pipeline.observability.sla import REQUEST_LOG, read_round_trips
 from edgestream.pipeline.settings import DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.demo import DemoResult, run_demo
@@ -90,6 +91,9 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
 
     summary = json.loads(result.paths.summary.read_text())
     assert summary["total"]["results"] == total.results
+    trips, skipped = read_round_trips([result.paths.root / REQUEST_LOG])  # what `edgestream sla report` reads
+    assert (len(trips), skipped) == (total.sent, 0)
+    assert sum(t.outcome == "answered" for t in trips) == total.results
     assert summary["story"]["completed"] is True
     assert result.paths.story_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.paths.plot.stat().st_size > 10_000
