@@ -137,3 +137,25 @@ def generate(
         return
     changed = write(root)
     typer.echo("\n".join(f"wrote {p}" for p in changed) or "nothing changed")
+
+
+@app.command("trace")
+def trace(
+    path: Annotated[Path, typer.Argument(help="An OTLP JSON-lines trace file (OTEL_TRACES_EXPORTER=file).")],
+    trace_id: Annotated[
+        str | None, typer.Option("--trace-id", help="The request's trace id (default: the slowest answered).")
+    ] = None,
+) -> None:
+    """One request's trace as text: device -> unit (its link) -> the unit's stages."""
+    from edgestream.pipeline.observability.otlpjson import read_spans
+    from edgestream.pipeline.observability.tracetree import pick_request, request_tree
+
+    if not path.is_file():
+        fail(f"{path}: no such trace file (run with OTEL_TRACES_EXPORTER=file EDGESTREAM_TRACES_FILE={path})")
+    spans = read_spans(path)
+    device = pick_request(spans, trace_id)
+    if device is None:
+        fail(f"{path}: no {'such ' if trace_id else 'answered '}request whose unit span is in the file")
+    print(f"trace {device.get('traceId')}")
+    for line in request_tree(spans, device):
+        print(line)
