@@ -51,8 +51,12 @@ class WorkerSettings(BaseSettings):
     two repeats that unit's outputs."""
     max_batch: int = Field(default=64, ge=1)
     """Most records in one unit of work (and so in one onnxruntime call per model)."""
-    max_wait_ms: float = Field(default=4.0, ge=0)
-    """Longest the first record of a unit waits for the unit to fill."""
+    max_wait_ms: float = Field(default=0.0, ge=0)
+    """Longest the first record of a unit waits for the unit to fill. 0: a unit takes what has been
+    fetched and closes at once; under load the records fetched while a unit is processed make the
+    next unit's batch. Measured side by side (bench, 100-2,000 req/s): 4 ms added its 4 ms to the
+    median (p50 8.7 vs 5.0 ms at 100/s) and saved no CPU per request; a slow model on a GPU, whose
+    calls cost little more for a bigger batch, may want a few ms."""
     sla_ms: float = Field(default=50.0, gt=0)
     """End-to-end latency budget from capture time; batches close early to meet it."""
     max_in_flight: int = Field(default=2048, ge=1)
