@@ -223,7 +223,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
         )
     ui = Ui(console, phases=len(settings.systems) * len(settings.loads_per_s) + 1)
     home = Path(tempfile.mkdtemp(prefix="edgestream-bench-"))
-    broker_settings = BrokerSettings(home=home, security=settings.broker_security)
+    broker_settings = BrokerSettings(home=home, security=settings.broker_security, jit=settings.broker_jit)
     try:
         with ui.progress:
             ui.step(f"home {home}; building models")

@@ -96,6 +96,10 @@ class BenchSettings(BaseSettings):
     broker_security: Literal["tls", "plaintext"] = "tls"
     """The bench broker's listener: TLS 1.3 with client certificates and ACLs (as deployed), or
     PLAINTEXT to measure what TLS costs (run both, compare each one's pipeline/echo ratios)."""
+    broker_jit: Literal["tiered", "c1"] = "tiered"
+    """The bench broker's JIT (``BrokerSettings.jit``). ``tiered``, the JVM's default, as a broker that
+    has run for long: the local broker's own default (``c1``, for the demo's first minutes) cost the
+    broker 0.20 ms CPU per request at 4,000 req/s where ``tiered`` cost 0.08 (two runs, 2026-12-03)."""
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     """Share of requests the devices sample in the ``pipeline_traced`` runs (the worker follows them,
     parent-based); 1.0, every request traced, is the most tracing can cost."""
