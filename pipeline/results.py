@@ -10,8 +10,9 @@ batch's offsets are committed only after the handler has returned for every reco
 re-delivers what was not handled (at least once). Duplicates the backend would then see again (a record
 read twice after a rebalance) are dropped by request id (results) or by the dead letter's origin and
 attempt, within a bounded memory of the most recent ones. A record that does not decode goes to the
-error callback and is committed past: no record's content stops the subscriber. A handler that raises
-stops it, after committing what was handled before.
+error callback and is committed past: no record's content stops the subscriber, and neither does a
+commit that a rebalance refused. A handler that raises stops it, after committing what was handled
+before.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.deadletter import DeadLetter
@@ -98,6 +100,8 @@ class SubscriberStats:
     """Records sent to the error callback."""
     commits: int = 0
     """Offset commits made."""
+    commit_failures: int = 0
+    """Commits refused because a rebalance moved the partitions (their records come again)."""
 
 
 def decode(record: ConsumerRecord[bytes, bytes], dlq: str) -> Decoded:
@@ -164,9 +168,19 @@ class ResultSubscriber:
                     done[tp] = record.offset + 1
         finally:
             if done:  # what was handled, also when a handler raised after it
-                await self._consumer.commit(done)
-                self.stats.commits += 1
+                await self._commit(done)
         return sum(len(records) for records in batch.values())
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as e:
+            # A rebalance took partitions away: their new owner reads those records again (at least
+            # once; its duplicates are its own to drop), and this subscriber goes on with what it has.
+            self.stats.commit_failures += 1
+            log.warning("could not commit %s after a rebalance: %s", sorted(map(str, offsets)), e)
+            return
+        self.stats.commits += 1
 
     async def _one(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
 from edgestream.pipeline.contract.deadletter import DeadLetter, dead_letter_headers
@@ -164,6 +165,22 @@ async def test_a_bad_record_goes_to_the_error_callback_and_the_rest_flow() -> No
     assert errors == [(1, "undecodable_record"), (2, "undecodable_record"), (1, "bad_dead_letter")]
     assert consumer.commits == [{RESULTS: 4, DLQ: 3}]
     assert (sub.stats.handled, sub.stats.duplicates, sub.stats.undecodable) == (3, 1, 3)
+
+
+async def test_a_commit_refused_by_a_rebalance_does_not_stop_the_subscriber() -> None:
+    consumer = FakeConsumer([{RESULTS: [record(RESULTS, 0, result(0).to_bytes())]}] * 2)
+    refusals = [CommitFailedError("rebalanced"), None]
+
+    async def commit(offsets: dict[TopicPartition, int] | None = None) -> None:
+        refusal = refusals.pop(0)
+        if refusal is not None:
+            raise refusal
+
+    consumer.commit = commit  # type: ignore[method-assign]
+    sub = subscriber(consumer, [], [])
+    assert await sub.poll() == 1
+    assert await sub.poll() == 1
+    assert (sub.stats.commit_failures, sub.stats.commits, sub.stats.duplicates) == (1, 1, 1)
 
 
 async def test_run_stops_when_asked() -> None:

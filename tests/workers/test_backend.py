@@ -167,12 +167,27 @@ async def test_the_backend_may_not_write_ingest_read_another_region_or_use_the_e
         with pytest.raises(TopicAuthorizationFailedError):
             await p.send_and_wait(results_topic(edge_region.name), b"x", key=b"terminal-1")
 
-    with pytest.raises(TopicAuthorizationFailedError):
-        await _read(backend, TopicPartition(results_topic(other), 0))
+    # Another region's results exist but are neither visible nor readable to it.
+    theirs = TopicPartition(results_topic(other), 0)
+    async with kafka.started(kafka.producer(edge_region.bootstrap, "test-other-results")) as p:
+        await p.send_and_wait(theirs.topic, b"theirs", key=b"terminal-1", partition=0)
+    assert not await _visible(backend, theirs.topic)
+    assert await _visible(backend, results_topic(edge_region.name))
+    assert await _read(backend, theirs) == 0
+    assert await _read(edge_region.bootstrap, theirs) == 1, "the record is there (admin reads it)"
     with pytest.raises(GroupAuthorizationFailedError):
         await _read(backend, TopicPartition(results_topic(edge_region.name), 0), edge_group(edge_region.name))
     own = backend_group(edge_region.name, "audit-trail")
     assert await _read(backend, TopicPartition(results_topic(edge_region.name), 0), own) == 0  # allowed
+
+
+async def _visible(backend: KafkaSettings, topic: str) -> bool:
+    """Whether the backend may see ``topic`` (DESCRIBE): the metadata answer for it has no error."""
+    async with kafka.started(kafka.admin(backend, "test-backend-describe")) as client:
+        (entry,) = await client.describe_topics([topic])
+    code: int = entry["error_code"]
+    assert code in (0, TopicAuthorizationFailedError.errno), code
+    return code == 0
 
 
 async def _read(backend: KafkaSettings, tp: TopicPartition, group: str | None = None) -> int:
