@@ -31,10 +31,12 @@ from edgestream.topics.catalogue import (
     SAMPLES_TOPIC,
     SUMMARIES_TOPIC,
     all_topics,
+    audit_topic,
     backend_group,
     dlq_topic,
     edge_group,
     ingest_topic,
+    replies_topic,
     results_topic,
 )
 from edgestream.workers.local.broker.state import BrokerState
@@ -138,8 +140,13 @@ async def test_the_backend_reads_committed_results_and_dead_letters_and_writes_l
     # What it read, as it is on the topics, is what the schemas describe; the cloud records too.
     for record in raw_results:
         assert_valid("result", decoded(record.value))
-    for topic, kind in ((SUMMARIES_TOPIC, "summary"), (SAMPLES_TOPIC, "sample")):
-        records = await read_topic(edge_region.bootstrap, topic, expect=1)
+    for topic, kind, expect in (
+        (replies_topic(edge_region.name), "result", REQUESTS),
+        (audit_topic(edge_region.name), "audit", REQUESTS + 1),
+        (SUMMARIES_TOPIC, "summary", 1),
+        (SAMPLES_TOPIC, "sample", 1),
+    ):
+        records = await read_topic(edge_region.bootstrap, topic, expect=expect)
         assert records, topic
         for record in records:
             assert_valid(kind, decoded(record.value))

@@ -1,5 +1,5 @@
 """docs/schemas/ describes the records the reference encoders write: every record kind a backend meets
-(result, label, dead letter, partial summary, sample) validates in its decoded JSON form, and a record
+(result, audit, label, dead letter, partial summary, sample) validates in its decoded JSON form, and a record
 that breaks the contract does not."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import pytest
 from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.deadletter import ERRORS_PREFIX, bounded_dead_letter, dead_letter_headers
 from edgestream.pipeline.contract.envelope import new_request_id
-from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.records import CHAIN_ORIGIN, AuditRecord, ResultRecord
 from edgestream.pipeline.errors import AuthenticationFailed
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the tools extra")
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
-KINDS = ("result", "label", "dead-letter", "summary", "sample")
+KINDS = ("result", "audit", "label", "dead-letter", "summary", "sample")
 
 
 @cache
@@ -117,8 +117,28 @@ def examples() -> dict[str, list[Any]]:
         (0.07, 0.93),
     )
     _, _, truncated = bounded_dead_letter(b"dev", b"x" * 4096, _dead_letter(key_id=None), limit_bytes=2048)
+    audit_ok = AuditRecord(
+        1_700_000_000_000,
+        rid,
+        "eu-west-1",
+        "eu-west",
+        "terminal-0042",
+        "embedding-scorer",
+        3,
+        "ok",
+        None,
+        7.0,
+        "edge.eu-west.ingest.embedding/2",
+        40,
+        1,
+        CHAIN_ORIGIN,
+    )
+    audit_dead = AuditRecord(
+        1_700_000_000_000, None, "n", "eu-west", None, None, None, "dead_letter", "bad_tag", 0.5
+    )
     return {
         "result": [decoded(_result().to_bytes())],
+        "audit": [decoded(audit_ok.to_bytes()), decoded(audit_dead.to_bytes())],
         "label": [decoded(Label(rid, "embedding-scorer", 0, 1_700_000_100_000).to_bytes())],
         "dead-letter": [error_headers(_dead_letter()), error_headers(truncated)],
         "summary": [decoded(summary.to_bytes()), decoded(PartialSummary("eu", "n", "m", 0, 0).to_bytes())],
@@ -155,6 +175,9 @@ def _without(instance: dict[str, Any], key: str) -> dict[str, Any]:
         ("result", lambda r: {**r, "rid": r["rid"][:30]}),  # 15 bytes
         ("result", lambda r: {**r, "v": 2}),
         ("result", lambda r: {**r, "scores": ["0.1"]}),
+        ("audit", lambda r: {**r, "outcome": "maybe"}),
+        ("audit", lambda r: _without(r, "prev")),  # chain keys come together
+        ("audit", lambda r: {**_without(r, "reason"), "outcome": "dead_letter"}),
         ("label", lambda r: _without(r, "model")),
         ("label", lambda r: {**r, "label": 1.5}),
         ("dead-letter", lambda r: _without(r, f"{ERRORS_PREFIX}reason")),
