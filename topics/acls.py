@@ -32,6 +32,7 @@ from edgestream.topics.catalogue import (
     SUMMARIES_TOPIC,
     WORKERS_TOPIC,
     audit_topic,
+    backend_group_prefix,
     device_group_prefix,
     dlq_replay_group_prefix,
     dlq_topic,
@@ -166,6 +167,11 @@ def device_principal(region: Region | str) -> str:
     return kafka_principal(identities.device_principal(validate_region(region)))
 
 
+def backend_principal(region: Region | str) -> str:
+    """``User:backend-<region>``: the region's backend services."""
+    return kafka_principal(identities.backend_principal(validate_region(region)))
+
+
 def edge_transactional_id_prefix(region: Region | str) -> str:
     """``edgestream-edge-<region>-edge.<region>.ingest.``: the start of every transactional id of the
     region's workers, ``<group>-<ingest topic>-<partition>``
@@ -213,6 +219,18 @@ def _device_rules(region: str) -> set[AclRule]:
     )
 
 
+def _backend_rules(region: str) -> set[AclRule]:
+    # A backend reads what the region answered (committed results) and what it refused (dead letters),
+    # in groups of its own, and writes ground truth; it never writes ingest, results or replies.
+    backend = backend_principal(region)
+    return (
+        _grant(backend, TOPIC, LITERAL, results_topic(region), READ, DESCRIBE)
+        | _grant(backend, TOPIC, LITERAL, dlq_topic(region), READ, DESCRIBE)
+        | _grant(backend, GROUP, PREFIXED, backend_group_prefix(region), READ)
+        | _grant(backend, TOPIC, LITERAL, LABELS_TOPIC, WRITE, DESCRIBE)
+    )
+
+
 def _admin_rules(region: str) -> set[AclRule]:
     # The DLQ replay tool runs as admin (a super user: these record the intent, they grant nothing new).
     return _grant(ADMIN, GROUP, PREFIXED, dlq_replay_group_prefix(region), READ) | _grant(
@@ -243,7 +261,7 @@ def policy(regions: Sequence[Region | str]) -> list[AclRule]:
     """Every binding edgestream needs for the regions, sorted, each once. Pure."""
     rules = _aggregator_rules()
     for region in _region_names(regions):
-        rules |= _edge_rules(region) | _device_rules(region) | _admin_rules(region)
+        rules |= _edge_rules(region) | _device_rules(region) | _backend_rules(region) | _admin_rules(region)
     return sorted(rules)
 
 

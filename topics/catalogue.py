@@ -298,6 +298,13 @@ AGGREGATOR_GROUP: Final = "edgestream-aggregator"
 """The aggregator's consumer group, and the start of every aggregator group and transactional id."""
 
 
+def _group_name(whose: str, name: str) -> str:
+    """``name`` when it may end a group name (after a region's prefix), else ValueError naming ``whose``."""
+    if re.fullmatch(_GROUP_NAME_RE, name) is None:
+        raise ValueError(f"{whose} group name {name!r}: use 1-100 letters, digits, '_' or '-'")
+    return name
+
+
 def device_group_prefix(region: Region | str) -> str:
     """``edgestream-device-<region>.``: the start of every device consumer group of the region.
 
@@ -309,9 +316,20 @@ def device_group_prefix(region: Region | str) -> str:
 
 def device_group(region: Region | str, name: str) -> str:
     """``edgestream-device-<region>.<name>``: a consumer group of the region's devices (or gateway)."""
-    if re.fullmatch(_GROUP_NAME_RE, name) is None:
-        raise ValueError(f"device group name {name!r}: use 1-100 letters, digits, '_' or '-'")
-    return f"{device_group_prefix(region)}{name}"
+    return f"{device_group_prefix(region)}{_group_name('device', name)}"
+
+
+def backend_group_prefix(region: Region | str) -> str:
+    """``edgestream-backend-<region>.``: the start of every consumer group of the region's backends.
+
+    '.' ends the region, as in `device_group_prefix`, so ``eu``'s prefix misses ``eu-west``'s groups.
+    """
+    return f"edgestream-backend-{validate_region(region)}."
+
+
+def backend_group(region: Region | str, name: str) -> str:
+    """``edgestream-backend-<region>.<name>``: a consumer group of one of the region's backends."""
+    return f"{backend_group_prefix(region)}{_group_name('backend', name)}"
 
 
 def dlq_replay_group_prefix(region: Region | str) -> str:

@@ -35,7 +35,7 @@ Home = Annotated[
 Principal = Annotated[
     str,
     typer.Argument(
-        help="Kafka principal: broker, admin, aggregator, edge-<region> or device-<region>.",
+        help="Kafka principal: broker, admin, aggregator, edge-, device- or backend-<region>.",
         show_default=False,
     ),
 ]
@@ -134,7 +134,8 @@ def init(
 ) -> None:
     """Create the CA and the certificates of every identity (idempotent).
 
-    Identities: broker, admin, aggregator, and edge-<region>/worker and device-<region>/gateway per region.
+    Identities: broker, admin, aggregator, and edge-<region>/worker, device-<region>/gateway and
+    backend-<region>/subscriber per region.
 
     Existing certificates are kept unless they expire within 7 days or no trusted CA signed them.
     """
@@ -147,7 +148,7 @@ def init(
     try:
         identities = [Identity.broker(), Identity.admin(), Identity.aggregator()]
         for name in dict.fromkeys(regions):
-            identities += [Identity.edge(name), Identity.device(name)]
+            identities += [Identity.edge(name), Identity.device(name), Identity.backend(name)]
         before = {info.serial for info in pki.status()}
         pki.ensure(identities)
         infos = pki.status()

@@ -1,7 +1,8 @@
 """Who is who: the principals edgestream authorizes and the identities its certificates speak for.
 
 A principal is what the broker's ACLs name: ``broker``, ``admin``, ``aggregator``, ``edge-<region>``
-(every edge worker of a region) and ``device-<region>`` (a region's devices and device gateway); Kafka
+(every edge worker of a region), ``device-<region>`` (a region's devices and device gateway) and
+``backend-<region>`` (the backend services that read a region's results and write labels); Kafka
 spells it ``User:<principal>``. An identity is a principal and the holder's own name: a certificate
 carries them as its OU and CN (``pipeline/security/certificates.py``), so each node keeps a certificate
 of its own while sharing its principal's ACLs. This module is the only place those names are spelled;
@@ -24,11 +25,14 @@ EDGE_NODE: Final = "worker"
 """The name of an edge node when none is given."""
 DEVICE_NODE: Final = "gateway"
 """The name of a device when none is given: the region's device gateway."""
+BACKEND_NODE: Final = "subscriber"
+"""The name of a backend service when none is given."""
 MAX_NAME_CHARS: Final = 64
 """Upper bound of a principal or name (the X.520 bound of CN and OU)."""
 
 _EDGE_PREFIX: Final = "edge-"
 _DEVICE_PREFIX: Final = "device-"
+_BACKEND_PREFIX: Final = "backend-"
 _KAFKA_USER: Final = "User:"
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
 
@@ -41,6 +45,11 @@ def edge_principal(region: str) -> str:
 def device_principal(region: str) -> str:
     """``device-<region>``: the principal of ``region``'s devices and device gateway. Checks nothing."""
     return f"{_DEVICE_PREFIX}{region}"
+
+
+def backend_principal(region: str) -> str:
+    """``backend-<region>``: the principal of the backend services of ``region``. Checks nothing."""
+    return f"{_BACKEND_PREFIX}{region}"
 
 
 def kafka_principal(principal: str) -> str:
@@ -102,9 +111,15 @@ class Identity:
         return cls(device_principal(region), name)
 
     @classmethod
+    def backend(cls, region: str, name: str = BACKEND_NODE) -> Identity:
+        """A backend service of ``region``: reads its results and dead letters, writes labels."""
+        return cls(backend_principal(region), name)
+
+    @classmethod
     def of(cls, principal: str, name: str | None = None) -> Identity:
         """The identity for a principal as typed on the command line; ``name`` defaults as in the
-        constructors above (``worker`` for ``edge-*``, ``gateway`` for ``device-*``, else the principal).
+        constructors above (``worker`` for ``edge-*``, ``gateway`` for ``device-*``, ``subscriber`` for
+        ``backend-*``, else the principal).
         """
         if name is not None:
             return cls(principal, name)
@@ -112,4 +127,6 @@ class Identity:
             return cls(principal, EDGE_NODE)
         if principal.startswith(_DEVICE_PREFIX):
             return cls(principal, DEVICE_NODE)
+        if principal.startswith(_BACKEND_PREFIX):
+            return cls(principal, BACKEND_NODE)
         return cls(principal, principal)

@@ -55,6 +55,7 @@ from edgestream.topics.acls import (
     PatternType,
     Permission,
     ResourceType,
+    backend_principal,
     compare,
     device_principal,
     edge_principal,
@@ -73,6 +74,7 @@ from edgestream.topics.catalogue import (
     WORKERS_TOPIC,
     all_topics,
     audit_topic,
+    backend_group,
     device_group,
     dlq_replay_group_prefix,
     dlq_topic,
@@ -186,6 +188,14 @@ EU_WEST_POLICY = {
     ("User:device-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "READ"),
     ("User:device-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "DESCRIBE"),
     ("User:device-eu-west", "GROUP", "PREFIXED", "edgestream-device-eu-west.", "READ"),
+    # backend-eu-west: results and dead letters in, in its own groups; labels out
+    ("User:backend-eu-west", "TOPIC", "LITERAL", "edge.eu-west.results", "READ"),
+    ("User:backend-eu-west", "TOPIC", "LITERAL", "edge.eu-west.results", "DESCRIBE"),
+    ("User:backend-eu-west", "TOPIC", "LITERAL", "edge.eu-west.dlq", "READ"),
+    ("User:backend-eu-west", "TOPIC", "LITERAL", "edge.eu-west.dlq", "DESCRIBE"),
+    ("User:backend-eu-west", "GROUP", "PREFIXED", "edgestream-backend-eu-west.", "READ"),
+    ("User:backend-eu-west", "TOPIC", "LITERAL", "cloud.labels", "WRITE"),
+    ("User:backend-eu-west", "TOPIC", "LITERAL", "cloud.labels", "DESCRIBE"),
     # admin (a super user): the DLQ replay tool's groups and the DLQ
     ("User:admin", "GROUP", "PREFIXED", "edgestream-dlq-replay-eu-west-", "READ"),
     ("User:admin", "TOPIC", "LITERAL", "edge.eu-west.dlq", "READ"),
@@ -224,7 +234,7 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 30 + 15  # per region: edge 21, device 7, admin 2; aggregator 15
+    assert len(rules) == 3 * 37 + 15  # per region: edge 21, device 7, backend 7, admin 2; aggregator 15
     assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
 
 
@@ -234,7 +244,10 @@ def test_policy_rejects_a_bad_region() -> None:
 
 
 def test_principals() -> None:
-    assert principals(["eu-west"]) == sorted([ADMIN, AGGREGATOR, "User:device-eu-west", "User:edge-eu-west"])
+    assert principals(["eu-west"]) == sorted(
+        [ADMIN, AGGREGATOR, "User:backend-eu-west", "User:device-eu-west", "User:edge-eu-west"]
+    )
+    assert backend_principal("eu-west") == "User:backend-eu-west"
     assert edge_principal("eu-west") == "User:edge-eu-west"
     assert device_principal("us-east") == "User:device-us-east"
     assert not {rule.principal for rule in policy(REGIONS)} & {"User:broker"}
@@ -307,6 +320,26 @@ def test_device_topics_and_groups(region: str) -> None:
     assert not [r for r in rules if r.principal == device and r.resource_type is TRANSACTIONAL_ID]
 
 
+@pytest.mark.parametrize("region", REGIONS)
+def test_backend_topics_and_groups(region: str) -> None:
+    rules = policy(REGIONS)
+    backend = backend_principal(region)
+    for topic in all_topics(REGIONS):
+        ops = allowed(rules, backend, TOPIC, topic.name)
+        if topic.name in {results_topic(region), dlq_topic(region)}:
+            assert ops == {READ, DESCRIBE}, topic.name  # read only: never writes results
+        elif topic.name == LABELS_TOPIC:
+            assert ops == {WRITE, DESCRIBE}, topic.name  # writes ground truth, reads nobody's
+        else:  # ingest, replies, audit, other regions, the other cloud and control topics
+            assert ops == set(), topic.name
+    assert allowed(rules, backend, GROUP, backend_group(region, "fraud-ops")) == {READ, DESCRIBE}
+    for group in (edge_group(region), device_group(region, "fleet"), replay_group(region, "bad_tag")):
+        assert allowed(rules, backend, GROUP, group) == set(), group
+    for other in set(REGIONS) - {region}:
+        assert allowed(rules, backend, GROUP, backend_group(other, "fraud-ops")) == set()
+    assert not [r for r in rules if r.principal == backend and r.resource_type is TRANSACTIONAL_ID]
+
+
 def test_aggregator() -> None:
     rules = policy(REGIONS)
     for topic in all_topics(REGIONS):
@@ -340,21 +373,25 @@ def test_admin_replay(region: str) -> None:
 
 def test_prefixes_do_not_reach_a_region_whose_name_extends_another() -> None:
     rules = policy(["eu", "eu-west"])
-    for principal in (edge_principal("eu"), device_principal("eu")):
+    for principal in (edge_principal("eu"), device_principal("eu"), backend_principal("eu")):
         for topic in all_topics(["eu-west"]):
             if topic.region is not None:
                 assert allowed(rules, principal, TOPIC, topic.name) == set(), (principal, topic.name)
         assert allowed(rules, principal, GROUP, edge_group("eu-west")) == set()
         assert allowed(rules, principal, GROUP, device_group("eu-west", "fleet")) == set()
+        assert allowed(rules, principal, GROUP, backend_group("eu-west", "fleet")) == set()
         for txn_id in _txn_ids("eu-west"):
             assert allowed(rules, principal, TRANSACTIONAL_ID, txn_id) == set()
 
 
-def test_device_group_names() -> None:
+def test_device_and_backend_group_names() -> None:
     assert device_group("eu-west", "fleet") == "edgestream-device-eu-west.fleet"
+    assert backend_group("eu-west", "fraud-ops") == "edgestream-backend-eu-west.fraud-ops"
     for bad in ("", "a.b", "x" * 101, "sp ace"):
         with pytest.raises(ValueError, match="device group name"):
             device_group("eu-west", bad)
+        with pytest.raises(ValueError, match="backend group name"):
+            backend_group("eu-west", bad)
 
 
 def test_compare() -> None:

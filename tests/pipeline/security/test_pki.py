@@ -453,7 +453,7 @@ def test_cli_init_issue_rotate_retire_list(tmp_path: Path) -> None:
     home = str(tmp_path)
     result = _cli("init", "--home", home, "--region", "eu-west", "-r", "us-east")
     assert result.exit_code == 0, result.output
-    assert "8 new, 0 kept" in result.output  # the CA and 7 leaves
+    assert "10 new, 0 kept" in result.output  # the CA and 9 leaves
     pki = Pki.in_home(tmp_path)
     assert {i.identity for i in pki.status()} == {
         None,
@@ -462,10 +462,12 @@ def test_cli_init_issue_rotate_retire_list(tmp_path: Path) -> None:
         Identity.aggregator(),
         Identity.edge("eu-west"),
         Identity.device("eu-west"),
+        Identity.backend("eu-west"),
         Identity.edge("us-east"),
         Identity.device("us-east"),
+        Identity.backend("us-east"),
     }
-    assert "0 new, 8 kept" in _cli("init", "--home", home, "-r", "eu-west", "-r", "us-east").output
+    assert "0 new, 10 kept" in _cli("init", "--home", home, "-r", "eu-west", "-r", "us-east").output
 
     result = _cli("issue", "edge-eu-west", "node-2", "--days", "5", "--home", home)
     assert result.exit_code == 0, result.output
