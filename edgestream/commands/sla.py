@@ -145,6 +145,9 @@ def trace(
     trace_id: Annotated[
         str | None, typer.Option("--trace-id", help="The request's trace id (default: the slowest answered).")
     ] = None,
+    median: Annotated[
+        bool, typer.Option("--median", help="Show the median answered request instead of the slowest.")
+    ] = False,
 ) -> None:
     """One request's trace as text: device -> unit (its link) -> the unit's stages."""
     from edgestream.pipeline.observability.otlpjson import read_spans
@@ -153,7 +156,7 @@ def trace(
     if not path.is_file():
         fail(f"{path}: no such trace file (run with OTEL_TRACES_EXPORTER=file EDGESTREAM_TRACES_FILE={path})")
     spans = read_spans(path)
-    device = pick_request(spans, trace_id)
+    device = pick_request(spans, trace_id, slowest=not median)
     if device is None:
         fail(f"{path}: no {'such ' if trace_id else 'answered '}request whose unit span is in the file")
     print(f"trace {device.get('traceId')}")

@@ -28,12 +28,18 @@ SHOWN: Final = (
 """Attributes worth a line's room, in this order."""
 
 
+def _value(value: Any) -> Any:
+    """An OTLP ``AnyValue`` as plain data: a scalar, or an array's values joined by commas."""
+    if not isinstance(value, dict):
+        return value
+    inner = next(iter(value.values()), None)
+    if isinstance(inner, dict) and "values" in inner:  # arrayValue
+        return ",".join(str(_value(v)) for v in inner["values"])
+    return inner
+
+
 def _attrs(span: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kv in span.get("attributes", []):
-        value = kv.get("value", {})
-        out[kv.get("key", "")] = next(iter(value.values()), None) if isinstance(value, dict) else value
-    return out
+    return {kv.get("key", ""): _value(kv.get("value", {})) for kv in span.get("attributes", [])}
 
 
 def _ns(span: Mapping[str, Any], key: str) -> int:
@@ -43,9 +49,12 @@ def _ns(span: Mapping[str, Any], key: str) -> int:
         return 0
 
 
-def pick_request(spans: Sequence[Mapping[str, Any]], trace_id: str | None = None) -> Mapping[str, Any] | None:
+def pick_request(
+    spans: Sequence[Mapping[str, Any]], trace_id: str | None = None, *, slowest: bool = True
+) -> Mapping[str, Any] | None:
     """The device span of ``trace_id``; without one, the slowest answered request that a unit span links
-    to (the one worth looking at). None when there is none."""
+    to (the one worth looking at), or with ``slowest`` False the median one (a typical request). None
+    when there is none."""
     devices = [s for s in spans if s.get("kind") == PRODUCER]
     if trace_id is not None:
         return next((s for s in devices if s.get("traceId") == trace_id), None)
@@ -53,7 +62,10 @@ def pick_request(spans: Sequence[Mapping[str, Any]], trace_id: str | None = None
     answered = [
         s for s in devices if s.get("traceId") in linked and _attrs(s).get("edgestream.outcome") == "answered"
     ]
-    return max(answered, key=lambda s: _ns(s, "endTimeUnixNano") - _ns(s, "startTimeUnixNano"), default=None)
+    answered.sort(key=lambda s: _ns(s, "endTimeUnixNano") - _ns(s, "startTimeUnixNano"))
+    if not answered:
+        return None
+    return answered[-1] if slowest else answered[(len(answered) - 1) // 2]
 
 
 def _line(span: Mapping[str, Any], zero_ns: int, depth: int, service: str) -> str:

@@ -33,6 +33,12 @@ def _spans() -> list[dict[str, Any]]:
     unit = _span(
         "w", "u", "process ingest", CONSUMER, 1005, 1030, links=[{"traceId": "t1"}, {"traceId": "t2"}]
     )
+    unit["attributes"].append(
+        {
+            "key": "edgestream.model",
+            "value": {"arrayValue": {"values": [{"stringValue": "a"}, {"stringValue": "b"}]}},
+        }
+    )
     return [
         fast,
         slow,
@@ -53,6 +59,9 @@ def test_the_slowest_answered_request_a_unit_links_to_is_picked() -> None:
     by_id = pick_request(spans, "t1")
     assert by_id is not None
     assert by_id["spanId"] == "d1"
+    typical = pick_request(spans, slowest=False)
+    assert typical is not None
+    assert typical["spanId"] == "d1", "the median of two answered is the faster"
     assert pick_request(spans, "nope") is None
     assert pick_request([s for s in spans if s["kind"] != CONSUMER]) is None
 
@@ -65,5 +74,6 @@ def test_the_tree_holds_the_device_its_unit_and_only_its_own_record_spans() -> N
     names = [line.split(" ms ")[2].split()[0] for line in lines[1:]]
     assert names == ["send", "process", "admission", "inference"]
     assert "outcome=answered" in lines[1]
+    assert "model=a,b" in lines[2], "array attributes read as their values"
     start, took = lines[3].split(" ms")[0:2]
     assert (float(start), float(took)) == (6.0, 1.0), "the admission of t1, ms after t1's capture"
