@@ -32,7 +32,7 @@ SIZES: Final = (200, 300, 400)
 """Window sample counts: a demo region window holds about 200-400 embeddings."""
 WINDOWS: Final = 1000
 """Windows per scenario and size."""
-SPLITS: Final = 100
+SPLITS: Final = 500
 """Fresh splits of ``random-splits`` (the windows are shared out among them)."""
 LABELLED: Final = 3000
 """Labelled draws behind the ``retrained`` reference (the demo's retraining joined ~3,100)."""

@@ -64,8 +64,8 @@ def test_demo_design_false_alarms_stay_low_where_the_fixed_threshold_fired() -> 
     over fresh splits: calibrated, at most ~5% flag; the old fixed 0.2 flagged most of them."""
     from bench.drift.simulate import measure
 
-    rates = measure("random-splits", 300, 400, np.random.default_rng(15), source_rows=143, splits=40)
-    assert rates.rate <= 0.07, rates
+    rates = measure("random-splits", 300, 400, np.random.default_rng(15), source_rows=143, splits=200)
+    assert rates.rate <= 0.08, rates  # 5% expected; the bound leaves room for 200 splits' noise
     assert rates.rate_fixed >= 0.3, rates  # what the calibration is for
 
 
