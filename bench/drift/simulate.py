@@ -85,10 +85,11 @@ def binned(reference: FeatureReference, X: npt.ArrayLike) -> IntArray:
     return np.stack([bin_index(array[:, j], e) for j, e in enumerate(reference.edges)], axis=1)
 
 
-def counts_of(setting: Setting, rows: IntArray) -> list[npt.NDArray[np.int64]]:
+def counts_of(setting: Setting, rows: IntArray) -> list[list[int]]:
     """A window's counts per feature from the pool rows ``rows``."""
     picked = setting.pool[rows]
-    return [np.bincount(picked[:, j], minlength=len(c)) for j, c in enumerate(setting.reference.counts)]
+    counts = setting.reference.counts
+    return [np.bincount(picked[:, j], minlength=len(c)).tolist() for j, c in enumerate(counts)]
 
 
 def settings_of(scenario: str, rng: np.random.Generator, splits: int = SPLITS) -> Iterator[Setting]:

@@ -8,7 +8,7 @@ reference side, ``sum((a - e)**2 / p)`` is ``(1/n + 1/m)`` times a chi-square wi
 of freedom. When the window's samples are themselves drawn with replacement from a finite set of
 ``s`` inputs (the demo's devices replay 143 held-out rows), that set's own deviation adds ``1/s``.
 
-That approximation (``chi2_threshold``) runs 5-12% low in the far tail at the demo's sizes (PSI's
+That approximation runs 5-12% low in the far tail at the demo's sizes (PSI's
 logarithm weighs a thin bin more than Pearson does), which at 30 features was enough to double the
 false alarms. So a threshold is the quantile of simulated PSI instead (``simulated_threshold``): the
 reference (``m`` samples), the finite source (``s``) and the window (``n``) drawn as multinomials over
@@ -63,16 +63,6 @@ def per_test_level(rate: float, tests: int) -> float:
     return float(-np.expm1(np.log1p(-rate) / tests))
 
 
-@functools.lru_cache(maxsize=1024)
-def chi2_quantile(degrees: int, level: float) -> float:
-    """The ``1 - level`` quantile of a chi-square with ``degrees`` degrees of freedom (0 for none)."""
-    if degrees <= 0:
-        return 0.0
-    from scipy.stats import chi2
-
-    return float(chi2.isf(level, degrees))
-
-
 def noise_scale(n: int, m: int, source_rows: int | None = None) -> float:
     """``1/n + 1/m (+ 1/s)``: the variance factor of a window's shares against its reference's."""
     if n <= 0:
@@ -91,11 +81,6 @@ def held_bins(counts: Sequence[int] | npt.NDArray[np.int64]) -> int:
     if array.ndim != 1 or array.sum() <= 0:
         raise DriftError("an empty reference histogram: every bin has no count")
     return int(np.count_nonzero(array))
-
-
-def chi2_threshold(df: int, level: float, scale: float) -> float:
-    """The chi-square approximation of the PSI past which one test fails at ``level``."""
-    return chi2_quantile(df, level) * scale
 
 
 def grid_floor(n: int) -> int:
