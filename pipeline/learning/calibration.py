@@ -46,6 +46,8 @@ GRID_FROM: Final = 16
 SIMULATED_DRAWS: Final = 40_000
 """Fewest simulated windows behind a threshold (more where the level is under 100 / this, so that at
 least 100 pass the quantile on average)."""
+MOST_DRAWS: Final = 1_000_000
+"""Most simulated windows behind a threshold (a level under 1e-4 is estimated from fewer passes)."""
 
 
 class DriftError(EdgestreamError, ValueError):
@@ -101,7 +103,7 @@ def simulated_threshold(
     if bins <= 1:
         return 0.0
     rng = np.random.default_rng([bins, n, m, source_rows or 0])
-    draws = max(SIMULATED_DRAWS, int(100 / level))
+    draws = min(max(SIMULATED_DRAWS, int(100 / level)), MOST_DRAWS)
     psi = simulated_psi(np.full(bins, 1.0 / bins), n, m, draws, rng, epsilon, source_rows)
     expected = level * draws  # simulated windows past the true quantile, on average
     above = max(1, int(expected - 2.0 * np.sqrt(expected)))  # its ~98% upper confidence bound
