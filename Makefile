@@ -64,6 +64,10 @@ bench: jars ## Benchmarks: bench/results/*.json and plots
 bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/results/gpu.json; says so without a GPU)
 	@$(BIN)/python -m bench.gpu
 
+.PHONY: bench-drift
+bench-drift: $(STAMP) ## Drift detector's false alarms and detections, simulated (bench/results/drift.json; < 1 min)
+	@$(BIN)/python -m bench.drift
+
 .PHONY: faults
 faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
 	@$(BIN)/python -m bench.faults

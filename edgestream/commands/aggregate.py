@@ -67,10 +67,14 @@ def _num(value: float | None, spec: str) -> str:
 def _table(view: dict[str, Any]) -> Table:
     from rich.table import Table
 
-    table = Table(title=f"aggregator windows ({view['window_s']:g} s, PSI threshold {view['threshold']:g})")
+    rate = view.get("false_positive_rate")
+    title = (
+        f"aggregator windows ({view['window_s']:g} s; drift calibrated to {_num(rate, '.0%')} false alarms)"
+    )
+    table = Table(title=title)
     for name in ("window start", "region", "model", "version", "results", "DLQ rate"):
         table.add_column(name, justify="right" if name in ("version", "results", "DLQ rate") else "left")
-    for name in ("p50 ms", "p95 ms", "p99 ms", "joined", "accuracy", "drift max", "flag"):
+    for name in ("p50 ms", "p95 ms", "p99 ms", "joined", "accuracy", "drift PSI", "threshold", "flag"):
         table.add_column(name, justify="right")
     for row in view["windows"]:
         latency = row["latency_ms"]
@@ -87,7 +91,8 @@ def _table(view: dict[str, Any]) -> Table:
             _num(latency["p99"], "g"),
             str(row["joined"]),
             _num(row["accuracy"], ".3f"),
-            _num(drift["max_psi"], ".3f"),
+            _num(drift.get("worst_psi"), ".3f"),
+            _num(drift.get("threshold"), ".3f"),
             "[red]DRIFT[/red]" if drift["flagged"] else "",
         )
     return table

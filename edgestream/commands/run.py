@@ -228,7 +228,8 @@ def _print_story(result: DemoResult) -> None:
         d = story.drift
         console.print(
             f"drift: first flagged window {d['region']} v{d['version']}, {d['samples']} samples, "
-            f"max PSI {d['max_psi']:.2f} (feature {d['worst_feature']}; threshold {d['threshold']:g})"
+            f"PSI {d['psi']:.2f} ({d['test']}; calibrated threshold "
+            f"{d['threshold']:.2f})"
         )
     for side, what in (("before", "before the shift"), ("after", "after it")):
         counts = story.drift_windows.get(side)

@@ -2,15 +2,18 @@
 
 PSI compares two distributions over the same bins: ``sum((a - e) * ln(a / e))`` over the bins, with
 ``e`` the reference share and ``a`` the window's share of each bin. Bins come from the reference's
-quantiles (deciles by default), so each holds about the same share of the reference and no bin is
-empty on that side; a share of zero (a bin the window never hit) is raised to ``EPSILON`` so the
-logarithm stays finite. The usual reading (Siddiqi, *Credit Risk Scorecards*, 2006; the rule of thumb
-of credit-risk model monitoring): below 0.1 no significant shift, 0.1-0.2 a moderate shift worth a
-look, above 0.2 a significant shift; so ``PSI_THRESHOLD`` = 0.2 flags a window. PSI of a small window
-is noisy, and a window flags on its worst feature: measured on the embedding data (30 features, deciles,
-windows drawn from the data itself), the largest feature PSI of a window has a median of 0.22 at 100
-samples, 0.10 (95th percentile 0.14) at 200 and 0.05 at 400, while a 15% scale shift of the inputs
-scores ~2.4 at 200. So a report flags only from ``MIN_SAMPLES`` = 200 samples on.
+quantiles (deciles by default), so each holds about the same share of the reference (fewer bins where
+values repeat); a share of zero (a bin the window never hit) is raised to ``EPSILON`` so the logarithm
+stays finite.
+
+A window is flagged when any feature's PSI (or the top-score histogram's) passes its own calibrated
+threshold (``calibration.py``), not the credit-risk rule of thumb of 0.2: PSI of a small window is
+mostly sampling noise and a window flags on its worst of 30 features, so at the demo's 200-400
+samples the fixed 0.2 flagged most unshifted windows. Each threshold is the high quantile of the PSI a
+window of that many samples shows when nothing shifted (simulated: about ``(1/n + 1/m) * chi2(k - 1)``
+with ``m`` the reference's samples and ``k`` its bins), at Sidak's per-test level for a window-level
+false-positive rate of ``FALSE_POSITIVE_RATE`` (5%). A report still flags only from ``MIN_SAMPLES``
+samples on: below that even a real shift reads close to the noise.
 
 The reference of a model is its training data (``load_dataset(kind).X_train``), binned once per process
 (`training_reference`). The top-score histogram has fixed bins (``cloud.SCORE_BINS`` over [0, 1]), so
@@ -27,11 +30,17 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
+from edgestream.pipeline.learning.calibration import (
+    FALSE_POSITIVE_RATE,
+    DriftError,
+    held_bins,
+    per_test_level,
+    threshold,
+)
+
 if TYPE_CHECKING:
     from edgestream.pipeline.models.zoo import Kind
 
-PSI_THRESHOLD: Final = 0.2
-"""A PSI above this flags a window: the rule of thumb for a significant shift (see the module doc)."""
 EPSILON: Final = 1e-4
 """Share given to an empty bin so that ``ln(a / e)`` stays finite."""
 DEFAULT_BINS: Final = 10
@@ -46,10 +55,10 @@ def quantile_edges(values: npt.ArrayLike, bins: int = DEFAULT_BINS) -> FloatArra
     """Interior bin edges from the quantiles of ``values`` (``bins - 1`` of them, fewer where values
     repeat, e.g. a feature that is mostly 0)."""
     if bins < 2:
-        raise ValueError(f"bins must be >= 2, got {bins}")
+        raise DriftError(f"bins must be >= 2, got {bins}")
     array = np.asarray(values, dtype=np.float64).ravel()
     if array.size == 0:
-        raise ValueError("no reference values")
+        raise DriftError("no reference values")
     edges = np.quantile(array, np.linspace(0.0, 1.0, bins + 1)[1:-1])
     return np.unique(edges)
 
@@ -72,7 +81,7 @@ def psi(reference: npt.ArrayLike, actual: npt.ArrayLike, epsilon: float = EPSILO
     e = np.asarray(reference, dtype=np.float64)
     a = np.asarray(actual, dtype=np.float64)
     if e.shape != a.shape or e.ndim != 1:
-        raise ValueError(f"bins differ: {e.shape} vs {a.shape}")
+        raise DriftError(f"bins differ: {e.shape} vs {a.shape}")
     if e.sum() <= 0 or a.sum() <= 0:
         return float("nan")
     e_share = np.maximum(e / e.sum(), epsilon)
@@ -88,6 +97,25 @@ class FeatureReference:
     """Interior edges of each feature's bins."""
     counts: tuple[npt.NDArray[np.int64], ...]
     """The reference's count in each bin of each feature."""
+    size: int | None = None
+    """Independent samples behind the counts, where fewer than their total (copies of one input counted
+    several times); None: the total."""
+
+    def __post_init__(self) -> None:
+        if len(self.edges) != len(self.counts):
+            raise DriftError(f"{len(self.edges)} features binned, {len(self.counts)} counted")
+        for j, (e, c) in enumerate(zip(self.edges, self.counts, strict=True)):
+            if len(c) != len(e) + 1:
+                raise DriftError(f"feature {j}: {len(c)} counts for {len(e) + 1} bins")
+            if np.sum(c) <= 0 or np.min(c) < 0:
+                raise DriftError(f"feature {j}: the reference has no counts in any bin (or a negative one)")
+        if self.size is not None and self.size <= 0:
+            raise DriftError(f"a reference of {self.size} samples")
+
+    @property
+    def samples(self) -> int:
+        """Samples the reference stands for: ``size``, else its count total."""
+        return self.size if self.size is not None else int(np.sum(self.counts[0])) if self.counts else 0
 
     @classmethod
     def from_data(cls, X: npt.ArrayLike, bins: int = DEFAULT_BINS) -> FeatureReference:
@@ -107,7 +135,7 @@ class FeatureReference:
     def bins_of(self, features: Sequence[float]) -> list[int]:
         """The bin of each feature of one sample (what a window counts per sample)."""
         if len(features) != self.n_features:
-            raise ValueError(f"{len(features)} features, the reference has {self.n_features}")
+            raise DriftError(f"{len(features)} features, the reference has {self.n_features}")
         return [int(bin_index(x, e)) for x, e in zip(features, self.edges, strict=True)]
 
     def empty_counts(self) -> list[list[int]]:
@@ -130,10 +158,25 @@ class DriftReport:
     """PSI of the top-score histogram, if a score reference was given."""
     samples: int
     """Samples the feature PSI is computed from."""
-    threshold: float
-    """The threshold ``flagged`` compares against."""
+    feature_thresholds: tuple[float, ...]
+    """The calibrated threshold of each feature at this window's sample count (``calibration.py``)."""
+    score_threshold: float | None
+    """The calibrated threshold of the score histogram's PSI, if it was judged."""
     min_samples: int
     """Fewest samples that can flag the window."""
+    false_positive_rate: float = FALSE_POSITIVE_RATE
+    """Share of unshifted windows the thresholds let through flagged (all tests together)."""
+
+    def _ratios(self) -> list[tuple[float, int | None]]:
+        """(PSI / its threshold, feature index or None for the score) of every finite judged test."""
+        out: list[tuple[float, int | None]] = [
+            (_ratio(v, t), j)
+            for j, (v, t) in enumerate(zip(self.feature_psi, self.feature_thresholds, strict=True))
+            if np.isfinite(v)
+        ]
+        if self.score_psi is not None and self.score_threshold is not None and np.isfinite(self.score_psi):
+            out.append((_ratio(self.score_psi, self.score_threshold), None))
+        return out
 
     @property
     def max_psi(self) -> float | None:
@@ -141,29 +184,75 @@ class DriftReport:
         values = [v for v in (*self.feature_psi, self.score_psi) if v is not None and np.isfinite(v)]
         return max(values) if values else None
 
+    def _worst(self) -> tuple[float, int | None] | None:
+        """The test furthest past (or closest to) its threshold: (PSI / threshold, feature or None)."""
+        ratios = self._ratios()
+        return max(ratios, key=lambda r: r[0]) if ratios else None
+
+    @property
+    def excess(self) -> float | None:
+        """The largest PSI over its own threshold among the tests (> 1: some test failed)."""
+        worst = self._worst()
+        return None if worst is None else worst[0]
+
     @property
     def worst_feature(self) -> int | None:
-        """Index of the feature with the largest PSI."""
-        finite = [(v, j) for j, v in enumerate(self.feature_psi) if np.isfinite(v)]
-        return max(finite)[1] if finite else None
+        """Index of the feature furthest past (or closest to) its threshold."""
+        ratios = [(r, j) for r, j in self._ratios() if j is not None]
+        return max(ratios)[1] if ratios else None
+
+    @property
+    def worst_test(self) -> str | None:
+        """``feature <j>`` or ``score``: the test with the largest ``excess``."""
+        found = self._worst()
+        if found is None:
+            return None
+        return "score" if found[1] is None else f"feature {found[1]}"
+
+    @property
+    def worst(self) -> tuple[float, float] | None:
+        """(PSI, threshold) of the test with the largest ``excess``: a feature's, or the score's."""
+        found = self._worst()
+        if found is None:
+            return None
+        j = found[1]
+        if j is None:
+            assert self.score_psi is not None
+            assert self.score_threshold is not None
+            return self.score_psi, self.score_threshold
+        return self.feature_psi[j], self.feature_thresholds[j]
 
     @property
     def flagged(self) -> bool:
-        """Past the threshold, on enough samples."""
-        worst = self.max_psi
-        return worst is not None and worst > self.threshold and self.samples >= self.min_samples
+        """Some test past its threshold, on enough samples."""
+        worst = self.excess
+        return worst is not None and worst > 1.0 and self.samples >= self.min_samples
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (NaN becomes None)."""
+        worst = self.worst
         return {
             "feature_psi": [v if np.isfinite(v) else None for v in self.feature_psi],
             "score_psi": self.score_psi,
             "samples": self.samples,
             "max_psi": self.max_psi,
             "worst_feature": self.worst_feature,
+            "worst_test": self.worst_test,
+            "worst_psi": None if worst is None else worst[0],
+            "threshold": None if worst is None else worst[1],
+            "excess": self.excess,
             "flagged": self.flagged,
-            "threshold": self.threshold,
+            "feature_thresholds": list(self.feature_thresholds),
+            "score_threshold": self.score_threshold,
+            "false_positive_rate": self.false_positive_rate,
         }
+
+
+def _ratio(value: float, limit: float) -> float:
+    """``value / limit``; with no noise to allow for (a histogram of one bin), any PSI is past it."""
+    if limit > 0:
+        return value / limit
+    return float(np.inf) if value > 0 else 0.0
 
 
 def drift_report(
@@ -172,23 +261,48 @@ def drift_report(
     *,
     score_reference: Sequence[int] | None = None,
     score_counts: Sequence[int] | None = None,
-    threshold: float = PSI_THRESHOLD,
+    false_positive_rate: float = FALSE_POSITIVE_RATE,
+    source_rows: int | None = None,
     min_samples: int = MIN_SAMPLES,
 ) -> DriftReport:
     """PSI per feature of a window's samples (counts in ``reference``'s bins) and of its top-score
-    histogram (against ``score_reference``, if given)."""
+    histogram (against ``score_reference``, if given), each with its calibrated threshold:
+    ``false_positive_rate`` of unshifted windows flagged, whose samples are drawn from ``source_rows``
+    distinct inputs where that is finite (None: a continuous population)."""
     feature_psi: tuple[float, ...] = ()
     samples = 0
     if reference is not None and feature_counts is not None:
         if len(feature_counts) != reference.n_features:
-            raise ValueError(f"{len(feature_counts)} features counted, reference has {reference.n_features}")
+            raise DriftError(f"{len(feature_counts)} features counted, reference has {reference.n_features}")
         samples = int(sum(feature_counts[0])) if feature_counts else 0
         if samples:
             feature_psi = tuple(psi(r, c) for r, c in zip(reference.counts, feature_counts, strict=True))
     score_psi = None
-    if score_reference is not None and score_counts is not None and sum(score_counts) > 0:
+    score_n = 0
+    if (
+        score_reference is not None
+        and score_counts is not None
+        and min(sum(score_counts), sum(score_reference)) > 0
+    ):
         score_psi = psi(score_reference, score_counts)
-    return DriftReport(feature_psi, score_psi, samples, threshold, min_samples)
+        score_n = int(sum(score_counts))
+    tests = len(feature_psi) + (score_psi is not None)
+    feature_thresholds: tuple[float, ...] = ()
+    score_threshold = None
+    if tests:
+        level = per_test_level(false_positive_rate, tests)
+        if feature_psi and reference is not None:
+            m = reference.samples
+            feature_thresholds = tuple(
+                threshold(held_bins(c), samples, m, level, EPSILON, source_rows) for c in reference.counts
+            )
+        if score_psi is not None and score_reference is not None:
+            pooled = np.asarray(score_reference) + np.asarray(score_counts)
+            m = int(sum(score_reference))
+            score_threshold = threshold(held_bins(pooled), score_n, m, level, EPSILON)
+    return DriftReport(
+        feature_psi, score_psi, samples, feature_thresholds, score_threshold, min_samples, false_positive_rate
+    )
 
 
 @functools.cache

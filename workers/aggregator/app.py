@@ -28,18 +28,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import faust
-import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample, percentile_ms
-from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
-from edgestream.pipeline.learning.drift import (
-    PSI_THRESHOLD,
-    FeatureReference,
-    drift_report,
-    training_reference,
-)
+from edgestream.pipeline.errors import UndecodableRecord
+from edgestream.pipeline.learning.calibration import FALSE_POSITIVE_RATE
+from edgestream.pipeline.learning.drift import FeatureReference, drift_report
 from edgestream.pipeline.observability.cloud import AggregatorMetrics
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
@@ -51,6 +46,7 @@ from edgestream.topics.catalogue import (
 )
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.observe import Rows, add_metrics
+from edgestream.workers.aggregator.references import References, kind_reference
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +81,12 @@ class AggregatorSettings(BaseSettings):
     registry_refresh_s: float = Field(default=10.0, gt=0)
     """How often the registry is read for the versions' own drift references (retrained versions sign
     the counts of their training inputs into their lineage)."""
-    psi_threshold: float = Field(default=PSI_THRESHOLD, gt=0)
-    """PSI past which a window is flagged (``pipeline.drift``)."""
+    drift_false_positive_rate: float = Field(default=FALSE_POSITIVE_RATE, gt=0, lt=1)
+    """Share of unshifted windows drift may flag: each window's thresholds are calibrated to it at the
+    window's sample count (``pipeline/learning/calibration.py``)."""
+    drift_source_rows: int | None = Field(default=None, gt=0)
+    """Distinct inputs the devices draw their samples from, where that is a finite set (the demo's
+    devices replay the 143 held-out rows); its own sampling noise then widens the thresholds."""
     web_host: str = "127.0.0.1"
     """Address the HTTP view binds."""
     web_port: int = Field(default=6066, gt=0, lt=65536)
@@ -104,55 +104,6 @@ class AggregatorSettings(BaseSettings):
     def window_ms(self) -> int:
         """The window in ms."""
         return int(self.window_s * 1000)
-
-
-def _reference(model: str) -> FeatureReference | None:
-    """The training reference of a model's inputs; None for models whose samples carry no features."""
-    from edgestream.pipeline.models import spec
-
-    try:
-        kind = spec(model, "tiny").kind
-    except EdgestreamError:
-        return None
-    return training_reference(kind) if kind == "embedding" else None
-
-
-def version_reference(model: str, lineage: Any) -> FeatureReference | None:
-    """A version's own drift reference: the counts of its training inputs in the bins of the model
-    kind's reference, as ``retrain`` signs them into its lineage (``drift_reference``); None when the
-    lineage has none or they do not fit the bins."""
-    base = _reference(model)
-    counts = lineage.get("drift_reference") if isinstance(lineage, Mapping) else None
-    if base is None or not counts:
-        return None
-    try:
-        arrays = tuple(np.asarray(c, dtype=np.int64) for c in counts)
-    except (TypeError, ValueError):
-        return None
-    if len(arrays) != base.n_features or any(
-        a.shape != b.shape or a.sum() <= 0 for a, b in zip(arrays, base.counts, strict=True)
-    ):
-        log.warning("%s: a drift reference that does not fit the model's bins is ignored", model)
-        return None
-    return FeatureReference(base.edges, arrays)
-
-
-class References:
-    """Per (model, version), the version's own drift reference, refreshed from ``control.models``;
-    versions without one are judged against the model kind's training data."""
-
-    def __init__(self) -> None:
-        self.by_version: dict[tuple[str, int], FeatureReference] = {}
-
-    def update(self, states: Mapping[str, Any]) -> None:
-        """Take the references of every version of ``states`` (model -> ModelState)."""
-        found: dict[tuple[str, int], FeatureReference] = {}
-        for model, state in states.items():
-            for signed in state.versions:
-                reference = version_reference(model, signed.manifest.lineage)
-                if reference is not None:
-                    found[(model, signed.version)] = reference
-        self.by_version = found
 
 
 def _read_committed_only() -> None:
@@ -339,7 +290,7 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
     async def join_samples(stream: Any) -> None:
         async for event in stream.events():
             sample = Sample.from_bytes(event.value)
-            reference = _reference(sample.model)
+            reference = kind_reference(sample.model)
             bins = None
             n_bins: list[int] = []
             if reference is not None and len(sample.features) == reference.n_features:
@@ -379,7 +330,13 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
 
     def rows() -> list[dict[str, Any]]:
         windows, quality = dict(tables.windows.items()), list(tables.quality.items())
-        return window_rows(windows, quality, settings.psi_threshold, references.by_version)
+        return window_rows(
+            windows,
+            quality,
+            references.by_version,
+            false_positive_rate=settings.drift_false_positive_rate,
+            source_rows=settings.drift_source_rows,
+        )
 
     @app.timer(interval=settings.registry_refresh_s)  # type: ignore[untyped-decorator]
     async def refresh_references() -> None:
@@ -394,8 +351,8 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
     @app.page(VIEW_PATH)
     async def view(web: Any, request: Any) -> Any:
         del request
-        threshold = settings.psi_threshold
-        return web.json({"window_s": settings.window_s, "threshold": threshold, "windows": rows()})
+        rate = settings.drift_false_positive_rate
+        return web.json({"window_s": settings.window_s, "false_positive_rate": rate, "windows": rows()})
 
     del refresh_references, view
     return rows
@@ -420,10 +377,13 @@ def _finite(value: float | None) -> float | None:
 def window_rows(
     summary_windows: dict[str, w.State],
     quality_windows: list[tuple[str, w.State]],
-    threshold: float = PSI_THRESHOLD,
     references: Mapping[tuple[str, int], FeatureReference] | None = None,
+    *,
+    false_positive_rate: float = FALSE_POSITIVE_RATE,
+    source_rows: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The view: one row per window (summary or join counters), oldest first, JSON-ready.
+    """The view: one row per window (summary or join counters), oldest first, JSON-ready; each row's
+    drift carries the thresholds it was judged by, calibrated to its sample count.
 
     The score distribution's drift is against the first window still held for the same (region, model,
     version): the edge sends no reference scores, and the training scores need the model (not done).
@@ -445,13 +405,14 @@ def window_rows(
         if baseline is None and scores is not None and sum(scores) > 0:
             first_scores[series] = scores
         own = (references or {}).get((model, version))
-        reference = own or _reference(model)
+        reference = own or kind_reference(model)
         report = drift_report(
             reference,
             quality["features"] if reference is not None else None,
             score_reference=baseline,
             score_counts=scores,
-            threshold=threshold,
+            false_positive_rate=false_positive_rate,
+            source_rows=source_rows,
         )
         rows.append(
             {

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgestream.pipeline.errors import EdgestreamError
-from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.observability.sla import REQUEST_LOG, write_round_trips
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
@@ -168,6 +168,8 @@ def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> 
         "EDGESTREAM_AGGREGATOR_WEB_PORT": str(port),
         "EDGESTREAM_AGGREGATOR_WINDOW_S": str(settings.aggregator_window_s),
         "EDGESTREAM_AGGREGATOR_APP_ID": app_id,
+        # Devices replay the held-out rows (fleet.py): drift allows for that small pool's own noise.
+        "EDGESTREAM_AGGREGATOR_DRIFT_SOURCE_ROWS": str(len(load_dataset("embedding").y_test)),
     }
     aggregator = Child.start(
         "the aggregator",

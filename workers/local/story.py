@@ -244,7 +244,7 @@ class Story:
         self._event(
             "drift",
             f"drift flagged: {d['region']} v{d['version']} window of {d['samples']} samples, "
-            f"PSI {d['max_psi']:.2f} (feature {d['worst_feature']}) > {d['threshold']:g}",
+            f"PSI {d['psi']:.2f} ({d['test']}) > calibrated threshold {d['threshold']:.2f}",
             d["version"],
         )
 
@@ -305,6 +305,8 @@ class Story:
                         "start_ms": row["start_ms"],
                         "samples": drift["samples"],
                         "max_psi": drift["max_psi"],
+                        "psi": drift["worst_psi"],
+                        "test": drift["worst_test"],
                         "worst_feature": drift["worst_feature"],
                         "threshold": drift["threshold"],
                     }

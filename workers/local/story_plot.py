@@ -104,18 +104,19 @@ def _accuracy_panel(ax: Any, story: StoryReport, answers: Sequence[Answer], end_
 def _drift_panel(
     ax: Any, story: StoryReport, windows: Sequence[dict[str, Any]], window_s: float, started: float
 ) -> None:
-    """Drift, as the aggregator judged it: each version's windows against its own reference."""
-    threshold = None
+    """Drift, as the aggregator judged it: each version's windows against its own reference, as the
+    worst test's PSI over its calibrated threshold (past 1: flagged)."""
+    rate = None
     drifted = sorted({int(w["version"]) for w in windows if w["model"] == story.model})
     for v in drifted:
         xs, ys, judged = [], [], []
         for w in windows:
             d = w.get("drift") or {}
-            if w["model"] != story.model or int(w["version"]) != v or d.get("max_psi") is None:
+            if w["model"] != story.model or int(w["version"]) != v or d.get("excess") is None:
                 continue
-            threshold = d.get("threshold", threshold)
+            rate = d.get("false_positive_rate", rate)
             xs.append(w["start_ms"] / 1000 - started + window_s / 2)
-            ys.append(max(float(d["max_psi"]), 1e-3))
+            ys.append(max(float(d["excess"]), 1e-3))
             judged.append(int(d.get("samples", 0)) >= MIN_SAMPLES)
         role = story.role(v)
         colour = _COLOURS[role]
@@ -124,10 +125,12 @@ def _drift_panel(
         if len(x):
             ax.scatter(x[j], y[j], color=colour, label=f"v{v} ({role}) vs {against}")
             ax.scatter(x[~j], y[~j], facecolors="none", edgecolors=colour, alpha=0.6)
-    if threshold is not None:
-        ax.axhline(float(threshold), color="red", ls="--", lw=1, label=f"threshold {threshold:g}")
+    if rate is not None:
+        ax.axhline(
+            1.0, color="red", ls="--", lw=1, label=f"calibrated threshold ({float(rate):.0%} false alarms)"
+        )
     ax.set_yscale("log")
-    ax.set_ylabel("max feature PSI of a window")
+    ax.set_ylabel("PSI / calibrated threshold (worst test)")
     ax.set_xlabel("seconds since the fleet started")
     ax.set_title(
         f"drift per region window ({window_s:g} s; filled: judged, {MIN_SAMPLES}+ samples; hollow: fewer)"

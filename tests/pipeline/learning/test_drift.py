@@ -1,4 +1,5 @@
-"""PSI: zero on the reference itself, symmetric, finite with empty bins, flags a shift and not noise."""
+"""PSI: zero on the reference itself, symmetric, finite with empty bins, flags a shift and not noise
+(calibrated thresholds: ``test_calibration.py``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from edgestream.pipeline.learning.calibration import DriftError
 from edgestream.pipeline.learning.drift import (
     EPSILON,
     MIN_SAMPLES,
-    PSI_THRESHOLD,
     FeatureReference,
     drift_report,
     histogram,
@@ -32,7 +33,7 @@ def test_psi_matches_the_formula_and_floors_empty_bins() -> None:
     assert math.isfinite(value)
     assert value == pytest.approx((EPSILON - 0.5) * math.log(EPSILON / 0.5) + 0.5 * math.log(2))
     assert math.isnan(psi([0, 0], [1, 1]))
-    with pytest.raises(ValueError, match="bins differ"):
+    with pytest.raises(DriftError, match="bins differ"):
         psi([1, 2], [1, 2, 3])
 
 
@@ -64,12 +65,14 @@ def test_training_data_does_not_flag_and_a_shift_does() -> None:
     same = drift_report(reference, reference.window_counts(window))
     assert same.samples == 400
     assert same.max_psi is not None
-    assert same.max_psi < PSI_THRESHOLD
+    assert same.excess is not None
+    assert same.excess < 1.0
     assert not same.flagged
     shifted = drift_report(reference, reference.window_counts(window * 1.15))
     assert shifted.flagged
     assert shifted.max_psi is not None
     assert shifted.max_psi > 1.0
+    assert shifted.to_dict()["threshold"] == shifted.feature_thresholds[shifted.worst_feature or 0]
     few = drift_report(reference, reference.window_counts(window[: MIN_SAMPLES - 1] * 1.15))
     assert not few.flagged  # too few samples to call it
 
@@ -77,9 +80,13 @@ def test_training_data_does_not_flag_and_a_shift_does() -> None:
 def test_score_histogram_drift() -> None:
     report = drift_report(None, None, score_reference=[0] * 8 + [50, 50], score_counts=[50, 50] + [0] * 8)
     assert report.score_psi is not None
-    assert report.score_psi > PSI_THRESHOLD
+    assert report.score_threshold is not None
+    assert report.score_psi > report.score_threshold
+    assert report.worst == (report.score_psi, report.score_threshold)
     assert report.feature_psi == ()
     assert report.to_dict()["max_psi"] == report.score_psi
+    assert report.to_dict()["worst_feature"] is None
+    assert not report.flagged  # no feature samples: too few to call it
 
 
 def reference_data() -> np.ndarray:

@@ -384,7 +384,7 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
     from edgestream.pipeline.learning.drift import training_reference
     from edgestream.pipeline.models import load_dataset
     from edgestream.pipeline.models.shift import shifted_pools
-    from edgestream.workers.aggregator.app import version_reference
+    from edgestream.workers.aggregator.references import version_reference
 
     base = training_reference("embedding")
     first, second = shifted_pools()
@@ -392,6 +392,13 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
     own = version_reference("embedding-scorer", lineage)
     assert own is not None
     assert own.edges == base.edges
+    assert own.samples == len(first.X)  # no lineage counts of distinct inputs: the count total
+    total = len(first.X)
+    copies = version_reference("embedding-scorer", {**lineage, "distinct": 100, "joined": 2 * total})
+    assert copies is not None
+    assert copies.samples == 50  # its share of the distinct inputs
+    negative = [[-1, *c[1:]] for c in lineage["drift_reference"]]
+    assert version_reference("embedding-scorer", {"drift_reference": negative}) is None
     assert version_reference("embedding-scorer", {}) is None
     assert version_reference("embedding-scorer", {"drift_reference": [[1, 2]]}) is None  # wrong shape
     assert version_reference("frame-classifier", lineage) is None  # frames carry no features
@@ -403,12 +410,16 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
         return w.quality_key(0, w.window_key("eu", "embedding-scorer", version, 0)), state
 
     windows = [quality(1, second.X), quality(2, second.X), quality(3, load_dataset("embedding").X_train)]
-    rows = {r["version"]: r["drift"] for r in window_rows({}, windows, 0.2, {("embedding-scorer", 2): own})}
+    rows = {r["version"]: r["drift"] for r in window_rows({}, windows, {("embedding-scorer", 2): own})}
     assert rows[1]["reference"] == rows[3]["reference"] == "training"
     assert rows[2]["reference"] == "version"
     assert rows[1]["flagged"], rows[1]["max_psi"]  # shifted inputs against the zoo's training data
     assert not rows[2]["flagged"], rows[2]["max_psi"]  # the same inputs against v2's own
     assert not rows[3]["flagged"], rows[3]["max_psi"]
+    for drift in rows.values():  # each window says which thresholds it was judged by
+        assert len(drift["feature_thresholds"]) == 30
+        assert drift["threshold"] in drift["feature_thresholds"]
+        assert drift["false_positive_rate"] == 0.05
 
 
 def _check_metrics(url: str, *, at_least: int) -> None:

@@ -134,7 +134,7 @@ def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
 
     # Drift: flagged on a window after the shift, on enough samples.
     assert story.drift is not None
-    assert story.drift["max_psi"] > story.drift["threshold"]
+    assert story.drift["psi"] > story.drift["threshold"]
     assert story.drift["samples"] >= 200
     assert story.drift_windows["after"]["flagged"] >= 1
 

@@ -24,7 +24,7 @@ def test_the_story_plot_draws_versions_accuracy_drift_and_events(tmp_path: Path)
             "model": "embedding-scorer",
             "version": version,
             "start_ms": (1_000 + start_s) * 1000,
-            "drift": {"max_psi": psi, "samples": samples, "threshold": 0.2},
+            "drift": {"max_psi": psi, "excess": psi / 0.2, "samples": samples, "false_positive_rate": 0.05},
         }
         for version, start_s, psi, samples in [(4, 0, 0.05, 250), (4, 15, 2.5, 300), (5, 30, 0.1, 50)]
     ]
