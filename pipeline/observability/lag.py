@@ -123,11 +123,14 @@ class ConsumerLag:
     ) -> None:
         """Update from ``offsets()`` every ``interval_s`` until cancelled; an update that fails is
         logged and the next one tried (lag is never a reason to stop a process)."""
+        warned = False
         while True:
             try:
                 self.update(offsets(), time.time() * 1000.0)
-            except Exception:
-                log.debug("consumer lag not updated", exc_info=True)
+            except Exception:  # the first failure is a warning: lag that never updates must show
+                level = logging.DEBUG if warned else logging.WARNING
+                log.log(level, "consumer lag not updated", exc_info=True)
+                warned = True
             await asyncio.sleep(interval_s)
 
 
