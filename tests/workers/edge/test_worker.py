@@ -48,6 +48,7 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.edge.service import serve
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.ops.audit import verify_audit_log
+from tests.pipeline.observability.served import http_get
 
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
 
@@ -223,17 +224,6 @@ async def test_a_device_over_its_rate_is_dead_lettered_and_others_still_flow(
     assert devices == {"dev-noisy": 5, "dev-calm-0": 1, "dev-calm-1": 1, "dev-calm-2": 1}
 
 
-async def _get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = raw.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 async def test_health_says_ready_once_serving_and_metrics_count_committed_results(
     edge_region: EdgeRegion, producer: AIOKafkaProducer
 ) -> None:
@@ -248,7 +238,7 @@ async def test_health_says_ready_once_serving_and_metrics_count_committed_result
     statuses: list[int] = []
     while True:
         try:
-            status, _ = await _get(port, "/readyz")
+            status, _ = await http_get(port, "/readyz")
             statuses.append(status)
         except ConnectionRefusedError:
             status = 0
@@ -256,7 +246,7 @@ async def test_health_says_ready_once_serving_and_metrics_count_committed_result
             break
         await asyncio.sleep(0.05)
     assert status == 200, f"never ready: {statuses[-5:]}"
-    assert (await _get(port, "/livez"))[0] == 200
+    assert (await http_get(port, "/livez"))[0] == 200
 
     x = load_dataset("embedding").X_test[0]
     topic = ingest_topic(edge_region.name, "embedding")
@@ -267,7 +257,7 @@ async def test_health_says_ready_once_serving_and_metrics_count_committed_result
     await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=6)
     await read_topic(edge_region.bootstrap, dlq_topic(edge_region.name), expect=1)
 
-    _, text = await _get(port, "/metrics")
+    _, text = await http_get(port, "/metrics")
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
