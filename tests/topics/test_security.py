@@ -200,7 +200,9 @@ async def _metadata_error(kafka: KafkaSettings, topic: str) -> int:
 async def _records_seen(kafka: KafkaSettings, topic: str, timeout_ms: int = 3_000) -> list[bytes | None]:
     """What a group-less consumer as ``kafka`` reads from partition 0 of ``topic``; raises the broker's
     authorization error when it sends one."""
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(), group_id=None, enable_auto_commit=False, request_timeout_ms=5_000
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)

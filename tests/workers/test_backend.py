@@ -198,8 +198,10 @@ async def _visible(backend: KafkaSettings, topic: str) -> bool:
 
 
 async def _read(backend: KafkaSettings, tp: TopicPartition, group: str | None = None) -> int:
-    """Records read from ``tp`` as the backend, committing them in ``group`` when one is given."""
-    async with kafka.started(kafka.consumer(backend, "test-backend-read", group_id=group)) as c:
+    """Records read from ``tp`` as the backend, committing them in ``group`` when one is given. A short
+    request timeout: a consumer refused a topic's metadata waits out the timeout (30 s by default)."""
+    quick = backend.model_copy(update={"request_timeout_ms": 5_000})
+    async with kafka.started(kafka.consumer(quick, "test-backend-read", group_id=group)) as c:
         c.assign([tp])
         await c.seek_to_beginning(tp)
         batch = await c.getmany(tp, timeout_ms=2_000)
