@@ -63,7 +63,9 @@ async def _run(inline_max_ms: float, delay_s: float, calls: int) -> tuple[UnitIn
 
 @pytest.mark.parametrize(
     ("inline_max_ms", "delay_s", "inline"),
-    [(5.0, 0.0, True), (0.0, 0.0, False), (1.0, 0.02, False)],
+    # The fast case's bound is wide: its first call is timed through the thread hop, which a busy box
+    # (the suite beside a broker) stretched past 5 ms.
+    [(200.0, 0.0, True), (0.0, 0.0, False), (1.0, 0.02, False)],
     ids=["fast-model-inline", "never-inline", "slow-model-in-thread"],
 )
 async def test_where_a_model_call_runs(inline_max_ms: float, delay_s: float, inline: bool) -> None:
