@@ -16,7 +16,11 @@ reference (``m`` samples), the finite source (``s``) and the window (``n``) draw
 level), seeded by that key and cached (~0.25 s each on the 2-core box). The threshold is the
 quantile's upper confidence bound (an order statistic a little past it, so that simulation noise errs
 towards fewer alarms), with ``n`` rounded down to a grid ``2 ** (1/16)`` apart (a few more samples
-never lower a threshold, and windows of nearby sizes share one simulation).
+never lower a threshold, and windows of nearby sizes share one simulation). Below the sample count
+that can flag a window (``fine_from``: drift's ``MIN_SAMPLES``) the grid is ``2 ** (1/2)`` apart:
+those thresholds are shown, never used to flag, and a window filling up passes every grid point once,
+each a simulation that blocked the aggregator's event loop (19.6 s of CPU for one window filling to
+400 samples on the fine grid alone; ``bench`` note in the commit).
 
 A window is flagged when any of its ``T`` tests (one per feature, one for the score histogram) passes
 its own threshold, each at Sidak's level ``1 - (1 - rate) ** (1 / T)`` for a window-level rate
@@ -42,7 +46,9 @@ FALSE_POSITIVE_RATE: Final = 0.05
 GRID_STEPS: Final = 16
 """Grid points per doubling of the sample count that thresholds are simulated at."""
 GRID_FROM: Final = 16
-"""Sample counts up to this are simulated as they are."""
+"""Sample counts up to this are simulated as they are (on the fine grid)."""
+COARSE_STEPS: Final = 2
+"""Grid points per doubling below ``fine_from`` (windows too small to be flagged)."""
 SIMULATED_DRAWS: Final = 40_000
 """Fewest simulated windows behind a threshold (more where the level is under 100 / this, so that at
 least 100 pass the quantile on average)."""
@@ -85,13 +91,15 @@ def held_bins(counts: Sequence[int] | npt.NDArray[np.int64]) -> int:
     return int(np.count_nonzero(array))
 
 
-def grid_floor(n: int) -> int:
+def grid_floor(n: int, fine_from: int = 0) -> int:
     """The largest of 1, 2, ... (integers about ``2 ** (1/16)`` apart from 16 on) not above ``n``: the
-    sample count a threshold is simulated at (at most ~4% fewer than ``n``)."""
-    if n <= GRID_FROM:
+    sample count a threshold is simulated at (at most ~4% fewer than ``n``). Below ``fine_from`` the
+    grid is ``2 ** (1/2)`` apart (at most ~30% fewer: a higher threshold, never a lower one)."""
+    steps = GRID_STEPS if n >= fine_from else COARSE_STEPS
+    if n <= 1 or (steps == GRID_STEPS and n <= GRID_FROM):
         return n
-    step = int(np.floor(GRID_STEPS * np.log2(n) + 1e-9))
-    return min(n, int(np.ceil(2 ** (step / GRID_STEPS) - 1e-9)))
+    step = int(np.floor(steps * np.log2(n) + 1e-9))
+    return min(n, int(np.ceil(2 ** (step / steps) - 1e-9)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -111,11 +119,18 @@ def simulated_threshold(
 
 
 def threshold(
-    bins: int, n: int, m: int, level: float, epsilon: float, source_rows: int | None = None
+    bins: int,
+    n: int,
+    m: int,
+    level: float,
+    epsilon: float,
+    source_rows: int | None = None,
+    fine_from: int = 0,
 ) -> float:
     """The PSI past which one test of a histogram with ``bins`` bins that hold reference counts fails at
-    ``level``, for a window of ``n`` samples against a reference of ``m``."""
-    return simulated_threshold(bins, grid_floor(n), m, source_rows, level, epsilon)
+    ``level``, for a window of ``n`` samples against a reference of ``m`` (on the coarse grid below
+    ``fine_from`` samples)."""
+    return simulated_threshold(bins, grid_floor(n, fine_from), m, source_rows, level, epsilon)
 
 
 def simulated_psi(

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from edgestream.pipeline.learning.calibration import (
     FALSE_POSITIVE_RATE,
     DriftError,
+    grid_floor,
     held_bins,
     per_test_level,
     threshold,
@@ -294,12 +295,15 @@ def drift_report(
         if feature_psi and reference is not None:
             m = reference.samples
             feature_thresholds = tuple(
-                threshold(held_bins(c), samples, m, level, EPSILON, source_rows) for c in reference.counts
+                threshold(held_bins(c), samples, m, level, EPSILON, source_rows, min_samples)
+                for c in reference.counts
             )
         if score_psi is not None and score_reference is not None:
             pooled = np.asarray(score_reference) + np.asarray(score_counts)
-            m = int(sum(score_reference))
-            score_threshold = threshold(held_bins(pooled), score_n, m, level, EPSILON)
+            # The score's reference is its series' first window: its size differs per series, and
+            # rounded down to the grid (a little more noise allowed) series share simulations.
+            m = grid_floor(int(sum(score_reference)))
+            score_threshold = threshold(held_bins(pooled), score_n, m, level, EPSILON, fine_from=min_samples)
     return DriftReport(
         feature_psi, score_psi, samples, feature_thresholds, score_threshold, min_samples, false_positive_rate
     )

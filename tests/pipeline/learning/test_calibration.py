@@ -48,6 +48,28 @@ def test_window_sizes_round_down_to_the_grid() -> None:
     assert all(grid_floor(g) == g for g in grid)
 
 
+def test_windows_too_small_to_flag_use_a_coarse_grid_that_never_lowers_a_threshold() -> None:
+    """Below ``fine_from`` (drift's MIN_SAMPLES) a window filling up passes ~2 grid points per doubling
+    instead of 16: each is a simulation, and such a window is never flagged anyway."""
+    coarse = sorted({grid_floor(n, fine_from=200) for n in range(1, 200)})
+    assert len(coarse) <= 16 < len({grid_floor(n) for n in range(1, 200)})
+    assert all(grid_floor(n, fine_from=200) <= grid_floor(n) <= n for n in range(1, 1000))
+    assert [grid_floor(n, fine_from=200) for n in (1, 2, 3, 100, 199, 200, 300)] == [
+        1,
+        2,
+        3,
+        91,
+        182,
+        198,
+        292,
+    ]
+    level = per_test_level(FALSE_POSITIVE_RATE, 30)
+    for n in (50, 150):  # fewer samples simulated: a higher threshold, never a lower one
+        assert threshold(10, n, 426, level, EPSILON, 143, fine_from=200) >= threshold(
+            10, n, 426, level, EPSILON, 143
+        )
+
+
 def test_window_false_positive_rate_is_near_its_target() -> None:
     """30 independent features, windows drawn from the reference's own shares: about 5% of windows
     flag (the Sidak correction holds the family's rate, not each feature's)."""
