@@ -10,6 +10,7 @@ opened and closed around this test's own produce.
 from __future__ import annotations
 
 import asyncio
+import csv
 import time
 import uuid
 from datetime import UTC, datetime
@@ -222,10 +223,13 @@ async def test_export_writes_the_labelled_samples_of_any_model_and_publishes_not
         assert npz["version"].tolist() == [s.model_version for s, _ in written]
         assert npz["time_ms"].tolist() == [s.at_ms for s, _ in written]
         assert npz["request_id"].tolist() == [s.request_id.hex() for s, _ in written]
-    rows = np.genfromtxt(csv_path, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    assert rows["request_id"].tolist() == [s.request_id.hex() for s, _ in written]
-    assert rows["label"].tolist() == [truth for _, truth in written]
-    csv_features = np.array([[row[f"f{j}"] for j in range(EXPORT_FEATURES)] for row in rows])
+    with csv_path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["request_id"] for row in rows] == [s.request_id.hex() for s, _ in written]
+    assert [int(row["label"]) for row in rows] == [truth for _, truth in written]
+    assert [int(row["version"]) for row in rows] == [s.model_version for s, _ in written]
+    assert [int(row["time_ms"]) for row in rows] == [s.at_ms for s, _ in written]
+    csv_features = np.array([[float(row[f"f{j}"]) for j in range(EXPORT_FEATURES)] for row in rows])
     np.testing.assert_array_equal(csv_features.astype(np.float32), features)
 
     empty = tmp_path / "empty.npz"
