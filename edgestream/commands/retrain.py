@@ -157,11 +157,12 @@ def _export(kafka: KafkaSettings, model: str, since_ms: int, until_ms: int, path
         write_export(path, table)
     except (ExportError, OSError) as e:
         fail(str(e))
-    skipped = f", {table.skipped} samples skipped (see the log)" if table.skipped else ""
+    skipped = f", {table.skipped} records skipped (see the log)" if table.skipped else ""
     _out.print(
         f"exported {table.rows} labelled samples of {model} in {window} to {path}: "
         f"{table.n_features} features, versions {sorted(set(table.version.tolist()))} "
         f"({table.samples} samples in the window, {table.labels} labels{skipped})",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )
