@@ -1,11 +1,12 @@
 """The retraining process: read the labelled samples of a window from the cloud topics, read the stable
 version to compare with from the registry, and publish a retrained candidate.
 
-:func:`read_labelled` reads ``cloud.samples`` and ``cloud.labels`` to their end offsets
-(read_committed) and joins them (``pipeline.learning.retrain.join``); :func:`read_stable` reads the
-model's stable version and its verified ONNX bytes; :func:`publish_candidate` signs and publishes a
-candidate as the model's next version, never promoted. Training and the comparison are
-``pipeline.learning.retrain.retrain``, between these steps.
+:func:`read_cloud` reads ``cloud.samples`` and ``cloud.labels`` to their end offsets (read_committed);
+:func:`read_labelled` joins them for a zoo model (``pipeline.learning.retrain.join``) and
+:func:`read_export` for any model, as the rows of an export file (``pipeline.learning.export``);
+:func:`read_stable` reads the model's stable version and its verified ONNX bytes;
+:func:`publish_candidate` signs and publishes a candidate as the model's next version, never promoted.
+Training and the comparison are ``pipeline.learning.retrain.retrain``, between these steps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import numpy as np
 
 from edgestream.pipeline.contract.cloud import Label, Sample
 from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
-from edgestream.pipeline.learning.retrain import LabelledSet, RetrainError, Window, join, sampled_spec
+from edgestream.pipeline.learning.export import ExportTable, export_table
+from edgestream.pipeline.learning.retrain import (
+    LabelledSet,
+    RetrainError,
+    Window,
+    join,
+    join_samples,
+    sampled_spec,
+)
 from edgestream.topics.catalogue import CLOUD_LABELS, CLOUD_SAMPLES, LABELS_TOPIC, SAMPLES_TOPIC
 
 if TYPE_CHECKING:
@@ -69,6 +78,40 @@ async def read_stable(kafka: KafkaSettings, store: ArtifactStore, trusted: Trust
         raise RetrainError(f"stable v{state.stable}: {e}") from e
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CloudRecords:
+    """Every committed sample and label on the cloud topics, decoded."""
+
+    samples: list[Sample]
+    labels: list[Label]
+    undecodable: int
+    """Records that did not decode (logged and left out)."""
+
+
+async def read_cloud(kafka: KafkaSettings, *, timeout_ms: int = DEFAULT_READ_TIMEOUT_MS) -> CloudRecords:
+    """Read ``cloud.samples`` and ``cloud.labels`` from the beginning to their end offsets
+    (read_committed). Raises :class:`~edgestream.pipeline.errors.KafkaTimeout` for a read that does not
+    reach the end offsets within ``timeout_ms``."""
+    raw = await _read_values(
+        kafka,
+        {SAMPLES_TOPIC: CLOUD_SAMPLES.partitions, LABELS_TOPIC: CLOUD_LABELS.partitions},
+        timeout_ms,
+    )
+    records = CloudRecords([], [], 0)
+    undecodable = 0
+    for topic, values in raw.items():
+        for value in values:
+            try:
+                if topic == SAMPLES_TOPIC:
+                    records.samples.append(Sample.from_bytes(value))
+                else:
+                    records.labels.append(Label.from_bytes(value))
+            except UndecodableRecord as e:
+                undecodable += 1
+                log.warning("%s: skipping a record: %s", topic, e)
+    return replace(records, undecodable=undecodable)
+
+
 async def read_labelled(
     kafka: KafkaSettings,
     model: str,
@@ -77,34 +120,15 @@ async def read_labelled(
     *,
     timeout_ms: int = DEFAULT_READ_TIMEOUT_MS,
 ) -> LabelledSet:
-    """Read ``cloud.samples`` and ``cloud.labels`` from the beginning to their end offsets
-    (read_committed) and :func:`join` them for ``model`` over ``[since_ms, until_ms)``.
+    """:func:`read_cloud` and :func:`join` the records for ``model`` over ``[since_ms, until_ms)``.
 
     Undecodable records are logged and counted in ``skipped``. Raises :class:`RetrainError` for a model
-    that is not sampled, :class:`~edgestream.pipeline.errors.KafkaTimeout` for a read that does not
-    reach the end offsets within ``timeout_ms``.
+    that is not sampled, :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`read_cloud`.
     """
     model_spec = sampled_spec(model)
     window = Window(since_ms, until_ms)
-    raw = await _read_values(
-        kafka,
-        {SAMPLES_TOPIC: CLOUD_SAMPLES.partitions, LABELS_TOPIC: CLOUD_LABELS.partitions},
-        timeout_ms,
-    )
-    samples: list[Sample] = []
-    labels: list[Label] = []
-    undecodable = 0
-    for topic, values in raw.items():
-        for value in values:
-            try:
-                if topic == SAMPLES_TOPIC:
-                    samples.append(Sample.from_bytes(value))
-                else:
-                    labels.append(Label.from_bytes(value))
-            except UndecodableRecord as e:
-                undecodable += 1
-                log.warning("%s: skipping a record: %s", topic, e)
-    data = join(samples, labels, model, window, int(np.prod(model_spec.input_shape)))
+    cloud = await read_cloud(kafka, timeout_ms=timeout_ms)
+    data = join(cloud.samples, cloud.labels, model, window, int(np.prod(model_spec.input_shape)))
     log.info(
         "%s in [%d, %d): %d samples, %d labels, %d joined (%d skipped, %d undecodable)",
         model,
@@ -114,9 +138,26 @@ async def read_labelled(
         data.labels,
         data.joined,
         data.skipped,
-        undecodable,
+        cloud.undecodable,
     )
-    return replace(data, skipped=data.skipped + undecodable)
+    return replace(data, skipped=data.skipped + cloud.undecodable)
+
+
+async def read_export(
+    kafka: KafkaSettings,
+    model: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    timeout_ms: int = DEFAULT_READ_TIMEOUT_MS,
+) -> ExportTable:
+    """The labelled samples of any model (a zoo spec is not needed) over ``[since_ms, until_ms)``, as
+    the rows of an export file (``learning.export``): :func:`read_cloud` and ``join_samples`` with the
+    feature length most of the window's samples have. Trains and publishes nothing."""
+    window = Window(since_ms, until_ms)
+    cloud = await read_cloud(kafka, timeout_ms=timeout_ms)
+    joined = join_samples(cloud.samples, cloud.labels, model, window, None)
+    return export_table(joined, model, window, cloud.undecodable)
 
 
 async def _read_values(

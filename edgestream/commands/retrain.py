@@ -1,6 +1,8 @@
 """`edgestream retrain MODEL`: train a candidate from the labelled samples of a window, compare it with
 the stable version on a held-out split, and publish it (signed, with metrics and lineage) as the next
-version, NOT promoted: ``edgestream registry promote`` runs its canary.
+version, NOT promoted: ``edgestream registry promote`` runs its canary. ``--export FILE`` writes the
+window's labelled samples to a file instead, for a model edgestream did not build (its team trains it
+and publishes the result as a candidate: ``docs/retraining.md``).
 
 Reading and publishing are ``workers.retrainer``, training and the comparison
 ``pipeline.learning.retrain``; the command parses the window and prints the report."""
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,6 +26,7 @@ from edgestream.commands.topics import Bootstrap
 if TYPE_CHECKING:
     from edgestream.pipeline.learning.retrain import RetrainReport
     from edgestream.pipeline.registry.state import ModelState
+    from edgestream.pipeline.settings import KafkaSettings
 
 app = typer.Typer(
     help="Retrain a model from labelled samples and publish it as a candidate.",
@@ -31,6 +35,11 @@ app = typer.Typer(
 
 _out = Console()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EXPORT_HELP = (
+    "Write the window's labelled samples to this .npz or .csv file for your own training job (any "
+    "model, docs/retraining.md); train and publish nothing."
+)
+"""Help of ``--export``."""
 
 
 def parse_when_ms(text: str, now_ms: int) -> int:
@@ -70,11 +79,14 @@ def retrain(
         typer.Option("--seed", help="Seed of the held-out split (training is seeded by the zoo's seed)."),
     ] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Train and compare, publish nothing.")] = False,
+    export: Annotated[Path | None, typer.Option("--export", help=EXPORT_HELP, dir_okay=False)] = None,
     home: Home = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Train MODEL on the labelled samples of [--since, --until), compare it with the stable version on a
-    held-out split and publish it as the next version, a candidate (not promoted)."""
+    held-out split and publish it as the next version, a candidate (not promoted). With --export FILE:
+    write those samples to FILE for your own training job instead (any model; trains and publishes
+    nothing; the training options are ignored)."""
     from edgestream.commands.registry import registry_home
     from edgestream.commands.topics import resolve_kafka
     from edgestream.pipeline.errors import EdgestreamError
@@ -87,8 +99,11 @@ def retrain(
     since_ms, until_ms = parse_when_ms(since, now_ms), parse_when_ms(until, now_ms)
     if until_ms <= since_ms:
         fail(f"empty window: --until {until!r} is not after --since {since!r}")
-    root = registry_home(home)
     kafka = resolve_kafka(bootstrap)
+    if export is not None:
+        _export(kafka, model, since_ms, until_ms, export)
+        return
+    root = registry_home(home)
     store = LocalArtifactStore(root / ARTIFACTS_DIR)
     try:
         trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
@@ -118,6 +133,38 @@ def retrain(
         f"holdout accuracy {report.candidate_accuracy:.4f} vs {report.stable_accuracy:.4f}, "
         f"signed by {key.key_id}; to roll it out: "
         f"edgestream registry promote {model} --version {published.latest}"
+    )
+
+
+def _export(kafka: KafkaSettings, model: str, since_ms: int, until_ms: int, path: Path) -> None:
+    """Write the labelled samples of ``model`` in ``[since_ms, until_ms)`` to ``path``
+    (``pipeline.learning.export``); fail, writing nothing, when there are none."""
+    from edgestream.pipeline.learning.export import ExportError, export_format, write_export
+    from edgestream.workers.retrainer import read_export
+
+    try:
+        export_format(path)  # a suffix that names no format fails before Kafka is read
+    except ExportError as e:
+        fail(str(e))
+    table = run(read_export(kafka, model, since_ms, until_ms))
+    window = f"[{utc(since_ms)}, {utc(until_ms)})"
+    if table.rows == 0:
+        fail(
+            f"{model}: no labelled samples in {window} ({table.samples} samples, {table.labels} labels, "
+            f"{table.skipped} skipped): nothing exported, {path} not written"
+        )
+    try:
+        write_export(path, table)
+    except (ExportError, OSError) as e:
+        fail(str(e))
+    skipped = f", {table.skipped} records skipped (see the log)" if table.skipped else ""
+    _out.print(
+        f"exported {table.rows} labelled samples of {model} in {window} to {path}: "
+        f"{table.n_features} features, versions {sorted(set(table.version.tolist()))} "
+        f"({table.samples} samples in the window, {table.labels} labels{skipped})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -18,6 +18,7 @@ held-out split.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -178,35 +179,63 @@ class RetrainReport:
         }
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Joined:
+    """The labelled samples of one model and window, before any array is built: what :func:`join` and
+    the export of a window (``learning.export``) share."""
+
+    rows: tuple[tuple[Sample, int], ...]
+    """Each labelled sample with its true label, by request id."""
+    n_features: int
+    """Length of every row's feature vector."""
+    samples: int
+    """Samples of the model in the window with ``n_features`` features (distinct request ids)."""
+    labels: int
+    """Labels of the model read (any window)."""
+    skipped: int
+    """Samples of the window left out: feature vectors not ``n_features`` long."""
+
+
+def join_samples(
+    samples: Iterable[Sample], labels: Iterable[Label], model: str, window: Window, n_features: int | None
+) -> Joined:
+    """The labelled samples of ``model`` answered in ``window``; the last record of a request id wins.
+
+    A sample whose feature vector is not ``n_features`` long is left out and counted in ``skipped``;
+    ``n_features`` None: the length most of the window's samples have (a model edgestream did not build
+    has no zoo spec to say it; ties go to the shorter length), 0 when there are none.
+    """
+    by_request: dict[bytes, Sample] = {}
+    for sample in samples:
+        if sample.model == model and sample.at_ms in window:
+            by_request[sample.request_id] = sample
+    if n_features is None:
+        lengths = Counter(len(s.features) for s in by_request.values())
+        n_features = min(lengths, key=lambda n: (-lengths[n], n)) if lengths else 0
+    kept = {rid: s for rid, s in by_request.items() if len(s.features) == n_features}
+    truth = {label.request_id: label.label for label in labels if label.model == model}
+    rows = tuple((sample, truth[rid]) for rid, sample in sorted(kept.items()) if rid in truth)
+    return Joined(rows, n_features, len(kept), len(truth), len(by_request) - len(kept))
+
+
 def join(
     samples: Iterable[Sample], labels: Iterable[Label], model: str, window: Window, n_features: int
 ) -> LabelledSet:
-    """The labelled samples of ``model`` answered in ``window``; the last record of a request id wins.
-
-    A sample whose feature vector is not ``n_features`` long is left out and counted in ``skipped``.
-    """
-    by_request: dict[bytes, Sample] = {}
-    skipped = 0
-    for sample in samples:
-        if sample.model != model or sample.at_ms not in window:
-            continue
-        if len(sample.features) != n_features:
-            skipped += 1
-            continue
-        by_request[sample.request_id] = sample
-    truth = {label.request_id: label.label for label in labels if label.model == model}
-    rows = [(rid, sample) for rid, sample in sorted(by_request.items()) if rid in truth]
-    X = np.array([s.features for _, s in rows], dtype=np.float16).reshape(len(rows), n_features)
-    y = np.array([truth[rid] for rid, _ in rows], dtype=np.int64)
+    """The labelled samples of ``model`` answered in ``window`` (:func:`join_samples`), as arrays in the
+    wire dtype."""
+    joined = join_samples(samples, labels, model, window, n_features)
+    rows = joined.rows
+    X = np.array([s.features for s, _ in rows], dtype=np.float16).reshape(len(rows), n_features)
+    y = np.array([label for _, label in rows], dtype=np.int64)
     return LabelledSet(
         model=model,
         window=window,
         X=X,
         y=y,
-        request_ids=tuple(rid for rid, _ in rows),
-        samples=len(by_request),
-        labels=len(truth),
-        skipped=skipped,
+        request_ids=tuple(s.request_id for s, _ in rows),
+        samples=joined.samples,
+        labels=joined.labels,
+        skipped=joined.skipped,
     )
 
 

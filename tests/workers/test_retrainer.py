@@ -10,6 +10,7 @@ opened and closed around this test's own produce.
 from __future__ import annotations
 
 import asyncio
+import csv
 import time
 import uuid
 from datetime import UTC, datetime
@@ -164,3 +165,77 @@ async def test_retrain_publishes_a_candidate_that_beats_stable(
     )
     assert artifact.version == state.latest
     assert artifact.accuracy == metrics["accuracy"]
+
+
+EXPORT_FEATURES = 5
+"""Features per sample of the exported model (one the zoo does not know)."""
+
+
+async def _produce_for_export(
+    producer: AIOKafkaProducer, model: str, start_ms: int
+) -> list[tuple[Sample, int]]:
+    """Samples and labels of ``model`` on the cloud topics: six labelled in the window (versions 1 and
+    2, float32 features no float16 holds), and what the export must leave out (unlabelled, before the
+    window, a shorter feature vector, a label of another model). The labelled ones, with their labels."""
+    rng = np.random.default_rng(5)
+    run = uuid.uuid4().bytes[:8]
+    labelled: list[tuple[Sample, int]] = []
+    for i in range(10):
+        rid = run + i.to_bytes(8)
+        at_ms = start_ms - 5_000 if i == 8 else start_ms + 10 * (9 - i)  # out of time order
+        n = EXPORT_FEATURES - 1 if i == 9 else EXPORT_FEATURES
+        x = tuple(float(v) for v in rng.normal(0, 1e3, n).astype(np.float32))
+        sample = Sample(rid, "eu-west", model, 1 + i % 2, at_ms, b"q" * 16, x, 0, (0.9, 0.1))
+        await producer.send(SAMPLES_TOPIC, sample.to_bytes(), key=sample.device)
+        if i in (6, 7):
+            continue  # unlabelled
+        truth = int(rng.integers(0, 2))
+        label = Label(rid, model, truth, at_ms + 1)
+        await producer.send(LABELS_TOPIC, label.to_bytes(), key=rid)
+        if i < 6:
+            labelled.append((sample, truth))
+    await producer.send(LABELS_TOPIC, Label(run, "embedding-scorer", 1, start_ms).to_bytes(), key=run)
+    await producer.flush()
+    return sorted(labelled, key=lambda row: (row[0].at_ms, row[0].request_id))
+
+
+async def test_export_writes_the_labelled_samples_of_any_model_and_publishes_nothing(
+    bootstrap: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    await ensure_topics(bootstrap, shared_topics())
+    model = f"fraud-{uuid.uuid4().hex[:8]}"
+    start_ms = _now_ms()
+    written = await _produce_for_export(producer, model, start_ms)
+    until_ms = max(_now_ms(), start_ms + 100) + 1
+    window = ["--since", _iso(start_ms), "--until", _iso(until_ms)]
+
+    npz_path, csv_path = tmp_path / "window.npz", tmp_path / "window.csv"
+    for path in (npz_path, csv_path):
+        result = await _cli(bootstrap, "retrain", model, *window, "--export", str(path))
+        assert result.exit_code == 0, result.output
+        assert f"exported 6 labelled samples of {model}" in result.output
+        assert f"{EXPORT_FEATURES} features, versions [1, 2]" in result.output
+        assert "(8 samples in the window" in result.output  # 6 labelled, 2 not; 1 skipped
+    features = np.array([s.features for s, _ in written], dtype=np.float32)
+    with np.load(npz_path, allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["features"], features)
+        assert npz["label"].tolist() == [truth for _, truth in written]
+        assert npz["version"].tolist() == [s.model_version for s, _ in written]
+        assert npz["time_ms"].tolist() == [s.at_ms for s, _ in written]
+        assert npz["request_id"].tolist() == [s.request_id.hex() for s, _ in written]
+    with csv_path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["request_id"] for row in rows] == [s.request_id.hex() for s, _ in written]
+    assert [int(row["label"]) for row in rows] == [truth for _, truth in written]
+    assert [int(row["version"]) for row in rows] == [s.model_version for s, _ in written]
+    assert [int(row["time_ms"]) for row in rows] == [s.at_ms for s, _ in written]
+    csv_features = np.array([[float(row[f"f{j}"]) for j in range(EXPORT_FEATURES)] for row in rows])
+    np.testing.assert_array_equal(csv_features.astype(np.float32), features)
+
+    empty = tmp_path / "empty.npz"
+    before = ["--since", _iso(start_ms - 60_000), "--until", _iso(start_ms - 30_000)]
+    refused = await _cli(bootstrap, "retrain", model, *before, "--export", str(empty))
+    assert refused.exit_code == 1
+    assert f"{model}: no labelled samples in" in refused.output
+    assert not empty.exists()
+    assert model not in await RegistryClient(bootstrap).read_states(), "an export publishes nothing"

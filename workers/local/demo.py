@@ -105,7 +105,7 @@ class _Cluster:
     """The Kafka cluster the demo runs on, and how its parts connect to it."""
 
     admin: KafkaSettings
-    """An admin identity: topics, ACLs, the registry, the labels the backends send."""
+    """An admin identity: topics, ACLs, the registry, reading the labelled samples to retrain on."""
     pki: Pki
     """Where the parts' certificates come from, over TLS."""
     broker_log: Path | None
@@ -308,7 +308,7 @@ def _fleet_settings(settings: DemoSettings, cluster: _Cluster) -> FleetSettings:
         drain_s=settings.drain_s,
         regions=settings.regions,
         home=settings.home,
-        kafka=cluster.admin,  # over TLS the fleet connects as device-<region> instead
+        kafka=cluster.admin,  # over TLS: devices as device-<region>, labels as backend-<region>
         tls_root=cluster.pki.root,
     )
 

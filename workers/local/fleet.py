@@ -13,7 +13,9 @@ disjoint halves of the scanner-shifted data (``pipeline.models.shift``); every a
 version that gave it and the kind of input (``Answer``), in time or late, for accuracy per version.
 
 A configurable fraction of deliberately bad records (tampered ciphertext, unknown model, wrong shape,
-garbage bytes) exercises the dead-letter path; they are counted, not awaited.
+garbage bytes) exercises the dead-letter path; they are counted, not awaited. The ground truth of a
+share of the requests goes to ``cloud.labels`` as the region's backend would send it, connected as
+``backend-<region>`` (``fleet_kafka``).
 """
 
 from __future__ import annotations
@@ -42,14 +44,12 @@ from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.observability.sla import RoundTrip
 from edgestream.pipeline.observability.tracing import Tracing, tracing_from_env
 from edgestream.pipeline.security import keyfile
-from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
-from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.serving.inference import InferenceSession
-from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, replies_topic
 from edgestream.workers.local.device_tracing import DeviceTracing, answered, fell_back
 from edgestream.workers.local.devices import Device, make_devices
+from edgestream.workers.local.fleet_kafka import backend_kafka, device_kafka
 from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,8 @@ class Fleet:
             kind: InferenceSession(store.get(name, "tiny")) for kind, name in MODEL_FOR_KIND.items()
         }
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
-        self._labels: AIOKafkaProducer | None = None
+        self._labels: dict[str, AIOKafkaProducer] = {}
+        """Region -> the producer of its labels (as ``backend-<region>``), when labels are sent."""
         self._expired: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()
         self._fallbacks = FallbackReports()
@@ -205,12 +206,13 @@ class Fleet:
         consumers: dict[str, AIOKafkaConsumer] = {}
         tasks: list[asyncio.Task[None]] = []
         try:
-            if self.settings.label_fraction > 0:
-                self._labels = kafka_clients.producer(
-                    self.settings.kafka, "edgestream-fleet-labels", linger_ms=20
-                )
-                await self._labels.start()
             for region in self.report.regions:
+                if self.settings.label_fraction > 0:  # as the region's backend would send them
+                    labels = backend_kafka(self.settings, region)
+                    self._labels[region] = kafka_clients.producer(
+                        labels, f"edgestream-fleet-labels-{region}", linger_ms=20
+                    )
+                    await self._labels[region].start()
                 kafka = device_kafka(self.settings, region)
                 producers[region] = kafka_clients.producer(kafka, f"edgestream-fleet-{region}")
                 await producers[region].start()
@@ -230,7 +232,7 @@ class Fleet:
             await asyncio.gather(
                 *(c.stop() for c in consumers.values()),
                 *(p.stop() for p in producers.values()),
-                *([self._labels.stop()] if self._labels is not None else []),
+                *(p.stop() for p in self._labels.values()),
                 return_exceptions=True,
             )
             if self.tracing is not None:  # every span ended so far is exported when run returns
@@ -331,9 +333,11 @@ class Fleet:
         delivery: asyncio.Future[Any] = await producer.send(
             topic, envelope, key=device.device_id.encode(), headers=headers
         )
-        if self._labels is not None and self._pyrng.random() < self.settings.label_fraction:
+        labels = self._labels.get(device.region)
+        if labels is not None and self._pyrng.random() < self.settings.label_fraction:
             label = Label(request_id, MODEL_FOR_KIND[kind], truth, capture_ms)
-            await self._labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
+            sent = await labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
+            sent.add_done_callback(_label_delivered)
         return delivery
 
     async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
@@ -455,22 +459,11 @@ class Fleet:
         )
 
 
-def device_kafka(settings: FleetSettings, region: str) -> KafkaSettings:
-    """How the devices of ``region`` connect: as ``device-<region>`` over TLS, with the certificate
-    ``tls_root`` holds, issued (or renewed) first where the PKI can be written. A PKI that cannot be
-    written (docker-compose.yml mounts only the bundle and the devices' own identity, read-only) is
-    used as issued. Raises ConfigError when the identity has no certificate there."""
-    kafka = settings.kafka
-    if kafka.security_protocol != "SSL":
-        return kafka
-    pki = Pki(settings.tls_root or settings.home / "tls")
-    identity = Identity.device(region)
-    try:
-        files = pki.ensure([identity])[identity]
-    except OSError as e:
-        log.info("PKI %s cannot be written (%s): %s connects as issued", pki.root, e.strerror, identity)
-        files = pki.files(identity)
-    return KafkaSettings.tls(kafka.bootstrap_servers, files, request_timeout_ms=kafka.request_timeout_ms)
+def _label_delivered(delivery: asyncio.Future[Any]) -> None:
+    """Log a label the broker did not take (an ACL that does not let ``backend-<region>`` write
+    ``cloud.labels``): unlogged, the cloud's accuracy would just go missing."""
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("a label was not delivered to %s: %r", LABELS_TOPIC, delivery.exception())
 
 
 def make_fleet(settings: FleetSettings) -> Fleet:

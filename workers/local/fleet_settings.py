@@ -54,8 +54,8 @@ class FleetSettings(BaseSettings):
     """Region master keys; defaults to ``<home>/keys.json``."""
     label_fraction: float = Field(default=0.5, ge=0, le=1)
     """Share of requests whose ground truth a backend reports on ``cloud.labels`` (by request id), for
-    the aggregator's accuracy and for retraining. Sent over ``kafka`` (the backend's identity), not the
-    devices' connections."""
+    the aggregator's accuracy and for retraining. Sent over TLS as the region's ``backend-<region>``
+    (its certificate from ``tls_root``, issued as the devices' are), not the devices' connections."""
     enrol: bool = True
     """Enrol the devices in the key file when it (and its folder) is writable: each gets a secret salt
     of its own, as real devices are provisioned, and the workers read the enrolments from the file.

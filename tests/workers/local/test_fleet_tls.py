@@ -13,7 +13,7 @@ import pytest
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import NotIssued, Pki
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.local.fleet import device_kafka
+from edgestream.workers.local.fleet_kafka import device_kafka
 from edgestream.workers.local.fleet_settings import FleetSettings
 
 if TYPE_CHECKING:
