@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -295,3 +296,19 @@ def zoo_signature(spec: ModelSpec) -> ModelSignature:
         ),
         sample_inputs=spec.kind == "embedding",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedArtifact:
+    """A user's model from the registry on local disk: its verified ONNX file and its signature."""
+
+    name: str
+    """Model name as envelopes spell it (the ``control.models`` key)."""
+    version: int
+    """Registry version."""
+    path: Path
+    """The ONNX file (the worker's cache copy, named by its sha256)."""
+    sha256: str
+    """Hex sha256 of the ONNX bytes (signed in the manifest)."""
+    signature: ModelSignature
+    """What it takes and gives (checked against the graph before this object exists)."""
