@@ -22,6 +22,7 @@ from edgestream.pipeline.contract.envelope import Envelope
 from edgestream.pipeline.errors import ProviderUnavailable, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import ModelArtifact, ModelStore
 from edgestream.pipeline.models.signature import SignedArtifact
+from edgestream.pipeline.models.zoo import FAMILIES
 from edgestream.pipeline.registry import ModelState, RegistryError, SignedManifest, choose_version
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.serving.providers import Execution
@@ -60,10 +61,13 @@ class ServedModel:
 
 
 def load_models(settings: WorkerSettings) -> dict[str, ServedModel]:
-    """Build (or reuse from cache) and load every model the worker serves."""
+    """Build (or reuse from cache) and load every zoo model the worker serves; with the registry, a
+    model the zoo does not have (a user's model) is served once the registry's state names it."""
     store = ModelStore(settings.home / "models")
     served: dict[str, ServedModel] = {}
     for name in settings.models:
+        if settings.registry and name not in FAMILIES:
+            continue
         artifact = store.get(name, settings.model_size)
         served[name] = open_model(artifact, settings)
     return served
