@@ -26,7 +26,7 @@ from edgestream.pipeline.models.zoo import FAMILIES
 from edgestream.pipeline.registry import ModelState, RegistryError, SignedManifest, choose_version
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.serving.providers import Execution
-from edgestream.pipeline.serving.signed import InputCheck, SignedInput, SignedSession, ZooInput
+from edgestream.pipeline.serving.signed import SignedInput, SignedSession
 
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
@@ -45,8 +45,12 @@ class ServedModel:
     """What was loaded (name, version, hash, input spec or signature)."""
     session: InferenceSession | SignedSession
     """The onnxruntime session; called from the inference thread only."""
-    inputs: InputCheck
-    """Which bodies it accepts and how they are decoded (admission)."""
+    check_input: Callable[[str, tuple[int, ...]], None]
+    """Raises :class:`ShapeMismatch` unless it accepts a body of this dtype and item shape (admission):
+    the zoo spec's own check, or the signature's wire dtypes and item shape."""
+    dequantise: bool
+    """Whether its bodies are decoded dequantised (int8 with its scale: a signed model); zoo bodies are
+    views of the decrypted bytes, as they always were."""
     kind: str
     """The ingest kind its requests arrive as (``embedding`` or ``frame``)."""
     sample_inputs: bool
@@ -94,12 +98,18 @@ def open_model(artifact: ModelArtifact | SignedArtifact, settings: WorkerSetting
         signed = SignedSession(artifact, execution, intra_op_num_threads=threads)
         signature = artifact.signature
         served = ServedModel(
-            artifact, signed, SignedInput(artifact), signature.ingest, signature.sample_inputs, signed
+            artifact,
+            signed,
+            SignedInput(artifact).check_input,
+            True,
+            signature.ingest,
+            signature.sample_inputs,
+            signed,
         )
     else:
         session = InferenceSession(artifact, execution, intra_op_num_threads=threads)
         spec = artifact.spec
-        served = ServedModel(artifact, session, ZooInput(spec), spec.kind, spec.kind == "embedding")
+        served = ServedModel(artifact, session, spec.check_input, False, spec.kind, spec.kind == "embedding")
     warm_s = served.session.warm_up()  # before it serves: a new canary's first requests would pay for it
     log.info(
         "serving %s v%d (%s) on %s, warmed up in %.0f ms",

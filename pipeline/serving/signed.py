@@ -2,9 +2,10 @@
 
 Three pieces, each with the same shape as the zoo's so the worker's hot path does not branch on it:
 
-* :class:`ZooInput` and :class:`SignedInput` check a body against what the model accepts and decode it
-  (admission, per record). A signed model accepts every wire dtype its signature lists; an int8 body is
-  dequantised with its scale, the others are views of the decrypted bytes.
+* :meth:`SignedInput.check_input` checks a body's dtype and shape as ``ModelSpec.check_input`` does a
+  zoo model's (admission, per record): a signed model accepts every wire dtype its signature lists.
+  Its bodies are decoded dequantised (an int8 body becomes float32 with its scale; the others stay
+  views of the decrypted bytes).
 * :class:`SignedSession` runs batches like ``InferenceSession``: the batch is normalised (in float32)
   and cast to the graph dtype once per batch, the signature's outputs are read and turned into the
   ``(labels [N], scores [N, K])`` pair every session gives (``pipeline/contract/typed.py`` says what
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgestream.pipeline.contract.codec import TensorBody, decode_tensor
 from edgestream.pipeline.contract.typed import NO_LABEL, TypedResult
 from edgestream.pipeline.errors import ConfigError, InferenceFailed, ShapeMismatch
 from edgestream.pipeline.files import sha256_hex
@@ -33,8 +33,6 @@ from edgestream.pipeline.serving.providers import Execution, binds_io, output_de
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from edgestream.pipeline.models.zoo import ModelSpec
-
 log = logging.getLogger(__name__)
 
 Labels = npt.NDArray[np.int64]
@@ -43,37 +41,8 @@ Scores = npt.NDArray[Any]
 """One row of floats per item."""
 
 
-class InputCheck(Protocol):
-    """What admission asks of a served model about a body: accept it, then decode it."""
-
-    def check(self, body: TensorBody) -> None:
-        """Raise :class:`ShapeMismatch` unless the model accepts ``body``'s dtype and shape."""
-        ...
-
-    def decode(self, body: TensorBody) -> npt.NDArray[Any]:
-        """The body as one item of the model's batches."""
-        ...
-
-
-class ZooInput:
-    """A zoo model's input: exactly its dtype and shape, decoded as a view (today's hot path)."""
-
-    __slots__ = ("_spec",)
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self._spec = spec
-
-    def check(self, body: TensorBody) -> None:
-        """The zoo spec's check."""
-        self._spec.check_input(body.dtype, tuple(body.shape))
-
-    def decode(self, body: TensorBody) -> npt.NDArray[Any]:
-        """A read-only view of the body's bytes."""
-        return decode_tensor(body)
-
-
 class SignedInput:
-    """A signed model's input: any of its wire dtypes, in its item shape."""
+    """A signed model's input check: any of its wire dtypes, in its item shape."""
 
     __slots__ = ("_shape", "_what", "_wire")
 
@@ -85,14 +54,11 @@ class SignedInput:
             f"{artifact.name} v{artifact.version} takes {'/'.join(spec.wire)} items of shape {self._shape}"
         )
 
-    def check(self, body: TensorBody) -> None:
-        """:class:`ShapeMismatch` unless the wire dtype is declared and the shape is the item's."""
-        if body.dtype not in self._wire or tuple(body.shape) != self._shape:
-            raise ShapeMismatch(f"{self._what}, got {body.dtype} items of shape {tuple(body.shape)}")
-
-    def decode(self, body: TensorBody) -> npt.NDArray[Any]:
-        """A view of the body (int8: dequantised to float32 with its scale)."""
-        return decode_tensor(body, dequantise=True)
+    def check_input(self, dtype: str, shape: tuple[int, ...]) -> None:
+        """:class:`ShapeMismatch` unless ``dtype`` is a declared wire dtype and ``shape`` the item's
+        (the same call as the zoo's ``ModelSpec.check_input``)."""
+        if dtype not in self._wire or shape != self._shape:
+            raise ShapeMismatch(f"{self._what}, got {dtype} items of shape {shape}")
 
 
 class SignedSession:

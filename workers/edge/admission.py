@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from aiokafka import TopicPartition
 
+from edgestream.pipeline.contract.codec import decode_tensor
 from edgestream.pipeline.contract.envelope import Envelope, authenticate, decode_envelope, open_envelope
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.errors import (
@@ -160,9 +161,9 @@ class Admission:
                 settings.region, item.envelope.device_id, item.envelope.key_id, now_ms
             )
             body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
-            item.model.inputs.check(body)
+            item.model.check_input(body.dtype, tuple(body.shape))
             self._check_placement(tp, record.key, item.envelope)
-            item.tensor = item.model.inputs.decode(body)
+            item.tensor = decode_tensor(body, dequantise=item.model.dequantise)
             budget_s = (item.envelope.capture_time_ms + settings.sla_ms - now_ms) / 1000.0
             deadline_s = now_s + budget_s
         except ContractError as err:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgestream.pipeline.contract.codec import encode_tensor, pack_body, unpack_body
+from edgestream.pipeline.contract.codec import decode_tensor, encode_tensor, pack_body, unpack_body
 from edgestream.pipeline.contract.typed import NO_LABEL, TypedResult
 from edgestream.pipeline.errors import ConfigError, ShapeMismatch
 from edgestream.pipeline.files import sha256_hex
@@ -72,14 +72,14 @@ def test_wire_dtypes_are_decoded_as_declared(tmp_path: Path) -> None:
     inputs = SignedInput(artifact)
     x = model.X[0]
     body = unpack_body(pack_body(encode_tensor(x, "int8")))
-    inputs.check(body)
-    decoded = inputs.decode(body)
+    inputs.check_input(body.dtype, body.shape)
+    decoded = decode_tensor(body, dequantise=True)  # how admission decodes a signed model's bodies
     assert decoded.dtype == np.float32
     assert body.scale is not None
     np.testing.assert_allclose(decoded, x, atol=body.scale / 2 + 1e-6)
     for refused in (encode_tensor(x, "float16"), encode_tensor(x[:-1], "float32")):
         with pytest.raises(ShapeMismatch, match=r"takes float32/int8 items of shape \(8,\)") as info:
-            inputs.check(refused)
+            inputs.check_input(refused.dtype, refused.shape)
         assert info.value.reason == "bad_shape"
 
 

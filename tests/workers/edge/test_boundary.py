@@ -135,7 +135,7 @@ async def test_an_unexpected_error_at_admission_is_that_records_internal_dead_le
             raise KeyError("a bug")
         return decode_tensor(body, **kw)
 
-    monkeypatch.setattr("edgestream.pipeline.serving.signed.decode_tensor", decode)  # ZooInput.decode
+    monkeypatch.setattr("edgestream.workers.edge.admission.decode_tensor", decode)
     good, bad = _admit(worker, [_sealed(worker, _embedding()), _sealed(worker, _embedding(MARK))])
     assert good.error is None
     assert bad.error is not None
