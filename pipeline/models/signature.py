@@ -171,6 +171,13 @@ class Score(_Strict):
     threshold: float | None = None
     """With one, the result's ``label`` is 1 when the score is >= it, else 0 (-1 without one)."""
 
+    @field_validator("threshold")
+    @classmethod
+    def _finite_threshold(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
     @property
     def names(self) -> tuple[str, ...]:
         """The graph output it reads."""

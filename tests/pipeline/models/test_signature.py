@@ -77,6 +77,11 @@ def test_defaults_are_safe() -> None:
         ),
         ({"outputs": {"kind": "named", "outputs": ["a", "a"]}}, "outputs.named.outputs", "twice"),
         ({"outputs": {"kind": "score"}}, "outputs.score.name", "required"),
+        (
+            {"outputs": {"kind": "score", "name": "y", "threshold": "nan"}},
+            "outputs.score.threshold",
+            "finite",
+        ),
         ({"colour": "red"}, "colour", "not permitted"),
         ({"ingest": "frame", "sample_inputs": True}, "(top)", "only embedding"),
         ({"format": 2}, "format", "1"),
