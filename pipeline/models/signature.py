@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.models.zoo import GRAPH_INPUT, GRAPH_LABEL, GRAPH_PROBS
 
 if TYPE_CHECKING:
     from edgestream.pipeline.models.zoo import ModelSpec
@@ -297,9 +298,9 @@ def zoo_signature(spec: ModelSpec) -> ModelSignature:
     sampling of embeddings (as the zoo always did)."""
     return ModelSignature(
         ingest=spec.kind,
-        input=InputSpec(name="input", dtype=spec.input_dtype, shape=(None, *spec.input_shape)),
+        input=InputSpec(name=GRAPH_INPUT, dtype=spec.input_dtype, shape=(None, *spec.input_shape)),
         outputs=Classification(
-            kind="classification", probabilities="probs", label="label", classes=spec.class_names
+            kind="classification", probabilities=GRAPH_PROBS, label=GRAPH_LABEL, classes=spec.class_names
         ),
         sample_inputs=spec.kind == "embedding",
     )

@@ -99,9 +99,13 @@ class _Fields(NamedTuple):
     """What a manifest says about the model, apart from its bytes and history."""
 
     variant: str
+    """The zoo size, or ``SIGNED_VARIANT``."""
     input_dtype: str
+    """The graph input's dtype."""
     input_shape: tuple[int, ...]
+    """One item's shape, without the batch axis."""
     signature: Mapping[str, Any] | None
+    """The declared signature as JSON types; None for a zoo model."""
 
 
 async def _publish(

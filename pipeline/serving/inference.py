@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from edgestream.pipeline.errors import ConfigError, InferenceFailed, ShapeMismatch
 from edgestream.pipeline.files import sha256_hex
+from edgestream.pipeline.models.zoo import GRAPH_INPUT, GRAPH_LABEL, GRAPH_PROBS
 from edgestream.pipeline.serving.providers import (
     TENSORRT,
     Execution,
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INPUT = "input"
+INPUT = GRAPH_INPUT
 """The graph input every model of the project takes (batch first)."""
-OUTPUTS = ("label", "probs")
+OUTPUTS = (GRAPH_LABEL, GRAPH_PROBS)
 """The graph outputs every model of the project gives, in the order :meth:`InferenceSession.run` returns."""
 CPU_ONLY = Execution()
 """The CPU provider alone, plain ``run``: the default of a session."""

@@ -15,6 +15,7 @@ from edgestream.pipeline.models.signature import SignedArtifact, parse_signature
 from edgestream.pipeline.registry import LocalArtifactStore, Manifest, SigningKey, TrustedKeys
 from edgestream.pipeline.registry.errors import BadSignature, MalformedRegistryRecord, SignatureMismatch
 from edgestream.pipeline.registry.loader import verified_model
+from edgestream.pipeline.registry.publishing import SIGNED_VARIANT
 from edgestream.pipeline.registry.signing import SignedManifest, verify
 from tests.pipeline.models.usermodels import FEATURES, UserModel, fraud_model
 
@@ -24,7 +25,7 @@ def _manifest(model: UserModel, store: LocalArtifactStore, signature: dict[str, 
     return Manifest(
         model="fraud",
         version=1,
-        variant="signed",
+        variant=SIGNED_VARIANT,
         sha256=sha256,
         size_bytes=len(model.onnx),
         input_dtype="float32",

@@ -30,7 +30,7 @@ from edgestream.pipeline.registry import (
 from edgestream.pipeline.registry import publish as publish_version
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.errors import SignatureMismatch
-from edgestream.pipeline.registry.publishing import publish_signed
+from edgestream.pipeline.registry.publishing import SIGNED_VARIANT, publish_signed
 from edgestream.pipeline.serving.runtime import ort
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from tests.pipeline.models.usermodels import FRAUD_CLASSES, UserModel, fraud_model, regression_model
@@ -161,7 +161,7 @@ async def test_user_models_are_served_by_their_signatures(
     manifest = Manifest(
         model=names["fraud"],
         version=2,
-        variant="signed",
+        variant=SIGNED_VARIANT,
         sha256=sha256,
         size_bytes=len(fraud.onnx),
         input_dtype="float32",
