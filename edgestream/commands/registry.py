@@ -8,6 +8,7 @@ trusted key), applies one transition and publishes the new state signed with the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
@@ -125,9 +126,18 @@ def publish(
     lineage: Annotated[
         list[str] | None, typer.Option("--lineage", help="KEY=VALUE provenance to sign with it; repeatable.")
     ] = None,
+    onnx: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="Publish this ONNX file (your own model) instead of a zoo build."),
+    ] = None,
+    signature: Annotated[
+        Path | None,
+        typer.Option("--signature", help="The --onnx model's signature, YAML or JSON (docs/models.md)."),
+    ] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Build (or reuse) MODEL/SIZE, store its ONNX bytes, sign a manifest and publish the next version."""
+    """Build (or reuse) MODEL/SIZE, store its ONNX bytes, sign a manifest and publish the next version;
+    with --onnx and --signature, publish your own model (refused when the signature does not match it)."""
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.files import sha256_hex
     from edgestream.pipeline.models import ModelStore
@@ -136,12 +146,10 @@ def publish(
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.pipeline.settings import DEFAULT_HOME
 
-    extra: dict[str, str] = {}
-    for item in lineage or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            fail(f"--lineage {item!r}: use KEY=VALUE")
-        extra[name] = value
+    extra = _lineage(lineage)
+    if onnx is not None or signature is not None:
+        _publish_signed(model, onnx, signature, home, extra, bootstrap)
+        return
     root = registry_home(home)
     kafka = _kafka(bootstrap)
     try:
@@ -170,6 +178,71 @@ def publish(
     _out.print(
         f"published {model} v{state.latest} ({status}): sha256 {artifact.sha256[:12]}, "
         f"accuracy {artifact.accuracy:.4f}, signed by {key.key_id}"
+    )
+
+
+def _lineage(items: list[str] | None) -> dict[str, str]:
+    """``--lineage KEY=VALUE`` options as a mapping."""
+    extra: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--lineage {item!r}: use KEY=VALUE")
+        extra[name] = value
+    return extra
+
+
+def _publish_signed(
+    model: str,
+    onnx: Path | None,
+    signature: Path | None,
+    home: Path | None,
+    lineage: dict[str, str],
+    bootstrap: str | None,
+) -> None:
+    """``registry publish MODEL --onnx FILE --signature FILE``: a user's model, checked against its
+    signature (each difference printed) before anything is stored or signed."""
+    from aiokafka.errors import KafkaError
+
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.files import sha256_hex
+    from edgestream.pipeline.models.signature import load_signature
+    from edgestream.pipeline.models.zoo import FAMILIES
+    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
+    from edgestream.pipeline.registry.errors import SignatureMismatch
+    from edgestream.pipeline.registry.publishing import publish_signed
+    from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
+
+    if onnx is None or signature is None:
+        fail("--onnx and --signature go together: the ONNX file and the signature that describes it")
+    if model in FAMILIES:
+        fail(f"{model!r} is a zoo model; publish your own model under a name of its own")
+    root = registry_home(home)
+    try:
+        declared = load_signature(signature)
+        data = onnx.read_bytes()
+        key = SigningKey.load(root / SIGNING_KEY_FILE)
+        trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
+    except OSError as e:
+        fail(f"cannot read {onnx}: {e}")
+    except EdgestreamError as e:
+        fail(str(e))
+    store = LocalArtifactStore(root / ARTIFACTS_DIR)
+    work = publish_signed(
+        _kafka(bootstrap), store, key, model, declared, data, metrics={}, lineage=lineage, trusted=trusted
+    )
+    try:
+        state = asyncio.run(work)
+    except SignatureMismatch as e:
+        fail("\n  ".join((f"{model}: {onnx} does not match {signature}; not published:", *e.differences)))
+    except EdgestreamError as e:
+        fail(str(e))
+    except KafkaError as e:
+        fail(f"{type(e).__name__}: {e}")
+    status = "stable" if state.stable == state.latest else "candidate"
+    _out.print(
+        f"published {model} v{state.latest} ({status}): sha256 {sha256_hex(data)[:12]}, "
+        f"{declared.outputs.kind} signature, signed by {key.key_id}"
     )
 
 

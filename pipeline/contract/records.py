@@ -15,6 +15,7 @@ from typing import Final, Literal, TypeAlias, cast
 import msgpack
 
 from edgestream.pipeline.contract.envelope import CONTRACT_VERSION, REQUEST_ID_BYTES, unpack_contract_map
+from edgestream.pipeline.contract.typed import TypedResult
 from edgestream.pipeline.errors import UndecodableRecord
 
 Outcome: TypeAlias = Literal["ok", "dead_letter"]
@@ -60,28 +61,31 @@ class ResultRecord:
     """Region of that worker."""
     produced_at_ms: int
     """When the record was produced, unix ms."""
+    typed: TypedResult | None = None
+    """What a model served by its declared signature adds (``kind``, ``cls``, ``thr``, ``out``); None
+    for a zoo model, whose record carries none of those keys."""
 
     def to_bytes(self) -> bytes:
         """msgpack map with the keys of docs/contract.md, "Result record"."""
-        return msgpack.packb(
-            {
-                "v": CONTRACT_VERSION,
-                "rid": self.request_id,
-                "dev": self.device_id,
-                "model": self.model,
-                "mver": self.model_version,
-                "label": self.label,
-                "scores": list(self.scores),
-                "q_ms": float(self.queue_ms),
-                "i_ms": float(self.infer_ms),
-                "t_ms": float(self.total_ms),
-                "bs": self.batch_size,
-                "node": self.node,
-                "region": self.region,
-                "at_ms": self.produced_at_ms,
-            },
-            use_bin_type=True,
-        )
+        fields: dict[str, object] = {
+            "v": CONTRACT_VERSION,
+            "rid": self.request_id,
+            "dev": self.device_id,
+            "model": self.model,
+            "mver": self.model_version,
+            "label": self.label,
+            "scores": list(self.scores),
+            "q_ms": float(self.queue_ms),
+            "i_ms": float(self.infer_ms),
+            "t_ms": float(self.total_ms),
+            "bs": self.batch_size,
+            "node": self.node,
+            "region": self.region,
+            "at_ms": self.produced_at_ms,
+        }
+        if self.typed is not None:
+            fields.update(self.typed.wire())
+        return msgpack.packb(fields, use_bin_type=True)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ResultRecord:
@@ -106,6 +110,7 @@ class ResultRecord:
                 node=_str(fields, "node"),
                 region=_str(fields, "region"),
                 produced_at_ms=_int(fields, "at_ms"),
+                typed=TypedResult.from_fields(fields),
             )
         except TypeError as e:
             raise UndecodableRecord(f"not a result record: {e}") from e

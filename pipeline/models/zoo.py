@@ -25,6 +25,13 @@ Size = Literal["tiny", "medium", "full"]
 InputDtype = Literal["float16", "uint8"]
 """Wire dtype of a model's input tensor."""
 
+GRAPH_INPUT = "input"
+"""The graph input every zoo model takes (batch first)."""
+GRAPH_LABEL = "label"
+"""The zoo graphs' output of class indices [N]."""
+GRAPH_PROBS = "probs"
+"""The zoo graphs' output of class probabilities [N, classes]."""
+
 SIZES: tuple[Size, ...] = get_args(Size)
 """Every size, smallest first."""
 FALLBACK_SIZE: Size = "tiny"

@@ -2,7 +2,7 @@
 
 A worker that refuses an artifact or a rollout state logs and counts it by ``reason``
 (``artifact_mismatch``, ``untrusted_signer``, ``bad_signature``, ``unsigned_state``, ``stale_revision``,
-``bad_registry_record``) and keeps serving what it had.
+``bad_registry_record``, ``signature_mismatch``) and keeps serving what it had.
 """
 
 from __future__ import annotations
@@ -121,3 +121,13 @@ class PinNotAllowed(UnknownModel):
     def __init__(self, model: str, version: int) -> None:
         super().__init__(model, version)
         self.args = (f"model {model!r} v{version} may not be pinned",)
+
+
+class SignatureMismatch(RegistryError):
+    """A model's declared signature does not match its ONNX graph: refused at publish and at load."""
+
+    reason = "signature_mismatch"
+
+    def __init__(self, what: str, differences: tuple[str, ...]) -> None:
+        super().__init__(f"{what}: the signature does not match the graph: {'; '.join(differences)}")
+        self.differences = differences

@@ -1,7 +1,8 @@
 """Signed manifests: what an artifact is, signed with Ed25519 by a key the workers trust.
 
 A :class:`Manifest` describes one published version (model, version, artifact sha256 and byte size,
-input spec, metrics, lineage, creation time, signer). Its canonical bytes are JSON with sorted keys,
+input spec, metrics, lineage, creation time, signer, and for a model the zoo did not build its declared
+signature). Its canonical bytes are JSON with sorted keys,
 no whitespace and ASCII only; the signature covers ``b"edgestream.manifest.v1\\0"`` + those bytes, so
 the signer's key id is signed too and a signature cannot be replayed for another kind of record.
 
@@ -89,6 +90,10 @@ class Manifest:
     """When the manifest was made (Unix ms)."""
     signer_key_id: str = ""
     """Key id of the key that signs it (set by :meth:`SigningKey.sign`)."""
+    signature: Mapping[str, Any] | None = field(default=None, hash=False)
+    """The model's declared signature as JSON types (``pipeline/models/signature.py``), for a model the
+    zoo did not build; None for a zoo model (its canonical bytes then hold no ``signature`` key, so
+    manifests signed before signatures existed still verify)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -104,10 +109,12 @@ class Manifest:
         metrics = {str(k): float(v) for k, v in self.metrics.items()}
         object.__setattr__(self, "metrics", _frozen(metrics))
         object.__setattr__(self, "lineage", _frozen(self.lineage))
+        if self.signature is not None:
+            object.__setattr__(self, "signature", _frozen(self.signature))
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest as JSON types."""
-        return {
+        """The manifest as JSON types (``signature`` only when there is one)."""
+        data: dict[str, Any] = {
             "model": self.model,
             "version": self.version,
             "variant": self.variant,
@@ -119,6 +126,9 @@ class Manifest:
             "created_at_ms": self.created_at_ms,
             "signer_key_id": self.signer_key_id,
         }
+        if self.signature is not None:
+            data["signature"] = dict(self.signature)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -136,6 +146,7 @@ class Manifest:
                 lineage=_typed(data["lineage"], dict),
                 created_at_ms=_typed(data["created_at_ms"], int),
                 signer_key_id=_typed(data["signer_key_id"], str),
+                signature=None if data.get("signature") is None else _typed(data["signature"], dict),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise MalformedRegistryRecord(f"malformed manifest: {str(e)[:300]}") from e

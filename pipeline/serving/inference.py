@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy.typing as npt
 
 from edgestream.pipeline.errors import ConfigError, InferenceFailed, ShapeMismatch
 from edgestream.pipeline.files import sha256_hex
+from edgestream.pipeline.models.zoo import GRAPH_INPUT, GRAPH_LABEL, GRAPH_PROBS
 from edgestream.pipeline.serving.providers import (
     TENSORRT,
     Execution,
@@ -35,16 +37,14 @@ from edgestream.pipeline.serving.providers import (
 from edgestream.pipeline.serving.runtime import ort
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from edgestream.pipeline.models.cache import ModelArtifact
     from edgestream.pipeline.models.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
-INPUT = "input"
+INPUT = GRAPH_INPUT
 """The graph input every model of the project takes (batch first)."""
-OUTPUTS = ("label", "probs")
+OUTPUTS = (GRAPH_LABEL, GRAPH_PROBS)
 """The graph outputs every model of the project gives, in the order :meth:`InferenceSession.run` returns."""
 CPU_ONLY = Execution()
 """The CPU provider alone, plain ``run``: the default of a session."""
@@ -62,6 +62,7 @@ def open_session(
     what: str,
     item_shape: tuple[int, ...],
     intra_op_num_threads: int = 1,
+    input_name: str = INPUT,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` of ``model_bytes`` on ``execution``'s providers, each with its
     options; raises :class:`ProviderUnavailable` when one is missing (before or after the session is
@@ -77,7 +78,7 @@ def open_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = provider_options(execution, chosen, input_name=INPUT, item_shape=item_shape)
+    providers = provider_options(execution, chosen, input_name=input_name, item_shape=item_shape)
     try:
         session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime's pybind errors derive from Exception only
@@ -87,17 +88,23 @@ def open_session(
 
 
 def run_bound(
-    session: Any, batch: npt.NDArray[np.generic], *, device: str, device_id: int = 0
+    session: Any,
+    batch: npt.NDArray[np.generic],
+    *,
+    device: str,
+    device_id: int = 0,
+    input_name: str = INPUT,
+    outputs: Sequence[str] = OUTPUTS,
 ) -> list[npt.NDArray[Any]]:
     """One run of ``session`` through an IO binding: ``batch`` bound as the input (onnxruntime copies it
     to the device), the outputs allocated on ``device`` and copied to numpy once, after the run."""
     binding = session.io_binding()
-    binding.bind_cpu_input(INPUT, batch)
-    for name in OUTPUTS:
+    binding.bind_cpu_input(input_name, batch)
+    for name in outputs:
         binding.bind_output(name, device, device_id)
     session.run_with_iobinding(binding)
-    outputs: list[npt.NDArray[Any]] = binding.copy_outputs_to_cpu()
-    return outputs
+    values: list[npt.NDArray[Any]] = binding.copy_outputs_to_cpu()
+    return values
 
 
 class InferenceSession:

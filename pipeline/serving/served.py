@@ -5,8 +5,9 @@ With it (``WorkerSettings.registry``), the worker follows the compacted ``contro
 serves every version a model's state names (stable, canary, allowed pins). A new state takes effect
 only once every version it needs is loaded, and each is loaded only after its artifact's sha256 and
 its manifest's Ed25519 signature are verified; a state that fails is reported and the previous one
-stays. A request is answered by the version its device is routed to (a keyed hash of its id: one
-device, one version) or the pinned one where the state allows the pin.
+stays. A version published with a declared signature (a user's model) is served by it
+(``pipeline/serving/signed.py``). A request is answered by the version its device is routed to (a
+keyed hash of its id: one device, one version) or the pinned one where the state allows the pin.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from typing import TYPE_CHECKING
 from edgestream.pipeline.contract.envelope import Envelope
 from edgestream.pipeline.errors import ProviderUnavailable, ShapeMismatch, UnknownModel
 from edgestream.pipeline.models import ModelArtifact, ModelStore
+from edgestream.pipeline.models.signature import SignedArtifact
+from edgestream.pipeline.models.zoo import FAMILIES
 from edgestream.pipeline.registry import ModelState, RegistryError, SignedManifest, choose_version
 from edgestream.pipeline.serving.inference import InferenceSession
 from edgestream.pipeline.serving.providers import Execution
+from edgestream.pipeline.serving.signed import SignedInput, SignedSession
 
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
@@ -35,12 +39,24 @@ ModelKey = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """A model loaded for serving."""
+    """A model loaded for serving: a zoo model, or a user's model served by its declared signature."""
 
-    artifact: ModelArtifact
-    """What was loaded (name, version, hash, input spec)."""
-    session: InferenceSession
+    artifact: ModelArtifact | SignedArtifact
+    """What was loaded (name, version, hash, input spec or signature)."""
+    session: InferenceSession | SignedSession
     """The onnxruntime session; called from the inference thread only."""
+    check_input: Callable[[str, tuple[int, ...]], None]
+    """Raises :class:`ShapeMismatch` unless it accepts a body of this dtype and item shape (admission):
+    the zoo spec's own check, or the signature's wire dtypes and item shape."""
+    dequantise: bool
+    """Whether its bodies are decoded dequantised (int8 with its scale: a signed model); zoo bodies are
+    views of the decrypted bytes, as they always were."""
+    kind: str
+    """The ingest kind its requests arrive as (``embedding`` or ``frame``)."""
+    sample_inputs: bool
+    """Whether its raw inputs may be sampled to the cloud (zoo: embeddings; signed: as declared)."""
+    typed: SignedSession | None = None
+    """What writes the typed keys of its result records; None for a zoo model (classification)."""
 
     @property
     def key(self) -> ModelKey:
@@ -49,10 +65,13 @@ class ServedModel:
 
 
 def load_models(settings: WorkerSettings) -> dict[str, ServedModel]:
-    """Build (or reuse from cache) and load every model the worker serves."""
+    """Build (or reuse from cache) and load every zoo model the worker serves; with the registry, a
+    model the zoo does not have (a user's model) is served once the registry's state names it."""
     store = ModelStore(settings.home / "models")
     served: dict[str, ServedModel] = {}
     for name in settings.models:
+        if settings.registry and name not in FAMILIES:
+            continue
         artifact = store.get(name, settings.model_size)
         served[name] = open_model(artifact, settings)
     return served
@@ -71,22 +90,36 @@ def execution_of(settings: WorkerSettings) -> Execution:
     )
 
 
-def open_model(artifact: ModelArtifact, settings: WorkerSettings) -> ServedModel:
+def open_model(artifact: ModelArtifact | SignedArtifact, settings: WorkerSettings) -> ServedModel:
     """An onnxruntime session for ``artifact`` where the worker's settings say, warmed up; raises
     ProviderUnavailable when a GPU provider it asks for is not there (and fallback is not allowed)."""
-    session = InferenceSession(
-        artifact, execution_of(settings), intra_op_num_threads=settings.intra_op_threads
-    )
-    warm_s = session.warm_up()  # before it serves: a new canary's first requests would pay for it
+    execution, threads = execution_of(settings), settings.intra_op_threads
+    if isinstance(artifact, SignedArtifact):
+        signed = SignedSession(artifact, execution, intra_op_num_threads=threads)
+        signature = artifact.signature
+        served = ServedModel(
+            artifact,
+            signed,
+            SignedInput(artifact).check_input,
+            True,
+            signature.ingest,
+            signature.sample_inputs,
+            signed,
+        )
+    else:
+        session = InferenceSession(artifact, execution, intra_op_num_threads=threads)
+        spec = artifact.spec
+        served = ServedModel(artifact, session, spec.check_input, False, spec.kind, spec.kind == "embedding")
+    warm_s = served.session.warm_up()  # before it serves: a new canary's first requests would pay for it
     log.info(
         "serving %s v%d (%s) on %s, warmed up in %.0f ms",
         artifact.name,
         artifact.version,
         artifact.sha256[:12],
-        session.providers_in_use,
+        served.session.providers_in_use,
         warm_s * 1000,
     )
-    return ServedModel(artifact, session)
+    return served
 
 
 Loader = Callable[[SignedManifest], ServedModel]
@@ -158,10 +191,8 @@ class ModelCatalog:
         else:
             version = choose_version(state, envelope.device_id, self._routing_key, envelope.model_version)
             served = self._loaded[(envelope.model, version)]
-        if envelope.kind != served.artifact.spec.kind:
-            raise ShapeMismatch(
-                f"a {envelope.kind} envelope for {envelope.model}, which takes {served.artifact.spec.kind}"
-            )
+        if envelope.kind != served.kind:
+            raise ShapeMismatch(f"a {envelope.kind} envelope for {envelope.model}, which takes {served.kind}")
         return served
 
     async def apply(self, state: ModelState) -> bool:

@@ -161,9 +161,9 @@ class Admission:
                 settings.region, item.envelope.device_id, item.envelope.key_id, now_ms
             )
             body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
-            item.model.artifact.spec.check_input(body.dtype, tuple(body.shape))
+            item.model.check_input(body.dtype, tuple(body.shape))
             self._check_placement(tp, record.key, item.envelope)
-            item.tensor = decode_tensor(body)
+            item.tensor = decode_tensor(body, dequantise=item.model.dequantise)
             budget_s = (item.envelope.capture_time_ms + settings.sla_ms - now_ms) / 1000.0
             deadline_s = now_s + budget_s
         except ContractError as err:

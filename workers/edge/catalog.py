@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgestream.pipeline.registry import LocalArtifactStore, RegistryError, SignedManifest, TrustedKeys
 from edgestream.pipeline.registry.client import RegistryClient
-from edgestream.pipeline.registry.loader import verified_artifact
+from edgestream.pipeline.registry.loader import verified_model
 from edgestream.pipeline.registry.signed_state import accept_state
 from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE
 from edgestream.pipeline.security.derive import routing_key
@@ -61,7 +61,7 @@ def _registry_loader(settings: WorkerSettings) -> Loader | None:
     cache = root / "cache"
 
     def load(signed: SignedManifest) -> ServedModel:
-        return open_model(verified_artifact(store, signed, trusted, cache), settings)
+        return open_model(verified_model(store, signed, trusted, cache), settings)
 
     return load
 

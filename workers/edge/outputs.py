@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 
 
 def sampled(item: Item, fraction: float) -> bool:
-    """Whether an answered embedding goes to ``cloud.samples``: by its request id, so the choice is
-    the same when a failed transaction's records are processed again."""
-    env = item.envelope
-    if env is None or env.kind != "embedding" or not fraction:
+    """Whether an answered embedding goes to ``cloud.samples`` (only a model whose inputs may be sampled:
+    a zoo embedding model, or a signature that allows it): by its request id, so the choice is the same
+    when a failed transaction's records are processed again."""
+    env, served = item.envelope, item.model
+    if env is None or not fraction or served is None or not served.sample_inputs:
         return False
     return int.from_bytes(hashlib.sha256(env.request_id).digest()[:4], "big") < fraction * 2**32
 
@@ -188,13 +189,16 @@ class UnitOutputs:
             raise RuntimeError(f"{item.tp}@{item.offset} reached publishing without an answer")
         name, version = served.key
         total_ms = now_ms - env.capture_time_ms
+        label, scores, typed = answer.label, answer.scores, None
+        if served.typed is not None:  # a model served by its declared signature
+            label, scores, typed = served.typed.typed_result(label, scores)
         result = ResultRecord(
             request_id=env.request_id,
             device_id=env.device_id,
             model=name,
             model_version=version,
-            label=answer.label,
-            scores=answer.scores,
+            label=label,
+            scores=scores,
             queue_ms=(started_s - item.arrived_s) * 1000.0,
             infer_ms=answer.infer_ms,
             total_ms=total_ms,
@@ -202,6 +206,7 @@ class UnitOutputs:
             node=self._node,
             region=self._region,
             produced_at_ms=int(now_ms),
+            typed=typed,
         )
         audit = AuditRecord(
             timestamp_ms=int(now_ms),
