@@ -2,7 +2,7 @@
 
 Connects to the local broker (``make demo`` or ``edgestream broker start``) as ``backend-<region>``,
 whose certificate the development CA issues on first use, and reads ``edge.<region>.results`` and
-``edge.<region>.dlq`` with :func:`edgestream.pipeline.results.subscribe` in the consumer group
+``edge.<region>.dlq`` with :func:`edgestream.results.subscribe` in the consumer group
 ``edgestream-backend-<region>.<group>``. With ``--label-every N`` it writes the model's own answer back
 as a ground-truth label for every N-th result (a stand-in for what a real backend learns later: a
 chargeback, a review), which is how labels reach ``cloud.labels``.
@@ -22,8 +22,8 @@ from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.envelope import format_request_id
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.pipeline.results import Decoded, subscribe
 from edgestream.pipeline.security.identities import Identity
+from edgestream.results import Decoded, subscribe
 from edgestream.topics.catalogue import LABELS_TOPIC
 from edgestream.workers.local.broker.process import local_kafka
 

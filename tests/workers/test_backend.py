@@ -21,9 +21,9 @@ from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.models import load_dataset, spec
-from edgestream.pipeline.results import Decoded, subscribe
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
+from edgestream.results import Decoded, subscribe
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
