@@ -117,8 +117,20 @@ def run_stats(
         fleet_behind=t.sent < 0.98 * rate * report.send_s or report.send_s > 1.02 * duration_s,
         cpu=cpu,
         cpu_ms_per_request=cpu.ms_per_request(t.sent),
-        disturbed=cpu.others_s > 0.1 * report.total_s,
+        disturbed=cpu.others_s > 0.1 * report.total_s or steal_share(cpu) > settings.max_steal_share,
     )
+
+
+def steal_share(cpu: CpuUse) -> float:
+    """The share of the machine's CPU (its usable cores over the span) the hypervisor stole."""
+    capacity_s = len(os.sched_getaffinity(0)) * cpu.wall_s
+    return cpu.steal_s / capacity_s if capacity_s > 0 else 0.0
+
+
+def disturbance(run: RunStats) -> float:
+    """How disturbed a run was, to keep the least disturbed of repeated runs: CPU seconds others used
+    and the hypervisor stole."""
+    return run.cpu.others_s + run.cpu.steal_s
 
 
 def span_count(path: Path) -> int:

@@ -68,7 +68,11 @@ class RunStats:
     cpu_ms_per_request: dict[str, float] | None
     """CPU ms per request sent, by process (``worker``: the far side), counted from outside (/proc)."""
     disturbed: bool
-    """Other processes used more than 10% of one core meanwhile: read this load's numbers with care."""
+    """Other processes used more than 10% of one core meanwhile, or the hypervisor stole more than
+    ``max_steal_share`` of the machine: read this load's numbers with care."""
+    attempts: int = 1
+    """Runs of this load: a disturbed one is run again (``disturbed_retries``) and the least disturbed
+    run is kept."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +24,14 @@ from bench.pipeline.context import BenchContext, Ui
 from bench.pipeline.fleets import EchoFleet, run_fleet_as
 from bench.pipeline.floor import onnx_floor
 from bench.pipeline.machine import code_facts, foreign_processes, machine_facts
-from bench.pipeline.measure import measure_echo, measure_peer, measure_pipeline, wait_caught_up
+from bench.pipeline.measure import (
+    disturbance,
+    measure_echo,
+    measure_peer,
+    measure_pipeline,
+    steal_share,
+    wait_caught_up,
+)
 from bench.pipeline.processes import (
     child_process,
     echo_env,
@@ -95,6 +102,23 @@ def _measure(
     return measure_peer(ctx, rate, "exactly_once" if system == "peer_eos" else "at_least_once")
 
 
+async def _measure_undisturbed(
+    ctx: BenchContext, system: System, rate: float, first: bool
+) -> PipelineRun | EchoRun | PeerRun:
+    """``_measure``, run again while disturbed (other processes, the hypervisor's steal), at most
+    ``disturbed_retries`` more times; the least disturbed run, with the runs it took."""
+    runs = [await _measure(ctx, system, rate, first)]
+    while runs[-1].run.disturbed and len(runs) <= ctx.settings.disturbed_retries:
+        ctx.ui.step(f"  {system} at {rate:g}/s disturbed ({_disturbed(runs[-1].run)}): again")
+        runs.append(await _measure(ctx, system, rate, first))
+    best = min(runs, key=lambda r: disturbance(r.run))
+    return replace(best, run=replace(best.run, attempts=len(runs)))
+
+
+def _disturbed(run: RunStats) -> str:
+    return f"steal {steal_share(run.cpu):.0%} of the machine, others {run.cpu.others_s:.1f} s CPU"
+
+
 def _line(system: System, run: RunStats) -> str:
     return (
         f"  {system}: {run.items_per_s:.0f} items/s, p50 {fmt(run.latency.p50_ms)} ms, "
@@ -111,7 +135,7 @@ async def measure_levels(ctx: BenchContext) -> list[Level]:
         measured: dict[str, PipelineRun | EchoRun | PeerRun] = {}
         for system in systems:
             ctx.ui.step(f"offered load {rate:g}/s: {system}")
-            measured[system] = result = await _measure(ctx, system, rate, index == 0)
+            measured[system] = result = await _measure_undisturbed(ctx, system, rate, index == 0)
             ctx.ui.done_phase()
             ctx.ui.step(_line(system, result.run))
         pipeline = measured.pop("pipeline")
