@@ -31,6 +31,7 @@ from edgestream.pipeline.contract.codec import (
     encode_tensor,
     pack_body,
 )
+from edgestream.pipeline.contract.deviceid import device_id_problem
 from edgestream.pipeline.contract.envelope import (
     AAD_DOMAIN,
     CONTRACT_VERSION,
@@ -448,8 +449,9 @@ def test_seal_open_round_trips_arbitrary_arrays(
         body = encode_tensor(array, dtype)
         raw = _seal(body, compression=compression, model_version=model_version, device_id=device_id)
     except ValueError:
-        # Only surrogates in a device id (not UTF-8 encodable) may be refused here.
-        assert any(0xD800 <= ord(c) <= 0xDFFF for c in device_id)
+        # Only device ids that are not UTF-8 encodable (surrogates) or not in normal form (NFC, no
+        # control characters: test_deviceid.py) may be refused here.
+        assert any(0xD800 <= ord(c) <= 0xDFFF for c in device_id) or device_id_problem(device_id)
         return
     opened = _open(raw)
     assert opened == body
