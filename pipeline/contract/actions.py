@@ -66,6 +66,9 @@ DEVICE_ACTIONS: Final[Mapping[str, DeviceAction]] = MappingProxyType(
         "unknown_model": DeviceAction(
             "refresh_catalogue", False, "The model or pinned version is not served here: pick one listed."
         ),
+        "pin_not_allowed": DeviceAction(
+            "refresh_catalogue", False, "That version may not be pinned (now): unpin, or pin one listed."
+        ),
         "bad_shape": DeviceAction(
             "refresh_catalogue", False, "Not the model's input spec (section 4): encode to the refreshed one."
         ),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import edgestream.workers.edge.worker  # noqa: F401  (imports every error class a worker raises)
 from edgestream.pipeline.contract.actions import (
     ACTION_LABELS,
     DEVICE_ACTIONS,
