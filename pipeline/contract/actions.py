@@ -49,7 +49,10 @@ class DeviceAction:
     """The row's explanation, as the document shows it."""
 
 
-_FIX_PRODUCER = 'The record is not where its device id puts it: fix the producer ("Where a record goes").'
+_FIX_PRODUCER: Final = (
+    'The record is not where its device id puts it: fix the producer ("Where a record goes").'
+)
+"""The advice of the three placement refusals (record key, partition, topic)."""
 
 DEVICE_ACTIONS: Final[Mapping[str, DeviceAction]] = MappingProxyType(
     {
