@@ -43,6 +43,19 @@ class UndecodableEnvelope(ContractError):
     stage = "decode"
 
 
+class BadDeviceId(ContractError):
+    """The envelope's device id is not in the contract's normal form: Unicode NFC, no control
+    characters (``pipeline/contract/deviceid.py``). The message says which, never quoting the id."""
+
+    reason = "bad_device_id"
+    stage = "decode"
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the device id {problem}")
+        self.problem = problem
+        """What is wrong with it."""
+
+
 class UnsupportedVersion(ContractError):
     """The envelope names a contract version this build does not speak."""
 

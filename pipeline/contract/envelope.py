@@ -29,6 +29,7 @@ from edgestream.pipeline.contract.codec import (
     pack_body,
     unpack_body,
 )
+from edgestream.pipeline.contract.deviceid import check_device_id, device_id_problem
 from edgestream.pipeline.errors import (
     AuthenticationFailed,
     ContractError,
@@ -298,6 +299,9 @@ def _check_header(header: _Header, nonce: bytes) -> None:
         raise ValueError(f"request_id must be {REQUEST_ID_BYTES} bytes")
     if not _utf8_len_ok(header.device_id, MAX_DEVICE_ID_BYTES):
         raise ValueError(f"device_id must be 1..{MAX_DEVICE_ID_BYTES} UTF-8 bytes")
+    problem = device_id_problem(header.device_id)
+    if problem is not None:
+        raise ValueError(f"device_id {problem} (pipeline/contract/deviceid.py: normal_device_id)")
     if not 0 <= header.capture_time_ms <= MAX_TIME_MS:
         raise ValueError("capture_time_ms must be a non-negative int64")
     if header.kind not in KINDS:
@@ -325,8 +329,9 @@ def _utf8_len_ok(text: str, max_bytes: int) -> bool:
 def decode_envelope(raw: bytes, *, max_envelope_bytes: int) -> Envelope:
     """Parse and type-check an envelope's wire bytes (no decryption).
 
-    Order of checks: size (before parsing) -> msgpack map -> version -> keys -> field types.
-    Raises OversizedEnvelope, UndecodableEnvelope or UnsupportedVersion.
+    Order of checks: size (before parsing) -> msgpack map -> version -> keys -> field types -> the
+    device id's normal form (NFC, no control characters). Raises OversizedEnvelope,
+    UndecodableEnvelope, UnsupportedVersion or BadDeviceId.
     """
     if len(raw) > max_envelope_bytes:
         raise OversizedEnvelope(len(raw), max_envelope_bytes)
@@ -368,6 +373,7 @@ def decode_envelope(raw: bytes, *, max_envelope_bytes: int) -> Envelope:
         raise UndecodableEnvelope(f"'nonce' must be bin of {NONCE_BYTES} bytes")
     if type(ciphertext) is not bytes or len(ciphertext) < TAG_BYTES:
         raise UndecodableEnvelope(f"'ct' must be bin of at least {TAG_BYTES} bytes")
+    check_device_id(device_id)
     return Envelope(
         CONTRACT_VERSION,
         request_id,

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
+from edgestream.pipeline.contract.deviceid import device_id_problem, normal_device_id
 from edgestream.pipeline.contract.envelope import MAX_DEVICE_ID_BYTES, MAX_KEY_ID
 from edgestream.pipeline.errors import ConfigError, ForgottenDevice, RetiredKey, UnknownKeyId
 from edgestream.pipeline.security.derive import (
@@ -307,11 +308,17 @@ class KeyRing:
     def enrolled(self, region: str, device_ids: Iterable[str], now_ms: int) -> KeyRing:
         """The devices given get a fresh random salt in ``region``; one already enrolled keeps its own
         (this ring itself is returned when every one is). Raises ConfigError for an unknown region, a
-        bad device id, or a device that was forgotten: its id stays retired, enrol it under a new one."""
+        bad device id (one not in normal form too: NFC, no control characters), or a device that was
+        forgotten: its id stays retired, enrol it under a new one."""
         self._region_keys(self._keys, region)
         enrolled = dict(self._devices.get(region, {}))
         for device_id in device_ids:
             entry = enrolled.get(device_id)
+            problem = None if entry is not None else device_id_problem(device_id)
+            if problem is not None:  # the edge would refuse its every envelope (bad_device_id)
+                raise ConfigError(
+                    f"device id {device_id!r} {problem}: enrol it as {normal_device_id(device_id)!r}"
+                )
             if entry is None:
                 enrolled[device_id] = Enrolment(os.urandom(DEVICE_SALT_BYTES), enrolled_at_ms=now_ms)
             elif entry.forgotten:

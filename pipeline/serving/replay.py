@@ -109,6 +109,10 @@ class ReplayGuard(Generic[P]):
     **Where it runs.** After authentication (AES-GCM): the device id, request id and capture time are in
     the AAD, so a replay is a re-sent record with all three unchanged, and nobody without the device key
     can plant ids or raise floors.
+
+    **Retries.** This is what the contract's one retry rule rests on (``docs/contract.md``, section 9,
+    "Retries: one rule"): a device without an answer resends the same envelope unchanged; the first copy
+    accepted is answered, later ones are ``replayed``, and past the window ``stale``.
     """
 
     def __init__(

@@ -31,6 +31,7 @@ from edgestream.pipeline.contract.codec import (
     encode_tensor,
     pack_body,
 )
+from edgestream.pipeline.contract.deviceid import device_id_problem
 from edgestream.pipeline.contract.envelope import (
     AAD_DOMAIN,
     CONTRACT_VERSION,
@@ -448,8 +449,9 @@ def test_seal_open_round_trips_arbitrary_arrays(
         body = encode_tensor(array, dtype)
         raw = _seal(body, compression=compression, model_version=model_version, device_id=device_id)
     except ValueError:
-        # Only surrogates in a device id (not UTF-8 encodable) may be refused here.
-        assert any(0xD800 <= ord(c) <= 0xDFFF for c in device_id)
+        # Only device ids that are not UTF-8 encodable (surrogates) or not in normal form (NFC, no
+        # control characters: test_deviceid.py) may be refused here.
+        assert any(0xD800 <= ord(c) <= 0xDFFF for c in device_id) or device_id_problem(device_id)
         return
     opened = _open(raw)
     assert opened == body
@@ -498,7 +500,7 @@ VECTOR_INPUTS: list[dict[str, Any]] = [
 ]
 
 
-def _vector_body(inputs: dict[str, Any]) -> TensorBody:
+def vector_body(inputs: dict[str, Any]) -> TensorBody:
     tensor = inputs["tensor"]
     array = np.array(tensor["values"], dtype=np.float64).reshape(tensor["shape"])
     return encode_tensor(array, tensor["dtype"], attrs=inputs["attrs"])
@@ -507,8 +509,9 @@ def _vector_body(inputs: dict[str, Any]) -> TensorBody:
 def build_vector(inputs: dict[str, Any]) -> dict[str, Any]:
     """Every intermediate value of sealing ``inputs``, as the JSON file and the doc show it."""
     master = bytes.fromhex(inputs["master_key_hex"])
-    device_key = derive_device_key(master, inputs["device_id"], inputs["key_id"])
-    body = _vector_body(inputs)
+    salt = bytes.fromhex(inputs["salt_hex"]) if "salt_hex" in inputs else HKDF_SALT  # enrolled: its own
+    device_key = derive_device_key(master, inputs["device_id"], inputs["key_id"], salt=salt)
+    body = vector_body(inputs)
     raw = seal(
         body,
         device_key=device_key,
@@ -525,7 +528,7 @@ def build_vector(inputs: dict[str, Any]) -> dict[str, Any]:
     envelope = decode_envelope(raw, max_envelope_bytes=MAX_ENVELOPE)
     return {
         "inputs": inputs,
-        "hkdf_salt_hex": HKDF_SALT.hex(),
+        "hkdf_salt_hex": salt.hex(),
         "hkdf_info_hex": hkdf_info(inputs["device_id"], inputs["key_id"]).hex(),
         "device_key_hex": device_key.hex(),
         "body_hex": pack_body(body).hex(),
@@ -573,7 +576,7 @@ def test_opening_the_stored_envelope_gives_the_body_back(index: int) -> None:
     envelope = decode_envelope(raw, max_envelope_bytes=MAX_ENVELOPE)
     assert aad(envelope).hex() == stored["aad_hex"]
     body = open_envelope(envelope, bytes.fromhex(stored["device_key_hex"]), max_body_bytes=MAX_BODY)
-    assert body == _vector_body(stored["inputs"])
+    assert body == vector_body(stored["inputs"])
     assert decode_tensor(body).ravel().tolist() == stored["inputs"]["tensor"]["values"]
     compressed = bytes.fromhex(stored["compressed_body_hex"])
     assert decompress(compressed, envelope.compression, MAX_BODY).hex() == stored["body_hex"]

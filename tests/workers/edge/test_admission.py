@@ -131,3 +131,42 @@ async def test_a_rebuild_that_cannot_finish_in_time_holds_the_partition_at_a_flo
     assert floor_ms is not None
     assert floor_ms >= before_ms + admission._settings.max_future_skew_ms
     assert memory.unfinished == 1
+
+
+def test_the_retry_rule_the_same_envelope_resent_is_answered_once(clock: _Clock) -> None:
+    # Contract section 9, "Retries": a device that has no answer resends the same envelope unchanged.
+    # Whatever copies arrive, exactly one is answered; a resend after the replay window is stale.
+    admission = _admission()
+    now_ms = int(clock.now_s * 1000)
+    first = _item("dev-a", now_ms)
+    rid = first.envelope.request_id if first.envelope else b""
+
+    def resend() -> Item:
+        return _item("dev-a", now_ms, rid)
+
+    in_the_same_unit = resend()
+    admission.check([first, in_the_same_unit])
+    assert _reasons([first, in_the_same_unit]) == ["ok", "replayed"]
+    admission.replays.abort(TP)  # the unit's transaction aborted: its records come again
+    redelivered, resent = resend(), resend()
+    admission.check([redelivered, resent])
+    assert _reasons([redelivered, resent]) == ["ok", "replayed"]  # answered once, not zero times
+    admission.replays.commit(TP)
+    clock.now_s += 30.0  # inside max_age_ms: remembered
+    late = resend()
+    admission.check([late])
+    assert _reasons([late]) == ["replayed"]
+    settings = admission._settings
+    clock.now_s += (settings.max_age_ms + settings.max_future_skew_ms) / 1000.0  # past the window
+    too_late = resend()
+    admission.check([too_late])
+    assert _reasons([too_late]) == ["stale"]  # forgotten by then, and refused all the same
+
+
+def test_a_retry_whose_first_copy_never_arrived_is_answered(clock: _Clock) -> None:
+    admission = _admission()
+    captured_ms = int(clock.now_s * 1000)
+    clock.now_s += 20.0  # the first copy was lost; the device resends 20 s after capture
+    resent = _item("dev-a", captured_ms)
+    admission.check([resent])
+    assert _reasons([resent]) == ["ok"]

@@ -5,6 +5,7 @@ is answered. The real-broker side is in ``test_worker.py``."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,11 +16,12 @@ import numpy.typing as npt
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgestream.pipeline.contract import deadletter as dl
 from edgestream.pipeline.contract.cloud import PartialSummary
-from edgestream.pipeline.contract.codec import TensorBody, decode_tensor, encode_tensor
-from edgestream.pipeline.contract.envelope import seal
+from edgestream.pipeline.contract.codec import TensorBody, decode_tensor, encode_tensor, pack_body
+from edgestream.pipeline.contract.envelope import Envelope, aad, encode_envelope, new_request_id, seal
 from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES, record_size
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.models import load_dataset
@@ -241,3 +243,44 @@ async def test_an_unexpected_error_in_the_replay_and_rate_checks_stays_that_reco
     assert items[1].error is not None
     assert items[1].error.reason == "internal"
     assert items[1].tensor is None
+
+
+def _sealed_unchecked(device: str) -> bytes:
+    """An authentic envelope under ``device``'s own key, sealed without the sender's checks: what a
+    client that does not keep its id in normal form sends."""
+    key = KeyRing({REGION: {1: bytes(32)}}).device_key(REGION, device, 1)
+    now_ms = int(time.time() * 1000)
+    header = Envelope(
+        1,
+        new_request_id(),
+        device,
+        now_ms,
+        "embedding",
+        "embedding-scorer",
+        None,
+        1,
+        "none",
+        os.urandom(12),
+        b"",
+    )
+    ciphertext = AESGCM(key).encrypt(header.nonce, pack_body(_embedding()), aad(header))
+    return encode_envelope(dataclasses.replace(header, ciphertext=ciphertext))
+
+
+async def test_a_device_id_not_in_normal_form_is_dead_lettered_and_the_unit_answered(
+    worker: EdgeWorker,
+) -> None:
+    """Contract section 3: a decomposed ``ü`` (not NFC) or a control character in the device id is
+    refused as ``bad_device_id`` at decode, before any key is derived; the rest of the unit flows."""
+    items = _admit(
+        worker,
+        [_sealed(worker, _embedding()), _sealed_unchecked("cam-u\u0308-7"), _sealed_unchecked("dev-\x1b[2J")],
+    )
+    assert [it.error.reason if it.error else "ok" for it in items] == ["ok", "bad_device_id", "bad_device_id"]
+    assert [it.envelope is None for it in items] == [False, True, True]
+    await worker._inference.infer(items)
+    by_topic = _outputs_of(worker, items)
+    assert len(by_topic[results_topic(REGION)]) == 1
+    letters = by_topic[dlq_topic(REGION)]
+    assert [dict(headers)[dl.REASON] for _, headers in letters] == [b"bad_device_id"] * 2
+    assert [dict(headers)[dl.STAGE] for _, headers in letters] == [b"decode"] * 2
