@@ -186,7 +186,9 @@ def open_reply(
     ``key_id``; ``request_id``: when given, the one request the caller accepts an answer for. Raises a
     `ReplyRefused` (stable ``reason``) and returns nothing else: MalformedReply,
     UnsupportedReplyVersion, ReplyForAnotherRequest, ReplyAuthenticationFailed (another device's or
-    region's reply, or tampered) or ReplyRecordMismatch."""
+    region's reply, or tampered) or ReplyRecordMismatch; ValueError only for the caller's own
+    arguments (a key that is not 32 bytes, an empty region). Error messages never quote the reply's
+    bytes or its unauthenticated model name."""
     header, end = read_reply_header(sealed)
     if request_id is not None and header.request_id != request_id:
         raise ReplyForAnotherRequest("the reply answers another request id")
@@ -196,8 +198,7 @@ def open_reply(
         plaintext = aead.decrypt(nonce, sealed[end + NONCE_BYTES :], reply_aad(sealed[:end], region))
     except InvalidTag as e:
         raise ReplyAuthenticationFailed(
-            f"reply from {header.model} v{header.model_version} does not authenticate under key id "
-            f"{header.key_id} in region {region!r}"
+            f"the reply does not authenticate under key id {header.key_id} in region {region!r}"
         ) from e
     try:
         record = ResultRecord.from_bytes(plaintext)
