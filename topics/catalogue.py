@@ -128,7 +128,7 @@ REPLIES: Final = TopicSpec(
     retention_ms=HOUR_MS,
     cleanup_policy="delete",
     key="device id",
-    value="result record (fast reply)",
+    value="result record sealed to its device (fast reply)",
     notes="written at once, outside transactions (at least once); devices read it, backends read "
     "results; a reply is useless after its deadline",
     extra_configs={SEGMENT_MS: str(HOUR_MS // 4)},

@@ -1,5 +1,6 @@
 """What the peer does with each record, as a user would write it: open the envelope with edgestream's
-contract code and the region's keys, run onnxruntime on that one input, build the result record.
+contract code and the region's keys, run onnxruntime on that one input, build the result record and
+seal it to the device as the contract requires of every reply (``pipeline/contract/reply.py``).
 
 No batching, no replay or rate checks, no dead letters or audit: a record that does not open, or whose
 model fails, is counted by its reason and dropped (no record stops the app).
@@ -19,9 +20,11 @@ import onnxruntime as ort
 from edgestream.pipeline.contract.codec import decode_tensor
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
 from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.reply import ReplyHeader
 from edgestream.pipeline.errors import EdgestreamError, UnknownModel
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.workers.edge.sealing import ReplySealer
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 
 PEER_NODE = "peer-quix"
@@ -56,7 +59,7 @@ def load_models(home: Path, size: str, intra_op_threads: int) -> dict[str, PeerM
 
 
 class Answerer:
-    """Turns a sealed envelope into a result record's bytes, or None (counted in ``refused``)."""
+    """Turns a sealed envelope into its sealed reply's bytes, or None (counted in ``refused``)."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class Answerer:
         self._models = dict(models)
         self._max_envelope_bytes = max_envelope_bytes
         self._max_body_bytes = max_body_bytes
+        self._sealer = ReplySealer(region)
         self.answered = 0
         """Result records built."""
         self.refused: Counter[str] = Counter()
@@ -80,7 +84,7 @@ class Answerer:
         """Seconds spent in onnxruntime."""
 
     def answer(self, raw: bytes | None) -> bytes | None:
-        """The result record for ``raw``, or None when it cannot be answered."""
+        """The sealed reply for ``raw``, or None when it cannot be answered."""
         try:
             result = self._answer(raw or b"")
         except EdgestreamError as err:
@@ -105,7 +109,7 @@ class Answerer:
         infer_s = time.perf_counter() - started_s
         self.infer_s += infer_s
         done_ms = time.time() * 1000.0
-        return ResultRecord(
+        result = ResultRecord(
             request_id=envelope.request_id,
             device_id=envelope.device_id,
             model=envelope.model,
@@ -120,3 +124,5 @@ class Answerer:
             region=self._region,
             produced_at_ms=int(done_ms),
         ).to_bytes()
+        header = ReplyHeader(envelope.request_id, envelope.key_id, envelope.model, model.version)
+        return self._sealer.seal(result, key, header)

@@ -11,7 +11,7 @@ Two steps around ``edgestream registry publish`` (examples/fraud/README.md has t
 fraud), trains a gradient-boosted classifier on the first 70%, exports it with skl2onnx and keeps the
 held-out 30% with the offline model's decisions. ``stream`` plays payment terminals: each sends its
 held-out transactions, sealed with its own device key, to the local broker as ``device-<region>``,
-and reads its decision back on the region's replies topic; then it prints the served model's
+and reads its decision back on the region's replies topic, sealed to it; then it prints the served model's
 precision and recall beside the offline model's on the same transactions, and the latency.
 """
 
@@ -73,7 +73,7 @@ async def _decisions(
     from edgestream.pipeline import kafka
     from edgestream.pipeline.contract.codec import encode_tensor
     from edgestream.pipeline.contract.envelope import new_request_id, seal
-    from edgestream.pipeline.contract.records import ResultRecord
+    from edgestream.pipeline.contract.reply import ReplyKey, ReplyRefused, open_reply
     from edgestream.pipeline.security import keyfile
     from edgestream.pipeline.security.identities import Identity
     from edgestream.pipeline.settings import DEFAULT_HOME
@@ -88,6 +88,10 @@ async def _decisions(
     topic = replies_topic(region)
     rows: dict[bytes, int] = {}
     answers: dict[int, Any] = {}
+    reply_keys = {
+        f"terminal-{t:03d}".encode(): ReplyKey(keyring.device_key(region, f"terminal-{t:03d}", key_id))
+        for t in range(terminals)
+    }
     async with (
         kafka.started(kafka.producer(settings, f"fraud-terminals-{region}")) as producer,
         kafka.started(kafka.consumer(settings, f"fraud-terminals-{region}")) as replies,
@@ -119,7 +123,13 @@ async def _decisions(
         while len(answers) < len(rows) and time.monotonic() < deadline:
             for records in (await replies.getmany(timeout_ms=200)).values():
                 for record in records:
-                    result = ResultRecord.from_bytes(record.value)
+                    reply_key = reply_keys.get(record.key)
+                    if reply_key is None:
+                        continue  # another device's reply
+                    try:  # sealed to its terminal: only that terminal's key opens it
+                        result = open_reply(record.value, reply_key, region)
+                    except ReplyRefused:
+                        continue  # forged or tampered: wait for a good copy
                     row_index = rows.get(result.request_id)
                     if row_index is not None:
                         answers.setdefault(row_index, result)  # a terminal keeps the first copy

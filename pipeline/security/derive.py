@@ -10,6 +10,9 @@ different purposes are independent even though they come from the same master:
   stable or canary, the same on every worker of a region;
 * the pseudonym key (``edgestream/device-pseudonym/v1``): what device pseudonyms in cloud samples are
   made under.
+
+A device's reply key is derived from its device key, not from a master key, so a device derives it
+too: ``pipeline/contract/reply.py``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.reply import open_reply
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
@@ -140,8 +141,11 @@ async def test_the_backend_reads_committed_results_and_dead_letters_and_writes_l
     # What it read, as it is on the topics, is what the schemas describe; the cloud records too.
     for record in raw_results:
         assert_valid("result", decoded(record.value))
+    keyring, region = edge_region.keyring, edge_region.name
+    for reply in await read_topic(edge_region.bootstrap, replies_topic(region), expect=REQUESTS):
+        device_key = keyring.device_key(region, reply.key.decode(), keyring.current_key_id(region))
+        assert_valid("result", decoded(open_reply(reply.value, device_key, region).to_bytes()))
     for topic, kind, expect in (
-        (replies_topic(edge_region.name), "result", REQUESTS),
         (audit_topic(edge_region.name), "audit", REQUESTS + 1),
         (SUMMARIES_TOPIC, "summary", 1),
         (SAMPLES_TOPIC, "sample", 1),

@@ -90,6 +90,8 @@ class Item:
     traceparent: bytes | None = None
     """The record's valid ``traceparent``, carried onto its outputs; set only with tracing on
     (``workers/edge/tracing.py``)."""
+    device_key: bytes | None = None
+    """The device key its envelope opened under: its fast reply is sealed to it (``sealing.py``)."""
 
 
 def current_master(keyring: KeyRing, region: str) -> bytes:
@@ -161,6 +163,7 @@ class Admission:
                 settings.region, item.envelope.device_id, item.envelope.key_id, now_ms
             )
             body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
+            item.device_key = device_key
             item.model.check_input(body.dtype, tuple(body.shape))
             self._check_placement(tp, record.key, item.envelope)
             item.tensor = decode_tensor(body, dequantise=item.model.dequantise)

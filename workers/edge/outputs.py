@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.deadletter import attempt_of, bounded_dead_letter, dead_letter_headers
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
+from edgestream.pipeline.contract.reply import ReplyHeader
 from edgestream.pipeline.errors import OutputFailed
 from edgestream.pipeline.observability.traceparent import TRACEPARENT
 from edgestream.pipeline.security.derive import pseudonym_key
@@ -35,6 +36,7 @@ from edgestream.topics.catalogue import (
     results_topic,
 )
 from edgestream.workers.edge.admission import Item, current_master
+from edgestream.workers.edge.sealing import ReplySealer
 from edgestream.workers.edge.sinks import Output, PartitionWork
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class UnitOutputs:
         self._group_id = edge_group(region)
         self._results_topic = results_topic(region)
         self._replies_topic = replies_topic(region)
+        self._sealer = ReplySealer(region)
         self._audit_topic = audit_topic(region)
         self._dlq_topic = dlq_topic(region)
 
@@ -97,7 +100,7 @@ class UnitOutputs:
             if item.error is None:
                 part.outputs.extend(self._answered(item, started_s, now_ms, sample_key))
                 if item.error is None:
-                    part.replies.append(self._reply(part.outputs))
+                    self._reply(item, part)
             if item.error is not None:
                 part.outputs.extend(self._refused(item, now_ms))
             self._count(item, summaries, now_ms)
@@ -128,10 +131,24 @@ class UnitOutputs:
         audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
         return [*outputs, Output(self._audit_topic, audit.to_bytes(), audit.request_id, trace_headers(item))]
 
-    def _reply(self, outputs: Sequence[Output]) -> Output:
-        """The fast reply of the answer just built: its result record's bytes, on the replies topic."""
-        result = next(o for o in reversed(outputs) if o.topic == self._results_topic)
-        return Output(self._replies_topic, result.value, result.key, result.headers)
+    def _reply(self, item: Item, part: PartitionWork) -> None:
+        """The fast reply of the answer just built: its result record's bytes sealed to the device
+        (``sealing.py``), on the replies topic. One that cannot be sealed is logged and not sent: its
+        result still commits, and the device falls back at its deadline."""
+        result = next(o for o in reversed(part.outputs) if o.topic == self._results_topic)
+        env, served = item.envelope, item.model
+        try:
+            if env is None or served is None or item.device_key is None:
+                raise RuntimeError("answered without an opened envelope")
+            name, version = served.key
+            header = ReplyHeader(env.request_id, env.key_id, name, version)
+            sealed = self._sealer.seal(result.value, item.device_key, header)
+        except Exception:
+            log.warning(
+                "sealing the reply of %s[%d]@%d", item.tp.topic, item.tp.partition, item.offset, exc_info=True
+            )
+            return
+        part.replies.append(Output(self._replies_topic, sealed, result.key, result.headers))
 
     def _refused(self, item: Item, now_ms: float) -> list[Output]:
         """Dead letter (and audit record) of a refused item; if building them fails, the dead letter

@@ -1,7 +1,8 @@
 """Fast replies: a device gets its answer as soon as it exists, not when its unit commits.
 
-Each answer's result record is also sent, at once, to the region's replies topic by one idempotent,
-non-transactional producer; the device reads that topic (``docs/contract.md``, "Replies"). The
+Each answer's result record, sealed to its device (``sealing.py``), is also sent at once to the
+region's replies topic by one idempotent, non-transactional producer; the device reads that topic and
+opens its own replies (``docs/contract.md``, "Replies" and "Sealed replies"). The
 transactional result, the audit record and the cloud records commit as before, for backends and the
 audit. A reply is at least once: after a failed commit or a crash its request is answered again (the
 same request id, possibly from another worker or model version), and a device keeps the first copy.

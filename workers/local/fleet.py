@@ -3,7 +3,8 @@
 The devices (``devices``) are placed, routed and keyed before any of them sends. Devices draw
 embeddings and frames from the models' held-out split, seal them, publish to their region's ingest
 topic, and wait for their own result by request id on the region's replies topic (the fast replies,
-sent before the unit commits; a second copy of an answer is counted as a duplicate and ignored). A
+sent before the unit commits and sealed to the device: each is opened with its device's reply key,
+``pipeline/contract/reply.py``; a second copy of an answer is counted as a duplicate and ignored). A
 result that does not arrive within the device's deadline is answered by the device's local fallback
 model (the tiny model of the same family); a result that arrives later is counted as late. End-to-end
 latency is capture -> result received, on one clock.
@@ -24,7 +25,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.fallbacks import FallbackReports
 from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.reply import ReplyKey, ReplyRefused, open_reply
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.observability.sla import RoundTrip
@@ -175,6 +177,9 @@ class Fleet:
         """Where the devices' request spans go (``device_tracing.py``); None: untraced."""
         self._traces = None if tracing is None else DeviceTracing(tracing.tracer, settings.deadline_ms)
         self.devices = make_devices(settings, keyring)
+        self._reply_keys = {d.device_id.encode(): (ReplyKey(d.key), d.region) for d in self.devices}
+        self.refused_replies: Counter[str] = Counter()
+        """Replies read but refused by ``open_reply`` (another device's, tampered), by reason."""
         self._rng = np.random.default_rng(settings.seed)
         self._pyrng = random.Random(settings.seed + 1)
         store = ModelStore(settings.home / "models")
@@ -376,8 +381,15 @@ class Fleet:
             now_ms = time.time() * 1000.0
             for records in fetched.values():
                 for record in records:
-                    if record.value is not None:
-                        self._on_result(ResultRecord.from_bytes(record.value), now_ms)
+                    opener = self._reply_keys.get(record.key or b"")
+                    if record.value is None or opener is None:
+                        continue  # not one of ours (another fleet's device)
+                    try:  # the device's own reply key, its own region: any other reply is refused
+                        result = open_reply(record.value, opener[0], opener[1])
+                    except ReplyRefused as err:
+                        self.refused_replies[err.reason] += 1
+                        continue
+                    self._on_result(result, now_ms)
 
     def _on_result(self, result: ResultRecord, now_ms: float) -> None:
         rid = result.request_id

@@ -1,5 +1,6 @@
-"""The peer's per-record work: a sealed envelope in, the result record the worker would give out; a
-record that cannot be answered is counted by its reason and never raises."""
+"""The peer's per-record work: a sealed envelope in, the result record the worker would give out,
+sealed to its device as the worker seals it; a record that cannot be answered is counted by its reason
+and never raises."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from bench.peers.opener import PEER_NODE, Answerer, PeerModel, load_models
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import seal
-from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.reply import open_reply
 from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.keyring import KeyRing
@@ -56,7 +57,7 @@ def test_an_envelope_is_answered_as_its_model_answers_it(
     raw, x = _sealed(keyring, kind)
     out = answerer.answer(raw)
     assert out is not None
-    result = ResultRecord.from_bytes(out)
+    result = open_reply(out, keyring.device_key(REGION, DEVICE, keyring.current_key_id(REGION)), REGION)
     model = models[MODEL_FOR_KIND[kind]]
     dtype = spec(MODEL_FOR_KIND[kind]).input_dtype
     labels, probs = model.session.run(["label", "probs"], {"input": x.astype(dtype)[np.newaxis]})

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.reply import open_reply
 from edgestream.pipeline.observability.traceparent import TRACEPARENT, record_context
 from edgestream.pipeline.observability.tracing import Tracing
 from edgestream.pipeline.serving.batching import CloseReason
@@ -134,6 +135,8 @@ async def test_a_requests_trace_joins_device_unit_and_reply(
 
     # The reply and the result each carry their request's traceparent: the device span's context.
     sent_contexts = {(s.get_span_context().trace_id, s.get_span_context().span_id) for s in devices}  # type: ignore[union-attr]
+    device_keys = {d.device_id.encode(): d.key for d in fleet.devices}
+    assert not fleet.refused_replies, "every reply opened under its device's key"
     for topic in (replies_topic(edge_region.name), results_topic(edge_region.name)):
         records = await read_topic(edge_region.bootstrap, topic, expect=totals.sent)
         carried = set()
@@ -141,7 +144,11 @@ async def test_a_requests_trace_joins_device_unit_and_reply(
             ctx = record_context([(k, v) for k, v in record.headers if k == TRACEPARENT])
             assert ctx is not None, f"{topic} record without a traceparent"
             carried.add((ctx.trace_id, ctx.span_id))
-            assert ResultRecord.from_bytes(record.value).region == edge_region.name
+            if topic == results_topic(edge_region.name):
+                result = ResultRecord.from_bytes(record.value)
+            else:  # sealed to its device
+                result = open_reply(record.value, device_keys[record.key], edge_region.name)
+            assert result.region == edge_region.name
         assert carried == sent_contexts, topic
     tracing.shutdown()
 

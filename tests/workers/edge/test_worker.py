@@ -23,6 +23,7 @@ from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, seal
 from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
+from edgestream.pipeline.contract.reply import ReplyAuthenticationFailed, open_reply
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.keyfile import retire, rotate
@@ -73,6 +74,13 @@ def _seal(region: EdgeRegion, device_id: str, kind: Kind, x: np.ndarray[Any, Any
     )
 
 
+def _open_reply(region: EdgeRegion, sealed: bytes, device_id: str) -> ResultRecord:
+    """A reply opened as ``device_id`` opens it: with its own device key (the region's current id)."""
+    keyring = region.keyring
+    key = keyring.device_key(region.name, device_id, keyring.current_key_id(region.name))
+    return open_reply(sealed, key, region.name)
+
+
 async def test_every_request_is_answered_once_with_the_models_own_output(
     edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
 ) -> None:
@@ -113,9 +121,19 @@ async def test_every_request_is_answered_once_with_the_models_own_output(
     assert calls < len(sent), "requests were micro-batched, not run one by one"
     assert worker.stats.results == len(sent)
 
-    # The devices' fast replies carry the same records, each sent once when nothing failed.
+    # The devices' fast replies carry the same records, each sent once when nothing failed, each
+    # sealed to its own device: it opens under that device's key, and under no other device's.
     replies = await read_topic(edge_region.bootstrap, replies_topic(edge_region.name), expect=len(sent))
-    assert sorted(r.value for r in replies) == sorted(r.value for r in records)
+    opened = {}
+    for reply in replies:
+        record = _open_reply(edge_region, reply.value, reply.key.decode())
+        assert record.device_id == reply.key.decode()
+        other = "dev-0" if record.device_id != "dev-0" else "dev-1"
+        with pytest.raises(ReplyAuthenticationFailed):
+            _open_reply(edge_region, reply.value, other)
+        opened[record.request_id] = record
+    assert len(replies) == len(opened) == len(sent)
+    assert opened == {r.request_id: r for r in results}
     assert {(r.key, r.partition) for r in replies} == {(r.key, r.partition) for r in records}
 
     audit = [
@@ -301,7 +319,7 @@ async def test_audit_fails_closed_no_result_without_its_audit_record_and_nothing
     # The devices were answered all the same: a fast reply does not wait for the transaction, and
     # each retry of the aborted unit answers again (the same request ids: a device keeps the first).
     replied = await read_topic(edge_region.bootstrap, replies_topic(region), expect=len(ids), timeout_s=30)
-    assert {ResultRecord.from_bytes(r.value).request_id for r in replied} == set(ids)
+    assert {_open_reply(edge_region, r.value, r.key.decode()).request_id for r in replied} == set(ids)
 
     await ensure_topics(edge_region.bootstrap, region_topics(region))
     results = await read_topic(edge_region.bootstrap, results_topic(region), expect=len(ids), timeout_s=60.0)
