@@ -302,6 +302,12 @@ class Corpus:
         kind, device, value, rid = self._base(test_id, kind="frame", x=noise, compression="none")
         return self._make(test_id, "oversized_envelope", kind, device, value, rid)
 
+    def _bad_bad_device_id(self, test_id: int) -> CorpusRecord:
+        """A device id outside the normal form (docs/contract.md, "Device ids"): decomposed, so not NFC,
+        or carrying a control character; refused at decode, before any key is derived."""
+        broken = self._rng.choice(["cafe\u0301-{}", "dev\x00{}", "dev\u200b\x7f{}", "\u212b{}"])
+        return self._edit(test_id, "bad_device_id", lambda f: f.__setitem__("dev", broken.format(test_id)))
+
     # -- decrypt stage ------------------------------------------------------------------------------
 
     def _tampered(

@@ -59,6 +59,7 @@ CATEGORIES: Final[Mapping[str, str]] = {
     "bad_version": "bad_version",
     "oversized_bytes": "oversized",
     "oversized_envelope": "oversized",
+    "bad_device_id": "bad_device_id",
     # decrypt: every authenticated field, the nonce and the ciphertext
     "tampered_rid": "bad_tag",
     "tampered_dev": "bad_tag",
