@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
+from edgestream.pipeline.contract.partitioner import memo_partitioner
 from edgestream.pipeline.errors import KafkaTimeout
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def producer(
         "linger_ms": 0,
         "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
         "request_timeout_ms": kafka.request_timeout_ms,
+        "partitioner": memo_partitioner,
     }
     config.update(options)
     if transactional_id is not None:

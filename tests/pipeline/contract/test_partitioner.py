@@ -8,7 +8,10 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edgestream.pipeline.contract.partitioner import murmur2, partition_for
+from edgestream.pipeline import kafka
+from edgestream.pipeline.contract import partitioner
+from edgestream.pipeline.contract.partitioner import key_hash, memo_partitioner, murmur2, partition_for
+from edgestream.pipeline.settings import KafkaSettings
 
 # Computed once with aiokafka 0.14's ``murmur2`` and ``DefaultPartitioner`` (the Java client's
 # algorithm), pinned so that a change on either side shows: key, murmur2, partitions of 3, 7, 12.
@@ -42,3 +45,37 @@ def test_agrees_with_aiokafkas_default_partitioner(key: bytes, partitions: int) 
 def test_a_topic_has_partitions() -> None:
     with pytest.raises(ValueError, match="at least one partition"):
         partition_for(b"dev", 0)
+
+
+@given(key=st.binary(max_size=200), partitions=st.integers(1, 64))
+def test_the_memo_partitioner_agrees_with_aiokafkas_on_first_and_remembered_calls(
+    key: bytes, partitions: int
+) -> None:
+    parts = list(range(partitions))
+    expected = DefaultPartitioner()(key, parts, parts)
+    assert memo_partitioner(key, parts, parts) == expected  # computed
+    assert memo_partitioner(key, parts, parts) == expected  # remembered
+    assert partition_for(key, partitions) == expected
+
+
+def test_the_memo_starts_over_when_full_and_stays_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(partitioner, "MEMO_LIMIT", 8)
+    monkeypatch.setattr(partitioner, "_memo", {})
+    keys = [f"dev-{i}".encode() for i in range(20)]
+    for key in keys + keys:
+        assert key_hash(key) == murmur2(key) & partitioner.POSITIVE
+        assert len(partitioner._memo) <= 8
+
+
+def test_a_keyless_record_goes_to_an_available_partition() -> None:
+    seen = {memo_partitioner(None, [0, 1, 2, 3], [1, 3]) for _ in range(200)}
+    assert seen == {1, 3}
+    assert memo_partitioner(None, [0, 1], []) in {0, 1}
+
+
+async def test_every_producer_of_the_factory_uses_the_memo_partitioner() -> None:
+    made = kafka.producer(KafkaSettings(bootstrap_servers="localhost:1"), "t")  # never started
+    try:
+        assert made._partitioner is memo_partitioner
+    finally:
+        await made.stop()
