@@ -39,6 +39,7 @@ from edgestream.topics.catalogue import (
     edge_group,
     ingest_prefix,
     replies_topic,
+    reports_topic,
     results_topic,
     validate_region,
 )
@@ -167,6 +168,11 @@ def device_principal(region: Region | str) -> str:
     return kafka_principal(identities.device_principal(validate_region(region)))
 
 
+def gateway_principal(region: Region | str) -> str:
+    """``User:gateway-<region>``: the region's device gateways."""
+    return kafka_principal(identities.gateway_principal(validate_region(region)))
+
+
 def backend_principal(region: Region | str) -> str:
     """``User:backend-<region>``: the region's backend services."""
     return kafka_principal(identities.backend_principal(validate_region(region)))
@@ -219,6 +225,17 @@ def _device_rules(region: str) -> set[AclRule]:
     )
 
 
+def _gateway_rules(region: str) -> set[AclRule]:
+    # The gateway produces what its devices send (envelopes, reports) and reads their sealed replies
+    # with no group (it assigns every partition and starts from the end); it never reads results.
+    gateway = gateway_principal(region)
+    return (
+        _grant(gateway, TOPIC, PREFIXED, ingest_prefix(region), WRITE, DESCRIBE)
+        | _grant(gateway, TOPIC, LITERAL, reports_topic(region), WRITE, DESCRIBE)
+        | _grant(gateway, TOPIC, LITERAL, replies_topic(region), READ, DESCRIBE)
+    )
+
+
 def _backend_rules(region: str) -> set[AclRule]:
     # A backend reads what the region answered (committed results) and what it refused (dead letters),
     # in groups of its own, and writes ground truth; it never writes ingest, results or replies.
@@ -229,6 +246,11 @@ def _backend_rules(region: str) -> set[AclRule]:
         | _grant(backend, GROUP, PREFIXED, backend_group_prefix(region), READ)
         | _grant(backend, TOPIC, LITERAL, LABELS_TOPIC, WRITE, DESCRIBE)
     )
+
+
+def _aggregator_region_rules(region: str) -> set[AclRule]:
+    # Device reports (reconciliation of fallback and edge answers) feed the cloud summaries.
+    return _grant(AGGREGATOR, TOPIC, LITERAL, reports_topic(region), READ, DESCRIBE)
 
 
 def _admin_rules(region: str) -> set[AclRule]:
@@ -262,6 +284,7 @@ def policy(regions: Sequence[Region | str]) -> list[AclRule]:
     rules = _aggregator_rules()
     for region in _region_names(regions):
         rules |= _edge_rules(region) | _device_rules(region) | _backend_rules(region) | _admin_rules(region)
+        rules |= _gateway_rules(region) | _aggregator_region_rules(region)
     return sorted(rules)
 
 
