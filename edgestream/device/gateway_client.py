@@ -248,7 +248,12 @@ class GatewayTransport:
         if not der:
             raise TransportUnavailable(region, "tls", "no server certificate")
         try:
-            hello = parse_hello(decode_frame(await ws.recv()))
+            first = decode_frame(await ws.recv())
+            if first["t"] == "refused":  # e.g. overloaded, before any hello
+                raise TransportUnavailable(
+                    region, f"refused:{first.get('reason')}", str(first.get("detail", ""))[:200]
+                )
+            hello = parse_hello(first)
         except GatewayAuthError as err:
             raise TransportUnavailable(region, "bad_frame", str(err)) from None
         if hello.region != region:

@@ -66,7 +66,15 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 class Gateway:
     """One region's device gateway; ``async with`` it, or `start` and `stop`."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        producer: AIOKafkaProducer | None = None,
+        replies: AIOKafkaConsumer | None = None,
+    ) -> None:
+        """``producer`` and ``replies`` replace the Kafka clients the factory makes (tests without a
+        broker pass stand-ins with the same methods)."""
         self.settings = settings
         self.node = settings.node
         """This gateway's name."""
@@ -93,8 +101,8 @@ class Gateway:
             self._directory_path.stat().st_mtime_ns if self._directory_path.exists() else 0
         )
         self.directory: Directory = read_directory(self._directory_path, settings.region)
-        self.producer: AIOKafkaProducer = kafka.producer(settings.kafka, f"edgestream-{self.node}")
-        self._consumer: AIOKafkaConsumer = kafka.consumer(
+        self.producer: AIOKafkaProducer = producer or kafka.producer(settings.kafka, f"edgestream-{self.node}")
+        self._consumer: AIOKafkaConsumer = replies or kafka.consumer(
             settings.kafka, f"edgestream-{self.node}-replies", isolation_level="read_uncommitted"
         )
         self._server: Server | None = None
