@@ -101,9 +101,10 @@ class Gateway:
             self._directory_path.stat().st_mtime_ns if self._directory_path.exists() else 0
         )
         self.directory: Directory = read_directory(self._directory_path, settings.region)
-        self.producer: AIOKafkaProducer = producer or kafka.producer(settings.kafka, f"edgestream-{self.node}")
+        client_id = f"edgestream-{self.node}"
+        self.producer: AIOKafkaProducer = producer or kafka.producer(settings.kafka, client_id)
         self._consumer: AIOKafkaConsumer = replies or kafka.consumer(
-            settings.kafka, f"edgestream-{self.node}-replies", isolation_level="read_uncommitted"
+            settings.kafka, f"{client_id}-replies", isolation_level="read_uncommitted"
         )
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
