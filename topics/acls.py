@@ -38,11 +38,13 @@ from edgestream.topics.catalogue import (
     dlq_topic,
     edge_group,
     ingest_prefix,
+    parse_topic,
     replies_topic,
     reports_topic,
     results_topic,
     validate_region,
 )
+from edgestream.topics.errors import UnknownTopic
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -314,11 +316,27 @@ def compare(wanted: Iterable[AclRule], actual: Iterable[AclRule]) -> AclDiff:
 
     Extra bindings count for the policy's principals, and for ``User:*`` (which reaches them too), but
     not for super users: their bindings grant nothing, and admin's are per region, so the policy of
-    some regions would call those of the others extra.
+    some regions would call those of the others extra. For the same reason a binding on another
+    region's topic is not extra (the aggregator's on each region's reports).
     """
     wanted_set, actual_set = set(wanted), set(actual)
     managed = {rule.principal for rule in wanted_set} - set(SUPER_USERS) | {WILDCARD_PRINCIPAL}
+    regions = {_region_of(rule) for rule in wanted_set} - {None}
     return AclDiff(
         missing=sorted(wanted_set - actual_set),
-        extra=sorted(r for r in actual_set - wanted_set if r.principal in managed),
+        extra=sorted(
+            r for r in actual_set - wanted_set if r.principal in managed and _region_of(r) in regions | {None}
+        ),
     )
+
+
+def _region_of(rule: AclRule) -> str | None:
+    """The region of a binding's topic (``None``: not one region's topic). A principal every region
+    shares (the aggregator reads each region's reports) has bindings on other regions' topics, which
+    are not extra to the policy of these regions."""
+    if rule.resource_type is not TOPIC or rule.pattern_type is not LITERAL:
+        return None
+    try:
+        return parse_topic(rule.resource_name).region
+    except UnknownTopic:
+        return None

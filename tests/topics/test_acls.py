@@ -444,10 +444,22 @@ def test_compare() -> None:
     foreign = AclRule("User:someone-else", TOPIC, LITERAL, "theirs", READ)
     other_region = AclRule(edge_principal("us-east"), TOPIC, LITERAL, "x", READ)
     admin_extra = AclRule(ADMIN, TOPIC, LITERAL, dlq_topic("us-east"), READ)  # super user: inert
-    actual = [*wanted[1:], stray, everyone, foreign, other_region, admin_extra]
+    # The aggregator is every region's: its binding on another region's reports is that region's policy.
+    shared_elsewhere = AclRule(AGGREGATOR, TOPIC, LITERAL, reports_topic("us-east"), READ)
+    shared_stray = AclRule(AGGREGATOR, TOPIC, LITERAL, results_topic("eu-west"), READ)
+    actual = [
+        *wanted[1:],
+        stray,
+        everyone,
+        foreign,
+        other_region,
+        admin_extra,
+        shared_elsewhere,
+        shared_stray,
+    ]
     diff = compare(wanted, actual)
     assert diff.missing == [wanted[0]]
-    assert diff.extra == sorted([stray, everyone])
+    assert diff.extra == sorted([stray, everyone, shared_stray])
     assert not diff.matches
     assert compare(wanted, [*wanted, foreign]).matches
 
