@@ -28,6 +28,24 @@ MAX_FALLBACKS: Final = 999_999
 """Largest ``fb`` (the fallback header's six digits)."""
 MAX_DETAIL_CHARS: Final = 200
 """A refusal's or rejection's detail is cut to this many characters."""
+REFUSAL_REASONS: Final = (
+    "bad_frame",
+    "bad_device_id",
+    "unknown_device",
+    "bad_signature",
+    "auth_timeout",
+    "overloaded",
+)
+"""Why a gateway refuses a session (``refused``)."""
+REJECTION_REASONS: Final = (
+    "bad_frame",
+    "undecodable",
+    "device_mismatch",
+    "too_large",
+    "rate_limited",
+    "unavailable",
+)
+"""Why a gateway rejects an envelope (``rejected``); the session goes on."""
 WHATS: Final = frozenset({"catalogue", "artifact"})
 """What a ``get`` frame may ask for."""
 _HEX: Final = frozenset("0123456789abcdef")

@@ -11,6 +11,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from edgestream.pipeline.contract.gatewayframes import REFUSAL_REASONS, REJECTION_REASONS
+
 SESSIONS: Final = "edgestream_gateway_sessions"
 """Authenticated device sessions now."""
 CONNECTIONS: Final = "edgestream_gateway_connections"
@@ -26,24 +28,6 @@ REPORTS: Final = "edgestream_gateway_reports_total"
 """Device reports produced."""
 HELD: Final = "edgestream_gateway_held_replies"
 """Replies held in mailboxes now."""
-REFUSAL_REASONS: Final = (
-    "bad_frame",
-    "bad_device_id",
-    "unknown_device",
-    "bad_signature",
-    "auth_timeout",
-    "overloaded",
-)
-"""Why a gateway refuses a session (``docs/contract.md``, "Gateway")."""
-REJECTION_REASONS: Final = (
-    "bad_frame",
-    "undecodable",
-    "device_mismatch",
-    "too_large",
-    "rate_limited",
-    "unavailable",
-)
-"""Why a gateway rejects an envelope."""
 REPLY_OUTCOMES: Final = ("routed", "held", "expired", "dropped", "malformed")
 """What happens to a reply."""
 
