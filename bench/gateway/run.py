@@ -35,6 +35,7 @@ from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, replies_topic
 from edgestream.workers.local.broker.process import running_broker
 from edgestream.workers.local.broker.settings import BrokerSettings
+from edgestream.workers.local.broker.state import BrokerState
 
 REGION: Final = "gwbench"
 """The bench's region."""
@@ -109,6 +110,31 @@ async def produce_replies(
         await producer.flush()
 
 
+def _gateway_files(state: BrokerState, home: Path, sessions: int) -> tuple[Path, str]:
+    """The gateway's settings file (its certificates, the directory of the bench's devices) and the CA
+    file devices trust."""
+    gateway_kafka = state.kafka(Identity.gateway(REGION))
+    pki = Pki(state.tls_root) if state.tls_root is not None else Pki.in_home(home)
+    wss = pki.ensure([Identity.gateway(REGION, "wss")])[Identity.gateway(REGION, "wss")]
+    ids = device_ids(REGION, sessions)
+    directory = home / "directory.json"
+    write_directory(directory, REGION, {d: {1: auth_public_key(device_key(d))} for d in ids})
+    settings = {
+        "region": REGION,
+        "home": str(home),
+        "port": 0,
+        "node_id": "gwbench",
+        "kafka": json.loads(gateway_kafka.model_dump_json()),
+        "server_cert_file": str(wss.cert_file),
+        "server_key_file": str(wss.key_file),
+        "directory_file": str(directory),
+        "max_sessions": sessions + 100,
+    }
+    settings_file = home / "gateway.json"
+    settings_file.write_text(json.dumps(settings))
+    return settings_file, str(wss.ca_file)
+
+
 def measure(sessions: int, disconnects: int, reconnect_replies: int) -> dict[str, Any]:
     """The whole run; the result document."""
     home = Path(tempfile.mkdtemp(prefix="gwbench-"))
@@ -117,25 +143,8 @@ def measure(sessions: int, disconnects: int, reconnect_replies: int) -> dict[str
         asyncio.run(ensure_topics(admin, all_topics([REGION])))
         if state.security_protocol == "SSL":
             asyncio.run(apply_policy(admin, [REGION]))
-        gateway_kafka = state.kafka(Identity.gateway(REGION))
-        pki = Pki(state.tls_root) if state.tls_root is not None else Pki.in_home(home)
-        wss = pki.ensure([Identity.gateway(REGION, "wss")])[Identity.gateway(REGION, "wss")]
+        settings_file, ca_file = _gateway_files(state, home, sessions)
         ids = device_ids(REGION, sessions)
-        directory = home / "directory.json"
-        write_directory(directory, REGION, {d: {1: auth_public_key(device_key(d))} for d in ids})
-        settings = {
-            "region": REGION,
-            "home": str(home),
-            "port": 0,
-            "node_id": "gwbench",
-            "kafka": json.loads(gateway_kafka.model_dump_json()),
-            "server_cert_file": str(wss.cert_file),
-            "server_key_file": str(wss.key_file),
-            "directory_file": str(directory),
-            "max_sessions": sessions + 100,
-        }
-        settings_file = home / "gateway.json"
-        settings_file.write_text(json.dumps(settings))
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         gateway = Child(["serve", str(settings_file)], env)
         devices: Child | None = None
@@ -145,7 +154,7 @@ def measure(sessions: int, disconnects: int, reconnect_replies: int) -> dict[str
             time.sleep(1.0)
             rss_idle, cpu_idle = rss_bytes(pid), cpu_s(pid)
             url = f"wss://localhost:{port}/v1"
-            devices = Child(["devices", url, str(wss.ca_file), REGION, str(sessions)], env)
+            devices = Child(["devices", url, ca_file, REGION, str(sessions)], env)
             connect = devices.ask("connect")
             time.sleep(1.0)
             rss_connected, cpu_connected = rss_bytes(pid), cpu_s(pid)

@@ -30,6 +30,7 @@ from edgestream.pipeline.contract.gatewayframes import (
     MAX_REPORT_BYTES,
     SESSION_ID_BYTES,
     Env,
+    Get,
     decode_frame,
     detail,
     encode_frame,
@@ -61,7 +62,7 @@ _ENCODE_ACCEPTED: Final = partial(encode_frame, "accepted")
 class Session:
     """An authenticated device's connection."""
 
-    __slots__ = ("bucket", "device_id", "gateway", "outbox", "session_id", "writer", "ws")
+    __slots__ = ("bucket", "device_id", "fetching", "gateway", "outbox", "session_id", "writer", "ws")
 
     def __init__(self, gateway: Gateway, ws: ServerConnection, device_id: str) -> None:
         self.gateway = gateway
@@ -76,6 +77,8 @@ class Session:
         self.bucket = TokenBucket.full(settings.rate_per_s, settings.burst, time.monotonic())
         """The device's envelope rate."""
         self.writer: asyncio.Task[None] | None = None
+        self.fetching = False
+        """A ``get`` is being answered (one at a time per session: files are read in threads)."""
 
     def send(self, frame: bytes) -> None:
         """Queue ``frame``; a device whose outbox is full is disconnected instead."""
@@ -117,7 +120,7 @@ class Session:
             elif kind == "report":
                 self.on_report(frame)
             elif kind == "get":
-                self.gateway.spawn(self.gateway.files.answer(self, parse_get(frame)))
+                self.on_get(parse_get(frame))
             else:
                 raise GatewayAuthError(f"unknown frame type {kind[:32]!r}")
         except GatewayAuthError as err:
@@ -177,6 +180,20 @@ class Session:
         log.warning("could not produce an envelope of %r: %s", self.device_id, err)
         self.reject(rid, "unavailable", f"the gateway could not deliver it: {type(err).__name__}")
 
+    def on_get(self, get: Get) -> None:
+        """Answer a ``get`` in the background, one at a time."""
+        if self.fetching:
+            raise GatewayAuthError("one get at a time: wait for the answer to the previous one")
+        self.fetching = True
+
+        async def answer() -> None:
+            try:
+                await self.gateway.files.answer(self, get)
+            finally:
+                self.fetching = False
+
+        self.gateway.spawn(answer())
+
     def on_report(self, frame: dict[str, Any]) -> None:
         """Produce one device report, verbatim, keyed by the device."""
         body = frame.get("body")
@@ -184,6 +201,9 @@ class Session:
             raise GatewayAuthError("body must be bin")
         if len(body) > MAX_REPORT_BYTES:
             self.reject(None, "too_large", f"a report is at most {MAX_REPORT_BYTES} bytes")
+            return
+        if not self.bucket.take(time.monotonic()):  # reports share the session's rate with envelopes
+            self.reject(None, "rate_limited", "over the session's rate")
             return
         self.gateway.spawn(self.gateway.produce_report(self.device_id, body))
 
