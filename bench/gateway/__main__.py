@@ -29,7 +29,7 @@ def _serve(settings_file: str) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         async with Gateway(settings) as gateway:
-            print(json.dumps({"port": gateway.port}), flush=True)
+            print(json.dumps({"port": gateway.port, "health_port": gateway.health_port}), flush=True)
             await stop.wait()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--disconnects", type=int, default=1_000)
     parser.add_argument("--replies", type=int, default=3_000, help="replies during the disconnects")
+    parser.add_argument("--pace-s", type=float, default=0.02, help="seconds between those replies")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     ns = parser.parse_args(argv)
     if ns.command == "serve":
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "run":
         from bench.gateway.run import measure
 
-        result = measure(ns.sessions, ns.disconnects, ns.replies)
+        result = measure(ns.sessions, ns.disconnects, ns.replies, ns.pace_s)
         ns.out_dir.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
         json.dump(result, sys.stdout, indent=1)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -129,13 +130,40 @@ def _gateway_files(state: BrokerState, home: Path, sessions: int) -> tuple[Path,
         "server_key_file": str(wss.key_file),
         "directory_file": str(directory),
         "max_sessions": sessions + 100,
+        "health_port": 0,
     }
     settings_file = home / "gateway.json"
     settings_file.write_text(json.dumps(settings))
     return settings_file, str(wss.ca_file)
 
 
-def measure(sessions: int, disconnects: int, reconnect_replies: int) -> dict[str, Any]:
+REPLY_PACE_S: Final = 0.02
+"""Replies to the reconnecting device come at 50 a second: the most its requests may bring (the
+edge's and the gateway's per-device rate)."""
+IDLE_S: Final = 5.0
+"""How long the connected gateway's background CPU (keepalive pings) is measured for."""
+
+
+class Meter:
+    """The gateway process's CPU and wall time between marks, less its idle rate."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.idle_rate = 0.0
+        """CPU seconds per second the gateway spends with every session connected and quiet."""
+        self._cpu, self._wall = cpu_s(pid), time.monotonic()
+
+    def mark(self) -> tuple[float, float]:
+        """(CPU s, wall s) since the last mark; the idle rate's share of the CPU is taken out."""
+        cpu, wall = cpu_s(self.pid), time.monotonic()
+        used, took = cpu - self._cpu, wall - self._wall
+        self._cpu, self._wall = cpu, wall
+        return max(0.0, used - self.idle_rate * took), took
+
+
+def measure(
+    sessions: int, disconnects: int, reconnect_replies: int, pace_s: float = REPLY_PACE_S
+) -> dict[str, Any]:
     """The whole run; the result document."""
     home = Path(tempfile.mkdtemp(prefix="gwbench-"))
     with running_broker(BrokerSettings(home=home / "broker")) as state:
@@ -144,40 +172,53 @@ def measure(sessions: int, disconnects: int, reconnect_replies: int) -> dict[str
         if state.security_protocol == "SSL":
             asyncio.run(apply_policy(admin, [REGION]))
         settings_file, ca_file = _gateway_files(state, home, sessions)
-        ids = device_ids(REGION, sessions)
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         gateway = Child(["serve", str(settings_file)], env)
         devices: Child | None = None
         try:
-            port = gateway.ask()["port"]
-            pid = gateway.proc.pid
+            started = gateway.ask()
             time.sleep(1.0)
-            rss_idle, cpu_idle = rss_bytes(pid), cpu_s(pid)
-            url = f"wss://localhost:{port}/v1"
+            url = f"wss://localhost:{started['port']}/v1"
             devices = Child(["devices", url, ca_file, REGION, str(sessions)], env)
-            connect = devices.ask("connect")
-            time.sleep(1.0)
-            rss_connected, cpu_connected = rss_bytes(pid), cpu_s(pid)
-            send = devices.ask("send 1")
-            cpu_sent = cpu_s(pid)
-            batch = [(d, reply_id(d, 0), device_key(d)) for d in ids]
-            asyncio.run(produce_replies(admin, batch))
-            routed = devices.ask("replies 1")
-            cpu_routed = cpu_s(pid)
-            rc_device = ids[0]
-            rc_key = device_key(rc_device)
-            rc = [(rc_device, reply_id(f"rc/{rc_device}", n), rc_key) for n in range(reconnect_replies)]
-            stdin = devices.proc.stdin
-            assert stdin is not None
-            stdin.write(f"reconnect {disconnects} {reconnect_replies}\n")
-            stdin.flush()
-            asyncio.run(produce_replies(admin, rc, pace_s=0.002))
-            reconnect = devices.ask()
-            rss_end = rss_bytes(pid)
+            result = _phases(
+                gateway.proc.pid, devices, admin, (sessions, disconnects, reconnect_replies), pace_s
+            )
+            result["gateway_metrics"] = _replies_metrics(started["health_port"])
         finally:
             if devices is not None:
                 _quit(devices)
             gateway.stop()
+    return result
+
+
+def _phases(
+    pid: int, devices: Child, admin: KafkaSettings, counts: tuple[int, int, int], pace_s: float
+) -> dict[str, Any]:
+    sessions, disconnects, reconnect_replies = counts
+    ids = device_ids(REGION, sessions)
+    rss_idle = rss_bytes(pid)
+    meter = Meter(pid)
+    connect = devices.ask("connect")
+    connect_cpu, _ = meter.mark()
+    time.sleep(1.0)
+    rss_connected = rss_bytes(pid)
+    meter.mark()
+    time.sleep(IDLE_S)
+    idle_cpu, idle_wall = meter.mark()
+    meter.idle_rate = idle_cpu / idle_wall
+    send = devices.ask("send 1")
+    send_cpu, _ = meter.mark()
+    asyncio.run(produce_replies(admin, [(d, reply_id(d, 0), device_key(d)) for d in ids]))
+    routed = devices.ask("replies 1")
+    reply_cpu, _ = meter.mark()
+    rc_device, rc_key = ids[0], device_key(ids[0])
+    rc = [(rc_device, reply_id(f"rc/{rc_device}", n), rc_key) for n in range(reconnect_replies)]
+    stdin = devices.proc.stdin
+    assert stdin is not None
+    stdin.write(f"reconnect {disconnects} {reconnect_replies}\n")
+    stdin.flush()
+    asyncio.run(produce_replies(admin, rc, pace_s=pace_s))
+    reconnect = devices.ask()
     connected = int(connect["connected"])
     return {
         "sessions": {
@@ -190,18 +231,35 @@ def measure(sessions: int, disconnects: int, reconnect_replies: int) -> dict[str
         "memory": {
             "gateway_rss_idle_mib": round(rss_idle / 2**20, 1),
             "gateway_rss_connected_mib": round(rss_connected / 2**20, 1),
-            "gateway_rss_end_mib": round(rss_end / 2**20, 1),
+            "gateway_rss_end_mib": round(rss_bytes(pid) / 2**20, 1),
             "bytes_per_session": round((rss_connected - rss_idle) / max(1, connected)),
         },
         "cpu": {
-            "connect_ms_per_session": round(1000 * (cpu_connected - cpu_idle) / max(1, connected), 3),
-            "envelope_ms": round(1000 * (cpu_sent - cpu_connected) / max(1, send["accepted"]), 3),
-            "reply_ms": round(1000 * (cpu_routed - cpu_sent) / max(1, routed["received"]), 3),
+            "connect_ms_per_session": round(1000 * connect_cpu / max(1, connected), 3),
+            "idle_share_of_a_core": round(meter.idle_rate, 4),
+            "envelope_ms": round(1000 * send_cpu / max(1, send["accepted"]), 3),
+            "reply_ms": round(1000 * reply_cpu / max(1, routed["received"]), 3),
+            "note": "per operation, less the idle rate (keepalive pings of every session) over the phase",
         },
         "envelopes": send,
         "replies": routed,
-        "reconnect": reconnect,
+        "reconnect": {**reconnect, "reply_pace_s": pace_s},
     }
+
+
+def _replies_metrics(port: int | None) -> dict[str, float]:
+    """The gateway's reply and refusal counters, from its /metrics."""
+    if port is None:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("edgestream_gateway_replies_total", "edgestream_gateway_envelopes_total")):
+            name, value = line.rsplit(" ", 1)
+            if float(value):
+                out[name] = float(value)
+    return out
 
 
 def _quit(devices: Child) -> None:

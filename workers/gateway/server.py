@@ -120,6 +120,11 @@ class Gateway:
             raise RuntimeError("the gateway is not started")
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
+    @property
+    def health_port(self) -> int | None:
+        """The port of /livez, /readyz and /metrics, when they are served."""
+        return None if self._health is None else self._health.port
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it is done."""
         task = asyncio.ensure_future(coro)
