@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -415,3 +416,44 @@ def test_the_directory_command_writes_public_keys_of_named_and_enrolled_devices(
     verify_transcript(directory.public_key("enrolled-1", kid), signature, data)
     secret = ring.device_key(REGION, "enrolled-1", kid)
     assert base64.b64encode(secret).decode() not in out.read_text()  # public halves only
+
+
+async def test_hostile_frames_after_auth_stop_neither_the_session_nor_the_gateway(home: GatewayHome) -> None:
+    rng = random.Random(16)
+    async with fake_gateway(home) as (gateway, producer, _):
+        hostile, honest = transport(home, gateway, "dev-0"), transport(home, gateway, "dev-1")
+        await hostile.connect(10)
+        await honest.connect(10)
+        ws = hostile._ws
+        assert ws is not None
+        frames = [rng.randbytes(rng.randrange(0, 300)) for _ in range(150)]
+        frames += [
+            encode_frame(rng.choice(["env", "ack", "get", "time", "report"]), **{"body": 7})
+            for _ in range(50)
+        ]
+        frames += [msgpack.packb([[[[]]]] * 50), msgpack.packb({"t": "env", "body": b"\xff" * 100, "fb": -1})]
+        for frame in frames:
+            await ws.send(frame)
+        await hostile.sync_clock()  # every frame before it was handled, and the session still answers
+        await honest.send("embedding", envelope("dev-1", DEVICES["dev-1"]))
+        assert isinstance(await next_event(honest, Accepted), Accepted)
+        assert hostile.connected
+        assert gateway.sessions.keys() == {"dev-0", "dev-1"}
+        assert len(producer.sent) == 1  # nothing hostile reached Kafka
+        await hostile.close()
+        await honest.close()
+
+
+async def test_a_rewritten_directory_is_picked_up_and_a_broken_one_ignored(home: GatewayHome) -> None:
+    async with fake_gateway(home) as (gateway, _, _):
+        newcomer = transport(home, gateway, "dev-new", device_key("dev-new"))
+        with pytest.raises(TransportUnavailable, match="unknown_device"):
+            await newcomer.connect(10)
+        home.enrol({**DEVICES, "dev-new": device_key("dev-new")})
+        gateway.reload_directory()
+        await newcomer.connect(10)
+        path = home.home / "gateway" / REGION / "directory.json"
+        path.write_text("{not json")
+        gateway.reload_directory()  # logged, the previous directory kept
+        assert "dev-new" in gateway.directory.devices
+        await newcomer.close()
