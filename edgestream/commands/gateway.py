@@ -55,9 +55,16 @@ def gateway(
         async with Gateway(settings):
             await stop.wait()
 
-    from edgestream.commands.common import run
+    import uvloop
+    from aiokafka.errors import KafkaError
 
-    run(main(), code=1)
+    from edgestream.pipeline.errors import EdgestreamError
+
+    try:  # uvloop, as the edge worker: its TLS and socket writes cost less CPU per frame
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    except (EdgestreamError, KafkaError, OSError) as err:
+        fail(str(err))
 
 
 def _settings(region: str | None, bootstrap: str | None, local: bool, port: int | None) -> GatewaySettings:
