@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -27,7 +28,9 @@ def _serve(settings_file: str) -> None:
 
     async def main() -> None:
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, gc.freeze)  # --gc-freeze: once every session is up
         async with Gateway(settings) as gateway:
             print(json.dumps({"port": gateway.port, "health_port": gateway.health_port}), flush=True)
             await stop.wait()
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--disconnects", type=int, default=1_000)
     parser.add_argument("--replies", type=int, default=3_000, help="replies during the disconnects")
     parser.add_argument("--pace-s", type=float, default=0.02, help="seconds between those replies")
+    parser.add_argument("--linger-ms", type=int, default=0, help="the gateway producer's linger")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the gateway once connected")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     ns = parser.parse_args(argv)
     if ns.command == "serve":
@@ -95,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "run":
         from bench.gateway.run import measure
 
-        result = measure(ns.sessions, ns.disconnects, ns.replies, ns.pace_s)
+        result = measure(
+            ns.sessions, ns.disconnects, ns.replies, ns.pace_s, ns.linger_ms, gc_freeze=ns.gc_freeze
+        )
         ns.out_dir.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
         json.dump(result, sys.stdout, indent=1)

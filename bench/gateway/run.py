@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,7 +112,7 @@ async def produce_replies(
         await producer.flush()
 
 
-def _gateway_files(state: BrokerState, home: Path, sessions: int) -> tuple[Path, str]:
+def _gateway_files(state: BrokerState, home: Path, sessions: int, linger_ms: int) -> tuple[Path, str]:
     """The gateway's settings file (its certificates, the directory of the bench's devices) and the CA
     file devices trust."""
     gateway_kafka = state.kafka(Identity.gateway(REGION))
@@ -131,6 +132,7 @@ def _gateway_files(state: BrokerState, home: Path, sessions: int) -> tuple[Path,
         "directory_file": str(directory),
         "max_sessions": sessions + 100,
         "health_port": 0,
+        "linger_ms": linger_ms,
     }
     settings_file = home / "gateway.json"
     settings_file.write_text(json.dumps(settings))
@@ -162,7 +164,13 @@ class Meter:
 
 
 def measure(
-    sessions: int, disconnects: int, reconnect_replies: int, pace_s: float = REPLY_PACE_S
+    sessions: int,
+    disconnects: int,
+    reconnect_replies: int,
+    pace_s: float = REPLY_PACE_S,
+    linger_ms: int = 0,
+    *,
+    gc_freeze: bool = False,
 ) -> dict[str, Any]:
     """The whole run; the result document."""
     home = Path(tempfile.mkdtemp(prefix="gwbench-"))
@@ -171,7 +179,7 @@ def measure(
         asyncio.run(ensure_topics(admin, all_topics([REGION])))
         if state.security_protocol == "SSL":
             asyncio.run(apply_policy(admin, [REGION]))
-        settings_file, ca_file = _gateway_files(state, home, sessions)
+        settings_file, ca_file = _gateway_files(state, home, sessions, linger_ms)
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         gateway = Child(["serve", str(settings_file)], env)
         devices: Child | None = None
@@ -184,6 +192,8 @@ def measure(
                 gateway.proc.pid, devices, admin, (sessions, disconnects, reconnect_replies), pace_s
             )
             result["gateway_metrics"] = _replies_metrics(started["health_port"])
+            result["gateway_linger_ms"] = linger_ms
+            result["gc_frozen_after_connect"] = gc_freeze
         finally:
             if devices is not None:
                 _quit(devices)
@@ -192,7 +202,12 @@ def measure(
 
 
 def _phases(
-    pid: int, devices: Child, admin: KafkaSettings, counts: tuple[int, int, int], pace_s: float
+    pid: int,
+    devices: Child,
+    admin: KafkaSettings,
+    counts: tuple[int, int, int],
+    pace_s: float,
+    gc_freeze: bool,
 ) -> dict[str, Any]:
     sessions, disconnects, reconnect_replies = counts
     ids = device_ids(REGION, sessions)
@@ -200,6 +215,8 @@ def _phases(
     meter = Meter(pid)
     connect = devices.ask("connect")
     connect_cpu, _ = meter.mark()
+    if gc_freeze:  # what the cyclic collector costs the gateway: its long-lived sessions frozen out
+        os.kill(pid, signal.SIGUSR1)
     time.sleep(1.0)
     rss_connected = rss_bytes(pid)
     meter.mark()

@@ -102,7 +102,9 @@ class Gateway:
         )
         self.directory: Directory = read_directory(self._directory_path, settings.region)
         client_id = f"edgestream-{self.node}"
-        self.producer: AIOKafkaProducer = producer or kafka.producer(settings.kafka, client_id)
+        self.producer: AIOKafkaProducer = producer or kafka.producer(
+            settings.kafka, client_id, linger_ms=settings.linger_ms
+        )
         self._consumer: AIOKafkaConsumer = replies or kafka.consumer(
             settings.kafka, f"{client_id}-replies", isolation_level="read_uncommitted"
         )

@@ -70,6 +70,8 @@ class GatewaySettings(BaseSettings):
     max_outbox: int = Field(default=1024, ge=16)
     """Frames queued for one device's socket; a device that stops reading is disconnected beyond it
     (its replies stay held for its next session)."""
+    linger_ms: int = Field(default=0, ge=0, le=1000)
+    """How long the producer waits to batch envelopes of many devices into one request (0: none)."""
     ping_interval_s: float | None = Field(default=20.0, gt=0)
     """WebSocket keepalive pings (None: off); a device that misses one is disconnected."""
     directory_poll_s: float = Field(default=2.0, gt=0)
