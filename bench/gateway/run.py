@@ -188,9 +188,8 @@ def measure(
             time.sleep(1.0)
             url = f"wss://localhost:{started['port']}/v1"
             devices = Child(["devices", url, ca_file, REGION, str(sessions)], env)
-            result = _phases(
-                gateway.proc.pid, devices, admin, (sessions, disconnects, reconnect_replies), pace_s
-            )
+            counts = (sessions, disconnects, reconnect_replies)
+            result = _phases(gateway.proc.pid, devices, admin, counts, pace_s, gc_freeze)
             result["gateway_metrics"] = _replies_metrics(started["health_port"])
             result["gateway_linger_ms"] = linger_ms
             result["gc_frozen_after_connect"] = gc_freeze
