@@ -42,6 +42,7 @@ from edgestream.pipeline.contract.gatewayframes import encode_frame
 from edgestream.pipeline.registry.artifacts import LocalArtifactStore
 from edgestream.pipeline.security import keyfile
 from edgestream.workers.gateway.mailbox import Mailboxes, TokenBucket
+from tests.pipeline.observability.served import http_get
 
 from .harness import (
     REGION,
@@ -457,3 +458,30 @@ async def test_a_rewritten_directory_is_picked_up_and_a_broken_one_ignored(home:
         gateway.reload_directory()  # logged, the previous directory kept
         assert "dev-new" in gateway.directory.devices
         await newcomer.close()
+
+
+async def test_readyz_and_metrics_count_refusals_envelopes_and_replies(home: GatewayHome) -> None:
+    async with fake_gateway(home, health_port=0) as (gateway, _, replies):
+        port = gateway.health_port
+        assert port is not None
+        assert await http_get(port, "/readyz") == (200, "ok\n")
+        stranger = transport(home, gateway, "dev-9", device_key("dev-9"))
+        with pytest.raises(TransportUnavailable):
+            await stranger.connect(10)
+        t = transport(home, gateway)
+        await t.connect(10)
+        await t.send("embedding", envelope("dev-0", DEVICES["dev-0"]))
+        await next_event(t, Accepted)
+        replies.push("dev-0", sealed_reply("dev-0", new_request_id()))
+        replies.push("dev-1", sealed_reply("dev-1", new_request_id()))  # away: held
+        await next_event(t, Reply)
+        status, text = await http_get(port, "/metrics")
+        assert status == 200
+        for line in (
+            'edgestream_gateway_auth_refusals_total{reason="unknown_device"} 1.0',
+            'edgestream_gateway_envelopes_total{outcome="accepted"} 1.0',
+            'edgestream_gateway_replies_total{outcome="routed"} 1.0',
+            "edgestream_gateway_sessions 1.0",
+        ):
+            assert line in text, line
+        await t.close()
