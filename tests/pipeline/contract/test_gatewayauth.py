@@ -241,3 +241,44 @@ def test_fuzz_well_formed_maps_with_hostile_fields_raise_only_bad_frame(
     for parse in PARSERS:
         with contextlib.suppress(BadFrame):
             parse(frame)
+
+
+VECTOR: dict[str, str | int] = {
+    "device_key_hex": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    "region": "eu-west",
+    "cert_der_sha256_hex": "a0" * 32,
+    "server_nonce_hex": "b1" * 32,
+    "client_nonce_hex": "c2" * 32,
+    "device_id": "dev-00042",
+    "key_id": 7,
+}
+
+
+def gateway_auth_vector() -> dict[str, str | int]:
+    """The gateway authentication vector of docs/contract.md section 15: inputs, then what a device
+    derives and signs (Ed25519 signatures are deterministic, RFC 8032)."""
+    v = VECTOR
+    key = derive_auth_key(bytes.fromhex(str(v["device_key_hex"])))
+    data = transcript(
+        region=str(v["region"]),
+        cert_sha256=bytes.fromhex(str(v["cert_der_sha256_hex"])),
+        server_nonce=bytes.fromhex(str(v["server_nonce_hex"])),
+        client_nonce=bytes.fromhex(str(v["client_nonce_hex"])),
+        device_id=str(v["device_id"]),
+        key_id=int(v["key_id"]),
+    )
+    return {
+        **v,
+        "auth_seed_hex": key.private_bytes_raw().hex(),
+        "auth_public_key_hex": auth_public_key(bytes.fromhex(str(v["device_key_hex"]))).hex(),
+        "transcript_hex": data.hex(),
+        "signature_hex": sign_transcript(key, data).hex(),
+    }
+
+
+def test_the_documented_gateway_auth_vector_is_what_the_code_derives() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "contract.md").read_text(encoding="utf-8")
+    block = doc.split("<!-- gateway-auth-vector:begin -->\n```json\n")[1].split(
+        "```\n<!-- gateway-auth-vector:end -->"
+    )[0]
+    assert json.loads(block) == gateway_auth_vector()
