@@ -59,6 +59,11 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy on the whole tree
 .PHONY: bench
 bench: jars ## Benchmarks: bench/results/*.json and plots
 	@$(BIN)/python -m bench.pipeline
+	@$(BIN)/python -m bench.gateway
+
+.PHONY: bench-gateway
+bench-gateway: jars ## 10,000 device sessions on one gateway, memory and CPU, 1,000 disconnects (bench/results/gateway.json; ~6 min)
+	@$(BIN)/python -m bench.gateway
 
 .PHONY: bench-gpu
 bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/results/gpu.json; says so without a GPU)

@@ -17,6 +17,7 @@ from edgestream.commands import (
     certs,
     devices,
     dlq,
+    gateway,
     keys,
     models,
     registry,
@@ -47,6 +48,7 @@ app.add_typer(rollout.app, name="rollout")
 app.add_typer(retrain.app, name="retrain")
 app.add_typer(aggregate.app, name="aggregate")
 app.add_typer(sla.app, name="sla")
+app.add_typer(gateway.app, name="gateway")
 run.register(app)
 
 

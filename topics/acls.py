@@ -38,10 +38,13 @@ from edgestream.topics.catalogue import (
     dlq_topic,
     edge_group,
     ingest_prefix,
+    parse_topic,
     replies_topic,
+    reports_topic,
     results_topic,
     validate_region,
 )
+from edgestream.topics.errors import UnknownTopic
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -167,6 +170,11 @@ def device_principal(region: Region | str) -> str:
     return kafka_principal(identities.device_principal(validate_region(region)))
 
 
+def gateway_principal(region: Region | str) -> str:
+    """``User:gateway-<region>``: the region's device gateways."""
+    return kafka_principal(identities.gateway_principal(validate_region(region)))
+
+
 def backend_principal(region: Region | str) -> str:
     """``User:backend-<region>``: the region's backend services."""
     return kafka_principal(identities.backend_principal(validate_region(region)))
@@ -219,6 +227,17 @@ def _device_rules(region: str) -> set[AclRule]:
     )
 
 
+def _gateway_rules(region: str) -> set[AclRule]:
+    # The gateway produces what its devices send (envelopes, reports) and reads their sealed replies
+    # with no group (it assigns every partition and starts from the end); it never reads results.
+    gateway = gateway_principal(region)
+    return (
+        _grant(gateway, TOPIC, PREFIXED, ingest_prefix(region), WRITE, DESCRIBE)
+        | _grant(gateway, TOPIC, LITERAL, reports_topic(region), WRITE, DESCRIBE)
+        | _grant(gateway, TOPIC, LITERAL, replies_topic(region), READ, DESCRIBE)
+    )
+
+
 def _backend_rules(region: str) -> set[AclRule]:
     # A backend reads what the region answered (committed results) and what it refused (dead letters),
     # in groups of its own, and writes ground truth; it never writes ingest, results or replies.
@@ -229,6 +248,11 @@ def _backend_rules(region: str) -> set[AclRule]:
         | _grant(backend, GROUP, PREFIXED, backend_group_prefix(region), READ)
         | _grant(backend, TOPIC, LITERAL, LABELS_TOPIC, WRITE, DESCRIBE)
     )
+
+
+def _aggregator_region_rules(region: str) -> set[AclRule]:
+    # Device reports (reconciliation of fallback and edge answers) feed the cloud summaries.
+    return _grant(AGGREGATOR, TOPIC, LITERAL, reports_topic(region), READ, DESCRIBE)
 
 
 def _admin_rules(region: str) -> set[AclRule]:
@@ -262,6 +286,7 @@ def policy(regions: Sequence[Region | str]) -> list[AclRule]:
     rules = _aggregator_rules()
     for region in _region_names(regions):
         rules |= _edge_rules(region) | _device_rules(region) | _backend_rules(region) | _admin_rules(region)
+        rules |= _gateway_rules(region) | _aggregator_region_rules(region)
     return sorted(rules)
 
 
@@ -291,11 +316,27 @@ def compare(wanted: Iterable[AclRule], actual: Iterable[AclRule]) -> AclDiff:
 
     Extra bindings count for the policy's principals, and for ``User:*`` (which reaches them too), but
     not for super users: their bindings grant nothing, and admin's are per region, so the policy of
-    some regions would call those of the others extra.
+    some regions would call those of the others extra. For the same reason a binding on another
+    region's topic is not extra (the aggregator's on each region's reports).
     """
     wanted_set, actual_set = set(wanted), set(actual)
     managed = {rule.principal for rule in wanted_set} - set(SUPER_USERS) | {WILDCARD_PRINCIPAL}
+    regions = {_region_of(rule) for rule in wanted_set} - {None}
     return AclDiff(
         missing=sorted(wanted_set - actual_set),
-        extra=sorted(r for r in actual_set - wanted_set if r.principal in managed),
+        extra=sorted(
+            r for r in actual_set - wanted_set if r.principal in managed and _region_of(r) in regions | {None}
+        ),
     )
+
+
+def _region_of(rule: AclRule) -> str | None:
+    """The region of a binding's topic (``None``: not one region's topic). A principal every region
+    shares (the aggregator reads each region's reports) has bindings on other regions' topics, which
+    are not extra to the policy of these regions."""
+    if rule.resource_type is not TOPIC or rule.pattern_type is not LITERAL:
+        return None
+    try:
+        return parse_topic(rule.resource_name).region
+    except UnknownTopic:
+        return None

@@ -133,6 +133,17 @@ REPLIES: Final = TopicSpec(
     "results; a reply is useless after its deadline",
     extra_configs={SEGMENT_MS: str(HOUR_MS // 4)},
 )
+REPORTS: Final = TopicSpec(
+    pattern="edge.{region}.reports",
+    scope="region",
+    partitions=3,
+    retention_ms=DAY_MS,
+    cleanup_policy="delete",
+    key="device id",
+    value="device report (reconciliation, telemetry)",
+    notes="what devices report through their gateway; the aggregator reads it; short retention",
+    extra_configs={SEGMENT_MS: str(6 * HOUR_MS)},
+)
 AUDIT: Final = TopicSpec(
     pattern="edge.{region}.audit",
     scope="region",
@@ -216,6 +227,7 @@ CATALOGUE: Final[tuple[TopicSpec, ...]] = (
     INGEST,
     RESULTS,
     REPLIES,
+    REPORTS,
     AUDIT,
     DLQ,
     CLOUD_SUMMARIES,
@@ -267,6 +279,11 @@ def results_topic(region: Region | str) -> str:
 def replies_topic(region: Region | str) -> str:
     """``edge.<region>.replies``: where a region's devices await their answers (fast replies)."""
     return REPLIES.pattern.format(region=validate_region(region))
+
+
+def reports_topic(region: Region | str) -> str:
+    """``edge.<region>.reports``: what a region's devices report through its gateway."""
+    return REPORTS.pattern.format(region=validate_region(region))
 
 
 def audit_topic(region: Region | str) -> str:
@@ -339,13 +356,14 @@ def dlq_replay_group_prefix(region: Region | str) -> str:
 
 
 def region_topics(region: Region | str) -> list[Topic]:
-    """Every topic of one region: its ingest topics (one per kind), results, replies, audit and dead
-    letters."""
+    """Every topic of one region: its ingest topics (one per kind), results, replies, device reports,
+    audit and dead letters."""
     name = validate_region(region)
     topics = [Topic(ingest_topic(name, kind), INGEST, name, kind) for kind in KINDS]
     topics += [
         Topic(results_topic(name), RESULTS, name, None),
         Topic(replies_topic(name), REPLIES, name, None),
+        Topic(reports_topic(name), REPORTS, name, None),
         Topic(audit_topic(name), AUDIT, name, None),
         Topic(dlq_topic(name), DLQ, name, None),
     ]

@@ -35,7 +35,7 @@ Home = Annotated[
 Principal = Annotated[
     str,
     typer.Argument(
-        help="Kafka principal: broker, admin, aggregator, edge-, device- or backend-<region>.",
+        help="Kafka principal: broker, admin, aggregator, edge-, device-, gateway- or backend-<region>.",
         show_default=False,
     ),
 ]
@@ -134,13 +134,14 @@ def init(
 ) -> None:
     """Create the CA and the certificates of every identity (idempotent).
 
-    Identities: broker, admin, aggregator, and edge-<region>/worker, device-<region>/gateway and
-    backend-<region>/subscriber per region.
+    Identities: broker, admin, aggregator, and edge-<region>/worker, device-<region>/gateway,
+    backend-<region>/subscriber, gateway-<region>/gateway (the device gateway's Kafka client) and
+    gateway-<region>/wss (its WebSocket server certificate) per region.
 
     Existing certificates are kept unless they expire within 7 days or no trusted CA signed them.
     """
     from edgestream.pipeline.errors import ConfigError
-    from edgestream.pipeline.security.identities import Identity
+    from edgestream.pipeline.security.identities import GATEWAY_SERVER_NODE, Identity
     from edgestream.pipeline.settings import DEFAULT_REGIONS
 
     pki = _pki(home)
@@ -149,6 +150,7 @@ def init(
         identities = [Identity.broker(), Identity.admin(), Identity.aggregator()]
         for name in dict.fromkeys(regions):
             identities += [Identity.edge(name), Identity.device(name), Identity.backend(name)]
+            identities += [Identity.gateway(name), Identity.gateway(name, GATEWAY_SERVER_NODE)]
         before = {info.serial for info in pki.status()}
         pki.ensure(identities)
         infos = pki.status()
@@ -167,7 +169,9 @@ def issue(
     home: Home = None,
     host: Annotated[
         list[str] | None,
-        typer.Option(help="Broker only: another DNS name or IP it is reached by (repeat), e.g. kafka-1."),
+        typer.Option(
+            help="Broker and gateway-* only: another DNS name or IP it is reached by (repeat), e.g. kafka-1."
+        ),
     ] = None,
 ) -> None:
     """Issue a new key and certificate for an identity from the current CA, replacing its current pair."""

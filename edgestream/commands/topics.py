@@ -356,9 +356,9 @@ def acl(
 ) -> None:
     """Create the ACLs the catalogue's policy gives edgestream's principals for the regions (idempotent).
 
-    Principals: edge-<region> (workers), device-<region> (devices), aggregator, and admin (a super user,
-    like broker). The broker needs an authorizer (StandardAuthorizer) and a principal allowed to manage
-    ACLs, such as a super user.
+    Principals: edge-<region> (workers), device-<region> (devices), gateway-<region> (device gateways),
+    aggregator, and admin (a super user, like broker). The broker needs an authorizer (StandardAuthorizer)
+    and a principal allowed to manage ACLs, such as a super user.
     """
     from edgestream.pipeline.settings import DEFAULT_REGIONS
 

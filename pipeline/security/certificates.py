@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgestream.pipeline.security.identities import BROKER_PRINCIPAL
+from edgestream.pipeline.security.identities import serves_tls
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,9 +29,9 @@ ORGANIZATION: Final = "edgestream"
 PRINCIPAL_MAPPING_RULES: Final = f"RULE:^CN=[^,]+,OU=([a-z0-9-]+),O={ORGANIZATION}$/$1/,DEFAULT"
 """The broker's ``ssl.principal.mapping.rules``: the principal of a certificate is its OU."""
 BROKER_DNS_NAMES: Final = ("localhost",)
-"""DNS names in the broker certificate's subjectAltName."""
+"""DNS names in the subjectAltName of a certificate that serves (the broker's, a gateway's)."""
 BROKER_IP_ADDRESSES: Final = ("127.0.0.1",)
-"""IP addresses in the broker certificate's subjectAltName."""
+"""IP addresses in the subjectAltName of a certificate that serves."""
 CLOCK_SKEW: Final = timedelta(minutes=5)
 """New certificates are valid from this long before now, for peers whose clocks lag."""
 
@@ -109,11 +109,12 @@ def new_leaf(
     hosts: Sequence[str] = (),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A new key for ``identity`` and its certificate signed by the CA: a client-only leaf, or for the
-    broker one that also serves, naming localhost, 127.0.0.1 and ``hosts``. Raises ValueError."""
+    broker and a device gateway (`serves_tls`) one that also serves, naming localhost, 127.0.0.1 and
+    ``hosts``. Raises ValueError."""
     start, end = _validity(days, not_before, not_after)
     key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    serves = identity.principal == BROKER_PRINCIPAL
+    serves = serves_tls(identity.principal)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH, *([ExtendedKeyUsageOID.SERVER_AUTH] if serves else [])]
     builder = (
         x509.CertificateBuilder()

@@ -2,7 +2,8 @@
 
 A principal is what the broker's ACLs name: ``broker``, ``admin``, ``aggregator``, ``edge-<region>``
 (every edge worker of a region), ``device-<region>`` (a region's devices and device gateway) and
-``backend-<region>`` (the backend services that read a region's results and write labels); Kafka
+``gateway-<region>`` (a region's device gateway: it produces what devices send and routes their
+replies), ``backend-<region>`` (the backend services that read a region's results and write labels); Kafka
 spells it ``User:<principal>``. An identity is a principal and the holder's own name: a certificate
 carries them as its OU and CN (``pipeline/security/certificates.py``), so each node keeps a certificate
 of its own while sharing its principal's ACLs. This module is the only place those names are spelled;
@@ -25,6 +26,10 @@ EDGE_NODE: Final = "worker"
 """The name of an edge node when none is given."""
 DEVICE_NODE: Final = "gateway"
 """The name of a device when none is given: the region's device gateway."""
+GATEWAY_NODE: Final = "gateway"
+"""The name of a gateway process's Kafka client when none is given."""
+GATEWAY_SERVER_NODE: Final = "wss"
+"""The name of a gateway's WebSocket server certificate (it serves TLS to devices)."""
 BACKEND_NODE: Final = "subscriber"
 """The name of a backend service when none is given."""
 MAX_NAME_CHARS: Final = 64
@@ -33,6 +38,7 @@ MAX_NAME_CHARS: Final = 64
 _EDGE_PREFIX: Final = "edge-"
 _DEVICE_PREFIX: Final = "device-"
 _BACKEND_PREFIX: Final = "backend-"
+_GATEWAY_PREFIX: Final = "gateway-"
 _KAFKA_USER: Final = "User:"
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
 
@@ -45,6 +51,16 @@ def edge_principal(region: str) -> str:
 def device_principal(region: str) -> str:
     """``device-<region>``: the principal of ``region``'s devices and device gateway. Checks nothing."""
     return f"{_DEVICE_PREFIX}{region}"
+
+
+def gateway_principal(region: str) -> str:
+    """``gateway-<region>``: the principal of ``region``'s device gateways. Checks nothing."""
+    return f"{_GATEWAY_PREFIX}{region}"
+
+
+def serves_tls(principal: str) -> bool:
+    """Whether certificates of ``principal`` also serve TLS (the broker, a gateway to devices)."""
+    return principal == BROKER_PRINCIPAL or principal.startswith(_GATEWAY_PREFIX)
 
 
 def backend_principal(region: str) -> str:
@@ -111,6 +127,11 @@ class Identity:
         return cls(device_principal(region), name)
 
     @classmethod
+    def gateway(cls, region: str, name: str = GATEWAY_NODE) -> Identity:
+        """A device gateway of ``region`` (``wss``: its WebSocket server certificate)."""
+        return cls(gateway_principal(region), name)
+
+    @classmethod
     def backend(cls, region: str, name: str = BACKEND_NODE) -> Identity:
         """A backend service of ``region``: reads its results and dead letters, writes labels."""
         return cls(backend_principal(region), name)
@@ -118,8 +139,8 @@ class Identity:
     @classmethod
     def of(cls, principal: str, name: str | None = None) -> Identity:
         """The identity for a principal as typed on the command line; ``name`` defaults as in the
-        constructors above (``worker`` for ``edge-*``, ``gateway`` for ``device-*``, ``subscriber`` for
-        ``backend-*``, else the principal).
+        constructors above (``worker`` for ``edge-*``, ``gateway`` for ``device-*`` and ``gateway-*``,
+        ``subscriber`` for ``backend-*``, else the principal).
         """
         if name is not None:
             return cls(principal, name)
@@ -129,4 +150,6 @@ class Identity:
             return cls(principal, DEVICE_NODE)
         if principal.startswith(_BACKEND_PREFIX):
             return cls(principal, BACKEND_NODE)
+        if principal.startswith(_GATEWAY_PREFIX):
+            return cls(principal, GATEWAY_NODE)
         return cls(principal, principal)

@@ -53,7 +53,7 @@ from edgestream.pipeline.security.certificates import (
     new_leaf,
     utc_now,
 )
-from edgestream.pipeline.security.identities import BROKER_PRINCIPAL, Identity
+from edgestream.pipeline.security.identities import Identity, serves_tls
 from edgestream.pipeline.settings import DEFAULT_HOME
 
 if TYPE_CHECKING:
@@ -221,10 +221,11 @@ class Pki:
         """Issue a new key and certificate for ``identity`` from the current CA, replacing its current
         pair (the previous pair, if any, stays). ``not_before``/``not_after`` (timezone-aware) override
         the validity, e.g. to make an expired certificate for a test. ``hosts``: more names (DNS names
-        or IP addresses) the broker is reached by, beyond localhost and 127.0.0.1 (e.g. ``kafka-1`` in
-        a compose network). Raises PkiError without a CA, ValueError for hosts on a client identity."""
-        if hosts and identity.principal != BROKER_PRINCIPAL:
-            raise ValueError("only the broker's certificate names hosts")
+        or IP addresses) the broker (or a device gateway) is reached by, beyond localhost and 127.0.0.1
+        (e.g. ``kafka-1`` in a compose network). Raises PkiError without a CA, ValueError for hosts on a
+        client identity."""
+        if hosts and not serves_tls(identity.principal):
+            raise ValueError("only the certificates of the broker and of gateways name hosts")
         with self._locked():
             return self._issue(identity, days, not_before, not_after, keep_previous=False, hosts=hosts)
 

@@ -59,6 +59,7 @@ from edgestream.topics.acls import (
     compare,
     device_principal,
     edge_principal,
+    gateway_principal,
     policy,
     principals,
 )
@@ -69,6 +70,7 @@ from edgestream.topics.catalogue import (
     KINDS,
     LABELS_TOPIC,
     MODELS_TOPIC,
+    REPORTS,
     SAMPLES_TOPIC,
     SUMMARIES_TOPIC,
     WORKERS_TOPIC,
@@ -82,6 +84,7 @@ from edgestream.topics.catalogue import (
     ingest_topic,
     parse_topic,
     replies_topic,
+    reports_topic,
     results_topic,
 )
 from edgestream.topics.errors import InvalidRegionName
@@ -196,10 +199,19 @@ EU_WEST_POLICY = {
     ("User:backend-eu-west", "GROUP", "PREFIXED", "edgestream-backend-eu-west.", "READ"),
     ("User:backend-eu-west", "TOPIC", "LITERAL", "cloud.labels", "WRITE"),
     ("User:backend-eu-west", "TOPIC", "LITERAL", "cloud.labels", "DESCRIBE"),
+    # gateway: what its devices send in, their sealed replies out; no group
+    ("User:gateway-eu-west", "TOPIC", "PREFIXED", "edge.eu-west.ingest.", "WRITE"),
+    ("User:gateway-eu-west", "TOPIC", "PREFIXED", "edge.eu-west.ingest.", "DESCRIBE"),
+    ("User:gateway-eu-west", "TOPIC", "LITERAL", "edge.eu-west.reports", "WRITE"),
+    ("User:gateway-eu-west", "TOPIC", "LITERAL", "edge.eu-west.reports", "DESCRIBE"),
+    ("User:gateway-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "READ"),
+    ("User:gateway-eu-west", "TOPIC", "LITERAL", "edge.eu-west.replies", "DESCRIBE"),
     # admin (a super user): the DLQ replay tool's groups and the DLQ
     ("User:admin", "GROUP", "PREFIXED", "edgestream-dlq-replay-eu-west-", "READ"),
     ("User:admin", "TOPIC", "LITERAL", "edge.eu-west.dlq", "READ"),
-    # aggregator: the cloud topics in, the registry out
+    # aggregator: the cloud topics and the regions' device reports in, the registry out
+    ("User:aggregator", "TOPIC", "LITERAL", "edge.eu-west.reports", "READ"),
+    ("User:aggregator", "TOPIC", "LITERAL", "edge.eu-west.reports", "DESCRIBE"),
     ("User:aggregator", "TOPIC", "LITERAL", "cloud.summaries", "READ"),
     ("User:aggregator", "TOPIC", "LITERAL", "cloud.summaries", "DESCRIBE"),
     ("User:aggregator", "TOPIC", "LITERAL", "cloud.samples", "READ"),
@@ -234,8 +246,11 @@ def test_policy_is_sorted_unique_and_deterministic() -> None:
     assert rules == sorted(rules)
     assert len(rules) == len(set(rules))
     assert rules == policy(list(reversed(REGIONS))) == policy([*REGIONS, *REGIONS])
-    assert len(rules) == 3 * 37 + 15  # per region: edge 21, device 7, backend 7, admin 2; aggregator 15
-    assert policy([]) == sorted(r for r in rules if r.principal == AGGREGATOR)
+    # per region: edge 21, device 7, backend 7, admin 2, gateway 6, aggregator 2; aggregator 15
+    assert len(rules) == 3 * 45 + 15
+    assert policy([]) == sorted(
+        r for r in rules if r.principal == AGGREGATOR and "edge." not in r.resource_name
+    )
 
 
 def test_policy_rejects_a_bad_region() -> None:
@@ -245,8 +260,16 @@ def test_policy_rejects_a_bad_region() -> None:
 
 def test_principals() -> None:
     assert principals(["eu-west"]) == sorted(
-        [ADMIN, AGGREGATOR, "User:backend-eu-west", "User:device-eu-west", "User:edge-eu-west"]
+        [
+            ADMIN,
+            AGGREGATOR,
+            "User:backend-eu-west",
+            "User:device-eu-west",
+            "User:edge-eu-west",
+            "User:gateway-eu-west",
+        ]
     )
+    assert gateway_principal("eu-west") == "User:gateway-eu-west"
     assert backend_principal("eu-west") == "User:backend-eu-west"
     assert edge_principal("eu-west") == "User:edge-eu-west"
     assert device_principal("us-east") == "User:device-us-east"
@@ -321,6 +344,23 @@ def test_device_topics_and_groups(region: str) -> None:
 
 
 @pytest.mark.parametrize("region", REGIONS)
+def test_gateway_topics_and_groups(region: str) -> None:
+    rules = policy(REGIONS)
+    gateway = gateway_principal(region)
+    for topic in all_topics(REGIONS):
+        ops = allowed(rules, gateway, TOPIC, topic.name)
+        if topic.region == region and topic.kind is not None:
+            assert ops == {WRITE, DESCRIBE}, topic.name  # produces envelopes, never reads ingest
+        elif topic.name == reports_topic(region):
+            assert ops == {WRITE, DESCRIBE}, topic.name
+        elif topic.name == replies_topic(region):
+            assert ops == {READ, DESCRIBE}, topic.name  # routes sealed replies it cannot open
+        else:  # results, audit, dlq, other regions, cloud, control
+            assert ops == set(), topic.name
+    assert not [r for r in rules if r.principal == gateway and r.resource_type in {GROUP, TRANSACTIONAL_ID}]
+
+
+@pytest.mark.parametrize("region", REGIONS)
 def test_backend_topics_and_groups(region: str) -> None:
     rules = policy(REGIONS)
     backend = backend_principal(region)
@@ -344,8 +384,11 @@ def test_aggregator() -> None:
     rules = policy(REGIONS)
     for topic in all_topics(REGIONS):
         ops = allowed(rules, AGGREGATOR, TOPIC, topic.name)
-        # The cloud topics, and control.models for versions' drift references: never written.
-        if topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC, MODELS_TOPIC}:
+        # The cloud topics, control.models for drift references, every region's device reports: read.
+        if (
+            topic.name in {SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC, MODELS_TOPIC}
+            or topic.spec is REPORTS
+        ):
             assert ops == {READ, DESCRIBE}
         else:
             assert ops == set(), topic.name
@@ -401,10 +444,22 @@ def test_compare() -> None:
     foreign = AclRule("User:someone-else", TOPIC, LITERAL, "theirs", READ)
     other_region = AclRule(edge_principal("us-east"), TOPIC, LITERAL, "x", READ)
     admin_extra = AclRule(ADMIN, TOPIC, LITERAL, dlq_topic("us-east"), READ)  # super user: inert
-    actual = [*wanted[1:], stray, everyone, foreign, other_region, admin_extra]
+    # The aggregator is every region's: its binding on another region's reports is that region's policy.
+    shared_elsewhere = AclRule(AGGREGATOR, TOPIC, LITERAL, reports_topic("us-east"), READ)
+    shared_stray = AclRule(AGGREGATOR, TOPIC, LITERAL, results_topic("eu-west"), READ)
+    actual = [
+        *wanted[1:],
+        stray,
+        everyone,
+        foreign,
+        other_region,
+        admin_extra,
+        shared_elsewhere,
+        shared_stray,
+    ]
     diff = compare(wanted, actual)
     assert diff.missing == [wanted[0]]
-    assert diff.extra == sorted([stray, everyone])
+    assert diff.extra == sorted([stray, everyone, shared_stray])
     assert not diff.matches
     assert compare(wanted, [*wanted, foreign]).matches
 

@@ -31,6 +31,7 @@ from edgestream.topics.catalogue import (
     parse_topic,
     region_topics,
     replies_topic,
+    reports_topic,
     results_topic,
     shared_topics,
     validate_region,
@@ -71,6 +72,7 @@ def test_names_come_from_the_name_functions() -> None:
         ingest_topic(region.name, "frame"),
         results_topic(region),
         replies_topic(region),
+        reports_topic(region),
         audit_topic(region),
         dlq_topic(region),
     }
@@ -92,7 +94,7 @@ def test_kinds_are_the_kind_literal() -> None:
 def test_all_topics_covers_every_region_once_and_shared_topics_once() -> None:
     topics = all_topics([*DEFAULT_REGIONS, "eu-west"])
     names = [t.name for t in topics]
-    assert len(names) == len(set(names)) == 3 * 6 + 5
+    assert len(names) == len(set(names)) == 3 * 7 + 5
     assert {t.region for t in topics} == {r.name for r in DEFAULT_REGIONS} | {None}
     for topic in topics:
         assert (topic.region is None) == (topic.spec.scope != "region")
@@ -164,6 +166,7 @@ def test_specs_follow_the_design() -> None:
     assert (ingest.partitions, ingest.retention_ms, ingest.key) == (3, 6 * HOUR_MS, "device id")
     assert by_name["edge.eu-west.results"].retention_ms == DAY_MS
     assert by_name["edge.eu-west.replies"].retention_ms == HOUR_MS
+    assert by_name["edge.eu-west.reports"].retention_ms == DAY_MS
     assert by_name["edge.eu-west.audit"].retention_ms == 30 * DAY_MS
     assert by_name["edge.eu-west.dlq"].retention_ms == 7 * DAY_MS
     for name in (SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC):
@@ -189,7 +192,7 @@ def test_specs_are_immutable_and_hashable() -> None:
         spec.partitions = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
         spec.extra_configs["segment.ms"] = "1"  # type: ignore[index]
-    assert len({t for t in all_topics(["eu-west"])}) == 11
+    assert len({t for t in all_topics(["eu-west"])}) == 12
 
 
 @pytest.mark.parametrize(

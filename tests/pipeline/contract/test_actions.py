@@ -11,9 +11,11 @@ import edgestream.workers.edge.worker  # noqa: F401  (imports every error class 
 from edgestream.pipeline.contract.actions import (
     ACTION_LABELS,
     DEVICE_ACTIONS,
+    GATEWAY_ACTIONS,
     UNKNOWN_REASON_ACTION,
     device_action,
 )
+from edgestream.pipeline.contract.gatewayframes import REFUSAL_REASONS, REJECTION_REASONS
 from edgestream.pipeline.errors import (
     ContractError,
     EdgestreamError,
@@ -87,3 +89,17 @@ def test_an_unknown_reason_backs_off_without_resending() -> None:
     assert device_action("from_a_newer_edge") is UNKNOWN_REASON_ACTION
     assert (UNKNOWN_REASON_ACTION.action, UNKNOWN_REASON_ACTION.resend) == ("back_off", False)
     assert device_action("stale").action == "correct_clock"
+
+
+def test_every_gateway_refusal_and_rejection_has_one_row_and_the_document_shows_it() -> None:
+    assert set(GATEWAY_ACTIONS) == set(REFUSAL_REASONS) | set(REJECTION_REASONS)
+    for reason in set(GATEWAY_ACTIONS) & set(DEVICE_ACTIONS):  # one code, one action everywhere
+        assert GATEWAY_ACTIONS[reason] == DEVICE_ACTIONS[reason]
+    assert device_action("unknown_device").action == "reprovision_key"
+    assert [r for r, row in GATEWAY_ACTIONS.items() if row.resend] == ["rate_limited", "unavailable"]
+    rows = [
+        f"| `{reason}` | {ACTION_LABELS[row.action]} | {'yes' if row.resend else 'no'} | {row.advice} |"
+        for reason, row in GATEWAY_ACTIONS.items()
+    ]
+    header = "| reason | action | resend the same envelope? | why, and what to do |\n|---|---|---|---|\n"
+    assert _block("gateway-actions") == header + "\n".join(rows) + "\n"

@@ -453,7 +453,7 @@ def test_cli_init_issue_rotate_retire_list(tmp_path: Path) -> None:
     home = str(tmp_path)
     result = _cli("init", "--home", home, "--region", "eu-west", "-r", "us-east")
     assert result.exit_code == 0, result.output
-    assert "10 new, 0 kept" in result.output  # the CA and 9 leaves
+    assert "14 new, 0 kept" in result.output  # the CA and 13 leaves
     pki = Pki.in_home(tmp_path)
     assert {i.identity for i in pki.status()} == {
         None,
@@ -466,8 +466,12 @@ def test_cli_init_issue_rotate_retire_list(tmp_path: Path) -> None:
         Identity.edge("us-east"),
         Identity.device("us-east"),
         Identity.backend("us-east"),
+        Identity.gateway("eu-west"),
+        Identity.gateway("eu-west", "wss"),
+        Identity.gateway("us-east"),
+        Identity.gateway("us-east", "wss"),
     }
-    assert "0 new, 10 kept" in _cli("init", "--home", home, "-r", "eu-west", "-r", "us-east").output
+    assert "0 new, 14 kept" in _cli("init", "--home", home, "-r", "eu-west", "-r", "us-east").output
 
     result = _cli("issue", "edge-eu-west", "node-2", "--days", "5", "--home", home)
     assert result.exit_code == 0, result.output
@@ -524,5 +528,18 @@ def test_the_broker_certificate_names_the_extra_hosts_it_is_reached_by(tmp_path:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "kafka-1"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.7"]
-    with pytest.raises(ValueError, match="only the broker"):
+    with pytest.raises(ValueError, match="only the certificates of the broker and of gateways"):
         pki.issue(Identity.admin(), hosts=["kafka-1"])
+
+
+def test_a_gateway_certificate_serves_tls_to_devices_and_is_a_kafka_client(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "tls")
+    pki.init()
+    files = pki.issue(Identity.gateway("eu-west", "wss"), hosts=["gw.example"])
+    cert = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "gw.example"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert Identity.of("gateway-eu-west") == Identity.gateway("eu-west")

@@ -1,0 +1,339 @@
+"""The gateway process: the WebSocket server, its Kafka producer, the reply router and the housekeeping.
+
+`Gateway` owns the sessions (one per device; a newer one closes the older with code 4409), the
+mailboxes, the device directory (reloaded when its file changes) and the Kafka clients, made through
+``pipeline/kafka.py``: an idempotent producer for envelopes and reports, and one consumer of the
+region's replies topic with every partition assigned, from the end, and no group. Each reply is routed
+by its record key (the device id) to that device's mailbox and, when it is connected, its session;
+the gateway never opens a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+from aiokafka import TopicPartition
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.envelope import REQUEST_ID_BYTES
+from edgestream.pipeline.contract.gatewayauth import Directory, read_directory
+from edgestream.pipeline.contract.gatewayframes import encode_frame
+from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.observability.health import HealthServer
+from edgestream.topics.catalogue import KINDS, REPLIES, ingest_topic, replies_topic, reports_topic
+from edgestream.workers.gateway.files import FileServer
+from edgestream.workers.gateway.mailbox import Mailboxes
+from edgestream.workers.gateway.metrics import GatewayMetrics
+from edgestream.workers.gateway.session import REPLACED, Session, authenticate, refuse
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from edgestream.workers.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+SWEEP_S: Final = 1.0
+"""How often held replies are expired and the directory's file is checked."""
+FETCH_MS: Final = 500
+"""Longest one fetch of replies waits."""
+_REPLY_PREFIX: Final = 2
+"""A sealed reply's request id follows its 2-byte contract version."""
+
+
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS 1.3 only, serving ``cert_file``; devices are not asked for certificates (they sign)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    except OSError as err:
+        raise ConfigError(f"cannot load the gateway's server certificate {cert_file}: {err}") from err
+    return context
+
+
+class Gateway:
+    """One region's device gateway; ``async with`` it, or `start` and `stop`."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        producer: AIOKafkaProducer | None = None,
+        replies: AIOKafkaConsumer | None = None,
+    ) -> None:
+        """``producer`` and ``replies`` replace the Kafka clients the factory makes (tests without a
+        broker pass stand-ins with the same methods)."""
+        self.settings = settings
+        self.node = settings.node
+        """This gateway's name."""
+        self.metrics = GatewayMetrics(settings.region, self.node)
+        self.mailboxes = Mailboxes(settings.hold_s, settings.hold_max)
+        self.sessions: dict[str, Session] = {}
+        """The authenticated session of each connected device."""
+        self.connections = 0
+        """Open connections, authenticated or not."""
+        self.ingest_topics = {kind: ingest_topic(settings.region, kind) for kind in KINDS}
+        """Where each kind of envelope goes."""
+        self.reports_topic = reports_topic(settings.region)
+        self.files = FileServer(settings.catalogue_path(), settings.artifacts_path())
+        cert_file, key_file = settings.server_files()
+        self.ssl = server_context(str(cert_file), str(key_file))
+        try:
+            der = x509.load_pem_x509_certificate(cert_file.read_bytes()).public_bytes(Encoding.DER)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read the gateway's server certificate {cert_file}: {err}") from err
+        self.cert_sha256 = hashlib.sha256(der).digest()
+        """SHA-256 of the leaf certificate devices see (bound into every transcript)."""
+        self._directory_path = settings.directory_path()
+        self._directory_mtime = (
+            self._directory_path.stat().st_mtime_ns if self._directory_path.exists() else 0
+        )
+        self.directory: Directory = read_directory(self._directory_path, settings.region)
+        client_id = f"edgestream-{self.node}"
+        self.producer: AIOKafkaProducer = producer or kafka.producer(
+            settings.kafka, client_id, linger_ms=settings.linger_ms
+        )
+        self._consumer: AIOKafkaConsumer = replies or kafka.consumer(
+            settings.kafka, f"{client_id}-replies", isolation_level="read_uncommitted"
+        )
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._health: HealthServer | None = None
+        self.ready = False
+        """True once the producer and the reply consumer run and the server listens."""
+
+    @property
+    def port(self) -> int:
+        """The port the WebSocket server listens on."""
+        if self._server is None:
+            raise RuntimeError("the gateway is not started")
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def health_port(self) -> int | None:
+        """The port of /livez, /readyz and /metrics, when they are served."""
+        return None if self._health is None else self._health.port
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Start the Kafka clients (replies read from their end), then listen."""
+        await self.producer.start()
+        try:
+            await self._start_replies()
+        except BaseException:
+            await self.producer.stop()
+            raise
+        settings = self.settings
+        self._server = await serve(
+            self._handle,
+            settings.host,
+            settings.port,
+            ssl=self.ssl,
+            compression=None,
+            max_size=settings.max_frame_bytes,
+            ping_interval=settings.ping_interval_s,
+            ping_timeout=settings.ping_interval_s,
+            open_timeout=settings.auth_timeout_s,
+            server_header=None,
+        )
+        self._loops = [asyncio.create_task(self._route_replies()), asyncio.create_task(self._housekeeping())]
+        if settings.health_port is not None:
+            self._health = HealthServer(
+                live=lambda: (True, "ok"),
+                ready=lambda: (self.ready, "ok" if self.ready else "starting"),
+                registry=self.metrics.registry,
+                host=settings.health_host,
+                port=settings.health_port,
+            )
+            await self._health.start()
+        self.ready = True
+        log.info("gateway %s serving %s on wss://%s:%d", self.node, settings.region, settings.host, self.port)
+
+    async def _start_replies(self) -> None:
+        await self._consumer.start()
+        topic = replies_topic(self.settings.region)
+        await self._consumer.topics()
+        partitions = self._consumer.partitions_for_topic(topic) or set(range(REPLIES.partitions))
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # pin the end now, so replies produced from here on are all read
+            await self._consumer.position(tp)
+
+    async def stop(self) -> None:
+        """Close every session, stop listening, stop the Kafka clients. Idempotent."""
+        self.ready = False
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._health is not None:
+            await self._health.stop()
+            self._health = None
+        await self._consumer.stop()
+        await self.producer.stop()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- sessions ---------------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        self.metrics.connections.set(self.connections)
+        try:
+            if self.connections > self.settings.max_sessions:
+                await refuse(
+                    self, ws, "overloaded", f"the gateway serves {self.settings.max_sessions} sessions"
+                )
+                return
+            device_id = await authenticate(self, ws)
+            if device_id is not None:
+                await self._serve(ws, device_id)
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug must cost one connection, never the gateway
+            log.exception("a device connection failed")
+        finally:
+            self.connections -= 1
+            self.metrics.connections.set(self.connections)
+
+    async def _serve(self, ws: ServerConnection, device_id: str) -> None:
+        session = Session(self, ws, device_id)
+        older = self.sessions.get(device_id)
+        self.sessions[device_id] = session  # from here on, new replies go to this session's outbox
+        if older is not None:
+            older.close(REPLACED, "replaced")
+        held = self.mailboxes.held(device_id, time.monotonic())
+        session.send(
+            encode_frame(
+                "welcome",
+                session=session.session_id,
+                now_ms=time.time_ns() // 1_000_000,
+                redelivered=len(held),
+            )
+        )
+        for frame in held:
+            session.send(frame)
+        self.metrics.sessions.set(len(self.sessions))
+        session.writer = asyncio.create_task(session.write())
+        try:
+            async for raw in ws:
+                await session.on_frame(raw)
+        finally:
+            if self.sessions.get(device_id) is session:
+                del self.sessions[device_id]
+                self.metrics.sessions.set(len(self.sessions))
+            session.outbox.put_nowait(None)
+            await session.writer
+
+    # -- replies ----------------------------------------------------------------------------------------
+
+    async def _route_replies(self) -> None:
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=FETCH_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the consumer reconnects on its own; keep reading
+                log.warning("reading replies failed: %s", err)
+                await asyncio.sleep(1.0)
+                continue
+            now = time.monotonic()
+            for records in batch.values():
+                for record in records:
+                    self.route(record.key, record.value, now)
+
+    def route(self, key: bytes | None, value: bytes | None, now: float) -> None:
+        """Hold one sealed reply for its device and send it if the device is connected."""
+        replies = self.metrics.replies
+        if key is None or value is None or len(value) < _REPLY_PREFIX + REQUEST_ID_BYTES:
+            replies["malformed"].inc()
+            return
+        try:
+            device_id = key.decode()
+        except UnicodeDecodeError:
+            replies["malformed"].inc()
+            return
+        rid = value[_REPLY_PREFIX : _REPLY_PREFIX + REQUEST_ID_BYTES]
+        frame = encode_frame("reply", id=rid, body=value)
+        dropped = self.mailboxes.counts.dropped
+        self.mailboxes.put(device_id, rid, frame, now)
+        if self.mailboxes.counts.dropped != dropped:
+            replies["dropped"].inc()
+        session = self.sessions.get(device_id)
+        if session is None:
+            replies["held"].inc()
+        else:
+            replies["routed"].inc()
+            session.send(frame)
+
+    async def produce_report(self, device_id: str, body: bytes) -> None:
+        """Produce one device report keyed by its device."""
+        try:
+            await (await self.producer.send(self.reports_topic, body, key=device_id.encode()))
+        except Exception as err:  # a lost report is counted by its absence; never stops the session
+            log.warning("could not produce a report of %r: %s", device_id, err)
+            return
+        self.metrics.reports.inc()
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        polled = time.monotonic()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            expired = self.mailboxes.expire(now)
+            if expired:
+                self.metrics.replies["expired"].inc(expired)
+            self.metrics.held.set(len(self.mailboxes))
+            if now - polled >= self.settings.directory_poll_s:
+                polled = now
+                self.reload_directory()
+
+    def reload_directory(self) -> None:
+        """Re-read the directory when its file changed; keep the old one if the new one is bad."""
+        try:
+            mtime = self._directory_path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._directory_mtime:
+            return
+        self._directory_mtime = mtime
+        try:
+            self.directory = read_directory(self._directory_path, self.settings.region)
+        except ConfigError as err:
+            log.error("keeping the previous device directory: %s", err)
+            return
+        log.info("device directory reloaded: %d devices", len(self.directory))

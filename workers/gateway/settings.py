@@ -1,0 +1,106 @@
+"""The gateway's settings (``EDGESTREAM_GATEWAY_*``, nested with ``__``): region, brokers, where it
+listens, its files (server certificate, device directory, catalogue, artifacts) and its limits."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
+from edgestream.pipeline.security.identities import GATEWAY_SERVER_NODE, Identity
+from edgestream.pipeline.security.pki import Pki
+from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
+
+DIRECTORY_FILE = "directory.json"
+"""The device directory's file name, in ``<home>/gateway/<region>/``."""
+CATALOGUE_FILE = "device-catalogue.json"
+"""The signed device catalogue's file name, in ``<home>/registry/``."""
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of one gateway process (``EDGESTREAM_GATEWAY_*``, nested with ``__``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGESTREAM_GATEWAY_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    region: str = "eu-west"
+    """The region this gateway serves."""
+    node_id: str | None = None
+    """Its name in hello frames and metrics; defaults to ``gateway-<region>-<host>-<pid>``."""
+    kafka: KafkaSettings
+    """How to reach the brokers, as ``gateway-<region>``; required."""
+    home: Path = DEFAULT_HOME
+    """Local state directory: the PKI, the directory, the registry's files."""
+    host: str = "127.0.0.1"
+    """Address the WebSocket server listens on (0.0.0.0 in a pod)."""
+    port: int = Field(default=8443, ge=0, le=65535)
+    """Its port; 0 picks a free one."""
+    server_cert_file: Path | None = None
+    """PEM certificate devices see; defaults to the PKI's ``gateway-<region>/wss`` pair."""
+    server_key_file: Path | None = None
+    """Its private key."""
+    directory_file: Path | None = None
+    """The device directory (public auth keys); defaults to ``<home>/gateway/<region>/directory.json``.
+    Re-read when its modification time changes."""
+    catalogue_file: Path | None = None
+    """The signed device catalogue, served verbatim; defaults to ``<home>/registry/device-catalogue.json``."""
+    artifacts_dir: Path | None = None
+    """The registry's artifact store (``sha256/ab/<hash>``); defaults to ``<home>/registry/artifacts``."""
+    auth_timeout_s: float = Field(default=10.0, gt=0)
+    """Time a device has to authenticate after the hello (else ``auth_timeout``)."""
+    hold_s: float = Field(default=60.0, gt=0)
+    """How long a reply is held for its device until acknowledged."""
+    hold_max: int = Field(default=256, ge=1)
+    """Most replies held per device; the oldest is dropped (and counted) beyond it."""
+    max_sessions: int = Field(default=20_000, ge=1)
+    """Connections served at once (authenticated or not); more are refused ``overloaded``."""
+    rate_per_s: float = Field(default=50.0, gt=0)
+    """Envelopes per second per session (token bucket); beyond it ``rate_limited``."""
+    burst: int = Field(default=100, ge=1)
+    """The bucket's size."""
+    max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, ge=256)
+    """Largest envelope produced (the edge's limit); larger ones are ``too_large``."""
+    max_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=4096)
+    """Largest WebSocket message read; a larger one closes the connection (code 1009)."""
+    max_outbox: int = Field(default=1024, ge=16)
+    """Frames queued for one device's socket; a device that stops reading is disconnected beyond it
+    (its replies stay held for its next session)."""
+    linger_ms: int = Field(default=0, ge=0, le=1000)
+    """How long the producer waits to batch envelopes of many devices into one request (0: none)."""
+    ping_interval_s: float | None = Field(default=20.0, gt=0)
+    """WebSocket keepalive pings (None: off); a device that misses one is disconnected."""
+    directory_poll_s: float = Field(default=2.0, gt=0)
+    """How often the directory's modification time is checked."""
+    health_host: str = "127.0.0.1"
+    """Where /livez, /readyz and /metrics listen."""
+    health_port: int | None = None
+    """Port of the health and metrics server: None for none, 0 for any free port."""
+
+    @property
+    def node(self) -> str:
+        """This gateway's name."""
+        return self.node_id or f"gateway-{self.region}-{socket.gethostname()}-{os.getpid()}"
+
+    def server_files(self) -> tuple[Path, Path]:
+        """The WebSocket server's certificate and key files."""
+        if self.server_cert_file is not None and self.server_key_file is not None:
+            return self.server_cert_file, self.server_key_file
+        files = Pki.in_home(self.home).files(Identity.gateway(self.region, GATEWAY_SERVER_NODE))
+        return files.cert_file, files.key_file
+
+    def directory_path(self) -> Path:
+        """Where the device directory is."""
+        return self.directory_file or self.home / "gateway" / self.region / DIRECTORY_FILE
+
+    def catalogue_path(self) -> Path:
+        """Where the signed device catalogue is."""
+        return self.catalogue_file or self.home / "registry" / CATALOGUE_FILE
+
+    def artifacts_path(self) -> Path:
+        """Where the registry's artifacts are."""
+        return self.artifacts_dir or self.home / "registry" / "artifacts"
