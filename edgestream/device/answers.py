@@ -36,6 +36,8 @@ class ClientSettings:
     """Default time to live of queued telemetry (at most the replay window less the margin)."""
     report_interval_s: float = 30.0
     """How often reconciliation reports go out."""
+    catalogue_refresh_s: float = 3600.0
+    """How often the catalogue is fetched again (new versions, before it expires)."""
     answered_memory: int = 4096
     """Request ids remembered as answered, to drop duplicate replies."""
     tick_s: float = 0.05

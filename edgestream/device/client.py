@@ -114,7 +114,8 @@ class EdgeClient:
         self._answered: OrderedDict[bytes, None] = OrderedDict()
         self._fallbacks: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_report_s = time.monotonic()
+        self._last_report_s = self._last_catalogue_s = time.monotonic()
+        self._refreshing: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ class EdgeClient:
 
     async def close(self) -> None:
         """Stop the background work and close every transport."""
+        if self._refreshing is not None:
+            self._tasks.append(self._refreshing)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -156,6 +159,11 @@ class EdgeClient:
         with contextlib.suppress(TransportUnavailable, RegistryError):
             await self.models.refresh_catalogue(transport.fetch_catalogue, self.clock.now_ms())
             await self._load_fallbacks(transport)
+
+    def _refresh_soon(self) -> None:
+        """Refresh the catalogue in the background, once at a time."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.refresh_catalogue())
 
     def _on_transport(self, transport: Transport) -> None:
         self._tasks.append(asyncio.create_task(self._pump(transport)))
@@ -194,13 +202,9 @@ class EdgeClient:
             self.sessions.lost(time.monotonic())
             return self._fall_back(family, x, started, transport.region, "unavailable", None)
         wait_s = started + (deadline_ms - self.settings.fallback_reserve_ms) / 1000.0 - time.monotonic()
-        outcome: ResultRecord | str
-        try:
-            async with asyncio.timeout(max(0.0, wait_s)):
-                outcome = await pending.outcome
-        except TimeoutError:
-            outcome = "deadline"
+        await asyncio.wait((pending.outcome,), timeout=max(0.0, wait_s))  # never cancels it
         self._pending.pop(pending.request_id, None)
+        outcome = pending.outcome.result() if pending.outcome.done() else "deadline"
         if isinstance(outcome, str):
             return self._fall_back(family, x, started, transport.region, outcome, pending.request_id)
         self.stats.edge += 1
@@ -425,7 +429,7 @@ class EdgeClient:
         if action.action == "back_off":
             self.backoff.bump(time.monotonic())
         elif action.action == "refresh_catalogue":
-            await self.refresh_catalogue()
+            self._refresh_soon()
         elif action.action == "correct_clock" and transport is not None:
             with contextlib.suppress(TransportUnavailable):
                 await self._sync_clock(transport)
@@ -448,6 +452,9 @@ class EdgeClient:
                 await self._resend(now_s)
                 if now_s - self._last_report_s >= self.settings.report_interval_s:
                     await self.send_reports()
+                if now_s - self._last_catalogue_s >= self.settings.catalogue_refresh_s:
+                    self._last_catalogue_s = now_s
+                    self._refresh_soon()
             except Exception:  # the device's background work never stops on one failure
                 log.exception("device background step failed")
 

@@ -21,8 +21,8 @@ class RegionKey:
 
     key_id: int
     """Which of the region's master keys it derives from."""
-    device_key: bytes
-    """The 32-byte device key (secret)."""
+    device_key: bytes = field(repr=False)
+    """The 32-byte device key (secret: never in a repr or a log)."""
 
 
 @dataclass(slots=True)
@@ -31,10 +31,10 @@ class DeviceIdentity:
 
     device_id: str
     """Exactly as provisioned (NFC, no control characters)."""
-    keys: dict[str, RegionKey]
+    keys: dict[str, RegionKey] = field(repr=False)
     """Region -> the key the device seals with there now."""
-    _aead: dict[str, AESGCM] = field(default_factory=dict)
-    _reply: dict[tuple[str, int], ReplyKey] = field(default_factory=dict)
+    _aead: dict[str, AESGCM] = field(default_factory=dict, init=False, repr=False)
+    _reply: dict[tuple[str, int], ReplyKey] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)

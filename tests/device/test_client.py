@@ -1,4 +1,4 @@
-"""`EdgeClient` against in-memory gateways (``memtransport.py``) with a real registry: a real tiny
+"""`EdgeClient` against in-memory gateways (``loopback.py``) with a real registry: a real tiny
 model built by the zoo, stored, signed into a real device catalogue, fetched, verified and run with
 onnxruntime as the fallback."""
 
@@ -20,6 +20,7 @@ from edgestream.device.actions import ActionHooks
 from edgestream.device.answers import ClientSettings
 from edgestream.device.client import EdgeClient
 from edgestream.device.identity import DeviceIdentity, RegionKey
+from edgestream.device.loopback import LoopbackGateway, LoopbackTransport
 from edgestream.device.models import NoFallback
 from edgestream.device.transport import Disconnected
 from edgestream.pipeline.contract.devicereports import DeviceReport
@@ -29,7 +30,6 @@ from edgestream.pipeline.registry import Manifest, ModelState, SigningKey, Trust
 from edgestream.pipeline.registry.devicecatalogue import build_catalogue, sign_catalogue
 from edgestream.pipeline.registry.errors import RegistryError
 from edgestream.pipeline.serving.inference import InferenceSession
-from tests.device.memtransport import MemoryGateway, MemoryTransport
 
 FAMILY = "embedding-scorer"
 DEVICE = "phone-0001"
@@ -63,19 +63,19 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 @dataclass
 class Rig:
     client: EdgeClient
-    gateways: dict[str, MemoryGateway]
-    transports: dict[str, MemoryTransport]
+    gateways: dict[str, LoopbackGateway]
+    transports: dict[str, LoopbackTransport]
 
 
-def _gateway(registry: Registry, region: str, **knobs: Any) -> MemoryGateway:
+def _gateway(registry: Registry, region: str, **knobs: Any) -> LoopbackGateway:
     sha = json.loads(registry.catalogue)["catalogue"]["models"][0]["sha256"]
-    return MemoryGateway(region, os.urandom(32), registry.catalogue, {sha: registry.artifact}, **knobs)
+    return LoopbackGateway(region, os.urandom(32), registry.catalogue, {sha: registry.artifact}, **knobs)
 
 
 async def _rig(
     registry: Registry,
     tmp_path: Path,
-    gateways: list[MemoryGateway],
+    gateways: list[LoopbackGateway],
     *,
     settings: ClientSettings | None = None,
     hooks: ActionHooks | None = None,
@@ -83,11 +83,11 @@ async def _rig(
 ) -> Rig:
     places = {"eu-west": (53.35, -6.26), "us-east": (38.9, -77.04), "ap-south": (19.07, 72.88)}
     endpoints = [g.endpoint(*places[g.region]) for g in gateways]
-    transports: dict[str, MemoryTransport] = {}
+    transports: dict[str, LoopbackTransport] = {}
     by_region = {g.region: g for g in gateways}
 
-    def make(endpoint: Any) -> MemoryTransport:
-        transports[endpoint.region] = MemoryTransport(by_region[endpoint.region])
+    def make(endpoint: Any) -> LoopbackTransport:
+        transports[endpoint.region] = LoopbackTransport(by_region[endpoint.region])
         return transports[endpoint.region]
 
     identity = DeviceIdentity.of(DEVICE, {g.region: RegionKey(3, g.device_key) for g in gateways})
@@ -197,6 +197,22 @@ async def test_failover_to_the_next_nearest_region(
     assert rig.client.sessions.failovers == 1
 
 
+async def test_back_to_the_nearest_region_once_it_returns(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    gateways = [_gateway(registry, r) for r in ("us-east", "eu-west")]
+    gateways[1].down = True
+    settings = ClientSettings(
+        location=(48.85, 2.35), session_timeout_s=0.1, retry_nearest_s=0.05, tick_s=0.01
+    )
+    rig = await _rig(registry, tmp_path, gateways, settings=settings)
+    closing.append(rig.client)
+    assert (await rig.client.infer(registry.inputs[0], 1000, kind="embedding")).region == "us-east"
+    gateways[1].down = False
+    await asyncio.sleep(0.2)
+    assert (await rig.client.infer(registry.inputs[0], 1000, kind="embedding")).region == "eu-west"
+
+
 async def test_retry_resends_identical_bytes(
     registry: Registry, tmp_path: Path, closing: list[EdgeClient]
 ) -> None:
@@ -304,6 +320,8 @@ async def test_rejections_are_mapped_to_actions(
     assert answer.latency_ms < 1000  # spent at once, not at the deadline
     assert rig.client.stats.actions[action] == 1
     assert fixed == ([reason] if action == "fix_client" else [])
+    if action == "refresh_catalogue":
+        assert rig.gateways["eu-west"].catalogue_fetches == 2
     if action == "reprovision_key":
         assert rig.client.identity.keys["eu-west"] == RegionKey(4, new_key)
 

@@ -1,8 +1,11 @@
-"""An in-memory `Transport` and a pretend gateway+edge behind it, for the SDK's logic tests.
+"""A loopback `Transport`: an in-memory gateway and edge, for an app's tests and the SDK's own.
 
-The edge part is real contract code: it decodes and opens each envelope with the device's key
-(``decode_envelope``/``open_envelope``), answers with a result record sealed to the device
-(``seal_reply``), after ``delay_s``; knobs make it slow, silent, duplicating, tampering or down.
+No network and no Kafka: `LoopbackGateway` stands for one region's gateway and edge worker, with real
+contract code on both sides: it decodes and opens each envelope with the device's key
+(``decode_envelope``/``open_envelope``) and answers with a result record sealed to the device
+(``seal_reply``) after ``delay_s``. Knobs make it slow, silent (no ``accepted``, no reply),
+duplicating, tampering, sealing to another device, rejecting or down; it records what it was sent,
+acknowledged and reported. `LoopbackTransport` is the `Transport` protocol over it.
 """
 
 from __future__ import annotations
@@ -31,38 +34,68 @@ from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader, ReplyKey, seal_reply
 
 
+def _one(x: np.ndarray[Any, Any]) -> int:
+    """The default edge model: class 1 for everything."""
+    del x
+    return 1
+
+
 @dataclass
-class MemoryGateway:
+class LoopbackGateway:
     """One region's gateway and edge, in memory."""
 
     region: str
+    """The region it stands for (bound into every reply's AAD)."""
     device_key: bytes
+    """The device's key in this region: opens its envelopes, derives the reply key."""
     catalogue: bytes
+    """What ``fetch_catalogue`` returns (a signed catalogue file)."""
     artifacts: dict[str, bytes]
-    label_of: Callable[[np.ndarray[Any, Any]], int] = lambda x: 1
+    """What ``fetch_artifact`` returns, by sha256."""
+    label_of: Callable[[np.ndarray[Any, Any]], int] = _one
+    """The edge's model: the label for one decoded input."""
+    classes: int = 2
+    """Width of the scores it answers with."""
     version: int = 1
+    """The model version it answers with when the envelope pins none."""
     delay_s: float = 0.0
+    """How long the edge takes to reply."""
     accept: bool = True
+    """Whether it sends ``accepted`` for each envelope."""
     answer: bool = True
+    """Whether the edge replies at all."""
     copies: int = 1
+    """Copies of each reply (an at-least-once edge, a redelivery)."""
     tamper: bool = False
+    """Flip a bit of each reply's tag."""
     down: bool = False
+    """Refuse connections (``unreachable``)."""
     reject: str | None = None
+    """Answer each envelope with ``rejected`` and this reason instead."""
     other_device_key: bytes | None = None
+    """Seal replies under this key instead (another device's)."""
     offset_ms: float = 0.0
+    """Its clock minus the device's, as ``sync_clock`` reports it."""
     sent: list[tuple[str, bytes, int]] = field(default_factory=list)
+    """Every envelope sent: (kind, bytes, fallbacks)."""
     acked: list[bytes] = field(default_factory=list)
+    """Every request id acknowledged."""
     reports: list[bytes] = field(default_factory=list)
+    """Every device report body."""
+    catalogue_fetches: int = 0
+    """Times the catalogue was fetched."""
 
     def endpoint(self, lat: float, lon: float) -> RegionEndpoint:
+        """An endpoint naming this region at (lat, lon)."""
         return RegionEndpoint(self.region, f"wss://{self.region}.invalid/v1", lat, lon, "ca.pem")
 
     def reply_for(self, envelope: bytes) -> bytes:
+        """The edge's sealed reply to ``envelope``."""
         env = decode_envelope(envelope, max_envelope_bytes=1 << 20)
         body = open_envelope(env, self.device_key, max_body_bytes=1 << 20)
         x = decode_tensor(body)
         label = self.label_of(x)
-        scores = tuple(0.9 if i == label else 0.1 for i in range(2))
+        scores = tuple(0.9 if i == label else 0.1 / max(1, self.classes - 1) for i in range(self.classes))
         version = env.model_version or self.version
         record = ResultRecord(
             env.request_id,
@@ -87,28 +120,34 @@ class MemoryGateway:
         return sealed
 
 
-class MemoryTransport:
-    """The `Transport` protocol over a `MemoryGateway`."""
+class LoopbackTransport:
+    """The `Transport` protocol over a `LoopbackGateway`."""
 
-    def __init__(self, gateway: MemoryGateway) -> None:
+    def __init__(self, gateway: LoopbackGateway) -> None:
         self.gateway = gateway
+        """What it talks to."""
         self._connected = False
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self.connects = 0
+        """Calls of `connect`."""
 
     @property
     def region(self) -> str:
+        """The gateway's region."""
         return self.gateway.region
 
     @property
     def connected(self) -> bool:
+        """Whether a session is up."""
         return self._connected
 
     @property
     def events(self) -> asyncio.Queue[Event]:
+        """Everything it reports, in order."""
         return self._events
 
     async def connect(self, timeout_s: float) -> None:
+        """A session, unless the gateway is down."""
         del timeout_s
         self.connects += 1
         if self.gateway.down:
@@ -117,6 +156,7 @@ class MemoryTransport:
         self._events.put_nowait(Connected(self.region, b"s" * 16, 0))
 
     async def close(self) -> None:
+        """End the session."""
         self._connected = False
 
     def drop(self) -> None:
@@ -132,10 +172,12 @@ class MemoryTransport:
         self._events.put_nowait(Connected(self.region, b"s" * 16, 0))
 
     def _check(self) -> None:
+        """`TransportUnavailable` unless a session is up."""
         if not self._connected:
             raise TransportUnavailable(self.region, "closed")
 
     async def send(self, kind: str, envelope: bytes, *, fallbacks: int = 0) -> None:
+        """Record it; accept, reject and answer it as the knobs say."""
         self._check()
         g = self.gateway
         g.sent.append((kind, envelope, fallbacks))
@@ -152,21 +194,27 @@ class MemoryTransport:
                 loop.call_later(g.delay_s, self._events.put_nowait, Reply(rid, sealed))
 
     async def ack(self, request_ids: list[bytes]) -> None:
+        """Record the acknowledged ids."""
         self._check()
         self.gateway.acked.extend(request_ids)
 
     async def report(self, body: bytes) -> None:
+        """Record the report."""
         self._check()
         self.gateway.reports.append(body)
 
     async def sync_clock(self) -> ClockSample:
+        """The gateway's offset, with a 2 ms round trip."""
         self._check()
         return ClockSample(self.gateway.offset_ms, 2.0)
 
     async def fetch_catalogue(self) -> bytes:
+        """The gateway's catalogue bytes."""
         self._check()
+        self.gateway.catalogue_fetches += 1
         return self.gateway.catalogue
 
     async def fetch_artifact(self, sha256: str) -> bytes:
+        """The artifact named ``sha256`` (``KeyError`` when it has none)."""
         self._check()
         return self.gateway.artifacts[sha256]
