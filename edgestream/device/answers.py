@@ -26,8 +26,10 @@ class ClientSettings:
     """The edge's replay window (``max_age_ms``): no resend past ``ts`` + this - the margin."""
     clock_margin_ms: float = 5_000.0
     """Kept clear of the replay window's end for the clock's error."""
-    fallback_reserve_ms: float = 5.0
-    """The fallback answers this long before the deadline, so its answer is in time."""
+    fallback_reserve_ms: float = 10.0
+    """The fallback starts this long before the deadline, so its answer is in time: its run (tens of
+    µs for a tiny model) and the event loop waking late on a busy device (measured up to a few ms on
+    a loaded 2-core box, ``bench/device``)."""
     session_timeout_s: float = 5.0
     """Connect timeout, and how long a dropped session may take to come back before failover."""
     retry_nearest_s: float = 30.0

@@ -29,7 +29,7 @@ from edgestream.device.transport import (
     TransportUnavailable,
 )
 from edgestream.pipeline.contract.codec import decode_tensor
-from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
+from edgestream.pipeline.contract.envelope import Envelope, decode_envelope, open_envelope
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader, ReplyKey, seal_reply
 
@@ -84,6 +84,7 @@ class LoopbackGateway:
     """Every device report body."""
     catalogue_fetches: int = 0
     """Times the catalogue was fetched."""
+    _reply_keys: dict[bytes, ReplyKey] = field(default_factory=dict, repr=False)
 
     def endpoint(self, lat: float, lon: float) -> RegionEndpoint:
         """An endpoint naming this region at (lat, lon)."""
@@ -91,7 +92,9 @@ class LoopbackGateway:
 
     def reply_for(self, envelope: bytes) -> bytes:
         """The edge's sealed reply to ``envelope``."""
-        env = decode_envelope(envelope, max_envelope_bytes=1 << 20)
+        return self._reply(decode_envelope(envelope, max_envelope_bytes=1 << 20))
+
+    def _reply(self, env: Envelope) -> bytes:
         body = open_envelope(env, self.device_key, max_body_bytes=1 << 20)
         x = decode_tensor(body)
         label = self.label_of(x)
@@ -113,7 +116,10 @@ class LoopbackGateway:
             1,
         )
         header = ReplyHeader(env.request_id, env.key_id, env.model, version)
-        sealer = ReplyKey(self.other_device_key or self.device_key)
+        key = self.other_device_key or self.device_key
+        sealer = self._reply_keys.get(key)
+        if sealer is None:
+            sealer = self._reply_keys[key] = ReplyKey(key)
         sealed = seal_reply(record.to_bytes(), sealer, header, self.region)
         if self.tamper:
             sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
@@ -181,14 +187,15 @@ class LoopbackTransport:
         self._check()
         g = self.gateway
         g.sent.append((kind, envelope, fallbacks))
-        rid = decode_envelope(envelope, max_envelope_bytes=1 << 20).request_id
+        env = decode_envelope(envelope, max_envelope_bytes=1 << 20)
+        rid = env.request_id
         if g.reject is not None:
             self._events.put_nowait(Rejected(rid, g.reject, "test"))
             return
         if g.accept:
             self._events.put_nowait(Accepted(rid))
         if g.answer:
-            sealed = g.reply_for(envelope)
+            sealed = g._reply(env)
             loop = asyncio.get_running_loop()
             for _ in range(g.copies):
                 loop.call_later(g.delay_s, self._events.put_nowait, Reply(rid, sealed))
