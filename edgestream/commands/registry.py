@@ -461,12 +461,15 @@ def catalogue(
     try:
         client = publisher(_kafka(bootstrap), root)
         states = run(client.read_states(strict=False))  # a state that does not verify is left out
-        built = build_catalogue(states, now_ms=_now_ms(), ttl_ms=int(ttl_hours * 3_600_000))
+        skipped: list[str] = []
+        built = build_catalogue(states, now_ms=_now_ms(), ttl_ms=int(ttl_hours * 3_600_000), skipped=skipped)
         key = SigningKey.load(root / SIGNING_KEY_FILE)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, sign_catalogue(key, built))
     except EdgestreamError as e:
         fail(str(e))
+    for problem in skipped:
+        _out.print(f"warning: left out {problem}")
     store = LocalArtifactStore(root / ARTIFACTS_DIR)
     for entry in built.models:
         if not store.has(entry.sha256):

@@ -264,10 +264,16 @@ def _entry_of(data: dict[Any, Any]) -> CatalogueEntry:
 
 
 def build_catalogue(
-    states: Mapping[str, ModelState], *, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS
+    states: Mapping[str, ModelState],
+    *,
+    now_ms: int,
+    ttl_ms: int = DEFAULT_TTL_MS,
+    skipped: list[str] | None = None,
 ) -> DeviceCatalogue:
     """The catalogue of the registry's current ``states`` (verified by the caller), valid from
-    ``now_ms`` for ``ttl_ms``: per family and tier, the version a device uses (module docstring)."""
+    ``now_ms`` for ``ttl_ms``: per family and tier, the version a device uses (module docstring). An
+    entry whose input spec cannot be told (neither a zoo model nor a declared signature) is left out
+    and described in ``skipped``, so one odd model does not keep the others from devices."""
     if ttl_ms <= 0:
         raise ValueError(f"a catalogue's validity must be positive, not {ttl_ms} ms")
     entries: list[CatalogueEntry] = []
@@ -276,8 +282,13 @@ def build_catalogue(
         tiers = sorted({signed.manifest.variant for signed in state.versions})
         for tier in tiers:
             chosen = _choose(state, tier)
-            if chosen is not None:
+            if chosen is None:
+                continue
+            try:
                 entries.append(_entry(chosen[0], chosen[1]))
+            except MalformedRegistryRecord as e:
+                if skipped is not None:
+                    skipped.append(f"{family[:128]}/{tier[:32]}: {e}")
     return DeviceCatalogue(now_ms, now_ms + ttl_ms, tuple(entries))
 
 

@@ -163,3 +163,13 @@ def test_a_signed_but_malformed_catalogue_is_refused(key: SigningKey, trusted: T
     ).encode()
     with pytest.raises(MalformedCatalogue):
         verify_catalogue(raw, trusted, now_ms=NOW + 1)
+
+
+def test_a_model_without_an_input_spec_is_left_out_and_said(key: SigningKey) -> None:
+    states = registry_states(key)
+    odd = publish(ModelState("odd"), key.sign(_manifest("odd", 1, "medium", (4,), "float32")), now_ms=NOW)
+    skipped: list[str] = []
+    built = build_catalogue({**states, "odd": odd}, now_ms=NOW, skipped=skipped)
+    assert {e.family for e in built.models} == {"embedding-scorer", "frame-classifier"}
+    assert len(skipped) == 1
+    assert skipped[0].startswith("odd/medium: ")
