@@ -65,7 +65,8 @@ class Answer:
     region: str | None
     """Region whose edge answered, or where the request went (None: not sent)."""
     why: str = ""
-    """Why the fallback answered: ``deadline``, ``unavailable``, ``backing_off``, ``rejected:<reason>``."""
+    """Why the fallback answered: ``deadline``, ``unavailable`` (no session), ``not_served`` (the
+    catalogue names no tier the edge serves), ``backing_off``, ``rejected:<reason>``."""
 
     @property
     def score(self) -> float:

@@ -126,8 +126,8 @@ class EdgeClient:
         self._tasks.append(asyncio.create_task(self._ticker()))
         transport = await self.sessions.connect(time.monotonic())
         if transport is not None:
-            await self._sync_clock(transport)
             with contextlib.suppress(TransportUnavailable, RegistryError):
+                await self._sync_clock(transport)
                 await self.models.refresh_catalogue(transport.fetch_catalogue, self.clock.now_ms())
         if self.models.catalogue is None and not self.models.load_cached_catalogue(self.clock.now_ms()):
             raise RegistryError("no verified device catalogue (fetched or cached)")
@@ -190,9 +190,12 @@ class EdgeClient:
         """The edge's answer within ``deadline_ms``, else the local fallback's (module docstring)."""
         started = time.monotonic()
         family = self.family_of(kind, model)
+        x = self._item(family, x)
         transport = self.sessions.current
         entry = self._edge_entry(family)
-        if transport is None or entry is None or not transport.connected:
+        if entry is None:
+            return self._fall_back(family, x, started, None, "not_served", None)
+        if transport is None or not transport.connected:
             return self._fall_back(family, x, started, None, "unavailable", None)
         if self.backoff.active(started):
             return self._fall_back(family, x, started, transport.region, "backing_off", None)
@@ -219,6 +222,14 @@ class EdgeClient:
             (time.monotonic() - started) * 1000.0,
             outcome.region,
         )
+
+    def _item(self, family: str, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """``x`` as an array, once it has the family's item shape (:class:`ShapeMismatch`)."""
+        array = np.asarray(x)
+        fallback = self.models.fallback_entry(family)
+        if fallback is not None and tuple(array.shape) != fallback.input.shape:
+            raise ShapeMismatch(f"{family} takes items of shape {fallback.input.shape}, got {array.shape}")
+        return array
 
     def _edge_entry(self, family: str) -> CatalogueEntry | None:
         catalogue = self.models.catalogue

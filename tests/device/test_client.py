@@ -25,6 +25,7 @@ from edgestream.device.models import NoFallback
 from edgestream.device.transport import Disconnected
 from edgestream.pipeline.contract.devicereports import DeviceReport
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
+from edgestream.pipeline.errors import ShapeMismatch
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.registry import Manifest, ModelState, SigningKey, TrustedKeys, publish
 from edgestream.pipeline.registry.devicecatalogue import build_catalogue, sign_catalogue
@@ -412,3 +413,28 @@ async def test_the_cached_catalogue_is_used_offline(
     closing.append(rig.client)
     answer = await rig.client.infer(registry.inputs[0], 100, kind="embedding")
     assert (answer.source, answer.why) == ("fallback", "unavailable")
+
+
+async def test_a_wrong_shape_is_refused_before_anything_is_sent(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west")])
+    closing.append(rig.client)
+    with pytest.raises(ShapeMismatch):
+        await rig.client.infer(np.zeros(31), 100, kind="embedding")
+    rig.transports["eu-west"].drop()
+    with pytest.raises(ShapeMismatch):
+        await rig.client.infer(np.zeros((2, 30)), 100, kind="embedding")
+    assert rig.gateways["eu-west"].sent == []
+
+
+async def test_telemetry_goes_at_once_with_a_session(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west", delay_s=0.01)])
+    closing.append(rig.client)
+    await rig.client.telemetry(registry.inputs[0], kind="embedding")
+    assert len(rig.gateways["eu-west"].sent) == 1
+    await asyncio.sleep(0.05)
+    assert rig.client.stats.other_replies == 1  # its reply is acknowledged, answers no call
+    assert len(rig.gateways["eu-west"].acked) == 1
