@@ -84,6 +84,11 @@ class LoopbackGateway:
     """Every device report body."""
     catalogue_fetches: int = 0
     """Times the catalogue was fetched."""
+    held: dict[bytes, bytes] = field(default_factory=dict)
+    """The device's mailbox: replies not yet acknowledged, by request id (redelivered on reconnect,
+    as the gateway does)."""
+    redelivered: int = 0
+    """Replies delivered again on a reconnect."""
     _reply_keys: dict[bytes, ReplyKey] = field(default_factory=dict, repr=False)
 
     def endpoint(self, lat: float, lon: float) -> RegionEndpoint:
@@ -172,10 +177,21 @@ class LoopbackTransport:
         self._events.put_nowait(Disconnected(self.region, "network"))
 
     def restore(self) -> None:
-        """The network comes back and the transport reconnects on its own."""
-        self.gateway.down = False
+        """The network comes back and the transport reconnects on its own; every reply held for the
+        device and not acknowledged is delivered again."""
+        g = self.gateway
+        g.down = False
         self._connected = True
-        self._events.put_nowait(Connected(self.region, b"s" * 16, 0))
+        self._events.put_nowait(Connected(self.region, b"s" * 16, len(g.held)))
+        for rid, sealed in g.held.items():
+            g.redelivered += 1
+            self._events.put_nowait(Reply(rid, sealed))
+
+    def _deliver(self, rid: bytes, sealed: bytes) -> None:
+        """A reply reaches the mailbox: held until acknowledged, delivered now if a session is up."""
+        self.gateway.held.setdefault(rid, sealed)
+        if self._connected:
+            self._events.put_nowait(Reply(rid, sealed))
 
     def _check(self) -> None:
         """`TransportUnavailable` unless a session is up."""
@@ -198,12 +214,14 @@ class LoopbackTransport:
             sealed = g._reply(env)
             loop = asyncio.get_running_loop()
             for _ in range(g.copies):
-                loop.call_later(g.delay_s, self._events.put_nowait, Reply(rid, sealed))
+                loop.call_later(g.delay_s, self._deliver, rid, sealed)
 
     async def ack(self, request_ids: list[bytes]) -> None:
-        """Record the acknowledged ids."""
+        """Record the acknowledged ids; the mailbox lets them go."""
         self._check()
         self.gateway.acked.extend(request_ids)
+        for rid in request_ids:
+            self.gateway.held.pop(rid, None)
 
     async def report(self, body: bytes) -> None:
         """Record the report."""

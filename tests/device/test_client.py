@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgestream.device.actions import ActionHooks
-from edgestream.device.answers import ClientSettings
+from edgestream.device.answers import Answer, ClientSettings
 from edgestream.device.client import EdgeClient
 from edgestream.device.identity import DeviceIdentity, RegionKey
 from edgestream.device.loopback import LoopbackGateway, LoopbackTransport
@@ -129,7 +130,8 @@ async def test_deadline_passes_the_fallback_answers_in_time_and_says_so(
 ) -> None:
     """Also: the real tiny model ran with onnxruntime (its label is the zoo session's), and the
     fallback is reported on the family's next envelope."""
-    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west", delay_s=5.0)])
+    settings = ClientSettings(location=(48.85, 2.35), fallback_reserve_ms=50, tick_s=0.01)
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west", delay_s=5.0)], settings=settings)
     closing.append(rig.client)
     for i in range(3):
         answer = await rig.client.infer(registry.inputs[i], 200, kind="embedding")
@@ -438,3 +440,50 @@ async def test_telemetry_goes_at_once_with_a_session(
     await asyncio.sleep(0.05)
     assert rig.client.stats.other_replies == 1  # its reply is acknowledged, answers no call
     assert len(rig.gateways["eu-west"].acked) == 1
+
+
+async def test_disconnects_during_traffic_lose_and_duplicate_no_reply(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    """300 requests over ~1.8 s with 100 injected drops and reconnects (each reply sent twice, held in
+    the mailbox until acknowledged and redelivered on every reconnect): every call gets exactly one
+    answer; every sent request's reply is acted on exactly once (answered, or reconciled with the
+    fallback's answer when it came late): none lost, none twice; every reply is acknowledged in the
+    end (the mailbox is empty)."""
+    settings = ClientSettings(location=(48.85, 2.35), session_timeout_s=60, tick_s=0.01)
+    gateway = _gateway(registry, "eu-west", delay_s=0.004, copies=2)
+    rig = await _rig(registry, tmp_path, [gateway], settings=settings)
+    closing.append(rig.client)
+    transport = rig.transports["eu-west"]
+    rng = random.Random(3)
+
+    async def chaos() -> None:
+        for _ in range(100):
+            await asyncio.sleep(rng.uniform(0.005, 0.02))
+            transport.drop()
+            await asyncio.sleep(rng.uniform(0.0, 0.025))
+            transport.restore()
+
+    async def call(i: int) -> Answer:
+        await asyncio.sleep(i * 0.006)
+        return await rig.client.infer(registry.inputs[i % 16], 30, kind="embedding")
+
+    task = asyncio.create_task(chaos())
+    answers = await asyncio.gather(*(call(i) for i in range(300)))
+    await task
+    await asyncio.sleep(0.2)  # the last replies and their acks
+    stats = rig.client.stats
+    sent = [a for a in answers if a.request_id != bytes(16)]
+    assert len({a.request_id for a in sent}) == len(sent)
+    assert stats.edge + sum(stats.fallback.values()) == 300
+    late = stats.agreed + stats.disagreed
+    assert stats.edge + late == len(sent)  # each sent request's reply acted on once: none lost
+    assert late == stats.fallback["deadline"]  # each late one reconciled with its fallback answer
+    assert stats.other_replies == 0
+    assert gateway.redelivered > 0
+    assert stats.duplicates > 0
+    assert gateway.held == {}
+    print(
+        f"edge {stats.edge}, fallback {dict(stats.fallback)}, late {late}, "
+        f"duplicates {stats.duplicates}, redelivered {gateway.redelivered}"
+    )
