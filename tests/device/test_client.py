@@ -28,7 +28,7 @@ from edgestream.pipeline.contract.devicereports import DeviceReport
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
 from edgestream.pipeline.errors import ShapeMismatch
 from edgestream.pipeline.models import ModelStore, load_dataset
-from edgestream.pipeline.registry import Manifest, ModelState, SigningKey, TrustedKeys, publish
+from edgestream.pipeline.registry import Manifest, ModelState, SigningKey, TrustedKeys, allow_pin, publish
 from edgestream.pipeline.registry.devicecatalogue import build_catalogue, sign_catalogue
 from edgestream.pipeline.registry.errors import RegistryError
 from edgestream.pipeline.serving.inference import InferenceSession
@@ -487,3 +487,42 @@ async def test_disconnects_during_traffic_lose_and_duplicate_no_reply(
         f"edge {stats.edge}, fallback {dict(stats.fallback)}, late {late}, "
         f"duplicates {stats.duplicates}, redelivered {gateway.redelivered}"
     )
+
+
+async def test_envelopes_carry_the_corrected_clock(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west", offset_ms=120_000.0)])
+    closing.append(rig.client)
+    before = time.time() * 1000
+    await rig.client.infer(registry.inputs[0], 1000, kind="embedding")
+    envelope = decode_envelope(rig.gateways["eu-west"].sent[0][1], max_envelope_bytes=1 << 20)
+    assert before + 119_000 < envelope.capture_time_ms < time.time() * 1000 + 121_000
+
+
+@pytest.mark.parametrize(("device_class", "pinned"), [("low", None), ("mid", 2), ("high", 2)])
+async def test_the_tier_follows_the_device_class(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient], device_class: str, pinned: int | None
+) -> None:
+    """tiny v1 is stable, medium v2 pinnable: a low device sends unpinned (tiny), a mid or high one
+    pins v2 (medium, the biggest tier it may ask for)."""
+    tiny = json.loads(registry.catalogue)["catalogue"]["models"][0]
+    key = registry.key
+    state = publish(
+        ModelState(FAMILY),
+        key.sign(Manifest(FAMILY, 1, "tiny", tiny["sha256"], tiny["bytes"], "float16", (30,))),
+        now_ms=1,
+    )
+    state = publish(state, key.sign(Manifest(FAMILY, 2, "medium", "ab" * 32, 5, "float16", (30,))), now_ms=2)
+    state = allow_pin(state, 2, now_ms=3)
+    now_ms = int(time.time() * 1000)
+    catalogue = sign_catalogue(key, build_catalogue({FAMILY: state}, now_ms=now_ms - 1000, ttl_ms=60_000))
+    gateway = _gateway(registry, "eu-west")
+    gateway.catalogue = catalogue
+    settings = ClientSettings(location=(48.85, 2.35), device_class=device_class, tick_s=0.01)  # type: ignore[arg-type]
+    rig = await _rig(registry, tmp_path, [gateway], settings=settings)
+    closing.append(rig.client)
+    answer = await rig.client.infer(registry.inputs[0], 1000, kind="embedding")
+    envelope = decode_envelope(gateway.sent[0][1], max_envelope_bytes=1 << 20)
+    assert envelope.model_version == pinned
+    assert answer.tier == ("tiny" if pinned is None else "medium")
