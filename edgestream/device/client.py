@@ -47,6 +47,7 @@ from edgestream.device.transport import (
 )
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.fallbacks import MAX_DIGITS
 from edgestream.pipeline.contract.reply import ReplyRefused, open_reply, read_reply_header
 from edgestream.pipeline.errors import ShapeMismatch, UnknownModel
 from edgestream.pipeline.registry.errors import RegistryError
@@ -66,7 +67,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_FALLBACK_REPORT: Final = 999_999
+_MAX_FALLBACK_REPORT: Final = 10**MAX_DIGITS - 1
+"""The most one envelope reports (``pipeline/contract/fallbacks.py``'s header holds 6 digits)."""
 
 
 @dataclass(slots=True)
@@ -274,7 +276,10 @@ class EdgeClient:
             asyncio.get_running_loop().create_future(),
         )
         self._pending[request_id] = pending
-        reported = min(self._fallbacks.pop(entry.family, 0), _MAX_FALLBACK_REPORT)
+        unsent = self._fallbacks.pop(entry.family, 0)
+        reported = min(unsent, _MAX_FALLBACK_REPORT)  # the rest goes on the next ones
+        if unsent > reported:
+            self._fallbacks[entry.family] = unsent - reported
         try:
             await transport.send(entry.input.kind, envelope, fallbacks=reported)
         except TransportUnavailable:
