@@ -1,24 +1,23 @@
 """What the SDK does about a gateway's ``rejected`` frame or a refused session, by reason.
 
-Dead-letter reasons follow ``pipeline/contract/actions.py`` (the contract's per-reason table); the
-gateway's own reasons (``docs/contract.md``, "Gateway") get rows here in the same shape. An envelope the
-gateway rejected never reached Kafka, so its request id left no trace at the edge: a transient
-rejection (``rate_limited``, ``unavailable``) may be resent unchanged after backing off; any other
-rejection spends the request (the fallback answers it). Back-off is exponential with full jitter from
-``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``.
+The rows are the contract's (``pipeline/contract/actions.py``: the dead-letter reasons and the
+gateway's own, ``docs/contract.md``, "Gateway"). An envelope the gateway rejected never reached Kafka,
+so its request id left no trace at the edge: a transient rejection (``rate_limited``, ``unavailable``)
+may be resent unchanged after backing off; any other rejection spends the request (the fallback
+answers it). The hooks are what the app supplies for the actions the SDK cannot take alone; back-off
+is exponential with full jitter from ``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from edgestream.pipeline.contract.actions import DeviceAction, device_action
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from edgestream.device.identity import RegionKey
 
@@ -27,48 +26,15 @@ BACKOFF_MIN_S: Final = 0.1
 BACKOFF_MAX_S: Final = 60.0
 """Longest back-off step."""
 
-GATEWAY_REJECTIONS: Final[Mapping[str, DeviceAction]] = MappingProxyType(
-    {
-        "bad_frame": DeviceAction("fix_client", False, "Not a frame of the gateway protocol: a bug."),
-        "undecodable": DeviceAction("fix_client", False, "The body is not an envelope: an encoder bug."),
-        "device_mismatch": DeviceAction(
-            "fix_client", False, "The envelope names another device than the session's."
-        ),
-        "too_large": DeviceAction("fix_client", False, "Over the envelope limit: send a smaller input."),
-        "rate_limited": DeviceAction(
-            "back_off", True, "Over the session's rate: wait, then resend inside the replay window."
-        ),
-        "unavailable": DeviceAction(
-            "back_off", True, "The gateway could not produce it: wait, then resend inside the window."
-        ),
-    }
-)
-"""Every reason of a gateway ``rejected`` frame and what the SDK does."""
-
-GATEWAY_REFUSALS: Final[Mapping[str, DeviceAction]] = MappingProxyType(
-    {
-        "bad_frame": DeviceAction("fix_client", False, "The auth frame is malformed: a bug."),
-        "bad_device_id": DeviceAction("fix_client", False, "Use the id exactly as provisioned (NFC)."),
-        "unknown_device": DeviceAction(
-            "reprovision_key", False, "Not enrolled in this region's directory, or an old key id."
-        ),
-        "bad_signature": DeviceAction("reprovision_key", False, "The auth key does not match the directory."),
-        "auth_timeout": DeviceAction("back_off", False, "No auth in time: reconnect after backing off."),
-        "overloaded": DeviceAction("back_off", False, "The gateway is full: fail over or back off."),
-    }
-)
-"""Every reason of a gateway ``refused`` frame (a session refused) and what the SDK does."""
-
 
 def rejection_action(reason: str) -> DeviceAction:
-    """The action for a ``rejected`` reason: the gateway's own, else the contract's dead-letter row
-    (``back_off`` for a reason this build does not know)."""
-    return GATEWAY_REJECTIONS.get(reason) or device_action(reason)
+    """The action for a ``rejected`` reason (the gateway's, or a dead-letter reason it relays)."""
+    return device_action(reason)
 
 
 def refusal_action(reason: str) -> DeviceAction:
     """The action for a refused session (``reason`` without its ``refused:`` prefix)."""
-    return GATEWAY_REFUSALS.get(reason) or device_action(reason)
+    return device_action(reason)
 
 
 @dataclass(frozen=True, slots=True)

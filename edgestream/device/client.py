@@ -454,6 +454,8 @@ class EdgeClient:
             key = await self.hooks.reprovision(region, reason)
             if key is not None and region:
                 self.identity.replace(region, key)
+                await self.sessions.replace(region)  # a transport authenticates with its own key
+                await self.sessions.connect(time.monotonic())
         elif action.action == "fix_client" and self.hooks.fix_client is not None:
             self.hooks.fix_client(reason, action.advice)
 

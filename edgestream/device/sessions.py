@@ -4,7 +4,9 @@ The SDK sends through `Sessions.current`: the nearest region (by great-circle di
 whose gateway accepted a session. When its session drops and does not come back within
 ``timeout_s`` (the transport reconnects on its own), or a send finds it unavailable, the next nearest
 that connects becomes current; the nearer ones are tried again every ``retry_nearest_s``. Transports
-of regions left behind stay open: the replies their gateways hold still arrive and are answered.
+of regions left behind stay open: the replies their gateways hold still arrive and are answered. A
+region whose key was re-provisioned gets a new transport (`replace`): a transport authenticates with
+the key it was made with.
 """
 
 from __future__ import annotations
@@ -131,6 +133,16 @@ class Sessions:
                 self.current, self._lost_since = transport, None
                 self.failovers += 1
                 return
+
+    async def replace(self, region: str) -> None:
+        """Close ``region``'s transport and forget it: the next connection makes a new one (with the
+        device's re-provisioned key); the gateway redelivers what it held for the device."""
+        transport = self._transports.pop(region, None)
+        if transport is None:
+            return
+        if self.current is transport:
+            self.current = None
+        await transport.close()
 
     async def close(self) -> None:
         """Close every transport."""

@@ -110,6 +110,44 @@ DEVICE_ACTIONS: Final[Mapping[str, DeviceAction]] = MappingProxyType(
 )
 """Every dead-letter reason, in the order of section 9's table, with what a device does about it."""
 
+GATEWAY_ACTIONS: Final[Mapping[str, DeviceAction]] = MappingProxyType(
+    {
+        # Refusals: the session was not established (``refused``, then the connection closes).
+        "bad_frame": DeviceAction("fix_client", False, "The gateway could not read a frame: a client bug."),
+        "bad_device_id": DEVICE_ACTIONS["bad_device_id"],
+        "unknown_device": DeviceAction(
+            "reprovision_key",
+            False,
+            "No auth key of this id and key id in the gateway's directory: re-provision.",
+        ),
+        "bad_signature": DeviceAction(
+            "reprovision_key",
+            False,
+            "The signature did not verify: wrong key; if a fresh one fails, fix the client.",
+        ),
+        "auth_timeout": DeviceAction(
+            "back_off", False, "No auth in time (a slow link): reconnect after a pause."
+        ),
+        "overloaded": DeviceAction(
+            "back_off", False, "The gateway is full: reconnect later or use the next region."
+        ),
+        # Rejections: the session goes on, this envelope was not produced.
+        "undecodable": DEVICE_ACTIONS["undecodable"],
+        "device_mismatch": DeviceAction(
+            "fix_client", False, "The envelope's device id is not the session's: send only your own."
+        ),
+        "too_large": DeviceAction(
+            "fix_client", False, "Over the envelope (or report) limit: a smaller input or model tier."
+        ),
+        "rate_limited": DEVICE_ACTIONS["rate_limited"],
+        "unavailable": DeviceAction(
+            "back_off", True, "The gateway could not produce it: resend it unchanged, or fail over."
+        ),
+    }
+)
+"""What a device does about each reason a gateway refuses a session or rejects an envelope for
+(``docs/contract.md``, "Gateway"). Codes shared with `DEVICE_ACTIONS` have the same row."""
+
 UNKNOWN_REASON_ACTION: Final = DeviceAction(
     "back_off", False, "A reason this client does not know (a newer edge): back off, report it."
 )
@@ -117,5 +155,6 @@ UNKNOWN_REASON_ACTION: Final = DeviceAction(
 
 
 def device_action(reason: str) -> DeviceAction:
-    """The row for ``reason``; `UNKNOWN_REASON_ACTION` for a code this build does not know."""
-    return DEVICE_ACTIONS.get(reason, UNKNOWN_REASON_ACTION)
+    """The row for ``reason`` (a dead-letter reason, or a gateway's refusal or rejection);
+    `UNKNOWN_REASON_ACTION` for a code this build does not know."""
+    return DEVICE_ACTIONS.get(reason) or GATEWAY_ACTIONS.get(reason, UNKNOWN_REASON_ACTION)

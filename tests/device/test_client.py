@@ -351,17 +351,26 @@ async def test_a_refused_session_reprovisions_the_key(
     registry: Registry, tmp_path: Path, closing: list[EdgeClient]
 ) -> None:
     calls: list[tuple[str, str]] = []
+    new_key = RegionKey(4, os.urandom(32))
 
-    async def reprovision(region: str, why: str) -> None:
+    async def reprovision(region: str, why: str) -> RegionKey:
         calls.append((region, why))
+        return new_key
 
     rig = await _rig(
         registry, tmp_path, [_gateway(registry, "eu-west")], hooks=ActionHooks(reprovision=reprovision)
     )
     closing.append(rig.client)
-    rig.transports["eu-west"].events.put_nowait(Disconnected("eu-west", "refused:unknown_device"))
+    first = rig.transports["eu-west"]
+    first.events.put_nowait(Disconnected("eu-west", "refused:unknown_device"))
     await asyncio.sleep(0.05)
     assert calls == [("eu-west", "refused:unknown_device")]
+    assert rig.client.identity.keys["eu-west"] == new_key
+    second = rig.transports["eu-west"]  # a new transport, made with the new key, is the session now
+    assert second is not first
+    assert not first.connected
+    assert rig.client.sessions.current is second
+    assert second.connected
 
 
 async def test_an_artifact_that_does_not_match_the_catalogue_is_not_loaded(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from edgestream.device.actions import GATEWAY_REFUSALS, GATEWAY_REJECTIONS, Backoff, rejection_action
+from edgestream.device.actions import Backoff, refusal_action, rejection_action
 from edgestream.device.clock import ClockOffset
 from edgestream.device.offline import OfflineQueue
 from edgestream.device.reconcile import Given, Reconciler
@@ -141,8 +141,10 @@ def test_clock_offset_keeps_the_tightest_sample() -> None:
 
 
 def test_action_tables() -> None:
-    assert {r for r, a in GATEWAY_REJECTIONS.items() if a.resend} == {"rate_limited", "unavailable"}
-    assert GATEWAY_REFUSALS["unknown_device"].action == "reprovision_key"
+    resent = ("rate_limited", "unavailable", "too_large", "device_mismatch", "undecodable", "bad_tag")
+    assert [r for r in resent if rejection_action(r).resend] == ["rate_limited", "unavailable"]
+    assert refusal_action("unknown_device").action == "reprovision_key"
+    assert refusal_action("overloaded").action == "back_off"
     assert rejection_action("unknown_model").action == "refresh_catalogue"  # the contract's table
     assert rejection_action("from-a-newer-gateway").action == "back_off"
     b = Backoff()
