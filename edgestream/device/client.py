@@ -125,8 +125,8 @@ class EdgeClient:
         """Connect to the nearest region that answers, sync the clock, take the catalogue (fetched
         and verified, else the verified copy on disk) and load each family's fallback model.
         Raises the catalogue's :class:`RegistryError` when no verified catalogue is available."""
-        self._tasks.append(asyncio.create_task(self._ticker()))
         transport = await self.sessions.connect(time.monotonic())
+        self._tasks.append(asyncio.create_task(self._ticker()))
         if transport is not None:
             with contextlib.suppress(TransportUnavailable, RegistryError):
                 await self._sync_clock(transport)

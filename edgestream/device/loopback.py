@@ -70,6 +70,10 @@ class LoopbackGateway:
     """Flip a bit of each reply's tag."""
     down: bool = False
     """Refuse connections (``unreachable``)."""
+    connect_delay_s: float = 0.0
+    """How long a connection takes (TLS and auth over a slow link)."""
+    sessions: int = 0
+    """Sessions opened (a second one at once would replace the first, as a gateway does)."""
     reject: str | None = None
     """Answer each envelope with ``rejected`` and this reason instead."""
     other_device_key: bytes | None = None
@@ -161,8 +165,11 @@ class LoopbackTransport:
         """A session, unless the gateway is down."""
         del timeout_s
         self.connects += 1
+        if self.gateway.connect_delay_s:
+            await asyncio.sleep(self.gateway.connect_delay_s)
         if self.gateway.down:
             raise TransportUnavailable(self.region, "unreachable")
+        self.gateway.sessions += 1
         self._connected = True
         self._events.put_nowait(Connected(self.region, b"s" * 16, 0))
 

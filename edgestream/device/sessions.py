@@ -11,6 +11,7 @@ the key it was made with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,9 @@ class Sessions:
         """Times the device moved to another region."""
         self.refusals: list[TransportUnavailable] = []
         """Connection failures, most recent last (bounded)."""
+        self._lock = asyncio.Lock()
+        """Held while connecting: one attempt at a time (two would open two sessions, and the
+        gateway keeps one per device: the second replaces the first)."""
 
     @property
     def transports(self) -> dict[str, Transport]:
@@ -79,7 +83,15 @@ class Sessions:
         return transport
 
     async def connect(self, now_s: float, *, skip: str | None = None) -> Transport | None:
-        """Use the nearest region that connects (other than ``skip``); None when none does."""
+        """Use the nearest region that connects (other than ``skip``); None when none does. An
+        attempt under way is waited for, and what it connected is used."""
+        async with self._lock:
+            current = self.current
+            if current is not None and current.connected and current.region != skip:
+                return current
+            return await self._connect(skip)
+
+    async def _connect(self, skip: str | None) -> Transport | None:
         previous = self.current
         for endpoint in self._endpoints:
             if endpoint.region == skip:
@@ -100,7 +112,9 @@ class Sessions:
 
     async def watch(self, now_s: float) -> None:
         """Fail over when the current session stayed down past the timeout; try nearer regions again
-        now and then."""
+        now and then. Nothing while a connection attempt is under way."""
+        if self._lock.locked():
+            return
         current = self.current
         if current is None:
             await self.connect(now_s)
@@ -111,7 +125,8 @@ class Sessions:
                 and now_s - self._nearest_tried_s >= self._retry_nearest_s
             ):
                 self._nearest_tried_s = now_s
-                await self._back_to_nearer(now_s, current)
+                async with self._lock:
+                    await self._back_to_nearer(current)
             return
         if current.connected:
             self._lost_since = None
@@ -124,7 +139,7 @@ class Sessions:
         ):
             self._lost_since = now_s  # nobody else either: keep waiting on this one
 
-    async def _back_to_nearer(self, now_s: float, current: Transport) -> None:
+    async def _back_to_nearer(self, current: Transport) -> None:
         for endpoint in self._endpoints:
             if endpoint.region == current.region:
                 return

@@ -23,6 +23,7 @@ from edgestream.device.client import EdgeClient
 from edgestream.device.identity import DeviceIdentity, RegionKey
 from edgestream.device.loopback import LoopbackGateway, LoopbackTransport
 from edgestream.device.models import NoFallback
+from edgestream.device.sessions import Sessions
 from edgestream.device.transport import Disconnected
 from edgestream.pipeline.contract.devicereports import DeviceReport
 from edgestream.pipeline.contract.envelope import decode_envelope, open_envelope
@@ -535,3 +536,22 @@ async def test_the_tier_follows_the_device_class(
     envelope = decode_envelope(gateway.sent[0][1], max_envelope_bytes=1 << 20)
     assert envelope.model_version == pinned
     assert answer.tier == ("tiny" if pinned is None else "medium")
+
+
+async def test_a_slow_connection_is_opened_once(registry: Registry) -> None:
+    """While a session is being opened (a slow TLS handshake), the background loop and other callers
+    wait for it instead of opening a second one (which the gateway would take as replacing the
+    first)."""
+    gateway = _gateway(registry, "eu-west", connect_delay_s=0.1)
+    made: list[LoopbackTransport] = []
+
+    def make(endpoint: Any) -> LoopbackTransport:
+        made.append(LoopbackTransport(gateway))
+        return made[-1]
+
+    sessions = Sessions(
+        [gateway.endpoint(53.35, -6.26)], make, lambda _: None, timeout_s=1, retry_nearest_s=60
+    )
+    found = await asyncio.gather(sessions.connect(0.0), sessions.watch(0.0), sessions.connect(0.0))
+    assert found[0] is found[2] is made[0]
+    assert (len(made), gateway.sessions) == (1, 1)
