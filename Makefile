@@ -73,6 +73,10 @@ bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/resu
 bench-drift: $(STAMP) ## Drift detector's false alarms and detections, simulated (bench/results/drift.json; < 1 min)
 	@$(BIN)/python -m bench.drift
 
+.PHONY: bench-device
+bench-device: $(STAMP) ## Device SDK: CPU per call, fallback run and deadline (bench/results/device.json; < 1 min)
+	@$(BIN)/python -m bench.device
+
 .PHONY: faults
 faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
 	@$(BIN)/python -m bench.faults

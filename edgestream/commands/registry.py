@@ -433,3 +433,45 @@ def pin(
         fail("give exactly one of --allow V or --disallow V")
     pins = ", ".join(f"v{v}" for v in sorted(state.allowed_pins()))
     _out.print(f"{model}: pinnable {pins}")
+
+
+@app.command()
+def catalogue(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write it (default: <home>/device-catalogue.json)."),
+    ] = None,
+    ttl_hours: Annotated[
+        float, typer.Option("--ttl-hours", min=0.01, help="How long devices accept it (default: a week).")
+    ] = 168.0,
+    home: Home = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Write the signed device catalogue: per family and tier the version devices use, its artifact's
+    sha256 and size and its input spec, signed with the home's key (what the gateway serves)."""
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.pipeline.files import atomic_write
+    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
+    from edgestream.pipeline.registry.devicecatalogue import CATALOGUE_FILE, build_catalogue, sign_catalogue
+    from edgestream.pipeline.registry.publishing import publisher
+    from edgestream.pipeline.registry.signing import SigningKey
+
+    root = registry_home(home)
+    path = out if out is not None else root / CATALOGUE_FILE
+    try:
+        client = publisher(_kafka(bootstrap), root)
+        states = run(client.read_states(strict=False))  # a state that does not verify is left out
+        skipped: list[str] = []
+        built = build_catalogue(states, now_ms=_now_ms(), ttl_ms=int(ttl_hours * 3_600_000), skipped=skipped)
+        key = SigningKey.load(root / SIGNING_KEY_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, sign_catalogue(key, built))
+    except EdgestreamError as e:
+        fail(str(e))
+    for problem in skipped:
+        _out.print(f"warning: left out {problem}")
+    store = LocalArtifactStore(root / ARTIFACTS_DIR)
+    for entry in built.models:
+        if not store.has(entry.sha256):
+            _out.print(f"warning: {entry.family}/{entry.tier} v{entry.version}: artifact not in {store.root}")
+    _out.print(f"device catalogue of {len(built.models)} model(s) in {path}, signed by {key.key_id}")

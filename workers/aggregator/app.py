@@ -45,6 +45,7 @@ from edgestream.topics.catalogue import (
     SUMMARIES_TOPIC,
 )
 from edgestream.workers.aggregator import windows as w
+from edgestream.workers.aggregator.devicereports import add_report_agent
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
 
@@ -99,6 +100,9 @@ class AggregatorSettings(BaseSettings):
     """faust's guarantee; counts are exact with either (offsets are deduplicated in the tables)."""
     home: Path = DEFAULT_HOME
     """Local state; faust's data directory is ``<home>/aggregator``."""
+    report_regions: tuple[str, ...] = ()
+    """Regions whose device reports (``edge.<region>.reports``) it reads (``devicereports.py``);
+    empty: none (until the topics and the aggregator's grant on them exist)."""
 
     @property
     def window_ms(self) -> int:
@@ -367,6 +371,8 @@ def build_app(settings: AggregatorSettings, metrics: AggregatorMetrics | None = 
     _add_summary_agent(app, settings, tables, metrics)
     _add_join_agents(app, settings, _Join(settings, tables))
     add_metrics(app, metrics, _add_view(app, settings, tables))
+    if settings.report_regions:
+        add_report_agent(app, list(settings.report_regions), settings.home / "aggregator", PARTITIONS)
     return app
 
 
