@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,22 @@ MIN_SAMPLES: Final = 200
 """Fewest samples in a window for its drift to be flagged (PSI of fewer is mostly noise)."""
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class ThresholdFn(Protocol):
+    """What gives a test its threshold: ``calibration.threshold``, or a lookup of thresholds simulated
+    elsewhere with the same arguments (the aggregator's, off its event loop)."""
+
+    def __call__(
+        self,
+        bins: int,
+        n: int,
+        m: int,
+        level: float,
+        epsilon: float,
+        source_rows: int | None = None,
+        fine_from: int = 0,
+    ) -> float: ...
 
 
 def quantile_edges(values: npt.ArrayLike, bins: int = DEFAULT_BINS) -> FloatArray:
@@ -265,11 +281,13 @@ def drift_report(
     false_positive_rate: float = FALSE_POSITIVE_RATE,
     source_rows: int | None = None,
     min_samples: int = MIN_SAMPLES,
+    thresholds: ThresholdFn = threshold,
 ) -> DriftReport:
     """PSI per feature of a window's samples (counts in ``reference``'s bins) and of its top-score
     histogram (against ``score_reference``, if given), each with its calibrated threshold:
     ``false_positive_rate`` of unshifted windows flagged, whose samples are drawn from ``source_rows``
-    distinct inputs where that is finite (None: a continuous population)."""
+    distinct inputs where that is finite (None: a continuous population). ``thresholds`` gives each
+    test's threshold (what it raises, e.g. a threshold not simulated yet, propagates)."""
     feature_psi: tuple[float, ...] = ()
     samples = 0
     if reference is not None and feature_counts is not None:
@@ -295,7 +313,7 @@ def drift_report(
         if feature_psi and reference is not None:
             m = reference.samples
             feature_thresholds = tuple(
-                threshold(held_bins(c), samples, m, level, EPSILON, source_rows, min_samples)
+                thresholds(held_bins(c), samples, m, level, EPSILON, source_rows, min_samples)
                 for c in reference.counts
             )
         if score_psi is not None and score_reference is not None:
@@ -303,7 +321,7 @@ def drift_report(
             # The score's reference is its series' first window: its size differs per series, and
             # rounded down to the grid (a little more noise allowed) series share simulations.
             m = grid_floor(int(sum(score_reference)))
-            score_threshold = threshold(held_bins(pooled), score_n, m, level, EPSILON, fine_from=min_samples)
+            score_threshold = thresholds(held_bins(pooled), score_n, m, level, EPSILON, fine_from=min_samples)
     return DriftReport(
         feature_psi, score_psi, samples, feature_thresholds, score_threshold, min_samples, false_positive_rate
     )

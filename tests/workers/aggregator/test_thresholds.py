@@ -1,0 +1,177 @@
+"""The aggregator's drift thresholds off its event loop (``workers/aggregator/thresholds.py``): the same
+thresholds and the same decisions as the inline simulation, and never a simulation on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.learning import calibration
+from edgestream.pipeline.learning.drift import EPSILON, MIN_SAMPLES, training_reference
+from edgestream.pipeline.models import load_dataset
+from edgestream.pipeline.models.shift import shifted_pools
+from edgestream.workers.aggregator import windows as w
+from edgestream.workers.aggregator.thresholds import (
+    SimulationOnLoop,
+    ThresholdPending,
+    Thresholds,
+    next_grid_points,
+    simulate,
+)
+from edgestream.workers.aggregator.view import window_rows
+
+SOURCE_ROWS = 143
+"""The demo's held-out rows, which its devices replay."""
+WINDOW_MS = 15_000
+SIMULATED = calibration.simulated_threshold
+"""The cached simulation (a test may replace the module's name with a watcher)."""
+
+
+@pytest.fixture(autouse=True)
+def few_draws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fewer simulated windows per threshold (both paths read the same constants), in a cache of the
+    test's own: a threshold of fewer draws never reaches another test."""
+    monkeypatch.setattr(calibration, "SIMULATED_DRAWS", 2_000)
+    monkeypatch.setattr(calibration, "MOST_DRAWS", 2_000)
+    SIMULATED.cache_clear()
+    yield
+    SIMULATED.cache_clear()
+
+
+@pytest.fixture
+def thresholds() -> Iterator[Thresholds]:
+    made = Thresholds()
+    yield made
+    made.close()
+    SIMULATED.cache_clear()  # what the thread simulated meanwhile
+
+
+def _windows() -> tuple[dict[str, w.State], list[tuple[str, w.State]]]:
+    """Summary and quality windows of one series as the demo fills them: unshifted inputs, then shifted
+    ones, of sizes below and above the fewest that can flag, with top-score histograms."""
+    reference = training_reference("embedding")
+    rng = np.random.default_rng(7)
+    held_out = load_dataset("embedding").X_test
+    shifted = shifted_pools()[0].X
+    plan = [(held_out, 120), (held_out, 260), (held_out, 390), (shifted, 230), (shifted, 380)]
+    summaries: dict[str, w.State] = {}
+    quality: list[tuple[str, w.State]] = []
+    for i, (pool, n) in enumerate(plan):
+        start = i * WINDOW_MS
+        key = w.window_key("eu", "embedding-scorer", 1, start)
+        X = pool[rng.integers(0, len(pool), n)]
+        state = w.new_quality()
+        state["samples"] = n
+        state["features"] = reference.window_counts(X)
+        quality.append((w.quality_key(0, key), state))
+        summary = PartialSummary("eu", "n", "embedding-scorer", 1, start)
+        for score in rng.beta(8 - 3 * (pool is shifted), 2, n):
+            summary.add_result(0, float(score), 5.0)
+        window = w.new_window("eu", "embedding-scorer", 1, start, WINDOW_MS)
+        w.add_summary(window, summary)
+        summaries[key] = window
+    return summaries, quality
+
+
+def _judged(thresholds: Thresholds, summaries: dict[str, w.State], quality: Any) -> list[dict[str, Any]]:
+    def rows() -> list[dict[str, Any]]:
+        return window_rows(
+            summaries,
+            quality,
+            source_rows=SOURCE_ROWS,
+            thresholds=thresholds,
+            on_reference=lambda r: thresholds.warm(r, calibration.FALSE_POSITIVE_RATE, SOURCE_ROWS),
+        )
+
+    return asyncio.run(thresholds.judged(rows))
+
+
+def test_a_lookup_is_the_inline_threshold(thresholds: Thresholds) -> None:
+    level = calibration.per_test_level(0.05, 31)
+    keys = [(10, 250, 426, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES), (7, 90, 300, level, EPSILON, None, 200)]
+    for key in keys:
+        with pytest.raises(ThresholdPending):
+            thresholds(*key)
+    asyncio.run(thresholds.judged(lambda: [{"drift": {"pending": bool(thresholds.pending())}}]))
+    inline = [calibration.threshold(*key) for key in keys]
+    assert [thresholds(*key) for key in keys] == inline
+    assert len(set(inline)) == 2
+
+
+def test_the_same_windows_get_the_same_decisions_on_both_paths(thresholds: Thresholds) -> None:
+    """Every row (PSI, thresholds, flags) equals the inline path's; the first look at the windows,
+    before any threshold is simulated, judges none (nothing flagged), and the eventual judgement is
+    today's. The windows hold flagged and unflagged ones, so a wrong threshold would show."""
+    summaries, quality = _windows()
+    first = window_rows(summaries, quality, source_rows=SOURCE_ROWS, thresholds=thresholds)
+    assert all(row["drift"]["pending"] and not row["drift"]["flagged"] for row in first)
+    judged = _judged(thresholds, summaries, quality)
+    inline = window_rows(summaries, quality, source_rows=SOURCE_ROWS)
+    assert judged == inline
+    flags = [row["drift"]["flagged"] for row in inline]
+    assert flags == [False, False, False, True, True]
+    assert inline[-1]["drift"]["score_threshold"] is not None  # the score test was judged too
+
+
+def test_the_event_loop_never_simulates(thresholds: Thresholds, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging windows from inside a running loop simulates every threshold on another thread; the
+    simulation refuses to run on a loop's thread."""
+    threads: list[tuple[str, bool]] = []
+    inline = calibration.simulated_threshold
+
+    def watched(*args: Any) -> float:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        threads.append((threading.current_thread().name, on_loop))
+        return inline(*args)
+
+    monkeypatch.setattr(calibration, "simulated_threshold", watched)
+    summaries, quality = _windows()
+    assert len(_judged(thresholds, summaries, quality)) == 5
+    assert threads, "no threshold was simulated"
+    assert not [t for t in threads if t[1]], threads
+    assert {name for name, _ in threads} == {"drift-thresholds"}
+
+    async def on_the_loop() -> None:
+        simulate((10, 250, 426, None, 0.01, EPSILON))
+
+    with pytest.raises(SimulationOnLoop):
+        asyncio.run(on_the_loop())
+
+
+def test_a_failed_simulation_fails_its_lookup_as_inline(thresholds: Thresholds) -> None:
+    with pytest.raises(ThresholdPending):
+        thresholds(10, 250, 0, 0.01, EPSILON)  # a reference of no samples
+    asyncio.run(thresholds.judged(lambda: [{"drift": {"pending": bool(thresholds.pending())}}]))
+    with pytest.raises(calibration.DriftError):
+        thresholds(10, 250, 0, 0.01, EPSILON)
+    with pytest.raises(calibration.DriftError):
+        calibration.threshold(10, 250, 0, 0.01, EPSILON)
+
+
+def test_warming_queues_the_grid_a_window_fills_through() -> None:
+    made = Thresholds(warm_samples=260)
+    try:
+        assert next_grid_points(198, 200, 3) == [207, 216, 225]
+        assert next_grid_points(91, 200, 2) == [128, 182]  # the coarse grid below 200
+        reference = training_reference("embedding")
+        made.warm(reference, 0.05, SOURCE_ROWS)
+        made.warm(reference, 0.05, SOURCE_ROWS)  # once
+        asyncio.run(made.judged(lambda: [{"drift": {"pending": False}}]))
+        level = calibration.per_test_level(0.05, reference.n_features)
+        while not made.idle():
+            threading.Event().wait(0.05)
+        for n in (200, 207, 216, 225, 235, 246, 259):
+            assert made(10, n, reference.samples, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES) > 0
+    finally:
+        made.close()
+        SIMULATED.cache_clear()

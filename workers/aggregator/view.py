@@ -1,0 +1,126 @@
+"""The aggregator's view: one JSON-ready row per window (summary counters, the label join's quality,
+drift judged against its reference), computed from the faust tables' values.
+
+Drift thresholds come from ``thresholds`` (``calibration.threshold`` by default: a simulation where a
+key was not simulated before). The app passes `Thresholds`, which never simulates on the event loop: a
+window whose threshold is still being simulated gets a *pending* drift (not judged, not flagged;
+``pending_drift``) and is judged on a later call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edgestream.pipeline.contract.cloud import percentile_ms
+from edgestream.pipeline.learning.calibration import FALSE_POSITIVE_RATE, threshold
+from edgestream.pipeline.learning.drift import FeatureReference, ThresholdFn, drift_report
+from edgestream.workers.aggregator import windows as w
+from edgestream.workers.aggregator.references import kind_reference
+from edgestream.workers.aggregator.thresholds import ThresholdPending
+
+OnReference = Callable[[FeatureReference], None]
+"""Told each reference a window is judged against (the app warms its thresholds)."""
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def window_rows(
+    summary_windows: dict[str, w.State],
+    quality_windows: list[tuple[str, w.State]],
+    references: Mapping[tuple[str, int], FeatureReference] | None = None,
+    *,
+    false_positive_rate: float = FALSE_POSITIVE_RATE,
+    source_rows: int | None = None,
+    thresholds: ThresholdFn = threshold,
+    on_reference: OnReference | None = None,
+) -> list[dict[str, Any]]:
+    """The view: one row per window (summary or join counters), oldest first, JSON-ready; each row's
+    drift carries the thresholds it was judged by, calibrated to its sample count (or is pending, see
+    the module).
+
+    The score distribution's drift is against the first window still held for the same (region, model,
+    version): the edge sends no reference scores, and the training scores need the model (not done).
+    """
+    joined = w.sum_quality(quality_windows)
+    keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
+    first_scores: dict[str, list[int]] = {}
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        region, model, version, start = w.parse_window_key(key)
+        summary = summary_windows.get(key)
+        quality = joined.get(key, {"samples": 0, "joined": 0, "correct": 0, "features": None})
+        results = summary["results"] if summary else 0
+        dead = sum(summary["dead_letters"].values()) if summary else 0
+        latency = summary["latency"] if summary else []
+        scores = summary["scores"] if summary else None
+        series = key.rpartition("@")[0]
+        baseline = first_scores.get(series)
+        if baseline is None and scores is not None and sum(scores) > 0:
+            first_scores[series] = scores
+        own = (references or {}).get((model, version))
+        reference = own or kind_reference(model)
+        if reference is not None and on_reference is not None:
+            on_reference(reference)
+        try:
+            report = drift_report(
+                reference,
+                quality["features"] if reference is not None else None,
+                score_reference=baseline,
+                score_counts=scores,
+                false_positive_rate=false_positive_rate,
+                source_rows=source_rows,
+                thresholds=thresholds,
+            )
+            drift = {**report.to_dict(), "pending": False}
+        except ThresholdPending:
+            drift = pending_drift(quality["features"] if reference is not None else None, false_positive_rate)
+        rows.append(
+            {
+                "key": key,
+                "region": region,
+                "model": model,
+                "version": version,
+                "start_ms": start,
+                "summaries": summary["summaries"] if summary else 0,
+                "results": results,
+                "dead_letters": dict(summary["dead_letters"]) if summary else {},
+                "dead_letter_rate": dead / (results + dead) if results + dead else None,
+                "latency_ms": {f"p{p}": _finite(percentile_ms(latency, p)) for p in w.PERCENTILES},
+                "latency_buckets": latency,
+                "labels": dict(summary["labels"]) if summary else {},
+                "scores": scores,
+                "samples": quality["samples"],
+                "joined": quality["joined"],
+                "accuracy": quality["correct"] / quality["joined"] if quality["joined"] else None,
+                "drift": {
+                    **drift,
+                    "reference": "version" if own is not None else "training" if reference else None,
+                },
+            }
+        )
+    return rows
+
+
+def pending_drift(features: list[list[int]] | None, false_positive_rate: float) -> dict[str, Any]:
+    """The drift of a window whose thresholds are still being simulated: the keys of
+    ``DriftReport.to_dict`` with nothing judged (not flagged) and ``pending`` true."""
+    return {
+        "feature_psi": [],
+        "score_psi": None,
+        "samples": int(sum(features[0])) if features else 0,
+        "max_psi": None,
+        "worst_feature": None,
+        "worst_test": None,
+        "worst_psi": None,
+        "threshold": None,
+        "excess": None,
+        "flagged": False,
+        "feature_thresholds": [],
+        "score_threshold": None,
+        "false_positive_rate": false_positive_rate,
+        "pending": True,
+    }
