@@ -46,7 +46,7 @@ from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
 from edgestream.workers.aggregator.thresholds import Thresholds
-from edgestream.workers.aggregator.view import window_rows
+from edgestream.workers.aggregator.view import joined_rows
 
 log = logging.getLogger(__name__)
 
@@ -325,35 +325,34 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
 
 def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> Rows:
     """The web view, and the timer that keeps the versions' own drift references fresh for it; returns
-    what computes the view's rows (a window whose drift thresholds are still being simulated, off the
-    event loop, is pending there; the view waits for them)."""
+    what computes the view's rows (awaiting, off the event loop, the drift thresholds they need)."""
     references = References()
     thresholds = Thresholds()
     rate, source_rows = settings.drift_false_positive_rate, settings.drift_source_rows
 
-    def rows() -> list[dict[str, Any]]:
-        windows, quality = dict(tables.windows.items()), list(tables.quality.items())
-        return window_rows(
-            windows,
-            quality,
-            references.by_version,
-            false_positive_rate=rate,
-            source_rows=source_rows,
-            thresholds=thresholds,
-            on_reference=lambda reference: thresholds.warm(reference, rate, source_rows),
+    async def rows() -> list[dict[str, Any]]:
+        windows, joined = dict(tables.windows.items()), w.sum_quality(list(tables.quality.items()))
+        by_version = references.by_version
+        return await thresholds.judged(
+            lambda: joined_rows(
+                windows,
+                joined,
+                by_version,
+                false_positive_rate=rate,
+                source_rows=source_rows,
+                thresholds=thresholds,
+            )
         )
 
     @app.task  # type: ignore[untyped-decorator]
     async def warm_references() -> None:
-        """Load the zoo's training references and queue their thresholds at start, off the loop: the
-        first sample loaded its dataset inside the loop (~3 s of CPU a demo's agents waited out)."""
+        """Load the zoo's training references at start, off the loop: the first sample loaded its
+        dataset inside the loop (~3 s of CPU a demo's agents waited out)."""
         from edgestream.pipeline.models.zoo import FAMILIES
 
         loop = asyncio.get_running_loop()
         for model in FAMILIES:
-            reference = await loop.run_in_executor(None, kind_reference, model)
-            if reference is not None:
-                thresholds.warm(reference, rate, source_rows)
+            await loop.run_in_executor(None, kind_reference, model)
 
     @app.timer(interval=settings.registry_refresh_s)  # type: ignore[untyped-decorator]
     async def refresh_references() -> None:
@@ -368,8 +367,7 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
     @app.page(VIEW_PATH)
     async def view(web: Any, request: Any) -> Any:
         del request
-        judged = await thresholds.judged(rows)
-        return web.json({"window_s": settings.window_s, "false_positive_rate": rate, "windows": judged})
+        return web.json({"window_s": settings.window_s, "false_positive_rate": rate, "windows": await rows()})
 
     del warm_references, refresh_references, view
     return rows

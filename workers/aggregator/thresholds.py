@@ -2,50 +2,41 @@
 
 A calibrated threshold (``pipeline/learning/calibration.py``) is a simulation of ~0.25 s of CPU per
 (bins, grid n, m, source rows, level) key. The aggregator judges its windows inside faust's event loop
-(the view and the flag-count timer), and simulating there stalled every agent for the whole simulation:
-about a third of its CPU in a demo's first minutes, the records meanwhile waiting.
+(the view and the flag-count timer), and simulating there stalled every agent for the whole simulation
+(42% of its CPU samples 10-70 s into a demo, py-spy), the records meanwhile waiting.
 
 `Thresholds` is a drop-in for ``calibration.threshold`` whose lookup never simulates: it answers from
 the thresholds already simulated, or queues the key for its own thread and raises `ThresholdPending`
-(the window is judged later: the flag-count timer judges it on its next tick, the view awaits it). The
-thread calls the same ``calibration.simulated_threshold`` with the same arguments (same seeds), so a
-threshold and every decision made with it are those of the inline path. Keys asked for (demand) go
-before keys warmed ahead of need: when a reference is first judged, the fine grid from the fewest
-samples that can flag a window up to ``warm_samples`` at both test counts (with and without the score
-test); after each demand, the next grid points of the same key, since windows fill upwards.
+(`judged` awaits the thread, the loop running meanwhile, and computes the rows again from the same
+counts: the view and the flag-count timer never see a pending window). The thread calls the same
+``calibration.simulated_threshold`` with the same arguments (same seeds), so a threshold and every
+decision made with it are those of the inline path, and the thread simulates exactly the keys the
+inline path would have (no more CPU in all; ``bench/aggregator``).
+
+Simulating ahead of need did not pay: warming the fine grid from 200 to 400 samples at both test
+counts when a reference loads (34 simulations), and the next grid points after each one asked for,
+took 4x the CPU of the inline path in a 25 s replay at the demo's rate, because a window is judged
+every 10 s and so at a few of the grid points it fills through, not at each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.learning import calibration
-from edgestream.pipeline.learning.calibration import grid_floor, held_bins, per_test_level
-from edgestream.pipeline.learning.drift import EPSILON, MIN_SAMPLES, FeatureReference
+from edgestream.pipeline.learning.calibration import grid_floor
 
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int, int, int | None, float, float]
 """(bins, n on the grid, m, source rows, level, epsilon): the arguments of ``simulated_threshold``."""
-
-DEMAND: Final = 0
-"""Queue priority of a key a judgement is waiting for."""
-AHEAD: Final = 1
-"""Queue priority of a key simulated ahead of need (the next grid points of a demanded key)."""
-WARM: Final = 2
-"""Queue priority of a key warmed when a reference is first judged."""
-LOOKAHEAD: Final = 2
-"""Grid points above a demanded one queued ahead of need."""
-WARM_SAMPLES: Final = 2 * MIN_SAMPLES
-"""Largest window sample count whose feature thresholds are warmed per reference."""
 
 
 class ThresholdPending(EdgestreamError):
@@ -77,31 +68,14 @@ def simulate(key: Key) -> float:
     return calibration.simulated_threshold(bins, n, m, source_rows, level, epsilon)
 
 
-def next_grid_points(n: int, fine_from: int, count: int) -> list[int]:
-    """The ``count`` grid points (``calibration.grid_floor``) above the grid point ``n``."""
-    out: list[int] = []
-    probe = n
-    while len(out) < count:
-        probe += 1
-        point = grid_floor(probe, fine_from)
-        if point > (out[-1] if out else n):
-            out.append(point)
-    return out
-
-
 class Thresholds:
     """``calibration.threshold`` from thresholds simulated on a thread of its own (see the module)."""
 
-    def __init__(self, warm_samples: int = WARM_SAMPLES) -> None:
-        self._warm_samples = warm_samples
+    def __init__(self) -> None:
         self._futures: dict[Key, concurrent.futures.Future[float]] = {}
         """Every key ever queued -> its threshold (done once simulated)."""
-        self._queue: queue.PriorityQueue[tuple[int, int, Key | None]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._warmed: set[tuple[int, float, int | None, int]] = set()
-        """(id of a reference, rate, source rows, fine_from) already warmed."""
-        self._references: list[FeatureReference] = []
-        """The references warmed (kept alive, so their ids stay theirs)."""
+        self._keys: queue.SimpleQueue[Key | None] = queue.SimpleQueue()
+        """Keys for the thread, in the order asked (None: stop)."""
         self._demanded: set[Key] = set()
         """Keys a judgement asked for that may not be simulated yet."""
         self._thread: threading.Thread | None = None
@@ -117,37 +91,14 @@ class Thresholds:
         fine_from: int = 0,
     ) -> float:
         """The threshold ``calibration.threshold`` gives for these arguments, if already simulated;
-        else queues it (and the next grid points) and raises `ThresholdPending`."""
+        else queues it and raises `ThresholdPending`."""
         key: Key = (bins, grid_floor(n, fine_from), m, source_rows, level, epsilon)
         future = self._futures.get(key)
         if future is not None and future.done():
             return future.result()
         self._demanded.add(key)
-        self._queue_key(key, DEMAND)
-        for point in next_grid_points(key[1], fine_from, LOOKAHEAD):
-            self._queue_key((bins, point, m, source_rows, level, epsilon), AHEAD)
+        self._queue(key)
         raise ThresholdPending(f"drift threshold {key} is being simulated")
-
-    def warm(
-        self, reference: FeatureReference, rate: float, source_rows: int | None, fine_from: int = MIN_SAMPLES
-    ) -> None:
-        """Queue the feature thresholds of ``reference`` at window-level false-positive ``rate`` for
-        windows of ``fine_from`` up to ``warm_samples`` samples, with and without a score test, unless
-        done before."""
-        mark = (id(reference), rate, source_rows, fine_from)
-        if mark in self._warmed:
-            return
-        self._warmed.add(mark)
-        self._references.append(reference)
-        tests = reference.n_features
-        levels = [per_test_level(rate, t) for t in (tests, tests + 1)]
-        bins = sorted({held_bins(c) for c in reference.counts})
-        points = [grid_floor(fine_from, fine_from)]
-        while points[-1] < self._warm_samples:
-            points.extend(next_grid_points(points[-1], fine_from, 1))
-        for n in points:
-            for level, b in itertools.product(levels, bins):
-                self._queue_key((b, n, reference.samples, source_rows, level, EPSILON), WARM)
 
     def pending(self) -> list[concurrent.futures.Future[float]]:
         """The thresholds a judgement asked for and not yet simulated."""
@@ -170,22 +121,18 @@ class Thresholds:
             if waiting:
                 await asyncio.wait(waiting)
 
-    def _queue_key(self, key: Key, priority: int) -> None:
-        """Queue ``key`` unless queued before (a demand re-queues it first: its earlier, lower entry
-        is skipped when reached)."""
-        future = self._futures.get(key)
-        if future is None:
-            future = self._futures[key] = concurrent.futures.Future()
-        elif future.done() or priority != DEMAND:
-            return
-        self._queue.put((priority, next(self._order), key))
-        self._start()
+    def _queue(self, key: Key) -> None:
+        """Queue ``key`` for the thread unless queued before."""
+        if key not in self._futures:
+            self._futures[key] = concurrent.futures.Future()
+            self._keys.put(key)
+            self._start()
 
     def close(self) -> None:
         """Stop the simulation thread once its current simulation ends (what is queued stays pending)."""
         thread, self._thread = self._thread, None
         if thread is not None:
-            self._queue.put((-1, next(self._order), None))
+            self._keys.put(None)
             thread.join()
 
     def _start(self) -> None:
@@ -194,9 +141,9 @@ class Thresholds:
             self._thread.start()
 
     def _run(self) -> None:
-        """The simulation thread: keys by priority, then in the order queued."""
+        """The simulation thread: keys in the order asked."""
         while True:
-            _, _, key = self._queue.get()
+            key = self._keys.get()
             if key is None:
                 return
             future = self._futures[key]

@@ -4,13 +4,14 @@ drift judged against its reference), computed from the faust tables' values.
 Drift thresholds come from ``thresholds`` (``calibration.threshold`` by default: a simulation where a
 key was not simulated before). The app passes `Thresholds`, which never simulates on the event loop: a
 window whose threshold is still being simulated gets a *pending* drift (not judged, not flagged;
-``pending_drift``) and is judged on a later call.
+``pending_drift``), and ``Thresholds.judged`` computes the rows again from the same counts
+(`joined_rows`) once the thread has simulated what they wait for.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from edgestream.pipeline.contract.cloud import percentile_ms
@@ -19,9 +20,6 @@ from edgestream.pipeline.learning.drift import FeatureReference, ThresholdFn, dr
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.references import kind_reference
 from edgestream.workers.aggregator.thresholds import ThresholdPending
-
-OnReference = Callable[[FeatureReference], None]
-"""Told each reference a window is judged against (the app warms its thresholds)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -36,7 +34,6 @@ def window_rows(
     false_positive_rate: float = FALSE_POSITIVE_RATE,
     source_rows: int | None = None,
     thresholds: ThresholdFn = threshold,
-    on_reference: OnReference | None = None,
 ) -> list[dict[str, Any]]:
     """The view: one row per window (summary or join counters), oldest first, JSON-ready; each row's
     drift carries the thresholds it was judged by, calibrated to its sample count (or is pending, see
@@ -45,7 +42,29 @@ def window_rows(
     The score distribution's drift is against the first window still held for the same (region, model,
     version): the edge sends no reference scores, and the training scores need the model (not done).
     """
-    joined = w.sum_quality(quality_windows)
+    return joined_rows(
+        summary_windows,
+        w.sum_quality(quality_windows),
+        references,
+        false_positive_rate=false_positive_rate,
+        source_rows=source_rows,
+        thresholds=thresholds,
+    )
+
+
+def joined_rows(
+    summary_windows: Mapping[str, w.State],
+    joined: Mapping[str, w.State],
+    references: Mapping[tuple[str, int], FeatureReference] | None = None,
+    *,
+    false_positive_rate: float = FALSE_POSITIVE_RATE,
+    source_rows: int | None = None,
+    thresholds: ThresholdFn = threshold,
+) -> list[dict[str, Any]]:
+    """`window_rows` of quality windows already added up over the partitions (``windows.sum_quality``,
+    which copies their counts): computed again from the same arguments, a row is judged from the same
+    counts while the agents go on adding to the tables (the summary windows' score lists are replaced,
+    never changed in place, by ``windows.add_summary``)."""
     keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
     first_scores: dict[str, list[int]] = {}
     rows: list[dict[str, Any]] = []
@@ -63,8 +82,6 @@ def window_rows(
             first_scores[series] = scores
         own = (references or {}).get((model, version))
         reference = own or kind_reference(model)
-        if reference is not None and on_reference is not None:
-            on_reference(reference)
         try:
             report = drift_report(
                 reference,

@@ -21,10 +21,9 @@ from edgestream.workers.aggregator.thresholds import (
     SimulationOnLoop,
     ThresholdPending,
     Thresholds,
-    next_grid_points,
     simulate,
 )
-from edgestream.workers.aggregator.view import window_rows
+from edgestream.workers.aggregator.view import joined_rows, window_rows
 
 SOURCE_ROWS = 143
 """The demo's held-out rows, which its devices replay."""
@@ -80,14 +79,11 @@ def _windows() -> tuple[dict[str, w.State], list[tuple[str, w.State]]]:
 
 
 def _judged(thresholds: Thresholds, summaries: dict[str, w.State], quality: Any) -> list[dict[str, Any]]:
+    """The rows as the app judges them: the thresholds simulated off the loop, awaited on it."""
+    joined = w.sum_quality(quality)
+
     def rows() -> list[dict[str, Any]]:
-        return window_rows(
-            summaries,
-            quality,
-            source_rows=SOURCE_ROWS,
-            thresholds=thresholds,
-            on_reference=lambda r: thresholds.warm(r, calibration.FALSE_POSITIVE_RATE, SOURCE_ROWS),
-        )
+        return joined_rows(summaries, joined, source_rows=SOURCE_ROWS, thresholds=thresholds)
 
     return asyncio.run(thresholds.judged(rows))
 
@@ -156,22 +152,3 @@ def test_a_failed_simulation_fails_its_lookup_as_inline(thresholds: Thresholds) 
         thresholds(10, 250, 0, 0.01, EPSILON)
     with pytest.raises(calibration.DriftError):
         calibration.threshold(10, 250, 0, 0.01, EPSILON)
-
-
-def test_warming_queues_the_grid_a_window_fills_through() -> None:
-    made = Thresholds(warm_samples=260)
-    try:
-        assert next_grid_points(198, 200, 3) == [207, 216, 225]
-        assert next_grid_points(91, 200, 2) == [128, 182]  # the coarse grid below 200
-        reference = training_reference("embedding")
-        made.warm(reference, 0.05, SOURCE_ROWS)
-        made.warm(reference, 0.05, SOURCE_ROWS)  # once
-        asyncio.run(made.judged(lambda: [{"drift": {"pending": False}}]))
-        level = calibration.per_test_level(0.05, reference.n_features)
-        while not made.idle():
-            threading.Event().wait(0.05)
-        for n in (200, 207, 216, 225, 235, 246, 259):
-            assert made(10, n, reference.samples, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES) > 0
-    finally:
-        made.close()
-        SIMULATED.cache_clear()
