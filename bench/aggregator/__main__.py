@@ -1,7 +1,8 @@
 """``python -m bench.aggregator``: the aggregator's CPU per record and the lag of its event loop at the
-demo's rate, with drift thresholds simulated on the loop (``inline``, before) and off it (``offloop``,
-after), side by side in one process (``replay.py``), into ``bench/results/aggregator.json`` and
-``aggregator.png`` (about 2.5 minutes per round with the default 60 s replays)."""
+demo's rate, before (drift thresholds simulated on the loop, the old per-record steps) and after
+(thresholds off the loop, today's steps), side by side in one process (``replay.py``), into
+``bench/results/aggregator.json`` and ``aggregator.png`` (about 2.5 minutes per round with the default
+60 s replays)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
     lag.set_ylabel("event-loop lag (ms)")
     lag.set_title("event-loop lag (10 ms probe)")
     lag.legend()
-    fig.suptitle("drift thresholds simulated on the loop (inline) vs off it (offloop)")
+    fig.suptitle("aggregator replayed at the demo's rate: before vs after (thresholds off the loop)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

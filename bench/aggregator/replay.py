@@ -3,18 +3,20 @@ loop without faust or a broker, so that two ways of getting thresholds run side 
 
 The stream is the demo's (``workers/local/demo_settings.py``): 150 requests/s over three regions, half
 embeddings (the held-out rows the devices replay, then rows of the shifted pool from ``shift_s`` on),
-half frames, a sample and a label per request, a partial summary per (region, model) a second, 15 s
-windows. Each record goes through what the app's agents do to it (``app.py``: decode, the summary
-window, the re-keying hop's decode, ``_Join.apply`` with its bins), with tables that serialise each
-value they are given as faust serialises a changelog record (JSON; the produce itself is not
-emulated). Every ``flag_interval_s`` the view's rows are judged (the flag-count timer), the way named:
-``inline`` (``calibration.threshold``, today's: a threshold not simulated yet is simulated there) or
-``offloop`` (``workers/aggregator/thresholds.py``). A probe on the loop measures its lag.
-"""
+half frames, a sample per embedding request (frames are never sampled) and a label per request, a
+partial summary per (region, model) a second, 15 s windows. Each record goes through what the app's
+agents do to it (``app.py``: decode, the summary window, the re-keying hop's decode, ``_Join.apply``
+with its bins), with tables that serialise each value they are given as faust serialises a changelog
+record (JSON; the produce itself is not emulated). Every ``flag_interval_s`` the view's rows are judged
+(the flag-count timer). Two modes: ``before`` (thresholds simulated on the loop by
+``calibration.threshold``, and the per-record steps of ``before.py``) and ``after`` (today's code:
+``workers/aggregator/thresholds.py`` off the loop, the one-comparison ``bins_of``, the nesting check
+that skips scalars). A probe on the loop measures its lag."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -24,20 +26,21 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from bench.aggregator import before
 from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample
 from edgestream.pipeline.learning import calibration
-from edgestream.pipeline.learning.drift import ThresholdFn
+from edgestream.pipeline.learning.drift import FeatureReference, ThresholdFn
 from edgestream.pipeline.models import load_dataset
 from edgestream.pipeline.models.shift import shifted_pools
 from edgestream.workers.aggregator import windows as w
-from edgestream.workers.aggregator.app import AggregatorSettings, _Join, _Tables
+from edgestream.workers.aggregator.app import PARTITIONS, AggregatorSettings, _Join, _Tables
 from edgestream.workers.aggregator.references import kind_reference
 from edgestream.workers.aggregator.thresholds import Thresholds
 from edgestream.workers.aggregator.view import joined_rows
 
-Mode = Literal["inline", "offloop"]
+Mode = Literal["before", "after"]
 """How the view gets its thresholds."""
-MODES: Final[tuple[Mode, ...]] = ("inline", "offloop")
+MODES: Final[tuple[Mode, ...]] = ("before", "after")
 REGIONS: Final = ("eu-west", "us-east", "ap-south")
 """The demo's regions."""
 MODELS: Final = ("embedding-scorer", "frame-classifier")
@@ -120,15 +123,14 @@ def records(setting: Setting, seed: int = 1) -> list[tuple[float, str, bytes]]:
     for i in range(n):
         at_s = i / setting.rate_per_s
         region, model = REGIONS[i % len(REGIONS)], MODELS[(i // len(REGIONS)) % len(MODELS)]
-        features: tuple[float, ...] = ()
-        if model == MODELS[0]:
-            pool = held_out if at_s < setting.shift_s else shifted
-            features = tuple(float(x) for x in pool[rng.integers(0, len(pool))])
         rid = os.urandom(16)
         at_ms = t0 + int(at_s * 1000)
         label = int(rng.integers(0, 2))
-        sample = Sample(rid, region, model, 1, at_ms, b"d" * 16, features, label, (0.3, 0.7))
-        out.append((at_s, "samples", sample.to_bytes()))
+        if model == MODELS[0]:  # frames are never sampled
+            pool = held_out if at_s < setting.shift_s else shifted
+            features = tuple(float(x) for x in pool[rng.integers(0, len(pool))])
+            sample = Sample(rid, region, model, 1, at_ms, b"d" * 16, features, label, (0.3, 0.7))
+            out.append((at_s, "samples", sample.to_bytes()))
         out.append((at_s + 0.05, "labels", Label(rid, model, label, at_ms + 50).to_bytes()))
     for second in range(int(setting.duration_s)):
         for region in REGIONS:
@@ -144,16 +146,21 @@ def records(setting: Setting, seed: int = 1) -> list[tuple[float, str, bytes]]:
 class _Agents:
     """What the app's agents do per record, over changelog-serialising tables."""
 
-    def __init__(self, setting: Setting) -> None:
+    def __init__(self, setting: Setting, mode: Mode = "after") -> None:
+        self._bins_of = before.bins_of if mode == "before" else FeatureReference.bins_of
         settings = AggregatorSettings(window_s=setting.window_s)
         self.tables = _Tables(_ChangelogTable(), _ChangelogTable(), _ChangelogTable())
         self._join = _Join(settings, self.tables)
         self._window_ms = settings.window_ms
         self._offsets: dict[str, int] = {}
 
-    def _event(self, topic: str, raw: bytes) -> Any:
-        offset = self._offsets[topic] = self._offsets.get(topic, -1) + 1
-        return SimpleNamespace(value=raw, message=SimpleNamespace(topic=topic, partition=0, offset=offset))
+    def _event(self, topic: str, raw: bytes, key: bytes = b"\0") -> Any:
+        """The faust event of ``raw`` on the partition its key hashes to (as the app's topics are)."""
+        partition = key[0] % PARTITIONS
+        source = f"{topic}:{partition}"
+        offset = self._offsets[source] = self._offsets.get(source, -1) + 1
+        message = SimpleNamespace(topic=topic, partition=partition, offset=offset)
+        return SimpleNamespace(value=raw, message=message)
 
     def handle(self, topic: str, raw: bytes) -> int:
         """One record (and the re-keyed copy a sample becomes); returns the records handled."""
@@ -172,21 +179,21 @@ class _Agents:
         if topic == "labels":
             label = Label.from_bytes(raw)
             self._join.apply(
-                self._event(topic, raw),
+                self._event(topic, raw, label.request_id),
                 label.request_id,
                 lambda s, o, fresh: w.add_label(s, label, o, fresh=fresh),
                 [],
             )
             return 1
         Sample.from_bytes(raw)  # the re-keying hop decodes it once
-        sample = Sample.from_bytes(raw)
+        sample = Sample.from_bytes(raw)  # and the join once more
         reference = kind_reference(sample.model)
         bins, n_bins = None, []
         if reference is not None and len(sample.features) == reference.n_features:
-            bins = reference.bins_of(sample.features)
+            bins = self._bins_of(reference, sample.features)
             n_bins = [len(c) for c in reference.counts]
         self._join.apply(
-            self._event("by-rid", raw),
+            self._event("by-rid", raw, sample.request_id),
             sample.request_id,
             lambda s, o, fresh: w.add_sample(s, sample, o, self._window_ms, fresh=fresh, bins=bins),
             n_bins,
@@ -235,11 +242,16 @@ async def _judge(
 
 
 async def replay(mode: Mode, setting: Setting, stream: list[tuple[float, str, bytes]]) -> Measured:
-    """Feed ``stream`` at its own pace through the agents, judging with ``mode``'s thresholds."""
+    """Feed ``stream`` at its own pace through the agents, in ``mode``."""
+    with before.old_depth_check() if mode == "before" else contextlib.nullcontext():
+        return await _replay(mode, setting, stream)
+
+
+async def _replay(mode: Mode, setting: Setting, stream: list[tuple[float, str, bytes]]) -> Measured:
     calibration.simulated_threshold.cache_clear()  # each mode simulates what it needs from scratch
     measured = Measured(mode)
-    agents = _Agents(setting)
-    thresholds: ThresholdFn = Thresholds() if mode == "offloop" else calibration.threshold
+    agents = _Agents(setting, mode)
+    thresholds: ThresholdFn = Thresholds() if mode == "after" else calibration.threshold
     stop = asyncio.Event()
     cpu, loop_cpu = time.process_time(), time.thread_time()
     started = time.monotonic()
