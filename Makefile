@@ -68,6 +68,10 @@ bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/resu
 bench-drift: $(STAMP) ## Drift detector's false alarms and detections, simulated (bench/results/drift.json; < 1 min)
 	@$(BIN)/python -m bench.drift
 
+.PHONY: bench-aggregator
+bench-aggregator: $(STAMP) ## The aggregator's CPU per record and loop lag, before vs after (bench/results/aggregator.json; ~2.5 min)
+	@$(BIN)/python -m bench.aggregator
+
 .PHONY: faults
 faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
 	@$(BIN)/python -m bench.faults

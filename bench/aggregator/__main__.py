@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.aggregator.replay import MODES, Setting, records, replay
+from bench.aggregator.replay import MODES, Setting, replay
 from edgestream.pipeline.learning.calibration import SIMULATED_DRAWS
 
 DEFAULT = Setting()
@@ -36,12 +36,11 @@ def _cpu_stolen_s() -> float:
 
 def run(setting: Setting, rounds: int) -> dict[str, Any]:
     """``rounds`` of every mode, alternating, on the same stream."""
-    stream = records(setting)
     runs: list[dict[str, Any]] = []
     for r in range(rounds):
         for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
             stolen, started = _cpu_stolen_s(), time.monotonic()
-            measured = asyncio.run(replay(mode, setting, stream))
+            measured = asyncio.run(replay(mode, setting))
             runs.append(
                 {
                     "round": r,

@@ -10,12 +10,14 @@ with its bins), with tables that serialise each value they are given as faust se
 record (JSON; the produce itself is not emulated). Every ``flag_interval_s`` the view's rows are judged
 (the flag-count timer). Two modes: ``before`` (thresholds simulated on the loop by
 ``calibration.threshold``, and the per-record steps of ``before.py``) and ``after`` (today's code:
-``workers/aggregator/thresholds.py`` off the loop, the one-comparison ``bins_of``, the nesting check
-that skips scalars). A probe on the loop measures its lag."""
+``workers/aggregator/thresholds.py`` off the loop, in its own process, the one-comparison ``bins_of``,
+the nesting check that skips scalars); ``after_thread`` is ``after`` with the simulations on a thread
+of the process instead (the choice the app did not make). A probe on the loop measures its lag."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -38,9 +40,9 @@ from edgestream.workers.aggregator.references import kind_reference
 from edgestream.workers.aggregator.thresholds import Thresholds
 from edgestream.workers.aggregator.view import joined_rows
 
-Mode = Literal["before", "after"]
+Mode = Literal["before", "after", "after_thread"]
 """How the view gets its thresholds."""
-MODES: Final[tuple[Mode, ...]] = ("before", "after")
+MODES: Final[tuple[Mode, ...]] = ("before", "after", "after_thread")
 REGIONS: Final = ("eu-west", "us-east", "ap-south")
 """The demo's regions."""
 MODELS: Final = ("embedding-scorer", "frame-classifier")
@@ -72,6 +74,7 @@ class Measured:
     mode: Mode
     records: int = 0
     process_cpu_s: float = 0.0
+    """CPU of the process, the simulation process included."""
     loop_cpu_s: float = 0.0
     lags_ms: list[float] = field(default_factory=list)
     judge_loop_cpu_s: list[float] = field(default_factory=list)
@@ -112,14 +115,14 @@ class _ChangelogTable(dict[str, Any]):
         super().__setitem__(key, value)
 
 
-def records(setting: Setting, seed: int = 1) -> list[tuple[float, str, bytes]]:
-    """(offset from the start in s, topic, record) of the whole replay, in time order."""
+def records(setting: Setting, t0: int, seed: int = 1) -> list[tuple[float, str, bytes]]:
+    """(offset from the start in s, topic, record) of the whole replay, in time order, stamped from
+    ``t0`` (unix ms: the agents expire what is older than their retention by the wall clock)."""
     rng = np.random.default_rng(seed)
     held_out = load_dataset("embedding").X_test
     shifted = shifted_pools()[0].X
     out: list[tuple[float, str, bytes]] = []
     n = int(setting.duration_s * setting.rate_per_s)
-    t0 = 1_700_000_000_000
     for i in range(n):
         at_s = i / setting.rate_per_s
         region, model = REGIONS[i % len(REGIONS)], MODELS[(i // len(REGIONS)) % len(MODELS)]
@@ -241,8 +244,9 @@ async def _judge(
                 measured.first_flag_after_shift_s = round(time.monotonic() - started - setting.shift_s, 1)
 
 
-async def replay(mode: Mode, setting: Setting, stream: list[tuple[float, str, bytes]]) -> Measured:
-    """Feed ``stream`` at its own pace through the agents, in ``mode``."""
+async def replay(mode: Mode, setting: Setting) -> Measured:
+    """Feed the stream (``records``, stamped from now) at its own pace through the agents, in ``mode``."""
+    stream = records(setting, int(time.time() * 1000) + 1_000)
     with before.old_depth_check() if mode == "before" else contextlib.nullcontext():
         return await _replay(mode, setting, stream)
 
@@ -251,9 +255,11 @@ async def _replay(mode: Mode, setting: Setting, stream: list[tuple[float, str, b
     calibration.simulated_threshold.cache_clear()  # each mode simulates what it needs from scratch
     measured = Measured(mode)
     agents = _Agents(setting, mode)
-    thresholds: ThresholdFn = Thresholds() if mode == "after" else calibration.threshold
+    thresholds: ThresholdFn = calibration.threshold
+    if mode != "before":
+        thresholds = Thresholds(_thread if mode == "after_thread" else None)
     stop = asyncio.Event()
-    cpu, loop_cpu = time.process_time(), time.thread_time()
+    cpu, loop_cpu = _cpu_with_children(), time.thread_time()
     started = time.monotonic()
     probe = asyncio.create_task(_probe(measured.lags_ms, stop))
     judge = asyncio.create_task(_judge(agents, setting, thresholds, measured, started))
@@ -270,9 +276,21 @@ async def _replay(mode: Mode, setting: Setting, stream: list[tuple[float, str, b
     stop.set()
     judge.cancel()
     await probe
-    measured.process_cpu_s = time.process_time() - cpu
     measured.loop_cpu_s = time.thread_time() - loop_cpu
     measured.simulations = calibration.simulated_threshold.cache_info().misses
     if isinstance(thresholds, Thresholds):
-        thresholds.close()
+        measured.simulations = thresholds.submitted
+        thresholds.close()  # its process ends: its CPU is the children's
+    measured.process_cpu_s = _cpu_with_children() - cpu
     return measured
+
+
+def _thread() -> concurrent.futures.Executor:
+    """The simulations on a thread of this process (what the app does not do: ``after_thread``)."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="drift-thresholds")
+
+
+def _cpu_with_children() -> float:
+    """CPU seconds of this process and of its ended children (the simulation process, once closed)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system

@@ -1,4 +1,5 @@
-"""Drift thresholds for the aggregator, simulated off its event loop and looked up on it.
+"""Drift thresholds for the aggregator, simulated off its event loop (in a process of their own) and
+looked up on it.
 
 A calibrated threshold (``pipeline/learning/calibration.py``) is a simulation of ~0.25 s of CPU per
 (bins, grid n, m, source rows, level) key. The aggregator judges its windows inside faust's event loop
@@ -6,17 +7,20 @@ A calibrated threshold (``pipeline/learning/calibration.py``) is a simulation of
 (42% of its CPU samples 10-70 s into a demo, py-spy), the records meanwhile waiting.
 
 `Thresholds` is a drop-in for ``calibration.threshold`` whose lookup never simulates: it answers from
-the thresholds already simulated, or queues the key for its own thread and raises `ThresholdPending`
-(`judged` awaits the thread, the loop running meanwhile, and computes the rows again from the same
-counts: the view and the flag-count timer never see a pending window). The thread calls the same
-``calibration.simulated_threshold`` with the same arguments (same seeds), so a threshold and every
-decision made with it are those of the inline path, and the thread simulates exactly the keys the
-inline path would have (no more CPU in all; ``bench/aggregator``).
+the thresholds already simulated, or submits the key to its simulation process and raises
+`ThresholdPending` (`judged` awaits the process, the loop running meanwhile, and computes the rows
+again from the same counts: the view and the flag-count timer never see a pending window). The
+process calls the same ``calibration.simulated_threshold`` with the same arguments (same seeds), so a
+threshold and every decision made with it are those of the inline path, and it simulates exactly the
+keys the inline path would have.
 
-Simulating ahead of need did not pay: warming the fine grid from 200 to 400 samples at both test
-counts when a reference loads (34 simulations), and the next grid points after each one asked for,
-took 4x the CPU of the inline path in a 25 s replay at the demo's rate, because a window is judged
-every 10 s and so at a few of the grid points it fills through, not at each.
+A process, not a thread: numpy's multinomial draws hold the GIL for tens of ms at a time, and a thread
+simulating starved the loop (the GIL's convoy effect: each time the loop came back from a select it
+waited for the GIL); in ``bench/aggregator`` the agents fell 10 s behind a 60 s replay and no window was
+judged with enough samples to flag. Simulating ahead of need did not pay either: warming the fine grid
+from 200 to 400 samples at both test counts when a reference loads (34 simulations), and the next grid
+points after each one asked for, took 4x the CPU of the inline path in a 25 s replay at the demo's
+rate, because a window is judged every 10 s and so at a few of the grid points it fills through.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import queue
-import threading
+import multiprocessing
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -60,25 +64,28 @@ def _on_event_loop() -> bool:
     return True
 
 
-def simulate(key: Key) -> float:
-    """``calibration.simulated_threshold`` of ``key``; refuses to run on an event loop's thread."""
+def simulate(key: Key) -> tuple[float, int]:
+    """``calibration.simulated_threshold`` of ``key`` and the id of the process that simulated it;
+    refuses to run on an event loop's thread."""
     if _on_event_loop():
         raise SimulationOnLoop("a drift threshold simulation was asked for on the event loop's thread")
     bins, n, m, source_rows, level, epsilon = key
-    return calibration.simulated_threshold(bins, n, m, source_rows, level, epsilon)
+    return calibration.simulated_threshold(bins, n, m, source_rows, level, epsilon), os.getpid()
 
 
 class Thresholds:
-    """``calibration.threshold`` from thresholds simulated on a thread of its own (see the module)."""
+    """``calibration.threshold`` from thresholds simulated in a process of their own (see the module)."""
 
-    def __init__(self) -> None:
-        self._futures: dict[Key, concurrent.futures.Future[float]] = {}
-        """Every key ever queued -> its threshold (done once simulated)."""
-        self._keys: queue.SimpleQueue[Key | None] = queue.SimpleQueue()
-        """Keys for the thread, in the order asked (None: stop)."""
+    def __init__(self, executor: Callable[[], concurrent.futures.Executor] | None = None) -> None:
+        self._make_executor = executor or _simulation_process
+        """Makes the executor the simulations run in (on the first one): one spawned process."""
+        self._executor: concurrent.futures.Executor | None = None
+        self._futures: dict[Key, concurrent.futures.Future[tuple[float, int]]] = {}
+        """Every key ever asked for -> (its threshold, the simulating process) once simulated."""
         self._demanded: set[Key] = set()
         """Keys a judgement asked for that may not be simulated yet."""
-        self._thread: threading.Thread | None = None
+        self.simulated_in: set[int] = set()
+        """Ids of the processes that simulated the thresholds looked up so far."""
 
     def __call__(
         self,
@@ -91,24 +98,32 @@ class Thresholds:
         fine_from: int = 0,
     ) -> float:
         """The threshold ``calibration.threshold`` gives for these arguments, if already simulated;
-        else queues it and raises `ThresholdPending`."""
+        else submits it and raises `ThresholdPending` (a simulation that failed raises as inline)."""
         key: Key = (bins, grid_floor(n, fine_from), m, source_rows, level, epsilon)
         future = self._futures.get(key)
+        if future is not None and future.done() and _lost(future):
+            future = self._executor = None  # the process died (or was closed): a fresh one
         if future is not None and future.done():
-            return future.result()
+            value, pid = future.result()
+            self.simulated_in.add(pid)
+            return value
         self._demanded.add(key)
-        self._queue(key)
+        if future is None:
+            if self._executor is None:
+                self._executor = self._make_executor()
+            self._futures[key] = self._executor.submit(simulate, key)
         raise ThresholdPending(f"drift threshold {key} is being simulated")
 
-    def pending(self) -> list[concurrent.futures.Future[float]]:
+    @property
+    def submitted(self) -> int:
+        """How many thresholds were submitted for simulation."""
+        return len(self._futures)
+
+    def pending(self) -> list[concurrent.futures.Future[tuple[float, int]]]:
         """The thresholds a judgement asked for and not yet simulated."""
         waiting = [self._futures[k] for k in self._demanded]
         self._demanded = {k for k, f in zip(self._demanded, waiting, strict=True) if not f.done()}
         return [f for f in waiting if not f.done()]
-
-    def idle(self) -> bool:
-        """Whether every threshold queued so far is simulated."""
-        return all(f.done() for f in list(self._futures.values()))
 
     async def judged(self, rows: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """``rows()`` once no row's drift is pending: awaits (the loop runs meanwhile) the thresholds
@@ -121,38 +136,18 @@ class Thresholds:
             if waiting:
                 await asyncio.wait(waiting)
 
-    def _queue(self, key: Key) -> None:
-        """Queue ``key`` for the thread unless queued before."""
-        if key not in self._futures:
-            self._futures[key] = concurrent.futures.Future()
-            self._keys.put(key)
-            self._start()
-
     def close(self) -> None:
-        """Stop the simulation thread once its current simulation ends (what is queued stays pending)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._keys.put(None)
-            thread.join()
+        """Stop the simulation process (what is pending is cancelled)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="drift-thresholds", daemon=True)
-            self._thread.start()
 
-    def _run(self) -> None:
-        """The simulation thread: keys in the order asked."""
-        while True:
-            key = self._keys.get()
-            if key is None:
-                return
-            future = self._futures[key]
-            if future.done():
-                continue
-            try:
-                value = simulate(key)
-            except Exception as e:  # the lookup raises it, as the inline simulation would have
-                future.set_exception(e)
-                log.warning("drift threshold %s failed: %s", key, e)
-            else:
-                future.set_result(value)
+def _lost(future: concurrent.futures.Future[tuple[float, int]]) -> bool:
+    """Whether a finished simulation was cancelled or its process broke (not the simulation failing)."""
+    return future.cancelled() or isinstance(future.exception(), concurrent.futures.BrokenExecutor)
+
+
+def _simulation_process() -> concurrent.futures.Executor:
+    """One spawned process (no fork of faust's threads) for the simulations."""
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))

@@ -4,8 +4,10 @@ thresholds and the same decisions as the inline simulation, and never a simulati
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,8 @@ def few_draws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def thresholds() -> Iterator[Thresholds]:
-    made = Thresholds()
+    """Simulating on a thread (the few draws above reach it; the app's process would not see them)."""
+    made = Thresholds(lambda: ThreadPoolExecutor(1, thread_name_prefix="drift-thresholds"))
     yield made
     made.close()
     SIMULATED.cache_clear()  # what the thread simulated meanwhile
@@ -135,13 +138,41 @@ def test_the_event_loop_never_simulates(thresholds: Thresholds, monkeypatch: pyt
     assert len(_judged(thresholds, summaries, quality)) == 5
     assert threads, "no threshold was simulated"
     assert not [t for t in threads if t[1]], threads
-    assert {name for name, _ in threads} == {"drift-thresholds"}
+    assert all(name.startswith("drift-thresholds") for name, _ in threads), threads
 
     async def on_the_loop() -> None:
         simulate((10, 250, 426, None, 0.01, EPSILON))
 
     with pytest.raises(SimulationOnLoop):
         asyncio.run(on_the_loop())
+
+
+def test_the_app_simulates_in_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's default: a spawned process, with the draws the inline path makes (``few_draws``
+    undone: that process would not see them), gives the inline thresholds; after a close, a fresh
+    process simulates the next."""
+    monkeypatch.undo()
+    SIMULATED.cache_clear()
+    made = Thresholds()
+    level = calibration.per_test_level(0.05, 31)
+    key = (10, 250, 426, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES)
+    try:
+        with pytest.raises(ThresholdPending):
+            made(*key)
+        asyncio.run(made.judged(lambda: [{"drift": {"pending": bool(made.pending())}}]))
+        assert made(*key) == calibration.threshold(*key)
+        assert made.simulated_in
+        assert os.getpid() not in made.simulated_in
+        made.close()
+        other = (10, 300, 426, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES)
+        with pytest.raises(ThresholdPending):
+            made(*other)
+        asyncio.run(made.judged(lambda: [{"drift": {"pending": bool(made.pending())}}]))
+        assert made(*other) == calibration.threshold(*other)
+        assert len(made.simulated_in) == 2  # a fresh process after the close
+    finally:
+        made.close()
+        SIMULATED.cache_clear()
 
 
 def test_a_failed_simulation_fails_its_lookup_as_inline(thresholds: Thresholds) -> None:
