@@ -103,8 +103,15 @@ class Measured:
             "judge_loop_cpu_s": [round(v, 3) for v in self.judge_loop_cpu_s],
             "first_flag_after_shift_s": self.first_flag_after_shift_s,
             "simulations": self.simulations,
-            "flags": self.flags,
+            "flags": _by_ordinal(self.flags),
         }
+
+
+def _by_ordinal(flags: dict[str, bool]) -> dict[str, bool]:
+    """``flags`` keyed ``<region>/<model>/<version>#<i>``, the i-th window of the run (runs are stamped
+    from their own start, so their window keys differ)."""
+    starts = sorted({w.parse_window_key(k)[3] for k in flags})
+    return {f"{k.rpartition('@')[0]}#{starts.index(w.parse_window_key(k)[3])}": v for k, v in flags.items()}
 
 
 class _ChangelogTable(dict[str, Any]):
