@@ -45,7 +45,7 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
-from edgestream.workers.aggregator.thresholds import Thresholds
+from edgestream.workers.aggregator.thresholds import VIEW_WAIT_S, Thresholds
 from edgestream.workers.aggregator.view import joined_rows
 
 log = logging.getLogger(__name__)
@@ -325,12 +325,13 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
 
 def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> Rows:
     """The web view, and the timer that keeps the versions' own drift references fresh for it; returns
-    what computes the view's rows (awaiting, off the event loop, the drift thresholds they need)."""
+    what computes the view's rows (awaiting, off the event loop, the drift thresholds they need; the
+    view at most ``VIEW_WAIT_S``, then shows the windows still unjudged as pending)."""
     references = References()
     thresholds = Thresholds()
     rate, source_rows = settings.drift_false_positive_rate, settings.drift_source_rows
 
-    async def rows() -> list[dict[str, Any]]:
+    async def rows(give_up_s: float | None = None) -> list[dict[str, Any]]:
         windows, joined = dict(tables.windows.items()), w.sum_quality(list(tables.quality.items()))
         by_version = references.by_version
         return await thresholds.judged(
@@ -341,7 +342,8 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
                 false_positive_rate=rate,
                 source_rows=source_rows,
                 thresholds=thresholds,
-            )
+            ),
+            give_up_s,
         )
 
     @app.task  # type: ignore[untyped-decorator]
@@ -367,7 +369,9 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
     @app.page(VIEW_PATH)
     async def view(web: Any, request: Any) -> Any:
         del request
-        return web.json({"window_s": settings.window_s, "false_positive_rate": rate, "windows": await rows()})
+        return web.json(
+            {"window_s": settings.window_s, "false_positive_rate": rate, "windows": await rows(VIEW_WAIT_S)}
+        )
 
     del warm_references, refresh_references, view
     return rows

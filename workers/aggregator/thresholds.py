@@ -14,30 +14,31 @@ process calls the same ``calibration.simulated_threshold`` with the same argumen
 threshold and every decision made with it are those of the inline path, and it simulates exactly the
 keys the inline path would have.
 
-A process, not a thread: numpy's multinomial draws hold the GIL for tens of ms at a time, and a thread
-simulating starved the loop (the GIL's convoy effect: each time the loop came back from a select it
-waited for the GIL); in ``bench/aggregator`` the agents fell 10 s behind a 60 s replay and no window was
-judged with enough samples to flag. Simulating ahead of need did not pay either: warming the fine grid
-from 200 to 400 samples at both test counts when a reference loads (34 simulations), and the next grid
-points after each one asked for, took 4x the CPU of the inline path in a 25 s replay at the demo's
-rate, because a window is judged every 10 s and so at a few of the grid points it fills through.
+A process, not a thread: the simulation is numpy's multinomial draws, and a thread would share the
+GIL with the loop (in ``bench/aggregator``'s one round, ``after_thread`` against ``after``, the loop's
+lag and CPU were within that run's noise: the process is kept for the isolation, it costs a spawn).
+Simulating ahead of need did not pay: warming the fine grid from 200 to 400 samples at both test
+counts when a reference loads (34 simulations), and the next grid points after each one asked for,
+took 4x the CPU of the inline path in a 25 s replay at the demo's rate, because a window is judged
+every 10 s and so at a few of the grid points it fills through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.learning import calibration
 from edgestream.pipeline.learning.calibration import grid_floor
 
-log = logging.getLogger(__name__)
+VIEW_WAIT_S: Final = 3.0
+"""Longest the view waits for thresholds before it answers with the windows still pending (not flagged;
+the flag-count timer waits as long as it takes)."""
 
 Key = tuple[int, int, int, int | None, float, float]
 """(bins, n on the grid, m, source rows, level, epsilon): the arguments of ``simulated_threshold``."""
@@ -74,16 +75,24 @@ def simulate(key: Key) -> tuple[float, int]:
 
 
 class Thresholds:
-    """``calibration.threshold`` from thresholds simulated in a process of their own (see the module)."""
+    """``calibration.threshold`` from thresholds simulated in a process of their own (see the module).
+
+    One simulation at a time, of the keys some judgement still waits for, in the order first asked: a
+    judgement that gives up (the view's, past ``VIEW_WAIT_S``) withdraws its keys, so a client polling
+    the view while windows grow (each poll at new sample counts) does not queue simulations nobody
+    will read before the flag-count timer's."""
 
     def __init__(self, executor: Callable[[], concurrent.futures.Executor] | None = None) -> None:
         self._make_executor = executor or _simulation_process
         """Makes the executor the simulations run in (on the first one): one spawned process."""
         self._executor: concurrent.futures.Executor | None = None
         self._futures: dict[Key, concurrent.futures.Future[tuple[float, int]]] = {}
-        """Every key ever asked for -> (its threshold, the simulating process) once simulated."""
-        self._demanded: set[Key] = set()
-        """Keys a judgement asked for that may not be simulated yet."""
+        """Every key submitted -> (its threshold, the simulating process) once simulated."""
+        self._wanted: dict[Key, int] = {}
+        """Keys not yet submitted -> how many judgements wait for them (in the order first asked)."""
+        self._running: concurrent.futures.Future[tuple[float, int]] | None = None
+        self._asked: list[Key] = []
+        """Keys the current ``rows()`` found missing."""
         self.simulated_in: set[int] = set()
         """Ids of the processes that simulated the thresholds looked up so far."""
 
@@ -98,20 +107,18 @@ class Thresholds:
         fine_from: int = 0,
     ) -> float:
         """The threshold ``calibration.threshold`` gives for these arguments, if already simulated;
-        else submits it and raises `ThresholdPending` (a simulation that failed raises as inline)."""
+        else notes the key for `judged` and raises `ThresholdPending` (a simulation that failed raises
+        as inline)."""
         key: Key = (bins, grid_floor(n, fine_from), m, source_rows, level, epsilon)
         future = self._futures.get(key)
         if future is not None and future.done() and _lost(future):
-            future = self._executor = None  # the process died (or was closed): a fresh one
+            del self._futures[key]  # the process died (or was closed): simulated again
+            future = self._executor = None
         if future is not None and future.done():
             value, pid = future.result()
             self.simulated_in.add(pid)
             return value
-        self._demanded.add(key)
-        if future is None:
-            if self._executor is None:
-                self._executor = self._make_executor()
-            self._futures[key] = self._executor.submit(simulate, key)
+        self._asked.append(key)
         raise ThresholdPending(f"drift threshold {key} is being simulated")
 
     @property
@@ -119,22 +126,60 @@ class Thresholds:
         """How many thresholds were submitted for simulation."""
         return len(self._futures)
 
-    def pending(self) -> list[concurrent.futures.Future[tuple[float, int]]]:
-        """The thresholds a judgement asked for and not yet simulated."""
-        waiting = [self._futures[k] for k in self._demanded]
-        self._demanded = {k for k, f in zip(self._demanded, waiting, strict=True) if not f.done()}
-        return [f for f in waiting if not f.done()]
+    async def judged(
+        self, rows: Callable[[], list[dict[str, Any]]], give_up_s: float | None = None
+    ) -> list[dict[str, Any]]:
+        """``rows()`` once no row's drift is pending: waits (the loop runs meanwhile) for the thresholds
+        they need, then computes them again; past ``give_up_s``, the rows as they are (pending ones
+        included: not flagged) and its keys withdrawn."""
+        loop = asyncio.get_running_loop()
+        deadline = None if give_up_s is None else loop.time() + give_up_s
+        mine: set[Key] = set()
+        try:
+            while True:
+                self._asked = []
+                out = rows()
+                if not self._asked:
+                    return out
+                for key in self._asked:  # in the order asked
+                    if key in mine:
+                        continue
+                    mine.add(key)
+                    if key not in self._futures:
+                        self._wanted[key] = self._wanted.get(key, 0) + 1
+                self._submit_next()
+                if not await self._one_finished(None if deadline is None else deadline - loop.time()):
+                    return out  # given up
+        finally:
+            self._withdraw(mine)
 
-    async def judged(self, rows: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """``rows()`` once no row's drift is pending: awaits (the loop runs meanwhile) the thresholds
-        they wait for, then computes them again."""
-        while True:
-            out = rows()
-            if not any(row["drift"].get("pending") for row in out):
-                return out
-            waiting = [asyncio.wrap_future(f) for f in self.pending()]
-            if waiting:
-                await asyncio.wait(waiting)
+    async def _one_finished(self, within_s: float | None) -> bool:
+        """Wait until the running simulation ends (False: ``within_s`` passed first)."""
+        running = self._running
+        if running is None or running.done():
+            return True
+        if within_s is not None and within_s <= 0:
+            return False
+        done, _ = await asyncio.wait({asyncio.wrap_future(running)}, timeout=within_s)
+        return bool(done)
+
+    def _withdraw(self, keys: set[Key]) -> None:
+        """A judgement no longer waits for ``keys``."""
+        for key in keys:
+            if key in self._wanted:
+                self._wanted[key] -= 1
+                if self._wanted[key] <= 0:
+                    del self._wanted[key]
+
+    def _submit_next(self) -> None:
+        """Submit the first key still waited for, unless a simulation is running."""
+        if (self._running is not None and not self._running.done()) or not self._wanted:
+            return
+        key = next(iter(self._wanted))
+        del self._wanted[key]
+        if self._executor is None:
+            self._executor = self._make_executor()
+        self._futures[key] = self._running = self._executor.submit(simulate, key)
 
     def close(self) -> None:
         """Stop the simulation process (what is pending is cancelled)."""

@@ -4,6 +4,7 @@ thresholds and the same decisions as the inline simulation, and never a simulati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -91,13 +92,25 @@ def _judged(thresholds: Thresholds, summaries: dict[str, w.State], quality: Any)
     return asyncio.run(thresholds.judged(rows))
 
 
+def _simulate(made: Thresholds, *keys: Any) -> None:
+    """Wait until ``keys`` are simulated (a judgement asking for them, as the app's do)."""
+
+    def rows() -> list[dict[str, Any]]:
+        for key in keys:
+            with contextlib.suppress(ThresholdPending):
+                made(*key)
+        return []
+
+    asyncio.run(made.judged(rows))
+
+
 def test_a_lookup_is_the_inline_threshold(thresholds: Thresholds) -> None:
     level = calibration.per_test_level(0.05, 31)
     keys = [(10, 250, 426, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES), (7, 90, 300, level, EPSILON, None, 200)]
     for key in keys:
         with pytest.raises(ThresholdPending):
             thresholds(*key)
-    asyncio.run(thresholds.judged(lambda: [{"drift": {"pending": bool(thresholds.pending())}}]))
+    _simulate(thresholds, *keys)
     inline = [calibration.threshold(*key) for key in keys]
     assert [thresholds(*key) for key in keys] == inline
     assert len(set(inline)) == 2
@@ -159,7 +172,7 @@ def test_the_app_simulates_in_another_process(monkeypatch: pytest.MonkeyPatch) -
     try:
         with pytest.raises(ThresholdPending):
             made(*key)
-        asyncio.run(made.judged(lambda: [{"drift": {"pending": bool(made.pending())}}]))
+        _simulate(made, key)
         assert made(*key) == calibration.threshold(*key)
         assert made.simulated_in
         assert os.getpid() not in made.simulated_in
@@ -167,7 +180,7 @@ def test_the_app_simulates_in_another_process(monkeypatch: pytest.MonkeyPatch) -
         other = (10, 300, 426, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES)
         with pytest.raises(ThresholdPending):
             made(*other)
-        asyncio.run(made.judged(lambda: [{"drift": {"pending": bool(made.pending())}}]))
+        _simulate(made, other)
         assert made(*other) == calibration.threshold(*other)
         assert len(made.simulated_in) == 2  # a fresh process after the close
     finally:
@@ -176,10 +189,35 @@ def test_the_app_simulates_in_another_process(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_failed_simulation_fails_its_lookup_as_inline(thresholds: Thresholds) -> None:
+    key = (10, 250, 0, 0.01, EPSILON)  # a reference of no samples
     with pytest.raises(ThresholdPending):
-        thresholds(10, 250, 0, 0.01, EPSILON)  # a reference of no samples
-    asyncio.run(thresholds.judged(lambda: [{"drift": {"pending": bool(thresholds.pending())}}]))
+        thresholds(*key)
     with pytest.raises(calibration.DriftError):
-        thresholds(10, 250, 0, 0.01, EPSILON)
+        _simulate(thresholds, key)
+    with pytest.raises(calibration.DriftError):
+        thresholds(*key)
     with pytest.raises(calibration.DriftError):
         calibration.threshold(10, 250, 0, 0.01, EPSILON)
+
+
+def test_a_judgement_that_gives_up_withdraws_what_it_waited_for(thresholds: Thresholds) -> None:
+    """The view gives up after a while (its client polls again, at new sample counts): its keys not yet
+    submitted are never simulated, and the rows it answers with are pending, not flagged."""
+    level = calibration.per_test_level(0.05, 30)
+    keys = [(10, n, 426, level, EPSILON, SOURCE_ROWS, MIN_SAMPLES) for n in (210, 260, 310)]
+    summaries, quality = _windows()
+
+    def rows() -> list[dict[str, Any]]:
+        for key in keys:
+            with contextlib.suppress(ThresholdPending):
+                thresholds(*key)
+        return window_rows(summaries, quality, source_rows=SOURCE_ROWS, thresholds=thresholds)
+
+    answered = asyncio.run(thresholds.judged(rows, give_up_s=0.0))
+    assert all(row["drift"]["pending"] and not row["drift"]["flagged"] for row in answered)
+    assert thresholds.submitted == 1  # the first key asked; the others withdrawn
+    _simulate(thresholds, keys[2])
+    assert thresholds.submitted == 2
+    with pytest.raises(ThresholdPending):
+        thresholds(*keys[1])  # never simulated
+    assert thresholds(*keys[2]) == calibration.threshold(*keys[2])
