@@ -45,7 +45,7 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
-from edgestream.workers.aggregator.thresholds import VIEW_WAIT_S, Thresholds
+from edgestream.workers.aggregator.thresholds import Thresholds
 from edgestream.workers.aggregator.view import joined_rows
 
 log = logging.getLogger(__name__)
@@ -325,26 +325,41 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
 
 def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> Rows:
     """The web view, and the timer that keeps the versions' own drift references fresh for it; returns
-    what computes the view's rows (awaiting, off the event loop, the drift thresholds they need; the
-    view at most ``VIEW_WAIT_S``, then shows the windows still unjudged as pending)."""
+    what computes the view's rows for the flag-count timer (awaiting, off the event loop, the drift
+    thresholds they need). The view asks for no threshold: a window whose thresholds at its current
+    sample count are not simulated shows its drift as the timer last judged it (``samples`` says at how
+    many), or pending before its first judgement."""
     references = References()
     thresholds = Thresholds()
     rate, source_rows = settings.drift_false_positive_rate, settings.drift_source_rows
 
-    async def rows(give_up_s: float | None = None) -> list[dict[str, Any]]:
+    judged: dict[str, dict[str, Any]] = {}
+    """Window key -> its drift as the flag-count timer last judged it."""
+
+    async def rows(peek: bool = False) -> list[dict[str, Any]]:
         windows, joined = dict(tables.windows.items()), w.sum_quality(list(tables.quality.items()))
         by_version = references.by_version
-        return await thresholds.judged(
-            lambda: joined_rows(
+
+        def compute() -> list[dict[str, Any]]:
+            return joined_rows(
                 windows,
                 joined,
                 by_version,
                 false_positive_rate=rate,
                 source_rows=source_rows,
                 thresholds=thresholds,
-            ),
-            give_up_s,
-        )
+            )
+
+        if not peek:  # the flag-count timer: waits for the thresholds
+            out = await thresholds.judged(compute)
+            judged.clear()
+            judged.update((row["key"], row["drift"]) for row in out)
+            return out
+        out = thresholds.peek(compute)
+        for row in out:
+            if row["drift"]["pending"] and row["key"] in judged:
+                row["drift"] = judged[row["key"]]  # as judged at its own sample count
+        return out
 
     @app.task  # type: ignore[untyped-decorator]
     async def warm_references() -> None:
@@ -370,7 +385,7 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
     async def view(web: Any, request: Any) -> Any:
         del request
         return web.json(
-            {"window_s": settings.window_s, "false_positive_rate": rate, "windows": await rows(VIEW_WAIT_S)}
+            {"window_s": settings.window_s, "false_positive_rate": rate, "windows": await rows(peek=True)}
         )
 
     del warm_references, refresh_references, view

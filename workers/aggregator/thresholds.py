@@ -30,15 +30,11 @@ import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.learning import calibration
 from edgestream.pipeline.learning.calibration import grid_floor
-
-VIEW_WAIT_S: Final = 3.0
-"""Longest the view waits for thresholds before it answers with the windows still pending (not flagged;
-the flag-count timer waits as long as it takes)."""
 
 Key = tuple[int, int, int, int | None, float, float]
 """(bins, n on the grid, m, source rows, level, epsilon): the arguments of ``simulated_threshold``."""
@@ -77,10 +73,11 @@ def simulate(key: Key) -> tuple[float, int]:
 class Thresholds:
     """``calibration.threshold`` from thresholds simulated in a process of their own (see the module).
 
-    One simulation at a time, of the keys some judgement still waits for, in the order first asked: a
-    judgement that gives up (the view's, past ``VIEW_WAIT_S``) withdraws its keys, so a client polling
-    the view while windows grow (each poll at new sample counts) does not queue simulations nobody
-    will read before the flag-count timer's."""
+    One simulation at a time, of the keys some judgement (`judged`) still waits for, in the order first
+    asked; a judgement that gives up or is cancelled withdraws its keys. `peek` asks for nothing: the
+    view peeks, so a client polling it while windows grow (each poll at new sample counts) queues no
+    simulations ahead of the flag-count timer's (in a demo, one of that timer's ticks waited 45 s
+    behind the story's polls)."""
 
     def __init__(self, executor: Callable[[], concurrent.futures.Executor] | None = None) -> None:
         self._make_executor = executor or _simulation_process
@@ -125,6 +122,11 @@ class Thresholds:
     def submitted(self) -> int:
         """How many thresholds were submitted for simulation."""
         return len(self._futures)
+
+    def peek(self, rows: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """``rows()`` with the thresholds already simulated (the others pending), asking for none."""
+        self._asked = []
+        return rows()
 
     async def judged(
         self, rows: Callable[[], list[dict[str, Any]]], give_up_s: float | None = None

@@ -221,3 +221,18 @@ def test_a_judgement_that_gives_up_withdraws_what_it_waited_for(thresholds: Thre
     with pytest.raises(ThresholdPending):
         thresholds(*keys[1])  # never simulated
     assert thresholds(*keys[2]) == calibration.threshold(*keys[2])
+
+
+def test_peeking_asks_for_no_simulation(thresholds: Thresholds) -> None:
+    """The view peeks: what is not simulated stays pending and nothing is queued for it."""
+    summaries, quality = _windows()
+    rows = thresholds.peek(
+        lambda: window_rows(summaries, quality, source_rows=SOURCE_ROWS, thresholds=thresholds)
+    )
+    assert all(row["drift"]["pending"] for row in rows)
+    assert thresholds.submitted == 0
+    judged = _judged(thresholds, summaries, quality)
+    peeked = thresholds.peek(
+        lambda: window_rows(summaries, quality, source_rows=SOURCE_ROWS, thresholds=thresholds)
+    )
+    assert peeked == judged  # once judged, peeking is judging
