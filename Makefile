@@ -69,7 +69,7 @@ bench-drift: $(STAMP) ## Drift detector's false alarms and detections, simulated
 	@$(BIN)/python -m bench.drift
 
 .PHONY: bench-aggregator
-bench-aggregator: $(STAMP) ## The aggregator's CPU per record and loop lag, before vs after (bench/results/aggregator.json; ~2.5 min)
+bench-aggregator: $(STAMP) ## The aggregator's CPU per record and loop lag, before vs after (bench/results/aggregator.json; ~3.5 min)
 	@$(BIN)/python -m bench.aggregator
 
 .PHONY: faults
