@@ -89,11 +89,12 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
         flagged = [r["first_flag_after_shift_s"] for r in mine if r["first_flag_after_shift_s"] is not None]
         out[mode]["first_flag_after_shift_s"] = flagged
-    # A window is compared where every run last judged it at the same sample count (runs judge at
-    # the counts their timers found; equal counts, equal decisions is tests/workers/aggregator's).
+    # A window is compared where every run last judged it at the same counts (feature samples and
+    # scores: runs judge at the counts their timers found; equal counts, equal decisions is what
+    # tests/workers/aggregator/test_thresholds.py proves).
     both = [r["flags"] for r in runs]
     common = set.intersection(*(set(f) for f in both)) if both else set()
-    same = [k for k in common if len({f[k][1] for f in both}) == 1]
+    same = [k for k in common if len({tuple(f[k][1:]) for f in both}) == 1]
     out["windows_judged_at_the_same_count"] = len(same)
     out["decisions_differ"] = sorted(k for k in same if len({f[k][0] for f in both}) > 1)
     return out

@@ -82,8 +82,9 @@ class Measured:
     first_flag_after_shift_s: float | None = None
     simulations: int = 0
     """Thresholds simulated (either thread)."""
-    flags: dict[str, tuple[bool, int]] = field(default_factory=dict)
-    """Window key -> flagged, as last judged (the decisions compared between modes)."""
+    flags: dict[str, tuple[bool, int, int]] = field(default_factory=dict)
+    """Window key -> (flagged, feature samples, scores counted), as last judged (the decisions compared
+    between modes where the counts are the same)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the derived figures."""
@@ -107,7 +108,7 @@ class Measured:
         }
 
 
-def _by_ordinal(flags: dict[str, tuple[bool, int]]) -> dict[str, tuple[bool, int]]:
+def _by_ordinal(flags: dict[str, tuple[bool, int, int]]) -> dict[str, tuple[bool, int, int]]:
     """``flags`` keyed ``<region>/<model>/<version>#<i>``, the i-th window of the run (runs are stamped
     from their own start, so their window keys differ)."""
     starts = sorted({w.parse_window_key(k)[3] for k in flags})
@@ -246,7 +247,8 @@ async def _judge(
         judged, spent = await _judged_rows(agents, setting, thresholds)
         measured.judge_loop_cpu_s.append(spent)
         for row in judged:
-            measured.flags[row["key"]] = (row["drift"]["flagged"], row["drift"]["samples"])
+            scores = sum(row["scores"] or ())
+            measured.flags[row["key"]] = (row["drift"]["flagged"], row["drift"]["samples"], scores)
             if row["drift"]["flagged"] and measured.first_flag_after_shift_s is None:
                 measured.first_flag_after_shift_s = round(time.monotonic() - started - setting.shift_s, 1)
 
