@@ -38,7 +38,7 @@ from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.app import PARTITIONS, AggregatorSettings, _Join, _Tables
 from edgestream.workers.aggregator.references import kind_reference
 from edgestream.workers.aggregator.thresholds import Thresholds
-from edgestream.workers.aggregator.view import joined_rows
+from edgestream.workers.aggregator.view import frozen_summaries, joined_rows
 
 Mode = Literal["before", "after", "after_thread"]
 """How the view gets its thresholds."""
@@ -223,7 +223,8 @@ async def _probe(lags: list[float], stop: asyncio.Event) -> None:
 
 async def _judged_rows(agents: _Agents, setting: Setting, thresholds: ThresholdFn) -> tuple[Rows, float]:
     """The view's rows now (as the app computes them) and the loop CPU their computing took."""
-    windows, joined = dict(agents.tables.windows), w.sum_quality(list(agents.tables.quality.items()))
+    windows = frozen_summaries(agents.tables.windows.items())
+    joined = w.sum_quality(list(agents.tables.quality.items()))
     spent = [0.0]
 
     def rows() -> Rows:

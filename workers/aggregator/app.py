@@ -46,7 +46,7 @@ from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
 from edgestream.workers.aggregator.thresholds import Thresholds
-from edgestream.workers.aggregator.view import joined_rows
+from edgestream.workers.aggregator.view import frozen_summaries, joined_rows
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,8 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
     """Window key -> its drift as the flag-count timer last judged it."""
 
     async def rows(peek: bool = False) -> list[dict[str, Any]]:
-        windows, joined = dict(tables.windows.items()), w.sum_quality(list(tables.quality.items()))
+        windows = frozen_summaries(tables.windows.items())
+        joined = w.sum_quality(list(tables.quality.items()))
         by_version = references.by_version
 
         def compute() -> list[dict[str, Any]]:

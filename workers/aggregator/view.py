@@ -11,7 +11,7 @@ window whose threshold is still being simulated gets a *pending* drift (not judg
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edgestream.pipeline.contract.cloud import percentile_ms
@@ -62,9 +62,9 @@ def joined_rows(
     thresholds: ThresholdFn = threshold,
 ) -> list[dict[str, Any]]:
     """`window_rows` of quality windows already added up over the partitions (``windows.sum_quality``,
-    which copies their counts): computed again from the same arguments, a row is judged from the same
-    counts while the agents go on adding to the tables (the summary windows' score lists are replaced,
-    never changed in place, by ``windows.add_summary``)."""
+    which copies their counts) and of summary windows as `frozen_summaries` copies them: computed
+    again from the same arguments, a row is judged from the same counts while the agents go on adding
+    to the tables."""
     keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
     first_scores: dict[str, list[int]] = {}
     rows: list[dict[str, Any]] = []
@@ -120,6 +120,16 @@ def joined_rows(
             }
         )
     return rows
+
+
+def frozen_summaries(summary_windows: Iterable[tuple[str, w.State]]) -> dict[str, w.State]:
+    """The summary windows as they are now: each value copied, with the maps ``windows.add_summary``
+    adds into in place (it replaces its count lists and numbers; a reference to the table's value
+    would see the next summary's scores)."""
+    return {
+        key: {**state, "labels": dict(state["labels"]), "dead_letters": dict(state["dead_letters"])}
+        for key, state in summary_windows
+    }
 
 
 def pending_drift(features: list[list[int]] | None, false_positive_rate: float) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from edgestream.workers.aggregator.thresholds import (
     Thresholds,
     simulate,
 )
-from edgestream.workers.aggregator.view import joined_rows, window_rows
+from edgestream.workers.aggregator.view import frozen_summaries, joined_rows, window_rows
 
 SOURCE_ROWS = 143
 """The demo's held-out rows, which its devices replay."""
@@ -236,3 +236,30 @@ def test_peeking_asks_for_no_simulation(thresholds: Thresholds) -> None:
         lambda: window_rows(summaries, quality, source_rows=SOURCE_ROWS, thresholds=thresholds)
     )
     assert peeked == judged  # once judged, peeking is judging
+
+
+def test_a_judgement_judges_the_counts_it_started_from(thresholds: Thresholds) -> None:
+    """Summaries keep arriving while the timer waits for its thresholds: it judges the windows as they
+    were when it started (the inline path's rows of that moment), not a mix."""
+    summaries, quality = _windows()
+    frozen = frozen_summaries(summaries.items())
+    joined = w.sum_quality(quality)
+    before = window_rows(dict(frozen), quality, source_rows=SOURCE_ROWS)
+
+    async def judge_while_summaries_arrive() -> list[dict[str, Any]]:
+        task = asyncio.create_task(
+            thresholds.judged(
+                lambda: joined_rows(frozen, joined, source_rows=SOURCE_ROWS, thresholds=thresholds)
+            )
+        )
+        await asyncio.sleep(0)
+        for state in summaries.values():  # more (shifted-looking) scores into every window
+            late = PartialSummary("eu", "n", "embedding-scorer", 1, state["start_ms"])
+            for _ in range(200):
+                late.add_result(0, 0.05, 5.0)
+            w.add_summary(state, late)
+        return await task
+
+    judged = asyncio.run(judge_while_summaries_arrive())
+    assert judged == before
+    assert window_rows(summaries, quality, source_rows=SOURCE_ROWS) != before  # the counts did move
