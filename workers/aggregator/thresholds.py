@@ -14,13 +14,13 @@ process calls the same ``calibration.simulated_threshold`` with the same argumen
 threshold and every decision made with it are those of the inline path, and it simulates exactly the
 keys the inline path would have.
 
-A process, not a thread: the simulation is numpy's multinomial draws, and a thread would share the
-GIL with the loop (in ``bench/aggregator``'s one round, ``after_thread`` against ``after``, the loop's
-lag and CPU were within that run's noise: the process is kept for the isolation, it costs a spawn).
+A process, not a thread: a thread shares the GIL with the loop. In ``bench/aggregator``'s last round
+(``bench/results/aggregator.json``) the loop's worst stall was 29 ms with the process, 43 ms with a
+thread (before: 1,216 ms), p99 3.0 vs 6.6 ms; the process costs a spawn (~1 s of CPU, once).
 Simulating ahead of need did not pay: warming the fine grid from 200 to 400 samples at both test
-counts when a reference loads (34 simulations), and the next grid points after each one asked for,
-took 4x the CPU of the inline path in a 25 s replay at the demo's rate, because a window is judged
-every 10 s and so at a few of the grid points it fills through.
+counts when a reference loads (34 simulations), and the next two grid points after each one asked
+for, ran 61 simulations where the inline path ran 14 in a 25 s replay at the demo's rate: a window is
+judged every 10 s, so at a few of the grid points it fills through, not at each.
 """
 
 from __future__ import annotations
