@@ -77,6 +77,10 @@ bench-drift: $(STAMP) ## Drift detector's false alarms and detections, simulated
 bench-device: $(STAMP) ## Device SDK: CPU per call, fallback run and deadline (bench/results/device.json; < 1 min)
 	@$(BIN)/python -m bench.device
 
+.PHONY: bench-aggregator
+bench-aggregator: $(STAMP) ## The aggregator's CPU per record and loop lag, before vs after (bench/results/aggregator.json; ~3.5 min)
+	@$(BIN)/python -m bench.aggregator
+
 .PHONY: faults
 faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
 	@$(BIN)/python -m bench.faults

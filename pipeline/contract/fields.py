@@ -93,16 +93,21 @@ def field(data: dict[Any, Any], name: str) -> Any:
     return data[name]
 
 
+_CONTAINERS: Final = (list, tuple, dict)
+"""What nests (msgpack arrays and maps; JSON's)."""
+
+
 def check_depth(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
     """:class:`FieldError` when ``value`` nests arrays or maps deeper than ``max_depth`` (iterative)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (list, tuple, dict)):
+        if isinstance(item, _CONTAINERS):
             if depth >= max_depth:
                 raise FieldError(f"nested deeper than {max_depth} levels")
             children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+            # Only containers go on the stack: a sample's 30 floats were 30 tuples pushed and popped.
+            stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
 
 
 def load_json(value: bytes, *, max_depth: int = MAX_DEPTH) -> Any:

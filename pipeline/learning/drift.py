@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,22 @@ MIN_SAMPLES: Final = 200
 """Fewest samples in a window for its drift to be flagged (PSI of fewer is mostly noise)."""
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class ThresholdFn(Protocol):
+    """What gives a test its threshold: ``calibration.threshold``, or a lookup of thresholds simulated
+    elsewhere with the same arguments (the aggregator's, off its event loop)."""
+
+    def __call__(
+        self,
+        bins: int,
+        n: int,
+        m: int,
+        level: float,
+        epsilon: float,
+        source_rows: int | None = None,
+        fine_from: int = 0,
+    ) -> float: ...
 
 
 def quantile_edges(values: npt.ArrayLike, bins: int = DEFAULT_BINS) -> FloatArray:
@@ -101,6 +117,11 @@ class FeatureReference:
     size: int | None = None
     """Independent samples behind the counts, where fewer than their total (copies of one input counted
     several times); None: the total."""
+    _padded: FloatArray = field(init=False, repr=False, compare=False)
+    """Every feature's edges in one ``[features, most edges]`` array, NaN past a feature's last edge
+    (no value is >= NaN): `bins_of` in one comparison instead of a searchsorted per feature."""
+    _lengths: npt.NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    """How many edges each feature has (the bin of a NaN feature, as searchsorted puts NaN last)."""
 
     def __post_init__(self) -> None:
         if len(self.edges) != len(self.counts):
@@ -112,6 +133,11 @@ class FeatureReference:
                 raise DriftError(f"feature {j}: the reference has no counts in any bin (or a negative one)")
         if self.size is not None and self.size <= 0:
             raise DriftError(f"a reference of {self.size} samples")
+        padded = np.full((len(self.edges), max((len(e) for e in self.edges), default=0)), np.nan)
+        for j, e in enumerate(self.edges):
+            padded[j, : len(e)] = e
+        object.__setattr__(self, "_padded", padded)
+        object.__setattr__(self, "_lengths", np.array([len(e) for e in self.edges], dtype=np.intp))
 
     @property
     def samples(self) -> int:
@@ -134,10 +160,16 @@ class FeatureReference:
         return len(self.edges)
 
     def bins_of(self, features: Sequence[float]) -> list[int]:
-        """The bin of each feature of one sample (what a window counts per sample)."""
+        """The bin of each feature of one sample (what a window counts per sample): ``bin_index`` of
+        each feature against its edges, in one comparison (~6 us instead of ~60 for 30 features)."""
         if len(features) != self.n_features:
             raise DriftError(f"{len(features)} features, the reference has {self.n_features}")
-        return [int(bin_index(x, e)) for x, e in zip(features, self.edges, strict=True)]
+        values = np.asarray(features, dtype=np.float64)
+        bins = (self._padded <= values[:, None]).sum(axis=1)
+        nan = np.isnan(values)
+        if nan.any():
+            bins[nan] = self._lengths[nan]
+        return list(bins.tolist())
 
     def empty_counts(self) -> list[list[int]]:
         """Zero counts in the shape of the reference's bins, for a window to add samples into."""
@@ -265,11 +297,13 @@ def drift_report(
     false_positive_rate: float = FALSE_POSITIVE_RATE,
     source_rows: int | None = None,
     min_samples: int = MIN_SAMPLES,
+    thresholds: ThresholdFn = threshold,
 ) -> DriftReport:
     """PSI per feature of a window's samples (counts in ``reference``'s bins) and of its top-score
     histogram (against ``score_reference``, if given), each with its calibrated threshold:
     ``false_positive_rate`` of unshifted windows flagged, whose samples are drawn from ``source_rows``
-    distinct inputs where that is finite (None: a continuous population)."""
+    distinct inputs where that is finite (None: a continuous population). ``thresholds`` gives each
+    test's threshold (what it raises, e.g. a threshold not simulated yet, propagates)."""
     feature_psi: tuple[float, ...] = ()
     samples = 0
     if reference is not None and feature_counts is not None:
@@ -295,7 +329,7 @@ def drift_report(
         if feature_psi and reference is not None:
             m = reference.samples
             feature_thresholds = tuple(
-                threshold(held_bins(c), samples, m, level, EPSILON, source_rows, min_samples)
+                thresholds(held_bins(c), samples, m, level, EPSILON, source_rows, min_samples)
                 for c in reference.counts
             )
         if score_psi is not None and score_reference is not None:
@@ -303,7 +337,7 @@ def drift_report(
             # The score's reference is its series' first window: its size differs per series, and
             # rounded down to the grid (a little more noise allowed) series share simulations.
             m = grid_floor(int(sum(score_reference)))
-            score_threshold = threshold(held_bins(pooled), score_n, m, level, EPSILON, fine_from=min_samples)
+            score_threshold = thresholds(held_bins(pooled), score_n, m, level, EPSILON, fine_from=min_samples)
     return DriftReport(
         feature_psi, score_psi, samples, feature_thresholds, score_threshold, min_samples, false_positive_rate
     )

@@ -19,10 +19,9 @@ serves the windows of its own partitions (the view would need a fan-out; not don
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -31,10 +30,9 @@ import faust
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample, percentile_ms
+from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample
 from edgestream.pipeline.errors import UndecodableRecord
 from edgestream.pipeline.learning.calibration import FALSE_POSITIVE_RATE
-from edgestream.pipeline.learning.drift import FeatureReference, drift_report
 from edgestream.pipeline.observability.cloud import AggregatorMetrics
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 from edgestream.topics.catalogue import (
@@ -48,6 +46,8 @@ from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.devicereports import add_report_agent
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
+from edgestream.workers.aggregator.thresholds import Thresholds
+from edgestream.workers.aggregator.view import frozen_summaries, joined_rows
 
 log = logging.getLogger(__name__)
 
@@ -329,18 +329,52 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
 
 def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> Rows:
     """The web view, and the timer that keeps the versions' own drift references fresh for it; returns
-    what computes the view's rows."""
+    what computes the view's rows for the flag-count timer (awaiting, off the event loop, the drift
+    thresholds they need). The view asks for no threshold: a window whose thresholds at its current
+    sample count are not simulated shows its drift as the timer last judged it (``samples`` says at how
+    many), or pending before its first judgement."""
     references = References()
+    thresholds = Thresholds()
+    rate, source_rows = settings.drift_false_positive_rate, settings.drift_source_rows
 
-    def rows() -> list[dict[str, Any]]:
-        windows, quality = dict(tables.windows.items()), list(tables.quality.items())
-        return window_rows(
-            windows,
-            quality,
-            references.by_version,
-            false_positive_rate=settings.drift_false_positive_rate,
-            source_rows=settings.drift_source_rows,
-        )
+    judged: dict[str, dict[str, Any]] = {}
+    """Window key -> its drift as the flag-count timer last judged it."""
+
+    async def rows(peek: bool = False) -> list[dict[str, Any]]:
+        windows = frozen_summaries(tables.windows.items())
+        joined = w.sum_quality(list(tables.quality.items()))
+        by_version = references.by_version
+
+        def compute() -> list[dict[str, Any]]:
+            return joined_rows(
+                windows,
+                joined,
+                by_version,
+                false_positive_rate=rate,
+                source_rows=source_rows,
+                thresholds=thresholds,
+            )
+
+        if not peek:  # the flag-count timer: waits for the thresholds
+            out = await thresholds.judged(compute)
+            judged.clear()
+            judged.update((row["key"], row["drift"]) for row in out)
+            return out
+        out = thresholds.peek(compute)
+        for row in out:
+            if row["drift"]["pending"] and row["key"] in judged:
+                row["drift"] = judged[row["key"]]  # as judged at its own sample count
+        return out
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def warm_references() -> None:
+        """Load the zoo's training references at start, off the loop: the first sample loaded its
+        dataset inside the loop (~3 s of CPU a demo's agents waited out)."""
+        from edgestream.pipeline.models.zoo import FAMILIES
+
+        loop = asyncio.get_running_loop()
+        for model in FAMILIES:
+            await loop.run_in_executor(None, kind_reference, model)
 
     @app.timer(interval=settings.registry_refresh_s)  # type: ignore[untyped-decorator]
     async def refresh_references() -> None:
@@ -355,10 +389,11 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
     @app.page(VIEW_PATH)
     async def view(web: Any, request: Any) -> Any:
         del request
-        rate = settings.drift_false_positive_rate
-        return web.json({"window_s": settings.window_s, "false_positive_rate": rate, "windows": rows()})
+        return web.json(
+            {"window_s": settings.window_s, "false_positive_rate": rate, "windows": await rows(peek=True)}
+        )
 
-    del refresh_references, view
+    del warm_references, refresh_references, view
     return rows
 
 
@@ -374,77 +409,6 @@ def build_app(settings: AggregatorSettings, metrics: AggregatorMetrics | None = 
     if settings.report_regions:
         add_report_agent(app, list(settings.report_regions), settings.home / "aggregator", PARTITIONS)
     return app
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def window_rows(
-    summary_windows: dict[str, w.State],
-    quality_windows: list[tuple[str, w.State]],
-    references: Mapping[tuple[str, int], FeatureReference] | None = None,
-    *,
-    false_positive_rate: float = FALSE_POSITIVE_RATE,
-    source_rows: int | None = None,
-) -> list[dict[str, Any]]:
-    """The view: one row per window (summary or join counters), oldest first, JSON-ready; each row's
-    drift carries the thresholds it was judged by, calibrated to its sample count.
-
-    The score distribution's drift is against the first window still held for the same (region, model,
-    version): the edge sends no reference scores, and the training scores need the model (not done).
-    """
-    joined = w.sum_quality(quality_windows)
-    keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
-    first_scores: dict[str, list[int]] = {}
-    rows: list[dict[str, Any]] = []
-    for key in keys:
-        region, model, version, start = w.parse_window_key(key)
-        summary = summary_windows.get(key)
-        quality = joined.get(key, {"samples": 0, "joined": 0, "correct": 0, "features": None})
-        results = summary["results"] if summary else 0
-        dead = sum(summary["dead_letters"].values()) if summary else 0
-        latency = summary["latency"] if summary else []
-        scores = summary["scores"] if summary else None
-        series = key.rpartition("@")[0]
-        baseline = first_scores.get(series)
-        if baseline is None and scores is not None and sum(scores) > 0:
-            first_scores[series] = scores
-        own = (references or {}).get((model, version))
-        reference = own or kind_reference(model)
-        report = drift_report(
-            reference,
-            quality["features"] if reference is not None else None,
-            score_reference=baseline,
-            score_counts=scores,
-            false_positive_rate=false_positive_rate,
-            source_rows=source_rows,
-        )
-        rows.append(
-            {
-                "key": key,
-                "region": region,
-                "model": model,
-                "version": version,
-                "start_ms": start,
-                "summaries": summary["summaries"] if summary else 0,
-                "results": results,
-                "dead_letters": dict(summary["dead_letters"]) if summary else {},
-                "dead_letter_rate": dead / (results + dead) if results + dead else None,
-                "latency_ms": {f"p{p}": _finite(percentile_ms(latency, p)) for p in w.PERCENTILES},
-                "latency_buckets": latency,
-                "labels": dict(summary["labels"]) if summary else {},
-                "scores": scores,
-                "samples": quality["samples"],
-                "joined": quality["joined"],
-                "accuracy": quality["correct"] / quality["joined"] if quality["joined"] else None,
-                "drift": {
-                    **report.to_dict(),
-                    "reference": "version" if own is not None else "training" if reference else None,
-                },
-            }
-        )
-    return rows
 
 
 def run(settings: AggregatorSettings) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import faust
@@ -30,8 +30,9 @@ METRICS_PATH: Final = "/metrics"
 FLAG_INTERVAL_S: Final = 10.0
 """How often the windows are checked for new drift flags."""
 
-Rows = Callable[[], list[dict[str, Any]]]
-"""The view's rows now (``app.window_rows`` over the tables)."""
+Rows = Callable[[], Awaitable[list[dict[str, Any]]]]
+"""The view's rows now (``view.joined_rows`` over the tables, once their drift thresholds are
+simulated off the loop)."""
 
 
 class _Counting(Sensor):
@@ -108,6 +109,6 @@ def add_metrics(app: faust.App, metrics: AggregatorMetrics, rows: Rows) -> None:
 
     @app.timer(interval=FLAG_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def count_flagged() -> None:
-        flagged.observe(rows())
+        flagged.observe(await rows())
 
     del serve_metrics, update_lag, count_flagged

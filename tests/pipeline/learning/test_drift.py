@@ -13,6 +13,7 @@ from edgestream.pipeline.learning.drift import (
     EPSILON,
     MIN_SAMPLES,
     FeatureReference,
+    bin_index,
     drift_report,
     histogram,
     psi,
@@ -94,3 +95,22 @@ def reference_data() -> np.ndarray:
 
     dataset = load_dataset("embedding")
     return np.vstack([dataset.X_train, dataset.X_test])
+
+
+def test_bins_of_one_sample_is_each_features_bin_index() -> None:
+    """The one-comparison ``bins_of`` equals ``bin_index`` per feature, on edges themselves, between
+    and past them, NaN (last, as searchsorted sorts it) and both infinities; features with fewer edges
+    (repeated quantiles) included."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 6))
+    X[:, 2] = np.where(X[:, 2] > 0.5, X[:, 2], 0.0)  # mostly 0: fewer edges
+    X[:, 4] = rng.integers(0, 3, 500)  # three values: two edges
+    reference = FeatureReference.from_data(X)
+    assert len({len(e) for e in reference.edges}) > 1
+    specials = [np.nan, np.inf, -np.inf, 0.0]
+    for _ in range(300):
+        row = rng.normal(size=6) * 2
+        for j in rng.choice(6, 2, replace=False):
+            row[j] = rng.choice([*specials, *reference.edges[j]]) if len(reference.edges[j]) else np.nan
+        expected = [int(bin_index(x, e)) for x, e in zip(row, reference.edges, strict=True)]
+        assert reference.bins_of(row.tolist()) == expected, row

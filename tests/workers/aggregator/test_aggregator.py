@@ -34,7 +34,8 @@ from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import AGGREGATOR_GROUP, CLOUD_SUMMARIES, SUMMARIES_TOPIC, shared_topics
 from edgestream.workers.aggregator import windows as w
-from edgestream.workers.aggregator.app import VIEW_PATH, window_rows
+from edgestream.workers.aggregator.app import VIEW_PATH
+from edgestream.workers.aggregator.view import window_rows
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.state import BrokerState
 from edgestream.workers.local.processes import Child, edgestream_command
