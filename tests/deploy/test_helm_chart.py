@@ -165,6 +165,8 @@ def test_a_worker_scaler_budget_and_gateway_per_region() -> None:
             ]
             >= 300
         )
+        gateway = gateways[region]["spec"]["template"]["spec"]["containers"][0]
+        assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert gateways[region]["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
             "gateway",
             "--region",
@@ -195,7 +197,7 @@ def test_replicas_are_capped_and_a_lag_in_seconds_trigger_can_be_added() -> None
     assert "ingest partitions" in refused.stderr
 
 
-SECRET_ROLES = {"kafka-identity", "kafka-ca", "region-keys", "registry"}
+SECRET_ROLES = {"kafka-identity", "kafka-ca", "region-keys", "registry", "server-tls"}
 
 
 def _secrets(deployment: Manifest) -> dict[str, str]:
@@ -220,7 +222,7 @@ def test_each_workload_mounts_only_its_own_identity() -> None:
         assert gateway == {
             "kafka-identity": region["gatewayUser"],
             "kafka-ca": ca,
-            "region-keys": f"edgestream-keys-{name}",
+            "server-tls": f"edgestream-gateway-tls-{name}",
         }
     (aggregator,) = by_component(manifests, "Deployment", "aggregator").values()
     assert _secrets(aggregator) == {"kafka-identity": catalogue["aggregatorUser"], "kafka-ca": ca}
@@ -295,3 +297,46 @@ def test_a_generated_catalogue_for_other_regions_replaces_the_charts(tmp_path: P
     assert sorted(t["spec"]["topicName"] for t in of_kind(manifests, "KafkaTopic")) == sorted(
         t.name for t in all_topics(["sa-east-1"])
     )
+
+
+SETTINGS = {
+    "EDGESTREAM_WORKER_": "edgestream.workers.edge.settings:WorkerSettings",
+    "EDGESTREAM_AGGREGATOR_": "edgestream.workers.aggregator.app:AggregatorSettings",
+    "EDGESTREAM_GATEWAY_": "edgestream.workers.gateway.settings:GatewaySettings",
+    "EDGESTREAM_KAFKA_": "edgestream.pipeline.settings:KafkaEnv",
+}
+"""The settings class each variable prefix of the chart configures."""
+
+
+def _field_exists(model: Any, path: list[str]) -> bool:
+    fields = model.model_fields
+    if path[0] not in fields:
+        return False
+    if len(path) == 1:
+        return True
+    return _field_exists(fields[path[0]].annotation, path[1:])
+
+
+def test_every_variable_the_chart_sets_is_a_setting() -> None:
+    """A misspelt EDGESTREAM_* variable would be ignored by pydantic-settings: each names a field."""
+    import importlib
+
+    manifests = render("--set", "edge.autoscaling.enabled=false")
+    containers = [
+        c
+        for d in of_kind(manifests, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        + d["spec"]["template"]["spec"].get("initContainers", [])
+    ]
+    names = {e["name"] for c in containers for e in c.get("env", [])}
+    checked = 0
+    for name in sorted(names):
+        prefix = next(p for p in SETTINGS if name.startswith(p))
+        module, cls = SETTINGS[prefix].split(":")
+        try:
+            model = getattr(importlib.import_module(module), cls)
+        except ImportError:
+            continue  # the gateway before issue 16's branch is merged
+        assert _field_exists(model, name.removeprefix(prefix).lower().split("__")), name
+        checked += 1
+    assert checked >= 15
