@@ -18,6 +18,7 @@ from edgestream.commands import (
     devices,
     dlq,
     gateway,
+    k8s,
     keys,
     models,
     registry,
@@ -39,6 +40,7 @@ app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
 app.add_typer(models.app, name="models")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(k8s.app, name="k8s")
 app.add_typer(audit.app, name="audit")
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")

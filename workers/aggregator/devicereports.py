@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from edgestream.pipeline.contract.devicereports import DeviceReport
 from edgestream.pipeline.errors import ContractError
+from edgestream.topics.catalogue import reports_topic
 from edgestream.workers.aggregator import windows as w
 
 if TYPE_CHECKING:
@@ -36,12 +37,6 @@ CANDIDATES_FILE: Final = "labelling-candidates.jsonl"
 """Labelling candidates, one JSON object a line, in the aggregator's data directory."""
 _RECENT_CANDIDATES: Final = 65_536
 """Request ids remembered to write each candidate once across redeliveries (best effort)."""
-
-
-def reports_topic(region: str) -> str:
-    """The topic a region's device reports arrive on (``edge.<region>.reports``; one place to point
-    at the topic catalogue's name once it has one)."""
-    return f"edge.{region}.reports"
 
 
 def agreement_key(region: str, model: str, edge_version: int, fallback_version: int) -> str:

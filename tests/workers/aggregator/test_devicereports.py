@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from edgestream.pipeline.contract.devicereports import Agreement, DeviceReport, Disagreement
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.topics.catalogue import AGGREGATOR_GROUP
+from edgestream.topics.catalogue import AGGREGATOR_GROUP, reports_topic
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.app import PARTITIONS
 from edgestream.workers.aggregator.devicereports import (
@@ -29,7 +29,6 @@ from edgestream.workers.aggregator.devicereports import (
     ReportSink,
     agreement_key,
     agreement_rows,
-    reports_topic,
 )
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.processes import Child, edgestream_command
