@@ -184,8 +184,8 @@ def measure(
         gateway = Child(["serve", str(settings_file)], env)
         devices: Child | None = None
         try:
-            started = gateway.ask()
-            time.sleep(1.0)
+            started = gateway.ask()  # answers once serving (its /readyz is already true by then)
+            time.sleep(1.0)  # not readiness: lets start-up allocations settle before the idle RSS baseline
             url = f"wss://localhost:{started['port']}/v1"
             devices = Child(["devices", url, ca_file, REGION, str(sessions)], env)
             counts = (sessions, disconnects, reconnect_replies)
@@ -216,7 +216,7 @@ def _phases(
     connect_cpu, _ = meter.mark()
     if gc_freeze:  # what the cyclic collector costs the gateway: its long-lived sessions frozen out
         os.kill(pid, signal.SIGUSR1)
-    time.sleep(1.0)
+    time.sleep(1.0)  # not readiness (every session answered `connect`): lets RSS settle before reading it
     rss_connected = rss_bytes(pid)
     meter.mark()
     time.sleep(IDLE_S)
