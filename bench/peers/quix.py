@@ -70,6 +70,7 @@ def build_app(settings: PeerSettings, answerer: Answerer) -> Application:
         settings.ready_file,
         broker_address=connection_config(settings.kafka),
         consumer_group=settings.group,
+        auto_offset_reset=settings.auto_offset_reset,
         processing_guarantee=QUIX_GUARANTEE[settings.guarantee],
         state_dir=settings.home / STATE_DIR,
         loglevel="WARNING",

@@ -53,7 +53,12 @@ class PeerSettings(BaseSettings):
     """Largest envelope opened (the worker's default)."""
     max_body_bytes: int = Field(default=4 << 20, ge=256)
     """Largest decompressed body (the worker's default)."""
+    auto_offset_reset: Literal["latest", "earliest"] = "latest"
+    """Where a group without committed offsets starts (Quix's default, latest). Partitions are assigned
+    before librdkafka has looked up the latest offsets, so records produced in that gap are skipped
+    under latest; a caller that starts the peer on fresh topics and sends at once sets earliest."""
     ready_file: Path | None = None
-    """Written once partitions are assigned; removed at exit."""
+    """Written once partitions are assigned (offsets may still be unresolved: see
+    ``auto_offset_reset``); removed at exit."""
     stats_file: Path | None = None
     """Written (JSON) at exit: what was answered and refused."""
