@@ -42,14 +42,13 @@ from edgestream.topics.errors import (
     TopicConfigMismatch,
     TopicsNotFound,
 )
+from edgestream.topics.replication import MIN_INSYNC_REPLICAS, min_insync_replicas, replication_factor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REPLICATION_FACTOR: Final = 1
-"""Replicas per partition for topics we create; 1 because development runs one broker."""
 DEFAULT_TIMEOUT_MS: Final = 30_000
 """Bound on each broker request and on waiting for new topics to become usable."""
 UNSET: Final = "<unset>"
@@ -239,14 +238,28 @@ async def _verify(
         raise TopicConfigMismatch(differences)
 
 
+async def _cluster_replication_factor(client: AIOKafkaAdminClient) -> int:
+    """Replicas per partition for the brokers the cluster's metadata lists."""
+    cluster = await client.describe_cluster()
+    return replication_factor(max(1, len(cluster["brokers"])))
+
+
 async def _create(
     client: AIOKafkaAdminClient, topics: Sequence[Topic], replication_factor: int, timeout_ms: int
 ) -> tuple[list[str], list[str]]:
     """Create the topics; returns (created, created meanwhile by someone else)."""
     if not topics:
         return [], []
+    replicated = {}
+    if replication_factor > 1:  # said on the topic, not left to the broker's default
+        replicated[MIN_INSYNC_REPLICAS] = str(min_insync_replicas(replication_factor))
     new_topics = [
-        NewTopic(t.name, t.spec.partitions, replication_factor, topic_configs=t.spec.topic_configs())
+        NewTopic(
+            t.name,
+            t.spec.partitions,
+            replication_factor,
+            topic_configs={**t.spec.topic_configs(), **replicated},
+        )
         for t in topics
     ]
     response = await client.create_topics(new_topics, timeout_ms=timeout_ms)
@@ -279,10 +292,14 @@ async def ensure_topics(
     kafka: KafkaSettings,
     topics: Iterable[Topic],
     *,
-    replication_factor: int = DEFAULT_REPLICATION_FACTOR,
+    replication_factor: int | None = None,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
 ) -> EnsureReport:
     """Make the cluster hold exactly the catalogue's topics, idempotently.
+
+    New topics get ``replication_factor`` replicas; None: what ``replication.replication_factor`` says
+    for the brokers the cluster's metadata lists (1 on a single broker, 3 on three or more), and with
+    more than one replica, ``min.insync.replicas`` of all but one (2 of 3).
 
     Existing topics are verified first (partition count and every managed config); if any differs,
     `TopicConfigMismatch` names every topic and setting and nothing is created, since a mismatch may
@@ -298,9 +315,11 @@ async def ensure_topics(
         metadata = await _metadata(client)
         existing = [t for t in wanted if t.name in metadata]
         await _verify(client, existing, metadata, deadline)
-        created, raced = await _create(
-            client, [t for t in wanted if t.name not in metadata], replication_factor, timeout_ms
-        )
+        missing = [t for t in wanted if t.name not in metadata]
+        replicas = replication_factor
+        if replicas is None and missing:
+            replicas = await _cluster_replication_factor(client)
+        created, raced = await _create(client, missing, replicas or 1, timeout_ms)
         metadata = await _wait_ready(client, created + raced, deadline)
         await _verify(client, [t for t in wanted if t.name in raced], metadata, deadline)
     already = {t.name for t in existing} | set(raced)

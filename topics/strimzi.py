@@ -24,6 +24,8 @@ from edgestream.pipeline.security.identities import MAX_NAME_CHARS, kafka_princi
 from edgestream.topics import acls
 from edgestream.topics.acls import AclRule, Operation, PatternType, Permission, ResourceType
 from edgestream.topics.catalogue import INGEST, Topic, all_topics, edge_group, validate_region
+from edgestream.topics.replication import MAX_REPLICATION_FACTOR, MIN_INSYNC_REPLICAS
+from edgestream.topics.replication import min_insync_replicas as min_insync
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -34,9 +36,7 @@ API_VERSION: Final = "kafka.strimzi.io/v1beta2"
 """The Strimzi API both resources are written in."""
 CLUSTER_LABEL: Final = "strimzi.io/cluster"
 """The label that binds a resource to a Strimzi ``Kafka`` cluster (its operators watch it)."""
-MIN_INSYNC_REPLICAS: Final = "min.insync.replicas"
-"""The topic config that says how many replicas must have a write before it is acknowledged."""
-DEFAULT_REPLICAS: Final = 3
+DEFAULT_REPLICAS: Final = MAX_REPLICATION_FACTOR
 """Replicas per partition on a cluster (the compose file's three brokers; one may be down)."""
 CHART_CATALOGUE: Final = Path("deploy/helm/edgestream/catalogue.yaml")
 """The chart's generated catalogue (its templates read it when no ``catalogue`` value is given)."""
@@ -188,7 +188,7 @@ def kafka_topics(
 ) -> list[dict[str, Any]]:
     """A ``KafkaTopic`` for every topic of the regions and every shared topic; min ISR defaults to
     ``replicas - 1`` (at least 1): one replica may be down and writes go on."""
-    min_isr = max(1, replicas - 1) if min_insync_replicas is None else min_insync_replicas
+    min_isr = min_insync(replicas) if min_insync_replicas is None else min_insync_replicas
     resources = [kafka_topic(topic, replicas, min_isr, cluster) for topic in all_topics(regions)]
     names = [resource["metadata"]["name"] for resource in resources]
     clashes = sorted({name for name in names if names.count(name) > 1})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -10,10 +11,13 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from edgestream.workers.local.broker.cluster import LocalCluster
     from edgestream.workers.local.broker.process import LocalBroker
+    from edgestream.workers.local.broker.settings import BrokerSettings
 
 app = typer.Typer(
-    help="The local Apache Kafka broker (one KRaft node on 127.0.0.1) for development and tests.",
+    help="The local Apache Kafka broker (one KRaft node on 127.0.0.1, or a cluster of three) "
+    "for development and tests.",
     no_args_is_help=True,
 )
 
@@ -40,18 +44,42 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
-def _broker(home: Path | None = None) -> LocalBroker:
-    """The broker for the settings from the environment, with ``--home`` on top."""
+Brokers = Annotated[
+    int | None,
+    typer.Option(
+        "--brokers",
+        help="Nodes: 1 (one broker in HOME/broker) or 3 (a KRaft cluster in HOME/cluster: three "
+        "replicas, min ISR 2) (default: $EDGESTREAM_BROKER_BROKERS, else 1).",
+        show_default=False,
+    ),
+]
+
+
+def _settings(home: Path | None = None, brokers: int | None = None) -> BrokerSettings:
+    """The broker settings from the environment, with ``--home`` and ``--brokers`` on top."""
     from pydantic import ValidationError
 
-    from edgestream.workers.local.broker.process import LocalBroker
     from edgestream.workers.local.broker.settings import BrokerSettings
 
+    given = {k: v for k, v in {"home": home, "brokers": brokers}.items() if v is not None}
     try:
-        settings = BrokerSettings() if home is None else BrokerSettings(home=home)
+        return BrokerSettings(**given)  # type: ignore[arg-type]
     except ValidationError as e:
         _fail(f"bad broker settings: {e}")
-    return LocalBroker(settings)
+
+
+def _broker(home: Path | None = None) -> LocalBroker:
+    """The single broker for the settings from the environment, with ``--home`` on top."""
+    from edgestream.workers.local.broker.process import LocalBroker
+
+    return LocalBroker(_settings(home))
+
+
+def _cluster(home: Path | None = None, brokers: int | None = None) -> LocalCluster:
+    """The home's local cluster."""
+    from edgestream.workers.local.broker.cluster import LocalCluster
+
+    return LocalCluster(_settings(home, brokers))
 
 
 @app.command()
@@ -84,14 +112,24 @@ def fetch(
 @app.command()
 def start(
     home: Home = None,
+    brokers: Brokers = None,
     timeout_s: Annotated[
         float, typer.Option("--timeout-s", min=1, help="How long to wait for the broker to answer.")
     ] = 90.0,
 ) -> None:
-    """Start the broker in the background (or find the running one) and wait until it answers."""
+    """Start the broker in the background (or find the running one) and wait until it answers.
+
+    With --brokers 3, a cluster of three KRaft nodes (each broker and controller) on ports of their own,
+    started together; it returns once every node answers and the metadata lists all three.
+    """
     from edgestream.pipeline.errors import BrokerError
 
+    if _settings(home, brokers).brokers > 1:
+        _start_cluster(_cluster(home, brokers), timeout_s)
+        return
     broker = _broker(home)
+    if _cluster(home).status() is not None:
+        _fail(f"a local cluster runs in {_cluster(home).root}; stop it first (edgestream broker stop)")
     running = broker.status()
     try:
         if running is None and not broker.jars.ready():
@@ -109,6 +147,27 @@ def start(
     _out.print(f"logs:      {state.server_log}")
 
 
+def _start_cluster(cluster: LocalCluster, timeout_s: float) -> None:
+    from edgestream.pipeline.errors import BrokerError
+
+    running = cluster.status()
+    try:
+        if running is None and not cluster.jars_ready():
+            _out.print("Resolving the Kafka jars with Maven (first run) ...")
+        started_s = time.monotonic()
+        state = cluster.start(timeout_s=timeout_s)
+    except BrokerError as e:
+        _fail(str(e))
+    was = {s.pid for s in running.running} if running is not None else set()
+    if was and was == {s.pid for s in state.running}:
+        _out.print(f"Kafka cluster already running ({len(state.running)} nodes)")
+    else:
+        took_s = time.monotonic() - started_s
+        _out.print(f"Kafka cluster of {len(state.nodes)} nodes started in {took_s:.1f} s")
+    _out.print(f"bootstrap: {state.bootstrap}")
+    _out.print(f"logs:      {cluster.root}/node-<id>/logs/server.log")
+
+
 @app.command()
 def stop(
     home: Home = None,
@@ -116,22 +175,36 @@ def stop(
         float, typer.Option("--timeout-s", min=1, help="Grace period after SIGTERM before SIGKILL.")
     ] = 30.0,
 ) -> None:
-    """Stop the broker (SIGTERM, SIGKILL after the grace period). Succeeds when none is running."""
+    """Stop the broker, or every node of the local cluster (SIGTERM, SIGKILL after the grace period).
+    Succeeds when none is running."""
     from edgestream.pipeline.errors import BrokerError
 
     broker = _broker(home)
+    cluster = _cluster(home)
     try:
+        nodes = cluster.stop(timeout_s=timeout_s)
         stopped = broker.stop(timeout_s=timeout_s)
     except BrokerError as e:
         _fail(str(e))
-    _out.print("Kafka broker stopped" if stopped else "Kafka broker was not running")
+    if nodes:
+        _out.print(f"Kafka cluster stopped ({nodes} nodes were running)")
+    if stopped or not nodes:
+        _out.print("Kafka broker stopped" if stopped else "Kafka broker was not running")
 
 
 @app.command()
 def status(home: Home = None) -> None:
-    """Say whether the broker runs, with its pid, address and logs; exit code 1 when it does not."""
+    """Say whether the broker runs, with its pid, address and logs; exit code 1 when it does not.
+
+    For a local cluster: each node (id, pid, ports, alive), the active controller and the
+    under-replicated partitions; exit code 1 when no node runs.
+    """
     from edgestream.workers.local.broker.probe import ping
 
+    cluster = _cluster(home)
+    if cluster.plan() is not None and cluster.status() is not None:
+        _cluster_status(cluster)
+        return
     broker = _broker(home)
     state = broker.status()
     if state is None:
@@ -144,6 +217,53 @@ def status(home: Home = None) -> None:
     _out.print(f"controller: {state.controller}")
     _out.print(f"logs:       {state.server_log}")
     _out.print(f"data:       {state.data_dir}")
+
+
+def _cluster_status(cluster: LocalCluster) -> None:
+    from aiokafka.errors import KafkaError
+    from rich.table import Table
+
+    from edgestream.pipeline.errors import BrokerError
+
+    state = cluster.status()
+    if state is None:
+        _out.print(f"Kafka cluster not running (home {cluster.root})")
+        raise typer.Exit(EXIT_NOT_RUNNING)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a dead node's refusals, reported below
+    try:
+        health = cluster.health()
+    except (BrokerError, KafkaError, OSError, TimeoutError) as e:  # the nodes are still shown
+        health = None
+        _err.print(f"[yellow]the cluster did not describe itself:[/yellow] {e!r}")
+    table = Table(title=f"Kafka cluster {state.plan.cluster_id}", title_justify="left")
+    for column in ("node", "pid", "port", "controller port", "alive", "role"):
+        table.add_column(column, justify="left" if column in ("alive", "role") else "right")
+    for node in state.plan.nodes:
+        running = state.nodes[node.node_id]
+        role = ""
+        if health is not None:
+            role = "active controller" if node.node_id == health.quorum.leader_id else "voter"
+            if running is not None and node.node_id not in health.brokers:
+                role += ", not registered"
+        table.add_row(
+            str(node.node_id),
+            str(running.pid) if running is not None else "-",
+            str(node.port),
+            str(node.controller_port),
+            "yes" if running is not None else "[red]no",
+            role,
+        )
+    _out.print(table)
+    _out.print(f"bootstrap: {state.bootstrap}")
+    if health is None:
+        return
+    _out.print(f"active controller: node {health.quorum.leader_id} (epoch {health.quorum.leader_epoch})")
+    short = health.under_replicated
+    _out.print(f"under-replicated partitions: {len(short)}")
+    for line in short[:20]:
+        _out.print(f"  {line}")
+    if len(short) > 20:
+        _out.print(f"  ... and {len(short) - 20} more")
 
 
 @app.command("reload-tls")

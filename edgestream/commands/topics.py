@@ -124,7 +124,8 @@ def create(
         typer.Option(
             "--replication-factor",
             min=1,
-            help="Replicas per partition [default: 1, for a single dev broker].",
+            help="Replicas per partition [default: 3 on a cluster of three or more brokers, 1 on one; "
+            "min.insync.replicas is one less].",
             show_default=False,
         ),
     ] = None,

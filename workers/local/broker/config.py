@@ -1,4 +1,5 @@
-"""The broker's ``server.properties``, rendered from code: listeners, ports and a single-node config."""
+"""The broker's ``server.properties``, rendered from code: listeners, ports, and the config of a single node
+or of one node of a local cluster (its id, the controller quorum, the replication of internal topics)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgestream.pipeline.contract.limits import BROKER_MESSAGE_MAX_BYTES
+from edgestream.topics.replication import min_insync_replicas, replication_factor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -44,26 +46,55 @@ class Listener:
         return f"{self.host}:{self.port}"
 
 
+def quorum_voters(controllers: Mapping[int, str]) -> str:
+    """``controller.quorum.voters``: ``id@host:port`` of every controller, by node id."""
+    return ",".join(f"{node_id}@{address}" for node_id, address in sorted(controllers.items()))
+
+
+def replication_config(brokers: int) -> dict[str, str]:
+    """Replication of new topics and of the broker's internal topics (consumer offsets, transaction
+    state, share-group state) on a cluster of ``brokers``: 1 and 1 on one node, 3 and min ISR 2 on three."""
+    replicas = replication_factor(brokers)
+    min_isr = str(min_insync_replicas(replicas))
+    return {
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": min_isr,
+    }
+
+
 def broker_config(
     *,
     client_listeners: Sequence[Listener],
     controller: Listener,
     data_dir: Path,
     extra: Mapping[str, str] | None = None,
+    node_id: int = NODE_ID,
+    voters: Mapping[int, str] | None = None,
 ) -> dict[str, str]:
-    """The ``server.properties`` of a single combined broker+controller node, as a dict.
+    """The ``server.properties`` of one combined broker+controller node, as a dict.
 
-    The first client listener is the inter-broker one. Everything a single node needs for consumer groups
-    and transactions is here (replication factors and min.isr of 1, no initial rebalance delay); topics
-    are created explicitly (``auto.create.topics.enable=false``). ``extra`` wins over the defaults.
+    Alone (``voters`` None) the node is the only quorum voter; in a cluster ``voters`` maps every
+    controller's node id to its controller address, and internal topics are replicated as
+    ``replication_config`` says for that many nodes (three copies, min ISR 2). The first client listener
+    is the inter-broker one. Everything consumer groups and transactions need is here (no initial
+    rebalance delay); topics are created explicitly (``auto.create.topics.enable=false``), and no
+    out-of-sync replica is ever elected leader. ``extra`` wins over the defaults.
     """
     if not client_listeners:
         raise ValueError("a broker needs at least one client listener")
+    controllers = {node_id: controller.address} if voters is None else dict(voters)
+    if controllers.get(node_id) != controller.address:
+        raise ValueError(f"node {node_id} must be a voter at its controller address {controller.address}")
     listeners = [*client_listeners, controller]
     config = {
         "process.roles": "broker,controller",
-        "node.id": str(NODE_ID),
-        "controller.quorum.voters": f"{NODE_ID}@{controller.address}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": quorum_voters(controllers),
         "controller.listener.names": controller.name,
         "listeners": ",".join(f"{item.name}://{item.address}" for item in listeners),
         "advertised.listeners": ",".join(f"{item.name}://{item.address}" for item in client_listeners),
@@ -73,15 +104,9 @@ def broker_config(
         "inter.broker.listener.name": client_listeners[0].name,
         "log.dirs": str(data_dir),
         "num.partitions": "3",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        **replication_config(len(controllers)),
         "offsets.topic.num.partitions": "3",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
         "transaction.state.log.num.partitions": "3",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "message.max.bytes": str(BROKER_MESSAGE_MAX_BYTES),  # what the worker's record limits assume
@@ -91,6 +116,8 @@ def broker_config(
         "num.network.threads": "2",
         "num.io.threads": "4",
     }
+    if len(controllers) > 1:
+        config["unclean.leader.election.enable"] = "false"  # Kafka's default, said: no write lost
     config.update(extra or {})
     return config
 

@@ -1,4 +1,5 @@
-"""The broker process: ``LocalBroker`` starts, stops and inspects the JVM of one home's broker.
+"""The broker process: ``LocalBroker`` starts, stops and inspects the JVM of one home's broker, or of one
+node of its local cluster (``cluster.LocalCluster`` runs three of them).
 
 ``start`` formats the KRaft storage on first use, renders ``server.properties``, spawns the JVM in its own
 session and returns only once the broker answers a metadata request; ``stop`` sends SIGTERM, then SIGKILL
@@ -15,6 +16,7 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from edgestream.pipeline.errors import BrokerError
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki
 from edgestream.workers.local.broker.config import (
+    NODE_ID,
     Listener,
     broker_config,
     new_cluster_id,
@@ -31,6 +34,7 @@ from edgestream.workers.local.broker.config import (
 from edgestream.workers.local.broker.jars import JarCache
 from edgestream.workers.local.broker.java import check_java, jvm_options
 from edgestream.workers.local.broker.output import log_errors, read_from, strip_colours, tail
+from edgestream.workers.local.broker.plan import ClusterPlan, NodePorts
 from edgestream.workers.local.broker.posix import file_lock, pid_alive
 from edgestream.workers.local.broker.probe import BrokerExited, wait_ready
 from edgestream.workers.local.broker.settings import BrokerSettings
@@ -54,12 +58,27 @@ class _PortTaken(Exception):
         self.port = port
 
 
-class LocalBroker:
-    """Start, stop and inspect the local single-node broker kept in ``<home>/broker/``."""
+@dataclass(frozen=True, slots=True)
+class ClusterMember:
+    """Which node of a local cluster a ``LocalBroker`` runs, and where its state lives."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    plan: ClusterPlan
+    """The cluster: its id and every node's ports (the quorum)."""
+    node: NodePorts
+    """This node."""
+    root: Path
+    """This node's directory (data, logs, config, state file)."""
+
+
+class LocalBroker:
+    """Start, stop and inspect the local single-node broker kept in ``<home>/broker/``, or, with
+    ``member``, one node of the home's local cluster (on the plan's fixed ports)."""
+
+    def __init__(self, settings: BrokerSettings, member: ClusterMember | None = None) -> None:
         self.settings = settings
-        self.root = settings.home.expanduser().resolve() / "broker"
+        self.member = member
+        """The cluster node this is; None for the single broker."""
+        self.root = settings.home.expanduser().resolve() / "broker" if member is None else member.root
         """All of the broker's local state."""
         self.data_dir = self.root / "data"
         self.log_dir = self.root / "logs"
@@ -131,6 +150,8 @@ class LocalBroker:
                     return self._start_once(java, libs_dir, deadline)
                 except _PortTaken as err:
                     fixed = {self.settings.port, self.settings.controller_port} - {0}
+                    if self.member is not None:
+                        fixed = {self.member.node.port, self.member.node.controller_port}
                     if attempt == _PORT_RETRIES or err.port is None or err.port in fixed:
                         raise BrokerError(str(err)) from err
                     log.info("port %d was taken after we chose it; retrying with new ports", err.port)
@@ -167,12 +188,13 @@ class LocalBroker:
         return state
 
     def _jvm_options(self) -> list[str]:
-        return jvm_options(self.settings.heap_mb, self.log_dir, self.settings.jit)
+        heap_mb = self.settings.heap_mb if self.member is None else self.settings.node_heap_mb
+        return jvm_options(heap_mb, self.log_dir, self.settings.jit)
 
     def _format_storage(self, java: str, classpath: str) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = new_cluster_id()
+        cluster_id = new_cluster_id() if self.member is None else self.member.plan.cluster_id
         command = [java, *self._jvm_options(), "-cp", classpath, "kafka.tools.StorageTool", "format"]
         command += ["-t", cluster_id, "-c", str(self.config_file)]
         try:
@@ -191,7 +213,12 @@ class LocalBroker:
     def _write_config(self) -> tuple[Listener, Listener, Path | None]:
         """Render ``server.properties`` on fresh ports; the client and controller listeners and, for a
         TLS broker, the PKI directory it trusts."""
-        port, controller_port = pick_ports(self.settings)
+        if self.member is None:
+            port, controller_port = pick_ports(self.settings)
+            node_id, voters = NODE_ID, None
+        else:
+            port, controller_port = self.member.node.port, self.member.node.controller_port
+            node_id, voters = self.member.node.node_id, self.member.plan.voters()
         tls_root: Path | None = None
         if self.settings.security == "tls":
             client = Listener("SSL", port, "SSL")
@@ -203,7 +230,12 @@ class LocalBroker:
             controller = Listener("CONTROLLER", controller_port)
             extra = dict(self.settings.extra_config)
         config = broker_config(
-            client_listeners=[client], controller=controller, data_dir=self.data_dir, extra=extra
+            client_listeners=[client],
+            controller=controller,
+            data_dir=self.data_dir,
+            extra=extra,
+            node_id=node_id,
+            voters=voters,
         )
         self.config_file.write_text(render_properties(config))
         return client, controller, tls_root
@@ -304,6 +336,21 @@ class LocalBroker:
                 log.info("broker pid %d was already gone; removing its state", state.pid)
             self.state_file.unlink(missing_ok=True)
             return running
+
+    def kill(self) -> bool:
+        """SIGKILL the broker's process group at once, as a crash would (fault scenarios), and remove its
+        state; its data stays. False when none was running."""
+        with self._locked():
+            state = read_state(self.state_file)
+            if state is None or not self._is_ours(state.pid):
+                return False
+            log.info("killing Kafka broker pid %d (SIGKILL)", state.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(state.pid, signal.SIGKILL)
+            if not self._wait_exit(state.pid, 10.0):
+                raise BrokerError(f"the Kafka broker (pid {state.pid}) survived SIGKILL")
+            self.state_file.unlink(missing_ok=True)
+            return True
 
     def _terminate(self, pid: int, timeout_s: float) -> None:
         log.info("stopping Kafka broker pid %d", pid)

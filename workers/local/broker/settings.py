@@ -23,7 +23,13 @@ class BrokerSettings(BaseSettings):
     controller_port: int = Field(default=0, ge=0, le=65535)
     """KRaft controller port on 127.0.0.1; 0 picks a free port at each start."""
     heap_mb: int = Field(default=512, ge=128)
-    """Maximum JVM heap (``-Xmx``) of the broker, MiB."""
+    """Maximum JVM heap (``-Xmx``) of the single broker, MiB."""
+    brokers: Literal[1, 3] = 1
+    """Nodes of the local cluster. 1: one broker in ``<home>/broker/``. 3: a KRaft cluster of three
+    combined broker+controller nodes in ``<home>/cluster/node-<id>/`` (three quorum voters, topics with
+    three replicas and min ISR 2), each on ports of its own, all with the same PKI and ACLs."""
+    node_heap_mb: int = Field(default=256, ge=128)
+    """Maximum JVM heap (``-Xmx``) of each node of a multi-node cluster, MiB: three JVMs share the box."""
     jit: Literal["tiered", "c1"] = "c1"
     """The JVM's JIT compilers. ``c1``: the quick compiler only (``-XX:TieredStopAtLevel=1``). With
     both (``tiered``, the JVM's default) the optimising C2 compiler used about 65% of a core for the
