@@ -92,6 +92,7 @@ class LocalBroker:
 
     def _is_ours(self, pid: int) -> bool:
         """True when ``pid`` is alive and is the JVM running this home's broker (not a reused pid)."""
+        self._reap()
         if not pid_alive(pid):
             return False
         try:
@@ -101,6 +102,12 @@ class LocalBroker:
         except OSError:
             return True  # no procfs to tell: trust the pid
         return b"kafka.Kafka" in cmdline and os.fsencode(self.config_file) in cmdline
+
+    def _reap(self) -> None:
+        """Forget (and reap) the JVM this object started once it has exited, e.g. stopped by another
+        process: no zombie is left behind."""
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -119,6 +126,7 @@ class LocalBroker:
 
     def status(self) -> BrokerState | None:
         """The running broker's state, or None when none runs (a stale state file counts as none)."""
+        self._reap()
         state = read_state(self.state_file)
         if state is None or not self._is_ours(state.pid):
             return None
@@ -392,14 +400,28 @@ def running_broker(settings: BrokerSettings, timeout_s: float = 90) -> Iterator[
 
 
 def local_bootstrap(settings: BrokerSettings | None = None) -> str | None:
-    """The bootstrap address of the local broker started by ``edgestream broker start``, if it runs."""
-    state = LocalBroker(settings or BrokerSettings()).status()
+    """The bootstrap address of the local broker started by ``edgestream broker start`` (every node's,
+    for a local cluster), if it runs."""
+    from edgestream.workers.local.broker.cluster import LocalCluster  # it builds on this module
+
+    chosen = settings or BrokerSettings()
+    cluster = LocalCluster(chosen).status()
+    if cluster is not None:
+        return cluster.bootstrap
+    state = LocalBroker(chosen).status()
     return state.bootstrap if state is not None else None
 
 
 def local_kafka(
     identity: Identity | None = None, settings: BrokerSettings | None = None
 ) -> KafkaSettings | None:
-    """Client settings for the local broker as ``identity`` (default ``admin``), if it runs."""
-    state = LocalBroker(settings or BrokerSettings()).status()
+    """Client settings for the local broker (or the home's local cluster) as ``identity`` (default
+    ``admin``), if it runs."""
+    from edgestream.workers.local.broker.cluster import LocalCluster  # it builds on this module
+
+    chosen = settings or BrokerSettings()
+    cluster = LocalCluster(chosen).status()
+    if cluster is not None:
+        return cluster.kafka(identity)
+    state = LocalBroker(chosen).status()
     return state.kafka(identity) if state is not None else None
