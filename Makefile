@@ -91,7 +91,7 @@ bench-aggregator: $(STAMP) ## The aggregator's CPU per record and loop lag, befo
 	@$(BIN)/python -m bench.aggregator
 
 .PHONY: faults
-faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, hostile input (bench/results/faults.json)
+faults: jars ## Exactly-once under kill -9, zombies, rebalances, broker restarts, cluster node kills, hostile input (bench/results/faults.json)
 	@$(BIN)/python -m bench.faults
 
 .PHONY: clean

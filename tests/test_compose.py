@@ -28,6 +28,7 @@ from edgestream.pipeline.security.keysource import KeySource
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS
 from edgestream.workers.edge.settings import WorkerSettings
+from edgestream.workers.local.broker.config import replication_config
 from edgestream.workers.local.fleet_settings import FleetSettings
 
 if TYPE_CHECKING:
@@ -241,6 +242,15 @@ def test_acls_are_enforced(brokers: dict[str, dict[str, str]]) -> None:
             assert e[f"KAFKA_{key}_REPLICATION_FACTOR"] == "3"
         for key in ("KAFKA_MIN_INSYNC_REPLICAS", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
             assert e[key] == "2"
+
+
+def test_the_brokers_replicate_as_a_local_cluster_does(brokers: dict[str, dict[str, str]]) -> None:
+    """One rule (``topics/replication.py``) for compose, the local cluster and the Strimzi resources."""
+    expected = replication_config(len(brokers))
+    assert expected["default.replication.factor"] == "3"
+    for e in brokers.values():
+        for key, value in expected.items():
+            assert e["KAFKA_" + key.upper().replace(".", "_")] == value, key
 
 
 def test_workers_serve_every_region_through_every_broker(

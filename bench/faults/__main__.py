@@ -3,7 +3,8 @@ in one report.
 
 kill -9 cycles, a zombie, a 1 -> 3 -> 1 rebalance, a hostile corpus and the poison corpus (issue 12:
 every hostile kind with the worker's default settings), each on a fresh region of one local broker,
-then broker restarts on a broker of their own; the exactly-once checker is
+then broker restarts on a broker of their own and node kills (a follower, then the active controller)
+on a 3-node cluster of their own (``cluster_kill``); the exactly-once checker is
 ``checker.py``'s. Writes ``bench/results/faults.json`` (per scenario: sent, results,
 dead letters by reason, lost, duplicated, false replay flags, worker restarts, wall time, and every
 violation with examples) and prints a table. Exits 1 when the invariant broke anywhere; the home with
@@ -43,12 +44,16 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 
 from bench import REPO_ROOT, RESULTS_DIR
+from bench.faults.cluster import cluster_kill_on_own_cluster
 from bench.faults.env import FaultEnv, prepare_home
 from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, poison, rebalance, zombie
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 
-ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "poison", "broker_restart"]
+ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "poison", "broker_restart", "cluster_kill"]
+OWN_BROKERS: frozenset[ScenarioName] = frozenset({"broker_restart", "cluster_kill"})
+"""Scenarios that start brokers of their own (the shared broker is started only for the others)."""
 
 
 class FaultsSettings(BaseSettings):
@@ -65,6 +70,7 @@ class FaultsSettings(BaseSettings):
         "hostile",
         "poison",
         "broker_restart",
+        "cluster_kill",
     )
     """Which scenarios to run, in this order."""
     seed: int = 20261123
@@ -79,6 +85,8 @@ class FaultsSettings(BaseSettings):
     """Broker stop/start cycles on the same ports."""
     broker_outage_s: float = Field(default=3.0, ge=0)
     """How long the broker stays down each time (on top of its stop and start)."""
+    cluster_outage_s: float = Field(default=5.0, ge=0)
+    """How long a killed cluster node stays down at least, from its kill to its restart."""
     hostile_good: int = Field(default=5000, ge=1)
     """Good records in the hostile scenario."""
     hostile_bad: int = Field(default=5000, ge=1)
@@ -132,6 +140,9 @@ def _scenario_calls(
         "broker_restart": lambda env: broker_restart(
             env, rate_per_s=rate, outage_s=settings.broker_outage_s, restarts=settings.broker_restarts
         ),
+        "cluster_kill": lambda env: cluster_kill_on_own_cluster(
+            env, rate_per_s=rate, outage_s=settings.cluster_outage_s
+        ),
     }
 
 
@@ -150,19 +161,23 @@ async def run_faults(settings: FaultsSettings, home: Path, progress: Progress) -
     log_line("building the reference models (cached in the run's home)")
     versions = await asyncio.to_thread(prepare_home, home)
     broker = LocalBroker(BrokerSettings(home=home / "kafka"))
-    log_line("starting the shared Kafka broker")
-    state = await asyncio.to_thread(broker.start, 120)
+    shared = KafkaSettings()  # unused when every scenario starts brokers of its own
+    tls_root = None
+    if set(settings.scenarios) - OWN_BROKERS:
+        log_line("starting the shared Kafka broker")
+        state = await asyncio.to_thread(broker.start, 120)
+        shared, tls_root = state.kafka(), state.tls_root
     calls = _scenario_calls(settings)
     reports: list[dict[str, Any]] = []
     try:
         for name in settings.scenarios:
             task = progress.add_task(name, total=None)
             env = FaultEnv(
-                bootstrap=state.kafka(),
+                bootstrap=shared,
                 home=home,
                 run_dir=home / "runs" / name,
                 served_versions=versions,
-                tls_root=state.tls_root,
+                tls_root=tls_root,
                 seed=settings.seed,
                 on_event=_describer(progress, task, name),
             )

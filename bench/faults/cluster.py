@@ -7,9 +7,12 @@ topics included) is under-replicated."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import random
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from bench.faults.env import FaultEnv, make_corpus, make_region, wait_for
@@ -17,6 +20,7 @@ from bench.faults.scenarios import ScenarioReport, _finish, _scenario
 from bench.faults.traffic import GroupProbe, good_traffic
 from edgestream.pipeline.errors import BrokerError
 from edgestream.workers.local.broker.cluster import LocalCluster
+from edgestream.workers.local.broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +135,50 @@ async def cluster_kill(
                 )
     finally:
         client_log.setLevel(client_level)
+
+
+def _node_usage(cluster: LocalCluster) -> dict[str, dict[str, float]]:
+    """Each running node's resident memory (MiB) and CPU time so far (s), from ``/proc``."""
+    state = cluster.status()
+    usage: dict[str, dict[str, float]] = {}
+    for node_id, node in (state.nodes if state is not None else {}).items():
+        if node is None:
+            continue
+        try:
+            status = Path(f"/proc/{node.pid}/status").read_text()
+            fields = Path(f"/proc/{node.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        usage[str(node_id)] = {
+            "rss_mib": round(rss_kib / 1024, 1),
+            "cpu_s": round((int(fields[11]) + int(fields[12])) / ticks, 1),
+        }
+    return usage
+
+
+async def cluster_kill_on_own_cluster(
+    env: FaultEnv, *, rate_per_s: float = 100.0, outage_s: float = 5.0, after_s: float = 3.0
+) -> ScenarioReport:
+    """``cluster_kill`` on a 3-node cluster of its own (``<run_dir>/cluster``), started and stopped
+    here; the report adds the cluster's start time and each node's memory and CPU time, measured
+    right after the start and at the end."""
+    cluster = LocalCluster(BrokerSettings(home=env.run_dir / "cluster", brokers=3))
+    env.on_event("cluster kill: starting a 3-node cluster")
+    t0 = time.monotonic()
+    state = await asyncio.to_thread(cluster.start, 180)
+    start_s = time.monotonic() - t0
+    at_start = _node_usage(cluster)
+    try:
+        own = dataclasses.replace(env, bootstrap=state.kafka(), tls_root=state.tls_root)
+        report = await cluster_kill(own, cluster, rate_per_s=rate_per_s, outage_s=outage_s, after_s=after_s)
+        report.extra.update(
+            cluster_start_s=round(start_s, 2),
+            node_heap_mb=cluster.settings.node_heap_mb,
+            nodes_after_start=at_start,
+            nodes_at_end=_node_usage(cluster),
+        )
+        return report
+    finally:
+        await asyncio.to_thread(cluster.stop)

@@ -108,3 +108,62 @@ def test_cluster_id_is_22_chars_of_base64url_for_16_bytes() -> None:
         assert len(cluster_id) == 22
         assert not cluster_id.startswith("-")
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_a_cluster_node_is_one_of_three_voters_and_replicates_internal_topics_three_times(
+    tmp_path: Path,
+) -> None:
+    voters = {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
+    config = broker_config(
+        client_listeners=[Listener("SSL", 6002, "SSL")],
+        controller=Listener("CONTROLLER", 7002, "SSL"),
+        data_dir=tmp_path,
+        node_id=2,
+        voters=voters,
+    )
+
+    assert config["node.id"] == "2"
+    assert config["controller.quorum.voters"] == "1@127.0.0.1:7001,2@127.0.0.1:7002,3@127.0.0.1:7003"
+    assert config["advertised.listeners"] == "SSL://127.0.0.1:6002"
+    for key in (
+        "default.replication.factor",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "share.coordinator.state.topic.replication.factor",
+    ):
+        assert config[key] == "3", key
+    for key in (
+        "min.insync.replicas",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.min.isr",
+    ):
+        assert config[key] == "2", key
+    assert config["unclean.leader.election.enable"] == "false"
+
+
+def test_a_node_must_be_a_voter_at_its_own_controller_address(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="node 4 must be a voter"):
+        broker_config(
+            client_listeners=[Listener("SSL", 1, "SSL")],
+            controller=Listener("CONTROLLER", 7004),
+            data_dir=tmp_path,
+            node_id=4,
+            voters={1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"},
+        )
+
+
+def test_the_single_node_config_is_unchanged_by_the_cluster_support(tmp_path: Path) -> None:
+    alone = broker_config(
+        client_listeners=[Listener("SSL", 1, "SSL")], controller=Listener("CONTROLLER", 2), data_dir=tmp_path
+    )
+    as_its_own_quorum = broker_config(
+        client_listeners=[Listener("SSL", 1, "SSL")],
+        controller=Listener("CONTROLLER", 2),
+        data_dir=tmp_path,
+        node_id=NODE_ID,
+        voters={NODE_ID: "127.0.0.1:2"},
+    )
+
+    assert alone == as_its_own_quorum
+    assert "unclean.leader.election.enable" not in alone
+    assert alone["default.replication.factor"] == "1"
