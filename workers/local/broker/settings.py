@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CLUSTER_SIZES = (1, 3)
+"""The local cluster's sizes: one broker, or three nodes (a quorum that survives one node down)."""
 
 
 class BrokerSettings(BaseSettings):
@@ -24,7 +27,7 @@ class BrokerSettings(BaseSettings):
     """KRaft controller port on 127.0.0.1; 0 picks a free port at each start."""
     heap_mb: int = Field(default=512, ge=128)
     """Maximum JVM heap (``-Xmx``) of the single broker, MiB."""
-    brokers: Literal[1, 3] = 1
+    brokers: int = 1
     """Nodes of the local cluster. 1: one broker in ``<home>/broker/``. 3: a KRaft cluster of three
     combined broker+controller nodes in ``<home>/cluster/node-<id>/`` (three quorum voters, topics with
     three replicas and min ISR 2), each on ports of its own, all with the same PKI and ACLs."""
@@ -47,3 +50,12 @@ class BrokerSettings(BaseSettings):
     users). ``plaintext``: no encryption, no authentication, no ACLs; only when asked for explicitly."""
     extra_config: dict[str, str] = Field(default_factory=dict)
     """Broker properties that win over the generated ones (e.g. an authorizer for a test)."""
+
+    @field_validator("brokers")
+    @classmethod
+    def _one_or_three(cls, brokers: int) -> int:
+        if brokers not in CLUSTER_SIZES:
+            raise ValueError(
+                f"a local cluster has {' or '.join(map(str, CLUSTER_SIZES))} nodes, not {brokers}"
+            )
+        return brokers
