@@ -219,8 +219,8 @@ class LocalBroker:
         log.info("formatted KRaft storage in %s (cluster id %s)", self.data_dir, cluster_id)
 
     def _write_config(self) -> tuple[Listener, Listener, Path | None]:
-        """Render ``server.properties`` on fresh ports; the client and controller listeners and, for a
-        TLS broker, the PKI directory it trusts."""
+        """Render ``server.properties`` on fresh ports (a cluster node: on its plan's ports); the client
+        and controller listeners and, for a TLS broker, the PKI directory it trusts."""
         if self.member is None:
             port, controller_port = pick_ports(self.settings)
             node_id, voters = NODE_ID, None

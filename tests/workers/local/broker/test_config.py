@@ -139,6 +139,9 @@ def test_a_cluster_node_is_one_of_three_voters_and_replicates_internal_topics_th
     ):
         assert config[key] == "2", key
     assert config["unclean.leader.election.enable"] == "false"
+    # A dead node is fenced (its partitions led elsewhere) well within a worker's 10 s transaction.
+    assert int(config["broker.session.timeout.ms"]) <= 5000
+    assert int(config["broker.heartbeat.interval.ms"]) < int(config["broker.session.timeout.ms"])
 
 
 def test_a_node_must_be_a_voter_at_its_own_controller_address(tmp_path: Path) -> None:
@@ -166,4 +169,5 @@ def test_the_single_node_config_is_unchanged_by_the_cluster_support(tmp_path: Pa
 
     assert alone == as_its_own_quorum
     assert "unclean.leader.election.enable" not in alone
+    assert "broker.session.timeout.ms" not in alone
     assert alone["default.replication.factor"] == "1"
