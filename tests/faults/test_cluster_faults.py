@@ -138,7 +138,7 @@ async def test_killing_a_follower_then_the_controller_loses_and_doubles_nothing(
     assert_exactly_once(report)
     assert report.unexpected_exits == []
     assert report.worker_restarts == 0
-    assert 200 <= report.verdict.written == report.verdict.results
+    assert 100 <= report.verdict.written == report.verdict.results, "traffic flowed throughout"
     follower, controller = report.extra["kills"]
     assert follower["node"] != follower["controller_before"]
     assert controller["node"] == controller["controller_before"]
