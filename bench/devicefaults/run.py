@@ -96,15 +96,16 @@ class FaultRun:
 
         return await wait_for(f"{count} fallback answers", done, EDGE_BACK_TIMEOUT_S, 0.05)
 
-    async def stop_worker(self, region: Region, sig: signal.Signals) -> float:
-        """Stop ``region``'s worker with ``sig`` and wait for it to exit; when it exited."""
-        self.mark(f"worker {sig.name}")
+    async def stop_worker(self, region: Region, sig: signal.Signals) -> tuple[float, float]:
+        """Stop ``region``'s worker with ``sig`` and wait for it to exit; when it was signalled and
+        when it exited."""
+        signalled = self.mark(f"worker {sig.name}")
         region.worker.stopping = True
         region.worker.signal(sig)
         code = await region.worker.wait_exit(30)
         if code is None:
             raise AssertionError(f"worker {region.worker.node_id} still runs 30 s after {sig.name}")
-        return self.mark(f"worker exited ({code})")
+        return signalled, self.mark(f"worker exited ({code})")
 
     async def restart_worker(self, region: Region) -> tuple[float, float]:
         """Start ``region``'s worker again; when it was started and when it was ready."""
