@@ -84,7 +84,7 @@ async def test_a_stopped_worker_leaves_every_call_answered_by_the_fallback_until
     await run.start_devices(["phone-1"], SETTINGS, rate_per_s=10, deadline_ms=DEADLINE_MS)
     await run.wait_edge(region.name, 0.0, every_device=True)
 
-    exited_s = await run.stop_worker(region, signal.SIGTERM)
+    _, exited_s = await run.stop_worker(region, signal.SIGTERM)
     await run.wait_fallbacks(since_s=exited_s, count=10)
     restarted_s, _ready_s = await run.restart_worker(region)
     await run.wait_edge(region.name, restarted_s, every_device=True)
