@@ -8,8 +8,9 @@ with a deadline through two regions' real gateway and worker processes on a loca
    ``session_timeout_s`` (the SDK's setting) and that region's edge answers it.
 
 Writes ``bench/results/devicefaults.json`` (the figures of ``figures.py``: who answered in each phase,
-the fallback's share and reasons, when the edge answered again, each device's failover time, lost and
-duplicated answers, every mark) and ``devicefaults.png`` (answers per second by who answered, the
+the fallback's share and reasons, answers past the deadline, when the edge answered again, each
+device's failover time, calls left unanswered (lost), duplicate reply copies the devices dropped, the
+devices' event-loop lateness, every mark) and ``devicefaults.png`` (answers per second by who answered, the
 faults marked). Settings from ``EDGESTREAM_DEVICEFAULTS_*``; ``python -m bench.devicefaults plot``
 redraws the PNG. About two minutes on the 2-core box.
 """
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -105,6 +107,7 @@ async def _faults(stack: DeviceStack, device_ids: list[str], s: DeviceFaultsSett
     steady_from_s = run.mark("the edge answered every device")
     await asyncio.sleep(s.steady_s)
 
+    duplicated = {"before_the_worker_kill": run.duplicates()}
     killed_s, exited_s = await run.stop_worker(near, signal.SIGKILL)
     await asyncio.sleep(s.outage_s)
     restarted_s, ready_s = await run.restart_worker(near)
@@ -112,12 +115,14 @@ async def _faults(stack: DeviceStack, device_ids: list[str], s: DeviceFaultsSett
     back_s = run.mark("edge answers every device again")
     reconciled_by_then = run.reconciled()
     await asyncio.sleep(s.steady_s)
+    duplicated["before_the_gateway_kill"] = run.duplicates()
 
     gateway_killed_s = run.kill_gateway(near)
     await run.wait_edge(far.name, gateway_killed_s, every_device=True)
     run.mark(f"every device answered by {far.name}")
     await asyncio.sleep(s.steady_s)
     calls = await run.finish()
+    duplicated["at_the_end"] = run.duplicates()
     return _document(
         run,
         calls,
@@ -134,6 +139,7 @@ async def _faults(stack: DeviceStack, device_ids: list[str], s: DeviceFaultsSett
             "gateway_killed_s": gateway_killed_s,
         },
         reconciled_by_then,
+        duplicated,
     )
 
 
@@ -145,6 +151,7 @@ def _document(
     far: str,
     at: dict[str, float],
     reconciled_by_then: int,
+    duplicated: dict[str, int],
 ) -> dict[str, Any]:
     deadline = s.deadline_ms
     restarted, ready = at["worker_restarted_s"], at["worker_ready_s"]
@@ -159,6 +166,8 @@ def _document(
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "bench_process_cpu_s": round(time.process_time(), 1),
         },
         "regions": {"near": near, "far": far},
         "marks": [{"t_s": round(m.t_s, 3), "what": m.what} for m in run.marks],
@@ -168,6 +177,7 @@ def _document(
             "signal": "SIGKILL",
             "down_s": round(restarted - at["worker_exited_s"], 3),
             "while_down": answers(started_in(calls, at["worker_exited_s"], restarted), deadline),
+            "loop_lateness_ms_while_down": spread_ms(run.lateness, at["worker_exited_s"], restarted),
             "until_edge_back": answers(
                 started_in(calls, at["worker_exited_s"], first_back or restarted), deadline
             ),
@@ -187,12 +197,26 @@ def _document(
             "until_failed_over": answers(started_in(calls, killed, killed + failed_over_by), deadline),
             "failovers": run.failovers(),
         },
+        "loop_lateness_ms": spread_ms(run.lateness, 0.0, float("inf")),
         "overall": {
             **answers(calls, deadline),
             "duplicated": run.duplicates(),
+            "duplicated_so_far": duplicated,
             "late_edge_answers_reconciled": run.reconciled(),
         },
         "timeline": timeline(calls),
+    }
+
+
+def spread_ms(samples: list[tuple[float, float]], start_s: float, end_s: float) -> dict[str, float] | None:
+    """p50, p99 and max of the lateness samples taken in ``[start_s, end_s)``."""
+    values = [ms for t, ms in samples if start_s <= t < end_s]
+    if not values:
+        return None
+    return {
+        "p50": round(float(np.percentile(values, 50)), 2),
+        "p99": round(float(np.percentile(values, 99)), 2),
+        "max": round(max(values), 2),
     }
 
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from bench.devicefaults.stack import DeviceStack, Region
     from edgestream.device.answers import ClientSettings
 
+LATENESS_PROBE_S: Final = 0.05
+"""How often the event loop's lateness is sampled (a sleep of this long, how late it woke)."""
 EDGE_BACK_TIMEOUT_S: Final = 120.0
 """The edge answers again within this after a restart or a failover (a worker killed with SIGKILL
 waits for its group's session timeout before the new one is assigned its partitions)."""
@@ -42,6 +44,9 @@ class FaultRun:
         self.callers: list[Caller] = []
         self._stop = asyncio.Event()
         self._running: list[asyncio.Task[None]] = []
+        self.lateness: list[tuple[float, float]] = []
+        """(when, ms late) of each wake-up of the lateness probe: what a busy machine adds to any
+        deadline in the devices' process, side by side with their answers."""
 
     def now_s(self) -> float:
         return time.monotonic() - self.zero_s
@@ -63,6 +68,14 @@ class FaultRun:
             self.callers.append(Caller(client, device_id, xs, rate_per_s, deadline_ms, self.zero_s))
         self.mark("devices calling")
         self._running = [asyncio.create_task(c.run(self._stop)) for c in self.callers]
+        self._running.append(asyncio.create_task(self._probe()))
+
+    async def _probe(self) -> None:
+        while not self._stop.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(LATENESS_PROBE_S)
+            woke = time.monotonic()
+            self.lateness.append((woke - self.zero_s, (woke - before - LATENESS_PROBE_S) * 1000.0))
 
     def calls(self) -> list[Call]:
         """Every call recorded so far, in start order."""
