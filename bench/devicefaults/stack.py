@@ -12,7 +12,6 @@ to it reaches it alone, and every one is reaped however the run ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -243,10 +242,10 @@ class DeviceStack:
         for client in self.clients:
             await client.close()
         for region in self.regions:
-            with contextlib.suppress(Exception):
+            try:
                 await region.gateway.stop()
-            region.gateway.kill9()
-            region.worker.kill()
+            finally:
+                region.worker.kill()
 
 
 def _gateway_kafka(env: FaultEnv, region: FaultRegion) -> KafkaSettings:
