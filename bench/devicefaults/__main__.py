@@ -3,7 +3,7 @@ with a deadline through two regions' real gateway and worker processes on a loca
 
 1. the nearest region's worker is killed (SIGKILL) and, ``outage_s`` later, started again: every call is
    answered (by the fallback while the edge cannot), and the edge answers again once the new worker has
-   its partitions (after a SIGKILL that waits for the dead member's group session to expire);
+   its partitions;
 2. that region's gateway is killed (SIGKILL): each device fails over to the next nearest region after
    ``session_timeout_s`` (the SDK's setting) and that region's edge answers it.
 

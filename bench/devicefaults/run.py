@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 LATENESS_PROBE_S: Final = 0.05
 """How often the event loop's lateness is sampled (a sleep of this long, how late it woke)."""
 EDGE_BACK_TIMEOUT_S: Final = 120.0
-"""The edge answers again within this after a restart or a failover (a worker killed with SIGKILL
-waits for its group's session timeout before the new one is assigned its partitions)."""
+"""The edge answers again within this after a restart or a failover (a bound for a crowded machine: the
+runs so far took 2-8 s)."""
 
 
 @dataclass(frozen=True, slots=True)
