@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench import REPO_ROOT
 from bench.faults.env import FaultEnv, FaultRegion, make_region, wait_for
 from bench.faults.workers import WorkerProcess
@@ -139,6 +141,17 @@ class GatewayProcess:
         return await wait_for(
             f"gateway {self.region} ready", lambda: asyncio.to_thread(self._ready_now), timeout_s, 0.1
         )
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on its ``/metrics`` (the region and node labels left out of
+        ``labels``); 0 when absent."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return float(sample.value)
+        return 0.0
 
     def kill9(self) -> None:
         """SIGKILL and reap."""

@@ -16,6 +16,7 @@ bench's to measure.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from bench.devicefaults.run import FaultRun
 from bench.devicefaults.stack import DeviceStack, prepare_models
 from bench.faults.env import FaultEnv
 from edgestream.device.answers import ClientSettings
+from edgestream.pipeline.observability.catalogue import GATEWAY_REPLIES, READY
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.broker.state import BrokerState
 
@@ -100,6 +102,11 @@ async def test_a_stopped_worker_leaves_every_call_answered_by_the_fallback_until
     assert {(c.source, c.why) for c in away} == {("fallback", "deadline")}
     (client,) = one_region.clients
     assert dict(client.stats.refused_replies) == {}  # every reply opened with the device's key
+    # The gateway process routed the edge's replies to the device's session (its own /metrics say so).
+    gateway = region.gateway
+    routed = await asyncio.to_thread(gateway.metric, GATEWAY_REPLIES, outcome="routed", region=region.name)
+    assert routed >= sum(c.source == "edge" for c in calls)
+    assert await asyncio.to_thread(gateway.metric, READY, region=region.name) == 1.0
     assert run.reconciled() >= 1  # the back worker's late answers to the calls the fallback took
     assert run.duplicates() == 0
 
