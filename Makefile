@@ -86,6 +86,10 @@ bench-drift: $(STAMP) ## Drift detector's false alarms and detections, simulated
 bench-device: $(STAMP) ## Device SDK: CPU per call, fallback run and deadline (bench/results/device.json; < 1 min)
 	@$(BIN)/python -m bench.device
 
+.PHONY: bench-devicefaults
+bench-devicefaults: jars ## Devices through real gateways and workers: a worker killed (fallback), a gateway killed (failover) (bench/results/devicefaults.json; ~1.5 min)
+	@$(BIN)/python -m bench.devicefaults
+
 .PHONY: bench-aggregator
 bench-aggregator: $(STAMP) ## The aggregator's CPU per record and loop lag, before vs after (bench/results/aggregator.json; ~3.5 min)
 	@$(BIN)/python -m bench.aggregator

@@ -7,8 +7,8 @@ Recording rules: ``edgestream:slo_error_ratio:rate<window>{slo, region}`` (the s
 ``edgestream:model_versions_served:count{region, model}`` and
 ``edgestream:model_versions_allowed:count{model}``. Alerts: two burn-rate tiers that page and one that
 files a ticket per SLO, and the symptoms the SLOs do not name: consumer lag in seconds, version drift,
-dead-letter spikes, a worker not ready. Annotations template only ``$labels`` (never ``$value``), so
-a unit test can say exactly what they read.
+dead-letter spikes, a worker or a device gateway not ready, replies a gateway dropped. Annotations
+template only ``$labels`` (never ``$value``), so a unit test can say exactly what they read.
 """
 
 from __future__ import annotations
@@ -16,16 +16,21 @@ from __future__ import annotations
 from typing import Any, Final
 
 from edgestream.pipeline.observability import slo
+from edgestream.pipeline.observability.catalogue import GATEWAY_REPLIES
 from edgestream.pipeline.observability.slo import BurnAlert, Objective
 
 JOB_WORKERS: Final = "edgestream-workers"
 """Scrape job of the edge workers (``edgestream worker``, ``--health-port``'s ``/metrics``)."""
+JOB_GATEWAYS: Final = "edgestream-gateways"
+"""Scrape job of the device gateways (``edgestream gateway``, ``/metrics`` on
+``EDGESTREAM_GATEWAY_HEALTH_PORT``)."""
 JOB_AGGREGATOR: Final = "edgestream-aggregator"
 """Scrape job of the cloud aggregator (``edgestream aggregate run``)."""
 JOB_ROLLOUT: Final = "edgestream-rollout"
 """Scrape job of the rollout controller (``edgestream rollout watch --health-port``)."""
 JOBS: Final[tuple[tuple[str, str], ...]] = (
     (JOB_WORKERS, "workers"),
+    (JOB_GATEWAYS, "gateways"),
     (JOB_AGGREGATOR, "aggregator"),
     (JOB_ROLLOUT, "rollout"),
 )
@@ -52,7 +57,7 @@ VERSIONS_ALLOWED: Final = "edgestream:model_versions_allowed:count"
 
 
 def scrape_config() -> Doc:
-    """``prometheus.yml``: the three jobs, discovered from ``targets/*.json`` files, and the rules."""
+    """``prometheus.yml``: the jobs, discovered from ``targets/*.json`` files, and the rules."""
     return {
         "global": {"scrape_interval": "15s", "evaluation_interval": RULE_GROUP_INTERVAL},
         "rule_files": ["rules/recording.yml", "rules/alerts.yml"],
@@ -173,6 +178,26 @@ def _symptom_alerts() -> list[Doc]:
             "worker {{ $labels.instance }} is not ready",
             "The worker says it is not ready (no partitions, models not loaded, broker unreachable) or "
             "cannot be scraped; its partitions wait for a rebalance.",
+        ),
+        _alert(
+            "EdgestreamGatewayNotReady",
+            f'edgestream_ready{{job="{JOB_GATEWAYS}"}} == 0\nor\nup{{job="{JOB_GATEWAYS}"}} == 0',
+            "2m",
+            "page",
+            "device gateway {{ $labels.instance }} is not ready",
+            "The gateway says it is not ready (its Kafka clients are not started) or cannot be scraped: "
+            "its devices answer from their local fallback and fail over to the next nearest region "
+            '(docs/gateway.md, "Measured").',
+        ),
+        _alert(
+            "EdgestreamGatewayRepliesDropped",
+            f'sum by (region) (increase({GATEWAY_REPLIES}{{outcome="dropped"}}[10m])) > 0',
+            "5m",
+            "ticket",
+            "{{ $labels.region }}: the device gateway drops replies held for absent devices",
+            "Devices away for long get more replies than a mailbox holds (hold_max): the oldest are "
+            "dropped. Their devices answered those calls from the fallback; raise hold_max or look for "
+            "devices that never come back.",
         ),
         _alert(
             "EdgestreamControlPlaneNotReady",

@@ -1,5 +1,5 @@
-"""Every Prometheus metric name of the three long-running processes, spelled once, and which process
-serves which (``docs/observability.md``, "Metrics").
+"""Every Prometheus metric name of the long-running processes (edge worker, device gateway, aggregator,
+rollout controller), spelled once, and which process serves which (``docs/observability.md``, "Metrics").
 
 A counter is listed by its sample name (``..._total``), a histogram by its family name (served as
 ``<name>_bucket``, ``<name>_sum`` and ``<name>_count``), a gauge by its name. Every series also carries
@@ -73,6 +73,23 @@ REGISTRY_REVISION: Final = "edgestream_registry_revision"
 READY: Final = "edgestream_ready"
 """1 while the process is ready, else 0."""
 
+# -- the device gateway -----------------------------------------------------------------------------
+
+GATEWAY_SESSIONS: Final = "edgestream_gateway_sessions"
+"""Authenticated device sessions now."""
+GATEWAY_CONNECTIONS: Final = "edgestream_gateway_connections"
+"""Open device connections now, authenticated or not."""
+GATEWAY_AUTH_REFUSALS: Final = "edgestream_gateway_auth_refusals_total"
+"""Connections refused before or at authentication, by reason (the protocol's refusal codes)."""
+GATEWAY_ENVELOPES: Final = "edgestream_gateway_envelopes_total"
+"""Envelopes handled, by outcome (``accepted`` or a rejection reason)."""
+GATEWAY_REPLIES: Final = "edgestream_gateway_replies_total"
+"""Replies by what happened to them (:data:`GATEWAY_REPLY_OUTCOMES`)."""
+GATEWAY_REPORTS: Final = "edgestream_gateway_reports_total"
+"""Device reports produced."""
+GATEWAY_HELD: Final = "edgestream_gateway_held_replies"
+"""Replies held in mailboxes now."""
+
 # -- the aggregator and the rollout controller -------------------------------------------------------
 
 AGGREGATOR_RECORDS: Final = "edgestream_aggregator_records_total"
@@ -118,6 +135,17 @@ METRICS_WORKER: Final = (
     READY,
 )
 """What an edge worker's /metrics serves."""
+METRICS_GATEWAY: Final = (
+    GATEWAY_SESSIONS,
+    GATEWAY_CONNECTIONS,
+    GATEWAY_AUTH_REFUSALS,
+    GATEWAY_ENVELOPES,
+    GATEWAY_REPLIES,
+    GATEWAY_REPORTS,
+    GATEWAY_HELD,
+    READY,
+)
+"""What a device gateway's /metrics serves (on ``EDGESTREAM_GATEWAY_HEALTH_PORT``)."""
 METRICS_AGGREGATOR: Final = (
     AGGREGATOR_RECORDS,
     AGGREGATOR_WINDOWS,
@@ -146,6 +174,10 @@ OUTCOMES: Final = ("result", "dead_letter", "replayed", "refused")
 device's fault (bad input: undecodable, unauthentic, misplaced, unknown model, over its rate);
 ``dead_letter`` dead-lettered for the system's fault (stale by the time it was read, inference or
 output failures). Availability is ``result / (result + dead_letter)``."""
+GATEWAY_REPLY_OUTCOMES: Final = ("routed", "held", "expired", "dropped", "malformed")
+"""What happens to a reply at the gateway: ``routed`` (sent to its device's live session), ``held`` (put
+in the device's mailbox while it is away), ``expired`` (held past ``hold_s``), ``dropped`` (the
+mailbox was full), ``malformed`` (no device id or request id to route by)."""
 REFUSAL_KINDS: Final = (
     "topic_authorization",
     "group_authorization",

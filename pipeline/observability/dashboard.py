@@ -2,7 +2,8 @@
 
 Per region, model and version (the dashboard's variables): round-trip percentiles, throughput, batch
 sizes, where the time goes (queue wait, batch wait, inference, commit), consumer lag, dead letters by
-reason, versions served and rollout stages, and each SLO's burn rate over the alerts' windows.
+reason, versions served and rollout stages, each SLO's burn rate over the alerts' windows, and per
+region the device gateways' sessions, held replies, envelopes, replies and refusals.
 ``edgestream sla generate`` writes it with the Prometheus files; a test checks the committed copy.
 """
 
@@ -13,6 +14,14 @@ from typing import Any, Final
 
 from edgestream.pipeline.observability import slo
 from edgestream.pipeline.observability.alerting import VERSIONS_SERVED, error_ratio_record
+from edgestream.pipeline.observability.catalogue import (
+    GATEWAY_AUTH_REFUSALS,
+    GATEWAY_CONNECTIONS,
+    GATEWAY_ENVELOPES,
+    GATEWAY_HELD,
+    GATEWAY_REPLIES,
+    GATEWAY_SESSIONS,
+)
 
 UID: Final = "edgestream-slo"
 """The dashboard's Grafana uid (stable, so links to it survive a re-import)."""
@@ -184,6 +193,33 @@ def _version_panels() -> list[Panel]:
     ]
 
 
+def _gateway_panels() -> list[Panel]:
+    def per_second(metric: str, by: str, legend: str) -> tuple[str, str]:
+        return (f"sum by (region, {by}) (rate({metric}{{{SELECT_REGION}}}[{RATE}]))", legend)
+
+    return [
+        _panel(
+            "Device gateways: sessions and held replies",
+            "short",
+            [
+                (f"sum by (region) ({GATEWAY_SESSIONS}{{{SELECT_REGION}}})", "{{region}} sessions"),
+                (f"sum by (region) ({GATEWAY_CONNECTIONS}{{{SELECT_REGION}}})", "{{region}} connections"),
+                (f"sum by (region) ({GATEWAY_HELD}{{{SELECT_REGION}}})", "{{region}} replies held"),
+            ],
+            description="Held: replies waiting in mailboxes for devices that are away.",
+        ),
+        _panel(
+            "Device gateways: envelopes, replies and refusals per second",
+            "reqps",
+            [
+                per_second(GATEWAY_ENVELOPES, "outcome", "{{region}} envelopes {{outcome}}"),
+                per_second(GATEWAY_REPLIES, "outcome", "{{region}} replies {{outcome}}"),
+                per_second(GATEWAY_AUTH_REFUSALS, "reason", "{{region}} refused {{reason}}"),
+            ],
+        ),
+    ]
+
+
 def _variable(name: str, query: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -202,7 +238,7 @@ def _variable(name: str, query: str) -> dict[str, Any]:
 
 def dashboard() -> dict[str, Any]:
     """The dashboard, as Grafana imports it."""
-    panels = [*_latency_panels(), *_flow_panels(), *_version_panels()]
+    panels = [*_latency_panels(), *_flow_panels(), *_version_panels(), *_gateway_panels()]
     for i, panel in enumerate(panels):
         panel["id"] = i + 1
         panel["gridPos"] = {"x": (i % 2) * _WIDTH, "y": (i // 2) * _HEIGHT, "w": _WIDTH, "h": _HEIGHT}

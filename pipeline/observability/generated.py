@@ -24,6 +24,7 @@ GRAFANA_DIR: Final = Path("deploy/grafana")
 """Where the Grafana files go, relative to the checkout."""
 EXAMPLE_TARGETS: Final[dict[str, list[str]]] = {
     "workers": ["127.0.0.1:8080"],
+    "gateways": ["127.0.0.1:8444"],
     "aggregator": ["127.0.0.1:6066"],
     "rollout": ["127.0.0.1:8090"],
 }
@@ -32,7 +33,8 @@ SCRAPE_NOTE: Final[tuple[str, ...]] = (
     "",
     "Targets come from targets/<job>.json (Prometheus file discovery: edit or regenerate those files",
     "and Prometheus rereads them within a minute, no restart). Each worker serves /metrics on its",
-    "health port (EDGESTREAM_WORKER_HEALTH_PORT); the aggregator on its web port",
+    "health port (EDGESTREAM_WORKER_HEALTH_PORT); each device gateway on its own",
+    "(EDGESTREAM_GATEWAY_HEALTH_PORT); the aggregator on its web port",
     "(EDGESTREAM_AGGREGATOR_WEB_PORT); the rollout controller on `edgestream rollout watch --health-port`.",
     "The series carry their own region and node labels, so no relabelling is needed.",
 )

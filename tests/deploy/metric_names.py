@@ -16,10 +16,12 @@ HISTOGRAM_SUFFIXES: Final[tuple[str, ...]] = ("_bucket", "_count", "_sum")
 _NAME: Final = re.compile(r"(?<![\w:])(edgestream_[a-z0-9_]+|up)(?![\w:])")
 
 
-def exposed() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    """The worker's, the aggregator's and the rollout controller's metric names (the catalogue's)."""
+def exposed() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
+    """The worker's, the gateway's, the aggregator's and the rollout controller's metric names (the
+    catalogue's)."""
     return (
         frozenset(catalogue.METRICS_WORKER),
+        frozenset(catalogue.METRICS_GATEWAY),
         frozenset(catalogue.METRICS_AGGREGATOR),
         frozenset(catalogue.METRICS_ROLLOUT),
     )

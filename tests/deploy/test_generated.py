@@ -68,11 +68,12 @@ def _rule_exprs() -> list[str]:
 
 
 def test_every_metric_a_rule_or_panel_uses_is_exposed_by_a_process() -> None:
-    worker, aggregator, rollout = exposed()
-    every = worker | aggregator | rollout
+    worker, gateway, aggregator, rollout = exposed()
+    every = worker | gateway | aggregator | rollout
     board = json.loads((REPO_ROOT / GRAFANA_DIR / "edgestream.json").read_text())
     names = used(_rule_exprs()) | used(dashboard.expressions(board))
     assert {"edgestream_round_trip_seconds_bucket", "edgestream_records_total", "up"} <= names
+    assert {"edgestream_gateway_sessions", "edgestream_gateway_replies_total"} <= names
     assert sorted(n for n in names if not known(n, every)) == []
 
 

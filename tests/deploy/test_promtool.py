@@ -96,6 +96,15 @@ def _dead_letters(per: float, records_per: float, steps: int = 30) -> dict[str, 
 
 
 NOT_READY = {"node": "n1", "job": "edgestream-workers", "instance": "w1:8080", **REGION, "severity": "page"}
+GATEWAY = 'region="eu-west", node="gw1", job="edgestream-gateways", instance="g1:8444"'
+"""Labels of one scraped device gateway's series."""
+GATEWAY_DOWN = {
+    "node": "gw1",
+    "job": "edgestream-gateways",
+    "instance": "g1:8444",
+    **REGION,
+    "severity": "page",
+}
 LAG = {**REGION, "topic": "edge.eu-west.ingest.embedding", "severity": "page"}
 DRIFT = {**REGION, "model": "embedding-scorer", "severity": "ticket"}
 
@@ -205,6 +214,38 @@ CASES: dict[str, list[Case]] = {
         ),
         Case("one not-ready scrape", {f"edgestream_ready{{{WORKER}}}": "1 0 1 1 1 1 1 1"}, "6m"),
     ],
+    "EdgestreamGatewayNotReady": [
+        Case("says not ready", {f"edgestream_ready{{{GATEWAY}}}": "1 1 0 0 0 0 0 0"}, "6m", [GATEWAY_DOWN]),
+        Case(
+            "cannot be scraped",
+            {'up{job="edgestream-gateways", instance="g1:8444"}': "0x8"},
+            "6m",
+            [{"job": "edgestream-gateways", "instance": "g1:8444", "severity": "page"}],
+        ),
+        Case("ready", {f"edgestream_ready{{{GATEWAY}}}": "1x8"}, "6m"),
+        Case(
+            "a worker down is not a gateway",
+            {'up{job="edgestream-workers", instance="w1:8080"}': "0x8"},
+            "6m",
+        ),
+    ],
+    "EdgestreamGatewayRepliesDropped": [
+        Case(
+            "replies dropped for 10 minutes",
+            {f'edgestream_gateway_replies_total{{{GATEWAY}, outcome="dropped"}}': "0+3x20"},
+            "15m",
+            [{**REGION, "severity": "ticket"}],
+        ),
+        Case(
+            "replies routed, held and expired, none dropped",
+            {
+                f'edgestream_gateway_replies_total{{{GATEWAY}, outcome="routed"}}': "0+500x20",
+                f'edgestream_gateway_replies_total{{{GATEWAY}, outcome="expired"}}': "0+5x20",
+                f'edgestream_gateway_replies_total{{{GATEWAY}, outcome="dropped"}}': "0x20",
+            },
+            "15m",
+        ),
+    ],
     "EdgestreamControlPlaneNotReady": [
         Case(
             "the rollout controller is down",
@@ -273,7 +314,7 @@ def test_promtool_checks_the_config_and_the_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     done = _promtool("check", "rules", "rules/recording.yml", "rules/alerts.yml", cwd=prometheus)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 12 rules found" in done.stdout
+    assert "SUCCESS: 14 rules found" in done.stdout
 
 
 @pytest.mark.parametrize("alert", sorted(CASES))

@@ -1,8 +1,8 @@
 """The SDK over the real gateway and its WebSocket transport (the gateway's Kafka clients are its
 test stand-ins): the catalogue and the fallback model come through the gateway and verify, the edge
 answers, a missed deadline falls back, the late reply is reconciled, and the device report reaches
-``edge.<region>.reports`` keyed by the device. Skipped until the gateway (issue 16's other half) is in
-the tree."""
+``edge.<region>.reports`` keyed by the device. ``test_over_gateway_processes.py`` runs the same SDK
+against a real gateway process, edge worker and broker."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edgestream.device.answers import ClientSettings
 from edgestream.device.client import EdgeClient
+from edgestream.device.gateway_client import GatewayTransport
 from edgestream.device.identity import DeviceIdentity, RegionKey
 from edgestream.pipeline.contract.devicereports import DeviceReport
 from edgestream.pipeline.contract.envelope import decode_envelope
@@ -30,11 +29,7 @@ from edgestream.pipeline.registry import (
     publish,
 )
 from edgestream.pipeline.registry.devicecatalogue import CATALOGUE_FILE, build_catalogue, sign_catalogue
-
-gateway_client = pytest.importorskip(
-    "edgestream.device.gateway_client", reason="the gateway is not merged yet"
-)
-harness = pytest.importorskip("tests.workers.gateway.harness", reason="the gateway is not merged yet")
+from tests.workers.gateway import harness
 
 FAMILY = "embedding-scorer"
 DEVICE = "phone-7"
@@ -81,7 +76,7 @@ async def test_the_sdk_over_the_gateway(tmp_path: Path) -> None:
 
     def make(endpoint: Any) -> Any:
         key = identity.keys[endpoint.region]
-        return gateway_client.GatewayTransport(endpoint, identity.device_id, key.device_key, key.key_id)
+        return GatewayTransport(endpoint, identity.device_id, key.device_key, key.key_id)
 
     async with harness.fake_gateway(home) as (gateway, producer, replies):
         delay = {"s": 0.0}

@@ -1,68 +1,55 @@
 """The gateway's Prometheus metrics, in a registry of their own (served on ``/metrics``).
 
-Every series carries ``region`` and ``node`` as constant labels. Label values come from bounded sets
-(the protocol's reason codes, a few outcomes), never from devices. Labelled children are created once
-and cached, so counting costs a dictionary lookup and an add.
+The names are the catalogue's (``pipeline/observability/catalogue.py``, ``METRICS_GATEWAY``). Every
+series carries the constant labels ``region`` and ``node``; ``edgestream_ready`` says what ``/readyz``
+says. Other label values come from bounded sets (the protocol's reason codes, a few outcomes), never
+from devices. Labelled children are created once and cached, so counting costs a dictionary lookup and
+an add.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edgestream.pipeline.contract.gatewayframes import REFUSAL_REASONS, REJECTION_REASONS
+from edgestream.pipeline.observability import catalogue as names
+from edgestream.pipeline.observability.catalogue import CONSTANT_LABELS, GATEWAY_REPLY_OUTCOMES
+from edgestream.pipeline.observability.process import ProcessMetrics
 
-SESSIONS: Final = "edgestream_gateway_sessions"
-"""Authenticated device sessions now."""
-CONNECTIONS: Final = "edgestream_gateway_connections"
-"""Open connections now, authenticated or not."""
-AUTH_REFUSALS: Final = "edgestream_gateway_auth_refusals_total"
-"""Connections refused before or at authentication, by reason."""
-ENVELOPES: Final = "edgestream_gateway_envelopes_total"
-"""Envelopes handled, by outcome (``accepted`` or a rejection reason)."""
-REPLIES: Final = "edgestream_gateway_replies_total"
-"""Replies by what happened to them: ``routed`` (sent to a live session), ``held`` (put in a mailbox),
-``expired``, ``dropped`` (mailbox full), ``malformed`` (no device id or request id to route by)."""
-REPORTS: Final = "edgestream_gateway_reports_total"
-"""Device reports produced."""
-HELD: Final = "edgestream_gateway_held_replies"
-"""Replies held in mailboxes now."""
-REPLY_OUTCOMES: Final = ("routed", "held", "expired", "dropped", "malformed")
+REPLY_OUTCOMES = GATEWAY_REPLY_OUTCOMES
 """What happens to a reply."""
 
 
-class GatewayMetrics:
+class GatewayMetrics(ProcessMetrics):
     """The counters and gauges of one gateway."""
 
     def __init__(self, region: str, node: str, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        """Where the metrics live."""
-        constant = {"region": region, "node": node}
-        self.sessions = Gauge(SESSIONS, "Authenticated device sessions.", registry=self.registry)
+        super().__init__(region=region, node=node, registry=registry)
+        const, reg, values = CONSTANT_LABELS, self.registry, self._values
+        self.sessions = Gauge(
+            names.GATEWAY_SESSIONS, "Authenticated device sessions.", const, registry=reg
+        ).labels(*values)
         """Authenticated sessions."""
-        self.connections = Gauge(CONNECTIONS, "Open device connections.", registry=self.registry)
+        self.connections = Gauge(
+            names.GATEWAY_CONNECTIONS, "Open device connections.", const, registry=reg
+        ).labels(*values)
         """Open connections."""
-        refusals = Counter(
-            AUTH_REFUSALS.removesuffix("_total"), "Sessions refused.", ["reason"], registry=self.registry
-        )
-        self.refused = {reason: refusals.labels(reason) for reason in REFUSAL_REASONS}
+        refusals = Counter(names.GATEWAY_AUTH_REFUSALS, "Sessions refused.", (*const, "reason"), registry=reg)
+        self.refused = {reason: refusals.labels(*values, reason) for reason in REFUSAL_REASONS}
         """Refusals by reason."""
         envelopes = Counter(
-            ENVELOPES.removesuffix("_total"), "Envelopes by outcome.", ["outcome"], registry=self.registry
+            names.GATEWAY_ENVELOPES, "Envelopes by outcome.", (*const, "outcome"), registry=reg
         )
-        self.envelopes = {o: envelopes.labels(o) for o in ("accepted", *REJECTION_REASONS)}
+        self.envelopes = {o: envelopes.labels(*values, o) for o in ("accepted", *REJECTION_REASONS)}
         """Envelopes by outcome."""
-        replies = Counter(
-            REPLIES.removesuffix("_total"), "Replies by outcome.", ["outcome"], registry=self.registry
-        )
-        self.replies = {o: replies.labels(o) for o in REPLY_OUTCOMES}
+        replies = Counter(names.GATEWAY_REPLIES, "Replies by outcome.", (*const, "outcome"), registry=reg)
+        self.replies = {o: replies.labels(*values, o) for o in REPLY_OUTCOMES}
         """Replies by outcome."""
-        self.reports = Counter(
-            REPORTS.removesuffix("_total"), "Device reports produced.", registry=self.registry
+        self.reports = Counter(names.GATEWAY_REPORTS, "Device reports produced.", const, registry=reg).labels(
+            *values
         )
         """Reports produced."""
-        self.held = Gauge(HELD, "Replies held in mailboxes.", registry=self.registry)
+        self.held = Gauge(names.GATEWAY_HELD, "Replies held in mailboxes.", const, registry=reg).labels(
+            *values
+        )
         """Replies held."""
-        info = Gauge("edgestream_gateway_info", "This gateway.", ["region", "node"], registry=self.registry)
-        info.labels(**constant).set(1)

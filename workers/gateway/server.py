@@ -114,6 +114,7 @@ class Gateway:
         self._health: HealthServer | None = None
         self.ready = False
         """True once the producer and the reply consumer run and the server listens."""
+        self.metrics.watch_ready(self.readiness)
 
     @property
     def port(self) -> int:
@@ -126,6 +127,10 @@ class Gateway:
     def health_port(self) -> int | None:
         """The port of /livez, /readyz and /metrics, when they are served."""
         return None if self._health is None else self._health.port
+
+    def readiness(self) -> tuple[bool, str]:
+        """What ``/readyz`` and ``edgestream_ready`` say: (ready, reason)."""
+        return self.ready, "ok" if self.ready else "starting"
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it is done."""
@@ -158,7 +163,7 @@ class Gateway:
         if settings.health_port is not None:
             self._health = HealthServer(
                 live=lambda: (True, "ok"),
-                ready=lambda: (self.ready, "ok" if self.ready else "starting"),
+                ready=self.readiness,
                 registry=self.metrics.registry,
                 host=settings.health_host,
                 port=settings.health_port,

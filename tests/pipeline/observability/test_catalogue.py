@@ -1,5 +1,5 @@
-"""The catalogue: each process's metrics object declares exactly the names listed for it, each name
-once; the rollout controller serves its list on /metrics while it watches."""
+"""The catalogue: each process's metrics object (the device gateway's too) declares exactly the names
+listed for it, each name once; the rollout controller serves its list on /metrics while it watches."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.registry.signing import SigningKey
 from edgestream.pipeline.registry.state import Canary, ModelState
 from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.gateway.metrics import GatewayMetrics
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.rollout_controller import Controller, stage_shares, watch_until_signalled
 
@@ -26,6 +27,7 @@ from .served import http_get, missing, samples, total
 def test_each_metrics_object_declares_exactly_its_processs_names() -> None:
     for metrics, names in (
         (WorkerMetrics(region="r", node="n"), catalogue.METRICS_WORKER),
+        (GatewayMetrics("r", "n"), catalogue.METRICS_GATEWAY),
         (AggregatorMetrics(node="n"), catalogue.METRICS_AGGREGATOR),
         (RolloutMetrics(node="n"), catalogue.METRICS_ROLLOUT),
     ):

@@ -204,7 +204,7 @@ async def _rules_evaluate_without_error(prom: str) -> None:
         if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
             break
         await asyncio.sleep(SCRAPE_S)
-    assert len(rules) == 24
+    assert len(rules) == 26
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     alerts = {r["name"] for r in rules if r["type"] == "alerting"}
     assert alerts == set(alerting.alert_names())
@@ -220,7 +220,7 @@ def _family(name: str) -> str:
 
 async def _every_worker_metric_used_is_live(prom: str) -> None:
     """The worker metrics the rules and the dashboard use are on the worker's live /metrics, as scraped."""
-    worker_names, _, _ = exposed()
+    worker_names, _, _, _ = exposed()
     docs = (alerting.recording_rules(), alerting.alert_rules())
     rule_exprs = [r["expr"] for doc in docs for g in doc["groups"] for r in g["rules"]]
     board = dashboard.dashboard()

@@ -39,6 +39,7 @@ from edgestream.pipeline.contract.gatewayauth import (
     verify_transcript,
 )
 from edgestream.pipeline.contract.gatewayframes import encode_frame
+from edgestream.pipeline.observability.catalogue import METRICS_GATEWAY
 from edgestream.pipeline.registry.artifacts import LocalArtifactStore
 from edgestream.pipeline.security import keyfile
 from edgestream.workers.gateway.mailbox import Mailboxes, TokenBucket
@@ -477,11 +478,15 @@ async def test_readyz_and_metrics_count_refusals_envelopes_and_replies(home: Gat
         await next_event(t, Reply)
         status, text = await http_get(port, "/metrics")
         assert status == 200
+        node, region = f'node="{gateway.node}"', f'region="{REGION}"'  # labels come sorted by name
         for line in (
-            'edgestream_gateway_auth_refusals_total{reason="unknown_device"} 1.0',
-            'edgestream_gateway_envelopes_total{outcome="accepted"} 1.0',
-            'edgestream_gateway_replies_total{outcome="routed"} 1.0',
-            "edgestream_gateway_sessions 1.0",
+            f'edgestream_gateway_auth_refusals_total{{{node},reason="unknown_device",{region}}} 1.0',
+            f'edgestream_gateway_envelopes_total{{{node},outcome="accepted",{region}}} 1.0',
+            f'edgestream_gateway_replies_total{{{node},outcome="routed",{region}}} 1.0',
+            f"edgestream_gateway_sessions{{{node},{region}}} 1.0",
+            f"edgestream_ready{{{node},{region}}} 1.0",
         ):
             assert line in text, line
+        served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+        assert set(METRICS_GATEWAY) <= served  # every name the catalogue says a gateway serves
         await t.close()
