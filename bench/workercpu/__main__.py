@@ -10,11 +10,14 @@ event loop's own work, the commit stage; the pipeline bench (``bench/pipeline``)
 process from ``/proc``.
 
 The base is exported with ``git archive`` into a temporary directory; each side runs in its own
-process (``measure.py``, that tree first on ``sys.path``), alternately ``--pairs`` times (ABBA order,
-so a slow spell of the shared box falls on both), and each stage's median over the pairs is reported.
-CPU is process time: what other processes do on the box is not counted. Writes
-``bench/results/workercpu.json`` and ``workercpu.png``; about a minute. ``--base HEAD`` compares the
-checkout's committed code with its working tree.
+process (``measure.py``, that tree first on ``sys.path``), both at once, and the two are asked for a
+round in turn (ABBA order), ``--rounds`` times each: consecutive rounds of the two sides share the
+box's load of the moment. Reported per figure: the median over the rounds, the least (``*_least``), and
+``ratio_paired``, the median over consecutive pairs of the before/after ratio: the figure to trust on
+a shared box (in an A/A run, both sides the same code, under a load average of 3-9 on 2 cores, it was
+1.005, while the two sides' least totals differed by 27%). CPU is process time
+(the inference thread's included). Writes ``bench/results/workercpu.json`` and ``workercpu.png``;
+a minute or two. ``--base HEAD`` compares the checkout's committed code with its working tree.
 """
 
 from __future__ import annotations
@@ -55,35 +58,91 @@ def _export(ref: str, into: Path) -> str:
     return commit
 
 
-def _measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One process measuring ``tree``'s code."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    argv = [str(args.home), args.size, str(args.records), str(args.unit), str(args.rounds), str(args.seed)]
-    done = subprocess.run(
-        [sys.executable, str(MEASURE), *argv], cwd=tree, env=env, check=True, capture_output=True, text=True
-    )
-    document: dict[str, Any] = json.loads(done.stdout)
-    return document
+class _Side:
+    """One measuring process (``measure.py``) of one tree, answering a command at a time."""
+
+    def __init__(self, tree: Path, args: argparse.Namespace) -> None:
+        argv = [str(args.home), args.size, str(args.records), str(args.unit), str(args.seed)]
+        self._process = subprocess.Popen(
+            [sys.executable, str(MEASURE), *argv], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.ask("")  # its first line says it is ready
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        if command:
+            self._process.stdin.write(command + "\n")
+            self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the measuring process of {command or 'setup'!r} ended (see its stderr)")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=30)
 
 
-def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure's median over the runs of one side."""
-    out: dict[str, Any] = {}
-    for group in ("stages_us", "components_us", "fleet_us"):
-        keys = runs[0][group].keys()
-        out[group] = {k: round(statistics.median(r[group][k] for r in runs), 2) for k in keys}
-    out["answered"] = runs[0]["answered"]
-    out["dead_letter_reasons"] = runs[0]["dead_letter_reasons"]
+def _interleaved(sides: dict[str, _Side], command: str, times: int) -> dict[str, list[dict[str, float]]]:
+    """``command`` asked of each side in turn, ``times`` times (ABBA: a slow spell falls on both)."""
+    out: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    names = list(sides)
+    for i in range(times):
+        for name in names if i % 2 == 0 else reversed(names):
+            out[name].append(sides[name].ask(command))
+    return out
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs."""
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+
+
+def _paired(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's before/after ratio, the median over consecutive pairs of runs."""
+    return {
+        k: round(statistics.median(b[k] / a[k] for b, a in zip(before, after, strict=True) if a[k] > 0), 3)
+        for k in before[0]
+    }
+
+
+def _measure(args: argparse.Namespace, trees: dict[str, Path]) -> dict[str, Any]:
+    """Both sides' figures (medians, and the least of the rounds) and the paired before/after ratios."""
+    sides = {name: _Side(tree, args) for name, tree in trees.items()}
+    try:
+        runs = {
+            "stages_us": _interleaved(sides, "round", args.rounds),
+            "components_us": _interleaved(sides, "components", max(5, args.rounds // 4)),
+            "fleet_us": _interleaved(sides, "fleet", max(5, args.rounds // 12)),
+        }
+        summary = {name: side.ask("summary") for name, side in sides.items()}
+    finally:
+        for side in sides.values():
+            side.close()
+    out: dict[str, Any] = {name: dict(summary[name]) for name in sides}
+    for group, by_side in runs.items():
+        for name in sides:
+            out[name][group] = _median(by_side[name])
+        out["before"][f"{group}_least"] = {
+            k: round(min(r[k] for r in by_side["before"]), 2) for k in by_side["before"][0]
+        }
+        out["after"][f"{group}_least"] = {
+            k: round(min(r[k] for r in by_side["after"]), 2) for k in by_side["after"][0]
+        }
+        out.setdefault("ratio_paired", {})[group] = _paired(by_side["before"], by_side["after"])
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.workercpu", description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="main", help="the commit measured as 'before' (default: main)")
-    parser.add_argument("--records", type=int, default=2000, help="records per round")
+    parser.add_argument("--records", type=int, default=256, help="records per round")
     parser.add_argument("--unit", type=int, default=16, help="records per unit")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per process (median kept)")
-    parser.add_argument("--pairs", type=int, default=3, help="processes per side, alternating")
+    parser.add_argument("--rounds", type=int, default=120, help="rounds per side, interleaved")
     parser.add_argument("--size", default="medium", choices=("tiny", "medium"), help="model size served")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -95,35 +154,27 @@ def main() -> None:
     args.home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="workercpu-base-") as tmp:
         base_commit = _export(args.base, Path(tmp))
-        sides = {"before": Path(tmp) / "tree", "after": REPO_ROOT}
-        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-        for pair in range(args.pairs):
-            order = ("before", "after") if pair % 2 == 0 else ("after", "before")
-            for side in order:
-                runs[side].append(_measure(sides[side], args))
-                total = runs[side][-1]["stages_us"]["total"]
-                print(f"pair {pair + 1}/{args.pairs} {side:>6}: {total:7.1f} µs per record", flush=True)
-    result = {k: _medians(v) for k, v in runs.items()}
+        result = _measure(args, {"before": Path(tmp) / "tree", "after": REPO_ROOT})
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
     ).stdout.strip()
     document = {
         "config": {
             "records_per_round": args.records, "unit": args.unit, "rounds": args.rounds,
-            "pairs": args.pairs, "model_size": args.size, "devices": 60, "frame_fraction": 0.5,
+            "model_size": args.size, "devices": 60, "frame_fraction": 0.5,
         },
         "before": {"commit": base_commit, **result["before"]},
         "after": {"commit": head, "working_tree": True, **result["after"]},
+        "ratio_paired": result["ratio_paired"],
     }  # fmt: skip
-    totals = result["before"]["stages_us"]["total"], result["after"]["stages_us"]["total"]
-    document["ratio_total"] = round(totals[0] / totals[1], 2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "workercpu.json").write_text(json.dumps(document, indent=2) + "\n")
     _plot(document, args.out / "workercpu.png")
     for group in ("stages_us", "components_us", "fleet_us"):
         for key, before in result["before"][group].items():
             after = result["after"][group][key]
-            print(f"{group:>13} {key:<24} before {before:8.2f}  after {after:8.2f} µs")
+            ratio = result["ratio_paired"][group][key]
+            print(f"{group:>13} {key:<24} before {before:8.2f}  after {after:8.2f} µs  (paired {ratio:.2f}x)")
 
 
 def _plot(document: dict[str, Any], path: Path) -> None:

@@ -1,8 +1,9 @@
 """One measuring process of ``bench.workercpu``: the worker's per-record path, in process, no broker.
 
-Run by the bench's parent as ``python measure.py HOME SIZE RECORDS UNIT ROUNDS SEED`` with the tree
-to measure first on ``sys.path`` (the parent runs this very file against the code before and after a
-change, alternately); prints one JSON document. Imports only ``edgestream`` (and what it imports), so
+Run by the bench's parent as ``python measure.py HOME SIZE RECORDS UNIT SEED`` with the tree to
+measure first on ``sys.path`` (the parent runs this very file against the code before and after a
+change, both at once, and asks each in turn for a measurement: ``main``). Imports only
+``edgestream`` (and what it imports), so
 the same file measures any tree whose functions it calls keep their signatures.
 
 Envelopes are made the way the fleet makes them (``workers/local/fleet.py``: a held-out row of the
@@ -20,7 +21,6 @@ import asyncio
 import gc
 import json
 import random
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -32,7 +32,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from edgestream.pipeline.contract.codec import decode_tensor, encode_tensor
-from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, open_envelope, seal
+from edgestream.pipeline.contract.envelope import Kind, decode_envelope, new_request_id, open_envelope, seal
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader, ReplyKey, open_reply
@@ -55,7 +55,7 @@ from edgestream.workers.edge.status import WorkerStats, count_unit
 
 REGION = "eu-west"
 DEVICES = 60
-MODEL_FOR_KIND = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
+MODEL_FOR_KIND: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
 NODE = "bench-worker"
 
 
@@ -70,7 +70,7 @@ def _records(keyring: KeyRing, n: int, seed: int) -> tuple[list[tuple[TopicParti
     dtypes = {kind: spec(name).input_dtype for kind, name in MODEL_FOR_KIND.items()}
     picks = []
     for i in range(n):
-        kind = "frame" if pyrng.random() < 0.5 else "embedding"
+        kind: Kind = "frame" if pyrng.random() < 0.5 else "embedding"
         x = data[kind].X_test[int(rng.integers(len(data[kind].y_test)))]
         picks.append((devices[i % DEVICES], kind, x))
     gc.collect()
@@ -84,7 +84,7 @@ def _records(keyring: KeyRing, n: int, seed: int) -> tuple[list[tuple[TopicParti
                 device_key=keys[device],
                 device_id=device,
                 key_id=key_id,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 model=MODEL_FOR_KIND[kind],
                 capture_time_ms=int(time.time() * 1000),
                 request_id=new_request_id(),
@@ -176,13 +176,13 @@ async def _round(
                 chains.commit(chain_id(tp.topic, tp.partition))
             count_unit(stats, metrics, items, {}, staged)
             clock.lap("account")
-            replies.extend((r.key, r.value) for part in work.values() for r in part.replies)
+            replies.extend((r.key or b"", r.value) for part in work.values() for r in part.replies)
             every.extend(items)
     inference.shutdown()
     return dict(clock.stages), replies, every
 
 
-def _components(items: list[Item], keyring: KeyRing, repeat: int = 3) -> dict[str, float]:
+def _components(items: list[Item], keyring: KeyRing, repeat: int = 5) -> dict[str, float]:
     """CPU µs per answered item of the pieces inside ``admit`` and ``outputs``, each timed alone."""
     answered = [it for it in items if it.error is None and it.answer is not None and it.envelope is not None]
     raws = [it.raw for it in answered]
@@ -235,11 +235,14 @@ def _components(items: list[Item], keyring: KeyRing, repeat: int = 3) -> dict[st
                 chains.start(cid, None, offset=0)
             name, version = it.model.key
             audit = AuditRecord(1, env.request_id, NODE, REGION, env.device_id, name, version, "ok", None, 2)
-            audit.to_bytes()
-            chains.link(cid, audit).to_bytes()
+            if hasattr(chains, "link_encoded"):  # encoded once, as this tree's outputs do
+                chains.link_encoded(cid, audit)
+            else:  # before: encoded to check it, to digest it, to send it
+                audit.to_bytes()
+                chains.link(cid, audit).to_bytes()
         out["outputs.audit_record"].append(time.process_time_ns() - t)
     n = max(1, len(answered))
-    return {k: statistics.median(v) / 1000 / n for k, v in out.items()}
+    return {k: min(v) / 1000 / n for k, v in out.items()}
 
 
 def _open_replies(replies: list[tuple[bytes, bytes]], reply_keys: dict[bytes, ReplyKey]) -> float:
@@ -251,7 +254,10 @@ def _open_replies(replies: list[tuple[bytes, bytes]], reply_keys: dict[bytes, Re
 
 
 def main(argv: list[str]) -> None:
-    home, size, n, unit_size, rounds, seed = Path(argv[0]), argv[1], *map(int, argv[2:6])
+    """Set up, say ``ready``, then answer the parent's commands on stdin, one JSON line each:
+    ``round`` (every record through a fresh worker's state: CPU µs per record per stage),
+    ``components``, ``fleet`` (each piece timed alone), ``summary`` (what the last round decided)."""
+    home, size, n, unit_size, seed = Path(argv[0]), argv[1], *map(int, argv[2:5])
     settings = WorkerSettings(
         region=REGION,
         node_id=NODE,
@@ -263,28 +269,29 @@ def main(argv: list[str]) -> None:
     keyring = KeyRing({REGION: {1: bytes(range(32))}})
     models = load_models(settings)
     records, fleet = _records(keyring, n, seed)
-    asyncio.run(_round(settings, keyring, models, records[: min(n, 256)], unit_size))  # warm up
-    per_round: dict[str, list[float]] = defaultdict(list)
-    items: list[Item] = []
-    replies: list[tuple[bytes, bytes]] = []
-    for _ in range(rounds):
+    _, replies, items = asyncio.run(_round(settings, keyring, models, records, unit_size))  # warm up
+    _reply({"ready": True})
+    for line in sys.stdin:
+        command = line.strip()
         gc.collect()
-        stages, replies, items = asyncio.run(_round(settings, keyring, models, records, unit_size))
-        for stage, ns in stages.items():
-            per_round[stage].append(ns / 1000 / n)
-        per_round["total"].append(sum(stages.values()) / 1000 / n)
-    answered = sum(1 for it in items if it.error is None)
-    reasons = sorted({it.error.reason for it in items if it.error is not None})
-    document = {
-        "records": n,
-        "answered": answered,
-        "dead_letter_reasons": reasons,
-        "stages_us": {stage: statistics.median(v) for stage, v in per_round.items()},
-        "stages_us_all_rounds": per_round,
-        "components_us": _components(items, keyring),
-        "fleet_us": {"seal": fleet["seal_us"], "open_reply": _open_replies(replies, fleet["reply_keys"])},
-    }
-    print(json.dumps(document))
+        if command == "round":
+            stages, replies, items = asyncio.run(_round(settings, keyring, models, records, unit_size))
+            stages_us = {stage: ns / 1000 / n for stage, ns in stages.items()}
+            _reply({**stages_us, "total": sum(stages_us.values())})
+        elif command == "components":
+            _reply(_components(items, keyring, repeat=1))
+        elif command == "fleet":
+            seal_us = _records(keyring, n, seed)[1]["seal_us"]
+            _reply({"seal": seal_us, "open_reply": _open_replies(replies, fleet["reply_keys"])})
+        elif command == "summary":
+            reasons = sorted({it.error.reason for it in items if it.error is not None})
+            _reply({"records": n, "answered": sum(1 for it in items if it.error is None), "reasons": reasons})
+        else:
+            raise SystemExit(f"unknown command {command!r}")
+
+
+def _reply(document: dict[str, Any]) -> None:
+    print(json.dumps(document), flush=True)
 
 
 if __name__ == "__main__":
