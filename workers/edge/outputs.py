@@ -98,9 +98,10 @@ class UnitOutputs:
             part.next_offset = max(part.next_offset, item.offset + 1)
             part.epoch = item.epoch
             if item.error is None:
-                part.outputs.extend(self._answered(item, started_s, now_ms, sample_key))
+                answered = self._answered(item, started_s, now_ms, sample_key)
+                part.outputs.extend(answered)
                 if item.error is None:
-                    self._reply(item, part)
+                    self._reply(item, answered[0], part)
             if item.error is not None:
                 part.outputs.extend(self._refused(item, now_ms))
             self._count(item, summaries, now_ms)
@@ -113,8 +114,9 @@ class UnitOutputs:
     def _answered(
         self, item: Item, started_s: float, now_ms: float, sample_key: bytes | None
     ) -> list[Output]:
-        """Result, audit record and sample of an answered item; if building them fails, none of them,
-        and the item gets the error instead. The audit record is linked into its chain last."""
+        """Result, sample and audit record of an answered item, the result first; if building them
+        fails, none of them, and the item gets the error instead. The audit record is linked into its
+        chain last."""
         chain = chain_id(item.tp.topic, item.tp.partition)
         try:
             outputs, audit = self._answer(item, started_s, now_ms)
@@ -140,11 +142,10 @@ class UnitOutputs:
         item.error = OutputFailed("building its outputs", err)
         return []
 
-    def _reply(self, item: Item, part: PartitionWork) -> None:
-        """The fast reply of the answer just built: its result record's bytes sealed to the device
-        (``sealing.py``), on the replies topic. One that cannot be sealed is logged and not sent: its
-        result still commits, and the device falls back at its deadline."""
-        result = next(o for o in reversed(part.outputs) if o.topic == self._results_topic)
+    def _reply(self, item: Item, result: Output, part: PartitionWork) -> None:
+        """The fast reply of the answer just built (``result``: its result record): the record's bytes
+        sealed to the device (``sealing.py``), on the replies topic. One that cannot be sealed is logged
+        and not sent: its result still commits, and the device falls back at its deadline."""
         env, served = item.envelope, item.model
         try:
             if env is None or served is None or item.device_key is None:
