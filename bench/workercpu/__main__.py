@@ -3,21 +3,24 @@ stage, for the code of a base commit ("before") and of this checkout ("after"), 
 
 No broker: ``measure.py`` feeds sealed envelopes, made as the fleet makes them, through what the worker
 calls per unit (admission, batching, the replay and rate checks, inference of the zoo model, the unit's
-outputs with their fast replies sealed, the commit's accounting), and times each piece alone too
-(decode, open, tensor; result record, reply sealing, audit record) and the fleet's two per-request
-steps (seal an envelope, open a reply). What it does not see: aiokafka's fetch and produce, TLS, the
-event loop's own work, the commit stage; the pipeline bench (``bench/pipeline``) measures the whole
-process from ``/proc``.
+outputs with their fast replies sealed, the commit's accounting), and times pieces alone too (decode,
+open, tensor; result record, reply sealing, audit record) and the fleet's per-request steps (seal an
+envelope with the device key's bytes, or with its cipher kept; open a reply). What it does not see:
+aiokafka's fetch and produce, TLS, the event loop's own work, the commit stage; the pipeline bench
+(``bench/pipeline``) measures the whole process from ``/proc``.
 
-The base is exported with ``git archive`` into a temporary directory; each side runs in its own
-process (``measure.py``, that tree first on ``sys.path``), both at once, and the two are asked for a
-round in turn (ABBA order), ``--rounds`` times each: consecutive rounds of the two sides share the
-box's load of the moment. Reported per figure: the median over the rounds, the least (``*_least``), and
-``ratio_paired``, the median over consecutive pairs of the before/after ratio: the figure to trust on
-a shared box (in an A/A run, both sides the same code, under a load average of 3-9 on 2 cores, it was
-1.005, while the two sides' least totals differed by 27%). CPU is process time
-(the inference thread's included). Writes ``bench/results/workercpu.json`` and ``workercpu.png``;
-a minute or two. ``--base HEAD`` compares the checkout's committed code with its working tree.
+The base is exported with ``git archive`` into a temporary directory; each side runs in its own process
+(``measure.py``, that tree first on ``sys.path``), both at once, and the two are asked for a round in
+turn (ABBA order), ``--rounds`` times each: consecutive rounds of the two sides share the box's load of
+the moment. Then both are replaced by fresh ones, ``--processes`` times: one process's memory layout
+can make it a few percent slower than another running the same code, throughout. Reported per figure:
+the median over the rounds, the least (``*_least``), and ``ratio_paired``, the median over consecutive
+pairs of rounds of the before/after ratio: the figure to trust on a shared box (in an A/A run, both
+sides the same code, under a load average of 3-9 on 2 cores, it was 1.005 while the two sides' least
+totals differed by 27%; figures of code a change did not touch stay within about 4% of 1).
+
+CPU is process time (the inference thread's included). Writes ``bench/results/workercpu.json`` and
+``workercpu.png``; a few minutes. ``--base HEAD`` compares the committed code with the working tree.
 """
 
 from __future__ import annotations
@@ -112,17 +115,22 @@ def _paired(before: list[dict[str, float]], after: list[dict[str, float]]) -> di
 
 def _measure(args: argparse.Namespace, trees: dict[str, Path]) -> dict[str, Any]:
     """Both sides' figures (medians, and the least of the rounds) and the paired before/after ratios."""
-    sides = {name: _Side(tree, args) for name, tree in trees.items()}
-    try:
-        runs = {
-            "stages_us": _interleaved(sides, "round", args.rounds),
-            "components_us": _interleaved(sides, "components", max(5, args.rounds // 4)),
-            "fleet_us": _interleaved(sides, "fleet", max(5, args.rounds // 12)),
-        }
-        summary = {name: side.ask("summary") for name, side in sides.items()}
-    finally:
-        for side in sides.values():
-            side.close()
+    commands = {
+        "stages_us": ("round", args.rounds),
+        "components_us": ("components", max(4, args.rounds // 4)),
+        "fleet_us": ("fleet", max(2, args.rounds // 12)),
+    }
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {group: {n: [] for n in trees} for group in commands}
+    for _ in range(args.processes):  # fresh processes: one process's own layout biases no side throughout
+        sides = {name: _Side(tree, args) for name, tree in trees.items()}
+        try:
+            for group, (command, times) in commands.items():
+                for name, answers in _interleaved(sides, command, times).items():
+                    runs[group][name].extend(answers)
+            summary = {name: side.ask("summary") for name, side in sides.items()}
+        finally:
+            for side in sides.values():
+                side.close()
     out: dict[str, Any] = {name: dict(summary[name]) for name in sides}
     for group, by_side in runs.items():
         for name in sides:
@@ -142,7 +150,8 @@ def main() -> None:
     parser.add_argument("--base", default="main", help="the commit measured as 'before' (default: main)")
     parser.add_argument("--records", type=int, default=256, help="records per round")
     parser.add_argument("--unit", type=int, default=16, help="records per unit")
-    parser.add_argument("--rounds", type=int, default=120, help="rounds per side, interleaved")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds per side and process, interleaved")
+    parser.add_argument("--processes", type=int, default=3, help="measuring processes per side, in turn")
     parser.add_argument("--size", default="medium", choices=("tiny", "medium"), help="model size served")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -161,6 +170,7 @@ def main() -> None:
     document = {
         "config": {
             "records_per_round": args.records, "unit": args.unit, "rounds": args.rounds,
+            "processes": args.processes,
             "model_size": args.size, "devices": 60, "frame_fraction": 0.5,
         },
         "before": {"commit": base_commit, **result["before"]},
