@@ -118,7 +118,7 @@ def _measure(args: argparse.Namespace, trees: dict[str, Path]) -> dict[str, Any]
     commands = {
         "stages_us": ("round", args.rounds),
         "components_us": ("components", max(4, args.rounds // 4)),
-        "fleet_us": ("fleet", max(2, args.rounds // 12)),
+        "fleet_us": ("fleet", max(4, args.rounds // 4)),
     }
     runs: dict[str, dict[str, list[dict[str, float]]]] = {group: {n: [] for n in trees} for group in commands}
     for _ in range(args.processes):  # fresh processes: one process's own layout biases no side throughout
@@ -142,6 +142,12 @@ def _measure(args: argparse.Namespace, trees: dict[str, Path]) -> dict[str, Any]
             k: round(min(r[k] for r in by_side["after"]), 2) for k in by_side["after"][0]
         }
         out.setdefault("ratio_paired", {})[group] = _paired(by_side["before"], by_side["after"])
+    # The fleet's change is how it calls seal (the same code on both sides): the two ways, in turn
+    # in the same process, median of their ratios.
+    fleet_runs = runs["fleet_us"]["after"]
+    out["fleet_seal_key_bytes_over_kept_cipher"] = round(
+        statistics.median(r["seal"] / r["seal_kept_cipher"] for r in fleet_runs), 3
+    )
     return out
 
 
@@ -149,7 +155,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.workercpu", description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="main", help="the commit measured as 'before' (default: main)")
     parser.add_argument("--records", type=int, default=256, help="records per round")
-    parser.add_argument("--unit", type=int, default=16, help="records per unit")
+    parser.add_argument(
+        "--unit", type=int, default=6,
+        help="records per unit (6: the pipeline bench's worker at 1,000 req/s: 10,302 records, 1,696 units)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=40, help="rounds per side and process, interleaved")
     parser.add_argument("--processes", type=int, default=3, help="measuring processes per side, in turn")
     parser.add_argument("--size", default="medium", choices=("tiny", "medium"), help="model size served")
@@ -176,6 +185,7 @@ def main() -> None:
         "before": {"commit": base_commit, **result["before"]},
         "after": {"commit": head, "working_tree": True, **result["after"]},
         "ratio_paired": result["ratio_paired"],
+        "fleet_seal_key_bytes_over_kept_cipher": result["fleet_seal_key_bytes_over_kept_cipher"],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "workercpu.json").write_text(json.dumps(document, indent=2) + "\n")
