@@ -13,7 +13,8 @@ versions, reason codes, outcomes, topics and partitions), never from devices or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -62,6 +63,33 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 """Buckets of the records in one onnxruntime call."""
 MAX_FALLBACKS_PER_RECORD = 1000
 """Most fallbacks one record's report may add (the report is the device's word: bounded)."""
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """Observe each of ``values`` in ``histogram`` (a child, its labels resolved): the series exposed
+    are those of ``histogram.observe`` per value (the sum up to float rounding), at one locked add per
+    bucket touched and one for the sum instead of two per value. Uses the client's internals (its
+    buckets' upper bounds, one value per bucket counting observations up to its bound and above the
+    previous one, and the sum): a client without them is called per value; a NaN is observed alone."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total_value = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total_value is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        if value != value:  # NaN: no bucket takes it (observe's own way)
+            histogram.observe(value)
+            continue
+        counts[bisect_left(bounds, value)] += 1
+        total += value
+    total_value.inc(total)
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 
 class _ModelSeries:
@@ -266,6 +294,30 @@ class WorkerMetrics(ProcessMetrics):
             series.round_trip.observe(round_trip_s if round_trip_s > 0.0 else 0.0)
         series.queue_wait.observe(queue_wait_s if queue_wait_s > 0.0 else 0.0)
         series.batch_wait.observe(batch_wait_s if batch_wait_s > 0.0 else 0.0)
+
+    def answered_many(
+        self,
+        model: str,
+        version: int,
+        *,
+        end_to_end_s: Sequence[float],
+        round_trip_s: Sequence[float] | None,
+        queue_wait_s: Sequence[float],
+        batch_wait_s: Sequence[float],
+    ) -> None:
+        """`answered` for each of ``len(end_to_end_s)`` results of ``model`` v``version`` (the i-th
+        result's durations at index i; ``round_trip_s`` None: no replies), at one update per bucket
+        touched (`observe_all`) instead of one per result."""
+        series = self._models.get((model, version))
+        if series is None:
+            series = self._model_series(model, version)
+        series.results.inc(len(end_to_end_s))
+        self._answered.inc(len(end_to_end_s))
+        observe_all(self._end_to_end, [s if s > 0.0 else 0.0 for s in end_to_end_s])
+        if round_trip_s is not None:
+            observe_all(series.round_trip, [s if s > 0.0 else 0.0 for s in round_trip_s])
+        observe_all(series.queue_wait, [s if s > 0.0 else 0.0 for s in queue_wait_s])
+        observe_all(series.batch_wait, [s if s > 0.0 else 0.0 for s in batch_wait_s])
 
     def dead_letter(self, reason: str, outcome: str = "dead_letter") -> None:
         """A dead letter with reason code ``reason`` committed; ``outcome`` one of :data:`OUTCOMES`

@@ -161,6 +161,11 @@ class AuditChain:
     def link(self, chain: str, record: AuditRecord) -> AuditRecord:
         """``record`` with ``chain``, ``seg``, ``seq`` and ``prev`` filled in, its digest staged as the
         new head. Raises `ChainNotStarted`, and ValueError for a record that is already linked."""
+        return self.link_encoded(chain, record)[0]
+
+    def link_encoded(self, chain: str, record: AuditRecord) -> tuple[AuditRecord, bytes]:
+        """`link`, and the linked record's wire bytes: encoded once, for its digest and to be sent. The
+        record is encoded before the chain changes: one that does not encode leaves it as it was."""
         state = self._chains.get(chain)
         if state is None:
             raise ChainNotStarted(chain)
@@ -184,8 +189,9 @@ class AuditChain:
             seq=seq,
             prev=prev,
         )
-        state.staged = ChainHead(seq, digest(linked), state.segment)
-        return linked
+        raw = linked.to_bytes()
+        state.staged = ChainHead(seq, audit_digest(raw), state.segment)
+        return linked, raw
 
     def staged_head(self, chain: str) -> ChainHead | None:
         """The head as the open transaction leaves it (the committed one when nothing is staged); None

@@ -13,13 +13,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 from aiokafka import TopicPartition
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgestream.pipeline.contract.codec import decode_tensor
-from edgestream.pipeline.contract.envelope import Envelope, authenticate, decode_envelope, open_envelope
+from edgestream.pipeline.contract.envelope import (
+    KEY_BYTES,
+    Envelope,
+    authenticate,
+    decode_envelope,
+    open_envelope,
+)
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.errors import (
     ContractError,
@@ -101,6 +108,10 @@ def current_master(keyring: KeyRing, region: str) -> bytes:
     return master
 
 
+MAX_CIPHERS: Final = 65_536
+"""Device ciphers kept by admission (a few hundred bytes each): the devices of a busy region's
+partitions, as ``sealing.DEFAULT_REPLY_KEYS``."""
+
 PartitionsOf = Callable[[str], "set[int] | None"]
 """The partitions of a topic in the cluster metadata (``AIOKafkaConsumer.partitions_for_topic``)."""
 
@@ -126,6 +137,8 @@ class Admission:
         """Request ids seen per device and input partition: remembered by ``check`` once every check
         passed, then committed or aborted with the partition's transaction (a record redelivered after
         an abort is not a replay)."""
+        self._ciphers: dict[bytes, AESGCM] = {}
+        """Device key -> its cipher (`_cipher`)."""
         self._rate = DeviceRateLimiter(
             rate_per_s=settings.device_rate_per_s,
             burst=settings.device_burst,
@@ -162,7 +175,9 @@ class Admission:
             device_key = keyring.device_key(
                 settings.region, item.envelope.device_id, item.envelope.key_id, now_ms
             )
-            body = open_envelope(item.envelope, device_key, max_body_bytes=settings.max_body_bytes)
+            body = open_envelope(
+                item.envelope, self._cipher(device_key), max_body_bytes=settings.max_body_bytes
+            )
             item.device_key = device_key
             item.model.check_input(body.dtype, tuple(body.shape))
             self._check_placement(tp, record.key, item.envelope)
@@ -175,6 +190,21 @@ class Admission:
             item.error = RecordFailed("admitting it", err)
             item.tensor = None
         return item, deadline_s if item.error is None else now_s + 1.0
+
+    def _cipher(self, device_key: bytes) -> AESGCM | bytes:
+        """The AES-GCM cipher of ``device_key``, built once per key (building one costs about what
+        opening an envelope does). Keyed by the key itself, as the reply sealer's cache is: a rotated or
+        re-enrolled key is a new entry, and a key the ring no longer serves is never looked up again. A
+        full cache starts over. A key that is not 32 bytes is passed on as it is, for ``open_envelope``
+        to refuse."""
+        cipher = self._ciphers.get(device_key)
+        if cipher is None:
+            if len(device_key) != KEY_BYTES:
+                return device_key
+            if len(self._ciphers) >= MAX_CIPHERS:
+                self._ciphers.clear()
+            cipher = self._ciphers[device_key] = AESGCM(device_key)
+        return cipher
 
     def check(self, items: Sequence[Item]) -> None:
         """After authentication, in offset order: stale captures and replays, then per-device rates;

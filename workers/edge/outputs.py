@@ -24,7 +24,7 @@ from edgestream.pipeline.errors import OutputFailed
 from edgestream.pipeline.observability.traceparent import TRACEPARENT
 from edgestream.pipeline.security.derive import pseudonym_key
 from edgestream.pipeline.security.keyring import KeyRing
-from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
+from edgestream.pipeline.serving.auditchain import AuditChain, ChainNotStarted, chain_id
 from edgestream.pipeline.serving.served import ModelKey
 from edgestream.topics.catalogue import (
     SAMPLES_TOPIC,
@@ -98,9 +98,10 @@ class UnitOutputs:
             part.next_offset = max(part.next_offset, item.offset + 1)
             part.epoch = item.epoch
             if item.error is None:
-                part.outputs.extend(self._answered(item, started_s, now_ms, sample_key))
+                answered = self._answered(item, started_s, now_ms, sample_key)
+                part.outputs.extend(answered)
                 if item.error is None:
-                    self._reply(item, part)
+                    self._reply(item, answered[0], part)
             if item.error is not None:
                 part.outputs.extend(self._refused(item, now_ms))
             self._count(item, summaries, now_ms)
@@ -113,29 +114,38 @@ class UnitOutputs:
     def _answered(
         self, item: Item, started_s: float, now_ms: float, sample_key: bytes | None
     ) -> list[Output]:
-        """Result, audit record and sample of an answered item; if building them fails, none of them,
-        and the item gets the error instead. The audit record is linked into its chain last."""
+        """Result, sample and audit record of an answered item, the result first; if building them
+        fails, none of them, and the item gets the error instead. The audit record is linked into its
+        chain last."""
+        chain = chain_id(item.tp.topic, item.tp.partition)
         try:
             outputs, audit = self._answer(item, started_s, now_ms)
             if sample_key is not None and item.features is not None:
                 outputs.append(self._sample(item, now_ms, sample_key))
-            audit.to_bytes()  # it encodes before it changes the chain
         except Exception as err:
-            log.warning(
-                "building outputs of %s[%d]@%d", item.tp.topic, item.tp.partition, item.offset, exc_info=True
-            )
-            item.error = OutputFailed("building its outputs", err)
-            return []
+            return self._not_built(item, err)
         finally:
             item.features = None
-        audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
-        return [*outputs, Output(self._audit_topic, audit.to_bytes(), audit.request_id, trace_headers(item))]
+        try:  # encoded once, before it changes the chain: one that does not encode leaves it as it was
+            audit, raw = self._chains.link_encoded(chain, audit)
+        except ChainNotStarted:
+            raise  # the worker's state, not the record's
+        except Exception as err:
+            return self._not_built(item, err)
+        return [*outputs, Output(self._audit_topic, raw, audit.request_id, trace_headers(item))]
 
-    def _reply(self, item: Item, part: PartitionWork) -> None:
-        """The fast reply of the answer just built: its result record's bytes sealed to the device
-        (``sealing.py``), on the replies topic. One that cannot be sealed is logged and not sent: its
-        result still commits, and the device falls back at its deadline."""
-        result = next(o for o in reversed(part.outputs) if o.topic == self._results_topic)
+    def _not_built(self, item: Item, err: Exception) -> list[Output]:
+        """An answered item whose outputs could not be built: dead-lettered instead, nothing published."""
+        log.warning(
+            "building outputs of %s[%d]@%d", item.tp.topic, item.tp.partition, item.offset, exc_info=True
+        )
+        item.error = OutputFailed("building its outputs", err)
+        return []
+
+    def _reply(self, item: Item, result: Output, part: PartitionWork) -> None:
+        """The fast reply of the answer just built (``result``: its result record): the record's bytes
+        sealed to the device (``sealing.py``), on the replies topic. One that cannot be sealed is logged
+        and not sent: its result still commits, and the device falls back at its deadline."""
         env, served = item.envelope, item.model
         try:
             if env is None or served is None or item.device_key is None:
@@ -277,6 +287,6 @@ class UnitOutputs:
                 reason=err.reason,
                 latency_ms=now_ms - env.capture_time_ms,
             )
-            audit = self._chains.link(chain_id(item.tp.topic, item.tp.partition), audit)
-            outputs.append(Output(self._audit_topic, audit.to_bytes(), env.request_id, trace_headers(item)))
+            _, raw = self._chains.link_encoded(chain_id(item.tp.topic, item.tp.partition), audit)
+            outputs.append(Output(self._audit_topic, raw, env.request_id, trace_headers(item)))
         return outputs

@@ -10,6 +10,7 @@ from edgestream.pipeline.observability.metrics import (
     BATCH_SIZE_BUCKETS,
     END_TO_END_BUCKETS_S,
     WorkerMetrics,
+    observe_all,
 )
 
 NODE = {"region": "eu-west", "node": "n1"}
@@ -183,3 +184,41 @@ def test_workers_in_one_process_do_not_collide_nor_touch_the_global_registry() -
         == 5
     )
     assert REGISTRY.get_sample_value("edgestream_records_consumed_total", NODE) is None
+
+
+# Durations on and either side of bucket bounds, negative ones (clamped to 0), one past the last bound;
+# binary fractions and small integers, so the sums added in any order are exact.
+DURATIONS = [0.0, -0.25, 0.001, 0.0009765625, 0.02, 0.03125, 0.05, 0.0625, 0.5, 2.0, 5.0, 8.0, 0.5, 0.05]
+
+
+def _exposed(metrics: WorkerMetrics) -> list[str]:
+    """The exposition, less the series' creation times."""
+    text = generate_latest(metrics.registry).decode()
+    return [line for line in text.splitlines() if "_created{" not in line]
+
+
+def test_a_unit_observed_together_exposes_what_results_observed_one_by_one_do() -> None:
+    one_by_one, together = fresh(), fresh()
+    for i, d in enumerate(DURATIONS):
+        one_by_one.answered("m", 1, end_to_end_s=d, round_trip_s=-d, queue_wait_s=d / 2, batch_wait_s=i)
+    together.answered_many(
+        "m",
+        1,
+        end_to_end_s=DURATIONS,
+        round_trip_s=[-d for d in DURATIONS],
+        queue_wait_s=[d / 2 for d in DURATIONS],
+        batch_wait_s=list(range(len(DURATIONS))),
+    )
+    assert _exposed(together) == _exposed(one_by_one)
+    assert sample(together, "edgestream_end_to_end_seconds_bucket", le="0.05") == 8  # <= 0.05, as observe
+    assert sample(together, "edgestream_results_total", model="m", version="1") == len(DURATIONS)
+
+
+def test_observe_all_puts_a_nan_nowhere_but_the_sum_as_observe_does() -> None:
+    one_by_one, together = fresh(), fresh()
+    child_a = one_by_one._end_to_end
+    child_b = together._end_to_end
+    for v in (0.01, float("nan"), 3.0):
+        child_a.observe(v)
+    observe_all(child_b, [0.01, float("nan"), 3.0])
+    assert _exposed(together) == _exposed(one_by_one)

@@ -35,6 +35,22 @@ def test_link_fills_contiguous_seq_and_prev_digests() -> None:
     assert dataclasses.replace(records[3], chain=None, segment=None, seq=None, prev=None) == audit(3)
 
 
+def test_link_encoded_gives_the_bytes_digested_and_leaves_the_chain_alone_when_encoding_fails() -> None:
+    chains = AuditChain()
+    chains.start(FRAMES, None, offset=0)
+    first, raw = chains.link_encoded(FRAMES, audit(0))
+    assert raw == first.to_bytes()
+    head = chains.staged_head(FRAMES)
+    assert head is not None
+    assert head.digest == audit_digest(raw)
+    unencodable = dataclasses.replace(audit(1), timestamp_ms=2**64)  # msgpack has no such integer
+    with pytest.raises(OverflowError):
+        chains.link_encoded(FRAMES, unencodable)
+    assert chains.staged_head(FRAMES) == head
+    second, _ = chains.link_encoded(FRAMES, audit(1))
+    assert (second.seq, second.prev) == (2, audit_digest(raw))
+
+
 def test_link_copies_every_field_of_the_record() -> None:
     """``link`` copies the fields one by one (faster than ``dataclasses.replace``): a new field of
     ``AuditRecord`` must be added there, then here."""

@@ -170,3 +170,17 @@ def test_a_retry_whose_first_copy_never_arrived_is_answered(clock: _Clock) -> No
     resent = _item("dev-a", captured_ms)
     admission.check([resent])
     assert _reasons([resent]) == ["ok"]
+
+
+def test_a_device_keys_cipher_is_built_once_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission_module, "MAX_CIPHERS", 2)
+    admission = _admission()
+    first = admission._cipher(b"a" * 32)
+    assert admission._cipher(b"a" * 32) is first  # not built again
+    admission._cipher(b"b" * 32)
+    admission._cipher(b"c" * 32)  # the full cache starts over
+    assert len(admission._ciphers) == 1
+    assert admission._cipher(b"a" * 32) is not first
+    assert admission._cipher(b"short") == b"short"  # left for open_envelope to refuse
