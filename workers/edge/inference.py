@@ -93,8 +93,6 @@ class UnitInference:
         self._stats.batch_sizes[len(items)] += 1
         self._metrics.inference(*served.key, len(items), infer_s)
         finite: list[bool] = np.all(np.isfinite(probs).reshape(len(items), -1), axis=1).tolist()
-        # Rows of a float matrix come out of ``tolist`` as Python floats already: nothing to convert.
-        plain_floats = probs.ndim == 2 and probs.dtype.kind == "f"
         for item, label, scores, ok in zip(items, labels.tolist(), probs.tolist(), finite, strict=True):
             if not ok:
                 item.error = NonFiniteOutput(f"{served.key[0]} v{served.key[1]} scored NaN or infinity")
@@ -102,5 +100,6 @@ class UnitInference:
                 item.features = tuple(float(x) for x in item.tensor.ravel())
             item.tensor = None  # the decrypted input is not needed past this point
             if ok:
-                floats = tuple(scores) if plain_floats else tuple(float(s) for s in scores)
-                item.answer = Answer(int(label), floats, infer_s * 1000.0, len(items), started_s)
+                item.answer = Answer(
+                    int(label), tuple(float(s) for s in scores), infer_s * 1000.0, len(items), started_s
+                )
