@@ -1,0 +1,150 @@
+"""The phones' simulated links: delay in order, TCP-like loss, outages that cut and restore sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from edgestream.device.transport import (
+    Accepted,
+    ClockSample,
+    Connected,
+    Disconnected,
+    Event,
+    TransportUnavailable,
+)
+from edgestream.workers.local.links import PROFILES, LinkProfile, LinkTransport, PhoneLink
+
+
+class _Inner:
+    """A transport standing for a gateway session: records what arrives, and when."""
+
+    def __init__(self, made: list[_Inner]) -> None:
+        made.append(self)
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.connected = False
+        self.closed = False
+        self.sent: list[tuple[float, bytes]] = []
+        self.acked: list[bytes] = []
+
+    @property
+    def region(self) -> str:
+        return "eu"
+
+    async def connect(self, timeout_s: float) -> None:
+        self.connected = True
+        self.events.put_nowait(Connected("eu", b"s" * 16, 0))
+
+    async def close(self) -> None:
+        self.connected, self.closed = False, True
+
+    async def send(self, kind: str, envelope: bytes, *, fallbacks: int = 0) -> None:
+        if not self.connected:
+            raise TransportUnavailable("eu", "closed")
+        self.sent.append((time.monotonic(), envelope))
+
+    async def ack(self, request_ids: list[bytes]) -> None:
+        self.acked.extend(request_ids)
+
+    async def report(self, body: bytes) -> None:
+        del body
+
+    async def sync_clock(self) -> ClockSample:
+        return ClockSample(0.0, 0.1)
+
+    async def fetch_catalogue(self) -> bytes:
+        return b"catalogue"
+
+    async def fetch_artifact(self, sha256: str) -> bytes:
+        return b"x" * 5000
+
+
+def _link(profile: LinkProfile) -> tuple[LinkTransport, PhoneLink, list[_Inner]]:
+    made: list[_Inner] = []
+    link = PhoneLink(profile, random.Random(1))
+    return LinkTransport("eu", lambda: _Inner(made), link), link, made
+
+
+async def _next(transport: LinkTransport) -> Event:
+    return await asyncio.wait_for(transport.events.get(), 5.0)
+
+
+async def test_frames_cross_the_link_late_and_in_order() -> None:
+    slow = LinkProfile("slow", 120.0, 30.0, 0.0, None, (0.0, 0.0), 80.0)
+    transport, _, made = _link(slow)
+    try:
+        await transport.connect(5.0)
+        assert isinstance(await _next(transport), Connected)
+        sent_at = time.monotonic()
+        for n in range(20):
+            await transport.send("embedding", bytes([n]))
+        while len(made[0].sent) < 20:
+            await asyncio.sleep(0.01)
+        assert [body for _, body in made[0].sent] == [bytes([n]) for n in range(20)], "never reordered"
+        assert made[0].sent[0][0] - sent_at >= 0.06, "half the round trip, at least"
+        made[0].events.put_nowait(Accepted(b"r" * 16))
+        assert await _next(transport) == Accepted(b"r" * 16)
+        # The SDK's clock exchange measures the link's round trip; a download goes at its rate.
+        sample = await transport.sync_clock()
+        assert sample.rtt_ms >= 120.0
+        started = time.monotonic()
+        assert await transport.fetch_artifact("ab") == b"x" * 5000
+        assert time.monotonic() - started >= 5000 * 8 / 1000 / 80.0  # 0.5 s at 80 kbit/s
+    finally:
+        await transport.close()
+    assert made[0].closed
+
+
+async def test_a_lost_frame_comes_one_retransmission_later() -> None:
+    lossy = LinkProfile("lossy", 10.0, 0.0, 1.0, None, (0.0, 0.0), None)
+    assert lossy.rto_ms == 200.0
+    transport, _, made = _link(lossy)
+    try:
+        await transport.connect(5.0)
+        sent_at = time.monotonic()
+        await transport.send("embedding", b"e")
+        while not made[0].sent:
+            await asyncio.sleep(0.01)
+        assert made[0].sent[0][0] - sent_at >= 0.2
+    finally:
+        await transport.close()
+
+
+async def test_an_outage_cuts_the_session_loses_what_is_in_flight_and_reconnects() -> None:
+    profile = LinkProfile("far", 400.0, 0.0, 0.0, None, (0.0, 0.0), None)
+    transport, link, made = _link(profile)
+    other, _, other_made = None, None, []
+    other = LinkTransport("us", lambda: _Inner(other_made), link)  # the same phone's other region
+    try:
+        await transport.connect(5.0)
+        assert isinstance(await _next(transport), Connected)
+        await transport.send("embedding", b"in flight")  # 200 ms on its way when the link goes down
+        outage = asyncio.create_task(link.outage(0.5))
+        await asyncio.sleep(0.05)
+        assert link.down and not transport.connected
+        assert await _next(transport) == Disconnected("eu", "network")
+        with pytest.raises(TransportUnavailable):
+            await transport.send("embedding", b"refused")
+        with pytest.raises(TransportUnavailable):
+            await other.connect(1.0)  # the phone is offline: every region is unreachable
+        await outage
+        assert isinstance(await _next(transport), Connected), "a fresh session once the link is back"
+        assert transport.connected and len(made) == 2 and made[0].closed
+        assert made[0].sent == [] and made[1].sent == [], "the frame in flight was lost"
+        assert (link.outages, transport.connects) == (1, 2)
+        assert other_made == [], "a region the phone never connected is not connected by the link"
+    finally:
+        await transport.close()
+        await other.close()
+
+
+def test_the_profiles_step_the_sdk_tier_down_only_on_the_slow_link() -> None:
+    from edgestream.device.tiers import SLOW_RTT_MS
+
+    slow = [name for name, p in PROFILES.items() if p.rtt_ms >= SLOW_RTT_MS]
+    assert slow == ["3g-flaky"]
+    assert PROFILES["3g-flaky"].outage_every_s is not None
+    assert all(PROFILES[n].outage_every_s is None for n in ("wifi", "4g"))
