@@ -53,6 +53,7 @@ from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_
 from edgestream.workers.local.fleet import Fleet, FleetReport, Progress, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings
 from edgestream.workers.local.latency_plot import plot_latency
+from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.processes import Child, edgestream_command, stopped_at_exit
 from edgestream.workers.local.story import (
     STORY_MODEL,
@@ -68,6 +69,7 @@ from edgestream.workers.local.summary import (
     VersionRow,
     bad_answers_after_rollback,
     cloud_totals,
+    device_agreement,
     device_summary,
     settled_windows,
     summarise_all,
@@ -107,6 +109,12 @@ class DemoResult:
     """The aggregator's windows of the demo's regions, as its view served them."""
     fleet_started_at: float = 0.0
     """When the fleet started (unix seconds): the story's and the plots' time zero."""
+    devices: list[DeviceRow] = field(default_factory=list)
+    """What the SDK phones saw, per device class and link profile (none without phones)."""
+    refused_replies: dict[str, int] = field(default_factory=dict)
+    """Replies the Kafka-native devices refused to open, by reason."""
+    device_agreement: list[dict[str, Any]] = field(default_factory=list)
+    """The aggregator's ``/device-agreement`` rows: late edge answers vs the phones' fallbacks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,8 @@ class _Measured:
     """Region -> its worker's stats file at exit ({} when it wrote none)."""
     windows: list[dict[str, Any]]
     """The aggregator's windows of the demo's regions."""
+    device_agreement: list[dict[str, Any]] = field(default_factory=list)
+    """The aggregator's device-agreement rows (the phones' reports)."""
 
 
 async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
@@ -393,7 +403,8 @@ def _run_parts(
             answered,
             settings.drain_timeout_s + settings.worker_ready_timeout_s,
         )
-    return _Measured(report, story, worker_stats, windows)
+        agreement = device_agreement(aggregator_url)
+    return _Measured(report, story, worker_stats, windows, agreement)
 
 
 def _result(
@@ -428,6 +439,9 @@ def _result(
         bad_after_rollback=bad_after,
         windows=measured.windows,
         fleet_started_at=report.started_at,
+        devices=report.devices,
+        refused_replies=report.refused_replies,
+        device_agreement=measured.device_agreement,
     )
 
 
@@ -450,6 +464,7 @@ def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measur
                 "devices": [device_summary(row) for row in measured.report.devices],
                 "phones_not_started": measured.report.phones_not_started,
                 "refused_replies": measured.report.refused_replies,
+                "device_agreement": result.device_agreement,
             },
             indent=2,
         )

@@ -132,6 +132,18 @@ def settled_windows(
     return rows
 
 
+def device_agreement(url: str) -> list[dict[str, Any]]:
+    """The aggregator's ``/device-agreement`` rows (empty when it does not answer: it is read once,
+    after the fleet's last reports)."""
+    try:
+        with urllib.request.urlopen(url + "/device-agreement", timeout=5) as response:
+            rows = json.load(response).get("rows", [])
+    except (OSError, ValueError) as err:
+        log.warning("the aggregator's device agreement could not be read: %s", err)
+        return []
+    return rows if isinstance(rows, list) else []
+
+
 def cloud_totals(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The aggregator's ``windows`` added up per (region, model, version): results, dead letters,
     accuracy against the labels, the largest drift judged (windows of ``MIN_SAMPLES`` or more)."""

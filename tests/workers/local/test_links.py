@@ -29,6 +29,12 @@ class _Inner:
         self.closed = False
         self.sent: list[tuple[float, bytes]] = []
         self.acked: list[bytes] = []
+        self._arrived = asyncio.Condition()
+
+    async def until_sent(self, count: int) -> None:
+        """Wait (bounded) until ``count`` envelopes arrived."""
+        async with asyncio.timeout(5.0), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.sent) >= count)
 
     @property
     def region(self) -> str:
@@ -45,6 +51,8 @@ class _Inner:
         if not self.connected:
             raise TransportUnavailable("eu", "closed")
         self.sent.append((time.monotonic(), envelope))
+        async with self._arrived:
+            self._arrived.notify_all()
 
     async def ack(self, request_ids: list[bytes]) -> None:
         self.acked.extend(request_ids)
@@ -68,6 +76,10 @@ def _link(profile: LinkProfile) -> tuple[LinkTransport, PhoneLink, list[_Inner]]
     return LinkTransport("eu", lambda: _Inner(made), link), link, made
 
 
+def _up(transport: LinkTransport) -> bool:
+    return transport.connected
+
+
 async def _next(transport: LinkTransport) -> Event:
     return await asyncio.wait_for(transport.events.get(), 5.0)
 
@@ -81,8 +93,7 @@ async def test_frames_cross_the_link_late_and_in_order() -> None:
         sent_at = time.monotonic()
         for n in range(20):
             await transport.send("embedding", bytes([n]))
-        while len(made[0].sent) < 20:
-            await asyncio.sleep(0.01)
+        await made[0].until_sent(20)
         assert [body for _, body in made[0].sent] == [bytes([n]) for n in range(20)], "never reordered"
         assert made[0].sent[0][0] - sent_at >= 0.06, "half the round trip, at least"
         made[0].events.put_nowait(Accepted(b"r" * 16))
@@ -106,8 +117,7 @@ async def test_a_lost_frame_comes_one_retransmission_later() -> None:
         await transport.connect(5.0)
         sent_at = time.monotonic()
         await transport.send("embedding", b"e")
-        while not made[0].sent:
-            await asyncio.sleep(0.01)
+        await made[0].until_sent(1)
         assert made[0].sent[0][0] - sent_at >= 0.2
     finally:
         await transport.close()
@@ -116,7 +126,7 @@ async def test_a_lost_frame_comes_one_retransmission_later() -> None:
 async def test_an_outage_cuts_the_session_loses_what_is_in_flight_and_reconnects() -> None:
     profile = LinkProfile("far", 400.0, 0.0, 0.0, None, (0.0, 0.0), None)
     transport, link, made = _link(profile)
-    other, _, other_made = None, None, []
+    other_made: list[_Inner] = []
     other = LinkTransport("us", lambda: _Inner(other_made), link)  # the same phone's other region
     try:
         await transport.connect(5.0)
@@ -124,7 +134,8 @@ async def test_an_outage_cuts_the_session_loses_what_is_in_flight_and_reconnects
         await transport.send("embedding", b"in flight")  # 200 ms on its way when the link goes down
         outage = asyncio.create_task(link.outage(0.5))
         await asyncio.sleep(0.05)
-        assert link.down and not transport.connected
+        assert link.down
+        assert not _up(transport)
         assert await _next(transport) == Disconnected("eu", "network")
         with pytest.raises(TransportUnavailable):
             await transport.send("embedding", b"refused")
@@ -132,8 +143,10 @@ async def test_an_outage_cuts_the_session_loses_what_is_in_flight_and_reconnects
             await other.connect(1.0)  # the phone is offline: every region is unreachable
         await outage
         assert isinstance(await _next(transport), Connected), "a fresh session once the link is back"
-        assert transport.connected and len(made) == 2 and made[0].closed
-        assert made[0].sent == [] and made[1].sent == [], "the frame in flight was lost"
+        assert _up(transport)
+        assert len(made) == 2
+        assert made[0].closed
+        assert [m.sent for m in made] == [[], []], "the frame in flight was lost"
         assert (link.outages, transport.connects) == (1, 2)
         assert other_made == [], "a region the phone never connected is not connected by the link"
     finally:
