@@ -505,7 +505,9 @@ async def _fleet_and_story(
     on_progress: Callable[[Progress], None] | None,
     on_event: Callable[[StoryEvent], None],
 ) -> tuple[FleetReport, StoryReport | None]:
-    """Run the fleet, and the story beside it when there is one (it says when the fleet stops)."""
+    """Run the fleet, and the story beside it when there is one (it says when the fleet stops). The
+    phones start first, so the story's baseline is not spent on their start."""
+    await fleet.start_phones()
     if revision is None:
         return await fleet.run(on_progress), None
     from edgestream.pipeline.registry.client import RegistryClient

@@ -252,9 +252,7 @@ class Fleet:
                 await self._listen_from_now(consumers[region], region)
             tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
             tasks.append(asyncio.create_task(self._sweep()))
-            if self.phone_plans:
-                self._phones = await Phones.start(self.settings, self.phone_plans, self._keyring)
-                self.report.phones_not_started = dict(self._phones.not_started)
+            await self.start_phones()
             await self._send_all(producers, on_progress, until)
             await self._drain(on_progress)
         finally:
@@ -279,6 +277,13 @@ class Fleet:
         self.report.unanswered = len(self._pending)
         self.report.refused_replies = dict(self.refused_replies)
         return self.report
+
+    async def start_phones(self) -> None:
+        """Start the phones' SDKs (connect, verify the catalogue, fetch the fallback model), once; run
+        does it when it was not done before."""
+        if self.phone_plans and self._phones is None:
+            self._phones = await Phones.start(self.settings, self.phone_plans, self._keyring)
+            self.report.phones_not_started = dict(self._phones.not_started)
 
     async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
         # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
