@@ -182,19 +182,16 @@ class Phones:
     async def ask(self, phone: Phone, x: npt.NDArray[Any], deadline_ms: float) -> Answer | None:
         """``infer`` on ``phone``; None when it raised (counted in ``phone.errors``)."""
         client = phone.client
-        family = client.family_of(PHONE_KIND, None)
-        catalogue = client.models.catalogue
-        link = client.link()
-        entry = (
-            None
-            if catalogue is None
-            else choose_tier(catalogue.tiers(family), client.settings.device_class, link)
-        )
         phone.calls += 1
-        phone.tiers["none" if entry is None else entry.tier] += 1
+        link = client.link()
         if link.rtt_ms is not None:
             phone.rtts_ms.append(link.rtt_ms)
         try:
+            family = client.family_of(PHONE_KIND, None)
+            catalogue = client.models.catalogue
+            tiers = () if catalogue is None else catalogue.tiers(family)
+            entry = choose_tier(tiers, client.settings.device_class, link)
+            phone.tiers["none" if entry is None else entry.tier] += 1
             return await client.infer(x, deadline_ms, kind=PHONE_KIND)
         except EdgestreamError as err:
             phone.errors[err.reason] += 1
