@@ -204,11 +204,14 @@ class LinkTransport:
     async def _open(self, timeout_s: float) -> None:
         if self.link.down:
             raise TransportUnavailable(self._region, "unreachable", "the link is down")
-        if self._inner is None:
-            self._inner = self._make()
-            self._reader = asyncio.create_task(self._read(self._inner, self._generation))
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = self._make()
+            self._reader = asyncio.create_task(self._read(inner, self._generation))
         await asyncio.sleep(2 * self.link.delay_s())  # the handshake crosses the link too
-        await self._inner.connect(timeout_s)
+        if self._inner is not inner:  # cut meanwhile
+            raise TransportUnavailable(self._region, "unreachable", "the link went down")
+        await inner.connect(timeout_s)
 
     async def close(self) -> None:
         """Close the inner transport and stop. Idempotent."""
