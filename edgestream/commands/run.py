@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import typer
@@ -268,6 +269,11 @@ def _print_devices(result: DemoResult) -> None:
         f"labelling candidates); resends {sum(r.resends for r in result.devices)}, duplicate replies "
         f"dropped {sum(r.duplicates for r in result.devices)}"
     )
+    rejected: Counter[str] = sum((Counter(r.rejected) for r in result.devices), Counter())
+    if rejected:
+        console.print(
+            "envelopes the gateways refused: " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        )
     for row in result.device_agreement:
         agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
         console.print(

@@ -1,12 +1,14 @@
 """What the demo's SDK phones need: the signed device catalogue, the gateways' device directories, and
 one ``edgestream gateway`` process per region.
 
-The catalogue names the story's model: its stable version (the zoo's reference, which the edge serves)
-and its ``tiny`` version (published, never served: the phones' verified fallback model), signed by the
-demo's registry key, which the phones trust (``<home>/registry/trusted-keys.json``). Each gateway runs
-as ``gateway-<region>`` (its own Kafka identity and ACLs), serves that catalogue and the registry's
-artifacts, authenticates the phones against a directory written from the key file (public keys only),
-and is ready once its ``/readyz`` says so.
+The catalogue names each model the devices ask (``MODEL_FOR_KIND``): its stable version (the zoo's
+reference, which the edge serves) and its ``tiny`` version (published, never served: the phones'
+verified fallback model), signed by the demo's registry key, which the phones trust
+(``<home>/registry/trusted-keys.json``). Each gateway runs as ``gateway-<region>`` (its own Kafka
+identity and ACLs), serves that catalogue and the registry's artifacts, authenticates the phones
+against a directory written from the key file (public keys only), and is ready once its ``/readyz``
+says so. With the story, the workers follow the registry for every one of these models (they serve
+the same zoo reference they would build themselves).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from edgestream.pipeline.security.identities import GATEWAY_SERVER_NODE, Identit
 from edgestream.workers.gateway.provision import directory_from_keyring
 from edgestream.workers.gateway.settings import DIRECTORY_FILE
 from edgestream.workers.local.broker.config import free_port
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 from edgestream.workers.local.processes import Child, ChildFailed, edgestream_command, stopped_at_exit
-from edgestream.workers.local.story import STORY_MODEL
 from edgestream.workers.local.story_registry import prepare_registry
 
 if TYPE_CHECKING:
@@ -53,9 +55,19 @@ CATALOGUE_TTL_MS: Final = 24 * 3600 * 1000
 """How long the demo's catalogue is valid (it is written again on every run)."""
 
 
-async def prepare_phone_catalogue(kafka: KafkaSettings, home: Path, model: str = STORY_MODEL) -> ModelState:
-    """Make sure the registry has ``model``'s reference as stable and its tiny version published (not
-    served), then write the signed catalogue the gateways serve. Returns the model's state."""
+async def prepare_phone_catalogue(
+    kafka: KafkaSettings, home: Path, models: Iterable[str] = tuple(MODEL_FOR_KIND.values())
+) -> dict[str, ModelState]:
+    """Make sure the registry has each of ``models``' reference as stable and its tiny version
+    published (not served), then write the signed catalogue the gateways serve. Returns the states."""
+    states = {model: await _with_fallback(kafka, home, model) for model in models}
+    key = SigningKey.load(home / "registry" / "signing-key.pem")
+    write_catalogue(home, key, build_catalogue(states, now_ms=_now_ms(), ttl_ms=CATALOGUE_TTL_MS))
+    return states
+
+
+async def _with_fallback(kafka: KafkaSettings, home: Path, model: str) -> ModelState:
+    """``model``'s state once its reference is stable and its tiny version is published."""
     state = await prepare_registry(kafka, home, model)
     root = home / "registry"
     key = SigningKey.load(root / "signing-key.pem")
@@ -71,7 +83,6 @@ async def prepare_phone_catalogue(kafka: KafkaSettings, home: Path, model: str =
             metrics={"accuracy": tiny.accuracy},
             lineage={"source": "zoo", "size": FALLBACK_TIER},
         )
-    write_catalogue(home, key, build_catalogue({model: state}, now_ms=_now_ms(), ttl_ms=CATALOGUE_TTL_MS))
     return state
 
 

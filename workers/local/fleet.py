@@ -59,7 +59,7 @@ from edgestream.workers.local.device_tracing import DeviceTracing, answered, fel
 from edgestream.workers.local.devices import Device, make_devices
 from edgestream.workers.local.fleet_kafka import backend_kafka, device_kafka
 from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
-from edgestream.workers.local.phones import PHONE_KIND, DeviceRow, Phone, Phones, plan_phones
+from edgestream.workers.local.phones import DeviceRow, Phone, Phones, plan_phones
 
 log = logging.getLogger(__name__)
 
@@ -395,12 +395,13 @@ class Fleet:
 
     async def _phone_asks(self, phone: Phone) -> None:
         assert self._phones is not None
-        x, truth, source = self._pick(PHONE_KIND)
+        kind: Kind = "frame" if self._pyrng.random() < self.settings.frame_fraction else "embedding"
+        x, truth, source = self._pick(kind)
         region = self.report.regions[phone.plan.device.region]
         capture_ms = time.time() * 1000.0
         region.sent += 1
-        answer = await self._phones.ask(phone, x, self.settings.deadline_ms)
-        model = MODEL_FOR_KIND[PHONE_KIND]
+        answer = await self._phones.ask(phone, x, self.settings.deadline_ms, kind)
+        model = MODEL_FOR_KIND[kind]
         if answer is None:  # raised (no verified fallback): counted in the devices' rows
             return
         deadline_ms = self.settings.deadline_ms

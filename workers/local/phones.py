@@ -5,7 +5,7 @@ runs the device SDK (``edgestream.device``: ``EdgeClient`` over ``GatewayTranspo
 device key per region, reaches its nearest region's gateway (``edgestream gateway``) and fails over to
 the next nearest, takes the signed device catalogue and its fallback model from the gateway, and asks
 with ``EdgeClient.infer``: the edge's sealed answer, or its local fallback's when the edge does not
-answer in time. Phones send embeddings (features computed on the device), the story's inputs.
+answer in time. Phones send what the other devices send (frames and embeddings, in the same mix).
 
 Each phone has a device class (``PHONE_CLASSES``: the SDK's class, which caps the tier it asks for)
 and a link profile (``links.py``: latency, loss, outages, download rate) that its transports go
@@ -54,8 +54,6 @@ PHONE_CLASSES: Final[Mapping[str, DeviceClass]] = MappingProxyType(
     {"low-end-phone": "low", "high-end-phone": "high", "sensor": "low"}
 )
 """Each class's SDK device class (``edgestream/device/tiers.py``: the biggest tier it asks for)."""
-PHONE_KIND: Final = "embedding"
-"""What phones send."""
 REPORT_INTERVAL_S: Final = 10.0
 """How often a phone sends its reconciliation report (the SDK's default is 30 s, most of a demo)."""
 
@@ -126,6 +124,9 @@ class DeviceRow:
     """The tier the SDK asked the edge for, per call."""
     refused_replies: int = 0
     """Replies the SDK refused to open (another device's, another region's, tampered)."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Envelopes the gateway refused before producing them, by reason (``rate_limited``,
+    ``unavailable``: its broker did not take them in time)."""
     duplicates: int = 0
     """Second copies of a reply, dropped (the gateway redelivers unacknowledged replies)."""
     resends: int = 0
@@ -179,7 +180,7 @@ class Phones:
             phone.link.start()
         return cls(phones, not_started)
 
-    async def ask(self, phone: Phone, x: npt.NDArray[Any], deadline_ms: float) -> Answer | None:
+    async def ask(self, phone: Phone, x: npt.NDArray[Any], deadline_ms: float, kind: str) -> Answer | None:
         """``infer`` on ``phone``; None when it raised (counted in ``phone.errors``)."""
         client = phone.client
         phone.calls += 1
@@ -187,12 +188,12 @@ class Phones:
         if link.rtt_ms is not None:
             phone.rtts_ms.append(link.rtt_ms)
         try:
-            family = client.family_of(PHONE_KIND, None)
+            family = client.family_of(kind, None)
             catalogue = client.models.catalogue
             tiers = () if catalogue is None else catalogue.tiers(family)
             entry = choose_tier(tiers, client.settings.device_class, link)
             phone.tiers["none" if entry is None else entry.tier] += 1
-            return await client.infer(x, deadline_ms, kind=PHONE_KIND)
+            return await client.infer(x, deadline_ms, kind=kind)
         except EdgestreamError as err:
             phone.errors[err.reason] += 1
             return None
@@ -224,6 +225,7 @@ def device_rows(phones: Sequence[Phone] | Any) -> list[DeviceRow]:
         row.errors = dict(Counter(row.errors) + phone.errors)
         row.tiers = dict(Counter(row.tiers) + phone.tiers)
         row.refused_replies += sum(stats.refused_replies.values())
+        row.rejected = dict(Counter(row.rejected) + stats.rejected)
         row.duplicates += stats.duplicates
         row.resends += stats.resends
         row.reconnects += sum(max(0, t.connects - 1) for t in phone.transports)

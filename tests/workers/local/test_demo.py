@@ -65,8 +65,8 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     assert total.sent + total.bad_sent >= 200
     assert total.bad_sent > 0
     phones = _assert_the_phones(result)
-    # With a generous deadline every good request is answered by the edge, exactly once: the phones'
-    # fallbacks are calls made while their link was down (never sent).
+    # With a generous deadline every good request of a Kafka-native device is answered by the edge,
+    # exactly once; every fallback is a phone's (while its link was down, or its gateway pushed back).
     assert total.results + total.fallbacks == total.sent
     assert total.fallbacks == phones["fallbacks"]
     assert total.duplicates == 0
@@ -86,7 +86,9 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     # The cloud aggregator (faust, as `aggregator` over TLS) counted exactly what the workers committed,
     # and its accuracy per version against the backends' labels (half the requests) is what the devices
     # saw of that version.
-    assert sum(row["results"] for row in result.cloud) == total.results
+    # (A phone's call answered by its fallback at the deadline may still have been answered at the edge.)
+    late_possible = sum(row.fallback.get("deadline", 0) for row in result.devices)
+    assert total.results <= sum(row["results"] for row in result.cloud) <= total.results + late_possible
     assert sum(row["labelled"] for row in result.cloud) > 0
     for version in {row["version"] for row in result.cloud if row["model"] == "embedding-scorer"}:
         rows = [r for r in result.cloud if r["model"] == "embedding-scorer" and r["version"] == version]
@@ -200,8 +202,9 @@ def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
 
 def _assert_the_phones(result: DemoResult) -> dict[str, int]:
     """The SDK phones asked through the gateways: every class and link had phones, every call was
-    answered (by the edge, or by the fallback while the link was down), no reply was refused, and
-    the flaky link's outages cut sessions that came back. Returns the devices section's totals."""
+    answered (by the edge, or by the fallback), no reply was refused, only the flaky link's phones
+    were ever offline, and its outages cut sessions that came back. Returns the devices section's
+    totals."""
     rows = result.devices
     totals = device_totals(rows)
     assert totals["phones"] >= 3
@@ -211,7 +214,12 @@ def _assert_the_phones(result: DemoResult) -> dict[str, int]:
         assert row.errors == {}, row
         assert row.calls == row.edge + row.fallbacks > 0, row
         assert row.edge > 0, f"the edge answered {row.device_class} on {row.link}"
-        assert set(row.fallback) <= {"unavailable"}, row  # a 30 s deadline: only offline calls
+        # A 30 s deadline: offline, a reply held through an outage past it, or the gateway's push-back.
+        assert set(row.fallback) <= {"unavailable", "deadline", "backing_off"}, row
+        assert set(row.rejected) <= {"rate_limited", "unavailable"}, row
+        if row.link != "3g-flaky":
+            assert "unavailable" not in row.fallback, row
+            assert (row.reconnects, row.failovers) == (0, 0), row
         assert sum(row.tiers.values()) == row.calls
         assert row.refused_replies == 0
         assert row.rtt_ms is not None

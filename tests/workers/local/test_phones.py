@@ -49,6 +49,7 @@ def test_phones_need_a_gateway_in_every_region() -> None:
 def _phone(device_class: str, link: str, *, edge: int, fallback: dict[str, int], **kw: Any) -> Phone:
     stats = ClientStats(edge=edge, fallback=Counter(fallback))
     stats.refused_replies = Counter(kw.get("refused", {}))
+    stats.rejected = Counter(kw.get("rejected", {}))
     stats.agreed, stats.disagreed = kw.get("agreed", 0), kw.get("disagreed", 0)
     stats.resends, stats.duplicates = kw.get("resends", 0), kw.get("duplicates", 0)
     client: Any = SimpleNamespace(stats=stats, sessions=SimpleNamespace(failovers=kw.get("failovers", 0)))
@@ -76,6 +77,7 @@ def test_device_rows_add_up_each_class_and_link() -> None:
             edge=5,
             fallback={"deadline": 1, "unavailable": 4},
             refused={"bad_tag": 1},
+            rejected={"rate_limited": 2},
             disagreed=1,
             rtts=[30.0],
         ),
@@ -98,6 +100,7 @@ def test_device_rows_add_up_each_class_and_link() -> None:
     wifi, flaky = rows
     assert (wifi.edge, wifi.fallback, wifi.fallbacks) == (13, {"deadline": 3, "unavailable": 4}, 7)
     assert (wifi.refused_replies, wifi.late_agreed, wifi.late_disagreed) == (1, 2, 1)
+    assert (wifi.rejected, flaky.rejected) == ({"rate_limited": 2}, {})
     assert wifi.rtt_ms == 12.0, "the median of every call's measured round trip"
     assert wifi.tiers == {"medium": 20}
     assert (flaky.reconnects, flaky.failovers, flaky.outages, flaky.tiers) == (2, 1, 2, {"tiny": 4})
