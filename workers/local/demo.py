@@ -308,7 +308,7 @@ def _prepare(
         on_step("granting each region's workers and devices their ACLs")
         asyncio.run(apply_policy(cluster.admin, regions))
     if settings.phone_fraction > 0:  # the phones' signed catalogue and fallback model, as the gateway serves
-        on_step("device catalogue for the phones: the reference model, and its tiny fallback")
+        on_step("device catalogue for the phones: each model's reference, and its tiny fallback")
         asyncio.run(prepare_phone_catalogue(cluster.admin, settings.home))
     if not settings.story.enabled:
         return accuracy, None
