@@ -1,13 +1,21 @@
-"""The phones' simulated links: delay in order, TCP-like loss, outages that cut and restore sessions."""
+"""The phones' simulated links: delay in order, TCP-like loss, outages that cut and restore sessions;
+the SDK through a link."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 
+from edgestream.device.answers import ClientSettings
+from edgestream.device.client import EdgeClient
+from edgestream.device.identity import DeviceIdentity, RegionKey
+from edgestream.device.loopback import LoopbackGateway, LoopbackTransport
 from edgestream.device.transport import (
     Accepted,
     ClockSample,
@@ -16,6 +24,9 @@ from edgestream.device.transport import (
     Event,
     TransportUnavailable,
 )
+from edgestream.pipeline.models import ModelStore, load_dataset
+from edgestream.pipeline.registry import Manifest, ModelState, SigningKey, TrustedKeys, publish
+from edgestream.pipeline.registry.devicecatalogue import build_catalogue, sign_catalogue
 from edgestream.workers.local.links import PROFILES, LinkProfile, LinkTransport, PhoneLink
 
 
@@ -161,3 +172,47 @@ def test_the_profiles_step_the_sdk_tier_down_only_on_the_slow_link() -> None:
     assert slow == ["3g-flaky"]
     assert PROFILES["3g-flaky"].outage_every_s is not None
     assert all(PROFILES[n].outage_every_s is None for n in ("wifi", "4g"))
+
+
+def _catalogue(tmp_path: Path) -> tuple[SigningKey, bytes, bytes]:
+    """A signed catalogue naming the zoo's tiny embedding model, and the model's bytes."""
+    tiny = ModelStore(tmp_path / "models").get("embedding-scorer", "tiny")
+    data = tiny.path.read_bytes()
+    key = SigningKey.generate()
+    manifest = Manifest("embedding-scorer", 1, "tiny", tiny.sha256, len(data), "float16", (30,))
+    state = publish(ModelState("embedding-scorer"), key.sign(manifest), now_ms=1)
+    now_ms = int(time.time() * 1000) - 1000
+    return key, sign_catalogue(key, build_catalogue({"embedding-scorer": state}, now_ms=now_ms)), data
+
+
+async def test_the_sdk_through_a_link_resends_less_and_less_often(tmp_path: Path) -> None:
+    """An edge that never confirms gets a few copies of the request, each wait twice the last, not a
+    copy every interval (which fed an overload in the demo), and every copy is the same bytes."""
+    key, catalogue, artifact = _catalogue(tmp_path)
+    sha = json.loads(catalogue)["catalogue"]["models"][0]["sha256"]
+    gateway = LoopbackGateway(
+        "eu-west", os.urandom(32), catalogue, {sha: artifact}, accept=False, answer=False
+    )
+    link = PhoneLink(PROFILES["wifi"], random.Random(3))
+    identity = DeviceIdentity.of("phone-1", {"eu-west": RegionKey(1, gateway.device_key)})
+    settings = ClientSettings(resend_interval_ms=100, max_resend_interval_ms=400, tick_s=0.01)
+    client = EdgeClient(
+        identity,
+        [gateway.endpoint(48.0, 2.0)],
+        lambda endpoint: LinkTransport(endpoint.region, lambda: LoopbackTransport(gateway), link),
+        TrustedKeys().with_key(key.public_raw),
+        tmp_path / "cache",
+        settings,
+    )
+    await client.start()
+    try:
+        x = load_dataset("embedding").X_test[0]
+        answer = await client.infer(x, 1500, kind="embedding")
+    finally:
+        await client.close()
+    assert (answer.source, answer.why) == ("fallback", "deadline")
+    copies = [envelope for _, envelope, _ in gateway.sent]
+    assert set(copies) == {copies[0]}
+    # Waits of 100, 200, 400, 400 ms fit in the deadline: at most 5 copies (14 at a fixed 100 ms).
+    assert 2 <= len(copies) <= 5, len(copies)
+    assert client.stats.resends == len(copies) - 1
