@@ -38,7 +38,7 @@ from edgestream.pipeline.security.pki import Pki
 from edgestream.workers.local.links import PROFILES, LinkTransport, PhoneLink
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
     from pathlib import Path
 
     import numpy.typing as npt
@@ -210,7 +210,7 @@ class Phones:
         return device_rows(self.by_id.values())
 
 
-def device_rows(phones: Sequence[Phone] | Any) -> list[DeviceRow]:
+def device_rows(phones: Iterable[Phone]) -> list[DeviceRow]:
     """``phones`` added up per (class, link), in the order classes and links first appear."""
     rows: dict[tuple[str, str], DeviceRow] = {}
     rtts: dict[tuple[str, str], list[float]] = {}
