@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import typer
@@ -220,6 +221,68 @@ def _story_table(result: DemoResult) -> Table:
     return table
 
 
+def _devices_table(result: DemoResult) -> Table:
+    table = Table(title="SDK phones through the gateways: per device class and link", title_justify="left")
+    for col in (
+        "class",
+        "link",
+        "phones",
+        "calls",
+        "edge",
+        "fallback (why)",
+        "tier asked",
+        "refused",
+        "reconnects",
+        "failovers",
+        "outages",
+        "rtt ms",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("class", "link", "fallback (why)", "tier asked") else "right"
+        )
+    for row in result.devices:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(row.fallback.items())) or "0"
+        tiers = ", ".join(f"{k} {v}" for k, v in sorted(row.tiers.items()))
+        table.add_row(
+            row.device_class,
+            row.link,
+            str(row.phones),
+            str(row.calls),
+            str(row.edge),
+            why,
+            tiers,
+            str(row.refused_replies),
+            str(row.reconnects),
+            str(row.failovers),
+            str(row.outages),
+            _fmt(row.rtt_ms, ".0f"),
+        )
+    return table
+
+
+def _print_devices(result: DemoResult) -> None:
+    console.print(_devices_table(result))
+    late = sum(r.late_agreed + r.late_disagreed for r in result.devices)
+    disagreed = sum(r.late_disagreed for r in result.devices)
+    console.print(
+        f"phones: late edge answers reconciled with the fallback's {late} ({disagreed} disagreed: "
+        f"labelling candidates); resends {sum(r.resends for r in result.devices)}, duplicate replies "
+        f"dropped {sum(r.duplicates for r in result.devices)}"
+    )
+    rejected: Counter[str] = sum((Counter(r.rejected) for r in result.devices), Counter())
+    if rejected:
+        console.print(
+            "envelopes the gateways refused: " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        )
+    for row in result.device_agreement:
+        agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
+        console.print(
+            f"  cloud /device-agreement {row['region']} {row['model']} edge v{row['edge_version']} vs "
+            f"fallback v{row['fallback_version']}: {row['agree']} agree, {row['disagree']} disagree "
+            f"({agreement})"
+        )
+
+
 def _print_story(result: DemoResult) -> None:
     story = result.story
     assert story is not None
@@ -267,6 +330,10 @@ def demo(
         None, help="Seconds the fleet sends without the story (default 40)."
     ),
     rate_per_s: float | None = typer.Option(None, help="Requests per second, whole fleet (default 150)."),
+    phones: float | None = typer.Option(
+        None,
+        help="Share of the devices that are SDK phones asking through the gateways (default 0.2; 0: none).",
+    ),
     story: bool = typer.Option(
         True,
         "--story/--no-story",
@@ -288,6 +355,8 @@ def demo(
         overrides["duration_s"] = duration_s
     if rate_per_s is not None:
         overrides["rate_per_s"] = rate_per_s
+    if phones is not None:
+        overrides["phone_fraction"] = phones
     if not story:
         overrides["story"] = StorySettings(enabled=False)
     settings = DemoSettings(**overrides)  # type: ignore[arg-type]
@@ -327,6 +396,10 @@ def demo(
         f"late results (after the device fell back): {result.total.late}; "
         f"duplicate results: {result.total.duplicates}"
     )
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(result.refused_replies.items())) or "none"
+    console.print(f"replies the Kafka-native devices refused to open: {refused}")
+    if result.devices:
+        _print_devices(result)
     if result.cloud:
         console.print(_cloud_table(result))
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.model_accuracy.items()))

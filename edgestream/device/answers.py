@@ -21,7 +21,12 @@ class ClientSettings:
     location: tuple[float, float] | None = None
     """(lat, lon) for the nearest region; None: the endpoints' order."""
     resend_interval_ms: float = 1000.0
-    """Resend an envelope not ``accepted`` after this long (the same bytes)."""
+    """Resend an envelope not ``accepted`` after this long (the same bytes); each further wait is
+    twice the last."""
+    max_resend_interval_ms: float = 8000.0
+    """The longest wait between two resends of one envelope. Without the doubling, an edge slow to
+    confirm (an overloaded broker) got a copy a second of every unconfirmed request: in the demo on a
+    saturated box, 150,000 resends for 9,600 calls, and the overload fed itself."""
     max_age_ms: float = 60_000.0
     """The edge's replay window (``max_age_ms``): no resend past ``ts`` + this - the margin."""
     clock_margin_ms: float = 5_000.0

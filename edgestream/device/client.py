@@ -10,10 +10,12 @@ the family's next envelope (``fallbacks=``); a late edge answer is reconciled wi
 (``reconcile.py``) and reported (``Transport.report``).
 
 One retry rule: an envelope without ``accepted`` within ``resend_interval_ms`` is resent byte for byte,
-only while ``ts + max_age_ms - clock_margin_ms`` has not passed and only before the request's
-deadline; a request is never sealed twice. Replies are deduplicated by request id (the first copy wins)
-and acknowledged. Telemetry that can wait (``telemetry``) goes into the offline queue when no session
-is up and is flushed in order on the next one; ``offline.py`` drops what outlived its time to live.
+each further wait twice the last (at most ``max_resend_interval_ms``: resends must not multiply the
+load of an edge slow to confirm), only while ``ts + max_age_ms - clock_margin_ms`` has not passed and
+only before the request's deadline; a request is never sealed twice. Replies are deduplicated by
+request id (the first copy wins) and acknowledged. Telemetry that can wait (``telemetry``) goes into
+the offline queue when no session is up and is flushed in order on the next one; ``offline.py`` drops
+what outlived its time to live.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class _Pending:
     next_resend_s: float
     outcome: asyncio.Future[ResultRecord | str]
     accepted: bool = False
+    resent: int = 0
 
 
 class EdgeClient:
@@ -482,7 +485,10 @@ class EdgeClient:
                 continue
             if pending.outcome.done() or not pending.transport.connected:
                 continue
-            pending.next_resend_s = now_s + self.settings.resend_interval_ms / 1000.0
+            pending.resent += 1
+            s = self.settings
+            wait_ms = min(s.resend_interval_ms * 2**pending.resent, s.max_resend_interval_ms)
+            pending.next_resend_s = now_s + wait_ms / 1000.0
             with contextlib.suppress(TransportUnavailable):
                 await pending.transport.send(pending.entry.input.kind, pending.envelope)
                 self.stats.resends += 1

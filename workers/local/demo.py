@@ -1,7 +1,9 @@
 """``edgestream demo``: the whole loop on one machine, then a summary.
 
 Real parts only: a local Kafka broker (started if none is running), the catalogue's topics, one edge
-worker process per region, and the simulated fleet in this process. At the end every process this run
+worker process per region, one device gateway process per region (``edgestream gateway``, for the
+fleet's SDK phones: ``demo_gateways.py``), the cloud aggregator, and the simulated fleet in this
+process. At the end every process this run
 started is stopped, and the summary, a JSON copy of it and a latency plot are written.
 """
 
@@ -40,11 +42,18 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
+from edgestream.workers.local.demo_gateways import (
+    gateway_urls,
+    prepare_phone_catalogue,
+    running_gateways,
+    write_directories,
+)
 from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
 from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_revision
-from edgestream.workers.local.fleet import FleetReport, Progress, make_fleet
+from edgestream.workers.local.fleet import Fleet, FleetReport, Progress, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings
 from edgestream.workers.local.latency_plot import plot_latency
+from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.processes import Child, edgestream_command, stopped_at_exit
 from edgestream.workers.local.story import (
     STORY_MODEL,
@@ -60,6 +69,8 @@ from edgestream.workers.local.summary import (
     VersionRow,
     bad_answers_after_rollback,
     cloud_totals,
+    device_agreement,
+    device_summary,
     settled_windows,
     summarise_all,
     summarise_region,
@@ -98,6 +109,12 @@ class DemoResult:
     """The aggregator's windows of the demo's regions, as its view served them."""
     fleet_started_at: float = 0.0
     """When the fleet started (unix seconds): the story's and the plots' time zero."""
+    devices: list[DeviceRow] = field(default_factory=list)
+    """What the SDK phones saw, per device class and link profile (none without phones)."""
+    refused_replies: dict[str, int] = field(default_factory=dict)
+    """Replies the Kafka-native devices refused to open, by reason."""
+    device_agreement: list[dict[str, Any]] = field(default_factory=list)
+    """The aggregator's ``/device-agreement`` rows: late edge answers vs the phones' fallbacks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +152,8 @@ class _Measured:
     """Region -> its worker's stats file at exit ({} when it wrote none)."""
     windows: list[dict[str, Any]]
     """The aggregator's windows of the demo's regions."""
+    device_agreement: list[dict[str, Any]] = field(default_factory=list)
+    """The aggregator's device-agreement rows (the phones' reports)."""
 
 
 async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
@@ -170,6 +189,8 @@ def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> 
         "EDGESTREAM_AGGREGATOR_APP_ID": app_id,
         # Devices replay the held-out rows (fleet.py): drift allows for that small pool's own noise.
         "EDGESTREAM_AGGREGATOR_DRIFT_SOURCE_ROWS": str(len(load_dataset("embedding").y_test)),
+        # The phones' reconciliation reports (late edge answers vs their fallbacks' answers).
+        "EDGESTREAM_AGGREGATOR_REPORT_REGIONS": json.dumps([r.name for r in settings.regions]),
     }
     aggregator = Child.start(
         "the aggregator",
@@ -286,6 +307,9 @@ def _prepare(
     if cluster.secure:
         on_step("granting each region's workers and devices their ACLs")
         asyncio.run(apply_policy(cluster.admin, regions))
+    if settings.phone_fraction > 0:  # the phones' signed catalogue and fallback model, as the gateway serves
+        on_step("device catalogue for the phones: each model's reference, and its tiny fallback")
+        asyncio.run(prepare_phone_catalogue(cluster.admin, settings.home))
     if not settings.story.enabled:
         return accuracy, None
     registry = asyncio.run(prepare_registry(cluster.admin, settings.home))
@@ -297,8 +321,9 @@ def _prepare(
     return accuracy, registry.revision
 
 
-def _fleet_settings(settings: DemoSettings, cluster: _Cluster) -> FleetSettings:
-    """The device fleet's settings: the demo's, sending for the story's bound when one is told."""
+def _fleet_settings(settings: DemoSettings, cluster: _Cluster, gateways: dict[str, str]) -> FleetSettings:
+    """The device fleet's settings: the demo's, sending for the story's bound when one is told; its
+    phones reach ``gateways`` (region -> URL)."""
     return FleetSettings(
         devices=settings.devices,
         rate_per_s=settings.rate_per_s,
@@ -310,7 +335,35 @@ def _fleet_settings(settings: DemoSettings, cluster: _Cluster) -> FleetSettings:
         home=settings.home,
         kafka=cluster.admin,  # over TLS: devices as device-<region>, labels as backend-<region>
         tls_root=cluster.pki.root,
+        phone_fraction=settings.phone_fraction,
+        gateways=gateways,
+        gateway_ca_file=cluster.pki.ca_file,
     )
+
+
+@contextmanager
+def _gateways(
+    settings: DemoSettings, cluster: _Cluster, paths: DemoPaths, on_step: Callable[[str], None]
+) -> Iterator[Fleet]:
+    """The fleet, its devices enrolled; with phones, one gateway per region running (as
+    ``gateway-<region>``) with a directory that names them, until the block ends."""
+    urls = gateway_urls(settings.regions) if settings.phone_fraction > 0 else {}
+    fleet = make_fleet(_fleet_settings(settings, cluster, {r: url for r, (url, _) in urls.items()}))
+    if not fleet.phone_plans:
+        yield fleet
+        return
+    phone_ids = [p.device.device_id for p in fleet.phone_plans]
+    write_directories(settings.home, settings.home / "keys.json", urls, phone_ids)
+    on_step(f"starting {len(urls)} device gateways for {len(phone_ids)} SDK phones")
+    with running_gateways(
+        {r: port for r, (_, port) in urls.items()},
+        settings.home,
+        cluster.pki,
+        lambda region: cluster.as_identity(Identity.gateway(region)),
+        paths.logs,
+        settings.worker_ready_timeout_s,
+    ):
+        yield fleet
 
 
 def _run_parts(
@@ -328,18 +381,13 @@ def _run_parts(
         with _workers(settings, cluster, paths) as stats_files:
             if revision is not None:
                 wait_for_revision(stats_files, revision, settings.worker_ready_timeout_s)
-            on_step("running the device fleet" + (" and telling the story" if revision else ""))
-            report, story = asyncio.run(
-                _fleet_and_story(
-                    settings,
-                    _fleet_settings(settings, cluster),
-                    cluster.admin,
-                    aggregator_url,
-                    revision,
-                    on_progress,
-                    on_event,
+            with _gateways(settings, cluster, paths, on_step) as fleet:
+                on_step("running the device fleet" + (" and telling the story" if revision else ""))
+                report, story = asyncio.run(
+                    _fleet_and_story(
+                        settings, fleet, cluster.admin, aggregator_url, revision, on_progress, on_event
+                    )
                 )
-            )
             on_step("waiting for the workers to consume everything sent")
             asyncio.run(_wait_caught_up(cluster.admin, settings))
             on_step("stopping workers")
@@ -355,7 +403,8 @@ def _run_parts(
             answered,
             settings.drain_timeout_s + settings.worker_ready_timeout_s,
         )
-    return _Measured(report, story, worker_stats, windows)
+        agreement = device_agreement(aggregator_url)
+    return _Measured(report, story, worker_stats, windows, agreement)
 
 
 def _result(
@@ -390,6 +439,9 @@ def _result(
         bad_after_rollback=bad_after,
         windows=measured.windows,
         fleet_started_at=report.started_at,
+        devices=report.devices,
+        refused_replies=report.refused_replies,
+        device_agreement=measured.device_agreement,
     )
 
 
@@ -409,6 +461,10 @@ def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measur
                 "story": None if result.story is None else result.story.to_dict(),
                 "versions": [asdict(v) for v in result.versions],
                 "bad_after_rollback": result.bad_after_rollback,
+                "devices": [device_summary(row) for row in measured.report.devices],
+                "phones_not_started": measured.report.phones_not_started,
+                "refused_replies": measured.report.refused_replies,
+                "device_agreement": result.device_agreement,
             },
             indent=2,
         )
@@ -442,15 +498,16 @@ def run_demo(
 
 async def _fleet_and_story(
     settings: DemoSettings,
-    fleet_settings: FleetSettings,
+    fleet: Fleet,
     admin: KafkaSettings,
     aggregator_url: str,
     revision: int | None,
     on_progress: Callable[[Progress], None] | None,
     on_event: Callable[[StoryEvent], None],
 ) -> tuple[FleetReport, StoryReport | None]:
-    """Run the fleet, and the story beside it when there is one (it says when the fleet stops)."""
-    fleet = make_fleet(fleet_settings)
+    """Run the fleet, and the story beside it when there is one (it says when the fleet stops). The
+    phones start first, so the story's baseline is not spent on their start."""
+    await fleet.start_phones()
     if revision is None:
         return await fleet.run(on_progress), None
     from edgestream.pipeline.registry.client import RegistryClient

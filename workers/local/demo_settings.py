@@ -31,6 +31,10 @@ class DemoSettings(BaseSettings):
     """Simulated devices."""
     bad_fraction: float = Field(default=0.02, ge=0, le=1)
     """Share of deliberately bad records (they must land in the dead-letter topics)."""
+    phone_fraction: float = Field(default=0.2, ge=0, le=1)
+    """Share of the devices that are SDK phones: they ask through one ``edgestream gateway`` per region
+    with ``EdgeClient.infer``, over simulated links (``workers/local/links.py``), instead of producing
+    to Kafka. 0: no phones and no gateways."""
     deadline_ms: float = Field(default=250.0, gt=0)
     """How long a device waits for the edge before answering with its local fallback model."""
     drain_s: float = Field(default=5.0, ge=0)

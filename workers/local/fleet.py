@@ -13,6 +13,11 @@ Embeddings come from the held-out split until a scenario sets ``Fleet.inputs`` t
 disjoint halves of the scanner-shifted data (``pipeline.models.shift``); every answer is kept with the
 version that gave it and the kind of input (``Answer``), in time or late, for accuracy per version.
 
+A share of the devices may be SDK phones instead (``phones.py``, ``phone_fraction``; none by
+default): they ask through the regions' gateways with ``EdgeClient.infer``, over simulated links
+(``links.py``), and their answers (the edge's or their fallback's) are counted with the others';
+what each device class and link saw is in ``FleetReport.devices``.
+
 A configurable fraction of deliberately bad records (tampered ciphertext, unknown model, wrong shape,
 garbage bytes) exercises the dead-letter path; they are counted, not awaited. The ground truth of a
 share of the requests goes to ``cloud.labels`` as the region's backend would send it, connected as
@@ -35,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from opentelemetry.trace import Span
 
+from edgestream.device.answers import Answer as PhoneAnswer
 from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
@@ -54,6 +60,7 @@ from edgestream.workers.local.device_tracing import DeviceTracing, answered, fel
 from edgestream.workers.local.devices import Device, make_devices
 from edgestream.workers.local.fleet_kafka import backend_kafka, device_kafka
 from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
+from edgestream.workers.local.phones import DeviceRow, Phone, Phones, plan_phones
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +142,13 @@ class FleetReport:
     unanswered: int
     round_trips: list[RoundTrip] = field(default_factory=list)
     """Every good request that ended (answered in time, or fallen back), for the SLA report."""
+    devices: list[DeviceRow] = field(default_factory=list)
+    """What the SDK phones saw, per device class and link profile (none without phones)."""
+    phones_not_started: dict[str, int] = field(default_factory=dict)
+    """Phones whose SDK did not start, by reason."""
+    refused_replies: dict[str, int] = field(default_factory=dict)
+    """Replies the Kafka-native devices read but refused to open (another device's, tampered), by
+    reason."""
 
     def totals(self) -> RegionReport:
         """All regions added up (latency lists concatenated)."""
@@ -178,7 +192,17 @@ class Fleet:
         """Where the devices' request spans go (``device_tracing.py``); None: untraced."""
         self._traces = None if tracing is None else DeviceTracing(tracing.tracer, settings.deadline_ms)
         self.devices = make_devices(settings, keyring)
-        self._reply_keys = {d.device_id.encode(): (ReplyKey(d.key), d.region) for d in self.devices}
+        self._keyring = keyring
+        self.phone_plans = plan_phones(settings, self.devices)
+        """Which devices are SDK phones (none without ``phone_fraction``)."""
+        phone_ids = {p.device.device_id for p in self.phone_plans}
+        self._phones: Phones | None = None
+        self._phone_calls: set[asyncio.Task[None]] = set()
+        self._reply_keys = {
+            d.device_id.encode(): (ReplyKey(d.key), d.region)
+            for d in self.devices
+            if d.device_id not in phone_ids  # a phone's replies come through its gateway
+        }
         self._ciphers = {d.device_id: AESGCM(d.key) for d in self.devices}
         """Each device's envelope cipher, built once (``seal`` takes one): not per request."""
         self.refused_replies: Counter[str] = Counter()
@@ -231,9 +255,16 @@ class Fleet:
                 await self._listen_from_now(consumers[region], region)
             tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
             tasks.append(asyncio.create_task(self._sweep()))
+            await self.start_phones()
             await self._send_all(producers, on_progress, until)
             await self._drain(on_progress)
         finally:
+            for call in self._phone_calls:
+                call.cancel()
+            await asyncio.gather(*self._phone_calls, return_exceptions=True)
+            if self._phones is not None:
+                await self._phones.close()
+                self.report.devices = self._phones.rows()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -247,7 +278,15 @@ class Fleet:
                 await asyncio.to_thread(self.tracing.provider.force_flush)
         self.report.total_s = time.time() - self.report.started_at
         self.report.unanswered = len(self._pending)
+        self.report.refused_replies = dict(self.refused_replies)
         return self.report
+
+    async def start_phones(self) -> None:
+        """Start the phones' SDKs (connect, verify the catalogue, fetch the fallback model), once; run
+        does it when it was not done before."""
+        if self.phone_plans and self._phones is None:
+            self._phones = await Phones.start(self.settings, self.phone_plans, self._keyring)
+            self.report.phones_not_started = dict(self._phones.not_started)
 
     async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
         # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
@@ -277,7 +316,10 @@ class Fleet:
                 await asyncio.sleep(delay_s)
             device = self.devices[n % len(self.devices)]
             n += 1
-            if self._pyrng.random() < self.settings.bad_fraction:
+            phone = None if self._phones is None else self._phones.by_id.get(device.device_id)
+            if phone is not None:
+                self._call_phone(phone)
+            elif self._pyrng.random() < self.settings.bad_fraction:
                 deliveries.append(await self._send_bad(producers[device.region], device))
             else:
                 deliveries.append(await self._send_one(producers[device.region], device))
@@ -347,6 +389,60 @@ class Fleet:
             sent = await labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
             sent.add_done_callback(_label_delivered)
         return delivery
+
+    def _call_phone(self, phone: Phone) -> None:
+        """One phone asks (in the background: the fleet's load stays open loop)."""
+        call = asyncio.create_task(self._phone_asks(phone))
+        self._phone_calls.add(call)
+        call.add_done_callback(self._phone_calls.discard)
+
+    async def _phone_asks(self, phone: Phone) -> None:
+        assert self._phones is not None
+        kind: Kind = "frame" if self._pyrng.random() < self.settings.frame_fraction else "embedding"
+        x, truth, source = self._pick(kind)
+        region = self.report.regions[phone.plan.device.region]
+        capture_ms = time.time() * 1000.0
+        region.sent += 1
+        answer = await self._phones.ask(phone, x, self.settings.deadline_ms, kind)
+        model = MODEL_FOR_KIND[kind]
+        if answer is None:  # raised (no verified fallback): counted in the devices' rows
+            return
+        deadline_ms = self.settings.deadline_ms
+        if answer.source == "fallback":
+            region.fallbacks += 1
+            region.fallback_correct += int(answer.label == truth)
+            trip = RoundTrip(
+                capture_ms,
+                region_name(answer, phone),
+                model,
+                None,
+                answer.latency_ms,
+                "fallback",
+                deadline_ms,
+            )
+            self.report.round_trips.append(trip)
+            return
+        region.results += 1
+        region.correct += int(answer.label == truth)
+        region.latencies_ms.append(answer.latency_ms)
+        region.result_times_s.append(time.time() - self.report.started_at)
+        capture_s = capture_ms / 1000.0 - self.report.started_at
+        region.answers.append(Answer(capture_s, answer.model, answer.version, answer.label == truth, source))
+        trip = RoundTrip(
+            capture_ms,
+            region_name(answer, phone),
+            answer.model,
+            answer.version,
+            answer.latency_ms,
+            "answered",
+            deadline_ms,
+        )
+        self.report.round_trips.append(trip)
+        labels = self._labels.get(answer.region or "")
+        if labels is not None and self._pyrng.random() < self.settings.label_fraction:
+            label = Label(answer.request_id, model, truth, int(capture_ms))
+            sent = await labels.send(LABELS_TOPIC, label.to_bytes(), key=answer.request_id)
+            sent.add_done_callback(_label_delivered)
 
     async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
         how = self._pyrng.choice(BAD_KINDS)
@@ -458,7 +554,7 @@ class Fleet:
 
     async def _drain(self, on_progress: Callable[[Progress], None] | None) -> None:
         end_s = time.monotonic() + self.settings.drain_s
-        while self._pending and time.monotonic() < end_s:
+        while (self._pending or self._phone_calls) and time.monotonic() < end_s:
             await asyncio.sleep(0.05)
             if on_progress is not None:
                 on_progress(self._progress(self.settings.duration_s))
@@ -472,6 +568,11 @@ class Fleet:
         return Progress(
             elapsed_s, self.settings.duration_s, totals.sent, totals.results, totals.fallbacks, p99
         )
+
+
+def region_name(answer: PhoneAnswer, phone: Phone) -> str:
+    """The region a phone's answer is counted in: where its request went, else the phone's own."""
+    return answer.region or phone.plan.device.region
 
 
 def _label_delivered(delivery: asyncio.Future[Any]) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.workers.local.links import LinkName
 
 Kind = Literal["embedding", "frame"]
 Inputs = Literal["original", "shifted-a", "shifted-b"]
@@ -17,6 +18,8 @@ Inputs = Literal["original", "shifted-a", "shifted-b"]
 of the scanner-shifted data (``pipeline.models.shift``). Frames always come from the held-out split."""
 MODEL_FOR_KIND: dict[Kind, str] = {"embedding": "embedding-scorer", "frame": "frame-classifier"}
 BAD_KINDS = ("tampered", "unknown_model", "wrong_shape", "garbage")
+PhoneClass = Literal["low-end-phone", "high-end-phone", "sensor"]
+"""The fleet's classes of SDK devices (``phones.PHONE_CLASSES`` gives each its SDK device class)."""
 
 
 class FleetSettings(BaseSettings):
@@ -62,3 +65,26 @@ class FleetSettings(BaseSettings):
     Idempotent across runs. False, or a read-only file: keys derive as the key ring says."""
     seed: int = 7
     """Seed for device placement and input sampling, so runs are comparable."""
+    phone_fraction: float = Field(default=0.0, ge=0, le=1)
+    """Share of the devices that are SDK phones (``phones.py``): they ask through the regions'
+    gateways with ``EdgeClient.infer`` instead of producing to Kafka. 0: none, and the fleet sends
+    exactly what it sent before phones existed."""
+    phone_classes: tuple[PhoneClass, ...] = Field(
+        default=("low-end-phone", "high-end-phone", "sensor"), min_length=1
+    )
+    """Device classes dealt to the phones in turn (``phones.PHONE_CLASSES``)."""
+    phone_links: tuple[LinkName, ...] = Field(default=("wifi", "4g", "3g-flaky"), min_length=1)
+    """Link profiles dealt to the phones in turn, after each round of classes (``links.PROFILES``)."""
+    gateways: dict[str, str] = Field(default_factory=dict)
+    """Region -> its gateway's URL (``wss://host:port/v1``), for the phones."""
+    gateway_ca_file: Path | None = None
+    """The CA the gateways' certificates chain to; None: the CA of ``tls_root``."""
+
+    @model_validator(mode="after")
+    def _phones_have_gateways(self) -> FleetSettings:
+        missing = [r.name for r in self.regions if r.name not in self.gateways]
+        if self.phone_fraction > 0 and missing:
+            raise ValueError(
+                f"phone_fraction > 0 needs a gateway URL per region; none for {', '.join(missing)}"
+            )
+        return self

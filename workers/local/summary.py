@@ -1,6 +1,6 @@
 """The demo's summary: one row per region from the devices' and the workers' own counts, the cloud
-aggregator's view added up per (region, model, version), and the story's versions as the devices saw
-them."""
+aggregator's view added up per (region, model, version), the story's versions as the devices saw
+them, and what the SDK phones saw per device class and link profile (``device_summary``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import logging
 import time
 import urllib.request
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from edgestream.pipeline.learning.drift import MIN_SAMPLES
 from edgestream.workers.local.fleet import FleetReport
+from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.story import StoryReport
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,18 @@ def settled_windows(
     return rows
 
 
+def device_agreement(url: str) -> list[dict[str, Any]]:
+    """The aggregator's ``/device-agreement`` rows (empty when it does not answer: it is read once,
+    after the fleet's last reports)."""
+    try:
+        with urllib.request.urlopen(url + "/device-agreement", timeout=5) as response:
+            rows = json.load(response).get("rows", [])
+    except (OSError, ValueError) as err:
+        log.warning("the aggregator's device agreement could not be read: %s", err)
+        return []
+    return rows if isinstance(rows, list) else []
+
+
 def cloud_totals(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The aggregator's ``windows`` added up per (region, model, version): results, dead letters,
     accuracy against the labels, the largest drift judged (windows of ``MIN_SAMPLES`` or more)."""
@@ -190,6 +203,29 @@ def version_rows(report: FleetReport, story: StoryReport) -> list[VersionRow]:
         )
         for version, inputs in keys
     ]
+
+
+def device_summary(row: DeviceRow) -> dict[str, Any]:
+    """One (device class, link profile) row of the summary's devices section, as JSON types: what the
+    phones' SDK counted (calls, answered by the edge, by the fallback with reasons, tiers asked,
+    replies refused, reconnects, ...) and the fallbacks added up."""
+    return {**asdict(row), "fallbacks": row.fallbacks}
+
+
+def device_totals(rows: Collection[DeviceRow]) -> dict[str, int]:
+    """The devices section added up: phones, calls, edge answers, fallbacks, errors, replies refused,
+    reconnects, failovers, outages."""
+    return {
+        "phones": sum(r.phones for r in rows),
+        "calls": sum(r.calls for r in rows),
+        "edge": sum(r.edge for r in rows),
+        "fallbacks": sum(r.fallbacks for r in rows),
+        "errors": sum(sum(r.errors.values()) for r in rows),
+        "refused_replies": sum(r.refused_replies for r in rows),
+        "reconnects": sum(r.reconnects for r in rows),
+        "failovers": sum(r.failovers for r in rows),
+        "outages": sum(r.outages for r in rows),
+    }
 
 
 def bad_answers_after_rollback(report: FleetReport, story: StoryReport) -> int | None:

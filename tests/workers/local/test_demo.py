@@ -1,4 +1,5 @@
-"""The demo, for real but short: worker processes, the fleet, the drain, the summary and the plot."""
+"""The demo, for real but short: worker processes, gateway processes, the fleet (its SDK phones
+through the gateways), the drain, the summary and the plot."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from edgestream.workers.local.demo import DemoResult, run_demo
 from edgestream.workers.local.demo_settings import DemoSettings
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 from edgestream.workers.local.story import StoryEvent, StorySettings
+from edgestream.workers.local.summary import device_summary, device_totals
 
 from ...plaintext import files_under, find_plaintexts
 
@@ -62,13 +64,20 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     total = result.total
     assert total.sent + total.bad_sent >= 200
     assert total.bad_sent > 0
-    # With a generous deadline every good request is answered by the edge, exactly once.
-    assert total.results == total.sent
-    assert total.fallbacks == 0
+    phones = _assert_the_phones(result)
+    # With a generous deadline every good request of a Kafka-native device is answered by the edge,
+    # exactly once; every fallback is a phone's (while its link was down, or its gateway pushed back).
+    assert total.results + total.fallbacks == total.sent
+    assert total.fallbacks == phones["fallbacks"]
     assert total.duplicates == 0
     # Every bad record is in a dead-letter topic: the demo waits until the workers consumed everything.
-    assert total.dead_letters == total.bad_sent
-    assert set(total.dead_letter_reasons) <= {"bad_tag", "undecodable", "unknown_model", "bad_shape"}
+    # A phone's resent envelope (no `accepted` within a second, or lost in an outage) that the edge had
+    # already taken is refused as replayed, as the retry rule says.
+    replayed = total.dead_letter_reasons.get("replayed", 0)
+    assert total.dead_letters == total.bad_sent + replayed
+    assert replayed <= sum(row.resends for row in result.devices)
+    allowed = {"bad_tag", "undecodable", "unknown_model", "bad_shape", "replayed"}
+    assert set(total.dead_letter_reasons) <= allowed
     assert total.accuracy is not None
     assert total.accuracy > 0.9
     assert [r.region for r in result.rows] == [r.name for r in regions]
@@ -77,7 +86,9 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     # The cloud aggregator (faust, as `aggregator` over TLS) counted exactly what the workers committed,
     # and its accuracy per version against the backends' labels (half the requests) is what the devices
     # saw of that version.
-    assert sum(row["results"] for row in result.cloud) == total.results
+    # (A phone's call answered by its fallback at the deadline may still have been answered at the edge.)
+    late_possible = sum(row.fallback.get("deadline", 0) for row in result.devices)
+    assert total.results <= sum(row["results"] for row in result.cloud) <= total.results + late_possible
     assert sum(row["labelled"] for row in result.cloud) > 0
     for version in {row["version"] for row in result.cloud if row["model"] == "embedding-scorer"}:
         rows = [r for r in result.cloud if r["model"] == "embedding-scorer" and r["version"] == version]
@@ -93,6 +104,8 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
 
     summary = json.loads(result.paths.summary.read_text())
     assert summary["total"]["results"] == total.results
+    assert summary["devices"] == [device_summary(row) for row in result.devices]
+    assert summary["refused_replies"] == {}, "no Kafka-native device was sent another's reply"
     trips, skipped = read_round_trips([result.paths.root / REQUEST_LOG])  # what `edgestream sla report` reads
     assert (len(trips), skipped) == (total.sent, 0)
     assert sum(t.outcome == "answered" for t in trips) == total.results
@@ -185,6 +198,40 @@ def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
     assert any(reason.startswith("accuracy") for reason in verdict.reasons), verdict.reasons
     assert story.rollback_s is not None
     assert result.bad_after_rollback == 0
+
+
+def _assert_the_phones(result: DemoResult) -> dict[str, int]:
+    """The SDK phones asked through the gateways: every class and link had phones, every call was
+    answered (by the edge, or by the fallback), no reply was refused, only the flaky link's phones
+    were ever offline, and its outages cut sessions that came back. Returns the devices section's
+    totals."""
+    rows = result.devices
+    totals = device_totals(rows)
+    assert totals["phones"] >= 3
+    assert {r.device_class for r in rows} == {"low-end-phone", "high-end-phone", "sensor"}
+    assert {r.link for r in rows} == {"wifi", "4g", "3g-flaky"}
+    for row in rows:
+        assert row.errors == {}, row
+        assert row.calls == row.edge + row.fallbacks > 0, row
+        assert row.edge > 0, f"the edge answered {row.device_class} on {row.link}"
+        # A 30 s deadline: offline, a reply held through an outage past it, or the gateway's push-back.
+        assert set(row.fallback) <= {"unavailable", "deadline", "backing_off"}, row
+        assert set(row.rejected) <= {"rate_limited", "unavailable"}, row
+        if row.link != "3g-flaky":
+            assert "unavailable" not in row.fallback, row
+            assert (row.reconnects, row.failovers) == (0, 0), row
+        assert sum(row.tiers.values()) == row.calls
+        assert row.refused_replies == 0
+        assert row.rtt_ms is not None
+    flaky = [r for r in rows if r.link == "3g-flaky"]
+    assert sum(r.outages for r in flaky) >= 1
+    assert sum(r.reconnects for r in flaky) >= 1, "a session cut by an outage came back"
+    assert all(r.outages == 0 for r in rows if r.link != "3g-flaky")
+    # The SDK measured each link: the slow one's round trip is past the wifi's.
+    wifi = [r.rtt_ms for r in rows if r.link == "wifi" and r.rtt_ms is not None]
+    slow = [r.rtt_ms for r in flaky if r.rtt_ms is not None]
+    assert min(slow) > max(wifi)
+    return totals
 
 
 def _device_inputs() -> list[bytes]:
