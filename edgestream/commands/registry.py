@@ -114,6 +114,40 @@ def keygen(
 
 
 @app.command()
+def serve(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home", help="State directory: the PKI and the registry (else EDGESTREAM_REGISTRY_SERVER_HOME)."
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (else ..._SERVER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 for any free one (else ..._SERVER_PORT).")] = None,
+) -> None:
+    """Serve the artifact store over mutual TLS 1.3 to the project's identities, read-only, by sha256,
+    until SIGTERM/SIGINT: GET /artifacts/sha256/<hash>. Workers on other hosts fetch from it
+    (EDGESTREAM_WORKER_REGISTRY_URL)."""
+    from pydantic import ValidationError
+
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.workers.registry_server import RegistryServerSettings, serve
+
+    overrides = {k: v for k, v in {"home": home, "host": host, "port": port}.items() if v is not None}
+    try:
+        settings = RegistryServerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        fail(str(err))
+
+    def started(bound: int) -> None:
+        _out.print(f"serving {settings.artifacts_path()} on https://{settings.host}:{bound}", highlight=False)
+
+    try:
+        asyncio.run(serve(settings, started))
+    except (EdgestreamError, OSError) as err:
+        fail(str(err))
+
+
+@app.command()
 def publish(
     model: ModelName,
     size: Annotated[
