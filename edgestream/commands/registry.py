@@ -139,7 +139,7 @@ def serve(
         fail(str(err))
 
     def started(bound: int) -> None:
-        _out.print(f"serving {settings.artifacts_path()} on https://{settings.host}:{bound}", highlight=False)
+        typer.echo(f"serving {settings.artifacts_path()} on https://{settings.host}:{bound}")  # one line
 
     try:
         asyncio.run(serve(settings, started))

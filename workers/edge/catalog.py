@@ -40,7 +40,7 @@ def worker_catalog(
     return ModelCatalog(
         models,
         routing_key=_routing_key(settings, keyring),
-        loader=_registry_loader(settings),
+        loader=registry_loader(settings),
         on_refused=on_refused,
     )
 
@@ -85,7 +85,7 @@ def _cache_dir(settings: WorkerSettings) -> Path:
     return settings.registry_cache_dir or _registry_root(settings) / "cache"
 
 
-def _registry_loader(settings: WorkerSettings) -> Loader | None:
+def registry_loader(settings: WorkerSettings) -> Loader | None:
     """How a registry version is verified and loaded, when the worker follows the registry."""
     if not settings.registry:
         return None
