@@ -4,8 +4,9 @@
     HEAD /artifacts/sha256/<64 hex>   200 (with Content-Length) or 404, no body
 
 Mutual TLS 1.3 from the project's PKI (``pipeline/security/tls.py``): a client must present a
-certificate the CA signed, or the handshake fails; a certificate whose principal may not fetch
-(``identities.fetches_artifacts``: edge workers, gateways, admin) is answered 403. Every other path is
+certificate the CA signed (on Kubernetes: Strimzi's clients CA), or the handshake fails; a certificate
+whose principal (OU, else CN) may not fetch (``identities.fetches_artifacts``: edge workers, gateways,
+admin) is answered 403. Every other path is
 404 without touching the disk: the hash is matched against ``[0-9a-f]{64}`` before it names a file, so
 there is no directory listing and no way to name anything outside the store. A stored blob that no
 longer hashes to its name is never served (500, logged). The request head is parsed by the health
@@ -64,14 +65,12 @@ class _Response(NamedTuple):
 
 
 def peer_principal(peercert: Any) -> str | None:
-    """The OU (our principal) of a verified peer certificate as ``SSLSocket.getpeercert()`` gives it."""
+    """The principal of a verified peer certificate as ``SSLSocket.getpeercert()`` gives it: its OU
+    (our PKI: ``CN=<name>,OU=<principal>``), else its CN (Strimzi's user certificates: ``CN=<user>``)."""
     if not isinstance(peercert, dict):
         return None
-    for rdn in peercert.get("subject", ()):
-        for name, value in rdn:
-            if name == "organizationalUnitName":
-                return str(value)
-    return None
+    names = {name: str(value) for rdn in peercert.get("subject", ()) for name, value in rdn}
+    return names.get("organizationalUnitName") or names.get("commonName")
 
 
 class ArtifactServer:

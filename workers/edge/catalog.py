@@ -22,6 +22,7 @@ from edgestream.pipeline.registry.signed_state import accept_state
 from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE
 from edgestream.pipeline.security.derive import routing_key
 from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.security.pki import TlsFiles
 from edgestream.pipeline.security.tls import client_context
 from edgestream.pipeline.serving.served import Loader, ModelCatalog, ServedModel, open_model
 from edgestream.workers.edge.admission import current_master
@@ -72,6 +73,8 @@ def artifact_store(settings: WorkerSettings) -> ArtifactStore:
             "registry_url needs the worker's TLS identity (kafka.ssl_ca_file, ssl_cert_file, ssl_key_file): "
             "the registry's server accepts only the project's certificates"
         )
+    if settings.registry_ca_file is not None:
+        files = TlsFiles(settings.registry_ca_file, files.cert_file, files.key_file)
     return RemoteArtifactStore(
         settings.registry_url,
         client_context(files),

@@ -167,6 +167,9 @@ class WorkerSettings(BaseSettings):
     """``https://host[:port]`` of ``edgestream registry serve``: fetch artifacts from there (mutual TLS
     with the worker's Kafka identity, ``kafka.ssl_*``) instead of reading ``<registry_home>/artifacts``;
     how a worker on any host follows a rollout. Each is checked against its signed sha256 and cached."""
+    registry_ca_file: Path | None = None
+    """CA bundle the artifact server's certificate must chain to; defaults to ``kafka.ssl_ca_file`` (one
+    PKI for both, as ``edgestream certs`` makes it; on Kubernetes the brokers' CA is Strimzi's)."""
     registry_cache_dir: Path | None = None
     """Where verified artifacts are cached on this host (``sha256/ab/<hash>``, and the ``.onnx`` files
     loaded); defaults to ``<registry_home>/cache``. Must be writable."""
