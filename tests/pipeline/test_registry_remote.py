@@ -1,5 +1,6 @@
 """The registry's artifact server and the remote store workers read through: mutual TLS 1.3 from the
-project's PKI, content addressing, a verified local cache, bounded retries, and the requests refused."""
+project's PKI, content addressing, a verified local cache, bounded retries, and the requests refused;
+the worker's settings that choose the store, and ``registry keygen --trust-dir``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from edgestream.cli import app
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.files import sha256_hex
 from edgestream.pipeline.registry.artifacts import LocalArtifactStore
-from edgestream.pipeline.registry.artifactserver import ArtifactServer
+from edgestream.pipeline.registry.artifactserver import ArtifactServer, peer_principal
 from edgestream.pipeline.registry.errors import (
     ArtifactMismatch,
     ArtifactNotFound,
@@ -22,9 +26,13 @@ from edgestream.pipeline.registry.errors import (
     MalformedRegistryRecord,
 )
 from edgestream.pipeline.registry.remote import RemoteArtifactStore
+from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE, TrustedKeys
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.security.tls import client_context, server_context
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.edge.catalog import artifact_store
+from edgestream.workers.edge.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -232,3 +240,51 @@ def test_only_https_urls(tmp_path: Path) -> None:
     for url in ("http://registry:8443", "https://", "https://registry/some/path", "registry:8443"):
         with pytest.raises(ConfigError):
             RemoteArtifactStore(url, context, cache)
+
+
+def test_the_principal_is_the_ou_else_the_cn() -> None:
+    ours = {
+        "subject": (
+            (("organizationName", "edgestream"),),
+            (("organizationalUnitName", "edge-eu-west"),),
+            (("commonName", "worker"),),
+        )
+    }
+    strimzis = {"subject": ((("commonName", "edge-eu-west"),),)}  # a KafkaUser's certificate
+    assert peer_principal(ours) == "edge-eu-west"
+    assert peer_principal(strimzis) == "edge-eu-west"
+    assert peer_principal({}) is None
+    assert peer_principal(None) is None
+
+
+def test_keygen_writes_the_public_keys_apart_and_makes_the_store(tmp_path: Path) -> None:
+    home, trust = tmp_path / "registry", tmp_path / "trust"
+    done = CliRunner().invoke(app, ["registry", "keygen", "--home", str(home), "--trust-dir", str(trust)])
+    assert done.exit_code == 0, done.output
+    assert [p.name for p in trust.iterdir()] == [TRUSTED_KEYS_FILE]  # nothing secret beside it
+    assert TrustedKeys.load(trust / TRUSTED_KEYS_FILE) == TrustedKeys.load(home / TRUSTED_KEYS_FILE)
+    assert (home / "artifacts").is_dir()
+
+
+def _worker(tmp_path: Path, kafka: KafkaSettings, **registry: object) -> WorkerSettings:
+    return WorkerSettings(kafka=kafka, home=tmp_path, registry=True, **registry)  # type: ignore[arg-type]
+
+
+async def test_a_worker_reads_the_local_store_unless_given_a_url(site: Site, tmp_path: Path) -> None:
+    files = site.pki.issue(WORKER)
+    kafka = KafkaSettings.tls("127.0.0.1:9", files)
+    local = artifact_store(_worker(tmp_path, kafka))
+    assert isinstance(local, LocalArtifactStore)
+    assert local.root == tmp_path / "registry" / "artifacts"
+    remote = artifact_store(
+        _worker(tmp_path, kafka, registry_url=site.url, registry_cache_dir=tmp_path / "c")
+    )
+    assert isinstance(remote, RemoteArtifactStore)
+    assert remote.cache.root == tmp_path / "c"
+    assert await asyncio.to_thread(remote.get, site.sha256) == BLOB
+    plain = KafkaSettings(bootstrap_servers="127.0.0.1:9")
+    with pytest.raises(ConfigError, match="needs the worker's TLS identity"):
+        artifact_store(_worker(tmp_path, plain, registry_url=site.url))
+    for url in ("http://registry:8443", "https://registry:8443/artifacts", "registry:8443"):
+        with pytest.raises(ValidationError, match="registry_url"):
+            _worker(tmp_path, plain, registry_url=url)
