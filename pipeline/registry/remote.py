@@ -101,7 +101,12 @@ class RemoteArtifactStore:
             except ArtifactNotFound:
                 pass  # removed since: fetch it
         data = self._fetch(sha256)
-        self.cache.put(data)
+        try:
+            self.cache.put(data)
+        except OSError as err:  # full or read-only: a refusal like any other, never a worker's exit
+            raise ArtifactUnavailable(
+                sha256, self.url, f"fetched, but not cached in {self.cache.root}: {err}"
+            ) from err
         return data
 
     def _fetch(self, sha256: str) -> bytes:

@@ -97,6 +97,16 @@ async def test_a_corrupt_cache_entry_is_fetched_again_never_served(site: Site) -
     assert not cached.exists()  # the corrupt entry is gone, not kept for a later read
 
 
+async def test_a_cache_that_cannot_be_written_is_a_refusal(site: Site, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_bytes(b"")
+    remote = RemoteArtifactStore(
+        site.url, site.context(), LocalArtifactStore(blocked), sleep=site.sleeps.append
+    )
+    with pytest.raises(ArtifactUnavailable, match="not cached"):
+        await asyncio.to_thread(remote.get, site.sha256)
+
+
 class _Lying(LocalArtifactStore):
     """A store that answers every hash with other bytes (a server that is wrong, or an attacker)."""
 
