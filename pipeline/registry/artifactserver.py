@@ -108,6 +108,7 @@ class ArtifactServer:
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -116,10 +117,16 @@ class ArtifactServer:
             raise RuntimeError("the artifact server is not started")
         return self._port
 
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        return len(self._connections)
+
     async def start(self) -> None:
         """Bind and listen. Idempotent."""
         if self._server is not None:
             return
+        self._stopping = False
         self._server = await asyncio.start_server(
             self._serve,
             self.host,
@@ -137,6 +144,7 @@ class ArtifactServer:
         if server is None:
             return
         self._port = None
+        self._stopping = True
         server.close()
         for writer in self._connections.values():
             writer.transport.abort()
@@ -153,7 +161,7 @@ class ArtifactServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._server is None or len(self._connections) >= self.max_connections:
+        if self._stopping or len(self._connections) >= self.max_connections:
             log.debug("artifact connection refused: %d open", len(self._connections))
             writer.transport.abort()
             return

@@ -298,3 +298,31 @@ async def test_a_worker_reads_the_local_store_unless_given_a_url(site: Site, tmp
     for url in ("http://registry:8443", "https://registry:8443/artifacts", "registry:8443"):
         with pytest.raises(ValidationError, match="registry_url"):
             _worker(tmp_path, plain, registry_url=url)
+
+
+def _silent_client(site: Site, port: int) -> bytes:
+    """Connect, complete the handshake, send nothing: what the server answers once it gives up."""
+    import socket
+
+    with (
+        socket.create_connection(("localhost", port), timeout=10) as raw,
+        site.context().wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.recv(4096)
+
+
+async def test_connections_and_slow_clients_are_bounded(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    context = server_context(site.pki.issue(Identity.registry()))
+    server = site.server = ArtifactServer(site.store, context, read_timeout_s=1.0, max_connections=1)
+    async with server:
+        silent = asyncio.create_task(asyncio.to_thread(_silent_client, site, server.port))
+        for _ in range(200):  # until it holds the one connection
+            if server.open_connections == 1:
+                break
+            await asyncio.sleep(0.025)
+        assert server.open_connections == 1
+        with pytest.raises((http.client.HTTPException, ConnectionError, ssl.SSLError)):
+            await asyncio.to_thread(_request, site, "GET", f"/artifacts/sha256/{site.sha256}", site.context())
+        answer = await silent
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
