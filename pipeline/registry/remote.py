@@ -18,25 +18,56 @@ import http.client
 import logging
 import ssl
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.files import sha256_hex
-from edgestream.pipeline.registry.artifacts import check_sha256
+from edgestream.pipeline.registry.artifacts import LocalArtifactStore, check_sha256
 from edgestream.pipeline.registry.artifactserver import ARTIFACT_PATH
 from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound, ArtifactUnavailable
+from edgestream.pipeline.security.tls import client_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
-    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
+    from edgestream.pipeline.security.pki import TlsFiles
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ARTIFACT_BYTES: Final = 2 * 1024**3
 """Largest artifact body read (2 GiB); a larger Content-Length is refused before reading."""
 _CHUNK_BYTES: Final = 1024 * 1024
+
+
+def remote_store(
+    url: str,
+    files: TlsFiles | None,
+    cache_dir: Path,
+    *,
+    ca_file: Path | None = None,
+    timeout_s: float = 30.0,
+    attempts: int = 3,
+) -> RemoteArtifactStore:
+    """The store a process reads ``url`` through, presenting its own TLS identity ``files`` (checking
+    the server against ``ca_file``, default ``files.ca_file``), caching in ``cache_dir``.
+    :class:`ConfigError` when the process has no identity to present."""
+    if files is None:
+        raise ConfigError(
+            f"fetching artifacts from {url} needs this process's TLS identity (kafka.ssl_ca_file, "
+            "ssl_cert_file, ssl_key_file): the registry's server accepts only the project's certificates"
+        )
+    if ca_file is not None:
+        files = replace(files, ca_file=ca_file)
+    return RemoteArtifactStore(
+        url,
+        client_context(files),
+        LocalArtifactStore(cache_dir),
+        timeout_s=timeout_s,
+        attempts=attempts,
+    )
 
 
 class _Retriable(Exception):

@@ -293,7 +293,7 @@ async def test_a_worker_reads_the_local_store_unless_given_a_url(site: Site, tmp
     assert remote.cache.root == tmp_path / "c"
     assert await asyncio.to_thread(remote.get, site.sha256) == BLOB
     plain = KafkaSettings(bootstrap_servers="127.0.0.1:9")
-    with pytest.raises(ConfigError, match="needs the worker's TLS identity"):
+    with pytest.raises(ConfigError, match="needs this process's TLS identity"):
         artifact_store(_worker(tmp_path, plain, registry_url=site.url))
     for url in ("http://registry:8443", "https://registry:8443/artifacts", "registry:8443"):
         with pytest.raises(ValidationError, match="registry_url"):

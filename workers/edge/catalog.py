@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.registry import (
     ArtifactStore,
     LocalArtifactStore,
@@ -17,13 +16,11 @@ from edgestream.pipeline.registry import (
 )
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_model
-from edgestream.pipeline.registry.remote import RemoteArtifactStore
+from edgestream.pipeline.registry.remote import remote_store
 from edgestream.pipeline.registry.signed_state import accept_state
 from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE
 from edgestream.pipeline.security.derive import routing_key
 from edgestream.pipeline.security.keyring import KeyRing
-from edgestream.pipeline.security.pki import TlsFiles
-from edgestream.pipeline.security.tls import client_context
 from edgestream.pipeline.serving.served import Loader, ModelCatalog, ServedModel, open_model
 from edgestream.workers.edge.admission import current_master
 from edgestream.workers.edge.settings import WorkerSettings
@@ -67,18 +64,11 @@ def artifact_store(settings: WorkerSettings) -> ArtifactStore:
     when a URL is set but the worker has no TLS identity to present."""
     if settings.registry_url is None:
         return LocalArtifactStore(_registry_root(settings) / "artifacts")
-    files = settings.kafka.files
-    if files is None:
-        raise ConfigError(
-            "registry_url needs the worker's TLS identity (kafka.ssl_ca_file, ssl_cert_file, ssl_key_file): "
-            "the registry's server accepts only the project's certificates"
-        )
-    if settings.registry_ca_file is not None:
-        files = TlsFiles(settings.registry_ca_file, files.cert_file, files.key_file)
-    return RemoteArtifactStore(
+    return remote_store(
         settings.registry_url,
-        client_context(files),
-        LocalArtifactStore(_cache_dir(settings)),
+        settings.kafka.files,
+        _cache_dir(settings),
+        ca_file=settings.registry_ca_file,
         timeout_s=settings.registry_timeout_s,
         attempts=settings.registry_attempts,
     )
