@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from edgestream.cli import app
 from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE, TrustedKeys
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.certificates import PRINCIPAL_MAPPING_RULES
 from edgestream.pipeline.security.identities import Identity
@@ -197,6 +198,8 @@ def needs(service: Service) -> tuple[set[Identity], set[str]]:
     if is_fleet(service):
         regions = fleet_regions(e)
         return {Identity.device(region) for region in regions}, regions
+    if "EDGESTREAM_REGISTRY_SERVER_CERT_FILE" in e:  # the artifact server: serves, no Kafka
+        return {Identity.registry()}, set()
     if "EDGESTREAM_KAFKA_BOOTSTRAP" in e:  # operator commands (topics and ACLs): a super user
         return {Identity.admin()}, set()
     return set(), set()
@@ -369,6 +372,14 @@ def test_a_worker_starts_from_what_it_mounts(
         assert all(path.is_file() for path in (files.ca_file, files.cert_file, files.key_file)), name
         keys = KeySource.of(settings.key_file, settings.keys_secret, default_file=settings.home / "keys.json")
         assert keys.watcher(required_regions=[settings.region]).current().regions == (settings.region,)
+        # It follows the registry, trusting the keys it mounts, and fetches from the registry service.
+        assert settings.registry, name
+        assert settings.registry_home is not None
+        assert TrustedKeys.load(settings.registry_home / TRUSTED_KEYS_FILE).keys, name
+        assert (
+            settings.registry_url
+            == f"https://registry:{env(services['registry'])['EDGESTREAM_REGISTRY_SERVER_PORT']}"
+        )
 
 
 def test_the_readme_starts_it_as_the_header_says() -> None:

@@ -134,9 +134,9 @@ def init(
 ) -> None:
     """Create the CA and the certificates of every identity (idempotent).
 
-    Identities: broker, admin, aggregator, and edge-<region>/worker, device-<region>/gateway,
-    backend-<region>/subscriber, gateway-<region>/gateway (the device gateway's Kafka client) and
-    gateway-<region>/wss (its WebSocket server certificate) per region.
+    Identities: broker, admin, aggregator, registry (the artifact server), and edge-<region>/worker,
+    device-<region>/gateway, backend-<region>/subscriber, gateway-<region>/gateway (the device
+    gateway's Kafka client) and gateway-<region>/wss (its WebSocket server certificate) per region.
 
     Existing certificates are kept unless they expire within 7 days or no trusted CA signed them.
     """
@@ -147,7 +147,7 @@ def init(
     pki = _pki(home)
     regions = region or [r.name for r in DEFAULT_REGIONS]
     try:
-        identities = [Identity.broker(), Identity.admin(), Identity.aggregator()]
+        identities = [Identity.broker(), Identity.admin(), Identity.aggregator(), Identity.registry()]
         for name in dict.fromkeys(regions):
             identities += [Identity.edge(name), Identity.device(name), Identity.backend(name)]
             identities += [Identity.gateway(name), Identity.gateway(name, GATEWAY_SERVER_NODE)]
@@ -170,7 +170,8 @@ def issue(
     host: Annotated[
         list[str] | None,
         typer.Option(
-            help="Broker and gateway-* only: another DNS name or IP it is reached by (repeat), e.g. kafka-1."
+            help="Broker, gateway-* and registry only: another DNS name or IP it is reached by (repeat), "
+            "e.g. kafka-1."
         ),
     ] = None,
 ) -> None:

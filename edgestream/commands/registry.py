@@ -96,8 +96,17 @@ async def _apply(kafka: KafkaSettings, home: Path | None, model: str, step: Step
 def keygen(
     home: Home = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing signing key.")] = False,
+    trust_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust-dir",
+            help="Also write the trusted keys file into this directory, which holds no secret: what "
+            "workers on other hosts mount.",
+        ),
+    ] = None,
 ) -> None:
-    """Make a signing key (0600) and add its public key to the trusted keys file."""
+    """Make a signing key (0600), add its public key to the trusted keys file, and create the
+    artifact store's directory (what `registry serve` serves)."""
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
 
@@ -107,10 +116,48 @@ def keygen(
         key = SigningKey.generate()
         key.save(root / SIGNING_KEY_FILE, overwrite=force)
         trusted = TrustedKeys.load(trusted_path) if trusted_path.exists() else TrustedKeys()
-        trusted.with_key(key.public_raw).save(trusted_path)
-    except EdgestreamError as e:
+        trusted = trusted.with_key(key.public_raw)
+        trusted.save(trusted_path)
+        if trust_dir is not None:
+            trusted.save(trust_dir / TRUSTED_KEYS_FILE)
+        (root / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+    except (EdgestreamError, OSError) as e:
         fail(str(e))
     _out.print(f"signing key {key.key_id} in {root / SIGNING_KEY_FILE}; trusted in {trusted_path}")
+
+
+@app.command()
+def serve(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home", help="State directory: the PKI and the registry (else EDGESTREAM_REGISTRY_SERVER_HOME)."
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (else ..._SERVER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 for any free one (else ..._SERVER_PORT).")] = None,
+) -> None:
+    """Serve the artifact store over mutual TLS 1.3 to the project's identities, read-only, by sha256,
+    until SIGTERM/SIGINT: GET /artifacts/sha256/<hash>. Workers on other hosts fetch from it
+    (EDGESTREAM_WORKER_REGISTRY_URL)."""
+    from pydantic import ValidationError
+
+    from edgestream.pipeline.errors import EdgestreamError
+    from edgestream.workers.registry_server import RegistryServerSettings, serve
+
+    overrides = {k: v for k, v in {"home": home, "host": host, "port": port}.items() if v is not None}
+    try:
+        settings = RegistryServerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        fail(str(err))
+
+    def started(bound: int) -> None:
+        typer.echo(f"serving {settings.artifacts_path()} on https://{settings.host}:{bound}")  # one line
+
+    try:
+        asyncio.run(serve(settings, started))
+    except (EdgestreamError, OSError) as err:
+        fail(str(err))
 
 
 @app.command()

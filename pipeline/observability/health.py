@@ -125,7 +125,9 @@ class _Response(NamedTuple):
     """Add ``Allow: GET`` (a 405)."""
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
+    """A request head that does not parse; ``status`` is the answer (400, or 431)."""
+
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
@@ -231,14 +233,14 @@ class HealthServer:
         try:
             async with asyncio.timeout(self.read_timeout_s):
                 head = await reader.readuntil(b"\r\n\r\n")
-            method, path = _parse_head(head)
+            method, path = parse_head(head)
         except TimeoutError:
             return _Response(408, b"request not received in time\n")
         except asyncio.LimitOverrunError:
             return _Response(431, b"request line and headers exceed 8 KiB\n")
         except asyncio.IncompleteReadError:
             return _Response(400, b"incomplete request\n")
-        except _BadRequest as err:
+        except BadRequest as err:
             log.debug("bad health request: %s", err)
             return _Response(err.status, f"{err}\n".encode())
         if method != b"GET":
@@ -280,8 +282,8 @@ def _probe(answer: tuple[bool, str]) -> _Response:
     return _Response(503, reason.encode("utf-8", "replace")[:MAX_REASON_BYTES] + b"\n")
 
 
-def _parse_head(head: bytes) -> tuple[bytes, bytes]:
-    """``(method, path)`` of a request head (ending in an empty line), or raise _BadRequest.
+def parse_head(head: bytes) -> tuple[bytes, bytes]:
+    """``(method, path)`` of a request head (ending in an empty line), or raise BadRequest.
 
     Strict: ``METHOD SP /target SP HTTP/1.x``, header lines ``token: value`` without folding, a
     ``Host`` header for HTTP/1.1. The query string is ignored.
@@ -289,22 +291,22 @@ def _parse_head(head: bytes) -> tuple[bytes, bytes]:
     lines = head[:-4].split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3:
-        raise _BadRequest(400, "malformed request line")
+        raise BadRequest(400, "malformed request line")
     method, target, version = parts
     if _TOKEN.fullmatch(method) is None:
-        raise _BadRequest(400, "malformed method")
+        raise BadRequest(400, "malformed method")
     if _TARGET.fullmatch(target) is None:
-        raise _BadRequest(400, "malformed target")
+        raise BadRequest(400, "malformed target")
     if _VERSION.fullmatch(version) is None:
-        raise _BadRequest(400, "not HTTP/1.0 or HTTP/1.1")
+        raise BadRequest(400, "not HTTP/1.0 or HTTP/1.1")
     host = False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or _TOKEN.fullmatch(name) is None:
-            raise _BadRequest(400, "malformed header")
+            raise BadRequest(400, "malformed header")
         if _CONTROL.search(value) is not None:
-            raise _BadRequest(400, "control character in a header")
+            raise BadRequest(400, "control character in a header")
         host = host or name.lower() == b"host"
     if version == b"HTTP/1.1" and not host:
-        raise _BadRequest(400, "HTTP/1.1 request without Host")
+        raise BadRequest(400, "HTTP/1.1 request without Host")
     return method, target.partition(b"?")[0]

@@ -1,10 +1,11 @@
 """The model registry: content-addressed artifacts, Ed25519-signed manifests, rollout state on the
 compacted ``control.models`` topic, and the keyed-hash routing of devices to stable or canary.
 
-Modules: ``store`` (artifact stores), ``signing`` (manifests, keys, verification), ``state`` (a model's
-state and its pure transitions), ``routing`` (which version answers a device), ``loader`` (what a worker
-calls to load a verified artifact), ``client`` (Kafka). ``client`` imports aiokafka and ``loader`` the
-model zoo; import them from their modules.
+Modules: ``artifacts`` (artifact stores), ``artifactserver`` (the store over mutual TLS) and ``remote``
+(a worker's store on another host: fetched by hash, verified, cached), ``signing`` (manifests, keys,
+verification), ``state`` (a model's state and its pure transitions), ``routing`` (which version answers
+a device), ``loader`` (what a worker calls to load a verified artifact), ``client`` (Kafka). ``client``
+imports aiokafka and ``loader`` the model zoo; import them from their modules.
 """
 
 from edgestream.pipeline.files import sha256_hex

@@ -1,8 +1,9 @@
 """The registry's errors: each an :class:`EdgestreamError` with a stable ``reason`` code.
 
 A worker that refuses an artifact or a rollout state logs and counts it by ``reason``
-(``artifact_mismatch``, ``untrusted_signer``, ``bad_signature``, ``unsigned_state``, ``stale_revision``,
-``bad_registry_record``, ``signature_mismatch``) and keeps serving what it had.
+(``artifact_mismatch``, ``artifact_missing``, ``artifact_unavailable``, ``untrusted_signer``,
+``bad_signature``, ``unsigned_state``, ``stale_revision``, ``bad_registry_record``,
+``signature_mismatch``) and keeps serving what it had.
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ class ArtifactNotFound(RegistryError):
 
     def __init__(self, sha256: str, where: str) -> None:
         super().__init__(f"no artifact sha256 {sha256[:16]}… in {where}")
+        self.sha256 = sha256
+
+
+class ArtifactUnavailable(RegistryError):
+    """The registry's artifact server could not be reached, or refused the fetch (after the retries
+    that were worth making)."""
+
+    reason = "artifact_unavailable"
+
+    def __init__(self, sha256: str, where: str, why: str) -> None:
+        super().__init__(f"artifact sha256 {sha256[:16]}… from {where}: {why}")
         self.sha256 = sha256
 
 

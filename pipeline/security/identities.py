@@ -30,6 +30,8 @@ GATEWAY_NODE: Final = "gateway"
 """The name of a gateway process's Kafka client when none is given."""
 GATEWAY_SERVER_NODE: Final = "wss"
 """The name of a gateway's WebSocket server certificate (it serves TLS to devices)."""
+REGISTRY_PRINCIPAL: Final = "registry"
+"""The registry's artifact server (``edgestream registry serve``): it serves TLS, not a Kafka client."""
 BACKEND_NODE: Final = "subscriber"
 """The name of a backend service when none is given."""
 MAX_NAME_CHARS: Final = 64
@@ -59,8 +61,15 @@ def gateway_principal(region: str) -> str:
 
 
 def serves_tls(principal: str) -> bool:
-    """Whether certificates of ``principal`` also serve TLS (the broker, a gateway to devices)."""
-    return principal == BROKER_PRINCIPAL or principal.startswith(_GATEWAY_PREFIX)
+    """Whether certificates of ``principal`` also serve TLS (the broker, a gateway to devices, the
+    registry's artifact server)."""
+    return principal in (BROKER_PRINCIPAL, REGISTRY_PRINCIPAL) or principal.startswith(_GATEWAY_PREFIX)
+
+
+def fetches_artifacts(principal: str) -> bool:
+    """Whether ``principal`` may fetch model artifacts from the registry's server: edge workers (they
+    serve the models), gateways (they hand artifacts to devices) and ``admin``."""
+    return principal == ADMIN_PRINCIPAL or principal.startswith((_EDGE_PREFIX, _GATEWAY_PREFIX))
 
 
 def backend_principal(region: str) -> str:
@@ -115,6 +124,11 @@ class Identity:
     def edge(cls, region: str, node: str = EDGE_NODE) -> Identity:
         """Edge worker ``node`` of ``region``; every node of a region shares one principal."""
         return cls(edge_principal(region), node)
+
+    @classmethod
+    def registry(cls) -> Identity:
+        """The registry's artifact server (serves TLS on localhost, 127.0.0.1 and the hosts issued)."""
+        return cls(REGISTRY_PRINCIPAL, REGISTRY_PRINCIPAL)
 
     @classmethod
     def aggregator(cls) -> Identity:

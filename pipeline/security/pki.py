@@ -225,7 +225,7 @@ class Pki:
         (e.g. ``kafka-1`` in a compose network). Raises PkiError without a CA, ValueError for hosts on a
         client identity."""
         if hosts and not serves_tls(identity.principal):
-            raise ValueError("only the certificates of the broker and of gateways name hosts")
+            raise ValueError("only the certificates of the broker, gateways and the registry name hosts")
         with self._locked():
             return self._issue(identity, days, not_before, not_after, keep_previous=False, hosts=hosts)
 

@@ -197,7 +197,7 @@ def test_replicas_are_capped_and_a_lag_in_seconds_trigger_can_be_added() -> None
     assert "ingest partitions" in refused.stderr
 
 
-SECRET_ROLES = {"kafka-identity", "kafka-ca", "region-keys", "registry", "server-tls"}
+SECRET_ROLES = {"kafka-identity", "kafka-ca", "region-keys", "registry", "server-tls", "clients-ca"}
 
 
 def _secrets(deployment: Manifest) -> dict[str, str]:
@@ -232,9 +232,14 @@ def test_each_workload_mounts_only_its_own_identity() -> None:
             "kafka-ca": ca,
             "registry": "edgestream-registry",
         }
+    (registry,) = by_component(manifests, "Deployment", "registry").values()
+    assert _secrets(registry) == {  # it serves TLS and speaks no Kafka: no KafkaUser of its own
+        "server-tls": "edgestream-registry-tls",
+        "clients-ca": "edgestream-clients-ca-cert",
+    }
     every = [d for d in of_kind(manifests, "Deployment")]
     assert all(set(_secrets(d)) <= SECRET_ROLES for d in every)
-    assert {_secrets(d)["kafka-identity"] for d in every} <= users
+    assert {_secrets(d)["kafka-identity"] for d in every if d is not registry} <= users
     for auth in of_kind(manifests, "TriggerAuthentication"):
         region = auth["metadata"]["labels"]["edgestream.io/region"]
         assert {ref["name"] for ref in auth["spec"]["secretTargetRef"]} == {f"edge-{region}", ca}
@@ -301,6 +306,7 @@ def test_a_generated_catalogue_for_other_regions_replaces_the_charts(tmp_path: P
 
 SETTINGS = {
     "EDGESTREAM_WORKER_": "edgestream.workers.edge.settings:WorkerSettings",
+    "EDGESTREAM_REGISTRY_SERVER_": "edgestream.workers.registry_server:RegistryServerSettings",
     "EDGESTREAM_AGGREGATOR_": "edgestream.workers.aggregator.app:AggregatorSettings",
     "EDGESTREAM_GATEWAY_": "edgestream.workers.gateway.settings:GatewaySettings",
     "EDGESTREAM_KAFKA_": "edgestream.pipeline.settings:KafkaEnv",
@@ -340,3 +346,40 @@ def test_every_variable_the_chart_sets_is_a_setting() -> None:
         assert _field_exists(model, name.removeprefix(prefix).lower().split("__")), name
         checked += 1
     assert checked >= 15
+
+
+def _env(deployment: Manifest) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def test_workers_follow_the_registry_and_fetch_from_the_charts_artifact_server() -> None:
+    manifests = render()
+    (service,) = [s for s in of_kind(manifests, "Service") if s["metadata"]["name"] == "es-registry"]
+    (port,) = service["spec"]["ports"]
+    for worker in by_component(manifests, "Deployment", "edge-worker").values():
+        env = _env(worker)
+        assert env["EDGESTREAM_WORKER_REGISTRY"] == "true"
+        assert env["EDGESTREAM_WORKER_REGISTRY_URL"] == f"https://es-registry:{port['port']}"
+        volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+        trust = volumes["registry-trust"]["configMap"]  # public keys and a CA: no secret
+        assert {i["path"] for i in trust["items"]} == {"trusted-keys.json", "registry-ca.crt"}
+        assert env["EDGESTREAM_WORKER_REGISTRY_HOME"] == "/etc/edgestream/registry"
+    (registry,) = by_component(manifests, "Deployment", "registry").values()
+    mounts = registry["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert all(m["readOnly"] for m in mounts)  # it serves; it never writes the store
+    assert of_kind(manifests, "PersistentVolumeClaim")
+
+    elsewhere = render("--set", "registry.enabled=false", "--set", "registry.url=https://models.example:8443")
+    assert not by_component(elsewhere, "Deployment", "registry")
+    for worker in by_component(elsewhere, "Deployment", "edge-worker").values():
+        assert _env(worker)["EDGESTREAM_WORKER_REGISTRY_URL"] == "https://models.example:8443"
+
+    local = render("--set", "edge.followRegistry=false")
+    for worker in by_component(local, "Deployment", "edge-worker").values():
+        assert _env(worker)["EDGESTREAM_WORKER_REGISTRY"] == "false"
+        assert "EDGESTREAM_WORKER_REGISTRY_URL" not in _env(worker)
+
+    nowhere = _helm("template", "es", str(CHART), "--set", "registry.enabled=false")
+    assert nowhere.returncode != 0
+    assert "edge.followRegistry needs registry.url" in nowhere.stderr

@@ -7,9 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgestream.pipeline.registry import LocalArtifactStore, RegistryError, SignedManifest, TrustedKeys
+from edgestream.pipeline.registry import (
+    ArtifactStore,
+    LocalArtifactStore,
+    RegistryError,
+    SignedManifest,
+    TrustedKeys,
+)
 from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_model
+from edgestream.pipeline.registry.remote import remote_store
 from edgestream.pipeline.registry.signed_state import accept_state
 from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE
 from edgestream.pipeline.security.derive import routing_key
@@ -31,7 +38,7 @@ def worker_catalog(
     return ModelCatalog(
         models,
         routing_key=_routing_key(settings, keyring),
-        loader=_registry_loader(settings),
+        loader=registry_loader(settings),
         on_refused=on_refused,
     )
 
@@ -51,14 +58,33 @@ def _trusted(settings: WorkerSettings) -> TrustedKeys:
     return TrustedKeys.load(_registry_root(settings) / TRUSTED_KEYS_FILE)
 
 
-def _registry_loader(settings: WorkerSettings) -> Loader | None:
+def artifact_store(settings: WorkerSettings) -> ArtifactStore:
+    """Where the worker reads artifacts: the registry's server at ``registry_url`` (cached under
+    ``registry_cache_dir``), else the local store ``<registry_home>/artifacts``. :class:`ConfigError`
+    when a URL is set but the worker has no TLS identity to present."""
+    if settings.registry_url is None:
+        return LocalArtifactStore(_registry_root(settings) / "artifacts")
+    return remote_store(
+        settings.registry_url,
+        settings.kafka.files,
+        _cache_dir(settings),
+        ca_file=settings.registry_ca_file,
+        timeout_s=settings.registry_timeout_s,
+        attempts=settings.registry_attempts,
+    )
+
+
+def _cache_dir(settings: WorkerSettings) -> Path:
+    return settings.registry_cache_dir or _registry_root(settings) / "cache"
+
+
+def registry_loader(settings: WorkerSettings) -> Loader | None:
     """How a registry version is verified and loaded, when the worker follows the registry."""
     if not settings.registry:
         return None
-    root = _registry_root(settings)
-    store = LocalArtifactStore(root / "artifacts")
+    store = artifact_store(settings)
     trusted = _trusted(settings)
-    cache = root / "cache"
+    cache = _cache_dir(settings)
 
     def load(signed: SignedManifest) -> ServedModel:
         return open_model(verified_model(store, signed, trusted, cache), settings)

@@ -161,7 +161,23 @@ class WorkerSettings(BaseSettings):
     canary; report the revisions applied on ``control.workers`` (the rollout's lag guard). Without it,
     the worker serves ``model_size`` of each family, built locally."""
     registry_home: Path | None = None
-    """Artifact store and trusted keys of the registry; defaults to ``<home>/registry``."""
+    """The registry's trusted keys (``trusted-keys.json``) and, without ``registry_url``, its artifact
+    store (``artifacts/``); defaults to ``<home>/registry``."""
+    registry_url: str | None = Field(default=None, pattern=r"^https://[^/?#]+/?$")
+    """``https://host[:port]`` of ``edgestream registry serve``: fetch artifacts from there (mutual TLS
+    with the worker's Kafka identity, ``kafka.ssl_*``) instead of reading ``<registry_home>/artifacts``;
+    how a worker on any host follows a rollout. Each is checked against its signed sha256 and cached."""
+    registry_ca_file: Path | None = None
+    """CA bundle the artifact server's certificate must chain to; defaults to ``kafka.ssl_ca_file`` (one
+    PKI for both, as ``edgestream certs`` makes it; on Kubernetes the brokers' CA is Strimzi's)."""
+    registry_cache_dir: Path | None = None
+    """Where verified artifacts are cached on this host (``sha256/ab/<hash>``, and the ``.onnx`` files
+    loaded); defaults to ``<registry_home>/cache``. Must be writable."""
+    registry_timeout_s: float = Field(default=30.0, gt=0)
+    """Bound on connecting to ``registry_url`` and on each read from it."""
+    registry_attempts: int = Field(default=3, ge=1)
+    """Tries of one artifact fetch (a failed connection, a timeout, a 5xx); then the version is refused
+    (``artifact_unavailable``) and the worker keeps serving what it served."""
     routing_key: SecretStr | None = None
     """Key of the device hash that picks stable or canary; defaults to one derived from the region's
     current master key (so every worker of a region routes a device the same way)."""

@@ -3,8 +3,9 @@
 The catalogue file (written by ``edgestream registry catalogue``) is served verbatim: the device
 verifies the registry's signature, the gateway does not need to. An artifact is served only when the
 catalogue names its SHA-256 (``catalogue.models[*].sha256``), from the registry's content-addressed
-store, which re-hashes it on read: a gateway never serves a file a device did not ask for by a hash
-the registry signed. Files are read in a thread; the catalogue is cached until its file changes.
+store, which re-hashes it on read (or, with ``registry_url``, from the registry's artifact server through
+a verified cache: a gateway on any host): a gateway never serves a file a device did not ask for by a
+hash the registry signed. Files are read in a thread; the catalogue is cached until its file changes.
 """
 
 from __future__ import annotations
@@ -21,21 +22,39 @@ from websockets.exceptions import ConnectionClosed
 from edgestream.pipeline.contract.gatewayframes import Get, encode_frame
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.registry.artifacts import LocalArtifactStore
+from edgestream.pipeline.registry.remote import remote_store
 
 if TYPE_CHECKING:
+    from edgestream.pipeline.registry.artifacts import ArtifactStore
     from edgestream.workers.gateway.session import Session
+    from edgestream.workers.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+
+def artifact_store(settings: GatewaySettings) -> ArtifactStore:
+    """The registry's server at ``registry_url`` (fetched as the gateway's Kafka identity, cached), else
+    the store in ``artifacts_dir``. :class:`ConfigError` for a URL without a TLS identity."""
+    if settings.registry_url is None:
+        return LocalArtifactStore(settings.artifacts_path())
+    return remote_store(
+        settings.registry_url,
+        settings.kafka.files,
+        settings.artifacts_cache_path(),
+        ca_file=settings.registry_ca_file,
+        timeout_s=settings.registry_timeout_s,
+        attempts=settings.registry_attempts,
+    )
 
 
 class FileServer:
     """Answers ``get`` frames."""
 
-    def __init__(self, catalogue_file: Path, artifacts_dir: Path) -> None:
+    def __init__(self, catalogue_file: Path, store: ArtifactStore) -> None:
         self.catalogue_file = catalogue_file
         """The signed device catalogue."""
-        self.store = LocalArtifactStore(artifacts_dir)
-        """The registry's artifacts."""
+        self.store = store
+        """The registry's artifacts: its store on this disk, or its server (``artifact_store``)."""
         self._cached: tuple[int, bytes, frozenset[str]] | None = None
 
     def catalogue(self) -> tuple[bytes, frozenset[str]] | None:

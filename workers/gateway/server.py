@@ -32,7 +32,7 @@ from edgestream.pipeline.contract.gatewayframes import encode_frame
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.observability.health import HealthServer
 from edgestream.topics.catalogue import KINDS, REPLIES, ingest_topic, replies_topic, reports_topic
-from edgestream.workers.gateway.files import FileServer
+from edgestream.workers.gateway.files import FileServer, artifact_store
 from edgestream.workers.gateway.mailbox import Mailboxes
 from edgestream.workers.gateway.metrics import GatewayMetrics
 from edgestream.workers.gateway.session import REPLACED, Session, authenticate, refuse
@@ -87,7 +87,7 @@ class Gateway:
         self.ingest_topics = {kind: ingest_topic(settings.region, kind) for kind in KINDS}
         """Where each kind of envelope goes."""
         self.reports_topic = reports_topic(settings.region)
-        self.files = FileServer(settings.catalogue_path(), settings.artifacts_path())
+        self.files = FileServer(settings.catalogue_path(), artifact_store(settings))
         cert_file, key_file = settings.server_files()
         self.ssl = server_context(str(cert_file), str(key_file))
         try:

@@ -50,7 +50,20 @@ class GatewaySettings(BaseSettings):
     catalogue_file: Path | None = None
     """The signed device catalogue, served verbatim; defaults to ``<home>/registry/device-catalogue.json``."""
     artifacts_dir: Path | None = None
-    """The registry's artifact store (``sha256/ab/<hash>``); defaults to ``<home>/registry/artifacts``."""
+    """The registry's artifact store (``sha256/ab/<hash>``); defaults to ``<home>/registry/artifacts``.
+    Not read with ``registry_url``."""
+    registry_url: str | None = Field(default=None, pattern=r"^https://[^/?#]+/?$")
+    """``https://host[:port]`` of ``edgestream registry serve``: fetch the artifacts the catalogue names
+    from there (mutual TLS as the gateway's Kafka identity, ``kafka.ssl_*``), verified by hash and cached
+    in ``registry_cache_dir``, instead of reading ``artifacts_dir``: a gateway on any host."""
+    registry_ca_file: Path | None = None
+    """CA bundle the artifact server's certificate must chain to; defaults to ``kafka.ssl_ca_file``."""
+    registry_cache_dir: Path | None = None
+    """Where fetched artifacts are cached; defaults to ``<home>/gateway/<region>/artifacts``."""
+    registry_timeout_s: float = Field(default=30.0, gt=0)
+    """Bound on connecting to ``registry_url`` and on each read from it."""
+    registry_attempts: int = Field(default=3, ge=1)
+    """Tries of one artifact fetch; then the device is answered ``not_found``."""
     auth_timeout_s: float = Field(default=10.0, gt=0)
     """Time a device has to authenticate after the hello (else ``auth_timeout``)."""
     hold_s: float = Field(default=60.0, gt=0)
@@ -102,5 +115,9 @@ class GatewaySettings(BaseSettings):
         return self.catalogue_file or self.home / "registry" / CATALOGUE_FILE
 
     def artifacts_path(self) -> Path:
-        """Where the registry's artifacts are."""
+        """Where the registry's artifacts are (without ``registry_url``)."""
         return self.artifacts_dir or self.home / "registry" / "artifacts"
+
+    def artifacts_cache_path(self) -> Path:
+        """Where artifacts fetched from ``registry_url`` are cached."""
+        return self.registry_cache_dir or self.home / "gateway" / self.region / "artifacts"

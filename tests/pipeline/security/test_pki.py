@@ -453,13 +453,14 @@ def test_cli_init_issue_rotate_retire_list(tmp_path: Path) -> None:
     home = str(tmp_path)
     result = _cli("init", "--home", home, "--region", "eu-west", "-r", "us-east")
     assert result.exit_code == 0, result.output
-    assert "14 new, 0 kept" in result.output  # the CA and 13 leaves
+    assert "15 new, 0 kept" in result.output  # the CA and 14 leaves
     pki = Pki.in_home(tmp_path)
     assert {i.identity for i in pki.status()} == {
         None,
         Identity.broker(),
         Identity.admin(),
         Identity.aggregator(),
+        Identity.registry(),
         Identity.edge("eu-west"),
         Identity.device("eu-west"),
         Identity.backend("eu-west"),
@@ -471,7 +472,7 @@ def test_cli_init_issue_rotate_retire_list(tmp_path: Path) -> None:
         Identity.gateway("us-east"),
         Identity.gateway("us-east", "wss"),
     }
-    assert "0 new, 14 kept" in _cli("init", "--home", home, "-r", "eu-west", "-r", "us-east").output
+    assert "0 new, 15 kept" in _cli("init", "--home", home, "-r", "eu-west", "-r", "us-east").output
 
     result = _cli("issue", "edge-eu-west", "node-2", "--days", "5", "--home", home)
     assert result.exit_code == 0, result.output
@@ -528,7 +529,7 @@ def test_the_broker_certificate_names_the_extra_hosts_it_is_reached_by(tmp_path:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "kafka-1"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.7"]
-    with pytest.raises(ValueError, match="only the certificates of the broker and of gateways"):
+    with pytest.raises(ValueError, match="only the certificates of the broker, gateways and the registry"):
         pki.issue(Identity.admin(), hosts=["kafka-1"])
 
 

@@ -41,7 +41,12 @@ from edgestream.pipeline.contract.gatewayauth import (
 from edgestream.pipeline.contract.gatewayframes import encode_frame
 from edgestream.pipeline.observability.catalogue import METRICS_GATEWAY
 from edgestream.pipeline.registry.artifacts import LocalArtifactStore
+from edgestream.pipeline.registry.artifactserver import ArtifactServer
 from edgestream.pipeline.security import keyfile
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import Pki
+from edgestream.pipeline.security.tls import server_context
+from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.gateway.mailbox import Mailboxes, TokenBucket
 from tests.pipeline.observability.served import http_get
 
@@ -350,6 +355,30 @@ async def test_time_catalogue_and_only_the_artifacts_it_names(home: GatewayHome)
         assert abs(sample.offset_ms) < 5_000
         assert sample.rtt_ms >= 0
         await t.close()
+
+
+async def test_a_gateway_on_another_host_hands_devices_artifacts_from_the_artifact_server(
+    home: GatewayHome, tmp_path: Path
+) -> None:
+    """No artifact store on the gateway's disk: what the catalogue names comes from ``registry serve``
+    over mutual TLS (as the gateway's identity), verified and cached; a device sees no difference."""
+    registry = LocalArtifactStore(tmp_path / "registry-host" / "artifacts")
+    named = registry.put(b"tiny model, served from elsewhere")
+    catalogue = json.dumps({"catalogue": {"models": [{"sha256": named}]}, "key_id": "k", "signature": ""})
+    (home.home / "registry").mkdir(exist_ok=True)
+    (home.home / "registry" / "device-catalogue.json").write_text(catalogue)
+    pki = Pki.in_home(home.home)
+    server_files = pki.ensure([Identity.registry()])[Identity.registry()]
+    kafka = KafkaSettings.tls("127.0.0.1:9", pki.ensure([Identity.gateway(REGION)])[Identity.gateway(REGION)])
+    async with ArtifactServer(registry, server_context(server_files)) as server:
+        url = f"https://localhost:{server.port}"
+        async with fake_gateway(home, kafka=kafka, registry_url=url) as (gateway, _, _):
+            t = transport(home, gateway)
+            await t.connect(10)
+            assert await t.fetch_artifact(named) == b"tiny model, served from elsewhere"
+            await t.close()
+    assert not (home.home / "registry" / "artifacts").exists()  # never read from this disk
+    assert (home.home / "gateway" / REGION / "artifacts" / "sha256" / named[:2] / named).is_file()
 
 
 # -- pieces --------------------------------------------------------------------------------------------

@@ -105,3 +105,14 @@ edgestream.io/region: {{ index . 2 }}
 app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version }}
 {{- end -}}
+
+{{/* Where workers fetch artifacts: registry.url, else this release's artifact server. */}}
+{{- define "edgestream.registryUrl" -}}
+{{- if .Values.registry.url -}}
+{{- .Values.registry.url -}}
+{{- else if .Values.registry.enabled -}}
+{{- printf "https://%s-registry:%v" .Release.Name .Values.registry.port -}}
+{{- else -}}
+{{- fail "edge.followRegistry needs registry.url (the artifact server workers fetch from) or registry.enabled" -}}
+{{- end -}}
+{{- end -}}
