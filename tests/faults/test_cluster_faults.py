@@ -117,6 +117,15 @@ async def test_topics_on_the_cluster_get_three_replicas_and_min_isr_2(running: C
     assert values == {"2"}
 
 
+# A full suite run once failed here, after every count had held, on a garbage-collected socket and
+# transport: a connection an aiokafka client in this process had open or opening to the node that was
+# SIGKILLed (the same family as aiokafka #739 / #1130: a failed connect or start leaves its
+# transport for the collector). It did not reproduce in the next run. Only those two unraisable
+# warnings are let through, and only in this test; any other warning still fails it.
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <(socket\.socket|function _SelectorTransport\.__del__)"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 async def test_killing_a_follower_then_the_controller_loses_and_doubles_nothing(
     cluster: LocalCluster, running: ClusterState, tmp_path: Path
 ) -> None:
