@@ -1,6 +1,7 @@
 """``python -m bench.profile exec <module> [args...]``: run ``python -m <module> [args...]`` with the
 sampler started (when ``EDGESTREAM_PROFILE_*`` are set); ``python -m bench.profile report <dir>``:
-sum a profiled run's samples into buckets (``buckets.py``) and print them as JSON."""
+sum a profiled run's samples into buckets (``buckets.py``) and print them as JSON (per request too,
+given the requests the load sent)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ def main(argv: list[str]) -> None:
         sys.argv = [module, *argv[2:]]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    if len(argv) == 2 and argv[0] == "report":
+    if len(argv) in (2, 3) and argv[0] == "report":
         from bench.profile.buckets import report
 
-        print(json.dumps(report(Path(argv[1])), indent=2))
+        requests = int(argv[2]) if len(argv) == 3 else None
+        print(json.dumps(report(Path(argv[1]), requests), indent=2))
         return
-    sys.exit("usage: python -m bench.profile exec <module> [args...] | report <dir>")
+    sys.exit("usage: python -m bench.profile exec <module> [args...] | report <dir> [requests]")
 
 
 if __name__ == "__main__":
