@@ -121,11 +121,13 @@ def perf_split(data: Path, key: str = "dso") -> dict[str, float]:
 
 def report(profile_dir: Path, requests: int | None = None) -> dict[str, Any]:
     """Per process sampled in ``profile_dir`` (one folder per load): CPU seconds and, given the
-    requests sent, ms per request, per bucket; the sampler's facts; perf's split by library."""
+    requests sent, ms per request, per bucket; the sampler's facts; perf's split by library (perf's
+    file is rewritten by each attempt, so it is the last one's too)."""
     out: dict[str, Any] = {}
     for load_dir in sorted(p for p in profile_dir.iterdir() if p.is_dir()):
         per_load: dict[str, Any] = {}
-        for collapsed in sorted(load_dir.glob("*.collapsed")):
+        # A load run again (disturbed) leaves a window per attempt: the last one is the load kept.
+        for collapsed in sorted(load_dir.glob("*.collapsed"), key=lambda p: p.stat().st_mtime):
             role = collapsed.name.split("-")[0]
             facts = json.loads(collapsed.with_suffix(".json").read_text())
             buckets = dict(sorted(read_collapsed(collapsed).items(), key=lambda kv: -kv[1]))

@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from types import CodeType, FrameType
-from typing import Final
+from typing import Any, Final
 
 CONTROL_ENV: Final = "EDGESTREAM_PROFILE_CONTROL"
 """The control file: sampling runs while it exists."""
@@ -84,10 +84,19 @@ class Sampler:
         self._clocks: dict[int, int] = {}
         self._main = threading.main_thread().ident
         self._thread = threading.Thread(target=self._run, name="profile-sampler", daemon=True)
+        self._closed = threading.Event()
+        self._previous: Any = signal.SIG_DFL
 
     def start(self) -> None:
-        signal.signal(signal.SIGPROF, self._on_tick)
+        self._previous = signal.signal(signal.SIGPROF, self._on_tick)
         self._thread.start()
+
+    def close(self) -> None:
+        """Stop the sampling thread (a window under way is written first); restore ``SIGPROF``'s
+        handler. From the main thread."""
+        self._closed.set()
+        self._thread.join()
+        signal.signal(signal.SIGPROF, self._previous)
 
     def _on_tick(self, signum: int, frame: FrameType | None) -> None:
         if not self._active:
@@ -119,7 +128,7 @@ class Sampler:
             self._last[self._main] += left_s - entered_s
 
     def _run(self) -> None:
-        while True:
+        while not self._closed.is_set():
             if self._control.exists():
                 self._window()
             time.sleep(_POLL_S)
@@ -131,7 +140,7 @@ class Sampler:
         process0, wall0 = time.process_time(), time.monotonic()
         self._active = True
         signal.setitimer(signal.ITIMER_PROF, self._interval_s, self._interval_s)
-        while self._control.exists():
+        while self._control.exists() and not self._closed.is_set():
             time.sleep(_POLL_S)
         signal.setitimer(signal.ITIMER_PROF, 0.0)
         self._active = False
