@@ -6,14 +6,16 @@ thread's is the frame the signal interrupted), and adds the thread's CPU since t
 that stack. A thread that waited (epoll, a lock) used no CPU and adds
 nothing, so the sums are CPU, not wall time. Native code without Python frames (uvloop's C, OpenSSL,
 onnxruntime) is counted under the innermost Python frame that called it; ``perf`` splits that part by
-library. Sampling runs only while the control file exists (the bench creates it for the measured
-window and removes it after); each window's samples are written, as collapsed stacks
-(``frame;frame;... microseconds``), to ``<out_dir>/<name>-<pid>-<n>.collapsed`` with a JSON of the
-process's and the sampler's own CPU beside it.
+library. The garbage collector's CPU is summed apart too (``gc.callbacks``: it is also inside the
+stacks, under whatever allocation tripped it). Sampling runs only while the control file exists (the
+bench creates it for the measured window and removes it after); each window's samples are written,
+as collapsed stacks (``frame;frame;... microseconds``), to ``<out_dir>/<name>-<pid>-<n>.collapsed``
+with a JSON of the process's, the sampler's and the collector's CPU beside it.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -85,6 +87,8 @@ class Sampler:
         self._main = threading.main_thread().ident
         self._thread = threading.Thread(target=self._run, name="profile-sampler", daemon=True)
         self._closed = threading.Event()
+        self._gc_s = 0.0
+        self._gc_started: dict[int, float] = {}
         self._previous: Any = signal.SIG_DFL
 
     def start(self) -> None:
@@ -127,6 +131,14 @@ class Sampler:
         if self._main in self._last:
             self._last[self._main] += left_s - entered_s
 
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """The collector's CPU: it runs in the thread whose allocation tripped it, start to stop."""
+        ident = threading.get_ident()
+        if phase == "start":
+            self._gc_started[ident] = time.thread_time()
+        elif ident in self._gc_started:
+            self._gc_s += time.thread_time() - self._gc_started.pop(ident)
+
     def _run(self) -> None:
         while not self._closed.is_set():
             if self._control.exists():
@@ -138,17 +150,22 @@ class Sampler:
         self._last.clear()
         self._overhead_s = 0.0
         process0, wall0 = time.process_time(), time.monotonic()
+        self._gc_s = 0.0
+        self._gc_started.clear()
         self._active = True
+        gc.callbacks.append(self._on_gc)
         signal.setitimer(signal.ITIMER_PROF, self._interval_s, self._interval_s)
         while self._control.exists() and not self._closed.is_set():
             time.sleep(_POLL_S)
         signal.setitimer(signal.ITIMER_PROF, 0.0)
+        gc.callbacks.remove(self._on_gc)
         self._active = False
         stacks = dict(self._stacks)
         self._dump(
             stacks,
             process_s=time.process_time() - process0,
             sampler_s=self._overhead_s,
+            gc_s=self._gc_s,
             wall_s=time.monotonic() - wall0,
         )
 
@@ -158,6 +175,7 @@ class Sampler:
         *,
         process_s: float,
         sampler_s: float,
+        gc_s: float,
         wall_s: float,
     ) -> None:
         self._windows += 1
@@ -170,6 +188,7 @@ class Sampler:
         facts = {
             "process_cpu_s": process_s,
             "sampler_cpu_s": sampler_s,
+            "gc_cpu_s": gc_s,
             "sampled_cpu_s": sum(stacks.values()),
             "wall_s": wall_s,
             "interval_s": self._interval_s,

@@ -3,6 +3,7 @@ what ran in it."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -39,6 +40,11 @@ def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -
         control.touch()
         time.sleep(0.2)  # the sampler notices the control file
         _burn(0.3)
+        cycles: list[list[object]] = [[] for _ in range(50_000)]
+        for c in cycles:
+            c.append(c)
+        del cycles
+        gc.collect()
         control.unlink()
         deadline = time.monotonic() + 5
         while not list(tmp_path.glob("*.json")) and time.monotonic() < deadline:
@@ -48,6 +54,7 @@ def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -
     (facts_file,) = tmp_path.glob(f"t-{os.getpid()}-1.json")
     facts = json.loads(facts_file.read_text())
     assert facts["sampled_cpu_s"] <= facts["process_cpu_s"]
+    assert facts["gc_cpu_s"] > 0, "the collection in the window is counted"
     lines = facts_file.with_suffix(".collapsed").read_text().splitlines()
     burnt = sum(int(line.rpartition(" ")[2]) for line in lines if "_burn" in line) / 1e6
     assert burnt >= 0.5 * 0.3, f"the burning function got {burnt:.3f} s of 0.3 s CPU"
