@@ -4,6 +4,7 @@ each process's CPU counted, the far side catching up, the backlog skipped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -38,6 +39,8 @@ from bench.pipeline.settings import (
     PIPELINE_REGION,
     BenchSettings,
 )
+from bench.profile.window import profile_env, profiled_command
+from bench.profile.window import window as profile_window
 from edgestream.pipeline import kafka
 from edgestream.pipeline.observability.otlpjson import read_spans
 from edgestream.pipeline.observability.tracing import Tracing
@@ -191,13 +194,26 @@ async def idle_cpu_share(ctx: BenchContext, far_side_pid: int) -> dict[str, floa
     return watch.stop().core_share()
 
 
+def _profiled(
+    s: BenchSettings, name: str, pids: Mapping[str, int]
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """The profiling window of ``name``'s measured load (``profile_dir``), or nothing."""
+    if s.profile_dir is None:
+        return contextlib.nullcontext()
+    return profile_window(s.profile_dir / name, pids)
+
+
 async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idle: bool = False) -> Measured:
     """Start ``side``, warm it up (discarded), offer ``rate`` for ``duration_s`` counting each process's
     CPU, wait for it to catch up unless every request was answered (then, when ``idle``, count its idle
     CPU), stop it, skip what is left."""
     s = ctx.settings
     label = side.name.rpartition("-")[0] or side.name
-    async with child_process(ctx, side.name, side.command, side.env) as child:
+    command, env = side.command, side.env
+    if s.profile_dir is not None and command[1:2] == ["-m"]:
+        command = profiled_command(command[2], command[3:])
+        env = {**env, **profile_env(s.profile_dir / side.name, "worker")}
+    async with child_process(ctx, side.name, command, env) as child:
         warm = await run_fleet_as(
             ctx,
             side.fleet_type,
@@ -207,12 +223,14 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
             f"{label} warm-up",
             side.tracing,
         )
-        watch = CpuWatch({"worker": child.proc.pid, "broker": ctx.broker_pid, "fleet": os.getpid()})
-        watch.start()
-        fleet = await run_fleet_as(
-            ctx, side.fleet_type, side.region, rate, s.duration_s, f"{label} @ {rate:g}/s", side.tracing
-        )
-        cpu = watch.stop()
+        pids = {"worker": child.proc.pid, "broker": ctx.broker_pid, "fleet": os.getpid()}
+        watch = CpuWatch(pids)
+        async with _profiled(s, side.name, {"worker": pids["worker"], "fleet": pids["fleet"]}):
+            watch.start()
+            fleet = await run_fleet_as(
+                ctx, side.fleet_type, side.region, rate, s.duration_s, f"{label} @ {rate:g}/s", side.tracing
+            )
+            cpu = watch.stop()
         totals = fleet.report.totals()
         if totals.results + totals.late >= totals.sent:
             backlog, waited_s = 0, 0.0  # every request answered: nothing was left unconsumed

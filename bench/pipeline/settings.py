@@ -115,6 +115,11 @@ class BenchSettings(BaseSettings):
     """Where ``pipeline.json`` and ``pipeline.png`` go."""
     keep_home: bool = False
     """Keep the temporary home (broker and process logs) instead of deleting it."""
+    profile_dir: Path | None = None
+    """Profile each measured load (``bench/profile``): the far side and the bench process (the fleet)
+    sample their stacks, weighted by thread CPU, and ``perf`` records them natively, into this folder.
+    None: not profiled. The samplers cost a few percent of CPU, so a profiled run's CPU figures are
+    not the ones to compare."""
 
     @field_validator("systems")
     @classmethod

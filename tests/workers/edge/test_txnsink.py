@@ -16,6 +16,7 @@ from aiokafka.producer.transaction_manager import TransactionManager, Transactio
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
@@ -35,6 +36,7 @@ from edgestream.workers.edge.txnsink import (
     TxnOffsetCommitResponse_v3,
     WorkerTransactionalSink,
     membership_of,
+    send_batched,
 )
 from edgestream.workers.edge.worker import EdgeWorker
 
@@ -288,3 +290,38 @@ async def test_a_zombie_with_a_stale_generation_is_refused_and_nothing_of_it_is_
         await zombie_consumer.stop()
         if live_consumer is not None:
             await live_consumer.stop()
+
+
+async def test_batched_outputs_land_as_sent_records_would(edge_region: EdgeRegion) -> None:
+    """Each record on the partition its key hashes to, in order within it, with its key and headers;
+    batches that fill up and a record bigger than a batch (sent alone) included."""
+    topic = results_topic(edge_region.name)
+    outputs = [
+        Output(
+            topic, f"{i}-".encode() * 100, key=f"device-{i % 7}".encode(), headers=[("n", str(i).encode())]
+        )
+        for i in range(300)
+    ]
+    outputs.insert(150, Output(topic, b"x" * 40_000, key=b"device-3", headers=[("n", b"big")]))
+    producer = kafka.producer(
+        edge_region.bootstrap, "batched", transactional_id=f"batched-{uuid.uuid4().hex}"
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        deliveries: list[asyncio.Future[Any]] = []
+        await send_batched(producer, outputs, deliveries)
+        await producer.commit_transaction()
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+    assert len(deliveries) < len(outputs) / 10, "records went out in batches, not one by one"
+    records = await kafka.read_all(
+        edge_region.bootstrap, kafka.partitions([(topic, 3)]), client_id="batched-check", timeout_ms=20_000
+    )
+    got = {p: [(r.key, r.value, list(r.headers)) for r in records if r.partition == p] for p in range(3)}
+    want = {
+        p: [(o.key, o.value, list(o.headers)) for o in outputs if partition_for(o.key or b"", 3) == p]
+        for p in range(3)
+    }
+    assert got == want

@@ -1,0 +1,61 @@
+"""The profiler's pieces: stacks put in the right bucket, a window's samples written with the CPU of
+what ran in it."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.profile.buckets import bucket_of, read_collapsed
+from bench.profile.sampler import Sampler
+
+
+def test_the_innermost_domain_frame_names_the_bucket() -> None:
+    send = ["thread:MainThread", "asyncio/runners.py:run", "workers/edge/txnsink.py:_transaction"]
+    assert bucket_of([*send, "aiokafka/producer/producer.py:send", "aiokafka/cluster.py:x"]) == (
+        "aiokafka produce/send"
+    )
+    assert bucket_of(send) == "transactions/commit"
+    admit = ["thread:MainThread", "workers/edge/admission.py:admit", "pipeline/contract/codec.py:decompress"]
+    assert bucket_of(admit) == "worker: admission", "contract helpers count for their caller"
+    assert bucket_of([*admit, "opentelemetry/trace/__init__.py:start_span"]) == "metrics/tracing"
+    assert bucket_of(["thread:MainThread", "asyncio/runners.py:run"]).startswith("event loop")
+    assert bucket_of(["thread:MainThread", "aiokafka/conn.py:_read"]).startswith("aiokafka connection")
+
+
+def _burn(cpu_s: float) -> None:
+    end = time.thread_time() + cpu_s
+    while time.thread_time() < end:
+        sum(range(500))
+
+
+def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -> None:
+    control = tmp_path / "on"
+    sampler = Sampler(control, tmp_path, "t", interval_s=0.002)
+    sampler.start()
+    try:
+        control.touch()
+        time.sleep(0.2)  # the sampler notices the control file
+        _burn(0.3)
+        cycles: list[list[object]] = [[] for _ in range(50_000)]
+        for c in cycles:
+            c.append(c)
+        del cycles
+        gc.collect()
+        control.unlink()
+        deadline = time.monotonic() + 5
+        while not list(tmp_path.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sampler.close()
+    (facts_file,) = tmp_path.glob(f"t-{os.getpid()}-1.json")
+    facts = json.loads(facts_file.read_text())
+    assert facts["sampled_cpu_s"] <= facts["process_cpu_s"]
+    assert facts["gc_cpu_s"] > 0, "the collection in the window is counted"
+    lines = facts_file.with_suffix(".collapsed").read_text().splitlines()
+    burnt = sum(int(line.rpartition(" ")[2]) for line in lines if "_burn" in line) / 1e6
+    assert burnt >= 0.5 * 0.3, f"the burning function got {burnt:.3f} s of 0.3 s CPU"
+    assert read_collapsed(facts_file.with_suffix(".collapsed")), "every stack lands in a bucket"
