@@ -260,6 +260,28 @@ def _devices_table(result: DemoResult) -> Table:
     return table
 
 
+def _paths_table(result: DemoResult) -> Table:
+    table = Table(
+        title="device round trip by path (direct: the device produces to Kafka; phone/<link>: through "
+        "its gateway, over a simulated link whose own round trip counts)",
+        title_justify="left",
+    )
+    for col in ("path", "requests", "edge in deadline", "fallbacks", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    for row in result.round_trip_paths:
+        share = "-" if row.edge_share is None else f"{row.edge_share:.2%}"
+        table.add_row(
+            row.path,
+            str(row.requests),
+            f"{row.edge} ({share})",
+            str(row.fallbacks),
+            _fmt(row.p50_ms),
+            _fmt(row.p95_ms),
+            _fmt(row.p99_ms),
+        )
+    return table
+
+
 def _print_devices(result: DemoResult) -> None:
     console.print(_devices_table(result))
     late = sum(r.late_agreed + r.late_disagreed for r in result.devices)
@@ -400,6 +422,8 @@ def demo(
     console.print(f"replies the Kafka-native devices refused to open: {refused}")
     if result.devices:
         _print_devices(result)
+    if result.round_trip_paths:
+        console.print(_paths_table(result))
     if result.cloud:
         console.print(_cloud_table(result))
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.model_accuracy.items()))

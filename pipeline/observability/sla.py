@@ -76,6 +76,9 @@ class RoundTrip:
     """Answered by the edge in time, or fallen back."""
     deadline_ms: float | None = None
     """The device's deadline, when known."""
+    path: str = "direct"
+    """How the device reached the edge: ``direct`` (it produced to Kafka itself) or
+    ``phone/<link>`` (an SDK phone through its gateway, over that link profile)."""
 
     def to_json(self) -> str:
         """One line of the request log."""
@@ -89,6 +92,7 @@ class RoundTrip:
             raise ValueError(f"outcome {outcome!r}")
         version = raw.get("version")
         deadline = raw.get("deadline_ms")
+        path = raw.get("path", "direct")
         return cls(
             _number(raw["capture_ms"]),
             _text(raw["region"]),
@@ -97,6 +101,7 @@ class RoundTrip:
             _number(raw["latency_ms"]),
             outcome,
             None if deadline is None else _number(deadline),
+            _text(path),
         )
 
 

@@ -65,12 +65,14 @@ from edgestream.workers.local.story import (
 from edgestream.workers.local.story_plot import plot_story
 from edgestream.workers.local.story_registry import prepare_registry
 from edgestream.workers.local.summary import (
+    PathRow,
     RegionSummary,
     VersionRow,
     bad_answers_after_rollback,
     cloud_totals,
     device_agreement,
     device_summary,
+    path_rows,
     settled_windows,
     summarise_all,
     summarise_region,
@@ -115,6 +117,8 @@ class DemoResult:
     """Replies the Kafka-native devices refused to open, by reason."""
     device_agreement: list[dict[str, Any]] = field(default_factory=list)
     """The aggregator's ``/device-agreement`` rows: late edge answers vs the phones' fallbacks."""
+    round_trip_paths: list[PathRow] = field(default_factory=list)
+    """The device round trip per path: Kafka-native devices, phones per link, all (``path_rows``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,7 @@ def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> 
         edgestream_command("aggregate", "run"),
         env=env,
         log_file=paths.logs / "aggregator.log",
+        nice=settings.cloud_nice,
     )
     with stopped_at_exit([aggregator]):
         url = f"http://127.0.0.1:{port}"
@@ -442,6 +447,7 @@ def _result(
         devices=report.devices,
         refused_replies=report.refused_replies,
         device_agreement=measured.device_agreement,
+        round_trip_paths=path_rows(report.round_trips),
     )
 
 
@@ -465,6 +471,7 @@ def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measur
                 "phones_not_started": measured.report.phones_not_started,
                 "refused_replies": measured.report.refused_replies,
                 "device_agreement": result.device_agreement,
+                "round_trip_paths": [row.to_dict() for row in result.round_trip_paths],
             },
             indent=2,
         )

@@ -419,6 +419,7 @@ class Fleet:
                 answer.latency_ms,
                 "fallback",
                 deadline_ms,
+                f"phone/{phone.plan.link}",
             )
             self.report.round_trips.append(trip)
             return
@@ -436,6 +437,7 @@ class Fleet:
             answer.latency_ms,
             "answered",
             deadline_ms,
+            f"phone/{phone.plan.link}",
         )
         self.report.round_trips.append(trip)
         labels = self._labels.get(answer.region or "")

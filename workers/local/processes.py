@@ -88,14 +88,17 @@ class Child:
         cwd: Path | None = None,
         append: bool = False,
         new_session: bool = False,
+        nice: int = 0,
     ) -> Child:
         """Start ``command`` with exactly ``env``; stdin closed; output to ``log_file`` (appended to
         when ``append``); in a session of its own when ``new_session`` (a signal to this process group
-        does not reach it)."""
+        does not reach it); ``nice`` added to its CPU niceness (``nice(1)``, which execs the command in
+        the same process: a positive value makes it yield the CPU to the rest of the box)."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["nice", "-n", str(nice), *command] if nice else list(command)
         with log_file.open("ab" if append else "wb") as out:
             proc = subprocess.Popen(
-                list(command),
+                argv,
                 cwd=cwd,
                 env={**env, PARENT_ENV: str(os.getpid())},
                 stdin=subprocess.DEVNULL,

@@ -1,6 +1,8 @@
 """The demo's summary: one row per region from the devices' and the workers' own counts, the cloud
 aggregator's view added up per (region, model, version), the story's versions as the devices saw
-them, and what the SDK phones saw per device class and link profile (``device_summary``)."""
+them, what the SDK phones saw per device class and link profile (``device_summary``), and the round
+trip per path (``path_rows``: devices that produce to Kafka themselves apart from phones on each
+simulated link, whose link alone can take more than the deadline)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from edgestream.pipeline.learning.drift import MIN_SAMPLES
+from edgestream.pipeline.observability.sla import RoundTrip
 from edgestream.workers.local.fleet import FleetReport
 from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.story import StoryReport
@@ -237,3 +240,47 @@ def bad_answers_after_rollback(report: FleetReport, story: StoryReport) -> int |
         for a in report.totals().answers
         if a.model == story.model and a.version == story.bad and a.capture_s > story.rollback_applied_at_s
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PathRow:
+    """The device round trip of one path (``RoundTrip.path``), or of every path (``all``)."""
+
+    path: str
+    requests: int
+    """Good requests that ended: answered by the edge in time, or by the device's fallback."""
+    edge: int
+    """Answered by the edge inside the device's deadline."""
+    fallbacks: int
+    """Answered by the device's own fallback model (the edge late, or unreachable)."""
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    """Percentiles of the round trip (capture to answer) over the edge's answers."""
+
+    @property
+    def edge_share(self) -> float | None:
+        """Share of the requests the edge answered inside the deadline."""
+        return self.edge / self.requests if self.requests else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types, with the share."""
+        return {**asdict(self), "edge_share": self.edge_share}
+
+
+def _path_row(path: str, trips: list[RoundTrip]) -> PathRow:
+    latencies = [t.latency_ms for t in trips if t.outcome == "answered"]
+    p50, p95, p99 = (float(v) for v in np.percentile(latencies, (50, 95, 99))) if latencies else (None,) * 3
+    return PathRow(path, len(trips), len(latencies), len(trips) - len(latencies), p50, p95, p99)
+
+
+def path_rows(trips: Iterable[RoundTrip]) -> list[PathRow]:
+    """One row per path, ``direct`` first and the phones' links after it by name, then ``all`` when
+    there is more than one path."""
+    by_path: dict[str, list[RoundTrip]] = {}
+    for trip in trips:
+        by_path.setdefault(trip.path, []).append(trip)
+    rows = [_path_row(path, by_path[path]) for path in sorted(by_path, key=lambda p: (p != "direct", p))]
+    if len(rows) > 1:
+        rows.append(_path_row("all", [t for ts in by_path.values() for t in ts]))
+    return rows
