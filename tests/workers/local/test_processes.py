@@ -37,6 +37,24 @@ def test_a_ready_child_is_stopped_with_sigterm(tmp_path: Path) -> None:
     assert child.returncode == -signal.SIGTERM
 
 
+def test_a_niced_child_runs_niced_in_the_process_it_was_started_as(tmp_path: Path) -> None:
+    ready = tmp_path / "n.ready"
+    tmp, out = str(tmp_path / "n.tmp"), str(ready)
+    code = (
+        f"import os, pathlib, time; t = pathlib.Path({tmp!r}); "
+        "t.write_text(f'{os.getpid()} {os.nice(0)}'); "
+        f"t.rename({out!r}); time.sleep(60)"
+    )
+    child = Child.start(
+        "n", [sys.executable, "-c", code], env=dict(os.environ), log_file=tmp_path / "n.log", nice=7
+    )
+    child.wait_ready(ready, timeout_s=30)
+    pid, niceness = (int(v) for v in ready.read_text().split())
+    assert niceness == os.nice(0) + 7
+    assert pid == child.proc.pid  # nice(1) exec'd the command: signals reach it
+    assert child.stop() == -signal.SIGTERM
+
+
 def test_a_child_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
     ready = tmp_path / "b.ready"
     child = _python(tmp_path, "b", _ready_then_sleep(ready, ignore_sigterm=True))

@@ -1,10 +1,15 @@
-"""The demo's summary: the story's versions as the devices saw them."""
+"""The demo's summary: the story's versions as the devices saw them, the round trip by path."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
+from edgestream.pipeline.observability.sla import RoundTrip
 from edgestream.workers.local.fleet import Answer, FleetReport, RegionReport
 from edgestream.workers.local.story import StoryReport
-from edgestream.workers.local.summary import bad_answers_after_rollback, version_rows
+from edgestream.workers.local.summary import bad_answers_after_rollback, path_rows, version_rows
 
 
 def test_version_rows_and_answers_after_the_rollback_come_from_the_devices_answers() -> None:
@@ -31,3 +36,41 @@ def test_version_rows_and_answers_after_the_rollback_come_from_the_devices_answe
     assert bad_answers_after_rollback(report, story) == 1
     story.rollback_applied_at_s = None
     assert bad_answers_after_rollback(report, story) is None
+
+
+def test_path_rows_keep_the_direct_devices_apart_from_each_phone_link() -> None:
+    direct = [RoundTrip(0.0, "eu", "m", 1, float(ms), "answered", 250.0) for ms in range(1, 101)]
+    wifi = [RoundTrip(0.0, "eu", "m", 1, 30.0, "answered", 250.0, "phone/wifi")] * 3
+    slow = [
+        RoundTrip(0.0, "eu", "m", 1, 240.0, "answered", 250.0, "phone/3g-flaky"),
+        RoundTrip(0.0, "eu", "m", None, 250.0, "fallback", 250.0, "phone/3g-flaky"),
+    ]
+    rows = {r.path: r for r in path_rows([*slow, *wifi, *direct])}
+    assert [r.path for r in path_rows([*slow, *wifi, *direct])] == [
+        "direct",
+        "phone/3g-flaky",
+        "phone/wifi",
+        "all",
+    ]
+    assert (rows["direct"].requests, rows["direct"].edge, rows["direct"].fallbacks) == (100, 100, 0)
+    assert rows["direct"].p50_ms == pytest.approx(50.5)
+    assert rows["direct"].p99_ms == pytest.approx(99.01)
+    assert (rows["phone/3g-flaky"].edge, rows["phone/3g-flaky"].fallbacks) == (1, 1)
+    assert rows["phone/3g-flaky"].edge_share == 0.5
+    assert rows["phone/3g-flaky"].p99_ms == 240.0  # over the edge's answers only
+    assert (rows["all"].requests, rows["all"].edge) == (105, 104)
+    assert rows["all"].to_dict()["edge_share"] == pytest.approx(104 / 105)
+
+
+def test_one_path_has_no_all_row_and_a_path_without_edge_answers_has_no_percentiles() -> None:
+    rows = path_rows([RoundTrip(0.0, "eu", "m", None, 250.0, "fallback", 250.0, "phone/4g")])
+    assert len(rows) == 1
+    assert (rows[0].path, rows[0].edge, rows[0].p99_ms, rows[0].edge_share) == ("phone/4g", 0, None, 0.0)
+    assert path_rows([]) == []
+
+
+def test_a_request_log_line_keeps_its_path_and_an_older_line_is_direct() -> None:
+    trip = RoundTrip(1.0, "eu", "m", 2, 12.0, "answered", 250.0, "phone/wifi")
+    assert RoundTrip.from_mapping(json.loads(trip.to_json())) == trip
+    older = {k: v for k, v in json.loads(trip.to_json()).items() if k != "path"}
+    assert RoundTrip.from_mapping(older).path == "direct"
