@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION
-from edgestream.pipeline import kafka
+from edgestream.pipeline import eventloop, kafka
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import KINDS, ingest_topic
 from edgestream.workers.local.fleet import answers_topic
@@ -256,4 +256,4 @@ def run_echo_process(settings: EchoSettings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await EchoWorker(settings).run(stop)
 
-    asyncio.run(main())
+    eventloop.run(main(), "uvloop")  # as the edge worker's: the comparison is of the pipelines, not the loops

@@ -50,6 +50,7 @@ from bench.pipeline.settings import (
     BenchSettings,
     System,
 )
+from edgestream.pipeline import eventloop
 from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.keyring import KeyRing
@@ -226,7 +227,7 @@ def _on_broker(
             f"worker delivery {worker_delivery(worker)}, max batch {worker.max_batch}; "
             f"systems {', '.join(settings.systems)}"
         )
-        levels = asyncio.run(measure_levels(ctx))
+        levels = eventloop.run(measure_levels(ctx), settings.fleet_event_loop)
         ui.step("stopping the Kafka broker")
     return worker, levels
 

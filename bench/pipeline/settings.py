@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench import RESULTS_DIR
+from edgestream.pipeline.eventloop import EventLoop
 
 PIPELINE_REGION = "bench"
 """Region the edge worker serves."""
@@ -102,6 +103,9 @@ class BenchSettings(BaseSettings):
     broker_security: Literal["tls", "plaintext"] = "tls"
     """The bench broker's listener: TLS 1.3 with client certificates and ACLs (as deployed), or
     PLAINTEXT to measure what TLS costs (run both, compare each one's pipeline/echo ratios)."""
+    fleet_event_loop: EventLoop = "uvloop"
+    """The event loop the bench process (its fleets, the load it offers and the results it reads) runs
+    on; ``asyncio`` to compare."""
     broker_jit: Literal["tiered", "c1"] = "tiered"
     """The bench broker's JIT (``BrokerSettings.jit``). ``tiered``, the JVM's default, as a broker that
     has run for long: the local broker's own default (``c1``, for the demo's first minutes) cost the

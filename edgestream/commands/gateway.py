@@ -55,14 +55,13 @@ def gateway(
         async with Gateway(settings):
             await stop.wait()
 
-    import uvloop
     from aiokafka.errors import KafkaError
 
+    from edgestream.pipeline import eventloop
     from edgestream.pipeline.errors import EdgestreamError
 
     try:  # uvloop, as the edge worker: its TLS and socket writes cost less CPU per frame
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
+        eventloop.run(main(), "uvloop")
     except (EdgestreamError, KafkaError, OSError) as err:
         fail(str(err))
 

@@ -55,16 +55,11 @@ def worker(
         await serve(settings, stop)
 
     from edgestream.commands.common import fail
+    from edgestream.pipeline import eventloop
     from edgestream.pipeline.observability.tracing import TracingSetupError
 
     try:
-        if settings.event_loop == "uvloop":
-            import uvloop
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(main())
-        else:
-            asyncio.run(main())
+        eventloop.run(main(), settings.event_loop)
     except TracingSetupError as err:  # OTEL_* names an exporter or sampler that cannot be used
         fail(f"tracing: {err}", code=2)
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgestream.pipeline import eventloop
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.observability.sla import REQUEST_LOG, write_round_trips
@@ -388,10 +389,11 @@ def _run_parts(
                 wait_for_revision(stats_files, revision, settings.worker_ready_timeout_s)
             with _gateways(settings, cluster, paths, on_step) as fleet:
                 on_step("running the device fleet" + (" and telling the story" if revision else ""))
-                report, story = asyncio.run(
+                report, story = eventloop.run(
                     _fleet_and_story(
                         settings, fleet, cluster.admin, aggregator_url, revision, on_progress, on_event
-                    )
+                    ),
+                    settings.event_loop,
                 )
             on_step("waiting for the workers to consume everything sent")
             asyncio.run(_wait_caught_up(cluster.admin, settings))

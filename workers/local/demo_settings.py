@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgestream.pipeline.eventloop import EventLoop
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.workers.local.story import StorySettings
 
@@ -49,6 +50,8 @@ class DemoSettings(BaseSettings):
     sample_fraction: float = Field(default=1.0, ge=0, le=1)
     """Share of answered embeddings the workers sample for the cloud (joined there with labels). All of
     them by default: the demo's fleet is small, and drift and retraining need a few hundred."""
+    event_loop: EventLoop = "uvloop"
+    """The event loop the simulated fleet (and the story beside it) runs on, as the edge worker's."""
     cloud_nice: int = Field(default=10, ge=0, le=19)
     """CPU niceness of the demo's cloud part (the aggregator and its simulations). It stands in for
     machines elsewhere, and on the demo's one box it would take the CPU the edge path needs for its
