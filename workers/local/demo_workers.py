@@ -126,6 +126,8 @@ def running_workers(
 ) -> Iterator[DemoWorkers]:
     """Start one worker per region and wait until each is ready; yield them; always stop them."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob("worker-*.stats.json"):  # an earlier run's restarted worker's, say
+        stale.unlink()
     with stopped_at_exit([]) as children:
         workers = DemoWorkers(regions, env_of, run_dir, logs, children)
         for region in regions:

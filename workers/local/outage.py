@@ -10,7 +10,8 @@ who answered them, and when the edge answered again.
 
 SIGKILL is the default: a worker that crashes, or whose machine dies, gets no chance to finish its
 unit, commit, or leave its consumer group, and that is the case a device's fallback exists for (the
-restarted worker then waits for the dead member's session, 10 s, before it has partitions again).
+restarted worker, under a node id of its own, reads its partitions only once the dead member's 10 s
+session has expired and the broker has aborted its open transaction, 10 s as well).
 SIGTERM is the gentle one: the worker finishes its in-flight unit and leaves its group, so the
 restarted one gets its partitions at once.
 """

@@ -43,7 +43,7 @@ def test_a_stopped_worker_leaves_every_call_answered_and_the_edge_answers_again_
         aggregator_window_s=5.0,
         story=StorySettings(enabled=False),
         # SIGTERM: the worker leaves its group, so the new one has its partitions at once (after a
-        # SIGKILL it waits out the dead member's 10 s session: a longer test for the same counts).
+        # SIGKILL shorter than 10 s, the rest of the dead member's session: a longer test, same counts).
         outage=WorkerOutage(duration_s=3.0, start_s=3.0, signal="SIGTERM"),
     )
     result = run_demo(settings)
