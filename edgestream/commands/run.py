@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
     from edgestream.workers.local.demo import DemoResult
     from edgestream.workers.local.fleet import Progress as FleetProgress
+    from edgestream.workers.local.outage_summary import OutageSummary
     from edgestream.workers.local.story import StoryEvent
     from edgestream.workers.local.summary import RegionSummary
 
@@ -300,6 +301,53 @@ def _print_devices(result: DemoResult) -> None:
         )
 
 
+def _outage_table(outage: OutageSummary) -> Table:
+    table = Table(
+        title=f"worker outage in {outage.region}: calls of the region by capture time (down: from the "
+        f"{outage.signal} to the restart; restarting: from the restart to the first edge answer)",
+        title_justify="left",
+    )
+    for col in (
+        "window",
+        "path",
+        "captured",
+        "edge",
+        "fallback",
+        "fallback in deadline",
+        "past deadline",
+        "no answer",
+        "slowest fallback ms",
+    ):
+        table.add_column(col, justify="left" if col in ("window", "path") else "right")
+    for row in outage.rows:
+        table.add_row(
+            row.window,
+            row.path,
+            str(row.captured),
+            str(row.edge),
+            str(row.fallback),
+            str(row.fallback_in_deadline),
+            str(row.past_deadline),
+            str(row.no_answer),
+            f"{_fmt(row.max_fallback_ms)} (of {outage.deadline_ms:g})",
+            style="bold" if row.path == "all" else None,
+        )
+    return table
+
+
+def _print_outage(outage: OutageSummary) -> None:
+    console.print(_outage_table(outage))
+    back = "no edge answer after the restart"
+    if outage.edge_back_after_s is not None:
+        paths = ", ".join(f"{p} {_fmt(s)} s" for p, s in outage.edge_back_by_path.items())
+        back = f"the first edge answer {outage.edge_back_after_s:.1f} s after the restart ({paths})"
+    console.print(
+        f"worker outage: {outage.signal} at {outage.stopped_at_s:.1f} s, exited "
+        f"{outage.exited_after_s:.1f} s later, down {outage.down_s:.1f} s; restarted, ready "
+        f"{outage.ready_after_s:.1f} s after its start; {back}"
+    )
+
+
 def _print_story(result: DemoResult) -> None:
     story = result.story
     assert story is not None
@@ -357,11 +405,29 @@ def demo(
         help="Tell the learning loop: data shift, drift, retrain, canary to stable, bad candidate rolled "
         "back (the fleet runs until it is told).",
     ),
+    worker_outage: float | None = typer.Option(
+        None,
+        "--worker-outage",
+        metavar="SECONDS",
+        help="With --no-story: stop a region's edge worker (SIGKILL; EDGESTREAM_DEMO_OUTAGE__SIGNAL=SIGTERM "
+        "for a clean stop) while the fleet sends, start it again SECONDS later, and count who answered "
+        "meanwhile. Off by default.",
+    ),
+    outage_at: float = typer.Option(
+        10.0, "--outage-at", metavar="SECONDS", help="With --worker-outage: when, after the fleet starts."
+    ),
+    outage_region: str | None = typer.Option(
+        None, "--outage-region", help="With --worker-outage: whose worker (default: the first region)."
+    ),
 ) -> None:
     """Broker, topics, one edge worker per region, the cloud aggregator, a simulated fleet and the
     learning loop; then a summary and plots."""
+    from pydantic import ValidationError
+
+    from edgestream.commands.common import fail
     from edgestream.workers.local.demo import run_demo
     from edgestream.workers.local.demo_settings import DemoSettings
+    from edgestream.workers.local.outage import WorkerOutage
     from edgestream.workers.local.story import StorySettings
 
     quiet = logging.getLogger("edgestream")
@@ -376,7 +442,14 @@ def demo(
         overrides["phone_fraction"] = phones
     if not story:
         overrides["story"] = StorySettings(enabled=False)
-    settings = DemoSettings(**overrides)  # type: ignore[arg-type]
+    if worker_outage is not None:
+        if story:
+            fail("--worker-outage runs with --no-story only: the story's steps wait for every worker", code=2)
+        overrides["outage"] = WorkerOutage(duration_s=worker_outage, start_s=outage_at, region=outage_region)
+    try:
+        settings = DemoSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        fail(f"invalid demo settings: {err}", code=2)
     told = settings.story.enabled
 
     with Progress(
@@ -419,6 +492,8 @@ def demo(
         _print_devices(result)
     if result.round_trip_paths:
         console.print(_paths_table(result))
+    if result.outage is not None:
+        _print_outage(result.outage)
     if result.cloud:
         console.print(_cloud_table(result))
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.model_accuracy.items()))

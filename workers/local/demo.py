@@ -51,9 +51,12 @@ from edgestream.workers.local.demo_gateways import (
 )
 from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
 from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_revision
+from edgestream.workers.local.demo_workers import DemoWorkers, running_workers
 from edgestream.workers.local.fleet import Fleet, FleetReport, Progress, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings
 from edgestream.workers.local.latency_plot import plot_latency
+from edgestream.workers.local.outage import OutageTimes, run_outage
+from edgestream.workers.local.outage_summary import OutageSummary, summarise_outage
 from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.processes import Child, edgestream_command, stopped_at_exit
 from edgestream.workers.local.story import (
@@ -120,6 +123,8 @@ class DemoResult:
     """The aggregator's ``/device-agreement`` rows: late edge answers vs the phones' fallbacks."""
     round_trip_paths: list[PathRow] = field(default_factory=list)
     """The device round trip per path: Kafka-native devices, phones per link, all (``path_rows``)."""
+    outage: OutageSummary | None = None
+    """The worker outage's times and who answered meanwhile, when one was told (``outage_summary.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,8 @@ class _Measured:
     """The aggregator's windows of the demo's regions."""
     device_agreement: list[dict[str, Any]] = field(default_factory=list)
     """The aggregator's device-agreement rows (the phones' reports)."""
+    outage: OutageTimes | None = None
+    """What the worker outage did and when, when one was told."""
 
 
 async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
@@ -210,46 +217,35 @@ def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> 
         yield url
 
 
-def _worker_env(settings: DemoSettings, cluster: _Cluster, region: str, run_dir: Path) -> dict[str, str]:
-    """The environment of ``region``'s worker process (it connects as ``edge-<region>``)."""
+def _worker_env(settings: DemoSettings, cluster: _Cluster, region: str) -> dict[str, str]:
+    """The environment of ``region``'s worker process (it connects as ``edge-<region>``); its ready
+    and stats files are ``DemoWorkers``'."""
     env = {
         **os.environ,
         "EDGESTREAM_WORKER_REGION": region,
         "EDGESTREAM_WORKER_HOME": str(settings.home),
         **cluster.as_identity(Identity.edge(region)).to_env("EDGESTREAM_WORKER_KAFKA__"),
         "EDGESTREAM_WORKER_SAMPLE_FRACTION": str(settings.sample_fraction),
-        "EDGESTREAM_WORKER_READY_FILE": str(run_dir / f"worker-{region}.ready"),
-        "EDGESTREAM_WORKER_STATS_FILE": str(run_dir / f"worker-{region}.stats.json"),
     }
     if settings.story.enabled:  # follow the registry; report applied revisions every second
         env["EDGESTREAM_WORKER_REGISTRY"] = "true"
+        env["EDGESTREAM_WORKER_STATS_INTERVAL_S"] = "1"
+    if region == settings.outage_region():  # a killed worker writes no stats at exit: its last second's
         env["EDGESTREAM_WORKER_STATS_INTERVAL_S"] = "1"
     return env
 
 
 @contextmanager
-def _workers(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> Iterator[dict[str, Path]]:
-    """Start one worker process per region; always stop them. Yields region -> stats file."""
-    run_dir = paths.root / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    names = [region.name for region in settings.regions]
-    ready = {name: run_dir / f"worker-{name}.ready" for name in names}
-    stats = {name: run_dir / f"worker-{name}.stats.json" for name in names}
-    with stopped_at_exit([]) as children:
-        for name in names:
-            ready[name].unlink(missing_ok=True)
-            stats[name].unlink(missing_ok=True)
-            children.append(
-                Child.start(
-                    f"worker {name}",
-                    edgestream_command("worker"),
-                    env=_worker_env(settings, cluster, name, run_dir),
-                    log_file=paths.logs / f"worker-{name}.log",
-                )
-            )
-        for name, child in zip(names, children, strict=True):
-            child.wait_ready(ready[name], settings.worker_ready_timeout_s)
-        yield stats
+def _workers(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> Iterator[DemoWorkers]:
+    """One worker process per region, each ready; always stopped (``demo_workers.py``)."""
+    with running_workers(
+        [region.name for region in settings.regions],
+        lambda region: _worker_env(settings, cluster, region),
+        paths.root / "run",
+        paths.logs,
+        settings.worker_ready_timeout_s,
+    ) as workers:
+        yield workers
 
 
 async def _wait_caught_up(bootstrap: KafkaSettings, settings: DemoSettings) -> None:
@@ -384,24 +380,30 @@ def _run_parts(
     """Run the aggregator, the workers, the fleet and the story; stop them; read what they counted."""
     on_step(f"starting {len(settings.regions)} edge workers and the cloud aggregator")
     with _aggregator(settings, cluster, paths) as aggregator_url:
-        with _workers(settings, cluster, paths) as stats_files:
+        with _workers(settings, cluster, paths) as workers:
             if revision is not None:
-                wait_for_revision(stats_files, revision, settings.worker_ready_timeout_s)
+                first = {region: files[0] for region, files in workers.stats_files.items()}
+                wait_for_revision(first, revision, settings.worker_ready_timeout_s)
             with _gateways(settings, cluster, paths, on_step) as fleet:
                 on_step("running the device fleet" + (" and telling the story" if revision else ""))
-                report, story = eventloop.run(
+                report, story, outage = eventloop.run(
                     _fleet_and_story(
-                        settings, fleet, cluster.admin, aggregator_url, revision, on_progress, on_event
+                        settings,
+                        fleet,
+                        cluster.admin,
+                        aggregator_url,
+                        revision,
+                        on_progress,
+                        on_event,
+                        workers,
+                        on_step,
                     ),
                     settings.event_loop,
                 )
             on_step("waiting for the workers to consume everything sent")
             asyncio.run(_wait_caught_up(cluster.admin, settings))
             on_step("stopping workers")
-        worker_stats = {
-            region: json.loads(path.read_text()) if path.exists() else {}
-            for region, path in stats_files.items()
-        }
+        worker_stats = workers.stats()
         on_step("reading the aggregator's view")
         answered = sum(int(ws.get("results", 0)) for ws in worker_stats.values())
         windows = settled_windows(
@@ -411,7 +413,7 @@ def _run_parts(
             settings.drain_timeout_s + settings.worker_ready_timeout_s,
         )
         agreement = device_agreement(aggregator_url)
-    return _Measured(report, story, worker_stats, windows, agreement)
+    return _Measured(report, story, worker_stats, windows, agreement, outage)
 
 
 def _result(
@@ -450,6 +452,15 @@ def _result(
         refused_replies=report.refused_replies,
         device_agreement=measured.device_agreement,
         round_trip_paths=path_rows(report.round_trips),
+        outage=None
+        if measured.outage is None
+        else summarise_outage(
+            measured.outage,
+            report.round_trips,
+            report.no_answer,
+            deadline_ms=settings.deadline_ms,
+            fleet_started_at=report.started_at,
+        ),
     )
 
 
@@ -474,6 +485,7 @@ def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measur
                 "refused_replies": measured.report.refused_replies,
                 "device_agreement": result.device_agreement,
                 "round_trip_paths": [row.to_dict() for row in result.round_trip_paths],
+                "outage": None if result.outage is None else result.outage.to_dict(),
             },
             indent=2,
         )
@@ -513,12 +525,16 @@ async def _fleet_and_story(
     revision: int | None,
     on_progress: Callable[[Progress], None] | None,
     on_event: Callable[[StoryEvent], None],
-) -> tuple[FleetReport, StoryReport | None]:
-    """Run the fleet, and the story beside it when there is one (it says when the fleet stops). The
-    phones start first, so the story's baseline is not spent on their start."""
+    workers: DemoWorkers,
+    on_step: Callable[[str], None],
+) -> tuple[FleetReport, StoryReport | None, OutageTimes | None]:
+    """Run the fleet, and the story beside it when there is one (it says when the fleet stops), or the
+    worker outage when one is told. The phones start first, so the story's baseline is not spent on
+    their start."""
     await fleet.start_phones()
     if revision is None:
-        return await fleet.run(on_progress), None
+        report, outage = await _fleet_and_outage(settings, fleet, workers, on_progress, on_step)
+        return report, None, outage
     from edgestream.pipeline.registry.client import RegistryClient
 
     reference = (await RegistryClient(admin).read_states())[STORY_MODEL].stable
@@ -537,4 +553,30 @@ async def _fleet_and_story(
     told = asyncio.create_task(story.run(stop))
     report = await fleet.run(on_progress, until=stop)
     told.cancel()
-    return report, await told
+    return report, await told, None
+
+
+async def _fleet_and_outage(
+    settings: DemoSettings,
+    fleet: Fleet,
+    workers: DemoWorkers,
+    on_progress: Callable[[Progress], None] | None,
+    on_step: Callable[[str], None],
+) -> tuple[FleetReport, OutageTimes | None]:
+    """Run the fleet; with an outage told, stop and restart the worker beside it (its start counted from
+    here, where the fleet starts sending); the outage's times once its worker is ready again."""
+    region = settings.outage_region()
+    if settings.outage is None or region is None:
+        return await fleet.run(on_progress), None
+    outage = settings.outage
+    on_step(
+        f"worker outage: {region}'s worker gets {outage.signal} {outage.start_s:g} s after the fleet "
+        f"starts and is started again {outage.duration_s:g} s later"
+    )
+    episode = asyncio.create_task(run_outage(outage, region, workers, settings.worker_ready_timeout_s))
+    try:
+        report = await fleet.run(on_progress)
+    except BaseException:
+        episode.cancel()
+        raise
+    return report, await episode

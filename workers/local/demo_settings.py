@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.eventloop import EventLoop
 from edgestream.pipeline.settings import DEFAULT_HOME, DEFAULT_REGIONS, KafkaSettings, Region
+from edgestream.workers.local.outage import WorkerOutage
 from edgestream.workers.local.story import StorySettings
 
 
@@ -62,12 +63,41 @@ class DemoSettings(BaseSettings):
     rollback."""
     story_max_s: float = Field(default=420.0, gt=0)
     """The most the fleet sends while the story is told; a story not over by then is reported stalled."""
+    outage: WorkerOutage | None = None
+    """Stop one region's worker while the fleet sends and start it again (``outage.py``); the summary
+    then counts who answered the calls captured meanwhile. None (the default): no outage. Only without
+    the story (``story.enabled`` false): the story's steps wait for every worker."""
     kafka: KafkaSettings | None = None
     """Use this already-running Kafka cluster (as an admin identity) instead of the local broker; nothing
     is started or stopped."""
     tls_root: Path | None = None
     """With ``kafka`` over TLS: the PKI whose CA that cluster trusts; the workers' ``edge-<region>`` and
     the devices' ``device-<region>`` certificates are issued from it."""
+
+    @model_validator(mode="after")
+    def _outage_fits(self) -> DemoSettings:
+        """An outage needs the fixed-length run, a region of the demo's, and to end (the worker started
+        again) while the fleet still sends, so that the edge's return is seen."""
+        outage = self.outage
+        if outage is None:
+            return self
+        if self.story.enabled:
+            raise ValueError("outage: runs without the story only (story.enabled false, --no-story)")
+        names = [r.name for r in self.regions]
+        if outage.region is not None and outage.region not in names:
+            raise ValueError(f"outage.region {outage.region!r} is not one of the regions {names}")
+        if outage.start_s + outage.duration_s >= self.duration_s:
+            raise ValueError(
+                f"outage: the worker restarts {outage.start_s + outage.duration_s:g} s after the fleet "
+                f"starts, not before it stops ({self.duration_s:g} s): lengthen duration_s"
+            )
+        return self
+
+    def outage_region(self) -> str | None:
+        """The region whose worker the outage stops (None without an outage)."""
+        if self.outage is None:
+            return None
+        return self.outage.region or self.regions[0].name
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,22 @@ class Answer:
     """Whether it came after the device's deadline (the device had answered with its fallback)."""
 
 
+@dataclass(frozen=True, slots=True)
+class NoAnswer:
+    """A good request that got no answer at all (the SLA's round trips hold only answered ones)."""
+
+    capture_ms: float
+    """When the device captured it (unix milliseconds)."""
+    region: str
+    """The device's region."""
+    path: str
+    """``direct`` or ``phone/<link>`` (as ``RoundTrip.path``)."""
+    why: str
+    """``error`` (the phone's SDK raised: counted by reason in the devices' rows), ``cancelled`` (the
+    phone's call was still under way when the fleet stopped), ``run_ended`` (a Kafka-native device's
+    request still awaited when the fleet stopped)."""
+
+
 @dataclass(slots=True)
 class RegionReport:
     """What one region's devices saw."""
@@ -142,6 +158,8 @@ class FleetReport:
     unanswered: int
     round_trips: list[RoundTrip] = field(default_factory=list)
     """Every good request that ended (answered in time, or fallen back), for the SLA report."""
+    no_answer: list[NoAnswer] = field(default_factory=list)
+    """Every good request that did not (none, when every device kept its promise)."""
     devices: list[DeviceRow] = field(default_factory=list)
     """What the SDK phones saw, per device class and link profile (none without phones)."""
     phones_not_started: dict[str, int] = field(default_factory=dict)
@@ -278,6 +296,9 @@ class Fleet:
                 await asyncio.to_thread(self.tracing.provider.force_flush)
         self.report.total_s = time.time() - self.report.started_at
         self.report.unanswered = len(self._pending)
+        self.report.no_answer.extend(
+            NoAnswer(p.capture_ms, p.region, "direct", "run_ended") for p in self._pending.values()
+        )
         self.report.refused_replies = dict(self.refused_replies)
         return self.report
 
@@ -403,9 +424,15 @@ class Fleet:
         region = self.report.regions[phone.plan.device.region]
         capture_ms = time.time() * 1000.0
         region.sent += 1
-        answer = await self._phones.ask(phone, x, self.settings.deadline_ms, kind)
+        path = f"phone/{phone.plan.link}"
+        try:
+            answer = await self._phones.ask(phone, x, self.settings.deadline_ms, kind)
+        except asyncio.CancelledError:
+            self.report.no_answer.append(NoAnswer(capture_ms, phone.plan.device.region, path, "cancelled"))
+            raise
         model = MODEL_FOR_KIND[kind]
         if answer is None:  # raised (no verified fallback): counted in the devices' rows
+            self.report.no_answer.append(NoAnswer(capture_ms, phone.plan.device.region, path, "error"))
             return
         deadline_ms = self.settings.deadline_ms
         if answer.source == "fallback":
@@ -419,7 +446,7 @@ class Fleet:
                 answer.latency_ms,
                 "fallback",
                 deadline_ms,
-                f"phone/{phone.plan.link}",
+                path,
             )
             self.report.round_trips.append(trip)
             return
@@ -437,7 +464,7 @@ class Fleet:
             answer.latency_ms,
             "answered",
             deadline_ms,
-            f"phone/{phone.plan.link}",
+            path,
         )
         self.report.round_trips.append(trip)
         labels = self._labels.get(answer.region or "")
