@@ -33,7 +33,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -63,6 +63,9 @@ from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, F
 from edgestream.workers.local.phones import DeviceRow, Phone, Phones, plan_phones
 
 log = logging.getLogger(__name__)
+
+SWEEP_IDLE_S: Final = 0.01
+"""How long the fallback sweep sleeps while no request waits (a new one is due a deadline later)."""
 
 _NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
 
@@ -557,9 +560,15 @@ class Fleet:
         )
 
     async def _sweep(self) -> None:
+        """Answer each request whose edge answer has not come ``fallback_reserve_ms`` before its
+        deadline with the fallback. Requests wait in capture order and share one deadline, so the
+        first one is the next due: the sweep sleeps until then (a 10 ms poll, which it was, answered
+        fallbacks up to 10 ms past the deadline)."""
+        reserve_s = self.settings.fallback_reserve_ms / 1000.0
         while True:
-            await asyncio.sleep(0.01)
-            now_s = time.monotonic()
+            due_s = next(iter(self._pending.values())).deadline_s - reserve_s if self._pending else None
+            await asyncio.sleep(SWEEP_IDLE_S if due_s is None else max(0.0, due_s - time.monotonic()))
+            now_s = time.monotonic() + reserve_s
             while self._pending:
                 rid, pending = next(iter(self._pending.items()))
                 if pending.deadline_s > now_s:

@@ -41,6 +41,10 @@ class FleetSettings(BaseSettings):
     """Share of deliberately bad records, to exercise the dead-letter path."""
     deadline_ms: float = Field(default=250.0, gt=0)
     """How long a device waits for the edge before answering with its local fallback model."""
+    fallback_reserve_ms: float = Field(default=10.0, ge=0)
+    """A Kafka-native device starts its fallback this long before its deadline, so the fallback's
+    answer is in time, as the SDK's (``edgestream.device``'s ``fallback_reserve_ms``) is; an edge
+    answer that comes inside the reserve is late."""
     drain_s: float = Field(default=5.0, ge=0)
     """After sending stops, how long to keep listening for outstanding results."""
     regions: tuple[Region, ...] = DEFAULT_REGIONS
