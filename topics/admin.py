@@ -326,6 +326,13 @@ async def ensure_topics(
     return EnsureReport(created=created, existing=[t.name for t in wanted if t.name in already])
 
 
+async def cluster_replication_factor(kafka: KafkaSettings, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> int:
+    """Replicas per partition for the brokers the cluster's metadata lists (``replication.py``): for
+    topics another library makes itself (faust's changelogs), which ``ensure_topics`` never sees."""
+    async with _admin_client(kafka, timeout_ms) as client:
+        return await _cluster_replication_factor(client)
+
+
 async def list_topics(
     kafka: KafkaSettings, *, include_foreign: bool = False, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> list[str]:

@@ -22,8 +22,9 @@ from bench import REPO_ROOT
 from bench.faults.cluster import cluster_kill
 from bench.faults.env import FaultEnv, prepare_home
 from edgestream.pipeline import kafka
-from edgestream.topics.admin import describe_topics, ensure_topics
+from edgestream.topics.admin import cluster_replication_factor, describe_topics, ensure_topics
 from edgestream.topics.catalogue import region_topics
+from edgestream.workers.aggregator.app import AggregatorSettings, build_app, with_replication
 from edgestream.workers.local.broker.cluster import ClusterState, LocalCluster
 from edgestream.workers.local.broker.posix import pid_alive
 from edgestream.workers.local.broker.settings import BrokerSettings
@@ -115,6 +116,14 @@ async def test_topics_on_the_cluster_get_three_replicas_and_min_isr_2(running: C
         for entry in resource["config_entries"]
     }
     assert values == {"2"}
+
+
+async def test_the_aggregator_replicates_its_own_topics_three_times_on_the_cluster(
+    running: ClusterState,
+) -> None:
+    assert await cluster_replication_factor(running.kafka()) == 3
+    settings = await asyncio.to_thread(with_replication, AggregatorSettings(kafka=running.kafka()))
+    assert build_app(settings).conf.topic_replication_factor == 3  # min ISR 2 refuses one replica
 
 
 # A full suite run once failed here, after every count had held, on a garbage-collected socket and

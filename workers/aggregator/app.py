@@ -98,6 +98,11 @@ class AggregatorSettings(BaseSettings):
     req/s the aggregator alone sent the broker 175 produce requests a second."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """faust's guarantee; counts are exact with either (offsets are deduplicated in the tables)."""
+    topic_replication_factor: int | None = Field(default=None, ge=1)
+    """Replicas of the topics faust makes itself (its tables' changelogs, the samples re-keyed by
+    request id). None: the cluster's rule (``topics/replication.py``: 1 on one broker, 3 on three or
+    more), looked up at start. On a 3-broker cluster the brokers require 2 in-sync replicas for every
+    write, so a changelog of one replica (faust's default) refuses every table update."""
     home: Path = DEFAULT_HOME
     """Local state; faust's data directory is ``<home>/aggregator``."""
     report_regions: tuple[str, ...] = ()
@@ -144,7 +149,7 @@ def _faust_app(settings: AggregatorSettings) -> faust.App:
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=credentials,
         store="memory://",
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor or 1,
         topic_partitions=PARTITIONS,
         processing_guarantee=settings.processing_guarantee,
         producer_linger=settings.producer_linger_s,
@@ -411,8 +416,19 @@ def build_app(settings: AggregatorSettings, metrics: AggregatorMetrics | None = 
     return app
 
 
+def with_replication(settings: AggregatorSettings) -> AggregatorSettings:
+    """``settings`` with ``topic_replication_factor`` decided: the cluster's rule when it is None."""
+    if settings.topic_replication_factor is not None:
+        return settings
+    from edgestream.topics.admin import cluster_replication_factor
+
+    replicas = asyncio.run(cluster_replication_factor(settings.kafka))
+    return settings.model_copy(update={"topic_replication_factor": replicas})
+
+
 def run(settings: AggregatorSettings) -> None:
-    """Run the aggregator until SIGTERM/SIGINT (faust's worker installs the handlers)."""
-    app = build_app(settings)
+    """Run the aggregator until SIGTERM/SIGINT (faust's worker installs the handlers), its own topics
+    replicated as the cluster's rule says (``with_replication``)."""
+    app = build_app(with_replication(settings))
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.execute_from_commandline()

@@ -34,7 +34,7 @@ from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import AGGREGATOR_GROUP, CLOUD_SUMMARIES, SUMMARIES_TOPIC, shared_topics
 from edgestream.workers.aggregator import windows as w
-from edgestream.workers.aggregator.app import VIEW_PATH
+from edgestream.workers.aggregator.app import VIEW_PATH, AggregatorSettings, build_app, with_replication
 from edgestream.workers.aggregator.view import window_rows
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.state import BrokerState
@@ -441,3 +441,18 @@ def _check_metrics(url: str, *, at_least: int) -> None:
         s.value for s in records if s.labels.get("topic") == SUMMARIES_TOPIC and s.name.endswith("_total")
     )
     assert read >= at_least
+
+
+async def test_faust_topics_are_replicated_as_the_cluster_rule_says_as_the_aggregator_principal(
+    aggregator_acls: KafkaSettings,
+) -> None:
+    settings = AggregatorSettings(kafka=aggregator_acls)
+    decided = await asyncio.to_thread(with_replication, settings)  # its own loop, as at start
+    assert decided.topic_replication_factor == 1  # the session's one broker
+    assert build_app(decided).conf.topic_replication_factor == 1
+    pinned = AggregatorSettings(
+        kafka=aggregator_acls.model_copy(update={"bootstrap_servers": "127.0.0.1:1"}),
+        topic_replication_factor=3,
+    )
+    assert with_replication(pinned) is pinned  # said: no broker asked (none listens there)
+    assert build_app(pinned).conf.topic_replication_factor == 3
