@@ -413,8 +413,11 @@ def demo(
         "for a clean stop) while the fleet sends, start it again SECONDS later, and count who answered "
         "meanwhile. Off by default.",
     ),
-    outage_at: float = typer.Option(
-        10.0, "--outage-at", metavar="SECONDS", help="With --worker-outage: when, after the fleet starts."
+    outage_at: float | None = typer.Option(
+        None,
+        "--outage-at",
+        metavar="SECONDS",
+        help="With --worker-outage: when, after the fleet starts sending (default 10).",
     ),
     outage_region: str | None = typer.Option(
         None, "--outage-region", help="With --worker-outage: whose worker (default: the first region)."
@@ -442,10 +445,19 @@ def demo(
         overrides["phone_fraction"] = phones
     if not story:
         overrides["story"] = StorySettings(enabled=False)
+    if worker_outage is None and (outage_at is not None or outage_region is not None):
+        fail("--outage-at and --outage-region go with --worker-outage SECONDS", code=2)
     if worker_outage is not None:
         if story:
             fail("--worker-outage runs with --no-story only: the story's steps wait for every worker", code=2)
-        overrides["outage"] = WorkerOutage(duration_s=worker_outage, start_s=outage_at, region=outage_region)
+        asked: dict[str, object] = {"duration_s": worker_outage, "region": outage_region}
+        if outage_at is not None:
+            asked["start_s"] = outage_at
+        try:
+            outage = WorkerOutage.model_validate(asked)
+        except ValidationError as err:
+            fail(f"invalid worker outage: {err}", code=2)
+        overrides["outage"] = outage
     try:
         settings = DemoSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:

@@ -426,7 +426,14 @@ def _result(
     """The summary of what was measured; the plots are written."""
     report, story = measured.report, measured.story
     rows = [summarise_region(r.name, report, measured.worker_stats.get(r.name, {})) for r in settings.regions]
-    plot_latency(report, paths.plot)
+    down = measured.outage
+    plot_latency(
+        report,
+        paths.plot,
+        down=None
+        if down is None
+        else (down.region, down.signalled_at - report.started_at, down.restarted_at - report.started_at),
+    )
     versions: list[VersionRow] = []
     bad_after: int | None = None
     if story is not None:

@@ -1,4 +1,5 @@
-"""The demo's latency plot: end-to-end latency CDF per region, and latency over time."""
+"""The demo's latency plot: end-to-end latency CDF per region, and latency over time (a worker outage
+shaded on it, when the demo told one)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import numpy as np
 from edgestream.workers.local.fleet import FleetReport
 
 
-def plot_latency(report: FleetReport, path: Path, sla_ms: float = 50.0) -> Path:
-    """Latency CDF per region and latency over time; writes a PNG."""
+def plot_latency(
+    report: FleetReport, path: Path, sla_ms: float = 50.0, down: tuple[str, float, float] | None = None
+) -> Path:
+    """Latency CDF per region and latency over time; writes a PNG. ``down``: (region, from, to), in
+    seconds since the fleet started, when that region's worker was down (shaded on the timeline)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,6 +40,9 @@ def plot_latency(report: FleetReport, path: Path, sla_ms: float = 50.0) -> Path:
             lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{name} (p99 {np.percentile(lat, 99):.1f} ms)"
         )
         timeline.scatter(r.result_times_s, r.latencies_ms, s=3, alpha=0.5, label=name)
+    if down is not None:
+        region, start_s, end_s = down
+        timeline.axvspan(start_s, end_s, color="grey", alpha=0.25, label=f"worker {region} down")
     cdf.axvline(sla_ms, color="red", ls="--", lw=1)
     timeline.axhline(sla_ms, color="red", ls="--", lw=1)
     if answered:

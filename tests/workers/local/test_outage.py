@@ -134,13 +134,19 @@ def test_an_outage_runs_without_the_story_in_a_demo_region_and_ends_while_the_fl
         DemoSettings(story=no_story, duration_s=20.0, outage=WorkerOutage(duration_s=10.0, start_s=10.0))
 
 
-def test_the_demo_command_refuses_an_outage_with_the_story() -> None:
+def test_the_demo_command_refuses_an_outage_it_cannot_tell() -> None:
     done = CliRunner().invoke(app, ["demo", "--worker-outage", "5"])
     assert done.exit_code == 2
     assert "--no-story" in done.output
     done = CliRunner().invoke(app, ["demo", "--no-story", "--worker-outage", "50"])
     assert done.exit_code == 2, "40 s of sending cannot hold an outage from 10 s for 50 s"
     assert "lengthen duration_s" in done.output
+    done = CliRunner().invoke(app, ["demo", "--no-story", "--outage-at", "5"])
+    assert done.exit_code == 2, "an outage's time without an outage"
+    assert "--worker-outage" in done.output
+    done = CliRunner().invoke(app, ["demo", "--no-story", "--worker-outage", "0"])
+    assert done.exit_code == 2
+    assert "invalid worker outage" in done.output
 
 
 def test_two_incarnations_stats_add_up_their_counters_and_keep_the_later_versions() -> None:
