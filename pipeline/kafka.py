@@ -120,7 +120,9 @@ async def read_to_end(
     stable offsets, for a ``read_committed`` consumer), read with the started ``client`` (assigned to
     ``tps`` here). Raises :class:`KafkaTimeout` naming ``what`` (default: the topics) when the end is
     not reached within ``timeout_ms``; with ``idle``, ``timeout_ms`` bounds each stretch without
-    progress instead of the whole read, so a long topic takes as long as it takes."""
+    progress instead of the whole read, so a long topic takes as long as it takes. Once read, the client
+    is left at those end offsets: a caller that reads on (a follower) gets the records the last fetch
+    brought from past them, rather than losing them."""
     client.assign(list(tps))
     if not tps:
         return
@@ -141,6 +143,8 @@ async def read_to_end(
         if idle and moved != at:
             deadline = loop.time() + timeout_ms / 1000
         at = moved
+    for tp in tps:
+        client.seek(tp, end[tp])
 
 
 async def read_all(

@@ -3,7 +3,8 @@
 ``publish_state`` writes a state with an idempotent producer (acks=all), so a retried send never
 leaves a duplicate. ``read_states`` reads the topic read_committed from the beginning to the end
 offsets it finds when it starts, keeping the last value per key (a tombstone removes the model): what
-compaction would leave. ``follow`` does the same, then keeps yielding every newer state, for workers.
+compaction would leave. A :class:`RecordFollower` does the same once, then yields every newer record from
+those end offsets on, for workers.
 
 Read-modify-write by two operators at once can lose one update (Kafka has no compare-and-set); each
 state carries a ``revision`` so that a reader can see it, and the CLI is meant to run from one place.
@@ -11,7 +12,7 @@ state carries a ``revision`` so that a reader can see it, and the CLI is meant t
 Every state is written signed (``signed_state.py``) with the client's ``signer``; a client given
 ``trusted`` keys reads only states signed by one of them (a publisher must not sign a transition of a
 state it cannot verify), one without reads them unverified (display, drift references). Workers follow
-the raw records (:meth:`RegistryClient.follow_records`) and verify each with ``accept_state``.
+the raw records (:class:`RecordFollower`) and verify each with ``accept_state``.
 """
 
 from __future__ import annotations
@@ -89,23 +90,46 @@ class RegistryClient:
         value = latest.get(model)
         return None if value is None else decode_state(model, value, self._trusted)
 
-    async def follow_records(self) -> AsyncIterator[tuple[str, bytes]]:
-        """Every model's latest record value, then each newer one as it is published (forever), as
-        ``(model, value)``: unparsed and unverified (tombstones and keyless records left out). The
-        follower decides what to apply (``signed_state.accept_state``)."""
-        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
-            latest = await self._read_to_end(consumer)
-            for model, value in latest.items():
-                if value is not None:
-                    yield model, value
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    for model, value in keyed_values(records):
-                        yield model, value
-
     async def _read_to_end(self, consumer: AIOKafkaConsumer) -> dict[str, bytes | None]:
         return await latest_by_key(consumer, self._topic, CONTROL_MODELS.partitions, self._timeout_ms)
+
+
+class RecordFollower:
+    """``control.models`` read once to its end (:meth:`latest`), then followed from there (:meth:`newer`),
+    so a follower sees each record once: what it applied at start is not read again as a repeat.
+
+    Values are unparsed and unverified; the follower decides what to apply
+    (``signed_state.accept_state``). One lifecycle: :meth:`start`, :meth:`stop` (idempotent).
+    """
+
+    def __init__(self, settings: KafkaSettings, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        """``timeout_ms``: bound on :meth:`latest` (:class:`~edgestream.pipeline.errors.KafkaTimeout`
+        past it)."""
+        self._consumer = kafka.consumer(settings, _CLIENT_ID)
+        self._timeout_ms = timeout_ms
+
+    async def start(self) -> None:
+        """Connect; raises aiokafka's ``KafkaConnectionError`` when no broker answers."""
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Close the consumer."""
+        await self._consumer.stop()
+
+    async def latest(self) -> dict[str, bytes]:
+        """Every model's latest record value, as ``{model: value}`` (tombstones and keyless records left
+        out), up to the end offsets found now; call once, before :meth:`newer`."""
+        topic, partitions = MODELS_TOPIC, CONTROL_MODELS.partitions
+        latest = await latest_by_key(self._consumer, topic, partitions, self._timeout_ms)
+        return {model: value for model, value in latest.items() if value is not None}
+
+    async def newer(self) -> AsyncIterator[tuple[str, bytes]]:
+        """Each record published after what :meth:`latest` read, as ``(model, value)``, forever."""
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for model, value in keyed_values(records):
+                    yield model, value
 
 
 async def latest_by_key(

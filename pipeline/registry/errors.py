@@ -46,6 +46,7 @@ class ArtifactUnavailable(RegistryError):
     that were worth making)."""
 
     reason = "artifact_unavailable"
+    retriable = True
 
     def __init__(self, sha256: str, where: str, why: str) -> None:
         super().__init__(f"artifact sha256 {sha256[:16]}… from {where}: {why}")
@@ -112,6 +113,14 @@ class StaleRevision(RegistryError):
         self.model = model
         self.revision = revision
         self.applied = applied
+
+
+class RegistryNotReady(RegistryError):
+    """A worker that follows the registry could not read ``control.models`` to its end, or load what a
+    current state needs, within its start timeout: it does not start (``workers/edge/following.py``)."""
+
+    reason = "registry_not_ready"
+    retriable = True
 
 
 class InvalidTransition(RegistryError):

@@ -197,20 +197,27 @@ class ModelCatalog:
 
     async def apply(self, state: ModelState) -> bool:
         """Load what ``state`` needs (verified), then switch to it; False when it was refused."""
+        try:
+            return await self.switch(state)
+        except (RegistryError, ProviderUnavailable) as err:  # a version this host cannot run: refused
+            self.refuse(state.model, err)
+            return False
+
+    async def switch(self, state: ModelState) -> bool:
+        """As :meth:`apply`, but a version that cannot be loaded raises its :class:`RegistryError` or
+        :class:`ProviderUnavailable`, uncounted, for a caller whose policy depends on why (a worker's
+        start: ``workers/edge/following.py``). False when there is nothing to switch to: no loader, no
+        stable version yet, or a revision not above the one applied."""
         if self._loader is None or state.stable is None:
             return False
         current = self._states.get(state.model)
         if current is not None and state.revision <= current.revision:
             return False  # an older or repeated record
         needed = sorted(set(state.served()) | set(state.pinnable))
-        try:
-            for version in needed:
-                if (state.model, version) not in self._loaded:
-                    loaded = await asyncio.to_thread(self._loader, state.manifest(version))
-                    self._loaded[(state.model, version)] = loaded
-        except (RegistryError, ProviderUnavailable) as err:  # a version this host cannot run: refused
-            self.refuse(state.model, err)
-            return False
+        for version in needed:
+            if (state.model, version) not in self._loaded:
+                loaded = await asyncio.to_thread(self._loader, state.manifest(version))
+                self._loaded[(state.model, version)] = loaded
         self._states[state.model] = state
         for key in [k for k in self._loaded if k[0] == state.model and k[1] not in needed]:
             del self._loaded[key]  # no longer served: its session goes with it

@@ -54,12 +54,17 @@ def test_partitions_lists_every_partition_in_order() -> None:
 
 
 class _Trickle:
-    """A stand-in consumer whose one partition yields one record per fetch, 10 ms apart."""
+    """A stand-in consumer whose one partition yields ``per_fetch`` records per fetch, 10 ms apart
+    (more are there than the end offset says: records published while it reads)."""
 
-    def __init__(self, records: int) -> None:
+    def __init__(self, records: int, per_fetch: int = 1) -> None:
         self.tp = TopicPartition("slow", 0)
         self.at = 0
         self.end = records
+        self.per_fetch = per_fetch
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.at = offset
 
     def assign(self, tps: list[TopicPartition]) -> None:
         assert tps == [self.tp]
@@ -75,8 +80,8 @@ class _Trickle:
 
     async def getmany(self, *tps: TopicPartition, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
         await asyncio.sleep(0.01)
-        self.at += 1
-        return {self.tp: [type("Record", (), {"offset": self.at - 1})()]}
+        first, self.at = self.at, self.at + self.per_fetch
+        return {self.tp: [type("Record", (), {"offset": o})() for o in range(first, self.at)]}
 
 
 async def test_an_idle_bound_lets_a_long_read_finish_while_records_keep_coming() -> None:
@@ -86,6 +91,13 @@ async def test_an_idle_bound_lets_a_long_read_finish_while_records_keep_coming()
     with pytest.raises(KafkaTimeout, match="slow"):
         async for _ in kafka.read_to_end(slow, [slow.tp], timeout_ms=200):
             pass
+
+
+async def test_a_read_to_the_end_leaves_the_records_fetched_past_it_to_be_read_on() -> None:
+    ahead = _Trickle(4, per_fetch=3)  # the second fetch brings offsets 3, 4 and 5; the end is 4
+    read = [r.offset async for r in kafka.read_to_end(ahead, [ahead.tp], timeout_ms=1000)]
+    assert read == [0, 1, 2, 3]
+    assert ahead.at == 4, "a follower reading on gets offsets 4 and 5 (a state published meanwhile)"
 
 
 async def _topic(bootstrap: KafkaSettings, partitions: int) -> str:

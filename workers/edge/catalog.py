@@ -1,6 +1,6 @@
 """The models a worker serves: the catalog built from the models loaded at start, the key that routes
 each device to a stable or canary version, and, with the registry, how each new version is verified and
-loaded and how the registry's states are followed (``pipeline/serving/served.py``)."""
+loaded (``pipeline/serving/served.py``); ``following.py`` applies the registry's states."""
 
 from __future__ import annotations
 
@@ -10,14 +10,11 @@ from pathlib import Path
 from edgestream.pipeline.registry import (
     ArtifactStore,
     LocalArtifactStore,
-    RegistryError,
     SignedManifest,
     TrustedKeys,
 )
-from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.loader import verified_model
 from edgestream.pipeline.registry.remote import remote_store
-from edgestream.pipeline.registry.signed_state import accept_state
 from edgestream.pipeline.registry.signing import TRUSTED_KEYS_FILE
 from edgestream.pipeline.security.derive import routing_key
 from edgestream.pipeline.security.keyring import KeyRing
@@ -53,7 +50,7 @@ def _registry_root(settings: WorkerSettings) -> Path:
     return settings.registry_home or settings.home / "registry"
 
 
-def _trusted(settings: WorkerSettings) -> TrustedKeys:
+def trusted_keys(settings: WorkerSettings) -> TrustedKeys:
     """The registry keys the worker pins: they sign manifests and rollout states."""
     return TrustedKeys.load(_registry_root(settings) / TRUSTED_KEYS_FILE)
 
@@ -83,30 +80,10 @@ def registry_loader(settings: WorkerSettings) -> Loader | None:
     if not settings.registry:
         return None
     store = artifact_store(settings)
-    trusted = _trusted(settings)
+    trusted = trusted_keys(settings)
     cache = _cache_dir(settings)
 
     def load(signed: SignedManifest) -> ServedModel:
         return open_model(verified_model(store, signed, trusted, cache), settings)
 
     return load
-
-
-async def follow_registry(
-    settings: WorkerSettings, catalog: ModelCatalog, applied: Callable[[], None]
-) -> None:
-    """Apply each served model's newest registry state to ``catalog`` as it arrives (forever); call
-    ``applied`` after each state that took effect. A state that is unsigned, signed by a key the worker
-    does not pin, badly signed, malformed, or not newer than the one applied is refused
-    (``catalog.refuse``: logged and counted) and the worker keeps serving what it served."""
-    trusted = _trusted(settings)
-    async for model, value in RegistryClient(settings.kafka).follow_records():
-        if model not in settings.models:
-            continue  # another worker's model: none of this worker's business
-        try:
-            state = accept_state(model, value, trusted, catalog.revision(model))
-        except RegistryError as err:
-            catalog.refuse(model, err)
-            continue
-        if await catalog.apply(state):
-            applied()

@@ -178,6 +178,10 @@ class WorkerSettings(BaseSettings):
     registry_attempts: int = Field(default=3, ge=1)
     """Tries of one artifact fetch (a failed connection, a timeout, a 5xx); then the version is refused
     (``artifact_unavailable``) and the worker keeps serving what it served."""
+    registry_start_timeout_s: float = Field(default=120.0, gt=0)
+    """With ``registry``: bound on reading ``control.models`` to its end and loading what its current
+    states need, at start, before the worker joins its group. Past it (brokers unreachable, artifact
+    server down) the worker stops without having fetched anything; see ``workers/edge/following.py``."""
     routing_key: SecretStr | None = None
     """Key of the device hash that picks stable or canary; defaults to one derived from the region's
     current master key (so every worker of a region routes a device the same way)."""

@@ -43,9 +43,10 @@ from edgestream.pipeline.serving.batching import Batch, MicroBatcher, ServiceTim
 from edgestream.pipeline.serving.served import ModelCatalog, ServedModel
 from edgestream.topics.catalogue import KINDS, ingest_topic
 from edgestream.workers.edge.admission import Admission, Item
-from edgestream.workers.edge.catalog import follow_registry, worker_catalog
+from edgestream.workers.edge.catalog import worker_catalog
 from edgestream.workers.edge.clients import FailingListener, consumer_of, owned_commit, sink_of
 from edgestream.workers.edge.commits import CommitStage, StagedUnit
+from edgestream.workers.edge.following import RegistryFollowing
 from edgestream.workers.edge.inference import UnitInference
 from edgestream.workers.edge.observe import note_models
 from edgestream.workers.edge.outputs import UnitOutputs
@@ -89,7 +90,8 @@ class EdgeWorker:
         self.stats = WorkerStats()
         self.metrics = metrics or WorkerMetrics(region=settings.region, node=self.node_id)
         self.readiness = readiness or Readiness(stall_after_s=settings.stall_after_s)
-        self.readiness.models_loaded = True
+        # With the registry, the models are loaded once its current states are applied (start()).
+        self.readiness.models_loaded = not settings.registry
         self.metrics.watch_ready(self.readiness.ready)
         self._region = settings.region
         self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
@@ -122,6 +124,9 @@ class EdgeWorker:
         self.commits = CommitStage(
             self._partitions.serving, self._commit, interval_ms=settings.commit_interval_ms
         )
+        self._following = (
+            RegistryFollowing(settings, self._catalog, self._registry_applied) if settings.registry else None
+        )
         self._report_now = asyncio.Event()
         self._reporter = (
             WorkerReporter(settings.kafka, self.node_id, settings.region, self._report)
@@ -143,8 +148,24 @@ class EdgeWorker:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the sink and subscribe the consumer to the region's ingest topics; with the registry,
-        start reporting on ``control.workers`` what this worker applied."""
+        """With the registry, apply its current states first (``following.py``: raises
+        :class:`RegistryNotReady` when they cannot be, before anything else started); then start the
+        sink and subscribe the consumer to the region's ingest topics, and with the registry, start
+        reporting on ``control.workers`` what this worker applied. The group is joined only now, so no
+        record is fetched, and the worker is not ready, before the registry's states are applied."""
+        if self._following is not None:
+            await self._following.start()
+            self.readiness.models_loaded = True
+            self.readiness.progress()  # loading counted against stall_after_s; it is done
+            self._registry_applied()
+        try:
+            await self._start_clients()
+        except BaseException:
+            if self._following is not None:
+                await self._following.stop()
+            raise
+
+    async def _start_clients(self) -> None:
         await self.sink.start()
         try:
             await self.replies.start()
@@ -184,6 +205,8 @@ class EdgeWorker:
             await self.sink.stop()
             if self._reporter is not None:
                 await self._reporter.stop()
+            if self._following is not None:
+                await self._following.stop()
             self._inference.shutdown()
             self._write_stats()
             if self.settings.ready_file is not None:
@@ -214,9 +237,8 @@ class EdgeWorker:
         commit = asyncio.create_task(self.commits.run(), name="commit")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         tasks = [fetch, process, commit]
-        if self.settings.registry:
-            following = follow_registry(self.settings, self._catalog, self._registry_applied)
-            tasks.append(asyncio.create_task(following, name="registry"))
+        if self._following is not None:
+            tasks.append(asyncio.create_task(self._following.run(), name="registry"))
         if self._reporter is not None:
             reporting = self._reporter.run(self.settings.stats_interval_s, self._report_now)
             tasks.append(asyncio.create_task(reporting, name="report"))

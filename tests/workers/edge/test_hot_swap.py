@@ -8,6 +8,7 @@ import asyncio
 import functools
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.reports import TopicWorkerView
 from edgestream.pipeline.registry.signed_state import sign_state
 from edgestream.pipeline.security.derive import routing_key
-from edgestream.topics.catalogue import MODELS_TOPIC, ingest_topic, results_topic
+from edgestream.topics.catalogue import MODELS_TOPIC, dlq_topic, ingest_topic, results_topic
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.rollout_controller import FileWorkerView
 
@@ -88,15 +89,22 @@ class Registry:
         return state
 
 
-async def _send(region: EdgeRegion, producer: AIOKafkaProducer, rounds: int) -> dict[bytes, str]:
-    """One embedding per device per round; request id -> device."""
+async def _send(
+    region: EdgeRegion,
+    producer: AIOKafkaProducer,
+    rounds: int,
+    *,
+    devices: Sequence[str] = DEVICES,
+    pin: int | None = None,
+) -> dict[bytes, str]:
+    """One embedding per device per round, pinned to version ``pin`` if given; request id -> device."""
     data = load_dataset("embedding")
     sent: dict[bytes, str] = {}
     for r in range(rounds):
-        for i, device in enumerate(DEVICES):
+        for i, device in enumerate(devices):
             rid = new_request_id()
             body = encode_tensor(
-                data.X_test[(r * len(DEVICES) + i) % len(data.X_test)], spec(MODEL).input_dtype
+                data.X_test[(r * len(devices) + i) % len(data.X_test)], spec(MODEL).input_dtype
             )
             kid = region.keyring.current_key_id(region.name)
             envelope = seal(
@@ -106,6 +114,7 @@ async def _send(region: EdgeRegion, producer: AIOKafkaProducer, rounds: int) -> 
                 key_id=kid,
                 kind="embedding",
                 model=MODEL,
+                model_version=pin,
                 capture_time_ms=_now_ms(),
                 request_id=rid,
             )
@@ -293,3 +302,42 @@ async def test_replayed_unsigned_and_unpinned_states_are_refused_and_the_worker_
     # The worker still follows the registry: the publisher's next signed state is applied.
     third = await registry.put(disallow_pin(second, first.stable, now_ms=_now_ms(), reason="test done"))
     assert await _applied(worker, third), worker.catalog.refused
+
+
+async def test_a_worker_applies_the_registry_before_it_fetches_its_backlog(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """Requests waiting when a worker starts (a restart, a scale-out) that pin a version only the
+    registry's state serves are answered by it, not dead-lettered as unknown: the worker reads
+    ``control.models`` to its end and applies the states before it joins its group; then it follows
+    from there, so the records it applied at start are not seen (nor refused as stale) again."""
+    current = (await RegistryClient(edge_region.bootstrap).read_states()).get(MODEL, ModelState(MODEL))
+    registry = Registry(tmp_path / "registry", edge_region, current)
+    stable = await _stable_state(registry)
+    pinned = stable.latest + 1
+    candidate = await registry.put(publish(stable, registry.signed("medium"), now_ms=_now_ms()))
+    pinnable = await registry.put(allow_pin(candidate, pinned, now_ms=_now_ms(), reason="test"))
+    built_in = ModelStore(edge_region.home / "models").get(MODEL, "medium").version
+    assert pinned != built_in, "only the registry's state makes the pinned version served"
+
+    backlog = await _send(edge_region, producer, 1, devices=DEVICES[:5], pin=pinned)
+    backlog |= await _send(edge_region, producer, 1, devices=DEVICES[5:10])
+    worker = await running_worker(registry=True, registry_home=registry.root)
+    # Applied by the time start() returns: before the worker joined its group or fetched anything.
+    assert worker.catalog.revision(MODEL) == pinnable.revision, worker.catalog.refused
+    assert worker.readiness.models_loaded
+
+    results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(backlog))
+    answered = [ResultRecord.from_bytes(record.value) for record in results]
+    answers = {result.request_id: result.model_version for result in answered}
+    dead = await read_topic(edge_region.bootstrap, dlq_topic(edge_region.name), expect=0)
+    assert dead == [], f"{len(dead)} valid requests dead-lettered"
+    assert set(answers) == set(backlog), f"answered {len(answers)} of {len(backlog)}"
+    pins = {answers[rid] for rid, device in backlog.items() if device in DEVICES[:5]}
+    assert pins == {pinned}, "each pinned request is answered by the version it pins"
+
+    # It follows on from where it caught up: the next state applies, and nothing read at start is
+    # read again and refused as a stale revision.
+    unpinned = await registry.put(disallow_pin(pinnable, pinned, now_ms=_now_ms(), reason="test done"))
+    assert await _applied(worker, unpinned), worker.catalog.refused
+    assert worker.catalog.refused.get("stale_revision", 0) == 0, worker.catalog.refused
