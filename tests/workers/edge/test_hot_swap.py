@@ -35,9 +35,11 @@ from edgestream.pipeline.registry import (
     start_canary,
 )
 from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.registry.errors import RegistryNotReady
 from edgestream.pipeline.registry.reports import TopicWorkerView
 from edgestream.pipeline.registry.signed_state import sign_state
 from edgestream.pipeline.security.derive import routing_key
+from edgestream.pipeline.serving.served import load_models
 from edgestream.topics.catalogue import MODELS_TOPIC, dlq_topic, ingest_topic, results_topic
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.rollout_controller import FileWorkerView
@@ -341,3 +343,31 @@ async def test_a_worker_applies_the_registry_before_it_fetches_its_backlog(
     unpinned = await registry.put(disallow_pin(pinnable, pinned, now_ms=_now_ms(), reason="test done"))
     assert await _applied(worker, unpinned), worker.catalog.refused
     assert worker.catalog.refused.get("stale_revision", 0) == 0, worker.catalog.refused
+
+
+async def test_a_worker_that_cannot_read_the_registry_does_not_start(
+    edge_region: EdgeRegion, tmp_path: Path
+) -> None:
+    """Brokers unreachable within ``registry_start_timeout_s``: the worker stops before it joins its
+    group, not ready and with no ready file, rather than serve built-ins the registry may have moved
+    away from."""
+    home = tmp_path / "registry"
+    home.mkdir()
+    TrustedKeys({}).with_key(SigningKey.generate().public_raw).save(home / "trusted-keys.json")
+    ready = tmp_path / "ready.json"
+    unreachable = edge_region.worker_kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
+    settings = edge_region.settings(
+        kafka=unreachable,
+        registry=True,
+        registry_home=home,
+        registry_start_timeout_s=2.0,
+        ready_file=ready,
+    )
+    worker = EdgeWorker(settings, keyring=edge_region.keyring, models=load_models(settings))
+    try:
+        with pytest.raises(RegistryNotReady, match="registry_start_timeout_s"):
+            await worker.start()
+        assert worker.readiness.ready() == (False, "models not loaded")
+        assert not ready.exists()
+    finally:
+        await worker.stop()
