@@ -227,8 +227,9 @@ def _worker_env(settings: DemoSettings, cluster: _Cluster, region: str) -> dict[
         **cluster.as_identity(Identity.edge(region)).to_env("EDGESTREAM_WORKER_KAFKA__"),
         "EDGESTREAM_WORKER_SAMPLE_FRACTION": str(settings.sample_fraction),
     }
-    if settings.story.enabled:  # follow the registry; report applied revisions every second
+    if settings.story.enabled or settings.phone_fraction > 0:  # the versions the phones' tiers name
         env["EDGESTREAM_WORKER_REGISTRY"] = "true"
+    if settings.story.enabled:  # report applied revisions every second
         env["EDGESTREAM_WORKER_STATS_INTERVAL_S"] = "1"
     if region == settings.outage_region():  # a killed worker writes no stats at exit: its last second's
         env["EDGESTREAM_WORKER_STATS_INTERVAL_S"] = "1"
@@ -301,8 +302,10 @@ def _prepare(
     on_step("building reference models (cached after the first run)")
     store = ModelStore(settings.home / "models")
     accuracy = {}
+    # Without the story the phones' tiers are served at the edge (demo_gateways.py): full is built too.
+    edge_tiers = settings.phone_fraction > 0 and not settings.story.enabled
     for name in MODEL_FOR_KIND.values():
-        for size in ("medium", "tiny"):
+        for size in ("medium", "tiny", *(("full",) if edge_tiers else ())):
             accuracy[f"{name}/{size}"] = store.get(name, size).accuracy
     on_step("creating topics")
     asyncio.run(ensure_topics(cluster.admin, all_topics(regions)))
@@ -310,8 +313,11 @@ def _prepare(
         on_step("granting each region's workers and devices their ACLs")
         asyncio.run(apply_policy(cluster.admin, regions))
     if settings.phone_fraction > 0:  # the phones' signed catalogue and fallback model, as the gateway serves
-        on_step("device catalogue for the phones: each model's reference, and its tiny fallback")
-        asyncio.run(prepare_phone_catalogue(cluster.admin, settings.home))
+        on_step(
+            "device catalogue for the phones: each model's reference, and its tiny fallback"
+            + ("; tiny and full served at the edge too" if edge_tiers else "")
+        )
+        asyncio.run(prepare_phone_catalogue(cluster.admin, settings.home, edge_tiers=edge_tiers))
     if not settings.story.enabled:
         return accuracy, None
     registry = asyncio.run(prepare_registry(cluster.admin, settings.home))

@@ -2,13 +2,17 @@
 one ``edgestream gateway`` process per region.
 
 The catalogue names each model the devices ask (``MODEL_FOR_KIND``): its stable version (the zoo's
-reference, which the edge serves) and its ``tiny`` version (published, never served: the phones'
-verified fallback model), signed by the demo's registry key, which the phones trust
-(``<home>/registry/trusted-keys.json``). Each gateway runs as ``gateway-<region>`` (its own Kafka
-identity and ACLs), serves that catalogue and the registry's artifacts, authenticates the phones
-against a directory written from the key file (public keys only), and is ready once its ``/readyz``
-says so. With the story, the workers follow the registry for every one of these models (they serve
-the same zoo reference they would build themselves).
+reference, ``medium``, which the edge serves) and its ``tiny`` version (the phones' verified fallback
+model), signed by the demo's registry key, which the phones trust (``<home>/registry/trusted-keys.json``).
+Without the story the ``tiny`` and ``full`` versions are pinnable too (``EDGE_TIERS``): the edge serves
+them to the phones that ask, so the SDK's tier choice (by device class and link) shows in the demo's
+devices table. With the story only the reference is served at the edge (pins of earlier runs are
+taken back): the story retrains and rolls out the reference alone, and its accuracy per version and
+its rollback are judged on the answers of that one line of versions. Each gateway runs as
+``gateway-<region>`` (its own Kafka identity and ACLs), serves that catalogue and the registry's
+artifacts, authenticates the phones against a directory written from the key file (public keys only),
+and is ready once its ``/readyz`` says so. With phones or the story, the workers follow the registry for
+every one of these models (and apply its states before they are ready: ``workers/edge/following.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import TYPE_CHECKING, Final
 from edgestream.pipeline.contract.gatewayauth import write_directory
 from edgestream.pipeline.files import atomic_write
 from edgestream.pipeline.models import ModelStore
-from edgestream.pipeline.registry import LocalArtifactStore, SigningKey
+from edgestream.pipeline.registry import LocalArtifactStore, SigningKey, allow_pin, disallow_pin
+from edgestream.pipeline.registry.client import RegistryClient
 from edgestream.pipeline.registry.devicecatalogue import (
     CATALOGUE_FILE,
     DeviceCatalogue,
@@ -51,39 +56,70 @@ if TYPE_CHECKING:
 
 FALLBACK_TIER: Final = "tiny"
 """The zoo size the phones answer with themselves."""
+EDGE_TIERS: Final = ("tiny", "full")
+"""Zoo sizes the edge serves beside the reference (pinned) when there is no story."""
 CATALOGUE_TTL_MS: Final = 24 * 3600 * 1000
 """How long the demo's catalogue is valid (it is written again on every run)."""
 
 
 async def prepare_phone_catalogue(
-    kafka: KafkaSettings, home: Path, models: Iterable[str] = tuple(MODEL_FOR_KIND.values())
+    kafka: KafkaSettings,
+    home: Path,
+    models: Iterable[str] = tuple(MODEL_FOR_KIND.values()),
+    *,
+    edge_tiers: bool = False,
 ) -> dict[str, ModelState]:
     """Make sure the registry has each of ``models``' reference as stable and its tiny version
-    published (not served), then write the signed catalogue the gateways serve. Returns the states."""
-    states = {model: await _with_fallback(kafka, home, model) for model in models}
+    published; with ``edge_tiers``, its ``EDGE_TIERS`` published and pinnable too, else none of them
+    pinnable. Then write the signed catalogue the gateways serve. Returns the states."""
+    states = {model: await _with_tiers(kafka, home, model, edge_tiers) for model in models}
     key = SigningKey.load(home / "registry" / "signing-key.pem")
     write_catalogue(home, key, build_catalogue(states, now_ms=_now_ms(), ttl_ms=CATALOGUE_TTL_MS))
     return states
 
 
-async def _with_fallback(kafka: KafkaSettings, home: Path, model: str) -> ModelState:
-    """``model``'s state once its reference is stable and its tiny version is published."""
+async def _with_tiers(kafka: KafkaSettings, home: Path, model: str, edge_tiers: bool) -> ModelState:
+    """``model``'s state once its reference is stable, its tiny version (and with ``edge_tiers`` its
+    full one) published, and exactly the ``EDGE_TIERS`` versions pinnable with ``edge_tiers``, none of
+    them without."""
     state = await prepare_registry(kafka, home, model)
-    root = home / "registry"
-    key = SigningKey.load(root / "signing-key.pem")
-    tiny = await asyncio.to_thread(ModelStore(home / "models").get, model, FALLBACK_TIER)
-    store = LocalArtifactStore(root / "artifacts")
-    if not any(s.manifest.sha256 == tiny.sha256 for s in state.versions) or not store.has(tiny.sha256):
-        state = await publish_artifact(
-            kafka,
-            store,
-            key,
-            tiny.spec,
-            tiny.path.read_bytes(),
-            metrics={"accuracy": tiny.accuracy},
-            lineage={"source": "zoo", "size": FALLBACK_TIER},
-        )
-    return state
+    key = SigningKey.load(home / "registry" / "signing-key.pem")
+    wanted: set[int] = set()
+    for size in EDGE_TIERS if edge_tiers else (FALLBACK_TIER,):  # EDGE_TIERS holds the fallback's
+        state, version = await _published(kafka, home, key, state, model, size)
+        if edge_tiers:
+            wanted.add(version)
+    pinned = {v for v in state.pinnable if state.manifest(v).manifest.variant in EDGE_TIERS}
+    now_ms, changed = _now_ms(), state
+    for version in sorted(wanted - pinned - {state.stable}):
+        changed = allow_pin(changed, version, now_ms=now_ms, reason="demo: a tier the phones may ask for")
+    for version in sorted(pinned - wanted):
+        changed = disallow_pin(changed, version, now_ms=now_ms, reason="demo: the reference alone")
+    if changed is not state:
+        await RegistryClient(kafka, signer=key).publish_state(changed)
+    return changed
+
+
+async def _published(
+    kafka: KafkaSettings, home: Path, key: SigningKey, state: ModelState, model: str, size: str
+) -> tuple[ModelState, int]:
+    """``state`` with the zoo's ``size`` of ``model`` published (built first if need be: ``full``
+    takes ~20 s once), and its version."""
+    artifact = await asyncio.to_thread(ModelStore(home / "models").get, model, size)
+    store = LocalArtifactStore(home / "registry" / "artifacts")
+    same = [s.version for s in state.versions if s.manifest.sha256 == artifact.sha256]
+    if same and store.has(artifact.sha256):
+        return state, same[-1]
+    state = await publish_artifact(
+        kafka,
+        store,
+        key,
+        artifact.spec,
+        artifact.path.read_bytes(),
+        metrics={"accuracy": artifact.accuracy},
+        lineage={"source": "zoo", "size": size},
+    )
+    return state, state.latest
 
 
 def write_catalogue(home: Path, key: SigningKey, catalogue: DeviceCatalogue) -> Path:

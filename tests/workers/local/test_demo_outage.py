@@ -61,6 +61,16 @@ def test_a_stopped_worker_leaves_every_call_answered_and_the_edge_answers_again_
     assert set(outage.edge_back_by_path) == {"direct", "phones"}
     assert all(back is not None for back in outage.edge_back_by_path.values()), outage.edge_back_by_path
 
+    # Without the story the edge serves the phones' tiers (pinned): a low-end phone or a sensor asks for
+    # tiny, a high-end phone off the slow link for full. The pinned requests are answered, across the
+    # restart too (the new worker applies the registry before it fetches): none is dead-lettered below.
+    for phones in result.devices:
+        if phones.device_class in ("low-end-phone", "sensor"):
+            assert set(phones.tiers) == {"tiny"}, phones
+    high = [r for r in result.devices if r.device_class == "high-end-phone" and r.link != "3g-flaky"]
+    assert high, "a high-end phone on a fast link"
+    assert all("full" in r.tiers for r in high), high
+
     # Both incarnations' counts are in the region's row: every bad record was dead-lettered by one of
     # them (a phone's envelope resent after the edge took it is refused as replayed).
     total = result.total
