@@ -222,6 +222,7 @@ class Controller:
             stage_age_ms=now_ms - stage_started_ms(state),
             worker_revisions=None if self._workers is None else await self._workers.revisions(model),
             revision=state.revision,
+            labels=self._labels,
         )
         if verdict.action == "hold":
             return verdict

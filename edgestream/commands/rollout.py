@@ -89,6 +89,14 @@ def watch(
             "revision (on control.workers, or --stats-dir).",
         ),
     ] = True,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels/--no-labels",
+            help="Judge accuracy from cloud.labels, and advance a stage only once each version has "
+            "min_labelled labelled answers; --no-labels where no labels come (errors and latency only).",
+        ),
+    ] = True,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -130,7 +138,11 @@ def watch(
         trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
     except EdgestreamError as e:
         fail(str(e))
-    controller = Controller(kafka, parse_bounds(bounds), signer=signer, trusted=trusted, workers=workers)
+    if not labels:
+        _out.print("[yellow]--no-labels: a canary advances on its errors and latency alone[/yellow]")
+    controller = Controller(
+        kafka, parse_bounds(bounds), signer=signer, trusted=trusted, workers=workers, labels=labels
+    )
 
     async def go() -> None:
         if once:

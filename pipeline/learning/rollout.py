@@ -159,11 +159,14 @@ def judge(
     stage_age_ms: int,
     worker_revisions: Sequence[int | None] | None = None,
     revision: int | None = None,
+    labels: bool = False,
 ) -> Verdict:
     """Roll back on any broken bound (as soon as both versions have ``min_requests``; neither the dwell
     nor a lagging worker delays a rollback); advance when nothing is broken, the stage has served
     ``stage_dwell_ms`` and every worker reports ``revision`` (``worker_revisions`` None: not checked);
-    else hold."""
+    else hold. ``labels``: labels are read for this model, so a stage advances only once each version
+    has ``min_labelled`` labelled answers (a canary whose accuracy is not known yet is not promoted on
+    its error rate alone); False where no labels ever come."""
     short = [s for s in (stable, canary) if s.requests < bounds.min_requests]
     if short:
         return Verdict(
@@ -178,6 +181,12 @@ def judge(
     waiting: list[str] = []
     if stage_age_ms < bounds.stage_dwell_ms:
         waiting.append(f"stage served {stage_age_ms} of {bounds.stage_dwell_ms} ms")
+    if labels:
+        waiting.extend(
+            f"v{s.version} has {s.labelled} of {bounds.min_labelled} labelled answers"
+            for s in (stable, canary)
+            if s.labelled < bounds.min_labelled
+        )
     if worker_revisions is not None:
         if not worker_revisions:
             waiting.append("no worker reports the model")

@@ -205,6 +205,8 @@ class Story:
             kafka, settings.rollout, signer=self._signer(), workers=self._workers, regions=regions
         )
         self.report = StoryReport(model, reference)
+        self._held: tuple[str, ...] = ()
+        """Why the controller's last step held: named when a wait on a canary stalls."""
 
     def _signer(self) -> SigningKey:
         """The demo's registry key (``story_registry.prepare_registry`` made it): it signs every state
@@ -374,6 +376,7 @@ class Story:
         while True:
             verdict = await self._controller.step(self._model)
             published = time.monotonic()
+            self._held = verdict.reasons if verdict.action == "hold" else ()
             if verdict.action != "hold":
                 self.report.verdicts.append((self._t(), verdict))
                 action = verdict.action
@@ -401,10 +404,12 @@ class Story:
     # -- helpers ------------------------------------------------------------------------------------
 
     async def _bounded(self, what: str, step: Awaitable[T]) -> T:
+        self._held = ()
         try:
             return await asyncio.wait_for(step, self.settings.step_timeout_s)
         except TimeoutError:
-            raise StoryStalled(f"waited {self.settings.step_timeout_s:g} s for {what}") from None
+            held = f" (the controller held: {'; '.join(self._held)})" if self._held else ""
+            raise StoryStalled(f"waited {self.settings.step_timeout_s:g} s for {what}{held}") from None
 
     def _t(self) -> float:
         return time.time() - self._fleet.report.started_at

@@ -90,7 +90,28 @@ def test_accuracy_drop_rolls_back_once_enough_labels() -> None:
     assert verdict.action == "rollback"
     assert "accuracy 0.850 vs stable 0.950" in verdict.reason
     few = stats(2, labelled=20, correct=10)
-    assert judge(stable, few, BOUNDS, stage_age_ms=DWELT).action == "advance", "too few labels: not judged"
+    assert judge(stable, few, BOUNDS, stage_age_ms=DWELT).action == "advance", "no labels read: not judged"
+
+
+def test_where_labels_are_read_a_canary_advances_only_once_its_accuracy_is_known() -> None:
+    """A canary that is 50% wrong on its first 20 labels is held, not advanced on its error rate; it is
+    judged (and here rolled back) once it has ``min_labelled`` labels; a good one then advances."""
+    stable = stats(1, labelled=200, correct=190)
+    few = stats(2, labelled=20, correct=10)
+    verdict = judge(stable, few, BOUNDS, stage_age_ms=DWELT, labels=True)
+    assert verdict.action == "hold"
+    assert verdict.reasons == ("v2 has 20 of 50 labelled answers",)
+    assert judge(
+        stable, stats(2, labelled=50, correct=25), BOUNDS, stage_age_ms=DWELT, labels=True
+    ).action == ("rollback")
+    assert judge(
+        stable, stats(2, labelled=50, correct=48), BOUNDS, stage_age_ms=DWELT, labels=True
+    ).action == ("advance")
+    unlabelled_stable = stats(1)
+    verdict = judge(
+        unlabelled_stable, stats(2, labelled=50, correct=48), BOUNDS, stage_age_ms=DWELT, labels=True
+    )
+    assert verdict.reasons == ("v1 has 0 of 50 labelled answers",)
 
 
 def test_every_broken_bound_is_a_reason() -> None:
