@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STORY_MODEL: Final = "embedding-scorer"
+_HELD_LOG_S: Final = 20.0
+"""How often a canary the controller keeps holding is logged, with why."""
 """The model the story retrains: the one whose samples carry features."""
 
 
@@ -373,10 +375,15 @@ class Story:
     async def _judge_until_done(self, version: int) -> tuple[int, float]:
         """Step the controller until ``version``'s canary ends; the revision that ended it and when it
         was published (``time.monotonic``)."""
+        logged = time.monotonic()
         while True:
+            began = time.monotonic()
             verdict = await self._controller.step(self._model)
             published = time.monotonic()
             self._held = verdict.reasons if verdict.action == "hold" else ()
+            if self._held and published - logged >= _HELD_LOG_S:
+                logged = published
+                log.info("v%d held (step %.1f s): %s", version, published - began, "; ".join(self._held))
             if verdict.action != "hold":
                 self.report.verdicts.append((self._t(), verdict))
                 action = verdict.action
