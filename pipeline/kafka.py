@@ -115,6 +115,7 @@ async def read_to_end(
     timeout_ms: int,
     what: str = "",
     idle: bool = False,
+    since_ms: int | None = None,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``tps`` from the beginning up to the end offsets found at the start (the last
     stable offsets, for a ``read_committed`` consumer), read with the started ``client`` (assigned to
@@ -122,12 +123,22 @@ async def read_to_end(
     not reached within ``timeout_ms``; with ``idle``, ``timeout_ms`` bounds each stretch without
     progress instead of the whole read, so a long topic takes as long as it takes. Once read, the client
     is left at those end offsets: a caller that reads on (a follower) gets the records the last fetch
-    brought from past them, rather than losing them."""
+    brought from past them, rather than losing them.
+
+    ``since_ms``: start each partition at its first record timestamped at or after it (the broker's
+    time index, ``offsets_for_times``) instead of the beginning, so a reader that needs only recent
+    records does not read the topic's whole retention each time."""
     client.assign(list(tps))
     if not tps:
         return
-    await client.seek_to_beginning(*tps)
     end = await client.end_offsets(list(tps))
+    if since_ms is None:
+        await client.seek_to_beginning(*tps)
+    else:
+        found = await client.offsets_for_times(dict.fromkeys(tps, since_ms))
+        for tp in tps:
+            hit = found.get(tp)
+            client.seek(tp, min(hit.offset, end[tp]) if hit is not None else end[tp])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     at = {tp: await client.position(tp) for tp in tps}
@@ -154,12 +165,16 @@ async def read_all(
     client_id: str,
     timeout_ms: int,
     what: str = "",
+    since_ms: int | None = None,
     **options: Any,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """:func:`read_to_end` with a consumer of its own (no group; ``options`` as for :func:`consumer`),
     as a list."""
     async with started(consumer(kafka, client_id, **options)) as client:
-        return [record async for record in read_to_end(client, tps, timeout_ms=timeout_ms, what=what)]
+        return [
+            record
+            async for record in read_to_end(client, tps, timeout_ms=timeout_ms, what=what, since_ms=since_ms)
+        ]
 
 
 def partitions(topics: Iterable[tuple[str, int]]) -> list[TopicPartition]:

@@ -111,6 +111,9 @@ class FileWorkerView:
 # -- the controller --------------------------------------------------------------------------------
 
 _CLIENT_ID: Final = "edgestream-rollout"
+READ_MARGIN_MS: Final = 300_000
+"""A step reads the cloud topics from this long before the canary started: the records carry their
+producers' clocks (workers, backends), which may run behind the clock that stamped the canary."""
 
 
 class Controller:
@@ -191,7 +194,10 @@ class Controller:
         summaries = [
             s
             for s in await self._read(
-                SUMMARIES_TOPIC, PartialSummary.from_bytes, lambda s: s.model == model and s.at_ms >= since
+                SUMMARIES_TOPIC,
+                PartialSummary.from_bytes,
+                lambda s: s.model == model and s.at_ms >= since,
+                since_ms=since,
             )
             if self._regions is None or s.region in self._regions
         ]
@@ -205,9 +211,12 @@ class Controller:
                     and s.at_ms >= since
                     and (self._regions is None or s.region in self._regions)
                 ),
+                since_ms=since,
             )
             if samples:
-                labels = await self._read(LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model)
+                labels = await self._read(
+                    LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model, since_ms=since
+                )
                 accuracy = accuracy_by_version(samples, labels, model, since_ms=since)
         now_ms = self._clock_ms()
         counted = error_reasons(state.manifest(state.stable), state.manifest(canary.version))
@@ -267,14 +276,25 @@ class Controller:
             except TimeoutError:
                 continue
 
-    async def _read(self, topic: str, parse: Callable[[bytes], T], keep: Callable[[T], bool]) -> list[T]:
-        """``topic`` read_committed from the beginning to the end offsets found at the start, the records
-        ``keep`` accepts; records that do not parse are logged and skipped."""
+    async def _read(
+        self, topic: str, parse: Callable[[bytes], T], keep: Callable[[T], bool], *, since_ms: int
+    ) -> list[T]:
+        """``topic`` read_committed from the records stamped ``READ_MARGIN_MS`` before ``since_ms`` (the
+        canary's start) to the end offsets found at the start, the records ``keep`` accepts; records that
+        do not parse are logged and skipped. Reading from the canary's start, not the topic's beginning,
+        keeps a step's cost to the canary's own records: from the beginning, a step on the test suite's
+        shared broker took 32 s, and grows with the topics' retention."""
         from edgestream.pipeline import kafka
         from edgestream.topics.catalogue import parse_topic
 
         tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
-        records = await kafka.read_all(self._kafka, tps, client_id=_CLIENT_ID, timeout_ms=self._timeout_ms)
+        records = await kafka.read_all(
+            self._kafka,
+            tps,
+            client_id=_CLIENT_ID,
+            timeout_ms=self._timeout_ms,
+            since_ms=since_ms - READ_MARGIN_MS,
+        )
         return parsed(records, parse, keep, self.skipped)
 
 

@@ -129,6 +129,28 @@ async def test_read_to_end_reads_up_to_the_end_seen_at_the_start(bootstrap: Kafk
     assert sorted(r.value for r in records) == [b"a0", b"a1", b"b0", b"late"]
 
 
+async def test_a_read_since_a_time_starts_at_the_first_record_stamped_at_or_after_it(
+    bootstrap: KafkaSettings,
+) -> None:
+    """What the rollout controller reads per step: only the records of the canary's time, found with
+    the broker's time index, in every partition; a partition with none newer gives nothing."""
+    topic = await _topic(bootstrap, 3)
+    async with kafka.started(kafka.producer(bootstrap, "test-kafka")) as producer:
+        for partition, stamps in ((0, (1_000, 2_000, 3_000)), (1, (1_500, 2_500)), (2, (500,))):
+            for stamp in stamps:
+                await producer.send_and_wait(
+                    topic, str(stamp).encode(), partition=partition, timestamp_ms=stamp
+                )
+    tps = kafka.partitions([(topic, 3)])
+    since = await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=2_000)
+    assert sorted(int(r.value) for r in since) == [2_000, 2_500, 3_000]
+    assert (
+        await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=9_000) == []
+    )
+    everything = await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000)
+    assert len(everything) == 6
+
+
 async def test_read_to_end_raises_the_one_timeout_when_the_end_is_not_reached(
     bootstrap: KafkaSettings,
 ) -> None:

@@ -172,7 +172,7 @@ class LocalBroker:
         own = issued[Identity.broker()]
         return tls_config(write_keystore(self.root, own), own.ca_file)
 
-    def reload_tls(self, timeout_s: float = 30) -> BrokerState:
+    def reload_tls(self, timeout_s: float = 60) -> BrokerState:
         """Make the running broker re-read its trust bundle and its own key and certificate, with no
         restart: after ``certs rotate-ca`` (trust the new CA beside the old), after re-issuing the
         broker's certificate from it, and after ``certs retire-ca`` (stop trusting the old one).

@@ -53,10 +53,12 @@ def write_keystore(root: Path, own: TlsFiles) -> Path:
     return keystore
 
 
-async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], attempts: int = 6) -> None:
+async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], attempts: int = 12) -> None:
     """``_alter_broker_configs``, tried again when the connection fails: right after an earlier reload
-    the broker may refuse a handshake or two while it swaps its SSL engine, which the client reports
-    as a failed connection or as a node that is not ready (both retriable)."""
+    the broker may refuse handshakes while it swaps its SSL engine, which the client reports as a
+    failed connection or as a node that is not ready (both retriable). On a loaded 2-core box that
+    lasted past six tries (7.5 s of backoff) once in the test suite; the backoff grows by 0.5 s up to
+    2 s, so twelve tries wait about 20 s in all."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     for attempt in range(1, attempts + 1):
@@ -69,7 +71,7 @@ async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], a
             if attempt == attempts:
                 raise BrokerError(f"could not reach the broker to reload its TLS stores: {err}") from err
             log.info("reload-tls: %s; trying again", err)
-            await asyncio.sleep(0.5 * attempt)
+            await asyncio.sleep(min(0.5 * attempt, 2.0))
 
 
 async def _alter_broker_configs(kafka: KafkaSettings, configs: Mapping[str, str]) -> None:

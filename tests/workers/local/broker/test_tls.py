@@ -51,3 +51,20 @@ async def test_giving_up_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BrokerError, match="could not reach the broker"):
         await tls.alter_with_retries(KAFKA, {"k": "v"}, attempts=3)
     assert len(calls) == 3
+
+
+async def test_the_backoff_grows_to_two_seconds_and_twelve_tries_are_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls, alter = _failing([NodeNotReadyError("node 1")] * 12)
+    monkeypatch.setattr(tls, "_alter_broker_configs", alter)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(tls.asyncio, "sleep", sleep)
+    with pytest.raises(BrokerError, match="could not reach the broker"):
+        await tls.alter_with_retries(KAFKA, {"k": "v"})
+    assert len(calls) == 12
+    assert waited == [0.5, 1.0, 1.5] + [2.0] * 8
