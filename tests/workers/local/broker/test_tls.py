@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import pytest
@@ -63,7 +64,7 @@ async def test_the_backoff_grows_to_two_seconds_and_twelve_tries_are_made(
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
 
-    monkeypatch.setattr(tls.asyncio, "sleep", sleep)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     with pytest.raises(BrokerError, match="could not reach the broker"):
         await tls.alter_with_retries(KAFKA, {"k": "v"})
     assert len(calls) == 12
