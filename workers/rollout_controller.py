@@ -22,7 +22,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -157,6 +157,8 @@ class Controller:
         self.metrics = metrics or RolloutMetrics()
         """Stages, advances, rollbacks and the revision read (served on ``/metrics``)."""
         self._ready: tuple[bool, str] = (False, "no step yet")
+        self.timings: dict[str, float] = {}
+        """Seconds the last step spent reading, by part (state, summaries, samples, labels, workers)."""
 
     def ready(self) -> tuple[bool, str]:
         """Ready while its last step read a registry state it can judge: (ready, reason)."""
@@ -183,7 +185,8 @@ class Controller:
 
     async def step(self, model: str) -> Verdict:
         """Judge ``model``'s canary once and apply the verdict (``hold``: nothing published)."""
-        state = await self._state(model)
+        self.timings = {}
+        state = await self._timed("state", self._state(model))
         self._observe(model, state)
         if isinstance(state, RegistryError):
             return Verdict("hold", (f"{model}'s registry state is refused: {state.reason}",))
@@ -193,29 +196,36 @@ class Controller:
         since = canary.started_at_ms
         summaries = [
             s
-            for s in await self._read(
-                SUMMARIES_TOPIC,
-                PartialSummary.from_bytes,
-                lambda s: s.model == model and s.at_ms >= since,
-                since_ms=since,
+            for s in await self._timed(
+                "summaries",
+                self._read(
+                    SUMMARIES_TOPIC,
+                    PartialSummary.from_bytes,
+                    lambda s: s.model == model and s.at_ms >= since,
+                    since_ms=since,
+                ),
             )
             if self._regions is None or s.region in self._regions
         ]
         accuracy: dict[int, tuple[int, int]] = {}
         if self._labels:
-            samples = await self._read(
-                SAMPLES_TOPIC,
-                Sample.from_bytes,
-                lambda s: (
-                    s.model == model
-                    and s.at_ms >= since
-                    and (self._regions is None or s.region in self._regions)
+            samples = await self._timed(
+                "samples",
+                self._read(
+                    SAMPLES_TOPIC,
+                    Sample.from_bytes,
+                    lambda s: (
+                        s.model == model
+                        and s.at_ms >= since
+                        and (self._regions is None or s.region in self._regions)
+                    ),
+                    since_ms=since,
                 ),
-                since_ms=since,
             )
             if samples:
-                labels = await self._read(
-                    LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model, since_ms=since
+                labels = await self._timed(
+                    "labels",
+                    self._read(LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model, since_ms=since),
                 )
                 accuracy = accuracy_by_version(samples, labels, model, since_ms=since)
         now_ms = self._clock_ms()
@@ -229,13 +239,23 @@ class Controller:
             stats[canary.version],
             self.bounds,
             stage_age_ms=now_ms - stage_started_ms(state),
-            worker_revisions=None if self._workers is None else await self._workers.revisions(model),
+            worker_revisions=None
+            if self._workers is None
+            else await self._timed("workers", self._workers.revisions(model)),
             revision=state.revision,
             labels=self._labels,
         )
         if verdict.action == "hold":
             return verdict
         return await self._apply(state, verdict)
+
+    async def _timed(self, part: str, step: Awaitable[T]) -> T:
+        """``step`` awaited, its wall time added to :attr:`timings` under ``part``."""
+        began = time.monotonic()
+        try:
+            return await step
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + time.monotonic() - began
 
     async def _apply(self, judged: ModelState, verdict: Verdict) -> Verdict:
         current = await self._state(judged.model)

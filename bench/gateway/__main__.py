@@ -19,8 +19,7 @@ RESULTS: Final = Path(__file__).resolve().parents[1] / "results"
 
 def _serve(settings_file: str) -> None:
     """The gateway process: run until SIGTERM, print its port once listening."""
-    import uvloop
-
+    from edgestream.pipeline import eventloop
     from edgestream.workers.gateway.server import Gateway
     from edgestream.workers.gateway.settings import GatewaySettings
 
@@ -35,18 +34,17 @@ def _serve(settings_file: str) -> None:
             print(json.dumps({"port": gateway.port, "health_port": gateway.health_port}), flush=True)
             await stop.wait()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=eventloop.new_uvloop) as runner:
         runner.run(main())
 
 
 def _devices(url: str, ca_file: str, region: str, count: int) -> None:
-    import uvloop
-
     from bench.gateway.devices import serve_commands
     from edgestream.device.transport import RegionEndpoint
+    from edgestream.pipeline import eventloop
 
     endpoint = RegionEndpoint(region, url, 0.0, 0.0, ca_file)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=eventloop.new_uvloop) as runner:
         runner.run(serve_commands(endpoint, count))
 
 

@@ -383,7 +383,10 @@ class Story:
             self._held = verdict.reasons if verdict.action == "hold" else ()
             if self._held and published - logged >= _HELD_LOG_S:
                 logged = published
-                log.info("v%d held (step %.1f s): %s", version, published - began, "; ".join(self._held))
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in self._controller.timings.items())
+                log.info(
+                    "v%d held (step %.1f s: %s): %s", version, published - began, parts, "; ".join(self._held)
+                )
             if verdict.action != "hold":
                 self.report.verdicts.append((self._t(), verdict))
                 action = verdict.action
