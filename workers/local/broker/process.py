@@ -39,7 +39,14 @@ from edgestream.workers.local.broker.posix import file_lock, pid_alive
 from edgestream.workers.local.broker.probe import BrokerExited, wait_ready
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.broker.state import BrokerState, read_state, write_state
-from edgestream.workers.local.broker.tls import alter_with_retries, tls_config, write_keystore
+from edgestream.workers.local.broker.tls import (
+    alter_with_retries,
+    prune_reload_stores,
+    refresh_reload_stores,
+    tls_config,
+    write_keystore,
+    write_reload_stores,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -170,6 +177,7 @@ class LocalBroker:
         file next to the config, the trust store the PKI's bundle; ``reload_tls`` re-reads both."""
         issued = pki.ensure([Identity.broker(), Identity.admin()])
         own = issued[Identity.broker()]
+        refresh_reload_stores(self.root, own)
         return tls_config(write_keystore(self.root, own), own.ca_file)
 
     def reload_tls(self, timeout_s: float = 60) -> BrokerState:
@@ -177,21 +185,24 @@ class LocalBroker:
         restart: after ``certs rotate-ca`` (trust the new CA beside the old), after re-issuing the
         broker's certificate from it, and after ``certs retire-ca`` (stop trusting the old one).
 
-        Both listeners' ``ssl.*.location`` are set again as dynamic broker configs (AlterConfigs);
-        Kafka reloads a store whose file changed even when its path did not. Connections already open
-        keep their session; new handshakes use the new stores. Raises BrokerError when no TLS broker runs.
+        Both listeners' ``ssl.*.location`` are set, as dynamic broker configs (AlterConfigs), to a new
+        generation of the stores (``write_reload_stores``: new paths, so Kafka rebuilds every SSL
+        engine); older generations are removed once the broker took the new one. Connections already
+        open keep their session; new handshakes use the new stores. Raises BrokerError when no TLS
+        broker runs.
         """
         state = self.status()
         if state is None or state.security_protocol != "SSL" or state.tls_root is None:
             raise BrokerError(f"no TLS broker runs in {self.root}")
         pki = Pki(state.tls_root)
-        keystore = write_keystore(self.root, pki.files(Identity.broker()))
+        keystore, truststore = write_reload_stores(self.root, pki.files(Identity.broker()))
         configs = {
             f"listener.name.{listener}.ssl.{store}.location": str(path)
             for listener in ("ssl", "controller")
-            for store, path in (("truststore", pki.ca_file), ("keystore", keystore))
+            for store, path in (("truststore", truststore), ("keystore", keystore))
         }
         asyncio.run(asyncio.wait_for(alter_with_retries(state.kafka(), configs), timeout_s))
+        prune_reload_stores(self.root, (keystore, truststore))
         log.info("broker %s re-read its trust bundle and key store", state.bootstrap)
         return state
 

@@ -42,15 +42,65 @@ def tls_config(keystore: Path, truststore: Path) -> dict[str, str]:
     }
 
 
+STORES_DIR = "stores"
+"""Under the broker's root: the key store and trust bundle of each ``reload-tls``, one generation each."""
+
+
 def write_keystore(root: Path, own: TlsFiles) -> Path:
     """The broker's key store ``<root>/keystore.pem`` (private key, then certificate), written 0600."""
-    keystore = root / "keystore.pem"
-    fd = os.open(keystore.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return _write_private(root / "keystore.pem", own.key_file.read_bytes() + own.cert_file.read_bytes())
+
+
+def write_reload_stores(root: Path, own: TlsFiles) -> tuple[Path, Path]:
+    """A new generation of the broker's stores for a reload: ``stores/keystore-N.pem`` and
+    ``stores/truststore-N.pem``, N one past the newest.
+
+    A reload names new paths rather than rewriting the same ones: with the same path Kafka decides per
+    SSL engine whether the file changed, and on a combined broker and controller one engine of a
+    listener sometimes kept the old trust bundle after the first reload of a CA rotation; the next
+    reload (the broker's certificate from the new CA) then failed Kafka's check that the old bundle
+    trusts the new certificate, and that listener went on serving the old one (the CA rotation test
+    failed 5 of 11 runs). A changed path makes Kafka rebuild every engine of both listeners."""
+    stores = root / STORES_DIR
+    stores.mkdir(mode=0o700, exist_ok=True)
+    n = 1 + max((_generation(p) for p in stores.glob("keystore-*.pem")), default=0)
+    keystore = _write_private(
+        stores / f"keystore-{n}.pem", own.key_file.read_bytes() + own.cert_file.read_bytes()
+    )
+    truststore = _write_private(stores / f"truststore-{n}.pem", own.ca_file.read_bytes())
+    return keystore, truststore
+
+
+def prune_reload_stores(root: Path, keep: tuple[Path, Path]) -> None:
+    """Remove every generation of ``stores/`` but ``keep`` (the broker's configs name only those)."""
+    for path in (root / STORES_DIR).glob("*store-*.pem"):
+        if path not in keep:
+            path.unlink(missing_ok=True)
+
+
+def refresh_reload_stores(root: Path, own: TlsFiles) -> None:
+    """At start, rewrite the reload generations still on disk with the PKI's current files: a broker
+    that reloaded once keeps those paths in its dynamic configs, and a restart must load what the PKI
+    holds now (as it does from ``keystore.pem`` and the bundle before any reload)."""
+    for path in (root / STORES_DIR).glob("keystore-*.pem"):
+        _write_private(path, own.key_file.read_bytes() + own.cert_file.read_bytes())
+    for path in (root / STORES_DIR).glob("truststore-*.pem"):
+        _write_private(path, own.ca_file.read_bytes())
+
+
+def _generation(path: Path) -> int:
+    tail = path.stem.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _write_private(path: Path, content: bytes) -> Path:
+    """``content`` to ``path`` atomically (a temporary file renamed over it), mode 0600."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(own.key_file.read_bytes())
-        out.write(own.cert_file.read_bytes())
-    keystore.with_suffix(".tmp").replace(keystore)
-    return keystore
+        out.write(content)
+    tmp.replace(path)
+    return path
 
 
 async def alter_with_retries(kafka: KafkaSettings, configs: Mapping[str, str], attempts: int = 12) -> None:

@@ -1,15 +1,17 @@
 """The broker's TLS reload: handshakes refused while the broker swaps its SSL engine are retried
-(with the real backoff, 0.5 s then 1 s)."""
+(with the real backoff, 0.5 s then 1 s); each reload names a new generation of the stores."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from aiokafka.errors import ClusterAuthorizationFailedError, KafkaConnectionError, NodeNotReadyError
 
 from edgestream.pipeline.errors import BrokerError
+from edgestream.pipeline.security.pki import TlsFiles
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.broker import tls
 
@@ -69,3 +71,39 @@ async def test_the_backoff_grows_to_two_seconds_and_twelve_tries_are_made(
         await tls.alter_with_retries(KAFKA, {"k": "v"})
     assert len(calls) == 12
     assert waited == [0.5, 1.0, 1.5] + [2.0] * 8
+
+
+def _own(tmp_path: Path, key: bytes, cert: bytes, bundle: bytes) -> TlsFiles:
+    for name, content in (("key.pem", key), ("cert.pem", cert), ("bundle.pem", bundle)):
+        (tmp_path / name).write_bytes(content)
+    return TlsFiles(tmp_path / "bundle.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+
+
+def test_each_reload_writes_new_store_paths_and_prunes_the_older_ones(tmp_path: Path) -> None:
+    """New paths per reload (so Kafka rebuilds every SSL engine), private files, older ones removed."""
+    root = tmp_path / "broker"
+    root.mkdir()
+    first = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C1", b"CA-old"))
+    second = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C2", b"CA-old+CA-new"))
+    assert first != second
+    assert [p.name for p in second] == ["keystore-2.pem", "truststore-2.pem"]
+    assert second[0].read_bytes() == b"K1C2"
+    assert second[1].read_bytes() == b"CA-old+CA-new"
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in second)
+    tls.prune_reload_stores(root, second)
+    assert sorted(p.name for p in (root / tls.STORES_DIR).iterdir()) == ["keystore-2.pem", "truststore-2.pem"]
+    assert [p.name for p in tls.write_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))] == [
+        "keystore-3.pem",
+        "truststore-3.pem",
+    ]
+
+
+def test_a_start_rewrites_the_reloaded_stores_with_the_pkis_current_files(tmp_path: Path) -> None:
+    """A restarted broker reads the paths its last reload set: they must hold what the PKI holds now."""
+    root = tmp_path / "broker"
+    root.mkdir()
+    tls.refresh_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))  # never reloaded: nothing to do
+    assert not (root / tls.STORES_DIR).exists()
+    keystore, truststore = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C1", b"CA-old"))
+    tls.refresh_reload_stores(root, _own(tmp_path, b"K2", b"C2", b"CA-new"))
+    assert (keystore.read_bytes(), truststore.read_bytes()) == (b"K2C2", b"CA-new")
