@@ -302,8 +302,7 @@ class Controller:
         """``topic`` read_committed from the records stamped ``READ_MARGIN_MS`` before ``since_ms`` (the
         canary's start) to the end offsets found at the start, the records ``keep`` accepts; records that
         do not parse are logged and skipped. Reading from the canary's start, not the topic's beginning,
-        keeps a step's cost to the canary's own records: from the beginning, a step on the test suite's
-        shared broker took 32 s, and grows with the topics' retention."""
+        keeps a step's cost to the canary's own records rather than growing with the topics' retention."""
         from edgestream.pipeline import kafka
         from edgestream.topics.catalogue import parse_topic
 

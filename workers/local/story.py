@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STORY_MODEL: Final = "embedding-scorer"
+"""The model the story retrains: the one whose samples carry features."""
 _HELD_LOG_S: Final = 20.0
 """How often a canary the controller keeps holding is logged, with why."""
-"""The model the story retrains: the one whose samples carry features."""
 
 
 class StorySettings(BaseModel):
