@@ -32,11 +32,13 @@ BROKER_START_TIMEOUT_S = 120.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that needs the real broker (the fixture closure includes indirect use)."""
+    """Mark every test that needs the real broker (the fixture closure includes indirect use), and run
+    the ``chart_tools`` tests last: ``make test`` builds their tools in the background meanwhile."""
     del config
     for item in items:
         if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.broker)
+    items.sort(key=lambda item: item.get_closest_marker("chart_tools") is not None)
 
 
 @pytest.fixture(scope="session")
