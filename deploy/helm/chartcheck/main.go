@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path"
 	"strings"
@@ -45,6 +46,15 @@ type options struct {
 }
 
 func main() {
+	// Helm's library warns through slog; helm's CLI prints it as text without a time, and so do we.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	})))
 	if len(os.Args) < 2 {
 		fail(errors.New("usage: chartcheck template NAME CHART | lint [--strict] CHART [-f FILE] [--set K=V]"))
 	}
@@ -156,7 +166,8 @@ func template(o options) error {
 	}
 	out, err := render(ch, toRender, caps)
 	if err != nil {
-		return err
+		// helm has a release to show by then, and says so.
+		return fmt.Errorf("%w\n\nUse --debug flag to render out invalid YAML", err)
 	}
 	fmt.Print(out)
 	return nil
@@ -181,7 +192,7 @@ func render(ch *chart.Chart, vals common.Values, caps *common.Capabilities) (str
 	}
 	hooks, manifests, err := releaseutil.SortManifests(files, nil, releaseutil.InstallOrder)
 	if err != nil {
-		return "", fmt.Errorf("%w\n\nUse --debug flag to render out invalid YAML", err)
+		return "", err
 	}
 	var doc strings.Builder
 	for _, m := range manifests {
