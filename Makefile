@@ -49,7 +49,7 @@ promtool: ## Install promtool and prometheus (Debian's package) for the alert-ru
 # The chart tests' tools (deploy/helm/install-tools.sh, into ~/.cache/edgestream/k8s-tools; quiet when
 # present): chartcheck, helm's lint and template from Helm's library packages (deploy/helm/chartcheck;
 # the whole helm CLI takes 4-9 min to build on 2 cores), kubeconform, and the Kubernetes/KEDA schemas,
-# from the package registries. A cold build takes about 3 min of 2 busy cores, so `make test` starts it
+# from the package registries. A cold build takes 2.5-5 min on 2 busy cores, so `make test` starts it
 # niced in the background (one line) and runs the chart tests last, waiting for it; without Go or the
 # registries they skip and say why. `make helm-tools` builds them in the foreground.
 .PHONY: helm-tools
