@@ -43,7 +43,9 @@ NOT_IN_REGISTRIES = ("KafkaTopic", "KafkaUser")
 REGIONS = [r.name for r in DEFAULT_REGIONS]
 Manifest = dict[str, Any]
 
-pytestmark = pytest.mark.chart_tools
+pytestmark = [pytest.mark.chart_tools, pytest.mark.timeout(BUILD_WAIT_S + 300)]
+"""Run last, and allowed to wait for the build beyond the suite's 300 s per test (pytest-timeout counts
+the fixture's wait in the first test)."""
 
 
 def _builder_pid() -> int | None:
