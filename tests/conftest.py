@@ -31,12 +31,23 @@ BROKER_FIXTURES = frozenset({"kafka_broker", "bootstrap"})
 BROKER_START_TIMEOUT_S = 120.0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The ``chart_tools`` marker (tests/deploy/test_helm_chart.py): registered here rather than in
+    pyproject.toml, whose every change makes `make` reinstall the virtualenv."""
+    config.addinivalue_line(
+        "markers",
+        "chart_tools: needs the tools make test builds in the background; run last, they wait for them",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that needs the real broker (the fixture closure includes indirect use)."""
+    """Mark every test that needs the real broker (the fixture closure includes indirect use), and run
+    the ``chart_tools`` tests last: ``make test`` builds their tools in the background meanwhile."""
     del config
     for item in items:
         if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.broker)
+    items.sort(key=lambda item: item.get_closest_marker("chart_tools") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Tools for the chart's tests, built from the package registries into a cache (quiet when present):
-#   helm          Go module helm.sh/helm/v4, built with the machine's Go (about 9 min on 2 cores, once)
+# Tools for the chart's tests, built from the package registries into a cache (quiet when present; one
+# line when something is built, and a line for whatever fails):
+#   chartcheck    deploy/helm/chartcheck: `helm lint` and `helm template` from Helm's library packages
+#                 (Go module helm.sh/helm/v4), 2-2.5 min cold on 2 cores where the whole helm CLI takes 4-9
 #   kubeconform   Go module github.com/yannh/kubeconform
 #   schemas       Kubernetes' JSON schemas from the kubernetes-validate wheel (PyPI), made standalone,
 #                 and KEDA's CRD schemas from its Go module's config/crd/bases (deploy/helm/schemas.py)
 # Strimzi's CRDs are in no registry reachable here (docs/kubernetes.md), so KafkaTopic and KafkaUser
 # are checked by tests/topics/test_strimzi.py, not by kubeconform.
 # Whatever cannot be had is reported in one line and skipped; the tests that need it skip and say why.
+#   --background  `make test`: start the build niced in the background and return at once; the chart
+#                 tests, which run last, wait for it (its pid is in $EDGESTREAM_K8S_TOOLS/building)
 #   EDGESTREAM_K8S_TOOLS  the cache (default ~/.cache/edgestream/k8s-tools); tests read the same variable
 #   PYTHON                the interpreter with PyYAML (default .venv/bin/python, else python3)
 set -uo pipefail
 
-HELM_VERSION=v4.3.2
 KUBECONFORM_VERSION=v0.8.0
 K8S_VALIDATE_VERSION=1.37.0
 K8S_SCHEMA_VERSION=v1.33.0
@@ -23,21 +26,56 @@ python=${PYTHON:-$here/../../.venv/bin/python}
 [ -x "$python" ] || python=python3
 mkdir -p "$tools/bin" "$tools/dl" "$tools/logs"
 
-go_tool() {  # name module version
-  local name=$1 module=$2 version=$3 stamp="$tools/bin/.$1-$3"
-  [ -x "$tools/bin/$name" ] && [ -e "$stamp" ] && return 0
-  command -v go >/dev/null || { echo "$name: no Go here; the tests that need it skip"; return 1; }
-  echo "building $name $version from $module (log: $tools/logs/$name.log)"
-  if GOBIN="$tools/bin" GOFLAGS=-buildvcs=false go install "$module@$version" >"$tools/logs/$name.log" 2>&1; then
+# chartcheck is rebuilt when its source changes: the stamp is named by the hash of its files.
+chartcheck_stamp() {
+  echo "$tools/bin/.chartcheck-$(cat "$here"/chartcheck/go.mod "$here"/chartcheck/go.sum "$here"/chartcheck/*.go \
+    | sha256sum | cut -c1-16)"
+}
+kubeconform_stamp() { echo "$tools/bin/.kubeconform-$KUBECONFORM_VERSION"; }
+schemas_stamp() { echo "$tools/schemas/.$K8S_SCHEMA_VERSION-$K8S_VALIDATE_VERSION-keda-$KEDA_VERSION"; }
+
+missing() {  # what is not built yet, in the order it is built
+  local todo=()
+  [ -x "$tools/bin/chartcheck" ] && [ -e "$(chartcheck_stamp)" ] || todo+=(chartcheck)
+  [ -x "$tools/bin/kubeconform" ] && [ -e "$(kubeconform_stamp)" ] || todo+=(kubeconform)
+  [ -e "$(schemas_stamp)" ] || todo+=(schemas)
+  echo "${todo[*]}"
+}
+
+chartcheck() {
+  local stamp
+  stamp=$(chartcheck_stamp)
+  [ -x "$tools/bin/chartcheck" ] && [ -e "$stamp" ] && return 0
+  command -v go >/dev/null || { echo "chartcheck: no Go here; the chart tests skip"; return 1; }
+  if (cd "$here/chartcheck" && GOFLAGS=-buildvcs=false go build -trimpath -o "$tools/bin/chartcheck" .) \
+      >"$tools/logs/chartcheck.log" 2>&1; then
+    rm -f "$tools"/bin/.chartcheck-* && touch "$stamp"
+  else
+    echo "chartcheck: the build failed (see $tools/logs/chartcheck.log); the chart tests skip"
+    tail -3 "$tools/logs/chartcheck.log"
+    return 1
+  fi
+}
+
+kubeconform() {
+  local stamp
+  stamp=$(kubeconform_stamp)
+  [ -x "$tools/bin/kubeconform" ] && [ -e "$stamp" ] && return 0
+  command -v go >/dev/null || { echo "kubeconform: no Go here; the schema tests skip"; return 1; }
+  if GOBIN="$tools/bin" GOFLAGS=-buildvcs=false \
+      go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" \
+      >"$tools/logs/kubeconform.log" 2>&1; then
     touch "$stamp"
   else
-    echo "$name: the build failed (see the log); the tests that need it skip"; tail -3 "$tools/logs/$name.log"
+    echo "kubeconform: the build failed (see $tools/logs/kubeconform.log); the schema tests skip"
+    tail -3 "$tools/logs/kubeconform.log"
     return 1
   fi
 }
 
 schemas() {
-  local stamp="$tools/schemas/.$K8S_SCHEMA_VERSION-$K8S_VALIDATE_VERSION-keda-$KEDA_VERSION"
+  local stamp
+  stamp=$(schemas_stamp)
   [ -e "$stamp" ] && return 0
   local wheel="$tools/dl/kubernetes_validate-$K8S_VALIDATE_VERSION-py3-none-any.whl"
   if [ ! -e "$wheel" ]; then
@@ -73,7 +111,30 @@ PY
   return 0
 }
 
-go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
-go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
-schemas
+pidfile="$tools/building"
+builder_running() { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+todo=$(missing)
+[ -z "$todo" ] && exit 0
+if [ "${1:-}" = --background ]; then
+  builder_running && exit 0
+  command -v go >/dev/null || { echo "chart tools ($todo): no Go here; the chart tests skip"; exit 0; }
+  echo "building the chart tools ($todo) in the background, niced, into $tools" \
+    "(log: $tools/logs/install.log); the chart tests wait for it"
+  # Every descriptor goes to the log, so neither make nor whatever reads make's output waits for it.
+  nice -n 19 bash "$0" --child </dev/null >"$tools/logs/install.log" 2>&1 &
+  echo $! >"$pidfile"
+  exit 0
+fi
+if [ "${1:-}" = --child ]; then
+  echo $$ >"$pidfile"  # also written by the parent: whichever comes first, the tests see a live pid
+  trap '[ "$(cat "$pidfile" 2>/dev/null)" = $$ ] && rm -f "$pidfile"' EXIT
+else
+  # A background build already under way (make test) finishes what this would do: wait for it.
+  while builder_running; do sleep 2; done
+  todo=$(missing)
+  [ -z "$todo" ] && exit 0
+  echo "building the chart tools ($todo) into $tools (logs: $tools/logs)"
+fi
+for step in $todo; do "$step"; done
 exit 0

@@ -3,8 +3,11 @@ values, every rendered manifest validated offline against Kubernetes' and KEDA's
 (kubeconform), and what the rendered resources say: a worker, scaler, budget and gateway per region of
 the catalogue, replicas capped at the ingest partitions, each workload mounting only its own identity.
 
-helm, kubeconform and the schemas come from ``deploy/helm/install-tools.sh`` (``make helm-tools``);
-each test that needs one skips, saying which, while it is missing.
+helm's lint and template are those of ``chartcheck`` (deploy/helm/chartcheck: Helm's own library
+packages, without the CLI's cluster and registry clients, so that it builds in the suite's time). It,
+kubeconform and the schemas come from ``deploy/helm/install-tools.sh``: ``make test`` starts it in the
+background, and these tests, which the suite runs last (the ``chart_tools`` marker), wait for it; each
+test that needs a tool skips, saying which and why, when it could not be built.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +34,45 @@ CHART = REPO_ROOT / "deploy/helm/edgestream"
 K3S_VALUES = CHART / "values-k3s.yaml"
 TOOLS = Path(os.environ.get("EDGESTREAM_K8S_TOOLS", Path.home() / ".cache/edgestream/k8s-tools"))
 SCHEMAS = TOOLS / "schemas"
+BUILDING = TOOLS / "building"
+"""The pid of install-tools.sh's background build while it runs (``make test`` starts it)."""
+BUILD_WAIT_S = 900.0
+"""How long the tests wait for that build: a cold one takes 3-4 min on 2 busy cores."""
 NOT_IN_REGISTRIES = ("KafkaTopic", "KafkaUser")
 """Kinds whose schemas no registry reachable here provides (Strimzi's CRDs); test_strimzi.py checks them."""
 REGIONS = [r.name for r in DEFAULT_REGIONS]
 Manifest = dict[str, Any]
+
+pytestmark = [pytest.mark.chart_tools, pytest.mark.timeout(BUILD_WAIT_S + 300)]
+"""Run last, and allowed to wait for the build beyond the suite's 300 s per test (pytest-timeout counts
+the fixture's wait in the first test)."""
+
+
+def _builder_pid() -> int | None:
+    """The background build's pid while it runs, else None."""
+    try:
+        pid = int(BUILDING.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools_built() -> None:
+    """Wait (bounded) for the build that ``make test`` started in the background, so that its tools
+    are used rather than skipped while it is still compiling."""
+    deadline = time.monotonic() + BUILD_WAIT_S
+    while _builder_pid() is not None:
+        if time.monotonic() > deadline:
+            pytest.skip(f"the chart tools are still building after {BUILD_WAIT_S:.0f} s: {_log_tail()}")
+        time.sleep(2)
+
+
+def _log_tail() -> str:
+    log = TOOLS / "logs" / "install.log"
+    lines = log.read_text().splitlines()[-3:] if log.is_file() else []
+    return f"{log}: {' / '.join(lines)}" if lines else "no log"
 
 
 def _tool(name: str) -> str:
@@ -42,12 +81,17 @@ def _tool(name: str) -> str:
         return str(found)
     on_path = shutil.which(name)
     if on_path is None:
-        pytest.skip(f"{name} is not installed: run deploy/helm/install-tools.sh (make helm-tools)")
+        pytest.skip(
+            f"{name} is not installed: run deploy/helm/install-tools.sh (make helm-tools); {_log_tail()}"
+        )
     return on_path
 
 
 def _helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_tool("helm"), *args], capture_output=True, text=True, timeout=120, check=False)
+    """``helm lint`` or ``helm template`` with these arguments, as chartcheck runs them."""
+    return subprocess.run(
+        [_tool("chartcheck"), *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def render(*args: str) -> list[Manifest]:
@@ -78,6 +122,17 @@ VALUES = pytest.mark.parametrize("values", [[], ["-f", str(K3S_VALUES)]], ids=["
 def test_helm_lint(values: list[str]) -> None:
     done = _helm("lint", "--strict", str(CHART), *values)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_lint_fails_a_broken_chart(tmp_path: Path) -> None:
+    """The lint can fail: an unclosed action in a template is an error."""
+    broken = tmp_path / "edgestream"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("kind: ConfigMap\nname: {{ .Values.nope\n")
+    done = _helm("lint", "--strict", str(broken))
+    assert done.returncode != 0
+    assert "unclosed action started at edgestream/templates/broken.yaml" in done.stdout
+    assert "1 chart(s) failed" in done.stderr
 
 
 @VALUES
