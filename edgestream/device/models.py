@@ -84,6 +84,21 @@ def check_artifact(entry: CatalogueEntry, data: bytes) -> bytes:
     return data
 
 
+MIN_BANDWIDTH_SAMPLE_BYTES: Final = 64 * 1024
+"""The smallest download a bandwidth is read from. A smaller one's time is mostly the request's round
+trip and the device's own scheduling, not the transfer: the zoo's tiny models (1-4 KB) fetched over a
+50 ms link "measured" 110-500 kbit/s on a link of 8,000, lower still on a busy device, and stepped a
+high-end phone's tier down for a slow link it did not have."""
+
+
+def bandwidth_kbps(size_bytes: int, elapsed_s: float) -> float | None:
+    """The download rate a fetch of ``size_bytes`` in ``elapsed_s`` shows, kbit/s; None when it is too
+    small to say (``MIN_BANDWIDTH_SAMPLE_BYTES``)."""
+    if size_bytes < MIN_BANDWIDTH_SAMPLE_BYTES or not elapsed_s > 0:
+        return None
+    return size_bytes * 8 / 1000 / elapsed_s
+
+
 class DeviceModels:
     """The trusted catalogue and the verified fallback models, cached under ``cache_dir``."""
 
@@ -94,7 +109,8 @@ class DeviceModels:
         """The catalogue in use (verified), or None before one was."""
         self._fallbacks: dict[str, LocalModel] = {}
         self.bandwidth_kbps: float | None = None
-        """Download rate of the last artifact fetched, kbit/s."""
+        """Download rate of the last artifact fetched that was big enough to say (``bandwidth_kbps``),
+        kbit/s; None until one was."""
         self.refused: dict[str, int] = {}
         """Catalogues and artifacts refused, by reason."""
 
@@ -166,9 +182,9 @@ class DeviceModels:
     async def _fetched(self, entry: CatalogueEntry, fetch: Callable[[str], Awaitable[bytes]]) -> bytes | None:
         started = time.monotonic()
         data = await fetch(entry.sha256)
-        elapsed = time.monotonic() - started
-        if elapsed > 0 and len(data) > 0:
-            self.bandwidth_kbps = len(data) * 8 / 1000 / elapsed
+        measured = bandwidth_kbps(len(data), time.monotonic() - started)
+        if measured is not None:
+            self.bandwidth_kbps = measured
         try:
             check_artifact(entry, data)
         except ArtifactMismatch as e:

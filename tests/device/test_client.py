@@ -510,6 +510,18 @@ async def test_envelopes_carry_the_corrected_clock(
     assert before + 119_000 < envelope.capture_time_ms < time.time() * 1000 + 121_000
 
 
+async def test_a_small_model_download_measures_no_bandwidth(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    """The tiny fallback (about 1 KB) took a round trip and the loop's scheduling to fetch, not a
+    transfer: a rate read from it would be a guess that steps the tier down on a fast link."""
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west")])
+    closing.append(rig.client)
+    assert rig.client.models.fallback(FAMILY) is not None  # it was fetched
+    assert len(registry.artifact) < 4096
+    assert rig.client.link().bandwidth_kbps is None
+
+
 @pytest.mark.parametrize(("device_class", "pinned"), [("low", None), ("mid", 2), ("high", 2)])
 async def test_the_tier_follows_the_device_class(
     registry: Registry, tmp_path: Path, closing: list[EdgeClient], device_class: str, pinned: int | None

@@ -8,6 +8,7 @@ import pytest
 
 from edgestream.device.actions import Backoff, refusal_action, rejection_action
 from edgestream.device.clock import ClockOffset
+from edgestream.device.models import MIN_BANDWIDTH_SAMPLE_BYTES, bandwidth_kbps
 from edgestream.device.offline import OfflineQueue
 from edgestream.device.reconcile import Given, Reconciler
 from edgestream.device.regions import by_distance
@@ -155,3 +156,9 @@ def test_action_tables() -> None:
     assert last <= 60.0
     b.reset()
     assert not b.active(0.0)
+
+
+def test_bandwidth_is_read_only_from_downloads_big_enough_to_say() -> None:
+    assert bandwidth_kbps(4_000, 0.08) is None  # a tiny model over a 50 ms link: a round trip
+    assert bandwidth_kbps(MIN_BANDWIDTH_SAMPLE_BYTES, 0.0) is None
+    assert bandwidth_kbps(1_000_000, 2.0) == 4_000.0  # 8,000 kbit in 2 s
