@@ -34,7 +34,12 @@ class ClientSettings:
     fallback_reserve_ms: float = 10.0
     """The fallback starts this long before the deadline, so its answer is in time: its run (tens of
     µs for a tiny model) and the event loop waking late on a busy device (measured up to a few ms on
-    a loaded 2-core box, ``bench/device``)."""
+    a loaded 2-core box, ``bench/device``). The floor: the reserve grows by how late the event loop
+    has woken lately (``lag_window_s``, ``looplag.py``)."""
+    lag_window_s: float = 10.0
+    """How long a late wake of the event loop adds to the reserve (0: the fixed reserve only)."""
+    max_lag_reserve_ms: float = 100.0
+    """The most the reserve grows by, however late the loop was."""
     session_timeout_s: float = 5.0
     """Connect timeout, and how long a dropped session may take to come back before failover."""
     retry_nearest_s: float = 30.0

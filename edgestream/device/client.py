@@ -4,8 +4,9 @@
 corrected clock, ``clock.py``), sends it, and waits for its sealed reply; the reply is opened with the
 device's reply key for that region (``open_reply``: another device's, another region's or a tampered
 reply is refused and counted, never acted on). When the deadline is about to pass (``fallback_reserve_ms``
-before it), no session is up, or the gateway rejects the request for good, the family's ``tiny``
-model answers on the device instead (``models.py``), and the answer says so. Fallbacks are reported on
+before it, more while the event loop has been waking late: ``looplag.py``), no session is up, or the
+gateway rejects the request for good, the family's ``tiny`` model answers on the device instead
+(``models.py``), and the answer says so. Fallbacks are reported on
 the family's next envelope (``fallbacks=``); a late edge answer is reconciled with the fallback's
 (``reconcile.py``) and reported (``Transport.report``).
 
@@ -33,6 +34,7 @@ import numpy as np
 from edgestream.device.actions import ActionHooks, Backoff, refusal_action, rejection_action
 from edgestream.device.answers import Answer, ClientSettings, ClientStats
 from edgestream.device.clock import ClockOffset
+from edgestream.device.looplag import LoopLag
 from edgestream.device.models import DeviceModels
 from edgestream.device.offline import OfflineQueue
 from edgestream.device.reconcile import Given, Reconciler
@@ -107,6 +109,8 @@ class EdgeClient:
         self.stats = ClientStats()
         self.reconciler = Reconciler()
         self.backoff = Backoff()
+        self.loop_lag = LoopLag(window_s=s.lag_window_s, cap_s=s.max_lag_reserve_ms / 1000.0)
+        """How late this client's timers woke lately; the fallback's reserve grows by it."""
         self.offline: OfflineQueue[tuple[str, npt.NDArray[Any], int]] = OfflineQueue()
         self.sessions = Sessions(
             by_distance(endpoints, s.location),
@@ -209,8 +213,12 @@ class EdgeClient:
         except TransportUnavailable:
             self.sessions.lost(time.monotonic())
             return self._fall_back(family, x, started, transport.region, "unavailable", None)
-        wait_s = started + (deadline_ms - self.settings.fallback_reserve_ms) / 1000.0 - time.monotonic()
-        await asyncio.wait((pending.outcome,), timeout=max(0.0, wait_s))  # never cancels it
+        now_s = time.monotonic()
+        reserve_s = self.loop_lag.reserve_s(self.settings.fallback_reserve_ms / 1000.0, now_s)
+        due_s = started + deadline_ms / 1000.0 - reserve_s
+        await asyncio.wait((pending.outcome,), timeout=max(0.0, due_s - now_s))  # never cancels it
+        if not pending.outcome.done():
+            self.loop_lag.note(due_s, time.monotonic())
         self._pending.pop(pending.request_id, None)
         outcome = pending.outcome.result() if pending.outcome.done() else "deadline"
         if isinstance(outcome, str):
@@ -466,8 +474,10 @@ class EdgeClient:
 
     async def _ticker(self) -> None:
         while True:
+            due_s = time.monotonic() + self.settings.tick_s
             await asyncio.sleep(self.settings.tick_s)
             now_s = time.monotonic()
+            self.loop_lag.note(due_s, now_s)
             try:
                 await self.sessions.watch(now_s)
                 await self._resend(now_s)

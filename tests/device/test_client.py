@@ -142,6 +142,43 @@ async def test_deadline_passes_the_fallback_answers_in_time_and_says_so(
     assert [fb for _, _, fb in rig.gateways["eu-west"].sent] == [0, 1, 1]
 
 
+def _block_the_loop(seconds: float) -> None:
+    """A busy device: nothing else runs meanwhile, so every timer due runs late."""
+    time.sleep(seconds)
+
+
+async def test_after_the_loop_woke_late_the_fallback_starts_earlier(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    """A busy device: the event loop stalled 80 ms while the client's ticker slept. The ticker notes
+    it, and the next call's fallback starts that much earlier than the fixed 10 ms reserve (with the
+    adaptive part off, it would start only 10 ms before the 200 ms deadline)."""
+    settings = ClientSettings(location=(48.85, 2.35), fallback_reserve_ms=10, tick_s=0.01)
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west", delay_s=5.0)], settings=settings)
+    closing.append(rig.client)
+    await asyncio.sleep(0.03)  # the ticker is sleeping
+    _block_the_loop(0.08)
+    await asyncio.sleep(0.03)
+    assert rig.client.loop_lag.recent_s(time.monotonic()) >= 0.05
+    answer = await rig.client.infer(registry.inputs[0], 200, kind="embedding")
+    assert (answer.source, answer.why) == ("fallback", "deadline")
+    assert answer.latency_ms < 150
+
+
+async def test_without_the_adaptive_reserve_a_late_loop_changes_nothing(
+    registry: Registry, tmp_path: Path, closing: list[EdgeClient]
+) -> None:
+    settings = ClientSettings(location=(48.85, 2.35), fallback_reserve_ms=10, tick_s=0.01, lag_window_s=0)
+    rig = await _rig(registry, tmp_path, [_gateway(registry, "eu-west", delay_s=5.0)], settings=settings)
+    closing.append(rig.client)
+    await asyncio.sleep(0.03)
+    _block_the_loop(0.08)
+    await asyncio.sleep(0.03)
+    answer = await rig.client.infer(registry.inputs[0], 200, kind="embedding")
+    assert answer.source == "fallback"
+    assert answer.latency_ms >= 185
+
+
 async def test_a_late_edge_reply_is_reconciled_and_reported(
     registry: Registry, tmp_path: Path, closing: list[EdgeClient]
 ) -> None:

@@ -496,6 +496,7 @@ def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measur
                 "devices": [device_summary(row) for row in measured.report.devices],
                 "phones_not_started": measured.report.phones_not_started,
                 "refused_replies": measured.report.refused_replies,
+                "loop_lag_peak_ms": measured.report.loop_lag_peak_ms,
                 "device_agreement": result.device_agreement,
                 "round_trip_paths": [row.to_dict() for row in result.round_trip_paths],
                 "outage": None if result.outage is None else result.outage.to_dict(),

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from opentelemetry.trace import Span
 
 from edgestream.device.answers import Answer as PhoneAnswer
+from edgestream.device.looplag import LoopLag
 from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
@@ -170,6 +171,9 @@ class FleetReport:
     refused_replies: dict[str, int] = field(default_factory=dict)
     """Replies the Kafka-native devices read but refused to open (another device's, tampered), by
     reason."""
+    loop_lag_peak_ms: dict[str, float] = field(default_factory=dict)
+    """The latest the fleet's event loop woke past a timer, per path (``direct``: the Kafka-native
+    devices' sweep; ``phones``: the SDKs' timers): what the fallbacks' reserve had to cover."""
 
     def totals(self) -> RegionReport:
         """All regions added up (latency lists concatenated)."""
@@ -241,6 +245,8 @@ class Fleet:
             kind: InferenceSession(store.get(name, "tiny")) for kind, name in MODEL_FOR_KIND.items()
         }
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
+        self.loop_lag = LoopLag(window_s=settings.lag_window_s, cap_s=settings.max_lag_reserve_ms / 1000.0)
+        """How late the sweep woke lately; the Kafka-native devices' reserve grows by it."""
         self._labels: dict[str, AIOKafkaProducer] = {}
         """Region -> the producer of its labels (as ``backend-<region>``), when labels are sent."""
         self._expired: dict[bytes, _Pending] = {}
@@ -286,6 +292,7 @@ class Fleet:
             if self._phones is not None:
                 await self._phones.close()
                 self.report.devices = self._phones.rows()
+                self.report.loop_lag_peak_ms["phones"] = self._phones.loop_lag_peak_s() * 1000.0
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -303,6 +310,7 @@ class Fleet:
             NoAnswer(p.capture_ms, p.region, "direct", "run_ended") for p in self._pending.values()
         )
         self.report.refused_replies = dict(self.refused_replies)
+        self.report.loop_lag_peak_ms["direct"] = self.loop_lag.peak_s * 1000.0
         return self.report
 
     async def start_phones(self) -> None:
@@ -563,12 +571,17 @@ class Fleet:
         """Answer each request whose edge answer has not come ``fallback_reserve_ms`` before its
         deadline with the fallback. Requests wait in capture order and share one deadline, so the
         first one is the next due: the sweep sleeps until then (a 10 ms poll, which it was, answered
-        fallbacks up to 10 ms past the deadline)."""
-        reserve_s = self.settings.fallback_reserve_ms / 1000.0
+        fallbacks up to 10 ms past the deadline). The reserve grows while the loop wakes late."""
+        base_s = self.settings.fallback_reserve_ms / 1000.0
         while True:
+            now_s = time.monotonic()
+            reserve_s = self.loop_lag.reserve_s(base_s, now_s)
             due_s = next(iter(self._pending.values())).deadline_s - reserve_s if self._pending else None
-            await asyncio.sleep(SWEEP_IDLE_S if due_s is None else max(0.0, due_s - time.monotonic()))
-            now_s = time.monotonic() + reserve_s
+            wake_s = now_s + SWEEP_IDLE_S if due_s is None else max(now_s, due_s)
+            await asyncio.sleep(wake_s - now_s)
+            woke_s = time.monotonic()
+            self.loop_lag.note(wake_s, woke_s)
+            now_s = woke_s + self.loop_lag.reserve_s(base_s, woke_s)
             while self._pending:
                 rid, pending = next(iter(self._pending.items()))
                 if pending.deadline_s > now_s:

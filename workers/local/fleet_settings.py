@@ -42,9 +42,14 @@ class FleetSettings(BaseSettings):
     deadline_ms: float = Field(default=250.0, gt=0)
     """How long a device waits for the edge before answering with its local fallback model."""
     fallback_reserve_ms: float = Field(default=10.0, ge=0)
-    """A Kafka-native device starts its fallback this long before its deadline, so the fallback's
-    answer is in time, as the SDK's (``edgestream.device``'s ``fallback_reserve_ms``) is; an edge
-    answer that comes inside the reserve is late."""
+    """A device (Kafka-native, or a phone through its SDK's ``fallback_reserve_ms``) starts its
+    fallback this long before its deadline, so the fallback's answer is in time; an edge answer that
+    comes inside the reserve is late. The floor: the reserve grows by how late the fleet's event loop
+    woke lately (``lag_window_s``; ``edgestream/device/looplag.py``)."""
+    lag_window_s: float = Field(default=10.0, ge=0)
+    """How long a late wake of the event loop adds to the reserve (0: the fixed reserve only)."""
+    max_lag_reserve_ms: float = Field(default=100.0, ge=0)
+    """The most the reserve grows by, however late the loop was."""
     drain_s: float = Field(default=5.0, ge=0)
     """After sending stops, how long to keep listening for outstanding results."""
     regions: tuple[Region, ...] = DEFAULT_REGIONS

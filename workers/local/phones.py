@@ -205,6 +205,10 @@ class Phones:
         await asyncio.gather(*(p.client.send_reports() for p in phones), return_exceptions=True)
         await asyncio.gather(*(p.client.close() for p in phones), return_exceptions=True)
 
+    def loop_lag_peak_s(self) -> float:
+        """The latest any phone's SDK saw the event loop wake past a timer."""
+        return max((p.client.loop_lag.peak_s for p in self.by_id.values()), default=0.0)
+
     def rows(self) -> list[DeviceRow]:
         """What each (class, link) pair saw."""
         return device_rows(self.by_id.values())
@@ -283,6 +287,9 @@ def _phone(
         device_class=PHONE_CLASSES[plan.device_class],
         location=device.location,
         report_interval_s=REPORT_INTERVAL_S,
+        fallback_reserve_ms=settings.fallback_reserve_ms,
+        lag_window_s=settings.lag_window_s,
+        max_lag_reserve_ms=settings.max_lag_reserve_ms,
     )
     cache = cache_root(settings.home) / device.device_id
     client = EdgeClient(identity, endpoints, make_transport, trusted, cache, client_settings)
