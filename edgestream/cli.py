@@ -69,7 +69,9 @@ def main() -> None:
     bench's worker) exits with it."""
     import os
 
+    from edgestream.pipeline import heap
     from edgestream.workers.local.processes import exit_with_parent
 
     exit_with_parent(os.environ)
+    heap.enable()
     app()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
+from edgestream.pipeline.heap import freeze_startup_heap
 from edgestream.pipeline.observability.health import Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.registry.reports import WorkerReport, WorkerReporter, report_of
@@ -232,6 +233,7 @@ class EdgeWorker:
         that failed after the client's retries) ends the run with that error. Nothing uncommitted is
         lost: the next owner re-reads from the committed offsets.
         """
+        freeze_startup_heap("worker")
         fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
         process = asyncio.create_task(self._process_loop(), name="process")
         commit = asyncio.create_task(self.commits.run(), name="commit")

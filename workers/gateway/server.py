@@ -30,6 +30,7 @@ from edgestream.pipeline.contract.envelope import REQUEST_ID_BYTES
 from edgestream.pipeline.contract.gatewayauth import Directory, read_directory
 from edgestream.pipeline.contract.gatewayframes import encode_frame
 from edgestream.pipeline.errors import ConfigError
+from edgestream.pipeline.heap import freeze_startup_heap
 from edgestream.pipeline.observability.health import HealthServer
 from edgestream.topics.catalogue import KINDS, REPLIES, ingest_topic, replies_topic, reports_topic
 from edgestream.workers.gateway.files import FileServer, artifact_store
@@ -169,6 +170,7 @@ class Gateway:
                 port=settings.health_port,
             )
             await self._health.start()
+        freeze_startup_heap("gateway")
         self.ready = True
         log.info("gateway %s serving %s on wss://%s:%d", self.node, settings.region, settings.host, self.port)
 

@@ -49,6 +49,7 @@ from edgestream.pipeline.contract.envelope import new_request_id, seal
 from edgestream.pipeline.contract.fallbacks import FallbackReports
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.contract.reply import ReplyKey, ReplyRefused, open_reply
+from edgestream.pipeline.heap import freeze_startup_heap
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.models.shift import Pool, shifted_pools
 from edgestream.pipeline.observability.sla import RoundTrip
@@ -283,6 +284,7 @@ class Fleet:
             tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
             tasks.append(asyncio.create_task(self._sweep()))
             await self.start_phones()
+            freeze_startup_heap("fleet")
             await self._send_all(producers, on_progress, until)
             await self._drain(on_progress)
         finally:
