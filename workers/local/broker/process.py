@@ -43,6 +43,7 @@ from edgestream.workers.local.broker.tls import (
     alter_with_retries,
     prune_reload_stores,
     refresh_reload_stores,
+    reload_configs,
     tls_config,
     write_keystore,
     write_reload_stores,
@@ -189,18 +190,16 @@ class LocalBroker:
         generation of the stores (``write_reload_stores``: new paths, so Kafka rebuilds every SSL
         engine); older generations are removed once the broker took the new one. Connections already
         open keep their session; new handshakes use the new stores. Raises BrokerError when no TLS
-        broker runs.
+        broker runs, and for a cluster node (``cluster.LocalCluster.reload_tls`` rolls over them all).
         """
+        if self.member is not None:  # the configs would name broker NODE_ID, not this node
+            raise BrokerError("a cluster reloads its nodes together, one at a time: LocalCluster.reload_tls")
         state = self.status()
         if state is None or state.security_protocol != "SSL" or state.tls_root is None:
             raise BrokerError(f"no TLS broker runs in {self.root}")
         pki = Pki(state.tls_root)
         keystore, truststore = write_reload_stores(self.root, pki.files(Identity.broker()))
-        configs = {
-            f"listener.name.{listener}.ssl.{store}.location": str(path)
-            for listener in ("ssl", "controller")
-            for store, path in (("truststore", truststore), ("keystore", keystore))
-        }
+        configs = reload_configs(keystore, truststore)
         asyncio.run(asyncio.wait_for(alter_with_retries(state.kafka(), configs), timeout_s))
         prune_reload_stores(self.root, (keystore, truststore))
         log.info("broker %s re-read its trust bundle and key store", state.bootstrap)
