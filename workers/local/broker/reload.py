@@ -135,8 +135,8 @@ async def roll(
             log.warning("reload-tls: %s", step.message)
             report.failed[step.node_id] = step.message
             continue
-        write_stores((step.keystore, step.truststore), own)
         try:
+            write_stores((step.keystore, step.truststore), own)
             await asyncio.wait_for(apply(step), timeout_s)
         except (BrokerError, KafkaError, OSError, TimeoutError) as err:
             why = repr(err) if isinstance(err, TimeoutError) else str(err)
@@ -146,14 +146,19 @@ async def roll(
             )
             log.warning("reload-tls: %s", report.failed[step.node_id])
             for rest in pending:
-                report.failed[rest.node_id] = (
-                    f"node {rest.node_id} ({rest.address}) was not tried: node {step.node_id} failed first"
-                )
+                report.failed[rest.node_id] = _not_tried(rest, step.node_id)
             break
         prune_reload_stores(step.root, (step.keystore, step.truststore))
         report.reloaded.append(step.node_id)
         log.info("reload-tls: node %d (%s) runs with its new stores", step.node_id, step.address)
     return report
+
+
+def _not_tried(step: NodeReload | NodeDown, failed_id: int) -> str:
+    """Why a node after a failed one was not reloaded (a node that is down still says so)."""
+    if isinstance(step, NodeDown):
+        return step.message
+    return f"node {step.node_id} ({step.address}) was not tried: node {failed_id} failed first"
 
 
 async def apply_stores(kafka: KafkaSettings, step: NodeReload) -> None:

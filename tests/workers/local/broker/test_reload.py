@@ -103,10 +103,13 @@ async def test_a_node_that_fails_keeps_its_stores_and_stops_the_roll(tmp_path: P
         applied.append(step.node_id)
 
     steps = _steps(tmp_path, {n: _running(n) for n in (1, 2, 3)})
+    down = NodeDown(4, "127.0.0.1:9007", tmp_path / "node-4", 4)
+    steps.append(down)  # after the failed node: still reported as down, not as "not tried"
     report = await roll(steps, _own(tmp_path), apply, timeout_s=0.1)
     assert applied == [1]
     assert report.reloaded == [1]
-    assert sorted(report.failed) == [2, 3]
+    assert sorted(report.failed) == [2, 3, 4]
+    assert report.failed[4] == down.message
     assert "node 2 (127.0.0.1:9003) did not take its new TLS stores" in report.failed[2]
     assert "run reload-tls again" in report.failed[2]
     assert ("bad keystore" if failure == "refused" else "TimeoutError") in report.failed[2]
