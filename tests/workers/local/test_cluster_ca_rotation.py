@@ -1,0 +1,115 @@
+"""A CA rotation on a running 3-node cluster, with no restart: every node trusts both CAs, serves a
+certificate from the new one, then stops trusting the old one, through ``reload-tls`` (a rolling
+reload, node by node). A cluster of its own: the rotation changes what every node trusts, which would
+break any later test that holds certificates from the first CA.
+
+Each node is checked on its own client listener (a client that bootstraps from that node alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bench import REPO_ROOT
+from edgestream.pipeline.security.identities import Identity
+from edgestream.pipeline.security.pki import Pki
+from edgestream.workers.local.broker.cluster import LocalCluster
+from edgestream.workers.local.broker.settings import BrokerSettings
+from edgestream.workers.local.broker.tls import STORES_DIR
+from tests.workers.local.test_ca_rotation import _connects, _connects_soon, _refused_soon, _served_certificate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from edgestream.workers.local.broker.state import BrokerState
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(BrokerSettings(home=tmp_path_factory.mktemp("cluster-ca-rotation"), brokers=3))
+    try:
+        cluster.start(timeout_s=180)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _reload_with_the_command(home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "edgestream", "broker", "reload-tls", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=180,
+        check=False,
+    )
+
+
+async def _serves_a_new_certificate(node: BrokerState, pki: Pki, serial: int) -> bool:
+    """Whether ``node`` presents a certificate other than ``serial`` within 15 s (applied
+    asynchronously), verified against the bundle."""
+    for _ in range(30):
+        if (await _served_certificate(node, pki.ca_file)).serial_number != serial:
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def test_a_ca_rotation_reloads_every_node_with_no_restart(own_cluster: LocalCluster) -> None:
+    state = own_cluster.status()
+    assert state is not None
+    assert state.tls_root is not None
+    nodes = state.running
+    assert len(nodes) == 3
+    pids = {node.pid for node in nodes}
+    pki = Pki(state.tls_root)
+    old_device = pki.issue(Identity.device("r", "old"))  # signed by the first CA
+
+    # 1. A new CA, trusted beside the old one once every node re-reads the bundle.
+    pki.rotate_ca()
+    new_device = pki.issue(Identity.device("r", "new"))
+    assert not await _connects(nodes[0], new_device), "no node trusts the new CA before the reload"
+    report = await asyncio.to_thread(own_cluster.reload_tls)
+    assert report.failed == {}
+    assert report.reloaded == [1, 2, 3], "one node after the other, by id"
+    for node in nodes:
+        assert await _connects_soon(node, new_device), f"{node.bootstrap} trusts the new CA"
+        assert await _connects(node, old_device), f"{node.bootstrap} still trusts the old CA"
+
+    # 2. The nodes' certificate (one `broker` identity for all three) moves to the new CA.
+    before = {node.bootstrap: await _served_certificate(node, pki.ca_file) for node in nodes}
+    pki.issue(Identity.broker())
+    pki.issue(Identity.admin())
+    report = await asyncio.to_thread(own_cluster.reload_tls)
+    assert report.reloaded == [1, 2, 3]
+    for node in nodes:
+        old = before[node.bootstrap]
+        assert await _serves_a_new_certificate(node, pki, old.serial_number), f"{node.bootstrap} serves it"
+        assert (await _served_certificate(node, pki.ca_file)).issuer != old.issuer, "from the new CA"
+
+    # 3. The old CA retired, reloaded with the command: every node refuses its certificates.
+    pki.retire_ca()
+    done = await asyncio.to_thread(_reload_with_the_command, own_cluster.settings.home)
+    assert done.returncode == 0, done.stderr
+    for node_id in (1, 2, 3):
+        assert f"node {node_id} re-read its trust bundle" in done.stdout
+    for node in nodes:
+        assert await _refused_soon(node, old_device), f"{node.bootstrap} refuses the retired CA"
+        assert await _connects(node, new_device), f"{node.bootstrap} still accepts the new CA"
+
+    after = own_cluster.status()
+    assert after is not None
+    assert {node.pid for node in after.running} == pids, "the same three processes throughout"
+    for node_id in (1, 2, 3):
+        stores = own_cluster.node(node_id).root / STORES_DIR
+        assert sorted(p.name for p in stores.iterdir()) == ["keystore-3.pem", "truststore-3.pem"]
