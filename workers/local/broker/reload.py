@@ -1,6 +1,6 @@
 """A rolling TLS reload of the local cluster (``edgestream broker reload-tls`` on three nodes).
 
-Every node has its own directory, so its own generations of stores (``tls.write_reload_stores``), and
+Every node has its own directory, so its own generations of stores (``tls.next_reload_stores``), and
 its own dynamic per-broker configs (AlterConfigs on the BROKER resource named by its id). The nodes
 change one at a time, in ascending id order, and the next starts only once the previous one describes
 its new stores as current: the cluster never has more than one node between its old and new stores.

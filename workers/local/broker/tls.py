@@ -51,9 +51,10 @@ def write_keystore(root: Path, own: TlsFiles) -> Path:
     return _write_private(root / "keystore.pem", own.key_file.read_bytes() + own.cert_file.read_bytes())
 
 
-def write_reload_stores(root: Path, own: TlsFiles) -> tuple[Path, Path]:
-    """A new generation of the broker's stores for a reload: ``stores/keystore-N.pem`` and
-    ``stores/truststore-N.pem``, N one past the newest.
+def next_reload_stores(root: Path) -> tuple[Path, Path]:
+    """The paths of a new generation of the broker's stores for a reload: ``stores/keystore-N.pem``
+    and ``stores/truststore-N.pem``, N one past the newest; nothing is written (``write_stores``), so
+    a cluster's reload is planned node by node first.
 
     A reload names new paths rather than rewriting the same ones: with the same path Kafka decides per
     SSL engine whether the file changed, and on a combined broker and controller one engine of a
@@ -61,12 +62,6 @@ def write_reload_stores(root: Path, own: TlsFiles) -> tuple[Path, Path]:
     reload (the broker's certificate from the new CA) then failed Kafka's check that the old bundle
     trusts the new certificate, and that listener went on serving the old one (the CA rotation test
     failed 5 of 11 runs). A changed path makes Kafka rebuild every engine of both listeners."""
-    return write_stores(next_reload_stores(root), own)
-
-
-def next_reload_stores(root: Path) -> tuple[Path, Path]:
-    """The key store and trust bundle paths of the next generation under ``root`` (one past the
-    newest on disk); nothing is written, so a cluster's reload can be planned node by node first."""
     stores = root / STORES_DIR
     n = 1 + max((_generation(p) for p in stores.glob("keystore-*.pem")), default=0)
     return stores / f"keystore-{n}.pem", stores / f"truststore-{n}.pem"

@@ -20,7 +20,7 @@ from edgestream.workers.local.broker.cluster import ClusterState, LocalCluster
 from edgestream.workers.local.broker.plan import ClusterPlan, NodePorts
 from edgestream.workers.local.broker.reload import NodeDown, NodeReload, ReloadReport, plan_reload, roll
 from edgestream.workers.local.broker.state import BrokerState
-from edgestream.workers.local.broker.tls import STORES_DIR, write_reload_stores
+from edgestream.workers.local.broker.tls import STORES_DIR, next_reload_stores, write_stores
 
 PLAN = ClusterPlan("cid", (NodePorts(3, 9005, 9006), NodePorts(1, 9001, 9002), NodePorts(2, 9003, 9004)))
 
@@ -41,7 +41,7 @@ def _steps(tmp_path: Path, nodes: Mapping[int, BrokerState | None]) -> list[Node
 
 
 def test_each_running_node_gets_its_own_resource_and_next_generation_by_ascending_id(tmp_path: Path) -> None:
-    write_reload_stores(tmp_path / "node-3", _own(tmp_path))  # node 3 reloaded once before
+    write_stores(next_reload_stores(tmp_path / "node-3"), _own(tmp_path))  # node 3 reloaded once before
     steps = _steps(tmp_path, {1: _running(1), 2: None, 3: _running(3)})
     assert [step.node_id for step in steps] == [1, 2, 3]
     first, down, third = steps
@@ -68,7 +68,7 @@ def test_a_node_that_is_down_says_which_and_what_to_do(tmp_path: Path) -> None:
 
 async def test_the_nodes_change_one_at_a_time_and_the_down_one_is_passed_over(tmp_path: Path) -> None:
     for node_id in (1, 3):
-        write_reload_stores(tmp_path / f"node-{node_id}", _own(tmp_path, b"C-old"))
+        write_stores(next_reload_stores(tmp_path / f"node-{node_id}"), _own(tmp_path, b"C-old"))
     events: list[str] = []
 
     async def apply(step: NodeReload) -> None:
@@ -92,7 +92,7 @@ async def test_the_nodes_change_one_at_a_time_and_the_down_one_is_passed_over(tm
 
 @pytest.mark.parametrize("failure", ["refused", "hangs"])
 async def test_a_node_that_fails_keeps_its_stores_and_stops_the_roll(tmp_path: Path, failure: str) -> None:
-    write_reload_stores(tmp_path / "node-2", _own(tmp_path, b"C-old"))
+    write_stores(next_reload_stores(tmp_path / "node-2"), _own(tmp_path, b"C-old"))
     applied: list[int] = []
 
     async def apply(step: NodeReload) -> None:

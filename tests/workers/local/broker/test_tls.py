@@ -83,8 +83,8 @@ def test_each_reload_writes_new_store_paths_and_prunes_the_older_ones(tmp_path: 
     """New paths per reload (so Kafka rebuilds every SSL engine), private files, older ones removed."""
     root = tmp_path / "broker"
     root.mkdir()
-    first = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C1", b"CA-old"))
-    second = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C2", b"CA-old+CA-new"))
+    first = tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K1", b"C1", b"CA-old"))
+    second = tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K1", b"C2", b"CA-old+CA-new"))
     assert first != second
     assert [p.name for p in second] == ["keystore-2.pem", "truststore-2.pem"]
     assert second[0].read_bytes() == b"K1C2"
@@ -92,7 +92,9 @@ def test_each_reload_writes_new_store_paths_and_prunes_the_older_ones(tmp_path: 
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in second)
     tls.prune_reload_stores(root, second)
     assert sorted(p.name for p in (root / tls.STORES_DIR).iterdir()) == ["keystore-2.pem", "truststore-2.pem"]
-    assert [p.name for p in tls.write_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))] == [
+    assert [
+        p.name for p in tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K", b"C", b"CA"))
+    ] == [
         "keystore-3.pem",
         "truststore-3.pem",
     ]
@@ -104,7 +106,9 @@ def test_a_start_rewrites_the_reloaded_stores_with_the_pkis_current_files(tmp_pa
     root.mkdir()
     tls.refresh_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))  # never reloaded: nothing to do
     assert not (root / tls.STORES_DIR).exists()
-    keystore, truststore = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C1", b"CA-old"))
+    keystore, truststore = tls.write_stores(
+        tls.next_reload_stores(root), _own(tmp_path, b"K1", b"C1", b"CA-old")
+    )
     tls.refresh_reload_stores(root, _own(tmp_path, b"K2", b"C2", b"CA-new"))
     assert (keystore.read_bytes(), truststore.read_bytes()) == (b"K2C2", b"CA-new")
 
@@ -116,7 +120,7 @@ def test_the_next_generation_is_named_without_writing_it(tmp_path: Path) -> None
         root / tls.STORES_DIR / "truststore-1.pem",
     )
     assert not root.exists()
-    tls.write_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))
+    tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K", b"C", b"CA"))
     assert tls.next_reload_stores(root)[0].name == "keystore-2.pem"
 
 
