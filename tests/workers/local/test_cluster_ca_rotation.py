@@ -8,6 +8,7 @@ Each node is checked on its own client listener (a client that bootstraps from t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography import x509
 
 from bench import REPO_ROOT
 from edgestream.pipeline.security.identities import Identity
@@ -55,14 +57,17 @@ def _reload_with_the_command(home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _serves_a_new_certificate(node: BrokerState, pki: Pki, serial: int) -> bool:
-    """Whether ``node`` presents a certificate other than ``serial`` within 15 s (applied
-    asynchronously), verified against the bundle."""
+async def _new_certificate_served(node: BrokerState, pki: Pki, serial: int) -> x509.Certificate | None:
+    """The certificate ``node`` presents once it is another than ``serial`` (-1: any), verified
+    against the bundle: a reload is applied asynchronously, and a handshake refused or timed out
+    meanwhile counts as not yet. None when it still presents ``serial`` after 15 s."""
     for _ in range(30):
-        if (await _served_certificate(node, pki.ca_file)).serial_number != serial:
-            return True
+        with contextlib.suppress(OSError, TimeoutError):  # ssl.SSLError is an OSError
+            served = await asyncio.wait_for(_served_certificate(node, pki.ca_file), 10)
+            if served.serial_number != serial:
+                return served
         await asyncio.sleep(0.5)
-    return False
+    return None
 
 
 async def test_a_ca_rotation_reloads_every_node_with_no_restart(own_cluster: LocalCluster) -> None:
@@ -78,24 +83,25 @@ async def test_a_ca_rotation_reloads_every_node_with_no_restart(own_cluster: Loc
     # 1. A new CA, trusted beside the old one once every node re-reads the bundle.
     pki.rotate_ca()
     new_device = pki.issue(Identity.device("r", "new"))
-    assert not await _connects(nodes[0], new_device), "no node trusts the new CA before the reload"
+    assert not await _connects(nodes[0], new_device), "node 1 does not trust the new CA before the reload"
     report = await asyncio.to_thread(own_cluster.reload_tls)
-    assert report.failed == {}
-    assert report.reloaded == [1, 2, 3], "one node after the other, by id"
-    for node in nodes:
+    assert report.reloaded == [1, 2, 3], f"one node after the other, by id; {report.failed}"
+    for node in nodes:  # each check retried for a while: a loaded box may time a handshake out
         assert await _connects_soon(node, new_device), f"{node.bootstrap} trusts the new CA"
-        assert await _connects(node, old_device), f"{node.bootstrap} still trusts the old CA"
+        assert await _connects_soon(node, old_device), f"{node.bootstrap} still trusts the old CA"
 
     # 2. The nodes' certificate (one `broker` identity for all three) moves to the new CA.
-    before = {node.bootstrap: await _served_certificate(node, pki.ca_file) for node in nodes}
+    before = {node.bootstrap: await _new_certificate_served(node, pki, serial=-1) for node in nodes}
     pki.issue(Identity.broker())
     pki.issue(Identity.admin())
     report = await asyncio.to_thread(own_cluster.reload_tls)
-    assert report.reloaded == [1, 2, 3]
+    assert report.reloaded == [1, 2, 3], report.failed
     for node in nodes:
         old = before[node.bootstrap]
-        assert await _serves_a_new_certificate(node, pki, old.serial_number), f"{node.bootstrap} serves it"
-        assert (await _served_certificate(node, pki.ca_file)).issuer != old.issuer, "from the new CA"
+        assert old is not None, f"{node.bootstrap} presents a certificate"
+        served = await _new_certificate_served(node, pki, old.serial_number)
+        assert served is not None, f"{node.bootstrap} serves its new certificate"
+        assert served.issuer != old.issuer, "from the new CA"
 
     # 3. The old CA retired, reloaded with the command: every node refuses its certificates.
     pki.retire_ca()
@@ -105,7 +111,7 @@ async def test_a_ca_rotation_reloads_every_node_with_no_restart(own_cluster: Loc
         assert f"node {node_id} re-read its trust bundle" in done.stdout
     for node in nodes:
         assert await _refused_soon(node, old_device), f"{node.bootstrap} refuses the retired CA"
-        assert await _connects(node, new_device), f"{node.bootstrap} still accepts the new CA"
+        assert await _connects_soon(node, new_device), f"{node.bootstrap} still accepts the new CA"
 
     after = own_cluster.status()
     assert after is not None
