@@ -70,6 +70,15 @@ async def _new_certificate_served(node: BrokerState, pki: Pki, serial: int) -> x
     return None
 
 
+# Two runs in eight failed after every check had passed, on a garbage-collected socket and transport of
+# an aiokafka connection a node had refused (the test makes a dozen such refusals on purpose: the old
+# CA's certificates, handshakes during a swap). The same aiokafka leak of a failed connect as in
+# tests/faults/test_cluster_faults.py (aiokafka #739 / #1130); only those two unraisable warnings are
+# let through, and only here.
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <(socket\.socket|function _SelectorTransport\.__del__)"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 async def test_a_ca_rotation_reloads_every_node_with_no_restart(own_cluster: LocalCluster) -> None:
     state = own_cluster.status()
     assert state is not None
