@@ -271,10 +271,16 @@ def reload_tls(home: Home = None) -> None:
     """Have the running broker re-read its trust bundle and its own certificate, without a restart.
 
     Run it after `certs rotate-ca` (trust the new CA beside the old one), after re-issuing the broker's
-    certificate from the new CA (`certs issue broker`), and after `certs retire-ca`.
+    certificate from the new CA (`certs issue broker`), and after `certs retire-ca`. On a local cluster
+    the nodes reload one at a time; a node that does not run is named, the others still reload, and the
+    exit code is 1.
     """
     from edgestream.pipeline.errors import EdgestreamError
 
+    cluster = _cluster(home)
+    if cluster.plan() is not None and cluster.status() is not None:
+        _reload_cluster(cluster)
+        return
     broker = _broker(home)
     try:
         state = broker.reload_tls()
@@ -284,3 +290,20 @@ def reload_tls(home: Home = None) -> None:
         f"broker at {state.bootstrap} re-read its trust bundle ({state.tls_root}/ca-bundle.pem) "
         "and its current certificate"
     )
+
+
+def _reload_cluster(cluster: LocalCluster) -> None:
+    """Every node of the cluster, one at a time; exit code 1 when any node did not reload."""
+    from edgestream.pipeline.errors import EdgestreamError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a dead node's refusals, reported below
+    try:
+        report = cluster.reload_tls()
+    except EdgestreamError as e:
+        _fail(str(e))
+    for node_id in report.reloaded:
+        _out.print(f"node {node_id} re-read its trust bundle and its current certificate")
+    for why in (report.failed[node_id] for node_id in sorted(report.failed)):
+        _err.print(f"[red]error:[/red] {why}")
+    if not report.ok:
+        raise typer.Exit(EXIT_ERROR)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from edgestream.workers.local.broker.plan import ClusterPlan, read_plan, write_p
 from edgestream.workers.local.broker.posix import file_lock
 from edgestream.workers.local.broker.process import ClusterMember, LocalBroker
 from edgestream.workers.local.broker.quorum import ClusterHealth, cluster_health
+from edgestream.workers.local.broker.reload import ReloadReport, apply_stores, plan_reload, roll
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -122,6 +124,26 @@ class LocalCluster:
         if state is None:
             raise BrokerError(f"no node of the local cluster in {self.root} runs")
         return asyncio.run(cluster_health(state.kafka(), timeout_ms))
+
+    def reload_tls(self, timeout_s: float = 60) -> ReloadReport:
+        """Have every running node re-read the trust bundle and the ``broker`` certificate, no restart,
+        one node at a time (``reload.roll``): each gets a new generation of stores in its directory
+        and the dynamic per-broker configs that name them, set through the cluster's bootstrap.
+
+        Returns what each node did: a node that does not run is reported (start it: a start loads the
+        PKI's current files), the others still reload. Raises BrokerError when no node of a TLS cluster
+        runs. Holds the cluster's lock, so two reloads never pick the same generation."""
+        from edgestream.pipeline.security.identities import Identity
+        from edgestream.pipeline.security.pki import Pki
+
+        with self._locked():
+            state = self.status()
+            if state is None or state.tls_root is None:
+                raise BrokerError(f"no node of a TLS cluster runs in {self.root}")
+            steps = plan_reload(state.plan, state.nodes, lambda node_id: self.node(node_id).root)
+            own = Pki(state.tls_root).files(Identity.broker())
+            apply = functools.partial(apply_stores, state.kafka())
+            return asyncio.run(roll(steps, own, apply, timeout_s))
 
     # -- start and stop -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -37,15 +38,14 @@ from edgestream.workers.local.broker.output import log_errors, read_from, strip_
 from edgestream.workers.local.broker.plan import ClusterPlan, NodePorts
 from edgestream.workers.local.broker.posix import file_lock, pid_alive
 from edgestream.workers.local.broker.probe import BrokerExited, wait_ready
+from edgestream.workers.local.broker.reload import NodeReload, apply_stores, roll
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.broker.state import BrokerState, read_state, write_state
 from edgestream.workers.local.broker.tls import (
-    alter_with_retries,
-    prune_reload_stores,
+    next_reload_stores,
     refresh_reload_stores,
     tls_config,
     write_keystore,
-    write_reload_stores,
 )
 
 if TYPE_CHECKING:
@@ -186,23 +186,23 @@ class LocalBroker:
         broker's certificate from it, and after ``certs retire-ca`` (stop trusting the old one).
 
         Both listeners' ``ssl.*.location`` are set, as dynamic broker configs (AlterConfigs), to a new
-        generation of the stores (``write_reload_stores``: new paths, so Kafka rebuilds every SSL
-        engine); older generations are removed once the broker took the new one. Connections already
-        open keep their session; new handshakes use the new stores. Raises BrokerError when no TLS
-        broker runs.
+        generation of the stores (``tls.next_reload_stores``: new paths, so Kafka rebuilds every SSL
+        engine); it returns once the broker describes them as current, and older generations are
+        removed then. The same one step as each node of a cluster's rolling reload (``reload.roll``).
+        Connections already open keep their session; new handshakes use the new stores. Raises
+        BrokerError when no TLS broker runs, or it did not take the new stores, and for a cluster node
+        (``cluster.LocalCluster.reload_tls`` rolls over them all).
         """
+        if self.member is not None:  # the configs would name broker NODE_ID, not this node
+            raise BrokerError("a cluster reloads its nodes together, one at a time: LocalCluster.reload_tls")
         state = self.status()
         if state is None or state.security_protocol != "SSL" or state.tls_root is None:
             raise BrokerError(f"no TLS broker runs in {self.root}")
-        pki = Pki(state.tls_root)
-        keystore, truststore = write_reload_stores(self.root, pki.files(Identity.broker()))
-        configs = {
-            f"listener.name.{listener}.ssl.{store}.location": str(path)
-            for listener in ("ssl", "controller")
-            for store, path in (("truststore", truststore), ("keystore", keystore))
-        }
-        asyncio.run(asyncio.wait_for(alter_with_retries(state.kafka(), configs), timeout_s))
-        prune_reload_stores(self.root, (keystore, truststore))
+        step = NodeReload(NODE_ID, state.bootstrap, self.root, *next_reload_stores(self.root))
+        own = Pki(state.tls_root).files(Identity.broker())
+        report = asyncio.run(roll([step], own, functools.partial(apply_stores, state.kafka()), timeout_s))
+        if not report.ok:
+            raise BrokerError(report.failed[NODE_ID])
         log.info("broker %s re-read its trust bundle and key store", state.bootstrap)
         return state
 

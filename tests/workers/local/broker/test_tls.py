@@ -21,9 +21,9 @@ KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1")
 def _failing(errors: list[Exception]) -> tuple[list[int], object]:
     calls: list[int] = []
 
-    async def alter(kafka: KafkaSettings, configs: Mapping[str, str]) -> None:
+    async def alter(kafka: KafkaSettings, configs: Mapping[str, str], node_id: int) -> None:
         del kafka, configs
-        calls.append(1)
+        calls.append(node_id)
         if errors:
             raise errors.pop(0)
 
@@ -36,8 +36,8 @@ async def test_a_refused_or_not_ready_broker_is_tried_again(
 ) -> None:
     calls, alter = _failing([error, error])
     monkeypatch.setattr(tls, "_alter_broker_configs", alter)
-    await tls.alter_with_retries(KAFKA, {"k": "v"})
-    assert len(calls) == 3
+    await tls.alter_with_retries(KAFKA, {"k": "v"}, node_id=2)
+    assert calls == [2, 2, 2], "every try sets the configs of the same broker"
 
 
 async def test_an_error_that_retrying_cannot_fix_is_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +51,7 @@ async def test_an_error_that_retrying_cannot_fix_is_raised_at_once(monkeypatch: 
 async def test_giving_up_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     calls, alter = _failing([NodeNotReadyError("node 1")] * 3)
     monkeypatch.setattr(tls, "_alter_broker_configs", alter)
-    with pytest.raises(BrokerError, match="could not reach the broker"):
+    with pytest.raises(BrokerError, match="could not reach broker 1"):
         await tls.alter_with_retries(KAFKA, {"k": "v"}, attempts=3)
     assert len(calls) == 3
 
@@ -67,7 +67,7 @@ async def test_the_backoff_grows_to_two_seconds_and_twelve_tries_are_made(
         waited.append(seconds)
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    with pytest.raises(BrokerError, match="could not reach the broker"):
+    with pytest.raises(BrokerError, match="could not reach broker 1"):
         await tls.alter_with_retries(KAFKA, {"k": "v"})
     assert len(calls) == 12
     assert waited == [0.5, 1.0, 1.5] + [2.0] * 8
@@ -83,8 +83,8 @@ def test_each_reload_writes_new_store_paths_and_prunes_the_older_ones(tmp_path: 
     """New paths per reload (so Kafka rebuilds every SSL engine), private files, older ones removed."""
     root = tmp_path / "broker"
     root.mkdir()
-    first = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C1", b"CA-old"))
-    second = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C2", b"CA-old+CA-new"))
+    first = tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K1", b"C1", b"CA-old"))
+    second = tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K1", b"C2", b"CA-old+CA-new"))
     assert first != second
     assert [p.name for p in second] == ["keystore-2.pem", "truststore-2.pem"]
     assert second[0].read_bytes() == b"K1C2"
@@ -92,7 +92,9 @@ def test_each_reload_writes_new_store_paths_and_prunes_the_older_ones(tmp_path: 
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in second)
     tls.prune_reload_stores(root, second)
     assert sorted(p.name for p in (root / tls.STORES_DIR).iterdir()) == ["keystore-2.pem", "truststore-2.pem"]
-    assert [p.name for p in tls.write_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))] == [
+    assert [
+        p.name for p in tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K", b"C", b"CA"))
+    ] == [
         "keystore-3.pem",
         "truststore-3.pem",
     ]
@@ -104,6 +106,41 @@ def test_a_start_rewrites_the_reloaded_stores_with_the_pkis_current_files(tmp_pa
     root.mkdir()
     tls.refresh_reload_stores(root, _own(tmp_path, b"K", b"C", b"CA"))  # never reloaded: nothing to do
     assert not (root / tls.STORES_DIR).exists()
-    keystore, truststore = tls.write_reload_stores(root, _own(tmp_path, b"K1", b"C1", b"CA-old"))
+    keystore, truststore = tls.write_stores(
+        tls.next_reload_stores(root), _own(tmp_path, b"K1", b"C1", b"CA-old")
+    )
     tls.refresh_reload_stores(root, _own(tmp_path, b"K2", b"C2", b"CA-new"))
     assert (keystore.read_bytes(), truststore.read_bytes()) == (b"K2C2", b"CA-new")
+
+
+def test_the_next_generation_is_named_without_writing_it(tmp_path: Path) -> None:
+    root = tmp_path / "node-2"
+    assert tls.next_reload_stores(root) == (
+        root / tls.STORES_DIR / "keystore-1.pem",
+        root / tls.STORES_DIR / "truststore-1.pem",
+    )
+    assert not root.exists()
+    tls.write_stores(tls.next_reload_stores(root), _own(tmp_path, b"K", b"C", b"CA"))
+    assert tls.next_reload_stores(root)[0].name == "keystore-2.pem"
+
+
+def test_a_reload_sets_both_listeners_stores() -> None:
+    configs = tls.reload_configs(Path("/n/stores/keystore-4.pem"), Path("/n/stores/truststore-4.pem"))
+    assert configs == {
+        "listener.name.ssl.ssl.keystore.location": "/n/stores/keystore-4.pem",
+        "listener.name.ssl.ssl.truststore.location": "/n/stores/truststore-4.pem",
+        "listener.name.controller.ssl.keystore.location": "/n/stores/keystore-4.pem",
+        "listener.name.controller.ssl.truststore.location": "/n/stores/truststore-4.pem",
+    }
+
+
+class _Described:
+    def __init__(self, *resources: tuple[int, str | None, int, str, list[tuple[object, ...]]]) -> None:
+        self.resources = list(resources)
+
+
+def test_described_values_read_every_entry_and_raise_a_resource_error() -> None:
+    entries: list[tuple[object, ...]] = [("a", "1", False, False, False), ("b", "x", False, False, False, [])]
+    assert tls.described_values([_Described((0, None, 4, "2", entries))]) == {"a": "1", "b": "x"}
+    with pytest.raises(BrokerError, match="broker 2 did not describe its configs"):
+        tls.described_values([_Described((42, "invalid", 4, "2", []))])
