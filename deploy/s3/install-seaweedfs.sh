@@ -8,7 +8,6 @@
 #                   (its pid is in $EDGESTREAM_S3_TOOLS/building)
 #   EDGESTREAM_S3_TOOLS  the cache (default ~/.cache/edgestream/s3-tools); the tests read the same variable
 # GOFLAGS, GOMODCACHE and the proxy are the environment's. The build always runs under `nice -n 19`.
-# Measured on the shared 2-core box: see "Cold build" in docs/models.md.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
