@@ -8,19 +8,18 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError, SSLError
 from pydantic import SecretStr, ValidationError
+from typer.testing import CliRunner
 
+from edgestream.cli import app
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.files import sha256_hex
 from edgestream.pipeline.registry.artifacts import LocalArtifactStore
-from edgestream.pipeline.registry.errors import (
-    ArtifactUnavailable,
-    MalformedRegistryRecord,
-)
+from edgestream.pipeline.registry.errors import ArtifactUnavailable, MalformedRegistryRecord
 from edgestream.pipeline.registry.s3config import (
     RegistryS3Env,
     S3Location,
@@ -34,9 +33,6 @@ from edgestream.workers.edge.catalog import artifact_store
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.gateway import files as gateway_files
 from edgestream.workers.gateway.settings import GatewaySettings
-
-if TYPE_CHECKING:
-    pass
 
 BLOB = b"an onnx graph, as far as the store knows" * 1000
 SHA = sha256_hex(BLOB)
@@ -170,6 +166,26 @@ def test_a_worker_and_a_gateway_read_through_the_bucket_they_are_given(tmp_path:
     no_ca = s3.model_copy(update={"ca_file": tmp_path / "no-such-ca.pem"})
     with pytest.raises(ConfigError, match=r"no-such-ca\.pem: no such file"):
         artifact_store(WorkerSettings(kafka=NO_BROKER, home=tmp_path, registry_s3=no_ca))
+
+
+@pytest.mark.parametrize(
+    ("variables", "why"),
+    [
+        ({"URL": "s3://Bad_Bucket/x"}, "EDGESTREAM_REGISTRY_S3__*: s3.url: artifact store URL"),
+        ({"URL": "s3://models/x", "SECRET_ACCESS_KEY": SECRET}, "go together"),
+        ({"URL": "s3://models/x", "CA_FILE": "/no/ca.pem"}, "S3 ca_file /no/ca.pem: no such file"),
+    ],
+)
+def test_the_registry_commands_refuse_a_bad_bucket_setting_before_publishing(
+    tmp_path: Path, variables: dict[str, str], why: str
+) -> None:
+    env = {f"EDGESTREAM_REGISTRY_S3__{name}": value for name, value in variables.items()}
+    argv = ["registry", "publish", "frame-classifier", "--home", str(tmp_path), "--bootstrap", "127.0.0.1:1"]
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "250", **env}, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert why in result.output
+    assert SECRET not in result.output
+    assert "Traceback" not in result.output
 
 
 # -- the store's retries and refusals, against a scripted client --------------------------------------
