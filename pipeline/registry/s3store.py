@@ -110,13 +110,6 @@ def s3_store(settings: S3Settings, cache_dir: Path) -> S3ArtifactStore:
     if settings.ca_file is not None and not settings.ca_file.is_file():
         raise ConfigError(f"S3 ca_file {settings.ca_file}: no such file")
     credentials = settings.credentials()
-    session = boto3.session.Session(
-        aws_access_key_id=None if credentials is None else credentials.access_key_id,
-        aws_secret_access_key=(
-            None if credentials is None else credentials.secret_access_key.get_secret_value()
-        ),
-        region_name=settings.region,
-    )
     config = Config(
         connect_timeout=settings.timeout_s,
         read_timeout=settings.timeout_s,
@@ -128,12 +121,22 @@ def s3_store(settings: S3Settings, cache_dir: Path) -> S3ArtifactStore:
         s3={"addressing_style": settings.resolved_addressing_style()},
         user_agent_extra="edgestream",
     )
-    client = session.client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        verify=str(settings.ca_file) if settings.ca_file is not None else True,
-        config=config,
-    )
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=None if credentials is None else credentials.access_key_id,
+            aws_secret_access_key=(
+                None if credentials is None else credentials.secret_access_key.get_secret_value()
+            ),
+            region_name=settings.region,
+        )
+        client = session.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            verify=str(settings.ca_file) if settings.ca_file is not None else True,
+            config=config,
+        )
+    except BotoCoreError as err:  # e.g. AWS_PROFILE naming a profile ~/.aws does not have
+        raise ConfigError(f"S3 client for {settings}: {type(err).__name__}: {err}") from err
     return S3ArtifactStore(
         client,
         settings.location,

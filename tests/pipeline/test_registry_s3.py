@@ -168,6 +168,15 @@ def test_a_worker_and_a_gateway_read_through_the_bucket_they_are_given(tmp_path:
         artifact_store(WorkerSettings(kafka=NO_BROKER, home=tmp_path, registry_s3=no_ca))
 
 
+def test_an_sdk_setting_that_cannot_be_used_fails_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")  # the default chain, from the environment
+    settings = WorkerSettings(kafka=NO_BROKER, home=tmp_path, registry_s3=S3Settings(url="s3://models/p"))
+    with pytest.raises(ConfigError, match=r"S3 client for s3://models/p at AWS us-east-1: ProfileNotFound"):
+        artifact_store(settings)
+
+
 @pytest.mark.parametrize(
     ("variables", "why"),
     [
