@@ -38,6 +38,8 @@ BUILD_WAIT_S: Final = 1800.0
 """How long a test waits for a background build of ``weed`` (see the script for its measured time)."""
 START_TIMEOUT_S: Final = 90.0
 """How long the server may take to answer S3 requests (a few seconds here; a busy machine more)."""
+STOP_TIMEOUT_S: Final = 5.0
+"""How long a stopping server may take before it is killed (it waits on its own timers otherwise)."""
 BUCKET: Final = "edgestream-models"
 PUBLISHER: Final = ("publisher-key", "publisher-secret-0123456789")
 READER: Final = ("reader-key", "reader-secret-0123456789")
@@ -57,16 +59,17 @@ class SeaweedS3:
     def settings(
         self, prefix: str, *, keys: tuple[str, str] = PUBLISHER, bucket: str = BUCKET, **others: Any
     ) -> S3Settings:
-        """Settings for ``s3://<bucket>/<prefix>`` on this server with the key pair ``keys``."""
-        return S3Settings(
-            url=f"s3://{bucket}/{prefix}",
-            endpoint_url=self.endpoint_url,
-            access_key_id=SecretStr(keys[0]),
-            secret_access_key=SecretStr(keys[1]),
-            ca_file=self.ca_file,
-            timeout_s=10,
-            **others,
-        )
+        """Settings for ``s3://<bucket>/<prefix>`` on this server with the key pair ``keys``; ``others``
+        override any field (``ca_file``...)."""
+        fields: dict[str, Any] = {
+            "url": f"s3://{bucket}/{prefix}",
+            "endpoint_url": self.endpoint_url,
+            "access_key_id": SecretStr(keys[0]),
+            "secret_access_key": SecretStr(keys[1]),
+            "ca_file": self.ca_file,
+            "timeout_s": 10,
+        }
+        return S3Settings(**{**fields, **others})
 
     def env(self, prefix: str, variable_prefix: str) -> dict[str, str]:
         """The publisher's settings as environment variables, e.g. ``EDGESTREAM_REGISTRY_S3__``."""
@@ -159,7 +162,8 @@ def _s3_config(path: Path) -> Path:
     return path
 
 
-def _command(weed: Path, root: Path, tls_cert: Path, tls_key: Path) -> tuple[list[str], int]:
+def _command(weed: Path, root: Path, tls_cert: Path, tls_key: Path) -> tuple[list[str], int, list[int]]:
+    """The command line, the S3 port, and the gRPC ports (weed names local sockets in /tmp by them)."""
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
     data = root / "data"
     data.mkdir()
@@ -190,7 +194,7 @@ def _command(weed: Path, root: Path, tls_cert: Path, tls_key: Path) -> tuple[lis
         f"-s3.cert.file={tls_cert}",
         f"-s3.key.file={tls_key}",
     ]
-    return command, s3
+    return command, s3, [master_grpc, volume_grpc, filer_grpc, s3_grpc]
 
 
 @contextlib.contextmanager
@@ -199,7 +203,7 @@ def running_seaweedfs(weed: Path, root: Path) -> Iterator[SeaweedS3]:
     pki = Pki(root / "tls")
     pki.init()
     files = pki.issue(Identity.registry())  # names localhost and 127.0.0.1
-    command, port = _command(weed, root, files.cert_file, files.key_file)
+    command, port, grpc_ports = _command(weed, root, files.cert_file, files.key_file)
     log_file = root / "weed.log"
     with log_file.open("wb") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
@@ -210,10 +214,13 @@ def running_seaweedfs(weed: Path, root: Path) -> Iterator[SeaweedS3]:
     finally:
         child.terminate()
         try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+            child.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # its data is a temp dir: nothing to lose
             child.kill()
             child.wait(timeout=10)
+        for grpc_port in grpc_ports:  # what a killed weed leaves behind (the ports were ours)
+            for left in Path("/tmp").glob(f"seaweedfs-*-grpc-{grpc_port}.sock"):
+                left.unlink(missing_ok=True)
 
 
 def _wait_ready(server: SeaweedS3, child: subprocess.Popen[bytes]) -> None:
