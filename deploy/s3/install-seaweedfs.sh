@@ -8,6 +8,9 @@
 #                   (its pid is in $EDGESTREAM_S3_TOOLS/building)
 #   EDGESTREAM_S3_TOOLS  the cache (default ~/.cache/edgestream/s3-tools); the tests read the same variable
 # GOFLAGS, GOMODCACHE and the proxy are the environment's. The build always runs under `nice -n 19`.
+# Measured cold (2026-12-04, the shared 2-core box, other test runs beside it): the modules' download
+# 1 min (+3.5 GB of module cache), the build 8.6 min wall, 7.5 min of CPU, 2.6 GB peak memory (+1.8 GB
+# of build cache); weed 4.53 is a 222 MiB binary. Warm: nothing is rebuilt.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
