@@ -234,6 +234,8 @@ class S3ArtifactStore:
         return data
 
     def _read(self, sha256: str, key: str) -> bytes:
+        """One GET of ``key``'s whole body, bounded by ``max_bytes`` before and while it is read (a
+        server may send no length, or a wrong one); a body cut short is worth another attempt."""
         response = self._client.get_object(Bucket=self.location.bucket, Key=key)
         body = response["Body"]
         try:
