@@ -60,6 +60,14 @@ helm-tools: $(STAMP) ## Build chartcheck and kubeconform, lay out the schemas (f
 helm-tools-background: $(STAMP)
 	@PYTHON=$(BIN)/python deploy/helm/install-tools.sh --background
 
+# SeaweedFS's weed, the S3-compatible server of the S3 artifact store's integration tests
+# (deploy/s3/install-seaweedfs.sh, from the Go module proxy into ~/.cache/edgestream/s3-tools; quiet when
+# present; `install-seaweedfs.sh --background` builds it niced in the background, and the tests wait for
+# it). Without Go or the registries those tests skip and say why.
+.PHONY: s3-tools
+s3-tools: ## Build SeaweedFS's weed for the S3 artifact store's tests (quiet when present)
+	@deploy/s3/install-seaweedfs.sh
+
 .PHONY: test
 test: helm-tools-background jars promtool ## Run the whole test suite (unit + real-broker integration)
 	@$(BIN)/python -m pytest
@@ -110,4 +118,4 @@ clean: ## Stop the local broker and remove local state (.edgestream)
 
 .PHONY: help
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'

@@ -29,25 +29,32 @@ TEST_BOOTSTRAP_ENV = "EDGESTREAM_TEST_BOOTSTRAP"
 BROKER_FIXTURES = frozenset({"kafka_broker", "bootstrap"})
 """Fixtures whose use marks a test ``broker``."""
 BROKER_START_TIMEOUT_S = 120.0
+TOOL_MARKERS = ("chart_tools", "s3_tools")
+"""Tests whose tools may still be building in the background: run last."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The ``chart_tools`` marker (tests/deploy/test_helm_chart.py): registered here rather than in
-    pyproject.toml, whose every change makes `make` reinstall the virtualenv."""
+    """The ``chart_tools`` marker (tests/deploy/test_helm_chart.py) and the ``s3_tools`` one
+    (tests/pipeline/test_registry_s3_server.py): registered here rather than in pyproject.toml, whose
+    every change makes `make` reinstall the virtualenv."""
     config.addinivalue_line(
         "markers",
         "chart_tools: needs the tools make test builds in the background; run last, they wait for them",
+    )
+    config.addinivalue_line(
+        "markers",
+        "s3_tools: needs SeaweedFS's weed (make s3-tools); run last, they wait for a background build of it",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that needs the real broker (the fixture closure includes indirect use), and run
-    the ``chart_tools`` tests last: ``make test`` builds their tools in the background meanwhile."""
+    the ``chart_tools`` and ``s3_tools`` tests last: their tools may be building in the background."""
     del config
     for item in items:
         if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.broker)
-    items.sort(key=lambda item: item.get_closest_marker("chart_tools") is not None)
+    items.sort(key=lambda item: any(item.get_closest_marker(m) is not None for m in TOOL_MARKERS))
 
 
 @pytest.fixture(scope="session")

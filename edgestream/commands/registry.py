@@ -24,6 +24,7 @@ from edgestream.pipeline.registry.signing import SIGNING_KEY_FILE, TRUSTED_KEYS_
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from edgestream.pipeline.registry.artifacts import ArtifactStore
     from edgestream.pipeline.registry.state import ModelState
     from edgestream.pipeline.settings import KafkaSettings
 
@@ -34,9 +35,19 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-__all__ = ["ARTIFACTS_DIR", "SIGNING_KEY_FILE", "TRUSTED_KEYS_FILE", "Home", "ModelName", "app"]
+__all__ = [
+    "ARTIFACTS_DIR",
+    "SIGNING_KEY_FILE",
+    "TRUSTED_KEYS_FILE",
+    "Home",
+    "ModelName",
+    "app",
+    "artifact_store",
+]
 
 ARTIFACTS_DIR: Final = "artifacts"
+S3_CACHE_DIR: Final = "cache"
+"""Under the home: verified copies of what the commands read from an S3 bucket (``retrain``'s stable)."""
 
 _out = Console()
 
@@ -54,6 +65,32 @@ def registry_home(home: Path | None) -> Path:
     from edgestream.pipeline.settings import DEFAULT_HOME
 
     return home if home is not None else DEFAULT_HOME / "registry"
+
+
+def artifact_store(root: Path) -> ArtifactStore:
+    """Where the registry commands put and read artifacts: the S3 bucket of ``EDGESTREAM_REGISTRY_S3__URL``
+    (``s3://bucket/prefix``; endpoint, region, credentials and CA from ``EDGESTREAM_REGISTRY_S3__*``,
+    ``pipeline/registry/s3config.py``; what it reads cached in ``<home>/cache``), else ``<home>/artifacts``.
+    A setting or file that cannot be used ends the command with the reason (never a key)."""
+    from pydantic import ValidationError
+
+    from edgestream.pipeline.errors import ConfigError
+    from edgestream.pipeline.models.signature import field_errors
+    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
+    from edgestream.pipeline.registry.s3config import RegistryS3Env
+
+    try:
+        s3 = RegistryS3Env().s3
+    except ValidationError as err:
+        fail(f"EDGESTREAM_REGISTRY_S3__*: {field_errors(err)}")
+    if s3 is None:
+        return LocalArtifactStore(root / ARTIFACTS_DIR)
+    from edgestream.pipeline.registry.s3store import s3_store  # boto3: only where a bucket is used
+
+    try:
+        return s3_store(s3, root / S3_CACHE_DIR)
+    except ConfigError as err:
+        fail(str(err))
 
 
 def _kafka(bootstrap: str | None) -> KafkaSettings:
@@ -188,7 +225,6 @@ def publish(
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.files import sha256_hex
     from edgestream.pipeline.models import ModelStore
-    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
     from edgestream.pipeline.registry.publishing import publish_artifact
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.pipeline.settings import DEFAULT_HOME
@@ -199,6 +235,7 @@ def publish(
         return
     root = registry_home(home)
     kafka = _kafka(bootstrap)
+    store = artifact_store(root)
     try:
         key = SigningKey.load(root / SIGNING_KEY_FILE)
         trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
@@ -212,7 +249,7 @@ def publish(
     state = run(
         publish_artifact(
             kafka,
-            LocalArtifactStore(root / ARTIFACTS_DIR),
+            store,
             key,
             artifact.spec,
             data,
@@ -255,7 +292,6 @@ def _publish_signed(
     from edgestream.pipeline.files import sha256_hex
     from edgestream.pipeline.models.signature import load_signature
     from edgestream.pipeline.models.zoo import FAMILIES
-    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
     from edgestream.pipeline.registry.errors import SignatureMismatch
     from edgestream.pipeline.registry.publishing import publish_signed
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
@@ -274,7 +310,7 @@ def _publish_signed(
         fail(f"cannot read {onnx}: {e}")
     except EdgestreamError as e:
         fail(str(e))
-    store = LocalArtifactStore(root / ARTIFACTS_DIR)
+    store = artifact_store(root)
     work = publish_signed(
         _kafka(bootstrap), store, key, model, declared, data, metrics={}, lineage=lineage, trusted=trusted
     )
@@ -498,7 +534,6 @@ def catalogue(
     sha256 and size and its input spec, signed with the home's key (what the gateway serves)."""
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.files import atomic_write
-    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
     from edgestream.pipeline.registry.devicecatalogue import CATALOGUE_FILE, build_catalogue, sign_catalogue
     from edgestream.pipeline.registry.publishing import publisher
     from edgestream.pipeline.registry.signing import SigningKey
@@ -517,8 +552,12 @@ def catalogue(
         fail(str(e))
     for problem in skipped:
         _out.print(f"warning: left out {problem}")
-    store = LocalArtifactStore(root / ARTIFACTS_DIR)
+    store = artifact_store(root)
     for entry in built.models:
-        if not store.has(entry.sha256):
-            _out.print(f"warning: {entry.family}/{entry.tier} v{entry.version}: artifact not in {store.root}")
+        try:
+            stored = store.has(entry.sha256)
+        except EdgestreamError as e:
+            fail(str(e))
+        if not stored:
+            _out.print(f"warning: {entry.family}/{entry.tier} v{entry.version}: artifact not in {store}")
     _out.print(f"device catalogue of {len(built.models)} model(s) in {path}, signed by {key.key_id}")

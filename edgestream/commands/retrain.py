@@ -20,7 +20,7 @@ from rich.table import Table
 
 from edgestream.commands.common import fail, run, utc
 from edgestream.commands.keys import parse_duration_ms
-from edgestream.commands.registry import ARTIFACTS_DIR, SIGNING_KEY_FILE, TRUSTED_KEYS_FILE, Home, ModelName
+from edgestream.commands.registry import SIGNING_KEY_FILE, TRUSTED_KEYS_FILE, Home, ModelName
 from edgestream.commands.topics import Bootstrap
 
 if TYPE_CHECKING:
@@ -87,11 +87,10 @@ def retrain(
     held-out split and publish it as the next version, a candidate (not promoted). With --export FILE:
     write those samples to FILE for your own training job instead (any model; trains and publishes
     nothing; the training options are ignored)."""
-    from edgestream.commands.registry import registry_home
+    from edgestream.commands.registry import artifact_store, registry_home
     from edgestream.commands.topics import resolve_kafka
     from edgestream.pipeline.errors import EdgestreamError
     from edgestream.pipeline.learning.retrain import retrain as retrain_model
-    from edgestream.pipeline.registry.artifacts import LocalArtifactStore
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
     from edgestream.workers.retrainer import Stable, publish_candidate, read_labelled, read_stable
 
@@ -104,7 +103,7 @@ def retrain(
         _export(kafka, model, since_ms, until_ms, export)
         return
     root = registry_home(home)
-    store = LocalArtifactStore(root / ARTIFACTS_DIR)
+    store = artifact_store(root)
     try:
         trusted = TrustedKeys.load(root / TRUSTED_KEYS_FILE)
         key = None if dry_run else SigningKey.load(root / SIGNING_KEY_FILE)

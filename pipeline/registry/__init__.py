@@ -2,7 +2,8 @@
 compacted ``control.models`` topic, and the keyed-hash routing of devices to stable or canary.
 
 Modules: ``artifacts`` (artifact stores), ``artifactserver`` (the store over mutual TLS) and ``remote``
-(a worker's store on another host: fetched by hash, verified, cached), ``signing`` (manifests, keys,
+(a worker's store on another host: fetched by hash, verified, cached), ``s3config`` and ``s3store``
+(the same from an S3-compatible bucket; ``s3store`` imports boto3), ``signing`` (manifests, keys,
 verification), ``state`` (a model's state and its pure transitions), ``routing`` (which version answers
 a device), ``loader`` (what a worker calls to load a verified artifact), ``client`` (Kafka). ``client``
 imports aiokafka and ``loader`` the model zoo; import them from their modules.

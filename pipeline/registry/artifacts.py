@@ -13,9 +13,15 @@ import re
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from edgestream.pipeline.files import atomic_write, sha256_hex
-from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound, MalformedRegistryRecord
+from edgestream.pipeline.registry.errors import (
+    ArtifactMismatch,
+    ArtifactNotFound,
+    ArtifactUnavailable,
+    MalformedRegistryRecord,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,10 @@ class LocalArtifactStore:
         """The store's directory."""
         return self._root
 
+    def __str__(self) -> str:
+        """The directory, as messages name the store."""
+        return str(self._root)
+
     def path(self, sha256: str) -> Path:
         """Where the blob named ``sha256`` lives (whether or not it exists)."""
         check_sha256(sha256)
@@ -94,3 +104,26 @@ class LocalArtifactStore:
     def has(self, sha256: str) -> bool:
         """Whether ``root/sha256/ab/<sha256>`` exists."""
         return self.path(sha256).is_file()
+
+
+def through_cache(cache: LocalArtifactStore, sha256: str, fetch: Callable[[str], bytes], where: str) -> bytes:
+    """The verified bytes named ``sha256``: ``cache``'s copy when it verifies, else ``fetch(sha256)``
+    (which must verify what it returns) written to ``cache``. A cached copy that no longer matches its
+    name is removed and fetched again, never served; a cache that cannot be written (full, read-only) is
+    :class:`ArtifactUnavailable`, a refusal like any other rather than a process's exit. What the stores
+    of another host (``remote.py``, ``s3store.py``) share."""
+    check_sha256(sha256)
+    if cache.has(sha256):
+        try:
+            return cache.get(sha256)
+        except ArtifactMismatch as err:
+            log.warning("cached artifact is corrupt, fetching it again: %s", err)
+            cache.path(sha256).unlink(missing_ok=True)
+        except ArtifactNotFound:
+            pass  # removed since: fetch it
+    data = fetch(sha256)
+    try:
+        cache.put(data)
+    except OSError as err:
+        raise ArtifactUnavailable(sha256, where, f"fetched, but not cached in {cache.root}: {err}") from err
+    return data

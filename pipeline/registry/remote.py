@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.files import sha256_hex
-from edgestream.pipeline.registry.artifacts import LocalArtifactStore, check_sha256
+from edgestream.pipeline.registry.artifacts import LocalArtifactStore, through_cache
 from edgestream.pipeline.registry.artifactserver import ARTIFACT_PATH
 from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound, ArtifactUnavailable
 from edgestream.pipeline.security.tls import client_context
@@ -122,23 +122,7 @@ class RemoteArtifactStore:
     def get(self, sha256: str) -> bytes:
         """The verified bytes named ``sha256``: the cached copy when it verifies, else fetched and
         cached."""
-        check_sha256(sha256)
-        if self.cache.has(sha256):
-            try:
-                return self.cache.get(sha256)
-            except ArtifactMismatch as err:
-                log.warning("cached artifact is corrupt, fetching it again: %s", err)
-                self.cache.path(sha256).unlink(missing_ok=True)
-            except ArtifactNotFound:
-                pass  # removed since: fetch it
-        data = self._fetch(sha256)
-        try:
-            self.cache.put(data)
-        except OSError as err:  # full or read-only: a refusal like any other, never a worker's exit
-            raise ArtifactUnavailable(
-                sha256, self.url, f"fetched, but not cached in {self.cache.root}: {err}"
-            ) from err
-        return data
+        return through_cache(self.cache, sha256, self._fetch, self.url)
 
     def _fetch(self, sha256: str) -> bytes:
         last = ""

@@ -56,9 +56,14 @@ def trusted_keys(settings: WorkerSettings) -> TrustedKeys:
 
 
 def artifact_store(settings: WorkerSettings) -> ArtifactStore:
-    """Where the worker reads artifacts: the registry's server at ``registry_url`` (cached under
-    ``registry_cache_dir``), else the local store ``<registry_home>/artifacts``. :class:`ConfigError`
-    when a URL is set but the worker has no TLS identity to present."""
+    """Where the worker reads artifacts: the registry's server at ``registry_url`` or the bucket of
+    ``registry_s3`` (either cached under ``registry_cache_dir``), else the local store
+    ``<registry_home>/artifacts``. :class:`ConfigError` when a URL is set but the worker has no TLS
+    identity to present, or when the S3 settings name a CA or credentials file that cannot be used."""
+    if settings.registry_s3 is not None:
+        from edgestream.pipeline.registry.s3store import s3_store  # boto3: only where a bucket is used
+
+        return s3_store(settings.registry_s3, _cache_dir(settings))
     if settings.registry_url is None:
         return LocalArtifactStore(_registry_root(settings) / "artifacts")
     return remote_store(

@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
+from edgestream.pipeline.registry.s3config import S3Settings, one_artifact_source
 from edgestream.pipeline.serving.providers import CudaOptions, IoBinding, TensorRtOptions
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
 
@@ -170,6 +171,12 @@ class WorkerSettings(BaseSettings):
     registry_ca_file: Path | None = None
     """CA bundle the artifact server's certificate must chain to; defaults to ``kafka.ssl_ca_file`` (one
     PKI for both, as ``edgestream certs`` makes it; on Kubernetes the brokers' CA is Strimzi's)."""
+    registry_s3: S3Settings | None = None
+    """The registry's artifacts in an S3-compatible bucket instead (``EDGESTREAM_WORKER_REGISTRY_S3__URL``
+    ``=s3://bucket/prefix``, with ``__ENDPOINT_URL``, ``__ACCESS_KEY_ID``, ``__SECRET_ACCESS_KEY`` or
+    ``__CREDENTIALS_FILE``, ``__CA_FILE``: ``pipeline/registry/s3config.py``): each fetched, checked
+    against its signed sha256 and cached in ``registry_cache_dir``; a worker on any host follows a
+    rollout without ``registry serve``. Not with ``registry_url``: one source of artifacts."""
     registry_cache_dir: Path | None = None
     """Where verified artifacts are cached on this host (``sha256/ab/<hash>``, and the ``.onnx`` files
     loaded); defaults to ``<registry_home>/cache``. Must be writable."""
@@ -196,6 +203,12 @@ class WorkerSettings(BaseSettings):
     The rollout controller reads the revisions there (``workers/rollout_controller.py``)."""
     stats_interval_s: float = Field(default=5.0, gt=0)
     """How often the stats file is rewritten while the worker runs."""
+
+    @field_validator("registry_s3")
+    @classmethod
+    def _one_artifact_source(cls, value: S3Settings | None, info: ValidationInfo) -> S3Settings | None:
+        one_artifact_source(info.data.get("registry_url"), value)
+        return value
 
     def resolved_transaction_timeout_ms(self) -> int:
         """``transaction_timeout_ms`` or the default of ``transactions``."""

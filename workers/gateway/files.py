@@ -3,9 +3,10 @@
 The catalogue file (written by ``edgestream registry catalogue``) is served verbatim: the device
 verifies the registry's signature, the gateway does not need to. An artifact is served only when the
 catalogue names its SHA-256 (``catalogue.models[*].sha256``), from the registry's content-addressed
-store, which re-hashes it on read (or, with ``registry_url``, from the registry's artifact server through
-a verified cache: a gateway on any host): a gateway never serves a file a device did not ask for by a
-hash the registry signed. Files are read in a thread; the catalogue is cached until its file changes.
+store, which re-hashes it on read (or, with ``registry_url``, from the registry's artifact server, or
+with ``registry_s3`` from an S3 bucket, through a verified cache: a gateway on any host): a gateway
+never serves a file a device did not ask for by a hash the registry signed. Files are read in a thread;
+the catalogue is cached until its file changes.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def artifact_store(settings: GatewaySettings) -> ArtifactStore:
-    """The registry's server at ``registry_url`` (fetched as the gateway's Kafka identity, cached), else
-    the store in ``artifacts_dir``. :class:`ConfigError` for a URL without a TLS identity."""
+    """The registry's server at ``registry_url`` (fetched as the gateway's Kafka identity, cached), or
+    the bucket of ``registry_s3`` (cached), else the store in ``artifacts_dir``. :class:`ConfigError` for
+    a URL without a TLS identity, or S3 files that cannot be used."""
+    if settings.registry_s3 is not None:
+        from edgestream.pipeline.registry.s3store import s3_store  # boto3: only where a bucket is used
+
+        return s3_store(settings.registry_s3, settings.artifacts_cache_path())
     if settings.registry_url is None:
         return LocalArtifactStore(settings.artifacts_path())
     return remote_store(

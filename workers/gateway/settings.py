@@ -7,10 +7,11 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES
+from edgestream.pipeline.registry.s3config import S3Settings, one_artifact_source
 from edgestream.pipeline.security.identities import GATEWAY_SERVER_NODE, Identity
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import DEFAULT_HOME, KafkaSettings
@@ -51,13 +52,18 @@ class GatewaySettings(BaseSettings):
     """The signed device catalogue, served verbatim; defaults to ``<home>/registry/device-catalogue.json``."""
     artifacts_dir: Path | None = None
     """The registry's artifact store (``sha256/ab/<hash>``); defaults to ``<home>/registry/artifacts``.
-    Not read with ``registry_url``."""
+    Not read with ``registry_url`` or ``registry_s3``."""
     registry_url: str | None = Field(default=None, pattern=r"^https://[^/?#]+/?$")
     """``https://host[:port]`` of ``edgestream registry serve``: fetch the artifacts the catalogue names
     from there (mutual TLS as the gateway's Kafka identity, ``kafka.ssl_*``), verified by hash and cached
     in ``registry_cache_dir``, instead of reading ``artifacts_dir``: a gateway on any host."""
     registry_ca_file: Path | None = None
     """CA bundle the artifact server's certificate must chain to; defaults to ``kafka.ssl_ca_file``."""
+    registry_s3: S3Settings | None = None
+    """The registry's artifacts in an S3-compatible bucket instead
+    (``EDGESTREAM_GATEWAY_REGISTRY_S3__URL=s3://bucket/prefix``, and the endpoint, credentials and CA
+    beside it: ``pipeline/registry/s3config.py``), verified by hash and cached in ``registry_cache_dir``.
+    Not with ``registry_url``: one source of artifacts."""
     registry_cache_dir: Path | None = None
     """Where fetched artifacts are cached; defaults to ``<home>/gateway/<region>/artifacts``."""
     registry_timeout_s: float = Field(default=30.0, gt=0)
@@ -94,6 +100,12 @@ class GatewaySettings(BaseSettings):
     health_port: int | None = None
     """Port of the health and metrics server: None for none, 0 for any free port."""
 
+    @field_validator("registry_s3")
+    @classmethod
+    def _one_artifact_source(cls, value: S3Settings | None, info: ValidationInfo) -> S3Settings | None:
+        one_artifact_source(info.data.get("registry_url"), value)
+        return value
+
     @property
     def node(self) -> str:
         """This gateway's name."""
@@ -115,9 +127,9 @@ class GatewaySettings(BaseSettings):
         return self.catalogue_file or self.home / "registry" / CATALOGUE_FILE
 
     def artifacts_path(self) -> Path:
-        """Where the registry's artifacts are (without ``registry_url``)."""
+        """Where the registry's artifacts are (without ``registry_url`` or ``registry_s3``)."""
         return self.artifacts_dir or self.home / "registry" / "artifacts"
 
     def artifacts_cache_path(self) -> Path:
-        """Where artifacts fetched from ``registry_url`` are cached."""
+        """Where artifacts fetched from ``registry_url`` or ``registry_s3`` are cached."""
         return self.registry_cache_dir or self.home / "gateway" / self.region / "artifacts"
