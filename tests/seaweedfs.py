@@ -30,13 +30,14 @@ from pydantic import SecretStr
 from edgestream.pipeline.registry.s3config import S3Settings
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import Pki
+from tests.background_build import BackgroundBuild
 
 TOOLS: Final = Path(os.environ.get("EDGESTREAM_S3_TOOLS", Path.home() / ".cache/edgestream/s3-tools"))
 WEED: Final = TOOLS / "bin" / "weed"
-BUILDING: Final = TOOLS / "building"
-"""The pid of install-seaweedfs.sh's background build while it runs."""
 BUILD_WAIT_S: Final = 1800.0
-"""How long a test waits for a background build of ``weed`` (see the script for its measured time)."""
+"""How long a test waits for install-seaweedfs.sh's background build of ``weed`` (see the script for
+its measured time)."""
+BUILD: Final = BackgroundBuild(TOOLS, "SeaweedFS is", BUILD_WAIT_S)
 START_TIMEOUT_S: Final = 90.0
 """How long the server may take to answer S3 requests (a few seconds here; a busy machine more)."""
 STOP_TIMEOUT_S: Final = 5.0
@@ -107,11 +108,7 @@ class SeaweedS3:
 def weed_binary() -> Path:
     """The built ``weed``, after waiting (bounded) for a background build; a skip saying how to build
     it when there is none."""
-    deadline = time.monotonic() + BUILD_WAIT_S
-    while _builder_pid() is not None:
-        if time.monotonic() > deadline:
-            pytest.skip(f"SeaweedFS is still building after {BUILD_WAIT_S:.0f} s: {_log_tail()}")
-        time.sleep(2)
+    BUILD.wait()
     if not WEED.is_file():
         pytest.skip(
             f"SeaweedFS's weed is not built in {WEED.parent}: run deploy/s3/install-seaweedfs.sh "
@@ -120,19 +117,8 @@ def weed_binary() -> Path:
     return WEED
 
 
-def _builder_pid() -> int | None:
-    try:
-        pid = int(BUILDING.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def _log_tail() -> str:
-    log = TOOLS / "logs" / "install.log"
-    lines = log.read_text().splitlines()[-3:] if log.is_file() else []
-    return f"{log}: {' / '.join(lines)}" if lines else "no build log"
+    return BUILD.log_tail()
 
 
 def _free_ports(count: int) -> list[int]:

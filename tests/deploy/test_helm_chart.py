@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,17 @@ from edgestream.cli import app
 from edgestream.pipeline.settings import DEFAULT_REGIONS
 from edgestream.topics import strimzi
 from edgestream.topics.catalogue import all_topics, edge_group, region_topics
+from tests.background_build import BackgroundBuild
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "deploy/helm/edgestream"
 K3S_VALUES = CHART / "values-k3s.yaml"
 TOOLS = Path(os.environ.get("EDGESTREAM_K8S_TOOLS", Path.home() / ".cache/edgestream/k8s-tools"))
 SCHEMAS = TOOLS / "schemas"
-BUILDING = TOOLS / "building"
-"""The pid of install-tools.sh's background build while it runs (``make test`` starts it)."""
 BUILD_WAIT_S = 900.0
-"""How long the tests wait for that build: a cold one takes 3-4 min on 2 busy cores."""
+"""How long the tests wait for install-tools.sh's background build (``make test`` starts it): a cold
+one takes 3-4 min on 2 busy cores."""
+BUILD = BackgroundBuild(TOOLS, "the chart tools are", BUILD_WAIT_S)
 NOT_IN_REGISTRIES = ("KafkaTopic", "KafkaUser")
 """Kinds whose schemas no registry reachable here provides (Strimzi's CRDs); test_strimzi.py checks them."""
 REGIONS = [r.name for r in DEFAULT_REGIONS]
@@ -48,31 +48,15 @@ pytestmark = [pytest.mark.chart_tools, pytest.mark.timeout(BUILD_WAIT_S + 300)]
 the fixture's wait in the first test)."""
 
 
-def _builder_pid() -> int | None:
-    """The background build's pid while it runs, else None."""
-    try:
-        pid = int(BUILDING.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _tools_built() -> None:
     """Wait (bounded) for the build that ``make test`` started in the background, so that its tools
     are used rather than skipped while it is still compiling."""
-    deadline = time.monotonic() + BUILD_WAIT_S
-    while _builder_pid() is not None:
-        if time.monotonic() > deadline:
-            pytest.skip(f"the chart tools are still building after {BUILD_WAIT_S:.0f} s: {_log_tail()}")
-        time.sleep(2)
+    BUILD.wait()
 
 
 def _log_tail() -> str:
-    log = TOOLS / "logs" / "install.log"
-    lines = log.read_text().splitlines()[-3:] if log.is_file() else []
-    return f"{log}: {' / '.join(lines)}" if lines else "no log"
+    return BUILD.log_tail()
 
 
 def _tool(name: str) -> str:
