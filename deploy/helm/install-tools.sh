@@ -111,30 +111,9 @@ PY
   return 0
 }
 
-pidfile="$tools/building"
-builder_running() { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-
-todo=$(missing)
-[ -z "$todo" ] && exit 0
-if [ "${1:-}" = --background ]; then
-  builder_running && exit 0
-  command -v go >/dev/null || { echo "chart tools ($todo): no Go here; the chart tests skip"; exit 0; }
-  echo "building the chart tools ($todo) in the background, niced, into $tools" \
-    "(log: $tools/logs/install.log); the chart tests wait for it"
-  # Every descriptor goes to the log, so neither make nor whatever reads make's output waits for it.
-  nice -n 19 bash "$0" --child </dev/null >"$tools/logs/install.log" 2>&1 &
-  echo $! >"$pidfile"
-  exit 0
-fi
-if [ "${1:-}" = --child ]; then
-  echo $$ >"$pidfile"  # also written by the parent: whichever comes first, the tests see a live pid
-  trap '[ "$(cat "$pidfile" 2>/dev/null)" = $$ ] && rm -f "$pidfile"' EXIT
-else
-  # A background build already under way (make test) finishes what this would do: wait for it.
-  while builder_running; do sleep 2; done
-  todo=$(missing)
-  [ -z "$todo" ] && exit 0
-  echo "building the chart tools ($todo) into $tools (logs: $tools/logs)"
-fi
-for step in $todo; do "$step"; done
-exit 0
+what="the chart tools" tests="the chart tests"
+todo_now() { missing; }
+build_todo() { for step in "$@"; do "$step"; done; }
+# shellcheck source=../lib/background-build.sh
+. "$here/../lib/background-build.sh"
+background_build_main "$0" "${1:-}"

@@ -36,29 +36,9 @@ build_weed() {
   fi
 }
 
-pidfile="$tools/building"
-builder_running() { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-
-built && exit 0
-if [ "${1:-}" = --background ]; then
-  builder_running && exit 0
-  command -v go >/dev/null || { echo "weed: no Go here; the S3 integration tests skip"; exit 0; }
-  echo "building SeaweedFS's weed in the background, niced, into $tools (log: $tools/logs/install.log);" \
-    "the S3 integration tests wait for it"
-  # Every descriptor goes to the log, so neither make nor whatever reads make's output waits for it.
-  nice -n 19 bash "$0" --child </dev/null >"$tools/logs/install.log" 2>&1 &
-  echo $! >"$pidfile"
-  exit 0
-fi
-if [ "${1:-}" = --child ]; then
-  echo $$ >"$pidfile"  # also written by the parent: whichever comes first, the tests see a live pid
-  trap '[ "$(cat "$pidfile" 2>/dev/null)" = $$ ] && rm -f "$pidfile"' EXIT
-else
-  # A background build already under way finishes what this would do: wait for it.
-  while builder_running; do sleep 2; done
-  built && exit 0
-  command -v go >/dev/null || { echo "weed: no Go here; the S3 integration tests skip"; exit 0; }
-  echo "building SeaweedFS's weed into $tools (log: $tools/logs/weed.log)"
-fi
-build_weed
-exit 0
+what="SeaweedFS's weed" tests="the S3 integration tests"
+todo_now() { built || echo weed; }
+build_todo() { build_weed; }
+# shellcheck source=../lib/background-build.sh
+. "$here/../lib/background-build.sh"
+background_build_main "$0" "${1:-}"
