@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.models.vision import IMAGE_SHAPE, parameter_count, resnet_graph
 from edgestream.pipeline.serving.inference import available_providers, open_session, run_bound
@@ -153,12 +154,19 @@ def time_point(
 def measure(
     cases: Sequence[Case], targets: dict[str, Execution], batch_sizes: Sequence[int], budget_s: float
 ) -> dict[str, Any]:
-    """Per model and target: the providers in use and a :class:`Point` per batch size."""
+    """Per model and target: the providers in use and a :class:`Point` per batch size, or why the
+    target could not open a session (no points)."""
     models: dict[str, Any] = {}
     for case in cases:
         per_target: dict[str, Any] = {}
         for label, execution in targets.items():
-            session = open_session(case.model_bytes, execution, what=case.name, item_shape=case.item_shape)
+            try:
+                session = open_session(
+                    case.model_bytes, execution, what=case.name, item_shape=case.item_shape
+                )
+            except ConfigError as error:  # e.g. TensorRT listed, its libraries absent
+                per_target[label] = {"providers": [], "points": [], "error": str(error)}
+                continue
             in_use = tuple(session.get_providers())
             device = output_device(in_use)
             device_id = execution.cuda.device_id if device == "cuda" else 0

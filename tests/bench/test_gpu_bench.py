@@ -10,6 +10,7 @@ import pytest
 
 from bench.gpu.__main__ import main, plot
 from bench.gpu.measure import BATCH_SIZES, has_cuda, measure, resnet_case, zoo_cases
+from bench.gpu.pipeline import RESNET_MODEL, compare, resnet_signed
 from edgestream.pipeline.serving.providers import CPU, Execution
 
 if TYPE_CHECKING:
@@ -55,5 +56,49 @@ def test_on_a_gpu_it_writes_every_model_at_every_batch_size(tmp_path: Path) -> N
     assert document["wheel"] == "onnxruntime-gpu"
     for model in document["models"].values():
         assert model["targets"]["cuda"]["providers"][0] == "CUDAExecutionProvider"
-        for result in model["targets"].values():
+        for label, result in model["targets"].items():
+            if label != "cuda" and "error" in result:  # TensorRT listed, its libraries not installed
+                assert "TensorrtExecutionProvider" in result["error"]
+                assert result["points"] == []
+                continue
             assert [p["batch"] for p in result["points"]] == list(BATCH_SIZES)
+    for name, compared in document["pipeline_vs_bare"].items():
+        assert compared["providers"][0] == "CUDAExecutionProvider", name
+        assert [p["batch"] for p in compared["points"]] == list(BATCH_SIZES)
+        for point in compared["points"]:
+            assert (
+                0
+                < point["ratio"]
+                == round(point["pipeline"]["items_per_s"] / point["bare"]["items_per_s"], 3)
+            )
+    assert (out / "gpu-pipeline.png").stat().st_size > 0
+
+
+def test_a_target_that_cannot_open_is_recorded_with_its_reason(tmp_path: Path) -> None:
+    """A provider this build lacks (as TensorRT is where its libraries are missing): no points, the reason."""
+    cases = [resnet_case((1, 1, 1, 1), base_width=8)]
+    targets = {"cpu": Execution(), "missing": Execution(providers=("NoSuchExecutionProvider",))}
+    models = measure(cases, targets, (1,), budget_s=0.0)
+    result = models["resnet-1-1-1-1-w8"]["targets"]
+    assert result["missing"]["points"] == []
+    assert "NoSuchExecutionProvider" in result["missing"]["error"]
+    assert [p["batch"] for p in result["cpu"]["points"]] == [1]
+
+
+def test_the_worker_path_beside_bare_onnxruntime_on_the_cpu(tmp_path: Path) -> None:
+    """Every model (the user's ResNet-shaped one by its signature, the zoo's) at every batch size: the
+    worker's path answered every record, and the ratio is its items/s over bare onnxruntime's."""
+    home = tmp_path / "home"
+    resnet = resnet_signed(home, blocks=(1, 1, 1, 1), base_width=8)
+    compared = compare(home, Execution(), model_size="tiny", batch_sizes=(1, 4), budget_s=0.0, resnet=resnet)
+    assert set(compared) == {RESNET_MODEL, "frame-classifier", "embedding-scorer"}
+    for name, model in compared.items():
+        assert model["providers"] == [CPU], name
+        assert [p["batch"] for p in model["points"]] == [1, 4]
+        for point in model["points"]:
+            path, bare = point["pipeline"], point["bare"]
+            assert path["batch"] == bare["batch"] == point["batch"]
+            assert path["units"] >= 19  # MIN_RUNS, less each fresh state's first unit
+            assert 0 < path["p50_ms"] <= path["p99_ms"]
+            assert 0 < path["infer_share"] < 1
+            assert point["ratio"] == round(path["items_per_s"] / bare["items_per_s"], 3)
