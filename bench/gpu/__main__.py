@@ -68,7 +68,18 @@ def plot_pipeline(document: dict[str, Any], path: Path) -> None:
         rate.plot(
             sizes, [p["pipeline"]["items_per_s"] for p in model["points"]], marker="o", label="worker path"
         )
-        ratio.plot(sizes, [p["ratio"] for p in model["points"]], marker="o", color="C2")
+        ratio.plot(sizes, [p["ratio"] for p in model["points"]], marker="o", color="C2", label="1 worker")
+        counts = sorted({s["processes"] for p in model["points"] for s in p.get("shared", [])})
+        for colour, n in enumerate(counts, start=3):
+            shared = [
+                (p["batch"], s) for p in model["points"] for s in p.get("shared", []) if s["processes"] == n
+            ]
+            xs = [b for b, _ in shared]
+            rate.plot(xs, [s["items_per_s"] for _, s in shared], marker="s", color=f"C{colour}",
+                      label=f"{n} workers sharing the GPU")  # fmt: skip
+            ratio.plot(
+                xs, [s["ratio"] for _, s in shared], marker="s", color=f"C{colour}", label=f"{n} workers"
+            )
         ratio.axhline(0.8, linestyle="--", color="grey", label="0.8")
         rate.set_title(name)
         rate.set_yscale("log")
@@ -96,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-pipeline", action="store_true", help="bare onnxruntime only, not the worker's path beside it"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="*",
+        default=[2, 4],
+        help="also this many worker processes sharing the GPU at once (the ResNet-shaped model)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     document = gpu_block(
@@ -111,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_pipeline:
         cuda = gpu_targets(args.home, max(args.batch_sizes))["cuda"]
         document["pipeline_vs_bare"] = compare(
-            args.home, cuda, model_size=args.model_size, batch_sizes=args.batch_sizes, budget_s=args.budget_s
+            args.home,
+            cuda,
+            model_size=args.model_size,
+            batch_sizes=args.batch_sizes,
+            budget_s=args.budget_s,
+            processes=args.processes,
         )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "gpu.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -125,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for p in model["points"]
             )
             print(f"worker path vs bare, {name}: {rows}")
+            for point in model["points"]:
+                for shared in point.get("shared", []):
+                    print(
+                        f"  {shared['processes']} workers sharing the GPU, batch {point['batch']}: "
+                        f"{shared['items_per_s']:,.0f}/s ({shared['ratio']:.2f}x bare), "
+                        f"p99 {shared['p99_ms']:.1f} ms"
+                    )
     for name, model in document["models"].items():
         for target, result in model["targets"].items():
             rates = ", ".join(

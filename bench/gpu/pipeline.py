@@ -6,10 +6,11 @@ envelope, open it with the device's key, decode the tensor, check it against the
 micro-batcher, the replay and rate checks, inference on the same providers, and the unit's outputs
 (result records, a reply sealed to each device, audit records chained, cloud samples), then the unit's
 accounting. Units are run one after another with ``max_batch`` equal to the batch size, records of
-one model only, so a unit is exactly one onnxruntime call of that size. Not included: aiokafka's fetch
-and produce, TLS and the transaction's commit (the pipeline bench measures those with a real broker);
-nothing overlaps here, so the figure is a floor for a worker that fetches the next unit while this
-one infers.
+one model only, so a unit is exactly one onnxruntime call of that size, and overlapped as the worker
+overlaps them: while a unit's call runs in the inference thread, the next unit's records are admitted
+on the event loop (the worker's fetch loop does this); its outputs follow the call. Not included:
+aiokafka's fetch and produce, TLS and the transaction's commit (the pipeline bench measures those
+with a real broker).
 
 The ResNet-50-shaped graph is served as a user's model would be: a :class:`SignedArtifact` with a
 declared classification signature (uint8 frames of 224x224x3 on the wire, 150,528 bytes each before
@@ -39,7 +40,7 @@ from edgestream.pipeline.contract.envelope import Kind, new_request_id, seal
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.files import sha256_hex
 from edgestream.pipeline.models import load_dataset, spec
-from edgestream.pipeline.models.signature import SignedArtifact, parse_signature
+from edgestream.pipeline.models.signature import ModelSignature, SignedArtifact, parse_signature
 from edgestream.pipeline.models.vision import CLASSES, IMAGE_SHAPE, resnet_graph
 from edgestream.pipeline.models.zoo import GRAPH_INPUT, GRAPH_LABEL, GRAPH_PROBS
 from edgestream.pipeline.observability.metrics import WorkerMetrics
@@ -93,23 +94,16 @@ class PathPoint:
     items_per_s: float
     """Items over the units' total wall time."""
     p50_ms: float
-    """Median wall time of one unit, admission to accounting."""
+    """Median wall time of one unit, the start of its admission to the end of its accounting."""
     p99_ms: float
     infer_share: float
-    """Fraction of the wall time spent in inference (the rest is the worker's own per-record work)."""
+    """Fraction of the wall time the event loop awaited inference (the next unit's admission runs
+    meanwhile); the rest is the worker's own work on the loop."""
 
 
-def resnet_signed(home: Path, blocks: Sequence[int] | None = None, base_width: int = 64) -> SignedArtifact:
-    """The ResNet-50-shaped graph (or a cheaper one) written under ``home`` with its signature."""
-    graph = (
-        resnet_graph(base_width=base_width) if blocks is None else resnet_graph(blocks, base_width=base_width)
-    )
-    onnx_bytes = graph.SerializeToString()
-    path = home / "gpu-bench" / f"{sha256_hex(onnx_bytes)}.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_bytes(onnx_bytes)
-    signature = parse_signature(
+def resnet_signature() -> ModelSignature:
+    """The ResNet-shaped graph's declared signature: uint8 frames in, 1,000 class probabilities out."""
+    return parse_signature(
         {
             "ingest": "frame",
             "input": {"name": GRAPH_INPUT, "dtype": "uint8", "shape": [None, *IMAGE_SHAPE]},
@@ -121,7 +115,20 @@ def resnet_signed(home: Path, blocks: Sequence[int] | None = None, base_width: i
             },
         }
     )
-    return SignedArtifact(RESNET_MODEL, 1, path, sha256_hex(onnx_bytes), signature)
+
+
+def resnet_signed(home: Path, blocks: Sequence[int] | None = None, base_width: int = 64) -> SignedArtifact:
+    """The ResNet-50-shaped graph (or a cheaper one) written under ``home`` with its signature."""
+    graph = (
+        resnet_graph(base_width=base_width) if blocks is None else resnet_graph(blocks, base_width=base_width)
+    )
+    onnx_bytes = graph.SerializeToString()
+    sha256 = sha256_hex(onnx_bytes)
+    path = home / "gpu-bench" / f"{sha256}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_bytes(onnx_bytes)
+    return SignedArtifact(RESNET_MODEL, 1, path, sha256, resnet_signature())
 
 
 def worker_settings(home: Path, execution: Execution, batch: int, models: tuple[str, ...]) -> WorkerSettings:
@@ -177,14 +184,33 @@ def sealed_records(
     return records
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class Run:
+    """One fresh worker state's units, its first (warm-up) unit left out. No dataclass repr: Python
+    3.11's ``asyncio.run`` formats its main task (this result included) when it restores the SIGINT
+    handler, and the repr of every item cost seconds."""
+
+    seconds: float
+    """Wall time from the second unit's admission to the last unit's accounting."""
+    units: int
+    """Units timed."""
+    latencies: list[float]
+    """Per unit, seconds from the start of its admission to the end of its accounting."""
+    infer_s: float
+    """Seconds the timed units spent inside inference (the call, its stack and its answers)."""
+    items: list[Item]
+    """Every item of every unit, answered or not."""
+
+
 async def run_units(
     settings: WorkerSettings,
     keyring: KeyRing,
     models: dict[str, ServedModel],
     records: Sequence[tuple[TopicPartition, ConsumerRecord[bytes, bytes]]],
-) -> tuple[list[float], list[float], list[Item]]:
-    """Every record through a fresh worker state, one unit of ``settings.max_batch`` at a time: the
-    wall seconds of each unit, the seconds of each unit's inference, and every item (answered or not)."""
+) -> Run:
+    """Every record through a fresh worker state in units of ``settings.max_batch``, overlapped as
+    ``EdgeWorker`` overlaps them: the next unit's records are admitted (its fetch loop) while this
+    unit's onnxruntime call runs in the inference thread; the outputs follow the call."""
     metrics = WorkerMetrics(region=REGION, node=NODE)
     stats = WorkerStats()
     catalog = worker_catalog(settings, models, keyring)
@@ -200,38 +226,51 @@ async def run_units(
     batcher: MicroBatcher[Item] = MicroBatcher(
         settings.max_batch, settings.max_wait_ms, ServiceTimeEstimate()
     )
-    walls: list[float] = []
-    infers: list[float] = []
-    every: list[Item] = []
     size = settings.max_batch
+    chunks = [records[i : i + size] for i in range(0, len(records) - size + 1, size)]
+
+    def admit(chunk: Sequence[tuple[TopicPartition, ConsumerRecord[bytes, bytes]]]) -> float:
+        admitted_at = time.perf_counter()
+        now_s, now_ms = time.monotonic(), time.time() * 1000.0
+        for tp, record in chunk:
+            item, deadline_s = admission.admit(tp, 1, record, keyring, now_s, now_ms)
+            batcher.add(item, now_s=now_s, deadline_s=deadline_s)
+        metrics.consumed(len(chunk))
+        return admitted_at
+
+    latencies: list[float] = []
+    infer_s = 0.0
+    every: list[Item] = []
+    timed_from = 0.0
     try:
-        for begin in range(0, len(records) - size + 1, size):
-            started = time.perf_counter()
-            now_s, now_ms = time.monotonic(), time.time() * 1000.0
-            for tp, record in records[begin : begin + size]:
-                item, deadline_s = admission.admit(tp, 1, record, keyring, now_s, now_ms)
-                batcher.add(item, now_s=now_s, deadline_s=deadline_s)
-            metrics.consumed(size)
-            for unit in batcher.drain():
-                items = unit.items
-                started_s = time.monotonic()
-                admission.check(items)
-                before_infer = time.perf_counter()
-                await inference.infer(items)
-                infers.append(time.perf_counter() - before_infer)
-                work = outputs.build(items, started_s, keyring)
-                staged = StagedUnit(
-                    items, work, unit.reason, started_s=started_s, replied_ms=time.time() * 1e3
-                )
-                for tp in work:
-                    admission.replays.commit(tp)
-                    chains.commit(chain_id(tp.topic, tp.partition))
-                count_unit(stats, metrics, items, {}, staged)
-                every.extend(items)
-            walls.append(time.perf_counter() - started)
+        admitted_at = admit(chunks[0])
+        for k in range(len(chunks)):
+            if k == 1:
+                timed_from = admitted_at
+            (unit,) = batcher.drain()
+            items = unit.items
+            started_s = time.monotonic()
+            admission.check(items)
+            before_infer = time.perf_counter()
+            call = asyncio.ensure_future(inference.infer(items))
+            await asyncio.sleep(0)  # the call is in the inference thread (or done, when inline)
+            next_admitted_at = admit(chunks[k + 1]) if k + 1 < len(chunks) else 0.0
+            await call
+            if k > 0:
+                infer_s += time.perf_counter() - before_infer
+            work = outputs.build(items, started_s, keyring)
+            staged = StagedUnit(items, work, unit.reason, started_s=started_s, replied_ms=time.time() * 1e3)
+            for tp in work:
+                admission.replays.commit(tp)
+                chains.commit(chain_id(tp.topic, tp.partition))
+            count_unit(stats, metrics, items, {}, staged)
+            every.extend(items)
+            if k > 0:
+                latencies.append(time.perf_counter() - admitted_at)
+            admitted_at = next_admitted_at
     finally:
         inference.shutdown()
-    return walls, infers, every
+    return Run(time.perf_counter() - timed_from, len(latencies), latencies, infer_s, every)
 
 
 def path_point(
@@ -241,33 +280,32 @@ def path_point(
     served: Served,
     budget_s: float,
 ) -> PathPoint:
-    """Warm up, then units of ``settings.max_batch`` for about ``budget_s`` (at least ``MIN_RUNS``
-    units, each fresh worker state's first unit not counted); every record must be answered, or the
-    figure would be of another path."""
+    """Warm up, then fresh worker states of ``MIN_RUNS + 1`` units each for about ``budget_s`` (at least
+    ``MIN_RUNS`` units timed); every record must be answered, or the figure would be of another path."""
     size = settings.max_batch
     warm = sealed_records(served, keyring, size * WARM_UP_RUNS)
     asyncio.run(run_units(settings, keyring, models, warm))
-    walls: list[float] = []
-    infer_s = 0.0
+    latencies: list[float] = []
+    seconds = infer_s = 0.0
     end = time.monotonic() + budget_s
-    while len(walls) < MIN_RUNS or time.monotonic() < end:
-        records = sealed_records(served, keyring, size * MIN_RUNS)
+    while len(latencies) < MIN_RUNS or time.monotonic() < end:
+        records = sealed_records(served, keyring, size * (MIN_RUNS + 1))
         gc.collect()
-        batch_walls, batch_infer, items = asyncio.run(run_units(settings, keyring, models, records))
-        refused = sorted({it.error.reason for it in items if it.error is not None})
-        if refused or len(items) != len(records):
+        run = asyncio.run(run_units(settings, keyring, models, records))
+        refused = sorted({it.error.reason for it in run.items if it.error is not None})
+        if refused or len(run.items) != len(records):
             raise RuntimeError(f"the worker's path did not answer every record ({refused}): not comparable")
-        walls += batch_walls[1:]  # a fresh state's first unit starts its inference thread
-        infer_s += sum(batch_infer[1:])
-    ms = sorted(w * 1000.0 for w in walls)
-    total_s = sum(walls)
+        latencies += run.latencies
+        seconds += run.seconds
+        infer_s += run.infer_s
+    ms = sorted(w * 1000.0 for w in latencies)
     return PathPoint(
         batch=size,
         units=len(ms),
-        items_per_s=round(size * len(ms) / total_s, 1),
+        items_per_s=round(size * len(ms) / seconds, 1),
         p50_ms=round(statistics.median(ms), 4),
         p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 4),
-        infer_share=round(infer_s / total_s, 3),
+        infer_share=round(infer_s / seconds, 3),
     )
 
 
@@ -298,9 +336,11 @@ def compare(
     batch_sizes: Sequence[int],
     budget_s: float,
     resnet: SignedArtifact | None = None,
+    processes: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Per model and batch size: bare onnxruntime and the worker's path on ``execution``, and their
-    ratio (path items/s over bare items/s), measured one after the other in this process."""
+    ratio (path items/s over bare items/s), measured one after the other in this process; for the
+    ResNet-shaped model also ``processes`` workers sharing the device at once (``shared``)."""
     resnet = resnet if resnet is not None else resnet_signed(home)
     keyring = KeyRing({REGION: {1: bytes(range(32))}})
     out: dict[str, Any] = {}
@@ -323,14 +363,114 @@ def compare(
                 batch_items = batch_items.astype(spec(served.name).input_dtype)
             bare = time_point(session, device, device_id, batch_items, budget_s)
             path = path_point(settings, keyring, models, served, budget_s)
-            rows.append(
-                {
-                    "batch": batch,
-                    "bare": asdict(bare),
-                    "pipeline": asdict(path),
-                    "ratio": round(path.items_per_s / bare.items_per_s, 3),
-                }
-            )
+            row: dict[str, Any] = {
+                "batch": batch,
+                "bare": asdict(bare),
+                "pipeline": asdict(path),
+                "ratio": round(path.items_per_s / bare.items_per_s, 3),
+            }
             del session, models
+            if served.name == RESNET_MODEL and processes:
+                units = max(MIN_RUNS, int(SHARED_RUN_S * path.items_per_s / batch))
+                shared = [
+                    shared_gpu(home, execution, processes=n, batch=batch, units=units, resnet=resnet)
+                    for n in processes
+                ]
+                row["shared"] = [
+                    {**asdict(point), "ratio": round(point.items_per_s / bare.items_per_s, 3)}
+                    for point in shared
+                ]
+            rows.append(row)
         out[served.name] = {"kind": served.kind, "providers": providers, "points": rows}
     return out
+
+
+SHARED_RUN_S = 2.0
+"""About how long each process of a shared-GPU measurement runs its units (sealed beforehand)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPoint:
+    """Several worker processes, each its own onnxruntime session on the one GPU, at one batch size."""
+
+    processes: int
+    batch: int
+    items: int
+    """Items answered by all processes together."""
+    items_per_s: float
+    """All the items over the span from the first process's start to the last one's end."""
+    p50_ms: float
+    """Median unit latency over every process's units."""
+    p99_ms: float
+
+
+def _shared_child(
+    barrier: Any,
+    results: Any,
+    home: Path,
+    execution: Execution,
+    batch: int,
+    units: int,
+    resnet_path: Path,
+) -> None:
+    """One worker process of :func:`shared_gpu`: load, seal every record, wait for the others, run."""
+    resnet = SignedArtifact(RESNET_MODEL, 1, resnet_path, resnet_path.stem, resnet_signature())
+    settings = worker_settings(home, execution, batch, ())
+    models = {RESNET_MODEL: open_model(resnet, settings)}
+    keyring = KeyRing({REGION: {1: bytes(range(32))}})
+    images = np.random.default_rng(0).integers(0, 256, (64, *IMAGE_SHAPE), dtype=np.uint8)
+    served = Served(RESNET_MODEL, "frame", "uint8", images, b"")
+    asyncio.run(run_units(settings, keyring, models, sealed_records(served, keyring, batch * WARM_UP_RUNS)))
+    records = sealed_records(served, keyring, batch * (units + 1))
+    gc.collect()
+    barrier.wait()
+    started = time.time()
+    run = asyncio.run(run_units(settings, keyring, models, records))
+    ended = time.time()
+    answered = sum(1 for it in run.items if it.error is None)
+    results.put((started, ended, answered, run.latencies))
+
+
+def shared_gpu(
+    home: Path,
+    execution: Execution,
+    *,
+    processes: int,
+    batch: int,
+    units: int,
+    resnet: SignedArtifact,
+) -> SharedPoint:
+    """``processes`` worker paths at once, each in its own process with its own session on the GPU (as
+    several workers of a region's consumer group on one host): their items/s together."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    children = [
+        context.Process(
+            target=_shared_child, args=(barrier, results, home, execution, batch, units, resnet.path)
+        )
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    if any(child.exitcode != 0 for child in children):
+        raise RuntimeError(f"a shared-GPU process failed: exit codes {[c.exitcode for c in children]}")
+    first = min(o[0] for o in outcomes)
+    last = max(o[1] for o in outcomes)
+    items = sum(o[2] for o in outcomes)
+    if items != processes * batch * (units + 1):
+        raise RuntimeError("a shared-GPU process did not answer every record: not comparable")
+    ms = sorted(latency * 1000.0 for o in outcomes for latency in o[3])
+    return SharedPoint(
+        processes=processes,
+        batch=batch,
+        items=items,
+        items_per_s=round(items / (last - first), 1),
+        p50_ms=round(statistics.median(ms), 4),
+        p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 4),
+    )

@@ -51,7 +51,8 @@ def test_on_a_gpu_it_writes_every_model_at_every_batch_size(tmp_path: Path) -> N
     if not has_cuda():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here")
     out = tmp_path / "results"
-    assert main(["--out-dir", str(out), "--home", str(tmp_path / "home"), "--budget-s", "0.05"]) == 0
+    home = str(tmp_path / "home")
+    assert main(["--out-dir", str(out), "--home", home, "--budget-s", "0.05", "--processes", "2"]) == 0
     document = json.loads((out / "gpu.json").read_text())
     assert document["wheel"] == "onnxruntime-gpu"
     for model in document["models"].values():
@@ -66,11 +67,9 @@ def test_on_a_gpu_it_writes_every_model_at_every_batch_size(tmp_path: Path) -> N
         assert compared["providers"][0] == "CUDAExecutionProvider", name
         assert [p["batch"] for p in compared["points"]] == list(BATCH_SIZES)
         for point in compared["points"]:
-            assert (
-                0
-                < point["ratio"]
-                == round(point["pipeline"]["items_per_s"] / point["bare"]["items_per_s"], 3)
-            )
+            path, bare = point["pipeline"], point["bare"]
+            assert 0 < point["ratio"] == round(path["items_per_s"] / bare["items_per_s"], 3)
+            assert [s["processes"] for s in point.get("shared", [])] == ([2] if name == RESNET_MODEL else [])
     assert (out / "gpu-pipeline.png").stat().st_size > 0
 
 
@@ -90,7 +89,9 @@ def test_the_worker_path_beside_bare_onnxruntime_on_the_cpu(tmp_path: Path) -> N
     worker's path answered every record, and the ratio is its items/s over bare onnxruntime's."""
     home = tmp_path / "home"
     resnet = resnet_signed(home, blocks=(1, 1, 1, 1), base_width=8)
-    compared = compare(home, Execution(), model_size="tiny", batch_sizes=(1, 4), budget_s=0.0, resnet=resnet)
+    compared = compare(
+        home, Execution(), model_size="tiny", batch_sizes=(1, 4), budget_s=0.0, resnet=resnet, processes=(2,)
+    )
     assert set(compared) == {RESNET_MODEL, "frame-classifier", "embedding-scorer"}
     for name, model in compared.items():
         assert model["providers"] == [CPU], name
@@ -98,7 +99,16 @@ def test_the_worker_path_beside_bare_onnxruntime_on_the_cpu(tmp_path: Path) -> N
         for point in model["points"]:
             path, bare = point["pipeline"], point["bare"]
             assert path["batch"] == bare["batch"] == point["batch"]
-            assert path["units"] >= 19  # MIN_RUNS, less each fresh state's first unit
+            assert path["units"] >= 20  # MIN_RUNS timed units (a warm-up unit per fresh state besides)
             assert 0 < path["p50_ms"] <= path["p99_ms"]
             assert 0 < path["infer_share"] < 1
             assert point["ratio"] == round(path["items_per_s"] / bare["items_per_s"], 3)
+            if name != RESNET_MODEL:
+                assert "shared" not in point
+                continue
+            (shared,) = point["shared"]  # two processes, each its own session, at once
+            assert (shared["processes"], shared["batch"]) == (2, point["batch"])
+            assert shared["items"] % (2 * point["batch"]) == 0
+            assert shared["items"] >= 2 * point["batch"] * 20
+            assert 0 < shared["p50_ms"] <= shared["p99_ms"]
+            assert shared["ratio"] == round(shared["items_per_s"] / bare["items_per_s"], 3)

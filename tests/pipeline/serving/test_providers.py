@@ -76,7 +76,9 @@ def test_a_provider_the_session_did_not_register_is_refused_unless_allowed(
 
 def test_cuda_options() -> None:
     execution = Execution(
-        cuda=CudaOptions(device_id=1, gpu_mem_limit_bytes=2 << 30, cudnn_conv_algo_search="HEURISTIC")
+        cuda=CudaOptions(
+            device_id=1, gpu_mem_limit_bytes=2 << 30, cudnn_conv_algo_search="HEURISTIC", tf32=False
+        )
     )
     ((name, options), (cpu, cpu_options)) = provider_options(
         execution, (CUDA, CPU), input_name="input", item_shape=(30,)
@@ -87,9 +89,12 @@ def test_cuda_options() -> None:
         "arena_extend_strategy": "kSameAsRequested",
         "cudnn_conv_algo_search": "HEURISTIC",
         "do_copy_in_default_stream": "1",
+        "use_tf32": "0",
         "gpu_mem_limit": str(2 << 30),
     }
-    assert "gpu_mem_limit" not in provider_options(Execution(), (CUDA,), input_name="x", item_shape=())[0][1]
+    default = provider_options(Execution(), (CUDA,), input_name="x", item_shape=())[0][1]
+    assert "gpu_mem_limit" not in default
+    assert default["use_tf32"] == "1"
 
 
 def test_tensorrt_options_fp16_engine_cache_under_home_and_one_profile(tmp_path: Path) -> None:

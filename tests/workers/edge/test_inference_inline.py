@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.workers.edge.admission import Item
-from edgestream.workers.edge.inference import UnitInference
+from edgestream.workers.edge.inference import InputBuffers, UnitInference
 from edgestream.workers.edge.status import WorkerStats
 
 TP = TopicPartition("edge.r.ingest.embedding", 0)
@@ -78,3 +78,39 @@ async def test_where_a_model_call_runs(inline_max_ms: float, delay_s: float, inl
     assert [it.answer.label for it in answered if it.answer] == [
         0 if i % 3 - 1 >= 0 else 1 for i in range(3)
     ] * 4
+
+
+def test_input_buffers_are_reused_and_grow_to_the_largest_batch() -> None:
+    buffers = InputBuffers()
+    first = buffers.take(4, (3,), np.dtype(np.float32))
+    assert first.shape == (4, 3)
+    assert buffers.take(2, (3,), np.dtype(np.float32)) is not first  # the first is still taken
+    buffers.give_back(first)
+    assert buffers.take(3, (3,), np.dtype(np.float32)) is first  # large enough: reused
+    buffers.give_back(first)
+    assert buffers.take(2, (3,), np.dtype(np.float16)) is not first  # another dtype
+    larger = buffers.take(8, (3,), np.dtype(np.float32))  # too small: replaced by a larger one
+    assert larger.shape == (8, 3)
+    buffers.give_back(larger)
+    assert buffers.held_bytes() == larger.nbytes
+    assert buffers.take(5, (3,), np.dtype(np.float32)) is larger
+
+
+async def test_a_reused_buffer_gives_every_call_its_own_answers() -> None:
+    """Batches of changing size through one buffer: each call's answers are its own items' (no rows
+    of an earlier, larger batch), and the scores are plain floats."""
+    inference = UnitInference(
+        WorkerStats(), WorkerMetrics(region="r", node="n"), sample_fraction=0.0, inline_max_ms=0.0
+    )
+    served = _Served(0.0)
+    for n in (5, 2, 4, 1):
+        items = _items(served, n)
+        await inference.infer(items)
+        for item in items:
+            assert item.answer is not None
+            assert item.tensor is None
+            value = float(item.offset % 3 - 1) * 4
+            assert item.answer.scores == (value, -value)
+            assert all(type(s) is float for s in item.answer.scores)
+            assert item.answer.batch_size == n
+    inference.shutdown()
