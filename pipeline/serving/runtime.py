@@ -4,14 +4,21 @@
 installed, whichever was installed last owns the files and the CPU build silently shadows the CUDA
 provider. The extras keep them apart (``edgestream[cpu]`` or ``edgestream[gpu]``, never both); this
 module refuses to start on an environment that has both, or neither, with the command that fixes it.
+With the GPU wheel it then preloads the CUDA and cuDNN libraries (``preload_cuda``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 from edgestream.pipeline.errors import OnnxRuntimeInstall
+
+log = logging.getLogger(__name__)
 
 CPU_WHEEL = "onnxruntime"
 """The distribution of onnxruntime's CPU build (extra ``cpu``)."""
@@ -48,9 +55,45 @@ def check_install(version_of: VersionOf = installed_version) -> str:
     return GPU_WHEEL if gpu is not None else CPU_WHEEL
 
 
+def preload_cuda(runtime: Any) -> list[str]:
+    """Load the CUDA and cuDNN libraries ``runtime`` (onnxruntime-gpu) was built against, from the
+    ``nvidia-*`` wheels beside it (``edgestream[gpu]`` installs them) or else the system's library path,
+    before any session asks for them: onnxruntime's CUDA provider carries no search path of its own
+    (no RUNPATH), so where CUDA comes only from pip it is found only once something has loaded it
+    (onnxruntime's documentation: ``preload_dlls``, or ``import torch`` first). Returns what
+    onnxruntime printed about libraries it could not load (logged as warnings); a CUDA session then
+    fails to register its provider, which the worker refuses (``ProviderUnavailable``)."""
+    preload = getattr(runtime, "preload_dlls", None)
+    if preload is None:  # onnxruntime before 1.21
+        return []
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            preload()
+        except (OSError, RuntimeError) as err:
+            print(f"preloading CUDA libraries failed: {err}")
+    lines = [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
+    for line in lines:
+        log.warning("onnxruntime-gpu: %s", line)
+    return lines
+
+
 WHEEL = check_install()
 """The onnxruntime distribution this process runs on (checked once, at import)."""
 
 import onnxruntime as ort  # noqa: E402  (only once the check above has passed)
 
-__all__ = ["CPU_WHEEL", "GPU_WHEEL", "WHEEL", "VersionOf", "check_install", "installed_version", "ort"]
+PRELOAD_MESSAGES: list[str] = preload_cuda(ort) if WHEEL == GPU_WHEEL else []
+"""What preloading the CUDA libraries reported (empty on the CPU wheel, or when all loaded)."""
+
+__all__ = [
+    "CPU_WHEEL",
+    "GPU_WHEEL",
+    "PRELOAD_MESSAGES",
+    "WHEEL",
+    "VersionOf",
+    "check_install",
+    "installed_version",
+    "ort",
+    "preload_cuda",
+]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from edgestream.pipeline.errors import OnnxRuntimeInstall
-from edgestream.pipeline.serving.runtime import CPU_WHEEL, GPU_WHEEL, WHEEL, VersionOf, check_install
+from edgestream.pipeline.serving.runtime import (
+    CPU_WHEEL,
+    GPU_WHEEL,
+    PRELOAD_MESSAGES,
+    WHEEL,
+    VersionOf,
+    check_install,
+    preload_cuda,
+)
 
 
 def _installed(**versions: str) -> VersionOf:
@@ -36,3 +44,36 @@ def test_no_wheel_is_refused_naming_the_extras() -> None:
 
 def test_this_environment_has_exactly_one() -> None:
     assert check_install() == WHEEL
+
+
+class _Runtime:
+    """An onnxruntime module as far as ``preload_cuda`` sees it."""
+
+    def __init__(self, prints: str = "", raises: Exception | None = None) -> None:
+        self.prints, self.raises, self.calls = prints, raises, 0
+
+    def preload_dlls(self) -> None:
+        self.calls += 1
+        if self.prints:
+            print(self.prints)
+        if self.raises is not None:
+            raise self.raises
+
+
+def test_cuda_libraries_are_preloaded_and_failures_logged(caplog: pytest.LogCaptureFixture) -> None:
+    quiet = _Runtime()
+    assert preload_cuda(quiet) == []
+    assert quiet.calls == 1
+    missing = _Runtime(prints="Failed to load libcublas.so.13: cannot open shared object file\n")
+    with caplog.at_level("WARNING", logger="edgestream.pipeline.serving.runtime"):
+        assert preload_cuda(missing) == ["Failed to load libcublas.so.13: cannot open shared object file"]
+    assert "onnxruntime-gpu: Failed to load libcublas.so.13" in caplog.text
+    broken = _Runtime(raises=RuntimeError("Invalid parameter of directory"))
+    assert preload_cuda(broken) == ["preloading CUDA libraries failed: Invalid parameter of directory"]
+    assert preload_cuda(object()) == []  # an onnxruntime without preload_dlls (before 1.21)
+
+
+def test_the_cpu_wheel_preloads_nothing() -> None:
+    if WHEEL != CPU_WHEEL:
+        pytest.skip("the GPU wheel is installed here")
+    assert PRELOAD_MESSAGES == []
