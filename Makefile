@@ -88,7 +88,7 @@ bench-gateway: jars ## 10,000 device sessions on one gateway, memory and CPU, 1,
 	@$(BIN)/python -m bench.gateway
 
 .PHONY: bench-gpu
-bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT, IO binding (bench/results/gpu.json; says so without a GPU)
+bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT and the worker's path beside it (bench/results/gpu.json; says so without a GPU)
 	@$(BIN)/python -m bench.gpu
 
 .PHONY: bench-drift
