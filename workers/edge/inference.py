@@ -82,8 +82,14 @@ class UnitInference:
     async def _infer(self, served: ServedModel, items: Sequence[Item]) -> None:
         """One onnxruntime call of ``served`` for ``items``; keeps the inputs of sampled answers."""
         tensors = [it.tensor for it in items if it.tensor is not None]
-        buffer = self._inputs.take(len(tensors), tensors[0].shape, tensors[0].dtype)
-        inputs = np.stack(tensors, out=buffer[: len(tensors)])
+        first = tensors[0]
+        if all(t.dtype == first.dtype and t.shape == first.shape for t in tensors):
+            taken = self._inputs.take(len(tensors), first.shape, first.dtype)
+            inputs = np.stack(tensors, out=taken[: len(tensors)])
+            buffer: npt.NDArray[Any] | None = taken
+        else:  # wire dtypes mixed (a signature may accept several): np.stack's common type, as before
+            buffer = None
+            inputs = np.stack(tensors)  # (items of other shapes raise here: retried one by one)
         expected_s = self._call_s.get(served.key)
         started_s = time.monotonic()
         try:
@@ -94,7 +100,8 @@ class UnitInference:
                 loop = asyncio.get_running_loop()
                 labels, probs = await loop.run_in_executor(self._executor, served.session.run, inputs)
         finally:
-            self._inputs.give_back(buffer)
+            if buffer is not None:
+                self._inputs.give_back(buffer)
         infer_s = time.monotonic() - started_s
         self._call_s[served.key] = infer_s if expected_s is None else 0.8 * expected_s + 0.2 * infer_s
         self._stats.infer_s += infer_s

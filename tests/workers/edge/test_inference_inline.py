@@ -114,3 +114,29 @@ async def test_a_reused_buffer_gives_every_call_its_own_answers() -> None:
             assert all(type(s) is float for s in item.answer.scores)
             assert item.answer.batch_size == n
     inference.shutdown()
+
+
+async def test_mixed_wire_dtypes_are_stacked_to_their_common_type_as_before() -> None:
+    """A signature may accept float16 and float32 from the wire: a batch of both is stacked as float32
+    (np.stack's common type), never squeezed into the first item's float16."""
+    seen: list[np.dtype[Any]] = []
+
+    class _Recording(_Session):
+        def run(self, x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+            seen.append(x.dtype)
+            return super().run(x)
+
+    served = _Served(0.0)
+    served.session = _Recording(0.0)
+    inference = UnitInference(
+        WorkerStats(), WorkerMetrics(region="r", node="n"), sample_fraction=0.0, inline_max_ms=0.0
+    )
+    items = _items(served, 3)
+    items[0].tensor = np.full(4, 1.0001, dtype=np.float16)
+    items[1].tensor = np.full(4, 1.0001, dtype=np.float32)
+    await inference.infer(items)
+    inference.shutdown()
+    assert seen == [np.dtype(np.float32)]
+    assert all(it.answer is not None for it in items)
+    assert items[1].answer is not None
+    assert items[1].answer.scores[0] == pytest.approx(4 * 1.0001, rel=1e-6)  # float32, not float16
