@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,61 @@ def test_replicas_are_capped_and_a_lag_in_seconds_trigger_can_be_added() -> None
 SECRET_ROLES = {"kafka-identity", "kafka-ca", "region-keys", "registry", "server-tls", "clients-ca"}
 
 
+S3_VALUES = (
+    *("--set", "registry.enabled=false", "--set", "registry.s3.url=s3://models/edge"),
+    *("--set", "registry.s3.endpoint=https://minio.example:9000", "--set", "registry.s3.region=eu-west-1"),
+    *("--set", "registry.s3.addressingStyle=path", "--set", "registry.s3.credentialsSecret=edge-s3"),
+    *("--set", "registry.s3.caConfigMap=edge-s3-ca"),
+)
+"""Workers reading artifacts from a MinIO bucket, with keys from a Secret and a private CA."""
+
+
+def test_workers_can_read_artifacts_from_an_s3_bucket_instead(tmp_path: Path) -> None:
+    """With registry.s3.url, each worker reads the bucket (no artifact server, no server CA), its keys
+    from the Secret by reference (never a value in the manifest), the CA from its ConfigMap."""
+    manifests = render(*S3_VALUES)
+    assert not by_component(manifests, "Deployment", "registry")
+    workers = by_component(manifests, "Deployment", "edge-worker").values()
+    assert workers
+    for worker in workers:
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["EDGESTREAM_WORKER_REGISTRY"]["value"] == "true"
+        assert env["EDGESTREAM_WORKER_REGISTRY_S3__URL"]["value"] == "s3://models/edge"
+        assert env["EDGESTREAM_WORKER_REGISTRY_S3__ENDPOINT_URL"]["value"] == "https://minio.example:9000"
+        assert env["EDGESTREAM_WORKER_REGISTRY_S3__REGION"]["value"] == "eu-west-1"
+        assert env["EDGESTREAM_WORKER_REGISTRY_S3__ADDRESSING_STYLE"]["value"] == "path"
+        for name, key in (("ACCESS_KEY_ID", "access-key-id"), ("SECRET_ACCESS_KEY", "secret-access-key")):
+            var = env[f"EDGESTREAM_WORKER_REGISTRY_S3__{name}"]
+            assert "value" not in var
+            assert var["valueFrom"]["secretKeyRef"] == {"name": "edge-s3", "key": key}
+        assert env["EDGESTREAM_WORKER_REGISTRY_S3__CA_FILE"]["value"] == "/etc/edgestream/s3-ca/ca.crt"
+        assert "EDGESTREAM_WORKER_REGISTRY_URL" not in env  # one source of artifacts per worker
+        assert "EDGESTREAM_WORKER_REGISTRY_CA_FILE" not in env
+        volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["s3-ca"]["configMap"]["name"] == "edge-s3-ca"
+        trust = volumes["registry-trust"]["configMap"]  # the trusted keys still; no server CA needed
+        assert {i["path"] for i in trust["items"]} == {"trusted-keys.json"}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["s3-ca"]["mountPath"] == "/etc/edgestream/s3-ca"
+        assert mounts["s3-ca"]["readOnly"]
+    if (SCHEMAS / "scaledobject-keda-v1alpha1.json").is_file():  # else the test above says why
+        path = tmp_path / "s3.yaml"
+        path.write_text(yaml.safe_dump_all(manifests))
+        results = _kubeconform(_tool("kubeconform"), path)
+        assert not [r for r in results if r["status"] not in ("statusValid", "statusSkipped")], results
+
+    keyless = render("--set", "registry.s3.url=s3://models")  # the SDK's default chain (a pod role)
+    for worker in by_component(keyless, "Deployment", "edge-worker").values():
+        env = _env(worker)
+        assert env["EDGESTREAM_WORKER_REGISTRY_S3__URL"] == "s3://models"
+        assert not {n for n in env if n.startswith("EDGESTREAM_WORKER_REGISTRY_S3__")} - {
+            "EDGESTREAM_WORKER_REGISTRY_S3__URL",
+            "EDGESTREAM_WORKER_REGISTRY_S3__REGION",
+        }
+        assert "s3-ca" not in {v["name"] for v in worker["spec"]["template"]["spec"]["volumes"]}
+
+
 def _secrets(deployment: Manifest) -> dict[str, str]:
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     return {v["name"]: v["secret"]["secretName"] for v in volumes if "secret" in v}
@@ -359,14 +415,16 @@ def _field_exists(model: Any, path: list[str]) -> bool:
         return False
     if len(path) == 1:
         return True
-    return _field_exists(fields[path[0]].annotation, path[1:])
+    annotation = fields[path[0]].annotation
+    nested = [a for a in typing.get_args(annotation) if hasattr(a, "model_fields")]  # `X | None`
+    return _field_exists(nested[0] if nested else annotation, path[1:])
 
 
 def test_every_variable_the_chart_sets_is_a_setting() -> None:
     """A misspelt EDGESTREAM_* variable would be ignored by pydantic-settings: each names a field."""
     import importlib
 
-    manifests = render("--set", "edge.autoscaling.enabled=false")
+    manifests = render("--set", "edge.autoscaling.enabled=false") + render(*S3_VALUES)
     containers = [
         c
         for d in of_kind(manifests, "Deployment")
