@@ -108,7 +108,9 @@ class UnitInference:
         self._stats.batch_sizes[len(items)] += 1
         self._metrics.inference(*served.key, len(items), infer_s)
         finite: list[bool] = np.all(np.isfinite(probs).reshape(len(items), -1), axis=1).tolist()
-        for item, label, scores, ok in zip(items, labels.tolist(), probs.tolist(), finite, strict=True):
+        # Scores are floats on the wire: a model's integer or boolean outputs become floats here.
+        values = probs if probs.dtype.kind == "f" else probs.astype(np.float64)
+        for item, label, scores, ok in zip(items, labels.tolist(), values.tolist(), finite, strict=True):
             if not ok:
                 item.error = NonFiniteOutput(f"{served.key[0]} v{served.key[1]} scored NaN or infinity")
             elif item.tensor is not None and sampled(item, self._sample_fraction):

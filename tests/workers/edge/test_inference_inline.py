@@ -140,3 +140,24 @@ async def test_mixed_wire_dtypes_are_stacked_to_their_common_type_as_before() ->
     assert all(it.answer is not None for it in items)
     assert items[1].answer is not None
     assert items[1].answer.scores[0] == pytest.approx(4 * 1.0001, rel=1e-6)  # float32, not float16
+
+
+async def test_integer_outputs_become_float_scores() -> None:
+    """A user's model may output integers (a vector of counts, say): its scores are floats still."""
+
+    class _Counting(_Session):
+        def run(self, x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+            labels, scores = super().run(x)
+            return labels, scores.astype(np.int64)
+
+    served = _Served(0.0)
+    served.session = _Counting(0.0)
+    inference = UnitInference(
+        WorkerStats(), WorkerMetrics(region="r", node="n"), sample_fraction=0.0, inline_max_ms=0.0
+    )
+    items = _items(served, 3)
+    await inference.infer(items)
+    inference.shutdown()
+    for item in items:
+        assert item.answer is not None
+        assert all(type(s) is float for s in item.answer.scores), item.answer.scores
