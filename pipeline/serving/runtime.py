@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -55,6 +56,9 @@ def check_install(version_of: VersionOf = installed_version) -> str:
     return GPU_WHEEL if gpu is not None else CPU_WHEEL
 
 
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def preload_cuda(runtime: Any) -> list[str]:
     """Load the CUDA and cuDNN libraries ``runtime`` (onnxruntime-gpu) was built against, from the
     ``nvidia-*`` wheels beside it (``edgestream[gpu]`` installs them) or else the system's library path,
@@ -72,7 +76,8 @@ def preload_cuda(runtime: Any) -> list[str]:
             preload()
         except (OSError, RuntimeError) as err:
             print(f"preloading CUDA libraries failed: {err}")
-    lines = [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
+    plain = _ANSI_COLOUR.sub("", printed.getvalue())  # its warnings come coloured for a terminal
+    lines = [line.strip() for line in plain.splitlines() if line.strip()]
     for line in lines:
         log.warning("onnxruntime-gpu: %s", line)
     return lines

@@ -68,6 +68,8 @@ def test_cuda_libraries_are_preloaded_and_failures_logged(caplog: pytest.LogCapt
     with caplog.at_level("WARNING", logger="edgestream.pipeline.serving.runtime"):
         assert preload_cuda(missing) == ["Failed to load libcublas.so.13: cannot open shared object file"]
     assert "onnxruntime-gpu: Failed to load libcublas.so.13" in caplog.text
+    coloured = _Runtime(prints="\x1b[33mWARNING: Unable to parse CUDA version 'x'.\x1b[0m")
+    assert preload_cuda(coloured) == ["WARNING: Unable to parse CUDA version 'x'."]
     broken = _Runtime(raises=RuntimeError("Invalid parameter of directory"))
     assert preload_cuda(broken) == ["preloading CUDA libraries failed: Invalid parameter of directory"]
     assert preload_cuda(object()) == []  # an onnxruntime without preload_dlls (before 1.21)
