@@ -66,6 +66,16 @@ class Point:
     """99th percentile of one run, milliseconds."""
 
 
+def p50(sorted_ms: Sequence[float]) -> float:
+    """The median of ``sorted_ms``, rounded as the results hold it."""
+    return round(statistics.median(sorted_ms), 4)
+
+
+def p99(sorted_ms: Sequence[float]) -> float:
+    """The 99th percentile of ``sorted_ms`` (ascending): the sample at 99% of the count."""
+    return round(sorted_ms[min(len(sorted_ms) - 1, int(0.99 * len(sorted_ms)))], 4)
+
+
 def has_cuda() -> bool:
     """True when this onnxruntime build offers the CUDA execution provider."""
     return CUDA in available_providers()
@@ -146,8 +156,8 @@ def time_point(
         batch=len(batch),
         runs=len(ms),
         items_per_s=round(len(batch) * len(ms) * 1000.0 / sum(ms), 1),
-        p50_ms=round(statistics.median(ms), 4),
-        p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 4),
+        p50_ms=p50(ms),
+        p99_ms=p99(ms),
     )
 
 

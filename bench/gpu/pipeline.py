@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ import numpy.typing as npt
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from bench.gpu.measure import MIN_RUNS, WARM_UP_RUNS, time_point
+from bench.gpu.measure import MIN_RUNS, WARM_UP_RUNS, p50, p99, time_point
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import Kind, new_request_id, seal
 from edgestream.pipeline.contract.partitioner import partition_for
@@ -303,8 +302,8 @@ def path_point(
         batch=size,
         units=len(ms),
         items_per_s=round(size * len(ms) / seconds, 1),
-        p50_ms=round(statistics.median(ms), 4),
-        p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 4),
+        p50_ms=p50(ms),
+        p99_ms=p99(ms),
         infer_share=round(infer_s / seconds, 3),
     )
 
@@ -471,6 +470,6 @@ def shared_gpu(
         batch=batch,
         items=items,
         items_per_s=round(items / (last - first), 1),
-        p50_ms=round(statistics.median(ms), 4),
-        p99_ms=round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 4),
+        p50_ms=p50(ms),
+        p99_ms=p99(ms),
     )
