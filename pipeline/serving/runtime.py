@@ -83,12 +83,17 @@ def preload_cuda(runtime: Any) -> list[str]:
     return lines
 
 
+def preload_for(wheel: str, runtime: Any) -> list[str]:
+    """:func:`preload_cuda` for the GPU wheel; nothing for the CPU one (it has no CUDA to load)."""
+    return preload_cuda(runtime) if wheel == GPU_WHEEL else []
+
+
 WHEEL = check_install()
 """The onnxruntime distribution this process runs on (checked once, at import)."""
 
 import onnxruntime as ort  # noqa: E402  (only once the check above has passed)
 
-PRELOAD_MESSAGES: list[str] = preload_cuda(ort) if WHEEL == GPU_WHEEL else []
+PRELOAD_MESSAGES: list[str] = preload_for(WHEEL, ort)
 """What preloading the CUDA libraries reported (empty on the CPU wheel, or when all loaded)."""
 
 __all__ = [
@@ -101,4 +106,5 @@ __all__ = [
     "installed_version",
     "ort",
     "preload_cuda",
+    "preload_for",
 ]

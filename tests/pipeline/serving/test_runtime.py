@@ -8,11 +8,11 @@ from edgestream.pipeline.errors import OnnxRuntimeInstall
 from edgestream.pipeline.serving.runtime import (
     CPU_WHEEL,
     GPU_WHEEL,
-    PRELOAD_MESSAGES,
     WHEEL,
     VersionOf,
     check_install,
     preload_cuda,
+    preload_for,
 )
 
 
@@ -75,7 +75,9 @@ def test_cuda_libraries_are_preloaded_and_failures_logged(caplog: pytest.LogCapt
     assert preload_cuda(object()) == []  # an onnxruntime without preload_dlls (before 1.21)
 
 
-def test_the_cpu_wheel_preloads_nothing() -> None:
-    if WHEEL != CPU_WHEEL:
-        pytest.skip("the GPU wheel is installed here")
-    assert PRELOAD_MESSAGES == []
+def test_only_the_gpu_wheel_preloads() -> None:
+    cpu, gpu = _Runtime(), _Runtime(prints="Failed to load libcudnn.so.9: not found")
+    assert preload_for(CPU_WHEEL, cpu) == []
+    assert cpu.calls == 0
+    assert preload_for(GPU_WHEEL, gpu) == ["Failed to load libcudnn.so.9: not found"]
+    assert gpu.calls == 1
