@@ -53,7 +53,7 @@ from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
 from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_revision
 from edgestream.workers.local.demo_workers import DemoWorkers, running_workers
 from edgestream.workers.local.fleet import Fleet, FleetReport, Progress, make_fleet
-from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings
+from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings, Inputs
 from edgestream.workers.local.latency_plot import plot_latency
 from edgestream.workers.local.outage import OutageTimes, run_outage
 from edgestream.workers.local.outage_summary import OutageSummary, summarise_outage
@@ -61,12 +61,12 @@ from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.processes import Child, edgestream_command, stopped_at_exit
 from edgestream.workers.local.story import (
     STORY_MODEL,
-    Story,
     StoryEvent,
     StoryReport,
     count_drift,
 )
 from edgestream.workers.local.story_plot import plot_story
+from edgestream.workers.local.story_process import StoryArgs, tell_story
 from edgestream.workers.local.story_registry import prepare_registry
 from edgestream.workers.local.summary import (
     PathRow,
@@ -553,19 +553,30 @@ async def _fleet_and_story(
 
     reference = (await RegistryClient(admin).read_states())[STORY_MODEL].stable
     assert reference is not None
-    story = Story(
+    stop = asyncio.Event()
+
+    def set_inputs(inputs: Inputs) -> None:
+        fleet.inputs = inputs
+
+    args = StoryArgs(
         settings.story,
         kafka=admin,
         home=settings.home,
-        fleet=fleet,
         view_url=aggregator_url,
         regions=frozenset(r.name for r in settings.regions),
         reference=reference,
-        on_event=on_event,
+        started_at=fleet.report.started_at,
+        event_loop=settings.event_loop,
+        nice=settings.cloud_nice,
+        log_level=logging.getLogger().getEffectiveLevel(),
     )
-    stop = asyncio.Event()
-    told = asyncio.create_task(story.run(stop))
-    report = await fleet.run(on_progress, until=stop)
+    told = asyncio.create_task(tell_story(args, set_inputs=set_inputs, on_event=on_event, stop=stop))
+    try:
+        report = await fleet.run(on_progress, until=stop)
+    except BaseException:
+        told.cancel()
+        await asyncio.gather(told, return_exceptions=True)
+        raise
     told.cancel()
     return report, await told, None
 

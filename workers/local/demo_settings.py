@@ -52,12 +52,13 @@ class DemoSettings(BaseSettings):
     """Share of answered embeddings the workers sample for the cloud (joined there with labels). All of
     them by default: the demo's fleet is small, and drift and retraining need a few hundred."""
     event_loop: EventLoop = "uvloop"
-    """The event loop the simulated fleet (and the story beside it) runs on, as the edge worker's."""
+    """The event loop the simulated fleet (and the story's process) runs on, as the edge worker's."""
     cloud_nice: int = Field(default=10, ge=0, le=19)
-    """CPU niceness of the demo's cloud part (the aggregator and its simulations). It stands in for
-    machines elsewhere, and on the demo's one box it would take the CPU the edge path needs for its
-    deadline: niced, it gets only what the edge leaves (its windows are seconds long; nothing waits
-    on it for milliseconds). 0: the same priority as the edge."""
+    """CPU niceness of the demo's cloud part (the aggregator and its simulations; the story's process:
+    its reads, retraining and rollout controller). It stands in for machines elsewhere, and on the
+    demo's one box it would take the CPU the edge path needs for its deadline: niced, it gets only what
+    the edge leaves (its windows are seconds long; nothing waits on it for milliseconds). 0: the same
+    priority as the edge."""
     story: StorySettings = StorySettings()
     """The learning loop the demo tells (``workers/local/story.py``): shift, drift, retrain, canary and
     rollback."""

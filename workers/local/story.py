@@ -2,8 +2,8 @@
 
 Before any worker starts, ``story_registry.prepare_registry`` makes the zoo's reference model the
 stable version of the story's model; the workers follow ``control.models`` from then on.
-:class:`Story` then runs beside the fleet, in the same event loop, and moves on only when the system
-itself says so:
+:class:`Story` then runs beside the fleet (in a process of its own: ``story_process``) and moves on only
+when the system itself says so:
 
 1. the devices send the original inputs for ``baseline_s``;
 2. their scanners change (``pipeline.models.shift``): embeddings come from the first half of the
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from edgestream.pipeline.learning.retrain import LabelledSet, RetrainReport
     from edgestream.pipeline.registry.signing import SigningKey
     from edgestream.pipeline.settings import KafkaSettings
-    from edgestream.workers.local.fleet import Fleet
+    from edgestream.workers.local.fleet_settings import Inputs
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ def _now_ms() -> int:
 
 
 class Story:
-    """Runs the steps of the module docstring beside ``fleet``; sets ``stop`` when done (always)."""
+    """Runs the steps of the module docstring beside the fleet, which it tells which inputs to send through
+    ``set_inputs``; sets ``stop`` when done (always). Times are counted from ``started_at`` (the fleet's
+    start, unix seconds)."""
 
     def __init__(
         self,
@@ -187,7 +189,8 @@ class Story:
         *,
         kafka: KafkaSettings,
         home: Path,
-        fleet: Fleet,
+        set_inputs: Callable[[Inputs], None],
+        started_at: float,
         view_url: str,
         regions: frozenset[str],
         reference: int,
@@ -197,7 +200,8 @@ class Story:
         self.settings = settings
         self._kafka = kafka
         self._home = home
-        self._fleet = fleet
+        self._set_inputs = set_inputs
+        self._started_at = started_at
         self._view_url = view_url
         self._workers = TopicWorkerView(kafka, regions=regions, max_age_s=30.0)
         self._regions = regions
@@ -239,7 +243,7 @@ class Story:
         s = self.settings
         await asyncio.sleep(s.baseline_s)
         shift_ms = _now_ms()
-        self._fleet.inputs = "shifted-a"
+        self._set_inputs("shifted-a")
         self.report.shift_at_s = self._t()
         self._event("shift", "scanners change to a 1.3x pixel pitch (first half of the shifted data)")
 
@@ -253,7 +257,7 @@ class Story:
         )
 
         data = await self._bounded(f"{s.min_samples} labelled samples", self._labelled(shift_ms))
-        self._fleet.inputs = "shifted-b"
+        self._set_inputs("shifted-b")
         self.report.switch_at_s = self._t()
         good, report, _ = await self._retrain(data, inverted=False)
         self.report.retrained, self.report.retrain = good, _report_dict(report)
@@ -422,7 +426,7 @@ class Story:
             raise StoryStalled(f"waited {self.settings.step_timeout_s:g} s for {what}{held}") from None
 
     def _t(self) -> float:
-        return time.time() - self._fleet.report.started_at
+        return time.time() - self._started_at
 
     def _event(self, kind: str, text: str, version: int | None = None) -> None:
         event = StoryEvent(round(self._t(), 2), kind, text, version)

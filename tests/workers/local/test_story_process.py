@@ -1,0 +1,140 @@
+"""The story's process: what it says reaches the fleet and the console, a cancel still gets its report,
+and a failed or vanished child is an error, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from edgestream.pipeline.learning.rollout import Verdict
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.local.fleet_settings import Inputs
+from edgestream.workers.local.story import StoryEvent, StoryReport, StorySettings
+from edgestream.workers.local.story_process import StoryArgs, StoryFailed, tell_story
+
+
+def _args(tmp_path: Path, nice: int = 0) -> StoryArgs:
+    return StoryArgs(
+        StorySettings(),
+        kafka=KafkaSettings(),
+        home=tmp_path,
+        view_url="http://127.0.0.1:1",
+        regions=frozenset({"eu-west"}),
+        reference=1,
+        started_at=1_000.0,
+        nice=nice,
+    )
+
+
+# Children (spawned: importable, at module level), speaking the story process's messages.
+
+
+def _tells_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
+    conn.send(("inputs", "shifted-a"))
+    conn.send(("event", StoryEvent(1.5, "shift", "scanners change", None)))
+    assert conn.recv() == ("cancel",)
+    report = StoryReport("embedding-scorer", args.reference)
+    report.stalled = "the fleet's time limit ended first"
+    report.verdicts.append((2.0, Verdict("rollback", ("accuracy",), revision=7)))
+    conn.send(("report", report))
+
+
+def _tells_and_ends(conn: Connection, args: StoryArgs) -> None:
+    conn.send(("inputs", "shifted-b"))
+    conn.send(("report", StoryReport("embedding-scorer", args.reference, retrained=2)))
+
+
+def _fails(conn: Connection, args: StoryArgs) -> None:
+    conn.send(("error", "Traceback: ValueError: the samples were refused"))
+
+
+def _dies(conn: Connection, args: StoryArgs) -> None:
+    os._exit(3)
+
+
+def _reports_its_niceness(conn: Connection, args: StoryArgs) -> None:
+    from edgestream.workers.local.story_process import _child_priority
+
+    _child_priority(args)
+    report = StoryReport("embedding-scorer", args.reference)
+    report.stalled = str(os.nice(0))
+    conn.send(("report", report))
+
+
+async def test_inputs_and_events_arrive_and_a_cancelled_story_still_reports(tmp_path: Path) -> None:
+    inputs: list[Inputs] = []
+    events: list[StoryEvent] = []
+    heard = asyncio.Event()
+
+    def on_event(event: StoryEvent) -> None:
+        events.append(event)
+        heard.set()
+
+    stop = asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=inputs.append,
+            on_event=on_event,
+            stop=stop,
+            target=_tells_then_waits_for_cancel,
+        )
+    )
+    await asyncio.wait_for(heard.wait(), 60)
+    assert inputs == ["shifted-a"]
+    assert events == [StoryEvent(1.5, "shift", "scanners change", None)]
+    assert not stop.is_set()
+    told.cancel()
+    report = await told
+    assert report.stalled == "the fleet's time limit ended first"
+    assert report.verdicts[0][1].revision == 7
+    assert stop.is_set()
+
+
+async def test_a_story_that_ends_sets_stop_and_returns_its_report(tmp_path: Path) -> None:
+    inputs: list[Inputs] = []
+    stop = asyncio.Event()
+    report = await tell_story(
+        _args(tmp_path), set_inputs=inputs.append, on_event=lambda _e: None, stop=stop, target=_tells_and_ends
+    )
+    assert (inputs, report.retrained, stop.is_set()) == (["shifted-b"], 2, True)
+
+
+@pytest.mark.parametrize(
+    ("target", "match"), [(_fails, "the samples were refused"), (_dies, "without a report")]
+)
+async def test_a_failed_or_vanished_story_is_an_error(tmp_path: Path, target: object, match: str) -> None:
+    stop = asyncio.Event()
+    with pytest.raises(StoryFailed, match=match):
+        await tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: None,
+            on_event=lambda _e: None,
+            stop=stop,
+            target=target,  # type: ignore[arg-type]
+        )
+    assert stop.is_set()
+
+
+async def test_a_niced_story_runs_niced(tmp_path: Path) -> None:
+    report = await tell_story(
+        _args(tmp_path, nice=4),
+        set_inputs=lambda _i: None,
+        on_event=lambda _e: None,
+        stop=asyncio.Event(),
+        target=_reports_its_niceness,
+    )
+    assert report.stalled == str(os.nice(0) + 4)
+
+
+def test_what_crosses_the_pipe_pickles(tmp_path: Path) -> None:
+    args = _args(tmp_path)
+    assert pickle.loads(pickle.dumps(args)) == args
+    report = StoryReport("embedding-scorer", 1, retrained=2)
+    report.events.append(StoryEvent(3.0, "drift", "flagged", 1))
+    assert pickle.loads(pickle.dumps(report)) == report

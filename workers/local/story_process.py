@@ -1,0 +1,196 @@
+"""The demo's story in a process of its own, beside the fleet's.
+
+The story stands in for the cloud: it reads the cloud topics (labelled samples, the workers' reports,
+the summaries the rollout controller judges), retrains with scikit-learn and signs candidates. That is
+seconds of CPU in bursts. Told in the fleet's process, as it was, it took the devices' event loop for
+them: a profile of a demo showed the loop decoding labelled samples (``read_labelled``, the
+controller's judgements) between the devices' sends, and scikit-learn's import and training holding the
+interpreter in a thread; the loop's peak lag was 2.7 s, and 6.4% of the Kafka-native devices' requests
+were answered by their fallback. Here it runs as the rest of the demo's cloud part does: in its own
+process (``spawn``), niced (``DemoSettings.cloud_nice``), so the edge path and the devices get the
+CPU first. The fleet hears from it through a pipe only what the devices and the console need: which
+inputs to send, the story's events as they happen, and its report when it ends.
+
+Messages, child to parent: ``("inputs", Inputs)``, ``("event", StoryEvent)``, then ``("report",
+StoryReport)`` or ``("error", str)`` last. Parent to child: ``("cancel",)`` (the fleet's time ran out
+first: the story records a stall and reports). The pipe's end (either side gone) ends the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Final
+
+from edgestream.pipeline import eventloop
+from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.eventloop import EventLoop
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.local.fleet_settings import Inputs
+from edgestream.workers.local.story import Story, StoryEvent, StoryReport, StorySettings
+
+log = logging.getLogger(__name__)
+
+REPORT_WAIT_S: Final = 60.0
+"""How long a cancelled story may take to stop and send its report."""
+_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class StoryFailed(EdgestreamError):
+    """The story's process failed (an exception in the story, or the process died)."""
+
+    reason = "story_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoryArgs:
+    """What the story's process needs to tell the story (all of it picklable)."""
+
+    settings: StorySettings
+    kafka: KafkaSettings
+    home: Path
+    view_url: str
+    regions: frozenset[str]
+    reference: int
+    started_at: float
+    """The fleet's start (unix seconds): the story's time zero."""
+    event_loop: EventLoop = "uvloop"
+    nice: int = 0
+    """Added to the process's CPU niceness when it starts."""
+    log_level: int = logging.WARNING
+
+
+async def tell_story(
+    args: StoryArgs,
+    *,
+    set_inputs: Callable[[Inputs], None],
+    on_event: Callable[[StoryEvent], None],
+    stop: asyncio.Event,
+    target: Callable[[Connection, StoryArgs], None] | None = None,
+) -> StoryReport:
+    """Tell the story in a child process; ``set_inputs`` and ``on_event`` are called in this loop as its
+    messages arrive; ``stop`` is set when it ends (always). Cancelled, it asks the story to stop and
+    still returns its report (with the stall recorded), as :meth:`Story.run` does. ``target`` is what
+    the child runs (the story by default; an importable function speaking the same messages)."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(
+        target=target or _child, args=(theirs, args), name="edgestream-story", daemon=True
+    )
+    process.start()
+    theirs.close()
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    reader = threading.Thread(target=_read, args=(ours, loop, inbox), name="story-pipe", daemon=True)
+    reader.start()
+    try:
+        return await _follow(inbox, set_inputs, on_event)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            ours.send(("cancel",))
+        async with asyncio.timeout(REPORT_WAIT_S):
+            return await _follow(inbox, set_inputs, on_event)
+    finally:
+        stop.set()
+        await asyncio.to_thread(process.join, 5.0)
+        if process.is_alive():
+            process.kill()
+            await asyncio.to_thread(process.join, 5.0)
+        ours.close()
+
+
+async def _follow(
+    inbox: asyncio.Queue[tuple[Any, ...]],
+    set_inputs: Callable[[Inputs], None],
+    on_event: Callable[[StoryEvent], None],
+) -> StoryReport:
+    while True:
+        message = await inbox.get()
+        kind = message[0]
+        if kind == "inputs":
+            set_inputs(message[1])
+        elif kind == "event":
+            on_event(message[1])
+        elif kind == "report":
+            report: StoryReport = message[1]
+            return report
+        elif kind == "error":
+            raise StoryFailed(f"the story failed in its process:\n{message[1]}")
+        else:  # "gone"
+            raise StoryFailed("the story's process ended without a report")
+
+
+def _read(conn: Connection, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
+    """The parent's reader thread: every message into ``inbox``; ``("gone",)`` when the pipe closes."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            message = ("gone",)
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return
+        if message[0] in ("report", "error", "gone"):
+            return
+
+
+# -- the child ---------------------------------------------------------------------------------------
+
+
+def _child(conn: Connection, args: StoryArgs) -> None:
+    _child_priority(args)
+    logging.basicConfig(level=args.log_level, format=_LOG_FORMAT)
+    try:
+        report = eventloop.run(_tell(conn, args), args.event_loop)
+    except BaseException:  # whatever it was, the parent must hear of it
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        raise
+    with contextlib.suppress(OSError):
+        conn.send(("report", report))
+    conn.close()
+
+
+def _child_priority(args: StoryArgs) -> None:
+    """Yield the CPU to the edge path, as the demo's other cloud processes do."""
+    if args.nice:
+        os.nice(args.nice)
+
+
+async def _tell(conn: Connection, args: StoryArgs) -> StoryReport:
+    story = Story(
+        args.settings,
+        kafka=args.kafka,
+        home=args.home,
+        set_inputs=lambda inputs: conn.send(("inputs", inputs)),
+        started_at=args.started_at,
+        view_url=args.view_url,
+        regions=args.regions,
+        reference=args.reference,
+        on_event=lambda event: conn.send(("event", event)),
+    )
+    told = asyncio.create_task(story.run(asyncio.Event()))
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:  # the parent's cancel, or its end: stop the story either way
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()
+        loop.remove_reader(conn.fileno())
+        told.cancel()
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        return await told
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(conn.fileno())
