@@ -23,7 +23,7 @@ from edgestream.pipeline.contract.partitioner import memo_partitioner
 from edgestream.pipeline.errors import KafkaTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
     from aiokafka.structs import ConsumerRecord
 
@@ -116,6 +116,7 @@ async def read_to_end(
     what: str = "",
     idle: bool = False,
     since_ms: int | None = None,
+    resume: bool = False,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``tps`` from the beginning up to the end offsets found at the start (the last
     stable offsets, for a ``read_committed`` consumer), read with the started ``client`` (assigned to
@@ -127,18 +128,17 @@ async def read_to_end(
 
     ``since_ms``: start each partition at its first record timestamped at or after it (the broker's
     time index, ``offsets_for_times``) instead of the beginning, so a reader that needs only recent
-    records does not read the topic's whole retention each time."""
-    client.assign(list(tps))
+    records does not read the topic's whole retention each time.
+
+    ``resume``: the client was left by an earlier read of the same ``tps``; read on from where it
+    ended to the end offsets found now (each record once over a series of reads)."""
+    if not resume:
+        client.assign(list(tps))
     if not tps:
         return
     end = await client.end_offsets(list(tps))
-    if since_ms is None:
-        await client.seek_to_beginning(*tps)
-    else:
-        found = await client.offsets_for_times(dict.fromkeys(tps, since_ms))
-        for tp in tps:
-            hit = found.get(tp)
-            client.seek(tp, min(hit.offset, end[tp]) if hit is not None else end[tp])
+    if not resume:
+        await _seek_start(client, tps, end, since_ms)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     at = {tp: await client.position(tp) for tp in tps}
@@ -175,6 +175,23 @@ async def read_all(
             record
             async for record in read_to_end(client, tps, timeout_ms=timeout_ms, what=what, since_ms=since_ms)
         ]
+
+
+async def _seek_start(
+    client: AIOKafkaConsumer,
+    tps: Sequence[TopicPartition],
+    end: Mapping[TopicPartition, int],
+    since_ms: int | None,
+) -> None:
+    """Each of ``tps`` to its beginning, or to its first record stamped at or after ``since_ms`` (its
+    end offset when there is none)."""
+    if since_ms is None:
+        await client.seek_to_beginning(*tps)
+        return
+    found = await client.offsets_for_times(dict.fromkeys(tps, since_ms))
+    for tp in tps:
+        hit = found.get(tp)
+        client.seek(tp, min(hit.offset, end[tp]) if hit is not None else end[tp])
 
 
 def partitions(topics: Iterable[tuple[str, int]]) -> list[TopicPartition]:

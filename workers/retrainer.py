@@ -1,7 +1,8 @@
 """The retraining process: read the labelled samples of a window from the cloud topics, read the stable
 version to compare with from the registry, and publish a retrained candidate.
 
-:func:`read_cloud` reads ``cloud.samples`` and ``cloud.labels`` to their end offsets (read_committed);
+:func:`read_cloud` reads ``cloud.samples`` and ``cloud.labels`` to their end offsets (read_committed), from
+a window's start (less a margin for the producers' clocks), not from the topics' beginning;
 :func:`read_labelled` joins them for a zoo model (``pipeline.learning.retrain.join``) and
 :func:`read_export` for any model, as the rows of an export file (``pipeline.learning.export``);
 :func:`read_stable` reads the model's stable version and its verified ONNX bytes;
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from edgestream.pipeline.contract.cloud import Label, Sample
+from edgestream.pipeline.contract.cloud import READ_MARGIN_MS, Label, Sample
 from edgestream.pipeline.errors import EdgestreamError, UndecodableRecord
 from edgestream.pipeline.learning.export import ExportTable, export_table
 from edgestream.pipeline.learning.retrain import (
@@ -88,15 +89,25 @@ class CloudRecords:
     """Records that did not decode (logged and left out)."""
 
 
-async def read_cloud(kafka: KafkaSettings, *, timeout_ms: int = DEFAULT_READ_TIMEOUT_MS) -> CloudRecords:
-    """Read ``cloud.samples`` and ``cloud.labels`` from the beginning to their end offsets
-    (read_committed). Raises :class:`~edgestream.pipeline.errors.KafkaTimeout` for a read that does not
-    reach the end offsets within ``timeout_ms``."""
+async def read_cloud(
+    kafka: KafkaSettings, *, since_ms: int | None = None, timeout_ms: int = DEFAULT_READ_TIMEOUT_MS
+) -> CloudRecords:
+    """Read ``cloud.samples`` and ``cloud.labels`` to their end offsets (read_committed): from the
+    beginning, or with ``since_ms`` from ``READ_MARGIN_MS`` before it (records stamped earlier cannot
+    be of a span that starts there). Raises :class:`~edgestream.pipeline.errors.KafkaTimeout` for a read
+    that does not reach the end offsets within ``timeout_ms``."""
     raw = await _read_values(
         kafka,
         {SAMPLES_TOPIC: CLOUD_SAMPLES.partitions, LABELS_TOPIC: CLOUD_LABELS.partitions},
         timeout_ms,
+        None if since_ms is None else since_ms - READ_MARGIN_MS,
     )
+    return _decoded(raw)
+
+
+def _decoded(raw: dict[str, list[bytes]]) -> CloudRecords:
+    """The samples and labels of ``raw`` (topic -> values); records that do not decode logged and
+    counted."""
     records = CloudRecords([], [], 0)
     undecodable = 0
     for topic, values in raw.items():
@@ -125,10 +136,18 @@ async def read_labelled(
     Undecodable records are logged and counted in ``skipped``. Raises :class:`RetrainError` for a model
     that is not sampled, :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`read_cloud`.
     """
+    sampled_spec(model)  # a model that is not sampled is refused before anything is read
+    cloud = await read_cloud(kafka, since_ms=since_ms, timeout_ms=timeout_ms)
+    return labelled(cloud, model, since_ms, until_ms)
+
+
+def labelled(cloud: CloudRecords, model: str, since_ms: int, until_ms: int) -> LabelledSet:
+    """:func:`join` ``cloud``'s records for ``model`` over ``[since_ms, until_ms)``; its undecodable
+    records counted in ``skipped``. Raises :class:`RetrainError` for a model that is not sampled."""
     model_spec = sampled_spec(model)
-    window = Window(since_ms, until_ms)
-    cloud = await read_cloud(kafka, timeout_ms=timeout_ms)
-    data = join(cloud.samples, cloud.labels, model, window, int(np.prod(model_spec.input_shape)))
+    data = join(
+        cloud.samples, cloud.labels, model, Window(since_ms, until_ms), int(np.prod(model_spec.input_shape))
+    )
     log.info(
         "%s in [%d, %d): %d samples, %d labels, %d joined (%d skipped, %d undecodable)",
         model,
@@ -143,6 +162,59 @@ async def read_labelled(
     return replace(data, skipped=data.skipped + cloud.undecodable)
 
 
+class CloudTail:
+    """``cloud.samples`` and ``cloud.labels`` from ``since_ms`` (less ``READ_MARGIN_MS``), read on from
+    where the previous :meth:`read` ended: one who polls until enough labelled samples are there reads
+    each record once, rather than the whole span again on every poll (the demo's story polled every
+    2 s, and each poll re-read the topics through the broker's TLS). Use it as an async context
+    manager: it holds one consumer."""
+
+    def __init__(
+        self, kafka: KafkaSettings, since_ms: int, *, timeout_ms: int = DEFAULT_READ_TIMEOUT_MS
+    ) -> None:
+        from edgestream.pipeline import kafka as clients
+
+        self._since_ms = since_ms
+        self._timeout_ms = timeout_ms
+        self._client = clients.consumer(kafka, _CLIENT_ID)
+        self._tps = clients.partitions(
+            [(SAMPLES_TOPIC, CLOUD_SAMPLES.partitions), (LABELS_TOPIC, CLOUD_LABELS.partitions)]
+        )
+        self._read_once = False
+        self._records = CloudRecords([], [], 0)
+
+    async def __aenter__(self) -> CloudTail:
+        await self._client.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.stop()
+
+    async def read(self) -> CloudRecords:
+        """Every record from ``since_ms`` to the end offsets now (the earlier reads' and the new ones).
+        Raises :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`read_cloud`."""
+        from edgestream.pipeline import kafka as clients
+
+        values: dict[str, list[bytes]] = {SAMPLES_TOPIC: [], LABELS_TOPIC: []}
+        async for record in clients.read_to_end(
+            self._client,
+            self._tps,
+            timeout_ms=self._timeout_ms,
+            since_ms=self._since_ms - READ_MARGIN_MS,
+            resume=self._read_once,
+        ):
+            if record.value is not None:
+                values[record.topic].append(record.value)
+        self._read_once = True
+        new = _decoded(values)
+        self._records = CloudRecords(
+            self._records.samples + new.samples,
+            self._records.labels + new.labels,
+            self._records.undecodable + new.undecodable,
+        )
+        return self._records
+
+
 async def read_export(
     kafka: KafkaSettings,
     model: str,
@@ -155,21 +227,24 @@ async def read_export(
     the rows of an export file (``learning.export``): :func:`read_cloud` and ``join_samples`` with the
     feature length most of the window's samples have. Trains and publishes nothing."""
     window = Window(since_ms, until_ms)
-    cloud = await read_cloud(kafka, timeout_ms=timeout_ms)
+    cloud = await read_cloud(kafka, since_ms=since_ms, timeout_ms=timeout_ms)
     joined = join_samples(cloud.samples, cloud.labels, model, window, None)
     return export_table(joined, model, window, cloud.undecodable)
 
 
 async def _read_values(
-    connection: KafkaSettings, partitions: dict[str, int], timeout_ms: int
+    connection: KafkaSettings, partitions: dict[str, int], timeout_ms: int, since_ms: int | None
 ) -> dict[str, list[bytes]]:
-    """Every committed record value of ``partitions`` (topic -> partition count), up to the end offsets
-    found at the start."""
+    """Every committed record value of ``partitions`` (topic -> partition count) stamped at or after
+    ``since_ms`` (None: all), up to the end offsets found at the start."""
     from edgestream.pipeline import kafka
 
-    settings = connection
     records = await kafka.read_all(
-        settings, kafka.partitions(partitions.items()), client_id=_CLIENT_ID, timeout_ms=timeout_ms
+        connection,
+        kafka.partitions(partitions.items()),
+        client_id=_CLIENT_ID,
+        timeout_ms=timeout_ms,
+        since_ms=since_ms,
     )
     out: dict[str, list[bytes]] = {topic: [] for topic in partitions}
     for record in records:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample
+from edgestream.pipeline.contract.cloud import READ_MARGIN_MS, Label, PartialSummary, Sample
 from edgestream.pipeline.errors import UndecodableRecord
 from edgestream.pipeline.learning.rollout import (
     Bounds,
@@ -111,9 +111,6 @@ class FileWorkerView:
 # -- the controller --------------------------------------------------------------------------------
 
 _CLIENT_ID: Final = "edgestream-rollout"
-READ_MARGIN_MS: Final = 300_000
-"""A step reads the cloud topics from this long before the canary started: the records carry their
-producers' clocks (workers, backends), which may run behind the clock that stamped the canary."""
 
 
 class Controller:

@@ -35,6 +35,10 @@ SCORE_BINS: Final = 10
 """The top-class score histogram has this many equal bins over [0, 1]."""
 PSEUDONYM_BYTES: Final = 16
 """Length of a device pseudonym (truncated HMAC-SHA256)."""
+READ_MARGIN_MS: Final = 300_000
+"""A reader of the cloud topics after the records of a span of ``at_ms`` starts this long before the
+span: records are stamped by their producers' clocks (workers, backends), which may run behind the
+clock that set the span (or ``at_ms`` itself, a device's capture time may be ahead of them)."""
 
 
 def latency_bucket(latency_ms: float) -> int:

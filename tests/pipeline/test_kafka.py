@@ -174,3 +174,25 @@ async def test_consumer_lag_counts_records_past_the_committed_offset(bootstrap: 
         client.assign(tps)
         await client.commit({tps[0]: 2})
     assert await kafka.consumer_lag(bootstrap, group, tps, client_id="test-kafka") == {tps[0]: 1, tps[1]: 1}
+
+
+async def test_a_resumed_read_reads_on_from_where_the_last_one_ended(bootstrap: KafkaSettings) -> None:
+    """What a poller (the demo story's wait for labelled samples) does: each record once over a series
+    of reads, the first from a time, the next ones from where the previous ended."""
+    topic = await _topic(bootstrap, 2)
+    async with kafka.started(kafka.producer(bootstrap, "test-kafka")) as producer:
+        for partition, stamp in ((0, 1_000), (0, 5_000), (1, 6_000)):
+            await producer.send_and_wait(topic, str(stamp).encode(), partition=partition, timestamp_ms=stamp)
+    tps = kafka.partitions([(topic, 2)])
+    async with kafka.started(kafka.consumer(bootstrap, "test-kafka")) as client:
+
+        async def read(resume: bool) -> list[int]:
+            stream = kafka.read_to_end(client, tps, timeout_ms=20_000, since_ms=2_000, resume=resume)
+            return sorted([int(r.value) async for r in stream])
+
+        assert await read(resume=False) == [5_000, 6_000]
+        assert await read(resume=True) == []
+        await _produce(bootstrap, topic, [b"7000"], partition=1)
+        await _produce(bootstrap, topic, [b"8000"], partition=0)
+        assert await read(resume=True) == [7_000, 8_000]
+        assert await read(resume=False) == [5_000, 6_000, 7_000, 8_000]  # from the time again

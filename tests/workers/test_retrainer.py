@@ -40,6 +40,7 @@ from edgestream.pipeline.registry.publishing import publish_artifact
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, shared_topics
+from edgestream.workers.retrainer import CloudRecords, CloudTail, read_cloud
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -239,3 +240,37 @@ async def test_export_writes_the_labelled_samples_of_any_model_and_publishes_not
     assert f"{model}: no labelled samples in" in refused.output
     assert not empty.exists()
     assert model not in await RegistryClient(bootstrap).read_states(), "an export publishes nothing"
+
+
+async def test_the_cloud_tail_reads_each_record_once_and_the_new_ones_on_each_read(
+    bootstrap: KafkaSettings, producer: AIOKafkaProducer
+) -> None:
+    """The story's poll for labelled samples: a tail opened at a window's start gives every sample and
+    label of it, and on each read the new ones too, each once; read_cloud from the window's start reads
+    the same. (Where the read starts is the broker's time index, ``test_kafka.py``: a lower bound, the
+    window's filter is the join's.)"""
+    await ensure_topics(bootstrap, shared_topics())
+    start_ms = _now_ms()
+    run = uuid.uuid4().bytes[:8]
+
+    async def send(i: int, stamp_ms: int) -> bytes:
+        rid = run + i.to_bytes(8)
+        sample = Sample(rid, "eu-west", MODEL, 1, stamp_ms, b"p" * 16, (0.0,) * 16, 0, (0.5, 0.5))
+        await producer.send(SAMPLES_TOPIC, sample.to_bytes(), key=sample.device, timestamp_ms=stamp_ms)
+        label = Label(rid, MODEL, 1, stamp_ms + 1)
+        await producer.send(LABELS_TOPIC, label.to_bytes(), key=rid, timestamp_ms=stamp_ms + 1)
+        await producer.flush()
+        return rid
+
+    def ours(records: CloudRecords) -> tuple[list[bytes], list[bytes]]:
+        samples = sorted(s.request_id for s in records.samples if s.request_id.startswith(run))
+        labels = sorted(lb.request_id for lb in records.labels if lb.request_id.startswith(run))
+        return samples, labels
+
+    first = [await send(i, start_ms + i) for i in (1, 2)]
+    async with CloudTail(bootstrap, start_ms) as tail:
+        assert ours(await tail.read()) == (first, first)
+        later = await send(3, start_ms + 3)
+        assert ours(await tail.read()) == ([*first, later], [*first, later])
+        assert ours(await tail.read()) == ([*first, later], [*first, later])
+    assert ours(await read_cloud(bootstrap, since_ms=start_ms)) == ([*first, later], [*first, later])

@@ -321,14 +321,15 @@ class Story:
             await asyncio.sleep(1.0)
 
     async def _labelled(self, shift_ms: int) -> LabelledSet:
-        from edgestream.workers.retrainer import read_labelled
+        from edgestream.workers.retrainer import CloudTail, labelled
 
-        while True:
-            data = await read_labelled(self._kafka, self._model, shift_ms, _now_ms())
-            log.info("story: %d labelled samples since the shift", data.joined)
-            if data.joined >= self.settings.min_samples:
-                return data
-            await asyncio.sleep(2.0)
+        async with CloudTail(self._kafka, shift_ms) as tail:  # each record read once over the polls
+            while True:
+                data = labelled(await tail.read(), self._model, shift_ms, _now_ms())
+                log.info("story: %d labelled samples since the shift", data.joined)
+                if data.joined >= self.settings.min_samples:
+                    return data
+                await asyncio.sleep(2.0)
 
     async def _retrain(self, data: LabelledSet, *, inverted: bool) -> tuple[int, RetrainReport, bytes]:
         """Retrain on ``data`` (labels inverted for the bad candidate) and publish it: its version, the
