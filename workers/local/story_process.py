@@ -97,8 +97,13 @@ async def tell_story(
     except asyncio.CancelledError:
         with contextlib.suppress(OSError):
             ours.send(("cancel",))
-        async with asyncio.timeout(REPORT_WAIT_S):
-            return await _follow(inbox, set_inputs, on_event)
+        try:
+            async with asyncio.timeout(REPORT_WAIT_S):
+                return await _follow(inbox, set_inputs, on_event)
+        except TimeoutError:
+            raise StoryFailed(
+                f"the story's process did not report within {REPORT_WAIT_S:g} s of being stopped"
+            ) from None
     finally:
         stop.set()
         await asyncio.to_thread(process.join, 5.0)

@@ -57,6 +57,14 @@ def _dies(conn: Connection, args: StoryArgs) -> None:
     os._exit(3)
 
 
+def _never_reports(conn: Connection, args: StoryArgs) -> None:
+    import time
+
+    (args.home / "pid").write_text(str(os.getpid()))
+    conn.send(("inputs", "shifted-a"))
+    time.sleep(60)
+
+
 def _reports_its_niceness(conn: Connection, args: StoryArgs) -> None:
     from edgestream.workers.local.story_process import _child_priority
 
@@ -138,3 +146,28 @@ def test_what_crosses_the_pipe_pickles(tmp_path: Path) -> None:
     report = StoryReport("embedding-scorer", 1, retrained=2)
     report.events.append(StoryEvent(3.0, "drift", "flagged", 1))
     assert pickle.loads(pickle.dumps(report)) == report
+
+
+async def test_a_story_that_does_not_stop_when_asked_is_an_error_and_its_process_is_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgestream.workers.local import story_process
+
+    monkeypatch.setattr(story_process, "REPORT_WAIT_S", 0.5)
+    running = asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: running.set(),
+            on_event=lambda _e: None,
+            stop=asyncio.Event(),
+            target=_never_reports,
+        )
+    )
+    await asyncio.wait_for(running.wait(), 60)
+    told.cancel()
+    with pytest.raises(StoryFailed, match=r"did not report within 0\.5 s"):
+        await told
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
