@@ -196,15 +196,18 @@ class CloudTail:
         from edgestream.pipeline import kafka as clients
 
         values: dict[str, list[bytes]] = {SAMPLES_TOPIC: [], LABELS_TOPIC: []}
+        resume, self._read_once = self._read_once, False  # a read that fails starts over next time
         async for record in clients.read_to_end(
             self._client,
             self._tps,
             timeout_ms=self._timeout_ms,
             since_ms=self._since_ms - READ_MARGIN_MS,
-            resume=self._read_once,
+            resume=resume,
         ):
             if record.value is not None:
                 values[record.topic].append(record.value)
+        if not resume:
+            self._records = CloudRecords([], [], 0)
         self._read_once = True
         new = _decoded(values)
         self._records = CloudRecords(

@@ -274,3 +274,44 @@ async def test_the_cloud_tail_reads_each_record_once_and_the_new_ones_on_each_re
         assert ours(await tail.read()) == ([*first, later], [*first, later])
         assert ours(await tail.read()) == ([*first, later], [*first, later])
     assert ours(await read_cloud(bootstrap, since_ms=start_ms)) == ([*first, later], [*first, later])
+
+
+async def test_a_cloud_tail_read_that_fails_half_way_starts_over_on_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records a failed read consumed are not in the tail: the next read must start from the window
+    again (not resume past them), and give each record once."""
+    from aiokafka.structs import ConsumerRecord
+
+    from edgestream.pipeline import kafka as clients
+    from edgestream.pipeline.errors import KafkaTimeout
+
+    def label(i: int) -> ConsumerRecord[bytes, bytes]:
+        value = Label(i.to_bytes(16), MODEL, 1, 1_000 + i).to_bytes()
+        return ConsumerRecord(LABELS_TOPIC, 0, i, 1_000 + i, 0, None, value, None, 0, len(value), ())
+
+    calls: list[bool] = []
+
+    async def read_to_end(*_a: object, resume: bool = False, **_k: object):  # type: ignore[no-untyped-def]
+        calls.append(resume)
+        if len(calls) == 1:  # the first read: record 0
+            yield label(0)
+        elif len(calls) == 2:  # a resumed read: record 1 comes, then the read fails
+            yield label(1)
+            raise KafkaTimeout("cloud.labels", 1)
+        else:
+            for i in (0, 1) if not resume else ():
+                yield label(i)
+
+    monkeypatch.setattr(clients, "read_to_end", read_to_end)
+    tail = CloudTail(KafkaSettings(bootstrap_servers="127.0.0.1:1"), 1_000)  # never started
+    ids = [i.to_bytes(16) for i in (0, 1)]
+    try:
+        assert [lb.request_id for lb in (await tail.read()).labels] == ids[:1]
+        with pytest.raises(KafkaTimeout):
+            await tail.read()
+        assert [lb.request_id for lb in (await tail.read()).labels] == ids
+        assert [lb.request_id for lb in (await tail.read()).labels] == ids
+    finally:
+        await tail.__aexit__(None, None, None)
+    assert calls == [False, True, False, True]
