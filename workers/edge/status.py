@@ -45,6 +45,10 @@ class WorkerStats:
     """Records the client fetched a second time (and the worker admitted once)."""
     infer_s: float = 0.0
     """Seconds spent in onnxruntime."""
+    fetches: int = 0
+    """Fetches that returned records."""
+    paced: int = 0
+    """Times the worker waited out its fetch interval before fetching (``pacing.py``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -59,6 +63,8 @@ class WorkerStats:
             "rewinds": self.rewinds,
             "refetched": self.refetched,
             "infer_s": round(self.infer_s, 4),
+            "fetches": self.fetches,
+            "paced": self.paced,
         }
 
 

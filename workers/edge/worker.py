@@ -51,6 +51,7 @@ from edgestream.workers.edge.following import RegistryFollowing
 from edgestream.workers.edge.inference import UnitInference
 from edgestream.workers.edge.observe import note_models
 from edgestream.workers.edge.outputs import UnitOutputs
+from edgestream.workers.edge.pacing import FetchPacing
 from edgestream.workers.edge.positioning import Partitions
 from edgestream.workers.edge.replaymemory import ReplayMemory
 from edgestream.workers.edge.replies import ReplySender
@@ -103,6 +104,7 @@ class EdgeWorker:
         )
         note_models(self.metrics, self._catalog)
         self._estimate = ServiceTimeEstimate()
+        self._pacing = FetchPacing(settings.fetch_interval_ms)
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
         )
@@ -289,10 +291,16 @@ class EdgeWorker:
     async def _fetch_loop(self) -> None:
         limit = self.settings.max_in_flight
         while True:
+            wait_s = self._pacing.wait_s(time.monotonic())
+            if wait_s > 0 and not self._paused:
+                await self._paced(wait_s)
             await self._partitions.position_new()
             self._apply_backpressure(limit)
             room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
             fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            count = sum(map(len, fetched.values()))
+            self._pacing.fetched(count, time.monotonic())
+            self.stats.fetches += bool(count)
             if time.monotonic() - self._stats_written_s >= self.settings.stats_interval_s:
                 self._write_stats()
             # One stat: a rotated key, an enrolment or a forgotten device in the key file applies from
@@ -305,6 +313,18 @@ class EdgeWorker:
                 self._wakeup.set()
             elif self._held() == 0:
                 self.readiness.progress()  # idle, not stuck
+
+    async def _paced(self, wait_s: float) -> None:
+        """Wait ``wait_s`` with the partitions paused (``pacing.py``): no fetch of the first record to
+        arrive meanwhile, so the next fetch takes all of them. Called right after a fetch returned (no
+        await between), before aiokafka's fetcher could send the next one."""
+        paused = self.consumer.assignment() - self.consumer.paused()
+        self.consumer.pause(*paused)
+        self.stats.paced += 1
+        try:
+            await asyncio.sleep(wait_s)
+        finally:  # a rebalance meanwhile may have revoked some
+            self.consumer.resume(*(paused & self.consumer.assignment()))
 
     def _admit_all(self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Admit the records fetched for partitions in service into the open unit."""

@@ -599,3 +599,30 @@ def _seal_raw(region: EdgeRegion, device: str, data: np.ndarray[Any, Any]) -> by
         kind="embedding",
         model=MODEL["embedding"],
     )
+
+
+async def test_steady_traffic_is_fetched_paced_and_every_request_answered_once(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    """Records arriving several to a fetch interval are fetched with pauses between fetches: far fewer
+    fetches than records, nothing lost or answered twice, and no partition left paused."""
+    worker = await running_worker(fetch_interval_ms=25.0)
+    data = load_dataset("embedding")
+    topic = ingest_topic(edge_region.name, "embedding")
+    ids = []
+    for i in range(400):  # ~200/s: ~5 records an interval
+        device = f"dev-paced-{i % 8}"
+        rid = new_request_id()
+        ids.append(rid)
+        await producer.send(
+            topic,
+            _seal(edge_region, device, "embedding", data.X_test[i % len(data.X_test)], request_id=rid),
+            key=device.encode(),
+        )
+        await asyncio.sleep(0.005)
+    await producer.flush()
+    results = await read_topic(edge_region.bootstrap, results_topic(edge_region.name), expect=len(ids))
+    assert Counter(ResultRecord.from_bytes(r.value).request_id for r in results) == Counter(ids)
+    assert worker.stats.paced > 0
+    assert worker.stats.fetches < len(ids) / 2, worker.stats.as_dict()
+    assert not worker.consumer.paused()
