@@ -75,8 +75,9 @@ class WorkerSettings(BaseSettings):
     records arrive at two or more an interval, the worker waits out the interval after a fetch, its
     partitions paused, so each fetch carries what arrived meanwhile; slower, it fetches at once. 0: never
     waits. Measured side by side (bench, 1,000 req/s, two runs each): 5 ms cut the worker's CPU per
-    request 0.64 -> 0.36 ms and the broker's 0.71 -> 0.49 ms, added ~3 ms to the device's median (4.8 ->
-    7.8 ms) and nothing measurable to its p99 (20-24 -> 19-23 ms); at 300 req/s it does not engage."""
+    request 0.65-0.67 -> 0.33-0.34 ms and the broker's 0.67-0.69 -> 0.39 ms, added ~2.6 ms to the
+    device's median (4.5-4.9 -> 7.2-7.3 ms) and nothing to its p99 (18.5-18.9 -> 17.9-18.6 ms); at 100
+    and 300 req/s it does not engage."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """The worker process's event loop: uvloop (libuv; its TLS and socket writes cost less CPU per
     Kafka request) or the standard library's."""
