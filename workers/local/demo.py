@@ -66,7 +66,7 @@ from edgestream.workers.local.story import (
     count_drift,
 )
 from edgestream.workers.local.story_plot import plot_story
-from edgestream.workers.local.story_process import StoryArgs, tell_story
+from edgestream.workers.local.story_process import StoryArgs, end_story, tell_story
 from edgestream.workers.local.story_registry import prepare_registry
 from edgestream.workers.local.summary import (
     PathRow,
@@ -577,8 +577,7 @@ async def _fleet_and_story(
         told.cancel()
         await asyncio.gather(told, return_exceptions=True)
         raise
-    told.cancel()
-    return report, await told, None
+    return report, await end_story(told, stop), None
 
 
 async def _fleet_and_outage(

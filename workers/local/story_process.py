@@ -113,6 +113,17 @@ async def tell_story(
         ours.close()
 
 
+async def end_story(told: asyncio.Task[StoryReport], stop: asyncio.Event) -> StoryReport:
+    """The report of ``told`` (a :func:`tell_story` task) once the fleet beside it has stopped: a story
+    still running is cancelled (it reports its stall); one that has ended (``stop`` set: it reported,
+    or failed) is not, and is awaited while its process is reaped. Cancelling it there would lose the
+    report it already has: the child can take a while to exit on a busy box, and the fleet stops as
+    soon as ``stop`` is set."""
+    if not stop.is_set():
+        told.cancel()
+    return await told
+
+
 async def _follow(
     inbox: asyncio.Queue[tuple[Any, ...]],
     set_inputs: Callable[[Inputs], None],

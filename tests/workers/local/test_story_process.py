@@ -15,7 +15,7 @@ from edgestream.pipeline.learning.rollout import Verdict
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.fleet_settings import Inputs
 from edgestream.workers.local.story import StoryEvent, StoryReport, StorySettings
-from edgestream.workers.local.story_process import StoryArgs, StoryFailed, tell_story
+from edgestream.workers.local.story_process import StoryArgs, StoryFailed, end_story, tell_story
 
 
 def _args(tmp_path: Path, nice: int = 0) -> StoryArgs:
@@ -47,6 +47,13 @@ def _tells_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
 def _tells_and_ends(conn: Connection, args: StoryArgs) -> None:
     conn.send(("inputs", "shifted-b"))
     conn.send(("report", StoryReport("embedding-scorer", args.reference, retrained=2)))
+
+
+def _reports_then_lingers(conn: Connection, args: StoryArgs) -> None:
+    import time
+
+    conn.send(("report", StoryReport("embedding-scorer", args.reference, retrained=3)))
+    time.sleep(1.5)  # a child slow to exit after its report (a busy box): reaped, not cancelled
 
 
 def _fails(conn: Connection, args: StoryArgs) -> None:
@@ -111,6 +118,42 @@ async def test_a_story_that_ends_sets_stop_and_returns_its_report(tmp_path: Path
         _args(tmp_path), set_inputs=inputs.append, on_event=lambda _e: None, stop=stop, target=_tells_and_ends
     )
     assert (inputs, report.retrained, stop.is_set()) == (["shifted-b"], 2, True)
+
+
+async def test_a_story_that_ended_keeps_its_report_when_the_fleet_stops_while_it_is_reaped(
+    tmp_path: Path,
+) -> None:
+    stop = asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: None,
+            on_event=lambda _e: None,
+            stop=stop,
+            target=_reports_then_lingers,
+        )
+    )
+    await asyncio.wait_for(stop.wait(), 60)  # the fleet stops here, the child still running
+    assert not told.done()
+    report = await end_story(told, stop)
+    assert (report.retrained, report.stalled) == (3, None)
+
+
+async def test_a_story_still_running_when_the_fleet_stops_is_cancelled_and_reports(tmp_path: Path) -> None:
+    stop = asyncio.Event()
+    heard = asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: heard.set(),
+            on_event=lambda _e: None,
+            stop=stop,
+            target=_tells_then_waits_for_cancel,
+        )
+    )
+    await asyncio.wait_for(heard.wait(), 60)
+    report = await end_story(told, stop)
+    assert report.stalled == "the fleet's time limit ended first"
 
 
 @pytest.mark.parametrize(
