@@ -62,6 +62,24 @@ def consumer(
     return AIOKafkaConsumer(**config)
 
 
+BACKGROUND_FETCH: Final[dict[str, int]] = {
+    "fetch_max_bytes": 512 * 1024,
+    "max_partition_fetch_bytes": 256 * 1024,
+}
+"""Fetch limits of the readers that read a span of a topic in bulk beside the live traffic (the rollout
+controller, the retrainer, the registry's readers): at most 512 KiB per response instead of the
+client's 50 MiB (1 MiB per partition). A broker writes a TLS response on a network thread that its
+other connections share, encrypting as much as the socket takes: in the demo, a step that fetched
+three 1 MiB partitions at once held one of the broker's two network threads for 60-200 ms, and every
+device round trip on it waited. Smaller responses take more round trips, none of them long."""
+
+
+def background_consumer(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaConsumer:
+    """:func:`consumer` (no group) with :data:`BACKGROUND_FETCH`'s limits: for a bulk reader that runs
+    beside the live traffic."""
+    return consumer(kafka, client_id, **{**BACKGROUND_FETCH, **options})
+
+
 def producer(
     kafka: KafkaSettings, client_id: str, *, transactional_id: str | None = None, **options: Any
 ) -> AIOKafkaProducer:

@@ -176,7 +176,7 @@ class CloudTail:
 
         self._since_ms = since_ms
         self._timeout_ms = timeout_ms
-        self._client = clients.consumer(kafka, _CLIENT_ID)
+        self._client = clients.background_consumer(kafka, _CLIENT_ID)
         self._tps = clients.partitions(
             [(SAMPLES_TOPIC, CLOUD_SAMPLES.partitions), (LABELS_TOPIC, CLOUD_LABELS.partitions)]
         )
@@ -248,6 +248,8 @@ async def _read_values(
         client_id=_CLIENT_ID,
         timeout_ms=timeout_ms,
         since_ms=since_ms,
+        fetch_max_bytes=kafka.BACKGROUND_FETCH["fetch_max_bytes"],
+        max_partition_fetch_bytes=kafka.BACKGROUND_FETCH["max_partition_fetch_bytes"],
     )
     out: dict[str, list[bytes]] = {topic: [] for topic in partitions}
     for record in records:

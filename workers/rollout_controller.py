@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from edgestream.pipeline.contract.cloud import READ_MARGIN_MS, Label, PartialSummary, Sample
 from edgestream.pipeline.errors import UndecodableRecord
@@ -43,6 +43,7 @@ from edgestream.pipeline.registry.state import ModelState, advance, rollback
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
 
 if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
 
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
@@ -119,6 +120,12 @@ class Controller:
 
     Run it from one place (the registry has no compare-and-set): it re-reads the state before each step
     and publishes only a transition of the revision it judged.
+
+    It keeps one consumer per topic it reads (the registry's states and each topic it judges from), and
+    each step reads on from where the last one ended (a new canary, or another model, starts over at
+    its start): a step's reads are the records written since the step before, not the canary's whole
+    span again. :meth:`close` it (or use it as an
+    async context manager) when done.
     """
 
     def __init__(
@@ -142,7 +149,9 @@ class Controller:
         from edgestream.pipeline.registry.client import RegistryClient
 
         self._kafka = kafka
-        self._registry = RegistryClient(kafka, timeout_ms=timeout_ms, signer=signer, trusted=trusted)
+        self._registry = RegistryClient(
+            kafka, timeout_ms=timeout_ms, signer=signer, trusted=trusted, kept=True
+        )
         self.bounds = bounds
         self._workers = workers
         self._regions = regions
@@ -156,6 +165,29 @@ class Controller:
         self._ready: tuple[bool, str] = (False, "no step yet")
         self.timings: dict[str, float] = {}
         """Seconds the last step spent reading, by part (state, summaries, samples, labels, workers)."""
+        self.records_read: dict[str, int] = {}
+        """Records the last step read, by topic part (summaries, samples, labels)."""
+        self._tails: list[_Tail[Any]] = []
+        self._summaries: _Tail[PartialSummary] = self._tail(SUMMARIES_TOPIC, PartialSummary.from_bytes)
+        self._samples: _Tail[Sample] = self._tail(SAMPLES_TOPIC, Sample.from_bytes)
+        self._labels_read: _Tail[Label] = self._tail(LABELS_TOPIC, Label.from_bytes)
+
+    def _tail(self, topic: str, parse: Callable[[bytes], T]) -> _Tail[T]:
+        tail = _Tail(self._kafka, topic, parse, timeout_ms=self._timeout_ms, skipped=self.skipped)
+        self._tails.append(tail)
+        return tail
+
+    async def close(self) -> None:
+        """Stop the consumers the steps kept open (the worker view is its owner's to close)."""
+        await self._registry.close()
+        for tail in self._tails:
+            await tail.close()
+
+    async def __aenter__(self) -> Controller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def ready(self) -> tuple[bool, str]:
         """Ready while its last step read a registry state it can judge: (ready, reason)."""
@@ -191,13 +223,15 @@ class Controller:
             return Verdict("hold", (f"{model} has no canary in progress",))
         canary = state.canary
         since = canary.started_at_ms
+        self.records_read = {}
         summaries = [
             s
             for s in await self._timed(
                 "summaries",
                 self._read(
-                    SUMMARIES_TOPIC,
-                    PartialSummary.from_bytes,
+                    "summaries",
+                    self._summaries,
+                    (model, since),
                     lambda s: s.model == model and s.at_ms >= since,
                     since_ms=since,
                 ),
@@ -209,8 +243,9 @@ class Controller:
             samples = await self._timed(
                 "samples",
                 self._read(
-                    SAMPLES_TOPIC,
-                    Sample.from_bytes,
+                    "samples",
+                    self._samples,
+                    (model, since),
                     lambda s: (
                         s.model == model
                         and s.at_ms >= since
@@ -222,7 +257,13 @@ class Controller:
             if samples:
                 labels = await self._timed(
                     "labels",
-                    self._read(LABELS_TOPIC, Label.from_bytes, lambda lb: lb.model == model, since_ms=since),
+                    self._read(
+                        "labels",
+                        self._labels_read,
+                        (model, since),
+                        lambda lb: lb.model == model,
+                        since_ms=since,
+                    ),
                 )
                 accuracy = accuracy_by_version(samples, labels, model, since_ms=since)
         now_ms = self._clock_ms()
@@ -294,24 +335,75 @@ class Controller:
                 continue
 
     async def _read(
-        self, topic: str, parse: Callable[[bytes], T], keep: Callable[[T], bool], *, since_ms: int
+        self, part: str, tail: _Tail[T], key: tuple[str, int], keep: Callable[[T], bool], *, since_ms: int
     ) -> list[T]:
-        """``topic`` read_committed from the records stamped ``READ_MARGIN_MS`` before ``since_ms`` (the
-        canary's start) to the end offsets found at the start, the records ``keep`` accepts; records that
-        do not parse are logged and skipped. Reading from the canary's start, not the topic's beginning,
-        keeps a step's cost to the canary's own records rather than growing with the topics' retention."""
+        """``tail``'s records for ``key`` (the model and its canary's start) that ``keep`` accepts, read
+        on to the end offsets found now; the count read this time in :attr:`records_read`."""
+        items, read = await tail.read(key, keep, since_ms=since_ms)
+        self.records_read[part] = read
+        return items
+
+
+class _Tail(Generic[T]):
+    """One topic read_committed for one key (a model and its canary's start), from the records stamped
+    ``READ_MARGIN_MS`` before ``since_ms`` (the canary's start), then on from where each read ended:
+    what ``keep`` accepted is kept between reads, so a step reads only the records written since the
+    step before. Every step reading the canary's whole span again through a new consumer made the
+    broker encrypt megabytes per step on a network thread that other clients share (the demo's device
+    round trips stalled 100-200 ms at each step). Records that do not parse are logged and counted in
+    ``skipped`` once. A read that fails, or a new key, starts over."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        parse: Callable[[bytes], T],
+        *,
+        timeout_ms: int,
+        skipped: dict[str, int],
+    ) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._parse = parse
+        self._timeout_ms = timeout_ms
+        self._skipped = skipped
+        self._client: AIOKafkaConsumer | None = None
+        self._key: tuple[str, int] | None = None
+        self._items: list[T] = []
+
+    async def read(
+        self, key: tuple[str, int], keep: Callable[[T], bool], *, since_ms: int
+    ) -> tuple[list[T], int]:
+        """What ``keep`` accepted since ``since_ms`` for ``key``, and how many records this read took."""
         from edgestream.pipeline import kafka
         from edgestream.topics.catalogue import parse_topic
 
-        tps = kafka.partitions([(topic, parse_topic(topic).spec.partitions)])
-        records = await kafka.read_all(
-            self._kafka,
-            tps,
-            client_id=_CLIENT_ID,
-            timeout_ms=self._timeout_ms,
-            since_ms=since_ms - READ_MARGIN_MS,
-        )
-        return parsed(records, parse, keep, self.skipped)
+        if self._client is None:
+            client = kafka.background_consumer(self._kafka, _CLIENT_ID)
+            await client.start()
+            self._client = client
+        resume, self._key = self._key == key, None  # a read that fails starts over next time
+        if not resume:
+            self._items = []
+        tps = kafka.partitions([(self._topic, parse_topic(self._topic).spec.partitions)])
+        records = [
+            record
+            async for record in kafka.read_to_end(
+                self._client,
+                tps,
+                timeout_ms=self._timeout_ms,
+                since_ms=since_ms - READ_MARGIN_MS,
+                resume=resume,
+            )
+        ]
+        self._items.extend(parsed(records, self._parse, keep, self._skipped))
+        self._key = key
+        return self._items, len(records)
+
+    async def close(self) -> None:
+        client, self._client, self._key = self._client, None, None
+        if client is not None:
+            await client.stop()
 
 
 def stage_shares(state: ModelState) -> dict[int, float]:

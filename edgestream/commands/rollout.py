@@ -145,6 +145,14 @@ def watch(
     )
 
     async def go() -> None:
+        try:
+            async with controller:
+                await judge()
+        finally:
+            if isinstance(workers, TopicWorkerView):
+                await workers.close()
+
+    async def judge() -> None:
         if once:
             _print(model, await controller.step(model))
         else:

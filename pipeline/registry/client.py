@@ -53,14 +53,30 @@ class RegistryClient:
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         signer: SigningKey | None = None,
         trusted: TrustedKeys | None = None,
+        kept: bool = False,
     ) -> None:
         """``signer``: the registry key that signs what :meth:`publish_state` writes (required to write).
-        ``trusted``: read only states signed by these keys (None: read them unverified)."""
+        ``trusted``: read only states signed by these keys (None: read them unverified). ``kept``: hold
+        one consumer between reads, each read going on from where the last ended (:class:`KeyedTail`),
+        for a reader that reads often (the rollout controller, every step); :meth:`close` it. Otherwise
+        each read reads the topic from its beginning with a consumer of its own."""
         self._kafka = kafka
         self._topic = MODELS_TOPIC
         self._timeout_ms = timeout_ms
         self._signer = signer
         self._trusted = trusted
+        self._tail = (
+            KeyedTail(
+                kafka, self._topic, CONTROL_MODELS.partitions, timeout_ms=timeout_ms, client_id=_CLIENT_ID
+            )
+            if kept
+            else None
+        )
+
+    async def close(self) -> None:
+        """Stop the consumer a ``kept`` client holds (nothing otherwise)."""
+        if self._tail is not None:
+            await self._tail.close()
 
     async def publish_state(self, state: ModelState) -> None:
         """Write ``state``, signed, as its model's record and wait until the broker has it (acks=all)."""
@@ -77,21 +93,72 @@ class RegistryClient:
     async def read_states(self, *, strict: bool = True) -> dict[str, ModelState]:
         """Every model's latest state. A latest value that does not parse raises
         :class:`MalformedRegistryRecord` (``strict``) or is logged and left out."""
-        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
-            latest = await self._read_to_end(consumer)
-        return _decode(latest, strict=strict, trusted=self._trusted)
+        return _decode(await self._latest(), strict=strict, trusted=self._trusted)
 
     async def read_state(self, model: str) -> ModelState | None:
         """``model``'s latest state (None: none, or a tombstone); the :class:`RegistryError` that
         refuses it when it does not parse (or verify, with ``trusted``). Other models' records are not
         looked at, so one bad record of another model does not stop a publisher."""
-        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
-            latest = await self._read_to_end(consumer)
-        value = latest.get(model)
+        value = (await self._latest()).get(model)
         return None if value is None else decode_state(model, value, self._trusted)
 
-    async def _read_to_end(self, consumer: AIOKafkaConsumer) -> dict[str, bytes | None]:
-        return await latest_by_key(consumer, self._topic, CONTROL_MODELS.partitions, self._timeout_ms)
+    async def _latest(self) -> dict[str, bytes | None]:
+        if self._tail is not None:
+            return await self._tail.read()
+        async with kafka.started(kafka.background_consumer(self._kafka, _CLIENT_ID)) as consumer:
+            return await latest_by_key(consumer, self._topic, CONTROL_MODELS.partitions, self._timeout_ms)
+
+
+class KeyedTail:
+    """The latest value (None: a tombstone) of every key of a compacted topic, kept between reads: one
+    consumer, each :meth:`read` going on from where the last one ended. A compacted topic's active
+    segment keeps every record until it rolls (``control.models`` rolls hourly, each state carrying its
+    history), so a reader that read it from the beginning on every call fetched megabytes each time,
+    and the broker encrypts a fetch's response on a network thread its other clients share. A read that
+    fails starts over from the beginning next time. :meth:`close` when done."""
+
+    def __init__(
+        self, kafka_settings: KafkaSettings, topic: str, partitions: int, *, timeout_ms: int, client_id: str
+    ) -> None:
+        self._kafka = kafka_settings
+        self._client_id = client_id
+        self._topic = topic
+        self._partitions = partitions
+        self._timeout_ms = timeout_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._latest: dict[str, bytes | None] = {}
+        self._read_once = False
+        self.records_read = 0
+        """Records the last read took (from the beginning, or since the read before)."""
+
+    async def read(self) -> dict[str, bytes | None]:
+        """Every key's latest value up to the end offsets found now (a copy). Raises
+        :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`latest_by_key`."""
+        if self._consumer is None:
+            consumer = kafka.background_consumer(self._kafka, self._client_id)
+            await consumer.start()
+            self._consumer = consumer
+        resume, self._read_once = self._read_once, False  # a read that fails starts over next time
+        if not resume:
+            self._latest = {}
+        tps = kafka.partitions([(self._topic, self._partitions)])
+        self.records_read = 0
+        async for record in kafka.read_to_end(
+            self._consumer, tps, timeout_ms=self._timeout_ms, resume=resume
+        ):
+            self.records_read += 1
+            if record.key is None:
+                log.warning("%s offset %d has no key; ignored", self._topic, record.offset)
+                continue
+            self._latest[record.key.decode(errors="replace")] = record.value
+        self._read_once = True
+        return dict(self._latest)
+
+    async def close(self) -> None:
+        """Stop the consumer (a later read starts a new one, from the beginning)."""
+        consumer, self._consumer, self._read_once = self._consumer, None, False
+        if consumer is not None:
+            await consumer.stop()
 
 
 class RecordFollower:
@@ -105,7 +172,7 @@ class RecordFollower:
     def __init__(self, settings: KafkaSettings, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
         """``timeout_ms``: bound on :meth:`latest` (:class:`~edgestream.pipeline.errors.KafkaTimeout`
         past it)."""
-        self._consumer = kafka.consumer(settings, _CLIENT_ID)
+        self._consumer = kafka.background_consumer(settings, _CLIENT_ID)
         self._timeout_ms = timeout_ms
 
     async def start(self) -> None:

@@ -174,11 +174,19 @@ class TopicWorkerView:
         regions: frozenset[str] | None = None,
         timeout_ms: int = 30_000,
     ) -> None:
-        """``regions``: only workers of these regions (default all)."""
-        self._kafka = kafka
+        """``regions``: only workers of these regions (default all). It holds one consumer between
+        reads (``registry.client.KeyedTail``): :meth:`close` it when done."""
+        from edgestream.pipeline.registry.client import KeyedTail
+
         self._max_age_ms = int(max_age_s * 1000)
         self._regions = regions
-        self._timeout_ms = timeout_ms
+        self._tail = KeyedTail(
+            kafka, WORKERS_TOPIC, CONTROL_WORKERS.partitions, timeout_ms=timeout_ms, client_id=_CLIENT_ID
+        )
+
+    async def close(self) -> None:
+        """Stop the consumer the reads keep."""
+        await self._tail.close()
 
     async def reports(self) -> dict[str, WorkerReport]:
         """The newest live report per node (tombstoned and stale ones left out)."""
@@ -209,11 +217,7 @@ class TopicWorkerView:
         ]
 
     async def _read(self) -> dict[str, bytes | None]:
-        from edgestream.pipeline import kafka
-        from edgestream.pipeline.registry.client import latest_by_key
-
-        async with kafka.started(kafka.consumer(self._kafka, _CLIENT_ID)) as consumer:
-            return await latest_by_key(consumer, WORKERS_TOPIC, CONTROL_WORKERS.partitions, self._timeout_ms)
+        return await self._tail.read()
 
 
 def report_of(

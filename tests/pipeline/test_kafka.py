@@ -196,3 +196,26 @@ async def test_a_resumed_read_reads_on_from_where_the_last_one_ended(bootstrap: 
         await _produce(bootstrap, topic, [b"8000"], partition=0)
         assert await read(resume=True) == [7_000, 8_000]
         assert await read(resume=False) == [5_000, 6_000, 7_000, 8_000]  # from the time again
+
+
+async def test_a_background_reader_takes_a_bulk_read_in_small_responses(bootstrap: KafkaSettings) -> None:
+    """1.2 MB in one partition: a plain consumer gets it in one or two fetches, a background reader in
+    responses of at most ``max_partition_fetch_bytes`` (256 KiB: two 100 KB records each)."""
+    topic = await _topic(bootstrap, 1)
+    values = [bytes([i]) * 100_000 for i in range(12)]
+    await _produce(bootstrap, topic, values)
+    tp = TopicPartition(topic, 0)
+
+    async def largest_batch(client: Any) -> int:
+        largest, seen = 0, 0
+        async with kafka.started(client):
+            client.assign([tp])
+            await client.seek_to_beginning(tp)
+            while seen < len(values):
+                batch = await client.getmany(tp, timeout_ms=5_000)
+                got = len(batch.get(tp, []))
+                largest, seen = max(largest, got), seen + got
+        return largest
+
+    assert await largest_batch(kafka.background_consumer(bootstrap, "test-kafka")) <= 2
+    assert await largest_batch(kafka.consumer(bootstrap, "test-kafka")) > 2

@@ -19,7 +19,7 @@ from edgestream.pipeline.registry import (
     publish,
     sha256_hex,
 )
-from edgestream.pipeline.registry.client import RegistryClient
+from edgestream.pipeline.registry.client import KeyedTail, RegistryClient
 from edgestream.pipeline.registry.loader import verified_artifact
 from edgestream.pipeline.registry.signing import Manifest
 from edgestream.pipeline.settings import KafkaSettings
@@ -139,3 +139,32 @@ async def test_cli_publish_promote_list_and_a_worker_load(
     state = (await RegistryClient(bootstrap).read_states())["frame-classifier"]
     assert state.canary is None
     assert state.history[-1].reason == "test"
+
+
+async def test_a_kept_reader_reads_on_from_where_it_ended_and_sees_each_new_state(
+    bootstrap: KafkaSettings, models_topic: str
+) -> None:
+    key = SigningKey.generate()
+    model = f"kept-{uuid.uuid4().hex[:8]}"
+    writer = RegistryClient(bootstrap, signer=key)
+    await writer.publish_state(_signed(key, model, 1))
+    tail = KeyedTail(bootstrap, models_topic, 1, timeout_ms=30_000, client_id="test-kept")
+    kept = RegistryClient(bootstrap, trusted=TrustedKeys().with_key(key.public_raw), kept=True)
+    try:
+        first = await tail.read()
+        assert first[model] is not None
+        assert tail.records_read >= 1
+        before = await kept.read_state(model)
+        assert before is not None
+        assert before.latest == 1
+        await writer.publish_state(_signed(key, model, 2))
+        await writer.publish_state(_signed(key, model, 3))
+        again = await tail.read()
+        assert tail.records_read == 2, "only what was written since the last read"
+        assert again[model] != first[model]
+        after = await kept.read_state(model)
+        assert after is not None
+        assert after.latest == 3
+    finally:
+        await tail.close()
+        await kept.close()

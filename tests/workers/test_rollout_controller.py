@@ -146,6 +146,7 @@ async def test_a_bad_canary_is_rolled_back_in_one_step_and_no_device_keeps_it(
     assert 2 in {choose_version(canary, f"device-{i}", key) for i in range(1000)}
     # Nothing more to judge.
     assert (await controller.step(model)).action == "hold"
+    await controller.close()
 
 
 @pytest.mark.parametrize("reports", ["files", "topic"])
@@ -211,6 +212,9 @@ async def test_a_healthy_canary_advances_through_its_stages_waiting_for_lagging_
     assert state.stable == 2
     assert [e.action for e in state.history[-3:]] == ["canary", "advance", "promote"]
     assert all(e.reason.startswith("automatic: healthy") for e in state.history[-2:])
+    await controller.close()
+    if isinstance(view, TopicWorkerView):
+        await view.close()
 
 
 def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) -> None:
@@ -277,5 +281,40 @@ async def test_poisoned_summaries_do_not_stop_the_controller(edge_region: EdgeRe
         ],
     )
     verdict = await controller.step(model)
+    await controller.close()
     assert verdict.action == "rollback", verdict.reasons  # judged on the honest summaries alone
     assert controller.skipped[SUMMARIES_TOPIC] >= 2 * len(_poisoned(model, 1))
+
+
+async def test_each_step_reads_only_what_was_written_since_the_last_and_judges_it_all(
+    edge_region: EdgeRegion, tmp_path: Path
+) -> None:
+    """The controller keeps its consumers between steps: the second step reads the two summaries
+    committed since the first, and judges them together with the first step's (neither half alone is
+    enough requests to judge the canary)."""
+    model = f"rollout-tail-{uuid.uuid4().hex[:8]}"
+    await _canary(edge_region, tmp_path, model)
+    async with Controller(
+        edge_region.bootstrap, BOUNDS, signer=KEY, trusted=TRUSTED, labels=False
+    ) as controller:
+        await _commit(
+            edge_region,
+            [
+                _summary(edge_region.name, model, 1, results=200),
+                _summary(edge_region.name, model, 2, results=20, infer_failed=10),
+            ],
+        )
+        first = await controller.step(model)
+        assert first.action == "hold", first.reasons
+        assert controller.records_read["summaries"] >= 2
+        await _commit(
+            edge_region,
+            [
+                _summary(edge_region.name, model, 1, results=200),
+                _summary(edge_region.name, model, 2, results=20, infer_failed=15),
+            ],
+        )
+        second = await controller.step(model)
+        assert controller.records_read == {"summaries": 2}
+        assert second.action == "rollback", second.reasons
+        assert "error rate" in second.reason

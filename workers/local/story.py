@@ -210,6 +210,10 @@ class Story:
         self._controller = Controller(
             kafka, settings.rollout, signer=self._signer(), workers=self._workers, regions=regions
         )
+        from edgestream.pipeline.registry.client import RegistryClient
+
+        self._registry = RegistryClient(kafka, signer=self._signer(), kept=True)
+        """The story's own reads and writes of the registry: one consumer kept for the whole story."""
         self.report = StoryReport(model, reference)
         self._held: tuple[str, ...] = ()
         """Why the controller's last step held: named when a wait on a canary stalls."""
@@ -235,6 +239,9 @@ class Story:
             log.warning("the story stalled: %s", e)
         finally:
             stop.set()
+            await self._controller.close()
+            await self._workers.close()
+            await self._registry.close()
         return self.report
 
     # -- steps --------------------------------------------------------------------------------------
@@ -337,13 +344,12 @@ class Story:
         from edgestream.pipeline.learning.retrain import retrain
         from edgestream.pipeline.models import spec
         from edgestream.pipeline.registry import LocalArtifactStore, SigningKey, TrustedKeys
-        from edgestream.pipeline.registry.client import RegistryClient
         from edgestream.pipeline.registry.publishing import publish_artifact
         from edgestream.pipeline.registry.signing import load_verified
 
         root = self._home / "registry"
         store = LocalArtifactStore(root / "artifacts")
-        state = (await RegistryClient(self._kafka).read_states())[self._model]
+        state = (await self._registry.read_states())[self._model]
         assert state.stable is not None
         stable = state.manifest(state.stable)
         stable_onnx = load_verified(store, stable, TrustedKeys.load(root / "trusted-keys.json"))
@@ -367,13 +373,11 @@ class Story:
         return published.latest, report, candidate.onnx_bytes
 
     async def _canary(self, version: int) -> None:
-        from edgestream.pipeline.registry.client import RegistryClient
         from edgestream.pipeline.registry.state import start_canary
 
-        client = RegistryClient(self._kafka, signer=self._signer())
-        state = (await client.read_states())[self._model]
+        state = (await self._registry.read_states())[self._model]
         state = start_canary(state, version, now_ms=_now_ms(), stages=self.settings.stages, reason="demo")
-        await client.publish_state(state)
+        await self._registry.publish_state(state)
         assert state.canary is not None
         self._event("canary", f"v{version} canary at {state.canary.fraction:.0%} of devices", version)
 
@@ -399,9 +403,7 @@ class Story:
                 if action == "advance" and verdict.canary is not None:
                     text = f"v{version} advances ({verdict.canary.describe()})"
                 self._event(action, text, version)
-                from edgestream.pipeline.registry.client import RegistryClient
-
-                state = (await RegistryClient(self._kafka).read_states())[self._model]
+                state = (await self._registry.read_states())[self._model]
                 if state.canary is None:
                     if state.stable == version:
                         self._event("promote", f"v{version} is stable", version)

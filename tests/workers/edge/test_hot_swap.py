@@ -194,6 +194,7 @@ async def test_versions_swap_under_traffic_each_device_on_its_routed_version(
     during = await sending
     assert await _applied(worker, canary), worker.catalog.refused
     assert await _reported(view, topic_view, worker, canary.revision)
+    await topic_view.close()
     for rid, device in during.items():
         expected[rid] = {
             choose_version(first, device, device_routing_key),
