@@ -97,7 +97,7 @@ def run_stats(
     cpu: CpuUse,
     settings: BenchSettings,
 ) -> RunStats:
-    sla_ms, duration_s = settings.sla_ms, settings.duration_s
+    sla_ms, duration_s = settings.sla_ms, settings.duration_for(rate)
     t = report.totals()
     share = t.results / t.sent if t.sent else 0.0
     latency = Latency.of(t.latencies_ms)
@@ -228,7 +228,13 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
         async with _profiled(s, side.name, {"worker": pids["worker"], "fleet": pids["fleet"]}):
             watch.start()
             fleet = await run_fleet_as(
-                ctx, side.fleet_type, side.region, rate, s.duration_s, f"{label} @ {rate:g}/s", side.tracing
+                ctx,
+                side.fleet_type,
+                side.region,
+                rate,
+                s.duration_for(rate),
+                f"{label} @ {rate:g}/s",
+                side.tracing,
             )
             cpu = watch.stop()
         totals = fleet.report.totals()

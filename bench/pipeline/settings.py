@@ -44,7 +44,17 @@ class BenchSettings(BaseSettings):
     loads_per_s: tuple[float, ...] = (100.0, 300.0, 1000.0, 2000.0, 4000.0)
     """Offered loads (requests per second, open loop), each measured for the pipeline and the echo."""
     duration_s: float = Field(default=10.0, gt=0)
-    """How long the fleet sends at each measured load."""
+    """How long the fleet sends at each measured load (at least; see ``min_requests``)."""
+    min_requests: int = Field(default=3000, ge=0)
+    """Each measured load sends at least this many requests: longer than ``duration_s`` at low loads. At
+    100 req/s, 10 s gave 1,000 requests, whose p99 is the 10th slowest: the p99 ratio against the peer
+    moved between 0.7x and 2.2x from one run to the next."""
+
+    def duration_for(self, rate_per_s: float) -> float:
+        """How long the fleet sends at ``rate_per_s``: ``duration_s``, or long enough for
+        ``min_requests``."""
+        return max(self.duration_s, self.min_requests / rate_per_s)
+
     warmup_s: float = Field(default=1.5, ge=0)
     """Discarded warm-up before each measured load, against the same fresh process."""
     warmup_rate_per_s: float = Field(default=200.0, gt=0)
