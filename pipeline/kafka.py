@@ -74,6 +74,17 @@ three 1 MiB partitions at once held one of the broker's two network threads for 
 device round trip on it waited. Smaller responses take more round trips, none of them long."""
 
 
+async def start_kept(client: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """``client`` started, for a reader that keeps it between reads (``started`` is for one block); a
+    start that fails, or is cancelled, stops it again before raising, so nothing is left open."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+    return client
+
+
 def background_consumer(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaConsumer:
     """:func:`consumer` (no group) with :data:`BACKGROUND_FETCH`'s limits: for a bulk reader that runs
     beside the live traffic."""

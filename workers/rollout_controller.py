@@ -178,10 +178,15 @@ class Controller:
         return tail
 
     async def close(self) -> None:
-        """Stop the consumers the steps kept open (the worker view is its owner's to close)."""
-        await self._registry.close()
+        """Stop the consumers the steps kept open, every one even when one fails to stop (the worker
+        view is its owner's to close)."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._registry.close)
+            self._close_tails(stack)
+
+    def _close_tails(self, stack: contextlib.AsyncExitStack) -> None:
         for tail in self._tails:
-            await tail.close()
+            stack.push_async_callback(tail.close)
 
     async def __aenter__(self) -> Controller:
         return self
@@ -215,15 +220,17 @@ class Controller:
     async def step(self, model: str) -> Verdict:
         """Judge ``model``'s canary once and apply the verdict (``hold``: nothing published)."""
         self.timings = {}
+        self.records_read = {}
         state = await self._timed("state", self._state(model))
         self._observe(model, state)
         if isinstance(state, RegistryError):
             return Verdict("hold", (f"{model}'s registry state is refused: {state.reason}",))
         if state is None or state.canary is None or state.stable is None:
+            async with contextlib.AsyncExitStack() as stack:  # nothing to judge: idle tails fetch nothing
+                self._close_tails(stack)
             return Verdict("hold", (f"{model} has no canary in progress",))
         canary = state.canary
         since = canary.started_at_ms
-        self.records_read = {}
         summaries = [
             s
             for s in await self._timed(
@@ -379,9 +386,7 @@ class _Tail(Generic[T]):
         from edgestream.topics.catalogue import parse_topic
 
         if self._client is None:
-            client = kafka.background_consumer(self._kafka, _CLIENT_ID)
-            await client.start()
-            self._client = client
+            self._client = await kafka.start_kept(kafka.background_consumer(self._kafka, _CLIENT_ID))
         resume, self._key = self._key == key, None  # a read that fails starts over next time
         if not resume:
             self._items = []
@@ -398,10 +403,11 @@ class _Tail(Generic[T]):
         ]
         self._items.extend(parsed(records, self._parse, keep, self._skipped))
         self._key = key
-        return self._items, len(records)
+        return list(self._items), len(records)
 
     async def close(self) -> None:
-        client, self._client, self._key = self._client, None, None
+        """Stop the consumer and forget what was read (a later read starts over)."""
+        client, self._client, self._key, self._items = self._client, None, None, []
         if client is not None:
             await client.stop()
 

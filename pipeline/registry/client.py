@@ -135,9 +135,7 @@ class KeyedTail:
         """Every key's latest value up to the end offsets found now (a copy). Raises
         :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`latest_by_key`."""
         if self._consumer is None:
-            consumer = kafka.background_consumer(self._kafka, self._client_id)
-            await consumer.start()
-            self._consumer = consumer
+            self._consumer = await kafka.start_kept(kafka.background_consumer(self._kafka, self._client_id))
         resume, self._read_once = self._read_once, False  # a read that fails starts over next time
         if not resume:
             self._latest = {}

@@ -318,3 +318,23 @@ async def test_each_step_reads_only_what_was_written_since_the_last_and_judges_i
         assert controller.records_read == {"summaries": 2}
         assert second.action == "rollback", second.reasons
         assert "error rate" in second.reason
+
+        # No canary: the step reads nothing (and lets its consumers go).
+        idle = await controller.step(model)
+        assert (idle.action, controller.records_read) == ("hold", {})
+        # A new canary is judged on its own span: the first canary's stable summaries do not count.
+        state = (await RegistryClient(edge_region.bootstrap).read_states())[model]
+        state = publish(state, _signed(edge_region, tmp_path, KEY, model, 3), now_ms=_now_ms())
+        await RegistryClient(edge_region.bootstrap, signer=KEY).publish_state(
+            start_canary(state, 3, now_ms=_now_ms())
+        )
+        await _commit(
+            edge_region,
+            [
+                _summary(edge_region.name, model, 1, results=30),
+                _summary(edge_region.name, model, 3, results=20),
+            ],
+        )
+        third = await controller.step(model)
+        assert third.action == "hold", third.reasons
+        assert "v1 has 30 of 50 requests" in third.reasons, third.reasons

@@ -25,6 +25,7 @@ reason (``StoryReport.stalled``), and the demo reports it rather than pretending
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -239,9 +240,10 @@ class Story:
             log.warning("the story stalled: %s", e)
         finally:
             stop.set()
-            await self._controller.close()
-            await self._workers.close()
-            await self._registry.close()
+            async with contextlib.AsyncExitStack() as stack:  # each closed, even when one fails
+                stack.push_async_callback(self._registry.close)
+                stack.push_async_callback(self._workers.close)
+                stack.push_async_callback(self._controller.close)
         return self.report
 
     # -- steps --------------------------------------------------------------------------------------
