@@ -187,6 +187,58 @@ async def read_to_end(
         client.seek(tp, end[tp])
 
 
+class KeptReader:
+    """A consumer kept between reads of the same partitions, for a reader that reads them again and
+    again (the rollout controller each step, the registry's readers, the story's poll for labelled
+    samples): each :meth:`read` returns the records from where the last one ended to the end offsets
+    found now (:func:`read_to_end` with ``resume``), so each record is read once over the series. The
+    first read, a read after one that failed and a read after :meth:`restart` start over, at
+    ``since_ms`` (or the beginning): :attr:`resumed` says which one the last read was. The consumer has
+    :data:`BACKGROUND_FETCH`'s limits and starts at the first read; :meth:`close` it when done."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        client_id: str,
+        tps: Sequence[TopicPartition],
+        *,
+        timeout_ms: int,
+    ) -> None:
+        self._kafka = kafka
+        self._client_id = client_id
+        self._tps = list(tps)
+        self._timeout_ms = timeout_ms
+        self._client: AIOKafkaConsumer | None = None
+        self._read_once = False
+        self.resumed = False
+        """Whether the last read went on from the one before (False: it started over)."""
+
+    def restart(self) -> None:
+        """The next read starts over."""
+        self._read_once = False
+
+    async def read(self, *, since_ms: int | None = None) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records since the last read, or (starting over) from ``since_ms`` or the beginning, up to
+        the end offsets found now. Raises :class:`KafkaTimeout` as :func:`read_to_end`."""
+        if self._client is None:
+            self._client = await start_kept(background_consumer(self._kafka, self._client_id))
+        resume, self._read_once = self._read_once, False  # a read that fails starts over next time
+        records = [
+            record
+            async for record in read_to_end(
+                self._client, self._tps, timeout_ms=self._timeout_ms, since_ms=since_ms, resume=resume
+            )
+        ]
+        self._read_once, self.resumed = True, resume
+        return records
+
+    async def close(self) -> None:
+        """Stop the consumer (a later read starts a new one, and starts over)."""
+        client, self._client, self._read_once = self._client, None, False
+        if client is not None:
+            await client.stop()
+
+
 async def read_all(
     kafka: KafkaSettings,
     tps: Sequence[TopicPartition],

@@ -175,40 +175,31 @@ class CloudTail:
         from edgestream.pipeline import kafka as clients
 
         self._since_ms = since_ms
-        self._timeout_ms = timeout_ms
-        self._client = clients.background_consumer(kafka, _CLIENT_ID)
-        self._tps = clients.partitions(
-            [(SAMPLES_TOPIC, CLOUD_SAMPLES.partitions), (LABELS_TOPIC, CLOUD_LABELS.partitions)]
+        self._reader = clients.KeptReader(
+            kafka,
+            _CLIENT_ID,
+            clients.partitions(
+                [(SAMPLES_TOPIC, CLOUD_SAMPLES.partitions), (LABELS_TOPIC, CLOUD_LABELS.partitions)]
+            ),
+            timeout_ms=timeout_ms,
         )
-        self._read_once = False
         self._records = CloudRecords([], [], 0)
 
     async def __aenter__(self) -> CloudTail:
-        await self._client.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._client.stop()
+        await self._reader.close()
 
     async def read(self) -> CloudRecords:
         """Every record from ``since_ms`` to the end offsets now (the earlier reads' and the new ones).
         Raises :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`read_cloud`."""
-        from edgestream.pipeline import kafka as clients
-
         values: dict[str, list[bytes]] = {SAMPLES_TOPIC: [], LABELS_TOPIC: []}
-        resume, self._read_once = self._read_once, False  # a read that fails starts over next time
-        async for record in clients.read_to_end(
-            self._client,
-            self._tps,
-            timeout_ms=self._timeout_ms,
-            since_ms=self._since_ms - READ_MARGIN_MS,
-            resume=resume,
-        ):
+        for record in await self._reader.read(since_ms=self._since_ms - READ_MARGIN_MS):
             if record.value is not None:
                 values[record.topic].append(record.value)
-        if not resume:
+        if not self._reader.resumed:
             self._records = CloudRecords([], [], 0)
-        self._read_once = True
         new = _decoded(values)
         self._records = CloudRecords(
             self._records.samples + new.samples,

@@ -43,7 +43,6 @@ from edgestream.pipeline.registry.state import ModelState, advance, rollback
 from edgestream.topics.catalogue import LABELS_TOPIC, SAMPLES_TOPIC, SUMMARIES_TOPIC
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
 
     from edgestream.pipeline.registry.signing import SigningKey, TrustedKeys
@@ -369,12 +368,13 @@ class _Tail(Generic[T]):
         timeout_ms: int,
         skipped: dict[str, int],
     ) -> None:
-        self._kafka = kafka
-        self._topic = topic
+        from edgestream.pipeline.kafka import KeptReader, partitions
+        from edgestream.topics.catalogue import parse_topic
+
+        tps = partitions([(topic, parse_topic(topic).spec.partitions)])
+        self._reader = KeptReader(kafka, _CLIENT_ID, tps, timeout_ms=timeout_ms)
         self._parse = parse
-        self._timeout_ms = timeout_ms
         self._skipped = skipped
-        self._client: AIOKafkaConsumer | None = None
         self._key: tuple[str, int] | None = None
         self._items: list[T] = []
 
@@ -382,34 +382,19 @@ class _Tail(Generic[T]):
         self, key: tuple[str, int], keep: Callable[[T], bool], *, since_ms: int
     ) -> tuple[list[T], int]:
         """What ``keep`` accepted since ``since_ms`` for ``key``, and how many records this read took."""
-        from edgestream.pipeline import kafka
-        from edgestream.topics.catalogue import parse_topic
-
-        if self._client is None:
-            self._client = await kafka.start_kept(kafka.background_consumer(self._kafka, _CLIENT_ID))
-        resume, self._key = self._key == key, None  # a read that fails starts over next time
-        if not resume:
-            self._items = []
-        tps = kafka.partitions([(self._topic, parse_topic(self._topic).spec.partitions)])
-        records = [
-            record
-            async for record in kafka.read_to_end(
-                self._client,
-                tps,
-                timeout_ms=self._timeout_ms,
-                since_ms=since_ms - READ_MARGIN_MS,
-                resume=resume,
-            )
-        ]
-        self._items.extend(parsed(records, self._parse, keep, self._skipped))
+        if key != self._key:
+            self._reader.restart()
         self._key = key
+        records = await self._reader.read(since_ms=since_ms - READ_MARGIN_MS)
+        if not self._reader.resumed:
+            self._items = []
+        self._items.extend(parsed(records, self._parse, keep, self._skipped))
         return list(self._items), len(records)
 
     async def close(self) -> None:
         """Stop the consumer and forget what was read (a later read starts over)."""
-        client, self._client, self._key, self._items = self._client, None, None, []
-        if client is not None:
-            await client.stop()
+        self._key, self._items = None, []
+        await self._reader.close()
 
 
 def stage_shares(state: ModelState) -> dict[int, float]:

@@ -120,43 +120,31 @@ class KeyedTail:
     def __init__(
         self, kafka_settings: KafkaSettings, topic: str, partitions: int, *, timeout_ms: int, client_id: str
     ) -> None:
-        self._kafka = kafka_settings
-        self._client_id = client_id
         self._topic = topic
-        self._partitions = partitions
-        self._timeout_ms = timeout_ms
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader = kafka.KeptReader(
+            kafka_settings, client_id, kafka.partitions([(topic, partitions)]), timeout_ms=timeout_ms
+        )
         self._latest: dict[str, bytes | None] = {}
-        self._read_once = False
         self.records_read = 0
         """Records the last read took (from the beginning, or since the read before)."""
 
     async def read(self) -> dict[str, bytes | None]:
         """Every key's latest value up to the end offsets found now (a copy). Raises
         :class:`~edgestream.pipeline.errors.KafkaTimeout` as :func:`latest_by_key`."""
-        if self._consumer is None:
-            self._consumer = await kafka.start_kept(kafka.background_consumer(self._kafka, self._client_id))
-        resume, self._read_once = self._read_once, False  # a read that fails starts over next time
-        if not resume:
+        records = await self._reader.read()
+        if not self._reader.resumed:
             self._latest = {}
-        tps = kafka.partitions([(self._topic, self._partitions)])
-        self.records_read = 0
-        async for record in kafka.read_to_end(
-            self._consumer, tps, timeout_ms=self._timeout_ms, resume=resume
-        ):
-            self.records_read += 1
+        self.records_read = len(records)
+        for record in records:
             if record.key is None:
                 log.warning("%s offset %d has no key; ignored", self._topic, record.offset)
                 continue
             self._latest[record.key.decode(errors="replace")] = record.value
-        self._read_once = True
         return dict(self._latest)
 
     async def close(self) -> None:
         """Stop the consumer (a later read starts a new one, from the beginning)."""
-        consumer, self._consumer, self._read_once = self._consumer, None, False
-        if consumer is not None:
-            await consumer.stop()
+        await self._reader.close()
 
 
 class RecordFollower:

@@ -303,7 +303,11 @@ async def test_a_cloud_tail_read_that_fails_half_way_starts_over_on_the_next(
             for i in (0, 1) if not resume else ():
                 yield label(i)
 
+    async def never_started(client: object) -> object:
+        return client
+
     monkeypatch.setattr(clients, "read_to_end", read_to_end)
+    monkeypatch.setattr(clients, "start_kept", never_started)
     tail = CloudTail(KafkaSettings(bootstrap_servers="127.0.0.1:1"), 1_000)  # never started
     ids = [i.to_bytes(16) for i in (0, 1)]
     try:
