@@ -142,7 +142,13 @@ async def alter_with_retries(
                     f"could not reach broker {node_id} to reload its TLS stores: {err!r}"
                 ) from err
             log.info("reload-tls of broker %d: %r; trying again", node_id, err)
-            await asyncio.sleep(min(0.5 * attempt, 2.0))
+            await _backoff(min(0.5 * attempt, 2.0))
+
+
+async def _backoff(seconds: float) -> None:
+    """The wait between tries (a seam of its own: a test that stubs it leaves every other task's
+    ``asyncio.sleep`` alone)."""
+    await asyncio.sleep(seconds)
 
 
 async def _alter_broker_configs(kafka: KafkaSettings, configs: Mapping[str, str], node_id: int) -> None:

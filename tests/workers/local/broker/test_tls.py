@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -66,7 +65,7 @@ async def test_the_backoff_grows_to_two_seconds_and_twelve_tries_are_made(
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
 
-    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(tls, "_backoff", sleep)  # not asyncio.sleep: the session's loop runs other tasks
     with pytest.raises(BrokerError, match="could not reach broker 1"):
         await tls.alter_with_retries(KAFKA, {"k": "v"})
     assert len(calls) == 12
