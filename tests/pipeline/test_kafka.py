@@ -4,6 +4,7 @@ broker."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -107,6 +108,13 @@ async def _topic(bootstrap: KafkaSettings, partitions: int) -> str:
     return name
 
 
+def _recent_base_ms() -> int:
+    """A time ten minutes ago, to stamp records from: the broker deletes records stamped older than
+    its retention (24 h) at its next retention check (every minute), active segment and all, so a
+    test that stamped them in 1970 lost them whenever a check fell between its produce and its read."""
+    return int(time.time() * 1000) - 600_000
+
+
 async def _produce(bootstrap: KafkaSettings, topic: str, values: list[bytes], partition: int = 0) -> None:
     async with kafka.started(kafka.producer(bootstrap, "test-kafka")) as producer:
         for value in values:
@@ -135,17 +143,23 @@ async def test_a_read_since_a_time_starts_at_the_first_record_stamped_at_or_afte
     """What the rollout controller reads per step: only the records of the canary's time, found with
     the broker's time index, in every partition; a partition with none newer gives nothing."""
     topic = await _topic(bootstrap, 3)
+    base = _recent_base_ms()
     async with kafka.started(kafka.producer(bootstrap, "test-kafka")) as producer:
         for partition, stamps in ((0, (1_000, 2_000, 3_000)), (1, (1_500, 2_500)), (2, (500,))):
             for stamp in stamps:
                 await producer.send_and_wait(
-                    topic, str(stamp).encode(), partition=partition, timestamp_ms=stamp
+                    topic, str(stamp).encode(), partition=partition, timestamp_ms=base + stamp
                 )
     tps = kafka.partitions([(topic, 3)])
-    since = await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=2_000)
+    since = await kafka.read_all(
+        bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=base + 2_000
+    )
     assert sorted(int(r.value) for r in since) == [2_000, 2_500, 3_000]
     assert (
-        await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=9_000) == []
+        await kafka.read_all(
+            bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=base + 9_000
+        )
+        == []
     )
     everything = await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000)
     assert len(everything) == 6
@@ -180,14 +194,17 @@ async def test_a_resumed_read_reads_on_from_where_the_last_one_ended(bootstrap: 
     """What a poller (the demo story's wait for labelled samples) does: each record once over a series
     of reads, the first from a time, the next ones from where the previous ended."""
     topic = await _topic(bootstrap, 2)
+    base = _recent_base_ms()
     async with kafka.started(kafka.producer(bootstrap, "test-kafka")) as producer:
         for partition, stamp in ((0, 1_000), (0, 5_000), (1, 6_000)):
-            await producer.send_and_wait(topic, str(stamp).encode(), partition=partition, timestamp_ms=stamp)
+            await producer.send_and_wait(
+                topic, str(stamp).encode(), partition=partition, timestamp_ms=base + stamp
+            )
     tps = kafka.partitions([(topic, 2)])
     async with kafka.started(kafka.consumer(bootstrap, "test-kafka")) as client:
 
         async def read(resume: bool) -> list[int]:
-            stream = kafka.read_to_end(client, tps, timeout_ms=20_000, since_ms=2_000, resume=resume)
+            stream = kafka.read_to_end(client, tps, timeout_ms=20_000, since_ms=base + 2_000, resume=resume)
             return sorted([int(r.value) async for r in stream])
 
         assert await read(resume=False) == [5_000, 6_000]
