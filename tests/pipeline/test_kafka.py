@@ -156,9 +156,7 @@ async def test_a_read_since_a_time_starts_at_the_first_record_stamped_at_or_afte
     )
     assert sorted(int(r.value) for r in since) == [2_000, 2_500, 3_000]
     assert (
-        await kafka.read_all(
-            bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=base + 9_000
-        )
+        await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000, since_ms=base + 9_000)
         == []
     )
     everything = await kafka.read_all(bootstrap, tps, client_id="test-kafka", timeout_ms=20_000)
