@@ -131,16 +131,21 @@ class EdgeClient:
     async def start(self) -> None:
         """Connect to the nearest region that answers, sync the clock, take the catalogue (fetched
         and verified, else the verified copy on disk) and load each family's fallback model.
-        Raises the catalogue's :class:`RegistryError` when no verified catalogue is available."""
-        transport = await self.sessions.connect(time.monotonic())
-        self._tasks.append(asyncio.create_task(self._ticker()))
-        if transport is not None:
-            with contextlib.suppress(TransportUnavailable, RegistryError):
-                await self._sync_clock(transport)
-                await self.models.refresh_catalogue(transport.fetch_catalogue, self.clock.now_ms())
-        if self.models.catalogue is None and not self.models.load_cached_catalogue(self.clock.now_ms()):
-            raise RegistryError("no verified device catalogue (fetched or cached)")
-        await self._load_fallbacks(transport)
+        Raises the catalogue's :class:`RegistryError` when no verified catalogue is available; a start
+        that raises (or is cancelled) leaves nothing running: its tasks and transports are closed."""
+        try:
+            transport = await self.sessions.connect(time.monotonic())
+            self._tasks.append(asyncio.create_task(self._ticker()))
+            if transport is not None:
+                with contextlib.suppress(TransportUnavailable, RegistryError):
+                    await self._sync_clock(transport)
+                    await self.models.refresh_catalogue(transport.fetch_catalogue, self.clock.now_ms())
+            if self.models.catalogue is None and not self.models.load_cached_catalogue(self.clock.now_ms()):
+                raise RegistryError("no verified device catalogue (fetched or cached)")
+            await self._load_fallbacks(transport)
+        except BaseException:
+            await self.close()
+            raise
 
     async def _load_fallbacks(self, transport: Transport | None) -> None:
         catalogue = self.models.catalogue

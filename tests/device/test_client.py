@@ -448,9 +448,13 @@ async def test_a_catalogue_that_does_not_verify_makes_the_client_refuse(
         doc = json.loads(gateway.catalogue)
         doc["catalogue"]["models"][0]["sha256"] = "00" * 32
         gateway.catalogue = json.dumps(doc).encode()
+    before = asyncio.all_tasks()
     with pytest.raises(RegistryError):
         await _rig(registry, tmp_path, [gateway], trusted=trusted)
     assert not list((tmp_path / "cache").glob("*.onnx"))
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert not left, f"a client that refused to start left {left} running"
 
 
 async def test_the_cached_catalogue_is_used_offline(
