@@ -173,11 +173,13 @@ class ArtifactServer:
         except (ConnectionError, TimeoutError) as err:
             log.debug("artifact client went away: %r", err)
         finally:
-            del self._connections[task]
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError, OSError):
-                async with asyncio.timeout(self.read_timeout_s):
-                    await writer.wait_closed()
+            try:  # still one of the connections (so stop() aborts and awaits it) until it is closed
+                writer.close()
+                with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+                    async with asyncio.timeout(self.read_timeout_s):
+                        await writer.wait_closed()
+            finally:
+                del self._connections[task]
 
     async def _answer(self, reader: asyncio.StreamReader, principal: str | None) -> tuple[bool, _Response]:
         """``(head only, response)``."""

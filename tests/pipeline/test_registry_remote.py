@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import ssl
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -326,3 +327,39 @@ async def test_connections_and_slow_clients_are_bounded(tmp_path: Path) -> None:
             await asyncio.to_thread(_request, site, "GET", f"/artifacts/sha256/{site.sha256}", site.context())
         answer = await silent
     assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def _lingering_client(site: Site, port: int, read: threading.Event, release: threading.Event) -> bytes:
+    """Fetch the blob, read to the server's end of the stream (``read``), then hold the socket open (no
+    reply to the server's close) until ``release``."""
+    import socket
+
+    with (
+        socket.create_connection(("localhost", port), timeout=10) as raw,
+        site.context().wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(f"GET /artifacts/sha256/{site.sha256} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65_536):
+            answer += chunk
+        read.set()
+        release.wait(30)
+        return answer
+
+
+async def test_stop_ends_a_connection_still_closing(site: Site) -> None:
+    """A client that has its answer but never closes its end: the server's connection is still closing
+    (it waits for the client's close, up to its read timeout) when the server stops, and stop() ends
+    it: nothing of the server is left running on the loop."""
+    read, release = threading.Event(), threading.Event()
+    client = asyncio.create_task(asyncio.to_thread(_lingering_client, site, site.server.port, read, release))
+    try:
+        assert await asyncio.to_thread(read.wait, 10)
+        await site.server.stop()
+        serving = [t for t in asyncio.all_tasks() if "ArtifactServer._serve" in repr(t.get_coro())]
+        assert not serving, f"{len(serving)} connection(s) of a stopped server still running"
+    finally:
+        release.set()
+        answer = await client
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.endswith(BLOB)
