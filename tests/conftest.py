@@ -9,6 +9,8 @@ Tests that use the broker (directly or through another fixture) get the ``broker
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import time
 from pathlib import Path
@@ -22,13 +24,15 @@ from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.broker.state import BrokerState
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
 TEST_BOOTSTRAP_ENV = "EDGESTREAM_TEST_BOOTSTRAP"
 """``host:port`` of an already running broker to use instead of starting one."""
 BROKER_FIXTURES = frozenset({"kafka_broker", "bootstrap"})
 """Fixtures whose use marks a test ``broker``."""
 BROKER_START_TIMEOUT_S = 120.0
+TASK_GRACE_S = 2.0
+"""How long a test's tasks have to finish after it (and its fixtures) ended before it fails for them."""
 TOOL_MARKERS = ("chart_tools", "s3_tools")
 """Tests whose tools may still be building in the background: run last."""
 
@@ -81,3 +85,30 @@ def bootstrap(kafka_broker: BrokerState) -> KafkaSettings:
     """How tests reach the session's broker: over TLS 1.3 as ``admin`` (a super user). Workers under
     test connect as their region's ``edge-<region>`` principal instead, within its ACLs."""
     return kafka_broker.kafka()
+
+
+@pytest.fixture(autouse=True)
+def _no_task_left(request: pytest.FixtureRequest) -> None:
+    """Every coroutine test: see ``_tasks_it_started``."""
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        request.getfixturevalue("_tasks_it_started")
+
+
+@pytest.fixture
+async def _tasks_it_started() -> AsyncIterator[None]:
+    """Fail a test that leaves a task of its own running once it and its fixtures have ended (given
+    ``TASK_GRACE_S`` to finish), and cancel those tasks. The whole suite runs on one event loop, so a
+    task left sleeping in a loop lives on under every later test (one made a later test that stubbed
+    ``asyncio.sleep`` spin until CI was killed)."""
+    before = asyncio.all_tasks()
+    yield
+    me = asyncio.current_task()
+    deadline = time.monotonic() + TASK_GRACE_S
+    while left := [t for t in asyncio.all_tasks() - before if t is not me and not t.done()]:
+        if time.monotonic() >= deadline:
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+            names = ", ".join(sorted(repr(t.get_coro()) for t in left))
+            pytest.fail(f"the test left {len(left)} task(s) running: {names}")
+        await asyncio.sleep(0.01)
