@@ -214,10 +214,10 @@ async def test_a_resumed_read_reads_on_from_where_the_last_one_ended(bootstrap: 
 
 
 async def test_a_background_reader_takes_a_bulk_read_in_small_responses(bootstrap: KafkaSettings) -> None:
-    """1.2 MB in one partition: a plain consumer gets it in one or two fetches, a background reader in
-    responses of at most ``max_partition_fetch_bytes`` (256 KiB: two 100 KB records each)."""
+    """360 KB in one partition: a plain consumer gets it in one or two fetches, a background reader in
+    responses of at most ``max_partition_fetch_bytes`` (64 KiB: two 30 KB records each)."""
     topic = await _topic(bootstrap, 1)
-    values = [bytes([i]) * 100_000 for i in range(12)]
+    values = [bytes([i]) * 30_000 for i in range(12)]
     await _produce(bootstrap, topic, values)
     tp = TopicPartition(topic, 0)
 

@@ -66,7 +66,7 @@ from edgestream.workers.local.story import (
     count_drift,
 )
 from edgestream.workers.local.story_plot import plot_story
-from edgestream.workers.local.story_process import StoryArgs, end_story, tell_story
+from edgestream.workers.local.story_process import StoryArgs, StoryFailed, end_story, tell_story
 from edgestream.workers.local.story_registry import prepare_registry
 from edgestream.workers.local.summary import (
     PathRow,
@@ -570,14 +570,33 @@ async def _fleet_and_story(
         nice=settings.cloud_nice,
         log_level=logging.getLogger().getEffectiveLevel(),
     )
-    told = asyncio.create_task(tell_story(args, set_inputs=set_inputs, on_event=on_event, stop=stop))
+    ready = asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(args, set_inputs=set_inputs, on_event=on_event, stop=stop, ready=ready)
+    )
     try:
+        await _story_ready(told, ready, settings.worker_ready_timeout_s)
         report = await fleet.run(on_progress, until=stop)
     except BaseException:
         told.cancel()
         await asyncio.gather(told, return_exceptions=True)
         raise
     return report, await end_story(told, stop), None
+
+
+async def _story_ready(told: asyncio.Task[StoryReport], ready: asyncio.Event, timeout_s: float) -> None:
+    """Wait until the story's process is ready (its imports done: its start would otherwise share the
+    CPU with the fleet's first requests), or has ended (its error is raised here)."""
+    waiting = asyncio.create_task(ready.wait())
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.wait([told, waiting], return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        raise StoryFailed(f"the story's process was not ready within {timeout_s:g} s") from None
+    finally:
+        waiting.cancel()
+    if told.done() and not ready.is_set():
+        await told
 
 
 async def _fleet_and_outage(

@@ -45,6 +45,7 @@ def _tells_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
 
 
 def _tells_and_ends(conn: Connection, args: StoryArgs) -> None:
+    conn.send(("ready",))
     conn.send(("inputs", "shifted-b"))
     conn.send(("report", StoryReport("embedding-scorer", args.reference, retrained=2)))
 
@@ -72,10 +73,15 @@ def _never_reports(conn: Connection, args: StoryArgs) -> None:
     time.sleep(60)
 
 
-def _reports_its_niceness(conn: Connection, args: StoryArgs) -> None:
-    from edgestream.workers.local.story_process import _child_priority
+def _ready_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
+    conn.send(("ready",))
+    assert conn.recv() == ("cancel",)
+    report = StoryReport("embedding-scorer", args.reference)
+    report.stalled = "cancelled"
+    conn.send(("report", report))
 
-    _child_priority(args)
+
+def _reports_its_niceness(conn: Connection, args: StoryArgs) -> None:
     report = StoryReport("embedding-scorer", args.reference)
     report.stalled = str(os.nice(0))
     conn.send(("report", report))
@@ -113,11 +119,32 @@ async def test_inputs_and_events_arrive_and_a_cancelled_story_still_reports(tmp_
 
 async def test_a_story_that_ends_sets_stop_and_returns_its_report(tmp_path: Path) -> None:
     inputs: list[Inputs] = []
-    stop = asyncio.Event()
+    stop, ready = asyncio.Event(), asyncio.Event()
     report = await tell_story(
-        _args(tmp_path), set_inputs=inputs.append, on_event=lambda _e: None, stop=stop, target=_tells_and_ends
+        _args(tmp_path),
+        set_inputs=inputs.append,
+        on_event=lambda _e: None,
+        stop=stop,
+        ready=ready,
+        target=_tells_and_ends,
     )
-    assert (inputs, report.retrained, stop.is_set()) == (["shifted-b"], 2, True)
+    assert (inputs, report.retrained, stop.is_set(), ready.is_set()) == (["shifted-b"], 2, True, True)
+
+
+async def test_ready_is_what_the_child_says_not_its_start(tmp_path: Path) -> None:
+    """A child that never says it is ready (it failed first) leaves ``ready`` unset: the demo's fleet
+    waits on it, or on the story's end."""
+    ready = asyncio.Event()
+    with pytest.raises(StoryFailed):
+        await tell_story(
+            _args(tmp_path),
+            set_inputs=print,
+            on_event=print,
+            stop=asyncio.Event(),
+            ready=ready,
+            target=_fails,
+        )
+    assert not ready.is_set()
 
 
 async def test_a_story_that_ended_keeps_its_report_when_the_fleet_stops_while_it_is_reaped(
@@ -214,3 +241,36 @@ async def test_a_story_that_does_not_stop_when_asked_is_an_error_and_its_process
     pid = int((tmp_path / "pid").read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
+
+
+async def test_the_demo_starts_its_fleet_once_the_story_is_ready_or_has_failed(tmp_path: Path) -> None:
+    from edgestream.workers.local.demo import _story_ready
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: None,
+            on_event=lambda _e: None,
+            stop=stop,
+            ready=ready,
+            target=_ready_then_waits_for_cancel,
+        )
+    )
+    await _story_ready(told, ready, 60)
+    assert ready.is_set()
+    assert not told.done()
+    told.cancel()
+    assert (await told).stalled == "cancelled"
+
+    failed = asyncio.create_task(
+        tell_story(_args(tmp_path), set_inputs=print, on_event=print, stop=asyncio.Event(), target=_fails)
+    )
+    with pytest.raises(StoryFailed, match="the samples were refused"):
+        await _story_ready(failed, asyncio.Event(), 60)
+
+    silent = asyncio.create_task(asyncio.sleep(60))
+    with pytest.raises(StoryFailed, match="not ready within"):
+        await _story_ready(silent, asyncio.Event(), 0.1)  # type: ignore[arg-type]
+    silent.cancel()
+    await asyncio.gather(silent, return_exceptions=True)
