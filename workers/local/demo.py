@@ -226,6 +226,7 @@ def _worker_env(settings: DemoSettings, cluster: _Cluster, region: str) -> dict[
         "EDGESTREAM_WORKER_HOME": str(settings.home),
         **cluster.as_identity(Identity.edge(region)).to_env("EDGESTREAM_WORKER_KAFKA__"),
         "EDGESTREAM_WORKER_SAMPLE_FRACTION": str(settings.sample_fraction),
+        "EDGESTREAM_WORKER_COMMIT_INTERVAL_MS": str(settings.worker_commit_interval_ms),
     }
     if settings.story.enabled or settings.phone_fraction > 0:  # the versions the phones' tiers name
         env["EDGESTREAM_WORKER_REGISTRY"] = "true"
