@@ -99,7 +99,8 @@ async def _tasks_it_started() -> AsyncIterator[None]:
     """Fail a test that leaves a task of its own running once it and its fixtures have ended (given
     ``TASK_GRACE_S`` to finish), and cancel those tasks. The whole suite runs on one event loop, so a
     task left sleeping in a loop lives on under every later test (one made a later test that stubbed
-    ``asyncio.sleep`` spin until CI was killed)."""
+    ``asyncio.sleep`` spin until CI was killed). Tasks that fixtures of a wider scope start while the
+    test runs would count as its own: the suite has no async fixture of a wider scope."""
     before = asyncio.all_tasks()
     yield
     me = asyncio.current_task()
@@ -108,7 +109,7 @@ async def _tasks_it_started() -> AsyncIterator[None]:
         if time.monotonic() >= deadline:
             for task in left:
                 task.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
+            await asyncio.wait(left, timeout=TASK_GRACE_S)  # a task may take its cancel slowly
             names = ", ".join(sorted(repr(t.get_coro()) for t in left))
             pytest.fail(f"the test left {len(left)} task(s) running: {names}")
         await asyncio.sleep(0.01)

@@ -144,7 +144,10 @@ class EdgeClient:
                 raise RegistryError("no verified device catalogue (fetched or cached)")
             await self._load_fallbacks(transport)
         except BaseException:
-            await self.close()
+            try:
+                await self.close()
+            except Exception:  # the start's own error is the one to raise
+                log.exception("closing a client whose start failed")
             raise
 
     async def _load_fallbacks(self, transport: Transport | None) -> None:

@@ -103,7 +103,8 @@ class ArtifactServer:
         self.write_timeout_s = write_timeout_s
         """Time a client has to take a response (a model may be large)."""
         self.max_connections = max_connections
-        """Connections served at once; more are closed at once, unanswered."""
+        """Connections served at once, counting those still closing (up to ``read_timeout_s`` after
+        their answer, for a client that does not close its end); more are closed at once, unanswered."""
         self._context = context
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -119,7 +120,7 @@ class ArtifactServer:
 
     @property
     def open_connections(self) -> int:
-        """Connections being served now."""
+        """Connections being served now, or still closing."""
         return len(self._connections)
 
     async def start(self) -> None:

@@ -571,13 +571,13 @@ async def _fleet_and_story(
         nice=settings.cloud_nice,
         log_level=logging.getLogger().getEffectiveLevel(),
     )
-    ready = asyncio.Event()
+    ready, sending = asyncio.Event(), asyncio.Event()
     told = asyncio.create_task(
-        tell_story(args, set_inputs=set_inputs, on_event=on_event, stop=stop, ready=ready)
+        tell_story(args, set_inputs=set_inputs, on_event=on_event, stop=stop, ready=ready, go=sending)
     )
     try:
         await _story_ready(told, ready, settings.worker_ready_timeout_s)
-        report = await fleet.run(on_progress, until=stop)
+        report = await fleet.run(on_progress, until=stop, sending=sending)
     except BaseException:
         told.cancel()
         await asyncio.gather(told, return_exceptions=True)

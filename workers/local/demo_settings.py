@@ -60,12 +60,14 @@ class DemoSettings(BaseSettings):
     the edge leaves (its windows are seconds long; nothing waits on it for milliseconds). 0: the same
     priority as the edge."""
     worker_commit_interval_ms: float = Field(default=250.0, ge=0)
-    """The edge workers' ``commit_interval_ms`` (their default: 100). The devices' replies go before any
-    commit; what waits for it is what backends and the cloud read committed (results, audit, summaries),
-    here 250 ms at most. At the demo's 50 requests per second per region a 100 ms interval makes
-    transactions of about five records, each about eight broker requests (the worker's and the broker's
-    own), on a box that the demo keeps about 1.8 of its 2 cores busy: at 250 ms, two demos measured
-    the broker at 0.52-0.58 cores and the workers at 0.35-0.37, against 0.64 and 0.42."""
+    """The edge workers' ``commit_interval_ms`` (their default: 100; the demo sets it in the environment
+    it starts them with, over any ``EDGESTREAM_WORKER_COMMIT_INTERVAL_MS`` of its own). The devices'
+    replies go before any commit; what waits for it is what backends and the cloud read committed
+    (results, audit, summaries): commits start at least 250 ms apart here. At the demo's 50 requests per
+    second per region a 100 ms interval makes transactions of about five records, each about eight
+    broker requests (the worker's and the broker's own), on a box that the demo keeps about 1.8 of its 2
+    cores busy: at 250 ms, two demos measured the broker at 0.52-0.58 cores and the workers at
+    0.35-0.37, against 0.64 and 0.42."""
     story: StorySettings = StorySettings()
     """The learning loop the demo tells (``workers/local/story.py``): shift, drift, retrain, canary and
     rollback."""

@@ -258,10 +258,15 @@ class Fleet:
         )
 
     async def run(
-        self, on_progress: Callable[[Progress], None] | None = None, *, until: asyncio.Event | None = None
+        self,
+        on_progress: Callable[[Progress], None] | None = None,
+        *,
+        until: asyncio.Event | None = None,
+        sending: asyncio.Event | None = None,
     ) -> FleetReport:
         """Send for ``duration_s`` (or until ``until`` is set, if sooner), wait up to ``drain_s`` for the
-        rest, return the report."""
+        rest, return the report. ``sending`` is set as the first request is about to go (the clients
+        started)."""
         producers: dict[str, AIOKafkaProducer] = {}
         consumers: dict[str, AIOKafkaConsumer] = {}
         tasks: list[asyncio.Task[None]] = []
@@ -287,6 +292,8 @@ class Fleet:
             tasks.append(asyncio.create_task(self._sweep()))
             await self.start_phones()
             freeze_startup_heap("fleet")
+            if sending is not None:
+                sending.set()
             await self._send_all(producers, on_progress, until)
             await self._drain(on_progress)
         finally:

@@ -11,16 +11,17 @@ process (``spawn``), niced (``DemoSettings.cloud_nice``), so the edge path and t
 CPU first. The fleet hears from it through a pipe only what the devices and the console need: which
 inputs to send, the story's events as they happen, and its report when it ends.
 
-The process is niced from its first instant (the parent renices it as soon as it exists: the child's
-imports are a second of CPU) and says when it is ready (its modules imported and the story made), so
-the fleet can start after it: in a demo whose fleet started beside the child's start, the child's
-imports and the first requests shared the two cores, and the first 0.3 s of device round trips took
-up to 100 ms (33 of the run's 91 direct requests over its p99).
+The parent renices the process as soon as it exists (the child's imports are a second of CPU), the
+child says when it is ready (the story's modules imported and the story made), and the story begins
+when the parent says go: the demo starts its fleet once the child is ready and says go when the fleet
+starts sending, so the child's start does not share the CPU with the first requests (in a demo whose
+fleet started beside it, the first 0.3 s of device round trips took up to 100 ms: 33 of the run's 91
+direct requests over its p99) and the devices' baseline is counted from their first request.
 
 Messages, child to parent: ``("ready",)`` first, then ``("inputs", Inputs)``, ``("event",
 StoryEvent)``, then ``("report", StoryReport)`` or ``("error", str)`` last. Parent to child:
-``("cancel",)`` (the fleet's time ran out first: the story records a stall and reports). The pipe's
-end (either side gone) ends the other.
+``("go",)`` first, then ``("cancel",)`` (the fleet's time ran out first: the story records a stall and
+reports). The pipe's end (either side gone) ends the other.
 """
 
 from __future__ import annotations
@@ -83,10 +84,12 @@ async def tell_story(
     on_event: Callable[[StoryEvent], None],
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
+    go: asyncio.Event | None = None,
     target: Callable[[Connection, StoryArgs], None] | None = None,
 ) -> StoryReport:
     """Tell the story in a child process; ``set_inputs`` and ``on_event`` are called in this loop as its
     messages arrive; ``ready`` is set when the child says it is ready, ``stop`` when it ends (always).
+    The story begins once ``go`` is set (at once without one).
     Cancelled, it asks the story to stop and still returns its report (with the stall recorded), as
     :meth:`Story.run` does. ``target`` is what the child runs (the story by default; an importable
     function speaking the same messages)."""
@@ -99,6 +102,7 @@ async def tell_story(
     theirs.close()
     if process.pid is not None:  # set once started
         _renice(process.pid, args.nice)
+    saying_go = asyncio.create_task(_say_go(ours, go))
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     reader = threading.Thread(target=_read, args=(ours, loop, inbox), name="story-pipe", daemon=True)
@@ -117,6 +121,8 @@ async def tell_story(
             ) from None
     finally:
         stop.set()
+        saying_go.cancel()
+        await asyncio.gather(saying_go, return_exceptions=True)
         await asyncio.to_thread(process.join, 5.0)
         if process.is_alive():
             process.kill()
@@ -135,12 +141,25 @@ async def end_story(told: asyncio.Task[StoryReport], stop: asyncio.Event) -> Sto
     return await told
 
 
+async def _say_go(conn: Connection, go: asyncio.Event | None) -> None:
+    """Tell the child to begin, once ``go`` is set (at once without one)."""
+    if go is not None:
+        await go.wait()
+    with contextlib.suppress(OSError):
+        conn.send(("go",))
+
+
 def _renice(pid: int, nice: int) -> None:
-    """Give process ``pid`` this process's niceness plus ``nice`` (a process may lower its children's
-    priority; one that has exited is left alone)."""
+    """Give process ``pid`` this process's niceness plus ``nice`` (a process may lower the priority of
+    its own user's processes). One that has exited is left alone; one that may not be reniced runs at
+    this process's priority, and that is logged."""
     if nice:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except ProcessLookupError:
+            pass
+        except OSError as err:
+            log.warning("the story's process could not be niced: %s", err)
 
 
 async def _follow(
@@ -212,17 +231,34 @@ async def _tell(conn: Connection, args: StoryArgs) -> StoryReport:
         on_event=lambda event: conn.send(("event", event)),
     )
     conn.send(("ready",))
-    told = asyncio.create_task(story.run(asyncio.Event()))
     loop = asyncio.get_running_loop()
+    go, stopped = asyncio.Event(), asyncio.Event()
+    told: asyncio.Task[StoryReport] | None = None
 
-    def readable() -> None:  # the parent's cancel, or its end: stop the story either way
+    def readable() -> None:  # go first; then the parent's cancel, or its end: stop the story either way
+        message: object = None
         with contextlib.suppress(EOFError, OSError):
-            conn.recv()
+            message = conn.recv()
+        if message == ("go",) and not go.is_set():
+            go.set()
+            return
         loop.remove_reader(conn.fileno())
-        told.cancel()
+        stopped.set()
+        if told is not None:
+            told.cancel()
 
     loop.add_reader(conn.fileno(), readable)
     try:
+        waits = [asyncio.create_task(go.wait()), asyncio.create_task(stopped.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if not go.is_set():
+            story.report.stalled = "stopped before the fleet started sending"
+            return story.report
+        told = asyncio.create_task(story.run(asyncio.Event()))
+        if stopped.is_set():  # the cancel came with the go
+            told.cancel()
         return await told
     finally:
         with contextlib.suppress(ValueError, OSError):

@@ -26,10 +26,10 @@ def test_the_workers_commit_at_the_demos_interval(
         else DemoSettings(home=tmp_path, worker_commit_interval_ms=interval_ms)
     )
     cluster = _Cluster(KafkaSettings(bootstrap_servers="127.0.0.1:9092"), Pki(tmp_path / "tls"), None)
-    for name, value in _worker_env(settings, cluster, "eu-west").items():
+    for name, value in _worker_env(settings, cluster, "us-east").items():
         if name.startswith("EDGESTREAM_WORKER_"):
             monkeypatch.setenv(name, value)
     worker = WorkerSettings()  # type: ignore[call-arg]  # (from the environment)
-    assert worker.region == "eu-west"
+    assert worker.region == "us-east"
     assert worker.commit_interval_ms == settings.worker_commit_interval_ms
     assert worker.commit_interval_ms != WorkerSettings.model_fields["commit_interval_ms"].default

@@ -37,6 +37,7 @@ def _args(tmp_path: Path, nice: int = 0) -> StoryArgs:
 def _tells_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
     conn.send(("inputs", "shifted-a"))
     conn.send(("event", StoryEvent(1.5, "shift", "scanners change", None)))
+    assert conn.recv() == ("go",)
     assert conn.recv() == ("cancel",)
     report = StoryReport("embedding-scorer", args.reference)
     report.stalled = "the fleet's time limit ended first"
@@ -75,6 +76,7 @@ def _never_reports(conn: Connection, args: StoryArgs) -> None:
 
 def _ready_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
     conn.send(("ready",))
+    assert conn.recv() == ("go",)
     assert conn.recv() == ("cancel",)
     report = StoryReport("embedding-scorer", args.reference)
     report.stalled = "cancelled"
@@ -274,3 +276,62 @@ async def test_the_demo_starts_its_fleet_once_the_story_is_ready_or_has_failed(t
         await _story_ready(silent, asyncio.Event(), 0.1)  # type: ignore[arg-type]
     silent.cancel()
     await asyncio.gather(silent, return_exceptions=True)
+
+
+def _reports_when_told_to_go(conn: Connection, args: StoryArgs) -> None:
+    import time
+
+    conn.send(("ready",))
+    started = time.monotonic()
+    assert conn.recv() == ("go",)
+    report = StoryReport("embedding-scorer", args.reference)
+    report.stalled = f"{time.monotonic() - started:.3f}"
+    conn.send(("report", report))
+
+
+async def test_the_story_begins_when_the_parent_says_go(tmp_path: Path) -> None:
+    """The child is ready, and waits for go: the demo says it when its fleet starts sending, so the
+    devices' baseline counts from their first request."""
+    ready, go = asyncio.Event(), asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: None,
+            on_event=lambda _e: None,
+            stop=asyncio.Event(),
+            ready=ready,
+            go=go,
+            target=_reports_when_told_to_go,
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 60)
+    await asyncio.sleep(0.5)
+    assert not told.done()
+    go.set()
+    report = await asyncio.wait_for(told, 60)
+    assert report.stalled is not None
+    assert float(report.stalled) >= 0.4  # it waited for go, not only for its own start
+
+
+async def test_a_story_stopped_before_go_reports_without_beginning(tmp_path: Path) -> None:
+    """The real child: ready once its story is made; cancelled before go (the fleet never sent), it
+    reports the stall without running a step (nothing here could answer one)."""
+    from edgestream.pipeline.registry.signing import SIGNING_KEY_FILE, SigningKey
+
+    SigningKey.generate().save(tmp_path / "registry" / SIGNING_KEY_FILE)
+    ready = asyncio.Event()
+    told = asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: None,
+            on_event=lambda _e: None,
+            stop=asyncio.Event(),
+            ready=ready,
+            go=asyncio.Event(),
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 120)
+    told.cancel()
+    report = await asyncio.wait_for(told, 120)
+    assert report.stalled == "stopped before the fleet started sending"
+    assert report.retrained is None
