@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -28,6 +29,28 @@ def _args(tmp_path: Path, nice: int = 0) -> StoryArgs:
         reference=1,
         started_at=1_000.0,
         nice=nice,
+    )
+
+
+def _told(
+    tmp_path: Path,
+    target: Callable[[Connection, StoryArgs], None] | None,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    go: asyncio.Event | None = None,
+) -> asyncio.Task[StoryReport]:
+    """A story told in a task, its inputs and events ignored."""
+    return asyncio.create_task(
+        tell_story(
+            _args(tmp_path),
+            set_inputs=lambda _i: None,
+            on_event=lambda _e: None,
+            stop=stop or asyncio.Event(),
+            ready=ready,
+            go=go,
+            target=target,
+        )
     )
 
 
@@ -153,15 +176,7 @@ async def test_a_story_that_ended_keeps_its_report_when_the_fleet_stops_while_it
     tmp_path: Path,
 ) -> None:
     stop = asyncio.Event()
-    told = asyncio.create_task(
-        tell_story(
-            _args(tmp_path),
-            set_inputs=lambda _i: None,
-            on_event=lambda _e: None,
-            stop=stop,
-            target=_reports_then_lingers,
-        )
-    )
+    told = _told(tmp_path, _reports_then_lingers, stop=stop)
     await asyncio.wait_for(stop.wait(), 60)  # the fleet stops here, the child still running
     assert not told.done()
     report = await end_story(told, stop)
@@ -249,16 +264,7 @@ async def test_the_demo_starts_its_fleet_once_the_story_is_ready_or_has_failed(t
     from edgestream.workers.local.demo import _story_ready
 
     stop, ready = asyncio.Event(), asyncio.Event()
-    told = asyncio.create_task(
-        tell_story(
-            _args(tmp_path),
-            set_inputs=lambda _i: None,
-            on_event=lambda _e: None,
-            stop=stop,
-            ready=ready,
-            target=_ready_then_waits_for_cancel,
-        )
-    )
+    told = _told(tmp_path, _ready_then_waits_for_cancel, stop=stop, ready=ready)
     await _story_ready(told, ready, 60)
     assert ready.is_set()
     assert not told.done()
@@ -293,17 +299,7 @@ async def test_the_story_begins_when_the_parent_says_go(tmp_path: Path) -> None:
     """The child is ready, and waits for go: the demo says it when its fleet starts sending, so the
     devices' baseline counts from their first request."""
     ready, go = asyncio.Event(), asyncio.Event()
-    told = asyncio.create_task(
-        tell_story(
-            _args(tmp_path),
-            set_inputs=lambda _i: None,
-            on_event=lambda _e: None,
-            stop=asyncio.Event(),
-            ready=ready,
-            go=go,
-            target=_reports_when_told_to_go,
-        )
-    )
+    told = _told(tmp_path, _reports_when_told_to_go, ready=ready, go=go)
     await asyncio.wait_for(ready.wait(), 60)
     await asyncio.sleep(0.5)
     assert not told.done()
@@ -320,16 +316,7 @@ async def test_a_story_stopped_before_go_reports_without_beginning(tmp_path: Pat
 
     SigningKey.generate().save(tmp_path / "registry" / SIGNING_KEY_FILE)
     ready = asyncio.Event()
-    told = asyncio.create_task(
-        tell_story(
-            _args(tmp_path),
-            set_inputs=lambda _i: None,
-            on_event=lambda _e: None,
-            stop=asyncio.Event(),
-            ready=ready,
-            go=asyncio.Event(),
-        )
-    )
+    told = _told(tmp_path, None, ready=ready, go=asyncio.Event())
     await asyncio.wait_for(ready.wait(), 120)
     told.cancel()
     report = await asyncio.wait_for(told, 120)
