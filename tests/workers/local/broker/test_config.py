@@ -51,6 +51,26 @@ def test_config_is_a_single_node_that_supports_groups_and_transactions(tmp_path:
     assert config["num.partitions"] == "3"
 
 
+OFFSET_ENTRY_BYTES = 8
+"""An offset index entry: relative offset and position, 4 bytes each (Kafka's ``OffsetIndex``)."""
+TIME_ENTRY_BYTES = 12
+"""A time index entry: timestamp (8 bytes) and relative offset (4 bytes) (Kafka's ``TimeIndex``)."""
+
+
+def test_index_files_are_small_yet_hold_a_full_segment(tmp_path: Path) -> None:
+    config = broker_config(
+        client_listeners=[Listener("PLAINTEXT", 29092)],
+        controller=Listener("CONTROLLER", 29093),
+        data_dir=tmp_path / "data",
+    )
+
+    index_bytes = int(config["log.index.size.max.bytes"])
+    most_entries = int(config["log.segment.bytes"]) // int(config["log.index.interval.bytes"])
+    assert index_bytes // OFFSET_ENTRY_BYTES >= most_entries  # a segment rolls at its size, not early
+    assert index_bytes // TIME_ENTRY_BYTES >= most_entries
+    assert index_bytes <= 1024 * 1024  # not Kafka's 10 MiB, whose first page fault reads it all ahead
+
+
 def test_config_takes_another_listener_and_extras(tmp_path: Path) -> None:
     config = broker_config(
         client_listeners=[Listener("PLAINTEXT", 1), Listener("SSL", 2, security_protocol="SSL")],
