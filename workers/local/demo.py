@@ -43,6 +43,7 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
+from edgestream.workers.local.broker.warmup import warm_broker
 from edgestream.workers.local.demo_gateways import (
     gateway_urls,
     prepare_phone_catalogue,
@@ -392,6 +393,7 @@ def _run_parts(
                 first = {region: files[0] for region, files in workers.stats_files.items()}
                 wait_for_revision(first, revision, settings.worker_ready_timeout_s)
             with _gateways(settings, cluster, paths, on_step) as fleet:
+                _warm_broker(settings, cluster, on_step)
                 on_step("running the device fleet" + (" and telling the story" if revision else ""))
                 report, story, outage = eventloop.run(
                     _fleet_and_story(
@@ -421,6 +423,25 @@ def _run_parts(
         )
         agreement = device_agreement(aggregator_url)
     return _Measured(report, story, worker_stats, windows, agreement, outage)
+
+
+def _warm_broker(settings: DemoSettings, cluster: _Cluster, on_step: Callable[[str], None]) -> None:
+    """Throwaway traffic on scratch topics, so that the devices' first requests do not meet a broker
+    whose JIT has not compiled their paths yet (``broker/warmup.py``). Only on the broker the demo
+    started itself (a cluster it is given has been running, and gets no topics of the demo's own);
+    none with a 0 s warm-up."""
+    if settings.broker_warmup_s <= 0 or cluster.broker_log is None:
+        return
+    on_step(
+        f"warm-up: {settings.broker_warmup_s:g} s of throwaway traffic on scratch topics, so the "
+        "devices' first requests meet compiled code"
+    )
+    eventloop.run(
+        warm_broker(
+            cluster.admin, seconds=settings.broker_warmup_s, rate_per_s=settings.broker_warmup_rate_per_s
+        ),
+        settings.event_loop,
+    )
 
 
 def _result(

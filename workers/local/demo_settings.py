@@ -68,6 +68,13 @@ class DemoSettings(BaseSettings):
     broker requests (the worker's and the broker's own), on a box that the demo keeps about 1.8 of its 2
     cores busy: at 250 ms, two demos measured the broker at 0.52-0.58 cores and the workers at
     0.35-0.37, against 0.64 and 0.42."""
+    broker_warmup_s: float = Field(default=3.0, ge=0)
+    """Before the devices start, this long of throwaway traffic on scratch topics of the broker's
+    (``broker/warmup.py``): a freshly started broker's JIT compiles the paths the devices' requests
+    take first, instead of during their first seconds. Only on the broker the demo starts itself, not
+    on a cluster given by ``kafka``. 0: none."""
+    broker_warmup_rate_per_s: float = Field(default=300.0, gt=0)
+    """Records per second of that warm-up."""
     story: StorySettings = StorySettings()
     """The learning loop the demo tells (``workers/local/story.py``): shift, drift, retrain, canary and
     rollback."""
