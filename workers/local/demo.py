@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from edgestream.pipeline import eventloop
-from edgestream.pipeline.errors import EdgestreamError
+from edgestream.pipeline.errors import BrokerError, EdgestreamError
 from edgestream.pipeline.models import ModelStore, load_dataset
 from edgestream.pipeline.observability.sla import REQUEST_LOG, write_round_trips
 from edgestream.pipeline.security import keyfile
@@ -436,12 +438,16 @@ def _warm_broker(settings: DemoSettings, cluster: _Cluster, on_step: Callable[[s
         f"warm-up: {settings.broker_warmup_s:g} s of throwaway traffic on scratch topics, so the "
         "devices' first requests meet compiled code"
     )
-    eventloop.run(
-        warm_broker(
-            cluster.admin, seconds=settings.broker_warmup_s, rate_per_s=settings.broker_warmup_rate_per_s
-        ),
-        settings.event_loop,
-    )
+    try:
+        eventloop.run(
+            warm_broker(
+                cluster.admin, seconds=settings.broker_warmup_s, rate_per_s=settings.broker_warmup_rate_per_s
+            ),
+            settings.event_loop,
+        )
+    except (KafkaError, BrokerError, OSError) as err:  # a nicety: the devices start on a cold broker
+        log.warning("broker warm-up failed, the devices start without it: %r", err)
+        on_step(f"warm-up failed ({type(err).__name__}); the devices start without it")
 
 
 def _result(
