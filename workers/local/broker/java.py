@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Final
 
 from edgestream.pipeline.errors import BrokerError
 
@@ -54,14 +55,22 @@ def check_java() -> str:
     return java
 
 
+GC_LOG_NAME: Final = "gc.log"
+"""The broker's garbage-collector log, in its log directory."""
+
+
 def jvm_options(heap_mb: int, log_dir: Path, jit: str = "tiered") -> list[str]:
     """Options of every JVM the broker starts: heap, G1 with short pauses, log4j2 writing into
-    ``log_dir``; with ``jit`` ``c1`` the quick JIT compiler only."""
+    ``log_dir``, the collector's log there too (``gc.log``: one line per pause and concurrent phase,
+    two files of 10 MiB at most, as Kafka's own start scripts keep one); with ``jit`` ``c1`` the quick
+    JIT compiler only."""
     return [
         *(["-XX:TieredStopAtLevel=1"] if jit == "c1" else []),
         f"-Xmx{heap_mb}m",
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
+        # The file name quoted: a ':' in the path would otherwise end it.
+        f'-Xlog:gc:file="{log_dir / GC_LOG_NAME}":time,uptime,level,tags:filecount=2,filesize=10m',
         "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={log_dir}",
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG_PATH}",

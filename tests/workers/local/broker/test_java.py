@@ -52,3 +52,13 @@ def test_the_jit_setting_chooses_the_compilers(tmp_path: Path) -> None:
     assert "-XX:TieredStopAtLevel=1" in c1
     assert not any("TieredStopAtLevel" in option for option in tiered)
     assert [o for o in c1 if "Tiered" not in o] == tiered
+
+
+def test_the_collector_logs_into_the_broker_log_dir_even_through_a_colon(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs:a"
+    options = jvm_options(1024, log_dir)
+    [gc_log] = [o for o in options if o.startswith("-Xlog:gc")]
+    path, _, rest = gc_log.removeprefix('-Xlog:gc:file="').partition('"')
+    assert path == str(log_dir / "gc.log")
+    assert "filecount=2" in rest
+    assert "filesize=10m" in rest
