@@ -3,13 +3,16 @@
 Each fetch round trip costs the worker and the broker a fixed amount of CPU (the request and the
 response name every assigned partition; aiokafka encodes and decodes them in Python), whatever it
 carries. Fetching again as soon as a fetch returns answers at ~1,000 records/s with one or two records
-a fetch, so that fixed cost is most of a record's. While records arrive fast enough that an interval
-would hold at least ``MIN_RECORDS_PER_INTERVAL`` of them, the worker waits out the rest of the
-interval after a fetch that returned records, with its partitions paused (``EdgeWorker._fetch_loop``):
+a fetch, so that fixed cost is most of a record's. While records arrive at ``from_per_s`` or faster
+(and fast enough that an interval would hold at least ``MIN_RECORDS_PER_INTERVAL`` of them), the
+worker waits out the rest of the interval after a fetch that returned records, with its partitions
+paused (``EdgeWorker._fetch_loop``):
 aiokafka fetches in the background and would otherwise fetch the first record that arrives and then
 nothing more until it is consumed, so the next fetch takes everything that arrived in the interval.
-Slower than that, fetches return one record each anyway and pacing would only add its wait: the
-worker fetches at once.
+Slower than that the worker fetches at once: fetches bring few records each anyway, a fetch's fixed
+cost spread over few records per second is little CPU, and pacing would only add its wait. The rate
+floor lets the interval be long (more records a fetch under load) without pacing a light load that an
+interval would hold two records of.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ RATE_WINDOW_S: Final = 0.1
 class FetchPacing:
     """When the next fetch may start: pure logic, the clock passed in (monotonic seconds)."""
 
-    def __init__(self, interval_ms: float) -> None:
+    def __init__(self, interval_ms: float, from_per_s: float = 0.0) -> None:
         if interval_ms < 0:
             raise ValueError(f"interval_ms must be >= 0, got {interval_ms}")
+        if from_per_s < 0:
+            raise ValueError(f"from_per_s must be >= 0, got {from_per_s}")
         self.interval_s = interval_ms / 1000.0
+        self.from_per_s = from_per_s
+        """Pacing needs at least this arrival rate, records per second."""
         self.rate_per_s = 0.0
         """Records fetched per second over the last complete window."""
         self._window_start_s: float | None = None
@@ -37,8 +44,13 @@ class FetchPacing:
 
     @property
     def pacing(self) -> bool:
-        """Whether fetches are paced now (the rate would fill an interval with enough records)."""
-        return self.interval_s > 0 and self.rate_per_s * self.interval_s >= MIN_RECORDS_PER_INTERVAL
+        """Whether fetches are paced now: the rate is at least ``from_per_s`` and would fill an interval
+        with enough records."""
+        return (
+            self.interval_s > 0
+            and self.rate_per_s >= self.from_per_s
+            and self.rate_per_s * self.interval_s >= MIN_RECORDS_PER_INTERVAL
+        )
 
     def fetched(self, records: int, now_s: float) -> None:
         """A fetch returned ``records`` records at ``now_s``."""

@@ -77,7 +77,14 @@ class WorkerSettings(BaseSettings):
     waits. Measured side by side (bench, 1,000 req/s, two runs each): 5 ms cut the worker's CPU per
     request 0.65-0.67 -> 0.33-0.34 ms and the broker's 0.67-0.69 -> 0.39 ms, added ~2.6 ms to the
     device's median (4.5-4.9 -> 7.2-7.3 ms) and nothing to its p99 (18.5-18.9 -> 17.9-18.6 ms); at 100
-    and 300 req/s it does not engage."""
+    and 300 req/s it does not engage. Longer is less CPU for more latency (2026-12-05, Intel box, pipeline
+    only, two runs each, warm broker): 15 ms against 5 ms at 1,000 req/s, worker 0.25-0.34 against
+    0.39-0.45 ms per request, p50 15-20 against 9-11 ms; at 2,000 req/s p99 62-69 against 43-48 ms."""
+    fetch_pacing_from_per_s: float = Field(default=400.0, ge=0)
+    """Fetches are paced only while records arrive at least this fast (records per second over the
+    worker's partitions, ``pacing.py``) and an interval would hold two of them: below it, a fetch's
+    fixed cost spread over few records a second is little CPU, and a light load is answered without the
+    interval's wait."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """The worker process's event loop: uvloop (libuv; its TLS and socket writes cost less CPU per
     Kafka request) or the standard library's."""

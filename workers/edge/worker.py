@@ -104,7 +104,7 @@ class EdgeWorker:
         )
         note_models(self.metrics, self._catalog)
         self._estimate = ServiceTimeEstimate()
-        self._pacing = FetchPacing(settings.fetch_interval_ms)
+        self._pacing = FetchPacing(settings.fetch_interval_ms, settings.fetch_pacing_from_per_s)
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
         )

@@ -49,6 +49,21 @@ def test_an_idle_spell_ends_pacing_and_empty_fetches_never_wait() -> None:
     assert pacing.wait_s(now_s) == 0.0
 
 
+def test_below_the_rate_floor_a_long_interval_does_not_pace() -> None:
+    """300 req/s would put 4.5 records in a 15 ms interval, but it is under the 400/s floor: fetched at
+    once; 1,000 req/s is over it: paced, and the wait is the whole interval."""
+    light = FetchPacing(15.0, from_per_s=400.0)
+    now_s = _steady(light, 300.0, 0.3)
+    light.fetched(1, now_s)
+    assert not light.pacing
+    assert light.wait_s(now_s) == 0.0
+    heavy = FetchPacing(15.0, from_per_s=400.0)
+    now_s = _steady(heavy, 1000.0, 0.3)
+    heavy.fetched(4, now_s)
+    assert heavy.pacing
+    assert heavy.wait_s(now_s) == pytest.approx(0.015)
+
+
 def test_zero_interval_never_waits() -> None:
     pacing = FetchPacing(0.0)
     now_s = _steady(pacing, 5000.0, 0.3)
@@ -56,21 +71,29 @@ def test_zero_interval_never_waits() -> None:
     assert pacing.wait_s(now_s) == 0.0
 
 
-def test_a_negative_interval_is_refused() -> None:
+def test_a_negative_interval_or_rate_floor_is_refused() -> None:
     with pytest.raises(ValueError, match="interval_ms"):
         FetchPacing(-1.0)
+    with pytest.raises(ValueError, match="from_per_s"):
+        FetchPacing(5.0, from_per_s=-1.0)
 
 
 @given(
     interval_ms=st.floats(min_value=0.5, max_value=50.0),
     rate_per_s=st.floats(min_value=10.0, max_value=10_000.0),
+    from_per_s=st.sampled_from([0.0, 400.0, 2_000.0]),
 )
-def test_pacing_follows_the_rate_over_a_window(interval_ms: float, rate_per_s: float) -> None:
-    """Paced exactly when the measured rate fills an interval with enough records, and a wait never
-    exceeds the interval."""
-    pacing = FetchPacing(interval_ms)
+def test_pacing_follows_the_rate_over_a_window(
+    interval_ms: float, rate_per_s: float, from_per_s: float
+) -> None:
+    """Paced exactly when the measured rate reaches the floor and fills an interval with enough
+    records, and a wait never exceeds the interval."""
+    pacing = FetchPacing(interval_ms, from_per_s)
     now_s = _steady(pacing, rate_per_s, 3 * RATE_WINDOW_S)
-    expected = pacing.rate_per_s * interval_ms / 1000.0 >= MIN_RECORDS_PER_INTERVAL
+    expected = (
+        pacing.rate_per_s >= from_per_s
+        and pacing.rate_per_s * interval_ms / 1000.0 >= MIN_RECORDS_PER_INTERVAL
+    )
     assert pacing.pacing is expected
     assert pacing.rate_per_s == pytest.approx(rate_per_s, rel=0.1, abs=15.0)
     pacing.fetched(1, now_s)

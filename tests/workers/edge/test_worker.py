@@ -604,9 +604,10 @@ def _seal_raw(region: EdgeRegion, device: str, data: np.ndarray[Any, Any]) -> by
 async def test_steady_traffic_is_fetched_paced_and_every_request_answered_once(
     edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
 ) -> None:
-    """Records arriving several to a fetch interval are fetched with pauses between fetches: far fewer
-    fetches than records, nothing lost or answered twice, and no partition left paused."""
-    worker = await running_worker(fetch_interval_ms=25.0)
+    """Records arriving several to a fetch interval (over the pacing floor) are fetched with pauses
+    between fetches: far fewer fetches than records, nothing lost or answered twice, and no partition
+    left paused."""
+    worker = await running_worker(fetch_interval_ms=25.0, fetch_pacing_from_per_s=100.0)
     data = load_dataset("embedding")
     topic = ingest_topic(edge_region.name, "embedding")
     ids = []
