@@ -27,10 +27,12 @@ class BrokerSettings(BaseSettings):
     """KRaft controller port on 127.0.0.1; 0 picks a free port at each start."""
     heap_mb: int = Field(default=1024, ge=128)
     """Maximum JVM heap (``-Xmx``) of the single broker, MiB. At 512 MiB the demo's broker (~1,200
-    requests a second) ran a G1 concurrent marking cycle every 10-15 s, and those cycles (0.1-0.2 of a
-    core beside young collections) came with most of the demo's slow-request clusters on its 2 cores;
-    at 1 GiB they all but stopped (0.5 s samples with marking threads busy: 0 and 3 in two demos,
-    against 10 and 11), and the demos' direct p99 was 32.3 and 39.3 ms against 56.7 and 86.3."""
+    requests a second) ran G1 concurrent marking cycles that came with most of the demo's slow-request
+    clusters on its 2 cores; at 1 GiB the demos' direct p99 was 32.3 and 39.3 ms against 86.3 at 512.
+    The collector's log (``logs/gc.log``) showed later that the cycles went on at 1 GiB too, one every
+    ~6.5 s: they came from the log cleaner's 128 MiB key map kept on the heap, not from the heap's size
+    (``config.DEDUPE_BUFFER_BYTES``, now 16 MiB: no cycle after the first seconds). G1 commits only what
+    it needs: ~210-310 MiB in the demo."""
     brokers: int = 1
     """Nodes of the local cluster. 1: one broker in ``<home>/broker/``. 3: a KRaft cluster of three
     combined broker+controller nodes in ``<home>/cluster/node-<id>/`` (three quorum voters, topics with

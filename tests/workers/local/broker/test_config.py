@@ -17,6 +17,7 @@ from edgestream.workers.local.broker.config import (
     pick_ports,
     render_properties,
 )
+from edgestream.workers.local.broker.settings import BrokerSettings
 from tests.workers.local.broker.helpers import settings_in
 
 if TYPE_CHECKING:
@@ -191,3 +192,23 @@ def test_the_single_node_config_is_unchanged_by_the_cluster_support(tmp_path: Pa
     assert "unclean.leader.election.enable" not in alone
     assert "broker.session.timeout.ms" not in alone
     assert alone["default.replication.factor"] == "1"
+
+
+def test_the_cleaners_key_map_leaves_the_heap_to_the_broker(tmp_path: Path) -> None:
+    """The log cleaner's key map lives on the heap for the broker's life: it must stay far below G1's
+    threshold for concurrent marking (45% of the heap) on the smallest heap a node may have, and at
+    Kafka's own floor of 1 MiB per cleaner thread or above."""
+    config = broker_config(
+        client_listeners=[Listener("PLAINTEXT", 29092)],
+        controller=Listener("CONTROLLER", 29093),
+        data_dir=tmp_path / "data",
+    )
+    dedupe = int(config["log.cleaner.dedupe.buffer.size"])
+    threads = int(config.get("log.cleaner.threads", "1"))
+    least_heap_mb = 128  # the least heap the settings accept, for the broker and for a node
+    for field in ("heap_mb", "node_heap_mb"):
+        BrokerSettings.model_validate({field: least_heap_mb})
+        with pytest.raises(ValueError, match=field):
+            BrokerSettings.model_validate({field: least_heap_mb - 1})
+    assert dedupe <= least_heap_mb * 1024 * 1024 // 8
+    assert dedupe // threads >= 1024 * 1024
