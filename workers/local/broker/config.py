@@ -43,14 +43,14 @@ partition took its first records."""
 DEDUPE_BUFFER_BYTES = 16 * 1024 * 1024
 """``log.cleaner.dedupe.buffer.size``: the log cleaner's key map for compacting topics, allocated on
 the heap when the broker starts and kept for its life. Kafka's default, 128 MiB, was two thirds of the
-demo broker's live heap (G1's log: 182 MiB left after each young collection against 78 MiB at 16 MiB),
-which kept the old generation over G1's threshold for concurrent marking: a marking cycle every ~6.5 s
-for the whole run, each 60-170 ms of collector threads on a 2-core box, and mixed collections that
-reclaimed almost nothing; at 16 MiB, none after the first seconds (four demos, alternating: 16 and 17
-cycles with 128 MiB, 3 and 4 with 16 MiB). A cluster node's heap is 256 MiB: 128 MiB was half of it. 16
-MiB holds ~700,000 keys per cleaning pass (24 bytes each at Kafka's 0.9 load factor), far more than the
-local topics' compacted keys (groups' offsets, transactions, the registry); more are cleaned in more
-passes."""
+demo broker's live heap (G1's log: 182 MiB left after each young collection against 70-125 MiB at 16
+MiB) and half of a cluster node's 256 MiB heap; it held the old generation over G1's threshold for
+concurrent marking, a cycle every ~6.5 s for the whole demo (16-20 per run). At 16 MiB most reused-home
+demos had no cycle after the first seconds (2-6 per run), though a heap G1 had shrunk marked again (16
+in one run). The demo's p99 did not follow: its spread between runs on the shared box is wider than
+anything the collector changed (docs/broker.md). 16 MiB holds ~700,000 keys per cleaning pass (24
+bytes each at Kafka's 0.9 load factor), far more than the local topics' compacted keys (groups'
+offsets, transactions, the registry); more are cleaned in more passes."""
 
 _PROPERTIES_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

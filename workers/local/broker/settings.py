@@ -31,7 +31,7 @@ class BrokerSettings(BaseSettings):
     clusters on its 2 cores; at 1 GiB the demos' direct p99 was 32.3 and 39.3 ms against 86.3 at 512.
     The collector's log (``logs/gc.log``) showed later that the cycles went on at 1 GiB too, one every
     ~6.5 s: they came from the log cleaner's 128 MiB key map kept on the heap, not from the heap's size
-    (``config.DEDUPE_BUFFER_BYTES``, now 16 MiB: no cycle after the first seconds). G1 commits only what
+    (``config.DEDUPE_BUFFER_BYTES``, now 16 MiB: mostly no cycle after start). G1 commits only what
     it needs: ~210-310 MiB in the demo."""
     brokers: int = 1
     """Nodes of the local cluster. 1: one broker in ``<home>/broker/``. 3: a KRaft cluster of three
