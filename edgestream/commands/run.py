@@ -500,6 +500,8 @@ def demo(
     )
     refused = ", ".join(f"{k} {v}" for k, v in sorted(result.refused_replies.items())) or "none"
     console.print(f"replies the Kafka-native devices refused to open: {refused}")
+    if result.host_cpu is not None:
+        console.print(result.host_cpu.line())
     if result.devices:
         _print_devices(result)
     if result.round_trip_paths:

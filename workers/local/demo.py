@@ -57,6 +57,7 @@ from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_
 from edgestream.workers.local.demo_workers import DemoWorkers, running_workers
 from edgestream.workers.local.fleet import Fleet, FleetReport, Progress, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings, Inputs
+from edgestream.workers.local.hostcpu import HostCpu, host_cpu, read_ticks
 from edgestream.workers.local.latency_plot import plot_latency
 from edgestream.workers.local.outage import OutageTimes, run_outage
 from edgestream.workers.local.outage_summary import OutageSummary, summarise_outage
@@ -128,6 +129,8 @@ class DemoResult:
     """The device round trip per path: Kafka-native devices, phones per link, all (``path_rows``)."""
     outage: OutageSummary | None = None
     """The worker outage's times and who answered meanwhile, when one was told (``outage_summary.py``)."""
+    host_cpu: HostCpu | None = None
+    """The machine's busy cores and stolen share while the devices ran (``hostcpu.py``; None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,8 @@ class _Measured:
     """The aggregator's device-agreement rows (the phones' reports)."""
     outage: OutageTimes | None = None
     """What the worker outage did and when, when one was told."""
+    host_cpu: HostCpu | None = None
+    """The machine's busy cores and stolen share while the devices ran (None: not Linux)."""
 
 
 async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
@@ -397,6 +402,7 @@ def _run_parts(
             with _gateways(settings, cluster, paths, on_step) as fleet:
                 _warm_broker(settings, cluster, on_step)
                 on_step("running the device fleet" + (" and telling the story" if revision else ""))
+                ticks_before = read_ticks()
                 report, story, outage = eventloop.run(
                     _fleet_and_story(
                         settings,
@@ -411,6 +417,7 @@ def _run_parts(
                     ),
                     settings.event_loop,
                 )
+                ticks_after = read_ticks()
             on_step("waiting for the workers to consume everything sent")
             asyncio.run(_wait_caught_up(cluster.admin, settings))
             on_step("stopping workers")
@@ -424,7 +431,8 @@ def _run_parts(
             settings.drain_timeout_s + settings.worker_ready_timeout_s,
         )
         agreement = device_agreement(aggregator_url)
-    return _Measured(report, story, worker_stats, windows, agreement, outage)
+    host = None if ticks_before is None or ticks_after is None else host_cpu(ticks_before, ticks_after)
+    return _Measured(report, story, worker_stats, windows, agreement, outage, host)
 
 
 def _warm_broker(settings: DemoSettings, cluster: _Cluster, on_step: Callable[[str], None]) -> None:
@@ -502,6 +510,7 @@ def _result(
             deadline_ms=settings.deadline_ms,
             fleet_started_at=report.started_at,
         ),
+        host_cpu=measured.host_cpu,
     )
 
 
@@ -528,6 +537,7 @@ def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measur
                 "device_agreement": result.device_agreement,
                 "round_trip_paths": [row.to_dict() for row in result.round_trip_paths],
                 "outage": None if result.outage is None else result.outage.to_dict(),
+                "host_cpu": None if result.host_cpu is None else result.host_cpu.to_dict(),
             },
             indent=2,
         )

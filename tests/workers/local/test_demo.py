@@ -106,6 +106,9 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     assert summary["total"]["results"] == total.results
     assert summary["devices"] == [device_summary(row) for row in result.devices]
     assert summary["refused_replies"] == {}, "no Kafka-native device was sent another's reply"
+    host = summary["host_cpu"]  # the box was busy with the demo's own processes while the devices ran
+    assert 0.0 < host["busy_cores"] <= host["cores"]
+    assert 0.0 <= host["steal_share"] < 1.0
     trips, skipped = read_round_trips([result.paths.root / REQUEST_LOG])  # what `edgestream sla report` reads
     assert (len(trips), skipped) == (total.sent, 0)
     assert sum(t.outcome == "answered" for t in trips) == total.results
