@@ -18,15 +18,16 @@ import numpy as np
 import onnxruntime
 
 from bench import REPO_ROOT
+from edgestream.workers.local.hostcpu import parse_proc_stat
 
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def busy_ticks(stat: str) -> tuple[int, int]:
-    """(busy CPU ticks of the whole machine, ticks stolen by the hypervisor) from ``/proc/stat``'s text."""
-    fields = [int(v) for v in stat.split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return user + nice + system + irq + softirq, steal
+    """(busy CPU ticks of the whole machine, ticks stolen by the hypervisor) from ``/proc/stat``'s text
+    (the demo's own reading of it, ``workers/local/hostcpu.py``)."""
+    ticks = parse_proc_stat(stat)
+    return ticks.busy, ticks.steal
 
 
 def process_ticks(stat: str) -> int:
