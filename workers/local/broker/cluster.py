@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from edgestream.pipeline.errors import BrokerError
 from edgestream.workers.local.broker.plan import ClusterPlan, read_plan, write_plan
 from edgestream.workers.local.broker.posix import file_lock
+from edgestream.workers.local.broker.probe import own_loop
 from edgestream.workers.local.broker.process import ClusterMember, LocalBroker
 from edgestream.workers.local.broker.quorum import ClusterHealth, cluster_health
 from edgestream.workers.local.broker.reload import ReloadReport, apply_stores, plan_reload, roll
@@ -123,7 +124,7 @@ class LocalCluster:
         state = self.status()
         if state is None:
             raise BrokerError(f"no node of the local cluster in {self.root} runs")
-        return asyncio.run(cluster_health(state.kafka(), timeout_ms))
+        return asyncio.run(own_loop(cluster_health(state.kafka(), timeout_ms)))
 
     def reload_tls(self, timeout_s: float = 60) -> ReloadReport:
         """Have every running node re-read the trust bundle and the ``broker`` certificate, no restart,
