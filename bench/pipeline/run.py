@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -76,19 +76,25 @@ def _rounded(value: Any) -> Any:
 
 
 async def warm_broker(ctx: BenchContext) -> None:
-    """Echo traffic that is thrown away: the broker's JVM compiles its hot paths before the first load."""
+    """Echo traffic that is thrown away, in transactions and then without: the broker's JVM compiles
+    the hot paths of every system's requests (transactions, their markers and offset commits among
+    them) before the first load."""
     s = ctx.settings
     if s.broker_warmup_s <= 0:
         return
-    ctx.ui.step(
-        f"warming the broker up: {s.broker_warmup_rate_per_s:g}/s for {s.broker_warmup_s:g} s (discarded)"
-    )
     command = [sys.executable, "-m", "bench.pipeline", "echo"]
-    async with child_process(ctx, "echo-warmup", command, echo_env(ctx, "echo-warmup", transactional=False)):
-        await run_fleet_as(
-            ctx, EchoFleet, ECHO_REGION, s.broker_warmup_rate_per_s, s.broker_warmup_s, "broker warm-up"
+    for transactional in (True, False):
+        kind = "in transactions" if transactional else "acknowledged"
+        ctx.ui.step(
+            f"warming the broker up, {kind}: {s.broker_warmup_rate_per_s:g}/s for "
+            f"{s.broker_warmup_s:g} s (discarded)"
         )
-        await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
+        env = echo_env(ctx, "echo-warmup", transactional=transactional)
+        async with child_process(ctx, "echo-warmup", command, env):
+            await run_fleet_as(
+                ctx, EchoFleet, ECHO_REGION, s.broker_warmup_rate_per_s, s.broker_warmup_s, "broker warm-up"
+            )
+            await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
 
 
 def _measure(
@@ -127,14 +133,22 @@ def _line(system: System, run: RunStats) -> str:
     )
 
 
+def rotated(systems: Sequence[System], index: int) -> tuple[System, ...]:
+    """The order of the systems at the ``index``-th load: each load starts with the next system, so
+    that no system is always the one measured first, on a broker the least warmed by the traffic of
+    this load (the pipeline was, at every load, before)."""
+    shift = index % len(systems) if systems else 0
+    return tuple(systems[shift:]) + tuple(systems[:shift])
+
+
 async def measure_levels(ctx: BenchContext) -> list[Level]:
-    """Every load, every chosen system in turn at each."""
+    """Every load, every chosen system in turn at each, the order rotated from load to load."""
     systems = ctx.settings.systems
     await warm_broker(ctx)
     levels = []
     for index, rate in enumerate(ctx.settings.loads_per_s):
         measured: dict[str, PipelineRun | EchoRun | PeerRun] = {}
-        for system in systems:
+        for system in rotated(systems, index):
             ctx.ui.step(f"offered load {rate:g}/s: {system}")
             measured[system] = result = await _measure_undisturbed(ctx, system, rate, index == 0)
             ctx.ui.done_phase()

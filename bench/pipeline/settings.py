@@ -60,7 +60,8 @@ class BenchSettings(BaseSettings):
     warmup_rate_per_s: float = Field(default=200.0, gt=0)
     """Offered load of the warm-up."""
     broker_warmup_s: float = Field(default=5.0, ge=0)
-    """Discarded echo traffic right after the broker starts, so its JIT is warm before the first load."""
+    """Discarded echo traffic right after the broker starts, this long in transactions and as long
+    without, so its JIT is warm for every system's requests before the first load."""
     broker_warmup_rate_per_s: float = Field(default=500.0, gt=0)
     """Offered load of the broker warm-up."""
     drain_s: float = Field(default=3.0, ge=0)
