@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import ssl
 import uuid
 from collections.abc import Callable
@@ -177,6 +178,50 @@ async def test_the_broker_listener_offers_tls_1_3_only(tls_broker: BrokerState) 
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def _c1_only(state: BrokerState) -> bool:
+    """Whether the broker's JVM runs the quick JIT compiler only (``BrokerSettings.jit`` c1)."""
+    if state.pid < 0:
+        pytest.skip("an external broker (EDGESTREAM_TEST_BOOTSTRAP): its JVM is not ours to read")
+    return b"-XX:TieredStopAtLevel=1" in Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
+
+
+async def test_a_c1_broker_gives_pythons_client_chacha20(tls_broker: BrokerState) -> None:
+    """Python's TLS client (aiokafka's) offers AES-256-GCM first; a broker whose JVM has no AES-GCM
+    intrinsics (C1 only) answers with ChaCha20-Poly1305, its own first choice."""
+    if not _c1_only(tls_broker):
+        pytest.skip("the session broker runs C2 (EDGESTREAM_BROKER_JIT=tiered): the JVM's own suites")
+    pki = _pki(tls_broker)
+    admin = pki.ensure([Identity.admin()])[Identity.admin()]
+    host, _, port = tls_broker.bootstrap.rpartition(":")
+    context = _context(pki.ca_file, admin)
+    _reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=host)
+    try:
+        assert writer.get_extra_info("ssl_object").cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_c1_broker_still_speaks_aes_gcm_to_a_client_without_chacha20(tls_broker: BrokerState) -> None:
+    """A client that offers AES-GCM only (as a FIPS-restricted one would) is answered with AES-GCM."""
+    if not _c1_only(tls_broker):
+        pytest.skip("the session broker runs C2 (EDGESTREAM_BROKER_JIT=tiered): the JVM's own suites")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command: Python's ssl cannot narrow TLS 1.3 suites")
+    pki = _pki(tls_broker)
+    admin = pki.ensure([Identity.admin()])[Identity.admin()]
+    process = await asyncio.create_subprocess_exec(
+        openssl, "s_client", "-connect", tls_broker.bootstrap, "-tls1_3",
+        "-ciphersuites", "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        "-CAfile", str(pki.ca_file), "-cert", str(admin.cert_file), "-key", str(admin.key_file),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    text = out.decode(errors="replace")
+    assert re.search(r"Cipher is TLS_AES_(128|256)_GCM_SHA(256|384)", text), text[-2000:]
 
 
 def _as(state: BrokerState, identity: Identity) -> KafkaSettings:

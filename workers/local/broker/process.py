@@ -178,7 +178,7 @@ class LocalBroker:
         issued = pki.ensure([Identity.broker(), Identity.admin()])
         own = issued[Identity.broker()]
         refresh_reload_stores(self.root, own)
-        return tls_config(write_keystore(self.root, own), own.ca_file)
+        return tls_config(write_keystore(self.root, own), own.ca_file, jit=self.settings.jit)
 
     def reload_tls(self, timeout_s: float = 60) -> BrokerState:
         """Make the running broker re-read its trust bundle and its own key and certificate, with no

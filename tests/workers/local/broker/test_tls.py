@@ -143,3 +143,17 @@ def test_described_values_read_every_entry_and_raise_a_resource_error() -> None:
     assert tls.described_values([_Described((0, None, 4, "2", entries))]) == {"a": "1", "b": "x"}
     with pytest.raises(BrokerError, match="broker 2 did not describe its configs"):
         tls.described_values([_Described((42, "invalid", 4, "2", []))])
+
+
+def test_a_c1_broker_lists_chacha20_first_and_aes_gcm_after(tmp_path: Path) -> None:
+    config = tls.tls_config(tmp_path / "k.pem", tmp_path / "t.pem", jit="c1")
+    suites = config["ssl.cipher.suites"].split(",")
+    assert suites[0] == "TLS_CHACHA20_POLY1305_SHA256"
+    assert {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"} <= set(suites[1:]), (
+        "a client without ChaCha20"
+    )
+    assert config["ssl.enabled.protocols"] == "TLSv1.3"
+
+
+def test_a_broker_with_c2_keeps_the_jvms_own_suites(tmp_path: Path) -> None:
+    assert "ssl.cipher.suites" not in tls.tls_config(tmp_path / "k.pem", tmp_path / "t.pem", jit="tiered")
