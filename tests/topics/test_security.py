@@ -7,11 +7,12 @@ reason the broker logged (``server.log``), so a test cannot pass because of an u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,21 +164,29 @@ async def test_a_plaintext_client_gets_nothing(tls_broker: BrokerState) -> None:
         await admin.close()
 
 
-async def test_the_broker_listener_offers_tls_1_3_only(tls_broker: BrokerState) -> None:
-    """A raw TLS handshake with the admin certificate reports TLSv1.3."""
-    pki = _pki(tls_broker)
+@contextlib.asynccontextmanager
+async def _admin_handshake(state: BrokerState) -> AsyncIterator[ssl.SSLObject]:
+    """A raw TLS connection to the broker with the admin certificate and Python's default client
+    settings (aiokafka's); its TLS object while it is open."""
+    pki = _pki(state)
     admin = pki.ensure([Identity.admin()])[Identity.admin()]
-    host, _, port = tls_broker.bootstrap.rpartition(":")
+    host, _, port = state.bootstrap.rpartition(":")
     context = _context(pki.ca_file, admin)
     _reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=host)
     try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        assert ssl_object.version() == "TLSv1.3"
-        peer = ssl_object.getpeercert()
-        assert ("commonName", "broker") in {item for rdn in peer["subject"] for item in rdn}
+        yield writer.get_extra_info("ssl_object")
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_the_broker_listener_offers_tls_1_3_only(tls_broker: BrokerState) -> None:
+    """A raw TLS handshake with the admin certificate reports TLSv1.3."""
+    async with _admin_handshake(tls_broker) as ssl_object:
+        assert ssl_object.version() == "TLSv1.3"
+        peer = ssl_object.getpeercert()
+        assert peer is not None
+        assert ("commonName", "broker") in {item for rdn in peer["subject"] for item in rdn}
 
 
 def _c1_only(state: BrokerState) -> bool:
@@ -192,16 +201,10 @@ async def test_a_c1_broker_gives_pythons_client_chacha20(tls_broker: BrokerState
     intrinsics (C1 only) answers with ChaCha20-Poly1305, its own first choice."""
     if not _c1_only(tls_broker):
         pytest.skip("the session broker runs C2 (EDGESTREAM_BROKER_JIT=tiered): the JVM's own suites")
-    pki = _pki(tls_broker)
-    admin = pki.ensure([Identity.admin()])[Identity.admin()]
-    host, _, port = tls_broker.bootstrap.rpartition(":")
-    context = _context(pki.ca_file, admin)
-    _reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=host)
-    try:
-        assert writer.get_extra_info("ssl_object").cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    async with _admin_handshake(tls_broker) as ssl_object:
+        cipher = ssl_object.cipher()
+        assert cipher is not None
+        assert cipher[0] == "TLS_CHACHA20_POLY1305_SHA256"
 
 
 async def test_a_c1_broker_still_speaks_aes_gcm_to_a_client_without_chacha20(tls_broker: BrokerState) -> None:
