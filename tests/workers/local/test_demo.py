@@ -54,7 +54,10 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
         aggregator_window_s=30.0,
         # Each story wait bounded at 240 s: under a busy box (the suite beside other work, hypervisor
         # steal) the aggregator fell 2 min behind; alone it flags drift ~40 s after the shift.
-        story=StorySettings(baseline_s=8.0, tail_s=10.0, step_timeout_s=240.0),
+        # A 25 s tail: with 30 s windows, the retrained version's time at full share (~30-40 s) could
+        # straddle two windows of under 100 samples each, and none was judged (one CI run in ~8);
+        # after the rollback it serves alone for the tail, ~9 samples/s per region into the last one.
+        story=StorySettings(baseline_s=8.0, tail_s=25.0, step_timeout_s=240.0),
         story_max_s=480.0,
     )
     steps: list[str] = []
