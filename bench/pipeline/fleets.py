@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
@@ -70,15 +68,12 @@ class PipelineFleet(Fleet):
 class EchoFleet(Fleet):
     """The fleet, awaiting its own envelopes echoed back instead of results."""
 
-    async def _receive(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            fetched = await consumer.getmany(timeout_ms=100)
-            now_ms = time.time() * 1000.0
-            for records in fetched.values():
-                for record in records:
-                    if record.value is not None:
-                        envelope = decode_envelope(record.value, max_envelope_bytes=MAX_ENVELOPE_BYTES)
-                        self._on_echo(envelope.request_id, now_ms)
+    def _on_records(self, records: list[Any], now_ms: float) -> None:
+        for record in records:
+            value = record.value()
+            if value is not None:
+                envelope = decode_envelope(value, max_envelope_bytes=MAX_ENVELOPE_BYTES)
+                self._on_echo(envelope.request_id, now_ms)
 
     def _on_echo(self, request_id: bytes, now_ms: float) -> None:
         pending = self._pending.pop(request_id, None)

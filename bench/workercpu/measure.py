@@ -269,7 +269,7 @@ def _components(items: list[Item], keyring: KeyRing, repeat: int = 5) -> dict[st
 
 
 def _open_replies(replies: list[tuple[bytes, bytes]], reply_keys: dict[bytes, ReplyKey]) -> float:
-    """The fleet's CPU µs per reply opened (``Fleet._receive``: its device's reply key, its region)."""
+    """The fleet's CPU µs per reply opened (``Fleet._on_records``: its device's reply key, its region)."""
     started = time.process_time_ns()
     for owner, sealed in replies:
         open_reply(sealed, reply_keys[owner], REGION)

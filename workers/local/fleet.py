@@ -27,6 +27,7 @@ share of the requests goes to ``cloud.labels`` as the region's backend would sen
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -36,13 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from opentelemetry.trace import Span
 
 from edgestream.device.answers import Answer as PhoneAnswer
 from edgestream.device.looplag import LoopLag
-from edgestream.pipeline import kafka as kafka_clients
 from edgestream.pipeline.contract.cloud import Label
 from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.envelope import new_request_id, seal
@@ -57,12 +56,19 @@ from edgestream.pipeline.observability.tracing import Tracing, tracing_from_env
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.inference import InferenceSession
-from edgestream.topics.catalogue import LABELS_TOPIC, ingest_topic, parse_topic, replies_topic
+from edgestream.topics.catalogue import (
+    LABELS_TOPIC,
+    device_group_prefix,
+    ingest_topic,
+    parse_topic,
+    replies_topic,
+)
 from edgestream.workers.local.device_tracing import DeviceTracing, answered, fell_back
 from edgestream.workers.local.devices import Device, make_devices
 from edgestream.workers.local.fleet_kafka import backend_kafka, device_kafka
 from edgestream.workers.local.fleet_settings import BAD_KINDS, MODEL_FOR_KIND, FleetSettings, Inputs, Kind
 from edgestream.workers.local.phones import DeviceRow, Phone, Phones, plan_phones
+from edgestream.workers.local.rdkafka import DeviceConsumer, DeviceProducer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,9 @@ SWEEP_IDLE_S: Final = 0.01
 """How long the fallback sweep sleeps while no request waits (a new one is due a deadline later)."""
 
 _NO_INPUTS: np.ndarray[Any, Any] = np.zeros(0, dtype=np.uint8)
+
+_ingest_topic = functools.lru_cache(maxsize=1024)(ingest_topic)
+"""``ingest_topic``, its region checked once per (region, kind), not per request."""
 
 
 def answers_topic(region: str) -> str:
@@ -248,7 +257,7 @@ class Fleet:
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
         self.loop_lag = LoopLag(window_s=settings.lag_window_s, cap_s=settings.max_lag_reserve_ms / 1000.0)
         """How late the sweep woke lately; the Kafka-native devices' reserve grows by it."""
-        self._labels: dict[str, AIOKafkaProducer] = {}
+        self._labels: dict[str, DeviceProducer] = {}
         """Region -> the producer of its labels (as ``backend-<region>``), when labels are sent."""
         self._expired: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()
@@ -267,8 +276,8 @@ class Fleet:
         """Send for ``duration_s`` (or until ``until`` is set, if sooner), wait up to ``drain_s`` for the
         rest, return the report. ``sending`` is set as the first request is about to go (the clients
         started)."""
-        producers: dict[str, AIOKafkaProducer] = {}
-        consumers: dict[str, AIOKafkaConsumer] = {}
+        producers: dict[str, DeviceProducer] = {}
+        consumers: dict[str, DeviceConsumer] = {}
         tasks: list[asyncio.Task[None]] = []
         try:
             for region in self.report.regions:
@@ -276,19 +285,22 @@ class Fleet:
                     # Labels are not on the device's path: batched for up to 200 ms (at 20 ms they were
                     # 62 produce requests a second in the demo, 5% of what its broker served).
                     labels = backend_kafka(self.settings, region)
-                    self._labels[region] = kafka_clients.producer(
-                        labels, f"edgestream-fleet-labels-{region}", linger_ms=200
+                    self._labels[region] = DeviceProducer(
+                        labels, f"edgestream-fleet-labels-{region}", linger_ms=200, poll_interval_s=0.05
                     )
                     await self._labels[region].start()
                 kafka = device_kafka(self.settings, region)
-                producers[region] = kafka_clients.producer(kafka, f"edgestream-fleet-{region}")
+                producers[region] = DeviceProducer(kafka, f"edgestream-fleet-{region}")
                 await producers[region].start()
-                consumers[region] = kafka_clients.consumer(
-                    kafka, f"edgestream-fleet-{region}", fetch_max_wait_ms=500, auto_offset_reset="latest"
+                # A device reads its region's replies from their end as of now, before it sends.
+                consumers[region] = DeviceConsumer(
+                    kafka,
+                    f"edgestream-fleet-{region}",
+                    f"{device_group_prefix(region)}fleet",  # never joined nor committed to
+                    self._on_records,
                 )
-                await consumers[region].start()
-                await self._listen_from_now(consumers[region], region)
-            tasks = [asyncio.create_task(self._receive(c)) for c in consumers.values()]
+                topic = answers_topic(region)
+                await consumers[region].start_from_end(topic, parse_topic(topic).spec.partitions)
             tasks.append(asyncio.create_task(self._sweep()))
             await self.start_phones()
             freeze_startup_heap("fleet")
@@ -296,6 +308,9 @@ class Fleet:
                 sending.set()
             await self._send_all(producers, on_progress, until)
             await self._drain(on_progress)
+            for consumer in consumers.values():
+                if consumer.failure is not None:  # its replies went unread: the report would lie
+                    raise consumer.failure
         finally:
             for call in self._phone_calls:
                 call.cancel()
@@ -331,18 +346,9 @@ class Fleet:
             self._phones = await Phones.start(self.settings, self.phone_plans, self._keyring)
             self.report.phones_not_started = dict(self._phones.not_started)
 
-    async def _listen_from_now(self, consumer: AIOKafkaConsumer, region: str) -> None:
-        # The catalogue fixes partition counts (ensure_topics refuses a topic that differs).
-        topic = answers_topic(region)
-        tps = [TopicPartition(topic, p) for p in range(parse_topic(topic).spec.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve positions now, before the first request is sent
-            await consumer.position(tp)
-
     async def _send_all(
         self,
-        producers: Mapping[str, AIOKafkaProducer],
+        producers: Mapping[str, DeviceProducer],
         on_progress: Callable[[Progress], None] | None,
         until: asyncio.Event | None,
     ) -> None:
@@ -386,13 +392,13 @@ class Fleet:
         i = int(self._rng.integers(len(data.y_test)))
         return data.X_test[i], int(data.y_test[i]), "original"
 
-    async def _send_one(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
+    async def _send_one(self, producer: DeviceProducer, device: Device) -> asyncio.Future[Any]:
         kind: Kind = "frame" if self._pyrng.random() < self.settings.frame_fraction else "embedding"
         x, truth, source = self._pick(kind)
         body = encode_tensor(x, self._specs[kind].input_dtype)
         capture_ms = int(time.time() * 1000)
         request_id = new_request_id()
-        topic = ingest_topic(device.region, kind)
+        topic = _ingest_topic(device.region, kind)
         span, headers = (
             (None, None)
             if self._traces is None
@@ -423,13 +429,13 @@ class Fleet:
         if report is not None:
             headers = [*(headers or []), report]
         self.report.regions[device.region].sent += 1
-        delivery: asyncio.Future[Any] = await producer.send(
+        delivery: asyncio.Future[Any] = producer.send(
             topic, envelope, key=device.device_id.encode(), headers=headers
         )
         labels = self._labels.get(device.region)
         if labels is not None and self._pyrng.random() < self.settings.label_fraction:
             label = Label(request_id, MODEL_FOR_KIND[kind], truth, capture_ms)
-            sent = await labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
+            sent = labels.send(LABELS_TOPIC, label.to_bytes(), key=request_id)  # flushed at stop
             sent.add_done_callback(_label_delivered)
         return delivery
 
@@ -492,10 +498,10 @@ class Fleet:
         labels = self._labels.get(answer.region or "")
         if labels is not None and self._pyrng.random() < self.settings.label_fraction:
             label = Label(answer.request_id, model, truth, int(capture_ms))
-            sent = await labels.send(LABELS_TOPIC, label.to_bytes(), key=answer.request_id)
+            sent = labels.send(LABELS_TOPIC, label.to_bytes(), key=answer.request_id)
             sent.add_done_callback(_label_delivered)
 
-    async def _send_bad(self, producer: AIOKafkaProducer, device: Device) -> asyncio.Future[Any]:
+    async def _send_bad(self, producer: DeviceProducer, device: Device) -> asyncio.Future[Any]:
         how = self._pyrng.choice(BAD_KINDS)
         kind: Kind = "embedding"
         x, _, _ = self._pick(kind)
@@ -520,26 +526,24 @@ class Fleet:
         elif how == "garbage":
             envelope = self._pyrng.randbytes(self._pyrng.randint(1, 200))
         self.report.regions[device.region].bad_sent += 1
-        delivery: asyncio.Future[Any] = await producer.send(
-            ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
+        delivery: asyncio.Future[Any] = producer.send(
+            _ingest_topic(device.region, kind), envelope, key=device.device_id.encode()
         )
         return delivery
 
-    async def _receive(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            fetched = await consumer.getmany(timeout_ms=100)
-            now_ms = time.time() * 1000.0
-            for records in fetched.values():
-                for record in records:
-                    opener = self._reply_keys.get(record.key or b"")
-                    if record.value is None or opener is None:
-                        continue  # not one of ours (another fleet's device)
-                    try:  # the device's own reply key, its own region: any other reply is refused
-                        result = open_reply(record.value, opener[0], opener[1])
-                    except ReplyRefused as err:
-                        self.refused_replies[err.reason] += 1
-                        continue
-                    self._on_result(result, now_ms)
+    def _on_records(self, records: list[Any], now_ms: float) -> None:
+        """A batch of the replies topic (librdkafka's messages), read at ``now_ms``."""
+        for record in records:
+            value = record.value()
+            opener = self._reply_keys.get(record.key() or b"")
+            if value is None or opener is None:
+                continue  # not one of ours (another fleet's device)
+            try:  # the device's own reply key, its own region: any other reply is refused
+                result = open_reply(value, opener[0], opener[1])
+            except ReplyRefused as err:
+                self.refused_replies[err.reason] += 1
+                continue
+            self._on_result(result, now_ms)
 
     def _on_result(self, result: ResultRecord, now_ms: float) -> None:
         rid = result.request_id
