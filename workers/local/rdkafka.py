@@ -59,6 +59,7 @@ def rdkafka_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
         "client.id": client_id,
         "socket.timeout.ms": kafka.request_timeout_ms,
         "socket.nagle.disable": True,
+        "logger": log,  # librdkafka's own lines (a refused connection, a reset offset) go to logging
     }
     if kafka.security_protocol == "SSL":
         files = kafka.files
