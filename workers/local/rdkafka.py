@@ -115,7 +115,7 @@ class DeviceProducer:
         the brokers cannot be reached or refuse this identity)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._producer = Producer(self._config)
+        self._producer = _client(Producer, self._config)
         await asyncio.to_thread(_metadata, self._producer, self._kafka)
 
     def send(
@@ -211,7 +211,7 @@ class DeviceConsumer:
         """Read ``topic``'s partitions from their ends as of now: every record produced after this
         returns is handed over."""
         loop = asyncio.get_running_loop()
-        self._consumer = Consumer(self._config)
+        self._consumer = _client(Consumer, self._config)
         ends = await asyncio.to_thread(self._ends, topic, partitions)
         self._consumer.assign([TopicPartition(topic, p, offset) for p, offset in ends.items()])
         self._thread = threading.Thread(target=self._read, args=(loop,), name=f"read-{topic}", daemon=True)
@@ -257,6 +257,15 @@ class DeviceConsumer:
         if self._consumer is not None:
             await asyncio.to_thread(self._consumer.close)
             self._consumer = None
+
+
+def _client(kind: Any, config: dict[str, Any]) -> Any:
+    """A librdkafka client of ``kind``; ConfigError when its settings are refused (a TLS file that
+    cannot be read, say)."""
+    try:
+        return kind(config)
+    except (KafkaException, ValueError) as err:
+        raise ConfigError(f"cannot create the Kafka client {config['client.id']}: {err}") from err
 
 
 def _metadata(client: Any, kafka: KafkaSettings) -> None:

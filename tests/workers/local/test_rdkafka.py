@@ -13,6 +13,7 @@ from aiokafka import TopicPartition
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.partitioner import partition_for
+from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.pki import TlsFiles
 from edgestream.pipeline.settings import KafkaSettings
@@ -129,3 +130,16 @@ async def test_a_write_the_identity_may_not_make_fails_its_future(
             await asyncio.wait_for(refused, 30)
     finally:
         await producer.stop()
+
+
+async def test_unreadable_tls_files_are_a_config_error(tmp_path: Path) -> None:
+    files = TlsFiles(tmp_path / "ca.pem", tmp_path / "missing-cert.pem", tmp_path / "missing-key.pem")
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    kafka_settings = KafkaSettings.tls("127.0.0.1:9", files)
+    with pytest.raises(ConfigError, match="edgestream-test-fleet"):
+        await DeviceProducer(kafka_settings, "edgestream-test-fleet").start()
+    reader = DeviceConsumer(
+        kafka_settings, "edgestream-test-fleet", "edgestream-device-x.test", lambda r, t: None
+    )
+    with pytest.raises(ConfigError, match="edgestream-test-fleet"):
+        await reader.start_from_end("edge.x.replies", 3)
