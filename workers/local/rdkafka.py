@@ -183,8 +183,9 @@ Records = Callable[[list[Any], float], None]
 
 
 class DeviceConsumer:
-    """A reader of whole topics from their current end (no group): what a device listening for its
-    replies needs. Reads on a thread; ``on_records`` runs on the event loop's thread."""
+    """A reader of whole topics from their current end (assigned, never joining its group): what a
+    device listening for its replies needs. Reads on a thread; ``on_records`` runs on the event loop's
+    thread."""
 
     def __init__(self, kafka: KafkaSettings, client_id: str, group_id: str, on_records: Records) -> None:
         """``group_id``: librdkafka's consumer needs one even for assigned partitions, and looks its
