@@ -109,6 +109,21 @@ class AggregatorSettings(BaseSettings):
     write, so a changelog of one replica (faust's default) refuses every table update."""
     home: Path = DEFAULT_HOME
     """Local state; faust's data directory is ``<home>/aggregator``."""
+    session_timeout_s: float = Field(default=10.0, ge=6.0, le=60.0)
+    """How long the group waits for a silent member (no heartbeat) before giving its partitions to the
+    others, or to a restarted aggregator: a killed aggregator's successor waits this out before it can
+    count (faust's default is 60 s). Heartbeats go every third of it, from their own task. The broker
+    refuses less than its ``group.min.session.timeout.ms`` (6 s by default). Static membership
+    (KIP-345), which would let a restarted process take its partitions back at once, is not used: the
+    broker hands a returning static member its previous assignment without a rebalance, and faust
+    asserts that assignment's web address is its own (a changed port or host left the consumer's
+    group routine dead and the aggregator counting nothing); aiokafka sends no LeaveGroup for a static
+    member (a clean stop would make the next start wait the session out); and two processes under one
+    name took the partitions from each other in turn."""
+    rebalance_timeout_s: float = Field(default=20.0, ge=1.0, le=300.0)
+    """How long a rebalance waits for the group's members to join again; a member killed while one was
+    under way holds its next start up to this long. faust's revocation (a flush of in-memory tables)
+    takes well under it."""
     report_regions: tuple[str, ...] = ()
     """Regions whose device reports (``edge.<region>.reports``) it reads (``devicereports.py``);
     empty: none (until the topics and the aggregator's grant on them exist)."""
@@ -164,6 +179,9 @@ def _faust_app(settings: AggregatorSettings) -> faust.App:
         datadir=str(datadir),
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
         key_serializer="json",  # the tables' keys and values; the topics are raw bytes
         value_serializer="json",
     )
