@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import faust
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,6 +46,7 @@ from edgestream.topics.catalogue import (
 )
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.devicereports import add_report_agent
+from edgestream.workers.aggregator.flow import LiveQueuesFlowControl
 from edgestream.workers.aggregator.observe import Rows, add_metrics
 from edgestream.workers.aggregator.references import References, kind_reference
 from edgestream.workers.aggregator.thresholds import Thresholds
@@ -155,6 +158,15 @@ def _read_committed_only() -> None:
     thread._edgestream_read_committed = True  # type: ignore[attr-defined]
 
 
+class _App(faust.App):
+    """faust's app, with flow control that keeps records that arrive while the flow runs
+    (``flow.py``)."""
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return LiveQueuesFlowControl(loop=self.loop)
+
+
 def _faust_app(settings: AggregatorSettings) -> faust.App:
     """The bare faust app: brokers, credentials, in-memory tables, the web view's address."""
     kafka = settings.kafka
@@ -163,7 +175,7 @@ def _faust_app(settings: AggregatorSettings) -> faust.App:
         credentials = faust.SSLCredentials(kafka.client_kwargs()["ssl_context"])
     datadir = settings.home / "aggregator"
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return _App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=credentials,

@@ -311,9 +311,17 @@ session (10 s) or, killed during a rebalance, the rebalance timeout (20 s), then
 faust's default session of 60 s, which the restart waited out before."""
 
 
+@pytest.mark.parametrize("how", ["kill", "stop"])
 async def test_restart_mid_window_loses_and_doubles_nothing(
-    bootstrap: KafkaSettings, aggregator_acls: KafkaSettings, aggregator_factory: Any, tmp_path: Path
+    how: str,
+    bootstrap: KafkaSettings,
+    aggregator_acls: KafkaSettings,
+    aggregator_factory: Any,
+    tmp_path: Path,
 ) -> None:
+    """kill -9 or SIGTERM while summaries keep coming, then a restart: every summary counted once.
+    After SIGTERM the restart lost one summary in 11 of 46 runs while faust's recovery emptied its
+    stream queues after its seek (``workers/aggregator/flow.py``)."""
     region = f"t{uuid.uuid4().hex[:10]}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -360,7 +368,14 @@ async def test_restart_mid_window_loses_and_doubles_nothing(
             return totals if totals and totals["summaries"] > 0 else None
 
         before_kill = await _poll(consumed_some, 120, "the aggregator counting")
-        aggregator.kill()  # kill -9 mid-window, while summaries keep coming
+        if how == "kill":
+            aggregator.kill()  # kill -9 mid-window, while summaries keep coming
+        else:
+            # SIGTERM (faust commits, the group is left), waited for on this loop on purpose: the
+            # feed stalls for faust's 2-3 s stop and then sends in a burst. That is how the lost
+            # record showed (3 of 14 runs without flow.py, none of 14 with it); with the stop in a
+            # thread it never did (14 runs).
+            aggregator.stop()
         await feeding
         await produce_aborted(50)  # an edge transaction that aborted: its summaries count for nothing
         await produce(200)
