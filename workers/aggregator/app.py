@@ -121,8 +121,9 @@ class AggregatorSettings(BaseSettings):
     broker hands a returning static member its previous assignment without a rebalance, and faust
     asserts that assignment's web address is its own (a changed port or host left the consumer's
     group routine dead and the aggregator counting nothing); aiokafka sends no LeaveGroup for a static
-    member (a clean stop would make the next start wait the session out); and two processes under one
-    name took the partitions from each other in turn."""
+    member (a clean stop would make the next start wait the session out); and a second process under
+    the same name did not fence the first, whose next commit was refused as an unknown member (aiokafka
+    sends no instance id with it) and which joined again."""
     rebalance_timeout_s: float = Field(default=20.0, ge=1.0, le=300.0)
     """How long a rebalance waits for the group's members to join again; a member killed while one was
     under way holds its next start up to this long. faust's revocation (a flush of in-memory tables)
