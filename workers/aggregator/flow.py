@@ -5,12 +5,13 @@ faust gates its stream queues with one ``FlowControlEvent`` (mode): ``suspend()`
 before the rebalance are not processed after the partitions were seeked back to their committed
 offsets. But faust also calls ``resume()`` when the flow was never suspended: its table recovery resumes
 the flow to read the changelogs, then, when recovery completes, resumes the stream partitions, seeks
-them to their committed offsets (a request to the broker, 0.03-0.9 s measured) and calls ``resume()``
+them to their committed offsets (a request to the broker, 0.04-0.9 s measured) and calls ``resume()``
 again (``Recovery.on_recovery_completed``). Records fetched and queued during that seek were emptied
 out of the queue unprocessed, and faust's commit goes past a single unacknowledged offset just after
 the committed one (``Consumer._new_offset``), so the record was lost: one summary in 11 of 46 clean
-restarts of ``tests/workers/aggregator/test_aggregator.py``'s restart test, always one that arrived
-during that seek (traced: delivered to the stream, never seen by the agent, committed past).
+restarts of ``tests/workers/aggregator/test_aggregator.py``'s restart test; in the run traced record by
+record, one that arrived during that seek (delivered to the stream, never seen by the agent, committed
+past).
 
 :class:`LiveQueuesFlowControl` empties the queues only when it resumes a suspended flow, where the
 emptying is needed; a ``resume()`` of a running flow leaves records that arrived while it ran to be
