@@ -3,10 +3,11 @@ stage, for the code of a base commit ("before") and of this checkout ("after"), 
 
 No broker: ``measure.py`` feeds sealed envelopes, made as the fleet makes them, through what the worker
 calls per unit (admission, batching, the replay and rate checks, inference of the zoo model, the unit's
-outputs with their fast replies sealed, the commit's accounting), and times pieces alone too (decode,
+outputs with their fast replies sealed, the commit's accounting, and the commit stage's merge of 20
+units' work into one commit's, ``measure.UNITS_PER_COMMIT``), and times pieces alone too (decode,
 open, tensor; result record, reply sealing, audit record) and the fleet's per-request steps (seal an
 envelope with the device key's bytes, or with its cipher kept; open a reply). What it does not see:
-aiokafka's fetch and produce, TLS, the event loop's own work, the commit stage; the pipeline bench
+aiokafka's fetch and produce, TLS, the event loop's own work, the transaction itself; the pipeline bench
 (``bench/pipeline``) measures the whole process from ``/proc``.
 
 The base is exported with ``git archive`` into a temporary directory; each side runs in its own process
@@ -44,7 +45,7 @@ import matplotlib.pyplot as plt
 from bench import REPO_ROOT, RESULTS_DIR
 
 MEASURE: Final = Path(__file__).resolve().parent / "measure.py"
-STAGES: Final = ("admit", "batch", "check", "infer", "outputs", "account")
+STAGES: Final = ("admit", "batch", "check", "infer", "outputs", "account", "commit")
 """The per-unit path in order; ``total`` is their sum."""
 
 

@@ -150,6 +150,28 @@ class PartialSummary:
         """Count one dead letter."""
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
 
+    def absorb(self, other: PartialSummary) -> None:
+        """Add ``other``'s counts (records of the same (model, version) that commit in the same
+        transaction): the sum is what counting all of them into one summary gives. ``at_ms`` becomes
+        the later of the two. Raises ValueError for another region, node, model or version."""
+        if (other.region, other.node, other.model, other.model_version) != (
+            self.region,
+            self.node,
+            self.model,
+            self.model_version,
+        ):
+            raise ValueError(f"cannot add the summary of {other.key!r} by {other.node} to {self.key!r}")
+        self.at_ms = max(self.at_ms, other.at_ms)
+        self.results += other.results
+        for reason, n in other.dead_letters.items():
+            self.dead_letters[reason] = self.dead_letters.get(reason, 0) + n
+        self.latency_buckets = [
+            a + b for a, b in zip(self.latency_buckets, other.latency_buckets, strict=True)
+        ]
+        for label, n in other.labels.items():
+            self.labels[label] = self.labels.get(label, 0) + n
+        self.score_bins = [a + b for a, b in zip(self.score_bins, other.score_bins, strict=True)]
+
     def to_bytes(self) -> bytes:
         """msgpack map (``docs/contract.md``, "Cloud records")."""
         return msgpack.packb(

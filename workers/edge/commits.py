@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.topics.catalogue import SUMMARIES_TOPIC
 from edgestream.workers.edge.admission import Item
-from edgestream.workers.edge.sinks import PartitionWork
+from edgestream.workers.edge.sinks import Output, PartitionWork
 from edgestream.workers.edge.tracing import NO_TRACE, NoTrace
 
 
@@ -54,9 +56,12 @@ def merge(
     units: Sequence[StagedUnit], serving: Mapping[TopicPartition, int]
 ) -> dict[TopicPartition, PartitionWork]:
     """One `PartitionWork` per partition over ``units`` (oldest first): outputs in order, the last
-    unit's offset and chain head. A partition whose work was built under an epoch it is no longer served
-    in is left out: it was rewound, and its records come again."""
+    unit's offset and chain head, and after the outputs one cloud summary per (model, version), the sum
+    of the units' (``PartitionWork.summaries``; the units' own are left as they were). A partition
+    whose work was built under an epoch it is no longer served in is left out: it was rewound, and its
+    records come again."""
     merged: dict[TopicPartition, PartitionWork] = {}
+    summaries: dict[TopicPartition, dict[tuple[str, int], PartialSummary]] = {}
     for unit in units:
         for tp, part in unit.work.items():
             if serving.get(tp) != part.epoch:
@@ -68,6 +73,16 @@ def merge(
                 into.outputs.extend(part.outputs)
                 into.next_offset = max(into.next_offset, part.next_offset)
                 into.metadata = part.metadata
+            totals = summaries.setdefault(tp, {})
+            for key, summary in part.summaries.items():
+                total = totals.get(key)
+                if total is None:
+                    total = totals[key] = PartialSummary(
+                        summary.region, summary.node, summary.model, summary.model_version, summary.at_ms
+                    )
+                total.absorb(summary)
+    for tp, totals in summaries.items():
+        merged[tp].outputs.extend(Output(SUMMARIES_TOPIC, s.to_bytes(), s.key) for s in totals.values())
     return merged
 
 

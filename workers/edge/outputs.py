@@ -3,8 +3,10 @@ a dead letter (and an audit record, when the envelope decoded) for each refusal,
 partial summary per (model, version) and the samples of sampled answers.
 
 Everything is built here and nothing is sent: the sink commits each partition's outputs with its
-consumed offset (``workers/edge/sinks.py``). Audit records are linked into their partition's chain as
-they are built; the chain's head travels as the offset's metadata.
+consumed offset (``workers/edge/sinks.py``). Summaries stay counts until the commit stage adds up
+those of the units it commits together and encodes one per (model, version) (``commits.merge``).
+Audit records are linked into their partition's chain as they are built; the chain's head travels as
+the offset's metadata.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from edgestream.pipeline.serving.auditchain import AuditChain, ChainNotStarted, 
 from edgestream.pipeline.serving.served import ModelKey
 from edgestream.topics.catalogue import (
     SAMPLES_TOPIC,
-    SUMMARIES_TOPIC,
     audit_topic,
     dlq_topic,
     edge_group,
@@ -84,7 +85,6 @@ class UnitOutputs:
         A failure boundary per record: whatever building one record's outputs raises dead-letters that
         record (``internal``, `OutputFailed`) and nothing of its answer is published or counted."""
         work: dict[TopicPartition, PartitionWork] = {}
-        summaries: dict[tuple[TopicPartition, ModelKey], PartialSummary] = {}
         now_ms = time.time() * 1000.0
         # Derived from the region's current master key (a rotation starts new pseudonyms), never the
         # master key itself; outside the records' boundary: a key problem is not a record's.
@@ -104,11 +104,9 @@ class UnitOutputs:
                     self._reply(item, answered[0], part)
             if item.error is not None:
                 part.outputs.extend(self._refused(item, now_ms))
-            self._count(item, summaries, now_ms)
+            self._count(item, part.summaries, now_ms)
         for tp, part in work.items():
             part.metadata = self._chains.metadata(chain_id(tp.topic, tp.partition))
-        for (tp, _key), summary in summaries.items():
-            work[tp].outputs.append(Output(SUMMARIES_TOPIC, summary.to_bytes(), summary.key))
         return work
 
     def _answered(
@@ -172,18 +170,18 @@ class UnitOutputs:
             item.error = OutputFailed("building its dead letter", err)
             return self._dead_letter(item, now_ms, audited=False)
 
-    def _count(
-        self, item: Item, summaries: dict[tuple[TopicPartition, ModelKey], PartialSummary], now_ms: float
-    ) -> None:
-        """Count the item in its partition's partial summary of its (model, version), if it has one: the
-        summary commits with exactly the records it counts. Total: `PartialSummary.add_result`."""
+    def _count(self, item: Item, summaries: dict[ModelKey, PartialSummary], now_ms: float) -> None:
+        """Count the item in its partition's partial summary of its (model, version), if it has one
+        (``summaries``: the partition's, added up over the units of a commit by ``commits.merge``, so a
+        summary commits with exactly the records it counts). Total: `PartialSummary.add_result`."""
         if not self._cloud or item.model is None or item.envelope is None:
             return  # undecodable or unknown model: no (model, version) to count it under
-        name, version = item.model.key
-        summary = summaries.get((item.tp, item.model.key))
+        summary = summaries.get(item.model.key)
         if summary is None:
-            summary = PartialSummary(self._region, self._node, name, version, int(now_ms))
-            summaries[(item.tp, item.model.key)] = summary
+            name, version = item.model.key
+            summary = summaries[item.model.key] = PartialSummary(
+                self._region, self._node, name, version, int(now_ms)
+            )
         if item.error is not None or item.answer is None:
             summary.add_dead_letter(item.error.reason if item.error is not None else "internal")
             return

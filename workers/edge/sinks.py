@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.cloud import PartialSummary
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import KafkaSettings
 
@@ -73,6 +74,10 @@ class PartitionWork:
     earlier epoch is dropped, since the partition was rewound and its records come again."""
     replies: list[Output] = field(default_factory=list)
     """Fast replies to the devices, sent at once and outside the transaction (never committed)."""
+    summaries: dict[tuple[str, int], PartialSummary] = field(default_factory=dict)
+    """The cloud's partial summary of the partition's records, per (model, version), not yet encoded:
+    the commit stage adds up those of the units it commits together and encodes one per (model,
+    version) into ``outputs`` (``commits.merge``), so each commits with exactly the records it counts."""
 
     def commit_point(self) -> OffsetAndMetadata:
         """The offset and metadata to commit for the partition."""

@@ -62,6 +62,58 @@ def test_a_summary_counts_any_answer_and_reads_back(score: float, latency_ms: fl
     assert (again.results, sum(again.score_bins), sum(again.latency_buckets)) == (1, 1, 1)
 
 
+_Unit = tuple[list[tuple[int, float, float]], list[str]]
+"""A unit's records of one (model, version): answers (label, top score, latency ms), dead letters."""
+_UNIT = st.tuples(
+    st.lists(st.tuples(st.integers(0, 9), st.floats(0, 1), st.floats(0, 500)), max_size=6),
+    st.lists(st.sampled_from(["bad_tag", "internal", "replayed"]), max_size=3),
+)
+
+
+def _count(summary: PartialSummary, unit: _Unit) -> None:
+    answers, dead_letters = unit
+    for label, score, latency_ms in answers:
+        summary.add_result(label, score, latency_ms)
+    for reason in dead_letters:
+        summary.add_dead_letter(reason)
+
+
+@given(st.lists(st.tuples(_UNIT, st.integers(0, 10**6)), max_size=5))
+@example([(([(1, 0.5, 10.0)], []), 3), (([], ["bad_tag"]), 1), (([], []), 2)])
+def test_summaries_added_up_are_the_summary_of_all_their_records(units: list[tuple[_Unit, int]]) -> None:
+    """What the commit stage does to the units of one commit: their summaries added up count exactly
+    what one summary of all their records counts, and read back the same; the sum's time is the
+    latest."""
+    whole = PartialSummary(
+        "eu-west", "node-1", "embedding-scorer", 1, max((at for _, at in units), default=0)
+    )
+    total = PartialSummary("eu-west", "node-1", "embedding-scorer", 1, 0)
+    for unit, at_ms in units:
+        _count(whole, unit)
+        part = PartialSummary("eu-west", "node-1", "embedding-scorer", 1, at_ms)
+        _count(part, unit)
+        total.absorb(part)
+    assert total == whole
+    assert PartialSummary.from_bytes(total.to_bytes()) == whole
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        PartialSummary("us-east", "node-1", "embedding-scorer", 1, 0),
+        PartialSummary("eu-west", "node-2", "embedding-scorer", 1, 0),
+        PartialSummary("eu-west", "node-1", "frame-classifier", 1, 0),
+        PartialSummary("eu-west", "node-1", "embedding-scorer", 2, 0),
+    ],
+)
+def test_a_summary_adds_up_only_its_own_model_version_and_writer(other: PartialSummary) -> None:
+    summary = PartialSummary("eu-west", "node-1", "embedding-scorer", 1, 0)
+    other.add_result(1, 0.9, 5.0)
+    with pytest.raises(ValueError, match="cannot add"):
+        summary.absorb(other)
+    assert summary.results == 0
+
+
 def test_a_sample_with_non_finite_values_is_refused_by_its_reader() -> None:
     # The worker never sends one (non-finite inputs and outputs are dead-lettered non_finite); a
     # record another principal wrote with them is refused, so the aggregator skips and counts it.

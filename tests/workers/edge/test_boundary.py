@@ -31,6 +31,7 @@ from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import SUMMARIES_TOPIC, audit_topic, dlq_topic, ingest_topic, results_topic
 from edgestream.workers.edge.admission import Answer, Item
+from edgestream.workers.edge.commits import StagedUnit, merge
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.worker import EdgeWorker
 
@@ -150,9 +151,11 @@ async def test_an_unexpected_error_at_admission_is_that_records_internal_dead_le
 def _outputs_of(
     worker: EdgeWorker, items: list[Item]
 ) -> dict[str, list[tuple[bytes, list[tuple[str, bytes]]]]]:
-    """Build the unit's outputs; by topic, each output's value and headers."""
+    """Build the unit's outputs, as its commit has them (``commits.merge``: its summaries encoded); by
+    topic, each output's value and headers."""
     worker._chains.start(chain_id(TP.topic, TP.partition), None, offset=0)
-    work = worker._outputs.build(items, time.monotonic(), worker._keyring)
+    built = worker._outputs.build(items, time.monotonic(), worker._keyring)
+    work = merge([StagedUnit(items, built, "size")], {tp: part.epoch for tp, part in built.items()})
     by_topic: dict[str, list[tuple[bytes, list[tuple[str, bytes]]]]] = {}
     for output in work[TP].outputs:
         by_topic.setdefault(output.topic, []).append((output.value, list(output.headers)))

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.topics.catalogue import SUMMARIES_TOPIC
 from edgestream.workers.edge.commits import CommitStage, StagedUnit, merge
 from edgestream.workers.edge.sinks import Output, PartitionWork
 
@@ -48,6 +50,36 @@ def test_merge_drops_the_work_of_a_partition_rewound_since_it_was_built() -> Non
     assert merged[A].next_offset == 7
     assert B in merged
     assert merge(units, {B: 1}).keys() == {B}, "a partition out of service commits nothing"
+
+
+def _summary(model: str, at_ms: int, *labels: int) -> PartialSummary:
+    summary = PartialSummary("r", "node", model, 1, at_ms)
+    for label in labels:
+        summary.add_result(label, 0.9, 12.0)
+    return summary
+
+
+def test_merge_adds_up_the_units_summaries_into_one_per_model_version_after_the_outputs() -> None:
+    """One summary record per (model, version) per partition per commit, however many units it takes;
+    each counts exactly its partition's records of those units, and a rewound partition's count none."""
+    units = [_unit(a=(1, 5, ["a1"]), b=(1, 3, ["b1"])), _unit(a=(1, 9, ["a2"]), b=(0, 4, ["b-old"]))]
+    units[0].work[A].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 100, 1, 2)
+    units[0].work[A].summaries[("frame-classifier", 1)] = _summary("frame-classifier", 100, 3)
+    units[0].work[B].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 100, 4)
+    units[1].work[A].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 200, 1)
+    units[1].work[B].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 200, 5)  # rewound
+    merged = merge(units, {A: 1, B: 1})
+    assert [o.value for o in merged[A].outputs[:2]] == [b"a1", b"a2"], "the unit outputs first, in order"
+    on_a = {s.model: s for s in map(PartialSummary.from_bytes, (o.value for o in merged[A].outputs[2:]))}
+    assert {o.topic for o in merged[A].outputs[2:]} == {SUMMARIES_TOPIC}
+    assert (on_a["embedding-scorer"].results, on_a["embedding-scorer"].labels) == (3, {1: 2, 2: 1})
+    assert (on_a["embedding-scorer"].at_ms, on_a["frame-classifier"].results) == (200, 1)
+    assert [o.key for o in merged[A].outputs[2:]] == [b"r/embedding-scorer/1", b"r/frame-classifier/1"]
+    (b_summary,) = [
+        PartialSummary.from_bytes(o.value) for o in merged[B].outputs if o.topic == SUMMARIES_TOPIC
+    ]
+    assert (b_summary.results, b_summary.labels) == (1, {4: 1}), "not the rewound epoch's count"
+    assert units[0].work[A].summaries[("embedding-scorer", 1)].results == 2, "the staged work is not changed"
 
 
 async def test_units_staged_during_a_commit_commit_together_in_order() -> None:
