@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgestream.pipeline.contract.codec import (
+    Compressed,
     Compression,
     TensorBody,
     choose_compression,
@@ -239,6 +240,19 @@ def _pack_envelope(header: _Header, nonce: bytes, ciphertext: bytes) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
+def packed_payload(body: TensorBody, compression: Literal["auto", "zstd", "none"] = "auto") -> Compressed:
+    """``body`` packed and compressed: what `seal` encrypts, and the codec its envelope names. A sender
+    that seals the same body more than once (the simulated fleet, which sends rows of a fixed data set)
+    packs it once and seals the payload each time (`seal_payload`). ``compression="auto"`` keeps zstd
+    only when it pays (``choose_compression``). Raises ValueError for a body the contract forbids."""
+    raw = pack_body(body)
+    if compression == "auto":
+        return choose_compression(raw)
+    if compression in COMPRESSIONS:
+        return Compressed(compression, compress(raw, compression))
+    raise ValueError(f"unknown compression {compression!r}")
+
+
 def seal(
     body: TensorBody,
     *,
@@ -260,13 +274,36 @@ def seal(
     for test vectors (a nonce must never repeat under a key). ``compression="auto"`` keeps zstd only
     when it pays (``choose_compression``). Raises ValueError for arguments the contract forbids.
     """
-    raw = pack_body(body)
-    if compression == "auto":
-        codec, payload = choose_compression(raw)
-    elif compression in COMPRESSIONS:
-        codec, payload = compression, compress(raw, compression)
-    else:
-        raise ValueError(f"unknown compression {compression!r}")
+    return seal_payload(
+        packed_payload(body, compression),
+        device_key=device_key,
+        device_id=device_id,
+        key_id=key_id,
+        kind=kind,
+        model=model,
+        model_version=model_version,
+        capture_time_ms=capture_time_ms,
+        request_id=request_id,
+        nonce=nonce,
+    )
+
+
+def seal_payload(
+    payload: Compressed,
+    *,
+    device_key: bytes | AESGCM,
+    device_id: str,
+    key_id: int,
+    kind: Kind,
+    model: str,
+    model_version: int | None = None,
+    capture_time_ms: int | None = None,
+    request_id: bytes | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """`seal` of a body already packed and compressed by `packed_payload`: encrypt and frame it, with a
+    request id, capture time and nonce of its own (the same defaults). Raises ValueError for arguments
+    the contract forbids."""
     header = _Header(
         CONTRACT_VERSION,
         new_request_id() if request_id is None else request_id,
@@ -276,12 +313,14 @@ def seal(
         model,
         model_version,
         key_id,
-        codec,
+        payload.codec,
     )
     if nonce is None:
         nonce = os.urandom(NONCE_BYTES)
     _check_header(header, nonce)
-    ciphertext = _aead(device_key).encrypt(nonce, payload, _aad(header))
+    if header.compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {header.compression!r}")
+    ciphertext = _aead(device_key).encrypt(nonce, payload.data, _aad(header))
     return _pack_envelope(header, nonce, ciphertext)
 
 

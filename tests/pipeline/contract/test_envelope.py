@@ -11,7 +11,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -42,8 +42,10 @@ from edgestream.pipeline.contract.envelope import (
     format_request_id,
     new_request_id,
     open_envelope,
+    packed_payload,
     request_id_time_ms,
     seal,
+    seal_payload,
 )
 from edgestream.pipeline.errors import (
     AuthenticationFailed,
@@ -109,6 +111,35 @@ def test_auto_compression_compresses_frames_not_embeddings() -> None:
     frame = encode_tensor(np.tile(np.arange(32, dtype=np.uint8), (32, 1)), "uint8")
     assert decode_envelope(_seal(frame), max_envelope_bytes=MAX_ENVELOPE).compression == "zstd"
     assert decode_envelope(_seal(_embedding()), max_envelope_bytes=MAX_ENVELOPE).compression == "none"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none", "auto"])
+def test_a_packed_payload_seals_to_the_bytes_seal_makes_and_serves_many_requests(compression: str) -> None:
+    """What the simulated fleet does with its fixed rows: pack a body once, seal it per request."""
+    frame = encode_tensor(np.tile(np.arange(32, dtype=np.uint8), (32, 1)), "uint8")
+    fixed: dict[str, Any] = {
+        "capture_time_ms": 1_700_000_000_000,
+        "request_id": bytes(range(16)),
+        "nonce": bytes(12),
+    }
+    args: dict[str, Any] = {
+        "device_key": KEY,
+        "device_id": "dev-1",
+        "key_id": 1,
+        "kind": "frame",
+        "model": "frame-classifier",
+    }
+    payload = packed_payload(frame, cast("Any", compression))
+    assert seal_payload(payload, **args, **fixed) == _seal(frame, compression=compression, **args, **fixed)
+    first, second = (seal_payload(payload, **args) for _ in range(2))
+    a, b = (decode_envelope(raw, max_envelope_bytes=MAX_ENVELOPE) for raw in (first, second))
+    assert (a.request_id, a.nonce) != (b.request_id, b.nonce)
+    assert _open(first) == _open(second) == frame
+
+
+def test_packing_refuses_an_unknown_compression() -> None:
+    with pytest.raises(ValueError, match="unknown compression"):
+        packed_payload(_embedding(), cast("Any", "gzip"))
 
 
 def test_seal_accepts_a_cached_aesgcm() -> None:
