@@ -45,6 +45,42 @@ def _process_ticks(pid: int) -> int:
         return 0
 
 
+JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
+"""How HotSpot's JIT compiler threads are named (``C2 CompilerThread0``, cut to the 15 characters a
+thread's ``comm`` holds)."""
+
+
+def is_jit_thread(comm: str) -> bool:
+    """Whether a thread's ``comm`` names one of HotSpot's JIT compiler threads."""
+    return comm.startswith(JIT_THREAD_PREFIXES)
+
+
+def jit_thread_ticks(pid: int, proc: Path = Path("/proc")) -> dict[int, int]:
+    """utime + stime of each JIT compiler thread of the JVM ``pid``, by thread id ({} once it is gone).
+    By thread, because HotSpot starts and stops compiler threads as its queue grows and drains: a sum
+    over the threads alive now would drop a stopped thread's whole history."""
+    ticks: dict[int, int] = {}
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return ticks
+    for task in tasks:
+        try:
+            if is_jit_thread((task / "comm").read_text().strip()):
+                ticks[int(task.name)] = process_ticks((task / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            continue  # the thread stopped meanwhile
+    return ticks
+
+
+def jit_seconds(before: Mapping[int, int], after: Mapping[int, int]) -> float:
+    """CPU seconds the JIT compiler threads used between two ``jit_thread_ticks`` samples: each thread
+    alive at ``after`` since ``before`` (all of it for a thread started meanwhile). A thread that stopped
+    meanwhile is not counted: a little less, never a negative count."""
+    ticks = sum(max(0, t - before.get(tid, 0)) for tid, t in after.items())
+    return ticks / _CLOCK_TICKS_PER_S
+
+
 @dataclass(frozen=True, slots=True)
 class CpuUse:
     """CPU seconds over one measured span: each watched process, ours in all, and the rest."""
@@ -60,6 +96,9 @@ class CpuUse:
     ``broker`` (the Kafka JVM), ``fleet`` (this process: the devices)."""
     wall_s: float
     """Seconds the span lasted."""
+    broker_jit_s: float = 0.0
+    """Of the broker's CPU, what its JIT compiler threads used: compiling while a load is measured
+    takes CPU from every process on the machine (a run-in broker has long compiled its hot paths)."""
 
     def ms_per_request(self, requests: int) -> dict[str, float] | None:
         """Each process's CPU milliseconds per request; None without requests."""
@@ -75,9 +114,12 @@ class CpuUse:
 class CpuWatch:
     """Counts CPU time from ``start`` to ``stop`` per process (Linux /proc; zeros where there is none)."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    def __init__(self, pids: Mapping[str, int], jvm_pid: int | None = None) -> None:
+        """``jvm_pid``: a JVM (the broker) whose JIT compiler threads' CPU is counted too."""
         self._pids = dict(pids)
+        self._jvm_pid = jvm_pid
         self._start: tuple[int, int, dict[str, int]] = (0, 0, {})
+        self._start_jit: dict[int, int] = {}
         self._start_s = 0.0
 
     def _sample(self) -> tuple[int, int, dict[str, int]]:
@@ -88,13 +130,18 @@ class CpuWatch:
             return (0, 0, per_process)
         return busy, steal, per_process
 
+    def _jit(self) -> dict[int, int]:
+        return {} if self._jvm_pid is None else jit_thread_ticks(self._jvm_pid)
+
     def start(self) -> None:
         self._start_s = time.monotonic()
         self._start = self._sample()
+        self._start_jit = self._jit()
 
     def stop(self) -> CpuUse:
         busy0, steal0, procs0 = self._start
         busy1, steal1, procs1 = self._sample()
+        jit_s = jit_seconds(self._start_jit, self._jit())
         tick_s = 1.0 / _CLOCK_TICKS_PER_S
         # A process that exited meanwhile reads 0: never count less than nothing.
         processes = {role: max(0, procs1[role] - procs0.get(role, 0)) * tick_s for role in procs1}
@@ -105,6 +152,7 @@ class CpuWatch:
             steal_s=(steal1 - steal0) * tick_s,
             processes_s=processes,
             wall_s=time.monotonic() - self._start_s,
+            broker_jit_s=jit_s,
         )
 
 

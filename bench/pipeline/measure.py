@@ -120,7 +120,9 @@ def run_stats(
         fleet_behind=t.sent < 0.98 * rate * report.send_s or report.send_s > 1.02 * duration_s,
         cpu=cpu,
         cpu_ms_per_request=cpu.ms_per_request(t.sent),
-        disturbed=cpu.others_s > 0.1 * report.total_s or steal_share(cpu) > settings.max_steal_share,
+        disturbed=cpu.others_s > 0.1 * report.total_s
+        or steal_share(cpu) > settings.max_steal_share
+        or jit_share(cpu) > settings.max_broker_jit_share,
     )
 
 
@@ -130,10 +132,15 @@ def steal_share(cpu: CpuUse) -> float:
     return cpu.steal_s / capacity_s if capacity_s > 0 else 0.0
 
 
+def jit_share(cpu: CpuUse) -> float:
+    """The share of one core the broker's JIT compilers used over the span."""
+    return cpu.broker_jit_s / cpu.wall_s if cpu.wall_s > 0 else 0.0
+
+
 def disturbance(run: RunStats) -> float:
-    """How disturbed a run was, to keep the least disturbed of repeated runs: CPU seconds others used
-    and the hypervisor stole."""
-    return run.cpu.others_s + run.cpu.steal_s
+    """How disturbed a run was, to keep the least disturbed of repeated runs: CPU seconds others used,
+    the hypervisor stole and the broker spent compiling."""
+    return run.cpu.others_s + run.cpu.steal_s + run.cpu.broker_jit_s
 
 
 def span_count(path: Path) -> int:
@@ -224,7 +231,7 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
             side.tracing,
         )
         pids = {"worker": child.proc.pid, "broker": ctx.broker_pid, "fleet": os.getpid()}
-        watch = CpuWatch(pids)
+        watch = CpuWatch(pids, jvm_pid=ctx.broker_pid)
         async with _profiled(s, side.name, {"worker": pids["worker"], "fleet": pids["fleet"]}):
             watch.start()
             fleet = await run_fleet_as(
@@ -248,6 +255,24 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
     return Measured(warm, fleet, run, child_stats(ctx, child), idle_share)
 
 
+def pipeline_side(ctx: BenchContext, name: str, tracing: Tracing | None = None) -> FarSide:
+    """The pipeline's far side: a worker process called ``name``, traced where ``tracing`` is given."""
+    return FarSide(
+        name,
+        [sys.executable, "-m", "edgestream", "worker"],
+        worker_env(ctx, name, worker_settings(ctx, name), traced=tracing is not None),
+        PipelineFleet,
+        PIPELINE_REGION,
+        edge_group(PIPELINE_REGION),
+        tracing,
+    )
+
+
+async def warm_pipeline(ctx: BenchContext, rate: float) -> RunStats:
+    """A pipeline at ``rate`` whose numbers are thrown away (the broker's warm-up): what it measured."""
+    return (await measure_far_side(ctx, pipeline_side(ctx, "worker-warmup"), rate)).run
+
+
 async def measure_pipeline(
     ctx: BenchContext, rate: float, *, idle: bool = False, traced: bool = False
 ) -> PipelineRun:
@@ -255,14 +280,8 @@ async def measure_pipeline(
     ``traced``, devices and worker exporting spans to files (``trace_sample_ratio`` sampled)."""
     name = f"worker-{'traced-' if traced else ''}{rate:g}"
     fleet_traces = ctx.run_dir / f"fleet-{name}.traces.jsonl"
-    side = FarSide(
-        name,
-        [sys.executable, "-m", "edgestream", "worker"],
-        worker_env(ctx, name, worker_settings(ctx, name), traced=traced),
-        PipelineFleet,
-        PIPELINE_REGION,
-        edge_group(PIPELINE_REGION),
-        fleet_tracing(fleet_traces, ctx.settings.trace_sample_ratio) if traced else None,
+    side = pipeline_side(
+        ctx, name, fleet_tracing(fleet_traces, ctx.settings.trace_sample_ratio) if traced else None
     )
     try:
         m = await measure_far_side(ctx, side, rate, idle=idle)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,14 +23,22 @@ from bench.peers.settings import PEER_PACKAGE, Guarantee
 from bench.pipeline.context import BenchContext, Ui
 from bench.pipeline.fleets import EchoFleet, run_fleet_as
 from bench.pipeline.floor import onnx_floor
-from bench.pipeline.machine import code_facts, foreign_processes, machine_facts
+from bench.pipeline.machine import (
+    code_facts,
+    foreign_processes,
+    jit_seconds,
+    jit_thread_ticks,
+    machine_facts,
+)
 from bench.pipeline.measure import (
     disturbance,
+    jit_share,
     measure_echo,
     measure_peer,
     measure_pipeline,
     steal_share,
     wait_caught_up,
+    warm_pipeline,
 )
 from bench.pipeline.processes import (
     child_process,
@@ -75,13 +83,16 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-async def warm_broker(ctx: BenchContext) -> None:
-    """Echo traffic that is thrown away, in transactions and then without: the broker's JVM compiles
-    the hot paths of every system's requests (transactions, their markers and offset commits among
-    them) before the first load."""
+async def warm_broker(ctx: BenchContext) -> dict[str, Any]:
+    """Traffic that is thrown away, so the broker's JVM has compiled the hot paths of every system's
+    requests before the first load: the echo in transactions and without (markers, offset commits),
+    then a pipeline (group-fenced transactional offsets, results, audit and cloud records); then a wait
+    for the JIT compilers to go quiet. What the warm-up took, for ``pipeline.json``."""
     s = ctx.settings
     if s.broker_warmup_s <= 0:
-        return
+        return {}
+    started_s = time.monotonic()
+    jit_before = jit_thread_ticks(ctx.broker_pid)
     command = [sys.executable, "-m", "bench.pipeline", "echo"]
     for transactional in (True, False):
         kind = "in transactions" if transactional else "acknowledged"
@@ -95,6 +106,39 @@ async def warm_broker(ctx: BenchContext) -> None:
                 ctx, EchoFleet, ECHO_REGION, s.broker_warmup_rate_per_s, s.broker_warmup_s, "broker warm-up"
             )
             await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
+    document: dict[str, Any] = {}
+    if s.pipeline_warmup_rate_per_s > 0:
+        ctx.ui.step(f"warming the broker up, a pipeline: {s.pipeline_warmup_rate_per_s:g}/s (discarded)")
+        run = await warm_pipeline(ctx, s.pipeline_warmup_rate_per_s)
+        document["pipeline"] = {"offered_per_s": run.offered_per_s, "answered_share": run.answered_share}
+    settled_s, quiet = await settle_jit(ctx)
+    document |= {
+        "wall_s": time.monotonic() - started_s,
+        "broker_jit_s": jit_seconds(jit_before, jit_thread_ticks(ctx.broker_pid)),
+        "jit_settle_s": settled_s,
+        "jit_quiet": quiet,
+    }
+    return document
+
+
+async def settle_jit(ctx: BenchContext) -> tuple[float, bool]:
+    """Wait until the broker's JIT compilers use at most ``jit_quiet_share`` of a core over
+    ``jit_quiet_window_s``, at most ``jit_settle_timeout_s``: (seconds waited, whether they went quiet)."""
+    s = ctx.settings
+    started_s = time.monotonic()
+    ctx.ui.step("waiting for the broker's JIT compilers to go quiet")
+    while True:
+        before = jit_thread_ticks(ctx.broker_pid)
+        await asyncio.sleep(s.jit_quiet_window_s)
+        share = jit_seconds(before, jit_thread_ticks(ctx.broker_pid)) / s.jit_quiet_window_s
+        waited_s = time.monotonic() - started_s
+        if share <= s.jit_quiet_share:
+            return waited_s, True
+        if waited_s >= s.jit_settle_timeout_s:
+            log.warning(
+                "the broker's JIT compilers still use %.0f%% of a core after %.0f s", 100 * share, waited_s
+            )
+            return waited_s, False
 
 
 def _measure(
@@ -123,7 +167,10 @@ async def _measure_undisturbed(
 
 
 def _disturbed(run: RunStats) -> str:
-    return f"steal {steal_share(run.cpu):.0%} of the machine, others {run.cpu.others_s:.1f} s CPU"
+    return (
+        f"steal {steal_share(run.cpu):.0%} of the machine, others {run.cpu.others_s:.1f} s CPU, "
+        f"broker JIT {jit_share(run.cpu):.0%} of a core"
+    )
 
 
 def _line(system: System, run: RunStats) -> str:
@@ -141,10 +188,11 @@ def rotated(systems: Sequence[System], index: int) -> tuple[System, ...]:
     return tuple(systems[shift:]) + tuple(systems[:shift])
 
 
-async def measure_levels(ctx: BenchContext) -> list[Level]:
-    """Every load, every chosen system in turn at each, the order rotated from load to load."""
+async def measure_levels(ctx: BenchContext) -> tuple[dict[str, Any], list[Level]]:
+    """The broker's warm-up, then every load, every chosen system in turn at each, the order rotated
+    from load to load."""
     systems = ctx.settings.systems
-    await warm_broker(ctx)
+    warmup = await warm_broker(ctx)
     levels = []
     for index, rate in enumerate(ctx.settings.loads_per_s):
         measured: dict[str, PipelineRun | EchoRun | PeerRun] = {}
@@ -156,7 +204,7 @@ async def measure_levels(ctx: BenchContext) -> list[Level]:
         pipeline = measured.pop("pipeline")
         assert isinstance(pipeline, PipelineRun)
         levels.append(Level(rate, pipeline, **measured))  # type: ignore[arg-type]
-    return levels
+    return warmup, levels
 
 
 def peer_name() -> str:
@@ -186,6 +234,9 @@ class BenchResult:
     gpu: dict[str, Any] | None = None
     """The GPU bench's numbers (device, providers, bare and pipeline items/s per batch size), where one
     ran; None on a machine without one."""
+    warmup: dict[str, Any] = field(default_factory=dict)
+    """The broker's warm-up (``warm_broker``): how long, what its JIT compiled meanwhile, whether its
+    compilers went quiet before the first load."""
 
     def idle_cpu_share(self) -> dict[str, float] | None:
         """Worker and broker shares of a core with no traffic (measured after the first load)."""
@@ -204,6 +255,7 @@ class BenchResult:
                 "code": self.code,
                 "settings": settings.model_dump(mode="json", exclude={"out_dir", "keep_home"}),
                 "worker_settings": self.worker,
+                "broker_warmup": self.warmup,
                 "ratios": summary(self.levels, settings.systems),
                 "cpu_ms_per_request": per_load(self.levels, lambda lv: lv.pipeline.run.cpu_ms_per_request),
                 "idle_cpu_share": self.idle_cpu_share(),
@@ -225,7 +277,7 @@ REGIONS = (PIPELINE_REGION, ECHO_REGION, PEER_REGION)
 
 def _on_broker(
     settings: BenchSettings, broker_settings: BrokerSettings, ui: Ui, keyring: KeyRing
-) -> tuple[WorkerSettings, list[Level]]:
+) -> tuple[WorkerSettings, dict[str, Any], list[Level]]:
     """Start the broker, make the topics and ACLs, run every load; the broker is stopped on return."""
     home = broker_settings.home
     ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
@@ -241,9 +293,9 @@ def _on_broker(
             f"worker delivery {worker_delivery(worker)}, max batch {worker.max_batch}; "
             f"systems {', '.join(settings.systems)}"
         )
-        levels = eventloop.run(measure_levels(ctx), settings.fleet_event_loop)
+        warmup, levels = eventloop.run(measure_levels(ctx), settings.fleet_event_loop)
         ui.step("stopping the Kafka broker")
-    return worker, levels
+    return worker, warmup, levels
 
 
 def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
@@ -271,7 +323,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
                 for size in dict.fromkeys((settings.model_size, "tiny")):
                     store.get(name, size)
             keyring = keyfile.create(home / "keys.json", REGIONS)
-            worker, levels = _on_broker(settings, broker_settings, ui, keyring)
+            worker, warmup, levels = _on_broker(settings, broker_settings, ui, keyring)
             sizes = sorted(
                 {b for b in settings.floor_batch_sizes if b <= worker.max_batch}
                 | {int(k) for lv in levels for k in lv.pipeline.batch_histogram}
@@ -299,5 +351,6 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
         levels=levels,
         floor=floor,
         peer_name=peer_name(),
+        warmup=warmup,
         gpu=gpu,
     )

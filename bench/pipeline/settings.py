@@ -107,6 +107,22 @@ class BenchSettings(BaseSettings):
     """A load during which the hypervisor stole more than this share of the machine's CPU (steal time
     over cores x seconds) is disturbed. Steal explained the day-to-day spread of this box's numbers:
     p99 at 1,000/s moved 2-7x between runs with steal from 0 to 43% of the machine."""
+    max_broker_jit_share: float = Field(default=0.1, ge=0)
+    """A load during which the broker's JIT compiler threads used more than this share of one core is
+    disturbed too: on this 2-core box a broker still compiling took 0.6 of a core from the first load
+    measured after a warm-up of echo traffic alone (``perf sched``, 2026-12-05), 1.5 times the CPU of
+    the broker's own request handling."""
+    pipeline_warmup_rate_per_s: float = Field(default=1000.0, ge=0)
+    """After the echo's warm-up, a pipeline (worker and fleet) is run at this load and thrown away, so
+    the broker compiles the pipeline's paths as well (its transactions carry group-fenced offset commits
+    and more partitions than the echo's); 0: not."""
+    jit_settle_timeout_s: float = Field(default=60.0, ge=0)
+    """After the warm-up, how long to wait at most for the broker's JIT compilers to go quiet (under
+    ``jit_quiet_share`` of a core over ``jit_quiet_window_s``) before the first load."""
+    jit_quiet_share: float = Field(default=0.02, ge=0)
+    """What counts as quiet for the JIT compilers after the warm-up: this share of one core."""
+    jit_quiet_window_s: float = Field(default=3.0, gt=0)
+    """Over how long the JIT compilers must stay quiet."""
     disturbed_retries: int = Field(default=2, ge=0)
     """How many times a disturbed load is run again; the least disturbed run is kept."""
     sla_ms: float = Field(default=50.0, gt=0)

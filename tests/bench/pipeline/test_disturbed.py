@@ -11,7 +11,7 @@ import pytest
 
 from bench.pipeline import run as bench_run
 from bench.pipeline.machine import CpuUse
-from bench.pipeline.measure import run_stats, steal_share
+from bench.pipeline.measure import disturbance, jit_share, run_stats, steal_share
 from bench.pipeline.settings import BenchSettings
 from edgestream.workers.local.fleet import FleetReport
 
@@ -60,3 +60,13 @@ async def test_a_disturbed_load_is_measured_again_and_the_least_disturbed_run_ke
     )
     result = await bench_run._measure_undisturbed(ctx, "echo_alo", 100.0, False)
     assert (result.run.cpu.steal_s, result.run.attempts) == (kept, attempts)
+
+
+def test_a_broker_still_compiling_makes_a_load_disturbed_and_counts_in_its_disturbance() -> None:
+    settings = BenchSettings(max_broker_jit_share=0.05)  # not the default: the maths at one limit
+    report = FleetReport(regions={}, started_at=0.0, send_s=10.0, total_s=10.0, unanswered=0)
+    quiet = run_stats(100.0, report, 0, 0.0, 0, replace(_cpu(steal_s=0.0), broker_jit_s=0.4), settings)
+    compiling = run_stats(100.0, report, 0, 0.0, 0, replace(_cpu(steal_s=0.0), broker_jit_s=0.6), settings)
+    assert jit_share(compiling.cpu) == pytest.approx(0.06)  # 0.6 s of one core over 10 s
+    assert (quiet.disturbed, compiling.disturbed) == (False, True)
+    assert disturbance(compiling) > disturbance(quiet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.pipeline.machine import CpuUse, CpuWatch, busy_ticks, process_ticks
+from bench.pipeline.machine import (
+    CpuUse,
+    CpuWatch,
+    busy_ticks,
+    is_jit_thread,
+    jit_seconds,
+    jit_thread_ticks,
+    process_ticks,
+)
 
 # /proc/<pid>/stat of a process whose name holds a space and a parenthesis: utime 1234, stime 56.
 STAT = "4242 (py thon) x) S 1 4242 4242 0 -1 4194560 300 0 0 0 1234 56 7 8 20 0 3 0 100 0 0"
@@ -50,3 +59,66 @@ def test_the_watch_counts_a_busy_process_and_not_an_idle_one() -> None:
     assert use.processes_s["busy"] > 5 * use.processes_s["idle"]
     assert use.processes_s["gone"] == 0.0  # no such process: nothing, never negative
     assert use.ours_s == pytest.approx(sum(use.processes_s.values()))
+
+
+def _task(proc: Path, pid: int, tid: int, comm: str, utime: int, stime: int) -> None:
+    task = proc / str(pid) / "task" / str(tid)
+    task.mkdir(parents=True)
+    (task / "comm").write_text(comm + "\n")
+    (task / "stat").write_text(f"{tid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 1 0 1 0 0")
+
+
+def test_only_the_jvm_compiler_threads_are_counted_each_by_its_thread_id(tmp_path: Path) -> None:
+    _task(tmp_path, 7, 7, "java", 900, 100)
+    _task(tmp_path, 7, 21, "C2 CompilerThre", 300, 20)
+    _task(tmp_path, 7, 22, "C1 CompilerThre", 40, 2)
+    _task(tmp_path, 7, 23, "data-plane-kafk", 500, 50)
+    assert jit_thread_ticks(7, tmp_path) == {21: 320, 22: 42}
+    assert jit_thread_ticks(8, tmp_path) == {}  # no such process
+    assert [is_jit_thread(c) for c in ("C2 CompilerThre", "C1 CompilerThre", "C2 Compiler", "VM Thread")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_jit_seconds_count_a_thread_started_meanwhile_and_never_less_than_nothing() -> None:
+    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+    before = {21: 300, 22: 40, 23: 10}
+    after = {21: 350, 24: 5}  # 22 and 23 stopped: their last ticks are unknown, not negative
+    assert jit_seconds(before, after) == pytest.approx((50 + 5) * tick_s)
+    assert jit_seconds({21: 400}, {21: 350}) == 0.0
+
+
+BUSY_COMPILER = """
+import ctypes, threading, time
+def named(name, busy):
+    ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME: this thread's comm
+    while True:
+        if not busy:
+            time.sleep(1)
+threading.Thread(target=named, args=(b"C2 CompilerThread0", True), daemon=True).start()
+threading.Thread(target=named, args=(b"C1 CompilerThread0", False), daemon=True).start()
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_the_watch_counts_a_busy_compiler_thread_apart_from_the_process() -> None:
+    jvm = subprocess.Popen([sys.executable, "-c", BUSY_COMPILER])
+    try:
+        time.sleep(0.5)
+        watch = CpuWatch({"broker": jvm.pid}, jvm_pid=jvm.pid)
+        watch.start()
+        time.sleep(1.0)
+        use = watch.stop()
+        quiet = CpuWatch({"broker": jvm.pid})
+        quiet.start()
+        time.sleep(0.2)
+        unwatched = quiet.stop()
+    finally:
+        jvm.kill()
+        jvm.wait()
+    assert 0.5 < use.broker_jit_s <= use.processes_s["broker"]
+    assert unwatched.broker_jit_s == 0.0  # no JVM named: nothing counted
