@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from bench.pipeline.settings import BenchSettings
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.local.fleet import Progress as FleetProgress
+from edgestream.workers.local.fleetreport import Progress as FleetProgress
 
 
 @dataclass(slots=True)

@@ -45,7 +45,8 @@ from edgestream.pipeline import kafka
 from edgestream.pipeline.observability.otlpjson import read_spans
 from edgestream.pipeline.observability.tracing import Tracing
 from edgestream.topics.catalogue import KINDS, edge_group, ingest_topic, parse_topic
-from edgestream.workers.local.fleet import Fleet, FleetReport
+from edgestream.workers.local.fleet import Fleet
+from edgestream.workers.local.fleetreport import FleetReport
 
 _CLIENT_ID = "edgestream-bench"
 

@@ -17,7 +17,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
     from edgestream.workers.local.demo import DemoResult
-    from edgestream.workers.local.fleet import Progress as FleetProgress
+    from edgestream.workers.local.fleetreport import Progress as FleetProgress
     from edgestream.workers.local.outage_summary import OutageSummary
     from edgestream.workers.local.story import StoryEvent
     from edgestream.workers.local.summary import RegionSummary

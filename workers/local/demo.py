@@ -55,8 +55,9 @@ from edgestream.workers.local.demo_gateways import (
 from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
 from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_revision
 from edgestream.workers.local.demo_workers import DemoWorkers, running_workers
-from edgestream.workers.local.fleet import Fleet, FleetReport, Progress, make_fleet
+from edgestream.workers.local.fleet import Fleet, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings, Inputs
+from edgestream.workers.local.fleetreport import FleetReport, Progress
 from edgestream.workers.local.hostcpu import HostCpu, host_cpu, read_ticks
 from edgestream.workers.local.latency_plot import plot_latency
 from edgestream.workers.local.outage import OutageTimes, run_outage

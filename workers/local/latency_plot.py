@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgestream.workers.local.fleet import FleetReport
+from edgestream.workers.local.fleetreport import FleetReport
 
 
 def plot_latency(

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgestream.pipeline.learning.drift import MIN_SAMPLES
-from edgestream.workers.local.fleet import Answer, FleetReport
+from edgestream.workers.local.fleetreport import Answer, FleetReport
 from edgestream.workers.local.story import StoryReport
 
 SHARE_BIN_S = 2.0

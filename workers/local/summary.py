@@ -18,7 +18,7 @@ import numpy as np
 
 from edgestream.pipeline.learning.drift import MIN_SAMPLES
 from edgestream.pipeline.observability.sla import RoundTrip
-from edgestream.workers.local.fleet import FleetReport
+from edgestream.workers.local.fleetreport import FleetReport
 from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.story import StoryReport
 

@@ -13,7 +13,7 @@ from bench.pipeline import run as bench_run
 from bench.pipeline.machine import CpuUse
 from bench.pipeline.measure import disturbance, jit_share, run_stats, steal_share
 from bench.pipeline.settings import BenchSettings
-from edgestream.workers.local.fleet import FleetReport
+from edgestream.workers.local.fleetreport import FleetReport
 
 from .levels import echo, run
 

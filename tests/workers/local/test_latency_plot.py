@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edgestream.pipeline.settings import DEFAULT_REGIONS
-from edgestream.workers.local.fleet import FleetReport, RegionReport
+from edgestream.workers.local.fleetreport import FleetReport, RegionReport
 from edgestream.workers.local.latency_plot import plot_latency
 
 if TYPE_CHECKING:

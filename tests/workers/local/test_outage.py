@@ -14,7 +14,7 @@ from edgestream.pipeline.observability.sla import Outcome, RoundTrip
 from edgestream.pipeline.settings import DEFAULT_REGIONS
 from edgestream.workers.local.demo_settings import DemoSettings
 from edgestream.workers.local.demo_workers import merge_stats
-from edgestream.workers.local.fleet import NoAnswer
+from edgestream.workers.local.fleetreport import NoAnswer
 from edgestream.workers.local.outage import OutageTimes, WorkerOutage, run_outage
 from edgestream.workers.local.outage_summary import OutageRow, summarise_outage
 from edgestream.workers.local.story import StorySettings

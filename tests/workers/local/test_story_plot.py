@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgestream.workers.local.fleet import Answer, FleetReport, RegionReport
+from edgestream.workers.local.fleetreport import Answer, FleetReport, RegionReport
 from edgestream.workers.local.story import StoryEvent, StoryReport
 from edgestream.workers.local.story_plot import plot_story
 

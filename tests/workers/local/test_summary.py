@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgestream.pipeline.observability.sla import RoundTrip
-from edgestream.workers.local.fleet import Answer, FleetReport, RegionReport
+from edgestream.workers.local.fleetreport import Answer, FleetReport, RegionReport
 from edgestream.workers.local.story import StoryReport
 from edgestream.workers.local.summary import bad_answers_after_rollback, path_rows, version_rows
 
