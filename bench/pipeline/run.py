@@ -107,10 +107,12 @@ async def warm_broker(ctx: BenchContext) -> dict[str, Any]:
             )
             await wait_caught_up(ctx, ECHO_GROUP, ECHO_REGION)
     document: dict[str, Any] = {}
-    if s.pipeline_warmup_rate_per_s > 0:
-        ctx.ui.step(f"warming the broker up, a pipeline: {s.pipeline_warmup_rate_per_s:g}/s (discarded)")
-        run = await warm_pipeline(ctx, s.pipeline_warmup_rate_per_s)
-        document["pipeline"] = {"offered_per_s": run.offered_per_s, "answered_share": run.answered_share}
+    for rate in pipeline_warmup_rates(s):
+        ctx.ui.step(f"warming the broker up, a pipeline: {rate:g}/s (discarded)")
+        run = await warm_pipeline(ctx, rate)
+        document.setdefault("pipeline", []).append(
+            {"offered_per_s": run.offered_per_s, "answered_share": run.answered_share}
+        )
     settled_s, quiet = await settle_jit(ctx)
     document |= {
         "wall_s": time.monotonic() - started_s,
@@ -119,6 +121,16 @@ async def warm_broker(ctx: BenchContext) -> dict[str, Any]:
         "jit_quiet": quiet,
     }
     return document
+
+
+def pipeline_warmup_rates(s: BenchSettings) -> list[float]:
+    """The loads of the discarded pipelines of the warm-up, in order: ``pipeline_warmup_rate_per_s``,
+    then the first load's rate when ``warm_first_load`` and it differs (none at 0)."""
+    rates = [s.pipeline_warmup_rate_per_s] if s.pipeline_warmup_rate_per_s > 0 else []
+    first = s.loads_per_s[0] if s.loads_per_s else None
+    if s.warm_first_load and first is not None and first not in rates:
+        rates.append(first)
+    return rates
 
 
 async def settle_jit(ctx: BenchContext) -> tuple[float, bool]:

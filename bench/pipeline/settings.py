@@ -116,6 +116,11 @@ class BenchSettings(BaseSettings):
     """After the echo's warm-up, a pipeline (worker and fleet) is run at this load and thrown away, so
     the broker compiles the pipeline's paths as well (its transactions carry group-fenced offset commits
     and more partitions than the echo's); 0: not."""
+    warm_first_load: bool = True
+    """After that pipeline, another one at the first load's rate (when it differs), thrown away too: a
+    light load takes other paths in the broker (a fetch waits in purgatory for each record instead of
+    finding several there), which it still compiled during the first load after a warm-up at 1,000/s
+    alone (11-28% of a core at 300/s, 2026-12-06, so that load ran twice or three times)."""
     jit_settle_timeout_s: float = Field(default=60.0, ge=0)
     """After the warm-up, how long to wait at most for the broker's JIT compilers to go quiet (under
     ``jit_quiet_share`` of a core over ``jit_quiet_window_s``) before the first load."""

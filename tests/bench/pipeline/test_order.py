@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.pipeline.run import rotated
-from bench.pipeline.settings import SYSTEMS, System
+from bench.pipeline.run import pipeline_warmup_rates, rotated
+from bench.pipeline.settings import SYSTEMS, BenchSettings, System
 
 
 def test_each_load_starts_with_the_next_system() -> None:
@@ -27,3 +27,15 @@ def test_every_system_is_measured_once_per_load_and_each_goes_first_in_turn(
     # The cyclic order is kept: the system after each is the one after it in the settings' order.
     for a, b in itertools.pairwise(order):
         assert systems.index(b) == (systems.index(a) + 1) % len(systems)
+
+
+def test_the_warm_up_runs_a_pipeline_at_the_first_loads_rate_after_the_fast_one() -> None:
+    settings = BenchSettings(loads_per_s=(300.0, 1000.0))
+    assert pipeline_warmup_rates(settings) == [1000.0, 300.0]
+    # The first load at the warm-up's own rate: once.
+    assert pipeline_warmup_rates(BenchSettings(loads_per_s=(1000.0, 300.0))) == [1000.0]
+    assert pipeline_warmup_rates(BenchSettings(loads_per_s=(300.0,), warm_first_load=False)) == [1000.0]
+    # No fast pipeline: the first load's alone; neither: none.
+    assert pipeline_warmup_rates(BenchSettings(loads_per_s=(100.0,), pipeline_warmup_rate_per_s=0)) == [100.0]
+    none = BenchSettings(loads_per_s=(100.0,), pipeline_warmup_rate_per_s=0, warm_first_load=False)
+    assert pipeline_warmup_rates(none) == []
