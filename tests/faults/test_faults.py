@@ -52,6 +52,7 @@ from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import edge_group, ingest_topic
 from edgestream.workers.edge.settings import Transactions, WorkerSettings
+from edgestream.workers.edge.settlement import Settlement
 from edgestream.workers.edge.sinks import TransactionalSink
 from edgestream.workers.edge.txnsink import WorkerTransactionalSink
 from edgestream.workers.edge.worker import EdgeWorker
@@ -305,9 +306,9 @@ async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_f
             raise KafkaConnectionError("injected: the broker went away before this transaction began")
         await real_commit(self, on, work)
 
-    real_rewind = EdgeWorker._rewind
+    real_rewind = Settlement._rewind
 
-    async def rewind_until_positioned_again(self: EdgeWorker, tp: TopicPartition, err: BaseException) -> None:
+    async def rewind_until_positioned_again(self: Settlement, tp: TopicPartition, err: BaseException) -> None:
         # The worst case, made certain: the fetch loop positions the partition again before the units
         # already closed behind the failed one are processed. Those hold records of the old position.
         await real_rewind(self, tp, err)
@@ -318,7 +319,7 @@ async def test_a_failed_transaction_lets_no_later_unit_of_its_partition_commit_f
 
     repositioned: list[TopicPartition] = []
     monkeypatch.setattr(sink_class, method, first_transaction_fails)
-    monkeypatch.setattr(EdgeWorker, "_rewind", rewind_until_positioned_again)
+    monkeypatch.setattr(Settlement, "_rewind", rewind_until_positioned_again)
     worker = _backlog_worker(fault_env, region, "backlog", transactions)
     await _run_until_drained(worker, region)
     assert failures, "the injected failure happened"

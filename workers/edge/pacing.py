@@ -6,7 +6,7 @@ carries. Fetching again as soon as a fetch returns answers at ~1,000 records/s w
 a fetch, so that fixed cost is most of a record's. While records arrive at ``from_per_s`` or faster
 (and fast enough that an interval would hold at least ``MIN_RECORDS_PER_INTERVAL`` of them), the
 worker waits out the rest of the interval after a fetch that returned records, with its partitions
-paused (``EdgeWorker._fetch_loop``):
+paused (``Intake.run``, ``intake.py``):
 aiokafka fetches in the background and would otherwise fetch the first record that arrives and then
 nothing more until it is consumed, so the next fetch takes everything that arrived in the interval.
 Slower than that the worker fetches at once: fetches bring few records each anyway, a fetch's fixed

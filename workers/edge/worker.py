@@ -9,13 +9,14 @@ The hot path reads top to bottom:
        offsets (a Kafka transaction per input partition, or one per worker, per commit) while the
        next unit is built
 
-This module is the process: its two loops (fetch and admit, process units) and what ties them
+This module is the process: its lifecycle, the loop that processes units and what ties its parts
 together. The rest of it lies beside it: ``settings.py``, ``clients.py`` (its consumer and sink),
-``catalog.py`` (the models served), ``positioning.py`` (which partitions are served, from where),
-``admission.py`` (a record becomes an item), ``inference.py``, ``outputs.py`` (what a unit publishes),
-``replies.py`` (fast replies), ``commits.py`` (the commit stage), ``sinks.py`` and ``txnsink.py``
-(how it commits), ``status.py`` (counters and run files) and ``service.py`` (the process around a
-worker).
+``catalog.py`` (the models served), ``intake.py`` (the fetch loop: fetch and admit),
+``positioning.py`` (which partitions are served, from where), ``admission.py`` (a record becomes an
+item), ``inference.py``, ``outputs.py`` (what a unit publishes), ``replies.py`` (fast replies),
+``commits.py`` (the commit stage), ``settlement.py`` (a commit's outcome: partitions kept or rewound),
+``sinks.py`` and ``txnsink.py`` (how it commits), ``status.py`` (counters and run files) and
+``service.py`` (the process around a worker).
 
 Bad records go to the region's dead-letter topic with a reason code and never stop the partition.
 Delivery is exactly-once by default (``workers/edge/sinks.py``); at-least-once is a setting. Memory is
@@ -28,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
@@ -49,19 +50,18 @@ from edgestream.workers.edge.clients import FailingListener, consumer_of, owned_
 from edgestream.workers.edge.commits import CommitStage, StagedUnit
 from edgestream.workers.edge.following import RegistryFollowing
 from edgestream.workers.edge.inference import UnitInference
+from edgestream.workers.edge.intake import Intake
 from edgestream.workers.edge.observe import note_models
 from edgestream.workers.edge.outputs import UnitOutputs
-from edgestream.workers.edge.pacing import FetchPacing
 from edgestream.workers.edge.positioning import Partitions
 from edgestream.workers.edge.replaymemory import ReplayMemory
 from edgestream.workers.edge.replies import ReplySender
 from edgestream.workers.edge.settings import WorkerSettings
-from edgestream.workers.edge.sinks import PartitionWork
-from edgestream.workers.edge.status import WorkerStats, count_unit, write_ready_file, write_stats_file
+from edgestream.workers.edge.settlement import Settlement
+from edgestream.workers.edge.status import WorkerStats, write_ready_file, write_stats_file
 from edgestream.workers.edge.tracing import unit_tracer
 
 if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord
     from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,13 @@ class EdgeWorker:
         self.readiness.models_loaded = not settings.registry
         self.metrics.watch_ready(self.readiness.ready)
         self._region = settings.region
-        self._keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
-        self._keyring = self._keys.current()
+        keys = keyring if isinstance(keyring, KeyFileWatcher) else KeyFileWatcher.fixed(keyring)
         self._chains = AuditChain()
         self._catalog = worker_catalog(
-            settings, models, self._keyring, on_refused=self.metrics.registry_refused
+            settings, models, keys.current(), on_refused=self.metrics.registry_refused
         )
         note_models(self.metrics, self._catalog)
         self._estimate = ServiceTimeEstimate()
-        self._pacing = FetchPacing(settings.fetch_interval_ms, settings.fetch_pacing_from_per_s)
         self._open: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch, settings.max_wait_ms, self._estimate
         )
@@ -122,10 +120,37 @@ class EdgeWorker:
         )
         self.replies = ReplySender(settings.kafka, self.node_id)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
-        memory = ReplayMemory(settings, self._admission, lambda: self._keyring, self.node_id)
+        memory = ReplayMemory(settings, self._admission, lambda: self._intake.keyring, self.node_id)
         self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
+        self._wakeup = asyncio.Event()
+        self._intake = Intake(
+            self.consumer,
+            settings,
+            keys=keys,
+            admission=self._admission,
+            partitions=self._partitions,
+            open_unit=self._open,
+            stats=self.stats,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            held=self._held,
+            fetched=self._wakeup.set,
+            tick=self._tick,
+        )
+        self._settlement = Settlement(
+            self.sink,
+            admission=self._admission,
+            chains=self._chains,
+            partitions=self._partitions,
+            open_unit=self._open,
+            stats=self.stats,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            retry_backoff_max_ms=settings.retry_backoff_max_ms,
+            draining=lambda: self._draining,
+        )
         self.commits = CommitStage(
-            self._partitions.serving, self._commit, interval_ms=settings.commit_interval_ms
+            self._partitions.serving, self._settlement.commit, interval_ms=settings.commit_interval_ms
         )
         self._following = (
             RegistryFollowing(settings, self._catalog, self._registry_applied) if settings.registry else None
@@ -136,17 +161,14 @@ class EdgeWorker:
             if settings.registry
             else None
         )
-        self._wakeup = asyncio.Event()
         self._process_lock = asyncio.Lock()
         self._processing = 0  # records of the unit being built
         self._stats_written_s = time.monotonic()
-        self._paused = False
         self._ready = False
         self._stopped = False
         self._draining = False  # stop requested: commit what is fetched, fetch nothing more
         self._abandoned = False  # the drain timed out: nothing more may commit in this process
         self._fatal: BaseException | None = None
-        self._failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -236,7 +258,7 @@ class EdgeWorker:
         lost: the next owner re-reads from the committed offsets.
         """
         freeze_startup_heap("worker")
-        fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
+        fetch = asyncio.create_task(self._intake.run(), name="fetch")
         process = asyncio.create_task(self._process_loop(), name="process")
         commit = asyncio.create_task(self.commits.run(), name="commit")
         stopper = asyncio.create_task(stop.wait(), name="stop")
@@ -286,64 +308,17 @@ class EdgeWorker:
         self._note_fatal({process, commit})
         log.info("drained %d records in %.2f s", held, time.monotonic() - started_s)
 
-    # -- fetch and admit ---------------------------------------------------------------------------
+    # -- fetch and admit (intake.py) ----------------------------------------------------------------
 
-    async def _fetch_loop(self) -> None:
-        limit = self.settings.max_in_flight
-        while True:
-            wait_s = self._pacing.wait_s(time.monotonic())
-            if wait_s > 0 and not self._paused:
-                await self._paced(wait_s)
-            await self._partitions.position_new()
-            self._apply_backpressure(limit)
-            room = max(1, min(self.settings.fetch_max_records, limit - self._held()))
-            fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
-            count = sum(map(len, fetched.values()))
-            self._pacing.fetched(count, time.monotonic())
-            self.stats.fetches += bool(count)
-            if time.monotonic() - self._stats_written_s >= self.settings.stats_interval_s:
-                self._write_stats()
-            # One stat: a rotated key, an enrolment or a forgotten device in the key file applies from
-            # here. After the fetch, so a record written after a key file change is never opened with
-            # the ring from before it.
-            self._keyring = self._keys.current()
-            self._admit_all(fetched)
-            self.metrics.set_in_flight(self._held())
-            if fetched:
-                self._wakeup.set()
-            elif self._held() == 0:
-                self.readiness.progress()  # idle, not stuck
+    @property
+    def keyring(self) -> KeyRing:
+        """The ring the last fetch's records were admitted with."""
+        return self._intake.keyring
 
-    async def _paced(self, wait_s: float) -> None:
-        """Wait ``wait_s`` with the partitions paused (``pacing.py``): no fetch of the first record to
-        arrive meanwhile, so the next fetch takes all of them. Called right after a fetch returned (no
-        await between), before aiokafka's fetcher could send the next one."""
-        paused = self.consumer.assignment() - self.consumer.paused()
-        self.consumer.pause(*paused)
-        self.stats.paced += 1
-        try:
-            await asyncio.sleep(wait_s)
-        finally:  # a rebalance meanwhile may have revoked some
-            self.consumer.resume(*(paused & self.consumer.assignment()))
-
-    def _admit_all(self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        """Admit the records fetched for partitions in service into the open unit."""
-        now_s = time.monotonic()
-        now_ms = time.time() * 1000.0
-        admitted = 0
-        for tp, records in fetched.items():
-            self.metrics.lag.fetched(tp, records[-1].timestamp)
-            epoch = self._partitions.serving.get(tp)
-            if epoch is None:
-                continue  # revoked, or waiting to be positioned at its committed offset: read again then
-            fresh = self._partitions.unseen(tp, records)
-            self.stats.refetched += len(records) - len(fresh)
-            for record in fresh:
-                self.stats.consumed += 1
-                item, deadline_s = self._admission.admit(tp, epoch, record, self._keyring, now_s, now_ms)
-                self._open.add(item, now_s=now_s, deadline_s=deadline_s)
-            admitted += len(fresh)
-        self.metrics.consumed(admitted)
+    def _tick(self) -> None:
+        """After each fetch: the stats file, every ``stats_interval_s``."""
+        if time.monotonic() - self._stats_written_s >= self.settings.stats_interval_s:
+            self._write_stats()
 
     def _fail(self, err: BaseException) -> None:
         log.error("fatal: %r", err)
@@ -354,21 +329,6 @@ class EdgeWorker:
 
     def _held(self) -> int:
         return len(self._open) + self._processing + self.commits.held()
-
-    def _apply_backpressure(self, limit: int) -> None:
-        held = self._held()
-        if held >= limit and not self._paused:
-            self._paused = True
-            self.stats.pauses += 1
-            self.metrics.set_paused(True)
-            log.info("pausing partitions: %d records held (limit %d)", held, limit)
-        elif self._paused and held <= limit // 2:
-            self.consumer.resume(*self.consumer.assignment())
-            self._paused = False
-            self.metrics.set_paused(False)
-            log.info("resumed partitions: %d records held", held)
-        if self._paused:  # partitions assigned since the pause start unpaused
-            self.consumer.pause(*self.consumer.assignment())
 
     def _registry_applied(self) -> None:
         self._write_stats()  # the rollout controller sees the new revision now
@@ -419,12 +379,12 @@ class EdgeWorker:
             # A commit failing meanwhile may have rewound a partition (and forgotten its chain): its
             # items are dropped here, before anything links into that chain (no await from here on).
             items = self._current(items)
-            work = self._outputs.build(items, started_s, self._keyring)
+            work = self._outputs.build(items, started_s, self._intake.keyring)
             trace.mark("output")
             await self.replies.send(work.values())
             trace.mark("reply")
         except BaseException:
-            self._abort_partitions({it.tp for it in items})
+            self._settlement.abort({it.tp for it in items})
             raise
         finally:
             self._processing = 0
@@ -437,73 +397,7 @@ class EdgeWorker:
         serving = self._partitions.serving
         return [it for it in items if serving.get(it.tp) == it.epoch]
 
-    def _abort_partitions(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self._admission.replays.abort(tp)
-            self._chains.forget(chain_id(tp.topic, tp.partition))  # restarted when positioned again
-
-    async def _commit(self, units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
-        """The commit stage's commit: the merged work of ``units`` through the sink, then settled."""
-        if not work:
-            return
-        started_s = time.monotonic()
-        try:
-            failed = await self.sink.publish(work)
-        except BaseException:
-            self._abort_partitions(work)
-            raise
-        self.metrics.commit(committed=not failed, seconds=time.monotonic() - started_s)
-        await self._settle(work, failed)
-        for unit in units:
-            items = [it for it in unit.items if it.tp in work and work[it.tp].epoch == it.epoch]
-            count_unit(self.stats, self.metrics, items, failed, unit)
-        if len(failed) < len(work):
-            self.readiness.progress()
-        if not failed:
-            self._failures = 0
-
-    async def _settle(
-        self, work: Mapping[TopicPartition, PartitionWork], failed: Mapping[TopicPartition, BaseException]
-    ) -> None:
-        """After a unit's commits: keep what the committed partitions staged, rewind the failed ones."""
-        for tp, part in work.items():
-            chain = chain_id(tp.topic, tp.partition)
-            if tp in failed:
-                self._admission.replays.abort(tp)  # its records come again: they are not replays
-                # The transaction's outcome may be unknown: the chain restarts from the head committed
-                # with the offset when the partition is positioned again.
-                self._chains.forget(chain)
-            else:
-                self._admission.replays.commit(tp)
-                self._chains.commit(chain)
-                self._partitions.committed(tp, part.next_offset)
-        for tp, err in failed.items():
-            await self._rewind(tp, err)
-        if failed and not self._draining:
-            # Once per failed unit, not per partition: a per_worker unit fails as a whole.
-            self._failures += 1
-            backoff_s = min(self.settings.retry_backoff_max_ms / 1000.0, 0.05 * 2 ** min(self._failures, 10))
-            log.warning("backing off %.2f s after a failed unit", backoff_s)
-            await asyncio.sleep(backoff_s)
-
-    # -- failures, rebalance -----------------------------------------------------------------------
-
-    async def _rewind(self, tp: TopicPartition, err: BaseException) -> None:
-        """Re-read ``tp`` from its committed offset: nothing of the failed unit was committed.
-
-        The partition leaves service at once (its records still in flight are dropped) and the fetch
-        loop positions it again before its next fetch.
-        """
-        self.stats.rewinds += 1
-        self.metrics.rewind()
-        self._open.remove(lambda it: it.tp == tp)
-        self._partitions.rewound(tp)
-        if self._draining:
-            log.warning(
-                "%s[%d] failed while draining (%r); its next owner re-reads it", tp.topic, tp.partition, err
-            )
-            return
-        log.warning("re-reading %s[%d] from its committed offset after %r", tp.topic, tp.partition, err)
+    # -- rebalance ---------------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if self._stopped or self._fatal is not None:

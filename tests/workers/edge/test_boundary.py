@@ -75,9 +75,7 @@ def _admit(worker: EdgeWorker, values: list[bytes]) -> list[Item]:
         record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
             TP.topic, TP.partition, offset, 0, 0, b"dev-1", value, None, 5, len(value), ()
         )
-        item, _ = worker._admission.admit(
-            TP, 0, record, worker._keyring, time.monotonic(), time.time() * 1000
-        )
+        item, _ = worker._admission.admit(TP, 0, record, worker.keyring, time.monotonic(), time.time() * 1000)
         items.append(item)
     return items
 
@@ -154,7 +152,7 @@ def _outputs_of(
     """Build the unit's outputs, as its commit has them (``commits.merge``: its summaries encoded); by
     topic, each output's value and headers."""
     worker._chains.start(chain_id(TP.topic, TP.partition), None, offset=0)
-    built = worker._outputs.build(items, time.monotonic(), worker._keyring)
+    built = worker._outputs.build(items, time.monotonic(), worker.keyring)
     work = merge([StagedUnit(items, built, "size")], {tp: part.epoch for tp, part in built.items()})
     by_topic: dict[str, list[tuple[bytes, list[tuple[str, bytes]]]]] = {}
     for output in work[TP].outputs:

@@ -88,9 +88,7 @@ def _admit(worker: EdgeWorker, headers: Sequence[Headers], *, bad: int | None = 
         record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
             TP.topic, TP.partition, offset, 0, 0, b"dev-1", value, None, 5, len(value), hs
         )
-        item, _ = worker._admission.admit(
-            TP, 0, record, worker._keyring, time.monotonic(), time.time() * 1000
-        )
+        item, _ = worker._admission.admit(TP, 0, record, worker.keyring, time.monotonic(), time.time() * 1000)
         items.append(item)
     return items
 
@@ -104,7 +102,7 @@ async def _process(worker: EdgeWorker, items: list[Item]) -> dict[str, list[Head
     await worker._inference.infer(items)
     trace.mark("inference")
     worker._chains.start(chain_id(TP.topic, TP.partition), None, offset=0)
-    work = worker._outputs.build(items, time.monotonic(), worker._keyring)
+    work = worker._outputs.build(items, time.monotonic(), worker.keyring)
     trace.mark("output")
     trace.mark("reply")
     trace.committed(time.time_ns())

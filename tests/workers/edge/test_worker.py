@@ -370,7 +370,7 @@ async def test_a_key_rotation_mid_traffic_answers_the_old_id_in_its_window_and_r
     worker = await running_worker(keyring=KeyFileWatcher(key_file, required_regions=[edge_region.name]))
 
     def worker_sees(key_id: int, state: str) -> bool:
-        ring = worker._keyring  # what the fetch loop admits with now
+        ring = worker.keyring  # what the fetch loop admits with now
         return key_id in ring.keys(edge_region.name) and ring.key_state(edge_region.name, key_id) == state
 
     before = await _send_embeddings(edge_region, producer, old_ring, 1, 20, "before")

@@ -91,7 +91,7 @@ async def test_a_forgotten_device_is_refused_and_its_retained_envelopes_cannot_b
     assert tombstone.forgotten
 
     def worker_has_forgotten() -> bool:
-        enrolment = worker._keyring.enrolment(region, gone)  # what the fetch loop admits with now
+        enrolment = worker.keyring.enrolment(region, gone)  # what the fetch loop admits with now
         return enrolment is not None and enrolment.forgotten
 
     assert await eventually(worker_has_forgotten, timeout_s=10)
