@@ -53,15 +53,19 @@ Commit = Callable[[Sequence[StagedUnit], dict[TopicPartition, PartitionWork]], A
 
 
 def merge(
-    units: Sequence[StagedUnit], serving: Mapping[TopicPartition, int]
+    units: Sequence[StagedUnit], serving: Mapping[TopicPartition, int], *, one_commit: bool = False
 ) -> dict[TopicPartition, PartitionWork]:
     """One `PartitionWork` per partition over ``units`` (oldest first): outputs in order, the last
     unit's offset and chain head, and after the outputs one cloud summary per (model, version), the sum
     of the units' (``PartitionWork.summaries``; the units' own are left as they were). A partition
     whose work was built under an epoch it is no longer served in is left out: it was rewound, and its
-    records come again."""
+    records come again.
+
+    With ``one_commit`` (the partitions commit or fail together, ``Sink.one_commit``), one summary per
+    (model, version) over all partitions, after the last partition's outputs; else one per partition
+    (each commits on its own, and its summary counts exactly its records)."""
     merged: dict[TopicPartition, PartitionWork] = {}
-    summaries: dict[TopicPartition, dict[tuple[str, int], PartialSummary]] = {}
+    summaries: dict[TopicPartition | None, dict[tuple[str, int], PartialSummary]] = {}
     for unit in units:
         for tp, part in unit.work.items():
             if serving.get(tp) != part.epoch:
@@ -73,7 +77,7 @@ def merge(
                 into.outputs.extend(part.outputs)
                 into.next_offset = max(into.next_offset, part.next_offset)
                 into.metadata = part.metadata
-            totals = summaries.setdefault(tp, {})
+            totals = summaries.setdefault(None if one_commit else tp, {})
             for key, summary in part.summaries.items():
                 total = totals.get(key)
                 if total is None:
@@ -81,8 +85,11 @@ def merge(
                         summary.region, summary.node, summary.model, summary.model_version, summary.at_ms
                     )
                 total.absorb(summary)
-    for tp, totals in summaries.items():
-        merged[tp].outputs.extend(Output(SUMMARIES_TOPIC, s.to_bytes(), s.key) for s in totals.values())
+    last = next(reversed(merged), None)
+    for on, totals in summaries.items():
+        into = merged[on] if on is not None else merged[last] if last is not None else None
+        if into is not None:
+            into.outputs.extend(Output(SUMMARIES_TOPIC, s.to_bytes(), s.key) for s in totals.values())
     return merged
 
 
@@ -90,10 +97,17 @@ class CommitStage:
     """Staged units, committed oldest first, as many at once as waited for the previous commit."""
 
     def __init__(
-        self, serving: Mapping[TopicPartition, int], commit: Commit, *, interval_ms: float = 0.0
+        self,
+        serving: Mapping[TopicPartition, int],
+        commit: Commit,
+        *,
+        interval_ms: float = 0.0,
+        one_commit: bool = False,
     ) -> None:
         self._serving = serving
         self._commit = commit
+        self.one_commit = one_commit
+        """``merge``'s: the partitions commit together, one cloud summary per (model, version) for all."""
         self._interval_s = interval_ms / 1000.0
         self._started_s = -float("inf")  # when the last commit started
         self._staged: list[StagedUnit] = []
@@ -139,7 +153,7 @@ class CommitStage:
         started_ns = time.time_ns()
         self._committing = sum(len(unit.items) for unit in units)
         try:
-            merged = merge(units, self._serving)
+            merged = merge(units, self._serving, one_commit=self.one_commit)
             await self._commit(units, merged)
         except BaseException as err:
             self._failed = err

@@ -87,6 +87,10 @@ class PartitionWork:
 class Sink(Protocol):
     """Makes a unit's outputs and offsets durable."""
 
+    one_commit: bool
+    """Whether a ``publish`` commits or fails all of its partitions together (one transaction), so that
+    what spans partitions (a cloud summary) may be written once for all of them."""
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
@@ -105,6 +109,8 @@ def transactional_id(group_id: str, tp: TopicPartition) -> str:
 
 class TransactionalSink:
     """Exactly-once: a transactional producer per assigned input partition."""
+
+    one_commit = False  # a transaction per partition: each commits or fails on its own
 
     def __init__(
         self,
@@ -249,6 +255,8 @@ class TransactionalSink:
 
 class AckSink:
     """At-least-once: outputs acknowledged first, then offsets committed through the consumer."""
+
+    one_commit = False  # what a partition's produce failed is re-read on its own
 
     def __init__(
         self,

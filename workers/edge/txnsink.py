@@ -262,6 +262,8 @@ def worker_transactional_id(region: str, node_id: str) -> str:
 class WorkerTransactionalSink:
     """Exactly-once: one transactional producer per worker, one transaction per unit (KIP-447)."""
 
+    one_commit = True  # the unit's partitions commit in one transaction, or all of them are re-read
+
     def __init__(
         self,
         *,

@@ -150,7 +150,10 @@ class EdgeWorker:
             draining=lambda: self._draining,
         )
         self.commits = CommitStage(
-            self._partitions.serving, self._settlement.commit, interval_ms=settings.commit_interval_ms
+            self._partitions.serving,
+            self._settlement.commit,
+            interval_ms=settings.commit_interval_ms,
+            one_commit=self.sink.one_commit,
         )
         self._following = (
             RegistryFollowing(settings, self._catalog, self._registry_applied) if settings.registry else None

@@ -62,3 +62,20 @@ async def test_at_least_once_producer_is_idempotent_with_acks_all(model_home: Pa
     assert sink.producer._sender._acks == -1
     assert sink.producer._txn_manager is not None, "idempotent producer"
     assert sink.producer._txn_manager.transactional_id is None
+
+
+@pytest.mark.parametrize(
+    ("delivery", "transactions", "together"),
+    [
+        ("exactly_once", "per_worker", True),
+        ("exactly_once", "per_partition", False),
+        ("at_least_once", "per_worker", False),
+    ],
+)
+async def test_cloud_summaries_span_partitions_only_where_they_commit_in_one_transaction(
+    model_home: Path, delivery: str, transactions: str, together: bool
+) -> None:
+    worker = _worker(model_home, delivery=delivery, transactions=transactions)
+    await worker.stop()
+    assert worker.sink.one_commit is together
+    assert worker.commits.one_commit is together, "the commit stage merges as its sink commits"

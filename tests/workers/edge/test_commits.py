@@ -82,6 +82,35 @@ def test_merge_adds_up_the_units_summaries_into_one_per_model_version_after_the_
     assert units[0].work[A].summaries[("embedding-scorer", 1)].results == 2, "the staged work is not changed"
 
 
+def test_merge_for_one_commit_adds_up_the_summaries_of_every_partition_after_the_last_ones_outputs() -> None:
+    """Partitions that commit in one transaction (per_worker) carry one summary per (model, version)
+    among them, counting every partition's records of the units but a rewound one's."""
+    units = [_unit(a=(1, 5, ["a1"]), b=(1, 3, ["b1"])), _unit(a=(1, 9, ["a2"]), b=(0, 4, ["b-old"]))]
+    units[0].work[A].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 100, 1, 2)
+    units[0].work[A].summaries[("frame-classifier", 1)] = _summary("frame-classifier", 100, 3)
+    units[0].work[B].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 150, 4)
+    units[1].work[A].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 200, 1)
+    units[1].work[B].summaries[("embedding-scorer", 1)] = _summary("embedding-scorer", 200, 5)  # rewound
+    merged = merge(units, {A: 1, B: 1}, one_commit=True)
+    every = [o for part in merged.values() for o in part.outputs]
+    assert [o.value for o in every if o.topic != SUMMARIES_TOPIC] == [b"a1", b"a2", b"b1"]
+    last = list(merged)[-1]
+    assert [o.topic for o in merged[last].outputs[-2:]] == [SUMMARIES_TOPIC] * 2, "after the last outputs"
+    summaries = {
+        s.model: s for s in (PartialSummary.from_bytes(o.value) for o in every if o.topic == SUMMARIES_TOPIC)
+    }
+    assert len(summaries) == 2 == sum(o.topic == SUMMARIES_TOPIC for o in every), "one per model"
+    assert (summaries["embedding-scorer"].results, summaries["embedding-scorer"].labels) == (
+        4,
+        {1: 2, 2: 1, 4: 1},
+    ), "both partitions' counts, not the rewound epoch's"
+    assert (summaries["embedding-scorer"].at_ms, summaries["frame-classifier"].results) == (200, 1)
+    # Nothing to commit, nothing summarised; a lone partition's summary is its own.
+    assert merge(units, {}, one_commit=True) == {}
+    alone = merge(units[:1], {A: 1}, one_commit=True)
+    assert sum(o.topic == SUMMARIES_TOPIC for o in alone[A].outputs) == 2
+
+
 async def test_units_staged_during_a_commit_commit_together_in_order() -> None:
     gate = asyncio.Event()
     commits: list[list[bytes]] = []
