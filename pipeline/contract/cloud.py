@@ -2,8 +2,9 @@
 labels. msgpack maps, like every other record of the contract (``docs/contract.md``, "Cloud records").
 
 Summaries are *partial*: each edge transaction carries one summary per (model, version) of the records
-of that transaction's input partition, so a summary commits with exactly the results it counts (no
-state is carried across transactions, nothing is lost or counted twice on a crash or rebalance). The
+it commits (with per_partition transactions, those of its one input partition; with per_worker, of
+all the unit's partitions), so a summary commits with exactly the results it counts (no state is
+carried across transactions, nothing is lost or counted twice on a crash or rebalance). The
 aggregator adds partial summaries up into its windows by ``at_ms``.
 
 Every parser here is total: any bytes give a record or :class:`UndecodableRecord`, which the reader
