@@ -85,11 +85,10 @@ def merge(
                         summary.region, summary.node, summary.model, summary.model_version, summary.at_ms
                     )
                 total.absorb(summary)
-    last = next(reversed(merged), None)
     for on, totals in summaries.items():
-        into = merged[on] if on is not None else merged[last] if last is not None else None
-        if into is not None:
-            into.outputs.extend(Output(SUMMARIES_TOPIC, s.to_bytes(), s.key) for s in totals.values())
+        # One commit: after the last partition's outputs (there is one: totals come from merged work).
+        into = merged[on] if on is not None else merged[next(reversed(merged))]
+        into.outputs.extend(Output(SUMMARIES_TOPIC, s.to_bytes(), s.key) for s in totals.values())
     return merged
 
 
