@@ -228,6 +228,13 @@ class _Tables:
         )
 
 
+def _skipped(message: Any) -> None:
+    """Log a record an agent could not apply, and go on: only that record's counts are lost. Raised
+    out of the agent, faust logs the agent as crashed at the record (a model named ``team/scorer``
+    once did that, ``windows.window_key``), and whether and where it goes on is faust's to decide."""
+    log.exception("skipping %s:%d@%d: applying it failed", message.topic, message.partition, message.offset)
+
+
 def _add_summary_agent(
     app: faust.App, settings: AggregatorSettings, tables: _Tables, metrics: AggregatorMetrics
 ) -> None:
@@ -236,31 +243,35 @@ def _add_summary_agent(
     window_ms = settings.window_ms
     retain_ms = int(settings.retain_s * 1000)
 
+    def count(summary: PartialSummary, message: Any) -> None:
+        start = w.window_start(summary.at_ms, window_ms)
+        key = w.window_key(summary.region, summary.model, summary.model_version, start)
+        state = window_table.get(key)
+        if state is None:
+            state = w.new_window(summary.region, summary.model, summary.model_version, start, window_ms)
+            metrics.window_opened(summary.region)
+        if w.seen(state, message.topic, message.partition, message.offset):
+            return
+        w.add_summary(state, summary)
+        window_table[key] = state
+        # Expire from the stream, so each tombstone goes to the partition the window lives in.
+        series = key.rpartition("@")[0] + "@"
+        before = time.time() * 1000 - retain_ms
+        for old in [k for k in window_table if k.startswith(series) and k != key]:
+            started = w.window_start_of(old)
+            if started is not None and started + window_ms < before:
+                del window_table[old]
+
     @app.agent(_raw_topic(app, SUMMARIES_TOPIC))
     async def count_summaries(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
             try:
-                summary = PartialSummary.from_bytes(event.value)
+                count(PartialSummary.from_bytes(event.value), message)
             except UndecodableRecord as e:
                 log.warning("skipping %s:%d@%d: %s", message.topic, message.partition, message.offset, e)
-                continue
-            start = w.window_start(summary.at_ms, window_ms)
-            key = w.window_key(summary.region, summary.model, summary.model_version, start)
-            state = window_table.get(key)
-            if state is None:
-                state = w.new_window(summary.region, summary.model, summary.model_version, start, window_ms)
-                metrics.window_opened(summary.region)
-            if w.seen(state, message.topic, message.partition, message.offset):
-                continue
-            w.add_summary(state, summary)
-            window_table[key] = state
-            # Expire from the stream, so each tombstone goes to the partition the window lives in.
-            series = key.rpartition("@")[0] + "@"
-            before = time.time() * 1000 - retain_ms
-            for old in [k for k in window_table if k.startswith(series) and k != key]:
-                if w.parse_window_key(old)[3] + window_ms < before:
-                    del window_table[old]
+            except Exception:  # one record's failure, whatever it is, stays that record's (_skipped)
+                _skipped(message)
 
     del count_summaries
 
@@ -308,10 +319,8 @@ class _Join:
         prefix = f"{partition}|"
         table = self._tables.quality
         for old in [k for k in table if k.startswith(prefix)]:
-            if (
-                w.parse_window_key(w.parse_quality_key(old)[1])[3] + self._window_ms
-                < now_ms - self._retain_ms
-            ):
+            started = w.window_start_of(w.parse_quality_key(old)[1])
+            if started is not None and started + self._window_ms < now_ms - self._retain_ms:
                 del table[old]
 
 
@@ -330,24 +339,30 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
                 continue
             await by_rid.send(key=sample.request_id, value=event.value)
 
+    def join_sample(event: Any) -> None:
+        sample = Sample.from_bytes(event.value)
+        reference = kind_reference(sample.model)
+        bins = None
+        n_bins: list[int] = []
+        if reference is not None and len(sample.features) == reference.n_features:
+            bins = reference.bins_of(sample.features)
+            n_bins = [len(c) for c in reference.counts]
+        join.apply(
+            event,
+            sample.request_id,
+            lambda state, offset, fresh, s=sample, b=bins: w.add_sample(
+                state, s, offset, window_ms, fresh=fresh, bins=b
+            ),
+            n_bins,
+        )
+
     @app.agent(by_rid)
     async def join_samples(stream: Any) -> None:
         async for event in stream.events():
-            sample = Sample.from_bytes(event.value)
-            reference = kind_reference(sample.model)
-            bins = None
-            n_bins: list[int] = []
-            if reference is not None and len(sample.features) == reference.n_features:
-                bins = reference.bins_of(sample.features)
-                n_bins = [len(c) for c in reference.counts]
-            join.apply(
-                event,
-                sample.request_id,
-                lambda state, offset, fresh, s=sample, b=bins: w.add_sample(
-                    state, s, offset, window_ms, fresh=fresh, bins=b
-                ),
-                n_bins,
-            )
+            try:
+                join_sample(event)
+            except Exception:  # one record's failure, whatever it is, stays that record's (_skipped)
+                _skipped(event.message)
 
     @app.agent(_raw_topic(app, LABELS_TOPIC))
     async def join_labels(stream: Any) -> None:
@@ -357,12 +372,15 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
             except UndecodableRecord as e:
                 log.warning("skipping a label: %s", e)
                 continue
-            join.apply(
-                event,
-                label.request_id,
-                lambda state, offset, fresh, lb=label: w.add_label(state, lb, offset, fresh=fresh),
-                [],
-            )
+            try:
+                join.apply(
+                    event,
+                    label.request_id,
+                    lambda state, offset, fresh, lb=label: w.add_label(state, lb, offset, fresh=fresh),
+                    [],
+                )
+            except Exception:  # one record's failure, whatever it is, stays that record's (_skipped)
+                _skipped(event.message)
 
     del rekey_samples, join_samples, join_labels
 

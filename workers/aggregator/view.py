@@ -10,6 +10,7 @@ window whose threshold is still being simulated gets a *pending* drift (not judg
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,6 +21,8 @@ from edgestream.pipeline.learning.drift import FeatureReference, ThresholdFn, dr
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.references import kind_reference
 from edgestream.workers.aggregator.thresholds import ThresholdPending
+
+log = logging.getLogger(__name__)
 
 
 def _finite(value: float | None) -> float | None:
@@ -65,11 +68,17 @@ def joined_rows(
     which copies their counts) and of summary windows as `frozen_summaries` copies them: computed
     again from the same arguments, a row is judged from the same counts while the agents go on adding
     to the tables."""
-    keys = sorted(set(summary_windows) | set(joined), key=lambda k: (w.parse_window_key(k)[3], k))
+    parsed: dict[str, tuple[str, str, int, int]] = {}
+    for key in set(summary_windows) | set(joined):
+        try:
+            parsed[key] = w.parse_window_key(key)
+        except ValueError:  # a corrupted table value: the other windows are still served
+            log.warning("left out of the view: %r is no window key", key)
+    keys = sorted(parsed, key=lambda k: (parsed[k][3], k))
     first_scores: dict[str, list[int]] = {}
     rows: list[dict[str, Any]] = []
     for key in keys:
-        region, model, version, start = w.parse_window_key(key)
+        region, model, version, start = parsed[key]
         summary = summary_windows.get(key)
         quality = joined.get(key, {"samples": 0, "joined": 0, "correct": 0, "features": None})
         results = summary["results"] if summary else 0

@@ -2,7 +2,8 @@
 
 Three kinds of state, all kept in faust tables (``workers/aggregator/app.py``) and so in changelogs:
 
-- a *summary window*, keyed ``<region>/<model>/<version>@<window start ms>``: the partial summaries of
+- a *summary window*, keyed ``<region>/<model>/<version>@<window start ms>`` (the names
+  percent-encoded: `window_key`): the partial summaries of
   ``cloud.summaries`` whose ``at_ms`` falls in a tumbling window, added up (`add_summary`);
 - a *join bucket*, keyed ``<partition>/<bucket>`` (`join_key`): the request ids of one partition of the
   request-id-keyed streams (labels, and samples re-keyed by request id) that hash to the bucket, with
@@ -32,6 +33,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote, unquote
 
 from edgestream.pipeline.contract.cloud import (
     LATENCY_BOUNDS_MS,
@@ -59,15 +61,32 @@ def window_start(at_ms: int, window_ms: int) -> int:
 
 
 def window_key(region: str, model: str, version: int, start_ms: int) -> str:
-    """``<region>/<model>/<version>@<start ms>``: one window of one (region, model, version)."""
-    return f"{region}/{model}/{version}@{start_ms}"
+    """``<region>/<model>/<version>@<start ms>``: one window of one (region, model, version). The
+    names are the records' own, whatever they hold, so each is percent-encoded (every character but
+    letters, digits and ``-._~``): a model named ``team/scorer`` made a key that did not parse back,
+    and the view and the summaries' expiry raised on it. Names of those characters only, every name
+    the zoo, the registry and the region rules make, are written as they are."""
+    return f"{quote(region, safe='')}/{quote(model, safe='')}/{version}@{start_ms}"
 
 
 def parse_window_key(key: str) -> tuple[str, str, int, int]:
-    """(region, model, version, start ms) of a window key."""
+    """(region, model, version, start ms) of a window key (`window_key`); raises ValueError for a
+    string that is none. A key written before the names were encoded, whose model held a ``/``, is
+    read with everything between the region and the version as the model: such a key restored from a
+    changelog made every restart of the aggregator crash again."""
     series, _, start = key.rpartition("@")
-    region, model, version = series.split("/")
-    return region, model, int(version), int(start)
+    region, *model, version = series.split("/")
+    if not model:
+        raise ValueError(f"not a window key: {key!r}")
+    return unquote(region), unquote("/".join(model)), int(version), int(start)
+
+
+def window_start_of(key: str) -> int | None:
+    """The start of a window key's window, None for a string that is no window key."""
+    try:
+        return parse_window_key(key)[3]
+    except ValueError:
+        return None
 
 
 def seen(state: State, topic: str, partition: int, offset: int) -> bool:

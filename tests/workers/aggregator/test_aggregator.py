@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from edgestream.pipeline.contract.cloud import (
     LATENCY_BOUNDS_MS,
@@ -32,7 +34,14 @@ from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
-from edgestream.topics.catalogue import AGGREGATOR_GROUP, CLOUD_SUMMARIES, SUMMARIES_TOPIC, shared_topics
+from edgestream.topics.catalogue import (
+    AGGREGATOR_GROUP,
+    CLOUD_SUMMARIES,
+    LABELS_TOPIC,
+    SAMPLES_TOPIC,
+    SUMMARIES_TOPIC,
+    shared_topics,
+)
 from edgestream.workers.aggregator import windows as w
 from edgestream.workers.aggregator.app import VIEW_PATH, AggregatorSettings, build_app, with_replication
 from edgestream.workers.aggregator.view import window_rows
@@ -66,6 +75,36 @@ def test_windows_add_up_and_skip_redelivered_offsets() -> None:
     assert state["labels"] == {str(k): v for k, v in total["labels"].items()}
     assert w.window_start(119_999, 60_000) == 60_000
     assert w.parse_window_key(w.window_key("eu", "m", 2, 60_000)) == ("eu", "m", 2, 60_000)
+
+
+@given(st.text(max_size=12), st.text(max_size=12), st.integers(0, 2**31), st.integers(-(2**62), 2**62))
+@example("eu", "team/scorer", 1, 60_000)  # a model name with a '/': its key did not parse back
+@example("eu/west", "m@2", 3, 0)
+@example("eu", "m%2F", 1, 0)  # what the encoding writes, as a name of its own
+def test_any_names_make_a_window_key_that_parses_back_and_names_one_series(
+    region: str, model: str, version: int, start_ms: int
+) -> None:
+    key = w.window_key(region, model, version, start_ms)
+    assert w.parse_window_key(key) == (region, model, version, start_ms)
+    assert w.parse_window_key(w.parse_quality_key(w.quality_key(3, key))[1])[:2] == (region, model)
+    # The summaries' expiry takes every key starting with the series' prefix as that series' own.
+    series = key.rpartition("@")[0] + "@"
+    for other in (w.window_key(region + "/x", model, version, 0), w.window_key(region, model + "@1", 1, 0)):
+        assert not other.startswith(series)
+
+
+def test_the_view_names_a_window_as_its_records_did_and_leaves_out_what_is_no_window() -> None:
+    key = w.window_key("eu", "team/scorer", 1, 60_000)
+    legacy = "eu/team/scorer/1@0"  # written before the names were encoded, restored from a changelog
+    state = w.new_window("eu", "team/scorer", 1, 60_000, 60_000)
+    w.add_summary(state, _summary("eu", 61_000, 3))
+    rows = window_rows({key: state, legacy: state, "no window": state, "a/b@c": state}, [])
+    assert [(r["region"], r["model"], r["version"], r["start_ms"], r["results"]) for r in rows] == [
+        ("eu", "team/scorer", 1, 0, 3),
+        ("eu", "team/scorer", 1, 60_000, 3),
+    ]
+    assert w.window_start_of("no window") is None
+    assert w.window_start_of(legacy) == 0
 
 
 def test_percentiles_are_upper_bucket_bounds() -> None:
@@ -447,6 +486,59 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
         assert len(drift["feature_thresholds"]) == 30
         assert drift["threshold"] in drift["feature_thresholds"]
         assert drift["false_positive_rate"] == 0.05
+
+
+async def test_records_whose_content_no_check_foresaw_cost_only_their_own_counts(
+    bootstrap: KafkaSettings, aggregator_acls: KafkaSettings, aggregator_factory: Any
+) -> None:
+    """Garbage, and a model named ``team/scorer`` in two windows (its second summary made the summary
+    agent parse the first window's key back; the view parsed every key), between good summaries, with
+    a sample and its label of that model: every decodable record is counted, under its own names."""
+    region = f"t{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    window_ms = 60_000
+    aggregator = aggregator_factory(
+        aggregator_acls, app_id=f"{AGGREGATOR_GROUP}-{region}", web_port=str(port), window_s="60"
+    )
+    now_ms = int(time.time() * 1000)
+    odd = "team/scorer"
+    older = PartialSummary(region, "n", odd, 1, now_ms - 2 * window_ms)
+    newer = PartialSummary(region, "n", odd, 1, now_ms)
+    for summary in (older, newer):
+        summary.add_result(1, 0.9, 4.0)
+    rid = bytes(range(16))
+    sample = Sample(rid, region, odd, 1, now_ms, b"d" * 16, (0.5, 0.25), 1, (0.1, 0.9))
+    producer = AIOKafkaProducer(**bootstrap.client_kwargs(), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for value in (b"garbage", older.to_bytes(), _summary(region, now_ms, 2).to_bytes(), newer.to_bytes()):
+            await producer.send_and_wait(SUMMARIES_TOPIC, value, key=region.encode())
+        await producer.send_and_wait(SAMPLES_TOPIC, sample.to_bytes(), key=rid)
+        await producer.send_and_wait(LABELS_TOPIC, Label(rid, odd, 1, now_ms).to_bytes(), key=rid)
+        for _ in range(2):  # after them: the agents went on
+            await producer.send_and_wait(SUMMARIES_TOPIC, _summary(region, now_ms, 3).to_bytes())
+        aggregator.start()
+
+        def counted() -> list[dict[str, Any]] | None:
+            view = _view(url)
+            rows = [] if view is None else [r for r in view["windows"] if r["region"] == region]
+            done = sum(r["summaries"] for r in rows) >= 5 and any(r["joined"] for r in rows)
+            return rows if done else None
+
+        rows = await _poll(counted, 120, "the aggregator counting past the odd records")
+    finally:
+        await producer.stop()
+    by = {(r["model"], r["start_ms"]): r for r in rows}
+    start = w.window_start(now_ms, window_ms)
+    assert set(by) == {
+        (odd, w.window_start(older.at_ms, window_ms)),
+        (odd, start),
+        ("embedding-scorer", start),
+    }
+    assert [by[odd, start][k] for k in ("summaries", "results", "samples", "joined")] == [1, 1, 1, 1]
+    assert by[odd, w.window_start(older.at_ms, window_ms)]["summaries"] == 1
+    assert (by["embedding-scorer", start]["summaries"], by["embedding-scorer", start]["results"]) == (3, 8)
 
 
 def _check_metrics(url: str, *, at_least: int) -> None:
