@@ -91,7 +91,7 @@ def latency_panel(lat: Axes, levels: list[dict[str, Any]], sla_ms: float) -> Non
     lat.set_yscale("log")
     lat.set_ylim(min(shown) / 1.5, max(shown) * 2)
     lat.set_xscale("log")
-    lat.set_xticks(offered, [f"{x:g}" for x in offered])
+    lat.set_xticks(offered, [f"{x / 1000:g}k" if x >= 1000 else f"{x:g}" for x in offered])
     lat.xaxis.set_minor_locator(NullLocator())
     lat.set_xlabel("offered load, requests/s (log)")
     lat.set_ylabel("end-to-end latency, ms (log)")
