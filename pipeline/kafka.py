@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from edgestream.pipeline import kafkarecords
 from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.contract.partitioner import memo_partitioner
 from edgestream.pipeline.errors import KafkaTimeout
@@ -48,7 +49,9 @@ def consumer(
 ) -> AIOKafkaConsumer:
     """A (not yet started) consumer: manual commits, ``read_committed``, from the earliest offset when
     the group has none; ``options`` add to or override those and the connection's settings (aiokafka's
-    keyword arguments: e.g. SASL settings, which ``KafkaSettings`` does not model)."""
+    keyword arguments: e.g. SASL settings, which ``KafkaSettings`` does not model). Its fetched records'
+    header keys are read as Kafka's Java client reads them (``kafkarecords.py``)."""
+    kafkarecords.install()
     config: dict[str, Any] = {
         **kafka.client_kwargs(),
         "client_id": client_id,

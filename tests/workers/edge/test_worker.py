@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgestream.pipeline import kafka
@@ -22,6 +22,7 @@ from edgestream.pipeline.contract.codec import TensorBody, encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
 from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, seal
 from edgestream.pipeline.contract.limits import DEFAULT_MAX_ENVELOPE_BYTES, PRODUCER_MAX_REQUEST_BYTES
+from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.contract.reply import ReplyAuthenticationFailed, open_reply
 from edgestream.pipeline.models import ModelStore, load_dataset, spec
@@ -49,6 +50,7 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.edge.service import serve
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.ops.audit import verify_audit_log
+from tests import kafkaraw
 from tests.pipeline.observability.served import http_get
 
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
@@ -586,6 +588,41 @@ async def test_poison_records_are_dead_lettered_with_default_settings_and_the_pa
     assert worker.stats.rewinds == 0
     assert worker.sink.aborts == 0  # type: ignore[attr-defined]
     assert worker.stats.dead_letters == {"non_finite": 2, "bad_shape": 1, "oversized": 1}
+
+
+async def test_a_header_key_that_is_not_utf8_stops_nothing_and_is_read_as_kafkas_client_reads_it(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    """A device that speaks the Kafka protocol itself writes a batch whose records' header keys are not
+    UTF-8 (the broker takes it as sent): aiokafka refused every fetch of the partition from there on,
+    and the worker stopped, again at every restart. Now the valid envelope in that batch is answered,
+    the garbage beside it is dead-lettered with its headers (U+FFFD in their keys, as Kafka's Java
+    client reads them), and the record after the batch is answered; no rewind, no exit."""
+    worker = await running_worker()
+    region, device = edge_region.name, "dev-raw-headers"
+    topic = ingest_topic(region, "embedding")
+    tp = TopicPartition(topic, partition_for(device.encode(), parse_topic(topic).spec.partitions))
+    x = load_dataset("embedding").X_test[0]
+    rids = [new_request_id(), new_request_id()]
+    good = _seal(edge_region, device, "embedding", x, request_id=rids[0])
+    records: list[kafkaraw.Raw] = [
+        (device.encode(), good, [(b"\xff\xfe", b"1")]),
+        (device.encode(), b"garbage", [(b"\xc3(", b"2"), (b"fine", b"3")]),
+    ]
+    base = await kafkaraw.produce_raw(producer, tp, kafkaraw.batch(records))
+    after = _seal(edge_region, device, "embedding", x, request_id=rids[1])
+    await producer.send_and_wait(topic, after, key=device.encode())
+
+    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=2)
+    assert [ResultRecord.from_bytes(r.value).request_id for r in results] == rids
+    [dead] = [
+        DeadLetter.from_record(r)
+        for r in await read_topic(edge_region.bootstrap, dlq_topic(region), expect=1)
+    ]
+    assert (dead.value, dead.origin_offset) == (b"garbage", base + 1)
+    assert dead.origin_headers == (("\ufffd(", b"2"), ("fine", b"3"))
+    assert worker.stats.rewinds == 0
+    assert worker.stats.dead_letters == {"undecodable": 1}
 
 
 def _seal_raw(region: EdgeRegion, device: str, data: np.ndarray[Any, Any]) -> bytes:

@@ -1,0 +1,79 @@
+"""Fetched batches whose record header keys are not UTF-8: read as Kafka's Java client reads them
+(U+FFFD), where aiokafka's own readers refused the whole fetch of the partition."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import NewTopic
+from aiokafka.consumer import fetcher
+from aiokafka.record.memory_records import MemoryRecords
+
+from edgestream.pipeline import kafka, kafkarecords
+from edgestream.pipeline.settings import KafkaSettings
+from tests import kafkaraw
+
+RECORDS: list[kafkaraw.Raw] = [
+    (b"dev-1", b"first", [(b"trace", b"t1")]),
+    (b"dev-1", b"second", [(b"ok", b"1"), (b"\xff\xfe", b"2"), (b"\xc3(", b"3")]),
+    (None, b"third", [(b"after", b"a")]),
+]
+KEYS_READ = [["trace"], ["ok", "\ufffd\ufffd", "\ufffd("], ["after"]]
+
+
+def _read(records: object) -> list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]:
+    out = []
+    while records.has_next():  # type: ignore[attr-defined]
+        for r in records.next_batch():  # type: ignore[attr-defined]
+            out.append((r.offset, r.key, r.value, list(r.headers)))
+    return out
+
+
+def test_aiokafkas_reader_refuses_the_batch_and_the_lenient_one_reads_every_record() -> None:
+    raw = kafkaraw.batch(RECORDS)
+    with pytest.raises(UnicodeDecodeError):
+        _read(MemoryRecords(raw))
+    read = _read(kafkarecords.LenientMemoryRecords(raw))
+    assert [(o, k, v) for o, k, v, _ in read] == [(i, k, v) for i, (k, v, _) in enumerate(RECORDS)]
+    assert [[name for name, _ in headers] for *_, headers in read] == KEYS_READ
+    assert [[value for _, value in headers] for *_, headers in read] == [
+        [v for _, v in headers] for *_, headers in RECORDS
+    ]
+
+
+def test_valid_batches_read_as_aiokafka_reads_them() -> None:
+    good = [(b"k", b"v", [(b"a", b"1")]), (None, b"", []), (b"", b"x" * 300, [(b"b", b"")])]
+    raw = kafkaraw.batch(good) + kafkaraw.batch(good[::-1])
+    assert _read(kafkarecords.LenientMemoryRecords(raw)) == _read(MemoryRecords(raw))
+    assert kafkarecords.LenientMemoryRecords(raw).size_in_bytes() == len(raw)
+
+
+def test_install_is_idempotent_and_refuses_an_aiokafka_it_does_not_know(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kafkarecords.install()
+    kafkarecords.install()
+    assert fetcher.MemoryRecords is kafkarecords.LenientMemoryRecords
+    monkeypatch.setattr(fetcher, "MemoryRecords", object)
+    with pytest.raises(RuntimeError, match="does not build MemoryRecords"):
+        kafkarecords.install()
+
+
+@pytest.mark.broker
+async def test_a_consumer_reads_past_such_a_record_on_the_real_broker(bootstrap: KafkaSettings) -> None:
+    """The broker stores the batch as sent; aiokafka's consumer then raised UnicodeDecodeError out of
+    every getmany, at the same position (measured before ``kafkarecords``)."""
+    topic = f"t-rawheaders-{uuid.uuid4().hex[:8]}"
+    async with kafka.started(kafka.admin(bootstrap, "test-admin")) as admin:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    tp = TopicPartition(topic, 0)
+    async with kafka.started(kafka.producer(bootstrap, "test-raw")) as producer:
+        assert isinstance(producer, AIOKafkaProducer)
+        await producer.send_and_wait(topic, b"before", key=b"dev-1")
+        assert await kafkaraw.produce_raw(producer, tp, kafkaraw.batch(RECORDS)) == 1
+        await producer.send_and_wait(topic, b"after", key=b"dev-1")
+    records = await kafka.read_all(bootstrap, [tp], client_id="test-raw-reader", timeout_ms=20_000)
+    assert [r.value for r in records] == [b"before", b"first", b"second", b"third", b"after"]
+    assert [[k for k, _ in r.headers] for r in records[1:4]] == KEYS_READ
