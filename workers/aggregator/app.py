@@ -441,7 +441,8 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
         from edgestream.pipeline.registry.client import RegistryClient
 
         try:
-            references.update(await RegistryClient(settings.kafka).read_states())
+            # Not strict: one model's record that does not parse leaves only that model out.
+            references.update(await RegistryClient(settings.kafka).read_states(strict=False))
         except Exception as e:  # a view refinement: the training reference stays in use meanwhile
             log.warning("could not read the registry for drift references: %s", e)
 

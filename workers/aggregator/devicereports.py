@@ -115,6 +115,23 @@ def add_report_agent(app: faust.App, regions: list[str], datadir: Path, partitio
         value_serializer="raw",
     )
 
+    def count(event: Any, report: DeviceReport) -> None:
+        message = event.message
+        region = message.topic.split(".")[1] if message.topic.count(".") >= 2 else "?"
+        device = (event.key or b"").decode(errors="replace")[:128]
+        # A report may name one (model, versions) in several rows: added up first, since a table value
+        # applies each record once (`windows.seen`) and a second row was dropped unseen.
+        totals: dict[str, tuple[int, int]] = {}
+        for row in report.agreement:
+            key = agreement_key(region, row.model, row.edge_version, row.fallback_version)
+            agree, disagree = totals.get(key, (0, 0))
+            totals[key] = (agree + row.agree, disagree + row.disagree)
+        for key, (agree, disagree) in totals.items():
+            state = table.get(key) or {}
+            if not w.seen(state, message.topic, message.partition, message.offset):
+                table[key] = sink.add(state, agree, disagree)
+        sink.write(sink.candidates(report, region, device))
+
     @app.agent(topic)
     async def count_reports(stream: Any) -> None:
         async for event in stream.events():
@@ -123,15 +140,10 @@ def add_report_agent(app: faust.App, regions: list[str], datadir: Path, partitio
             report = sink.decode(event.value, where)
             if report is None:
                 continue
-            region = message.topic.split(".")[1] if message.topic.count(".") >= 2 else "?"
-            device = (event.key or b"").decode(errors="replace")[:128]
-            for row in report.agreement:
-                key = agreement_key(region, row.model, row.edge_version, row.fallback_version)
-                state = table.get(key) or {}
-                if w.seen(state, message.topic, message.partition, message.offset):
-                    continue
-                table[key] = sink.add(state, row.agree, row.disagree)
-            sink.write(sink.candidates(report, region, device))
+            try:
+                count(event, report)
+            except Exception:  # one report's failure, whatever it is, stays that report's
+                log.exception("skipping the device report at %s: applying it failed", where)
 
     @app.page(AGREEMENT_PATH)
     async def view(web: Any, request: Any) -> Any:

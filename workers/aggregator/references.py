@@ -38,7 +38,7 @@ def version_reference(model: str, lineage: Any) -> FeatureReference | None:
         return None
     try:
         arrays = tuple(np.asarray(c, dtype=np.int64) for c in counts)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a count past int64
         return None
     if len(arrays) != base.n_features or any(
         a.shape != b.shape or a.sum() <= 0 for a, b in zip(arrays, base.counts, strict=True)
@@ -57,7 +57,7 @@ def _distinct(lineage: Mapping[str, Any], total: int) -> int | None:
     ``distinct`` joined inputs; the counts repeat inputs labelled more than once), if fewer."""
     try:
         share = int(lineage["distinct"]) * total / int(lineage["joined"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
     return max(1, round(share)) if 0 < share < total else None
 
@@ -74,7 +74,11 @@ class References:
         found: dict[tuple[str, int], FeatureReference] = {}
         for model, state in states.items():
             for signed in state.versions:
-                reference = version_reference(model, signed.manifest.lineage)
+                try:
+                    reference = version_reference(model, signed.manifest.lineage)
+                except Exception as e:  # one version's lineage: the other versions' references still count
+                    log.warning("%s v%d: its drift reference is ignored: %r", model, signed.version, e)
+                    continue
                 if reference is not None:
                     found[(model, signed.version)] = reference
         self.by_version = found

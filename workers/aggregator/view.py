@@ -104,6 +104,12 @@ def joined_rows(
             drift = {**report.to_dict(), "pending": False}
         except ThresholdPending:
             drift = pending_drift(quality["features"] if reference is not None else None, false_positive_rate)
+        except Exception as err:  # counts the tests cannot take: this window unjudged, the others judged
+            log.warning("the drift of window %r cannot be judged: %r", key, err)
+            drift = {
+                **pending_drift(quality["features"] if reference is not None else None, false_positive_rate),
+                "error": repr(err)[:200],
+            }
         rows.append(
             {
                 "key": key,

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from edgestream.pipeline.contract.cloud import (
     LATENCY_BOUNDS_MS,
+    SCORE_BINS,
     Label,
     PartialSummary,
     Sample,
@@ -105,6 +106,25 @@ def test_the_view_names_a_window_as_its_records_did_and_leaves_out_what_is_no_wi
     ]
     assert w.window_start_of("no window") is None
     assert w.window_start_of(legacy) == 0
+
+
+def test_a_window_whose_counts_the_drift_tests_cannot_take_leaves_the_others_judged() -> None:
+    """Counts each valid (<= 2**53 - 1), added up past 2**64 in one window: its drift raised out of
+    the view, for every window (GET /windows answered 500, no window's drift was counted)."""
+    scores = {0: [5] * SCORE_BINS, 60_000: [2**62] * SCORE_BINS}
+    windows = {}
+    for start, counts in scores.items():
+        state = w.new_window("eu", "scorer", 1, start, 60_000)
+        w.add_summary(state, PartialSummary("eu", "n", "scorer", 1, start, results=1, score_bins=counts))
+        windows[w.window_key("eu", "scorer", 1, start)] = state
+    first, second = window_rows(windows, [])
+    assert (first["start_ms"], first["drift"]["pending"], "error" in first["drift"]) == (0, False, False)
+    assert (second["start_ms"], second["drift"]["pending"], second["drift"]["flagged"]) == (
+        60_000,
+        True,
+        False,
+    )
+    assert "error" in second["drift"]
 
 
 def test_percentiles_are_upper_bucket_bounds() -> None:
@@ -468,6 +488,13 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
     assert version_reference("embedding-scorer", {}) is None
     assert version_reference("embedding-scorer", {"drift_reference": [[1, 2]]}) is None  # wrong shape
     assert version_reference("frame-classifier", lineage) is None  # frames carry no features
+    # Lineage is free-form JSON: numbers past what the arrays and floats take make no reference (they
+    # raised OverflowError out of the refresh, and no version of any model got its own reference).
+    past_int64 = [[2**64, *c[1:]] for c in lineage["drift_reference"]]
+    assert version_reference("embedding-scorer", {"drift_reference": past_int64}) is None
+    huge = version_reference("embedding-scorer", {**lineage, "distinct": 10**400, "joined": 1})
+    assert huge is not None
+    assert huge.samples == total  # the distinct count ignored
 
     def quality(version: int, X: Any) -> tuple[str, w.State]:
         state = w.new_quality()

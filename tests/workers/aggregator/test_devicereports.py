@@ -126,7 +126,8 @@ async def test_the_aggregator_counts_reports_and_survives_malformed_ones(
         rid = bytes(range(16))
         good = DeviceReport(
             1,
-            (Agreement("embedding-scorer", 3, 1, 5, 1),),
+            # The same (model, versions) twice in one report: both rows count (the second was dropped).
+            (Agreement("embedding-scorer", 3, 1, 5, 1), Agreement("embedding-scorer", 3, 1, 2, 0)),
             (Disagreement(rid, "embedding-scorer", 3, 1, 0, 0.9, 1, 0.7),),
         ).to_bytes()
         for value in (good, b"garbage", msgpack.packb({"v": 2}), good, good):
@@ -136,7 +137,7 @@ async def test_the_aggregator_counts_reports_and_survives_malformed_ones(
         def counted() -> dict[str, Any] | None:
             view = _agreement_view(url)
             rows = [] if view is None else [r for r in view["rows"] if r["region"] == region]
-            return view if rows and rows[0]["agree"] + rows[0]["disagree"] >= 18 else None
+            return view if rows and rows[0]["agree"] + rows[0]["disagree"] >= 24 else None
 
         deadline = time.monotonic() + 120
         view = None
@@ -146,7 +147,7 @@ async def test_the_aggregator_counts_reports_and_survives_malformed_ones(
             await asyncio.sleep(0.2)
         (row,) = [r for r in view["rows"] if r["region"] == region]
         assert (row["model"], row["edge_version"], row["fallback_version"]) == ("embedding-scorer", 3, 1)
-        assert (row["agree"], row["disagree"]) == (15, 3)
+        assert (row["agree"], row["disagree"]) == (21, 3)
         assert view["malformed"] == {"undecodable_record": 1, "bad_version": 1}
         lines = (tmp_path / "aggregator" / CANDIDATES_FILE).read_text().splitlines()
         assert [json.loads(line)["rid"] for line in lines] == [rid.hex()]
