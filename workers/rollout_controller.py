@@ -101,7 +101,11 @@ class FileWorkerView:
             if not isinstance(stats, dict):
                 continue
             revisions = stats.get(STATS_REVISIONS_KEY) or {}
-            if model not in revisions and model not in (stats.get("served_versions") or {}):
+            served = stats.get("served_versions") or {}
+            if not isinstance(revisions, dict) or not isinstance(served, dict):
+                log.warning("ignoring worker stats %s: not a worker's stats file", path)
+                continue
+            if model not in revisions and model not in served:
                 continue
             revision = revisions.get(model)
             out.append(revision if isinstance(revision, int) else None)

@@ -229,6 +229,9 @@ def test_file_worker_view_reads_revisions_and_skips_stale_files(tmp_path: Path) 
     write("c", {"served_versions": {"other": [1]}, "registry_revisions": {"other": 3}})
     write("d", {"served_versions": {"m": [1]}, "registry_revisions": {"m": 2}}, age_s=600)
     (tmp_path / "e.json").write_text("{not json")
+    # Files of another shape: the controller stopped at the first (AttributeError, TypeError).
+    write("f", {"served_versions": {"m": [1]}, "registry_revisions": ["m"]})
+    write("g", {"served_versions": ["m"], "registry_revisions": 7})
     assert asyncio.run(FileWorkerView(tmp_path, max_age_s=60).revisions("m")) == [5, None]
 
 
