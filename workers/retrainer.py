@@ -65,7 +65,7 @@ async def read_stable(kafka: KafkaSettings, store: ArtifactStore, trusted: Trust
     from edgestream.pipeline.registry.client import RegistryClient
     from edgestream.pipeline.registry.signing import load_verified
 
-    state = (await RegistryClient(kafka).read_states()).get(model)
+    state = await RegistryClient(kafka).read_state(model)  # another model's bad record stops nothing here
     if state is None or state.stable is None:
         raise RetrainError(
             f"model {model!r} has no stable version to compare with (edgestream registry publish {model})"
@@ -146,7 +146,12 @@ def labelled(cloud: CloudRecords, model: str, since_ms: int, until_ms: int) -> L
     records counted in ``skipped``. Raises :class:`RetrainError` for a model that is not sampled."""
     model_spec = sampled_spec(model)
     data = join(
-        cloud.samples, cloud.labels, model, Window(since_ms, until_ms), int(np.prod(model_spec.input_shape))
+        cloud.samples,
+        cloud.labels,
+        model,
+        Window(since_ms, until_ms),
+        int(np.prod(model_spec.input_shape)),
+        model_spec.n_classes,
     )
     log.info(
         "%s in [%d, %d): %d samples, %d labels, %d joined (%d skipped, %d undecodable)",

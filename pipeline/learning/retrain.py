@@ -29,7 +29,7 @@ from edgestream.pipeline.contract.cloud import Label, Sample
 from edgestream.pipeline.errors import ConfigError, EdgestreamError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -87,7 +87,8 @@ class LabelledSet:
     labels: int
     """Labels of the model read (any window: a label is joined by request id, not by time)."""
     skipped: int
-    """Records left out: undecodable, or features of the wrong length."""
+    """Records left out: undecodable, features of the wrong length or that a float16 cannot hold,
+    labels that are not the model's classes."""
 
     @property
     def joined(self) -> int:
@@ -219,12 +220,24 @@ def join_samples(
 
 
 def join(
-    samples: Iterable[Sample], labels: Iterable[Label], model: str, window: Window, n_features: int
+    samples: Iterable[Sample],
+    labels: Iterable[Label],
+    model: str,
+    window: Window,
+    n_features: int,
+    n_classes: int | None = None,
 ) -> LabelledSet:
     """The labelled samples of ``model`` answered in ``window`` (:func:`join_samples`), as arrays in the
-    wire dtype."""
+    wire dtype. Rows that cannot train the model are left out and counted in ``skipped``: features a
+    float16 cannot hold (past +-65,504 they become infinite, and scikit-learn refused the whole set with
+    a traceback) and labels that are not one of its ``n_classes`` classes (``0 .. n_classes - 1``; a
+    backend's label is any integer: one out of range failed the export of the candidate)."""
     joined = join_samples(samples, labels, model, window, n_features)
-    rows = joined.rows
+    rows = [
+        (sample, label)
+        for sample, label in joined.rows
+        if (n_classes is None or 0 <= label < n_classes) and _fits_float16(sample.features)
+    ]
     X = np.array([s.features for s, _ in rows], dtype=np.float16).reshape(len(rows), n_features)
     y = np.array([label for _, label in rows], dtype=np.int64)
     return LabelledSet(
@@ -235,8 +248,17 @@ def join(
         request_ids=tuple(s.request_id for s, _ in rows),
         samples=joined.samples,
         labels=joined.labels,
-        skipped=joined.skipped,
+        skipped=joined.skipped + len(joined.rows) - len(rows),
     )
+
+
+_FLOAT16_OVERFLOW: Final = 65_520.0
+"""The least magnitude a float16 rounds to infinity (its largest finite value is 65,504)."""
+
+
+def _fits_float16(features: Sequence[float]) -> bool:
+    """Whether every feature stays finite as a float16 (they are finite floats: the decoder's check)."""
+    return all(-_FLOAT16_OVERFLOW < x < _FLOAT16_OVERFLOW for x in features)
 
 
 def sampled_spec(model: str, size: str = "medium") -> ModelSpec:

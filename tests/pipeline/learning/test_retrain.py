@@ -119,6 +119,33 @@ def test_join_keeps_only_labelled_samples_of_the_model_in_the_window() -> None:
     assert (data.samples, data.labels, data.joined, data.skipped) == (3, 6, 2, 1)
 
 
+def test_join_leaves_out_rows_that_cannot_train_the_model_and_training_goes_on() -> None:
+    """A feature a float16 cannot hold (finite as the sample's float64) became infinite and scikit-learn
+    refused the whole set; a backend's label outside the model's classes failed the export. Both are
+    left out and counted, and the rest trains."""
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(40, 30))
+    rows[0, 0] = 65_520.0  # the least magnitude a float16 rounds to infinity
+    rows[1, 0] = -65_504.0  # its largest finite one
+    samples = [
+        Sample(bytes([i]) * 16, "eu", MODEL, 1, 1_500, b"d" * 16, tuple(map(float, x)), 0, (0.5, 0.5))
+        for i, x in enumerate(rows)
+    ]
+    labels = [Label(s.request_id, MODEL, int(rng.integers(2)), 5) for s in samples]
+    labels[2] = Label(samples[2].request_id, MODEL, 2, 5)
+    labels[3] = Label(samples[3].request_id, MODEL, -1, 5)
+    n_classes = spec(MODEL).n_classes
+    assert n_classes == 2
+    data = join(samples, labels, MODEL, Window(1_000, 2_000), 30, n_classes)
+    left_out = {samples[i].request_id for i in (0, 2, 3)}
+    assert set(data.request_ids) == {s.request_id for s in samples} - left_out
+    assert (data.joined, data.skipped) == (37, 3)
+    assert np.isfinite(data.X).all()
+    assert set(data.y.tolist()) <= {0, 1}
+    assert join(samples, labels, MODEL, Window(1_000, 2_000), 30).joined == 39  # classes not given
+    train(spec(MODEL, "tiny"), data.X, data.y)
+
+
 def test_join_of_nothing_is_empty() -> None:
     data = join([], [], MODEL, Window(0, 1), 30)
     assert data.X.shape == (0, 30)
