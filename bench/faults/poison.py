@@ -238,6 +238,17 @@ class PoisonCorpus(Corpus):
         copy = self._copy_of_good(test_id, "replay_other_partition")
         return dataclasses.replace(copy, partition=self._other_partition(copy))
 
+    def _bad_header_key_not_utf8(self, test_id: int) -> CorpusRecord:
+        """Garbage whose headers' keys are not UTF-8 (a lone continuation byte, an overlong encoding, a
+        surrogate's bytes), beside a valid one."""
+        device = self._rng.choice(self._devices)
+        kind: Kind = self._rng.choice(KINDS)
+        names = [b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"trace-\x80"]
+        headers = ((self._rng.choice(names), b"x"), (b"fine", b"y"))
+        value = self._rng.randbytes(self._rng.randrange(1, 512))
+        record = self._make(test_id, "header_key_not_utf8", kind, device, b"\x00" + value, None)
+        return dataclasses.replace(record, raw_headers=headers)
+
     def _bad_replay_other_topic(self, test_id: int) -> CorpusRecord:
         copy = self._copy_of_good(test_id, "replay_other_topic")
         return dataclasses.replace(copy, kind=_OTHER_KIND[copy.kind])

@@ -40,6 +40,9 @@ class CorpusRecord:
     """The request id a result or audit record would carry; None when the envelope has none."""
     partition: int | None = None
     """The partition it is produced to; None: the one its key maps to (the producer's murmur2)."""
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Headers whose keys are raw bytes (UTF-8 or not); a record with any is produced as a batch built
+    byte by byte (``wire.batch``), as a client that writes the Kafka protocol itself would."""
 
     def topic(self, region: str) -> str:
         """The ingest topic it is produced to."""
@@ -106,6 +109,8 @@ POISON_CATEGORIES: Final[Mapping[str, str]] = {
     "wrong_topic": "wrong_topic",
     "replay_other_partition": "wrong_partition",
     "replay_other_topic": "wrong_topic",
+    # a header key that is not UTF-8 (the broker keeps it; aiokafka refused the partition's fetches)
+    "header_key_not_utf8": "undecodable",
 }
 """The kinds of issue 12 the ``poison`` scenario adds to ``CATEGORIES``, and the reason each must get."""
 LARGE_CATEGORIES: Final = frozenset(

@@ -11,10 +11,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bench.faults import wire
 from bench.faults.corpus import Corpus
 from bench.faults.env import FaultRegion, FaultTimeout, wait_for
 from bench.faults.records import CorpusRecord
 from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.partitioner import partition_for
+from edgestream.topics.catalogue import parse_topic
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +87,32 @@ class Traffic:
                 return
             self.ledger[record.test_id] = record
             try:
-                delivery = await producer.send(
-                    record.topic(self.region.name), record.value, key=record.key, partition=record.partition
-                )
+                if record.raw_headers:
+                    await self._send_raw(producer, record)
+                else:
+                    delivery = await producer.send(
+                        record.topic(self.region.name),
+                        record.value,
+                        key=record.key,
+                        partition=record.partition,
+                    )
+                    self._deliveries.append((record.test_id, delivery))
             except KafkaError as err:
                 log.warning("send of test id %d failed: %r", record.test_id, err)
                 self.failed.add(record.test_id)
-            else:
-                self._deliveries.append((record.test_id, delivery))
             n += 1
+
+    async def _send_raw(self, producer: AIOKafkaProducer, record: CorpusRecord) -> None:
+        """``record`` as a batch of its own, built byte by byte and produced as it is (acks=all)."""
+        topic = record.topic(self.region.name)
+        partition = record.partition
+        if partition is None:
+            partition = partition_for(record.key, parse_topic(topic).spec.partitions)
+        raw = wire.batch([(record.key, record.value, record.raw_headers)])
+        try:
+            await wire.produce_raw(producer, TopicPartition(topic, partition), raw)
+        except RuntimeError as err:  # the broker refused it
+            raise KafkaError(str(err)) from err
 
     async def stop(self) -> None:
         """Stop drawing, wait for every delivery (failed ones go to ``failed``), stop the producer."""

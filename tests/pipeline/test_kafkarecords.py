@@ -11,11 +11,11 @@ from aiokafka.admin import NewTopic
 from aiokafka.consumer import fetcher
 from aiokafka.record.memory_records import MemoryRecords
 
+from bench.faults import wire
 from edgestream.pipeline import kafka, kafkarecords
 from edgestream.pipeline.settings import KafkaSettings
-from tests import kafkaraw
 
-RECORDS: list[kafkaraw.Raw] = [
+RECORDS: list[wire.Raw] = [
     (b"dev-1", b"first", [(b"trace", b"t1")]),
     (b"dev-1", b"second", [(b"ok", b"1"), (b"\xff\xfe", b"2"), (b"\xc3(", b"3")]),
     (None, b"third", [(b"after", b"a")]),
@@ -32,7 +32,7 @@ def _read(records: object) -> list[tuple[int, bytes | None, bytes, list[tuple[st
 
 
 def test_aiokafkas_reader_refuses_the_batch_and_the_lenient_one_reads_every_record() -> None:
-    raw = kafkaraw.batch(RECORDS)
+    raw = wire.batch(RECORDS)
     with pytest.raises(UnicodeDecodeError):
         _read(MemoryRecords(raw))
     read = _read(kafkarecords.LenientMemoryRecords(raw))
@@ -45,7 +45,7 @@ def test_aiokafkas_reader_refuses_the_batch_and_the_lenient_one_reads_every_reco
 
 def test_valid_batches_read_as_aiokafka_reads_them() -> None:
     good = [(b"k", b"v", [(b"a", b"1")]), (None, b"", []), (b"", b"x" * 300, [(b"b", b"")])]
-    raw = kafkaraw.batch(good) + kafkaraw.batch(good[::-1])
+    raw = wire.batch(good) + wire.batch(good[::-1])
     assert _read(kafkarecords.LenientMemoryRecords(raw)) == _read(MemoryRecords(raw))
     assert kafkarecords.LenientMemoryRecords(raw).size_in_bytes() == len(raw)
 
@@ -72,7 +72,7 @@ async def test_a_consumer_reads_past_such_a_record_on_the_real_broker(bootstrap:
     async with kafka.started(kafka.producer(bootstrap, "test-raw")) as producer:
         assert isinstance(producer, AIOKafkaProducer)
         await producer.send_and_wait(topic, b"before", key=b"dev-1")
-        assert await kafkaraw.produce_raw(producer, tp, kafkaraw.batch(RECORDS)) == 1
+        assert await wire.produce_raw(producer, tp, wire.batch(RECORDS)) == 1
         await producer.send_and_wait(topic, b"after", key=b"dev-1")
     records = await kafka.read_all(bootstrap, [tp], client_id="test-raw-reader", timeout_ms=20_000)
     assert [r.value for r in records] == [b"before", b"first", b"second", b"third", b"after"]

@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.faults import wire
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, merge
 from edgestream.pipeline.contract.codec import TensorBody, encode_tensor
@@ -50,7 +51,6 @@ from edgestream.topics.catalogue import (
 from edgestream.workers.edge.service import serve
 from edgestream.workers.edge.worker import EdgeWorker
 from edgestream.workers.ops.audit import verify_audit_log
-from tests import kafkaraw
 from tests.pipeline.observability.served import http_get
 
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
@@ -605,11 +605,11 @@ async def test_a_header_key_that_is_not_utf8_stops_nothing_and_is_read_as_kafkas
     x = load_dataset("embedding").X_test[0]
     rids = [new_request_id(), new_request_id()]
     good = _seal(edge_region, device, "embedding", x, request_id=rids[0])
-    records: list[kafkaraw.Raw] = [
+    records: list[wire.Raw] = [
         (device.encode(), good, [(b"\xff\xfe", b"1")]),
         (device.encode(), b"garbage", [(b"\xc3(", b"2"), (b"fine", b"3")]),
     ]
-    base = await kafkaraw.produce_raw(producer, tp, kafkaraw.batch(records))
+    base = await wire.produce_raw(producer, tp, wire.batch(records))
     after = _seal(edge_region, device, "embedding", x, request_id=rids[1])
     await producer.send_and_wait(topic, after, key=device.encode())
 
