@@ -102,6 +102,7 @@ class CommitStage:
         *,
         interval_ms: float = 0.0,
         one_commit: bool = False,
+        settled: asyncio.Event | None = None,
     ) -> None:
         self._serving = serving
         self._commit = commit
@@ -114,6 +115,9 @@ class CommitStage:
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._failed: BaseException | None = None
+        self.settled = settled if settled is not None else asyncio.Event()
+        """Set each time a commit ends, committed or failed: its records are no longer held. The intake,
+        paused by backpressure, waits on it to resume the moment there is room."""
         self.commits = 0
         """Commits made (each may hold several units)."""
         self.units = 0
@@ -162,6 +166,7 @@ class CommitStage:
             raise
         finally:
             self._committing = 0
+            self.settled.set()
         for unit in units:
             unit.trace.committed(started_ns)
         self.commits += 1

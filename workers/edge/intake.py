@@ -2,7 +2,8 @@
 
 Each turn: wait out the pacing interval under load (``pacing.py``), position the partitions assigned
 or rewound since the last turn at their committed offsets (``positioning.py``), pause every partition
-while ``max_in_flight`` records are held (fetched, not yet committed) and resume at half, fetch, take
+while ``max_in_flight`` records are held (fetched, not yet committed) and resume at half (while paused
+it waits for a commit to end, not for a fetch from paused partitions to time out), fetch, take
 the key file's current ring (one ``stat``), and admit each record fetched for a partition in service
 (``admission.py``): it joins the open unit, answered or refused later. Records of a partition that is
 not in service (revoked, or waiting to be positioned) are dropped here and read again from its
@@ -12,6 +13,7 @@ committed offset; records fetched again after a rewind that were already admitte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
 log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 100
+"""Longest a fetch waits for records (a fetch returns as soon as some are there)."""
 
 
 class Intake:
@@ -58,6 +63,7 @@ class Intake:
         held: Callable[[], int],
         fetched: Callable[[], None],
         tick: Callable[[], None],
+        released: asyncio.Event | None = None,
     ) -> None:
         self._consumer = consumer
         self._max_in_flight = settings.max_in_flight
@@ -73,6 +79,9 @@ class Intake:
         self._held = held
         self._fetched = fetched
         self._tick = tick
+        self._released = released
+        """Set when held records are let go (a commit ended): while paused, the intake waits on it
+        instead of fetching from paused partitions, which waits out the whole fetch timeout."""
         self._paused = False  # by backpressure
         self.keyring: KeyRing = keys.current()
         """The ring the last fetch's records were admitted with (the key file's as of that fetch)."""
@@ -86,8 +95,11 @@ class Intake:
                 await self._paced(wait_s)
             await self._partitions.position_new()
             self._apply_backpressure()
+            if self._paused and self._released is not None:
+                await self._await_release()
+                continue
             room = max(1, min(self._max_records, self._max_in_flight - self._held()))
-            fetched = await self._consumer.getmany(timeout_ms=100, max_records=room)
+            fetched = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
             count = sum(map(len, fetched.values()))
             self._pacing.fetched(count, time.monotonic())
             self._stats.fetches += bool(count)
@@ -102,6 +114,18 @@ class Intake:
                 self._fetched()
             elif self._held() == 0:
                 self._readiness.progress()  # idle, not stuck
+
+    async def _await_release(self) -> None:
+        """Paused by backpressure: wait until a commit lets records go (at most a fetch timeout, so the
+        periodic chores of ``tick`` still run), then look again. A fetch from the paused partitions
+        would return nothing only after the whole timeout: a drain of a backlog spent up to 100 ms of
+        each pause idle with nothing held (``bench/pipeline/capacity.py``, 2026-12-06)."""
+        assert self._released is not None
+        self._released.clear()
+        if self._held() > self._max_in_flight // 2:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), FETCH_TIMEOUT_MS / 1000.0)
+        self._tick()
 
     async def _paced(self, wait_s: float) -> None:
         """Wait ``wait_s`` with the partitions paused (``pacing.py``): no fetch of the first record to

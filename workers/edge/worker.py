@@ -123,6 +123,7 @@ class EdgeWorker:
         memory = ReplayMemory(settings, self._admission, lambda: self._intake.keyring, self.node_id)
         self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
         self._wakeup = asyncio.Event()
+        self._released = asyncio.Event()  # the commit stage's ``settled``: room for the paused intake
         self._intake = Intake(
             self.consumer,
             settings,
@@ -136,6 +137,7 @@ class EdgeWorker:
             held=self._held,
             fetched=self._wakeup.set,
             tick=self._tick,
+            released=self._released,
         )
         self._settlement = Settlement(
             self.sink,
@@ -154,6 +156,7 @@ class EdgeWorker:
             self._settlement.commit,
             interval_ms=settings.commit_interval_ms,
             one_commit=self.sink.one_commit,
+            settled=self._released,
         )
         self._following = (
             RegistryFollowing(settings, self._catalog, self._registry_applied) if settings.registry else None
