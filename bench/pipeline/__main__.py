@@ -16,6 +16,7 @@ from bench.pipeline.echo import EchoSettings, run_echo_process
 from bench.pipeline.plot import plot
 from bench.pipeline.report import (
     breakdown_table,
+    capacity_table,
     cpu_table,
     floor_table,
     fmt,
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(cpu_table(result.levels, settings.systems, result.idle_cpu_share()))
     console.print(breakdown_table(result.levels))
     console.print(floor_table(result.floor, settings.floor_batch_sizes))
+    if result.capacity:
+        console.print(capacity_table(result.capacity))
     tracing = document["tracing"]
     if tracing is not None:
         cpu = tracing["worker_cpu_ms_per_request"]

@@ -45,6 +45,18 @@ def _process_ticks(pid: int) -> int:
         return 0
 
 
+def main_thread_schedstat(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
+    """(ns the process's main thread ran, ns it waited runnable for a CPU) from its ``schedstat``;
+    (0, 0) once it is gone or where the kernel keeps no schedstats. For a Python process the main
+    thread is the event loop: busy near 100% of the wall, it is the bottleneck; waiting long on the
+    run queue, it was short of CPU rather than of work."""
+    try:
+        fields = (proc / str(pid) / "task" / str(pid) / "schedstat").read_text().split()
+        return int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
 JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
 """How HotSpot's JIT compiler threads are named (``C2 CompilerThread0``, cut to the 15 characters a
 thread's ``comm`` holds)."""

@@ -202,7 +202,7 @@ async def idle_cpu_share(ctx: BenchContext, far_side_pid: int) -> dict[str, floa
     return watch.stop().core_share()
 
 
-def _profiled(
+def profiled(
     s: BenchSettings, name: str, pids: Mapping[str, int]
 ) -> contextlib.AbstractAsyncContextManager[None]:
     """The profiling window of ``name``'s measured load (``profile_dir``), or nothing."""
@@ -211,16 +211,22 @@ def _profiled(
     return profile_window(s.profile_dir / name, pids)
 
 
+def profiled_process(s: BenchSettings, side: FarSide) -> tuple[list[str], Mapping[str, str]]:
+    """How to start ``side``: under the sampler where ``profile_dir`` is set (a ``python -m`` command)."""
+    command, env = side.command, side.env
+    if s.profile_dir is not None and command[1:2] == ["-m"]:
+        command = profiled_command(command[2], command[3:])
+        env = {**env, **profile_env(s.profile_dir / side.name, "worker")}
+    return command, env
+
+
 async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idle: bool = False) -> Measured:
     """Start ``side``, warm it up (discarded), offer ``rate`` for ``duration_s`` counting each process's
     CPU, wait for it to catch up unless every request was answered (then, when ``idle``, count its idle
     CPU), stop it, skip what is left."""
     s = ctx.settings
     label = side.name.rpartition("-")[0] or side.name
-    command, env = side.command, side.env
-    if s.profile_dir is not None and command[1:2] == ["-m"]:
-        command = profiled_command(command[2], command[3:])
-        env = {**env, **profile_env(s.profile_dir / side.name, "worker")}
+    command, env = profiled_process(s, side)
     async with child_process(ctx, side.name, command, env) as child:
         warm = await run_fleet_as(
             ctx,
@@ -233,7 +239,7 @@ async def measure_far_side(ctx: BenchContext, side: FarSide, rate: float, *, idl
         )
         pids = {"worker": child.proc.pid, "broker": ctx.broker_pid, "fleet": os.getpid()}
         watch = CpuWatch(pids, jvm_pid=ctx.broker_pid)
-        async with _profiled(s, side.name, {"worker": pids["worker"], "fleet": pids["fleet"]}):
+        async with profiled(s, side.name, {"worker": pids["worker"], "fleet": pids["fleet"]}):
             watch.start()
             fleet = await run_fleet_as(
                 ctx,
@@ -324,10 +330,9 @@ async def measure_pipeline(
     )
 
 
-async def measure_echo(ctx: BenchContext, rate: float, *, transactional: bool) -> EchoRun:
-    """The echo at ``rate``, in transactions or acknowledged then committed."""
-    name = f"echo-{'eos' if transactional else 'alo'}-{rate:g}"
-    side = FarSide(
+def echo_side(ctx: BenchContext, name: str, *, transactional: bool) -> FarSide:
+    """The echo's far side: a process called ``name``, in transactions or acknowledged then committed."""
+    return FarSide(
         name,
         [sys.executable, "-m", "bench.pipeline", "echo"],
         echo_env(ctx, name, transactional=transactional),
@@ -335,7 +340,27 @@ async def measure_echo(ctx: BenchContext, rate: float, *, transactional: bool) -
         ECHO_REGION,
         ECHO_GROUP,
     )
-    m = await measure_far_side(ctx, side, rate)
+
+
+def peer_side(ctx: BenchContext, name: str, guarantee: Guarantee) -> FarSide:
+    """The Quix Streams peer's far side: a process called ``name`` under ``guarantee``."""
+    return FarSide(
+        name,
+        [sys.executable, "-m", "bench.pipeline", "peer"],
+        peer_env(ctx, name, guarantee),
+        Fleet,
+        PEER_REGION,
+        PEER_GROUP,
+    )
+
+
+async def measure_echo(ctx: BenchContext, rate: float, *, transactional: bool) -> EchoRun:
+    """The echo at ``rate``, in transactions or acknowledged then committed."""
+    m = await measure_far_side(
+        ctx,
+        echo_side(ctx, f"echo-{'eos' if transactional else 'alo'}-{rate:g}", transactional=transactional),
+        rate,
+    )
     since_ms = m.fleet.report.started_at * 1000.0
     one_hop = [float(ms) for ts, ms in m.stats.get("one_hop", []) if ts >= since_ms]
     return EchoRun(run=m.run, one_hop=Latency.of(one_hop), echoed=int(m.stats.get("echoed", 0)))
@@ -344,15 +369,7 @@ async def measure_echo(ctx: BenchContext, rate: float, *, transactional: bool) -
 async def measure_peer(ctx: BenchContext, rate: float, guarantee: Guarantee) -> PeerRun:
     """The Quix Streams peer at ``rate`` under ``guarantee``."""
     name = f"peer-{'eos' if guarantee == 'exactly_once' else 'alo'}-{rate:g}"
-    side = FarSide(
-        name,
-        [sys.executable, "-m", "bench.pipeline", "peer"],
-        peer_env(ctx, name, guarantee),
-        Fleet,
-        PEER_REGION,
-        PEER_GROUP,
-    )
-    m = await measure_far_side(ctx, side, rate)
+    m = await measure_far_side(ctx, peer_side(ctx, name, guarantee), rate)
     refused = {str(k): int(v) for k, v in m.stats.get("refused", {}).items()}
     return PeerRun(
         run=m.run,

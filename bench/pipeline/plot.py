@@ -1,5 +1,6 @@
 """``pipeline.png`` from ``pipeline.json``: p99 and items/s vs offered load for the pipeline, both echoes
-and both peer modes on the same axes (with the SLA line), and bare onnxruntime per item vs batch size."""
+and both peer modes on the same axes (with the SLA line), bare onnxruntime per item vs batch size, and
+each system's capacity draining a backlog (where measured)."""
 
 from __future__ import annotations
 
@@ -143,18 +144,49 @@ def onnxruntime_panel(ort: Axes, floor: Mapping[str, list[dict[str, Any]]]) -> N
     ort.grid(True, which="both", alpha=0.3)
 
 
+def capacity_panel(cap: Axes, capacity: Mapping[str, Any]) -> None:
+    """Each system's drain of the backlog: items/s as bars, the pipeline's ratio over each written."""
+    items = {s: v for s, v in capacity["items_per_s"].items() if v is not None and s in SYSTEM_STYLES}
+    names = list(items)
+    bars = cap.bar(
+        range(len(names)),
+        [items[s] for s in names],
+        color=[SYSTEM_STYLES[s][1] for s in names],
+    )
+    pipeline_vs = capacity.get("pipeline_vs") or {}
+    for bar, system in zip(bars, names, strict=True):
+        value = pipeline_vs.get(system)
+        text = f"{items[system]:.0f}/s" + ("" if value is None else f"\npipeline {value:.2f}x")
+        cap.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=7,
+        )
+    cap.set_xticks(range(len(names)), [SYSTEM_STYLES[s][0].replace(", ", ",\n") for s in names], fontsize=7)
+    cap.set_ylabel("answered items/s while draining")
+    cap.set_title(f"Capacity: a backlog of {capacity['backlog']:,} drained")
+    cap.margins(y=0.2)
+    cap.grid(True, axis="y", alpha=0.3)
+
+
 def plot(document: Mapping[str, Any], path: Path) -> None:
-    """The three panels side by side, captioned, saved to ``path``."""
+    """The panels side by side (the capacity's where it was measured), captioned, saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     levels: list[dict[str, Any]] = document["levels"]
-    fig, (lat, thr, ort) = plt.subplots(1, 3, figsize=(17, 5))
-    latency_panel(lat, levels, float(document["settings"]["sla_ms"]))
-    throughput_panel(thr, levels)
-    onnxruntime_panel(ort, document["onnxruntime_floor"])
+    capacity = document.get("capacity")
+    fig, axes = plt.subplots(1, 4 if capacity else 3, figsize=(22 if capacity else 17, 5))
+    latency_panel(axes[0], levels, float(document["settings"]["sla_ms"]))
+    throughput_panel(axes[1], levels)
+    onnxruntime_panel(axes[2], document["onnxruntime_floor"])
+    if capacity:
+        capacity_panel(axes[3], capacity)
     fig.suptitle(caption(document), fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

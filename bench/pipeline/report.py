@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from rich.table import Table
 
+from bench.pipeline.capacity import DrainRun
+from bench.pipeline.ratios import ratio
 from bench.pipeline.results import FloorPoint, Latency, Level, RunStats
 
 
@@ -132,4 +134,36 @@ def floor_table(floor: Mapping[str, Sequence[FloorPoint]], shown: Iterable[int])
                     fmt(p.per_item_min_us, ".2f"),
                     fmt(p.per_item_median_us, ".2f"),
                 )
+    return table
+
+
+def capacity_table(drains: Mapping[str, DrainRun]) -> Table:
+    """Per system: its drain of the backlog (``capacity.py``): items/s, the pipeline's over it, the far
+    side's main thread, CPU per item."""
+    table = Table(
+        title="capacity: a backlog drained with the fleet out of the way; ? disturbed, ~ not all answered",
+        title_justify="left",
+    )
+    for col in (
+        "system",
+        "backlog",
+        "items/s",
+        "pipeline\nx this",
+        "main thread\nrun / wait",
+        "CPU ms/item\nfar / broker / fleet",
+    ):
+        table.add_column(col, justify="right")
+    pipeline = drains.get("pipeline")
+    for system, run in drains.items():
+        cpu = run.cpu_ms_per_item or {}
+        thread = run.far_side_main_thread
+        mark = ("?" if run.disturbed else "") + ("" if run.complete else "~")
+        table.add_row(
+            system,
+            f"{run.backlog:,}",
+            fmt(run.items_per_s, ".0f") + mark,
+            fmt(ratio(pipeline.items_per_s if pipeline else None, run.items_per_s), ".2f"),
+            f"{thread['running']:.0%} / {thread['waiting_for_cpu']:.0%}",
+            " / ".join(fmt(cpu.get(role), ".3f") for role in ("worker", "broker", "fleet")),
+        )
     return table

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from bench.gpu.measure import gpu_block
 from bench.peers.settings import PEER_PACKAGE, Guarantee
+from bench.pipeline.capacity import DrainRun, capacity_summary, measure_capacity
 from bench.pipeline.context import BenchContext, Ui
 from bench.pipeline.fleets import EchoFleet, run_fleet_as
 from bench.pipeline.floor import onnx_floor
@@ -200,9 +201,9 @@ def rotated(systems: Sequence[System], index: int) -> tuple[System, ...]:
     return tuple(systems[shift:]) + tuple(systems[:shift])
 
 
-async def measure_levels(ctx: BenchContext) -> tuple[dict[str, Any], list[Level]]:
+async def measure_levels(ctx: BenchContext) -> tuple[dict[str, Any], list[Level], dict[str, DrainRun]]:
     """The broker's warm-up, then every load, every chosen system in turn at each, the order rotated
-    from load to load."""
+    from load to load; then each system's drain of a backlog."""
     systems = ctx.settings.systems
     warmup = await warm_broker(ctx)
     levels = []
@@ -216,7 +217,9 @@ async def measure_levels(ctx: BenchContext) -> tuple[dict[str, Any], list[Level]
         pipeline = measured.pop("pipeline")
         assert isinstance(pipeline, PipelineRun)
         levels.append(Level(rate, pipeline, **measured))  # type: ignore[arg-type]
-    return warmup, levels
+    capacity = await measure_capacity(ctx)
+    ctx.ui.done_phase()
+    return warmup, levels, capacity
 
 
 def peer_name() -> str:
@@ -249,6 +252,8 @@ class BenchResult:
     warmup: dict[str, Any] = field(default_factory=dict)
     """The broker's warm-up (``warm_broker``): how long, what its JIT compiled meanwhile, whether its
     compilers went quiet before the first load."""
+    capacity: dict[str, DrainRun] = field(default_factory=dict)
+    """Each system's drain of a backlog (``capacity.py``), after the loads; empty when not measured."""
 
     def idle_cpu_share(self) -> dict[str, float] | None:
         """Worker and broker shares of a core with no traffic (measured after the first load)."""
@@ -275,6 +280,11 @@ class BenchResult:
                     self.levels, self.peer_name, str(self.worker.get("delivery", "at_least_once")), intervals
                 ),
                 "tracing": tracing_summary(self.levels, settings.trace_sample_ratio),
+                "capacity": capacity_summary(
+                    self.capacity, settings.capacity_backlog, settings.capacity_send_rate_per_s
+                )
+                if self.capacity
+                else None,
                 "gpu": self.gpu,
                 "levels": [asdict(lv) for lv in self.levels],
                 "onnxruntime_floor": {m: [asdict(p) for p in pts] for m, pts in self.floor.items()},
@@ -289,8 +299,9 @@ REGIONS = (PIPELINE_REGION, ECHO_REGION, PEER_REGION)
 
 def _on_broker(
     settings: BenchSettings, broker_settings: BrokerSettings, ui: Ui, keyring: KeyRing
-) -> tuple[WorkerSettings, dict[str, Any], list[Level]]:
-    """Start the broker, make the topics and ACLs, run every load; the broker is stopped on return."""
+) -> tuple[WorkerSettings, dict[str, Any], list[Level], dict[str, DrainRun]]:
+    """Start the broker, make the topics and ACLs, run every load and the drains; the broker is stopped
+    on return."""
     home = broker_settings.home
     ui.step(f"starting the Kafka broker ({broker_settings.kafka_version})")
     with running_broker(broker_settings) as state:
@@ -305,9 +316,9 @@ def _on_broker(
             f"worker delivery {worker_delivery(worker)}, max batch {worker.max_batch}; "
             f"systems {', '.join(settings.systems)}"
         )
-        warmup, levels = eventloop.run(measure_levels(ctx), settings.fleet_event_loop)
+        warmup, levels, capacity = eventloop.run(measure_levels(ctx), settings.fleet_event_loop)
         ui.step("stopping the Kafka broker")
-    return worker, warmup, levels
+    return worker, warmup, levels, capacity
 
 
 def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
@@ -324,7 +335,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
             load_at_start,
             others,
         )
-    ui = Ui(console, phases=len(settings.systems) * len(settings.loads_per_s) + 1)
+    ui = Ui(console, phases=len(settings.systems) * len(settings.loads_per_s) + 2)
     home = Path(tempfile.mkdtemp(prefix="edgestream-bench-"))
     broker_settings = BrokerSettings(home=home, security=settings.broker_security, jit=settings.broker_jit)
     try:
@@ -335,7 +346,7 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
                 for size in dict.fromkeys((settings.model_size, "tiny")):
                     store.get(name, size)
             keyring = keyfile.create(home / "keys.json", REGIONS)
-            worker, warmup, levels = _on_broker(settings, broker_settings, ui, keyring)
+            worker, warmup, levels, capacity = _on_broker(settings, broker_settings, ui, keyring)
             sizes = sorted(
                 {b for b in settings.floor_batch_sizes if b <= worker.max_batch}
                 | {int(k) for lv in levels for k in lv.pipeline.batch_histogram}
@@ -365,4 +376,5 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
         peer_name=peer_name(),
         warmup=warmup,
         gpu=gpu,
+        capacity=capacity,
     )

@@ -149,6 +149,15 @@ class BenchSettings(BaseSettings):
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     """Share of requests the devices sample in the ``pipeline_traced`` runs (the worker follows them,
     parent-based); 1.0, every request traced, is the most tracing can cost."""
+    capacity_backlog: int = Field(default=30_000, ge=0)
+    """After the loads, each system (the traced pipeline aside) is stopped, sent this many requests,
+    resumed, and timed draining them (``capacity.py``): its capacity with the fleet out of the way.
+    0: not measured."""
+    capacity_send_rate_per_s: float = Field(default=8000.0, gt=0)
+    """How fast the fleet sends the backlog: the far side stays stopped for about ``capacity_backlog``
+    over this, which must stay well inside its consumer group's session timeout (10 s for ours)."""
+    capacity_answer_timeout_s: float = Field(default=60.0, gt=0)
+    """How long the fleet waits for the drain's answers at most (the devices' deadline in the drain)."""
     seed: int = 7
     """Fleet seed: every load sends the same devices and inputs in the same order."""
     out_dir: Path = RESULTS_DIR

@@ -157,10 +157,11 @@ class Fleet:
         *,
         until: asyncio.Event | None = None,
         sending: asyncio.Event | None = None,
+        sent: asyncio.Event | None = None,
     ) -> FleetReport:
         """Send for ``duration_s`` (or until ``until`` is set, if sooner), wait up to ``drain_s`` for the
         rest, return the report. ``sending`` is set as the first request is about to go (the clients
-        started)."""
+        started), ``sent`` once every request has gone (the broker acknowledged them)."""
         producers: dict[str, DeviceProducer] = {}
         consumers: dict[str, DeviceConsumer] = {}
         tasks: list[asyncio.Task[None]] = []
@@ -192,6 +193,8 @@ class Fleet:
             if sending is not None:
                 sending.set()
             await self._send_all(producers, on_progress, until)
+            if sent is not None:
+                sent.set()
             await self._drain(on_progress)
             for consumer in consumers.values():
                 if consumer.failure is not None:  # its replies went unread: the report would lie

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.pipeline.capacity import DrainRun
 from bench.pipeline.machine import CpuUse
 from bench.pipeline.results import Breakdown, EchoRun, Latency, Level, PeerRun, PipelineRun, RunStats
 
@@ -82,4 +83,23 @@ def level(
         echo_alo=echo(stats(echo_alo)) if echo_alo else None,
         peer_alo=peer(stats(peer_alo)) if peer_alo else None,
         peer_eos=peer(stats(peer_eos)) if peer_eos else None,
+    )
+
+
+def drain(items_per_s: float | None, *, complete: bool = True) -> DrainRun:
+    """A drain of 1,000 requests at ``items_per_s`` (None: nothing answered)."""
+    cpu = CpuUse(ours_s=1.0, others_s=0.0, steal_s=0.0, processes_s={"worker": 1.0}, wall_s=2.0)
+    return DrainRun(
+        backlog=1000,
+        sent_per_s=8000.0,
+        stopped_s=0.2,
+        answered=1000 if complete else 900,
+        complete=complete,
+        first_answer_ms=5.0,
+        drain_s=None if items_per_s is None else 1000 / items_per_s,
+        items_per_s=items_per_s,
+        cpu=cpu,
+        cpu_ms_per_item=cpu.ms_per_request(1000),
+        disturbed=False,
+        far_side_main_thread={"running": 0.5, "waiting_for_cpu": 0.1},
     )

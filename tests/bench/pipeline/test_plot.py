@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
+from bench.pipeline.capacity import DrainRun
 from bench.pipeline.plot import plot, systems_in
 from bench.pipeline.results import FloorPoint
 from bench.pipeline.run import BenchResult
 from bench.pipeline.settings import BenchSettings, System
-from tests.bench.pipeline.levels import echo, level, peer, run
+from tests.bench.pipeline.levels import drain, echo, level, peer, run
 
 
-def _document(systems: tuple[System, ...]) -> dict[str, Any]:
+def _document(systems: tuple[System, ...], capacity: dict[str, DrainRun] | None = None) -> dict[str, Any]:
     levels = [
         level(100, (20, 100, False), echo_alo=(10, 100, False), peer_alo=(40, 100, False)),
         level(1000, (60, 990, True), echo_alo=(30, 1000, False), peer_alo=(30, 1000, False)),
@@ -35,6 +36,7 @@ def _document(systems: tuple[System, ...]) -> dict[str, Any]:
         levels=levels,
         floor={"embedding-scorer": [FloorPoint(1, 10, 5.0, 6.0, 5.0, 6.0)]},
         peer_name="quixstreams 9.9",
+        capacity=capacity or {},
     )
     document: dict[str, Any] = json.loads(json.dumps(result.to_json(BenchSettings(systems=systems))))
     return document
@@ -49,3 +51,17 @@ def test_the_plot_draws_the_systems_that_ran(tmp_path: Path, systems: tuple[Syst
     assert systems_in(document["levels"]) == list(systems)
     plot(document, tmp_path / "pipeline.png")
     assert (tmp_path / "pipeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_adds_the_capacity_panel_where_drains_ran(tmp_path: Path) -> None:
+    without = _document(("pipeline", "peer_eos"))
+    assert without["capacity"] is None
+    document = _document(("pipeline", "peer_eos"), {"pipeline": drain(9000.0), "peer_eos": drain(6000.0)})
+    assert document["capacity"]["pipeline_vs"] == {"peer_eos": 1.5}
+    plot(without, tmp_path / "three.png")
+    plot(document, tmp_path / "four.png")
+
+    def width(name: str) -> int:  # a PNG's width: the IHDR chunk's first field
+        return int.from_bytes((tmp_path / name).read_bytes()[16:20], "big")
+
+    assert width("four.png") > width("three.png")  # four panels side by side: wider than three
