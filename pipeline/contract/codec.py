@@ -82,7 +82,7 @@ _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TensorBody:
     """One tensor as it travels: raw element bytes plus what is needed to view them."""
 

@@ -125,7 +125,7 @@ def format_request_id(request_id: bytes) -> str:
 # --- envelope ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
     """A decoded (not yet decrypted) envelope. Every field but nonce and ciphertext is in the AAD."""
 

@@ -31,7 +31,7 @@ _CHAIN_KEYS: Final = ("chain", "seg", "seq", "prev")
 _MAX_INT64: Final = 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResultRecord:
     """What the edge answers on ``edge.<region>.results`` (Kafka key: device id)."""
 
@@ -116,7 +116,7 @@ class ResultRecord:
             raise UndecodableRecord(f"not a result record: {e}") from e
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuditRecord:
     """One per request the edge disposed of, on ``edge.<region>.audit``. Carries no payload or scores."""
 

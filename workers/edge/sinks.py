@@ -45,7 +45,7 @@ class Fenced(EdgestreamError):
     stage = "produce"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """One record to produce."""
 
