@@ -68,7 +68,12 @@ class Intake:
         self._consumer = consumer
         self._max_in_flight = settings.max_in_flight
         self._max_records = settings.fetch_max_records
-        self._pacing = FetchPacing(settings.fetch_interval_ms, settings.fetch_pacing_from_per_s)
+        self._pacing = FetchPacing(
+            settings.fetch_interval_ms,
+            settings.fetch_pacing_from_per_s,
+            target_records=settings.fetch_target_records,
+            max_interval_ms=max(settings.fetch_interval_ms, settings.fetch_interval_max_ms),
+        )
         self._keys = keys
         self._admission = admission
         self._partitions = partitions

@@ -12,7 +12,9 @@ nothing more until it is consumed, so the next fetch takes everything that arriv
 Slower than that the worker fetches at once: fetches bring few records each anyway, a fetch's fixed
 cost spread over few records per second is little CPU, and pacing would only add its wait. The rate
 floor lets the interval be long (more records a fetch under load) without pacing a light load that an
-interval would hold two records of.
+interval would hold two records of. A deployment may also give a target of records a fetch
+(``fetch_target_records``): the interval then stretches to carry that many at the current rate, up to
+``fetch_interval_max_ms``, and shrinks back to ``fetch_interval_ms`` as the rate rises.
 """
 
 from __future__ import annotations
@@ -28,12 +30,29 @@ RATE_WINDOW_S: Final = 0.1
 class FetchPacing:
     """When the next fetch may start: pure logic, the clock passed in (monotonic seconds)."""
 
-    def __init__(self, interval_ms: float, from_per_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        interval_ms: float,
+        from_per_s: float = 0.0,
+        *,
+        target_records: float = 0.0,
+        max_interval_ms: float | None = None,
+    ) -> None:
         if interval_ms < 0:
             raise ValueError(f"interval_ms must be >= 0, got {interval_ms}")
         if from_per_s < 0:
             raise ValueError(f"from_per_s must be >= 0, got {from_per_s}")
+        if target_records < 0:
+            raise ValueError(f"target_records must be >= 0, got {target_records}")
+        if max_interval_ms is not None and max_interval_ms < interval_ms:
+            raise ValueError(f"max_interval_ms ({max_interval_ms}) must be >= interval_ms ({interval_ms})")
         self.interval_s = interval_ms / 1000.0
+        """The least interval (the whole interval without ``target_records``)."""
+        self.target_records = target_records
+        """Records a paced fetch aims to carry: the interval is stretched to ``target_records / rate``,
+        within ``interval_s`` and ``max_interval_s``. 0: the interval is fixed."""
+        self.max_interval_s = self.interval_s if max_interval_ms is None else max_interval_ms / 1000.0
+        """The longest interval a target may stretch it to."""
         self.from_per_s = from_per_s
         """Pacing needs at least this arrival rate, records per second."""
         self.rate_per_s = 0.0
@@ -65,8 +84,16 @@ class FetchPacing:
         if records:
             self._last_fetch_s = now_s
 
+    @property
+    def interval_now_s(self) -> float:
+        """The interval at the current rate: ``target_records / rate`` within the least and the longest
+        interval, or the least one without a target (or a rate)."""
+        if self.target_records <= 0 or self.rate_per_s <= 0:
+            return self.interval_s
+        return min(self.max_interval_s, max(self.interval_s, self.target_records / self.rate_per_s))
+
     def wait_s(self, now_s: float) -> float:
         """Seconds to wait before the next fetch (0: fetch now)."""
         if not self.pacing:
             return 0.0
-        return max(0.0, self._last_fetch_s + self.interval_s - now_s)
+        return max(0.0, self._last_fetch_s + self.interval_now_s - now_s)

@@ -80,6 +80,20 @@ class WorkerSettings(BaseSettings):
     and 300 req/s it does not engage. Longer is less CPU for more latency (2026-12-05, Intel box, pipeline
     only, two runs each, warm broker): 15 ms against 5 ms at 1,000 req/s, worker 0.25-0.34 against
     0.39-0.45 ms per request, p50 15-20 against 9-11 ms; at 2,000 req/s p99 62-69 against 43-48 ms."""
+    fetch_target_records: float = Field(default=0.0, ge=0)
+    """Under load, the records a paced fetch aims to carry: the interval between fetches is stretched to
+    ``fetch_target_records / rate`` (the rate over the worker's partitions), at least
+    ``fetch_interval_ms`` and at most ``fetch_interval_max_ms``. 0 (the default): the interval is always
+    ``fetch_interval_ms``. For a deployment whose deadlines leave room, it trades latency for CPU where
+    a fixed long interval would cost the most latency at higher loads. Measured side by side
+    (2026-12-06, bench, pipeline and echo, two runs each, 15 records up to 20 ms against the default):
+    at 1,000 req/s worker CPU 0.27-0.30 against 0.33-0.49 ms per request, but p50 14.5-15.3 against
+    6.4-8.6 ms and p99 31.5-32.4 against 13.5-26.4 ms (over twice the echo's in one run); at 2,000 req/s
+    p99 29.7-35.4 against 17.2-31.8 ms (a fixed 15 ms interval: 62-69 ms). Not the default: at 1,000
+    req/s the device's p99 is to stay within twice the echo's."""
+    fetch_interval_max_ms: float = Field(default=20.0, ge=0, le=1000)
+    """The longest interval ``fetch_target_records`` may stretch the pacing to (never below
+    ``fetch_interval_ms``)."""
     fetch_pacing_from_per_s: float = Field(default=400.0, ge=0)
     """Fetches are paced only while records arrive at least this fast (records per second over the
     worker's partitions, ``pacing.py``) and an interval would hold two of them: below it, a fetch's

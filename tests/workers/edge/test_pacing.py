@@ -98,3 +98,36 @@ def test_pacing_follows_the_rate_over_a_window(
     assert pacing.rate_per_s == pytest.approx(rate_per_s, rel=0.1, abs=15.0)
     pacing.fetched(1, now_s)
     assert 0.0 <= pacing.wait_s(now_s) <= interval_ms / 1000.0 + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("rate_per_s", "interval_s"),
+    [
+        (600.0, 0.020),  # 15 records would take 25 ms: capped at the longest interval
+        (1_000.0, 0.015),  # 15 records in 15 ms
+        (2_000.0, 0.0075),
+        (8_000.0, 0.005),  # 15 records in under 2 ms: never below the least interval
+    ],
+)
+def test_a_target_stretches_the_interval_to_carry_that_many_records(
+    rate_per_s: float, interval_s: float
+) -> None:
+    pacing = FetchPacing(5.0, target_records=15.0, max_interval_ms=20.0)
+    now_s = _steady(pacing, rate_per_s, 3 * RATE_WINDOW_S)
+    pacing.fetched(4, now_s)
+    assert pacing.pacing
+    assert pacing.interval_now_s == pytest.approx(interval_s, rel=0.1)
+    assert pacing.wait_s(now_s) == pytest.approx(pacing.interval_now_s)
+
+
+def test_without_a_target_the_interval_is_fixed_whatever_the_rate() -> None:
+    pacing = FetchPacing(5.0, max_interval_ms=20.0)
+    _steady(pacing, 1_000.0, 3 * RATE_WINDOW_S)
+    assert pacing.interval_now_s == pytest.approx(0.005)
+
+
+def test_a_negative_target_or_a_longest_interval_under_the_least_is_refused() -> None:
+    with pytest.raises(ValueError, match="target_records"):
+        FetchPacing(5.0, target_records=-1.0)
+    with pytest.raises(ValueError, match="max_interval_ms"):
+        FetchPacing(5.0, max_interval_ms=4.0)
