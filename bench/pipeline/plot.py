@@ -24,6 +24,17 @@ SYSTEM_STYLES: dict[str, tuple[str, str]] = {
 """Each system's label and colour, in the order drawn."""
 
 
+SHORT_NAMES: dict[str, str] = {
+    "pipeline": "pipeline",
+    "pipeline_traced": "traced",
+    "echo_alo": "echo ALO",
+    "echo_eos": "echo EOS",
+    "peer_alo": "Quix ALO",
+    "peer_eos": "Quix EOS",
+}
+"""Each system's name where a label must be short (the capacity panel's bars)."""
+
+
 def systems_in(levels: list[dict[str, Any]]) -> list[str]:
     """The systems that ran (a level holds null for one that did not)."""
     return [system for system in SYSTEM_STYLES if any(lv.get(system) for lv in levels)]
@@ -165,7 +176,7 @@ def capacity_panel(cap: Axes, capacity: Mapping[str, Any]) -> None:
             ha="center",
             fontsize=7,
         )
-    cap.set_xticks(range(len(names)), [SYSTEM_STYLES[s][0].replace(", ", ",\n") for s in names], fontsize=7)
+    cap.set_xticks(range(len(names)), [SHORT_NAMES.get(s, s) for s in names], fontsize=8)
     cap.set_ylabel("answered items/s while draining")
     cap.set_title(f"Capacity: a backlog of {capacity['backlog']:,} drained")
     cap.margins(y=0.2)
