@@ -3,6 +3,7 @@ warm-up; and a warm-up that fails is said and does not stop the demo."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 from edgestream.pipeline.security.pki import Pki
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local import demo
-from edgestream.workers.local.broker.warmup import WarmupReport
+from edgestream.workers.local.broker.warmup import SENDER_LOG, ScratchRetries, WarmupReport
 from edgestream.workers.local.demo_settings import DemoSettings
 
 
@@ -72,3 +73,19 @@ def test_a_failed_warm_up_is_said_and_the_demo_goes_on(
     demo._warm_broker(DemoSettings(home=tmp_path), _cluster(tmp_path, own_broker=True), steps.append)
 
     assert steps[-1] == "warm-up failed (KafkaConnectionError); the devices start without it"
+
+
+def _sender_record(message: str) -> logging.LogRecord:
+    return logging.LogRecord(SENDER_LOG, logging.WARNING, __file__, 1, message, None, None)
+
+
+def test_the_warm_ups_own_retried_produces_are_not_logged_and_nothing_else_is_hidden() -> None:
+    quiet = ScratchRetries()
+    ours = (
+        "Got error produce response on topic-partition TopicPartition("
+        "topic='edgestream-warmup.replies', partition=2), retrying. Error: NotEnoughReplicasError"
+    )
+    theirs = ours.replace("edgestream-warmup.replies", "edge.eu-west.replies")
+    assert not quiet.filter(_sender_record(ours))
+    assert quiet.filter(_sender_record(theirs))  # a pipeline topic's retries stay visible
+    assert quiet.filter(_sender_record("Producer closed while sending to edgestream-warmup.replies"))
