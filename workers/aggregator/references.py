@@ -41,7 +41,7 @@ def version_reference(model: str, lineage: Any) -> FeatureReference | None:
     except (TypeError, ValueError, OverflowError):  # OverflowError: a count past int64
         return None
     if len(arrays) != base.n_features or any(
-        a.shape != b.shape or a.sum() <= 0 for a, b in zip(arrays, base.counts, strict=True)
+        a.shape != b.shape or not 0 < _total(a) <= INT64_MAX for a, b in zip(arrays, base.counts, strict=True)
     ):
         log.warning("%s: a drift reference that does not fit the model's bins is ignored", model)
         return None
@@ -50,6 +50,16 @@ def version_reference(model: str, lineage: Any) -> FeatureReference | None:
     except DriftError as e:  # e.g. a negative count: a lineage the aggregator cannot judge against
         log.warning("%s: its drift reference is ignored: %s", model, e)
         return None
+
+
+INT64_MAX = int(np.iinfo(np.int64).max)
+"""The largest total a feature's counts may add up to: numpy adds int64 counts modulo 2**64."""
+
+
+def _total(counts: np.ndarray[Any, np.dtype[np.int64]]) -> int:
+    """What ``counts`` add up to, exactly (numpy's own sum wraps past int64: three counts just under
+    2**63 summed to a positive 2**63 - 3, and the shares computed from it passed 1)."""
+    return sum(int(c) for c in counts.ravel())
 
 
 def _distinct(lineage: Mapping[str, Any], total: int) -> int | None:

@@ -492,6 +492,9 @@ def test_a_retrained_version_is_judged_against_its_own_training_inputs() -> None
     # raised OverflowError out of the refresh, and no version of any model got its own reference).
     past_int64 = [[2**64, *c[1:]] for c in lineage["drift_reference"]]
     assert version_reference("embedding-scorer", {"drift_reference": past_int64}) is None
+    # Each count fits int64 but they add up past it: numpy's sum wraps (here to a positive 2**63 - 3).
+    wrapping = [[2**63 - 1] * 3 + [0] * (len(c) - 3) for c in lineage["drift_reference"]]
+    assert version_reference("embedding-scorer", {"drift_reference": wrapping}) is None
     huge = version_reference("embedding-scorer", {**lineage, "distinct": 10**400, "joined": 1})
     assert huge is not None
     assert huge.samples == total  # the distinct count ignored
