@@ -45,16 +45,19 @@ def test_the_summary_gives_the_pipelines_capacity_over_each_other_systems() -> N
     assert summary["drains"]["pipeline"]["far_side_main_thread"]["running"] == 0.5
 
 
-def test_the_main_threads_schedstat_counts_its_running_time(tmp_path: Path) -> None:
-    ran_ns, _ = main_thread_schedstat(os.getpid())
-    if ran_ns == 0:
-        pytest.skip("this kernel keeps no schedstats")
-    end = time.process_time() + 0.05
-    while time.process_time() < end:
-        pass
-    assert main_thread_schedstat(os.getpid())[0] - ran_ns >= 40_000_000
+def test_the_main_threads_schedstat_is_read_as_ran_and_waited(tmp_path: Path) -> None:
     task = tmp_path / "7" / "task" / "7"
     task.mkdir(parents=True)
     (task / "schedstat").write_text("123 456 7\n")
     assert main_thread_schedstat(7, proc=tmp_path) == (123, 456)
     assert main_thread_schedstat(8, proc=tmp_path) == (0, 0)  # gone
+
+
+def test_the_main_threads_schedstat_counts_its_running_time() -> None:
+    ran_ns, _ = main_thread_schedstat(os.getpid())
+    if ran_ns == 0:
+        pytest.skip("this kernel keeps no schedstats (/proc/<pid>/task/<pid>/schedstat)")
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    assert main_thread_schedstat(os.getpid())[0] - ran_ns >= 40_000_000

@@ -4,6 +4,8 @@ paused partitions to time out, and resumes at half (``intake.py``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -75,11 +77,20 @@ def _intake(consumer: Consumer, held: list[int], released: asyncio.Event) -> Int
     )
 
 
+@contextlib.asynccontextmanager
+async def _running(intake: Intake) -> AsyncIterator[None]:
+    """The intake's loop running for the block, cancelled after it."""
+    task = asyncio.create_task(intake.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_paused_it_waits_for_a_release_and_resumes_at_half_without_fetching_meanwhile() -> None:
     consumer, held, released = Consumer(), [100], asyncio.Event()
-    intake = _intake(consumer, held, released)
-    running = asyncio.create_task(intake.run())
-    try:
+    async with _running(_intake(consumer, held, released)):
         await asyncio.sleep(0.01)
         assert consumer.paused() == {TP}
         assert consumer.fetches == 0  # paused: no fetch that could only wait out its timeout
@@ -95,21 +106,13 @@ async def test_paused_it_waits_for_a_release_and_resumes_at_half_without_fetchin
         await asyncio.sleep(0.01)
         assert consumer.paused() == set()
         assert consumer.fetches == 1
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_paused_without_a_release_it_looks_again_after_a_fetch_timeout() -> None:
     consumer, held, released = Consumer(), [100], asyncio.Event()
-    intake = _intake(consumer, held, released)
-    running = asyncio.create_task(intake.run())
-    try:
+    async with _running(_intake(consumer, held, released)):
         await asyncio.sleep(0.01)
         held[0] = 10  # let go without a release being signalled (nothing may hang on one)
         await asyncio.sleep(2.5 * FETCH_TIMEOUT_MS / 1000.0)
         assert consumer.paused() == set()
         assert consumer.fetches >= 1
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
