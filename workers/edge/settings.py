@@ -89,8 +89,12 @@ class WorkerSettings(BaseSettings):
     (2026-12-06, bench, pipeline and echo, two runs each, 15 records up to 20 ms against the default):
     at 1,000 req/s worker CPU 0.27-0.30 against 0.33-0.49 ms per request, but p50 14.5-15.3 against
     6.4-8.6 ms and p99 31.5-32.4 against 13.5-26.4 ms (over twice the echo's in one run); at 2,000 req/s
-    p99 29.7-35.4 against 17.2-31.8 ms (a fixed 15 ms interval: 62-69 ms). Not the default: at 1,000
-    req/s the device's p99 is to stay within twice the echo's."""
+    p99 29.7-35.4 against 17.2-31.8 ms (a fixed 15 ms interval: 62-69 ms). A sweep at 1,000 req/s
+    (2026-12-06, pipeline and the non-transactional echo in each run; target / longest interval: worker
+    CPU ms per request, device p99, p99 over the echo's): default 0.32, 14.7 ms, 0.78x; 10 / 20 ms 0.26,
+    19.7 ms, 1.65x; 14 / 28 ms 0.23-0.25, 22.7-26.0 ms, 1.9-2.0x (three runs); 18 / 36 ms 0.24, 30.8 ms,
+    2.09x; 25 / 40 ms 0.18, 36.0 ms, 2.93x; 50 / 80 ms 0.15, 71.1 ms, 5.3x. Not the default: where the
+    worker's CPU reaches 0.25 ms a request, the device's p99 reaches twice the echo's."""
     fetch_interval_max_ms: float = Field(default=20.0, ge=0, le=1000)
     """The longest interval ``fetch_target_records`` may stretch the pacing to (never below
     ``fetch_interval_ms``)."""
