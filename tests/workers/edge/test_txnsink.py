@@ -4,6 +4,7 @@ membership it sends, and against the real broker that a zombie's transaction is 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from io import BytesIO
 from pathlib import Path
@@ -27,6 +28,7 @@ from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.sinks import Output, PartitionWork, TransactionalSink
 from edgestream.workers.edge.txnsink import (
     ILLEGAL_GENERATION,
+    TXN_BATCH_BYTES,
     UNKNOWN_MEMBER_ID,
     GenerationRefused,
     GroupFencedTxnOffsetCommitHandler,
@@ -221,10 +223,22 @@ def _unit(region: EdgeRegion, tag: str) -> dict[TopicPartition, PartitionWork]:
     }
 
 
-async def _committed_values(region: EdgeRegion) -> list[bytes]:
-    topic = results_topic(region.name)
+async def _read_committed(region: EdgeRegion, topic: str, expect: int) -> list[Any]:
+    """``topic``'s records read_committed, read again until at least ``expect`` are there (20 s at most):
+    a commit's markers reach the partitions after the producer's commit returns, and the last stable
+    offset moves only then."""
     tps = kafka.partitions([(topic, 3)])
-    records = await kafka.read_all(region.bootstrap, tps, client_id="txnsink-check", timeout_ms=20_000)
+    deadline_s = time.monotonic() + 20.0
+    while True:
+        records = await kafka.read_all(region.bootstrap, tps, client_id="txnsink-check", timeout_ms=20_000)
+        if len(records) >= expect or time.monotonic() > deadline_s:
+            return records
+        await asyncio.sleep(0.1)
+
+
+async def _committed_values(region: EdgeRegion, expect: int = 0) -> list[bytes]:
+    """The results' values read_committed, once at least ``expect`` are there (`_read_committed`)."""
+    records = await _read_committed(region, results_topic(region.name), expect)
     return sorted(r.value or b"" for r in records)
 
 
@@ -238,7 +252,7 @@ async def test_one_transaction_commits_every_partition_of_a_unit(edge_region: Ed
         work = _unit(edge_region, "solo")
         assert await sink.publish(work) == {}
         assert (sink.transactions, sink.aborts) == (1, 0), "nine outputs and three offsets, one transaction"
-        assert await _committed_values(edge_region) == sorted(
+        assert await _committed_values(edge_region, expect=9) == sorted(
             o.value for w in work.values() for o in w.outputs
         )
         committed = await stable_committed(consumer, work)
@@ -282,7 +296,7 @@ async def test_a_zombie_with_a_stale_generation_is_refused_and_nothing_of_it_is_
         # checks the membership, not which member owns which partition): exactly one copy is visible.
         await live.assigned(work)
         assert await live.publish(_unit(edge_region, "live")) == {}
-        values = await _committed_values(edge_region)
+        values = await _committed_values(edge_region, expect=9)
         assert len(values) == 9
         assert all(v.startswith(b"live-") for v in values)
     finally:
@@ -292,9 +306,12 @@ async def test_a_zombie_with_a_stale_generation_is_refused_and_nothing_of_it_is_
             await live_consumer.stop()
 
 
-async def test_batched_outputs_land_as_sent_records_would(edge_region: EdgeRegion) -> None:
+@pytest.mark.parametrize("batch_bytes", [16 * 1024, TXN_BATCH_BYTES])
+async def test_batched_outputs_land_as_sent_records_would(edge_region: EdgeRegion, batch_bytes: int) -> None:
     """Each record on the partition its key hashes to, in order within it, with its key and headers;
-    batches that fill up and a record bigger than a batch (sent alone) included."""
+    batches that fill up (aiokafka's default batch size) and a record over 16 KiB (sent alone, its
+    partition's batch split around it) included. With the worker's batch size each partition's records
+    go as one batch, but for the split."""
     topic = results_topic(edge_region.name)
     outputs = [
         Output(
@@ -304,7 +321,10 @@ async def test_batched_outputs_land_as_sent_records_would(edge_region: EdgeRegio
     ]
     outputs.insert(150, Output(topic, b"x" * 40_000, key=b"device-3", headers=[("n", b"big")]))
     producer = kafka.producer(
-        edge_region.bootstrap, "batched", transactional_id=f"batched-{uuid.uuid4().hex}"
+        edge_region.bootstrap,
+        "batched",
+        transactional_id=f"batched-{uuid.uuid4().hex}",
+        max_batch_size=batch_bytes,
     )
     await producer.start()
     try:
@@ -316,9 +336,9 @@ async def test_batched_outputs_land_as_sent_records_would(edge_region: EdgeRegio
     finally:
         await producer.stop()
     assert len(deliveries) < len(outputs) / 10, "records went out in batches, not one by one"
-    records = await kafka.read_all(
-        edge_region.bootstrap, kafka.partitions([(topic, 3)]), client_id="batched-check", timeout_ms=20_000
-    )
+    if batch_bytes == TXN_BATCH_BYTES:
+        assert len(deliveries) == 3 + 2, "a batch per partition, the big record's split in two around it"
+    records = await _read_committed(edge_region, topic, expect=len(outputs))
     got = {p: [(r.key, r.value, list(r.headers)) for r in records if r.partition == p] for p in range(3)}
     want = {
         p: [(o.key, o.value, list(o.headers)) for o in outputs if partition_for(o.key or b"", 3) == p]
