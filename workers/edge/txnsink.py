@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import CoordinationType
@@ -58,6 +58,21 @@ ILLEGAL_GENERATION = 22
 UNKNOWN_MEMBER_ID = 25
 FENCED_INSTANCE_ID = 82
 REFUSED_MEMBERSHIP = {ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
+TXN_BATCH_BYTES: Final = 512 * 1024
+"""The transactional producer's record batch size. A produce request carries one batch per partition,
+and a transaction's requests go one after another, so with aiokafka's 16 KiB a commit of a second's
+backlog (about 100 KB of results per partition) took six or more round trips; this holds a commit's
+records in one. Below the broker's ``message.max.bytes`` (``pipeline/contract/limits.py``) with room to
+spare. Measured by draining a backlog of 30,000 (``bench/pipeline/capacity.py``, alternating pairs
+against 16 KiB, 2026-12-06): with 1 MiB, four pairs, items/s 9,580-11,666 against 8,769-10,903; with
+512 KiB, three pairs, 9,917-10,849 against 9,947-10,289 and the drained worker's produce requests
+947-960 against 1,323-1,372. Over the seven pairs 6% more items/s on average (one pair the other way),
+the broker's CPU an item 0.027-0.046 against 0.029-0.049 ms, the worker's about the same."""
+SENT_ALONE_BYTES: Final = 16 * 1024
+"""A record whose value and key take more than this goes through ``send`` instead of a built batch
+(`send_batched`), so that the producer checks its size against its request limit. A built batch holds
+only records this small (with their headers), and aiokafka lets a batch outgrow its size only by its
+first record, so a built batch stays within `TXN_BATCH_BYTES`."""
 """The group coordinator's answers to a commit from a member that no longer owns its partitions."""
 
 
@@ -299,6 +314,7 @@ class WorkerTransactionalSink:
             transactional_id=self.transactional_id,
             transaction_timeout_ms=self._timeout_ms,
             retry_backoff_ms=5,
+            max_batch_size=TXN_BATCH_BYTES,
         )
         fence_with_group(producer, lambda: self._assigned_as or Membership(-1, ""))
         return producer
@@ -406,14 +422,15 @@ async def send_batched(
     appending each batch's delivery to ``deliveries``: the records, their keys, headers, partitions
     (``producer``'s partitioner, as ``send`` picks them) and their order within a partition are what
     ``send`` per record gives, without its per-record future, metadata check and delivery metadata (a
-    quarter of the worker's CPU at 1,000 req/s went to ``send``; ``bench/profile``). A record too big
-    for a batch goes through ``send``, after the batches before it on its partition, so that it meets
-    the same size check."""
+    quarter of the worker's CPU at 1,000 req/s went to ``send``; ``bench/profile``). A record of more
+    than `SENT_ALONE_BYTES` (or than a batch holds) goes through ``send``, after the batches before it
+    on its partition, so that it meets the producer's size check: a batch holds only records that small,
+    so it never outgrows the producer's batch size, however large that is."""
     batches: dict[TopicPartition, list[Any]] = {}
     cluster = producer.client.cluster
     partitioner = producer._partitioner
     partitions: dict[str, tuple[list[int], list[int]]] = {}
-    batch_bytes: int = producer._message_accumulator._batch_size
+    batch_bytes = min(SENT_ALONE_BYTES, producer._message_accumulator._batch_size)
     for o in outputs:
         known = partitions.get(o.topic)
         if known is None:
