@@ -58,6 +58,7 @@ ILLEGAL_GENERATION = 22
 UNKNOWN_MEMBER_ID = 25
 FENCED_INSTANCE_ID = 82
 REFUSED_MEMBERSHIP = {ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
+"""The group coordinator's answers to a commit from a member that no longer owns its partitions."""
 TXN_BATCH_BYTES: Final = 512 * 1024
 """The transactional producer's record batch size. A produce request carries one batch per partition,
 and a transaction's requests go one after another, so with aiokafka's 16 KiB a commit of a second's
@@ -73,7 +74,6 @@ SENT_ALONE_BYTES: Final = 16 * 1024
 (`send_batched`), so that the producer checks its size against its request limit. A built batch holds
 only records this small (with their headers), and aiokafka lets a batch outgrow its size only by its
 first record, so a built batch stays within `TXN_BATCH_BYTES`."""
-"""The group coordinator's answers to a commit from a member that no longer owns its partitions."""
 
 
 class GenerationRefused(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
@@ -424,8 +424,8 @@ async def send_batched(
     ``send`` per record gives, without its per-record future, metadata check and delivery metadata (a
     quarter of the worker's CPU at 1,000 req/s went to ``send``; ``bench/profile``). A record of more
     than `SENT_ALONE_BYTES` (or than a batch holds) goes through ``send``, after the batches before it
-    on its partition, so that it meets the producer's size check: a batch holds only records that small,
-    so it never outgrows the producer's batch size, however large that is."""
+    on its partition, so that it meets the producer's size check; a built batch holds only records that
+    small (`SENT_ALONE_BYTES` says why that bounds it)."""
     batches: dict[TopicPartition, list[Any]] = {}
     cluster = producer.client.cluster
     partitioner = producer._partitioner
