@@ -102,6 +102,13 @@ def run_stats(
     t = report.totals()
     share = t.results / t.sent if t.sent else 0.0
     latency = Latency.of(t.latencies_ms)
+    silence_ms = longest_silence_ms(
+        [
+            (t_s, lat_ms)
+            for r in report.regions.values()
+            for t_s, lat_ms in zip(r.result_times_s, r.latencies_ms, strict=True)
+        ]
+    )
     return RunStats(
         offered_per_s=rate,
         sent=t.sent,
@@ -124,7 +131,29 @@ def run_stats(
         disturbed=cpu.others_s > 0.1 * report.total_s
         or steal_share(cpu) > settings.max_steal_share
         or jit_share(cpu) > settings.max_broker_jit_share,
+        longest_silence_ms=silence_ms,
+        stalled=silence_ms is not None and silence_ms > settings.stall_ms,
     )
+
+
+def longest_silence_ms(answers: Iterable[tuple[float, float]]) -> float | None:
+    """The longest time a request waited while no answer at all arrived, ms, from the answers'
+    ``(arrival s, latency ms)``; None without answers. A target that keeps answering, however late (a
+    queue), keeps this near its answers' latencies; one that stops (a pause of its process or of the
+    box) leaves every request of the pause waiting together, and this is the pause. Requests that were
+    never answered are not seen."""
+    done = sorted((arrived_s * 1000.0, arrived_s * 1000.0 - latency_ms) for arrived_s, latency_ms in answers)
+    if not done:
+        return None
+    longest, oldest_waiting_ms = 0.0, float("inf")
+    # Backwards: oldest_waiting_ms is the earliest capture among the answers after the gap, the
+    # request that waited longest through it.
+    for k in range(len(done) - 1, -1, -1):
+        arrived_ms, captured_ms = done[k]
+        oldest_waiting_ms = min(oldest_waiting_ms, captured_ms)
+        previous_ms = done[k - 1][0] if k > 0 else float("-inf")
+        longest = max(longest, arrived_ms - max(previous_ms, oldest_waiting_ms))
+    return longest
 
 
 def steal_share(cpu: CpuUse) -> float:

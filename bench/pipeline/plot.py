@@ -41,13 +41,18 @@ def systems_in(levels: list[dict[str, Any]]) -> list[str]:
 
 
 def caption(document: Mapping[str, Any]) -> str:
-    """One line of context for the plot: when, what ran, and which loads were disturbed."""
+    """One line of context for the plot: when, what ran, and which loads were disturbed or stalled."""
     worker = document["worker_settings"]
     levels = document["levels"]
     disturbed = [
         f"{lv['offered_per_s']:g}"
         for lv in levels
         if any(lv[system]["run"]["disturbed"] for system in systems_in(levels) if lv.get(system))
+    ]
+    stalled = [
+        f"{system} at {load}/s"
+        for load, systems in (document.get("ratios") or {}).get("stalled", {}).items()
+        for system in systems
     ]
     peer = document.get("peer") or {}
     eos = peer.get("exactly_once") or {}
@@ -57,6 +62,7 @@ def caption(document: Mapping[str, Any]) -> str:
         f"{peer.get('name', '-')}"
         + (f", exactly-once commit interval {eos['commit_interval_s']:g} s" if eos else "")
         + (f" · other processes busy during loads {', '.join(disturbed)}/s" if disturbed else "")
+        + (f" · stalled: {', '.join(stalled)}" if stalled else "")
     )
 
 

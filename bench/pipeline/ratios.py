@@ -121,6 +121,11 @@ def summary(levels: Sequence[Level], systems: Sequence[str]) -> dict[str, Any]:
         "p99_vs_echo_alo": level_ratio(lambda r: r.p99_vs_echo_alo),
         "infer_share_per_item": level_ratio(lambda r: r.infer_share_per_item),
         "infer_share_batch_run": level_ratio(lambda r: r.infer_share_batch_run),
+        "stalled": {
+            load_key(lv): stalled
+            for lv in levels
+            if (stalled := [s for s in systems if (run := lv.run_of(s)) is not None and run.stalled])
+        },
     }
 
 

@@ -16,12 +16,18 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def _marks(run: RunStats) -> str:
-    return ("*" if run.saturated else "") + ("!" if run.fleet_behind else "") + ("?" if run.disturbed else "")
+    return (
+        ("*" if run.saturated else "")
+        + ("!" if run.fleet_behind else "")
+        + ("?" if run.disturbed else "")
+        + ("#" if run.stalled else "")
+    )
 
 
 _MARKS_NOTE = (
     "* saturated (answered < 99% or backlog), ! the fleet could not send the offered load, "
-    "? other processes used > 10% of a core meanwhile"
+    "? other processes used > 10% of a core meanwhile, # stalled (a request waited > stall_ms with no answer "
+    "arriving)"
 )
 """What the marks after a number mean."""
 

@@ -111,6 +111,10 @@ class BenchSettings(BaseSettings):
     """A load during which the hypervisor stole more than this share of the machine's CPU (steal time
     over cores x seconds) is disturbed. Steal explained the day-to-day spread of this box's numbers:
     p99 at 1,000/s moved 2-7x between runs with steal from 0 to 43% of the machine."""
+    stall_ms: float = Field(default=100.0, gt=0)
+    """A load during which some request waited longer than this with no answer arriving at all is
+    marked stalled (``RunStats.stalled``): an echo at 1,000/s once had a p99 of 381 ms with a p95 of
+    7.9 ms from one pause, unseen by the CPU counts, and the pipeline's p99 over it looked good."""
     max_broker_jit_share: float = Field(default=0.1, ge=0)
     """A load during which the broker's JIT compiler threads used more than this share of one core is
     disturbed too: on this 2-core box a broker still compiling took 0.6 of a core from the first load
