@@ -20,6 +20,7 @@ decide about (the worker answers it or dead-letters it like any other record, by
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -31,6 +32,8 @@ from aiokafka.record.util import decode_varint
 
 log = logging.getLogger(__name__)
 
+_LENGTH: Final = struct.Struct(">i")
+"""A batch's length field, after its base offset."""
 _BATCH_HEADER: Final = 12
 """Bytes before a batch's length field ends: base offset (int64) and length (int32), in every format."""
 
@@ -83,13 +86,35 @@ def _nullable_bytes(buffer: Any, pos: int) -> tuple[bytes | None, int]:
 
 
 class _Batch:
-    """One batch of aiokafka's reader, read again by `LenientBatch` if its reader refuses a header key."""
+    """One batch of aiokafka's reader, read again by `LenientBatch` if its reader refuses a header key.
 
-    __slots__ = ("_inner", "_raw")
+    The header fields aiokafka's fetcher reads of every batch are copied once (they do not change
+    while the batch is read); anything else goes to the inner batch through ``__getattr__``. Read
+    through ``__getattr__``, those fields made a fetched batch of three records cost 6.5-10.7 us
+    against aiokafka's own 0.8-1.3 us; copied, 2.0-3.3 us (2026-12-06, alternating runs).
+    """
 
-    def __init__(self, inner: Any, raw: Any) -> None:
+    __slots__ = (
+        "_inner",
+        "_raw",
+        "base_offset",
+        "is_control_batch",
+        "is_transactional",
+        "next_offset",
+        "producer_id",
+    )
+
+    def __init__(self, inner: Any, raw: Any, start: int, end: int) -> None:
         self._inner = inner
-        self._raw = raw  # the batch's bytes (a memoryview of the fetch response)
+        self._raw = (raw, start, end)  # the fetch response's bytes, where the batch lies in them
+        self.base_offset: int = inner.base_offset
+        self.next_offset: int = inner.next_offset
+        self.producer_id: int | None = inner.producer_id
+        self.is_control_batch: bool = inner.is_control_batch
+        self.is_transactional: bool = inner.is_transactional
+
+    def validate_crc(self) -> bool:
+        return bool(self._inner.validate_crc())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -108,7 +133,8 @@ class _Batch:
                 raise
         else:
             return
-        lenient = LenientBatch(bytes(self._raw))
+        raw, start, end = self._raw
+        lenient = LenientBatch(bytes(raw[start:end]))
         _note_lenient(lenient.base_offset, read)
         for index, record in enumerate(lenient):
             if index >= read:
@@ -144,7 +170,7 @@ class LenientMemoryRecords:
 
     def __init__(self, raw: Any) -> None:
         self._inner = MemoryRecords(raw)
-        self._raw = memoryview(raw)
+        self._raw = raw
         self._pos = 0
 
     def size_in_bytes(self) -> int:
@@ -158,9 +184,9 @@ class LenientMemoryRecords:
         if batch is None:
             return None
         start = self._pos
-        length = int.from_bytes(self._raw[start + 8 : start + _BATCH_HEADER], "big")
+        (length,) = _LENGTH.unpack_from(self._raw, start + 8)
         self._pos = start + _BATCH_HEADER + length
-        return _Batch(batch, self._raw[start : self._pos])
+        return _Batch(batch, self._raw, start, self._pos)
 
 
 def install() -> None:

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.consumer import fetcher
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
 from bench.faults import wire
@@ -48,6 +49,47 @@ def test_valid_batches_read_as_aiokafka_reads_them() -> None:
     raw = wire.batch(good) + wire.batch(good[::-1])
     assert _read(kafkarecords.LenientMemoryRecords(raw)) == _read(MemoryRecords(raw))
     assert kafkarecords.LenientMemoryRecords(raw).size_in_bytes() == len(raw)
+
+
+def test_a_refused_batch_after_others_is_read_from_its_own_bytes() -> None:
+    good = [(b"k", b"v", [(b"a", b"1")])]
+    raw = wire.batch(good) + wire.batch(RECORDS) + wire.batch(good)
+    read = _read(kafkarecords.LenientMemoryRecords(raw))
+    assert [v for _, _, v, _ in read] == [b"v", b"first", b"second", b"third", b"v"]
+    assert [[name for name, _ in headers] for *_, headers in read] == [["a"], *KEYS_READ, ["a"]]
+
+
+def _transactional(producer_id: int, base_offset: int, n: int) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=1,
+        producer_id=producer_id,
+        producer_epoch=3,
+        base_sequence=0,
+        batch_size=1 << 20,
+    )
+    for i in range(n):
+        builder.append(i, timestamp=None, key=b"k", value=b"v", headers=[])
+    buf = bytearray(builder.build())
+    buf[0:8] = base_offset.to_bytes(8, "big")  # where the broker put it (outside the CRC's span)
+    return bytes(buf)
+
+
+def test_the_header_fields_the_fetcher_reads_are_the_batchs_own() -> None:
+    raw = wire.batch([(b"k", b"v", [])]) + _transactional(41, 1, 3) + _transactional(42, 4, 2)
+    ours, theirs = kafkarecords.LenientMemoryRecords(raw), MemoryRecords(raw)
+    fields = ("base_offset", "next_offset", "producer_id", "is_control_batch", "is_transactional")
+    seen = []
+    while theirs.has_next():
+        mine, expected = ours.next_batch(), theirs.next_batch()
+        assert mine is not None
+        assert [getattr(mine, f) for f in fields] == [getattr(expected, f) for f in fields]
+        assert mine.validate_crc()
+        assert mine.producer_epoch == expected.producer_epoch  # any other field: the inner batch's
+        seen.append((mine.base_offset, mine.next_offset, mine.producer_id, mine.is_transactional))
+    assert not ours.has_next()
+    assert seen == [(0, 1, -1, False), (1, 4, 41, True), (4, 6, 42, True)]
 
 
 def test_install_is_idempotent_and_refuses_an_aiokafka_it_does_not_know(
