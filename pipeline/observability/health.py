@@ -6,42 +6,35 @@
 
 One request per connection (``Connection: close``), GET only (405 otherwise), 404 for other paths,
 400 for anything that does not parse. The request line and headers must arrive within
-``read_timeout_s`` (else 408) and fit in :data:`MAX_HEAD_BYTES` (else 431); a body is never read. At
+``read_timeout_s`` (else 408) and fit in 8 KiB (else 431); a body is never read. At
 most ``max_connections`` are served at once (more are closed unanswered), so slow or hostile clients
 cost bounded memory and never hold up the others. The server runs on the worker's event loop: if
-that loop is blocked, probes time out, which is the truthful answer.
+that loop is blocked, probes time out, which is the truthful answer. The connection handling and the
+request parser are shared with the artifact server (``pipeline/httpserve.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Self
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
+
+from edgestream.pipeline.httpserve import TEXT_CONTENT_TYPE, BadRequest, BoundedServer, read_head
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[bool, str]]
 """Asked on each probe request: (healthy, reason). The reason is the body of a 503."""
 
-MAX_HEAD_BYTES = 8 * 1024
-"""Most bytes of request line and headers read; more is answered 431."""
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """What ``generate_latest`` writes: the classic text format (prometheus_client's ``choose_encoder``
 announces the same when the scraper asks for no other)."""
-TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
-"""Content type of the probes' bodies."""
 MAX_REASON_BYTES = 1024
 """A probe's reason is cut to this many bytes in the response body."""
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(rb"/[\x21-\x7e]*")
-_VERSION = re.compile(rb"HTTP/1\.[01]")
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -125,16 +118,10 @@ class _Response(NamedTuple):
     """Add ``Allow: GET`` (a 405)."""
 
 
-class BadRequest(Exception):
-    """A request head that does not parse; ``status`` is the answer (400, or 431)."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-
-
-class HealthServer:
+class HealthServer(BoundedServer):
     """Serves ``/livez``, ``/readyz`` and ``/metrics``; ``start()``/``stop()`` or ``async with``."""
+
+    what = "health"
 
     def __init__(
         self,
@@ -147,99 +134,21 @@ class HealthServer:
         read_timeout_s: float = 5.0,
         max_connections: int = 64,
     ) -> None:
-        if not read_timeout_s > 0:
-            raise ValueError(f"read_timeout_s must be > 0, got {read_timeout_s}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        self.host = host
-        """Address to listen on; a literal address (a name resolving to several binds several ports)."""
-        self.requested_port = port
-        """Port asked for; 0 picks a free one (see :attr:`port`)."""
-        self.read_timeout_s = read_timeout_s
-        """Time a client has to send its request line and headers, and to take the response."""
-        self.max_connections = max_connections
-        """Connections served at once; more are closed at once, unanswered."""
+        super().__init__(host=host, port=port, read_timeout_s=read_timeout_s, max_connections=max_connections)
         self._live = live
         self._ready = ready
         self._registry = registry
-        self._server: asyncio.Server | None = None
-        self._port: int | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._stopping = False
 
-    @property
-    def port(self) -> int:
-        """The port bound; only while started."""
-        if self._port is None:
-            raise RuntimeError("the health server is not started")
-        return self._port
+    def _listening(self, port: int) -> str:
+        return f"health server on http://{self.host}:{port} (/livez /readyz /metrics)"
 
-    async def start(self) -> None:
-        """Bind and listen. Idempotent."""
-        if self._server is not None:
-            return
-        self._stopping = False
-        server = await asyncio.start_server(self._serve, self.host, self.requested_port, limit=MAX_HEAD_BYTES)
-        self._server = server
-        self._port = int(server.sockets[0].getsockname()[1])
-        log.info("health server on http://%s:%d (/livez /readyz /metrics)", self.host, self._port)
-
-    async def stop(self) -> None:
-        """Stop listening, end the connections in progress, free the port. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._port = None
-        self._stopping = True
-        server.close()
-        # Aborting the transports ends each handler's read or write with an error it handles, so
-        # handlers finish on their own (cancelling them trips asyncio 3.11's connection callback).
-        for writer in self._connections.values():
-            writer.transport.abort()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._stopping or len(self._connections) >= self.max_connections:
-            # Over the bound (or stopping): close at once; reading the request to answer it would
-            # cost what the bound is there to limit.
-            log.debug("health connection refused: %d open", len(self._connections))
-            writer.transport.abort()
-            writer.close()
-            return
-        self._connections[task] = writer
-        try:
-            response = await self._answer(reader)
-            await self._write(writer, response)
-        except (ConnectionError, TimeoutError) as err:
-            log.debug("health client went away: %r", err)
-        finally:
-            del self._connections[task]
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(self.read_timeout_s):
-                    await writer.wait_closed()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        response = await self._answer(reader)
+        await self._write(writer, response)
 
     async def _answer(self, reader: asyncio.StreamReader) -> _Response:
         try:
-            async with asyncio.timeout(self.read_timeout_s):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, path = parse_head(head)
-        except TimeoutError:
-            return _Response(408, b"request not received in time\n")
-        except asyncio.LimitOverrunError:
-            return _Response(431, b"request line and headers exceed 8 KiB\n")
-        except asyncio.IncompleteReadError:
-            return _Response(400, b"incomplete request\n")
+            method, path = await read_head(reader, self.read_timeout_s)
         except BadRequest as err:
             log.debug("bad health request: %s", err)
             return _Response(err.status, f"{err}\n".encode())
@@ -280,33 +189,3 @@ def _probe(answer: tuple[bool, str]) -> _Response:
     if healthy:
         return _Response(200, b"ok\n")
     return _Response(503, reason.encode("utf-8", "replace")[:MAX_REASON_BYTES] + b"\n")
-
-
-def parse_head(head: bytes) -> tuple[bytes, bytes]:
-    """``(method, path)`` of a request head (ending in an empty line), or raise BadRequest.
-
-    Strict: ``METHOD SP /target SP HTTP/1.x``, header lines ``token: value`` without folding, a
-    ``Host`` header for HTTP/1.1. The query string is ignored.
-    """
-    lines = head[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = parts
-    if _TOKEN.fullmatch(method) is None:
-        raise BadRequest(400, "malformed method")
-    if _TARGET.fullmatch(target) is None:
-        raise BadRequest(400, "malformed target")
-    if _VERSION.fullmatch(version) is None:
-        raise BadRequest(400, "not HTTP/1.0 or HTTP/1.1")
-    host = False
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            raise BadRequest(400, "malformed header")
-        if _CONTROL.search(value) is not None:
-            raise BadRequest(400, "control character in a header")
-        host = host or name.lower() == b"host"
-    if version == b"HTTP/1.1" and not host:
-        raise BadRequest(400, "HTTP/1.1 request without Host")
-    return method, target.partition(b"?")[0]

@@ -10,7 +10,7 @@ admin) is answered 403. Every other path is
 404 without touching the disk: the hash is matched against ``[0-9a-f]{64}`` before it names a file, so
 there is no directory listing and no way to name anything outside the store. A stored blob that no
 longer hashes to its name is never served (500, logged). The request head is parsed by the health
-server's strict parser (``pipeline/observability/health.py``): it must arrive within
+servers' strict parser (``pipeline/httpserve.py``, shared with the health server): it must arrive within
 ``read_timeout_s`` and fit in 8 KiB (else 408, 431); a request body is never read; one request per
 connection; at most ``max_connections`` at once (more are closed unanswered), so memory is bounded by
 that many artifacts. Blobs are read and hashed in a thread; the loop only moves bytes.
@@ -19,12 +19,11 @@ that many artifacts. Blobs are read and hashed in a thread; the loop only moves 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from edgestream.pipeline.observability.health import MAX_HEAD_BYTES, TEXT_CONTENT_TYPE, BadRequest, parse_head
+from edgestream.pipeline.httpserve import TEXT_CONTENT_TYPE, BadRequest, BoundedServer, read_head
 from edgestream.pipeline.registry.errors import ArtifactMismatch, ArtifactNotFound
 from edgestream.pipeline.security.identities import fetches_artifacts
 
@@ -73,8 +72,10 @@ def peer_principal(peercert: Any) -> str | None:
     return names.get("organizationalUnitName") or names.get("commonName")
 
 
-class ArtifactServer:
+class ArtifactServer(BoundedServer):
     """Serves a :class:`LocalArtifactStore` over mutual TLS; ``start()``/``stop()`` or ``async with``."""
+
+    what = "artifact"
 
     def __init__(
         self,
@@ -88,112 +89,32 @@ class ArtifactServer:
         max_connections: int = 32,
     ) -> None:
         """``context``: a server context that requires client certificates (``tls.server_context``)."""
-        if not (read_timeout_s > 0 and write_timeout_s > 0):
-            raise ValueError("read_timeout_s and write_timeout_s must be > 0")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if not write_timeout_s > 0:
+            raise ValueError(f"write_timeout_s must be > 0, got {write_timeout_s}")
+        super().__init__(
+            host=host,
+            port=port,
+            read_timeout_s=read_timeout_s,
+            max_connections=max_connections,
+            ssl_context=context,
+        )
         self.store = store
         """What is served."""
-        self.host = host
-        """Address to listen on."""
-        self.requested_port = port
-        """Port asked for; 0 picks a free one (see :attr:`port`)."""
-        self.read_timeout_s = read_timeout_s
-        """Time a client has for its TLS handshake, and then for its request head."""
         self.write_timeout_s = write_timeout_s
         """Time a client has to take a response (a model may be large)."""
-        self.max_connections = max_connections
-        """Connections served at once, counting those still closing (up to ``read_timeout_s`` after
-        their answer, for a client that does not close its end); more are closed at once, unanswered."""
-        self._context = context
-        self._server: asyncio.Server | None = None
-        self._port: int | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._stopping = False
 
-    @property
-    def port(self) -> int:
-        """The port bound; only while started."""
-        if self._port is None:
-            raise RuntimeError("the artifact server is not started")
-        return self._port
+    def _listening(self, port: int) -> str:
+        return f"artifact server on https://{self.host}:{port}{ARTIFACT_PATH}<sha256>"
 
-    @property
-    def open_connections(self) -> int:
-        """Connections being served now, or still closing."""
-        return len(self._connections)
-
-    async def start(self) -> None:
-        """Bind and listen. Idempotent."""
-        if self._server is not None:
-            return
-        self._stopping = False
-        self._server = await asyncio.start_server(
-            self._serve,
-            self.host,
-            self.requested_port,
-            ssl=self._context,
-            ssl_handshake_timeout=self.read_timeout_s,
-            limit=MAX_HEAD_BYTES,
-        )
-        self._port = int(self._server.sockets[0].getsockname()[1])
-        log.info("artifact server on https://%s:%d%s<sha256>", self.host, self._port, ARTIFACT_PATH)
-
-    async def stop(self) -> None:
-        """Stop listening, end the connections in progress, free the port. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._port = None
-        self._stopping = True
-        server.close()
-        for writer in self._connections.values():
-            writer.transport.abort()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._stopping or len(self._connections) >= self.max_connections:
-            log.debug("artifact connection refused: %d open", len(self._connections))
-            writer.transport.abort()
-            return
-        self._connections[task] = writer
-        try:
-            principal = peer_principal(writer.get_extra_info("peercert"))
-            head, response = await self._answer(reader, principal)
-            await self._write(writer, response, head)
-        except (ConnectionError, TimeoutError) as err:
-            log.debug("artifact client went away: %r", err)
-        finally:
-            try:  # still one of the connections (so stop() aborts and awaits it) until it is closed
-                writer.close()
-                with contextlib.suppress(ConnectionError, TimeoutError, OSError):
-                    async with asyncio.timeout(self.read_timeout_s):
-                        await writer.wait_closed()
-            finally:
-                del self._connections[task]
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        principal = peer_principal(writer.get_extra_info("peercert"))
+        head, response = await self._answer(reader, principal)
+        await self._write(writer, response, head)
 
     async def _answer(self, reader: asyncio.StreamReader, principal: str | None) -> tuple[bool, _Response]:
         """``(head only, response)``."""
         try:
-            async with asyncio.timeout(self.read_timeout_s):
-                raw = await reader.readuntil(b"\r\n\r\n")
-            method, target = parse_head(raw)
-        except TimeoutError:
-            return False, _Response(408, b"request not received in time\n")
-        except asyncio.LimitOverrunError:
-            return False, _Response(431, b"request line and headers exceed 8 KiB\n")
-        except asyncio.IncompleteReadError:
-            return False, _Response(400, b"incomplete request\n")
+            method, target = await read_head(reader, self.read_timeout_s)
         except BadRequest as err:
             return False, _Response(err.status, f"{err}\n".encode())
         if method not in (b"GET", b"HEAD"):

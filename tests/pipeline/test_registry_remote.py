@@ -363,3 +363,13 @@ async def test_stop_ends_a_connection_still_closing(site: Site) -> None:
         answer = await client
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert answer.endswith(BLOB)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("read_timeout_s", 0.0), ("write_timeout_s", -1.0), ("max_connections", 0)]
+)
+def test_the_artifact_server_refuses_bad_settings(tmp_path: Path, setting: str, value: float) -> None:
+    site = Site(tmp_path)
+    context = server_context(site.pki.issue(Identity.registry()))
+    with pytest.raises(ValueError, match=setting):
+        ArtifactServer(site.store, context, **{setting: value})  # type: ignore[arg-type]
