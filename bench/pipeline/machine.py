@@ -152,8 +152,11 @@ class CpuWatch:
 
     def stop(self) -> CpuUse:
         busy0, steal0, procs0 = self._start
-        busy1, steal1, procs1 = self._sample()
+        # The compiler threads read after the processes at the start and before them at the stop, so
+        # their span lies inside the process's and their seconds never exceed its (per-thread ticks
+        # round down, as the process's total does).
         jit_s = jit_seconds(self._start_jit, self._jit())
+        busy1, steal1, procs1 = self._sample()
         tick_s = 1.0 / _CLOCK_TICKS_PER_S
         # A process that exited meanwhile reads 0: never count less than nothing.
         processes = {role: max(0, procs1[role] - procs0.get(role, 0)) * tick_s for role in procs1}
