@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from aiokafka import TopicPartition
@@ -102,12 +102,10 @@ def run_stats(
     t = report.totals()
     share = t.results / t.sent if t.sent else 0.0
     latency = Latency.of(t.latencies_ms)
-    silence_ms = longest_silence_ms(
-        [
-            (t_s, lat_ms)
-            for r in report.regions.values()
-            for t_s, lat_ms in zip(r.result_times_s, r.latencies_ms, strict=True)
-        ]
+    silence = longest_silence(
+        (t_s, lat_ms)
+        for region in report.regions.values()
+        for t_s, lat_ms in zip(region.result_times_s, region.latencies_ms, strict=True)
     )
     return RunStats(
         offered_per_s=rate,
@@ -131,29 +129,45 @@ def run_stats(
         disturbed=cpu.others_s > 0.1 * report.total_s
         or steal_share(cpu) > settings.max_steal_share
         or jit_share(cpu) > settings.max_broker_jit_share,
-        longest_silence_ms=silence_ms,
-        stalled=silence_ms is not None and silence_ms > settings.stall_ms,
+        longest_silence_ms=None if silence is None else silence.ms,
+        silence_waiting=0 if silence is None else silence.waiting,
+        stalled=silence is not None
+        and silence.ms > settings.stall_ms
+        and silence.waiting >= settings.stall_share * t.results,
     )
 
 
-def longest_silence_ms(answers: Iterable[tuple[float, float]]) -> float | None:
-    """The longest time a request waited while no answer at all arrived, ms, from the answers'
-    ``(arrival s, latency ms)``; None without answers. A target that keeps answering, however late (a
-    queue), keeps this near its answers' latencies; one that stops (a pause of its process or of the
-    box) leaves every request of the pause waiting together, and this is the pause. Requests that were
-    never answered are not seen."""
+class Silence(NamedTuple):
+    """The longest time requests waited while no answer at all arrived (`longest_silence`)."""
+
+    ms: float
+    """How long it lasted."""
+    waiting: int
+    """Answered requests waiting when it ended (captured before its end, answered at or after it):
+    those of a pause, and those in flight when it began."""
+
+
+def longest_silence(answers: Iterable[tuple[float, float]]) -> Silence | None:
+    """The longest time a request waited while no answer at all arrived, from the answers' ``(arrival
+    s, latency ms)``, and how many waited through it; None without answers. A target that keeps
+    answering, however late (a queue), keeps it near its answers' latencies, with few waiting through
+    it; one that stops (a pause of its process or of the box) leaves the requests of the pause waiting
+    together, and this is the pause. Requests never answered (or answered after their deadline) are not
+    seen."""
     done = sorted((arrived_s * 1000.0, arrived_s * 1000.0 - latency_ms) for arrived_s, latency_ms in answers)
     if not done:
         return None
-    longest, oldest_waiting_ms = 0.0, float("inf")
+    longest, at, oldest_waiting_ms = -1.0, 0, float("inf")
     # Backwards: oldest_waiting_ms is the earliest capture among the answers after the gap, the
     # request that waited longest through it.
     for k in range(len(done) - 1, -1, -1):
         arrived_ms, captured_ms = done[k]
         oldest_waiting_ms = min(oldest_waiting_ms, captured_ms)
-        previous_ms = done[k - 1][0] if k > 0 else float("-inf")
-        longest = max(longest, arrived_ms - max(previous_ms, oldest_waiting_ms))
-    return longest
+        since_ms = max(done[k - 1][0] if k > 0 else float("-inf"), oldest_waiting_ms)
+        if arrived_ms - since_ms > longest:
+            longest, at = arrived_ms - since_ms, k
+    ended_ms = done[at][0]
+    return Silence(longest, sum(1 for _, captured_ms in done[at:] if captured_ms < ended_ms))
 
 
 def steal_share(cpu: CpuUse) -> float:

@@ -26,8 +26,8 @@ def _marks(run: RunStats) -> str:
 
 _MARKS_NOTE = (
     "* saturated (answered < 99% or backlog), ! the fleet could not send the offered load, "
-    "? other processes used > 10% of a core meanwhile, # stalled (a request waited > stall_ms with no answer "
-    "arriving)"
+    "? other processes used > 10% of a core meanwhile, # stalled (>= 1% of requests waited together over "
+    "stall_ms with no answer arriving)"
 )
 """What the marks after a number mean."""
 

@@ -71,11 +71,14 @@ class RunStats:
     """Other processes used more than 10% of one core meanwhile, or the hypervisor stole more than
     ``max_steal_share`` of the machine: read this load's numbers with care."""
     longest_silence_ms: float | None = None
-    """The longest time a request waited with no answer arriving at all (``measure.longest_silence_ms``);
+    """The longest time a request waited with no answer arriving at all (``measure.longest_silence``);
     None without answers."""
+    silence_waiting: int = 0
+    """Answered requests waiting when that silence ended (``measure.Silence.waiting``)."""
     stalled: bool = False
-    """``longest_silence_ms`` over ``stall_ms``: the target (or the box under it) stopped answering for
-    a while, which CPU accounting does not see; a ratio over a stalled run says more about the stall
+    """A silence over ``stall_ms`` that held at least ``stall_share`` of the answered requests: the
+    target (or the box under it) stopped answering long enough, for enough requests, to set the p99 by
+    itself, which CPU accounting does not see; a ratio over a stalled run says more about the stall
     than about the systems. Marked, not run again: a stall may be the target's own."""
     attempts: int = 1
     """Runs of this load: a disturbed one is run again (``disturbed_retries``) and the least disturbed
