@@ -4,6 +4,7 @@ each system's capacity draining a backlog (where measured)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,11 +50,11 @@ def caption(document: Mapping[str, Any]) -> str:
         for lv in levels
         if any(lv[system]["run"]["disturbed"] for system in systems_in(levels) if lv.get(system))
     ]
-    stalled = [
-        f"{system} at {load}/s"
-        for load, systems in (document.get("ratios") or {}).get("stalled", {}).items()
-        for system in systems
-    ]
+    loads_of: dict[str, list[str]] = {}
+    for load, systems in (document.get("ratios") or {}).get("stalled", {}).items():
+        for system in systems:
+            loads_of.setdefault(system, []).append(load)
+    stalled = [f"{system} at {', '.join(loads)}/s" for system, loads in loads_of.items()]
     peer = document.get("peer") or {}
     eos = peer.get("exactly_once") or {}
     return (
@@ -62,7 +63,7 @@ def caption(document: Mapping[str, Any]) -> str:
         f"{peer.get('name', '-')}"
         + (f", exactly-once commit interval {eos['commit_interval_s']:g} s" if eos else "")
         + (f" · other processes busy during loads {', '.join(disturbed)}/s" if disturbed else "")
-        + (f" · stalled: {', '.join(stalled)}" if stalled else "")
+        + (f" · stalled: {'; '.join(stalled)}" if stalled else "")
     )
 
 
@@ -204,7 +205,7 @@ def plot(document: Mapping[str, Any], path: Path) -> None:
     onnxruntime_panel(axes[2], document["onnxruntime_floor"])
     if capacity:
         capacity_panel(axes[3], capacity)
-    fig.suptitle(caption(document), fontsize=9, x=0.01, ha="left")
+    fig.suptitle(textwrap.fill(caption(document), 250), fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
