@@ -107,7 +107,9 @@ class _Batch:
     def __init__(self, inner: Any, raw: Any, start: int, end: int) -> None:
         self._inner = inner
         self._raw = (raw, start, end)  # the fetch response's bytes, where the batch lies in them
-        self.base_offset: int = inner.base_offset
+        # A batch of the old formats (magic 0 and 1) has no base offset; aiokafka reads it only of
+        # batches with a producer id, which those have not either.
+        self.base_offset: int | None = getattr(inner, "base_offset", None)
         self.next_offset: int = inner.next_offset
         self.producer_id: int | None = inner.producer_id
         self.is_control_batch: bool = inner.is_control_batch

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.consumer import fetcher
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
 from bench.faults import wire
@@ -90,6 +91,19 @@ def test_the_header_fields_the_fetcher_reads_are_the_batchs_own() -> None:
         seen.append((mine.base_offset, mine.next_offset, mine.producer_id, mine.is_transactional))
     assert not ours.has_next()
     assert seen == [(0, 1, -1, False), (1, 4, 41, True), (4, 6, 42, True)]
+
+
+def test_batches_of_the_old_formats_read_as_aiokafka_reads_them() -> None:
+    raw = b""
+    for magic in (0, 1):
+        builder = LegacyRecordBatchBuilder(magic=magic, compression_type=0, batch_size=1 << 20)
+        builder.append(0, timestamp=None if magic == 0 else 1_700_000_000_000, key=b"k", value=b"v")
+        raw += bytes(builder.build())
+    assert _read(kafkarecords.LenientMemoryRecords(raw)) == _read(MemoryRecords(raw))
+    batch = kafkarecords.LenientMemoryRecords(raw).next_batch()
+    assert batch is not None
+    assert (batch.producer_id, batch.is_transactional, batch.is_control_batch) == (None, False, False)
+    assert batch.next_offset == 1
 
 
 def test_install_is_idempotent_and_refuses_an_aiokafka_it_does_not_know(
