@@ -9,8 +9,8 @@ whose principal (OU, else CN) may not fetch (``identities.fetches_artifacts``: e
 admin) is answered 403. Every other path is
 404 without touching the disk: the hash is matched against ``[0-9a-f]{64}`` before it names a file, so
 there is no directory listing and no way to name anything outside the store. A stored blob that no
-longer hashes to its name is never served (500, logged). The request head is parsed by the health
-servers' strict parser (``pipeline/httpserve.py``, shared with the health server): it must arrive within
+longer hashes to its name is never served (500, logged). The request head is parsed by the strict
+parser this server shares with the health server (``pipeline/httpserve.py``): it must arrive within
 ``read_timeout_s`` and fit in 8 KiB (else 408, 431); a request body is never read; one request per
 connection; at most ``max_connections`` at once (more are closed unanswered), so memory is bounded by
 that many artifacts. Blobs are read and hashed in a thread; the loop only moves bytes.
