@@ -128,3 +128,33 @@ def test_the_watch_counts_a_busy_compiler_thread_apart_from_the_process() -> Non
             jvm.kill()
     assert 0.2 < use.broker_jit_s <= use.processes_s["broker"]  # ~1 s spinning; a loaded box gives less
     assert unwatched.broker_jit_s == 0.0  # no JVM named: nothing counted
+
+
+def test_the_compiler_threads_never_count_more_than_their_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel rounds each thread's time apart from its process's total: over one span the threads
+    # may read a tick more than the process (CI read 1.00 s of JIT against 0.99 s).
+    from bench.pipeline import machine
+
+    process = iter([1000, 1099])  # the broker: 99 ticks over the span
+    threads = iter([{7: 500}, {7: 600}])  # its compiler thread: 100 ticks over the same span
+    monkeypatch.setattr(machine, "_process_ticks", lambda pid: next(process))
+    monkeypatch.setattr(machine, "jit_thread_ticks", lambda pid: next(threads))
+    watch = CpuWatch({"broker": 42}, jvm_pid=42)
+    watch.start()
+    use = watch.stop()
+    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+    assert use.processes_s["broker"] == pytest.approx(99 * tick_s)
+    assert use.broker_jit_s == pytest.approx(99 * tick_s)  # clamped to the process, not 100 ticks
+
+
+def test_compiler_threads_under_their_process_are_counted_as_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.pipeline import machine
+
+    process = iter([1000, 1099])
+    threads = iter([{7: 500}, {7: 540}])
+    monkeypatch.setattr(machine, "_process_ticks", lambda pid: next(process))
+    monkeypatch.setattr(machine, "jit_thread_ticks", lambda pid: next(threads))
+    watch = CpuWatch({"broker": 42}, jvm_pid=42)
+    watch.start()
+    use = watch.stop()
+    assert use.broker_jit_s == pytest.approx(40 / os.sysconf("SC_CLK_TCK"))
