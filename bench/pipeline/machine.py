@@ -215,6 +215,63 @@ def foreign_processes() -> dict[str, int]:
     return counts
 
 
+WAKE_IDLE_S = 0.003
+"""The idle gap before each timed piece of work of ``wake_penalty``: about the worker's paced fetch
+interval (5 ms) less its work, and what a light load leaves between two records."""
+
+
+def wake_penalty(rounds: int = 200, idle_s: float = WAKE_IDLE_S) -> dict[str, float]:
+    """µs (median) of a sum over 64 KB of floats run right after the same sum (``hot_us``) and right
+    after sleeping ``idle_s`` (``after_idle_us``), alternating, and their ratio. On a virtual machine
+    whose idle CPUs halt at once, the work after a sleep finds its data gone from the caches another
+    guest or the host used meanwhile: on the AMD EPYC dev box (cpuidle ``haltpoll``,
+    ``guest_halt_poll_ns`` 0) this sum took 4-5 µs hot and 22-35 µs after 3 ms of idle, and an
+    onnxruntime call of a medium zoo model 10 µs hot and 80-220 µs after 3 ms of idle (37 µs with the
+    CPUs kept from halting by spinners at idle priority) (2026-12-06). Every pipeline cycle that follows
+    an idle gap pays this, so CPU per request at light loads reads higher on such a machine than on one
+    whose CPUs stay awake."""
+    values = np.random.default_rng(0).random(8192)  # 64 KB: fits the caches, evicted while idle
+
+    hot: list[int] = []
+    after_idle: list[int] = []
+    values.sum()
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        values.sum()
+        hot.append(time.perf_counter_ns() - started)
+        time.sleep(idle_s)
+        started = time.perf_counter_ns()
+        values.sum()
+        after_idle.append(time.perf_counter_ns() - started)
+    hot_us = float(np.median(hot)) / 1000.0
+    idle_us = float(np.median(after_idle)) / 1000.0
+    return {
+        "idle_ms": idle_s * 1000.0,
+        "hot_us": round(hot_us, 2),
+        "after_idle_us": round(idle_us, 2),
+        "ratio": round(idle_us / hot_us, 2) if hot_us > 0 else float("nan"),
+    }
+
+
+def cpu_idle_facts(sys_dir: Path = Path("/sys")) -> dict[str, str | None]:
+    """How the machine's idle CPUs wait: the cpuidle driver and governor, and on a KVM guest with the
+    haltpoll governor how long an idle CPU polls before it halts (``guest_halt_poll_ns``; 0: it halts at
+    once). None where the file is not there."""
+
+    def read(path: str) -> str | None:
+        try:
+            return (sys_dir / path).read_text().strip()
+        except OSError:
+            return None
+
+    return {
+        "driver": read("devices/system/cpu/cpuidle/current_driver"),
+        "governor": read("devices/system/cpu/cpuidle/current_governor_ro")
+        or read("devices/system/cpu/cpuidle/current_governor"),
+        "guest_halt_poll_ns": read("module/haltpoll/parameters/guest_halt_poll_ns"),
+    }
+
+
 def machine_facts(kafka_version: str) -> dict[str, Any]:
     cpu_model = None
     with contextlib.suppress(OSError):
@@ -239,4 +296,5 @@ def machine_facts(kafka_version: str) -> dict[str, Any]:
         "numpy": np.__version__,
         "kafka": kafka_version,
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        "cpu_idle": cpu_idle_facts(),
     }

@@ -30,6 +30,7 @@ from bench.pipeline.machine import (
     jit_seconds,
     jit_thread_ticks,
     machine_facts,
+    wake_penalty,
 )
 from bench.pipeline.measure import (
     disturbance,
@@ -327,7 +328,8 @@ def run_bench(settings: BenchSettings, console: Console) -> BenchResult:
     timestamp = datetime.now(UTC).isoformat(timespec="seconds")
     load_at_start = round(os.getloadavg()[0], 2)
     others = foreign_processes()
-    before = {"loadavg_1m_at_start": load_at_start, "others_at_start": others}
+    # Before anything of the run's is started: what an idle gap costs on this machine itself.
+    before = {"loadavg_1m_at_start": load_at_start, "others_at_start": others, "wake_penalty": wake_penalty()}
     code = code_facts()
     if load_at_start > 1.0 or any(others.values()):
         log.warning(

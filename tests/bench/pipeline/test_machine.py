@@ -158,3 +158,31 @@ def test_compiler_threads_under_their_process_are_counted_as_read(monkeypatch: p
     watch.start()
     use = watch.stop()
     assert use.broker_jit_s == pytest.approx(40 / os.sysconf("SC_CLK_TCK"))
+
+
+def test_cpu_idle_facts_read_what_the_kernel_says_and_none_where_it_says_nothing(tmp_path: Path) -> None:
+    from bench.pipeline.machine import cpu_idle_facts
+
+    cpuidle = tmp_path / "devices/system/cpu/cpuidle"
+    cpuidle.mkdir(parents=True)
+    (cpuidle / "current_driver").write_text("haltpoll\n")
+    (cpuidle / "current_governor_ro").write_text("haltpoll\n")
+    expected = {"driver": "haltpoll", "governor": "haltpoll", "guest_halt_poll_ns": None}
+    assert cpu_idle_facts(tmp_path) == expected
+    params = tmp_path / "module/haltpoll/parameters"
+    params.mkdir(parents=True)
+    (params / "guest_halt_poll_ns").write_text("200000\n")
+    assert cpu_idle_facts(tmp_path)["guest_halt_poll_ns"] == "200000"
+    assert set(cpu_idle_facts(tmp_path / "absent").values()) == {None}
+
+
+def test_the_wake_penalty_times_the_same_work_hot_and_after_an_idle_gap() -> None:
+    from bench.pipeline.machine import wake_penalty
+
+    started = time.monotonic()
+    facts = wake_penalty(rounds=20, idle_s=0.002)
+    assert time.monotonic() - started >= 20 * 0.002  # it did sleep before each timed piece
+    assert facts["idle_ms"] == pytest.approx(2.0)
+    assert facts["hot_us"] > 0
+    assert facts["after_idle_us"] > 0
+    assert facts["ratio"] == pytest.approx(facts["after_idle_us"] / facts["hot_us"], rel=0.02)
