@@ -72,6 +72,10 @@ s3-tools: ## Build SeaweedFS's weed for the S3 artifact store's tests (quiet whe
 test: helm-tools-background jars promtool ## Run the whole test suite (unit + real-broker integration)
 	@$(BIN)/python -m pytest
 
+.PHONY: fuzz
+fuzz: $(STAMP) ## Property tests again under SEEDS other seeds (default 20; no broker; ~30 s a seed)
+	@tests/fuzz.sh
+
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint + format check) and mypy on the whole tree
 	@$(BIN)/ruff check .
