@@ -11,18 +11,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "fuzz.sh"
 
+# Imported as ``import hypothesis``: ``fuzz.sh`` finds the suite's property modules by a line
+# ``from hypothesis``, which these sources, and so this module, must not hold.
 PASSING = """
-from hypothesis import given, strategies as st
+import hypothesis
+import hypothesis.strategies as st
 
-@given(st.integers())
+@hypothesis.given(st.integers())
 def test_holds(x: int) -> None:
     assert x + 0 == x
 """
 
 FAILING = """
-from hypothesis import given, strategies as st
+import hypothesis
+import hypothesis.strategies as st
 
-@given(st.integers(min_value=0, max_value=10))
+@hypothesis.given(st.integers(min_value=0, max_value=10))
 def test_breaks(x: int) -> None:
     assert x < 5
 """
