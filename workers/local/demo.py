@@ -219,6 +219,7 @@ def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> 
         env=env,
         log_file=paths.logs / "aggregator.log",
         nice=settings.cloud_nice,
+        idle=settings.cloud_idle,
     )
     with stopped_at_exit([aggregator]):
         url = f"http://127.0.0.1:{port}"
@@ -607,6 +608,7 @@ async def _fleet_and_story(
         started_at=fleet.report.started_at,
         event_loop=settings.event_loop,
         nice=settings.cloud_nice,
+        idle=settings.cloud_idle,
         log_level=logging.getLogger().getEffectiveLevel(),
     )
     ready, sending = asyncio.Event(), asyncio.Event()

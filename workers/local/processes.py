@@ -11,6 +11,7 @@ form, for callers outside and inside an event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -55,6 +56,31 @@ def exit_with_parent(env: Mapping[str, str]) -> bool:
     return True
 
 
+def schedule_idle(pid: int) -> bool:
+    """Put every thread of process ``pid`` under Linux's ``SCHED_IDLE`` policy: it then runs only on CPU
+    time no other process wants, and any other process that wakes takes the CPU from it at once (a
+    niced process keeps a share and a time slice of its own). Threads it starts later inherit the
+    policy; the threads are read again until none is new, so one started meanwhile is not missed. False
+    where the policy does not exist (not Linux), is not permitted (logged), or the process has exited.
+    A user may lower the policy of their own processes; only a privileged one can raise it back."""
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        return False
+    done: set[int] = set()
+    try:
+        while tids := {int(t) for t in os.listdir(f"/proc/{pid}/task")} - done:
+            for tid in tids:
+                with contextlib.suppress(ProcessLookupError):  # a thread that has ended meanwhile
+                    os.sched_setscheduler(tid, policy, os.sched_param(0))
+            done |= tids
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError as err:
+        log.warning("process %d could not be given the idle scheduling policy: %s", pid, err)
+        return False
+    return True
+
+
 def edgestream_command(*args: str) -> list[str]:
     """``python -m edgestream <args>``, with this interpreter."""
     return [sys.executable, "-m", "edgestream", *args]
@@ -89,11 +115,14 @@ class Child:
         append: bool = False,
         new_session: bool = False,
         nice: int = 0,
+        idle: bool = False,
     ) -> Child:
         """Start ``command`` with exactly ``env``; stdin closed; output to ``log_file`` (appended to
         when ``append``); in a session of its own when ``new_session`` (a signal to this process group
         does not reach it); ``nice`` added to its CPU niceness (``nice(1)``, which execs the command in
-        the same process: a positive value makes it yield the CPU to the rest of the box)."""
+        the same process: a positive value makes it yield the CPU to the rest of the box); under the
+        ``SCHED_IDLE`` policy when ``idle`` (:func:`schedule_idle`, as soon as it has started), which
+        yields it the CPU entirely where the policy exists."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         argv = ["nice", "-n", str(nice), *command] if nice else list(command)
         with log_file.open("ab" if append else "wb") as out:
@@ -106,6 +135,8 @@ class Child:
                 stderr=subprocess.STDOUT,
                 start_new_session=new_session,
             )
+        if idle:
+            schedule_idle(proc.pid)
         log.debug("started %s (pid %d)", name, proc.pid)
         return cls(name, proc, log_file)
 

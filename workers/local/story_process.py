@@ -4,19 +4,21 @@ The story stands in for the cloud: it reads the cloud topics (labelled samples, 
 the summaries the rollout controller judges), retrains with scikit-learn and signs candidates. That is
 seconds of CPU in bursts. Told in the fleet's process, as it was, it took the devices' event loop for
 them: a profile of a demo showed the loop decoding labelled samples (``read_labelled``, the
-controller's judgements) between the devices' sends, and scikit-learn's import and training holding the
-interpreter in a thread; the loop's peak lag was 2.7 s, and 6.4% of the Kafka-native devices' requests
-were answered by their fallback. Here it runs as the rest of the demo's cloud part does: in its own
-process (``spawn``), niced (``DemoSettings.cloud_nice``), so the edge path and the devices get the
-CPU first. The fleet hears from it through a pipe only what the devices and the console need: which
-inputs to send, the story's events as they happen, and its report when it ends.
+controller's judgements) between the devices' sends, and scikit-learn's import and training holding
+the interpreter in a thread; the loop's peak lag was 2.7 s, and 6.4% of the Kafka-native devices'
+requests were answered by their fallback. Here it runs as the rest of the demo's cloud part does: in
+its own process (``spawn``), niced (``DemoSettings.cloud_nice``) and under the idle scheduling
+policy (``DemoSettings.cloud_idle``), so the edge path and the devices get the CPU first. The fleet
+hears from it through a pipe only what the devices and the console need: which inputs to send, the
+story's events as they happen, and its report when it ends.
 
-The parent renices the process as soon as it exists (the child's imports are a second of CPU), the
-child says when it is ready (the story's modules imported and the story made), and the story begins
-when the parent says go: the demo starts its fleet once the child is ready and says go when the fleet
-starts sending, so the child's start does not share the CPU with the first requests (in a demo whose
-fleet started beside it, the first 0.3 s of device round trips took up to 100 ms: 33 of the run's 91
-direct requests over its p99) and the devices' baseline is counted from their first request.
+The parent renices the process (and sets its policy) as soon as it exists (the child's imports are a
+second of CPU), the child says when it is ready (the story's modules imported and the story made),
+and the story begins when the parent says go: the demo starts its fleet once the child is ready and
+says go when the fleet starts sending, so the child's start does not share the CPU with the first
+requests (in a demo whose fleet started beside it, the first 0.3 s of device round trips took up to
+100 ms: 33 of the run's 91 direct requests over its p99) and the devices' baseline is counted from
+their first request.
 
 Messages, child to parent: ``("ready",)`` first, then ``("inputs", Inputs)``, ``("event",
 StoryEvent)``, then ``("report", StoryReport)`` or ``("error", str)`` last. Parent to child:
@@ -44,6 +46,7 @@ from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.eventloop import EventLoop
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.fleet_settings import Inputs
+from edgestream.workers.local.processes import schedule_idle
 from edgestream.workers.local.story import Story, StoryEvent, StoryReport, StorySettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ class StoryArgs:
     event_loop: EventLoop = "uvloop"
     nice: int = 0
     """Added to the parent's CPU niceness for the process, from its start."""
+    idle: bool = False
+    """The process runs under the ``SCHED_IDLE`` policy (``processes.schedule_idle``), from its start."""
     log_level: int = logging.WARNING
 
 
@@ -102,6 +107,8 @@ async def tell_story(
     theirs.close()
     if process.pid is not None:  # set once started
         _renice(process.pid, args.nice)
+        if args.idle:
+            schedule_idle(process.pid)
     saying_go = asyncio.create_task(_say_go(ours, go))
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from edgestream.workers.local.processes import Child, ChildFailed, stop_all, stopped_at_exit
+from edgestream.workers.local.processes import (
+    Child,
+    ChildFailed,
+    schedule_idle,
+    stop_all,
+    stopped_at_exit,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,6 +59,58 @@ def test_a_niced_child_runs_niced_in_the_process_it_was_started_as(tmp_path: Pat
     assert niceness == os.nice(0) + 7
     assert pid == child.proc.pid  # nice(1) exec'd the command: signals reach it
     assert child.stop() == -signal.SIGTERM
+
+
+needs_idle_policy = pytest.mark.skipif(
+    not hasattr(os, "SCHED_IDLE"), reason="the SCHED_IDLE scheduling policy is Linux's"
+)
+
+
+def _policy_of_threads(pids_file: Path) -> dict[int, int]:
+    return {tid: os.sched_getscheduler(tid) for tid in map(int, pids_file.read_text().split())}
+
+
+@needs_idle_policy
+def test_an_idle_child_and_the_threads_it_starts_later_run_under_the_idle_policy(tmp_path: Path) -> None:
+    ready = tmp_path / "i.ready"
+    tmp, out = str(tmp_path / "i.tmp"), str(ready)
+    code = (
+        "import os, pathlib, threading, time; tids = [threading.get_native_id()]; "
+        "t = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), time.sleep(60)), "
+        "daemon=True); t.start(); time.sleep(0.2); p = pathlib.Path(" + repr(tmp) + "); "
+        "p.write_text(' '.join(map(str, tids)) + f' {os.nice(0)}'); "
+        "p.rename(" + repr(out) + "); time.sleep(60)"
+    )
+    argv = [sys.executable, "-c", code]
+    child = Child.start("i", argv, env=dict(os.environ), log_file=tmp_path / "i.log", nice=3, idle=True)
+    with stopped_at_exit([child]):
+        child.wait_ready(ready, timeout_s=30)
+        *tids, niceness = map(int, ready.read_text().split())
+        assert len(tids) == 2
+        assert tids[0] == child.proc.pid
+        assert {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_IDLE}
+        assert niceness == os.nice(0) + 3  # nice(1) still applies
+
+
+@needs_idle_policy
+def test_every_thread_a_process_already_runs_is_given_the_idle_policy(tmp_path: Path) -> None:
+    ready = tmp_path / "t.ready"
+    tmp, out = str(tmp_path / "t.tmp"), str(ready)
+    code = (
+        "import pathlib, threading, time; tids = [threading.get_native_id()]; "
+        "[threading.Thread(target=lambda: (tids.append(threading.get_native_id()), time.sleep(60)), "
+        "daemon=True).start() for _ in range(3)]; time.sleep(0.2); p = pathlib.Path(" + repr(tmp) + "); "
+        "p.write_text(' '.join(map(str, tids))); p.rename(" + repr(out) + "); time.sleep(60)"
+    )
+    child = _python(tmp_path, "t", code)
+    with stopped_at_exit([child]):
+        child.wait_ready(ready, timeout_s=30)
+        before = _policy_of_threads(ready)
+        assert len(before) == 4
+        assert set(before.values()) == {os.SCHED_OTHER}
+        assert schedule_idle(child.proc.pid)
+        assert set(_policy_of_threads(ready).values()) == {os.SCHED_IDLE}
+    assert not schedule_idle(child.proc.pid)  # exited (and reaped): nothing to set
 
 
 def test_a_child_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from edgestream.workers.local.story import StoryEvent, StoryReport, StorySetting
 from edgestream.workers.local.story_process import StoryArgs, StoryFailed, end_story, tell_story
 
 
-def _args(tmp_path: Path, nice: int = 0) -> StoryArgs:
+def _args(tmp_path: Path, nice: int = 0, *, idle: bool = False) -> StoryArgs:
     return StoryArgs(
         StorySettings(),
         kafka=KafkaSettings(),
@@ -29,6 +29,7 @@ def _args(tmp_path: Path, nice: int = 0) -> StoryArgs:
         reference=1,
         started_at=1_000.0,
         nice=nice,
+        idle=idle,
     )
 
 
@@ -109,6 +110,12 @@ def _ready_then_waits_for_cancel(conn: Connection, args: StoryArgs) -> None:
 def _reports_its_niceness(conn: Connection, args: StoryArgs) -> None:
     report = StoryReport("embedding-scorer", args.reference)
     report.stalled = str(os.nice(0))
+    conn.send(("report", report))
+
+
+def _reports_its_policy(conn: Connection, args: StoryArgs) -> None:
+    report = StoryReport("embedding-scorer", args.reference)
+    report.stalled = str(os.sched_getscheduler(0))
     conn.send(("report", report))
 
 
@@ -225,6 +232,19 @@ async def test_a_niced_story_runs_niced(tmp_path: Path) -> None:
         target=_reports_its_niceness,
     )
     assert report.stalled == str(os.nice(0) + 4)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the SCHED_IDLE policy is Linux's")
+@pytest.mark.parametrize("idle", [True, False])
+async def test_an_idle_story_runs_under_the_idle_policy(tmp_path: Path, idle: bool) -> None:
+    report = await tell_story(
+        _args(tmp_path, idle=idle),
+        set_inputs=lambda _i: None,
+        on_event=lambda _e: None,
+        stop=asyncio.Event(),
+        target=_reports_its_policy,
+    )
+    assert report.stalled == str(os.SCHED_IDLE if idle else os.SCHED_OTHER)
 
 
 def test_what_crosses_the_pipe_pickles(tmp_path: Path) -> None:
