@@ -66,50 +66,65 @@ needs_idle_policy = pytest.mark.skipif(
 )
 
 
-def _policy_of_threads(pids_file: Path) -> dict[int, int]:
-    return {tid: os.sched_getscheduler(tid) for tid in map(int, pids_file.read_text().split())}
+_THREADS_THEN_READY = """
+import os, pathlib, sys, threading, time
+
+def run(started: threading.Event) -> None:
+    tids.append(threading.get_native_id())
+    started.set()
+    time.sleep(60)
+
+tids = [threading.get_native_id()]
+for _ in range(int(sys.argv[2])):
+    started = threading.Event()
+    threading.Thread(target=run, args=(started,), daemon=True).start()
+    started.wait()
+ready = pathlib.Path(sys.argv[1])
+tmp = ready.with_suffix(".tmp")
+tmp.write_text(" ".join(map(str, tids)) + f" {os.nice(0)}")
+tmp.rename(ready)
+time.sleep(60)
+"""
+"""A child that starts ``argv[2]`` threads, then writes its threads' ids and its niceness to ``argv[1]``."""
+
+
+def _with_threads(
+    tmp_path: Path, name: str, threads: int, *, nice: int = 0, idle: bool = False
+) -> tuple[Child, list[int], int]:
+    """Start :data:`_THREADS_THEN_READY`; the child, its threads' ids (its own first) and its niceness."""
+    script, ready = tmp_path / f"{name}.py", tmp_path / f"{name}.ready"
+    script.write_text(_THREADS_THEN_READY)
+    argv = [sys.executable, str(script), str(ready), str(threads)]
+    child = Child.start(
+        name, argv, env=dict(os.environ), log_file=tmp_path / f"{name}.log", nice=nice, idle=idle
+    )
+    child.wait_ready(ready, timeout_s=30)
+    *tids, niceness = map(int, ready.read_text().split())
+    return child, tids, niceness
+
+
+def _policies(tids: list[int]) -> set[int]:
+    return {os.sched_getscheduler(tid) for tid in tids}
 
 
 @needs_idle_policy
 def test_an_idle_child_and_the_threads_it_starts_later_run_under_the_idle_policy(tmp_path: Path) -> None:
-    ready = tmp_path / "i.ready"
-    tmp, out = str(tmp_path / "i.tmp"), str(ready)
-    code = (
-        "import os, pathlib, threading, time; tids = [threading.get_native_id()]; "
-        "t = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), time.sleep(60)), "
-        "daemon=True); t.start(); time.sleep(0.2); p = pathlib.Path(" + repr(tmp) + "); "
-        "p.write_text(' '.join(map(str, tids)) + f' {os.nice(0)}'); "
-        "p.rename(" + repr(out) + "); time.sleep(60)"
-    )
-    argv = [sys.executable, "-c", code]
-    child = Child.start("i", argv, env=dict(os.environ), log_file=tmp_path / "i.log", nice=3, idle=True)
+    child, tids, niceness = _with_threads(tmp_path, "i", 1, nice=3, idle=True)
     with stopped_at_exit([child]):
-        child.wait_ready(ready, timeout_s=30)
-        *tids, niceness = map(int, ready.read_text().split())
         assert len(tids) == 2
         assert tids[0] == child.proc.pid
-        assert {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_IDLE}
+        assert _policies(tids) == {os.SCHED_IDLE}
         assert niceness == os.nice(0) + 3  # nice(1) still applies
 
 
 @needs_idle_policy
 def test_every_thread_a_process_already_runs_is_given_the_idle_policy(tmp_path: Path) -> None:
-    ready = tmp_path / "t.ready"
-    tmp, out = str(tmp_path / "t.tmp"), str(ready)
-    code = (
-        "import pathlib, threading, time; tids = [threading.get_native_id()]; "
-        "[threading.Thread(target=lambda: (tids.append(threading.get_native_id()), time.sleep(60)), "
-        "daemon=True).start() for _ in range(3)]; time.sleep(0.2); p = pathlib.Path(" + repr(tmp) + "); "
-        "p.write_text(' '.join(map(str, tids))); p.rename(" + repr(out) + "); time.sleep(60)"
-    )
-    child = _python(tmp_path, "t", code)
+    child, tids, _ = _with_threads(tmp_path, "t", 3)
     with stopped_at_exit([child]):
-        child.wait_ready(ready, timeout_s=30)
-        before = _policy_of_threads(ready)
-        assert len(before) == 4
-        assert set(before.values()) == {os.SCHED_OTHER}
+        assert len(tids) == 4
+        assert _policies(tids) == {os.SCHED_OTHER}
         assert schedule_idle(child.proc.pid)
-        assert set(_policy_of_threads(ready).values()) == {os.SCHED_IDLE}
+        assert _policies(tids) == {os.SCHED_IDLE}
     assert not schedule_idle(child.proc.pid)  # exited (and reaped): nothing to set
 
 
