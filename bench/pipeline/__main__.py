@@ -25,6 +25,7 @@ from bench.pipeline.report import (
 )
 from bench.pipeline.run import run_bench
 from bench.pipeline.settings import BenchSettings
+from edgestream.pipeline import heap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=120)
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console)], format="%(message)s")
     settings = BenchSettings()
+    if settings.freeze_heaps:
+        heap.enable()  # each fleet freezes what the bench holds before it sends (Fleet.run)
     # SIGTERM unwinds like Ctrl-C, so the workers, the echo and the broker are stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

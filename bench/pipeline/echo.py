@@ -17,7 +17,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.pipeline.settings import ECHO_GROUP, ECHO_REGION
-from edgestream.pipeline import eventloop, kafka
+from edgestream.pipeline import eventloop, heap, kafka
+from edgestream.pipeline.heap import freeze_startup_heap
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import KINDS, ingest_topic
 from edgestream.workers.local.fleet import answers_topic
@@ -43,6 +44,9 @@ class EchoSettings(BaseSettings):
     transactional: bool = False
     """Exactly-once, as the worker does it: rounds of transactions, one per input partition (a
     transactional producer each) holding its echoes and consumed offset; fetching goes on meanwhile."""
+    freeze_heap: bool = True
+    """Freeze the start-up heap once the clients are started, as the edge worker does
+    (``pipeline/heap.py``): the floor is measured without collector pauses the worker does not have."""
     ready_file: Path | None = None
     """Written once partitions are assigned; removed at exit."""
     stats_file: Path | None = None
@@ -106,6 +110,7 @@ class EchoWorker:
             topics = [ingest_topic(self.settings.region, kind) for kind in KINDS]
             self._consumer.subscribe(topics, listener=_ReadyOnAssign(self.settings.ready_file))
             await self._consumer.start()
+            freeze_startup_heap("echo")  # a no-op unless this process enabled it (its main)
             try:
                 await self._loop(stop)
             finally:
@@ -248,6 +253,9 @@ class EchoWorker:
 
 def run_echo_process(settings: EchoSettings) -> None:
     """The echo process's main: run until SIGTERM or SIGINT."""
+
+    if settings.freeze_heap:
+        heap.enable()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -128,6 +128,7 @@ def echo_env(ctx: BenchContext, name: str, *, transactional: bool) -> dict[str, 
         "EDGESTREAM_ECHO_REGION": ECHO_REGION,
         **ctx.bootstrap.to_env("EDGESTREAM_ECHO_KAFKA__"),
         "EDGESTREAM_ECHO_TRANSACTIONAL": "true" if transactional else "false",
+        "EDGESTREAM_ECHO_FREEZE_HEAP": "true" if ctx.settings.freeze_heaps else "false",
         "EDGESTREAM_ECHO_READY_FILE": str(ready_file(ctx, name)),
         "EDGESTREAM_ECHO_STATS_FILE": str(stats_file(ctx, name)),
     }

@@ -156,6 +156,12 @@ class BenchSettings(BaseSettings):
     """The bench broker's JIT (``BrokerSettings.jit``). ``tiered``, the JVM's default, as a broker that
     has run for long: the local broker's own default (``c1``, for the demo's first minutes) cost the
     broker 0.20 ms CPU per request at 4,000 req/s where ``tiered`` cost 0.08 (two runs, 2026-12-03)."""
+    freeze_heaps: bool = True
+    """The bench process (its fleets) and the echo freeze their start-up heap out of the cyclic
+    collector's walks, as the edge worker does (``pipeline/heap.py``). Unfrozen, each full collection
+    walked everything they held: 66-90 ms pauses in the middle of measured loads (2026-12-06, logged
+    with ``gc.callbacks``), each delaying every answer the fleet or the echo handled meanwhile. The
+    peer is left as its users would write it. False: as before, to compare."""
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     """Share of requests the devices sample in the ``pipeline_traced`` runs (the worker follows them,
     parent-based); 1.0, every request traced, is the most tracing can cost."""
