@@ -9,6 +9,14 @@ are never walked again: a later full collection sees only what was made since. C
 has started its clients and loaded its models, just before it serves; the collection it runs first
 is that same pause, taken before any request waits on it.
 
+Once frozen, the youngest generation is collected every :data:`YOUNG_THRESHOLD` allocations instead
+of CPython's 700. A worker allocates a few dozen tracked objects per record (items, outputs, records
+and the futures of their sends), nearly all freed by reference counting within its unit; at 700 a
+drain collected the young generation hundreds of times a second to find almost nothing. Measured side
+by side (bench, three alternating pairs, 2026-12-06, the 2-core box): 10,000 against 700, the worker's
+CPU per item draining a backlog 0.071-0.083 against 0.079-0.085 ms (capacity 11,882-13,369 against
+11,259-12,374 items/s) and per request at 1,000 req/s 0.39-0.41 against 0.42-0.49 ms.
+
 Only a process that opted in freezes (:func:`enable`, called by the ``edgestream`` command's entry
 point): library code run inside another program, a test session among them, leaves that program's
 collector alone (a frozen object that later becomes cyclic garbage is never freed).
@@ -19,8 +27,13 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from typing import Final
 
 log = logging.getLogger(__name__)
+
+YOUNG_THRESHOLD: Final = 10_000
+"""Allocations (less deallocations) of tracked objects between two collections of the youngest
+generation, once the start-up heap is frozen (CPython's default: 700)."""
 
 _enabled = False
 
@@ -32,13 +45,16 @@ def enable() -> None:
 
 
 def freeze_startup_heap(what: str) -> int:
-    r"""Collect once, then freeze every object alive; the number frozen (0 where not :func:`enable`\ d).
-    ``what`` names the process in the log line."""
+    r"""Collect once, then freeze every object alive and collect the young generation every
+    :data:`YOUNG_THRESHOLD` allocations; the number frozen (0 where not :func:`enable`\ d). ``what``
+    names the process in the log line."""
     if not _enabled:
         return 0
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
     frozen = gc.get_freeze_count()
     log.debug(
         "%s: froze %d start-up objects in %.1f ms", what, frozen, (time.perf_counter() - started) * 1000
