@@ -11,11 +11,14 @@ is that same pause, taken before any request waits on it.
 
 Once frozen, the youngest generation is collected every :data:`YOUNG_THRESHOLD` allocations instead
 of CPython's 700. A worker allocates a few dozen tracked objects per record (items, outputs, records
-and the futures of their sends), nearly all freed by reference counting within its unit; at 700 a
-drain collected the young generation hundreds of times a second to find almost nothing. Measured side
-by side (bench, three alternating pairs, 2026-12-06, the 2-core box): 10,000 against 700, the worker's
-CPU per item draining a backlog 0.071-0.083 against 0.079-0.085 ms (capacity 11,882-13,369 against
-11,259-12,374 items/s) and per request at 1,000 req/s 0.39-0.41 against 0.42-0.49 ms.
+and the futures of their sends), nearly all freed by reference counting within its unit, while up to
+``max_in_flight`` records' objects are alive at once: every young collection walked those again to
+find almost nothing. Measured side by side (bench, the 2-core box, 2026-12-06, three alternating pairs
+each): 10,000 against 700, the worker's CPU per item draining a backlog 0.071-0.083 against
+0.079-0.085 ms and per request at 1,000 req/s 0.39-0.41 against 0.42-0.49 ms; then 50,000 against
+10,000, 0.068-0.082 against 0.086-0.093 ms an item (capacity 11,550-13,895 against 10,299-11,091
+items/s) and 0.37-0.39 against 0.40-0.41 ms a request, lower in every pair. The cost is cyclic garbage
+living until the next collection: at most that many objects, a few MB.
 
 Only a process that opted in freezes (:func:`enable`, called by the ``edgestream`` command's entry
 point): library code run inside another program, a test session among them, leaves that program's
@@ -31,7 +34,7 @@ from typing import Final
 
 log = logging.getLogger(__name__)
 
-YOUNG_THRESHOLD: Final = 10_000
+YOUNG_THRESHOLD: Final = 50_000
 """Allocations (less deallocations) of tracked objects between two collections of the youngest
 generation, once the start-up heap is frozen (CPython's default: 700)."""
 
