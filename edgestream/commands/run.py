@@ -17,6 +17,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
     from edgestream.workers.local.demo import DemoResult
+    from edgestream.workers.local.demo_settings import DemoSettings
     from edgestream.workers.local.fleetreport import Progress as FleetProgress
     from edgestream.workers.local.outage_summary import OutageSummary
     from edgestream.workers.local.story import StoryEvent
@@ -425,45 +426,13 @@ def demo(
 ) -> None:
     """Broker, topics, one edge worker per region, the cloud aggregator, a simulated fleet and the
     learning loop; then a summary and plots."""
-    from pydantic import ValidationError
-
-    from edgestream.commands.common import fail
     from edgestream.workers.local.demo import run_demo
-    from edgestream.workers.local.demo_settings import DemoSettings
-    from edgestream.workers.local.outage import WorkerOutage
-    from edgestream.workers.local.story import StorySettings
 
     quiet = logging.getLogger("edgestream")
     if not quiet.isEnabledFor(logging.DEBUG):  # workers log to files; keep this terminal for the display
         quiet.setLevel(logging.WARNING)
-    overrides: dict[str, object] = {}
-    if duration_s is not None:
-        overrides["duration_s"] = duration_s
-    if rate_per_s is not None:
-        overrides["rate_per_s"] = rate_per_s
-    if phones is not None:
-        overrides["phone_fraction"] = phones
-    if not story:
-        overrides["story"] = StorySettings(enabled=False)
-    if worker_outage is None and (outage_at is not None or outage_region is not None):
-        fail("--outage-at and --outage-region go with --worker-outage SECONDS", code=2)
-    if worker_outage is not None:
-        if story:
-            fail("--worker-outage runs with --no-story only: the story's steps wait for every worker", code=2)
-        asked: dict[str, object] = {"duration_s": worker_outage, "region": outage_region}
-        if outage_at is not None:
-            asked["start_s"] = outage_at
-        try:
-            outage = WorkerOutage.model_validate(asked)
-        except ValidationError as err:
-            fail(f"invalid worker outage: {err}", code=2)
-        overrides["outage"] = outage
-    try:
-        settings = DemoSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as err:
-        fail(f"invalid demo settings: {err}", code=2)
+    settings = _demo_settings(duration_s, rate_per_s, phones, story, worker_outage, outage_at, outage_region)
     told = settings.story.enabled
-
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -490,6 +459,57 @@ def demo(
             )
 
         result = run_demo(settings, on_step=on_step, on_progress=on_progress, on_event=on_event)
+    _print_demo(result)
+
+
+def _demo_settings(
+    duration_s: float | None,
+    rate_per_s: float | None,
+    phones: float | None,
+    story: bool,
+    worker_outage: float | None,
+    outage_at: float | None,
+    outage_region: str | None,
+) -> DemoSettings:
+    """The demo's settings: the environment's (``EDGESTREAM_DEMO_*``) with the options given on top;
+    options that do not go together, or values out of range, end the command with exit code 2."""
+    from pydantic import ValidationError
+
+    from edgestream.commands.common import fail
+    from edgestream.workers.local.demo_settings import DemoSettings
+    from edgestream.workers.local.outage import WorkerOutage
+    from edgestream.workers.local.story import StorySettings
+
+    overrides: dict[str, object] = {}
+    if duration_s is not None:
+        overrides["duration_s"] = duration_s
+    if rate_per_s is not None:
+        overrides["rate_per_s"] = rate_per_s
+    if phones is not None:
+        overrides["phone_fraction"] = phones
+    if not story:
+        overrides["story"] = StorySettings(enabled=False)
+    if worker_outage is None and (outage_at is not None or outage_region is not None):
+        fail("--outage-at and --outage-region go with --worker-outage SECONDS", code=2)
+    if worker_outage is not None:
+        if story:
+            fail("--worker-outage runs with --no-story only: the story's steps wait for every worker", code=2)
+        asked: dict[str, object] = {"duration_s": worker_outage, "region": outage_region}
+        if outage_at is not None:
+            asked["start_s"] = outage_at
+        try:
+            overrides["outage"] = WorkerOutage.model_validate(asked)
+        except ValidationError as err:
+            fail(f"invalid worker outage: {err}", code=2)
+    try:
+        return DemoSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        fail(f"invalid demo settings: {err}", code=2)
+
+
+def _print_demo(result: DemoResult) -> None:
+    """The demo's summary after its run: tables, the SLA report, where the plots and logs are."""
+    from edgestream.commands.sla import print_demo_report
 
     console.print(_summary_table(result))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.total.dead_letter_reasons.items())) or "none"
@@ -514,8 +534,6 @@ def demo(
     console.print(f"held-out accuracy of the models served / fallback: {accuracy}")
     if result.story is not None:
         _print_story(result)
-    from edgestream.commands.sla import print_demo_report
-
     print_demo_report(console, result.paths.root)
     console.print(f"latency plot: {result.paths.plot}")
     console.print(f"summary JSON: {result.paths.summary}")
