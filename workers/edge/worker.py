@@ -124,40 +124,8 @@ class EdgeWorker:
         self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
         self._wakeup = asyncio.Event()
         self._released = asyncio.Event()  # the commit stage's ``settled``: room for the paused intake
-        self._intake = Intake(
-            self.consumer,
-            settings,
-            keys=keys,
-            admission=self._admission,
-            partitions=self._partitions,
-            open_unit=self._open,
-            stats=self.stats,
-            metrics=self.metrics,
-            readiness=self.readiness,
-            held=self._held,
-            fetched=self._wakeup.set,
-            tick=self._tick,
-            released=self._released,
-        )
-        self._settlement = Settlement(
-            self.sink,
-            admission=self._admission,
-            chains=self._chains,
-            partitions=self._partitions,
-            open_unit=self._open,
-            stats=self.stats,
-            metrics=self.metrics,
-            readiness=self.readiness,
-            retry_backoff_max_ms=settings.retry_backoff_max_ms,
-            draining=lambda: self._draining,
-        )
-        self.commits = CommitStage(
-            self._partitions.serving,
-            self._settlement.commit,
-            interval_ms=settings.commit_interval_ms,
-            one_commit=self.sink.one_commit,
-            settled=self._released,
-        )
+        self._intake = self._intake_of(settings, keys)
+        self._settlement, self.commits = self._commit_path(settings)
         self._following = (
             RegistryFollowing(settings, self._catalog, self._registry_applied) if settings.registry else None
         )
@@ -175,6 +143,48 @@ class EdgeWorker:
         self._draining = False  # stop requested: commit what is fetched, fetch nothing more
         self._abandoned = False  # the drain timed out: nothing more may commit in this process
         self._fatal: BaseException | None = None
+
+    def _intake_of(self, settings: WorkerSettings, keys: KeyFileWatcher) -> Intake:
+        """The fetch-and-admit stage: it fills the open unit and wakes the unit loop."""
+        return Intake(
+            self.consumer,
+            settings,
+            keys=keys,
+            admission=self._admission,
+            partitions=self._partitions,
+            open_unit=self._open,
+            stats=self.stats,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            held=self._held,
+            fetched=self._wakeup.set,
+            tick=self._tick,
+            released=self._released,
+        )
+
+    def _commit_path(self, settings: WorkerSettings) -> tuple[Settlement, CommitStage]:
+        """How processed units commit: the stage that groups them into commits, and the settlement
+        that turns a commit's outcome into partitions kept or rewound (and room for the intake)."""
+        settlement = Settlement(
+            self.sink,
+            admission=self._admission,
+            chains=self._chains,
+            partitions=self._partitions,
+            open_unit=self._open,
+            stats=self.stats,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            retry_backoff_max_ms=settings.retry_backoff_max_ms,
+            draining=lambda: self._draining,
+        )
+        commits = CommitStage(
+            self._partitions.serving,
+            settlement.commit,
+            interval_ms=settings.commit_interval_ms,
+            one_commit=self.sink.one_commit,
+            settled=self._released,
+        )
+        return settlement, commits
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
