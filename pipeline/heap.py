@@ -17,7 +17,8 @@ find almost nothing. Measured side by side (bench, the 2-core box, 2026-12-06, t
 each): 10,000 against 700, the worker's CPU per item draining a backlog 0.071-0.083 against
 0.079-0.085 ms and per request at 1,000 req/s 0.39-0.41 against 0.42-0.49 ms; then 50,000 against
 10,000, 0.068-0.082 against 0.086-0.093 ms an item (capacity 11,550-13,895 against 10,299-11,091
-items/s) and 0.37-0.39 against 0.40-0.41 ms a request, lower in every pair. The cost is cyclic garbage
+items/s) and 0.37-0.39 against 0.40-0.41 ms a request, lower in every pair; 200,000 against 50,000,
+no consistent difference (better in two pairs of three, worse in one). The cost is cyclic garbage
 living until the next collection: at most that many objects, a few MB.
 
 Only a process that opted in freezes (:func:`enable`, called by the ``edgestream`` command's entry
