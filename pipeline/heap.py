@@ -9,17 +9,17 @@ are never walked again: a later full collection sees only what was made since. C
 has started its clients and loaded its models, just before it serves; the collection it runs first
 is that same pause, taken before any request waits on it.
 
-Once frozen, the youngest generation is collected every :data:`YOUNG_THRESHOLD` allocations instead
-of CPython's 700. A worker allocates a few dozen tracked objects per record (items, outputs, records
-and the futures of their sends), nearly all freed by reference counting within its unit, while up to
-``max_in_flight`` records' objects are alive at once: every young collection walked those again to
-find almost nothing. Measured side by side (bench, the 2-core box, 2026-12-06, three alternating pairs
-each): 10,000 against 700, the worker's CPU per item draining a backlog 0.071-0.083 against
-0.079-0.085 ms and per request at 1,000 req/s 0.39-0.41 against 0.42-0.49 ms; then 50,000 against
-10,000, 0.068-0.082 against 0.086-0.093 ms an item (capacity 11,550-13,895 against 10,299-11,091
-items/s) and 0.37-0.39 against 0.40-0.41 ms a request, lower in every pair; 200,000 against 50,000,
-no consistent difference (better in two pairs of three, worse in one). The cost is cyclic garbage
-living until the next collection: at most that many objects, a few MB.
+Once frozen, the youngest generation is collected every :data:`YOUNG_THRESHOLD` allocations (net of
+deallocations) instead of CPython's 700. A worker allocates a few dozen tracked objects per record
+(items, outputs, records and the futures of their sends), nearly all freed by reference counting
+within its unit, so at 700 its young collections ran a few times a second and found almost nothing;
+at 50,000 they run only where tracked objects really pile up. Counted with ``gc.callbacks`` in bench
+runs (2026-12-06: a load at 1,000 req/s, then a drain of 30,000): after the freeze a worker ran
+180-350 young and 16-31 middle collections at 700, 0.05-0.08 s of CPU (1-1.5% of its 5-6 s), and none
+at 10,000 or 50,000. End to end the difference is within the box's noise: alternating pairs seemed to
+show 6-16% less CPU per item, but in each of three batches the run started first won every pair
+whichever setting it had, so those figures measured the order, not the threshold. The cost is
+cyclic garbage living until the next collection: at most that many objects, a few MB.
 
 Only a process that opted in freezes (:func:`enable`, called by the ``edgestream`` command's entry
 point): library code run inside another program, a test session among them, leaves that program's
