@@ -17,8 +17,8 @@ at 50,000 they run only where tracked objects really pile up. Counted with ``gc.
 runs (2026-12-06: a load at 1,000 req/s, then a drain of 30,000): after the freeze a worker ran
 180-350 young and 16-31 middle collections at 700, 0.05-0.08 s of CPU (1-1.5% of its 5-6 s), and none
 at 10,000 or 50,000. End to end the difference is within the box's noise: alternating pairs seemed to
-show 6-16% less CPU per item, but in each of three batches the run started first won every pair
-whichever setting it had, so those figures measured the order, not the threshold. The cost is
+show 6-16% less CPU per item, but over three batches the run started first in a pair won 8 of the 9
+pairs whichever setting it had, so those figures measured the order, not the threshold. The cost is
 cyclic garbage living until the next collection: at most that many objects, a few MB.
 
 Only a process that opted in freezes (:func:`enable`, called by the ``edgestream`` command's entry
