@@ -1,20 +1,29 @@
 """``python -m bench.replies``: µs per reply, before (the result's bytes sent as they are) and after
-sealing (``workers/edge/sealing.py``), with the reply key cached and not, and µs per reply a device
-spends opening it (``open_reply``) against parsing a plain record. Prints JSON; a few seconds."""
+sealing (``workers/edge/sealing.py``), with the reply key cached and not; µs of CPU per reply queued
+on the replies producer, by aiokafka's ``send`` and by the worker's ``ReplySender`` (no broker: the
+producer is not started, its metadata is set here, and its batches are emptied after each unit); and
+µs per reply a device spends opening it (``open_reply``) against parsing a plain record. Prints JSON;
+a few seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
+import time
 import timeit
 from collections.abc import Callable
 from typing import Final
 
+from aiokafka.protocol.metadata import MetadataResponse_v0
+
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader, ReplyKey, open_reply, seal_reply
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.edge.replies import ReplySender
 from edgestream.workers.edge.sealing import ReplySealer
-from edgestream.workers.edge.sinks import Output
+from edgestream.workers.edge.sinks import Output, PartitionWork
 
 REGION: Final = "eu-west"
 """Region the replies are sealed for."""
@@ -28,6 +37,47 @@ def _us(call: Callable[[], object], number: int = NUMBER) -> float:
     """Median µs per call of ``call`` over ``REPEATS`` runs of ``number`` calls."""
     runs = timeit.repeat(call, number=number, repeat=REPEATS)
     return statistics.median(runs) / number * 1e6
+
+
+UNIT: Final = 6
+"""Replies queued per unit (the pipeline bench's units at 1,000 req/s hold about six records)."""
+UNITS: Final = 2_000
+"""Units per timing round of the queueing cases."""
+
+
+async def _queueing_us() -> dict[str, float]:
+    """Median µs of process CPU per reply queued by ``send`` and by ``ReplySender``, in alternating
+    rounds, replies of 60 devices over 3 partitions."""
+    sender = ReplySender(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "bench")
+    producer = sender.producer
+    topic = "edge.eu-west.replies"
+    producer.client.cluster.update_metadata(
+        MetadataResponse_v0([(0, "127.0.0.1", 1)], [(0, topic, [(0, p, 0, [0], [0]) for p in range(3)])])
+    )
+    devices = [f"sensor-{i:04d}".encode() for i in range(60)]
+    replies = [Output(topic, os.urandom(180), devices[i % 60], ()) for i in range(UNIT)]
+    batches = producer._message_accumulator._batches
+
+    async def by_send() -> None:
+        for reply in replies:
+            await producer.send(reply.topic, reply.value, key=reply.key)
+
+    async def by_sender() -> None:
+        await sender.send([PartitionWork(replies=replies)])
+
+    timings: dict[str, list[float]] = {"send": [], "reply_sender": []}
+    cases = [("send", by_send), ("reply_sender", by_sender)]
+    for round_ in range(REPEATS * 2):
+        for name, case in cases if round_ % 2 == 0 else cases[::-1]:
+            spent = 0.0
+            for _ in range(UNITS):
+                started = time.process_time()
+                await case()
+                spent += time.process_time() - started
+                batches.clear()  # as the sender task would drain them
+            timings[name].append(spent / (UNITS * UNIT) * 1e6)
+    await producer.stop()
+    return {name: round(statistics.median(runs), 2) for name, runs in timings.items()}
 
 
 def main() -> None:
@@ -68,6 +118,7 @@ def main() -> None:
             "sealed_key_cached": round(_us(cached), 2),
             "sealed_key_derived": round(_us(missed, NUMBER // 4), 2),
         },
+        "worker_us_per_reply_queued": asyncio.run(_queueing_us()),
         "device_us_per_reply": {
             "parse_plain_before": round(_us(lambda: ResultRecord.from_bytes(result)), 2),
             "open_sealed": round(_us(lambda: open_reply(sealed, reply_key, REGION)), 2),

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.edge.sinks import PartitionWork
+from edgestream.workers.edge.sinks import Output, PartitionWork
+from edgestream.workers.edge.txnsink import SENT_ALONE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +49,44 @@ class ReplySender:
 
     async def send(self, work: Iterable[PartitionWork]) -> None:
         """Queue every reply of ``work``; acknowledgements are counted as they come."""
+        known: dict[str, list[int]] = {}
         for part in work:
             for reply in part.replies:
                 try:
-                    if reply.headers:  # its request's traceparent (tracing on)
-                        send = self.producer.send(
-                            reply.topic, reply.value, key=reply.key, headers=list(reply.headers)
-                        )
-                    else:
-                        send = self.producer.send(reply.topic, reply.value, key=reply.key)
-                    delivery = await send
+                    delivery = await self._queue(reply, known)
                 except KafkaError as err:  # no metadata or no buffer room (a broker restart): dropped
                     self._count_failed(err)
                     continue
                 delivery.add_done_callback(self._acknowledged)
                 self.sent += 1
+
+    async def _queue(self, reply: Output, known: dict[str, list[int]]) -> asyncio.Future[Any]:
+        """Append ``reply`` to its partition's waiting batch, as ``send`` does, and return its delivery.
+
+        What ``send`` does per record and a reply does not need is skipped: a metadata check, a size
+        estimate and two copies of the topic's partitions per record (``known`` keeps them for one
+        ``send`` of this sender): 3.5-3.7 against 5.0-5.6 µs of CPU a reply in units of 6 and 20
+        (``python -m bench.replies``). The
+        partition is the producer's partitioner's, as ``send`` picks it; a reply larger than
+        `SENT_ALONE_BYTES` goes through ``send``, to meet the producer's size check."""
+        producer = self.producer
+        partitions = known.get(reply.topic)
+        if partitions is None:
+            await producer.client._wait_on_metadata(reply.topic)
+            partitions = known[reply.topic] = sorted(
+                producer.client.cluster.partitions_for_topic(reply.topic)
+            )
+        headers = list(reply.headers)
+        if len(reply.value) + len(reply.key or b"") > SENT_ALONE_BYTES:
+            sent: asyncio.Future[Any] = await producer.send(
+                reply.topic, reply.value, key=reply.key, headers=headers
+            )
+            return sent
+        tp = TopicPartition(reply.topic, producer._partitioner(reply.key, partitions, partitions))
+        queued: asyncio.Future[Any] = await producer._message_accumulator.add_message(
+            tp, reply.key, reply.value, producer._request_timeout_ms / 1000, headers=headers
+        )
+        return queued
 
     def _acknowledged(self, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or delivery.exception() is None:
