@@ -6,6 +6,16 @@ State: the published versions (signed manifests), the ``stable`` version, an opt
 steps, a revision counter and the time of the last change. Every transition returns a new state (the
 revision one higher) or raises :class:`InvalidTransition` naming why.
 
+A state carries the signed manifests of the versions that may still matter, not of every version ever
+published (`retire_versions`, after every transition): each state is one record that every follower
+reads whole on every change, and a state that kept them all grew ~2 KiB per published version (273 KiB
+at v128 in a long-lived demo home, read by about eight followers per change) and would stop fitting
+the broker's 1 MiB records after ~500 versions, leaving the registry unable to publish, promote or roll
+back anything. Kept: the stable version, the canary, every pinnable version, the
+`ROLLBACK_DEPTH` versions that successive rollbacks of stable would restore, the newest version of
+each variant (what the device catalogue offers), and the `KEEP_NEWEST` newest. An older version is
+retired: it can no longer be canaried or pinned (publish its artifact again, as a new version).
+
 Rules:
 
 - ``publish`` appends version ``latest + 1``; the model's first version becomes stable at once (there is
@@ -39,6 +49,10 @@ DEFAULT_STAGES: Final[tuple[float, ...]] = (0.05, 0.25, 1.0)
 """Canary fractions, in order; the last is always 1.0 (promotion)."""
 MAX_HISTORY: Final = 200
 """History entries kept in the record (oldest dropped first), so the record stays small."""
+KEEP_NEWEST: Final = 10
+"""Newest published versions a state keeps whatever they are (candidates not yet canaried among them)."""
+ROLLBACK_DEPTH: Final = 4
+"""Earlier stable versions a state keeps, in the order successive rollbacks of stable restore them."""
 MAX_NAME_CHARS: Final = 200
 """Longest model name a state may carry."""
 
@@ -132,12 +146,25 @@ class ModelState:
 
     def previous_stable(self) -> int | None:
         """The version the promotion of the current stable replaced, if one did."""
+        return None if self.stable is None else self._replaced_by(self.stable)
+
+    def rollback_chain(self, depth: int = ROLLBACK_DEPTH) -> tuple[int, ...]:
+        """The versions up to ``depth`` successive rollbacks of stable would restore, in that order."""
+        chain: list[int] = []
+        version = self.stable
+        while version is not None and len(chain) < depth:
+            version = self._replaced_by(version)
+            if version is None or version in chain or version == self.stable:
+                break
+            chain.append(version)
+        return tuple(chain)
+
+    def _replaced_by(self, version: int) -> int | None:
+        """The stable version the promotion of ``version`` replaced, per the history (a rollback that
+        restored ``version`` is passed over: the promotion that made it stable counts)."""
         for entry in reversed(self.history):
-            if entry.action in ("promote", "rollback") and entry.version == self.stable:
-                if entry.action == "promote":
-                    return entry.from_version
-                # Stable was restored by a rollback: keep looking for the promotion that made it.
-                continue
+            if entry.action == "promote" and entry.version == version:
+                return entry.from_version
         return None
 
     # --- serialisation ------------------------------------------------------------------------
@@ -282,9 +309,30 @@ def check_stages(stages: tuple[float, ...]) -> tuple[float, ...]:
     return stages
 
 
+def retire_versions(state: ModelState) -> ModelState:
+    """``state`` without the manifests of versions that no longer matter (module docstring: what is
+    kept); the state itself when every version is kept."""
+    if len(state.versions) <= KEEP_NEWEST:
+        return state
+    newest_of_variant = {signed.manifest.variant: signed.version for signed in state.versions}
+    kept = (
+        {signed.version for signed in state.versions[-KEEP_NEWEST:]}
+        | state.served()
+        | state.pinnable
+        | set(state.rollback_chain())
+        | set(newest_of_variant.values())
+    )
+    if len(kept) >= len(state.versions):
+        return state
+    return replace(state, versions=tuple(s for s in state.versions if s.version in kept))
+
+
 def _step(state: ModelState, entry: HistoryEntry, **changes: Any) -> ModelState:
     history = (*state.history, entry)[-MAX_HISTORY:]
-    return replace(state, **changes, history=history, revision=state.revision + 1, updated_at_ms=entry.at_ms)
+    stepped = replace(
+        state, **changes, history=history, revision=state.revision + 1, updated_at_ms=entry.at_ms
+    )
+    return retire_versions(stepped)
 
 
 def publish(state: ModelState, signed: SignedManifest, *, now_ms: int, reason: str = "") -> ModelState:
@@ -364,6 +412,12 @@ def rollback(state: ModelState, *, now_ms: int, reason: str) -> ModelState:
     previous = state.previous_stable()
     if previous is None or state.stable is None:
         raise InvalidTransition(state.model, "nothing to roll back: no canary and no earlier stable version")
+    if not state.is_published(previous):
+        raise InvalidTransition(
+            state.model,
+            f"v{previous}, which v{state.stable} replaced, is retired (a state keeps {ROLLBACK_DEPTH} "
+            "earlier stable versions): publish its artifact again and promote it",
+        )
     entry = HistoryEntry(now_ms, "rollback", previous, from_version=state.stable, reason=reason)
     return _step(state, entry, stable=previous)
 

@@ -37,7 +37,7 @@ from edgestream.pipeline.registry import (
     start_canary,
     verify,
 )
-from edgestream.pipeline.registry.state import Canary
+from edgestream.pipeline.registry.state import KEEP_NEWEST, ROLLBACK_DEPTH, Canary, retire_versions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -387,6 +387,97 @@ def test_history_is_bounded(key: SigningKey) -> None:
         state = disallow_pin(allow_pin(state, 2, now_ms=T0_MS), 2, now_ms=T0_MS)
     assert len(state.history) == 200
     assert state.revision == 302
+
+
+def _promote(state: ModelState, version: int) -> ModelState:
+    state = start_canary(state, version, now_ms=T0_MS, stages=(0.5, 1.0))
+    return advance(state, now_ms=T0_MS)
+
+
+def _published(key: SigningKey, state: ModelState, variant: str = "tiny") -> ModelState:
+    version = state.latest + 1
+    manifest = dataclasses.replace(_manifest(version, BLOB + version.to_bytes(2, "big")), variant=variant)
+    return publish(state, key.sign(manifest), now_ms=T0_MS + version)
+
+
+def test_a_state_keeps_the_versions_that_may_matter_and_retires_the_rest(key: SigningKey) -> None:
+    state = _state(key, 1)
+    for version in range(2, 61):
+        state = _published(key, state, "medium" if version in (3, 8) else "tiny")
+        if version in (5, 10, 20, 30, 40):
+            state = _promote(state, version)
+        if version == 7:
+            state = allow_pin(state, 7, now_ms=T0_MS)
+        if version == 45:
+            state = start_canary(state, 45, now_ms=T0_MS)
+    assert (state.stable, state.canary and state.canary.version, state.latest) == (40, 45, 60)
+    assert state.rollback_chain() == (30, 20, 10, 5)
+    kept = {signed.version for signed in state.versions}
+    # newest ten, stable, canary, pinnable, what rollbacks of stable restore, the newest medium one
+    assert kept == {*range(61 - KEEP_NEWEST, 61), 40, 45, 7, 30, 20, 10, 5, 8}
+    assert len(state.to_bytes()) < 60 * 1024
+    assert ModelState.from_bytes(state.to_bytes()) == state  # consistent: all it refers to is kept
+
+    state = rollback(state, now_ms=T0_MS, reason="the canary regressed")
+    assert 45 not in {signed.version for signed in state.versions}  # nothing refers to it any more
+    for restored in (30, 20, 10, 5)[:ROLLBACK_DEPTH]:
+        state = rollback(state, now_ms=T0_MS, reason="stable regressed")
+        assert state.stable == restored
+        assert ModelState.from_bytes(state.to_bytes()) == state
+    with pytest.raises(InvalidTransition, match="v1, which v5 replaced, is retired"):
+        rollback(state, now_ms=T0_MS, reason="once more")
+    with pytest.raises(InvalidTransition, match="not published"):
+        start_canary(state, 2, now_ms=T0_MS)
+
+
+def test_a_state_written_with_every_version_is_trimmed_at_its_next_transition(key: SigningKey) -> None:
+    everything = _state(key, 40)  # as published before versions were retired
+    everything = dataclasses.replace(everything, versions=_state_versions(key, 40))
+    assert len(everything.versions) == 40
+    kept = [1, *range(41 - KEEP_NEWEST, 41)]  # stable, and the newest
+    assert [signed.version for signed in retire_versions(everything).versions] == kept
+    state = allow_pin(everything, 12, now_ms=T0_MS)
+    assert [signed.version for signed in state.versions] == [1, 12, *range(41 - KEEP_NEWEST, 41)]
+
+
+def _state_versions(key: SigningKey, versions: int) -> tuple[SignedManifest, ...]:
+    return tuple(key.sign(_manifest(v, BLOB + bytes([v]))) for v in range(1, versions + 1))
+
+
+actions = st.lists(
+    st.sampled_from(["publish", "publish_medium", "canary", "advance", "rollback", "pin", "unpin"]),
+    max_size=120,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=actions, picks=st.lists(st.integers(min_value=0, max_value=1_000), min_size=120, max_size=120))
+def test_any_rollout_leaves_a_consistent_bounded_state(
+    key: SigningKey, steps: list[str], picks: list[int]
+) -> None:
+    state = _state(key, 1)
+    for step, pick in zip(steps, picks, strict=False):
+        published = [signed.version for signed in state.versions]
+        version = published[pick % len(published)]
+        try:
+            if step.startswith("publish"):
+                state = _published(key, state, "medium" if step == "publish_medium" else "tiny")
+            elif step == "canary":
+                state = start_canary(state, version, now_ms=T0_MS)
+            elif step == "advance":
+                state = advance(state, now_ms=T0_MS)
+            elif step == "rollback":
+                state = rollback(state, now_ms=T0_MS, reason="r")
+            elif step == "pin":
+                state = allow_pin(state, version, now_ms=T0_MS)
+            else:
+                state = disallow_pin(state, version, now_ms=T0_MS)
+        except InvalidTransition:
+            continue
+        assert ModelState.from_bytes(state.to_bytes()) == state
+        referenced = state.served() | state.pinnable | set(state.rollback_chain())
+        assert len(state.versions) <= KEEP_NEWEST + len(referenced) + 2  # + the newest of each variant
+        assert state.latest == max(signed.version for signed in state.versions)
 
 
 # --- routing -----------------------------------------------------------------------------------
