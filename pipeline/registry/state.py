@@ -127,6 +127,12 @@ class ModelState:
         for signed in self.versions:
             if signed.version == version:
                 return signed
+        if 1 <= version < self.latest:
+            raise InvalidTransition(
+                self.model,
+                f"version {version} is retired (a state keeps the versions that may still be served and "
+                f"the {KEEP_NEWEST} newest; latest is {self.latest}): publish its artifact again",
+            )
         raise InvalidTransition(self.model, f"version {version} is not published (latest is {self.latest})")
 
     def is_published(self, version: int) -> bool:

@@ -426,8 +426,12 @@ def test_a_state_keeps_the_versions_that_may_matter_and_retires_the_rest(key: Si
         assert ModelState.from_bytes(state.to_bytes()) == state
     with pytest.raises(InvalidTransition, match="v1, which v5 replaced, is retired"):
         rollback(state, now_ms=T0_MS, reason="once more")
-    with pytest.raises(InvalidTransition, match="not published"):
+    with pytest.raises(InvalidTransition, match="version 2 is retired"):
         start_canary(state, 2, now_ms=T0_MS)
+    with pytest.raises(InvalidTransition, match="version 3 is retired"):
+        allow_pin(state, 3, now_ms=T0_MS)
+    with pytest.raises(InvalidTransition, match="version 61 is not published"):
+        allow_pin(state, 61, now_ms=T0_MS)
 
 
 def test_a_state_written_with_every_version_is_trimmed_at_its_next_transition(key: SigningKey) -> None:
