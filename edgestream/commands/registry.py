@@ -410,6 +410,11 @@ def show(model: ModelName, home: Home = None, bootstrap: Bootstrap = None) -> No
             utc(m.created_at_ms),
         )
     _out.print(versions)
+    if state.retired:
+        _out.print(
+            f"{state.retired} older versions are retired from the state: no longer served, pinned or "
+            "canaried (docs/retraining.md)"
+        )
     history = Table(title="history", title_justify="left")
     for column in ("at", "action", "version", "from", "fraction", "reason"):
         history.add_column(column)

@@ -122,6 +122,11 @@ class ModelState:
         """The highest published version, 0 when none."""
         return self.versions[-1].version if self.versions else 0
 
+    @property
+    def retired(self) -> int:
+        """How many published versions the state no longer carries (`retire_versions`)."""
+        return self.latest - len(self.versions)
+
     def manifest(self, version: int) -> SignedManifest:
         """The signed manifest of ``version``; :class:`InvalidTransition` when it is not published."""
         for signed in self.versions:

@@ -415,6 +415,7 @@ def test_a_state_keeps_the_versions_that_may_matter_and_retires_the_rest(key: Si
     kept = {signed.version for signed in state.versions}
     # newest ten, stable, canary, pinnable, what rollbacks of stable restore, the newest medium one
     assert kept == {*range(61 - KEEP_NEWEST, 61), 40, 45, 7, 30, 20, 10, 5, 8}
+    assert state.retired == 60 - len(kept)
     assert len(state.to_bytes()) < 60 * 1024
     assert ModelState.from_bytes(state.to_bytes()) == state  # consistent: all it refers to is kept
 
@@ -482,6 +483,8 @@ def test_any_rollout_leaves_a_consistent_bounded_state(
         referenced = state.served() | state.pinnable | set(state.rollback_chain())
         assert len(state.versions) <= KEEP_NEWEST + len(referenced) + 2  # + the newest of each variant
         assert state.latest == max(signed.version for signed in state.versions)
+        carried = {signed.version for signed in state.versions}
+        assert state.retired == len(set(range(1, state.latest + 1)) - carried)
 
 
 # --- routing -----------------------------------------------------------------------------------
