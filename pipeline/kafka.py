@@ -4,7 +4,9 @@ Every client gets its connection (``bootstrap_servers``, TLS 1.3 with the proces
 :class:`~edgestream.pipeline.settings.KafkaSettings` and the project's safe defaults here, which differ
 from aiokafka's own where those are unsafe for this job: consumers commit by hand and read only
 committed records (``read_committed``), producers wait for every in-sync replica and are idempotent.
-A caller passes only what is particular to it (a group, a transactional id, fetch sizes).
+A caller passes only what is particular to it (a group, a transactional id, fetch sizes). Every
+client built here reads and writes Kafka's requests and responses through the compiled struct codec
+(``kafkawire.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from edgestream.pipeline import kafkarecords
+from edgestream.pipeline import kafkarecords, kafkawire
 from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.contract.partitioner import memo_partitioner
 from edgestream.pipeline.errors import KafkaTimeout
@@ -52,6 +54,7 @@ def consumer(
     keyword arguments: e.g. SASL settings, which ``KafkaSettings`` does not model). Its fetched records'
     header keys are read as Kafka's Java client reads them (``kafkarecords.py``)."""
     kafkarecords.install()
+    kafkawire.install()
     config: dict[str, Any] = {
         **kafka.client_kwargs(),
         "client_id": client_id,
@@ -102,6 +105,7 @@ def producer(
     """A (not yet started) producer: ``acks=all``, idempotent, no linger, requests up to the limit the
     broker is configured for (``pipeline/contract/limits.py``); transactional when
     ``transactional_id`` is given; ``options`` add to or override those."""
+    kafkawire.install()
     config: dict[str, Any] = {
         **kafka.client_kwargs(),
         "client_id": client_id,
@@ -120,6 +124,7 @@ def producer(
 
 def admin(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaAdminClient:
     """A (not yet started) admin client; ``options`` add to or override the connection's settings."""
+    kafkawire.install()
     config: dict[str, Any] = {
         **kafka.client_kwargs(),
         "client_id": client_id,

@@ -32,7 +32,7 @@ from mode.utils.queues import FlowControlEvent
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgestream.pipeline import kafkarecords
+from edgestream.pipeline import kafkarecords, kafkawire
 from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample
 from edgestream.pipeline.errors import UndecodableRecord
 from edgestream.pipeline.learning.calibration import FALSE_POSITIVE_RATE
@@ -471,6 +471,7 @@ def build_app(settings: AggregatorSettings, metrics: AggregatorMetrics | None = 
     """The faust app: agents, tables, the web view and ``/metrics`` (``observe.py``), not started."""
     _read_committed_only()
     kafkarecords.install()  # faust's consumer is aiokafka's: header keys as Kafka's Java client reads them
+    kafkawire.install()  # and its requests and responses go through the compiled struct codec
     app = _faust_app(settings)
     tables = _Tables.of(app)
     metrics = metrics or AggregatorMetrics()
