@@ -16,7 +16,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from edgestream.workers.edge.settings import WorkerSettings
-    from edgestream.workers.local.demo import DemoResult
+    from edgestream.workers.local.demo_result import DemoResult
     from edgestream.workers.local.demo_settings import DemoSettings
     from edgestream.workers.local.fleetreport import Progress as FleetProgress
     from edgestream.workers.local.outage_summary import OutageSummary

@@ -10,22 +10,19 @@ started is stopped, and the summary, a JSON copy of it and a latency plot are wr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from edgestream.pipeline import eventloop
 from edgestream.pipeline.errors import BrokerError, EdgestreamError
-from edgestream.pipeline.models import ModelStore, load_dataset
+from edgestream.pipeline.models import ModelStore
 from edgestream.pipeline.observability.sla import REQUEST_LOG, write_round_trips
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
@@ -34,58 +31,39 @@ from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import (
-    AGGREGATOR_GROUP,
-    LABELS_TOPIC,
-    SAMPLES_TOPIC,
-    SUMMARIES_TOPIC,
     all_topics,
     edge_group,
     region_topics,
 )
-from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.broker.warmup import warm_broker
+from edgestream.workers.local.demo_aggregator import running_aggregator
 from edgestream.workers.local.demo_gateways import (
     gateway_urls,
     prepare_phone_catalogue,
     running_gateways,
     write_directories,
 )
+from edgestream.workers.local.demo_result import DemoResult, Measured, summarise, write_summary
 from edgestream.workers.local.demo_settings import DemoPaths, DemoSettings
-from edgestream.workers.local.demo_waits import wait_aggregator_ready, wait_for_revision
+from edgestream.workers.local.demo_waits import wait_for_revision
 from edgestream.workers.local.demo_workers import DemoWorkers, running_workers
 from edgestream.workers.local.fleet import Fleet, make_fleet
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSettings, Inputs
 from edgestream.workers.local.fleetreport import FleetReport, Progress
-from edgestream.workers.local.hostcpu import HostCpu, host_cpu, read_ticks
-from edgestream.workers.local.latency_plot import plot_latency
+from edgestream.workers.local.hostcpu import host_cpu, read_ticks
 from edgestream.workers.local.outage import OutageTimes, run_outage
-from edgestream.workers.local.outage_summary import OutageSummary, summarise_outage
-from edgestream.workers.local.phones import DeviceRow
-from edgestream.workers.local.processes import Child, edgestream_command, stopped_at_exit
 from edgestream.workers.local.story import (
     STORY_MODEL,
     StoryEvent,
     StoryReport,
-    count_drift,
 )
-from edgestream.workers.local.story_plot import plot_story
 from edgestream.workers.local.story_process import StoryArgs, StoryFailed, end_story, tell_story
 from edgestream.workers.local.story_registry import prepare_registry
 from edgestream.workers.local.summary import (
-    PathRow,
-    RegionSummary,
-    VersionRow,
-    bad_answers_after_rollback,
-    cloud_totals,
     device_agreement,
-    device_summary,
-    path_rows,
     settled_windows,
-    summarise_all,
-    summarise_region,
-    version_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -95,43 +73,6 @@ class DemoError(EdgestreamError):
     """A part of the demo could not be started."""
 
     reason = "demo"
-
-
-@dataclass(frozen=True, slots=True)
-class DemoResult:
-    """What the demo measured."""
-
-    rows: list[RegionSummary]
-    total: RegionSummary
-    paths: DemoPaths
-    broker_log: Path | None
-    """The local broker's log, or None when the demo used another cluster."""
-    model_accuracy: dict[str, float]
-    cloud: list[dict[str, Any]] = field(default_factory=list)
-    """The aggregator's view per (region, model, version), all windows added up: results, dead-letter
-    rate, accuracy against the backends' labels, the largest drift judged (windows of enough samples)."""
-    story: StoryReport | None = None
-    """The learning loop's events and measurements, when told."""
-    versions: list[VersionRow] = field(default_factory=list)
-    """Accuracy of each version of the story's model on each kind of input, as the devices saw it."""
-    bad_after_rollback: int | None = None
-    """Answers by the bad candidate to requests captured after every worker applied its rollback."""
-    windows: list[dict[str, Any]] = field(default_factory=list)
-    """The aggregator's windows of the demo's regions, as its view served them."""
-    fleet_started_at: float = 0.0
-    """When the fleet started (unix seconds): the story's and the plots' time zero."""
-    devices: list[DeviceRow] = field(default_factory=list)
-    """What the SDK phones saw, per device class and link profile (none without phones)."""
-    refused_replies: dict[str, int] = field(default_factory=dict)
-    """Replies the Kafka-native devices refused to open, by reason."""
-    device_agreement: list[dict[str, Any]] = field(default_factory=list)
-    """The aggregator's ``/device-agreement`` rows: late edge answers vs the phones' fallbacks."""
-    round_trip_paths: list[PathRow] = field(default_factory=list)
-    """The device round trip per path: Kafka-native devices, phones per link, all (``path_rows``)."""
-    outage: OutageSummary | None = None
-    """The worker outage's times and who answered meanwhile, when one was told (``outage_summary.py``)."""
-    host_cpu: HostCpu | None = None
-    """The machine's busy cores and stolen share while the devices ran (``hostcpu.py``; None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,74 +98,6 @@ class _Cluster:
             return self.admin
         files = self.pki.ensure([identity])[identity]
         return KafkaSettings.tls(self.admin.bootstrap_servers, files)
-
-
-@dataclass(frozen=True, slots=True)
-class _Measured:
-    """What the running parts left: the devices' report, the story's, the workers' and the cloud's."""
-
-    report: FleetReport
-    story: StoryReport | None
-    worker_stats: dict[str, dict[str, Any]]
-    """Region -> its worker's stats file at exit ({} when it wrote none)."""
-    windows: list[dict[str, Any]]
-    """The aggregator's windows of the demo's regions."""
-    device_agreement: list[dict[str, Any]] = field(default_factory=list)
-    """The aggregator's device-agreement rows (the phones' reports)."""
-    outage: OutageTimes | None = None
-    """What the worker outage did and when, when one was told."""
-    host_cpu: HostCpu | None = None
-    """The machine's busy cores and stolen share while the devices ran (None: not Linux)."""
-
-
-async def _group_at_end(admin: KafkaSettings, group: str, topics: list[str]) -> None:
-    """Commit the end offsets of ``topics`` for ``group`` (a new group), so that it starts there."""
-    from edgestream.pipeline import kafka as kafka_clients
-    from edgestream.topics.catalogue import parse_topic
-
-    tps = kafka_clients.partitions((t, parse_topic(t).spec.partitions) for t in topics)
-    async with kafka_clients.started(
-        kafka_clients.consumer(admin, "edgestream-demo", group_id=group)
-    ) as consumer:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.commit({tp: offset for tp, offset in ends.items()})
-
-
-@contextmanager
-def _aggregator(settings: DemoSettings, cluster: _Cluster, paths: DemoPaths) -> Iterator[str]:
-    """Run ``edgestream aggregate run`` (as ``aggregator``); yields its view's URL; always stops it.
-
-    It gets a group and tables of this run's own, starting at the current end of the cloud topics
-    (committed for it before it starts): older runs' records, or a backlog an older aggregator left,
-    are not this run's story."""
-    app_id = f"{AGGREGATOR_GROUP}-demo-{uuid.uuid4().hex[:8]}"
-    asyncio.run(_group_at_end(cluster.admin, app_id, [SUMMARIES_TOPIC, SAMPLES_TOPIC, LABELS_TOPIC]))
-    port = free_port()
-    env = {
-        **os.environ,
-        **cluster.as_identity(Identity.aggregator()).to_env("EDGESTREAM_AGGREGATOR_KAFKA__"),
-        "EDGESTREAM_AGGREGATOR_HOME": str(settings.home),
-        "EDGESTREAM_AGGREGATOR_WEB_PORT": str(port),
-        "EDGESTREAM_AGGREGATOR_WINDOW_S": str(settings.aggregator_window_s),
-        "EDGESTREAM_AGGREGATOR_APP_ID": app_id,
-        # Devices replay the held-out rows (fleet.py): drift allows for that small pool's own noise.
-        "EDGESTREAM_AGGREGATOR_DRIFT_SOURCE_ROWS": str(len(load_dataset("embedding").y_test)),
-        # The phones' reconciliation reports (late edge answers vs their fallbacks' answers).
-        "EDGESTREAM_AGGREGATOR_REPORT_REGIONS": json.dumps([r.name for r in settings.regions]),
-    }
-    aggregator = Child.start(
-        "the aggregator",
-        edgestream_command("aggregate", "run"),
-        env=env,
-        log_file=paths.logs / "aggregator.log",
-        nice=settings.cloud_nice,
-        idle=settings.cloud_idle,
-    )
-    with stopped_at_exit([aggregator]):
-        url = f"http://127.0.0.1:{port}"
-        wait_aggregator_ready(aggregator, url, settings.worker_ready_timeout_s)
-        yield url
 
 
 def _worker_env(settings: DemoSettings, cluster: _Cluster, region: str) -> dict[str, str]:
@@ -393,10 +266,12 @@ def _run_parts(
     on_step: Callable[[str], None],
     on_progress: Callable[[Progress], None] | None,
     on_event: Callable[[StoryEvent], None],
-) -> _Measured:
+) -> Measured:
     """Run the aggregator, the workers, the fleet and the story; stop them; read what they counted."""
     on_step(f"starting {len(settings.regions)} edge workers and the cloud aggregator")
-    with _aggregator(settings, cluster, paths) as aggregator_url:
+    with running_aggregator(
+        settings, cluster.admin, cluster.as_identity(Identity.aggregator()), paths
+    ) as aggregator_url:
         with _workers(settings, cluster, paths) as workers:
             if revision is not None:
                 first = {region: files[0] for region, files in workers.stats_files.items()}
@@ -434,7 +309,7 @@ def _run_parts(
         )
         agreement = device_agreement(aggregator_url)
     host = None if ticks_before is None or ticks_after is None else host_cpu(ticks_before, ticks_after)
-    return _Measured(report, story, worker_stats, windows, agreement, outage, host)
+    return Measured(report, story, worker_stats, windows, agreement, outage, host)
 
 
 def _warm_broker(settings: DemoSettings, cluster: _Cluster, on_step: Callable[[str], None]) -> None:
@@ -460,92 +335,6 @@ def _warm_broker(settings: DemoSettings, cluster: _Cluster, on_step: Callable[[s
         on_step(f"warm-up failed ({type(err).__name__}); the devices start without it")
 
 
-def _result(
-    settings: DemoSettings,
-    paths: DemoPaths,
-    cluster: _Cluster,
-    accuracy: dict[str, float],
-    measured: _Measured,
-) -> DemoResult:
-    """The summary of what was measured; the plots are written."""
-    report, story = measured.report, measured.story
-    rows = [summarise_region(r.name, report, measured.worker_stats.get(r.name, {})) for r in settings.regions]
-    down = measured.outage
-    plot_latency(
-        report,
-        paths.plot,
-        down=None
-        if down is None
-        else (down.region, down.signalled_at - report.started_at, down.restarted_at - report.started_at),
-    )
-    versions: list[VersionRow] = []
-    bad_after: int | None = None
-    if story is not None:
-        versions = version_rows(report, story)
-        bad_after = bad_answers_after_rollback(report, story)
-        story.drift_windows = count_drift(
-            story, measured.windows, report.started_at, settings.aggregator_window_s
-        )
-        plot_story(report, story, measured.windows, settings.aggregator_window_s, paths.story_plot)
-    return DemoResult(
-        rows,
-        summarise_all(report, measured.worker_stats),
-        paths,
-        cluster.broker_log,
-        accuracy,
-        cloud_totals(measured.windows),
-        story=story,
-        versions=versions,
-        bad_after_rollback=bad_after,
-        windows=measured.windows,
-        fleet_started_at=report.started_at,
-        devices=report.devices,
-        refused_replies=report.refused_replies,
-        device_agreement=measured.device_agreement,
-        round_trip_paths=path_rows(report.round_trips),
-        outage=None
-        if measured.outage is None
-        else summarise_outage(
-            measured.outage,
-            report.round_trips,
-            report.no_answer,
-            deadline_ms=settings.deadline_ms,
-            fleet_started_at=report.started_at,
-        ),
-        host_cpu=measured.host_cpu,
-    )
-
-
-def _write_summary(settings: DemoSettings, result: DemoResult, measured: _Measured) -> None:
-    """The JSON copy of the summary, with the settings and the workers' own stats."""
-    result.paths.summary.write_text(
-        json.dumps(
-            {
-                "settings": settings.model_dump(mode="json"),
-                "regions": [asdict(r) for r in result.rows],
-                "total": asdict(result.total),
-                "model_accuracy": result.model_accuracy,
-                "send_s": measured.report.send_s,
-                "unanswered": measured.report.unanswered,
-                "worker_stats": measured.worker_stats,
-                "cloud": result.cloud,
-                "story": None if result.story is None else result.story.to_dict(),
-                "versions": [asdict(v) for v in result.versions],
-                "bad_after_rollback": result.bad_after_rollback,
-                "devices": [device_summary(row) for row in measured.report.devices],
-                "phones_not_started": measured.report.phones_not_started,
-                "refused_replies": measured.report.refused_replies,
-                "loop_lag_peak_ms": measured.report.loop_lag_peak_ms,
-                "device_agreement": result.device_agreement,
-                "round_trip_paths": [row.to_dict() for row in result.round_trip_paths],
-                "outage": None if result.outage is None else result.outage.to_dict(),
-                "host_cpu": None if result.host_cpu is None else result.host_cpu.to_dict(),
-            },
-            indent=2,
-        )
-    )
-
-
 def run_demo(
     settings: DemoSettings,
     *,
@@ -565,8 +354,8 @@ def run_demo(
         if stop_broker:
             on_step("stopping the Kafka broker")
             broker.stop()
-    result = _result(settings, paths, cluster, accuracy, measured)
-    _write_summary(settings, result, measured)
+    result = summarise(settings, paths, cluster.broker_log, accuracy, measured)
+    write_summary(settings, result, measured)
     write_round_trips(measured.report.round_trips, paths.root / REQUEST_LOG)  # `edgestream sla report`
     return result
 

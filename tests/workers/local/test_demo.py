@@ -15,7 +15,8 @@ from edgestream.pipeline.models.shift import shifted_pools
 from edgestream.pipeline.observability.sla import REQUEST_LOG, read_round_trips
 from edgestream.pipeline.settings import DEFAULT_REGIONS, KafkaSettings, Region
 from edgestream.workers.local.broker.state import BrokerState
-from edgestream.workers.local.demo import DemoResult, run_demo
+from edgestream.workers.local.demo import run_demo
+from edgestream.workers.local.demo_result import DemoResult
 from edgestream.workers.local.demo_settings import DemoSettings
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 from edgestream.workers.local.story import StoryEvent, StorySettings
