@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgestream.pipeline.contract.envelope import Envelope
@@ -57,11 +57,12 @@ class ServedModel:
     """Whether its raw inputs may be sampled to the cloud (zoo: embeddings; signed: as declared)."""
     typed: SignedSession | None = None
     """What writes the typed keys of its result records; None for a zoo model (classification)."""
+    key: ModelKey = field(init=False)
+    """The grouping key of its inference calls: (name, version) of ``artifact``, made once (it is
+    read several times per record)."""
 
-    @property
-    def key(self) -> ModelKey:
-        """The grouping key of its inference calls."""
-        return (self.artifact.name, self.artifact.version)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.artifact.name, self.artifact.version))
 
 
 def load_models(settings: WorkerSettings) -> dict[str, ServedModel]:
