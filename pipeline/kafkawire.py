@@ -27,6 +27,7 @@ from aiokafka.protocol.struct import Struct
 from aiokafka.protocol.types import (
     Array,
     Boolean,
+    Bytes,
     CompactArray,
     CompactString,
     Float64,
@@ -215,7 +216,7 @@ class _Compiler:
         if kind is Schema:
             inner = self.decoder(field)
             return [f"{target}, pos = {inner}(buf, pos)"]
-        if field.__name__ == "Bytes" and field.__module__ == Int32.__module__:
+        if field is Bytes:
             return [
                 "n, = _I32.unpack_from(buf, pos)",
                 "pos += 4",
@@ -308,7 +309,7 @@ class _Compiler:
         if kind is Schema:
             inner = self.encoder(field)
             return [f"{inner}({value}, out)"]
-        if field.__name__ == "Bytes" and field.__module__ == Int32.__module__:
+        if field is Bytes:
             return [
                 f"if {value} is None:",
                 "    out.append(b'\\xff\\xff\\xff\\xff')",
