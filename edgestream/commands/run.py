@@ -522,6 +522,10 @@ def _print_demo(result: DemoResult) -> None:
     console.print(f"replies the Kafka-native devices refused to open: {refused}")
     if result.host_cpu is not None:
         console.print(result.host_cpu.line())
+    if result.part_cpu:
+        from edgestream.workers.local.partcpu import parts_line
+
+        console.print(parts_line(result.part_cpu))
     if result.devices:
         _print_devices(result)
     if result.round_trip_paths:

@@ -54,6 +54,7 @@ from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND, FleetSetting
 from edgestream.workers.local.fleetreport import FleetReport, Progress
 from edgestream.workers.local.hostcpu import host_cpu, read_ticks
 from edgestream.workers.local.outage import OutageTimes, run_outage
+from edgestream.workers.local.partcpu import PartSampler
 from edgestream.workers.local.story import (
     STORY_MODEL,
     StoryEvent,
@@ -85,6 +86,8 @@ class _Cluster:
     """Where the parts' certificates come from, over TLS."""
     broker_log: Path | None
     """The local broker's log, or None for another cluster."""
+    broker_pid: int | None = None
+    """The local broker's process (its CPU is the summary's ``broker`` part), or None."""
 
     @property
     def secure(self) -> bool:
@@ -168,7 +171,9 @@ def _cluster(
         started = broker.status() is None
         on_step("starting the Kafka broker" if started else "using the running Kafka broker")
         state = broker.start()
-        cluster = _Cluster(state.kafka(), Pki(state.tls_root or settings.home / "tls"), state.server_log)
+        cluster = _Cluster(
+            state.kafka(), Pki(state.tls_root or settings.home / "tls"), state.server_log, state.pid
+        )
     if cluster.secure:
         on_step(f"TLS 1.3 with client certificates from {cluster.pki.root}; ACLs enforced")
     return cluster, started
@@ -280,6 +285,9 @@ def _run_parts(
                 _warm_broker(settings, cluster, on_step)
                 on_step("running the device fleet" + (" and telling the story" if revision else ""))
                 ticks_before = read_ticks()
+                parts = PartSampler(cluster.broker_pid)
+                parts.start()
+                started_s = time.monotonic()
                 report, story, outage = eventloop.run(
                     _fleet_and_story(
                         settings,
@@ -295,6 +303,7 @@ def _run_parts(
                     settings.event_loop,
                 )
                 ticks_after = read_ticks()
+                part_usage = parts.stop(time.monotonic() - started_s, report.totals().sent)
             on_step("waiting for the workers to consume everything sent")
             asyncio.run(_wait_caught_up(cluster.admin, settings))
             on_step("stopping workers")
@@ -309,7 +318,7 @@ def _run_parts(
         )
         agreement = device_agreement(aggregator_url)
     host = None if ticks_before is None or ticks_after is None else host_cpu(ticks_before, ticks_after)
-    return Measured(report, story, worker_stats, windows, agreement, outage, host)
+    return Measured(report, story, worker_stats, windows, agreement, outage, host, part_usage)
 
 
 def _warm_broker(settings: DemoSettings, cluster: _Cluster, on_step: Callable[[str], None]) -> None:

@@ -14,6 +14,7 @@ from edgestream.workers.local.hostcpu import HostCpu
 from edgestream.workers.local.latency_plot import plot_latency
 from edgestream.workers.local.outage import OutageTimes
 from edgestream.workers.local.outage_summary import OutageSummary, summarise_outage
+from edgestream.workers.local.partcpu import PartCpu
 from edgestream.workers.local.phones import DeviceRow
 from edgestream.workers.local.story import StoryReport, count_drift
 from edgestream.workers.local.story_plot import plot_story
@@ -66,6 +67,8 @@ class DemoResult:
     """The worker outage's times and who answered meanwhile, when one was told (``outage_summary.py``)."""
     host_cpu: HostCpu | None = None
     """The machine's busy cores and stolen share while the devices ran (``hostcpu.py``; None: unknown)."""
+    part_cpu: list[PartCpu] = field(default_factory=list)
+    """Each part's cores and CPU ms per request while the devices ran (``partcpu.py``; empty: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,8 @@ class Measured:
     """What the worker outage did and when, when one was told."""
     host_cpu: HostCpu | None = None
     """The machine's busy cores and stolen share while the devices ran (None: not Linux)."""
+    part_cpu: list[PartCpu] = field(default_factory=list)
+    """Each part's CPU while the devices ran (empty: not Linux)."""
 
 
 def summarise(
@@ -139,6 +144,7 @@ def summarise(
             fleet_started_at=report.started_at,
         ),
         host_cpu=measured.host_cpu,
+        part_cpu=measured.part_cpu,
     )
 
 
@@ -166,6 +172,7 @@ def write_summary(settings: DemoSettings, result: DemoResult, measured: Measured
                 "round_trip_paths": [row.to_dict() for row in result.round_trip_paths],
                 "outage": None if result.outage is None else result.outage.to_dict(),
                 "host_cpu": None if result.host_cpu is None else result.host_cpu.to_dict(),
+                "part_cpu": [part.to_dict() for part in result.part_cpu],
             },
             indent=2,
         )

@@ -113,6 +113,11 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     host = summary["host_cpu"]  # the box was busy with the demo's own processes while the devices ran
     assert 0.0 < host["busy_cores"] <= host["cores"]
     assert 0.0 <= host["steal_share"] < 1.0
+    parts = {part["part"]: part for part in summary["part_cpu"]}  # who made the box busy
+    assert {"broker", "workers", "gateways", "aggregator", "fleet"} <= set(parts)
+    assert all(part["cores"] > 0.0 and part["ms_per_request"] > 0.0 for part in parts.values())
+    assert parts["workers"]["processes"] == len(result.rows)  # one a region
+    assert sum(part["cores"] for part in parts.values()) <= host["cores"]
     trips, skipped = read_round_trips([result.paths.root / REQUEST_LOG])  # what `edgestream sla report` reads
     assert (len(trips), skipped) == (total.sent, 0)
     assert sum(t.outcome == "answered" for t in trips) == total.results
