@@ -105,6 +105,14 @@ class AggregatorSettings(BaseSettings):
     requests the demo's broker served, whose TLS and handling took most of its 0.6 cores. Its changelog
     writes only matter for a restart's recovery, and the repartitioned samples join their labels half a
     second later at most."""
+    fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
+    """Bytes a fetch of faust's consumer waits for (at most ``fetch_max_wait_ms``) before the broker
+    answers it. At aiokafka's 1 every transaction marker of every worker's commit answered it at once:
+    ~34 fetches a second in the demo, the dearest fetches its broker served (many partitions each)."""
+    fetch_max_wait_ms: int = Field(default=200, ge=1, le=10_000)
+    """Longest the broker holds a fetch of faust's consumer that has less than ``fetch_min_bytes``:
+    what a summary may wait before the aggregator reads it, and what a restart's table recovery may
+    wait at its changelogs' ends (faust's own default is 1,500)."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """faust's guarantee; counts are exact with either (offsets are deduplicated in the tables)."""
     topic_replication_factor: int | None = Field(default=None, ge=1)
@@ -140,14 +148,17 @@ class AggregatorSettings(BaseSettings):
         return int(self.window_s * 1000)
 
 
-def _read_committed_only() -> None:
+def _read_committed_only(fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) -> None:
     """faust's worker consumer reads read_uncommitted unless the app runs exactly_once; the edge's
     summaries and samples are written in transactions, and an aborted one must count for nothing. So
-    its consumers are made read_committed (set on the consumer before it starts, where aiokafka reads
-    it). Idempotent."""
+    its consumers are made read_committed, and their fetches wait for ``fetch_min_bytes`` or
+    ``fetch_max_wait_ms`` (``AggregatorSettings``; faust sets neither): set on the consumer before it
+    starts, where aiokafka reads them. Idempotent; a later call's fetch settings apply to consumers
+    made after it."""
     from faust.transport.drivers import aiokafka as driver
 
     thread = driver.AIOKafkaConsumerThread
+    thread._edgestream_fetch = (fetch_min_bytes, fetch_max_wait_ms)  # type: ignore[attr-defined]
     if getattr(thread, "_edgestream_read_committed", False):
         return
     create = thread._create_worker_consumer
@@ -155,6 +166,7 @@ def _read_committed_only() -> None:
     def read_committed(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
         consumer._isolation_level = "read_committed"
+        consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = thread._edgestream_fetch  # type: ignore[attr-defined]
         return consumer
 
     thread._create_worker_consumer = read_committed  # type: ignore[method-assign]
@@ -469,7 +481,7 @@ def _add_view(app: faust.App, settings: AggregatorSettings, tables: _Tables) -> 
 
 def build_app(settings: AggregatorSettings, metrics: AggregatorMetrics | None = None) -> faust.App:
     """The faust app: agents, tables, the web view and ``/metrics`` (``observe.py``), not started."""
-    _read_committed_only()
+    _read_committed_only(settings.fetch_min_bytes, settings.fetch_max_wait_ms)
     kafkarecords.install()  # faust's consumer is aiokafka's: header keys as Kafka's Java client reads them
     kafkawire.install()  # and its requests and responses go through the compiled struct codec
     app = _faust_app(settings)
