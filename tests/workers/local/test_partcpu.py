@@ -110,12 +110,20 @@ def test_the_sampler_counts_the_demos_tree_and_its_broker_only(tmp_path: Path) -
     assert got == {"broker": 2.0, "workers": 0.5, "aggregator": 0.2, "fleet": 1.0}
 
 
+def _started(child: subprocess.Popen[bytes]) -> None:
+    """Wait until ``child`` runs its own command line (it shows its parent's until it has exec'd)."""
+    deadline = time.monotonic() + 10
+    while b"edgestream\0worker" not in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.01)
+
+
 def test_the_sampler_reads_a_real_child_burning_cpu() -> None:
     burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
     sampler = PartSampler(None)
     child = subprocess.Popen([sys.executable, "-c", burn, "edgestream", "worker"])
     try:
-        time.sleep(0.05)  # started: its command line is readable
+        _started(child)
         sampler.start()
         started = time.monotonic()
         assert child.wait(timeout=30) == 0
@@ -126,7 +134,7 @@ def test_the_sampler_reads_a_real_child_burning_cpu() -> None:
     sampler = PartSampler(None)
     child = subprocess.Popen([sys.executable, "-c", burn + "time.sleep(30)\n", "edgestream", "worker"])
     try:
-        time.sleep(0.05)
+        _started(child)
         sampler.start()
         started = time.monotonic()
         deadline = time.monotonic() + 30
