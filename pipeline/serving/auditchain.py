@@ -159,13 +159,15 @@ class AuditChain:
         self._chains[chain] = _Chain(segment, head)
 
     def link(self, chain: str, record: AuditRecord) -> AuditRecord:
-        """``record`` with ``chain``, ``seg``, ``seq`` and ``prev`` filled in, its digest staged as the
-        new head. Raises `ChainNotStarted`, and ValueError for a record that is already linked."""
+        """``record`` with ``chain``, ``seg``, ``seq`` and ``prev`` filled in (in place), its digest
+        staged as the new head. Raises `ChainNotStarted`, and ValueError for a record that is already
+        linked."""
         return self.link_encoded(chain, record)[0]
 
     def link_encoded(self, chain: str, record: AuditRecord) -> tuple[AuditRecord, bytes]:
-        """`link`, and the linked record's wire bytes: encoded once, for its digest and to be sent. The
-        record is encoded before the chain changes: one that does not encode leaves it as it was."""
+        """`link`, and the linked record's wire bytes: encoded once, for its digest and to be sent.
+        ``record`` itself is filled in, not copied (a copy per audit record was 2.5% of a draining
+        worker's CPU). One that does not encode leaves the chain, and ``record``, as they were."""
         state = self._chains.get(chain)
         if state is None:
             raise ChainNotStarted(chain)
@@ -173,25 +175,14 @@ class AuditChain:
             raise ValueError(f"audit record is already linked into {record.chain!r} seq {record.seq}")
         tip = state.committed if state.staged is None else state.staged
         seq, prev = (1, CHAIN_ORIGIN) if tip is None else (tip.seq + 1, tip.digest)
-        linked = AuditRecord(  # not dataclasses.replace: 3x slower on the hot path
-            record.timestamp_ms,
-            record.request_id,
-            record.node,
-            record.region,
-            record.device_id,
-            record.model,
-            record.model_version,
-            record.outcome,
-            record.reason,
-            record.latency_ms,
-            chain=chain,
-            segment=state.segment,
-            seq=seq,
-            prev=prev,
-        )
-        raw = linked.to_bytes()
+        record.chain, record.segment, record.seq, record.prev = chain, state.segment, seq, prev
+        try:
+            raw = record.to_bytes()
+        except BaseException:
+            record.chain = record.segment = record.seq = record.prev = None
+            raise
         state.staged = ChainHead(seq, audit_digest(raw), state.segment)
-        return linked, raw
+        return record, raw
 
     def staged_head(self, chain: str) -> ChainHead | None:
         """The head as the open transaction leaves it (the committed one when nothing is staged); None

@@ -94,8 +94,11 @@ class UnitOutputs:
             else None
         )
         for item in items:
-            part = work.setdefault(item.tp, PartitionWork())
-            part.next_offset = max(part.next_offset, item.offset + 1)
+            part = work.get(item.tp)
+            if part is None:  # not setdefault: a PartitionWork (three containers) per item was 1.6%
+                part = work[item.tp] = PartitionWork()
+            if item.offset >= part.next_offset:
+                part.next_offset = item.offset + 1
             part.epoch = item.epoch
             if item.error is None:
                 answered = self._answered(item, started_s, now_ms, sample_key)
