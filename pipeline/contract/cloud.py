@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -26,6 +27,7 @@ from typing import Any, Final
 import msgpack
 
 from edgestream.pipeline.contract import fields as f
+from edgestream.pipeline.contract.packing import packb
 from edgestream.pipeline.errors import UndecodableRecord
 
 CLOUD_VERSION: Final = 1
@@ -43,11 +45,11 @@ clock that set the span (or ``at_ms`` itself, a device's capture time may be ahe
 
 
 def latency_bucket(latency_ms: float) -> int:
-    """Index of the histogram bucket ``latency_ms`` falls in (NaN and +inf: the last one)."""
-    for index, bound in enumerate(LATENCY_BOUNDS_MS):
-        if latency_ms <= bound:
-            return index
-    return len(LATENCY_BOUNDS_MS)
+    """Index of the histogram bucket ``latency_ms`` falls in (NaN and +inf: the last one): the first
+    bound it does not exceed, found by bisection (counted for every answer)."""
+    if latency_ms != latency_ms:  # NaN compares false with every bound
+        return len(LATENCY_BOUNDS_MS)
+    return bisect_left(LATENCY_BOUNDS_MS, latency_ms)
 
 
 def percentile_ms(buckets: Sequence[int], percentile: float) -> float | None:
@@ -175,7 +177,7 @@ class PartialSummary:
 
     def to_bytes(self) -> bytes:
         """msgpack map (``docs/contract.md``, "Cloud records")."""
-        return msgpack.packb(
+        return packb(
             {
                 "v": CLOUD_VERSION,
                 "region": self.region,
@@ -188,8 +190,7 @@ class PartialSummary:
                 "lat": self.latency_buckets,
                 "labels": self.labels,
                 "scores": self.score_bins,
-            },
-            use_bin_type=True,
+            }
         )
 
     @classmethod
@@ -237,7 +238,7 @@ class Sample:
 
     def to_bytes(self) -> bytes:
         """msgpack map."""
-        return msgpack.packb(
+        return packb(
             {
                 "v": CLOUD_VERSION,
                 "rid": self.request_id,
@@ -249,8 +250,7 @@ class Sample:
                 "x": list(self.features),
                 "label": self.label,
                 "scores": list(self.scores),
-            },
-            use_bin_type=True,
+            }
         )
 
     @classmethod
@@ -284,15 +284,14 @@ class Label:
 
     def to_bytes(self) -> bytes:
         """msgpack map."""
-        return msgpack.packb(
+        return packb(
             {
                 "v": CLOUD_VERSION,
                 "rid": self.request_id,
                 "model": self.model,
                 "label": self.label,
                 "at_ms": self.at_ms,
-            },
-            use_bin_type=True,
+            }
         )
 
     @classmethod

@@ -48,6 +48,20 @@ def test_score_bin_is_total(score: float) -> None:
     assert 0 <= score_bin(score) < SCORE_BINS
 
 
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(LATENCY_BOUNDS_MS)))
+@example(math.nan)
+@example(-math.inf)
+@example(math.inf)
+@example(-0.0)
+@example(LATENCY_BOUNDS_MS[-1])
+@example(math.nextafter(LATENCY_BOUNDS_MS[0], math.inf))
+def test_a_latency_falls_in_the_first_bucket_whose_bound_it_does_not_exceed(latency_ms: float) -> None:
+    expected = next(
+        (i for i, bound in enumerate(LATENCY_BOUNDS_MS) if latency_ms <= bound), len(LATENCY_BOUNDS_MS)
+    )
+    assert latency_bucket(latency_ms) == expected
+
+
 @given(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(allow_nan=True, allow_infinity=True),
