@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from edgestream.pipeline.contract.packing import packb
 from edgestream.pipeline.errors import DecompressionFailed, MalformedBody, NonFiniteTensor, OversizedEnvelope
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def pack_body(body: TensorBody) -> bytes:
         fields[_K_SCALE] = float(body.scale)
     if body.attrs:
         fields[_K_ATTRS] = dict(body.attrs)
-    return msgpack.packb(fields, use_bin_type=True)
+    return packb(fields)
 
 
 def unpack_body(raw: bytes) -> TensorBody:

@@ -12,9 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, cast
 
-import msgpack
-
 from edgestream.pipeline.contract.envelope import CONTRACT_VERSION, REQUEST_ID_BYTES, unpack_contract_map
+from edgestream.pipeline.contract.packing import packb
 from edgestream.pipeline.contract.typed import TypedResult
 from edgestream.pipeline.errors import UndecodableRecord
 
@@ -85,7 +84,7 @@ class ResultRecord:
         }
         if self.typed is not None:
             fields.update(self.typed.wire())
-        return msgpack.packb(fields, use_bin_type=True)
+        return packb(fields)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ResultRecord:
@@ -176,7 +175,7 @@ class AuditRecord:
             fields["seq"] = self.seq
         if self.prev is not None:
             fields["prev"] = self.prev
-        return msgpack.packb(fields, use_bin_type=True)
+        return packb(fields)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AuditRecord:
