@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from edgestream.pipeline.contract import envelope as envelope_module
 from edgestream.pipeline.contract.codec import (
     TensorBody,
     TensorDtype,
@@ -200,6 +201,58 @@ def test_aad_layout_is_the_documented_one() -> None:
     assert aad(envelope) == expected
     unpinned = Envelope(**{**_fields(envelope), "model_version": None})
     assert aad(unpinned) == expected.replace(b"\x01\x00\x00\x00\x09", b"\x00")
+
+
+def _documented_aad(env: Envelope) -> bytes:
+    """The AAD of docs/contract.md's table, field by field."""
+
+    def text(value: str) -> bytes:
+        return len(value.encode()).to_bytes(2, "big") + value.encode()
+
+    pinned = b"\x00" if env.model_version is None else b"\x01" + env.model_version.to_bytes(4, "big")
+    return b"".join(
+        (
+            AAD_DOMAIN,
+            env.version.to_bytes(2, "big"),
+            env.request_id,
+            text(env.device_id),
+            env.capture_time_ms.to_bytes(8, "big"),
+            text(env.kind),
+            text(env.model),
+            pinned,
+            env.key_id.to_bytes(4, "big"),
+            text(env.compression),
+        )
+    )
+
+
+_ENVELOPES = st.builds(
+    Envelope,
+    version=st.integers(0, 2**16 - 1),
+    request_id=st.binary(min_size=16, max_size=16),
+    device_id=st.sampled_from(["sensor-1", "sensor-2", "dé"]) | st.text(min_size=1, max_size=20),
+    capture_time_ms=st.integers(0, 2**64 - 1),
+    kind=st.sampled_from(["embedding", "frame"]),
+    model=st.sampled_from(["m", "embedding-scorer"]) | st.text(min_size=1, max_size=12),
+    model_version=st.none() | st.sampled_from([0, 1, 9]) | st.integers(0, 2**32 - 1),
+    key_id=st.integers(0, 2**32 - 1),
+    compression=st.sampled_from(["none", "zstd"]),
+    nonce=st.just(bytes(12)),
+    ciphertext=st.just(bytes(16)),
+)
+
+
+@given(st.lists(_ENVELOPES, min_size=1, max_size=8))
+@example([Envelope(1, bytes(16), "a", 0, "frame", "m", None, 0, "none", bytes(12), bytes(16))] * 2)
+def test_the_aad_is_the_documented_layout_whatever_was_memoised_before(envelopes: list[Envelope]) -> None:
+    """The length-prefixed strings are memoised (and the memo starts over when full): each envelope's
+    AAD is still its own fields', after any other envelopes, a cleared memo, or the same again."""
+    for env in [*envelopes, *reversed(envelopes)]:
+        assert aad(env) == _documented_aad(env)
+    envelope_module._prefixed_memo.clear()
+    envelope_module._prefixed_memo.update({f"filler-{i}": b"" for i in range(envelope_module.MEMO_LIMIT)})
+    assert aad(envelopes[0]) == _documented_aad(envelopes[0])  # the full memo started over
+    assert len(envelope_module._prefixed_memo) < envelope_module.MEMO_LIMIT
 
 
 def _fields(envelope: Envelope) -> dict[str, Any]:
