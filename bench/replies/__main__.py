@@ -1,7 +1,9 @@
 """``python -m bench.replies``: µs per reply, before (the result's bytes sent as they are) and after
 sealing (``workers/edge/sealing.py``), with the reply key cached and not; µs of CPU per reply queued
-on the replies producer, by aiokafka's ``send`` and by the worker's ``ReplySender`` (no broker: the
-producer is not started, its metadata is set here, and its batches are emptied after each unit); and
+on the replies producer, by aiokafka's ``send`` and by the worker's ``ReplySender``, and with their
+acknowledgement (``*_acked``: the batches taken and resolved as aiokafka's sender task does once the
+broker answers, and the delivery callbacks run; no broker: the producer is not started and its
+metadata is set here); and
 µs per reply a device spends opening it (``open_reply``) against parsing a plain record. Prints JSON;
 a few seconds."""
 
@@ -54,28 +56,50 @@ async def _queueing_us() -> dict[str, float]:
     producer.client.cluster.update_metadata(
         MetadataResponse_v0([(0, "127.0.0.1", 1)], [(0, topic, [(0, p, 0, [0], [0]) for p in range(3)])])
     )
+    producer._txn_manager.set_pid_and_epoch(1, 0)  # what the started (idempotent) producer gets
     devices = [f"sensor-{i:04d}".encode() for i in range(60)]
     replies = [Output(topic, os.urandom(180), devices[i % 60], ()) for i in range(UNIT)]
-    batches = producer._message_accumulator._batches
+    accumulator = producer._message_accumulator
+    delivered: list[object] = []
 
     async def by_send() -> None:
         for reply in replies:
-            await producer.send(reply.topic, reply.value, key=reply.key)
+            sent = await producer.send(reply.topic, reply.value, key=reply.key)
+            sent.add_done_callback(delivered.append)
 
     async def by_sender() -> None:
         await sender.send([PartitionWork(replies=replies)])
 
-    timings: dict[str, list[float]] = {"send": [], "reply_sender": []}
+    async def acknowledged() -> None:
+        """What aiokafka's sender task does once the broker answers: take the unit's batches and
+        resolve their deliveries; then the loop runs the delivery callbacks."""
+        nodes, _ = accumulator.drain_by_nodes(ignore_nodes=set())
+        for by_tp in nodes.values():
+            for batch in by_tp.values():
+                batch.done(base_offset=0)
+        await asyncio.sleep(0)
+
+    timings: dict[str, list[float]] = {
+        "send": [],
+        "reply_sender": [],
+        "send_acked": [],
+        "reply_sender_acked": [],
+    }
     cases = [("send", by_send), ("reply_sender", by_sender)]
     for round_ in range(REPEATS * 2):
         for name, case in cases if round_ % 2 == 0 else cases[::-1]:
-            spent = 0.0
+            spent = acked = 0.0
             for _ in range(UNITS):
                 started = time.process_time()
                 await case()
-                spent += time.process_time() - started
-                batches.clear()  # as the sender task would drain them
+                queued = time.process_time()
+                await acknowledged()
+                spent += queued - started
+                acked += time.process_time() - started
+                delivered.clear()
             timings[name].append(spent / (UNITS * UNIT) * 1e6)
+            timings[f"{name}_acked"].append(acked / (UNITS * UNIT) * 1e6)
+    assert sender.failed == 0
     await producer.stop()
     return {name: round(statistics.median(runs), 2) for name, runs in timings.items()}
 
