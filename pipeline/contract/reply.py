@@ -151,7 +151,8 @@ def seal_reply(
 ) -> bytes:
     """The sealed reply: header ‖ nonce ‖ AES-256-GCM(result record bytes) ‖ tag.
 
-    ``nonce``: for test vectors only; by default 12 fresh bytes from the OS's secure generator."""
+    ``nonce``: 12 bytes from a secure generator, never used before (test vectors give their own); by
+    default 12 fresh bytes from the OS's."""
     fixed = reply_header(header)
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     if len(nonce) != NONCE_BYTES:

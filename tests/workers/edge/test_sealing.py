@@ -5,19 +5,26 @@ device and the cache stays bounded, and an answer whose reply cannot be sealed s
 from __future__ import annotations
 
 import logging
+import os
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
 
+from edgestream.pipeline.contract.envelope import NONCE_BYTES
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.pipeline.contract.reply import ReplyAuthenticationFailed, ReplyHeader, open_reply
+from edgestream.pipeline.contract.reply import (
+    ReplyAuthenticationFailed,
+    ReplyHeader,
+    open_reply,
+    read_reply_header,
+)
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
 from edgestream.topics.catalogue import replies_topic, results_topic
 from edgestream.workers.edge.admission import Answer, Item
 from edgestream.workers.edge.outputs import UnitOutputs
-from edgestream.workers.edge.sealing import ReplySealer
+from edgestream.workers.edge.sealing import NONCES_PER_DRAW, ReplySealer
 
 REGION = "eu-west"
 TP = TopicPartition(f"edge.{REGION}.ingest.embedding", 0)
@@ -97,3 +104,37 @@ def test_reply_keys_are_derived_once_per_device_and_the_cache_is_bounded() -> No
 
 def _values(work: Any, topic: str) -> list[bytes]:
     return [o.value for o in work.outputs if o.topic == topic]
+
+
+def _nonce(sealed: bytes) -> bytes:
+    _, at = read_reply_header(sealed)
+    return sealed[at : at + NONCE_BYTES]
+
+
+def test_every_reply_has_its_own_nonce_across_draws() -> None:
+    sealer = ReplySealer(REGION)
+    header = ReplyHeader(bytes(16), 3, "m", 2)
+    record = ResultRecord(bytes(16), "d", "m", 2, 1, (1.0,), 0.0, 0.0, 0.0, 1, "n", REGION, 0).to_bytes()
+    sealed = [sealer.seal(record, _key("a"), header) for _ in range(3 * NONCES_PER_DRAW + 5)]
+    assert len({_nonce(s) for s in sealed}) == len(sealed)
+    assert all(open_reply(s, _key("a"), REGION).to_bytes() == record for s in sealed[-NONCES_PER_DRAW:])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_reuses_its_parents_drawn_nonces() -> None:
+    sealer = ReplySealer(REGION)
+    header = ReplyHeader(bytes(16), 3, "m", 2)
+    record = ResultRecord(bytes(16), "d", "m", 2, 1, (1.0,), 0.0, 0.0, 0.0, 1, "n", REGION, 0).to_bytes()
+    sealer.seal(record, _key("a"), header)  # nonces drawn, most of them still to hand out
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, _nonce(sealer.seal(record, _key("a"), header)))
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    childs = os.read(read, 64)
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(childs) == NONCE_BYTES
+    assert _nonce(sealer.seal(record, _key("a"), header)) != childs
