@@ -139,6 +139,8 @@ class Admission:
         an abort is not a replay)."""
         self._ciphers: dict[bytes, AESGCM] = {}
         """Device key -> its cipher (`_cipher`)."""
+        self._partition_counts: dict[str, int] = {}
+        """Topic -> its partitions, for the records of the current fetch (`new_fetch`)."""
         self._rate = DeviceRateLimiter(
             rate_per_s=settings.device_rate_per_s,
             burst=settings.device_burst,
@@ -240,6 +242,7 @@ class Admission:
         authentic envelope in its place (``workers/edge/replaymemory.py``); True when it was new."""
         try:
             env = decode_envelope(record.value or b"", max_envelope_bytes=self._settings.max_envelope_bytes)
+            self._partition_counts.pop(tp.topic, None)  # read outside any fetch: the count of now
             self._check_placement(tp, record.key, env)
             device_key = keyring.device_key(self._settings.region, env.device_id, env.key_id, now_ms)
             authenticate(env, device_key)
@@ -260,7 +263,19 @@ class Admission:
         if tp.topic != self._topics[env.kind]:
             raise WrongTopic(tp.topic, env.kind)
 
+    def new_fetch(self) -> None:
+        """The records about to be admitted came in a new fetch: look the topics' partition counts up
+        again (`_partition_count`)."""
+        self._partition_counts.clear()
+
     def _partition_count(self, topic: str) -> int:
-        """The topic's partitions in the cluster metadata, else in the catalogue."""
-        partitions = None if self._partitions_of is None else self._partitions_of(topic)
-        return len(partitions) if partitions else parse_topic(topic).spec.partitions
+        """The topic's partitions in the cluster metadata, else in the catalogue; looked up once per
+        fetch (`new_fetch`), not per record (aiokafka copies a topic's partitions into a new set for
+        each lookup)."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            partitions = None if self._partitions_of is None else self._partitions_of(topic)
+            count = self._partition_counts[topic] = (
+                len(partitions) if partitions else parse_topic(topic).spec.partitions
+            )
+        return count

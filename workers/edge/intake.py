@@ -149,6 +149,7 @@ class Intake:
         now_s = time.monotonic()
         now_ms = time.time() * 1000.0
         admitted = 0
+        self._admission.new_fetch()
         for tp, records in fetched.items():
             self._metrics.lag.fetched(tp, records[-1].timestamp)
             epoch = self._partitions.serving.get(tp)

@@ -11,6 +11,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.envelope import Envelope, new_request_id
+from edgestream.pipeline.contract.partitioner import partition_for
+from edgestream.pipeline.errors import WrongPartition
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.served import ModelCatalog
 from edgestream.pipeline.settings import KafkaSettings
@@ -184,3 +186,35 @@ def test_a_device_keys_cipher_is_built_once_and_the_cache_is_bounded(
     assert len(admission._ciphers) == 1
     assert admission._cipher(b"a" * 32) is not first
     assert admission._cipher(b"short") == b"short"  # left for open_envelope to refuse
+
+
+def test_a_topics_partition_count_is_looked_up_once_a_fetch() -> None:
+    """Each record's placement is checked against the topic's partition count in the metadata, looked
+    up once per fetch: a count that changes is seen by the next fetch's records."""
+    partitions = [3]
+    lookups: list[str] = []
+
+    def partitions_of(topic: str) -> set[int]:
+        lookups.append(topic)
+        return set(range(partitions[0]))
+
+    settings = WorkerSettings(region=REGION, kafka=KafkaSettings(bootstrap_servers="localhost:9"))
+    admission = Admission(settings, cast(ModelCatalog, None), partitions_of)
+    device = next(
+        d
+        for d in (f"sensor-{i}" for i in range(100))
+        if partition_for(d.encode(), 3) != partition_for(d.encode(), 6)
+    )
+    envelope = _item(device, 0).envelope
+    assert envelope is not None
+    placed = TopicPartition(TP.topic, partition_for(device.encode(), 3))
+    admission.new_fetch()
+    for _ in range(3):
+        admission._check_placement(placed, device.encode(), envelope)
+    assert lookups == [TP.topic]
+    partitions[0] = 6  # the topic grew: this fetch's records are still judged by its count
+    admission._check_placement(placed, device.encode(), envelope)
+    admission.new_fetch()
+    with pytest.raises(WrongPartition):
+        admission._check_placement(placed, device.encode(), envelope)
+    assert lookups == [TP.topic, TP.topic]
