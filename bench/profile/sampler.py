@@ -89,6 +89,10 @@ class Sampler:
         self._closed = threading.Event()
         self._gc_s = 0.0
         self._gc_started: dict[int, float] = {}
+        self._gc_runs = [0, 0, 0]
+        """Collections per generation in the window."""
+        self._gc_collected = 0
+        """Objects those collections freed (cyclic garbage)."""
         self._previous: Any = signal.SIG_DFL
 
     def start(self) -> None:
@@ -138,6 +142,8 @@ class Sampler:
             self._gc_started[ident] = time.thread_time()
         elif ident in self._gc_started:
             self._gc_s += time.thread_time() - self._gc_started.pop(ident)
+            self._gc_runs[info["generation"]] += 1
+            self._gc_collected += info["collected"]
 
     def _run(self) -> None:
         while not self._closed.is_set():
@@ -152,6 +158,8 @@ class Sampler:
         process0, wall0 = time.process_time(), time.monotonic()
         self._gc_s = 0.0
         self._gc_started.clear()
+        self._gc_runs = [0, 0, 0]
+        self._gc_collected = 0
         self._active = True
         gc.callbacks.append(self._on_gc)
         signal.setitimer(signal.ITIMER_PROF, self._interval_s, self._interval_s)
@@ -189,6 +197,8 @@ class Sampler:
             "process_cpu_s": process_s,
             "sampler_cpu_s": sampler_s,
             "gc_cpu_s": gc_s,
+            "gc_collections": list(self._gc_runs),
+            "gc_collected": self._gc_collected,
             "sampled_cpu_s": sum(stacks.values()),
             "wall_s": wall_s,
             "interval_s": self._interval_s,

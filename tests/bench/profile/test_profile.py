@@ -55,6 +55,8 @@ def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -
     facts = json.loads(facts_file.read_text())
     assert facts["sampled_cpu_s"] <= facts["process_cpu_s"]
     assert facts["gc_cpu_s"] > 0, "the collection in the window is counted"
+    assert facts["gc_collections"][2] >= 1, "gc.collect() is a full collection"
+    assert facts["gc_collected"] >= 1_000, "the cycles it freed"
     lines = facts_file.with_suffix(".collapsed").read_text().splitlines()
     burnt = sum(int(line.rpartition(" ")[2]) for line in lines if "_burn" in line) / 1e6
     assert burnt >= 0.5 * 0.3, f"the burning function got {burnt:.3f} s of 0.3 s CPU"
