@@ -61,3 +61,36 @@ def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -
     burnt = sum(int(line.rpartition(" ")[2]) for line in lines if "_burn" in line) / 1e6
     assert burnt >= 0.5 * 0.3, f"the burning function got {burnt:.3f} s of 0.3 s CPU"
     assert read_collapsed(facts_file.with_suffix(".collapsed")), "every stack lands in a bucket"
+
+
+def _hold_and_burn(cpu_s: float) -> None:
+    """Burn CPU in a frame whose locals the sampler's ticks interrupt (no cycle of its own)."""
+    held = [object() for _ in range(100)]
+    _burn(cpu_s)
+    del held
+
+
+def test_the_sampler_leaves_no_garbage_of_its_own(tmp_path: Path) -> None:
+    """A tick that kept its own frame in a reference cycle kept every frame it interrupted, and their
+    locals, alive until a collection: the profiled worker's collector then freed five objects an
+    item, all of them the sampler's, and its CPU counted as the worker's."""
+    control = tmp_path / "on"
+    sampler = Sampler(control, tmp_path, "t", interval_s=0.002)
+    sampler.start()
+    gc.collect()
+    try:
+        control.touch()
+        time.sleep(0.2)  # the sampler notices the control file
+        for _ in range(3):
+            _hold_and_burn(0.1)
+        gc.collect()
+        control.unlink()
+        deadline = time.monotonic() + 5
+        while not list(tmp_path.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sampler.close()
+    (facts_file,) = tmp_path.glob(f"t-{os.getpid()}-1.json")
+    facts = json.loads(facts_file.read_text())
+    assert facts["gc_collections"][2] >= 1
+    assert facts["gc_collected"] < 40, "garbage from the ticks (80 in this window without the fix)"
