@@ -8,8 +8,16 @@ from typing import Any, cast
 
 from aiokafka import TopicPartition
 
-from edgestream.workers.edge.admission import Item
-from edgestream.workers.edge.outputs import sampled
+from edgestream.pipeline.contract.cloud import Sample, pseudonym
+from edgestream.pipeline.security.derive import pseudonym_key
+from edgestream.pipeline.security.keyring import KeyRing
+from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
+from edgestream.topics.catalogue import SAMPLES_TOPIC
+from edgestream.workers.edge.admission import Answer, Item
+from edgestream.workers.edge.outputs import UnitOutputs, sampled
+
+REGION = "eu-west"
+TP = TopicPartition(f"edge.{REGION}.ingest.embedding", 0)
 
 
 def _item(request_id: bytes, sample_inputs: bool) -> Item:
@@ -26,3 +34,38 @@ def test_only_models_that_allow_it_are_sampled() -> None:
     assert all(sampled(_item(rid, True), 0.5) for rid in allowed), "the same choice every time"
     assert not any(sampled(_item(rid, False), 1.0) for rid in ids), "never, even at a fraction of 1"
     assert not any(sampled(_item(rid, True), 0.0) for rid in ids)
+
+
+def test_a_samples_pseudonym_follows_the_regions_current_master_key() -> None:
+    """The pseudonym key is derived once per current master key, and again after a rotation."""
+    chains = AuditChain()
+    chains.start(chain_id(TP.topic, TP.partition), None, offset=0)
+    outputs = UnitOutputs(REGION, "node-a", chains, cloud=True)
+
+    def sample_device(keyring: KeyRing, offset: int) -> bytes:
+        item = Item(TP, 1, offset, 0, b"dev-1", (), b"", 0.0)
+        item.envelope = cast(
+            "Any",
+            SimpleNamespace(
+                request_id=offset.to_bytes(16, "big"),
+                device_id="dev-1",
+                key_id=1,
+                capture_time_ms=0,
+                model="m",
+            ),
+        )
+        item.model = cast("Any", SimpleNamespace(key=("m", 2), typed=None, sample_inputs=True))
+        item.answer = Answer(1, (0.25, 0.75), 0.5, 1)
+        item.features = (0.5, 1.5)
+        (work,) = outputs.build([item], 0.0, keyring).values()
+        (sample,) = [Sample.from_bytes(o.value) for o in work.outputs if o.topic == SAMPLES_TOPIC]
+        return sample.device
+
+    first, second = bytes(range(32)), bytes(range(1, 33))
+    keyring = KeyRing({REGION: {1: first}})
+    expected = pseudonym(pseudonym_key(first), "dev-1")
+    assert sample_device(keyring, 0) == sample_device(keyring, 1) == expected
+    rotated = KeyRing({REGION: {1: first, 2: second}})
+    assert rotated.current_key_id(REGION) == 2
+    assert sample_device(rotated, 2) == pseudonym(pseudonym_key(second), "dev-1") != expected
+    assert sample_device(keyring, 3) == expected
