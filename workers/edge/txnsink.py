@@ -429,18 +429,20 @@ async def send_batched(
     batches: dict[TopicPartition, list[Any]] = {}
     cluster = producer.client.cluster
     partitioner = producer._partitioner
-    partitions: dict[str, tuple[list[int], list[int]]] = {}
+    partitions: dict[str, tuple[list[int], list[int], dict[int, TopicPartition]]] = {}
     batch_bytes = min(SENT_ALONE_BYTES, producer._message_accumulator._batch_size)
     for o in outputs:
         known = partitions.get(o.topic)
         if known is None:
             await producer.client._wait_on_metadata(o.topic)
-            known = partitions[o.topic] = (
-                sorted(cluster.partitions_for_topic(o.topic)),
-                list(cluster.available_partitions_for_topic(o.topic)),
-            )
-        tp = TopicPartition(o.topic, partitioner(o.key, *known))
-        queued = batches.setdefault(tp, [])
+            ids = sorted(cluster.partitions_for_topic(o.topic))
+            available = list(cluster.available_partitions_for_topic(o.topic))
+            known = partitions[o.topic] = (ids, available, {p: TopicPartition(o.topic, p) for p in ids})
+        partition = partitioner(o.key, known[0], known[1])
+        tp = known[2].get(partition) or TopicPartition(o.topic, partition)
+        queued = batches.get(tp)
+        if queued is None:
+            queued = batches[tp] = []
         if len(o.value) + len(o.key or b"") > batch_bytes:
             for batch in queued:
                 deliveries.append(await producer.send_batch(batch, tp.topic, partition=tp.partition))
