@@ -45,6 +45,7 @@ from aiokafka.protocol.types import (
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.partitioner import remember_hashes
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acls import edge_transactional_id_prefix
 from edgestream.workers.edge.sinks import Fenced, Output, PartitionWork
@@ -431,6 +432,7 @@ async def send_batched(
     partitioner = producer._partitioner
     partitions: dict[str, tuple[list[int], list[int], dict[int, TopicPartition]]] = {}
     batch_bytes = min(SENT_ALONE_BYTES, producer._message_accumulator._batch_size)
+    remember_hashes(o.key for o in outputs)  # the audit records' request ids, each new: as arrays
     for o in outputs:
         known = partitions.get(o.topic)
         if known is None:

@@ -79,3 +79,36 @@ async def test_every_producer_of_the_factory_uses_the_memo_partitioner() -> None
         assert made._partitioner is memo_partitioner
     finally:
         await made.stop()
+
+
+@given(length=st.integers(0, 40), seed=st.binary(min_size=1, max_size=8), count=st.integers(1, 70))
+@example(length=16, seed=b"\xff", count=40)  # request ids, high bytes
+@example(length=7, seed=b"\x80", count=33)  # a tail of three bytes
+def test_hashing_as_arrays_gives_murmur2(length: int, seed: bytes, count: int) -> None:
+    keys = [
+        (seed * (length + 1) + i.to_bytes(4, "little"))[-length:] if length else b"" for i in range(count)
+    ]
+    assert all(len(k) == length for k in keys)
+    assert partitioner.murmur2_many(keys, length) == [murmur2(k) for k in keys]
+    assert partitioner.murmur2_many(keys, length) == [aiokafka_murmur2(k) & 0xFFFFFFFF for k in keys]
+
+
+def test_remembered_hashes_are_key_hashes_and_only_common_lengths_are_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(partitioner, "_memo", {})
+    many = [i.to_bytes(16, "big") for i in range(partitioner.VECTOR_MIN_KEYS)]
+    few = [b"dev-%d" % i for i in range(partitioner.VECTOR_MIN_KEYS - 1)]
+    partitioner.remember_hashes([*many, None, *few, *many[:3]])
+    assert set(partitioner._memo) == set(many), "a length with too few keys is left to key_hash"
+    assert all(partitioner._memo[k] == murmur2(k) & partitioner.POSITIVE for k in many)
+    assert all(key_hash(k) == murmur2(k) & partitioner.POSITIVE for k in [*many, *few])
+
+
+def test_remembering_past_the_limit_starts_the_memo_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(partitioner, "MEMO_LIMIT", 40)
+    monkeypatch.setattr(partitioner, "_memo", {b"old-%d" % i: 0 for i in range(20)})
+    keys = [i.to_bytes(16, "big") for i in range(partitioner.VECTOR_MIN_KEYS)]
+    partitioner.remember_hashes(keys)
+    assert set(partitioner._memo) == set(keys)
+    assert all(key_hash(k) == murmur2(k) & partitioner.POSITIVE for k in keys)
