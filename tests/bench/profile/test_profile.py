@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.profile.buckets import bucket_of, read_collapsed
@@ -32,19 +33,16 @@ def _burn(cpu_s: float) -> None:
         sum(range(500))
 
 
-def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -> None:
+def _profiled(tmp_path: Path, work: Callable[[], None]) -> Path:
+    """Run ``work`` in one profiling window of a sampler ticking every 2 ms; the window's facts file."""
     control = tmp_path / "on"
     sampler = Sampler(control, tmp_path, "t", interval_s=0.002)
     sampler.start()
+    gc.collect()
     try:
         control.touch()
         time.sleep(0.2)  # the sampler notices the control file
-        _burn(0.3)
-        cycles: list[list[object]] = [[] for _ in range(50_000)]
-        for c in cycles:
-            c.append(c)
-        del cycles
-        gc.collect()
+        work()
         control.unlink()
         deadline = time.monotonic() + 5
         while not list(tmp_path.glob("*.json")) and time.monotonic() < deadline:
@@ -52,6 +50,20 @@ def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -
     finally:
         sampler.close()
     (facts_file,) = tmp_path.glob(f"t-{os.getpid()}-1.json")
+    return facts_file
+
+
+def _burn_then_free_cycles() -> None:
+    _burn(0.3)
+    cycles: list[list[object]] = [[] for _ in range(50_000)]
+    for c in cycles:
+        c.append(c)
+    del cycles
+    gc.collect()
+
+
+def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -> None:
+    facts_file = _profiled(tmp_path, _burn_then_free_cycles)
     facts = json.loads(facts_file.read_text())
     assert facts["sampled_cpu_s"] <= facts["process_cpu_s"]
     assert facts["gc_cpu_s"] > 0, "the collection in the window is counted"
@@ -63,34 +75,20 @@ def test_a_window_writes_its_stacks_with_the_cpu_spent_in_them(tmp_path: Path) -
     assert read_collapsed(facts_file.with_suffix(".collapsed")), "every stack lands in a bucket"
 
 
-def _hold_and_burn(cpu_s: float) -> None:
-    """Burn CPU in a frame whose locals the sampler's ticks interrupt (no cycle of its own)."""
-    held = [object() for _ in range(100)]
-    _burn(cpu_s)
-    del held
+def _hold_and_burn() -> None:
+    """Burn CPU in frames whose locals the sampler's ticks interrupt (no cycle of their own), then
+    collect."""
+    for _ in range(3):
+        held = [object() for _ in range(100)]
+        _burn(0.1)
+        del held
+    gc.collect()
 
 
 def test_the_sampler_leaves_no_garbage_of_its_own(tmp_path: Path) -> None:
     """A tick that kept its own frame in a reference cycle kept every frame it interrupted, and their
     locals, alive until a collection: the profiled worker's collector then freed five objects an
     item, all of them the sampler's, and its CPU counted as the worker's."""
-    control = tmp_path / "on"
-    sampler = Sampler(control, tmp_path, "t", interval_s=0.002)
-    sampler.start()
-    gc.collect()
-    try:
-        control.touch()
-        time.sleep(0.2)  # the sampler notices the control file
-        for _ in range(3):
-            _hold_and_burn(0.1)
-        gc.collect()
-        control.unlink()
-        deadline = time.monotonic() + 5
-        while not list(tmp_path.glob("*.json")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sampler.close()
-    (facts_file,) = tmp_path.glob(f"t-{os.getpid()}-1.json")
-    facts = json.loads(facts_file.read_text())
+    facts = json.loads(_profiled(tmp_path, _hold_and_burn).read_text())
     assert facts["gc_collections"][2] >= 1
     assert facts["gc_collected"] < 40, "garbage from the ticks (80 in this window without the fix)"
