@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
-
 from edgestream.pipeline.contract import fields as f
 from edgestream.pipeline.contract.envelope import (
     CONTRACT_VERSION,
@@ -28,6 +26,7 @@ from edgestream.pipeline.contract.envelope import (
     REQUEST_ID_BYTES,
     unpack_contract_map,
 )
+from edgestream.pipeline.contract.packing import packb
 from edgestream.pipeline.errors import UndecodableRecord
 
 MAX_REPORT_BYTES: Final = 64 * 1024
@@ -104,7 +103,7 @@ class DeviceReport:
             "agr": [a.wire() for a in self.agreement],
             "dis": [c.wire() for c in self.candidates],
         }
-        return msgpack.packb(fields, use_bin_type=True)
+        return packb(fields)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> DeviceReport:

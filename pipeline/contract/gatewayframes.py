@@ -15,6 +15,7 @@ import msgpack
 
 from edgestream.pipeline.contract.envelope import MAX_DEVICE_ID_BYTES, MAX_KEY_ID, REQUEST_ID_BYTES
 from edgestream.pipeline.contract.gatewayauth import NONCE_BYTES, SIGNATURE_BYTES, BadFrame
+from edgestream.pipeline.contract.packing import packb
 
 SESSION_ID_BYTES: Final = 16
 """A session id's length."""
@@ -69,7 +70,7 @@ def decode_frame(raw: object) -> dict[str, Any]:
 
 def encode_frame(kind: str, **fields: object) -> bytes:
     """A frame of type ``kind`` with ``fields`` (bin for bytes, str for str)."""
-    return msgpack.packb({"t": kind, **fields}, use_bin_type=True)
+    return packb({"t": kind, **fields})
 
 
 def get_bytes(frame: dict[str, Any], key: str, size: int | None = None, *, most: int | None = None) -> bytes:
