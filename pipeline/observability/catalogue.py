@@ -58,7 +58,7 @@ IN_FLIGHT: Final = "edgestream_in_flight_records"
 PARTITIONS_ASSIGNED: Final = "edgestream_partitions_assigned"
 """Input partitions assigned."""
 PAUSED: Final = "edgestream_paused"
-"""1 while the partitions are paused for backpressure."""
+"""1 while fetching is paused for backpressure."""
 MODEL_INFO: Final = "edgestream_model_info"
 """1 per model served, with its version, ONNX sha256 and execution provider."""
 

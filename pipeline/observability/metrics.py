@@ -224,7 +224,7 @@ class WorkerMetrics(ProcessMetrics):
         )
         self._paused = Gauge(
             names.PAUSED,
-            "1 while the worker has paused its partitions for backpressure, else 0.",
+            "1 while the worker has paused fetching for backpressure, else 0.",
             const,
             registry=reg,
         )
@@ -372,7 +372,7 @@ class WorkerMetrics(ProcessMetrics):
         self._partitions.set(n)
 
     def set_paused(self, paused: bool) -> None:
-        """Whether the partitions are paused for backpressure."""
+        """Whether fetching is paused for backpressure."""
         self._paused_child.set(1 if paused else 0)
 
     # -- models ------------------------------------------------------------------------------------

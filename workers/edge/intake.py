@@ -1,9 +1,9 @@
 """The worker's first loop: fetch, and admit what was fetched into the open unit.
 
 Each turn: wait out the pacing interval under load (``pacing.py``), position the partitions assigned
-or rewound since the last turn at their committed offsets (``positioning.py``), pause every partition
-while ``max_in_flight`` records are held (fetched, not yet committed) and resume at half (while paused
-it waits for a commit to end, not for a fetch from paused partitions to time out), fetch, take
+or rewound since the last turn at their committed offsets (``positioning.py``), fetch nothing while
+``max_in_flight`` records are held (fetched, not yet committed) and again at half (while paused it
+waits for a commit to end), fetch (``fetching.py``: the worker's own requests), take
 the key file's current ring (one ``stat``), and admit each record fetched for a partition in service
 (``admission.py``): it joins the open unit, answered or refused later. Records of a partition that is
 not in service (revoked, or waiting to be positioned) are dropped here and read again from its
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from edgestream.pipeline.observability.health import Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
@@ -27,6 +27,7 @@ from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.batching import MicroBatcher
 from edgestream.workers.edge.admission import Admission, Item
+from edgestream.workers.edge.fetching import Fetches
 from edgestream.workers.edge.pacing import FetchPacing
 from edgestream.workers.edge.positioning import Partitions
 from edgestream.workers.edge.settings import WorkerSettings
@@ -50,7 +51,7 @@ class Intake:
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        fetches: Fetches,
         settings: WorkerSettings,
         *,
         keys: KeyFileWatcher,
@@ -65,7 +66,7 @@ class Intake:
         tick: Callable[[], None],
         released: asyncio.Event | None = None,
     ) -> None:
-        self._consumer = consumer
+        self._fetches = fetches
         self._max_in_flight = settings.max_in_flight
         self._max_records = settings.fetch_max_records
         self._pacing = FetchPacing(
@@ -85,8 +86,7 @@ class Intake:
         self._fetched = fetched
         self._tick = tick
         self._released = released
-        """Set when held records are let go (a commit ended): while paused, the intake waits on it
-        instead of fetching from paused partitions, which waits out the whole fetch timeout."""
+        """Set when held records are let go (a commit ended): while paused, the intake waits on it."""
         self._paused = False  # by backpressure
         self.keyring: KeyRing = keys.current()
         """The ring the last fetch's records were admitted with (the key file's as of that fetch)."""
@@ -97,14 +97,16 @@ class Intake:
         while True:
             wait_s = self._pacing.wait_s(time.monotonic())
             if wait_s > 0 and not self._paused:
-                await self._paced(wait_s)
+                # Under load: the next fetch takes everything that arrived meanwhile (``pacing.py``).
+                self._stats.paced += 1
+                await asyncio.sleep(wait_s)
             await self._partitions.position_new()
             self._apply_backpressure()
-            if self._paused and self._released is not None:
+            if self._paused:
                 await self._await_release()
                 continue
             room = max(1, min(self._max_records, self._max_in_flight - self._held()))
-            fetched = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
+            fetched = await self._fetches.fetch(FETCH_TIMEOUT_MS / 1000.0, room)
             count = sum(map(len, fetched.values()))
             self._pacing.fetched(count, time.monotonic())
             self._stats.fetches += bool(count)
@@ -122,27 +124,18 @@ class Intake:
 
     async def _await_release(self) -> None:
         """Paused by backpressure: wait until a commit lets records go (at most a fetch timeout, so the
-        periodic chores of ``tick`` still run), then look again. A fetch from the paused partitions
-        would return nothing only after the whole timeout: a drain of a backlog spent up to 100 ms of
-        each pause idle with nothing held (``bench/pipeline/capacity.py``, 2026-12-06)."""
-        assert self._released is not None
-        self._released.clear()
-        if self._held() > self._max_in_flight // 2:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), FETCH_TIMEOUT_MS / 1000.0)
+        periodic chores of ``tick`` still run), then look again. Nothing is fetched meanwhile: a drain
+        of a backlog once spent up to 100 ms of each pause waiting on a fetch from paused partitions
+        with nothing held (``bench/pipeline/capacity.py``, 2026-12-06)."""
+        timeout_s = FETCH_TIMEOUT_MS / 1000.0
+        if self._released is None:
+            await asyncio.sleep(timeout_s)
+        else:
+            self._released.clear()
+            if self._held() > self._max_in_flight // 2:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._released.wait(), timeout_s)
         self._tick()
-
-    async def _paced(self, wait_s: float) -> None:
-        """Wait ``wait_s`` with the partitions paused (``pacing.py``): no fetch of the first record to
-        arrive meanwhile, so the next fetch takes all of them. Called right after a fetch returned (no
-        await between), before aiokafka's fetcher could send the next one."""
-        paused = self._consumer.assignment() - self._consumer.paused()
-        self._consumer.pause(*paused)
-        self._stats.paced += 1
-        try:
-            await asyncio.sleep(wait_s)
-        finally:  # a rebalance meanwhile may have revoked some
-            self._consumer.resume(*(paused & self._consumer.assignment()))
 
     def _admit_all(self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Admit the records fetched for partitions in service into the open unit."""
@@ -165,17 +158,14 @@ class Intake:
         self._metrics.consumed(admitted)
 
     def _apply_backpressure(self) -> None:
-        """Pause every partition while ``max_in_flight`` records are held; resume at half."""
+        """Fetch nothing while ``max_in_flight`` records are held; fetch again at half."""
         held, limit = self._held(), self._max_in_flight
         if held >= limit and not self._paused:
             self._paused = True
             self._stats.pauses += 1
             self._metrics.set_paused(True)
-            log.info("pausing partitions: %d records held (limit %d)", held, limit)
+            log.info("pausing fetches: %d records held (limit %d)", held, limit)
         elif self._paused and held <= limit // 2:
-            self._consumer.resume(*self._consumer.assignment())
             self._paused = False
             self._metrics.set_paused(False)
-            log.info("resumed partitions: %d records held", held)
-        if self._paused:  # partitions assigned since the pause start unpaused
-            self._consumer.pause(*self._consumer.assignment())
+            log.info("resumed fetches: %d records held", held)

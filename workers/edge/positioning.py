@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import KafkaError
 
 from edgestream.pipeline.serving.auditchain import AuditChain, ChainHead, MalformedChainHead, chain_id
+from edgestream.workers.edge.fetching import Fetches
 from edgestream.workers.edge.offsets import Committed, UnstableOffsets, stable_committed
 
 if TYPE_CHECKING:
@@ -41,9 +42,14 @@ class Partitions:
     """Assignment, positioning and service of the partitions of one consumer."""
 
     def __init__(
-        self, consumer: AIOKafkaConsumer, chains: AuditChain, rebuild: Rebuild | None = None
+        self,
+        consumer: AIOKafkaConsumer,
+        fetches: Fetches,
+        chains: AuditChain,
+        rebuild: Rebuild | None = None,
     ) -> None:
         self._consumer = consumer
+        self._fetches = fetches
         self._chains = chains
         self._rebuild = rebuild
         self._to_rebuild: set[TopicPartition] = set()  # assigned or rewound: replay memory not rebuilt yet
@@ -75,6 +81,7 @@ class Partitions:
         self._generation += 1
         for tp in tps:
             self.serving.pop(tp, None)
+        self._fetches.forget(tps)
         self._to_position -= tps
         self._to_rebuild -= tps
 
@@ -84,6 +91,7 @@ class Partitions:
         accepted, and an earlier commit may have made them permanent in the guard: only the log up to
         the committed offset says which ids really committed."""
         if self.serving.pop(tp, None) is not None:
+            self._fetches.forget([tp])
             self._to_position.add(tp)
             self._to_rebuild.add(tp)
 
@@ -94,10 +102,9 @@ class Partitions:
     async def position_new(self) -> None:
         """Seek newly assigned and rewound partitions to their committed offsets, then serve them.
 
-        Only here, between two ``getmany`` calls: a seek made while a fetch is in flight could have
-        that fetch return records of either position (aiokafka drops results buffered before a seek,
-        but not ones already handed out). Not in the rebalance listener either: ``committed()`` there
-        waits for the rebalance that is calling the listener.
+        Only here, between two fetches: records already handed out are not taken back by a seek (what
+        is buffered or in flight for the partition is dropped, ``fetching.py``). Not in the rebalance
+        listener either: ``committed()`` there waits for the rebalance that is calling the listener.
         """
         waiting = self._to_position & self._consumer.assignment()
         self._to_position -= self._to_position - waiting  # revoked while waiting
@@ -151,16 +158,21 @@ class Partitions:
                     ours,
                 )
                 offset = ours
-            try:
-                if offset is None:
-                    # seek_to_committed does nothing for a partition without a commit (aiokafka #1003).
-                    await self._consumer.seek_to_beginning(tp)
-                    self._next_offset[tp] = 0
-                else:
-                    self._consumer.seek(tp, offset)
-                    self._next_offset[tp] = offset
-            except IllegalStateError:  # revoked between the check and the seek
-                continue
+            if offset is None:
+                try:
+                    await self._fetches.seek_to_beginning(tp)
+                except KafkaError as err:
+                    log.warning(
+                        "%s[%d]: first offset not found (%r); next round", tp.topic, tp.partition, err
+                    )
+                    continue
+                if tp not in self._consumer.assignment():  # revoked meanwhile
+                    self._fetches.forget([tp])
+                    continue
+                self._next_offset[tp] = 0
+            else:
+                self._fetches.seek(tp, offset)
+                self._next_offset[tp] = offset
             positioned.add(tp)
         return positioned
 

@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from edgestream.pipeline.observability.health import HealthServer, Readiness
-from edgestream.pipeline.observability.lag import consumer_offsets
 from edgestream.pipeline.observability.metrics import WorkerMetrics
 from edgestream.pipeline.observability.refusals import RefusalLog, refusal_kind
 from edgestream.pipeline.observability.tracing import tracing_from_env
@@ -76,7 +75,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> WorkerStats:
 @contextlib.asynccontextmanager
 async def _watching_lag(metrics: WorkerMetrics, worker: EdgeWorker) -> AsyncIterator[None]:
     """Update the consumer lag gauges on a timer while the worker runs."""
-    task = asyncio.create_task(metrics.lag.watch(lambda: consumer_offsets(worker.consumer)), name="lag")
+    task = asyncio.create_task(metrics.lag.watch(worker.fetches.offsets), name="lag")
     try:
         yield
     finally:

@@ -38,7 +38,7 @@ class WorkerStats:
     close_reasons: Counter[str] = field(default_factory=Counter)
     """Why units closed: full, max_wait, deadline, drain."""
     pauses: int = 0
-    """Times the partitions were paused for backpressure."""
+    """Times fetching was paused for backpressure."""
     rewinds: int = 0
     """Times a partition was re-read from its committed offset after a failed transaction."""
     refetched: int = 0

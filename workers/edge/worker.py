@@ -48,6 +48,7 @@ from edgestream.workers.edge.admission import Admission, Item
 from edgestream.workers.edge.catalog import worker_catalog
 from edgestream.workers.edge.clients import FailingListener, consumer_of, owned_commit, sink_of
 from edgestream.workers.edge.commits import CommitStage, StagedUnit
+from edgestream.workers.edge.fetching import Fetches, idle_aiokafka_fetcher
 from edgestream.workers.edge.following import RegistryFollowing
 from edgestream.workers.edge.inference import UnitInference
 from edgestream.workers.edge.intake import Intake
@@ -121,7 +122,8 @@ class EdgeWorker:
         self.replies = ReplySender(settings.kafka, self.node_id)
         self._admission = Admission(settings, self._catalog, self.consumer.partitions_for_topic)
         memory = ReplayMemory(settings, self._admission, lambda: self._intake.keyring, self.node_id)
-        self._partitions = Partitions(self.consumer, self._chains, memory.rebuild)
+        self.fetches = Fetches(self.consumer, max_wait_ms=settings.fetch_max_wait_ms)
+        self._partitions = Partitions(self.consumer, self.fetches, self._chains, memory.rebuild)
         self._wakeup = asyncio.Event()
         self._released = asyncio.Event()  # the commit stage's ``settled``: room for the paused intake
         self._intake = self._intake_of(settings, keys)
@@ -147,7 +149,7 @@ class EdgeWorker:
     def _intake_of(self, settings: WorkerSettings, keys: KeyFileWatcher) -> Intake:
         """The fetch-and-admit stage: it fills the open unit and wakes the unit loop."""
         return Intake(
-            self.consumer,
+            self.fetches,
             settings,
             keys=keys,
             admission=self._admission,
@@ -241,6 +243,7 @@ class EdgeWorker:
                         await self._process(unit)
                     await self.commits.flush()
         finally:
+            await self.fetches.close()
             await self.consumer.stop()
             await self.replies.stop()
             await self.sink.stop()
@@ -429,6 +432,7 @@ class EdgeWorker:
             await self.sink.revoked(revoked)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        idle_aiokafka_fetcher(self.consumer, assigned)  # the worker fetches them itself
         # Producers first (fencing the partitions' previous owners), then positions: records fetched
         # before both are in place are dropped and read again from the committed offsets.
         await self.sink.assigned(assigned)

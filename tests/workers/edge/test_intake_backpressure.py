@@ -1,5 +1,5 @@
-"""The intake under backpressure: paused, it waits for a commit to let records go, not for a fetch from
-paused partitions to time out, and resumes at half (``intake.py``)."""
+"""The intake under backpressure: paused, it fetches nothing and waits for a commit to let records go,
+not for a fetch to time out, and resumes at half (``intake.py``)."""
 
 from __future__ import annotations
 
@@ -20,36 +20,36 @@ from edgestream.workers.edge.status import WorkerStats
 TP = TopicPartition("edge.r.ingest.embedding", 0)
 
 
-class Consumer:
-    """What the intake asks of aiokafka's consumer, recording the fetches and the pauses."""
+class Fetches:
+    """What the intake asks of the worker's fetches (``fetching.py``), recording the fetches."""
 
     def __init__(self) -> None:
         self.fetches = 0
-        self._paused: set[TopicPartition] = set()
 
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self._paused)
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self._paused |= set(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self._paused -= set(tps)
-
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+    async def fetch(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Any]]:
         self.fetches += 1
-        await asyncio.sleep(timeout_ms / 1000.0)  # nothing arrives: a fetch waits out its timeout
+        await asyncio.sleep(timeout_s)  # nothing arrives: a fetch waits out its timeout
         return {}
+
+
+class Paused:
+    """The intake's paused gauge, as the metrics are told it."""
+
+    def __init__(self) -> None:
+        self._now = False
+
+    def set_paused(self, paused: bool) -> None:
+        self._now = paused
+
+    def now(self) -> bool:
+        return self._now
 
 
 async def _positioned() -> None:
     return None
 
 
-def _intake(consumer: Consumer, held: list[int], released: asyncio.Event) -> Intake:
+def _intake(fetches: Fetches, paused: Paused, held: list[int], released: asyncio.Event) -> Intake:
     settings = WorkerSettings(
         region="r",
         node_id="n",
@@ -57,18 +57,18 @@ def _intake(consumer: Consumer, held: list[int], released: asyncio.Event) -> Int
         kafka=KafkaSettings(bootstrap_servers="localhost:9"),
         max_in_flight=100,
     )
-    quiet = SimpleNamespace(
-        set_paused=lambda paused: None, set_in_flight=lambda n: None, consumed=lambda n: None
+    metrics = SimpleNamespace(
+        set_paused=paused.set_paused, set_in_flight=lambda n: None, consumed=lambda n: None
     )
     return Intake(
-        consumer,
+        fetches,  # type: ignore[arg-type]
         settings,
         keys=SimpleNamespace(current=lambda: None),  # type: ignore[arg-type]
         admission=SimpleNamespace(),  # type: ignore[arg-type]
         partitions=SimpleNamespace(position_new=_positioned, serving={}),  # type: ignore[arg-type]
         open_unit=SimpleNamespace(),  # type: ignore[arg-type]
         stats=WorkerStats(),
-        metrics=quiet,  # type: ignore[arg-type]
+        metrics=metrics,  # type: ignore[arg-type]
         readiness=SimpleNamespace(progress=lambda: None),  # type: ignore[arg-type]
         held=lambda: held[0],
         fetched=lambda: None,
@@ -89,30 +89,31 @@ async def _running(intake: Intake) -> AsyncIterator[None]:
 
 
 async def test_paused_it_waits_for_a_release_and_resumes_at_half_without_fetching_meanwhile() -> None:
-    consumer, held, released = Consumer(), [100], asyncio.Event()
-    async with _running(_intake(consumer, held, released)):
+    fetches, paused, held, released = Fetches(), Paused(), [100], asyncio.Event()
+    async with _running(_intake(fetches, paused, held, released)):
         await asyncio.sleep(0.01)
-        assert consumer.paused() == {TP}
-        assert consumer.fetches == 0  # paused: no fetch that could only wait out its timeout
+        assert paused.now()
+        assert fetches.fetches == 0  # paused: no fetch that could only wait out its timeout
 
         held[0] = 70  # a commit let some go, not down to half: still paused
         released.set()
         await asyncio.sleep(0.01)
-        assert consumer.paused() == {TP}
-        assert consumer.fetches == 0
+        assert paused.now()
+        assert fetches.fetches == 0
 
         held[0] = 50  # down to half: resumed at the commit's release, long before a fetch timeout
         released.set()
         await asyncio.sleep(0.01)
-        assert consumer.paused() == set()
-        assert consumer.fetches == 1
+        assert not paused.now()
+        assert fetches.fetches == 1
 
 
 async def test_paused_without_a_release_it_looks_again_after_a_fetch_timeout() -> None:
-    consumer, held, released = Consumer(), [100], asyncio.Event()
-    async with _running(_intake(consumer, held, released)):
+    fetches, paused, held, released = Fetches(), Paused(), [100], asyncio.Event()
+    async with _running(_intake(fetches, paused, held, released)):
         await asyncio.sleep(0.01)
+        assert paused.now()
         held[0] = 10  # let go without a release being signalled (nothing may hang on one)
         await asyncio.sleep(2.5 * FETCH_TIMEOUT_MS / 1000.0)
-        assert consumer.paused() == set()
-        assert consumer.fetches >= 1
+        assert not paused.now()
+        assert fetches.fetches >= 1

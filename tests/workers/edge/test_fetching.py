@@ -1,0 +1,182 @@
+"""The worker's own fetches (``workers/edge/fetching.py``) against the real broker: read_committed as
+aiokafka reads it, records handed out in order and at most as many as asked, seeks, a partition
+positioned during a long poll, an offset out of range, the lag's offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import NewTopic, RecordsToDelete
+
+from edgestream.pipeline import kafka
+from edgestream.pipeline.observability.lag import Offsets
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.edge.fetching import Fetches, Records
+
+LONG_POLL_MS = 10_000
+"""The broker's wait for an empty fetch in these tests: far longer than any of them waits."""
+PATIENCE_S = 5.0
+
+
+@pytest.fixture
+async def topic(bootstrap: KafkaSettings) -> str:
+    name = f"fetching-{uuid.uuid4().hex[:10]}"
+    async with kafka.started(kafka.admin(bootstrap, "test-fetching-admin")) as admin:
+        await admin.create_topics([NewTopic(name, 2, 1)])
+    return name
+
+
+@pytest.fixture
+async def consumer(bootstrap: KafkaSettings, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of the topic's partitions whose own fetcher is idle (all paused), as in the worker."""
+    async with kafka.started(kafka.consumer(bootstrap, "test-fetching")) as client:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        client.assign(tps)
+        client.pause(*tps)
+        await client._client.force_metadata_update()
+        yield client
+
+
+@pytest.fixture
+async def fetches(consumer: AIOKafkaConsumer) -> AsyncIterator[Fetches]:
+    fetches = Fetches(consumer, max_wait_ms=LONG_POLL_MS)
+    yield fetches
+    await fetches.close()
+
+
+async def _produce(bootstrap: KafkaSettings, tp: TopicPartition, values: list[bytes]) -> None:
+    async with kafka.started(kafka.producer(bootstrap, "test-fetching-producer")) as producer:
+        for value in values:
+            await producer.send(tp.topic, value, partition=tp.partition)
+        await producer.flush()
+
+
+async def _fetch_until(fetches: Fetches, count: int, max_records: int = 500) -> Records:
+    """Fetches until ``count`` records came (or patience ran out), per partition in order."""
+    got: Records = {}
+    deadline = asyncio.get_running_loop().time() + PATIENCE_S
+    while sum(map(len, got.values())) < count and asyncio.get_running_loop().time() < deadline:
+        for tp, records in (await fetches.fetch(0.2, max_records)).items():
+            got.setdefault(tp, []).extend(records)
+    return got
+
+
+async def test_committed_records_come_in_order_and_aborted_ones_never(
+    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+) -> None:
+    tp = TopicPartition(topic, 0)
+    txn = kafka.producer(bootstrap, "test-fetching-txn", transactional_id=f"t-{uuid.uuid4().hex}")
+    async with kafka.started(txn):
+        for values, commit in (([b"a1", b"a2"], True), ([b"b1"], False), ([b"c1"], True)):
+            await txn.begin_transaction()
+            for value in values:
+                await txn.send(topic, value, partition=0)
+            if commit:
+                await txn.commit_transaction()
+            else:
+                await txn.abort_transaction()
+    await _produce(bootstrap, tp, [b"d1"])
+    fetches.seek(tp, 0)
+
+    got = await _fetch_until(fetches, 4)
+
+    assert [r.value for r in got[tp]] == [b"a1", b"a2", b"c1", b"d1"]
+    offsets = [r.offset for r in got[tp]]
+    assert offsets == sorted(offsets)
+    # Four records and three markers: the position is past them all, the lag nothing.
+    assert fetches.offsets()[tp] == Offsets(8, 8)
+    assert await fetches.fetch(0.05, 500) == {}
+
+
+async def test_a_fetch_hands_out_at_most_what_is_asked_and_keeps_the_rest_in_order(
+    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+) -> None:
+    tp = TopicPartition(topic, 0)
+    await _produce(bootstrap, tp, [b"%d" % i for i in range(10)])
+    fetches.seek(tp, 0)
+
+    first = await _fetch_until(fetches, 4, max_records=4)
+    assert [r.offset for r in first[tp]] == [0, 1, 2, 3]
+    assert fetches.offsets()[tp] == Offsets(4, 10)  # the rest is buffered: still to be handed out
+    rest = await _fetch_until(fetches, 6, max_records=500)
+    assert [r.offset for r in rest[tp]] == [4, 5, 6, 7, 8, 9]
+
+
+async def test_a_seek_drops_what_is_buffered_and_fetches_from_there(
+    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+) -> None:
+    tp = TopicPartition(topic, 0)
+    await _produce(bootstrap, tp, [b"%d" % i for i in range(10)])
+    fetches.seek(tp, 0)
+    assert [r.offset for r in (await _fetch_until(fetches, 2, max_records=2))[tp]] == [0, 1]
+
+    fetches.seek(tp, 7)
+
+    assert [r.offset for r in (await _fetch_until(fetches, 3))[tp]] == [7, 8, 9]
+
+
+async def test_a_partition_positioned_during_a_long_poll_is_fetched_when_it_returns(
+    bootstrap: KafkaSettings, topic: str, consumer: AIOKafkaConsumer
+) -> None:
+    idle, busy = TopicPartition(topic, 1), TopicPartition(topic, 0)
+    fetches = Fetches(consumer, max_wait_ms=300)
+    try:
+        fetches.seek(idle, 0)
+        assert await fetches.fetch(0.01, 500) == {}  # the broker holds this request (up to 300 ms)
+        await _produce(bootstrap, busy, [b"x"])
+
+        fetches.seek(busy, 0)
+
+        got = await _fetch_until(fetches, 1)
+        assert [r.value for r in got[busy]] == [b"x"]
+        assert set(got) == {busy}
+    finally:
+        await fetches.close()
+
+
+async def test_a_forgotten_partition_is_no_longer_fetched(
+    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+) -> None:
+    tp, other = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    await _produce(bootstrap, tp, [b"a", b"b"])
+    await _produce(bootstrap, other, [b"c"])
+    fetches.seek(tp, 0)
+    fetches.seek(other, 0)
+    assert [r.value for r in (await _fetch_until(fetches, 1, max_records=1))[tp]] == [b"a"]
+
+    fetches.forget([tp])
+
+    got = await _fetch_until(fetches, 1)
+    assert set(got) == {other}
+    assert set(fetches.offsets()) == {other}
+
+
+async def test_an_offset_out_of_range_restarts_at_the_first_offset(
+    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+) -> None:
+    tp = TopicPartition(topic, 0)
+    await _produce(bootstrap, tp, [b"%d" % i for i in range(10)])
+    async with kafka.started(kafka.admin(bootstrap, "test-fetching-admin")) as admin:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=6)})
+    fetches.seek(tp, 2)  # deleted: out of range
+
+    got = await _fetch_until(fetches, 4)
+
+    assert [r.offset for r in got[tp]] == [6, 7, 8, 9]
+    assert await fetches.seek_to_beginning(tp) == 6
+
+
+async def test_no_end_is_known_before_a_response(topic: str, consumer: AIOKafkaConsumer) -> None:
+    tp = TopicPartition(topic, 0)
+    fetches = Fetches(consumer, max_wait_ms=50)
+    try:
+        fetches.seek(tp, 0)
+        assert fetches.offsets() == {tp: None}
+        assert await fetches.fetch(PATIENCE_S, 500) == {}  # the broker answers: nothing there
+        assert fetches.offsets() == {tp: Offsets(0, 0)}
+    finally:
+        await fetches.close()
