@@ -92,13 +92,19 @@ async def test_committed_records_come_in_order_and_aborted_ones_never(
     assert await fetches.fetch(0.05, 500) == {}
 
 
-async def test_a_fetch_hands_out_at_most_what_is_asked_and_keeps_the_rest_in_order(
-    bootstrap: KafkaSettings, topic: str, fetches: Fetches
-) -> None:
+@pytest.fixture
+async def ten_records(bootstrap: KafkaSettings, topic: str, fetches: Fetches) -> TopicPartition:
+    """Partition 0 with ten records (offsets 0-9), fetched from its start."""
     tp = TopicPartition(topic, 0)
     await _produce(bootstrap, tp, [b"%d" % i for i in range(10)])
     fetches.seek(tp, 0)
+    return tp
 
+
+async def test_a_fetch_hands_out_at_most_what_is_asked_and_keeps_the_rest_in_order(
+    ten_records: TopicPartition, fetches: Fetches
+) -> None:
+    tp = ten_records
     first = await _fetch_until(fetches, 4, max_records=4)
     assert [r.offset for r in first[tp]] == [0, 1, 2, 3]
     assert fetches.offsets()[tp] == Offsets(4, 10)  # the rest is buffered: still to be handed out
@@ -107,11 +113,9 @@ async def test_a_fetch_hands_out_at_most_what_is_asked_and_keeps_the_rest_in_ord
 
 
 async def test_a_seek_drops_what_is_buffered_and_fetches_from_there(
-    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+    ten_records: TopicPartition, fetches: Fetches
 ) -> None:
-    tp = TopicPartition(topic, 0)
-    await _produce(bootstrap, tp, [b"%d" % i for i in range(10)])
-    fetches.seek(tp, 0)
+    tp = ten_records
     assert [r.offset for r in (await _fetch_until(fetches, 2, max_records=2))[tp]] == [0, 1]
 
     fetches.seek(tp, 7)
