@@ -64,6 +64,7 @@ def _cpu_s() -> float:
 async def _produce(settings: KafkaSettings, rate_per_s: float, seconds: float) -> None:
     topics = [ingest_topic(REGION, kind) for kind in KINDS]
     async with kafka.started(kafka.producer(settings, "bench-fetch-producer")) as producer:
+        print("producing", flush=True)  # the parent starts the consumer on this line
         value, sent, start = os.urandom(VALUE_BYTES), 0, time.monotonic()
         while (elapsed := time.monotonic() - start) < seconds:
             while sent < int(elapsed * rate_per_s):
@@ -143,9 +144,14 @@ def measure(rounds: int, rate_per_s: float, seconds: float, interval_ms: float) 
         for i in range(rounds):
             for mode in MODES if i % 2 == 0 else MODES[::-1]:
                 producer = subprocess.Popen(
-                    [*side, "produce", *common, "--seconds", str(seconds + 4)], env=env
+                    [*side, "produce", *common, "--seconds", str(seconds + 4)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    text=True,
                 )
-                time.sleep(1.0)  # not readiness: the producer's first records are on their way
+                assert producer.stdout is not None
+                if producer.stdout.readline().strip() != "producing":
+                    raise RuntimeError(f"the producer did not start (exit {producer.wait()})")
                 out = subprocess.run(
                     [*side, mode, *common, "--seconds", str(seconds)], env=env, capture_output=True, text=True
                 )
