@@ -204,7 +204,8 @@ class Fetches:
 
     def _read(self, offsets: dict[TopicPartition, int], response: Any) -> None:
         """Buffer the records of each partition of ``response`` still fetched from the offset the
-        request named, and move its position past them."""
+        request named and not buffered already (by another leader's response, after the partition's
+        leader moved while both were in flight); its position moves as they are handed out."""
         if response is None:
             return
         version: int = response.API_VERSION
@@ -212,8 +213,8 @@ class Fetches:
             for partition, error_code, highwater, *data in partitions:
                 tp = TopicPartition(topic, partition)
                 offset = offsets.get(tp)
-                if offset is None or self._positions.get(tp) != offset:
-                    continue  # sought or forgotten since the request left
+                if offset is None or self._positions.get(tp) != offset or tp in self._buffered:
+                    continue  # sought, forgotten or fetched since the request left
                 error = Errors.for_code(error_code)
                 if error is Errors.NoError:
                     self._read_partition(tp, offset, version, highwater, data)
