@@ -26,6 +26,9 @@ aiokafka's ``auto_offset_reset="earliest"`` does, logged); no authorisation rais
 ``TopicAuthorizationFailedError`` out of `fetch`, as ``getmany`` did; any other is logged and fetched
 again. A request that fails (a connection lost, a timeout) is logged and tried again after
 ``retry_backoff_s``.
+
+Each `fetch` counts as the consumer's poll for the group's ``max_poll_interval_ms`` (aiokafka counts
+only its own ``getmany``/``getone``, which the worker no longer calls).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -83,6 +86,15 @@ class Fetches:
         """Each partition's last stable offset as of its last response (its end for read_committed)."""
         self._in_flight: dict[int, _Request] = {}
         self._to_reset: set[TopicPartition] = set()  # offset out of range: to their first offset
+        self._polling: Callable[[], contextlib.AbstractContextManager[None]]
+        self._polling = consumer._subscription.fetch_context
+        """Marks a fetch as the consumer's poll. aiokafka's group member counts the time since its
+        last ``getmany``/``getone`` ended and, past ``max_poll_interval_ms`` (5 min by default), takes
+        the consumer for stuck: it leaves the group and does not join again until the next poll. The
+        worker never calls them, so each of its fetches counts as one: without this every worker left
+        its group five minutes after it started and fetched nothing more (a CI demo whose story ran
+        longer than that, 2026-12-07). A worker whose fetching stops for that long (held by
+        backpressure behind a stuck unit) leaves the group as a stuck Java consumer would."""
 
     # -- positions ---------------------------------------------------------------------------------
 
@@ -127,21 +139,22 @@ class Fetches:
         is sent one), waiting at most ``timeout_s`` for one; {} when none came in time. With one leader
         to ask and nothing in flight (one broker, or partitions that share a leader), the request is
         awaited here, without a task or a timeout: an empty one returns when the broker's wait ends."""
-        taken = self._take(max_records)
-        if taken:
-            return taken
-        # Nothing buffered: ask.
-        await self._reset_out_of_range()
-        due = self._due()
-        if len(due) == 1 and not self._in_flight:
-            ((node_id, offsets),) = due.items()
-            self._read(offsets, await self._round_trip(node_id, self._request(offsets)))
-        else:
-            for node_id, offsets in due.items():
-                task = asyncio.ensure_future(self._round_trip(node_id, self._request(offsets)))
-                self._in_flight[node_id] = _Request(task, offsets)
-            await self._first_answer(timeout_s)
-        return self._take(max_records)
+        with self._polling():  # the group's liveness: see `_polling`
+            taken = self._take(max_records)
+            if taken:
+                return taken
+            # Nothing buffered: ask.
+            await self._reset_out_of_range()
+            due = self._due()
+            if len(due) == 1 and not self._in_flight:
+                ((node_id, offsets),) = due.items()
+                self._read(offsets, await self._round_trip(node_id, self._request(offsets)))
+            else:
+                for node_id, offsets in due.items():
+                    task = asyncio.ensure_future(self._round_trip(node_id, self._request(offsets)))
+                    self._in_flight[node_id] = _Request(task, offsets)
+                await self._first_answer(timeout_s)
+            return self._take(max_records)
 
     async def _first_answer(self, timeout_s: float) -> None:
         """Read the responses of the requests in flight that are answered within ``timeout_s`` (at

@@ -9,13 +9,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic, RecordsToDelete
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.observability.lag import Offsets
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.edge.fetching import Fetches, Records
+from edgestream.workers.edge.fetching import Fetches, Records, idle_aiokafka_fetcher
 
 LONG_POLL_MS = 10_000
 """The broker's wait for an empty fetch in these tests: far longer than any of them waits."""
@@ -184,3 +184,56 @@ async def test_no_end_is_known_before_a_response(topic: str, consumer: AIOKafkaC
         assert fetches.offsets() == {tp: Offsets(0, 0)}
     finally:
         await fetches.close()
+
+
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps aiokafka's fetcher idle on what is assigned, as the worker's listener does; says when."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self.assigned = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        idle_aiokafka_fetcher(self._consumer, assigned)
+        self.assigned.set()
+
+
+async def test_fetching_keeps_the_consumer_in_its_group_past_the_poll_interval(
+    bootstrap: KafkaSettings, topic: str
+) -> None:
+    """aiokafka's group member leaves its group once ``max_poll_interval_ms`` passes without a poll
+    (``getmany``/``getone``), which the worker never calls: its fetches must count as polls, else every
+    worker stopped five minutes after it started (the default interval)."""
+    poll_interval_s = 1.5
+    client = kafka.consumer(
+        bootstrap,
+        "test-fetching-group",
+        group_id=f"fetching-{uuid.uuid4().hex[:10]}",
+        max_poll_interval_ms=int(poll_interval_s * 1000),
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=200,
+    )
+    listener = _Assignments(client)
+    async with kafka.started(client):
+        client.subscribe([topic], listener=listener)
+        await asyncio.wait_for(listener.assigned.wait(), PATIENCE_S)
+        assigned = client.assignment()
+        assert len(assigned) == 2
+        generation = client._coordinator.generation
+        fetches = Fetches(client, max_wait_ms=100)
+        try:
+            for tp in assigned:
+                fetches.seek(tp, 0)
+            await _produce(bootstrap, TopicPartition(topic, 0), [b"x"])
+            got = 0
+            ends = asyncio.get_running_loop().time() + 3 * poll_interval_s
+            while asyncio.get_running_loop().time() < ends:
+                got += sum(map(len, (await fetches.fetch(0.2, 500)).values()))
+        finally:
+            await fetches.close()
+        assert got == 1
+        assert client.assignment() == assigned
+        assert client._coordinator.generation == generation, "no rebalance: the member never left"

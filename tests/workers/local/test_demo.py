@@ -64,6 +64,7 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     steps: list[str] = []
     events: list[StoryEvent] = []
     result = run_demo(settings, on_step=steps.append, on_event=events.append)
+    _tell_what_happened(result, steps)  # pytest shows it only when an assertion below fails
 
     total = result.total
     assert total.sent + total.bad_sent >= 200
@@ -146,6 +147,33 @@ def test_demo_accounts_for_every_request_and_tells_the_learning_loop(
     planted = tmp_path / "planted.bin"
     planted.write_bytes(b"\x07" * 13 + candidates[-1] + b"\x00" * 5)
     assert [(leak.path, leak.offset) for leak in find_plaintexts([planted], candidates)] == [(planted, 13)]
+
+
+NOISE = ("NotEnoughReplicasError",)
+"""Warnings every run logs (Kafka 4's transaction verification race, ``docs/design.md``)."""
+
+
+def _tell_what_happened(result: DemoResult, steps: list[str]) -> None:
+    """Print the steps, the story's events, what each worker served and refused, and the processes'
+    warnings and errors (each message once, with its count): what a failed run leaves to go on when
+    its temporary directory is gone (CI)."""
+    print("steps:", *steps, sep="\n  ")
+    if result.story is not None:
+        print("story:", *(f"{e.t_s:7.1f} {e.kind}: {e.text}" for e in result.story.events), sep="\n  ")
+        print("  stalled:", result.story.stalled)
+    summary = json.loads(result.paths.summary.read_text())
+    for node, stats in sorted(summary["worker_stats"].items()):
+        keys = ("served_versions", "registry_revisions", "registry_refused", "rewinds", "pauses")
+        print(f"worker {node}:", {key: stats.get(key) for key in keys})
+    for log in sorted(result.paths.logs.glob("*.log")):
+        counts: dict[str, int] = {}
+        for line in log.read_text(errors="replace").splitlines():
+            level, _, message = line[24:].partition(" ")  # after "YYYY-MM-DD HH:MM:SS,mmm "
+            if level in {"WARNING", "ERROR", "CRITICAL"} and not any(n in message for n in NOISE):
+                counts[f"{level} {message[:300]}"] = counts.get(f"{level} {message[:300]}", 0) + 1
+        if counts:
+            first = sorted(counts.items(), key=lambda kv: -kv[1])[:20]
+            print(f"{log.name}:", *(f"{n:5d}x {m}" for m, n in first), sep="\n  ")
 
 
 def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
