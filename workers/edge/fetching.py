@@ -27,8 +27,9 @@ aiokafka's ``auto_offset_reset="earliest"`` does, logged); no authorisation rais
 again. A request that fails (a connection lost, a timeout) is logged and tried again after
 ``retry_backoff_s``.
 
-Each `fetch` counts as the consumer's poll for the group's ``max_poll_interval_ms`` (aiokafka counts
-only its own ``getmany``/``getone``, which the worker no longer calls).
+Each `fetch` does for the group what aiokafka's ``getmany`` did: it raises the errors the group's
+background work holds for the user (no authorisation for the group, say), and it counts as the
+consumer's poll for the group's ``max_poll_interval_ms``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ class Fetches:
         is sent one), waiting at most ``timeout_s`` for one; {} when none came in time. With one leader
         to ask and nothing in flight (one broker, or partitions that share a leader), the request is
         awaited here, without a task or a timeout: an empty one returns when the broker's wait ends."""
+        # What the group's background work could not get past (no authorisation for the group or a
+        # topic, its coordination task failed) is raised here, as ``getmany`` raised it: aiokafka holds
+        # its group coordination until the error is taken, so a worker that never took it would sit
+        # outside its group, silent.
+        self._consumer._coordinator.check_errors()
         with self._polling():  # the group's liveness: see `_polling`
             taken = self._take(max_records)
             if taken:

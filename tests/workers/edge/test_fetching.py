@@ -11,11 +11,17 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic, RecordsToDelete
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.observability.lag import Offsets
+from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
+from edgestream.topics.acl_admin import apply_policy
+from edgestream.topics.admin import ensure_topics
+from edgestream.topics.catalogue import edge_group, ingest_topic, region_topics
 from edgestream.workers.edge.fetching import Fetches, Records, idle_aiokafka_fetcher
+from edgestream.workers.local.broker.state import BrokerState
 
 LONG_POLL_MS = 10_000
 """The broker's wait for an empty fetch in these tests: far longer than any of them waits."""
@@ -237,3 +243,33 @@ async def test_fetching_keeps_the_consumer_in_its_group_past_the_poll_interval(
         assert got == 1
         assert client.assignment() == assigned
         assert client._coordinator.generation == generation, "no rebalance: the member never left"
+
+
+async def test_a_group_refused_to_the_worker_is_raised_out_of_its_fetches(
+    bootstrap: KafkaSettings, kafka_broker: BrokerState
+) -> None:
+    """Another region's worker may not join this region's group: aiokafka holds the refusal for the
+    next poll and stops coordinating until it is taken; the worker's fetch must raise it (else it sat
+    outside its group, silent, fetching nothing)."""
+    mine, theirs = (f"fa{uuid.uuid4().hex[:8]}", f"fb{uuid.uuid4().hex[:8]}")
+    for name in (mine, theirs):
+        await ensure_topics(bootstrap, region_topics(name))
+    await apply_policy(bootstrap, [mine, theirs])
+    client = kafka.consumer(
+        kafka_broker.kafka(Identity.edge(theirs), request_timeout_ms=10_000),
+        "test-fetching-refused",
+        group_id=edge_group(mine),
+    )
+    async with kafka.started(client):
+        client.subscribe([ingest_topic(mine, "embedding")], listener=_Assignments(client))
+        fetches = Fetches(client, max_wait_ms=100)
+        try:
+            with pytest.raises((GroupAuthorizationFailedError, TopicAuthorizationFailedError)):
+                await asyncio.wait_for(_fetch_forever(fetches), 30)
+        finally:
+            await fetches.close()
+
+
+async def _fetch_forever(fetches: Fetches) -> None:
+    while True:
+        await fetches.fetch(0.1, 500)
