@@ -218,6 +218,8 @@ class Story:
         self.report = StoryReport(model, reference)
         self._held: tuple[str, ...] = ()
         """Why the controller's last step held: named when a wait on a canary stalls."""
+        self._judged = Judged()
+        """What the controller's steps of the current wait read: named with a stall."""
 
     def _signer(self) -> SigningKey:
         """The demo's registry key (``story_registry.prepare_registry`` made it): it signs every state
@@ -392,6 +394,7 @@ class Story:
             verdict = await self._controller.step(self._model)
             published = time.monotonic()
             self._held = verdict.reasons if verdict.action == "hold" else ()
+            self._judged.step(self._controller.records_read.get("summaries", 0))
             if self._held and published - logged >= _HELD_LOG_S:
                 logged = published
                 parts = ", ".join(f"{k} {v:.1f}" for k, v in self._controller.timings.items())
@@ -423,12 +426,27 @@ class Story:
     # -- helpers ------------------------------------------------------------------------------------
 
     async def _bounded(self, what: str, step: Awaitable[T]) -> T:
-        self._held = ()
+        self._held, self._judged = (), Judged()
         try:
             return await asyncio.wait_for(step, self.settings.step_timeout_s)
         except TimeoutError:
-            held = f" (the controller held: {'; '.join(self._held)})" if self._held else ""
+            held = (
+                f" (the controller held: {'; '.join(self._held)}; {await self._judging_facts()})"
+                if self._held
+                else ""
+            )
             raise StoryStalled(f"waited {self.settings.step_timeout_s:g} s for {what}{held}") from None
+
+    async def _judging_facts(self) -> str:
+        """What a held canary's stall leaves to go on: what the controller read, the registry's revision
+        and the workers' (a fact that cannot be had in a few seconds is named as missing)."""
+        try:
+            async with asyncio.timeout(5.0):
+                revision = (await self._registry.read_states())[self._model].revision
+                workers = await self._workers.revisions(self._model)
+        except Exception as err:  # a diagnostic: never in the way of the stall it explains
+            return f"{self._judged.describe()}; revisions not read ({type(err).__name__})"
+        return f"{self._judged.describe()}; registry at revision {revision}, workers at {workers}"
 
     def _t(self) -> float:
         return time.time() - self._started_at
@@ -438,6 +456,28 @@ class Story:
         self.report.events.append(event)
         log.info("story %.1f s: %s", event.t_s, text)
         self._on_event(event)
+
+
+@dataclass
+class Judged:
+    """The controller's steps during one wait of the story, and the summary records they read: a
+    canary held for want of requests while summaries kept coming is not a canary whose summaries
+    stopped coming."""
+
+    steps: int = 0
+    summaries: int = 0
+    last: int = 0
+    """Summary records the last step read."""
+
+    def step(self, summaries: int) -> None:
+        """One more step, which read ``summaries`` summary records."""
+        self.steps += 1
+        self.summaries += summaries
+        self.last = summaries
+
+    def describe(self) -> str:
+        """The counts, as a stall names them."""
+        return f"{self.steps} steps read {self.summaries} summary records, the last one {self.last}"
 
 
 def count_drift(

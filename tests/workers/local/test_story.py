@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgestream.workers.local.story import StoryReport, count_drift
+from edgestream.workers.local.story import Judged, StoryReport, count_drift
 
 
 def test_drift_is_counted_on_judged_windows_wholly_before_or_after_the_shift() -> None:
@@ -31,3 +31,12 @@ def test_drift_is_counted_on_judged_windows_wholly_before_or_after_the_shift() -
         "before": {"judged": 2, "flagged": 1, "max_psi": 0.25},
         "after": {"judged": 1, "flagged": 1, "max_psi": 2.5},
     }
+
+
+def test_a_stall_says_how_many_summaries_the_controller_read() -> None:
+    judged = Judged()
+    assert judged.describe() == "0 steps read 0 summary records, the last one 0"
+    for read in (40, 3, 0):
+        judged.step(read)
+    assert (judged.steps, judged.summaries, judged.last) == (3, 43, 0)
+    assert judged.describe() == "3 steps read 43 summary records, the last one 0"
