@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -166,14 +167,13 @@ def _tell_what_happened(result: DemoResult, steps: list[str]) -> None:
         keys = ("served_versions", "registry_revisions", "registry_refused", "rewinds", "pauses")
         print(f"worker {node}:", {key: stats.get(key) for key in keys})
     for log in sorted(result.paths.logs.glob("*.log")):
-        counts: dict[str, int] = {}
+        counts: Counter[str] = Counter()
         for line in log.read_text(errors="replace").splitlines():
             level, _, message = line[24:].partition(" ")  # after "YYYY-MM-DD HH:MM:SS,mmm "
             if level in {"WARNING", "ERROR", "CRITICAL"} and not any(n in message for n in NOISE):
-                counts[f"{level} {message[:300]}"] = counts.get(f"{level} {message[:300]}", 0) + 1
+                counts[f"{level} {message[:300]}"] += 1
         if counts:
-            first = sorted(counts.items(), key=lambda kv: -kv[1])[:20]
-            print(f"{log.name}:", *(f"{n:5d}x {m}" for m, n in first), sep="\n  ")
+            print(f"{log.name}:", *(f"{n:5d}x {m}" for m, n in counts.most_common(20)), sep="\n  ")
 
 
 def _assert_the_story(result: DemoResult, events: list[StoryEvent]) -> None:
