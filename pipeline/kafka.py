@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from edgestream.pipeline import kafkarecords, kafkawire
@@ -120,6 +121,20 @@ def producer(
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
     return AIOKafkaProducer(**config)
+
+
+def client(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaClient:
+    """A (not yet bootstrapped) bare client, connections and metadata, for a caller that builds and
+    sends its own requests (the edge worker's fast replies); ``options`` add to or override the
+    connection's settings."""
+    kafkawire.install()
+    config: dict[str, Any] = {
+        **kafka.client_kwargs(),
+        "client_id": client_id,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    config.update(options)
+    return AIOKafkaClient(**config)
 
 
 def admin(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaAdminClient:

@@ -1,9 +1,8 @@
 """``python -m bench.replies``: µs per reply, before (the result's bytes sent as they are) and after
-sealing (``workers/edge/sealing.py``), with the reply key cached and not; µs of CPU per reply queued
-on the replies producer, by aiokafka's ``send`` and by the worker's ``ReplySender``, and with their
-acknowledgement (``*_acked``: the batches taken and resolved as aiokafka's sender task does once the
-broker answers, and the delivery callbacks run; no broker: the producer is not started and its
-metadata is set here); and
+sealing (``workers/edge/sealing.py``), with the reply key cached and not; µs of CPU per reply sent
+by aiokafka's producer's ``send`` (how the worker sent them before 2026-12-08) and by the worker's own
+``ReplySender``, queued and with their acknowledgement (``_queueing_us``; no broker: the clients are not
+started, their metadata is set here and the broker's answer is played); and
 µs per reply a device spends opening it (``open_reply``) against parsing a plain record. Prints JSON;
 a few seconds."""
 
@@ -16,10 +15,12 @@ import statistics
 import time
 import timeit
 from collections.abc import Callable
-from typing import Final
+from types import SimpleNamespace
+from typing import Any, Final
 
 from aiokafka.protocol.metadata import MetadataResponse_v0
 
+from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader, ReplyKey, open_reply, seal_reply
 from edgestream.pipeline.settings import KafkaSettings
@@ -47,16 +48,33 @@ UNITS: Final = 2_000
 """Units per timing round of the queueing cases."""
 
 
+class _AnsweringClient:
+    """Plays ``client.send`` for ``ReplySender``: answers every partition of a request at once."""
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        return SimpleNamespace(
+            topics=[(topic, [(p, 0, 0, -1, 0) for p, _ in parts]) for topic, parts in request._topics]
+        )
+
+
 async def _queueing_us() -> dict[str, float]:
-    """Median µs of process CPU per reply queued by ``send`` and by ``ReplySender``, in alternating
-    rounds, replies of 60 devices over 3 partitions."""
-    sender = ReplySender(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "bench")
-    producer = sender.producer
+    """Median µs of process CPU per reply sent by aiokafka's producer (``send``: queued; ``send_acked``:
+    with its batches taken and resolved as its sender task does once the broker answers, and the
+    delivery callbacks run; the sender task's own wake-up and request are not counted) and by the
+    worker's ``ReplySender`` (``reply_sender``: batches built and the request task started;
+    ``reply_sender_acked``: with the task run and the answer read, the request's encoding and TLS
+    left out as for ``send``), in alternating rounds, replies of 60 devices over 3 partitions."""
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1")
     topic = "edge.eu-west.replies"
-    producer.client.cluster.update_metadata(
-        MetadataResponse_v0([(0, "127.0.0.1", 1)], [(0, topic, [(0, p, 0, [0], [0]) for p in range(3)])])
+    metadata = MetadataResponse_v0(
+        [(0, "127.0.0.1", 1)], [(0, topic, [(0, p, 0, [0], [0]) for p in range(3)])]
     )
+    producer = kafka.producer(settings, "bench-replies")
+    producer.client.cluster.update_metadata(metadata)
     producer._txn_manager.set_pid_and_epoch(1, 0)  # what the started (idempotent) producer gets
+    sender = ReplySender(settings, "bench")
+    sender.client.cluster.update_metadata(metadata)
+    sender.client.send = _AnsweringClient().send
     devices = [f"sensor-{i:04d}".encode() for i in range(60)]
     replies = [Output(topic, os.urandom(180), devices[i % 60], ()) for i in range(UNIT)]
     accumulator = producer._message_accumulator
@@ -67,17 +85,18 @@ async def _queueing_us() -> dict[str, float]:
             sent = await producer.send(reply.topic, reply.value, key=reply.key)
             sent.add_done_callback(delivered.append)
 
-    async def by_sender() -> None:
-        await sender.send([PartitionWork(replies=replies)])
-
-    async def acknowledged() -> None:
-        """What aiokafka's sender task does once the broker answers: take the unit's batches and
-        resolve their deliveries; then the loop runs the delivery callbacks."""
+    async def by_send_acked() -> None:
         nodes, _ = accumulator.drain_by_nodes(ignore_nodes=set())
         for by_tp in nodes.values():
             for batch in by_tp.values():
                 batch.done(base_offset=0)
         await asyncio.sleep(0)
+
+    async def by_sender() -> None:
+        await sender.send([PartitionWork(replies=replies)])
+
+    async def by_sender_acked() -> None:
+        await asyncio.gather(*sender._requests)
 
     timings: dict[str, list[float]] = {
         "send": [],
@@ -85,9 +104,9 @@ async def _queueing_us() -> dict[str, float]:
         "send_acked": [],
         "reply_sender_acked": [],
     }
-    cases = [("send", by_send), ("reply_sender", by_sender)]
+    cases = [("send", by_send, by_send_acked), ("reply_sender", by_sender, by_sender_acked)]
     for round_ in range(REPEATS * 2):
-        for name, case in cases if round_ % 2 == 0 else cases[::-1]:
+        for name, case, acknowledged in cases if round_ % 2 == 0 else cases[::-1]:
             spent = acked = 0.0
             for _ in range(UNITS):
                 started = time.process_time()
@@ -101,6 +120,7 @@ async def _queueing_us() -> dict[str, float]:
             timings[f"{name}_acked"].append(acked / (UNITS * UNIT) * 1e6)
     assert sender.failed == 0
     await producer.stop()
+    await sender.stop()
     return {name: round(statistics.median(runs), 2) for name, runs in timings.items()}
 
 

@@ -1,158 +1,285 @@
 """Fast replies: a device gets its answer as soon as it exists, not when its unit commits.
 
 Each answer's result record, sealed to its device (``sealing.py``), is also sent at once to the
-region's replies topic by one idempotent, non-transactional producer; the device reads that topic and
-opens its own replies (``docs/contract.md``, "Replies" and "Sealed replies"). The
-transactional result, the audit record and the cloud records commit as before, for backends and the
-audit. A reply is at least once: after a failed commit or a crash its request is answered again (the
-same request id, possibly from another worker or model version), and a device keeps the first copy.
-A reply that cannot be sent is counted and logged, never retried: its committed result still lands,
-and the device falls back when its deadline passes.
+region's replies topic, not transactionally; the device reads that topic and opens its own replies
+(``docs/contract.md``, "Replies" and "Sealed replies"). The transactional result, the audit record and
+the cloud records commit as before, for backends and the audit. A reply is at least once: after a
+failed commit or a crash its request is answered again (the same request id, possibly from another
+worker or model version), and a device keeps the first copy.
+
+The worker sends a unit's replies itself, not through aiokafka's producer (as it fetches itself:
+``fetching.py``): one record batch per partition, built with aiokafka's batch builder, and one produce
+request per leader, sent at once through the client and awaited in a task of its own, so a unit never
+waits for an earlier unit's acknowledgement. aiokafka's producer sends at most one request per broker
+at a time, and each goes through its sender task: a wake-up, a walk of every waiting batch, a task and
+an ``asyncio.wait`` per request, a future per batch. The producer is not idempotent: a retried request
+may write a reply twice, which the device drops as it drops any second copy (the request id). A
+partition the broker refuses for a reason that may pass (its leader moved, too few replicas in sync, a
+lost connection) is sent again after ``retry_backoff_s`` with the metadata refreshed, until
+``request_timeout_ms`` after its first try; a reply that cannot be sent (no metadata for its topic,
+larger than a request may be, refused for good or for too long) is counted and logged, never raised:
+its committed result still lands, and the device falls back when its deadline passes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
+import contextlib
 import logging
+import time
 from collections.abc import Iterable
-from functools import partial
-from typing import Any
+from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerClosed, UnknownTopicOrPartitionError
+from aiokafka import TopicPartition
+from aiokafka import errors as Errors
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
+from edgestream.pipeline.contract.partitioner import memo_partitioner
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.edge.sinks import Output, PartitionWork
-from edgestream.workers.edge.txnsink import SENT_ALONE_BYTES
 
 log = logging.getLogger(__name__)
 
+BATCH_BYTES: Final = 256 * 1024
+"""Most bytes of one built batch of replies (a unit's replies to one partition: a few hundred bytes
+each); a unit with more to one partition sends the rest in a second request."""
+ALONE_BYTES: Final = 16 * 1024
+"""A reply whose value and key take more than this is sent in a batch of its own, so that a reply the
+broker refuses as too large takes no other reply with it."""
+MAX_REQUESTS: Final = 64
+"""Produce requests of replies in flight at once; past this, ``send`` waits for one to end (a broker
+that stopped answering holds the worker's units here, as a full producer buffer held them)."""
+ACKS_ALL: Final = -1
+"""Every in-sync replica, as every producer of ours (``pipeline/kafka.py``)."""
+RECORD_MAGIC: Final = 2
+NO_COMPRESSION: Final = 0
+NO_PRODUCER: Final = -1
+"""Producer id, epoch and base sequence of a record batch from a producer that is not idempotent."""
+_NO_HEADERS: Final[list[tuple[str, bytes]]] = []  # read, never written, by the batch builder
 
-class _Appended:
-    """The replies appended to one of the producer's batches without a delivery of their own."""
 
-    __slots__ = ("batch", "replies")
+class _Batch:
+    """One partition's built batch of replies, and when it stops being worth sending."""
 
-    def __init__(self, batch: Any) -> None:
-        self.batch = batch
-        """aiokafka's ``MessageBatch``."""
-        self.replies = 0
-        """How many: what its failure counts."""
+    __slots__ = ("data", "deadline_s", "replies", "tp")
+
+    def __init__(self, tp: TopicPartition, data: bytes, replies: int, deadline_s: float) -> None:
+        self.tp = tp
+        self.data = data
+        self.replies = replies
+        self.deadline_s = deadline_s
+
+
+class _Building:
+    """A partition's batch being filled."""
+
+    __slots__ = ("builder", "count")
+
+    def __init__(self) -> None:
+        self.builder = DefaultRecordBatchBuilder(
+            RECORD_MAGIC, NO_COMPRESSION, 0, NO_PRODUCER, NO_PRODUCER, NO_PRODUCER, BATCH_BYTES
+        )
+        self.count = 0
+
+    def append(self, reply: Output) -> bool:
+        """Append ``reply`` (timestamped now); False when the batch is full (it takes its first record
+        whatever its size)."""
+        headers = list(reply.headers) if reply.headers else _NO_HEADERS
+        if self.builder.append(self.count, None, reply.key, reply.value, headers) is None:
+            return False
+        self.count += 1
+        return True
 
 
 class ReplySender:
     """Sends the fast replies of built units without waiting for their acknowledgements."""
 
-    def __init__(self, connection: KafkaSettings, client_id: str) -> None:
-        self.producer: AIOKafkaProducer = kafka.producer(connection, f"{client_id}-replies")
-        """The idempotent producer (not transactional: a reply does not wait for a commit)."""
+    def __init__(
+        self,
+        connection: KafkaSettings,
+        client_id: str,
+        *,
+        retry_backoff_s: float = 0.1,
+        max_requests: int = MAX_REQUESTS,
+    ) -> None:
+        self.client: AIOKafkaClient = kafka.client(connection, f"{client_id}-replies")
+        """The connections and metadata the replies go through."""
         self.sent = 0
-        """Replies handed to the producer."""
+        """Replies handed to a request (once each, however often it is sent again)."""
         self.failed = 0
-        """Replies the broker did not acknowledge after the producer's retries."""
-        self._appended: dict[TopicPartition, _Appended] = {}
-        """Per partition, the batch replies were last appended to (`_append`)."""
+        """Replies given up on: never sent, refused, or not acknowledged in time."""
+        self._timeout_ms = connection.request_timeout_ms
+        self._retry_backoff_s = retry_backoff_s
+        self._max_requests = max_requests
+        self._partitions: dict[str, tuple[list[TopicPartition], list[int]]] = {}
+        """Per topic, its partitions in order and their indices (`_partitions_of`)."""
+        self._requests: set[asyncio.Task[None]] = set()
+        """Requests in flight, each with its own retries (`_round_trip`)."""
 
     async def start(self) -> None:
-        """Connect the producer."""
-        await self.producer.start()
+        """Connect: read the cluster's metadata."""
+        await self.client.bootstrap()
 
     async def stop(self) -> None:
-        """Flush what is queued and stop. Idempotent."""
-        await self.producer.stop()
+        """Wait for the requests in flight (each at most until its replies' deadline), then close.
+        Idempotent."""
+        deadline_s = time.monotonic() + self._timeout_ms / 1000.0
+        while self._requests and (left_s := deadline_s - time.monotonic()) > 0:
+            await asyncio.wait(set(self._requests), timeout=left_s)  # a retry starts a new one
+        late = list(self._requests)
+        for task in late:
+            task.cancel()
+        for task in late:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.client.close()
 
     async def send(self, work: Iterable[PartitionWork]) -> None:
-        """Queue every reply of ``work``; acknowledgements are counted as they come.
-
-        A reply is appended to its partition's open batch in the producer, as ``send`` appends it, but
-        without what ``send`` does per record and a reply does not need: a metadata check, a size
-        estimate, copies of the topic's partitions, and a delivery future per record (with its
-        metadata, its callback and the loop's turn to run it). The batch's own delivery counts its
-        replies' failure (`_appended`). The partition is the producer's partitioner's, as ``send``
-        picks it; where the partition's batch is full, aiokafka's own ``add_message`` waits for the
-        sender to take it; a reply larger than `SENT_ALONE_BYTES` goes through ``send``, to meet the
-        producer's size check."""
-        known: dict[str, tuple[list[TopicPartition], list[int]]] = {}
-        producer = self.producer
-        partitioner = producer._partitioner
+        """Send every reply of ``work``: one batch per partition (in the order given), one request per
+        leader, not awaited; acknowledgements and failures are counted as they come."""
+        building: dict[TopicPartition, _Building] = {}
+        full: list[tuple[TopicPartition, _Building]] = []
         for part in work:
             for reply in part.replies:
                 try:
-                    partitions = known.get(reply.topic)
-                    if (
-                        partitions is None
-                    ):  # waits for the topic's metadata if there is none yet, as send does
-                        partitions = known[reply.topic] = await self._partitions(reply.topic)
-                    if len(reply.value) + len(reply.key or b"") > SENT_ALONE_BYTES:
-                        delivery = await producer.send(
-                            reply.topic, reply.value, key=reply.key, headers=list(reply.headers)
-                        )
-                        delivery.add_done_callback(self._acknowledged)
-                    else:
-                        tps, indices = partitions
-                        tp = tps[partitioner(reply.key, indices, indices)]
-                        if not self._append(tp, reply):
-                            await self._append_waiting(tp, reply)
-                except KafkaError as err:  # no metadata or no buffer room (a broker restart): dropped
+                    tp = await self._partition(reply)
+                except Errors.KafkaError as err:  # no metadata (a broker restart, an unknown topic)
                     self._count_failed(err)
                     continue
+                size = len(reply.value) + len(reply.key or b"")
+                if size > PRODUCER_MAX_REQUEST_BYTES:
+                    self._count_failed(Errors.MessageSizeTooLargeError(f"a reply of {size} bytes"))
+                    continue
+                if size > ALONE_BYTES:
+                    alone = _Building()
+                    alone.append(reply)
+                    full.append((tp, alone))
+                else:
+                    batch = building.get(tp)
+                    if batch is None:
+                        batch = building[tp] = _Building()
+                    if not batch.append(reply):
+                        full.append((tp, batch))
+                        batch = building[tp] = _Building()
+                        batch.append(reply)
                 self.sent += 1
-
-    async def _partitions(self, topic: str) -> tuple[list[TopicPartition], list[int]]:
-        """The topic's partitions in order, each as its ``TopicPartition``, and their indices: the
-        partitioner picks an index as it would pick a partition id from the ids in order (made once per
-        ``send``)."""
-        ids = sorted(await self.producer.client._wait_on_metadata(topic))
-        if not ids:
-            raise UnknownTopicOrPartitionError(f"{topic} has no partitions")
-        return [TopicPartition(topic, p) for p in ids], list(range(len(ids)))
-
-    def _append(self, tp: TopicPartition, reply: Output) -> bool:
-        """Append ``reply`` to ``tp``'s open batch in the producer (one is opened where none is, as
-        ``add_message`` opens it); False when that batch is full. Raises what ``add_message`` raises
-        for a closed or failed producer."""
-        acc = self.producer._message_accumulator
-        if acc._closed:
-            raise ProducerClosed()
-        if acc._exception is not None:
-            raise copy.copy(acc._exception)
-        queued = acc._batches.get(tp)
-        batch = queued[-1] if queued else acc._append_batch(acc.create_builder(), tp)
-        appended = self._appended.get(tp)
-        if appended is None or appended.batch is not batch:
-            appended = self._appended[tp] = _Appended(batch)
-            batch.future.add_done_callback(partial(self._batch_delivered, appended))
-        if (
-            batch._builder.append(
-                timestamp=None, key=reply.key, value=reply.value, headers=list(reply.headers)
-            )
-            is None
-        ):
-            return False
-        appended.replies += 1
-        return True
-
-    async def _append_waiting(self, tp: TopicPartition, reply: Output) -> None:
-        """``reply`` through aiokafka's ``add_message``, which waits (up to the request timeout) for
-        the sender to take ``tp``'s full batch; its own delivery counts it."""
-        producer = self.producer
-        delivery: asyncio.Future[Any] = await producer._message_accumulator.add_message(
-            tp, reply.key, reply.value, producer._request_timeout_ms / 1000, headers=list(reply.headers)
-        )
-        delivery.add_done_callback(self._acknowledged)
-
-    def _batch_delivered(self, appended: _Appended, delivery: asyncio.Future[object]) -> None:
-        if delivery.cancelled():
-            self._count_failed(None, appended.replies)
-        elif delivery.exception() is not None:  # also marks the exception as seen
-            self._count_failed(delivery.exception(), appended.replies)
-
-    def _acknowledged(self, delivery: asyncio.Future[object]) -> None:
-        if delivery.cancelled() or delivery.exception() is None:
+        if not building and not full:
             return
-        self._count_failed(delivery.exception())
+        deadline_s = time.monotonic() + self._timeout_ms / 1000.0
+        batches = [
+            _Batch(tp, bytes(b.builder.build()), b.count, deadline_s) for tp, b in (*full, *building.items())
+        ]
+        while len(self._requests) >= self._max_requests:
+            await asyncio.wait(self._requests, return_when=asyncio.FIRST_COMPLETED)
+        self._dispatch(batches)
+
+    async def _partition(self, reply: Output) -> TopicPartition:
+        """The partition ``reply`` goes to: the producers' partitioner's (``memo_partitioner``) over
+        its topic's partitions, which are looked up once (waiting for the topic's metadata if there is
+        none yet, as aiokafka's ``send`` does)."""
+        known = self._partitions.get(reply.topic)
+        if known is None:
+            ids = sorted(await self.client._wait_on_metadata(reply.topic))
+            if not ids:
+                raise Errors.UnknownTopicOrPartitionError(f"{reply.topic} has no partitions")
+            known = self._partitions[reply.topic] = (
+                [TopicPartition(reply.topic, p) for p in ids],
+                list(range(len(ids))),
+            )
+        tps, indices = known
+        return tps[memo_partitioner(reply.key, indices, indices)]
+
+    def _dispatch(self, batches: list[_Batch]) -> None:
+        """Start a request per leader, each with at most one batch per partition (a produce request
+        carries one batch per partition); batches whose leader is not known wait for the metadata."""
+        by_node: dict[int, list[list[_Batch]]] = {}
+        unknown: list[_Batch] = []
+        cluster = self.client.cluster
+        for batch in batches:
+            node_id = cluster.leader_for_partition(batch.tp)
+            if node_id is None or node_id < 0:
+                unknown.append(batch)
+                continue
+            requests = by_node.setdefault(node_id, [])
+            for request in requests:
+                if all(b.tp != batch.tp for b in request):
+                    request.append(batch)
+                    break
+            else:
+                requests.append([batch])
+        for node_id, requests in by_node.items():
+            for request in requests:
+                self._start(self._round_trip(node_id, request))
+        if unknown:
+            self._start(self._retry(unknown, Errors.LeaderNotAvailableError("no leader known")))
+
+    def _start(self, request: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(request)
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _round_trip(self, node_id: int, batches: list[_Batch]) -> None:
+        """Send ``batches`` to ``node_id`` and count what its answer refuses; send again what may pass."""
+        topics: dict[str, list[tuple[int, bytes]]] = {}
+        for batch in batches:
+            topics.setdefault(batch.tp.topic, []).append((batch.tp.partition, batch.data))
+        request = ProduceRequest(None, ACKS_ALL, self._timeout_ms, list(topics.items()))
+        try:
+            response = await self.client.send(node_id, request)
+        except Errors.KafkaError as err:  # no connection, timed out: the whole request may go again
+            await self._retry(batches, err)
+            return
+        except asyncio.CancelledError:  # stopped while it was in flight
+            self._count_failed(None, sum(b.replies for b in batches))
+            raise
+        by_tp = {b.tp: b for b in batches}
+        again: list[_Batch] = []
+        refused: BaseException | None = None
+        for topic, partitions in response.topics:
+            for partition, error_code, *_ in partitions:
+                answered = by_tp.pop(TopicPartition(topic, partition), None)
+                if answered is None or error_code == 0:
+                    continue
+                error = Errors.for_code(error_code)
+                if error.retriable:
+                    again.append(answered)
+                    refused = error()
+                else:
+                    self._count_failed(error(), answered.replies)
+        for unanswered in by_tp.values():  # not answered for (never seen from a broker)
+            self._count_failed(Errors.KafkaError("no answer for its partition"), unanswered.replies)
+        if again:
+            await self._retry(again, refused)
+
+    async def _retry(self, batches: list[_Batch], err: BaseException | None) -> None:
+        """Send ``batches`` again after the backoff, with the metadata refreshed where the answer says
+        it is stale; those past their deadline are counted instead."""
+        now_s = time.monotonic()
+        live = [b for b in batches if b.deadline_s > now_s + self._retry_backoff_s]
+        for late in batches:
+            if late not in live:
+                self._count_failed(err, late.replies)
+        if not live:
+            return
+        log.debug("replies to %d partitions refused (%r); sending them again", len(live), err)
+        if (
+            err is None
+            or getattr(err, "invalid_metadata", False)
+            or isinstance(
+                err, Errors.KafkaConnectionError | Errors.NodeNotReadyError | Errors.RequestTimedOutError
+            )
+        ):
+            self.client.force_metadata_update()
+        try:
+            await asyncio.sleep(self._retry_backoff_s)
+        except asyncio.CancelledError:  # stopped meanwhile
+            self._count_failed(err, sum(b.replies for b in live))
+            raise
+        self._dispatch(live)
 
     def _count_failed(self, err: BaseException | None, replies: int = 1) -> None:
         before = self.failed

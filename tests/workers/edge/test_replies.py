@@ -1,67 +1,120 @@
-"""Fast replies are queued as aiokafka's ``send`` would queue them (same partitions, keys, values,
-headers and order), into the producer's own batches; one too large for a built batch goes through
-``send`` and its size check; a full batch is waited out as ``send`` waits it out; and a reply that
-cannot be queued or delivered (no metadata, a closed or failed producer, a batch the broker refused,
-too large) is counted and dropped: the others go, and nothing is raised into the worker. No broker:
-the producer is never started, its metadata is set here, and the sender task's part (taking batches,
-resolving their deliveries) is played by the tests."""
+"""Fast replies are sent by the worker itself: a unit's replies as one batch per partition (the partition
+the producers' partitioner picks, in the order given, keys, values and headers as they are), one produce
+request per leader, not awaited, so a unit never waits for an earlier one's acknowledgement. A
+partition refused for a reason that may pass is sent again (to its new leader) until the replies'
+deadline; a reply that cannot be sent (no metadata, too large, refused for good or for too long) is
+counted and dropped: the others go, and nothing is raised into the worker.
+
+No broker: the client is never bootstrapped, its metadata is set here, and ``client.send`` is played by
+the tests (they read the request's batches and answer per partition). The real broker's replies are
+checked through the worker (``test_worker.py``) and the fault suite."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+from aiokafka import errors as Errors
 from aiokafka.protocol.metadata import MetadataResponse_v0
 from aiokafka.record.memory_records import MemoryRecords
 
+from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.settings import KafkaSettings
-from edgestream.workers.edge.replies import ReplySender
+from edgestream.workers.edge.replies import ALONE_BYTES, BATCH_BYTES, ReplySender
 from edgestream.workers.edge.sinks import Output, PartitionWork
-from edgestream.workers.edge.txnsink import SENT_ALONE_BYTES
 
 TOPIC = "edge.r.replies"
 PARTITIONS = 3
+NOT_LEADER = 6  # retriable, stale metadata
+MESSAGE_TOO_LARGE = 10  # not retriable
 
-Queued = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
+Record = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
+"""A record as the broker would store it: partition, key, value, headers."""
 
 
-def _sender() -> ReplySender:
-    """A sender whose producer is never started: its metadata is set here."""
-    sender = ReplySender(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "n")
-    sender.producer.client.cluster.update_metadata(
+def _metadata(sender: ReplySender, leaders: dict[int, int] | None = None) -> None:
+    """Set the topic's metadata: partition -> leader (node 0 leads every partition unless told)."""
+    leaders = leaders or {}
+    sender.client.cluster.update_metadata(
         MetadataResponse_v0(
-            [(0, "127.0.0.1", 1)], [(0, TOPIC, [(0, p, 0, [0], [0]) for p in range(PARTITIONS)])]
+            [(0, "127.0.0.1", 1), (1, "127.0.0.1", 2)],
+            [(0, TOPIC, [(0, p, leaders.get(p, 0), [0], [0]) for p in range(PARTITIONS)])],
         )
     )
-    sender.producer._txn_manager.set_pid_and_epoch(1, 0)  # what the started producer gets (idempotence)
+
+
+class _Broker:
+    """Plays ``client.send``: keeps each request's records, answers per partition with ``answer``
+    (partition, attempt of that partition -> error code), after ``gate`` is set where one is given."""
+
+    def __init__(self, answer: Callable[[int, int], int] | None = None) -> None:
+        self.answer = answer or (lambda partition, attempt: 0)
+        self.requests: list[tuple[int, list[Record]]] = []
+        self.stored: list[Record] = []
+        self.attempts: dict[int, int] = {}
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            records: list[Record] = []
+            answers = []
+            for topic, partitions in request._topics:  # aiokafka's ProduceRequest, before it is built
+                assert topic == TOPIC
+                answered = []
+                for partition, data in partitions:
+                    memory = MemoryRecords(bytes(data))
+                    batch = memory.next_batch()
+                    assert batch is not None
+                    assert memory.next_batch() is None, "one batch a partition"
+                    got = [(partition, r.key, r.value, list(r.headers)) for r in batch]
+                    records.extend(got)
+                    attempt = self.attempts[partition] = self.attempts.get(partition, 0) + 1
+                    code = self.answer(partition, attempt)
+                    if code == 0:
+                        self.stored.extend(got)
+                    answered.append((partition, code, 0, -1, 0))
+                answers.append((topic, answered))
+            self.requests.append((node_id, records))
+            return _Response(answers)
+        finally:
+            self.in_flight -= 1
+
+
+class _Response:
+    API_VERSION = 7
+
+    def __init__(self, topics: list[Any]) -> None:
+        self.topics = topics
+
+
+def _sender(broker: _Broker, *, timeout_ms: int = 30_000, max_requests: int = 64) -> ReplySender:
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=timeout_ms)
+    sender = ReplySender(settings, "n", retry_backoff_s=0.01, max_requests=max_requests)
+    _metadata(sender)
+    sender.client.send = broker.send
     return sender
 
 
-def _take(sender: ReplySender) -> list[Any]:
-    """What the sender task does with ready batches: take every one (each partition's oldest first)."""
-    acc = sender.producer._message_accumulator
-    taken: list[Any] = []
-    while acc._batches:
-        nodes, _ = acc.drain_by_nodes(ignore_nodes=set())
-        taken.extend(batch for by_tp in nodes.values() for batch in by_tp.values())
-    return taken
+async def _settled(sender: ReplySender) -> None:
+    """Until no request of ``sender`` is in flight (retries included)."""
+    for _ in range(1000):
+        if not sender._requests:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("requests still in flight")
 
 
-def _records(batches: list[Any]) -> list[Queued]:
-    """The records of ``batches`` in order: partition, key, value, headers."""
-    out: list[Queued] = []
-    for batch in batches:
-        records = MemoryRecords(bytes(batch.get_data_buffer())).next_batch()
-        assert records is not None
-        out.extend((batch.tp.partition, r.key, r.value, list(r.headers)) for r in records)
-    return out
-
-
-def _by_partition(records: list[Queued]) -> dict[int, list[Queued]]:
-    parts: dict[int, list[Queued]] = {}
+def _by_partition(records: list[Record]) -> dict[int, list[Record]]:
+    parts: dict[int, list[Record]] = {}
     for record in records:
         parts.setdefault(record[0], []).append(record)
     return parts
@@ -76,101 +129,192 @@ def replies() -> list[Output]:
     ]
 
 
-async def test_replies_are_queued_as_send_queues_them(replies: list[Output]) -> None:
-    sender, reference = _sender(), _sender()
+async def test_a_units_replies_go_in_one_request_to_the_partitioners_partitions_in_order(
+    replies: list[Output],
+) -> None:
+    broker = _Broker()
+    sender = _sender(broker)
     await sender.send([PartitionWork(replies=replies[:12]), PartitionWork(replies=replies[12:])])
-    for reply in replies:
-        await reference.producer.send(reply.topic, reply.value, key=reply.key, headers=list(reply.headers))
-    fast, by_send = _records(_take(sender)), _records(_take(reference))
-    assert _by_partition(fast) == _by_partition(by_send)
-    assert sorted(fast) == sorted(by_send)
-    assert len(fast) == len(replies)
-    assert [partition for partition, *_ in fast] == [
-        partition_for(key or b"", PARTITIONS) for _, key, *_ in fast
-    ]
-    assert len({partition for partition, *_ in fast}) > 1
+    await _settled(sender)
+    assert len(broker.requests) == 1, "one leader: one request"
+    expected = [(partition_for(r.key or b"", PARTITIONS), r.key, r.value, list(r.headers)) for r in replies]
+    assert _by_partition(broker.stored) == _by_partition(expected), "each partition's replies in order"
+    assert len({p for p, *_ in broker.stored}) > 1
     assert (sender.sent, sender.failed) == (20, 0)
     await sender.stop()
-    await reference.stop()
 
 
-async def test_a_batch_the_broker_refuses_counts_each_of_its_replies(replies: list[Output]) -> None:
-    sender = _sender()
-    await sender.send([PartitionWork(replies=replies[:10])])
-    first = _take(sender)
-    await sender.send([PartitionWork(replies=replies[10:])])
-    second = _take(sender)
-    for batch in first:
-        batch.done(base_offset=0)
-    refused = second[0]
-    for batch in second:
-        if batch is refused:
-            batch.failure(NotLeaderForPartitionError())
-        else:
-            batch.done(base_offset=10)
-    await asyncio.sleep(0)  # delivery callbacks
-    assert (sender.sent, sender.failed) == (20, refused.record_count)
-    assert refused.record_count > 0
-    assert refused.future.exception() is not None
+async def test_each_leader_gets_its_own_request(replies: list[Output]) -> None:
+    broker = _Broker()
+    sender = _sender(broker)
+    _metadata(sender, {2: 1})  # node 1 leads partition 2
+    await sender.send([PartitionWork(replies=replies)])
+    await _settled(sender)
+    by_node = {node: {p for p, *_ in records} for node, records in broker.requests}
+    assert by_node == {0: {0, 1}, 1: {2}}
+    assert sorted(broker.stored) == sorted(
+        (partition_for(r.key or b"", PARTITIONS), r.key, r.value, list(r.headers)) for r in replies
+    )
     await sender.stop()
 
 
-async def _taking(sender: ReplySender, taken: list[Any]) -> None:
-    """Plays aiokafka's sender task until cancelled: takes batches as they are queued."""
-    while True:
-        taken.extend(_take(sender))
-        await asyncio.sleep(0.001)
-
-
-async def test_a_full_batch_is_waited_out_and_every_reply_lands_in_order() -> None:
-    sender = _sender()
-    sender.producer._message_accumulator._batch_size = 300  # a few replies a batch
-    one_device = [Output(TOPIC, bytes([i]) * 100, b"device-1") for i in range(12)]
-    taken: list[Any] = []
-    task = asyncio.create_task(_taking(sender, taken))
-    await asyncio.wait_for(sender.send([PartitionWork(replies=one_device)]), 5)
-    task.cancel()
-    taken.extend(_take(sender))
-    assert len(taken) > 2
-    assert [value for _, _, value, _ in _records(taken)] == [o.value for o in one_device]
-    assert (sender.sent, sender.failed) == (12, 0)
+async def test_a_unit_does_not_wait_for_an_earlier_units_acknowledgement(replies: list[Output]) -> None:
+    broker = _Broker()
+    broker.gate = asyncio.Event()  # the broker answers nothing yet
+    sender = _sender(broker)
+    await asyncio.wait_for(sender.send([PartitionWork(replies=replies[:10])]), 1)
+    await asyncio.wait_for(sender.send([PartitionWork(replies=replies[10:])]), 1)
+    await asyncio.sleep(0.01)
+    assert broker.in_flight == 2, "the second unit's request left before the first was answered"
+    broker.gate.set()
+    await _settled(sender)
+    assert len(broker.stored) == 20
+    assert sender.failed == 0
     await sender.stop()
 
 
-async def test_a_reply_that_cannot_be_queued_is_counted_and_the_rest_go() -> None:
-    sender = _sender()
-    too_large = b"x" * (sender.producer._max_request_size + 1)
-    oversized = b"y" * (SENT_ALONE_BYTES + 1)  # through send, which accepts it
-    values = [b"a", too_large, oversized, b"b"]
-    taken: list[Any] = []
-    task = asyncio.create_task(_taking(sender, taken))  # the oversized one waits for a's batch to go
-    await asyncio.wait_for(sender.send([PartitionWork(replies=[Output(TOPIC, v, b"d") for v in values])]), 5)
-    task.cancel()
-    taken.extend(_take(sender))
-    assert [value for _, _, value, _ in _records(taken)] == [b"a", oversized, b"b"]
+async def test_sending_waits_while_the_most_requests_are_in_flight(replies: list[Output]) -> None:
+    broker = _Broker()
+    broker.gate = asyncio.Event()
+    sender = _sender(broker, max_requests=2)
+    for unit in (replies[:5], replies[5:10]):
+        await asyncio.wait_for(sender.send([PartitionWork(replies=unit)]), 1)
+    third = asyncio.ensure_future(sender.send([PartitionWork(replies=replies[10:])]))
+    await asyncio.sleep(0.05)
+    assert not third.done(), "a third request waits for room"
+    broker.gate.set()
+    await asyncio.wait_for(third, 1)
+    await _settled(sender)
+    assert broker.most_in_flight == 2
+    assert len(broker.stored) == 20
+    assert sender.failed == 0
+    await sender.stop()
+
+
+async def test_a_partition_refused_for_good_counts_its_replies_and_the_others_land(
+    replies: list[Output],
+) -> None:
+    broker = _Broker(lambda partition, attempt: MESSAGE_TOO_LARGE if partition == 1 else 0)
+    sender = _sender(broker)
+    await sender.send([PartitionWork(replies=replies)])
+    await _settled(sender)
+    refused = sum(1 for r in replies if partition_for(r.key or b"", PARTITIONS) == 1)
+    assert refused > 0
+    assert (sender.sent, sender.failed) == (20, refused)
+    assert len(broker.stored) == 20 - refused
+    assert len(broker.requests) == 1, "not sent again"
+    await sender.stop()
+
+
+async def test_a_partition_whose_leader_moved_is_sent_again_to_its_new_leader(replies: list[Output]) -> None:
+    broker = _Broker(lambda partition, attempt: NOT_LEADER if partition == 1 and attempt == 1 else 0)
+    sender = _sender(broker)
+    refreshed: list[bool] = []
+
+    def force_metadata_update() -> Any:
+        refreshed.append(True)
+        _metadata(sender, {1: 1})  # what the refreshed metadata says: node 1 leads partition 1 now
+        return asyncio.get_running_loop().create_future()
+
+    sender.client.force_metadata_update = force_metadata_update
+    await sender.send([PartitionWork(replies=replies)])
+    await _settled(sender)
+    assert refreshed
+    assert [node for node, _ in broker.requests] == [0, 1]
+    assert {p for p, *_ in broker.requests[1][1]} == {1}, "only the refused partition goes again"
+    assert sorted(broker.stored) == sorted(
+        (partition_for(r.key or b"", PARTITIONS), r.key, r.value, list(r.headers)) for r in replies
+    )
+    assert sender.failed == 0
+    await sender.stop()
+
+
+async def test_a_lost_connection_is_tried_again_until_the_deadline_then_counted(
+    replies: list[Output],
+) -> None:
+    attempts: list[float] = []
+
+    async def unreachable(node_id: int, request: Any) -> Any:
+        attempts.append(asyncio.get_running_loop().time())
+        raise Errors.KafkaConnectionError("no route")
+
+    sender = _sender(_Broker(), timeout_ms=200)
+    sender.client.send = unreachable
+    sender.client.force_metadata_update = lambda: None
+    await sender.send([PartitionWork(replies=replies)])
+    await _settled(sender)
+    assert len(attempts) > 3, "tried again"
+    assert attempts[-1] - attempts[0] < 0.3, "not past the deadline"
+    assert (sender.sent, sender.failed) == (20, 20)
+    await sender.stop()
+
+
+async def test_a_reply_too_large_for_a_request_is_counted_and_a_large_one_goes_alone() -> None:
+    broker = _Broker()
+    sender = _sender(broker)
+    too_large = b"x" * (PRODUCER_MAX_REQUEST_BYTES + 1)
+    large = b"y" * (ALONE_BYTES + 1)
+    values = [b"a", too_large, large, b"b"]
+    await sender.send([PartitionWork(replies=[Output(TOPIC, v, b"d") for v in values])])
+    await _settled(sender)
+    assert sorted([value for _, _, value, _ in records] for _, records in broker.requests) == sorted(
+        [[large], [b"a", b"b"]]
+    ), "the large one in a batch (and a request) of its own"
     assert (sender.sent, sender.failed) == (3, 1)
     await sender.stop()
 
 
-async def test_replies_to_a_failed_producer_are_counted_not_raised() -> None:
-    sender = _sender()
-    sender.producer._message_accumulator.fail_all(KafkaTimeoutError("the sender gave up"))
-    await sender.send([PartitionWork(replies=[Output(TOPIC, b"a", b"d"), Output(TOPIC, b"b", b"e")])])
-    assert (sender.sent, sender.failed) == (0, 2)
+async def test_more_replies_to_a_partition_than_a_batch_holds_go_in_order_in_several_requests() -> None:
+    broker = _Broker()
+    sender = _sender(broker)
+    value_bytes = 1000
+    count = 2 * BATCH_BYTES // value_bytes + 10
+    one_device = [Output(TOPIC, i.to_bytes(4, "big") * (value_bytes // 4), b"device-1") for i in range(count)]
+    await sender.send([PartitionWork(replies=one_device)])
+    await _settled(sender)
+    assert len(broker.requests) >= 3, "a produce request carries one batch per partition"
+    assert [value for _, _, value, _ in broker.stored] == [o.value for o in one_device]
+    assert (sender.sent, sender.failed) == (count, 0)
     await sender.stop()
 
 
-async def test_a_reply_whose_topic_has_no_metadata_is_counted_and_not_queued() -> None:
-    sender = _sender()
+async def test_a_reply_whose_topic_has_no_metadata_is_counted_and_not_sent() -> None:
+    broker = _Broker()
+    sender = _sender(broker)
     waited: list[str] = []
 
     async def wait_on_metadata(topic: str) -> set[int]:
         waited.append(topic)
-        raise KafkaTimeoutError(f"no metadata for {topic}")
+        raise Errors.KafkaTimeoutError(f"no metadata for {topic}")
 
-    sender.producer.client._wait_on_metadata = wait_on_metadata
+    sender.client._wait_on_metadata = wait_on_metadata
     await sender.send([PartitionWork(replies=[Output("edge.other.replies", b"a", b"d")])])
+    await _settled(sender)
     assert waited == ["edge.other.replies"]
-    assert sender.producer._message_accumulator._batches == {}
+    assert broker.requests == []
     assert (sender.sent, sender.failed) == (0, 1)
     await sender.stop()
+
+
+async def test_stopping_waits_for_the_requests_in_flight(replies: list[Output]) -> None:
+    broker = _Broker()
+    broker.gate = asyncio.Event()
+    sender = _sender(broker)
+    await sender.send([PartitionWork(replies=replies)])
+    stopping = asyncio.ensure_future(sender.stop())
+    await asyncio.sleep(0.02)
+    assert not stopping.done(), "stop waits for the answer"
+    broker.gate.set()
+    await asyncio.wait_for(stopping, 1)
+    assert len(broker.stored) == 20
+    assert sender.failed == 0
+
+
+async def test_stopping_counts_what_is_still_unanswered_at_the_deadline(replies: list[Output]) -> None:
+    broker = _Broker()
+    broker.gate = asyncio.Event()  # never set: the broker never answers
+    sender = _sender(broker, timeout_ms=100)
+    await sender.send([PartitionWork(replies=replies)])
+    await asyncio.wait_for(sender.stop(), 2)
+    assert broker.stored == []
+    assert (sender.sent, sender.failed) == (20, 20)
