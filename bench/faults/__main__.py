@@ -240,6 +240,7 @@ def _table(document: dict[str, Any]) -> Table:
         "lost",
         "dup",
         "false replays",
+        "unreplied",
         "restarts",
         "wall s",
         "invariant",
@@ -247,7 +248,7 @@ def _table(document: dict[str, Any]) -> Table:
         table.add_column(col, justify="left" if col in ("scenario", "dead letters", "invariant") else "right")
     for r in document["scenarios"]:
         if "error" in r:
-            table.add_row(r["name"], *["-"] * 7, str(r["wall_s"]), "[red]did not finish")
+            table.add_row(r["name"], *["-"] * 8, str(r["wall_s"]), "[red]did not finish")
             continue
         reasons = ", ".join(f"{k} {n}" for k, n in r["dead_letters"].items()) or "-"
         table.add_row(
@@ -260,6 +261,7 @@ def _table(document: dict[str, Any]) -> Table:
             str(r["lost"]),
             str(r["duplicated"]),
             str(r["false_replays"]),
+            str(r.get("extra", {}).get("replies", {}).get("missing", "-")),
             str(r["worker_restarts"]),
             f"{r['wall_s']:.0f}",
             "holds" if not r["violations"] else f"[red]broken ({len(r['violations'])})",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -12,6 +13,8 @@ from aiokafka import TopicPartition
 from bench.faults.env import FaultRegion, FaultTimeout, wait_for
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.pipeline.contract.reply import ReplyRefused, read_reply_header
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.catalogue import (
     KINDS,
@@ -20,6 +23,7 @@ from edgestream.topics.catalogue import (
     dlq_topic,
     ingest_topic,
     parse_topic,
+    replies_topic,
     results_topic,
 )
 
@@ -54,6 +58,32 @@ class Observed:
     that aborted (a kill or a fence landed mid-transaction)."""
     summaries: list[PartialSummary] = field(default_factory=list)
     """The region's partial window summaries on ``cloud.summaries`` (shared by every region)."""
+    replies: list[Record] = field(default_factory=list)
+    """The fast replies on the region's replies topic (outside any transaction: every one sent)."""
+
+    def replies_of_results(self) -> dict[str, int]:
+        """How the committed results were replied to: ``results`` (distinct request ids answered),
+        ``replied`` (of them, with at least one reply), ``missing``, ``copies`` (replies read; a
+        request answered again after an aborted commit, or a request sent again, has two) and
+        ``malformed`` (replies whose clear header does not read)."""
+        replied: Counter[bytes] = Counter()
+        malformed = 0
+        for record in self.replies:
+            try:
+                header, _ = read_reply_header(record.value or b"")
+            except ReplyRefused:
+                malformed += 1
+                continue
+            replied[header.request_id] += 1
+        answered = {ResultRecord.from_bytes(r.value or b"").request_id for r in self.results}
+        have = sum(1 for rid in answered if rid in replied)
+        return {
+            "results": len(answered),
+            "replied": have,
+            "missing": len(answered) - have,
+            "copies": sum(replied.values()),
+            "malformed": malformed,
+        }
 
 
 async def _end_offsets(
@@ -120,4 +150,5 @@ async def observe(region: FaultRegion, settle_timeout_s: float = SETTLE_TIMEOUT_
         unsettled=gaps,
         aborted=aborted,
         summaries=summaries,
+        replies=await read_all(region.bootstrap, replies_topic(region.name)),
     )

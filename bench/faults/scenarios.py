@@ -132,6 +132,7 @@ async def _finish(
         traffic.ledger, observed, tolerate_stale=tolerate_stale, max_envelope_bytes=max_envelope_bytes
     )
     extra["aborted_outputs"] = observed.aborted
+    extra["replies"] = observed.replies_of_results()
     extra["rewinds"] = workers.count_log_lines("re-reading")
     extra["results_by_node"] = dict(
         sorted(Counter(ResultRecord.from_bytes(r.value or b"").node for r in observed.results).items())

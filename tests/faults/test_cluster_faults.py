@@ -140,8 +140,9 @@ async def test_killing_a_follower_then_the_controller_loses_and_doubles_nothing(
 ) -> None:
     """SIGKILL a node that is not the active controller, start it again; then the same for the active
     controller; a few hundred requests through two workers meanwhile. Every input answered once (results,
-    audit records, the cloud summaries' counts), no worker exits, every partition fully replicated again
-    (internal topics included), and the quorum elected another controller after the second kill."""
+    audit records, the cloud summaries' counts) and replied to, no worker exits, every partition fully
+    replicated again (internal topics included), and the quorum elected another controller after the
+    second kill."""
     home = tmp_path / "home"
     home.mkdir()
     env = FaultEnv(
@@ -157,6 +158,9 @@ async def test_killing_a_follower_then_the_controller_loses_and_doubles_nothing(
     assert report.unexpected_exits == []
     assert report.worker_restarts == 0
     assert 100 <= report.verdict.written == report.verdict.results, "traffic flowed throughout"
+    replies = report.extra["replies"]  # sent again to the partitions' new leaders after each kill
+    assert replies["results"] == report.verdict.results, replies
+    assert replies["missing"] == replies["malformed"] == 0, replies
     follower, controller = report.extra["kills"]
     assert follower["node"] != follower["controller_before"]
     assert controller["node"] == controller["controller_before"]

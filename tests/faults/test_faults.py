@@ -143,6 +143,13 @@ async def test_a_broker_restart_under_traffic_loses_and_doubles_nothing(fault_en
     assert_exactly_once(report)
     assert report.verdict.results > 0
     assert report.extra["timings"][0]["first_commit_after_s"] < 60, report.extra["timings"]
+    # The fast replies go outside the transactions, sent again through the outage (a lost connection
+    # may pass): every committed result's request got its reply, unless its worker died meanwhile.
+    replies = report.extra["replies"]
+    assert replies["results"] == report.verdict.results, replies
+    assert replies["malformed"] == 0, replies
+    if report.worker_restarts == 0:
+        assert replies["missing"] == 0, replies
 
 
 async def test_a_hostile_corpus_is_dead_lettered_by_reason_and_the_worker_never_restarts(
