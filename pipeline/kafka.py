@@ -323,6 +323,18 @@ async def consumer_lag(
     return lag
 
 
+async def unstable_records(
+    kafka: KafkaSettings, tps: Sequence[TopicPartition], *, client_id: str
+) -> dict[TopicPartition, int]:
+    """Per partition of ``tps`` that has any, the records past its last stable offset: an open
+    transaction there holds every read_committed reader of the partition until it ends."""
+    async with started(consumer(kafka, client_id, isolation_level="read_uncommitted")) as reader:
+        high = await reader.end_offsets(list(tps))
+    async with started(consumer(kafka, client_id)) as reader:
+        stable = await reader.end_offsets(list(tps))
+    return {tp: high[tp] - stable[tp] for tp in tps if high[tp] > stable[tp]}
+
+
 async def _committed(
     client: AIOKafkaAdminClient, group_id: str, tps: Sequence[TopicPartition]
 ) -> dict[TopicPartition, Any]:

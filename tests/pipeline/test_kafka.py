@@ -234,3 +234,18 @@ async def test_a_background_reader_takes_a_bulk_read_in_small_responses(bootstra
 
     assert await largest_batch(kafka.background_consumer(bootstrap, "test-kafka")) <= 2
     assert await largest_batch(kafka.consumer(bootstrap, "test-kafka")) > 2
+
+
+async def test_unstable_records_are_those_an_open_transaction_holds(bootstrap: KafkaSettings) -> None:
+    topic = await _topic(bootstrap, 2)
+    await _produce(bootstrap, topic, [b"committed"], partition=0)
+    tps = kafka.partitions([(topic, 2)])
+    assert await kafka.unstable_records(bootstrap, tps, client_id="test-kafka") == {}
+    producer = kafka.producer(bootstrap, "test-kafka-txn", transactional_id=f"t-{uuid.uuid4().hex[:8]}")
+    async with kafka.started(producer):
+        await producer.begin_transaction()
+        for value in (b"open-1", b"open-2"):
+            await producer.send_and_wait(topic, value, partition=1)
+        assert await kafka.unstable_records(bootstrap, tps, client_id="test-kafka") == {tps[1]: 2}
+        await producer.commit_transaction()
+    assert await kafka.unstable_records(bootstrap, tps, client_id="test-kafka") == {}

@@ -30,16 +30,21 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from aiokafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgestream.pipeline import kafka
+from edgestream.pipeline.contract.cloud import PartialSummary
+from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.learning.rollout import Bounds, Verdict
 from edgestream.pipeline.registry.reports import TopicWorkerView
+from edgestream.topics.catalogue import CLOUD_SUMMARIES, SUMMARIES_TOPIC
 from edgestream.workers.rollout_controller import Controller
 
 if TYPE_CHECKING:
@@ -54,6 +59,8 @@ T = TypeVar("T")
 
 STORY_MODEL: Final = "embedding-scorer"
 """The model the story retrains: the one whose samples carry features."""
+SUMMARY_PARTITIONS: Final = CLOUD_SUMMARIES.partitions
+"""Partitions of ``cloud.summaries``."""
 _HELD_LOG_S: Final = 20.0
 """How often a canary the controller keeps holding is logged, with why."""
 
@@ -220,6 +227,8 @@ class Story:
         """Why the controller's last step held: named when a wait on a canary stalls."""
         self._judged = Judged()
         """What the controller's steps of the current wait read: named with a stall."""
+        self._judging: int | None = None
+        """The canary version the controller was last asked to judge."""
 
     def _signer(self) -> SigningKey:
         """The demo's registry key (``story_registry.prepare_registry`` made it): it signs every state
@@ -388,6 +397,7 @@ class Story:
     async def _judge_until_done(self, version: int) -> tuple[int, float]:
         """Step the controller until ``version``'s canary ends; the revision that ended it and when it
         was published (``time.monotonic``)."""
+        self._judging = version
         logged = time.monotonic()
         while True:
             began = time.monotonic()
@@ -446,7 +456,19 @@ class Story:
                 workers = await self._workers.revisions(self._model)
         except Exception as err:  # a diagnostic: never in the way of the stall it explains
             return f"{self._judged.describe()}; revisions not read ({type(err).__name__})"
-        return f"{self._judged.describe()}; registry at revision {revision}, workers at {workers}"
+        facts = f"{self._judged.describe()}; registry at revision {revision}, workers at {workers}"
+        if self._judging is None:
+            return facts
+        try:
+            async with asyncio.timeout(5.0):
+                unstable = await kafka.unstable_records(
+                    self._kafka,
+                    kafka.partitions([(SUMMARIES_TOPIC, SUMMARY_PARTITIONS)]),
+                    client_id="story-stall",
+                )
+        except Exception as err:
+            return f"{facts}; {SUMMARIES_TOPIC}'s open transactions not read ({type(err).__name__})"
+        return f"{facts}; {summaries_held(self._model, self._judging, self._regions, unstable)}"
 
     def _t(self) -> float:
         return time.time() - self._started_at
@@ -478,6 +500,28 @@ class Judged:
     def describe(self) -> str:
         """The counts, as a stall names them."""
         return f"{self.steps} steps read {self.summaries} summary records, the last one {self.last}"
+
+
+def summaries_held(
+    model: str, version: int, regions: Iterable[str], unstable: Mapping[TopicPartition, int]
+) -> str:
+    """Where ``version``'s summaries of ``model`` go (a summary's key is its region, model and version,
+    so each region's go to one partition of ``cloud.summaries``) and which partitions of the topic an
+    open transaction holds (``unstable``: records past the last stable offset, by partition): a canary
+    whose summaries sit behind an open transaction reads as a canary with no requests."""
+    goes = {
+        region: partition_for(PartialSummary(region, "", model, version, 0).key, SUMMARY_PARTITIONS)
+        for region in sorted(regions)
+    }
+    where = ", ".join(f"{region} {p}" for region, p in goes.items())
+    text = f"v{version}'s summaries go to {SUMMARIES_TOPIC} partitions {where}"
+    held = {tp.partition: n for tp, n in unstable.items() if tp.topic == SUMMARIES_TOPIC}
+    if not held:
+        return f"{text}; no open transaction holds any"
+    holding = ", ".join(f"{p} ({n} records)" for p, n in sorted(held.items()))
+    text = f"{text}; open transactions hold partitions {holding}"
+    blocked = [region for region, p in goes.items() if p in held]
+    return f"{text}: the canary's of {', '.join(blocked)}" if blocked else text
 
 
 def count_drift(

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgestream.workers.local.story import Judged, StoryReport, count_drift
+from aiokafka import TopicPartition
+
+from edgestream.pipeline.contract.partitioner import partition_for
+from edgestream.topics.catalogue import SUMMARIES_TOPIC
+from edgestream.workers.local.story import (
+    SUMMARY_PARTITIONS,
+    Judged,
+    StoryReport,
+    count_drift,
+    summaries_held,
+)
 
 
 def test_drift_is_counted_on_judged_windows_wholly_before_or_after_the_shift() -> None:
@@ -40,3 +50,22 @@ def test_a_stall_says_how_many_summaries_the_controller_read() -> None:
         judged.step(read)
     assert (judged.steps, judged.summaries, judged.last) == (3, 43, 0)
     assert judged.describe() == "3 steps read 43 summary records, the last one 0"
+
+
+def test_a_stall_says_where_the_canarys_summaries_go_and_which_an_open_transaction_holds() -> None:
+    regions = ["eu-west", "us-east", "ap-south"]
+    goes = {r: partition_for(f"{r}/embedding-scorer/14".encode(), SUMMARY_PARTITIONS) for r in regions}
+    where = ", ".join(f"{r} {goes[r]}" for r in sorted(regions))
+    clear = summaries_held("embedding-scorer", 14, regions, {})
+    assert (
+        clear == f"v14's summaries go to {SUMMARIES_TOPIC} partitions {where}; no open transaction holds any"
+    )
+    held = {TopicPartition(SUMMARIES_TOPIC, goes["us-east"]): 12, TopicPartition("other", 0): 5}
+    text = summaries_held("embedding-scorer", 14, regions, held)
+    assert f"open transactions hold partitions {goes['us-east']} (12 records)" in text
+    assert text.endswith(
+        "the canary's of " + ", ".join(r for r in sorted(regions) if goes[r] == goes["us-east"])
+    ), text
+    other = next(p for p in range(SUMMARY_PARTITIONS) if p not in goes.values())
+    elsewhere = summaries_held("embedding-scorer", 14, regions, {TopicPartition(SUMMARIES_TOPIC, other): 3})
+    assert elsewhere.endswith(f"open transactions hold partitions {other} (3 records)"), elsewhere
