@@ -143,13 +143,18 @@ class ReplySender:
         leader, not awaited; acknowledgements and failures are counted as they come."""
         building: dict[TopicPartition, _Building] = {}
         full: list[tuple[TopicPartition, _Building]] = []
+        looked_up: dict[str, tuple[list[TopicPartition], list[int]]] = {}
         for part in work:
             for reply in part.replies:
                 try:
-                    tp = await self._partition(reply)
+                    partitions = looked_up.get(reply.topic)
+                    if partitions is None:
+                        partitions = looked_up[reply.topic] = await self._partitions_of(reply.topic)
                 except Errors.KafkaError as err:  # no metadata (a broker restart, an unknown topic)
                     self._count_failed(err)
                     continue
+                tps, indices = partitions
+                tp = tps[memo_partitioner(reply.key, indices, indices)]
                 size = len(reply.value) + len(reply.key or b"")
                 if size > PRODUCER_MAX_REQUEST_BYTES:
                     self._count_failed(Errors.MessageSizeTooLargeError(f"a reply of {size} bytes"))
@@ -177,21 +182,22 @@ class ReplySender:
             await asyncio.wait(self._requests, return_when=asyncio.FIRST_COMPLETED)
         self._dispatch(batches)
 
-    async def _partition(self, reply: Output) -> TopicPartition:
-        """The partition ``reply`` goes to: the producers' partitioner's (``memo_partitioner``) over
-        its topic's partitions, which are looked up once (waiting for the topic's metadata if there is
-        none yet, as aiokafka's ``send`` does)."""
-        known = self._partitions.get(reply.topic)
-        if known is None:
-            ids = sorted(await self.client._wait_on_metadata(reply.topic))
-            if not ids:
-                raise Errors.UnknownTopicOrPartitionError(f"{reply.topic} has no partitions")
-            known = self._partitions[reply.topic] = (
-                [TopicPartition(reply.topic, p) for p in ids],
+    async def _partitions_of(self, topic: str) -> tuple[list[TopicPartition], list[int]]:
+        """The topic's partitions in order and their indices, as the cluster's metadata has them now
+        (waiting for it if there is none yet, as aiokafka's ``send`` does): the partitioner picks an
+        index as it would pick a partition id from the ids in order. Looked up once per ``send``, so a
+        topic given more partitions is sent to as the devices' own partitioner maps their keys then;
+        built again only when the count changed (a topic's partitions only ever grow)."""
+        ids = await self.client._wait_on_metadata(topic)
+        if not ids:
+            raise Errors.UnknownTopicOrPartitionError(f"{topic} has no partitions")
+        known = self._partitions.get(topic)
+        if known is None or len(known[1]) != len(ids):
+            known = self._partitions[topic] = (
+                [TopicPartition(topic, p) for p in sorted(ids)],
                 list(range(len(ids))),
             )
-        tps, indices = known
-        return tps[memo_partitioner(reply.key, indices, indices)]
+        return known
 
     def _dispatch(self, batches: list[_Batch]) -> None:
         """Start a request per leader, each with at most one batch per partition (a produce request

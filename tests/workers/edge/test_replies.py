@@ -35,13 +35,15 @@ Record = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
 """A record as the broker would store it: partition, key, value, headers."""
 
 
-def _metadata(sender: ReplySender, leaders: dict[int, int] | None = None) -> None:
+def _metadata(
+    sender: ReplySender, leaders: dict[int, int] | None = None, partitions: int = PARTITIONS
+) -> None:
     """Set the topic's metadata: partition -> leader (node 0 leads every partition unless told)."""
     leaders = leaders or {}
     sender.client.cluster.update_metadata(
         MetadataResponse_v0(
             [(0, "127.0.0.1", 1), (1, "127.0.0.1", 2)],
-            [(0, TOPIC, [(0, p, leaders.get(p, 0), [0], [0]) for p in range(PARTITIONS)])],
+            [(0, TOPIC, [(0, p, leaders.get(p, 0), [0], [0]) for p in range(partitions)])],
         )
     )
 
@@ -141,6 +143,20 @@ async def test_a_units_replies_go_in_one_request_to_the_partitioners_partitions_
     assert _by_partition(broker.stored) == _by_partition(expected), "each partition's replies in order"
     assert len({p for p, *_ in broker.stored}) > 1
     assert (sender.sent, sender.failed) == (20, 0)
+    await sender.stop()
+
+
+async def test_a_topic_given_more_partitions_is_sent_to_as_its_keys_map_then(replies: list[Output]) -> None:
+    broker = _Broker()
+    sender = _sender(broker)
+    await sender.send([PartitionWork(replies=replies)])
+    _metadata(sender, partitions=7)  # an operator added partitions; the client's metadata has them
+    await sender.send([PartitionWork(replies=replies)])
+    await _settled(sender)
+    first, second = broker.stored[: len(replies)], broker.stored[len(replies) :]
+    assert sorted(p for p, *_ in first) == sorted(partition_for(r.key or b"", PARTITIONS) for r in replies)
+    assert sorted(p for p, *_ in second) == sorted(partition_for(r.key or b"", 7) for r in replies)
+    assert max(p for p, *_ in second) >= PARTITIONS
     await sender.stop()
 
 
