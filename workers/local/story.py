@@ -30,21 +30,19 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from aiokafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgestream.pipeline import kafka
-from edgestream.pipeline.contract.cloud import PartialSummary
-from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.learning.rollout import Bounds, Verdict
 from edgestream.pipeline.registry.reports import TopicWorkerView
-from edgestream.topics.catalogue import CLOUD_SUMMARIES, SUMMARIES_TOPIC
+from edgestream.topics.catalogue import SUMMARIES_TOPIC
+from edgestream.workers.local.stall import SUMMARY_PARTITIONS, Judged, summaries_held
 from edgestream.workers.rollout_controller import Controller
 
 if TYPE_CHECKING:
@@ -59,8 +57,6 @@ T = TypeVar("T")
 
 STORY_MODEL: Final = "embedding-scorer"
 """The model the story retrains: the one whose samples carry features."""
-SUMMARY_PARTITIONS: Final = CLOUD_SUMMARIES.partitions
-"""Partitions of ``cloud.summaries``."""
 _HELD_LOG_S: Final = 20.0
 """How often a canary the controller keeps holding is logged, with why."""
 
@@ -478,50 +474,6 @@ class Story:
         self.report.events.append(event)
         log.info("story %.1f s: %s", event.t_s, text)
         self._on_event(event)
-
-
-@dataclass
-class Judged:
-    """The controller's steps during one wait of the story, and the summary records they read: a
-    canary held for want of requests while summaries kept coming is not a canary whose summaries
-    stopped coming."""
-
-    steps: int = 0
-    summaries: int = 0
-    last: int = 0
-    """Summary records the last step read."""
-
-    def step(self, summaries: int) -> None:
-        """One more step, which read ``summaries`` summary records."""
-        self.steps += 1
-        self.summaries += summaries
-        self.last = summaries
-
-    def describe(self) -> str:
-        """The counts, as a stall names them."""
-        return f"{self.steps} steps read {self.summaries} summary records, the last one {self.last}"
-
-
-def summaries_held(
-    model: str, version: int, regions: Iterable[str], unstable: Mapping[TopicPartition, int]
-) -> str:
-    """Where ``version``'s summaries of ``model`` go (a summary's key is its region, model and version,
-    so each region's go to one partition of ``cloud.summaries``) and which partitions of the topic an
-    open transaction holds (``unstable``: records past the last stable offset, by partition): a canary
-    whose summaries sit behind an open transaction reads as a canary with no requests."""
-    goes = {
-        region: partition_for(PartialSummary(region, "", model, version, 0).key, SUMMARY_PARTITIONS)
-        for region in sorted(regions)
-    }
-    where = ", ".join(f"{region} {p}" for region, p in goes.items())
-    text = f"v{version}'s summaries go to {SUMMARIES_TOPIC} partitions {where}"
-    held = {tp.partition: n for tp, n in unstable.items() if tp.topic == SUMMARIES_TOPIC}
-    if not held:
-        return f"{text}; no open transaction holds any"
-    holding = ", ".join(f"{p} ({n} records)" for p, n in sorted(held.items()))
-    text = f"{text}; open transactions hold partitions {holding}"
-    blocked = [region for region, p in goes.items() if p in held]
-    return f"{text}: the canary's of {', '.join(blocked)}" if blocked else text
 
 
 def count_drift(

@@ -1,4 +1,4 @@
-"""The story's drift counts on the aggregator's windows."""
+"""The story's drift counts on the aggregator's windows, and what a stalled story says (``stall.py``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.topics.catalogue import SUMMARIES_TOPIC
-from edgestream.workers.local.story import (
-    SUMMARY_PARTITIONS,
-    Judged,
-    StoryReport,
-    count_drift,
-    summaries_held,
-)
+from edgestream.workers.local.stall import SUMMARY_PARTITIONS, Judged, summaries_held
+from edgestream.workers.local.story import StoryReport, count_drift
 
 
 def test_drift_is_counted_on_judged_windows_wholly_before_or_after_the_shift() -> None:
