@@ -242,6 +242,10 @@ class ReplySender:
         except asyncio.CancelledError:  # stopped while it was in flight
             self._count_failed(None, sum(b.replies for b in batches))
             raise
+        except Exception as err:  # anything else the client raises: these replies' loss, never the worker's
+            log.warning("a produce request of fast replies failed", exc_info=True)
+            self._count_failed(err, sum(b.replies for b in batches))
+            return
         by_tp = {b.tp: b for b in batches}
         again: list[_Batch] = []
         refused: BaseException | None = None

@@ -265,6 +265,30 @@ async def test_a_lost_connection_is_tried_again_until_the_deadline_then_counted(
     await sender.stop()
 
 
+async def test_an_unexpected_client_error_counts_the_requests_replies_and_the_next_unit_goes(
+    replies: list[Output],
+) -> None:
+    broker = _Broker()
+    calls: list[int] = []
+
+    async def failing_once(node_id: int, request: Any) -> Any:
+        calls.append(node_id)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the client")
+        return await broker.send(node_id, request)
+
+    sender = _sender(broker)
+    sender.client.send = failing_once
+    await sender.send([PartitionWork(replies=replies[:10])])
+    await _settled(sender)
+    assert (sender.sent, sender.failed) == (10, 10), "counted, not retried, nothing raised"
+    await sender.send([PartitionWork(replies=replies[10:])])
+    await _settled(sender)
+    assert len(broker.stored) == 10
+    assert sender.failed == 10
+    await sender.stop()
+
+
 async def test_a_reply_too_large_for_a_request_is_counted_and_a_large_one_goes_alone() -> None:
     broker = _Broker()
     sender = _sender(broker)
