@@ -93,8 +93,12 @@ class WorkerSettings(BaseSettings):
     (2026-12-06, pipeline and the non-transactional echo in each run; target / longest interval: worker
     CPU ms per request, device p99, p99 over the echo's): default 0.32, 14.7 ms, 0.78x; 10 / 20 ms 0.26,
     19.7 ms, 1.65x; 14 / 28 ms 0.23-0.25, 22.7-26.0 ms, 1.9-2.0x (three runs); 18 / 36 ms 0.24, 30.8 ms,
-    2.09x; 25 / 40 ms 0.18, 36.0 ms, 2.93x; 50 / 80 ms 0.15, 71.1 ms, 5.3x. Not the default: where the
-    worker's CPU reaches 0.25 ms a request, the device's p99 reaches twice the echo's."""
+    2.09x; 25 / 40 ms 0.18, 36.0 ms, 2.93x; 50 / 80 ms 0.15, 71.1 ms, 5.3x. Again 2026-12-07, three
+    alternating pairs at 1,000 req/s (pipeline and echo in each run; 10 / 20 ms against the default):
+    worker CPU 0.276, 0.299, 0.282 against 0.311, 0.398, 0.315 ms a request (units 1,128-1,144 against
+    1,747-1,856), p50 10.4-10.9 against 6.5-8.3 ms, p99 over the echo's 1.08, 1.22, 2.08 against 0.77,
+    1.49, 1.27. Not the default: where the worker's CPU reaches 0.25 ms a request, the device's p99
+    reaches twice the echo's."""
     fetch_interval_max_ms: float = Field(default=20.0, ge=0, le=1000)
     """The longest interval ``fetch_target_records`` may stretch the pacing to (never below
     ``fetch_interval_ms``)."""
