@@ -98,18 +98,18 @@ class _Response:
         self.topics = topics
 
 
-def _sender(broker: _Broker, *, timeout_ms: int = 30_000, max_requests: int = 64) -> ReplySender:
+def _sender(broker: _Broker, *, timeout_ms: int = 30_000, **limits: int) -> ReplySender:
     settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=timeout_ms)
-    sender = ReplySender(settings, "n", retry_backoff_s=0.01, max_requests=max_requests)
+    sender = ReplySender(settings, "n", retry_backoff_s=0.01, **limits)
     _metadata(sender)
     sender.client.send = broker.send
     return sender
 
 
 async def _settled(sender: ReplySender) -> None:
-    """Until no request of ``sender`` is in flight (retries included)."""
+    """Until no request of ``sender`` is in flight and none waits (retries included)."""
     for _ in range(1000):
-        if not sender._requests:
+        if not sender._requests and not sender._waiting:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("requests still in flight")
@@ -189,21 +189,24 @@ async def test_a_unit_does_not_wait_for_an_earlier_units_acknowledgement(replies
     await sender.stop()
 
 
-async def test_sending_waits_while_the_most_requests_are_in_flight(replies: list[Output]) -> None:
+async def test_past_the_most_requests_to_a_broker_its_batches_wait_and_the_unit_does_not(
+    replies: list[Output],
+) -> None:
     broker = _Broker()
     broker.gate = asyncio.Event()
-    sender = _sender(broker, max_requests=2)
-    for unit in (replies[:5], replies[5:10]):
-        await asyncio.wait_for(sender.send([PartitionWork(replies=unit)]), 1)
-    third = asyncio.ensure_future(sender.send([PartitionWork(replies=replies[10:])]))
+    sender = _sender(broker, max_requests_per_node=2)
+    for unit in (replies[:5], replies[5:10], replies[10:]):
+        await asyncio.wait_for(sender.send([PartitionWork(replies=unit)]), 0.5)  # never waits for room
     await asyncio.sleep(0.05)
-    assert not third.done(), "a third request waits for room"
+    assert broker.in_flight == 2, "the third unit's batches wait for room"
+    assert sender._waiting
     broker.gate.set()
-    await asyncio.wait_for(third, 1)
     await _settled(sender)
     assert broker.most_in_flight == 2
-    assert len(broker.stored) == 20
-    assert sender.failed == 0
+    assert sorted(broker.stored) == sorted(
+        (partition_for(r.key or b"", PARTITIONS), r.key, r.value, list(r.headers)) for r in replies
+    )
+    assert (sender.sent, sender.failed) == (20, 0)
     await sender.stop()
 
 
@@ -358,3 +361,101 @@ async def test_stopping_counts_what_is_still_unanswered_at_the_deadline(replies:
     await asyncio.wait_for(sender.stop(), 2)
     assert broker.stored == []
     assert (sender.sent, sender.failed) == (20, 20)
+
+
+async def test_a_broker_that_never_answers_costs_only_its_replies_and_only_until_their_deadline(
+    replies: list[Output],
+) -> None:
+    """A host that drops packets: the client's connect (or the answer) never comes. Each request ends at
+    its replies' deadline, later units' batches to that broker wait past the most in flight and are
+    counted at theirs, and a unit never waits; the other broker's replies land."""
+    broker = _Broker()
+    hung: list[int] = []
+
+    async def node_1_hangs(node_id: int, request: Any) -> Any:
+        if node_id == 1:
+            hung.append(node_id)
+            await asyncio.Event().wait()
+        return await broker.send(node_id, request)
+
+    sender = _sender(broker, timeout_ms=200, max_requests_per_node=2)
+    sender.client.send = node_1_hangs
+    sender.client.force_metadata_update = lambda: None
+    _metadata(sender, {1: 1})  # node 1 leads partition 1
+    loop = asyncio.get_running_loop()
+    started_s = loop.time()
+    for i in range(0, 20, 4):
+        await asyncio.wait_for(sender.send([PartitionWork(replies=replies[i : i + 4])]), 0.05)
+    await _settled(sender)
+    assert loop.time() - started_s < 0.6, "every reply settled by its deadline (0.2 s), not one after another"
+    to_node_1 = sum(1 for r in replies if partition_for(r.key or b"", PARTITIONS) == 1)
+    assert 0 < len(hung) <= 4, "at most two requests at a time to the broker that hangs, tried again"
+    assert (sender.sent, sender.failed) == (20, to_node_1)
+    assert len(broker.stored) == 20 - to_node_1
+    await sender.stop()
+
+
+async def test_a_partition_without_a_leader_holds_only_its_own_replies_until_it_has_one(
+    replies: list[Output],
+) -> None:
+    broker = _Broker()
+    refreshes: list[bool] = []
+    sender = _sender(broker, max_requests_per_node=1)
+    sender.client.force_metadata_update = lambda: refreshes.append(True)
+    _metadata(sender, {1: -1})  # partition 1: no leader (an election)
+    for i in range(0, 20, 2):
+        await asyncio.wait_for(sender.send([PartitionWork(replies=replies[i : i + 2])]), 0.05)
+    await asyncio.sleep(0.05)
+    to_1 = [r for r in replies if partition_for(r.key or b"", PARTITIONS) == 1]
+    assert len(broker.stored) == 20 - len(to_1), "the other partitions' replies went meanwhile"
+    assert refreshes, "the metadata is asked for again"
+    _metadata(sender)  # node 0 leads partition 1 now
+    await _settled(sender)
+    assert sorted(broker.stored) == sorted(
+        (partition_for(r.key or b"", PARTITIONS), r.key, r.value, list(r.headers)) for r in replies
+    )
+    assert (sender.sent, sender.failed) == (20, 0)
+    await sender.stop()
+
+
+async def test_past_the_most_bytes_waiting_a_batch_is_counted_not_held(replies: list[Output]) -> None:
+    broker = _Broker()
+    sender = _sender(broker, max_waiting_bytes=1)  # no batch fits: none may wait
+    sender.client.force_metadata_update = lambda: None
+    _metadata(sender, {0: -1, 1: -1, 2: -1})
+    await sender.send([PartitionWork(replies=replies)])
+    assert not sender._waiting
+    assert (sender.sent, sender.failed) == (20, 20)
+    await sender.stop()
+
+
+async def test_stopping_counts_a_request_cancelled_before_it_started_and_the_batches_waiting(
+    replies: list[Output],
+) -> None:
+    broker = _Broker()
+    sender = _sender(broker, timeout_ms=100)
+    sender.client.force_metadata_update = lambda: None
+    _metadata(sender, {1: -1, 2: -1})  # partitions 1 and 2 wait; partition 0's request is started
+    await sender.send([PartitionWork(replies=replies)])
+    assert sender._requests
+    assert sender._waiting
+    started = list(sender._requests)
+    for task in started:
+        task.cancel()  # as stop() would, before the request's first step
+    await asyncio.gather(*started, return_exceptions=True)
+    to_0 = sum(1 for r in replies if partition_for(r.key or b"", PARTITIONS) == 0)
+    assert sender.failed == to_0, "a request cancelled before it started counts its replies"
+    await asyncio.wait_for(sender.stop(), 1)
+    assert broker.stored == []
+    assert (sender.sent, sender.failed) == (20, 20)
+    assert not sender._requests
+    assert not sender._waiting
+
+
+async def test_replies_sent_once_stopped_are_counted_and_not_sent(replies: list[Output]) -> None:
+    broker = _Broker()
+    sender = _sender(broker)
+    await sender.stop()
+    await sender.send([PartitionWork(replies=replies)])
+    assert broker.requests == []
+    assert (sender.sent, sender.failed) == (0, 20)
