@@ -162,6 +162,16 @@ def _tell_what_happened(result: DemoResult, steps: list[str]) -> None:
     if result.story is not None:
         print("story:", *(f"{e.t_s:7.1f} {e.kind}: {e.text}" for e in result.story.events), sep="\n  ")
         print("  stalled:", result.story.stalled)
+    # The aggregator's windows as the story's assertions read them (a version judged on too few samples,
+    # or a window not closed when the view was read, shows here).
+    print("windows (model v, region, start s after the fleet started, results, samples, max PSI, reference):")
+    for w in sorted(result.windows, key=lambda w: (w.get("model", ""), w.get("version", 0), w["start_ms"])):
+        drift = w.get("drift") or {}
+        print(
+            f"  {w.get('model')} v{w.get('version')} {w.get('region')}"
+            f" {w['start_ms'] / 1000 - result.fleet_started_at:7.1f} {w.get('results')}"
+            f" {drift.get('samples')} {drift.get('max_psi')} {drift.get('reference')}"
+        )
     summary = json.loads(result.paths.summary.read_text())
     for node, stats in sorted(summary["worker_stats"].items()):
         keys = ("served_versions", "registry_revisions", "registry_refused", "rewinds", "pauses")
