@@ -103,7 +103,8 @@ def settled_windows(
     url: str, regions: Collection[str], answered: int, timeout_s: float
 ) -> list[dict[str, Any]]:
     """The windows of ``regions`` the aggregator at ``url`` serves, once they count the ``answered``
-    results the workers committed and the label join has settled (bounded by ``timeout_s``)."""
+    results the workers committed, the label join has settled and no window's drift waits for its
+    threshold's simulation (bounded by ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     rows: list[dict[str, Any]] = []
     counted_at: float | None = None
@@ -124,15 +125,28 @@ def settled_windows(
         joined = sum(int(row["joined"]) for row in rows)
         steady = steady + 1 if joined == joined_before else 0
         joined_before = joined
+        # A window whose drift threshold is still being simulated (a retrained version's own
+        # reference, on a busy box) is served unjudged: wait for its judgement too.
         if (
             counted_at is not None
             and steady >= JOIN_STEADY_READS
             and (joined > 0 or time.monotonic() - counted_at > JOIN_GRACE_S)
+            and not _drift_pending(rows)
         ):
             return rows
         time.sleep(VIEW_POLL_S)
-    log.warning("the aggregator's view did not settle at the %d answers the workers committed", answered)
+    log.warning(
+        "the aggregator's view did not settle at the %d answers the workers committed (%d windows' drift "
+        "still pending)",
+        answered,
+        len(_drift_pending(rows)),
+    )
     return rows
+
+
+def _drift_pending(rows: list[dict[str, Any]]) -> list[str]:
+    """The keys of the windows whose drift waits for its threshold's simulation."""
+    return [str(row.get("key")) for row in rows if (row.get("drift") or {}).get("pending")]
 
 
 def device_agreement(url: str) -> list[dict[str, Any]]:

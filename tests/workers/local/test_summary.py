@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from edgestream.pipeline.observability.sla import RoundTrip
+from edgestream.workers.local import summary
 from edgestream.workers.local.fleetreport import Answer, FleetReport, RegionReport
 from edgestream.workers.local.story import StoryReport
 from edgestream.workers.local.summary import bad_answers_after_rollback, path_rows, version_rows
@@ -74,3 +78,60 @@ def test_a_request_log_line_keeps_its_path_and_an_older_line_is_direct() -> None
     assert RoundTrip.from_mapping(json.loads(trip.to_json())) == trip
     older = {k: v for k, v in json.loads(trip.to_json()).items() if k != "path"}
     assert RoundTrip.from_mapping(older).path == "direct"
+
+
+class _Views:
+    """An aggregator's ``/windows`` served from a list of views, one a read, the last one from then on."""
+
+    def __init__(self, views: list[list[dict[str, Any]]]) -> None:
+        self.views = views
+        self.reads = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                view = outer.views[min(outer.reads, len(outer.views) - 1)]
+                outer.reads += 1
+                body = json.dumps({"windows": view}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _window(pending: bool) -> dict[str, Any]:
+    return {"key": "eu|m|2|0", "region": "eu", "results": 10, "joined": 4, "drift": {"pending": pending}}
+
+
+@pytest.fixture
+def quick_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(summary, "VIEW_POLL_S", 0.01)
+
+
+@pytest.mark.usefixtures("quick_reads")
+def test_the_view_is_read_until_no_windows_drift_waits_for_its_threshold() -> None:
+    views = _Views([[_window(pending=True)]] * 6 + [[_window(pending=False)]])
+    try:
+        rows = summary.settled_windows(views.url, {"eu"}, answered=10, timeout_s=10)
+    finally:
+        views.server.shutdown()
+    assert rows[0]["drift"]["pending"] is False
+    assert views.reads >= 7
+
+
+@pytest.mark.usefixtures("quick_reads")
+def test_a_drift_pending_past_the_timeout_returns_what_the_view_has(caplog: pytest.LogCaptureFixture) -> None:
+    views = _Views([[_window(pending=True)]])
+    try:
+        rows = summary.settled_windows(views.url, {"eu"}, answered=10, timeout_s=0.3)
+    finally:
+        views.server.shutdown()
+    assert rows == [_window(pending=True)]
+    assert "1 windows' drift still pending" in caplog.text
