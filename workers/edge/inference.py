@@ -85,7 +85,9 @@ class UnitInference:
         first = tensors[0]
         if all(t.dtype == first.dtype and t.shape == first.shape for t in tensors):
             taken = self._inputs.take(len(tensors), first.shape, first.dtype)
-            inputs = np.stack(tensors, out=taken[: len(tensors)])
+            inputs = taken[: len(tensors)]
+            for row, tensor in enumerate(tensors):  # np.stack(out=) checks and copies the same, 3x slower
+                inputs[row] = tensor
             buffer: npt.NDArray[Any] | None = taken
         else:  # wire dtypes mixed (a signature may accept several): np.stack's common type, as before
             buffer = None
@@ -107,7 +109,10 @@ class UnitInference:
         self._stats.infer_s += infer_s
         self._stats.batch_sizes[len(items)] += 1
         self._metrics.inference(*served.key, len(items), infer_s)
-        finite: list[bool] = np.all(np.isfinite(probs).reshape(len(items), -1), axis=1).tolist()
+        # One check of the whole batch; item by item only when something is not finite.
+        finite: list[bool] = [True] * len(items)
+        if not np.isfinite(probs).all():
+            finite = [bool(np.isfinite(row).all()) for row in probs.reshape(len(items), -1)]
         # Scores are floats on the wire: a model's integer or boolean outputs become floats here.
         values = probs if probs.dtype.kind == "f" else probs.astype(np.float64)
         for item, label, scores, ok in zip(items, labels.tolist(), values.tolist(), finite, strict=True):
