@@ -18,6 +18,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Final
 
+from aiokafka.client import ConnectionGroup
 from aiokafka.protocol.metadata import MetadataResponse_v0
 
 from edgestream.pipeline import kafka
@@ -48,6 +49,13 @@ UNITS: Final = 2_000
 """Units per timing round of the queueing cases."""
 
 
+class _OpenConnection:
+    """An open connection, as the worker's client holds one to each broker it sends to."""
+
+    def connected(self) -> bool:
+        return True
+
+
 class _AnsweringClient:
     """Plays ``client.send`` for ``ReplySender``: answers every partition of a request at once."""
 
@@ -75,6 +83,8 @@ async def _queueing_us() -> dict[str, float]:
     sender = ReplySender(settings, "bench")
     sender.client.cluster.update_metadata(metadata)
     sender.client.send = _AnsweringClient().send
+    # As in the worker, its broker's connection is open (the sender bounds only a connect by the deadline).
+    sender.client._conns[(0, ConnectionGroup.DEFAULT)] = _OpenConnection()
     devices = [f"sensor-{i:04d}".encode() for i in range(60)]
     replies = [Output(topic, os.urandom(180), devices[i % 60], ()) for i in range(UNIT)]
     accumulator = producer._message_accumulator
@@ -120,6 +130,7 @@ async def _queueing_us() -> dict[str, float]:
             timings[f"{name}_acked"].append(acked / (UNITS * UNIT) * 1e6)
     assert sender.failed == 0
     await producer.stop()
+    sender.client._conns.clear()  # the open connection was played
     await sender.stop()
     return {name: round(statistics.median(runs), 2) for name, runs in timings.items()}
 
