@@ -16,10 +16,11 @@ an ``asyncio.wait`` per request, a future per batch. The producer is not idempot
 may write a reply twice, which the device drops as it drops any second copy (the request id). A
 partition the broker refuses for a reason that may pass (its leader moved, too few replicas in sync, a
 lost connection) is sent again after ``retry_backoff_s`` with the metadata refreshed, until
-``request_timeout_ms`` after its first try (a request, connecting included, is never awaited past that
-deadline); a reply that cannot be sent (no metadata for its topic, larger than a request may be,
-refused for good or for too long) is counted and logged, never raised: its committed result still
-lands, and the device falls back when its deadline passes.
+``request_timeout_ms`` after its first try (a connection being made is never awaited past that
+deadline; a request on an open one, at most a request timeout); a reply that cannot be sent (no
+metadata for its topic, larger than a request may be, refused for good or for too long) is counted and
+logged, never raised: its committed result still lands, and the device falls back when its deadline
+passes.
 
 A unit never waits for room. At most ``MAX_REQUESTS_PER_NODE`` requests are in flight to one broker;
 past that, and while a partition has no leader or waits out a retry's backoff, its batches wait (at
