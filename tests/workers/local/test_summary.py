@@ -105,6 +105,11 @@ class _Views:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        """Stop serving and close the listening socket."""
+        self.server.shutdown()
+        self.server.server_close()
+
 
 def _window(pending: bool) -> dict[str, Any]:
     return {"key": "eu|m|2|0", "region": "eu", "results": 10, "joined": 4, "drift": {"pending": pending}}
@@ -121,7 +126,7 @@ def test_the_view_is_read_until_no_windows_drift_waits_for_its_threshold() -> No
     try:
         rows = summary.settled_windows(views.url, {"eu"}, answered=10, timeout_s=10)
     finally:
-        views.server.shutdown()
+        views.close()
     assert rows[0]["drift"]["pending"] is False
     assert views.reads >= 7
 
@@ -132,6 +137,6 @@ def test_a_drift_pending_past_the_timeout_returns_what_the_view_has(caplog: pyte
     try:
         rows = summary.settled_windows(views.url, {"eu"}, answered=10, timeout_s=0.3)
     finally:
-        views.server.shutdown()
+        views.close()
     assert rows == [_window(pending=True)]
     assert "1 windows' drift still pending" in caplog.text
