@@ -24,11 +24,12 @@ passes.
 
 A unit never waits for room. At most ``MAX_REQUESTS_PER_NODE`` requests are in flight to one broker;
 past that, and while a partition has no leader or waits out a retry's backoff, its batches wait (at
-most ``MAX_WAITING_BYTES`` of them; past that they are counted and dropped) and one task sends them
-again every backoff. So a broker that stops answering, or a partition without a leader, costs only the
-replies to it; the replies to the others and the worker's units go on (the first version held every
-unit once 64 requests were in flight, and a host that drops packets held each of them in the client's
-connect, one after another: found in review, 2026-12-07).
+most ``MAX_WAITING_BYTES`` of them; past that they are counted and dropped) and go as soon as a
+request to their broker ends, or at the latest when one task sends them again every backoff. So a
+broker that stops answering, or a partition without a leader, costs only the replies to it; the
+replies to the others and the worker's units go on (the first version held every unit once 64
+requests were in flight, and a host that drops packets held each of them in the client's connect, one
+after another: found in review, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ each); a unit with more to one partition sends the rest in a second request."""
 ALONE_BYTES: Final = 16 * 1024
 """A reply whose value and key take more than this is sent in a batch of its own, so that a reply the
 broker refuses as too large takes no other reply with it."""
-MAX_REQUESTS_PER_NODE: Final = 16
+MAX_REQUESTS_PER_NODE: Final = 64
 """Produce requests of replies in flight to one broker at once; past this, that broker's batches wait
 (`MAX_WAITING_BYTES`) and go as its requests end. A unit never waits for room: a broker that stops
 answering costs the replies to it, not the worker's units or the replies to the other brokers."""
-MAX_WAITING_BYTES: Final = 4 * 1024 * 1024
+MAX_WAITING_BYTES: Final = 8 * 1024 * 1024
 """Most bytes of batches waiting at once: for a leader, for room at their broker or for a retry's
 backoff. A batch that would wait past this is dropped and counted (thousands of units' replies to one
 partition: its broker has not answered for seconds, and the devices have long fallen back)."""
@@ -158,7 +159,7 @@ class ReplySender:
         deadline_s = time.monotonic() + self._timeout_ms / 1000.0
         while (left_s := deadline_s - time.monotonic()) > 0:
             pending: set[asyncio.Task[None]] = set(self._requests)
-            if self._resender is not None:
+            if self._resender is not None and self._waiting:
                 pending.add(self._resender)
             if not pending:
                 break
@@ -285,6 +286,15 @@ class ReplySender:
         self._per_node[node_id] -= 1
         if task.cancelled():
             self._count_failed(None, replies)
+        elif self._waiting and not self._stopped:
+            # Room at a broker: what waits for it goes now, not at the next backoff (a draining worker
+            # sends faster than a backoff's round of the waiting batches could).
+            now_s = time.monotonic()
+            due = [b for b in self._waiting if b.not_before_s <= now_s]
+            if due:
+                self._waiting = [b for b in self._waiting if b.not_before_s > now_s]
+                self._waiting_bytes -= sum(len(b.data) for b in due)
+                self._dispatch(due)
 
     async def _round_trip(self, node_id: int, batches: list[_Batch]) -> None:
         """Send ``batches`` to ``node_id`` (no longer than until their deadline) and count what its

@@ -459,3 +459,30 @@ async def test_replies_sent_once_stopped_are_counted_and_not_sent(replies: list[
     await sender.send([PartitionWork(replies=replies)])
     assert broker.requests == []
     assert (sender.sent, sender.failed) == (0, 20)
+
+
+async def test_batches_waiting_for_room_go_as_soon_as_a_request_ends_not_at_the_next_backoff(
+    replies: list[Output],
+) -> None:
+    """A draining worker sends faster than its broker answers: what waits for room goes as requests end
+    (here the backoff is 10 s, so nothing could go by it)."""
+    broker = _Broker()
+    broker.gate = asyncio.Event()
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+    sender = ReplySender(settings, "n", retry_backoff_s=10.0, max_requests_per_node=2)
+    _metadata(sender)
+    sender.client.send = broker.send
+    for i in range(10):
+        await sender.send([PartitionWork(replies=replies[2 * i : 2 * i + 2])])
+    assert sender._waiting
+    await asyncio.sleep(0.01)
+    assert broker.in_flight == 2
+    broker.gate.set()
+    for _ in range(200):
+        if not sender._requests and not sender._waiting:
+            break
+        await asyncio.sleep(0.005)
+    assert len(broker.stored) == 20, "every waiting batch went within a second"
+    assert broker.most_in_flight == 2
+    assert (sender.sent, sender.failed) == (20, 0)
+    await sender.stop()
