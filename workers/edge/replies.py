@@ -289,12 +289,7 @@ class ReplySender:
         elif self._waiting and not self._stopped:
             # Room at a broker: what waits for it goes now, not at the next backoff (a draining worker
             # sends faster than a backoff's round of the waiting batches could).
-            now_s = time.monotonic()
-            due = [b for b in self._waiting if b.not_before_s <= now_s]
-            if due:
-                self._waiting = [b for b in self._waiting if b.not_before_s > now_s]
-                self._waiting_bytes -= sum(len(b.data) for b in due)
-                self._dispatch(due)
+            self._send_due()
 
     async def _round_trip(self, node_id: int, batches: list[_Batch]) -> None:
         """Send ``batches`` to ``node_id`` (no longer than until their deadline) and count what its
@@ -380,14 +375,19 @@ class ReplySender:
         try:
             while self._waiting:
                 await asyncio.sleep(self._retry_backoff_s)
-                now_s = time.monotonic()
-                due = [b for b in self._waiting if b.not_before_s <= now_s]
-                if due:
-                    self._waiting = [b for b in self._waiting if b.not_before_s > now_s]
-                    self._waiting_bytes -= sum(len(b.data) for b in due)
-                    self._dispatch(due)
+                self._send_due()
         finally:
             self._resender = None
+
+    def _send_due(self) -> None:
+        """Send the waiting batches whose backoff is over (`_dispatch`: those whose leader is still
+        unknown or busy wait once more)."""
+        now_s = time.monotonic()
+        due = [b for b in self._waiting if b.not_before_s <= now_s]
+        if due:
+            self._waiting = [b for b in self._waiting if b.not_before_s > now_s]
+            self._waiting_bytes -= sum(len(b.data) for b in due)
+            self._dispatch(due)
 
     def _count_failed(self, err: BaseException | None, replies: int = 1) -> None:
         before = self.failed
