@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable
 from typing import Final
@@ -143,6 +144,10 @@ class ReplySender:
         self._waiting: list[_Batch] = []
         """Batches waiting for a leader, for room at their broker or for a retry's backoff."""
         self._waiting_bytes = 0
+        self._earliest_s = math.inf
+        """The earliest ``not_before_s`` of the waiting batches (inf: none wait): a request's end looks at
+        them only once one is due, not at every end while a leaderless partition's batches wait out
+        their backoff."""
         self._resender: asyncio.Task[None] | None = None
         """Sends the waiting batches again, every ``retry_backoff_s`` while there are any."""
         self._stopped = False
@@ -171,7 +176,7 @@ class ReplySender:
             task.cancel()  # a request's replies are counted as it ends (`_ended`)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._resender = None
-        waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        waiting, self._waiting, self._waiting_bytes, self._earliest_s = self._waiting, [], 0, math.inf
         if waiting:
             self._count_failed(None, sum(b.replies for b in waiting))
         await self.client.close()
@@ -365,6 +370,7 @@ class ReplySender:
             return
         batch.not_before_s = not_before_s
         self._waiting.append(batch)
+        self._earliest_s = min(self._earliest_s, not_before_s)
         self._waiting_bytes += size
         if self._resender is None:
             self._resender = asyncio.ensure_future(self._resend())
@@ -383,11 +389,13 @@ class ReplySender:
         """Send the waiting batches whose backoff is over (`_dispatch`: those whose leader is still
         unknown or busy wait once more)."""
         now_s = time.monotonic()
+        if self._earliest_s > now_s:
+            return
         due = [b for b in self._waiting if b.not_before_s <= now_s]
-        if due:
-            self._waiting = [b for b in self._waiting if b.not_before_s > now_s]
-            self._waiting_bytes -= sum(len(b.data) for b in due)
-            self._dispatch(due)
+        self._waiting = [b for b in self._waiting if b.not_before_s > now_s]
+        self._earliest_s = min((b.not_before_s for b in self._waiting), default=math.inf)
+        self._waiting_bytes -= sum(len(b.data) for b in due)
+        self._dispatch(due)  # those that wait again set the earliest time again (`_wait`)
 
     def _count_failed(self, err: BaseException | None, replies: int = 1) -> None:
         before = self.failed
