@@ -123,6 +123,21 @@ def producer(
     return AIOKafkaProducer(**config)
 
 
+async def delivered(deliveries: Iterable[asyncio.Future[Any]]) -> None:
+    """Wait until every one of a transaction's ``deliveries`` is settled; raise the first failure.
+
+    Await it before ``commit_transaction``: aiokafka sends EndTxn once the transaction's batches are
+    settled, failed or not, so a batch the broker refused for good (larger than its topic's
+    ``max.message.bytes``, a topic no longer authorised) would commit the transaction without its
+    records, with the consumed offsets: re-read from those offsets, they would be lost. Raising
+    instead leaves the transaction open for the caller to abort (Java's producer refuses such a commit
+    the same way). Every delivery's outcome is retrieved, so none is logged as never retrieved."""
+    outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 def client(kafka: KafkaSettings, client_id: str, **options: Any) -> AIOKafkaClient:
     """A (not yet bootstrapped) bare client, connections and metadata, for a caller that builds and
     sends its own requests (the edge worker's fast replies); ``options`` add to or override the

@@ -227,8 +227,8 @@ class TransactionalSink:
                 for o in work.outputs
             ]
             await producer.send_offsets_to_transaction({tp: work.commit_point()}, self._group_id)
+            await kafka.delivered(deliveries)  # a batch refused for good must not commit: it aborts
             await producer.commit_transaction()
-            await asyncio.gather(*deliveries)
             self.transactions += 1
         except ProducerFenced:
             raise

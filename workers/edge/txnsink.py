@@ -406,8 +406,8 @@ class WorkerTransactionalSink:
             await send_batched(producer, [o for part in work.values() for o in part.outputs], deliveries)
             offsets = {tp: part.commit_point() for tp, part in work.items()}
             await producer.send_offsets_to_transaction(offsets, self._group_id)
+            await kafka.delivered(deliveries)  # a batch refused for good must not commit: it aborts
             await producer.commit_transaction()
-            await asyncio.gather(*deliveries)
         except BaseException:
             # The unit's outcome is the exception raised here; the deliveries and aiokafka's transaction
             # waiter end with it too and are dropped with the producer: not errors of their own.

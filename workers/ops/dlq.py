@@ -200,11 +200,14 @@ async def _send_in_transaction(
 ) -> None:
     """Re-send ``letters`` and commit the group past ``batch``, atomically."""
     async with producer.transaction():
-        for letter in letters:
+        deliveries = [
             await producer.send(
                 letter.origin_topic, letter.value, key=letter.key, headers=letter.replay_headers()
             )
+            for letter in letters
+        ]
         await producer.send_offsets_to_transaction({batch.tp: batch.next_offset}, group_id)
+        await kafka.delivered(deliveries)  # a letter refused for good aborts the batch's transaction
     for letter in letters:
         log.debug("replayed %s to %s", letter.dlq_position(), letter.origin_topic)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.structs import OffsetAndMetadata
 
@@ -345,3 +346,70 @@ async def test_batched_outputs_land_as_sent_records_would(edge_region: EdgeRegio
         for p in range(3)
     }
     assert got == want
+
+
+async def test_a_batch_refused_for_good_aborts_the_unit_and_moves_no_offset(edge_region: EdgeRegion) -> None:
+    """The broker refuses one of the unit's batches for good (here: larger than its topic's
+    ``max.message.bytes``, which an operator may lower). aiokafka would still commit the transaction
+    (it sends EndTxn once the batches are settled, failed or not): the other partitions' outputs and
+    every offset would commit without that batch's records, and re-reading from the committed offsets
+    would skip them. The unit must fail whole: nothing of it visible, no offset moved."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = await _member(edge_region, group, "solo")
+    sink = _sink(edge_region, group, "solo", lambda: membership_of(consumer))
+    results = results_topic(edge_region.name)
+    async with kafka.started(kafka.admin(edge_region.bootstrap, "test-txnsink")) as admin:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, results, {"max.message.bytes": "4000"})]
+        )
+    try:
+        await _until_assigned(consumer)
+        await sink.assigned(consumer.assignment())
+        work = _unit(edge_region, "refused")
+        first = next(iter(work.values()))
+        first.outputs.append(Output(results, b"x" * 6000, key=b"k"))  # in the batch of key b"k"
+        failed = await sink.publish(work)
+        assert set(failed) == set(work), "the whole unit failed"
+        assert (sink.transactions, sink.aborts) == (0, 1)
+        assert await stable_committed(consumer, work) == dict.fromkeys(work), "no offset moved"
+        assert await _committed_values(edge_region) == [], "nothing of the unit is visible"
+    finally:
+        await sink.stop()
+        await consumer.stop()
+
+
+async def test_per_partition_a_refused_batch_aborts_only_its_partitions_transaction(
+    edge_region: EdgeRegion,
+) -> None:
+    """The same refusal with a transaction per input partition: that partition's transaction aborts and
+    its offset stays; the other partitions commit."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    results = results_topic(edge_region.name)
+    async with kafka.started(kafka.admin(edge_region.bootstrap, "test-txnsink")) as admin:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, results, {"max.message.bytes": "4000"})]
+        )
+    sink = TransactionalSink(
+        connection=edge_region.bootstrap, group_id=group, client_id="solo", transaction_timeout_ms=10_000
+    )
+    work = _unit(edge_region, "refused")
+    refused = next(iter(work))
+    work[refused].outputs.append(Output(results, b"x" * 6000, key=b"k"))
+    consumer = await _member(edge_region, group, "solo")
+    try:
+        await sink.assigned(work)
+        failed = await sink.publish(work)
+        assert set(failed) == {refused}
+        assert (sink.transactions, sink.aborts) == (2, 1)
+        await _until_assigned(consumer)
+        committed = await stable_committed(consumer, work)
+        assert committed[refused] is None, "the refused partition's offset did not move"
+        assert {tp: c for tp, c in committed.items() if tp != refused} == {
+            tp: Committed(w.next_offset, w.metadata) for tp, w in work.items() if tp != refused
+        }
+        assert await _committed_values(edge_region, expect=6) == sorted(
+            o.value for tp, w in work.items() if tp != refused for o in w.outputs
+        )
+    finally:
+        await sink.stop()
+        await consumer.stop()
