@@ -20,6 +20,11 @@ from aiokafka import TopicPartition
 
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.deadletter import attempt_of, bounded_dead_letter, dead_letter_headers
+from edgestream.pipeline.contract.limits import (
+    DEAD_LETTER_HEADROOM_BYTES,
+    PRODUCER_MAX_REQUEST_BYTES,
+    record_size,
+)
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader
 from edgestream.pipeline.errors import OutputFailed
@@ -41,6 +46,28 @@ from edgestream.workers.edge.sealing import ReplySealer
 from edgestream.workers.edge.sinks import Output, PartitionWork
 
 log = logging.getLogger(__name__)
+
+_MEASURED_FROM_BYTES = PRODUCER_MAX_REQUEST_BYTES - DEAD_LETTER_HEADROOM_BYTES
+
+
+class OutputTooLarge(ValueError):
+    """An output of one record would be larger than a Kafka record may be (`fitting`)."""
+
+
+def fitting(output: Output) -> Output:
+    """``output``, or `OutputTooLarge` when the producer would refuse it (over
+    `PRODUCER_MAX_REQUEST_BYTES` as ``record_size`` counts it). A unit's transaction carries every
+    output of the unit, so one the producer refuses would fail the unit each time it is read again and
+    stop its partitions; checked as a record's outputs are built, it is that record's alone (a model's
+    answer decides a result's size, a ``vector`` or ``named`` signature writing its outputs whole; a
+    sample carries the input's features). Only a value within `DEAD_LETTER_HEADROOM_BYTES` of the limit
+    is measured: a key and headers of the worker's own take less."""
+    if (
+        len(output.value) > _MEASURED_FROM_BYTES
+        and (size := record_size(output.key, output.value, output.headers)) > PRODUCER_MAX_REQUEST_BYTES
+    ):
+        raise OutputTooLarge(f"a {size}-byte record for {output.topic}, over {PRODUCER_MAX_REQUEST_BYTES}")
+    return output
 
 
 def sampled(item: Item, fraction: float) -> bool:
@@ -134,6 +161,8 @@ class UnitOutputs:
             outputs, audit = self._answer(item, started_s, now_ms)
             if sample_key is not None and item.features is not None:
                 outputs.append(self._sample(item, now_ms, sample_key))
+            for output in outputs:
+                fitting(output)
         except Exception as err:
             return self._not_built(item, err)
         finally:
