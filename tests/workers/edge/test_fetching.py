@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic, RecordsToDelete
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+from confluent_kafka import Producer
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.observability.lag import Offsets
@@ -22,6 +23,7 @@ from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import edge_group, ingest_topic, region_topics
 from edgestream.workers.edge.fetching import Fetches, Records, idle_aiokafka_fetcher
 from edgestream.workers.local.broker.state import BrokerState
+from edgestream.workers.local.rdkafka import rdkafka_config
 
 LONG_POLL_MS = 10_000
 """The broker's wait for an empty fetch in these tests: far longer than any of them waits."""
@@ -273,3 +275,30 @@ async def test_a_group_refused_to_the_worker_is_raised_out_of_its_fetches(
 async def _fetch_forever(fetches: Fetches) -> None:
     while True:
         await fetches.fetch(0.1, 500)
+
+
+async def test_batches_compressed_with_every_codec_kafka_has_are_read(
+    bootstrap: KafkaSettings, topic: str, fetches: Fetches
+) -> None:
+    """A device's or a backend's client compresses its batches as it likes (librdkafka here): each
+    codec's batches are read in order among plain ones. Without lz4, snappy and zstd (aiokafka needs
+    cramjam for them) the first such batch raised out of every fetch of its partition."""
+    tp = TopicPartition(topic, 0)
+    await _produce(bootstrap, tp, [b"plain-1"])
+    sent = []
+    for codec in ("gzip", "lz4", "snappy", "zstd"):
+        producer = Producer(
+            {**rdkafka_config(bootstrap, "test-codecs"), "compression.type": codec, "linger.ms": 50}
+        )
+        values = [b"%s-%d-" % (codec.encode(), i) + b"x" * 300 for i in range(3)]
+        for value in values:
+            producer.produce(topic, value, partition=0)
+        assert await asyncio.to_thread(producer.flush, 10) == 0
+        sent.extend(values)
+    await _produce(bootstrap, tp, [b"plain-2"])
+    fetches.seek(tp, 0)
+
+    got = await _fetch_until(fetches, 14)
+
+    assert [r.value for r in got[tp]] == [b"plain-1", *sent, b"plain-2"]
+    assert [r.offset for r in got[tp]] == list(range(14))
