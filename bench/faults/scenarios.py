@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from bench.faults.checker import Verdict, check
 from bench.faults.env import (
@@ -98,11 +98,16 @@ class ScenarioReport:
 
 @contextlib.asynccontextmanager
 async def _scenario(
-    name: str, env: FaultEnv, region: FaultRegion, source: Iterator[CorpusRecord], rate_per_s: float
+    name: str,
+    env: FaultEnv,
+    region: FaultRegion,
+    source: Iterator[CorpusRecord],
+    rate_per_s: float,
+    compression: str | None = None,
 ) -> AsyncIterator[tuple[Workers, Traffic, GroupProbe]]:
     env.on_event(f"{name}: region {region.name}")
     async with Workers(region, env) as workers, GroupProbe(region) as probe:
-        traffic = Traffic(region, source, rate_per_s=rate_per_s)
+        traffic = Traffic(region, source, rate_per_s=rate_per_s, compression=compression)
         try:
             yield workers, traffic, probe
         finally:
@@ -423,6 +428,10 @@ async def hostile(env: FaultEnv, *, good: int, bad: int, rate_per_s: float = 800
     return report
 
 
+TRAFFIC_COMPRESSION: Final = "lz4"
+"""The codec the poison scenario's traffic is compressed with (librdkafka devices often set it)."""
+
+
 async def poison(
     env: FaultEnv,
     *,
@@ -437,12 +446,18 @@ async def poison(
     (``ALL_CATEGORIES``; ``large`` of them about a MiB), one device's ``flood`` in ``flood_bursts``
     bursts, and ``good`` good records of 500 other devices on the same partitions. Every good one
     answered once, every hostile one dead-lettered with its reason, every flood record one outcome (a
-    result, ``rate_limited`` or ``stale``); the worker never exits, never rewinds, aborts nothing."""
+    result, ``rate_limited`` or ``stale``); the worker never exits, never rewinds, aborts nothing. The
+    traffic's batches are lz4-compressed (`TRAFFIC_COMPRESSION`), as a device's Kafka client may send
+    them (the records built byte by byte go uncompressed)."""
     started = time.monotonic()
     region = await make_region(env)
     corpus = PoisonCorpus(region.name, region.keyring, served_versions=env.served_versions, seed=env.seed)
     stream = corpus.stream(good, bad, flood=flood, flood_bursts=flood_bursts, large=large)
-    async with _scenario("poison", env, region, stream, rate_per_s) as (workers, traffic, _probe):
+    async with _scenario("poison", env, region, stream, rate_per_s, compression=TRAFFIC_COMPRESSION) as (
+        workers,
+        traffic,
+        _probe,
+    ):
         worker = workers.start_with_defaults("w")
         ready = await worker.ready()
         async with traffic:
@@ -456,6 +471,7 @@ async def poison(
     report.extra.update(
         poison_counts(report.verdict),
         max_envelope_bytes=corpus.max_envelope_bytes,
+        compression=TRAFFIC_COMPRESSION,
         worker_settings=dict(worker.settings),
         incarnations=worker.incarnation,
         pid_at_ready=ready.get("pid"),

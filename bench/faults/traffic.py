@@ -39,7 +39,10 @@ class Traffic:
         *,
         rate_per_s: float,
         ledger: dict[int, CorpusRecord] | None = None,
+        compression: str | None = None,
     ) -> None:
+        """``compression``: the codec the producer compresses its batches with (None: none), as a
+        device's Kafka client may; records built byte by byte (``raw_headers``) go uncompressed."""
         self.region = region
         self.ledger: dict[int, CorpusRecord] = {} if ledger is None else ledger
         self.failed: set[int] = set()
@@ -49,6 +52,7 @@ class Traffic:
         self._stop = asyncio.Event()
         self._deliveries: list[tuple[int, asyncio.Future[Any]]] = []
         self._producer: AIOKafkaProducer | None = None
+        self._compression = compression
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -57,7 +61,11 @@ class Traffic:
 
     async def __aenter__(self) -> Traffic:
         self._producer = kafka.producer(
-            self.region.bootstrap, "faults-traffic", linger_ms=5, max_request_size=4 << 20
+            self.region.bootstrap,
+            "faults-traffic",
+            linger_ms=5,
+            max_request_size=4 << 20,
+            compression_type=self._compression,
         )
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="traffic")

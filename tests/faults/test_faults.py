@@ -175,7 +175,8 @@ async def test_poison_with_default_settings_every_hostile_kind_dead_lettered_and
     """Issue 12's poison scenario, CI-sized: one worker with the worker's DEFAULT settings (1 MiB
     envelope limit, 50/s per device, burst 100); every hostile kind (NaN and +Inf embeddings, envelopes
     at and over the default limit, misplaced records and copies, the 35 hostile categories) and one
-    device's future-skewed flood, among good records of 500 other devices on the same partitions."""
+    device's future-skewed flood, among good records of 500 other devices on the same partitions; the
+    traffic's batches lz4-compressed, as a device's Kafka client may send them."""
     report = await poison(fault_env, good=1200, bad=600, flood=400, flood_bursts=2, large=7, rate_per_s=600)
     assert_exactly_once(report)  # every good one answered once, every hostile one with its reason
     v, extra = report.verdict, report.extra
@@ -191,6 +192,7 @@ async def test_poison_with_default_settings_every_hostile_kind_dead_lettered_and
     assert flood.get("result", 0) >= 100, "the first 100 of the flood are within the device's burst"
     assert flood.get("rate_limited", 0) > 0, "a burst of 200 is over a device's rate"
     assert extra["worker_settings"] == {}, "the worker's own defaults"
+    assert extra["compression"] == "lz4"
     assert extra["max_envelope_bytes"] == WorkerSettings.model_fields["max_envelope_bytes"].default
     assert extra["rewinds"] == extra["stats_rewinds"] == 0
     assert report.unexpected_exits == []
