@@ -36,6 +36,15 @@ class ContractError(EdgestreamError):
     reason = "contract"
 
 
+class OversizedBatch(ContractError):
+    """A record the consumer's reader did not hand out whole (``pipeline/kafkarecords.py``): in place of
+    a compressed batch that inflates past its limit, or a value from one larger than any uncompressed
+    record may be. The message says which, with the batch's offsets or the value's size and hash."""
+
+    reason = "oversized"
+    stage = "decode"
+
+
 class UndecodableEnvelope(ContractError):
     """The record value is not a msgpack map with the envelope's fields and types."""
 

@@ -15,22 +15,62 @@ partition. A batch is read by aiokafka's own reader as before; only a batch that
 reader here decodes header keys as Java does), from the record it stopped at. Valid records come out
 exactly as before; a record with such a key comes out with U+FFFD in its key, for the consumer to
 decide about (the worker answers it or dead-letters it like any other record, by its value).
+
+A compressed batch is bounded on the wire by the broker's ``max.message.bytes``, not once inflated,
+and aiokafka inflates a whole batch at once: zeros compress 1,000:1 with gzip and about 30,000:1 with
+zstd, so one device's batch of a few KiB could hold gigabytes of record values (measured in process:
+256 MiB from an 8,692-byte zstd batch), and the worker would fail for memory at every restart, from
+the committed offset on. So a compressed batch is inflated here first, in pieces, up to
+`MAX_INFLATED_BATCH_BYTES` (`inflated_size`): one that would inflate past it is not read; in its place
+comes one record at its last offset, marked `REFUSED` (value: the first `KEPT_BATCH_BYTES` of the batch
+as it came, sealed envelopes and all), for the consumer to refuse (the worker dead-letters it as
+``oversized``: ``docs/contract.md``, section 9). In a compressed batch that fits, a record value larger
+than `MAX_RECORD_VALUE_BYTES` (more than any producer may send uncompressed) is cut to its first
+`KEPT_BATCH_BYTES` and marked the same way, so that no record a consumer holds is larger than an
+uncompressed batch could carry. Uncompressed batches, the worker's whole traffic, are not looked at.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+import zstandard
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import decode_varint
 
+from edgestream.pipeline.contract.limits import BROKER_MESSAGE_MAX_BYTES, DEAD_LETTER_PREFIX_BYTES
+
 log = logging.getLogger(__name__)
+
+MAX_INFLATED_BATCH_BYTES: Final = 16 * BROKER_MESSAGE_MAX_BYTES
+"""Most bytes a compressed batch may inflate to and still be read (16 MiB: a batch of sealed envelopes,
+which do not compress, inflates to about its size on the wire; a backend's labels to a few times it)."""
+MAX_RECORD_VALUE_BYTES: Final = BROKER_MESSAGE_MAX_BYTES
+"""Most bytes of a record value read from a compressed batch; a longer one is cut and marked `REFUSED`
+(uncompressed, no batch can carry a longer one)."""
+KEPT_BATCH_BYTES: Final = DEAD_LETTER_PREFIX_BYTES
+"""What a refused batch's record, or a cut value, keeps."""
+REFUSED: Final = "edgestream.fetch.refused"
+"""The header (first of its record's) that says why this reader did not hand the record out whole."""
+_INFLATE_PIECE: Final = 1 << 20
+"""Bytes inflated at a time while measuring (`inflated_size`)."""
+_V2_HEADER: Final = 61
+"""A v2 batch's bytes before its records."""
+_ATTRIBUTES: Final = struct.Struct(">h")
+_BASE_TIMESTAMP: Final = struct.Struct(">q")
+_CODEC_MASK: Final = 0x07
+GZIP, SNAPPY, LZ4, ZSTD = 1, 2, 3, 4
+_XERIAL: Final = b"\x82SNAPPY\x00"
+_LZ4_MAGIC: Final = 0x184D2204
+_LZ4_BLOCK_MAX: Final = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}
 
 _LENGTH: Final = struct.Struct(">i")
 """A batch's length field, after its base offset."""
@@ -125,6 +165,60 @@ class _Batch:
         return next(self._inner)
 
     def __iter__(self) -> Iterator[Any]:
+        raw, start, _ = self._raw
+        codec = _ATTRIBUTES.unpack_from(raw, start + 21)[0] & _CODEC_MASK if raw[start + 16] == 2 else 0
+        if codec:
+            yield from self._compressed(codec)
+            return
+        yield from self._records()
+
+    def _compressed(self, codec: int) -> Iterator[Any]:
+        """A compressed batch's records, if it inflates within `MAX_INFLATED_BATCH_BYTES` (each value cut
+        to `MAX_RECORD_VALUE_BYTES`); else one `REFUSED` record in its place."""
+        raw, start, end = self._raw
+        try:
+            size = inflated_size(codec, memoryview(raw)[start + _V2_HEADER : end], MAX_INFLATED_BATCH_BYTES)
+            why = (
+                None
+                if size <= MAX_INFLATED_BATCH_BYTES
+                else f"inflates past {MAX_INFLATED_BATCH_BYTES} bytes"
+            )
+        except Exception as err:  # not what its codec reads: aiokafka would raise at every fetch
+            why = f"does not inflate ({type(err).__name__})"
+        if why is None:
+            read = 0
+            try:
+                for record in self._records():
+                    value = record.value
+                    if value is not None and len(value) > MAX_RECORD_VALUE_BYTES:
+                        record = _refused(
+                            record.offset,
+                            record.timestamp,
+                            value[:KEPT_BATCH_BYTES],
+                            [*record.headers],
+                            f"a value of {len(value)} bytes from a compressed batch, over "
+                            f"{MAX_RECORD_VALUE_BYTES}; its first {KEPT_BATCH_BYTES} kept "
+                            f"(sha256 {hashlib.sha256(value).hexdigest()})",
+                        )
+                    yield record
+                    read += 1
+                return
+            except Exception as err:  # its codec's data or a record is not readable: never raised
+                why = f"could not be read past its record {read} ({type(err).__name__})"
+        last = self.next_offset - 1
+        base = self.base_offset if self.base_offset is not None else last
+        timestamp = _BASE_TIMESTAMP.unpack_from(raw, start + 27)[0]
+        _note_refused(base, last, why)
+        yield _refused(
+            last,
+            timestamp,
+            bytes(raw[start : min(end, start + KEPT_BATCH_BYTES)]),
+            [],
+            f"a compressed batch of offsets {base}-{last} ({end - start} bytes) {why}: not read, its first "
+            f"{min(end - start, KEPT_BATCH_BYTES)} bytes kept",
+        )
+
+    def _records(self) -> Iterator[Any]:
         read = 0
         try:
             for record in self._inner:
@@ -143,6 +237,100 @@ class _Batch:
                 yield record
 
 
+def _refused(
+    offset: int, timestamp: int, value: bytes, headers: list[tuple[str, bytes | None]], why: str
+) -> _DefaultRecordPy:
+    """A record handed out in place of what this reader would not hand out whole (`REFUSED` first)."""
+    return _DefaultRecordPy(offset, timestamp, 0, None, value, [(REFUSED, why.encode()), *headers])
+
+
+def refused(headers: tuple[tuple[str, bytes | None], ...] | list[tuple[str, bytes | None]]) -> str | None:
+    """Why this reader did not hand out a record whole (its `REFUSED` header), or None."""
+    if headers and headers[0][0] == REFUSED:
+        value = headers[0][1]
+        return (value or b"").decode("utf-8", "replace")
+    return None
+
+
+def inflated_size(codec: int, data: memoryview, limit: int) -> int:
+    """The bytes ``data`` (a batch's records, compressed with Kafka's ``codec``) inflates to, counted up
+    to just past ``limit`` (a value above ``limit`` means "more"): inflated in pieces of at most
+    `_INFLATE_PIECE`, never whole. snappy (xerial framing, as Kafka writes it) and lz4 (frames) are
+    bounded from their block headers without inflating. Raises on data its codec does not read."""
+    if codec == GZIP:
+        inflater = zlib.decompressobj(47)  # a gzip or zlib header, as Kafka's clients write it
+        size, pending = 0, bytes(data)
+        while pending and size <= limit:
+            size += len(inflater.decompress(pending, _INFLATE_PIECE))
+            pending = inflater.unconsumed_tail
+        return size
+    if codec == ZSTD:
+        reader = zstandard.ZstdDecompressor().stream_reader(bytes(data), read_across_frames=True)
+        size = 0
+        while size <= limit and (piece := reader.read(_INFLATE_PIECE)):
+            size += len(piece)
+        return size
+    if codec == SNAPPY:
+        return _snappy_size(bytes(data))
+    if codec == LZ4:
+        return _lz4_bound(bytes(data))
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+def _snappy_size(data: bytes) -> int:
+    """The inflated size of Kafka's snappy data: xerial frames (magic, version, compat, then blocks of
+    a big-endian length and a raw snappy block), or one raw block; each raw block states its size."""
+    if not data.startswith(_XERIAL):
+        return _stated_size(data, 0)
+    size, pos = 0, 16
+    while pos < len(data):
+        (length,) = _LENGTH.unpack_from(data, pos)
+        if length < 0 or pos + 4 + length > len(data):
+            raise ValueError("a snappy block past the batch's end")
+        size += _stated_size(data, pos + 4)
+        pos += 4 + length
+    return size
+
+
+def _stated_size(data: bytes, pos: int) -> int:
+    """A raw snappy block's stated size: a little-endian base-128 varint."""
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+        pos, shift = pos + 1, shift + 7
+        if shift > 35:
+            raise ValueError("a snappy size longer than 5 bytes")
+
+
+def _lz4_bound(data: bytes) -> int:
+    """An upper bound of what LZ4 frames inflate to: per block its frame's block size, from the block
+    headers (an uncompressed block: its own size)."""
+    size, pos = 0, 0
+    while pos < len(data):
+        magic, flags, descriptor = struct.unpack_from("<IBB", data, pos)
+        if magic != _LZ4_MAGIC:
+            raise ValueError("not an LZ4 frame")
+        block_max = _LZ4_BLOCK_MAX.get((descriptor >> 4) & 0x07)
+        if block_max is None:
+            raise ValueError("an LZ4 frame with an unknown block size")
+        pos += 6 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0) + 1  # +content size, dict id, HC
+        while True:
+            (block,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            if block == 0:  # the end mark
+                break
+            length = block & 0x7FFFFFFF
+            size += length if block & 0x80000000 else block_max
+            pos += length + (4 if flags & 0x10 else 0)  # a block checksum
+            if pos > len(data):
+                raise ValueError("an LZ4 block past the batch's end")
+        pos += 4 if flags & 0x04 else 0  # the content checksum
+    return size
+
+
 def _a_header_key(err: BaseException) -> bool:
     """Whether ``err`` is aiokafka refusing a key that is not UTF-8 (its C reader raises the decode
     error, its Python reader wraps it)."""
@@ -150,6 +338,20 @@ def _a_header_key(err: BaseException) -> bool:
 
 
 _lenient_batches = 0
+_refused_batches = 0
+
+
+def _note_refused(base_offset: int, last_offset: int, why: str) -> None:
+    global _refused_batches
+    _refused_batches += 1
+    if _refused_batches == 1 or _refused_batches % 100 == 0:
+        log.warning(
+            "%d compressed batches were not read (latest: offsets %d-%d, which %s)",
+            _refused_batches,
+            base_offset,
+            last_offset,
+            why,
+        )
 
 
 def _note_lenient(base_offset: int, read: int) -> None:

@@ -12,6 +12,7 @@ from aiokafka.consumer import fetcher
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
 
 from bench.faults import wire
 from edgestream.pipeline import kafka, kafkarecords
@@ -133,3 +134,89 @@ async def test_a_consumer_reads_past_such_a_record_on_the_real_broker(bootstrap:
     records = await kafka.read_all(bootstrap, [tp], client_id="test-raw-reader", timeout_ms=20_000)
     assert [r.value for r in records] == [b"before", b"first", b"second", b"third", b"after"]
     assert [[k for k, _ in r.headers] for r in records[1:4]] == KEYS_READ
+
+
+# -- compressed batches: inflated within a bound, or refused whole -----------------------------------
+
+CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def _compressed(codec: int, values: list[bytes], base_offset: int = 0) -> bytes:
+    builder = DefaultRecordBatchBuilder(2, codec, 0, -1, -1, -1, 1 << 30)
+    for i, value in enumerate(values):
+        builder.append(i, 1_700_000_000_000 + i, b"dev-1", value, [("h", b"v")])
+    raw = bytearray(builder.build())
+    raw[0:8] = base_offset.to_bytes(8, "big")
+    return bytes(raw)
+
+
+def _partition(raw: bytes, fetch_offset: int = 0) -> fetcher.PartitionRecords:
+    return fetcher.PartitionRecords(
+        TopicPartition("t", 0), kafkarecords.LenientMemoryRecords(raw), [], fetch_offset, None, None, True,
+        fetcher.READ_COMMITTED,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_compressed_batch_within_the_bound_reads_as_aiokafka_reads_it(codec: str) -> None:
+    values = [bytes([i]) * 50_000 + b"end" for i in range(20)]
+    raw = _compressed(CODECS[codec], values)
+    assert _read(kafkarecords.LenientMemoryRecords(raw)) == _read(MemoryRecords(raw))
+    assert [r.value for r in _partition(raw)] == values
+    inflated = len(_compressed(0, values)) - 61  # its records as an uncompressed batch holds them
+    measured = kafkarecords.inflated_size(CODECS[codec], memoryview(raw)[61:], 1 << 30)
+    assert inflated <= measured <= (inflated if codec != "lz4" else inflated + (4 << 20)), measured
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_batch_that_inflates_past_the_bound_is_one_refused_record_at_its_last_offset(codec: str) -> None:
+    """Zeros inflate thousands of times: 32 MiB from a batch of a few KiB. aiokafka would inflate it
+    whole; it is measured in pieces and stands for one refused record, and the partition reads on."""
+    bomb = _compressed(CODECS[codec], [bytes(2 << 20)] * 16, base_offset=5)
+    assert len(bomb) < kafkarecords.MAX_INFLATED_BATCH_BYTES // 8
+    after = _compressed(0, [b"next"], base_offset=21)
+    partition = _partition(bomb + after, fetch_offset=5)
+    refused, following = list(partition)
+    assert refused.offset == 20, "at the bomb's last offset: its offsets are passed"
+    assert refused.key is None
+    why = kafkarecords.refused(refused.headers)
+    assert why is not None
+    assert why.startswith("a compressed batch of offsets 5-20")
+    assert f"inflates past {kafkarecords.MAX_INFLATED_BATCH_BYTES} bytes" in why
+    assert refused.value == bomb[: kafkarecords.KEPT_BATCH_BYTES]
+    assert (following.offset, following.value) == (21, b"next")
+    assert partition.next_fetch_offset == 22
+    assert kafkarecords.refused(following.headers) is None
+
+
+def test_measuring_stops_just_past_the_bound() -> None:
+    """zstd's 256 MiB of zeros is counted only until it is past the bound, never inflated whole."""
+    bomb = _compressed(4, [bytes(16 << 20)] * 16)
+    measured = kafkarecords.inflated_size(4, memoryview(bomb)[61:], 4 << 20)
+    assert 4 << 20 < measured <= (4 << 20) + (1 << 20)
+
+
+def test_a_value_larger_than_any_uncompressed_record_is_cut_and_marked() -> None:
+    big = bytes(range(256)) * ((kafkarecords.MAX_RECORD_VALUE_BYTES + 10) // 256 + 1)
+    raw = _compressed(4, [b"small", big])
+    small, cut = list(_partition(raw))
+    assert small.value == b"small"
+    assert kafkarecords.refused(small.headers) is None
+    assert cut.offset == 1
+    assert cut.value == big[: kafkarecords.KEPT_BATCH_BYTES]
+    why = kafkarecords.refused(cut.headers)
+    assert why is not None
+    assert f"a value of {len(big)} bytes" in why
+    assert list(cut.headers)[1:] == [("h", b"v")], "its own headers follow the mark"
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "lz4", "snappy"])
+def test_a_batch_its_codec_cannot_read_is_refused_not_raised(codec: str) -> None:
+    raw = bytearray(_compressed(CODECS[codec], [b"x" * 5000]))
+    raw[61:] = b"\x00\x01garbage" * ((len(raw) - 61) // 9) + b"\x00" * ((len(raw) - 61) % 9)
+    raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")  # a valid checksum over the garbage
+    (refused,) = list(_partition(bytes(raw)))
+    why = kafkarecords.refused(refused.headers)
+    assert why is not None
+    assert why.startswith("a compressed batch of offsets 0-0"), why
+    assert "not read" in why

@@ -32,10 +32,12 @@ from edgestream.pipeline.errors import (
     ContractError,
     EdgestreamError,
     KeyMismatch,
+    OversizedBatch,
     RecordFailed,
     WrongPartition,
     WrongTopic,
 )
+from edgestream.pipeline.kafkarecords import REFUSED
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.ratelimit import DeviceRateLimiter
 from edgestream.pipeline.serving.replay import ReplayGuard
@@ -172,6 +174,8 @@ class Admission:
         settings = self._settings
         deadline_s = now_s
         try:
+            if record.headers and record.headers[0][0] == REFUSED:  # what the reader did not read whole
+                raise OversizedBatch((record.headers[0][1] or b"").decode("utf-8", "replace"))
             item.envelope = decode_envelope(raw, max_envelope_bytes=settings.max_envelope_bytes)
             item.model = self._catalog.resolve(item.envelope)
             device_key = keyring.device_key(

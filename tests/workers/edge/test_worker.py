@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.faults import wire
@@ -623,6 +624,47 @@ async def test_a_header_key_that_is_not_utf8_stops_nothing_and_is_read_as_kafkas
     assert dead.origin_headers == (("\ufffd(", b"2"), ("fine", b"3"))
     assert worker.stats.rewinds == 0
     assert worker.stats.dead_letters == {"undecodable": 1}
+
+
+async def test_a_compressed_bomb_is_one_oversized_dead_letter_and_the_partition_flows(
+    edge_region: EdgeRegion, running_worker: RunningWorker, producer: AIOKafkaProducer
+) -> None:
+    """A device's client sends a zstd batch of a few KiB that inflates to 32 MiB (the broker bounds only
+    what is on the wire): aiokafka would have inflated it whole, and a larger one would have failed the
+    worker for memory at every restart. It is dead-lettered once, as ``oversized``, with the first
+    bytes of the batch as it came and its offsets in the message; a good envelope in a zstd batch and
+    one after are answered; no rewind, no exit."""
+    worker = await running_worker()
+    region, device = edge_region.name, "dev-bomb"
+    topic = ingest_topic(region, "embedding")
+    tp = TopicPartition(topic, partition_for(device.encode(), parse_topic(topic).spec.partitions))
+    x = load_dataset("embedding").X_test[0]
+    rids = [new_request_id(), new_request_id()]
+    bomb = DefaultRecordBatchBuilder(2, 4, 0, -1, -1, -1, 1 << 30)
+    for i in range(16):
+        bomb.append(i, int(time.time() * 1000), device.encode(), bytes(2 << 20), [])
+    bomb_batch = bytes(bomb.build())
+    assert len(bomb_batch) < 64 * 1024
+    good = DefaultRecordBatchBuilder(2, 4, 0, -1, -1, -1, 1 << 20)
+    good.append(0, int(time.time() * 1000), device.encode(), _seal(edge_region, device, "embedding", x,
+                request_id=rids[0]), [])  # fmt: skip
+    base = await wire.produce_raw(producer, tp, bomb_batch)
+    await wire.produce_raw(producer, tp, bytes(good.build()))
+    after = _seal(edge_region, device, "embedding", x, request_id=rids[1])
+    await producer.send_and_wait(topic, after, key=device.encode())
+
+    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=2)
+    assert [ResultRecord.from_bytes(r.value).request_id for r in results] == rids
+    [dead] = [
+        DeadLetter.from_record(r)
+        for r in await read_topic(edge_region.bootstrap, dlq_topic(region), expect=1)
+    ]
+    assert dead.reason == "oversized"
+    assert dead.origin_offset == base + 15, "at the batch's last offset"
+    assert dead.value[61:] == bomb_batch[61 : len(dead.value)], "as it came (the broker set its header)"
+    assert f"a compressed batch of offsets {base}-{base + 15}" in dead.message
+    assert worker.stats.rewinds == 0
+    assert worker.stats.dead_letters == {"oversized": 1}
 
 
 def _seal_raw(region: EdgeRegion, device: str, data: np.ndarray[Any, Any]) -> bytes:
