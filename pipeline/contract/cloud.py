@@ -27,6 +27,7 @@ from typing import Any, Final
 import msgpack
 
 from edgestream.pipeline.contract import fields as f
+from edgestream.pipeline.contract.envelope import REQUEST_ID_BYTES
 from edgestream.pipeline.contract.packing import packb
 from edgestream.pipeline.errors import UndecodableRecord
 
@@ -259,7 +260,7 @@ class Sample:
         m = _unpack(raw, "sample")
         try:
             return cls(
-                request_id=f.binary(f.field(m, "rid"), "rid"),
+                request_id=_request_id(f.field(m, "rid")),
                 region=f.text(f.field(m, "region"), "region"),
                 model=f.text(f.field(m, "model"), "model"),
                 model_version=f.integer(f.field(m, "mver"), "mver", minimum=0),
@@ -300,13 +301,22 @@ class Label:
         m = _unpack(raw, "label")
         try:
             return cls(
-                f.binary(f.field(m, "rid"), "rid"),
+                _request_id(f.field(m, "rid")),
                 f.text(f.field(m, "model"), "model"),
                 f.integer(f.field(m, "label"), "label"),
                 f.integer(f.field(m, "at_ms"), "at_ms"),
             )
         except ValueError as e:  # FieldError
             raise UndecodableRecord(f"label: {e}") from e
+
+
+def _request_id(value: Any) -> bytes:
+    """A request id: exactly `REQUEST_ID_BYTES` (the contract's bin 16). Longer ones made the
+    aggregator's join buckets, keyed by request id, larger than its changelog takes (2026-12-07)."""
+    rid = f.binary(value, "rid", max_bytes=REQUEST_ID_BYTES)
+    if len(rid) != REQUEST_ID_BYTES:
+        raise f.FieldError(f"rid: {len(rid)} bytes, not {REQUEST_ID_BYTES}")
+    return rid
 
 
 def merge(summaries: Sequence[PartialSummary]) -> Mapping[str, Any]:

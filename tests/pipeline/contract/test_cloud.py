@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from edgestream.pipeline.contract.cloud import (
     LATENCY_BOUNDS_MS,
     SCORE_BINS,
+    Label,
     PartialSummary,
     Sample,
     latency_bucket,
@@ -144,3 +145,16 @@ def test_a_sample_with_non_finite_values_is_refused_by_its_reader() -> None:
     )
     with pytest.raises(UndecodableRecord, match="finite"):
         Sample.from_bytes(sample.to_bytes())
+
+
+@pytest.mark.parametrize("length", [0, 15, 17, 64 * 1024])
+def test_a_label_or_sample_whose_request_id_is_not_16_bytes_is_undecodable(length: int) -> None:
+    """The contract's ``rid`` is bin 16. A backend's label with a 64 KiB one made the aggregator's join
+    bucket (keyed by request id) larger than faust's changelog takes, which stopped the aggregator."""
+    rid = b"r" * length
+    with pytest.raises(UndecodableRecord, match="rid"):
+        Label.from_bytes(Label(rid, "embedding-scorer", 1, 1).to_bytes())
+    sample = Sample(rid, "eu-west", "embedding-scorer", 2, 1, b"p" * 16, (0.5,), 1, (0.2, 0.8))
+    with pytest.raises(UndecodableRecord, match="rid"):
+        Sample.from_bytes(sample.to_bytes())
+    assert Label.from_bytes(Label(b"r" * 16, "embedding-scorer", 1, 1).to_bytes()).request_id == b"r" * 16
