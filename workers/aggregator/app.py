@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgestream.pipeline import kafkarecords, kafkawire
 from edgestream.pipeline.contract.cloud import Label, PartialSummary, Sample
+from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.errors import UndecodableRecord
 from edgestream.pipeline.learning.calibration import FALSE_POSITIVE_RATE
 from edgestream.pipeline.observability.cloud import AggregatorMetrics
@@ -199,6 +200,10 @@ def _faust_app(settings: AggregatorSettings) -> faust.App:
         topic_partitions=PARTITIONS,
         processing_guarantee=settings.processing_guarantee,
         producer_linger=settings.producer_linger_s,
+        # What the edge's producers may write (faust's default, 1,000,000, is below it): a sample the
+        # worker wrote is forwarded by request id whole (a 1,008,134-byte one was refused, and its
+        # agent stopped at it, 2026-12-07).
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,
@@ -351,7 +356,10 @@ def _add_join_agents(app: faust.App, settings: AggregatorSettings, join: _Join) 
             except UndecodableRecord as e:
                 log.warning("skipping a sample: %s", e)
                 continue
-            await by_rid.send(key=sample.request_id, value=event.value)
+            try:
+                await by_rid.send(key=sample.request_id, value=event.value)
+            except Exception:  # refused (its size, say): that sample is not joined, the agent goes on
+                _skipped(event.message)
 
     def join_sample(event: Any) -> None:
         sample = Sample.from_bytes(event.value)

@@ -31,6 +31,7 @@ from edgestream.pipeline.contract.cloud import (
     merge,
     percentile_ms,
 )
+from edgestream.pipeline.contract.limits import PRODUCER_MAX_REQUEST_BYTES
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
@@ -537,8 +538,12 @@ async def test_records_whose_content_no_check_foresaw_cost_only_their_own_counts
     newer = PartialSummary(region, "n", odd, 1, now_ms)
     for summary in (older, newer):
         summary.add_result(1, 0.9, 4.0)
-    rid = bytes(range(16))
+    rid, big_rid = bytes(range(16)), bytes(range(1, 17))
     sample = Sample(rid, region, odd, 1, now_ms, b"d" * 16, (0.5, 0.25), 1, (0.1, 0.9))
+    # Within what the edge's producers write (1 MiB) but over faust's default request size: it was
+    # refused as the samples were forwarded by request id, and that agent stopped at it.
+    big = Sample(big_rid, region, odd, 1, now_ms, b"d" * 16, (0.5,) * 112_000, 1, (0.1, 0.9))
+    assert 1_000_000 < len(big.to_bytes()) < PRODUCER_MAX_REQUEST_BYTES - 1024
     producer = AIOKafkaProducer(**bootstrap.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -546,8 +551,10 @@ async def test_records_whose_content_no_check_foresaw_cost_only_their_own_counts
         # topics against them (the agents' skipping of undecodable ones is older, and logged).
         for value in (older.to_bytes(), _summary(region, now_ms, 2).to_bytes(), newer.to_bytes()):
             await producer.send_and_wait(SUMMARIES_TOPIC, value, key=region.encode())
+        await producer.send_and_wait(SAMPLES_TOPIC, big.to_bytes(), key=big_rid)
         await producer.send_and_wait(SAMPLES_TOPIC, sample.to_bytes(), key=rid)
         await producer.send_and_wait(LABELS_TOPIC, Label(rid, odd, 1, now_ms).to_bytes(), key=rid)
+        await producer.send_and_wait(LABELS_TOPIC, Label(big_rid, odd, 1, now_ms).to_bytes(), key=big_rid)
         for _ in range(2):  # after them: the agents went on
             await producer.send_and_wait(SUMMARIES_TOPIC, _summary(region, now_ms, 3).to_bytes())
         aggregator.start()
@@ -555,7 +562,7 @@ async def test_records_whose_content_no_check_foresaw_cost_only_their_own_counts
         def counted() -> list[dict[str, Any]] | None:
             view = _view(url)
             rows = [] if view is None else [r for r in view["windows"] if r["region"] == region]
-            done = sum(r["summaries"] for r in rows) >= 5 and any(r["joined"] for r in rows)
+            done = sum(r["summaries"] for r in rows) >= 5 and sum(r["joined"] for r in rows) >= 2
             return rows if done else None
 
         rows = await _poll(counted, 120, "the aggregator counting past the odd records")
@@ -568,7 +575,7 @@ async def test_records_whose_content_no_check_foresaw_cost_only_their_own_counts
         (odd, start),
         ("embedding-scorer", start),
     }
-    assert [by[odd, start][k] for k in ("summaries", "results", "samples", "joined")] == [1, 1, 1, 1]
+    assert [by[odd, start][k] for k in ("summaries", "results", "samples", "joined")] == [1, 1, 2, 2]
     assert by[odd, w.window_start(older.at_ms, window_ms)]["summaries"] == 1
     assert (by["embedding-scorer", start]["summaries"], by["embedding-scorer", start]["results"]) == (3, 8)
 
