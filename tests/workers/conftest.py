@@ -149,3 +149,30 @@ async def eventually(predicate: Callable[[], bool], *, timeout_s: float, step_s:
             break
         await asyncio.sleep(step_s)
     return predicate()
+
+
+async def set_topic_config(bootstrap: KafkaSettings, topic: str, name: str, value: str) -> None:
+    """Set one config of ``topic`` and wait until the broker describes it so (the controller applies an
+    alteration asynchronously: a test that produces right after may meet the old value), then a little
+    longer for the broker's logs to take it from the same metadata update."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    async with kafka.started(kafka.admin(bootstrap, "test-topic-config")) as admin:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: value})])
+
+        async def described() -> str | None:
+            resource_asked = ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})
+            answers = await admin.describe_configs([resource_asked])
+            for answer in answers:
+                for resource in answer.to_object()["resources"]:
+                    for entry in resource["config_entries"]:
+                        if entry["config_names"] == name:  # aiokafka's spelling
+                            return str(entry["config_value"])
+            return None
+
+        for _ in range(100):
+            if await described() == value:
+                await asyncio.sleep(0.5)
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{topic}: {name} not {value} after 10 s")

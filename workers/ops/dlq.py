@@ -13,11 +13,12 @@ concurrent replay of the same reason fences the older one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -103,7 +104,7 @@ async def read_dlq(
     *,
     group_id: str,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
-) -> AsyncIterator[DlqBatch]:
+) -> AsyncGenerator[DlqBatch, None]:
     """Read a region's DLQ from ``group_id``'s committed offsets (the beginning where it has none) up to
     the end offsets it has when the call starts, then stop; the caller commits `DlqBatch.next_offset`.
 
@@ -240,11 +241,16 @@ async def replay(
             # broker aborts) before the group's committed offsets are read.
             async with producer.transaction():
                 pass
-        async for batch in read_dlq(connection, region, group_id=group_id, timeout_ms=timeout_ms):
-            letters = _choose(batch, region, reason, report)
-            if producer is not None:
-                await _send_in_transaction(producer, group_id, batch, letters)
-            report.sent.extend(letters)
+        # Closed on the way out, so that a batch whose transaction fails stops the reader's consumer
+        # before the error leaves (it was left to the loop's shutdown, which closed its connections late).
+        async with contextlib.aclosing(
+            read_dlq(connection, region, group_id=group_id, timeout_ms=timeout_ms)
+        ) as batches:
+            async for batch in batches:
+                letters = _choose(batch, region, reason, report)
+                if producer is not None:
+                    await _send_in_transaction(producer, group_id, batch, letters)
+                report.sent.extend(letters)
     finally:
         if producer is not None:
             await producer.stop()

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.structs import OffsetAndMetadata
 
@@ -43,7 +42,7 @@ from edgestream.workers.edge.txnsink import (
 )
 from edgestream.workers.edge.worker import EdgeWorker
 
-from ..conftest import EdgeRegion
+from ..conftest import EdgeRegion, set_topic_config
 
 MEMBER = Membership(7, "worker-1-abc", None)
 TP_A, TP_B = TopicPartition("a", 0), TopicPartition("b", 1)
@@ -358,10 +357,7 @@ async def test_a_batch_refused_for_good_aborts_the_unit_and_moves_no_offset(edge
     consumer = await _member(edge_region, group, "solo")
     sink = _sink(edge_region, group, "solo", lambda: membership_of(consumer))
     results = results_topic(edge_region.name)
-    async with kafka.started(kafka.admin(edge_region.bootstrap, "test-txnsink")) as admin:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, results, {"max.message.bytes": "4000"})]
-        )
+    await set_topic_config(edge_region.bootstrap, results, "max.message.bytes", "4000")
     try:
         await _until_assigned(consumer)
         await sink.assigned(consumer.assignment())
@@ -385,10 +381,7 @@ async def test_per_partition_a_refused_batch_aborts_only_its_partitions_transact
     its offset stays; the other partitions commit."""
     group = f"g-{uuid.uuid4().hex[:8]}"
     results = results_topic(edge_region.name)
-    async with kafka.started(kafka.admin(edge_region.bootstrap, "test-txnsink")) as admin:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, results, {"max.message.bytes": "4000"})]
-        )
+    await set_topic_config(edge_region.bootstrap, results, "max.message.bytes", "4000")
     sink = TransactionalSink(
         connection=edge_region.bootstrap, group_id=group, client_id="solo", transaction_timeout_ms=10_000
     )

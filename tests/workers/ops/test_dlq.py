@@ -23,7 +23,7 @@ from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import dlq_topic, edge_group, ingest_topic, region_topics, results_topic
 
-from ..conftest import read_topic
+from ..conftest import read_topic, set_topic_config
 
 pytestmark = pytest.mark.broker
 
@@ -285,26 +285,18 @@ async def test_a_letter_its_origin_refuses_replays_nothing_of_its_batch_until_it
     """A batch's letters and the group's offset past them are one transaction: when the origin topic
     refuses one letter for good (here larger than its ``max.message.bytes``), nothing of the batch is
     sent and the group stays before it, so the next run (the topic fixed) replays every letter once."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
     emb = ingest_topic(region, "embedding")
     small = await _put(producer, region, AuthenticationFailed("x"), emb, b"dev-1", T0_MS)
     headers = _letter(region, AuthenticationFailed("x"), emb, at_ms=T0_MS + 1)
     big_value = os.urandom(6000)
     await producer.send_and_wait(dlq_topic(region), big_value, key=b"dev-2", headers=headers)
 
-    async def limit(value: str | None) -> None:
-        async with kafka.started(kafka.admin(bootstrap, "test-dlq")) as admin:
-            await admin.alter_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, emb, {"max.message.bytes": value})]
-            )
-
-    await limit("4000")
+    await set_topic_config(bootstrap, emb, "max.message.bytes", "4000")
     refused = await _cli(bootstrap, "dlq", "replay", "--region", region, "--reason", "bad_tag")
     assert refused.exit_code == 1, refused.output
     assert await read_topic(bootstrap, emb, expect=0, settle_s=1.0) == [], "nothing of the batch is visible"
 
-    await limit("1048588")
+    await set_topic_config(bootstrap, emb, "max.message.bytes", "1048588")
     fixed = await _cli(bootstrap, "dlq", "replay", "--region", region, "--reason", "bad_tag")
     assert fixed.exit_code == 0, fixed.output
     assert "sent 2, skipped 0" in fixed.stdout
