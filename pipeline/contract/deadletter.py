@@ -207,12 +207,16 @@ def bounded_dead_letter(
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     """The key, value and headers to produce for a dead letter (``headers`` from `dead_letter_headers`).
 
-    The record whole when `record_size` says it fits ``limit_bytes``. Otherwise a truncated copy that
-    always fits: the value's first `DEAD_LETTER_PREFIX_BYTES`, the key's first `MAX_KEPT_KEY_BYTES`, the
-    record's own headers only if they take at most `MAX_KEPT_ORIGIN_HEADERS_BYTES`, and `TRUNCATED`,
-    `ORIGINAL_SIZE` and `ORIGINAL_SHA256` (of the whole value) among the error headers.
+    The record whole when `record_size` says it fits ``limit_bytes`` and its key is at most
+    `MAX_KEPT_KEY_BYTES`. Otherwise a truncated copy that always fits: the value's first
+    `DEAD_LETTER_PREFIX_BYTES`, the key's first `MAX_KEPT_KEY_BYTES`, the record's own headers only if
+    they take at most `MAX_KEPT_ORIGIN_HEADERS_BYTES`, and `TRUNCATED`, `ORIGINAL_SIZE` and
+    `ORIGINAL_SHA256` (of the whole value) among the error headers. A longer key is always cut (no
+    device id is one): the producer hashes a dead letter's key to choose its partition, in Python, 90 ms
+    a MiB on the worker's event loop (2026-12-07), so a device's records with megabyte keys would have
+    stalled every partition of the worker.
     """
-    if record_size(key, value, headers) <= limit_bytes:
+    if record_size(key, value, headers) <= limit_bytes and (key is None or len(key) <= MAX_KEPT_KEY_BYTES):
         return key, value, list(headers)
     own = [(k, v) for k, v in headers if not k.startswith(ERRORS_PREFIX)]
     errors = [(k, v) for k, v in headers if k.startswith(ERRORS_PREFIX)]

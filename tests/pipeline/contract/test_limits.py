@@ -124,6 +124,20 @@ def test_a_record_over_the_limit_is_cut_to_a_prefix_with_its_size_and_digest() -
     assert letter.reason == "oversized"
 
 
+def test_a_key_longer_than_any_device_id_is_cut_even_when_the_record_fits() -> None:
+    """A megabyte key with a small value fits the producer's limit, but hashing it to choose the dead
+    letter's partition took 90 ms of the worker's loop: it is cut to its first 1,024 bytes."""
+    key = bytes(range(256)) * 1024  # 256 KiB
+    key_, value, out = dl.bounded_dead_letter(key, b"sealed", _error_headers())
+    assert key_ == key[: limits.MAX_KEPT_KEY_BYTES]
+    letter = dl.DeadLetter.from_record(Record(key_, value, out))
+    assert letter.truncated == ("key",)
+    assert (letter.value, letter.original_size) == (b"sealed", 6)
+    assert not letter.replayable
+    kept = b"k" * limits.MAX_KEPT_KEY_BYTES
+    assert dl.bounded_dead_letter(kept, b"sealed", _error_headers())[0] == kept, "up to 1,024 kept whole"
+
+
 def test_an_untruncated_dead_letter_is_replayable_and_carries_no_truncation_fields() -> None:
     headers = _error_headers()
     key, value, out = dl.bounded_dead_letter(b"dev-1", b"sealed", headers)
@@ -158,6 +172,7 @@ def test_any_dead_letter_fits_the_producer_limit(
         assert ("value" in letter.truncated) == (len(letter.value) < value_len)
     else:
         assert (out_key, out_value) == (key, value)
+    assert out_key is None or len(out_key) <= limits.MAX_KEPT_KEY_BYTES
 
 
 def test_a_malformed_truncation_header_is_named() -> None:
