@@ -117,14 +117,27 @@ def new_window(region: str, model: str, version: int, start_ms: int, window_ms: 
     }
 
 
+MAX_WINDOW_LABELS: Final = 1_000
+"""Distinct labels a window counts apart; the counts of any further ones go to `OTHER_LABELS`. A window
+is one table value, written whole to faust's changelog (at most a Kafka record): a model whose labels
+are not a few class indices (its graph's own label output, thousands of classes) made a window of 43,000
+answers over 1 MB, which stopped the aggregator (found by the hostile-input audit, 2026-12-07)."""
+OTHER_LABELS: Final = "other"
+"""The window's count of the labels past `MAX_WINDOW_LABELS`."""
+
+
 def add_summary(state: State, summary: PartialSummary) -> None:
     """Add one partial summary into its window (the caller has checked `seen`)."""
     state["summaries"] += 1
     state["results"] += summary.results
     for reason, n in summary.dead_letters.items():
         state["dead_letters"][reason] = state["dead_letters"].get(reason, 0) + n
+    labels = state["labels"]
     for label, n in summary.labels.items():
-        state["labels"][str(label)] = state["labels"].get(str(label), 0) + n
+        key = str(label)
+        if key not in labels and len(labels) >= MAX_WINDOW_LABELS:
+            key = OTHER_LABELS
+        labels[key] = labels.get(key, 0) + n
     state["latency"] = [a + b for a, b in zip(state["latency"], summary.latency_buckets, strict=True)]
     state["scores"] = [a + b for a, b in zip(state["scores"], summary.score_bins, strict=True)]
 

@@ -79,6 +79,28 @@ def test_windows_add_up_and_skip_redelivered_offsets() -> None:
     assert w.parse_window_key(w.window_key("eu", "m", 2, 60_000)) == ("eu", "m", 2, 60_000)
 
 
+def test_a_window_counts_at_most_a_thousand_labels_apart_and_the_rest_together() -> None:
+    """A model with tens of thousands of labels (its graph's own label output) made one window's value
+    over 1 MB, which faust's changelog refuses: past 1,000 distinct labels the counts go to "other",
+    every answer still counted once."""
+    state = w.new_window("eu", "extreme", 1, 60_000, 60_000)
+    for part in range(21):
+        summary = PartialSummary("eu", "n", "extreme", 1, 61_000)
+        for i in range(2048):
+            summary.add_result(part * 2048 + i, 0.9, 3.0)
+        w.add_summary(state, summary)
+    labels = state["labels"]
+    assert len(labels) == w.MAX_WINDOW_LABELS + 1
+    assert sum(labels.values()) == state["results"] == 21 * 2048
+    assert labels[w.OTHER_LABELS] == 21 * 2048 - w.MAX_WINDOW_LABELS
+    assert len(json.dumps(state)) < 100_000
+    known = dict(labels)
+    again = PartialSummary("eu", "n", "extreme", 1, 61_000)
+    again.add_result(0, 0.9, 3.0)  # a label counted apart already stays apart
+    w.add_summary(state, again)
+    assert labels["0"] == known["0"] + 1
+
+
 @given(st.text(max_size=12), st.text(max_size=12), st.integers(0, 2**31), st.integers(-(2**62), 2**62))
 @example("eu", "team/scorer", 1, 60_000)  # a model name with a '/': its key did not parse back
 @example("eu/west", "m@2", 3, 0)
