@@ -37,6 +37,14 @@ CANDIDATES_FILE: Final = "labelling-candidates.jsonl"
 """Labelling candidates, one JSON object a line, in the aggregator's data directory."""
 _RECENT_CANDIDATES: Final = 65_536
 """Request ids remembered to write each candidate once across redeliveries (best effort)."""
+MAX_AGREEMENT_ROWS: Final = 10_000
+"""Distinct (region, model, versions) rows the table keeps; a report's rows past it are counted in
+``malformed`` as ``too_many_rows`` and dropped. A report names its models and versions itself, so
+without it every new name a device (or a forger of its gateway session) made up was a row kept forever
+(found by the hostile-input audit, 2026-12-07)."""
+MAX_CANDIDATES_BYTES: Final = 64 * 1024 * 1024
+"""Largest the candidates file grows; past it the file is moved to ``<name>.1`` (replacing the one
+before) and a new one is started."""
 
 
 def agreement_key(region: str, model: str, edge_version: int, fallback_version: int) -> str:
@@ -47,8 +55,12 @@ def agreement_key(region: str, model: str, edge_version: int, fallback_version: 
 class ReportSink:
     """What the agent does with a decoded report (pure apart from the candidates file)."""
 
-    def __init__(self, candidates_path: Path) -> None:
+    def __init__(
+        self, candidates_path: Path, max_bytes: int = MAX_CANDIDATES_BYTES, max_rows: int = MAX_AGREEMENT_ROWS
+    ) -> None:
         self._path = candidates_path
+        self._max_bytes = max_bytes
+        self._max_rows = max_rows
         self._recent: OrderedDict[bytes, None] = OrderedDict()
         self.malformed: Counter[str] = Counter()
         """Reports that did not decode, by reason."""
@@ -61,6 +73,14 @@ class ReportSink:
             self.malformed[e.reason] += 1
             log.warning("skipping a device report at %s: %s", where, e)
             return None
+
+    def has_room(self, table: Any, key: str) -> bool:
+        """Whether ``key`` is a row of ``table`` or may become one (`MAX_AGREEMENT_ROWS`); a row past
+        it is counted as ``too_many_rows``."""
+        if key in table or len(table) < self._max_rows:
+            return True
+        self.malformed["too_many_rows"] += 1
+        return False
 
     @staticmethod
     def add(state: w.State, agree: int, disagree: int) -> w.State:
@@ -98,6 +118,8 @@ class ReportSink:
         if not rows:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        if self._path.exists() and self._path.stat().st_size >= self._max_bytes:
+            self._path.replace(self._path.with_name(self._path.name + ".1"))
         with self._path.open("a", encoding="utf-8") as out:
             out.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
 
@@ -127,6 +149,8 @@ def add_report_agent(app: faust.App, regions: list[str], datadir: Path, partitio
             agree, disagree = totals.get(key, (0, 0))
             totals[key] = (agree + row.agree, disagree + row.disagree)
         for key, (agree, disagree) in totals.items():
+            if not sink.has_room(table, key):
+                continue
             state = table.get(key) or {}
             if not w.seen(state, message.topic, message.partition, message.offset):
                 table[key] = sink.add(state, agree, disagree)

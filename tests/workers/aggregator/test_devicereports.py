@@ -34,6 +34,26 @@ from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.processes import Child, edgestream_command
 
 
+def test_the_table_keeps_at_most_its_rows_and_the_candidates_file_is_rolled(tmp_path: Path) -> None:
+    """A report names its models and versions itself: rows past the table's bound are counted, not kept;
+    the candidates file is moved aside past its size, not grown without end."""
+    sink = ReportSink(tmp_path / "c.jsonl", max_bytes=2_000, max_rows=3)
+    table: dict[str, w.State] = {}
+    for i in range(5):
+        key = agreement_key("eu-west", f"made-up-{i}", 1, 1)
+        if sink.has_room(table, key):
+            table[key] = sink.add({}, 1, 0)
+    assert len(table) == 3
+    assert sink.malformed == {"too_many_rows": 2}
+    assert sink.has_room(table, agreement_key("eu-west", "made-up-0", 1, 1)), "a kept row stays countable"
+    for i in range(40):
+        candidate = Disagreement(i.to_bytes(16, "big"), "m", 3, 1, 0, 0.9, 1, 0.8)
+        sink.write(sink.candidates(DeviceReport(7, (), (candidate,)), "eu-west", "dev-1"))
+    assert (tmp_path / "c.jsonl.1").exists()
+    assert (tmp_path / "c.jsonl").stat().st_size < 2_000 + 400
+    assert (tmp_path / "c.jsonl.1").stat().st_size < 2_000 + 400
+
+
 def test_rows_candidates_and_malformed(tmp_path: Path) -> None:
     sink = ReportSink(tmp_path / "c.jsonl")
     rid = bytes(range(16))
