@@ -263,6 +263,9 @@ def inflated_size(codec: int, data: memoryview, limit: int) -> int:
         while pending and size <= limit:
             size += len(inflater.decompress(pending, _INFLATE_PIECE))
             pending = inflater.unconsumed_tail
+            if inflater.eof and inflater.unused_data:  # the next member: aiokafka reads them all
+                pending = inflater.unused_data
+                inflater = zlib.decompressobj(47)
         return size
     if codec == ZSTD:
         reader = zstandard.ZstdDecompressor().stream_reader(bytes(data), read_across_frames=True)
@@ -271,19 +274,19 @@ def inflated_size(codec: int, data: memoryview, limit: int) -> int:
             size += len(piece)
         return size
     if codec == SNAPPY:
-        return _snappy_size(bytes(data))
+        return _snappy_size(bytes(data), limit)
     if codec == LZ4:
-        return _lz4_bound(bytes(data))
+        return _lz4_bound(bytes(data), limit)
     raise ValueError(f"unknown compression codec {codec}")
 
 
-def _snappy_size(data: bytes) -> int:
+def _snappy_size(data: bytes, limit: int) -> int:
     """The inflated size of Kafka's snappy data: xerial frames (magic, version, compat, then blocks of
     a big-endian length and a raw snappy block), or one raw block; each raw block states its size."""
     if not data.startswith(_XERIAL):
         return _stated_size(data, 0)
     size, pos = 0, 16
-    while pos < len(data):
+    while pos < len(data) and size <= limit:
         (length,) = _LENGTH.unpack_from(data, pos)
         if length < 0 or pos + 4 + length > len(data):
             raise ValueError("a snappy block past the batch's end")
@@ -305,11 +308,11 @@ def _stated_size(data: bytes, pos: int) -> int:
             raise ValueError("a snappy size longer than 5 bytes")
 
 
-def _lz4_bound(data: bytes) -> int:
+def _lz4_bound(data: bytes, limit: int) -> int:
     """An upper bound of what LZ4 frames inflate to: per block its frame's block size, from the block
     headers (an uncompressed block: its own size)."""
     size, pos = 0, 0
-    while pos < len(data):
+    while pos < len(data) and size <= limit:
         magic, flags, descriptor = struct.unpack_from("<IBB", data, pos)
         if magic != _LZ4_MAGIC:
             raise ValueError("not an LZ4 frame")
@@ -322,6 +325,8 @@ def _lz4_bound(data: bytes) -> int:
             pos += 4
             if block == 0:  # the end mark
                 break
+            if size > limit:
+                return size
             length = block & 0x7FFFFFFF
             size += length if block & 0x80000000 else block_max
             pos += length + (4 if flags & 0x10 else 0)  # a block checksum

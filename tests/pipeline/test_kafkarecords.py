@@ -220,3 +220,12 @@ def test_a_batch_its_codec_cannot_read_is_refused_not_raised(codec: str) -> None
     assert why is not None
     assert why.startswith("a compressed batch of offsets 0-0"), why
     assert "not read" in why
+
+
+def test_a_gzip_bomb_behind_a_small_first_member_is_measured_whole() -> None:
+    """aiokafka's gzip reader reads every member of the stream: a small first member must not hide a
+    bomb in the next."""
+    import gzip
+
+    members = gzip.compress(b"x" * 100) + gzip.compress(bytes(32 << 20))
+    assert kafkarecords.inflated_size(1, memoryview(members), 16 << 20) > 16 << 20
