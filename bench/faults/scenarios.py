@@ -448,7 +448,7 @@ async def poison(
     answered once, every hostile one dead-lettered with its reason, every flood record one outcome (a
     result, ``rate_limited`` or ``stale``); the worker never exits, never rewinds, aborts nothing. The
     traffic's batches are lz4-compressed (`TRAFFIC_COMPRESSION`), as a device's Kafka client may send
-    them (the records built byte by byte go uncompressed)."""
+    them (records built byte by byte, and those over 16 KiB, go uncompressed: `Traffic`)."""
     started = time.monotonic()
     region = await make_region(env)
     corpus = PoisonCorpus(region.name, region.keyring, served_versions=env.served_versions, seed=env.seed)
