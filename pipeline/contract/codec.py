@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from edgestream.pipeline.contract.packing import packb
+from edgestream.pipeline.contract.packing import packb, unpackb_bounded
 from edgestream.pipeline.errors import DecompressionFailed, MalformedBody, NonFiniteTensor, OversizedEnvelope
 
 if TYPE_CHECKING:
@@ -232,7 +232,15 @@ def pack_body(body: TensorBody) -> bytes:
 def unpack_body(raw: bytes) -> TensorBody:
     """Parse and validate a body map. Raises MalformedBody on any structural problem."""
     try:
-        fields = msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=True)
+        fields = unpackb_bounded(
+            raw,
+            containers=16,  # the body, its shape and its attributes, and room to name what is wrong
+            max_array_len=64,  # a shape has at most MAX_NDIM; a longer one is refused by name below
+            max_map_len=64,  # the body's keys, at most MAX_ATTRS attributes: idem
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+        )
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise MalformedBody(f"body is not valid msgpack: {type(e).__name__}") from e
     if type(fields) is not dict:

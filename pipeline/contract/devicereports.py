@@ -36,6 +36,8 @@ MAX_AGREEMENT_ROWS: Final = 256
 MAX_CANDIDATES: Final = 1024
 """Most disagreement candidates one report carries."""
 _MAX_VERSION: Final = 2**32 - 1
+REPORT_BOUNDS: Final = (16 + MAX_AGREEMENT_ROWS + MAX_CANDIDATES, max(MAX_AGREEMENT_ROWS, MAX_CANDIDATES), 64)
+"""A report's msgpack bounds (`unpack_contract_map`): its map, its two arrays and a map per row."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class DeviceReport:
         """Parse a report; :class:`UndecodableRecord` (or ``UnsupportedVersion``) when it is not one."""
         if type(raw) is not bytes or len(raw) > MAX_REPORT_BYTES:
             raise UndecodableRecord(f"a device report is bytes of at most {MAX_REPORT_BYTES}")
-        data = unpack_contract_map(raw, UndecodableRecord)
+        data = unpack_contract_map(raw, UndecodableRecord, bounds=REPORT_BOUNDS)
         try:
             rows = f.array(f.field(data, "agr"), "agr")
             candidates = f.array(f.field(data, "dis"), "dis")

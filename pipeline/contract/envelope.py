@@ -31,7 +31,7 @@ from edgestream.pipeline.contract.codec import (
     unpack_body,
 )
 from edgestream.pipeline.contract.deviceid import check_device_id, device_id_problem
-from edgestream.pipeline.contract.packing import packb
+from edgestream.pipeline.contract.packing import packb, unpackb_bounded
 from edgestream.pipeline.errors import (
     AuthenticationFailed,
     ContractError,
@@ -78,14 +78,31 @@ _U64: Final = struct.Struct(">Q")
 _NO_VERSION: Final = b"\x00"
 _HAS_VERSION: Final = b"\x01"
 _UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
+ENVELOPE_BOUNDS: Final = (64, 64, 64)
+"""An envelope is one map of scalars; these bounds (`unpack_contract_map`) leave room for a later
+version's fields, so that its envelopes are still refused as ``bad_version``, not ``undecodable``."""
 
 
-def unpack_contract_map(raw: bytes, error: type[ContractError]) -> dict[str, Any]:
+def unpack_contract_map(
+    raw: bytes, error: type[ContractError], *, bounds: tuple[int, int, int] | None = None
+) -> dict[str, Any]:
     """The msgpack map in ``raw``, once its ``v`` is ``CONTRACT_VERSION``: the first checks of every
     contract message. Raises ``error`` (a message-specific ContractError taking a message) for
-    anything but a map with an integer ``v``, and UnsupportedVersion for another version."""
+    anything but a map with an integer ``v``, and UnsupportedVersion for another version. ``bounds``
+    (containers, longest array, longest map: `packing.unpackb_bounded`) for a message a device sends."""
     try:
-        fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        if bounds is None:
+            fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        else:
+            containers, max_array_len, max_map_len = bounds
+            fields = unpackb_bounded(
+                raw,
+                containers=containers,
+                max_array_len=max_array_len,
+                max_map_len=max_map_len,
+                raw=False,
+                strict_map_key=True,
+            )
     except _UNPACK_ERRORS as e:
         raise error(f"not a msgpack value: {type(e).__name__}") from e
     if type(fields) is not dict:
@@ -398,7 +415,7 @@ def decode_envelope(raw: bytes, *, max_envelope_bytes: int) -> Envelope:
     """
     if len(raw) > max_envelope_bytes:
         raise OversizedEnvelope(len(raw), max_envelope_bytes)
-    fields = unpack_contract_map(raw, UndecodableEnvelope)
+    fields = unpack_contract_map(raw, UndecodableEnvelope, bounds=ENVELOPE_BOUNDS)
     keys = fields.keys()
     if not (keys <= _ENVELOPE_KEY_SET and keys >= _REQUIRED_KEY_SET):
         unknown = sorted(map(str, keys - _ENVELOPE_KEY_SET))

@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
-
 from edgestream.pipeline.contract.envelope import MAX_DEVICE_ID_BYTES, MAX_KEY_ID, REQUEST_ID_BYTES
 from edgestream.pipeline.contract.gatewayauth import NONCE_BYTES, SIGNATURE_BYTES, BadFrame
-from edgestream.pipeline.contract.packing import packb
+from edgestream.pipeline.contract.packing import packb, unpackb_bounded
 
 SESSION_ID_BYTES: Final = 16
 """A session id's length."""
@@ -57,7 +55,15 @@ def decode_frame(raw: object) -> dict[str, Any]:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise BadFrame("a frame is a binary message")
     try:
-        frame = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
+        frame = unpackb_bounded(
+            bytes(raw),
+            containers=16,  # the frame and an ack's ids, and room to name what is wrong
+            max_array_len=MAX_ACK_IDS,
+            max_map_len=64,
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+        )
     except Exception:  # any failure of the unpacker on hostile bytes is a bad frame
         raise BadFrame("not one msgpack value") from None
     if not isinstance(frame, dict):

@@ -56,13 +56,31 @@ REFUSED: Final = 4401
 """Close code after a ``refused`` frame."""
 SLOW: Final = 4408
 """Close code of a device whose outbox overflowed (it stopped reading)."""
+AUTH_FRAME_MAX_BYTES: Final = 4096
+"""Largest message read before authentication (an auth frame is a few hundred bytes); a larger one
+closes the connection (1009). Before, a 2 MiB first frame of empty msgpack maps cost the gateway's
+loop up to 0.9 s, from anyone who could connect (2026-12-07)."""
+GET_AFTER_BYTES: Final = 1024 * 1024
+"""A ``get`` is refused while more than this waits in the session's outbox (the previous answer)."""
+REFUSE_TIMEOUT_S: Final = 5.0
+"""How long a refusal may take to send and close before the connection is cut."""
 _ENCODE_ACCEPTED: Final = partial(encode_frame, "accepted")
 
 
 class Session:
     """An authenticated device's connection."""
 
-    __slots__ = ("bucket", "device_id", "fetching", "gateway", "outbox", "session_id", "writer", "ws")
+    __slots__ = (
+        "bucket",
+        "device_id",
+        "fetching",
+        "gateway",
+        "outbox",
+        "queued_bytes",
+        "session_id",
+        "writer",
+        "ws",
+    )
 
     def __init__(self, gateway: Gateway, ws: ServerConnection, device_id: str) -> None:
         self.gateway = gateway
@@ -73,6 +91,8 @@ class Session:
         """Names the session in the welcome."""
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         """Frames to send, in order; None ends the writer."""
+        self.queued_bytes = 0
+        """Bytes of the frames in the outbox (and the one being written)."""
         settings = gateway.settings
         self.bucket = TokenBucket.full(settings.rate_per_s, settings.burst, time.monotonic())
         """The device's envelope rate."""
@@ -81,11 +101,16 @@ class Session:
         """A ``get`` is being answered (one at a time per session: files are read in threads)."""
 
     def send(self, frame: bytes) -> None:
-        """Queue ``frame``; a device whose outbox is full is disconnected instead."""
-        if self.outbox.qsize() >= self.gateway.settings.max_outbox:
+        """Queue ``frame``; a device whose outbox is full (``max_outbox`` frames, or past
+        ``max_outbox_bytes`` with a frame already queued) is disconnected instead."""
+        settings = self.gateway.settings
+        if self.outbox.qsize() >= settings.max_outbox or (
+            self.queued_bytes and self.queued_bytes + len(frame) > settings.max_outbox_bytes
+        ):
             log.info("device %r stopped reading: disconnecting it", self.device_id)
             self.close(SLOW, "slow")
             return
+        self.queued_bytes += len(frame)
         self.outbox.put_nowait(frame)
 
     def close(self, code: int, reason: str) -> None:
@@ -97,7 +122,10 @@ class Session:
         """Drain the outbox into the socket until None or the connection ends."""
         with contextlib.suppress(ConnectionClosed):
             while (frame := await self.outbox.get()) is not None:
-                await self.ws.send(frame)
+                try:
+                    await self.ws.send(frame)
+                finally:
+                    self.queued_bytes -= len(frame)
 
     def reject(self, request_id: bytes | None, reason: str, text: str) -> None:
         """Send ``rejected`` and count it."""
@@ -182,7 +210,8 @@ class Session:
 
     def on_get(self, get: Get) -> None:
         """Answer a ``get`` in the background, one at a time."""
-        if self.fetching:
+        if self.fetching or self.queued_bytes > GET_AFTER_BYTES:
+            # Until the previous answer has left: each answer is a new copy of the file, queued whole.
             raise GatewayAuthError("one get at a time: wait for the answer to the previous one")
         self.fetching = True
 
@@ -221,11 +250,15 @@ async def authenticate(gateway: Gateway, ws: ServerConnection) -> str | None:
         now_ms=time.time_ns() // 1_000_000,
     )
     await ws.send(hello)
+    # Until the device is known, a message may be only as large as an auth frame: anyone may connect.
+    ws.protocol.max_message_size, limit = AUTH_FRAME_MAX_BYTES, ws.protocol.max_message_size
     try:
         raw = await asyncio.wait_for(ws.recv(), settings.auth_timeout_s)
     except TimeoutError:
         await refuse(gateway, ws, "auth_timeout", f"no auth within {settings.auth_timeout_s:g} s")
         return None
+    finally:
+        ws.protocol.max_message_size = limit
     try:
         frame = decode_frame(raw)
         if frame["t"] != "auth":
@@ -247,8 +280,14 @@ async def authenticate(gateway: Gateway, ws: ServerConnection) -> str | None:
 
 
 async def refuse(gateway: Gateway, ws: ServerConnection, reason: str, text: str) -> None:
-    """Send ``refused`` with ``reason``, count it, and close."""
+    """Send ``refused`` with ``reason``, count it, and close; a peer that does not read within
+    `REFUSE_TIMEOUT_S` is cut off (a client that sent pings without reading held its slot until the
+    keepalive ended it, 40 s, instead of the auth timeout)."""
     gateway.metrics.refused[reason].inc()
-    with contextlib.suppress(ConnectionClosed):
-        await ws.send(encode_frame("refused", reason=reason, detail=detail(text)))
-        await ws.close(REFUSED, reason)
+    try:
+        async with asyncio.timeout(REFUSE_TIMEOUT_S):
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(encode_frame("refused", reason=reason, detail=detail(text)))
+                await ws.close(REFUSED, reason)
+    except TimeoutError:
+        ws.transport.abort()

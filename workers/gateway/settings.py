@@ -89,6 +89,10 @@ class GatewaySettings(BaseSettings):
     max_outbox: int = Field(default=1024, ge=16)
     """Frames queued for one device's socket; a device that stops reading is disconnected beyond it
     (its replies stay held for its next session)."""
+    max_outbox_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes queued for one device's socket; past it (with a frame already queued) the device is
+    disconnected as for ``max_outbox``. Counted in frames only, a device that asked for a file again
+    and again without reading held a copy of each (228 MiB for 60 asks of 4 MiB, 2026-12-07)."""
     linger_ms: int = Field(default=0, ge=0, le=1000)
     """How long the producer waits to batch envelopes of many devices into one request (0: none)."""
     ping_interval_s: float | None = Field(default=20.0, gt=0)

@@ -197,10 +197,15 @@ def sealed_reply(device_id: str, rid: bytes, *, region: str = REGION) -> bytes:
     return seal_reply(b"\x80", ReplyKey(device_key(device_id)), header, region)
 
 
-async def raw_client(home: GatewayHome, gateway: Gateway) -> tuple[ClientConnection, bytes, bytes]:
+async def raw_client(
+    home: GatewayHome, gateway: Gateway, max_size: int = 2**20
+) -> tuple[ClientConnection, bytes, bytes]:
     """A bare WebSocket session: the connection, the hello's nonce and the certificate's hash."""
     ws = await connect(
-        f"wss://localhost:{gateway.port}/v1", ssl=client_context(home.ca_file), compression=None
+        f"wss://localhost:{gateway.port}/v1",
+        ssl=client_context(home.ca_file),
+        compression=None,
+        max_size=max_size,
     )
     der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
     hello = parse_hello(decode_frame(await ws.recv()))

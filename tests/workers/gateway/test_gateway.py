@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 from typer.testing import CliRunner
+from websockets.exceptions import ConnectionClosed
 
 from edgestream.cli import app
 from edgestream.device.gateway_client import GatewayTransport
@@ -50,6 +51,7 @@ from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.gateway.mailbox import Mailboxes, TokenBucket
 from tests.pipeline.observability.served import http_get
 
+from ..conftest import eventually
 from .harness import (
     REGION,
     DedupingDevice,
@@ -473,6 +475,60 @@ async def test_hostile_frames_after_auth_stop_neither_the_session_nor_the_gatewa
         assert len(producer.sent) == 1  # nothing hostile reached Kafka
         await hostile.close()
         await honest.close()
+
+
+async def test_a_first_frame_larger_than_an_auth_frame_closes_its_connection_and_no_other(
+    home: GatewayHome,
+) -> None:
+    """Anyone may connect: before authentication a message may be no larger than an auth frame (a 2 MiB
+    frame of empty maps cost the loop up to 0.9 s). The connection closes (1009); a device connects."""
+    async with fake_gateway(home) as (gateway, _, _):
+        ws, _, _ = await raw_client(home, gateway)
+        await ws.send(b"\x82\xa1t\xa4auth\xa1x\xdd" + (1 << 20).to_bytes(4, "big") + b"\x80" * (1 << 20))
+        with pytest.raises(ConnectionClosed) as closed:
+            await answer(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+        honest = transport(home, gateway, "dev-1")
+        await honest.connect(10)
+        await honest.send("embedding", envelope("dev-1", DEVICES["dev-1"]))
+        assert isinstance(await next_event(honest, Accepted), Accepted)
+        await honest.close()
+
+
+async def test_a_second_get_while_the_first_answer_waits_to_be_sent_is_rejected(home: GatewayHome) -> None:
+    """Each answer to a ``get`` is a new copy of the file, queued whole: a device that asks again before
+    reading the answer is told to wait (60 asks of a 4 MiB file held 228 MiB), and the session goes on."""
+    store = LocalArtifactStore(home.home / "registry" / "artifacts")
+    named = store.put(bytes(4 << 20))
+    catalogue = json.dumps({"catalogue": {"models": [{"sha256": named}]}, "key_id": "k", "signature": ""})
+    (home.home / "registry" / "device-catalogue.json").write_bytes(catalogue.encode())
+    async with fake_gateway(home) as (gateway, _, _):
+        ws, nonce, cert = await raw_client(home, gateway, max_size=8 << 20)
+        await ws.send(signed_auth("dev-0", DEVICES["dev-0"], nonce, cert))
+        assert (await answer(ws))["t"] == "welcome"
+        session = gateway.sessions["dev-0"]
+        # The socket does not take the answer yet (a device that does not read, its buffers full).
+        gate, sent = asyncio.Event(), session.ws.send
+
+        async def held(frame: bytes) -> None:
+            await gate.wait()
+            await sent(frame)
+
+        session.ws.send = held  # type: ignore[method-assign,assignment]
+        ask = encode_frame("get", what="artifact", sha256=named)
+        await ws.send(ask)
+        assert await eventually(lambda: session.queued_bytes > 4 << 20, timeout_s=10)
+        for _ in range(5):
+            await ws.send(ask)
+        assert await eventually(lambda: session.outbox.qsize() >= 5, timeout_s=10)
+        assert session.queued_bytes < 2 * (4 << 20), "no second copy was queued"
+        gate.set()
+        frames = [await answer(ws) for _ in range(6)]
+        assert [f["t"] for f in frames].count("artifact") == 1
+        assert [f.get("reason") for f in frames if f["t"] == "rejected"] == ["bad_frame"] * 5
+        assert "one get at a time" in frames[-1]["detail"]
+        await ws.close()
 
 
 async def test_a_rewritten_directory_is_picked_up_and_a_broken_one_ignored(home: GatewayHome) -> None:
