@@ -79,6 +79,8 @@ _K_DATA: Final = "b"
 _K_SCALE: Final = "sc"
 _K_ATTRS: Final = "at"
 _BODY_KEYS: Final = frozenset({_K_DTYPE, _K_SHAPE, _K_DATA, _K_SCALE, _K_ATTRS})
+_BODY_CONTAINERS: Final = 512
+"""Most arrays and maps a body may hold (its shape and attributes: a few): `packing.unpackb_bounded`."""
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
@@ -232,15 +234,20 @@ def pack_body(body: TensorBody) -> bytes:
 def unpack_body(raw: bytes) -> TensorBody:
     """Parse and validate a body map. Raises MalformedBody on any structural problem."""
     try:
-        fields = unpackb_bounded(
-            raw,
-            containers=16,  # the body, its shape and its attributes, and room to name what is wrong
-            max_array_len=64,  # a shape has at most MAX_NDIM; a longer one is refused by name below
-            max_map_len=64,  # the body's keys, at most MAX_ATTRS attributes: idem
-            raw=False,
-            use_list=False,
-            strict_map_key=True,
-        )
+        if len(raw) <= _BODY_CONTAINERS:  # too short to hold more arrays and maps: not counted
+            fields = msgpack.unpackb(
+                raw, raw=False, use_list=False, strict_map_key=True, max_array_len=64, max_map_len=64
+            )
+        else:
+            fields = unpackb_bounded(
+                raw,
+                containers=_BODY_CONTAINERS,
+                max_array_len=64,  # a shape has at most MAX_NDIM; a longer one is refused by name below
+                max_map_len=64,  # the body's keys, at most MAX_ATTRS attributes: idem
+                raw=False,
+                use_list=False,
+                strict_map_key=True,
+            )
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise MalformedBody(f"body is not valid msgpack: {type(e).__name__}") from e
     if type(fields) is not dict:

@@ -78,9 +78,10 @@ _U64: Final = struct.Struct(">Q")
 _NO_VERSION: Final = b"\x00"
 _HAS_VERSION: Final = b"\x01"
 _UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
-ENVELOPE_BOUNDS: Final = (64, 64, 64)
+ENVELOPE_BOUNDS: Final = (512, 64, 64)
 """An envelope is one map of scalars; these bounds (`unpack_contract_map`) leave room for a later
-version's fields, so that its envelopes are still refused as ``bad_version``, not ``undecodable``."""
+version's fields, so that its envelopes are still refused as ``bad_version``, not ``undecodable``,
+and let an envelope of up to 512 bytes (an embedding's) be parsed without counting."""
 
 
 def unpack_contract_map(
@@ -93,6 +94,10 @@ def unpack_contract_map(
     try:
         if bounds is None:
             fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        elif len(raw) <= bounds[0]:  # too short to hold more containers than allowed: not counted
+            fields = msgpack.unpackb(
+                raw, raw=False, strict_map_key=True, max_array_len=bounds[1], max_map_len=bounds[2]
+            )
         else:
             containers, max_array_len, max_map_len = bounds
             fields = unpackb_bounded(
