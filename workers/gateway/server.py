@@ -36,7 +36,7 @@ from edgestream.topics.catalogue import KINDS, REPLIES, ingest_topic, replies_to
 from edgestream.workers.gateway.files import FileServer, artifact_store
 from edgestream.workers.gateway.mailbox import Mailboxes
 from edgestream.workers.gateway.metrics import GatewayMetrics
-from edgestream.workers.gateway.session import REPLACED, Session, authenticate, refuse
+from edgestream.workers.gateway.session import AUTH_FRAME_MAX_BYTES, REPLACED, Session, authenticate, refuse
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -154,7 +154,7 @@ class Gateway:
             settings.port,
             ssl=self.ssl,
             compression=None,
-            max_size=settings.max_frame_bytes,
+            max_size=AUTH_FRAME_MAX_BYTES,  # until authenticated (session.authenticate raises it)
             ping_interval=settings.ping_interval_s,
             ping_timeout=settings.ping_interval_s,
             open_timeout=settings.auth_timeout_s,

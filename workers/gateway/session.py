@@ -250,15 +250,13 @@ async def authenticate(gateway: Gateway, ws: ServerConnection) -> str | None:
         now_ms=time.time_ns() // 1_000_000,
     )
     await ws.send(hello)
-    # Until the device is known, a message may be only as large as an auth frame: anyone may connect.
-    ws.protocol.max_message_size, limit = AUTH_FRAME_MAX_BYTES, ws.protocol.max_message_size
+    # Until the device is known, a message may be only as large as an auth frame (the server reads
+    # every connection so, from its first byte: anyone may connect); raised once it is authenticated.
     try:
         raw = await asyncio.wait_for(ws.recv(), settings.auth_timeout_s)
     except TimeoutError:
         await refuse(gateway, ws, "auth_timeout", f"no auth within {settings.auth_timeout_s:g} s")
         return None
-    finally:
-        ws.protocol.max_message_size = limit
     try:
         frame = decode_frame(raw)
         if frame["t"] != "auth":
@@ -276,6 +274,7 @@ async def authenticate(gateway: Gateway, ws: ServerConnection) -> str | None:
     except (GatewayAuthError, BadDeviceId) as err:
         await refuse(gateway, ws, err.reason, str(err))
         return None
+    ws.protocol.max_message_size = settings.max_frame_bytes
     return auth.device_id
 
 
