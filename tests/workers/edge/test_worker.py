@@ -614,12 +614,7 @@ async def test_a_header_key_that_is_not_utf8_stops_nothing_and_is_read_as_kafkas
     after = _seal(edge_region, device, "embedding", x, request_id=rids[1])
     await producer.send_and_wait(topic, after, key=device.encode())
 
-    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=2)
-    assert [ResultRecord.from_bytes(r.value).request_id for r in results] == rids
-    [dead] = [
-        DeadLetter.from_record(r)
-        for r in await read_topic(edge_region.bootstrap, dlq_topic(region), expect=1)
-    ]
+    dead = await _answered_and_one_dead_letter(edge_region, rids)
     assert (dead.value, dead.origin_offset) == (b"garbage", base + 1)
     assert dead.origin_headers == (("\ufffd(", b"2"), ("fine", b"3"))
     assert worker.stats.rewinds == 0
@@ -653,18 +648,22 @@ async def test_a_compressed_bomb_is_one_oversized_dead_letter_and_the_partition_
     after = _seal(edge_region, device, "embedding", x, request_id=rids[1])
     await producer.send_and_wait(topic, after, key=device.encode())
 
-    results = await read_topic(edge_region.bootstrap, results_topic(region), expect=2)
-    assert [ResultRecord.from_bytes(r.value).request_id for r in results] == rids
-    [dead] = [
-        DeadLetter.from_record(r)
-        for r in await read_topic(edge_region.bootstrap, dlq_topic(region), expect=1)
-    ]
+    dead = await _answered_and_one_dead_letter(edge_region, rids)
     assert dead.reason == "oversized"
     assert dead.origin_offset == base + 15, "at the batch's last offset"
     assert dead.value[61:] == bomb_batch[61 : len(dead.value)], "as it came (the broker set its header)"
     assert f"a compressed batch of offsets {base}-{base + 15}" in dead.message
     assert worker.stats.rewinds == 0
     assert worker.stats.dead_letters == {"oversized": 1}
+
+
+async def _answered_and_one_dead_letter(region: EdgeRegion, rids: list[bytes]) -> DeadLetter:
+    """The region's results are exactly ``rids``, in order, and it has one dead letter: that one."""
+    results = await read_topic(region.bootstrap, results_topic(region.name), expect=len(rids))
+    assert [ResultRecord.from_bytes(r.value).request_id for r in results] == rids
+    letters = await read_topic(region.bootstrap, dlq_topic(region.name), expect=1)
+    [dead] = [DeadLetter.from_record(r) for r in letters]
+    return dead
 
 
 def _seal_raw(region: EdgeRegion, device: str, data: np.ndarray[Any, Any]) -> bytes:
