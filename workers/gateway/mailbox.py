@@ -1,4 +1,4 @@
-"""Per-device mailboxes of sealed replies, and the per-session token bucket.
+"""Per-device mailboxes of sealed replies, and the token bucket the gateway's rates are kept with.
 
 A reply is held in its device's mailbox from the moment the gateway reads it until the device acks it
 or ``hold_s`` passes, at most ``hold_max`` per device (the oldest is dropped beyond it). A connected
@@ -110,7 +110,7 @@ class Mailboxes:
 
 @dataclass(slots=True)
 class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; each envelope takes one."""
+    """``rate`` tokens a second up to ``burst``; each envelope (or frame) takes one."""
 
     rate: float
     burst: float
@@ -131,3 +131,15 @@ class TokenBucket:
             return False
         self.tokens = tokens - 1.0
         return True
+
+    def wait_s(self, now: float) -> float:
+        """Take a token, in advance if there is none: how long to wait before acting on it (0.0 when
+        one was there). Used for pacing, where the caller sleeps instead of refusing."""
+        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - 1.0
+        self.last = now
+        self.tokens = tokens
+        return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+    def refilled(self, now: float) -> bool:
+        """Whether the bucket is full again at ``now`` (forgetting it then changes nothing)."""
+        return self.tokens + (now - self.last) * self.rate >= self.burst

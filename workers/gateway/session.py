@@ -72,8 +72,10 @@ class Session:
 
     __slots__ = (
         "bucket",
+        "closing",
         "device_id",
         "fetching",
+        "frames",
         "gateway",
         "outbox",
         "queued_bytes",
@@ -94,8 +96,12 @@ class Session:
         self.queued_bytes = 0
         """Bytes of the frames in the outbox (and the one being written)."""
         settings = gateway.settings
-        self.bucket = TokenBucket.full(settings.rate_per_s, settings.burst, time.monotonic())
-        """The device's envelope rate."""
+        self.bucket = gateway.device_bucket(device_id)
+        """The device's envelope and report rate (the gateway's, shared with its other sessions)."""
+        self.frames = TokenBucket.full(settings.frames_per_s, settings.frame_burst, time.monotonic())
+        """The session's frame rate, which paces its reading."""
+        self.closing = False
+        """`close` was called (replaced, or too slow): nothing more is sent, no further frame handled."""
         self.writer: asyncio.Task[None] | None = None
         self.fetching = False
         """A ``get`` is being answered (one at a time per session: files are read in threads)."""
@@ -103,6 +109,8 @@ class Session:
     def send(self, frame: bytes) -> None:
         """Queue ``frame``; a device whose outbox is full (``max_outbox`` frames, or past
         ``max_outbox_bytes`` with a frame already queued) is disconnected instead."""
+        if self.closing:  # replaced or disconnected: its replies stay held for the next session
+            return
         settings = self.gateway.settings
         if self.outbox.qsize() >= settings.max_outbox or (
             self.queued_bytes and self.queued_bytes + len(frame) > settings.max_outbox_bytes
@@ -114,7 +122,11 @@ class Session:
         self.outbox.put_nowait(frame)
 
     def close(self, code: int, reason: str) -> None:
-        """Close the connection (without waiting)."""
+        """Close the connection (without waiting), once: a session that overflowed spawned another close
+        task and log line for each further answer until its close timed out."""
+        if self.closing:
+            return
+        self.closing = True
         self.outbox.put_nowait(None)
         self.gateway.spawn(self.ws.close(code, reason))
 
@@ -132,6 +144,18 @@ class Session:
         self.gateway.metrics.envelopes[reason].inc()
         self.send(encode_frame("rejected", id=request_id, reason=reason, detail=detail(text)))
 
+    async def read(self) -> None:
+        """Handle the device's frames until the connection ends, paced at ``frames_per_s``; a closing
+        session's frames are dropped (a replaced session kept producing for the ~10 s its close took,
+        on a bucket of its own, so reconnecting multiplied a device's rate)."""
+        frames = self.frames
+        async for raw in self.ws:
+            if not self.closing and (wait_s := frames.wait_s(time.monotonic())) > 0.0:
+                await asyncio.sleep(wait_s)  # not reading meanwhile: websockets stops, TCP pushes back
+            if self.closing:
+                continue
+            await self.on_frame(raw)
+
     async def on_frame(self, raw: Any) -> None:
         """Handle one frame after authentication."""
         try:
@@ -146,7 +170,7 @@ class Session:
                 echo = echo if type(echo) is int and -(2**63) <= echo < 2**63 else 0
                 self.send(encode_frame("time", now_ms=time.time_ns() // 1_000_000, echo=echo))
             elif kind == "report":
-                self.on_report(frame)
+                await self.on_report(frame)
             elif kind == "get":
                 self.on_get(parse_get(frame))
             else:
@@ -223,8 +247,9 @@ class Session:
 
         self.gateway.spawn(answer())
 
-    def on_report(self, frame: dict[str, Any]) -> None:
-        """Produce one device report, verbatim, keyed by the device."""
+    async def on_report(self, frame: dict[str, Any]) -> None:
+        """Produce one device report, verbatim, keyed by the device (waiting, as an envelope does, only
+        while the producer's buffer is full)."""
         body = frame.get("body")
         if not isinstance(body, bytes):
             raise GatewayAuthError("body must be bin")
@@ -234,7 +259,7 @@ class Session:
         if not self.bucket.take(time.monotonic()):  # reports share the session's rate with envelopes
             self.reject(None, "rate_limited", "over the session's rate")
             return
-        self.gateway.spawn(self.gateway.produce_report(self.device_id, body))
+        await self.gateway.produce_report(self.device_id, body)
 
 
 async def authenticate(gateway: Gateway, ws: ServerConnection) -> str | None:

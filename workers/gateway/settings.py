@@ -71,17 +71,37 @@ class GatewaySettings(BaseSettings):
     registry_attempts: int = Field(default=3, ge=1)
     """Tries of one artifact fetch; then the device is answered ``not_found``."""
     auth_timeout_s: float = Field(default=10.0, gt=0)
-    """Time a device has to authenticate after the hello (else ``auth_timeout``)."""
+    """Time a device has to authenticate after the hello (else ``auth_timeout``); also the longest a
+    connection may take from its TCP accept to the end of its WebSocket upgrade, TLS handshake
+    included (a peer that opens TCP connections and says nothing is cut then)."""
     hold_s: float = Field(default=60.0, gt=0)
     """How long a reply is held for its device until acknowledged."""
     hold_max: int = Field(default=256, ge=1)
     """Most replies held per device; the oldest is dropped (and counted) beyond it."""
     max_sessions: int = Field(default=20_000, ge=1)
-    """Connections served at once (authenticated or not); more are refused ``overloaded``."""
+    """Authenticated sessions at once; a device that authenticates past it is refused ``overloaded``
+    (one that replaces its own session is not)."""
+    max_pending: int = Field(default=4096, ge=1)
+    """Connections not yet authenticated, at once; more are refused ``overloaded`` before their hello.
+    Counted apart from ``max_sessions``: before, anyone able to connect held slots of authenticated
+    devices by connecting and not authenticating. About ``auth_timeout_s`` times the handshakes a
+    second the gateway can do (2-3 ms of CPU each)."""
+    max_pending_per_source: int = Field(default=256, ge=1)
+    """Connections not yet authenticated from one source address; more are refused ``overloaded``, so
+    one host cannot take every pending slot. Devices behind one carrier NAT share an address: raise it
+    (up to ``max_pending``) where many connect at once through one."""
     rate_per_s: float = Field(default=50.0, gt=0)
-    """Envelopes per second per session (token bucket); beyond it ``rate_limited``."""
+    """Envelopes and reports per second per device (token bucket, shared by its sessions on this
+    gateway: one that reconnects continues with the bucket it left); beyond it ``rate_limited``."""
     burst: int = Field(default=100, ge=1)
     """The bucket's size."""
+    frames_per_s: float = Field(default=200.0, gt=0)
+    """Frames of any kind read per second per session (acks, clock syncs, gets, bad frames too); a
+    session sending faster is read more slowly (nothing is refused: its socket's buffers fill and TCP
+    holds it back). Before, only envelopes and reports were limited: a device sending empty acks at
+    under 1 MB/s raised the gateway's loop lag p99 to 50-131 ms (2026-12-07)."""
+    frame_burst: int = Field(default=400, ge=1)
+    """Frames read at once before ``frames_per_s`` paces a session."""
     max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, ge=256)
     """Largest envelope produced (the edge's limit); larger ones are ``too_large``."""
     max_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=4096)

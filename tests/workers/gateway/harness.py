@@ -93,10 +93,13 @@ class Produced:
 
 @dataclass
 class FakeProducer:
-    """Acks every send at once (or fails it, when ``fail`` is set)."""
+    """Acks every send at once (or fails it, when ``fail`` is set; or leaves it pending in ``held``,
+    when ``hold`` is)."""
 
     sent: list[Produced] = field(default_factory=list)
     fail: bool = False
+    hold: bool = False
+    held: list[asyncio.Future[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
         pass
@@ -112,7 +115,10 @@ class FakeProducer:
             future.set_exception(ConnectionError("broker down"))
         else:
             self.sent.append(Produced(topic, value, key, list(headers or [])))
-            future.set_result(None)
+            if self.hold:
+                self.held.append(future)
+            else:
+                future.set_result(None)
         return future
 
 

@@ -155,14 +155,18 @@ async def test_a_malformed_auth_is_refused_with_its_reason(
         assert (refused["t"], refused["reason"]) == ("refused", reason)
 
 
-async def test_no_auth_in_time_is_refused_and_the_cap_refuses_more_sessions(home: GatewayHome) -> None:
-    async with fake_gateway(home, auth_timeout_s=0.3, max_sessions=1) as (gateway, _, _):
+async def test_no_auth_in_time_is_refused_and_the_pending_cap_refuses_more_connections(
+    home: GatewayHome,
+) -> None:
+    async with fake_gateway(home, auth_timeout_s=0.3, max_pending=1) as (gateway, _, _):
         ws, _, _ = await raw_client(home, gateway)
         second = transport(home, gateway, "dev-1")
         with pytest.raises(TransportUnavailable, match="refused:overloaded"):
             await second.connect(10)
         refused = await answer(ws)
         assert (refused["t"], refused["reason"]) == ("refused", "auth_timeout")
+        await second.connect(10)  # the slot is free again once the first was refused
+        await second.close()
 
 
 # -- envelopes ---------------------------------------------------------------------------------------
@@ -537,11 +541,11 @@ async def test_a_rewritten_directory_is_picked_up_and_a_broken_one_ignored(home:
         with pytest.raises(TransportUnavailable, match="unknown_device"):
             await newcomer.connect(10)
         home.enrol({**DEVICES, "dev-new": device_key("dev-new")})
-        gateway.reload_directory()
+        await gateway.reload_directory()
         await newcomer.connect(10)
         path = home.home / "gateway" / REGION / "directory.json"
         path.write_text("{not json")
-        gateway.reload_directory()  # logged, the previous directory kept
+        await gateway.reload_directory()  # logged, the previous directory kept
         assert "dev-new" in gateway.directory.devices
         await newcomer.close()
 
