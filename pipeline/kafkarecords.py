@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -60,6 +61,10 @@ KEPT_BATCH_BYTES: Final = DEAD_LETTER_PREFIX_BYTES
 """What a refused batch's record, or a cut value, keeps."""
 REFUSED: Final = "edgestream.fetch.refused"
 """The header (first of its record's) that says why this reader did not hand the record out whole."""
+REFUSED_ORIGINAL: Final = "edgestream.fetch.refused.original"
+"""The header (second) with ``<size> <sha256 hex>`` of what a `REFUSED` record's value was cut from (the
+batch as it came, or the whole value): its dead letter says so, and is never replayed as a record."""
+_ORIGINAL_RE: Final = re.compile(rb"([0-9]{1,19}) ([0-9a-f]{64})")
 _INFLATE_PIECE: Final = 1 << 20
 """Bytes inflated at a time while measuring (`inflated_size`)."""
 _V2_HEADER: Final = 61
@@ -194,11 +199,10 @@ class _Batch:
                         record = _refused(
                             record.offset,
                             record.timestamp,
-                            value[:KEPT_BATCH_BYTES],
+                            value,
                             [*record.headers],
                             f"a value of {len(value)} bytes from a compressed batch, over "
-                            f"{MAX_RECORD_VALUE_BYTES}; its first {KEPT_BATCH_BYTES} kept "
-                            f"(sha256 {hashlib.sha256(value).hexdigest()})",
+                            f"{MAX_RECORD_VALUE_BYTES}; its first {KEPT_BATCH_BYTES} kept",
                         )
                     yield record
                     read += 1
@@ -212,7 +216,7 @@ class _Batch:
         yield _refused(
             last,
             timestamp,
-            bytes(raw[start : min(end, start + KEPT_BATCH_BYTES)]),
+            raw[start:end],
             [],
             f"a compressed batch of offsets {base}-{last} ({end - start} bytes) {why}: not read, its first "
             f"{min(end - start, KEPT_BATCH_BYTES)} bytes kept",
@@ -238,10 +242,15 @@ class _Batch:
 
 
 def _refused(
-    offset: int, timestamp: int, value: bytes, headers: list[tuple[str, bytes | None]], why: str
+    offset: int, timestamp: int, whole: Any, headers: list[tuple[str, bytes | None]], why: str
 ) -> _DefaultRecordPy:
-    """A record handed out in place of what this reader would not hand out whole (`REFUSED` first)."""
-    return _DefaultRecordPy(offset, timestamp, 0, None, value, [(REFUSED, why.encode()), *headers])
+    """A record handed out in place of ``whole`` (bytes-like), which this reader would not hand out:
+    its first `KEPT_BATCH_BYTES`, with `REFUSED` and `REFUSED_ORIGINAL` first among its headers."""
+    original = f"{len(whole)} {hashlib.sha256(whole).hexdigest()}".encode()
+    value = bytes(whole[:KEPT_BATCH_BYTES])
+    return _DefaultRecordPy(
+        offset, timestamp, 0, None, value, [(REFUSED, why.encode()), (REFUSED_ORIGINAL, original), *headers]
+    )
 
 
 def refused(headers: tuple[tuple[str, bytes | None], ...] | list[tuple[str, bytes | None]]) -> str | None:
@@ -250,6 +259,18 @@ def refused(headers: tuple[tuple[str, bytes | None], ...] | list[tuple[str, byte
         value = headers[0][1]
         return (value or b"").decode("utf-8", "replace")
     return None
+
+
+def refused_original(
+    headers: tuple[tuple[str, bytes | None], ...] | list[tuple[str, bytes | None]],
+) -> tuple[int, str] | None:
+    """Size and SHA-256 (hex) of what a `REFUSED` record's value was cut from, or None for a record this
+    reader handed out whole."""
+    if len(headers) < 2 or headers[0][0] != REFUSED or headers[1][0] != REFUSED_ORIGINAL:
+        return None
+    # A producer may write these headers itself: anything but this reader's exact form is not a mark.
+    found = _ORIGINAL_RE.fullmatch(headers[1][1] or b"")
+    return None if found is None else (int(found[1]), found[2].decode())
 
 
 def inflated_size(codec: int, data: memoryview, limit: int) -> int:

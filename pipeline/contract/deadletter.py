@@ -101,6 +101,8 @@ MAX_MESSAGE_CHARS: Final = 500
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _STAGES: Final[dict[str, Stage]] = {stage: stage for stage in get_args(Stage)}
 _INT_RE: Final = re.compile(r"-?[0-9]{1,19}")
+_TOPIC_RE: Final = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+"""Kafka's legal topic names (and not ``.`` or ``..``)."""
 
 
 class MalformedDeadLetter(EdgestreamError):
@@ -204,6 +206,7 @@ def bounded_dead_letter(
     headers: Sequence[tuple[str, bytes]],
     *,
     limit_bytes: int = PRODUCER_MAX_REQUEST_BYTES,
+    cut_from: tuple[int, str] | None = None,
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     """The key, value and headers to produce for a dead letter (``headers`` from `dead_letter_headers`).
 
@@ -215,8 +218,16 @@ def bounded_dead_letter(
     device id is one): the producer hashes a dead letter's key to choose its partition, in Python, 90 ms
     a MiB on the worker's event loop (2026-12-07), so a device's records with megabyte keys would have
     stalled every partition of the worker.
+
+    ``cut_from`` (size, SHA-256 hex) says ``value`` is itself a piece of something else (what the
+    consumer's reader would not hand out whole: ``pipeline/kafkarecords.py``): the copy is then always
+    marked truncated, with that size and hash, so that it is never replayed as a record.
     """
-    if record_size(key, value, headers) <= limit_bytes and (key is None or len(key) <= MAX_KEPT_KEY_BYTES):
+    if (
+        cut_from is None
+        and record_size(key, value, headers) <= limit_bytes
+        and (key is None or len(key) <= MAX_KEPT_KEY_BYTES)
+    ):
         return key, value, list(headers)
     own = [(k, v) for k, v in headers if not k.startswith(ERRORS_PREFIX)]
     errors = [(k, v) for k, v in headers if k.startswith(ERRORS_PREFIX)]
@@ -227,14 +238,12 @@ def bounded_dead_letter(
     if headers_size(own) > MAX_KEPT_ORIGIN_HEADERS_BYTES:
         cut.append("headers")
         own = []
-    errors += [
-        (ORIGINAL_SIZE, str(len(value)).encode()),
-        (ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
-    ]
+    size, digest = cut_from if cut_from is not None else (len(value), hashlib.sha256(value).hexdigest())
+    errors += [(ORIGINAL_SIZE, str(size).encode()), (ORIGINAL_SHA256, digest.encode())]
     marks = (TRUNCATED, ",".join(TRUNCATED_PARTS).encode())  # the longest the mark can be
     room = max(0, limit_bytes - record_size(key, b"", [*own, *errors, marks]))
     prefix = value[: min(DEAD_LETTER_PREFIX_BYTES, room)]
-    if len(prefix) < len(value):
+    if len(prefix) < len(value) or cut_from is not None:
         cut.insert(0, "value")
     return key, prefix, [*own, *errors, (TRUNCATED, ",".join(cut).encode())]
 
@@ -324,7 +333,7 @@ class DeadLetter:
         letter: dict[str, Any] = {
             "reason": parser.text(REASON),
             "stage": parser.stage(STAGE),
-            "origin_topic": parser.text(ORIGIN_TOPIC),
+            "origin_topic": parser.topic(ORIGIN_TOPIC),
             "origin_partition": parser.integer(ORIGIN_PARTITION, minimum=0),
             "origin_offset": parser.integer(ORIGIN_OFFSET, minimum=0),
             "origin_timestamp_ms": parser.integer(ORIGIN_TIMESTAMP_MS, minimum=-1),
@@ -394,6 +403,14 @@ class _HeaderParser:
             return ""
         if not value and not allow_empty:
             self.problems.append(f"header {name} is empty")
+        return value
+
+    def topic(self, name: str) -> str:
+        """A Kafka topic name (at most 249 of ``[a-zA-Z0-9._-]``): a backend keeps origins in memory to
+        drop duplicates, so a header of any length would have been kept whole."""
+        value = self.text(name)
+        if value and (_TOPIC_RE.fullmatch(value) is None or value in (".", "..")):
+            self.problems.append(f"header {name} is {value[:40]!r}, not a Kafka topic name")
         return value
 
     def stage(self, name: str) -> Stage | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import pytest
@@ -184,9 +185,22 @@ def test_a_batch_that_inflates_past_the_bound_is_one_refused_record_at_its_last_
     assert why.startswith("a compressed batch of offsets 5-20")
     assert f"inflates past {kafkarecords.MAX_INFLATED_BATCH_BYTES} bytes" in why
     assert refused.value == bomb[: kafkarecords.KEPT_BATCH_BYTES]
+    assert kafkarecords.refused_original(refused.headers) == (len(bomb), hashlib.sha256(bomb).hexdigest())
     assert (following.offset, following.value) == (21, b"next")
     assert partition.next_fetch_offset == 22
     assert kafkarecords.refused(following.headers) is None
+    assert kafkarecords.refused_original(following.headers) is None
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [b"12 " + b"a" * 63, b"x " + b"a" * 64, b"1 " + b"A" * 64, b"\xff", b"", None, b"1  " + b"a" * 64],
+)
+def test_a_producers_own_refusal_headers_are_not_taken_for_the_readers_mark(forged: bytes | None) -> None:
+    """A device can write any header: only this reader's exact form is a mark, and nothing raises."""
+    headers = [(kafkarecords.REFUSED, b"mine"), (kafkarecords.REFUSED_ORIGINAL, forged)]
+    assert kafkarecords.refused_original(headers) is None
+    assert kafkarecords.refused_original(headers[:1]) is None
 
 
 def test_measuring_stops_just_past_the_bound() -> None:
@@ -207,7 +221,8 @@ def test_a_value_larger_than_any_uncompressed_record_is_cut_and_marked() -> None
     why = kafkarecords.refused(cut.headers)
     assert why is not None
     assert f"a value of {len(big)} bytes" in why
-    assert list(cut.headers)[1:] == [("h", b"v")], "its own headers follow the mark"
+    assert kafkarecords.refused_original(cut.headers) == (len(big), hashlib.sha256(big).hexdigest())
+    assert list(cut.headers)[2:] == [("h", b"v")], "its own headers follow the marks"
 
 
 @pytest.mark.parametrize("codec", ["gzip", "zstd", "lz4", "snappy"])

@@ -28,6 +28,7 @@ from edgestream.pipeline.contract.limits import (
 from edgestream.pipeline.contract.records import AuditRecord, ResultRecord
 from edgestream.pipeline.contract.reply import ReplyHeader
 from edgestream.pipeline.errors import OutputFailed
+from edgestream.pipeline.kafkarecords import refused_original
 from edgestream.pipeline.observability.traceparent import TRACEPARENT
 from edgestream.pipeline.security.derive import pseudonym_key
 from edgestream.pipeline.security.keyring import KeyRing
@@ -313,7 +314,8 @@ class UnitOutputs:
             now_ms=int(now_ms),
             origin_headers=item.headers,
         )
-        key, value, headers = bounded_dead_letter(item.key, item.raw, headers)
+        cut_from = refused_original(item.headers) if item.headers else None
+        key, value, headers = bounded_dead_letter(item.key, item.raw, headers, cut_from=cut_from)
         outputs = [Output(self._dlq_topic, value, key, headers)]
         if audited and env is not None:
             audit = AuditRecord(

@@ -161,6 +161,9 @@ def test_a_record_without_error_headers_names_every_missing_one() -> None:
         (dl.STAGE, b"transcode", "not one of"),
         (dl.REASON, b"", "is empty"),
         (dl.WORKER_ID, b"\xff\xfe", "not UTF-8"),
+        (dl.ORIGIN_TOPIC, b"t" * 250, "not a Kafka topic name"),  # a backend would remember it whole
+        (dl.ORIGIN_TOPIC, b"edge eu-west", "not a Kafka topic name"),
+        (dl.ORIGIN_TOPIC, b"..", "not a Kafka topic name"),
     ],
 )
 def test_a_bad_header_value_is_named(name: str, value: bytes, problem: str) -> None:

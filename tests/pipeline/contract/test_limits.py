@@ -138,6 +138,21 @@ def test_a_key_longer_than_any_device_id_is_cut_even_when_the_record_fits() -> N
     assert dl.bounded_dead_letter(kept, b"sealed", _error_headers())[0] == kept, "up to 1,024 kept whole"
 
 
+def test_a_piece_of_what_the_reader_did_not_read_whole_is_never_replayable() -> None:
+    """A refused compressed batch comes as one record whose value is the batch's first bytes (a
+    batch, not a record): even when it fits whole, its dead letter is marked cut, with the size and
+    digest of what it came from, so ``dlq replay`` does not send the prefix back as a record."""
+    batch = bytes(range(256)) * 40
+    key, value, out = dl.bounded_dead_letter(
+        None, batch, _error_headers(), cut_from=(1 << 20, hashlib.sha256(b"whole").hexdigest())
+    )
+    assert value == batch
+    letter = dl.DeadLetter.from_record(Record(key, value, out))
+    assert letter.truncated == ("value",)
+    assert (letter.original_size, letter.original_sha256) == (1 << 20, hashlib.sha256(b"whole").hexdigest())
+    assert not letter.replayable
+
+
 def test_an_untruncated_dead_letter_is_replayable_and_carries_no_truncation_fields() -> None:
     headers = _error_headers()
     key, value, out = dl.bounded_dead_letter(b"dev-1", b"sealed", headers)

@@ -653,6 +653,7 @@ async def test_a_compressed_bomb_is_one_oversized_dead_letter_and_the_partition_
     assert dead.origin_offset == base + 15, "at the batch's last offset"
     assert dead.value[61:] == bomb_batch[61 : len(dead.value)], "as it came (the broker set its header)"
     assert f"a compressed batch of offsets {base}-{base + 15}" in dead.message
+    assert (dead.truncated, dead.original_size) == (("value",), len(bomb_batch)), "a batch, never replayed"
     assert worker.stats.rewinds == 0
     assert worker.stats.dead_letters == {"oversized": 1}
 
