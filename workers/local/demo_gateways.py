@@ -40,7 +40,7 @@ from edgestream.pipeline.registry.publishing import publish_artifact
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import GATEWAY_SERVER_NODE, Identity
 from edgestream.workers.gateway.provision import directory_from_keyring
-from edgestream.workers.gateway.settings import DIRECTORY_FILE
+from edgestream.workers.gateway.settings import DIRECTORY_FILE, GatewaySettings
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 from edgestream.workers.local.processes import Child, ChildFailed, edgestream_command, stopped_at_exit
@@ -163,6 +163,9 @@ def _gateway_env(
         "EDGESTREAM_GATEWAY_HEALTH_PORT": str(health_port),
         "EDGESTREAM_GATEWAY_SERVER_CERT_FILE": str(server.cert_file),
         "EDGESTREAM_GATEWAY_SERVER_KEY_FILE": str(server.key_file),
+        # Every local phone connects from this host, all at once: one address may authenticate as many
+        # connections as the gateway does (a deployed gateway keeps its per-address default).
+        "EDGESTREAM_GATEWAY_MAX_PENDING_PER_SOURCE": str(GatewaySettings.model_fields["max_pending"].default),
     }
 
 
