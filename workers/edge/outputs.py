@@ -15,8 +15,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Final
 
 from aiokafka import TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from edgestream.pipeline.contract.cloud import PartialSummary, Sample, pseudonym
 from edgestream.pipeline.contract.deadletter import attempt_of, bounded_dead_letter, dead_letter_headers
@@ -49,6 +51,11 @@ from edgestream.workers.edge.sinks import Output, PartitionWork
 log = logging.getLogger(__name__)
 
 _MEASURED_FROM_BYTES = PRODUCER_MAX_REQUEST_BYTES - DEAD_LETTER_HEADROOM_BYTES
+SMALL_DEAD_LETTER_BYTES: Final = 4096
+"""Most bytes of a dead letter written in place of one the cluster refused for its size
+(`UnitOutputs.refuse`): its error headers and the first bytes of the value only."""
+MAX_REFUSALS: Final = 10_000
+"""Records remembered as refused by the cluster (`UnitOutputs.refuse`)."""
 
 
 class OutputTooLarge(ValueError):
@@ -97,6 +104,9 @@ class UnitOutputs:
         self._chains = chains
         self._cloud = cloud
         self._group_id = edge_group(region)
+        self._refusals: dict[tuple[TopicPartition, int], tuple[str, bool]] = {}
+        """Records whose outputs the cluster refused for their size (`refuse`): the refused output's
+        topic, and whether it was the record's dead letter."""
         self._results_topic = results_topic(region)
         self._replies_topic = replies_topic(region)
         self._sealer = ReplySealer(region)
@@ -123,6 +133,7 @@ class UnitOutputs:
             if self._cloud and any(it.features is not None for it in items)
             else None
         )
+        refusals = self._refusals
         for item in items:
             part = work.get(item.tp)
             if part is None:  # not setdefault: a PartitionWork (three containers) per item was 1.6%
@@ -130,6 +141,12 @@ class UnitOutputs:
             if item.offset >= part.next_offset:
                 part.next_offset = item.offset + 1
             part.epoch = item.epoch
+            if refusals and item.error is None and (refused := refusals.get((item.tp, item.offset))):
+                item.error = OutputFailed(
+                    f"publishing its output to {refused[0]}: the cluster refused it for its size (that "
+                    f"topic's max.message.bytes)",
+                    MessageSizeTooLargeError(),
+                )
             if item.error is None:
                 answered = self._answered(item, started_s, now_ms, sample_key)
                 part.outputs.extend(answered)
@@ -141,6 +158,25 @@ class UnitOutputs:
         for tp, part in work.items():
             part.metadata = self._chains.metadata(chain_id(tp.topic, tp.partition))
         return work
+
+    def refuse(self, tp: TopicPartition, offset: int, topic: str) -> None:
+        """The cluster refused, for its size, an output to ``topic`` of the record at ``offset`` of
+        ``tp`` (sent alone: `sinks.OutputsRefused`): read again, the record is dead-lettered (``internal``),
+        and if that dead letter was refused too, its dead letter keeps at most `SMALL_DEAD_LETTER_BYTES`.
+        At most `MAX_REFUSALS` are remembered (the oldest forgotten: read again, found again)."""
+        key = (tp, offset)
+        earlier = self._refusals.get(key)
+        if topic != self._dlq_topic:
+            self._refusals[key] = (topic, False) if earlier is None else earlier
+        elif earlier is None or not earlier[1]:  # its dead letter: a small one next time
+            self._refusals[key] = (topic if earlier is None else earlier[0], True)
+        else:
+            log.error(
+                "%s refused even a %d-byte dead letter of %s[%d]@%d: check its max.message.bytes",
+                topic, SMALL_DEAD_LETTER_BYTES, tp.topic, tp.partition, offset,
+            )  # fmt: skip
+        while len(self._refusals) > MAX_REFUSALS:
+            del self._refusals[next(iter(self._refusals))]
 
     def _pseudonym_key(self, master: bytes) -> bytes:
         """The pseudonym key of ``master``, derived again only when the region's current master key
@@ -174,7 +210,7 @@ class UnitOutputs:
             raise  # the worker's state, not the record's
         except Exception as err:
             return self._not_built(item, err)
-        return [*outputs, Output(self._audit_topic, raw, audit.request_id, trace_headers(item))]
+        return [*outputs, Output(self._audit_topic, raw, audit.request_id, trace_headers(item), item.offset)]
 
     def _not_built(self, item: Item, err: Exception) -> list[Output]:
         """An answered item whose outputs could not be built: dead-lettered instead, nothing published."""
@@ -249,7 +285,7 @@ class UnitOutputs:
             label=answer.label,
             scores=answer.scores,
         )
-        return Output(SAMPLES_TOPIC, sample.to_bytes(), sample.device)
+        return Output(SAMPLES_TOPIC, sample.to_bytes(), sample.device, (), item.offset)
 
     def _answer(self, item: Item, started_s: float, now_ms: float) -> tuple[list[Output], AuditRecord]:
         """The result and the (unlinked) audit record of an answered item."""
@@ -290,7 +326,7 @@ class UnitOutputs:
             latency_ms=total_ms,
         )
         key = env.device_id.encode()
-        return [Output(self._results_topic, result.to_bytes(), key, trace_headers(item))], audit
+        return [Output(self._results_topic, result.to_bytes(), key, trace_headers(item), item.offset)], audit
 
     def _dead_letter(self, item: Item, now_ms: float, *, audited: bool) -> list[Output]:
         """The item's dead letter (bounded to what the producer accepts: `bounded_dead_letter`) and,
@@ -315,8 +351,12 @@ class UnitOutputs:
             origin_headers=item.headers,
         )
         cut_from = refused_original(item.headers) if item.headers else None
-        key, value, headers = bounded_dead_letter(item.key, item.raw, headers, cut_from=cut_from)
-        outputs = [Output(self._dlq_topic, value, key, headers)]
+        refused = self._refusals.get((item.tp, item.offset)) if self._refusals else None
+        limit = SMALL_DEAD_LETTER_BYTES if refused is not None and refused[1] else PRODUCER_MAX_REQUEST_BYTES
+        key, value, headers = bounded_dead_letter(
+            item.key, item.raw, headers, cut_from=cut_from, limit_bytes=limit
+        )
+        outputs = [Output(self._dlq_topic, value, key, headers, item.offset)]
         if audited and env is not None:
             audit = AuditRecord(
                 timestamp_ms=int(now_ms),
@@ -331,5 +371,5 @@ class UnitOutputs:
                 latency_ms=now_ms - env.capture_time_ms,
             )
             _, raw = self._chains.link_encoded(chain_id(item.tp.topic, item.tp.partition), audit)
-            outputs.append(Output(self._audit_topic, raw, env.request_id, trace_headers(item)))
+            outputs.append(Output(self._audit_topic, raw, env.request_id, trace_headers(item), item.offset))
         return outputs

@@ -8,6 +8,11 @@ outcome may be unknown, so the chain restarts from the head committed with the o
 still in the open unit are dropped, and it leaves service until the fetch loop positions it at its
 committed offset again, where its records come again. Failed commits back off, doubling up to
 ``retry_backoff_max_ms``, except while the worker drains (its next owner re-reads what is left).
+
+A commit the cluster refused for an output's size (`sinks.SIZE_REFUSALS`) sets the sink's ``isolate``,
+so that the next try names the outputs refused (`sinks.OutputsRefused`); their records are handed to
+``refuse`` (``outputs.py``), which dead-letters them when they are read again: a record the cluster
+will never take stops its partitions for two backoffs, not for good.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from edgestream.pipeline.observability.health import Readiness
 from edgestream.pipeline.observability.metrics import WorkerMetrics
@@ -26,7 +32,7 @@ from edgestream.pipeline.serving.batching import MicroBatcher
 from edgestream.workers.edge.admission import Admission, Item
 from edgestream.workers.edge.commits import StagedUnit
 from edgestream.workers.edge.positioning import Partitions
-from edgestream.workers.edge.sinks import PartitionWork, Sink
+from edgestream.workers.edge.sinks import SIZE_REFUSALS, OutputsRefused, PartitionWork, Sink
 from edgestream.workers.edge.status import WorkerStats, count_unit
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class Settlement:
         readiness: Readiness,
         retry_backoff_max_ms: float,
         draining: Callable[[], bool],
+        refuse: Callable[[TopicPartition, int, str], None],
     ) -> None:
         self._sink = sink
         self._admission = admission
@@ -62,6 +69,7 @@ class Settlement:
         self._readiness = readiness
         self._backoff_max_s = retry_backoff_max_ms / 1000.0
         self._draining = draining
+        self._refuse = refuse
         self._failures = 0  # failed units in a row
 
     async def commit(self, units: Sequence[StagedUnit], work: dict[TopicPartition, PartitionWork]) -> None:
@@ -75,6 +83,8 @@ class Settlement:
             self.abort(work)
             raise
         self._metrics.commit(committed=not failed, seconds=time.monotonic() - started_s)
+        if failed:
+            self._refused(failed)
         await self._settle(work, failed)
         for unit in units:
             items = [it for it in unit.items if it.tp in work and work[it.tp].epoch == it.epoch]
@@ -90,6 +100,24 @@ class Settlement:
         for tp in tps:
             self._admission.replays.abort(tp)
             self._chains.forget(chain_id(tp.topic, tp.partition))
+
+    def _refused(self, failed: Mapping[TopicPartition, KafkaError]) -> None:
+        """Outputs the cluster refused for their size: isolate the next try, or hand on those named."""
+        for err in {id(e): e for e in failed.values()}.values():
+            if isinstance(err, OutputsRefused):
+                for tp, outputs in err.refused.items():
+                    for output in outputs:
+                        if output.origin < 0:  # a cloud summary: no record of its own to dead-letter
+                            log.error("%s refused a cloud summary for its size", output.topic)
+                            continue
+                        log.warning(
+                            "%s refused the output of %s[%d]@%d for its size: dead-lettering the record",
+                            output.topic, tp.topic, tp.partition, output.origin,
+                        )  # fmt: skip
+                        self._refuse(tp, output.origin, output.topic)
+            elif isinstance(err, SIZE_REFUSALS) and not self._sink.isolate:
+                log.warning("an output was refused for its size (%r): sending the next try one by one", err)
+                self._sink.isolate = True
 
     async def _settle(
         self, work: Mapping[TopicPartition, PartitionWork], failed: Mapping[TopicPartition, BaseException]

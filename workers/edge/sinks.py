@@ -9,6 +9,16 @@ one transaction or not at all; partitions commit concurrently.
 
 ``AckSink`` (at-least-once): one idempotent producer; offsets are committed through the consumer once
 every output of the unit is acknowledged. A crash between the two repeats outputs; nothing is lost.
+
+**Outputs the cluster refuses for their size.** Every output is built within the producer's 1 MiB, but
+an operator may lower a topic's ``max.message.bytes`` below a record, or below a batch of records:
+the broker then refuses the batch for good (`SIZE_REFUSALS`), the unit fails, and re-read it would fail
+again, stopping its partitions. Such a failure makes the worker's settlement set the sink's
+``isolate``: the next publish sends each output on its own, waiting for its delivery (`send_alone`), so
+that the refusal names its outputs (`OutputsRefused`, whose ``origin`` offsets the settlement hands to
+``outputs.py``: those records are dead-lettered when read again). A publish that succeeds ends the
+isolation. As Java's producer splits a refused batch, a batch too large for its topic is then sent
+record by record and commits.
 """
 
 from __future__ import annotations
@@ -17,10 +27,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
@@ -29,6 +39,10 @@ from edgestream.pipeline.errors import EdgestreamError
 from edgestream.pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+SIZE_REFUSALS: Final = (MessageSizeTooLargeError, RecordListTooLargeError)
+"""What the broker answers a batch larger than its topic's ``max.message.bytes`` (or a record the
+producer finds larger than ``max_request_size``): refused for good, whatever the retries."""
 
 
 class Resettled(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
@@ -57,6 +71,40 @@ class Output:
     """Record key."""
     headers: Sequence[tuple[str, bytes]] = ()
     """Record headers."""
+    origin: int = field(default=-1, compare=False)
+    """Offset of the input record it answers, in its input partition (-1: of no one record, as a cloud
+    summary): a record whose output the cluster refuses is dead-lettered by it (`OutputsRefused`)."""
+
+
+class OutputsRefused(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """The cluster refused these outputs of a unit, each sent alone (`send_alone`), for their size: the
+    records they answer are dead-lettered when read again."""
+
+    def __init__(self, refused: Mapping[TopicPartition, Sequence[Output]]) -> None:
+        count = sum(len(outputs) for outputs in refused.values())
+        super().__init__(f"the cluster refused {count} output(s) for their size")
+        self.refused = {tp: tuple(outputs) for tp, outputs in refused.items()}
+        """Per input partition, the outputs refused."""
+
+
+async def send_alone(
+    producer: AIOKafkaProducer, outputs: Iterable[Output], deliveries: list[asyncio.Future[Any]]
+) -> list[Output]:
+    """Send each output on its own, its delivery awaited before the next is sent (so each is a batch of
+    its own), appending the deliveries; return those refused for their size (`SIZE_REFUSALS`). Other
+    failures stay in their deliveries for the caller."""
+    refused: list[Output] = []
+    for o in outputs:
+        try:
+            future = await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
+        except SIZE_REFUSALS:
+            refused.append(o)
+            continue
+        deliveries.append(future)
+        await asyncio.wait([future])
+        if not future.cancelled() and isinstance(future.exception(), SIZE_REFUSALS):
+            refused.append(o)
+    return refused
 
 
 @dataclass(slots=True)
@@ -90,6 +138,9 @@ class Sink(Protocol):
     one_commit: bool
     """Whether a ``publish`` commits or fails all of its partitions together (one transaction), so that
     what spans partitions (a cloud summary) may be written once for all of them."""
+    isolate: bool
+    """Send each output of the next publishes on its own (`send_alone`), naming those the cluster
+    refuses (`OutputsRefused`), until one publish succeeds: set after a failure in `SIZE_REFUSALS`."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -133,6 +184,7 @@ class TransactionalSink:
         """Transactions committed."""
         self.aborts = 0
         """Transactions aborted (their partitions were rewound)."""
+        self.isolate = False
 
     async def start(self) -> None:
         """Producers are made per partition on assignment."""
@@ -212,6 +264,8 @@ class TransactionalSink:
                 raise outcome
         if fenced:
             raise Fenced(f"fenced on {sorted(f'{tp.topic}[{tp.partition}]' for tp in fenced)}")
+        if not failed:
+            self.isolate = False
         return failed
 
     async def _commit(self, tp: TopicPartition, work: PartitionWork) -> None:
@@ -222,10 +276,16 @@ class TransactionalSink:
             raise
         try:
             await producer.begin_transaction()
-            deliveries = [
-                await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
-                for o in work.outputs
-            ]
+            deliveries: list[asyncio.Future[Any]] = []
+            if self.isolate:
+                refused = await send_alone(producer, work.outputs, deliveries)
+                if refused:
+                    raise OutputsRefused({tp: refused})
+            else:
+                deliveries = [
+                    await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
+                    for o in work.outputs
+                ]
             await producer.send_offsets_to_transaction({tp: work.commit_point()}, self._group_id)
             await kafka.delivered(deliveries)  # a batch refused for good must not commit: it aborts
             await producer.commit_transaction()
@@ -269,6 +329,7 @@ class AckSink:
         """The one idempotent producer (exposed so its settings can be checked)."""
         self._commit = commit
         self._started = False
+        self.isolate = False
 
     async def start(self) -> None:
         """Connect the producer."""
@@ -290,13 +351,33 @@ class AckSink:
         """Send everything, wait for every acknowledgement, then commit the offsets.
 
         A produce that fails after the client's retries is raised: offsets past unacknowledged
-        records are never committed, so a restart loses nothing.
+        records are never committed, so a restart loses nothing. One refused for its size
+        (`SIZE_REFUSALS`) fails the unit's partitions instead (re-read, each output then sent alone:
+        the partitions of outputs refused alone fail with `OutputsRefused`, the others commit).
         """
-        deliveries = [
-            await self.producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
-            for w in work.values()
-            for o in w.outputs
-        ]
-        await asyncio.gather(*deliveries)
-        await self._commit({tp: w.commit_point() for tp, w in work.items()})
-        return {}
+        deliveries: list[asyncio.Future[Any]] = []
+        refused: dict[TopicPartition, list[Output]] = {}
+        if self.isolate:
+            for tp, w in work.items():
+                if alone := await send_alone(self.producer, w.outputs, deliveries):
+                    refused[tp] = alone
+        else:
+            deliveries = [
+                await self.producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
+                for w in work.values()
+                for o in w.outputs
+            ]
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        errors = [e for e in outcomes if isinstance(e, BaseException)]
+        if any(not isinstance(e, SIZE_REFUSALS) for e in errors):
+            raise next(e for e in errors if not isinstance(e, SIZE_REFUSALS))
+        if errors and not refused:  # not isolated: which outputs is unknown, so the whole unit again
+            return dict.fromkeys(work, errors[0])
+        offsets = {tp: w.commit_point() for tp, w in work.items() if tp not in refused}
+        if offsets:
+            await self._commit(offsets)
+        if not refused:
+            self.isolate = False
+            return {}
+        err = OutputsRefused(refused)
+        return dict.fromkeys(refused, err)

@@ -48,7 +48,7 @@ from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.partitioner import remember_hashes
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acls import edge_transactional_id_prefix
-from edgestream.workers.edge.sinks import Fenced, Output, PartitionWork
+from edgestream.workers.edge.sinks import Fenced, Output, OutputsRefused, PartitionWork, send_alone
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,7 @@ class WorkerTransactionalSink:
         """Units whose transaction failed or was not begun (every partition of them re-read)."""
         self.refused = 0
         """Of those, units refused for their group generation (a zombie's, or read before a rebalance)."""
+        self.isolate = False
 
     def make_producer(self) -> AIOKafkaProducer:
         """The (not yet started) transactional producer, its offset commits fenced by the group."""
@@ -387,6 +388,7 @@ class WorkerTransactionalSink:
             await self._ensure_started()
             return self._failed(work, err)
         self.transactions += 1
+        self.isolate = False
         return {}
 
     def _failed(
@@ -403,7 +405,15 @@ class WorkerTransactionalSink:
         await producer.begin_transaction()
         deliveries: list[asyncio.Future[Any]] = []
         try:
-            await send_batched(producer, [o for part in work.values() for o in part.outputs], deliveries)
+            if self.isolate:
+                refused = {}
+                for tp, part in work.items():
+                    if alone := await send_alone(producer, part.outputs, deliveries):
+                        refused[tp] = alone
+                if refused:
+                    raise OutputsRefused(refused)
+            else:
+                await send_batched(producer, [o for part in work.values() for o in part.outputs], deliveries)
             offsets = {tp: part.commit_point() for tp, part in work.items()}
             await producer.send_offsets_to_transaction(offsets, self._group_id)
             await kafka.delivered(deliveries)  # a batch refused for good must not commit: it aborts

@@ -178,6 +178,7 @@ class EdgeWorker:
             readiness=self.readiness,
             retry_backoff_max_ms=settings.retry_backoff_max_ms,
             draining=lambda: self._draining,
+            refuse=self._outputs.refuse,
         )
         commits = CommitStage(
             self._partitions.serving,

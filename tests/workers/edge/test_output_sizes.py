@@ -20,7 +20,7 @@ from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.serving.auditchain import AuditChain, chain_id
 from edgestream.topics.catalogue import SAMPLES_TOPIC, dlq_topic, replies_topic, results_topic
 from edgestream.workers.edge.admission import Answer, Item
-from edgestream.workers.edge.outputs import UnitOutputs
+from edgestream.workers.edge.outputs import SMALL_DEAD_LETTER_BYTES, UnitOutputs
 
 REGION = "eu-west"
 TP = TopicPartition(f"edge.{REGION}.ingest.embedding", 0)
@@ -93,3 +93,41 @@ def test_an_answer_just_within_the_limit_is_published() -> None:
     (result,) = [o for o in work.outputs if o.topic == results_topic(REGION)]
     assert len(result.value) > 1 << 19
     assert record_size(result.key, result.value, result.headers) <= PRODUCER_MAX_REQUEST_BYTES
+
+
+def test_records_the_cluster_refused_are_dead_lettered_then_with_a_small_dead_letter() -> None:
+    """``refuse`` (the settlement's, once the cluster named a record's output refused for its size):
+    read again, that record is dead-lettered and its neighbours answered; if its dead letter is refused
+    too, the next one keeps at most `SMALL_DEAD_LETTER_BYTES`, its value cut."""
+    chains = AuditChain()
+    chains.start(chain_id(TP.topic, TP.partition), None, offset=0)
+    outputs = UnitOutputs(REGION, "node-a", chains, cloud=False)
+    results, dlq = results_topic(REGION), dlq_topic(REGION)
+
+    def built(*offsets: int, raw: bytes = b"sealed") -> dict[int, list[Any]]:
+        items = [_item(offset) for offset in offsets]
+        for item in items:
+            item.raw = raw
+        (work,) = outputs.build(items, 0.0, KEYRING).values()
+        by_origin: dict[int, list[Any]] = {}
+        for o in work.outputs:
+            by_origin.setdefault(o.origin, []).append(o)
+        return by_origin
+
+    first = built(0, 1, 2)
+    assert first[1][0].topic == results, "answered, each output naming its record"
+    outputs.refuse(TP, 1, results)
+    again = built(0, 1, 2)
+    assert again[0][0].topic == again[2][0].topic == results
+    [letter] = [o for o in again[1] if o.topic == dlq]
+    headers = dict(letter.headers)
+    assert b"refused it for its size" in headers["edgestream.errors.exception.message"]
+    assert letter.value == b"sealed", "whole: replayable once the topic is fixed"
+
+    outputs.refuse(TP, 1, dlq)  # its dead letter refused too
+    big = bytes(range(256)) * 64
+    [small] = [o for o in built(1, raw=big)[1] if o.topic == dlq]
+    assert record_size(small.key, small.value, small.headers) <= SMALL_DEAD_LETTER_BYTES
+    assert dict(small.headers)["edgestream.errors.truncated"] == b"value"
+    assert small.value
+    assert big.startswith(small.value)

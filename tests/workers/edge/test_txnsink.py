@@ -25,7 +25,13 @@ from edgestream.topics.acls import edge_transactional_id_prefix
 from edgestream.topics.catalogue import ingest_topic, results_topic
 from edgestream.workers.edge.offsets import Committed, stable_committed
 from edgestream.workers.edge.settings import WorkerSettings
-from edgestream.workers.edge.sinks import Output, PartitionWork, TransactionalSink
+from edgestream.workers.edge.sinks import (
+    SIZE_REFUSALS,
+    Output,
+    OutputsRefused,
+    PartitionWork,
+    TransactionalSink,
+)
 from edgestream.workers.edge.txnsink import (
     ILLEGAL_GENERATION,
     TXN_BATCH_BYTES,
@@ -236,6 +242,10 @@ async def _read_committed(region: EdgeRegion, topic: str, expect: int) -> list[A
         await asyncio.sleep(0.1)
 
 
+def _isolated(sink: WorkerTransactionalSink) -> bool:
+    return sink.isolate
+
+
 async def _committed_values(region: EdgeRegion, expect: int = 0) -> list[bytes]:
     """The results' values read_committed, once at least ``expect`` are there (`_read_committed`)."""
     records = await _read_committed(region, results_topic(region.name), expect)
@@ -352,7 +362,9 @@ async def test_a_batch_refused_for_good_aborts_the_unit_and_moves_no_offset(edge
     ``max.message.bytes``, which an operator may lower). aiokafka would still commit the transaction
     (it sends EndTxn once the batches are settled, failed or not): the other partitions' outputs and
     every offset would commit without that batch's records, and re-reading from the committed offsets
-    would skip them. The unit must fail whole: nothing of it visible, no offset moved."""
+    would skip them. The unit must fail whole: nothing of it visible, no offset moved. Sent again with
+    ``isolate`` (as the settlement sets it after such a failure), the refusal names its output, and
+    without it the unit commits and isolation ends."""
     group = f"g-{uuid.uuid4().hex[:8]}"
     consumer = await _member(edge_region, group, "solo")
     sink = _sink(edge_region, group, "solo", lambda: membership_of(consumer))
@@ -362,13 +374,27 @@ async def test_a_batch_refused_for_good_aborts_the_unit_and_moves_no_offset(edge
         await _until_assigned(consumer)
         await sink.assigned(consumer.assignment())
         work = _unit(edge_region, "refused")
-        first = next(iter(work.values()))
-        first.outputs.append(Output(results, b"x" * 6000, key=b"k"))  # in the batch of key b"k"
+        first_tp, first = next(iter(work.items()))
+        big = Output(results, b"x" * 6000, key=b"k", origin=7)
+        first.outputs.append(big)  # in the batch of key b"k"
         failed = await sink.publish(work)
         assert set(failed) == set(work), "the whole unit failed"
+        assert all(isinstance(err, SIZE_REFUSALS) for err in failed.values())
         assert (sink.transactions, sink.aborts) == (0, 1)
         assert await stable_committed(consumer, work) == dict.fromkeys(work), "no offset moved"
         assert await _committed_values(edge_region) == [], "nothing of the unit is visible"
+        sink.isolate = True
+        failed = await sink.publish(work)
+        [refused] = {id(err): err for err in failed.values()}.values()
+        assert isinstance(refused, OutputsRefused)
+        assert refused.refused == {first_tp: (big,)}
+        assert refused.refused[first_tp][0].origin == 7
+        assert set(failed) == set(work), "still the whole unit"
+        assert _isolated(sink), "isolated until one commits"
+        first.outputs.remove(big)  # read again, its record is dead-lettered instead (outputs.py)
+        assert await sink.publish(work) == {}
+        assert not _isolated(sink)
+        assert len(await _committed_values(edge_region, expect=9)) == 9
     finally:
         await sink.stop()
         await consumer.stop()
@@ -387,13 +413,19 @@ async def test_per_partition_a_refused_batch_aborts_only_its_partitions_transact
     )
     work = _unit(edge_region, "refused")
     refused = next(iter(work))
-    work[refused].outputs.append(Output(results, b"x" * 6000, key=b"k"))
+    big = Output(results, b"x" * 6000, key=b"k", origin=3)
+    work[refused].outputs.append(big)
     consumer = await _member(edge_region, group, "solo")
     try:
         await sink.assigned(work)
         failed = await sink.publish(work)
         assert set(failed) == {refused}
         assert (sink.transactions, sink.aborts) == (2, 1)
+        sink.isolate = True
+        again = await sink.publish({refused: work[refused]})
+        assert isinstance(again[refused], OutputsRefused)
+        assert again[refused].refused == {refused: (big,)}
+        assert (sink.transactions, sink.aborts) == (2, 2)
         await _until_assigned(consumer)
         committed = await stable_committed(consumer, work)
         assert committed[refused] is None, "the refused partition's offset did not move"
