@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Literal
 
+from edgestream.pipeline.contract.limits import BROKER_MESSAGE_MAX_BYTES
 from edgestream.topics.errors import InvalidKind, InvalidRegionName, UnknownTopic
 
 if TYPE_CHECKING:
@@ -35,6 +36,10 @@ DAY_MS: Final = 24 * HOUR_MS
 RETENTION_MS: Final = "retention.ms"
 CLEANUP_POLICY: Final = "cleanup.policy"
 SEGMENT_MS: Final = "segment.ms"
+MAX_MESSAGE_BYTES: Final = "max.message.bytes"
+"""Managed on every topic at the broker's default (`BROKER_MESSAGE_MAX_BYTES`): every bound of the
+contract (envelopes, outputs, dead letters) is sized to it, so a topic lowered below it is drift that
+``edgestream topics create`` and ``topics list`` name (the worker survives it: ``workers/edge/sinks.py``)."""
 
 _REGION_MAX_CHARS: Final = 63
 _REGION_RE: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -70,7 +75,7 @@ class TopicSpec:
             raise ValueError(f"{self.pattern}: partitions must be >= 1, got {self.partitions}")
         if self.retention_ms is not None and self.retention_ms <= 0:
             raise ValueError(f"{self.pattern}: retention_ms must be > 0 or None, got {self.retention_ms}")
-        managed_twice = {RETENTION_MS, CLEANUP_POLICY} & set(self.extra_configs)
+        managed_twice = {RETENTION_MS, CLEANUP_POLICY, MAX_MESSAGE_BYTES} & set(self.extra_configs)
         if managed_twice:
             raise ValueError(f"{self.pattern}: set {sorted(managed_twice)} through the typed fields")
         object.__setattr__(self, "extra_configs", MappingProxyType(dict(self.extra_configs)))
@@ -80,6 +85,7 @@ class TopicSpec:
         configs = {
             RETENTION_MS: str(-1 if self.retention_ms is None else self.retention_ms),
             CLEANUP_POLICY: self.cleanup_policy,
+            MAX_MESSAGE_BYTES: str(BROKER_MESSAGE_MAX_BYTES),
         }
         configs.update(self.extra_configs)
         return configs

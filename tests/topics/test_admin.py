@@ -183,6 +183,21 @@ async def test_different_retention_is_named(
     assert f"retention.ms expected {expected}, broker has {HOUR_MS}" in str(info.value)
 
 
+async def test_a_lowered_message_limit_is_named(
+    bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
+) -> None:
+    """Every bound of the contract is sized to the broker's default message limit: a results topic
+    lowered below it is drift ``topics create`` names (the worker would dead-letter what it refuses)."""
+    results = next(t for t in region_topics(region) if t.name == results_topic(region))
+    await _create_raw(raw_admin, results, partitions=results.spec.partitions, max_message_bytes="4000")
+
+    with pytest.raises(TopicConfigMismatch) as info:
+        await ensure_topics(bootstrap, region_topics(region))
+    assert info.value.differences == (
+        SettingDifference(results.name, "max.message.bytes", "1048588", "4000"),
+    )
+
+
 async def test_mismatch_names_every_topic_and_every_setting(
     bootstrap: KafkaSettings, region: str, raw_admin: AIOKafkaAdminClient
 ) -> None:

@@ -181,6 +181,9 @@ def test_topic_configs_are_what_the_broker_is_given() -> None:
         assert configs["cleanup.policy"] == spec.cleanup_policy
         assert configs["retention.ms"] == ("-1" if spec.retention_ms is None else str(spec.retention_ms))
         assert all(isinstance(v, str) for v in configs.values())
+        assert configs["max.message.bytes"] == "1048588", (
+            "the broker's default, which the contract's bounds fit"
+        )
         segment_ms = int(configs.get("segment.ms", 7 * DAY_MS))
         if spec.retention_ms is not None:  # whole segments expire: keep them well under the retention
             assert segment_ms <= spec.retention_ms // 4
