@@ -235,12 +235,15 @@ def bounded_dead_letter(
     if key is not None and len(key) > MAX_KEPT_KEY_BYTES:
         cut.append("key")
         key = key[:MAX_KEPT_KEY_BYTES]
-    if headers_size(own) > MAX_KEPT_ORIGIN_HEADERS_BYTES:
-        cut.append("headers")
-        own = []
     size, digest = cut_from if cut_from is not None else (len(value), hashlib.sha256(value).hexdigest())
     errors += [(ORIGINAL_SIZE, str(size).encode()), (ORIGINAL_SHA256, digest.encode())]
     marks = (TRUNCATED, ",".join(TRUNCATED_PARTS).encode())  # the longest the mark can be
+    if (
+        headers_size(own) > MAX_KEPT_ORIGIN_HEADERS_BYTES
+        or record_size(key, b"", [*own, *errors, marks]) > limit_bytes  # a small limit
+    ):
+        cut.append("headers")
+        own = []
     room = max(0, limit_bytes - record_size(key, b"", [*own, *errors, marks]))
     prefix = value[: min(DEAD_LETTER_PREFIX_BYTES, room)]
     if len(prefix) < len(value) or cut_from is not None:

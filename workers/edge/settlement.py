@@ -9,10 +9,10 @@ still in the open unit are dropped, and it leaves service until the fetch loop p
 committed offset again, where its records come again. Failed commits back off, doubling up to
 ``retry_backoff_max_ms``, except while the worker drains (its next owner re-reads what is left).
 
-A commit the cluster refused for an output's size (`sinks.SIZE_REFUSALS`) sets the sink's ``isolate``,
-so that the next try names the outputs refused (`sinks.OutputsRefused`); their records are handed to
-``refuse`` (``outputs.py``), which dead-letters them when they are read again: a record the cluster
-will never take stops its partitions for two backoffs, not for good.
+A commit the cluster refused for an output's size (`sinks.SIZE_REFUSALS`) puts its failed partitions
+in the sink's ``isolated``, so that their next try names the outputs refused (`sinks.OutputsRefused`);
+their records are handed to ``refuse`` (``outputs.py``), which dead-letters them when they are read
+again: a record the cluster will never take stops its partitions for a few backoffs, not for good.
 """
 
 from __future__ import annotations
@@ -102,7 +102,14 @@ class Settlement:
             self._chains.forget(chain_id(tp.topic, tp.partition))
 
     def _refused(self, failed: Mapping[TopicPartition, KafkaError]) -> None:
-        """Outputs the cluster refused for their size: isolate the next try, or hand on those named."""
+        """Outputs the cluster refused for their size: isolate the partitions' next try, and hand on
+        the records of those named."""
+        isolated = [tp for tp, err in failed.items() if isinstance(err, (OutputsRefused, *SIZE_REFUSALS))]
+        if isolated and not self._sink.isolated.issuperset(isolated):
+            log.warning(
+                "outputs refused for their size: sending those of %d partition(s) one by one", len(isolated)
+            )
+        self._sink.isolated.update(isolated)
         for err in {id(e): e for e in failed.values()}.values():
             if isinstance(err, OutputsRefused):
                 for tp, outputs in err.refused.items():
@@ -115,9 +122,6 @@ class Settlement:
                             output.topic, tp.topic, tp.partition, output.origin,
                         )  # fmt: skip
                         self._refuse(tp, output.origin, output.topic)
-            elif isinstance(err, SIZE_REFUSALS) and not self._sink.isolate:
-                log.warning("an output was refused for its size (%r): sending the next try one by one", err)
-                self._sink.isolate = True
 
     async def _settle(
         self, work: Mapping[TopicPartition, PartitionWork], failed: Mapping[TopicPartition, BaseException]

@@ -13,12 +13,15 @@ every output of the unit is acknowledged. A crash between the two repeats output
 **Outputs the cluster refuses for their size.** Every output is built within the producer's 1 MiB, but
 an operator may lower a topic's ``max.message.bytes`` below a record, or below a batch of records:
 the broker then refuses the batch for good (`SIZE_REFUSALS`), the unit fails, and re-read it would fail
-again, stopping its partitions. Such a failure makes the worker's settlement set the sink's
-``isolate``: the next publish sends each output on its own, waiting for its delivery (`send_alone`), so
-that the refusal names its outputs (`OutputsRefused`, whose ``origin`` offsets the settlement hands to
-``outputs.py``: those records are dead-lettered when read again). A publish that succeeds ends the
-isolation. As Java's producer splits a refused batch, a batch too large for its topic is then sent
-record by record and commits.
+again, stopping its partitions. Such a failure makes the worker's settlement add the failed input
+partitions to the sink's ``isolated``: their outputs are then sent each on its own, its delivery
+awaited (`send_alone`), so that the refusal names its outputs (`OutputsRefused`, whose ``origin``
+offsets the settlement hands to ``outputs.py``: those records are dead-lettered when read again). A
+partition leaves ``isolated`` once a publish of it commits. As Java's producer splits a refused batch,
+a batch too large for its topic is then sent record by record and commits. An idempotent producer
+numbers each batch as it sends it and the broker never saw a refused one, so every later batch of that
+producer to the same partition would fail as out of order: the at-least-once producer is replaced after
+a refusal (a transactional one is, after every failed transaction).
 """
 
 from __future__ import annotations
@@ -88,11 +91,16 @@ class OutputsRefused(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
 
 
 async def send_alone(
-    producer: AIOKafkaProducer, outputs: Iterable[Output], deliveries: list[asyncio.Future[Any]]
+    producer: AIOKafkaProducer,
+    outputs: Iterable[Output],
+    deliveries: list[asyncio.Future[Any]],
+    renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
 ) -> list[Output]:
     """Send each output on its own, its delivery awaited before the next is sent (so each is a batch of
-    its own), appending the deliveries; return those refused for their size (`SIZE_REFUSALS`). Other
-    failures stay in their deliveries for the caller."""
+    its own), appending the deliveries; return those refused for their size (`SIZE_REFUSALS`). After a
+    refusal the rest go through ``renew()``'s producer when given (else later outputs to the refused
+    one's partition fail as out of order, to be named in a later try). Other failures stay in their
+    deliveries for the caller."""
     refused: list[Output] = []
     for o in outputs:
         try:
@@ -104,6 +112,8 @@ async def send_alone(
         await asyncio.wait([future])
         if not future.cancelled() and isinstance(future.exception(), SIZE_REFUSALS):
             refused.append(o)
+            if renew is not None:
+                producer = await renew()
     return refused
 
 
@@ -138,9 +148,10 @@ class Sink(Protocol):
     one_commit: bool
     """Whether a ``publish`` commits or fails all of its partitions together (one transaction), so that
     what spans partitions (a cloud summary) may be written once for all of them."""
-    isolate: bool
-    """Send each output of the next publishes on its own (`send_alone`), naming those the cluster
-    refuses (`OutputsRefused`), until one publish succeeds: set after a failure in `SIZE_REFUSALS`."""
+    isolated: set[TopicPartition]
+    """Input partitions whose outputs are sent each on its own (`send_alone`), naming those the cluster
+    refuses (`OutputsRefused`): added by the settlement after a failure in `SIZE_REFUSALS`, removed by
+    the sink once a publish of the partition commits."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -184,7 +195,7 @@ class TransactionalSink:
         """Transactions committed."""
         self.aborts = 0
         """Transactions aborted (their partitions were rewound)."""
-        self.isolate = False
+        self.isolated: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Producers are made per partition on assignment."""
@@ -264,8 +275,7 @@ class TransactionalSink:
                 raise outcome
         if fenced:
             raise Fenced(f"fenced on {sorted(f'{tp.topic}[{tp.partition}]' for tp in fenced)}")
-        if not failed:
-            self.isolate = False
+        self.isolated.difference_update(tp for tp in tps if tp not in failed)
         return failed
 
     async def _commit(self, tp: TopicPartition, work: PartitionWork) -> None:
@@ -277,7 +287,7 @@ class TransactionalSink:
         try:
             await producer.begin_transaction()
             deliveries: list[asyncio.Future[Any]] = []
-            if self.isolate:
+            if tp in self.isolated:
                 refused = await send_alone(producer, work.outputs, deliveries)
                 if refused:
                     raise OutputsRefused({tp: refused})
@@ -313,6 +323,12 @@ class TransactionalSink:
             log.warning("producer for %s[%d] not restarted yet: %r", tp.topic, tp.partition, err)
 
 
+async def _failures(deliveries: Sequence[asyncio.Future[Any]]) -> list[BaseException]:
+    """The failures among ``deliveries``, once every one is settled."""
+    outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+    return [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+
+
 class AckSink:
     """At-least-once: outputs acknowledged first, then offsets committed through the consumer."""
 
@@ -325,11 +341,12 @@ class AckSink:
         client_id: str,
         commit: Callable[[dict[TopicPartition, OffsetAndMetadata]], Awaitable[None]],
     ) -> None:
+        self._kafka, self._client_id = connection, client_id
         self.producer = kafka.producer(connection, client_id)
         """The one idempotent producer (exposed so its settings can be checked)."""
         self._commit = commit
         self._started = False
-        self.isolate = False
+        self.isolated: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Connect the producer."""
@@ -351,33 +368,44 @@ class AckSink:
         """Send everything, wait for every acknowledgement, then commit the offsets.
 
         A produce that fails after the client's retries is raised: offsets past unacknowledged
-        records are never committed, so a restart loses nothing. One refused for its size
-        (`SIZE_REFUSALS`) fails the unit's partitions instead (re-read, each output then sent alone:
-        the partitions of outputs refused alone fail with `OutputsRefused`, the others commit).
+        records are never committed, so a restart loses nothing. After one refused for its size
+        (`SIZE_REFUSALS`) the producer is replaced, and the partitions whose outputs failed are re-read
+        instead (those in ``isolated`` fail with `OutputsRefused` naming the outputs refused); the
+        others commit.
         """
-        deliveries: list[asyncio.Future[Any]] = []
+        deliveries: dict[TopicPartition, list[asyncio.Future[Any]]] = {tp: [] for tp in work}
         refused: dict[TopicPartition, list[Output]] = {}
-        if self.isolate:
-            for tp, w in work.items():
-                if alone := await send_alone(self.producer, w.outputs, deliveries):
-                    refused[tp] = alone
-        else:
-            deliveries = [
-                await self.producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
-                for w in work.values()
-                for o in w.outputs
-            ]
-        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
-        errors = [e for e in outcomes if isinstance(e, BaseException)]
-        if any(not isinstance(e, SIZE_REFUSALS) for e in errors):
-            raise next(e for e in errors if not isinstance(e, SIZE_REFUSALS))
-        if errors and not refused:  # not isolated: which outputs is unknown, so the whole unit again
-            return dict.fromkeys(work, errors[0])
-        offsets = {tp: w.commit_point() for tp, w in work.items() if tp not in refused}
+        for tp in self.isolated.intersection(work):  # first: each refusal renews the producer
+            if alone := await send_alone(self.producer, work[tp].outputs, deliveries[tp], self._renew):
+                refused[tp] = alone
+        for tp, w in work.items():
+            if tp not in self.isolated:
+                deliveries[tp] = [
+                    await self.producer.send(o.topic, o.value, key=o.key, headers=list(o.headers))
+                    for o in w.outputs
+                ]
+        errors = {tp: await _failures(futures) for tp, futures in deliveries.items()}
+        sized = [tp for tp, errs in errors.items() if any(isinstance(e, SIZE_REFUSALS) for e in errs)]
+        if not sized and any(errors.values()):
+            raise next(e for errs in errors.values() for e in errs)
+        if any(tp not in refused for tp in sized):  # refused in a batch: later ones are out of order
+            await self._renew()
+        failed: dict[TopicPartition, KafkaError] = {}
+        if refused:
+            named = OutputsRefused(refused)
+            failed = dict.fromkeys(refused, named)
+        for tp, errs in errors.items():
+            if errs and tp not in failed:  # a size refusal, or one of its consequences
+                failed[tp] = next((e for e in errs if isinstance(e, SIZE_REFUSALS)), errs[0])
+        offsets = {tp: w.commit_point() for tp, w in work.items() if tp not in failed}
         if offsets:
             await self._commit(offsets)
-        if not refused:
-            self.isolate = False
-            return {}
-        err = OutputsRefused(refused)
-        return dict.fromkeys(refused, err)
+            self.isolated.difference_update(offsets)
+        return failed
+
+    async def _renew(self) -> AIOKafkaProducer:
+        """A new producer in place of the current one (new producer id: sequences start again)."""
+        old, self.producer = self.producer, kafka.producer(self._kafka, self._client_id)
+        await asyncio.gather(old.stop(), return_exceptions=True)
+        await self.producer.start()
+        return self.producer

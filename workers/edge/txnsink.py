@@ -306,7 +306,7 @@ class WorkerTransactionalSink:
         """Units whose transaction failed or was not begun (every partition of them re-read)."""
         self.refused = 0
         """Of those, units refused for their group generation (a zombie's, or read before a rebalance)."""
-        self.isolate = False
+        self.isolated: set[TopicPartition] = set()
 
     def make_producer(self) -> AIOKafkaProducer:
         """The (not yet started) transactional producer, its offset commits fenced by the group."""
@@ -388,7 +388,7 @@ class WorkerTransactionalSink:
             await self._ensure_started()
             return self._failed(work, err)
         self.transactions += 1
-        self.isolate = False
+        self.isolated.difference_update(work)
         return {}
 
     def _failed(
@@ -405,15 +405,14 @@ class WorkerTransactionalSink:
         await producer.begin_transaction()
         deliveries: list[asyncio.Future[Any]] = []
         try:
-            if self.isolate:
-                refused = {}
-                for tp, part in work.items():
-                    if alone := await send_alone(producer, part.outputs, deliveries):
-                        refused[tp] = alone
-                if refused:
-                    raise OutputsRefused(refused)
-            else:
-                await send_batched(producer, [o for part in work.values() for o in part.outputs], deliveries)
+            batched = [o for tp, part in work.items() if tp not in self.isolated for o in part.outputs]
+            await send_batched(producer, batched, deliveries)
+            refused = {}
+            for tp in self.isolated.intersection(work):
+                if alone := await send_alone(producer, work[tp].outputs, deliveries):
+                    refused[tp] = alone
+            if refused:
+                raise OutputsRefused(refused)
             offsets = {tp: part.commit_point() for tp, part in work.items()}
             await producer.send_offsets_to_transaction(offsets, self._group_id)
             await kafka.delivered(deliveries)  # a batch refused for good must not commit: it aborts

@@ -126,8 +126,11 @@ def test_records_the_cluster_refused_are_dead_lettered_then_with_a_small_dead_le
 
     outputs.refuse(TP, 1, dlq)  # its dead letter refused too
     big = bytes(range(256)) * 64
-    [small] = [o for o in built(1, raw=big)[1] if o.topic == dlq]
+    item = _item(1)
+    item.raw, item.headers = big, (("bulk", b"h" * 6000),)  # its own headers alone over the small limit
+    (work,) = outputs.build([item], 0.0, KEYRING).values()
+    [small] = [o for o in work.outputs if o.topic == dlq]
     assert record_size(small.key, small.value, small.headers) <= SMALL_DEAD_LETTER_BYTES
-    assert dict(small.headers)["edgestream.errors.truncated"] == b"value"
+    assert dict(small.headers)["edgestream.errors.truncated"] == b"value,headers"
     assert small.value
     assert big.startswith(small.value)

@@ -58,6 +58,11 @@ async def test_a_record_whose_result_the_cluster_refuses_is_dead_lettered_and_it
     worker = await running_worker(retry_backoff_max_ms=200, **overrides)
     region, device = edge_region.name, "dev-refused"
     topic, results = ingest_topic(region, "embedding"), results_topic(region)
+    # One answered first: the producer has written to that results partition, so a refused batch
+    # breaks its idempotent sequence there (the next batch would fail as out of order).
+    before = new_request_id()
+    await producer.send_and_wait(topic, _envelope(edge_region, device, before), key=device.encode())
+    assert len(await read_topic(edge_region.bootstrap, results, expect=1)) == 1
     # Below a result's batch (~280 bytes), above a transaction marker's (~80: one the broker cannot
     # write leaves the transaction open for good, and the producer's restart waits on it forever).
     await set_topic_config(edge_region.bootstrap, results, "max.message.bytes", "150")
@@ -75,7 +80,7 @@ async def test_a_record_whose_result_the_cluster_refuses_is_dead_lettered_and_it
     await set_topic_config(edge_region.bootstrap, results, "max.message.bytes", "1048588")
     answered = new_request_id()
     await producer.send_and_wait(topic, _envelope(edge_region, device, answered), key=device.encode())
-    records = await read_topic(edge_region.bootstrap, results, expect=1)
-    assert [ResultRecord.from_bytes(r.value).request_id for r in records] == [answered]
+    records = await read_topic(edge_region.bootstrap, results, expect=2)
+    assert [ResultRecord.from_bytes(r.value).request_id for r in records] == [before, answered]
     assert worker.stats.dead_letters == {"internal": 1}
-    assert not worker.sink.isolate, "isolation ended with the first publish that succeeded"
+    assert not worker.sink.isolated, "isolation ended once the partition committed"

@@ -242,8 +242,8 @@ async def _read_committed(region: EdgeRegion, topic: str, expect: int) -> list[A
         await asyncio.sleep(0.1)
 
 
-def _isolated(sink: WorkerTransactionalSink) -> bool:
-    return sink.isolate
+def _isolated(sink: WorkerTransactionalSink) -> set[TopicPartition]:
+    return sink.isolated
 
 
 async def _committed_values(region: EdgeRegion, expect: int = 0) -> list[bytes]:
@@ -363,8 +363,8 @@ async def test_a_batch_refused_for_good_aborts_the_unit_and_moves_no_offset(edge
     (it sends EndTxn once the batches are settled, failed or not): the other partitions' outputs and
     every offset would commit without that batch's records, and re-reading from the committed offsets
     would skip them. The unit must fail whole: nothing of it visible, no offset moved. Sent again with
-    ``isolate`` (as the settlement sets it after such a failure), the refusal names its output, and
-    without it the unit commits and isolation ends."""
+    its partitions ``isolated`` (as the settlement does after such a failure), the refusal names its
+    output, and without it the unit commits and isolation ends."""
     group = f"g-{uuid.uuid4().hex[:8]}"
     consumer = await _member(edge_region, group, "solo")
     sink = _sink(edge_region, group, "solo", lambda: membership_of(consumer))
@@ -383,14 +383,14 @@ async def test_a_batch_refused_for_good_aborts_the_unit_and_moves_no_offset(edge
         assert (sink.transactions, sink.aborts) == (0, 1)
         assert await stable_committed(consumer, work) == dict.fromkeys(work), "no offset moved"
         assert await _committed_values(edge_region) == [], "nothing of the unit is visible"
-        sink.isolate = True
+        sink.isolated.update(failed)
         failed = await sink.publish(work)
         [refused] = {id(err): err for err in failed.values()}.values()
         assert isinstance(refused, OutputsRefused)
         assert refused.refused == {first_tp: (big,)}
         assert refused.refused[first_tp][0].origin == 7
         assert set(failed) == set(work), "still the whole unit"
-        assert _isolated(sink), "isolated until one commits"
+        assert _isolated(sink) == set(work), "isolated until they commit"
         first.outputs.remove(big)  # read again, its record is dead-lettered instead (outputs.py)
         assert await sink.publish(work) == {}
         assert not _isolated(sink)
@@ -421,7 +421,7 @@ async def test_per_partition_a_refused_batch_aborts_only_its_partitions_transact
         failed = await sink.publish(work)
         assert set(failed) == {refused}
         assert (sink.transactions, sink.aborts) == (2, 1)
-        sink.isolate = True
+        sink.isolated.add(refused)
         again = await sink.publish({refused: work[refused]})
         assert isinstance(again[refused], OutputsRefused)
         assert again[refused].refused == {refused: (big,)}
