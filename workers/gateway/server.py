@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import ssl
 import time
@@ -54,6 +55,20 @@ _REPLY_PREFIX: Final = 2
 """A sealed reply's request id follows its 2-byte contract version."""
 
 
+def source_of(address: Any) -> str:
+    """Where a connection comes from, for ``max_pending_per_source``: its IPv4 address, or its IPv6
+    address's /64 (one host or site usually holds a whole /64: counted by address, it would be as many
+    sources as it likes)."""
+    host = str(address[0]) if isinstance(address, tuple) and address else "?"
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """TLS 1.3 only, serving ``cert_file``; devices are not asked for certificates (they sign)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -89,7 +104,9 @@ class Gateway:
         self.pending = 0
         """Connections not yet authenticated (``max_pending``)."""
         self.pending_by_source: dict[str, int] = {}
-        """Of those, how many from each source address (``max_pending_per_source``)."""
+        """Of those, how many from each source (an IPv4 address, an IPv6 /64: ``max_pending_per_source``)."""
+        self._refusing = 0
+        """Connections being refused ``overloaded`` now; past ``max_pending`` more are cut at once."""
         self._buckets: dict[str, TokenBucket] = {}
         """Each connected device's envelope rate, shared by its sessions."""
         self._left_buckets: dict[str, TokenBucket] = {}
@@ -247,16 +264,23 @@ class Gateway:
         """Authenticate the connection within the pending caps, then check the session cap: the device,
         or None after a ``refused``."""
         settings = self.settings
-        address = ws.remote_address
-        source = str(address[0]) if isinstance(address, tuple) and address else "?"
+        source = source_of(ws.remote_address)
         from_source = self.pending_by_source.get(source, 0)
         if self.pending >= settings.max_pending or from_source >= settings.max_pending_per_source:
+            if self._refusing >= settings.max_pending:  # each refusal may take 5 s: not without bound
+                self.metrics.refused["overloaded"].inc()
+                ws.transport.abort()
+                return None
             text = (
                 f"{settings.max_pending} connections are authenticating"
                 if self.pending >= settings.max_pending
                 else f"{settings.max_pending_per_source} connections from one address are authenticating"
             )
-            await refuse(self, ws, "overloaded", text)
+            self._refusing += 1
+            try:
+                await refuse(self, ws, "overloaded", text)
+            finally:
+                self._refusing -= 1
             return None
         self.pending += 1
         self.pending_by_source[source] = from_source + 1

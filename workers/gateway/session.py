@@ -146,14 +146,14 @@ class Session:
 
     async def read(self) -> None:
         """Handle the device's frames until the connection ends, paced at ``frames_per_s``; a closing
-        session's frames are dropped (a replaced session kept producing for the ~10 s its close took,
+        session reads no further frame (a replaced session kept producing for the ~10 s its close took,
         on a bucket of its own, so reconnecting multiplied a device's rate)."""
         frames = self.frames
         async for raw in self.ws:
             if not self.closing and (wait_s := frames.wait_s(time.monotonic())) > 0.0:
                 await asyncio.sleep(wait_s)  # not reading meanwhile: websockets stops, TCP pushes back
-            if self.closing:
-                continue
+            if self.closing:  # stop reading: the close completes or times out without us
+                break
             await self.on_frame(raw)
 
     async def on_frame(self, raw: Any) -> None:

@@ -165,6 +165,7 @@ async def test_no_auth_in_time_is_refused_and_the_pending_cap_refuses_more_conne
             await second.connect(10)
         refused = await answer(ws)
         assert (refused["t"], refused["reason"]) == ("refused", "auth_timeout")
+        assert await eventually(lambda: gateway.pending == 0, timeout_s=10)
         await second.connect(10)  # the slot is free again once the first was refused
         await second.close()
 

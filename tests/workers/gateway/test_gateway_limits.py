@@ -98,6 +98,33 @@ async def test_one_address_cannot_take_every_pending_slot(home: GatewayHome) -> 
         await device.close()
 
 
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    """One host or site usually holds a whole IPv6 /64: counted by address it would be any number of
+    sources."""
+    assert server.source_of(("10.0.0.1", 5)) == "10.0.0.1"
+    assert server.source_of(("2001:db8::1", 5, 0, 0)) == server.source_of(("2001:db8::beef", 6, 0, 0))
+    assert server.source_of(("2001:db8::1", 5, 0, 0)) == "2001:db8::/64"
+    assert server.source_of(("2001:db8:0:1::1", 5, 0, 0)) == "2001:db8:0:1::/64"
+    assert server.source_of(("::ffff:10.0.0.2", 5, 0, 0)) == "10.0.0.2"
+    assert server.source_of(None) == "?"
+
+
+async def test_past_as_many_refusals_in_progress_as_pending_slots_a_connection_is_cut_at_once(
+    home: GatewayHome,
+) -> None:
+    """A refusal may take 5 s (a peer that does not read): the refusals in progress are bounded too."""
+    async with fake_gateway(home, max_pending=1) as (gateway, _, _):
+        stranger, _, _ = await raw_client(home, gateway)
+        gateway._refusing = 1  # as if one refusal were still being sent
+        device = transport(home, gateway)
+        with pytest.raises(TransportUnavailable) as caught:
+            await device.connect(10)
+        assert caught.value.reason != "refused:overloaded", "cut without a refusal frame"
+        assert gateway.metrics.refused["overloaded"]._value.get() == 1
+        gateway._refusing = 0
+        await stranger.close()
+
+
 async def test_a_connection_that_never_starts_tls_is_cut_at_the_auth_timeout(home: GatewayHome) -> None:
     """A peer that opens a TCP connection and says nothing is cut at ``auth_timeout_s`` (websockets'
     open timeout runs from the accept; asyncio's own TLS handshake bound is 60 s)."""
