@@ -141,14 +141,18 @@ class UnitOutputs:
             if item.offset >= part.next_offset:
                 part.next_offset = item.offset + 1
             part.epoch = item.epoch
+            sampled_with = sample_key
             if refusals and item.error is None and (refused := refusals.get((item.tp, item.offset))):
-                item.error = OutputFailed(
-                    f"publishing its output to {refused[0]}: the cluster refused it for its size (that "
-                    f"topic's max.message.bytes)",
-                    MessageSizeTooLargeError(),
-                )
+                if refused[0] == SAMPLES_TOPIC:
+                    sampled_with = None  # its sample is refused: answered without one
+                else:
+                    item.error = OutputFailed(
+                        f"publishing its output to {refused[0]}: the cluster refused it for its size "
+                        f"(that topic's max.message.bytes)",
+                        MessageSizeTooLargeError(),
+                    )
             if item.error is None:
-                answered = self._answered(item, started_s, now_ms, sample_key)
+                answered = self._answered(item, started_s, now_ms, sampled_with)
                 part.outputs.extend(answered)
                 if item.error is None:
                     self._reply(item, answered[0], part)
@@ -162,7 +166,8 @@ class UnitOutputs:
     def refuse(self, tp: TopicPartition, offset: int, topic: str) -> None:
         """The cluster refused, for its size, an output to ``topic`` of the record at ``offset`` of
         ``tp`` (sent alone: `sinks.OutputsRefused`): read again, the record is dead-lettered (``internal``),
-        and if that dead letter was refused too, its dead letter keeps at most `SMALL_DEAD_LETTER_BYTES`.
+        and if that dead letter was refused too, its dead letter keeps at most `SMALL_DEAD_LETTER_BYTES`;
+        a refused cloud sample is only left out (the record is answered without one).
         At most `MAX_REFUSALS` are remembered (the oldest forgotten: read again, found again)."""
         key = (tp, offset)
         earlier = self._refusals.get(key)

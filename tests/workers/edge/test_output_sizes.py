@@ -134,3 +134,21 @@ def test_records_the_cluster_refused_are_dead_lettered_then_with_a_small_dead_le
     assert dict(small.headers)["edgestream.errors.truncated"] == b"value,headers"
     assert small.value
     assert big.startswith(small.value)
+
+
+def test_a_record_whose_cloud_sample_the_cluster_refused_is_answered_without_one() -> None:
+    chains = AuditChain()
+    chains.start(chain_id(TP.topic, TP.partition), None, offset=0)
+    outputs = UnitOutputs(REGION, "node-a", chains, cloud=True)
+
+    def topics_of(offset: int) -> list[str]:
+        items = [_item(n, features=8) for n in (0, 1)]
+        (work,) = outputs.build(items, 0.0, KEYRING).values()
+        assert all(item.error is None for item in items)
+        return [o.topic for o in work.outputs if o.origin == offset]
+
+    assert SAMPLES_TOPIC in topics_of(1)
+    outputs.refuse(TP, 1, SAMPLES_TOPIC)
+    assert SAMPLES_TOPIC not in topics_of(1)
+    assert results_topic(REGION) in topics_of(1), "answered: only the sample is left out"
+    assert SAMPLES_TOPIC in topics_of(0)
