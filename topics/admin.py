@@ -386,3 +386,40 @@ async def delete_topics(
     if deleted:
         log.info("deleted %d topic(s): %s", len(deleted), deleted)
     return [t.name for t in topics if t.name in deleted]
+
+
+async def alter_topic_config(
+    kafka: KafkaSettings, name: str, config: str, value: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+) -> None:
+    """Set one config of a catalogue topic (faults and tests: an operator's change, drift from the
+    catalogue) and wait until the broker describes it so, then half a second more: the controller
+    applies an alteration asynchronously and the broker's logs take it from the same metadata update,
+    so a client that produced at once could meet the old value."""
+    topic = parse_topic(name)
+    deadline = time.monotonic() + timeout_ms / 1000.0
+    async with _admin_client(kafka, timeout_ms) as client:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic.name, {config: value})
+        for response in await client.alter_configs([resource]):
+            for answer in response.to_object()["resources"]:
+                if answer["error_code"] != 0:
+                    error = for_code(answer["error_code"]).__name__
+                    raise TopicAdminError(
+                        "alter configs", f"{topic.name}: {error} {answer['error_message'] or ''}"
+                    )
+        delay_s = _FIRST_BACKOFF_S
+        asked = [ConfigResource(ConfigResourceType.TOPIC, topic.name, {config: None})]
+        while True:
+            values = {
+                entry["config_names"]: entry["config_value"]
+                for response in await client.describe_configs(asked)
+                for answer in response.to_object()["resources"]
+                for entry in answer["config_entries"]
+            }
+            if values.get(config) == value:
+                await asyncio.sleep(0.5)
+                return
+            if time.monotonic() >= deadline:
+                raise TopicAdminError(
+                    "alter configs", f"{topic.name}: {config} not {value} in {timeout_ms} ms"
+                )
+            delay_s = await _backoff(deadline, delay_s)

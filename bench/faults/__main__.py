@@ -46,12 +46,23 @@ from rich.table import Table
 from bench import REPO_ROOT, RESULTS_DIR
 from bench.faults.cluster import cluster_kill_on_own_cluster
 from bench.faults.env import FaultEnv, prepare_home
-from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, poison, rebalance, zombie
+from bench.faults.scenarios import (
+    ScenarioReport,
+    broker_restart,
+    hostile,
+    kill9,
+    poison,
+    rebalance,
+    shrunk,
+    zombie,
+)
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 
-ScenarioName = Literal["kill9", "zombie", "rebalance", "hostile", "poison", "broker_restart", "cluster_kill"]
+ScenarioName = Literal[
+    "kill9", "zombie", "rebalance", "hostile", "poison", "shrunk", "broker_restart", "cluster_kill"
+]
 OWN_BROKERS: frozenset[ScenarioName] = frozenset({"broker_restart", "cluster_kill"})
 """Scenarios that start brokers of their own (the shared broker is started only for the others)."""
 
@@ -69,6 +80,7 @@ class FaultsSettings(BaseSettings):
         "rebalance",
         "hostile",
         "poison",
+        "shrunk",
         "broker_restart",
         "cluster_kill",
     )
@@ -137,6 +149,7 @@ def _scenario_calls(
             large=settings.poison_large,
             rate_per_s=settings.poison_rate_per_s,
         ),
+        "shrunk": lambda env: shrunk(env, rate_per_s=rate),
         "broker_restart": lambda env: broker_restart(
             env, rate_per_s=rate, outage_s=settings.broker_outage_s, restarts=settings.broker_restarts
         ),

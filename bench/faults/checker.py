@@ -13,7 +13,7 @@ import hashlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from bench.faults.env import MAX_ENVELOPE_BYTES
 from bench.faults.observe import Observed, Record
@@ -55,6 +55,10 @@ class Verdict:
     stale_good: int = 0
     """Good inputs dead-lettered as ``stale`` where the scenario delays them past ``max_age_ms`` (a broker
     outage): one outcome, the right one for a late input, so not a violation there."""
+    refused_good: int = 0
+    """Good inputs dead-lettered ``internal`` because the cluster refused their result for its size,
+    where the scenario lowered the results topic's ``max.message.bytes``: one outcome, the right one
+    there."""
     wrong_reason: Counter[str] = field(default_factory=Counter)
     """``category: expected X, got Y`` for dead letters with another reason than their input's."""
     answered_bad: Counter[str] = field(default_factory=Counter)
@@ -129,6 +133,7 @@ class Verdict:
             "both": self.both,
             "false_replays": self.false_replays,
             "stale_good": self.stale_good,
+            "refused_good": self.refused_good,
             "wrong_reason": dict(self.wrong_reason),
             "answered_bad": dict(self.answered_bad),
             "unknown_results": self.unknown_results,
@@ -148,15 +153,22 @@ Position = tuple[str, int, int]
 """(topic, partition, offset) of an ingest record."""
 
 
+REFUSED_FOR_SIZE: Final = "the cluster refused it for its size"
+"""What the worker's dead letter says of a record whose output the cluster refused (``outputs.py``)."""
+
+
 def check(
     ledger: Mapping[int, CorpusRecord],
     observed: Observed,
     *,
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     tolerate_stale: bool = False,
+    tolerate_refused: bool = False,
 ) -> Verdict:
     """Judge every input by the read_committed view (pure: no Kafka here). ``tolerate_stale``: a good
-    input's one dead letter may be ``stale`` (the scenario held it up past the age limit)."""
+    input's one dead letter may be ``stale`` (the scenario held it up past the age limit);
+    ``tolerate_refused``: it may be ``internal`` for a result the cluster refused for its size (the
+    scenario lowered the results topic's limit)."""
     v = Verdict(sent=len(ledger), unsettled=dict(observed.unsettled))
     v.summarised = sum(summary.results for summary in observed.summaries)
     input_at, ingest_at = _match_ingest(ledger, observed, v)
@@ -165,7 +177,7 @@ def check(
     v.not_written = len(ledger) - len(written)
     letters, expected_dl_audits = _match_dead_letters(observed, input_at, ingest_at, v, max_envelope_bytes)
     results, answered = _match_results(ledger, observed, written, letters, v)
-    _judge_inputs(ledger, written, letters, answered, v, tolerate_stale)
+    _judge_inputs(ledger, written, letters, answered, v, tolerate_stale, tolerate_refused)
     _check_audits(observed, results, expected_dl_audits, v)
     return v
 
@@ -294,6 +306,7 @@ def _judge_inputs(
     answered: Mapping[int, int],
     v: Verdict,
     tolerate_stale: bool,
+    tolerate_refused: bool = False,
 ) -> None:
     """Each input: exactly one outcome, the expected one."""
     for test_id in sorted(written):
@@ -323,6 +336,15 @@ def _judge_inputs(
         for letter in got_letters:
             if tolerate_stale and expected == "result" and letter.reason == "stale" and len(got_letters) == 1:
                 v.stale_good += 1
+                continue
+            if (
+                tolerate_refused
+                and expected == "result"
+                and letter.reason == "internal"
+                and REFUSED_FOR_SIZE in letter.message
+                and len(got_letters) == 1
+            ):
+                v.refused_good += 1
                 continue
             if letter.reason != expected:
                 v.wrong_reason[f"{record.category}: expected {expected}, got {letter.reason}"] += 1

@@ -37,7 +37,10 @@ from bench.faults.poison import PoisonCorpus, poison_counts, poison_requirements
 from bench.faults.records import CorpusRecord
 from bench.faults.traffic import GroupProbe, Traffic, good_traffic, region_lag, wait_drained
 from bench.faults.workers import Workers, partition_names
+from edgestream.pipeline.contract.limits import BROKER_MESSAGE_MAX_BYTES
 from edgestream.pipeline.contract.records import ResultRecord
+from edgestream.topics.admin import alter_topic_config
+from edgestream.topics.catalogue import results_topic
 from edgestream.workers.local.broker.config import free_port
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
@@ -123,6 +126,7 @@ async def _finish(
     started: float,
     inspect: Callable[[Observed], Mapping[str, Any]] | None = None,
     tolerate_stale: bool = False,
+    tolerate_refused: bool = False,
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     **extra: Any,
 ) -> ScenarioReport:
@@ -134,7 +138,11 @@ async def _finish(
     env.on_event(f"{name}: checking")
     observed = await observe(region)
     verdict = check(
-        traffic.ledger, observed, tolerate_stale=tolerate_stale, max_envelope_bytes=max_envelope_bytes
+        traffic.ledger,
+        observed,
+        tolerate_stale=tolerate_stale,
+        tolerate_refused=tolerate_refused,
+        max_envelope_bytes=max_envelope_bytes,
     )
     extra["aborted_outputs"] = observed.aborted
     extra["replies"] = observed.replies_of_results()
@@ -318,6 +326,44 @@ async def rebalance(env: FaultEnv, *, rate_per_s: float = 100.0) -> ScenarioRepo
             await probe.progress("the last worker commits")
             return await _finish(
                 "rebalance 1-3-1", env, region, workers, traffic, started, leave_exit_codes=list(leave_codes)
+            )
+
+
+async def shrunk(
+    env: FaultEnv, *, rate_per_s: float = 100.0, lowered_s: float = 3.0, limit_bytes: int = 150
+) -> ScenarioReport:
+    """An operator lowers the results topic's ``max.message.bytes`` below a result (``limit_bytes``; a
+    transaction marker still fits) for ``lowered_s`` under traffic, then restores it. Before, the
+    worker's unit was refused at every re-read and its partitions stopped for good (at-least-once: the
+    worker exited). Now every input still has exactly one outcome: those answered in the window are
+    dead-lettered ``internal`` (refused for its size), the rest answered; the worker never exits."""
+    started = time.monotonic()
+    region = await make_region(env)
+    corpus = make_corpus(env, region)
+    results = results_topic(region.name)
+    name = "results topic limit lowered"
+    async with _scenario(name, env, region, good_traffic(corpus), rate_per_s) as (workers, traffic, probe):
+        worker = workers.start("a")
+        await worker.ready()
+        async with traffic:
+            await probe.progress("the worker commits")
+            await alter_topic_config(region.bootstrap, results, "max.message.bytes", str(limit_bytes))
+            env.on_event(f"{name}: {results} max.message.bytes {limit_bytes} for {lowered_s:g} s")
+            await asyncio.sleep(lowered_s)
+            await alter_topic_config(
+                region.bootstrap, results, "max.message.bytes", str(BROKER_MESSAGE_MAX_BYTES)
+            )
+            env.on_event(f"{name}: restored")
+            await probe.progress("the worker commits after the limit is restored")
+            return await _finish(
+                name,
+                env,
+                region,
+                workers,
+                traffic,
+                started,
+                tolerate_refused=True,
+                refused_records=workers.count_log_lines("dead-lettering the record"),
             )
 
 

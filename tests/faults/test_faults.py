@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.faults.checker import check
+from bench.faults.checker import REFUSED_FOR_SIZE, check
 from bench.faults.corpus import Corpus
 from bench.faults.env import (
     MAX_BODY_BYTES,
@@ -387,8 +387,10 @@ def test_every_corpus_record_fails_where_its_label_says(seed: int) -> None:
             assert record.request_id is not None
 
 
-def _dead_letter(record: CorpusRecord, offset: int, reason: str, dlq_offset: int) -> Record:
-    error = type("Refused", (ContractError,), {"reason": reason})("refused")
+def _dead_letter(
+    record: CorpusRecord, offset: int, reason: str, dlq_offset: int, message: str = "refused"
+) -> Record:
+    error = type("Refused", (ContractError,), {"reason": reason})(message)
     headers = dead_letter_headers(
         error=error,
         origin_topic=ingest_topic("r", record.kind),
@@ -495,6 +497,30 @@ def test_the_checker_counts_every_way_the_invariant_breaks() -> None:
     assert clean.violations() == []
     assert clean.stale_good == 1
     assert clean.lost == 0
+
+
+def test_where_the_results_topic_was_lowered_a_good_input_may_be_dead_lettered_internal_once() -> None:
+    """The shrunk scenario: a good input whose result the cluster refused for its size has one
+    ``internal`` dead letter, the right outcome there and only there."""
+    keyring = KeyRing({"r": {1: b"\x01" * 32, 2: b"\x02" * 32}})
+    corpus = Corpus(
+        "r", keyring, served_versions=VERSIONS, seed=6, devices=2, max_envelope_bytes=MAX_ENVELOPE_BYTES,
+        max_body_bytes=MAX_BODY_BYTES, max_age_ms=60_000,
+    )  # fmt: skip
+    goods = [corpus.good(kind="embedding") for _ in range(2)]
+    ledger = {r.test_id: r for r in goods}
+    ingest = [Record(ingest_topic("r", "embedding"), 0, i, r.key, r.value, ()) for i, r in enumerate(goods)]
+    answered, audit = _result(goods[0], 0)
+    refused = _dead_letter(goods[1], 1, "internal", 0, f"publishing its output: {REFUSED_FOR_SIZE}")
+    other = _dead_letter(goods[1], 1, "internal", 0, "building its outputs")
+    audits = [audit, _dead_letter_audit(goods[1], "internal")]
+    observed = Observed(ingest, [answered], audits, [refused], {}, {}, [_summary(1)])
+    clean = check(ledger, observed, tolerate_refused=True)
+    assert clean.violations() == []
+    assert clean.refused_good == 1
+    assert check(ledger, observed).wrong_reason == Counter({"good: expected result, got internal": 1})
+    observed.dlq[:] = [other]
+    assert check(ledger, observed, tolerate_refused=True).refused_good == 0
 
 
 def _summary(results: int) -> PartialSummary:

@@ -21,7 +21,7 @@ from edgestream.pipeline.security.keysource import KeyFileWatcher
 from edgestream.pipeline.serving.served import load_models
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics.acl_admin import apply_policy
-from edgestream.topics.admin import ensure_topics
+from edgestream.topics.admin import alter_topic_config, ensure_topics
 from edgestream.topics.catalogue import all_topics, parse_topic
 from edgestream.workers.edge.settings import WorkerSettings
 from edgestream.workers.edge.worker import EdgeWorker
@@ -152,27 +152,5 @@ async def eventually(predicate: Callable[[], bool], *, timeout_s: float, step_s:
 
 
 async def set_topic_config(bootstrap: KafkaSettings, topic: str, name: str, value: str) -> None:
-    """Set one config of ``topic`` and wait until the broker describes it so (the controller applies an
-    alteration asynchronously: a test that produces right after may meet the old value), then a little
-    longer for the broker's logs to take it from the same metadata update."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    async with kafka.started(kafka.admin(bootstrap, "test-topic-config")) as admin:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: value})])
-
-        async def described() -> str | None:
-            resource_asked = ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})
-            answers = await admin.describe_configs([resource_asked])
-            for answer in answers:
-                for resource in answer.to_object()["resources"]:
-                    for entry in resource["config_entries"]:
-                        if entry["config_names"] == name:  # aiokafka's spelling
-                            return str(entry["config_value"])
-            return None
-
-        for _ in range(100):
-            if await described() == value:
-                await asyncio.sleep(0.5)
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{topic}: {name} not {value} after 10 s")
+    """Set one config of ``topic`` and wait until the broker applies it (`alter_topic_config`)."""
+    await alter_topic_config(bootstrap, topic, name, value)
