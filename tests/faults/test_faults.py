@@ -38,7 +38,16 @@ from bench.faults.env import (
 from bench.faults.observe import Observed, Record, observe
 from bench.faults.poison import ALL_CATEGORIES
 from bench.faults.records import CATEGORIES, FLOOD, LARGE_CATEGORIES, OK, CorpusRecord
-from bench.faults.scenarios import ScenarioReport, broker_restart, hostile, kill9, poison, rebalance, zombie
+from bench.faults.scenarios import (
+    ScenarioReport,
+    broker_restart,
+    hostile,
+    kill9,
+    poison,
+    rebalance,
+    shrunk,
+    zombie,
+)
 from bench.faults.traffic import wait_drained
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import PartialSummary
@@ -128,6 +137,19 @@ async def test_scaling_one_to_three_to_one_under_traffic_loses_and_doubles_nothi
     report = await rebalance(fault_env, rate_per_s=100)
     assert_exactly_once(report)
     assert report.extra["leave_exit_codes"] == [0, 0], "SIGTERM is the graceful path"
+    assert report.unexpected_exits == []
+    assert report.worker_restarts == 0
+
+
+async def test_a_results_topic_lowered_below_a_result_stops_nothing_and_loses_nothing(
+    fault_env: FaultEnv,
+) -> None:
+    """The shrunk scenario: the records answered while the results topic refuses every result are
+    dead-lettered (one outcome each, ``internal``); the others answered; the worker never exits."""
+    report = await shrunk(fault_env, rate_per_s=100, lowered_s=2.0)
+    assert_exactly_once(report)
+    assert report.verdict.refused_good > 0, "the window refused some results"
+    assert report.verdict.results > 0
     assert report.unexpected_exits == []
     assert report.worker_restarts == 0
 
