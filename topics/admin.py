@@ -388,17 +388,42 @@ async def delete_topics(
     return [t.name for t in topics if t.name in deleted]
 
 
+_DYNAMIC_TOPIC_CONFIG: Final = 1
+"""DescribeConfigs' ``config_source`` of a value set on the topic itself."""
+
+
+def _set_on_topic(entry: Mapping[str, Any]) -> bool:
+    """Whether a described config entry was set on the topic (not a default or the broker's)."""
+    if "config_source" in entry:
+        return bool(entry["config_source"] == _DYNAMIC_TOPIC_CONFIG)
+    return not entry.get("is_default", True) and not entry.get("read_only", False)
+
+
+async def _topic_values(client: AIOKafkaAdminClient, name: str, *, own: bool) -> dict[str, str]:
+    """The topic's described configs (``own``: only those set on the topic itself)."""
+    asked = [ConfigResource(ConfigResourceType.TOPIC, name)]
+    return {
+        entry["config_names"]: entry["config_value"]
+        for response in await client.describe_configs(asked)
+        for answer in response.to_object()["resources"]
+        for entry in answer["config_entries"]
+        if not own or _set_on_topic(entry)
+    }
+
+
 async def alter_topic_config(
     kafka: KafkaSettings, name: str, config: str, value: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
 ) -> None:
     """Set one config of a catalogue topic (faults and tests: an operator's change, drift from the
-    catalogue) and wait until the broker describes it so, then half a second more: the controller
-    applies an alteration asynchronously and the broker's logs take it from the same metadata update,
-    so a client that produced at once could meet the old value."""
+    catalogue), keeping the others set on it (AlterConfigs, the request aiokafka sends, replaces the
+    topic's whole set), and wait until the broker describes it so, then half a second more: the
+    controller applies an alteration asynchronously and the broker's logs take it from the same
+    metadata update, so a client that produced at once could meet the old value."""
     topic = parse_topic(name)
     deadline = time.monotonic() + timeout_ms / 1000.0
     async with _admin_client(kafka, timeout_ms) as client:
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic.name, {config: value})
+        configs = {**await _topic_values(client, topic.name, own=True), config: value}
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic.name, configs)
         for response in await client.alter_configs([resource]):
             for answer in response.to_object()["resources"]:
                 if answer["error_code"] != 0:
@@ -407,19 +432,10 @@ async def alter_topic_config(
                         "alter configs", f"{topic.name}: {error} {answer['error_message'] or ''}"
                     )
         delay_s = _FIRST_BACKOFF_S
-        asked = [ConfigResource(ConfigResourceType.TOPIC, topic.name, {config: None})]
-        while True:
-            values = {
-                entry["config_names"]: entry["config_value"]
-                for response in await client.describe_configs(asked)
-                for answer in response.to_object()["resources"]
-                for entry in answer["config_entries"]
-            }
-            if values.get(config) == value:
-                await asyncio.sleep(0.5)
-                return
+        while (await _topic_values(client, topic.name, own=False)).get(config) != value:
             if time.monotonic() >= deadline:
                 raise TopicAdminError(
                     "alter configs", f"{topic.name}: {config} not {value} in {timeout_ms} ms"
                 )
             delay_s = await _backoff(deadline, delay_s)
+        await asyncio.sleep(0.5)

@@ -19,6 +19,7 @@ from edgestream.pipeline import kafka
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.topics import admin
 from edgestream.topics.admin import (
+    alter_topic_config,
     delete_topics,
     describe_topics,
     ensure_topics,
@@ -196,6 +197,21 @@ async def test_a_lowered_message_limit_is_named(
     assert info.value.differences == (
         SettingDifference(results.name, "max.message.bytes", "1048588", "4000"),
     )
+
+
+async def test_altering_one_config_keeps_the_others_set_on_the_topic(
+    bootstrap: KafkaSettings, region: str
+) -> None:
+    """AlterConfigs (aiokafka's) replaces a topic's whole set: altering one config must send the others
+    too, or the topic loses its retention and segment settings."""
+    await ensure_topics(bootstrap, region_topics(region))
+    results = results_topic(region)
+    await alter_topic_config(bootstrap, results, "max.message.bytes", "4000")
+    [described] = await describe_topics(bootstrap, [results])
+    assert described.differences() == [SettingDifference(results, "max.message.bytes", "1048588", "4000")]
+    await alter_topic_config(bootstrap, results, "max.message.bytes", "1048588")
+    [described] = await describe_topics(bootstrap, [results])
+    assert described.differences() == []
 
 
 async def test_mismatch_names_every_topic_and_every_setting(

@@ -171,8 +171,9 @@ class UnitOutputs:
         At most `MAX_REFUSALS` are remembered (the oldest forgotten: read again, found again)."""
         key = (tp, offset)
         earlier = self._refusals.get(key)
-        if topic != self._dlq_topic:
-            self._refusals[key] = (topic, False) if earlier is None else earlier
+        if topic != self._dlq_topic:  # a sample's refusal is the weakest: any other one replaces it
+            keep = earlier is not None and earlier[0] != SAMPLES_TOPIC
+            self._refusals[key] = earlier if keep and earlier is not None else (topic, False)
         elif earlier is None or not earlier[1]:  # its dead letter: a small one next time
             self._refusals[key] = (topic if earlier is None else earlier[0], True)
         else:

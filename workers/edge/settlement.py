@@ -83,8 +83,8 @@ class Settlement:
             self.abort(work)
             raise
         self._metrics.commit(committed=not failed, seconds=time.monotonic() - started_s)
-        if failed:
-            self._refused(failed)
+        if failed and self._refused(failed):
+            self._failures = 0  # records were named: progress, so the next try does not wait longer
         await self._settle(work, failed)
         for unit in units:
             items = [it for it in unit.items if it.tp in work and work[it.tp].epoch == it.epoch]
@@ -101,15 +101,20 @@ class Settlement:
             self._admission.replays.abort(tp)
             self._chains.forget(chain_id(tp.topic, tp.partition))
 
-    def _refused(self, failed: Mapping[TopicPartition, KafkaError]) -> None:
-        """Outputs the cluster refused for their size: isolate the partitions' next try, and hand on
-        the records of those named."""
-        isolated = [tp for tp, err in failed.items() if isinstance(err, (OutputsRefused, *SIZE_REFUSALS))]
+    def _refused(self, failed: Mapping[TopicPartition, KafkaError]) -> bool:
+        """Outputs the cluster refused for their size: isolate the partitions' next try (those named,
+        when the refusal names its outputs), and hand on the records of those named; whether any was."""
+        isolated = [
+            tp
+            for tp, err in failed.items()
+            if isinstance(err, SIZE_REFUSALS) or (isinstance(err, OutputsRefused) and tp in err.refused)
+        ]
         if isolated and not self._sink.isolated.issuperset(isolated):
             log.warning(
                 "outputs refused for their size: sending those of %d partition(s) one by one", len(isolated)
             )
         self._sink.isolated.update(isolated)
+        named = False
         for err in {id(e): e for e in failed.values()}.values():
             if isinstance(err, OutputsRefused):
                 for tp, outputs in err.refused.items():
@@ -122,6 +127,8 @@ class Settlement:
                             output.topic, tp.topic, tp.partition, output.origin,
                         )  # fmt: skip
                         self._refuse(tp, output.origin, output.topic)
+                        named = True
+        return named
 
     async def _settle(
         self, work: Mapping[TopicPartition, PartitionWork], failed: Mapping[TopicPartition, BaseException]

@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    RecordListTooLargeError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from edgestream.pipeline import kafka
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 SIZE_REFUSALS: Final = (MessageSizeTooLargeError, RecordListTooLargeError)
 """What the broker answers a batch larger than its topic's ``max.message.bytes`` (or a record the
 producer finds larger than ``max_request_size``): refused for good, whatever the retries."""
+_AFTER_A_REFUSAL: Final = (*SIZE_REFUSALS, OutOfOrderSequenceNumber)
+"""A refusal, and what it causes: the idempotent producer's later batches to that partition."""
 
 
 class Resettled(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
@@ -257,6 +265,7 @@ class TransactionalSink:
         """Stop the producers of partitions this worker no longer owns."""
         tps = list(partitions)
         self._owned.difference_update(tps)
+        self.isolated.difference_update(tps)
         gone = [self._producers.pop(tp) for tp in tps if tp in self._producers]
         await asyncio.gather(*(p.stop() for p in gone), return_exceptions=True)
 
@@ -362,7 +371,8 @@ class AckSink:
         """Nothing per partition."""
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        """Nothing per partition."""
+        """Forget their isolation (their next owner finds its own)."""
+        self.isolated.difference_update(partitions)
 
     async def publish(self, work: Mapping[TopicPartition, PartitionWork]) -> dict[TopicPartition, KafkaError]:
         """Send everything, wait for every acknowledgement, then commit the offsets.
@@ -386,8 +396,9 @@ class AckSink:
                 ]
         errors = {tp: await _failures(futures) for tp, futures in deliveries.items()}
         sized = [tp for tp, errs in errors.items() if any(isinstance(e, SIZE_REFUSALS) for e in errs)]
-        if not sized and any(errors.values()):
-            raise next(e for errs in errors.values() for e in errs)
+        others = [e for errs in errors.values() for e in errs if not isinstance(e, _AFTER_A_REFUSAL)]
+        if others or (not sized and any(errors.values())):  # not the refusal's own: the run ends, as before
+            raise (others or [e for errs in errors.values() for e in errs])[0]
         if any(tp not in refused for tp in sized):  # refused in a batch: later ones are out of order
             await self._renew()
         failed: dict[TopicPartition, KafkaError] = {}
@@ -404,8 +415,14 @@ class AckSink:
         return failed
 
     async def _renew(self) -> AIOKafkaProducer:
-        """A new producer in place of the current one (new producer id: sequences start again)."""
-        old, self.producer = self.producer, kafka.producer(self._kafka, self._client_id)
+        """A new producer in place of the current one (new producer id: sequences start again); the old
+        one is stopped only once the new one runs."""
+        fresh = kafka.producer(self._kafka, self._client_id)
+        try:
+            await fresh.start()
+        except BaseException:
+            await asyncio.gather(fresh.stop(), return_exceptions=True)
+            raise
+        old, self.producer = self.producer, fresh
         await asyncio.gather(old.stop(), return_exceptions=True)
-        await self.producer.start()
-        return self.producer
+        return fresh

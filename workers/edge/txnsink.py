@@ -340,7 +340,9 @@ class WorkerTransactionalSink:
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Nothing to stop: the producer serves every partition."""
-        self._owned.difference_update(partitions)
+        tps = list(partitions)
+        self._owned.difference_update(tps)
+        self.isolated.difference_update(tps)
 
     async def _ensure_started(self) -> AIOKafkaProducer | None:
         if self._producer is None:
