@@ -182,6 +182,32 @@ async def fake_gateway(
 
 # -- devices ------------------------------------------------------------------------------------------
 
+DEVICES = {f"dev-{n}": device_key(f"dev-{n}") for n in range(3)}
+"""The enrolled test devices (id -> device key)."""
+
+
+def transport(
+    home: GatewayHome, gateway: Gateway, device_id: str = "dev-0", key: bytes | None = None, key_id: int = 1
+) -> GatewayTransport:
+    """The SDK's transport for ``device_id`` to ``gateway``, reconnecting quickly."""
+    return GatewayTransport(
+        home.endpoint(gateway),
+        device_id,
+        key if key is not None else DEVICES[device_id],
+        key_id,
+        backoff_min_s=0.01,
+        backoff_max_s=0.05,
+    )
+
+
+async def next_event(t: GatewayTransport, kind: Any, timeout_s: float = 10.0) -> Any:
+    """The transport's next event of ``kind`` (others are skipped)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            event = await t.events.get()
+            if isinstance(event, kind):
+                return event
+
 
 def envelope(device_id: str, key: bytes, *, kind: Kind = "embedding", rid: bytes | None = None) -> bytes:
     """A real sealed envelope of ``device_id``."""

@@ -13,7 +13,6 @@ import contextlib
 import json
 import random
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import pytest
@@ -21,7 +20,6 @@ from typer.testing import CliRunner
 from websockets.exceptions import ConnectionClosed
 
 from edgestream.cli import app
-from edgestream.device.gateway_client import GatewayTransport
 from edgestream.device.transport import (
     Accepted,
     Connected,
@@ -53,6 +51,7 @@ from tests.pipeline.observability.served import http_get
 
 from ..conftest import eventually
 from .harness import (
+    DEVICES,
     REGION,
     DedupingDevice,
     GatewayHome,
@@ -60,14 +59,15 @@ from .harness import (
     device_key,
     envelope,
     fake_gateway,
+    next_event,
     raw_client,
     sealed_reply,
     signed_auth,
+    transport,
 )
 
 DISCONNECTS = 120
 """Disconnects injected in the reconnect test."""
-DEVICES = {f"dev-{n}": device_key(f"dev-{n}") for n in range(3)}
 
 
 @pytest.fixture
@@ -75,27 +75,6 @@ def home(tmp_path: Path) -> GatewayHome:
     gateway_home = GatewayHome(tmp_path)
     gateway_home.enrol(DEVICES)
     return gateway_home
-
-
-def transport(
-    home: GatewayHome, gateway: object, device_id: str = "dev-0", key: bytes | None = None, key_id: int = 1
-) -> GatewayTransport:
-    return GatewayTransport(
-        home.endpoint(gateway),  # type: ignore[arg-type]
-        device_id,
-        key if key is not None else DEVICES[device_id],
-        key_id,
-        backoff_min_s=0.01,
-        backoff_max_s=0.05,
-    )
-
-
-async def next_event(t: GatewayTransport, kind: Any, timeout_s: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            event = await t.events.get()
-            if isinstance(event, kind):
-                return event
 
 
 # -- authentication ----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from edgestream.device.gateway_client import GatewayTransport
 from edgestream.device.transport import Accepted, Rejected, TransportUnavailable
 from edgestream.pipeline.contract.envelope import new_request_id
 from edgestream.pipeline.contract.gatewayauth import read_directory
@@ -26,17 +25,18 @@ from edgestream.workers.gateway.session import REPLACED, Session
 
 from ..conftest import eventually
 from .harness import (
+    DEVICES,
     GatewayHome,
     answer,
     device_key,
     envelope,
     fake_gateway,
+    next_event,
     raw_client,
     sealed_reply,
     signed_auth,
+    transport,
 )
-
-DEVICES = {f"dev-{n}": device_key(f"dev-{n}") for n in range(3)}
 
 
 @pytest.fixture
@@ -44,20 +44,6 @@ def home(tmp_path: Path) -> GatewayHome:
     gateway_home = GatewayHome(tmp_path)
     gateway_home.enrol(DEVICES)
     return gateway_home
-
-
-def transport(home: GatewayHome, gateway: server.Gateway, device_id: str = "dev-0") -> GatewayTransport:
-    return GatewayTransport(
-        home.endpoint(gateway), device_id, DEVICES[device_id], 1, backoff_min_s=0.01, backoff_max_s=0.05
-    )
-
-
-async def next_event(t: GatewayTransport, kind: Any, timeout_s: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            event = await t.events.get()
-            if isinstance(event, kind):
-                return event
 
 
 # -- connections ---------------------------------------------------------------------------------------
