@@ -132,10 +132,10 @@ class TokenBucket:
         self.tokens = tokens - 1.0
         return True
 
-    def wait_s(self, now: float) -> float:
-        """Take a token, in advance if there is none: how long to wait before acting on it (0.0 when
-        one was there). Used for pacing, where the caller sleeps instead of refusing."""
-        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - 1.0
+    def wait_s(self, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens, in advance if there are not as many: how long to wait before acting on
+        them (0.0 when they were there). Used for pacing, where the caller sleeps instead of refusing."""
+        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - cost
         self.last = now
         self.tokens = tokens
         return 0.0 if tokens >= 0.0 else -tokens / self.rate

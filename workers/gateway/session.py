@@ -72,6 +72,7 @@ class Session:
 
     __slots__ = (
         "bucket",
+        "bytes",
         "closing",
         "device_id",
         "fetching",
@@ -100,6 +101,8 @@ class Session:
         """The device's envelope and report rate (the gateway's, shared with its other sessions)."""
         self.frames = TokenBucket.full(settings.frames_per_s, settings.frame_burst, time.monotonic())
         """The session's frame rate, which paces its reading."""
+        self.bytes = TokenBucket.full(settings.bytes_per_s, settings.byte_burst, time.monotonic())
+        """The session's byte rate, which paces its reading too."""
         self.closing = False
         """`close` was called (replaced, or too slow): nothing more is sent, no further frame handled."""
         self.writer: asyncio.Task[None] | None = None
@@ -145,12 +148,14 @@ class Session:
         self.send(encode_frame("rejected", id=request_id, reason=reason, detail=detail(text)))
 
     async def read(self) -> None:
-        """Handle the device's frames until the connection ends, paced at ``frames_per_s``; a closing
-        session reads no further frame (a replaced session kept producing for the ~10 s its close took,
-        on a bucket of its own, so reconnecting multiplied a device's rate)."""
-        frames = self.frames
+        """Handle the device's frames until the connection ends, paced at ``frames_per_s`` and
+        ``bytes_per_s``; a closing session reads no further frame (a replaced session kept producing
+        for the ~10 s its close took, on a bucket of its own, so reconnecting multiplied a device's
+        rate)."""
+        frames, size = self.frames, self.bytes
         async for raw in self.ws:
-            if not self.closing and (wait_s := frames.wait_s(time.monotonic())) > 0.0:
+            now = time.monotonic()
+            if not self.closing and (wait_s := max(frames.wait_s(now), size.wait_s(now, len(raw)))) > 0.0:
                 await asyncio.sleep(wait_s)  # not reading meanwhile: websockets stops, TCP pushes back
             if self.closing:  # stop reading: the close completes or times out without us
                 break

@@ -102,6 +102,12 @@ class GatewaySettings(BaseSettings):
     under 1 MB/s raised the gateway's loop lag p99 to 50-131 ms (2026-12-07)."""
     frame_burst: int = Field(default=400, ge=1)
     """Frames read at once before ``frames_per_s`` paces a session."""
+    bytes_per_s: float = Field(default=16 * 1024 * 1024, gt=0)
+    """Bytes of frames read per second per session, paced as ``frames_per_s`` is: 200 frames of 2 MiB
+    a second were 400 MiB/s of TLS and msgpack for the gateway to read from one device. Well above a
+    device at its envelope rate with frames of a few hundred KiB."""
+    byte_burst: int = Field(default=8 * 1024 * 1024, ge=4096)
+    """Bytes read at once before ``bytes_per_s`` paces a session."""
     max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, ge=256)
     """Largest envelope produced (the edge's limit); larger ones are ``too_large``."""
     max_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=4096)

@@ -220,6 +220,31 @@ async def test_frames_of_every_kind_are_paced_and_all_answered(home: GatewayHome
         await ws.close()
 
 
+async def test_large_frames_are_paced_by_their_bytes(home: GatewayHome) -> None:
+    """Past ``byte_burst`` a session is read at ``bytes_per_s``, whatever its frame count: 200 frames of
+    2 MiB a second were 400 MiB/s of TLS and msgpack for the gateway to read from one device."""
+    mib = 1 << 20
+    async with fake_gateway(home, bytes_per_s=2.0 * mib, byte_burst=mib) as (gateway, _, _):
+        ws, nonce, cert = await raw_client(home, gateway, max_size=4 * mib)
+        await ws.send(signed_auth("dev-0", DEVICES["dev-0"], nonce, cert))
+        assert (await answer(ws))["t"] == "welcome"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for echo in range(6):  # 1 MiB each: one at once, then one each 0.5 s
+            await ws.send(encode_frame("time", echo=echo, pad=bytes(mib - 64)))
+        early = 0
+        while (left := started + 0.6 - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(ws.recv(), left)
+            except TimeoutError:
+                break
+            early += 1
+        assert early <= 3, early  # unpaced: all 6 at once
+        rest = [await answer(ws) for _ in range(6 - early)]
+        assert [f["echo"] for f in rest] == list(range(early, 6))
+        await ws.close()
+
+
 # -- a session that stopped reading, reports, the directory ---------------------------------------------
 
 
@@ -295,3 +320,4 @@ def test_the_pacing_bucket_and_when_a_bucket_may_be_forgotten() -> None:
     assert bucket.wait_s(0.5) == pytest.approx(0.0)  # the debt (2 tokens) paid back by 0.5 s of rate
     assert not bucket.refilled(0.5)
     assert bucket.refilled(0.7)
+    assert bucket.wait_s(0.7, cost=3.0) == pytest.approx(0.1)  # full (2), 3 taken at once (bytes): 1 owed
