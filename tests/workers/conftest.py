@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from edgestream.pipeline import kafka
-from edgestream.pipeline.models import ModelStore
+from edgestream.pipeline.contract.codec import encode_tensor
+from edgestream.pipeline.contract.envelope import seal
+from edgestream.pipeline.models import ModelStore, load_dataset, spec
 from edgestream.pipeline.security import keyfile
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.security.keyring import KeyRing
@@ -39,6 +42,9 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+EMBEDDING_MODEL = "embedding-scorer"
+
+
 @dataclass
 class EdgeRegion:
     """A fresh region: its own topics on the real broker and its own key file."""
@@ -62,6 +68,21 @@ class EdgeRegion:
         }
         values.update(overrides)
         return WorkerSettings(**values)
+
+    def embedding(self, device_id: str, *, row: int = 0, request_id: bytes | None = None) -> bytes:
+        """A good embedding envelope of ``device_id`` (test row ``row``), sealed now with the region's
+        current key."""
+        key_id = self.keyring.current_key_id(self.name)
+        return seal(
+            encode_tensor(load_dataset("embedding").X_test[row], spec(EMBEDDING_MODEL).input_dtype),
+            device_key=self.keyring.device_key(self.name, device_id, key_id),
+            device_id=device_id,
+            key_id=key_id,
+            kind="embedding",
+            model=EMBEDDING_MODEL,
+            capture_time_ms=int(time.time() * 1000),
+            request_id=request_id,
+        )
 
 
 @pytest.fixture

@@ -16,12 +16,10 @@ from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFai
 
 from edgestream.pipeline import kafka
 from edgestream.pipeline.contract.cloud import Label
-from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
-from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.envelope import new_request_id
 from edgestream.pipeline.contract.records import ResultRecord
 from edgestream.pipeline.contract.reply import open_reply
-from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.security.identities import Identity
 from edgestream.pipeline.settings import KafkaSettings
 from edgestream.results import Decoded, subscribe
@@ -49,22 +47,6 @@ pytestmark = pytest.mark.broker
 
 MODEL = "embedding-scorer"
 REQUESTS = 12
-
-
-def _envelope(region: EdgeRegion, device: str, i: int, rid: bytes) -> bytes:
-    keys = region.keyring
-    key_id = keys.current_key_id(region.name)
-    x = load_dataset("embedding").X_test[i]
-    return seal(
-        encode_tensor(x, spec(MODEL).input_dtype),
-        device_key=keys.device_key(region.name, device, key_id),
-        device_id=device,
-        key_id=key_id,
-        kind="embedding",
-        model=MODEL,
-        capture_time_ms=int(time.time() * 1000),
-        request_id=rid,
-    )
 
 
 async def _aborted_result(region: EdgeRegion) -> bytes:
@@ -98,11 +80,11 @@ async def test_the_backend_reads_committed_results_and_dead_letters_and_writes_l
         device = f"terminal-{i % 4}"
         await producer.send(
             ingest_topic(edge_region.name, "embedding"),
-            _envelope(edge_region, device, i, rid),
+            edge_region.embedding(device, row=i, request_id=rid),
             key=device.encode(),
         )
         sent.append(rid)
-    tampered = bytearray(_envelope(edge_region, "terminal-bad", 0, new_request_id()))
+    tampered = bytearray(edge_region.embedding("terminal-bad", request_id=new_request_id()))
     tampered[-1] ^= 1
     await producer.send(ingest_topic(edge_region.name, "embedding"), bytes(tampered), key=b"terminal-bad")
     await producer.flush()

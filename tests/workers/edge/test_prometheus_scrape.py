@@ -23,10 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
-from edgestream.pipeline.contract.envelope import seal
-from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.observability import alerting, dashboard
 from edgestream.pipeline.observability.generated import PROMETHEUS_DIR
 from edgestream.topics.catalogue import dlq_topic, ingest_topic, results_topic
@@ -126,20 +123,6 @@ async def _until(base: str, promql: str, expected: float, timeout_s: float = 30.
     return value
 
 
-def _envelope(region: EdgeRegion, device_id: str, row: int) -> bytes:
-    key_id = region.keyring.current_key_id(region.name)
-    x = load_dataset("embedding").X_test[row]
-    return seal(
-        encode_tensor(x, spec("embedding-scorer").input_dtype),
-        device_key=region.keyring.device_key(region.name, device_id, key_id),
-        device_id=device_id,
-        key_id=key_id,
-        kind="embedding",
-        model="embedding-scorer",
-        capture_time_ms=int(time.time() * 1000),
-    )
-
-
 async def _traffic(region: EdgeRegion, producer: AIOKafkaProducer, good: int) -> Counter[str]:
     """Send ``good`` requests, a tampered one and garbage every 10th, over a few seconds; returns what
     was sent by kind."""
@@ -147,7 +130,7 @@ async def _traffic(region: EdgeRegion, producer: AIOKafkaProducer, good: int) ->
     sent: Counter[str] = Counter()
     for i in range(good):
         device = f"dev-{i % 7}"
-        envelope = _envelope(region, device, i)
+        envelope = region.embedding(device, row=i)
         await producer.send(topic, envelope, key=device.encode())
         sent["good"] += 1
         if i % 10 == 0:

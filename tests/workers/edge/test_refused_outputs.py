@@ -7,37 +7,17 @@ on, with every sink."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
-from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id, seal
+from edgestream.pipeline.contract.envelope import decode_envelope, new_request_id
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.pipeline.models import load_dataset, spec
 from edgestream.topics.catalogue import dlq_topic, ingest_topic, results_topic
 
 from ..conftest import EdgeRegion, RunningWorker, read_topic, set_topic_config
-
-MODEL = "embedding-scorer"
-
-
-def _envelope(region: EdgeRegion, device_id: str, rid: bytes) -> bytes:
-    key_id = region.keyring.current_key_id(region.name)
-    x = load_dataset("embedding").X_test[0]
-    return seal(
-        encode_tensor(x, spec(MODEL).input_dtype),
-        device_key=region.keyring.device_key(region.name, device_id, key_id),
-        device_id=device_id,
-        key_id=key_id,
-        kind="embedding",
-        model=MODEL,
-        capture_time_ms=int(time.time() * 1000),
-        request_id=rid,
-    )
 
 
 @pytest.mark.parametrize(
@@ -61,13 +41,15 @@ async def test_a_record_whose_result_the_cluster_refuses_is_dead_lettered_and_it
     # One answered first: the producer has written to that results partition, so a refused batch
     # breaks its idempotent sequence there (the next batch would fail as out of order).
     before = new_request_id()
-    await producer.send_and_wait(topic, _envelope(edge_region, device, before), key=device.encode())
+    await producer.send_and_wait(topic, edge_region.embedding(device, request_id=before), key=device.encode())
     assert len(await read_topic(edge_region.bootstrap, results, expect=1)) == 1
     # Below a result's batch (~280 bytes), above a transaction marker's (~80: one the broker cannot
     # write leaves the transaction open for good, and the producer's restart waits on it forever).
     await set_topic_config(edge_region.bootstrap, results, "max.message.bytes", "150")
     refused = new_request_id()
-    await producer.send_and_wait(topic, _envelope(edge_region, device, refused), key=device.encode())
+    await producer.send_and_wait(
+        topic, edge_region.embedding(device, request_id=refused), key=device.encode()
+    )
 
     [letter] = await read_topic(edge_region.bootstrap, dlq_topic(region), expect=1)
     dead = DeadLetter.from_record(letter)
@@ -79,7 +61,9 @@ async def test_a_record_whose_result_the_cluster_refuses_is_dead_lettered_and_it
 
     await set_topic_config(edge_region.bootstrap, results, "max.message.bytes", "1048588")
     answered = new_request_id()
-    await producer.send_and_wait(topic, _envelope(edge_region, device, answered), key=device.encode())
+    await producer.send_and_wait(
+        topic, edge_region.embedding(device, request_id=answered), key=device.encode()
+    )
     records = await read_topic(edge_region.bootstrap, results, expect=2)
     assert [ResultRecord.from_bytes(r.value).request_id for r in records] == [before, answered]
     assert worker.stats.dead_letters == {"internal": 1}

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from edgestream.pipeline.contract.codec import encode_tensor
 from edgestream.pipeline.contract.deadletter import DeadLetter
-from edgestream.pipeline.contract.envelope import new_request_id, seal
+from edgestream.pipeline.contract.envelope import new_request_id
 from edgestream.pipeline.contract.partitioner import partition_for
 from edgestream.pipeline.contract.records import ResultRecord
-from edgestream.pipeline.models import load_dataset, spec
 from edgestream.pipeline.serving.served import load_models
 from edgestream.topics.catalogue import INGEST, dlq_topic, ingest_topic, results_topic
 from edgestream.workers.edge.worker import EdgeWorker
@@ -25,23 +22,6 @@ from edgestream.workers.edge.worker import EdgeWorker
 from ..conftest import EdgeRegion, RunningWorker, eventually, read_topic
 
 pytestmark = pytest.mark.broker
-
-MODEL = "embedding-scorer"
-
-
-def _sealed(region: EdgeRegion, device: str, request_id: bytes) -> bytes:
-    key_id = region.keyring.current_key_id(region.name)
-    x = load_dataset("embedding").X_test[0]
-    return seal(
-        encode_tensor(x, spec(MODEL).input_dtype),
-        device_key=region.keyring.device_key(region.name, device, key_id),
-        device_id=device,
-        key_id=key_id,
-        kind="embedding",
-        model=MODEL,
-        capture_time_ms=int(time.time() * 1000),
-        request_id=request_id,
-    )
 
 
 async def _answers(region: EdgeRegion, expect: int) -> Counter[bytes]:
@@ -63,8 +43,8 @@ async def test_an_envelope_out_of_its_place_is_dead_lettered_with_its_reason(
     device = "dev-place"
     embeddings, frames = ingest_topic(edge_region.name, "embedding"), ingest_topic(edge_region.name, "frame")
     home = partition_for(device.encode(), INGEST.partitions)
-    original = _sealed(edge_region, device, new_request_id())
-    other_key = _sealed(edge_region, device, new_request_id())
+    original = edge_region.embedding(device, request_id=new_request_id())
+    other_key = edge_region.embedding(device, request_id=new_request_id())
     await producer.send_and_wait(embeddings, original, key=device.encode())
     sent = {
         "key_mismatch": await producer.send_and_wait(embeddings, other_key, key=b"dev-someone-else"),
@@ -74,7 +54,9 @@ async def test_an_envelope_out_of_its_place_is_dead_lettered_with_its_reason(
         "wrong_topic": await producer.send_and_wait(frames, original, key=device.encode()),
     }
     fresh = new_request_id()
-    await producer.send_and_wait(embeddings, _sealed(edge_region, device, fresh), key=device.encode())
+    await producer.send_and_wait(
+        embeddings, edge_region.embedding(device, request_id=fresh), key=device.encode()
+    )
 
     letters = await _letters(edge_region, expect=len(sent))
     assert {letter.reason: (letter.origin_topic, letter.origin_partition) for letter in letters} == {
@@ -115,7 +97,7 @@ async def test_a_replay_after_a_worker_restart_is_dead_lettered_replayed(
     """Issue 12: the replay memory was lost on restart, so the same sealed envelope produced again
     within ``max_age_ms`` was answered again. The new owner reads it back before serving."""
     device, rid = "dev-restart", new_request_id()
-    envelope = _sealed(edge_region, device, rid)
+    envelope = edge_region.embedding(device, request_id=rid)
     topic = ingest_topic(edge_region.name, "embedding")
     async with _worker(edge_region, "restart-1") as first:
         await producer.send_and_wait(topic, envelope, key=device.encode())
@@ -124,7 +106,9 @@ async def test_a_replay_after_a_worker_restart_is_dead_lettered_replayed(
     async with _worker(edge_region, "restart-2"):
         fresh = new_request_id()
         await producer.send_and_wait(topic, envelope, key=device.encode())  # the replay
-        await producer.send_and_wait(topic, _sealed(edge_region, device, fresh), key=device.encode())
+        await producer.send_and_wait(
+            topic, edge_region.embedding(device, request_id=fresh), key=device.encode()
+        )
         letters = await _letters(edge_region, expect=1)
         assert [(letter.reason, letter.value) for letter in letters] == [("replayed", envelope)]
         # Answered: so the partition was rebuilt in time, not held at a floor that refuses it.

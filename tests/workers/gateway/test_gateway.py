@@ -70,13 +70,6 @@ DISCONNECTS = 120
 """Disconnects injected in the reconnect test."""
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> GatewayHome:
-    gateway_home = GatewayHome(tmp_path)
-    gateway_home.enrol(DEVICES)
-    return gateway_home
-
-
 # -- authentication ----------------------------------------------------------------------------------
 
 

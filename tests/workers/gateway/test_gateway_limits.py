@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,14 +36,6 @@ from .harness import (
     signed_auth,
     transport,
 )
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> GatewayHome:
-    gateway_home = GatewayHome(tmp_path)
-    gateway_home.enrol(DEVICES)
-    return gateway_home
-
 
 # -- connections ---------------------------------------------------------------------------------------
 
