@@ -21,6 +21,7 @@ from edgestream.commands import (
     k8s,
     keys,
     models,
+    quotas,  # registers `topics quotas` on topics.app
     registry,
     retrain,
     rollout,
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
+assert quotas.quotas is not None  # its module adds `topics quotas`
 app.add_typer(models.app, name="models")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(k8s.app, name="k8s")
