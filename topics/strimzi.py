@@ -13,6 +13,7 @@ checks it against the policy ``edgestream topics acl --check`` applies to a brok
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -21,14 +22,15 @@ import yaml
 
 from edgestream.pipeline.errors import ConfigError
 from edgestream.pipeline.security.identities import MAX_NAME_CHARS, kafka_principal
-from edgestream.topics import acls
+from edgestream.topics import acls, quotas
 from edgestream.topics.acls import AclRule, Operation, PatternType, Permission, ResourceType
 from edgestream.topics.catalogue import INGEST, Topic, all_topics, edge_group, validate_region
+from edgestream.topics.quotas import DeviceQuotas, QuotaKey
 from edgestream.topics.replication import MAX_REPLICATION_FACTOR, MIN_INSYNC_REPLICAS
 from edgestream.topics.replication import min_insync_replicas as min_insync
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from edgestream.pipeline.settings import Region
 
@@ -167,16 +169,38 @@ def strimzi_acls(rules: Iterable[AclRule]) -> list[dict[str, Any]]:
     ]
 
 
-def kafka_user(principal: str, rules: Iterable[AclRule], cluster: str | None) -> dict[str, Any]:
-    """One ``KafkaUser``: TLS client authentication, simple authorization with the given bindings."""
+_QUOTA_FIELDS: Final = {
+    QuotaKey.PRODUCER_BYTE_RATE: "producerByteRate",
+    QuotaKey.CONSUMER_BYTE_RATE: "consumerByteRate",
+    QuotaKey.REQUEST_PERCENTAGE: "requestPercentage",
+}
+"""Strimzi's ``spec.quotas`` field for each client quota (integers, as Strimzi's schema has them)."""
+
+
+def strimzi_quotas(values: Mapping[QuotaKey, float]) -> dict[str, int]:
+    """A quota policy's values as a KafkaUser's ``spec.quotas`` (rounded up to whole numbers)."""
+    return {_QUOTA_FIELDS[key]: math.ceil(values[key]) for key in QuotaKey if key in values}
+
+
+def kafka_user(
+    principal: str,
+    rules: Iterable[AclRule],
+    cluster: str | None,
+    quotas: Mapping[QuotaKey, float] | None = None,
+) -> dict[str, Any]:
+    """One ``KafkaUser``: TLS client authentication, simple authorization with the given bindings, and
+    the given client quotas (none when empty)."""
+    spec: dict[str, Any] = {
+        "authentication": {"type": "tls"},
+        "authorization": {"type": "simple", "acls": strimzi_acls(rules)},
+    }
+    if quotas:
+        spec["quotas"] = strimzi_quotas(quotas)
     return {
         "apiVersion": API_VERSION,
         "kind": "KafkaUser",
         "metadata": {"name": user_name(principal), **_labels(cluster)},
-        "spec": {
-            "authentication": {"type": "tls"},
-            "authorization": {"type": "simple", "acls": strimzi_acls(rules)},
-        },
+        "spec": spec,
     }
 
 
@@ -197,12 +221,26 @@ def kafka_topics(
     return resources
 
 
-def kafka_users(regions: Sequence[Region | str], cluster: str | None = None) -> list[dict[str, Any]]:
-    """A ``KafkaUser`` for every principal of the regions' policy, with exactly its bindings."""
+def kafka_users(
+    regions: Sequence[Region | str], cluster: str | None = None, device_quotas: DeviceQuotas | None = None
+) -> list[dict[str, Any]]:
+    """A ``KafkaUser`` for every principal of the regions' policy, with exactly its bindings; the device
+    principals with the quota policy's values (``device_quotas``, else `DeviceQuotas`' defaults, as
+    ``edgestream topics quotas`` applies them to a broker)."""
     by_principal: dict[str, list[AclRule]] = {}
     for rule in acls.policy(regions):
         by_principal.setdefault(rule.principal, []).append(rule)
-    return [kafka_user(principal, rules, cluster) for principal, rules in sorted(by_principal.items())]
+    limits = quotas.policy(regions, device_quotas if device_quotas is not None else _default_quotas())
+    by_user = {kafka_principal(entity.user): values for entity, values in limits.items()}
+    return [
+        kafka_user(principal, rules, cluster, by_user.get(principal))
+        for principal, rules in sorted(by_principal.items())
+    ]
+
+
+def _default_quotas() -> DeviceQuotas:
+    """The class defaults, not the environment's: the generated files must not depend on who runs it."""
+    return DeviceQuotas.model_construct()
 
 
 def _region_entry(region: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from edgestream.topics.acls import (
 )
 from edgestream.topics.admin import ensure_topics
 from edgestream.topics.catalogue import all_topics, region_topics
+from edgestream.topics.quotas import DeviceQuotas
+from edgestream.topics.quotas import policy as quota_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout, whose chart holds the committed catalogue."""
@@ -243,3 +245,24 @@ async def test_the_users_equal_what_acl_applies_on_the_broker(bootstrap: KafkaSe
     }
     # admin (a super user) collects the bindings of every region on a shared broker: this region's are there.
     assert {rule for rule in generated if rule.principal in SUPER_USERS} <= set(actual)
+
+
+def test_the_device_users_carry_the_quota_policy_and_no_other_user_has_one() -> None:
+    limits = DeviceQuotas(producer_byte_rate=1000.5, consumer_byte_rate=None, request_percentage=25)
+    users = {user["metadata"]["name"]: user for user in strimzi.kafka_users(REGIONS, device_quotas=limits)}
+    with_quotas = {name: user["spec"]["quotas"] for name, user in users.items() if "quotas" in user["spec"]}
+    assert with_quotas == {
+        entity.user: {"producerByteRate": 1001, "requestPercentage": 25}
+        for entity in quota_policy(REGIONS, limits)
+    }
+    unlimited = strimzi.kafka_users(REGIONS, device_quotas=DeviceQuotas.none())
+    assert not [user for user in unlimited if "quotas" in user["spec"]]
+
+
+def test_the_generated_quotas_are_the_class_defaults_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EDGESTREAM_DEVICE_QUOTA_PRODUCER_BYTE_RATE", "7")
+    (device,) = [u for u in strimzi.kafka_users(["eu-west"]) if u["metadata"]["name"] == "device-eu-west"]
+    default = DeviceQuotas.model_fields["producer_byte_rate"].default
+    assert device["spec"]["quotas"]["producerByteRate"] == default
