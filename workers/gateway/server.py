@@ -316,22 +316,22 @@ class Gateway:
         session = Session(self, ws, device_id)
         older = self.sessions.get(device_id)
         self.sessions[device_id] = session  # from here on, new replies go to this session's outbox
-        if older is not None:
-            older.close(REPLACED, "replaced")
-        held = self.mailboxes.held(device_id, time.monotonic())
-        session.send(
-            encode_frame(
-                "welcome",
-                session=session.session_id,
-                now_ms=time.time_ns() // 1_000_000,
-                redelivered=len(held),
+        try:  # whatever fails from here on, the device's entry and bucket are let go
+            if older is not None:
+                older.close(REPLACED, "replaced")
+            held = self.mailboxes.held(device_id, time.monotonic())
+            session.send(
+                encode_frame(
+                    "welcome",
+                    session=session.session_id,
+                    now_ms=time.time_ns() // 1_000_000,
+                    redelivered=len(held),
+                )
             )
-        )
-        for frame in held:
-            session.send(frame)
-        self.metrics.sessions.set(len(self.sessions))
-        session.writer = asyncio.create_task(session.write())
-        try:
+            for frame in held:
+                session.send(frame)
+            self.metrics.sessions.set(len(self.sessions))
+            session.writer = asyncio.create_task(session.write())
             await session.read()
         finally:
             if self.sessions.get(device_id) is session:
@@ -339,7 +339,8 @@ class Gateway:
                 self.metrics.sessions.set(len(self.sessions))
                 self._left_buckets[device_id] = self._buckets.pop(device_id)
             session.outbox.put_nowait(None)
-            await session.writer
+            if session.writer is not None:
+                await session.writer
 
     # -- replies ----------------------------------------------------------------------------------------
 

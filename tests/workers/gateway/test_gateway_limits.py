@@ -185,6 +185,32 @@ async def test_a_replaced_session_handles_no_further_frame(home: GatewayHome) ->
         await first.close()
 
 
+async def test_a_session_that_fails_before_it_reads_leaves_no_entry(
+    home: GatewayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure between a session's registration and its reading lets the device's entry and bucket
+    go (they were left behind, so replies went to a dead session), and the device connects again."""
+    async with fake_gateway(home) as (gateway, _, _):
+        mailboxes = type(gateway.mailboxes)
+        held = mailboxes.held
+
+        def failing(*_: Any) -> Any:
+            raise RuntimeError("the mailbox failed")
+
+        monkeypatch.setattr(mailboxes, "held", failing)
+        first = transport(home, gateway)
+        with contextlib.suppress(TransportUnavailable, OSError):
+            await first.connect(10)
+        assert await eventually(lambda: "dev-0" not in gateway.sessions, timeout_s=10)
+        assert "dev-0" not in gateway._buckets
+        monkeypatch.setattr(mailboxes, "held", held)
+        second = transport(home, gateway)
+        await second.connect(10)
+        assert gateway.sessions["dev-0"].device_id == "dev-0"
+        await second.close()
+        await first.close()
+
+
 async def test_frames_of_every_kind_are_paced_and_all_answered(home: GatewayHome) -> None:
     """Past ``frame_burst`` a session is read at ``frames_per_s``: nothing refused, nothing lost."""
     async with fake_gateway(home, frames_per_s=20.0, frame_burst=10) as (gateway, _, _):
