@@ -69,10 +69,13 @@ class DeviceQuotas(BaseSettings):
     """The quota on each region's device principal (``EDGESTREAM_DEVICE_QUOTA_*``; ``none`` in the
     environment is None); None: no quota of that kind (the key is removed from the principal).
 
-    The defaults bound a region's Kafka-native devices together. They assume a region sized like the
-    bench's (one edge worker, a few thousand requests a second of envelopes up to 32 KiB) and are meant
-    to be raised with the fleet: a quota below what the region's honest devices produce delays every one
-    of them. ``bench/flood`` measures a flood with and without them.
+    The default bounds what a region's Kafka-native devices produce together at 16 MiB/s: about 50,000
+    requests a second of the bench's envelopes, several edge workers' worth, so no honest region
+    near the sizes measured here is throttled, while one flooding device, which pushed 66 MB/s at a
+    broker on the 2-core box (``bench/flood``), gets a quarter of that. Size it to what the region's
+    workers can read: a quota above it still lets a flood build a backlog. Fetch and broker time are
+    not bounded by default: every device reads its own partition of the replies topic, so the fetched
+    bytes grow with the number of devices, and their honest share of broker time is not measured.
     """
 
     model_config = SettingsConfigDict(
@@ -81,10 +84,10 @@ class DeviceQuotas(BaseSettings):
 
     producer_byte_rate: float | None = Field(default=16 * 1024 * 1024, gt=0)
     """Bytes per second the region's devices may produce, together (16 MiB/s)."""
-    consumer_byte_rate: float | None = Field(default=16 * 1024 * 1024, gt=0)
-    """Bytes per second the region's devices may fetch (replies and results), together (16 MiB/s)."""
-    request_percentage: float | None = Field(default=50.0, gt=0)
-    """Share of one broker thread's time the region's devices' requests may use, together (50%)."""
+    consumer_byte_rate: float | None = Field(default=None, gt=0)
+    """Bytes per second the region's devices may fetch (replies and results), together (none)."""
+    request_percentage: float | None = Field(default=None, gt=0)
+    """Share of one broker thread's time the region's devices' requests may use, together (none)."""
 
     @classmethod
     def none(cls) -> DeviceQuotas:

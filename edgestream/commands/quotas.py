@@ -90,7 +90,7 @@ def quotas(
         float | None,
         typer.Option(
             help="Bytes/s a region's devices may fetch together "
-            "[default: EDGESTREAM_DEVICE_QUOTA_CONSUMER_BYTE_RATE, else 16 MiB/s].",
+            "[default: EDGESTREAM_DEVICE_QUOTA_CONSUMER_BYTE_RATE, else none].",
             show_default=False,
         ),
     ] = None,
@@ -98,7 +98,7 @@ def quotas(
         float | None,
         typer.Option(
             help="Percent of one broker thread's time a region's devices' requests may use together "
-            "[default: EDGESTREAM_DEVICE_QUOTA_REQUEST_PERCENTAGE, else 50].",
+            "[default: EDGESTREAM_DEVICE_QUOTA_REQUEST_PERCENTAGE, else none].",
             show_default=False,
         ),
     ] = None,

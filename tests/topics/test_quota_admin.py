@@ -57,12 +57,11 @@ async def test_apply_sets_exactly_the_policy_and_touches_no_other_entity(bootstr
         assert seen[other][QuotaKey.PRODUCER_BYTE_RATE] == 5.0
         assert await apply_quotas(bootstrap, [eu, us], SMALL) == []  # nothing left to change
 
-        _, diff = await check_quotas(
-            bootstrap, [eu], DeviceQuotas(producer_byte_rate=4096, request_percentage=None)
-        )
+        wanted = DeviceQuotas(producer_byte_rate=4096, consumer_byte_rate=9, request_percentage=None)
+        _, diff = await check_quotas(bootstrap, [eu], wanted)
         assert [(c.key, c.actual, c.wanted) for c in diff] == [
             (QuotaKey.PRODUCER_BYTE_RATE, 2048.0, 4096.0),
-            (QuotaKey.CONSUMER_BYTE_RATE, None, DeviceQuotas.model_fields["consumer_byte_rate"].default),
+            (QuotaKey.CONSUMER_BYTE_RATE, None, 9.0),
             (QuotaKey.REQUEST_PERCENTAGE, 30.0, None),
         ]
 
@@ -147,25 +146,29 @@ async def test_cli_apply_and_check(bootstrap: KafkaSettings) -> None:
     try:
         result = await _cli(bootstrap, "--check", "-r", region)
         assert result.exit_code == 1, result.output
-        assert "3 value(s) differ" in result.output
+        assert "1 value(s) differ" in result.output  # the default: produce only
 
-        result = await _cli(
-            bootstrap, "-r", region, env={"EDGESTREAM_DEVICE_QUOTA_REQUEST_PERCENTAGE": "none"}
-        )
+        result = await _cli(bootstrap, "-r", region, "--request-percentage", "40")
         assert result.exit_code == 0, result.output
         assert f"user=device-{region} producer_byte_rate: unset -> 16 MiB/s" in result.output
+        assert "request_percentage: unset -> 40%" in result.output
         assert "2 quota value(s) changed" in result.output
-        assert (await _cli(bootstrap, "--check", "-r", region)).exit_code == 1  # the default has 50%
+        assert (await _cli(bootstrap, "--check", "-r", region)).exit_code == 1  # the default has no 40%
 
-        result = await _cli(bootstrap, "-r", region, "--producer-byte-rate", "2048")
+        env = {"EDGESTREAM_DEVICE_QUOTA_CONSUMER_BYTE_RATE": "4096"}
+        result = await _cli(bootstrap, "-r", region, "--producer-byte-rate", "2048", env=env)
         assert result.exit_code == 0, result.output
         assert "producer_byte_rate: 16 MiB/s -> 2,048 B/s" in result.output
-        assert "request_percentage: unset -> 50%" in result.output
-        result = await _cli(bootstrap, "--check", "-r", region, "--producer-byte-rate", "2048")
+        assert "consumer_byte_rate: unset -> 4,096 B/s" in result.output
+        assert "request_percentage: 40% -> unset" in result.output
+        result = await _cli(bootstrap, "--check", "-r", region, "--producer-byte-rate", "2048", env=env)
         assert result.exit_code == 0, result.output
         assert "match the policy" in result.output
         seen = await describe_quotas(bootstrap)
-        assert seen[QuotaEntity(f"device-{region}")][QuotaKey.PRODUCER_BYTE_RATE] == 2048.0
+        assert seen[QuotaEntity(f"device-{region}")] == {
+            QuotaKey.PRODUCER_BYTE_RATE: 2048.0,
+            QuotaKey.CONSUMER_BYTE_RATE: 4096.0,
+        }
 
         result = await _cli(bootstrap, "-r", region, "--producer-byte-rate", "0")
         assert result.exit_code == 1

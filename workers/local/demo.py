@@ -35,6 +35,7 @@ from edgestream.topics.catalogue import (
     edge_group,
     region_topics,
 )
+from edgestream.topics.quota_admin import apply_quotas
 from edgestream.workers.local.broker.process import LocalBroker
 from edgestream.workers.local.broker.settings import BrokerSettings
 from edgestream.workers.local.broker.warmup import warm_broker
@@ -201,6 +202,8 @@ def _prepare(
     if cluster.secure:
         on_step("granting each region's workers and devices their ACLs")
         asyncio.run(apply_policy(cluster.admin, regions))
+        on_step("bounding each region's devices with client quotas (EDGESTREAM_DEVICE_QUOTA_*)")
+        asyncio.run(apply_quotas(cluster.admin, regions))
     if settings.phone_fraction > 0:  # the phones' signed catalogue and fallback model, as the gateway serves
         on_step(
             "device catalogue for the phones: each model's reference, and its tiny fallback"
