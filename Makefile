@@ -91,6 +91,10 @@ bench: jars ## Benchmarks: bench/results/*.json and plots
 bench-gateway: jars ## 10,000 device sessions on one gateway, memory and CPU, 1,000 disconnects (bench/results/gateway.json; ~6 min)
 	@$(BIN)/python -m bench.gateway
 
+.PHONY: bench-flood
+bench-flood: jars ## One device flooding its region, with and without the device quota, and the recovery (bench/results/flood.json; ~7 min)
+	@$(BIN)/python -m bench.flood
+
 .PHONY: bench-gpu
 bench-gpu: $(STAMP) ## Bare onnxruntime on CUDA/TensorRT and the worker's path beside it (bench/results/gpu.json; says so without a GPU)
 	@$(BIN)/python -m bench.gpu

@@ -69,21 +69,23 @@ class DeviceQuotas(BaseSettings):
     """The quota on each region's device principal (``EDGESTREAM_DEVICE_QUOTA_*``; ``none`` in the
     environment is None); None: no quota of that kind (the key is removed from the principal).
 
-    The default bounds what a region's Kafka-native devices produce together at 16 MiB/s: about 50,000
-    requests a second of the bench's envelopes, several edge workers' worth, so no honest region
-    near the sizes measured here is throttled, while one flooding device, which pushed 66 MB/s at a
-    broker on the 2-core box (``bench/flood``), gets a quarter of that. Size it to what the region's
-    workers can read: a quota above it still lets a flood build a backlog. Fetch and broker time are
-    not bounded by default: every device reads its own partition of the replies topic, so the fetched
-    bytes grow with the number of devices, and their honest share of broker time is not measured.
+    The default bounds what a region's Kafka-native devices produce together at 4 MiB/s: above what one
+    edge worker on the 2-core reference box serves of honest requests (about 6,500 a second of the
+    bench's ~300-byte envelopes), so a region that one worker can serve is not throttled, and about
+    twice what that worker reads of a flood (4,500 records a second), where one flooding device pushed
+    62-71 MB/s without a quota (``bench/flood``). Size it to what the region's workers read: above it a
+    flood still builds a backlog the region waits behind, and below what its honest devices produce
+    it delays every one of them. Fetch and broker time are not bounded by default: every device reads
+    its own partition of the replies topic, so the fetched bytes grow with the number of devices, and
+    the honest share of broker time is not measured.
     """
 
     model_config = SettingsConfigDict(
         env_prefix="EDGESTREAM_DEVICE_QUOTA_", frozen=True, extra="ignore", env_parse_none_str="none"
     )
 
-    producer_byte_rate: float | None = Field(default=16 * 1024 * 1024, gt=0)
-    """Bytes per second the region's devices may produce, together (16 MiB/s)."""
+    producer_byte_rate: float | None = Field(default=4 * 1024 * 1024, gt=0)
+    """Bytes per second the region's devices may produce, together (4 MiB/s)."""
     consumer_byte_rate: float | None = Field(default=None, gt=0)
     """Bytes per second the region's devices may fetch (replies and results), together (none)."""
     request_percentage: float | None = Field(default=None, gt=0)

@@ -178,7 +178,12 @@ def plot(document: Mapping[str, Any], path: Path) -> None:
 
     regions = [document["regions"]["flooded"], document["regions"]["other"]]
     recovering = any(p.get("kind") == "recovery" for p in document["phases"])
-    fig, axes = plt.subplots(1, 4 if recovering else 3, figsize=(23 if recovering else 17, 5))
+    if recovering:
+        fig, grid = plt.subplots(2, 2, figsize=(17, 10))
+        axes = list(grid.flat)
+    else:
+        fig, row = plt.subplots(1, 3, figsize=(17, 5))
+        axes = list(row)
     latency_panel(axes[0], document, regions)
     share_panel(axes[1], document, regions)
     flood_panel(axes[2], document)

@@ -530,7 +530,7 @@ def expand(s: FloodSettings, kind: PhaseKind, honest_bytes_per_s: float | None) 
         unlimited = [Phase("recovery", kind)]
         return unlimited + [
             Phase(
-                f"recovery@{factor:g}x" if factor is not None else f"recovery@{rate:g}B/s",
+                f"recovery@{factor:g}x" if factor is not None else f"recovery@{rate:.0f}Bps",
                 kind,
                 quota_of(s, rate),
                 factor,
@@ -542,7 +542,7 @@ def expand(s: FloodSettings, kind: PhaseKind, honest_bytes_per_s: float | None) 
     many = len(rates) > 1
     phases = []
     for rate, factor in rates:
-        tag = f"@{factor:g}x" if factor is not None else f"@{rate:g}B/s"
+        tag = f"@{factor:g}x" if factor is not None else f"@{rate:.0f}Bps"
         phases.append(Phase(f"{kind}{tag}" if many else kind, kind, quota_of(s, rate), factor))
     return phases
 

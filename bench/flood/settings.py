@@ -90,9 +90,10 @@ class FloodSettings(BaseSettings):
     in the first phase, in request bytes as the broker counts them (the records measured, plus an
     estimated 180 bytes of request per record: the JSON's ``honest_produce``): one ``flood_quota`` phase
     each; the ``quota`` phase runs under the smallest."""
-    quota_producer_byte_rates: tuple[float, ...] = ()
-    """Producer byte-rate quotas of the sweep in bytes per second; when given, used instead of
-    ``quota_factors``."""
+    quota_producer_byte_rates: tuple[float, ...] = (4 * 1024 * 1024, 1_900_000.0)
+    """Producer byte-rate quotas of the sweep in bytes per second; when given (as by default), used
+    instead of ``quota_factors``. The defaults: edgestream's own (``DeviceQuotas``, 4 MiB/s), and
+    1.9 MB/s, about 20x what one region's honest fleet produces here; ``[]`` sizes them by the factors."""
     quota_request_percentage: float | None = Field(default=None, gt=0)
     """The quota's ``request_percentage`` (share of one broker thread's time, in percent), set beside
     the byte rate in every quota phase; None: not set."""

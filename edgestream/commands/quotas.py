@@ -82,7 +82,7 @@ def quotas(
         float | None,
         typer.Option(
             help="Bytes/s a region's devices may produce together "
-            "[default: EDGESTREAM_DEVICE_QUOTA_PRODUCER_BYTE_RATE, else 16 MiB/s].",
+            "[default: EDGESTREAM_DEVICE_QUOTA_PRODUCER_BYTE_RATE, else 4 MiB/s].",
             show_default=False,
         ),
     ] = None,

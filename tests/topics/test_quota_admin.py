@@ -150,7 +150,7 @@ async def test_cli_apply_and_check(bootstrap: KafkaSettings) -> None:
 
         result = await _cli(bootstrap, "-r", region, "--request-percentage", "40")
         assert result.exit_code == 0, result.output
-        assert f"user=device-{region} producer_byte_rate: unset -> 16 MiB/s" in result.output
+        assert f"user=device-{region} producer_byte_rate: unset -> 4 MiB/s" in result.output
         assert "request_percentage: unset -> 40%" in result.output
         assert "2 quota value(s) changed" in result.output
         assert (await _cli(bootstrap, "--check", "-r", region)).exit_code == 1  # the default has no 40%
@@ -158,7 +158,7 @@ async def test_cli_apply_and_check(bootstrap: KafkaSettings) -> None:
         env = {"EDGESTREAM_DEVICE_QUOTA_CONSUMER_BYTE_RATE": "4096"}
         result = await _cli(bootstrap, "-r", region, "--producer-byte-rate", "2048", env=env)
         assert result.exit_code == 0, result.output
-        assert "producer_byte_rate: 16 MiB/s -> 2,048 B/s" in result.output
+        assert "producer_byte_rate: 4 MiB/s -> 2,048 B/s" in result.output
         assert "consumer_byte_rate: unset -> 4,096 B/s" in result.output
         assert "request_percentage: 40% -> unset" in result.output
         result = await _cli(bootstrap, "--check", "-r", region, "--producer-byte-rate", "2048", env=env)

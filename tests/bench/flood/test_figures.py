@@ -111,7 +111,9 @@ def test_the_honest_rate_sizes_the_quota_in_request_bytes() -> None:
 
 
 def test_phase_plan_sweeps_the_flood_under_each_quota_and_controls_with_the_tightest() -> None:
-    s = FloodSettings(phases=("flood_quota", "baseline", "quota"), quota_factors=(20.0, 2.0))
+    s = FloodSettings(
+        phases=("flood_quota", "baseline", "quota"), quota_factors=(20.0, 2.0), quota_producer_byte_rates=()
+    )
     assert s.phases == ("baseline", "quota", "flood_quota")
     assert [p.name for p in expand(s, "baseline", None)] == ["baseline"]
     quota = expand(s, "quota", 1000.0)
@@ -124,7 +126,7 @@ def test_phase_plan_sweeps_the_flood_under_each_quota_and_controls_with_the_tigh
         "consumer_byte_rate": None,
         "request_percentage": None,
     }
-    one = FloodSettings(quota_factors=(2.0,))
+    one = FloodSettings(quota_factors=(2.0,), quota_producer_byte_rates=())
     assert [p.name for p in expand(one, "flood_quota", 1000.0)] == ["flood_quota"]
 
 
@@ -190,7 +192,7 @@ def test_the_recovery_phases_run_without_a_quota_then_under_each(tmp_path: Path)
     plan = expand(s, "recovery", 1000.0)
     assert [(p.name, p.quota is None, p.flood) for p in plan] == [
         ("recovery", True, True),
-        ("recovery@1.67772e+07B/s", False, True),
+        ("recovery@16777216Bps", False, True),
     ]
     bins = [
         {"t_s": 0.0, "sent": 10, "within_deadline_share": 0.0},
