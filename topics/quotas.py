@@ -50,6 +50,9 @@ class QuotaKey(StrEnum):
 USER: Final = "user"
 """Kafka's quota entity type for a principal's name (the part after ``User:``)."""
 
+MAX_BYTE_RATE: Final = 2**31 - 1
+"""The largest byte rate: whole bytes (Kafka refuses a fraction) that Strimzi's 32-bit field holds."""
+
 Values = dict[QuotaKey, float]
 """An entity's quota values by key."""
 
@@ -84,9 +87,9 @@ class DeviceQuotas(BaseSettings):
         env_prefix="EDGESTREAM_DEVICE_QUOTA_", frozen=True, extra="ignore", env_parse_none_str="none"
     )
 
-    producer_byte_rate: float | None = Field(default=4 * 1024 * 1024, gt=0)
+    producer_byte_rate: int | None = Field(default=4 * 1024 * 1024, gt=0, le=MAX_BYTE_RATE)
     """Bytes per second the region's devices may produce, together (4 MiB/s)."""
-    consumer_byte_rate: float | None = Field(default=None, gt=0)
+    consumer_byte_rate: int | None = Field(default=None, gt=0, le=MAX_BYTE_RATE)
     """Bytes per second the region's devices may fetch (replies and results), together (none)."""
     request_percentage: float | None = Field(default=None, gt=0)
     """Share of one broker thread's time the region's devices' requests may use, together (none)."""

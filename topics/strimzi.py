@@ -178,7 +178,8 @@ _QUOTA_FIELDS: Final = {
 
 
 def strimzi_quotas(values: Mapping[QuotaKey, float]) -> dict[str, int]:
-    """A quota policy's values as a KafkaUser's ``spec.quotas`` (rounded up to whole numbers)."""
+    """A quota policy's values as a KafkaUser's ``spec.quotas`` (Strimzi's fields are integers: a
+    fractional ``request_percentage`` is rounded up; byte rates are whole already)."""
     return {_QUOTA_FIELDS[key]: math.ceil(values[key]) for key in QuotaKey if key in values}
 
 

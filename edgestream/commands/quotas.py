@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from edgestream.commands.topics import Bootstrap, TimeoutMs, _bootstrap, _err, _fail, _out, _where, app
+from edgestream.commands.topics import (
+    EXIT_MISMATCH,
+    Bootstrap,
+    TimeoutMs,
+    _bootstrap,
+    _err,
+    _fail,
+    _out,
+    _where,
+    app,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from edgestream.topics.quotas import DeviceQuotas, QuotaChange, QuotaEntity, QuotaKey
 
-EXIT_QUOTAS_DIFFER = 1
-"""``quotas --check``: the broker's quotas differ from the policy."""
+EXIT_QUOTAS_DIFFER = EXIT_MISMATCH
+"""``quotas --check``: the broker's quotas differ from the policy (2, as ``topics create``'s drift; 1 is
+an error, such as an unreachable broker)."""
 
 
 def _table(
@@ -54,15 +65,18 @@ def _quotas(
 
     from edgestream.topics.quotas import DeviceQuotas
 
-    if unlimited:
-        return DeviceQuotas.none()
-    given = {
+    given: dict[str, float | None] = {
         "producer_byte_rate": producer_byte_rate,
         "consumer_byte_rate": consumer_byte_rate,
         "request_percentage": request_percentage,
     }
+    if unlimited:
+        if any(value is not None for value in given.values()):
+            _fail("--unlimited removes every quota: leave out the rates")
+        return DeviceQuotas.none()
     try:
-        return DeviceQuotas(**{name: value for name, value in given.items() if value is not None})
+        chosen: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+        return DeviceQuotas(**chosen)  # what is not given comes from the environment
     except ValidationError as e:
         _fail(f"bad quota settings: {e}")
 
@@ -79,7 +93,7 @@ def quotas(
         ),
     ] = None,
     producer_byte_rate: Annotated[
-        float | None,
+        int | None,
         typer.Option(
             help="Bytes/s a region's devices may produce together "
             "[default: EDGESTREAM_DEVICE_QUOTA_PRODUCER_BYTE_RATE, else 4 MiB/s].",
@@ -87,7 +101,7 @@ def quotas(
         ),
     ] = None,
     consumer_byte_rate: Annotated[
-        float | None,
+        int | None,
         typer.Option(
             help="Bytes/s a region's devices may fetch together "
             "[default: EDGESTREAM_DEVICE_QUOTA_CONSUMER_BYTE_RATE, else none].",
@@ -143,7 +157,8 @@ def quotas(
         _fail(str(e))
     if not check:
         for change in changes:
-            _out.print(f"[green]set[/green] {change}", highlight=False)
+            verb = "[yellow]removed[/yellow]" if change.wanted is None else "[green]set[/green]"
+            _out.print(f"{verb} {change}", highlight=False)
         _out.print(f"{len(changes)} quota value(s) changed, for {', '.join(regions)}.", highlight=False)
         return
     _out.print(_table(f"Device quotas on {_where(address)}", managed, actual, changes))

@@ -32,6 +32,7 @@ from edgestream.workers.local.rdkafka import rdkafka_config
 pytestmark = pytest.mark.broker
 
 SMALL = DeviceQuotas(producer_byte_rate=2048, consumer_byte_rate=None, request_percentage=30)
+BYTES_ONLY = DeviceQuotas(producer_byte_rate=2048, consumer_byte_rate=None, request_percentage=None)
 
 
 def _region() -> str:
@@ -113,7 +114,7 @@ async def test_the_broker_throttles_a_device_past_its_quota(
     for region in (limited, free):
         await ensure_topics(bootstrap, region_topics(region))
     await apply_policy(bootstrap, [limited, free])
-    await apply_quotas(bootstrap, [limited], SMALL)
+    await apply_quotas(bootstrap, [limited], BYTES_ONLY)  # the byte rate alone throttles
     try:
         for region, throttled in ((limited, True), (free, False)):
             device = kafka_broker.kafka(Identity.device(region), request_timeout_ms=10_000)
@@ -145,7 +146,7 @@ async def test_cli_apply_and_check(bootstrap: KafkaSettings) -> None:
     region = _region()
     try:
         result = await _cli(bootstrap, "--check", "-r", region)
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert "1 value(s) differ" in result.output  # the default: produce only
 
         result = await _cli(bootstrap, "-r", region, "--request-percentage", "40")
@@ -153,13 +154,14 @@ async def test_cli_apply_and_check(bootstrap: KafkaSettings) -> None:
         assert f"user=device-{region} producer_byte_rate: unset -> 4 MiB/s" in result.output
         assert "request_percentage: unset -> 40%" in result.output
         assert "2 quota value(s) changed" in result.output
-        assert (await _cli(bootstrap, "--check", "-r", region)).exit_code == 1  # the default has no 40%
+        assert (await _cli(bootstrap, "--check", "-r", region)).exit_code == 2  # the default has no 40%
 
         env = {"EDGESTREAM_DEVICE_QUOTA_CONSUMER_BYTE_RATE": "4096"}
         result = await _cli(bootstrap, "-r", region, "--producer-byte-rate", "2048", env=env)
         assert result.exit_code == 0, result.output
         assert "producer_byte_rate: 4 MiB/s -> 2,048 B/s" in result.output
         assert "consumer_byte_rate: unset -> 4,096 B/s" in result.output
+        assert "removed user=device-" in result.output
         assert "request_percentage: 40% -> unset" in result.output
         result = await _cli(bootstrap, "--check", "-r", region, "--producer-byte-rate", "2048", env=env)
         assert result.exit_code == 0, result.output
@@ -174,6 +176,9 @@ async def test_cli_apply_and_check(bootstrap: KafkaSettings) -> None:
         assert result.exit_code == 1
         assert "greater than 0" in result.output
 
+        result = await _cli(bootstrap, "-r", region, "--unlimited", "--producer-byte-rate", "5")
+        assert result.exit_code == 1
+        assert "leave out the rates" in result.output
         assert (await _cli(bootstrap, "-r", region, "--unlimited")).exit_code == 0
         assert QuotaEntity(f"device-{region}") not in await describe_quotas(bootstrap)
     finally:

@@ -54,6 +54,15 @@ def test_a_quota_must_be_positive(field: str, value: float) -> None:
         DeviceQuotas(**{field: value})
 
 
+@pytest.mark.parametrize("value", [1000.5, 2**31])
+def test_a_byte_rate_is_whole_and_fits_strimzis_field(value: float) -> None:
+    """Kafka refuses a fractional byte rate (INVALID_REQUEST, mid-apply); Strimzi's field is 32-bit."""
+    for field in ("producer_byte_rate", "consumer_byte_rate"):
+        with pytest.raises(ValidationError):
+            DeviceQuotas(**{field: value})
+    assert DeviceQuotas(request_percentage=12.5).request_percentage == 12.5
+
+
 def test_a_bad_region_name_is_refused() -> None:
     with pytest.raises(InvalidRegionName):
         policy(["EU!"], DeviceQuotas())

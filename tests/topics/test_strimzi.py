@@ -248,11 +248,11 @@ async def test_the_users_equal_what_acl_applies_on_the_broker(bootstrap: KafkaSe
 
 
 def test_the_device_users_carry_the_quota_policy_and_no_other_user_has_one() -> None:
-    limits = DeviceQuotas(producer_byte_rate=1000.5, consumer_byte_rate=None, request_percentage=25)
+    limits = DeviceQuotas(producer_byte_rate=1000, consumer_byte_rate=None, request_percentage=24.5)
     users = {user["metadata"]["name"]: user for user in strimzi.kafka_users(REGIONS, device_quotas=limits)}
     with_quotas = {name: user["spec"]["quotas"] for name, user in users.items() if "quotas" in user["spec"]}
     assert with_quotas == {
-        entity.user: {"producerByteRate": 1001, "requestPercentage": 25}
+        entity.user: {"producerByteRate": 1000, "requestPercentage": 25}
         for entity in quota_policy(REGIONS, limits)
     }
     unlimited = strimzi.kafka_users(REGIONS, device_quotas=DeviceQuotas.none())
