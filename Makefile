@@ -92,7 +92,7 @@ bench-gateway: jars ## 10,000 device sessions on one gateway, memory and CPU, 1,
 	@$(BIN)/python -m bench.gateway
 
 .PHONY: bench-flood
-bench-flood: jars ## One device flooding its region, with and without the device quota, and the recovery (bench/results/flood.json; ~7 min)
+bench-flood: jars ## One device flooding its region, with and without the device quota, and the recovery (bench/results/flood.json; ~5 min)
 	@$(BIN)/python -m bench.flood
 
 .PHONY: bench-gpu

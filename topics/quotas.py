@@ -74,13 +74,13 @@ class DeviceQuotas(BaseSettings):
 
     The default bounds what a region's Kafka-native devices produce together at 4 MiB/s: above what one
     edge worker on the 2-core reference box serves of honest requests (about 6,500 a second of the
-    bench's ~300-byte envelopes), so a region that one worker can serve is not throttled, and about
-    twice what that worker reads of a flood (4,500 records a second), where one flooding device pushed
-    62-71 MB/s without a quota (``bench/flood``). Size it to what the region's workers read: above it a
-    flood still builds a backlog the region waits behind, and below what its honest devices produce
-    it delays every one of them. Fetch and broker time are not bounded by default: every device reads
-    its own partition of the replies topic, so the fetched bytes grow with the number of devices, and
-    the honest share of broker time is not measured.
+    bench's ~300-byte envelopes), so a region that one worker can serve is not throttled, while one
+    flooding device that pushed 83 MB/s without a quota gets 3.4 MB/s (``bench/flood``). Size it to
+    what the region's workers read: above it a sustained flood still builds a backlog the region
+    waits behind (at 4 MiB/s it did on that box; at 1.9 MB/s it did not), and below what its honest
+    devices produce it delays every one of them. Fetch and broker time are not bounded by default:
+    every device reads its own partition of the replies topic, so the fetched bytes grow with the
+    number of devices, and the honest share of broker time is not measured.
     """
 
     model_config = SettingsConfigDict(

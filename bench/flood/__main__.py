@@ -1,5 +1,6 @@
 """``python -m bench.flood [run|plot|flooder <config>]``: ``run`` (the default) measures every phase and
-writes ``flood.json`` and ``flood.png``; ``plot`` redraws the PNG from the JSON; ``flooder`` is the
+writes ``flood.json``, ``flood.png`` and (with recovery phases) ``flood-recovery.png``; ``plot`` redraws
+the PNGs from the JSON; ``flooder`` is the
 flooding device's process, which the bench starts."""
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.logging import RichHandler
 
-    from bench.flood.plot import plot
-    from bench.flood.report import table
+    from bench.flood.plot import plot, plot_recovery
+    from bench.flood.report import recovery_table, table
     from bench.flood.settings import FloodSettings
 
     settings = FloodSettings()
     json_path, png_path = settings.out_dir / "flood.json", settings.out_dir / "flood.png"
+    recovery_png = settings.out_dir / "flood-recovery.png"
     if args.mode == "plot":
-        plot(json.loads(json_path.read_text()), png_path)
+        document = json.loads(json_path.read_text())
+        plot(document, png_path)
+        plot_recovery(document, recovery_png)
         return 0
     from bench.flood.run import run_bench
 
@@ -58,8 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(rounded(document), indent=2) + "\n")
     plot(document, png_path)
+    wrote = [json_path, png_path]
+    if plot_recovery(document, recovery_png):
+        wrote.append(recovery_png)
     console.print(table(document))
-    console.print(f"wall time {document['wall_s']:.0f} s; wrote {json_path} and {png_path}")
+    recovery = recovery_table(document)
+    if recovery is not None:
+        console.print(recovery)
+    console.print(f"wall time {document['wall_s']:.0f} s; wrote {', '.join(map(str, wrote))}")
     return 0
 
 

@@ -59,49 +59,85 @@ def region_window(
     }
 
 
+Throttle = Sequence[float]
+"""One throttle the broker told a producer: ``(unix s when the client served it, throttle ms)``."""
+
+
 def recovery_bins(
     trips: Iterable[RoundTrip],
     no_answer: Iterable[NoAnswer],
     region: str,
-    from_ms: float,
+    origin_ms: float,
+    start_ms: float,
     end_ms: float,
     *,
     deadline_ms: float,
+    sla_ms: float,
+    throttles: Iterable[Throttle] = (),
     bin_s: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """``region``'s requests captured in ``[from_ms, end_ms)`` in bins of ``bin_s`` by capture time:
-    each bin's start (s after ``from_ms``), its requests, and the share answered within ``deadline_ms``
-    (None for an empty bin)."""
-    n = max(0, int((end_ms - from_ms) / (bin_s * 1000.0)))
+    """``region``'s requests in bins of ``bin_s`` by capture time relative to ``origin_ms`` (the
+    flood's end): the bins from the one holding ``start_ms`` (before the origin, to show the flood
+    too) to the last whole one before ``end_ms``. Each bin: its start (``t_s``, s after the origin;
+    negative before it), its requests (``sent``), those answered, those answered within
+    ``deadline_ms`` and within ``sla_ms`` (counts and shares of the sent; None for an empty bin), the
+    p99 of the answered (None without any), and the longest throttle the broker told the region's
+    producer in the bin (by when the client served it; 0 without any)."""
+    bin_ms = bin_s * 1000.0
+    first = int(np.floor((start_ms - origin_ms) / bin_ms)) if start_ms < origin_ms else 0
+    n = max(0, int((end_ms - origin_ms) // bin_ms) - first)
+    latencies: list[list[float]] = [[] for _ in range(n)]
     sent = [0] * n
-    on_time = [0] * n
+    throttled = [0.0] * n
 
-    def slot(capture_ms: float) -> int | None:
-        i = int((capture_ms - from_ms) // (bin_s * 1000.0))
-        return i if capture_ms >= from_ms and i < n else None
+    def slot(at_ms: float) -> int | None:
+        i = int((at_ms - origin_ms) // bin_ms) - first
+        return i if 0 <= i < n else None
 
     for trip in trips:
         i = slot(trip.capture_ms) if trip.region == region else None
         if i is not None:
             sent[i] += 1
-            on_time[i] += trip.outcome == "answered" and trip.latency_ms <= deadline_ms
+            if trip.outcome == "answered":
+                latencies[i].append(trip.latency_ms)
     for miss in no_answer:
         i = slot(miss.capture_ms) if miss.region == region else None
         if i is not None:
             sent[i] += 1
-    return [
-        {"t_s": i * bin_s, "sent": sent[i], "within_deadline_share": share(on_time[i], sent[i])}
-        for i in range(n)
-    ]
+    for at_s, ms in throttles:
+        i = slot(at_s * 1000.0)
+        if i is not None:
+            throttled[i] = max(throttled[i], float(ms))
+    bins = []
+    for i in range(n):
+        answered = latencies[i]
+        on_time = sum(1 for ms in answered if ms <= deadline_ms)
+        in_sla = sum(1 for ms in answered if ms <= sla_ms)
+        bins.append(
+            {
+                "t_s": (first + i) * bin_s,
+                "sent": sent[i],
+                "answered": len(answered),
+                "within_deadline": on_time,
+                "within_deadline_share": share(on_time, sent[i]),
+                "within_sla_share": share(in_sla, sent[i]),
+                "p99_ms": float(np.percentile(answered, 99)) if answered else None,
+                "throttle_max_ms": throttled[i],
+            }
+        )
+    return bins
 
 
 def recovered_after_s(bins: Sequence[Mapping[str, Any]], threshold: float) -> float | None:
-    """The start of the first bin from which every non-empty bin to the end has at least ``threshold``
-    of its requests within the deadline; None when even the last one has not (or no bin has any)."""
+    """From how long after the flood's end on every bin (``t_s >= 0``; those before are the flood's)
+    had at least ``threshold`` of its requests answered within the deadline, to the window's end: the
+    start of the first bin of that last good run. An empty bin neither breaks nor starts a run. None
+    when the last non-empty bin fell short (never recovered), or no bin after the flood had any
+    request."""
     recovered: float | None = None
     for b in bins:
         value = b["within_deadline_share"]
-        if value is None:
+        if b["t_s"] < 0 or value is None:
             continue
         if value >= threshold:
             if recovered is None:
@@ -109,6 +145,28 @@ def recovered_after_s(bins: Sequence[Mapping[str, Any]], threshold: float) -> fl
         else:
             recovered = None
     return recovered
+
+
+def throttle_max_ms(throttles: Iterable[Throttle], start_s: float, end_s: float) -> tuple[float, int]:
+    """The longest throttle (ms) a producer was told in ``[start_s, end_s)``, and how many throttled
+    responses (throttle > 0) it served then."""
+    told = [float(ms) for at_s, ms in throttles if start_s <= at_s < end_s and ms > 0]
+    return (max(told) if told else 0.0), len(told)
+
+
+def backlog_drain(
+    at_flood_end: int | None, at_window_end: int | None, span_s: float, *, cleared_below: float = 0
+) -> dict[str, Any]:
+    """How fast a region's backlog went down between the flood's end and the window's end
+    (records/s, a mean: it may have been gone well before the window's end), whether it was gone by
+    then (at most ``cleared_below`` left: the requests in flight), and otherwise when it would be gone
+    at that pace, in s after the flood's end (a linear estimate; None when it did not go down)."""
+    if at_flood_end is None or at_window_end is None or span_s <= 0:
+        return {"drain_per_s": None, "cleared_in_window": None, "cleared_after_s_estimate": None}
+    drain = (at_flood_end - at_window_end) / span_s
+    cleared = at_window_end <= cleared_below
+    estimate = None if cleared or drain <= 0 else at_flood_end / drain
+    return {"drain_per_s": drain, "cleared_in_window": cleared, "cleared_after_s_estimate": estimate}
 
 
 def share(part: int, whole: int) -> float | None:

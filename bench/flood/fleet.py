@@ -7,28 +7,84 @@ is sent, and its capture time taken, only after it: the delay would not show in 
 with one fleet for both regions it would stall the other region's devices too. ``FloodFleet`` sends on
 schedule instead, each request captured when it is due; what librdkafka holds back while throttled
 waits in its queue, inside the round trip.
+
+Each fleet also notes every throttle the broker tells its devices' producer (librdkafka's
+``throttle_cb``): ``Fleet.run`` makes its ``DeviceProducer`` itself, so while a ``FloodFleet`` runs,
+the fleet module's ``DeviceProducer`` is ``ThrottleWatchedProducer``, which hands its throttles to the
+fleet whose task made it (a context variable: the two regions' fleets run side by side).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from bench.flood.settings import FloodSettings
 from edgestream.pipeline.security.keyring import KeyRing
 from edgestream.pipeline.settings import KafkaSettings, Region
+from edgestream.workers.local import fleet as fleet_module
 from edgestream.workers.local.devices import Device
 from edgestream.workers.local.fleet import Fleet
 from edgestream.workers.local.fleet_settings import FleetSettings
-from edgestream.workers.local.fleetreport import Progress
+from edgestream.workers.local.fleetreport import FleetReport, Progress
 from edgestream.workers.local.rdkafka import DeviceProducer
 
 PROGRESS_EVERY_S = 0.25
 """How often the send loop reports its progress."""
+
+Throttles = dict[str, list[tuple[float, float]]]
+"""Client id -> each throttle the broker told that producer: ``(unix s served, ms)``, 0 when the
+throttling ended."""
+_WATCHER: Final[contextvars.ContextVar[Throttles | None]] = contextvars.ContextVar(
+    "flood_throttle_watcher", default=None
+)
+"""Where the producers made in this task note their throttles (the running ``FloodFleet``'s)."""
+
+
+class ThrottleWatchedProducer(DeviceProducer):
+    """A ``DeviceProducer`` that notes each throttle the broker tells it (librdkafka's ``throttle_cb``,
+    served by the producer's ``poll`` on the event loop) where its maker's task says."""
+
+    def __init__(self, kafka: KafkaSettings, client_id: str, **options: Any) -> None:
+        super().__init__(kafka, client_id, **options)
+        self.throttles: list[tuple[float, float]] = []
+        watcher = _WATCHER.get()
+        if watcher is not None:
+            watcher[client_id] = self.throttles
+        self._config["throttle_cb"] = self._throttled
+
+    def _throttled(self, event: Any) -> None:
+        # ThrottleEvent.throttle_time is in seconds (a float); librdkafka's statistics say ms.
+        self.throttles.append((time.time(), float(event.throttle_time) * 1000.0))
+
+
+_PRODUCER: Final = "DeviceProducer"
+"""The name ``Fleet.run`` makes its producers by, in the fleet module."""
+_patched = [0]
+"""How many ``FloodFleet.run`` are under way (the last to end puts ``DeviceProducer`` back)."""
+
+
+@contextlib.contextmanager
+def _watched_producers(throttles: Throttles) -> Iterator[None]:
+    """While the block runs, the fleet module makes ``ThrottleWatchedProducer``, which note their
+    throttles in ``throttles`` when made from this task."""
+    token = _WATCHER.set(throttles)
+    if _patched[0] == 0:
+        setattr(fleet_module, _PRODUCER, ThrottleWatchedProducer)
+    _patched[0] += 1
+    try:
+        yield
+    finally:
+        _patched[0] -= 1
+        if _patched[0] == 0:
+            setattr(fleet_module, _PRODUCER, DeviceProducer)
+        _WATCHER.reset(token)
 
 
 class _Counted:
@@ -56,6 +112,24 @@ class FloodFleet(Fleet):
         """Sends the broker did not take, by error."""
         self.late_sends = 0
         """Requests sent more than 10 ms after they were due (the fleet's loop was behind)."""
+        self.throttles: Throttles = {}
+        """Client id -> the throttles the broker told that producer of the fleet's."""
+
+    async def run(
+        self,
+        on_progress: Callable[[Progress], None] | None = None,
+        *,
+        until: asyncio.Event | None = None,
+        sending: asyncio.Event | None = None,
+        sent: asyncio.Event | None = None,
+    ) -> FleetReport:
+        """``Fleet.run``, its producers noting their throttles in ``throttles``."""
+        with _watched_producers(self.throttles):
+            return await super().run(on_progress, until=until, sending=sending, sent=sent)
+
+    def producer_throttles(self, region: str) -> list[tuple[float, float]]:
+        """The throttles the broker told ``region``'s devices' producer."""
+        return self.throttles.get(f"edgestream-fleet-{region}", [])
 
     async def _send_one(self, producer: DeviceProducer, device: Device) -> asyncio.Future[Any]:
         return await super()._send_one(cast(DeviceProducer, _Counted(producer, self)), device)

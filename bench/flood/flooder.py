@@ -4,9 +4,14 @@ counted apart from the fleet's).
 
 It seals a pool of envelopes first (each with its own request id, nonce and capture time), then sends
 them round and round with librdkafka (idempotent, ``acks=all`` as a device's producer; ``linger.ms``
-as set) until SIGTERM, serving its delivery reports as it goes. Every 100 ms it notes how many records
-and bytes (key and value) the broker had acknowledged so far; at exit it writes that timeline and its
-totals to its report file, for the bench to take the rate over the measured window.
+as set) until SIGTERM, serving its delivery reports as it goes; with ``wait_for_go`` it waits, connected,
+for SIGUSR1 before it floods (a flood that starts when the bench says, for as long as it says). Every
+100 ms it notes how many records and bytes (key and value) the broker had acknowledged so far; at exit
+it writes that timeline, its totals, when it started and stopped producing and the throttles the broker
+told it to its report file, for the bench to take the rate over the measured window.
+
+On SIGTERM it stops producing at once: it drops what librdkafka still queues (``purge``), waits up to
+``FLUSH_S`` for the requests already on the wire, and exits.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ CHECK_EVERY: Final = 256
 """Records produced between two looks at the clock, the stop flag and the delivery reports."""
 STATS_INTERVAL_MS: Final = 1000
 """librdkafka's statistics interval: its request bytes and the broker's throttling, once a second."""
+FLUSH_S: Final = 10.0
+"""At SIGTERM, how long the flooder waits for its requests already sent before it exits."""
 
 
 class FlooderConfig(BaseModel):
@@ -60,6 +67,8 @@ class FlooderConfig(BaseModel):
     seed: int
     ready_file: Path
     report_file: Path
+    wait_for_go: bool = False
+    """Wait, connected, for SIGUSR1 before flooding (else flood as soon as ready)."""
 
 
 class _Acks:
@@ -92,7 +101,12 @@ class _Stats:
         """Request bytes sent to the broker (the whole requests, before TLS)."""
         self.tx_requests = 0
         self.throttle_max_ms = 0
-        """The longest throttle the broker asked of the flooder (a quota)."""
+        """The longest throttle the broker asked of the flooder (a quota), from the statistics (their
+        ``throttle`` window is in milliseconds)."""
+        self.told_max_ms = 0.0
+        """The same from ``throttle_cb`` (``ThrottleEvent.throttle_time`` is in seconds, a float)."""
+        self.told = 0
+        """Throttled responses served through ``throttle_cb``."""
 
     def on_stats(self, text: str) -> None:
         document = json.loads(text)
@@ -101,6 +115,14 @@ class _Stats:
         self.tx_requests = sum(int(b.get("tx", 0)) for b in brokers)
         for b in brokers:
             self.throttle_max_ms = max(self.throttle_max_ms, int(b.get("throttle", {}).get("max", 0)))
+
+    def on_throttle(self, event: Any) -> None:
+        """librdkafka's ``throttle_cb`` (served by ``poll``): one per throttled response, and one of 0
+        when the throttling ended."""
+        ms = float(event.throttle_time) * 1000.0
+        if ms > 0:
+            self.told += 1
+            self.told_max_ms = max(self.told_max_ms, ms)
 
 
 def thread_cpu_s() -> dict[str, float]:
@@ -156,18 +178,28 @@ def producer_config(config: FlooderConfig, stats: _Stats) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "statistics.interval.ms": STATS_INTERVAL_MS,
         "stats_cb": stats.on_stats,
+        "throttle_cb": stats.on_throttle,
     }
 
 
 def flood(config: FlooderConfig) -> dict[str, Any]:
-    """Seal the pool, connect, say ready, produce until SIGTERM; the report."""
-    stopping = [False]
+    """Seal the pool, connect, say ready, (wait for SIGUSR1,) produce until SIGTERM; the report."""
+    stopping: list[float] = []
+    """When SIGTERM came (unix s), once it did."""
+    go: list[float] = []
+    """When SIGUSR1 came (unix s), once it did."""
 
     def stop(_signum: int, _frame: object) -> None:
-        stopping[0] = True
+        if not stopping:
+            stopping.append(time.time())
+
+    def start(_signum: int, _frame: object) -> None:
+        if not go:
+            go.append(time.time())
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, start)
     pool, seal_us = seal_pool(config)
     key = config.device_id.encode()
     acks, stats = _Acks(len(key)), _Stats()
@@ -175,12 +207,15 @@ def flood(config: FlooderConfig) -> dict[str, Any]:
     producer.list_topics(timeout=30)
     topic = ingest_topic(config.region, config.kind)
     config.ready_file.write_text(json.dumps({"pid": os.getpid()}))
-    samples: list[tuple[float, int, int]] = [(time.time(), 0, 0)]
+    while config.wait_for_go and not go and not stopping:
+        producer.poll(0.005)
+    started_s = time.time()
+    samples: list[tuple[float, int, int]] = [(started_s, 0, 0)]
     next_sample_s = time.monotonic() + SAMPLE_S
     produced = queue_full = n = 0
     size = len(pool)
     produce, poll, delivered = producer.produce, producer.poll, acks.delivered
-    while not stopping[0]:
+    while not stopping:
         for _ in range(CHECK_EVERY):
             try:
                 produce(topic, pool[n], key=key, on_delivery=delivered)
@@ -195,11 +230,19 @@ def flood(config: FlooderConfig) -> dict[str, Any]:
         if now_s >= next_sample_s:
             samples.append((time.time(), acks.acked, acks.acked_bytes))
             next_sample_s = now_s + SAMPLE_S
-    samples.append((time.time(), acks.acked, acks.acked_bytes))
+    stopped_s = time.time()
+    samples.append((stopped_s, acks.acked, acks.acked_bytes))
+    acked_at_stop = acks.acked
     producer.purge(in_queue=True, in_flight=False)
-    left = producer.flush(10)
+    left = producer.flush(FLUSH_S)
     poll(0)
     return {
+        "go_s": go[0] if go else None,
+        "started_s": started_s,
+        "stop_signal_s": stopping[0] if stopping else None,
+        "stopped_s": stopped_s,
+        "flushed_s": time.time(),
+        "acked_after_stop": acks.acked - acked_at_stop,
         "topic": topic,
         "partitions": sorted(acks.partitions),
         "pool": size,
@@ -214,6 +257,8 @@ def flood(config: FlooderConfig) -> dict[str, Any]:
         "request_bytes": stats.tx_bytes,
         "requests": stats.tx_requests,
         "throttle_max_ms": stats.throttle_max_ms,
+        "throttle_cb_max_ms": stats.told_max_ms,
+        "throttled_responses": stats.told,
         "thread_cpu_s": thread_cpu_s(),
         "samples": samples,
     }

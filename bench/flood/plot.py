@@ -1,5 +1,7 @@
 """``flood.png`` from ``flood.json``: per phase, each region's p99 device round trip and its share
-answered within the SLA, and what the broker acknowledged to the flooder."""
+answered within the SLA, what the broker acknowledged to the flooder, and the recovery curves; and
+``flood-recovery.png``: the recovery phases second by second (share within the deadline, p99, the
+throttles the broker told the honest devices' producers)."""
 
 from __future__ import annotations
 
@@ -121,33 +123,88 @@ def flood_panel(ax: Axes, document: Mapping[str, Any]) -> None:
     ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
-def recovery_panel(ax: Axes, document: Mapping[str, Any], regions: Sequence[str]) -> None:
-    """Per recovery phase, each region's share answered within the deadline, second by second after
-    the flood stopped."""
+def _recovery_phases(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [p for p in document["phases"] if p.get("kind") == "recovery" and p.get("recovery")]
+
+
+def _flood_span(ax: Axes, phases: Sequence[Mapping[str, Any]]) -> None:
+    """The flood (the longest of the phases'), shaded: it ends at 0."""
+    if phases:
+        flood_s = max(float(p["recovery"]["flood_s"]) for p in phases)
+        ax.axvspan(-flood_s, 0.0, color="0.85", zorder=0, label=f"the flood ({flood_s:.1f} s)")
+        ax.axvline(0.0, color="0.4", lw=0.8)
+
+
+def _curve(
+    ax: Axes,
+    document: Mapping[str, Any],
+    regions: Sequence[str],
+    key: str,
+    scale: float,
+    *,
+    label_recovered: bool = False,
+    only_positive: bool = False,
+) -> None:
+    """Per recovery phase (a colour) and region (solid: flooded, dotted: the other), ``key`` of each
+    second's bin, against seconds after the flood's end; a bin where it is None (or, with
+    ``only_positive``, not above 0: drawn as points, not lines) is left out."""
     styles = {regions[0]: "-", regions[1]: ":"}
-    phases = [p for p in document["phases"] if p.get("kind") == "recovery"]
-    colours = plt_colours(len(phases))
-    for phase, colour in zip(phases, colours, strict=True):
+    phases = _recovery_phases(document)
+    for phase, colour in zip(phases, plt_colours(len(phases)), strict=True):
         for region in regions:
             rec = phase["regions"][region].get("recovery")
             if not rec:
                 continue
             points = [
-                (b["t_s"], 100 * b["within_deadline_share"])
+                (b["t_s"] + 0.5, scale * b[key])
                 for b in rec["bins"]
-                if b["within_deadline_share"] is not None
+                if b.get(key) is not None and (b[key] > 0 or not only_positive)
             ]
-            after = rec["recovered_after_s"]
-            label = f"{phase_label(phase).replace(chr(10), ' ')} · {region}: " + (
-                "never" if after is None else f"from {after:g} s"
-            )
-            ax.plot([t for t, _ in points], [v for _, v in points], styles[region], color=colour, label=label)
-    ax.set_xlabel("seconds after the flood stopped (by capture time)")
-    ax.set_ylabel("% answered within the device deadline")
+            label = f"{phase_label(phase).replace(chr(10), ' ')} · {region}"
+            if label_recovered:
+                after = rec["recovered_after_s"]
+                label += ": " + ("never recovered" if after is None else f"recovered from {after:g} s")
+            xs, ys = [t for t, _ in points], [v for _, v in points]
+            if only_positive:
+                ax.plot(xs, ys, "o" if region == regions[0] else "x", color=colour, ms=5, label=label)
+            else:
+                ax.plot(xs, ys, styles[region], color=colour, marker=".", ms=3, label=label)
+    _flood_span(ax, phases)
+    ax.set_xlabel("seconds after the flood's end (by capture time of the honest request)")
+    ax.grid(True, alpha=0.3)
+
+
+def recovery_panel(ax: Axes, document: Mapping[str, Any], regions: Sequence[str]) -> None:
+    """Per recovery phase, each region's share answered within the deadline, second by second, from
+    before the flood to the window's end."""
+    s = document["settings"]
+    _curve(ax, document, regions, "within_deadline_share", 100.0, label_recovered=True)
+    ax.axhline(100 * s["recovered_share"], color="black", ls="--", lw=0.8)
+    ax.set_ylabel(f"% answered within the {s['device_deadline_ms']:g} ms deadline")
     ax.set_ylim(-2, 102)
     ax.set_title("Recovery after a short flood (solid: flooded region, dotted: the other)")
-    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+
+
+def p99_panel(ax: Axes, document: Mapping[str, Any], regions: Sequence[str]) -> None:
+    s = document["settings"]
+    _curve(ax, document, regions, "p99_ms", 1.0)
+    ax.axhline(s["device_deadline_ms"], color="gray", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_ylabel("p99 of the answered, ms (log)")
+    ax.set_title("Honest devices' p99 per second (no point: none answered)")
+
+
+def throttle_panel(ax: Axes, document: Mapping[str, Any], regions: Sequence[str]) -> None:
+    _curve(ax, document, regions, "throttle_max_ms", 1.0, only_positive=True)
+    ax.set_yscale("log")
+    ax.set_ylabel("longest throttle told, ms (log)")
+    ax.set_title(
+        "Throttle the broker told the honest devices' producer, per second by when served "
+        "(o: flooded region, x: the other; no point: none)"
+    )
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
 
 
 def plt_colours(n: int) -> list[str]:
@@ -158,13 +215,16 @@ def plt_colours(n: int) -> list[str]:
 
 def caption(document: Mapping[str, Any]) -> str:
     m = document["machine"]
+    s = document["settings"]
+    regions = document["regions"]
     honest = document.get("honest_produce") or {}
     rate = honest.get("bytes_per_s")
     return (
-        f"{document['timestamp']} · {m['cores']} cores · {document['settings']['duration_s']:g} s measured "
-        f"per phase · flooded region {document['regions']['flooded']}, other {document['regions']['other']}"
+        f"{document['timestamp']} · {m['cores']} cores · {s['duration_s']:g} s measured per phase "
+        f"(recovery: the flood's {s['recovery_flood_s']:g} s and {s['recovery_s']:g} s after) · flooded "
+        f"region {regions['flooded']}, other {regions['other']}"
         + (f" · a region's honest fleet produced {rate / 1000:,.1f} kB/s" if rate else "")
-        + f" · p99 over the answered; a device falls back after {document['settings']['wait_ms']:g} ms"
+        + f" · p99 over the answered; a device falls back after {s['wait_ms']:g} ms"
         + f" · wall {document['wall_s']:.0f} s"
     )
 
@@ -194,3 +254,48 @@ def plot(document: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def recovery_caption(document: Mapping[str, Any]) -> str:
+    s = document["settings"]
+    parts = []
+    for phase in _recovery_phases(document):
+        rec = phase["recovery"]
+        flood = phase.get("flooder") or {}
+        at_end = rec["flooded_backlog_at_flood_end"]
+        parts.append(
+            f"{phase_label(phase).replace(chr(10), ' ')}: backlog "
+            f"{'-' if at_end is None else f'{at_end:,}'} at the flood's end, "
+            f"{rec['flooded_backlog_at_window_end']:,} at the window's; flooder told up to "
+            f"{flood.get('throttle_cb_max_ms', 0):,.0f} ms"
+        )
+    return (
+        f"{document['timestamp']} · {s['rate_per_s']:g} honest req/s per region · a flood of "
+        f"{s['recovery_flood_s']:g} s, then {s['recovery_s']:g} s · recovered: every later second "
+        f"{100 * s['recovered_share']:g}% within {s['device_deadline_ms']:g} ms · " + " · ".join(parts)
+    )
+
+
+def plot_recovery(document: Mapping[str, Any], path: Path) -> bool:
+    """The recovery phases' curves, second by second: the share within the deadline, the p99, the
+    throttles told; saved to ``path``. False (nothing drawn) without a recovery phase."""
+    if not _recovery_phases(document):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regions = [document["regions"]["flooded"], document["regions"]["other"]]
+    fig, axes = plt.subplots(3, 1, figsize=(14, 13), sharex=True)
+    recovery_panel(axes[0], document, regions)
+    p99_panel(axes[1], document, regions)
+    throttle_panel(axes[2], document, regions)
+    for ax in axes[:2]:
+        ax.set_xlabel("")
+    fig.suptitle(textwrap.fill(recovery_caption(document), 200), fontsize=9, x=0.01, ha="left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,4 +1,4 @@
-"""The run's summary table, for the terminal."""
+"""The run's summary tables, for the terminal."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ def _ms(v: float | None) -> str:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _int(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def _recovered(region: Mapping[str, Any]) -> str:
@@ -42,7 +50,7 @@ def table(document: Mapping[str, Any]) -> Table:
         "flooder rec/s",
         "flooder MB/s",
         "broker cores",
-        "recovered after",
+        "told throttle ms",
     ):
         t.add_column(name, justify="left" if name in ("phase", "region") else "right")
     for phase in document["phases"]:
@@ -64,6 +72,56 @@ def table(document: Mapping[str, Any]) -> Table:
                 f"{flood['acked_per_s']:,.0f}" if flood and first else "",
                 f"{flood['acked_bytes_per_s'] / 1e6:.2f}" if flood and first else "",
                 f"{phase['cpu_cores'].get('broker', 0.0):.2f}" if first else "",
+                _int(r.get("producer_throttle_max_ms")),
+            )
+    return t
+
+
+def recovery_table(document: Mapping[str, Any]) -> Table | None:
+    """One row per recovery phase and region: how soon its honest devices were answered in time again
+    after the flood's end, the throttles their producer was told, the flooded region's backlog, the
+    flooder's throttle; None without a recovery phase."""
+    phases = [p for p in document["phases"] if p.get("recovery")]
+    if not phases:
+        return None
+    t = Table(title="flood: recovery after a short flood (s after the flood's end)")
+    for name in (
+        "phase",
+        "region",
+        "flood s",
+        "recovered after",
+        "told throttle ms",
+        "... after flood",
+        "last told after s",
+        "backlog at flood end",
+        "backlog at window end",
+        "drained/s",
+        "cleared after s (est.)",
+        "flooder told ms",
+        "flooder stop s",
+    ):
+        t.add_column(name, justify="left" if name in ("phase", "region") else "right")
+    for phase in phases:
+        rec = phase["recovery"]
+        flood = phase.get("flooder") or {}
+        for i, (region, r) in enumerate(phase["regions"].items()):
+            first = i == 0
+            own = r.get("recovery") or {}
+            t.add_row(
+                phase["phase"] if first else "",
+                region,
+                _s(rec["flood_s"]) if first else "",
                 _recovered(r),
+                _int(r.get("producer_throttle_max_ms")),
+                _int(own.get("producer_throttle_max_ms_after_flood")),
+                _s(own.get("producer_last_throttled_after_s")),
+                _int(rec["flooded_backlog_at_flood_end"]) if first else "",
+                _int(rec["flooded_backlog_at_window_end"]) if first else "",
+                _int(rec["drain_per_s"]) if first else "",
+                ("in window" if rec.get("cleared_in_window") else _s(rec["cleared_after_s_estimate"]))
+                if first
+                else "",
+                _int(flood.get("throttle_cb_max_ms")) if first else "",
+                _s(rec["stop"]["signal_to_exit_s"]) if first else "",
             )
     return t

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -15,13 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import TopicPartition
 from rich.console import Console
 
 from bench import REPO_ROOT
 from bench.flood.figures import (
+    backlog_drain,
     grown,
     honest_produce,
     quota_byte_rates,
@@ -29,6 +31,7 @@ from bench.flood.figures import (
     recovered_after_s,
     recovery_bins,
     region_window,
+    throttle_max_ms,
 )
 from bench.flood.fleet import FloodFleet, fleet_settings
 from bench.flood.flooder import FlooderConfig
@@ -65,9 +68,6 @@ from edgestream.workers.local.fleet_settings import MODEL_FOR_KIND
 from edgestream.workers.local.fleetreport import FleetReport, Progress
 from edgestream.workers.local.processes import Child
 
-if TYPE_CHECKING:
-    from edgestream.topics.quotas import DeviceQuotas
-
 log = logging.getLogger(__name__)
 
 CLIENT_ID = "edgestream-bench-flood"
@@ -80,6 +80,8 @@ JIT_QUIET_WINDOW_S = 2.0
 """Over how long the broker's JIT compilers must stay under ``jit_quiet_share`` after the warm-up."""
 PROGRESS_EVERY_S = 5.0
 """How often a phase logs where its fleet is."""
+FLEET_SLACK_S = 60.0
+"""The fleets are set to send this much longer than a phase's window, and stopped at its end."""
 
 
 @dataclass(slots=True)
@@ -101,6 +103,8 @@ class Env:
     started_s: float = field(default_factory=time.monotonic)
     quota_set: bool = False
     """Whether a quota is on the devices' principals now (the next phase without one clears it)."""
+    flood_over_s: float | None = None
+    """When the last flooder exited (monotonic s); None before any."""
     run_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,8 +190,9 @@ async def stop_children(children: Any) -> None:
             log.warning("%s exited with %d:\n%s", child.name, code, child.tail())
 
 
-async def start_flooder(env: Env, phase: str) -> tuple[Child, Path]:
-    """The flooder process, its pool sealed and its producer connected (it floods from then on)."""
+async def start_flooder(env: Env, phase: str, *, wait_for_go: bool = False) -> tuple[Child, Path]:
+    """The flooder process, its pool sealed and its producer connected: it floods from then on, or
+    from SIGUSR1 with ``wait_for_go``."""
     s = env.s
     name = f"flooder-{phase}"
     key_id = env.keyring.current_key_id(REGION_A)
@@ -204,6 +209,7 @@ async def start_flooder(env: Env, phase: str) -> tuple[Child, Path]:
         seed=s.seed,
         ready_file=env.run_dir / f"{name}.ready",
         report_file=env.run_dir / f"{name}.report.json",
+        wait_for_go=wait_for_go,
     )
     config_file = env.run_dir / f"{name}.json"
     config_file.write_text(config.model_dump_json())
@@ -270,6 +276,24 @@ async def fresh_topics(env: Env) -> float:
         return time.monotonic() - started_s
 
 
+async def settle_quota_window(env: Env, phase: Phase) -> float:
+    """Before a phase under a quota, wait until the last flood is out of the broker's quota window
+    (``quota_settle_s`` after the last flooder exited); the seconds waited."""
+    if phase.quota is None or env.flood_over_s is None:
+        return 0.0
+    wait_s = env.flood_over_s + env.s.quota_settle_s - time.monotonic()
+    if wait_s <= 0:
+        return 0.0
+    env.step(f"{phase.name}: waiting {wait_s:.1f} s for the last flood to leave the broker's quota window")
+    await asyncio.sleep(wait_s)
+    return wait_s
+
+
+def _whole(rate: float | None) -> int | None:
+    """A byte rate as Kafka takes it: whole bytes per second."""
+    return None if rate is None else round(rate)
+
+
 async def set_quota(env: Env, phase: Phase) -> None:
     """The phase's quota on both regions' device principals, or none (cleared when one was set)."""
     if phase.quota is None and not env.quota_set:
@@ -277,7 +301,14 @@ async def set_quota(env: Env, phase: Phase) -> None:
     from edgestream.topics.quota_admin import apply_quotas
     from edgestream.topics.quotas import DeviceQuotas
 
-    quotas: DeviceQuotas = DeviceQuotas.none() if phase.quota is None else DeviceQuotas(**phase.quota)
+    quotas = DeviceQuotas.none()
+    if phase.quota is not None:
+        q = phase.quota
+        quotas = DeviceQuotas(
+            producer_byte_rate=_whole(q["producer_byte_rate"]),
+            consumer_byte_rate=_whole(q["consumer_byte_rate"]),
+            request_percentage=q["request_percentage"],
+        )
     started_s = time.monotonic()
     await apply_quotas(env.admin, list(REGIONS), quotas, timeout_ms=env.s.quota_timeout_ms)
     env.quota_set = phase.quota is not None
@@ -333,10 +364,41 @@ def _cores(cpu: CpuUse) -> dict[str, float]:
     return {role: round(v, 3) for role, v in cpu.core_share().items()}
 
 
+async def stop_flood(env: Env, phase: Phase, flooder: Child, report_file: Path) -> dict[str, Any]:
+    """SIGTERM to the flooder, and wait until it exited (killed after ``STOP_TIMEOUT_S``): from then on
+    nothing of the flood can reach the broker. When the flood ended (the flooder's own note of when it
+    stopped producing; when it exited, without its report), and how the stop went."""
+    term_s = time.time()
+    await stop_children([flooder])
+    env.flood_over_s = time.monotonic()
+    exited_s = time.time()
+    report = read_json(report_file)
+    stopped_s = report.get("stopped_s")
+    end_s = float(stopped_s) if stopped_s is not None else exited_s
+    env.step(
+        f"  {phase.name}: the flooder stopped producing {end_s - term_s:.2f} s after SIGTERM and exited "
+        f"{exited_s - term_s:.2f} s after it; {report.get('acked_after_stop', '?')} records acknowledged "
+        "after it stopped"
+    )
+    return {
+        "flood_end_s": end_s,
+        "signal_to_stopped_s": end_s - term_s,
+        "signal_to_exit_s": exited_s - term_s,
+        "exited_after_flood_end_s": exited_s - end_s,
+        "acked_after_stop": report.get("acked_after_stop"),
+        "left_in_flight": report.get("left_in_flight"),
+        "report_written": bool(report),
+    }
+
+
 async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: float) -> dict[str, Any]:
     """Run one phase: quota, fresh workers, the flooder, the fleets; the figures of its window (the
-    ``duration_s`` after ``warmup_s`` of sending)."""
+    ``duration_s`` after ``warmup_s`` of sending). A ``recovery`` phase's window is the flood's
+    ``recovery_flood_s`` (the flooder, connected before, starts flooding at the window's start) and the
+    ``recovery_s`` after the flood's end (``duration_s`` is not used)."""
     s = env.s
+    recovering = phase.kind == "recovery"
+    settle_s = await settle_quota_window(env, phase)
     env.step(f"phase {phase.name}: starting a worker per region")
     await set_quota(env, phase)
     workers = await start_workers(env, phase.name)
@@ -344,13 +406,18 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
     report_file: Path | None = None
     running: dict[str, asyncio.Task[FleetReport]] = {}
     ticker: asyncio.Task[None] | None = None
+    backlog_then: asyncio.Task[int] | None = None
     try:
         if phase.flood:
             env.step(
-                f"  {phase.name}: starting the flooder ({s.flood_pool:,} {s.flood_kind} envelopes sealed)"
+                f"  {phase.name}: starting the flooder ({s.flood_pool:,} {s.flood_kind} envelopes sealed"
+                + (", flooding when told)" if recovering else ")")
             )
-            flooder, report_file = await start_flooder(env, phase.name)
-        send_s = warmup_s + duration_s
+            flooder, report_file = await start_flooder(env, phase.name, wait_for_go=recovering)
+        # The fleets send longer than the window lasts, and stop at its end (a flooder slow to stop
+        # makes a recovery phase's window longer than planned).
+        send_s = warmup_s + duration_s + FLEET_SLACK_S
+        stop_sending = asyncio.Event()
         fleets = {
             r: FloodFleet(fleet_settings(s, r, i, env.admin, env.tls_root, env.home, send_s), env.keyring)
             for i, r in enumerate(REGIONS)
@@ -358,7 +425,8 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
         latest: dict[str, Progress] = {}
         sending = {r: asyncio.Event() for r in REGIONS}
         running = {
-            r: asyncio.create_task(f.run(_noter(latest, r), sending=sending[r])) for r, f in fleets.items()
+            r: asyncio.create_task(f.run(_noter(latest, r), until=stop_sending, sending=sending[r]))
+            for r, f in fleets.items()
         }
         ticker = asyncio.create_task(_log_progress(env, phase.name, latest))
         await _all_sending(running, sending)
@@ -372,39 +440,49 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
         watch = CpuWatch(pids, jvm_pid=env.broker_pid)
         watch.start()
         start_s = time.time()
-        flood_end_s: float | None = None
-        if phase.kind == "recovery" and flooder is not None and report_file is not None:
+        stop: dict[str, Any] | None = None
+        if recovering and flooder is not None and report_file is not None:
+            flooder.proc.send_signal(signal.SIGUSR1)  # flood from now
             await asyncio.sleep(s.recovery_flood_s)
-            await stop_children([flooder])  # SIGTERM: it stops producing and writes its report
+            stop = await stop_flood(env, phase, flooder, report_file)
             flooder = None
-            flood_end_s = time.time()
+            backlog_then = asyncio.create_task(backlog(env, REGION_A))
             env.step(f"  {phase.name}: the flood stopped; {s.recovery_s:g} s of recovery")
-            await asyncio.sleep(duration_s - s.recovery_flood_s)
+            await asyncio.sleep(max(0.0, stop["flood_end_s"] + s.recovery_s - time.time()))
         else:
             await asyncio.sleep(duration_s)
         end_s = time.time()
+        stop_sending.set()
         cpu = watch.stop()
         after = {r: read_json(path) for r, path in stats_files.items()}
         flood_report: dict[str, Any] = {}
         if flooder is not None:
             await stop_children([flooder])
+            env.flood_over_s = time.monotonic()
             flooder = None
         if report_file is not None:
             flood_report = read_json(report_file)
         env.step(f"  {phase.name}: window done; the fleets drain")
         lag_at_end = {r: await backlog(env, r) for r in REGIONS}
+        lag_at_flood_end = None if backlog_then is None else await backlog_then
         reports = {r: await task for r, task in running.items()}
     finally:
         if ticker is not None:
             ticker.cancel()
+        if backlog_then is not None:
+            backlog_then.cancel()
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
+        if backlog_then is not None:
+            await asyncio.gather(backlog_then, return_exceptions=True)
         if flooder is not None:
             await stop_children([flooder])
+            env.flood_over_s = time.monotonic()
         await stop_children(workers.values())
     final = {r: read_json(env.run_dir / f"{c.name}.stats.json") for r, c in workers.items()}
     window_s = end_s - start_s
+    flood_end_s = None if stop is None else float(stop["flood_end_s"])
     regions = {}
     for region in REGIONS:
         report = reports[region]
@@ -420,6 +498,8 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
         worker_s = cpu.processes_s.get(f"worker_{region}", 0.0)
         fleet = fleets[region]
         mean_bytes = fleet.mean_record_bytes()
+        throttles = fleet.producer_throttles(region)
+        told_ms, told = throttle_max_ms(throttles, start_s, end_s)
         regions[region] = {
             **seen,
             "honest_record_bytes": mean_bytes,
@@ -436,6 +516,9 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
             "dead_letters_whole_phase": final[region].get("dead_letters", {}),
             "worker_consumed_whole_phase": final[region].get("consumed"),
             "backlog_at_window_end": lag_at_end[region],
+            "producer_throttle_max_ms": told_ms,
+            "producer_throttled_responses": told,
+            "producer_throttle_max_ms_whole_phase": throttle_max_ms(throttles, 0.0, float("inf"))[0],
             "fleet_send_s": report.send_s,
             "fleet_late_sends": fleet.late_sends,
             "fleet_send_failures": dict(fleet.send_failures),
@@ -447,12 +530,20 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
                 report.no_answer,
                 region,
                 flood_end_s * 1000.0,
+                (start_s - s.recovery_before_s) * 1000.0,
                 end_s * 1000.0,
                 deadline_ms=s.device_deadline_ms,
+                sla_ms=s.sla_ms,
+                throttles=throttles,
             )
+            after_ms, after_told = throttle_max_ms(throttles, flood_end_s, end_s)
+            last_told = [at_s for at_s, ms in throttles if ms > 0 and at_s >= flood_end_s]
             regions[region]["recovery"] = {
-                "bins": bins,
                 "recovered_after_s": recovered_after_s(bins, s.recovered_share),
+                "producer_throttle_max_ms_after_flood": after_ms,
+                "producer_throttled_responses_after_flood": after_told,
+                "producer_last_throttled_after_s": max(last_told) - flood_end_s if last_told else None,
+                "bins": bins,
             }
     flood = None
     if flood_report:
@@ -463,16 +554,34 @@ async def measure_phase(env: Env, phase: Phase, warmup_s: float, duration_s: flo
             **{k: v for k, v in flood_report.items() if k != "samples"},
             "cores": cpu.processes_s.get("flooder", 0.0) / window_s,
         }
+    recovery = None
+    if stop is not None and flood_end_s is not None:
+        after_s = end_s - flood_end_s
+        recovery = {
+            "flood_s": flood_end_s - start_s,
+            "after_flood_s": after_s,
+            "stop": {k: v for k, v in stop.items() if k != "flood_end_s"},
+            "flooded_backlog_at_flood_end": lag_at_flood_end,
+            "flooded_backlog_at_window_end": lag_at_end[REGION_A],
+            **backlog_drain(lag_at_flood_end, lag_at_end[REGION_A], after_s, cleared_below=s.rate_per_s),
+            "note": "flooded_backlog_at_flood_end is read as the flooder has exited (stop."
+            "exited_after_flood_end_s after the flood's end); bins by the capture time of the honest "
+            "requests, s after the flood's end (negative: before it); cleared_after_s_estimate: the "
+            "backlog at the flood's end over drain_per_s, linear, where the window ended with more than "
+            "a second of honest requests (rate_per_s) left",
+        }
     document = {
         "phase": phase.name,
         "kind": phase.kind,
         "quota": phase.quota,
         "quota_factor": phase.factor,
+        "quota_settle_wait_s": settle_s,
         "window_s": window_s,
         "flood_s": None if flood_end_s is None else flood_end_s - start_s,
         "warmup_s": warmup_s,
         "regions": regions,
         "flooder": flood,
+        "recovery": recovery,
         "cpu_cores": _cores(cpu),
         "cpu": {
             "others_s": cpu.others_s,
@@ -494,15 +603,31 @@ def phase_line(d: Mapping[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    parts = [
-        f"{r}: p50 {ms(x['p50_ms'])} p99 {ms(x['p99_ms'])} ms, <=50ms {pct(x['within_sla_share'])}, "
-        f"answered {pct(x['answered_share'])}"
-        for r, x in d["regions"].items()
-    ]
+    parts = []
+    for r, x in d["regions"].items():
+        part = (
+            f"{r}: p50 {ms(x['p50_ms'])} p99 {ms(x['p99_ms'])} ms, <=50ms {pct(x['within_sla_share'])}, "
+            f"answered {pct(x['answered_share'])}"
+        )
+        if x.get("producer_throttle_max_ms"):
+            part += f", told throttle up to {x['producer_throttle_max_ms']:,.0f} ms"
+        recovery = x.get("recovery")
+        if recovery:
+            after = recovery["recovered_after_s"]
+            part += ", recovered " + ("never" if after is None else f"after {after:g} s")
+        parts.append(part)
+    recovery = d.get("recovery")
+    if recovery:
+        at_end = recovery["flooded_backlog_at_flood_end"]
+        parts.append(
+            f"backlog {'-' if at_end is None else f'{at_end:,}'} at the flood's end, "
+            f"{recovery['flooded_backlog_at_window_end']:,} at the window's"
+        )
     flood = d.get("flooder")
     if flood:
         parts.append(
-            f"flooder {flood['acked_per_s']:,.0f} rec/s, {flood['acked_bytes_per_s'] / 1e6:.2f} MB/s"
+            f"flooder {flood['acked_per_s']:,.0f} rec/s, {flood['acked_bytes_per_s'] / 1e6:.2f} MB/s, "
+            f"told throttle up to {flood.get('throttle_cb_max_ms', 0):,.0f} ms"
         )
     cores = d["cpu_cores"]
     parts.append(f"broker {cores.get('broker', 0):.2f} cores")
@@ -515,8 +640,8 @@ def phase_line(d: Mapping[str, Any]) -> str:
 def quota_of(s: FloodSettings, byte_rate: float) -> dict[str, float | None]:
     """``DeviceQuotas``' fields for a phase under a byte-rate quota."""
     return {
-        "producer_byte_rate": byte_rate,
-        "consumer_byte_rate": s.quota_consumer_byte_rate,
+        "producer_byte_rate": _whole(byte_rate),
+        "consumer_byte_rate": _whole(s.quota_consumer_byte_rate),
         "request_percentage": s.quota_request_percentage,
     }
 

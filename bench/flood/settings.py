@@ -100,12 +100,24 @@ class FloodSettings(BaseSettings):
     quota_consumer_byte_rate: float | None = Field(default=None, gt=0)
     """The quota's ``consumer_byte_rate`` (bytes per second the devices may fetch); None: not set."""
     recovery_flood_s: float = Field(default=5.0, gt=0)
-    """In a ``recovery`` phase, how long the flood lasts from the window's start."""
-    recovery_s: float = Field(default=25.0, gt=0)
-    """In a ``recovery`` phase, how long the window goes on after the flood stopped."""
+    """In a ``recovery`` phase, how long the flood lasts: the flooder, connected during the warm-up,
+    floods from the window's start until SIGTERM this long after (it stops producing at once, and the
+    phase waits until it exited)."""
+    recovery_s: float = Field(default=30.0, gt=0)
+    """In a ``recovery`` phase, how long the window goes on after the flood's end (when the flooder
+    stopped producing)."""
+    recovery_before_s: float = Field(default=2.0, ge=0)
+    """The recovery curve starts this long before the flood (within the warm-up: the fleets send)."""
     recovered_share: float = Field(default=0.99, gt=0, le=1)
     """A region has recovered from the second after which every second's requests were answered within
     the deadline at least this often, to the window's end."""
+    quota_settle_s: float = Field(default=12.0, ge=0)
+    """Before a phase under a quota, how long after the last flooder exited to wait at least. The
+    broker keeps the principal's byte rate over its quota window (``quota.window.num`` 11 samples of
+    ``quota.window.size.seconds`` 1 s) whether or not a quota is set: a quota set sooner throttles the
+    new phase's producers for the flood of the phase before (measured: ``flood_quota`` at 4 MiB/s
+    straight after the unthrottled ``flood`` told the honest producer and the new flooder 85 s at
+    their first response, and no honest request of the region was answered in the window)."""
     quota_timeout_ms: int = Field(default=10_000, gt=0)
     """How long applying a quota may take until the broker shows it."""
     ready_timeout_s: float = Field(default=90.0, gt=0)

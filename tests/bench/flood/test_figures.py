@@ -3,13 +3,17 @@ data: no broker."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from bench.flood import fleet as flood_fleet
 from bench.flood.figures import (
     REQUEST_OVERHEAD_BYTES,
+    backlog_drain,
     count_at,
     grown,
     honest_produce,
@@ -18,13 +22,18 @@ from bench.flood.figures import (
     recovered_after_s,
     recovery_bins,
     region_window,
+    throttle_max_ms,
 )
-from bench.flood.plot import plot
-from bench.flood.report import table
+from bench.flood.flooder import _Stats
+from bench.flood.plot import plot, plot_recovery
+from bench.flood.report import recovery_table, table
 from bench.flood.run import expand
 from bench.flood.settings import FloodSettings
 from edgestream.pipeline.observability.sla import Outcome, RoundTrip
+from edgestream.pipeline.settings import KafkaSettings
+from edgestream.workers.local import fleet as fleet_module
 from edgestream.workers.local.fleetreport import NoAnswer
+from edgestream.workers.local.rdkafka import DeviceProducer
 
 
 def _trip(capture_ms: float, region: str, latency_ms: float, outcome: Outcome = "answered") -> RoundTrip:
@@ -151,7 +160,9 @@ def test_plot_and_table_draw_every_phase(tmp_path: Path) -> None:
 
 def test_recovery_bins_by_capture_second_after_the_flood() -> None:
     trips = [
-        _trip(900, "a", 1.0),  # before the flood ended: out
+        _trip(-100, "a", 1.0),  # before the first bin: out
+        _trip(100, "a", 30.0),  # second -1 (the flood): on time, within the SLA
+        _trip(900, "a", 100.0),  # second -1: on time, not within the SLA
         _trip(1000, "a", 900.0),  # second 0: late
         _trip(1500, "a", 10.0),  # second 0: on time
         _trip(2100, "a", 2000.0, "fallback"),  # second 1
@@ -160,24 +171,34 @@ def test_recovery_bins_by_capture_second_after_the_flood() -> None:
         _trip(4000, "a", 5.0),  # the window's end: out
     ]
     no_answer = [NoAnswer(3100, "a", "direct", "run_ended")]
-    bins = recovery_bins(trips, no_answer, "a", 1000, 4000, deadline_ms=250)
-    assert [(b["t_s"], b["sent"], b["within_deadline_share"]) for b in bins] == [
-        (0.0, 2, 0.5),
-        (1.0, 1, 0.0),
-        (2.0, 2, 0.5),
-    ]
-    assert recovery_bins([], [], "a", 1000, 3000, deadline_ms=250)[1]["within_deadline_share"] is None
+    throttles = [(1.2, 500.0), (1.3, 800.0), (2.5, 0.0), (9.0, 7.0)]  # unix s, ms
+    bins = recovery_bins(
+        trips, no_answer, "a", 1000, 500, 4000, deadline_ms=250, sla_ms=50, throttles=throttles
+    )
+    assert [
+        (b["t_s"], b["sent"], b["answered"], b["within_deadline_share"], b["throttle_max_ms"]) for b in bins
+    ] == [(-1.0, 2, 2, 1.0, 0.0), (0.0, 2, 2, 0.5, 800.0), (1.0, 1, 0, 0.0, 0.0), (2.0, 2, 1, 0.5, 0.0)]
+    assert [b["within_sla_share"] for b in bins] == [0.5, 0.5, 0.0, 0.5]
+    assert bins[0]["p99_ms"] == pytest.approx(99.3)
+    assert bins[2]["p99_ms"] is None
+    empty = recovery_bins([], [], "a", 1000, 1000, 3000, deadline_ms=250, sla_ms=50)
+    assert [b["t_s"] for b in empty] == [0.0, 1.0]
+    assert empty[1]["within_deadline_share"] is None
 
 
 @pytest.mark.parametrize(
     ("shares", "expected"),
     [
         ([0.0, 0.5, 1.0, 0.995, 1.0], 2.0),  # recovered at the third second
-        ([0.0, 1.0, 0.2, 1.0, 1.0], 3.0),  # a dip after a good second starts it again
+        ([0.0, 1.0, 0.2, 1.0, 1.0], 3.0),  # recovered, dipped, recovered again: from the last time
+        ([0.0, 1.0, 1.0, 1.0, 0.98], None),  # recovered, then dipped in the last second: never
         ([1.0, 1.0, 1.0], 0.0),  # never hurt
         ([0.0, 0.1, 0.5], None),  # never recovered
+        ([0.0, 0.989, 0.99], 2.0),  # the threshold itself counts
         ([0.0, 1.0, None, 1.0], 1.0),  # an empty second neither breaks nor makes it
+        ([0.0, 1.0, 1.0, None], 1.0),  # nor at the end
         ([None, None], None),
+        ([], None),
     ],
 )
 def test_recovered_after_is_the_start_of_the_last_good_run(
@@ -187,6 +208,102 @@ def test_recovered_after_is_the_start_of_the_last_good_run(
     assert recovered_after_s(bins, 0.99) == expected
 
 
+def test_recovered_after_ignores_the_bins_of_the_flood() -> None:
+    flood = [{"t_s": float(t), "sent": 1, "within_deadline_share": 1.0} for t in (-3, -2, -1)]
+    after = [{"t_s": float(t), "sent": 1, "within_deadline_share": v} for t, v in ((0, 0.0), (1, 1.0))]
+    assert recovered_after_s(flood + after, 0.99) == 1.0
+    assert recovered_after_s(flood, 0.99) is None  # no second after the flood at all
+    bad_flood = [dict(b, within_deadline_share=0.0) for b in flood]
+    good_after = [dict(b, within_deadline_share=1.0) for b in after]
+    assert recovered_after_s(bad_flood + good_after, 0.99) == 0.0
+
+
+def test_throttles_told_in_a_span() -> None:
+    throttles = [(1.0, 10.0), (2.0, 2_500.0), (3.0, 0.0), (4.0, 40.0)]
+    assert throttle_max_ms(throttles, 1.5, 4.0) == (2_500.0, 1)  # the end is out; a 0 is no throttle
+    assert throttle_max_ms(throttles, 0.0, float("inf")) == (2_500.0, 3)
+    assert throttle_max_ms([], 0.0, 1.0) == (0.0, 0)
+
+
+def test_backlog_drain() -> None:
+    assert backlog_drain(1_000_000, 850_000, 30.0, cleared_below=200) == {
+        "drain_per_s": 5_000.0,
+        "cleared_in_window": False,
+        "cleared_after_s_estimate": 200.0,
+    }
+    assert backlog_drain(3_000, 0, 30.0) == {
+        "drain_per_s": 100.0,
+        "cleared_in_window": True,
+        "cleared_after_s_estimate": None,
+    }
+    # what was left at the window's end was the honest requests in flight: gone, no estimate
+    assert backlog_drain(90_000, 7, 30.0, cleared_below=200)["cleared_after_s_estimate"] is None
+    assert backlog_drain(90_000, 7, 30.0)["cleared_after_s_estimate"] == pytest.approx(30.0, abs=0.01)
+    assert backlog_drain(100, 200, 30.0)["cleared_after_s_estimate"] is None  # growing
+    assert backlog_drain(None, 0, 30.0)["drain_per_s"] is None
+
+
+def test_the_flooder_reads_throttle_cb_in_seconds() -> None:
+    stats = _Stats()
+    stats.on_throttle(SimpleNamespace(throttle_time=2.5))
+    stats.on_throttle(SimpleNamespace(throttle_time=0.0))  # the throttling ended
+    assert (stats.told_max_ms, stats.told) == (2_500.0, 1)
+
+
+def test_the_fleets_producers_note_their_throttles_while_a_flood_fleet_runs() -> None:
+    async def made_inside(throttles: flood_fleet.Throttles) -> Any:
+        with flood_fleet._watched_producers(throttles):
+            inner = vars(fleet_module)["DeviceProducer"]
+            with flood_fleet._watched_producers({}):  # the other region's fleet, side by side
+                pass
+            assert vars(fleet_module)["DeviceProducer"] is inner  # still watched while the first runs
+            return inner(KafkaSettings(), "edgestream-fleet-a")
+
+    throttles: flood_fleet.Throttles = {}
+    producer = asyncio.run(made_inside(throttles))
+    assert isinstance(producer, flood_fleet.ThrottleWatchedProducer)
+    assert vars(fleet_module)["DeviceProducer"] is DeviceProducer  # put back
+    producer._throttled(SimpleNamespace(throttle_time=1.25))
+    assert [ms for _, ms in throttles["edgestream-fleet-a"]] == [1250.0]
+    assert DeviceProducer(KafkaSettings(), "x") is not None
+
+
+def _recovery_phase(name: str, quota: float | None, shares: list[float]) -> dict[str, Any]:
+    bins = [
+        {
+            "t_s": float(t),
+            "sent": 10,
+            "answered": 10,
+            "within_deadline": round(10 * v),
+            "within_deadline_share": v,
+            "within_sla_share": v,
+            "p99_ms": 20.0 if v else None,
+            "throttle_max_ms": 0.0 if v else 3_000.0,
+        }
+        for t, v in enumerate(shares, start=-2)
+    ]
+    phase = _phase(name, flood=True, quota=quota)
+    phase["kind"] = "recovery"
+    phase["flooder"]["throttle_cb_max_ms"] = 3_000.0
+    phase["recovery"] = {
+        "flood_s": 2.0,
+        "after_flood_s": len(shares) - 2.0,
+        "stop": {"signal_to_exit_s": 0.3},
+        "flooded_backlog_at_flood_end": 50_000,
+        "flooded_backlog_at_window_end": 0,
+        **backlog_drain(50_000, 0, len(shares) - 2.0),
+    }
+    for region in phase["regions"].values():
+        region["producer_throttle_max_ms"] = 3_000.0
+        region["recovery"] = {
+            "bins": bins,
+            "recovered_after_s": recovered_after_s(bins, 0.99),
+            "producer_throttle_max_ms_after_flood": 0.0,
+            "producer_last_throttled_after_s": None,
+        }
+    return phase
+
+
 def test_the_recovery_phases_run_without_a_quota_then_under_each(tmp_path: Path) -> None:
     s = FloodSettings(quota_factors=(20.0,), quota_producer_byte_rates=(16_777_216.0,))
     plan = expand(s, "recovery", 1000.0)
@@ -194,14 +311,6 @@ def test_the_recovery_phases_run_without_a_quota_then_under_each(tmp_path: Path)
         ("recovery", True, True),
         ("recovery@16777216Bps", False, True),
     ]
-    bins = [
-        {"t_s": 0.0, "sent": 10, "within_deadline_share": 0.0},
-        {"t_s": 1.0, "sent": 10, "within_deadline_share": 1.0},
-    ]
-    phase = _phase("recovery", flood=True)
-    phase["kind"] = "recovery"
-    for region in phase["regions"].values():
-        region["recovery"] = {"bins": bins, "recovered_after_s": recovered_after_s(bins, 0.99)}
     document = {
         "timestamp": "2026-12-08T00:00:00+00:00",
         "wall_s": 200.0,
@@ -209,10 +318,21 @@ def test_the_recovery_phases_run_without_a_quota_then_under_each(tmp_path: Path)
         "settings": s.model_dump(mode="json", exclude={"out_dir"}),
         "regions": {"flooded": "flooda", "other": "floodb"},
         "honest_produce": {"bytes_per_s": 96_000.0},
-        "phases": [_phase("baseline"), phase],
+        "phases": [
+            _phase("baseline"),
+            _recovery_phase("recovery", None, [0.0, 0.0, 0.0, 0.0, 0.0]),
+            _recovery_phase("recovery@16777216Bps", 16_777_216.0, [1.0, 0.0, 0.0, 1.0, 1.0]),
+        ],
     }
     plot(document, tmp_path / "flood.png")
     assert (tmp_path / "flood.png").stat().st_size > 0
-    rows = table(document)
+    assert plot_recovery(document, tmp_path / "flood-recovery.png")
+    assert (tmp_path / "flood-recovery.png").stat().st_size > 0
+    assert table(document).row_count == 6
+    rows = recovery_table(document)
+    assert rows is not None
     assert rows.row_count == 4
-    assert list(rows.columns[-1].cells) == ["", "", "1 s", "1 s"]
+    assert list(rows.columns[3].cells) == ["never", "never", "1 s", "1 s"]
+    plain = dict(document, phases=[_phase("baseline")])
+    assert recovery_table(plain) is None
+    assert not plot_recovery(plain, tmp_path / "none.png")
