@@ -51,7 +51,7 @@ def test_quotas_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize("value", [0, -1])
 def test_a_quota_must_be_positive(field: str, value: float) -> None:
     with pytest.raises(ValidationError):
-        DeviceQuotas(**{field: value})
+        DeviceQuotas.model_validate({field: value})
 
 
 @pytest.mark.parametrize("value", [1000.5, 2**31])
@@ -59,7 +59,7 @@ def test_a_byte_rate_is_whole_and_fits_strimzis_field(value: float) -> None:
     """Kafka refuses a fractional byte rate (INVALID_REQUEST, mid-apply); Strimzi's field is 32-bit."""
     for field in ("producer_byte_rate", "consumer_byte_rate"):
         with pytest.raises(ValidationError):
-            DeviceQuotas(**{field: value})
+            DeviceQuotas.model_validate({field: value})
     assert DeviceQuotas(request_percentage=12.5).request_percentage == 12.5
 
 
