@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     IncompatibleBrokerVersion,
-    KafkaConnectionError,
-    KafkaError,
     SecurityDisabled,
     for_code,
 )
@@ -33,7 +31,6 @@ from aiokafka.protocol.admin import (
 )
 from aiokafka.protocol.api import Request
 
-from edgestream.pipeline import kafka as kafka_clients
 from edgestream.topics.acls import (
     WILDCARD_PRINCIPAL,
     AclDiff,
@@ -45,8 +42,8 @@ from edgestream.topics.acls import (
     compare,
     policy,
 )
-from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
-from edgestream.topics.errors import BrokerUnavailable, TopicAdminError
+from edgestream.topics.admin import DEFAULT_TIMEOUT_MS, admin_session
+from edgestream.topics.errors import TopicAdminError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -199,25 +196,17 @@ class _Client:
 async def _acl_client(
     kafka: KafkaSettings, timeout_ms: int, client_kwargs: Mapping[str, Any] | None
 ) -> AsyncIterator[_Client]:
-    """A started admin client, closed on the way out; aiokafka errors become edgestream errors.
-
-    ``client_kwargs`` go to `AIOKafkaAdminClient` as they are and win over those ``kafka`` gives
-    (e.g. SASL settings, which `KafkaSettings` does not model).
-    """
-    settings = kafka
-    bootstrap_servers = settings.bootstrap_servers
-    admin = kafka_clients.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms, **(client_kwargs or {}))
-    try:
-        await admin.start()
-        yield _Client(admin, bootstrap_servers)
-    except KafkaConnectionError as e:
-        raise BrokerUnavailable(bootstrap_servers, str(e)) from e
-    except TimeoutError as e:
-        raise BrokerUnavailable(bootstrap_servers, f"no answer within {timeout_ms} ms") from e
-    except KafkaError as e:
-        raise AclAdminError("ACL request", str(e)) from e
-    finally:
-        await admin.close()
+    """A started admin client (`admin.admin_session`), closed on the way out; ``client_kwargs`` win over
+    those ``kafka`` gives (e.g. SASL settings, which `KafkaSettings` does not model)."""
+    async with admin_session(
+        kafka,
+        _CLIENT_ID,
+        timeout_ms,
+        client_kwargs=client_kwargs,
+        error=AclAdminError,
+        operation="ACL request",
+    ) as admin:
+        yield _Client(admin, kafka.bootstrap_servers)
 
 
 def _parse(resource: Mapping[str, Any], acl: Mapping[str, Any], operation: str) -> AclRule:

@@ -46,6 +46,7 @@ from edgestream.topics.replication import MIN_INSYNC_REPLICAS, min_insync_replic
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +124,41 @@ def _unique(topics: Iterable[Topic]) -> list[Topic]:
 
 
 @asynccontextmanager
-async def _admin_client(connection: KafkaSettings, timeout_ms: int) -> AsyncIterator[AIOKafkaAdminClient]:
-    """A started admin client, closed on the way out; aiokafka errors become edgestream errors."""
-    settings = connection
-    bootstrap_servers = settings.bootstrap_servers
+async def admin_session(
+    connection: KafkaSettings,
+    client_id: str,
+    timeout_ms: int,
+    *,
+    client_kwargs: Mapping[str, Any] | None = None,
+    error: type[TopicAdminError] = TopicAdminError,
+    operation: str = "admin request",
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed on the way out; aiokafka's errors become edgestream's: the broker
+    unreachable or silent is `BrokerUnavailable`, any other Kafka error ``error(operation, ...)``.
+
+    ``client_kwargs`` go to `AIOKafkaAdminClient` as they are and win over those ``connection`` gives
+    (e.g. SASL settings, which `KafkaSettings` does not model). The ACL and quota modules use it too.
+    """
+    bootstrap_servers = connection.bootstrap_servers
+    client = kafka.admin(connection, client_id, request_timeout_ms=timeout_ms, **(client_kwargs or {}))
     try:
-        async with kafka.started(kafka.admin(settings, _CLIENT_ID, request_timeout_ms=timeout_ms)) as client:
-            yield client
+        await client.start()
+        yield client
     except KafkaConnectionError as e:
         raise BrokerUnavailable(bootstrap_servers, str(e)) from e
     except TimeoutError as e:
         raise BrokerUnavailable(bootstrap_servers, f"no answer within {timeout_ms} ms") from e
     except KafkaError as e:
-        raise TopicAdminError("admin request", str(e)) from e
+        raise error(operation, str(e)) from e
+    finally:
+        await client.close()
+
+
+def _admin_client(
+    connection: KafkaSettings, timeout_ms: int
+) -> AbstractAsyncContextManager[AIOKafkaAdminClient]:
+    """`admin_session` as the topic calls open it."""
+    return admin_session(connection, _CLIENT_ID, timeout_ms)
 
 
 async def _backoff(deadline: float, delay_s: float) -> float:

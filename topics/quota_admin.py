@@ -19,16 +19,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from aiokafka.errors import (
     IncompatibleBrokerVersion,
-    KafkaConnectionError,
-    KafkaError,
     for_code,
 )
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Float64, Int8, Int16, Int32, Schema, String
 
-from edgestream.pipeline import kafka as kafka_clients
-from edgestream.topics.admin import DEFAULT_TIMEOUT_MS
-from edgestream.topics.errors import BrokerUnavailable, TopicAdminError
+from edgestream.topics.admin import DEFAULT_TIMEOUT_MS, admin_session
+from edgestream.topics.errors import TopicAdminError
 from edgestream.topics.quotas import (
     USER,
     DeviceQuotas,
@@ -186,19 +183,16 @@ class _Client:
 async def _quota_client(
     kafka: KafkaSettings, timeout_ms: int, client_kwargs: Mapping[str, Any] | None
 ) -> AsyncIterator[_Client]:
-    """A started admin client, closed on the way out; aiokafka errors become edgestream errors."""
-    admin = kafka_clients.admin(kafka, _CLIENT_ID, request_timeout_ms=timeout_ms, **(client_kwargs or {}))
-    try:
-        await admin.start()
+    """A started admin client (`admin.admin_session`), closed on the way out."""
+    async with admin_session(
+        kafka,
+        _CLIENT_ID,
+        timeout_ms,
+        client_kwargs=client_kwargs,
+        error=QuotaAdminError,
+        operation="quota request",
+    ) as admin:
         yield _Client(admin)
-    except KafkaConnectionError as e:
-        raise BrokerUnavailable(kafka.bootstrap_servers, str(e)) from e
-    except TimeoutError as e:
-        raise BrokerUnavailable(kafka.bootstrap_servers, f"no answer within {timeout_ms} ms") from e
-    except KafkaError as e:
-        raise QuotaAdminError("quota request", str(e)) from e
-    finally:
-        await admin.close()
 
 
 def _parse_entry(
